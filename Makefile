@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= etc/mailapp.toml
+STAMP := $(VENV)/.installed
+SOURCES := pyproject.toml $(shell find mailapp twisted -name '*.py' 2>/dev/null)
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+# A strict editable install: edits show at once, and twistd finds the dropin in
+# twisted/plugins (a lenient editable install hides it from twistd). The stamp
+# depends on the sources so that a new module is linked in on the next run.
+$(STAMP): $(SOURCES)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "mailapp needs Python 3.11 or newer: set PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+	  { echo "could not create $(VENV): on Debian, run 'apt-get install python3-venv'"; exit 1; }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --config-settings editable_mode=strict -e '.[test]'
+	@rm -f twisted/plugins/dropin.cache
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/twistd -n --pidfile= mailapp --config $(CONFIG)
+
+# pytest exits 5 when it collected nothing: that is a failure here, never a pass.
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache

@@ -1,0 +1,90 @@
+"""
+One family of errors that carry their own SMTP reply.
+
+The core raises these with a public text that never leaks internals; only the
+SMTP layer (and the webmail, which shows the text) turns them into a reply.
+"""
+
+from __future__ import annotations
+
+
+class MailError(Exception):
+    """
+    An error with its reply: basic code, enhanced status code, public text,
+    and whether the client may try again later.
+    """
+
+    code = 451
+    enhanced = "4.3.0"
+    text = "Local error in processing"
+
+    def __init__(self, text: str | None = None, *, code: int | None = None, enhanced: str | None = None) -> None:
+        if text is not None:
+            self.text = text
+        if code is not None:
+            self.code = code
+        if enhanced is not None:
+            self.enhanced = enhanced
+        super().__init__(f"{self.code} {self.enhanced} {self.text}")
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    def reply(self) -> bytes:
+        """The reply line (without CRLF) as the SMTP server sends it."""
+        return f"{self.code} {self.enhanced} {self.text}".encode("ascii", "replace")
+
+
+class NoSuchUser(MailError):
+    code, enhanced, text = 550, "5.1.1", "No such user here"
+
+
+class RelayDenied(MailError):
+    code, enhanced, text = 554, "5.7.1", "Relay access denied"
+
+
+class SenderNotOwned(MailError):
+    code, enhanced, text = 553, "5.7.1", "Sender address not owned by the authenticated user"
+
+
+class TooManyRecipients(MailError):
+    code, enhanced, text = 452, "4.5.3", "Too many recipients"
+
+
+class MessageTooBig(MailError):
+    code, enhanced, text = 552, "5.3.4", "Message size exceeds fixed limit"
+
+
+class RemoteDeliveryUnavailable(MailError):
+    code, enhanced, text = 451, "4.4.0", "Remote delivery is not available yet; try again later"
+
+
+class StoreError(MailError):
+    """The store could not make a message durable; nothing was delivered."""
+
+    code, enhanced, text = 451, "4.3.0", "Local error in processing; message not stored"
+
+
+class FolderError(Exception):
+    """Base of the folder errors a mailbox raises; the text is public."""
+
+
+class NoSuchFolder(FolderError):
+    pass
+
+
+class FolderExists(FolderError):
+    pass
+
+
+class BadFolderName(FolderError):
+    """A name that is empty, too long, or would reach outside the mailbox."""
+
+
+class NoSuchMessage(FolderError):
+    pass
+
+
+class AccountError(Exception):
+    """A mistake in an accounts change (unknown domain, duplicate user, bad address); the text is for the admin."""

@@ -1,0 +1,226 @@
+"""
+Every contract in mailapp, in one place.
+
+Protocols (SMTP, POP3, IMAP, webmail) depend on these interfaces; the core
+(accounts, store, delivery) implements them, and ``mailapp.testing`` ships
+in-memory fakes of them. Every method that may touch a disk, a database or a
+password hash returns a Deferred, even where the embedded backend could answer
+at once, so that a networked backend fits without changing a protocol.
+
+Addresses are ``str`` in the form ``local@domain``; an *account* is the
+canonical address of a user (domain lower-cased, local part as created).
+Folder names are ``str`` with ``/`` as the hierarchy delimiter; ``INBOX`` is
+case-insensitive and always exists.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IAccounts(Interface):
+    """
+    Domains, users and aliases, as the running server sees them.
+
+    Changes made by the ``mailapp`` command while the server runs are visible
+    to the next call: implementations must not cache past a change.
+    """
+
+    def isLocalDomain(domain: str):  # type: ignore[no-untyped-def]
+        """
+        Fire with ``True`` if mail for C{domain} is delivered here.
+        The comparison is case-insensitive.
+        """
+
+    def resolve(address: str):  # type: ignore[no-untyped-def]
+        """
+        Work out where mail to C{address} goes.
+
+        Fires with a L{mailapp.accounts.Resolution}: the local accounts
+        (canonical addresses, duplicates collapsed) and remote addresses it
+        expands to, through aliases, catch-alls and C{+tag} addressing.
+        Fires with ``None`` when the domain is local but nobody there takes
+        the address; with a resolution naming C{address} itself as remote
+        when the domain is not local.
+        """
+
+    def ownsAddress(account: str, address: str):  # type: ignore[no-untyped-def]
+        """
+        Fire with ``True`` if C{account} may use C{address} as its envelope
+        sender: its own address, a C{+tag} of it, or an alias that resolves
+        to it.
+        """
+
+    def authenticate(username: str, password: bytes):  # type: ignore[no-untyped-def]
+        """
+        Check a password off the reactor thread.
+
+        Fires with the canonical account name, or fails with
+        L{twisted.cred.error.UnauthorizedLogin}. An unknown user and a wrong
+        password fail the same way in about the same time.
+        """
+
+    def countUsers():  # type: ignore[no-untyped-def]
+        """Fire with the number of users (for the first-start hint)."""
+
+
+class IEventBus(Interface):
+    """
+    Per-folder change notifications within one process.
+
+    A notification is a hint, never the truth: a subscriber re-reads the
+    folder state from the store when notified.
+    """
+
+    def subscribe(account: str, folder: str, listener):  # type: ignore[no-untyped-def]
+        """
+        Call C{listener(event)} with every L{mailapp.store.events.FolderEvent}
+        published for C{(account, folder)}, on the reactor thread.
+
+        Returns a zero-argument callable that unsubscribes.
+        """
+
+    def publish(event):  # type: ignore[no-untyped-def]
+        """Deliver C{event} to the subscribers of its folder."""
+
+
+class IMessageStore(Interface):
+    """
+    Every user's mailboxes.
+
+    Delivery is durable: when a Deferred from L{deliver} fires, the message
+    file has been fsync'd, renamed into place, and its directory fsync'd.
+    """
+
+    events = Attribute("The L{IEventBus} this store publishes on.")
+
+    def mailbox(account: str):  # type: ignore[no-untyped-def]
+        """
+        Return the L{IMailbox} of C{account}, creating its folders on first
+        use (INBOX, Sent, Drafts, Trash, Junk, Archive).
+        """
+
+    def newMessage():  # type: ignore[no-untyped-def]
+        """
+        Return a fresh L{IMessageWriter}: a message being received, spooled
+        to disk as it arrives, to be delivered with L{deliver} or discarded.
+        """
+
+    def deliver(message, accounts, folder: str = "INBOX"):  # type: ignore[no-untyped-def]
+        """
+        Deliver one received message to the C{folder} of every account in
+        C{accounts} (duplicates, compared case-insensitively, collapsed),
+        written once and shared (hard links): the stored bytes are exactly
+        what was written to C{message}, so per-message trace headers are
+        written first by the receiver.
+
+        @param message: an L{IMessageWriter} from L{newMessage} whose
+            C{finish} has fired.
+
+        Fires with a dict mapping each account to the UID its copy got, once
+        every copy is durable. Fails with L{mailapp.errors.StoreError} and
+        leaves no copy visible if any copy could not be made durable.
+        """
+
+
+class IMessageWriter(Interface):
+    """
+    A message arriving over the network, streamed to a spool file so that
+    memory stays bounded whatever its size.
+    """
+
+    size = Attribute("Bytes written so far.")
+
+    def write(data: bytes):  # type: ignore[no-untyped-def]
+        """
+        Append C{data}. Returns a Deferred that fires when the writer is ready
+        for more; a producer should pause until then (back-pressure).
+        """
+
+    def finish():  # type: ignore[no-untyped-def]
+        """Fire when every byte written so far is on disk (fsync'd)."""
+
+    def discard():  # type: ignore[no-untyped-def]
+        """Remove the spool file. Safe to call at any time, more than once."""
+
+
+class IMailbox(Interface):
+    """One user's folders."""
+
+    account = Attribute("The canonical address of the owner.")
+
+    def listFolders():  # type: ignore[no-untyped-def]
+        """
+        Fire with a list of L{mailapp.store.FolderInfo}, INBOX first, then by
+        name.
+        """
+
+    def createFolder(name: str):  # type: ignore[no-untyped-def]
+        """
+        Create C{name} and any missing parent. Fails with
+        L{mailapp.errors.FolderExists} or L{mailapp.errors.BadFolderName}.
+        """
+
+    def deleteFolder(name: str):  # type: ignore[no-untyped-def]
+        """Delete C{name} and its messages. INBOX cannot be deleted."""
+
+    def renameFolder(old: str, new: str):  # type: ignore[no-untyped-def]
+        """Rename C{old} (and its children) to C{new}."""
+
+    def folder(name: str):  # type: ignore[no-untyped-def]
+        """
+        Fire with the L{IFolder} called C{name}; fail with
+        L{mailapp.errors.NoSuchFolder} or L{mailapp.errors.BadFolderName}.
+        """
+
+
+class IFolder(Interface):
+    """
+    One folder and its index: UIDVALIDITY, UIDNEXT, and per message its UID,
+    flags, size and internal date. Nothing here opens a message file except
+    L{openMessage}.
+    """
+
+    name = Attribute("The folder name, C{INBOX} or C{a/b}.")
+    account = Attribute("The owner's canonical address.")
+
+    def status():  # type: ignore[no-untyped-def]
+        """Fire with a L{mailapp.store.FolderStatus}."""
+
+    def messages():  # type: ignore[no-untyped-def]
+        """
+        Fire with a list of L{mailapp.store.MessageInfo} in UID order: the
+        folder as it is now.
+        """
+
+    def openMessage(uid: int):  # type: ignore[no-untyped-def]
+        """
+        Fire with a binary file object positioned at the start of the stored
+        message (CRLF line endings); the caller closes it. Fails with
+        L{mailapp.errors.NoSuchMessage}.
+        """
+
+    def setFlags(uids, flags, mode: str = "replace"):  # type: ignore[no-untyped-def]
+        """
+        Change flags of C{uids}. C{mode} is C{"replace"}, C{"add"} or
+        C{"remove"}. Fires with a dict UID -> new frozenset of flags for the
+        messages that exist, and publishes C{flags_changed}.
+        """
+
+    def expunge(uids):  # type: ignore[no-untyped-def]
+        """
+        Remove C{uids}; fires with the sorted list of UIDs removed and
+        publishes C{expunged}.
+        """
+
+    def append(data: bytes, flags=(), internaldate: float | None = None):  # type: ignore[no-untyped-def]
+        """
+        Store C{data} durably with C{flags}; fires with its UID and publishes
+        C{added}.
+        """
+
+    def copyTo(uids, target: "IFolder"):  # type: ignore[no-untyped-def]
+        """
+        Copy C{uids} (with their flags) into C{target}; fires with a dict
+        source UID -> new UID.
+        """

@@ -1,0 +1,75 @@
+"""
+The in-process event bus: per-folder notifications of added messages,
+changed flags and expunges.
+
+A notification is a hint: subscribers (IMAP sessions, the webmail) re-read
+the folder from the store when told, and also on a slow timer, so a lost
+notification delays an update but never loses one. A multi-node backend
+replaces this bus (for example with PostgreSQL LISTEN/NOTIFY) behind the same
+L{IEventBus} interface.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mailapp.interfaces import IEventBus
+
+ADDED = "added"
+FLAGS_CHANGED = "flags_changed"
+EXPUNGED = "expunged"
+
+
+@dataclass(frozen=True)
+class FolderEvent:
+    """Something changed in one folder: C{kind} is added, flags_changed or expunged."""
+
+    kind: str
+    account: str
+    folder: str
+    uids: tuple[int, ...]
+
+
+Listener = Callable[[FolderEvent], object]
+
+
+def _key(account: str, folder: str) -> tuple[str, str]:
+    return (account.lower(), folder)
+
+
+@implementer(IEventBus)
+class EventBus:
+    """Subscribers by (account, folder); a failing listener is logged and never stops the others."""
+
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self._listeners: dict[tuple[str, str], list[Listener]] = defaultdict(list)
+
+    def subscribe(self, account: str, folder: str, listener: Listener) -> Callable[[], None]:
+        key = _key(account, folder)
+        self._listeners[key].append(listener)
+
+        def unsubscribe() -> None:
+            listeners = self._listeners.get(key)
+            if listeners and listener in listeners:
+                listeners.remove(listener)
+                if not listeners:
+                    del self._listeners[key]
+
+        return unsubscribe
+
+    def publish(self, event: FolderEvent) -> None:
+        for listener in list(self._listeners.get(_key(event.account, event.folder), ())):
+            try:
+                listener(event)
+            except Exception:
+                self._log.failure("store.event_listener_failed {kind} {folder}", kind=event.kind, folder=event.folder)
+
+    def subscriberCount(self) -> int:
+        return sum(len(v) for v in self._listeners.values())

@@ -1,0 +1,369 @@
+"""
+The per-mailbox index: a small SQLite database beside the Maildir.
+
+It keeps, per folder, UIDVALIDITY and UIDNEXT, and per message its UID, file
+name, flags, size and internal date, so that listing a folder or its flags
+never opens a message file. The Maildir stays the truth for content and
+readable by other tools (Dovecot, mutt, backups); the index is derived from it
+and is rebuilt when it is missing or damaged.
+
+So that a rebuild can keep UIDs, each message's file name carries its UID
+(``,U=<uid>``) and each folder directory holds a small ``mailapp-folder``
+file with its UIDVALIDITY and the UIDNEXT as of the last expunge. A rebuild
+keeps UIDVALIDITY when that file is readable, takes UIDNEXT as the larger of
+the recorded value and the highest UID on disk plus one (so a UID is never
+reused), and gives files without a UID (dropped in by other tools) fresh ones.
+Without that file it starts a new UIDVALIDITY.
+
+Everything here is synchronous and runs on a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from twisted.logger import Logger
+
+from mailapp.store import durable
+from mailapp.store.names import INBOX, SPECIAL_FOLDERS, folder_directory, folder_from_directory
+
+INDEX_NAME = "mailapp-index.sqlite3"
+META_NAME = "mailapp-folder"
+SCHEMA_VERSION = 1
+
+_log = Logger()
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS folders (
+    name TEXT PRIMARY KEY,
+    uidvalidity INTEGER NOT NULL,
+    uidnext INTEGER NOT NULL,
+    subscribed INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS messages (
+    folder TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    filename TEXT NOT NULL,
+    flags TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    internaldate REAL NOT NULL,
+    PRIMARY KEY (folder, uid)
+) WITHOUT ROWID;
+"""
+
+# Maildir info flags (https://cr.yp.to/proto/maildir.html) for the IMAP system flags.
+_FLAG_LETTERS = {
+    "\\Draft": "D",
+    "\\Flagged": "F",
+    "\\Answered": "R",
+    "\\Seen": "S",
+    "\\Deleted": "T",
+}
+_LETTER_FLAGS = {letter: flag for flag, letter in _FLAG_LETTERS.items()}
+_NAME = re.compile(r"^(?P<base>[^:,]+)(?P<fields>(?:,[A-Za-z]=[^,:]*)*)(?::2,(?P<info>[A-Za-z]*))?$")
+
+
+@dataclass
+class ParsedName:
+    base: str
+    size: int | None
+    uid: int | None
+    flags: frozenset[str]
+
+
+def parse_filename(name: str) -> ParsedName | None:
+    """Read base, ``S=`` size, ``U=`` UID and info flags out of a Maildir file name."""
+    match = _NAME.match(name)
+    if not match:
+        return None
+    size = uid = None
+    for field in match.group("fields").split(",")[1:]:
+        key, _, value = field.partition("=")
+        if key == "S" and value.isdigit():
+            size = int(value)
+        elif key == "U" and value.isdigit() and int(value) > 0:
+            uid = int(value)
+    flags = frozenset(_LETTER_FLAGS[c] for c in (match.group("info") or "") if c in _LETTER_FLAGS)
+    return ParsedName(match.group("base"), size, uid, flags)
+
+
+def format_filename(
+    base: str, size: int, uid: int, flags: frozenset[str] | set[str] | tuple[str, ...], cur: bool = False
+) -> str:
+    """
+    The file name for a message, relative to its folder: ``new/`` names
+    carry no info part; once a message has flags (or was in ``cur/``) it
+    lives in ``cur/`` with ``:2,<letters>`` and never goes back.
+    """
+    name = f"{base},S={size},U={uid}"
+    letters = "".join(sorted(_FLAG_LETTERS[f] for f in flags if f in _FLAG_LETTERS))
+    if flags or cur:
+        return f"cur/{name}:2,{letters}"
+    return f"new/{name}"
+
+
+def encode_flags(flags: frozenset[str] | set[str] | tuple[str, ...]) -> str:
+    return " ".join(sorted(set(flags)))
+
+
+def decode_flags(text: str) -> frozenset[str]:
+    return frozenset(text.split()) if text else frozenset()
+
+
+# -- folder metadata -----------------------------------------------------------
+
+_uidvalidity_lock = threading.Lock()
+_last_uidvalidity = 0
+
+
+def new_uidvalidity() -> int:
+    """A fresh UIDVALIDITY: the time, strictly increasing within the process."""
+    global _last_uidvalidity
+    with _uidvalidity_lock:
+        value = max(int(time.time()) & 0x7FFFFFFF, _last_uidvalidity + 1)
+        _last_uidvalidity = value
+        return value
+
+
+def read_meta(directory: Path) -> dict[str, int] | None:
+    try:
+        data = json.loads((directory / META_NAME).read_text())
+        if isinstance(data.get("uidvalidity"), int) and isinstance(data.get("uidnext"), int):
+            return {"uidvalidity": data["uidvalidity"], "uidnext": data["uidnext"]}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def write_meta(directory: Path, uidvalidity: int, uidnext: int) -> None:
+    """Replace the folder's metadata file atomically and durably."""
+    temporary = directory / "tmp" / (META_NAME + f".{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        durable.write_all(fd, json.dumps({"uidvalidity": uidvalidity, "uidnext": uidnext}).encode())
+        durable.fsync_file(fd)
+    finally:
+        os.close(fd)
+    durable.rename(temporary, directory / META_NAME)
+    durable.fsync_directory(directory)
+
+
+def make_folder_directory(directory: Path) -> None:
+    for sub in ("cur", "new", "tmp"):
+        (directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    if directory.name.startswith("."):
+        # Maildir++ marks subfolders with this empty file (Courier, Dovecot).
+        marker = directory / "maildirfolder"
+        if not marker.exists():
+            marker.touch(mode=0o600)
+
+
+# -- connections -----------------------------------------------------------------
+
+_pool_lock = threading.Lock()
+_idle: OrderedDict[int, tuple[Path, sqlite3.Connection]] = OrderedDict()
+_MAX_IDLE_CONNECTIONS = 64
+
+
+@contextmanager
+def connection(mailbox_dir: Path) -> Iterator[sqlite3.Connection]:
+    """
+    Borrow a connection to C{mailbox_dir}'s index (for use on one thread at a
+    time), creating the mailbox (INBOX and the special folders) and rebuilding
+    the index when it is missing or damaged.
+    """
+    conn = None
+    with _pool_lock:
+        for key, (path, idle) in reversed(_idle.items()):
+            if path == mailbox_dir:
+                conn = idle
+                del _idle[key]
+                break
+    if conn is None:
+        conn = _open(mailbox_dir)
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if conn.in_transaction:  # pragma: no cover - a bug in the caller
+        conn.execute("ROLLBACK")
+    with _pool_lock:
+        _idle[id(conn)] = (mailbox_dir, conn)
+        while len(_idle) > _MAX_IDLE_CONNECTIONS:
+            _, (_, old) = _idle.popitem(last=False)
+            old.close()
+
+
+def reset_connections() -> None:
+    """
+    Close every idle connection, so each index is opened afresh on next use:
+    what a restart does. Tests use it to prove that state persists on disk.
+    """
+    with _pool_lock:
+        while _idle:
+            _, (_, old) = _idle.popitem()
+            old.close()
+
+
+def _configure(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    # FULL: a committed UID assignment survives a power cut, like the message it names.
+    conn.execute("PRAGMA synchronous = FULL")
+
+
+def _open(mailbox_dir: Path) -> sqlite3.Connection:
+    mailbox_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = mailbox_dir / INDEX_NAME
+    existed = path.exists()
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        _configure(conn)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise sqlite3.DatabaseError(f"unknown index schema version {version}")
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if existed:
+            conn.execute("SELECT count(*) FROM folders").fetchone()
+    except sqlite3.DatabaseError as e:
+        _log.warn("store.index_damaged {path}: {error}; rebuilding from the Maildir", path=str(path), error=str(e))
+        try:
+            conn.close()
+        except Exception:
+            pass
+        aside = path.with_name(f"{INDEX_NAME}.damaged-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            victim = Path(str(path) + suffix)
+            if victim.exists():
+                os.replace(victim, Path(str(aside) + suffix))
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        _configure(conn)
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        existed = False
+    if not existed:
+        rebuild(conn, mailbox_dir)
+    ensure_default_folders(conn, mailbox_dir)
+    return conn
+
+
+def ensure_default_folders(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
+    for name in (INBOX, *SPECIAL_FOLDERS):
+        if conn.execute("SELECT 1 FROM folders WHERE name = ?", (name,)).fetchone() is None:
+            create_folder(conn, mailbox_dir, name)
+
+
+def create_folder(conn: sqlite3.Connection, mailbox_dir: Path, name: str) -> bool:
+    """Create one folder (directory, metadata, index row); False if it exists."""
+    directory = folder_directory(mailbox_dir, name)
+    make_folder_directory(directory)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT 1 FROM folders WHERE name = ?", (name,)).fetchone():
+            conn.execute("ROLLBACK")
+            return False
+        meta = read_meta(directory)
+        uidvalidity = meta["uidvalidity"] if meta else new_uidvalidity()
+        uidnext = meta["uidnext"] if meta else 1
+        if not meta:
+            write_meta(directory, uidvalidity, uidnext)
+        conn.execute("INSERT INTO folders (name, uidvalidity, uidnext) VALUES (?, ?, ?)", (name, uidvalidity, uidnext))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    durable.fsync_directory(directory.parent if directory != mailbox_dir else mailbox_dir)
+    return True
+
+
+def _scan(directory: Path) -> list[tuple[str, ParsedName, os.stat_result]]:
+    found = []
+    for sub in ("new", "cur"):
+        try:
+            entries = list(os.scandir(directory / sub))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=False) or entry.name.startswith("."):
+                continue
+            parsed = parse_filename(entry.name)
+            if parsed is None:
+                continue
+            found.append((f"{sub}/{entry.name}", parsed, entry.stat()))
+    return found
+
+
+def rebuild(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
+    """
+    Recreate the index of every folder from the Maildir: keep UIDVALIDITY and
+    UIDs where the folder metadata allows it, else start a new UIDVALIDITY.
+    """
+    folders = [(INBOX, mailbox_dir)]
+    if mailbox_dir.exists():
+        for entry in sorted(os.scandir(mailbox_dir), key=lambda e: e.name):
+            name = folder_from_directory(entry.name)
+            if name is not None and entry.is_dir() and (Path(entry.path) / "cur").is_dir():
+                folders.append((name, Path(entry.path)))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM messages")
+        conn.execute("DELETE FROM folders")
+        for name, directory in folders:
+            make_folder_directory(directory)
+            _rebuild_folder(conn, name, directory)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    _log.info("store.index_rebuilt {mailbox} folders={count}", mailbox=str(mailbox_dir), count=len(folders))
+
+
+def _rebuild_folder(conn: sqlite3.Connection, name: str, directory: Path) -> None:
+    meta = read_meta(directory)
+    files = _scan(directory)
+    if meta:
+        uidvalidity = meta["uidvalidity"]
+        keep = True
+    else:
+        uidvalidity = new_uidvalidity()
+        keep = False
+    used: set[int] = set()
+    kept: list[tuple[int, str, ParsedName, os.stat_result]] = []
+    fresh: list[tuple[str, ParsedName, os.stat_result]] = []
+    for relative, parsed, stat in files:
+        if keep and parsed.uid is not None and parsed.uid not in used:
+            used.add(parsed.uid)
+            kept.append((parsed.uid, relative, parsed, stat))
+        else:
+            fresh.append((relative, parsed, stat))
+    uidnext = max([meta["uidnext"] if meta else 1, *(uid + 1 for uid in used)])
+    fresh.sort(key=lambda item: (item[2].st_mtime, item[0]))
+    for relative, parsed, stat in fresh:
+        uid = uidnext
+        uidnext += 1
+        size = parsed.size if parsed.size is not None else stat.st_size
+        # Rename so the file carries the UID the index gave it.
+        new_relative = format_filename(parsed.base, size, uid, parsed.flags, relative.startswith("cur/"))
+        durable.rename(directory / relative, directory / new_relative)
+        kept.append((uid, new_relative, ParsedName(parsed.base, size, uid, parsed.flags), stat))
+    for uid, relative, parsed, stat in kept:
+        size = parsed.size if parsed.size is not None else stat.st_size
+        conn.execute(
+            "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
+            (name, uid, relative, encode_flags(parsed.flags), size, stat.st_mtime),
+        )
+    conn.execute("INSERT INTO folders (name, uidvalidity, uidnext) VALUES (?, ?, ?)", (name, uidvalidity, uidnext))
+    write_meta(directory, uidvalidity, uidnext)

@@ -1,0 +1,696 @@
+"""
+The embedded store: Maildir++ per user, an SQLite index per mailbox, and a
+group-committing writer.
+
+Layout under the store root (``state_dir/mail``)::
+
+    <domain>/<local>/            INBOX (cur/ new/ tmp/) and the index
+    <domain>/<local>/.Sent/      a Maildir++ folder; ``a/b`` is ``.a.b``
+    .spool/                      messages being received
+
+Durability: a received message is written to ``.spool/`` and fsync'd; a batch
+then hard-links it into the ``new/`` of every recipient folder, fsyncs each
+directory once, and only then commits the index rows that make the messages
+visible (and fires the Deferreds that let SMTP say 250). Deliveries that arrive
+while a batch runs wait for the next one, so many concurrent deliveries share
+each directory fsync and each index commit (group commit) instead of queueing
+one fsync each.
+
+Every index change happens in an ``IMMEDIATE`` SQLite transaction, and a
+message's UID is taken from UIDNEXT in the same transaction that makes it
+visible, so another process sharing the store (the admin command, a second
+server) can never see UIDs commit out of order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from collections import defaultdict
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError
+from mailapp.interfaces import IFolder, IMailbox, IMessageStore
+from mailapp.store import durable, index
+from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
+from mailapp.store.names import INBOX, SPECIAL_FOLDERS, DELIMITER, folder_directory, mailbox_directory, normalize_folder
+from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo
+from mailapp.store.spool import SpoolWriter
+
+_log = Logger()
+
+SPOOL_NAME = ".spool"
+STALE_SPOOL_SECONDS = 3600
+
+
+def ensure_mailbox(state_dir: Path, account: str) -> Path:
+    """
+    Create C{account}'s Maildir (INBOX and the special folders) and index,
+    synchronously: for the admin command, which runs no reactor.
+    """
+    mailbox_dir = mailbox_directory(Path(state_dir) / "mail", account)
+    with index.connection(mailbox_dir):
+        pass
+    index.reset_connections()
+    return mailbox_dir
+
+
+# -- the group committer ---------------------------------------------------------
+
+
+@dataclass
+class _Placement:
+    mailbox_dir: Path
+    account: str
+    folder: str
+    flags: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Delivery:
+    """Give one durable file a name in each placement's folder."""
+
+    source: Path
+    base: str
+    size: int
+    internaldate: float
+    placements: list[_Placement]
+    owns_source: bool = True
+    uids: list[int | None] = field(default_factory=list)
+
+
+@dataclass
+class _Call:
+    """Any other change: runs alone, in order, on the writer."""
+
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+class GroupCommitter:
+    """
+    Runs store changes one batch at a time on a worker thread. Jobs that
+    arrive while a batch runs form the next batch, so the cost of each
+    directory fsync and index commit is shared by every delivery in it.
+    """
+
+    def __init__(self, reactor: Any, threadpool: Any) -> None:
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._pending: list[tuple[_Delivery | _Call, Deferred[Any]]] = []
+        self._running = False
+        self.batches = 0
+        self.jobs = 0
+
+    def submit(self, job: _Delivery | _Call) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self._pending.append((job, d))
+        self._kick()
+        return d
+
+    def idle(self) -> bool:
+        return not self._running and not self._pending
+
+    def _kick(self) -> None:
+        if self._running or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        self._running = True
+        self.batches += 1
+        self.jobs += len(batch)
+        jobs = [job for job, _ in batch]
+        d = deferToThreadPool(self._reactor, self._threadpool, _run_batch, jobs)
+
+        def finished(results: list[Any] | Failure) -> None:
+            self._running = False
+            for position, (_, waiting) in enumerate(batch):
+                if isinstance(results, Failure):
+                    waiting.errback(results)
+                elif isinstance(results[position], BaseException):
+                    waiting.errback(Failure(results[position]))
+                else:
+                    waiting.callback(results[position])
+            self._kick()
+
+        d.addBoth(finished)
+
+
+def _run_batch(jobs: list[_Delivery | _Call]) -> list[Any]:
+    """Worker thread: run C{jobs} in order, consecutive deliveries together."""
+    results: list[Any] = [None] * len(jobs)
+    group: list[int] = []
+
+    def flush() -> None:
+        if group:
+            deliveries = [jobs[i] for i in group]
+            for position, outcome in zip(group, _run_deliveries(deliveries)):  # type: ignore[arg-type]
+                results[position] = outcome
+            group.clear()
+
+    for position, job in enumerate(jobs):
+        if isinstance(job, _Delivery):
+            group.append(position)
+            continue
+        flush()
+        try:
+            results[position] = job.function(*job.args)
+        except BaseException as e:
+            results[position] = e
+    flush()
+    return results
+
+
+def _run_deliveries(jobs: list[_Delivery]) -> list[Any]:
+    """
+    Link each job's file into every placement, fsync each directory once,
+    then commit the index rows per mailbox. A job either gets every copy or
+    none: its links are removed and its rows never committed if any step fails.
+    """
+    failed: dict[int, BaseException] = {}
+    links: dict[int, list[Path]] = defaultdict(list)
+    rows: dict[Path, list[tuple[int, tuple[Any, ...]]]] = defaultdict(list)
+    uidnext: dict[tuple[Path, str], int] = {}
+    connections: dict[Path, sqlite3.Connection] = {}
+    directories: dict[Path, set[int]] = defaultdict(set)
+    with ExitStack() as borrowed:
+        return _deliver_batch(jobs, borrowed, failed, links, rows, uidnext, connections, directories)
+
+
+def _deliver_batch(
+    jobs: list[_Delivery],
+    borrowed: ExitStack,
+    failed: dict[int, BaseException],
+    links: dict[int, list[Path]],
+    rows: dict[Path, list[tuple[int, tuple[Any, ...]]]],
+    uidnext: dict[tuple[Path, str], int],
+    connections: dict[Path, sqlite3.Connection],
+    directories: dict[Path, set[int]],
+) -> list[Any]:
+
+    for number, job in enumerate(jobs):
+        job.uids = [None] * len(job.placements)
+        for slot, placement in enumerate(job.placements):
+            if number in failed:
+                break
+            try:
+                conn = connections.get(placement.mailbox_dir)
+                if conn is None:
+                    conn = borrowed.enter_context(index.connection(placement.mailbox_dir))
+                    conn.execute("BEGIN IMMEDIATE")
+                    connections[placement.mailbox_dir] = conn
+                key = (placement.mailbox_dir, placement.folder)
+                if key not in uidnext:
+                    row = conn.execute("SELECT uidnext FROM folders WHERE name = ?", (placement.folder,)).fetchone()
+                    if row is None:
+                        raise NoSuchFolder(f"no such folder: {placement.folder}")
+                    uidnext[key] = row[0]
+                uid = uidnext[key]
+                uidnext[key] = uid + 1
+                relative = index.format_filename(job.base, job.size, uid, placement.flags)
+                directory = folder_directory(placement.mailbox_dir, placement.folder)
+                target = directory / relative
+                durable.link(job.source, target)
+                links[number].append(target)
+                directories[target.parent].add(number)
+                job.uids[slot] = uid
+                rows[placement.mailbox_dir].append(
+                    (
+                        number,
+                        (placement.folder, uid, relative, index.encode_flags(placement.flags), job.size, job.internaldate),
+                    )
+                )
+            except BaseException as e:
+                failed[number] = e
+
+    for directory, numbers in directories.items():
+        try:
+            durable.fsync_directory(directory)
+        except BaseException as e:
+            for number in numbers:
+                failed.setdefault(number, e)
+
+    committed: list[Path] = []
+    for mailbox_dir, conn in connections.items():
+        good = [values for number, values in rows[mailbox_dir] if number not in failed]
+        try:
+            conn.executemany(
+                "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
+                good,
+            )
+            for (box, folder), value in uidnext.items():
+                if box == mailbox_dir:
+                    # UIDs taken by a failed job are skipped, never reused.
+                    conn.execute("UPDATE folders SET uidnext = max(uidnext, ?) WHERE name = ?", (value, folder))
+            conn.execute("COMMIT")
+            committed.append(mailbox_dir)
+        except BaseException as e:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for number, _ in rows[mailbox_dir]:
+                failed.setdefault(number, e)
+    _undo_committed(jobs, failed, rows, committed)
+
+    outcomes: list[Any] = []
+    for number, job in enumerate(jobs):
+        if number in failed:
+            for path in links[number]:
+                durable.unlink(path)
+            error = failed[number]
+            if not isinstance(error, (StoreError, NoSuchFolder)):
+                _log.error("store.delivery_failed {error!r}", error=error)
+                error = StoreError()
+            outcomes.append(error)
+        else:
+            outcomes.append(list(job.uids))
+        if job.owns_source:
+            durable.unlink(job.source)
+    return outcomes
+
+
+def _undo_committed(
+    jobs: list[_Delivery],
+    failed: dict[int, BaseException],
+    rows: dict[Path, list[tuple[int, tuple[Any, ...]]]],
+    committed: list[Path],
+) -> None:
+    """A commit failed after others succeeded: take back the rows of failed jobs so none is half-delivered."""
+    for mailbox_dir in committed:
+        victims = [values for number, values in rows[mailbox_dir] if number in failed]
+        if not victims:
+            continue
+        with index.connection(mailbox_dir) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("DELETE FROM messages WHERE folder = ? AND uid = ?", [(v[0], v[1]) for v in victims])
+            conn.execute("COMMIT")
+
+
+# -- the store -------------------------------------------------------------------
+
+
+@implementer(IMessageStore)
+class MaildirStore:
+    """Every user's Maildir under C{root}; see the module docstring."""
+
+    def __init__(self, root: Path, reactor: Any = None, threadpool: Any = None, events: EventBus | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.root = Path(root)
+        self.spool_dir = self.root / SPOOL_NAME
+        self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.reactor = reactor
+        self.threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
+        self.events = events if events is not None else EventBus()
+        self.committer = GroupCommitter(reactor, self.threadpool)
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run a read-only index or file operation on a worker thread."""
+        return deferToThreadPool(self.reactor, self.threadpool, function, *args)
+
+    def write(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run a change on the writer, in order with every other change."""
+        return self.committer.submit(_Call(function, args))
+
+    def mailbox(self, account: str) -> MaildirMailbox:
+        return MaildirMailbox(self, account)
+
+    def newMessage(self) -> SpoolWriter:
+        return SpoolWriter(self.spool_dir, self.reactor, self.threadpool)
+
+    def deliver(self, message: SpoolWriter, accounts: Iterable[str], folder: str = INBOX) -> Deferred[dict[str, int]]:
+        if not message.finished:
+            raise RuntimeError("deliver() before the message's finish() fired")
+        folder = normalize_folder(folder)
+        unique: dict[str, str] = {}
+        for account in accounts:
+            unique.setdefault(account.lower(), account)
+        placements = [_Placement(mailbox_directory(self.root, a), a, folder) for a in unique.values()]
+        job = _Delivery(message.path, message.base, message.size, message.internaldate, placements)
+        d = self.committer.submit(job)
+
+        def delivered(uids: list[int]) -> dict[str, int]:
+            for placement, uid in zip(placements, uids):
+                self.events.publish(FolderEvent(ADDED, placement.account, folder, (uid,)))
+            return {placement.account: uid for placement, uid in zip(placements, uids)}
+
+        return d.addCallback(delivered)
+
+    def cleanup(self, max_age: float = STALE_SPOOL_SECONDS) -> Deferred[int]:
+        """
+        Remove spool files nobody has written to for C{max_age} seconds: left
+        by a crash mid-receive, they were never visible in any mailbox.
+        """
+
+        def sweep() -> int:
+            removed = 0
+            cutoff = time.time() - max_age
+            for entry in os.scandir(self.spool_dir):
+                try:
+                    if entry.is_file() and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+            if removed:
+                _log.info("store.spool_cleaned {removed} stale files", removed=removed)
+            return removed
+
+        return self.run(sweep)
+
+
+@implementer(IMailbox)
+class MaildirMailbox:
+    """One user's folders; cheap to make, no I/O until used."""
+
+    def __init__(self, store: MaildirStore, account: str) -> None:
+        self.store = store
+        self.account = account
+        self.directory = mailbox_directory(store.root, account)
+
+    def _connect(self) -> ContextManager[sqlite3.Connection]:
+        return index.connection(self.directory)
+
+    def listFolders(self) -> Deferred[list[FolderInfo]]:
+        def read() -> list[FolderInfo]:
+            with self._connect() as conn:
+                rows = conn.execute("SELECT name, subscribed FROM folders").fetchall()
+            folders = [FolderInfo(name, SPECIAL_FOLDERS.get(name), bool(subscribed)) for name, subscribed in rows]
+            return sorted(folders, key=lambda f: (f.name != INBOX, f.name))
+
+        return self.store.run(read)
+
+    def createFolder(self, name: str) -> Deferred[None]:
+        try:
+            name = normalize_folder(name)
+        except BadFolderName as e:
+            return _fail(e)
+
+        def create() -> None:
+            with self._connect() as conn:
+                parts = name.split(DELIMITER)
+                for depth in range(1, len(parts)):
+                    index.create_folder(conn, self.directory, DELIMITER.join(parts[:depth]))
+                if not index.create_folder(conn, self.directory, name):
+                    raise FolderExists(f"folder exists: {name}")
+
+        return self.store.write(create)
+
+    def deleteFolder(self, name: str) -> Deferred[None]:
+        try:
+            name = normalize_folder(name)
+        except BadFolderName as e:
+            return _fail(e)
+        if name == INBOX:
+            return _fail(BadFolderName("INBOX cannot be deleted"))
+
+        def delete() -> None:
+            with self._connect() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if conn.execute("DELETE FROM folders WHERE name = ?", (name,)).rowcount == 0:
+                        raise NoSuchFolder(f"no such folder: {name}")
+                    conn.execute("DELETE FROM messages WHERE folder = ?", (name,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                shutil.rmtree(folder_directory(self.directory, name), ignore_errors=True)
+
+        return self.store.write(delete)
+
+    def renameFolder(self, old: str, new: str) -> Deferred[None]:
+        try:
+            old, new = normalize_folder(old), normalize_folder(new)
+        except BadFolderName as e:
+            return _fail(e)
+        if INBOX in (old, new):
+            return _fail(BadFolderName("renaming INBOX is not supported"))
+
+        def rename() -> None:
+            with self._connect() as conn:
+                names = [r[0] for r in conn.execute("SELECT name FROM folders").fetchall()]
+                if old not in names:
+                    raise NoSuchFolder(f"no such folder: {old}")
+                if new in names:
+                    raise FolderExists(f"folder exists: {new}")
+                moving = [n for n in names if n == old or n.startswith(old + DELIMITER)]
+                parts = new.split(DELIMITER)
+                for depth in range(1, len(parts)):
+                    parent = DELIMITER.join(parts[:depth])
+                    if parent not in names and parent not in moving:
+                        index.create_folder(conn, self.directory, parent)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for name in moving:
+                        target = new + name[len(old) :]
+                        os.rename(folder_directory(self.directory, name), folder_directory(self.directory, target))
+                        conn.execute("UPDATE folders SET name = ? WHERE name = ?", (target, name))
+                        conn.execute("UPDATE messages SET folder = ? WHERE folder = ?", (target, name))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                durable.fsync_directory(self.directory)
+
+        return self.store.write(rename)
+
+    def folder(self, name: str) -> Deferred[MaildirFolder]:
+        try:
+            name = normalize_folder(name)
+        except BadFolderName as e:
+            return _fail(e)
+
+        def find() -> MaildirFolder:
+            with self._connect() as conn:
+                exists = conn.execute("SELECT 1 FROM folders WHERE name = ?", (name,)).fetchone()
+            if exists is None:
+                raise NoSuchFolder(f"no such folder: {name}")
+            return MaildirFolder(self, name)
+
+        return self.store.run(find)
+
+
+@implementer(IFolder)
+class MaildirFolder:
+    """One folder, read through its index."""
+
+    def __init__(self, mailbox: MaildirMailbox, name: str) -> None:
+        self.mailbox = mailbox
+        self.store = mailbox.store
+        self.account = mailbox.account
+        self.name = name
+        self.directory = folder_directory(mailbox.directory, name)
+
+    def _connect(self) -> ContextManager[sqlite3.Connection]:
+        return self.mailbox._connect()
+
+    def _publish(self, kind: str, uids: Iterable[int]) -> None:
+        uids = tuple(sorted(uids))
+        if uids:
+            self.store.events.publish(FolderEvent(kind, self.account, self.name, uids))
+
+    def status(self) -> Deferred[FolderStatus]:
+        def read() -> FolderStatus:
+            with self._connect() as conn:
+                row = conn.execute("SELECT uidvalidity, uidnext FROM folders WHERE name = ?", (self.name,)).fetchone()
+                if row is None:
+                    raise NoSuchFolder(f"no such folder: {self.name}")
+                total, unseen = conn.execute(
+                    "SELECT count(*), coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0)"
+                    " FROM messages WHERE folder = ?",
+                    (self.name,),
+                ).fetchone()
+                return FolderStatus(row[0], row[1], total, unseen)
+
+        return self.store.run(read)
+
+    def messages(self) -> Deferred[list[MessageInfo]]:
+        def read() -> list[MessageInfo]:
+            with self._connect() as conn:
+                rows = conn.execute(
+                    "SELECT uid, flags, size, internaldate FROM messages WHERE folder = ? ORDER BY uid", (self.name,)
+                ).fetchall()
+            return [MessageInfo(uid, index.decode_flags(flags), size, date) for uid, flags, size, date in rows]
+
+        return self.store.run(read)
+
+    def _filename(self, uid: int) -> str:
+        with self._connect() as conn:
+            row = conn.execute("SELECT filename FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)).fetchone()
+        if row is None:
+            raise NoSuchMessage(f"no such message: {uid}")
+        return str(row[0])
+
+    def openMessage(self, uid: int) -> Deferred[Any]:
+        def open_() -> Any:
+            # A concurrent flag change may rename the file between the index
+            # read and the open: read the index again and retry once.
+            for attempt in (1, 2):
+                try:
+                    return open(self.directory / self._filename(uid), "rb")
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise NoSuchMessage(f"message {uid} is missing from the Maildir")
+            raise AssertionError("unreachable")
+
+        return self.store.run(open_)
+
+    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
+        if mode not in ("replace", "add", "remove"):
+            raise ValueError(f"bad mode {mode!r}")
+        wanted = frozenset(flags)
+        uids = sorted(set(uids))
+
+        def change() -> dict[int, frozenset[str]]:
+            with self._connect() as conn:
+                result: dict[int, frozenset[str]] = {}
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for uid in uids:
+                        row = conn.execute(
+                            "SELECT filename, flags, size FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)
+                        ).fetchone()
+                        if row is None:
+                            continue
+                        filename, old_text, size = row
+                        old = index.decode_flags(old_text)
+                        new = wanted if mode == "replace" else (old | wanted if mode == "add" else old - wanted)
+                        result[uid] = new
+                        if new == old:
+                            continue
+                        parsed = index.parse_filename(filename.split("/", 1)[1])
+                        relative = filename
+                        if parsed is not None:
+                            relative = index.format_filename(parsed.base, size, uid, new, filename.startswith("cur/"))
+                            if relative != filename:
+                                try:
+                                    durable.rename(self.directory / filename, self.directory / relative)
+                                except FileNotFoundError:
+                                    relative = filename
+                        conn.execute(
+                            "UPDATE messages SET flags = ?, filename = ? WHERE folder = ? AND uid = ?",
+                            (index.encode_flags(new), relative, self.name, uid),
+                        )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                return result
+
+        def publish(result: dict[int, frozenset[str]]) -> dict[int, frozenset[str]]:
+            self._publish(FLAGS_CHANGED, result)
+            return result
+
+        return self.store.write(change).addCallback(publish)
+
+    def expunge(self, uids: Iterable[int]) -> Deferred[list[int]]:
+        uids = sorted(set(uids))
+
+        def remove() -> list[int]:
+            with self._connect() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    validity, uidnext = conn.execute(
+                        "SELECT uidvalidity, uidnext FROM folders WHERE name = ?", (self.name,)
+                    ).fetchone()
+                    # Record UIDNEXT first, so that a rebuild never hands out a removed UID again.
+                    index.write_meta(self.directory, validity, uidnext)
+                    victims = []
+                    for uid in uids:
+                        row = conn.execute(
+                            "SELECT filename FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)
+                        ).fetchone()
+                        if row is not None:
+                            victims.append((uid, row[0]))
+                    conn.executemany("DELETE FROM messages WHERE folder = ? AND uid = ?", [(self.name, u) for u, _ in victims])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                for _, filename in victims:
+                    durable.unlink(self.directory / filename)
+                return [uid for uid, _ in victims]
+
+        def publish(removed: list[int]) -> list[int]:
+            self._publish(EXPUNGED, removed)
+            return removed
+
+        return self.store.write(remove).addCallback(publish)
+
+    def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[int]:
+        writer = self.store.newMessage()
+        if internaldate is not None:
+            writer.internaldate = internaldate
+        writer.write(data)
+        flags = frozenset(flags)
+
+        def written(_: object) -> Deferred[list[int]]:
+            job = _Delivery(
+                writer.path,
+                writer.base,
+                writer.size,
+                writer.internaldate,
+                [_Placement(self.mailbox.directory, self.account, self.name, flags)],
+            )
+            return self.store.committer.submit(job)
+
+        def failed(reason: Failure) -> Failure:
+            writer.discard()
+            return reason
+
+        def appended(uids: list[int]) -> int:
+            self._publish(ADDED, uids)
+            return uids[0]
+
+        return writer.finish().addCallbacks(written, failed).addCallback(appended)
+
+    def copyTo(self, uids: Iterable[int], target: MaildirFolder) -> Deferred[dict[int, int]]:  # type: ignore[override]
+        uids = sorted(set(uids))
+
+        def read() -> list[tuple[int, str, str, int, float]]:
+            wanted = set(uids)
+            with self._connect() as conn:
+                rows = conn.execute(
+                    "SELECT uid, filename, flags, size, internaldate FROM messages WHERE folder = ? ORDER BY uid",
+                    (self.name,),
+                ).fetchall()
+            return [row for row in rows if row[0] in wanted]
+
+        def copy(rows: list[tuple[int, str, str, int, float]]) -> Deferred[dict[int, int]]:
+            jobs = []
+            for uid, filename, flags, size, date in rows:
+                parsed = index.parse_filename(filename.split("/", 1)[1])
+                base = parsed.base if parsed else filename
+                placement = _Placement(target.mailbox.directory, target.account, target.name, index.decode_flags(flags))
+                job = _Delivery(self.directory / filename, base, size, date, [placement], owns_source=False)
+                jobs.append((uid, self.store.committer.submit(job)))
+            from twisted.internet.defer import gatherResults
+
+            def done(results: list[list[int]]) -> dict[int, int]:
+                mapping = {uid: new[0] for (uid, _), new in zip(jobs, results)}
+                target._publish(ADDED, mapping.values())
+                return mapping
+
+            return gatherResults([d for _, d in jobs], consumeErrors=True).addCallback(done)
+
+        return self.store.run(read).addCallback(copy)
+
+
+def _fail(error: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(error)
+    return d

@@ -1,0 +1,32 @@
+"""The plain records the store hands to protocols."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """A folder as LIST shows it: C{special_use} is ``\\Sent`` etc. or None."""
+
+    name: str
+    special_use: str | None
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    uidvalidity: int
+    uidnext: int
+    messages: int
+    unseen: int
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """One message in a folder's index; C{internaldate} is a POSIX timestamp."""
+
+    uid: int
+    flags: frozenset[str]
+    size: int
+    internaldate: float

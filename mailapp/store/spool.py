@@ -1,0 +1,141 @@
+"""
+Receiving a message into a spool file with bounded memory.
+
+Data arrives in small pieces from the network; it is buffered up to
+L{SpoolWriter.FLUSH_AT} bytes and then written by a worker thread, so the
+reactor never blocks on the disk and a 100 MiB message never sits in memory.
+The spool lives inside the store's root so the finished file can be hard-linked
+into every recipient's Maildir: written once, however many recipients.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailapp.errors import StoreError
+from mailapp.interfaces import IMessageWriter
+from mailapp.store import durable
+
+_counter = itertools.count(1)
+_HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072").replace(",", "\\054") or "localhost"
+
+
+def unique_name() -> str:
+    """A Maildir unique name: time, microseconds, pid, a counter, the host."""
+    now = time.time()
+    return f"{int(now)}.M{int((now % 1) * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
+
+
+@implementer(IMessageWriter)
+class SpoolWriter:
+    """
+    One message being received. Writes happen in order on worker threads;
+    an I/O error is kept and reported by L{finish} (as L{StoreError}), so a
+    caller streaming data need not handle errors on every write.
+    """
+
+    FLUSH_AT = 64 * 1024
+
+    def __init__(self, spool_dir: Path, reactor: Any, threadpool: Any) -> None:
+        self.base = unique_name()
+        self.path = spool_dir / self.base
+        self.size = 0
+        self.internaldate = time.time()
+        self.finished = False
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._fd: int | None = None
+        self._error: Failure | None = None
+        self._discarded = False
+        self._tail: Deferred[None] = succeed(None)
+
+    def write(self, data: bytes) -> Deferred[None]:
+        if self._discarded or self.finished:
+            raise RuntimeError("write after finish or discard")
+        self.size += len(data)
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered < self.FLUSH_AT:
+            return succeed(None)
+        return self._enqueue(self._writeChunk, self._takeBuffer())
+
+    def finish(self) -> Deferred[None]:
+        chunk = self._takeBuffer()
+        done = self._enqueue(self._finishSync, chunk)
+
+        def check(_: object) -> None:
+            if self._error is not None:
+                raise StoreError() from self._error.value
+            self.finished = True
+
+        return done.addCallback(check)
+
+    def discard(self) -> Deferred[None]:
+        if self._discarded:
+            return succeed(None)
+        self._discarded = True
+        self._buffer = []
+        self._buffered = 0
+        return self._enqueue(self._discardSync, always=True)
+
+    # -- worker-thread side --------------------------------------------------
+
+    def _takeBuffer(self) -> bytes:
+        chunk = b"".join(self._buffer)
+        self._buffer = []
+        self._buffered = 0
+        return chunk
+
+    def _enqueue(self, function: Callable[..., None], *args: Any, always: bool = False) -> Deferred[None]:
+        """
+        Run C{function} after every earlier step. The returned Deferred only
+        signals "done" (back-pressure); errors are kept in C{self._error}.
+        """
+        done: Deferred[None] = Deferred()
+
+        def step(_: object) -> Deferred[None] | None:
+            if self._error is not None and not always:
+                return None
+            return deferToThreadPool(self._reactor, self._threadpool, function, *args)
+
+        def record(result: object) -> None:
+            if isinstance(result, Failure) and self._error is None:
+                self._error = result
+            done.callback(None)
+
+        self._tail.addCallback(step).addBoth(record)
+        return done
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return self._fd
+
+    def _writeChunk(self, chunk: bytes) -> None:
+        durable.write_all(self._open(), chunk)
+
+    def _finishSync(self, chunk: bytes) -> None:
+        fd = self._open()
+        if chunk:
+            durable.write_all(fd, chunk)
+        durable.fsync_file(fd)
+        os.close(fd)
+        self._fd = None
+
+    def _discardSync(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        durable.unlink(self.path)

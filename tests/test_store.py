@@ -1,0 +1,353 @@
+"""The Maildir store: delivery, folders, flags, expunge, UIDs, durability, rebuild, names."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, StoreError
+from mailapp.interfaces import IEventBus, IFolder, IMailbox, IMessageStore, IMessageWriter
+from mailapp.store import MaildirStore, durable, ensure_mailbox, index
+from mailapp.store.names import mailbox_directory
+
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+MESSAGE = b"Subject: hello\r\n\r\nbody line\r\n"
+
+
+class StoreTestCase(TestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp()) / "mail"
+        self.store = MaildirStore(self.root, reactor=reactor)
+        self.events: list = []
+
+    def restart(self) -> MaildirStore:
+        """A new store over the same directory, with no connection reused: a server restart."""
+        index.reset_connections()
+        self.store = MaildirStore(self.root, reactor=reactor)
+        return self.store
+
+    @inlineCallbacks
+    def receive(self, data: bytes = MESSAGE):
+        writer = self.store.newMessage()
+        yield writer.write(data)
+        yield writer.finish()
+        return writer
+
+    @inlineCallbacks
+    def deliver(self, accounts, data: bytes = MESSAGE):
+        writer = yield self.receive(data)
+        uids = yield self.store.deliver(writer, accounts)
+        return uids
+
+    @inlineCallbacks
+    def read(self, account: str, uid: int, folder: str = "INBOX") -> bytes:
+        f = yield self.store.mailbox(account).folder(folder)
+        handle = yield f.openMessage(uid)
+        with handle:
+            return handle.read()
+
+
+class DeliveryTests(StoreTestCase):
+    @inlineCallbacks
+    def test_store_mailbox_folder_and_writer_provide_their_interfaces(self):
+        verifyObject(IMessageStore, self.store)
+        verifyObject(IEventBus, self.store.events)
+        verifyObject(IMessageWriter, self.store.newMessage())
+        mailbox = self.store.mailbox(ALICE)
+        verifyObject(IMailbox, mailbox)
+        verifyObject(IFolder, (yield mailbox.folder("INBOX")))
+
+    @inlineCallbacks
+    def test_delivered_message_is_stored_byte_for_byte_with_uid_1(self):
+        uids = yield self.deliver([ALICE])
+        self.assertEqual(uids, {ALICE: 1})
+        self.assertEqual((yield self.read(ALICE, 1)), MESSAGE)
+
+    @inlineCallbacks
+    def test_several_recipients_share_one_file_through_hard_links(self):
+        yield self.deliver([ALICE, BOB, "ALICE@example.test"])
+        a = list((mailbox_directory(self.root, ALICE) / "new").iterdir())
+        b = list((mailbox_directory(self.root, BOB) / "new").iterdir())
+        self.assertEqual((len(a), len(b)), (1, 1))
+        self.assertEqual(a[0].stat().st_ino, b[0].stat().st_ino)
+        self.assertEqual(a[0].stat().st_nlink, 2)
+        self.assertEqual(list(self.store.spool_dir.iterdir()), [])
+
+    @inlineCallbacks
+    def test_delivery_publishes_added_event_for_each_folder(self):
+        self.store.events.subscribe(ALICE, "INBOX", self.events.append)
+        yield self.deliver([ALICE, BOB])
+        self.assertEqual([(e.kind, e.account, e.folder, e.uids) for e in self.events], [("added", ALICE, "INBOX", (1,))])
+
+    @inlineCallbacks
+    def test_first_use_creates_inbox_and_special_folders(self):
+        folders = yield self.store.mailbox(ALICE).listFolders()
+        self.assertEqual([f.name for f in folders], ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"])
+        self.assertEqual({f.name: f.special_use for f in folders}["Sent"], "\\Sent")
+        self.assertTrue((mailbox_directory(self.root, ALICE) / ".Sent" / "cur").is_dir())
+
+    @inlineCallbacks
+    def test_concurrent_deliveries_get_distinct_uids_and_share_batches(self):
+        batches_before = self.store.committer.batches
+        writers = yield gatherResults([self.receive(MESSAGE + str(i).encode()) for i in range(40)])
+        results = yield gatherResults([self.store.deliver(w, [ALICE]) for w in writers])
+        self.assertEqual(sorted(r[ALICE] for r in results), list(range(1, 41)))
+        self.assertLess(self.store.committer.batches - batches_before, 40)
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual(len((yield folder.messages())), 40)
+
+    @inlineCallbacks
+    def test_large_message_streams_through_small_writes(self):
+        writer = self.store.newMessage()
+        chunk = bytes(range(256)) * 64
+        for _ in range(40):
+            yield writer.write(chunk)
+        yield writer.finish()
+        yield self.store.deliver(writer, [ALICE])
+        self.assertEqual((yield self.read(ALICE, 1)), chunk * 40)
+
+
+class DurabilityTests(StoreTestCase):
+    @inlineCallbacks
+    def test_file_fsync_then_link_then_directory_fsync_then_index_visible(self):
+        calls: list[str] = []
+        inbox_new = mailbox_directory(self.root, ALICE) / "new"
+        index_path = mailbox_directory(self.root, ALICE) / index.INDEX_NAME
+
+        def visible() -> int:
+            if not index_path.exists():
+                return 0
+            conn = sqlite3.connect(index_path)
+            try:
+                return conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+            finally:
+                conn.close()
+
+        real_fsync, real_link, real_dir = durable.fsync_file, durable.link, durable.fsync_directory
+
+        def fsync_file(fd):
+            calls.append("fsync file")
+            real_fsync(fd)
+
+        def link(source, target):
+            calls.append(f"link into {target.parent.name}, visible={visible()}")
+            real_link(source, target)
+
+        def fsync_directory(path):
+            if path == inbox_new:
+                calls.append(f"fsync new/, visible={visible()}")
+            real_dir(path)
+
+        self.patch(durable, "fsync_file", fsync_file)
+        self.patch(durable, "link", link)
+        self.patch(durable, "fsync_directory", fsync_directory)
+        yield self.store.mailbox(ALICE).listFolders()
+        calls.clear()
+        yield self.deliver([ALICE])
+        self.assertEqual(calls, ["fsync file", "link into new, visible=0", "fsync new/, visible=0"])
+        self.assertEqual(visible(), 1)
+
+    @inlineCallbacks
+    def test_failure_to_link_one_copy_delivers_no_copy(self):
+        yield self.store.mailbox(ALICE).listFolders()
+        real_link = durable.link
+        bob_dir = mailbox_directory(self.root, BOB)
+
+        def link(source, target):
+            if bob_dir in target.parents:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_link(source, target)
+
+        self.patch(durable, "link", link)
+        writer = yield self.receive()
+        yield self.assertFailure(self.store.deliver(writer, [ALICE, BOB]), StoreError)
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual((yield folder.messages()), [])
+        self.assertEqual(list((mailbox_directory(self.root, ALICE) / "new").iterdir()), [])
+        self.assertEqual(list(self.store.spool_dir.iterdir()), [])
+
+    @inlineCallbacks
+    def test_disk_full_while_spooling_is_reported_at_finish(self):
+        def write_all(fd, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(durable, "write_all", write_all)
+        writer = self.store.newMessage()
+        yield writer.write(b"x" * (writer.FLUSH_AT + 1))
+        yield self.assertFailure(writer.finish(), StoreError)
+        yield writer.discard()
+        self.assertEqual(list(self.store.spool_dir.iterdir()), [])
+
+    @inlineCallbacks
+    def test_crash_mid_receive_leaves_nothing_visible_and_is_cleaned(self):
+        writer = self.store.newMessage()
+        yield writer.write(b"x" * (writer.FLUSH_AT + 10))  # on disk in the spool, never finished
+        self.assertTrue(writer.path.exists())
+        store = self.restart()
+        removed = yield store.cleanup(max_age=0)
+        self.assertEqual(removed, 1)
+        folder = yield store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual((yield folder.messages()), [])
+
+
+class FolderTests(StoreTestCase):
+    @inlineCallbacks
+    def test_flags_are_kept_in_index_and_maildir_file_name(self):
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        self.store.events.subscribe(ALICE, "INBOX", self.events.append)
+        result = yield folder.setFlags([1, 99], ["\\Seen", "\\Flagged", "$Label1"], "add")
+        self.assertEqual(result, {1: frozenset({"\\Seen", "\\Flagged", "$Label1"})})
+        [name] = os.listdir(mailbox_directory(self.root, ALICE) / "cur")
+        self.assertTrue(name.endswith(":2,FS"), name)
+        result = yield folder.setFlags([1], ["\\Flagged"], "remove")
+        self.assertEqual(result[1], frozenset({"\\Seen", "$Label1"}))
+        [info] = yield folder.messages()
+        self.assertEqual(info.flags, frozenset({"\\Seen", "$Label1"}))
+        self.assertEqual(info.size, len(MESSAGE))
+        status = yield folder.status()
+        self.assertEqual((status.messages, status.unseen, status.uidnext), (1, 0, 2))
+        self.assertEqual([e.kind for e in self.events], ["flags_changed", "flags_changed"])
+        self.assertEqual((yield self.read(ALICE, 1)), MESSAGE)
+
+    @inlineCallbacks
+    def test_expunged_uids_are_never_reused_even_after_index_rebuild(self):
+        yield self.deliver([ALICE])
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual((yield folder.expunge([2, 7])), [2])
+        (mailbox_directory(self.root, ALICE) / index.INDEX_NAME).unlink()
+        store = self.restart()
+        uids = yield self.deliver([ALICE])
+        self.assertEqual(uids, {ALICE: 3})
+        folder = yield store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual([m.uid for m in (yield folder.messages())], [1, 3])
+
+    @inlineCallbacks
+    def test_uids_and_uidvalidity_persist_across_restart(self):
+        yield self.deliver([ALICE])
+        before = yield (yield self.store.mailbox(ALICE).folder("INBOX")).status()
+        store = self.restart()
+        after = yield (yield store.mailbox(ALICE).folder("INBOX")).status()
+        self.assertEqual((before.uidvalidity, before.uidnext), (after.uidvalidity, after.uidnext))
+
+    @inlineCallbacks
+    def test_deleted_index_is_rebuilt_keeping_uids_flags_and_uidvalidity(self):
+        yield self.deliver([ALICE])
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        yield folder.setFlags([2], ["\\Seen"], "add")
+        before = yield folder.status()
+        (mailbox_directory(self.root, ALICE) / index.INDEX_NAME).unlink()
+        store = self.restart()
+        folder = yield store.mailbox(ALICE).folder("INBOX")
+        after = yield folder.status()
+        self.assertEqual((after.uidvalidity, after.uidnext, after.messages), (before.uidvalidity, 3, 2))
+        self.assertEqual([(m.uid, m.flags) for m in (yield folder.messages())], [(1, frozenset()), (2, frozenset({"\\Seen"}))])
+
+    @inlineCallbacks
+    def test_corrupt_index_is_moved_aside_and_rebuilt(self):
+        yield self.deliver([ALICE])
+        path = mailbox_directory(self.root, ALICE) / index.INDEX_NAME
+        index.reset_connections()
+        for suffix in ("-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        path.write_bytes(b"this is not a database" * 100)
+        store = self.restart()
+        folder = yield store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual([m.uid for m in (yield folder.messages())], [1])
+        self.assertTrue(any(p.name.startswith(index.INDEX_NAME + ".damaged-") for p in path.parent.iterdir()))
+
+    @inlineCallbacks
+    def test_index_rebuild_without_folder_metadata_starts_a_new_uidvalidity(self):
+        yield self.deliver([ALICE])
+        mailbox_dir = mailbox_directory(self.root, ALICE)
+        before = yield (yield self.store.mailbox(ALICE).folder("INBOX")).status()
+        (mailbox_dir / index.INDEX_NAME).unlink()
+        (mailbox_dir / index.META_NAME).unlink()
+        store = self.restart()
+        folder = yield store.mailbox(ALICE).folder("INBOX")
+        after = yield folder.status()
+        self.assertNotEqual(after.uidvalidity, before.uidvalidity)
+        self.assertEqual(after.messages, 1)
+
+    @inlineCallbacks
+    def test_message_dropped_in_by_another_tool_gets_a_fresh_uid_on_rebuild(self):
+        yield self.deliver([ALICE])
+        mailbox_dir = mailbox_directory(self.root, ALICE)
+        (mailbox_dir / "new" / "1700000000.M1P1.otherhost").write_bytes(b"Subject: other\r\n\r\nx\r\n")
+        (mailbox_dir / index.INDEX_NAME).unlink()
+        store = self.restart()
+        folder = yield store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual([m.uid for m in (yield folder.messages())], [1, 2])
+        self.assertEqual((yield self.read(ALICE, 2)), b"Subject: other\r\n\r\nx\r\n")
+
+    @inlineCallbacks
+    def test_create_rename_and_delete_folders(self):
+        mailbox = self.store.mailbox(ALICE)
+        yield mailbox.createFolder("Projects/2026/Q4")
+        names = [f.name for f in (yield mailbox.listFolders())]
+        self.assertIn("Projects", names)
+        self.assertIn("Projects/2026", names)
+        yield self.assertFailure(mailbox.createFolder("Projects/2026/Q4"), FolderExists)
+        yield mailbox.renameFolder("Projects", "Work")
+        names = [f.name for f in (yield mailbox.listFolders())]
+        self.assertIn("Work/2026/Q4", names)
+        self.assertNotIn("Projects", names)
+        yield mailbox.deleteFolder("Work/2026/Q4")
+        yield self.assertFailure(mailbox.folder("Work/2026/Q4"), NoSuchFolder)
+        yield self.assertFailure(mailbox.deleteFolder("inbox"), BadFolderName)
+
+    @inlineCallbacks
+    def test_append_keeps_flags_and_internal_date_and_copy_keeps_flags(self):
+        mailbox = self.store.mailbox(ALICE)
+        sent = yield mailbox.folder("Sent")
+        uid = yield sent.append(MESSAGE, ["\\Seen"], internaldate=1_700_000_000.0)
+        [info] = yield sent.messages()
+        self.assertEqual((info.uid, info.flags, info.internaldate), (uid, frozenset({"\\Seen"}), 1_700_000_000.0))
+        archive = yield mailbox.folder("Archive")
+        mapping = yield sent.copyTo([uid], archive)
+        self.assertEqual(mapping, {uid: 1})
+        [copied] = yield archive.messages()
+        self.assertEqual(copied.flags, frozenset({"\\Seen"}))
+        self.assertEqual((yield self.read(ALICE, 1, "Archive")), MESSAGE)
+
+
+class NameTests(StoreTestCase):
+    @inlineCallbacks
+    def test_folder_names_that_try_to_escape_are_refused(self):
+        mailbox = self.store.mailbox(ALICE)
+        for name in ["..", "../x", "a/../../b", "a//b", "", "/abs", "a\x00b", "x\r\ny", ".", "a/./b"]:
+            yield self.assertFailure(mailbox.createFolder(name), BadFolderName)
+
+    @inlineCallbacks
+    def test_folder_names_with_dots_and_slashes_stay_inside_the_mailbox(self):
+        mailbox = self.store.mailbox(ALICE)
+        yield mailbox.createFolder(".hidden/..x/ü")
+        mailbox_dir = mailbox_directory(self.root, ALICE)
+        for path in mailbox_dir.iterdir():
+            self.assertEqual(path.parent, mailbox_dir)
+        names = [f.name for f in (yield mailbox.listFolders())]
+        self.assertIn(".hidden/..x/ü", names)
+
+    def test_account_names_cannot_reach_outside_the_store(self):
+        for account in ["../../etc@example.test", "a/b@example.test", "x@../..", ".@.", "..@x"]:
+            try:
+                path = mailbox_directory(self.root, account)
+            except ValueError:
+                continue
+            self.assertEqual(path.parent.parent, self.root, account)
+            self.assertNotIn("..", path.relative_to(self.root).parts)
+
+    def test_ensure_mailbox_creates_the_maildir_without_a_reactor(self):
+        path = ensure_mailbox(self.root.parent, ALICE)
+        self.assertTrue((path / "new").is_dir())
+        self.assertTrue((path / ".Trash" / "maildirfolder").exists())
