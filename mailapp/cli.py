@@ -1,0 +1,408 @@
+"""
+The ``mailapp`` admin command: users, domains, aliases and a config check.
+
+It touches only the accounts database (SQLite, shared safely with a running
+server) and the user's Maildir, so it works while the server runs; the
+server sees each change at its next lookup.
+
+Exit status: 0 on success, 1 for a refused change (unknown domain, duplicate
+user, bad address, empty password, …), 2 for a bad command line or a bad
+config file. Errors are one line on stderr, never a traceback; with
+``--json`` results are JSON on stdout, errors still go to stderr (and a bad
+config file is also reported as JSON on stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from argon2 import PasswordHasher
+
+from mailapp.accounts import AccountsDatabase, accounts_path, check_address
+from mailapp.config import Config, ConfigError, load
+from mailapp.errors import AccountError
+
+__all__ = ["DEFAULT_CONFIG", "main"]
+
+#: Used when neither ``--config`` nor ``$MAILAPP_CONFIG`` is given.
+DEFAULT_CONFIG = "etc/mailapp.toml"
+
+_EXIT_OK = 0
+_EXIT_REFUSED = 1
+_EXIT_USAGE = 2
+_EXIT_INTERRUPTED = 130
+
+
+class _Failure(Exception):
+    """Stop the command with a one-line message and an exit status."""
+
+    def __init__(self, message: str, status: int = _EXIT_REFUSED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so that L{main} returns."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise _Failure(f"{self.prog}: {message}", _EXIT_USAGE)
+
+
+class _Context:
+    """What every command needs: the parsed options, the config, the output."""
+
+    def __init__(self, options: argparse.Namespace, password_hasher: PasswordHasher | None) -> None:
+        self.options = options
+        self.json: bool = options.json
+        self.password_hasher = password_hasher
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        """The loaded L{mailapp.config.Config}; a bad file stops the command (exit 2)."""
+        if self._config is None:
+            self._config = _load_config(self.options.config)
+        return self._config
+
+    def database(self) -> AccountsDatabase:
+        config = self.config
+        return AccountsDatabase(
+            accounts_path(config.state_dir), config.local_domains, hasher=self.password_hasher
+        )
+
+    def report(self, text: str, data: Any) -> None:
+        """Print C{text} for a person, or C{data} as JSON with C{--json}."""
+        if self.json:
+            print(json.dumps(data, indent=2, sort_keys=True))
+        elif text:
+            print(text)
+
+
+def _config_path(option: str | None) -> Path:
+    return Path(option or os.environ.get("MAILAPP_CONFIG") or DEFAULT_CONFIG)
+
+
+def _load_config(option: str | None) -> Config:
+    path = _config_path(option)
+    try:
+        return load(path)
+    except ConfigError as error:
+        raise _ConfigProblems(path, error.problems) from None
+
+
+class _ConfigProblems(_Failure):
+    def __init__(self, path: Path, problems: Sequence[str]) -> None:
+        super().__init__(f"bad config file {path}", _EXIT_USAGE)
+        self.path = path
+        self.problems = list(problems)
+
+
+# --- passwords ---------------------------------------------------------------
+
+
+def _read_password(options: argparse.Namespace, stdin: TextIO) -> str:
+    """
+    The password from C{--password}, else from a no-echo prompt (asked twice)
+    when stdin is a terminal, else the first line of stdin, so that scripts
+    can pipe it in without it showing in the process list.
+    """
+    if options.password is not None:
+        password: str = options.password
+    elif stdin.isatty():
+        password = getpass.getpass("New password: ")
+        if password and getpass.getpass("Repeat password: ") != password:
+            raise _Failure("the two passwords do not match; nothing was changed")
+    else:
+        line = stdin.readline()
+        if not line:
+            raise _Failure("no password on standard input (pipe one line, or use a terminal)")
+        password = line[:-1] if line.endswith("\n") else line
+        if password.endswith("\r"):
+            password = password[:-1]
+    if not password:
+        raise _Failure("empty passwords are not allowed; nothing was changed")
+    return password
+
+
+# --- commands ----------------------------------------------------------------
+
+
+def _user_add(context: _Context) -> int:
+    with context.database() as database:
+        database.check_new_user(context.options.address)  # refuse before prompting
+        password = _read_password(context.options, sys.stdin)
+        account = database.add_user(context.options.address, password)
+    mailbox, mailbox_problem = _create_mailbox(context.config.state_dir, account)
+    context.report(
+        f"added user {account}"
+        + (f"\nmailbox: {mailbox}" if mailbox else "")
+        + f"\nlog in (IMAP, POP3, submission, webmail) with the username {account} and the password just set",
+        {
+            "action": "user.add",
+            "address": account,
+            "username": account,
+            "mailbox": str(mailbox) if mailbox else None,
+        },
+    )
+    if mailbox_problem:
+        _warn(f"user {account} was added, but creating its mailbox failed: {mailbox_problem}")
+        return _EXIT_REFUSED
+    return _EXIT_OK
+
+
+def _create_mailbox(state_dir: Path, account: str) -> tuple[Path | None, str | None]:
+    """
+    Create the Maildir now rather than at the first delivery, so that an
+    admin sees at once that the state directory is writable.
+    Returns the mailbox directory, or the problem.
+    """
+    from mailapp.store import ensure_mailbox  # only this verb needs the store
+
+    try:
+        return ensure_mailbox(state_dir, account), None
+    except (OSError, ValueError) as error:
+        return None, str(getattr(error, "strerror", None) or error)
+
+
+def _user_del(context: _Context) -> int:
+    with context.database() as database:
+        account = database.remove_user(context.options.address)
+        still_aliased = database.aliases_pointing_at(account)
+    state_dir = context.config.state_dir
+    text = (
+        f"removed user {account}; its mail under {state_dir} was kept on disk "
+        "(delete it by hand when it is no longer needed)"
+    )
+    if still_aliased:
+        text += f"\nnote: these aliases still point at {account}: {', '.join(still_aliased)}"
+    context.report(
+        text,
+        {"action": "user.del", "address": account, "mail_kept": True, "aliases_still_pointing": still_aliased},
+    )
+    return _EXIT_OK
+
+
+def _user_passwd(context: _Context) -> int:
+    with context.database() as database:
+        if database.find_user(check_address(context.options.address)) is None:
+            raise AccountError(f"no such user {context.options.address}")
+        password = _read_password(context.options, sys.stdin)
+        account = database.set_password(context.options.address, password)
+    context.report(f"changed the password of {account}", {"action": "user.passwd", "address": account})
+    return _EXIT_OK
+
+
+def _user_list(context: _Context) -> int:
+    with context.database() as database:
+        users = database.list_users(context.options.domain)
+    context.report("\n".join(users) if users else "no users", users)
+    return _EXIT_OK
+
+
+def _domain_add(context: _Context) -> int:
+    with context.database() as database:
+        domain = database.add_domain(context.options.name)
+    context.report(f"added domain {domain}", {"action": "domain.add", "domain": domain})
+    return _EXIT_OK
+
+
+def _domain_del(context: _Context) -> int:
+    with context.database() as database:
+        domain = database.remove_domain(context.options.name)
+    context.report(f"removed domain {domain}", {"action": "domain.del", "domain": domain})
+    return _EXIT_OK
+
+
+def _domain_list(context: _Context) -> int:
+    with context.database() as database:
+        domains = database.list_domains()
+    lines = [f"{info.name}{'  (config file)' if info.from_config else ''}" for info in domains]
+    context.report(
+        "\n".join(lines) if lines else "no local domains",
+        [{"name": info.name, "source": "config" if info.from_config else "database"} for info in domains],
+    )
+    return _EXIT_OK
+
+
+def _alias_add(context: _Context) -> int:
+    with context.database() as database:
+        source, targets = database.add_alias(context.options.source, context.options.targets)
+    context.report(
+        f"added alias {source} -> {', '.join(targets)}",
+        {"action": "alias.add", "source": source, "targets": list(targets)},
+    )
+    return _EXIT_OK
+
+
+def _alias_del(context: _Context) -> int:
+    with context.database() as database:
+        removed = database.remove_alias(context.options.source, context.options.target)
+    source = context.options.source
+    context.report(
+        f"removed alias {source} -> {', '.join(removed)}",
+        {"action": "alias.del", "source": source, "targets": removed},
+    )
+    return _EXIT_OK
+
+
+def _alias_list(context: _Context) -> int:
+    with context.database() as database:
+        aliases = database.list_aliases()
+    lines = [f"{info.source} -> {', '.join(info.targets)}" for info in aliases]
+    context.report(
+        "\n".join(lines) if lines else "no aliases",
+        [{"source": info.source, "targets": list(info.targets)} for info in aliases],
+    )
+    return _EXIT_OK
+
+
+def _check_config(context: _Context) -> int:
+    config = context.config
+    context.report(f"config OK: {config.path}", {"ok": True, "path": str(config.path), "problems": []})
+    return _EXIT_OK
+
+
+# --- the command line --------------------------------------------------------
+
+
+def _parser() -> _ArgumentParser:
+    # --config and --json are accepted before the verb and after it;
+    # SUPPRESS keeps a value given before the verb from being reset after.
+    common = _ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help=f"the server's config file (default: $MAILAPP_CONFIG, else {DEFAULT_CONFIG})",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print machine-readable JSON"
+    )
+
+    parser = _ArgumentParser(
+        prog="mailapp",
+        description="Manage mailapp's domains, users and aliases. Safe to use while the server runs.",
+        parents=[common],
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=_ArgumentParser)
+
+    def leaf(group: Any, name: str, handler: Callable[[_Context], int], help: str, **kwargs: Any) -> Any:
+        sub = group.add_parser(name, help=help, description=help, parents=[common], **kwargs)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    password_help = (
+        "the password (visible in the process list; prefer the prompt, or pipe it on stdin)"
+    )
+    users = verbs.add_parser("user", help="add, remove, list users; set passwords", parents=[common])
+    user_verbs = users.add_subparsers(dest="user_verb", metavar="ACTION", required=True, parser_class=_ArgumentParser)
+    sub = leaf(
+        user_verbs,
+        "add",
+        _user_add,
+        "Create a user and its mailbox. The password is prompted for twice on a terminal, "
+        "else read as one line from stdin.",
+    )
+    sub.add_argument("address", metavar="ADDRESS", help="local@domain, in a local domain")
+    sub.add_argument("--password", metavar="PW", help=password_help)
+    sub = leaf(user_verbs, "del", _user_del, "Remove a user. Its mail stays on disk.")
+    sub.add_argument("address", metavar="ADDRESS")
+    sub = leaf(user_verbs, "passwd", _user_passwd, "Set a user's password (prompted, or one line on stdin).")
+    sub.add_argument("address", metavar="ADDRESS")
+    sub.add_argument("--password", metavar="PW", help=password_help)
+    sub = leaf(user_verbs, "list", _user_list, "List users, of one domain if given.")
+    sub.add_argument("domain", metavar="DOMAIN", nargs="?")
+
+    domains = verbs.add_parser("domain", help="add, remove, list local domains", parents=[common])
+    domain_verbs = domains.add_subparsers(dest="domain_verb", metavar="ACTION", required=True, parser_class=_ArgumentParser)
+    sub = leaf(domain_verbs, "add", _domain_add, "Make a domain local (mail for it is delivered here).")
+    sub.add_argument("name", metavar="NAME")
+    sub = leaf(
+        domain_verbs,
+        "del",
+        _domain_del,
+        "Stop treating a domain as local. Refused while it has users or aliases, "
+        "and for domains named in the config file.",
+    )
+    sub.add_argument("name", metavar="NAME")
+    leaf(domain_verbs, "list", _domain_list, "List local domains, marking those from the config file.")
+
+    aliases = verbs.add_parser("alias", help="add, remove, list aliases and catch-alls", parents=[common])
+    alias_verbs = aliases.add_subparsers(dest="alias_verb", metavar="ACTION", required=True, parser_class=_ArgumentParser)
+    sub = leaf(
+        alias_verbs,
+        "add",
+        _alias_add,
+        "Deliver mail for SOURCE to every TARGET (users, other aliases, or remote addresses). "
+        "SOURCE '@domain' is the domain's catch-all.",
+    )
+    sub.add_argument("source", metavar="SOURCE", help="local@domain, or @domain for a catch-all")
+    sub.add_argument("targets", metavar="TARGET", nargs="+")
+    sub = leaf(alias_verbs, "del", _alias_del, "Remove one target of an alias, or the whole alias.")
+    sub.add_argument("source", metavar="SOURCE")
+    sub.add_argument("target", metavar="TARGET", nargs="?")
+    leaf(alias_verbs, "list", _alias_list, "List aliases and their targets.")
+
+    leaf(verbs, "check-config", _check_config, "Check the config file and print every problem in it.")
+    return parser
+
+
+def _warn(message: str) -> None:
+    print(f"mailapp: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None, *, password_hasher: PasswordHasher | None = None) -> int:
+    """
+    Run one command; return the exit status.
+
+    @param password_hasher: the argon2 hasher for new passwords; the
+        production default when C{None}. Tests pass a cheap one.
+    """
+    parser = _parser()
+    try:
+        options = parser.parse_args(argv)
+    except _Failure as failure:
+        print(str(failure), file=sys.stderr)
+        return failure.status
+    except SystemExit as exit:  # --help
+        return exit.code if isinstance(exit.code, int) else _EXIT_OK
+    options.config = getattr(options, "config", None)
+    options.json = getattr(options, "json", False)
+    context = _Context(options, password_hasher)
+    try:
+        return int(options.handler(context))
+    except _ConfigProblems as problems:
+        if options.json:
+            print(json.dumps({"ok": False, "path": str(problems.path), "problems": problems.problems}, indent=2))
+        _warn(f"{problems}:")
+        for problem in problems.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return problems.status
+    except _Failure as failure:
+        _warn(str(failure))
+        return failure.status
+    except AccountError as error:
+        _warn(str(error))
+        return _EXIT_REFUSED
+    except sqlite3.Error as error:
+        _warn(f"accounts database error: {error}")
+        return _EXIT_REFUSED
+    except OSError as error:
+        _warn(f"{error.filename or ''}{': ' if error.filename else ''}{error.strerror or error}")
+        return _EXIT_REFUSED
+    except (KeyboardInterrupt, EOFError):
+        _warn("interrupted; nothing was changed")
+        return _EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
