@@ -1,0 +1,596 @@
+"""
+The static configuration: one TOML file, read once at start.
+
+:func:`parse` is a pure function from the file's text to a frozen
+:class:`Config`; :func:`load` reads the file and also checks what only the
+file system can tell (do the TLS certificate files exist?). Both read the
+text against a whitelist and collect *every* problem before raising one
+:class:`ConfigError`, so that an operator fixes a file in one pass instead of
+one restart per typo. Each problem names the file and the dotted key, e.g.::
+
+    etc/mailapp.toml: listeners.smtp.endpoint: bad endpoint string 'tcp:x': ...
+
+Mutable data (users, aliases, the queue) never lives here; it is in
+``state_dir`` and is changed with the ``mailapp`` command.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, TypeVar
+
+from twisted.internet.endpoints import _parse as _parse_endpoint_words
+from twisted.internet.endpoints import _parseServer as _parse_server_endpoint
+
+__all__ = [
+    "PROTOCOLS",
+    "TLS_MODES",
+    "Config",
+    "ConfigError",
+    "HostPort",
+    "Limits",
+    "ListenerConfig",
+    "RelayConfig",
+    "TLSConfig",
+    "load",
+    "parse",
+]
+
+#: Every protocol a listener may speak. A protocol listed here but not built
+#: yet is accepted by the config and skipped (with a warning) by the service.
+PROTOCOLS: Final = frozenset({"smtp", "submission", "pop3", "imap", "webmail", "metrics"})
+
+#: ``none``: cleartext only; ``starttls``: cleartext that can upgrade;
+#: ``implicit``: TLS from the first byte (465, 993, 995, 443).
+TLS_MODES: Final = frozenset({"none", "starttls", "implicit"})
+
+#: HTTP-based protocols have no STARTTLS.
+_NO_STARTTLS: Final = frozenset({"webmail", "metrics"})
+
+_ENDPOINT_KINDS: Final = frozenset({"tcp", "unix"})
+
+_DEFAULT_LIMITS: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "max_message_size": 26_214_400,
+        "max_recipients": 100,
+        "max_connections": 1000,
+        "max_connections_per_ip": 20,
+        "smtp_timeout_seconds": 300,
+    }
+)
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class ConfigError(Exception):
+    """
+    The configuration cannot be used. ``problems`` lists every mistake found,
+    each a complete line naming the file and the dotted key.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        count = len(self.problems)
+        header = f"{count} configuration problem{'s' if count != 1 else ''}:"
+        return "\n".join([header, *(f"  {problem}" for problem in self.problems)])
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A next hop for relaying: a host name or IP address, and a TCP port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """
+    Where the server certificate and key are (PEM). ``cert`` may hold a chain:
+    the server certificate first, then intermediates. With
+    ``generate_self_signed`` the service creates a self-signed pair when the
+    files are missing (development only).
+    """
+
+    cert: Path
+    key: Path
+    generate_self_signed: bool
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One listening socket: what it speaks, where, and how TLS is offered."""
+
+    name: str
+    protocol: str
+    endpoint: str
+    tls: str
+    allow_plaintext_auth: bool
+
+    @property
+    def needs_tls(self) -> bool:
+        """Whether this listener needs the certificate (STARTTLS or implicit)."""
+        return self.tls != "none"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits; every value is a positive integer."""
+
+    max_message_size: int = _DEFAULT_LIMITS["max_message_size"]
+    max_recipients: int = _DEFAULT_LIMITS["max_recipients"]
+    max_connections: int = _DEFAULT_LIMITS["max_connections"]
+    max_connections_per_ip: int = _DEFAULT_LIMITS["max_connections_per_ip"]
+    smtp_timeout_seconds: int = _DEFAULT_LIMITS["smtp_timeout_seconds"]
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """
+    Outbound policy. ``transports`` maps a (lower-case) domain to the next hop
+    that replaces its MX lookup; ``smarthost`` if set takes every other remote
+    message; clients in ``trusted_networks`` may relay without authenticating.
+    """
+
+    transports: Mapping[str, HostPort] = field(default_factory=lambda: MappingProxyType({}))
+    smarthost: HostPort | None = None
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole static configuration, validated. Paths are absolute."""
+
+    path: Path
+    hostname: str
+    state_dir: Path
+    local_domains: tuple[str, ...]
+    tls: TLSConfig
+    listeners: tuple[ListenerConfig, ...]
+    limits: Limits
+    relay: RelayConfig
+
+    @property
+    def needs_tls(self) -> bool:
+        """Whether any listener offers TLS, so the certificate is needed."""
+        return any(listener.needs_tls for listener in self.listeners)
+
+
+def parse(text: str, path: Path, *, base_dir: Path | None = None) -> Config:
+    """
+    Turn the text of a config file into a :class:`Config`, touching no file.
+
+    @param path: the file the text came from, used in problem messages and
+        kept as ``Config.path``.
+    @param base_dir: what relative paths (``state_dir``, TLS files) resolve
+        against; the current working directory when ``None``.
+    @raise ConfigError: listing every problem found.
+    """
+    return _interpret(text, Path(path), base_dir, check_files=False)
+
+
+def load(path: Path | str, *, base_dir: Path | None = None) -> Config:
+    """
+    Read and parse the config file at ``path``, and check the files it names
+    (the TLS certificate and key, unless they are to be generated).
+
+    @raise ConfigError: if the file cannot be read, or listing every problem
+        in it.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ConfigError([f"{path}: cannot read config file: {reason}"]) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{path}: config file is not UTF-8: {error.reason}"]) from None
+    return _interpret(text, path, base_dir, check_files=True)
+
+
+# ---------------------------------------------------------------------------
+# Interpretation. One _Reader walks the document; every check appends to its
+# problem list and returns a usable default so that checking can go on.
+
+_T = TypeVar("_T")
+
+_SECTIONS: Final = frozenset({"server", "domains", "tls", "listeners", "limits", "relay"})
+_SERVER_KEYS: Final = frozenset({"hostname", "state_dir"})
+_DOMAINS_KEYS: Final = frozenset({"local"})
+_TLS_KEYS: Final = frozenset({"cert", "key", "generate_self_signed"})
+_LISTENER_KEYS: Final = frozenset({"protocol", "endpoint", "tls", "allow_plaintext_auth"})
+_RELAY_KEYS: Final = frozenset({"transports", "smarthost", "trusted_networks"})
+
+_TYPE_NAMES: Final = {str: "a string", bool: "a boolean", int: "an integer", list: "an array", dict: "a table"}
+
+
+class _Reader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.path}: {key}: {message}" if key else f"{self.path}: {message}")
+
+    def table(self, parent: Mapping[str, Any], name: str, key: str) -> dict[str, Any]:
+        value = parent.get(name, {})
+        if not isinstance(value, dict):
+            self.problem(key, f"must be a table, not {_describe(value)}")
+            return {}
+        return value
+
+    def only(self, table: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
+        for name in table:
+            if name not in allowed:
+                choices = ", ".join(sorted(allowed))
+                self.problem(_join(prefix, name), f"unknown key (expected one of: {choices})")
+
+    def typed(
+        self, table: Mapping[str, Any], name: str, kind: type[_T], key: str, default: _T | None = None
+    ) -> _T | None:
+        """The value if present and of ``kind`` (a bool is never an int), else ``default``."""
+        if name not in table:
+            return default
+        value = table[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.problem(key, f"must be {_TYPE_NAMES.get(kind, kind.__name__)}, not {_describe(value)}")
+            return default
+        return value
+
+    def required(self, table: Mapping[str, Any], name: str, kind: type[_T], key: str) -> _T | None:
+        if name not in table:
+            self.problem(key, "is required")
+            return None
+        return self.typed(table, name, kind, key)
+
+
+def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: bool) -> Config:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{path}: {_describe_syntax_error(error)}"]) from None
+    base = base_dir if base_dir is not None else Path.cwd()
+    reader = _Reader(path)
+    reader.only(document, _SECTIONS, "")
+
+    server = reader.table(document, "server", "server")
+    reader.only(server, _SERVER_KEYS, "server")
+    hostname = reader.required(server, "hostname", str, "server.hostname")
+    if hostname is not None:
+        hostname = _domain(reader, hostname, "server.hostname")
+    state_dir_text = reader.typed(server, "state_dir", str, "server.state_dir", "var")
+    state_dir = _resolve(reader, "var" if state_dir_text is None else state_dir_text, base, "server.state_dir")
+
+    domains = reader.table(document, "domains", "domains")
+    reader.only(domains, _DOMAINS_KEYS, "domains")
+    local_domains = _local_domains(reader, domains)
+
+    tls_table = reader.table(document, "tls", "tls")
+    reader.only(tls_table, _TLS_KEYS, "tls")
+    cert_text = reader.typed(tls_table, "cert", str, "tls.cert")
+    key_text = reader.typed(tls_table, "key", str, "tls.key")
+    tls = TLSConfig(
+        cert=_resolve(reader, cert_text, base, "tls.cert") if cert_text is not None else state_dir / "tls" / "cert.pem",
+        key=_resolve(reader, key_text, base, "tls.key") if key_text is not None else state_dir / "tls" / "key.pem",
+        generate_self_signed=bool(
+            reader.typed(tls_table, "generate_self_signed", bool, "tls.generate_self_signed", False)
+        ),
+    )
+
+    listeners = _listeners(reader, reader.table(document, "listeners", "listeners"))
+
+    limits_table = reader.table(document, "limits", "limits")
+    reader.only(limits_table, frozenset(_DEFAULT_LIMITS), "limits")
+    limit_values: dict[str, int] = {}
+    for name, default in _DEFAULT_LIMITS.items():
+        value = reader.typed(limits_table, name, int, f"limits.{name}", default)
+        if value is not None and value <= 0:
+            reader.problem(f"limits.{name}", f"must be a positive integer, not {value}")
+            value = default
+        limit_values[name] = value if value is not None else default
+    limits = Limits(**limit_values)
+    if limits.max_connections_per_ip > limits.max_connections:
+        reader.problem(
+            "limits.max_connections_per_ip",
+            f"{limits.max_connections_per_ip} is more than limits.max_connections ({limits.max_connections})",
+        )
+
+    relay = _relay(reader, reader.table(document, "relay", "relay"))
+
+    config = Config(
+        path=path,
+        hostname=hostname or "",
+        state_dir=state_dir,
+        local_domains=local_domains,
+        tls=tls,
+        listeners=listeners,
+        limits=limits,
+        relay=relay,
+    )
+    if check_files:
+        _check_tls_files(reader, config)
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return config
+
+
+def _check_tls_files(reader: _Reader, config: Config) -> None:
+    """The certificate and key must exist when a listener needs them and nothing will generate them."""
+    if not config.needs_tls or config.tls.generate_self_signed:
+        return
+    for key, file in (("tls.cert", config.tls.cert), ("tls.key", config.tls.key)):
+        if not file.is_file():
+            reader.problem(
+                key,
+                f"file {str(file)!r} does not exist (a listener uses TLS and "
+                "tls.generate_self_signed is false)",
+            )
+
+
+def _local_domains(reader: _Reader, domains: Mapping[str, Any]) -> tuple[str, ...]:
+    values = reader.typed(domains, "local", list, "domains.local", [])
+    result: list[str] = []
+    for index, value in enumerate(values or []):
+        key = f"domains.local[{index}]"
+        if not isinstance(value, str):
+            reader.problem(key, f"must be a string, not {_describe(value)}")
+            continue
+        domain = _domain(reader, value, key)
+        if domain and domain not in result:
+            result.append(domain)
+    return tuple(result)
+
+
+def _listeners(reader: _Reader, table: Mapping[str, Any]) -> tuple[ListenerConfig, ...]:
+    result: list[ListenerConfig] = []
+    # (kind, port or socket path, interface) -> listener name, for duplicates
+    claimed: dict[tuple[str, str, str], str] = {}
+    for name, body in table.items():
+        prefix = f"listeners.{name}"
+        if not isinstance(body, dict):
+            reader.problem(prefix, f"must be a table, not {_describe(body)}")
+            continue
+        reader.only(body, _LISTENER_KEYS, prefix)
+        protocol = reader.required(body, "protocol", str, f"{prefix}.protocol")
+        if protocol is not None and protocol not in PROTOCOLS:
+            reader.problem(
+                f"{prefix}.protocol",
+                f"unknown protocol {protocol!r} (expected one of: {', '.join(sorted(PROTOCOLS))})",
+            )
+            protocol = None
+        tls = reader.required(body, "tls", str, f"{prefix}.tls")
+        if tls is not None and tls not in TLS_MODES:
+            reader.problem(
+                f"{prefix}.tls", f"unknown TLS mode {tls!r} (expected one of: {', '.join(sorted(TLS_MODES))})"
+            )
+            tls = None
+        if tls == "starttls" and protocol in _NO_STARTTLS:
+            reader.problem(f"{prefix}.tls", f"{protocol} has no STARTTLS: use 'implicit' or 'none'")
+        plaintext = reader.typed(body, "allow_plaintext_auth", bool, f"{prefix}.allow_plaintext_auth", False)
+        endpoint = reader.required(body, "endpoint", str, f"{prefix}.endpoint")
+        bind = _endpoint(reader, endpoint, f"{prefix}.endpoint") if endpoint is not None else None
+        if bind is not None:
+            kind, where, interface = bind
+            if plaintext and kind == "tcp" and not _is_loopback(interface):
+                reader.problem(
+                    f"{prefix}.allow_plaintext_auth",
+                    f"plaintext passwords are only allowed on a loopback interface, and {endpoint!r} "
+                    f"listens on {interface or 'every interface'}",
+                )
+            duplicate = _find_clash(claimed, bind)
+            if duplicate is not None:
+                reader.problem(
+                    f"{prefix}.endpoint",
+                    f"{endpoint!r} clashes with listeners.{duplicate}.endpoint (both would bind the same address)",
+                )
+            elif not (kind == "tcp" and where == "0"):  # port 0: every listen gets its own port
+                claimed[bind] = name
+        if protocol is not None and tls is not None and endpoint is not None and bind is not None:
+            result.append(
+                ListenerConfig(
+                    name=name,
+                    protocol=protocol,
+                    endpoint=endpoint,
+                    tls=tls,
+                    allow_plaintext_auth=bool(plaintext),
+                )
+            )
+    return tuple(result)
+
+
+def _endpoint(reader: _Reader, description: str, key: str) -> tuple[str, str, str] | None:
+    """
+    Check a Twisted server endpoint string by parsing it (no socket is made).
+    Returns ``(kind, port-or-path, interface)``, or ``None`` after a problem.
+    """
+
+    def bad(reason: str) -> None:
+        reader.problem(key, f"bad endpoint string {description!r}: {reason}")
+
+    try:
+        words, _ = _parse_endpoint_words(description)
+    except (ValueError, StopIteration) as error:
+        bad(str(error) or "cannot parse")
+        return None
+    kind = words[0] if words else ""
+    if kind == "ssl":
+        bad("use a 'tcp:' endpoint and set tls = \"implicit\" instead of an 'ssl:' endpoint")
+        return None
+    if kind not in _ENDPOINT_KINDS:
+        bad(f"unsupported kind {kind!r} (expected 'tcp:PORT[:interface=ADDRESS]' or 'unix:PATH')")
+        return None
+    if kind == "tcp" and (len(words) < 2 or not words[1].isdigit()):
+        bad(f"port {words[1]!r} is not a number" if len(words) >= 2 else "missing port")
+        return None
+    try:
+        _, args, kwargs = _parse_server_endpoint(description, None)
+    except TypeError as error:
+        # The parser's signature is the schema: name the option, not the function.
+        unknown = re.search(r"unexpected keyword argument '([^']+)'", str(error))
+        bad(f"unknown option {unknown.group(1)!r}" if unknown else "wrong number of ':'-separated fields")
+        return None
+    except (ValueError, IndexError) as error:
+        bad(str(error))
+        return None
+    if kind == "unix":
+        if not args[0]:
+            bad("a unix endpoint needs a socket path")
+            return None
+        return ("unix", str(args[0]), "")
+    port = args[0]
+    if not 0 <= port <= 65535:
+        bad(f"port {port} is out of range 0-65535")
+        return None
+    interface = kwargs.get("interface", "")
+    if interface:
+        try:
+            interface = str(ipaddress.ip_address(interface))
+        except ValueError:
+            bad(f"interface {interface!r} is not an IP address")
+            return None
+    return ("tcp", str(port), interface)
+
+
+def _find_clash(claimed: Mapping[tuple[str, str, str], str], bind: tuple[str, str, str]) -> str | None:
+    """The listener already bound where ``bind`` would; a wildcard interface clashes with any on its port."""
+    kind, where, interface = bind
+    if kind == "tcp" and where == "0":
+        return None
+    for (other_kind, other_where, other_interface), name in claimed.items():
+        if (other_kind, other_where) != (kind, where):
+            continue
+        if kind == "unix" or interface == other_interface or _is_wildcard(interface) or _is_wildcard(other_interface):
+            return name
+    return None
+
+
+def _is_wildcard(interface: str) -> bool:
+    return interface in ("", "0.0.0.0", "::")
+
+
+def _is_loopback(interface: str) -> bool:
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
+def _relay(reader: _Reader, table: Mapping[str, Any]) -> RelayConfig:
+    reader.only(table, _RELAY_KEYS, "relay")
+    transports: dict[str, HostPort] = {}
+    transport_table = reader.table(table, "transports", "relay.transports")
+    for domain_text, hop_text in transport_table.items():
+        key = f"relay.transports.{_quote_key(domain_text)}"
+        domain = _domain(reader, domain_text, key)
+        if not isinstance(hop_text, str):
+            reader.problem(key, f"must be a string 'host:port', not {_describe(hop_text)}")
+            continue
+        hop = _host_port(reader, hop_text, key)
+        if domain and hop:
+            transports[domain] = hop
+    smarthost_text = reader.typed(table, "smarthost", str, "relay.smarthost")
+    smarthost = _host_port(reader, smarthost_text, "relay.smarthost") if smarthost_text is not None else None
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for index, value in enumerate(reader.typed(table, "trusted_networks", list, "relay.trusted_networks", []) or []):
+        key = f"relay.trusted_networks[{index}]"
+        if not isinstance(value, str):
+            reader.problem(key, f"must be a string, not {_describe(value)}")
+            continue
+        try:
+            networks.append(ipaddress.ip_network(value, strict=True))
+        except ValueError as error:
+            hint = ""
+            try:
+                hint = f"; did you mean {ipaddress.ip_network(value, strict=False)}?"
+            except ValueError:
+                pass
+            reader.problem(key, f"bad network {value!r}: {error}{hint}")
+    return RelayConfig(
+        transports=MappingProxyType(transports), smarthost=smarthost, trusted_networks=tuple(networks)
+    )
+
+
+def _host_port(reader: _Reader, text: str, key: str) -> HostPort | None:
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", text)
+    if match is None:
+        reader.problem(key, f"bad next hop {text!r}: expected 'host:port' (an IPv6 address goes in brackets)")
+        return None
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 1 <= port <= 65535:
+        reader.problem(key, f"bad next hop {text!r}: port {port} is out of range 1-65535")
+        return None
+    try:
+        return HostPort(str(ipaddress.ip_address(host)), port)
+    except ValueError:
+        pass
+    domain = _domain(reader, host, key)
+    return HostPort(domain, port) if domain else None
+
+
+def _domain(reader: _Reader, text: str, key: str) -> str | None:
+    """``text`` lower-cased if it is a valid DNS name (LDH labels, xn-- for IDNs), else a problem."""
+    domain = text.lower()
+    labels = domain.split(".")
+    if (
+        not domain
+        or len(domain) > 253
+        or not domain.isascii()
+        or not all(_LABEL.match(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        reader.problem(
+            key,
+            f"{text!r} is not a valid domain name (letters, digits and hyphens in dot-separated "
+            "labels; write an international name in its xn-- form)",
+        )
+        return None
+    return domain
+
+
+def _resolve(reader: _Reader, text: str, base: Path, key: str) -> Path:
+    if not text:
+        reader.problem(key, "must not be empty")
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _join(prefix: str, name: str) -> str:
+    quoted = _quote_key(name)
+    return f"{prefix}.{quoted}" if prefix else quoted
+
+
+def _quote_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
+
+
+def _describe(value: object) -> str:
+    for kind, name in _TYPE_NAMES.items():
+        if isinstance(value, kind):
+            return f"{name} ({value!r})" if kind in (str, bool, int) else name
+    return type(value).__name__
+
+
+_AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def _describe_syntax_error(error: tomllib.TOMLDecodeError) -> str:
+    message = str(error)
+    match = _AT_LINE.search(message)
+    if match is None:
+        return f"TOML syntax error: {message}"
+    return f"line {match.group(1)}, column {match.group(2)}: TOML syntax error: {message[: match.start()]}"
+

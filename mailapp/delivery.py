@@ -1,0 +1,144 @@
+"""
+The Router: the one place every accepted message goes through.
+
+SMTP (both roles) and the webmail start a L{Transaction}, add recipients,
+write the message, and commit. The Router decides who is local (users,
+aliases, catch-alls, ``+tag``), applies the relay policy and the recipient
+limit, and hands local copies to the store (written once, hard-linked) and
+remote ones to the relay queue, durably, before C{commit} fires. Policy
+answers are L{mailapp.errors.MailError} values: only the SMTP layer turns
+them into reply codes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+
+from mailapp import logevents
+from mailapp.errors import MailError, NoSuchUser, RelayDenied, RemoteDeliveryUnavailable, TooManyRecipients
+from mailapp.interfaces import IAccounts, IMessageStore
+
+_log = Logger()
+
+
+def new_queue_id() -> str:
+    """A short id that names one accepted message in replies and logs."""
+    return secrets.token_hex(6).upper()
+
+
+@dataclass
+class Transaction:
+    """
+    One message on its way in: sender, recipients, body, then commit or abort.
+
+    C{relay_allowed} says whether this client may send to remote domains
+    (an authenticated submission user, or a trusted network).
+    """
+
+    router: "Router"
+    sender: str
+    relay_allowed: bool
+    authenticated: str | None = None
+    queue_id: str = field(default_factory=new_queue_id)
+    recipients: list[str] = field(default_factory=list)
+    local: list[str] = field(default_factory=list)
+    remote: list[str] = field(default_factory=list)
+    message: Any = None
+
+    @inlineCallbacks
+    def addRecipient(self, address: str) -> Any:
+        """
+        Accept C{address} or fail with a L{MailError}: L{NoSuchUser} for an
+        unknown local user, L{RelayDenied} for a remote domain without relay
+        rights, L{TooManyRecipients} past the limit.
+        """
+        if len(self.recipients) >= self.router.max_recipients:
+            raise TooManyRecipients()
+        resolution = yield self.router.accounts.resolve(address)
+        if resolution is None:
+            raise NoSuchUser()
+        domain = address.rpartition("@")[2]
+        is_local = yield self.router.accounts.isLocalDomain(domain)
+        if not is_local and not self.relay_allowed:
+            raise RelayDenied()
+        if resolution.remote and self.router.queue is None:
+            # The relay queue does not exist yet: say so honestly, the client retries later.
+            raise RemoteDeliveryUnavailable()
+        self.recipients.append(address)
+        for account in resolution.local:
+            if account.lower() not in (a.lower() for a in self.local):
+                self.local.append(account)
+        for target in resolution.remote:
+            if target.lower() not in (r.lower() for r in self.remote):
+                self.remote.append(target)
+        return None
+
+    def traceHeaders(self) -> bytes:
+        """
+        ``Return-Path:`` always; ``Delivered-To:`` only when the message goes
+        to exactly one local mailbox. One shared file serves every recipient,
+        and listing each recipient in it would show Bcc recipients to the
+        others, so a fan-out copy carries no per-recipient header.
+        """
+        lines = [b"Return-Path: <" + self.sender.encode("utf-8") + b">\r\n"]
+        if len(self.local) == 1 and not self.remote:
+            lines.append(b"Delivered-To: " + self.local[0].encode("utf-8") + b"\r\n")
+        return b"".join(lines)
+
+    def open(self) -> Any:
+        """Start the stored copy: an L{IMessageWriter} that already holds the trace headers."""
+        self.message = self.router.store.newMessage()
+        self.message.write(self.traceHeaders())
+        return self.message
+
+    @inlineCallbacks
+    def commit(self) -> Any:
+        """
+        Make every copy durable; fires with the queue id. Nothing is left
+        half-delivered when it fails (the store guarantees it per message).
+        """
+        yield self.message.finish()
+        try:
+            if self.local:
+                yield self.router.store.deliver(self.message, self.local)
+        except MailError:
+            raise
+        except Exception as e:
+            _log.failure("delivery.failed {queue_id}", queue_id=self.queue_id)
+            raise MailError() from e
+        finally:
+            if not self.local:
+                yield self.message.discard()
+        _log.info(
+            "{log_event} {queue_id} from=<{sender}> local={local} size={size}",
+            log_event=logevents.DELIVERY_STORED if hasattr(logevents, "DELIVERY_STORED") else "delivery.stored",
+            queue_id=self.queue_id,
+            sender=self.sender,
+            local=len(self.local),
+            size=self.message.size,
+        )
+        return self.queue_id
+
+    def abort(self) -> Deferred[None] | None:
+        if self.message is not None:
+            message, self.message = self.message, None
+            return message.discard()
+        return None
+
+
+class Router:
+    """Local versus remote, and the policy that goes with it; see the module docstring."""
+
+    def __init__(self, accounts: IAccounts, store: IMessageStore, max_recipients: int = 100, queue: Any = None) -> None:
+        self.accounts = accounts
+        self.store = store
+        self.max_recipients = max_recipients
+        self.queue = queue
+
+    def start(self, sender: str, relay_allowed: bool, authenticated: str | None = None) -> Transaction:
+        return Transaction(self, sender, relay_allowed, authenticated)

@@ -1,0 +1,429 @@
+"""
+The composition root: the one place that turns a :class:`~mailapp.config.Config`
+into running parts.
+
+:func:`makeService` builds the store, the accounts and the cred portal, then
+one listening service per configured listener, each speaking the protocol
+that a builder in :data:`PROTOCOL_BUILDERS` makes. Everything it needs that a
+test may want to replace (reactor, store, accounts, portal) is a parameter.
+
+Stopping is ordered so that no accepted message is cut off: stop listening
+first, then wait (bounded) for the work registered with :class:`InFlight`
+(for example a message commit after SMTP ``DATA``), then stop the store and
+accounts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from mailapp import logevents, tls
+from mailapp.config import Config, ListenerConfig
+
+__all__ = [
+    "DRAIN_TIMEOUT_SECONDS",
+    "PROTOCOL_BUILDERS",
+    "InFlight",
+    "ListenerService",
+    "MailService",
+    "ProtocolBuilder",
+    "ServiceContext",
+    "makeService",
+    "register_protocol",
+]
+
+log = Logger()
+
+_T = TypeVar("_T")
+
+#: How long a stopping server waits for in-flight work before giving up.
+DRAIN_TIMEOUT_SECONDS = 10.0
+
+
+class InFlight:
+    """
+    Work that must not be cut off by a shutdown, such as committing a message
+    the server has already promised (or is about to promise) to keep.
+
+    A component calls :meth:`track` with the Deferred of that work; the
+    server's stop waits for :meth:`drain` before tearing down the store.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._pending: set[Deferred[Any]] = set()
+        self._waiters: list[Deferred[bool]] = []
+
+    def __len__(self) -> int:
+        """How many tracked pieces of work have not finished."""
+        return len(self._pending)
+
+    def track(self, deferred: Deferred[_T]) -> Deferred[_T]:
+        """
+        Count ``deferred`` as in flight until it fires (either way). Returns
+        it unchanged, with its result passed through, so that the call can
+        wrap an expression: ``d = inflight.track(store.deliver(...))``.
+        """
+        self._pending.add(deferred)
+
+        def finished(result: _T | Failure) -> _T | Failure:
+            self._pending.discard(deferred)
+            if not self._pending:
+                waiters, self._waiters = self._waiters, []
+                for waiter in waiters:
+                    waiter.callback(True)
+            return result
+
+        deferred.addBoth(finished)
+        return deferred
+
+    def drain(self, timeout: float) -> Deferred[bool]:
+        """
+        Fire with ``True`` once nothing is in flight, or with ``False`` after
+        ``timeout`` seconds if something still is. Never fails.
+        """
+        if not self._pending:
+            return defer.succeed(True)
+        waiter: Deferred[bool] = Deferred()
+        self._waiters.append(waiter)
+
+        def give_up() -> None:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                waiter.callback(False)
+
+        timer = self._clock.callLater(timeout, give_up)
+
+        def cancel_timer(drained: bool) -> bool:
+            if timer.active():
+                timer.cancel()
+            return drained
+
+        return waiter.addCallback(cancel_timer)
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """
+    What a protocol builder may use to build its factory: the shared parts
+    that :func:`makeService` made once for every listener.
+
+    ``tls`` is the server context factory (``None`` when no listener needs
+    TLS), for ``transport.startTLS`` on STARTTLS listeners; implicit-TLS
+    listeners are wrapped by the service, so their builders need not care.
+    """
+
+    config: Config
+    reactor: Any
+    store: Any
+    accounts: Any
+    portal: Portal
+    tls: CertificateOptions | None
+    inflight: InFlight
+    #: The one Router every protocol that accepts mail hands it to.
+    router: Any = None
+
+
+#: Makes the protocol factory for one listener.
+ProtocolBuilder = Callable[[ServiceContext, ListenerConfig], IProtocolFactory]
+
+#: Protocol name (as in ``listeners.NAME.protocol``) -> builder. A listener
+#: whose protocol has no builder is skipped with a warning.
+PROTOCOL_BUILDERS: dict[str, ProtocolBuilder] = {}
+
+
+def register_protocol(name: str, builder: ProtocolBuilder) -> None:
+    """
+    Make listeners with ``protocol = name`` speak what ``builder`` makes.
+
+    Registering a name twice is a mistake (two modules think they own the
+    protocol), so it raises ``ValueError``.
+    """
+    if name in PROTOCOL_BUILDERS:
+        raise ValueError(f"a builder for protocol {name!r} is already registered")
+    PROTOCOL_BUILDERS[name] = builder
+
+
+def _register_builtin_protocols() -> None:
+    """The protocols mailapp ships, one line each (imported here: the composition root may know them all)."""
+    from mailapp import smtp
+
+    register_protocol("smtp", smtp.buildFactory)
+    register_protocol("submission", smtp.buildFactory)
+
+
+class ListenerService(StreamServerEndpointService):
+    """
+    A :class:`StreamServerEndpointService` that says where it listens (the
+    real address, which matters with port 0), and hands a failure to listen to
+    ``on_failure`` instead of only logging it, so that the server can refuse
+    to run half-started.
+    """
+
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+        on_failure: Callable[[ListenerConfig, Failure], None],
+    ) -> None:
+        super().__init__(endpoint, factory)
+        self.listener = listener
+        self.setName(f"listener:{listener.name}")
+        self._on_failure = on_failure
+        #: The address actually bound, once listening.
+        self.address: IAddress | None = None
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        self._waitingForPort = self.endpoint.listen(self.factory)
+        self._waitingForPort.addCallbacks(self._listening, self._failed)
+
+    def whenListening(self) -> Deferred[IListeningPort | None]:
+        """
+        Fire with the listening port once bound (``None`` if listening
+        failed). Call after start. The service's own Deferred is left
+        untouched: it must keep the port for ``stopService``.
+        """
+        if self._waitingForPort is None:
+            raise RuntimeError(f"{self.name} has not started")
+        result: Deferred[IListeningPort | None] = Deferred()
+
+        def relay(port: IListeningPort | None) -> IListeningPort | None:
+            result.callback(port)
+            return port
+
+        self._waitingForPort.addCallback(relay)
+        return result
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.address = port.getHost()
+        log.info(
+            "listener {listener} ({protocol}, tls={tls}) listening on {address}",
+            log_event=logevents.LISTENING,
+            listener=self.listener.name,
+            protocol=self.listener.protocol,
+            tls=self.listener.tls,
+            address=format_address(self.address),
+        )
+        return port
+
+    def _failed(self, reason: Failure) -> None:
+        if reason.check(defer.CancelledError):
+            return None
+        log.error(
+            "listener {listener} cannot listen on {endpoint}: {reason}",
+            log_event=logevents.LISTEN_FAILED,
+            listener=self.listener.name,
+            endpoint=self.listener.endpoint,
+            reason=reason.getErrorMessage(),
+        )
+        self._on_failure(self.listener, reason)
+        return None
+
+
+class MailService(MultiService):
+    """
+    The root service. Its children are the store and accounts (when they are
+    services) and one :class:`ListenerService` per built listener.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        accounts: Any,
+        inflight: InFlight,
+        drain_timeout: float = DRAIN_TIMEOUT_SECONDS,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.inflight = inflight
+        self.drain_timeout = drain_timeout
+        self._reactor = reactor
+        self._accounts = accounts
+        #: The message store, set by makeService; cleaned of stale spool files at start.
+        self.store: Any = None
+
+    def startService(self) -> None:
+        log.info(
+            "mailapp starting as {hostname} with {config_path}",
+            log_event=logevents.STARTING,
+            hostname=self.config.hostname,
+            config_path=str(self.config.path),
+        )
+        super().startService()
+        maybeDeferred(self._accounts.countUsers).addCallbacks(self._hint_if_no_users, self._count_failed)
+        cleanup = getattr(self.store, "cleanup", None)
+        if cleanup is not None:
+            # Spool files left by a crash mid-receive were never visible anywhere: remove them.
+            maybeDeferred(cleanup).addErrback(lambda reason: log.failure("spool cleanup failed", reason))
+
+    def _hint_if_no_users(self, count: int) -> None:
+        if count:
+            return
+        domain = self.config.local_domains[0] if self.config.local_domains else "your.domain"
+        log.info(
+            "no users yet: add one with: mailapp --config {config_path} user add you@{domain}",
+            log_event=logevents.NO_USERS,
+            config_path=str(self.config.path),
+            domain=domain,
+        )
+
+    def _count_failed(self, reason: Failure) -> None:
+        log.failure("could not count users", reason)
+
+    def listener_failed(self, listener: ListenerConfig, reason: Failure) -> None:
+        """A listener could not bind: stop the whole server rather than run without it."""
+        self._reactor.callWhenRunning(self._reactor.stop)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop listening, then wait up to ``drain_timeout`` for in-flight work,
+        then stop the other children in reverse order of starting.
+        """
+        log.info("mailapp stopping", log_event=logevents.STOPPING)
+        Service.stopService(self)
+        children = list(self)[::-1]
+        listeners = [child for child in children if isinstance(child, ListenerService)]
+        others = [child for child in children if not isinstance(child, ListenerService)]
+        stopped: Deferred[Any] = defer.gatherResults(
+            [maybeDeferred(child.stopService) for child in listeners], consumeErrors=True
+        )
+        stopped.addErrback(lambda reason: log.failure("a listener did not stop cleanly", reason))
+        stopped.addCallback(lambda _: self.inflight.drain(self.drain_timeout))
+        stopped.addCallback(self._drained)
+        for child in others:
+            stopped.addCallback(lambda _, child=child: maybeDeferred(child.stopService))
+            stopped.addErrback(lambda reason: log.failure("a component did not stop cleanly", reason))
+        stopped.addCallback(lambda _: log.info("mailapp stopped", log_event=logevents.STOPPED))
+        return stopped
+
+    def _drained(self, drained: bool) -> None:
+        if not drained:
+            log.warn(
+                "gave up waiting for {count} in-flight operations after {timeout} s",
+                log_event=logevents.DRAIN_TIMEOUT,
+                count=len(self.inflight),
+                timeout=self.drain_timeout,
+            )
+
+
+def makeService(
+    config: Config,
+    reactor: Any = None,
+    store: Any = None,
+    accounts: Any = None,
+    portal: Any = None,
+) -> MailService:
+    """
+    Build the whole server from ``config``; nothing listens until the
+    returned service starts.
+
+    Creates ``state_dir`` (0700) and, when a listener needs TLS, the
+    certificate (if it is to be generated). The default store, accounts and
+    portal are imported here, not at module level, so that this module loads
+    (and tests run with fakes) whatever state those modules are in.
+
+    @raise mailapp.tls.CertificateError: TLS is needed and the certificate
+        cannot be loaded or made.
+    @raise OSError: ``state_dir`` cannot be created.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    context_factory: CertificateOptions | None = None
+    if config.needs_tls:
+        tls.ensure_certificate(config.tls, config.hostname)
+        context_factory = tls.server_context_factory(config.tls)
+
+    if store is None:
+        from mailapp.store import MaildirStore
+
+        store = MaildirStore(config.state_dir / "mail", reactor=reactor)
+    if accounts is None:
+        from mailapp.accounts import Accounts
+
+        accounts = Accounts(config.state_dir / "accounts.sqlite3", config.local_domains, reactor=reactor)
+    if portal is None:
+        from mailapp.auth import makePortal
+
+        portal = makePortal(accounts, store)
+
+    from mailapp.delivery import Router
+
+    router = Router(accounts, store, max_recipients=config.limits.max_recipients)
+    inflight = InFlight(reactor)
+    context = ServiceContext(
+        router=router,
+        config=config,
+        reactor=reactor,
+        store=store,
+        accounts=accounts,
+        portal=portal,
+        tls=context_factory,
+        inflight=inflight,
+    )
+    root = MailService(config, reactor, accounts, inflight)
+    root.store = store
+    for component in (store, accounts):
+        if IService.providedBy(component):
+            component.setServiceParent(root)
+
+    for listener in config.listeners:
+        builder = PROTOCOL_BUILDERS.get(listener.protocol)
+        if builder is None:
+            log.warn(
+                "listener {listener} skipped: the {protocol} protocol is not built yet ({endpoint} stays closed)",
+                log_event=logevents.LISTENER_SKIPPED,
+                listener=listener.name,
+                protocol=listener.protocol,
+                endpoint=listener.endpoint,
+            )
+            continue
+        factory = builder(context, listener)
+        if listener.tls == "implicit":
+            factory = TLSMemoryBIOFactory(context_factory, False, factory)
+        endpoint = serverFromString(reactor, listener.endpoint)
+        ListenerService(listener, endpoint, factory, root.listener_failed).setServiceParent(root)
+    return root
+
+
+def format_address(address: IAddress | None) -> str:
+    """``127.0.0.1:10025``, ``[::1]:10025`` or a socket path: how an operator writes it."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = getattr(address, "name", None)
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "replace")
+    if name is not None:
+        return str(name)
+    return str(address)
+
+
+_register_builtin_protocols()

@@ -1,0 +1,789 @@
+"""
+The ESMTP server, in its two roles: the inbound MX (port 25) and
+authenticated submission (587 with STARTTLS, 465 with implicit TLS).
+
+It is built on L{twisted.mail.smtp.ESMTP} (reply formatting, command lookup,
+timeouts) but owns the byte stream itself, because the stock server's line
+handling is where the classic attacks live:
+
+  - commands are read one at a time and the next one is not looked at until
+    the reply to the previous one is sent, so pipelined replies come back in
+    order even when a check waits on the disk or a password hash;
+  - bytes pipelined after STARTTLS are thrown away, never run after the
+    handshake (CVE-2011-0411);
+  - the end of DATA is only ``<CRLF>.<CRLF>``; bare LF and bare CR inside the
+    data are stored as CRLF and never end it (SMTP smuggling);
+  - data is streamed to the spool as it comes, lines of any length included,
+    so neither a long line nor a large message can grow memory or drop the
+    session out of DATA mode; an unterminated command line is cut off.
+
+Every message goes to the L{mailapp.delivery.Router}; the 250 after DATA is
+sent only when the Router says every copy is durable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.mail import smtp as twisted_smtp
+from twisted.python.failure import Failure
+
+from mailapp import logevents
+from mailapp.delivery import Router, Transaction
+from mailapp.errors import MailError, MessageTooBig
+from mailapp.interfaces import IMailbox
+
+_log = Logger()
+
+MAX_COMMAND_LINE = 2048  # RFC 5321 4.5.3.1.4 asks for 512; extensions need more
+MAX_UNTERMINATED = 16 * 1024  # no CRLF after this many bytes: not SMTP, hang up
+MAX_HEADER_BLOCK = 64 * 1024  # header bytes kept to check Message-ID/Date on submission
+MAX_ERRORS = 10
+MAX_AUTH_FAILURES = 3
+GREETING_TIMEOUT = 60
+DATA_FLUSH = 64 * 1024
+
+_ADDRESS = re.compile(r"^[^\s@<>()\[\]\\,;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,251}[A-Za-z0-9])?$")
+_PATH = re.compile(rb"^(FROM|TO):\s*<([^<>]*)>(?:\s+(.*))?$", re.I)
+_BARE = re.compile(rb"\r|\n")
+
+
+def _has_controls(data: bytes) -> bool:
+    return any(b < 0x20 and b != 0x09 or b >= 0x7F for b in data)
+
+
+@dataclass(frozen=True)
+class SMTPPolicy:
+    """
+    What one listener allows. C{submission} listeners require AUTH before
+    MAIL and let the authenticated user relay; the MX listener never offers
+    AUTH. Plaintext AUTH only where the config allows it (loopback).
+    """
+
+    hostname: str
+    submission: bool
+    max_message_size: int
+    timeout: float
+    allow_plaintext_auth: bool = False
+    trusted_networks: tuple[Any, ...] = ()
+    max_connections: int = 1000
+    max_connections_per_ip: int = 20
+    auth_failure_delay: float = 1.0
+
+
+class ESMTPServer(twisted_smtp.ESMTP):
+    """One SMTP session; see the module docstring."""
+
+    def __init__(self, factory: "SMTPFactory") -> None:
+        super().__init__()
+        self.factory = factory
+        self.policy: SMTPPolicy = factory.policy
+        self.router: Router = factory.router
+        self.host = self.policy.hostname.encode("ascii")
+        self.timeout = GREETING_TIMEOUT
+        self._buffer = b""
+        self._busy = False
+        self._closing = False
+        self._errors = 0
+        self._authFailures = 0
+        self._ehlo: str | None = None
+        self._esmtp = False
+        self._peerIP = ""
+        self.authenticated: str | None = None
+        self._txn: Transaction | None = None
+        self._data: _DataReceiver | None = None
+        self._pendingAuth: Callable[[bytes], None] | None = None
+        self.callLater = factory.reactor.callLater
+
+    # -- connection -----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self._peerIP = getattr(peer, "host", "") or str(peer)
+        try:
+            self.transport.setTcpNoDelay(True)
+        except Exception:
+            pass
+        refusal = self.factory.admit(self._peerIP)
+        if refusal:
+            self.sendCode(421, b"4.3.2 " + self.host + b" " + refusal)
+            self._closing = True
+            self.transport.loseConnection()
+            return
+        self.factory.connected(self)
+        self.sendCode(220, self.host + b" ESMTP mailapp")
+        self.setTimeout(GREETING_TIMEOUT)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.setTimeout(None)
+        self.factory.disconnected(self)
+        self._resetTransaction()
+
+    def timeoutConnection(self) -> None:
+        self.sendCode(421, b"4.4.2 " + self.host + b" Error: timeout exceeded")
+        self._closing = True
+        self.transport.loseConnection()
+
+    @property
+    def secure(self) -> bool:
+        return ISSLTransport.providedBy(self.transport)
+
+    def shutdown(self) -> None:
+        """The server is stopping: tell an idle client, and let a busy one finish."""
+        if not self._busy and self._data is None:
+            self.sendCode(421, b"4.3.2 " + self.host + b" Service shutting down")
+            self._closing = True
+            self.transport.loseConnection()
+
+    # -- the byte stream --------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        self._buffer += data
+        self._process()
+
+    def _process(self) -> None:
+        while self._buffer and not self._busy and not self._closing:
+            if self._data is not None:
+                receiver = self._data
+                self._buffer = receiver.feed(self._buffer)
+                if receiver.done:
+                    self._endData()
+                    continue
+                self._throttle(receiver.lastWrite)
+                return
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_UNTERMINATED:
+                    self.sendCode(500, b"5.5.2 Line too long; closing connection")
+                    self._closing = True
+                    self._buffer = b""
+                    self.transport.loseConnection()
+                return
+            line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if self._pendingAuth is not None:
+                continuation, self._pendingAuth = self._pendingAuth, None
+                continuation(line)
+            elif len(line) > MAX_COMMAND_LINE:
+                self._error(500, b"5.5.2 Line too long")
+            else:
+                self._command(line)
+        if self.transport is not None and not self._closing:
+            # Back-pressure: stop reading while a reply is pending and the client keeps pipelining.
+            if self._busy and len(self._buffer) > MAX_UNTERMINATED:
+                self.transport.pauseProducing()
+
+    def _throttle(self, write: defer.Deferred[None] | None) -> None:
+        """Stop reading from a client that sends faster than the disk takes it."""
+        if write is not None and not write.called and self.transport is not None:
+            self.transport.pauseProducing()
+
+            def resume(_: object) -> None:
+                if self.transport is not None and not self._busy:
+                    self.transport.resumeProducing()
+
+            write.addCallback(resume)
+
+    def _wait(self, d: defer.Deferred[Any]) -> None:
+        """Hold further commands until C{d} has sent its reply."""
+        self._busy = True
+
+        def done(result: object) -> None:
+            self._busy = False
+            if isinstance(result, Failure):
+                _log.failure("smtp.internal_error", result)
+                self.sendCode(451, b"4.3.0 Local error in processing")
+            if self.transport is not None and not self._closing:
+                self.transport.resumeProducing()
+                self._process()
+
+        d.addBoth(done)
+
+    def _error(self, code: int, text: bytes) -> None:
+        self._errors += 1
+        if self._errors > MAX_ERRORS:
+            self.sendCode(421, b"4.7.0 " + self.host + b" Too many errors; closing connection")
+            self._closing = True
+            self.transport.loseConnection()
+            return
+        self.sendCode(code, text)
+
+    def _command(self, line: bytes) -> None:
+        if b"\x00" in line or _has_controls(line):
+            self._error(500, b"5.5.2 Invalid characters in command")
+            return
+        parts = line.strip().split(None, 1)
+        if not parts:
+            self._error(500, b"5.5.2 Error: bad syntax")
+            return
+        verb = parts[0].upper().decode("ascii")
+        argument = parts[1] if len(parts) > 1 else b""
+        handler = getattr(self, "smtp_" + verb, None) if verb.isalpha() else None
+        if handler is None:
+            self._error(500, b"5.5.1 Error: command not recognized")
+            return
+        handler(argument)
+
+    # -- commands -------------------------------------------------------------
+
+    def _greet(self, argument: bytes, esmtp: bool) -> bool:
+        name = argument.strip()
+        if not name or b" " in name or len(name) > 255:
+            self._error(501, b"5.5.4 Syntax: " + (b"EHLO" if esmtp else b"HELO") + b" hostname")
+            return False
+        self._resetTransaction()
+        self._ehlo = name.decode("ascii")
+        self._esmtp = esmtp
+        self.setTimeout(self.policy.timeout)
+        return True
+
+    def smtp_HELO(self, argument: bytes) -> None:
+        if self._greet(argument, esmtp=False):
+            self.sendCode(250, self.host)
+
+    def smtp_EHLO(self, argument: bytes) -> None:
+        if not self._greet(argument, esmtp=True):
+            return
+        lines = [self.host, b"PIPELINING", b"SIZE %d" % self.policy.max_message_size, b"8BITMIME", b"ENHANCEDSTATUSCODES"]
+        if self.factory.tls is not None and not self.secure:
+            lines.append(b"STARTTLS")
+        if self._authAvailable():
+            lines.append(b"AUTH PLAIN LOGIN")
+        lines.append(b"HELP")
+        self.sendCode(250, b"\n".join(lines))
+
+    def smtp_STARTTLS(self, argument: bytes) -> None:
+        if self.factory.tls is None or self.secure:
+            self._error(502 if self.factory.tls is None else 503, b"5.5.1 STARTTLS not available")
+            return
+        if argument:
+            self._error(501, b"5.5.4 Syntax: STARTTLS")
+            return
+        # Whatever the client pipelined after STARTTLS was sent in the clear:
+        # it must never run inside the TLS session (CVE-2011-0411).
+        self._buffer = b""
+        self.sendCode(220, b"2.0.0 Ready to start TLS")
+        self.transport.startTLS(self.factory.tls)
+        self._resetTransaction()
+        self._ehlo = None
+        self.authenticated = None
+
+    def _authAvailable(self) -> bool:
+        if not self.policy.submission or self.authenticated:
+            return False
+        return self.secure or self.policy.allow_plaintext_auth
+
+    def smtp_AUTH(self, argument: bytes) -> None:
+        if not self.policy.submission:
+            self._error(502, b"5.5.1 AUTH not available on this port")
+            return
+        if self.authenticated:
+            self._error(503, b"5.5.1 Already authenticated")
+            return
+        if not self._authAvailable():
+            self._error(538, b"5.7.11 Encryption required: use STARTTLS first")
+            return
+        if self._txn is not None:
+            self._error(503, b"5.5.1 AUTH not allowed during a mail transaction")
+            return
+        parts = argument.split()
+        if not parts:
+            self._error(501, b"5.5.4 Syntax: AUTH mechanism")
+            return
+        mechanism = parts[0].upper()
+        initial = parts[1] if len(parts) > 1 else None
+        if mechanism == b"PLAIN":
+            if initial is None:
+                self.sendCode(334, b"")
+                self._pendingAuth = self._authPlain
+            else:
+                self._authPlain(initial)
+        elif mechanism == b"LOGIN":
+            if initial is None:
+                self.sendCode(334, base64.b64encode(b"Username:"))
+                self._pendingAuth = self._authLoginUser
+            else:
+                self._authLoginUser(initial)
+        else:
+            self._error(504, b"5.5.4 Unrecognized authentication mechanism")
+
+    def _decode(self, line: bytes) -> bytes | None:
+        if line.strip() == b"*":
+            self._error(501, b"5.7.0 Authentication cancelled")
+            return None
+        try:
+            return base64.b64decode(line.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            self._error(501, b"5.5.2 Cannot decode response")
+            return None
+
+    def _authPlain(self, line: bytes) -> None:
+        decoded = self._decode(line)
+        if decoded is None:
+            return
+        parts = decoded.split(b"\x00")
+        if len(parts) != 3:
+            self._error(501, b"5.5.2 Malformed PLAIN response")
+            return
+        authzid, authcid, password = parts
+        if authzid and authzid != authcid:
+            self._wait(self._authFailed())
+            return
+        self._login(authcid, password)
+
+    def _authLoginUser(self, line: bytes) -> None:
+        username = self._decode(line)
+        if username is None:
+            return
+        self.sendCode(334, base64.b64encode(b"Password:"))
+
+        def password(line: bytes) -> None:
+            secret = self._decode(line)
+            if secret is not None:
+                self._login(username, secret)
+
+        self._pendingAuth = password
+
+    def _login(self, username: bytes, password: bytes) -> None:
+        try:
+            name = username.decode("utf-8")
+        except UnicodeDecodeError:
+            self._wait(self._authFailed())
+            return
+        d = self.factory.portal.login(UsernamePassword(name, password), None, IMailbox)
+
+        def ok(result: tuple[Any, Any, Callable[[], None]]) -> None:
+            _, avatar, logout = result
+            self.authenticated = avatar.account
+            logout()
+            _log.info("smtp.auth_ok {account} from {peer}", account=self.authenticated, peer=self._peerIP)
+            self.sendCode(235, b"2.7.0 Authentication successful")
+
+        def failed(reason: Failure) -> defer.Deferred[None] | None:
+            reason.trap(UnauthorizedLogin)
+            return self._authFailed(name)
+
+        self._wait(d.addCallbacks(ok, failed))
+
+    def _authFailed(self, account: str = "") -> defer.Deferred[None]:
+        """Answer after a delay, and hang up after repeated failures."""
+        self._authFailures += 1
+        _log.info(
+            "auth failed protocol=smtp account={account} client={client}",
+            log_event=logevents.AUTH_FAILED,
+            account=account,
+            client=self._peerIP,
+        )
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def answer() -> None:
+            if self.transport is None or self._closing:
+                d.callback(None)
+                return
+            if self._authFailures >= MAX_AUTH_FAILURES:
+                self.sendCode(421, b"4.7.0 " + self.host + b" Too many authentication failures")
+                self._closing = True
+                self.transport.loseConnection()
+            else:
+                self.sendCode(535, b"5.7.8 Authentication credentials invalid")
+            d.callback(None)
+
+        self.callLater(self.policy.auth_failure_delay, answer)
+        return d
+
+    def _parsePath(self, argument: bytes, keyword: bytes) -> tuple[str, dict[str, str]] | None:
+        match = _PATH.match(argument.strip())
+        if not match or match.group(1).upper() != keyword:
+            self._error(501, b"5.5.4 Syntax: " + (b"MAIL FROM:<address>" if keyword == b"FROM" else b"RCPT TO:<address>"))
+            return None
+        address = match.group(2).decode("ascii")
+        if ":" in address and address.startswith("@"):
+            address = address.split(":", 1)[1]  # source route (RFC 5321 4.1.2): ignore it
+        params: dict[str, str] = {}
+        for item in (match.group(3) or b"").split():
+            key, _, value = item.decode("ascii").partition("=")
+            params[key.upper()] = value
+        if address and not _ADDRESS.match(address):
+            self._error(501, b"5.1.3 Bad address syntax")
+            return None
+        return address, params
+
+    def smtp_MAIL(self, argument: bytes) -> None:
+        if self._ehlo is None:
+            self._error(503, b"5.5.1 Error: send HELO/EHLO first")
+            return
+        if self._txn is not None:
+            self._error(503, b"5.5.1 Error: nested MAIL command")
+            return
+        if self.policy.submission and not self.authenticated:
+            self._error(530, b"5.7.0 Authentication required")
+            return
+        parsed = self._parsePath(argument, b"FROM")
+        if parsed is None:
+            return
+        sender, params = parsed
+        for key, value in params.items():
+            if key == "SIZE":
+                if not value.isdigit():
+                    self._error(501, b"5.5.4 Bad SIZE parameter")
+                    return
+                if int(value) > self.policy.max_message_size:
+                    self.sendCode(552, b"5.3.4 Message size exceeds fixed maximum message size")
+                    return
+            elif key == "BODY":
+                if value.upper() not in ("7BIT", "8BITMIME"):
+                    self._error(501, b"5.5.4 Bad BODY parameter")
+                    return
+            elif key == "AUTH":
+                pass  # RFC 4954 5: accepted and not trusted
+            else:
+                self._error(555, b"5.5.4 Unsupported MAIL parameter")
+                return
+        relay = bool(self.authenticated) or self.factory.trusted(self._peerIP)
+
+        if self.policy.submission:
+            d = self.router.accounts.ownsAddress(self.authenticated, sender) if sender else defer.succeed(False)
+
+            def owned(yes: bool) -> None:
+                if not yes:
+                    self.sendCode(553, b"5.7.1 Sender address not owned by you")
+                    return
+                self._txn = self.router.start(sender, relay, self.authenticated)
+                self.sendCode(250, b"2.1.0 Ok")
+
+            self._wait(d.addCallback(owned))
+            return
+        self._txn = self.router.start(sender, relay, self.authenticated)
+        self.sendCode(250, b"2.1.0 Ok")
+
+    def smtp_RCPT(self, argument: bytes) -> None:
+        if self._txn is None:
+            self._error(503, b"5.5.1 Error: need MAIL command")
+            return
+        parsed = self._parsePath(argument, b"TO")
+        if parsed is None:
+            return
+        recipient, params = parsed
+        if not recipient:
+            self._error(501, b"5.1.3 Bad recipient address syntax")
+            return
+        if params:
+            self._error(555, b"5.5.4 Unsupported RCPT parameter")
+            return
+        txn = self._txn
+        d = txn.addRecipient(recipient)
+
+        def ok(_: object) -> None:
+            self.sendCode(250, b"2.1.5 Ok")
+
+        def refused(reason: Failure) -> None:
+            reason.trap(MailError)
+            error: MailError = reason.value
+            _log.info(
+                "rcpt rejected {recipient} {code} from {client}",
+                log_event=logevents.SMTP_RCPT_REJECTED,
+                recipient=recipient,
+                code=error.code,
+                client=self._peerIP,
+            )
+            self.sendCode(error.code, f"{error.enhanced} {error.text}".encode("ascii", "replace"))
+
+        self._wait(d.addCallbacks(ok, refused))
+
+    def smtp_DATA(self, argument: bytes) -> None:
+        if self._txn is None:
+            self._error(503, b"5.5.1 Error: need MAIL command")
+            return
+        if not self._txn.recipients:
+            self._error(554, b"5.5.1 Error: no valid recipients")
+            return
+        if argument:
+            self._error(501, b"5.5.4 Syntax: DATA")
+            return
+        txn = self._txn
+        message = txn.open()
+        received = self._receivedHeader(txn)
+        self._data = _DataReceiver(
+            message,
+            self.policy.max_message_size,
+            prefix=received,
+            addMissing=self._missingHeaders if self.policy.submission else None,
+        )
+        self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
+
+    def _receivedHeader(self, txn: Transaction) -> bytes:
+        protocol = "ESMTP" if self._esmtp else "SMTP"
+        if self.secure:
+            protocol += "S"
+        if self.authenticated:
+            protocol += "A"
+        target = f"\r\n\tfor <{txn.recipients[0]}>" if len(txn.recipients) == 1 else ""
+        return (
+            f"Received: from {self._ehlo} ([{self._peerIP}])\r\n"
+            f"\tby {self.policy.hostname} (mailapp) with {protocol} id {txn.queue_id}{target};\r\n"
+            f"\t{email.utils.formatdate(time.time(), localtime=False)}\r\n"
+        ).encode("utf-8")
+
+    def _missingHeaders(self, headers: bytes) -> bytes:
+        """On submission, add ``Message-ID:`` and ``Date:`` when the client left them out."""
+        names = {line.split(b":", 1)[0].strip().lower() for line in headers.split(b"\r\n") if b":" in line and line[:1] not in b" \t"}
+        added = b""
+        if b"date" not in names:
+            added += b"Date: " + email.utils.formatdate(time.time(), localtime=False).encode() + b"\r\n"
+        if b"message-id" not in names:
+            added += b"Message-ID: " + email.utils.make_msgid(domain=self.policy.hostname).encode() + b"\r\n"
+        return added
+
+    def _endData(self) -> None:
+        receiver, self._data = self._data, None
+        txn, self._txn = self._txn, None
+        assert receiver is not None and txn is not None
+        if receiver.tooBig:
+            txn.abort()
+            error = MessageTooBig()
+            self.sendCode(error.code, f"{error.enhanced} {error.text}".encode())
+            return
+        d = self.factory.inflight(txn.commit())
+
+        def stored(queue_id: str) -> None:
+            _log.info(
+                "accepted {queue_id} from=<{sender}> rcpts={count} size={size} client={client}",
+                log_event=logevents.SMTP_ACCEPTED,
+                queue_id=queue_id,
+                sender=txn.sender,
+                count=len(txn.recipients),
+                size=receiver.size,
+                client=self._peerIP,
+            )
+            self.sendCode(250, f"2.0.0 Ok: queued as {queue_id}".encode())
+
+        def failed(reason: Failure) -> None:
+            txn.abort()
+            error = reason.value if isinstance(reason.value, MailError) else MailError()
+            if not isinstance(reason.value, MailError):
+                _log.failure("smtp.commit_failed", reason)
+            self.sendCode(error.code, f"{error.enhanced} {error.text}".encode("ascii", "replace"))
+
+        self._wait(d.addCallbacks(stored, failed))
+
+    def smtp_RSET(self, argument: bytes) -> None:
+        self._resetTransaction()
+        self.sendCode(250, b"2.0.0 Ok")
+
+    def smtp_NOOP(self, argument: bytes) -> None:
+        self.sendCode(250, b"2.0.0 Ok")
+
+    def smtp_VRFY(self, argument: bytes) -> None:
+        # Never reveal whether a user exists (RFC 5321 7.3).
+        self.sendCode(252, b"2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+
+    def smtp_EXPN(self, argument: bytes) -> None:
+        self.sendCode(502, b"5.5.1 EXPN not available")
+
+    def smtp_HELP(self, argument: bytes) -> None:
+        self.sendCode(214, b"2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT STARTTLS AUTH")
+
+    def smtp_QUIT(self, argument: bytes) -> None:
+        self.sendCode(221, b"2.0.0 " + self.host + b" closing connection")
+        self._closing = True
+        self.transport.loseConnection()
+
+    def _resetTransaction(self) -> None:
+        self._pendingAuth = None
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+        self._data = None
+
+
+class _DataReceiver:
+    """
+    The DATA phase: unstuffs dots, finds ``<CRLF>.<CRLF>`` and nothing else,
+    turns bare CR and bare LF into CRLF, enforces the size limit without
+    buffering, and streams to the spool.
+    """
+
+    def __init__(
+        self,
+        message: Any,
+        limit: int,
+        prefix: bytes = b"",
+        addMissing: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        self.message = message
+        self.limit = limit
+        self.size = 0
+        self.tooBig = False
+        self.done = False
+        self.lastWrite: Any = None
+        self._atLineStart = True
+        self._out: list[bytes] = []
+        self._outSize = 0
+        self._prefix = prefix
+        self._addMissing = addMissing
+        self._headers: bytearray | None = bytearray() if addMissing else None
+        if not addMissing:
+            self._emit(prefix)
+
+    def feed(self, buffer: bytes) -> bytes:
+        """Consume what it can of C{buffer}; return what follows the end of data."""
+        position = 0
+        while not self.done:
+            end = buffer.find(b"\r\n", position)
+            if end < 0:
+                rest = buffer[position:]
+                # Keep a trailing CR: it may be the first half of a CRLF.
+                keep = 1 if rest.endswith(b"\r") else 0
+                if len(rest) - keep >= DATA_FLUSH:
+                    self._content(rest[: len(rest) - keep], complete=False)
+                    rest = rest[len(rest) - keep :]
+                self._flush(final=False)
+                return rest
+            line = buffer[position:end]
+            position = end + 2
+            if self._atLineStart and line == b".":
+                self.done = True
+                self._finishHeaders()
+                self._flush(final=True)
+                return buffer[position:]
+            self._content(line, complete=True)
+        return buffer[position:]
+
+    def _content(self, piece: bytes, complete: bool) -> None:
+        if self._atLineStart and piece.startswith(b"."):
+            piece = piece[1:]
+        if b"\r" in piece or b"\n" in piece:
+            piece = _BARE.sub(b"\r\n", piece)
+        if complete:
+            piece += b"\r\n"
+        self._atLineStart = complete
+        self._emit(piece, body=True)
+
+    def _emit(self, data: bytes, body: bool = False) -> None:
+        if body:
+            self.size += len(data)
+            if self.size > self.limit:
+                self.tooBig = True
+        if self.tooBig:
+            return
+        if self._headers is not None and body:
+            self._headers += data
+            if self._headers.endswith(b"\r\n\r\n") or self._headers.startswith(b"\r\n") or len(self._headers) > MAX_HEADER_BLOCK:
+                self._finishHeaders()
+            return
+        self._out.append(data)
+        self._outSize += len(data)
+
+    def _finishHeaders(self) -> None:
+        if self._headers is None or self._addMissing is None:
+            return
+        headers, self._headers = bytes(self._headers), None
+        added = self._addMissing(headers.split(b"\r\n\r\n", 1)[0])
+        if not self.tooBig:
+            self._out[:0] = [self._prefix, added]
+            self._out.append(headers)
+            self._outSize += len(self._prefix) + len(added) + len(headers)
+
+    def _flush(self, final: bool) -> None:
+        if self.tooBig:
+            self._out = []
+            self._outSize = 0
+            return
+        if self._out and (final or self._outSize >= DATA_FLUSH):
+            self.lastWrite = self.message.write(b"".join(self._out))
+            self._out = []
+            self._outSize = 0
+
+
+class SMTPFactory(ServerFactory):
+    """
+    Builds sessions for one listener and keeps its connection counts (total
+    and per client address) so a flood gets ``421`` instead of our memory.
+    """
+
+    def __init__(self, router: Router, portal: Any, policy: SMTPPolicy, reactor: Any, tls: Any = None, inflight: Any = None) -> None:
+        self.router = router
+        self.portal = portal
+        self.policy = policy
+        self.reactor = reactor
+        self.tls = tls
+        self._inflight = inflight
+        self.sessions: set[ESMTPServer] = set()
+        self._perIP: dict[str, int] = {}
+
+    def buildProtocol(self, addr: Any) -> ESMTPServer:
+        return ESMTPServer(self)
+
+    def inflight(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        return self._inflight.track(d) if self._inflight is not None else d
+
+    def admit(self, ip: str) -> bytes | None:
+        if len(self.sessions) >= self.policy.max_connections:
+            return b"Too many connections; try again later"
+        if self._perIP.get(ip, 0) >= self.policy.max_connections_per_ip:
+            return b"Too many connections from your address; try again later"
+        return None
+
+    def connected(self, session: ESMTPServer) -> None:
+        self.sessions.add(session)
+        self._perIP[session._peerIP] = self._perIP.get(session._peerIP, 0) + 1
+
+    def disconnected(self, session: ESMTPServer) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            count = self._perIP.get(session._peerIP, 1) - 1
+            if count:
+                self._perIP[session._peerIP] = count
+            else:
+                self._perIP.pop(session._peerIP, None)
+
+    def trusted(self, ip: str) -> bool:
+        import ipaddress
+
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.policy.trusted_networks)
+
+    def stopFactory(self) -> None:
+        for session in list(self.sessions):
+            session.shutdown()
+
+
+def buildFactory(context: Any, listener: Any) -> SMTPFactory:
+    """The builder the service registers for the ``smtp`` and ``submission`` protocols."""
+    import ipaddress
+
+    config = context.config
+    limits = config.limits
+    policy = SMTPPolicy(
+        hostname=config.hostname,
+        submission=listener.protocol == "submission",
+        max_message_size=limits.max_message_size,
+        timeout=limits.smtp_timeout_seconds,
+        allow_plaintext_auth=listener.allow_plaintext_auth,
+        trusted_networks=tuple(ipaddress.ip_network(n) for n in config.relay.trusted_networks),
+        max_connections=limits.max_connections,
+        max_connections_per_ip=limits.max_connections_per_ip,
+    )
+    router = getattr(context, "router", None) or Router(context.accounts, context.store, limits.max_recipients)
+    tls = context.tls if listener.tls == "starttls" else None
+    return SMTPFactory(router, context.portal, policy, context.reactor, tls=tls, inflight=context.inflight)

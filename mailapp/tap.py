@@ -1,0 +1,77 @@
+"""
+The ``twistd mailapp`` command: options, then the service.
+
+Option parsing only builds data (a :class:`~mailapp.config.Config`); live
+objects are made in :func:`makeService`.
+
+A bad config file is not a usage mistake. twistd turns a ``UsageError``
+from a plugin's options into its whole ``--help`` text followed by the
+message, which buries the problem list; so a config problem is written to
+stderr on its own and the process exits with status 1 through
+``SystemExit``, which twistd (``twisted.application.app.run``) lets through
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from mailapp.config import Config, ConfigError, load
+
+__all__ = ["DEFAULT_CONFIG", "Options", "makeService"]
+
+#: Used when neither ``--config`` nor ``$MAILAPP_CONFIG`` says otherwise.
+DEFAULT_CONFIG = "etc/mailapp.toml"
+
+
+class Options(usage.Options):
+    """Options of ``twistd mailapp``; after parsing, ``loadedConfig`` holds the config."""
+
+    synopsis = "[--config FILE] [--check]"
+    longdesc = "Run mailapp: SMTP, POP3, IMAP4 and webmail over one mailbox store."
+    optParameters = [
+        ["config", "c", None, f"The config file (default: $MAILAPP_CONFIG, else {DEFAULT_CONFIG})."],
+    ]
+    optFlags = [
+        ["check", None, "Check the config file, report every problem, and exit."],
+    ]
+
+    loadedConfig: Config
+
+    def postOptions(self) -> None:
+        # The environment is read here, not at import, so that it is the
+        # environment of this run.
+        path = Path(self["config"] or os.environ.get("MAILAPP_CONFIG") or DEFAULT_CONFIG)
+        self["config"] = str(path)
+        try:
+            self.loadedConfig = load(path)
+        except ConfigError as error:
+            _exit_with(str(error))
+        if self["check"]:
+            print(f"{path}: OK ({len(self.loadedConfig.listeners)} listeners)")
+            raise SystemExit(0)
+
+
+def makeService(options: Options) -> IService:
+    """Build the server from the parsed options (see :func:`mailapp.service.makeService`)."""
+    from mailapp import service, tls
+
+    try:
+        return service.makeService(options.loadedConfig)
+    except tls.CertificateError as error:
+        _exit_with(f"cannot start: {error}")
+    except OSError as error:
+        # state_dir or the generated certificate could not be written.
+        _exit_with(f"cannot start: {error}")
+
+
+def _exit_with(message: str) -> NoReturn:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    raise SystemExit(1)

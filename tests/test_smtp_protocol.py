@@ -1,0 +1,284 @@
+"""The SMTP session driven byte by byte over StringTransport (and a fake clock for timeouts)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from tests.smtp_helpers import make_factory, stored_messages, wait_for
+
+ALICE = "alice@example.test"
+
+
+class Session:
+    """One server protocol on a StringTransport, with helpers to talk to it."""
+
+    def __init__(self, factory, peer: str = "192.0.2.7") -> None:
+        self.factory = factory
+        self.proto = factory.buildProtocol(None)
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+        self.tls_started = []
+        self.transport.startTLS = lambda ctx: self.tls_started.append(self.transport.value())
+        self.proto.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.proto.dataReceived(data)
+
+    def replies(self) -> list[bytes]:
+        lines = self.transport.value().split(b"\r\n")
+        return [line for line in lines if line]
+
+    def codes(self) -> list[bytes]:
+        return [line[:3] for line in self.replies() if line[3:4] == b" "]
+
+    def clear(self) -> None:
+        self.transport.clear()
+
+
+class ProtocolTests(TestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        self.factory = make_factory(self.root)
+        self.session = Session(self.factory)
+
+    def tearDown(self) -> None:
+        self.session.proto.connectionLost(None)
+
+    def test_greeting_is_220_with_hostname(self):
+        self.assertEqual(self.session.replies(), [b"220 mail.example.test ESMTP mailapp"])
+
+    def test_ehlo_advertises_only_what_works_on_the_mx_listener(self):
+        self.session.clear()
+        self.session.send(b"EHLO client.test\r\n")
+        self.assertEqual(
+            self.session.replies(),
+            [
+                b"250-mail.example.test",
+                b"250-PIPELINING",
+                b"250-SIZE 1048576",
+                b"250-8BITMIME",
+                b"250-ENHANCEDSTATUSCODES",
+                b"250 HELP",
+            ],
+        )
+
+    @inlineCallbacks
+    def test_pipelined_replies_come_back_in_order_across_asynchronous_checks(self):
+        self.session.clear()
+        self.session.send(
+            b"EHLO c\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<nobody@example.test>\r\n"
+            b"RCPT TO:<alice@example.test>\r\nRCPT TO:<team@example.test>\r\nDATA\r\n"
+        )
+        yield wait_for(lambda: b"354" in self.session.codes())
+        self.assertEqual(self.session.codes(), [b"250", b"250", b"550", b"250", b"250", b"354"])
+        self.assertIn(b"550 5.1.1 No such user here", self.session.replies())
+        self.session.send(b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        yield wait_for(lambda: b"221" in self.session.codes())
+        self.assertEqual(self.session.codes()[-2:], [b"250", b"221"])
+        self.assertEqual(len(stored_messages(self.root, ALICE)), 1)
+        self.assertEqual(len(stored_messages(self.root, "bob@example.test")), 1)
+
+    @inlineCallbacks
+    def test_lf_dot_lf_and_cr_dot_cr_never_end_data_and_are_stored_as_crlf(self):
+        self.session.send(b"HELO c\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        yield wait_for(lambda: b"354" in self.session.codes())
+        self.session.clear()
+        # Each classic smuggling form, split across segments, followed by a would-be second transaction.
+        for piece in [b"Subject: s\r\n\r\na\n", b".\n", b"MAIL FROM:<evil@x.test>\r\n", b"b\r", b".\r", b"RCPT TO:<bob@example.test>\r\n", b"c\r\n.\n", b"\r\n.\r", b"\n"]:
+            self.session.send(piece)
+        yield wait_for(lambda: self.session.codes() == [b"250"])
+        [stored] = stored_messages(self.root, ALICE)
+        body = stored.split(b"\r\n\r\n", 1)[1]
+        self.assertEqual(body, b"a\r\n.\r\nMAIL FROM:<evil@x.test>\r\nb\r\n.\r\nRCPT TO:<bob@example.test>\r\nc\r\n\r\n\r\n")
+        self.assertNotIn(b"\n", stored.replace(b"\r\n", b""))
+        self.assertEqual(stored_messages(self.root, "bob@example.test"), [])
+
+    @inlineCallbacks
+    def test_dot_stuffing_is_undone(self):
+        self.session.send(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        yield wait_for(lambda: b"354" in self.session.codes())
+        self.session.send(b"Subject: s\r\n\r\n..leading dot\r\n...\r\n.\r\n")
+        yield wait_for(lambda: self.session.codes()[-1:] == [b"250"])
+        [stored] = stored_messages(self.root, ALICE)
+        self.assertTrue(stored.endswith(b"\r\n\r\n.leading dot\r\n..\r\n"))
+        self.assertTrue(stored.startswith(b"Return-Path: <>\r\nDelivered-To: alice@example.test\r\nReceived: from c"))
+
+    @inlineCallbacks
+    def test_long_body_line_stays_in_data_mode_and_nothing_after_it_runs(self):
+        self.session.send(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        yield wait_for(lambda: b"354" in self.session.codes())
+        self.session.clear()
+        self.session.send(b"Subject: s\r\n\r\n" + b"x" * 300_000 + b"\r\nRSET\r\nQUIT\r\n.\r\n")
+        yield wait_for(lambda: self.session.codes() == [b"250"])
+        [stored] = stored_messages(self.root, ALICE)
+        self.assertIn(b"x" * 300_000 + b"\r\nRSET\r\nQUIT\r\n", stored)
+        self.assertFalse(self.transport_closed())
+
+    def transport_closed(self) -> bool:
+        return self.session.transport.disconnecting
+
+    def test_overlong_command_line_gets_500_and_session_survives(self):
+        self.session.clear()
+        self.session.send(b"NOOP " + b"a" * 5000 + b"\r\nNOOP\r\n")
+        self.assertEqual(self.session.replies(), [b"500 5.5.2 Line too long", b"250 2.0.0 Ok"])
+        self.assertFalse(self.transport_closed())
+
+    def test_unterminated_line_is_cut_off_and_connection_closed(self):
+        self.session.clear()
+        self.session.send(b"A" * 20_000)
+        self.assertEqual(self.session.codes(), [b"500"])
+        self.assertTrue(self.transport_closed())
+        self.assertEqual(self.session.proto._buffer, b"")
+
+    def test_nul_and_eight_bit_bytes_in_commands_are_refused(self):
+        self.session.clear()
+        self.session.send(b"HELO a\x00b\r\nHELO caf\xc3\xa9\r\nHELO ok\r\n")
+        self.assertEqual(self.session.codes(), [b"500", b"500", b"250"])
+
+    def test_helo_with_spaces_or_empty_argument_gets_501(self):
+        self.session.clear()
+        self.session.send(b"HELO\r\nEHLO a b\r\n")
+        self.assertEqual(self.session.codes(), [b"501", b"501"])
+
+    def test_out_of_sequence_and_unknown_commands(self):
+        self.session.clear()
+        self.session.send(b"MAIL FROM:<a@b.test>\r\nHELO c\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nFOO\r\nMAIL FROM:a@b\r\n")
+        self.assertEqual(self.session.codes(), [b"503", b"250", b"503", b"503", b"500", b"501"])
+
+    def test_vrfy_never_reveals_whether_a_user_exists(self):
+        self.session.clear()
+        self.session.send(b"VRFY alice\r\nVRFY nobody\r\n")
+        self.assertEqual(self.session.codes(), [b"252", b"252"])
+
+    def test_size_parameter_over_the_limit_gets_552(self):
+        self.session.clear()
+        self.session.send(b"EHLO c\r\nMAIL FROM:<a@b.test> SIZE=99999999\r\n")
+        self.assertEqual(self.session.replies()[-1], b"552 5.3.4 Message size exceeds fixed maximum message size")
+
+    @inlineCallbacks
+    def test_message_over_the_size_limit_gets_552_after_data_and_nothing_is_stored(self):
+        self.session.send(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        yield wait_for(lambda: b"354" in self.session.codes())
+        self.session.clear()
+        for _ in range(20):
+            self.session.send(b"y" * 100_000 + b"\r\n")
+        self.session.send(b".\r\nNOOP\r\n")
+        self.assertEqual(self.session.codes(), [b"552", b"250"])
+        self.assertEqual(stored_messages(self.root, ALICE), [])
+
+    def test_too_many_errors_close_the_connection_with_421(self):
+        self.session.clear()
+        self.session.send(b"BAD\r\n" * 12)
+        self.assertEqual(self.session.codes()[-1], b"421")
+        self.assertTrue(self.transport_closed())
+
+    def test_auth_is_not_offered_or_accepted_on_the_mx_listener(self):
+        self.session.clear()
+        self.session.send(b"EHLO c\r\nAUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABhbGljZS1zZWNyZXQ=\r\n")
+        self.assertNotIn(b"AUTH", b"".join(self.session.replies()[:-1]))
+        self.assertEqual(self.session.codes()[-1], b"502")
+
+    @inlineCallbacks
+    def test_client_dropping_mid_data_leaves_nothing_behind(self):
+        self.session.send(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        yield wait_for(lambda: b"354" in self.session.codes())
+        self.session.send(b"Subject: s\r\n\r\n" + b"z" * 200_000)
+        self.session.proto.connectionLost(None)
+        spool = self.factory.router.store.spool_dir
+        yield wait_for(lambda: list(spool.iterdir()) == [])
+        self.assertEqual(stored_messages(self.root, ALICE), [])
+
+
+class SubmissionProtocolTests(TestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+
+    def session(self, **kwargs) -> Session:
+        session = Session(make_factory(self.root, submission=True, **kwargs))
+        self.addCleanup(session.proto.connectionLost, None)
+        session.clear()
+        return session
+
+    def test_starttls_discards_bytes_pipelined_after_it(self):
+        session = self.session(tls=object())
+        session.send(b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<x@remote.test>\r\n")
+        self.assertEqual(session.codes(), [b"250", b"220"])
+        self.assertEqual(len(session.tls_started), 1)
+        self.assertIsNone(session.proto._ehlo)
+        self.assertEqual(session.proto._buffer, b"")
+
+    def test_auth_over_plaintext_is_refused_and_not_advertised(self):
+        session = self.session(tls=object())
+        session.send(b"EHLO c\r\nAUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABhbGljZS1zZWNyZXQ=\r\nMAIL FROM:<alice@example.test>\r\n")
+        self.assertNotIn(b"250-AUTH PLAIN LOGIN", session.replies())
+        self.assertEqual(session.codes()[1:], [b"538", b"530"])
+
+    @inlineCallbacks
+    def test_auth_plain_then_sender_must_be_owned(self):
+        session = self.session(allow_plaintext_auth=True)
+        token = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
+        session.send(b"EHLO c\r\nAUTH PLAIN " + token + b"\r\nMAIL FROM:<bob@example.test>\r\nMAIL FROM:<alice+lists@example.test>\r\n")
+        yield wait_for(lambda: len(session.codes()) == 4)
+        self.assertEqual(session.codes(), [b"250", b"235", b"553", b"250"])
+
+    @inlineCallbacks
+    def test_auth_login_with_wrong_password_gets_535_after_a_delay_then_421(self):
+        session = self.session(allow_plaintext_auth=True)
+        user = base64.b64encode(b"alice@example.test")
+        bad = base64.b64encode(b"wrong")
+        session.send(b"EHLO c\r\n" + (b"AUTH LOGIN\r\n" + user + b"\r\n" + bad + b"\r\n") * 3)
+        yield wait_for(lambda: b"421" in session.codes())
+        self.assertEqual(session.codes(), [b"250", b"334", b"334", b"535", b"334", b"334", b"535", b"334", b"334", b"421"])
+
+    @inlineCallbacks
+    def test_submission_adds_message_id_and_date_when_missing(self):
+        session = self.session(allow_plaintext_auth=True)
+        token = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
+        session.send(b"EHLO c\r\nAUTH PLAIN " + token + b"\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+        yield wait_for(lambda: b"354" in session.codes())
+        session.send(b"Subject: no ids\r\n\r\nhello\r\n.\r\n")
+        yield wait_for(lambda: session.codes()[-1:] == [b"250"])
+        [stored] = stored_messages(self.root, "bob@example.test")
+        headers = stored.split(b"\r\n\r\n")[0]
+        self.assertIn(b"\r\nDate: ", headers)
+        self.assertIn(b"\r\nMessage-ID: <", headers)
+        self.assertIn(b"with ESMTPA id", headers)
+        self.assertTrue(stored.endswith(b"Subject: no ids\r\n\r\nhello\r\n"))
+
+    @inlineCallbacks
+    def test_remote_recipient_on_submission_gets_a_temporary_error_until_relay_exists(self):
+        session = self.session(allow_plaintext_auth=True)
+        token = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
+        session.send(b"EHLO c\r\nAUTH PLAIN " + token + b"\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<x@remote.test>\r\n")
+        yield wait_for(lambda: len(session.codes()) == 4)
+        self.assertEqual(session.replies()[-1], b"451 4.4.0 Remote delivery is not available yet; try again later")
+
+
+class TimeoutTests(TestCase):
+    def test_idle_client_gets_421_after_the_greeting_timeout(self):
+        clock = Clock()
+        factory = make_factory(Path(self.mktemp()), clock=clock)
+        session = Session(factory)
+        session.clear()
+        clock.advance(59)
+        self.assertFalse(session.transport.disconnecting)
+        clock.advance(2)
+        self.assertEqual(session.codes(), [b"421"])
+        self.assertTrue(session.transport.disconnecting)
+        session.proto.connectionLost(None)
+
+    def test_connection_limit_per_ip_gets_421(self):
+        factory = make_factory(Path(self.mktemp()), max_connections_per_ip=2)
+        sessions = [Session(factory) for _ in range(3)]
+        self.assertEqual(sessions[2].codes(), [b"421"])
+        self.assertIn(b"4.3.2", sessions[2].replies()[0])
+        other = Session(factory, peer="192.0.2.8")
+        self.assertEqual(other.codes(), [b"220"])
+        for s in sessions + [other]:
+            s.proto.connectionLost(None)
