@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from mailapp import logevents
 from mailapp.errors import AccountError
 from mailapp.interfaces import IAccounts
 
@@ -75,11 +76,9 @@ MAX_ALIAS_DEPTH = 10
 #: the server share the file) before failing with "database is locked".
 BUSY_TIMEOUT_MS = 10_000
 
-# Log event names specific to accounts. TODO(lead): declare these in
-# mailapp.logevents next to AUTH_FAILED, then import them from there.
-_ALIAS_BROKEN = "accounts.alias_broken"
-_PASSWORD_REHASHED = "auth.password_rehashed"
-_REHASH_FAILED = "auth.rehash_failed"
+_ALIAS_BROKEN = logevents.ALIAS_BROKEN
+_PASSWORD_REHASHED = logevents.PASSWORD_REHASHED
+_REHASH_FAILED = logevents.REHASH_FAILED
 
 _MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1, in octets
 _MAX_DOMAIN = 255  # RFC 5321 4.5.3.1.2, in octets

@@ -109,14 +109,14 @@ class Transaction:
         except MailError:
             raise
         except Exception as e:
-            _log.failure("delivery.failed {queue_id}", queue_id=self.queue_id)
+            _log.failure("delivery failed {queue_id}", log_event=logevents.DELIVERY_FAILED, queue_id=self.queue_id)
             raise MailError() from e
         finally:
             if not self.local:
                 yield self.message.discard()
         _log.info(
             "{log_event} {queue_id} from=<{sender}> local={local} size={size}",
-            log_event=logevents.DELIVERY_STORED if hasattr(logevents, "DELIVERY_STORED") else "delivery.stored",
+            log_event=logevents.DELIVERY_STORED,
             queue_id=self.queue_id,
             sender=self.sender,
             local=len(self.local),

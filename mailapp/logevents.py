@@ -38,6 +38,17 @@ SMTP_RCPT_REJECTED: Final = "smtp.rcpt_rejected"
 AUTH_FAILED: Final = "auth.failed"
 RELAY_DEFERRED: Final = "relay.deferred"
 
+# --- accounts and authentication (mailapp.accounts) ---
+ALIAS_BROKEN: Final = "accounts.alias_broken"
+PASSWORD_REHASHED: Final = "auth.password_rehashed"
+REHASH_FAILED: Final = "auth.rehash_failed"
+
+# --- delivery and the store ---
+DELIVERY_STORED: Final = "delivery.stored"
+DELIVERY_FAILED: Final = "delivery.failed"
+SMTP_AUTH_OK: Final = "smtp.auth_ok"
+SMTP_INTERNAL_ERROR: Final = "smtp.internal_error"
+
 
 def all_events() -> frozenset[str]:
     """Every declared name, so that a test can prove they are unique and well formed."""

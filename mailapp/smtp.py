@@ -208,7 +208,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
         def done(result: object) -> None:
             self._busy = False
             if isinstance(result, Failure):
-                _log.failure("smtp.internal_error", result)
+                _log.failure("internal error", result, log_event=logevents.SMTP_INTERNAL_ERROR)
                 self.sendCode(451, b"4.3.0 Local error in processing")
             if self.transport is not None and not self._closing:
                 self.transport.resumeProducing()
@@ -373,7 +373,9 @@ class ESMTPServer(twisted_smtp.ESMTP):
             _, avatar, logout = result
             self.authenticated = avatar.account
             logout()
-            _log.info("smtp.auth_ok {account} from {peer}", account=self.authenticated, peer=self._peerIP)
+            _log.info(
+                "auth ok {account} from {peer}", log_event=logevents.SMTP_AUTH_OK, account=self.authenticated, peer=self._peerIP
+            )
             self.sendCode(235, b"2.7.0 Authentication successful")
 
         def failed(reason: Failure) -> defer.Deferred[None] | None:
