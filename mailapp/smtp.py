@@ -54,6 +54,7 @@ MAX_HEADER_BLOCK = 64 * 1024  # header bytes kept to check Message-ID/Date on su
 MAX_ERRORS = 10
 MAX_AUTH_FAILURES = 3
 GREETING_TIMEOUT = 60
+SHUTDOWN_GRACE = 2.0  # seconds a stopping server gives a client to take its 421 and close
 DATA_FLUSH = 64 * 1024
 
 _ADDRESS = re.compile(r"^[^\s@<>()\[\]\\,;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,251}[A-Za-z0-9])?$")
@@ -106,6 +107,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self._txn: Transaction | None = None
         self._data: _DataReceiver | None = None
         self._pendingAuth: Callable[[bytes], None] | None = None
+        self._whenClosed: list[defer.Deferred[None]] = []
         self.callLater = factory.reactor.callLater
 
     # -- connection -----------------------------------------------------------
@@ -131,6 +133,9 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self.setTimeout(None)
         self.factory.disconnected(self)
         self._resetTransaction()
+        waiters, self._whenClosed = self._whenClosed, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def timeoutConnection(self) -> None:
         self.sendCode(421, b"4.4.2 " + self.host + b" Error: timeout exceeded")
@@ -141,12 +146,25 @@ class ESMTPServer(twisted_smtp.ESMTP):
     def secure(self) -> bool:
         return ISSLTransport.providedBy(self.transport)
 
-    def shutdown(self) -> None:
-        """The server is stopping: tell an idle client, and let a busy one finish."""
+    def shutdown(self) -> defer.Deferred[None] | None:
+        """
+        The server is stopping: tell an idle client, and let a busy one finish.
+        Returns a Deferred that fires once an idle client's connection is
+        closed (the 421 is only buffered until then), or C{None}. A TLS close
+        waits for the client's close_notify, so after L{SHUTDOWN_GRACE} the
+        connection is aborted.
+        """
         if not self._busy and self._data is None:
+            closed: defer.Deferred[None] = defer.Deferred()
+            self._whenClosed.append(closed)
             self.sendCode(421, b"4.3.2 " + self.host + b" Service shutting down")
             self._closing = True
             self.transport.loseConnection()
+            transport = self.transport
+            abort = self.callLater(SHUTDOWN_GRACE, transport.abortConnection)
+            closed.addBoth(lambda result: abort.cancel() if abort.active() else None)
+            return closed
+        return None
 
     # -- the byte stream --------------------------------------------------------
 
@@ -767,7 +785,12 @@ class SMTPFactory(ServerFactory):
 
     def stopFactory(self) -> None:
         for session in list(self.sessions):
-            session.shutdown()
+            closed = session.shutdown()
+            if closed is not None:
+                # The 421 is still in the transport's buffer: keep the server's
+                # stop (which drains in-flight work, bounded) from ending the
+                # reactor before it is written.
+                self.inflight(closed)
 
 
 def buildFactory(context: Any, listener: Any) -> SMTPFactory:
