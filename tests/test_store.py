@@ -351,3 +351,35 @@ class NameTests(StoreTestCase):
         path = ensure_mailbox(self.root.parent, ALICE)
         self.assertTrue((path / "new").is_dir())
         self.assertTrue((path / ".Trash" / "maildirfolder").exists())
+
+
+class ReconcileTests(StoreTestCase):
+    """After a crash the index may lag the Maildir; the first open in a new process repairs it."""
+
+    @inlineCallbacks
+    def test_message_whose_index_commit_was_lost_reappears_with_its_uid(self):
+        yield self.deliver([ALICE])
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        yield folder.setFlags([1], ["$Important"], "add")
+        index_path = mailbox_directory(self.root, ALICE) / index.INDEX_NAME
+        # Simulate a lost commit: the row for UID 2 vanishes and UIDNEXT goes back.
+        conn = sqlite3.connect(index_path)
+        conn.execute("DELETE FROM messages WHERE uid = 2")
+        conn.execute("UPDATE folders SET uidnext = 2 WHERE name = 'INBOX'")
+        conn.commit()
+        conn.close()
+        store = self.restart()
+        folder = yield store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual([(m.uid, m.flags) for m in (yield folder.messages())], [(1, frozenset({"$Important"})), (2, frozenset())])
+        self.assertEqual((yield folder.status()).uidnext, 3)
+        self.assertEqual((yield self.deliver([ALICE]))[ALICE], 3)
+
+    @inlineCallbacks
+    def test_file_removed_by_another_tool_leaves_the_index_on_next_start(self):
+        yield self.deliver([ALICE])
+        [name] = os.listdir(mailbox_directory(self.root, ALICE) / "new")
+        os.unlink(mailbox_directory(self.root, ALICE) / "new" / name)
+        store = self.restart()
+        folder = yield store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual((yield folder.messages()), [])
