@@ -33,3 +33,8 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache
+
+# A benchmark, not a test: run by hand, never by `make test` or CI.
+# Pass options with BENCH_ARGS, e.g. make bench BENCH_ARGS="--workloads smtp-4k --runs 1".
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""mailapp benchmarks: run with ``make bench`` (never part of ``make test``)."""
