@@ -242,10 +242,13 @@ class Resolution:
 
     @ivar local: canonical accounts here, in first-seen order, no duplicates.
     @ivar remote: addresses elsewhere, in first-seen order, no duplicates.
+    @ivar local_domain: whether the address itself is in a local domain
+        (mail to it needs no relay permission, wherever an alias sends it).
     """
 
     local: tuple[str, ...] = ()
     remote: tuple[str, ...] = ()
+    local_domain: bool = True
 
 
 @dataclass(frozen=True)
@@ -309,7 +312,7 @@ def resolve_address(
     local_part, domain = parts
     normalised = f"{local_part}@{domain}"
     if not directory.is_local_domain(domain):
-        return Resolution(remote=(normalised,))
+        return Resolution(remote=(normalised,), local_domain=False)
     local: list[str] = []
     remote: list[str] = []
     try:

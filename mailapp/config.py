@@ -162,6 +162,9 @@ class Config:
     listeners: tuple[ListenerConfig, ...]
     limits: Limits
     relay: RelayConfig
+    #: How a batch of deliveries is made durable: "filesystem" (one syncfs(2)
+    #: per step of a batch, Linux) or "file" (fsync of every file and directory).
+    sync: str = "filesystem"
 
     @property
     def needs_tls(self) -> bool:
@@ -208,7 +211,8 @@ def load(path: Path | str, *, base_dir: Path | None = None) -> Config:
 _T = TypeVar("_T")
 
 _SECTIONS: Final = frozenset({"server", "domains", "tls", "listeners", "limits", "relay"})
-_SERVER_KEYS: Final = frozenset({"hostname", "state_dir"})
+_SERVER_KEYS: Final = frozenset({"hostname", "state_dir", "sync"})
+_SYNC_MODES: Final = ("filesystem", "file")
 _DOMAINS_KEYS: Final = frozenset({"local"})
 _TLS_KEYS: Final = frozenset({"cert", "key", "generate_self_signed"})
 _LISTENER_KEYS: Final = frozenset({"protocol", "endpoint", "tls", "allow_plaintext_auth"})
@@ -274,6 +278,11 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
     state_dir_text = reader.typed(server, "state_dir", str, "server.state_dir", "var")
     state_dir = _resolve(reader, "var" if state_dir_text is None else state_dir_text, base, "server.state_dir")
 
+    sync = reader.typed(server, "sync", str, "server.sync", "filesystem") or "filesystem"
+    if sync not in _SYNC_MODES:
+        reader.problem("server.sync", f"must be one of {', '.join(_SYNC_MODES)}, not {sync!r}")
+        sync = "filesystem"
+
     domains = reader.table(document, "domains", "domains")
     reader.only(domains, _DOMAINS_KEYS, "domains")
     local_domains = _local_domains(reader, domains)
@@ -318,6 +327,7 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
         tls=tls,
         listeners=listeners,
         limits=limits,
+        sync=sync,
         relay=relay,
     )
     if check_files:

@@ -62,9 +62,7 @@ class Transaction:
         resolution = yield self.router.accounts.resolve(address)
         if resolution is None:
             raise NoSuchUser()
-        domain = address.rpartition("@")[2]
-        is_local = yield self.router.accounts.isLocalDomain(domain)
-        if not is_local and not self.relay_allowed:
+        if not resolution.local_domain and not self.relay_allowed:
             raise RelayDenied()
         if resolution.remote and self.router.queue is None:
             # The relay queue does not exist yet: say so honestly, the client retries later.
@@ -114,7 +112,8 @@ class Transaction:
         finally:
             if not self.local:
                 yield self.message.discard()
-        _log.info(
+        # debug: the protocol that accepted the message logs the one info line per message.
+        _log.debug(
             "{log_event} {queue_id} from=<{sender}> local={local} size={size}",
             log_event=logevents.DELIVERY_STORED,
             queue_id=self.queue_id,

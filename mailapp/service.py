@@ -363,7 +363,7 @@ def makeService(
     if store is None:
         from mailapp.store import MaildirStore
 
-        store = MaildirStore(config.state_dir / "mail", reactor=reactor)
+        store = MaildirStore(config.state_dir / "mail", reactor=reactor, batch_sync=config.sync == "filesystem")
     if accounts is None:
         from mailapp.accounts import Accounts
 

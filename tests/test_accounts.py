@@ -199,7 +199,7 @@ def test_removing_a_domain_with_aliases_is_refused(db: AccountsDatabase) -> None
 def test_removing_an_empty_domain_makes_it_remote(db: AccountsDatabase) -> None:
     db.add_domain("other.test")
     assert db.remove_domain("OTHER.test") == "other.test"
-    assert db.resolve("bob@other.test") == Resolution(remote=("bob@other.test",))
+    assert db.resolve("bob@other.test") == Resolution(remote=("bob@other.test",), local_domain=False)
 
 
 def test_removing_an_unknown_domain_is_refused(db: AccountsDatabase) -> None:
@@ -425,7 +425,7 @@ def test_aliases_pointing_at_a_removed_user_are_reported(db: AccountsDatabase) -
 
 
 def test_remote_address_resolves_to_itself_with_domain_lowercased(db: AccountsDatabase) -> None:
-    assert db.resolve("Bob@Remote.TEST") == Resolution(remote=("Bob@remote.test",))
+    assert db.resolve("Bob@Remote.TEST") == Resolution(remote=("Bob@remote.test",), local_domain=False)
 
 
 def test_unknown_local_address_resolves_to_none(db: AccountsDatabase) -> None:
@@ -741,7 +741,7 @@ def test_fake_accounts_resolves_with_the_database_rules() -> None:
         local=("Alice@example.test",), remote=("x@remote.test",)
     )
     assert _result(accounts.resolve("whoever@example.test")) == Resolution(remote=("postmaster@remote.test",))
-    assert _result(accounts.resolve("bob@remote.test")) == Resolution(remote=("bob@remote.test",))
+    assert _result(accounts.resolve("bob@remote.test")) == Resolution(remote=("bob@remote.test",), local_domain=False)
     assert _result(accounts.isLocalDomain("example.TEST")) is True
     assert _result(accounts.ownsAddress("Alice@example.test", "team@example.test")) is True
     assert _result(accounts.countUsers()) == 1

@@ -472,3 +472,17 @@ def load_text(directory: Path, text: str) -> Config:
     config_file = directory / "mailapp.toml"
     config_file.write_text(text)
     return load(config_file, base_dir=directory)
+
+
+def test_server_sync_defaults_to_filesystem_and_rejects_unknown_modes(tmp_path):
+    from mailapp.config import ConfigError, parse
+
+    base = '[server]\nhostname = "mail.example.test"\n'
+    assert parse(base, tmp_path / "m.toml", base_dir=tmp_path).sync == "filesystem"
+    assert parse(base + 'sync = "file"\n', tmp_path / "m.toml", base_dir=tmp_path).sync == "file"
+    try:
+        parse(base + 'sync = "never"\n', tmp_path / "m.toml", base_dir=tmp_path)
+    except ConfigError as error:
+        assert any("server.sync" in problem for problem in error.problems)
+    else:
+        raise AssertionError("an unknown sync mode was accepted")

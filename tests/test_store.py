@@ -9,7 +9,7 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, StoreError
@@ -117,43 +117,61 @@ class DeliveryTests(StoreTestCase):
 
 class DurabilityTests(StoreTestCase):
     @inlineCallbacks
-    def test_file_fsync_then_link_then_directory_fsync_then_index_visible(self):
+    def spy_on_a_delivery(self, batch_sync: bool) -> list[str]:
+        """Record the durability steps of one delivery, and whether the index shows the message at each."""
+        self.store = MaildirStore(self.root, reactor=reactor, batch_sync=batch_sync)
         calls: list[str] = []
         inbox_new = mailbox_directory(self.root, ALICE) / "new"
         index_path = mailbox_directory(self.root, ALICE) / index.INDEX_NAME
 
         def visible() -> int:
-            if not index_path.exists():
-                return 0
             conn = sqlite3.connect(index_path)
             try:
                 return conn.execute("SELECT count(*) FROM messages").fetchone()[0]
             finally:
                 conn.close()
 
-        real_fsync, real_link, real_dir = durable.fsync_file, durable.link, durable.fsync_directory
+        real = {name: getattr(durable, name) for name in ("fsync_file", "link", "fsync_directory", "_syncfs")}
 
         def fsync_file(fd):
             calls.append("fsync file")
-            real_fsync(fd)
+            real["fsync_file"](fd)
 
         def link(source, target):
             calls.append(f"link into {target.parent.name}, visible={visible()}")
-            real_link(source, target)
+            real["link"](source, target)
 
         def fsync_directory(path):
             if path == inbox_new:
                 calls.append(f"fsync new/, visible={visible()}")
-            real_dir(path)
+            real["fsync_directory"](path)
+
+        def syncfs(fd):
+            calls.append(f"syncfs, visible={visible()}")
+            return real["_syncfs"](fd)
 
         self.patch(durable, "fsync_file", fsync_file)
         self.patch(durable, "link", link)
         self.patch(durable, "fsync_directory", fsync_directory)
+        if real["_syncfs"] is not None:
+            self.patch(durable, "_syncfs", syncfs)
         yield self.store.mailbox(ALICE).listFolders()
         calls.clear()
         yield self.deliver([ALICE])
-        self.assertEqual(calls, ["fsync file", "link into new, visible=0", "fsync new/, visible=0"])
         self.assertEqual(visible(), 1)
+        return calls
+
+    @inlineCallbacks
+    def test_per_file_fsync_then_link_then_directory_fsync_then_index_visible(self):
+        calls = yield self.spy_on_a_delivery(batch_sync=False)
+        self.assertEqual(calls, ["fsync file", "link into new, visible=0", "fsync new/, visible=0"])
+
+    @inlineCallbacks
+    def test_batch_sync_makes_data_durable_before_link_and_link_before_index(self):
+        if not durable.has_syncfs():
+            raise SkipTest("syncfs(2) is not available here")
+        calls = yield self.spy_on_a_delivery(batch_sync=True)
+        self.assertEqual(calls, ["syncfs, visible=0", "link into new, visible=0", "syncfs, visible=0"])
 
     @inlineCallbacks
     def test_failure_to_link_one_copy_delivers_no_copy(self):
@@ -383,3 +401,34 @@ class ReconcileTests(StoreTestCase):
         store = self.restart()
         folder = yield store.mailbox(ALICE).folder("INBOX")
         self.assertEqual((yield folder.messages()), [])
+
+
+class ConcurrentOpenTests(StoreTestCase):
+    def test_threads_opening_a_new_mailbox_at_once_build_its_index_once(self):
+        import threading
+
+        mailbox_dir = mailbox_directory(self.root, ALICE)
+        errors: list[BaseException] = []
+        start = threading.Barrier(6)
+
+        def open_it() -> None:
+            try:
+                start.wait()
+                with index.connection(mailbox_dir) as conn:
+                    conn.execute("SELECT count(*) FROM folders").fetchone()
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        self.assertEqual(errors, [])
+        conn = sqlite3.connect(mailbox_dir / index.INDEX_NAME)
+        try:
+            rows = conn.execute("SELECT name, uidvalidity FROM folders ORDER BY name").fetchall()
+        finally:
+            conn.close()
+        self.assertEqual([name for name, _ in rows], ["Archive", "Drafts", "INBOX", "Junk", "Sent", "Trash"])
+        self.assertEqual(index.read_meta(mailbox_dir)["uidvalidity"], dict(rows)["INBOX"])

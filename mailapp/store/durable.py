@@ -8,10 +8,13 @@ order: file fsync, then link or rename into ``new/``, then directory fsync.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -24,6 +27,55 @@ def write_all(fd: int, data: bytes) -> None:
 
 def fsync_file(fd: int) -> None:
     os.fsync(fd)
+
+
+def _load_syncfs() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        function = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    return function
+
+
+_syncfs = _load_syncfs()
+
+
+def has_syncfs() -> bool:
+    return _syncfs is not None
+
+
+def sync_files(paths: list[Path], anchor: Path, use_syncfs: bool = True) -> None:
+    """
+    Make the data of every file in C{paths} durable, in one step where the
+    system allows it: syncfs(2) on the filesystem of C{anchor} flushes them
+    all with one journal commit (Linux), instead of one fsync each.
+    """
+    if use_syncfs and _syncfs is not None:
+        fd = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _syncfs(fd) != 0:
+                error = ctypes.get_errno()
+                raise OSError(error, os.strerror(error))
+        finally:
+            os.close(fd)
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fsync_file(fd)
+        finally:
+            os.close(fd)
+
+
+def sync_directories(paths: list[Path], anchor: Path, use_syncfs: bool = True) -> None:
+    """Make new names in every directory of C{paths} durable; one syncfs where available."""
+    if use_syncfs and _syncfs is not None:
+        sync_files([], anchor)
+        return
+    for path in paths:
+        fsync_directory(path)
 
 
 def fsync_directory(path: Path) -> None:

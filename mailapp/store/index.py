@@ -233,42 +233,59 @@ def _configure(conn: sqlite3.Connection) -> None:
 def _open(mailbox_dir: Path) -> sqlite3.Connection:
     mailbox_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = mailbox_dir / INDEX_NAME
-    existed = path.exists()
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-        _configure(conn)
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
-            raise sqlite3.DatabaseError(f"unknown index schema version {version}")
-        conn.executescript(_SCHEMA)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        if existed:
-            conn.execute("SELECT count(*) FROM folders").fetchone()
+        conn, built = _connect(path, mailbox_dir)
     except sqlite3.DatabaseError as e:
         _log.warn("store.index_damaged {path}: {error}; rebuilding from the Maildir", path=str(path), error=str(e))
-        try:
-            conn.close()
-        except Exception:
-            pass
         aside = path.with_name(f"{INDEX_NAME}.damaged-{int(time.time())}")
         for suffix in ("", "-wal", "-shm"):
             victim = Path(str(path) + suffix)
             if victim.exists():
                 os.replace(victim, Path(str(aside) + suffix))
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-        _configure(conn)
-        conn.executescript(_SCHEMA)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        existed = False
+        conn, built = _connect(path, mailbox_dir)
     with _reconciled_lock:
         first_open = mailbox_dir not in _reconciled
         _reconciled.add(mailbox_dir)
-    if not existed:
-        rebuild(conn, mailbox_dir)
-    elif first_open:
+    if first_open and not built:
         reconcile(conn, mailbox_dir)
     ensure_default_folders(conn, mailbox_dir)
     return conn
+
+
+def _connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
+    """
+    Open the index, creating and filling it from the Maildir when it is new.
+    The check and the build happen in one IMMEDIATE transaction, so two
+    threads or processes opening a new mailbox at once build it only once.
+    Returns the connection and whether it was built now.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    try:
+        _configure(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            built = False
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                _rebuild_tables(conn, mailbox_dir)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                built = True
+            elif version == SCHEMA_VERSION:
+                conn.execute("SELECT count(*) FROM folders").fetchone()
+            else:
+                raise sqlite3.DatabaseError(f"unknown index schema version {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except BaseException:
+        conn.close()
+        raise
+    return conn, built
 
 
 _reconciled_lock = threading.Lock()
@@ -284,9 +301,9 @@ def reconcile(conn: sqlite3.Connection, mailbox_dir: Path) -> int:
     not carry). Returns the number of rows changed.
     """
     changed = 0
-    folders = conn.execute("SELECT name, uidnext FROM folders").fetchall()
     conn.execute("BEGIN IMMEDIATE")
     try:
+        folders = conn.execute("SELECT name, uidnext FROM folders").fetchall()
         for name, uidnext in folders:
             directory = folder_directory(mailbox_dir, name)
             on_disk: dict[int, tuple[str, ParsedName, os.stat_result]] = {}
@@ -389,10 +406,11 @@ def _scan(directory: Path) -> list[tuple[str, ParsedName, os.stat_result]]:
     return found
 
 
-def rebuild(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
+def _rebuild_tables(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
     """
-    Recreate the index of every folder from the Maildir: keep UIDVALIDITY and
-    UIDs where the folder metadata allows it, else start a new UIDVALIDITY.
+    Recreate the index of every folder from the Maildir, inside the caller's
+    transaction: keep UIDVALIDITY and UIDs where the folder metadata allows
+    it, else start a new UIDVALIDITY.
     """
     folders = [(INBOX, mailbox_dir)]
     if mailbox_dir.exists():
@@ -400,17 +418,11 @@ def rebuild(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
             name = folder_from_directory(entry.name)
             if name is not None and entry.is_dir() and (Path(entry.path) / "cur").is_dir():
                 folders.append((name, Path(entry.path)))
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute("DELETE FROM messages")
-        conn.execute("DELETE FROM folders")
-        for name, directory in folders:
-            make_folder_directory(directory)
-            _rebuild_folder(conn, name, directory)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    conn.execute("DELETE FROM messages")
+    conn.execute("DELETE FROM folders")
+    for name, directory in folders:
+        make_folder_directory(directory)
+        _rebuild_folder(conn, name, directory)
     _log.info("store.index_rebuilt {mailbox} folders={count}", mailbox=str(mailbox_dir), count=len(folders))
 
 

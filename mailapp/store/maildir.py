@@ -87,6 +87,10 @@ class _Delivery:
     internaldate: float
     placements: list[_Placement]
     owns_source: bool = True
+    #: The source is already durable (fsync'd by its writer, or an existing message).
+    synced: bool = True
+    #: The bytes of a small message not yet written: the batch writes C{source} first.
+    data: bytes | None = None
     uids: list[int | None] = field(default_factory=list)
 
 
@@ -100,16 +104,23 @@ class _Call:
 
 class GroupCommitter:
     """
-    Runs store changes one batch at a time on a worker thread. Jobs that
-    arrive while a batch runs form the next batch, so the cost of each
-    directory fsync and index commit is shared by every delivery in it.
+    Runs store changes in batches on worker threads. Jobs that arrive while
+    the batches in flight run form the next batch, so the cost of each sync
+    and index commit is shared by every delivery in it.
+
+    Up to C{concurrency} batches run at once: while one waits for the disk,
+    the next writes its files. Batches lock mailboxes in path order, so they
+    never deadlock; UIDs stay in commit order per folder because a folder's
+    UIDs are taken under its lock.
     """
 
-    def __init__(self, reactor: Any, threadpool: Any) -> None:
+    def __init__(self, reactor: Any, threadpool: Any, batch_sync: bool = False, concurrency: int = 1) -> None:
+        self.batch_sync = batch_sync
+        self.concurrency = concurrency
         self._reactor = reactor
         self._threadpool = threadpool
         self._pending: list[tuple[_Delivery | _Call, Deferred[Any]]] = []
-        self._running = False
+        self._running = 0
         self.batches = 0
         self.jobs = 0
 
@@ -123,17 +134,17 @@ class GroupCommitter:
         return not self._running and not self._pending
 
     def _kick(self) -> None:
-        if self._running or not self._pending:
+        if self._running >= self.concurrency or not self._pending:
             return
         batch, self._pending = self._pending, []
-        self._running = True
+        self._running += 1
         self.batches += 1
         self.jobs += len(batch)
         jobs = [job for job, _ in batch]
-        d = deferToThreadPool(self._reactor, self._threadpool, _run_batch, jobs)
+        d = deferToThreadPool(self._reactor, self._threadpool, _run_batch, jobs, self.batch_sync)
 
         def finished(results: list[Any] | Failure) -> None:
-            self._running = False
+            self._running -= 1
             for position, (_, waiting) in enumerate(batch):
                 if isinstance(results, Failure):
                     waiting.errback(results)
@@ -146,7 +157,7 @@ class GroupCommitter:
         d.addBoth(finished)
 
 
-def _run_batch(jobs: list[_Delivery | _Call]) -> list[Any]:
+def _run_batch(jobs: list[_Delivery | _Call], batch_sync: bool = False) -> list[Any]:
     """Worker thread: run C{jobs} in order, consecutive deliveries together."""
     results: list[Any] = [None] * len(jobs)
     group: list[int] = []
@@ -154,7 +165,7 @@ def _run_batch(jobs: list[_Delivery | _Call]) -> list[Any]:
     def flush() -> None:
         if group:
             deliveries = [jobs[i] for i in group]
-            for position, outcome in zip(group, _run_deliveries(deliveries)):  # type: ignore[arg-type]
+            for position, outcome in zip(group, _run_deliveries(deliveries, batch_sync)):  # type: ignore[arg-type]
                 results[position] = outcome
             group.clear()
 
@@ -171,7 +182,7 @@ def _run_batch(jobs: list[_Delivery | _Call]) -> list[Any]:
     return results
 
 
-def _run_deliveries(jobs: list[_Delivery]) -> list[Any]:
+def _run_deliveries(jobs: list[_Delivery], batch_sync: bool = False) -> list[Any]:
     """
     Link each job's file into every placement, fsync each directory once,
     then commit the index rows per mailbox. A job either gets every copy or
@@ -184,11 +195,12 @@ def _run_deliveries(jobs: list[_Delivery]) -> list[Any]:
     connections: dict[Path, sqlite3.Connection] = {}
     directories: dict[Path, set[int]] = defaultdict(set)
     with ExitStack() as borrowed:
-        return _deliver_batch(jobs, borrowed, failed, links, rows, uidnext, connections, directories)
+        return _deliver_batch(jobs, batch_sync, borrowed, failed, links, rows, uidnext, connections, directories)
 
 
 def _deliver_batch(
     jobs: list[_Delivery],
+    batch_sync: bool,
     borrowed: ExitStack,
     failed: dict[int, BaseException],
     links: dict[int, list[Path]],
@@ -199,16 +211,44 @@ def _deliver_batch(
 ) -> list[Any]:
 
     for number, job in enumerate(jobs):
+        if job.data is not None:
+            try:
+                _write_new_file(job.source, job.data)
+            except BaseException as e:
+                failed[number] = e
+    unsynced = [job.source for number, job in enumerate(jobs) if not job.synced and number not in failed]
+    anchor = jobs[0].source.parent
+    if unsynced:
+        try:
+            durable.sync_files(unsynced, anchor, batch_sync)
+        except BaseException as e:
+            for number, job in enumerate(jobs):
+                if not job.synced:
+                    failed.setdefault(number, e)
+
+    # Lock every mailbox this batch touches, always in path order, so that two
+    # batches running at once (or another process) can never deadlock.
+    touching: dict[Path, list[int]] = defaultdict(list)
+    for number, job in enumerate(jobs):
+        if number not in failed:
+            for placement in job.placements:
+                touching[placement.mailbox_dir].append(number)
+    for mailbox_dir in sorted(touching):
+        try:
+            conn = borrowed.enter_context(index.connection(mailbox_dir))
+            conn.execute("BEGIN IMMEDIATE")
+            connections[mailbox_dir] = conn
+        except BaseException as e:
+            for number in touching[mailbox_dir]:
+                failed.setdefault(number, e)
+
+    for number, job in enumerate(jobs):
         job.uids = [None] * len(job.placements)
         for slot, placement in enumerate(job.placements):
             if number in failed:
                 break
             try:
-                conn = connections.get(placement.mailbox_dir)
-                if conn is None:
-                    conn = borrowed.enter_context(index.connection(placement.mailbox_dir))
-                    conn.execute("BEGIN IMMEDIATE")
-                    connections[placement.mailbox_dir] = conn
+                conn = connections[placement.mailbox_dir]
                 key = (placement.mailbox_dir, placement.folder)
                 if key not in uidnext:
                     row = conn.execute("SELECT uidnext FROM folders WHERE name = ?", (placement.folder,)).fetchone()
@@ -233,12 +273,13 @@ def _deliver_batch(
             except BaseException as e:
                 failed[number] = e
 
-    for directory, numbers in directories.items():
+    if directories:
         try:
-            durable.fsync_directory(directory)
+            durable.sync_directories(list(directories), anchor, batch_sync)
         except BaseException as e:
-            for number in numbers:
-                failed.setdefault(number, e)
+            for numbers in directories.values():
+                for number in numbers:
+                    failed.setdefault(number, e)
 
     committed: list[Path] = []
     for mailbox_dir, conn in connections.items():
@@ -280,6 +321,14 @@ def _deliver_batch(
     return outcomes
 
 
+def _write_new_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        durable.write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
 def _undo_committed(
     jobs: list[_Delivery],
     failed: dict[int, BaseException],
@@ -304,7 +353,14 @@ def _undo_committed(
 class MaildirStore:
     """Every user's Maildir under C{root}; see the module docstring."""
 
-    def __init__(self, root: Path, reactor: Any = None, threadpool: Any = None, events: EventBus | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        reactor: Any = None,
+        threadpool: Any = None,
+        events: EventBus | None = None,
+        batch_sync: bool | None = None,
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -315,7 +371,10 @@ class MaildirStore:
         self.reactor = reactor
         self.threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
         self.events = events if events is not None else EventBus()
-        self.committer = GroupCommitter(reactor, self.threadpool)
+        #: Sync each batch's files and directories with one syncfs(2) each
+        #: (Linux) rather than one fsync per file and per directory.
+        self.batch_sync = durable.has_syncfs() if batch_sync is None else batch_sync
+        self.committer = GroupCommitter(reactor, self.threadpool, self.batch_sync)
 
     def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run a read-only index or file operation on a worker thread."""
@@ -329,7 +388,9 @@ class MaildirStore:
         return MaildirMailbox(self, account)
 
     def newMessage(self) -> SpoolWriter:
-        return SpoolWriter(self.spool_dir, self.reactor, self.threadpool)
+        # With batch sync the writer skips its own fsync: the committer makes
+        # every file of a batch durable at once before linking it anywhere.
+        return SpoolWriter(self.spool_dir, self.reactor, self.threadpool, sync=not self.batch_sync)
 
     def deliver(self, message: SpoolWriter, accounts: Iterable[str], folder: str = INBOX) -> Deferred[dict[str, int]]:
         if not message.finished:
@@ -339,7 +400,15 @@ class MaildirStore:
         for account in accounts:
             unique.setdefault(account.lower(), account)
         placements = [_Placement(mailbox_directory(self.root, a), a, folder) for a in unique.values()]
-        job = _Delivery(message.path, message.base, message.size, message.internaldate, placements)
+        job = _Delivery(
+            message.path,
+            message.base,
+            message.size,
+            message.internaldate,
+            placements,
+            synced=message.sync,
+            data=message.pending,
+        )
         d = self.committer.submit(job)
 
         def delivered(uids: list[int]) -> dict[str, int]:
@@ -645,6 +714,8 @@ class MaildirFolder:
                 writer.size,
                 writer.internaldate,
                 [_Placement(self.mailbox.directory, self.account, self.name, flags)],
+                synced=writer.sync,
+                data=writer.pending,
             )
             return self.store.committer.submit(job)
 

@@ -46,12 +46,14 @@ class SpoolWriter:
 
     FLUSH_AT = 64 * 1024
 
-    def __init__(self, spool_dir: Path, reactor: Any, threadpool: Any) -> None:
+    def __init__(self, spool_dir: Path, reactor: Any, threadpool: Any, sync: bool = True) -> None:
         self.base = unique_name()
         self.path = spool_dir / self.base
         self.size = 0
         self.internaldate = time.time()
         self.finished = False
+        #: False when the store makes the file durable itself, together with others (group commit).
+        self.sync = sync
         self._reactor = reactor
         self._threadpool = threadpool
         self._buffer: list[bytes] = []
@@ -59,6 +61,9 @@ class SpoolWriter:
         self._fd: int | None = None
         self._error: Failure | None = None
         self._discarded = False
+        self._started = False
+        #: The whole message, when it is small enough never to have been written (see finish).
+        self.pending: bytes | None = None
         self._tail: Deferred[None] = succeed(None)
 
     def write(self, data: bytes) -> Deferred[None]:
@@ -72,6 +77,17 @@ class SpoolWriter:
         return self._enqueue(self._writeChunk, self._takeBuffer())
 
     def finish(self) -> Deferred[None]:
+        """
+        Fire when every byte is written: fsync'd too, unless C{sync} is off
+        because the store's batch will make it durable with the others.
+        """
+        if not self.sync and not self._started and self._error is None:
+            # A small message never touched the disk: hand its bytes to the
+            # store's batch, which writes and syncs it with the others. This
+            # saves a thread hop and a file creation racing the journal.
+            self.pending = self._takeBuffer()
+            self.finished = True
+            return succeed(None)
         chunk = self._takeBuffer()
         done = self._enqueue(self._finishSync, chunk)
 
@@ -88,6 +104,9 @@ class SpoolWriter:
         self._discarded = True
         self._buffer = []
         self._buffered = 0
+        self.pending = None
+        if not self._started:
+            return succeed(None)
         return self._enqueue(self._discardSync, always=True)
 
     # -- worker-thread side --------------------------------------------------
@@ -104,6 +123,7 @@ class SpoolWriter:
         signals "done" (back-pressure); errors are kept in C{self._error}.
         """
         done: Deferred[None] = Deferred()
+        self._started = True
 
         def step(_: object) -> Deferred[None] | None:
             if self._error is not None and not always:
@@ -130,7 +150,8 @@ class SpoolWriter:
         fd = self._open()
         if chunk:
             durable.write_all(fd, chunk)
-        durable.fsync_file(fd)
+        if self.sync:
+            durable.fsync_file(fd)
         os.close(fd)
         self._fd = None
 
