@@ -107,6 +107,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self._txn: Transaction | None = None
         self._data: _DataReceiver | None = None
         self._pendingAuth: Callable[[bytes], None] | None = None
+        self._shuttingDown = False
         self._whenClosed: list[defer.Deferred[None]] = []
         self.callLater = factory.reactor.callLater
 
@@ -154,17 +155,24 @@ class ESMTPServer(twisted_smtp.ESMTP):
         waits for the client's close_notify, so after L{SHUTDOWN_GRACE} the
         connection is aborted.
         """
+        self._shuttingDown = True
         if not self._busy and self._data is None:
-            closed: defer.Deferred[None] = defer.Deferred()
-            self._whenClosed.append(closed)
-            self.sendCode(421, b"4.3.2 " + self.host + b" Service shutting down")
-            self._closing = True
-            self.transport.loseConnection()
-            transport = self.transport
-            abort = self.callLater(SHUTDOWN_GRACE, transport.abortConnection)
-            closed.addBoth(lambda result: abort.cancel() if abort.active() else None)
-            return closed
-        return None
+            return self._closeForShutdown()
+        # Busy: the message in progress finishes first; _process says 421 after its reply.
+        closed: defer.Deferred[None] = defer.Deferred()
+        self._whenClosed.append(closed)
+        return closed
+
+    def _closeForShutdown(self) -> defer.Deferred[None]:
+        closed: defer.Deferred[None] = defer.Deferred()
+        self._whenClosed.append(closed)
+        self.sendCode(421, b"4.3.2 " + self.host + b" Service shutting down")
+        self._closing = True
+        self.transport.loseConnection()
+        transport = self.transport
+        abort = self.callLater(SHUTDOWN_GRACE, transport.abortConnection)
+        closed.addBoth(lambda result: abort.cancel() if abort.active() else None)
+        return closed
 
     # -- the byte stream --------------------------------------------------------
 
@@ -176,6 +184,9 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self._process()
 
     def _process(self) -> None:
+        if self._shuttingDown and not self._busy and self._data is None and not self._closing:
+            self._closeForShutdown()
+            return
         while self._buffer and not self._busy and not self._closing:
             if self._data is not None:
                 receiver = self._data
@@ -244,8 +255,12 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self.sendCode(code, text)
 
     def _command(self, line: bytes) -> None:
-        if b"\x00" in line or _has_controls(line):
-            self._error(500, b"5.5.2 Invalid characters in command")
+        if _has_controls(line):
+            # CR, NUL or 8-bit bytes: never let them reach a header or a log line.
+            if line[:4].upper() in (b"HELO", b"EHLO", b"MAIL", b"RCPT"):
+                self._error(501, b"5.5.4 Invalid characters in argument")
+            else:
+                self._error(500, b"5.5.2 Invalid characters in command")
             return
         parts = line.strip().split(None, 1)
         if not parts:

@@ -136,10 +136,46 @@ class ProtocolTests(TestCase):
         self.assertTrue(self.transport_closed())
         self.assertEqual(self.session.proto._buffer, b"")
 
-    def test_nul_and_eight_bit_bytes_in_commands_are_refused(self):
+    def test_nul_cr_and_eight_bit_bytes_in_arguments_get_501(self):
         self.session.clear()
-        self.session.send(b"HELO a\x00b\r\nHELO caf\xc3\xa9\r\nHELO ok\r\n")
-        self.assertEqual(self.session.codes(), [b"500", b"500", b"250"])
+        self.session.send(b"HELO a\x00b\r\nHELO caf\xc3\xa9\r\nEHLO a\rb\r\nHELO ok\r\n")
+        self.session.send(b"MAIL FROM:<a\x00@b.test>\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice\r@example.test>\r\n")
+        self.assertEqual(self.session.codes(), [b"501", b"501", b"501", b"250", b"501", b"250", b"501"])
+        self.assertNotIn(b"\x00", self.session.transport.value())
+
+    def test_nul_and_eight_bit_bytes_in_other_commands_get_500(self):
+        self.session.clear()
+        self.session.send(b"NOOP \x00\r\nNO\xffOP\r\n")
+        self.assertEqual(self.session.codes(), [b"500", b"500"])
+
+    @inlineCallbacks
+    def test_recipients_over_the_limit_get_452(self):
+        self.session.send(b"HELO c\r\nMAIL FROM:<>\r\n")
+        for _ in range(6):
+            self.session.send(b"RCPT TO:<alice@example.test>\r\n")
+        yield wait_for(lambda: len(self.session.codes()) == 9)
+        self.assertEqual(self.session.codes(), [b"220", b"250", b"250"] + [b"250"] * 5 + [b"452"])
+        self.assertEqual(self.session.replies()[-1], b"452 4.5.3 Too many recipients")
+
+    def test_shutdown_tells_an_idle_client_421_and_closes(self):
+        self.session.clear()
+        closed = self.session.proto.shutdown()
+        self.assertEqual(self.session.replies(), [b"421 4.3.2 mail.example.test Service shutting down"])
+        self.assertTrue(self.transport_closed())
+        self.assertFalse(closed.called)
+        self.session.proto.connectionLost(None)
+        self.assertTrue(closed.called)
+
+    @inlineCallbacks
+    def test_shutdown_lets_a_message_in_data_finish(self):
+        self.session.send(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        yield wait_for(lambda: b"354" in self.session.codes())
+        self.session.proto.shutdown()
+        self.assertFalse(self.transport_closed())
+        self.session.send(b"Subject: s\r\n\r\nlast one\r\n.\r\nNOOP\r\n")
+        yield wait_for(lambda: self.session.codes()[-2:] == [b"250", b"421"])
+        self.assertEqual(len(stored_messages(self.root, ALICE)), 1)
+        self.assertTrue(self.transport_closed())
 
     def test_helo_with_spaces_or_empty_argument_gets_501(self):
         self.session.clear()
