@@ -505,7 +505,13 @@ class AccountsDatabase:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Password hashes live here: create the file readable by its owner
         # only (SQLite gives the -wal and -shm files the same permissions).
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        # Only when it is missing: closing any descriptor of a file drops every
+        # POSIX lock this process holds on it, SQLite's included, so reopening
+        # an existing database this way would break its locking.
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
         connection = sqlite3.connect(
             path,
             timeout=BUSY_TIMEOUT_MS / 1000,

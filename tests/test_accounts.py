@@ -759,3 +759,38 @@ def test_fake_accounts_refuses_an_alias_loop_and_keeps_the_old_targets() -> None
 def test_fake_accounts_refuses_a_duplicate_user() -> None:
     with pytest.raises(AccountError, match="exists already"):
         _fake().add_user("ALICE@example.test", "x")
+
+
+def test_opening_an_existing_database_keeps_other_connections_locks(tmp_path):
+    """
+    Closing any descriptor of a file drops the process's POSIX locks on it; a
+    second open of the database must not touch the file, or the server's
+    connections lose their SQLite locks and another process can checkpoint
+    away a WAL still in use.
+    """
+    import fcntl
+    import os
+
+    from mailapp.accounts import AccountsDatabase
+    from mailapp.testing import cheap_password_hasher
+
+    path = tmp_path / "accounts.sqlite3"
+    first = AccountsDatabase(path, ["example.test"], hasher=cheap_password_hasher())
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, 1000)
+        second = AccountsDatabase(path, ["example.test"], hasher=cheap_password_hasher())
+        second.close()
+        probe = os.fork()
+        if probe == 0:  # pragma: no cover - child: is the lock still held?
+            child = os.open(path, os.O_RDWR)
+            try:
+                fcntl.lockf(child, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 1000)
+                os._exit(1)
+            except OSError:
+                os._exit(0)
+        _, status = os.waitpid(probe, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "our lock was dropped by the second open"
+    finally:
+        os.close(fd)
+        first.close()
