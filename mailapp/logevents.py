@@ -49,6 +49,15 @@ DELIVERY_FAILED: Final = "delivery.failed"
 SMTP_AUTH_OK: Final = "smtp.auth_ok"
 SMTP_INTERNAL_ERROR: Final = "smtp.internal_error"
 
+# --- POP3 (mailapp.pop3); failed logins use AUTH_FAILED with protocol="pop3" ---
+POP3_LOGIN: Final = "pop3.login"
+POP3_IN_USE: Final = "pop3.in_use"
+POP3_UPDATE: Final = "pop3.update"
+POP3_UPDATE_FAILED: Final = "pop3.update_failed"
+POP3_TIMEOUT: Final = "pop3.timeout"
+POP3_AUTH_FAILURES_EXCEEDED: Final = "pop3.auth_failures_exceeded"
+POP3_INTERNAL_ERROR: Final = "pop3.internal_error"
+
 
 def all_events() -> frozenset[str]:
     """Every declared name, so that a test can prove they are unique and well formed."""

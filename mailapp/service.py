@@ -170,6 +170,9 @@ def _register_builtin_protocols() -> None:
 
     register_protocol("smtp", smtp.buildFactory)
     register_protocol("submission", smtp.buildFactory)
+    from mailapp import pop3
+
+    register_protocol("pop3", pop3.buildFactory)
 
 
 class ListenerService(StreamServerEndpointService):
