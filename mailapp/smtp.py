@@ -62,8 +62,12 @@ _PATH = re.compile(rb"^(FROM|TO):\s*<([^<>]*)>(?:\s+(.*))?$", re.I)
 _BARE = re.compile(rb"\r|\n")
 
 
+_CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")
+
+
 def _has_controls(data: bytes) -> bool:
-    return any(b < 0x20 and b != 0x09 or b >= 0x7F for b in data)
+    """NUL, CR, LF, other controls or 8-bit bytes (tab is allowed)."""
+    return _CONTROLS.search(data) is not None
 
 
 @dataclass(frozen=True)
@@ -655,6 +659,10 @@ class _DataReceiver:
     buffering, and streams to the spool.
     """
 
+    #: Whole runs of plain lines are handed over at once; tests turn this off
+    #: to check it against the line-by-line path.
+    fastPath = True
+
     def __init__(
         self,
         message: Any,
@@ -680,7 +688,22 @@ class _DataReceiver:
     def feed(self, buffer: bytes) -> bytes:
         """Consume what it can of C{buffer}; return what follows the end of data."""
         position = 0
+        fast = self.fastPath
         while not self.done:
+            if fast and self._atLineStart and not buffer.startswith(b".", position):
+                # Fast path: hand over a run of whole lines at once, up to the
+                # next line that starts with a dot (stuffed, or the end).
+                last = buffer.rfind(b"\r\n", position)
+                if last >= 0:
+                    dot = buffer.find(b"\r\n.", position, last + 2)
+                    end = (dot if dot >= 0 else last) + 2
+                    run = buffer[position:end]
+                    crlf = run.count(b"\r\n")
+                    if run.count(b"\r") == crlf and run.count(b"\n") == crlf:
+                        self._emit(run, body=True)
+                        position = end
+                        continue
+                    fast = False  # bare CR or LF in this buffer: go line by line
             end = buffer.find(b"\r\n", position)
             if end < 0:
                 rest = buffer[position:]
@@ -719,8 +742,13 @@ class _DataReceiver:
         if self.tooBig:
             return
         if self._headers is not None and body:
+            searched = max(0, len(self._headers) - 3)
             self._headers += data
-            if self._headers.endswith(b"\r\n\r\n") or self._headers.startswith(b"\r\n") or len(self._headers) > MAX_HEADER_BLOCK:
+            if (
+                self._headers.find(b"\r\n\r\n", searched) >= 0
+                or self._headers.startswith(b"\r\n")
+                or len(self._headers) > MAX_HEADER_BLOCK
+            ):
                 self._finishHeaders()
             return
         self._out.append(data)

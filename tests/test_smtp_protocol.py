@@ -318,3 +318,43 @@ class TimeoutTests(TestCase):
         self.assertEqual(other.codes(), [b"220"])
         for s in sessions + [other]:
             s.proto.connectionLost(None)
+
+
+class DataReceiverTests(TestCase):
+    """The DATA parser's fast path must store exactly what the line-by-line path stores."""
+
+    def receive(self, segments: list[bytes], fast: bool, submission: bool) -> tuple[bytes, bytes]:
+        from mailapp.smtp import _DataReceiver
+
+        class Sink:
+            def __init__(self) -> None:
+                self.data = b""
+
+            def write(self, data: bytes) -> None:
+                self.data += data
+
+        sink = Sink()
+        receiver = _DataReceiver(sink, 10**9, prefix=b"Received: x\r\n", addMissing=(lambda h: b"X-Added: 1\r\n") if submission else None)
+        receiver.fastPath = fast
+        rest = b""
+        for segment in segments:
+            rest = receiver.feed(rest + segment)
+            if receiver.done:
+                break
+        self.assertTrue(receiver.done)
+        return sink.data, rest
+
+    def test_fast_and_line_by_line_paths_agree_on_random_input(self):
+        import random
+
+        generator = random.Random(5321)
+        alphabet = [b"a", b"b", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b":", b" ", b"\r\n\r\n", b"x" * 50]
+        for case in range(300):
+            body = b"".join(generator.choice(alphabet) for _ in range(generator.randint(0, 400)))
+            stream = body + b"\r\n.\r\nQUIT\r\n"
+            cuts = sorted(generator.sample(range(1, len(stream)), min(len(stream) - 1, generator.randint(0, 8))))
+            segments = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+            for submission in (False, True):
+                fast = self.receive(segments, True, submission)
+                slow = self.receive(segments, False, submission)
+                self.assertEqual(fast, slow, f"case {case}: {stream!r}")
