@@ -86,12 +86,43 @@ def null_sink_workload(messages: int, size: int, concurrency: int, per_connectio
     return run
 
 
+def pop3_workload(messages: int) -> Callable[[Path, float], dict[str, Any]]:
+    """Fill one INBOX with C{messages} x 4 KiB over SMTP, then time one POP3 session."""
+
+    def run(workdir: Path, timeout: float) -> dict[str, Any]:
+        server = bench_server.start(USERS, workdir)
+        try:
+            user = USERS[0]
+            command = [
+                sys.executable, "-m", "bench.smtp_load", "--port", str(server.ports["smtp"]), "--messages", str(messages),
+                "--size", "4096", "--concurrency", "10", "--per-connection", "100", "--recipient", user,
+                "--maildir", str(server.maildir_new(user)), "--expect", str(messages), "--timeout", str(timeout),
+            ]
+            subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=timeout + 30)
+            result = subprocess.run(
+                [sys.executable, "-m", "bench.pop3_load", "--port", str(server.ports["pop3"]), "--user", user, "--password", "bench-password", "--timeout", str(timeout)],
+                cwd=ROOT, capture_output=True, text=True, timeout=timeout + 30,
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"POP3 client failed: {result.stderr[-2000:]}")
+            figures = json.loads(result.stdout)
+            if figures["messages"] != messages:
+                raise RuntimeError(f"expected {messages} messages, POP3 listed {figures['messages']}")
+        finally:
+            server.stop()
+        figures["_cleanup"] = server
+        return figures
+
+    return run
+
+
 def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, float], dict[str, Any]]]]:
     n, big = args.messages, args.large_messages
     return {
         "smtp-4k": (f"SMTP ingest, {n} x 4 KiB, {args.concurrency} connections, 50 per connection", smtp_workload(n, 4096, args.concurrency, 50)),
         "smtp-4k-single": (f"SMTP ingest, {n // 5} x 4 KiB, {args.concurrency} connections, 1 per connection", smtp_workload(n // 5, 4096, args.concurrency, 1)),
         "smtp-100k": (f"SMTP ingest, {big} x 100 KiB, {args.concurrency} connections, 10 per connection", smtp_workload(big, 100 * 1024, args.concurrency, 10)),
+        "pop3": (f"POP3, one session over {args.pop3_messages} x 4 KiB: STAT, LIST, UIDL, RETR of each", pop3_workload(args.pop3_messages)),
         "null-sink-4k": (f"generator alone against a null sink, {n} x 4 KiB", null_sink_workload(n, 4096, args.concurrency, 50)),
     }
 
@@ -103,6 +134,10 @@ FIGURES = [
     ("server_peak_rss_mb", "srv peak RSS MiB", "{:.0f}"),
     ("generator_cpu_seconds", "gen CPU s", "{:.2f}"),
     ("seconds", "wall s", "{:.2f}"),
+    ("stat_seconds", "STAT s", "{:.4f}"),
+    ("list_seconds", "LIST s", "{:.4f}"),
+    ("uidl_seconds", "UIDL s", "{:.4f}"),
+    ("retr_seconds", "RETR all s", "{:.3f}"),
 ]
 
 
@@ -117,9 +152,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default="smtp-4k,smtp-4k-single,smtp-100k,null-sink-4k", help="comma-separated names")
+    parser.add_argument("--workloads", default="smtp-4k,smtp-4k-single,smtp-100k,pop3,null-sink-4k", help="comma-separated names")
     parser.add_argument("--messages", type=int, default=5000, help="4 KiB messages per run (default 5000)")
     parser.add_argument("--large-messages", type=int, default=1000, help="100 KiB messages per run (default 1000)")
+    parser.add_argument("--pop3-messages", type=int, default=1000, help="messages in the POP3 maildrop (default 1000)")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on each run, seconds")

@@ -34,6 +34,12 @@ protocol = "smtp"
 endpoint = "tcp:0:interface=127.0.0.1"
 tls = "none"
 
+[listeners.pop3]
+protocol = "pop3"
+endpoint = "tcp:0:interface=127.0.0.1"
+tls = "none"
+allow_plaintext_auth = true
+
 [limits]
 max_message_size = 26214400
 max_recipients = 100
