@@ -167,6 +167,12 @@ class IMailbox(Interface):
     def renameFolder(old: str, new: str):  # type: ignore[no-untyped-def]
         """Rename C{old} (and its children) to C{new}."""
 
+    def setSubscribed(name: str, subscribed: bool):  # type: ignore[no-untyped-def]
+        """
+        Mark C{name} subscribed or not (IMAP LSUB); fires with C{False} when
+        the folder does not exist, and nothing changes.
+        """
+
     def folder(name: str):  # type: ignore[no-untyped-def]
         """
         Fire with the L{IFolder} called C{name}; fail with
@@ -217,6 +223,14 @@ class IFolder(Interface):
         """
         Store C{data} durably with C{flags}; fires with its UID and publishes
         C{added}.
+        """
+
+    def appendMessage(message, flags=(), internaldate: float | None = None):  # type: ignore[no-untyped-def]
+        """
+        Store a message received into an L{IMessageWriter} (whose C{finish}
+        has fired) durably with C{flags}, so that a large APPEND never sits
+        in memory; fires with its UID and publishes C{added}. The writer's
+        file belongs to the store from then on.
         """
 
     def copyTo(uids, target: "IFolder"):  # type: ignore[no-untyped-def]

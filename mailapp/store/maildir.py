@@ -8,13 +8,11 @@ Layout under the store root (``state_dir/mail``)::
     <domain>/<local>/.Sent/      a Maildir++ folder; ``a/b`` is ``.a.b``
     .spool/                      messages being received
 
-Durability: a received message is written to ``.spool/`` and fsync'd; a batch
-then hard-links it into the ``new/`` of every recipient folder, fsyncs each
-directory once, and only then commits the index rows that make the messages
-visible (and fires the Deferreds that let SMTP say 250). Deliveries that arrive
-while a batch runs wait for the next one, so many concurrent deliveries share
-each directory fsync and each index commit (group commit) instead of queueing
-one fsync each.
+Durability: a received message is spooled (small ones in memory, larger ones
+to ``.spool/``), made durable, hard-linked into the ``new/`` of every recipient
+folder, the new names made durable, and only then are the index rows that
+make it visible committed, and the Deferred that lets SMTP say 250 fired.
+L{mailapp.store.committer} does this in batches (group commit).
 
 Every index change happens in an ``IMMEDIATE`` SQLite transaction, and a
 message's UID is taken from UIDNEXT in the same transaction that makes it
@@ -28,24 +26,22 @@ import os
 import shutil
 import sqlite3
 import time
-from collections import defaultdict
-from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError
+from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage
 from mailapp.interfaces import IFolder, IMailbox, IMessageStore
 from mailapp.store import durable, index
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS, DELIMITER, folder_directory, mailbox_directory, normalize_folder
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo
+from mailapp.store.committer import GroupCommitter, _Call, _Delivery, _Placement
 from mailapp.store.spool import SpoolWriter
 
 _log = Logger()
@@ -64,286 +60,6 @@ def ensure_mailbox(state_dir: Path, account: str) -> Path:
         pass
     index.reset_connections()
     return mailbox_dir
-
-
-# -- the group committer ---------------------------------------------------------
-
-
-@dataclass
-class _Placement:
-    mailbox_dir: Path
-    account: str
-    folder: str
-    flags: frozenset[str] = frozenset()
-
-
-@dataclass
-class _Delivery:
-    """Give one durable file a name in each placement's folder."""
-
-    source: Path
-    base: str
-    size: int
-    internaldate: float
-    placements: list[_Placement]
-    owns_source: bool = True
-    #: The source is already durable (fsync'd by its writer, or an existing message).
-    synced: bool = True
-    #: The bytes of a small message not yet written: the batch writes C{source} first.
-    data: bytes | None = None
-    uids: list[int | None] = field(default_factory=list)
-
-
-@dataclass
-class _Call:
-    """Any other change: runs alone, in order, on the writer."""
-
-    function: Callable[..., Any]
-    args: tuple[Any, ...]
-
-
-class GroupCommitter:
-    """
-    Runs store changes in batches on worker threads. Jobs that arrive while
-    the batches in flight run form the next batch, so the cost of each sync
-    and index commit is shared by every delivery in it.
-
-    Up to C{concurrency} batches run at once: while one waits for the disk,
-    the next writes its files. Batches lock mailboxes in path order, so they
-    never deadlock; UIDs stay in commit order per folder because a folder's
-    UIDs are taken under its lock.
-    """
-
-    def __init__(self, reactor: Any, threadpool: Any, batch_sync: bool = False, concurrency: int = 1) -> None:
-        self.batch_sync = batch_sync
-        self.concurrency = concurrency
-        self._reactor = reactor
-        self._threadpool = threadpool
-        self._pending: list[tuple[_Delivery | _Call, Deferred[Any]]] = []
-        self._running = 0
-        self.batches = 0
-        self.jobs = 0
-
-    def submit(self, job: _Delivery | _Call) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self._pending.append((job, d))
-        self._kick()
-        return d
-
-    def idle(self) -> bool:
-        return not self._running and not self._pending
-
-    def _kick(self) -> None:
-        if self._running >= self.concurrency or not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        self._running += 1
-        self.batches += 1
-        self.jobs += len(batch)
-        jobs = [job for job, _ in batch]
-        d = deferToThreadPool(self._reactor, self._threadpool, _run_batch, jobs, self.batch_sync)
-
-        def finished(results: list[Any] | Failure) -> None:
-            self._running -= 1
-            for position, (_, waiting) in enumerate(batch):
-                if isinstance(results, Failure):
-                    waiting.errback(results)
-                elif isinstance(results[position], BaseException):
-                    waiting.errback(Failure(results[position]))
-                else:
-                    waiting.callback(results[position])
-            self._kick()
-
-        d.addBoth(finished)
-
-
-def _run_batch(jobs: list[_Delivery | _Call], batch_sync: bool = False) -> list[Any]:
-    """Worker thread: run C{jobs} in order, consecutive deliveries together."""
-    results: list[Any] = [None] * len(jobs)
-    group: list[int] = []
-
-    def flush() -> None:
-        if group:
-            deliveries = [jobs[i] for i in group]
-            for position, outcome in zip(group, _run_deliveries(deliveries, batch_sync)):  # type: ignore[arg-type]
-                results[position] = outcome
-            group.clear()
-
-    for position, job in enumerate(jobs):
-        if isinstance(job, _Delivery):
-            group.append(position)
-            continue
-        flush()
-        try:
-            results[position] = job.function(*job.args)
-        except BaseException as e:
-            results[position] = e
-    flush()
-    return results
-
-
-def _run_deliveries(jobs: list[_Delivery], batch_sync: bool = False) -> list[Any]:
-    """
-    Link each job's file into every placement, fsync each directory once,
-    then commit the index rows per mailbox. A job either gets every copy or
-    none: its links are removed and its rows never committed if any step fails.
-    """
-    failed: dict[int, BaseException] = {}
-    links: dict[int, list[Path]] = defaultdict(list)
-    rows: dict[Path, list[tuple[int, tuple[Any, ...]]]] = defaultdict(list)
-    uidnext: dict[tuple[Path, str], int] = {}
-    connections: dict[Path, sqlite3.Connection] = {}
-    directories: dict[Path, set[int]] = defaultdict(set)
-    with ExitStack() as borrowed:
-        return _deliver_batch(jobs, batch_sync, borrowed, failed, links, rows, uidnext, connections, directories)
-
-
-def _deliver_batch(
-    jobs: list[_Delivery],
-    batch_sync: bool,
-    borrowed: ExitStack,
-    failed: dict[int, BaseException],
-    links: dict[int, list[Path]],
-    rows: dict[Path, list[tuple[int, tuple[Any, ...]]]],
-    uidnext: dict[tuple[Path, str], int],
-    connections: dict[Path, sqlite3.Connection],
-    directories: dict[Path, set[int]],
-) -> list[Any]:
-
-    for number, job in enumerate(jobs):
-        if job.data is not None:
-            try:
-                _write_new_file(job.source, job.data)
-            except BaseException as e:
-                failed[number] = e
-    unsynced = [job.source for number, job in enumerate(jobs) if not job.synced and number not in failed]
-    anchor = jobs[0].source.parent
-    if unsynced:
-        try:
-            durable.sync_files(unsynced, anchor, batch_sync)
-        except BaseException as e:
-            for number, job in enumerate(jobs):
-                if not job.synced:
-                    failed.setdefault(number, e)
-
-    # Lock every mailbox this batch touches, always in path order, so that two
-    # batches running at once (or another process) can never deadlock.
-    touching: dict[Path, list[int]] = defaultdict(list)
-    for number, job in enumerate(jobs):
-        if number not in failed:
-            for placement in job.placements:
-                touching[placement.mailbox_dir].append(number)
-    for mailbox_dir in sorted(touching):
-        try:
-            conn = borrowed.enter_context(index.connection(mailbox_dir))
-            conn.execute("BEGIN IMMEDIATE")
-            connections[mailbox_dir] = conn
-        except BaseException as e:
-            for number in touching[mailbox_dir]:
-                failed.setdefault(number, e)
-
-    for number, job in enumerate(jobs):
-        job.uids = [None] * len(job.placements)
-        for slot, placement in enumerate(job.placements):
-            if number in failed:
-                break
-            try:
-                conn = connections[placement.mailbox_dir]
-                key = (placement.mailbox_dir, placement.folder)
-                if key not in uidnext:
-                    row = conn.execute("SELECT uidnext FROM folders WHERE name = ?", (placement.folder,)).fetchone()
-                    if row is None:
-                        raise NoSuchFolder(f"no such folder: {placement.folder}")
-                    uidnext[key] = row[0]
-                uid = uidnext[key]
-                uidnext[key] = uid + 1
-                relative = index.format_filename(job.base, job.size, uid, placement.flags)
-                directory = folder_directory(placement.mailbox_dir, placement.folder)
-                target = directory / relative
-                durable.link(job.source, target)
-                links[number].append(target)
-                directories[target.parent].add(number)
-                job.uids[slot] = uid
-                rows[placement.mailbox_dir].append(
-                    (
-                        number,
-                        (placement.folder, uid, relative, index.encode_flags(placement.flags), job.size, job.internaldate),
-                    )
-                )
-            except BaseException as e:
-                failed[number] = e
-
-    if directories:
-        try:
-            durable.sync_directories(list(directories), anchor, batch_sync)
-        except BaseException as e:
-            for numbers in directories.values():
-                for number in numbers:
-                    failed.setdefault(number, e)
-
-    committed: list[Path] = []
-    for mailbox_dir, conn in connections.items():
-        good = [values for number, values in rows[mailbox_dir] if number not in failed]
-        try:
-            conn.executemany(
-                "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
-                good,
-            )
-            for (box, folder), value in uidnext.items():
-                if box == mailbox_dir:
-                    # UIDs taken by a failed job are skipped, never reused.
-                    conn.execute("UPDATE folders SET uidnext = max(uidnext, ?) WHERE name = ?", (value, folder))
-            conn.execute("COMMIT")
-            committed.append(mailbox_dir)
-        except BaseException as e:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            for number, _ in rows[mailbox_dir]:
-                failed.setdefault(number, e)
-    _undo_committed(jobs, failed, rows, committed)
-
-    outcomes: list[Any] = []
-    for number, job in enumerate(jobs):
-        if number in failed:
-            for path in links[number]:
-                durable.unlink(path)
-            error = failed[number]
-            if not isinstance(error, (StoreError, NoSuchFolder)):
-                _log.error("store.delivery_failed {error!r}", error=error)
-                error = StoreError()
-            outcomes.append(error)
-        else:
-            outcomes.append(list(job.uids))
-        if job.owns_source:
-            durable.unlink(job.source)
-    return outcomes
-
-
-def _write_new_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        durable.write_all(fd, data)
-    finally:
-        os.close(fd)
-
-
-def _undo_committed(
-    jobs: list[_Delivery],
-    failed: dict[int, BaseException],
-    rows: dict[Path, list[tuple[int, tuple[Any, ...]]]],
-    committed: list[Path],
-) -> None:
-    """A commit failed after others succeeded: take back the rows of failed jobs so none is half-delivered."""
-    for mailbox_dir in committed:
-        victims = [values for number, values in rows[mailbox_dir] if number in failed]
-        if not victims:
-            continue
-        with index.connection(mailbox_dir) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("DELETE FROM messages WHERE folder = ? AND uid = ?", [(v[0], v[1]) for v in victims])
-            conn.execute("COMMIT")
 
 
 # -- the store -------------------------------------------------------------------
@@ -537,6 +253,23 @@ class MaildirMailbox:
 
         return self.store.write(rename)
 
+    def setSubscribed(self, name: str, subscribed: bool) -> Deferred[bool]:
+        """
+        Mark C{name} subscribed or not (IMAP SUBSCRIBE/UNSUBSCRIBE); fires
+        with C{False} when no such folder exists (nothing changes then).
+        """
+        try:
+            name = normalize_folder(name)
+        except BadFolderName as e:
+            return _fail(e)
+
+        def change() -> bool:
+            with self._connect() as conn:
+                cursor = conn.execute("UPDATE folders SET subscribed = ? WHERE name = ?", (int(bool(subscribed)), name))
+                return cursor.rowcount > 0
+
+        return self.store.write(change)
+
     def folder(self, name: str) -> Deferred[MaildirFolder]:
         try:
             name = normalize_folder(name)
@@ -728,6 +461,33 @@ class MaildirFolder:
             return uids[0]
 
         return writer.finish().addCallbacks(written, failed).addCallback(appended)
+
+    def appendMessage(
+        self, message: SpoolWriter, flags: Iterable[str] = (), internaldate: float | None = None
+    ) -> Deferred[int]:
+        """
+        Store a message received into a spool writer (IMAP APPEND streams a
+        literal there, so memory stays bounded), with C{flags}; fires with
+        its UID and publishes C{added}. The writer's file belongs to the
+        store from here on, delivered or not.
+        """
+        if not message.finished:
+            raise RuntimeError("appendMessage() before the message's finish() fired")
+        job = _Delivery(
+            message.path,
+            message.base,
+            message.size,
+            message.internaldate if internaldate is None else internaldate,
+            [_Placement(self.mailbox.directory, self.account, self.name, frozenset(flags))],
+            synced=message.sync,
+            data=message.pending,
+        )
+
+        def appended(uids: list[int]) -> int:
+            self._publish(ADDED, uids)
+            return uids[0]
+
+        return self.store.committer.submit(job).addCallback(appended)
 
     def copyTo(self, uids: Iterable[int], target: MaildirFolder) -> Deferred[dict[int, int]]:  # type: ignore[override]
         uids = sorted(set(uids))

@@ -1,0 +1,334 @@
+"""
+The group committer: every change to the store goes through it, in batches.
+
+Each batch, on a worker thread:
+
+  1. writes the files of small messages that were kept in memory, and makes
+     every new file's data durable (one syncfs(2), or one fsync per file);
+  2. locks the mailboxes (always in path order, so two writers can never
+     deadlock), takes UIDs, hard-links each file into the ``new/`` of every
+     recipient folder, and makes the new names durable (one syncfs, or one
+     fsync per directory);
+  3. commits the index rows that make the messages visible, and only then
+     fires the Deferreds that let SMTP say 250.
+
+Deliveries that arrive while a batch runs wait for the next one, so many
+concurrent deliveries share each sync and each index commit (group commit).
+Other changes (flags, expunges, folder operations) are calls that run in
+the batch, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import defaultdict
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailapp.errors import NoSuchFolder, StoreError
+from mailapp.store import durable, index
+from mailapp.store.names import folder_directory
+
+_log = Logger()
+
+
+@dataclass
+class _Placement:
+    mailbox_dir: Path
+    account: str
+    folder: str
+    flags: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Delivery:
+    """Give one durable file a name in each placement's folder."""
+
+    source: Path
+    base: str
+    size: int
+    internaldate: float
+    placements: list[_Placement]
+    owns_source: bool = True
+    #: The source is already durable (fsync'd by its writer, or an existing message).
+    synced: bool = True
+    #: The bytes of a small message not yet written: the batch writes C{source} first.
+    data: bytes | None = None
+    uids: list[int | None] = field(default_factory=list)
+
+
+@dataclass
+class _Call:
+    """Any other change: runs alone, in order, on the writer."""
+
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+class GroupCommitter:
+    """
+    Runs store changes one batch at a time on a worker thread; see the module
+    docstring. (A two-stage pipeline, preparing one batch while the previous
+    one commits, measured no faster on this machine type, so it is not here.)
+    """
+
+    def __init__(self, reactor: Any, threadpool: Any, batch_sync: bool = False) -> None:
+        self.batch_sync = batch_sync
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._pending: list[tuple[_Delivery | _Call, Deferred[Any]]] = []
+        self._running = False
+        self.batches = 0
+        self.jobs = 0
+
+    def submit(self, job: _Delivery | _Call) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self._pending.append((job, d))
+        self.jobs += 1
+        self._kick()
+        return d
+
+    def idle(self) -> bool:
+        return not self._running and not self._pending
+
+    def _kick(self) -> None:
+        if self._running or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        self._running = True
+        self.batches += 1
+        jobs = [job for job, _ in batch]
+        d = deferToThreadPool(self._reactor, self._threadpool, _run_batch, jobs, self.batch_sync)
+
+        def finished(results: list[Any] | Failure) -> None:
+            self._running = False
+            for position, (_, waiting) in enumerate(batch):
+                if isinstance(results, Failure):
+                    waiting.errback(results)
+                elif isinstance(results[position], BaseException):
+                    waiting.errback(Failure(results[position]))
+                else:
+                    waiting.callback(results[position])
+            self._kick()
+
+        d.addBoth(finished)
+
+
+def _prepare_deliveries(jobs: list[_Delivery], batch_sync: bool) -> list[BaseException | None]:
+    """
+    Worker thread, stage 1: write the files of messages kept in memory and
+    make the data of every unsynced file durable. Returns, per job, None or
+    the error that stops it (its file is then removed).
+    """
+    errors: list[BaseException | None] = [None] * len(jobs)
+    for number, job in enumerate(jobs):
+        if job.data is not None:
+            try:
+                _write_new_file(job.source, job.data)
+                job.data = None
+            except BaseException as e:
+                errors[number] = e
+    unsynced = [job.source for number, job in enumerate(jobs) if not job.synced and errors[number] is None]
+    if unsynced:
+        try:
+            durable.sync_files(unsynced, jobs[0].source.parent, batch_sync)
+            for job in jobs:
+                job.synced = True
+        except BaseException as e:
+            for number, job in enumerate(jobs):
+                if not job.synced and errors[number] is None:
+                    errors[number] = e
+    for number, job in enumerate(jobs):
+        if errors[number] is not None:
+            if job.owns_source:
+                durable.unlink(job.source)
+            if not isinstance(errors[number], StoreError):
+                _log.error("store.delivery_failed {error!r}", error=errors[number])
+                errors[number] = StoreError()
+    return errors
+
+
+def _run_batch(jobs: list[_Delivery | _Call], batch_sync: bool = False) -> list[Any]:
+    """Worker thread: run C{jobs} in order, consecutive deliveries together."""
+    results: list[Any] = [None] * len(jobs)
+    group: list[int] = []
+
+    def flush() -> None:
+        if group:
+            deliveries = [jobs[i] for i in group]
+            for position, outcome in zip(group, _run_deliveries(deliveries, batch_sync)):  # type: ignore[arg-type]
+                results[position] = outcome
+            group.clear()
+
+    for position, job in enumerate(jobs):
+        if isinstance(job, _Delivery):
+            group.append(position)
+            continue
+        flush()
+        try:
+            results[position] = job.function(*job.args)
+        except BaseException as e:
+            results[position] = e
+    flush()
+    return results
+
+
+def _run_deliveries(jobs: list[_Delivery], batch_sync: bool = False) -> list[Any]:
+    """
+    Link each job's file into every placement, fsync each directory once,
+    then commit the index rows per mailbox. A job either gets every copy or
+    none: its links are removed and its rows never committed if any step fails.
+    """
+    failed: dict[int, BaseException] = {}
+    links: dict[int, list[Path]] = defaultdict(list)
+    rows: dict[Path, list[tuple[int, tuple[Any, ...]]]] = defaultdict(list)
+    uidnext: dict[tuple[Path, str], int] = {}
+    connections: dict[Path, sqlite3.Connection] = {}
+    directories: dict[Path, set[int]] = defaultdict(set)
+    with ExitStack() as borrowed:
+        return _deliver_batch(jobs, batch_sync, borrowed, failed, links, rows, uidnext, connections, directories)
+
+
+def _deliver_batch(
+    jobs: list[_Delivery],
+    batch_sync: bool,
+    borrowed: ExitStack,
+    failed: dict[int, BaseException],
+    links: dict[int, list[Path]],
+    rows: dict[Path, list[tuple[int, tuple[Any, ...]]]],
+    uidnext: dict[tuple[Path, str], int],
+    connections: dict[Path, sqlite3.Connection],
+    directories: dict[Path, set[int]],
+) -> list[Any]:
+
+    anchor = jobs[0].source.parent
+    for number, error in enumerate(_prepare_deliveries(jobs, batch_sync)):
+        if error is not None:
+            failed[number] = error
+
+    # Lock every mailbox this batch touches, always in path order, so that two
+    # batches running at once (or another process) can never deadlock.
+    touching: dict[Path, list[int]] = defaultdict(list)
+    for number, job in enumerate(jobs):
+        if number not in failed:
+            for placement in job.placements:
+                touching[placement.mailbox_dir].append(number)
+    for mailbox_dir in sorted(touching):
+        try:
+            conn = borrowed.enter_context(index.connection(mailbox_dir))
+            conn.execute("BEGIN IMMEDIATE")
+            connections[mailbox_dir] = conn
+        except BaseException as e:
+            for number in touching[mailbox_dir]:
+                failed.setdefault(number, e)
+
+    for number, job in enumerate(jobs):
+        job.uids = [None] * len(job.placements)
+        for slot, placement in enumerate(job.placements):
+            if number in failed:
+                break
+            try:
+                conn = connections[placement.mailbox_dir]
+                key = (placement.mailbox_dir, placement.folder)
+                if key not in uidnext:
+                    row = conn.execute("SELECT uidnext FROM folders WHERE name = ?", (placement.folder,)).fetchone()
+                    if row is None:
+                        raise NoSuchFolder(f"no such folder: {placement.folder}")
+                    uidnext[key] = row[0]
+                uid = uidnext[key]
+                uidnext[key] = uid + 1
+                relative = index.format_filename(job.base, job.size, uid, placement.flags)
+                directory = folder_directory(placement.mailbox_dir, placement.folder)
+                target = directory / relative
+                durable.link(job.source, target)
+                links[number].append(target)
+                directories[target.parent].add(number)
+                job.uids[slot] = uid
+                rows[placement.mailbox_dir].append(
+                    (
+                        number,
+                        (placement.folder, uid, relative, index.encode_flags(placement.flags), job.size, job.internaldate),
+                    )
+                )
+            except BaseException as e:
+                failed[number] = e
+
+    if directories:
+        try:
+            durable.sync_directories(list(directories), anchor, batch_sync)
+        except BaseException as e:
+            for numbers in directories.values():
+                for number in numbers:
+                    failed.setdefault(number, e)
+
+    committed: list[Path] = []
+    for mailbox_dir, conn in connections.items():
+        good = [values for number, values in rows[mailbox_dir] if number not in failed]
+        try:
+            conn.executemany(
+                "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
+                good,
+            )
+            for (box, folder), value in uidnext.items():
+                if box == mailbox_dir:
+                    # UIDs taken by a failed job are skipped, never reused.
+                    conn.execute("UPDATE folders SET uidnext = max(uidnext, ?) WHERE name = ?", (value, folder))
+            conn.execute("COMMIT")
+            committed.append(mailbox_dir)
+        except BaseException as e:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for number, _ in rows[mailbox_dir]:
+                failed.setdefault(number, e)
+    _undo_committed(jobs, failed, rows, committed)
+
+    outcomes: list[Any] = []
+    for number, job in enumerate(jobs):
+        if number in failed:
+            for path in links[number]:
+                durable.unlink(path)
+            error = failed[number]
+            if not isinstance(error, (StoreError, NoSuchFolder)):
+                _log.error("store.delivery_failed {error!r}", error=error)
+                error = StoreError()
+            outcomes.append(error)
+        else:
+            outcomes.append(list(job.uids))
+        if job.owns_source:
+            durable.unlink(job.source)
+    return outcomes
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        durable.write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _undo_committed(
+    jobs: list[_Delivery],
+    failed: dict[int, BaseException],
+    rows: dict[Path, list[tuple[int, tuple[Any, ...]]]],
+    committed: list[Path],
+) -> None:
+    """A commit failed after others succeeded: take back the rows of failed jobs so none is half-delivered."""
+    for mailbox_dir in committed:
+        victims = [values for number, values in rows[mailbox_dir] if number in failed]
+        if not victims:
+            continue
+        with index.connection(mailbox_dir) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("DELETE FROM messages WHERE folder = ? AND uid = ?", [(v[0], v[1]) for v in victims])
+            conn.execute("COMMIT")

@@ -1,0 +1,81 @@
+"""The store additions IMAP needs: subscriptions and appending a spooled message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from mailapp.interfaces import IFolder, IMailbox
+from mailapp.store import ADDED, MaildirStore, index
+
+ALICE = "alice@example.test"
+MESSAGE = b"Subject: appended\r\n\r\nbody\r\n"
+
+
+class StoreImapSupportTests(TestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp()) / "mail"
+        self.store = MaildirStore(self.root, reactor=reactor)
+
+    @inlineCallbacks
+    def test_mailbox_and_folder_still_provide_their_interfaces(self):
+        mailbox = self.store.mailbox(ALICE)
+        verifyObject(IMailbox, mailbox)
+        verifyObject(IFolder, (yield mailbox.folder("INBOX")))
+
+    @inlineCallbacks
+    def test_unsubscribe_and_subscribe_are_kept_across_a_restart(self):
+        mailbox = self.store.mailbox(ALICE)
+        yield mailbox.createFolder("Lists/python")
+        changed = yield mailbox.setSubscribed("Lists/python", False)
+        self.assertTrue(changed)
+        index.reset_connections()
+        mailbox = MaildirStore(self.root, reactor=reactor).mailbox(ALICE)
+        folders = {f.name: f.subscribed for f in (yield mailbox.listFolders())}
+        self.assertEqual((folders["Lists/python"], folders["Lists"]), (False, True))
+        yield mailbox.setSubscribed("Lists/python", True)
+        folders = {f.name: f.subscribed for f in (yield mailbox.listFolders())}
+        self.assertTrue(folders["Lists/python"])
+
+    @inlineCallbacks
+    def test_subscribing_a_missing_folder_changes_nothing(self):
+        changed = yield self.store.mailbox(ALICE).setSubscribed("Nope", True)
+        self.assertFalse(changed)
+
+    @inlineCallbacks
+    def test_append_message_stores_a_spooled_message_with_flags_and_date(self):
+        folder = yield self.store.mailbox(ALICE).folder("Drafts")
+        events = []
+        self.store.events.subscribe(ALICE, "Drafts", events.append)
+        writer = self.store.newMessage()
+        yield writer.write(MESSAGE)
+        yield writer.finish()
+        uid = yield folder.appendMessage(writer, ["\\Draft", "$Label"], 1_000_000_000.0)
+        self.assertEqual(uid, 1)
+        [info] = yield folder.messages()
+        self.assertEqual(
+            (info.uid, info.flags, info.size, info.internaldate),
+            (1, frozenset({"\\Draft", "$Label"}), len(MESSAGE), 1_000_000_000.0),
+        )
+        handle = yield folder.openMessage(1)
+        with handle:
+            self.assertEqual(handle.read(), MESSAGE)
+        self.assertEqual([(e.kind, e.uids) for e in events], [(ADDED, (1,))])
+
+    @inlineCallbacks
+    def test_append_message_streams_a_large_message_written_in_chunks(self):
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        writer = self.store.newMessage()
+        chunk = b"x" * 1000 + b"\r\n"
+        for _ in range(300):
+            yield writer.write(chunk)
+        yield writer.finish()
+        uid = yield folder.appendMessage(writer)
+        handle = yield folder.openMessage(uid)
+        with handle:
+            self.assertEqual(handle.read(), chunk * 300)
+        self.assertEqual(list(self.store.spool_dir.iterdir()), [])
