@@ -206,6 +206,14 @@ class IFolder(Interface):
         L{mailapp.errors.NoSuchMessage}.
         """
 
+    def readMessage(uid: int, limit: int):  # type: ignore[no-untyped-def]
+        """
+        Fire with the whole stored message as bytes when it is at most
+        C{limit} bytes, else with C{None} (stream it with L{openMessage}).
+        One trip to a worker thread: what a protocol uses for small messages.
+        Fails with L{mailapp.errors.NoSuchMessage}.
+        """
+
     def setFlags(uids, flags, mode: str = "replace"):  # type: ignore[no-untyped-def]
         """
         Change flags of C{uids}. C{mode} is C{"replace"}, C{"add"} or

@@ -79,6 +79,7 @@ IDLE_TIMEOUT = 600.0
 MAX_LINE = 1024
 #: Bytes read from a message file per worker-thread call.
 CHUNK_SIZE = 64 * 1024
+READ_AHEAD = 4  # small messages read before their RETR, at most
 MAX_AUTH_FAILURES = 3
 AUTH_FAILURE_DELAY = 1.0
 
@@ -347,6 +348,8 @@ class POP3Server(twisted_pop3.POP3):
         self._locked: str | None = None
         self._logout: Callable[[], None] | None = None
         self._sender: _MessageSender | None = None
+        #: Small messages read ahead of their RETR: message number -> Deferred of its bytes.
+        self._ahead: dict[int, defer.Deferred[bytes | None]] = {}
         self._peerIP = ""
 
     # -- connection -----------------------------------------------------------
@@ -775,6 +778,24 @@ class POP3Server(twisted_pop3.POP3):
 
     async def _send(self, number: int, info: MessageInfo, lines: int | None) -> None:
         """RETR (C{lines} None) or TOP: open the file, then stream it."""
+        if lines is None and info.size <= CHUNK_SIZE:
+            # A small message travels whole: one trip to a worker thread, or
+            # none when it was read ahead while the client took the previous one.
+            try:
+                data = await self._readSmall(number, info)
+            except NoSuchMessage:
+                self._err(b"Message %d was removed from the mailbox by another client" % number)
+                return
+            if data is not None:
+                if not self._connected:
+                    return
+                stuffer = _DotStuffer()
+                self._ok(b"%d octets" % info.size)
+                self.transport.write(stuffer.stuff(data) + stuffer.end())
+                self.resetTimeout()
+                self._drop.retrieved.add(number)
+                self._readAhead(number + 1)
+                return
         try:
             file = await self._drop.folder.openMessage(info.uid)
         except NoSuchMessage:
@@ -790,6 +811,29 @@ class POP3Server(twisted_pop3.POP3):
         self._sender = None
         if completed and lines is None:
             self._drop.retrieved.add(number)
+
+    def _readSmall(self, number: int, info: MessageInfo) -> defer.Deferred[bytes | None]:
+        ahead = self._ahead.pop(number, None)
+        if ahead is not None:
+            return ahead
+        return self._drop.folder.readMessage(info.uid, CHUNK_SIZE)
+
+    def _readAhead(self, number: int) -> None:
+        """
+        Clients fetch messages in order: read the next few small ones now, so
+        their RETRs are answered from memory. Holds at most L{READ_AHEAD}
+        messages of at most L{CHUNK_SIZE}; a failure (one was removed
+        meanwhile) just means no read-ahead, and its RETR reports it.
+        """
+        for number in range(number, number + READ_AHEAD):
+            if number > len(self._drop.messages) or number in self._ahead:
+                continue
+            info = self._drop.messages[number - 1]
+            if number in self._drop.deleted or info.size > CHUNK_SIZE:
+                continue
+            d = self._drop.folder.readMessage(info.uid, CHUNK_SIZE)
+            d.addErrback(lambda reason: None)
+            self._ahead[number] = d
 
     def pop3_DELE(self, argument: bytes) -> None:
         words = argument.split()

@@ -12,7 +12,7 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
-from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, StoreError
+from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError
 from mailapp.interfaces import IEventBus, IFolder, IMailbox, IMessageStore, IMessageWriter
 from mailapp.store import MaildirStore, durable, ensure_mailbox, index
 from mailapp.store.names import mailbox_directory
@@ -432,3 +432,13 @@ class ConcurrentOpenTests(StoreTestCase):
             conn.close()
         self.assertEqual([name for name, _ in rows], ["Archive", "Drafts", "INBOX", "Junk", "Sent", "Trash"])
         self.assertEqual(index.read_meta(mailbox_dir)["uidvalidity"], dict(rows)["INBOX"])
+
+
+class ReadMessageTests(StoreTestCase):
+    @inlineCallbacks
+    def test_read_message_returns_small_messages_whole_and_none_for_big_ones(self):
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual((yield folder.readMessage(1, len(MESSAGE))), MESSAGE)
+        self.assertIsNone((yield folder.readMessage(1, len(MESSAGE) - 1)))
+        yield self.assertFailure(folder.readMessage(2, 100), NoSuchMessage)

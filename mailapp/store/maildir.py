@@ -351,6 +351,21 @@ class MaildirFolder:
 
         return self.store.run(open_)
 
+    def readMessage(self, uid: int, limit: int) -> Deferred[bytes | None]:
+        def read() -> bytes | None:
+            for attempt in (1, 2):
+                try:
+                    with open(self.directory / self._filename(uid), "rb") as handle:
+                        if os.fstat(handle.fileno()).st_size > limit:
+                            return None
+                        return handle.read()
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise NoSuchMessage(f"message {uid} is missing from the Maildir")
+            raise AssertionError("unreachable")
+
+        return self.store.run(read)
+
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
         if mode not in ("replace", "add", "remove"):
             raise ValueError(f"bad mode {mode!r}")
