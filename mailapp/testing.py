@@ -166,3 +166,252 @@ def _password_bytes(password: str | bytes) -> bytes:
 # =============================================================================
 # End of the accounts section.
 # =============================================================================
+
+
+# =============================================================================
+# The store: FakeStore (IMessageStore) with its mailboxes, folders and writers.
+# =============================================================================
+
+import io  # noqa: E402
+import time  # noqa: E402
+
+from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError  # noqa: E402
+from mailapp.interfaces import IFolder, IMailbox, IMessageStore, IMessageWriter  # noqa: E402
+from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent  # noqa: E402
+from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder  # noqa: E402
+from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo  # noqa: E402
+
+
+@implementer(IMessageWriter)
+class FakeMessageWriter:
+    """A message being received, kept in memory."""
+
+    def __init__(self, store: "FakeStore") -> None:
+        self._store = store
+        self._chunks: list[bytes] = []
+        self.size = 0
+        self.finished = False
+        self.discarded = False
+        self.internaldate = time.time()
+
+    def write(self, data: bytes) -> Deferred[None]:
+        self._chunks.append(data)
+        self.size += len(data)
+        return succeed(None)
+
+    def finish(self) -> Deferred[None]:
+        if self._store.failFinish:
+            return fail(StoreError())
+        self.finished = True
+        return succeed(None)
+
+    def discard(self) -> Deferred[None]:
+        self.discarded = True
+        self._chunks = []
+        return succeed(None)
+
+    def data(self) -> bytes:
+        return b"".join(self._chunks)
+
+
+class _FakeFolderState:
+    def __init__(self, uidvalidity: int) -> None:
+        self.uidvalidity = uidvalidity
+        self.uidnext = 1
+        self.subscribed = True
+        #: uid -> [bytes, flags, internaldate]
+        self.messages: dict[int, list] = {}
+
+
+@implementer(IFolder)
+class FakeFolder:
+    def __init__(self, mailbox: "FakeMailbox", name: str) -> None:
+        self.mailbox = mailbox
+        self.account = mailbox.account
+        self.name = name
+
+    @property
+    def _state(self) -> _FakeFolderState:
+        state = self.mailbox._folders.get(self.name)
+        if state is None:
+            raise NoSuchFolder(f"no such folder: {self.name}")
+        return state
+
+    def _publish(self, kind: str, uids) -> None:  # type: ignore[no-untyped-def]
+        uids = tuple(sorted(uids))
+        if uids:
+            self.mailbox.store.events.publish(FolderEvent(kind, self.account, self.name, uids))
+
+    def _add(self, data: bytes, flags, internaldate: float) -> int:  # type: ignore[no-untyped-def]
+        state = self._state
+        uid, state.uidnext = state.uidnext, state.uidnext + 1
+        state.messages[uid] = [data, frozenset(flags), internaldate]
+        return uid
+
+    def status(self) -> Deferred[FolderStatus]:
+        state = self._state
+        unseen = sum(1 for _, flags, _ in state.messages.values() if "\\Seen" not in flags)
+        return succeed(FolderStatus(state.uidvalidity, state.uidnext, len(state.messages), unseen))
+
+    def messages(self) -> Deferred[list[MessageInfo]]:
+        state = self._state
+        return succeed([MessageInfo(uid, m[1], len(m[0]), m[2]) for uid, m in sorted(state.messages.items())])
+
+    def openMessage(self, uid: int) -> Deferred[io.BytesIO]:
+        message = self._state.messages.get(uid)
+        if message is None:
+            return fail(NoSuchMessage(f"no such message: {uid}"))
+        return succeed(io.BytesIO(message[0]))
+
+    def readMessage(self, uid: int, limit: int) -> Deferred[bytes | None]:
+        message = self._state.messages.get(uid)
+        if message is None:
+            return fail(NoSuchMessage(f"no such message: {uid}"))
+        return succeed(message[0] if len(message[0]) <= limit else None)
+
+    def setFlags(self, uids, flags, mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:  # type: ignore[no-untyped-def]
+        wanted = frozenset(flags)
+        result = {}
+        for uid in sorted(set(uids)):
+            message = self._state.messages.get(uid)
+            if message is None:
+                continue
+            old = message[1]
+            message[1] = wanted if mode == "replace" else (old | wanted if mode == "add" else old - wanted)
+            result[uid] = message[1]
+        self._publish(FLAGS_CHANGED, result)
+        return succeed(result)
+
+    def expunge(self, uids) -> Deferred[list[int]]:  # type: ignore[no-untyped-def]
+        removed = [uid for uid in sorted(set(uids)) if self._state.messages.pop(uid, None) is not None]
+        self._publish(EXPUNGED, removed)
+        return succeed(removed)
+
+    def append(self, data: bytes, flags=(), internaldate: float | None = None) -> Deferred[int]:  # type: ignore[no-untyped-def]
+        uid = self._add(data, flags, time.time() if internaldate is None else internaldate)
+        self._publish(ADDED, [uid])
+        return succeed(uid)
+
+    def appendMessage(self, message, flags=(), internaldate: float | None = None) -> Deferred[int]:  # type: ignore[no-untyped-def]
+        return self.append(message.data(), flags, message.internaldate if internaldate is None else internaldate)
+
+    def copyTo(self, uids, target) -> Deferred[dict[int, int]]:  # type: ignore[no-untyped-def]
+        mapping = {}
+        for uid in sorted(set(uids)):
+            message = self._state.messages.get(uid)
+            if message is not None:
+                mapping[uid] = target._add(message[0], message[1], message[2])
+        target._publish(ADDED, mapping.values())
+        return succeed(mapping)
+
+
+@implementer(IMailbox)
+class FakeMailbox:
+    def __init__(self, store: "FakeStore", account: str) -> None:
+        self.store = store
+        self.account = account
+        self._folders = store._mailboxes.setdefault(account.lower(), {})
+        for name in (INBOX, *SPECIAL_FOLDERS):
+            self._folders.setdefault(name, _FakeFolderState(store._nextValidity()))
+
+    def listFolders(self) -> Deferred[list[FolderInfo]]:
+        folders = [FolderInfo(n, SPECIAL_FOLDERS.get(n), s.subscribed) for n, s in self._folders.items()]
+        return succeed(sorted(folders, key=lambda f: (f.name != INBOX, f.name)))
+
+    def createFolder(self, name: str) -> Deferred[None]:
+        try:
+            name = normalize_folder(name)
+        except BadFolderName as e:
+            return fail(e)
+        if name in self._folders:
+            return fail(FolderExists(f"folder exists: {name}"))
+        parts = name.split(DELIMITER)
+        for depth in range(1, len(parts) + 1):
+            self._folders.setdefault(DELIMITER.join(parts[:depth]), _FakeFolderState(self.store._nextValidity()))
+        return succeed(None)
+
+    def deleteFolder(self, name: str) -> Deferred[None]:
+        try:
+            name = normalize_folder(name)
+        except BadFolderName as e:
+            return fail(e)
+        if name == INBOX:
+            return fail(BadFolderName("INBOX cannot be deleted"))
+        if self._folders.pop(name, None) is None:
+            return fail(NoSuchFolder(f"no such folder: {name}"))
+        return succeed(None)
+
+    def renameFolder(self, old: str, new: str) -> Deferred[None]:
+        try:
+            old, new = normalize_folder(old), normalize_folder(new)
+        except BadFolderName as e:
+            return fail(e)
+        if old not in self._folders:
+            return fail(NoSuchFolder(f"no such folder: {old}"))
+        if new in self._folders:
+            return fail(FolderExists(f"folder exists: {new}"))
+        for name in [n for n in self._folders if n == old or n.startswith(old + DELIMITER)]:
+            self._folders[new + name[len(old):]] = self._folders.pop(name)
+        return succeed(None)
+
+    def setSubscribed(self, name: str, subscribed: bool) -> Deferred[bool]:
+        state = self._folders.get(name)
+        if state is None:
+            return succeed(False)
+        state.subscribed = bool(subscribed)
+        return succeed(True)
+
+    def folder(self, name: str) -> Deferred[FakeFolder]:
+        try:
+            name = normalize_folder(name)
+        except BadFolderName as e:
+            return fail(e)
+        if name not in self._folders:
+            return fail(NoSuchFolder(f"no such folder: {name}"))
+        return succeed(FakeFolder(self, name))
+
+
+@implementer(IMessageStore)
+class FakeStore:
+    """
+    Every mailbox in memory, with the same contracts as the Maildir store.
+    Set C{failDeliver} (or C{failFinish}) to make the next deliveries fail with
+    L{StoreError}, as a full disk would; C{deliveries} records each delivery.
+    """
+
+    def __init__(self) -> None:
+        self.events = EventBus()
+        self._mailboxes: dict[str, dict[str, _FakeFolderState]] = {}
+        self._validity = 1000
+        self.failDeliver = False
+        self.failFinish = False
+        #: (accounts, folder, bytes) for every successful delivery, in order.
+        self.deliveries: list[tuple[tuple[str, ...], str, bytes]] = []
+
+    def _nextValidity(self) -> int:
+        self._validity += 1
+        return self._validity
+
+    def mailbox(self, account: str) -> FakeMailbox:
+        return FakeMailbox(self, account)
+
+    def newMessage(self) -> FakeMessageWriter:
+        return FakeMessageWriter(self)
+
+    def deliver(self, message: FakeMessageWriter, accounts, folder: str = INBOX) -> Deferred[dict[str, int]]:  # type: ignore[no-untyped-def]
+        if not message.finished:
+            raise RuntimeError("deliver() before the message's finish() fired")
+        if self.failDeliver:
+            return fail(StoreError())
+        unique: dict[str, str] = {}
+        for account in accounts:
+            unique.setdefault(account.lower(), account)
+        data = message.data()
+        result = {}
+        for account in unique.values():
+            target = FakeFolder(self.mailbox(account), normalize_folder(folder))
+            result[account] = target._add(data, (), message.internaldate)
+        for account, uid in result.items():
+            self.events.publish(FolderEvent(ADDED, account, normalize_folder(folder), (uid,)))
+        self.deliveries.append((tuple(unique.values()), folder, data))
+        return succeed(result)
