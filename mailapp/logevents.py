@@ -58,6 +58,36 @@ POP3_TIMEOUT: Final = "pop3.timeout"
 POP3_AUTH_FAILURES_EXCEEDED: Final = "pop3.auth_failures_exceeded"
 POP3_INTERNAL_ERROR: Final = "pop3.internal_error"
 
+# --- relay: the outbound queue and its manager (mailapp.relay); RELAY_DEFERRED above ---
+RELAY_QUEUED: Final = "relay.queued"
+RELAY_DELIVERED: Final = "relay.delivered"
+RELAY_BOUNCED: Final = "relay.bounced"
+RELAY_EXPIRED: Final = "relay.expired"
+RELAY_DELAY_WARNING: Final = "relay.delay_warning"
+RELAY_DSN_SENT: Final = "relay.dsn_sent"
+RELAY_DOUBLE_BOUNCE: Final = "relay.double_bounce"
+RELAY_DSN_FAILED: Final = "relay.dsn_failed"
+RELAY_CORRUPT_ENTRY: Final = "relay.corrupt_entry"
+RELAY_QUEUE_LOADED: Final = "relay.queue_loaded"
+RELAY_QUEUE_LOCKED: Final = "relay.queue_locked"
+RELAY_QUEUE_WRITE_FAILED: Final = "relay.queue_write_failed"
+RELAY_PUBLISH_FAILED: Final = "relay.publish_failed"
+RELAY_ADMIN: Final = "relay.admin"
+RELAY_ATTEMPT: Final = "relay.attempt"
+
+# --- IMAP (mailapp.imap); failed logins use AUTH_FAILED with protocol="imap" ---
+IMAP_LOGIN: Final = "imap.login"
+IMAP_TIMEOUT: Final = "imap.timeout"
+IMAP_AUTH_FAILURES_EXCEEDED: Final = "imap.auth_failures_exceeded"
+IMAP_INTERNAL_ERROR: Final = "imap.internal_error"
+
+# --- webmail (mailapp.web); failed sign-ins use AUTH_FAILED with protocol=webmail ---
+WEBMAIL_LOGIN: Final = "webmail.login"
+WEBMAIL_LOGIN_THROTTLED: Final = "webmail.login_throttled"
+WEBMAIL_CSRF_REJECTED: Final = "webmail.csrf_rejected"
+WEBMAIL_SENT: Final = "webmail.sent"
+WEBMAIL_SEND_FAILED: Final = "webmail.send_failed"
+
 
 def all_events() -> frozenset[str]:
     """Every declared name, so that a test can prove they are unique and well formed."""

@@ -1,0 +1,138 @@
+"""Unit tests of the IMAP pieces: wire syntax, MIME structure, and the session over a fake transport."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from mailapp.imap import mime, search
+from mailapp.imap.server import IMAPFactory, IMAPPolicy
+from mailapp.imap.wire import (
+    Atom,
+    BadCommand,
+    BadMailboxName,
+    String,
+    decode_mailbox,
+    format_uid_set,
+    format_value,
+    mailbox_pattern,
+    parse_arguments,
+    parse_datetime,
+    parse_sequence_set,
+    select_positions,
+)
+from mailapp.store import MaildirStore
+
+
+def test_arguments_parse_atoms_strings_literals_lists_and_sections():
+    tokens = parse_arguments([b'1:* (FLAGS BODY.PEEK[HEADER.FIELDS (FROM "TO")]<0.10>) "a \\"q\\"" ', String(b"lit")])
+    assert tokens == [Atom(b"1:*"), [Atom(b"FLAGS"), Atom(b'BODY.PEEK[HEADER.FIELDS (FROM "TO")]<0.10>')], String(b'a "q"'), String(b"lit")]
+
+
+@pytest.mark.parametrize("text", [b"(a", b"a)", b'"open', b"a[b", b"(" * 40 + b")" * 40])
+def test_unbalanced_or_too_deep_arguments_are_bad(text):
+    with pytest.raises(BadCommand):
+        parse_arguments([text])
+
+
+def test_sequence_sets_are_clamped_without_expansion():
+    ranges = parse_sequence_set(b"1:4294967295")
+    assert select_positions(ranges, [3, 7, 9], by_uid=False) == [0, 1, 2]
+    assert select_positions(ranges, [3, 7, 9], by_uid=True) == [0, 1, 2]
+    assert select_positions(parse_sequence_set(b"5:*"), [3, 7, 9], by_uid=True) == [1, 2]
+    assert select_positions(parse_sequence_set(b"100:*"), [3, 7, 9], by_uid=True) == [2]
+    assert select_positions(parse_sequence_set(b"2,1,2"), [3, 7, 9], by_uid=False) == [0, 1]
+    assert format_uid_set([1, 2, 3, 7, 9, 10]) == b"1:3,7,9:10"
+
+
+def test_mailbox_names_decode_from_modified_utf7_and_refuse_escapes():
+    assert decode_mailbox(b"Entw&APw-rfe/&ZeVnLIqe-") == "Entwürfe/日本語"
+    assert decode_mailbox(b"inbox") == "INBOX"
+    assert decode_mailbox(b"a/") == "a"
+    for bad in (b"../x", b"&AC4ALg-", b"/etc", b"&AC8-etc", b"~x", b"a\x00", b"&AAA-", b"&Jjo"):
+        with pytest.raises(BadMailboxName):
+            decode_mailbox(bad)
+
+
+def test_list_patterns():
+    assert mailbox_pattern("", "%").match("a") and not mailbox_pattern("", "%").match("a/b")
+    assert mailbox_pattern("a/", "*").match("a/b/c")
+    assert mailbox_pattern("", "inbox").match("INBOX")
+
+
+def test_formatting_and_dates():
+    assert format_value([None, 3, b"plain", b'q"uote', b"line\r\nbreak"]) == b'(NIL 3 "plain" "q\\"uote" {11}\r\nline\r\nbreak)'
+    assert parse_datetime(b"17-Jul-1996 02:44:25 -0700") == 837596665.0
+
+
+def test_mime_structure_of_nested_message_rfc822():
+    inner = b"Subject: inner\r\nContent-Type: text/plain\r\n\r\ninner body\r\n"
+    raw = (
+        b"Subject: outer\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nfirst\r\n"
+        b"--b\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--b--\r\n"
+    )
+    root = mime.scan(io.BytesIO(raw))
+    structure = mime.body_structure(root, False)
+    assert structure[0][:2] == ["TEXT", "PLAIN"] and structure[-1] == "MIXED"
+    rfc822 = structure[1]
+    assert rfc822[:2] == ["MESSAGE", "RFC822"] and rfc822[7][1] == b"inner"
+    # The CRLF before a boundary belongs to the boundary (RFC 2046 5.1.1).
+    start, end = mime.resolve(root, mime.parse_section(b"2", []))
+    assert raw[start:end] == inner[:-2]
+    start, end = mime.resolve(root, mime.parse_section(b"2.TEXT", []))
+    assert raw[start:end] == b"inner body"
+    start, end = mime.resolve(root, mime.parse_section(b"2.1", []))
+    assert raw[start:end] == b"inner body"
+    assert mime.resolve(root, mime.parse_section(b"3", [])) is None
+
+
+def test_search_nesting_is_bounded():
+    with pytest.raises(BadCommand):
+        search.parse_search([Atom(b"NOT")] * 100 + [Atom(b"ALL")], 1)
+
+
+class _RecordingTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodelay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.nodelay = enabled
+
+
+class SessionTests(TestCase):
+    def setUp(self) -> None:
+        store = MaildirStore(Path(self.mktemp()) / "mail", reactor=reactor)
+        self.factory = IMAPFactory(None, store, IMAPPolicy("mail.example.test"), reactor)
+
+    def connect(self) -> tuple[object, _RecordingTransport]:
+        protocol = self.factory.buildProtocol(None)
+        transport = _RecordingTransport()
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, None)
+        return protocol, transport
+
+    def test_tcp_nodelay_is_set_on_every_connection(self):
+        _, transport = self.connect()
+        self.assertTrue(transport.nodelay)
+
+    def test_greeting_advertises_logindisabled_without_tls_or_plaintext_permission(self):
+        _, transport = self.connect()
+        greeting = transport.value()
+        self.assertTrue(greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 "))
+        self.assertIn(b" LOGINDISABLED]", greeting)
+        self.assertNotIn(b"AUTH=PLAIN", greeting)
+
+    def test_commands_before_login_are_limited_to_the_not_authenticated_set(self):
+        protocol, transport = self.connect()
+        transport.clear()
+        protocol.dataReceived(b"a SELECT INBOX\r\nb FROB\r\nc CAPABILITY\r\n")
+        lines = transport.value().split(b"\r\n")
+        self.assertEqual(lines[0], b"a BAD Command not valid in this state")
+        self.assertEqual(lines[1], b"b BAD Unknown command")
+        self.assertEqual(lines[3], b"c OK CAPABILITY completed")
