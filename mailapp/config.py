@@ -148,6 +148,28 @@ class RelayConfig:
     transports: Mapping[str, HostPort] = field(default_factory=lambda: MappingProxyType({}))
     smarthost: HostPort | None = None
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: Seconds after which an undelivered message is bounced (default 5 days).
+    max_lifetime: int = 5 * 24 * 3600
+    #: Seconds to wait before each retry; the last value repeats.
+    retry_schedule: tuple[int, ...] = (300, 600, 1200, 2400, 3600)
+    #: Seconds after which the sender is told once that delivery is delayed; 0: never.
+    delay_warning: int = 0
+    #: Domains whose servers must offer STARTTLS, or the message waits.
+    require_tls: frozenset[str] = frozenset()
+    #: AUTH PLAIN credentials for the smarthost (sent only inside TLS).
+    smarthost_username: str | None = None
+    smarthost_password: str | None = None
+    #: Refuse to send to the smarthost without STARTTLS.
+    smarthost_require_tls: bool = True
+    #: Outbound connections, in total and to one destination domain.
+    max_connections: int = 20
+    max_connections_per_domain: int = 10
+    #: Seconds: to connect; to wait for one reply; for a whole connection.
+    connect_timeout: int = 30
+    command_timeout: int = 300
+    session_timeout: int = 1800
+    #: DNS servers for MX lookups (``host:port``); the system's resolv.conf when empty.
+    nameservers: tuple[HostPort, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -216,7 +238,37 @@ _SYNC_MODES: Final = ("filesystem", "file")
 _DOMAINS_KEYS: Final = frozenset({"local"})
 _TLS_KEYS: Final = frozenset({"cert", "key", "generate_self_signed"})
 _LISTENER_KEYS: Final = frozenset({"protocol", "endpoint", "tls", "allow_plaintext_auth"})
-_RELAY_KEYS: Final = frozenset({"transports", "smarthost", "trusted_networks"})
+_RELAY_KEYS: Final = frozenset(
+    {
+        "transports",
+        "smarthost",
+        "trusted_networks",
+        "max_lifetime",
+        "retry_schedule",
+        "delay_warning",
+        "require_tls",
+        "smarthost_username",
+        "smarthost_password",
+        "smarthost_require_tls",
+        "max_connections",
+        "max_connections_per_domain",
+        "connect_timeout",
+        "command_timeout",
+        "session_timeout",
+        "nameservers",
+    }
+)
+#: [relay] keys that are positive integers, with their defaults.
+_RELAY_POSITIVE: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "max_lifetime": 5 * 24 * 3600,
+        "max_connections": 20,
+        "max_connections_per_domain": 10,
+        "connect_timeout": 30,
+        "command_timeout": 300,
+        "session_timeout": 1800,
+    }
+)
 
 _TYPE_NAMES: Final = {str: "a string", bool: "a boolean", int: "an integer", list: "an array", dict: "a table"}
 
@@ -528,8 +580,82 @@ def _relay(reader: _Reader, table: Mapping[str, Any]) -> RelayConfig:
             except ValueError:
                 pass
             reader.problem(key, f"bad network {value!r}: {error}{hint}")
+    numbers: dict[str, int] = {}
+    for name, default in _RELAY_POSITIVE.items():
+        value = reader.typed(table, name, int, f"relay.{name}", default)
+        if value is not None and value <= 0:
+            reader.problem(f"relay.{name}", f"must be a positive integer, not {value}")
+            value = default
+        numbers[name] = default if value is None else value
+    if numbers["max_connections_per_domain"] > numbers["max_connections"]:
+        reader.problem(
+            "relay.max_connections_per_domain",
+            f"{numbers['max_connections_per_domain']} is more than relay.max_connections ({numbers['max_connections']})",
+        )
+    delay_warning = reader.typed(table, "delay_warning", int, "relay.delay_warning", 0) or 0
+    if delay_warning < 0:
+        reader.problem("relay.delay_warning", f"must be 0 (off) or a positive integer, not {delay_warning}")
+        delay_warning = 0
+    schedule: list[int] = []
+    schedule_value = reader.typed(table, "retry_schedule", list, "relay.retry_schedule", None)
+    for index, value in enumerate(schedule_value or []):
+        key = f"relay.retry_schedule[{index}]"
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            reader.problem(key, f"must be a positive integer (seconds), not {_describe(value)}")
+            continue
+        schedule.append(value)
+    if schedule_value is not None and not schedule_value:
+        reader.problem("relay.retry_schedule", "must list at least one interval")
+    require_tls: set[str] = set()
+    for index, value in enumerate(reader.typed(table, "require_tls", list, "relay.require_tls", []) or []):
+        key = f"relay.require_tls[{index}]"
+        if not isinstance(value, str):
+            reader.problem(key, f"must be a string, not {_describe(value)}")
+            continue
+        domain = _domain(reader, value, key)
+        if domain:
+            require_tls.add(domain)
+    username = reader.typed(table, "smarthost_username", str, "relay.smarthost_username")
+    password = reader.typed(table, "smarthost_password", str, "relay.smarthost_password")
+    if (username is None) != (password is None):
+        reader.problem(
+            "relay.smarthost_username" if username is None else "relay.smarthost_password",
+            "smarthost_username and smarthost_password go together",
+        )
+    if username is not None and smarthost is None and smarthost_text is None:
+        reader.problem("relay.smarthost_username", "is only used with relay.smarthost")
+    smarthost_require_tls = reader.typed(table, "smarthost_require_tls", bool, "relay.smarthost_require_tls", True)
+    nameservers: list[HostPort] = []
+    for index, value in enumerate(reader.typed(table, "nameservers", list, "relay.nameservers", []) or []):
+        key = f"relay.nameservers[{index}]"
+        if not isinstance(value, str):
+            reader.problem(key, f"must be a string 'address:port', not {_describe(value)}")
+            continue
+        hop = _host_port(reader, value, key)
+        if hop is not None:
+            try:
+                ipaddress.ip_address(hop.host)
+            except ValueError:
+                reader.problem(key, f"{value!r}: a name server is given by its IP address")
+                continue
+            nameservers.append(hop)
     return RelayConfig(
-        transports=MappingProxyType(transports), smarthost=smarthost, trusted_networks=tuple(networks)
+        transports=MappingProxyType(transports),
+        smarthost=smarthost,
+        trusted_networks=tuple(networks),
+        max_lifetime=numbers["max_lifetime"],
+        retry_schedule=tuple(schedule) if schedule else RelayConfig.retry_schedule,
+        delay_warning=delay_warning,
+        require_tls=frozenset(require_tls),
+        smarthost_username=username,
+        smarthost_password=password,
+        smarthost_require_tls=True if smarthost_require_tls is None else smarthost_require_tls,
+        max_connections=numbers["max_connections"],
+        max_connections_per_domain=numbers["max_connections_per_domain"],
+        connect_timeout=numbers["connect_timeout"],
+        command_timeout=numbers["command_timeout"],
+        session_timeout=numbers["session_timeout"],
+        nameservers=tuple(nameservers),
     )
 
 

@@ -65,7 +65,7 @@ class Transaction:
         if not resolution.local_domain and not self.relay_allowed:
             raise RelayDenied()
         if resolution.remote and self.router.queue is None:
-            # The relay queue does not exist yet: say so honestly, the client retries later.
+            # This server was built without a relay queue: say so honestly, the client retries later.
             raise RemoteDeliveryUnavailable()
         self.recipients.append(address)
         for account in resolution.local:
@@ -97,28 +97,67 @@ class Transaction:
     @inlineCallbacks
     def commit(self) -> Any:
         """
-        Make every copy durable; fires with the queue id. Nothing is left
-        half-delivered when it fails (the store guarantees it per message).
+        Make every copy durable; fires with the queue id once every local
+        copy is in its Maildir and every remote copy is in the relay queue.
+
+        The order, and what a failure at each step leaves behind:
+
+          1. the message is on disk (the writer's C{finish});
+          2. remote copies: the queue writes and syncs the message file and
+             the envelope under names the relay manager never reads
+             (L{mailapp.relay.queue.Queue.prepare}). A failure here: nothing
+             was delivered, the client gets 451 and tries again;
+          3. local copies: the store delivers them, all or none. A failure
+             here: the prepared queue files are removed; nothing was
+             delivered; 451;
+          4. the queue entry is published (an atomic rename, then a directory
+             sync): from now on the manager sends it. A failure here, after
+             the local copies became visible, is the one partial outcome:
+             the client gets 451 and sends again, so local recipients may
+             get the message twice but no remote recipient loses it (mail
+             may be duplicated, never lost). It is logged as
+             C{relay.publish_failed}.
+
+        A crash between 2 and 4 leaves prepared files that nobody reads and
+        the queue removes when stale; the client never had its 250.
         """
         yield self.message.finish()
+        prepared = None
+        queue = self.router.queue
         try:
+            if self.remote:
+                prepared = yield queue.prepare(self.message, self.sender, self.remote, self.queue_id)
             if self.local:
                 yield self.router.store.deliver(self.message, self.local)
-        except MailError:
-            raise
         except Exception as e:
+            if prepared is not None:
+                yield queue.discard(prepared).addErrback(lambda _: None)
+            if isinstance(e, MailError):
+                raise
             _log.failure("delivery failed {queue_id}", log_event=logevents.DELIVERY_FAILED, queue_id=self.queue_id)
             raise MailError() from e
         finally:
             if not self.local:
                 yield self.message.discard()
+        if prepared is not None:
+            try:
+                yield queue.publish(prepared)
+            except Exception as e:
+                _log.failure(
+                    "queueing remote copies of {queue_id} failed after {local} local deliveries",
+                    log_event=logevents.RELAY_PUBLISH_FAILED,
+                    queue_id=self.queue_id,
+                    local=len(self.local),
+                )
+                raise MailError() from e
         # debug: the protocol that accepted the message logs the one info line per message.
         _log.debug(
-            "{log_event} {queue_id} from=<{sender}> local={local} size={size}",
+            "{log_event} {queue_id} from=<{sender}> local={local} remote={remote} size={size}",
             log_event=logevents.DELIVERY_STORED,
             queue_id=self.queue_id,
             sender=self.sender,
             local=len(self.local),
+            remote=len(self.remote),
             size=self.message.size,
         )
         return self.queue_id

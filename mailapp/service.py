@@ -341,6 +341,7 @@ def makeService(
     store: Any = None,
     accounts: Any = None,
     portal: Any = None,
+    relay: bool | None = None,
 ) -> MailService:
     """
     Build the whole server from ``config``; nothing listens until the
@@ -350,6 +351,12 @@ def makeService(
     certificate (if it is to be generated). The default store, accounts and
     portal are imported here, not at module level, so that this module loads
     (and tests run with fakes) whatever state those modules are in.
+
+    The relay (the outbound queue under ``state_dir/queue`` and the
+    L{mailapp.relay.manager.RelayManager} that empties it) is built when
+    ``relay`` is true, or when it is ``None`` and the default store is used:
+    a test that hands in a fake store gets no relay unless it asks, and its
+    Router answers remote recipients with a temporary failure.
 
     @raise mailapp.tls.CertificateError: TLS is needed and the certificate
         cannot be loaded or made.
@@ -366,6 +373,8 @@ def makeService(
         tls.ensure_certificate(config.tls, config.hostname)
         context_factory = tls.server_context_factory(config.tls)
 
+    if relay is None:
+        relay = store is None
     if store is None:
         from mailapp.store import MaildirStore
 
@@ -382,6 +391,7 @@ def makeService(
     from mailapp.delivery import Router
 
     router = Router(accounts, store, max_recipients=config.limits.max_recipients)
+    manager = _build_relay(config, reactor, router) if relay else None
     inflight = InFlight(reactor)
     context = ServiceContext(
         router=router,
@@ -395,7 +405,7 @@ def makeService(
     )
     root = MailService(config, reactor, accounts, inflight)
     root.store = store
-    for component in (store, accounts):
+    for component in (store, accounts, manager):
         if IService.providedBy(component):
             component.setServiceParent(root)
 
@@ -416,6 +426,68 @@ def makeService(
         endpoint = serverFromString(reactor, listener.endpoint)
         ListenerService(listener, endpoint, factory, root.listener_failed).setServiceParent(root)
     return root
+
+
+def _build_relay(config: Config, reactor: Any, router: Any) -> Any:
+    """
+    The outbound queue and its manager, wired to ``router``: remote copies
+    go into the queue, and DSNs come back through the router.
+    """
+    from twisted.internet.ssl import CertificateOptions, TLSVersion
+
+    from mailapp.relay.manager import RelayManager, RetryPolicy, tcp_connector
+    from mailapp.relay.queue import Queue
+    from mailapp.relay.routing import MXResolver, Routes
+
+    relay = config.relay
+    queue = Queue(config.state_dir / "queue", reactor, use_syncfs=config.sync == "filesystem")
+    routes = Routes(relay.transports, relay.smarthost, MXResolver(_LazyResolver(reactor, relay.nameservers)))
+    auth = (relay.smarthost_username, relay.smarthost_password) if relay.smarthost_username is not None else None
+    manager = RelayManager(
+        queue,
+        routes,
+        tcp_connector(reactor, config.hostname, relay.command_timeout, relay.session_timeout, relay.connect_timeout),
+        hostname=config.hostname,
+        clock=reactor,
+        router=router,
+        policy=RetryPolicy(relay.retry_schedule, relay.max_lifetime, relay.delay_warning),
+        # Opportunistic STARTTLS: encrypt whenever offered, without checking the
+        # certificate (RFC 7435); most MX certificates would not verify anyway.
+        tls=CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2),
+        require_tls=relay.require_tls,
+        smarthost_auth=auth,
+        smarthost_require_tls=relay.smarthost_require_tls,
+        max_connections=relay.max_connections,
+        max_connections_per_domain=relay.max_connections_per_domain,
+    )
+    router.queue = queue
+    return manager
+
+
+class _LazyResolver:
+    """
+    A L{twisted.names} resolver made on first use (reading resolv.conf, or
+    the configured ``[relay] nameservers``), so that building the service
+    touches no DNS configuration.
+    """
+
+    def __init__(self, reactor: Any, nameservers: Any) -> None:
+        self._reactor = reactor
+        self._nameservers = tuple(nameservers)
+        self._resolver: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("lookup"):
+            raise AttributeError(name)
+        if self._resolver is None:
+            from twisted.names import client
+
+            if self._nameservers:
+                servers = [(hop.host, hop.port) for hop in self._nameservers]
+                self._resolver = client.Resolver(servers=servers, reactor=self._reactor)
+            else:
+                self._resolver = client.createResolver(reactor=self._reactor)
+        return getattr(self._resolver, name)
 
 
 def format_address(address: IAddress | None) -> str:

@@ -1,0 +1,681 @@
+"""
+The relay manager: takes entries from the durable queue and carries them to
+the next hop of each recipient's domain, with retries, bounces and delay
+warnings.
+
+One *round* of an entry (its lifecycle, logged with ``relay.*`` events)::
+
+    queued --due--> claimed (fence+1, attempts+1)
+        -> per domain: resolving -> connecting -> sending
+        -> per recipient: delivered (2xx) | failed (5xx, NXDOMAIN, null MX) | pending (4xx, no answer)
+    -> round end: DSN for new failures; removed when nothing is pending,
+       else expired (max_lifetime: failed, DSN) or deferred to the next retry time
+
+Work for one domain is a *work item*: the entry's recipients in that domain,
+sent in one transaction. Workers (at most C{max_connections} in all and
+C{max_connections_per_domain} per domain) resolve the domain, connect to the
+first next hop that answers, and run every work item waiting for that domain
+on the one connection before saying QUIT.
+
+Restart safety: after every work item the envelope is saved (atomic rename,
+fsync'd), so a recipient the remote took with 250 is recorded as delivered
+and never sent again; a message in flight when the process died has its
+recipients still pending, and is sent again at the next start.
+
+Everything that waits is injected: C{clock} (C{callLater}/C{seconds}), the
+routes (DNS resolver inside) and C{connect} (a hop -> a greeted-able client),
+so that days of retries run in milliseconds under L{twisted.internet.task.Clock}.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailapp import logevents
+from mailapp.errors import MailError
+from mailapp.relay import bounce, control
+from mailapp.relay.client import FileSource, Reply, SessionError, SMTPClient, local_reply
+from mailapp.relay.queue import DELIVERED, FAILED, PENDING, Envelope, Queue
+from mailapp.relay.routing import Hop, RouteError, Routes
+
+__all__ = ["RelayManager", "RetryPolicy", "tcp_connector"]
+
+_log = Logger()
+
+#: How long a stopping manager lets transactions in flight finish before aborting them.
+STOP_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to try again and when to give up; see ``[relay]`` in the config."""
+
+    schedule: tuple[int, ...] = (300, 600, 1200, 2400, 3600)
+    max_lifetime: float = 5 * 24 * 3600
+    delay_warning: float = 0
+
+    def delay(self, attempts: int) -> int:
+        """Seconds to wait after the C{attempts}-th attempt (1-based); the last interval repeats."""
+        return self.schedule[min(max(attempts, 1), len(self.schedule)) - 1]
+
+
+@dataclass
+class _Entry:
+    envelope: Envelope
+    inflight: int = 0
+    timer: Any = None
+    finishing: bool = False
+
+
+@dataclass
+class _Work:
+    entry_id: str
+    fence: int
+    domain: str
+    recipients: list[str] = field(default_factory=list)
+
+
+def tcp_connector(reactor: Any, hostname: str, command_timeout: float, session_timeout: float, connect_timeout: float) -> Callable[[Hop], Deferred[SMTPClient]]:
+    """The production C{connect}: a TCP connection to the hop's address, speaking L{SMTPClient}."""
+
+    def connect(hop: Hop) -> Deferred[SMTPClient]:
+        kind = TCP6ClientEndpoint if ":" in hop.address else TCP4ClientEndpoint
+        endpoint = kind(reactor, hop.address, hop.port, timeout=connect_timeout)
+        client = SMTPClient(reactor, command_timeout=command_timeout, session_timeout=session_timeout)
+        return connectProtocol(endpoint, client)
+
+    return connect
+
+
+class RelayManager(Service):
+    """See the module docstring. A child of the root service, named ``relay``."""
+
+    name = "relay"
+
+    def __init__(
+        self,
+        queue: Queue,
+        routes: Routes,
+        connect: Callable[[Hop], Deferred[Any]],
+        *,
+        hostname: str,
+        clock: Any,
+        router: Any = None,
+        policy: RetryPolicy = RetryPolicy(),
+        tls: Any = None,
+        require_tls: frozenset[str] = frozenset(),
+        smarthost_auth: tuple[str, str] | None = None,
+        smarthost_require_tls: bool = True,
+        max_connections: int = 20,
+        max_connections_per_domain: int = 10,
+        poll_interval: float = control.POLL_INTERVAL,
+    ) -> None:
+        self.queue = queue
+        self.routes = routes
+        self.connect = connect
+        self.hostname = hostname
+        self.clock = clock
+        #: The delivery Router that DSNs go through (set by the composition root).
+        self.router = router
+        self.policy = policy
+        self.tls = tls
+        self.require_tls = require_tls
+        self.smarthost_auth = smarthost_auth
+        self.smarthost_require_tls = smarthost_require_tls
+        self.max_connections = max_connections
+        self.max_connections_per_domain = max_connections_per_domain
+        self.poll_interval = poll_interval
+        self.entries: dict[str, _Entry] = {}
+        self._ready: dict[str, deque[_Work]] = {}
+        self._workers: dict[str, int] = {}
+        self._total_workers = 0
+        self._clients: set[Any] = set()
+        self._connecting: set[Deferred[Any]] = set()
+        self._active: set[Deferred[Any]] = set()
+        self._lock_fd: int | None = None
+        self._lock_timer: Any = None
+        self._loaded = False
+        self._stopping = False
+        self._poller: LoopingCall | None = None
+        self._polling = False
+        self._warned_locked = False
+        self.whenLoaded: Deferred[None] = Deferred()
+        queue.subscribe(self._published)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        self._takeLock()
+
+    def _takeLock(self) -> None:
+        self._lock_timer = None
+        if not self.running:
+            return
+        try:
+            fd = control.try_lock(self.queue.layout)
+        except OSError as error:
+            fd = None
+            _log.error("cannot open the queue lock: {error}", error=error, log_event=logevents.RELAY_QUEUE_LOCKED)
+        if fd is None:
+            if not self._warned_locked:
+                self._warned_locked = True
+                _log.warn(
+                    "the queue in {path} is locked by another process; relaying waits for it",
+                    log_event=logevents.RELAY_QUEUE_LOCKED,
+                    path=str(self.queue.layout.root),
+                )
+            self._lock_timer = self.clock.callLater(0.5, self._takeLock)
+            return
+        self._lock_fd = fd
+        self.queue.load().addCallbacks(self._loadedEntries, self._loadFailed)
+
+    def _loadFailed(self, reason: Failure) -> None:
+        _log.failure("could not read the queue", reason, log_event=logevents.RELAY_CORRUPT_ENTRY)
+        self._loadedEntries([])
+
+    def _loadedEntries(self, envelopes: list[Envelope]) -> None:
+        for envelope in envelopes:
+            if envelope.id not in self.entries:
+                self.entries[envelope.id] = _Entry(envelope)
+        self._loaded = True
+        _log.info(
+            "relay queue loaded: {count} messages waiting",
+            log_event=logevents.RELAY_QUEUE_LOADED,
+            count=len(self.entries),
+        )
+        for entry in list(self.entries.values()):
+            envelope = entry.envelope
+            if not envelope.pending() or any(r.state == FAILED and not r.notified for r in envelope.recipients):
+                self._finishRound(entry)
+            else:
+                self._schedule(entry)
+        self._poller = LoopingCall(self._pollControl)
+        self._poller.clock = self.clock
+        self._poller.start(self.poll_interval, now=True).addErrback(
+            lambda reason: _log.failure("control polling stopped", reason)
+        )
+        if not self.whenLoaded.called:
+            self.whenLoaded.callback(None)
+
+    def stopService(self) -> Deferred[None]:
+        """Take no new work; let transactions in flight end (bounded), then release the lock."""
+        super().stopService()
+        self._stopping = True
+        if self._lock_timer is not None and self._lock_timer.active():
+            self._lock_timer.cancel()
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+        for entry in self.entries.values():
+            if entry.timer is not None and entry.timer.active():
+                entry.timer.cancel()
+            entry.timer = None
+        for queue in self._ready.values():
+            queue.clear()
+        done: Deferred[None] = Deferred()
+        active = list(self._active)
+
+        def abort() -> None:
+            for connecting in list(self._connecting):
+                connecting.cancel()
+            for client in list(self._clients):
+                client.abort()
+
+        timer = self.clock.callLater(STOP_GRACE, abort)
+
+        def finished(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if self._lock_fd is not None:
+                control.release(self._lock_fd)
+                self._lock_fd = None
+            done.callback(None)
+
+        defer.DeferredList(active, consumeErrors=True).addBoth(finished)
+        return done
+
+    # -- entries in, rounds out -----------------------------------------------------------
+
+    def _published(self, envelope: Envelope) -> None:
+        """A new entry is durable: try it now."""
+        if envelope.id in self.entries:
+            return
+        entry = _Entry(envelope)
+        self.entries[envelope.id] = entry
+        if self._loaded and not self._stopping:
+            self._claim(entry)
+
+    def _schedule(self, entry: _Entry) -> None:
+        if self._stopping or not self._loaded:
+            return
+        if entry.timer is not None and entry.timer.active():
+            entry.timer.cancel()
+        delay = max(0.0, entry.envelope.next_attempt - self.clock.seconds())
+        entry.timer = self.clock.callLater(delay, self._due, entry.envelope.id)
+
+    def _due(self, entry_id: str) -> None:
+        entry = self.entries.get(entry_id)
+        if entry is None:
+            return
+        entry.timer = None
+        self._claim(entry)
+
+    def _claim(self, entry: _Entry) -> None:
+        """Start a round: one work item per domain with pending recipients."""
+        if entry.inflight or entry.finishing or self._stopping:
+            return
+        envelope = entry.envelope
+        pending = envelope.pending()
+        if not pending:
+            self._finishRound(entry)
+            return
+        envelope.fence += 1
+        envelope.attempts += 1
+        by_domain: dict[str, _Work] = {}
+        for recipient in pending:
+            work = by_domain.setdefault(recipient.domain, _Work(envelope.id, envelope.fence, recipient.domain))
+            work.recipients.append(recipient.address)
+        entry.inflight = len(by_domain)
+        for domain, work in by_domain.items():
+            self._ready.setdefault(domain, deque()).append(work)
+        for domain in by_domain:
+            self._dispatch(domain)
+
+    def _dispatch(self, domain: str) -> None:
+        ready = self._ready.get(domain)
+        while (
+            ready
+            and not self._stopping
+            and self._workers.get(domain, 0) < self.max_connections_per_domain
+            and self._total_workers < self.max_connections
+        ):
+            self._workers[domain] = self._workers.get(domain, 0) + 1
+            self._total_workers += 1
+            d = self._worker(domain)
+            self._active.add(d)
+            d.addBoth(lambda result, d=d: self._active.discard(d))
+
+    def _dispatchAll(self) -> None:
+        for domain in [d for d, ready in self._ready.items() if ready]:
+            self._dispatch(domain)
+
+    # -- workers --------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _worker(self, domain: str) -> Any:
+        client = None
+        try:
+            ready = self._ready.get(domain)
+            if not ready:
+                return None
+            try:
+                hops = yield self.routes.resolve(domain)
+            except RouteError as error:
+                self._failAll(domain, Reply.parse(error.reply), "")
+                return None
+            except Exception as error:
+                _log.failure("resolving {domain}", Failure(error), domain=domain)
+                self._failAll(domain, local_reply(451, "4.4.3 error resolving the destination"), "")
+                return None
+            hop: Hop | None = None
+            while ready and not self._stopping:
+                work = ready.popleft()
+                if not self._current(work):
+                    continue
+                if client is None or not client.usable:
+                    if client is not None:
+                        self._clients.discard(client)
+                    client, hop, failure = yield self._connect(domain, hops)
+                    if client is None:
+                        self._record(work, {r: failure for r in work.recipients}, "")
+                        self._failAll(domain, failure, "")
+                        return None
+                if not self._current(work):
+                    continue  # deleted or bounced by the administrator while we connected
+                results = yield self._send(client, work)
+                self._record(work, results, hop.name if hop else "")
+            return None
+        finally:
+            if client is not None:
+                self._clients.discard(client)
+                yield client.quit()
+            self._workers[domain] -= 1
+            self._total_workers -= 1
+            self._dispatchAll()
+
+    def _failAll(self, domain: str, reply: Reply, remote: str) -> None:
+        """The destination cannot be reached now: every waiting work item for it gets C{reply}."""
+        ready = self._ready.get(domain)
+        while ready:
+            work = ready.popleft()
+            if self._current(work):
+                self._record(work, {r: reply for r in work.recipients}, remote)
+
+    def _tlsFor(self, domain: str) -> tuple[bool, tuple[str, str] | None]:
+        """(TLS required?, AUTH credentials) for a domain's next hop."""
+        if domain in self.routes.transports:
+            return domain in self.require_tls, None
+        if self.routes.smarthost is not None:
+            return self.smarthost_require_tls or domain in self.require_tls, self.smarthost_auth
+        return domain in self.require_tls, None
+
+    @defer.inlineCallbacks
+    def _connect(self, domain: str, hops: list[Hop]) -> Any:
+        """The first hop that connects and greets: (client, hop, None), or (None, None, why not)."""
+        require_tls, auth = self._tlsFor(domain)
+        failure = local_reply(451, f"4.4.1 no next hop for {domain} answered")
+        for hop in hops:
+            if self._stopping:
+                break
+            client = None
+            try:
+                connecting = self.connect(hop)
+                self._connecting.add(connecting)
+                try:
+                    client = yield connecting
+                finally:
+                    self._connecting.discard(connecting)
+                self._clients.add(client)
+                yield client.greet(self.hostname, tls=self.tls, require_tls=require_tls, auth=auth)
+                return client, hop, None
+            except SessionError as error:
+                failure = error.reply
+            except Exception as error:
+                failure = local_reply(451, f"4.4.1 cannot connect to {hop}: {type(error).__name__}")
+            if client is not None:
+                self._clients.discard(client)
+                client.abort()
+            _log.info(
+                "{log_event} {domain} via {hop}: {reply}",
+                log_event=logevents.RELAY_ATTEMPT,
+                domain=domain,
+                hop=str(hop),
+                reply=str(failure),
+            )
+        return None, None, failure
+
+    @defer.inlineCallbacks
+    def _send(self, client: Any, work: _Work) -> Any:
+        entry = self.entries[work.entry_id]
+        envelope = entry.envelope
+        source = FileSource(self.queue.message_path(envelope.id), self.queue.run)
+        try:
+            results = yield client.send(envelope.sender, work.recipients, source, envelope.size)
+        except SessionError as error:
+            results = {r: error.reply for r in work.recipients}
+        except Exception as error:
+            _log.failure("sending {queue_id}", Failure(error), queue_id=envelope.id)
+            results = {r: local_reply(451, "4.3.0 local error while sending") for r in work.recipients}
+        finally:
+            source.close()
+        return results
+
+    def _current(self, work: _Work) -> bool:
+        entry = self.entries.get(work.entry_id)
+        return entry is not None and entry.envelope.fence == work.fence
+
+    def _record(self, work: _Work, results: dict[str, Reply], remote: str) -> None:
+        """Take in a work item's outcome; save it, or end the round when it was the last."""
+        if not self._current(work):
+            return
+        entry = self.entries[work.entry_id]
+        envelope = entry.envelope
+        for recipient in envelope.recipients:
+            reply = results.get(recipient.address)
+            if reply is None or recipient.state != PENDING:
+                continue
+            recipient.attempts += 1
+            recipient.last_reply = str(reply)
+            recipient.remote = remote
+            if 200 <= reply.code < 300:
+                recipient.state = DELIVERED
+                event, text = logevents.RELAY_DELIVERED, "delivered"
+            elif reply.permanent:
+                recipient.state = FAILED
+                recipient.notified = False
+                event, text = logevents.RELAY_BOUNCED, "bounced"
+            else:
+                event, text = logevents.RELAY_DEFERRED, "deferred"
+            _log.info(
+                "relay " + text + " {queue_id} to=<{recipient}> via {remote}: {reply}",
+                log_event=event,
+                queue_id=envelope.id,
+                recipient=recipient.address,
+                remote=remote or "-",
+                reply=str(reply),
+            )
+        entry.inflight -= 1
+        if entry.inflight <= 0:
+            entry.inflight = 0
+            self._finishRound(entry)
+        else:
+            self._save(envelope)
+
+    def _save(self, envelope: Envelope) -> Deferred[None]:
+        def failed(reason: Failure) -> None:
+            _log.failure(
+                "could not save queue entry {queue_id}",
+                reason,
+                log_event=logevents.RELAY_QUEUE_WRITE_FAILED,
+                queue_id=envelope.id,
+            )
+
+        return self.queue.save(envelope).addErrback(failed)
+
+    @defer.inlineCallbacks
+    def _finishRound(self, entry: _Entry) -> Any:
+        """DSNs for new failures and expiry, then remove the entry or schedule its next round."""
+        if entry.finishing:
+            return None
+        entry.finishing = True
+        envelope = entry.envelope
+        try:
+            now = self.clock.seconds()
+            pending = envelope.pending()
+            if pending and now - envelope.created >= self.policy.max_lifetime:
+                for recipient in pending:
+                    recipient.state = FAILED
+                    recipient.notified = False
+                    _log.info(
+                        "relay expired {queue_id} to=<{recipient}> after {attempts} attempts: {reply}",
+                        log_event=logevents.RELAY_EXPIRED,
+                        queue_id=envelope.id,
+                        recipient=recipient.address,
+                        attempts=envelope.attempts,
+                        reply=recipient.last_reply,
+                    )
+                pending = []
+            unnotified = [r for r in envelope.recipients if r.state == FAILED and not r.notified]
+            dsn_failed = False
+            if unnotified:
+                sent = yield self._notify(envelope, unnotified, bounce.FAILED, expired=not pending)
+                if sent:
+                    for recipient in unnotified:
+                        recipient.notified = True
+                else:
+                    dsn_failed = True
+            if not pending and not dsn_failed:
+                if self.entries.get(envelope.id) is entry:
+                    del self.entries[envelope.id]
+                try:
+                    yield self.queue.remove(envelope.id)
+                except Exception:
+                    _log.failure("could not remove queue entry {queue_id}", queue_id=envelope.id, log_event=logevents.RELAY_QUEUE_WRITE_FAILED)
+                return None
+            if (
+                pending
+                and self.policy.delay_warning
+                and not envelope.warned
+                and now - envelope.created >= self.policy.delay_warning
+            ):
+                sent = yield self._notify(envelope, pending, bounce.DELAYED)
+                if sent:
+                    envelope.warned = True
+            delay = self.policy.delay(envelope.attempts)
+            envelope.next_attempt = min(now + delay, envelope.created + self.policy.max_lifetime)
+            if self.entries.get(envelope.id) is not entry:
+                return None  # deleted by the admin meanwhile
+            yield self._save(envelope)
+            self._schedule(entry)
+            return None
+        finally:
+            entry.finishing = False
+
+    # -- delivery status notifications -----------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _notify(self, envelope: Envelope, recipients: list[Any], action: str, expired: bool = False) -> Any:
+        """
+        Send a DSN to the envelope sender through the Router (so a local
+        sender gets it in their INBOX, a remote one through this queue).
+        Fires with C{True} when it is sent or must never be (null sender,
+        a sender nobody can receive for), C{False} to try again later.
+        """
+        if not envelope.sender:
+            for recipient in recipients:
+                _log.warn(
+                    "double bounce dropped: {queue_id} from=<> to=<{recipient}>: {reply}",
+                    log_event=logevents.RELAY_DOUBLE_BOUNCE,
+                    queue_id=envelope.id,
+                    recipient=recipient.address,
+                    reply=recipient.last_reply,
+                )
+            return True
+        if self.router is None:
+            _log.error("no router to send a DSN for {queue_id}", queue_id=envelope.id, log_event=logevents.RELAY_DSN_FAILED)
+            return True
+        statuses = []
+        for recipient in recipients:
+            reply = Reply.parse(recipient.last_reply) if recipient.last_reply else local_reply(451, "4.4.7 no answer")
+            status = reply.enhanced
+            if action == bounce.FAILED and not reply.permanent:
+                status = "4.4.7"  # delivery time expired (RFC 3463)
+            diagnostic = recipient.last_reply or "no answer from the destination"
+            if action == bounce.FAILED and not reply.permanent:
+                diagnostic = f"delivery time expired; last reply: {diagnostic}"
+            statuses.append(bounce.RecipientStatus(recipient.address, status, diagnostic, recipient.remote))
+        try:
+            headers = yield self.queue.run(bounce.read_headers, self.queue.message_path(envelope.id))
+        except OSError:
+            headers = b""
+        data = bounce.build_dsn(
+            reporting_mta=self.hostname,
+            queue_id=envelope.id,
+            sender=envelope.sender,
+            arrival=envelope.created,
+            now=self.clock.seconds(),
+            action=action,
+            recipients=statuses,
+            original_headers=headers,
+            will_retry_until=envelope.created + self.policy.max_lifetime,
+        )
+        transaction = self.router.start("", relay_allowed=True)
+        try:
+            yield transaction.addRecipient(envelope.sender)
+            message = transaction.open()
+            message.write(data)
+            dsn_id = yield transaction.commit()
+        except MailError as error:
+            transaction.abort()
+            if error.temporary:
+                _log.warn(
+                    "DSN for {queue_id} to <{sender}> not sent yet: {error}",
+                    log_event=logevents.RELAY_DSN_FAILED,
+                    queue_id=envelope.id,
+                    sender=envelope.sender,
+                    error=str(error),
+                )
+                return False
+            _log.warn(
+                "DSN for {queue_id} to <{sender}> dropped: {error}",
+                log_event=logevents.RELAY_DSN_FAILED,
+                queue_id=envelope.id,
+                sender=envelope.sender,
+                error=str(error),
+            )
+            return True
+        except Exception:
+            transaction.abort()
+            _log.failure("DSN for {queue_id} failed", queue_id=envelope.id, log_event=logevents.RELAY_DSN_FAILED)
+            return False
+        _log.info(
+            "{action} DSN {dsn_id} for {queue_id} sent to <{sender}> ({count} recipients)",
+            log_event=logevents.RELAY_DSN_SENT if action == bounce.FAILED else logevents.RELAY_DELAY_WARNING,
+            action=action,
+            dsn_id=dsn_id,
+            queue_id=envelope.id,
+            sender=envelope.sender,
+            count=len(recipients),
+        )
+        return True
+
+    # -- admin requests ----------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _pollControl(self) -> Any:
+        if self._polling:
+            return None
+        self._polling = True
+        try:
+            requests = yield self.queue.run(control.read_requests, self.queue.layout)
+            for name, request in requests:
+                result = self.apply(request["verb"], request.get("id"))
+                yield self.queue.run(control.write_result, self.queue.layout, name, result)
+        except Exception:
+            _log.failure("handling queue requests")
+        finally:
+            self._polling = False
+        return None
+
+    def apply(self, verb: str, entry_id: str | None) -> dict[str, Any]:
+        """Carry out an admin request on the running queue; the answer for the command."""
+        now = self.clock.seconds()
+        if entry_id is None:
+            if verb != "retry":
+                return {"ok": False, "error": f"{verb} needs a queue id"}
+            targets = list(self.entries.values())
+        else:
+            found = self.entries.get(entry_id)
+            if found is None:
+                return {"ok": False, "error": f"no queue entry {entry_id}"}
+            targets = [found]
+        done = []
+        for entry in targets:
+            envelope = entry.envelope
+            _log.info(
+                "queue {verb} {queue_id} by the administrator",
+                log_event=logevents.RELAY_ADMIN,
+                verb=verb,
+                queue_id=envelope.id,
+            )
+            if verb == "delete":
+                self.entries.pop(envelope.id, None)
+                if entry.timer is not None and entry.timer.active():
+                    entry.timer.cancel()
+                self.queue.remove(envelope.id).addErrback(
+                    lambda reason: _log.failure("could not delete a queue entry", reason)
+                )
+            elif verb == "retry":
+                if not entry.inflight and not entry.finishing:
+                    control.apply_to_envelope(envelope, "retry", now)
+                    self._schedule(entry)
+            elif verb == "bounce":
+                if entry.timer is not None and entry.timer.active():
+                    entry.timer.cancel()
+                control.apply_to_envelope(envelope, "bounce", now)
+                entry.inflight = 0
+                self._finishRound(entry)
+            done.append(envelope.id)
+        return {"ok": True, "verb": verb, "ids": done}

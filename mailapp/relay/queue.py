@@ -1,0 +1,548 @@
+"""
+The outbound queue on disk: one message file per accepted message, written
+once and shared by all its remote recipients, plus one JSON envelope.
+
+Layout under ``state_dir/queue/``::
+
+    messages/ID        the message bytes, CRLF line endings, as accepted
+    envelopes/ID.json  the envelope (see L{Envelope}); its presence makes the entry exist
+    tmp/               envelopes being written (never read by anyone)
+    corrupt/           files that could not be read, moved aside for a person
+    control/           requests from the ``mailapp queue`` command (see L{mailapp.relay.control})
+    lock               held (flock) by the running server's relay manager
+
+Durability: every file is written under a name nobody reads, fsync'd, then
+renamed into place, and its directory fsync'd (one ``syncfs(2)`` per step of
+a batch where the system has it). An entry is created in two steps so that
+the Router can make local and remote copies together
+(L{mailapp.delivery.Transaction.commit}): L{Queue.prepare} writes and syncs
+the message file and the envelope under ``tmp/``, L{Queue.publish} renames
+the envelope into ``envelopes/`` and syncs the directory. Until then the
+manager never sees the entry; a crash in between leaves only files that
+L{Queue.load} removes once they are stale.
+
+No pickle and no code: an envelope is plain JSON, validated field by field
+when read. A file that fails validation is moved to ``corrupt/`` and logged;
+it never stops the server.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailapp import logevents
+from mailapp.store import durable
+
+__all__ = [
+    "DELIVERED",
+    "FAILED",
+    "PENDING",
+    "CorruptEntry",
+    "Envelope",
+    "Prepared",
+    "Queue",
+    "QueueLayout",
+    "Recipient",
+    "load_entries",
+    "read_envelope",
+]
+
+_log = Logger()
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+_STATES = (PENDING, DELIVERED, FAILED)
+
+ENVELOPE_VERSION = 1
+#: Files in tmp/ (and message files without an envelope) older than this are
+#: left-overs of a crash: their message was never acknowledged.
+STALE_SECONDS = 3600
+_ID = re.compile(r"^[A-Za-z0-9]{4,64}$")
+
+
+class CorruptEntry(ValueError):
+    """An envelope that cannot be read or does not have the promised shape."""
+
+
+@dataclass
+class Recipient:
+    """
+    One remote recipient of a queue entry and how far it has got.
+
+    C{state} is L{PENDING}, L{DELIVERED} (a remote server said 250 after
+    DATA: never sent again) or L{FAILED} (permanent failure or expiry);
+    C{notified} says whether the sender has had a DSN about the failure.
+    """
+
+    address: str
+    state: str = PENDING
+    attempts: int = 0
+    last_reply: str = ""
+    remote: str = ""
+    notified: bool = False
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2].lower()
+
+
+@dataclass
+class Envelope:
+    """
+    Everything the queue knows about one message, as stored in
+    ``envelopes/ID.json``. Times are Unix seconds.
+
+    C{fence} grows by one each time the manager claims the entry for an
+    attempt; a result carrying an older fence is ignored, so a worker that
+    lost its claim (an admin retry, delete or bounce meanwhile) can never
+    record over the newer state. With one node this is bookkeeping; it is the
+    field a shared queue (DESIGN.md) would compare-and-set.
+    """
+
+    id: str
+    sender: str
+    created: float
+    size: int
+    recipients: list[Recipient]
+    attempts: int = 0
+    next_attempt: float = 0.0
+    fence: int = 0
+    warned: bool = False
+    version: int = ENVELOPE_VERSION
+
+    def pending(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.state == PENDING]
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Envelope":
+        """Parse and validate; raise L{CorruptEntry} for anything unexpected."""
+        try:
+            raw = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as error:
+            raise CorruptEntry(f"not JSON: {error}") from None
+        if not isinstance(raw, dict):
+            raise CorruptEntry("not a JSON object")
+
+        def get(name: str, kinds: type | tuple[type, ...], source: dict[str, Any] = raw) -> Any:
+            value = source.get(name)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _as_tuple(kinds)):
+                raise CorruptEntry(f"field {name!r} is missing or has the wrong type")
+            return value
+
+        if get("version", int) != ENVELOPE_VERSION:
+            raise CorruptEntry(f"unknown envelope version {raw.get('version')!r}")
+        recipients = []
+        for item in get("recipients", list):
+            if not isinstance(item, dict):
+                raise CorruptEntry("a recipient is not an object")
+            state = get("state", str, item)
+            if state not in _STATES:
+                raise CorruptEntry(f"unknown recipient state {state!r}")
+            address = get("address", str, item)
+            if "@" not in address:
+                raise CorruptEntry(f"bad recipient address {address!r}")
+            recipients.append(
+                Recipient(
+                    address=address,
+                    state=state,
+                    attempts=get("attempts", int, item),
+                    last_reply=get("last_reply", str, item),
+                    remote=get("remote", str, item),
+                    notified=get("notified", bool, item),
+                )
+            )
+        if not recipients:
+            raise CorruptEntry("no recipients")
+        entry_id = get("id", str)
+        if not _ID.match(entry_id):
+            raise CorruptEntry(f"bad id {entry_id!r}")
+        return cls(
+            id=entry_id,
+            sender=get("sender", str),
+            created=float(get("created", (int, float))),
+            size=get("size", int),
+            recipients=recipients,
+            attempts=get("attempts", int),
+            next_attempt=float(get("next_attempt", (int, float))),
+            fence=get("fence", int),
+            warned=get("warned", bool),
+        )
+
+
+def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+@dataclass(frozen=True)
+class QueueLayout:
+    """Where each part of the queue lives under C{root} (``state_dir/queue``)."""
+
+    root: Path
+
+    @property
+    def messages(self) -> Path:
+        return self.root / "messages"
+
+    @property
+    def envelopes(self) -> Path:
+        return self.root / "envelopes"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def corrupt(self) -> Path:
+        return self.root / "corrupt"
+
+    @property
+    def control(self) -> Path:
+        return self.root / "control"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
+
+    def message(self, entry_id: str) -> Path:
+        return self.messages / entry_id
+
+    def envelope(self, entry_id: str) -> Path:
+        return self.envelopes / f"{entry_id}.json"
+
+    def create(self) -> None:
+        for directory in (self.root, self.messages, self.envelopes, self.tmp, self.corrupt, self.control):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+# -- synchronous steps (worker threads, and the admin command) -------------------------
+
+
+def read_envelope(path: Path) -> Envelope:
+    """Read one envelope file; L{CorruptEntry} if it is not a valid one, OSError if unreadable."""
+    envelope = Envelope.from_bytes(path.read_bytes())
+    if path.name != f"{envelope.id}.json":
+        raise CorruptEntry(f"file name does not match id {envelope.id!r}")
+    return envelope
+
+
+def quarantine(layout: QueueLayout, entry_id: str, reason: str) -> None:
+    """Move an entry's files to ``corrupt/`` (never delete: a person may want them)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for path in (layout.envelopes / f"{entry_id}.json", layout.message(entry_id)):
+        if path.exists():
+            try:
+                os.rename(path, layout.corrupt / f"{stamp}-{path.name}")
+            except OSError:
+                pass
+    _log.error(
+        "queue entry {queue_id} is unreadable and was moved to {directory}: {reason}",
+        log_event=logevents.RELAY_CORRUPT_ENTRY,
+        queue_id=entry_id,
+        directory=str(layout.corrupt),
+        reason=reason,
+    )
+
+
+def load_entries(
+    layout: QueueLayout, clean: bool = False, now: float | None = None, problems: list[str] | None = None
+) -> list[Envelope]:
+    """
+    Every valid envelope, oldest first. Corrupt ones (and envelopes whose
+    message file is missing) are quarantined, unless C{problems} is given:
+    then they are only listed there (a reader must not move files under a
+    running server). With C{clean}, stale files in ``tmp/`` and message
+    files that no envelope names are removed.
+    """
+    layout.create()
+    entries: list[Envelope] = []
+    names: set[str] = set()
+    for item in sorted(os.scandir(layout.envelopes), key=lambda e: e.name):
+        if not item.name.endswith(".json"):
+            continue
+        entry_id = item.name[: -len(".json")]
+        try:
+            envelope = read_envelope(Path(item.path))
+            if not layout.message(envelope.id).is_file():
+                raise CorruptEntry("its message file is missing")
+        except FileNotFoundError:
+            continue  # removed while we looked: delivered
+        except (CorruptEntry, OSError) as error:
+            if problems is not None:
+                problems.append(f"{entry_id}: {error}")
+            else:
+                quarantine(layout, entry_id, str(error))
+            continue
+        entries.append(envelope)
+        names.add(envelope.id)
+    if clean:
+        cutoff = (time.time() if now is None else now) - STALE_SECONDS
+        for directory, keep in ((layout.tmp, set()), (layout.messages, names)):
+            for item in os.scandir(directory):
+                try:
+                    if item.name not in keep and item.stat().st_mtime < cutoff:
+                        os.unlink(item.path)
+                except OSError:
+                    pass
+    entries.sort(key=lambda e: (e.created, e.id))
+    return entries
+
+
+def write_envelope_sync(layout: QueueLayout, envelope: Envelope, use_syncfs: bool = False) -> None:
+    """Replace an envelope atomically and durably (for the admin command with the server stopped)."""
+    temporary = layout.tmp / f"{envelope.id}.json.{os.getpid()}"
+    _write_file(temporary, envelope.to_bytes())
+    durable.sync_files([temporary], layout.root, use_syncfs)
+    durable.rename(temporary, layout.envelope(envelope.id))
+    durable.sync_directories([layout.envelopes], layout.root, use_syncfs)
+
+
+def remove_entry_sync(layout: QueueLayout, entry_id: str, use_syncfs: bool = False) -> None:
+    """Remove an entry: envelope first (the entry no longer exists), then its message."""
+    durable.unlink(layout.envelope(entry_id))
+    durable.unlink(layout.message(entry_id))
+    durable.sync_directories([layout.envelopes, layout.messages], layout.root, use_syncfs)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        durable.write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copyfile(source, target)
+
+
+# -- the batched writer -----------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """
+    File changes made durable together: C{writes} (target, bytes or a file to
+    link/copy) are written and synced, then C{renames} done and C{unlinks}
+    removed, then every touched directory synced.
+    """
+
+    writes: list[tuple[Path, bytes | Path]] = field(default_factory=list)
+    renames: list[tuple[Path, Path]] = field(default_factory=list)
+    unlinks: list[Path] = field(default_factory=list)
+
+
+def _run_jobs(jobs: list[_Job], anchor: Path, use_syncfs: bool) -> list[BaseException | None]:
+    """Worker thread: one batch, with one file sync and one directory sync for all of it."""
+    failed: dict[int, BaseException] = {}
+    written: list[tuple[int, Path]] = []
+    for number, job in enumerate(jobs):
+        for target, content in job.writes:
+            try:
+                if isinstance(content, bytes):
+                    _write_file(target, content)
+                else:
+                    _link_or_copy(content, target)
+                written.append((number, target))
+            except BaseException as error:
+                failed[number] = error
+                break
+    if written:
+        try:
+            durable.sync_files([path for _, path in written], anchor, use_syncfs)
+        except BaseException as error:
+            for number, _ in written:
+                failed.setdefault(number, error)
+    directories: set[Path] = {path.parent for number, path in written if number not in failed}
+    changed_names = False
+    for number, job in enumerate(jobs):
+        if number in failed:
+            continue
+        try:
+            for source, target in job.renames:
+                durable.rename(source, target)
+                directories.add(target.parent)
+                changed_names = True
+            for path in job.unlinks:
+                durable.unlink(path)
+                directories.add(path.parent)
+                changed_names = True
+        except BaseException as error:
+            failed[number] = error
+    # With syncfs the file sync above already made new names durable; only
+    # renames and unlinks made after it need another.
+    if directories and (changed_names or not use_syncfs):
+        try:
+            durable.sync_directories(sorted(directories), anchor, use_syncfs)
+        except BaseException as error:
+            for number in range(len(jobs)):
+                failed.setdefault(number, error)
+    for number, path in written:
+        if number in failed:
+            durable.unlink(path)
+    return [failed.get(number) for number in range(len(jobs))]
+
+
+class _BatchWriter:
+    """Jobs that arrive while a batch runs form the next batch (group commit)."""
+
+    def __init__(self, reactor: Any, threadpool: Any, anchor: Path, use_syncfs: bool) -> None:
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._anchor = anchor
+        self._use_syncfs = use_syncfs
+        self._pending: list[tuple[_Job, Deferred[None]]] = []
+        self._running = False
+
+    def submit(self, job: _Job) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._pending.append((job, d))
+        self._kick()
+        return d
+
+    def idle(self) -> bool:
+        return not self._running and not self._pending
+
+    def _kick(self) -> None:
+        if self._running or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        self._running = True
+        d = deferToThreadPool(
+            self._reactor, self._threadpool, _run_jobs, [job for job, _ in batch], self._anchor, self._use_syncfs
+        )
+
+        def finished(results: list[BaseException | None] | Failure) -> None:
+            self._running = False
+            for position, (_, waiting) in enumerate(batch):
+                if isinstance(results, Failure):
+                    waiting.errback(results)
+                elif results[position] is not None:
+                    waiting.errback(Failure(results[position]))
+                else:
+                    waiting.callback(None)
+            self._kick()
+
+        d.addBoth(finished)
+
+
+# -- the queue as the server uses it ----------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """An entry whose files are durable but which nobody can see yet (see L{Queue.publish})."""
+
+    envelope: Envelope
+    temporary: Path
+
+
+class Queue:
+    """
+    The queue as the running server uses it: every disk step on worker
+    threads, batched. L{prepare} and L{publish} are for the Router; L{save},
+    L{remove} and L{load} for the relay manager, which L{subscribe}s to new
+    entries.
+    """
+
+    def __init__(self, root: Path, reactor: Any, threadpool: Any = None, use_syncfs: bool | None = None) -> None:
+        self.layout = QueueLayout(Path(root))
+        self.layout.create()
+        self.reactor = reactor
+        self.threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
+        self.use_syncfs = durable.has_syncfs() if use_syncfs is None else use_syncfs
+        self._writer = _BatchWriter(reactor, self.threadpool, self.layout.root, self.use_syncfs)
+        self._subscribers: list[Callable[[Envelope], None]] = []
+
+    def subscribe(self, listener: Callable[[Envelope], None]) -> None:
+        """Call C{listener(envelope)} with every entry once L{publish} has made it durable."""
+        self._subscribers.append(listener)
+
+    def prepare(self, message: Any, sender: str, recipients: Iterable[str], entry_id: str) -> Deferred[Prepared]:
+        """
+        Write the message file (a link to the writer's spool file when it has
+        one, else its bytes) and the envelope under ``tmp/``, and sync both.
+        C{message} is an L{mailapp.interfaces.IMessageWriter} whose C{finish}
+        has fired; it stays the caller's.
+        """
+        now = self.reactor.seconds()
+        envelope = Envelope(
+            id=entry_id,
+            sender=sender,
+            created=now,
+            size=int(message.size),
+            recipients=[Recipient(address) for address in recipients],
+            next_attempt=now,
+        )
+        pending = getattr(message, "pending", None)
+        content: bytes | Path = pending if pending is not None else Path(message.path)
+        temporary = self.layout.tmp / f"{entry_id}.json"
+        job = _Job(writes=[(self.layout.message(entry_id), content), (temporary, envelope.to_bytes())])
+        return self._writer.submit(job).addCallback(lambda _: Prepared(envelope, temporary))
+
+    def publish(self, prepared: Prepared) -> Deferred[None]:
+        """Make a prepared entry exist (rename, directory sync), then tell the subscribers."""
+        job = _Job(renames=[(prepared.temporary, self.layout.envelope(prepared.envelope.id))])
+
+        def published(_: None) -> None:
+            _log.debug(
+                "{log_event} {queue_id} recipients={count}",
+                log_event=logevents.RELAY_QUEUED,
+                queue_id=prepared.envelope.id,
+                count=len(prepared.envelope.recipients),
+            )
+            for listener in list(self._subscribers):
+                listener(prepared.envelope)
+
+        return self._writer.submit(job).addCallback(published)
+
+    def discard(self, prepared: Prepared) -> Deferred[None]:
+        """Forget a prepared entry (its local copies could not be made)."""
+        return self._writer.submit(_Job(unlinks=[prepared.temporary, self.layout.message(prepared.envelope.id)]))
+
+    def save(self, envelope: Envelope) -> Deferred[None]:
+        """Replace an entry's envelope atomically and durably."""
+        temporary = self.layout.tmp / f"{envelope.id}.json.update"
+        return self._writer.submit(
+            _Job(writes=[(temporary, envelope.to_bytes())], renames=[(temporary, self.layout.envelope(envelope.id))])
+        )
+
+    def remove(self, entry_id: str) -> Deferred[None]:
+        """Remove an entry: its envelope, then its message file."""
+        return self._writer.submit(_Job(unlinks=[self.layout.envelope(entry_id), self.layout.message(entry_id)]))
+
+    def load(self) -> Deferred[list[Envelope]]:
+        """Every valid entry (corrupt ones quarantined, stale left-overs removed)."""
+        return deferToThreadPool(self.reactor, self.threadpool, load_entries, self.layout, True)
+
+    def message_path(self, entry_id: str) -> Path:
+        return self.layout.message(entry_id)
+
+    def idle(self) -> bool:
+        return self._writer.idle()
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run a blocking read (a message file's headers, say) on a worker thread."""
+        return deferToThreadPool(self.reactor, self.threadpool, function, *args)

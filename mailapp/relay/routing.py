@@ -1,0 +1,217 @@
+"""
+Where mail for a remote domain goes: the next hops, in the order to try them.
+
+The order of precedence is the config's ``[relay] transports`` entry for the
+domain, then ``smarthost``, then DNS (RFC 5321 section 5.1) through
+L{twisted.names} (never the system resolver, never blocking):
+
+  - MX records in preference order, equal preferences shuffled;
+  - no MX records: the domain itself, as an implicit MX of preference 0;
+  - a null MX (a single ``0 .``, RFC 7505): permanent failure, 5.1.10;
+  - NXDOMAIN: permanent failure, 5.1.2;
+  - SERVFAIL, a timeout, a refused query: temporary failure, retried;
+  - a CNAME is followed (up to L{MAX_CNAME_CHAIN} links).
+
+Each host is resolved to its IPv4 then IPv6 addresses; the result is a list
+of L{Hop}s, one per address.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.names import dns, error as dns_error
+
+from mailapp.config import HostPort
+
+__all__ = ["Hop", "MAX_CNAME_CHAIN", "RouteError", "MXResolver", "Routes"]
+
+MAX_CNAME_CHAIN = 8
+SMTP_PORT = 25
+
+
+class RouteError(Exception):
+    """
+    No next hop now. C{permanent} failures bounce; the others are retried.
+    C{reply} is what goes into the envelope and a DSN (code, enhanced, text).
+    """
+
+    def __init__(self, reply: str, permanent: bool) -> None:
+        super().__init__(reply)
+        self.reply = reply
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One address to connect to. C{name} is the host name (for logs and the DSN's Remote-MTA)."""
+
+    name: str
+    address: str
+    port: int
+    preference: int = 0
+
+    def __str__(self) -> str:
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.name}[{address}]:{self.port}"
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+class MXResolver:
+    """
+    Turns a domain into L{Hop}s with an L{twisted.names} resolver (anything
+    with C{lookupMailExchange}, C{lookupAddress}, C{lookupIPV6Address}).
+
+    @param shuffle: shuffles a list in place (tests pass a deterministic one).
+    """
+
+    def __init__(
+        self,
+        resolver: Any,
+        port: int = SMTP_PORT,
+        shuffle: Callable[[list[Any]], None] = random.shuffle,
+        timeout: tuple[int, ...] = (1, 3, 11),
+    ) -> None:
+        self.resolver = resolver
+        self.port = port
+        self.shuffle = shuffle
+        self.timeout = timeout
+
+    @defer.inlineCallbacks
+    def resolve(self, domain: str) -> Any:
+        """Fire with a non-empty list of L{Hop}s, or fail with L{RouteError}."""
+        exchanges = yield self._exchanges(domain)
+        hops: list[Hop] = []
+        unresolved = []
+        for preference, host in exchanges:
+            addresses = yield self._addresses(host)
+            if not addresses:
+                unresolved.append(host)
+            hops.extend(Hop(host, address, self.port, preference) for address in addresses)
+        if not hops:
+            if exchanges == [(0, domain)]:
+                # No MX and no address: nothing will ever accept mail for it.
+                raise RouteError(f"550 5.1.2 {domain} has no mail servers (no MX, A or AAAA records)", True)
+            raise RouteError(f"451 4.4.4 no address for the mail servers of {domain}: {', '.join(unresolved)}", False)
+        return hops
+
+    @defer.inlineCallbacks
+    def _exchanges(self, domain: str) -> Any:
+        """[(preference, host)] in the order to try, or the implicit MX."""
+        name = domain
+        for _ in range(MAX_CNAME_CHAIN):
+            try:
+                answers, _, _ = yield self.resolver.lookupMailExchange(name, timeout=self.timeout)
+            except Exception as e:
+                raise _dns_failure(domain, e) from e
+            records = [r for r in answers if r.type == dns.MX and r.name.name.decode("ascii").lower() == name.lower()]
+            if records:
+                return self._order(domain, [(r.payload.preference, r.payload.name.name.decode("ascii")) for r in records])
+            target = _cname_target(answers, name)
+            if target is None:
+                return [(0, domain)]
+            name = target
+        raise RouteError(f"451 4.4.3 too many CNAME links resolving {domain}", False)
+
+    def _order(self, domain: str, records: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        real = [(preference, host.rstrip(".").lower()) for preference, host in records if host.rstrip(".")]
+        if not real:
+            # RFC 7505: the domain says it accepts no mail.
+            raise RouteError(f"556 5.1.10 {domain} does not accept mail (null MX)", True)
+        ordered: list[tuple[int, str]] = []
+        for preference in sorted({p for p, _ in real}):
+            group = [item for item in real if item[0] == preference]
+            self.shuffle(group)
+            ordered.extend(group)
+        return ordered
+
+    @defer.inlineCallbacks
+    def _addresses(self, host: str) -> Any:
+        if _is_ip(host):
+            return []  # an MX must name a host, never an address (RFC 5321 5.1)
+        found: list[str] = []
+        for lookup, kind in ((self.resolver.lookupAddress, dns.A), (self.resolver.lookupIPV6Address, dns.AAAA)):
+            try:
+                answers, _, _ = yield lookup(host, timeout=self.timeout)
+            except Exception:
+                continue
+            for record in answers:
+                if record.type == kind:
+                    address = record.payload.dottedQuad() if kind == dns.A else _ipv6(record.payload)
+                    if address not in found:
+                        found.append(address)
+        return found
+
+
+def _ipv6(payload: Any) -> str:
+    import socket
+
+    return socket.inet_ntop(socket.AF_INET6, payload.address)
+
+
+def _cname_target(answers: list[Any], name: str) -> str | None:
+    for record in answers:
+        if record.type == dns.CNAME and record.name.name.decode("ascii").lower() == name.lower():
+            return record.payload.name.name.decode("ascii")
+    return None
+
+
+def _dns_failure(domain: str, failure: Exception) -> RouteError:
+    if isinstance(failure, dns_error.DNSNameError):
+        return RouteError(f"550 5.1.2 domain {domain} does not exist (NXDOMAIN)", True)
+    if isinstance(failure, dns_error.DNSServerError):
+        return RouteError(f"451 4.4.3 DNS server failure looking up {domain}", False)
+    if isinstance(failure, (defer.TimeoutError, dns_error.DNSQueryTimeoutError)):
+        return RouteError(f"451 4.4.3 DNS timeout looking up {domain}", False)
+    return RouteError(f"451 4.4.3 DNS error looking up {domain}: {type(failure).__name__}", False)
+
+
+class Routes:
+    """
+    The next hops for a domain: a configured transport, the smarthost, or
+    its MX. C{resolve(domain)} fires with L{Hop}s or fails with L{RouteError}.
+    """
+
+    def __init__(
+        self,
+        transports: Mapping[str, HostPort],
+        smarthost: HostPort | None,
+        mx: MXResolver | None,
+    ) -> None:
+        self.transports = transports
+        self.smarthost = smarthost
+        self.mx = mx
+
+    def fixed(self, domain: str) -> HostPort | None:
+        """The configured next hop for C{domain}, if any (transport, then smarthost)."""
+        return self.transports.get(domain.lower()) or self.smarthost
+
+    @defer.inlineCallbacks
+    def resolve(self, domain: str) -> Any:
+        fixed = self.fixed(domain)
+        if fixed is not None:
+            if _is_ip(fixed.host):
+                return [Hop(fixed.host, fixed.host, fixed.port)]
+            if self.mx is None:
+                raise RouteError(f"451 4.4.3 no resolver for {fixed.host}", False)
+            addresses = yield self.mx._addresses(fixed.host)
+            if not addresses:
+                raise RouteError(f"451 4.4.4 no address for the next hop {fixed.host}", False)
+            return [Hop(fixed.host, address, fixed.port) for address in addresses]
+        if self.mx is None:
+            raise RouteError(f"451 4.4.3 no resolver configured for {domain}", False)
+        hops = yield self.mx.resolve(domain)
+        return hops

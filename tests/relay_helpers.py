@@ -1,0 +1,226 @@
+"""
+Fakes for the relay tests: a reactor whose "threads" run at once (so a
+L{task.Clock} drives everything deterministically), an in-memory store that
+records deliveries (for DSNs), and a scripted network of SMTP servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from mailapp.config import HostPort
+from mailapp.delivery import Router
+from mailapp.relay.client import Reply
+from mailapp.relay.manager import RelayManager, RetryPolicy
+from mailapp.relay.queue import Queue
+from mailapp.relay.routing import Hop, Routes
+from mailapp.testing import FakeAccounts
+
+OK = Reply(250, ("2.0.0 Ok: queued",))
+
+
+class SynchronousThreadPool:
+    """Runs "thread" work at once, on the caller's thread."""
+
+    def callInThreadWithCallback(self, onResult: Callable[..., None], function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        try:
+            result = function(*args, **kwargs)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class SynchronousReactor:
+    """Just enough reactor for L{Queue}: time from a Clock, threads that run at once."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.pool = SynchronousThreadPool()
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def callLater(self, *args: Any, **kwargs: Any) -> Any:
+        return self.clock.callLater(*args, **kwargs)
+
+    def callFromThread(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        function(*args, **kwargs)
+
+    def getThreadPool(self) -> SynchronousThreadPool:
+        return self.pool
+
+
+class MemoryMessage:
+    """An IMessageWriter in memory (its bytes are C{pending}, as the store's small-message path)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.finished = False
+        self.pending: bytes | None = None
+
+    def write(self, data: bytes) -> defer.Deferred[None]:
+        self.chunks.append(data)
+        self.size += len(data)
+        return defer.succeed(None)
+
+    def finish(self) -> defer.Deferred[None]:
+        self.finished = True
+        self.pending = b"".join(self.chunks)
+        return defer.succeed(None)
+
+    def discard(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+
+class MemoryStore:
+    """Records local deliveries: C{inbox(account)} is the list of messages delivered to it."""
+
+    def __init__(self) -> None:
+        self.delivered: list[tuple[tuple[str, ...], bytes]] = []
+
+    def newMessage(self) -> MemoryMessage:
+        return MemoryMessage()
+
+    def deliver(self, message: MemoryMessage, accounts: Any, folder: str = "INBOX") -> defer.Deferred[dict[str, int]]:
+        accounts = tuple(accounts)
+        self.delivered.append((accounts, message.pending or b""))
+        return defer.succeed({a: len(self.delivered) for a in accounts})
+
+    def inbox(self, account: str) -> list[bytes]:
+        return [data for accounts, data in self.delivered if account in accounts]
+
+
+class FakeClient:
+    """A connected, greeted SMTP session whose replies come from C{reply(recipient)}."""
+
+    def __init__(self, network: "FakeNetwork", hop: Hop, reply: Callable[[str], Reply]) -> None:
+        self.network = network
+        self.hop = hop
+        self.reply = reply
+        self.usable = True
+        self.hold: defer.Deferred[None] | None = None
+
+    def greet(self, hostname: str, tls: Any = None, require_tls: bool = False, auth: Any = None) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    @defer.inlineCallbacks
+    def send(self, sender: str, recipients: list[str], source: Any, size: int) -> Any:
+        data = b""
+        while True:
+            chunk = yield source.read(65536)
+            if not chunk:
+                break
+            data += chunk
+        self.network.open_sends += 1
+        self.network.peak_sends = max(self.network.peak_sends, self.network.open_sends)
+        try:
+            if self.network.hold is not None:
+                yield self.network.hold
+        finally:
+            self.network.open_sends -= 1
+        replies = {r: self.reply(r) for r in recipients}
+        self.network.sent.append((self.network.clock.seconds(), self.hop.address, sender, list(recipients), data, replies))
+        return replies
+
+    def quit(self) -> defer.Deferred[None]:
+        self.usable = False
+        return defer.succeed(None)
+
+    def abort(self) -> None:
+        self.usable = False
+
+
+class FakeNetwork:
+    """
+    Next hops by address: C{servers[address]} is a function recipient ->
+    L{Reply}; an address not there refuses connections.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.servers: dict[str, Callable[[str], Reply]] = {}
+        self.attempts: list[tuple[float, str]] = []
+        self.sent: list[tuple[float, str, str, list[str], bytes, dict[str, Reply]]] = []
+        self.hold: defer.Deferred[None] | None = None
+        self.open_sends = 0
+        self.peak_sends = 0
+
+    def connect(self, hop: Hop) -> defer.Deferred[FakeClient]:
+        self.attempts.append((self.clock.seconds(), hop.address))
+        server = self.servers.get(hop.address)
+        if server is None:
+            return defer.fail(ConnectionRefusedError(hop.address))
+        return defer.succeed(FakeClient(self, hop, server))
+
+    def delivered_to(self, address: str) -> list[bytes]:
+        return [data for _, _, _, rcpts, data, replies in self.sent if address in rcpts and replies[address].code == 250]
+
+
+B_HOP = "192.0.2.2"
+C_HOP = "192.0.2.3"
+TRANSPORTS = {"b.test": HostPort(B_HOP, 25), "c.test": HostPort(C_HOP, 25)}
+
+
+class Harness:
+    """A manager over a real queue directory, with a Clock, a fake network and a recording store."""
+
+    def __init__(self, root: Path, clock: Clock | None = None, network: FakeNetwork | None = None, **policy: Any) -> None:
+        self.root = root
+        if clock is None:
+            clock = Clock()
+            clock.advance(1_700_000_000)  # a realistic epoch, for Date: headers
+        self.clock = clock
+        self.reactor = SynchronousReactor(self.clock)
+        self.network = network or FakeNetwork(self.clock)
+        self.network.clock = self.clock
+        self.queue = Queue(root / "queue", self.reactor, use_syncfs=False)
+        self.accounts = FakeAccounts(["a.test"])
+        self.accounts.add_user("alice@a.test", "secret")
+        self.store = MemoryStore()
+        self.router = Router(self.accounts, self.store, queue=self.queue)
+        limits = {k: policy.pop(k) for k in ("max_connections", "max_connections_per_domain") if k in policy}
+        self.manager = RelayManager(
+            self.queue,
+            Routes(TRANSPORTS, None, None),
+            self.network.connect,
+            hostname="mail.a.test",
+            clock=self.clock,
+            router=self.router,
+            policy=RetryPolicy(**policy),
+            **limits,
+        )
+
+    def start(self) -> None:
+        self.manager.startService()
+
+    def stop(self) -> None:
+        d = self.manager.stopService()
+        self.clock.advance(10)
+        assert d.called
+
+    def submit(self, sender: str, recipients: list[str], body: bytes = b"Subject: hello\r\n\r\nHi.\r\n") -> str:
+        transaction = self.router.start(sender, relay_allowed=True)
+        for recipient in recipients:
+            d = transaction.addRecipient(recipient)
+            assert d.called, "addRecipient did not fire"
+            if isinstance(d.result, Failure):
+                d.result.raiseException()
+        message = transaction.open()
+        message.write(body)
+        committed = transaction.commit()
+        assert committed.called
+        if isinstance(committed.result, Failure):
+            committed.result.raiseException()
+        return str(committed.result)
+
+    def envelopes(self) -> list[str]:
+        return sorted(p.name for p in (self.root / "queue" / "envelopes").iterdir())
