@@ -6,9 +6,22 @@ CONFIG ?= etc/mailapp.toml
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml $(shell find mailapp twisted -name '*.py' 2>/dev/null)
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean chromium
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# The webmail browser tests drive Debian's chromium through Playwright (whose own
+# browser download is not used). Installed here when missing, as root (CI runs as
+# root on a clean Debian machine); anyone else is told what to run.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the webmail browser tests"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else \
+	    echo "the webmail browser tests need Debian's chromium: run 'sudo apt-get install chromium' (or 'make install' as root)"; \
+	    exit 1; \
+	  fi; }
 
 # A strict editable install: edits show at once, and twistd finds the dropin in
 # twisted/plugins (a lenient editable install hides it from twistd). The stamp
@@ -27,7 +40,7 @@ run: $(STAMP)
 	$(BIN)/twistd -n --pidfile= mailapp --config $(CONFIG)
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
 

@@ -173,6 +173,9 @@ def _register_builtin_protocols() -> None:
     from mailapp import pop3
 
     register_protocol("pop3", pop3.buildFactory)
+    from mailapp import web
+
+    register_protocol("webmail", web.buildFactory)
     from mailapp.imap import server as imap_server
 
     register_protocol("imap", imap_server.buildFactory)

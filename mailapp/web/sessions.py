@@ -1,0 +1,132 @@
+"""
+Webmail sessions and the login throttle.
+
+A session is a random token in an ``HttpOnly``, ``SameSite=Strict`` cookie
+(``Secure`` under TLS), kept in memory: a restart signs everyone out, which
+is the safe direction. Each session has its own CSRF token, which every
+state-changing form carries and the server compares in constant time. A
+session ends at logout, after C{idle} seconds without a request, and
+C{absolute} seconds after sign-in whatever happens.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+#: Cookie names; the ``__Host-`` prefix (browser-enforced Secure, Path=/, no Domain) under TLS.
+COOKIE = "mailapp_session"
+SECURE_COOKIE = "__Host-mailapp_session"
+#: Before sign-in: a double-submit token that ties the login form to the browser that loaded it.
+LOGIN_COOKIE = "mailapp_login"
+SECURE_LOGIN_COOKIE = "__Host-mailapp_login"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def same_token(given: str | None, expected: str) -> bool:
+    """Constant-time comparison; a missing token never matches."""
+    if not given or not expected:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
+
+
+@dataclass
+class Session:
+    token: str
+    account: str
+    mailbox: Any
+    csrf: str
+    created: float
+    last_seen: float
+    #: Messages whose remote content the user chose to show: (folder, uidvalidity, uid).
+    remote_allowed: set[tuple[str, int, int]] = field(default_factory=set)
+
+
+class Sessions:
+    """The live sessions of one webmail listener; C{clock} returns seconds."""
+
+    def __init__(self, clock: Callable[[], float], idle: float, absolute: float) -> None:
+        self._clock = clock
+        self.idle = idle
+        self.absolute = absolute
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(self, account: str, mailbox: Any) -> Session:
+        self._prune()
+        now = self._clock()
+        session = Session(new_token(), account, mailbox, new_token(), now, now)
+        self._sessions[session.token] = session
+        return session
+
+    def get(self, token: str | None) -> Session | None:
+        """The live session for C{token}, touched; C{None} when unknown or expired (and then forgotten)."""
+        if not token:
+            return None
+        session = self._sessions.get(token)
+        if session is None:
+            return None
+        now = self._clock()
+        if now - session.last_seen > self.idle or now - session.created > self.absolute:
+            del self._sessions[token]
+            return None
+        session.last_seen = now
+        return session
+
+    def end(self, token: str | None) -> None:
+        if token:
+            self._sessions.pop(token, None)
+
+    def _prune(self) -> None:
+        now = self._clock()
+        for token, session in list(self._sessions.items()):
+            if now - session.last_seen > self.idle or now - session.created > self.absolute:
+                del self._sessions[token]
+
+
+class LoginThrottle:
+    """
+    Failed sign-ins per client address and per user name in a sliding
+    window: past C{limit} failures either way, sign-in is refused (without a
+    password check) until the oldest failure leaves the window.
+    """
+
+    def __init__(self, clock: Callable[[], float], limit: int = 5, window: float = 900.0) -> None:
+        self._clock = clock
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str) -> deque[float]:
+        now = self._clock()
+        times = self._failures.get(key)
+        if times is None:
+            return deque()
+        while times and now - times[0] > self.window:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+        return times
+
+    def allowed(self, client: str, username: str) -> bool:
+        return all(len(self._recent(key)) < self.limit for key in self._keys(client, username))
+
+    def failed(self, client: str, username: str) -> None:
+        now = self._clock()
+        for key in self._keys(client, username):
+            self._recent(key)
+            self._failures.setdefault(key, deque()).append(now)
+        if len(self._failures) > 100_000:
+            self._failures.clear()
+
+    @staticmethod
+    def _keys(client: str, username: str) -> tuple[str, str]:
+        return ("ip:" + client, "user:" + username.strip().lower())
