@@ -48,7 +48,6 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
-from twisted.internet.protocol import ServerFactory
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.mail import pop3 as twisted_pop3
@@ -58,6 +57,7 @@ from zope.interface import implementer
 from mailapp import logevents
 from mailapp.errors import NoSuchMessage
 from mailapp.interfaces import IMailbox
+from mailapp.sessions import SessionFactory
 from mailapp.store.records import MessageInfo
 
 __all__ = [
@@ -902,7 +902,7 @@ class POP3Server(twisted_pop3.POP3):
             self._close()
 
 
-class POP3Factory(ServerFactory):
+class POP3Factory(SessionFactory):
     """
     Builds sessions for one listener and keeps its connection counts (total
     and per client address), so a flood gets C{-ERR [SYS/TEMP]} instead of
@@ -919,6 +919,7 @@ class POP3Factory(ServerFactory):
         locks: MaildropLocks | None = None,
         readChunk: Callable[[IO[bytes], int], defer.Deferred[bytes]] | None = None,
     ) -> None:
+        super().__init__(inflight)
         self.portal = portal
         self.policy = policy
         self.reactor = reactor
@@ -926,23 +927,9 @@ class POP3Factory(ServerFactory):
         self.locks = locks if locks is not None else MaildropLocks()
         #: Reads from a message file off the reactor thread.
         self.readChunk = readChunk or (lambda file, size: deferToThread(file.read, size))
-        self._inflight = inflight
-        self.sessions: set[POP3Server] = set()
-        self._perIP: dict[str, int] = {}
 
     def buildProtocol(self, addr: Any) -> POP3Server:
         return POP3Server(self)
-
-    def inflight(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
-        """Count the UPDATE commit as work a shutdown waits for."""
-        return self._inflight.track(d) if self._inflight is not None else d
-
-    def admit(self, ip: str) -> bytes | None:
-        if len(self.sessions) >= self.policy.max_connections:
-            return b"Too many connections; try again later"
-        if self._perIP.get(ip, 0) >= self.policy.max_connections_per_ip:
-            return b"Too many connections from your address; try again later"
-        return None
 
     def loginFailed(self, ip: str, account: str) -> None:
         """
@@ -950,23 +937,6 @@ class POP3Factory(ServerFactory):
         answers and hangs up after C{policy.max_auth_failures}; this is the
         hook for a server-wide ban list later (which L{admit} would consult).
         """
-
-    def connected(self, session: POP3Server) -> None:
-        self.sessions.add(session)
-        self._perIP[session._peerIP] = self._perIP.get(session._peerIP, 0) + 1
-
-    def disconnected(self, session: POP3Server) -> None:
-        if session in self.sessions:
-            self.sessions.discard(session)
-            count = self._perIP.get(session._peerIP, 1) - 1
-            if count:
-                self._perIP[session._peerIP] = count
-            else:
-                self._perIP.pop(session._peerIP, None)
-
-    def stopFactory(self) -> None:
-        for session in list(self.sessions):
-            session.shutdown()
 
 
 def buildFactory(context: Any, listener: Any) -> POP3Factory:

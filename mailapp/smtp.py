@@ -27,16 +27,14 @@ import base64
 import binascii
 import email.utils
 import re
-import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import smtp as twisted_smtp
 from twisted.python.failure import Failure
@@ -45,6 +43,7 @@ from mailapp import logevents
 from mailapp.delivery import Router, Transaction
 from mailapp.errors import MailError, MessageTooBig
 from mailapp.interfaces import IMailbox
+from mailapp.sessions import SessionFactory
 
 _log = Logger()
 
@@ -775,47 +774,22 @@ class _DataReceiver:
             self._outSize = 0
 
 
-class SMTPFactory(ServerFactory):
+class SMTPFactory(SessionFactory):
     """
     Builds sessions for one listener and keeps its connection counts (total
     and per client address) so a flood gets ``421`` instead of our memory.
     """
 
     def __init__(self, router: Router, portal: Any, policy: SMTPPolicy, reactor: Any, tls: Any = None, inflight: Any = None) -> None:
+        super().__init__(inflight)
         self.router = router
         self.portal = portal
         self.policy = policy
         self.reactor = reactor
         self.tls = tls
-        self._inflight = inflight
-        self.sessions: set[ESMTPServer] = set()
-        self._perIP: dict[str, int] = {}
 
     def buildProtocol(self, addr: Any) -> ESMTPServer:
         return ESMTPServer(self)
-
-    def inflight(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
-        return self._inflight.track(d) if self._inflight is not None else d
-
-    def admit(self, ip: str) -> bytes | None:
-        if len(self.sessions) >= self.policy.max_connections:
-            return b"Too many connections; try again later"
-        if self._perIP.get(ip, 0) >= self.policy.max_connections_per_ip:
-            return b"Too many connections from your address; try again later"
-        return None
-
-    def connected(self, session: ESMTPServer) -> None:
-        self.sessions.add(session)
-        self._perIP[session._peerIP] = self._perIP.get(session._peerIP, 0) + 1
-
-    def disconnected(self, session: ESMTPServer) -> None:
-        if session in self.sessions:
-            self.sessions.discard(session)
-            count = self._perIP.get(session._peerIP, 1) - 1
-            if count:
-                self._perIP[session._peerIP] = count
-            else:
-                self._perIP.pop(session._peerIP, None)
 
     def trusted(self, ip: str) -> bool:
         import ipaddress
@@ -825,15 +799,6 @@ class SMTPFactory(ServerFactory):
         except ValueError:
             return False
         return any(address in network for network in self.policy.trusted_networks)
-
-    def stopFactory(self) -> None:
-        for session in list(self.sessions):
-            closed = session.shutdown()
-            if closed is not None:
-                # The 421 is still in the transport's buffer: keep the server's
-                # stop (which drains in-flight work, bounded) from ending the
-                # reactor before it is written.
-                self.inflight(closed)
 
 
 def buildFactory(context: Any, listener: Any) -> SMTPFactory:

@@ -3,9 +3,9 @@ End-to-end SMTP: the real service from :func:`mailapp.service.makeService`,
 over real sockets on 127.0.0.1 (port 0), spoken to with :mod:`smtplib` and,
 for malformed input, a raw :mod:`socket`.
 
-smtplib blocks, so the server runs in a subprocess (``_RUNNER``) that prints
-the port of every listener as one JSON line and then runs the reactor; the
-tests read that line and talk to the ports. A subprocess also lets the
+smtplib blocks, so the server runs in a subprocess
+(:class:`tests.service_runner.ServiceProcess`) that reports the port of every
+listener; the tests talk to the ports. A subprocess also lets the
 durability test kill the server with SIGKILL and the shutdown test send it
 SIGTERM, exactly as an operator (or the kernel) would. Every wait is bounded.
 """
@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import base64
 import email.policy
-import json
 import os
-import selectors
-import signal
 import smtplib
 import socket
 import sqlite3
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -31,11 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from mailapp.accounts import AccountsDatabase
-from mailapp.config import parse
 from mailapp.store.index import INDEX_NAME
-from mailapp.store.names import mailbox_directory
-from mailapp.testing import cheap_password_hasher
+from tests.service_runner import ServiceProcess, listener
 
 HOSTNAME = "mail.example.test"
 ALICE = "alice@example.test"
@@ -44,173 +36,24 @@ CAROL = "carol@example.test"
 PASSWORDS = {ALICE: "alice-secret", BOB: "bob-secret", CAROL: "carol-secret"}
 MAX_MESSAGE_SIZE = 20 * 1024 * 1024
 TIMEOUT = 10.0
-REPOSITORY = Path(__file__).resolve().parent.parent
 
-#: Runs in the server subprocess: the config file is argv[1]. Starts the
-#: service the way twistd does (privileged start, start, stop before the
-#: reactor shuts down), prints {listener name: port} once every listener is
-#: bound, then runs the reactor until a signal stops it.
-_RUNNER = r"""
-import json, sys
-from pathlib import Path
-
-from twisted.internet import defer, reactor
-from twisted.logger import globalLogBeginner, textFileLogObserver
-
-from mailapp.config import parse
-from mailapp.service import ListenerService, makeService
-
-globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-path = Path(sys.argv[1])
-service = makeService(parse(path.read_text(encoding="utf-8"), path))
-service.privilegedStartService()
-service.startService()
-reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-listeners = [child for child in service if isinstance(child, ListenerService)]
-
-def announce(ports):
-    names = [listener.listener.name for listener in listeners]
-    sys.stdout.write(json.dumps({name: port.getHost().port for name, port in zip(names, ports)}) + "\n")
-    sys.stdout.flush()
-
-defer.gatherResults([listener.whenListening() for listener in listeners]).addCallback(announce)
-reactor.run()
-"""
+LISTENERS = (
+    listener("smtp", "smtp", tls="starttls")
+    + listener("submission", "submission", tls="starttls", allow_plaintext_auth=False)
+    + listener("submission_dev", "submission", tls="none", allow_plaintext_auth=True)
+    + listener("submissions", "submission", tls="implicit")
+)
 
 
-def _config_text(state_dir: Path) -> str:
-    def quoted(path: Path) -> str:
-        return json.dumps(str(path))
-
-    listen = '"tcp:0:interface=127.0.0.1"'
-    return f"""
-[server]
-hostname = "{HOSTNAME}"
-state_dir = {quoted(state_dir)}
-
-[domains]
-local = ["example.test"]
-
-[tls]
-cert = {quoted(state_dir / "tls" / "cert.pem")}
-key = {quoted(state_dir / "tls" / "key.pem")}
-generate_self_signed = true
-
-[listeners.smtp]
-protocol = "smtp"
-endpoint = {listen}
-tls = "starttls"
-
-[listeners.submission]
-protocol = "submission"
-endpoint = {listen}
-tls = "starttls"
-allow_plaintext_auth = false
-
-[listeners.submission_dev]
-protocol = "submission"
-endpoint = {listen}
-tls = "none"
-allow_plaintext_auth = true
-
-[listeners.submissions]
-protocol = "submission"
-endpoint = {listen}
-tls = "implicit"
-
-[limits]
-max_message_size = {MAX_MESSAGE_SIZE}
-"""
-
-
-class Server:
-    """
-    One mailapp server process over a state directory. :meth:`start` may be
-    called again after :meth:`kill` or :meth:`terminate`: the state persists.
-    """
+class Server(ServiceProcess):
+    """The SMTP test server: the listeners above, alice, bob, carol and team@."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.state_dir = root / "state"
-        self.config_path = root / "mailapp.toml"
-        self.config_path.write_text(_config_text(self.state_dir), encoding="utf-8")
-        self.config = parse(self.config_path.read_text(encoding="utf-8"), self.config_path)
-        self.log_path = root / "server.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.ports: dict[str, int] = {}
+        super().__init__(root, LISTENERS, f"[limits]\nmax_message_size = {MAX_MESSAGE_SIZE}\n")
 
     def add_accounts(self) -> None:
         """alice, bob and carol, and team@ for alice and bob, written before the server starts."""
-        database = AccountsDatabase(
-            self.state_dir / "accounts.sqlite3", self.config.local_domains, hasher=cheap_password_hasher()
-        )
-        with database:
-            for address, password in PASSWORDS.items():
-                database.add_user(address, password)
-            database.add_alias("team@example.test", [ALICE, BOB])
-
-    def start(self) -> None:
-        environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", _RUNNER, str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                env=environment,
-            )
-        self.ports = json.loads(self._read_line(TIMEOUT))
-
-    def _read_line(self, timeout: float) -> bytes:
-        assert self.process is not None and self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        selector = selectors.DefaultSelector()
-        selector.register(self.process.stdout, selectors.EVENT_READ)
-        data = b""
-        try:
-            while not data.endswith(b"\n"):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(remaining):
-                    raise AssertionError(f"the server did not report its ports in time\n{self.log()}")
-                chunk = os.read(self.process.stdout.fileno(), 4096)
-                if not chunk:
-                    raise AssertionError(f"the server exited before listening\n{self.log()}")
-                data += chunk
-        finally:
-            selector.close()
-        return data
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(TIMEOUT)
-        self._close_pipe()
-
-    def terminate(self, timeout: float = TIMEOUT) -> int:
-        """SIGTERM, and SIGKILL if it has not exited after C{timeout} seconds; the exit status."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(TIMEOUT)
-        self._close_pipe()
-        return self.process.returncode
-
-    def _close_pipe(self) -> None:
-        if self.process is not None and self.process.stdout is not None:
-            self.process.stdout.close()
-
-    def port(self, listener: str) -> int:
-        return self.ports[listener]
-
-    def maildir(self, account: str) -> Path:
-        return mailbox_directory(self.state_dir / "mail", account)
+        self.add_users(PASSWORDS, {"team@example.test": [ALICE, BOB]})
 
     def new_files(self, account: str) -> set[Path]:
         """The message files in C{account}'s INBOX new/ (nothing here reads mail, so none moves to cur/)."""

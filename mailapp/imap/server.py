@@ -53,7 +53,6 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
-from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import imap4 as twisted_imap4
 from twisted.python.failure import Failure
@@ -84,6 +83,7 @@ from mailapp.imap.wire import (
     select_positions,
 )
 from mailapp.interfaces import IMailbox
+from mailapp.sessions import SessionFactory
 from mailapp.store.records import MessageInfo
 
 __all__ = ["IMAPFactory", "IMAPPolicy", "IMAPServer", "buildFactory"]
@@ -1642,21 +1642,19 @@ def _read_at(handle: IO[bytes], offset: int, size: int) -> bytes:
 # -- the factory --------------------------------------------------------------------------------
 
 
-class IMAPFactory(ServerFactory):
+class IMAPFactory(SessionFactory):
     """
     Builds sessions for one listener, keeps its connection counts (total and
     per client address), and the \\Recent markers of this process.
     """
 
     def __init__(self, portal: Any, store: Any, policy: IMAPPolicy, reactor: Any, tls: Any = None, inflight: Any = None) -> None:
+        super().__init__(inflight)
         self.portal = portal
         self.store = store
         self.policy = policy
         self.reactor = reactor
         self.tls = tls
-        self._inflight = inflight
-        self.sessions: set[IMAPServer] = set()
-        self._perIP: dict[str, int] = {}
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         return IMAPServer(self)
@@ -1679,32 +1677,6 @@ class IMAPFactory(ServerFactory):
         key = ((account or "").lower(), folder, uidvalidity)
         markers = self._recent()
         markers[key] = max(markers.get(key, 0), uid)
-
-    def admit(self, ip: str) -> bytes | None:
-        if len(self.sessions) >= self.policy.max_connections:
-            return b"Too many connections; try again later"
-        if self._perIP.get(ip, 0) >= self.policy.max_connections_per_ip:
-            return b"Too many connections from your address; try again later"
-        return None
-
-    def connected(self, session: IMAPServer) -> None:
-        self.sessions.add(session)
-        self._perIP[session._peerIP] = self._perIP.get(session._peerIP, 0) + 1
-
-    def disconnected(self, session: IMAPServer) -> None:
-        if session in self.sessions:
-            self.sessions.discard(session)
-            count = self._perIP.get(session._peerIP, 1) - 1
-            if count:
-                self._perIP[session._peerIP] = count
-            else:
-                self._perIP.pop(session._peerIP, None)
-
-    def stopFactory(self) -> None:
-        for session in list(self.sessions):
-            closed = session.shutdown()
-            if closed is not None and self._inflight is not None:
-                self._inflight.track(closed)
 
 
 def buildFactory(context: Any, listener: Any) -> IMAPFactory:
