@@ -12,7 +12,6 @@ import re
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
-from pathlib import Path
 
 import imapclient
 import pytest

@@ -17,7 +17,6 @@ import os
 import poplib
 import smtplib
 import socket
-import ssl
 import sys
 import time
 from collections.abc import Iterator

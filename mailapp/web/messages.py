@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser, BytesParser
-from typing import IO, Any, Iterable
+from typing import IO, Iterable
 
 from mailapp.accounts import check_address
 from mailapp.errors import AccountError
