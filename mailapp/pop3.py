@@ -825,7 +825,11 @@ class POP3Server(twisted_pop3.POP3):
         messages of at most L{CHUNK_SIZE}; a failure (one was removed
         meanwhile) just means no read-ahead, and its RETR reports it.
         """
-        for number in range(number, number + READ_AHEAD):
+        window = range(number, number + READ_AHEAD)
+        for stale in [n for n in self._ahead if n not in window]:
+            # A client that fetches out of order: drop what it skipped.
+            del self._ahead[stale]
+        for number in window:
             if number > len(self._drop.messages) or number in self._ahead:
                 continue
             info = self._drop.messages[number - 1]

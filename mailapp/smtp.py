@@ -134,6 +134,10 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self.setTimeout(GREETING_TIMEOUT)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        # Nothing the client pipelined runs after it has gone: a check or a
+        # commit finishing later must not start the next command.
+        self._closing = True
+        self._buffer = b""
         self.setTimeout(None)
         self.factory.disconnected(self)
         self._resetTransaction()
@@ -236,17 +240,24 @@ class ESMTPServer(twisted_smtp.ESMTP):
     def _wait(self, d: defer.Deferred[Any]) -> None:
         """Hold further commands until C{d} has sent its reply."""
         self._busy = True
+        # A Deferred that has already fired calls done() right here, inside the
+        # command's handler: then the loop in _process carries on by itself;
+        # calling _process again would nest one level per pipelined command.
+        inline = True
 
         def done(result: object) -> None:
             self._busy = False
             if isinstance(result, Failure):
                 _log.failure("internal error", result, log_event=logevents.SMTP_INTERNAL_ERROR)
                 self.sendCode(451, b"4.3.0 Local error in processing")
+            if inline:
+                return
             if self.transport is not None and not self._closing:
                 self.transport.resumeProducing()
                 self._process()
 
         d.addBoth(done)
+        inline = False
 
     def _error(self, code: int, text: bytes) -> None:
         self._errors += 1

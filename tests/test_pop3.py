@@ -740,3 +740,28 @@ class StreamingTests(TestCase):
         pending.callback(b"late")
         self.assertEqual(closed, [True])
         self.assertEqual(transport.value(), b"")
+
+
+class ReadAheadTests(POP3TestCase):
+    """Small messages are read before their RETR, within a window of READ_AHEAD messages."""
+
+    @inlineCallbacks
+    def test_a_client_fetching_newest_first_holds_at_most_the_read_ahead_window(self) -> None:
+        from mailapp.pop3 import READ_AHEAD
+
+        yield self.deliver(*[b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(1, 31)])
+        session = yield self.logged_in()
+        for number in range(30, 0, -1):
+            output = yield self.reply(session, b"RETR %d\r\n" % number)
+            self.assertTrue(output.endswith(b"body %d\r\n.\r\n" % number), output)
+            self.assertLessEqual(len(session.proto._ahead), READ_AHEAD)
+
+    @inlineCallbacks
+    def test_messages_fetched_in_order_come_from_the_read_ahead(self) -> None:
+        yield self.deliver(*[b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(1, 6)])
+        session = yield self.logged_in()
+        yield self.reply(session, b"RETR 1\r\n")
+        self.assertEqual(sorted(session.proto._ahead), [2, 3, 4, 5])
+        output = yield self.reply(session, b"RETR 2\r\n")
+        self.assertTrue(output.endswith(b"body 2\r\n.\r\n"))
+        self.assertNotIn(2, session.proto._ahead)

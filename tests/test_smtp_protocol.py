@@ -358,3 +358,43 @@ class DataReceiverTests(TestCase):
                 fast = self.receive(segments, True, submission)
                 slow = self.receive(segments, False, submission)
                 self.assertEqual(fast, slow, f"case {case}: {stream!r}")
+
+
+class PipeliningRegressionTests(TestCase):
+    """Found in review: answers that are ready at once, and clients that leave mid-pipeline."""
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        self.factory = make_factory(self.root)
+        self.session = Session(self.factory)
+
+    def tearDown(self) -> None:
+        self.session.proto.connectionLost(None)
+
+    @inlineCallbacks
+    def test_hundreds_of_pipelined_recipients_past_the_limit_each_get_a_reply(self):
+        self.session.clear()
+        self.session.send(b"HELO c\r\nMAIL FROM:<>\r\n" + b"RCPT TO:<alice@example.test>\r\n" * 400 + b"NOOP\r\n")
+        yield wait_for(lambda: len(self.session.codes()) == 403)
+        codes = self.session.codes()
+        self.assertEqual(codes[:7], [b"250"] * 7)
+        self.assertEqual(codes[7:402], [b"452"] * 395)
+        self.assertEqual(codes[402], b"250")
+
+    @inlineCallbacks
+    def test_commands_pipelined_before_a_drop_never_run(self):
+        self.session.send(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        yield wait_for(lambda: b"354" in self.session.codes())
+        self.session.clear()
+        # The end of one message, the next transaction and a large body, then the client goes away
+        # while the first commit is still in flight.
+        self.session.send(
+            b"Subject: one\r\n\r\nfirst\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n" + b"z" * 200_000
+        )
+        self.session.proto.connectionLost(None)
+        spool = self.factory.router.store.spool_dir
+        yield wait_for(lambda: len(stored_messages(self.root, ALICE)) == 1)
+        yield wait_for(lambda: list(spool.iterdir()) == [])
+        # Only the first message's own answer (written into the void); nothing after it ran.
+        self.assertEqual(self.session.codes(), [b"250"])
+        self.assertEqual(stored_messages(self.root, "bob@example.test"), [])
