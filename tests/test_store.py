@@ -442,3 +442,41 @@ class ReadMessageTests(StoreTestCase):
         self.assertEqual((yield folder.readMessage(1, len(MESSAGE))), MESSAGE)
         self.assertIsNone((yield folder.readMessage(1, len(MESSAGE) - 1)))
         yield self.assertFailure(folder.readMessage(2, 100), NoSuchMessage)
+
+
+class CopyTests(StoreTestCase):
+    @inlineCallbacks
+    def test_a_copy_finds_its_source_even_if_a_flag_change_renamed_it_meanwhile(self):
+        from mailapp.store.committer import _Delivery, _Placement
+
+        yield self.deliver([ALICE])
+        mailbox = self.store.mailbox(ALICE)
+        inbox = yield mailbox.folder("INBOX")
+        [stale] = list((mailbox_directory(self.root, ALICE) / "new").iterdir())
+        yield inbox.setFlags([1], ["\\Seen"], "add")  # renames new/X into cur/X:2,S
+        self.assertFalse(stale.exists())
+        job = _Delivery(
+            stale, "base", len(MESSAGE), 0.0,
+            [_Placement(mailbox_directory(self.root, ALICE), ALICE, "Archive")],
+            owns_source=False, stored=(mailbox_directory(self.root, ALICE), "INBOX", 1),
+        )
+        uids = yield self.store.committer.submit(job)
+        self.assertEqual(uids, [1])
+        self.assertEqual((yield self.read(ALICE, 1, "Archive")), MESSAGE)
+
+    @inlineCallbacks
+    def test_copying_a_message_expunged_meanwhile_fails_cleanly(self):
+        from mailapp.store.committer import _Delivery, _Placement
+
+        yield self.deliver([ALICE])
+        inbox = yield self.store.mailbox(ALICE).folder("INBOX")
+        [path] = list((mailbox_directory(self.root, ALICE) / "new").iterdir())
+        yield inbox.expunge([1])
+        job = _Delivery(
+            path, "base", len(MESSAGE), 0.0,
+            [_Placement(mailbox_directory(self.root, ALICE), ALICE, "Archive")],
+            owns_source=False, stored=(mailbox_directory(self.root, ALICE), "INBOX", 1),
+        )
+        yield self.assertFailure(self.store.committer.submit(job), NoSuchMessage)
+        archive = yield self.store.mailbox(ALICE).folder("Archive")
+        self.assertEqual((yield archive.messages()), [])

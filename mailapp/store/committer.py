@@ -33,7 +33,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailapp.errors import NoSuchFolder, StoreError
+from mailapp.errors import NoSuchFolder, NoSuchMessage, StoreError
 from mailapp.store import durable, index
 from mailapp.store.names import folder_directory
 
@@ -62,6 +62,10 @@ class _Delivery:
     synced: bool = True
     #: The bytes of a small message not yet written: the batch writes C{source} first.
     data: bytes | None = None
+    #: For a copy of a stored message: (mailbox directory, folder, uid). Its
+    #: file name is looked up under the mailbox's lock, since a flag change
+    #: may have renamed it since the caller last read the index.
+    stored: tuple[Path, str, int] | None = None
     uids: list[int | None] = field(default_factory=list)
 
 
@@ -221,6 +225,8 @@ def _deliver_batch(
         if number not in failed:
             for placement in job.placements:
                 touching[placement.mailbox_dir].append(number)
+            if job.stored is not None:
+                touching[job.stored[0]].append(number)
     for mailbox_dir in sorted(touching):
         try:
             conn = borrowed.enter_context(index.connection(mailbox_dir))
@@ -232,6 +238,15 @@ def _deliver_batch(
 
     for number, job in enumerate(jobs):
         job.uids = [None] * len(job.placements)
+        if job.stored is not None and number not in failed:
+            mailbox_dir, folder, stored_uid = job.stored
+            row = connections[mailbox_dir].execute(
+                "SELECT filename FROM messages WHERE folder = ? AND uid = ?", (folder, stored_uid)
+            ).fetchone()
+            if row is None:
+                failed[number] = NoSuchMessage(f"no such message: {stored_uid}")
+            else:
+                job.source = folder_directory(mailbox_dir, folder) / row[0]
         for slot, placement in enumerate(job.placements):
             if number in failed:
                 break
@@ -290,7 +305,16 @@ def _deliver_batch(
                 pass
             for number, _ in rows[mailbox_dir]:
                 failed.setdefault(number, e)
-    _undo_committed(jobs, failed, rows, committed)
+    try:
+        _undo_committed(jobs, failed, rows, committed)
+    except BaseException as e:
+        # The failed jobs' rows may still be listed in a committed mailbox:
+        # leave their files, so that what the index shows stays readable; the
+        # sender got no 250 for them and will send again (a duplicate, never
+        # a loss), and reconcile sorts the index out at the next start.
+        _log.error("store.undo_failed {error!r}", error=e)
+        for number in failed:
+            links[number] = []
 
     outcomes: list[Any] = []
     for number, job in enumerate(jobs):
@@ -298,14 +322,17 @@ def _deliver_batch(
             for path in links[number]:
                 durable.unlink(path)
             error = failed[number]
-            if not isinstance(error, (StoreError, NoSuchFolder)):
+            if not isinstance(error, (StoreError, NoSuchFolder, NoSuchMessage)):
                 _log.error("store.delivery_failed {error!r}", error=error)
                 error = StoreError()
             outcomes.append(error)
         else:
             outcomes.append(list(job.uids))
         if job.owns_source:
-            durable.unlink(job.source)
+            try:
+                durable.unlink(job.source)
+            except OSError as e:  # the copies are made; a spool file left over is swept at the next start
+                _log.warn("store.spool_unlink_failed {path}: {error}", path=str(job.source), error=str(e))
     return outcomes
 
 

@@ -243,12 +243,19 @@ def _open(mailbox_dir: Path) -> sqlite3.Connection:
             if victim.exists():
                 os.replace(victim, Path(str(aside) + suffix))
         conn, built = _connect(path, mailbox_dir)
-    with _reconciled_lock:
-        first_open = mailbox_dir not in _reconciled
-        _reconciled.add(mailbox_dir)
-    if first_open and not built:
-        reconcile(conn, mailbox_dir)
-    ensure_default_folders(conn, mailbox_dir)
+    try:
+        with _reconciled_lock:
+            first_open = mailbox_dir not in _reconciled
+        if first_open and not built:
+            reconcile(conn, mailbox_dir)
+        # Marked only once it worked: a reconcile that failed (say the index
+        # was locked too long) is tried again by the next open.
+        with _reconciled_lock:
+            _reconciled.add(mailbox_dir)
+        ensure_default_folders(conn, mailbox_dir)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -522,7 +522,15 @@ class MaildirFolder:
                 parsed = index.parse_filename(filename.split("/", 1)[1])
                 base = parsed.base if parsed else filename
                 placement = _Placement(target.mailbox.directory, target.account, target.name, index.decode_flags(flags))
-                job = _Delivery(self.directory / filename, base, size, date, [placement], owns_source=False)
+                job = _Delivery(
+                    self.directory / filename,
+                    base,
+                    size,
+                    date,
+                    [placement],
+                    owns_source=False,
+                    stored=(self.mailbox.directory, self.name, uid),
+                )
                 jobs.append((uid, self.store.committer.submit(job)))
             from twisted.internet.defer import gatherResults
 
