@@ -208,3 +208,13 @@ class WireCaptureTests(unittest.TestCase):
             start = bytes(body).rfind(b"\r\n", 0, offset) + 2
             self.assertEqual(bytes(body)[start : start + 2], b".x")
         self.assertEqual(data.count(b"\r\n..x"), 3)
+
+
+def test_our_return_path_is_not_relayed_but_the_rest_of_the_message_is():
+    from mailapp.relay.client import strip_return_path
+
+    message = b"Return-Path: <alice@a.test>\r\nReceived: from x\r\nSubject: hi\r\n\r\nbody\r\n"
+    assert strip_return_path(message) == b"Received: from x\r\nSubject: hi\r\n\r\nbody\r\n"
+    folded = b"Return-Path:\r\n <alice@a.test>\r\nSubject: hi\r\n\r\n"
+    assert strip_return_path(folded) == b"Subject: hi\r\n\r\n"
+    assert strip_return_path(b"Subject: Return-Path: no\r\n\r\n") == b"Subject: Return-Path: no\r\n\r\n"

@@ -160,6 +160,8 @@ def test_a_submitted_message_to_a_user_on_b_arrives_in_bs_maildir(pair: Pair) ->
     assert b"Hi Bob." in message
     assert b"by mx.b.test (mailapp) with ESMTPS" in message  # A used STARTTLS
     assert b"by mail.a.test (mailapp) with ESMTPA" in message
+    # Only B, the final delivering server, adds a Return-Path (RFC 5321 4.4).
+    assert message.count(b"Return-Path:") == 1 and message.startswith(b"Return-Path: <alice@a.test>\r\n")
     wait_for(lambda: queued(pair.a) == [], "A's queue to empty")
 
 

@@ -137,6 +137,21 @@ class DataEncoder:
         return tail + b".\r\n"
 
 
+def strip_return_path(head: bytes) -> bytes:
+    """
+    The stored copy starts with our own ``Return-Path:`` (added on receipt
+    for local mailboxes); a relaying server must not send it on (RFC 5321
+    4.4: the final delivering server adds it). Removes it from the first
+    chunk of the message, folded continuation lines included.
+    """
+    if not head[:12].lower() == b"return-path:":
+        return head
+    end = head.find(b"\n")
+    while end >= 0 and head[end + 1 : end + 2] in (b" ", b"\t"):
+        end = head.find(b"\n", end + 1)
+    return head[end + 1 :] if end >= 0 else head
+
+
 class BytesSource:
     """A message in memory, read in chunks (tests, small messages)."""
 
@@ -434,6 +449,7 @@ class SMTPClient(Protocol, TimeoutMixin):
         encoder = DataEncoder()
         pauser = _Pauser()
         self.transport.registerProducer(pauser, True)
+        first = True
         try:
             while True:
                 chunk = yield source.read(CHUNK)
@@ -441,6 +457,9 @@ class SMTPClient(Protocol, TimeoutMixin):
                     raise self._lost.value
                 if not chunk:
                     break
+                if first:
+                    chunk = strip_return_path(chunk)
+                    first = False
                 self.resetTimeout()
                 self.transport.write(encoder.encode(chunk))
                 yield pauser.wait()
