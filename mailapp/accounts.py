@@ -944,6 +944,16 @@ class Accounts:
         for database in connections:
             database.close()
 
+    def set_config_domains(self, config_domains: Iterable[str]) -> None:
+        """
+        The config's ``[domains] local`` changed (a reload): every thread's
+        connection sees the new set from its next query on.
+        """
+        self._config_domains = tuple(config_domains)
+        with self._connections_lock:
+            for database in self._connections:
+                database._config_domains = frozenset(domain.lower() for domain in self._config_domains)
+
     # -- threads --
 
     def _database(self) -> AccountsDatabase:

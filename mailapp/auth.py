@@ -18,15 +18,12 @@ from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
-from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.interface import InterfaceClass
 
-from mailapp import logevents
 from mailapp.interfaces import IAccounts, IMailbox, IMessageStore
 
 __all__ = ["AccountsChecker", "AvatarFactory", "MailRealm", "makePortal"]
@@ -56,7 +53,7 @@ class AccountsChecker:
 
     The constant-time promise (an unknown user and a wrong password fail
     alike) is kept by L{IAccounts.authenticate}; this class only adapts the
-    credentials and logs the failure.
+    credentials. Failures are logged by L{mailapp.abuse.AbuseGuard}.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -70,18 +67,9 @@ class AccountsChecker:
         password = credentials.password
         if isinstance(password, str):
             password = password.encode("utf-8")
-        result: Deferred[str] = self._accounts.authenticate(username, password)
-
-        def failed(failure: Failure) -> Failure:
-            if failure.check(UnauthorizedLogin):
-                log.info(
-                    "authentication failed for {username!r}",
-                    log_event=logevents.AUTH_FAILED,
-                    username=username,
-                )
-            return failure
-
-        return result.addErrback(failed)
+        # Not logged here: the protocol reports the failure to the AbuseGuard,
+        # which logs it once, with the client's address (what fail2ban needs).
+        return self._accounts.authenticate(username, password)
 
 
 def _noLogout() -> None:

@@ -37,6 +37,8 @@ __all__ = [
     "Limits",
     "ListenerConfig",
     "RelayConfig",
+    "SNICertificate",
+    "SecurityConfig",
     "TLSConfig",
     "load",
     "parse",
@@ -62,6 +64,16 @@ _DEFAULT_LIMITS: Final[Mapping[str, int]] = MappingProxyType(
         "max_connections": 1000,
         "max_connections_per_ip": 20,
         "smtp_timeout_seconds": 300,
+        # Commands a session may send before it authenticates (submission, POP3, IMAP).
+        "max_commands_before_auth": 20,
+        # Idle seconds after login (RFC 1939 3 and RFC 3501 5.4 ask for 10 and 30 minutes).
+        "pop3_timeout_seconds": 600,
+        "imap_timeout_seconds": 1800,
+        # Messages one authenticated sender may send per sliding hour (submission, webmail).
+        "max_messages_per_hour": 1000,
+        # IMAP after login: one literal (APPEND's message excepted) and one command line, in bytes.
+        "imap_max_literal": 262_144,
+        "imap_max_line": 524_288,
     }
 )
 
@@ -97,17 +109,29 @@ class HostPort:
 
 
 @dataclass(frozen=True)
+class SNICertificate:
+    """A certificate (PEM, with its chain) and key served to clients that ask for one name by SNI."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class TLSConfig:
     """
     Where the server certificate and key are (PEM). ``cert`` may hold a chain:
     the server certificate first, then intermediates. With
     ``generate_self_signed`` the service creates a self-signed pair when the
-    files are missing (development only).
+    files are missing (development only). ``sni`` maps a lower-case host name
+    (or ``*.domain`` for one label) to another pair, served to clients that
+    ask for that name; ``min_version`` is ``"1.2"`` or ``"1.3"``.
     """
 
     cert: Path
     key: Path
     generate_self_signed: bool
+    sni: Mapping[str, SNICertificate] = field(default_factory=lambda: MappingProxyType({}))
+    min_version: str = "1.2"
 
 
 @dataclass(frozen=True)
@@ -135,6 +159,31 @@ class Limits:
     max_connections: int = _DEFAULT_LIMITS["max_connections"]
     max_connections_per_ip: int = _DEFAULT_LIMITS["max_connections_per_ip"]
     smtp_timeout_seconds: int = _DEFAULT_LIMITS["smtp_timeout_seconds"]
+    max_commands_before_auth: int = _DEFAULT_LIMITS["max_commands_before_auth"]
+    pop3_timeout_seconds: int = _DEFAULT_LIMITS["pop3_timeout_seconds"]
+    imap_timeout_seconds: int = _DEFAULT_LIMITS["imap_timeout_seconds"]
+    max_messages_per_hour: int = _DEFAULT_LIMITS["max_messages_per_hour"]
+    imap_max_literal: int = _DEFAULT_LIMITS["imap_max_literal"]
+    imap_max_line: int = _DEFAULT_LIMITS["imap_max_line"]
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """
+    Failed-login delays and address bans (``[security]``, see
+    :mod:`mailapp.abuse`): each failure is answered after
+    ``auth_failure_delay`` seconds, doubled per recent failure of the address
+    or the account, up to ``auth_failure_delay_max``; ``ban_after_failures``
+    failures from one address within ``ban_window`` seconds ban it for
+    ``ban_seconds``, unless it is in ``ban_exempt_networks``.
+    """
+
+    auth_failure_delay: float = 1.0
+    auth_failure_delay_max: float = 15.0
+    ban_after_failures: int = 10
+    ban_window: int = 600
+    ban_seconds: int = 3600
+    ban_exempt_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,6 +236,9 @@ class Config:
     #: How a batch of deliveries is made durable: "filesystem" (one syncfs(2)
     #: per step of a batch, Linux) or "file" (fsync of every file and directory).
     sync: str = "filesystem"
+    #: Log output when run by twist/twistd: "text" (human) or "json" (one JSON object a line).
+    log_format: str = "text"
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     @property
     def needs_tls(self) -> bool:
@@ -232,11 +284,13 @@ def load(path: Path | str, *, base_dir: Path | None = None) -> Config:
 
 _T = TypeVar("_T")
 
-_SECTIONS: Final = frozenset({"server", "domains", "tls", "listeners", "limits", "relay"})
-_SERVER_KEYS: Final = frozenset({"hostname", "state_dir", "sync"})
+_SECTIONS: Final = frozenset({"server", "domains", "tls", "listeners", "limits", "relay", "security"})
+_SERVER_KEYS: Final = frozenset({"hostname", "state_dir", "sync", "log_format"})
+_LOG_FORMATS: Final = ("text", "json")
 _SYNC_MODES: Final = ("filesystem", "file")
 _DOMAINS_KEYS: Final = frozenset({"local"})
-_TLS_KEYS: Final = frozenset({"cert", "key", "generate_self_signed"})
+_TLS_KEYS: Final = frozenset({"cert", "key", "generate_self_signed", "sni", "min_version"})
+_TLS_MIN_VERSIONS: Final = ("1.2", "1.3")
 _LISTENER_KEYS: Final = frozenset({"protocol", "endpoint", "tls", "allow_plaintext_auth"})
 _RELAY_KEYS: Final = frozenset(
     {
@@ -334,6 +388,10 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
     if sync not in _SYNC_MODES:
         reader.problem("server.sync", f"must be one of {', '.join(_SYNC_MODES)}, not {sync!r}")
         sync = "filesystem"
+    log_format = reader.typed(server, "log_format", str, "server.log_format", "text") or "text"
+    if log_format not in _LOG_FORMATS:
+        reader.problem("server.log_format", f"must be one of {', '.join(_LOG_FORMATS)}, not {log_format!r}")
+        log_format = "text"
 
     domains = reader.table(document, "domains", "domains")
     reader.only(domains, _DOMAINS_KEYS, "domains")
@@ -349,6 +407,8 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
         generate_self_signed=bool(
             reader.typed(tls_table, "generate_self_signed", bool, "tls.generate_self_signed", False)
         ),
+        sni=_sni(reader, tls_table, base),
+        min_version=_tls_min_version(reader, tls_table),
     )
 
     listeners = _listeners(reader, reader.table(document, "listeners", "listeners"))
@@ -370,6 +430,7 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
         )
 
     relay = _relay(reader, reader.table(document, "relay", "relay"))
+    security = _security(reader, reader.table(document, "security", "security"))
 
     config = Config(
         path=path,
@@ -380,7 +441,9 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
         listeners=listeners,
         limits=limits,
         sync=sync,
+        log_format=log_format,
         relay=relay,
+        security=security,
     )
     if check_files:
         _check_tls_files(reader, config)
@@ -391,7 +454,13 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
 
 def _check_tls_files(reader: _Reader, config: Config) -> None:
     """The certificate and key must exist when a listener needs them and nothing will generate them."""
-    if not config.needs_tls or config.tls.generate_self_signed:
+    if not config.needs_tls:
+        return
+    for name, pair in config.tls.sni.items():
+        for key, file in ((f"tls.sni.{_quote_key(name)}.cert", pair.cert), (f"tls.sni.{_quote_key(name)}.key", pair.key)):
+            if not file.is_file():
+                reader.problem(key, f"file {str(file)!r} does not exist")
+    if config.tls.generate_self_signed:
         return
     for key, file in (("tls.cert", config.tls.cert), ("tls.key", config.tls.key)):
         if not file.is_file():
@@ -400,6 +469,35 @@ def _check_tls_files(reader: _Reader, config: Config) -> None:
                 f"file {str(file)!r} does not exist (a listener uses TLS and "
                 "tls.generate_self_signed is false)",
             )
+
+
+def _sni(reader: _Reader, tls_table: Mapping[str, Any], base: Path) -> Mapping[str, SNICertificate]:
+    """``[tls.sni]``: host name (or ``*.domain``) = { cert = PATH, key = PATH }; both required."""
+    result: dict[str, SNICertificate] = {}
+    for name, body in reader.table(tls_table, "sni", "tls.sni").items():
+        key = f"tls.sni.{_quote_key(name)}"
+        wildcard = name.startswith("*.")
+        domain = _domain(reader, name[2:] if wildcard else name, key)
+        if not isinstance(body, dict):
+            reader.problem(key, f"must be a table {{ cert = PATH, key = PATH }}, not {_describe(body)}")
+            continue
+        reader.only(body, frozenset({"cert", "key"}), key)
+        cert_text = reader.required(body, "cert", str, f"{key}.cert")
+        key_text = reader.required(body, "key", str, f"{key}.key")
+        if domain is None or cert_text is None or key_text is None:
+            continue
+        result[("*." if wildcard else "") + domain] = SNICertificate(
+            cert=_resolve(reader, cert_text, base, f"{key}.cert"), key=_resolve(reader, key_text, base, f"{key}.key")
+        )
+    return MappingProxyType(result)
+
+
+def _tls_min_version(reader: _Reader, tls_table: Mapping[str, Any]) -> str:
+    version = reader.typed(tls_table, "min_version", str, "tls.min_version", "1.2") or "1.2"
+    if version not in _TLS_MIN_VERSIONS:
+        reader.problem("tls.min_version", f"must be one of {', '.join(_TLS_MIN_VERSIONS)}, not {version!r}")
+        return "1.2"
+    return version
 
 
 def _local_domains(reader: _Reader, domains: Mapping[str, Any]) -> tuple[str, ...]:
@@ -656,6 +754,71 @@ def _relay(reader: _Reader, table: Mapping[str, Any]) -> RelayConfig:
         command_timeout=numbers["command_timeout"],
         session_timeout=numbers["session_timeout"],
         nameservers=tuple(nameservers),
+    )
+
+
+_SECURITY_KEYS: Final = frozenset(
+    {
+        "auth_failure_delay",
+        "auth_failure_delay_max",
+        "ban_after_failures",
+        "ban_window",
+        "ban_seconds",
+        "ban_exempt_networks",
+    }
+)
+#: The longest delay [security] accepts: a failed login holds its session that long.
+_MAX_AUTH_DELAY: Final = 300
+
+
+def _security(reader: _Reader, table: Mapping[str, Any]) -> SecurityConfig:
+    reader.only(table, _SECURITY_KEYS, "security")
+    defaults = SecurityConfig()
+    delays: dict[str, float] = {}
+    for name in ("auth_failure_delay", "auth_failure_delay_max"):
+        default = getattr(defaults, name)
+        value = table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= _MAX_AUTH_DELAY:
+            shown = repr(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _describe(value)
+            reader.problem(f"security.{name}", f"must be a number of seconds above 0 and at most {_MAX_AUTH_DELAY}, not {shown}")
+            value = default
+        delays[name] = float(value)
+    if delays["auth_failure_delay_max"] < delays["auth_failure_delay"]:
+        reader.problem(
+            "security.auth_failure_delay_max",
+            f"{delays['auth_failure_delay_max']:g} is less than security.auth_failure_delay ({delays['auth_failure_delay']:g})",
+        )
+    counts: dict[str, int] = {}
+    for name in ("ban_after_failures", "ban_window", "ban_seconds"):
+        default = getattr(defaults, name)
+        value = reader.typed(table, name, int, f"security.{name}", default)
+        if value is not None and value <= 0:
+            reader.problem(f"security.{name}", f"must be a positive integer, not {value}")
+            value = default
+        counts[name] = default if value is None else value
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    values = reader.typed(table, "ban_exempt_networks", list, "security.ban_exempt_networks", []) or []
+    for index, value in enumerate(values):
+        key = f"security.ban_exempt_networks[{index}]"
+        if not isinstance(value, str):
+            reader.problem(key, f"must be a string, not {_describe(value)}")
+            continue
+        try:
+            networks.append(ipaddress.ip_network(value, strict=True))
+        except ValueError as error:
+            hint = ""
+            try:
+                hint = f"; did you mean {ipaddress.ip_network(value, strict=False)}?"
+            except ValueError:
+                pass
+            reader.problem(key, f"bad network {value!r}: {error}{hint}")
+    return SecurityConfig(
+        auth_failure_delay=delays["auth_failure_delay"],
+        auth_failure_delay_max=max(delays["auth_failure_delay_max"], delays["auth_failure_delay"]),
+        ban_after_failures=counts["ban_after_failures"],
+        ban_window=counts["ban_window"],
+        ban_seconds=counts["ban_seconds"],
+        ban_exempt_networks=tuple(networks),
     )
 
 

@@ -81,12 +81,35 @@ IMAP_TIMEOUT: Final = "imap.timeout"
 IMAP_AUTH_FAILURES_EXCEEDED: Final = "imap.auth_failures_exceeded"
 IMAP_INTERNAL_ERROR: Final = "imap.internal_error"
 
+# --- abuse resistance (mailapp.abuse and the sessions that ask it); failures are AUTH_FAILED ---
+AUTH_BANNED: Final = "auth.banned"
+AUTH_BANNED_REFUSED: Final = "auth.banned_refused"
+SEND_RATE_LIMITED: Final = "auth.send_rate_limited"
+COMMANDS_BEFORE_AUTH_EXCEEDED: Final = "auth.commands_before_auth_exceeded"
+
 # --- webmail (mailapp.web); failed sign-ins use AUTH_FAILED with protocol=webmail ---
 WEBMAIL_LOGIN: Final = "webmail.login"
 WEBMAIL_LOGIN_THROTTLED: Final = "webmail.login_throttled"
 WEBMAIL_CSRF_REJECTED: Final = "webmail.csrf_rejected"
 WEBMAIL_SENT: Final = "webmail.sent"
 WEBMAIL_SEND_FAILED: Final = "webmail.send_failed"
+
+# --- sessions of every protocol (mailapp.sessions); fields: protocol, listener, client ---
+SESSION_STARTED: Final = "session.started"
+#: also: seconds (how long the session lasted)
+SESSION_ENDED: Final = "session.ended"
+#: a connection refused for the connection limits; also: reason
+SESSION_REFUSED: Final = "session.refused"
+#: one command answered; also: command, seconds. Published only to the
+#: in-process telemetry publisher (metrics), never to the log: too many.
+SESSION_COMMAND: Final = "session.command"
+
+# --- operations: reload, state directory format (mailapp.reload, mailapp.stateformat) ---
+RELOADED: Final = "service.reloaded"
+RELOAD_FAILED: Final = "service.reload_failed"
+RELOAD_NEEDS_RESTART: Final = "service.reload_needs_restart"
+TLS_RELOADED: Final = "tls.reloaded"
+STATE_FORMAT_CREATED: Final = "service.state_format_created"
 
 
 def all_events() -> frozenset[str]:

@@ -57,7 +57,7 @@ from zope.interface import implementer
 from mailapp import logevents
 from mailapp.errors import NoSuchMessage
 from mailapp.interfaces import IMailbox
-from mailapp.sessions import SessionFactory
+from mailapp.sessions import BANNED, SessionFactory
 from mailapp.store.records import MessageInfo
 
 __all__ = [
@@ -112,8 +112,11 @@ class POP3Policy:
     allow_plaintext_auth: bool = False
     max_connections: int = 1000
     max_connections_per_ip: int = 20
+    #: Base delay of the factory's own guard when none is given (tests).
     auth_failure_delay: float = AUTH_FAILURE_DELAY
     max_auth_failures: int = MAX_AUTH_FAILURES
+    #: Commands in the AUTHORIZATION state (AUTH continuation lines not counted).
+    max_commands_before_auth: int = 20
 
 
 class MaildropLocks:
@@ -343,6 +346,7 @@ class POP3Server(twisted_pop3.POP3):
         self._closeWhenIdle = False
         self._user: bytes | None = None
         self._authFailures = 0
+        self._commandsBeforeAuth = 0
         self._pendingAuth: Callable[[bytes], None] | None = None
         self._maildrop: _Maildrop | None = None
         self._locked: str | None = None
@@ -362,6 +366,10 @@ class POP3Server(twisted_pop3.POP3):
             self.transport.setTcpNoDelay(True)
         except Exception:
             pass  # not TCP (a unix socket, a test transport)
+        if self.factory.banned(self._peerIP, "pop3"):
+            self._err(b"[SYS/TEMP] " + BANNED)
+            self._close()
+            return
         refusal = self.factory.admit(self._peerIP)
         if refusal:
             self._err(b"[SYS/TEMP] " + refusal)
@@ -498,6 +506,17 @@ class POP3Server(twisted_pop3.POP3):
         d.addBoth(done)
 
     def _command(self, line: bytes) -> None:
+        if self.sessionState is SessionState.AUTHORIZATION:
+            self._commandsBeforeAuth += 1
+            if self._commandsBeforeAuth > self.policy.max_commands_before_auth:
+                _log.info(
+                    "too many commands before auth protocol=pop3 client={client}",
+                    log_event=logevents.COMMANDS_BEFORE_AUTH_EXCEEDED,
+                    client=self._peerIP,
+                )
+                self._err(b"Too many commands before login; closing connection")
+                self._close()
+                return
         if _has_controls(line):
             self._err(b"Invalid characters in command")
             return
@@ -615,10 +634,15 @@ class POP3Server(twisted_pop3.POP3):
         except UnicodeDecodeError:
             self._wait(self._authFailed())
             return
+        if self.factory.guard.banned(self._peerIP):
+            # Banned since this session began: no password check, the ban's answer.
+            self._wait(self._authFailed(name))
+            return
         d = self.portal.login(UsernamePassword(name, password), None, IMailbox)
 
         def authenticated(result: tuple[Any, Any, Callable[[], None]]) -> defer.Deferred[None]:
             _, mailbox, logout = result
+            self.factory.guard.succeeded(self._peerIP, mailbox.account)
             return defer.Deferred.fromCoroutine(self._startTransaction(mailbox, logout))
 
         def refused(reason: Failure) -> defer.Deferred[None]:
@@ -628,21 +652,21 @@ class POP3Server(twisted_pop3.POP3):
         self._wait(d.addCallbacks(authenticated, refused))
 
     def _authFailed(self, account: str = "") -> defer.Deferred[None]:
-        """Answer after a delay, and hang up after repeated failures."""
+        """
+        Log and count the failure with the guard, answer after the delay it
+        gives, and hang up after repeated failures or when the address is
+        now banned.
+        """
         self._authFailures += 1
-        _log.info(
-            "auth failed protocol=pop3 account={account} client={client}",
-            log_event=logevents.AUTH_FAILED,
-            protocol="pop3",
-            account=account,
-            client=self._peerIP,
-        )
-        self.factory.loginFailed(self._peerIP, account)
+        verdict = self.factory.guard.failed("pop3", self._peerIP, account)
         d: defer.Deferred[None] = defer.Deferred()
 
         def answer() -> None:
             if self._connected and not self._closing:
-                if self._authFailures >= self.policy.max_auth_failures:
+                if verdict.banned:
+                    self._err(b"[SYS/TEMP] " + BANNED)
+                    self._close()
+                elif self._authFailures >= self.policy.max_auth_failures:
                     _log.info(
                         "pop3 closing after {failures} failed logins client={client}",
                         log_event=logevents.POP3_AUTH_FAILURES_EXCEEDED,
@@ -655,7 +679,7 @@ class POP3Server(twisted_pop3.POP3):
                     self._err(b"[AUTH] Authentication failed")
             d.callback(None)
 
-        self.callLater(self.policy.auth_failure_delay, answer)
+        self.callLater(verdict.delay, answer)
         return d
 
     async def _startTransaction(self, mailbox: Any, logout: Callable[[], None]) -> None:
@@ -922,8 +946,9 @@ class POP3Factory(SessionFactory):
         inflight: Any = None,
         locks: MaildropLocks | None = None,
         readChunk: Callable[[IO[bytes], int], defer.Deferred[bytes]] | None = None,
+        guard: Any = None,
     ) -> None:
-        super().__init__(inflight)
+        super().__init__(inflight, guard)
         self.portal = portal
         self.policy = policy
         self.reactor = reactor
@@ -935,12 +960,6 @@ class POP3Factory(SessionFactory):
     def buildProtocol(self, addr: Any) -> POP3Server:
         return POP3Server(self)
 
-    def loginFailed(self, ip: str, account: str) -> None:
-        """
-        Called after every failed login. Each session already delays its
-        answers and hangs up after C{policy.max_auth_failures}; this is the
-        hook for a server-wide ban list later (which L{admit} would consult).
-        """
 
 
 def buildFactory(context: Any, listener: Any) -> POP3Factory:
@@ -949,9 +968,11 @@ def buildFactory(context: Any, listener: Any) -> POP3Factory:
     limits = config.limits
     policy = POP3Policy(
         hostname=config.hostname,
+        timeout=limits.pop3_timeout_seconds,
         allow_plaintext_auth=listener.allow_plaintext_auth,
         max_connections=limits.max_connections,
         max_connections_per_ip=limits.max_connections_per_ip,
+        max_commands_before_auth=limits.max_commands_before_auth,
     )
     store = context.store
     run = getattr(store, "run", None)
@@ -964,4 +985,5 @@ def buildFactory(context: Any, listener: Any) -> POP3Factory:
         inflight=context.inflight,
         locks=_locksFor(store),
         readChunk=readChunk,
+        guard=getattr(context, "guard", None),
     )

@@ -15,6 +15,8 @@ accounts.
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,13 +34,13 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamServerEndpoint,
 )
-from twisted.internet.ssl import CertificateOptions
-from twisted.logger import Logger
+from twisted.logger import Logger, LogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from mailapp import logevents, tls
 from mailapp.config import Config, ListenerConfig
+from mailapp.sessions import SessionFactory
 
 __all__ = [
     "DRAIN_TIMEOUT_SECONDS",
@@ -138,10 +140,16 @@ class ServiceContext:
     store: Any
     accounts: Any
     portal: Portal
-    tls: CertificateOptions | None
+    tls: tls.ServerTLS | None
     inflight: InFlight
     #: The one Router every protocol that accepts mail hands it to.
     router: Any = None
+    #: The one L{mailapp.abuse.AbuseGuard}: failed-login delays and bans across every protocol.
+    guard: Any = None
+    #: The relay manager (its queue), or None without a relay.
+    relay: Any = None
+    #: Where sessions publish per-command timings (see L{mailapp.metrics}); not the log.
+    telemetry: LogPublisher | None = None
 
 
 #: Makes the protocol factory for one listener.
@@ -179,6 +187,9 @@ def _register_builtin_protocols() -> None:
     from mailapp.imap import server as imap_server
 
     register_protocol("imap", imap_server.buildFactory)
+    from mailapp import metrics
+
+    register_protocol("metrics", metrics.buildFactory)
 
 
 class ListenerService(StreamServerEndpointService):
@@ -273,6 +284,35 @@ class MailService(MultiService):
         self._accounts = accounts
         #: The message store, set by makeService; cleaned of stale spool files at start.
         self.store: Any = None
+        #: Set by makeService: what the listeners were built from, the TLS holder, the relay manager.
+        self.context: ServiceContext | None = None
+        self.tls: tls.ServerTLS | None = None
+        self.relay: Any = None
+        self._previous_sighup: Any = None
+
+    def reload(self) -> Any:
+        """
+        Re-read the config file and apply what can change live (see
+        :mod:`mailapp.reload`); a bad file is logged and changes nothing.
+        What ``SIGHUP`` does. Returns a :class:`mailapp.reload.ReloadResult`.
+        """
+        from mailapp.reload import reload_service
+
+        return reload_service(self)
+
+    def _install_sighup(self) -> None:
+        # A Python signal handler runs in the main thread between bytecodes;
+        # callFromThread wakes the reactor and runs the reload in its loop.
+        if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.signal(signal.SIGHUP, lambda signum, frame: self._reactor.callFromThread(self.reload))
+        # None: a handler not set from Python; the default is the closest we can restore.
+        self._previous_sighup = signal.SIG_DFL if previous is None else previous
+
+    def _restore_sighup(self) -> None:
+        if self._previous_sighup is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
 
     def startService(self) -> None:
         log.info(
@@ -282,6 +322,7 @@ class MailService(MultiService):
             config_path=str(self.config.path),
         )
         super().startService()
+        self._install_sighup()
         maybeDeferred(self._accounts.countUsers).addCallbacks(self._hint_if_no_users, self._count_failed)
         cleanup = getattr(self.store, "cleanup", None)
         if cleanup is not None:
@@ -312,6 +353,7 @@ class MailService(MultiService):
         then stop the other children in reverse order of starting.
         """
         log.info("mailapp stopping", log_event=logevents.STOPPING)
+        self._restore_sighup()
         Service.stopService(self)
         children = list(self)[::-1]
         listeners = [child for child in children if isinstance(child, ListenerService)]
@@ -370,11 +412,14 @@ def makeService(
 
         reactor = global_reactor
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    from mailapp.stateformat import check_state_format
 
-    context_factory: CertificateOptions | None = None
+    check_state_format(config.state_dir)
+
+    context_factory: tls.ServerTLS | None = None
     if config.needs_tls:
         tls.ensure_certificate(config.tls, config.hostname)
-        context_factory = tls.server_context_factory(config.tls)
+        context_factory = tls.ServerTLS(config.tls)
 
     if relay is None:
         relay = store is None
@@ -391,6 +436,7 @@ def makeService(
 
         portal = makePortal(accounts, store)
 
+    from mailapp.abuse import AbuseGuard
     from mailapp.delivery import Router
 
     router = Router(accounts, store, max_recipients=config.limits.max_recipients)
@@ -405,9 +451,15 @@ def makeService(
         portal=portal,
         tls=context_factory,
         inflight=inflight,
+        relay=manager,
+        telemetry=LogPublisher(),
+        guard=AbuseGuard.fromConfig(config, reactor),
     )
     root = MailService(config, reactor, accounts, inflight)
     root.store = store
+    root.context = context
+    root.tls = context_factory
+    root.relay = manager
     for component in (store, accounts, manager):
         if IService.providedBy(component):
             component.setServiceParent(root)
@@ -424,6 +476,9 @@ def makeService(
             )
             continue
         factory = builder(context, listener)
+        if isinstance(factory, SessionFactory):
+            factory.protocol_name, factory.listener_name = listener.protocol, listener.name
+            factory.telemetry = context.telemetry
         if listener.tls == "implicit":
             factory = TLSMemoryBIOFactory(context_factory, False, factory)
         endpoint = serverFromString(reactor, listener.endpoint)

@@ -1,15 +1,27 @@
 """
 What every protocol's factory does with its sessions: count them (in total
 and per client address) so a flood gets a polite refusal instead of our
-memory, and close them on shutdown without cutting off work in flight.
+memory, refuse banned addresses (the process-wide L{AbuseGuard}), and close
+them on shutdown without cutting off work in flight.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger, LogPublisher
+
+from mailapp import logevents
+from mailapp.abuse import AbuseGuard
+from mailapp.config import SecurityConfig
+
+_log = Logger()
+
+#: What a banned address is told at connect, after each protocol's own prefix.
+BANNED = b"Too many failed logins from your address; try again later"
 
 
 class SessionFactory(ServerFactory):
@@ -19,33 +31,112 @@ class SessionFactory(ServerFactory):
     L{connected} when they start, L{disconnected} when they end, keep their
     client's address in C{_peerIP}, and offer C{shutdown()}, which returns a
     Deferred that fires when the session has closed (or None).
+
+    C{guard} is the server's L{AbuseGuard}; a factory built without one (a
+    test, a factory used alone) gets its own, whose base delay is the
+    policy's C{auth_failure_delay}.
     """
 
     policy: Any
+    reactor: Any
 
-    def __init__(self, inflight: Any = None) -> None:
+    def __init__(self, inflight: Any = None, guard: AbuseGuard | None = None) -> None:
         self._inflight = inflight
+        self._guard = guard
         self.sessions: set[Any] = set()
         self._perIP: dict[str, int] = {}
+        self._since: dict[Any, float] = {}
+
+    @property
+    def guard(self) -> AbuseGuard:
+        if self._guard is None:
+            delay = float(getattr(self.policy, "auth_failure_delay", 1.0))
+            self._guard = AbuseGuard(
+                self.reactor.seconds, SecurityConfig(auth_failure_delay=delay, auth_failure_delay_max=max(delay * 16, delay))
+            )
+        return self._guard
+
+    def banned(self, ip: str, protocol: str) -> bool:
+        """Whether C{ip} is banned; the session then says L{BANNED} in its protocol's words and closes."""
+        remaining = self.guard.banRemaining(ip)
+        if remaining <= 0:
+            return False
+        _log.info(
+            "refused banned client={client} protocol={protocol} remaining={remaining:.0f}",
+            log_event=logevents.AUTH_BANNED_REFUSED,
+            client=ip,
+            protocol=protocol,
+            remaining=remaining,
+        )
+        return True
 
     def inflight(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         """Count C{d} as work a shutdown waits for (bounded by the service)."""
         return self._inflight.track(d) if self._inflight is not None else d
 
+    #: Set by the service for each listener: what the session events say.
+    protocol_name = "unknown"
+    listener_name = "unknown"
+    #: Set by the service: where L{command_done} publishes (see L{mailapp.metrics}).
+    telemetry: LogPublisher | None = None
+
     def admit(self, ip: str) -> bytes | None:
         """None to let a client in, or why not (for the protocol's refusal)."""
+        refusal = None
         if len(self.sessions) >= self.policy.max_connections:
-            return b"Too many connections; try again later"
-        if self._perIP.get(ip, 0) >= self.policy.max_connections_per_ip:
-            return b"Too many connections from your address; try again later"
-        return None
+            refusal = b"Too many connections; try again later"
+        elif self._perIP.get(ip, 0) >= self.policy.max_connections_per_ip:
+            refusal = b"Too many connections from your address; try again later"
+        if refusal is not None:
+            _log.info(
+                "session refused protocol={protocol} listener={listener} client={client}: {reason}",
+                log_event=logevents.SESSION_REFUSED,
+                protocol=self.protocol_name,
+                listener=self.listener_name,
+                client=ip,
+                reason=refusal.decode("ascii"),
+            )
+        return refusal
 
     def connected(self, session: Any) -> None:
         self.sessions.add(session)
         self._perIP[session._peerIP] = self._perIP.get(session._peerIP, 0) + 1
+        self._since[session] = time.monotonic()
+        _log.info(
+            "session started protocol={protocol} listener={listener} client={client}",
+            log_event=logevents.SESSION_STARTED,
+            protocol=self.protocol_name,
+            listener=self.listener_name,
+            client=session._peerIP,
+        )
+
+    def command_done(self, command: str, started: float) -> None:
+        """
+        A session answered C{command}, begun at C{started} (C{time.perf_counter()}):
+        tell the telemetry publisher (metrics), if any. Cheap when there is none.
+        """
+        if self.telemetry is not None:
+            self.telemetry(
+                {
+                    "log_event": logevents.SESSION_COMMAND,
+                    "protocol": self.protocol_name,
+                    "listener": self.listener_name,
+                    "command": command,
+                    "seconds": time.perf_counter() - started,
+                }
+            )
 
     def disconnected(self, session: Any) -> None:
         if session in self.sessions:
+            started = self._since.pop(session, None)
+            _log.info(
+                "session ended protocol={protocol} listener={listener} client={client} after {seconds:.3f} s",
+                log_event=logevents.SESSION_ENDED,
+                protocol=self.protocol_name,
+                listener=self.listener_name,
+                client=session._peerIP,
+                seconds=time.monotonic() - started if started is not None else 0.0,
+            )
             self.sessions.discard(session)
             count = self._perIP.get(session._peerIP, 1) - 1
             if count:

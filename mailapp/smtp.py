@@ -43,7 +43,7 @@ from mailapp import logevents
 from mailapp.delivery import Router, Transaction
 from mailapp.errors import MailError, MessageTooBig
 from mailapp.interfaces import IMailbox
-from mailapp.sessions import SessionFactory
+from mailapp.sessions import BANNED, SessionFactory
 
 _log = Logger()
 
@@ -85,7 +85,10 @@ class SMTPPolicy:
     trusted_networks: tuple[Any, ...] = ()
     max_connections: int = 1000
     max_connections_per_ip: int = 20
+    #: Base delay of the factory's own guard when none is given (tests).
     auth_failure_delay: float = 1.0
+    #: Commands before AUTH succeeds, on submission (the MX never authenticates).
+    max_commands_before_auth: int = 20
 
 
 class ESMTPServer(twisted_smtp.ESMTP):
@@ -103,6 +106,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self._closing = False
         self._errors = 0
         self._authFailures = 0
+        self._commandsBeforeAuth = 0
         self._ehlo: str | None = None
         self._esmtp = False
         self._peerIP = ""
@@ -110,6 +114,8 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self._txn: Transaction | None = None
         self._data: _DataReceiver | None = None
         self._pendingAuth: Callable[[bytes], None] | None = None
+        #: The command whose reply a pending Deferred will send, and when it came (for latency metrics).
+        self._timing: tuple[str, float] | None = None
         self._shuttingDown = False
         self._whenClosed: list[defer.Deferred[None]] = []
         self.callLater = factory.reactor.callLater
@@ -123,6 +129,11 @@ class ESMTPServer(twisted_smtp.ESMTP):
             self.transport.setTcpNoDelay(True)
         except Exception:
             pass
+        if self.factory.banned(self._peerIP, "smtp"):
+            self.sendCode(421, b"4.7.0 " + self.host + b" " + BANNED)
+            self._closing = True
+            self.transport.loseConnection()
+            return
         refusal = self.factory.admit(self._peerIP)
         if refusal:
             self.sendCode(421, b"4.3.2 " + self.host + b" " + refusal)
@@ -199,7 +210,10 @@ class ESMTPServer(twisted_smtp.ESMTP):
                 receiver = self._data
                 self._buffer = receiver.feed(self._buffer)
                 if receiver.done:
+                    # The end of the data, timed as "EOM": the commit and its 250.
+                    self._timing = ("EOM", time.perf_counter())
                     self._endData()
+                    self._timed()
                     continue
                 self._throttle(receiver.lastWrite)
                 return
@@ -247,6 +261,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
 
         def done(result: object) -> None:
             self._busy = False
+            self._timed(waited=True)
             if isinstance(result, Failure):
                 _log.failure("internal error", result, log_event=logevents.SMTP_INTERNAL_ERROR)
                 self.sendCode(451, b"4.3.0 Local error in processing")
@@ -282,11 +297,36 @@ class ESMTPServer(twisted_smtp.ESMTP):
             return
         verb = parts[0].upper().decode("ascii")
         argument = parts[1] if len(parts) > 1 else b""
+        if self.policy.submission and not self.authenticated:
+            self._commandsBeforeAuth += 1
+            if self._commandsBeforeAuth > self.policy.max_commands_before_auth:
+                _log.info(
+                    "too many commands before auth protocol=smtp client={client}",
+                    log_event=logevents.COMMANDS_BEFORE_AUTH_EXCEEDED,
+                    client=self._peerIP,
+                )
+                self.sendCode(421, b"4.7.0 " + self.host + b" Too many commands before authentication; closing connection")
+                self._closing = True
+                self.transport.loseConnection()
+                return
         handler = getattr(self, "smtp_" + verb, None) if verb.isalpha() else None
         if handler is None:
             self._error(500, b"5.5.1 Error: command not recognized")
             return
+        self._timing = (verb, time.perf_counter())
         handler(argument)
+        self._timed()
+
+    def _timed(self, waited: bool = False) -> None:
+        """
+        The command in C{_timing} has been answered, unless it waits for a
+        Deferred (then L{_wait} calls this when it fires): its latency goes to
+        the factory. Not a wrapper around the handler: pipelined commands
+        recurse through L{_process}, and every frame counts there.
+        """
+        if self._timing is not None and (waited or not self._busy):
+            (command, started), self._timing = self._timing, None
+            self.factory.command_done(command, started)
 
     # -- commands -------------------------------------------------------------
 
@@ -414,12 +454,17 @@ class ESMTPServer(twisted_smtp.ESMTP):
         except UnicodeDecodeError:
             self._wait(self._authFailed())
             return
+        if self.factory.guard.banned(self._peerIP):
+            # Banned since this session began: no password check, the ban's answer.
+            self._wait(self._authFailed(name))
+            return
         d = self.factory.portal.login(UsernamePassword(name, password), None, IMailbox)
 
         def ok(result: tuple[Any, Any, Callable[[], None]]) -> None:
             _, avatar, logout = result
             self.authenticated = avatar.account
             logout()
+            self.factory.guard.succeeded(self._peerIP, avatar.account)
             _log.info(
                 "auth ok {account} from {peer}", log_event=logevents.SMTP_AUTH_OK, account=self.authenticated, peer=self._peerIP
             )
@@ -432,21 +477,24 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self._wait(d.addCallbacks(ok, failed))
 
     def _authFailed(self, account: str = "") -> defer.Deferred[None]:
-        """Answer after a delay, and hang up after repeated failures."""
+        """
+        Log and count the failure with the guard, answer after the delay it
+        gives, and hang up after repeated failures or when the address is
+        now banned.
+        """
         self._authFailures += 1
-        _log.info(
-            "auth failed protocol=smtp account={account} client={client}",
-            log_event=logevents.AUTH_FAILED,
-            account=account,
-            client=self._peerIP,
-        )
+        verdict = self.factory.guard.failed("smtp", self._peerIP, account)
         d: defer.Deferred[None] = defer.Deferred()
 
         def answer() -> None:
             if self.transport is None or self._closing:
                 d.callback(None)
                 return
-            if self._authFailures >= MAX_AUTH_FAILURES:
+            if verdict.banned:
+                self.sendCode(421, b"4.7.0 " + self.host + b" " + BANNED)
+                self._closing = True
+                self.transport.loseConnection()
+            elif self._authFailures >= MAX_AUTH_FAILURES:
                 self.sendCode(421, b"4.7.0 " + self.host + b" Too many authentication failures")
                 self._closing = True
                 self.transport.loseConnection()
@@ -454,7 +502,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
                 self.sendCode(535, b"5.7.8 Authentication credentials invalid")
             d.callback(None)
 
-        self.callLater(self.policy.auth_failure_delay, answer)
+        self.callLater(verdict.delay, answer)
         return d
 
     def _parsePath(self, argument: bytes, keyword: bytes) -> tuple[str, dict[str, str]] | None:
@@ -483,6 +531,18 @@ class ESMTPServer(twisted_smtp.ESMTP):
             return
         if self.policy.submission and not self.authenticated:
             self._error(530, b"5.7.0 Authentication required")
+            return
+        if self.authenticated and not self.factory.guard.mayAcceptMessage(self.authenticated):
+            _log.info(
+                "sending rate limited account={account} client={client}",
+                log_event=logevents.SEND_RATE_LIMITED,
+                account=self.authenticated,
+                client=self._peerIP,
+            )
+            self.sendCode(
+                450,
+                b"4.7.1 Too many messages: the limit is %d per hour; try again later" % self.factory.guard.max_messages_per_hour,
+            )
             return
         parsed = self._parsePath(argument, b"FROM")
         if parsed is None:
@@ -612,6 +672,8 @@ class ESMTPServer(twisted_smtp.ESMTP):
         d = self.factory.inflight(txn.commit())
 
         def stored(queue_id: str) -> None:
+            if txn.authenticated:
+                self.factory.guard.messageAccepted(txn.authenticated)
             _log.info(
                 "accepted {queue_id} from=<{sender}> rcpts={count} size={size} client={client}",
                 log_event=logevents.SMTP_ACCEPTED,
@@ -791,8 +853,10 @@ class SMTPFactory(SessionFactory):
     and per client address) so a flood gets ``421`` instead of our memory.
     """
 
-    def __init__(self, router: Router, portal: Any, policy: SMTPPolicy, reactor: Any, tls: Any = None, inflight: Any = None) -> None:
-        super().__init__(inflight)
+    def __init__(
+        self, router: Router, portal: Any, policy: SMTPPolicy, reactor: Any, tls: Any = None, inflight: Any = None, guard: Any = None
+    ) -> None:
+        super().__init__(inflight, guard)
         self.router = router
         self.portal = portal
         self.policy = policy
@@ -827,7 +891,10 @@ def buildFactory(context: Any, listener: Any) -> SMTPFactory:
         trusted_networks=tuple(ipaddress.ip_network(n) for n in config.relay.trusted_networks),
         max_connections=limits.max_connections,
         max_connections_per_ip=limits.max_connections_per_ip,
+        max_commands_before_auth=limits.max_commands_before_auth,
     )
     router = getattr(context, "router", None) or Router(context.accounts, context.store, limits.max_recipients)
     tls = context.tls if listener.tls == "starttls" else None
-    return SMTPFactory(router, context.portal, policy, context.reactor, tls=tls, inflight=context.inflight)
+    return SMTPFactory(
+        router, context.portal, policy, context.reactor, tls=tls, inflight=context.inflight, guard=getattr(context, "guard", None)
+    )

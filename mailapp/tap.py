@@ -56,15 +56,19 @@ class Options(usage.Options):
         if self["check"]:
             print(f"{path}: OK ({len(self.loadedConfig.listeners)} listeners)")
             raise SystemExit(0)
+        from mailapp.logformat import apply_log_format
+
+        apply_log_format(self, self.loadedConfig.log_format)
 
 
 def makeService(options: Options) -> IService:
     """Build the server from the parsed options (see :func:`mailapp.service.makeService`)."""
     from mailapp import service, tls
+    from mailapp.stateformat import StateFormatError
 
     try:
         return service.makeService(options.loadedConfig)
-    except tls.CertificateError as error:
+    except (tls.CertificateError, StateFormatError) as error:
         _exit_with(f"cannot start: {error}")
     except OSError as error:
         # state_dir or the generated certificate could not be written.

@@ -1,10 +1,17 @@
 """
-TLS material: the server's certificate and the context every listener uses.
+TLS material: the server's certificates and the one context holder every
+listener consults.
 
-One certificate serves every protocol (STARTTLS and implicit TLS alike). In
-development :func:`ensure_certificate` makes a self-signed one so that
-``make run`` works on a fresh clone; in production the files come from an
-ACME client and the config says ``generate_self_signed = false``.
+One certificate serves every protocol (STARTTLS and implicit TLS alike), with
+optional others chosen by SNI (``[tls.sni]``). In development
+:func:`ensure_certificate` makes a self-signed one so that ``make run`` works
+on a fresh clone; in production the files come from an ACME client and the
+config says ``generate_self_signed = false``.
+
+:class:`ServerTLS` is the holder: every implicit-TLS listener and every
+STARTTLS upgrade asks it for a new ``SSL.Connection`` per connection, so
+:meth:`ServerTLS.reload` (on ``SIGHUP``, after a certbot renewal) changes
+what new handshakes get while sessions already open keep theirs.
 """
 
 from __future__ import annotations
@@ -13,21 +20,43 @@ import datetime
 import ipaddress
 import os
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from mailapp import logevents
 from mailapp.config import TLSConfig
 
-__all__ = ["CertificateError", "ensure_certificate", "server_context_factory"]
+__all__ = ["MODERN_CIPHERS", "CertificateError", "ServerTLS", "ensure_certificate", "server_context_factory"]
 
 log = Logger()
+
+#: TLS 1.2 cipher suites: forward secrecy and AEAD only (Mozilla's
+#: "intermediate" list without finite-field DHE, which needs DH parameters).
+#: TLS 1.3 suites are OpenSSL's own defaults, all of them modern.
+MODERN_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+
+_MINIMUM_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 
 #: Self-signed development certificates live a little over two years, the
 #: longest that some clients accept for a leaf certificate.
@@ -81,32 +110,117 @@ def ensure_certificate(tls_config: TLSConfig, hostname: str) -> None:
 
 def server_context_factory(tls_config: TLSConfig) -> CertificateOptions:
     """
-    Build the server-side TLS context from the PEM files: TLS 1.2 at least,
-    Twisted's default cipher choice, and any intermediates in the certificate
-    file (after the server certificate) sent as the chain.
+    Build the server-side TLS context of the main certificate from the PEM
+    files: ``tls.min_version`` (TLS 1.2) at least, :data:`MODERN_CIPHERS`,
+    and any intermediates in the certificate file (after the server
+    certificate) sent as the chain.
 
-    Reads files: call it at start-up, not per connection.
+    Reads files: call it at start-up or on reload, not per connection.
 
     @raise CertificateError: a file is missing or unreadable, or the key does
         not match the certificate.
     """
+    return _certificate_options(tls_config.cert, tls_config.key, tls_config.min_version)[0]
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """
+    The server's TLS contexts behind one stable object, the thing every
+    listener is given: the main certificate, and one per ``[tls.sni]`` name.
+
+    It is a connection creator (:class:`TLSMemoryBIOFactory` and
+    ``transport.startTLS`` both take it) that builds each new connection on
+    the contexts current at that moment. :meth:`reload` swaps them all at
+    once; connections already made keep the context they began with, so a
+    swap affects new handshakes only and never drops a session.
+    """
+
+    def __init__(self, tls_config: TLSConfig) -> None:
+        self._contexts = _Contexts.load(tls_config)
+
+    def reload(self, tls_config: TLSConfig) -> None:
+        """
+        Read the files again (blocking I/O, small files) and serve them to
+        new connections. On any problem nothing changes.
+
+        @raise CertificateError: a file is missing or unreadable, or a key
+            does not match its certificate.
+        """
+        self._contexts = _Contexts.load(tls_config)
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self._contexts.default, None)
+
+    def getContext(self) -> SSL.Context:
+        """The main certificate's context, for APIs that want an old-style context factory."""
+        return self._contexts.default
+
+    def certificates(self) -> dict[str, x509.Certificate]:
+        """Each served leaf certificate by name (``""`` for the main one), e.g. for expiry metrics."""
+        return dict(self._contexts.leaves)
+
+
+class _Contexts:
+    """One immutable generation of contexts: the default one and the SNI ones by name."""
+
+    def __init__(
+        self, default: SSL.Context, by_name: dict[str, SSL.Context], leaves: dict[str, x509.Certificate]
+    ) -> None:
+        self.default = default
+        self.by_name = by_name
+        self.leaves = leaves
+        if by_name:
+            default.set_tlsext_servername_callback(self._choose)
+
+    @classmethod
+    def load(cls, tls_config: TLSConfig) -> _Contexts:
+        options, leaf = _certificate_options(tls_config.cert, tls_config.key, tls_config.min_version)
+        leaves = {"": leaf}
+        by_name: dict[str, SSL.Context] = {}
+        for name, pair in tls_config.sni.items():
+            sni_options, sni_leaf = _certificate_options(pair.cert, pair.key, tls_config.min_version)
+            by_name[name] = sni_options.getContext()
+            leaves[name] = sni_leaf
+        return cls(options.getContext(), by_name, leaves)
+
+    def _choose(self, connection: SSL.Connection) -> None:
+        # Called by OpenSSL during the handshake, with the ClientHello's name.
+        requested = connection.get_servername()
+        if not requested:
+            return
+        name = requested.decode("ascii", "replace").lower().rstrip(".")
+        context = self.by_name.get(name)
+        if context is None and "." in name:
+            context = self.by_name.get("*." + name.split(".", 1)[1])
+        if context is not None:
+            connection.set_context(context)
+
+
+def _certificate_options(cert_path: Path, key_path: Path, min_version: str) -> tuple[CertificateOptions, x509.Certificate]:
     try:
-        chain = x509.load_pem_x509_certificates(tls_config.cert.read_bytes())
+        chain = x509.load_pem_x509_certificates(cert_path.read_bytes())
     except (OSError, ValueError) as error:
-        raise CertificateError(f"cannot load certificate {tls_config.cert}: {error}") from None
-    key = _load_private_key(tls_config.key)
+        raise CertificateError(f"cannot load certificate {cert_path}: {error}") from None
+    key = _load_private_key(key_path)
     if chain[0].public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
-        raise CertificateError(f"key {tls_config.key} does not belong to certificate {tls_config.cert}")
+        raise CertificateError(f"key {key_path} does not belong to certificate {cert_path}")
     # pyOpenSSL takes cryptography objects directly and deprecates its own
     # X509/PKey wrappers; CertificateOptions only hands them on to it.
-    return CertificateOptions(
+    options = CertificateOptions(
         privateKey=key,  # type: ignore[arg-type]
         certificate=chain[0],  # type: ignore[arg-type]
         extraCertChain=list(chain[1:]),  # type: ignore[arg-type]
-        raiseMinimumTo=TLSVersion.TLSv1_2,
+        raiseMinimumTo=_MINIMUM_VERSIONS[min_version],
+        acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(MODERN_CIPHERS),
     )
+    try:
+        options.getContext()  # build it now, so that a bad file fails here and not at a handshake
+    except SSL.Error as error:
+        raise CertificateError(f"cannot use certificate {cert_path} with key {key_path}: {error}") from None
+    return options, chain[0]
 
 
 def _load_private_key(path: Path) -> CertificateIssuerPrivateKeyTypes:
@@ -121,7 +235,7 @@ def _load_private_key(path: Path) -> CertificateIssuerPrivateKeyTypes:
 
 def _self_signed(key: CertificateIssuerPrivateKeyTypes, hostname: str) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     alternative_names: list[x509.GeneralName] = [x509.DNSName(hostname)]
     if hostname != "localhost":
         alternative_names.append(x509.DNSName("localhost"))

@@ -166,7 +166,7 @@ def test_toml_syntax_error_is_one_problem_naming_the_line() -> None:
 
 def test_unknown_top_level_section_is_a_problem() -> None:
     assert only_problem(MINIMAL + "[smtp]\nport = 25\n") == (
-        "etc/test.toml: smtp: unknown key (expected one of: domains, limits, listeners, relay, server, tls)"
+        "etc/test.toml: smtp: unknown key (expected one of: domains, limits, listeners, relay, security, server, tls)"
     )
 
 
@@ -447,9 +447,12 @@ def test_development_config_parses_and_matches_the_documented_ports(tmp_path: Pa
 def test_production_config_parses_with_standard_ports_and_no_plaintext_auth() -> None:
     config = parse((REPO / "etc" / "mailapp.production.toml").read_text(), Path("etc/mailapp.production.toml"))
     assert not config.tls.generate_self_signed
-    assert all(each.tls != "none" for each in config.listeners)
+    # The metrics listener is the one without TLS, and it listens on loopback only.
+    served = [each for each in config.listeners if each.protocol != "metrics"]
+    assert [each.endpoint for each in config.listeners if each.protocol == "metrics"] == ["tcp:9125:interface=127.0.0.1"]
+    assert all(each.tls != "none" for each in served)
     assert not any(each.allow_plaintext_auth for each in config.listeners)
-    ports = sorted(int(each.endpoint.split(":")[1]) for each in config.listeners)
+    ports = sorted(int(each.endpoint.split(":")[1]) for each in served)
     assert ports == [25, 110, 143, 443, 465, 587, 993, 995]
 
 

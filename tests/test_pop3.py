@@ -284,11 +284,17 @@ class AuthorizationTests(POP3TestCase):
         clock.advance(0.2)
         self.assertEqual(session.lines()[1:3], [b"-ERR [AUTH] Authentication failed", b"+OK Capability list follows"])
 
-    def test_repeated_failures_close_the_connection_and_call_the_ban_hook(self) -> None:
+    def test_repeated_failures_close_the_connection_and_are_reported_to_the_guard(self) -> None:
         clock = Clock()
         factory, _ = make_factory(self.root, clock=clock)
         failures: list[tuple[str, str]] = []
-        factory.loginFailed = lambda ip, account: failures.append((ip, account))  # type: ignore[method-assign]
+        report = factory.guard.failed
+
+        def failed(protocol: str, ip: str, account: str) -> Any:
+            failures.append((ip, account))
+            return report(protocol, ip, account)
+
+        factory.guard.failed = failed  # type: ignore[method-assign]
         session = self.session(factory)
         session.clear()
         session.send(b"USER alice@example.test\r\nPASS bad\r\n" * 2 + b"AUTH PLAIN " + base64.b64encode(b"\0nobody@example.test\0x") + b"\r\n")

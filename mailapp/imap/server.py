@@ -83,7 +83,7 @@ from mailapp.imap.wire import (
     select_positions,
 )
 from mailapp.interfaces import IMailbox
-from mailapp.sessions import SessionFactory
+from mailapp.sessions import BANNED, SessionFactory
 from mailapp.store.records import MessageInfo
 
 __all__ = ["IMAPFactory", "IMAPPolicy", "IMAPServer", "buildFactory"]
@@ -128,10 +128,22 @@ class IMAPPolicy:
     max_message_size: int = 26_214_400
     max_connections: int = 1000
     max_connections_per_ip: int = 20
+    #: Base delay of the factory's own guard when none is given (tests).
     auth_failure_delay: float = 1.0
     max_auth_failures: int = 3
     idle_poll: float = IDLE_POLL
+    #: Idle seconds after login (before it, L{PREAUTH_TIMEOUT}).
     timeout: float = AUTOLOGOUT
+    #: Commands before login (AUTHENTICATE continuation lines not counted).
+    max_commands_before_auth: int = 20
+    #: After login: one literal (APPEND's message excepted) and one line, in bytes.
+    max_literal: int = MAX_LITERAL
+    max_line: int = MAX_LINE
+
+    @property
+    def max_command(self) -> int:
+        """After login: one whole command, its lines and literals together."""
+        return max(MAX_COMMAND, self.max_line, 2 * self.max_literal)
 
 
 class _Gone(Exception):
@@ -270,6 +282,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         self._connected = False
         self._errors = 0
         self._authFailures = 0
+        self._commandsBeforeAuth = 0
         self._peerIP = ""
         self._flow = _Flow(self._outputResumed)
         self._whenClosed: list[defer.Deferred[None]] = []
@@ -284,6 +297,10 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             self.transport.setTcpNoDelay(True)
         except Exception:
             pass
+        if self.factory.banned(self._peerIP, "imap"):
+            self._write(b"* BYE [UNAVAILABLE] " + BANNED + b"\r\n")
+            self._close()
+            return
         refusal = self.factory.admit(self._peerIP)
         if refusal:
             self._write(b"* BYE " + refusal + b"\r\n")
@@ -382,7 +399,10 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         self._process()
 
     def _lineLimit(self) -> int:
-        return MAX_LINE if self.state != "unauth" else MAX_LINE_PREAUTH
+        return self.policy.max_line if self.state != "unauth" else MAX_LINE_PREAUTH
+
+    def _commandLimit(self) -> int:
+        return self.policy.max_command if self.state != "unauth" else MAX_LINE_PREAUTH
 
     def _process(self) -> None:
         while self._buffer and not self._busy and not self._closing and not self._flow.paused:
@@ -452,7 +472,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
 
     def _line(self, line: bytes) -> None:
         self._commandSize += len(line)
-        if self._commandSize > (MAX_COMMAND if self.state != "unauth" else MAX_LINE_PREAUTH):
+        if self._commandSize > self._commandLimit():
             self._discardPieces()
             self._untagged(b"BAD Command too long; closing connection")
             self._close()
@@ -483,8 +503,8 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             writer = self.store.newMessage()
             self._literal = _Literal(size, None, writer, size)
         else:
-            limit = MAX_LITERAL if self.state != "unauth" else MAX_LITERAL_PREAUTH
-            if size > limit or self._commandSize + size > (MAX_COMMAND if self.state != "unauth" else MAX_LINE_PREAUTH):
+            limit = self.policy.max_literal if self.state != "unauth" else MAX_LITERAL_PREAUTH
+            if size > limit or self._commandSize + size > self._commandLimit():
                 self._refuseLiteral(tag, synchronizing, b"BAD", b"Literal too large")
                 return
             self._commandSize += size
@@ -567,6 +587,18 @@ class IMAPServer(twisted_imap4.IMAP4Server):
     def _dispatch(self, pieces: list[Any]) -> None:
         first = pieces[0] if isinstance(pieces[0], bytes) else b""
         tag, _, rest = first.partition(b" ")
+        if self.state == "unauth":
+            self._commandsBeforeAuth += 1
+            if self._commandsBeforeAuth > self.policy.max_commands_before_auth:
+                _log.info(
+                    "too many commands before auth protocol=imap client={client}",
+                    log_event=logevents.COMMANDS_BEFORE_AUTH_EXCEEDED,
+                    client=self._peerIP,
+                )
+                self._discard(pieces)
+                self._untagged(b"BYE Too many commands before login; closing connection")
+                self._close()
+                return
         if not tag or not _TAG.match(tag) or b"+" in tag or len(tag) > 100:
             self._discard(pieces)
             self._bad(b"*", b"Invalid tag")
@@ -705,6 +737,9 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             name = username.decode("utf-8")
         except UnicodeDecodeError:
             return self._authFailed(tag, username)
+        if self.factory.guard.banned(self._peerIP):
+            # Banned since this session began: no password check, the ban's answer.
+            return self._authFailed(tag, username)
         d = self.factory.portal.login(UsernamePassword(name, password), None, IMailbox)
 
         def authenticated(result: tuple[Any, Any, Callable[[], None]]) -> None:
@@ -714,6 +749,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                 return
             self.mailbox = mailbox
             self.account = mailbox.account
+            self.factory.guard.succeeded(self._peerIP, mailbox.account)
             self._logout = logout
             self.state = "auth"
             self.setTimeout(self.policy.timeout)
@@ -733,22 +769,22 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         return d.addCallbacks(authenticated, refused)
 
     def _authFailed(self, tag: bytes, username: bytes) -> defer.Deferred[None]:
-        """Answer after a delay, and hang up after repeated failures."""
+        """
+        Log and count the failure with the guard, answer after the delay it
+        gives, and hang up after repeated failures or when the address is
+        now banned.
+        """
         self._authFailures += 1
-        account = username.decode("utf-8", "replace")
-        _log.info(
-            "auth failed protocol=imap account={account} client={client}",
-            log_event=logevents.AUTH_FAILED,
-            protocol="imap",
-            account=account,
-            client=self._peerIP,
-        )
+        verdict = self.factory.guard.failed("imap", self._peerIP, username)
         d: defer.Deferred[None] = defer.Deferred()
 
         def answer() -> None:
             if self._connected and not self._closing:
                 self._tagged(tag, b"NO", b"[AUTHENTICATIONFAILED] Authentication failed")
-                if self._authFailures >= self.policy.max_auth_failures:
+                if verdict.banned:
+                    self._untagged(b"BYE [UNAVAILABLE] " + BANNED)
+                    self._close()
+                elif self._authFailures >= self.policy.max_auth_failures:
                     _log.info(
                         "imap closing after {failures} failed logins client={client}",
                         log_event=logevents.IMAP_AUTH_FAILURES_EXCEEDED,
@@ -759,7 +795,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                     self._close()
             d.callback(None)
 
-        self.callLater(self.policy.auth_failure_delay, answer)
+        self.callLater(verdict.delay, answer)
         return d
 
     # -- authenticated: folders -------------------------------------------------------------------
@@ -1648,8 +1684,10 @@ class IMAPFactory(SessionFactory):
     per client address), and the \\Recent markers of this process.
     """
 
-    def __init__(self, portal: Any, store: Any, policy: IMAPPolicy, reactor: Any, tls: Any = None, inflight: Any = None) -> None:
-        super().__init__(inflight)
+    def __init__(
+        self, portal: Any, store: Any, policy: IMAPPolicy, reactor: Any, tls: Any = None, inflight: Any = None, guard: Any = None
+    ) -> None:
+        super().__init__(inflight, guard)
         self.portal = portal
         self.store = store
         self.policy = policy
@@ -1689,7 +1727,13 @@ def buildFactory(context: Any, listener: Any) -> IMAPFactory:
         max_message_size=limits.max_message_size,
         max_connections=limits.max_connections,
         max_connections_per_ip=limits.max_connections_per_ip,
+        timeout=limits.imap_timeout_seconds,
+        max_commands_before_auth=limits.max_commands_before_auth,
+        max_literal=limits.imap_max_literal,
+        max_line=limits.imap_max_line,
     )
     tls = context.tls if listener.tls == "starttls" else None
-    return IMAPFactory(context.portal, context.store, policy, context.reactor, tls=tls, inflight=context.inflight)
+    return IMAPFactory(
+        context.portal, context.store, policy, context.reactor, tls=tls, inflight=context.inflight, guard=getattr(context, "guard", None)
+    )
 

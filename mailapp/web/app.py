@@ -38,6 +38,8 @@ from twisted.web import server
 from twisted.web.iweb import IRequest
 
 from mailapp import logevents
+from mailapp.abuse import AbuseGuard
+from mailapp.config import SecurityConfig
 from mailapp.errors import BadFolderName, FolderError, FolderExists, MailError, NoSuchFolder, NoSuchMessage
 from mailapp.interfaces import IMailbox
 from mailapp.store import INBOX, SPECIAL_FOLDERS
@@ -48,7 +50,6 @@ from mailapp.web.sessions import (
     LOGIN_COOKIE,
     SECURE_COOKIE,
     SECURE_LOGIN_COOKIE,
-    LoginThrottle,
     Session,
     Sessions,
     new_token,
@@ -75,6 +76,7 @@ class WebmailPolicy:
     max_message_size: int = 25 * 1024 * 1024
     idle_timeout: float = 30 * 60
     absolute_timeout: float = 12 * 3600
+    #: The delay and ban of the Webmail's own guard when none is given (tests, a Webmail used alone).
     login_failure_delay: float = 1.0
     login_failure_limit: int = 5
     login_failure_window: float = 15 * 60
@@ -203,11 +205,18 @@ def _html_to_text(html: str) -> str:
 
 
 class Webmail:
-    """The routes; C{clock} (seconds) drives session and throttle times, C{reactor} the delays."""
+    """
+    The routes; C{clock} (seconds) drives session times (and the guard's, when
+    the Webmail makes its own), C{reactor} the delays. C{guard} is the
+    server's L{AbuseGuard}: failed sign-ins are delayed and counted there,
+    with those of every other protocol.
+    """
 
     app = Klein()
 
-    def __init__(self, router: Any, portal: Any, policy: WebmailPolicy, reactor: Any, clock: Any = None) -> None:
+    def __init__(
+        self, router: Any, portal: Any, policy: WebmailPolicy, reactor: Any, clock: Any = None, guard: AbuseGuard | None = None
+    ) -> None:
         self.router = router
         self.portal = portal
         self.store = router.store
@@ -215,7 +224,18 @@ class Webmail:
         self.reactor = reactor
         now = clock if clock is not None else reactor.seconds
         self.sessions = Sessions(now, policy.idle_timeout, policy.absolute_timeout)
-        self.throttle = LoginThrottle(now, policy.login_failure_limit, policy.login_failure_window)
+        if guard is None:
+            window = max(1, int(policy.login_failure_window))
+            delay = policy.login_failure_delay
+            security = SecurityConfig(
+                auth_failure_delay=delay,
+                auth_failure_delay_max=delay * 16,
+                ban_after_failures=policy.login_failure_limit,
+                ban_window=window,
+                ban_seconds=window,
+            )
+            guard = AbuseGuard(now, security)
+        self.guard = guard
         self.summaries = _SummaryCache()
         self._stylesheet = resources.files("mailapp.web").joinpath("static/style.css").read_bytes()
 
@@ -445,6 +465,9 @@ class Webmail:
     def login_form(self, request: IRequest) -> bytes:
         if self._session(request) is not None:
             return self._redirect(request, "/list?f=INBOX")
+        client = getattr(request.getClientAddress(), "host", "?")
+        if self.guard.banned(client):
+            return self._banned(request, client)
         token = new_token()
         self._set_cookie(request, self._login_cookie, token)
         return self._page(request, pages.login_page(token, notice=_arg(request, "notice") or None))
@@ -460,39 +483,39 @@ class Webmail:
             self._set_cookie(request, self._login_cookie, fresh)
             return self._page(request, pages.login_page(fresh, "The sign-in form expired. Please try again.", username=username), 403)
         client = request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "?"
-        if not self.throttle.allowed(client, username):
-            _log.info(
-                "webmail login throttled {username} from {client}",
-                log_event=logevents.WEBMAIL_LOGIN_THROTTLED,
-                username=username,
-                client=client,
-            )
-            await task.deferLater(self.reactor, self.policy.login_failure_delay, lambda: None)
-            self._set_cookie(request, self._login_cookie, fresh)
-            return self._page(
-                request, pages.login_page(fresh, "Too many failed sign-ins. Wait a few minutes and try again.", username=username), 429
-            )
+        if self.guard.banned(client):
+            return self._banned(request, client, username)
         try:
             if len(username) > 320 or len(password) > 1024 or not username or not password:
                 raise UnauthorizedLogin()
             _, avatar, logout = await self.portal.login(UsernamePassword(username, password.encode("utf-8")), None, IMailbox)
         except UnauthorizedLogin:
-            self.throttle.failed(client, username)
-            _log.info(
-                "auth failed protocol=webmail account={account} client={client}",
-                log_event=logevents.AUTH_FAILED,
-                account=username,
-                client=client,
-            )
-            await task.deferLater(self.reactor, self.policy.login_failure_delay, lambda: None)
+            verdict = self.guard.failed("webmail", client, username)
+            await task.deferLater(self.reactor, verdict.delay, lambda: None)
             self._set_cookie(request, self._login_cookie, fresh)
             return self._page(request, pages.login_page(fresh, "Wrong email address or password.", username=username), 401)
+        self.guard.succeeded(client, avatar.account)
         logout()
         session = self.sessions.create(avatar.account, avatar)
         self._set_cookie(request, self._cookie, session.token)
         self._set_cookie(request, self._login_cookie, "", expire=True)
         _log.info("webmail login {account} from {client}", log_event=logevents.WEBMAIL_LOGIN, account=session.account, client=client)
         return self._redirect(request, "/list?f=INBOX")
+
+    def _banned(self, request: IRequest, client: str, username: str = "") -> bytes:
+        """The address is banned after failed sign-ins (on any protocol): 429, no password check."""
+        _log.info(
+            "refused banned client={client} protocol={protocol} remaining={remaining:.0f}",
+            log_event=logevents.AUTH_BANNED_REFUSED,
+            client=client,
+            protocol="webmail",
+            remaining=self.guard.banRemaining(client),
+        )
+        fresh = new_token()
+        self._set_cookie(request, self._login_cookie, fresh)
+        request.setHeader(b"retry-after", b"%d" % max(1, int(self.guard.banRemaining(client)) + 1))
+        text = "Too many failed sign-ins from your address. Wait a while and try again."
+        return self._page(request, pages.login_page(fresh, text, username=username), 429)
 
     @app.route("/logout", methods=["POST"])
     def logout(self, request: IRequest) -> bytes:
@@ -860,6 +883,15 @@ class Webmail:
         outgoing = await self._thread(messages.build, draft, session.account, self.policy.hostname, False)
         if len(outgoing) > self.policy.max_message_size:
             return [f"The message is larger than the limit of {pages.human_size(self.policy.max_message_size)}."]
+        if not self.guard.mayAcceptMessage(session.account):
+            _log.info(
+                "sending rate limited account={account} client={client}",
+                log_event=logevents.SEND_RATE_LIMITED,
+                account=session.account,
+                client=getattr(request.getClientAddress(), "host", "unknown"),
+            )
+            limit = self.guard.max_messages_per_hour
+            return [f"You have sent {limit} messages in the last hour, the most allowed. Try again later."]
         transaction = self.router.start(session.account, True, session.account)
         problems = []
         for address in draft.recipients():
@@ -887,6 +919,7 @@ class Webmail:
             _log.failure("webmail send failed", log_event=logevents.WEBMAIL_SEND_FAILED)
             transaction.abort()
             return ["The message could not be sent because of a server error. Try again later."]
+        self.guard.messageAccepted(session.account)
         _log.info(
             "webmail sent {queue_id} from=<{sender}> rcpts={count} size={size}",
             log_event=logevents.WEBMAIL_SENT,
@@ -988,4 +1021,4 @@ def buildFactory(context: Any, listener: Any) -> WebmailSite:
         secure=listener.tls == "implicit",
         max_message_size=config.limits.max_message_size,
     )
-    return Webmail(router, context.portal, policy, context.reactor).site()
+    return Webmail(router, context.portal, policy, context.reactor, guard=getattr(context, "guard", None)).site()

@@ -1,5 +1,5 @@
 """
-Webmail sessions and the login throttle.
+Webmail sessions (failed sign-ins are counted by L{mailapp.abuse.AbuseGuard}).
 
 A session is a random token in an ``HttpOnly``, ``SameSite=Strict`` cookie
 (``Secure`` under TLS), kept in memory: a restart signs everyone out, which
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -90,43 +89,3 @@ class Sessions:
         for token, session in list(self._sessions.items()):
             if now - session.last_seen > self.idle or now - session.created > self.absolute:
                 del self._sessions[token]
-
-
-class LoginThrottle:
-    """
-    Failed sign-ins per client address and per user name in a sliding
-    window: past C{limit} failures either way, sign-in is refused (without a
-    password check) until the oldest failure leaves the window.
-    """
-
-    def __init__(self, clock: Callable[[], float], limit: int = 5, window: float = 900.0) -> None:
-        self._clock = clock
-        self.limit = limit
-        self.window = window
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, key: str) -> deque[float]:
-        now = self._clock()
-        times = self._failures.get(key)
-        if times is None:
-            return deque()
-        while times and now - times[0] > self.window:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-        return times
-
-    def allowed(self, client: str, username: str) -> bool:
-        return all(len(self._recent(key)) < self.limit for key in self._keys(client, username))
-
-    def failed(self, client: str, username: str) -> None:
-        now = self._clock()
-        for key in self._keys(client, username):
-            self._recent(key)
-            self._failures.setdefault(key, deque()).append(now)
-        if len(self._failures) > 100_000:
-            self._failures.clear()
-
-    @staticmethod
-    def _keys(client: str, username: str) -> tuple[str, str]:
-        return ("ip:" + client, "user:" + username.strip().lower())

@@ -1,0 +1,331 @@
+"""
+Brute-force and abuse resistance shared by every protocol: one
+L{AbuseGuard} per process, built by the composition root and handed to every
+protocol factory, so that what a client does on IMAP counts on SMTP, POP3
+and the webmail too.
+
+What it promises:
+
+  - every failed authentication is answered after a delay that doubles with
+    each recent failure of the client address I{or} of the account (from
+    C{auth_failure_delay} up to C{auth_failure_delay_max}); a correct
+    password is never delayed, so an attacker cannot slow a user down;
+  - C{ban_after_failures} failures from one address within C{ban_window}
+    seconds ban that address for C{ban_seconds}: each protocol then refuses
+    it politely at connect. Only addresses are banned, never accounts, so
+    the right password keeps working from every other address. Addresses in
+    C{ban_exempt_networks} are never banned (they are still delayed);
+  - every failure is logged once, as one line in a stable format that
+    C{etc/fail2ban/filter.d/mailapp.conf} parses::
+
+        auth failed protocol=imap client=203.0.113.9 account="alice@example.test"
+
+    The client comes before the account, and the account (chosen by the
+    client) is quoted with its quotes, backslashes and control characters
+    escaped, so that no user name can make a filter read another address;
+  - messages accepted from one authenticated sender are counted over a
+    sliding hour against C{max_messages_per_hour};
+  - memory stays bounded: each table keeps at most C{max_tracked} keys,
+    forgets entries whose failures have left the window, and drops the least
+    recently seen key when full.
+
+Time comes from an injected C{clock} (a callable returning seconds), so that
+tests drive it with L{twisted.internet.task.Clock.seconds}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+
+from mailapp import logevents
+from mailapp.config import SecurityConfig
+
+__all__ = ["AbuseGuard", "AuthFailure", "SendingLimiter", "quote_account"]
+
+log = Logger()
+
+#: Keys each table (addresses, accounts, bans, senders) keeps at most.
+MAX_TRACKED = 100_000
+#: An account name longer than this is cut in the log and in the table.
+_MAX_ACCOUNT = 256
+#: Failure times kept per key: enough to ban and to reach any delay cap.
+_MAX_TIMES = 64
+
+
+def quote_account(account: str) -> str:
+    """
+    C{account} in double quotes, with C{"}, C{\\} and every control or
+    non-ASCII character escaped, and cut at 256 characters: one safe token
+    on one log line, whatever the client sent.
+    """
+    out = []
+    for char in account[:_MAX_ACCOUNT]:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif " " <= char <= "~":
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    if len(account) > _MAX_ACCOUNT:
+        out.append("...")
+    return '"' + "".join(out) + '"'
+
+
+def _address_key(ip: str) -> str:
+    """One key per address: an IPv4-mapped IPv6 address counts as its IPv4 address."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def _account_key(account: str) -> str:
+    return account.strip().lower()[:_MAX_ACCOUNT]
+
+
+class _Recent:
+    """
+    Times of recent events per key, within C{window} seconds, in a bounded
+    table ordered by last event (so the stalest keys are at the front).
+    """
+
+    def __init__(self, window: float, keep: int, max_keys: int) -> None:
+        self.window = window
+        self._keep = keep
+        self._max_keys = max_keys
+        self._times: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def count(self, key: str, now: float) -> int:
+        times = self._times.get(key)
+        if times is None:
+            return 0
+        while times and now - times[0] >= self.window:
+            times.popleft()
+        if not times:
+            del self._times[key]
+            return 0
+        return len(times)
+
+    def oldest(self, key: str, now: float) -> float | None:
+        return self._times[key][0] if self.count(key, now) else None
+
+    def add(self, key: str, now: float) -> int:
+        """Record one event; how many are in the window now, this one included."""
+        self._expire(now)
+        self.count(key, now)
+        times = self._times.get(key)
+        if times is None:
+            times = self._times[key] = deque(maxlen=self._keep)
+        else:
+            self._times.move_to_end(key)
+        times.append(now)
+        while len(self._times) > self._max_keys:
+            self._times.popitem(last=False)
+        return len(times)
+
+    def forget(self, key: str) -> None:
+        self._times.pop(key, None)
+
+    def _expire(self, now: float) -> None:
+        """Drop keys whose last event has left the window (they are at the front)."""
+        while self._times:
+            key, times = next(iter(self._times.items()))
+            if times and now - times[-1] < self.window:
+                return
+            del self._times[key]
+
+
+@dataclass(frozen=True)
+class AuthFailure:
+    """What a session does with a failed login: answer after C{delay} seconds, then hang up if C{banned}."""
+
+    delay: float
+    banned: bool
+
+
+class SendingLimiter:
+    """Messages accepted per authenticated sender over a sliding hour."""
+
+    HOUR = 3600.0
+
+    def __init__(self, clock: Callable[[], float], per_hour: int, max_tracked: int = MAX_TRACKED) -> None:
+        self._clock = clock
+        self.per_hour = per_hour
+        self._sent = _Recent(self.HOUR, per_hour, max_tracked)
+
+    def allowed(self, account: str) -> bool:
+        """Whether one more message from C{account} is within the limit (nothing is counted)."""
+        return self._sent.count(_account_key(account), self._clock()) < self.per_hour
+
+    def accepted(self, account: str) -> None:
+        """Count one message accepted from C{account}."""
+        self._sent.add(_account_key(account), self._clock())
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+
+class AbuseGuard:
+    """
+    The process-wide failed-login delays and address bans, and the sending
+    rate; see the module docstring. Sessions call L{banned} at connect,
+    L{failed} after every failed login (and answer after the delay it
+    returns), L{succeeded} after a good one, and L{mayAcceptMessage} /
+    L{messageAccepted} around an authenticated sender's message.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        security: SecurityConfig | None = None,
+        max_messages_per_hour: int = 1000,
+        max_tracked: int = MAX_TRACKED,
+    ) -> None:
+        self._clock = clock
+        self.security = security if security is not None else SecurityConfig()
+        window = float(self.security.ban_window)
+        keep = max(self.security.ban_after_failures, _MAX_TIMES)
+        self._addresses = _Recent(window, keep, max_tracked)
+        self._accounts = _Recent(window, keep, max_tracked)
+        self._bans: OrderedDict[str, float] = OrderedDict()
+        self._max_tracked = max_tracked
+        self._exempt = tuple(self.security.ban_exempt_networks)
+        self.sending = SendingLimiter(clock, max_messages_per_hour, max_tracked)
+
+    @classmethod
+    def fromConfig(cls, config: Any, reactor: Any) -> AbuseGuard:
+        """The guard for a whole server: C{config.security}, C{limits.max_messages_per_hour}, the reactor's clock."""
+        clock = getattr(reactor, "seconds", None) or time.time
+        return cls(clock, config.security, config.limits.max_messages_per_hour)
+
+    # -- bans ------------------------------------------------------------------------
+
+    def exempt(self, ip: str) -> bool:
+        """Whether C{ip} is in C{ban_exempt_networks} (never banned)."""
+        try:
+            address = ipaddress.ip_address(_address_key(ip))
+        except ValueError:
+            return False
+        return any(address in network for network in self._exempt)
+
+    def banned(self, ip: str) -> bool:
+        """Whether C{ip} is banned now; a session refuses it at connect."""
+        return self.banRemaining(ip) > 0
+
+    def banRemaining(self, ip: str) -> float:
+        """Seconds left of C{ip}'s ban, 0 when it is not banned."""
+        key = _address_key(ip)
+        until = self._bans.get(key)
+        if until is None:
+            return 0.0
+        remaining = until - self._clock()
+        if remaining <= 0:
+            del self._bans[key]
+            return 0.0
+        return remaining
+
+    def _ban(self, key: str, now: float, failures: int) -> None:
+        # Every ban lasts ban_seconds, so insertion order is expiry order.
+        while self._bans:
+            first, until = next(iter(self._bans.items()))
+            if until > now and len(self._bans) < self._max_tracked:
+                break
+            del self._bans[first]
+        self._bans.pop(key, None)
+        self._bans[key] = now + self.security.ban_seconds
+        self._addresses.forget(key)
+        log.warn(
+            "auth ban client={client} seconds={seconds} failures={failures}",
+            log_event=logevents.AUTH_BANNED,
+            client=key,
+            seconds=self.security.ban_seconds,
+            failures=failures,
+        )
+
+    # -- logins ----------------------------------------------------------------------
+
+    def failed(self, protocol: str, ip: str, account: str | bytes) -> AuthFailure:
+        """
+        Record and log one failed login of C{account} from C{ip} over
+        C{protocol} (C{smtp}, C{pop3}, C{imap}, C{webmail}). Returns how long
+        to wait before answering, and whether C{ip} is now banned (the
+        session then closes after its answer).
+        """
+        if isinstance(account, bytes):
+            account = account.decode("utf-8", "replace")
+        key = _address_key(ip)
+        now = self._clock()
+        log.info(
+            "auth failed protocol={protocol} client={client} account={quoted_account}",
+            log_event=logevents.AUTH_FAILED,
+            protocol=protocol,
+            client=key,
+            account=account[:_MAX_ACCOUNT],
+            quoted_account=quote_account(account),
+        )
+        by_address = self._addresses.add(key, now)
+        by_account = self._accounts.add(_account_key(account), now) if account else 0
+        failures = max(by_address, by_account)
+        security = self.security
+        delay = min(float(security.auth_failure_delay_max), security.auth_failure_delay * 2.0 ** min(failures - 1, 30))
+        banned = self.banned(key)
+        if not banned and by_address >= security.ban_after_failures and not self.exempt(key):
+            self._ban(key, now, by_address)
+            banned = True
+        return AuthFailure(delay, banned)
+
+    def succeeded(self, ip: str, account: str) -> None:
+        """
+        A good login: the account's own failures are forgiven (its owner got
+        in), the address's are not (a valid account must not let an address
+        reset its count between guesses at others).
+        """
+        self._accounts.forget(_account_key(account))
+
+    # -- sending rate ----------------------------------------------------------------------
+
+    def mayAcceptMessage(self, account: str) -> bool:
+        """Whether C{account} may send one more message this hour."""
+        return self.sending.allowed(account)
+
+    def messageAccepted(self, account: str) -> None:
+        """Count one message accepted from C{account} (after it was stored or queued)."""
+        self.sending.accepted(account)
+
+    @property
+    def max_messages_per_hour(self) -> int:
+        return self.sending.per_hour
+
+    def tracked(self) -> dict[str, int]:
+        """How many keys each table holds (for tests and metrics)."""
+        return {
+            "addresses": len(self._addresses),
+            "accounts": len(self._accounts),
+            "bans": len(self._bans),
+            "senders": len(self.sending),
+        }
+
+
+def guardFor(context: Any, fallback: Callable[[], AbuseGuard]) -> AbuseGuard:
+    """The service's guard from a builder's C{context}, or C{fallback()} when it has none (a test's context)."""
+    guard = getattr(context, "guard", None)
+    return guard if guard is not None else fallback()
+
+
+def networks(values: Iterable[str]) -> tuple[Any, ...]:
+    """Parse CIDR strings (for tests and callers outside the config)."""
+    return tuple(ipaddress.ip_network(value) for value in values)

@@ -1,0 +1,234 @@
+"""
+The ``metrics`` listener: Prometheus text exposition at ``/metrics``.
+
+The numbers come from the log: :class:`Metrics` is a log observer that maps
+stable event names (:mod:`mailapp.logevents`) to counters and histograms, so
+no protocol imports this module or knows metrics exist. Per-command latency
+comes the same way from the in-process telemetry publisher (one event per
+command is too many for the log). What is a state rather than an event
+(queue size and age, certificate expiry) is read when Prometheus scrapes.
+
+Keep the listener on loopback (or a private network): it needs no login.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+from zope.interface import implementer
+
+from mailapp import logevents
+
+__all__ = ["Metrics", "MetricsSite", "buildFactory"]
+
+#: Command latency buckets, seconds: a reply from memory is well under a
+#: millisecond, one after a disk sync or a password hash some tens of them.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_SIZE_BUCKETS = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+_SESSION_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400)
+
+
+@implementer(ILogObserver)
+class Metrics:
+    """
+    The server's metrics in one registry of their own (not the process-wide
+    default registry, so that two servers in one test process never share a
+    counter). Call it with log events; read it with :meth:`exposition`.
+
+    @param queue: the relay manager (its ``entries``, each with
+        ``envelope.created``), or ``None`` without a relay.
+    @param tls: the :class:`mailapp.tls.ServerTLS`, or ``None``.
+    """
+
+    def __init__(self, queue: Any = None, tls: Any = None, clock: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.connections = Counter(
+            "mailapp_connections", "Sessions accepted", ["protocol", "listener"], registry=registry
+        )
+        self.refused = Counter(
+            "mailapp_connections_refused", "Connections refused by the connection limits", ["protocol", "listener"],
+            registry=registry,
+        )
+        self.open = Gauge("mailapp_sessions_open", "Sessions open now", ["protocol", "listener"], registry=registry)
+        self.session_seconds = Histogram(
+            "mailapp_session_duration_seconds", "How long sessions last", ["protocol"], buckets=_SESSION_BUCKETS,
+            registry=registry,
+        )
+        self.accepted = Counter(
+            "mailapp_messages_accepted", "Messages accepted (the 250 after DATA, or sent from webmail)", ["protocol"],
+            registry=registry,
+        )
+        self.accepted_bytes = Histogram(
+            "mailapp_message_size_bytes", "Size of accepted messages", buckets=_SIZE_BUCKETS, registry=registry
+        )
+        self.rejected = Counter(
+            "mailapp_messages_rejected", "Recipients refused, by SMTP reply code", ["code"], registry=registry
+        )
+        self.delivered = Counter(
+            "mailapp_messages_delivered", "Recipients delivered: locally stored, or relayed to a remote server",
+            ["kind"], registry=registry,
+        )
+        self.deferred = Counter("mailapp_relay_deferred", "Relay attempts deferred for a retry", registry=registry)
+        self.bounced = Counter("mailapp_messages_bounced", "Recipients given up on (DSN sent)", registry=registry)
+        self.auth_failures = Counter(
+            "mailapp_auth_failures", "Failed logins", ["protocol"], registry=registry
+        )
+        self.logins = Counter("mailapp_logins", "Successful logins", ["protocol"], registry=registry)
+        self.command_seconds = Histogram(
+            "mailapp_command_duration_seconds", "Time from a command to its reply", ["protocol", "command"],
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.reloads = Counter("mailapp_config_reloads", "Config reloads", ["result"], registry=registry)
+        registry.register(_StateCollector(queue, tls, clock))
+        self._handlers: Mapping[str, Callable[[LogEvent], None]] = {
+            logevents.SESSION_STARTED: self._session_started,
+            logevents.SESSION_ENDED: self._session_ended,
+            logevents.SESSION_REFUSED: lambda event: self.refused.labels(*_where(event)).inc(),
+            logevents.SESSION_COMMAND: self._command,
+            logevents.SMTP_ACCEPTED: self._accepted,
+            logevents.WEBMAIL_SENT: self._accepted,
+            logevents.SMTP_RCPT_REJECTED: lambda event: self.rejected.labels(str(event.get("code", ""))).inc(),
+            logevents.DELIVERY_STORED: lambda event: self.delivered.labels("local").inc(_number(event, "local")),
+            logevents.RELAY_DELIVERED: lambda event: self.delivered.labels("remote").inc(),
+            logevents.RELAY_DEFERRED: lambda event: self.deferred.inc(),
+            logevents.RELAY_BOUNCED: lambda event: self.bounced.inc(),
+            logevents.RELAY_EXPIRED: lambda event: self.bounced.inc(),
+            logevents.AUTH_FAILED: lambda event: self.auth_failures.labels(event.get("protocol", "unknown")).inc(),
+            logevents.SMTP_AUTH_OK: lambda event: self.logins.labels("submission").inc(),
+            logevents.POP3_LOGIN: lambda event: self.logins.labels("pop3").inc(),
+            logevents.IMAP_LOGIN: lambda event: self.logins.labels("imap").inc(),
+            logevents.WEBMAIL_LOGIN: lambda event: self.logins.labels("webmail").inc(),
+            logevents.RELOADED: lambda event: self.reloads.labels("ok").inc(),
+            logevents.RELOAD_FAILED: lambda event: self.reloads.labels("refused").inc(),
+        }
+
+    def __call__(self, event: LogEvent) -> None:
+        handler = self._handlers.get(event.get("log_event"))  # type: ignore[arg-type]
+        if handler is not None:
+            handler(event)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric, now."""
+        return generate_latest(self.registry)
+
+    def _session_started(self, event: LogEvent) -> None:
+        where = _where(event)
+        self.connections.labels(*where).inc()
+        self.open.labels(*where).inc()
+
+    def _session_ended(self, event: LogEvent) -> None:
+        where = _where(event)
+        self.open.labels(*where).dec()
+        self.session_seconds.labels(where[0]).observe(float(event.get("seconds", 0.0)))
+
+    def _command(self, event: LogEvent) -> None:
+        self.command_seconds.labels(event.get("protocol", "unknown"), str(event.get("command", "?"))[:16]).observe(
+            float(event.get("seconds", 0.0))
+        )
+
+    def _accepted(self, event: LogEvent) -> None:
+        self.accepted.labels("webmail" if event.get("log_event") == logevents.WEBMAIL_SENT else "smtp").inc()
+        self.accepted_bytes.observe(_number(event, "size"))
+
+
+def _where(event: LogEvent) -> tuple[str, str]:
+    return str(event.get("protocol", "unknown")), str(event.get("listener", "unknown"))
+
+
+def _number(event: LogEvent, name: str) -> float:
+    value = event.get(name, 0)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+class _StateCollector:
+    """Gauges computed at scrape time from live objects: the relay queue and the certificates."""
+
+    def __init__(self, queue: Any, tls: Any, clock: Callable[[], float]) -> None:
+        self._queue = queue
+        self._tls = tls
+        self._clock = clock
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self._queue is not None:
+            entries = list(getattr(self._queue, "entries", {}).values())
+            yield GaugeMetricFamily("mailapp_queue_messages", "Messages in the relay queue", value=len(entries))
+            created = [entry.envelope.created for entry in entries]
+            age = self._clock() - min(created) if created else 0.0
+            yield GaugeMetricFamily(
+                "mailapp_queue_oldest_age_seconds", "Age of the oldest message in the relay queue", value=max(age, 0.0)
+            )
+        if self._tls is not None:
+            expiry = GaugeMetricFamily(
+                "mailapp_tls_certificate_expiry_timestamp_seconds",
+                "When each served certificate expires (Unix time)",
+                labels=["name"],
+            )
+            for name, certificate in self._tls.certificates().items():
+                expiry.add_metric([name or "default"], certificate.not_valid_after_utc.timestamp())
+            yield expiry
+
+
+class _MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request: Request) -> bytes:
+        if request.path != b"/metrics":
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"mailapp: metrics are at /metrics\n"
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return self._metrics.exposition()
+
+
+class MetricsSite(Site):
+    """
+    The HTTP factory of a metrics listener. While it listens, its
+    :class:`Metrics` observes the global log and the telemetry publisher.
+    """
+
+    def __init__(self, metrics: Metrics, telemetry: Any = None) -> None:
+        super().__init__(_MetricsResource(metrics))
+        self.metrics = metrics
+        self._telemetry = telemetry
+        # A scrape every few seconds in the access log helps nobody.
+        self.log = lambda request: None  # type: ignore[method-assign, assignment]
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        globalLogPublisher.addObserver(self.metrics)
+        if self._telemetry is not None:
+            self._telemetry.addObserver(self.metrics)
+
+    def stopFactory(self) -> None:
+        globalLogPublisher.removeObserver(self.metrics)
+        if self._telemetry is not None:
+            self._telemetry.removeObserver(self.metrics)
+        super().stopFactory()
+
+
+def buildFactory(context: Any, listener: Any) -> MetricsSite:
+    """The builder the service registers for the ``metrics`` protocol."""
+    metrics = Metrics(queue=getattr(context, "relay", None), tls=context.tls)
+    return MetricsSite(metrics, getattr(context, "telemetry", None))

@@ -1,0 +1,204 @@
+"""
+Reloading the config file in a running server (``SIGHUP``, or
+:meth:`mailapp.service.MailService.reload`).
+
+The new file is checked completely first; a file with any problem, or a
+certificate that cannot be loaded, is logged and changes nothing: the server
+goes on with the config it had. A good file is applied where that can be done
+live, and every other difference is named in one log line saying it needs a
+restart.
+
+Live: ``[tls]`` (certificates, SNI names, minimum version: new handshakes
+get them, open sessions keep theirs), ``[limits]``, ``[domains] local``,
+``relay.trusted_networks`` and the relay policy (transports, smarthost and
+its credentials, retry schedule, lifetime, TLS requirements, connection
+limits), and anything a component applies itself through a
+``reconfigure(config)`` method (``[security]``, say).
+
+Restart: ``[server]`` (hostname, state_dir, sync, log_format), the
+listeners, the relay's timeouts and name servers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from mailapp import logevents, tls
+from mailapp.config import Config, ConfigError, load
+
+__all__ = ["ReloadResult", "reload_service"]
+
+log = Logger()
+
+
+@dataclass
+class ReloadResult:
+    """What a reload did: ``ok`` false when the new config was refused (``problems`` says why)."""
+
+    ok: bool
+    applied: list[str] = field(default_factory=list)
+    needs_restart: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def reload_service(service: Any) -> ReloadResult:
+    """
+    Re-read ``service.config.path`` and apply it to ``service`` (a
+    :class:`mailapp.service.MailService`). Never raises for a bad config.
+    """
+    old: Config = service.config
+    try:
+        # Relative paths resolve against the working directory, as at start.
+        new = load(old.path)
+    except ConfigError as error:
+        return _refused(old, error.problems)
+
+    applied: list[str] = []
+    needs_restart = _needs_restart(old, new)
+
+    holder: tls.ServerTLS | None = getattr(service, "tls", None)
+    if new.needs_tls and holder is None:
+        needs_restart.append("tls (no listener used TLS at start)")
+    elif holder is not None:
+        # Always re-read: certbot renews the same paths in place.
+        try:
+            if new.tls.generate_self_signed:
+                tls.ensure_certificate(new.tls, old.hostname)
+            holder.reload(new.tls)
+        except (tls.CertificateError, OSError) as error:
+            return _refused(old, [str(error)])
+        applied.append("tls")
+        log.info(
+            "TLS certificates reloaded: {names}",
+            log_event=logevents.TLS_RELOADED,
+            names=", ".join(name or old.hostname for name in holder.certificates()),
+        )
+
+    context = getattr(service, "context", None)
+    if context is not None:
+        service.context = context = dataclasses.replace(context, config=new)
+    for listener_service, factory in _listener_factories(service):
+        _refresh_policy(factory, context, listener_service.listener)
+    if new.limits != old.limits:
+        applied.append("limits")
+        router = getattr(context, "router", None)
+        if router is not None:
+            router.max_recipients = new.limits.max_recipients
+    if new.local_domains != old.local_domains:
+        accounts = getattr(context, "accounts", None)
+        if accounts is not None and hasattr(accounts, "set_config_domains"):
+            accounts.set_config_domains(new.local_domains)
+            applied.append("domains")
+        else:
+            needs_restart.append("domains.local")
+    if new.relay != old.relay:
+        _apply_relay(getattr(service, "relay", None), old, new, applied, needs_restart)
+    for component in _reconfigurable(service, context):
+        component.reconfigure(new)
+
+    service.config = new
+    log.info(
+        "config {config_path} reloaded; applied: {applied}",
+        log_event=logevents.RELOADED,
+        config_path=str(new.path),
+        applied=", ".join(applied) or "nothing changed",
+        needs_restart=needs_restart,
+    )
+    if needs_restart:
+        log.warn(
+            "config {config_path}: these changes need a restart: {changes}",
+            log_event=logevents.RELOAD_NEEDS_RESTART,
+            config_path=str(new.path),
+            changes=", ".join(needs_restart),
+        )
+    return ReloadResult(True, applied, needs_restart)
+
+
+def _refused(old: Config, problems: list[str]) -> ReloadResult:
+    log.error(
+        "config {config_path} not reloaded, still running with the previous one: {problems}",
+        log_event=logevents.RELOAD_FAILED,
+        config_path=str(old.path),
+        problems="; ".join(problems),
+    )
+    return ReloadResult(False, problems=list(problems))
+
+
+def _needs_restart(old: Config, new: Config) -> list[str]:
+    changes = [
+        f"server.{name}"
+        for name in ("hostname", "state_dir", "sync", "log_format")
+        if getattr(old, name) != getattr(new, name)
+    ]
+    if old.listeners != new.listeners:
+        changes.append("listeners")
+    for name in ("connect_timeout", "command_timeout", "session_timeout", "nameservers"):
+        if getattr(old.relay, name) != getattr(new.relay, name):
+            changes.append(f"relay.{name}")
+    return changes
+
+
+def _listener_factories(service: Any) -> list[tuple[Any, Any]]:
+    from mailapp.service import ListenerService
+
+    found = []
+    for child in service:
+        if isinstance(child, ListenerService):
+            factory = child.factory
+            if isinstance(factory, TLSMemoryBIOFactory):
+                factory = factory.wrappedFactory
+            found.append((child, factory))
+    return found
+
+
+def _refresh_policy(factory: Any, context: Any, listener: Any) -> None:
+    """
+    New sessions of this listener get the new limits: the listener's builder
+    makes a factory from the new config, and its ``policy`` (a frozen record
+    of what the listener allows) replaces the running one. Sessions already
+    open keep the policy they started with.
+    """
+    from mailapp.service import PROTOCOL_BUILDERS
+
+    if context is None or not hasattr(factory, "policy"):
+        return
+    builder = PROTOCOL_BUILDERS.get(listener.protocol)
+    if builder is None:
+        return
+    fresh = builder(context, listener)
+    factory.policy = fresh.policy
+
+
+def _apply_relay(manager: Any, old: Config, new: Config, applied: list[str], needs_restart: list[str]) -> None:
+    if manager is None:
+        return
+    from mailapp.relay.manager import RetryPolicy
+    from mailapp.relay.routing import Routes
+
+    relay = new.relay
+    if (relay.transports, relay.smarthost) != (old.relay.transports, old.relay.smarthost):
+        manager.routes = Routes(relay.transports, relay.smarthost, manager.routes.mx)
+    manager.policy = RetryPolicy(relay.retry_schedule, relay.max_lifetime, relay.delay_warning)
+    manager.require_tls = relay.require_tls
+    manager.smarthost_auth = (
+        (relay.smarthost_username, relay.smarthost_password) if relay.smarthost_username is not None else None
+    )
+    manager.smarthost_require_tls = relay.smarthost_require_tls
+    manager.max_connections = relay.max_connections
+    manager.max_connections_per_domain = relay.max_connections_per_domain
+    applied.append("relay")
+
+
+def _reconfigurable(service: Any, context: Any) -> list[Any]:
+    """Components that apply a new config themselves: they have ``reconfigure(config)``."""
+    candidates = [*service, getattr(context, "guard", None)]
+    seen: list[Any] = []
+    for candidate in candidates:
+        if candidate is not None and callable(getattr(candidate, "reconfigure", None)) and candidate not in seen:
+            seen.append(candidate)
+    return seen
