@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 
 from mailapp import logevents, tls
 from mailapp.config import Config, ListenerConfig
-from mailapp.sessions import SessionFactory
+from mailapp.sessions import ConnectionCounts, SessionFactory
 
 __all__ = [
     "DRAIN_TIMEOUT_SECONDS",
@@ -464,6 +464,7 @@ def makeService(
         if IService.providedBy(component):
             component.setServiceParent(root)
 
+    connection_counts = ConnectionCounts()
     for listener in config.listeners:
         builder = PROTOCOL_BUILDERS.get(listener.protocol)
         if builder is None:
@@ -479,6 +480,9 @@ def makeService(
         if isinstance(factory, SessionFactory):
             factory.protocol_name, factory.listener_name = listener.protocol, listener.name
             factory.telemetry = context.telemetry
+            # One count for the whole server: limits.max_connections and
+            # max_connections_per_ip hold across every listener.
+            factory.counts = connection_counts
         if listener.tls == "implicit":
             factory = TLSMemoryBIOFactory(context_factory, False, factory)
         endpoint = serverFromString(reactor, listener.endpoint)

@@ -24,6 +24,31 @@ _log = Logger()
 BANNED = b"Too many failed logins from your address; try again later"
 
 
+class ConnectionCounts:
+    """
+    Open connections in total and per client address. The service gives one
+    to every listener, so that the limits hold for the whole server, not for
+    each port (a client cannot get 8 x max_connections_per_ip by using every
+    listener).
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.perIP: dict[str, int] = {}
+
+    def add(self, ip: str) -> None:
+        self.total += 1
+        self.perIP[ip] = self.perIP.get(ip, 0) + 1
+
+    def remove(self, ip: str) -> None:
+        self.total -= 1
+        count = self.perIP.get(ip, 1) - 1
+        if count > 0:
+            self.perIP[ip] = count
+        else:
+            self.perIP.pop(ip, None)
+
+
 class SessionFactory(ServerFactory):
     """
     A listener's factory. Subclasses set C{policy} (with C{max_connections}
@@ -44,7 +69,9 @@ class SessionFactory(ServerFactory):
         self._inflight = inflight
         self._guard = guard
         self.sessions: set[Any] = set()
-        self._perIP: dict[str, int] = {}
+        #: Shared by every listener of a server (the service sets it); a
+        #: factory used alone counts its own sessions.
+        self.counts = ConnectionCounts()
         self._since: dict[Any, float] = {}
 
     @property
@@ -83,9 +110,9 @@ class SessionFactory(ServerFactory):
     def admit(self, ip: str) -> bytes | None:
         """None to let a client in, or why not (for the protocol's refusal)."""
         refusal = None
-        if len(self.sessions) >= self.policy.max_connections:
+        if self.counts.total >= self.policy.max_connections:
             refusal = b"Too many connections; try again later"
-        elif self._perIP.get(ip, 0) >= self.policy.max_connections_per_ip:
+        elif self.counts.perIP.get(ip, 0) >= self.policy.max_connections_per_ip:
             refusal = b"Too many connections from your address; try again later"
         if refusal is not None:
             _log.info(
@@ -100,7 +127,7 @@ class SessionFactory(ServerFactory):
 
     def connected(self, session: Any) -> None:
         self.sessions.add(session)
-        self._perIP[session._peerIP] = self._perIP.get(session._peerIP, 0) + 1
+        self.counts.add(session._peerIP)
         self._since[session] = time.monotonic()
         _log.info(
             "session started protocol={protocol} listener={listener} client={client}",
@@ -138,11 +165,7 @@ class SessionFactory(ServerFactory):
                 seconds=time.monotonic() - started if started is not None else 0.0,
             )
             self.sessions.discard(session)
-            count = self._perIP.get(session._peerIP, 1) - 1
-            if count:
-                self._perIP[session._peerIP] = count
-            else:
-                self._perIP.pop(session._peerIP, None)
+            self.counts.remove(session._peerIP)
 
     def stopFactory(self) -> None:
         """

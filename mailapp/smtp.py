@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 
 from mailapp import logevents
 from mailapp.delivery import Router, Transaction
-from mailapp.errors import MailError, MessageTooBig
+from mailapp.errors import MailError, MessageTooBig, NoSuchUser, RelayDenied
 from mailapp.interfaces import IMailbox
 from mailapp.sessions import BANNED, SessionFactory
 
@@ -89,6 +89,8 @@ class SMTPPolicy:
     auth_failure_delay: float = 1.0
     #: Commands before AUTH succeeds, on submission (the MX never authenticates).
     max_commands_before_auth: int = 20
+    #: What RCPT TO:<postmaster> (no domain) means: postmaster at the first local domain.
+    postmaster: str = ""
 
 
 class ESMTPServer(twisted_smtp.ESMTP):
@@ -517,6 +519,9 @@ class ESMTPServer(twisted_smtp.ESMTP):
         for item in (match.group(3) or b"").split():
             key, _, value = item.decode("ascii").partition("=")
             params[key.upper()] = value
+        if keyword == b"TO" and address.lower() == "postmaster" and self.policy.postmaster:
+            # RFC 5321 4.5.1: <Postmaster> without a domain must be accepted.
+            address = self.policy.postmaster
         if address and not _ADDRESS.match(address):
             self._error(501, b"5.1.3 Bad address syntax")
             return None
@@ -612,7 +617,12 @@ class ESMTPServer(twisted_smtp.ESMTP):
                 code=error.code,
                 client=self._peerIP,
             )
-            self.sendCode(error.code, f"{error.enhanced} {error.text}".encode("ascii", "replace"))
+            reply = f"{error.enhanced} {error.text}".encode("ascii", "replace")
+            if isinstance(error, (NoSuchUser, RelayDenied)):
+                # Counted like any other error: probing for users or relays ends with 421.
+                self._error(error.code, reply)
+            else:
+                self.sendCode(error.code, reply)
 
         self._wait(d.addCallbacks(ok, refused))
 
@@ -873,6 +883,8 @@ class SMTPFactory(SessionFactory):
             address = ipaddress.ip_address(ip)
         except ValueError:
             return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # an IPv4 client on a dual-stack listener
         return any(address in network for network in self.policy.trusted_networks)
 
 
@@ -892,6 +904,7 @@ def buildFactory(context: Any, listener: Any) -> SMTPFactory:
         max_connections=limits.max_connections,
         max_connections_per_ip=limits.max_connections_per_ip,
         max_commands_before_auth=limits.max_commands_before_auth,
+        postmaster=f"postmaster@{config.local_domains[0]}" if config.local_domains else "",
     )
     router = getattr(context, "router", None) or Router(context.accounts, context.store, limits.max_recipients)
     tls = context.tls if listener.tls == "starttls" else None

@@ -239,3 +239,33 @@ class LimitTests(TestCase):
 
 def test_limits_dataclass_defaults_match_the_config_defaults() -> None:
     assert parse(MINIMAL, PATH, base_dir=Path("/srv")).limits == Limits()
+
+
+def test_connection_limits_hold_across_all_listeners_together(tmp_path):
+    """max_connections_per_ip counts a client's connections on every port, not on each."""
+    import socket
+
+    from tests.service_runner import TIMEOUT, ServiceProcess, listener
+
+    server = ServiceProcess(
+        tmp_path,
+        listener("smtp", "smtp") + listener("pop3", "pop3") + listener("imap", "imap"),
+        "[limits]\nmax_connections = 10\nmax_connections_per_ip = 2\n",
+    )
+    server.start()
+    opened = []
+    try:
+
+        def connect(name: str) -> bytes:
+            sock = socket.create_connection(("127.0.0.1", server.port(name)), timeout=TIMEOUT)
+            opened.append(sock)
+            return sock.recv(200)
+
+        assert connect("smtp").startswith(b"220 ")
+        assert connect("pop3").startswith(b"+OK")
+        third = connect("imap")
+        assert third.startswith(b"* BYE"), third
+    finally:
+        for sock in opened:
+            sock.close()
+        server.terminate()

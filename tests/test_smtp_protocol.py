@@ -398,3 +398,39 @@ class PipeliningRegressionTests(TestCase):
         # Only the first message's own answer (written into the void); nothing after it ran.
         self.assertEqual(self.session.codes(), [b"250"])
         self.assertEqual(stored_messages(self.root, "bob@example.test"), [])
+
+
+class ReviewFollowUpTests(TestCase):
+    def session(self, **kwargs) -> Session:
+        session = Session(make_factory(Path(self.mktemp()), **kwargs))
+        self.addCleanup(session.proto.connectionLost, None)
+        session.clear()
+        return session
+
+    @inlineCallbacks
+    def test_probing_unknown_users_counts_as_errors_and_ends_with_421(self):
+        session = self.session()
+        session.send(b"HELO c\r\nMAIL FROM:<>\r\n" + b"".join(b"RCPT TO:<nobody%d@example.test>\r\n" % n for n in range(12)))
+        yield wait_for(lambda: b"421" in session.codes())
+        self.assertEqual(session.codes(), [b"250", b"250"] + [b"550"] * 10 + [b"421"])
+        self.assertTrue(session.transport.disconnecting)
+
+    def test_ipv4_clients_on_a_dual_stack_listener_match_ipv4_trusted_networks(self):
+        factory = make_factory(Path(self.mktemp()), trusted=("192.0.2.0/24",))
+        self.assertTrue(factory.trusted("::ffff:192.0.2.7"))
+        self.assertTrue(factory.trusted("192.0.2.7"))
+        self.assertFalse(factory.trusted("::ffff:198.51.100.1"))
+
+    @inlineCallbacks
+    def test_rcpt_to_postmaster_without_a_domain_reaches_the_first_local_domains_postmaster(self):
+        from mailapp.smtp import SMTPPolicy
+
+        factory = make_factory(Path(self.mktemp()))
+        factory.policy = SMTPPolicy(**{**factory.policy.__dict__, "postmaster": "postmaster@example.test"})
+        factory.router.accounts.add_alias("postmaster@example.test", ["alice@example.test"])
+        session = Session(factory)
+        self.addCleanup(session.proto.connectionLost, None)
+        session.clear()
+        session.send(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<Postmaster>\r\n")
+        yield wait_for(lambda: len(session.codes()) == 3)
+        self.assertEqual(session.codes(), [b"250", b"250", b"250"])
