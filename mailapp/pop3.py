@@ -961,7 +961,6 @@ class POP3Factory(SessionFactory):
         return POP3Server(self)
 
 
-
 def buildFactory(context: Any, listener: Any) -> POP3Factory:
     """The builder the service registers for the ``pop3`` protocol (110 with STLS, 995 implicit)."""
     config = context.config
