@@ -18,9 +18,12 @@ past a single call, so the server sees a change at its next call.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +33,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorThreads
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -878,6 +881,48 @@ class _transaction:
 # --- the server's view -------------------------------------------------------
 
 
+class VerifiedPasswords:
+    """
+    Passwords verified recently, so that a client that logs in again and
+    again (IMAP clients open several connections; phones reconnect all day)
+    does not pay the KDF every time: Dovecot's auth cache, in short.
+
+    Only successes are kept, so every failed guess still pays the full
+    argon2id. An entry holds the stored hash it was verified against (a
+    password change or reset invalidates it at once) and an HMAC-SHA256 of
+    the password under a key made at random for this process, never the
+    password; it expires after C{ttl} seconds. At most C{size} entries.
+    """
+
+    def __init__(self, clock: Callable[[], float], ttl: float, size: int = 10_000) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._size = size
+        self._key = os.urandom(32)
+        self._entries: OrderedDict[str, tuple[str, bytes, float]] = OrderedDict()
+
+    def _mac(self, password: bytes) -> bytes:
+        return hmac.new(self._key, password, hashlib.sha256).digest()
+
+    def check(self, account: str, stored_hash: str, password: bytes) -> bool:
+        entry = self._entries.get(account)
+        if entry is None or self._ttl <= 0:
+            return False
+        hash_then, mac, expires = entry
+        if expires <= self._clock() or hash_then != stored_hash:
+            del self._entries[account]
+            return False
+        return hmac.compare_digest(mac, self._mac(password))
+
+    def remember(self, account: str, stored_hash: str, password: bytes) -> None:
+        if self._ttl <= 0:
+            return
+        self._entries[account] = (stored_hash, self._mac(password), self._clock() + self._ttl)
+        self._entries.move_to_end(account)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
 @implementer(IAccounts)
 class Accounts:
     """
@@ -902,6 +947,7 @@ class Accounts:
         hasher: PasswordHasher | None = None,
         *,
         hash_threads: int = 2,
+        auth_cache_seconds: float = 300,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _global_reactor
@@ -922,6 +968,7 @@ class Accounts:
         self._connections: list[AccountsDatabase] = []
         self._connections_lock = threading.Lock()
         self._closed = False
+        self._verified = VerifiedPasswords(IReactorTime(reactor).seconds, auth_cache_seconds)
         self._hash_pool = ThreadPool(minthreads=0, maxthreads=hash_threads, name="mailapp-password-hashing")
         self._hash_pool.start()
         self._shutdown_trigger = IReactorCore(reactor).addSystemEventTrigger("before", "shutdown", self.close)
@@ -997,11 +1044,15 @@ class Accounts:
             await self._inHashPool(self._verify, self._dummy_hash, password)
             raise UnauthorizedLogin("Invalid credentials")
         canonical, password_hash = found
+        if self._verified.check(canonical, password_hash, password):
+            return canonical
         verified, needs_rehash = await self._inHashPool(self._verify, password_hash, password)
         if not verified:
             raise UnauthorizedLogin("Invalid credentials")
         if needs_rehash:
             await self._rehash(canonical, password)
+        else:
+            self._verified.remember(canonical, password_hash, password)
         return canonical
 
     def _verify(self, password_hash: str, password: bytes) -> tuple[bool, bool]:

@@ -184,6 +184,9 @@ class SecurityConfig:
     ban_window: int = 600
     ban_seconds: int = 3600
     ban_exempt_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: How long a verified password is remembered (as a keyed MAC, never in
+    #: clear), so that a client logging in again skips the KDF; 0 turns it off.
+    auth_cache_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -765,6 +768,7 @@ _SECURITY_KEYS: Final = frozenset(
         "ban_window",
         "ban_seconds",
         "ban_exempt_networks",
+        "auth_cache_seconds",
     }
 )
 #: The longest delay [security] accepts: a failed login holds its session that long.
@@ -796,6 +800,11 @@ def _security(reader: _Reader, table: Mapping[str, Any]) -> SecurityConfig:
             reader.problem(f"security.{name}", f"must be a positive integer, not {value}")
             value = default
         counts[name] = default if value is None else value
+    cache_seconds = reader.typed(table, "auth_cache_seconds", int, "security.auth_cache_seconds", defaults.auth_cache_seconds)
+    if cache_seconds is None or cache_seconds < 0:
+        if cache_seconds is not None:
+            reader.problem("security.auth_cache_seconds", f"must be 0 (off) or a positive integer, not {cache_seconds}")
+        cache_seconds = defaults.auth_cache_seconds
     networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     values = reader.typed(table, "ban_exempt_networks", list, "security.ban_exempt_networks", []) or []
     for index, value in enumerate(values):
@@ -819,6 +828,7 @@ def _security(reader: _Reader, table: Mapping[str, Any]) -> SecurityConfig:
         ban_window=counts["ban_window"],
         ban_seconds=counts["ban_seconds"],
         ban_exempt_networks=tuple(networks),
+        auth_cache_seconds=cache_seconds,
     )
 
 

@@ -430,7 +430,12 @@ def makeService(
     if accounts is None:
         from mailapp.accounts import Accounts
 
-        accounts = Accounts(config.state_dir / "accounts.sqlite3", config.local_domains, reactor=reactor)
+        accounts = Accounts(
+            config.state_dir / "accounts.sqlite3",
+            config.local_domains,
+            reactor=reactor,
+            auth_cache_seconds=config.security.auth_cache_seconds,
+        )
     if portal is None:
         from mailapp.auth import makePortal
 

@@ -632,6 +632,24 @@ class AccountsTests(unittest.TestCase):
         self.assertEqual(len(hasher.verify_threads), 1)
         self.assertIn("mailapp-password-hashing", hasher.verify_threads[0])
 
+    async def test_logging_in_again_skips_the_kdf_but_a_wrong_password_never_does(self) -> None:
+        hasher = _RecordingHasher()
+        accounts = self.makeAccounts(hasher)
+        await accounts.authenticate("alice@example.test", b"secret")
+        await accounts.authenticate("ALICE@example.test", b"secret")
+        self.assertEqual(len(hasher.verify_threads), 1, "the second login should come from the verified-password cache")
+        with self.assertRaises(UnauthorizedLogin):
+            await accounts.authenticate("alice@example.test", b"wrong")
+        self.assertEqual(len(hasher.verify_threads), 2, "a wrong password must always pay the KDF")
+
+    async def test_a_password_change_takes_effect_at_once_despite_the_cache(self) -> None:
+        accounts = self.makeAccounts()
+        await accounts.authenticate("alice@example.test", b"secret")
+        self.admin.set_password("alice@example.test", "new-secret")
+        with self.assertRaises(UnauthorizedLogin):
+            await accounts.authenticate("alice@example.test", b"secret")
+        self.assertEqual(await accounts.authenticate("alice@example.test", b"new-secret"), "Alice@example.test")
+
     async def test_login_upgrades_a_hash_made_with_older_parameters(self) -> None:
         stronger = PasswordHasher(time_cost=2, memory_cost=16, parallelism=1)
         accounts = self.makeAccounts(stronger)
@@ -794,3 +812,37 @@ def test_opening_an_existing_database_keeps_other_connections_locks(tmp_path):
     finally:
         os.close(fd)
         first.close()
+
+
+def test_a_second_login_with_the_same_password_skips_the_kdf_and_a_change_invalidates_it(tmp_path):
+    from twisted.internet import task
+
+    from mailapp.accounts import VerifiedPasswords
+
+    clock = task.Clock()
+    cache = VerifiedPasswords(clock.seconds, ttl=300)
+    cache.remember("alice@example.test", "$argon2id$hash-1", b"secret")
+    assert cache.check("alice@example.test", "$argon2id$hash-1", b"secret")
+    assert not cache.check("alice@example.test", "$argon2id$hash-1", b"wrong")
+    # A password change (a new stored hash) invalidates the entry at once.
+    assert not cache.check("alice@example.test", "$argon2id$hash-2", b"secret")
+    assert not cache.check("alice@example.test", "$argon2id$hash-1", b"secret")
+    cache.remember("bob@example.test", "h", b"pw")
+    clock.advance(301)
+    assert not cache.check("bob@example.test", "h", b"pw")
+
+
+def test_the_cache_never_holds_a_password_in_clear():
+    from mailapp.accounts import VerifiedPasswords
+
+    cache = VerifiedPasswords(lambda: 0.0, ttl=300)
+    cache.remember("alice@example.test", "h", b"correct horse battery staple")
+    assert b"correct horse" not in repr(cache._entries).encode()
+
+
+def test_a_zero_ttl_turns_the_cache_off():
+    from mailapp.accounts import VerifiedPasswords
+
+    cache = VerifiedPasswords(lambda: 0.0, ttl=0)
+    cache.remember("alice@example.test", "h", b"pw")
+    assert not cache.check("alice@example.test", "h", b"pw")
