@@ -140,6 +140,14 @@ class _Recent:
     def forget(self, key: str) -> None:
         self._times.pop(key, None)
 
+    def resize(self, window: float, keep: int) -> None:
+        """New window and depth (a reload); events already recorded stay."""
+        self.window = window
+        self._keep = keep
+        for key, times in list(self._times.items()):
+            if times.maxlen != keep:
+                self._times[key] = deque(times, maxlen=keep)
+
     def _expire(self, now: float) -> None:
         """Drop keys whose last event has left the window (they are at the front)."""
         while self._times:
@@ -205,6 +213,20 @@ class AbuseGuard:
         self._max_tracked = max_tracked
         self._exempt = tuple(self.security.ban_exempt_networks)
         self.sending = SendingLimiter(clock, max_messages_per_hour, max_tracked)
+
+    def reconfigure(self, config: Any) -> None:
+        """
+        SIGHUP: the new C{[security]} settings and hourly sending limit apply
+        from now on. Bans in force and the failures already counted stay.
+        """
+        self.security = config.security
+        self._exempt = tuple(self.security.ban_exempt_networks)
+        keep = max(self.security.ban_after_failures, _MAX_TIMES)
+        self._addresses.resize(float(self.security.ban_window), keep)
+        self._accounts.resize(float(self.security.ban_window), keep)
+        per_hour = config.limits.max_messages_per_hour
+        self.sending.per_hour = per_hour
+        self.sending._sent.resize(SendingLimiter.HOUR, per_hour)
 
     @classmethod
     def fromConfig(cls, config: Any, reactor: Any) -> AbuseGuard:

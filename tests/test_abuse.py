@@ -324,7 +324,7 @@ def test_security_mistakes_are_all_reported_with_their_keys() -> None:
     )
     assert problems == [
         (
-            "etc/test.toml: security.bantime: unknown key (expected one of: auth_failure_delay, auth_failure_delay_max, "
+            "etc/test.toml: security.bantime: unknown key (expected one of: auth_cache_seconds, auth_failure_delay, auth_failure_delay_max, "
             "ban_after_failures, ban_exempt_networks, ban_seconds, ban_window)"
         ),
         "etc/test.toml: security.auth_failure_delay: must be a number of seconds above 0 and at most 300, not 0",
@@ -492,3 +492,27 @@ class CrossProtocolTests(TestCase):
             failures,
             [("smtp", ATTACKER, ALICE), ("pop3", ATTACKER, "bob@example.test"), ("imap", ATTACKER, "nobody@example.test")],
         )
+
+
+def test_a_reload_applies_new_security_settings_and_keeps_bans_in_force():
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    from mailapp.abuse import AbuseGuard
+    from mailapp.config import Limits, SecurityConfig
+
+    clock = Clock()
+    guard = AbuseGuard(clock.seconds, SecurityConfig(ban_after_failures=10, ban_seconds=60))
+    for _ in range(10):
+        guard.failed("imap", "192.0.2.1", "a@example.test")
+    assert guard.banned("192.0.2.1")
+    guard.reconfigure(SimpleNamespace(security=SecurityConfig(ban_after_failures=2, ban_seconds=60), limits=Limits(max_messages_per_hour=1)))
+    assert guard.banned("192.0.2.1"), "a ban in force stays"
+    guard.failed("imap", "192.0.2.2", "b@example.test")
+    assert not guard.banned("192.0.2.2")
+    guard.failed("imap", "192.0.2.2", "b@example.test")
+    assert guard.banned("192.0.2.2"), "the new threshold applies"
+    assert guard.sending.allowed("c@example.test")
+    guard.sending.accepted("c@example.test")
+    assert not guard.sending.allowed("c@example.test"), "the new hourly limit applies"
