@@ -40,6 +40,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable
@@ -352,6 +353,8 @@ class POP3Server(twisted_pop3.POP3):
         self._locked: str | None = None
         self._logout: Callable[[], None] | None = None
         self._sender: _MessageSender | None = None
+        #: The command a pending Deferred will answer, and when it came (for latency metrics).
+        self._timing: tuple[str, float] | None = None
         #: Small messages read ahead of their RETR: message number -> Deferred of its bytes.
         self._ahead: dict[int, defer.Deferred[bytes | None]] = {}
         self._peerIP = ""
@@ -478,9 +481,17 @@ class POP3Server(twisted_pop3.POP3):
     def _wait(self, d: defer.Deferred[Any]) -> None:
         """Hold further commands until C{d} has sent its reply."""
         self._busy = True
+        # A Deferred that has already fired (a RETR served from the read-ahead)
+        # calls done() inside the command's handler: the loop in _process then
+        # carries on by itself; calling _process again would nest one level
+        # per pipelined command.
+        inline = True
 
         def done(result: object) -> None:
             self._busy = False
+            if self._timing is not None:
+                (command, started), self._timing = self._timing, None
+                self.factory.command_done(command, started)
             if isinstance(result, Failure):
                 _log.failure(
                     "pop3 internal error client={client}",
@@ -500,10 +511,13 @@ class POP3Server(twisted_pop3.POP3):
             if self._closeWhenIdle:
                 self.shutdown()
                 return
+            if inline:
+                return
             self.transport.resumeProducing()
             self._process()
 
         d.addBoth(done)
+        inline = False
 
     def _command(self, line: bytes) -> None:
         if self.sessionState is SessionState.AUTHORIZATION:
@@ -528,7 +542,12 @@ class POP3Server(twisted_pop3.POP3):
         if name not in _COMMANDS[self.sessionState]:
             self._err(name.encode("ascii") + b" is not valid in the " + self.sessionState.name.encode("ascii") + b" state")
             return
+        started = time.perf_counter()
         getattr(self, "pop3_" + name)(argument)
+        if self._busy:
+            self._timing = (name, started)  # answered later: _wait reports it
+        else:
+            self.factory.command_done(name, started)
 
     # -- AUTHORIZATION ------------------------------------------------------------
 

@@ -9,6 +9,8 @@ follow the traffic. Loopback only, port 0, every wait bounded.
 from __future__ import annotations
 
 import base64
+import imaplib
+import poplib
 import smtplib
 import urllib.error
 import urllib.request
@@ -48,6 +50,18 @@ endpoint = "tcp:0:interface=127.0.0.1"
 tls = "none"
 allow_plaintext_auth = true
 
+[listeners.pop3]
+protocol = "pop3"
+endpoint = "tcp:0:interface=127.0.0.1"
+tls = "none"
+allow_plaintext_auth = true
+
+[listeners.imap]
+protocol = "imap"
+endpoint = "tcp:0:interface=127.0.0.1"
+tls = "none"
+allow_plaintext_auth = true
+
 [listeners.metrics]
 protocol = "metrics"
 endpoint = "tcp:0:interface=127.0.0.1"
@@ -60,7 +74,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwistServer]:
     root = tmp_path_factory.mktemp("ops-observability")
     add_users(root / "state", ["example.test"], {"alice@example.test": PASSWORD})
     running = TwistServer(root, _config(root), arguments=())
-    running.start(listeners=3)
+    running.start(listeners=5)
     message = f"Subject: hello\r\n\r\n{BODY_MARKER}\r\n"
     with smtplib.SMTP("127.0.0.1", running.ports["smtp"], timeout=TIMEOUT) as client:
         client.sendmail("someone@elsewhere.test", ["alice@example.test"], message)
@@ -72,8 +86,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwistServer]:
     with smtplib.SMTP("127.0.0.1", running.ports["submission"], timeout=TIMEOUT) as client:
         client.login("alice@example.test", PASSWORD)
         client.sendmail("alice@example.test", ["alice@example.test"], message)
+    pop = poplib.POP3("127.0.0.1", running.ports["pop3"], timeout=TIMEOUT)
+    pop.user("alice@example.test")
+    pop.pass_(PASSWORD)
+    pop.stat()
+    pop.quit()
+    imap = imaplib.IMAP4("127.0.0.1", running.ports["imap"], timeout=TIMEOUT)
+    imap.login("alice@example.test", PASSWORD)
+    imap.select("INBOX")
+    imap.logout()
     running.wait_for(
-        lambda events: sum(e.get("log_event") == "session.ended" for e in events) >= 3, "three sessions to end"
+        lambda events: sum(e.get("log_event") == "session.ended" for e in events) >= 5, "five sessions to end"
     )
     yield running
     running.stop()
@@ -101,7 +124,7 @@ def test_log_lines_are_json_objects_with_stable_event_names(server: TwistServer)
     accepted = [e for e in events if e.get("log_event") == "smtp.accepted"]
     assert all(e["queue_id"] and e["size"] > 0 and e["count"] == 1 for e in accepted)
     started = [e for e in events if e.get("log_event") == "session.started"]
-    assert {(e["protocol"], e["listener"]) for e in started} == {("smtp", "smtp"), ("submission", "submission")}
+    assert {(e["protocol"], e["listener"]) for e in started} == {("smtp", "smtp"), ("submission", "submission"), ("pop3", "pop3"), ("imap", "imap")}
     assert all(e["client"] == "127.0.0.1" for e in started)
 
 
@@ -125,6 +148,8 @@ def test_metrics_endpoint_counts_the_traffic(server: TwistServer) -> None:
     assert _value(text, 'mailapp_messages_delivered_total{kind="local"}') == 2
     assert _value(text, 'mailapp_command_duration_seconds_count{command="EHLO",protocol="smtp"}') == 1
     assert _value(text, 'mailapp_command_duration_seconds_count{command="EOM",protocol="submission"}') == 1
+    assert _value(text, 'mailapp_command_duration_seconds_count{command="STAT",protocol="pop3"}') == 1
+    assert _value(text, 'mailapp_command_duration_seconds_count{command="SELECT",protocol="imap"}') == 1
     assert _value(text, "mailapp_message_size_bytes_count") == 2
     assert _value(text, "mailapp_queue_messages") == 0
     assert _value(text, "mailapp_queue_oldest_age_seconds") == 0

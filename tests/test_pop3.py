@@ -771,3 +771,14 @@ class ReadAheadTests(POP3TestCase):
         output = yield self.reply(session, b"RETR 2\r\n")
         self.assertTrue(output.endswith(b"body 2\r\n.\r\n"))
         self.assertNotIn(2, session.proto._ahead)
+
+    @inlineCallbacks
+    def test_hundreds_of_pipelined_retrs_served_from_the_read_ahead_each_get_their_message(self) -> None:
+        count = 300
+        yield self.deliver(*[b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(1, count + 1)])
+        session = yield self.logged_in()
+        yield self.reply(session, b"RETR 1\r\n")  # starts the read-ahead
+        output = yield self.reply(session, b"".join(b"RETR %d\r\n" % n for n in range(2, count + 1)), count=count - 1)
+        for n in (2, 150, count):
+            self.assertIn(b"body %d\r\n.\r\n" % n, output)
+        self.assertEqual(output.count(b"+OK "), count - 1)

@@ -46,6 +46,7 @@ import binascii
 import dataclasses
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import IO, Any, Callable
 
@@ -630,6 +631,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                 self._bad(tag, b"Unknown command")
             return
         handler = getattr(self, "do_" + name.replace(" ", "_"))
+        started = time.perf_counter()
         try:
             result = handler(tag, arguments)
         except BadCommand as e:
@@ -639,7 +641,16 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         if result is not None:
             if hasattr(result, "__await__") and not isinstance(result, defer.Deferred):
                 result = defer.Deferred.fromCoroutine(result)
+            # Latency to the tagged reply, for the metrics (IDLE is a wait, not a command to time).
+            if name != "IDLE":
+                result.addBoth(self._commandDone, name, started)
             self._wait(result, tag)
+        else:
+            self.factory.command_done(name, started)
+
+    def _commandDone(self, result: object, name: str, started: float) -> object:
+        self.factory.command_done(name, started)
+        return result
 
     def _discard(self, pieces: list[Any]) -> None:
         for piece in pieces:
