@@ -116,6 +116,179 @@ def pop3_workload(messages: int) -> Callable[[Path, float], dict[str, Any]]:
     return run
 
 
+def _run_json(command: list[str], timeout: float, what: str) -> dict[str, Any]:
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=timeout, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed: {result.stderr[-3000:]}")
+    return json.loads(result.stdout)
+
+
+SEARCH_TERM = "quarterly"
+
+
+def fill_maildir(maildir: Path, count: int, every: int = 100) -> int:
+    """
+    Write C{count} messages of about 4 KiB straight into C{maildir}/new, as a
+    migration would (no UIDs in the names: the server's first open gives them).
+    Every C{every}-th Subject carries L{SEARCH_TERM}. Returns the bytes written.
+    """
+    new = maildir / "new"
+    new.mkdir(parents=True, exist_ok=True)
+    line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n"
+    body = line * 48
+    total = 0
+    for n in range(count):
+        subject = f"message {n} {SEARCH_TERM} report" if n % every == every - 1 else f"message {n}"
+        data = (
+            f"From: Sender {n} <sender{n}@remote.test>\r\nTo: bench0@example.test\r\nSubject: {subject}\r\n"
+            f"Date: Mon, 7 Feb 1994 21:52:25 -0800\r\nMessage-ID: <{n}@remote.test>\r\n\r\n{body}"
+        ).encode()
+        (new / f"{1700000000 + n}.M{n}P1.bench").write_bytes(data)
+        total += len(data)
+    return total
+
+
+def imap_workload(messages: int, bodies: int, pushes: int) -> Callable[[Path, float], dict[str, Any]]:
+    """
+    One user's INBOX of C{messages} x 4 KiB: C{messages} - 1 written as
+    Maildir files before the server starts, the last delivered by SMTP (the
+    server's first open of the mailbox, which indexes the files: timed apart).
+    """
+
+    def run(workdir: Path, timeout: float) -> dict[str, Any]:
+        user = USERS[0]
+        written: dict[str, float] = {}
+
+        def prepare(state_dir: Path) -> None:
+            started = time.perf_counter()
+            written["bytes"] = fill_maildir(state_dir / "mail" / "example.test" / user.split("@")[0], messages - 1)
+            written["seconds"] = time.perf_counter() - started
+
+        server = bench_server.start(
+            [user], workdir, listeners={"smtp": ("smtp", "none"), "imap": ("imap", "none")},
+            production_hash_users=[user], prepare=prepare,
+        )
+        try:
+            figures = _run_json(
+                [
+                    sys.executable, "-m", "bench.imap_load", "--imap-port", str(server.ports["imap"]), "--smtp-port", str(server.ports["smtp"]),
+                    "--user", user, "--messages", str(messages), "--bodies", str(bodies), "--pushes", str(pushes),
+                    "--search-term", SEARCH_TERM, "--search-expect", str((messages - 1) // 100), "--timeout", str(min(timeout, 300)),
+                ],
+                timeout + 30, "IMAP generator",
+            )
+            figures["fill_seconds"] = written["seconds"]
+            figures["inbox_megabytes"] = written["bytes"] / 1e6
+            figures["server_peak_rss_mb"] = server.peak_rss_bytes() / 2**20
+        finally:
+            server.stop()
+        figures["_cleanup"] = server
+        return figures
+
+    return run
+
+
+def idle_workload(connections: int, users: int, pushes: int) -> Callable[[Path, float], dict[str, Any]]:
+    """C{connections} IMAP sessions of C{users} users, all in IDLE at once; server RSS and push latency."""
+
+    def run(workdir: Path, timeout: float) -> dict[str, Any]:
+        accounts = [f"idle{i}@example.test" for i in range(users)]
+        server = bench_server.start(
+            accounts, workdir, timeout=120, listeners={"smtp": ("smtp", "none"), "imap": ("imap", "none")},
+            max_connections=connections + 100, production_hash_users=accounts,
+        )
+        try:
+            figures = _run_json(
+                [
+                    sys.executable, "-m", "bench.idle_load", "--imap-port", str(server.ports["imap"]), "--smtp-port", str(server.ports["smtp"]),
+                    "--server-pid", str(server.process.pid), "--users", str(users), "--connections", str(connections),
+                    "--pushes", str(pushes), "--timeout", str(min(timeout, 120)),
+                ],
+                timeout + 30, "IDLE generator",
+            )
+            figures["server_open_files_limit"] = server.open_files_limit()
+            figures["server_peak_rss_mb"] = server.peak_rss_bytes() / 2**20
+        finally:
+            server.stop()
+        figures["_cleanup"] = server
+        return figures
+
+    return run
+
+
+def relay_workload(count: int, size: int) -> Callable[[Path, float], dict[str, Any]]:
+    """
+    Instance A with C{count} x C{size} entries already in its queue (written
+    while A was stopped) relays them to instance B (A's [relay] transports
+    sends b.test to B's SMTP listener, STARTTLS). Figure: C{count} divided by
+    the time from A listening to the last file in B's Maildir.
+    """
+
+    def run(workdir: Path, timeout: float) -> dict[str, Any]:
+        recipient = "bob@b.test"
+        b = bench_server.start([recipient], workdir, domain="b.test", hostname="mx.b.test", listeners={"smtp": ("smtp", "starttls")})
+        a = None
+        watcher = None
+        try:
+            fill: dict[str, Any] = {}
+
+            def prepare(state_dir: Path) -> None:
+                fill.update(
+                    _run_json(
+                        [sys.executable, "-m", "bench.relay_load", "fill", "--queue", str(state_dir / "queue"), "--count", str(count),
+                         "--size", str(size), "--recipient", recipient],
+                        120, "relay queue fill",
+                    )
+                )
+
+            maildir = b.maildir_new(recipient)
+            watcher = subprocess.Popen(
+                [sys.executable, "-m", "bench.relay_load", "watch", "--maildir", str(maildir), "--expect", str(count), "--timeout", str(timeout)],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            b_cpu = b.cpu_seconds()
+            relay = f'[relay]\ntransports = {{ "b.test" = "127.0.0.1:{b.ports["smtp"]}" }}\nretry_schedule = [1]\n'
+            a = bench_server.start(["alice@a.test"], workdir, domain="a.test", hostname="mail.a.test", extra=relay, prepare=prepare)
+            a_cpu = a.cpu_seconds()
+            out, err = watcher.communicate(timeout=timeout + 30)
+            if watcher.returncode != 0:
+                raise RuntimeError(f"relay watcher failed: {err[-2000:]}")
+            seen = json.loads(out)
+            a_cpu, b_cpu = a.cpu_seconds() - a_cpu, b.cpu_seconds() - b_cpu
+            deadline = time.monotonic() + 60
+            envelopes = a.state_dir / "queue" / "envelopes"
+            while any(envelopes.iterdir()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            left = len(list(envelopes.iterdir()))
+            if left:
+                raise RuntimeError(f"{left} entries still in A's queue after every message reached B")
+            elapsed = seen["last_file"] - a.listening_at
+            figures = {
+                "messages": count,
+                "seconds": elapsed,
+                "messages_per_second": count / elapsed,
+                "relay_from_process_start_per_second": count / (seen["last_file"] - a.started_at),
+                "relay_steady_per_second": (count - 1) / max(seen["last_file"] - seen["first_file"], 1e-6),
+                "first_arrival_seconds": seen["first_file"] - a.listening_at,
+                "a_startup_seconds": a.listening_at - a.started_at,
+                "a_cpu_ms_per_message": a_cpu * 1000 / count,
+                "b_cpu_ms_per_message": b_cpu * 1000 / count,
+                "fill_seconds": fill.get("fill_seconds"),
+                "server_peak_rss_mb": a.peak_rss_bytes() / 2**20,
+            }
+        finally:
+            if watcher is not None and watcher.poll() is None:
+                watcher.kill()
+                watcher.wait(timeout=10)
+            if a is not None:
+                a.stop()
+            b.stop()
+        figures["_cleanup"] = [a, b]
+        return figures
+
+    return run
+
+
 def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, float], dict[str, Any]]]]:
     n, big = args.messages, args.large_messages
     return {
@@ -123,6 +296,9 @@ def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, 
         "smtp-4k-single": (f"SMTP ingest, {n // 5} x 4 KiB, {args.concurrency} connections, 1 per connection", smtp_workload(n // 5, 4096, args.concurrency, 1)),
         "smtp-100k": (f"SMTP ingest, {big} x 100 KiB, {args.concurrency} connections, 10 per connection", smtp_workload(big, 100 * 1024, args.concurrency, 10)),
         "pop3": (f"POP3, one session over {args.pop3_messages} x 4 KiB: STAT, LIST, UIDL, RETR of each", pop3_workload(args.pop3_messages)),
+        "imap": (f"IMAP, one INBOX of {args.imap_messages} x 4 KiB: LOGIN+SELECT, UID FETCH 1:* (UID FLAGS), FETCH {args.imap_bodies} BODY.PEEK[], SEARCH SUBJECT, IDLE push x {args.imap_pushes}", imap_workload(args.imap_messages, args.imap_bodies, args.imap_pushes)),
+        "idle": (f"IMAP IDLE, {args.idle_connections} connections of {args.idle_users} users at once; {args.imap_pushes} deliveries to 5 of them", idle_workload(args.idle_connections, args.idle_users, args.imap_pushes)),
+        "relay": (f"relay, {args.relay_messages} x 4 KiB from A's queue into B (loopback, STARTTLS)", relay_workload(args.relay_messages, 4096)),
         "null-sink-4k": (f"generator alone against a null sink, {n} x 4 KiB", null_sink_workload(n, 4096, args.concurrency, 50)),
     }
 
@@ -138,6 +314,30 @@ FIGURES = [
     ("list_seconds", "LIST s", "{:.4f}"),
     ("uidl_seconds", "UIDL s", "{:.4f}"),
     ("retr_seconds", "RETR all s", "{:.3f}"),
+    ("first_open_seconds", "first open s", "{:.2f}"),
+    ("first_login_select_seconds", "1st LOGIN+SEL s", "{:.3f}"),
+    ("first_login_seconds", "1st LOGIN s", "{:.3f}"),
+    ("login_select_seconds", "2nd LOGIN+SEL s", "{:.4f}"),
+    ("login_seconds", "2nd LOGIN s", "{:.4f}"),
+    ("uid_fetch_seconds", "UID FETCH 1:* s", "{:.3f}"),
+    ("fetch_bodies_seconds", "FETCH bodies s", "{:.3f}"),
+    ("search_seconds", "SEARCH SUBJ s", "{:.3f}"),
+    ("push_p50_ms", "push p50 ms", "{:.1f}"),
+    ("push_p99_ms", "push p99 ms", "{:.1f}"),
+    ("push_from_data_p50_ms", "push p50 DATA ms", "{:.1f}"),
+    ("first_logins_seconds", "first logins s", "{:.2f}"),
+    ("connect_seconds", "connect+IDLE s", "{:.2f}"),
+    ("server_rss_before_mb", "srv RSS before MiB", "{:.0f}"),
+    ("server_rss_mb", "srv RSS MiB", "{:.0f}"),
+    ("server_rss_kb_per_connection", "srv KiB/conn", "{:.1f}"),
+    ("idle_push_p50_ms", "push p50 (all) ms", "{:.1f}"),
+    ("idle_push_p99_ms", "push p99 (all) ms", "{:.1f}"),
+    ("idle_push_first_p50_ms", "push p50 (1st) ms", "{:.1f}"),
+    ("relay_steady_per_second", "first-last msg/s", "{:.0f}"),
+    ("relay_from_process_start_per_second", "from A exec msg/s", "{:.0f}"),
+    ("first_arrival_seconds", "1st arrival s", "{:.2f}"),
+    ("a_cpu_ms_per_message", "A CPU ms/msg", "{:.2f}"),
+    ("b_cpu_ms_per_message", "B CPU ms/msg", "{:.2f}"),
 ]
 
 
@@ -156,6 +356,12 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=5000, help="4 KiB messages per run (default 5000)")
     parser.add_argument("--large-messages", type=int, default=1000, help="100 KiB messages per run (default 1000)")
     parser.add_argument("--pop3-messages", type=int, default=1000, help="messages in the POP3 maildrop (default 1000)")
+    parser.add_argument("--imap-messages", type=int, default=10_000, help="messages in the IMAP INBOX (default 10000)")
+    parser.add_argument("--imap-bodies", type=int, default=1000, help="full bodies fetched in one FETCH (default 1000)")
+    parser.add_argument("--imap-pushes", type=int, default=100, help="messages delivered during IDLE, one at a time (default 100)")
+    parser.add_argument("--idle-connections", type=int, default=2000, help="IMAP connections in IDLE at once (default 2000; up to 10000)")
+    parser.add_argument("--idle-users", type=int, default=100, help="users those connections log in as (one argon2id check each; default 100)")
+    parser.add_argument("--relay-messages", type=int, default=1000, help="entries in A's queue (default 1000)")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on each run, seconds")
@@ -178,18 +384,20 @@ def main() -> int:
         for _ in range(args.runs):
             result = run(workdir, args.timeout)
             server = result.pop("_cleanup", None)
-            if previous is not None:
-                bench_server.remove(previous)
+            for old in previous if isinstance(previous, list) else [previous]:
+                if old is not None:
+                    bench_server.remove(old)
             previous = server
             runs.append(result)
-        results["workloads"][name] = {"title": title, **summarize(runs)}
+        results["workloads"][name] = {"title": title, **summarize(runs), "all_runs": runs}
         print(f"\n{name}: {title}")
         for key, label, fmt in FIGURES:
             figure = results["workloads"][name].get(key)
             if figure:
                 print(f"  {label:18} {fmt.format(figure['median']):>10}   ({fmt.format(figure['min'])} - {fmt.format(figure['max'])})")
-    if previous is not None:
-        bench_server.remove(previous)
+    for old in previous if isinstance(previous, list) else [previous]:
+        if old is not None:
+            bench_server.remove(old)
     os.rmdir(workdir) if not any(workdir.iterdir()) else None
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

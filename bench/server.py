@@ -7,45 +7,72 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 CONFIG = """
 [server]
-hostname = "bench.example.test"
+hostname = "{hostname}"
 state_dir = "{state_dir}"
 
 [domains]
-local = ["example.test"]
+local = ["{domain}"]
 
 [tls]
 cert = "{state_dir}/tls/cert.pem"
 key = "{state_dir}/tls/key.pem"
 generate_self_signed = true
-
-[listeners.smtp]
-protocol = "smtp"
-endpoint = "tcp:0:interface=127.0.0.1"
-tls = "none"
-
-[listeners.pop3]
-protocol = "pop3"
-endpoint = "tcp:0:interface=127.0.0.1"
-tls = "none"
-allow_plaintext_auth = true
-
+{listeners}
 [limits]
 max_message_size = 26214400
 max_recipients = 100
-max_connections = 2000
-max_connections_per_ip = 2000
+max_connections = {max_connections}
+max_connections_per_ip = {max_connections}
+{extra}
 """
+
+#: Listeners of the default server: name -> (protocol, tls mode).
+DEFAULT_LISTENERS = {"smtp": ("smtp", "none"), "pop3": ("pop3", "none")}
+
+#: Twisted's default listen(2) backlog is 50; a few thousand clients connecting
+#: at once would see SYNs dropped and retried a second later.
+BACKLOG = 1024
+
+
+def _listener(name: str, protocol: str, tls: str) -> str:
+    text = f'\n[listeners.{name}]\nprotocol = "{protocol}"\nendpoint = "tcp:0:interface=127.0.0.1:backlog={BACKLOG}"\ntls = "{tls}"\n'
+    if protocol in ("pop3", "imap", "submission"):
+        text += "allow_plaintext_auth = true\n"
+    return text
+
+
+_production_hash: str | None = None
+
+
+def production_password_hash(password: str = "bench-password") -> str:
+    """One argon2id hash with the server's own parameters, made once per harness process."""
+    global _production_hash
+    if _production_hash is None:
+        from mailapp.accounts import default_password_hasher
+
+        _production_hash = default_password_hasher().hash(password)
+    return _production_hash
+
+
+def _raise_nofile() -> None:
+    """In the server's child process, before exec: the soft open-files limit up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536), hard))
+
 
 _LISTENING = re.compile(r"listener (\w+) \(\w+, tls=\w+\) listening on 127\.0\.0\.1:(\d+)")
 
@@ -58,6 +85,9 @@ class Server:
     state_dir: Path
     ports: dict[str, int] = field(default_factory=dict)
     log_path: Path | None = None
+    #: Wall-clock times (Unix seconds): the process was started; every listener was up.
+    started_at: float = 0.0
+    listening_at: float = 0.0
 
     def maildir_new(self, account: str) -> Path:
         local, domain = account.split("@")
@@ -69,10 +99,23 @@ class Server:
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks
 
-    def peak_rss_bytes(self) -> int:
+    def _status(self, key: str) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
+        return 0
+
+    def peak_rss_bytes(self) -> int:
+        return self._status("VmHWM")
+
+    def rss_bytes(self) -> int:
+        return self._status("VmRSS")
+
+    def open_files_limit(self) -> int:
+        """The server process's soft RLIMIT_NOFILE."""
+        for line in Path(f"/proc/{self.process.pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
         return 0
 
     def stop(self) -> None:
@@ -85,35 +128,66 @@ class Server:
                 self.process.wait(timeout=10)
 
 
-def start(users: list[str], workdir: Path, timeout: float = 30.0) -> Server:
-    """Create the state directory and users, start the server, wait until it listens."""
+def start(
+    users: list[str],
+    workdir: Path,
+    timeout: float = 30.0,
+    *,
+    domain: str = "example.test",
+    hostname: str = "bench.example.test",
+    listeners: dict[str, tuple[str, str]] | None = None,
+    max_connections: int = 2000,
+    extra: str = "",
+    production_hash_users: list[str] | tuple[str, ...] = (),
+    prepare: Callable[[Path], None] | None = None,
+) -> Server:
+    """
+    Create the state directory and users, start the server, wait until every
+    listener listens. Users get a cheap argon2id hash (which the server
+    upgrades, at full cost, on the first login) except C{production_hash_users},
+    who get one with the server's own parameters, as real accounts have.
+    C{prepare(state_dir)} runs after the users exist and before the server starts.
+    """
     from mailapp.accounts import AccountsDatabase
     from mailapp.store import ensure_mailbox
     from mailapp.testing import cheap_password_hasher
 
+    listeners = DEFAULT_LISTENERS if listeners is None else listeners
     state_dir = Path(tempfile.mkdtemp(prefix="state-", dir=workdir))
     config_path = state_dir / "mailapp.toml"
-    config_path.write_text(CONFIG.format(state_dir=state_dir))
-    with AccountsDatabase(state_dir / "accounts.sqlite3", ["example.test"], hasher=cheap_password_hasher()) as db:
+    config_path.write_text(
+        CONFIG.format(
+            state_dir=state_dir, domain=domain, hostname=hostname, max_connections=max_connections, extra=extra,
+            listeners="".join(_listener(name, protocol, tls) for name, (protocol, tls) in listeners.items()),
+        )
+    )
+    with AccountsDatabase(state_dir / "accounts.sqlite3", [domain], hasher=cheap_password_hasher()) as db:
         for user in users:
-            db.add_user(user, "bench-password")
+            canonical = db.add_user(user, "bench-password")
+            if user in production_hash_users:
+                db.update_hash(canonical, production_password_hash())
             ensure_mailbox(state_dir, user)
+    if prepare is not None:
+        prepare(state_dir)
     log_path = state_dir / "server.log"
     twistd = Path(sys.executable).parent / "twistd"
+    started_at = time.time()
     process = subprocess.Popen(
         [str(twistd), "-n", "--pidfile=", "--logfile", str(log_path), "mailapp", "--config", str(config_path)],
         cwd=state_dir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
+        preexec_fn=_raise_nofile,  # noqa: PLW1509 - the harness starts no threads
     )
-    server = Server(process, state_dir, log_path=log_path)
+    server = Server(process, state_dir, log_path=log_path, started_at=started_at)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited early; see {log_path}")
         text = log_path.read_text() if log_path.exists() else ""
         server.ports = {name: int(port) for name, port in _LISTENING.findall(text)}
-        if "smtp" in server.ports:
+        if all(name in server.ports for name in listeners):
+            server.listening_at = time.time()
             return server
         time.sleep(0.05)
     server.stop()
