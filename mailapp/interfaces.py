@@ -199,6 +199,13 @@ class IFolder(Interface):
         folder as it is now.
         """
 
+    def messagesAfter(uid: int):  # type: ignore[no-untyped-def]
+        """
+        Fire with the L{mailapp.store.MessageInfo} of the messages whose UID
+        is above C{uid}, in UID order: what a session that has seen up to
+        C{uid} needs when it is told of new mail (cheap on a large folder).
+        """
+
     def openMessage(uid: int):  # type: ignore[no-untyped-def]
         """
         Fire with a binary file object positioned at the start of the stored

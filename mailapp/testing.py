@@ -257,6 +257,10 @@ class FakeFolder:
         state = self._state
         return succeed([MessageInfo(uid, m[1], len(m[0]), m[2]) for uid, m in sorted(state.messages.items())])
 
+    def messagesAfter(self, uid: int) -> Deferred[list[MessageInfo]]:
+        state = self._state
+        return succeed([MessageInfo(u, m[1], len(m[0]), m[2]) for u, m in sorted(state.messages.items()) if u > uid])
+
     def openMessage(self, uid: int) -> Deferred[io.BytesIO]:
         message = self._state.messages.get(uid)
         if message is None:

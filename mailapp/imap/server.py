@@ -85,6 +85,7 @@ from mailapp.imap.wire import (
 )
 from mailapp.interfaces import IMailbox
 from mailapp.sessions import BANNED, SessionFactory
+from mailapp.store.events import ADDED
 from mailapp.store.records import MessageInfo
 
 __all__ = ["IMAPFactory", "IMAPPolicy", "IMAPServer", "buildFactory"]
@@ -218,6 +219,10 @@ class _Selected:
     recent: set[int]
     unsubscribe: Callable[[], None] = lambda: None
     dirty: bool = False
+    #: Every change hinted since the last full read was new mail: reading the
+    #: messages above C{highest} is enough (a 10,000-message folder need not
+    #: be read again for each delivery).
+    only_added: bool = True
     #: Highest UID this view has announced.
     highest: int = 0
 
@@ -1034,7 +1039,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         selected = _Selected(
             folder, readonly, status.uidvalidity, max(status.uidnext, highest + 1), uids, info, recent, highest=highest
         )
-        selected.unsubscribe = self.store.events.subscribe(self.account, folder.name, lambda event: self._hint(selected))
+        selected.unsubscribe = self.store.events.subscribe(self.account, folder.name, lambda event: self._hint(selected, event))
         self._selected = selected
         self.state = "selected"
         keywords = set()
@@ -1060,9 +1065,13 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             if self.state == "selected":
                 self.state = "auth"
 
-    def _hint(self, selected: _Selected) -> None:
+    def _hint(self, selected: _Selected, event: Any = None) -> None:
         """The store says the selected folder changed: re-read it now if idling, else at the next command."""
+        if not selected.dirty:
+            selected.only_added = True
         selected.dirty = True
+        if getattr(event, "kind", None) != ADDED:
+            selected.only_added = False
         if self._idleTag is not None and self._selected is selected:
             self._scheduleIdleUpdate()
 
@@ -1078,6 +1087,13 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         if selected is None or not (selected.dirty or force):
             return
         selected.dirty = False
+        if selected.only_added and not force:
+            # Only new mail was announced: read just what lies above the view.
+            messages = await selected.folder.messagesAfter(selected.highest)
+            if self._selected is not selected:
+                return
+            self._announceNew(selected, messages)
+            return
         messages = await selected.folder.messages()
         if self._selected is not selected:
             return
@@ -1093,6 +1109,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                     selected.recent.discard(uid)
             else:
                 selected.dirty = True
+                selected.only_added = False  # the expunges are still to tell: read it all again
         out = []
         for position, uid in enumerate(selected.uids):
             now = current.get(uid)
@@ -1103,6 +1120,10 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                 out.append(b"* %d FETCH (FLAGS %s%s)\r\n" % (position + 1, format_flags(flags), extra))
         if out:
             self._write(b"".join(out))
+        self._announceNew(selected, messages)
+
+    def _announceNew(self, selected: _Selected, messages: list[MessageInfo]) -> None:
+        """EXISTS and RECENT for the messages above what the view has announced."""
         new = [m for m in messages if m.uid > selected.highest]
         if new:
             marker = self.factory.recentMarker(self.account, selected.folder.name, selected.uidvalidity)

@@ -330,6 +330,17 @@ class MaildirFolder:
 
         return self.store.run(read)
 
+    def messagesAfter(self, uid: int) -> Deferred[list[MessageInfo]]:
+        def read() -> list[MessageInfo]:
+            with self._connect() as conn:
+                rows = conn.execute(
+                    "SELECT uid, flags, size, internaldate FROM messages WHERE folder = ? AND uid > ? ORDER BY uid",
+                    (self.name, uid),
+                ).fetchall()
+            return [MessageInfo(uid, index.decode_flags(flags), size, date) for uid, flags, size, date in rows]
+
+        return self.store.run(read)
+
     def _filename(self, uid: int) -> str:
         with self._connect() as conn:
             row = conn.execute("SELECT filename FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)).fetchone()
