@@ -136,3 +136,34 @@ class SessionTests(TestCase):
         self.assertEqual(lines[0], b"a BAD Command not valid in this state")
         self.assertEqual(lines[1], b"b BAD Unknown command")
         self.assertEqual(lines[3], b"c OK CAPABILITY completed")
+
+
+def test_sessions_asking_for_the_same_new_mail_share_one_store_read():
+    from twisted.internet.defer import Deferred
+
+    from mailapp.imap.server import IMAPFactory, IMAPPolicy
+
+    class Folder:
+        account, name = "alice@example.test", "INBOX"
+
+        def __init__(self):
+            self.reads = []
+
+        def messagesAfter(self, uid):
+            d = Deferred()
+            self.reads.append((uid, d))
+            return d
+
+    factory = IMAPFactory(None, None, IMAPPolicy(hostname="mail.example.test"), None)
+    folder = Folder()
+    results = []
+    for _ in range(100):
+        factory.messagesAfter(folder, 7).addCallback(results.append)
+    factory.messagesAfter(folder, 3).addCallback(results.append)
+    assert [uid for uid, _ in folder.reads] == [7, 3]
+    folder.reads[0][1].callback(["new"])
+    assert results == [["new"]] * 100
+    folder.reads[1][1].callback(["older", "new"])
+    assert results[-1] == ["older", "new"]
+    factory.messagesAfter(folder, 7)
+    assert len(folder.reads) == 3, "a read that has finished is not reused"

@@ -1089,7 +1089,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         selected.dirty = False
         if selected.only_added and not force:
             # Only new mail was announced: read just what lies above the view.
-            messages = await selected.folder.messagesAfter(selected.highest)
+            messages = await self.factory.messagesAfter(selected.folder, selected.highest)
             if self._selected is not selected:
                 return
             self._announceNew(selected, messages)
@@ -1720,6 +1720,8 @@ class IMAPFactory(SessionFactory):
         self, portal: Any, store: Any, policy: IMAPPolicy, reactor: Any, tls: Any = None, inflight: Any = None, guard: Any = None
     ) -> None:
         super().__init__(inflight, guard)
+        #: Reads of "messages above UID n" in flight, shared (see messagesAfter).
+        self._sharedReads: dict[tuple[str, str, int], list[defer.Deferred[list[MessageInfo]]]] = {}
         self.portal = portal
         self.store = store
         self.policy = policy
@@ -1739,6 +1741,30 @@ class IMAPFactory(SessionFactory):
             except AttributeError:  # pragma: no cover - a store that takes no attributes
                 pass
         return markers
+
+    def messagesAfter(self, folder: Any, uid: int) -> defer.Deferred[list[MessageInfo]]:
+        """
+        The folder's messages above C{uid}, one store read shared by every
+        session that asks for the same thing at the same time: a delivery to a
+        folder that 100 clients watch wakes them all, and they all want it.
+        """
+        key = (folder.account.lower(), folder.name, uid)
+        mine: defer.Deferred[list[MessageInfo]] = defer.Deferred()
+        waiting = self._sharedReads.get(key)
+        if waiting is not None:
+            waiting.append(mine)
+            return mine
+        self._sharedReads[key] = [mine]
+
+        def deliver(result: object) -> None:
+            for each in self._sharedReads.pop(key, []):
+                if isinstance(result, Failure):
+                    each.errback(result)
+                else:
+                    each.callback(list(result))  # type: ignore[call-overload]
+
+        folder.messagesAfter(uid).addBoth(deliver)
+        return mine
 
     def recentMarker(self, account: str | None, folder: str, uidvalidity: int) -> int:
         return self._recent().get(((account or "").lower(), folder, uidvalidity), 0)
