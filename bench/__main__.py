@@ -216,7 +216,7 @@ def idle_workload(connections: int, users: int, pushes: int) -> Callable[[Path, 
     return run
 
 
-def relay_workload(count: int, size: int) -> Callable[[Path, float], dict[str, Any]]:
+def relay_workload(count: int, size: int, connections: int | None = None) -> Callable[[Path, float], dict[str, Any]]:
     """
     Instance A with C{count} x C{size} entries already in its queue (written
     while A was stopped) relays them to instance B (A's [relay] transports
@@ -248,6 +248,8 @@ def relay_workload(count: int, size: int) -> Callable[[Path, float], dict[str, A
             )
             b_cpu = b.cpu_seconds()
             relay = f'[relay]\ntransports = {{ "b.test" = "127.0.0.1:{b.ports["smtp"]}" }}\nretry_schedule = [1]\n'
+            if connections is not None:
+                relay += f"max_connections = {connections}\nmax_connections_per_domain = {connections}\n"
             a = bench_server.start(["alice@a.test"], workdir, domain="a.test", hostname="mail.a.test", extra=relay, prepare=prepare)
             a_cpu = a.cpu_seconds()
             out, err = watcher.communicate(timeout=timeout + 30)
@@ -298,7 +300,7 @@ def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, 
         "pop3": (f"POP3, one session over {args.pop3_messages} x 4 KiB: STAT, LIST, UIDL, RETR of each", pop3_workload(args.pop3_messages)),
         "imap": (f"IMAP, one INBOX of {args.imap_messages} x 4 KiB: LOGIN+SELECT, UID FETCH 1:* (UID FLAGS), FETCH {args.imap_bodies} BODY.PEEK[], SEARCH SUBJECT, IDLE push x {args.imap_pushes}", imap_workload(args.imap_messages, args.imap_bodies, args.imap_pushes)),
         "idle": (f"IMAP IDLE, {args.idle_connections} connections of {args.idle_users} users at once; {args.imap_pushes} deliveries to 5 of them", idle_workload(args.idle_connections, args.idle_users, args.imap_pushes)),
-        "relay": (f"relay, {args.relay_messages} x 4 KiB from A's queue into B (loopback, STARTTLS)", relay_workload(args.relay_messages, 4096)),
+        "relay": (f"relay, {args.relay_messages} x 4 KiB from A's queue into B (loopback, STARTTLS)", relay_workload(args.relay_messages, 4096, args.relay_connections)),
         "null-sink-4k": (f"generator alone against a null sink, {n} x 4 KiB", null_sink_workload(n, 4096, args.concurrency, 50)),
     }
 
@@ -362,6 +364,10 @@ def main() -> int:
     parser.add_argument("--idle-connections", type=int, default=2000, help="IMAP connections in IDLE at once (default 2000; up to 10000)")
     parser.add_argument("--idle-users", type=int, default=100, help="users those connections log in as (one argon2id check each; default 100)")
     parser.add_argument("--relay-messages", type=int, default=1000, help="entries in A's queue (default 1000)")
+    parser.add_argument(
+        "--relay-connections", type=int, default=None,
+        help="A's relay.max_connections_per_domain (and max_connections) for the relay workload (default: the config's, 10)",
+    )
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on each run, seconds")

@@ -213,9 +213,10 @@ class RelayConfig:
     smarthost_password: str | None = None
     #: Refuse to send to the smarthost without STARTTLS.
     smarthost_require_tls: bool = True
-    #: Outbound connections, in total and to one destination domain.
-    max_connections: int = 20
-    max_connections_per_domain: int = 10
+    #: Outbound connections, in total and to one destination domain (Postfix's
+    #: default destination concurrency is 20 too).
+    max_connections: int = 50
+    max_connections_per_domain: int = 20
     #: Seconds: to connect; to wait for one reply; for a whole connection.
     connect_timeout: int = 30
     command_timeout: int = 300
@@ -319,8 +320,8 @@ _RELAY_KEYS: Final = frozenset(
 _RELAY_POSITIVE: Final[Mapping[str, int]] = MappingProxyType(
     {
         "max_lifetime": 5 * 24 * 3600,
-        "max_connections": 20,
-        "max_connections_per_domain": 10,
+        "max_connections": 50,
+        "max_connections_per_domain": 20,
         "connect_timeout": 30,
         "command_timeout": 300,
         "session_timeout": 1800,

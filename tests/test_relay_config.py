@@ -32,7 +32,7 @@ def test_defaults_are_five_days_a_growing_schedule_and_no_delay_warning() -> Non
     assert config.delay_warning == 0
     assert config.require_tls == frozenset()
     assert (config.smarthost_username, config.smarthost_password, config.smarthost_require_tls) == (None, None, True)
-    assert (config.max_connections, config.max_connections_per_domain) == (20, 10)
+    assert (config.max_connections, config.max_connections_per_domain) == (50, 20)
     assert (config.connect_timeout, config.command_timeout, config.session_timeout) == (30, 300, 1800)
     assert config.nameservers == ()
 
