@@ -9,6 +9,7 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
@@ -207,7 +208,11 @@ class DurabilityTests(StoreTestCase):
     @inlineCallbacks
     def test_crash_mid_receive_leaves_nothing_visible_and_is_cleaned(self):
         writer = self.store.newMessage()
-        yield writer.write(b"x" * (writer.FLUSH_AT + 10))  # on disk in the spool, never finished
+        writer.write(b"x" * (writer.FLUSH_AT + 10))  # on its way to the spool, never finished
+        for _ in range(200):
+            if writer.path.exists() and writer._unwritten == 0:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
         self.assertTrue(writer.path.exists())
         store = self.restart()
         removed = yield store.cleanup(max_age=0)
@@ -480,3 +485,18 @@ class CopyTests(StoreTestCase):
         yield self.assertFailure(self.store.committer.submit(job), NoSuchMessage)
         archive = yield self.store.mailbox(ALICE).folder("Archive")
         self.assertEqual((yield archive.messages()), [])
+
+
+class BackPressureTests(StoreTestCase):
+    @inlineCallbacks
+    def test_a_writer_asks_to_wait_only_past_its_high_water_mark(self):
+        writer = self.store.newMessage()
+        chunk = b"y" * writer.FLUSH_AT
+        ready = [writer.write(chunk) for _ in range(writer.HIGH_WATER // writer.FLUSH_AT)]
+        self.assertTrue(all(d.called for d in ready), "up to the high-water mark nobody waits")
+        waiting = writer.write(chunk)
+        self.assertFalse(waiting.called, "past it the caller is asked to wait")
+        yield waiting
+        yield writer.finish()
+        self.assertEqual(writer.path.stat().st_size, len(chunk) * (writer.HIGH_WATER // writer.FLUSH_AT + 1))
+        yield writer.discard()

@@ -45,6 +45,9 @@ class SpoolWriter:
     """
 
     FLUSH_AT = 64 * 1024
+    #: Bytes handed to worker threads and not yet written, past which write()
+    #: asks its caller to wait (memory per message stays below this plus FLUSH_AT).
+    HIGH_WATER = 4 * FLUSH_AT
 
     def __init__(self, spool_dir: Path, reactor: Any, threadpool: Any, sync: bool = True) -> None:
         self.base = unique_name()
@@ -62,6 +65,7 @@ class SpoolWriter:
         self._error: Failure | None = None
         self._discarded = False
         self._started = False
+        self._unwritten = 0
         #: The whole message, when it is small enough never to have been written (see finish).
         self.pending: bytes | None = None
         self._tail: Deferred[None] = succeed(None)
@@ -74,7 +78,19 @@ class SpoolWriter:
         self._buffered += len(data)
         if self._buffered < self.FLUSH_AT:
             return succeed(None)
-        return self._enqueue(self._writeChunk, self._takeBuffer())
+        chunk = self._takeBuffer()
+        self._unwritten += len(chunk)
+        written = self._enqueue(self._writeChunk, chunk)
+
+        def landed(_: object) -> None:
+            self._unwritten -= len(chunk)
+
+        written.addCallback(landed)
+        if self._unwritten <= self.HIGH_WATER:
+            # A few chunks may be on their way to the disk at once; asking the
+            # sender to pause for every one made the reactor toggle the socket.
+            return succeed(None)
+        return written
 
     def finish(self) -> Deferred[None]:
         """
