@@ -167,3 +167,26 @@ def test_sessions_asking_for_the_same_new_mail_share_one_store_read():
     assert results[-1] == ["older", "new"]
     factory.messagesAfter(folder, 7)
     assert len(folder.reads) == 3, "a read that has finished is not reused"
+
+
+def test_header_searches_read_only_the_header_block():
+    import io
+
+    from mailapp.imap import search
+
+    raw = b"Subject: =?utf-8?q?Quarterly_n=C3=BCmbers?=\r\nDate: Tue, 1 Sep 2026 10:00:00 +0000\r\n\r\n" + b"body line\r\n" * 1000
+    handle = io.BytesIO(raw)
+    content = search.load_content(handle, with_body=False)
+    assert content.headers["subject"] == ["quarterly nümbers"]
+    assert content.sent == (2026, 9, 1)
+    assert content.body_text == ""
+    full = search.load_content(io.BytesIO(raw), with_body=True)
+    assert "body line" in full.body_text
+
+
+def test_only_body_and_text_keys_need_message_bodies():
+    from mailapp.imap.search import needs_body
+
+    assert not needs_body(("AND", [("HEADER", "subject", "x"), ("FLAG", "\\Seen", True)]))
+    assert needs_body(("AND", [("NOT", ("BODY", "x"))]))
+    assert needs_body(("OR", ("HEADER", "from", "a"), ("TEXT", "b")))

@@ -1672,20 +1672,38 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             return False
 
         hits = []
+        with_body = search.needs_body(key)
+        # Messages the index keys cannot decide are read in batches: the files
+        # opened together, then decoded in one trip to a worker thread.
+        undecided: list[tuple[int, int, search.Message]] = []
+
+        async def decide(batch: list[tuple[int, int, search.Message]]) -> None:
+            opened = await defer.gatherResults(
+                [selected.folder.openMessage(uid).addErrback(lambda f: f.trap(NoSuchMessage) and None) for _, uid, _ in batch],
+                consumeErrors=True,
+            )
+            contents = await self.store.run(search.load_contents, opened, with_body)
+            for (position, uid, message), content in zip(batch, contents):
+                if content is not None and search.matches(key, message, content, in_set):
+                    hits.append(uid if by_uid else position + 1)
+
         for position, uid in enumerate(uids):
             entry = selected.info[uid]
             message = search.Message(position + 1, uid, entry.flags, entry.size, entry.internaldate, uid in selected.recent)
             try:
                 matched = search.matches(key, message, None, in_set)
             except search.NeedContent:
-                try:
-                    handle = await selected.folder.openMessage(uid)
-                except NoSuchMessage:
-                    continue
-                content = await self.store.run(search.load_content, handle)
-                matched = search.matches(key, message, content, in_set)
+                undecided.append((position, uid, message))
+                # Whole bodies (up to search.MAX_CONTENT each) come a few at a time.
+                if len(undecided) >= (_SEARCH_BATCH if not with_body else 4):
+                    await decide(undecided)
+                    undecided = []
+                continue
             if matched:
                 hits.append(uid if by_uid else position + 1)
+        if undecided:
+            await decide(undecided)
+        hits.sort()
         self._untagged(b"SEARCH" + b"".join(b" %d" % hit for hit in hits))
         await self._complete(tag, b"SEARCH completed", allow_expunge=by_uid, with_uid=by_uid)
 
@@ -1705,6 +1723,10 @@ def _file_size(handle: IO[bytes]) -> int:
 def _read_at(handle: IO[bytes], offset: int, size: int) -> bytes:
     handle.seek(offset)
     return handle.read(size)
+
+
+#: Messages a SEARCH reads per trip to a worker thread (with their files open at once).
+_SEARCH_BATCH = 64
 
 
 # -- the factory --------------------------------------------------------------------------------
