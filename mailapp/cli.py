@@ -29,6 +29,7 @@ from argon2 import PasswordHasher
 
 from mailapp.accounts import AccountsDatabase, accounts_path, check_address
 from mailapp.config import Config, ConfigError, load
+from mailapp.stateformat import StateFormatError, check_state_format
 from mailapp.errors import AccountError
 
 __all__ = ["DEFAULT_CONFIG", "main"]
@@ -74,10 +75,24 @@ class _Context:
             self._config = _load_config(self.options.config)
         return self._config
 
+    @property
+    def state_dir(self) -> Path:
+        """
+        The state directory, once its format is known to be one this code
+        can change: a newer mailapp's state is never touched (exit 1).
+        """
+        state_dir = self.config.state_dir
+        if state_dir.exists():
+            try:
+                check_state_format(state_dir)
+            except StateFormatError as error:
+                raise _Failure(f"cannot change the state: {error}") from None
+        return state_dir
+
     def database(self) -> AccountsDatabase:
         config = self.config
         return AccountsDatabase(
-            accounts_path(config.state_dir), config.local_domains, hasher=self.password_hasher
+            accounts_path(self.state_dir), config.local_domains, hasher=self.password_hasher
         )
 
     def report(self, text: str, data: Any) -> None:
@@ -142,7 +157,7 @@ def _user_add(context: _Context) -> int:
         database.check_new_user(context.options.address)  # refuse before prompting
         password = _read_password(context.options, sys.stdin)
         account = database.add_user(context.options.address, password)
-    mailbox, mailbox_problem = _create_mailbox(context.config.state_dir, account)
+    mailbox, mailbox_problem = _create_mailbox(context.state_dir, account)
     context.report(
         f"added user {account}"
         + (f"\nmailbox: {mailbox}" if mailbox else "")
@@ -279,7 +294,7 @@ QUEUE_ANSWER_TIMEOUT = 10.0
 def _queue_layout(context: _Context) -> Any:
     from mailapp.relay.queue import QueueLayout
 
-    return QueueLayout(context.config.state_dir / "queue")
+    return QueueLayout(context.state_dir / "queue")
 
 
 def _envelope_data(envelope: Any) -> dict[str, Any]:

@@ -467,3 +467,18 @@ def test_console_script_reports_a_bad_config_without_traceback(tmp_path: Path) -
     assert finished.returncode == 2
     assert "Traceback" not in finished.stderr
     assert "absent.toml" in finished.stderr
+
+
+def test_the_admin_command_refuses_a_state_directory_of_a_newer_format(tmp_path, capsys):
+    from mailapp.cli import main
+
+    state = tmp_path / "var"
+    state.mkdir()
+    (state / "FORMAT").write_text("999\n")
+    config = tmp_path / "mailapp.toml"
+    config.write_text(f'[server]\nhostname = "mail.example.test"\nstate_dir = "{state}"\n[domains]\nlocal = ["example.test"]\n')
+    status = main(["--config", str(config), "user", "list"])
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "state format 999, newer than this mailapp knows" in error
+    assert not (state / "accounts.sqlite3").exists()
