@@ -58,7 +58,7 @@ from zope.interface import implementer
 from mailapp import logevents
 from mailapp.errors import NoSuchMessage
 from mailapp.interfaces import IMailbox
-from mailapp.sessions import BANNED, SessionFactory
+from mailapp.sessions import BANNED, AuthOutcome, SessionFactory
 from mailapp.store.records import MessageInfo
 
 __all__ = [
@@ -672,34 +672,30 @@ class POP3Server(twisted_pop3.POP3):
 
     def _authFailed(self, account: str = "") -> defer.Deferred[None]:
         """
-        Log and count the failure with the guard, answer after the delay it
+        Count the failure with the server's guard, answer after the delay it
         gives, and hang up after repeated failures or when the address is
         now banned.
         """
-        self._authFailures += 1
-        verdict = self.factory.guard.failed("pop3", self._peerIP, account)
-        d: defer.Deferred[None] = defer.Deferred()
 
-        def answer() -> None:
-            if self._connected and not self._closing:
-                if verdict.banned:
-                    self._err(b"[SYS/TEMP] " + BANNED)
-                    self._close()
-                elif self._authFailures >= self.policy.max_auth_failures:
-                    _log.info(
-                        "pop3 closing after {failures} failed logins client={client}",
-                        log_event=logevents.POP3_AUTH_FAILURES_EXCEEDED,
-                        failures=self._authFailures,
-                        client=self._peerIP,
-                    )
-                    self._err(b"[AUTH] Too many authentication failures; closing connection")
-                    self._close()
-                else:
-                    self._err(b"[AUTH] Authentication failed")
-            d.callback(None)
+        def answer(outcome: AuthOutcome) -> None:
+            if not self._connected or self._closing:
+                return
+            if outcome is AuthOutcome.RETRY:
+                self._err(b"[AUTH] Authentication failed")
+                return
+            if outcome is AuthOutcome.BANNED:
+                self._err(b"[SYS/TEMP] " + BANNED)
+            else:
+                _log.info(
+                    "pop3 closing after {failures} failed logins client={client}",
+                    log_event=logevents.POP3_AUTH_FAILURES_EXCEEDED,
+                    failures=self._authFailures,
+                    client=self._peerIP,
+                )
+                self._err(b"[AUTH] Too many authentication failures; closing connection")
+            self._close()
 
-        self.callLater(verdict.delay, answer)
-        return d
+        return self.factory.authFailed(self, "pop3", account, self.policy.max_auth_failures).addCallback(answer)
 
     async def _startTransaction(self, mailbox: Any, logout: Callable[[], None]) -> None:
         """Lock the maildrop, take the INBOX snapshot, enter TRANSACTION."""

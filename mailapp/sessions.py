@@ -7,6 +7,7 @@ them on shutdown without cutting off work in flight.
 
 from __future__ import annotations
 
+import enum
 import time
 from typing import Any
 
@@ -47,6 +48,14 @@ class ConnectionCounts:
             self.perIP[ip] = count
         else:
             self.perIP.pop(ip, None)
+
+
+class AuthOutcome(enum.Enum):
+    """What a session says after a failed login, once its delay is over."""
+
+    RETRY = "retry"  # "wrong password", the session goes on
+    TOO_MANY = "too_many"  # too many failures in this session: say so and close
+    BANNED = "banned"  # the address is now banned: say so and close
 
 
 class SessionFactory(ServerFactory):
@@ -96,6 +105,24 @@ class SessionFactory(ServerFactory):
             remaining=remaining,
         )
         return True
+
+    def authFailed(self, session: Any, protocol: str, account: str | bytes, max_failures: int) -> defer.Deferred[AuthOutcome]:
+        """
+        A failed login on C{session}: count it (the session's C{_authFailures}
+        and the server's guard, which logs it), and fire with what to answer
+        once the guard's delay is over, on the session's clock.
+        """
+        session._authFailures += 1
+        verdict = self.guard.failed(protocol, session._peerIP, account)
+        if verdict.banned:
+            outcome = AuthOutcome.BANNED
+        elif session._authFailures >= max_failures:
+            outcome = AuthOutcome.TOO_MANY
+        else:
+            outcome = AuthOutcome.RETRY
+        answered: defer.Deferred[AuthOutcome] = defer.Deferred()
+        session.callLater(verdict.delay, answered.callback, outcome)
+        return answered
 
     def inflight(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         """Count C{d} as work a shutdown waits for (bounded by the service)."""

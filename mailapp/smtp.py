@@ -43,7 +43,7 @@ from mailapp import logevents
 from mailapp.delivery import Router, Transaction
 from mailapp.errors import MailError, MessageTooBig, NoSuchUser, RelayDenied
 from mailapp.interfaces import IMailbox
-from mailapp.sessions import BANNED, SessionFactory
+from mailapp.sessions import BANNED, AuthOutcome, SessionFactory
 
 _log = Logger()
 
@@ -480,32 +480,25 @@ class ESMTPServer(twisted_smtp.ESMTP):
 
     def _authFailed(self, account: str = "") -> defer.Deferred[None]:
         """
-        Log and count the failure with the guard, answer after the delay it
+        Count the failure with the server's guard, answer after the delay it
         gives, and hang up after repeated failures or when the address is
         now banned.
         """
-        self._authFailures += 1
-        verdict = self.factory.guard.failed("smtp", self._peerIP, account)
-        d: defer.Deferred[None] = defer.Deferred()
 
-        def answer() -> None:
+        def answer(outcome: AuthOutcome) -> None:
             if self.transport is None or self._closing:
-                d.callback(None)
                 return
-            if verdict.banned:
-                self.sendCode(421, b"4.7.0 " + self.host + b" " + BANNED)
-                self._closing = True
-                self.transport.loseConnection()
-            elif self._authFailures >= MAX_AUTH_FAILURES:
-                self.sendCode(421, b"4.7.0 " + self.host + b" Too many authentication failures")
-                self._closing = True
-                self.transport.loseConnection()
-            else:
+            if outcome is AuthOutcome.RETRY:
                 self.sendCode(535, b"5.7.8 Authentication credentials invalid")
-            d.callback(None)
+                return
+            if outcome is AuthOutcome.BANNED:
+                self.sendCode(421, b"4.7.0 " + self.host + b" " + BANNED)
+            else:
+                self.sendCode(421, b"4.7.0 " + self.host + b" Too many authentication failures")
+            self._closing = True
+            self.transport.loseConnection()
 
-        self.callLater(verdict.delay, answer)
-        return d
+        return self.factory.authFailed(self, "smtp", account, MAX_AUTH_FAILURES).addCallback(answer)
 
     def _parsePath(self, argument: bytes, keyword: bytes) -> tuple[str, dict[str, str]] | None:
         match = _PATH.match(argument.strip())

@@ -84,7 +84,7 @@ from mailapp.imap.wire import (
     select_positions,
 )
 from mailapp.interfaces import IMailbox
-from mailapp.sessions import BANNED, SessionFactory
+from mailapp.sessions import BANNED, AuthOutcome, SessionFactory
 from mailapp.store.events import ADDED
 from mailapp.store.records import MessageInfo
 
@@ -786,33 +786,29 @@ class IMAPServer(twisted_imap4.IMAP4Server):
 
     def _authFailed(self, tag: bytes, username: bytes) -> defer.Deferred[None]:
         """
-        Log and count the failure with the guard, answer after the delay it
+        Count the failure with the server's guard, answer after the delay it
         gives, and hang up after repeated failures or when the address is
         now banned.
         """
-        self._authFailures += 1
-        verdict = self.factory.guard.failed("imap", self._peerIP, username)
-        d: defer.Deferred[None] = defer.Deferred()
 
-        def answer() -> None:
-            if self._connected and not self._closing:
-                self._tagged(tag, b"NO", b"[AUTHENTICATIONFAILED] Authentication failed")
-                if verdict.banned:
-                    self._untagged(b"BYE [UNAVAILABLE] " + BANNED)
-                    self._close()
-                elif self._authFailures >= self.policy.max_auth_failures:
-                    _log.info(
-                        "imap closing after {failures} failed logins client={client}",
-                        log_event=logevents.IMAP_AUTH_FAILURES_EXCEEDED,
-                        failures=self._authFailures,
-                        client=self._peerIP,
-                    )
-                    self._untagged(b"BYE Too many authentication failures")
-                    self._close()
-            d.callback(None)
+        def answer(outcome: AuthOutcome) -> None:
+            if not self._connected or self._closing:
+                return
+            self._tagged(tag, b"NO", b"[AUTHENTICATIONFAILED] Authentication failed")
+            if outcome is AuthOutcome.BANNED:
+                self._untagged(b"BYE [UNAVAILABLE] " + BANNED)
+                self._close()
+            elif outcome is AuthOutcome.TOO_MANY:
+                _log.info(
+                    "imap closing after {failures} failed logins client={client}",
+                    log_event=logevents.IMAP_AUTH_FAILURES_EXCEEDED,
+                    failures=self._authFailures,
+                    client=self._peerIP,
+                )
+                self._untagged(b"BYE Too many authentication failures")
+                self._close()
 
-        self.callLater(verdict.delay, answer)
-        return d
+        return self.factory.authFailed(self, "imap", username, self.policy.max_auth_failures).addCallback(answer)
 
     # -- authenticated: folders -------------------------------------------------------------------
 
