@@ -42,10 +42,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from mailapp import logevents
 from mailapp.store import durable
+from mailapp.store.batching import BatchRunner
 
 __all__ = [
     "DELIVERED",
@@ -405,47 +405,11 @@ def _run_jobs(jobs: list[_Job], anchor: Path, use_syncfs: bool) -> list[BaseExce
     return [failed.get(number) for number in range(len(jobs))]
 
 
-class _BatchWriter:
+class _BatchWriter(BatchRunner[_Job]):
     """Jobs that arrive while a batch runs form the next batch (group commit)."""
 
     def __init__(self, reactor: Any, threadpool: Any, anchor: Path, use_syncfs: bool) -> None:
-        self._reactor = reactor
-        self._threadpool = threadpool
-        self._anchor = anchor
-        self._use_syncfs = use_syncfs
-        self._pending: list[tuple[_Job, Deferred[None]]] = []
-        self._running = False
-
-    def submit(self, job: _Job) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._pending.append((job, d))
-        self._kick()
-        return d
-
-    def idle(self) -> bool:
-        return not self._running and not self._pending
-
-    def _kick(self) -> None:
-        if self._running or not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        self._running = True
-        d = deferToThreadPool(
-            self._reactor, self._threadpool, _run_jobs, [job for job, _ in batch], self._anchor, self._use_syncfs
-        )
-
-        def finished(results: list[BaseException | None] | Failure) -> None:
-            self._running = False
-            for position, (_, waiting) in enumerate(batch):
-                if isinstance(results, Failure):
-                    waiting.errback(results)
-                elif results[position] is not None:
-                    waiting.errback(Failure(results[position]))
-                else:
-                    waiting.callback(None)
-            self._kick()
-
-        d.addBoth(finished)
+        super().__init__(reactor, threadpool, lambda jobs: _run_jobs(jobs, anchor, use_syncfs))
 
 
 # -- the queue as the server uses it ----------------------------------------------

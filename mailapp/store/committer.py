@@ -28,13 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from mailapp.errors import NoSuchFolder, NoSuchMessage, StoreError
 from mailapp.store import durable, index
+from mailapp.store.batching import BatchRunner
 from mailapp.store.names import folder_directory
 
 _log = Logger()
@@ -77,7 +75,7 @@ class _Call:
     args: tuple[Any, ...]
 
 
-class GroupCommitter:
+class GroupCommitter(BatchRunner[Any]):
     """
     Runs store changes one batch at a time on a worker thread; see the module
     docstring. (A two-stage pipeline, preparing one batch while the previous
@@ -85,45 +83,8 @@ class GroupCommitter:
     """
 
     def __init__(self, reactor: Any, threadpool: Any, batch_sync: bool = False) -> None:
+        super().__init__(reactor, threadpool, lambda jobs: _run_batch(jobs, batch_sync))
         self.batch_sync = batch_sync
-        self._reactor = reactor
-        self._threadpool = threadpool
-        self._pending: list[tuple[_Delivery | _Call, Deferred[Any]]] = []
-        self._running = False
-        self.batches = 0
-        self.jobs = 0
-
-    def submit(self, job: _Delivery | _Call) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self._pending.append((job, d))
-        self.jobs += 1
-        self._kick()
-        return d
-
-    def idle(self) -> bool:
-        return not self._running and not self._pending
-
-    def _kick(self) -> None:
-        if self._running or not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        self._running = True
-        self.batches += 1
-        jobs = [job for job, _ in batch]
-        d = deferToThreadPool(self._reactor, self._threadpool, _run_batch, jobs, self.batch_sync)
-
-        def finished(results: list[Any] | Failure) -> None:
-            self._running = False
-            for position, (_, waiting) in enumerate(batch):
-                if isinstance(results, Failure):
-                    waiting.errback(results)
-                elif isinstance(results[position], BaseException):
-                    waiting.errback(Failure(results[position]))
-                else:
-                    waiting.callback(results[position])
-            self._kick()
-
-        d.addBoth(finished)
 
 
 def _prepare_deliveries(jobs: list[_Delivery], batch_sync: bool) -> list[BaseException | None]:
