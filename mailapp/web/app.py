@@ -679,14 +679,23 @@ class Webmail:
             return None
         return await self._thread(messages.parse, handle)
 
+    async def _requested(self, request: IRequest, session: Session) -> tuple[Any, int, Any]:
+        """
+        The message the request names (``f`` folder, ``uid``) in the user's own
+        mailbox: (folder, uid, parsed message), folder or message None when
+        there is no such folder or message.
+        """
+        folder = await self._folder(session, _arg(request, "f", INBOX))
+        uid = _int_arg(request, "uid")
+        parsed = await self._message(folder, uid) if folder is not None else None
+        return folder, uid, parsed
+
     @app.route("/read", methods=["GET", "HEAD"])
     async def read(self, request: IRequest) -> bytes:
         session = self._session(request)
         if session is None:
             return self._signed_out(request)
-        folder = await self._folder(session, _arg(request, "f", INBOX))
-        uid = _int_arg(request, "uid")
-        parsed = await self._message(folder, uid) if folder is not None else None
+        folder, uid, parsed = await self._requested(request, session)
         if parsed is None:
             return self._not_found(request, session, "message")
         remote = _arg(request, "remote") == "1"
@@ -719,9 +728,7 @@ class Webmail:
         session = self._session(request)
         if session is None:
             return self._signed_out(request)
-        folder = await self._folder(session, _arg(request, "f", INBOX))
-        uid = _int_arg(request, "uid")
-        parsed = await self._message(folder, uid) if folder is not None else None
+        folder, uid, parsed = await self._requested(request, session)
         if parsed is None:
             return self._not_found(request, session, "message")
         remote = _arg(request, "remote") == "1"
@@ -743,9 +750,7 @@ class Webmail:
         session = self._session(request)
         if session is None:
             return self._signed_out(request)
-        folder = await self._folder(session, _arg(request, "f", INBOX))
-        uid = _int_arg(request, "uid")
-        parsed = await self._message(folder, uid) if folder is not None else None
+        folder, uid, parsed = await self._requested(request, session)
         found = messages.find_part(parsed, _int_arg(request, "n", -1)) if parsed is not None else None
         if found is None:
             return self._not_found(request, session, "attachment")
@@ -791,9 +796,7 @@ class Webmail:
                 values.update(forward_f=DRAFTS, forward_uid=str(draft_uid))
                 forwarded = [a.filename for a in view.attachments]
         elif mode in ("reply", "replyall", "forward"):
-            folder = await self._folder(session, _arg(request, "f", INBOX))
-            uid = _int_arg(request, "uid")
-            parsed = await self._message(folder, uid) if folder is not None else None
+            folder, uid, parsed = await self._requested(request, session)
             if parsed is None:
                 return self._not_found(request, session, "message")
             view = await self._thread(messages.view, parsed)
