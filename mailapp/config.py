@@ -667,21 +667,7 @@ def _relay(reader: _Reader, table: Mapping[str, Any]) -> RelayConfig:
             transports[domain] = hop
     smarthost_text = reader.typed(table, "smarthost", str, "relay.smarthost")
     smarthost = _host_port(reader, smarthost_text, "relay.smarthost") if smarthost_text is not None else None
-    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for index, value in enumerate(reader.typed(table, "trusted_networks", list, "relay.trusted_networks", []) or []):
-        key = f"relay.trusted_networks[{index}]"
-        if not isinstance(value, str):
-            reader.problem(key, f"must be a string, not {_describe(value)}")
-            continue
-        try:
-            networks.append(ipaddress.ip_network(value, strict=True))
-        except ValueError as error:
-            hint = ""
-            try:
-                hint = f"; did you mean {ipaddress.ip_network(value, strict=False)}?"
-            except ValueError:
-                pass
-            reader.problem(key, f"bad network {value!r}: {error}{hint}")
+    networks = _networks(reader, table, "trusted_networks", "relay")
     numbers: dict[str, int] = {}
     for name, default in _RELAY_POSITIVE.items():
         value = reader.typed(table, name, int, f"relay.{name}", default)
@@ -806,10 +792,25 @@ def _security(reader: _Reader, table: Mapping[str, Any]) -> SecurityConfig:
         if cache_seconds is not None:
             reader.problem("security.auth_cache_seconds", f"must be 0 (off) or a positive integer, not {cache_seconds}")
         cache_seconds = defaults.auth_cache_seconds
+    networks = _networks(reader, table, "ban_exempt_networks", "security")
+    return SecurityConfig(
+        auth_failure_delay=delays["auth_failure_delay"],
+        auth_failure_delay_max=max(delays["auth_failure_delay_max"], delays["auth_failure_delay"]),
+        ban_after_failures=counts["ban_after_failures"],
+        ban_window=counts["ban_window"],
+        ban_seconds=counts["ban_seconds"],
+        ban_exempt_networks=tuple(networks),
+        auth_cache_seconds=cache_seconds,
+    )
+
+
+def _networks(
+    reader: _Reader, table: Mapping[str, Any], name: str, section: str
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """An array of CIDR strings; a network with host bits set gets a "did you mean" hint."""
     networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    values = reader.typed(table, "ban_exempt_networks", list, "security.ban_exempt_networks", []) or []
-    for index, value in enumerate(values):
-        key = f"security.ban_exempt_networks[{index}]"
+    for index, value in enumerate(reader.typed(table, name, list, f"{section}.{name}", []) or []):
+        key = f"{section}.{name}[{index}]"
         if not isinstance(value, str):
             reader.problem(key, f"must be a string, not {_describe(value)}")
             continue
@@ -822,15 +823,7 @@ def _security(reader: _Reader, table: Mapping[str, Any]) -> SecurityConfig:
             except ValueError:
                 pass
             reader.problem(key, f"bad network {value!r}: {error}{hint}")
-    return SecurityConfig(
-        auth_failure_delay=delays["auth_failure_delay"],
-        auth_failure_delay_max=max(delays["auth_failure_delay_max"], delays["auth_failure_delay"]),
-        ban_after_failures=counts["ban_after_failures"],
-        ban_window=counts["ban_window"],
-        ban_seconds=counts["ban_seconds"],
-        ban_exempt_networks=tuple(networks),
-        auth_cache_seconds=cache_seconds,
-    )
+    return networks
 
 
 def _host_port(reader: _Reader, text: str, key: str) -> HostPort | None:
