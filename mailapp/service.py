@@ -538,10 +538,19 @@ class _LazyResolver:
     touches no DNS configuration.
     """
 
-    def __init__(self, reactor: Any, nameservers: Any) -> None:
+    def __init__(self, reactor: Any, nameservers: Any, resolv_conf: str = "/etc/resolv.conf", hosts_file: str = "/etc/hosts") -> None:
         self._reactor = reactor
         self._nameservers = tuple(nameservers)
+        self._resolv_conf = resolv_conf
+        self._hosts_file = hosts_file
         self._resolver: Any = None
+
+    def close(self) -> None:
+        """Cancel the resolver's periodic re-reading of resolv.conf (tests; shutdown)."""
+        for resolver in getattr(self._resolver, "resolvers", [self._resolver]):
+            parse = getattr(resolver, "_parseCall", None)
+            if parse is not None and parse.active():
+                parse.cancel()
 
     def __getattr__(self, name: str) -> Any:
         if not name.startswith("lookup"):
@@ -553,8 +562,26 @@ class _LazyResolver:
                 servers = [(hop.host, hop.port) for hop in self._nameservers]
                 self._resolver = client.Resolver(servers=servers, reactor=self._reactor)
             else:
-                self._resolver = client.createResolver(reactor=self._reactor)
+                self._resolver = system_resolver(self._reactor, self._resolv_conf, self._hosts_file)
         return getattr(self._resolver, name)
+
+
+def system_resolver(reactor: Any, resolv_conf: str = "/etc/resolv.conf", hosts_file: str = "/etc/hosts") -> Any:
+    """
+    What L{twisted.names.client.createResolver} builds (``/etc/hosts``, a
+    cache, then the name servers of ``resolv.conf``), but on C{reactor}:
+    C{createResolver} takes no reactor argument, and calling it with one made
+    every MX lookup of the default configuration fail with C{TypeError}.
+    """
+    from twisted.names import cache, client, hosts, resolve
+
+    return resolve.ResolverChain(
+        [
+            hosts.Resolver(file=hosts_file.encode()),
+            cache.CacheResolver(reactor=reactor),
+            client.Resolver(resolv=resolv_conf, reactor=reactor),
+        ]
+    )
 
 
 def format_address(address: IAddress | None) -> str:

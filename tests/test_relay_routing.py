@@ -6,6 +6,7 @@ implicit MX, null MX, CNAME, NXDOMAIN, SERVFAIL and a silent server.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor
@@ -129,3 +130,41 @@ class SilentServerTests(unittest.TestCase):
         error = yield self.assertFailure(MXResolver(resolver, timeout=(1,)).resolve("b.test"), RouteError)
         self.assertFalse(error.permanent)
         self.assertIn("timeout", error.reply)
+
+
+class DefaultResolverTests(unittest.TestCase):
+    """
+    The resolver the shipped config builds (no ``[relay] nameservers``):
+    resolv.conf and /etc/hosts. It once raised C{TypeError} on every lookup,
+    so no remote mail ever left; the network-namespace rig tests it against
+    a real name server, these tests pin the construction.
+    """
+
+    def _lazy(self, resolv_conf: str, hosts: str = "") -> Any:
+        from mailapp.service import _LazyResolver
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        conf = os.path.join(directory, "resolv.conf")
+        hosts_file = os.path.join(directory, "hosts")
+        with open(conf, "w") as f:
+            f.write(resolv_conf)
+        with open(hosts_file, "w") as f:
+            f.write(hosts)
+        resolver = _LazyResolver(reactor, (), resolv_conf=conf, hosts_file=hosts_file)
+        self.addCleanup(resolver.close)
+        return resolver
+
+    @defer.inlineCallbacks
+    def test_default_resolver_failure_is_a_dns_error_not_a_type_error(self) -> Any:
+        # Nothing answers on 127.0.0.1:53 here: the lookup must fail as DNS fails.
+        resolver = self._lazy("nameserver 127.0.0.1\n")
+        error = yield self.assertFailure(MXResolver(resolver, timeout=(1,)).resolve("b.test"), RouteError)
+        self.assertNotIn("TypeError", error.reply)
+        self.assertTrue(error.reply.startswith("451 4.4.3"), error.reply)
+
+    @defer.inlineCallbacks
+    def test_default_resolver_reads_hosts_file_for_a_smarthost_name(self) -> Any:
+        resolver = self._lazy("nameserver 127.0.0.1\n", "192.0.2.77 smarthost.test\n")
+        answers, _, _ = yield resolver.lookupAddress("smarthost.test")
+        self.assertEqual([a.payload.dottedQuad() for a in answers], ["192.0.2.77"])
