@@ -6,22 +6,29 @@ CONFIG ?= etc/mailapp.toml
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml $(shell find mailapp twisted -name '*.py' 2>/dev/null)
 
-.PHONY: install run test bench clean chromium
+.PHONY: install run test bench clean test-packages
 
-install: $(STAMP) chromium
+install: $(STAMP) test-packages
 
-# The webmail browser tests drive Debian's chromium through Playwright (whose own
-# browser download is not used). Installed here when missing, as root (CI runs as
-# root on a clean Debian machine); anyone else is told what to run.
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
+# The tests drive real peers from Debian's packages: chromium (the webmail, through
+# Playwright, whose own browser download is not used), swaks, mbsync (isync) and
+# fetchmail, and iproute2 for the network-namespace rig. Installed here when a
+# command is missing, as root (CI runs as root on a clean Debian machine); anyone
+# else is told what to run.
+TEST_PACKAGES := chromium:chromium swaks:swaks mbsync:isync fetchmail:fetchmail ip:iproute2
+test-packages:
+	@missing=""; for pair in $(TEST_PACKAGES); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's chromium for the webmail browser tests"; \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	    echo "installing Debian packages for the tests:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	  else \
-	    echo "the webmail browser tests need Debian's chromium: run 'sudo apt-get install chromium' (or 'make install' as root)"; \
+	    echo "the tests need Debian packages:$$missing: run 'sudo apt-get install$$missing' (or 'make install' as root)"; \
 	    exit 1; \
-	  fi; }
+	  fi; \
+	fi
 
 # A strict editable install: edits show at once, and twistd finds the dropin in
 # twisted/plugins (a lenient editable install hides it from twistd). The stamp
@@ -40,7 +47,7 @@ run: $(STAMP)
 	$(BIN)/twistd -n --pidfile= mailapp --config $(CONFIG)
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
-test: $(STAMP) chromium
+test: $(STAMP) test-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
 
