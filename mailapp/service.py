@@ -15,6 +15,7 @@ accounts.
 
 from __future__ import annotations
 
+import errno
 import signal
 import threading
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
@@ -251,15 +253,43 @@ class ListenerService(StreamServerEndpointService):
     def _failed(self, reason: Failure) -> None:
         if reason.check(defer.CancelledError):
             return None
+        where, why = describe_listen_failure(self.listener, reason)
         log.error(
-            "listener {listener} cannot listen on {endpoint}: {reason}",
+            "cannot listen on {address}: {reason} (listener {listener})",
             log_event=logevents.LISTEN_FAILED,
             listener=self.listener.name,
             endpoint=self.listener.endpoint,
-            reason=reason.getErrorMessage(),
+            address=where,
+            reason=why,
         )
         self._on_failure(self.listener, reason)
         return None
+
+
+_LISTEN_ERRNO_TEXT = {
+    errno.EADDRINUSE: "address in use (another server, or another mailapp, already listens there)",
+    errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address",
+}
+
+
+def describe_listen_failure(listener: ListenerConfig, reason: Failure) -> tuple[str, str]:
+    """
+    ``("127.0.0.1:10143", "address in use ...")``: where a listener could not
+    bind and why, as an operator would write and read it, rather than
+    Twisted's ``Couldn't listen on ...: [Errno 98]`` text.
+    """
+    error = reason.value
+    if isinstance(error, CannotListenError):
+        host = error.interface or ("*" if isinstance(error.port, int) else "")
+        where = f"[{host}]:{error.port}" if ":" in host else (f"{host}:{error.port}" if host else str(error.port))
+        cause = error.socketError
+        number = getattr(cause, "errno", None)
+        if number in _LISTEN_ERRNO_TEXT:
+            return where, _LISTEN_ERRNO_TEXT[number]
+        text = getattr(cause, "strerror", None) or str(cause)
+        return where, text[:1].lower() + text[1:]
+    return listener.endpoint, reason.getErrorMessage()
 
 
 class MailService(MultiService):
@@ -289,6 +319,8 @@ class MailService(MultiService):
         self.tls: tls.ServerTLS | None = None
         self.relay: Any = None
         self._previous_sighup: Any = None
+        #: Non-zero once the server has to stop because it cannot run as configured.
+        self.exit_status = 0
 
     def reload(self) -> Any:
         """
@@ -344,8 +376,17 @@ class MailService(MultiService):
         log.failure("could not count users", reason)
 
     def listener_failed(self, listener: ListenerConfig, reason: Failure) -> None:
-        """A listener could not bind: stop the whole server rather than run without it."""
-        self._reactor.callWhenRunning(self._reactor.stop)
+        """
+        A listener could not bind: stop the whole server rather than run
+        without it, once however many listeners fail (a second
+        C{reactor.stop} raises C{ReactorNotRunning}), and remember that the
+        process must end in failure (L{exit_status}; C{twistd} itself always
+        exits 0 after the reactor stops, see L{mailapp.tap}).
+        """
+        first = self.exit_status == 0
+        self.exit_status = 1
+        if first:
+            self._reactor.callWhenRunning(self._reactor.stop)
 
     def stopService(self) -> Deferred[None]:
         """

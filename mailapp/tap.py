@@ -14,15 +14,20 @@ without a traceback.
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from mailapp.config import Config, ConfigError, load
+
+if TYPE_CHECKING:
+    from mailapp import service
 
 __all__ = ["DEFAULT_CONFIG", "Options", "makeService"]
 
@@ -67,12 +72,33 @@ def makeService(options: Options) -> IService:
     from mailapp.stateformat import StateFormatError
 
     try:
-        return service.makeService(options.loadedConfig)
+        root = service.makeService(options.loadedConfig)
     except (tls.CertificateError, StateFormatError) as error:
         _exit_with(f"cannot start: {error}")
     except OSError as error:
         # state_dir or the generated certificate could not be written.
         _exit_with(f"cannot start: {error}")
+    atexit.register(_exit_with_status_of, root)
+    return root
+
+
+def _exit_with_status_of(root: service.MailService) -> None:
+    """
+    End the process with the server's exit status when it is not 0 (a
+    listener could not bind): twistd and twist return 0 whenever the reactor
+    stopped, so systemd's ``Restart=on-failure`` and scripts would take a
+    server that never listened for a clean stop. Runs at interpreter exit,
+    after twistd has stopped the service, removed its pidfile and flushed its
+    log, so only the exit status changes.
+    """
+    if root.exit_status:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(root.exit_status)
 
 
 def _exit_with(message: str) -> NoReturn:

@@ -9,6 +9,7 @@ Every socket here is on 127.0.0.1, port 0.
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import shutil
 import signal
@@ -293,6 +294,59 @@ tls = "none"
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
 
 
+@pytest.mark.skipif(
+    bool(_MISSING_COMPONENTS), reason=f"not written yet: {', '.join(_MISSING_COMPONENTS)} (needed by a real start)"
+)
+@pytest.mark.parametrize("command", ["twistd", "twist"])
+def test_a_port_that_cannot_bind_exits_non_zero_with_one_line_per_port(tmp_path: Path, command: str) -> None:
+    busy = [socket.socket(), socket.socket()]
+    for sock in busy:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+    ports = [sock.getsockname()[1] for sock in busy]
+    (tmp_path / "mailapp.toml").write_text(
+        f"""
+[server]
+hostname = "mail.example.test"
+state_dir = "state"
+[domains]
+local = ["example.test"]
+[listeners.smtp]
+protocol = "smtp"
+endpoint = "tcp:0:interface=127.0.0.1"
+tls = "none"
+[listeners.imap]
+protocol = "imap"
+endpoint = "tcp:{ports[0]}:interface=127.0.0.1"
+tls = "none"
+[listeners.pop3]
+protocol = "pop3"
+endpoint = "tcp:{ports[1]}:interface=127.0.0.1"
+tls = "none"
+"""
+    )
+    arguments = ["-n", "--pidfile="] if command == "twistd" else ["--log-format=text"]
+    try:
+        result = subprocess.run(
+            [str(TWISTD.parent / command), *arguments, "mailapp", "--config", "mailapp.toml"],
+            cwd=tmp_path,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        for sock in busy:
+            sock.close()
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    for name, port in zip(("imap", "pop3"), ports):
+        lines = [line for line in output.splitlines() if f"cannot listen on 127.0.0.1:{port}: address in use" in line]
+        assert len(lines) == 1 and f"(listener {name})" in lines[0], output
+    assert "Traceback" not in output
+    assert "ReactorNotRunning" not in output
+
+
 # --- tap.Options ---
 
 
@@ -510,16 +564,19 @@ class MakeServiceTests(unittest.TestCase):
         reactor = MemoryReactorClock()
 
         def refuse(port: int, factory: Any, backlog: int = 50, interface: str = "") -> None:
-            raise CannotListenError(interface, port, OSError("Address already in use"))
+            raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, "Address already in use"))
 
         reactor.listenTCP = refuse  # type: ignore[method-assign]
-        root = makeService(
-            make_config(self.directory, listener_config()), reactor=reactor, store=object(), accounts=FakeAccounts(1), portal=None
-        )
+        config = make_config(self.directory, listener_config(), listener_config(name="second"))
+        root = makeService(config, reactor=reactor, store=object(), accounts=FakeAccounts(1), portal=None)
         root.startService()
-        [event] = self.log.named(logevents.LISTEN_FAILED)
-        self.assertEqual(event["listener"], "test")
-        self.assertIn("Address already in use", event["reason"])
+        self.assertEqual([event["listener"] for event in self.log.named(logevents.LISTEN_FAILED)], ["test", "second"])
+        event = self.log.named(logevents.LISTEN_FAILED)[0]
+        self.assertEqual(event["address"], "127.0.0.1:0")
+        self.assertTrue(event["reason"].startswith("address in use"), event["reason"])
+        # Two failures, one stop: a second reactor.stop would raise ReactorNotRunning.
+        self.assertEqual(len(reactor.whenRunningHooks), 1)
+        self.assertEqual(root.exit_status, 1)
         reactor.run()  # the memory reactor runs its when-running hooks, then stops
         self.assertTrue(reactor.hasStopped)
         self.successResultOf(root.stopService())
