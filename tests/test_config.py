@@ -440,7 +440,7 @@ def test_development_config_parses_and_matches_the_documented_ports(tmp_path: Pa
         ("pop3s", "pop3", "tcp:10995:interface=127.0.0.1", "implicit"),
         ("imap", "imap", "tcp:10143:interface=127.0.0.1", "starttls"),
         ("imaps", "imap", "tcp:10993:interface=127.0.0.1", "implicit"),
-        ("webmail", "webmail", "tcp:10080:interface=127.0.0.1", "none"),
+        ("webmail", "webmail", "tcp:18080:interface=127.0.0.1", "none"),
     }
 
 
