@@ -98,6 +98,8 @@ WEBMAIL_SEND_FAILED: Final = "webmail.send_failed"
 SESSION_STARTED: Final = "session.started"
 #: also: seconds (how long the session lasted)
 SESSION_ENDED: Final = "session.ended"
+#: a closing connection cut after the close grace (mailapp.sessions.CLOSE_GRACE); also: grace
+SESSION_CUT: Final = "session.cut"
 #: a connection refused for the connection limits; also: reason
 SESSION_REFUSED: Final = "session.refused"
 #: one command answered; also: command, seconds. Published only to the

@@ -430,7 +430,7 @@ class POP3Server(twisted_pop3.POP3):
     def _close(self) -> None:
         self._closing = True
         self._buffer = b""
-        self.transport.loseConnection()
+        self.factory.close(self)
 
     # -- replies ----------------------------------------------------------------
 

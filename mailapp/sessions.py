@@ -24,6 +24,13 @@ _log = Logger()
 #: What a banned address is told at connect, after each protocol's own prefix.
 BANNED = b"Too many failed logins from your address; try again later"
 
+#: Seconds a closing connection gets to take its last reply and finish the
+#: TLS shutdown before it is cut. Twisted's TLS waits for the client's
+#: close_notify and a TCP close waits for the output buffer to drain, so a
+#: client that stops reading (or never answers close_notify) would otherwise
+#: keep its connection, and one of its address's connection slots, for ever.
+CLOSE_GRACE = 30.0
+
 
 class ConnectionCounts:
     """
@@ -82,6 +89,7 @@ class SessionFactory(ServerFactory):
         #: factory used alone counts its own sessions.
         self.counts = ConnectionCounts()
         self._since: dict[Any, float] = {}
+        self._closing: dict[Any, Any] = {}
 
     @property
     def guard(self) -> AbuseGuard:
@@ -164,6 +172,33 @@ class SessionFactory(ServerFactory):
             client=session._peerIP,
         )
 
+    def close(self, session: Any, grace: float = CLOSE_GRACE) -> None:
+        """
+        End C{session}'s connection once its buffered output is written, and
+        cut it (C{abortConnection}) if that has not happened within C{grace}
+        seconds. The session must have unregistered any producer it gave its
+        transport: Twisted's TLS does not start its shutdown while one is
+        registered, which kept every IMAP connection over TLS open after
+        LOGOUT. Calling it again changes nothing.
+        """
+        transport = session.transport
+        if transport is None:
+            return
+        transport.loseConnection()
+        if session not in self._closing:
+            self._closing[session] = session.callLater(grace, self._cut, session, transport, grace)
+
+    def _cut(self, session: Any, transport: Any, grace: float) -> None:
+        self._closing.pop(session, None)
+        _log.info(
+            "closing connection cut after {grace} s protocol={protocol} client={client}: the client took neither its last reply nor the close",
+            log_event=logevents.SESSION_CUT,
+            grace=grace,
+            protocol=self.protocol_name,
+            client=getattr(session, "_peerIP", ""),
+        )
+        transport.abortConnection()
+
     def command_done(self, command: str, started: float) -> None:
         """
         A session answered C{command}, begun at C{started} (C{time.perf_counter()}):
@@ -181,6 +216,9 @@ class SessionFactory(ServerFactory):
             )
 
     def disconnected(self, session: Any) -> None:
+        cut = self._closing.pop(session, None)
+        if cut is not None and cut.active():
+            cut.cancel()
         if session in self.sessions:
             started = self._since.pop(session, None)
             _log.info(

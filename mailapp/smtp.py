@@ -133,14 +133,12 @@ class ESMTPServer(twisted_smtp.ESMTP):
             pass
         if self.factory.banned(self._peerIP, "smtp"):
             self.sendCode(421, b"4.7.0 " + self.host + b" " + BANNED)
-            self._closing = True
-            self.transport.loseConnection()
+            self._close()
             return
         refusal = self.factory.admit(self._peerIP)
         if refusal:
             self.sendCode(421, b"4.3.2 " + self.host + b" " + refusal)
-            self._closing = True
-            self.transport.loseConnection()
+            self._close()
             return
         self.factory.connected(self)
         self.sendCode(220, self.host + b" ESMTP mailapp")
@@ -160,12 +158,16 @@ class ESMTPServer(twisted_smtp.ESMTP):
 
     def timeoutConnection(self) -> None:
         self.sendCode(421, b"4.4.2 " + self.host + b" Error: timeout exceeded")
-        self._closing = True
-        self.transport.loseConnection()
+        self._close()
 
     @property
     def secure(self) -> bool:
         return ISSLTransport.providedBy(self.transport)
+
+    def _close(self) -> None:
+        """Run nothing more the client sent; close once the reply is written (L{SessionFactory.close})."""
+        self._closing = True
+        self.factory.close(self)
 
     def shutdown(self) -> defer.Deferred[None] | None:
         """
@@ -187,8 +189,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
         closed: defer.Deferred[None] = defer.Deferred()
         self._whenClosed.append(closed)
         self.sendCode(421, b"4.3.2 " + self.host + b" Service shutting down")
-        self._closing = True
-        self.transport.loseConnection()
+        self._close()
         transport = self.transport
         abort = self.callLater(SHUTDOWN_GRACE, transport.abortConnection)
         closed.addBoth(lambda result: abort.cancel() if abort.active() else None)
@@ -223,9 +224,8 @@ class ESMTPServer(twisted_smtp.ESMTP):
             if end < 0:
                 if len(self._buffer) > MAX_UNTERMINATED:
                     self.sendCode(500, b"5.5.2 Line too long; closing connection")
-                    self._closing = True
                     self._buffer = b""
-                    self.transport.loseConnection()
+                    self._close()
                 return
             line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
             if line.endswith(b"\r"):
@@ -280,8 +280,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self._errors += 1
         if self._errors > MAX_ERRORS:
             self.sendCode(421, b"4.7.0 " + self.host + b" Too many errors; closing connection")
-            self._closing = True
-            self.transport.loseConnection()
+            self._close()
             return
         self.sendCode(code, text)
 
@@ -308,8 +307,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
                     client=self._peerIP,
                 )
                 self.sendCode(421, b"4.7.0 " + self.host + b" Too many commands before authentication; closing connection")
-                self._closing = True
-                self.transport.loseConnection()
+                self._close()
                 return
         handler = getattr(self, "smtp_" + verb, None) if verb.isalpha() else None
         if handler is None:
@@ -495,8 +493,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
                 self.sendCode(421, b"4.7.0 " + self.host + b" " + BANNED)
             else:
                 self.sendCode(421, b"4.7.0 " + self.host + b" Too many authentication failures")
-            self._closing = True
-            self.transport.loseConnection()
+            self._close()
 
         return self.factory.authFailed(self, "smtp", account, MAX_AUTH_FAILURES).addCallback(answer)
 
@@ -716,8 +713,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
 
     def smtp_QUIT(self, argument: bytes) -> None:
         self.sendCode(221, b"2.0.0 " + self.host + b" closing connection")
-        self._closing = True
-        self.transport.loseConnection()
+        self._close()
 
     def _resetTransaction(self) -> None:
         self._pendingAuth = None

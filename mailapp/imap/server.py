@@ -291,6 +291,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         self._commandsBeforeAuth = 0
         self._peerIP = ""
         self._flow = _Flow(self._outputResumed)
+        self._flowRegistered = False
         self._whenClosed: list[defer.Deferred[None]] = []
 
     # -- connection -------------------------------------------------------------
@@ -314,6 +315,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             return
         self.factory.connected(self)
         self.transport.registerProducer(self._flow, True)
+        self._flowRegistered = True
         self._write(b"* OK [CAPABILITY " + self._capabilities() + b"] " + self.policy.hostname.encode("ascii", "replace") + b" IMAP4rev1 mailapp ready\r\n")
         self.setTimeout(PREAUTH_TIMEOUT)
 
@@ -360,8 +362,15 @@ class IMAPServer(twisted_imap4.IMAP4Server):
     def _close(self) -> None:
         self._closing = True
         self._buffer = b""
-        if self.transport is not None:
-            self.transport.loseConnection()
+        if self.transport is None:
+            return
+        if self._flowRegistered:
+            # While a producer is registered, Twisted's TLS never starts its
+            # shutdown: every IMAPS or STARTTLS connection stayed open after
+            # LOGOUT (mbsync hung there).
+            self._flowRegistered = False
+            self.transport.unregisterProducer()
+        self.factory.close(self)
 
     def _write(self, data: bytes) -> None:
         if self._connected and self.transport is not None:
