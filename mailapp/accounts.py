@@ -971,7 +971,10 @@ class Accounts:
         self._verified = VerifiedPasswords(IReactorTime(reactor).seconds, auth_cache_seconds)
         self._hash_pool = ThreadPool(minthreads=0, maxthreads=hash_threads, name="mailapp-password-hashing")
         self._hash_pool.start()
-        self._shutdown_trigger = IReactorCore(reactor).addSystemEventTrigger("before", "shutdown", self.close)
+        # "after": once the reactor's thread pool has stopped ("during"), so no
+        # thread is still in a query on a connection closed here (closing a
+        # connection under a running query can crash the process).
+        self._shutdown_trigger = IReactorCore(reactor).addSystemEventTrigger("after", "shutdown", self.close)
 
     def close(self) -> None:
         """

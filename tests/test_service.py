@@ -330,7 +330,7 @@ tls = "none"
         result = subprocess.run(
             [str(TWISTD.parent / command), *arguments, "mailapp", "--config", "mailapp.toml"],
             cwd=tmp_path,
-            env=subprocess_env(),
+            env=dict(subprocess_env(), PYTHONFAULTHANDLER="1"),
             capture_output=True,
             text=True,
             timeout=60,

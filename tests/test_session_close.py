@@ -103,3 +103,15 @@ class CloseTests(TestCase):
         protocol.dataReceived(b"QUIT\r\n")
         self.assertTrue(transport.value().splitlines()[-1].startswith(b"221"))
         self.assertCutAfterGrace(protocol, transport)
+
+    def test_imap_client_that_stops_reading_is_timed_out_then_cut(self) -> None:
+        from mailapp.imap.server import PREAUTH_TIMEOUT
+
+        protocol, transport = self.imap()
+        protocol.dataReceived(b"a CAPABILITY\r\n")
+        protocol._flow.pauseProducing()  # what the transport does when its buffer is full
+        protocol.dataReceived(b"b CAPABILITY\r\n")
+        self.clock.advance(PREAUTH_TIMEOUT)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.aborted)
+        self.assertCutAfterGrace(protocol, transport)
