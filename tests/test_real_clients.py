@@ -15,7 +15,6 @@ import email.policy
 import imaplib
 import os
 import poplib
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,22 +22,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import command
 from tests.service_runner import ServiceProcess, listener, unverified_tls
 
 ALICE, BOB, CAROL, DAVE = (f"{name}@example.test" for name in ("alice", "bob", "carol", "dave"))
 PASSWORDS = {ALICE: "alice-password-1", BOB: "bob-password-1", CAROL: "carol-password-1", DAVE: "dave-password-1"}
 CLIENT_TIMEOUT = 60
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    message = f"{name} is not installed: run 'make install' as root (it installs the Debian packages the tests drive)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +100,7 @@ def test_swaks_submits_with_an_attachment_over_starttls_and_implicit_tls(
     tls = ["--tls"] if listener_name == "submission" else ["--tls-on-connect"]
     result = run(
         [
-            tool("swaks"),
+            command("swaks"),
             "--server", f"127.0.0.1:{server.port(listener_name)}",
             *tls,
             "--auth", mechanism, "--auth-user", ALICE, "--auth-password", PASSWORDS[ALICE],
@@ -143,7 +132,7 @@ def test_swaks_submits_with_an_attachment_over_starttls_and_implicit_tls(
 def test_swaks_wrong_password_is_refused_as_an_auth_error(server: ServiceProcess) -> None:
     result = run(
         [
-            tool("swaks"),
+            command("swaks"),
             "--server", f"127.0.0.1:{server.port('submission')}",
             "--tls", "--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", "not-the-password",
             "--from", ALICE, "--to", BOB, "--timeout", "20",
@@ -156,7 +145,7 @@ def test_swaks_wrong_password_is_refused_as_an_auth_error(server: ServiceProcess
 def test_swaks_auth_before_starttls_is_not_offered(server: ServiceProcess) -> None:
     result = run(
         [
-            tool("swaks"),
+            command("swaks"),
             "--server", f"127.0.0.1:{server.port('submission')}",
             "--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", PASSWORDS[ALICE],
             "--from", ALICE, "--to", BOB, "--timeout", "20",
@@ -213,9 +202,9 @@ def test_mbsync_two_way_sync_over_imaps_then_a_second_run_changes_nothing(server
     _local_message(local / "Projects", "1700000000.2.local", "a new local folder")
     config = tmp_path / "mbsyncrc"
     config.write_text(_mbsync_config(server, local))
-    command = [tool("mbsync"), "-c", str(config), "-a"]
+    mbsync = [command("mbsync"), "-c", str(config), "-a"]
 
-    first = run(command, env=dict(os.environ, HOME=str(tmp_path)))
+    first = run(mbsync, env=dict(os.environ, HOME=str(tmp_path)))
     assert first.returncode == 0, first.stdout + first.stderr
     assert imap_subjects(server, CAROL) == sorted(["server message 0", "server message 1", "server message 2", "written offline"])
     assert imap_subjects(server, CAROL, "Projects") == ["a new local folder"]
@@ -223,7 +212,7 @@ def test_mbsync_two_way_sync_over_imaps_then_a_second_run_changes_nothing(server
     assert len([path for path in local_files if path.parts[0] == "INBOX"]) == 4
 
     started = time.monotonic()
-    second = run(command, env=dict(os.environ, HOME=str(tmp_path)))
+    second = run(mbsync, env=dict(os.environ, HOME=str(tmp_path)))
     elapsed = time.monotonic() - started
     assert second.returncode == 0, second.stdout + second.stderr
     assert elapsed < 10, f"the second sync took {elapsed:.1f} s"
@@ -248,7 +237,7 @@ def _fetchmail(server: ServiceProcess, tmp_path: Path, listener_name: str, keep:
     )
     rc.chmod(0o600)
     result = run(
-        [tool("fetchmail"), "--nodetach", "-f", str(rc), "-i", str(tmp_path / "fetchids")],
+        [command("fetchmail"), "--nodetach", "-f", str(rc), "-i", str(tmp_path / "fetchids")],
         env=dict(os.environ, HOME=str(tmp_path), FETCHMAILHOME=str(tmp_path)),
     )
     return result, sorted(path.read_bytes() for path in received.iterdir())

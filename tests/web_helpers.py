@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import email
 import email.policy
-import os
 import shutil
 import time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import pytest
 
+from tests.needs import command
 from tests.service_runner import REPOSITORY, run_with_store
 
 #: Where the browser tests leave copies of their screenshots for people to look at (git-ignored).
@@ -49,19 +48,8 @@ async def run(store, argument):
 
 
 def chromium_path() -> str:
-    """
-    Debian's chromium, which ``make install`` installs. Missing: the tests
-    fail under CI (they must run there) and are skipped, with the fix, on a
-    developer's machine.
-    """
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    message = "chromium is not installed: run 'make install' as root, or 'sudo apt-get install chromium'"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-    raise AssertionError("unreachable")
+    """Debian's chromium, which ``make install`` installs (see L{tests.needs})."""
+    return command("chromium", "chromium-browser")
 
 
 def folder_messages(state_dir: Path, account: str, folder: str = "INBOX") -> list[dict[str, Any]]:
