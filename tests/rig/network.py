@@ -347,6 +347,7 @@ class Internet:
         """A new host on the net, named C{hostname} in its /etc/hosts (default C{label}.rig.test)."""
         if label in self.hosts:
             raise ValueError(f"host {label} exists")
+        started = time.monotonic()
         if index is None:
             index, self._next_index = self._next_index, self._next_index + 1
         host = Host(self, label, index, hostname or f"{label}.rig.test")
@@ -366,12 +367,22 @@ class Internet:
         _ip("-n", host.namespace, "addr", "add", f"{host.ipv4}/{IPV4_NET.prefixlen}", "dev", "eth0")
         _ip("-n", host.namespace, "addr", "add", f"{host.ipv6}/{IPV6_NET.prefixlen}", "dev", "eth0", "nodad")
         _ip("-n", host.namespace, "link", "set", "eth0", "up")
+        self.timings["hosts"] = self.timings.get("hosts", 0.0) + time.monotonic() - started
+        self.timings["host_count"] = len(self.hosts)
         return host
 
     def unused_address(self) -> tuple[str, str]:
         """An IPv4 and an IPv6 address on the rig's net that no host has (a host that is down)."""
         index, self._next_index = self._next_index, self._next_index + 1
         return str(IPV4_NET[index]), _ipv6(index)
+
+    def log_report(self, tail: int = 4000) -> str:
+        """The end of every log the rig's processes wrote (for a failed test's output)."""
+        parts = []
+        for path in sorted(self.root.rglob("*.log")):
+            text = path.read_text(encoding="utf-8", errors="replace")[-tail:]
+            parts.append(f"----- {path} (last {tail} characters) -----\n{text}\n")
+        return "".join(parts)
 
     def close(self) -> None:
         """Stop every process, delete every namespace and /etc/netns directory. Idempotent."""
