@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.rig import network
 from tests.rig.network import Internet, RigUnavailable
 
 __all__ = ["SKIP_REASON", "internet", "module_internet", "pytest_runtest_makereport", "pytest_terminal_summary"]
@@ -87,6 +88,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if network.swept:
+        terminalreporter.write_line(f"network-namespace rig: swept what dead runs left: {' '.join(network.swept)}")
     if not _timings:
         return
     builds = [t["build"] for t in _timings if "build" in t]

@@ -51,6 +51,8 @@ TIMEOUT = 15.0
 _NAME = re.compile(rf"^{PREFIX}-(\d+)-")
 _counter = 0
 _open: list["Internet"] = []
+#: Every namespace and /etc/netns directory L{sweep_stale} removed in this process.
+swept: list[str] = []
 
 
 def _ipv6(index: int) -> str:
@@ -89,6 +91,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _process_start(pid: int) -> float | None:
+    """When C{pid} started (seconds since the epoch), from /proc; None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return None
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])
+    return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _owner_is_gone(pid: int, made: Path) -> bool:
+    """Whether the run that made C{made} (with pid C{pid} in its name) has ended, pid reuse included."""
+    if pid == os.getpid():
+        return False
+    if not _alive(pid):
+        return True
+    started = _process_start(pid)
+    try:
+        return started is not None and started > made.stat().st_mtime + 1
+    except FileNotFoundError:
+        return False
+
+
 def _kill_namespace_processes(namespace: str, timeout: float = 5.0) -> None:
     """SIGKILL whatever still runs inside C{namespace}, and wait until it is gone."""
     deadline = time.monotonic() + timeout
@@ -113,21 +139,21 @@ def _delete_namespace(namespace: str) -> None:
 
 def sweep_stale() -> list[str]:
     """Delete the rig's namespaces left by runs that died (their pid is gone); the names swept."""
-    swept = []
+    found = []
     for namespace in rig_namespaces():
         match = _NAME.match(namespace)
         assert match is not None
-        pid = int(match.group(1))
-        if pid != os.getpid() and not _alive(pid):
+        if _owner_is_gone(int(match.group(1)), Path("/run/netns") / namespace):
             _delete_namespace(namespace)
-            swept.append(namespace)
+            found.append(namespace)
     if NETNS_ETC.is_dir():
         for directory in NETNS_ETC.iterdir():
             match = _NAME.match(directory.name)
-            if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            if match and _owner_is_gone(int(match.group(1)), directory):
                 shutil.rmtree(directory, ignore_errors=True)
-                swept.append(directory.name)
-    return swept
+                found.append(f"/etc/netns/{directory.name}")
+    swept.extend(found)
+    return found
 
 
 _PR_SET_PDEATHSIG = 1
