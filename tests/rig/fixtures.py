@@ -80,11 +80,17 @@ def module_internet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Intern
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
-    """Keep the call phase's report on the item, so the fixture knows to print the rig's logs."""
+    """
+    Keep the call phase's report on the item, so the fixture knows to print
+    the rig's logs; and report every "no rig here" skip at one place, so that
+    pytest's summary folds them into one line.
+    """
     outcome = yield
     report = outcome.get_result()
     if report.when == "call":
         item.rig_call_report = report  # type: ignore[attr-defined]
+    elif report.skipped and isinstance(report.longrepr, tuple) and SKIP_REASON in str(report.longrepr[2]):
+        report.longrepr = ("tests/rig/fixtures.py", _open.__code__.co_firstlineno - 1, report.longrepr[2])
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
