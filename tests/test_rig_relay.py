@@ -136,3 +136,27 @@ def test_one_message_to_four_domains_by_mx_retry_fallback_null_mx_and_nxdomain(i
         f"submission to an empty queue {delivered - ready:.2f} s; checks {finished - delivered:.2f} s"
     )
     assert finished - started < 60
+
+
+def test_a_domain_whose_mx_has_only_an_ipv6_address_gets_its_mail_over_ipv6(internet: Internet) -> None:
+    a = internet.add_host("a", "mail.a.test")
+    f = internet.add_host("f", "mx.f.test")
+    client = internet.add_host("client", "client.rig.test")
+    internet.dns.serve(
+        {
+            "a.test": mail_domain("a.test", a),
+            "f.test": [("f.test", "MX", 10, "mx.f.test"), ("mx.f.test", "AAAA", f.ipv6)],
+        }
+    )
+    server_a, server_f = MailServer(a, "a.test"), MailServer(f, "f.test")
+    server_a.add_user(ALICE, ALICE_PASSWORD)
+    server_f.add_user("frank@f.test", "frank-secret")
+    server_a.start()
+    server_f.start()
+    message = f"From: {ALICE}\r\nTo: frank@f.test\r\nSubject: over six\r\n\r\nHello.\r\n"
+    assert submit(client, a.ipv4, ALICE, ALICE_PASSWORD, ["frank@f.test"], message) == {}
+    wait_for(lambda: server_a.queue() == [], "A's relay queue to empty", 20, internet.log_report)
+    [copy] = imap_messages(client, f.ipv4, "frank@f.test", "frank-secret")
+    assert b"Subject: over six" in copy
+    assert f"from mail.a.test ([IPv6:{a.ipv6}])".encode() in copy  # RFC 5321 4.1.3
+    assert imap_messages(client, a.ipv4, ALICE, ALICE_PASSWORD) == []  # no DSN
