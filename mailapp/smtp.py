@@ -645,7 +645,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
             protocol += "A"
         target = f"\r\n\tfor <{txn.recipients[0]}>" if len(txn.recipients) == 1 else ""
         return (
-            f"Received: from {self._ehlo} ([{self._peerIP}])\r\n"
+            f"Received: from {self._ehlo} ({address_literal(self._peerIP)})\r\n"
             f"\tby {self.policy.hostname} (mailapp) with {protocol} id {txn.queue_id}{target};\r\n"
             f"\t{email.utils.formatdate(time.time(), localtime=False)}\r\n"
         ).encode("utf-8")
@@ -875,6 +875,25 @@ class SMTPFactory(SessionFactory):
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped  # an IPv4 client on a dual-stack listener
         return any(address in network for network in self.policy.trusted_networks)
+
+
+def address_literal(ip: str) -> str:
+    """
+    A client's address as RFC 5321 (4.1.3) writes it in a trace header:
+    ``[192.0.2.1]``, ``[IPv6:2001:db8::1]``; an IPv4 client of a dual-stack
+    listener (``::ffff:192.0.2.1``) as IPv4.
+    """
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return f"[{ip}]"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is None:
+            return f"[IPv6:{address}]"
+        address = address.ipv4_mapped
+    return f"[{address}]"
 
 
 def buildFactory(context: Any, listener: Any) -> SMTPFactory:

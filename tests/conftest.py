@@ -17,3 +17,7 @@ def _run_in_a_scratch_directory(tmp_path_factory: pytest.TempPathFactory):
     os.chdir(tmp_path_factory.mktemp("cwd"))
     yield
     os.chdir(previous)
+
+
+# The network-namespace rig's fixtures (internet, module_internet) and its hooks.
+from tests.rig.fixtures import internet, module_internet, pytest_runtest_makereport, pytest_terminal_summary  # noqa: E402, F401

@@ -168,3 +168,14 @@ class DefaultResolverTests(unittest.TestCase):
         resolver = self._lazy("nameserver 127.0.0.1\n", "192.0.2.77 smarthost.test\n")
         answers, _, _ = yield resolver.lookupAddress("smarthost.test")
         self.assertEqual([a.payload.dottedQuad() for a in answers], ["192.0.2.77"])
+
+
+class HopTests(unittest.TestCase):
+    """How a next hop is written in logs and in DSNs' diagnostics."""
+
+    def test_an_ipv4_hop_is_name_address_port(self) -> None:
+        self.assertEqual(str(Hop("mx1.c.test", "192.0.2.12", 25)), "mx1.c.test[192.0.2.12]:25")
+
+    def test_an_ipv6_hop_has_one_pair_of_brackets(self) -> None:
+        # Found by the network-namespace rig: it read "mx1.c.test[[2001:db8::12]]:25".
+        self.assertEqual(str(Hop("mx1.c.test", "2001:db8::12", 25)), "mx1.c.test[2001:db8::12]:25")

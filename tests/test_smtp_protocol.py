@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -22,7 +22,8 @@ class Session:
     def __init__(self, factory, peer: str = "192.0.2.7") -> None:
         self.factory = factory
         self.proto = factory.buildProtocol(None)
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+        address = IPv6Address if ":" in peer else IPv4Address
+        self.transport = StringTransport(peerAddress=address("TCP", peer, 40000))
         self.tls_started = []
         self.transport.startTLS = lambda ctx: self.tls_started.append(self.transport.value())
         self.proto.makeConnection(self.transport)
@@ -108,6 +109,23 @@ class ProtocolTests(TestCase):
         [stored] = stored_messages(self.root, ALICE)
         self.assertTrue(stored.endswith(b"\r\n\r\n.leading dot\r\n..\r\n"))
         self.assertTrue(stored.startswith(b"Return-Path: <>\r\nDelivered-To: alice@example.test\r\nReceived: from c"))
+
+    @inlineCallbacks
+    def test_received_header_writes_an_ipv6_client_as_an_ipv6_address_literal(self):
+        # RFC 5321 4.1.3: "[IPv6:2001:db8::1]". Found by the network-namespace rig.
+        self.session.proto.connectionLost(None)
+        self.session = Session(self.factory, peer="2001:db8::10")
+        self.session.send(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nSubject: s\r\n\r\nx\r\n.\r\n")
+        yield wait_for(lambda: self.session.codes()[-1:] == [b"250"])
+        [stored] = stored_messages(self.root, ALICE)
+        self.assertIn(b"\r\nReceived: from c ([IPv6:2001:db8::10])\r\n", stored)
+
+    def test_address_literals_for_trace_headers(self):
+        from mailapp.smtp import address_literal
+
+        self.assertEqual(address_literal("192.0.2.7"), "[192.0.2.7]")
+        self.assertEqual(address_literal("2001:db8::10"), "[IPv6:2001:db8::10]")
+        self.assertEqual(address_literal("::ffff:192.0.2.7"), "[192.0.2.7]")
 
     @inlineCallbacks
     def test_long_body_line_stays_in_data_mode_and_nothing_after_it_runs(self):

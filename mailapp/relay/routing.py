@@ -56,8 +56,8 @@ class Hop:
     preference: int = 0
 
     def __str__(self) -> str:
-        address = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{self.name}[{address}]:{self.port}"
+        """``mx.example[192.0.2.1]:25``, ``mx.example[2001:db8::1]:25``: the brackets already set an IPv6 address apart."""
+        return f"{self.name}[{self.address}]:{self.port}"
 
 
 def _is_ip(text: str) -> bool:

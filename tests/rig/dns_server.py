@@ -1,0 +1,104 @@
+"""
+The rig's authoritative name server: a subprocess, run inside the DNS host's
+network namespace, serving the test's zones on port 53 (UDP and TCP) of the
+given addresses.
+
+    python dns_server.py ZONES.json ADDRESS [ADDRESS ...]
+
+``ZONES.json`` (written by L{tests.rig.dns.DNSServer}) is::
+
+    {"zones": {"b.test": [["b.test", "MX", 10, "mx.b.test"],
+                          ["mx.b.test", "A", "192.0.2.11"], ...]},
+     "servfail": ["broken.test"], "timeout": ["slow.test"]}
+
+Each zone is a L{twisted.names.authority.FileAuthority} (authoritative
+answers, an SOA with NODATA, CNAME handling); in front of them a resolver
+answers SERVFAIL for the ``servfail`` names and never answers for the
+``timeout`` names (and their subdomains). A name in no zone is NXDOMAIN.
+Prints ``ready`` on stdout once every socket is bound; runs until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.names import authority, common, dns, error, server
+from twisted.python import failure
+
+_TYPES = {
+    "A": lambda value: dns.Record_A(value),
+    "AAAA": lambda value: dns.Record_AAAA(value),
+    "CNAME": lambda value: dns.Record_CNAME(value),
+    "TXT": lambda *values: dns.Record_TXT(*(v.encode() for v in values)),
+    "NS": lambda value: dns.Record_NS(value),
+}
+
+
+def _record(kind: str, values: list[Any]) -> Any:
+    if kind == "MX":
+        preference, exchange = values
+        # A null MX's exchange is the root, ".": its wire form is the empty name.
+        return dns.Record_MX(int(preference), b"" if exchange == "." else exchange.encode())
+    return _TYPES[kind](*values)
+
+
+class DataAuthority(authority.FileAuthority):
+    """An authority whose records come from data rather than a zone file."""
+
+    def __init__(self, zone: str, records: list[list[Any]]) -> None:
+        self._zone, self._data = zone, records
+        super().__init__(zone)
+
+    def loadFile(self, filename: Any) -> None:
+        zone = self._zone.encode()
+        self.soa = (
+            zone,
+            dns.Record_SOA(mname=b"ns." + zone, rname=b"hostmaster." + zone, serial=1, refresh=60, retry=60, expire=60, minimum=5, ttl=5),
+        )
+        self.records = {zone.lower(): [self.soa[1]]}
+        for owner, kind, *values in self._data:
+            record = _record(kind, values)
+            record.ttl = 5
+            self.records.setdefault(owner.lower().rstrip(".").encode(), []).append(record)
+
+
+def _covers(names: set[bytes], name: bytes) -> bool:
+    name = name.lower()
+    return any(name == n or name.endswith(b"." + n) for n in names)
+
+
+class FaultResolver(common.ResolverBase):
+    """SERVFAIL or silence for chosen names; every other name goes on to the zones."""
+
+    def __init__(self, servfail: list[str], timeout: list[str]) -> None:
+        super().__init__()
+        self.servfail = {n.lower().encode() for n in servfail}
+        self.timeout = {n.lower().encode() for n in timeout}
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any = None) -> Any:
+        if _covers(self.servfail, name):
+            return defer.fail(failure.Failure(RuntimeError("scripted SERVFAIL")))
+        if _covers(self.timeout, name):
+            return defer.Deferred()  # never answered
+        return defer.fail(failure.Failure(error.DomainError(name)))
+
+
+def main(path: str, addresses: list[str]) -> None:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    authorities = [FaultResolver(data.get("servfail", []), data.get("timeout", []))]
+    authorities += [DataAuthority(zone, records) for zone, records in data["zones"].items()]
+    factory = server.DNSServerFactory(authorities=authorities, verbose=0)
+    for address in addresses:
+        reactor.listenUDP(53, dns.DNSDatagramProtocol(factory), interface=address)
+        reactor.listenTCP(53, factory, interface=address)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
