@@ -20,7 +20,7 @@ __all__ = ["command", "unavailable"]
 def unavailable(message: str) -> NoReturn:
     """Skip with C{message}, or fail with it under CI."""
     if os.environ.get("CI"):
-        pytest.fail(message)
+        pytest.fail(f"CI is set, so this must run: {message}", pytrace=False)
     pytest.skip(message)
 
 
