@@ -46,12 +46,14 @@ from mailapp.interfaces import IAccounts
 __all__ = [
     "ACCOUNTS_FILENAME",
     "MAX_ALIAS_DEPTH",
+    "MIN_PASSWORD_LENGTH",
     "SCHEMA_VERSION",
     "Accounts",
     "AccountsDatabase",
     "AddressDirectory",
     "AliasInfo",
     "DomainInfo",
+    "RemovedUser",
     "Resolution",
     "accounts_path",
     "address_key",
@@ -59,8 +61,10 @@ __all__ = [
     "check_alias",
     "check_alias_source",
     "check_domain",
+    "check_new_password",
     "default_password_hasher",
     "resolve_address",
+    "target_names_user",
 ]
 
 log = Logger()
@@ -95,6 +99,29 @@ _ATEXT_SPECIALS = frozenset("!#$%&'*+-/=?^_`{|}~")
 # 5322 allows them: they are path separators in the Maildir under state_dir.
 _NOT_IN_ACCOUNT = frozenset("/\\")
 _DOMAIN_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+#: The shortest password a person may choose (NIST SP 800-63B 5.1.1.2: at least 8).
+MIN_PASSWORD_LENGTH = 8
+
+
+def check_new_password(address: str, password: str) -> None:
+    """
+    Raise L{AccountError} unless C{password} may be chosen for C{address}:
+    at least L{MIN_PASSWORD_LENGTH} characters, and not the address or its
+    local part (any case), the first guesses of anyone who knows the
+    address. The one policy for every place a person sets a password
+    (``mailapp user add``, ``mailapp user passwd``, and any password change
+    offered later); the database below it stores what it is given.
+    """
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(
+            f"the password is too short: at least {MIN_PASSWORD_LENGTH} characters, please; nothing was changed"
+        )
+    local = address.rpartition("@")[0]
+    folded = password.casefold()
+    if folded in (address.casefold(), local.casefold()):
+        raise AccountError("the password must not be the address or its local part; nothing was changed")
 
 
 def default_password_hasher() -> PasswordHasher:
@@ -270,6 +297,32 @@ class AliasInfo:
     targets: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class RemovedUser:
+    """
+    What removing a user changed in the database.
+
+    @ivar address: the canonical address of the user removed.
+    @ivar aliases_pruned: each alias that pointed at the user, with only the
+        targets that were removed (the user's address or a C{+tag} of it).
+    @ivar aliases_removed: the sources of the aliases left with no target,
+        and so removed altogether.
+    """
+
+    address: str
+    aliases_pruned: tuple[AliasInfo, ...] = ()
+    aliases_removed: tuple[str, ...] = ()
+
+
+def target_names_user(target_key: str, user_key: str) -> bool:
+    """Whether an alias target (by key) reaches the user: their address, or a C{+tag} of it."""
+    if target_key == user_key:
+        return True
+    local, _, domain = target_key.rpartition("@")
+    user_local, _, user_domain = user_key.rpartition("@")
+    return domain == user_domain and "+" in local and local.split("+", 1)[0] == user_local
+
+
 class AddressDirectory(Protocol):
     """
     The three lookups the resolution rules need. Every argument has its
@@ -364,6 +417,11 @@ def _expand(
             targets = directory.find_alias(node)
     if targets is None:
         node = "@" + domain
+        if address_key(node) in path:
+            # Already inside this catch-all's expansion: the address is one of
+            # its targets and nobody here. Falling back to the catch-all again
+            # would only report a loop where the truth is a dangling target.
+            return False
         targets = directory.find_alias(node)
     if targets is None:
         return False
@@ -400,7 +458,12 @@ def _expand_targets(
             continue
         target = f"{parts[0]}@{parts[1]}"
         if address_key(target) in chain:
-            _broken(f"alias loop: {' -> '.join((*chain, address_key(target)))}", strict)
+            if directory.find_alias(target) is None and directory.find_user(target) is None:
+                # On the path only because it fell through to a fallback (its
+                # +tag base or the catch-all): nobody takes it, no alias loops.
+                _broken(f"alias {node} points at {target}, which is not a user or alias here", strict)
+            else:
+                _broken(f"alias loop: {' -> '.join((*chain, address_key(target)))}", strict)
             continue
         result = _expand(target, directory, chain, local, remote, strict, depth + 1)
         if result:
@@ -677,19 +740,44 @@ class AccountsDatabase:
         self._write(change)
         return canonical
 
-    def remove_user(self, address: str) -> str:
+    def remove_user(self, address: str) -> RemovedUser:
         """
-        Delete user C{address} from the database; return its canonical address.
-        Its mail on disk is kept: deleting mail is the admin's explicit choice.
-        """
-        key = address_key(check_address(address))
+        Delete user C{address} from the database, and every alias target
+        that names it (its own address or a C{+tag} of it), in one
+        transaction: an alias left pointing at a deleted user would hand its
+        mail to whoever is created under that address next. An alias whose
+        last target goes is removed with it.
 
-        def change(connection: sqlite3.Connection) -> str:
+        The user's mail on disk is not touched here; the caller retires it
+        (L{mailapp.store.retire_mailbox}).
+        """
+        canonical = check_address(address)
+        key = address_key(canonical)
+
+        def change(connection: sqlite3.Connection) -> RemovedUser:
             row = connection.execute("SELECT address FROM users WHERE key = ?", (key,)).fetchone()
             if row is None:
                 raise AccountError(f"no such user {address}")
             connection.execute("DELETE FROM users WHERE key = ?", (key,))
-            return str(row[0])
+            pruned: dict[str, tuple[str, list[str]]] = {}
+            for source_key, source, target_key, target in connection.execute(
+                "SELECT source_key, source, target_key, target FROM aliases ORDER BY source_key, position"
+            ).fetchall():
+                if target_names_user(target_key, key):
+                    pruned.setdefault(source_key, (source, []))[1].append(target)
+                    connection.execute(
+                        "DELETE FROM aliases WHERE source_key = ? AND target_key = ?", (source_key, target_key)
+                    )
+            emptied = [
+                source
+                for source_key, (source, _) in pruned.items()
+                if not connection.execute("SELECT 1 FROM aliases WHERE source_key = ?", (source_key,)).fetchone()
+            ]
+            return RemovedUser(
+                str(row[0]),
+                tuple(AliasInfo(source, tuple(targets)) for source, targets in pruned.values()),
+                tuple(emptied),
+            )
 
         return self._write(change)
 

@@ -4,10 +4,12 @@ a config check.
 
 It touches only the accounts database (SQLite, shared safely with a running
 server) and the user's Maildir, so it works while the server runs; the
-server sees each change at its next lookup.
+server sees each change at its next lookup. A deleted user's Maildir is
+moved out of the store in one rename, and the server's sessions still open
+on it fail from then on (L{mailapp.store.index.MailboxPin}).
 
 Exit status: 0 on success, 1 for a refused change (unknown domain, duplicate
-user, bad address, empty password, …), 2 for a bad command line or a bad
+user, bad address, weak password, …), 2 for a bad command line or a bad
 config file. Errors are one line on stderr, never a traceback; with
 ``--json`` results are JSON on stdout, errors still go to stderr (and a bad
 config file is also reported as JSON on stdout).
@@ -27,9 +29,10 @@ from typing import Any, NoReturn, TextIO
 
 from argon2 import PasswordHasher
 
-from mailapp.accounts import AccountsDatabase, accounts_path, check_address
+from mailapp.accounts import AccountsDatabase, accounts_path, check_address, check_new_password
 from mailapp.config import Config, ConfigError, load
 from mailapp.stateformat import StateFormatError, check_state_format
+from mailapp.store.maildir import DELETED_NAME
 from mailapp.errors import AccountError
 
 __all__ = ["DEFAULT_CONFIG", "main"]
@@ -153,10 +156,21 @@ def _read_password(options: argparse.Namespace, stdin: TextIO) -> str:
 
 
 def _user_add(context: _Context) -> int:
+    from mailapp.store import retire_mailbox
+
     with context.database() as database:
-        database.check_new_user(context.options.address)  # refuse before prompting
+        canonical = database.check_new_user(context.options.address)  # refuse before prompting
         password = _read_password(context.options, sys.stdin)
+        check_new_password(canonical, password)
+        # A directory at the new account's path is nobody's: mail of a user
+        # deleted by an older mailapp (which left it in place), or written by
+        # a deleted user's session racing the deletion. Moved aside (kept,
+        # since nobody chose to delete it) before the user exists, so that
+        # no delivery to the new account can land in it first.
+        leftover = retire_mailbox(context.state_dir, canonical, keep=True)
         account = database.add_user(context.options.address, password)
+    if leftover is not None:
+        _warn(f"an old mailbox was at the new user's path; it was moved to {leftover}")
     mailbox, mailbox_problem = _create_mailbox(context.state_dir, account)
     context.report(
         f"added user {account}"
@@ -190,19 +204,36 @@ def _create_mailbox(state_dir: Path, account: str) -> tuple[Path | None, str | N
 
 
 def _user_del(context: _Context) -> int:
+    from mailapp.store import retire_mailbox
+
+    keep = context.options.keep_mail
     with context.database() as database:
-        account = database.remove_user(context.options.address)
-        still_aliased = database.aliases_pointing_at(account)
-    state_dir = context.config.state_dir
-    text = (
-        f"removed user {account}; its mail under {state_dir} was kept on disk "
-        "(delete it by hand when it is no longer needed)"
-    )
-    if still_aliased:
-        text += f"\nnote: these aliases still point at {account}: {', '.join(still_aliased)}"
+        removed = database.remove_user(context.options.address)
+    account = removed.address
+    # After the user is gone from the database, so that nothing new is
+    # delivered while the mailbox moves; one rename, so that the running
+    # server sees the old mailbox or none (never a new user's mixed in).
+    moved = retire_mailbox(context.state_dir, account, keep=keep)
+    if moved is None:
+        mail = "it had no mailbox on disk"
+    elif keep:
+        mail = f"its mail was moved to {moved}"
+    else:
+        mail = "its mail was deleted"
+    lines = [f"deleted user {account}; {mail}"]
+    for alias in removed.aliases_pruned:
+        gone = " (it had no other target, so the alias was deleted)" if alias.source in removed.aliases_removed else ""
+        lines.append(f"alias {alias.source} no longer points at {', '.join(alias.targets)}{gone}")
     context.report(
-        text,
-        {"action": "user.del", "address": account, "mail_kept": True, "aliases_still_pointing": still_aliased},
+        "\n".join(lines),
+        {
+            "action": "user.del",
+            "address": account,
+            "mail_kept": keep and moved is not None,
+            "mail_archive": str(moved) if keep and moved is not None else None,
+            "aliases_pruned": [{"source": a.source, "targets": list(a.targets)} for a in removed.aliases_pruned],
+            "aliases_removed": list(removed.aliases_removed),
+        },
     )
     return _EXIT_OK
 
@@ -212,6 +243,7 @@ def _user_passwd(context: _Context) -> int:
         if database.find_user(check_address(context.options.address)) is None:
             raise AccountError(f"no such user {context.options.address}")
         password = _read_password(context.options, sys.stdin)
+        check_new_password(context.options.address, password)
         account = database.set_password(context.options.address, password)
     context.report(f"changed the password of {account}", {"action": "user.passwd", "address": account})
     return _EXIT_OK
@@ -232,9 +264,23 @@ def _domain_add(context: _Context) -> int:
 
 
 def _domain_del(context: _Context) -> int:
+    from mailapp.store import retire_domain_mailboxes
+
+    keep = context.options.keep_mail
     with context.database() as database:
         domain = database.remove_domain(context.options.name)
-    context.report(f"removed domain {domain}", {"action": "domain.del", "domain": domain})
+    # The domain had no users left (remove_domain refuses otherwise); any
+    # mailbox still on disk under it is an old one, never to be revived.
+    moved = retire_domain_mailboxes(context.state_dir, domain, keep=keep)
+    text = f"deleted domain {domain}"
+    if moved:
+        text += f"; {len(moved)} old mailbox(es) left under it were " + (
+            f"moved to {moved[0].parent}" if keep else "deleted"
+        )
+    context.report(
+        text,
+        {"action": "domain.del", "domain": domain, "mail_archives": [str(path) for path in moved] if keep else []},
+    )
     return _EXIT_OK
 
 
@@ -264,7 +310,7 @@ def _alias_del(context: _Context) -> int:
         removed = database.remove_alias(context.options.source, context.options.target)
     source = context.options.source
     context.report(
-        f"removed alias {source} -> {', '.join(removed)}",
+        f"deleted alias {source} -> {', '.join(removed)}",
         {"action": "alias.del", "source": source, "targets": removed},
     )
     return _EXIT_OK
@@ -457,26 +503,41 @@ def _parser() -> _ArgumentParser:
     password_help = (
         "the password (visible in the process list; prefer the prompt, or pipe it on stdin)"
     )
-    users = verbs.add_parser("user", help="add, remove, list users; set passwords", parents=[common])
+    users = verbs.add_parser("user", help="add, del, list users; passwd sets a password", parents=[common])
     user_verbs = users.add_subparsers(dest="user_verb", metavar="ACTION", required=True, parser_class=_ArgumentParser)
     sub = leaf(
         user_verbs,
         "add",
         _user_add,
-        "Create a user and its mailbox. The password is prompted for twice on a terminal, "
-        "else read as one line from stdin.",
+        "Create a user and its mailbox. The password (at least 8 characters, not the address "
+        "or its local part) is prompted for twice on a terminal, else read as one line from stdin.",
     )
     sub.add_argument("address", metavar="ADDRESS", help="local@domain, in a local domain")
     sub.add_argument("--password", metavar="PW", help=password_help)
-    sub = leaf(user_verbs, "del", _user_del, "Remove a user. Its mail stays on disk.")
+    keep_mail_help = f"move the mail to STATE_DIR/{DELETED_NAME}/DOMAIN/ instead of deleting it"
+    sub = leaf(
+        user_verbs,
+        "del",
+        _user_del,
+        "Delete a user: its mail is deleted (or, with --keep-mail, moved out of the store), and "
+        "alias targets naming it are dropped (an alias left with no target is deleted). "
+        "A user added later at the same address starts with an empty mailbox.",
+    )
     sub.add_argument("address", metavar="ADDRESS")
-    sub = leaf(user_verbs, "passwd", _user_passwd, "Set a user's password (prompted, or one line on stdin).")
+    sub.add_argument("--keep-mail", action="store_true", help=keep_mail_help)
+    sub = leaf(
+        user_verbs,
+        "passwd",
+        _user_passwd,
+        "Set a user's password (at least 8 characters, not the address or its local part; "
+        "prompted, or one line on stdin).",
+    )
     sub.add_argument("address", metavar="ADDRESS")
     sub.add_argument("--password", metavar="PW", help=password_help)
     sub = leaf(user_verbs, "list", _user_list, "List users, of one domain if given.")
     sub.add_argument("domain", metavar="DOMAIN", nargs="?")
 
-    domains = verbs.add_parser("domain", help="add, remove, list local domains", parents=[common])
+    domains = verbs.add_parser("domain", help="add, del, list local domains", parents=[common])
     domain_verbs = domains.add_subparsers(dest="domain_verb", metavar="ACTION", required=True, parser_class=_ArgumentParser)
     sub = leaf(domain_verbs, "add", _domain_add, "Make a domain local (mail for it is delivered here).")
     sub.add_argument("name", metavar="NAME")
@@ -485,12 +546,14 @@ def _parser() -> _ArgumentParser:
         "del",
         _domain_del,
         "Stop treating a domain as local. Refused while it has users or aliases, "
-        "and for domains named in the config file.",
+        "and for domains named in the config file. Old mailboxes left under it are deleted "
+        "(or, with --keep-mail, moved out of the store).",
     )
     sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--keep-mail", action="store_true", help=keep_mail_help)
     leaf(domain_verbs, "list", _domain_list, "List local domains, marking those from the config file.")
 
-    aliases = verbs.add_parser("alias", help="add, remove, list aliases and catch-alls", parents=[common])
+    aliases = verbs.add_parser("alias", help="add, del, list aliases and catch-alls", parents=[common])
     alias_verbs = aliases.add_subparsers(dest="alias_verb", metavar="ACTION", required=True, parser_class=_ArgumentParser)
     sub = leaf(
         alias_verbs,
@@ -501,7 +564,7 @@ def _parser() -> _ArgumentParser:
     )
     sub.add_argument("source", metavar="SOURCE", help="local@domain, or @domain for a catch-all")
     sub.add_argument("targets", metavar="TARGET", nargs="+")
-    sub = leaf(alias_verbs, "del", _alias_del, "Remove one target of an alias, or the whole alias.")
+    sub = leaf(alias_verbs, "del", _alias_del, "Delete one target of an alias, or the whole alias.")
     sub.add_argument("source", metavar="SOURCE")
     sub.add_argument("target", metavar="TARGET", nargs="?")
     leaf(alias_verbs, "list", _alias_list, "List aliases and their targets.")
@@ -513,7 +576,7 @@ def _parser() -> _ArgumentParser:
     sub.add_argument("id", metavar="ID")
     sub = leaf(queue_verbs, "retry", _queue_change, "Try one queued message (or all) again now.")
     sub.add_argument("id", metavar="ID", nargs="?")
-    sub = leaf(queue_verbs, "delete", _queue_change, "Remove a queued message without telling its sender.")
+    sub = leaf(queue_verbs, "delete", _queue_change, "Delete a queued message without telling its sender.")
     sub.add_argument("id", metavar="ID")
     sub = leaf(
         queue_verbs, "bounce", _queue_change, "Give up on a queued message: its sender gets a delivery status notification."

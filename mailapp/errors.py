@@ -86,5 +86,13 @@ class NoSuchMessage(FolderError):
     pass
 
 
+class MailboxGone(NoSuchFolder):
+    """
+    The mailbox a session opened was deleted (its account removed) under it.
+    A C{NoSuchFolder}, so every protocol already answers it as a folder that
+    does not exist; the session must never reach whatever replaced it.
+    """
+
+
 class AccountError(Exception):
     """A mistake in an accounts change (unknown domain, duplicate user, bad address); the text is for the admin."""

@@ -16,7 +16,11 @@ accounts.
 from __future__ import annotations
 
 import errno
+import os
+import shlex
+import shutil
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -292,6 +296,29 @@ def describe_listen_failure(listener: ListenerConfig, reason: Failure) -> tuple[
     return listener.endpoint, reason.getErrorMessage()
 
 
+def admin_command(executable: str | None = None, search_path: str | None = None, cwd: str | None = None) -> str:
+    """
+    How the operator can run the admin command of this very installation:
+    C{mailapp} when that is what the shell finds, else the script installed
+    beside the running interpreter (a fresh clone's C{.venv/bin/mailapp},
+    relative when under the working directory). Taken from the interpreter,
+    not C{sys.argv}, which is twistd's.
+
+    @param executable: the interpreter (C{sys.executable}); for tests.
+    @param search_path: the shell's C{PATH} (the environment's); for tests.
+    @param cwd: the working directory (the process's); for tests.
+    """
+    beside = os.path.join(os.path.dirname(executable or sys.executable), "mailapp")
+    if not os.path.isfile(beside):
+        return "mailapp"
+    found = shutil.which("mailapp", path=search_path if search_path is not None else os.environ.get("PATH", ""))
+    if found is not None and os.path.realpath(found) == os.path.realpath(beside):
+        return "mailapp"
+    relative = os.path.relpath(beside, cwd or os.getcwd())
+    command = beside if relative.startswith("..") else relative
+    return shlex.quote(command)
+
+
 class MailService(MultiService):
     """
     The root service. Its children are the store and accounts (when they are
@@ -366,8 +393,9 @@ class MailService(MultiService):
             return
         domain = self.config.local_domains[0] if self.config.local_domains else "your.domain"
         log.info(
-            "no users yet: add one with: mailapp --config {config_path} user add you@{domain}",
+            "no users yet: add one with: {command} --config {config_path} user add you@{domain}",
             log_event=logevents.NO_USERS,
+            command=admin_command(),
             config_path=str(self.config.path),
             domain=domain,
         )
@@ -523,6 +551,10 @@ def makeService(
             )
             continue
         factory = builder(context, listener)
+        # Our "listener ... listening on" line says it all; Twisted's own
+        # "Starting factory <... at 0x...>" and "Stopping factory" would
+        # repeat it for every listener.
+        factory.noisy = False
         if isinstance(factory, SessionFactory):
             factory.protocol_name, factory.listener_name = listener.protocol, listener.name
             factory.telemetry = context.telemetry

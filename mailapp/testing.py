@@ -26,6 +26,7 @@ from mailapp.accounts import (
     check_domain,
     owns_address,
     resolve_address,
+    target_names_user,
 )
 from mailapp.errors import AccountError
 from mailapp.interfaces import IAccounts
@@ -89,11 +90,17 @@ class FakeAccounts:
         return canonical
 
     def remove_user(self, address: str) -> None:
-        """Delete a user (its aliases stay, as in the database)."""
+        """Delete a user and the alias targets naming it, as the database does."""
         key = address_key(address)
         if key not in self._users:
             raise AccountError(f"no such user {address}")
         del self._users[key]
+        for source_key, (source, targets) in list(self._aliases.items()):
+            kept = [target for target in targets if not target_names_user(address_key(target), key)]
+            if kept:
+                self._aliases[source_key] = (source, kept)
+            else:
+                del self._aliases[source_key]
 
     def add_alias(self, source: str, targets: Iterable[str]) -> None:
         """Add targets to alias C{source}; refused if it would loop, as in the database."""

@@ -18,6 +18,7 @@ import pytest
 from argon2 import PasswordHasher
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import reactor
+from twisted.logger import globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
@@ -29,9 +30,11 @@ from mailapp.accounts import (
     AccountsDatabase,
     AliasInfo,
     DomainInfo,
+    RemovedUser,
     Resolution,
     accounts_path,
     check_address,
+    check_new_password,
     resolve_address,
 )
 from mailapp.errors import AccountError
@@ -253,7 +256,7 @@ def test_check_new_user_refuses_before_any_password_is_asked(db: AccountsDatabas
 
 def test_removed_user_no_longer_receives_mail(db: AccountsDatabase) -> None:
     db.add_user("Alice@example.test", "pw")
-    assert db.remove_user("alice@example.test") == "Alice@example.test"
+    assert db.remove_user("alice@example.test") == RemovedUser("Alice@example.test")
     assert db.resolve("alice@example.test") is None
     assert db.count_users() == 0
 
@@ -354,8 +357,8 @@ def test_alias_to_itself_through_plus_addressing_is_a_loop(db: AccountsDatabase)
         db.add_alias("a@example.test", ["a+x@example.test"])
 
 
-def test_catch_all_to_a_nonexistent_address_in_its_domain_is_a_loop(db: AccountsDatabase) -> None:
-    with pytest.raises(AccountError, match="alias loop: @example.test -> nobody@example.test -> @example.test"):
+def test_catch_all_to_a_nonexistent_address_in_its_domain_is_refused_as_dangling(db: AccountsDatabase) -> None:
+    with pytest.raises(AccountError, match="alias @example.test points at nobody@example.test, which is not a user"):
         db.add_alias("@example.test", ["nobody@example.test"])
 
 
@@ -414,11 +417,63 @@ def test_removing_an_unknown_alias_is_refused(db: AccountsDatabase) -> None:
         db.remove_alias("team@example.test", "b@remote.test")
 
 
-def test_aliases_pointing_at_a_removed_user_are_reported(db: AccountsDatabase) -> None:
+def test_removing_a_user_drops_the_alias_targets_naming_it(db: AccountsDatabase) -> None:
     db.add_user("alice@example.test", "pw")
-    db.add_alias("team@example.test", ["Alice@example.test"])
+    db.add_alias("team@example.test", ["Alice@example.test", "x@remote.test"])
+    db.add_alias("news@example.test", ["alice+news@example.test"])
+    removed = db.remove_user("alice@example.test")
+    assert removed.aliases_pruned == (
+        AliasInfo("news@example.test", ("alice+news@example.test",)),
+        AliasInfo("team@example.test", ("Alice@example.test",)),
+    )
+    assert removed.aliases_removed == ("news@example.test",)
+    assert db.list_aliases() == [AliasInfo("team@example.test", ("x@remote.test",))]
+    assert db.aliases_pointing_at("alice@example.test") == []
+
+
+def test_removing_a_user_keeps_aliases_of_other_users_with_a_similar_name(db: AccountsDatabase) -> None:
+    db.add_user("alice@example.test", "pw")
+    db.add_user("alice2@example.test", "pw")
+    db.add_domain("other.test")
+    db.add_user("alice@other.test", "pw")
+    db.add_alias("team@example.test", ["alice2@example.test", "alice@other.test"])
+    db.add_alias("team@example.test", ["alice@example.test"])
     db.remove_user("alice@example.test")
-    assert db.aliases_pointing_at("alice@example.test") == ["team@example.test"]
+    assert db.list_aliases() == [AliasInfo("team@example.test", ("alice2@example.test", "alice@other.test"))]
+
+
+def test_a_catch_all_left_pointing_at_a_deleted_user_is_no_user_not_an_alias_loop(db: AccountsDatabase) -> None:
+    db.add_user("alice@example.test", "pw")
+    db.add_alias("@example.test", ["alice@example.test"])
+    db.add_alias("bob@example.test", ["alice@example.test"])
+    # As an older mailapp left it: the user gone, the aliases still there.
+    db._connection.execute("DELETE FROM users")
+    problems: list[str] = []
+    observer = lambda event: problems.append(event["problem"]) if "problem" in event else None  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        assert db.resolve("alice@example.test") is None
+        assert db.resolve("bob@example.test") is None
+        assert db.resolve("zed@example.test") is None
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert problems == ["alias @example.test points at alice@example.test, which is not a user or alias here"] * 3
+
+
+@pytest.mark.parametrize("password", ["", "x", "1234567"])
+def test_a_new_password_shorter_than_eight_characters_is_refused(password: str) -> None:
+    with pytest.raises(AccountError, match="at least 8 characters"):
+        check_new_password("alice@example.test", password)
+
+
+@pytest.mark.parametrize("password", ["Alice@Example.TEST", "ALICEALICE", "alicealice"])
+def test_a_new_password_equal_to_the_address_or_local_part_is_refused(password: str) -> None:
+    with pytest.raises(AccountError, match="must not be the address or its local part"):
+        check_new_password("AliceAlice@example.test" if "@" not in password else "alice@example.test", password)
+
+
+def test_a_new_password_of_eight_characters_is_accepted() -> None:
+    check_new_password("alice@example.test", "alice123")
 
 
 # --- resolution rules --------------------------------------------------------

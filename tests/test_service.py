@@ -37,14 +37,14 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailapp import logevents, service, tap
 from mailapp.config import Config, Limits, ListenerConfig, RelayConfig, TLSConfig
-from mailapp.service import InFlight, ListenerService, ServiceContext, makeService, register_protocol
+from mailapp.service import InFlight, ListenerService, ServiceContext, admin_command, makeService, register_protocol
 from mailapp.tls import CertificateError, ensure_certificate, server_context_factory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -257,16 +257,21 @@ tls = "none"
 """
     )
     log_file = tmp_path / "twistd.log"
+    environment = subprocess_env()
+    environment["PATH"] = os.pathsep.join(
+        entry for entry in environment.get("PATH", "").split(os.pathsep) if Path(entry).resolve() != TWISTD.parent.resolve()
+    )
     process = subprocess.Popen(
         [str(TWISTD), "-n", "--pidfile=", f"--logfile={log_file}", "mailapp", "--config", "mailapp.toml"],
         cwd=tmp_path,
-        env=subprocess_env(),
+        env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        hint = "no users yet: add one with: mailapp --config mailapp.toml user add you@example.test"
+        # Run from the venv without it on PATH, as after a fresh clone: the hint names the script.
+        hint = f"no users yet: add one with: {TWISTD.parent / 'mailapp'} --config mailapp.toml user add you@example.test"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and process.poll() is None:
             if log_file.exists() and hint in log_file.read_text():
@@ -345,6 +350,40 @@ tls = "none"
         assert len(lines) == 1 and f"(listener {name})" in lines[0], output
     assert "Traceback" not in output
     assert "ReactorNotRunning" not in output
+
+
+# --- the admin command named in hints ---
+
+
+def _script(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "python").touch()
+    script = directory / "mailapp"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_admin_command_is_the_venv_script_when_it_is_not_on_path(tmp_path: Path) -> None:
+    script = _script(tmp_path / "repo" / ".venv" / "bin")
+    python = str(script.parent / "python")
+    assert admin_command(python, search_path="/usr/bin", cwd=str(tmp_path / "repo")) == ".venv/bin/mailapp"
+    assert admin_command(python, search_path="", cwd=str(tmp_path / "elsewhere")) == str(script)
+
+
+def test_admin_command_is_plain_mailapp_when_the_shell_finds_this_one(tmp_path: Path) -> None:
+    script = _script(tmp_path / "venv" / "bin")
+    assert admin_command(str(script.parent / "python"), search_path=str(script.parent), cwd=str(tmp_path)) == "mailapp"
+
+
+def test_admin_command_is_plain_mailapp_without_a_script_beside_the_interpreter(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    assert admin_command(str(tmp_path / "bin" / "python"), search_path="", cwd=str(tmp_path)) == "mailapp"
+
+
+def test_admin_command_is_quoted_for_the_shell(tmp_path: Path) -> None:
+    script = _script(tmp_path / "my repo" / "bin")
+    assert admin_command(str(script.parent / "python"), search_path="", cwd=str(tmp_path / "other")) == f"'{script}'"
 
 
 # --- tap.Options ---
@@ -495,6 +534,24 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(reply, b"hello\r\n")
         yield self.factory.connection_closed()
 
+    @defer.inlineCallbacks
+    def test_a_listener_says_once_that_it_listens_and_nothing_of_its_factory(self) -> Iterator[Deferred[Any]]:
+        root = makeService(make_config(self.directory, listener_config()), store=object(), accounts=FakeAccounts(users=1), portal=None)
+        root.startService()
+        port = yield root.getServiceNamed("listener:test").whenListening()
+        number = port.getHost().port
+        yield root.stopService()
+        ours = [event for event in self.log.events if event.get("log_namespace", "").startswith("mailapp")]
+        self.assertEqual(
+            [formatEvent(event) for event in ours if str(number) in formatEvent(event)],
+            [f"listener test (test-echo, tls=none) listening on 127.0.0.1:{number}"],
+        )
+        # Twisted's tcp.Port still logs "EchoFactory starting on N" unconditionally; its
+        # factory lines ("Starting factory <... at 0x...>", "Stopping factory") are gone.
+        self.assertEqual(
+            [line for line in map(formatEvent, self.log.events) if line.startswith(("Starting factory", "Stopping factory"))], []
+        )
+
     def test_listener_without_a_builder_is_skipped_with_one_warning(self) -> None:
         config = make_config(self.directory, listener_config(name="pop3", protocol="pop3"))
         root = makeService(config, reactor=MemoryReactorClock(), store=object(), accounts=FakeAccounts(), portal=None)
@@ -514,6 +571,15 @@ class MakeServiceTests(unittest.TestCase):
         root.startService()
         [event] = self.log.named(logevents.NO_USERS)
         self.assertEqual((event["config_path"], event["domain"]), ("etc/test.toml", "example.test"))
+
+    def test_no_users_hint_gives_a_command_that_runs_from_the_repository(self) -> None:
+        root = makeService(
+            make_config(self.directory), reactor=MemoryReactorClock(), store=object(), accounts=FakeAccounts(0), portal=None
+        )
+        root.startService()
+        [event] = self.log.named(logevents.NO_USERS)
+        self.assertEqual(event["command"], admin_command())
+        self.assertIn(f"add one with: {admin_command()} --config etc/test.toml user add you@example.test", formatEvent(event))
 
     def test_no_hint_once_there_are_users(self) -> None:
         root = makeService(

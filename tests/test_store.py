@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -13,9 +15,9 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
-from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError
+from mailapp.errors import BadFolderName, FolderExists, MailboxGone, NoSuchFolder, NoSuchMessage, StoreError
 from mailapp.interfaces import IEventBus, IFolder, IMailbox, IMessageStore, IMessageWriter
-from mailapp.store import MaildirStore, durable, ensure_mailbox, index
+from mailapp.store import MaildirStore, durable, ensure_mailbox, index, retire_mailbox
 from mailapp.store.names import mailbox_directory
 
 ALICE = "alice@example.test"
@@ -500,3 +502,71 @@ class BackPressureTests(StoreTestCase):
         yield writer.finish()
         self.assertEqual(writer.path.stat().st_size, len(chunk) * (writer.HIGH_WATER // writer.FLUSH_AT + 1))
         yield writer.discard()
+
+
+class RetiredMailboxTests(StoreTestCase):
+    """
+    The admin command deletes a user's mailbox while the server runs: the
+    server may hold idle index connections and open sessions on it.
+    """
+
+    def state_dir(self) -> Path:
+        return self.root.parent
+
+    def add_in_another_process(self, account: str) -> None:
+        """What 'mailapp user add' does, from its own process (this one's connections stay open)."""
+        subprocess.run(
+            [sys.executable, "-c", "import sys; from mailapp.store import ensure_mailbox; ensure_mailbox(sys.argv[1], sys.argv[2])",
+             str(self.state_dir()), account],
+            check=True,
+            timeout=60,
+        )
+
+    @inlineCallbacks
+    def test_a_new_account_at_a_retired_address_sees_an_empty_inbox(self):
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual(len((yield folder.messages())), 1)  # an idle connection to the old index now
+        retire_mailbox(self.state_dir(), ALICE, keep=True)
+        self.add_in_another_process(ALICE)
+        fresh = yield self.store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual((yield fresh.messages()), [])
+        self.assertEqual((yield fresh.status()).messages, 0)
+
+    @inlineCallbacks
+    def test_a_session_of_a_retired_account_can_neither_read_nor_write_the_new_one(self):
+        yield self.deliver([ALICE])
+        old_session = self.store.mailbox(ALICE)
+        old_inbox = yield old_session.folder("INBOX")
+        retire_mailbox(self.state_dir(), ALICE, keep=True)
+        self.add_in_another_process(ALICE)
+        yield self.deliver([ALICE], b"Subject: for the new alice\r\n\r\nnew\r\n")
+        yield self.assertFailure(old_inbox.messages(), MailboxGone)
+        yield self.assertFailure(old_inbox.append(b"Subject: stale\r\n\r\n"), MailboxGone)
+        yield self.assertFailure(old_session.folder("INBOX"), MailboxGone)
+        new_inbox = yield self.store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual([m.uid for m in (yield new_inbox.messages())], [1])
+        self.assertEqual(len(list((mailbox_directory(self.root, ALICE) / "new").iterdir())), 1)
+
+    @inlineCallbacks
+    def test_a_session_of_a_retired_account_does_not_recreate_its_directory(self):
+        yield self.deliver([ALICE])
+        old_inbox = yield self.store.mailbox(ALICE).folder("INBOX")
+        retire_mailbox(self.state_dir(), ALICE, keep=False)
+        yield self.assertFailure(old_inbox.append(b"Subject: stale\r\n\r\n"), MailboxGone)
+        yield self.assertFailure(old_inbox.status(), NoSuchFolder)  # how protocols see it
+        self.assertFalse(mailbox_directory(self.root, ALICE).exists())
+
+    @inlineCallbacks
+    def test_a_kept_mailbox_is_moved_whole_under_deleted(self):
+        yield self.deliver([ALICE])
+        moved = retire_mailbox(self.state_dir(), ALICE, keep=True, now=0)
+        self.assertEqual(moved, self.state_dir() / "deleted" / "example.test" / "alice.19700101T000000Z")
+        self.assertEqual(len(list((moved / "new").iterdir())), 1)
+        self.assertTrue((moved / index.INDEX_NAME).exists())
+        again = ensure_mailbox(self.state_dir(), ALICE)
+        self.assertEqual(retire_mailbox(self.state_dir(), ALICE, keep=True, now=0), moved.with_name(moved.name + ".1"))
+        self.assertFalse(again.exists())
+
+    def test_retiring_an_account_without_a_mailbox_does_nothing(self):
+        self.assertIsNone(retire_mailbox(self.state_dir(), ALICE, keep=False))

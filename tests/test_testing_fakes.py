@@ -87,3 +87,14 @@ class RouterTests(TestCase):
         store.failDeliver = True
         yield self.assertFailure(self.deliver(store, ["alice@example.test"]), StoreError)
         self.assertEqual(store.deliveries, [])
+
+
+def test_fake_accounts_drop_alias_targets_of_a_removed_user_like_the_database() -> None:
+    accounts = FakeAccounts(domains=["example.test"])
+    accounts.add_user("alice@example.test", "pw")
+    accounts.add_user("bob@example.test", "pw")
+    accounts.add_alias("team@example.test", ["alice@example.test", "bob@example.test"])
+    accounts.add_alias("news@example.test", ["alice+news@example.test"])
+    accounts.remove_user("alice@example.test")
+    assert accounts.find_alias("team@example.test") == ("bob@example.test",)
+    assert accounts.find_alias("news@example.test") is None

@@ -60,7 +60,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailapp import logevents
-from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage
+from mailapp.errors import BadFolderName, FolderExists, MailboxGone, NoSuchFolder, NoSuchMessage
 from mailapp.imap import mime, search
 from mailapp.imap.wire import (
     DELIMITER,
@@ -575,6 +575,12 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             self._busy = False
             if isinstance(result, Failure):
                 if result.check(_Gone):
+                    return
+                if result.check(MailboxGone):
+                    # The account was deleted under this session: nothing it
+                    # could do next may reach a new account at the address.
+                    self._untagged(b"BYE [UNAVAILABLE] This account was deleted")
+                    self._close()
                     return
                 if result.check(BadCommand):
                     self._bad(tag, str(result.value).encode("utf-8", "replace"))
@@ -1195,8 +1201,15 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                 return defer.succeed(None)
             return defer.Deferred.fromCoroutine(self._update(allow_expunge=True))
 
+        def failed(reason: Failure) -> None:
+            if reason.check(MailboxGone):
+                self._untagged(b"BYE [UNAVAILABLE] This account was deleted")
+                self._close()
+                return
+            _log.failure("imap idle update failed", reason, log_event=logevents.IMAP_INTERNAL_ERROR)
+
         d = self._idleLock.run(run)
-        d.addErrback(lambda reason: _log.failure("imap idle update failed", reason, log_event=logevents.IMAP_INTERNAL_ERROR))
+        d.addErrback(failed)
 
     def _idleLine(self, line: bytes) -> None:
         tag, self._idleTag = self._idleTag, None

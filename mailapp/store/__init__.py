@@ -6,12 +6,21 @@ Protocols use it only through the interfaces in L{mailapp.interfaces}.
 """
 
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
-from mailapp.store.maildir import MaildirFolder, MaildirMailbox, MaildirStore, ensure_mailbox
+from mailapp.store.maildir import (
+    DELETED_NAME,
+    MaildirFolder,
+    MaildirMailbox,
+    MaildirStore,
+    ensure_mailbox,
+    retire_domain_mailboxes,
+    retire_mailbox,
+)
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo
 
 __all__ = [
     "ADDED",
+    "DELETED_NAME",
     "EXPUNGED",
     "FLAGS_CHANGED",
     "INBOX",
@@ -25,4 +34,6 @@ __all__ = [
     "MaildirStore",
     "MessageInfo",
     "ensure_mailbox",
+    "retire_domain_mailboxes",
+    "retire_mailbox",
 ]

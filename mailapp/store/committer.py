@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
-from mailapp.errors import NoSuchFolder, NoSuchMessage, StoreError
+from mailapp.errors import MailboxGone, NoSuchFolder, NoSuchMessage, StoreError
 from mailapp.store import durable, index
 from mailapp.store.batching import BatchRunner
 from mailapp.store.names import folder_directory
@@ -44,6 +44,9 @@ class _Placement:
     account: str
     folder: str
     flags: frozenset[str] = frozenset()
+    #: For a change made through a session's mailbox (APPEND, COPY): the
+    #: directory it was opened on, so that it never lands in a new account's.
+    pin: index.MailboxPin | None = None
 
 
 @dataclass
@@ -183,6 +186,12 @@ def _deliver_batch(
     # batches running at once (or another process) can never deadlock.
     touching: dict[Path, list[int]] = defaultdict(list)
     for number, job in enumerate(jobs):
+        for placement in job.placements:
+            if placement.pin is not None and number not in failed:
+                try:
+                    placement.pin.check(index.directory_identity(placement.mailbox_dir))
+                except MailboxGone as e:
+                    failed[number] = e
         if number not in failed:
             for placement in job.placements:
                 touching[placement.mailbox_dir].append(number)

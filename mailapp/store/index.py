@@ -34,6 +34,7 @@ from typing import Iterator
 
 from twisted.logger import Logger
 
+from mailapp.errors import MailboxGone
 from mailapp.store import durable
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS, folder_directory, folder_from_directory
 
@@ -170,27 +171,95 @@ def make_folder_directory(directory: Path) -> None:
 
 # -- connections -----------------------------------------------------------------
 
+#: A directory's identity on disk: (st_dev, st_ino), or None when it is missing.
+DirectoryIdentity = tuple[int, int] | None
+
+
+def directory_identity(directory: Path) -> DirectoryIdentity:
+    """
+    Which directory C{directory} names right now. A mailbox deleted by the
+    admin command is renamed away and a new account at the same address gets
+    a new directory: the path stays, the identity changes.
+    """
+    try:
+        status = os.stat(directory)
+    except FileNotFoundError:
+        return None
+    return (status.st_dev, status.st_ino)
+
+
+class MailboxPin:
+    """
+    The directory one mailbox object (one session's view of an account) was
+    first opened on. Every later use checks the path still names that
+    directory, so a session of a deleted account fails with L{MailboxGone}
+    instead of reading or writing a new account's mail at the same path, and
+    never recreates the directory the deletion moved away.
+    """
+
+    def __init__(self) -> None:
+        self.identity: DirectoryIdentity = None
+
+    def check(self, current: DirectoryIdentity) -> None:
+        """Raise L{MailboxGone} if this pin is set and C{current} is another directory (or none)."""
+        if self.identity is not None and current != self.identity:
+            raise MailboxGone("this mailbox was deleted")
+
+    def take(self, identity: DirectoryIdentity) -> None:
+        """Pin the directory of the first successful open."""
+        if self.identity is None:
+            self.identity = identity
+
+
 _pool_lock = threading.Lock()
-_idle: OrderedDict[int, tuple[Path, sqlite3.Connection]] = OrderedDict()
+_idle: OrderedDict[int, tuple[Path, DirectoryIdentity, sqlite3.Connection]] = OrderedDict()
 _MAX_IDLE_CONNECTIONS = 64
 
 
 @contextmanager
-def connection(mailbox_dir: Path) -> Iterator[sqlite3.Connection]:
+def connection(mailbox_dir: Path, pin: MailboxPin | None = None) -> Iterator[sqlite3.Connection]:
     """
     Borrow a connection to C{mailbox_dir}'s index (for use on one thread at a
     time), creating the mailbox (INBOX and the special folders) and rebuilding
     the index when it is missing or damaged.
+
+    An idle connection is reused only while the path still names the
+    directory it was opened on: one opened before the account was deleted
+    holds the old index file open and would show the old mail to a new
+    account at the same address. With C{pin}, a path that names another
+    directory (or none) raises L{MailboxGone} before anything is created.
     """
+    current = directory_identity(mailbox_dir)
+    if pin is not None:
+        pin.check(current)
     conn = None
+    identity: DirectoryIdentity = None
+    stale: list[sqlite3.Connection] = []
     with _pool_lock:
-        for key, (path, idle) in reversed(_idle.items()):
-            if path == mailbox_dir:
-                conn = idle
+        for key, (path, opened_on, idle) in list(reversed(_idle.items())):
+            if path != mailbox_dir:
+                continue
+            if opened_on != current:
                 del _idle[key]
-                break
+                stale.append(idle)
+            elif conn is None:
+                del _idle[key]
+                conn, identity = idle, opened_on
+    if stale:
+        for old in stale:
+            old.close()
+        with _reconciled_lock:
+            _reconciled.discard(mailbox_dir)
     if conn is None:
         conn = _open(mailbox_dir)
+        identity = directory_identity(mailbox_dir)
+    if pin is not None:
+        try:
+            pin.check(identity)
+        except MailboxGone:
+            conn.close()
+            raise
+        pin.take(identity)
     try:
         yield conn
     except BaseException:
@@ -200,9 +269,9 @@ def connection(mailbox_dir: Path) -> Iterator[sqlite3.Connection]:
     if conn.in_transaction:  # pragma: no cover - a bug in the caller
         conn.execute("ROLLBACK")
     with _pool_lock:
-        _idle[id(conn)] = (mailbox_dir, conn)
+        _idle[id(conn)] = (mailbox_dir, identity, conn)
         while len(_idle) > _MAX_IDLE_CONNECTIONS:
-            _, (_, old) = _idle.popitem(last=False)
+            _, (_, _, old) = _idle.popitem(last=False)
             old.close()
 
 
@@ -213,7 +282,7 @@ def reset_connections() -> None:
     """
     with _pool_lock:
         while _idle:
-            _, (_, old) = _idle.popitem()
+            _, (_, _, old) = _idle.popitem()
             old.close()
     with _reconciled_lock:
         _reconciled.clear()
