@@ -405,24 +405,68 @@ def encode_mailbox(name: str) -> bytes:
     return name.encode("imap4-utf-7")
 
 
-def mailbox_pattern(reference: str, pattern: str) -> re.Pattern[str]:
+#: The longest LIST/LSUB reference + pattern accepted, in characters.
+MAX_PATTERN = 1024
+
+
+class MailboxPattern:
     """
-    The regular expression a LIST reference and pattern select (RFC 3501
-    6.3.8): ``*`` matches anything, ``%`` anything but the delimiter. A
-    leading ``INBOX`` matches case-insensitively.
+    What a LIST reference and pattern select (RFC 3501 6.3.8): ``*``
+    matches anything, ``%`` anything but the delimiter.
+
+    Matched by simulating the pattern's automaton with one bit per pattern
+    position (bit-parallel, as the shift-and string search does), so one
+    name costs a few integer operations per character whatever the pattern:
+    a backtracking regular expression took seconds or never finished on
+    ``LIST "" "****...x"``, stalling every session of the server.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        if len(pattern) > MAX_PATTERN:
+            raise BadCommand(f"LIST pattern longer than {MAX_PATTERN} characters")
+        tokens: list[str] = []
+        for char in pattern:
+            if char in "*%" and tokens and tokens[-1] in "*%":
+                # Adjacent wildcards match what the wider of them matches alone.
+                tokens[-1] = "*" if "*" in (char, tokens[-1]) else "%"
+            else:
+                tokens.append(char)
+        self._accept = 1 << len(tokens)
+        self._star = self._percent = 0
+        self._literal: dict[str, int] = {}
+        for position, token in enumerate(tokens):
+            bit = 1 << position
+            if token == "*":
+                self._star |= bit
+            elif token == "%":
+                self._percent |= bit
+            else:
+                self._literal[token] = self._literal.get(token, 0) | bit
+        self._wild = self._star | self._percent
+
+    def _closure(self, states: int) -> int:
+        # A wildcard may match nothing; no two wildcards are adjacent, so one step suffices.
+        return states | ((states & self._wild) << 1)
+
+    def match(self, name: str) -> bool:
+        states = self._closure(1)
+        for char in name:
+            stay = self._star if char == DELIMITER else self._wild
+            states = self._closure(((states & self._literal.get(char, 0)) << 1) | (states & stay))
+            if not states:
+                return False
+        return bool(states & self._accept)
+
+
+def mailbox_pattern(reference: str, pattern: str) -> MailboxPattern:
+    """
+    The matcher for a LIST reference and pattern: the reference is joined to
+    the pattern with the delimiter, and a leading ``INBOX`` matches
+    case-insensitively.
     """
     if reference and not reference.endswith(DELIMITER) and pattern and not pattern.startswith(DELIMITER):
         reference += DELIMITER
     full = reference + pattern
     if full[:5].upper() == "INBOX" and full[5:6] in ("", DELIMITER):
         full = "INBOX" + full[5:]
-    out = []
-    for char in full:
-        if char == "*":
-            out.append(".*")
-        elif char == "%":
-            out.append("[^/]*")
-        else:
-            out.append(re.escape(char))
-    regex = "".join(out)
-    return re.compile("^" + regex + "$", re.S)
+    return MailboxPattern(full)
