@@ -149,6 +149,15 @@ class ListenerConfig:
         """Whether this listener needs the certificate (STARTTLS or implicit)."""
         return self.tls != "none"
 
+    @property
+    def tcp_address(self) -> tuple[str, int] | None:
+        """``(interface, port)`` of a TCP listener (``""`` for every interface), else ``None``."""
+        if not self.endpoint.startswith("tcp:"):
+            return None
+        _, args, kwargs = _parse_server_endpoint(self.endpoint, None)
+        interface = kwargs.get("interface", "")
+        return (str(ipaddress.ip_address(interface)) if interface else "", int(args[0]))
+
 
 @dataclass(frozen=True)
 class Limits:

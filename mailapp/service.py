@@ -577,11 +577,15 @@ def _build_relay(config: Config, reactor: Any, router: Any) -> Any:
 
     from mailapp.relay.manager import RelayManager, RetryPolicy, tcp_connector
     from mailapp.relay.queue import Queue
-    from mailapp.relay.routing import MXResolver, Routes
+    from mailapp.relay.routing import MXResolver, Myself, Routes
 
     relay = config.relay
     queue = Queue(config.state_dir / "queue", reactor, use_syncfs=config.sync == "filesystem")
-    routes = Routes(relay.transports, relay.smarthost, MXResolver(_LazyResolver(reactor, relay.nameservers)))
+    myself = Myself(
+        config.hostname,
+        [listener.tcp_address for listener in config.listeners if listener.protocol == "smtp" and listener.tcp_address],
+    )
+    routes = Routes(relay.transports, relay.smarthost, MXResolver(_LazyResolver(reactor, relay.nameservers), myself=myself))
     auth = (relay.smarthost_username, relay.smarthost_password) if relay.smarthost_username is not None else None
     manager = RelayManager(
         queue,

@@ -14,7 +14,7 @@ from twisted.names import authority, client, dns, server
 from twisted.trial import unittest
 
 from mailapp.config import HostPort
-from mailapp.relay.routing import Hop, MXResolver, RouteError, Routes
+from mailapp.relay.routing import Hop, MXResolver, Myself, RouteError, Routes
 
 
 class Zone(authority.FileAuthority):
@@ -179,3 +179,43 @@ class HopTests(unittest.TestCase):
     def test_an_ipv6_hop_has_one_pair_of_brackets(self) -> None:
         # Found by the network-namespace rig: it read "mx1.c.test[[2001:db8::12]]:25".
         self.assertEqual(str(Hop("mx1.c.test", "2001:db8::12", 25)), "mx1.c.test[2001:db8::12]:25")
+
+
+class LoopTests(unittest.TestCase):
+    """A domain whose best MX is this server loops (5.4.6); MX hosts after us are never tried."""
+
+    def setUp(self) -> None:
+        records = dict(RECORDS)
+        records[b"loop.test"] = [dns.Record_MX(10, b"mail.self.test")]
+        records[b"behind.test"] = [dns.Record_MX(5, b"mx1.b.test"), dns.Record_MX(10, b"mail.self.test"), dns.Record_MX(20, b"backup.b.test")]
+        records[b"byaddress.test"] = [dns.Record_MX(10, b"mx2.b.test"), dns.Record_MX(20, b"backup.b.test")]
+        records[b"mail.self.test"] = [dns.Record_A("192.0.2.99")]
+        factory = server.DNSServerFactory(authorities=[Zone(records)])
+        self.port = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        resolver = client.Resolver(servers=[("127.0.0.1", self.port.getHost().port)], reactor=reactor)
+        myself = Myself("mail.self.test", [("192.0.2.12", 25), ("", 10025)])
+        self.mx = MXResolver(resolver, shuffle=lambda group: None, timeout=(2,), myself=myself)
+
+    @defer.inlineCallbacks
+    def test_a_domain_whose_best_mx_is_our_hostname_bounces_as_a_loop(self) -> Any:
+        error = yield self.assertFailure(self.mx.resolve("loop.test"), RouteError)
+        self.assertTrue(error.permanent)
+        self.assertTrue(error.reply.startswith("554 5.4.6 "), error.reply)
+        self.assertIn("loops back to myself", error.reply)
+
+    @defer.inlineCallbacks
+    def test_only_mx_hosts_preferred_to_us_are_tried(self) -> Any:
+        hops = yield self.mx.resolve("behind.test")
+        self.assertEqual(hops, [Hop("mx1.b.test", "192.0.2.11", 25, 5)])
+
+    @defer.inlineCallbacks
+    def test_an_mx_at_the_address_we_listen_on_is_us(self) -> Any:
+        error = yield self.assertFailure(self.mx.resolve("byaddress.test"), RouteError)
+        self.assertIn("5.4.6", error.reply)
+
+    def test_a_wildcard_listener_is_us_on_any_local_address_at_its_port(self) -> None:
+        myself = Myself("mail.self.test", [("", 25)])
+        self.assertTrue(myself(Hop("other.name", "127.0.0.1", 25)))
+        self.assertFalse(myself(Hop("other.name", "127.0.0.1", 2525)))
+        self.assertFalse(myself(Hop("other.name", "192.0.2.1", 25)))

@@ -160,3 +160,24 @@ def test_a_domain_whose_mx_has_only_an_ipv6_address_gets_its_mail_over_ipv6(inte
     assert b"Subject: over six" in copy
     assert f"from mail.a.test ([IPv6:{a.ipv6}])".encode() in copy  # RFC 5321 4.1.3
     assert imap_messages(client, a.ipv4, ALICE, ALICE_PASSWORD) == []  # no DSN
+
+
+def test_a_domain_whose_mx_is_this_server_bounces_as_a_loop_instead_of_looping(internet: Internet) -> None:
+    a = internet.add_host("a", "mail.a.test")
+    client = internet.add_host("client", "client.rig.test")
+    # g.test is not a local domain of A, but its MX is A's address (another name for A).
+    internet.dns.serve(
+        {
+            "a.test": mail_domain("a.test", a),
+            "g.test": [("g.test", "MX", 10, "alias-of-a.g.test"), ("alias-of-a.g.test", "A", a.ipv4)],
+        }
+    )
+    server_a = MailServer(a, "a.test")
+    server_a.add_user(ALICE, ALICE_PASSWORD)
+    server_a.start()
+    message = f"From: {ALICE}\r\nTo: gina@g.test\r\nSubject: to myself\r\n\r\nHello.\r\n"
+    assert submit(client, a.ipv4, ALICE, ALICE_PASSWORD, ["gina@g.test"], message) == {}
+    wait_for(lambda: server_a.queue() == [], "A's relay queue to empty", 20, internet.log_report)
+    [dsn] = imap_messages(client, a.ipv4, ALICE, ALICE_PASSWORD)
+    assert _dsn_recipients(dsn) == {"gina@g.test": "5.4.6"}
+    assert b"loops back to myself" in dsn

@@ -19,7 +19,7 @@ of L{Hop}s, one per address.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from twisted.names import dns, error as dns_error
 
 from mailapp.config import HostPort
 
-__all__ = ["Hop", "MAX_CNAME_CHAIN", "RouteError", "MXResolver", "Routes"]
+__all__ = ["Hop", "MAX_CNAME_CHAIN", "Myself", "RouteError", "MXResolver", "Routes"]
 
 MAX_CNAME_CHAIN = 8
 SMTP_PORT = 25
@@ -60,6 +60,48 @@ class Hop:
         return f"{self.name}[{self.address}]:{self.port}"
 
 
+class Myself:
+    """
+    Whether a next hop is this server: its name is our ``[server] hostname``,
+    or its address and port are where one of our MX listeners accepts (for a
+    listener on every interface, any address of this machine). Sending there
+    would loop the message back to ourselves (RFC 5321 5.1).
+
+    @param listening: ``(interface, port)`` of each MX listener, ``""`` for
+        every interface.
+    """
+
+    def __init__(self, hostname: str, listening: Iterable[tuple[str, int]]) -> None:
+        self.hostname = hostname.rstrip(".").lower()
+        self.listening = tuple(listening)
+
+    def __call__(self, hop: Hop) -> bool:
+        if hop.name.rstrip(".").lower() == self.hostname:
+            return True
+        for interface, port in self.listening:
+            if port != hop.port:
+                continue
+            if interface and interface not in ("0.0.0.0", "::"):
+                if interface == hop.address:
+                    return True
+            elif _is_local_address(hop.address):
+                return True
+        return False
+
+
+def _is_local_address(address: str) -> bool:
+    """Whether this machine has C{address}: binding a socket to it succeeds (no packet is sent)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
 def _is_ip(text: str) -> bool:
     import ipaddress
 
@@ -84,11 +126,13 @@ class MXResolver:
         port: int = SMTP_PORT,
         shuffle: Callable[[list[Any]], None] = random.shuffle,
         timeout: tuple[int, ...] = (1, 3, 11),
+        myself: Callable[[Hop], bool] | None = None,
     ) -> None:
         self.resolver = resolver
         self.port = port
         self.shuffle = shuffle
         self.timeout = timeout
+        self.myself = myself
 
     @defer.inlineCallbacks
     def resolve(self, domain: str) -> Any:
@@ -106,7 +150,23 @@ class MXResolver:
                 # No MX and no address: nothing will ever accept mail for it.
                 raise RouteError(f"550 5.1.2 {domain} has no mail servers (no MX, A or AAAA records)", True)
             raise RouteError(f"451 4.4.4 no address for the mail servers of {domain}: {', '.join(unresolved)}", False)
-        return hops
+        return self._before_myself(domain, hops)
+
+    def _before_myself(self, domain: str, hops: list[Hop]) -> list[Hop]:
+        """
+        Only the hops preferred to ourselves (as Postfix does): when we are
+        one of a domain's MX hosts, the ones after us are backups of ours,
+        and when we are the best, the mail loops back to us (5.4.6).
+        """
+        if self.myself is None:
+            return hops
+        mine = [hop.preference for hop in hops if self.myself(hop)]
+        if not mine:
+            return hops
+        preferred = [hop for hop in hops if hop.preference < min(mine)]
+        if not preferred:
+            raise RouteError(f"554 5.4.6 mail for {domain} loops back to myself (its best MX is this server)", True)
+        return preferred
 
     @defer.inlineCallbacks
     def _exchanges(self, domain: str) -> Any:
