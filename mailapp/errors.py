@@ -56,6 +56,16 @@ class MessageTooBig(MailError):
     code, enhanced, text = 552, "5.3.4", "Message size exceeds fixed limit"
 
 
+class TooManyHops(MailError):
+    """RFC 5321 6.3: a message that has passed this many relays is in a loop."""
+
+    code, enhanced, text = 554, "5.4.6", "Too many hops: mail loop detected"
+
+
+class HeaderFieldTooLong(MailError):
+    code, enhanced, text = 552, "5.6.0", "Message header field too long"
+
+
 class RemoteDeliveryUnavailable(MailError):
     code, enhanced, text = 451, "4.4.0", "Remote delivery is not available yet; try again later"
 

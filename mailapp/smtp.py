@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from mailapp import logevents
 from mailapp.delivery import Router, Transaction
 from mailapp.errors import MailError, MessageTooBig, NoSuchUser, RelayDenied
+from mailapp.headercheck import HeaderCheck
 from mailapp.interfaces import IMailbox
 from mailapp.sessions import BANNED, AuthOutcome, SessionFactory
 
@@ -664,10 +665,17 @@ class ESMTPServer(twisted_smtp.ESMTP):
         receiver, self._data = self._data, None
         txn, self._txn = self._txn, None
         assert receiver is not None and txn is not None
-        if receiver.tooBig:
+        refusal = MessageTooBig() if receiver.tooBig else receiver.headers.verdict()
+        if refusal is not None:
             txn.abort()
-            error = MessageTooBig()
-            self.sendCode(error.code, f"{error.enhanced} {error.text}".encode())
+            _log.info(
+                "refused at end of data from=<{sender}> client={client}: {reply}",
+                log_event=logevents.SMTP_DATA_REFUSED,
+                sender=txn.sender,
+                client=self._peerIP,
+                reply=refusal.reply().decode("ascii"),
+            )
+            self.sendCode(refusal.code, f"{refusal.enhanced} {refusal.text}".encode())
             return
         d = self.factory.inflight(txn.commit())
 
@@ -746,6 +754,8 @@ class _DataReceiver:
         self.size = 0
         self.tooBig = False
         self.done = False
+        #: Hop count and header field sizes, checked as the header block streams by.
+        self.headers = HeaderCheck()
         self.lastWrite: Any = None
         self._atLineStart = True
         self._out: list[bytes] = []
@@ -807,6 +817,8 @@ class _DataReceiver:
 
     def _emit(self, data: bytes, body: bool = False) -> None:
         if body:
+            if not self.headers.done:
+                self.headers.feed(data)
             self.size += len(data)
             if self.size > self.limit:
                 self.tooBig = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import inlineCallbacks
@@ -224,6 +225,38 @@ class ProtocolTests(TestCase):
             self.session.send(b"y" * 100_000 + b"\r\n")
         self.session.send(b".\r\nNOOP\r\n")
         self.assertEqual(self.session.codes(), [b"552", b"250"])
+        self.assertEqual(stored_messages(self.root, ALICE), [])
+
+    @inlineCallbacks
+    def _send_message(self, message: bytes) -> Any:
+        self.session.send(b"HELO c\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        yield wait_for(lambda: b"354" in self.session.codes())
+        self.session.clear()
+        for start in range(0, len(message), 7000):  # pieces that split lines, and CRLFs
+            self.session.send(message[start : start + 7000])
+        self.session.send(b".\r\nNOOP\r\n")
+        yield wait_for(lambda: len(self.session.codes()) == 2)
+
+    @inlineCallbacks
+    def test_a_message_that_has_passed_50_relays_is_refused_as_a_loop(self):
+        received = b"".join(b"Received: from hop%d.test by hop%d.test;\r\n\tMon, 1 Dec 2026 00:00:00 +0000\r\n" % (n, n + 1) for n in range(50))
+        yield self._send_message(received + b"Subject: loop\r\n\r\nbody\r\n")
+        self.assertEqual(self.session.replies()[0], b"554 5.4.6 Too many hops (50 Received: header fields): mail loop detected")
+        self.assertEqual(self.session.codes(), [b"554", b"250"])
+        self.assertEqual(stored_messages(self.root, ALICE), [])
+
+    @inlineCallbacks
+    def test_49_received_fields_and_received_in_the_body_are_not_a_loop(self):
+        received = b"".join(b"Received: from hop%d.test;\r\n\tMon, 1 Dec 2026 00:00:00 +0000\r\n" % n for n in range(49))
+        yield self._send_message(received + b"Subject: ok\r\n\r\n" + b"Received: in the body\r\n" * 100)
+        self.assertEqual(self.session.codes(), [b"250", b"250"])
+        self.assertEqual(len(stored_messages(self.root, ALICE)), 1)
+
+    @inlineCallbacks
+    def test_a_header_field_over_100_kib_is_refused_with_552_and_nothing_is_stored(self):
+        recipients = b",\r\n ".join(b"person%06d@example.test" % n for n in range(5000))  # ~150 KiB, folded
+        yield self._send_message(b"Subject: many\r\nTo: " + recipients + b"\r\n\r\nbody\r\n")
+        self.assertEqual(self.session.replies()[0], b"552 5.6.0 Message header field longer than 100 KiB")
         self.assertEqual(stored_messages(self.root, ALICE), [])
 
     def test_too_many_errors_close_the_connection_with_421(self):
