@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError
 from mailapp.interfaces import IEventBus, IFolder, IMailbox, IMessageStore, IMessageWriter
-from mailapp.store import MaildirStore, durable, ensure_mailbox, index
+from mailapp.store import MaildirStore, durable, ensure_mailbox, index, messagefile
 from mailapp.store.names import mailbox_directory
 
 ALICE = "alice@example.test"
@@ -500,3 +500,62 @@ class BackPressureTests(StoreTestCase):
         yield writer.finish()
         self.assertEqual(writer.path.stat().st_size, len(chunk) * (writer.HIGH_WATER // writer.FLUSH_AT + 1))
         yield writer.discard()
+
+
+class MessageFileTests(TestCase):
+    """The one reader and writer of message files, at chunk boundaries made small."""
+
+    def setUp(self) -> None:
+        self.patch(messagefile, "CHUNK_SIZE", 7)
+        self.directory = Path(self.mktemp())
+        self.directory.mkdir()
+
+    def _file(self, data: bytes) -> Path:
+        path = self.directory / "message"
+        path.write_bytes(data)
+        return path
+
+    def test_every_range_of_an_lf_file_reads_as_that_range_of_its_wire_form(self):
+        wire = b"a\r\nbc\r\n\r\ndefghij\r\nk\r\n\r\n\r\nlmnopqrstu\r\n"
+        path = self._file(wire.replace(b"\r\n", b"\n"))
+        with messagefile.open_message(path, len(wire)) as handle:
+            self.assertEqual(handle.read(), wire)
+            for start in range(len(wire) + 1):
+                for length in (0, 1, 2, 5, 9, 100):
+                    handle.seek(start)
+                    self.assertEqual(handle.read(length), wire[start : start + length], (start, length))
+
+    def test_a_file_with_crlf_and_lf_and_w_in_its_name_sends_each_lf_once_as_crlf(self):
+        # Dovecot's rule: an LF after a CR is already a line end; a bare CR stays.
+        stored = b"ab\r\ncdefg\r\nh\nij\rk\n" + b"xxxxx\r" + b"\nyy\n"
+        wire = b"ab\r\ncdefg\r\nh\r\nij\rk\r\nxxxxx\r\nyy\r\n"
+        path = self._file(stored)
+        with messagefile.open_message(path, len(wire)) as handle:
+            self.assertEqual(handle.read(), wire)
+        self.assertEqual(messagefile.read_message(path, len(wire), 1000), wire)
+
+    def test_a_file_named_without_w_is_sent_as_it_is_when_its_first_line_ends_in_crlf(self):
+        stored = b"Subject: x\r\n\r\nodd\nbody\r\n"
+        path = self._file(stored)
+        with messagefile.open_message(path, None) as handle:
+            self.assertEqual(handle.read(), stored)
+        self.assertEqual(messagefile.measure(path), (len(stored), len(stored)))
+
+    def test_a_file_named_without_w_is_expanded_when_its_first_line_ends_in_lf(self):
+        stored = b"Subject: x\n\nbody\n"
+        path = self._file(stored)
+        with messagefile.open_message(path, None) as handle:
+            self.assertEqual(handle.seek(0, os.SEEK_END), len(stored) + 3)
+            handle.seek(0)
+            self.assertEqual(handle.read(), stored.replace(b"\n", b"\r\n"))
+        self.assertEqual(messagefile.read_message(path, None, 1000), stored.replace(b"\n", b"\r\n"))
+
+    def test_the_encoder_turns_crlf_split_across_pieces_into_lf(self):
+        encoder = messagefile.LFEncoder()
+        out = b"".join(encoder.feed(piece) for piece in (b"a\r", b"\nb\r", b"\n\r", b"\n", b"c"))
+        out += encoder.close()
+        self.assertEqual((out, encoder.lf, encoder.stored_size, encoder.wire_size), (b"a\nb\n\nc", True, 6, 9))
+
+    def test_the_encoder_keeps_a_cr_before_a_crlf_as_received(self):
+        self.assertEqual(messagefile.encode(b"a\r\r\nb\r\n"), (b"a\r\r\nb\r\n", False))
+        self.assertEqual(messagefile.encode(b"a\r\nb\r\n"), (b"a\nb\n", True))
