@@ -6,7 +6,14 @@ Protocols use it only through the interfaces in L{mailapp.interfaces}.
 """
 
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
-from mailapp.store.maildir import MaildirFolder, MaildirMailbox, MaildirStore, ensure_mailbox
+from mailapp.store.maildir import (
+    MaildirFolder,
+    MaildirMailbox,
+    MaildirStore,
+    ensure_mailbox,
+    open_message_file,
+    read_message_file,
+)
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo
 
@@ -25,4 +32,6 @@ __all__ = [
     "MaildirStore",
     "MessageInfo",
     "ensure_mailbox",
+    "open_message_file",
+    "read_message_file",
 ]
