@@ -104,13 +104,9 @@ class LFEncoder:
 
     def close(self) -> bytes:
         """Return what to append at the end (a final bare CR, which ends LF storage)."""
-        if not self._held_cr:
+        if not self._held_cr:  # (a CR is only ever held while storing with LF)
             return b""
-        self._held_cr = False
-        if self.lf:
-            self._give_up()
-        else:  # pragma: no cover - a CR is only held while storing with LF
-            self.stored_size += 1
+        self._give_up()
         return b"\r"
 
     def _give_up(self) -> None:
