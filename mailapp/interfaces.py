@@ -129,7 +129,7 @@ class IMessageWriter(Interface):
     memory stays bounded whatever its size.
     """
 
-    size = Attribute("Bytes written so far.")
+    size = Attribute("Bytes written so far: the message's size in wire form (CRLF), whatever the file holds.")
 
     def write(data: bytes):  # type: ignore[no-untyped-def]
         """
@@ -208,15 +208,19 @@ class IFolder(Interface):
 
     def openMessage(uid: int):  # type: ignore[no-untyped-def]
         """
-        Fire with a binary file object positioned at the start of the stored
-        message (CRLF line endings); the caller closes it. Fails with
+        Fire with a seekable binary file object positioned at the start of
+        the message in wire form (CRLF line endings, byte for byte what was
+        received, whatever form the file has on disk): offsets are wire
+        offsets, and C{seek(0, os.SEEK_END)} returns the size, the same as
+        L{mailapp.store.MessageInfo.size}. The caller closes it. Fails with
         L{mailapp.errors.NoSuchMessage}.
         """
 
     def readMessage(uid: int, limit: int):  # type: ignore[no-untyped-def]
         """
-        Fire with the whole stored message as bytes when it is at most
-        C{limit} bytes, else with C{None} (stream it with L{openMessage}).
+        Fire with the whole message in wire form (as L{openMessage} reads
+        it) as bytes when it is at most C{limit} bytes, else with C{None}
+        (stream it with L{openMessage}).
         One trip to a worker thread: what a protocol uses for small messages.
         Fails with L{mailapp.errors.NoSuchMessage}.
         """

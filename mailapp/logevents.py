@@ -114,6 +114,8 @@ RELOAD_FAILED: Final = "service.reload_failed"
 RELOAD_NEEDS_RESTART: Final = "service.reload_needs_restart"
 TLS_RELOADED: Final = "tls.reloaded"
 STATE_FORMAT_CREATED: Final = "service.state_format_created"
+#: an older state directory migrated at start; also: state_dir, from_format, state_format
+STATE_FORMAT_UPGRADED: Final = "service.state_format_upgraded"
 
 
 def all_events() -> frozenset[str]:

@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from mailapp.auth import makePortal
 from mailapp.delivery import Router
 from mailapp.smtp import SMTPFactory, SMTPPolicy
-from mailapp.store import MaildirStore
+from mailapp.store import MaildirStore, open_message_file
 from mailapp.store.names import mailbox_directory
 from mailapp.testing import FakeAccounts
 
@@ -57,7 +57,7 @@ def make_factory(
 
 
 def stored_messages(root: Path, account: str, folder: str = "") -> list[bytes]:
-    """Every message file in an account's folder (new/ and cur/), read from disk."""
+    """Every message in an account's folder (new/ and cur/), read from its file as the store serves it (CRLF)."""
     directory = mailbox_directory(root, account)
     if folder:
         directory = directory / ("." + folder)
@@ -66,7 +66,8 @@ def stored_messages(root: Path, account: str, folder: str = "") -> list[bytes]:
         path = directory / sub
         if path.is_dir():
             for name in sorted(os.listdir(path)):
-                found.append((path / name).read_bytes())
+                with open_message_file(path / name) as handle:
+                    found.append(handle.read())
     return found
 
 

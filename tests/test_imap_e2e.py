@@ -16,6 +16,7 @@ from email.message import EmailMessage
 import imapclient
 import pytest
 
+from mailapp.store import open_message_file
 from tests.imap_helpers import PASSWORD, Raw, Users, deliver, login, message, start_server
 from tests.service_runner import TIMEOUT, ServiceProcess
 
@@ -52,7 +53,8 @@ def stored_file(server: ServiceProcess, user: str, uid: int) -> bytes:
     for sub in ("new", "cur"):
         for path in (directory / sub).iterdir():
             if f",U={uid}" in path.name and re.search(rf",U={uid}(?::|$)", path.name):
-                return path.read_bytes()
+                with open_message_file(path) as handle:
+                    return handle.read()
     raise AssertionError(f"no file for UID {uid}")
 
 

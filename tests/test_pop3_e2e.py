@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from mailapp.store import open_message_file
 from tests.service_runner import TIMEOUT, ServiceProcess, listener, run_with_store, unverified_tls
 
 HOSTNAME = "mail.example.test"
@@ -344,7 +345,8 @@ def test_mail_sent_by_smtp_is_downloaded_and_deleted_only_on_quit(server: Servic
 
 def server_size(server: ServiceProcess, account: str, uid: int) -> int:
     [path] = [p for sub in ("cur", "new") for p in (server.maildir(account) / sub).iterdir() if f",U={uid}" in p.name]
-    return path.stat().st_size
+    with open_message_file(path) as handle:
+        return handle.seek(0, os.SEEK_END)
 
 
 def test_message_removed_by_another_client_is_gone_from_the_next_session(server: ServiceProcess, user: str) -> None:
@@ -411,7 +413,8 @@ def test_ten_mebibyte_message_sent_by_smtp_is_retrieved_byte_identical(server: S
     _send(server, user, sent)
     [(uid, _, size)] = _inbox(server, user)["messages"]  # type: ignore[misc]
     [path] = [p for p in (server.maildir(user) / "new").iterdir()]
-    stored = path.read_bytes()
+    with open_message_file(path) as handle:
+        stored = handle.read()
     assert len(stored) == size and stored.endswith(sent)
     client = _login(server, user)
     try:

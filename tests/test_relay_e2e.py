@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from mailapp.store import open_message_file
 from tests.service_runner import REPOSITORY, TIMEOUT, ServiceProcess
 
 ALICE, ALICE_PASSWORD = "alice@a.test", "alice-secret"
@@ -122,7 +123,11 @@ def new_messages(process: ServiceProcess, account: str) -> list[bytes]:
     directory = process.maildir(account) / "new"
     if not directory.is_dir():
         return []
-    return [path.read_bytes() for path in sorted(directory.iterdir())]
+    messages = []
+    for path in sorted(directory.iterdir()):
+        with open_message_file(path) as handle:
+            messages.append(handle.read())
+    return messages
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0, logs: tuple[ServiceProcess, ...] = ()) -> None:

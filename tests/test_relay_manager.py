@@ -18,6 +18,7 @@ from mailapp import logevents
 from mailapp.relay import control
 from mailapp.relay.client import Reply
 from mailapp.relay.queue import DELIVERED, FAILED, PENDING, read_envelope
+from mailapp.store import MaildirStore
 
 from tests.relay_helpers import B_HOP, C_HOP, OK, Harness
 
@@ -298,3 +299,21 @@ def test_a_bounce_made_while_the_server_was_stopped_is_reported_at_start(tmp_pat
     assert again.network.attempts == []
     assert len(again.store.inbox("alice@a.test")) == 1
     assert again.envelopes() == []
+
+
+def test_a_large_message_spooled_with_lf_is_queued_and_sent_with_crlf(tmp_path: Path) -> None:
+    # The Maildir stores LF; the queue keeps CRLF (what the client sends), so
+    # a spool file written with LF is copied in wire form, not linked.
+    h = Harness(tmp_path)
+    h.network.servers[B_HOP] = lambda r: OK
+    h.start()
+    writer = MaildirStore(tmp_path / "mail", reactor=h.reactor).newMessage()
+    body = b"Subject: big\r\n\r\n" + b"a line of the body\r\n" * 10000
+    writer.write(body)
+    assert writer.finish().called
+    assert b"\r" not in writer.path.read_bytes()
+    prepared = h.queue.prepare(writer, "alice@a.test", ["bob@b.test"], "Q1")
+    assert prepared.called
+    assert (tmp_path / "queue" / "messages" / "Q1").read_bytes() == body
+    assert h.queue.publish(prepared.result).called
+    assert h.network.delivered_to("bob@b.test") == [body]

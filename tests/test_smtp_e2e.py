@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from mailapp.store import open_message_file
 from mailapp.store.index import INDEX_NAME
 from tests.service_runner import ServiceProcess, listener
 
@@ -119,6 +120,12 @@ def _message(sender: str, recipient: str, subject: str, body: str = "hello\n") -
     message["Date"] = "Thu, 01 Jan 2026 00:00:00 +0000"
     message.set_content(body)
     return message.as_bytes(policy=email.policy.SMTP)
+
+
+def _wire(path: Path) -> bytes:
+    """A stored message as IMAP and POP3 send it (the file itself has LF line ends)."""
+    with open_message_file(path) as handle:
+        return handle.read()
 
 
 def _body(stored: bytes) -> bytes:
@@ -219,7 +226,7 @@ def test_mixed_recipients_get_their_own_replies_and_one_linked_copy_each(server:
     [alice_copy] = arrivals.of(ALICE)
     [bob_copy] = arrivals.of(BOB)
     assert os.stat(alice_copy).st_ino == os.stat(bob_copy).st_ino
-    assert b"Subject: mixed recipients" in alice_copy.read_bytes()
+    assert b"Subject: mixed recipients" in _wire(alice_copy)
 
 
 def test_ten_mebibyte_binary_attachment_is_stored_byte_for_byte(server: Server) -> None:
@@ -239,7 +246,7 @@ def test_ten_mebibyte_binary_attachment_is_stored_byte_for_byte(server: Server) 
         assert client.esmtp_features["size"] == str(MAX_MESSAGE_SIZE)
         assert client.sendmail(ALICE, [BOB], sent) == {}
     [stored_path] = arrivals.of(BOB)
-    stored = stored_path.read_bytes()
+    stored = _wire(stored_path)
     trace, original = stored[: len(stored) - len(sent)], stored[len(stored) - len(sent) :]
     assert original == sent
     trace_names = [line.split(b":", 1)[0] for line in trace.split(b"\r\n") if line and line[:1] not in b" \t"]
@@ -345,7 +352,7 @@ def test_smuggled_message_after_a_false_end_of_data_stays_in_the_body(server: Se
     finally:
         client.close()
     [stored] = arrivals.of(ALICE)
-    body = _body(stored.read_bytes())
+    body = _body(_wire(stored))
     assert b"MAIL FROM:<e@x.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled text\r\n" in body
     assert arrivals.of(BOB) == []
 
@@ -362,7 +369,7 @@ def test_long_data_line_keeps_the_session_in_data_and_no_command_after_it_runs(s
     finally:
         client.close()
     [stored] = arrivals.of(ALICE)
-    assert _body(stored.read_bytes()) == long_line + b"\r\n" + commands
+    assert _body(_wire(stored)) == long_line + b"\r\n" + commands
     assert arrivals.of(BOB) == []
 
 
@@ -406,7 +413,7 @@ def test_local_delivery_opens_no_outbound_connection(server: Server) -> None:
         assert server.process is not None
         sockets = _tcp_sockets_of(server.process.pid)
     [stored] = arrivals.of(BOB)
-    assert b"Subject: local only" in stored.read_bytes()
+    assert b"Subject: local only" in _wire(stored)
     ours = set(server.ports.values())
     assert sockets and all(local in ours for local, _ in sockets), sockets
 
@@ -422,7 +429,7 @@ def test_accepted_message_survives_sigkill_right_after_250(fresh_server: Server)
         assert client.sendmail("sender@remote.test", [ALICE], sent) == {}
         fresh_server.kill()
     [stored] = arrivals.of(ALICE)
-    assert stored.read_bytes().endswith(sent)
+    assert _wire(stored).endswith(sent)
     fresh_server.start()
     index_path = fresh_server.maildir(ALICE) / INDEX_NAME
     index = sqlite3.connect(f"file:{index_path}?mode=ro", uri=True, timeout=TIMEOUT)
@@ -430,7 +437,7 @@ def test_accepted_message_survives_sigkill_right_after_250(fresh_server: Server)
         rows = index.execute("SELECT folder, filename, size FROM messages").fetchall()
     finally:
         index.close()
-    assert rows == [("INBOX", f"new/{stored.name}", len(stored.read_bytes()))]
+    assert rows == [("INBOX", f"new/{stored.name}", len(_wire(stored)))]
 
 
 def test_sigterm_says_421_to_idle_sessions_and_exits(fresh_server: Server) -> None:

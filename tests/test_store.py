@@ -17,7 +17,7 @@ from zope.interface.verify import verifyObject
 
 from mailapp.errors import BadFolderName, FolderExists, MailboxGone, NoSuchFolder, NoSuchMessage, StoreError
 from mailapp.interfaces import IEventBus, IFolder, IMailbox, IMessageStore, IMessageWriter
-from mailapp.store import MaildirStore, durable, ensure_mailbox, index, retire_mailbox
+from mailapp.store import MaildirStore, durable, ensure_mailbox, index, messagefile, retire_mailbox
 from mailapp.store.names import mailbox_directory
 
 ALICE = "alice@example.test"
@@ -570,3 +570,236 @@ class RetiredMailboxTests(StoreTestCase):
 
     def test_retiring_an_account_without_a_mailbox_does_nothing(self):
         self.assertIsNone(retire_mailbox(self.state_dir(), ALICE, keep=False))
+
+
+def _only_file(directory: Path) -> Path:
+    [path] = [p for sub in ("new", "cur") for p in (directory / sub).iterdir()]
+    return path
+
+
+class LineEndingTests(StoreTestCase):
+    """Files have LF line ends (what Maildir tools expect); protocols see CRLF, byte for byte."""
+
+    @inlineCallbacks
+    def test_a_delivered_message_is_stored_with_lf_line_ends_and_no_cr(self):
+        yield self.deliver([ALICE])
+        stored = _only_file(mailbox_directory(self.root, ALICE)).read_bytes()
+        self.assertEqual(stored, b"Subject: hello\n\nbody line\n")
+
+    @inlineCallbacks
+    def test_the_file_name_carries_the_file_size_and_the_wire_size(self):
+        yield self.deliver([ALICE])
+        name = _only_file(mailbox_directory(self.root, ALICE)).name
+        self.assertRegex(name, rf",S={len(MESSAGE) - 3},W={len(MESSAGE)},U=1$")
+
+    @inlineCallbacks
+    def test_the_index_size_is_the_wire_size(self):
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        [info] = yield folder.messages()
+        self.assertEqual(info.size, len(MESSAGE))
+
+    @inlineCallbacks
+    def test_a_message_is_read_back_in_wire_form_byte_for_byte(self):
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual((yield self.read(ALICE, 1)), MESSAGE)
+        self.assertEqual((yield folder.readMessage(1, len(MESSAGE))), MESSAGE)
+        self.assertIsNone((yield folder.readMessage(1, len(MESSAGE) - 1)))
+
+    @inlineCallbacks
+    def test_a_large_message_streamed_in_odd_pieces_is_stored_with_lf_and_read_back_exactly(self):
+        line = b"0123456789" * 7 + b"\r\n"
+        data = b"Subject: big\r\n\r\n" + line * 20000  # about 1.4 MiB, many flushes
+        writer = self.store.newMessage()
+        # Pieces that split CRLFs between two writes, and two flushes.
+        for start in range(0, len(data), 65537):
+            yield writer.write(data[start : start + 65537])
+        yield writer.finish()
+        yield self.store.deliver(writer, [ALICE])
+        path = _only_file(mailbox_directory(self.root, ALICE))
+        self.assertNotIn(b"\r", path.read_bytes())
+        self.assertEqual(path.stat().st_size, len(data) - data.count(b"\r\n"))
+        self.assertEqual((yield self.read(ALICE, 1)), data)
+
+    @inlineCallbacks
+    def test_any_range_of_a_large_message_reads_as_the_same_range_of_its_wire_form(self):
+        data = b"".join(b"line %d %s\r\n" % (n, b"x" * (n % 50)) for n in range(40000))
+        yield self.deliver([ALICE], data)
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        handle = yield folder.openMessage(1)
+        with handle:
+            self.assertEqual(handle.seek(0, os.SEEK_END), len(data))
+            for start, length in [(len(data) - 10, 100), (5, 3), (700_000, 70_000), (65_535, 3), (0, 10), (len(data), 5)]:
+                handle.seek(start)
+                self.assertEqual(handle.read(length), data[start : start + length], (start, length))
+
+    @inlineCallbacks
+    def test_a_message_with_a_bare_lf_is_stored_as_received_and_named_with_equal_sizes(self):
+        data = b"Subject: odd\r\n\r\nbare\nline feed\r\n"
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        yield folder.append(data)
+        path = _only_file(mailbox_directory(self.root, ALICE))
+        self.assertEqual(path.read_bytes(), data)
+        self.assertRegex(path.name, rf",S={len(data)},W={len(data)},U=1$")
+        self.assertEqual((yield self.read(ALICE, 1)), data)
+
+    @inlineCallbacks
+    def test_a_bare_cr_after_the_first_flush_stores_the_whole_message_as_received(self):
+        data = b"Subject: late\r\n\r\n" + b"a line\r\n" * 30000 + b"a bare\rcarriage return\r\n"
+        yield self.deliver([ALICE], data)
+        path = _only_file(mailbox_directory(self.root, ALICE))
+        self.assertEqual(path.read_bytes(), data)
+        self.assertRegex(path.name, rf",S={len(data)},W={len(data)},U=1$")
+        self.assertEqual((yield self.read(ALICE, 1)), data)
+
+    @inlineCallbacks
+    def test_a_message_ending_in_a_bare_cr_is_stored_as_received(self):
+        data = b"Subject: end\r\n\r\nlast\r"
+        yield self.deliver([ALICE], data)
+        self.assertEqual(_only_file(mailbox_directory(self.root, ALICE)).read_bytes(), data)
+        self.assertEqual((yield self.read(ALICE, 1)), data)
+
+    @inlineCallbacks
+    def test_a_flag_change_keeps_both_sizes_in_the_name(self):
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        yield folder.setFlags([1], ["\\Seen"], "add")
+        path = _only_file(mailbox_directory(self.root, ALICE))
+        self.assertRegex(path.name, rf",S={len(MESSAGE) - 3},W={len(MESSAGE)},U=1:2,S$")
+        self.assertEqual((yield self.read(ALICE, 1)), MESSAGE)
+
+    @inlineCallbacks
+    def test_a_copy_is_named_with_both_sizes_and_reads_the_same(self):
+        yield self.deliver([ALICE])
+        mailbox = self.store.mailbox(ALICE)
+        inbox = yield mailbox.folder("INBOX")
+        archive = yield mailbox.folder("Archive")
+        yield inbox.copyTo([1], archive)
+        copy = _only_file(mailbox_directory(self.root, ALICE) / ".Archive")
+        self.assertRegex(copy.name, rf",S={len(MESSAGE) - 3},W={len(MESSAGE)},U=1$")
+        self.assertEqual((yield self.read(ALICE, 1, "Archive")), MESSAGE)
+
+    @inlineCallbacks
+    def test_a_state_format_1_crlf_file_is_still_served_exactly_with_its_flags(self):
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        yield folder.setFlags([1], ["\\Flagged"], "add")
+        # Turn the file into what format 1 wrote: CRLF, named with S= only.
+        directory = mailbox_directory(self.root, ALICE)
+        path = _only_file(directory)
+        old_name = f"cur/{path.name.split(',')[0]},S={len(MESSAGE)},U=1:2,F"
+        (directory / old_name).write_bytes(MESSAGE)
+        path.unlink()
+        with index.connection(directory) as conn:
+            conn.execute("UPDATE messages SET filename = ? WHERE uid = 1", (old_name,))
+        self.restart()
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        [info] = yield folder.messages()
+        self.assertEqual((info.uid, info.size, info.flags), (1, len(MESSAGE), frozenset({"\\Flagged"})))
+        self.assertEqual((yield self.read(ALICE, 1)), MESSAGE)
+        self.assertEqual((yield folder.readMessage(1, 1000)), MESSAGE)
+        yield folder.setFlags([1], ["\\Seen"], "add")
+        renamed = _only_file(directory)
+        self.assertRegex(renamed.name, rf",S={len(MESSAGE)},U=1:2,FS$")
+        self.assertEqual((yield self.read(ALICE, 1)), MESSAGE)
+
+    @inlineCallbacks
+    def test_a_dovecot_maildir_copied_in_is_indexed_with_wire_sizes_and_its_flags(self):
+        first = b"Subject: one\n\nfirst body\n"
+        second = b"Subject: two\n\nsecond\nbody\n"
+        directory = mailbox_directory(self.root, ALICE)
+        for sub in ("cur", "new", "tmp"):
+            (directory / sub).mkdir(parents=True)
+        (directory / "dovecot-uidlist").write_text("3 V1733000000 N3 G0\n1 1733000000.M1P1.host\n")
+        (directory / "cur" / f"1733000000.M1P1.host,S={len(first)},W={len(first) + 3}:2,RS").write_bytes(first)
+        (directory / "new" / f"1733000001.M2P1.host,S={len(second)},W={len(second) + 4}").write_bytes(second)
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        infos = yield folder.messages()
+        self.assertEqual(
+            [(i.uid, i.size, i.flags) for i in infos],
+            [(1, len(first) + 3, frozenset({"\\Seen", "\\Answered"})), (2, len(second) + 4, frozenset())],
+        )
+        self.assertEqual((yield self.read(ALICE, 1)), first.replace(b"\n", b"\r\n"))
+        self.assertEqual((yield folder.readMessage(2, 1000)), second.replace(b"\n", b"\r\n"))
+        names = sorted(p.name for sub in ("cur", "new") for p in (directory / sub).iterdir())
+        self.assertEqual(
+            names,
+            [
+                f"1733000000.M1P1.host,S={len(first)},W={len(first) + 3},U=1:2,RS",
+                f"1733000001.M2P1.host,S={len(second)},W={len(second) + 4},U=2",
+            ],
+        )
+
+    @inlineCallbacks
+    def test_an_lf_file_named_without_sizes_is_measured_when_indexed(self):
+        data = b"Subject: procmail\n\ndropped in\nby another tool\n"
+        directory = mailbox_directory(self.root, ALICE)
+        for sub in ("cur", "new", "tmp"):
+            (directory / sub).mkdir(parents=True)
+        (directory / "new" / "1733000002.M3P1.host").write_bytes(data)
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        [info] = yield folder.messages()
+        wire = data.replace(b"\n", b"\r\n")
+        self.assertEqual(info.size, len(wire))
+        self.assertEqual((yield self.read(ALICE, 1)), wire)
+        self.assertEqual(_only_file(directory).name, f"1733000002.M3P1.host,S={len(data)},W={len(wire)},U=1")
+
+
+class MessageFileTests(TestCase):
+    """The one reader and writer of message files, at chunk boundaries made small."""
+
+    def setUp(self) -> None:
+        self.patch(messagefile, "CHUNK_SIZE", 7)
+        self.directory = Path(self.mktemp())
+        self.directory.mkdir()
+
+    def _file(self, data: bytes) -> Path:
+        path = self.directory / "message"
+        path.write_bytes(data)
+        return path
+
+    def test_every_range_of_an_lf_file_reads_as_that_range_of_its_wire_form(self):
+        wire = b"a\r\nbc\r\n\r\ndefghij\r\nk\r\n\r\n\r\nlmnopqrstu\r\n"
+        path = self._file(wire.replace(b"\r\n", b"\n"))
+        with messagefile.open_message(path, len(wire)) as handle:
+            self.assertEqual(handle.read(), wire)
+            for start in range(len(wire) + 1):
+                for length in (0, 1, 2, 5, 9, 100):
+                    handle.seek(start)
+                    self.assertEqual(handle.read(length), wire[start : start + length], (start, length))
+
+    def test_a_file_with_crlf_and_lf_and_w_in_its_name_sends_each_lf_once_as_crlf(self):
+        # Dovecot's rule: an LF after a CR is already a line end; a bare CR stays.
+        stored = b"ab\r\ncdefg\r\nh\nij\rk\n" + b"xxxxx\r" + b"\nyy\n"
+        wire = b"ab\r\ncdefg\r\nh\r\nij\rk\r\nxxxxx\r\nyy\r\n"
+        path = self._file(stored)
+        with messagefile.open_message(path, len(wire)) as handle:
+            self.assertEqual(handle.read(), wire)
+        self.assertEqual(messagefile.read_message(path, len(wire), 1000), wire)
+
+    def test_a_file_named_without_w_is_sent_as_it_is_when_its_first_line_ends_in_crlf(self):
+        stored = b"Subject: x\r\n\r\nodd\nbody\r\n"
+        path = self._file(stored)
+        with messagefile.open_message(path, None) as handle:
+            self.assertEqual(handle.read(), stored)
+        self.assertEqual(messagefile.measure(path), (len(stored), len(stored)))
+
+    def test_a_file_named_without_w_is_expanded_when_its_first_line_ends_in_lf(self):
+        stored = b"Subject: x\n\nbody\n"
+        path = self._file(stored)
+        with messagefile.open_message(path, None) as handle:
+            self.assertEqual(handle.seek(0, os.SEEK_END), len(stored) + 3)
+            handle.seek(0)
+            self.assertEqual(handle.read(), stored.replace(b"\n", b"\r\n"))
+        self.assertEqual(messagefile.read_message(path, None, 1000), stored.replace(b"\n", b"\r\n"))
+
+    def test_the_encoder_turns_crlf_split_across_pieces_into_lf(self):
+        encoder = messagefile.LFEncoder()
+        out = b"".join(encoder.feed(piece) for piece in (b"a\r", b"\nb\r", b"\n\r", b"\n", b"c"))
+        out += encoder.close()
+        self.assertEqual((out, encoder.lf, encoder.stored_size, encoder.wire_size), (b"a\nb\n\nc", True, 6, 9))
+
+    def test_the_encoder_keeps_a_cr_before_a_crlf_as_received(self):
+        self.assertEqual(messagefile.encode(b"a\r\r\nb\r\n"), (b"a\r\r\nb\r\n", False))
+        self.assertEqual(messagefile.encode(b"a\r\nb\r\n"), (b"a\nb\n", True))

@@ -1735,7 +1735,9 @@ def _scan(handle: IO[bytes]) -> mime.Part:
 
 
 def _file_size(handle: IO[bytes]) -> int:
-    return os.fstat(handle.fileno()).st_size
+    # The message's size as sent, which the store's file object knows
+    # without reading (the file on disk is smaller: LF line ends).
+    return handle.seek(0, os.SEEK_END)
 
 
 def _read_at(handle: IO[bytes], offset: int, size: int) -> bytes:

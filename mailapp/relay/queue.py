@@ -5,6 +5,8 @@ once and shared by all its remote recipients, plus one JSON envelope.
 Layout under ``state_dir/queue/``::
 
     messages/ID        the message bytes, CRLF line endings, as accepted
+                       (what the relay client sends as it is: unlike the
+                       Maildir, which stores LF, nobody else reads these)
     envelopes/ID.json  the envelope (see L{Envelope}); its presence makes the entry exist
     tmp/               envelopes being written (never read by anyone)
     corrupt/           files that could not be read, moved aside for a person
@@ -44,7 +46,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from mailapp import logevents
-from mailapp.store import durable
+from mailapp.store import durable, messagefile
 from mailapp.store.batching import BatchRunner
 
 __all__ = [
@@ -329,6 +331,24 @@ def _write_file(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class _WireCopy:
+    """A spool file stored with LF (for the Maildir): the queue's copy is written in wire form."""
+
+    source: Path
+    wire_size: int
+
+
+def _copy_in_wire_form(content: _WireCopy, target: Path) -> None:
+    with messagefile.open_message(content.source, content.wire_size) as source:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            while chunk := source.read(messagefile.CHUNK_SIZE):
+                durable.write_all(fd, chunk)
+        finally:
+            os.close(fd)
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
@@ -349,7 +369,7 @@ class _Job:
     removed, then every touched directory synced.
     """
 
-    writes: list[tuple[Path, bytes | Path]] = field(default_factory=list)
+    writes: list[tuple[Path, bytes | Path | _WireCopy]] = field(default_factory=list)
     renames: list[tuple[Path, Path]] = field(default_factory=list)
     unlinks: list[Path] = field(default_factory=list)
 
@@ -363,6 +383,8 @@ def _run_jobs(jobs: list[_Job], anchor: Path, use_syncfs: bool) -> list[BaseExce
             try:
                 if isinstance(content, bytes):
                     _write_file(target, content)
+                elif isinstance(content, _WireCopy):
+                    _copy_in_wire_form(content, target)
                 else:
                     _link_or_copy(content, target)
                 written.append((number, target))
@@ -447,7 +469,8 @@ class Queue:
     def prepare(self, message: Any, sender: str, recipients: Iterable[str], entry_id: str) -> Deferred[Prepared]:
         """
         Write the message file (a link to the writer's spool file when it has
-        one, else its bytes) and the envelope under ``tmp/``, and sync both.
+        one in wire form, a copy in wire form when it has one with LF line
+        ends, else its bytes) and the envelope under ``tmp/``, and sync both.
         C{message} is an L{mailapp.interfaces.IMessageWriter} whose C{finish}
         has fired; it stays the caller's.
         """
@@ -461,7 +484,16 @@ class Queue:
             next_attempt=now,
         )
         pending = getattr(message, "pending", None)
-        content: bytes | Path = pending if pending is not None else Path(message.path)
+        stored_size = getattr(message, "stored_size", None)
+        content: bytes | Path | _WireCopy
+        if pending is not None:
+            content = pending
+        elif stored_size is not None and stored_size != message.size:
+            # The spool file has LF line ends, for the Maildir: a link would
+            # hand the relay client a file it cannot send as it is.
+            content = _WireCopy(Path(message.path), int(message.size))
+        else:
+            content = Path(message.path)
         temporary = self.layout.tmp / f"{entry_id}.json"
         job = _Job(writes=[(self.layout.message(entry_id), content), (temporary, envelope.to_bytes())])
         return self._writer.submit(job).addCallback(lambda _: Prepared(envelope, temporary))

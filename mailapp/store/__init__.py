@@ -12,6 +12,8 @@ from mailapp.store.maildir import (
     MaildirMailbox,
     MaildirStore,
     ensure_mailbox,
+    open_message_file,
+    read_message_file,
     retire_domain_mailboxes,
     retire_mailbox,
 )
@@ -34,6 +36,8 @@ __all__ = [
     "MaildirStore",
     "MessageInfo",
     "ensure_mailbox",
+    "open_message_file",
+    "read_message_file",
     "retire_domain_mailboxes",
     "retire_mailbox",
 ]

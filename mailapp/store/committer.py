@@ -31,7 +31,7 @@ from typing import Any, Callable
 from twisted.logger import Logger
 
 from mailapp.errors import MailboxGone, NoSuchFolder, NoSuchMessage, StoreError
-from mailapp.store import durable, index
+from mailapp.store import durable, index, messagefile
 from mailapp.store.batching import BatchRunner
 from mailapp.store.names import folder_directory
 
@@ -55,10 +55,16 @@ class _Delivery:
 
     source: Path
     base: str
+    #: The message's wire size (RFC822.SIZE): the index's size, and W= in the name.
     size: int
     internaldate: float
     placements: list[_Placement]
     owns_source: bool = True
+    #: The file's size (S= in the name); None until the batch writes C{data}.
+    stored_size: int | None = None
+    #: False for a copy of a file whose name has no W= (state format 1): the
+    #: copy is named like its original, so that both are read the same way.
+    wire_size_in_name: bool = True
     #: The source is already durable (fsync'd by its writer, or an existing message).
     synced: bool = True
     #: The bytes of a small message not yet written: the batch writes C{source} first.
@@ -100,7 +106,9 @@ def _prepare_deliveries(jobs: list[_Delivery], batch_sync: bool) -> list[BaseExc
     for number, job in enumerate(jobs):
         if job.data is not None:
             try:
-                _write_new_file(job.source, job.data)
+                stored, _ = messagefile.encode(job.data)
+                _write_new_file(job.source, stored)
+                job.stored_size = len(stored)
                 job.data = None
             except BaseException as e:
                 errors[number] = e
@@ -230,7 +238,13 @@ def _deliver_batch(
                     uidnext[key] = row[0]
                 uid = uidnext[key]
                 uidnext[key] = uid + 1
-                relative = index.format_filename(job.base, job.size, uid, placement.flags)
+                relative = index.format_filename(
+                    job.base,
+                    job.size if job.stored_size is None else job.stored_size,
+                    uid,
+                    placement.flags,
+                    wire_size=job.size if job.wire_size_in_name else None,
+                )
                 directory = folder_directory(placement.mailbox_dir, placement.folder)
                 target = directory / relative
                 durable.link(job.source, target)

@@ -7,6 +7,12 @@ never opens a message file. The Maildir stays the truth for content and
 readable by other tools (Dovecot, mutt, backups); the index is derived from it
 and is rebuilt when it is missing or damaged.
 
+A message's ``size`` here is its wire size (lines ending in CRLF): what
+IMAP's RFC822.SIZE and POP3's LIST report. Files are stored with LF, and
+their names carry both sizes, Dovecot's ``,S=<file size>,W=<wire size>``
+(L{mailapp.store.messagefile}); a name without ``W=`` is from state format 1
+(CRLF files, so both sizes are S=) or from another tool.
+
 So that a rebuild can keep UIDs, each message's file name carries its UID
 (``,U=<uid>``) and each folder directory holds a small ``mailapp-folder``
 file with its UIDVALIDITY and the UIDNEXT as of the last expunge. A rebuild
@@ -35,7 +41,7 @@ from typing import Iterator
 from twisted.logger import Logger
 
 from mailapp.errors import MailboxGone
-from mailapp.store import durable
+from mailapp.store import durable, messagefile
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS, folder_directory, folder_from_directory
 
 INDEX_NAME = "mailapp-index.sqlite3"
@@ -77,36 +83,58 @@ _NAME = re.compile(r"^(?P<base>[^:,]+)(?P<fields>(?:,[A-Za-z]=[^,:]*)*)(?::2,(?P
 @dataclass
 class ParsedName:
     base: str
+    #: ``S=``: the file's size.
     size: int | None
     uid: int | None
     flags: frozenset[str]
+    #: ``W=``: the size with CRLF line ends (None: the name has none).
+    wire_size: int | None = None
+
+    def index_size(self, stat: os.stat_result) -> int:
+        """
+        The size the index keeps (the wire size) for a file the store named:
+        ``W=``, else ``S=`` (state format 1 stored CRLF), else the file's.
+        """
+        if self.wire_size is not None:
+            return self.wire_size
+        return self.size if self.size is not None else stat.st_size
 
 
 def parse_filename(name: str) -> ParsedName | None:
-    """Read base, ``S=`` size, ``U=`` UID and info flags out of a Maildir file name."""
+    """Read base, ``S=`` and ``W=`` sizes, ``U=`` UID and info flags out of a Maildir file name."""
     match = _NAME.match(name)
     if not match:
         return None
-    size = uid = None
+    size = uid = wire_size = None
     for field in match.group("fields").split(",")[1:]:
         key, _, value = field.partition("=")
         if key == "S" and value.isdigit():
             size = int(value)
+        elif key == "W" and value.isdigit():
+            wire_size = int(value)
         elif key == "U" and value.isdigit() and int(value) > 0:
             uid = int(value)
     flags = frozenset(_LETTER_FLAGS[c] for c in (match.group("info") or "") if c in _LETTER_FLAGS)
-    return ParsedName(match.group("base"), size, uid, flags)
+    return ParsedName(match.group("base"), size, uid, flags, wire_size)
 
 
 def format_filename(
-    base: str, size: int, uid: int, flags: frozenset[str] | set[str] | tuple[str, ...], cur: bool = False
+    base: str,
+    size: int,
+    uid: int,
+    flags: frozenset[str] | set[str] | tuple[str, ...],
+    cur: bool = False,
+    wire_size: int | None = None,
 ) -> str:
     """
     The file name for a message, relative to its folder: ``new/`` names
     carry no info part; once a message has flags (or was in ``cur/``) it
-    lives in ``cur/`` with ``:2,<letters>`` and never goes back.
+    lives in ``cur/`` with ``:2,<letters>`` and never goes back. C{size} is
+    the file's (``S=``), C{wire_size} the message's as sent (``W=``; None
+    only to keep the name of a state format 1 file as it was).
     """
-    name = f"{base},S={size},U={uid}"
+    sizes = f"S={size}" if wire_size is None else f"S={size},W={wire_size}"
+    name = f"{base},{sizes},U={uid}"
     letters = "".join(sorted(_FLAG_LETTERS[f] for f in flags if f in _FLAG_LETTERS))
     if flags or cur:
         return f"cur/{name}:2,{letters}"
@@ -408,7 +436,7 @@ def reconcile(conn: sqlite3.Connection, mailbox_dir: Path) -> int:
             for uid, (relative, parsed, stat) in on_disk.items():
                 if uid in rows:
                     continue
-                size = parsed.size if parsed.size is not None else stat.st_size
+                size = parsed.index_size(stat)
                 conn.execute(
                     "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
                     (name, uid, relative, encode_flags(parsed.flags), size, stat.st_mtime),
@@ -418,12 +446,10 @@ def reconcile(conn: sqlite3.Connection, mailbox_dir: Path) -> int:
             fresh.sort(key=lambda item: (item[2].st_mtime, item[0]))
             for relative, parsed, stat in fresh:
                 uid, uidnext = uidnext, uidnext + 1
-                size = parsed.size if parsed.size is not None else stat.st_size
-                new_relative = format_filename(parsed.base, size, uid, parsed.flags, relative.startswith("cur/"))
-                durable.rename(directory / relative, directory / new_relative)
+                new_relative, named = _name_with_uid(directory, relative, parsed, stat, uid)
                 conn.execute(
                     "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, uid, new_relative, encode_flags(parsed.flags), size, stat.st_mtime),
+                    (name, uid, new_relative, encode_flags(parsed.flags), named.index_size(stat), stat.st_mtime),
                 )
                 changed += 1
             conn.execute("UPDATE folders SET uidnext = max(uidnext, ?) WHERE name = ?", (uidnext, name))
@@ -482,6 +508,25 @@ def _scan(directory: Path) -> list[tuple[str, ParsedName, os.stat_result]]:
     return found
 
 
+def _name_with_uid(
+    directory: Path, relative: str, parsed: ParsedName, stat: os.stat_result, uid: int
+) -> tuple[str, ParsedName]:
+    """
+    Rename a file the index just gave C{uid} so that its name carries it,
+    with both sizes: a file another tool put here (a Dovecot Maildir copied
+    in has ``S=`` and ``W=``; others may have neither, and are measured,
+    which reads an LF file through once).
+    """
+    if parsed.wire_size is not None:
+        stored = parsed.size if parsed.size is not None else stat.st_size
+        wire = parsed.wire_size
+    else:
+        stored, wire = messagefile.measure(directory / relative)
+    new_relative = format_filename(parsed.base, stored, uid, parsed.flags, relative.startswith("cur/"), wire)
+    durable.rename(directory / relative, directory / new_relative)
+    return new_relative, ParsedName(parsed.base, stored, uid, parsed.flags, wire)
+
+
 def _rebuild_tables(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
     """
     Recreate the index of every folder from the Maildir, inside the caller's
@@ -525,13 +570,10 @@ def _rebuild_folder(conn: sqlite3.Connection, name: str, directory: Path) -> Non
     for relative, parsed, stat in fresh:
         uid = uidnext
         uidnext += 1
-        size = parsed.size if parsed.size is not None else stat.st_size
-        # Rename so the file carries the UID the index gave it.
-        new_relative = format_filename(parsed.base, size, uid, parsed.flags, relative.startswith("cur/"))
-        durable.rename(directory / relative, directory / new_relative)
-        kept.append((uid, new_relative, ParsedName(parsed.base, size, uid, parsed.flags), stat))
+        new_relative, named = _name_with_uid(directory, relative, parsed, stat, uid)
+        kept.append((uid, new_relative, named, stat))
     for uid, relative, parsed, stat in kept:
-        size = parsed.size if parsed.size is not None else stat.st_size
+        size = parsed.index_size(stat)
         conn.execute(
             "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
             (name, uid, relative, encode_flags(parsed.flags), size, stat.st_mtime),

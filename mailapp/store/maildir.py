@@ -27,7 +27,7 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable
+from typing import IO, Any, Callable, ContextManager, Iterable, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage
 from mailapp.interfaces import IFolder, IMailbox, IMessageStore
-from mailapp.store import durable, index
+from mailapp.store import durable, index, messagefile
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS, DELIMITER, folder_directory, mailbox_directory, normalize_folder
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo
@@ -45,6 +45,8 @@ from mailapp.store.committer import GroupCommitter, _Call, _Delivery, _Placement
 from mailapp.store.spool import SpoolWriter
 
 _log = Logger()
+
+_T = TypeVar("_T")
 
 SPOOL_NAME = ".spool"
 STALE_SPOOL_SECONDS = 3600
@@ -128,6 +130,24 @@ def _retire_directory(state_dir: Path, source: Path, *, keep: bool, now: float |
     return target
 
 
+def open_message_file(path: Path) -> IO[bytes]:
+    """
+    Open a Maildir message file for reading in wire form (CRLF, as IMAP
+    and POP3 send it): its name says how it is stored (the ``W=`` size;
+    L{messagefile}). Every read of a stored message comes through here or
+    L{read_message_file}; tools and tests that look at the Maildir from
+    outside use them too. Blocking.
+    """
+    parsed = index.parse_filename(path.name)
+    return messagefile.open_message(path, parsed.wire_size if parsed is not None else None)
+
+
+def read_message_file(path: Path, limit: int) -> bytes | None:
+    """The whole message of a Maildir file in wire form if at most C{limit} bytes, else None. Blocking."""
+    parsed = index.parse_filename(path.name)
+    return messagefile.read_message(path, parsed.wire_size if parsed is not None else None, limit)
+
+
 # -- the store -------------------------------------------------------------------
 
 
@@ -190,6 +210,7 @@ class MaildirStore:
             placements,
             synced=message.sync,
             data=message.pending,
+            stored_size=message.stored_size,
         )
         d = self.committer.submit(job)
 
@@ -417,34 +438,25 @@ class MaildirFolder:
             raise NoSuchMessage(f"no such message: {uid}")
         return str(row[0])
 
-    def openMessage(self, uid: int) -> Deferred[Any]:
-        def open_() -> Any:
-            # A concurrent flag change may rename the file between the index
-            # read and the open: read the index again and retry once.
-            for attempt in (1, 2):
-                try:
-                    return open(self.directory / self._filename(uid), "rb")
-                except FileNotFoundError:
-                    if attempt == 2:
-                        raise NoSuchMessage(f"message {uid} is missing from the Maildir")
-            raise AssertionError("unreachable")
+    def _readFile(self, uid: int, read: Callable[[Path], _T]) -> _T:
+        """
+        Worker thread: C{read(path)} on the message's file. A concurrent
+        flag change may rename the file between the index read and the
+        open: read the index again and retry once.
+        """
+        for attempt in (1, 2):
+            try:
+                return read(self.directory / self._filename(uid))
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise NoSuchMessage(f"message {uid} is missing from the Maildir")
+        raise AssertionError("unreachable")
 
-        return self.store.run(open_)
+    def openMessage(self, uid: int) -> Deferred[Any]:
+        return self.store.run(self._readFile, uid, open_message_file)
 
     def readMessage(self, uid: int, limit: int) -> Deferred[bytes | None]:
-        def read() -> bytes | None:
-            for attempt in (1, 2):
-                try:
-                    with open(self.directory / self._filename(uid), "rb") as handle:
-                        if os.fstat(handle.fileno()).st_size > limit:
-                            return None
-                        return handle.read()
-                except FileNotFoundError:
-                    if attempt == 2:
-                        raise NoSuchMessage(f"message {uid} is missing from the Maildir")
-            raise AssertionError("unreachable")
-
-        return self.store.run(read)
+        return self.store.run(self._readFile, uid, lambda path: read_message_file(path, limit))
 
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
         if mode not in ("replace", "add", "remove"):
@@ -472,7 +484,14 @@ class MaildirFolder:
                         parsed = index.parse_filename(filename.split("/", 1)[1])
                         relative = filename
                         if parsed is not None:
-                            relative = index.format_filename(parsed.base, size, uid, new, filename.startswith("cur/"))
+                            relative = index.format_filename(
+                                parsed.base,
+                                parsed.size if parsed.size is not None else size,
+                                uid,
+                                new,
+                                filename.startswith("cur/"),
+                                parsed.wire_size,
+                            )
                             if relative != filename:
                                 try:
                                     durable.rename(self.directory / filename, self.directory / relative)
@@ -544,6 +563,7 @@ class MaildirFolder:
                 [_Placement(self.mailbox.directory, self.account, self.name, flags, self.mailbox.pin)],
                 synced=writer.sync,
                 data=writer.pending,
+                stored_size=writer.stored_size,
             )
             return self.store.committer.submit(job)
 
@@ -576,6 +596,7 @@ class MaildirFolder:
             [_Placement(self.mailbox.directory, self.account, self.name, frozenset(flags), self.mailbox.pin)],
             synced=message.sync,
             data=message.pending,
+            stored_size=message.stored_size,
         )
 
         def appended(uids: list[int]) -> int:
@@ -604,6 +625,7 @@ class MaildirFolder:
                 placement = _Placement(
                     target.mailbox.directory, target.account, target.name, index.decode_flags(flags), target.mailbox.pin
                 )
+                # The copy is a link to the same file: its name describes it the same way.
                 job = _Delivery(
                     self.directory / filename,
                     base,
@@ -612,6 +634,8 @@ class MaildirFolder:
                     [placement],
                     owns_source=False,
                     stored=(self.mailbox.directory, self.name, uid),
+                    stored_size=parsed.size if parsed is not None else None,
+                    wire_size_in_name=parsed is None or parsed.wire_size is not None,
                 )
                 jobs.append((uid, self.store.committer.submit(job)))
             from twisted.internet.defer import gatherResults

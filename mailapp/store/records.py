@@ -24,7 +24,10 @@ class FolderStatus:
 
 @dataclass(frozen=True)
 class MessageInfo:
-    """One message in a folder's index; C{internaldate} is a POSIX timestamp."""
+    """
+    One message in a folder's index; C{size} is its size in wire form (CRLF
+    line ends: RFC822.SIZE, POP3's LIST), C{internaldate} a POSIX timestamp.
+    """
 
     uid: int
     flags: frozenset[str]

@@ -6,6 +6,9 @@ L{SpoolWriter.FLUSH_AT} bytes and then written by a worker thread, so the
 reactor never blocks on the disk and a 100 MiB message never sits in memory.
 The spool lives inside the store's root so the finished file can be hard-linked
 into every recipient's Maildir: written once, however many recipients.
+
+Data arrives in wire form (CRLF) and is written in its Maildir form (LF), by
+the same worker-thread steps (L{mailapp.store.messagefile}).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from zope.interface import implementer
 
 from mailapp.errors import StoreError
 from mailapp.interfaces import IMessageWriter
-from mailapp.store import durable
+from mailapp.store import durable, messagefile
 
 _counter = itertools.count(1)
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072").replace(",", "\\054") or "localhost"
@@ -52,7 +55,11 @@ class SpoolWriter:
     def __init__(self, spool_dir: Path, reactor: Any, threadpool: Any, sync: bool = True) -> None:
         self.base = unique_name()
         self.path = spool_dir / self.base
+        #: Bytes written so far: the message's wire size (RFC822.SIZE).
         self.size = 0
+        #: The file's size once finish() has fired (its LF form is smaller);
+        #: None for a message kept in memory (C{pending}), which the store writes.
+        self.stored_size: int | None = None
         self.internaldate = time.time()
         self.finished = False
         #: False when the store makes the file durable itself, together with others (group commit).
@@ -66,6 +73,7 @@ class SpoolWriter:
         self._discarded = False
         self._started = False
         self._unwritten = 0
+        self._encoder = messagefile.LFEncoder()
         #: The whole message, when it is small enough never to have been written (see finish).
         self.pending: bytes | None = None
         self._tail: Deferred[None] = succeed(None)
@@ -159,13 +167,24 @@ class SpoolWriter:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         return self._fd
 
+    def _store(self, stored: bytes, was_lf: bool) -> None:
+        """Append what the encoder made of a piece; first restore the file if it just gave up on LF."""
+        if was_lf and not self._encoder.lf and self._fd is not None:
+            self._fd = messagefile.restore_received_form(self.path, self._fd)
+        if stored:
+            durable.write_all(self._open(), stored)
+
     def _writeChunk(self, chunk: bytes) -> None:
-        durable.write_all(self._open(), chunk)
+        was_lf = self._encoder.lf
+        self._store(self._encoder.feed(chunk), was_lf)
 
     def _finishSync(self, chunk: bytes) -> None:
-        fd = self._open()
         if chunk:
-            durable.write_all(fd, chunk)
+            self._writeChunk(chunk)
+        was_lf = self._encoder.lf
+        self._store(self._encoder.close(), was_lf)
+        fd = self._open()
+        self.stored_size = self._encoder.stored_size
         if self.sync:
             durable.fsync_file(fd)
         os.close(fd)
