@@ -156,6 +156,8 @@ class ServiceContext:
     relay: Any = None
     #: Where sessions publish per-command timings (see L{mailapp.metrics}); not the log.
     telemetry: LogPublisher | None = None
+    #: The server's L{mailapp.pools.WorkerPools}: one bounded thread pool per kind of blocking work.
+    pools: Any = None
 
 
 #: Makes the protocol factory for one listener.
@@ -490,12 +492,17 @@ def makeService(
         tls.ensure_certificate(config.tls, config.hostname)
         context_factory = tls.ServerTLS(config.tls)
 
+    from mailapp.pools import WorkerPools
+
+    pools = WorkerPools(reactor)
     if relay is None:
         relay = store is None
     if store is None:
         from mailapp.store import MaildirStore
 
-        store = MaildirStore(config.state_dir / "mail", reactor=reactor, batch_sync=config.sync == "filesystem")
+        store = MaildirStore(
+            config.state_dir / "mail", reactor=reactor, threadpool=pools.store, batch_sync=config.sync == "filesystem"
+        )
     if accounts is None:
         from mailapp.accounts import Accounts
 
@@ -503,6 +510,7 @@ def makeService(
             config.state_dir / "accounts.sqlite3",
             config.local_domains,
             reactor=reactor,
+            threadpool=pools.accounts,
             auth_cache_seconds=config.security.auth_cache_seconds,
         )
     if portal is None:
@@ -514,7 +522,7 @@ def makeService(
     from mailapp.delivery import Router
 
     router = Router(accounts, store, max_recipients=config.limits.max_recipients)
-    manager = _build_relay(config, reactor, router) if relay else None
+    manager = _build_relay(config, reactor, router, pools.queue) if relay else None
     inflight = InFlight(reactor)
     context = ServiceContext(
         router=router,
@@ -528,6 +536,7 @@ def makeService(
         relay=manager,
         telemetry=LogPublisher(),
         guard=AbuseGuard.fromConfig(config, reactor),
+        pools=pools,
     )
     root = MailService(config, reactor, accounts, inflight)
     root.store = store
@@ -568,7 +577,7 @@ def makeService(
     return root
 
 
-def _build_relay(config: Config, reactor: Any, router: Any) -> Any:
+def _build_relay(config: Config, reactor: Any, router: Any, threadpool: Any = None) -> Any:
     """
     The outbound queue and its manager, wired to ``router``: remote copies
     go into the queue, and DSNs come back through the router.
@@ -580,7 +589,7 @@ def _build_relay(config: Config, reactor: Any, router: Any) -> Any:
     from mailapp.relay.routing import MXResolver, Myself, Routes
 
     relay = config.relay
-    queue = Queue(config.state_dir / "queue", reactor, use_syncfs=config.sync == "filesystem")
+    queue = Queue(config.state_dir / "queue", reactor, threadpool=threadpool, use_syncfs=config.sync == "filesystem")
     myself = Myself(
         config.hostname,
         [listener.tcp_address for listener in config.listeners if listener.protocol == "smtp" and listener.tcp_address],

@@ -215,9 +215,19 @@ class Webmail:
     app = Klein()
 
     def __init__(
-        self, router: Any, portal: Any, policy: WebmailPolicy, reactor: Any, clock: Any = None, guard: AbuseGuard | None = None
+        self,
+        router: Any,
+        portal: Any,
+        policy: WebmailPolicy,
+        reactor: Any,
+        clock: Any = None,
+        guard: AbuseGuard | None = None,
+        threadpool: Any = None,
     ) -> None:
         self.router = router
+        #: Where messages are parsed for display: the server's "parsing" pool, so
+        #: a hostile message can slow only other reads, never deliveries or logins.
+        self.threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
         self.portal = portal
         self.store = router.store
         self.policy = policy
@@ -244,7 +254,7 @@ class Webmail:
         return WebmailSite(self.app.resource(), self.policy.max_message_size + 1024 * 1024)
 
     def _thread(self, function: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
+        return deferToThreadPool(self.reactor, self.threadpool, function, *args)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -1024,4 +1034,12 @@ def buildFactory(context: Any, listener: Any) -> WebmailSite:
         secure=listener.tls == "implicit",
         max_message_size=config.limits.max_message_size,
     )
-    return Webmail(router, context.portal, policy, context.reactor, guard=getattr(context, "guard", None)).site()
+    pools = getattr(context, "pools", None)
+    return Webmail(
+        router,
+        context.portal,
+        policy,
+        context.reactor,
+        guard=getattr(context, "guard", None),
+        threadpool=pools.parsing if pools is not None else None,
+    ).site()

@@ -1,0 +1,63 @@
+"""
+The server's thread pools: one bounded pool per kind of blocking work, so
+that one kind can never starve another.
+
+All blocking work once shared the reactor's one pool of ten threads: ten
+webmail reads of a message with a megabyte header (minutes of parsing
+each) made an SMTP ``RCPT`` wait 13 s for its accounts lookup, and a burst
+of IMAP searches could hold up every delivery's commit. Now:
+
+- ``store``: Maildir and index I/O, the group committer, the spool;
+- ``accounts``: the accounts database (password hashing has its own pool
+  in L{mailapp.accounts.Accounts});
+- ``queue``: the relay queue's files;
+- ``parsing``: parsing messages for display (the webmail), the work whose
+  cost a sender controls.
+
+Each pool starts no thread until work arrives (``minthreads=0``) and is
+stopped when the reactor shuts down, after the service has drained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet.interfaces import IReactorCore
+from twisted.python.threadpool import ThreadPool
+
+__all__ = ["DEFAULT_SIZES", "WorkerPools"]
+
+#: Threads per pool. The store gets the most: every protocol reads through it.
+DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2}
+
+
+class WorkerPools:
+    """The named pools of L{DEFAULT_SIZES}, as attributes (C{pools.store}, ...)."""
+
+    store: ThreadPool
+    accounts: ThreadPool
+    queue: ThreadPool
+    parsing: ThreadPool
+
+    def __init__(self, reactor: Any, sizes: Mapping[str, int] = DEFAULT_SIZES) -> None:
+        self._pools: dict[str, ThreadPool] = {}
+        for name, size in {**DEFAULT_SIZES, **sizes}.items():
+            pool = ThreadPool(minthreads=0, maxthreads=size, name=f"mailapp-{name}")
+            pool.start()
+            self._pools[name] = pool
+            setattr(self, name, pool)
+        self._trigger = IReactorCore(reactor).addSystemEventTrigger("during", "shutdown", self.stop)
+        self._reactor = reactor
+
+    def stop(self) -> None:
+        """Stop every pool, waiting for the work in progress. Idempotent."""
+        pools, self._pools = self._pools, {}
+        if not pools:
+            return
+        try:
+            IReactorCore(self._reactor).removeSystemEventTrigger(self._trigger)
+        except (ValueError, KeyError):
+            pass  # fired already: we are being called by the trigger
+        for pool in pools.values():
+            pool.stop()
