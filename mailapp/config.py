@@ -196,6 +196,10 @@ class SecurityConfig:
     #: How long a verified password is remembered (as a keyed MAC, never in
     #: clear), so that a client logging in again skips the KDF; 0 turns it off.
     auth_cache_seconds: int = 300
+    #: Refuse MAIL FROM a local domain on the MX unless the client is in
+    #: [relay] trusted_networks: our own users send through submission, so
+    #: anyone else using our domains there is forging them.
+    mx_refuse_local_senders: bool = True
 
 
 @dataclass(frozen=True)
@@ -765,6 +769,7 @@ _SECURITY_KEYS: Final = frozenset(
         "ban_seconds",
         "ban_exempt_networks",
         "auth_cache_seconds",
+        "mx_refuse_local_senders",
     }
 )
 #: The longest delay [security] accepts: a failed login holds its session that long.
@@ -802,6 +807,9 @@ def _security(reader: _Reader, table: Mapping[str, Any]) -> SecurityConfig:
             reader.problem("security.auth_cache_seconds", f"must be 0 (off) or a positive integer, not {cache_seconds}")
         cache_seconds = defaults.auth_cache_seconds
     networks = _networks(reader, table, "ban_exempt_networks", "security")
+    refuse_local = reader.typed(
+        table, "mx_refuse_local_senders", bool, "security.mx_refuse_local_senders", defaults.mx_refuse_local_senders
+    )
     return SecurityConfig(
         auth_failure_delay=delays["auth_failure_delay"],
         auth_failure_delay_max=max(delays["auth_failure_delay_max"], delays["auth_failure_delay"]),
@@ -810,6 +818,7 @@ def _security(reader: _Reader, table: Mapping[str, Any]) -> SecurityConfig:
         ban_seconds=counts["ban_seconds"],
         ban_exempt_networks=tuple(networks),
         auth_cache_seconds=cache_seconds,
+        mx_refuse_local_senders=defaults.mx_refuse_local_senders if refuse_local is None else refuse_local,
     )
 
 

@@ -35,6 +35,8 @@ CERTIFICATE_GENERATED: Final = "tls.certificate_generated"
 # --- names the design already promises to the protocol layers ---
 SMTP_ACCEPTED: Final = "smtp.accepted"
 SMTP_RCPT_REJECTED: Final = "smtp.rcpt_rejected"
+#: MAIL FROM a local domain on the MX from an untrusted client; also: sender, client
+SMTP_LOCAL_SENDER_REFUSED: Final = "smtp.local_sender_refused"
 #: a message refused after its data (too big, too many hops, a header field too long); also: sender, client, reply
 SMTP_DATA_REFUSED: Final = "smtp.data_refused"
 AUTH_FAILED: Final = "auth.failed"

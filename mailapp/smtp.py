@@ -92,6 +92,8 @@ class SMTPPolicy:
     max_commands_before_auth: int = 20
     #: What RCPT TO:<postmaster> (no domain) means: postmaster at the first local domain.
     postmaster: str = ""
+    #: On the MX, refuse a sender in a local domain from outside the trusted networks.
+    refuse_local_senders: bool = True
 
 
 class ESMTPServer(twisted_smtp.ESMTP):
@@ -575,6 +577,24 @@ class ESMTPServer(twisted_smtp.ESMTP):
 
             self._wait(d.addCallback(owned))
             return
+        if sender and not relay and self.policy.refuse_local_senders:
+            d = self.router.accounts.isLocalDomain(sender.rpartition("@")[2])
+
+            def foreign(local: bool) -> None:
+                if local:
+                    _log.info(
+                        "local sender refused on the mx from=<{sender}> client={client}",
+                        log_event=logevents.SMTP_LOCAL_SENDER_REFUSED,
+                        sender=sender,
+                        client=self._peerIP,
+                    )
+                    self._error(553, b"5.7.1 Sender address in a local domain: log in on the submission port to send as it")
+                    return
+                self._txn = self.router.start(sender, relay, self.authenticated)
+                self.sendCode(250, b"2.1.0 Ok")
+
+            self._wait(d.addCallback(foreign))
+            return
         self._txn = self.router.start(sender, relay, self.authenticated)
         self.sendCode(250, b"2.1.0 Ok")
 
@@ -925,6 +945,7 @@ def buildFactory(context: Any, listener: Any) -> SMTPFactory:
         max_connections_per_ip=limits.max_connections_per_ip,
         max_commands_before_auth=limits.max_commands_before_auth,
         postmaster=f"postmaster@{config.local_domains[0]}" if config.local_domains else "",
+        refuse_local_senders=config.security.mx_refuse_local_senders,
     )
     router = getattr(context, "router", None) or Router(context.accounts, context.store, limits.max_recipients)
     tls = context.tls if listener.tls == "starttls" else None

@@ -244,7 +244,7 @@ def test_ten_mebibyte_binary_attachment_is_stored_byte_for_byte(server: Server) 
     with _smtp(server, "smtp") as client:
         client.ehlo("client.test")
         assert client.esmtp_features["size"] == str(MAX_MESSAGE_SIZE)
-        assert client.sendmail(ALICE, [BOB], sent) == {}
+        assert client.sendmail("sender@remote.test", [BOB], sent) == {}
     [stored_path] = arrivals.of(BOB)
     stored = _wire(stored_path)
     trace, original = stored[: len(stored) - len(sent)], stored[len(stored) - len(sent) :]
