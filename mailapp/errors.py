@@ -66,6 +66,12 @@ class HeaderFieldTooLong(MailError):
     code, enhanced, text = 552, "5.6.0", "Message header field too long"
 
 
+class MessageHasNul(MailError):
+    """RFC 5322 2.3 forbids NUL; other servers and readers cut the message at one or choke."""
+
+    code, enhanced, text = 554, "5.6.0", "Message contains NUL characters"
+
+
 class RemoteDeliveryUnavailable(MailError):
     code, enhanced, text = 451, "4.4.0", "Remote delivery is not available yet; try again later"
 

@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 
 from mailapp import logevents
 from mailapp.delivery import Router, Transaction
-from mailapp.errors import MailError, MessageTooBig, NoSuchUser, RelayDenied
+from mailapp.errors import MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied
 from mailapp.headercheck import HeaderCheck
 from mailapp.interfaces import IMailbox
 from mailapp.sessions import BANNED, AuthOutcome, SessionFactory
@@ -60,6 +60,9 @@ DATA_FLUSH = 64 * 1024
 _ADDRESS = re.compile(r"^[^\s@<>()\[\]\\,;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,251}[A-Za-z0-9])?$")
 _PATH = re.compile(rb"^(FROM|TO):\s*<([^<>]*)>(?:\s+(.*))?$", re.I)
 _BARE = re.compile(rb"\r|\n")
+#: What HELO/EHLO may name (RFC 5321 4.1.1.1: a domain or an address literal),
+#: with the underscore many hosts' names have.
+_HELO_NAME = re.compile(rb"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?|\[(?:IPv6:)?[0-9A-Fa-f:.]+\])$")
 
 
 _CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")
@@ -337,6 +340,11 @@ class ESMTPServer(twisted_smtp.ESMTP):
         name = argument.strip()
         if not name or b" " in name or len(name) > 255:
             self._error(501, b"5.5.4 Syntax: " + (b"EHLO" if esmtp else b"HELO") + b" hostname")
+            return False
+        if not _HELO_NAME.match(name):
+            # The name goes into our Received: header: a tab, "(", ")" or ";"
+            # there would let the client shape the trace fields we add.
+            self._error(501, b"5.5.2 Invalid hostname: a domain name or an address literal such as [192.0.2.1]")
             return False
         self._resetTransaction()
         self._ehlo = name.decode("ascii")
@@ -685,7 +693,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
         receiver, self._data = self._data, None
         txn, self._txn = self._txn, None
         assert receiver is not None and txn is not None
-        refusal = MessageTooBig() if receiver.tooBig else receiver.headers.verdict()
+        refusal = MessageTooBig() if receiver.tooBig else MessageHasNul() if receiver.hasNul else receiver.headers.verdict()
         if refusal is not None:
             txn.abort()
             _log.info(
@@ -776,6 +784,8 @@ class _DataReceiver:
         self.done = False
         #: Hop count and header field sizes, checked as the header block streams by.
         self.headers = HeaderCheck()
+        #: Whether a NUL byte was seen: such a message is refused, never stored or relayed.
+        self.hasNul = False
         self.lastWrite: Any = None
         self._atLineStart = True
         self._out: list[bytes] = []
@@ -839,6 +849,8 @@ class _DataReceiver:
         if body:
             if not self.headers.done:
                 self.headers.feed(data)
+            if not self.hasNul and b"\x00" in data:
+                self.hasNul = True
             self.size += len(data)
             if self.size > self.limit:
                 self.tooBig = True

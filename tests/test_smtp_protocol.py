@@ -259,6 +259,18 @@ class ProtocolTests(TestCase):
         self.assertEqual(self.session.replies()[0], b"552 5.6.0 Message header field longer than 100 KiB")
         self.assertEqual(stored_messages(self.root, ALICE), [])
 
+    @inlineCallbacks
+    def test_a_message_with_a_nul_byte_is_refused_and_nothing_is_stored(self):
+        yield self._send_message(b"Subject: nul\r\n\r\nbefore\x00after\r\n")
+        self.assertEqual(self.session.replies()[0], b"554 5.6.0 Message contains NUL characters")
+        self.assertEqual(stored_messages(self.root, ALICE), [])
+
+    def test_helo_names_that_would_shape_our_received_header_are_refused(self):
+        self.session.clear()
+        self.session.send(b"EHLO a\tb\r\nEHLO x(y)\r\nHELO a;b\r\nEHLO [192.0.2.1]\r\nEHLO [IPv6:2001:db8::1]\r\nHELO host_1.example.test\r\n")
+        self.assertEqual(self.session.codes(), [b"501", b"501", b"501", b"250", b"250", b"250"])
+        self.assertIn(b"501 5.5.2 Invalid hostname: a domain name or an address literal such as [192.0.2.1]", self.session.replies())
+
     def test_too_many_errors_close_the_connection_with_421(self):
         self.session.clear()
         self.session.send(b"BAD\r\n" * 12)
