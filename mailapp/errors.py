@@ -48,6 +48,10 @@ class SenderNotOwned(MailError):
     code, enhanced, text = 553, "5.7.1", "Sender address not owned by the authenticated user"
 
 
+class HeaderSenderNotOwned(MailError):
+    code, enhanced, text = 553, "5.7.1", "From: header address not owned by you"
+
+
 class TooManyRecipients(MailError):
     code, enhanced, text = 452, "4.5.3", "Too many recipients"
 

@@ -19,9 +19,11 @@ the first empty line.
 
 from __future__ import annotations
 
+import email.utils
+
 from mailapp.errors import HeaderFieldTooLong, MailError, TooManyHops
 
-__all__ = ["MAX_HEADER_FIELD", "MAX_HOPS", "HeaderCheck"]
+__all__ = ["MAX_HEADER_FIELD", "MAX_HOPS", "HeaderCheck", "header_addresses"]
 
 MAX_HOPS = 50
 MAX_HEADER_FIELD = 100 * 1024
@@ -82,3 +84,29 @@ class HeaderCheck:
         if self.longest > self.max_field:
             return HeaderFieldTooLong(f"Message header field longer than {self.max_field // 1024} KiB")
         return None
+
+
+def header_addresses(headers: bytes, name: bytes) -> list[str]:
+    """
+    The addresses (lower-cased) of every C{name} field (``b"from"``) of a
+    header block, continuation lines unfolded. The block is bounded by the
+    caller; a field that does not parse gives no address.
+    """
+    fields: list[bytes] = []
+    current: bytearray | None = None
+    for line in headers.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current += line
+            continue
+        current = None
+        field, colon, value = line.partition(b":")
+        if colon and field.strip().lower() == name:
+            current = bytearray(value)
+            fields.append(current)  # type: ignore[arg-type]
+    found = []
+    for value in fields:
+        for _, address in email.utils.getaddresses([bytes(value).decode("utf-8", "replace")]):
+            if address:
+                found.append(address.lower())
+    return found

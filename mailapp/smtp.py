@@ -41,8 +41,8 @@ from twisted.python.failure import Failure
 
 from mailapp import logevents
 from mailapp.delivery import Router, Transaction
-from mailapp.errors import MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied
-from mailapp.headercheck import HeaderCheck
+from mailapp.errors import HeaderSenderNotOwned, MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied
+from mailapp.headercheck import HeaderCheck, header_addresses
 from mailapp.interfaces import IMailbox
 from mailapp.sessions import BANNED, AuthOutcome, SessionFactory
 
@@ -121,6 +121,8 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self.authenticated: str | None = None
         self._txn: Transaction | None = None
         self._data: _DataReceiver | None = None
+        #: On submission: the From: header addresses of the message being received.
+        self._headerFrom: list[str] = []
         self._pendingAuth: Callable[[bytes], None] | None = None
         #: The command whose reply a pending Deferred will send, and when it came (for latency metrics).
         self._timing: tuple[str, float] | None = None
@@ -657,6 +659,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
             return
         txn = self._txn
         message = txn.open()
+        self._headerFrom = []
         received = self._receivedHeader(txn)
         self._data = _DataReceiver(
             message,
@@ -680,7 +683,11 @@ class ESMTPServer(twisted_smtp.ESMTP):
         ).encode("utf-8")
 
     def _missingHeaders(self, headers: bytes) -> bytes:
-        """On submission, add ``Message-ID:`` and ``Date:`` when the client left them out."""
+        """
+        On submission, add ``Message-ID:`` and ``Date:`` when the client left
+        them out, and note the ``From:`` addresses (checked at the end of data).
+        """
+        self._headerFrom = header_addresses(headers, b"from")
         names = {line.split(b":", 1)[0].strip().lower() for line in headers.split(b"\r\n") if b":" in line and line[:1] not in b" \t"}
         added = b""
         if b"date" not in names:
@@ -694,7 +701,17 @@ class ESMTPServer(twisted_smtp.ESMTP):
         txn, self._txn = self._txn, None
         assert receiver is not None and txn is not None
         refusal = MessageTooBig() if receiver.tooBig else MessageHasNul() if receiver.hasNul else receiver.headers.verdict()
-        if refusal is not None:
+        checked: defer.Deferred[MailError | None] = defer.succeed(refusal)
+        if refusal is None and self.policy.submission and txn.authenticated and self._headerFrom:
+            # The From: a reader sees must be the user's too, not only the envelope sender.
+            owners = [self.router.accounts.ownsAddress(txn.authenticated, address) for address in self._headerFrom]
+            checked = defer.gatherResults(owners, consumeErrors=True).addCallback(
+                lambda answers: None if all(answers) else HeaderSenderNotOwned()
+            )
+
+        def decide(refusal: MailError | None) -> Any:
+            if refusal is None:
+                return self.factory.inflight(txn.commit()).addCallbacks(stored, failed)
             txn.abort()
             _log.info(
                 "refused at end of data from=<{sender}> client={client}: {reply}",
@@ -704,8 +721,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
                 reply=refusal.reply().decode("ascii"),
             )
             self.sendCode(refusal.code, f"{refusal.enhanced} {refusal.text}".encode())
-            return
-        d = self.factory.inflight(txn.commit())
+            return None
 
         def stored(queue_id: str) -> None:
             if txn.authenticated:
@@ -728,7 +744,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
                 _log.failure("smtp.commit_failed", reason)
             self.sendCode(error.code, f"{error.enhanced} {error.text}".encode("ascii", "replace"))
 
-        self._wait(d.addCallbacks(stored, failed))
+        self._wait(checked.addCallbacks(decide, failed))
 
     def smtp_RSET(self, argument: bytes) -> None:
         self._resetTransaction()

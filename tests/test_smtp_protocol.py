@@ -351,6 +351,26 @@ class SubmissionProtocolTests(TestCase):
         self.assertTrue(stored.endswith(b"Subject: no ids\r\n\r\nhello\r\n"))
 
     @inlineCallbacks
+    def test_submission_refuses_a_from_header_the_user_does_not_own(self):
+        session = self.session(allow_plaintext_auth=True)
+        token = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
+        session.send(b"EHLO c\r\nAUTH PLAIN " + token + b"\r\n")
+        yield wait_for(lambda: b"235" in session.codes())
+        refused = b"553 5.7.1 From: header address not owned by you"
+        for header_from, reply in (
+            (b"The Boss <bob@example.test>", refused),
+            (b"Alice <alice@example.test>,\r\n Bob <bob@example.test>", refused),
+            (b"Alice <ALICE+news@example.test>", b"250 2.0.0 Ok: queued as"),
+        ):
+            session.clear()
+            session.send(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+            yield wait_for(lambda: b"354" in session.codes())
+            session.send(b"From: " + header_from + b"\r\nSubject: s\r\n\r\nhello\r\n.\r\n")
+            yield wait_for(lambda: len(session.codes()) == 4)
+            self.assertTrue(session.replies()[-1].startswith(reply), (header_from, session.replies()))
+        self.assertEqual(len(stored_messages(self.root, "bob@example.test")), 1)
+
+    @inlineCallbacks
     def test_remote_recipient_on_submission_gets_a_temporary_error_until_relay_exists(self):
         session = self.session(allow_plaintext_auth=True)
         token = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
