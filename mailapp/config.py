@@ -35,11 +35,13 @@ __all__ = [
     "ConfigError",
     "HostPort",
     "Limits",
+    "ListenerBudget",
     "ListenerConfig",
     "RelayConfig",
     "SNICertificate",
     "SecurityConfig",
     "TLSConfig",
+    "listener_budget",
     "load",
     "parse",
 ]
@@ -51,6 +53,12 @@ PROTOCOLS: Final = frozenset({"smtp", "submission", "pop3", "imap", "webmail", "
 #: ``none``: cleartext only; ``starttls``: cleartext that can upgrade;
 #: ``implicit``: TLS from the first byte (465, 993, 995, 443).
 TLS_MODES: Final = frozenset({"none", "starttls", "implicit"})
+
+#: Protocols whose sessions log in: their connections that have not logged in
+#: yet get a budget of their own (``max_unauthenticated``).
+LOGIN_PROTOCOLS: Final = frozenset({"submission", "pop3", "imap"})
+#: Protocols whose connections mailapp counts (``max_connections`` per listener).
+_COUNTED_PROTOCOLS: Final = LOGIN_PROTOCOLS | {"smtp"}
 
 #: HTTP-based protocols have no STARTTLS.
 _NO_STARTTLS: Final = frozenset({"webmail", "metrics"})
@@ -74,6 +82,8 @@ _DEFAULT_LIMITS: Final[Mapping[str, int]] = MappingProxyType(
         # IMAP after login: one literal (APPEND's message excepted) and one command line, in bytes.
         "imap_max_literal": 262_144,
         "imap_max_line": 524_288,
+        # Idle seconds before login on submission, POP3 and IMAP.
+        "login_timeout_seconds": 60,
     }
 )
 
@@ -143,6 +153,11 @@ class ListenerConfig:
     endpoint: str
     tls: str
     allow_plaintext_auth: bool
+    #: This listener's own connection budget and, on a listener with logins,
+    #: the part of it for connections not logged in yet; None where the file
+    #: does not say (see L{listener_budget} for the defaults).
+    max_connections: int | None = None
+    max_unauthenticated: int | None = None
 
     @property
     def needs_tls(self) -> bool:
@@ -157,6 +172,25 @@ class ListenerConfig:
         _, args, kwargs = _parse_server_endpoint(self.endpoint, None)
         interface = kwargs.get("interface", "")
         return (str(ipaddress.ip_address(interface)) if interface else "", int(args[0]))
+
+    def same_socket(self, other: "ListenerConfig") -> bool:
+        """Whether C{other} is this listener with at most its budgets changed (which a reload applies live)."""
+        return (self.name, self.protocol, self.endpoint, self.tls, self.allow_plaintext_auth) == (
+            other.name,
+            other.protocol,
+            other.endpoint,
+            other.tls,
+            other.allow_plaintext_auth,
+        )
+
+
+@dataclass(frozen=True)
+class ListenerBudget:
+    """How many connections one listener admits (see L{listener_budget})."""
+
+    max_connections: int
+    #: None: the listener has no login (the MX), every connection may use the whole budget.
+    max_unauthenticated: int | None
 
 
 @dataclass(frozen=True)
@@ -174,6 +208,7 @@ class Limits:
     max_messages_per_hour: int = _DEFAULT_LIMITS["max_messages_per_hour"]
     imap_max_literal: int = _DEFAULT_LIMITS["imap_max_literal"]
     imap_max_line: int = _DEFAULT_LIMITS["imap_max_line"]
+    login_timeout_seconds: int = _DEFAULT_LIMITS["login_timeout_seconds"]
 
 
 @dataclass(frozen=True)
@@ -263,6 +298,28 @@ class Config:
         return any(listener.needs_tls for listener in self.listeners)
 
 
+def listener_budget(config: Config, listener: ListenerConfig) -> ListenerBudget:
+    """
+    C{listener}'s connection budget under C{config}, with the defaults filled
+    in: C{max_connections} defaults to C{[limits] max_connections}, which
+    stays the ceiling for the whole server. On a listener with logins
+    (submission, POP3, IMAP), C{max_unauthenticated} defaults to an even
+    share of half the server's ceiling among those listeners, so that
+    connections that never log in can take at most half of the server,
+    whatever the number of such listeners, and never the MX's places.
+    """
+    limits = config.limits
+    own = getattr(listener, "max_connections", None)
+    max_connections = own if own is not None else limits.max_connections
+    if listener.protocol not in LOGIN_PROTOCOLS:
+        return ListenerBudget(max_connections, None)
+    unauthenticated = getattr(listener, "max_unauthenticated", None)
+    if unauthenticated is None:
+        sharing = max(1, sum(1 for other in config.listeners if other.protocol in LOGIN_PROTOCOLS))
+        unauthenticated = min(max_connections, max(1, limits.max_connections // (2 * sharing)))
+    return ListenerBudget(max_connections, unauthenticated)
+
+
 def parse(text: str, path: Path, *, base_dir: Path | None = None) -> Config:
     """
     Turn the text of a config file into a :class:`Config`, touching no file.
@@ -308,7 +365,9 @@ _SYNC_MODES: Final = ("filesystem", "file")
 _DOMAINS_KEYS: Final = frozenset({"local"})
 _TLS_KEYS: Final = frozenset({"cert", "key", "generate_self_signed", "sni", "min_version"})
 _TLS_MIN_VERSIONS: Final = ("1.2", "1.3")
-_LISTENER_KEYS: Final = frozenset({"protocol", "endpoint", "tls", "allow_plaintext_auth"})
+_LISTENER_KEYS: Final = frozenset(
+    {"protocol", "endpoint", "tls", "allow_plaintext_auth", "max_connections", "max_unauthenticated"}
+)
 _RELAY_KEYS: Final = frozenset(
     {
         "transports",
@@ -462,11 +521,34 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
         relay=relay,
         security=security,
     )
+    _check_budgets(reader, config)
     if check_files:
         _check_tls_files(reader, config)
     if reader.problems:
         raise ConfigError(reader.problems)
     return config
+
+
+def _check_budgets(reader: _Reader, config: Config) -> None:
+    """A listener's budgets fit inside the server's ceiling, and its unauthenticated share inside its budget."""
+    for listener in config.listeners:
+        prefix = f"listeners.{_quote_key(listener.name)}"
+        if listener.max_connections is not None and listener.max_connections > config.limits.max_connections:
+            reader.problem(
+                f"{prefix}.max_connections",
+                f"{listener.max_connections} is more than limits.max_connections ({config.limits.max_connections}), "
+                "the ceiling for all listeners together",
+            )
+        budget = listener_budget(config, listener)
+        if (
+            listener.max_unauthenticated is not None
+            and budget.max_unauthenticated is not None
+            and budget.max_unauthenticated > budget.max_connections
+        ):
+            reader.problem(
+                f"{prefix}.max_unauthenticated",
+                f"{listener.max_unauthenticated} is more than this listener's max_connections ({budget.max_connections})",
+            )
 
 
 def _check_tls_files(reader: _Reader, config: Config) -> None:
@@ -557,6 +639,21 @@ def _listeners(reader: _Reader, table: Mapping[str, Any]) -> tuple[ListenerConfi
         if tls == "starttls" and protocol in _NO_STARTTLS:
             reader.problem(f"{prefix}.tls", f"{protocol} has no STARTTLS: use 'implicit' or 'none'")
         plaintext = reader.typed(body, "allow_plaintext_auth", bool, f"{prefix}.allow_plaintext_auth", False)
+        budgets: dict[str, int | None] = {}
+        for key in ("max_connections", "max_unauthenticated"):
+            value = reader.typed(body, key, int, f"{prefix}.{key}")
+            if value is not None and value <= 0:
+                reader.problem(f"{prefix}.{key}", f"must be a positive integer, not {value}")
+                value = None
+            if value is not None and protocol is not None and protocol not in _COUNTED_PROTOCOLS:
+                reader.problem(f"{prefix}.{key}", f"{protocol} connections are not counted: the key applies to smtp, submission, pop3 and imap")
+                value = None
+            if key == "max_unauthenticated" and value is not None and protocol == "smtp":
+                reader.problem(
+                    f"{prefix}.{key}", "the MX has no login, so every connection is unauthenticated: use max_connections"
+                )
+                value = None
+            budgets[key] = value
         endpoint = reader.required(body, "endpoint", str, f"{prefix}.endpoint")
         bind = _endpoint(reader, endpoint, f"{prefix}.endpoint") if endpoint is not None else None
         if bind is not None:
@@ -583,6 +680,8 @@ def _listeners(reader: _Reader, table: Mapping[str, Any]) -> tuple[ListenerConfi
                     endpoint=endpoint,
                     tls=tls,
                     allow_plaintext_auth=bool(plaintext),
+                    max_connections=budgets["max_connections"],
+                    max_unauthenticated=budgets["max_unauthenticated"],
                 )
             )
     return tuple(result)

@@ -58,7 +58,7 @@ from zope.interface import implementer
 from mailapp import logevents
 from mailapp.errors import NoSuchMessage
 from mailapp.interfaces import IMailbox
-from mailapp.sessions import BANNED, AuthOutcome, SessionFactory
+from mailapp.sessions import BANNED, AuthOutcome, SessionFactory, SessionLimits, session_limits
 from mailapp.store.records import MessageInfo
 
 __all__ = [
@@ -105,14 +105,16 @@ _KNOWN = frozenset().union(*_COMMANDS.values())
 
 
 @dataclass(frozen=True)
-class POP3Policy:
-    """What one listener allows. Plaintext login only where the config allows it (loopback)."""
+class POP3Policy(SessionLimits):
+    """
+    What one listener allows. Plaintext login only where the config allows
+    it (loopback). C{timeout} is the idle timeout after login; before it,
+    C{login_timeout}.
+    """
 
     hostname: str
     timeout: float = IDLE_TIMEOUT
     allow_plaintext_auth: bool = False
-    max_connections: int = 1000
-    max_connections_per_ip: int = 20
     #: Base delay of the factory's own guard when none is given (tests).
     auth_failure_delay: float = AUTH_FAILURE_DELAY
     max_auth_failures: int = MAX_AUTH_FAILURES
@@ -337,7 +339,7 @@ class POP3Server(twisted_pop3.POP3):
         self.policy: POP3Policy = factory.policy
         self.portal = factory.portal
         self.callLater = factory.reactor.callLater
-        self.timeOut = self.policy.timeout
+        self.timeOut = self.policy.login_timeout
         self.sessionState = SessionState.AUTHORIZATION
         self.account: str | None = None
         self._buffer = b""
@@ -380,7 +382,7 @@ class POP3Server(twisted_pop3.POP3):
             return
         self.factory.connected(self)
         self._ok(self.policy.hostname.encode("ascii") + b" POP3 mailapp ready")
-        self.setTimeout(self.policy.timeout)
+        self.setTimeout(self.policy.login_timeout)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._connected = False
@@ -727,6 +729,8 @@ class POP3Server(twisted_pop3.POP3):
         self.account = account
         self._maildrop = _Maildrop(folder, status.uidvalidity, messages)
         self.sessionState = SessionState.TRANSACTION
+        self.factory.loggedIn(self)
+        self.setTimeout(self.policy.timeout)
         count, size = self._maildrop.totals()
         _log.info(
             "pop3 login {account} client={client} messages={count} size={size}",
@@ -984,8 +988,7 @@ def buildFactory(context: Any, listener: Any) -> POP3Factory:
         hostname=config.hostname,
         timeout=limits.pop3_timeout_seconds,
         allow_plaintext_auth=listener.allow_plaintext_auth,
-        max_connections=limits.max_connections,
-        max_connections_per_ip=limits.max_connections_per_ip,
+        **session_limits(config, listener),
         max_commands_before_auth=limits.max_commands_before_auth,
     )
     store = context.store

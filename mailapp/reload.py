@@ -9,14 +9,17 @@ live, and every other difference is named in one log line saying it needs a
 restart.
 
 Live: ``[tls]`` (certificates, SNI names, minimum version: new handshakes
-get them, open sessions keep theirs), ``[limits]``, ``[domains] local``,
+get them, open sessions keep theirs), ``[limits]`` and each listener's
+``max_connections`` and ``max_unauthenticated`` (new connections are
+admitted by them; open ones stay), ``[domains] local``,
 ``relay.trusted_networks`` and the relay policy (transports, smarthost and
 its credentials, retry schedule, lifetime, TLS requirements, connection
 limits), and anything a component applies itself through a
 ``reconfigure(config)`` method (``[security]``, say).
 
 Restart: ``[server]`` (hostname, state_dir, sync, log_format), the
-listeners, the relay's timeouts and name servers.
+listeners' sockets (added, removed, or a changed protocol, endpoint or TLS
+mode), the relay's timeouts and name servers.
 """
 
 from __future__ import annotations
@@ -82,10 +85,17 @@ def reload_service(service: Any) -> ReloadResult:
     context = getattr(service, "context", None)
     if context is not None:
         service.context = context = dataclasses.replace(context, config=new)
+    new_listeners = {listener.name: listener for listener in new.listeners}
     for listener_service, factory in _listener_factories(service):
+        fresh = new_listeners.get(listener_service.listener.name)
+        if fresh is not None and fresh.same_socket(listener_service.listener):
+            # Only its budgets may differ: those apply live.
+            listener_service.listener = fresh
         _refresh_policy(factory, context, listener_service.listener)
     if new.limits != old.limits:
         applied.append("limits")
+    if _budgets(old) != _budgets(new):
+        applied.append("listener budgets")
         router = getattr(context, "router", None)
         if router is not None:
             router.max_recipients = new.limits.max_recipients
@@ -129,13 +139,19 @@ def _refused(old: Config, problems: list[str]) -> ReloadResult:
     return ReloadResult(False, problems=list(problems))
 
 
+def _budgets(config: Config) -> list[tuple[str, int | None, int | None]]:
+    return [(listener.name, listener.max_connections, listener.max_unauthenticated) for listener in config.listeners]
+
+
 def _needs_restart(old: Config, new: Config) -> list[str]:
     changes = [
         f"server.{name}"
         for name in ("hostname", "state_dir", "sync", "log_format")
         if getattr(old, name) != getattr(new, name)
     ]
-    if old.listeners != new.listeners:
+    if len(old.listeners) != len(new.listeners) or not all(
+        before.same_socket(after) for before, after in zip(old.listeners, new.listeners)
+    ):
         changes.append("listeners")
     for name in ("connect_timeout", "command_timeout", "session_timeout", "nameservers"):
         if getattr(old.relay, name) != getattr(new.relay, name):

@@ -567,8 +567,9 @@ def makeService(
         if isinstance(factory, SessionFactory):
             factory.protocol_name, factory.listener_name = listener.protocol, listener.name
             factory.telemetry = context.telemetry
-            # One count for the whole server: limits.max_connections and
-            # max_connections_per_ip hold across every listener.
+            # One count for the whole server: limits.max_connections (the
+            # ceiling) and max_connections_per_ip hold across every listener;
+            # each listener's own budget is counted by its factory.
             factory.counts = connection_counts
         if listener.tls == "implicit":
             factory = TLSMemoryBIOFactory(context_factory, False, factory)

@@ -1,14 +1,21 @@
 """
-What every protocol's factory does with its sessions: count them (in total
-and per client address) so a flood gets a polite refusal instead of our
-memory, refuse banned addresses (the process-wide L{AbuseGuard}), and close
-them on shutdown without cutting off work in flight.
+What every protocol's factory does with its sessions: count them (per
+listener, per client address, those not logged in yet, and the whole
+server's) so a flood gets a polite refusal instead of our memory, refuse
+banned addresses (the process-wide L{AbuseGuard}), and close them on
+shutdown without cutting off work in flight.
+
+Each listener has its own budget (L{SessionLimits}), so that idle IMAP or
+POP3 connections cannot take the places the MX needs to receive mail; the
+connections of a listener with logins that have not logged in yet have a
+smaller budget still, and a shorter idle timeout.
 """
 
 from __future__ import annotations
 
 import enum
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
@@ -17,7 +24,7 @@ from twisted.logger import Logger, LogPublisher
 
 from mailapp import logevents
 from mailapp.abuse import AbuseGuard
-from mailapp.config import SecurityConfig
+from mailapp.config import SecurityConfig, listener_budget
 
 _log = Logger()
 
@@ -32,12 +39,53 @@ BANNED = b"Too many failed logins from your address; try again later"
 CLOSE_GRACE = 30.0
 
 
+#: The login timeout when the config says nothing: idle seconds before login.
+LOGIN_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionLimits:
+    """
+    How many sessions a listener admits, the part of every protocol's policy
+    that L{SessionFactory.admit} reads (the policies extend it). Built from
+    the config by L{session_limits}.
+    """
+
+    #: This listener's open connections.
+    max_connections: int = 1000
+    #: One client address's open connections, on every listener together.
+    max_connections_per_ip: int = 20
+    #: This listener's connections that have not logged in; None where there
+    #: is no login (the MX), so every connection is the listener's to use.
+    max_unauthenticated: int | None = None
+    #: Every listener's connections together (C{[limits] max_connections});
+    #: None for a factory used alone (a test).
+    max_server_connections: int | None = None
+    #: Idle seconds before login (submission, POP3, IMAP); after it, the protocol's own timeout.
+    login_timeout: float = LOGIN_TIMEOUT
+
+
+def session_limits(config: Any, listener: Any) -> dict[str, Any]:
+    """
+    The L{SessionLimits} fields for C{listener} under C{config}, as keyword
+    arguments for a protocol's policy: the one place the builders get them.
+    """
+    budget = listener_budget(config, listener)
+    return {
+        "max_connections": budget.max_connections,
+        "max_connections_per_ip": config.limits.max_connections_per_ip,
+        "max_unauthenticated": budget.max_unauthenticated,
+        "max_server_connections": config.limits.max_connections,
+        "login_timeout": float(config.limits.login_timeout_seconds),
+    }
+
+
 class ConnectionCounts:
     """
     Open connections in total and per client address. The service gives one
-    to every listener, so that the limits hold for the whole server, not for
-    each port (a client cannot get 8 x max_connections_per_ip by using every
-    listener).
+    to every listener, so that C{max_server_connections} and the limit per
+    address hold for the whole server, not for each port (a client cannot
+    get 8 x max_connections_per_ip by using every listener).
     """
 
     def __init__(self) -> None:
@@ -67,11 +115,11 @@ class AuthOutcome(enum.Enum):
 
 class SessionFactory(ServerFactory):
     """
-    A listener's factory. Subclasses set C{policy} (with C{max_connections}
-    and C{max_connections_per_ip}) and build sessions that call L{admit} and
-    L{connected} when they start, L{disconnected} when they end, keep their
-    client's address in C{_peerIP}, and offer C{shutdown()}, which returns a
-    Deferred that fires when the session has closed (or None).
+    A listener's factory. Subclasses set C{policy} (a L{SessionLimits}) and
+    build sessions that call L{admit} and L{connected} when they start,
+    L{loggedIn} when a login succeeds, L{disconnected} when they end, keep
+    their client's address in C{_peerIP}, and offer C{shutdown()}, which
+    returns a Deferred that fires when the session has closed (or None).
 
     C{guard} is the server's L{AbuseGuard}; a factory built without one (a
     test, a factory used alone) gets its own, whose base delay is the
@@ -85,6 +133,8 @@ class SessionFactory(ServerFactory):
         self._inflight = inflight
         self._guard = guard
         self.sessions: set[Any] = set()
+        #: The sessions in L{sessions} that have logged in.
+        self.loggedInSessions: set[Any] = set()
         #: Shared by every listener of a server (the service sets it); a
         #: factory used alone counts its own sessions.
         self.counts = ConnectionCounts()
@@ -144,11 +194,15 @@ class SessionFactory(ServerFactory):
 
     def admit(self, ip: str) -> bytes | None:
         """None to let a client in, or why not (for the protocol's refusal)."""
+        policy: SessionLimits = self.policy
         refusal = None
-        if self.counts.total >= self.policy.max_connections:
+        ceiling = policy.max_server_connections
+        if len(self.sessions) >= policy.max_connections or (ceiling is not None and self.counts.total >= ceiling):
             refusal = b"Too many connections; try again later"
-        elif self.counts.perIP.get(ip, 0) >= self.policy.max_connections_per_ip:
+        elif self.counts.perIP.get(ip, 0) >= policy.max_connections_per_ip:
             refusal = b"Too many connections from your address; try again later"
+        elif policy.max_unauthenticated is not None and self.unauthenticated() >= policy.max_unauthenticated:
+            refusal = b"Too many connections waiting to log in; try again later"
         if refusal is not None:
             _log.info(
                 "session refused protocol={protocol} listener={listener} client={client}: {reason}",
@@ -159,6 +213,21 @@ class SessionFactory(ServerFactory):
                 reason=refusal.decode("ascii"),
             )
         return refusal
+
+    def unauthenticated(self) -> int:
+        """This listener's open sessions that have not logged in."""
+        return len(self.sessions) - len(self.loggedInSessions)
+
+    def loggedIn(self, session: Any, loggedIn: bool = True) -> None:
+        """
+        C{session} has logged in (or, with C{loggedIn} false, is back to
+        not logged in: SMTP's STARTTLS forgets an AUTH): it leaves (or
+        rejoins) the listener's C{max_unauthenticated} budget.
+        """
+        if not loggedIn:
+            self.loggedInSessions.discard(session)
+        elif session in self.sessions:
+            self.loggedInSessions.add(session)
 
     def connected(self, session: Any) -> None:
         self.sessions.add(session)
@@ -230,6 +299,7 @@ class SessionFactory(ServerFactory):
                 seconds=time.monotonic() - started if started is not None else 0.0,
             )
             self.sessions.discard(session)
+            self.loggedInSessions.discard(session)
             self.counts.remove(session._peerIP)
 
     def stopFactory(self) -> None:

@@ -44,7 +44,7 @@ from mailapp.delivery import Router, Transaction
 from mailapp.errors import HeaderSenderNotOwned, MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied
 from mailapp.headercheck import HeaderCheck, header_addresses
 from mailapp.interfaces import IMailbox
-from mailapp.sessions import BANNED, AuthOutcome, SessionFactory
+from mailapp.sessions import BANNED, AuthOutcome, SessionFactory, SessionLimits, session_limits
 
 _log = Logger()
 
@@ -74,7 +74,7 @@ def _has_controls(data: bytes) -> bool:
 
 
 @dataclass(frozen=True)
-class SMTPPolicy:
+class SMTPPolicy(SessionLimits):
     """
     What one listener allows. C{submission} listeners require AUTH before
     MAIL and let the authenticated user relay; the MX listener never offers
@@ -87,8 +87,6 @@ class SMTPPolicy:
     timeout: float
     allow_plaintext_auth: bool = False
     trusted_networks: tuple[Any, ...] = ()
-    max_connections: int = 1000
-    max_connections_per_ip: int = 20
     #: Base delay of the factory's own guard when none is given (tests).
     auth_failure_delay: float = 1.0
     #: Commands before AUTH succeeds, on submission (the MX never authenticates).
@@ -150,7 +148,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
             return
         self.factory.connected(self)
         self.sendCode(220, self.host + b" ESMTP mailapp")
-        self.setTimeout(GREETING_TIMEOUT)
+        self.setTimeout(self.policy.login_timeout if self.policy.submission else GREETING_TIMEOUT)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         # Nothing the client pipelined runs after it has gone: a check or a
@@ -351,8 +349,13 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self._resetTransaction()
         self._ehlo = name.decode("ascii")
         self._esmtp = esmtp
-        self.setTimeout(self.policy.timeout)
+        self._idleTimeout()
         return True
+
+    def _idleTimeout(self) -> None:
+        """After the greeting: the session timeout, but the login timeout on submission until AUTH succeeds."""
+        waiting_for_login = self.policy.submission and not self.authenticated
+        self.setTimeout(self.policy.login_timeout if waiting_for_login else self.policy.timeout)
 
     def smtp_HELO(self, argument: bytes) -> None:
         if self._greet(argument, esmtp=False):
@@ -383,7 +386,9 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self.transport.startTLS(self.factory.tls)
         self._resetTransaction()
         self._ehlo = None
-        self.authenticated = None
+        if self.authenticated:
+            self.authenticated = None
+            self.factory.loggedIn(self, False)
 
     def _authAvailable(self) -> bool:
         if not self.policy.submission or self.authenticated:
@@ -477,6 +482,8 @@ class ESMTPServer(twisted_smtp.ESMTP):
             _, avatar, logout = result
             self.authenticated = avatar.account
             logout()
+            self.factory.loggedIn(self)
+            self._idleTimeout()
             self.factory.guard.succeeded(self._peerIP, avatar.account)
             _log.info(
                 "auth ok {account} from {peer}", log_event=logevents.SMTP_AUTH_OK, account=self.authenticated, peer=self._peerIP
@@ -969,8 +976,7 @@ def buildFactory(context: Any, listener: Any) -> SMTPFactory:
         timeout=limits.smtp_timeout_seconds,
         allow_plaintext_auth=listener.allow_plaintext_auth,
         trusted_networks=tuple(ipaddress.ip_network(n) for n in config.relay.trusted_networks),
-        max_connections=limits.max_connections,
-        max_connections_per_ip=limits.max_connections_per_ip,
+        **session_limits(config, listener),
         max_commands_before_auth=limits.max_commands_before_auth,
         postmaster=f"postmaster@{config.local_domains[0]}" if config.local_domains else "",
         refuse_local_senders=config.security.mx_refuse_local_senders,

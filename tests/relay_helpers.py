@@ -38,12 +38,35 @@ class SynchronousThreadPool:
             onResult(True, result)
 
 
+class HeldThreadPool(SynchronousThreadPool):
+    """
+    Runs "thread" work at once until C{held}; then keeps it until L{run}, so
+    that a test can look at the disk between a reply and the write it causes.
+    """
+
+    def __init__(self) -> None:
+        self.held = False
+        self.jobs: list[tuple[Callable[..., None], Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+
+    def callInThreadWithCallback(self, onResult: Callable[..., None], function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if self.held:
+            self.jobs.append((onResult, function, args, kwargs))
+        else:
+            super().callInThreadWithCallback(onResult, function, *args, **kwargs)
+
+    def run(self) -> None:
+        """Run every job held so far, and those they hold in turn."""
+        while self.jobs:
+            onResult, function, args, kwargs = self.jobs.pop(0)
+            super().callInThreadWithCallback(onResult, function, *args, **kwargs)
+
+
 class SynchronousReactor:
     """Just enough reactor for L{Queue}: time from a Clock, threads that run at once."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, pool: SynchronousThreadPool | None = None) -> None:
         self.clock = clock
-        self.pool = SynchronousThreadPool()
+        self.pool = pool or SynchronousThreadPool()
 
     def seconds(self) -> float:
         return self.clock.seconds()
@@ -173,13 +196,15 @@ TRANSPORTS = {"b.test": HostPort(B_HOP, 25), "c.test": HostPort(C_HOP, 25)}
 class Harness:
     """A manager over a real queue directory, with a Clock, a fake network and a recording store."""
 
-    def __init__(self, root: Path, clock: Clock | None = None, network: FakeNetwork | None = None, **policy: Any) -> None:
+    def __init__(
+        self, root: Path, clock: Clock | None = None, network: FakeNetwork | None = None, pool: SynchronousThreadPool | None = None, **policy: Any
+    ) -> None:
         self.root = root
         if clock is None:
             clock = Clock()
             clock.advance(1_700_000_000)  # a realistic epoch, for Date: headers
         self.clock = clock
-        self.reactor = SynchronousReactor(self.clock)
+        self.reactor = SynchronousReactor(self.clock, pool)
         self.network = network or FakeNetwork(self.clock)
         self.network.clock = self.clock
         self.queue = Queue(root / "queue", self.reactor, use_syncfs=False)

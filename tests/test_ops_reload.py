@@ -147,3 +147,25 @@ def test_reload_of_a_bad_file_changes_nothing(tmp_path: Path) -> None:
     assert not result.ok
     assert any("limits.max_message_size" in problem for problem in result.problems)
     assert root.config is before
+
+
+def test_reload_applies_a_listeners_new_connection_budgets_live(tmp_path: Path) -> None:
+    write_certificate(tmp_path / "cert.pem", tmp_path / "key.pem", "mail.example.test")
+    path = tmp_path / "mailapp.toml"
+    imap = '\n[listeners.imap]\nprotocol = "imap"\nendpoint = "tcp:0:interface=127.0.0.1"\ntls = "none"\n'
+    path.write_text(_config(tmp_path, extra_listener=imap + "max_connections = 100\n"))
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mailapp.testing import FakeAccounts
+
+    root = makeService(load(path), reactor=MemoryReactorClock(), store=FakeStore(), accounts=FakeAccounts())
+    listener = next(child for child in root if isinstance(child, ListenerService) and child.listener.name == "imap")
+    assert (listener.factory.policy.max_connections, listener.factory.policy.max_unauthenticated) == (100, 100)
+
+    path.write_text(_config(tmp_path, extra_listener=imap + "max_connections = 50\nmax_unauthenticated = 7\n"))
+    result = root.reload()
+
+    assert result.ok
+    assert "listener budgets" in result.applied
+    assert result.needs_restart == []
+    assert (listener.factory.policy.max_connections, listener.factory.policy.max_unauthenticated) == (50, 7)

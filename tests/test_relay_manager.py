@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
 from mailapp import logevents
@@ -20,7 +21,7 @@ from mailapp.relay.client import Reply
 from mailapp.relay.queue import DELIVERED, FAILED, PENDING, read_envelope
 from mailapp.store import MaildirStore
 
-from tests.relay_helpers import B_HOP, C_HOP, OK, Harness
+from tests.relay_helpers import B_HOP, C_HOP, OK, FakeClient, FakeNetwork, Harness, HeldThreadPool
 
 DAY = 24 * 3600
 NO_SUCH_USER = Reply(550, ("5.1.1 <bob@b.test>: Recipient address rejected: no such user",))
@@ -196,6 +197,56 @@ def test_a_restart_never_resends_to_a_recipient_recorded_as_delivered(tmp_path: 
     h.clock.advance(300)
     assert [(s[1], s[3]) for s in h.network.sent] == [(B_HOP, ["bob@b.test"]), (C_HOP, ["dave@c.test"])]
     assert again.envelopes() == []
+
+
+class _DiskWatchingNetwork(FakeNetwork):
+    """Records, as each transaction starts (its MAIL FROM), what the queue on disk says of every message."""
+
+    def __init__(self, clock, queue_root: Path) -> None:
+        super().__init__(clock)
+        self.queue_root = queue_root
+        self.on_disk_at_mail: list[dict[str, dict[str, str]]] = []
+
+    def connect(self, hop):
+        self.attempts.append((self.clock.seconds(), hop.address))
+        network = self
+
+        class Client(FakeClient):
+            def send(self, sender, recipients, source, size):
+                envelopes = [read_envelope(path) for path in (network.queue_root / "envelopes").glob("*.json")]
+                network.on_disk_at_mail.append({e.id: {r.address: r.state for r in e.recipients} for e in envelopes})
+                return super().send(sender, recipients, source, size)
+
+        return defer.succeed(Client(self, hop, self.servers[hop.address]))
+
+
+def _relay_two_messages_over_one_connection(tmp_path: Path, first: list[str], reply) -> tuple[list[str], _DiskWatchingNetwork]:
+    pool = HeldThreadPool()
+    h = Harness(tmp_path, pool=pool, max_connections_per_domain=1)
+    network = _DiskWatchingNetwork(h.clock, tmp_path / "queue")
+    h.manager.connect = network.connect
+    network.servers[B_HOP] = reply
+    ids = [h.submit("alice@a.test", first), h.submit("alice@a.test", ["erin@b.test"])]
+    pool.held = True  # from here every disk write waits until the test runs it
+    h.start()
+    for _ in range(100):
+        pool.run()
+        h.clock.advance(0.1)
+    assert [s[3] for s in network.sent] == [first, ["erin@b.test"]]
+    return ids, network
+
+
+def test_a_250_is_on_disk_before_the_next_mail_from_on_the_same_connection(tmp_path: Path) -> None:
+    (first, second), network = _relay_two_messages_over_one_connection(tmp_path, ["bob@b.test"], lambda r: OK)
+    before_first, before_second = network.on_disk_at_mail
+    assert set(before_first) == {first, second}
+    assert set(before_second) == {second}, "the first message's entry was still queued when the next MAIL FROM went out"
+
+
+def test_a_250_for_some_recipients_is_saved_before_the_next_mail_from_on_the_same_connection(tmp_path: Path) -> None:
+    reply = lambda r: TRY_LATER if r == "carol@b.test" else OK  # noqa: E731
+    (first, _), network = _relay_two_messages_over_one_connection(tmp_path, ["bob@b.test", "carol@b.test"], reply)
+    assert network.on_disk_at_mail[1][first] == {"bob@b.test": DELIVERED, "carol@b.test": PENDING}
 
 
 def test_an_entry_in_flight_when_the_process_died_is_sent_at_the_next_start(tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ from mailapp.imap.wire import (
     select_positions,
 )
 from mailapp.interfaces import IMailbox
-from mailapp.sessions import BANNED, AuthOutcome, SessionFactory
+from mailapp.sessions import BANNED, LOGIN_TIMEOUT, AuthOutcome, SessionFactory, SessionLimits, session_limits
 from mailapp.store.events import ADDED
 from mailapp.store.records import MessageInfo
 
@@ -95,7 +95,7 @@ _log = Logger()
 VERSION = b"0.1.0"
 #: RFC 3501 5.4: the autologout timer is at least 30 minutes after login.
 AUTOLOGOUT = 30 * 60.0
-PREAUTH_TIMEOUT = 60.0
+PREAUTH_TIMEOUT = LOGIN_TIMEOUT
 #: Before login, lines and literals stay small: nobody unauthenticated can make us hold much.
 MAX_LINE_PREAUTH = 8 * 1024
 MAX_LITERAL_PREAUTH = 4 * 1024
@@ -122,19 +122,17 @@ _FETCH_SECTION = re.compile(rb"^(BODY(?:\.PEEK)?)\[(.*)\](?:<([0-9]{1,10})(?:\.(
 
 
 @dataclass(frozen=True)
-class IMAPPolicy:
+class IMAPPolicy(SessionLimits):
     """What one listener allows. Plaintext login before TLS only where the config allows it (loopback)."""
 
     hostname: str
     allow_plaintext_auth: bool = False
     max_message_size: int = 26_214_400
-    max_connections: int = 1000
-    max_connections_per_ip: int = 20
     #: Base delay of the factory's own guard when none is given (tests).
     auth_failure_delay: float = 1.0
     max_auth_failures: int = 3
     idle_poll: float = IDLE_POLL
-    #: Idle seconds after login (before it, L{PREAUTH_TIMEOUT}).
+    #: Idle seconds after login (before it, C{login_timeout}).
     timeout: float = AUTOLOGOUT
     #: Commands before login (AUTHENTICATE continuation lines not counted).
     max_commands_before_auth: int = 20
@@ -268,7 +266,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         self.policy: IMAPPolicy = factory.policy
         self.store = factory.store
         self.callLater = factory.reactor.callLater
-        self.timeOut = PREAUTH_TIMEOUT
+        self.timeOut = self.policy.login_timeout
         self.state = "unauth"
         self.account: str | None = None
         self.mailbox: Any = None
@@ -317,7 +315,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         self.transport.registerProducer(self._flow, True)
         self._flowRegistered = True
         self._write(b"* OK [CAPABILITY " + self._capabilities() + b"] " + self.policy.hostname.encode("ascii", "replace") + b" IMAP4rev1 mailapp ready\r\n")
-        self.setTimeout(PREAUTH_TIMEOUT)
+        self.setTimeout(self.policy.login_timeout)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._connected = False
@@ -783,6 +781,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             self.factory.guard.succeeded(self._peerIP, mailbox.account)
             self._logout = logout
             self.state = "auth"
+            self.factory.loggedIn(self)
             self.setTimeout(self.policy.timeout)
             _log.info(
                 "imap login {account} client={client}",
@@ -1825,8 +1824,7 @@ def buildFactory(context: Any, listener: Any) -> IMAPFactory:
         hostname=config.hostname,
         allow_plaintext_auth=listener.allow_plaintext_auth,
         max_message_size=limits.max_message_size,
-        max_connections=limits.max_connections,
-        max_connections_per_ip=limits.max_connections_per_ip,
+        **session_limits(config, listener),
         timeout=limits.imap_timeout_seconds,
         max_commands_before_auth=limits.max_commands_before_auth,
         max_literal=limits.imap_max_literal,

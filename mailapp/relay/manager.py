@@ -17,10 +17,15 @@ C{max_connections_per_domain} per domain) resolve the domain, connect to the
 first next hop that answers, and run every work item waiting for that domain
 on the one connection before saying QUIT.
 
-Restart safety: after every work item the envelope is saved (atomic rename,
-fsync'd), so a recipient the remote took with 250 is recorded as delivered
-and never sent again; a message in flight when the process died has its
-recipients still pending, and is sent again at the next start.
+Restart safety: a recipient the remote took with 250 is recorded durably
+(the envelope saved with the recipient delivered, or the entry removed when
+nothing is left to do: atomic rename or unlink, then fsync) before anything
+else happens: before the outcome is logged, before any DSN, and before the
+worker starts the next transaction on that connection. A restart never sends
+to a recipient so recorded. What remains is the window SMTP itself leaves
+(RFC 1047): between the remote's 250 after DATA and our fsync of it, at most
+one transaction per connection; a process that dies there sends that
+message again at the next start.
 
 Everything that waits is injected: C{clock} (C{callLater}/C{seconds}), the
 routes (DNS resolver inside) and C{connect} (a hop -> a greeted-able client),
@@ -345,7 +350,8 @@ class RelayManager(Service):
                 if not self._current(work):
                     continue  # deleted or bounced by the administrator while we connected
                 results = yield self._send(client, work)
-                self._record(work, results, hop.name if hop else "")
+                # The 250s are on disk before the next MAIL FROM on this connection.
+                yield self._record(work, results, hop.name if hop else "")
             return None
         finally:
             if client is not None:
@@ -426,12 +432,19 @@ class RelayManager(Service):
         entry = self.entries.get(work.entry_id)
         return entry is not None and entry.envelope.fence == work.fence
 
-    def _record(self, work: _Work, results: dict[str, Reply], remote: str) -> None:
-        """Take in a work item's outcome; save it, or end the round when it was the last."""
+    def _record(self, work: _Work, results: dict[str, Reply], remote: str) -> Deferred[None]:
+        """
+        Take in a work item's outcome; save it, or end the round when it was
+        the last. Fires once every 250 in C{results} is durable (at once when
+        there is none): the envelope saved, or the entry removed when that
+        was all that was left to do. Logging, DSNs and the rest of the round
+        come after.
+        """
         if not self._current(work):
-            return
+            return defer.succeed(None)
         entry = self.entries[work.entry_id]
         envelope = entry.envelope
+        outcomes: list[tuple[str, str, str]] = []
         for recipient in envelope.recipients:
             reply = results.get(recipient.address)
             if reply is None or recipient.state != PENDING:
@@ -448,20 +461,60 @@ class RelayManager(Service):
                 event, text = logevents.RELAY_BOUNCED, "bounced"
             else:
                 event, text = logevents.RELAY_DEFERRED, "deferred"
-            _log.info(
-                "relay " + text + " {queue_id} to=<{recipient}> via {remote}: {reply}",
-                log_event=event,
-                queue_id=envelope.id,
-                recipient=recipient.address,
-                remote=remote or "-",
-                reply=str(reply),
-            )
+            outcomes.append((recipient.address, event, text))
         entry.inflight -= 1
-        if entry.inflight <= 0:
+        last = entry.inflight <= 0
+        if last:
             entry.inflight = 0
-            self._finishRound(entry)
+        delivered = any(event == logevents.RELAY_DELIVERED for _, event, _ in outcomes)
+        removed = delivered and last and self._onlyRemovalLeft(envelope)
+        if removed:
+            recorded = self._removeEntry(entry)
+        elif delivered:
+            recorded = self._save(envelope)
         else:
-            self._save(envelope)
+            recorded = defer.succeed(None)
+
+        def carry_on(_: None) -> None:
+            for address, event, text in outcomes:
+                recipient = next(r for r in envelope.recipients if r.address == address)
+                _log.info(
+                    "relay " + text + " {queue_id} to=<{recipient}> via {remote}: {reply}",
+                    log_event=event,
+                    queue_id=envelope.id,
+                    recipient=address,
+                    remote=remote or "-",
+                    reply=recipient.last_reply,
+                )
+            if removed:
+                return
+            if last:
+                self._finishRound(entry)
+            elif not delivered:
+                self._save(envelope)
+
+        return recorded.addCallback(carry_on)
+
+    @staticmethod
+    def _onlyRemovalLeft(envelope: Envelope) -> bool:
+        """Whether ending the round would only remove the entry: nothing pending, no DSN owed."""
+        return not envelope.pending() and not any(r.state == FAILED and not r.notified for r in envelope.recipients)
+
+    def _removeEntry(self, entry: _Entry) -> Deferred[None]:
+        """Forget a finished entry and remove its files (durably); never fails."""
+        envelope = entry.envelope
+        if self.entries.get(envelope.id) is entry:
+            del self.entries[envelope.id]
+
+        def failed(reason: Failure) -> None:
+            _log.failure(
+                "could not remove queue entry {queue_id}",
+                reason,
+                queue_id=envelope.id,
+                log_event=logevents.RELAY_QUEUE_WRITE_FAILED,
+            )
+
+        return self.queue.remove(envelope.id).addErrback(failed)
 
     def _save(self, envelope: Envelope) -> Deferred[None]:
         def failed(reason: Failure) -> None:
@@ -507,12 +560,7 @@ class RelayManager(Service):
                 else:
                     dsn_failed = True
             if not pending and not dsn_failed:
-                if self.entries.get(envelope.id) is entry:
-                    del self.entries[envelope.id]
-                try:
-                    yield self.queue.remove(envelope.id)
-                except Exception:
-                    _log.failure("could not remove queue entry {queue_id}", queue_id=envelope.id, log_event=logevents.RELAY_QUEUE_WRITE_FAILED)
+                yield self._removeEntry(entry)
                 return None
             if (
                 pending
