@@ -97,6 +97,8 @@ WEBMAIL_LOGIN_THROTTLED: Final = "webmail.login_throttled"
 WEBMAIL_CSRF_REJECTED: Final = "webmail.csrf_rejected"
 WEBMAIL_SENT: Final = "webmail.sent"
 WEBMAIL_SEND_FAILED: Final = "webmail.send_failed"
+#: an unexpected error answering a request (500); also: method, path
+WEBMAIL_REQUEST_FAILED: Final = "webmail.request_failed"
 
 # --- sessions of every protocol (mailapp.sessions); fields: protocol, listener, client ---
 SESSION_STARTED: Final = "session.started"

@@ -508,6 +508,37 @@ class WebmailHTTPTests(TestCase):
         self.assertLess(timings[0], 5.0)
 
 
+    @inlineCallbacks
+    def test_creating_a_folder_with_a_non_ascii_name_works(self) -> None:
+        client = self.client()
+        yield client.sign_in(ALICE)
+        page = yield client.get("/folders")
+        response = yield client.post("/folders/create", {"name": "Entwürfe/日本語", "csrf": csrf_of(page)})
+        self.assertEqual(response.status, 303, response.text[:300])
+        names = [info.name for info in (yield self.store.mailbox(ALICE).listFolders())]
+        self.assertIn("Entwürfe/日本語", names)
+        listing = yield client.get("/folders")
+        self.assertIn("Entwürfe", listing.text)
+
+
+    @inlineCallbacks
+    def test_an_unexpected_error_is_a_500_page_with_every_security_header(self) -> None:
+        client = self.client()
+        yield client.sign_in(ALICE)
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        self.patch(self.webmail, "_nav", broken)
+        response = yield client.get("/folders")
+        self.assertEqual(response.status, 500)
+        self.assertIn("Something went wrong", response.text)
+        self.assertNotIn("a bug", response.text)
+        for header in ("content-security-policy", "x-content-type-options", "x-frame-options", "cache-control", "referrer-policy"):
+            self.assertIsNotNone(response.header(header), header)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
 class SessionAndThrottleTests(TestCase):
     def test_sessions_expire_when_idle_or_too_old(self) -> None:
         now = [0.0]

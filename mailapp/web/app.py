@@ -34,6 +34,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.iweb import IRequest
 
@@ -105,11 +106,59 @@ class WebRequest(server.Request):
         if not self.body_too_big:
             self.content.write(data)
 
+    def processingFailed(self, reason: Failure) -> None:
+        """
+        An unexpected error: log it once, and answer 500 with a page of our
+        own under the same security headers as every other page (Twisted's
+        default "Processing Failed" page had none of them).
+        """
+        _log.failure(
+            "webmail request failed: {method} {path}",
+            reason,
+            log_event=logevents.WEBMAIL_REQUEST_FAILED,
+            method=self.method.decode("ascii", "replace"),
+            path=self.path.decode("utf-8", "replace")[:200],
+        )
+        body = _SERVER_ERROR_PAGE
+        if self.finished or self._disconnected:
+            return None
+        self.setResponseCode(500)
+        security_headers(self, pages.PAGE_POLICY, frame=False, secure=self.channel.site.secure)
+        self.setHeader(b"content-type", b"text/html; charset=utf-8")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+        return None
+
+
+_SERVER_ERROR_PAGE = (
+    b"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Server error</title></head>"
+    b"<body><h1>Something went wrong</h1><p>The server could not answer this request; the error is logged.</p>"
+    b"<p><a href=\"/\">Back to your mail</a></p></body></html>"
+)
+
+
+def security_headers(request: IRequest, policy: str, frame: bool, secure: bool) -> None:
+    """The headers every webmail response carries: CSP, no sniffing, no framing, no caching."""
+    request.setHeader(b"content-security-policy", policy.encode())
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    # same-origin, not no-referrer: with no-referrer a browser sends ``Origin: null`` on
+    # our own form posts, and the origin check could not tell them from a forged one.
+    request.setHeader(b"referrer-policy", b"no-referrer" if frame else b"same-origin")
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"x-frame-options", b"SAMEORIGIN" if frame else b"DENY")
+    request.setHeader(b"cross-origin-opener-policy", b"same-origin")
+    request.setHeader(b"cross-origin-resource-policy", b"same-origin")
+    if secure:
+        request.setHeader(b"strict-transport-security", b"max-age=31536000")
+
 
 class WebmailSite(server.Site):
-    def __init__(self, resource: Any, max_body: int) -> None:
+    def __init__(self, resource: Any, max_body: int, secure: bool = False) -> None:
         super().__init__(resource, requestFactory=WebRequest, parsePOSTFormSubmission=False)
         self.max_body = max_body
+        #: Under TLS: error pages carry Strict-Transport-Security like the others.
+        self.secure = secure
         self.displayTracebacks = False
         self.timeOut = 120
 
@@ -251,7 +300,7 @@ class Webmail:
 
     def site(self) -> WebmailSite:
         # Uploads may be a little larger than the message they become (form fields, boundaries).
-        return WebmailSite(self.app.resource(), self.policy.max_message_size + 1024 * 1024)
+        return WebmailSite(self.app.resource(), self.policy.max_message_size + 1024 * 1024, secure=self.policy.secure)
 
     def _thread(self, function: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self.threadpool, function, *args)
@@ -278,17 +327,7 @@ class Webmail:
         )
 
     def _headers(self, request: IRequest, policy: str = pages.PAGE_POLICY, frame: bool = False) -> None:
-        request.setHeader(b"content-security-policy", policy.encode())
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        # same-origin, not no-referrer: with no-referrer a browser sends ``Origin: null`` on
-        # our own form posts, and the origin check could not tell them from a forged one.
-        request.setHeader(b"referrer-policy", b"no-referrer" if frame else b"same-origin")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-frame-options", b"SAMEORIGIN" if frame else b"DENY")
-        request.setHeader(b"cross-origin-opener-policy", b"same-origin")
-        request.setHeader(b"cross-origin-resource-policy", b"same-origin")
-        if self.policy.secure:
-            request.setHeader(b"strict-transport-security", b"max-age=31536000")
+        security_headers(request, policy, frame, self.policy.secure)
 
     def _page(self, request: IRequest, body: bytes, status: int = 200) -> bytes:
         request.setResponseCode(status)
@@ -358,8 +397,10 @@ class Webmail:
         if content_type != b"application/x-www-form-urlencoded":
             return {}
         request.content.seek(0)
-        raw = parse_qs(request.content.read(), keep_blank_values=True)
-        return {k.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in values] for k, values in raw.items()}
+        # Parsed as text: given bytes, parse_qs re-encodes each percent-decoded
+        # value as ASCII and raised on any non-ASCII field (a folder "Entwürfe").
+        body = request.content.read().decode("latin-1")
+        return parse_qs(body, keep_blank_values=True, encoding="utf-8", errors="replace")
 
     def _too_big(self, request: IRequest, session: Session | None) -> bytes:
         return self._page(
