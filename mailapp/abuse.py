@@ -210,6 +210,8 @@ class AbuseGuard:
         self._addresses = _Recent(window, keep, max_tracked)
         self._accounts = _Recent(window, keep, max_tracked)
         self._bans: OrderedDict[str, float] = OrderedDict()
+        #: Logins being verified now, per address (see L{attemptStarted}).
+        self._attempts: dict[str, int] = {}
         self._max_tracked = max_tracked
         self._exempt = tuple(self.security.ban_exempt_networks)
         self.sending = SendingLimiter(clock, max_messages_per_hour, max_tracked)
@@ -279,6 +281,34 @@ class AbuseGuard:
         )
 
     # -- logins ----------------------------------------------------------------------
+
+    def attemptStarted(self, ip: str) -> bool:
+        """
+        A password from C{ip} is about to be verified. False when the
+        address's recent failures plus the logins it has in progress already
+        reach C{ban_after_failures}: the password must then not be tried at
+        all, and the session answers it as a failed login (which bans).
+        Failures are only known once a verification ends, so without this 19
+        guesses sent at once on 19 connections were all tried against a ban
+        limit of 10. Every True must be followed by one L{attemptEnded}.
+        """
+        key = _address_key(ip)
+        if self.exempt(key):
+            return True
+        running = self._attempts.get(key, 0)
+        if self._addresses.count(key, self._clock()) + running >= self.security.ban_after_failures:
+            return False
+        self._attempts[key] = running + 1
+        return True
+
+    def attemptEnded(self, ip: str) -> None:
+        """The verification L{attemptStarted} allowed has ended, either way."""
+        key = _address_key(ip)
+        running = self._attempts.get(key, 0) - 1
+        if running > 0:
+            self._attempts[key] = running
+        else:
+            self._attempts.pop(key, None)
 
     def failed(self, protocol: str, ip: str, account: str | bytes) -> AuthFailure:
         """

@@ -45,7 +45,6 @@ import weakref
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
@@ -57,7 +56,6 @@ from zope.interface import implementer
 
 from mailapp import logevents
 from mailapp.errors import NoSuchMessage
-from mailapp.interfaces import IMailbox
 from mailapp.sessions import BANNED, AuthOutcome, SessionFactory, SessionLimits, session_limits
 from mailapp.store.records import MessageInfo
 
@@ -659,7 +657,7 @@ class POP3Server(twisted_pop3.POP3):
             # Banned since this session began: no password check, the ban's answer.
             self._wait(self._authFailed(name))
             return
-        d = self.portal.login(UsernamePassword(name, password), None, IMailbox)
+        d = self.factory.login(self, name, password)
 
         def authenticated(result: tuple[Any, Any, Callable[[], None]]) -> defer.Deferred[None]:
             _, mailbox, logout = result

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger, LogPublisher
@@ -25,6 +27,7 @@ from twisted.logger import Logger, LogPublisher
 from mailapp import logevents
 from mailapp.abuse import AbuseGuard
 from mailapp.config import SecurityConfig, listener_budget
+from mailapp.interfaces import IMailbox
 
 _log = Logger()
 
@@ -128,6 +131,8 @@ class SessionFactory(ServerFactory):
 
     policy: Any
     reactor: Any
+    #: The portal L{login} verifies credentials through (the subclass sets it).
+    portal: Any
 
     def __init__(self, inflight: Any = None, guard: AbuseGuard | None = None) -> None:
         self._inflight = inflight
@@ -149,6 +154,25 @@ class SessionFactory(ServerFactory):
                 self.reactor.seconds, SecurityConfig(auth_failure_delay=delay, auth_failure_delay_max=max(delay * 16, delay))
             )
         return self._guard
+
+    def login(self, session: Any, name: str, password: bytes) -> defer.Deferred[Any]:
+        """
+        Verify a session's credentials through C{self.portal} (firing with
+        the portal's C{(interface, avatar, logout)}), unless its address has
+        as many logins in progress as it has failures left before a ban
+        (L{AbuseGuard.attemptStarted}): then it fails with
+        C{UnauthorizedLogin} without trying the password.
+        """
+        ip = session._peerIP
+        if not self.guard.attemptStarted(ip):
+            return defer.fail(UnauthorizedLogin("too many logins in progress from this address"))
+        d = defer.maybeDeferred(self.portal.login, UsernamePassword(name, password), None, IMailbox)
+
+        def ended(result: Any) -> Any:
+            self.guard.attemptEnded(ip)
+            return result
+
+        return d.addBoth(ended)
 
     def banned(self, ip: str, protocol: str) -> bool:
         """Whether C{ip} is banned; the session then says L{BANNED} in its protocol's words and closes."""

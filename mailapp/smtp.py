@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
@@ -43,7 +42,6 @@ from mailapp import logevents
 from mailapp.delivery import Router, Transaction
 from mailapp.errors import HeaderSenderNotOwned, MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied
 from mailapp.headercheck import HeaderCheck, header_addresses
-from mailapp.interfaces import IMailbox
 from mailapp.sessions import BANNED, AuthOutcome, SessionFactory, SessionLimits, session_limits
 
 _log = Logger()
@@ -476,7 +474,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
             # Banned since this session began: no password check, the ban's answer.
             self._wait(self._authFailed(name))
             return
-        d = self.factory.portal.login(UsernamePassword(name, password), None, IMailbox)
+        d = self.factory.login(self, name, password)
 
         def ok(result: tuple[Any, Any, Callable[[], None]]) -> None:
             _, avatar, logout = result

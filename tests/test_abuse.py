@@ -325,7 +325,7 @@ def test_security_mistakes_are_all_reported_with_their_keys() -> None:
     assert problems == [
         (
             "etc/test.toml: security.bantime: unknown key (expected one of: auth_cache_seconds, auth_failure_delay, auth_failure_delay_max, "
-            "ban_after_failures, ban_exempt_networks, ban_seconds, ban_window)"
+            "ban_after_failures, ban_exempt_networks, ban_seconds, ban_window, mx_refuse_local_senders)"
         ),
         "etc/test.toml: security.auth_failure_delay: must be a number of seconds above 0 and at most 300, not 0",
         "etc/test.toml: security.auth_failure_delay_max: must be a number of seconds above 0 and at most 300, not a string ('x')",

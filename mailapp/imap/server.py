@@ -50,7 +50,6 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any, Callable
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
@@ -83,7 +82,6 @@ from mailapp.imap.wire import (
     parse_sequence_set,
     select_positions,
 )
-from mailapp.interfaces import IMailbox
 from mailapp.sessions import BANNED, LOGIN_TIMEOUT, AuthOutcome, SessionFactory, SessionLimits, session_limits
 from mailapp.store.events import ADDED
 from mailapp.store.records import MessageInfo
@@ -769,7 +767,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         if self.factory.guard.banned(self._peerIP):
             # Banned since this session began: no password check, the ban's answer.
             return self._authFailed(tag, username)
-        d = self.factory.portal.login(UsernamePassword(name, password), None, IMailbox)
+        d = self.factory.login(self, name, password)
 
         def authenticated(result: tuple[Any, Any, Callable[[], None]]) -> None:
             _, mailbox, logout = result

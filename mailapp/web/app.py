@@ -539,7 +539,13 @@ class Webmail:
         try:
             if len(username) > 320 or len(password) > 1024 or not username or not password:
                 raise UnauthorizedLogin()
-            _, avatar, logout = await self.portal.login(UsernamePassword(username, password.encode("utf-8")), None, IMailbox)
+            # Counted when it starts (see AbuseGuard.attemptStarted): parallel guesses stay under the ban limit.
+            if not self.guard.attemptStarted(client):
+                raise UnauthorizedLogin()
+            try:
+                _, avatar, logout = await self.portal.login(UsernamePassword(username, password.encode("utf-8")), None, IMailbox)
+            finally:
+                self.guard.attemptEnded(client)
         except UnauthorizedLogin:
             verdict = self.guard.failed("webmail", client, username)
             await task.deferLater(self.reactor, verdict.delay, lambda: None)
