@@ -94,6 +94,10 @@ def _account_key(account: str) -> str:
     return account.strip().lower()[:_MAX_ACCOUNT]
 
 
+#: Unknown recipients an address may ask for within the ban window before each answer is delayed.
+UNKNOWN_RECIPIENTS_FREE = 5
+
+
 class _Recent:
     """
     Times of recent events per key, within C{window} seconds, in a bounded
@@ -209,6 +213,8 @@ class AbuseGuard:
         keep = max(self.security.ban_after_failures, _MAX_TIMES)
         self._addresses = _Recent(window, keep, max_tracked)
         self._accounts = _Recent(window, keep, max_tracked)
+        #: Unknown recipients asked for, per address (see L{unknownRecipient}).
+        self._probes = _Recent(window, max(UNKNOWN_RECIPIENTS_FREE + 32, _MAX_TIMES), max_tracked)
         self._bans: OrderedDict[str, float] = OrderedDict()
         #: Logins being verified now, per address (see L{attemptStarted}).
         self._attempts: dict[str, int] = {}
@@ -226,6 +232,7 @@ class AbuseGuard:
         keep = max(self.security.ban_after_failures, _MAX_TIMES)
         self._addresses.resize(float(self.security.ban_window), keep)
         self._accounts.resize(float(self.security.ban_window), keep)
+        self._probes.resize(float(self.security.ban_window), max(UNKNOWN_RECIPIENTS_FREE + 32, _MAX_TIMES))
         per_hour = config.limits.max_messages_per_hour
         self.sending.per_hour = per_hour
         self.sending._sent.resize(SendingLimiter.HOUR, per_hour)
@@ -309,6 +316,24 @@ class AbuseGuard:
             self._attempts[key] = running
         else:
             self._attempts.pop(key, None)
+
+    def unknownRecipient(self, ip: str) -> float:
+        """
+        C{ip} asked for a recipient that does not exist: how long to wait
+        before saying so. The first L{UNKNOWN_RECIPIENTS_FREE} within
+        C{ban_window} are answered at once (typos happen); after that the
+        wait doubles from half a second up to C{auth_failure_delay_max},
+        across connections, so that reconnecting to dodge the per-session
+        error limit cannot list our users at thousands of names a second.
+        """
+        key = _address_key(ip)
+        if self.exempt(key):
+            return 0.0
+        count = self._probes.add(key, self._clock())
+        over = count - UNKNOWN_RECIPIENTS_FREE
+        if over <= 0:
+            return 0.0
+        return min(float(self.security.auth_failure_delay_max), 0.5 * 2.0 ** min(over - 1, 30))
 
     def failed(self, protocol: str, ip: str, account: str | bytes) -> AuthFailure:
         """

@@ -633,7 +633,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
         def ok(_: object) -> None:
             self.sendCode(250, b"2.1.5 Ok")
 
-        def refused(reason: Failure) -> None:
+        def refused(reason: Failure) -> defer.Deferred[None] | None:
             reason.trap(MailError)
             error: MailError = reason.value
             _log.info(
@@ -644,11 +644,19 @@ class ESMTPServer(twisted_smtp.ESMTP):
                 client=self._peerIP,
             )
             reply = f"{error.enhanced} {error.text}".encode("ascii", "replace")
+            if isinstance(error, NoSuchUser):
+                # Slower after a few, across connections: nobody lists our users by reconnecting.
+                delay = self.factory.guard.unknownRecipient(self._peerIP)
+                if delay > 0:
+                    answered: defer.Deferred[None] = defer.Deferred()
+                    self.callLater(delay, answered.callback, None)
+                    return answered.addCallback(lambda _: self._error(error.code, reply))
             if isinstance(error, (NoSuchUser, RelayDenied)):
                 # Counted like any other error: probing for users or relays ends with 421.
                 self._error(error.code, reply)
             else:
                 self.sendCode(error.code, reply)
+            return None
 
         self._wait(d.addCallbacks(ok, refused))
 
