@@ -74,6 +74,9 @@ _DEFAULT_LIMITS: Final[Mapping[str, int]] = MappingProxyType(
         # IMAP after login: one literal (APPEND's message excepted) and one command line, in bytes.
         "imap_max_literal": 262_144,
         "imap_max_line": 524_288,
+        # SMTP answers MAIL FROM with 452 4.3.1 while the state directory's
+        # filesystem has fewer free bytes than this (plus the SIZE= declared).
+        "min_free_disk": 52_428_800,
     }
 )
 
@@ -174,6 +177,7 @@ class Limits:
     max_messages_per_hour: int = _DEFAULT_LIMITS["max_messages_per_hour"]
     imap_max_literal: int = _DEFAULT_LIMITS["imap_max_literal"]
     imap_max_line: int = _DEFAULT_LIMITS["imap_max_line"]
+    min_free_disk: int = _DEFAULT_LIMITS["min_free_disk"]
 
 
 @dataclass(frozen=True)
