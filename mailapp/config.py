@@ -84,6 +84,9 @@ _DEFAULT_LIMITS: Final[Mapping[str, int]] = MappingProxyType(
         "imap_max_line": 524_288,
         # Idle seconds before login on submission, POP3 and IMAP.
         "login_timeout_seconds": 60,
+        # SMTP answers MAIL FROM with 452 4.3.1 while the state directory's
+        # filesystem has fewer free bytes than this (plus the SIZE= declared).
+        "min_free_disk": 52_428_800,
     }
 )
 
@@ -209,6 +212,7 @@ class Limits:
     imap_max_literal: int = _DEFAULT_LIMITS["imap_max_literal"]
     imap_max_line: int = _DEFAULT_LIMITS["imap_max_line"]
     login_timeout_seconds: int = _DEFAULT_LIMITS["login_timeout_seconds"]
+    min_free_disk: int = _DEFAULT_LIMITS["min_free_disk"]
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,16 @@ class StoreError(MailError):
     code, enhanced, text = 451, "4.3.0", "Local error in processing; message not stored"
 
 
+class StorageFull(StoreError):
+    """
+    The disk holding the store is full (ENOSPC, or SQLite's "database or disk
+    is full"): nothing was changed, and the same request works once space is
+    freed. RFC 3463 4.3.1 for SMTP; IMAP answers ``NO [UNAVAILABLE]``.
+    """
+
+    code, enhanced, text = 452, "4.3.1", "Insufficient system storage"
+
+
 class FolderError(Exception):
     """Base of the folder errors a mailbox raises; the text is public."""
 

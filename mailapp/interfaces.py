@@ -254,6 +254,18 @@ class IFolder(Interface):
 
     def copyTo(uids, target: "IFolder"):  # type: ignore[no-untyped-def]
         """
-        Copy C{uids} (with their flags) into C{target}; fires with a dict
-        source UID -> new UID.
+        Copy C{uids} (with their flags) into C{target}, a folder of the same
+        mailbox; fires with a dict source UID -> new UID, and publishes
+        C{added} on the target. All or nothing for the messages that still
+        exist when the copy runs: those expunged before it are left out (the
+        dict says which were copied; empty when none was left), and on a
+        failure the target is as it was.
+        """
+
+    def moveTo(uids, target: "IFolder"):  # type: ignore[no-untyped-def]
+        """
+        Move C{uids} into C{target} (RFC 6851): as L{copyTo}, and the moved
+        messages leave this folder in the same change (publishes C{expunged}
+        here and C{added} there). A message is never in both folders, not
+        even after a crash: the next start finishes an interrupted move.
         """

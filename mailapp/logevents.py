@@ -39,6 +39,8 @@ SMTP_RCPT_REJECTED: Final = "smtp.rcpt_rejected"
 SMTP_LOCAL_SENDER_REFUSED: Final = "smtp.local_sender_refused"
 #: a message refused after its data (too big, too many hops, a header field too long); also: sender, client, reply
 SMTP_DATA_REFUSED: Final = "smtp.data_refused"
+#: MAIL FROM refused with 452 4.3.1: the state directory's disk has less than limits.min_free_disk free; also: free, client
+SMTP_INSUFFICIENT_STORAGE: Final = "smtp.insufficient_storage"
 AUTH_FAILED: Final = "auth.failed"
 RELAY_DEFERRED: Final = "relay.deferred"
 

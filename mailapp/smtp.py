@@ -43,6 +43,7 @@ from mailapp.delivery import Router, Transaction
 from mailapp.errors import HeaderSenderNotOwned, MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied
 from mailapp.headercheck import HeaderCheck, header_addresses
 from mailapp.sessions import BANNED, AuthOutcome, SessionFactory, SessionLimits, session_limits
+from mailapp.store.freespace import FreeSpace
 
 _log = Logger()
 
@@ -93,6 +94,8 @@ class SMTPPolicy(SessionLimits):
     postmaster: str = ""
     #: On the MX, refuse a sender in a local domain from outside the trusted networks.
     refuse_local_senders: bool = True
+    #: MAIL FROM gets 452 4.3.1 while the store's disk has fewer free bytes than this plus SIZE=.
+    min_free_disk: int = 0
 
 
 class ESMTPServer(twisted_smtp.ESMTP):
@@ -535,6 +538,24 @@ class ESMTPServer(twisted_smtp.ESMTP):
             return None
         return address, params
 
+    def _storageLow(self, declared: int) -> bool:
+        """
+        Refuse the transaction before its data when the disk is (nearly)
+        full, as Postfix does (RFC 3463 4.3.1): the client keeps the message
+        and tries again later, instead of sending it all for a 452 after DATA.
+        """
+        free = self.factory.freeSpace.available() if self.factory.freeSpace is not None else None
+        if free is None or free - declared >= self.policy.min_free_disk:
+            return False
+        _log.warn(
+            "insufficient storage free={free} client={client}",
+            log_event=logevents.SMTP_INSUFFICIENT_STORAGE,
+            free=free,
+            client=self._peerIP,
+        )
+        self.sendCode(452, b"4.3.1 Insufficient system storage")
+        return True
+
     def smtp_MAIL(self, argument: bytes) -> None:
         if self._ehlo is None:
             self._error(503, b"5.5.1 Error: send HELO/EHLO first")
@@ -578,6 +599,8 @@ class ESMTPServer(twisted_smtp.ESMTP):
             else:
                 self._error(555, b"5.5.4 Unsupported MAIL parameter")
                 return
+        if self._storageLow(int(params.get("SIZE", "0"))):
+            return
         relay = bool(self.authenticated) or self.factory.trusted(self._peerIP)
 
         if self.policy.submission:
@@ -926,7 +949,15 @@ class SMTPFactory(SessionFactory):
     """
 
     def __init__(
-        self, router: Router, portal: Any, policy: SMTPPolicy, reactor: Any, tls: Any = None, inflight: Any = None, guard: Any = None
+        self,
+        router: Router,
+        portal: Any,
+        policy: SMTPPolicy,
+        reactor: Any,
+        tls: Any = None,
+        inflight: Any = None,
+        guard: Any = None,
+        freeSpace: FreeSpace | None = None,
     ) -> None:
         super().__init__(inflight, guard)
         self.router = router
@@ -934,6 +965,8 @@ class SMTPFactory(SessionFactory):
         self.policy = policy
         self.reactor = reactor
         self.tls = tls
+        #: The store's disk, checked at MAIL FROM against policy.min_free_disk (None: never refused).
+        self.freeSpace = freeSpace
 
     def buildProtocol(self, addr: Any) -> ESMTPServer:
         return ESMTPServer(self)
@@ -986,9 +1019,17 @@ def buildFactory(context: Any, listener: Any) -> SMTPFactory:
         max_commands_before_auth=limits.max_commands_before_auth,
         postmaster=f"postmaster@{config.local_domains[0]}" if config.local_domains else "",
         refuse_local_senders=config.security.mx_refuse_local_senders,
+        min_free_disk=limits.min_free_disk,
     )
     router = getattr(context, "router", None) or Router(context.accounts, context.store, limits.max_recipients)
     tls = context.tls if listener.tls == "starttls" else None
     return SMTPFactory(
-        router, context.portal, policy, context.reactor, tls=tls, inflight=context.inflight, guard=getattr(context, "guard", None)
+        router,
+        context.portal,
+        policy,
+        context.reactor,
+        tls=tls,
+        inflight=context.inflight,
+        guard=getattr(context, "guard", None),
+        freeSpace=FreeSpace(config.state_dir, context.reactor),
     )

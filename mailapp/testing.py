@@ -315,6 +315,16 @@ class FakeFolder:
         target._publish(ADDED, mapping.values())
         return succeed(mapping)
 
+    def moveTo(self, uids, target) -> Deferred[dict[int, int]]:  # type: ignore[no-untyped-def]
+        mapping = {}
+        for uid in sorted(set(uids)):
+            message = self._state.messages.pop(uid, None)
+            if message is not None:
+                mapping[uid] = target._add(message[0], message[1], message[2])
+        target._publish(ADDED, mapping.values())
+        self._publish(EXPUNGED, mapping)
+        return succeed(mapping)
+
 
 @implementer(IMailbox)
 class FakeMailbox:

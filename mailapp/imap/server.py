@@ -59,7 +59,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailapp import logevents
-from mailapp.errors import BadFolderName, FolderExists, MailboxGone, NoSuchFolder, NoSuchMessage
+from mailapp.errors import BadFolderName, FolderExists, MailboxGone, NoSuchFolder, NoSuchMessage, StorageFull
 from mailapp.imap import mime, search
 from mailapp.imap.wire import (
     DELIMITER,
@@ -91,6 +91,8 @@ __all__ = ["IMAPFactory", "IMAPPolicy", "IMAPServer", "buildFactory"]
 _log = Logger()
 
 VERSION = b"0.1.0"
+#: The reply to any change (STORE, APPEND, COPY, MOVE, EXPUNGE) the full disk refused.
+NO_DISK_SPACE = b"[UNAVAILABLE] Not enough disk space; try again later"
 #: RFC 3501 5.4: the autologout timer is at least 30 minutes after login.
 AUTOLOGOUT = 30 * 60.0
 PREAUTH_TIMEOUT = LOGIN_TIMEOUT
@@ -580,6 +582,11 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                     return
                 if result.check(BadCommand):
                     self._bad(tag, str(result.value).encode("utf-8", "replace"))
+                elif result.check(StorageFull):
+                    # Not SERVERBUG: nothing changed, and the same command
+                    # works once space is freed (RFC 5530 UNAVAILABLE is the
+                    # temporary failure of a subsystem; OVERQUOTA is a user's quota).
+                    self._tagged(tag, b"NO", NO_DISK_SPACE)
                 else:
                     _log.failure("imap internal error", result, log_event=logevents.IMAP_INTERNAL_ERROR)
                     self._tagged(tag, b"NO", b"[SERVERBUG] Internal error")
@@ -891,8 +898,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         target = await self.mailbox.folder(new)
         uids = [m.uid for m in await inbox.messages()]
         if uids:
-            await inbox.copyTo(uids, target)
-            await inbox.expunge(uids)
+            await inbox.moveTo(uids, target)
 
     def do_SUBSCRIBE(self, tag: bytes, arguments: list[Any]) -> Any:
         self._arguments(arguments, 1, "SUBSCRIBE")
@@ -1634,7 +1640,13 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         if not uids:
             await self._complete(tag, verb + b" completed (nothing to do)", allow_expunge=by_uid or move)
             return
-        mapping = await selected.folder.copyTo(uids, target)
+        # One store change, atomic against other sessions' expunges: what
+        # still exists is copied (or moved) and reported in COPYUID, what was
+        # expunged meanwhile is left out; NO only when nothing was left.
+        if move:
+            mapping = await selected.folder.moveTo(uids, target)
+        else:
+            mapping = await selected.folder.copyTo(uids, target)
         if not mapping:
             self._tagged(tag, b"NO", b"[EXPUNGEISSUED] The messages were expunged")
             return
@@ -1647,7 +1659,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             await self._complete(tag, code + b" COPY completed", allow_expunge=by_uid, with_uid=by_uid)
             return
         self._untagged(b"OK " + code + b" Moved")
-        removed = set(await selected.folder.expunge(sources))
+        removed = set(sources)
         gone = [i for i, uid in enumerate(selected.uids) if uid in removed]
         for position in reversed(gone):
             self._untagged(b"%d EXPUNGE" % (position + 1))

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
-from mailapp.errors import MailboxGone, NoSuchFolder, NoSuchMessage, StoreError
+from mailapp.errors import MailboxGone, NoSuchFolder, NoSuchMessage, StorageFull, StoreError
 from mailapp.store import durable, index, messagefile
 from mailapp.store.batching import BatchRunner
 from mailapp.store.names import folder_directory
@@ -128,7 +128,7 @@ def _prepare_deliveries(jobs: list[_Delivery], batch_sync: bool) -> list[BaseExc
                 durable.unlink(job.source)
             if not isinstance(errors[number], StoreError):
                 _log.error("store.delivery_failed {error!r}", error=errors[number])
-                errors[number] = StoreError()
+                errors[number] = durable.store_error_for(errors[number])
     return errors
 
 
@@ -152,6 +152,11 @@ def _run_batch(jobs: list[_Delivery | _Call], batch_sync: bool = False) -> list[
         try:
             results[position] = job.function(*job.args)
         except BaseException as e:
+            if durable.is_disk_full(e) and not isinstance(e, StoreError):
+                _log.warn("store.disk_full {error!r}", error=e)
+                replacement = StorageFull()
+                replacement.__cause__ = e
+                e = replacement
             results[position] = e
     flush()
     return results
@@ -308,7 +313,7 @@ def _deliver_batch(
             error = failed[number]
             if not isinstance(error, (StoreError, NoSuchFolder, NoSuchMessage)):
                 _log.error("store.delivery_failed {error!r}", error=error)
-                error = StoreError()
+                error = durable.store_error_for(error)
             outcomes.append(error)
         else:
             outcomes.append(list(job.uids))

@@ -13,8 +13,11 @@ import ctypes.util
 import errno
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
+
+from mailapp.errors import StorageFull, StoreError
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -116,3 +119,30 @@ def unlink(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """
+    Whether C{error}, or an error it was raised from, says the disk is full:
+    ENOSPC (or EDQUOT, the filesystem's own quota) from a file call, or
+    SQLITE_FULL from the index. Callers turn it into
+    L{mailapp.errors.StorageFull}, which every protocol answers as "try again
+    when there is space" instead of an internal error.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(current, sqlite3.Error) and (
+            getattr(current, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(current)
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def store_error_for(error: BaseException) -> StoreError:
+    """The public error for a failed store change: L{StorageFull} when the disk is full, else L{StoreError}."""
+    return StorageFull() if is_disk_full(error) else StoreError()

@@ -41,7 +41,7 @@ from typing import Iterator
 from twisted.logger import Logger
 
 from mailapp.errors import MailboxGone
-from mailapp.store import durable, messagefile
+from mailapp.store import durable, intent, messagefile
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS, folder_directory, folder_from_directory
 
 INDEX_NAME = "mailapp-index.sqlite3"
@@ -303,6 +303,17 @@ def connection(mailbox_dir: Path, pin: MailboxPin | None = None) -> Iterator[sql
             old.close()
 
 
+def rollback(conn: sqlite3.Connection) -> None:
+    """
+    End C{conn}'s transaction if it is still open. SQLite rolls a transaction
+    back by itself when a write fails with SQLITE_FULL or an I/O error, and a
+    plain ROLLBACK then fails ("cannot rollback - no transaction is active"),
+    hiding the error that mattered.
+    """
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
 def reset_connections() -> None:
     """
     Close every idle connection, so each index is opened afresh on next use:
@@ -330,6 +341,12 @@ def _configure(conn: sqlite3.Connection) -> None:
 def _open(mailbox_dir: Path) -> sqlite3.Connection:
     mailbox_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = mailbox_dir / INDEX_NAME
+    with _reconciled_lock:
+        first_open = mailbox_dir not in _reconciled
+    if first_open:
+        # Before a rebuild or reconcile reads the Maildir: a move a crash
+        # cut short would otherwise leave its messages in both folders.
+        intent.finish_interrupted(mailbox_dir)
     try:
         conn, built = _connect(path, mailbox_dir)
     except sqlite3.DatabaseError as e:

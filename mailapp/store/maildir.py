@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage
 from mailapp.interfaces import IFolder, IMailbox, IMessageStore
-from mailapp.store import durable, index, messagefile
+from mailapp.store import durable, index, messagefile, transfer
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS, DELIMITER, folder_directory, mailbox_directory, normalize_folder
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo
@@ -301,7 +301,7 @@ class MaildirMailbox:
                     conn.execute("DELETE FROM messages WHERE folder = ?", (name,))
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    index.rollback(conn)
                     raise
                 shutil.rmtree(folder_directory(self.directory, name), ignore_errors=True)
 
@@ -337,7 +337,7 @@ class MaildirMailbox:
                         conn.execute("UPDATE messages SET folder = ? WHERE folder = ?", (target, name))
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    index.rollback(conn)
                     raise
                 durable.fsync_directory(self.directory)
 
@@ -444,13 +444,22 @@ class MaildirFolder:
         flag change may rename the file between the index read and the
         open: read the index again and retry once.
         """
+        filename = ""
         for attempt in (1, 2):
+            filename = self._filename(uid)
             try:
-                return read(self.directory / self._filename(uid))
+                return read(self.directory / filename)
             except FileNotFoundError:
-                if attempt == 2:
-                    raise NoSuchMessage(f"message {uid} is missing from the Maildir")
-        raise AssertionError("unreachable")
+                pass
+        # A rename the store could not take back (see _undo_renames) left the
+        # file under another name: find it by its base name and UID.
+        found = _find_renamed(self.directory, filename)
+        if found is not None:
+            try:
+                return read(found)
+            except FileNotFoundError:
+                pass
+        raise NoSuchMessage(f"message {uid} is missing from the Maildir")
 
     def openMessage(self, uid: int) -> Deferred[Any]:
         return self.store.run(self._readFile, uid, open_message_file)
@@ -465,6 +474,11 @@ class MaildirFolder:
         uids = sorted(set(uids))
 
         def change() -> dict[int, frozenset[str]]:
+            # Files first, then the index: the names on disk are what a
+            # reconcile trusts after a crash. When anything fails before the
+            # commit, every rename is undone, so a flag change is all or
+            # nothing and the index never names a file that is not there.
+            renamed: list[tuple[Path, Path]] = []
             with self._connect() as conn:
                 result: dict[int, frozenset[str]] = {}
                 conn.execute("BEGIN IMMEDIATE")
@@ -495,6 +509,7 @@ class MaildirFolder:
                             if relative != filename:
                                 try:
                                     durable.rename(self.directory / filename, self.directory / relative)
+                                    renamed.append((self.directory / filename, self.directory / relative))
                                 except FileNotFoundError:
                                     relative = filename
                         conn.execute(
@@ -503,7 +518,8 @@ class MaildirFolder:
                         )
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    index.rollback(conn)
+                    _undo_renames(renamed)
                     raise
                 return result
 
@@ -535,7 +551,7 @@ class MaildirFolder:
                     conn.executemany("DELETE FROM messages WHERE folder = ? AND uid = ?", [(self.name, u) for u, _ in victims])
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    index.rollback(conn)
                     raise
                 for _, filename in victims:
                     durable.unlink(self.directory / filename)
@@ -606,48 +622,66 @@ class MaildirFolder:
         return self.store.committer.submit(job).addCallback(appended)
 
     def copyTo(self, uids: Iterable[int], target: MaildirFolder) -> Deferred[dict[int, int]]:  # type: ignore[override]
-        uids = sorted(set(uids))
+        return self._transfer(uids, target, move=False)
 
-        def read() -> list[tuple[int, str, str, int, float]]:
-            wanted = set(uids)
-            with self._connect() as conn:
-                rows = conn.execute(
-                    "SELECT uid, filename, flags, size, internaldate FROM messages WHERE folder = ? ORDER BY uid",
-                    (self.name,),
-                ).fetchall()
-            return [row for row in rows if row[0] in wanted]
+    def moveTo(self, uids: Iterable[int], target: MaildirFolder) -> Deferred[dict[int, int]]:  # type: ignore[override]
+        return self._transfer(uids, target, move=True)
 
-        def copy(rows: list[tuple[int, str, str, int, float]]) -> Deferred[dict[int, int]]:
-            jobs = []
-            for uid, filename, flags, size, date in rows:
-                parsed = index.parse_filename(filename.split("/", 1)[1])
-                base = parsed.base if parsed else filename
-                placement = _Placement(
-                    target.mailbox.directory, target.account, target.name, index.decode_flags(flags), target.mailbox.pin
-                )
-                # The copy is a link to the same file: its name describes it the same way.
-                job = _Delivery(
-                    self.directory / filename,
-                    base,
-                    size,
-                    date,
-                    [placement],
-                    owns_source=False,
-                    stored=(self.mailbox.directory, self.name, uid),
-                    stored_size=parsed.size if parsed is not None else None,
-                    wire_size_in_name=parsed is None or parsed.wire_size is not None,
-                )
-                jobs.append((uid, self.store.committer.submit(job)))
-            from twisted.internet.defer import gatherResults
+    def _transfer(self, uids: Iterable[int], target: MaildirFolder, move: bool) -> Deferred[dict[int, int]]:
+        """One change on the writer (L{transfer}): atomic against expunges, and across a crash."""
+        if target.mailbox.directory != self.mailbox.directory:
+            raise ValueError("a copy or move stays within one mailbox")
+        d = self.store.write(
+            lambda: transfer.transfer(
+                self.mailbox.directory,
+                self.mailbox.pin,
+                self.name,
+                target.name,
+                sorted(set(uids)),
+                move=move,
+                batch_sync=self.store.batch_sync,
+            )
+        )
 
-            def done(results: list[list[int]]) -> dict[int, int]:
-                mapping = {uid: new[0] for (uid, _), new in zip(jobs, results)}
-                target._publish(ADDED, mapping.values())
-                return mapping
+        def publish(mapping: dict[int, int]) -> dict[int, int]:
+            target._publish(ADDED, mapping.values())
+            if move:
+                self._publish(EXPUNGED, mapping)
+            return mapping
 
-            return gatherResults([d for _, d in jobs], consumeErrors=True).addCallback(done)
+        return d.addCallback(publish)
 
-        return self.store.run(read).addCallback(copy)
+
+def _find_renamed(directory: Path, filename: str) -> Path | None:
+    """The file in C{directory}'s new/ or cur/ with the base name and UID of C{filename}, if any. Scans: a rare path."""
+    wanted = index.parse_filename(filename.split("/", 1)[-1])
+    if wanted is None or wanted.uid is None:
+        return None
+    for sub in ("cur", "new"):
+        try:
+            entries = os.scandir(directory / sub)
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith(wanted.base + ","):
+                    parsed = index.parse_filename(entry.name)
+                    if parsed is not None and parsed.base == wanted.base and parsed.uid == wanted.uid:
+                        return Path(entry.path)
+    return None
+
+
+def _undo_renames(renamed: list[tuple[Path, Path]]) -> None:
+    """
+    Give files back the names the index still lists, newest first. One that
+    cannot be renamed back is logged and left: the read path finds a message
+    under another name (L{MaildirFolder._readFile}).
+    """
+    for old, new in reversed(renamed):
+        try:
+            durable.rename(new, old)
+        except OSError as e:
+            _log.error("store.rename_undo_failed {path}: {error}", path=str(new), error=str(e))
 
 
 def _fail(error: Exception) -> Deferred[Any]:

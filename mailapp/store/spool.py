@@ -25,7 +25,6 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailapp.errors import StoreError
 from mailapp.interfaces import IMessageWriter
 from mailapp.store import durable, messagefile
 
@@ -43,7 +42,8 @@ def unique_name() -> str:
 class SpoolWriter:
     """
     One message being received. Writes happen in order on worker threads;
-    an I/O error is kept and reported by L{finish} (as L{StoreError}), so a
+    an I/O error is kept and reported by L{finish} (as L{mailapp.errors.StoreError};
+    L{mailapp.errors.StorageFull} when the disk is full), so a
     caller streaming data need not handle errors on every write.
     """
 
@@ -117,7 +117,7 @@ class SpoolWriter:
 
         def check(_: object) -> None:
             if self._error is not None:
-                raise StoreError() from self._error.value
+                raise durable.store_error_for(self._error.value) from self._error.value
             self.finished = True
 
         return done.addCallback(check)

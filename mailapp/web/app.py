@@ -705,8 +705,7 @@ class Webmail:
             if target is None:
                 return self._not_found(request, session, "folder")
             if target.name != folder.name:
-                await folder.copyTo(uids, target)
-                await folder.expunge(uids)
+                await folder.moveTo(uids, target)
             notice = "deleted" if what == "delete" else "moved"
             if back.startswith("/read"):
                 back = pages.url("/list", f=folder.name)
