@@ -58,7 +58,7 @@ INDEX_DAMAGED: Final = "store.index_damaged"
 INDEX_REBUILT: Final = "store.index_rebuilt"
 #: an index brought in line with the Maildir at first open; also: changed (rows and folders)
 INDEX_RECONCILED: Final = "store.index_reconciled"
-#: a damaged index not rebuilt yet: other threads kept their connections too long
+#: a damaged index not rebuilt yet (connections kept too long, or the rebuild failed); also: error
 INDEX_REPAIR_POSTPONED: Final = "store.index_repair_postponed"
 
 # --- POP3 (mailapp.pop3); failed logins use AUTH_FAILED with protocol="pop3" ---

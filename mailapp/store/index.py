@@ -497,7 +497,7 @@ def connection(mailbox_dir: Path, pin: MailboxPin | None = None) -> Iterator[sql
     identity: DirectoryIdentity = None
     stale: list[sqlite3.Connection] = []
     with _pool_lock:
-        if not held[mailbox_dir] and not _pool_changed.wait_for(
+        if mailbox_dir in _repairing and not held[mailbox_dir] and not _pool_changed.wait_for(
             lambda: mailbox_dir not in _repairing, REPAIR_WAIT_SECONDS
         ):
             raise StoreError("the mailbox index is being rebuilt")
@@ -593,7 +593,8 @@ def _repair(mailbox_dir: Path) -> None:
     Move the damaged index aside and rebuild it, once no thread of this
     process holds a connection to it: wait (bounded) for the others to give
     theirs back, close every idle one. If they do not come back in time,
-    the damage stays noted and the next connection given back tries again.
+    the damage stays noted and the next connection given back tries again;
+    if the rebuild fails once the file is aside, the next open builds it.
     """
     try:
         with _pool_lock:
@@ -609,9 +610,20 @@ def _repair(mailbox_dir: Path) -> None:
                     del _idle[key]
                     idle.close()
         _set_aside(mailbox_dir / INDEX_NAME, "SQLite reported damage")
-        conn = _open(mailbox_dir)
         with _pool_lock:
             _damaged.discard(mailbox_dir)
+        try:
+            conn = _open(mailbox_dir)
+        except Exception as e:
+            # Say locked by another process for too long: the next use builds it.
+            _log.error(
+                "store.index_repair_postponed {mailbox}: {error!r}",
+                log_event=logevents.INDEX_REPAIR_POSTPONED,
+                mailbox=str(mailbox_dir),
+                error=e,
+            )
+            return
+        with _pool_lock:
             _idle[id(conn)] = (mailbox_dir, directory_identity(mailbox_dir), conn)
     finally:
         with _pool_lock:
