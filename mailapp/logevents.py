@@ -55,6 +55,16 @@ DELIVERY_FAILED: Final = "delivery.failed"
 SMTP_AUTH_OK: Final = "smtp.auth_ok"
 SMTP_INTERNAL_ERROR: Final = "smtp.internal_error"
 
+# --- a mailbox's index (mailapp.store.index); fields: mailbox or path ---
+#: an index found damaged (quick_check at first open, or SQLite at run time), moved aside; also: aside, error
+INDEX_DAMAGED: Final = "store.index_damaged"
+#: an index built from the Maildir (missing or damaged); also: count (folders)
+INDEX_REBUILT: Final = "store.index_rebuilt"
+#: an index brought in line with the Maildir at first open; also: changed (rows and folders)
+INDEX_RECONCILED: Final = "store.index_reconciled"
+#: a damaged index not rebuilt yet (connections kept too long, or the rebuild failed); also: error
+INDEX_REPAIR_POSTPONED: Final = "store.index_repair_postponed"
+
 # --- POP3 (mailapp.pop3); failed logins use AUTH_FAILED with protocol="pop3" ---
 POP3_LOGIN: Final = "pop3.login"
 POP3_IN_USE: Final = "pop3.in_use"

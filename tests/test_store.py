@@ -19,6 +19,7 @@ from mailapp.errors import BadFolderName, FolderExists, MailboxGone, NoSuchFolde
 from mailapp.interfaces import IEventBus, IFolder, IMailbox, IMessageStore, IMessageWriter
 from mailapp.store import MaildirStore, durable, ensure_mailbox, index, messagefile, retire_mailbox
 from mailapp.store.names import mailbox_directory
+from tests.index_faults import damage_messages_page, lose_wal
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -232,7 +233,9 @@ class FolderTests(StoreTestCase):
         result = yield folder.setFlags([1, 99], ["\\Seen", "\\Flagged", "$Label1"], "add")
         self.assertEqual(result, {1: frozenset({"\\Seen", "\\Flagged", "$Label1"})})
         [name] = os.listdir(mailbox_directory(self.root, ALICE) / "cur")
-        self.assertTrue(name.endswith(":2,FS"), name)
+        # The keyword is letter a, as Dovecot writes it (dovecot-keywords says which).
+        self.assertTrue(name.endswith(":2,FSa"), name)
+        self.assertEqual(index.read_keywords(mailbox_directory(self.root, ALICE)), {"a": "$Label1"})
         result = yield folder.setFlags([1], ["\\Flagged"], "remove")
         self.assertEqual(result[1], frozenset({"\\Seen", "$Label1"}))
         [info] = yield folder.messages()
@@ -242,6 +245,20 @@ class FolderTests(StoreTestCase):
         self.assertEqual((status.messages, status.unseen, status.uidnext), (1, 0, 2))
         self.assertEqual([e.kind for e in self.events], ["flags_changed", "flags_changed"])
         self.assertEqual((yield self.read(ALICE, 1)), MESSAGE)
+
+    @inlineCallbacks
+    def test_a_copy_names_its_keywords_in_the_target_folder_so_a_rebuild_finds_them(self):
+        yield self.deliver([ALICE])
+        mailbox = self.store.mailbox(ALICE)
+        yield mailbox.createFolder("Projects")
+        inbox = yield mailbox.folder("INBOX")
+        yield inbox.setFlags([1], ["\\Seen", "$Label1"], "add")
+        archive = yield mailbox.folder("Projects")
+        yield inbox.copyTo([1], archive)
+        archive_dir = mailbox_directory(self.root, ALICE) / ".Projects"
+        [name] = os.listdir(archive_dir / "cur")
+        self.assertTrue(name.endswith(":2,Sa"), name)
+        self.assertEqual(index.read_keywords(archive_dir), {"a": "$Label1"})
 
     @inlineCallbacks
     def test_expunged_uids_are_never_reused_even_after_index_rebuild(self):
@@ -408,6 +425,207 @@ class ReconcileTests(StoreTestCase):
         store = self.restart()
         folder = yield store.mailbox(ALICE).folder("INBOX")
         self.assertEqual((yield folder.messages()), [])
+
+
+class IndexDamageTests(StoreTestCase):
+    """A damaged index, found at first open or at run time, is moved aside and rebuilt from the Maildir."""
+
+    @inlineCallbacks
+    def fill(self, count: int = 120):
+        """C{count} messages in INBOX, some with flags and keywords; returns INBOX's status and messages."""
+        for _ in range(count):
+            yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        yield folder.setFlags([1, 2], ["\\Seen"], "add")
+        yield folder.setFlags([2, 3], ["$Important", "Work"], "add")
+        status = yield folder.status()
+        messages = yield folder.messages()
+        return status, [(m.uid, m.flags) for m in messages]
+
+    def index_path(self) -> Path:
+        return mailbox_directory(self.root, ALICE) / index.INDEX_NAME
+
+    def set_aside(self) -> list[str]:
+        names = (p.name for p in self.index_path().parent.iterdir())
+        return sorted(n for n in names if ".damaged-" in n and not n.endswith(("-wal", "-shm")))
+
+    @inlineCallbacks
+    def test_a_damaged_messages_page_is_found_at_first_open_and_rebuilt_keeping_uids_flags_keywords_and_uidvalidity(self):
+        status, messages = yield self.fill()
+        index.reset_connections()
+        damage_messages_page(self.index_path())
+        store = self.restart()
+        folder = yield store.mailbox(ALICE).folder("INBOX")
+        after = yield folder.status()
+        self.assertEqual((after.uidvalidity, after.uidnext, after.messages, after.unseen), (status.uidvalidity, 121, 120, 118))
+        self.assertEqual([(m.uid, m.flags) for m in (yield folder.messages())], messages)
+        self.assertEqual((yield self.deliver([ALICE])), {ALICE: 121})
+        [aside] = self.set_aside()
+        self.assertTrue(aside.startswith(index.INDEX_NAME + ".damaged-"), aside)
+
+    @inlineCallbacks
+    def test_damage_met_at_run_time_is_rebuilt_and_the_read_answered(self):
+        status, messages = yield self.fill()
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        index.close_idle_connections(mailbox_directory(self.root, ALICE))
+        damage_messages_page(self.index_path())
+        self.assertEqual([(m.uid, m.flags) for m in (yield folder.messages())], messages)
+        self.assertEqual(len(self.set_aside()), 1)
+        self.assertEqual((yield folder.status()), status)
+        self.assertEqual((yield self.deliver([ALICE])), {ALICE: 121})
+
+    @inlineCallbacks
+    def test_a_delivery_that_meets_damage_at_run_time_fails_temporarily_and_the_next_is_stored(self):
+        yield self.fill(60)
+        index.close_idle_connections(mailbox_directory(self.root, ALICE))
+        damage_messages_page(self.index_path())
+        yield self.assertFailure(self.deliver([ALICE]), StoreError)
+        self.assertEqual(len(self.set_aside()), 1)
+        # UID 61 was never shown to anyone (no 250, no file, no row): it is free.
+        self.assertEqual((yield self.deliver([ALICE])), {ALICE: 61})
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual([m.uid for m in (yield folder.messages())], list(range(1, 62)))
+
+    @inlineCallbacks
+    def test_a_rebuild_waits_until_other_threads_give_their_connections_back(self):
+        import threading
+
+        _, messages = yield self.fill(60)
+        mailbox_dir = mailbox_directory(self.root, ALICE)
+        index.close_idle_connections(mailbox_dir)
+        damage_messages_page(self.index_path())
+        holding, release = threading.Event(), threading.Event()
+        outcome: list[BaseException | None] = []
+
+        def hold() -> None:
+            with index.connection(mailbox_dir):
+                holding.set()
+                release.wait(10)
+
+        def read() -> None:
+            try:
+                with index.connection(mailbox_dir) as conn:
+                    conn.execute("SELECT * FROM messages").fetchall()
+                outcome.append(None)
+            except BaseException as e:
+                outcome.append(e)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        self.assertTrue(holding.wait(10))
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(0.5)
+        # The reader met the damage but must not move the index from under the holder.
+        self.assertTrue(reader.is_alive())
+        self.assertEqual(self.set_aside(), [])
+        self.assertTrue(self.index_path().exists())
+        release.set()
+        holder.join(10)
+        reader.join(10)
+        [error] = outcome
+        self.assertIsInstance(error, index.IndexRepaired)
+        self.assertEqual(len(self.set_aside()), 1)
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual([(m.uid, m.flags) for m in (yield folder.messages())], messages)
+
+    def test_a_busy_index_is_not_taken_for_a_damaged_one(self):
+        self.assertFalse(index.is_damage(sqlite3.OperationalError("database is locked")))
+        self.assertTrue(index.is_damage(sqlite3.DatabaseError("database disk image is malformed")))
+
+
+class LostIndexCommitsTests(StoreTestCase):
+    """
+    Index commits are not fsync'd: a power cut can lose the WAL's tail. The
+    Maildir and the folder records are durable, so nothing they say is lost.
+    """
+
+    def index_path(self) -> Path:
+        return mailbox_directory(self.root, ALICE) / index.INDEX_NAME
+
+    @inlineCallbacks
+    def lose_commits_since(self, work):
+        """Run C{work}, then put the index back as it was before (what a lost WAL tail does)."""
+        index.reset_connections()
+        old = self.index_path().read_bytes()
+        yield work()
+        index.reset_connections()
+        self.index_path().write_bytes(old)
+        lose_wal(self.index_path())
+        return self.restart()
+
+    @inlineCallbacks
+    def test_uids_expunged_after_the_last_checkpoint_are_never_given_out_again(self):
+        for _ in range(3):
+            yield self.deliver([ALICE])
+
+        @inlineCallbacks
+        def work():
+            yield self.deliver([ALICE])
+            yield self.deliver([ALICE])
+            folder = yield self.store.mailbox(ALICE).folder("INBOX")
+            yield folder.expunge([4, 5])
+
+        store = yield self.lose_commits_since(work)
+        folder = yield store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual((yield folder.status()).uidnext, 6)
+        self.assertEqual((yield self.deliver([ALICE])), {ALICE: 6})
+
+    @inlineCallbacks
+    def test_a_folder_created_after_the_last_checkpoint_is_listed_with_its_messages(self):
+        yield self.deliver([ALICE])
+        mailbox = self.store.mailbox(ALICE)
+        state = {}
+
+        @inlineCallbacks
+        def work():
+            yield mailbox.createFolder("Projects/2026")
+            projects = yield mailbox.folder("Projects/2026")
+            for _ in range(5):
+                yield projects.append(MESSAGE, ["$Done"])
+            state["status"] = yield projects.status()
+
+        store = yield self.lose_commits_since(work)
+        names = [f.name for f in (yield store.mailbox(ALICE).listFolders())]
+        self.assertIn("Projects", names)
+        self.assertIn("Projects/2026", names)
+        projects = yield store.mailbox(ALICE).folder("Projects/2026")
+        self.assertEqual((yield projects.status()), state["status"])
+        self.assertEqual([(m.uid, m.flags) for m in (yield projects.messages())], [(u, frozenset({"$Done"})) for u in range(1, 6)])
+
+    @inlineCallbacks
+    def test_a_folder_deleted_after_the_last_checkpoint_stays_deleted(self):
+        mailbox = self.store.mailbox(ALICE)
+        yield mailbox.createFolder("Old")
+
+        @inlineCallbacks
+        def work():
+            yield mailbox.deleteFolder("Old")
+
+        store = yield self.lose_commits_since(work)
+        self.assertNotIn("Old", [f.name for f in (yield store.mailbox(ALICE).listFolders())])
+
+    @inlineCallbacks
+    def test_a_folder_deleted_and_created_again_after_the_last_checkpoint_shows_its_new_messages(self):
+        mailbox = self.store.mailbox(ALICE)
+        yield mailbox.createFolder("Box")
+        box = yield mailbox.folder("Box")
+        for _ in range(3):
+            yield box.append(MESSAGE)
+        state = {}
+
+        @inlineCallbacks
+        def work():
+            yield mailbox.deleteFolder("Box")
+            yield mailbox.createFolder("Box")
+            again = yield mailbox.folder("Box")
+            yield again.append(MESSAGE, ["\\Seen"])
+            state["status"] = yield again.status()
+
+        store = yield self.lose_commits_since(work)
+        box = yield store.mailbox(ALICE).folder("Box")
+        self.assertEqual((yield box.status()), state["status"])
+        self.assertEqual([(m.uid, m.flags) for m in (yield box.messages())], [(1, frozenset({"\\Seen"}))])
 
 
 class ConcurrentOpenTests(StoreTestCase):

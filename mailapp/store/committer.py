@@ -243,14 +243,15 @@ def _deliver_batch(
                     uidnext[key] = row[0]
                 uid = uidnext[key]
                 uidnext[key] = uid + 1
-                relative = index.format_filename(
+                directory = folder_directory(placement.mailbox_dir, placement.folder)
+                relative = index.message_filename(
+                    directory,
                     job.base,
                     job.size if job.stored_size is None else job.stored_size,
                     uid,
                     placement.flags,
                     wire_size=job.size if job.wire_size_in_name else None,
                 )
-                directory = folder_directory(placement.mailbox_dir, placement.folder)
                 target = directory / relative
                 durable.link(job.source, target)
                 links[number].append(target)

@@ -19,34 +19,49 @@ file with its UIDVALIDITY and the UIDNEXT as of the last expunge. A rebuild
 keeps UIDVALIDITY when that file is readable, takes UIDNEXT as the larger of
 the recorded value and the highest UID on disk plus one (so a UID is never
 reused), and gives files without a UID (dropped in by other tools) fresh ones.
-Without that file it starts a new UIDVALIDITY.
+Without that file it starts a new UIDVALIDITY. Keywords are in the names
+too, as Dovecot writes them: lower-case letters after the system flags in
+the ``:2,`` info, each folder's ``dovecot-keywords`` file saying which
+keyword each letter stands for (26 per folder; a folder's 27th keyword is
+kept in the index only, as Dovecot keeps it in its own index only).
+
+Damage is found at the first open in each process (``PRAGMA quick_check``)
+and whenever SQLite reports it (SQLITE_CORRUPT, SQLITE_NOTADB): the damaged
+index is moved aside as ``mailapp-index.sqlite3.damaged-<UTC time>`` and
+rebuilt from the Maildir, once no thread of this process uses it.
 
 Everything here is synchronous and runs on a worker thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from twisted.logger import Logger
 
-from mailapp.errors import MailboxGone
+from mailapp import logevents
+from mailapp.errors import MailboxGone, StoreError
 from mailapp.store import durable, intent, messagefile
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS, folder_directory, folder_from_directory
 
 INDEX_NAME = "mailapp-index.sqlite3"
 META_NAME = "mailapp-folder"
+#: Dovecot's name for the file that maps keyword letters to keywords.
+KEYWORDS_NAME = "dovecot-keywords"
 SCHEMA_VERSION = 1
+
+_T = TypeVar("_T")
 
 _log = Logger()
 
@@ -89,6 +104,8 @@ class ParsedName:
     flags: frozenset[str]
     #: ``W=``: the size with CRLF line ends (None: the name has none).
     wire_size: int | None = None
+    #: The lower-case letters of the ``:2,`` info: keywords, by the folder's L{KEYWORDS_NAME}.
+    keyword_letters: str = ""
 
     def index_size(self, stat: os.stat_result) -> int:
         """
@@ -114,8 +131,10 @@ def parse_filename(name: str) -> ParsedName | None:
             wire_size = int(value)
         elif key == "U" and value.isdigit() and int(value) > 0:
             uid = int(value)
-    flags = frozenset(_LETTER_FLAGS[c] for c in (match.group("info") or "") if c in _LETTER_FLAGS)
-    return ParsedName(match.group("base"), size, uid, flags, wire_size)
+    info = match.group("info") or ""
+    flags = frozenset(_LETTER_FLAGS[c] for c in info if c in _LETTER_FLAGS)
+    keyword_letters = "".join(sorted({c for c in info if c in _KEYWORD_LETTERS}))
+    return ParsedName(match.group("base"), size, uid, flags, wire_size, keyword_letters)
 
 
 def format_filename(
@@ -125,6 +144,7 @@ def format_filename(
     flags: frozenset[str] | set[str] | tuple[str, ...],
     cur: bool = False,
     wire_size: int | None = None,
+    keyword_letters: str = "",
 ) -> str:
     """
     The file name for a message, relative to its folder: ``new/`` names
@@ -132,13 +152,33 @@ def format_filename(
     lives in ``cur/`` with ``:2,<letters>`` and never goes back. C{size} is
     the file's (``S=``), C{wire_size} the message's as sent (``W=``; None
     only to keep the name of a state format 1 file as it was).
+    C{keyword_letters} follow the system flags' (L{message_filename} finds them).
     """
     sizes = f"S={size}" if wire_size is None else f"S={size},W={wire_size}"
     name = f"{base},{sizes},U={uid}"
-    letters = "".join(sorted(_FLAG_LETTERS[f] for f in flags if f in _FLAG_LETTERS))
+    letters = "".join(sorted(_FLAG_LETTERS[f] for f in flags if f in _FLAG_LETTERS)) + "".join(sorted(keyword_letters))
     if flags or cur:
         return f"cur/{name}:2,{letters}"
     return f"new/{name}"
+
+
+def message_filename(
+    directory: Path,
+    base: str,
+    size: int,
+    uid: int,
+    flags: frozenset[str] | set[str] | tuple[str, ...],
+    cur: bool = False,
+    wire_size: int | None = None,
+) -> str:
+    """
+    L{format_filename} for a message in the folder at C{directory}, with
+    its keywords as letters, so that a rebuild of the index finds them.
+    Call it inside the index's write transaction: a keyword new to the
+    folder is given a letter in its L{KEYWORDS_NAME} file, durably, before
+    any file is named with it.
+    """
+    return format_filename(base, size, uid, flags, cur, wire_size, keyword_letters(directory, flags))
 
 
 def encode_flags(flags: frozenset[str] | set[str] | tuple[str, ...]) -> str:
@@ -147,6 +187,70 @@ def encode_flags(flags: frozenset[str] | set[str] | tuple[str, ...]) -> str:
 
 def decode_flags(text: str) -> frozenset[str]:
     return frozenset(text.split()) if text else frozenset()
+
+
+# -- keywords ------------------------------------------------------------------
+
+_KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _is_keyword(flag: str) -> bool:
+    return not flag.startswith("\\")
+
+
+def read_keywords(directory: Path) -> dict[str, str]:
+    """
+    The folder's keyword letters, ``{letter: keyword}``, from Dovecot's
+    ``dovecot-keywords`` (lines ``<n> <keyword>``, n = 0 for ``a``).
+    Lines it cannot read are skipped: at worst a keyword is lost, never
+    given to another letter's messages.
+    """
+    try:
+        text = (directory / KEYWORDS_NAME).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    mapping: dict[str, str] = {}
+    for line in text.splitlines():
+        number, _, keyword = line.partition(" ")
+        if number.isdigit() and int(number) < len(_KEYWORD_LETTERS) and keyword and " " not in keyword:
+            mapping[_KEYWORD_LETTERS[int(number)]] = keyword
+    return mapping
+
+
+def _write_keywords(directory: Path, mapping: dict[str, str]) -> None:
+    """Replace the folder's keywords file atomically and durably."""
+    temporary = directory / "tmp" / (KEYWORDS_NAME + f".{os.getpid()}.{threading.get_ident()}")
+    lines = "".join(f"{_KEYWORD_LETTERS.index(letter)} {keyword}\n" for letter, keyword in sorted(mapping.items()))
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        durable.write_all(fd, lines.encode("utf-8"))
+        durable.fsync_file(fd)
+    finally:
+        os.close(fd)
+    durable.rename(temporary, directory / KEYWORDS_NAME)
+    durable.fsync_directory(directory)
+
+
+def keyword_letters(directory: Path, flags: Iterable[str]) -> str:
+    """
+    The letters that stand for C{flags}' keywords in the folder at
+    C{directory}, giving each new keyword the first free letter. A keyword
+    past the 26th of a folder has none: the index alone keeps it.
+    """
+    keywords = sorted({flag for flag in flags if _is_keyword(flag)})
+    if not keywords:
+        return ""
+    mapping = read_keywords(directory)
+    letters = {keyword: letter for letter, keyword in mapping.items()}
+    missing = [keyword for keyword in keywords if keyword not in letters]
+    if missing:
+        free = [letter for letter in _KEYWORD_LETTERS if letter not in mapping]
+        for keyword, letter in zip(missing, free):
+            mapping[letter] = keyword
+            letters[keyword] = letter
+        if free:
+            _write_keywords(directory, mapping)
+    return "".join(sorted(letters[keyword] for keyword in keywords if keyword in letters))
 
 
 # -- folder metadata -----------------------------------------------------------
@@ -240,8 +344,129 @@ class MailboxPin:
 
 
 _pool_lock = threading.Lock()
+#: Notified whenever a connection is given back or a repair ends.
+_pool_changed = threading.Condition(_pool_lock)
 _idle: OrderedDict[int, tuple[Path, DirectoryIdentity, sqlite3.Connection]] = OrderedDict()
 _MAX_IDLE_CONNECTIONS = 64
+#: Connections lent out now, per mailbox directory (every thread).
+_borrowed: Counter[Path] = Counter()
+#: Mailboxes whose index a connection found damaged, not yet rebuilt.
+_damaged: set[Path] = set()
+#: Mailboxes whose index is being moved aside and rebuilt: nobody may borrow.
+_repairing: set[Path] = set()
+#: Per thread, the connections it holds per mailbox (a thread may nest them).
+_held = threading.local()
+#: How long a repair waits for the other threads to give their connections
+#: back, and a borrower for a repair to end.
+REPAIR_WAIT_SECONDS = 30.0
+
+
+class IndexDamaged(sqlite3.DatabaseError):
+    """The index failed its check (``PRAGMA quick_check``) or has a schema this code does not know."""
+
+
+class IndexRepaired(StoreError):
+    """
+    The operation hit a damaged index, which has been moved aside and
+    rebuilt since: running the operation again works on the new index
+    (L{retry_after_repair}). Left unretried, it is a L{StoreError}.
+    """
+
+
+#: SQLite's primary result codes that mean the file is damaged.
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def is_damage(error: BaseException) -> bool:
+    """
+    Whether C{error} says the index file is damaged (SQLITE_CORRUPT,
+    SQLITE_NOTADB, a failed check), as opposed to busy, locked, full or
+    read-only, which a rebuild would not cure.
+    """
+    if isinstance(error, IndexDamaged):
+        return True
+    if not isinstance(error, sqlite3.DatabaseError):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(error)
+    return "malformed" in text or "not a database" in text
+
+
+class _WatchedCursor(sqlite3.Cursor):
+    """A cursor that marks its connection damaged when SQLite reports damage, whoever catches the error."""
+
+    connection: _WatchedConnection
+
+    def _noted(self, error: sqlite3.DatabaseError) -> sqlite3.DatabaseError:
+        if is_damage(error):
+            self.connection.damaged = True
+        return error
+
+    def execute(self, sql: str, parameters: Any = ()) -> _WatchedCursor:  # type: ignore[override]
+        try:
+            return super().execute(sql, parameters)  # type: ignore[return-value]
+        except sqlite3.DatabaseError as e:
+            raise self._noted(e)
+
+    def executemany(self, sql: str, parameters: Any) -> _WatchedCursor:  # type: ignore[override]
+        try:
+            return super().executemany(sql, parameters)  # type: ignore[return-value]
+        except sqlite3.DatabaseError as e:
+            raise self._noted(e)
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.DatabaseError as e:
+            raise self._noted(e)
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except sqlite3.DatabaseError as e:
+            raise self._noted(e)
+
+    def fetchmany(self, size: int | None = 1) -> list[Any]:
+        try:
+            return super().fetchmany(size)
+        except sqlite3.DatabaseError as e:
+            raise self._noted(e)
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.DatabaseError as e:
+            raise self._noted(e)
+
+
+class _WatchedConnection(sqlite3.Connection):
+    """
+    An index connection that remembers whether SQLite ever reported damage
+    through it, so that L{connection} can discard it and rebuild the index
+    even when the caller caught the error (the committer fails the jobs of
+    a batch one by one).
+    """
+
+    damaged = False
+
+    def cursor(self, factory: Any = _WatchedCursor) -> Any:
+        return super().cursor(factory)
+
+    def execute(self, sql: str, parameters: Any = ()) -> _WatchedCursor:  # type: ignore[override]
+        return self.cursor().execute(sql, parameters)  # type: ignore[no-any-return]
+
+    def executemany(self, sql: str, parameters: Any) -> _WatchedCursor:  # type: ignore[override]
+        return self.cursor().executemany(sql, parameters)  # type: ignore[no-any-return]
+
+
+def _held_here() -> Counter[Path]:
+    held: Counter[Path] | None = getattr(_held, "paths", None)
+    if held is None:
+        held = _held.paths = Counter()
+    return held
 
 
 @contextmanager
@@ -256,14 +481,26 @@ def connection(mailbox_dir: Path, pin: MailboxPin | None = None) -> Iterator[sql
     holds the old index file open and would show the old mail to a new
     account at the same address. With C{pin}, a path that names another
     directory (or none) raises L{MailboxGone} before anything is created.
+
+    When SQLite reports damage through the connection, the index is moved
+    aside and rebuilt as the last connection this thread holds to it is
+    given back, after every other thread has given theirs back (a rebuild
+    must never run under a connection still reading the old file); the
+    error reaches the caller as L{IndexRepaired}. While a rebuild runs, a
+    borrower waits for it.
     """
     current = directory_identity(mailbox_dir)
     if pin is not None:
         pin.check(current)
+    held = _held_here()
     conn = None
     identity: DirectoryIdentity = None
     stale: list[sqlite3.Connection] = []
     with _pool_lock:
+        if mailbox_dir in _repairing and not held[mailbox_dir] and not _pool_changed.wait_for(
+            lambda: mailbox_dir not in _repairing, REPAIR_WAIT_SECONDS
+        ):
+            raise StoreError("the mailbox index is being rebuilt")
         for key, (path, opened_on, idle) in list(reversed(_idle.items())):
             if path != mailbox_dir:
                 continue
@@ -273,34 +510,136 @@ def connection(mailbox_dir: Path, pin: MailboxPin | None = None) -> Iterator[sql
             elif conn is None:
                 del _idle[key]
                 conn, identity = idle, opened_on
-    if stale:
-        for old in stale:
-            old.close()
-        with _reconciled_lock:
-            _reconciled.discard(mailbox_dir)
-    if conn is None:
-        conn = _open(mailbox_dir)
-        identity = directory_identity(mailbox_dir)
-    if pin is not None:
-        try:
-            pin.check(identity)
-        except MailboxGone:
-            conn.close()
-            raise
-        pin.take(identity)
+        _borrowed[mailbox_dir] += 1
+        held[mailbox_dir] += 1
+    try:
+        if stale:
+            for old in stale:
+                old.close()
+            with _reconciled_lock:
+                _reconciled.discard(mailbox_dir)
+        if conn is None:
+            conn = _open(mailbox_dir)
+            identity = directory_identity(mailbox_dir)
+        if pin is not None:
+            try:
+                pin.check(identity)
+            except MailboxGone:
+                conn.close()
+                conn = None
+                raise
+            pin.take(identity)
+    except BaseException:
+        _give_back(mailbox_dir, identity, conn)
+        raise
     try:
         yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+    except BaseException as e:
+        _roll_back(conn)
+        damaged = _give_back(mailbox_dir, identity, conn)
+        if damaged and is_damage(e):
+            raise IndexRepaired("the mailbox index was damaged and has been rebuilt") from e
         raise
     if conn.in_transaction:  # pragma: no cover - a bug in the caller
-        conn.execute("ROLLBACK")
+        _roll_back(conn)
+    _give_back(mailbox_dir, identity, conn)
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """End a transaction the borrower left open; a connection that cannot is closed by L{_give_back}."""
+    try:
+        rollback(conn)
+    except sqlite3.Error:
+        pass
+
+
+def _give_back(mailbox_dir: Path, identity: DirectoryIdentity, conn: sqlite3.Connection | None) -> bool:
+    """
+    Return a borrowed connection to the pool (or close it when it saw
+    damage), and rebuild the index if it is damaged and this was the last
+    connection this thread held to it. Returns whether the index was found
+    damaged (and is rebuilt now, or being rebuilt by another thread).
+    """
+    held = _held_here()
     with _pool_lock:
-        _idle[id(conn)] = (mailbox_dir, identity, conn)
-        while len(_idle) > _MAX_IDLE_CONNECTIONS:
-            _, (_, _, old) = _idle.popitem(last=False)
-            old.close()
+        _borrowed[mailbox_dir] -= 1
+        if _borrowed[mailbox_dir] <= 0:
+            del _borrowed[mailbox_dir]
+        held[mailbox_dir] -= 1
+        if held[mailbox_dir] <= 0:
+            del held[mailbox_dir]
+        if conn is not None and getattr(conn, "damaged", False):
+            _damaged.add(mailbox_dir)
+        if conn is not None and (getattr(conn, "damaged", False) or conn.in_transaction):
+            conn.close()
+        elif conn is not None:
+            _idle[id(conn)] = (mailbox_dir, identity, conn)
+            while len(_idle) > _MAX_IDLE_CONNECTIONS:
+                _, (_, _, old) = _idle.popitem(last=False)
+                old.close()
+        damaged = mailbox_dir in _damaged or mailbox_dir in _repairing
+        repair = mailbox_dir in _damaged and mailbox_dir not in _repairing and not held[mailbox_dir]
+        if repair:
+            _repairing.add(mailbox_dir)
+        _pool_changed.notify_all()
+    if repair:
+        _repair(mailbox_dir)
+    return damaged
+
+
+def _repair(mailbox_dir: Path) -> None:
+    """
+    Move the damaged index aside and rebuild it, once no thread of this
+    process holds a connection to it: wait (bounded) for the others to give
+    theirs back, close every idle one. If they do not come back in time,
+    the damage stays noted and the next connection given back tries again;
+    if the rebuild fails once the file is aside, the next open builds it.
+    """
+    try:
+        with _pool_lock:
+            if not _pool_changed.wait_for(lambda: not _borrowed[mailbox_dir], REPAIR_WAIT_SECONDS):
+                _log.warn(
+                    "store.index_repair_postponed {mailbox}: connections still in use",
+                    log_event=logevents.INDEX_REPAIR_POSTPONED,
+                    mailbox=str(mailbox_dir),
+                )
+                return
+            for key, (path, _, idle) in list(_idle.items()):
+                if path == mailbox_dir:
+                    del _idle[key]
+                    idle.close()
+        _set_aside(mailbox_dir / INDEX_NAME, "SQLite reported damage")
+        with _pool_lock:
+            _damaged.discard(mailbox_dir)
+        try:
+            conn = _open(mailbox_dir)
+        except Exception as e:
+            # Say locked by another process for too long: the next use builds it.
+            _log.error(
+                "store.index_repair_postponed {mailbox}: {error!r}",
+                log_event=logevents.INDEX_REPAIR_POSTPONED,
+                mailbox=str(mailbox_dir),
+                error=e,
+            )
+            return
+        with _pool_lock:
+            _idle[id(conn)] = (mailbox_dir, directory_identity(mailbox_dir), conn)
+    finally:
+        with _pool_lock:
+            _repairing.discard(mailbox_dir)
+            _pool_changed.notify_all()
+
+
+def retry_after_repair(function: Callable[..., _T], *args: Any) -> _T:
+    """
+    Run C{function(*args)}, and once more if it met a damaged index that
+    has been rebuilt meanwhile: every store operation runs through here, so
+    that the session which meets the damage gets an answer, not an error.
+    """
+    try:
+        return function(*args)
+    except IndexRepaired:
+        return function(*args)
 
 
 def rollback(conn: sqlite3.Connection) -> None:
@@ -323,8 +662,23 @@ def reset_connections() -> None:
         while _idle:
             _, (_, _, old) = _idle.popitem()
             old.close()
+        _damaged.clear()
     with _reconciled_lock:
         _reconciled.clear()
+
+
+def close_idle_connections(mailbox_dir: Path) -> None:
+    """
+    Close the idle connections to C{mailbox_dir}'s index but remember that
+    it was checked and reconciled: the next use opens a new connection
+    without a check, as a long-running process would after its pool
+    evicted the connection. Tests use it to meet damage at run time.
+    """
+    with _pool_lock:
+        for key, (path, _, idle) in list(_idle.items()):
+            if path == mailbox_dir:
+                del _idle[key]
+                idle.close()
 
 
 def _configure(conn: sqlite3.Connection) -> None:
@@ -338,7 +692,40 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous = NORMAL")
 
 
+def _set_aside(path: Path, reason: str) -> Path:
+    """
+    Move a damaged index (and its WAL and shared-memory files) to
+    C{<name>.damaged-<UTC time>} beside it, never over an earlier one: kept
+    for whoever wants to look, and out of the way of the rebuild.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{INDEX_NAME}.damaged-{stamp}")
+    number = 1
+    while any(Path(str(aside) + suffix).exists() for suffix in ("", "-wal", "-shm")):
+        aside = path.with_name(f"{INDEX_NAME}.damaged-{stamp}.{number}")
+        number += 1
+    for suffix in ("", "-wal", "-shm"):
+        victim = Path(str(path) + suffix)
+        if victim.exists():
+            os.replace(victim, Path(str(aside) + suffix))
+    durable.fsync_directory(path.parent)
+    _log.warn(
+        "store.index_damaged {path}: {error}; moved to {aside}, rebuilding from the Maildir",
+        log_event=logevents.INDEX_DAMAGED,
+        path=str(path),
+        aside=str(aside),
+        error=reason,
+    )
+    return aside
+
+
 def _open(mailbox_dir: Path) -> sqlite3.Connection:
+    """
+    Open a new connection. At the first open in this process the whole
+    index is checked (``PRAGMA quick_check``) and reconciled with the
+    Maildir; a damaged index, found then or by any step of the open, is
+    moved aside and rebuilt.
+    """
     mailbox_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = mailbox_dir / INDEX_NAME
     with _reconciled_lock:
@@ -347,30 +734,43 @@ def _open(mailbox_dir: Path) -> sqlite3.Connection:
         # Before a rebuild or reconcile reads the Maildir: a move a crash
         # cut short would otherwise leave its messages in both folders.
         intent.finish_interrupted(mailbox_dir)
-    try:
-        conn, built = _connect(path, mailbox_dir)
-    except sqlite3.DatabaseError as e:
-        _log.warn("store.index_damaged {path}: {error}; rebuilding from the Maildir", path=str(path), error=str(e))
-        aside = path.with_name(f"{INDEX_NAME}.damaged-{int(time.time())}")
-        for suffix in ("", "-wal", "-shm"):
-            victim = Path(str(path) + suffix)
-            if victim.exists():
-                os.replace(victim, Path(str(aside) + suffix))
-        conn, built = _connect(path, mailbox_dir)
-    try:
-        with _reconciled_lock:
-            first_open = mailbox_dir not in _reconciled
-        if first_open and not built:
-            reconcile(conn, mailbox_dir)
+    for attempt in (1, 2):
+        conn = None
+        try:
+            conn, built = _connect(path, mailbox_dir)
+            if first_open and not built:
+                _check(conn)
+                reconcile(conn, mailbox_dir)
+            ensure_default_folders(conn, mailbox_dir)
+        except sqlite3.DatabaseError as e:
+            if conn is not None:
+                conn.close()
+            if attempt == 2 or not is_damage(e):
+                raise
+            _set_aside(path, str(e))
+            continue
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
         # Marked only once it worked: a reconcile that failed (say the index
         # was locked too long) is tried again by the next open.
         with _reconciled_lock:
             _reconciled.add(mailbox_dir)
-        ensure_default_folders(conn, mailbox_dir)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+        return conn
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check(conn: sqlite3.Connection) -> None:
+    """
+    Raise L{IndexDamaged} unless SQLite finds the whole file sound. A quick
+    check, not an integrity check: it reads every page and row but does not
+    compare indexes with their tables (this schema has none besides the
+    primary keys), in a fraction of the time.
+    """
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise IndexDamaged("; ".join(str(p) for p in problems[:5]))
 
 
 def _connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
@@ -380,7 +780,9 @@ def _connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
     threads or processes opening a new mailbox at once build it only once.
     Returns the connection and whether it was built now.
     """
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=10, factory=_WatchedConnection
+    )
     try:
         _configure(conn)
         conn.execute("BEGIN IMMEDIATE")
@@ -397,7 +799,7 @@ def _connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
             elif version == SCHEMA_VERSION:
                 conn.execute("SELECT count(*) FROM folders").fetchone()
             else:
-                raise sqlite3.DatabaseError(f"unknown index schema version {version}")
+                raise IndexDamaged(f"unknown index schema version {version}")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -416,67 +818,103 @@ _reconciled: set[Path] = set()
 def reconcile(conn: sqlite3.Connection, mailbox_dir: Path) -> int:
     """
     Bring an existing index in line with the Maildir, once per process: after
-    a crash or power cut a commit may be missing (the files, which carry their
-    UIDs, are the truth), and other tools may have added or removed files.
-    Keeps UIDVALIDITY, every UID it can, and keywords (which file names do
-    not carry). Returns the number of rows changed.
+    a crash or power cut commits may be missing (index commits are not
+    fsync'd, so a whole tail of the WAL can go), and other tools may have
+    added or removed files. The files, which carry their UIDs and flags, and
+    each folder's ``mailapp-folder`` record (written durably) are the truth:
+
+      - every Maildir++ folder on disk is listed, and a listed folder whose
+        directory is gone is dropped (INBOX and the special folders come
+        back empty);
+      - a folder whose record has another UIDVALIDITY than the index (it
+        was deleted and created again) is rebuilt from its directory;
+      - UIDNEXT is at least the record's and the highest UID on disk + 1,
+        so no UID is ever given out twice under one UIDVALIDITY.
+
+    Keeps UIDVALIDITY, every UID it can, and keywords. Returns the number
+    of rows changed.
     """
     changed = 0
     conn.execute("BEGIN IMMEDIATE")
     try:
-        folders = conn.execute("SELECT name, uidnext FROM folders").fetchall()
-        for name, uidnext in folders:
-            directory = folder_directory(mailbox_dir, name)
-            on_disk: dict[int, tuple[str, ParsedName, os.stat_result]] = {}
-            fresh: list[tuple[str, ParsedName, os.stat_result]] = []
-            for relative, parsed, stat in _scan(directory):
-                if parsed.uid is not None and parsed.uid not in on_disk:
-                    on_disk[parsed.uid] = (relative, parsed, stat)
-                else:
-                    fresh.append((relative, parsed, stat))
-            rows = {
-                uid: (filename, decode_flags(flags))
-                for uid, filename, flags in conn.execute("SELECT uid, filename, flags FROM messages WHERE folder = ?", (name,))
-            }
-            for uid, (filename, flags) in rows.items():
-                if uid not in on_disk:
-                    conn.execute("DELETE FROM messages WHERE folder = ? AND uid = ?", (name, uid))
-                    changed += 1
-                elif on_disk[uid][0] != filename:
-                    keywords = {f for f in flags if f not in _FLAG_LETTERS}
-                    merged = encode_flags(on_disk[uid][1].flags | keywords)
-                    conn.execute(
-                        "UPDATE messages SET filename = ?, flags = ? WHERE folder = ? AND uid = ?",
-                        (on_disk[uid][0], merged, name, uid),
-                    )
-                    changed += 1
-            for uid, (relative, parsed, stat) in on_disk.items():
-                if uid in rows:
-                    continue
-                size = parsed.index_size(stat)
-                conn.execute(
-                    "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, uid, relative, encode_flags(parsed.flags), size, stat.st_mtime),
-                )
-                uidnext = max(uidnext, uid + 1)
-                changed += 1
-            fresh.sort(key=lambda item: (item[2].st_mtime, item[0]))
-            for relative, parsed, stat in fresh:
-                uid, uidnext = uidnext, uidnext + 1
-                new_relative, named = _name_with_uid(directory, relative, parsed, stat, uid)
-                conn.execute(
-                    "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, uid, new_relative, encode_flags(parsed.flags), named.index_size(stat), stat.st_mtime),
-                )
-                changed += 1
-            conn.execute("UPDATE folders SET uidnext = max(uidnext, ?) WHERE name = ?", (uidnext, name))
+        listed = {name: (validity, uidnext) for name, validity, uidnext in conn.execute("SELECT name, uidvalidity, uidnext FROM folders")}
+        on_disk = dict(_folders_on_disk(mailbox_dir))
+        for name in sorted(set(listed) - set(on_disk)):
+            conn.execute("DELETE FROM messages WHERE folder = ?", (name,))
+            conn.execute("DELETE FROM folders WHERE name = ?", (name,))
+            changed += 1
+        for name, directory in on_disk.items():
+            meta = read_meta(directory)
+            if name in listed and (meta is None or meta["uidvalidity"] == listed[name][0]):
+                changed += _reconcile_folder(conn, name, directory, max(listed[name][1], meta["uidnext"] if meta else 1))
+                continue
+            conn.execute("DELETE FROM messages WHERE folder = ?", (name,))
+            conn.execute("DELETE FROM folders WHERE name = ?", (name,))
+            make_folder_directory(directory)
+            changed += 1 + _rebuild_folder(conn, name, directory)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     if changed:
-        _log.info("store.index_reconciled {mailbox} changed={changed}", mailbox=str(mailbox_dir), changed=changed)
+        _log.info(
+            "store.index_reconciled {mailbox} changed={changed}",
+            log_event=logevents.INDEX_RECONCILED,
+            mailbox=str(mailbox_dir),
+            changed=changed,
+        )
     return changed
+
+
+def _reconcile_folder(conn: sqlite3.Connection, name: str, directory: Path, uidnext: int) -> int:
+    """One listed folder of L{reconcile}; C{uidnext} is the larger of the index's and the record's."""
+    changed = 0
+    on_disk: dict[int, tuple[str, ParsedName, os.stat_result]] = {}
+    fresh: list[tuple[str, ParsedName, os.stat_result]] = []
+    for relative, parsed, stat in _scan(directory):
+        if parsed.uid is not None and parsed.uid not in on_disk:
+            on_disk[parsed.uid] = (relative, parsed, stat)
+        else:
+            fresh.append((relative, parsed, stat))
+    if on_disk:
+        uidnext = max(uidnext, max(on_disk) + 1)
+    lettered = set(read_keywords(directory).values())
+    rows = {
+        uid: (filename, decode_flags(flags))
+        for uid, filename, flags in conn.execute("SELECT uid, filename, flags FROM messages WHERE folder = ?", (name,)).fetchall()
+    }
+    for uid, (filename, flags) in rows.items():
+        if uid not in on_disk:
+            conn.execute("DELETE FROM messages WHERE folder = ? AND uid = ?", (name, uid))
+            changed += 1
+        elif on_disk[uid][0] != filename:
+            # The name is newer than the row; keywords without a letter live only in the row.
+            unlettered = {f for f in flags if _is_keyword(f) and f not in lettered}
+            merged = encode_flags(on_disk[uid][1].flags | unlettered)
+            conn.execute(
+                "UPDATE messages SET filename = ?, flags = ? WHERE folder = ? AND uid = ?",
+                (on_disk[uid][0], merged, name, uid),
+            )
+            changed += 1
+    for uid, (relative, parsed, stat) in on_disk.items():
+        if uid in rows:
+            continue
+        conn.execute(
+            "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
+            (name, uid, relative, encode_flags(parsed.flags), parsed.index_size(stat), stat.st_mtime),
+        )
+        changed += 1
+    fresh.sort(key=lambda item: (item[2].st_mtime, item[0]))
+    for relative, parsed, stat in fresh:
+        uid, uidnext = uidnext, uidnext + 1
+        new_relative, named = _name_with_uid(directory, relative, parsed, stat, uid)
+        conn.execute(
+            "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
+            (name, uid, new_relative, encode_flags(parsed.flags), named.index_size(stat), stat.st_mtime),
+        )
+        changed += 1
+    cursor = conn.execute("UPDATE folders SET uidnext = ? WHERE name = ? AND uidnext < ?", (uidnext, name, uidnext))
+    return changed + cursor.rowcount
 
 
 def ensure_default_folders(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
@@ -509,6 +947,8 @@ def create_folder(conn: sqlite3.Connection, mailbox_dir: Path, name: str) -> boo
 
 
 def _scan(directory: Path) -> list[tuple[str, ParsedName, os.stat_result]]:
+    """Every message file of a folder, its name parsed, keywords included (by the folder's letters)."""
+    keywords = read_keywords(directory)
     found = []
     for sub in ("new", "cur"):
         try:
@@ -521,6 +961,9 @@ def _scan(directory: Path) -> list[tuple[str, ParsedName, os.stat_result]]:
             parsed = parse_filename(entry.name)
             if parsed is None:
                 continue
+            if parsed.keyword_letters:
+                named = {keywords[letter] for letter in parsed.keyword_letters if letter in keywords}
+                parsed = dataclasses.replace(parsed, flags=parsed.flags | named)
             found.append((f"{sub}/{entry.name}", parsed, entry.stat()))
     return found
 
@@ -539,9 +982,11 @@ def _name_with_uid(
         wire = parsed.wire_size
     else:
         stored, wire = messagefile.measure(directory / relative)
-    new_relative = format_filename(parsed.base, stored, uid, parsed.flags, relative.startswith("cur/"), wire)
+    new_relative = format_filename(
+        parsed.base, stored, uid, parsed.flags, relative.startswith("cur/"), wire, parsed.keyword_letters
+    )
     durable.rename(directory / relative, directory / new_relative)
-    return new_relative, ParsedName(parsed.base, stored, uid, parsed.flags, wire)
+    return new_relative, ParsedName(parsed.base, stored, uid, parsed.flags, wire, parsed.keyword_letters)
 
 
 def _rebuild_tables(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
@@ -550,21 +995,36 @@ def _rebuild_tables(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
     transaction: keep UIDVALIDITY and UIDs where the folder metadata allows
     it, else start a new UIDVALIDITY.
     """
-    folders = [(INBOX, mailbox_dir)]
-    if mailbox_dir.exists():
-        for entry in sorted(os.scandir(mailbox_dir), key=lambda e: e.name):
-            name = folder_from_directory(entry.name)
-            if name is not None and entry.is_dir() and (Path(entry.path) / "cur").is_dir():
-                folders.append((name, Path(entry.path)))
+    folders = _folders_on_disk(mailbox_dir)
     conn.execute("DELETE FROM messages")
     conn.execute("DELETE FROM folders")
     for name, directory in folders:
         make_folder_directory(directory)
         _rebuild_folder(conn, name, directory)
-    _log.info("store.index_rebuilt {mailbox} folders={count}", mailbox=str(mailbox_dir), count=len(folders))
+    _log.info(
+        "store.index_rebuilt {mailbox} folders={count}",
+        log_event=logevents.INDEX_REBUILT,
+        mailbox=str(mailbox_dir),
+        count=len(folders),
+    )
 
 
-def _rebuild_folder(conn: sqlite3.Connection, name: str, directory: Path) -> None:
+def _folders_on_disk(mailbox_dir: Path) -> list[tuple[str, Path]]:
+    """
+    Every folder in the Maildir: INBOX, then each Maildir++ ``.Name``
+    directory with a ``cur/`` (whatever the index lists: the directories
+    are the truth about which folders exist).
+    """
+    folders = [(INBOX, mailbox_dir)]
+    if mailbox_dir.exists():
+        for entry in sorted(os.scandir(mailbox_dir), key=lambda e: e.name):
+            name = folder_from_directory(entry.name)
+            if name is not None and name != INBOX and entry.is_dir() and (Path(entry.path) / "cur").is_dir():
+                folders.append((name, Path(entry.path)))
+    return folders
+
+
+def _rebuild_folder(conn: sqlite3.Connection, name: str, directory: Path) -> int:
     meta = read_meta(directory)
     files = _scan(directory)
     if meta:
@@ -597,3 +1057,4 @@ def _rebuild_folder(conn: sqlite3.Connection, name: str, directory: Path) -> Non
         )
     conn.execute("INSERT INTO folders (name, uidvalidity, uidnext) VALUES (?, ?, ?)", (name, uidvalidity, uidnext))
     write_meta(directory, uidvalidity, uidnext)
+    return len(kept)

@@ -179,12 +179,15 @@ class MaildirStore:
         self.committer = GroupCommitter(reactor, self.threadpool, self.batch_sync)
 
     def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """Run a read-only index or file operation on a worker thread."""
-        return deferToThreadPool(self.reactor, self.threadpool, function, *args)
+        """
+        Run a read-only index or file operation on a worker thread (once
+        more if it met a damaged index, rebuilt meanwhile).
+        """
+        return deferToThreadPool(self.reactor, self.threadpool, index.retry_after_repair, function, *args)
 
     def write(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """Run a change on the writer, in order with every other change."""
-        return self.committer.submit(_Call(function, args))
+        """Run a change on the writer, in order with every other change (retried as L{run} is)."""
+        return self.committer.submit(_Call(index.retry_after_repair, (function, *args)))
 
     def mailbox(self, account: str) -> MaildirMailbox:
         return MaildirMailbox(self, account)
@@ -498,7 +501,8 @@ class MaildirFolder:
                         parsed = index.parse_filename(filename.split("/", 1)[1])
                         relative = filename
                         if parsed is not None:
-                            relative = index.format_filename(
+                            relative = index.message_filename(
+                                self.directory,
                                 parsed.base,
                                 parsed.size if parsed.size is not None else size,
                                 uid,

@@ -71,7 +71,8 @@ def transfer(
             parsed = index.parse_filename(filename.split("/", 1)[1])
             base = parsed.base if parsed else filename
             # The copy is a link to the same file: its name describes it the same way.
-            relative = index.format_filename(
+            relative = index.message_filename(
+                target_dir,
                 base,
                 parsed.size if parsed is not None and parsed.size is not None else size,
                 uidnext,
