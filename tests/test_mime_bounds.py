@@ -1,7 +1,7 @@
 """
 Hostile MIME, without sockets: SEARCH BODY/TEXT streams each text part
 (bounded memory, a per-message byte cap), and every reader of message
-structure (SEARCH, FETCH BODYSTRUCTURE) stops at
+structure (SEARCH, FETCH BODYSTRUCTURE, the webmail) stops at
 mime.MAX_DEPTH and mime.MAX_PARTS and shows the rest as text instead of
 recursing until RecursionError.
 """
@@ -19,6 +19,7 @@ import pytest
 
 from mailapp.imap import mime, search
 from mailapp.store import messagefile
+from mailapp.web import messages
 from tests.hostile_messages import nested_messages, nested_multiparts, sibling_parts
 
 MiB = 1024 * 1024
@@ -186,3 +187,14 @@ def test_an_embedded_message_too_deep_to_open_is_described_as_text_not_as_a_mess
     # A MESSAGE/RFC822 entry must carry an ENVELOPE and a BODYSTRUCTURE; the
     # unopened one is plain text holding the rest.
     assert shape[:2] == ["TEXT", "PLAIN"]
+
+
+@pytest.mark.parametrize("raw", [nested_multiparts(10_000), nested_messages(10_000), sibling_parts(50_000)], ids=["nested", "messages", "siblings"])
+def test_the_webmail_view_of_a_hostile_structure_is_quick_and_bounded(raw: bytes) -> None:
+    started = time.perf_counter()
+    message = messages.parse(io.BytesIO(raw))
+    view = messages.view(message)
+    assert time.perf_counter() - started < 3.0  # RecursionError, or 25 s for 50,000 parts
+    assert view.subject in ("nested", "nested messages", "siblings")
+    assert sum(1 for _ in message.walk()) <= mime.MAX_PARTS + 1
+    assert len(view.attachments) < mime.MAX_PARTS
