@@ -11,7 +11,9 @@ messages together) is not opened but kept whole as text, and after
 L{MAX_PARTS} parts the rest of the message is not split (it is the rest of
 the enclosing part's body). Every reader of message structure (FETCH,
 SEARCH, the webmail) goes through L{scan}, so none of them meets a message
-the stdlib parser would recurse on without bound. It works on the raw bytes, so every size and line
+the stdlib parser would recurse on without bound.
+
+It works on the raw bytes, so every size and line
 count is the exact octet count on the wire (RFC 3501 7.4.2), which the
 stdlib parser (it re-folds and decodes) and Twisted's C{getBodyStructure}
 (it lower-cases parameter values and splits parameters on ``;`` inside quotes)
