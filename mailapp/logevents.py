@@ -96,6 +96,8 @@ IMAP_LOGIN: Final = "imap.login"
 IMAP_TIMEOUT: Final = "imap.timeout"
 IMAP_AUTH_FAILURES_EXCEEDED: Final = "imap.auth_failures_exceeded"
 IMAP_INTERNAL_ERROR: Final = "imap.internal_error"
+#: a message deeper than mime.MAX_DEPTH or with more than mime.MAX_PARTS parts: the rest is text; also: uid
+IMAP_STRUCTURE_CUT: Final = "imap.structure_cut"
 
 # --- abuse resistance (mailapp.abuse and the sessions that ask it); failures are AUTH_FAILED ---
 AUTH_BANNED: Final = "auth.banned"

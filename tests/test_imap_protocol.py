@@ -176,12 +176,13 @@ def test_header_searches_read_only_the_header_block():
 
     raw = b"Subject: =?utf-8?q?Quarterly_n=C3=BCmbers?=\r\nDate: Tue, 1 Sep 2026 10:00:00 +0000\r\n\r\n" + b"body line\r\n" * 1000
     handle = io.BytesIO(raw)
-    content = search.load_content(handle, with_body=False)
+    content = search.load_content(handle)
     assert content.headers["subject"] == ["quarterly nümbers"]
     assert content.sent == (2026, 9, 1)
-    assert content.body_text == ""
-    full = search.load_content(io.BytesIO(raw), with_body=True)
-    assert "body line" in full.body_text
+    assert content.found_in_body == frozenset()
+    full = search.load_content(io.BytesIO(raw), {"body line", "absent"})
+    assert full.found_in_body == {"body line"}
+    assert full.headers == content.headers
 
 
 def test_only_body_and_text_keys_need_message_bodies():

@@ -30,6 +30,7 @@ from mailapp.testing import FakeAccounts
 from mailapp.web import Webmail, WebmailPolicy
 from mailapp.web.messages import parse_addresses, ComposeError
 from mailapp.web.sessions import Sessions
+from tests.hostile_messages import nested_multiparts, sibling_parts
 from tests.service_runner import REPOSITORY
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
@@ -358,6 +359,42 @@ class WebmailHTTPTests(TestCase):
         self.assertEqual(message["Subject"], "Alice secret")
         for _, message in (yield self.stored(BOB)):
             self.assertNotIn(b"SECRETBYTES", message.as_bytes())
+
+    # -- hostile structures (mailapp.imap.mime bounds) -----------------------------------------
+
+    @inlineCallbacks
+    def test_messages_of_10000_nested_or_50000_sibling_parts_are_read_with_200_quickly(self) -> None:
+        nested = yield self.deliver(ALICE, "", raw=nested_multiparts(10_000))
+        siblings = yield self.deliver(ALICE, "", raw=sibling_parts(50_000))
+        client = self.client()
+        yield client.sign_in(ALICE)
+        for path in (
+            f"/read?f=INBOX&uid={nested}",
+            f"/read?f=INBOX&uid={siblings}",
+            f"/frame?f=INBOX&uid={siblings}",
+            f"/part?f=INBOX&uid={siblings}&n=2",
+            f"/compose?mode=forward&f=INBOX&uid={siblings}",
+        ):
+            started = time.monotonic()
+            response = yield client.get(path)
+            # A RecursionError (500) for the nested one; 25 s of parsing for the siblings.
+            self.assertEqual(response.status, 200, path)
+            self.assertLess(time.monotonic() - started, 5.0, path)
+        page = yield client.get(f"/read?f=INBOX&uid={nested}")
+        self.assertIn("nested", page.text)
+        self.assertIn("--b19", page.text)  # below the depth bound the rest is shown as the text it is
+
+    @inlineCallbacks
+    def test_body_search_finds_ordinary_messages_beside_a_hostile_one(self) -> None:
+        yield self.deliver(ALICE, "ordinary one", body="some deepest words here")
+        yield self.deliver(ALICE, "", raw=nested_multiparts(10_000))
+        yield self.deliver(ALICE, "ordinary two", body="more deepest words")
+        client = self.client()
+        yield client.sign_in(ALICE)
+        listing = yield client.get("/list?f=INBOX&field=body&q=deepest+words")
+        self.assertEqual(listing.status, 200)
+        for subject in ("ordinary one", "ordinary two", "nested"):
+            self.assertIn(subject, listing.text)
 
     # -- header injection --------------------------------------------------------------------
 

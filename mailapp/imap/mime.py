@@ -5,7 +5,15 @@ is sent straight from the file, and ENVELOPE and BODYSTRUCTURE.
 
 The scanner reads the file once, a line at a time, on a worker thread, and
 keeps only header blocks (each capped) and offsets: memory stays bounded
-whatever the body size. It works on the raw bytes, so every size and line
+whatever the body size. Structure is bounded too, since a sender controls
+it: a part nested deeper than L{MAX_DEPTH} (multiparts and embedded
+messages together) is not opened but kept whole as text, and after
+L{MAX_PARTS} parts the rest of the message is not split (it is the rest of
+the enclosing part's body). Every reader of message structure (FETCH,
+SEARCH, the webmail) goes through L{scan}, so none of them meets a message
+the stdlib parser would recurse on without bound.
+
+It works on the raw bytes, so every size and line
 count is the exact octet count on the wire (RFC 3501 7.4.2), which the
 stdlib parser (it re-folds and decodes) and Twisted's C{getBodyStructure}
 (it lower-cases parameter values and splits parameters on ``;`` inside quotes)
@@ -45,12 +53,23 @@ class Part:
     message: "Part | None" = None
     boundary: bytes | None = None
     content_type: tuple[str, str, list[tuple[str, str]]] = ("text", "plain", [])
+    #: A multipart or embedded message whose inside was not followed (too deep, or
+    #: past L{MAX_PARTS}): its body, or the rest of it after its last child, is text.
+    cut: bool = False
     _last_line_blank: bool = False
     _header_full: bool = False
 
     @property
     def body_size(self) -> int:
         return self.end - self.body_start
+
+    @property
+    def opaque(self) -> bool:
+        """A multipart or embedded message shown as one text part: no parts were found inside it."""
+        main, sub, _ = self.content_type
+        return not self.children and self.message is None and (
+            main == "multipart" or (main, sub) in (("message", "rfc822"), ("message", "global"))
+        )
 
     def headers(self) -> list[tuple[str, bytes]]:
         return parse_header_block(self.header)
@@ -114,14 +133,15 @@ def _parameters(rest: bytes) -> list[tuple[str, str]]:
 class _Scanner:
     def __init__(self) -> None:
         self.parts = 0
+        self.cut = False
 
-    def scan(self, handle: IO[bytes]) -> Part:
+    def scan(self, handle: IO[bytes], limit: int | None) -> Part:
         root = Part(start=0)
         stack: list[Part] = [root]
         in_header: dict[int, bool] = {id(root): True}
         offset = 0
         previous_ending = 0  # length of the previous line's ending (CRLF 2, LF 1)
-        while True:
+        while limit is None or offset < limit:
             line = handle.readline(_READ_LINE)
             if not line:
                 break
@@ -156,7 +176,9 @@ class _Scanner:
         default = ("message", "rfc822") if parent is not None and parent.content_type[:2] == ("multipart", "digest") else ("text", "plain")
         part.content_type = parse_content_type(part.header_value("content-type"), default)
         main, sub, params = part.content_type
-        if len(stack) >= MAX_DEPTH or self.parts >= MAX_PARTS:
+        container = main == "multipart" or (main, sub) in (("message", "rfc822"), ("message", "global"))
+        if container and (len(stack) >= MAX_DEPTH or self.parts >= MAX_PARTS):
+            part.cut = self.cut = True
             return
         if main == "multipart":
             boundary = dict(params).get("boundary")
@@ -190,6 +212,7 @@ class _Scanner:
                     return True
                 if self.parts >= MAX_PARTS:
                     owner.boundary = None
+                    owner.cut = self.cut = True
                     return True
                 self.parts += 1
                 child = Part(start=here + len(line))
@@ -212,9 +235,29 @@ class _Scanner:
             self._finish(part.message)
 
 
-def scan(handle: IO[bytes]) -> Part:
+@dataclass
+class Structure:
+    """What L{scan} found: the message's root part, and whether a bound cut its structure."""
+
+    root: Part
+    cut: bool
+
+
+def scan(handle: IO[bytes], limit: int | None = None) -> Part:
     """Read the message in C{handle} once and return its structure (worker thread)."""
-    return _Scanner().scan(handle)
+    return scan_structure(handle, limit).root
+
+
+def scan_structure(handle: IO[bytes], limit: int | None = None) -> Structure:
+    """
+    L{scan}, saying also whether L{MAX_DEPTH} or L{MAX_PARTS} cut the
+    structure (for one warning line: it is a hostile or broken message).
+    With C{limit} only about the first C{limit} bytes are read (to the end of
+    the line that crosses it), and every part ends by then.
+    """
+    scanner = _Scanner()
+    root = scanner.scan(handle, limit)
+    return Structure(root, scanner.cut)
 
 
 # -- ENVELOPE and BODYSTRUCTURE ------------------------------------------------------------
@@ -299,8 +342,11 @@ def body_structure(part: Part, extended: bool) -> list[Any]:
                 ]
             )
         return result
-    if main == "multipart":
-        # A multipart without parts (no boundary found): describe it as an empty text part.
+    if part.opaque:
+        # A multipart without parts (no boundary found, or nested too deep) or an
+        # embedded message not opened (too deep): a MESSAGE/RFC822 entry needs the
+        # inner ENVELOPE and BODYSTRUCTURE (RFC 3501 body-type-msg), so either is
+        # described as a text part holding its raw body.
         main, sub, params = "text", "plain", [("charset", "US-ASCII")]
     encoding = part.header_value("content-transfer-encoding")
     result = [

@@ -1,9 +1,15 @@
 """
 SEARCH (RFC 3501 6.4.4): every search key, parsed into a small tree and
 evaluated against the index first; a message's file is read (on a worker
-thread, parsed with the stdlib C{email} package) only when a key needs its
-headers or body, and only for messages the index keys have not already
-ruled out.
+thread) only when a key needs its headers or body, and only for messages
+the index keys have not already ruled out.
+
+Headers are parsed with the stdlib C{email} package, from the header block
+alone. Bodies never are: BODY and TEXT stream each text part of the
+structure L{mime.scan} finds (bounded in depth and parts), undoing its
+transfer encoding and charset a chunk at a time, so a search holds a few
+chunks of a message, never the message. Each message is searched in its
+first L{MAX_CONTENT} bytes only.
 
 Twisted's C{Query} builds search strings for the client side; the server side
 has nothing reusable, so this is our own. Nesting is bounded (L{MAX_DEPTH}),
@@ -12,21 +18,39 @@ so a deeply nested SEARCH gets BAD instead of a recursion error.
 
 from __future__ import annotations
 
-import email
+import binascii
+import codecs
 import email.header
 import email.parser
 import email.policy
 import email.utils
 import time
 from dataclasses import dataclass
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Collection, Iterator
 
+from mailapp.imap import mime
 from mailapp.imap.wire import Atom, BadCommand, Token, as_number, as_string, parse_date, parse_sequence_set
 
-__all__ = ["Content", "MAX_DEPTH", "Message", "NeedContent", "load_content", "matches", "parse_search"]
+__all__ = [
+    "Content",
+    "MAX_CONTENT",
+    "MAX_DEPTH",
+    "Message",
+    "NeedContent",
+    "body_needles",
+    "load_content",
+    "matches",
+    "parse_search",
+]
 
 MAX_DEPTH = 32
+#: BODY and TEXT look at this many bytes of a message at most (its first 32 MiB, as
+#: sent): more than C{limits.max_message_size} allows by default, and a bound on the
+#: time one message can take whatever a client APPENDed.
 MAX_CONTENT = 32 * 1024 * 1024
+#: Bytes of a part read per step: with the decoded text and the carried-over tail,
+#: what one message search holds at a time.
+CHUNK_SIZE = 64 * 1024
 
 _FLAG_KEYS = {
     "ANSWERED": ("\\Answered", True),
@@ -63,12 +87,17 @@ class Message:
 
 @dataclass
 class Content:
-    """A message's decoded headers and text, for the string and SENT* keys."""
+    """
+    What the string and SENT* keys need of a message: its decoded headers,
+    and which of the search's BODY/TEXT strings its text contains (the text
+    itself is never kept). C{cut} says a structure bound was reached.
+    """
 
     headers: dict[str, list[str]]
     header_text: str
-    body_text: str
+    found_in_body: frozenset[str]
     sent: tuple[int, int, int] | None
+    cut: bool = False
 
 
 def parse_search(tokens: list[Token], max_seq: int) -> tuple[str | None, list[Any]]:
@@ -225,9 +254,9 @@ def matches(
             return bool(values)
         return any(key[2] in value for value in values)
     if kind == "BODY":
-        return key[1] in content.body_text
+        return key[1] in content.found_in_body
     if kind == "TEXT":
-        return key[1] in content.header_text or key[1] in content.body_text
+        return key[1] in content.header_text or key[1] in content.found_in_body
     raise AssertionError(f"unknown search key {kind}")
 
 
@@ -260,51 +289,53 @@ def needs_body(key: Any) -> bool:
     return False
 
 
+def body_needles(key: Any) -> frozenset[str]:
+    """The (case-folded) strings of every BODY and TEXT key in C{key}: what a body is searched for."""
+    kind = key[0]
+    if kind in ("BODY", "TEXT"):
+        return frozenset([key[1]])
+    if kind == "AND":
+        return frozenset().union(*(body_needles(sub) for sub in key[1]))
+    if kind == "NOT":
+        return body_needles(key[1])
+    if kind == "OR":
+        return body_needles(key[1]) | body_needles(key[2])
+    return frozenset()
+
+
 _HEADER_READ = 64 * 1024
 
 
-def load_contents(handles: list[IO[bytes] | None], with_body: bool) -> list[Content | None]:
+def load_contents(handles: list[IO[bytes] | None], needles: Collection[str]) -> list[Content | None]:
     """L{load_content} for many messages in one trip to a worker thread."""
-    return [None if handle is None else load_content(handle, with_body) for handle in handles]
+    return [None if handle is None else load_content(handle, needles) for handle in handles]
 
 
-def load_content(handle: IO[bytes], with_body: bool = True) -> Content:
+def load_content(handle: IO[bytes], needles: Collection[str] = ()) -> Content:
     """
-    Read and decode one message (worker thread); closes C{handle}. Without
-    C{with_body} only the header block is read and parsed: what the header
-    and SENT* keys need, at a fraction of the cost.
+    Read one message's headers and search its text for C{needles} (worker
+    thread); closes C{handle}. Without needles only the header block is
+    read: what the header and SENT* keys need, at a fraction of the cost.
     """
     with handle:
-        if with_body:
-            raw = handle.read(MAX_CONTENT)
+        cut = False
+        found: frozenset[str] = frozenset()
+        if needles:
+            structure = mime.scan_structure(handle, MAX_CONTENT)
+            cut = structure.cut
+            block = structure.root.header
+            found = _search_text(handle, structure.root, needles)
         else:
             raw = handle.read(_HEADER_READ)
             end = raw.find(b"\r\n\r\n")
-            raw = raw[: end + 4] if end >= 0 else raw
-    if not with_body:
-        message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
-    else:
-        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+            block = raw[: end + 4] if end >= 0 else raw
+    message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
     headers: dict[str, list[str]] = {}
     header_lines = []
     for name, value in message.items():
         decoded = _decode_header(str(value)).replace("\r\n", "").replace("\n", "")
         headers.setdefault(name.lower(), []).append(decoded.casefold())
         header_lines.append(f"{name}: {decoded}")
-    bodies = []
-    for part in message.walk() if with_body else ():
-        if part.is_multipart():
-            continue
-        if part.get_content_maintype() not in ("text", "message"):
-            continue
-        payload = part.get_payload(decode=True)
-        if not isinstance(payload, bytes):
-            continue
-        charset = part.get_content_charset() or "utf-8"
-        try:
-            bodies.append(payload.decode(charset, "replace"))
-        except LookupError:
-            bodies.append(payload.decode("utf-8", "replace"))
     sent = None
     date = message.get("date")
     if date:
@@ -314,5 +345,143 @@ def load_content(handle: IO[bytes], with_body: bool = True) -> Content:
                 sent = (parsed[0], parsed[1], parsed[2])
         except (TypeError, ValueError):
             sent = None
-    return Content(headers, "\n".join(header_lines).casefold(), "\n".join(bodies).casefold(), sent)
+    return Content(headers, "\n".join(header_lines).casefold(), found, sent, cut)
 
+
+# -- streaming the text of a message ----------------------------------------------------------
+
+
+def _text_ranges(root: mime.Part) -> Iterator[tuple[mime.Part, int, int]]:
+    """
+    (part, start, end) of each stretch of text to search, in order: every
+    leaf part of type text/* or message/* (what RFC 3501 calls the body
+    text), and, treated as text, a part the structure bounds left unopened
+    and the rest of a multipart after its last part when L{mime.MAX_PARTS}
+    stopped its split.
+    """
+    stack = [root]
+    while stack:
+        part = stack.pop()
+        if part.children:
+            if part.cut and part.end > part.children[-1].end:
+                stack.append(mime.Part(start=part.children[-1].end, body_start=part.children[-1].end, end=part.end))
+            stack.extend(reversed(part.children))
+        elif part.message is not None:
+            stack.append(part.message)
+        elif part.content_type[0] in ("text", "message") or part.opaque:
+            yield part, part.body_start, part.end
+
+
+def _search_text(handle: IO[bytes], root: mime.Part, needles: Collection[str]) -> frozenset[str]:
+    """Which C{needles} (case-folded) occur in the text of the message in C{handle}, read a chunk at a time."""
+    found = {needle for needle in needles if not needle}
+    wanted = [needle for needle in needles if needle]
+    for part, start, end in _text_ranges(root):
+        if len(found) == len(needles):
+            break
+        _search_range(handle, part, start, min(end, MAX_CONTENT), [n for n in wanted if n not in found], found)
+    return frozenset(found)
+
+
+def _search_range(handle: IO[bytes], part: mime.Part, start: int, end: int, wanted: list[str], found: set[str]) -> None:
+    """
+    Search bytes C{start} to C{end} of the file, decoded as C{part} says,
+    for C{wanted}, adding what is found to C{found}. Case is folded with
+    C{str.casefold} (a character at a time, so a chunk folds as the whole
+    would); the last C{n - 1} folded characters are carried over to the next
+    chunk, so a needle of length C{n} is found across a chunk boundary.
+    """
+    if start >= end or not wanted:
+        return
+    transfer = _transfer_decoder(part.header_value("content-transfer-encoding"))
+    # The charset a part declares; none (not the US-ASCII a missing Content-Type
+    # implies) reads as UTF-8, as 8-bit mail without MIME headers mostly is.
+    declared = part.header_value("content-type") is not None
+    text = _text_decoder(dict(part.content_type[2]).get("charset", "") if declared else "")
+    overlap = max(len(needle) for needle in wanted) - 1
+    carry = ""
+    handle.seek(start)
+    remaining = end - start
+    while wanted:
+        data = handle.read(min(CHUNK_SIZE, remaining)) if remaining > 0 else b""
+        remaining -= len(data)
+        last = not data
+        window = carry + text.decode(transfer.flush() if last else transfer.feed(data), final=last).casefold()
+        for needle in [n for n in wanted if n in window]:
+            found.add(needle)
+            wanted.remove(needle)
+        if last:
+            return
+        carry = window[-overlap:] if overlap else ""
+
+
+class _Identity:
+    """7bit, 8bit, binary, and encodings we do not undo: the bytes as they are."""
+
+    def feed(self, data: bytes) -> bytes:
+        return data
+
+    def flush(self) -> bytes:
+        return b""
+
+
+_NOT_BASE64 = bytes(b for b in range(256) if not (chr(b).isascii() and (chr(b).isalnum() or chr(b) in "+/")))
+
+
+class _Base64:
+    """
+    Base64 a chunk at a time: characters outside the alphabet are skipped
+    (as the stdlib's lenient decoder does), whole quanta decoded, the rest carried.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._pending + data.translate(None, _NOT_BASE64)
+        usable = len(data) - len(data) % 4
+        self._pending = data[usable:]
+        return binascii.a2b_base64(data[:usable])
+
+    def flush(self) -> bytes:
+        pending, self._pending = self._pending, b""
+        if len(pending) < 2:
+            return b""
+        return binascii.a2b_base64(pending + b"=" * (4 - len(pending)))
+
+
+class _QuotedPrintable:
+    """Quoted-printable a chunk at a time: an ``=`` in the last two bytes (an escape or soft break cut short) waits for the next chunk."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._pending + data
+        cut = data.find(b"=", max(len(data) - 2, 0))
+        cut = len(data) if cut < 0 else cut
+        self._pending = data[cut:]
+        return binascii.a2b_qp(data[:cut])
+
+    def flush(self) -> bytes:
+        pending, self._pending = self._pending, b""
+        return binascii.a2b_qp(pending)
+
+
+def _transfer_decoder(encoding: bytes | None) -> _Identity | _Base64 | _QuotedPrintable:
+    name = (encoding or b"").strip().lower()
+    if name == b"base64":
+        return _Base64()
+    if name == b"quoted-printable":
+        return _QuotedPrintable()
+    return _Identity()
+
+
+def _text_decoder(charset: str) -> codecs.IncrementalDecoder:
+    """An incremental decoder for C{charset}, UTF-8 when it is missing, unknown or not a text encoding."""
+    name = charset.strip().lower() or "utf-8"
+    try:
+        b"".decode(name)  # LookupError for an unknown name, or a bytes-to-bytes codec such as base64
+        return codecs.getincrementaldecoder(name)("replace")
+    except (LookupError, ValueError, TypeError):
+        return codecs.getincrementaldecoder("utf-8")("replace")

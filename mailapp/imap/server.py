@@ -1493,7 +1493,10 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         try:
             structure = None
             if any(i.needs_structure for i in items):
-                structure = await self.store.run(_scan, handle)
+                scanned = await self.store.run(_scan, handle)
+                structure = scanned.root
+                if scanned.cut:
+                    _structure_cut(uid)
             size = structure.end if structure is not None else None
             out = [b"* %d FETCH (" % (position + 1)]
             first = True
@@ -1699,7 +1702,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             return False
 
         hits = []
-        with_body = search.needs_body(key)
+        needles = search.body_needles(key)
         # Messages the index keys cannot decide are read in batches: the files
         # opened together, then decoded in one trip to a worker thread.
         undecided: list[tuple[int, int, search.Message]] = []
@@ -1709,8 +1712,10 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                 [selected.folder.openMessage(uid).addErrback(lambda f: f.trap(NoSuchMessage) and None) for _, uid, _ in batch],
                 consumeErrors=True,
             )
-            contents = await self.store.run(search.load_contents, opened, with_body)
+            contents = await self.store.run(search.load_contents, opened, needles)
             for (position, uid, message), content in zip(batch, contents):
+                if content is not None and content.cut:
+                    _structure_cut(uid)
                 if content is not None and search.matches(key, message, content, in_set):
                     hits.append(uid if by_uid else position + 1)
 
@@ -1721,8 +1726,9 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                 matched = search.matches(key, message, None, in_set)
             except search.NeedContent:
                 undecided.append((position, uid, message))
-                # Whole bodies (up to search.MAX_CONTENT each) come a few at a time.
-                if len(undecided) >= (_SEARCH_BATCH if not with_body else 4):
+                # Bodies (up to search.MAX_CONTENT each, streamed) come a few at a
+                # time, so that one trip to a worker thread stays short.
+                if len(undecided) >= (_SEARCH_BATCH if not needles else 4):
                     await decide(undecided)
                     undecided = []
                 continue
@@ -1738,9 +1744,20 @@ class IMAPServer(twisted_imap4.IMAP4Server):
 # -- worker-thread helpers -------------------------------------------------------------------------
 
 
-def _scan(handle: IO[bytes]) -> mime.Part:
+def _scan(handle: IO[bytes]) -> mime.Structure:
     handle.seek(0)
-    return mime.scan(handle)
+    return mime.scan_structure(handle)
+
+
+def _structure_cut(uid: int) -> None:
+    """One warning line for a message whose structure a bound cut: hostile or broken, never a traceback."""
+    _log.warn(
+        "imap message structure cut uid={uid}: deeper than {depth} or more than {parts} parts, the rest is text",
+        log_event=logevents.IMAP_STRUCTURE_CUT,
+        uid=uid,
+        depth=mime.MAX_DEPTH,
+        parts=mime.MAX_PARTS,
+    )
 
 
 def _file_size(handle: IO[bytes]) -> int:

@@ -1052,7 +1052,7 @@ def _matches(handle: Any, needle: str, field: str) -> bool:
     try:
         with handle:
             data = handle.read(2 * 1024 * 1024)
-        message = BytesParser(policy=email.policy.default).parsebytes(data)
+        message = messages.parse_bytes(data)
         if field == "all":
             for name in ("From", "Subject"):
                 if needle in messages._header(message, name).casefold():

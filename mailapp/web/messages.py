@@ -12,6 +12,7 @@ import base64
 import email.header
 import email.policy
 import email.utils
+import io
 import re
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import IO, Iterable
 
 from mailapp.accounts import check_address
 from mailapp.errors import AccountError
+from mailapp.imap import mime
 
 #: Headers read for a list row: enough for From, Subject, Date and the top-level type.
 MAX_HEADER_BYTES = 256 * 1024
@@ -166,9 +168,43 @@ def read_summary(handle: IO[bytes], uid: int, flags: frozenset[str], size: int, 
 
 
 def parse(handle: IO[bytes]) -> EmailMessage:
-    """Worker thread: the whole message (the handle is closed here)."""
+    """Worker thread: the whole message (the handle is closed here), as L{parse_bytes} builds it."""
     with handle:
-        return BytesParser(policy=email.policy.default).parse(handle)  # type: ignore[return-value]
+        raw = handle.read()
+    return parse_bytes(raw)
+
+
+def parse_bytes(raw: bytes) -> EmailMessage:
+    """
+    The message in C{raw} as an C{EmailMessage} tree with the structure
+    L{mime.scan} finds, bounded in depth (L{mime.MAX_DEPTH}) and parts
+    (L{mime.MAX_PARTS}). The stdlib parser recurses once per nesting level
+    and its walk again, so a message of 10,000 nested multiparts raised
+    RecursionError on every page that showed it, and 50,000 parts took 25 s.
+    Here the stdlib parses only header blocks and single parts (each with
+    C{headersonly}, so it never splits anything itself); a part nested too
+    deep is shown as the text/plain it holds, and after the last part
+    counted the rest of the message is not shown.
+    """
+    structure = mime.scan(io.BytesIO(raw))
+    parser = BytesParser(policy=email.policy.default)
+    return _build(parser, raw, structure)  # type: ignore[return-value]
+
+
+def _build(parser: BytesParser, raw: bytes, part: mime.Part) -> Message:
+    if part.children or part.message is not None:
+        node = parser.parse(io.BytesIO(raw[part.start : part.body_start]), headersonly=True)
+        inner = part.children if part.children else [part.message]
+        node.set_payload([_build(parser, raw, child) for child in inner if child is not None])
+        return node
+    # parse(), not parsebytes(): its text stream reads line ends as LF, as
+    # the page and the compose form have always had them.
+    node = parser.parse(io.BytesIO(raw[part.start : part.end]), headersonly=True)
+    if part.opaque:
+        # Left unopened by a bound: what it holds is text, not parts to show.
+        del node["Content-Type"]
+        node["Content-Type"] = "text/plain"
+    return node
 
 
 def _text_of(part: Message) -> str:
