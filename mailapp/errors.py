@@ -126,3 +126,18 @@ class MailboxGone(NoSuchFolder):
 
 class AccountError(Exception):
     """A mistake in an accounts change (unknown domain, duplicate user, bad address); the text is for the admin."""
+
+
+class KeywordLimit(FolderError):
+    """
+    A flag change would give a message more than L{MAX_KEYWORDS_PER_MESSAGE}
+    keywords, or a folder more than L{MAX_KEYWORDS_PER_FOLDER} distinct
+    ones (IMAP answers ``NO [LIMIT]``). Every reader of the folder lists
+    them (FLAGS, PERMANENTFLAGS) and every file name may carry them.
+    """
+
+
+#: Keywords (non-system flags) one message may carry.
+MAX_KEYWORDS_PER_MESSAGE = 64
+#: Distinct keywords in one folder.
+MAX_KEYWORDS_PER_FOLDER = 256

@@ -210,3 +210,31 @@ def test_a_client_that_stops_reading_cannot_make_the_server_buffer_without_bound
     grown = server.status("VmRSS")["VmRSS"] - baseline
     assert grown < 40_000, f"server grew by {grown} kB for a client that does not read"
     raw.close()
+
+
+def test_keywords_are_capped_per_message_and_per_folder(server: ServiceProcess, user: str) -> None:
+    deliver(server, user, message("keywords"))
+    deliver(server, user, message("more keywords"))
+    raw = logged_in(server, user)
+    try:
+        assert raw.command(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
+        too_many = b" ".join(b"$k%d" % n for n in range(65))
+        reply = raw.command(b"a", b"STORE 1 +FLAGS (" + too_many + b")")
+        assert reply[-1].startswith(b"a NO [LIMIT]"), reply
+        for start in range(0, 64, 16):  # 64 in four steps is the most one message may carry
+            batch = b" ".join(b"$k%d" % n for n in range(start, start + 16))
+            assert raw.command(b"b", b"STORE 1 +FLAGS.SILENT (" + batch + b")")[-1].startswith(b"b OK")
+        reply = raw.command(b"c", b"STORE 1 +FLAGS ($one-too-many)")
+        assert reply[-1].startswith(b"c NO [LIMIT]"), reply
+        # 64 on message 1; message 2 may take the folder to 256 distinct keywords and no further.
+        for start in range(64, 256, 64):
+            batch = b" ".join(b"$k%d" % n for n in range(start, start + 64))
+            assert raw.command(b"d", b"STORE 2 FLAGS.SILENT (" + batch + b")")[-1].startswith(b"d OK")
+        reply = raw.command(b"e", b"STORE 2 +FLAGS ($k999)")
+        assert reply[-1].startswith(b"e NO [LIMIT]"), reply
+        assert raw.command(b"f", b"STORE 2 FLAGS.SILENT ($k1)")[-1].startswith(b"f OK"), "known keywords stay usable"
+        reply = raw.command(b"g", b"APPEND INBOX (" + too_many + b") {5+}\r\nhello")
+        assert reply[-1].startswith(b"g NO [LIMIT]"), reply
+        assert raw.command(b"n", b"NOOP")[-1].startswith(b"n OK")
+    finally:
+        raw.close()

@@ -59,7 +59,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailapp import logevents
-from mailapp.errors import BadFolderName, FolderExists, MailboxGone, NoSuchFolder, NoSuchMessage, StorageFull
+from mailapp.errors import (
+    MAX_KEYWORDS_PER_MESSAGE,
+    BadFolderName,
+    FolderExists,
+    KeywordLimit,
+    MailboxGone,
+    NoSuchFolder,
+    NoSuchMessage,
+    StorageFull,
+)
 from mailapp.imap import mime, search
 from mailapp.imap.wire import (
     DELIMITER,
@@ -117,6 +126,8 @@ _RECENT = "\\Recent"
 _TAG = re.compile(rb"^[\x21-\x7e]+$")
 _LITERAL = re.compile(rb"\{([0-9]{1,10})(\+?)\}$")
 _LITERAL_NEGATIVE = re.compile(rb"\{-[0-9]*\+?\}$")
+#: The longest keyword accepted (Dovecot's mail_max_keyword_length is 50).
+MAX_KEYWORD_LENGTH = 64
 _KEYWORD = re.compile(r"^[^\x00-\x20\x7f-\uffff(){%*\"\\\]]+$")
 _FETCH_SECTION = re.compile(rb"^(BODY(?:\.PEEK)?)\[(.*)\](?:<([0-9]{1,10})(?:\.([0-9]{1,10}))?>)?$", re.S | re.I)
 
@@ -582,6 +593,8 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                     return
                 if result.check(BadCommand):
                     self._bad(tag, str(result.value).encode("utf-8", "replace"))
+                elif result.check(KeywordLimit):
+                    self._tagged(tag, b"NO", b"[LIMIT] " + str(result.value).capitalize().encode("ascii", "replace"))
                 elif result.check(StorageFull):
                     # Not SERVERBUG: nothing changed, and the same command
                     # works once space is freed (RFC 5530 UNAVAILABLE is the
@@ -1247,6 +1260,10 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         except BadCommand:
             literal.writer.discard()
             raise
+        except KeywordLimit as e:
+            literal.writer.discard()
+            self._tagged(tag, b"NO", b"[LIMIT] " + str(e).capitalize().encode("ascii", "replace"))
+            return None
 
         async def append() -> None:
             writer = literal.writer
@@ -1282,9 +1299,11 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                 if canonical is None:
                     raise BadCommand("Unknown system flag")
                 flag = canonical
-            elif not _KEYWORD.match(flag):
+            elif not _KEYWORD.match(flag) or len(flag) > MAX_KEYWORD_LENGTH:
                 raise BadCommand("Bad keyword")
             flags.append(flag)
+        if len({flag for flag in flags if not flag.startswith("\\")}) > MAX_KEYWORDS_PER_MESSAGE:
+            raise KeywordLimit(f"a message may carry at most {MAX_KEYWORDS_PER_MESSAGE} keywords")
         return flags
 
     # -- selected: simple -------------------------------------------------------------------------

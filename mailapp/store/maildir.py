@@ -35,7 +35,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage
+from mailapp.errors import (
+    MAX_KEYWORDS_PER_FOLDER,
+    MAX_KEYWORDS_PER_MESSAGE,
+    BadFolderName,
+    FolderExists,
+    KeywordLimit,
+    NoSuchFolder,
+    NoSuchMessage,
+)
 from mailapp.interfaces import IFolder, IMailbox, IMessageStore
 from mailapp.store import durable, index, messagefile, transfer
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
@@ -486,6 +494,8 @@ class MaildirFolder:
                 result: dict[int, frozenset[str]] = {}
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    if mode != "remove":
+                        _check_folder_keywords(conn, self.name, wanted)
                     for uid in uids:
                         row = conn.execute(
                             "SELECT filename, flags, size FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)
@@ -495,6 +505,8 @@ class MaildirFolder:
                         filename, old_text, size = row
                         old = index.decode_flags(old_text)
                         new = wanted if mode == "replace" else (old | wanted if mode == "add" else old - wanted)
+                        if len(_keywords(new)) > MAX_KEYWORDS_PER_MESSAGE and len(_keywords(new)) > len(_keywords(old)):
+                            raise KeywordLimit(f"a message may carry at most {MAX_KEYWORDS_PER_MESSAGE} keywords")
                         result[uid] = new
                         if new == old:
                             continue
@@ -692,3 +704,23 @@ def _fail(error: Exception) -> Deferred[Any]:
     d: Deferred[Any] = Deferred()
     d.errback(error)
     return d
+
+
+def _keywords(flags: Iterable[str]) -> set[str]:
+    return {flag for flag in flags if not flag.startswith("\\")}
+
+
+def _check_folder_keywords(conn: Any, folder: str, wanted: Iterable[str]) -> None:
+    """
+    Refuse (L{KeywordLimit}) keywords that would take C{folder} past
+    L{MAX_KEYWORDS_PER_FOLDER} distinct ones. Reads the folder's flags only
+    when a keyword is asked for, inside the caller's write transaction.
+    """
+    asked = _keywords(wanted)
+    if not asked:
+        return
+    known: set[str] = set()
+    for (text,) in conn.execute("SELECT flags FROM messages WHERE folder = ? AND flags != ''", (folder,)):
+        known |= _keywords(index.decode_flags(text))
+    if len(known | asked) > MAX_KEYWORDS_PER_FOLDER and asked - known:
+        raise KeywordLimit(f"a folder may hold at most {MAX_KEYWORDS_PER_FOLDER} distinct keywords")
