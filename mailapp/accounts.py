@@ -338,6 +338,9 @@ class AddressDirectory(Protocol):
     def find_alias(self, source: str) -> tuple[str, ...] | None:
         """The targets of alias C{source} (an address or C{@domain}), or C{None}."""
 
+    def first_user(self, domain: str) -> str | None:
+        """The first user added in C{domain}, else the first of any domain, or C{None}: who reads postmaster's mail."""
+
 
 class _BrokenAlias(Exception):
     """An alias chain that loops, goes too deep, or ends at nobody."""
@@ -376,6 +379,13 @@ def resolve_address(
     except _BrokenAlias as broken:
         raise AccountError(str(broken)) from None
     if not found:
+        if local_part.lower() == "postmaster":
+            # RFC 5321 4.5.1: postmaster must always be deliverable. Without
+            # its own user or alias it goes to the domain's first user, the
+            # one who set the domain up.
+            reader = directory.first_user(domain)
+            if reader is not None:
+                return Resolution(local=(reader,))
         return None
     return Resolution(local=tuple(dict.fromkeys(local)), remote=tuple(dict.fromkeys(remote)))
 
@@ -636,6 +646,14 @@ class AccountsDatabase:
         """The canonical address of user C{address} (any case), or C{None}."""
         rows = self._rows("SELECT address FROM users WHERE key = ?", address_key(address))
         return rows[0][0] if rows else None
+
+    def first_user(self, domain: str) -> str | None:
+        """See L{AddressDirectory.first_user}."""
+        for condition, arguments in (("WHERE domain = ?", (domain.lower(),)), ("", ())):
+            rows = self._rows(f"SELECT address FROM users {condition} ORDER BY created, rowid LIMIT 1", *arguments)
+            if rows:
+                return str(rows[0][0])
+        return None
 
     def find_alias(self, source: str) -> tuple[str, ...] | None:
         """The targets of alias C{source} (any case) in the order given, or C{None}."""

@@ -142,6 +142,11 @@ class FakeAccounts:
         found = self._aliases.get(address_key(source))
         return tuple(found[1]) if found else None
 
+    def first_user(self, domain: str) -> str | None:
+        users = [canonical for canonical, _ in self._users.values()]
+        in_domain = [user for user in users if user.rpartition("@")[2].lower() == domain.lower()]
+        return (in_domain or users or [None])[0]
+
     # -- IAccounts --
 
     def isLocalDomain(self, domain: str) -> Deferred[bool]:

@@ -574,6 +574,9 @@ class _Directory:
     def find_alias(self, source: str) -> tuple[str, ...] | None:
         return self.aliases.get(source.lower())
 
+    def first_user(self, domain: str) -> str | None:
+        return next(iter(self.users.values()), None)
+
 
 def test_stored_loop_is_skipped_at_delivery_keeping_the_other_targets() -> None:
     directory = _Directory(
@@ -901,3 +904,19 @@ def test_a_zero_ttl_turns_the_cache_off():
     cache = VerifiedPasswords(lambda: 0.0, ttl=0)
     cache.remember("alice@example.test", "h", b"pw")
     assert not cache.check("alice@example.test", "h", b"pw")
+
+
+def test_postmaster_without_its_own_alias_reaches_the_domains_first_user(tmp_path) -> None:
+    from mailapp.accounts import AccountsDatabase
+    from mailapp.testing import cheap_password_hasher
+
+    with AccountsDatabase(tmp_path / "a.sqlite3", ("example.test", "other.test"), hasher=cheap_password_hasher()) as database:
+        assert database.resolve("postmaster@example.test") is None  # nobody at all yet
+        database.add_user("carol@other.test", "carol-password-1")
+        database.add_user("alice@example.test", "alice-password-1")
+        database.add_user("bob@example.test", "bob-password-1")
+        assert database.resolve("postmaster@example.test").local == ("alice@example.test",)
+        assert database.resolve("POSTMASTER@other.test").local == ("carol@other.test",)
+        database.add_alias("postmaster@example.test", ["bob@example.test"])
+        assert database.resolve("postmaster@example.test").local == ("bob@example.test",)
+        assert database.resolve("nobody@example.test") is None
