@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,25 @@ def link(source: Path, target: Path) -> None:
 
 def rename(source: Path, target: Path) -> None:
     os.rename(source, target)
+
+
+def replace_file(target: Path, data: bytes, scratch: Path) -> None:
+    """
+    Replace C{target} with C{data} atomically and durably: written under a
+    name of this process and thread in C{scratch} (a directory on the same
+    filesystem, such as a Maildir's ``tmp/``), fsync'd, renamed over
+    C{target}, and C{target}'s directory fsync'd. A reader sees the old file
+    or the new one, never half of one; after a crash, the same.
+    """
+    temporary = scratch / f"{target.name}.{os.getpid()}.{threading.get_ident()}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, data)
+        fsync_file(fd)
+    finally:
+        os.close(fd)
+    rename(temporary, target)
+    fsync_directory(target.parent)
 
 
 def unlink(path: Path) -> None:

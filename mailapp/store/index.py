@@ -219,16 +219,8 @@ def read_keywords(directory: Path) -> dict[str, str]:
 
 def _write_keywords(directory: Path, mapping: dict[str, str]) -> None:
     """Replace the folder's keywords file atomically and durably."""
-    temporary = directory / "tmp" / (KEYWORDS_NAME + f".{os.getpid()}.{threading.get_ident()}")
     lines = "".join(f"{_KEYWORD_LETTERS.index(letter)} {keyword}\n" for letter, keyword in sorted(mapping.items()))
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        durable.write_all(fd, lines.encode("utf-8"))
-        durable.fsync_file(fd)
-    finally:
-        os.close(fd)
-    durable.rename(temporary, directory / KEYWORDS_NAME)
-    durable.fsync_directory(directory)
+    durable.replace_file(directory / KEYWORDS_NAME, lines.encode("utf-8"), directory / "tmp")
 
 
 def keyword_letters(directory: Path, flags: Iterable[str]) -> str:
@@ -280,15 +272,8 @@ def read_meta(directory: Path) -> dict[str, int] | None:
 
 def write_meta(directory: Path, uidvalidity: int, uidnext: int) -> None:
     """Replace the folder's metadata file atomically and durably."""
-    temporary = directory / "tmp" / (META_NAME + f".{os.getpid()}.{threading.get_ident()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        durable.write_all(fd, json.dumps({"uidvalidity": uidvalidity, "uidnext": uidnext}).encode())
-        durable.fsync_file(fd)
-    finally:
-        os.close(fd)
-    durable.rename(temporary, directory / META_NAME)
-    durable.fsync_directory(directory)
+    data = json.dumps({"uidvalidity": uidvalidity, "uidnext": uidnext}).encode()
+    durable.replace_file(directory / META_NAME, data, directory / "tmp")
 
 
 def make_folder_directory(directory: Path) -> None:

@@ -63,15 +63,7 @@ def record(mailbox_dir: Path, pairs: list[tuple[str, str]], move: bool) -> None:
     Make the intent durable: C{pairs} are (source, target) file paths
     relative to C{mailbox_dir}. Call with L{lock} held, before any link.
     """
-    temporary = mailbox_dir / "tmp" / f"{RECORD_NAME}.{os.getpid()}.{threading.get_ident()}"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        durable.write_all(fd, json.dumps({"move": move, "pairs": pairs}).encode())
-        durable.fsync_file(fd)
-    finally:
-        os.close(fd)
-    durable.rename(temporary, mailbox_dir / RECORD_NAME)
-    durable.fsync_directory(mailbox_dir)
+    durable.replace_file(mailbox_dir / RECORD_NAME, json.dumps({"move": move, "pairs": pairs}).encode(), mailbox_dir / "tmp")
 
 
 def forget(mailbox_dir: Path) -> None:
