@@ -223,6 +223,8 @@ class _Selected:
     only_added: bool = True
     #: Highest UID this view has announced.
     highest: int = 0
+    #: Ask the store, at the next update, whether other tools changed the folder.
+    look_outside: bool = False
 
 
 @dataclass
@@ -997,6 +999,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             try:
                 name = self._mailboxName(arguments[0])
                 folder = await self.mailbox.folder(name)
+                await folder.refresh()
                 state = await folder.status()
             except (BadMailboxName, BadFolderName) as e:
                 self._tagged(tag, b"NO", b"[CANNOT] " + str(e).encode("utf-8", "replace"))
@@ -1041,6 +1044,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         except NoSuchFolder:
             self._tagged(tag, b"NO", b"[NONEXISTENT] No such mailbox")
             return
+        await folder.refresh()
         status = await folder.status()
         messages = await folder.messages()
         uids = [m.uid for m in messages]
@@ -1098,7 +1102,15 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         changed flags, EXISTS and RECENT for new messages.
         """
         selected = self._selected
-        if selected is None or not (selected.dirty or force):
+        if selected is None:
+            return
+        if force or selected.look_outside:
+            # Other tools' changes come back as store events: they mark the view dirty.
+            selected.look_outside = False
+            await selected.folder.refresh()
+            if self._selected is not selected:
+                return
+        if not (selected.dirty or force):
             return
         selected.dirty = False
         if selected.only_added and not force:
@@ -1185,6 +1197,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             return
         if self._selected is not None:
             self._selected.dirty = True
+            self._selected.look_outside = True
             self._scheduleIdleUpdate()
         self._idleTimer = self.callLater(self.policy.idle_poll, self._idlePoll)
 
@@ -1447,6 +1460,8 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                 if not await self._fetchOne(position, items):
                     missing = True
         if missing:
+            # Deleted behind the store's back, maybe: then it is expunged now.
+            selected.look_outside = True
             await self._update(allow_expunge=by_uid, with_uid=by_uid)
             self._tagged(tag, b"NO", b"[EXPUNGEISSUED] Some messages were expunged and could not be fetched")
             return
