@@ -246,6 +246,10 @@ class MaildirStore:
 
         return self.run(sweep)
 
+    def sweep(self) -> Deferred[int]:
+        """L{cleanup} with its default age: what L{mailapp.leftovers} calls every hour."""
+        return self.cleanup()
+
 
 @implementer(IMailbox)
 class MaildirMailbox:
