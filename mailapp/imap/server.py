@@ -59,7 +59,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailapp import logevents
-from mailapp.errors import BadFolderName, FolderExists, MailboxGone, NoSuchFolder, NoSuchMessage, StorageFull
+from mailapp.errors import BadFolderName, FolderExists, LoginsBusy, MailboxGone, NoSuchFolder, NoSuchMessage, StorageFull
 from mailapp.imap import mime, search
 from mailapp.imap.wire import (
     DELIMITER,
@@ -799,7 +799,10 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             )
             self._tagged(tag, b"OK", b"[CAPABILITY " + self._capabilities() + b"] Logged in")
 
-        def refused(reason: Failure) -> defer.Deferred[None]:
+        def refused(reason: Failure) -> defer.Deferred[None] | None:
+            if reason.check(LoginsBusy):
+                self._tagged(tag, b"NO", b"[UNAVAILABLE] Too many logins at once; try again later")
+                return None
             reason.trap(UnauthorizedLogin)
             return self._authFailed(tag, username)
 
