@@ -40,7 +40,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from mailapp import logevents
-from mailapp.errors import AccountError
+from mailapp.errors import AccountError, LoginsBusy
 from mailapp.interfaces import IAccounts
 
 __all__ = [
@@ -1054,6 +1054,7 @@ class Accounts:
         *,
         hash_threads: int = 2,
         auth_cache_seconds: float = 300,
+        max_queued_verifications: int = 64,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _global_reactor
@@ -1075,6 +1076,12 @@ class Accounts:
         self._connections_lock = threading.Lock()
         self._closed = False
         self._verified = VerifiedPasswords(IReactorTime(reactor).seconds, auth_cache_seconds)
+        #: Password checks waiting for or running in a hashing thread, and
+        #: how many may: past it a login fails at once with LoginsBusy (each
+        #: argon2id check holds 64 MiB while it runs, and a storm of queued
+        #: ones would only answer later than the client waits).
+        self.verifications = 0
+        self.max_queued_verifications = max_queued_verifications
         self._hash_pool = ThreadPool(minthreads=0, maxthreads=hash_threads, name="mailapp-password-hashing")
         self._hash_pool.start()
         # "after": once the reactor's thread pool has stopped ("during"), so no
@@ -1150,12 +1157,12 @@ class Accounts:
     async def _authenticate(self, username: str, password: bytes) -> str:
         found = await self._inDatabase(lambda database: database.lookup_password_hash(username))
         if found is None:
-            await self._inHashPool(self._verify, self._dummy_hash, password)
+            await self._queuedVerify(self._dummy_hash, password)
             raise UnauthorizedLogin("Invalid credentials")
         canonical, password_hash = found
         if self._verified.check(canonical, password_hash, password):
             return canonical
-        verified, needs_rehash = await self._inHashPool(self._verify, password_hash, password)
+        verified, needs_rehash = await self._queuedVerify(password_hash, password)
         if not verified:
             raise UnauthorizedLogin("Invalid credentials")
         if needs_rehash:
@@ -1163,6 +1170,16 @@ class Accounts:
         else:
             self._verified.remember(canonical, password_hash, password)
         return canonical
+
+    async def _queuedVerify(self, password_hash: str, password: bytes) -> tuple[bool, bool]:
+        """L{_verify} in the hashing pool, or L{LoginsBusy} at once when too many checks wait there."""
+        if self.verifications >= self.max_queued_verifications:
+            raise LoginsBusy()
+        self.verifications += 1
+        try:
+            return await self._inHashPool(self._verify, password_hash, password)
+        finally:
+            self.verifications -= 1
 
     def _verify(self, password_hash: str, password: bytes) -> tuple[bool, bool]:
         """In a hashing thread: (password matches, hash should be upgraded)."""

@@ -36,6 +36,18 @@ class MailError(Exception):
         return f"{self.code} {self.enhanced} {self.text}".encode("ascii", "replace")
 
 
+class LoginsBusy(MailError):
+    """
+    Too many password checks are waiting for the hashing threads: this
+    login is refused at once, as a temporary failure (IMAP ``NO
+    [UNAVAILABLE]``, POP3 ``-ERR [SYS/TEMP]``, SMTP ``454 4.7.0``, webmail
+    503), rather than queued while memory grows. Not a failed login: it is
+    not counted towards a ban.
+    """
+
+    code, enhanced, text = 454, "4.7.0", "Too many logins at once; try again later"
+
+
 class NoSuchUser(MailError):
     code, enhanced, text = 550, "5.1.1", "No such user here"
 

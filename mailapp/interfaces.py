@@ -193,6 +193,17 @@ class IFolder(Interface):
     def status():  # type: ignore[no-untyped-def]
         """Fire with a L{mailapp.store.FolderStatus}."""
 
+    def refresh():  # type: ignore[no-untyped-def]
+        """
+        Take in changes made to the folder behind the store's back (another
+        delivery agent adding files, a tool deleting or renaming them), and
+        publish them as C{added}, C{expunged} and C{flags_changed}; fire with
+        C{None} when done. Cheap when nothing changed (a folder of any size:
+        a couple of C{stat} calls), so sessions call it at SELECT, NOOP,
+        STATUS and each IDLE poll. A store that nothing else can change does
+        nothing.
+        """
+
     def messages():  # type: ignore[no-untyped-def]
         """
         Fire with a list of L{mailapp.store.MessageInfo} in UID order: the

@@ -62,6 +62,10 @@ INDEX_DAMAGED: Final = "store.index_damaged"
 INDEX_REBUILT: Final = "store.index_rebuilt"
 #: an index brought in line with the Maildir at first open; also: changed (rows and folders)
 INDEX_RECONCILED: Final = "store.index_reconciled"
+#: one folder brought in line with its directory while running (another tool changed it); also: directory, added, removed, flags
+FOLDER_RECONCILED: Final = "store.folder_reconciled"
+#: a periodic sweep of crash left-overs (spool, relay queue temporary files) failed; also: what
+SWEEP_FAILED: Final = "service.sweep_failed"
 #: a damaged index not rebuilt yet (connections kept too long, or the rebuild failed); also: error
 INDEX_REPAIR_POSTPONED: Final = "store.index_repair_postponed"
 

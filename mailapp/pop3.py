@@ -55,7 +55,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailapp import logevents
-from mailapp.errors import NoSuchMessage
+from mailapp.errors import LoginsBusy, NoSuchMessage
 from mailapp.sessions import BANNED, AuthOutcome, SessionFactory, SessionLimits, session_limits
 from mailapp.store.records import MessageInfo
 
@@ -664,7 +664,10 @@ class POP3Server(twisted_pop3.POP3):
             self.factory.guard.succeeded(self._peerIP, mailbox.account)
             return defer.Deferred.fromCoroutine(self._startTransaction(mailbox, logout))
 
-        def refused(reason: Failure) -> defer.Deferred[None]:
+        def refused(reason: Failure) -> defer.Deferred[None] | None:
+            if reason.check(LoginsBusy):
+                self._err(b"[SYS/TEMP] Too many logins at once; try again later")
+                return None
             reason.trap(UnauthorizedLogin)
             return self._authFailed(name)
 

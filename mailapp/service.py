@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 
 from mailapp import logevents, tls
 from mailapp.config import Config, ListenerConfig
+from mailapp.leftovers import LeftoverSweeper
 from mailapp.sessions import ConnectionCounts, SessionFactory
 
 __all__ = [
@@ -385,10 +386,6 @@ class MailService(MultiService):
         super().startService()
         self._install_sighup()
         maybeDeferred(self._accounts.countUsers).addCallbacks(self._hint_if_no_users, self._count_failed)
-        cleanup = getattr(self.store, "cleanup", None)
-        if cleanup is not None:
-            # Spool files left by a crash mid-receive were never visible anywhere: remove them.
-            maybeDeferred(cleanup).addErrback(lambda reason: log.failure("spool cleanup failed", reason))
 
     def _hint_if_no_users(self, count: int) -> None:
         if count:
@@ -546,6 +543,10 @@ def makeService(
     for component in (store, accounts, manager):
         if IService.providedBy(component):
             component.setServiceParent(root)
+    # Crash left-overs (spool files, the queue's temporary files), at start and every hour.
+    sweepables = [part for part in (store, getattr(manager, "queue", None)) if hasattr(part, "sweep")]
+    if sweepables:
+        LeftoverSweeper(reactor, sweepables).setServiceParent(root)
 
     connection_counts = ConnectionCounts()
     for listener in config.listeners:

@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 
 from mailapp import logevents
 from mailapp.delivery import Router, Transaction
-from mailapp.errors import HeaderSenderNotOwned, MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied
+from mailapp.errors import HeaderSenderNotOwned, LoginsBusy, MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied
 from mailapp.headercheck import HeaderCheck, header_addresses
 from mailapp.sessions import BANNED, AuthOutcome, SessionFactory, SessionLimits, session_limits
 from mailapp.store.freespace import FreeSpace
@@ -492,6 +492,9 @@ class ESMTPServer(twisted_smtp.ESMTP):
             self.sendCode(235, b"2.7.0 Authentication successful")
 
         def failed(reason: Failure) -> defer.Deferred[None] | None:
+            if reason.check(LoginsBusy):
+                self.sendCode(454, LoginsBusy().reply()[4:])
+                return None
             reason.trap(UnauthorizedLogin)
             return self._authFailed(name)
 

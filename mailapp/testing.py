@@ -260,6 +260,10 @@ class FakeFolder:
         state.messages[uid] = [data, frozenset(flags), internaldate]
         return uid
 
+    def refresh(self) -> Deferred[None]:
+        """Nothing but this fake changes its messages."""
+        return succeed(None)
+
     def status(self) -> Deferred[FolderStatus]:
         state = self._state
         unseen = sum(1 for _, flags, _ in state.messages.values() if "\\Seen" not in flags)

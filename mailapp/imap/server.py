@@ -64,6 +64,7 @@ from mailapp.errors import (
     BadFolderName,
     FolderExists,
     KeywordLimit,
+    LoginsBusy,
     MailboxGone,
     NoSuchFolder,
     NoSuchMessage,
@@ -234,6 +235,8 @@ class _Selected:
     only_added: bool = True
     #: Highest UID this view has announced.
     highest: int = 0
+    #: Ask the store, at the next update, whether other tools changed the folder.
+    look_outside: bool = False
 
 
 @dataclass
@@ -810,7 +813,10 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             )
             self._tagged(tag, b"OK", b"[CAPABILITY " + self._capabilities() + b"] Logged in")
 
-        def refused(reason: Failure) -> defer.Deferred[None]:
+        def refused(reason: Failure) -> defer.Deferred[None] | None:
+            if reason.check(LoginsBusy):
+                self._tagged(tag, b"NO", b"[UNAVAILABLE] Too many logins at once; try again later")
+                return None
             reason.trap(UnauthorizedLogin)
             return self._authFailed(tag, username)
 
@@ -1010,6 +1016,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             try:
                 name = self._mailboxName(arguments[0])
                 folder = await self.mailbox.folder(name)
+                await folder.refresh()
                 state = await folder.status()
             except (BadMailboxName, BadFolderName) as e:
                 self._tagged(tag, b"NO", b"[CANNOT] " + str(e).encode("utf-8", "replace"))
@@ -1054,6 +1061,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         except NoSuchFolder:
             self._tagged(tag, b"NO", b"[NONEXISTENT] No such mailbox")
             return
+        await folder.refresh()
         status = await folder.status()
         messages = await folder.messages()
         uids = [m.uid for m in messages]
@@ -1111,7 +1119,15 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         changed flags, EXISTS and RECENT for new messages.
         """
         selected = self._selected
-        if selected is None or not (selected.dirty or force):
+        if selected is None:
+            return
+        if force or selected.look_outside:
+            # Other tools' changes come back as store events: they mark the view dirty.
+            selected.look_outside = False
+            await selected.folder.refresh()
+            if self._selected is not selected:
+                return
+        if not (selected.dirty or force):
             return
         selected.dirty = False
         if selected.only_added and not force:
@@ -1198,6 +1214,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             return
         if self._selected is not None:
             self._selected.dirty = True
+            self._selected.look_outside = True
             self._scheduleIdleUpdate()
         self._idleTimer = self.callLater(self.policy.idle_poll, self._idlePoll)
 
@@ -1466,6 +1483,8 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                 if not await self._fetchOne(position, items):
                     missing = True
         if missing:
+            # Deleted behind the store's back, maybe: then it is expunged now.
+            selected.look_outside = True
             await self._update(allow_expunge=by_uid, with_uid=by_uid)
             self._tagged(tag, b"NO", b"[EXPUNGEISSUED] Some messages were expunged and could not be fetched")
             return

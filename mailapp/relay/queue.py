@@ -295,16 +295,32 @@ def load_entries(
         entries.append(envelope)
         names.add(envelope.id)
     if clean:
-        cutoff = (time.time() if now is None else now) - STALE_SECONDS
-        for directory, keep in ((layout.tmp, set()), (layout.messages, names)):
-            for item in os.scandir(directory):
-                try:
-                    if item.name not in keep and item.stat().st_mtime < cutoff:
-                        os.unlink(item.path)
-                except OSError:
-                    pass
+        remove_stale(layout, names, now)
     entries.sort(key=lambda e: (e.created, e.id))
     return entries
+
+
+def remove_stale(layout: QueueLayout, keep: set[str] | None = None, now: float | None = None) -> int:
+    """
+    Remove files in ``tmp/`` and message files that no envelope names
+    (those in C{keep}, else every envelope on disk), once nobody has written
+    to them for L{STALE_SECONDS}: left by a write a crash cut short. Safe
+    while the server runs: an entry being written is younger than that.
+    Returns how many were removed.
+    """
+    if keep is None:
+        keep = {item.name[: -len(".json")] for item in os.scandir(layout.envelopes) if item.name.endswith(".json")}
+    cutoff = (time.time() if now is None else now) - STALE_SECONDS
+    removed = 0
+    for directory, names in ((layout.tmp, set()), (layout.messages, keep)):
+        for item in os.scandir(directory):
+            try:
+                if item.name not in names and item.stat().st_mtime < cutoff:
+                    os.unlink(item.path)
+                    removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def write_envelope_sync(layout: QueueLayout, envelope: Envelope, use_syncfs: bool = False) -> None:
@@ -532,6 +548,10 @@ class Queue:
     def load(self) -> Deferred[list[Envelope]]:
         """Every valid entry (corrupt ones quarantined, stale left-overs removed)."""
         return deferToThreadPool(self.reactor, self.threadpool, load_entries, self.layout, True)
+
+    def sweep(self) -> Deferred[int]:
+        """L{remove_stale} on a worker thread: what L{mailapp.leftovers} calls every hour."""
+        return deferToThreadPool(self.reactor, self.threadpool, remove_stale, self.layout)
 
     def message_path(self, entry_id: str) -> Path:
         return self.layout.message(entry_id)

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from twisted.logger import Logger
 
 from mailapp.errors import MailboxGone, NoSuchFolder, NoSuchMessage, StorageFull, StoreError
-from mailapp.store import durable, index, messagefile
+from mailapp.store import durable, index, messagefile, outside
 from mailapp.store.batching import BatchRunner
 from mailapp.store.names import folder_directory
 
@@ -174,14 +174,15 @@ def _run_deliveries(jobs: list[_Delivery], batch_sync: bool = False) -> list[Any
     uidnext: dict[tuple[Path, str], int] = {}
     connections: dict[Path, sqlite3.Connection] = {}
     directories: dict[Path, set[int]] = defaultdict(set)
-    with ExitStack() as borrowed:
-        return _deliver_batch(jobs, batch_sync, borrowed, failed, links, rows, uidnext, connections, directories)
+    with ExitStack() as borrowed, ExitStack() as ours:
+        return _deliver_batch(jobs, batch_sync, borrowed, ours, failed, links, rows, uidnext, connections, directories)
 
 
 def _deliver_batch(
     jobs: list[_Delivery],
     batch_sync: bool,
     borrowed: ExitStack,
+    ours: ExitStack,
     failed: dict[int, BaseException],
     links: dict[int, list[Path]],
     rows: dict[Path, list[tuple[int, tuple[Any, ...]]]],
@@ -191,6 +192,9 @@ def _deliver_batch(
 ) -> list[Any]:
 
     anchor = jobs[0].source.parent
+    # Left (after the index commits and the connections are given back) in
+    # reverse order of entry: each folder's new state is then known as ours.
+    stamped: set[Path] = set()
     for number, error in enumerate(_prepare_deliveries(jobs, batch_sync)):
         if error is not None:
             failed[number] = error
@@ -244,6 +248,9 @@ def _deliver_batch(
                 uid = uidnext[key]
                 uidnext[key] = uid + 1
                 directory = folder_directory(placement.mailbox_dir, placement.folder)
+                if directory not in stamped:
+                    stamped.add(directory)
+                    ours.enter_context(outside.own_change(directory))
                 relative = index.message_filename(
                     directory,
                     job.base,

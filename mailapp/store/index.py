@@ -52,7 +52,7 @@ from twisted.logger import Logger
 
 from mailapp import logevents
 from mailapp.errors import MailboxGone, StoreError
-from mailapp.store import durable, intent, messagefile
+from mailapp.store import durable, intent, messagefile, outside
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS, folder_directory, folder_from_directory
 
 INDEX_NAME = "mailapp-index.sqlite3"
@@ -650,6 +650,7 @@ def reset_connections() -> None:
         _damaged.clear()
     with _reconciled_lock:
         _reconciled.clear()
+    outside.forget_all()
 
 
 def close_idle_connections(mailbox_dir: Path) -> None:
@@ -828,10 +829,13 @@ def reconcile(conn: sqlite3.Connection, mailbox_dir: Path) -> int:
             conn.execute("DELETE FROM messages WHERE folder = ?", (name,))
             conn.execute("DELETE FROM folders WHERE name = ?", (name,))
             changed += 1
+        stamps: list[tuple[Path, outside.Stamp | None]] = []
         for name, directory in on_disk.items():
             meta = read_meta(directory)
+            stamps.append((directory, outside.stamp(directory)))
             if name in listed and (meta is None or meta["uidvalidity"] == listed[name][0]):
-                changed += _reconcile_folder(conn, name, directory, max(listed[name][1], meta["uidnext"] if meta else 1))
+                uidnext = max(listed[name][1], meta["uidnext"] if meta else 1)
+                changed += _reconcile_folder(conn, name, directory, uidnext).count
                 continue
             conn.execute("DELETE FROM messages WHERE folder = ?", (name,))
             conn.execute("DELETE FROM folders WHERE name = ?", (name,))
@@ -841,6 +845,10 @@ def reconcile(conn: sqlite3.Connection, mailbox_dir: Path) -> int:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    for directory, taken in stamps:
+        # Taken before the scan: a change made during it (ours, naming a
+        # new file with its UID, or another tool's) shows at the next look.
+        outside.remember(directory, taken)
     if changed:
         _log.info(
             "store.index_reconciled {mailbox} changed={changed}",
@@ -851,27 +859,51 @@ def reconcile(conn: sqlite3.Connection, mailbox_dir: Path) -> int:
     return changed
 
 
-def _reconcile_folder(conn: sqlite3.Connection, name: str, directory: Path, uidnext: int) -> int:
-    """One listed folder of L{reconcile}; C{uidnext} is the larger of the index's and the record's."""
-    changed = 0
+@dataclass
+class FolderChanges:
+    """What a reconcile changed in one folder's index, so that sessions can be told."""
+
+    added: list[int] = dataclasses.field(default_factory=list)
+    removed: list[int] = dataclasses.field(default_factory=list)
+    flags_changed: list[int] = dataclasses.field(default_factory=list)
+    #: Rows changed, UIDNEXT included.
+    count: int = 0
+
+
+def _reconcile_folder(
+    conn: sqlite3.Connection, name: str, directory: Path, uidnext: int, running: bool = False
+) -> FolderChanges:
+    """
+    One listed folder of L{reconcile}; C{uidnext} is the larger of the
+    index's and the record's. C{running}: the index is known complete (no
+    crash since this process reconciled it), so a file whose ``U=`` is one
+    the folder already gave out, or collides with a listed message's, was
+    put there by another tool (copied from another Maildir) and gets a new
+    UID: a UID below UIDNEXT must never appear, nor one change its message.
+    """
+    changes = FolderChanges()
+    rows = {
+        uid: (filename, decode_flags(flags))
+        for uid, filename, flags in conn.execute("SELECT uid, filename, flags FROM messages WHERE folder = ?", (name,)).fetchall()
+    }
     on_disk: dict[int, tuple[str, ParsedName, os.stat_result]] = {}
     fresh: list[tuple[str, ParsedName, os.stat_result]] = []
-    for relative, parsed, stat in _scan(directory):
-        if parsed.uid is not None and parsed.uid not in on_disk:
+    scanned = _scan(directory)
+    # The file the index names wins a UID shared by several (a copy of it).
+    scanned.sort(key=lambda item: item[1].uid is None or rows.get(item[1].uid, ("",))[0] != item[0])
+    for relative, parsed, stat in scanned:
+        foreign = running and parsed.uid is not None and parsed.uid not in rows and parsed.uid < uidnext
+        if parsed.uid is not None and parsed.uid not in on_disk and not foreign:
             on_disk[parsed.uid] = (relative, parsed, stat)
         else:
             fresh.append((relative, parsed, stat))
     if on_disk:
         uidnext = max(uidnext, max(on_disk) + 1)
     lettered = set(read_keywords(directory).values())
-    rows = {
-        uid: (filename, decode_flags(flags))
-        for uid, filename, flags in conn.execute("SELECT uid, filename, flags FROM messages WHERE folder = ?", (name,)).fetchall()
-    }
     for uid, (filename, flags) in rows.items():
         if uid not in on_disk:
             conn.execute("DELETE FROM messages WHERE folder = ? AND uid = ?", (name, uid))
-            changed += 1
+            changes.removed.append(uid)
         elif on_disk[uid][0] != filename:
             # The name is newer than the row; keywords without a letter live only in the row.
             unlettered = {f for f in flags if _is_keyword(f) and f not in lettered}
@@ -880,15 +912,17 @@ def _reconcile_folder(conn: sqlite3.Connection, name: str, directory: Path, uidn
                 "UPDATE messages SET filename = ?, flags = ? WHERE folder = ? AND uid = ?",
                 (on_disk[uid][0], merged, name, uid),
             )
-            changed += 1
-    for uid, (relative, parsed, stat) in on_disk.items():
+            if decode_flags(merged) != flags:
+                changes.flags_changed.append(uid)
+            changes.count += 1
+    for uid, (relative, parsed, stat) in sorted(on_disk.items()):
         if uid in rows:
             continue
         conn.execute(
             "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
             (name, uid, relative, encode_flags(parsed.flags), parsed.index_size(stat), stat.st_mtime),
         )
-        changed += 1
+        changes.added.append(uid)
     fresh.sort(key=lambda item: (item[2].st_mtime, item[0]))
     for relative, parsed, stat in fresh:
         uid, uidnext = uidnext, uidnext + 1
@@ -897,9 +931,60 @@ def _reconcile_folder(conn: sqlite3.Connection, name: str, directory: Path, uidn
             "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
             (name, uid, new_relative, encode_flags(parsed.flags), named.index_size(stat), stat.st_mtime),
         )
-        changed += 1
+        changes.added.append(uid)
     cursor = conn.execute("UPDATE folders SET uidnext = ? WHERE name = ? AND uidnext < ?", (uidnext, name, uidnext))
-    return changed + cursor.rowcount
+    changes.count += len(changes.added) + len(changes.removed) + cursor.rowcount
+    return changes
+
+
+def reconcile_running_folder(conn: sqlite3.Connection, name: str, directory: Path) -> FolderChanges:
+    """
+    Bring one folder's index in line with its directory while the server
+    runs (L{outside}: another tool added, removed or renamed files): new
+    files get new UIDs above every one given out, rows whose file is gone
+    are dropped, renamed files' flags are taken. Run it on the writer, so
+    that no change of ours is half made while it scans. Nothing is changed
+    for a folder the index does not list.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT uidvalidity, uidnext FROM folders WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            conn.execute("ROLLBACK")
+            return FolderChanges()
+        validity, uidnext = row
+        meta = read_meta(directory)
+        if meta is not None and meta["uidvalidity"] == validity:
+            uidnext = max(uidnext, meta["uidnext"])
+        taken = outside.stamp(directory)
+        changes = _reconcile_folder(conn, name, directory, uidnext, running=True)
+        if changes.removed:
+            # As an expunge does: a rebuild must never hand out these UIDs again.
+            current = conn.execute("SELECT uidnext FROM folders WHERE name = ?", (name,)).fetchone()[0]
+            write_meta(directory, validity, current)
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+    outside.remember(directory, taken)
+    if changes.count:
+        _log.info(
+            "store.folder_reconciled {directory} added={added} removed={removed} flags_changed={flags}",
+            log_event=logevents.FOLDER_RECONCILED,
+            directory=str(directory),
+            added=len(changes.added),
+            removed=len(changes.removed),
+            flags=len(changes.flags_changed),
+        )
+    return changes
+
+
+def message_counts(conn: sqlite3.Connection, name: str) -> tuple[int, int]:
+    """How many of folder C{name}'s messages the index has in C{new/} and in C{cur/}."""
+    new, total = conn.execute(
+        "SELECT coalesce(sum(substr(filename, 1, 4) = 'new/'), 0), count(*) FROM messages WHERE folder = ?", (name,)
+    ).fetchone()
+    return int(new), int(total) - int(new)
 
 
 def ensure_default_folders(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
@@ -1011,6 +1096,7 @@ def _folders_on_disk(mailbox_dir: Path) -> list[tuple[str, Path]]:
 
 def _rebuild_folder(conn: sqlite3.Connection, name: str, directory: Path) -> int:
     meta = read_meta(directory)
+    taken = outside.stamp(directory)
     files = _scan(directory)
     if meta:
         uidvalidity = meta["uidvalidity"]
@@ -1042,4 +1128,6 @@ def _rebuild_folder(conn: sqlite3.Connection, name: str, directory: Path) -> int
         )
     conn.execute("INSERT INTO folders (name, uidvalidity, uidnext) VALUES (?, ?, ?)", (name, uidvalidity, uidnext))
     write_meta(directory, uidvalidity, uidnext)
+    # Before the scan: what changed since (files renamed to carry a UID) shows at the next look.
+    outside.remember(directory, taken)
     return len(kept)

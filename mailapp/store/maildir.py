@@ -45,7 +45,7 @@ from mailapp.errors import (
     NoSuchMessage,
 )
 from mailapp.interfaces import IFolder, IMailbox, IMessageStore
-from mailapp.store import durable, index, messagefile, transfer
+from mailapp.store import durable, index, messagefile, outside, transfer
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS, DELIMITER, folder_directory, mailbox_directory, normalize_folder
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo
@@ -254,6 +254,10 @@ class MaildirStore:
 
         return self.run(sweep)
 
+    def sweep(self) -> Deferred[int]:
+        """L{cleanup} with its default age: what L{mailapp.leftovers} calls every hour."""
+        return self.cleanup()
+
 
 @implementer(IMailbox)
 class MaildirMailbox:
@@ -406,6 +410,38 @@ class MaildirFolder:
         if uids:
             self.store.events.publish(FolderEvent(kind, self.account, self.name, uids))
 
+    def refresh(self) -> Deferred[None]:
+        """
+        Take in what other tools changed in this folder's directory since
+        the store last knew it (L{outside}): two C{stat} calls when nothing
+        did; otherwise the folder is reconciled on the writer, and the
+        changes are published (C{added}, C{expunged}, C{flags_changed}) as
+        the store's own are, so every session is told.
+        """
+
+        def look() -> bool:
+            def counts() -> tuple[int, int]:
+                with self._connect() as conn:
+                    return index.message_counts(conn, self.name)
+
+            return outside.changed(self.directory, counts)
+
+        def reconcile() -> index.FolderChanges:
+            with self._connect() as conn:
+                return index.reconcile_running_folder(conn, self.name, self.directory)
+
+        def publish(changes: index.FolderChanges) -> None:
+            self._publish(EXPUNGED, changes.removed)
+            self._publish(FLAGS_CHANGED, changes.flags_changed)
+            self._publish(ADDED, changes.added)
+
+        def reconcileIfChanged(changed: bool) -> Deferred[None] | None:
+            if not changed:
+                return None
+            return self.store.write(reconcile).addCallback(publish)
+
+        return self.store.run(look).addCallback(reconcileIfChanged)
+
     def status(self) -> Deferred[FolderStatus]:
         def read() -> FolderStatus:
             with self._connect() as conn:
@@ -490,7 +526,7 @@ class MaildirFolder:
             # commit, every rename is undone, so a flag change is all or
             # nothing and the index never names a file that is not there.
             renamed: list[tuple[Path, Path]] = []
-            with self._connect() as conn:
+            with self._connect() as conn, outside.own_change(self.directory):
                 result: dict[int, frozenset[str]] = {}
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -549,7 +585,7 @@ class MaildirFolder:
         uids = sorted(set(uids))
 
         def remove() -> list[int]:
-            with self._connect() as conn:
+            with self._connect() as conn, outside.own_change(self.directory):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     validity, uidnext = conn.execute(

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable
 
 from mailapp.errors import NoSuchFolder
-from mailapp.store import durable, index, intent
+from mailapp.store import durable, index, intent, outside
 from mailapp.store.names import folder_directory
 
 
@@ -50,7 +50,12 @@ def transfer(
     target_dir = folder_directory(mailbox_dir, target)
     # The connection first: the first open of a mailbox in a process
     # finishes an interrupted transfer, under the lock taken next.
-    with index.connection(mailbox_dir, pin) as conn, intent.lock(mailbox_dir):
+    with (
+        index.connection(mailbox_dir, pin) as conn,
+        intent.lock(mailbox_dir),
+        outside.own_change(source_dir),
+        outside.own_change(target_dir),
+    ):
         conn.execute("BEGIN IMMEDIATE")
         folder = conn.execute("SELECT uidvalidity, uidnext FROM folders WHERE name = ?", (target,)).fetchone()
         if folder is None:

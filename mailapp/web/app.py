@@ -41,7 +41,7 @@ from twisted.web.iweb import IRequest
 from mailapp import logevents
 from mailapp.abuse import AbuseGuard
 from mailapp.config import SecurityConfig
-from mailapp.errors import BadFolderName, FolderError, FolderExists, MailError, NoSuchFolder, NoSuchMessage
+from mailapp.errors import BadFolderName, FolderError, FolderExists, LoginsBusy, MailError, NoSuchFolder, NoSuchMessage
 from mailapp.interfaces import IMailbox
 from mailapp.store import INBOX, SPECIAL_FOLDERS
 from mailapp.web import messages, pages
@@ -546,6 +546,9 @@ class Webmail:
                 _, avatar, logout = await self.portal.login(UsernamePassword(username, password.encode("utf-8")), None, IMailbox)
             finally:
                 self.guard.attemptEnded(client)
+        except LoginsBusy:
+            self._set_cookie(request, self._login_cookie, fresh)
+            return self._page(request, pages.login_page(fresh, "Too many sign-ins at once. Please try again in a moment.", username=username), 503)
         except UnauthorizedLogin:
             verdict = self.guard.failed("webmail", client, username)
             await task.deferLater(self.reactor, verdict.delay, lambda: None)

@@ -1,0 +1,52 @@
+"""A login storm is shed with a temporary error once the password-hashing queue is full, not queued without bound."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from mailapp.accounts import Accounts, AccountsDatabase
+from mailapp.errors import LoginsBusy
+from mailapp.testing import cheap_password_hasher
+
+
+class LoginStormTests(TestCase):
+    @inlineCallbacks
+    def test_logins_past_the_hashing_queue_bound_fail_at_once_with_logins_busy_and_the_queue_stays_bounded(self):
+        path = Path(self.mktemp())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        hasher = cheap_password_hasher()
+        database = AccountsDatabase(path, ["example.test"], hasher=hasher)
+        database.add_user("alice@example.test", "alice-secret")
+        database.close()
+        accounts = Accounts(path, ["example.test"], reactor, hasher=hasher, hash_threads=1, max_queued_verifications=3,
+                            auth_cache_seconds=0)
+        self.addCleanup(accounts.close)
+        slow_verify = accounts._verify
+        peak = []
+
+        def verify(*args):  # type: ignore[no-untyped-def]
+            peak.append(accounts.verifications)
+            time.sleep(0.05)
+            return slow_verify(*args)
+
+        accounts._verify = verify  # type: ignore[method-assign]
+        started = time.monotonic()
+        attempts = [accounts.authenticate("alice@example.test", b"alice-secret") for _ in range(20)]
+        results = yield DeferredList(attempts, consumeErrors=True)
+        busy = [r for ok, r in results if not ok and r.check(LoginsBusy)]
+        good = [r for ok, r in results if ok]
+
+        self.assertEqual((len(good), len(busy)), (3, 17))
+        self.assertLessEqual(max(peak), 3)
+        self.assertEqual(accounts.verifications, 0)
+        self.assertLess(time.monotonic() - started, 2)
+        # Once the storm has passed, logins work again; a wrong password is still a plain failure.
+        yield accounts.authenticate("alice@example.test", b"alice-secret")
+        with self.assertRaises(UnauthorizedLogin):
+            yield accounts.authenticate("alice@example.test", b"wrong-password")
