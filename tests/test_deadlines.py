@@ -14,8 +14,10 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv6Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import LogPublisher, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import TestCase
 
@@ -230,3 +232,71 @@ class DeadlineTests(TestCase):
         self.connect(factory).close()
         refused = [event for event in events if event.get("log_event") == logevents.SESSION_REFUSED]
         self.assertEqual(len(refused), 2)
+
+
+class WebmailConnectionTests(TestCase):
+    """The webmail listener is counted and bounded like the others (its Site's channels over StringTransport)."""
+
+    def setUp(self) -> None:
+        from mailapp.sessions import SessionLimits
+        from mailapp.web.app import Webmail, WebmailConnections, WebmailPolicy, WebmailSite
+
+        self.clock = Clock()
+        accounts = make_accounts()
+        store = MaildirStore(Path(self.mktemp()) / "mail", reactor=reactor)
+        webmail = Webmail(Router(accounts, store), makePortal(accounts, store), WebmailPolicy("mail.example.test"), reactor)
+        self.limits = SessionLimits(max_connections=5, max_connections_per_ip=2, line_seconds=10, min_data_rate=100, data_grace=10)
+        self.site = WebmailSite(webmail.app.resource(), 1_000_000, connections=WebmailConnections(self.limits, self.clock), reactor=self.clock)
+        self.channels: list[Any] = []
+
+    def tearDown(self) -> None:
+        for channel, transport in self.channels:
+            if channel.transport is not None and not getattr(channel, "_lost", False):
+                channel._lost = True
+                channel.connectionLost(Failure(ConnectionDone()))
+
+    def connect(self, peer: str = PEER) -> tuple[Any, StringTransport]:
+        from twisted.internet.address import IPv4Address
+
+        channel = self.site.buildProtocol(IPv4Address("TCP", peer, 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+        channel.makeConnection(transport)
+        self.channels.append((channel, transport))
+        return channel, transport
+
+    def test_webmail_connections_beyond_the_per_address_limit_get_503_and_close(self) -> None:
+        self.connect()
+        self.connect()
+        _, refused = self.connect()
+        self.assertTrue(refused.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), refused.value())
+        self.assertTrue(refused.value().endswith(b"Too many connections from your address; try again later"))
+        self.assertTrue(refused.disconnecting)
+        self.assertEqual(self.site.connections.counts.of(PEER), 2)
+
+    def test_webmail_connections_beyond_the_listener_budget_get_503(self) -> None:
+        for number in range(5):
+            self.connect(f"192.0.2.{number + 20}")
+        _, refused = self.connect("192.0.2.99")
+        self.assertTrue(refused.value().startswith(b"HTTP/1.1 503"), refused.value())
+
+    def test_webmail_request_headers_trickled_are_cut_with_408_at_the_header_deadline(self) -> None:
+        channel, transport = self.connect()
+        request = b"GET /login HTTP/1.1\r\nHost: mail.example.test\r\n" + b"X-Trickle: " + b"a" * 1000
+        sent = 0
+        while not transport.disconnecting and sent < len(request):
+            channel.dataReceived(request[sent : sent + 1])
+            sent += 1
+            self.clock.advance(1)
+        self.assertEqual(sent, 10)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n"), transport.value())
+
+    def test_webmail_body_below_the_minimum_rate_is_cut(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /login HTTP/1.1\r\nHost: mail.example.test\r\nContent-Length: 100000\r\n\r\n")
+        lasted = 0
+        while not transport.disconnecting and lasted < 1000:
+            channel.dataReceived(b"x")
+            self.clock.advance(1)
+            lasted += 1
+        self.assertLessEqual(lasted, 11)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408"), transport.value())
