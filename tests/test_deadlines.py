@@ -18,7 +18,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import LogPublisher, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.test.proto_helpers import StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from mailapp import logevents
