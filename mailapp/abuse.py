@@ -47,7 +47,7 @@ from twisted.logger import Logger
 from mailapp import logevents
 from mailapp.config import SecurityConfig
 
-__all__ = ["AbuseGuard", "AuthFailure", "SendingLimiter", "quote_account"]
+__all__ = ["AbuseGuard", "AuthFailure", "address_key", "SendingLimiter", "quote_account"]
 
 log = Logger()
 
@@ -79,14 +79,21 @@ def quote_account(account: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _address_key(ip: str) -> str:
-    """One key per address: an IPv4-mapped IPv6 address counts as its IPv4 address."""
+def address_key(ip: str) -> str:
+    """
+    What counts as one client: an IPv4 address (an IPv4-mapped IPv6 address
+    counts as its IPv4 address), or an IPv6 /64. One customer or host gets
+    a whole /64 (RFC 6177), so counting single IPv6 addresses would give a
+    client 2**64 connection limits and 2**64 chances before a ban.
+    """
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return ip
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
 
 
@@ -248,9 +255,11 @@ class AbuseGuard:
     def exempt(self, ip: str) -> bool:
         """Whether C{ip} is in C{ban_exempt_networks} (never banned)."""
         try:
-            address = ipaddress.ip_address(_address_key(ip))
+            address = ipaddress.ip_address(ip)
         except ValueError:
             return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
         return any(address in network for network in self._exempt)
 
     def banned(self, ip: str) -> bool:
@@ -259,7 +268,7 @@ class AbuseGuard:
 
     def banRemaining(self, ip: str) -> float:
         """Seconds left of C{ip}'s ban, 0 when it is not banned."""
-        key = _address_key(ip)
+        key = address_key(ip)
         until = self._bans.get(key)
         if until is None:
             return 0.0
@@ -299,7 +308,7 @@ class AbuseGuard:
         guesses sent at once on 19 connections were all tried against a ban
         limit of 10. Every True must be followed by one L{attemptEnded}.
         """
-        key = _address_key(ip)
+        key = address_key(ip)
         if self.exempt(key):
             return True
         running = self._attempts.get(key, 0)
@@ -310,7 +319,7 @@ class AbuseGuard:
 
     def attemptEnded(self, ip: str) -> None:
         """The verification L{attemptStarted} allowed has ended, either way."""
-        key = _address_key(ip)
+        key = address_key(ip)
         running = self._attempts.get(key, 0) - 1
         if running > 0:
             self._attempts[key] = running
@@ -326,7 +335,7 @@ class AbuseGuard:
         across connections, so that reconnecting to dodge the per-session
         error limit cannot list our users at thousands of names a second.
         """
-        key = _address_key(ip)
+        key = address_key(ip)
         if self.exempt(key):
             return 0.0
         count = self._probes.add(key, self._clock())
@@ -344,13 +353,14 @@ class AbuseGuard:
         """
         if isinstance(account, bytes):
             account = account.decode("utf-8", "replace")
-        key = _address_key(ip)
+        key = address_key(ip)
         now = self._clock()
         log.info(
             "auth failed protocol={protocol} client={client} account={quoted_account}",
             log_event=logevents.AUTH_FAILED,
             protocol=protocol,
-            client=key,
+            # The address itself, not its /64: what fail2ban bans.
+            client=key if "/" not in key else ip,
             account=account[:_MAX_ACCOUNT],
             quoted_account=quote_account(account),
         )
@@ -360,7 +370,7 @@ class AbuseGuard:
         security = self.security
         delay = min(float(security.auth_failure_delay_max), security.auth_failure_delay * 2.0 ** min(failures - 1, 30))
         banned = self.banned(key)
-        if not banned and by_address >= security.ban_after_failures and not self.exempt(key):
+        if not banned and by_address >= security.ban_after_failures and not self.exempt(ip):
             self._ban(key, now, by_address)
             banned = True
         return AuthFailure(delay, banned)

@@ -58,7 +58,7 @@ TLS_MODES: Final = frozenset({"none", "starttls", "implicit"})
 #: yet get a budget of their own (``max_unauthenticated``).
 LOGIN_PROTOCOLS: Final = frozenset({"submission", "pop3", "imap"})
 #: Protocols whose connections mailapp counts (``max_connections`` per listener).
-_COUNTED_PROTOCOLS: Final = LOGIN_PROTOCOLS | {"smtp"}
+_COUNTED_PROTOCOLS: Final = LOGIN_PROTOCOLS | {"smtp", "webmail"}
 
 #: HTTP-based protocols have no STARTTLS.
 _NO_STARTTLS: Final = frozenset({"webmail", "metrics"})
@@ -87,6 +87,16 @@ _DEFAULT_LIMITS: Final[Mapping[str, int]] = MappingProxyType(
         # SMTP answers MAIL FROM with 452 4.3.1 while the state directory's
         # filesystem has fewer free bytes than this (plus the SIZE= declared).
         "min_free_disk": 52_428_800,
+        # Whole-session deadlines (idle timeouts restart at every byte; these do not).
+        "smtp_session_seconds": 3600,
+        "pop3_session_seconds": 3600,
+        # Seconds from connect to a login on submission, POP3 and IMAP (IMAP has no deadline after it: IDLE).
+        "login_deadline_seconds": 300,
+        # Seconds a command line (or an HTTP request's headers) may take from its first byte.
+        "command_line_seconds": 60,
+        # Message data (SMTP DATA, IMAP literals, webmail bodies) must average this many bytes/s after the grace.
+        "min_data_rate": 500,
+        "data_grace_seconds": 30,
     }
 )
 
@@ -213,6 +223,12 @@ class Limits:
     imap_max_line: int = _DEFAULT_LIMITS["imap_max_line"]
     login_timeout_seconds: int = _DEFAULT_LIMITS["login_timeout_seconds"]
     min_free_disk: int = _DEFAULT_LIMITS["min_free_disk"]
+    smtp_session_seconds: int = _DEFAULT_LIMITS["smtp_session_seconds"]
+    pop3_session_seconds: int = _DEFAULT_LIMITS["pop3_session_seconds"]
+    login_deadline_seconds: int = _DEFAULT_LIMITS["login_deadline_seconds"]
+    command_line_seconds: int = _DEFAULT_LIMITS["command_line_seconds"]
+    min_data_rate: int = _DEFAULT_LIMITS["min_data_rate"]
+    data_grace_seconds: int = _DEFAULT_LIMITS["data_grace_seconds"]
 
 
 @dataclass(frozen=True)
@@ -650,12 +666,15 @@ def _listeners(reader: _Reader, table: Mapping[str, Any]) -> tuple[ListenerConfi
                 reader.problem(f"{prefix}.{key}", f"must be a positive integer, not {value}")
                 value = None
             if value is not None and protocol is not None and protocol not in _COUNTED_PROTOCOLS:
-                reader.problem(f"{prefix}.{key}", f"{protocol} connections are not counted: the key applies to smtp, submission, pop3 and imap")
+                reader.problem(f"{prefix}.{key}", f"{protocol} connections are not counted: the key applies to smtp, submission, pop3, imap and webmail")
                 value = None
             if key == "max_unauthenticated" and value is not None and protocol == "smtp":
                 reader.problem(
                     f"{prefix}.{key}", "the MX has no login, so every connection is unauthenticated: use max_connections"
                 )
+                value = None
+            if key == "max_unauthenticated" and value is not None and protocol == "webmail":
+                reader.problem(f"{prefix}.{key}", "webmail logins are per request, not per connection: use max_connections")
                 value = None
             budgets[key] = value
         endpoint = reader.required(body, "endpoint", str, f"{prefix}.endpoint")

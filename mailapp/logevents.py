@@ -126,6 +126,11 @@ SESSION_ENDED: Final = "session.ended"
 SESSION_CUT: Final = "session.cut"
 #: a connection refused for the connection limits; also: reason
 SESSION_REFUSED: Final = "session.refused"
+#: the refusals of one client address not logged one by one in the last
+#: window (mailapp.sessions.RefusalLog); also: count, seconds
+SESSION_REFUSED_SUMMARY: Final = "session.refused_summary"
+#: a session cut for a deadline or a minimum rate (mailapp.sessions.Overrun); also: overrun, seconds
+SESSION_OVERRUN: Final = "session.overrun"
 #: one command answered; also: command, seconds. Published only to the
 #: in-process telemetry publisher (metrics), never to the log: too many.
 SESSION_COMMAND: Final = "session.command"

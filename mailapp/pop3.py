@@ -358,6 +358,7 @@ class POP3Server(twisted_pop3.POP3):
         #: Small messages read ahead of their RETR: message number -> Deferred of its bytes.
         self._ahead: dict[int, defer.Deferred[bytes | None]] = {}
         self._peerIP = ""
+        self.deadlines = factory.deadlinesFor(self)
 
     # -- connection -----------------------------------------------------------
 
@@ -415,6 +416,17 @@ class POP3Server(twisted_pop3.POP3):
         else:
             self._close()
 
+    def deadlineExpired(self, overrun: Overrun) -> None:
+        """A bound of L{SessionDeadlines} is overrun: close as at a timeout, deleting nothing."""
+        self.setTimeout(None)
+        self._err(overrun.value + b", nothing deleted")
+        if self._sender is not None:
+            # Mid-message: the reply cannot be read until the message is, so cut.
+            self._closing = True
+            self.transport.abortConnection()
+        else:
+            self._close()
+
     @property
     def secure(self) -> bool:
         return ISSLTransport.providedBy(self.transport)
@@ -461,11 +473,13 @@ class POP3Server(twisted_pop3.POP3):
         while self._buffer and not self._busy and not self._closing:
             end = self._buffer.find(b"\n")
             if end < 0 and len(self._buffer) <= MAX_LINE:
+                self.deadlines.lineStarted()
                 return
             if end < 0 or end > MAX_LINE:
                 self._err(b"Line too long; closing connection")
                 self._close()
                 return
+            self.deadlines.lineEnded()
             line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
             if line.endswith(b"\r"):
                 line = line[:-1]

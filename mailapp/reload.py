@@ -181,13 +181,15 @@ def _refresh_policy(factory: Any, context: Any, listener: Any) -> None:
     """
     from mailapp.service import PROTOCOL_BUILDERS
 
-    if context is None or not hasattr(factory, "policy"):
+    # The webmail's Site keeps its connection policy on its SessionFactory.
+    target = getattr(factory, "connections", factory)
+    if context is None or not hasattr(target, "policy"):
         return
     builder = PROTOCOL_BUILDERS.get(listener.protocol)
     if builder is None:
         return
     fresh = builder(context, listener)
-    factory.policy = fresh.policy
+    target.policy = getattr(fresh, "connections", fresh).policy
 
 
 def _apply_relay(manager: Any, old: Config, new: Config, applied: list[str], needs_restart: list[str]) -> None:

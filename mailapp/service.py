@@ -47,7 +47,7 @@ from twisted.python.failure import Failure
 from mailapp import logevents, tls
 from mailapp.config import Config, ListenerConfig
 from mailapp.leftovers import LeftoverSweeper
-from mailapp.sessions import ConnectionCounts, SessionFactory
+from mailapp.sessions import ConnectionCounts, RefusalLog, SessionFactory
 
 __all__ = [
     "DRAIN_TIMEOUT_SECONDS",
@@ -549,6 +549,7 @@ def makeService(
         LeftoverSweeper(reactor, sweepables).setServiceParent(root)
 
     connection_counts = ConnectionCounts()
+    refusal_log = RefusalLog(reactor)
     for listener in config.listeners:
         builder = PROTOCOL_BUILDERS.get(listener.protocol)
         if builder is None:
@@ -565,13 +566,17 @@ def makeService(
         # "Starting factory <... at 0x...>" and "Stopping factory" would
         # repeat it for every listener.
         factory.noisy = False
-        if isinstance(factory, SessionFactory):
-            factory.protocol_name, factory.listener_name = listener.protocol, listener.name
-            factory.telemetry = context.telemetry
+        # The webmail's twisted.web Site keeps its SessionFactory beside it.
+        sessions = factory if isinstance(factory, SessionFactory) else getattr(factory, "connections", None)
+        if isinstance(sessions, SessionFactory):
+            sessions.protocol_name, sessions.listener_name = listener.protocol, listener.name
+            sessions.telemetry = context.telemetry
             # One count for the whole server: limits.max_connections (the
             # ceiling) and max_connections_per_ip hold across every listener;
             # each listener's own budget is counted by its factory.
-            factory.counts = connection_counts
+            sessions.counts = connection_counts
+            # One log of refused connections: one line per client a minute, whichever listener.
+            sessions.refusals = refusal_log
         if listener.tls == "implicit":
             factory = TLSMemoryBIOFactory(context_factory, False, factory)
         endpoint = serverFromString(reactor, listener.endpoint)

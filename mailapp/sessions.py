@@ -9,6 +9,13 @@ Each listener has its own budget (L{SessionLimits}), so that idle IMAP or
 POP3 connections cannot take the places the MX needs to receive mail; the
 connections of a listener with logins that have not logged in yet have a
 smaller budget still, and a shorter idle timeout.
+
+Idle timeouts restart at every byte, so a client sending one byte every
+20 seconds kept its connection for ever. L{SessionDeadlines} bounds each
+session however it trickles: a whole-session deadline (SMTP, POP3), a
+deadline for logging in (submission, POP3, IMAP, whose logged-in sessions
+may IDLE for days), a time limit for each command line from its first byte,
+and a minimum average rate for message data (SMTP DATA, IMAP literals).
 """
 
 from __future__ import annotations
@@ -25,8 +32,8 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger, LogPublisher
 
 from mailapp import logevents
-from mailapp.abuse import AbuseGuard
-from mailapp.config import SecurityConfig, listener_budget
+from mailapp.abuse import AbuseGuard, address_key
+from mailapp.config import LOGIN_PROTOCOLS, SecurityConfig, listener_budget
 from mailapp.interfaces import IMailbox
 
 _log = Logger()
@@ -44,6 +51,16 @@ CLOSE_GRACE = 30.0
 
 #: The login timeout when the config says nothing: idle seconds before login.
 LOGIN_TIMEOUT = 60.0
+
+#: Seconds a command line may take from its first byte to its end (a person
+#: typing into telnet is done well within it; a trickler is not).
+LINE_SECONDS = 60.0
+#: Bytes per second message data must average (Postfix's smtpd_min_data_rate)...
+MIN_DATA_RATE = 500
+#: ... after this many free seconds at its start.
+DATA_GRACE = 30.0
+#: Seconds the log keeps quiet about one address's further refused connections.
+REFUSAL_LOG_WINDOW = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +83,15 @@ class SessionLimits:
     max_server_connections: int | None = None
     #: Idle seconds before login (submission, POP3, IMAP); after it, the protocol's own timeout.
     login_timeout: float = LOGIN_TIMEOUT
+    #: Seconds a whole session may last, however busy; None: no limit (IMAP, whose sessions IDLE for days).
+    session_deadline: float | None = None
+    #: Seconds from connect to a successful login, whatever the client sends; None where there is no login.
+    login_deadline: float | None = None
+    #: Seconds a command line may take from its first byte to its end.
+    line_seconds: float = LINE_SECONDS
+    #: Bytes per second message data (SMTP DATA, an IMAP literal) must average, after C{data_grace} free seconds.
+    min_data_rate: float = MIN_DATA_RATE
+    data_grace: float = DATA_GRACE
 
 
 def session_limits(config: Any, listener: Any) -> dict[str, Any]:
@@ -74,38 +100,293 @@ def session_limits(config: Any, listener: Any) -> dict[str, Any]:
     arguments for a protocol's policy: the one place the builders get them.
     """
     budget = listener_budget(config, listener)
+    limits = config.limits
+    session_deadline = {"smtp": limits.smtp_session_seconds, "submission": limits.smtp_session_seconds, "pop3": limits.pop3_session_seconds}
     return {
         "max_connections": budget.max_connections,
-        "max_connections_per_ip": config.limits.max_connections_per_ip,
+        "max_connections_per_ip": limits.max_connections_per_ip,
         "max_unauthenticated": budget.max_unauthenticated,
-        "max_server_connections": config.limits.max_connections,
-        "login_timeout": float(config.limits.login_timeout_seconds),
+        "max_server_connections": limits.max_connections,
+        "login_timeout": float(limits.login_timeout_seconds),
+        "session_deadline": _seconds(session_deadline.get(listener.protocol)),
+        "login_deadline": float(limits.login_deadline_seconds) if listener.protocol in LOGIN_PROTOCOLS else None,
+        "line_seconds": float(limits.command_line_seconds),
+        "min_data_rate": float(limits.min_data_rate),
+        "data_grace": float(limits.data_grace_seconds),
     }
+
+
+def _seconds(value: int | None) -> float | None:
+    return float(value) if value is not None else None
+
+
+class Overrun(enum.Enum):
+    """Which bound of L{SessionDeadlines} a session overran; the value is what the client is told."""
+
+    SESSION = b"Session time limit reached; closing connection"
+    LOGIN = b"No login in time; closing connection"
+    LINE = b"Command line too slow; closing connection"
+    DATA = b"Data too slow; closing connection"
+
+
+class SessionDeadlines:
+    """
+    The bounds on one session that no trickle of bytes can stretch (idle
+    timeouts restart at every byte): the session's deadline, the login's,
+    one per command line from its first byte, and a minimum average rate for
+    message data. When one is overrun it is logged and C{expired} is called
+    with the L{Overrun}; the session then says so in its protocol's words and
+    closes, and no other bound fires.
+
+    Sessions call L{lineStarted} when they are waiting for the rest of a
+    line, L{lineEnded} when they have one, L{dataStarted}, L{dataReceived}
+    and L{dataEnded} around message data, and L{hold} while their own
+    back-pressure (a slow disk) keeps the client from sending: the rate
+    counts only the time the client could send. The factory starts and
+    stops them (L{SessionFactory.connected}, L{SessionFactory.disconnected},
+    L{SessionFactory.loggedIn}).
+    """
+
+    def __init__(self, session: Any, policy: SessionLimits, seconds: Any, expired: Any) -> None:
+        self._session = session
+        self._policy = policy
+        self._seconds = seconds
+        self._expired = expired
+        self._started: float | None = None
+        self._sessionCall: Any = None
+        self._loginCall: Any = None
+        self._lineCall: Any = None
+        self._dataCall: Any = None
+        self._dataStarted: float | None = None
+        self._dataBytes = 0
+        self._held = 0.0
+        self._holds = 0
+        self._holdStarted: float | None = None
+        self._over = False
+
+    def _later(self, delay: float, overrun: Overrun) -> Any:
+        # Through the session's callLater, which tests replace with a fake clock's.
+        return self._session.callLater(max(0.0, delay), self._overrun, overrun)
+
+    def start(self) -> None:
+        self._started = self._seconds()
+        if self._policy.session_deadline is not None:
+            self._sessionCall = self._later(self._policy.session_deadline, Overrun.SESSION)
+        if self._policy.login_deadline is not None:
+            self._loginCall = self._later(self._policy.login_deadline, Overrun.LOGIN)
+
+    def loggedIn(self, loggedIn: bool = True) -> None:
+        """Logged in: the login deadline is met; logged out again (SMTP's STARTTLS): it is back, from the connect."""
+        if loggedIn:
+            self._loginCall = _cancel(self._loginCall)
+        elif self._loginCall is None and self._started is not None and self._policy.login_deadline is not None and not self._over:
+            self._loginCall = self._later(self._started + self._policy.login_deadline - self._seconds(), Overrun.LOGIN)
+
+    def lineStarted(self) -> None:
+        """Part of a line has come: the rest must come within C{line_seconds} of the first part (idempotent)."""
+        if self._lineCall is None and not self._over:
+            self._lineCall = self._later(self._policy.line_seconds, Overrun.LINE)
+
+    def lineEnded(self) -> None:
+        self._lineCall = _cancel(self._lineCall)
+
+    def dataStarted(self) -> None:
+        self.lineEnded()
+        self._dataStarted = self._seconds()
+        self._dataBytes = 0
+        self._held = 0.0
+        self._holdStarted = self._dataStarted if self._holds else None
+        self._scheduleData()
+
+    def dataReceived(self, count: int) -> None:
+        """C{count} more bytes of the message data; cheap: no timer is touched."""
+        self._dataBytes += count
+
+    def dataEnded(self) -> None:
+        self._dataStarted = None
+        self._dataCall = _cancel(self._dataCall)
+
+    def hold(self, until: defer.Deferred[Any]) -> None:
+        """The session stops reading until C{until} fires: that time does not count against the client's rate."""
+        self._holds += 1
+        if self._holds == 1:
+            self._holdStarted = self._seconds()
+
+        def release(result: Any) -> Any:
+            self._holds -= 1
+            if self._holds == 0 and self._holdStarted is not None:
+                self._held += self._seconds() - self._holdStarted
+                self._holdStarted = None
+            return result
+
+        until.addBoth(release)
+
+    def _scheduleData(self) -> None:
+        # Due when the data so far, at the minimum rate, is used up after the grace.
+        assert self._dataStarted is not None
+        active = self._seconds() - self._dataStarted - self._held
+        if self._holdStarted is not None:
+            active -= self._seconds() - self._holdStarted
+        due = self._policy.data_grace + self._dataBytes / self._policy.min_data_rate
+        self._dataCall = self._session.callLater(max(0.0, due - active), self._checkData)
+
+    def _checkData(self) -> None:
+        self._dataCall = None
+        if self._dataStarted is None or self._over:
+            return
+        active = self._seconds() - self._dataStarted - self._held
+        if self._holdStarted is not None:
+            # Our own back-pressure: look again later.
+            self._dataCall = self._session.callLater(1.0, self._checkData)
+            return
+        if active >= self._policy.data_grace + self._dataBytes / self._policy.min_data_rate:
+            self._overrun(Overrun.DATA)
+        else:
+            self._scheduleData()
+
+    def stop(self) -> None:
+        """The session has ended (or is ending): nothing more fires."""
+        self._over = True
+        self._dataStarted = None
+        for name in ("_sessionCall", "_loginCall", "_lineCall", "_dataCall"):
+            setattr(self, name, _cancel(getattr(self, name)))
+
+    def _overrun(self, overrun: Overrun) -> None:
+        if self._over:
+            return
+        self.stop()
+        factory = getattr(self._session, "factory", None)
+        _log.info(
+            "session overran protocol={protocol} client={client} overrun={overrun} after {seconds:.1f} s",
+            log_event=logevents.SESSION_OVERRUN,
+            protocol=getattr(factory, "protocol_name", "unknown"),
+            listener=getattr(factory, "listener_name", "unknown"),
+            client=getattr(self._session, "_peerIP", ""),
+            overrun=overrun.name.lower(),
+            seconds=self._seconds() - self._started if self._started is not None else 0.0,
+        )
+        self._expired(overrun)
+
+
+def _cancel(call: Any) -> None:
+    if call is not None and call.active():
+        call.cancel()
+    return None
+
+
+class RefusalLog:
+    """
+    The log lines for refused connections, at most one per client address
+    (L{address_key}) per C{window} seconds, then one summary of how many
+    more were refused in that window: one client refusing itself 86,356
+    times in 40 seconds once wrote 19 MB of identical lines. The service
+    shares one among the listeners. Every refusal still reaches the metrics
+    (through the telemetry publisher for those not logged).
+    """
+
+    def __init__(self, clock: Any, window: float = REFUSAL_LOG_WINDOW, max_addresses: int = 10_000) -> None:
+        self._clock = clock
+        self._window = window
+        self._max_addresses = max_addresses
+        #: address key -> [window start, refusals not logged, the summary's call or None, protocol, listener]
+        self._windows: dict[str, list[Any]] = {}
+
+    def refused(
+        self, factory: Any, ip: str, reason: str, event: str = logevents.SESSION_REFUSED, protocol: str | None = None, **fields: Any
+    ) -> None:
+        """Log (or count, within the address's window) one refused connection of C{factory}'s listener."""
+        protocol = protocol or factory.protocol_name
+        key = address_key(ip)
+        now = self._clock.seconds()
+        window = self._windows.get(key)
+        if window is not None and now - window[0] < self._window:
+            window[1] += 1
+            if window[2] is None:
+                window[2] = self._clock.callLater(window[0] + self._window - now, self._summarise, key)
+            if factory.telemetry is not None:
+                factory.telemetry(
+                    {"log_event": event, "protocol": protocol, "listener": factory.listener_name, "client": ip, "reason": reason, **fields}
+                )
+            return
+        if window is not None:
+            self._summarise(key)
+        while len(self._windows) >= self._max_addresses:
+            self._summarise(next(iter(self._windows)))
+        self._windows[key] = [now, 0, None, protocol, factory.listener_name]
+        if event == logevents.SESSION_REFUSED:
+            _log.info(
+                "session refused protocol={protocol} listener={listener} client={client}: {reason}",
+                log_event=event,
+                protocol=protocol,
+                listener=factory.listener_name,
+                client=ip,
+                reason=reason,
+                **fields,
+            )
+        else:
+            _log.info(
+                "refused banned client={client} protocol={protocol} remaining={remaining:.0f}",
+                log_event=event,
+                protocol=protocol,
+                listener=factory.listener_name,
+                client=ip,
+                reason=reason,
+                **fields,
+            )
+
+    def _summarise(self, key: str) -> None:
+        window = self._windows.pop(key, None)
+        if window is None:
+            return
+        started, count, call, protocol, listener = window
+        _cancel(call)
+        if count:
+            _log.info(
+                "refused {count} more connections from {client} in the last {seconds:.0f} s",
+                log_event=logevents.SESSION_REFUSED_SUMMARY,
+                protocol=protocol,
+                listener=listener,
+                client=key,
+                count=count,
+                seconds=min(self._window, self._clock.seconds() - started),
+            )
+
+    def flush(self) -> None:
+        """Write every pending summary now (the server is stopping)."""
+        for key in list(self._windows):
+            self._summarise(key)
 
 
 class ConnectionCounts:
     """
-    Open connections in total and per client address. The service gives one
-    to every listener, so that C{max_server_connections} and the limit per
-    address hold for the whole server, not for each port (a client cannot
-    get 8 x max_connections_per_ip by using every listener).
+    Open connections in total and per client (L{address_key}: an IPv4
+    address or an IPv6 /64). The service gives one to every listener, so
+    that C{max_server_connections} and the limit per address hold for the
+    whole server, not for each port (a client cannot get 8 x
+    max_connections_per_ip by using every listener).
     """
 
     def __init__(self) -> None:
         self.total = 0
         self.perIP: dict[str, int] = {}
 
+    def of(self, ip: str) -> int:
+        """The open connections of C{ip}'s client (its /64 for IPv6)."""
+        return self.perIP.get(address_key(ip), 0)
+
     def add(self, ip: str) -> None:
         self.total += 1
-        self.perIP[ip] = self.perIP.get(ip, 0) + 1
+        key = address_key(ip)
+        self.perIP[key] = self.perIP.get(key, 0) + 1
 
     def remove(self, ip: str) -> None:
         self.total -= 1
-        count = self.perIP.get(ip, 1) - 1
+        key = address_key(ip)
+        count = self.perIP.get(key, 1) - 1
         if count > 0:
-            self.perIP[ip] = count
+            self.perIP[key] = count
         else:
-            self.perIP.pop(ip, None)
+            self.perIP.pop(key, None)
 
 
 class AuthOutcome(enum.Enum):
@@ -145,6 +426,26 @@ class SessionFactory(ServerFactory):
         self.counts = ConnectionCounts()
         self._since: dict[Any, float] = {}
         self._closing: dict[Any, Any] = {}
+        self._refusals: RefusalLog | None = None
+
+    @property
+    def refusals(self) -> RefusalLog:
+        """Where refused connections are logged; the service shares one among the listeners."""
+        if self._refusals is None:
+            self._refusals = RefusalLog(self.reactor)
+        return self._refusals
+
+    @refusals.setter
+    def refusals(self, value: RefusalLog) -> None:
+        self._refusals = value
+
+    def deadlinesFor(self, session: Any) -> SessionDeadlines:
+        """
+        C{session}'s L{SessionDeadlines} under this listener's policy; it
+        calls C{session.deadlineExpired(overrun)}, which must answer in the
+        protocol's words and close. L{connected} starts them.
+        """
+        return SessionDeadlines(session, self.policy, lambda: self.reactor.seconds(), lambda overrun: session.deadlineExpired(overrun))
 
     @property
     def guard(self) -> AbuseGuard:
@@ -179,13 +480,7 @@ class SessionFactory(ServerFactory):
         remaining = self.guard.banRemaining(ip)
         if remaining <= 0:
             return False
-        _log.info(
-            "refused banned client={client} protocol={protocol} remaining={remaining:.0f}",
-            log_event=logevents.AUTH_BANNED_REFUSED,
-            client=ip,
-            protocol=protocol,
-            remaining=remaining,
-        )
+        self.refusals.refused(self, ip, "banned", event=logevents.AUTH_BANNED_REFUSED, protocol=protocol, remaining=remaining)
         return True
 
     def authFailed(self, session: Any, protocol: str, account: str | bytes, max_failures: int) -> defer.Deferred[AuthOutcome]:
@@ -223,19 +518,12 @@ class SessionFactory(ServerFactory):
         ceiling = policy.max_server_connections
         if len(self.sessions) >= policy.max_connections or (ceiling is not None and self.counts.total >= ceiling):
             refusal = b"Too many connections; try again later"
-        elif self.counts.perIP.get(ip, 0) >= policy.max_connections_per_ip:
+        elif self.counts.of(ip) >= policy.max_connections_per_ip:
             refusal = b"Too many connections from your address; try again later"
         elif policy.max_unauthenticated is not None and self.unauthenticated() >= policy.max_unauthenticated:
             refusal = b"Too many connections waiting to log in; try again later"
         if refusal is not None:
-            _log.info(
-                "session refused protocol={protocol} listener={listener} client={client}: {reason}",
-                log_event=logevents.SESSION_REFUSED,
-                protocol=self.protocol_name,
-                listener=self.listener_name,
-                client=ip,
-                reason=refusal.decode("ascii"),
-            )
+            self.refusals.refused(self, ip, refusal.decode("ascii"))
         return refusal
 
     def unauthenticated(self) -> int:
@@ -252,11 +540,17 @@ class SessionFactory(ServerFactory):
             self.loggedInSessions.discard(session)
         elif session in self.sessions:
             self.loggedInSessions.add(session)
+        deadlines = getattr(session, "deadlines", None)
+        if deadlines is not None:
+            deadlines.loggedIn(loggedIn)
 
     def connected(self, session: Any) -> None:
         self.sessions.add(session)
         self.counts.add(session._peerIP)
         self._since[session] = time.monotonic()
+        deadlines = getattr(session, "deadlines", None)
+        if deadlines is not None:
+            deadlines.start()
         _log.info(
             "session started protocol={protocol} listener={listener} client={client}",
             log_event=logevents.SESSION_STARTED,
@@ -312,6 +606,9 @@ class SessionFactory(ServerFactory):
         cut = self._closing.pop(session, None)
         if cut is not None and cut.active():
             cut.cancel()
+        deadlines = getattr(session, "deadlines", None)
+        if deadlines is not None:
+            deadlines.stop()
         if session in self.sessions:
             started = self._since.pop(session, None)
             _log.info(

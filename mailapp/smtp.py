@@ -42,7 +42,7 @@ from mailapp import logevents
 from mailapp.delivery import Router, Transaction
 from mailapp.errors import HeaderSenderNotOwned, LoginsBusy, MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied
 from mailapp.headercheck import HeaderCheck, header_addresses
-from mailapp.sessions import BANNED, AuthOutcome, SessionFactory, SessionLimits, session_limits
+from mailapp.sessions import BANNED, AuthOutcome, Overrun, SessionFactory, SessionLimits, session_limits
 from mailapp.store.freespace import FreeSpace
 
 _log = Logger()
@@ -128,6 +128,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self._shuttingDown = False
         self._whenClosed: list[defer.Deferred[None]] = []
         self.callLater = factory.reactor.callLater
+        self.deadlines = factory.deadlinesFor(self)
 
     # -- connection -----------------------------------------------------------
 
@@ -165,6 +166,12 @@ class ESMTPServer(twisted_smtp.ESMTP):
 
     def timeoutConnection(self) -> None:
         self.sendCode(421, b"4.4.2 " + self.host + b" Error: timeout exceeded")
+        self._close()
+
+    def deadlineExpired(self, overrun: Overrun) -> None:
+        """A bound of L{SessionDeadlines} is overrun: a message being received is dropped, as at a timeout."""
+        self.setTimeout(None)
+        self.sendCode(421, b"4.4.2 " + self.host + b" " + overrun.value)
         self._close()
 
     @property
@@ -218,8 +225,11 @@ class ESMTPServer(twisted_smtp.ESMTP):
         while self._buffer and not self._busy and not self._closing:
             if self._data is not None:
                 receiver = self._data
+                before = len(self._buffer)
                 self._buffer = receiver.feed(self._buffer)
+                self.deadlines.dataReceived(before - len(self._buffer))
                 if receiver.done:
+                    self.deadlines.dataEnded()
                     # The end of the data, timed as "EOM": the commit and its 250.
                     self._timing = ("EOM", time.perf_counter())
                     self._endData()
@@ -233,7 +243,10 @@ class ESMTPServer(twisted_smtp.ESMTP):
                     self.sendCode(500, b"5.5.2 Line too long; closing connection")
                     self._buffer = b""
                     self._close()
+                else:
+                    self.deadlines.lineStarted()
                 return
+            self.deadlines.lineEnded()
             line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
             if line.endswith(b"\r"):
                 line = line[:-1]
@@ -253,6 +266,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
         """Stop reading from a client that sends faster than the disk takes it."""
         if write is not None and not write.called and self.transport is not None:
             self.transport.pauseProducing()
+            self.deadlines.hold(write)
 
             def resume(_: object) -> None:
                 if self.transport is not None and not self._busy:
@@ -707,6 +721,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
             addMissing=self._missingHeaders if self.policy.submission else None,
         )
         self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
+        self.deadlines.dataStarted()
 
     def _receivedHeader(self, txn: Transaction) -> bytes:
         protocol = "ESMTP" if self._esmtp else "SMTP"
@@ -811,6 +826,8 @@ class ESMTPServer(twisted_smtp.ESMTP):
         if self._txn is not None:
             self._txn.abort()
             self._txn = None
+        if self._data is not None:
+            self.deadlines.dataEnded()
         self._data = None
 
 

@@ -92,7 +92,7 @@ from mailapp.imap.wire import (
     parse_sequence_set,
     select_positions,
 )
-from mailapp.sessions import BANNED, LOGIN_TIMEOUT, AuthOutcome, SessionFactory, SessionLimits, session_limits
+from mailapp.sessions import BANNED, LOGIN_TIMEOUT, AuthOutcome, Overrun, SessionFactory, SessionLimits, session_limits
 from mailapp.store.events import ADDED
 from mailapp.store.records import MessageInfo
 
@@ -305,6 +305,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         self._flow = _Flow(self._outputResumed)
         self._flowRegistered = False
         self._whenClosed: list[defer.Deferred[None]] = []
+        self.deadlines = factory.deadlinesFor(self)
 
     # -- connection -------------------------------------------------------------
 
@@ -352,6 +353,13 @@ class IMAPServer(twisted_imap4.IMAP4Server):
     def timeoutConnection(self) -> None:
         _log.info("imap timeout client={client}", log_event=logevents.IMAP_TIMEOUT, client=self._peerIP)
         self._write(b"* BYE Autologout; idle for too long\r\n")
+        self._close()
+
+    def deadlineExpired(self, overrun: Overrun) -> None:
+        """A bound of L{SessionDeadlines} is overrun (before login, or a trickled line or literal): BYE and close."""
+        self.setTimeout(None)
+        self._discardPieces()
+        self._write(b"* BYE " + overrun.value + b"\r\n")
         self._close()
 
     def shutdown(self) -> defer.Deferred[None] | None:
@@ -438,6 +446,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                 take = min(literal.remaining, len(self._buffer))
                 chunk, self._buffer = self._buffer[:take], self._buffer[take:]
                 literal.remaining -= take
+                self.deadlines.dataReceived(take)
                 if literal.writer is not None:
                     written = literal.writer.write(chunk)
                     if not written.called:
@@ -447,6 +456,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                     literal.data += chunk
                 if literal.remaining == 0:
                     self._literal = None
+                    self.deadlines.dataEnded()
                     if literal.writer is not None:
                         self._pieces.append(ParsedLiteral(literal.writer, literal.size))
                     else:
@@ -457,7 +467,10 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                 if len(self._buffer) > self._lineLimit():
                     self._untagged(b"BAD Line too long; closing connection")
                     self._close()
+                else:
+                    self.deadlines.lineStarted()
                 return
+            self.deadlines.lineEnded()
             line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
             if line.endswith(b"\r"):
                 line = line[:-1]
@@ -481,6 +494,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         """Stop reading from a client that sends an APPEND faster than the disk takes it."""
         self._busy = True
         self.transport.pauseProducing()
+        self.deadlines.hold(d)
 
         def resume(_: object) -> None:
             self._busy = False
@@ -538,6 +552,8 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             self._literal = _Literal(size, bytearray())
         if synchronizing:
             self._write(b"+ Ready for literal data\r\n")
+        if size > 0:
+            self.deadlines.dataStarted()
         if size == 0:
             # Nothing to read: finish the literal now.
             literal, self._literal = self._literal, None

@@ -35,13 +35,14 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.iweb import IRequest
 
 from mailapp import logevents
 from mailapp.abuse import AbuseGuard
 from mailapp.config import SecurityConfig
 from mailapp.errors import BadFolderName, FolderError, FolderExists, LoginsBusy, MailError, NoSuchFolder, NoSuchMessage
+from mailapp.sessions import Overrun, SessionFactory, SessionLimits, session_limits
 from mailapp.interfaces import IMailbox
 from mailapp.store import INBOX, SPECIAL_FOLDERS
 from mailapp.web import messages, pages
@@ -153,14 +154,123 @@ def security_headers(request: IRequest, policy: str, frame: bool, secure: bool) 
         request.setHeader(b"strict-transport-security", b"max-age=31536000")
 
 
+_REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 60\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+_TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+
+
+class WebmailConnections(SessionFactory):
+    """
+    The webmail listener's connections, counted like every other listener's
+    (its own C{max_connections}, the server's ceiling, the limit per client
+    address, the refusal log): 1,500 trickling connections from one address
+    were once all accepted. The service shares the server's counts with it
+    as with the other factories (L{WebmailSite.connections}).
+    """
+
+    def __init__(self, policy: SessionLimits, reactor: Any) -> None:
+        super().__init__()
+        self.policy = policy
+        self.reactor = reactor
+
+
+class WebmailChannel(http.HTTPChannel):
+    """
+    One webmail connection: admitted by the listener's L{WebmailConnections}
+    (or answered 503 and closed), and bounded like the other protocols'
+    sessions (L{mailapp.sessions.SessionDeadlines}): a request's headers
+    must all come within C{line_seconds} of its first byte, and its body at
+    the minimum data rate after the grace. HTTPChannel's own C{timeOut}
+    restarts at every byte, so alone it let a client trickle headers for ever.
+    """
+
+    _refused = False
+    #: "idle" (between requests), "headers", "body", or "handling" (answering; later bytes are pipelined).
+    _phase = "idle"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._peerIP = ""
+        self.deadlines: Any = None
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self._peerIP = getattr(peer, "host", "") or str(peer)
+        connections: WebmailConnections = self.site.connections
+        refusal = connections.admit(self._peerIP)
+        if refusal is not None:
+            self._refused = True
+            self.transport.write(_REFUSED % (len(refusal), refusal))
+            connections.close(self)
+            return
+        self.deadlines = connections.deadlinesFor(self)
+        super().connectionMade()
+        connections.connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._phase == "idle" and data:
+            self._phase = "headers"
+            self.deadlines.lineStarted()
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()
+        self.deadlines.lineEnded()
+        if self.length != 0:
+            self._phase = "body"
+            self.deadlines.dataStarted()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._phase == "body":
+            self.deadlines.dataReceived(len(data))
+        super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self.deadlines.dataEnded()
+        self._phase = "handling"
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        # Before the parent replays pipelined bytes, which start the next request's clock.
+        self._phase = "idle"
+        super().requestDone(request)
+
+    def deadlineExpired(self, overrun: Overrun) -> None:
+        """Headers or a body too slow: 408 (unless a response has begun) and close."""
+        if self._phase in ("headers", "body") and not self._handlingRequest:
+            self.transport.write(_TOO_SLOW % (len(overrun.value), overrun.value))
+        self.site.connections.close(self)
+
+    def shutdown(self) -> None:
+        """The server is stopping: close the connection unless a response is being written."""
+        if not self._handlingRequest:
+            self.site.connections.close(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._refused:
+            self.site.connections.disconnected(self)
+            return
+        super().connectionLost(reason)
+        self.site.connections.disconnected(self)
+
+
 class WebmailSite(server.Site):
-    def __init__(self, resource: Any, max_body: int, secure: bool = False) -> None:
-        super().__init__(resource, requestFactory=WebRequest, parsePOSTFormSubmission=False)
+    protocol = WebmailChannel
+
+    def __init__(self, resource: Any, max_body: int, secure: bool = False, connections: WebmailConnections | None = None, reactor: Any = None) -> None:
+        super().__init__(resource, requestFactory=WebRequest, parsePOSTFormSubmission=False, reactor=reactor)
         self.max_body = max_body
         #: Under TLS: error pages carry Strict-Transport-Security like the others.
         self.secure = secure
         self.displayTracebacks = False
         self.timeOut = 120
+        #: Counts and admits the connections (the service shares its counts with the other listeners).
+        self.connections = connections if connections is not None else WebmailConnections(SessionLimits(), self.reactor)
+
+    def stopFactory(self) -> None:
+        self.connections.stopFactory()
+        super().stopFactory()
 
 
 class _SummaryCache:
@@ -298,9 +408,13 @@ class Webmail:
         self.summaries = _SummaryCache()
         self._stylesheet = resources.files("mailapp.web").joinpath("static/style.css").read_bytes()
 
-    def site(self) -> WebmailSite:
+    def site(self, limits: SessionLimits | None = None) -> WebmailSite:
+        """The listener's site; C{limits}: its connection budget and bounds (the defaults when None)."""
         # Uploads may be a little larger than the message they become (form fields, boundaries).
-        return WebmailSite(self.app.resource(), self.policy.max_message_size + 1024 * 1024, secure=self.policy.secure)
+        connections = WebmailConnections(limits or SessionLimits(), self.reactor)
+        return WebmailSite(
+            self.app.resource(), self.policy.max_message_size + 1024 * 1024, secure=self.policy.secure, connections=connections, reactor=self.reactor
+        )
 
     def _thread(self, function: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self.threadpool, function, *args)
@@ -1091,4 +1205,4 @@ def buildFactory(context: Any, listener: Any) -> WebmailSite:
         context.reactor,
         guard=getattr(context, "guard", None),
         threadpool=pools.parsing if pools is not None else None,
-    ).site()
+    ).site(SessionLimits(**session_limits(config, listener)))
