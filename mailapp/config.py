@@ -87,7 +87,18 @@ _DEFAULT_LIMITS: Final[Mapping[str, int]] = MappingProxyType(
         # SMTP answers MAIL FROM with 452 4.3.1 while the state directory's
         # filesystem has fewer free bytes than this (plus the SIZE= declared).
         "min_free_disk": 52_428_800,
+        # Per mailbox, as the sum of the index's (wire) sizes; 0 = unlimited.
+        # 5 GiB: far above what a person's mail reaches in years, while one
+        # mailbox (or one hostile sender) can no longer fill a small server's disk.
+        "mailbox_quota_bytes": 5 * 1024**3,
+        # Messages per mailbox; 0 = unlimited (the byte quota already bounds the disk).
+        "mailbox_quota_messages": 0,
     }
+)
+
+#: The C{[limits]} keys where 0 means "no limit".
+UNLIMITED_WHEN_ZERO: Final = frozenset(
+    {"mailbox_quota_bytes", "mailbox_quota_messages"}
 )
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -198,7 +209,7 @@ class ListenerBudget:
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits; every value is a positive integer."""
+    """Resource limits; every value is a positive integer, but those in L{UNLIMITED_WHEN_ZERO} may be 0 (no limit)."""
 
     max_message_size: int = _DEFAULT_LIMITS["max_message_size"]
     max_recipients: int = _DEFAULT_LIMITS["max_recipients"]
@@ -213,6 +224,8 @@ class Limits:
     imap_max_line: int = _DEFAULT_LIMITS["imap_max_line"]
     login_timeout_seconds: int = _DEFAULT_LIMITS["login_timeout_seconds"]
     min_free_disk: int = _DEFAULT_LIMITS["min_free_disk"]
+    mailbox_quota_bytes: int = _DEFAULT_LIMITS["mailbox_quota_bytes"]
+    mailbox_quota_messages: int = _DEFAULT_LIMITS["mailbox_quota_messages"]
 
 
 @dataclass(frozen=True)
@@ -498,7 +511,10 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
     limit_values: dict[str, int] = {}
     for name, default in _DEFAULT_LIMITS.items():
         value = reader.typed(limits_table, name, int, f"limits.{name}", default)
-        if value is not None and value <= 0:
+        if value is not None and name in UNLIMITED_WHEN_ZERO and value < 0:
+            reader.problem(f"limits.{name}", f"must be 0 (unlimited) or a positive integer, not {value}")
+            value = default
+        elif value is not None and value <= 0 and name not in UNLIMITED_WHEN_ZERO:
             reader.problem(f"limits.{name}", f"must be a positive integer, not {value}")
             value = default
         limit_values[name] = value if value is not None else default

@@ -48,6 +48,10 @@ RELAY_DEFERRED: Final = "relay.deferred"
 ALIAS_BROKEN: Final = "accounts.alias_broken"
 PASSWORD_REHASHED: Final = "auth.password_rehashed"
 REHASH_FAILED: Final = "auth.rehash_failed"
+#: the accounts database was migrated to a newer schema at open; also: path, old, new
+ACCOUNTS_SCHEMA_UPGRADED: Final = "accounts.schema_upgraded"
+#: a message or an IMAP APPEND/COPY/MOVE refused for a mailbox's quota; also: account, code
+QUOTA_REFUSED: Final = "quota.refused"
 
 # --- delivery and the store ---
 DELIVERY_STORED: Final = "delivery.stored"

@@ -599,7 +599,8 @@ class ESMTPServer(twisted_smtp.ESMTP):
             else:
                 self._error(555, b"5.5.4 Unsupported MAIL parameter")
                 return
-        if self._storageLow(int(params.get("SIZE", "0"))):
+        declared = int(params.get("SIZE", "0"))
+        if self._storageLow(declared):
             return
         relay = bool(self.authenticated) or self.factory.trusted(self._peerIP)
 
@@ -610,7 +611,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
                 if not yes:
                     self.sendCode(553, b"5.7.1 Sender address not owned by you")
                     return
-                self._txn = self.router.start(sender, relay, self.authenticated)
+                self._txn = self.router.start(sender, relay, self.authenticated, declared)
                 self.sendCode(250, b"2.1.0 Ok")
 
             self._wait(d.addCallback(owned))
@@ -628,12 +629,12 @@ class ESMTPServer(twisted_smtp.ESMTP):
                     )
                     self._error(553, b"5.7.1 Sender address in a local domain: log in on the submission port to send as it")
                     return
-                self._txn = self.router.start(sender, relay, self.authenticated)
+                self._txn = self.router.start(sender, relay, self.authenticated, declared)
                 self.sendCode(250, b"2.1.0 Ok")
 
             self._wait(d.addCallback(foreign))
             return
-        self._txn = self.router.start(sender, relay, self.authenticated)
+        self._txn = self.router.start(sender, relay, self.authenticated, declared)
         self.sendCode(250, b"2.1.0 Ok")
 
     def smtp_RCPT(self, argument: bytes) -> None:
@@ -1021,7 +1022,9 @@ def buildFactory(context: Any, listener: Any) -> SMTPFactory:
         refuse_local_senders=config.security.mx_refuse_local_senders,
         min_free_disk=limits.min_free_disk,
     )
-    router = getattr(context, "router", None) or Router(context.accounts, context.store, limits.max_recipients)
+    router = getattr(context, "router", None) or Router(
+        context.accounts, context.store, limits.max_recipients, quotas=getattr(context, "quotas", None)
+    )
     tls = context.tls if listener.tls == "starttls" else None
     return SMTPFactory(
         router,
