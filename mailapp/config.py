@@ -93,12 +93,16 @@ _DEFAULT_LIMITS: Final[Mapping[str, int]] = MappingProxyType(
         "mailbox_quota_bytes": 5 * 1024**3,
         # Messages per mailbox; 0 = unlimited (the byte quota already bounds the disk).
         "mailbox_quota_messages": 0,
+        # The MX, per client address (an IPv6 /64), outside relay.trusted_networks;
+        # 0 = unlimited. Generous: a busy list server sends about one a second.
+        "mx_messages_per_minute": 60,
+        "mx_bytes_per_minute": 200 * 1024**2,
     }
 )
 
 #: The C{[limits]} keys where 0 means "no limit".
 UNLIMITED_WHEN_ZERO: Final = frozenset(
-    {"mailbox_quota_bytes", "mailbox_quota_messages"}
+    {"mailbox_quota_bytes", "mailbox_quota_messages", "mx_messages_per_minute", "mx_bytes_per_minute"}
 )
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -226,6 +230,8 @@ class Limits:
     min_free_disk: int = _DEFAULT_LIMITS["min_free_disk"]
     mailbox_quota_bytes: int = _DEFAULT_LIMITS["mailbox_quota_bytes"]
     mailbox_quota_messages: int = _DEFAULT_LIMITS["mailbox_quota_messages"]
+    mx_messages_per_minute: int = _DEFAULT_LIMITS["mx_messages_per_minute"]
+    mx_bytes_per_minute: int = _DEFAULT_LIMITS["mx_bytes_per_minute"]
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,12 @@ class MailboxWouldOverflow(OverQuota):
     code, enhanced, text = 452, "4.2.2", "Mailbox full: not enough room for this message; try again later"
 
 
+class TooMuchMail(MailError):
+    """An MX client address (an IPv6 /64) past its messages or bytes per minute (L{mailapp.abuse.MXRateLimiter})."""
+
+    code, enhanced, text = 451, "4.7.1", "Too much mail from your address; try again later"
+
+
 class RemoteDeliveryUnavailable(MailError):
     code, enhanced, text = 451, "4.4.0", "Remote delivery is not available yet; try again later"
 

@@ -61,6 +61,14 @@ def test_quota_defaults_are_5_gib_and_unlimited_messages_and_0_is_accepted():
     assert zero.mailbox_quota_bytes == 0
 
 
+def test_mx_rate_defaults_are_60_messages_and_200_mib_a_minute_and_0_turns_them_off():
+    base = '[server]\nhostname = "mail.example.test"\n'
+    limits = parse(base, Path("x.toml")).limits
+    assert (limits.mx_messages_per_minute, limits.mx_bytes_per_minute) == (60, 200 * 1024**2)
+    zero = parse(base + "[limits]\nmx_messages_per_minute = 0\n", Path("x.toml")).limits
+    assert zero.mx_messages_per_minute == 0
+
+
 # -- the accounts database ----------------------------------------------------------------
 
 
