@@ -57,6 +57,10 @@ log = Logger()
 
 #: Keys each table (addresses, accounts, bans, senders) keeps at most.
 MAX_TRACKED = 100_000
+#: MX client addresses the rate tracker keeps at most: two short deques each,
+#: about 1.9 KB, so 19 MB in all. Evicting one needs 10,000 other clients
+#: within the minute, and those are not slowed by a per-address limit anyway.
+MX_MAX_TRACKED = 10_000
 #: An account name longer than this is cut in the log and in the table.
 _MAX_ACCOUNT = 256
 #: Failure times kept per key: enough to ban and to reach any delay cap.
@@ -230,8 +234,9 @@ class MXRateLimiter:
     MAIL FROM is accepted, so that parallel connections cannot all pass
     before any of them ends (the lesson of logins counted when they start);
     its bytes when its data has arrived, whether it is stored or not. 0
-    turns a limit off. At most C{max_tracked} addresses are kept, each with
-    at most C{messages_per_minute} (or 1,000) events.
+    turns a limit off. At most C{max_tracked} addresses are kept (the least
+    recently seen is forgotten first), each with at most
+    C{messages_per_minute} (or 1,000) events.
     """
 
     MINUTE = 60.0
@@ -239,7 +244,7 @@ class MXRateLimiter:
     _KEEP_UNLIMITED = 1000
 
     def __init__(
-        self, clock: Callable[[], float], messages_per_minute: int = 0, bytes_per_minute: int = 0, max_tracked: int = MAX_TRACKED
+        self, clock: Callable[[], float], messages_per_minute: int = 0, bytes_per_minute: int = 0, max_tracked: int = MX_MAX_TRACKED
     ) -> None:
         self._clock = clock
         self.messages_per_minute = messages_per_minute
@@ -325,7 +330,7 @@ class AbuseGuard:
         self._exempt = tuple(self.security.ban_exempt_networks)
         self.sending = SendingLimiter(clock, max_messages_per_hour, max_tracked)
         #: The MX's messages and bytes per client address; off unless given (the service gives the config's).
-        self.mx = MXRateLimiter(clock, mx_messages_per_minute, mx_bytes_per_minute, max_tracked)
+        self.mx = MXRateLimiter(clock, mx_messages_per_minute, mx_bytes_per_minute, min(max_tracked, MX_MAX_TRACKED))
 
     def reconfigure(self, config: Any) -> None:
         """
