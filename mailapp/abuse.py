@@ -25,6 +25,10 @@ What it promises:
     escaped, so that no user name can make a filter read another address;
   - messages accepted from one authenticated sender are counted over a
     sliding hour against C{max_messages_per_hour};
+  - on the MX, messages and bytes from one client address (an IPv6
+    client's whole /64, which one host usually owns) are counted over a
+    sliding minute against C{mx_messages_per_minute} and
+    C{mx_bytes_per_minute} (L{MXRateLimiter});
   - memory stays bounded: each table keeps at most C{max_tracked} keys,
     forgets entries whose failures have left the window, and drops the least
     recently seen key when full.
@@ -47,12 +51,16 @@ from twisted.logger import Logger
 from mailapp import logevents
 from mailapp.config import SecurityConfig
 
-__all__ = ["AbuseGuard", "AuthFailure", "address_key", "SendingLimiter", "quote_account"]
+__all__ = ["AbuseGuard", "AuthFailure", "MXRateLimiter", "SendingLimiter", "address_key", "quote_account"]
 
 log = Logger()
 
 #: Keys each table (addresses, accounts, bans, senders) keeps at most.
 MAX_TRACKED = 100_000
+#: MX client addresses the rate tracker keeps at most: two short deques each,
+#: about 1.9 KB, so 19 MB in all. Evicting one needs 10,000 other clients
+#: within the minute, and those are not slowed by a per-address limit anyway.
+MX_MAX_TRACKED = 10_000
 #: An account name longer than this is cut in the log and in the table.
 _MAX_ACCOUNT = 256
 #: Failure times kept per key: enough to ban and to reach any delay cap.
@@ -109,13 +117,19 @@ class _Recent:
     """
     Times of recent events per key, within C{window} seconds, in a bounded
     table ordered by last event (so the stalest keys are at the front).
+    With C{weighted}, each event also has an amount (bytes), summed by
+    L{total}; the events are then C{(time, amount)} pairs.
     """
 
-    def __init__(self, window: float, keep: int, max_keys: int) -> None:
+    def __init__(self, window: float, keep: int, max_keys: int, weighted: bool = False) -> None:
         self.window = window
         self._keep = keep
         self._max_keys = max_keys
-        self._times: OrderedDict[str, deque[float]] = OrderedDict()
+        self._weighted = weighted
+        self._times: OrderedDict[str, deque[Any]] = OrderedDict()
+
+    def _when(self, event: Any) -> float:
+        return event[0] if self._weighted else event  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
         return len(self._times)
@@ -124,7 +138,7 @@ class _Recent:
         times = self._times.get(key)
         if times is None:
             return 0
-        while times and now - times[0] >= self.window:
+        while times and now - self._when(times[0]) >= self.window:
             times.popleft()
         if not times:
             del self._times[key]
@@ -132,10 +146,16 @@ class _Recent:
         return len(times)
 
     def oldest(self, key: str, now: float) -> float | None:
-        return self._times[key][0] if self.count(key, now) else None
+        return self._when(self._times[key][0]) if self.count(key, now) else None
 
-    def add(self, key: str, now: float) -> int:
-        """Record one event; how many are in the window now, this one included."""
+    def total(self, key: str, now: float) -> int:
+        """The sum of the amounts of C{key}'s events in the window (weighted tables)."""
+        if not self.count(key, now):
+            return 0
+        return sum(amount for _, amount in self._times[key])
+
+    def add(self, key: str, now: float, amount: int = 1) -> int:
+        """Record one event (of C{amount}, in a weighted table); how many are in the window now, this one included."""
         self._expire(now)
         self.count(key, now)
         times = self._times.get(key)
@@ -143,7 +163,7 @@ class _Recent:
             times = self._times[key] = deque(maxlen=self._keep)
         else:
             self._times.move_to_end(key)
-        times.append(now)
+        times.append((now, amount) if self._weighted else now)
         while len(self._times) > self._max_keys:
             self._times.popitem(last=False)
         return len(times)
@@ -163,7 +183,7 @@ class _Recent:
         """Drop keys whose last event has left the window (they are at the front)."""
         while self._times:
             key, times = next(iter(self._times.items()))
-            if times and now - times[-1] < self.window:
+            if times and now - self._when(times[-1]) < self.window:
                 return
             del self._times[key]
 
@@ -198,6 +218,76 @@ class SendingLimiter:
         return len(self._sent)
 
 
+class MXRateLimiter:
+    """
+    Messages and bytes per client address (an IPv6 /64) over a sliding
+    minute, for the unauthenticated MX. A message is counted when its
+    MAIL FROM is accepted, so that parallel connections cannot all pass
+    before any of them ends (the lesson of logins counted when they start);
+    its bytes when its data has arrived, whether it is stored or not. 0
+    turns a limit off. At most C{max_tracked} addresses are kept (the least
+    recently seen is forgotten first), each with at most
+    C{messages_per_minute} (or 1,000) events.
+    """
+
+    MINUTE = 60.0
+    #: Events kept per address when only bytes are limited.
+    _KEEP_UNLIMITED = 1000
+
+    def __init__(
+        self, clock: Callable[[], float], messages_per_minute: int = 0, bytes_per_minute: int = 0, max_tracked: int = MX_MAX_TRACKED
+    ) -> None:
+        self._clock = clock
+        self.messages_per_minute = messages_per_minute
+        self.bytes_per_minute = bytes_per_minute
+        self._messages = _Recent(self.MINUTE, self._keep(), max_tracked)
+        self._bytes = _Recent(self.MINUTE, self._keep(), max_tracked, weighted=True)
+
+    def _keep(self) -> int:
+        return self.messages_per_minute or self._KEEP_UNLIMITED
+
+    def reconfigure(self, messages_per_minute: int, bytes_per_minute: int) -> None:
+        """New limits (a reload); what was counted stays."""
+        self.messages_per_minute = messages_per_minute
+        self.bytes_per_minute = bytes_per_minute
+        self._messages.resize(self.MINUTE, self._keep())
+        self._bytes.resize(self.MINUTE, self._keep())
+
+    def messageStarted(self, ip: str, declared: int = 0) -> str | None:
+        """
+        A MAIL FROM from C{ip}, declaring C{declared} bytes (0: no C{SIZE=}).
+        C{None} when it is within the limits (and it is counted), else what
+        is over (C{"messages"} or C{"bytes"}; nothing is counted).
+        """
+        key = address_key(ip)
+        now = self._clock()
+        if self.messages_per_minute and self._messages.count(key, now) >= self.messages_per_minute:
+            return "messages"
+        if self.bytes_per_minute:
+            received = self._bytes.total(key, now)
+            # A first message is let in whatever its size: the limit is per minute, not per message.
+            if received >= self.bytes_per_minute or (received and received + declared > self.bytes_per_minute):
+                return "bytes"
+        self._messages.add(key, now)
+        return None
+
+    def dataReceived(self, ip: str, size: int) -> bool:
+        """
+        C{size} bytes of one message's data arrived from C{ip}: counted, and
+        whether they are within the bytes per minute (else the message is refused).
+        """
+        if not self.bytes_per_minute:
+            return True
+        key = address_key(ip)
+        now = self._clock()
+        before = self._bytes.total(key, now)
+        self._bytes.add(key, now, size)
+        return before == 0 or before + size <= self.bytes_per_minute
+
+    def __len__(self) -> int:
+        return max(len(self._messages), len(self._bytes))
+
+
 class AbuseGuard:
     """
     The process-wide failed-login delays and address bans, and the sending
@@ -213,6 +303,8 @@ class AbuseGuard:
         security: SecurityConfig | None = None,
         max_messages_per_hour: int = 1000,
         max_tracked: int = MAX_TRACKED,
+        mx_messages_per_minute: int = 0,
+        mx_bytes_per_minute: int = 0,
     ) -> None:
         self._clock = clock
         self.security = security if security is not None else SecurityConfig()
@@ -228,6 +320,8 @@ class AbuseGuard:
         self._max_tracked = max_tracked
         self._exempt = tuple(self.security.ban_exempt_networks)
         self.sending = SendingLimiter(clock, max_messages_per_hour, max_tracked)
+        #: The MX's messages and bytes per client address; off unless given (the service gives the config's).
+        self.mx = MXRateLimiter(clock, mx_messages_per_minute, mx_bytes_per_minute, min(max_tracked, MX_MAX_TRACKED))
 
     def reconfigure(self, config: Any) -> None:
         """
@@ -243,12 +337,20 @@ class AbuseGuard:
         per_hour = config.limits.max_messages_per_hour
         self.sending.per_hour = per_hour
         self.sending._sent.resize(SendingLimiter.HOUR, per_hour)
+        self.mx.reconfigure(config.limits.mx_messages_per_minute, config.limits.mx_bytes_per_minute)
 
     @classmethod
     def fromConfig(cls, config: Any, reactor: Any) -> AbuseGuard:
-        """The guard for a whole server: C{config.security}, C{limits.max_messages_per_hour}, the reactor's clock."""
+        """The guard for a whole server: C{config.security}, C{[limits]}'s sending rates, the reactor's clock."""
         clock = getattr(reactor, "seconds", None) or time.time
-        return cls(clock, config.security, config.limits.max_messages_per_hour)
+        limits = config.limits
+        return cls(
+            clock,
+            config.security,
+            limits.max_messages_per_hour,
+            mx_messages_per_minute=limits.mx_messages_per_minute,
+            mx_bytes_per_minute=limits.mx_bytes_per_minute,
+        )
 
     # -- bans ------------------------------------------------------------------------
 
@@ -404,6 +506,7 @@ class AbuseGuard:
             "accounts": len(self._accounts),
             "bans": len(self._bans),
             "senders": len(self.sending),
+            "mx_clients": len(self.mx),
         }
 
 

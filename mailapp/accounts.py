@@ -48,6 +48,7 @@ __all__ = [
     "MAX_ALIAS_DEPTH",
     "MIN_PASSWORD_LENGTH",
     "SCHEMA_VERSION",
+    "QuotaOverride",
     "Accounts",
     "AccountsDatabase",
     "AddressDirectory",
@@ -73,7 +74,8 @@ log = Logger()
 ACCOUNTS_FILENAME = "accounts.sqlite3"
 
 #: Bumped whenever the schema changes; stored with ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+#: 2 added each user's quota override (C{quota_bytes}, C{quota_messages}).
+SCHEMA_VERSION = 2
 
 #: How many alias hops one address may take before the expansion gives up.
 #: Real setups need two or three; the limit only stops pathological chains.
@@ -279,6 +281,18 @@ class Resolution:
     local: tuple[str, ...] = ()
     remote: tuple[str, ...] = ()
     local_domain: bool = True
+
+
+@dataclass(frozen=True)
+class QuotaOverride:
+    """
+    One user's own quota, as the admin set it: C{None} means the config's
+    default (C{limits.mailbox_quota_bytes} / C{mailbox_quota_messages}),
+    0 means unlimited.
+    """
+
+    bytes: int | None = None
+    messages: int | None = None
 
 
 @dataclass(frozen=True)
@@ -530,7 +544,9 @@ CREATE TABLE users (
     address TEXT NOT NULL,              -- local part as created, domain lower-cased
     domain TEXT NOT NULL,
     password_hash TEXT NOT NULL,
-    created INTEGER NOT NULL DEFAULT (strftime('%s', 'now'))
+    created INTEGER NOT NULL DEFAULT (strftime('%s', 'now')),
+    quota_bytes INTEGER,                -- NULL: limits.mailbox_quota_bytes, 0: unlimited
+    quota_messages INTEGER              -- NULL: limits.mailbox_quota_messages, 0: unlimited
 );
 CREATE INDEX users_domain ON users (domain);
 CREATE TABLE aliases (
@@ -545,6 +561,15 @@ CREATE TABLE aliases (
 CREATE INDEX aliases_domain ON aliases (domain);
 CREATE INDEX aliases_target ON aliases (target_key);
 """
+
+#: What brings a database of version N - 1 to N, run in the same transaction
+#: that sets the new C{user_version}: a crash leaves the old version whole.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE users ADD COLUMN quota_bytes INTEGER",
+        "ALTER TABLE users ADD COLUMN quota_messages INTEGER",
+    ),
+}
 
 _T = TypeVar("_T")
 
@@ -605,6 +630,18 @@ class AccountsDatabase:
                         if statement.strip():
                             connection.execute(statement)
                     connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                elif version < SCHEMA_VERSION:
+                    for step in range(version + 1, SCHEMA_VERSION + 1):
+                        for statement in _MIGRATIONS[step]:
+                            connection.execute(statement)
+                    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    log.info(
+                        "accounts database {path} upgraded from schema {old} to {new}",
+                        log_event=logevents.ACCOUNTS_SCHEMA_UPGRADED,
+                        path=str(path),
+                        old=version,
+                        new=SCHEMA_VERSION,
+                    )
                 elif version > SCHEMA_VERSION:
                     raise AccountError(
                         f"{path} has schema version {version}, newer than this mailapp "
@@ -861,6 +898,37 @@ class AccountsDatabase:
                 "UPDATE users SET password_hash = ? WHERE key = ?", (password_hash, address_key(canonical))
             )
         )
+
+    # -- quotas --
+
+    def quota_override(self, address: str) -> QuotaOverride | None:
+        """User C{address}'s own quota (C{None} fields: the config's default), or C{None} when no such user."""
+        if _split(address) is None or not _encodable(address):
+            return None
+        rows = self._rows("SELECT quota_bytes, quota_messages FROM users WHERE key = ?", address_key(address))
+        return QuotaOverride(rows[0][0], rows[0][1]) if rows else None
+
+    def set_quota(self, address: str, override: QuotaOverride) -> str:
+        """
+        Replace user C{address}'s quota with C{override} (both fields: a
+        C{None} goes back to the config's default); return its canonical address.
+        """
+        for value in (override.bytes, override.messages):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise AccountError(f"a quota is 0 (unlimited) or a positive integer, not {value!r}")
+        key = address_key(check_address(address))
+
+        def change(connection: sqlite3.Connection) -> str:
+            row = connection.execute("SELECT address FROM users WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                raise AccountError(f"no such user {address}")
+            connection.execute(
+                "UPDATE users SET quota_bytes = ?, quota_messages = ? WHERE key = ?",
+                (override.bytes, override.messages, key),
+            )
+            return str(row[0])
+
+        return self._write(change)
 
     # -- aliases --
 
@@ -1150,6 +1218,9 @@ class Accounts:
 
     def countUsers(self) -> Deferred[int]:
         return self._inDatabase(lambda database: database.count_users())
+
+    def quotaOverride(self, account: str) -> Deferred[QuotaOverride | None]:
+        return self._inDatabase(lambda database: database.quota_override(account))
 
     def authenticate(self, username: str, password: bytes) -> Deferred[str]:
         return ensureDeferred(self._authenticate(username, password))

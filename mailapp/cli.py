@@ -29,7 +29,7 @@ from typing import Any, NoReturn, TextIO
 
 from argon2 import PasswordHasher
 
-from mailapp.accounts import AccountsDatabase, accounts_path, check_address, check_new_password
+from mailapp.accounts import AccountsDatabase, QuotaOverride, accounts_path, check_address, check_new_password
 from mailapp.config import Config, ConfigError, load
 from mailapp.stateformat import StateFormatError, check_state_format
 from mailapp.store.maildir import DELETED_NAME
@@ -247,6 +247,62 @@ def _user_passwd(context: _Context) -> int:
         account = database.set_password(context.options.address, password)
     context.report(f"changed the password of {account}", {"action": "user.passwd", "address": account})
     return _EXIT_OK
+
+
+def _quota_value(text: str) -> int | None:
+    """A C{--bytes}/C{--messages} value: a count (0: unlimited), or C{default} to follow the config."""
+    if text.strip().lower() == "default":
+        return None
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"not 0, a positive integer or 'default': {text!r}")
+    return int(text)
+
+
+def _user_quota(context: _Context) -> int:
+    from mailapp.quota import Quota
+    from mailapp.store import mailbox_usage  # only this verb needs the store
+
+    options = context.options
+    with context.database() as database:
+        override = database.quota_override(options.address)
+        if override is None:
+            raise AccountError(f"no such user {options.address}")
+        changed = options.bytes is not _UNCHANGED or options.messages is not _UNCHANGED
+        if changed:
+            override = QuotaOverride(
+                override.bytes if options.bytes is _UNCHANGED else options.bytes,
+                override.messages if options.messages is _UNCHANGED else options.messages,
+            )
+            account = database.set_quota(options.address, override)
+        else:
+            account = database.find_user(options.address) or options.address
+    limits = context.config.limits
+    quota = Quota(limits.mailbox_quota_bytes, limits.mailbox_quota_messages).with_override(override)
+    usage = mailbox_usage(context.state_dir / "mail", account)
+
+    def shown(value: int, own: int | None) -> str:
+        return ("unlimited" if value == 0 else str(value)) + (" (the config's default)" if own is None else "")
+
+    context.report(
+        (f"set the quota of {account}\n" if changed else "")
+        + f"{account}: bytes {usage.bytes} of {shown(quota.bytes, override.bytes)}, "
+        f"messages {usage.messages} of {shown(quota.messages, override.messages)}",
+        {
+            "action": "user.quota",
+            "address": account,
+            "quota_bytes": quota.bytes,
+            "quota_messages": quota.messages,
+            "override_bytes": override.bytes,
+            "override_messages": override.messages,
+            "used_bytes": usage.bytes,
+            "used_messages": usage.messages,
+        },
+    )
+    return _EXIT_OK
+
+
+#: An option not given on the command line (C{None} means "default").
+_UNCHANGED: Any = object()
 
 
 def _user_list(context: _Context) -> int:
@@ -503,7 +559,7 @@ def _parser() -> _ArgumentParser:
     password_help = (
         "the password (visible in the process list; prefer the prompt, or pipe it on stdin)"
     )
-    users = verbs.add_parser("user", help="add, del, list users; passwd sets a password", parents=[common])
+    users = verbs.add_parser("user", help="add, del, list users; passwd sets a password, quota a mailbox quota", parents=[common])
     user_verbs = users.add_subparsers(dest="user_verb", metavar="ACTION", required=True, parser_class=_ArgumentParser)
     sub = leaf(
         user_verbs,
@@ -534,6 +590,17 @@ def _parser() -> _ArgumentParser:
     )
     sub.add_argument("address", metavar="ADDRESS")
     sub.add_argument("--password", metavar="PW", help=password_help)
+    sub = leaf(
+        user_verbs,
+        "quota",
+        _user_quota,
+        "Show a user's mailbox quota and usage, or set its own: --bytes and --messages take a "
+        "number (0: unlimited) or 'default' (the config's limits.mailbox_quota_*). Applies to the "
+        "next message, also while the server runs.",
+    )
+    sub.add_argument("address", metavar="ADDRESS")
+    sub.add_argument("--bytes", type=_quota_value, default=_UNCHANGED, metavar="N", help="bytes, all folders together")
+    sub.add_argument("--messages", type=_quota_value, default=_UNCHANGED, metavar="N", help="messages, all folders together")
     sub = leaf(user_verbs, "list", _user_list, "List users, of one domain if given.")
     sub.add_argument("domain", metavar="DOMAIN", nargs="?")
 

@@ -97,7 +97,22 @@ _DEFAULT_LIMITS: Final[Mapping[str, int]] = MappingProxyType(
         # Message data (SMTP DATA, IMAP literals, webmail bodies) must average this many bytes/s after the grace.
         "min_data_rate": 500,
         "data_grace_seconds": 30,
+        # Per mailbox, as the sum of the index's (wire) sizes; 0 = unlimited.
+        # 5 GiB: far above what a person's mail reaches in years, while one
+        # mailbox (or one hostile sender) can no longer fill a small server's disk.
+        "mailbox_quota_bytes": 5 * 1024**3,
+        # Messages per mailbox; 0 = unlimited (the byte quota already bounds the disk).
+        "mailbox_quota_messages": 0,
+        # The MX, per client address (an IPv6 /64), outside relay.trusted_networks;
+        # 0 = unlimited. Generous: a busy list server sends about one a second.
+        "mx_messages_per_minute": 60,
+        "mx_bytes_per_minute": 200 * 1024**2,
     }
+)
+
+#: The C{[limits]} keys where 0 means "no limit".
+UNLIMITED_WHEN_ZERO: Final = frozenset(
+    {"mailbox_quota_bytes", "mailbox_quota_messages", "mx_messages_per_minute", "mx_bytes_per_minute"}
 )
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -208,7 +223,7 @@ class ListenerBudget:
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits; every value is a positive integer."""
+    """Resource limits; every value is a positive integer, but those in L{UNLIMITED_WHEN_ZERO} may be 0 (no limit)."""
 
     max_message_size: int = _DEFAULT_LIMITS["max_message_size"]
     max_recipients: int = _DEFAULT_LIMITS["max_recipients"]
@@ -229,6 +244,10 @@ class Limits:
     command_line_seconds: int = _DEFAULT_LIMITS["command_line_seconds"]
     min_data_rate: int = _DEFAULT_LIMITS["min_data_rate"]
     data_grace_seconds: int = _DEFAULT_LIMITS["data_grace_seconds"]
+    mailbox_quota_bytes: int = _DEFAULT_LIMITS["mailbox_quota_bytes"]
+    mailbox_quota_messages: int = _DEFAULT_LIMITS["mailbox_quota_messages"]
+    mx_messages_per_minute: int = _DEFAULT_LIMITS["mx_messages_per_minute"]
+    mx_bytes_per_minute: int = _DEFAULT_LIMITS["mx_bytes_per_minute"]
 
 
 @dataclass(frozen=True)
@@ -514,7 +533,10 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
     limit_values: dict[str, int] = {}
     for name, default in _DEFAULT_LIMITS.items():
         value = reader.typed(limits_table, name, int, f"limits.{name}", default)
-        if value is not None and value <= 0:
+        if value is not None and name in UNLIMITED_WHEN_ZERO and value < 0:
+            reader.problem(f"limits.{name}", f"must be 0 (unlimited) or a positive integer, not {value}")
+            value = default
+        elif value is not None and value <= 0 and name not in UNLIMITED_WHEN_ZERO:
             reader.problem(f"limits.{name}", f"must be a positive integer, not {value}")
             value = default
         limit_values[name] = value if value is not None else default

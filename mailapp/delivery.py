@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -44,6 +45,8 @@ class Transaction:
     sender: str
     relay_allowed: bool
     authenticated: str | None = None
+    #: The size the client declared (SMTP C{SIZE=}); 0 when unknown. Checked against quotas at each recipient.
+    declared_size: int = 0
     queue_id: str = field(default_factory=new_queue_id)
     recipients: list[str] = field(default_factory=list)
     local: list[str] = field(default_factory=list)
@@ -55,7 +58,9 @@ class Transaction:
         """
         Accept C{address} or fail with a L{MailError}: L{NoSuchUser} for an
         unknown local user, L{RelayDenied} for a remote domain without relay
-        rights, L{TooManyRecipients} past the limit.
+        rights, L{TooManyRecipients} past the limit, L{OverQuota} when
+        every mailbox it reaches is full (or has no room for the declared
+        size) and it reaches nobody else.
         """
         if len(self.recipients) >= self.router.max_recipients:
             raise TooManyRecipients()
@@ -67,6 +72,10 @@ class Transaction:
         if resolution.remote and self.router.queue is None:
             # This server was built without a relay queue: say so honestly, the client retries later.
             raise RemoteDeliveryUnavailable()
+        if resolution.local and not resolution.remote:
+            refused = yield self.router.overQuota(resolution.local, self.declared_size)
+            if refused is not None:
+                raise refused
         self.recipients.append(address)
         for account in resolution.local:
             if account.lower() not in (a.lower() for a in self.local):
@@ -122,6 +131,11 @@ class Transaction:
         the queue removes when stale; the client never had its 250.
         """
         yield self.message.finish()
+        if self.local and not self.remote:
+            # Now that the size is known; RCPT could only check what SIZE= declared.
+            refused = yield self.router.overQuota(self.local, self.message.size)
+            if refused is not None:
+                raise refused
         prepared = None
         queue = self.router.queue
         try:
@@ -170,13 +184,44 @@ class Transaction:
 
 
 class Router:
-    """Local versus remote, and the policy that goes with it; see the module docstring."""
+    """
+    Local versus remote, and the policy that goes with it; see the module docstring.
 
-    def __init__(self, accounts: IAccounts, store: IMessageStore, max_recipients: int = 100, queue: Any = None) -> None:
+    With C{quotas} (a L{mailapp.quota.Quotas}), a message is refused for
+    its local mailboxes' quotas only when I{every} one of them lacks room:
+    SMTP has one reply after the data for all recipients, so a message for
+    one full mailbox and one with room goes to both (the full one ends
+    over its quota by this message, and refuses the next at RCPT), rather
+    than be refused for all, silently lost for one, or bounced from the MX
+    to a sender who may be forged.
+    """
+
+    def __init__(
+        self, accounts: IAccounts, store: IMessageStore, max_recipients: int = 100, queue: Any = None, quotas: Any = None
+    ) -> None:
         self.accounts = accounts
         self.store = store
         self.max_recipients = max_recipients
         self.queue = queue
+        self.quotas = quotas
 
-    def start(self, sender: str, relay_allowed: bool, authenticated: str | None = None) -> Transaction:
-        return Transaction(self, sender, relay_allowed, authenticated)
+    def start(self, sender: str, relay_allowed: bool, authenticated: str | None = None, declared_size: int = 0) -> Transaction:
+        return Transaction(self, sender, relay_allowed, authenticated, declared_size)
+
+    @inlineCallbacks
+    def overQuota(self, accounts: Iterable[str], size: int) -> Any:
+        """
+        Fire with the refusal when no mailbox of C{accounts} has room for
+        C{size} more bytes (a permanent one only when every refusal is
+        permanent), else with C{None}.
+        """
+        if self.quotas is None:
+            return None
+        refusals = []
+        for account in accounts:
+            refused = yield self.quotas.check(account, size)
+            if refused is None:
+                return None
+            refusals.append(refused)
+        temporary = [refused for refused in refusals if refused.temporary]
+        return (temporary or refusals)[0] if refusals else None

@@ -88,6 +88,41 @@ class MessageHasNul(MailError):
     code, enhanced, text = 554, "5.6.0", "Message contains NUL characters"
 
 
+class OverQuota(MailError):
+    """
+    A mailbox's quota (bytes or messages, L{mailapp.quota}) has no room for
+    this message. IMAP answers every kind ``NO [OVERQUOTA]`` (RFC 5530).
+    """
+
+    code, enhanced, text = 552, "5.2.2", "Mailbox full"
+
+
+class MailboxFull(OverQuota):
+    """
+    The mailbox is at or over its quota already, or the message is larger
+    than the whole quota: permanent (RFC 3463 5.2.2), as Dovecot's LMTP and
+    Postfix answer it. At RCPT, RFC 5321 4.5.3.1.10 has clients treat 552
+    as 452 anyway, so a sender still retries a mailbox that is only full.
+    """
+
+
+class MailboxWouldOverflow(OverQuota):
+    """
+    The mailbox has room, but not for this message (its declared C{SIZE=}
+    or its data): temporary (RFC 1870 6.1 asks for 452 when the storage
+    available now is too small), so the sender keeps it and tries again
+    after the owner has made room.
+    """
+
+    code, enhanced, text = 452, "4.2.2", "Mailbox full: not enough room for this message; try again later"
+
+
+class TooMuchMail(MailError):
+    """An MX client address (an IPv6 /64) past its messages or bytes per minute (L{mailapp.abuse.MXRateLimiter})."""
+
+    code, enhanced, text = 451, "4.7.1", "Too much mail from your address; try again later"
+
+
 class RemoteDeliveryUnavailable(MailError):
     code, enhanced, text = 451, "4.4.0", "Remote delivery is not available yet; try again later"
 

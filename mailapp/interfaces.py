@@ -63,6 +63,14 @@ class IAccounts(Interface):
     def countUsers():  # type: ignore[no-untyped-def]
         """Fire with the number of users (for the first-start hint)."""
 
+    def quotaOverride(account: str):  # type: ignore[no-untyped-def]
+        """
+        Fire with the L{mailapp.accounts.QuotaOverride} the admin set for
+        C{account} (its C{None} fields follow the config), or C{None} when
+        C{account} is not a user. Read at every check, never cached, so
+        that a change made while the server runs applies to the next message.
+        """
+
 
 class IEventBus(Interface):
     """
@@ -171,6 +179,15 @@ class IMailbox(Interface):
         """
         Mark C{name} subscribed or not (IMAP LSUB); fires with C{False} when
         the folder does not exist, and nothing changes.
+        """
+
+    def usage():  # type: ignore[no-untyped-def]
+        """
+        Fire with the L{mailapp.store.records.Usage} of every folder together: the
+        number of messages and the sum of their (wire) sizes, as the index
+        lists them now. Computed from the index each time, never kept as a
+        counter, so that it cannot drift from what is stored, across
+        crashes and rebuilds; messages marked \\Deleted count until expunged.
         """
 
     def folder(name: str):  # type: ignore[no-untyped-def]

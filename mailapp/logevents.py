@@ -41,6 +41,8 @@ SMTP_LOCAL_SENDER_REFUSED: Final = "smtp.local_sender_refused"
 SMTP_DATA_REFUSED: Final = "smtp.data_refused"
 #: MAIL FROM refused with 452 4.3.1: the state directory's disk has less than limits.min_free_disk free; also: free, client
 SMTP_INSUFFICIENT_STORAGE: Final = "smtp.insufficient_storage"
+#: MAIL FROM or the end of data refused with 451 4.7.1: an MX client past limits.mx_*_per_minute; also: client, what
+SMTP_MX_RATE_LIMITED: Final = "smtp.mx_rate_limited"
 AUTH_FAILED: Final = "auth.failed"
 RELAY_DEFERRED: Final = "relay.deferred"
 
@@ -48,6 +50,10 @@ RELAY_DEFERRED: Final = "relay.deferred"
 ALIAS_BROKEN: Final = "accounts.alias_broken"
 PASSWORD_REHASHED: Final = "auth.password_rehashed"
 REHASH_FAILED: Final = "auth.rehash_failed"
+#: the accounts database was migrated to a newer schema at open; also: path, old, new
+ACCOUNTS_SCHEMA_UPGRADED: Final = "accounts.schema_upgraded"
+#: a message or an IMAP APPEND/COPY/MOVE refused for a mailbox's quota; also: account, code
+QUOTA_REFUSED: Final = "quota.refused"
 
 # --- delivery and the store ---
 DELIVERY_STORED: Final = "delivery.stored"

@@ -214,7 +214,7 @@ def _apply_relay(manager: Any, old: Config, new: Config, applied: list[str], nee
 
 def _reconfigurable(service: Any, context: Any) -> list[Any]:
     """Components that apply a new config themselves: they have ``reconfigure(config)``."""
-    candidates = [*service, getattr(context, "guard", None)]
+    candidates = [*service, getattr(context, "guard", None), getattr(context, "quotas", None)]
     seen: list[Any] = []
     for candidate in candidates:
         if candidate is not None and callable(getattr(candidate, "reconfigure", None)) and candidate not in seen:

@@ -153,6 +153,8 @@ class ServiceContext:
     router: Any = None
     #: The one L{mailapp.abuse.AbuseGuard}: failed-login delays and bans across every protocol.
     guard: Any = None
+    #: The one L{mailapp.quota.Quotas}: the Router and IMAP ask it whether a message fits.
+    quotas: Any = None
     #: The relay manager (its queue), or None without a relay.
     relay: Any = None
     #: Where sessions publish per-command timings (see L{mailapp.metrics}); not the log.
@@ -517,8 +519,10 @@ def makeService(
 
     from mailapp.abuse import AbuseGuard
     from mailapp.delivery import Router
+    from mailapp.quota import Quotas
 
-    router = Router(accounts, store, max_recipients=config.limits.max_recipients)
+    quotas = Quotas.fromConfig(config, accounts, store)
+    router = Router(accounts, store, max_recipients=config.limits.max_recipients, quotas=quotas)
     manager = _build_relay(config, reactor, router, pools.queue) if relay else None
     inflight = InFlight(reactor)
     context = ServiceContext(
@@ -533,6 +537,7 @@ def makeService(
         relay=manager,
         telemetry=LogPublisher(),
         guard=AbuseGuard.fromConfig(config, reactor),
+        quotas=quotas,
         pools=pools,
     )
     root = MailService(config, reactor, accounts, inflight)

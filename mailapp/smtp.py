@@ -40,7 +40,16 @@ from twisted.python.failure import Failure
 
 from mailapp import logevents
 from mailapp.delivery import Router, Transaction
-from mailapp.errors import HeaderSenderNotOwned, LoginsBusy, MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied
+from mailapp.errors import (
+    HeaderSenderNotOwned,
+    LoginsBusy,
+    MailError,
+    MessageHasNul,
+    MessageTooBig,
+    NoSuchUser,
+    RelayDenied,
+    TooMuchMail,
+)
 from mailapp.headercheck import HeaderCheck, header_addresses
 from mailapp.sessions import BANNED, AuthOutcome, Overrun, SessionFactory, SessionLimits, session_limits
 from mailapp.store.freespace import FreeSpace
@@ -573,6 +582,32 @@ class ESMTPServer(twisted_smtp.ESMTP):
         self.sendCode(452, b"4.3.1 Insufficient system storage")
         return True
 
+    def _rateLimited(self, relay: bool) -> bool:
+        """
+        Whether this session's mail counts against the MX rate per client
+        address: the MX only, and not from C{relay.trusted_networks}
+        (submission has its own limit per authenticated sender).
+        """
+        return not self.policy.submission and not self.authenticated and not relay
+
+    def _mxMessageAllowed(self, declared: int) -> bool:
+        """Count this MAIL FROM against the client's rate, or refuse it with 451 4.7.1."""
+        over = self.factory.guard.mx.messageStarted(self._peerIP, declared)
+        if over is None:
+            return True
+        self._mxRefused(over)
+        return False
+
+    def _mxRefused(self, over: str) -> None:
+        _log.info(
+            "mx rate limited client={client} over={over}",
+            log_event=logevents.SMTP_MX_RATE_LIMITED,
+            client=self._peerIP,
+            over=over,
+        )
+        refusal = TooMuchMail()
+        self.sendCode(refusal.code, f"{refusal.enhanced} {refusal.text}".encode("ascii"))
+
     def smtp_MAIL(self, argument: bytes) -> None:
         if self._ehlo is None:
             self._error(503, b"5.5.1 Error: send HELO/EHLO first")
@@ -616,9 +651,12 @@ class ESMTPServer(twisted_smtp.ESMTP):
             else:
                 self._error(555, b"5.5.4 Unsupported MAIL parameter")
                 return
-        if self._storageLow(int(params.get("SIZE", "0"))):
+        declared = int(params.get("SIZE", "0"))
+        if self._storageLow(declared):
             return
         relay = bool(self.authenticated) or self.factory.trusted(self._peerIP)
+        if self._rateLimited(relay) and not self._mxMessageAllowed(declared):
+            return
 
         if self.policy.submission:
             d = self.router.accounts.ownsAddress(self.authenticated, sender) if sender else defer.succeed(False)
@@ -627,7 +665,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
                 if not yes:
                     self.sendCode(553, b"5.7.1 Sender address not owned by you")
                     return
-                self._txn = self.router.start(sender, relay, self.authenticated)
+                self._txn = self.router.start(sender, relay, self.authenticated, declared)
                 self.sendCode(250, b"2.1.0 Ok")
 
             self._wait(d.addCallback(owned))
@@ -645,12 +683,12 @@ class ESMTPServer(twisted_smtp.ESMTP):
                     )
                     self._error(553, b"5.7.1 Sender address in a local domain: log in on the submission port to send as it")
                     return
-                self._txn = self.router.start(sender, relay, self.authenticated)
+                self._txn = self.router.start(sender, relay, self.authenticated, declared)
                 self.sendCode(250, b"2.1.0 Ok")
 
             self._wait(d.addCallback(foreign))
             return
-        self._txn = self.router.start(sender, relay, self.authenticated)
+        self._txn = self.router.start(sender, relay, self.authenticated, declared)
         self.sendCode(250, b"2.1.0 Ok")
 
     def smtp_RCPT(self, argument: bytes) -> None:
@@ -755,6 +793,9 @@ class ESMTPServer(twisted_smtp.ESMTP):
         txn, self._txn = self._txn, None
         assert receiver is not None and txn is not None
         refusal = MessageTooBig() if receiver.tooBig else MessageHasNul() if receiver.hasNul else receiver.headers.verdict()
+        if self._rateLimited(txn.relay_allowed) and not self.factory.guard.mx.dataReceived(self._peerIP, receiver.size):
+            # Counted whether stored or not: the bytes were sent; nothing of this one is stored.
+            refusal = TooMuchMail()
         checked: defer.Deferred[MailError | None] = defer.succeed(refusal)
         if refusal is None and self.policy.submission and txn.authenticated and self._headerFrom:
             # The From: a reader sees must be the user's too, not only the envelope sender.
@@ -1041,7 +1082,9 @@ def buildFactory(context: Any, listener: Any) -> SMTPFactory:
         refuse_local_senders=config.security.mx_refuse_local_senders,
         min_free_disk=limits.min_free_disk,
     )
-    router = getattr(context, "router", None) or Router(context.accounts, context.store, limits.max_recipients)
+    router = getattr(context, "router", None) or Router(
+        context.accounts, context.store, limits.max_recipients, quotas=getattr(context, "quotas", None)
+    )
     tls = context.tls if listener.tls == "starttls" else None
     return SMTPFactory(
         router,

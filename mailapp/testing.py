@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from mailapp.accounts import (
+    QuotaOverride,
     Resolution,
     address_key,
     check_address,
@@ -63,6 +64,7 @@ class FakeAccounts:
         self._domains: set[str] = set()
         self._users: dict[str, tuple[str, bytes]] = {}  # key -> (canonical, password)
         self._aliases: dict[str, tuple[str, list[str]]] = {}  # key -> (source, targets)
+        self._quotas: dict[str, QuotaOverride] = {}  # key -> what set_quota set
         #: Every C{(username, password)} given to L{authenticate}, in order.
         self.attempts: list[tuple[str, bytes]] = []
         for domain in domains:
@@ -88,6 +90,13 @@ class FakeAccounts:
             raise AccountError(f"{canonical} is an alias; remove the alias first")
         self._users[key] = (canonical, _password_bytes(password))
         return canonical
+
+    def set_quota(self, address: str, override: QuotaOverride) -> None:
+        """Give user C{address} its own quota, as C{mailapp user quota} does."""
+        key = address_key(address)
+        if key not in self._users:
+            raise AccountError(f"no such user {address}")
+        self._quotas[key] = override
 
     def remove_user(self, address: str) -> None:
         """Delete a user and the alias targets naming it, as the database does."""
@@ -170,6 +179,12 @@ class FakeAccounts:
     def countUsers(self) -> Deferred[int]:
         return succeed(len(self._users))
 
+    def quotaOverride(self, account: str) -> Deferred[QuotaOverride | None]:
+        key = address_key(account)
+        if key not in self._users:
+            return succeed(None)
+        return succeed(self._quotas.get(key, QuotaOverride()))
+
 
 def _password_bytes(password: str | bytes) -> bytes:
     return password.encode("utf-8") if isinstance(password, str) else password
@@ -191,7 +206,7 @@ from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMess
 from mailapp.interfaces import IFolder, IMailbox, IMessageStore, IMessageWriter  # noqa: E402
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent  # noqa: E402
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder  # noqa: E402
-from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo  # noqa: E402
+from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage  # noqa: E402
 
 
 @implementer(IMessageWriter)
@@ -343,6 +358,10 @@ class FakeMailbox:
         self._folders = store._mailboxes.setdefault(account.lower(), {})
         for name in (INBOX, *SPECIAL_FOLDERS):
             self._folders.setdefault(name, _FakeFolderState(store._nextValidity()))
+
+    def usage(self) -> Deferred[Usage]:
+        sizes = [len(data) for state in self._folders.values() for data, _, _ in state.messages.values()]
+        return succeed(Usage(len(sizes), sum(sizes)))
 
     def listFolders(self) -> Deferred[list[FolderInfo]]:
         folders = [FolderInfo(n, SPECIAL_FOLDERS.get(n), s.subscribed) for n, s in self._folders.items()]

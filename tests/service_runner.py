@@ -82,9 +82,23 @@ def listener(name: str, protocol: str, tls: str = "none", allow_plaintext_auth: 
     )
 
 
+#: The tests send from 127.0.0.1 at machine speed: the MX's per-address rate is off unless a test sets it.
+_UNLIMITED_MX_RATE = "mx_messages_per_minute = 0\nmx_bytes_per_minute = 0\n"
+
+
+def _unlimited_mx_rate(extra: str) -> str:
+    if "mx_messages_per_minute" in extra or "mx_bytes_per_minute" in extra:
+        return extra
+    if "[limits]\n" in extra:
+        return extra.replace("[limits]\n", "[limits]\n" + _UNLIMITED_MX_RATE, 1)
+    return extra + "\n[limits]\n" + _UNLIMITED_MX_RATE
+
+
 def _config_text(state_dir: Path, listeners: str, extra: str) -> str:
     def quoted(path: Path) -> str:
         return json.dumps(str(path))
+
+    extra = _unlimited_mx_rate(extra)
 
     return f"""
 [server]

@@ -531,7 +531,7 @@ def test_help_names_the_verbs_as_they_are_typed(mailapp) -> None:
     assert "user         add, del, list users; passwd sets a password" in overview
     assert "domain       add, del, list local domains" in overview
     assert "alias        add, del, list aliases and catch-alls" in overview
-    for noun, verbs in {"user": ("add", "del", "passwd", "list"), "domain": ("add", "del", "list"), "alias": ("add", "del", "list")}.items():
+    for noun, verbs in {"user": ("add", "del", "passwd", "quota", "list"), "domain": ("add", "del", "list"), "alias": ("add", "del", "list")}.items():
         listed = [line.split()[0] for line in mailapp(noun, "--help").out.splitlines() if line.startswith("    ") and not line.startswith("     ")]
         assert tuple(listed) == verbs
         for verb in verbs:

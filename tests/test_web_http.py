@@ -487,6 +487,22 @@ class WebmailHTTPTests(TestCase):
         self.assertEqual((yield self.stored(BOB)), [])
 
     @inlineCallbacks
+    def test_a_recipient_over_quota_is_named_with_the_reason_and_nothing_is_sent(self) -> None:
+        from mailapp.accounts import QuotaOverride
+        from mailapp.quota import Quota, Quotas
+
+        self.router.quotas = Quotas(self.accounts, self.store, Quota(0, 0))
+        self.accounts.set_quota(BOB, QuotaOverride(bytes=1, messages=None))
+        yield self.deliver(BOB, "fills it")
+        client = self.client()
+        yield client.sign_in(ALICE)
+        token = csrf_of((yield client.get("/compose")))
+        response = yield client.post_multipart("/compose", {"csrf": token, "to": BOB, "subject": "s", "body": "", "action": "send"})
+        self.assertEqual(response.status, 400)
+        self.assertIn(f"{BOB}: Mailbox full (552 5.2.2)", response.text)
+        self.assertEqual(len((yield self.stored(BOB))), 1)
+
+    @inlineCallbacks
     def test_save_draft_then_send_it_removes_the_draft(self) -> None:
         client = self.client()
         yield client.sign_in(ALICE)

@@ -68,6 +68,7 @@ from mailapp.errors import (
     MailboxGone,
     NoSuchFolder,
     NoSuchMessage,
+    OverQuota,
     StorageFull,
 )
 from mailapp.imap import mime, search
@@ -614,6 +615,9 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                     self._bad(tag, str(result.value).encode("utf-8", "replace"))
                 elif result.check(KeywordLimit):
                     self._tagged(tag, b"NO", b"[LIMIT] " + str(result.value).capitalize().encode("ascii", "replace"))
+                elif result.check(OverQuota):
+                    # RFC 5530: the user's own quota, nothing changed; expunging makes room.
+                    self._tagged(tag, b"NO", b"[OVERQUOTA] " + str(result.value.text).encode("ascii", "replace"))
                 elif result.check(StorageFull):
                     # Not SERVERBUG: nothing changed, and the same command
                     # works once space is freed (RFC 5530 UNAVAILABLE is the
@@ -1311,6 +1315,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                     self._tagged(tag, b"NO", b"[TRYCREATE] No such mailbox")
                     return
                 await writer.finish()
+                await self._roomFor(writer.size, 1)
                 uid = await folder.appendMessage(writer, [f for f in flags if f != _RECENT], date)
                 writer = None
                 status = await folder.status()
@@ -1320,6 +1325,15 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             await self._complete(tag, b"[APPENDUID %d %d] APPEND completed" % (status.uidvalidity, uid))
 
         return append()
+
+    async def _roomFor(self, size: int, messages: int) -> None:
+        """Raise L{OverQuota} (answered C{NO [OVERQUOTA]}) unless the mailbox has room for C{messages} of C{size} bytes."""
+        quotas = self.factory.quotas
+        if quotas is None:
+            return
+        refused = await quotas.check(self.mailbox.account, size, messages)
+        if refused is not None:
+            raise refused
 
     def _flagList(self, tokens: list[Any]) -> list[str]:
         flags = []
@@ -1701,8 +1715,10 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         # still exists is copied (or moved) and reported in COPYUID, what was
         # expunged meanwhile is left out; NO only when nothing was left.
         if move:
+            # Within one mailbox: a move changes no usage, so even a full mailbox may file its mail.
             mapping = await selected.folder.moveTo(uids, target)
         else:
+            await self._roomFor(sum(selected.info[uid].size for uid in uids if uid in selected.info), len(uids))
             mapping = await selected.folder.copyTo(uids, target)
         if not mapping:
             self._tagged(tag, b"NO", b"[EXPUNGEISSUED] The messages were expunged")
@@ -1839,9 +1855,19 @@ class IMAPFactory(SessionFactory):
     """
 
     def __init__(
-        self, portal: Any, store: Any, policy: IMAPPolicy, reactor: Any, tls: Any = None, inflight: Any = None, guard: Any = None
+        self,
+        portal: Any,
+        store: Any,
+        policy: IMAPPolicy,
+        reactor: Any,
+        tls: Any = None,
+        inflight: Any = None,
+        guard: Any = None,
+        quotas: Any = None,
     ) -> None:
         super().__init__(inflight, guard)
+        #: The server's L{mailapp.quota.Quotas}: APPEND and COPY ask it first (None: no quotas).
+        self.quotas = quotas
         #: Reads of "messages above UID n" in flight, shared (see messagesAfter).
         self._sharedReads: dict[tuple[str, str, int], list[defer.Deferred[list[MessageInfo]]]] = {}
         self.portal = portal
@@ -1913,6 +1939,13 @@ def buildFactory(context: Any, listener: Any) -> IMAPFactory:
     )
     tls = context.tls if listener.tls == "starttls" else None
     return IMAPFactory(
-        context.portal, context.store, policy, context.reactor, tls=tls, inflight=context.inflight, guard=getattr(context, "guard", None)
+        context.portal,
+        context.store,
+        policy,
+        context.reactor,
+        tls=tls,
+        inflight=context.inflight,
+        guard=getattr(context, "guard", None),
+        quotas=getattr(context, "quotas", None),
     )
 

@@ -12,13 +12,14 @@ from mailapp.store.maildir import (
     MaildirMailbox,
     MaildirStore,
     ensure_mailbox,
+    mailbox_usage,
     open_message_file,
     read_message_file,
     retire_domain_mailboxes,
     retire_mailbox,
 )
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS
-from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo
+from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
 
 __all__ = [
     "ADDED",
@@ -35,7 +36,9 @@ __all__ = [
     "MaildirMailbox",
     "MaildirStore",
     "MessageInfo",
+    "Usage",
     "ensure_mailbox",
+    "mailbox_usage",
     "open_message_file",
     "read_message_file",
     "retire_domain_mailboxes",

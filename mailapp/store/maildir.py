@@ -48,7 +48,7 @@ from mailapp.interfaces import IFolder, IMailbox, IMessageStore
 from mailapp.store import durable, index, messagefile, outside, transfer
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS, DELIMITER, folder_directory, mailbox_directory, normalize_folder
-from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo
+from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
 from mailapp.store.committer import GroupCommitter, _Call, _Delivery, _Placement
 from mailapp.store.spool import SpoolWriter
 
@@ -74,6 +74,19 @@ def ensure_mailbox(state_dir: Path, account: str) -> Path:
 
 #: Where deleted accounts' mailboxes go, under the state directory.
 DELETED_NAME = "deleted"
+
+
+def mailbox_usage(root: Path, account: str) -> Usage:
+    """
+    What C{account}'s mailbox holds, from its index, synchronously (the
+    admin command; the server asks L{MaildirMailbox.usage}). A mailbox not
+    created yet holds nothing.
+    """
+    directory = mailbox_directory(root, account)
+    if not directory.is_dir():
+        return Usage()
+    with index.connection(directory) as conn:
+        return index.usage(conn)
 
 
 def retire_mailbox(state_dir: Path, account: str, *, keep: bool, now: float | None = None) -> Path | None:
@@ -280,6 +293,13 @@ class MaildirMailbox:
                 rows = conn.execute("SELECT name, subscribed FROM folders").fetchall()
             folders = [FolderInfo(name, SPECIAL_FOLDERS.get(name), bool(subscribed)) for name, subscribed in rows]
             return sorted(folders, key=lambda f: (f.name != INBOX, f.name))
+
+        return self.store.run(read)
+
+    def usage(self) -> Deferred[Usage]:
+        def read() -> Usage:
+            with self._connect() as conn:
+                return index.usage(conn)
 
         return self.store.run(read)
 

@@ -33,3 +33,11 @@ class MessageInfo:
     flags: frozenset[str]
     size: int
     internaldate: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one mailbox holds now, all folders together: messages and the sum of their wire sizes (quotas)."""
+
+    messages: int = 0
+    bytes: int = 0

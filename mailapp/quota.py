@@ -1,0 +1,139 @@
+"""
+Mailbox quotas: how much one mailbox may hold, and whether one more message fits.
+
+One home for the mechanism: SMTP (through the L{mailapp.delivery.Router}),
+the webmail (the same Router) and IMAP APPEND/COPY/MOVE all ask L{Quotas}.
+
+  - A quota is a number of bytes and a number of messages per mailbox (all
+    folders together); 0 is unlimited. The default is the config's
+    C{limits.mailbox_quota_bytes} / C{mailbox_quota_messages}; the admin
+    command sets a user's own (L{mailapp.accounts.QuotaOverride}).
+  - Usage is computed from the mailbox index at every check (one indexed
+    C{count(*)}, C{sum(size)}), never kept in a counter of its own: it is
+    then right after a crash, a rebuilt index or a Maildir tool's changes,
+    and expunging frees the space at once. Sizes are wire sizes (CRLF), what
+    IMAP and POP3 report.
+  - A mailbox at or over its quota, or a message larger than the whole
+    quota, is L{MailboxFull} (552 5.2.2, permanent); a message that does not
+    fit in the room left is L{MailboxWouldOverflow} (452 4.2.2, temporary:
+    the owner can make room).
+
+The check is against usage as committed: deliveries in flight to the same
+mailbox at the same moment are not counted, so a mailbox can end over its
+quota by what was in flight when it filled (at most one message per
+concurrent transaction; the next one is refused).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from mailapp import logevents
+from mailapp.accounts import QuotaOverride
+from mailapp.errors import MailboxFull, MailboxWouldOverflow, OverQuota
+from mailapp.store.records import Usage
+
+__all__ = ["Quota", "Quotas", "Usage", "refusal"]
+
+_log = Logger()
+
+
+@dataclass(frozen=True)
+class Quota:
+    """How much one mailbox may hold: bytes and messages, 0 for unlimited."""
+
+    bytes: int = 0
+    messages: int = 0
+
+    def with_override(self, override: QuotaOverride | None) -> Quota:
+        """This default with what the admin set for one user (C{None} fields keep the default)."""
+        if override is None:
+            return self
+        return Quota(
+            self.bytes if override.bytes is None else override.bytes,
+            self.messages if override.messages is None else override.messages,
+        )
+
+
+def refusal(quota: Quota, usage: Usage, size: int, messages: int = 1) -> OverQuota | None:
+    """
+    Why C{messages} more messages of C{size} bytes in all do not fit, or
+    C{None} when they do. C{size} 0 asks whether the mailbox is full (an
+    SMTP RCPT without C{SIZE=}).
+    """
+    if quota.bytes:
+        if usage.bytes >= quota.bytes or size > quota.bytes:
+            return MailboxFull()
+        if usage.bytes + size > quota.bytes:
+            return MailboxWouldOverflow()
+    if quota.messages:
+        if usage.messages >= quota.messages or messages > quota.messages:
+            return MailboxFull()
+        if usage.messages + messages > quota.messages:
+            return MailboxWouldOverflow()
+    return None
+
+
+class Quotas:
+    """
+    The server's quotas over its accounts (the overrides) and store (the
+    usage), with the config's default; see the module docstring.
+    """
+
+    def __init__(self, accounts: Any, store: Any, default: Quota) -> None:
+        self.accounts = accounts
+        self.store = store
+        self.default = default
+
+    @classmethod
+    def fromConfig(cls, config: Any, accounts: Any, store: Any) -> Quotas:
+        return cls(accounts, store, _default(config))
+
+    def reconfigure(self, config: Any) -> None:
+        """SIGHUP: the new default applies to the next check."""
+        self.default = _default(config)
+
+    def quota(self, account: str) -> Deferred[Quota]:
+        """Fire with C{account}'s quota: its override over the default."""
+        return self.accounts.quotaOverride(account).addCallback(self.default.with_override)
+
+    def usage(self, account: str) -> Deferred[Usage]:
+        """Fire with what C{account}'s mailbox holds now (from its index)."""
+        return self.store.mailbox(account).usage()  # type: ignore[no-any-return]
+
+    def check(self, account: str, size: int, messages: int = 1) -> Deferred[OverQuota | None]:
+        """
+        Fire with why C{messages} messages of C{size} bytes in all would not
+        fit in C{account}'s mailbox (logged as C{quota.refused}), or C{None}.
+        A mailbox without limits is not even read.
+        """
+        return ensureDeferred(self._check(account, size, messages))
+
+    async def _check(self, account: str, size: int, messages: int) -> OverQuota | None:
+        quota = await self.quota(account)
+        if not quota.bytes and not quota.messages:
+            return None
+        usage = await self.usage(account)
+        refused = refusal(quota, usage, size, messages)
+        if refused is not None:
+            _log.info(
+                "over quota {account} {code} usage={used_bytes}/{quota_bytes} bytes "
+                "{used_messages}/{quota_messages} messages incoming={size}",
+                log_event=logevents.QUOTA_REFUSED,
+                account=account,
+                code=refused.code,
+                used_bytes=usage.bytes,
+                quota_bytes=quota.bytes,
+                used_messages=usage.messages,
+                quota_messages=quota.messages,
+                size=size,
+            )
+        return refused
+
+
+def _default(config: Any) -> Quota:
+    return Quota(config.limits.mailbox_quota_bytes, config.limits.mailbox_quota_messages)
