@@ -207,6 +207,7 @@ def _apply_relay(manager: Any, old: Config, new: Config, applied: list[str], nee
     manager.smarthost_require_tls = relay.smarthost_require_tls
     manager.max_connections = relay.max_connections
     manager.max_connections_per_domain = relay.max_connections_per_domain
+    manager.max_connections_per_address = relay.max_connections_per_address
     applied.append("relay")
 
 

@@ -613,6 +613,7 @@ def _build_relay(config: Config, reactor: Any, router: Any, threadpool: Any = No
         smarthost_require_tls=relay.smarthost_require_tls,
         max_connections=relay.max_connections,
         max_connections_per_domain=relay.max_connections_per_domain,
+        max_connections_per_address=relay.max_connections_per_address,
     )
     router.queue = queue
     return manager
