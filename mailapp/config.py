@@ -274,6 +274,9 @@ class RelayConfig:
     #: every domain it serves together: a slow MX (a tarpit) can hold no more.
     #: By default a fifth of C{max_connections}, at least one (L{default_per_address}).
     max_connections_per_address: int = 10
+    #: Messages one alias may forward to other domains at once, and an hour after that.
+    forward_burst: int = 30
+    forward_per_hour: int = 300
     #: Seconds: to connect; to wait for one reply; for a whole connection.
     connect_timeout: int = 30
     command_timeout: int = 300
@@ -401,6 +404,8 @@ _RELAY_KEYS: Final = frozenset(
         "max_connections",
         "max_connections_per_domain",
         "max_connections_per_address",
+        "forward_burst",
+        "forward_per_hour",
         "connect_timeout",
         "command_timeout",
         "session_timeout",
@@ -416,6 +421,8 @@ _RELAY_POSITIVE: Final[Mapping[str, int]] = MappingProxyType(
         "connect_timeout": 30,
         "command_timeout": 300,
         "session_timeout": 1800,
+        "forward_burst": 30,
+        "forward_per_hour": 300,
     }
 )
 
@@ -880,6 +887,8 @@ def _relay(reader: _Reader, table: Mapping[str, Any]) -> RelayConfig:
         smarthost_require_tls=True if smarthost_require_tls is None else smarthost_require_tls,
         max_connections=numbers["max_connections"],
         max_connections_per_domain=numbers["max_connections_per_domain"],
+        forward_burst=numbers["forward_burst"],
+        forward_per_hour=numbers["forward_per_hour"],
         max_connections_per_address=default_per_address(numbers["max_connections"]) if per_address is None else per_address,
         connect_timeout=numbers["connect_timeout"],
         command_timeout=numbers["command_timeout"],

@@ -76,6 +76,12 @@ class MessageHasNul(MailError):
     code, enhanced, text = 554, "5.6.0", "Message contains NUL characters"
 
 
+class ForwardingRateExceeded(MailError):
+    """An alias has forwarded as much as its rate allows for now (a loop or a flood); the sender retries."""
+
+    code, enhanced, text = 451, "4.7.1", "Too much mail forwarded through this address; try again later"
+
+
 class RemoteDeliveryUnavailable(MailError):
     code, enhanced, text = 451, "4.4.0", "Remote delivery is not available yet; try again later"
 

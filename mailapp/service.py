@@ -589,8 +589,17 @@ def _build_relay(config: Config, reactor: Any, router: Any, threadpool: Any = No
     from mailapp.relay.queue import Queue
     from mailapp.relay.routing import MXResolver, Myself, Routes
 
+    from mailapp.forwarding import Forwarding, ForwardingRate
+    from mailapp.srs import SRS, load_secret
+
     relay = config.relay
     queue = Queue(config.state_dir / "queue", reactor, threadpool=threadpool, use_syncfs=config.sync == "filesystem")
+    # Forwarding to other domains needs the relay; so do SRS and its bounces.
+    router.forwarding = Forwarding(
+        SRS(load_secret(config.state_dir)),
+        reactor,
+        ForwardingRate(reactor, burst=relay.forward_burst, per_hour=relay.forward_per_hour),
+    )
     myself = Myself(
         config.hostname,
         [listener.tcp_address for listener in config.listeners if listener.protocol == "smtp" and listener.tcp_address],
