@@ -41,6 +41,7 @@ __all__ = [
     "SNICertificate",
     "SecurityConfig",
     "TLSConfig",
+    "default_per_address",
     "listener_budget",
     "load",
     "parse",
@@ -304,12 +305,28 @@ class RelayConfig:
     #: default destination concurrency is 20 too).
     max_connections: int = 50
     max_connections_per_domain: int = 20
+    #: Outbound connections to one destination address (IP and port), for
+    #: every domain it serves together: a slow MX (a tarpit) can hold no more.
+    #: By default a fifth of C{max_connections}, at least one (L{default_per_address}).
+    max_connections_per_address: int = 10
+    #: Messages one alias may forward to other domains at once, and an hour after that.
+    forward_burst: int = 30
+    forward_per_hour: int = 300
     #: Seconds: to connect; to wait for one reply; for a whole connection.
     connect_timeout: int = 30
     command_timeout: int = 300
     session_timeout: int = 1800
     #: DNS servers for MX lookups (``host:port``); the system's resolv.conf when empty.
     nameservers: tuple[HostPort, ...] = ()
+
+
+def default_per_address(max_connections: int) -> int:
+    """
+    What one destination address may hold of C{max_connections} when the
+    config does not say: a fifth, at least one, so that four slow peers
+    still leave a fifth of the connections for everybody else.
+    """
+    return max(1, max_connections // 5)
 
 
 @dataclass(frozen=True)
@@ -421,6 +438,9 @@ _RELAY_KEYS: Final = frozenset(
         "smarthost_require_tls",
         "max_connections",
         "max_connections_per_domain",
+        "max_connections_per_address",
+        "forward_burst",
+        "forward_per_hour",
         "connect_timeout",
         "command_timeout",
         "session_timeout",
@@ -436,6 +456,8 @@ _RELAY_POSITIVE: Final[Mapping[str, int]] = MappingProxyType(
         "connect_timeout": 30,
         "command_timeout": 300,
         "session_timeout": 1800,
+        "forward_burst": 30,
+        "forward_per_hour": 300,
     }
 )
 
@@ -837,6 +859,15 @@ def _relay(reader: _Reader, table: Mapping[str, Any]) -> RelayConfig:
             "relay.max_connections_per_domain",
             f"{numbers['max_connections_per_domain']} is more than relay.max_connections ({numbers['max_connections']})",
         )
+    per_address = reader.typed(table, "max_connections_per_address", int, "relay.max_connections_per_address")
+    if per_address is not None and per_address <= 0:
+        reader.problem("relay.max_connections_per_address", f"must be a positive integer, not {per_address}")
+        per_address = None
+    elif per_address is not None and per_address > numbers["max_connections"]:
+        reader.problem(
+            "relay.max_connections_per_address",
+            f"{per_address} is more than relay.max_connections ({numbers['max_connections']})",
+        )
     delay_warning = reader.typed(table, "delay_warning", int, "relay.delay_warning", 0) or 0
     if delay_warning < 0:
         reader.problem("relay.delay_warning", f"must be 0 (off) or a positive integer, not {delay_warning}")
@@ -897,6 +928,9 @@ def _relay(reader: _Reader, table: Mapping[str, Any]) -> RelayConfig:
         smarthost_require_tls=True if smarthost_require_tls is None else smarthost_require_tls,
         max_connections=numbers["max_connections"],
         max_connections_per_domain=numbers["max_connections_per_domain"],
+        forward_burst=numbers["forward_burst"],
+        forward_per_hour=numbers["forward_per_hour"],
+        max_connections_per_address=default_per_address(numbers["max_connections"]) if per_address is None else per_address,
         connect_timeout=numbers["connect_timeout"],
         command_timeout=numbers["command_timeout"],
         session_timeout=numbers["session_timeout"],

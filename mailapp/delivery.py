@@ -21,7 +21,15 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from mailapp import logevents
-from mailapp.errors import MailError, NoSuchUser, RelayDenied, RemoteDeliveryUnavailable, TooManyRecipients
+from mailapp.errors import (
+    ForwardingRateExceeded,
+    MailError,
+    NoSuchUser,
+    RelayDenied,
+    RemoteDeliveryUnavailable,
+    TooManyRecipients,
+)
+from mailapp.forwarding import MAX_UNWIND
 from mailapp.interfaces import IAccounts, IMessageStore
 
 _log = Logger()
@@ -51,6 +59,9 @@ class Transaction:
     recipients: list[str] = field(default_factory=list)
     local: list[str] = field(default_factory=list)
     remote: list[str] = field(default_factory=list)
+    #: Remote targets reached through one of our aliases (or an SRS bounce
+    #: address), with the local address that forwards to each.
+    forwarded: dict[str, str] = field(default_factory=dict)
     message: Any = None
 
     @inlineCallbacks
@@ -64,10 +75,21 @@ class Transaction:
         """
         if len(self.recipients) >= self.router.max_recipients:
             raise TooManyRecipients()
+        forwarding = self.router.forwarding
+        forwarder = address
         resolution = yield self.router.accounts.resolve(address)
+        for _ in range(MAX_UNWIND):
+            in_local_domain = resolution is None or resolution.local_domain
+            if forwarding is None or not in_local_domain or not forwarding.claims_srs(address):
+                break
+            # A bounce to an SRS address of ours: on to where it leads, if we made it.
+            address = forwarding.reverse(address)
+            if address is None:
+                raise NoSuchUser()
+            resolution = yield self.router.accounts.resolve(address)
         if resolution is None:
             raise NoSuchUser()
-        if not resolution.local_domain and not self.relay_allowed:
+        if not resolution.local_domain and not self.relay_allowed and address == forwarder:
             raise RelayDenied()
         if resolution.remote and self.router.queue is None:
             # This server was built without a relay queue: say so honestly, the client retries later.
@@ -76,13 +98,19 @@ class Transaction:
             refused = yield self.router.overQuota(resolution.local, self.declared_size)
             if refused is not None:
                 raise refused
-        self.recipients.append(address)
+        forwards = address != forwarder or (resolution.local_domain and bool(resolution.remote))
+        if forwards and forwarding is not None and resolution.remote:
+            if not forwarding.rate.admit(forwarder.lower()):
+                raise ForwardingRateExceeded()
+        self.recipients.append(forwarder)
         for account in resolution.local:
             if account.lower() not in (a.lower() for a in self.local):
                 self.local.append(account)
         for target in resolution.remote:
             if target.lower() not in (r.lower() for r in self.remote):
                 self.remote.append(target)
+                if forwards:
+                    self.forwarded[target] = forwarder
         return None
 
     def traceHeaders(self) -> bytes:
@@ -136,16 +164,16 @@ class Transaction:
             refused = yield self.router.overQuota(self.local, self.message.size)
             if refused is not None:
                 raise refused
-        prepared = None
+        prepared: list[Any] = []
         queue = self.router.queue
         try:
-            if self.remote:
-                prepared = yield queue.prepare(self.message, self.sender, self.remote, self.queue_id)
+            for entry_id, sender, recipients in self._queueEntries():
+                prepared.append((yield queue.prepare(self.message, sender, recipients, entry_id)))
             if self.local:
                 yield self.router.store.deliver(self.message, self.local)
         except Exception as e:
-            if prepared is not None:
-                yield queue.discard(prepared).addErrback(lambda _: None)
+            for entry in prepared:
+                yield queue.discard(entry).addErrback(lambda _: None)
             if isinstance(e, MailError):
                 raise
             _log.failure("delivery failed {queue_id}", log_event=logevents.DELIVERY_FAILED, queue_id=self.queue_id)
@@ -153,9 +181,10 @@ class Transaction:
         finally:
             if not self.local:
                 yield self.message.discard()
-        if prepared is not None:
+        if prepared:
             try:
-                yield queue.publish(prepared)
+                for entry in prepared:
+                    yield queue.publish(entry)
             except Exception as e:
                 _log.failure(
                     "queueing remote copies of {queue_id} failed after {local} local deliveries",
@@ -175,6 +204,25 @@ class Transaction:
             size=self.message.size,
         )
         return self.queue_id
+
+    def _queueEntries(self) -> list[tuple[str, str, list[str]]]:
+        """
+        (entry id, envelope sender, recipients) per relay queue entry: the
+        remote recipients the client named go out from its sender; each
+        forwarded target from the SRS address of the alias that forwards to
+        it (one entry per distinct rewritten sender, ids C{queue_id} + F, F1, …).
+        """
+        forwarding = self.router.forwarding
+        direct = [r for r in self.remote if r not in self.forwarded or forwarding is None]
+        entries: list[tuple[str, str, list[str]]] = [(self.queue_id, self.sender, direct)] if direct else []
+        by_sender: dict[str, list[str]] = {}
+        if forwarding is not None:
+            for target in self.remote:
+                if target in self.forwarded:
+                    by_sender.setdefault(forwarding.sender_for(self.sender, self.forwarded[target]), []).append(target)
+        for number, (sender, targets) in enumerate(by_sender.items()):
+            entries.append((f"{self.queue_id}F{number or ''}", sender, targets))
+        return entries
 
     def abort(self) -> Deferred[None] | None:
         if self.message is not None:
@@ -197,13 +245,21 @@ class Router:
     """
 
     def __init__(
-        self, accounts: IAccounts, store: IMessageStore, max_recipients: int = 100, queue: Any = None, quotas: Any = None
+        self,
+        accounts: IAccounts,
+        store: IMessageStore,
+        max_recipients: int = 100,
+        queue: Any = None,
+        quotas: Any = None,
+        forwarding: Any = None,
     ) -> None:
         self.accounts = accounts
         self.store = store
         self.max_recipients = max_recipients
         self.queue = queue
         self.quotas = quotas
+        #: A L{mailapp.forwarding.Forwarding} (SRS, the rate per alias), or None: forwarded mail keeps its sender.
+        self.forwarding = forwarding
 
     def start(self, sender: str, relay_allowed: bool, authenticated: str | None = None, declared_size: int = 0) -> Transaction:
         return Transaction(self, sender, relay_allowed, authenticated, declared_size)

@@ -121,6 +121,10 @@ class TooMuchMail(MailError):
     """An MX client address (an IPv6 /64) past its messages or bytes per minute (L{mailapp.abuse.MXRateLimiter})."""
 
     code, enhanced, text = 451, "4.7.1", "Too much mail from your address; try again later"
+class ForwardingRateExceeded(MailError):
+    """An alias has forwarded as much as its rate allows for now (a loop or a flood); the sender retries."""
+
+    code, enhanced, text = 451, "4.7.1", "Too much mail forwarded through this address; try again later"
 
 
 class RemoteDeliveryUnavailable(MailError):

@@ -209,6 +209,10 @@ def _apply_relay(manager: Any, old: Config, new: Config, applied: list[str], nee
     manager.smarthost_require_tls = relay.smarthost_require_tls
     manager.max_connections = relay.max_connections
     manager.max_connections_per_domain = relay.max_connections_per_domain
+    manager.max_connections_per_address = relay.max_connections_per_address
+    if manager.router is not None and manager.router.forwarding is not None:
+        manager.router.forwarding.rate.burst = relay.forward_burst
+        manager.router.forwarding.rate.per_hour = relay.forward_per_hour
     applied.append("relay")
 
 

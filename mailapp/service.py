@@ -600,8 +600,17 @@ def _build_relay(config: Config, reactor: Any, router: Any, threadpool: Any = No
     from mailapp.relay.queue import Queue
     from mailapp.relay.routing import MXResolver, Myself, Routes
 
+    from mailapp.forwarding import Forwarding, ForwardingRate
+    from mailapp.srs import SRS, load_secret
+
     relay = config.relay
     queue = Queue(config.state_dir / "queue", reactor, threadpool=threadpool, use_syncfs=config.sync == "filesystem")
+    # Forwarding to other domains needs the relay; so do SRS and its bounces.
+    router.forwarding = Forwarding(
+        SRS(load_secret(config.state_dir)),
+        reactor,
+        ForwardingRate(reactor, burst=relay.forward_burst, per_hour=relay.forward_per_hour),
+    )
     myself = Myself(
         config.hostname,
         [listener.tcp_address for listener in config.listeners if listener.protocol == "smtp" and listener.tcp_address],
@@ -624,6 +633,7 @@ def _build_relay(config: Config, reactor: Any, router: Any, threadpool: Any = No
         smarthost_require_tls=relay.smarthost_require_tls,
         max_connections=relay.max_connections,
         max_connections_per_domain=relay.max_connections_per_domain,
+        max_connections_per_address=relay.max_connections_per_address,
     )
     router.queue = queue
     return manager

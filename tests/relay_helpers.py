@@ -146,8 +146,9 @@ class FakeClient:
         self.network.open_sends += 1
         self.network.peak_sends = max(self.network.peak_sends, self.network.open_sends)
         try:
-            if self.network.hold is not None:
-                yield self.network.hold
+            hold = self.network.holds.get(self.hop.address, self.network.hold)
+            if hold is not None:
+                yield hold
         finally:
             self.network.open_sends -= 1
         replies = {r: self.reply(r) for r in recipients}
@@ -155,10 +156,15 @@ class FakeClient:
         return replies
 
     def quit(self) -> defer.Deferred[None]:
-        self.usable = False
+        self._close()
         return defer.succeed(None)
 
     def abort(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.usable:
+            self.network.open_connections[self.hop.address] -= 1
         self.usable = False
 
 
@@ -174,14 +180,21 @@ class FakeNetwork:
         self.attempts: list[tuple[float, str]] = []
         self.sent: list[tuple[float, str, str, list[str], bytes, dict[str, Reply]]] = []
         self.hold: defer.Deferred[None] | None = None
+        #: Per address, a Deferred every send there waits for (instead of C{hold}).
+        self.holds: dict[str, defer.Deferred[None]] = {}
         self.open_sends = 0
         self.peak_sends = 0
+        #: Connections open now, and the most ever open at once, per address.
+        self.open_connections: dict[str, int] = {}
+        self.peak_connections: dict[str, int] = {}
 
     def connect(self, hop: Hop) -> defer.Deferred[FakeClient]:
         self.attempts.append((self.clock.seconds(), hop.address))
         server = self.servers.get(hop.address)
         if server is None:
             return defer.fail(ConnectionRefusedError(hop.address))
+        self.open_connections[hop.address] = self.open_connections.get(hop.address, 0) + 1
+        self.peak_connections[hop.address] = max(self.peak_connections.get(hop.address, 0), self.open_connections[hop.address])
         return defer.succeed(FakeClient(self, hop, server))
 
     def delivered_to(self, address: str) -> list[bytes]:
@@ -197,7 +210,13 @@ class Harness:
     """A manager over a real queue directory, with a Clock, a fake network and a recording store."""
 
     def __init__(
-        self, root: Path, clock: Clock | None = None, network: FakeNetwork | None = None, pool: SynchronousThreadPool | None = None, **policy: Any
+        self,
+        root: Path,
+        clock: Clock | None = None,
+        network: FakeNetwork | None = None,
+        pool: SynchronousThreadPool | None = None,
+        transports: dict[str, HostPort] | None = None,
+        **policy: Any,
     ) -> None:
         self.root = root
         if clock is None:
@@ -212,10 +231,11 @@ class Harness:
         self.accounts.add_user("alice@a.test", "secret")
         self.store = MemoryStore()
         self.router = Router(self.accounts, self.store, queue=self.queue)
-        limits = {k: policy.pop(k) for k in ("max_connections", "max_connections_per_domain") if k in policy}
+        names = ("max_connections", "max_connections_per_domain", "max_connections_per_address")
+        limits = {k: policy.pop(k) for k in names if k in policy}
         self.manager = RelayManager(
             self.queue,
-            Routes(TRANSPORTS, None, None),
+            Routes(TRANSPORTS if transports is None else transports, None, None),
             self.network.connect,
             hostname="mail.a.test",
             clock=self.clock,

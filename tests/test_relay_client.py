@@ -218,3 +218,83 @@ def test_our_return_path_is_not_relayed_but_the_rest_of_the_message_is():
     folded = b"Return-Path:\r\n <alice@a.test>\r\nSubject: hi\r\n\r\n"
     assert strip_return_path(folded) == b"Subject: hi\r\n\r\n"
     assert strip_return_path(b"Subject: Return-Path: no\r\n\r\n") == b"Subject: Return-Path: no\r\n\r\n"
+
+
+class _StalledTransport(StringTransport):
+    """A peer that stops reading: the first DATA write fills its window and pauses the producer for good."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and not data.endswith(b"\r\n.\r\n"):
+            self.producer.pauseProducing()
+
+
+class DeadlineTests(unittest.TestCase):
+    """Timeouts are deadlines: a peer that trickles bytes cannot stretch them (the tarpit)."""
+
+    def trickle(self, server: ScriptedServer, text: bytes, seconds_per_byte: float = 1.0) -> None:
+        for byte in text:
+            if not server.client.usable:
+                return
+            server.clock.advance(seconds_per_byte)
+            server.reply(bytes([byte]))
+
+    def test_a_greeting_trickled_one_byte_a_second_times_out_at_the_command_deadline(self) -> None:
+        server = ScriptedServer(self)
+        d = server.client.greet("mail.a.test")
+        self.trickle(server, b"220 " + b"x" * 200 + b"\r\n")
+        self.assertFalse(server.client.usable)
+        self.assertEqual(server.clock.seconds(), 60)
+        server.client.connectionLost(None)
+        failure = self.failureResultOf(d, SessionError)
+        self.assertEqual(str(failure.value.reply), "451 4.4.2 timed out waiting for a reply")
+
+    def test_each_pipelined_reply_has_its_own_deadline_from_when_the_one_before_it_ended(self) -> None:
+        server = ScriptedServer(self)
+        self.successResultOf(ClientTests.greet(self, server))  # type: ignore[arg-type]
+        d = server.client.send("alice@a.test", ["bob@b.test"], BytesSource(b"x\r\n"), 3)
+        server.written()
+        server.clock.advance(50)
+        server.reply(b"250 2.1.0 Ok\r\n")
+        server.clock.advance(50)
+        server.reply(b"250 2.1.5 Ok\r\n")  # 100 s after the commands, 50 s after the reply before it
+        self.assertTrue(server.client.usable)
+        server.clock.advance(59)
+        server.reply(b"354 go ahead\r\n")
+        self.assertEqual(server.written(), b"x\r\n.\r\n")
+        self.trickle(server, b"250 2.0.0 " + b"x" * 100 + b"\r\n")
+        self.assertFalse(server.client.usable)
+        server.client.connectionLost(None)
+        self.assertEqual(str(self.failureResultOf(d, SessionError).value.reply), "451 4.4.2 timed out waiting for a reply")
+
+    def test_a_peer_that_stops_reading_the_data_times_out_at_the_command_deadline(self) -> None:
+        server = ScriptedServer(self)
+        server.transport = _StalledTransport()
+        server.client = SMTPClient(server.clock, command_timeout=60, session_timeout=600)
+        server.client.makeConnection(server.transport)
+        self.successResultOf(ClientTests.greet(self, server))  # type: ignore[arg-type]
+        d = server.client.send("alice@a.test", ["bob@b.test"], BytesSource(b"x" * 200_000), 200_000)
+        server.reply(b"250 Ok\r\n250 Ok\r\n354 go ahead\r\n")
+        server.clock.advance(59)
+        self.assertTrue(server.client.usable)
+        server.clock.advance(1)
+        self.assertFalse(server.client.usable)
+        server.client.connectionLost(None)
+        self.assertEqual(str(self.failureResultOf(d, SessionError).value.reply), "451 4.4.2 timed out sending the message")
+
+    def test_a_connection_ends_at_its_session_deadline_however_promptly_the_peer_answers(self) -> None:
+        server = ScriptedServer(self)
+        self.successResultOf(ClientTests.greet(self, server))  # type: ignore[arg-type]
+        outcomes = []
+        while server.client.usable:
+            d = server.client.send("alice@a.test", ["bob@b.test"], BytesSource(b"x\r\n"), 3)
+            d.addBoth(outcomes.append)
+            for reply in (b"250 Ok\r\n", b"250 Ok\r\n", b"354 go\r\n", b"250 Ok\r\n"):
+                server.clock.advance(25)
+                if not server.client.usable:
+                    break
+                server.reply(reply)
+        self.assertEqual(server.clock.seconds(), 600)
+        server.client.connectionLost(None)
+        self.assertEqual(len(outcomes), 6)  # five transactions of 100 s done, the sixth cut off
+        self.assertEqual(str(outcomes[-1].value.reply), "451 4.4.2 session time limit reached")

@@ -33,6 +33,7 @@ def test_defaults_are_five_days_a_growing_schedule_and_no_delay_warning() -> Non
     assert config.require_tls == frozenset()
     assert (config.smarthost_username, config.smarthost_password, config.smarthost_require_tls) == (None, None, True)
     assert (config.max_connections, config.max_connections_per_domain) == (50, 20)
+    assert config.max_connections_per_address == 10
     assert (config.connect_timeout, config.command_timeout, config.session_timeout) == (30, 300, 1800)
     assert config.nameservers == ()
 
@@ -107,3 +108,15 @@ def test_an_unknown_relay_key_lists_the_known_ones() -> None:
     [problem] = problems("retries = 3\n")
     assert problem.startswith("etc/test.toml: relay.retries: unknown key (expected one of: command_timeout, ")
     assert "max_lifetime" in problem and "smarthost_password" in problem
+
+
+def test_one_destination_address_gets_a_fifth_of_the_connections_unless_the_config_says() -> None:
+    assert relay("max_connections = 12\nmax_connections_per_domain = 5\n").max_connections_per_address == 2
+    assert relay("max_connections = 3\nmax_connections_per_domain = 3\n").max_connections_per_address == 1
+    assert relay("max_connections_per_address = 7\n").max_connections_per_address == 7
+    assert problems("max_connections = 4\nmax_connections_per_domain = 4\nmax_connections_per_address = 5\n") == [
+        "etc/test.toml: relay.max_connections_per_address: 5 is more than relay.max_connections (4)"
+    ]
+    assert problems("max_connections_per_address = 0\n") == [
+        "etc/test.toml: relay.max_connections_per_address: must be a positive integer, not 0"
+    ]

@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
 from mailapp import logevents
+from mailapp.config import HostPort
 from mailapp.relay import control
 from mailapp.relay.client import Reply
 from mailapp.relay.queue import DELIVERED, FAILED, PENDING, read_envelope
@@ -283,7 +284,7 @@ def test_corrupt_queue_files_are_moved_aside_and_logged(tmp_path: Path, events: 
 def test_connections_per_domain_are_limited(tmp_path: Path) -> None:
     from twisted.internet.defer import Deferred
 
-    h = Harness(tmp_path, max_connections=3, max_connections_per_domain=2)
+    h = Harness(tmp_path, max_connections=3, max_connections_per_domain=2, max_connections_per_address=3)
     h.network.servers[B_HOP] = lambda r: OK
     h.network.hold = Deferred()
     h.start()
@@ -368,3 +369,58 @@ def test_a_large_message_spooled_with_lf_is_queued_and_sent_with_crlf(tmp_path: 
     assert (tmp_path / "queue" / "messages" / "Q1").read_bytes() == body
     assert h.queue.publish(prepared.result).called
     assert h.network.delivered_to("bob@b.test") == [body]
+
+
+TARPIT = "192.0.2.66"
+HEALTHY = "192.0.2.77"
+SHARED_TARPIT = {
+    "b.test": HostPort(TARPIT, 25),
+    "c.test": HostPort(TARPIT, 25),
+    "d.test": HostPort(TARPIT, 25),
+    "e.test": HostPort(HEALTHY, 25),
+}
+
+
+def test_domains_sharing_one_slow_mx_hold_only_its_share_and_mail_to_others_flows(tmp_path: Path) -> None:
+    from twisted.internet.defer import Deferred
+
+    h = Harness(tmp_path, transports=SHARED_TARPIT, max_connections=10, max_connections_per_domain=5, max_connections_per_address=4)
+    h.network.servers[TARPIT] = lambda r: OK
+    h.network.servers[HEALTHY] = lambda r: OK
+    h.network.holds[TARPIT] = Deferred()
+    h.start()
+    for number in range(5):
+        for domain in ("b.test", "c.test", "d.test"):
+            h.submit("alice@a.test", [f"user{number}@{domain}"])
+    assert h.network.open_connections[TARPIT] == 4
+    for number in range(3):
+        h.submit("alice@a.test", [f"user{number}@e.test"])
+    assert len(h.network.delivered_to("user2@e.test")) == 1
+    assert len([s for s in h.network.sent if s[1] == HEALTHY]) == 3
+    h.network.holds.pop(TARPIT).callback(None)
+    assert len([s for s in h.network.sent if s[1] == TARPIT]) == 15
+    assert h.network.peak_connections[TARPIT] == 4
+    assert h.envelopes() == []
+
+
+def test_work_waiting_for_a_share_of_an_address_counts_no_attempt(tmp_path: Path) -> None:
+    from twisted.internet.defer import Deferred
+
+    h = Harness(tmp_path, transports=SHARED_TARPIT, max_connections=10, max_connections_per_domain=5, max_connections_per_address=1)
+    h.network.servers[TARPIT] = lambda r: OK
+    h.network.holds[TARPIT] = Deferred()
+    h.start()
+    h.submit("alice@a.test", ["bob@b.test"])
+    waiting = h.submit("alice@a.test", ["carol@c.test"])
+    assert [address for _, address in h.network.attempts] == [TARPIT]
+    h.clock.advance(3600)  # no retry is due: it never tried
+    assert [address for _, address in h.network.attempts] == [TARPIT]
+    assert h.manager.entries[waiting].envelope.recipients[0].attempts == 0
+    h.network.holds.pop(TARPIT).callback(None)
+    assert len(h.network.delivered_to("carol@c.test")) == 1
+    assert h.envelopes() == []
+
+
+def test_the_default_share_of_one_address_is_a_fifth_of_all_connections(tmp_path: Path) -> None:
+    assert Harness(tmp_path, max_connections=50).manager.max_connections_per_address == 10
+    assert Harness(tmp_path, max_connections=3).manager.max_connections_per_address == 1

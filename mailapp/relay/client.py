@@ -23,6 +23,14 @@ The client's API is a sequence of Deferreds on one connection::
 A failure of the session itself (greeting, EHLO, STARTTLS, AUTH, a lost
 connection, a timeout) fails the Deferred with L{SessionError}, carrying the
 reply to record.
+
+Every wait is a deadline, never an idle timer: a reply must be complete
+within C{command_timeout} of being due (the command sent, or the reply
+before it complete), a chunk of DATA must be taken within C{command_timeout}
+of being written, and the whole connection ends C{session_timeout} after it
+was made. An idle timer that restarts on every byte lets a tarpit that
+sends one byte a second hold the connection for ever (RFC 5321 4.5.3.2 sets
+its timeouts per command and per data block for this reason).
 """
 
 from __future__ import annotations
@@ -36,7 +44,6 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -218,13 +225,15 @@ class _Pauser:
         return self._waiting
 
 
-class SMTPClient(Protocol, TimeoutMixin):
+class SMTPClient(Protocol):
     """
     One outbound SMTP connection; see the module docstring.
 
     @param clock: provides C{callLater}, for the command and session timeouts.
-    @param command_timeout: seconds to wait for any one reply.
-    @param session_timeout: seconds the whole connection may last.
+    @param command_timeout: seconds any one reply may take from when it is
+        due to its last line, and any chunk of DATA to be taken by the peer.
+    @param session_timeout: seconds the whole connection may last, however
+        busy it is.
     """
 
     def __init__(self, clock: Any, command_timeout: float = 300, session_timeout: float = 1800) -> None:
@@ -241,6 +250,8 @@ class SMTPClient(Protocol, TimeoutMixin):
         self._waiting.append(self._greeting)
         self._lost: Failure | None = None
         self._session_timer: Any = None
+        self._reply_timer: Any = None
+        self._pauser: _Pauser | None = None
         self.connected_to = ""
 
     # -- the byte stream -----------------------------------------------------------
@@ -248,14 +259,25 @@ class SMTPClient(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.connected_to = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
-        self.setTimeout(self.command_timeout)
         self._session_timer = self.callLater(self.session_timeout, self._sessionExpired)
+        self._startReplyDeadline()
 
     def _sessionExpired(self) -> None:
         self._session_timer = None
         self._fail(local_reply(451, "4.4.2 session time limit reached"))
 
-    def timeoutConnection(self) -> None:
+    def _startReplyDeadline(self) -> None:
+        """The reply at the head of the queue is due now: it has C{command_timeout} to be complete."""
+        self._stopReplyDeadline()
+        self._reply_timer = self.callLater(self.command_timeout, self._replyExpired)
+
+    def _stopReplyDeadline(self) -> None:
+        if self._reply_timer is not None and self._reply_timer.active():
+            self._reply_timer.cancel()
+        self._reply_timer = None
+
+    def _replyExpired(self) -> None:
+        self._reply_timer = None
         self._fail(local_reply(451, "4.4.2 timed out waiting for a reply"))
 
     def _fail(self, reply: Reply) -> None:
@@ -266,8 +288,10 @@ class SMTPClient(Protocol, TimeoutMixin):
             self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.setTimeout(None)
+        self._stopReplyDeadline()
         self.usable = False
+        if self._pauser is not None:
+            self._pauser.stopProducing()  # a DATA loop waiting for the window wakes to see the loss
         if self._session_timer is not None and self._session_timer.active():
             self._session_timer.cancel()
         self._session_timer = None
@@ -278,7 +302,6 @@ class SMTPClient(Protocol, TimeoutMixin):
             d.errback(self._lost)
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
         self._buffer += data
         while True:
             end = self._buffer.find(b"\n")
@@ -308,8 +331,10 @@ class SMTPClient(Protocol, TimeoutMixin):
             self._fail(reply)
             return
         waiter = self._waiting.pop(0)
-        if not self._waiting:
-            self.setTimeout(None)
+        if self._waiting:
+            self._startReplyDeadline()  # the next pipelined reply is due now
+        else:
+            self._stopReplyDeadline()
         waiter.callback(reply)
 
     def command(self, line: bytes) -> Deferred[Reply]:
@@ -318,7 +343,7 @@ class SMTPClient(Protocol, TimeoutMixin):
             return defer.fail(self._lost)
         d: Deferred[Reply] = Deferred()
         if not self._waiting:
-            self.setTimeout(self.command_timeout)
+            self._startReplyDeadline()
         self._waiting.append(d)
         self.transport.write(line + b"\r\n")
         return d
@@ -329,7 +354,7 @@ class SMTPClient(Protocol, TimeoutMixin):
             return defer.fail(self._lost)
         d: Deferred[Reply] = Deferred()
         if not self._waiting:
-            self.setTimeout(self.command_timeout)
+            self._startReplyDeadline()
         self._waiting.append(d)
         return d
 
@@ -447,7 +472,7 @@ class SMTPClient(Protocol, TimeoutMixin):
     @defer.inlineCallbacks
     def _sendData(self, source: Any) -> Any:
         encoder = DataEncoder()
-        pauser = _Pauser()
+        pauser = self._pauser = _Pauser()
         self.transport.registerProducer(pauser, True)
         first = True
         try:
@@ -460,10 +485,19 @@ class SMTPClient(Protocol, TimeoutMixin):
                 if first:
                     chunk = strip_return_path(chunk)
                     first = False
-                self.resetTimeout()
                 self.transport.write(encoder.encode(chunk))
-                yield pauser.wait()
+                if pauser.paused:
+                    # The peer must take each chunk within the deadline (RFC 5321 4.5.3.2.5).
+                    timer = self.callLater(
+                        self.command_timeout, self._fail, local_reply(451, "4.4.2 timed out sending the message")
+                    )
+                    try:
+                        yield pauser.wait()
+                    finally:
+                        if timer.active():
+                            timer.cancel()
         finally:
+            self._pauser = None
             if self.transport is not None and self._lost is None:
                 self.transport.unregisterProducer()
         reply = yield self._endData(encoder.finish())

@@ -17,6 +17,15 @@ C{max_connections_per_domain} per domain) resolve the domain, connect to the
 first next hop that answers, and run every work item waiting for that domain
 on the one connection before saying QUIT.
 
+One destination address (IP and port) gets at most
+C{max_connections_per_address} connections, whichever domains they are for:
+many domains can share one MX, and a slow one (a tarpit) would otherwise
+hold every connection there is while mail to everybody else waits. A hop at
+its share is skipped like one that does not answer; when every hop of a
+domain is at its share, the domain's work waits, with no attempt counted,
+until a connection to one of them ends. The smarthost is exempt: it is the
+only destination there is.
+
 Restart safety: a recipient the remote took with 250 is recorded durably
 (the envelope saved with the recipient delivered, or the entry removed when
 nothing is left to do: atomic rename or unlink, then fsync) before anything
@@ -48,6 +57,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailapp import logevents
+from mailapp.config import default_per_address
 from mailapp.errors import MailError
 from mailapp.relay import bounce, control
 from mailapp.relay.client import FileSource, Reply, SessionError, SMTPClient, local_reply
@@ -124,6 +134,7 @@ class RelayManager(Service):
         smarthost_require_tls: bool = True,
         max_connections: int = 20,
         max_connections_per_domain: int = 10,
+        max_connections_per_address: int | None = None,
         poll_interval: float = control.POLL_INTERVAL,
     ) -> None:
         self.queue = queue
@@ -140,11 +151,18 @@ class RelayManager(Service):
         self.smarthost_require_tls = smarthost_require_tls
         self.max_connections = max_connections
         self.max_connections_per_domain = max_connections_per_domain
+        self.max_connections_per_address = (
+            max_connections_per_address if max_connections_per_address is not None else default_per_address(max_connections)
+        )
         self.poll_interval = poll_interval
         self.entries: dict[str, _Entry] = {}
         self._ready: dict[str, deque[_Work]] = {}
         self._workers: dict[str, int] = {}
         self._total_workers = 0
+        #: Open (or opening) connections per destination address, and the
+        #: domains waiting for a share of one of those addresses.
+        self._address_connections: dict[tuple[str, int], int] = {}
+        self._parked: dict[str, set[tuple[str, int]]] = {}
         self._clients: set[Any] = set()
         self._connecting: set[Deferred[Any]] = set()
         self._active: set[Deferred[Any]] = set()
@@ -303,6 +321,7 @@ class RelayManager(Service):
         while (
             ready
             and not self._stopping
+            and domain not in self._parked
             and self._workers.get(domain, 0) < self.max_connections_per_domain
             and self._total_workers < self.max_connections
         ):
@@ -318,9 +337,55 @@ class RelayManager(Service):
 
     # -- workers --------------------------------------------------------------------------
 
+    def _exempt(self, domain: str) -> bool:
+        """Whether a domain's mail goes to the smarthost, which has no other destination to share with."""
+        return self.routes.smarthost is not None and domain not in self.routes.transports
+
+    def _takeAddress(self, hop: Hop, exempt: bool) -> bool:
+        """Count a connection to C{hop}'s address, unless that address has its share already."""
+        if exempt:
+            return True
+        key = (hop.address, hop.port)
+        count = self._address_connections.get(key, 0)
+        if count >= self.max_connections_per_address:
+            return False
+        self._address_connections[key] = count + 1
+        return True
+
+    def _releaseAddress(self, hop: Hop, exempt: bool) -> None:
+        """A connection to C{hop} ended: let a domain waiting for that address go."""
+        if exempt:
+            return
+        key = (hop.address, hop.port)
+        count = self._address_connections.get(key, 0) - 1
+        if count > 0:
+            self._address_connections[key] = count
+        else:
+            self._address_connections.pop(key, None)
+        waiting = [d for d, keys in self._parked.items() if key in keys]
+        for parked in waiting:
+            del self._parked[parked]
+        for parked in waiting:
+            self._dispatch(parked)
+
+    def _park(self, domain: str, work: _Work, full: set[tuple[str, int]]) -> None:
+        """Every hop of C{domain} is at its share: put C{work} back and wait for one to free up."""
+        self._ready.setdefault(domain, deque()).appendleft(work)
+        if all(self._address_connections.get(key, 0) >= self.max_connections_per_address for key in full):
+            self._parked[domain] = full
+        _log.info(
+            "relay waits for a connection to {domain}: every next hop has its share ({addresses})",
+            log_event=logevents.RELAY_ATTEMPT,
+            domain=domain,
+            addresses=", ".join(f"{address}:{port}" for address, port in sorted(full)),
+        )
+
     @defer.inlineCallbacks
     def _worker(self, domain: str) -> Any:
         client = None
+        hop: Hop | None = None
+        # Decided once, so that a reload changing the smarthost cannot unbalance the counts.
+        exempt = self._exempt(domain)
         try:
             ready = self._ready.get(domain)
             if not ready:
@@ -334,7 +399,6 @@ class RelayManager(Service):
                 _log.failure("resolving {domain}", Failure(error), domain=domain)
                 self._failAll(domain, local_reply(451, "4.4.3 error resolving the destination"), "")
                 return None
-            hop: Hop | None = None
             while ready and not self._stopping:
                 work = ready.popleft()
                 if not self._current(work):
@@ -342,7 +406,14 @@ class RelayManager(Service):
                 if client is None or not client.usable:
                     if client is not None:
                         self._clients.discard(client)
-                    client, hop, failure = yield self._connect(domain, hops)
+                        client = None
+                        if hop is not None:
+                            self._releaseAddress(hop, exempt)
+                            hop = None
+                    client, hop, failure, full = yield self._connect(domain, hops, exempt)
+                    if client is None and full:
+                        self._park(domain, work, full)
+                        return None
                     if client is None:
                         self._record(work, {r: failure for r in work.recipients}, "")
                         self._failAll(domain, failure, "")
@@ -357,6 +428,8 @@ class RelayManager(Service):
             if client is not None:
                 self._clients.discard(client)
                 yield client.quit()
+            if client is not None and hop is not None:
+                self._releaseAddress(hop, exempt)
             self._workers[domain] -= 1
             self._total_workers -= 1
             self._dispatchAll()
@@ -378,13 +451,22 @@ class RelayManager(Service):
         return domain in self.require_tls, None
 
     @defer.inlineCallbacks
-    def _connect(self, domain: str, hops: list[Hop]) -> Any:
-        """The first hop that connects and greets: (client, hop, None), or (None, None, why not)."""
+    def _connect(self, domain: str, hops: list[Hop], exempt: bool) -> Any:
+        """
+        The first hop that connects and greets: (client, hop, None, full),
+        or (None, None, why not, full); C{full} is the addresses skipped for
+        having their share of connections. The hop returned keeps its
+        address counted until the worker releases it.
+        """
         require_tls, auth = self._tlsFor(domain)
         failure = local_reply(451, f"4.4.1 no next hop for {domain} answered")
+        full: set[tuple[str, int]] = set()
         for hop in hops:
             if self._stopping:
                 break
+            if not self._takeAddress(hop, exempt):
+                full.add((hop.address, hop.port))
+                continue
             client = None
             try:
                 connecting = self.connect(hop)
@@ -395,7 +477,7 @@ class RelayManager(Service):
                     self._connecting.discard(connecting)
                 self._clients.add(client)
                 yield client.greet(self.hostname, tls=self.tls, require_tls=require_tls, auth=auth)
-                return client, hop, None
+                return client, hop, None, full
             except SessionError as error:
                 failure = error.reply
             except Exception as error:
@@ -403,6 +485,7 @@ class RelayManager(Service):
             if client is not None:
                 self._clients.discard(client)
                 client.abort()
+            self._releaseAddress(hop, exempt)
             _log.info(
                 "{log_event} {domain} via {hop}: {reply}",
                 log_event=logevents.RELAY_ATTEMPT,
@@ -410,7 +493,7 @@ class RelayManager(Service):
                 hop=str(hop),
                 reply=str(failure),
             )
-        return None, None, failure
+        return None, None, failure, full
 
     @defer.inlineCallbacks
     def _send(self, client: Any, work: _Work) -> Any:
