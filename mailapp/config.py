@@ -358,7 +358,8 @@ def listener_budget(config: Config, listener: ListenerConfig) -> ListenerBudget:
     """
     C{listener}'s connection budget under C{config}, with the defaults filled
     in: C{max_connections} defaults to C{[limits] max_connections}, which
-    stays the ceiling for the whole server. On a listener with logins
+    stays the ceiling for the whole server, and to a quarter of it on the
+    MX (which has no login to tell its clients apart). On a listener with logins
     (submission, POP3, IMAP), C{max_unauthenticated} defaults to an even
     share of half the server's ceiling among those listeners, so that
     connections that never log in can take at most half of the server,
@@ -366,7 +367,15 @@ def listener_budget(config: Config, listener: ListenerConfig) -> ListenerBudget:
     """
     limits = config.limits
     own = getattr(listener, "max_connections", None)
-    max_connections = own if own is not None else limits.max_connections
+    if own is not None:
+        max_connections = own
+    elif listener.protocol == "smtp":
+        # The MX: a quarter of the ceiling (250 of 1,000; Postfix runs 100
+        # smtpd at most by default), so that 1,000 idle or trickling MX
+        # connections cannot take the places readers need to log in.
+        max_connections = max(1, limits.max_connections // 4)
+    else:
+        max_connections = limits.max_connections
     if listener.protocol not in LOGIN_PROTOCOLS:
         return ListenerBudget(max_connections, None)
     unauthenticated = getattr(listener, "max_unauthenticated", None)

@@ -120,3 +120,55 @@ def test_webmail_connections_beyond_the_budget_are_refused_and_a_header_trickler
         for sock in held:
             sock.close()
         server.terminate()
+
+
+def test_a_thousand_trickling_mx_connections_from_50_addresses_leave_imap_pop3_and_submission_serving(tmp_path: Path) -> None:
+    """The hardening issue's own figure, with the default budgets: the MX takes its quarter, readers log in."""
+    server = ServiceProcess(
+        tmp_path,
+        listener("smtp", "smtp") + listener("submission", "submission", allow_plaintext_auth=True)
+        + listener("pop3", "pop3", allow_plaintext_auth=True) + listener("imap", "imap", allow_plaintext_auth=True),
+    )
+    server.add_users({ALICE: "alice-secret"})
+    server.start()
+    sockets: list[socket.socket] = []
+    try:
+        started = time.monotonic()
+        for number in range(1000):
+            sock = socket.socket()
+            sock.settimeout(TIMEOUT)
+            sock.bind((f"127.0.0.{10 + number % 50}", 0))
+            sock.connect(("127.0.0.1", server.port("smtp")))
+            sockets.append(sock)
+        greetings = [sock.recv(200) for sock in sockets]
+        admitted = [sock for sock, greeting in zip(sockets, greetings) if greeting.startswith(b"220")]
+        refused = [greeting for greeting in greetings if greeting.startswith(b"421 4.3.2")]
+        assert len(admitted) + len(refused) == 1000, {g[:20] for g in greetings}
+        assert 0 < len(admitted) <= 250
+        connected = time.monotonic() - started
+        for sock in admitted:
+            sock.sendall(b"N")  # a command that trickles
+        served = []
+        for _ in range(3):
+            step = time.monotonic()
+            imap = imaplib.IMAP4("127.0.0.1", server.port("imap"), timeout=TIMEOUT)
+            imap.login(ALICE, "alice-secret")
+            imap.select("INBOX")
+            imap.logout()
+            pop = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=TIMEOUT)
+            pop.user(ALICE)
+            pop.pass_("alice-secret")
+            pop.quit()
+            with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=TIMEOUT) as submission:
+                submission.login(ALICE, "alice-secret")
+                submission.sendmail(ALICE, [ALICE], b"Subject: still here\r\n\r\nbody\r\n")
+            served.append(time.monotonic() - step)
+            for sock in admitted:
+                sock.sendall(b"O")
+        print(f"\n1,000 MX connections: {len(admitted)} admitted, {len(refused)} refused in {connected:.1f} s; "
+              f"IMAP+POP3+submission rounds took {', '.join(f'{s:.2f}' for s in served)} s")
+        assert max(served) < 5.0
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.terminate()

@@ -68,11 +68,11 @@ def _listeners(*tables: str) -> str:
 FOUR_LISTENERS = (("smtp", "smtp", ""), ("submission", "submission", ""), ("pop3", "pop3", ""), ("imap", "imap", ""))
 
 
-def test_each_listener_defaults_to_the_server_ceiling_and_login_listeners_share_half_of_it_unauthenticated() -> None:
+def test_each_listener_defaults_to_the_server_ceiling_the_mx_to_a_quarter_and_login_listeners_share_half_unauthenticated() -> None:
     config = parse(MINIMAL + _listeners(*FOUR_LISTENERS) + "[limits]\nmax_connections = 600\n", PATH, base_dir=Path("/srv"))
     budgets = {listener.name: listener_budget(config, listener) for listener in config.listeners}
     assert {name: (b.max_connections, b.max_unauthenticated) for name, b in budgets.items()} == {
-        "smtp": (600, None),
+        "smtp": (150, None),
         "submission": (600, 100),
         "pop3": (600, 100),
         "imap": (600, 100),
