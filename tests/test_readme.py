@@ -91,9 +91,10 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     )
     try:
         deadline = time.monotonic() + 30
-        while not all(not _free(port) for port in ports):
+        # Listening, and the first-start hint written (it follows a count of the users, in a thread).
+        while not all(not _free(port) for port in ports) or "no users yet" not in (root / "make-run.log").read_text():
             if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("make run's server did not listen:\n" + (root / "make-run.log").read_text())
+                raise AssertionError("make run's server did not start:\n" + (root / "make-run.log").read_text())
             time.sleep(0.2)
         yield root
     finally:
