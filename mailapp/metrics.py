@@ -213,7 +213,7 @@ class MetricsSite(Site):
         self.metrics = metrics
         self._telemetry = telemetry
         # A scrape every few seconds in the access log helps nobody.
-        self.log = lambda request: None  # type: ignore[method-assign, assignment]
+        self.log = lambda request: None  # type: ignore[method-assign]
 
     def startFactory(self) -> None:
         super().startFactory()

@@ -56,7 +56,7 @@ from zope.interface import implementer
 
 from mailapp import logevents
 from mailapp.errors import LoginsBusy, NoSuchMessage
-from mailapp.sessions import BANNED, AuthOutcome, SessionFactory, SessionLimits, session_limits
+from mailapp.sessions import BANNED, AuthOutcome, Overrun, SessionFactory, SessionLimits, session_limits
 from mailapp.store.records import MessageInfo
 
 __all__ = [

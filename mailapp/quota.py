@@ -99,7 +99,7 @@ class Quotas:
 
     def quota(self, account: str) -> Deferred[Quota]:
         """Fire with C{account}'s quota: its override over the default."""
-        return self.accounts.quotaOverride(account).addCallback(self.default.with_override)
+        return self.accounts.quotaOverride(account).addCallback(self.default.with_override)  # type: ignore[no-any-return]
 
     def usage(self, account: str) -> Deferred[Usage]:
         """Fire with what C{account}'s mailbox holds now (from its index)."""

@@ -268,7 +268,7 @@ class SessionDeadlines:
         self._expired(overrun)
 
 
-def _cancel(call: Any) -> None:
+def _cancel(call: Any) -> Any:
     if call is not None and call.active():
         call.cancel()
     return None

@@ -154,7 +154,7 @@ class FakeAccounts:
     def first_user(self, domain: str) -> str | None:
         users = [canonical for canonical, _ in self._users.values()]
         in_domain = [user for user in users if user.rpartition("@")[2].lower() == domain.lower()]
-        return (in_domain or users or [None])[0]
+        return next(iter(in_domain or users), None)
 
     # -- IAccounts --
 
@@ -201,6 +201,7 @@ def _password_bytes(password: str | bytes) -> bytes:
 
 import io  # noqa: E402
 import time  # noqa: E402
+from typing import Any  # noqa: E402
 
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError  # noqa: E402
 from mailapp.interfaces import IFolder, IMailbox, IMessageStore, IMessageWriter  # noqa: E402
@@ -247,7 +248,7 @@ class _FakeFolderState:
         self.uidnext = 1
         self.subscribed = True
         #: uid -> [bytes, flags, internaldate]
-        self.messages: dict[int, list] = {}
+        self.messages: dict[int, list[Any]] = {}
 
 
 @implementer(IFolder)

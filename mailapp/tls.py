@@ -269,9 +269,9 @@ def _self_signed(key: CertificateIssuerPrivateKeyTypes, hostname: str) -> x509.C
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key),  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key),
             critical=False,
         )
         .sign(key, hashes.SHA256())

@@ -12,7 +12,6 @@ smtplib, imaplib, poplib and a raw socket.
 from __future__ import annotations
 
 import imaplib
-import os
 import poplib
 import re
 import smtplib

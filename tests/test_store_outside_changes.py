@@ -18,7 +18,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from mailapp.store import EXPUNGED, ADDED, FLAGS_CHANGED, MaildirStore, index, outside
-from mailapp.store.names import folder_directory, mailbox_directory
+from mailapp.store.names import mailbox_directory
 
 ALICE = "alice@example.test"
 

@@ -89,8 +89,8 @@ def parse_header_block(block: bytes) -> list[tuple[str, bytes]]:
         if not line:
             continue
         if line[:1] in (b" ", b"\t") and fields:
-            name, value = fields[-1]
-            fields[-1] = (name, value + b" " + line.strip())
+            last_name, last_value = fields[-1]
+            fields[-1] = (last_name, last_value + b" " + line.strip())
             continue
         name, colon, value = line.partition(b":")
         if not colon or not name.strip() or b" " in name.strip():

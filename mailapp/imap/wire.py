@@ -69,7 +69,7 @@ class ParsedLiteral:
     size: int
 
 
-Token = Union[Atom, String, ParsedLiteral, list]  # list: a parenthesized list of tokens
+Token = Union[Atom, String, ParsedLiteral, list[Any]]  # list: a parenthesized list of tokens
 
 
 # -- parsing ---------------------------------------------------------------------
@@ -142,18 +142,18 @@ def _tokenize(text: bytes, stack: list[list[Token]]) -> None:
             start = i
             depth = 0
             while i < n:
-                ch = text[i : i + 1]
-                if ch == b"[":
+                c = text[i : i + 1]
+                if c == b"[":
                     depth += 1
-                elif ch == b"]":
+                elif c == b"]":
                     depth -= 1
                     if depth < 0:
                         raise BadCommand("Unbalanced brackets")
-                elif depth == 0 and ch in (b" ", b"(", b")", b'"'):
-                    if ch == b"(" or ch == b'"':
+                elif depth == 0 and c in (b" ", b"(", b")", b'"'):
+                    if c == b"(" or c == b'"':
                         raise BadCommand("Unexpected character in atom")
                     break
-                elif depth > 0 and ch == b'"':
+                elif depth > 0 and c == b'"':
                     # a quoted header name inside HEADER.FIELDS: skip to its end
                     end = text.find(b'"', i + 1)
                     if end < 0:

@@ -128,7 +128,7 @@ def _prepare_deliveries(jobs: list[_Delivery], batch_sync: bool) -> list[BaseExc
                 durable.unlink(job.source)
             if not isinstance(errors[number], StoreError):
                 _log.error("store.delivery_failed {error!r}", error=errors[number])
-                errors[number] = durable.store_error_for(errors[number])
+                errors[number] = durable.store_error_for(errors[number])  # type: ignore[arg-type]
     return errors
 
 

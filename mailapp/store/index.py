@@ -391,15 +391,15 @@ class _WatchedCursor(sqlite3.Cursor):
             self.connection.damaged = True
         return error
 
-    def execute(self, sql: str, parameters: Any = ()) -> _WatchedCursor:  # type: ignore[override]
+    def execute(self, sql: str, parameters: Any = ()) -> _WatchedCursor:
         try:
-            return super().execute(sql, parameters)  # type: ignore[return-value]
+            return super().execute(sql, parameters)
         except sqlite3.DatabaseError as e:
             raise self._noted(e)
 
-    def executemany(self, sql: str, parameters: Any) -> _WatchedCursor:  # type: ignore[override]
+    def executemany(self, sql: str, parameters: Any) -> _WatchedCursor:
         try:
-            return super().executemany(sql, parameters)  # type: ignore[return-value]
+            return super().executemany(sql, parameters)
         except sqlite3.DatabaseError as e:
             raise self._noted(e)
 
@@ -441,10 +441,10 @@ class _WatchedConnection(sqlite3.Connection):
     def cursor(self, factory: Any = _WatchedCursor) -> Any:
         return super().cursor(factory)
 
-    def execute(self, sql: str, parameters: Any = ()) -> _WatchedCursor:  # type: ignore[override]
+    def execute(self, sql: str, parameters: Any = ()) -> _WatchedCursor:
         return self.cursor().execute(sql, parameters)  # type: ignore[no-any-return]
 
-    def executemany(self, sql: str, parameters: Any) -> _WatchedCursor:  # type: ignore[override]
+    def executemany(self, sql: str, parameters: Any) -> _WatchedCursor:
         return self.cursor().executemany(sql, parameters)  # type: ignore[no-any-return]
 
 

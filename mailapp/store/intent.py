@@ -32,7 +32,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
