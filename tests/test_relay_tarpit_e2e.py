@@ -81,7 +81,7 @@ class _Peers:
                     recipients.append(line[9:].split(b">")[0].decode())
                 if verb == b"DATA":
                     writer.write(b"354 go ahead\r\n")
-                    while (data := await reader.readline()) not in (b".\r\n", b""):
+                    while await reader.readline() not in (b".\r\n", b""):
                         pass
                     for recipient in recipients:
                         self.healthy.append((time.monotonic(), recipient, self.tarpit_open))
