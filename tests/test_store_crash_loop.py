@@ -464,11 +464,12 @@ def test_sigkills_under_smtp_and_imap_load_lose_nothing_acknowledged_duplicate_n
     threads += [threading.Thread(target=client.run, daemon=True) for client in clients]
     for thread in threads:
         thread.start()
-    kills, downtime, kill_phase = 0, 0.0, 0.0
+    kills, downtime, kill_phase, acknowledged_while_killing = 0, 0.0, 0.0, 0
     try:
         while time.monotonic() - started < DEADLINE:
             if kills >= KILLS:
-                kill_phase = kill_phase or time.monotonic() - started
+                if not kill_phase:
+                    kill_phase, acknowledged_while_killing = time.monotonic() - started, len(ledger.acknowledged)
                 if len(ledger.acknowledged) >= MESSAGES:
                     break
                 time.sleep(0.05)
@@ -522,6 +523,7 @@ def test_sigkills_under_smtp_and_imap_load_lose_nothing_acknowledged_duplicate_n
         "duplicated": len(duplicated),
         "violations": len(ledger.violations),
         "kill_phase_seconds": round(kill_phase, 1),
+        "acknowledged_in_kill_phase": acknowledged_while_killing,
         "loop_seconds": round(loop_seconds, 1),
         "seconds": round(time.monotonic() - started, 1),
     }
