@@ -178,7 +178,8 @@ def _send_loop(world: World, ledger: Ledger, number: int, seed: int) -> None:
                     continue
                 attempt += 1
                 message_id = f"{seed}.{number}.{attempt}@crash.test"
-                ledger.attempts += 1
+                with ledger.lock:
+                    ledger.attempts += 1
                 last = world.stop.is_set()
                 client.send(
                     f"Message-ID: <{message_id}>\r\nSubject: crash loop {number}/{attempt}\r\n"
@@ -331,10 +332,12 @@ class ImapClient:
         try:
             reply = self.command(text)[-1]
         except Disconnected:
-            self.ledger.commands[(kind, "cut")] += 1
+            with self.ledger.lock:
+                self.ledger.commands[(kind, "cut")] += 1
             raise
         verdict = reply.split(b" ")[1].decode()
-        self.ledger.commands[(kind, verdict)] += 1
+        with self.ledger.lock:
+            self.ledger.commands[(kind, verdict)] += 1
         return verdict
 
     def one_change(self) -> None:
@@ -359,11 +362,7 @@ class ImapClient:
             # Counted before the reply: a kill may cut it short after its commit (or its intent record).
             with ledger.lock:
                 ledger.copies.update(ids)
-            try:
-                verdict = self.outcome("COPY", b"UID COPY " + uid_set + b" " + other.encode())
-            except Disconnected:
-                raise
-            if verdict != "OK":
+            if self.outcome("COPY", b"UID COPY " + uid_set + b" " + other.encode()) != "OK":
                 with ledger.lock:
                     ledger.copies.subtract(ids)
         elif kind == "MOVE":
