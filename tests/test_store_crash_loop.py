@@ -32,7 +32,6 @@ import os
 import random
 import re
 import smtplib
-import socket
 import sqlite3
 import threading
 import time
