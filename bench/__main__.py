@@ -249,7 +249,10 @@ def relay_workload(count: int, size: int, connections: int | None = None) -> Cal
             b_cpu = b.cpu_seconds()
             relay = f'[relay]\ntransports = {{ "b.test" = "127.0.0.1:{b.ports["smtp"]}" }}\nretry_schedule = [1]\n'
             if connections is not None:
-                relay += f"max_connections = {connections}\nmax_connections_per_domain = {connections}\n"
+                relay += (
+                    f"max_connections = {connections}\nmax_connections_per_domain = {connections}\n"
+                    f"max_connections_per_address = {connections}\n"
+                )
             a = bench_server.start(["alice@a.test"], workdir, domain="a.test", hostname="mail.a.test", extra=relay, prepare=prepare)
             a_cpu = a.cpu_seconds()
             out, err = watcher.communicate(timeout=timeout + 30)

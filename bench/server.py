@@ -36,6 +36,9 @@ max_message_size = 26214400
 max_recipients = 100
 max_connections = {max_connections}
 max_connections_per_ip = {max_connections}
+# A benchmark measures throughput, not the defences: every client is 127.0.0.1.
+mx_messages_per_minute = 0
+mx_bytes_per_minute = 0
 {extra}
 """
 
@@ -50,7 +53,10 @@ BACKLOG = 1024
 def _listener(name: str, protocol: str, tls: str) -> str:
     text = f'\n[listeners.{name}]\nprotocol = "{protocol}"\nendpoint = "tcp:0:interface=127.0.0.1:backlog={BACKLOG}"\ntls = "{tls}"\n'
     if protocol in ("pop3", "imap", "submission"):
-        text += "allow_plaintext_auth = true\n"
+        text += "allow_plaintext_auth = true\nmax_unauthenticated = {max_connections}\n"
+    if protocol in ("smtp", "pop3", "imap", "submission"):
+        # The whole ceiling for each listener (the defaults keep shares for the others).
+        text += "max_connections = {max_connections}\n"
     return text
 
 
@@ -158,7 +164,9 @@ def start(
     config_path.write_text(
         CONFIG.format(
             state_dir=state_dir, domain=domain, hostname=hostname, max_connections=max_connections, extra=extra,
-            listeners="".join(_listener(name, protocol, tls) for name, (protocol, tls) in listeners.items()),
+            listeners="".join(_listener(name, protocol, tls) for name, (protocol, tls) in listeners.items()).format(
+                max_connections=max_connections
+            ),
         )
     )
     with AccountsDatabase(state_dir / "accounts.sqlite3", [domain], hasher=cheap_password_hasher()) as db:
