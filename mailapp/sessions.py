@@ -566,14 +566,21 @@ class SessionFactory(ServerFactory):
         seconds. The session must have unregistered any producer it gave its
         transport: Twisted's TLS does not start its shutdown while one is
         registered, which kept every IMAP connection over TLS open after
-        LOGOUT. Calling it again changes nothing.
+        LOGOUT. Calling it again keeps the earlier of the two cuts (a server
+        shutting down cuts sooner than a session's own close).
         """
         transport = session.transport
         if transport is None:
             return
         transport.loseConnection()
-        if session not in self._closing:
-            self._closing[session] = session.callLater(grace, self._cut, session, transport, grace)
+        cut = session.callLater(grace, self._cut, session, transport, grace)
+        earlier = self._closing.get(session)
+        if earlier is not None and earlier.active() and earlier.getTime() <= cut.getTime():
+            cut.cancel()
+            return
+        if earlier is not None and earlier.active():
+            earlier.cancel()
+        self._closing[session] = cut
 
     def _cut(self, session: Any, transport: Any, grace: float) -> None:
         self._closing.pop(session, None)

@@ -51,7 +51,7 @@ from mailapp.errors import (
     TooMuchMail,
 )
 from mailapp.headercheck import HeaderCheck, header_addresses
-from mailapp.sessions import BANNED, AuthOutcome, Overrun, SessionFactory, SessionLimits, session_limits
+from mailapp.sessions import BANNED, CLOSE_GRACE, AuthOutcome, Overrun, SessionFactory, SessionLimits, session_limits
 from mailapp.store.freespace import FreeSpace
 
 _log = Logger()
@@ -187,10 +187,10 @@ class ESMTPServer(twisted_smtp.ESMTP):
     def secure(self) -> bool:
         return ISSLTransport.providedBy(self.transport)
 
-    def _close(self) -> None:
+    def _close(self, grace: float = CLOSE_GRACE) -> None:
         """Run nothing more the client sent; close once the reply is written (L{SessionFactory.close})."""
         self._closing = True
-        self.factory.close(self)
+        self.factory.close(self, grace)
 
     def shutdown(self) -> defer.Deferred[None] | None:
         """
@@ -212,10 +212,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
         closed: defer.Deferred[None] = defer.Deferred()
         self._whenClosed.append(closed)
         self.sendCode(421, b"4.3.2 " + self.host + b" Service shutting down")
-        self._close()
-        transport = self.transport
-        abort = self.callLater(SHUTDOWN_GRACE, transport.abortConnection)
-        closed.addBoth(lambda result: abort.cancel() if abort.active() else None)
+        self._close(SHUTDOWN_GRACE)
         return closed
 
     # -- the byte stream --------------------------------------------------------
@@ -658,6 +655,10 @@ class ESMTPServer(twisted_smtp.ESMTP):
         if self._rateLimited(relay) and not self._mxMessageAllowed(declared):
             return
 
+        def accept() -> None:
+            self._txn = self.router.start(sender, relay, self.authenticated, declared)
+            self.sendCode(250, b"2.1.0 Ok")
+
         if self.policy.submission:
             d = self.router.accounts.ownsAddress(self.authenticated, sender) if sender else defer.succeed(False)
 
@@ -665,8 +666,7 @@ class ESMTPServer(twisted_smtp.ESMTP):
                 if not yes:
                     self.sendCode(553, b"5.7.1 Sender address not owned by you")
                     return
-                self._txn = self.router.start(sender, relay, self.authenticated, declared)
-                self.sendCode(250, b"2.1.0 Ok")
+                accept()
 
             self._wait(d.addCallback(owned))
             return
@@ -683,13 +683,11 @@ class ESMTPServer(twisted_smtp.ESMTP):
                     )
                     self._error(553, b"5.7.1 Sender address in a local domain: log in on the submission port to send as it")
                     return
-                self._txn = self.router.start(sender, relay, self.authenticated, declared)
-                self.sendCode(250, b"2.1.0 Ok")
+                accept()
 
             self._wait(d.addCallback(foreign))
             return
-        self._txn = self.router.start(sender, relay, self.authenticated, declared)
-        self.sendCode(250, b"2.1.0 Ok")
+        accept()
 
     def smtp_RCPT(self, argument: bytes) -> None:
         if self._txn is None:

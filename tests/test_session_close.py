@@ -115,3 +115,26 @@ class CloseTests(TestCase):
         self.assertTrue(transport.disconnecting)
         self.assertFalse(transport.aborted)
         self.assertCutAfterGrace(protocol, transport)
+
+    def test_a_server_shutting_down_cuts_after_its_shorter_grace_even_a_session_already_closing(self) -> None:
+        from mailapp.imap.server import SHUTDOWN_GRACE
+
+        idle, idle_transport = self.imap()
+        closing, closing_transport = self.imap()
+        closing.dataReceived(b"a LOGOUT\r\n")  # its own close: cut after CLOSE_GRACE
+        idle.shutdown()
+        closing.shutdown()
+        self.clock.advance(SHUTDOWN_GRACE)
+        self.assertTrue(idle_transport.aborted)
+        self.assertTrue(closing_transport.aborted)
+        for protocol in (idle, closing):
+            protocol.connectionLost(None)
+        self.assertEqual([call for call in self.clock.getDelayedCalls() if call.active()], [])
+
+    def test_closing_again_with_a_longer_grace_keeps_the_earlier_cut(self) -> None:
+        protocol, transport = self.imap()
+        protocol.shutdown()
+        protocol._close()  # a later ordinary close must not postpone the shutdown's cut
+        self.clock.advance(2)
+        self.assertTrue(transport.aborted)
+        protocol.connectionLost(None)

@@ -93,7 +93,7 @@ from mailapp.imap.wire import (
     parse_sequence_set,
     select_positions,
 )
-from mailapp.sessions import BANNED, LOGIN_TIMEOUT, AuthOutcome, Overrun, SessionFactory, SessionLimits, session_limits
+from mailapp.sessions import BANNED, CLOSE_GRACE, LOGIN_TIMEOUT, AuthOutcome, Overrun, SessionFactory, SessionLimits, session_limits
 from mailapp.store.events import ADDED
 from mailapp.store.records import MessageInfo
 
@@ -370,17 +370,14 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         closed: defer.Deferred[None] = defer.Deferred()
         self._whenClosed.append(closed)
         self._write(b"* BYE Server shutting down\r\n")
-        self._close()
-        transport = self.transport
-        abort = self.callLater(SHUTDOWN_GRACE, transport.abortConnection)
-        closed.addBoth(lambda result: abort.cancel() if abort.active() else None)
+        self._close(SHUTDOWN_GRACE)
         return closed
 
     @property
     def secure(self) -> bool:
         return ISSLTransport.providedBy(self.transport)
 
-    def _close(self) -> None:
+    def _close(self, grace: float = CLOSE_GRACE) -> None:
         self._closing = True
         self._buffer = b""
         if self.transport is None:
@@ -391,7 +388,7 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             # LOGOUT (mbsync hung there).
             self._flowRegistered = False
             self.transport.unregisterProducer()
-        self.factory.close(self)
+        self.factory.close(self, grace)
 
     def _write(self, data: bytes) -> None:
         if self._connected and self.transport is not None:
