@@ -613,7 +613,7 @@ def _build_relay(config: Config, reactor: Any, router: Any, threadpool: Any = No
     )
     myself = Myself(
         config.hostname,
-        [listener.tcp_address for listener in config.listeners if listener.protocol == "smtp" and listener.tcp_address],
+        [address for listener in config.listeners if listener.protocol == "smtp" and (address := listener.tcp_address)],
     )
     routes = Routes(relay.transports, relay.smarthost, MXResolver(_LazyResolver(reactor, relay.nameservers), myself=myself))
     auth = (relay.smarthost_username, relay.smarthost_password) if relay.smarthost_username is not None else None
@@ -654,7 +654,7 @@ class _LazyResolver:
         self._resolver: Any = None
 
     def close(self) -> None:
-        """Cancel the resolver's periodic re-reading of resolv.conf (tests; shutdown)."""
+        """Cancel the resolver's periodic re-reading of resolv.conf (for tests: a running server keeps it till exit)."""
         for resolver in getattr(self._resolver, "resolvers", [self._resolver]):
             parse = getattr(resolver, "_parseCall", None)
             if parse is not None and parse.active():
