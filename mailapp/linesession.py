@@ -69,7 +69,8 @@ and implements:
     error): answer it, or hang up and return C{False};
   - for logins: L{loginSucceeded}, L{loginsBusy} and L{answerAuthFailure};
   - L{sessionEnded}: its own clean-up when the connection is lost;
-  - optionally L{consumeRaw}, L{busyElsewhere} and L{releaseOutput}.
+  - optionally L{consumeRaw}, L{busyElsewhere}, L{releaseOutput} and
+    L{outputPaused} (a session with an output producer of its own).
 
 Its factory extends L{SessionFactory} and sets C{policy} (a
 L{SessionLimits}), C{reactor}, C{portal} and C{tls}.
@@ -133,6 +134,10 @@ class LineSession(Protocol, TimeoutMixin):
     #: A line longer than this (counted up to its LF, a CR included) calls
     #: L{lineTooLong}; None: the protocol checks lengths itself.
     maxLine: int | None = None
+    #: Bytes pipelined behind a pending reply before reading stops; None:
+    #: C{maxUnterminated}. (A protocol whose limits change with its state,
+    #: as IMAP's do at login, sets these attributes when the state changes.)
+    maxBacklog: int | None = None
     #: Failed logins in one session before the session is closed.
     maxAuthFailures: int = 3
 
@@ -225,6 +230,14 @@ class LineSession(Protocol, TimeoutMixin):
 
     def releaseOutput(self) -> None:
         """Unregister any producer the session gave its transport (Twisted's TLS does not close while one is)."""
+
+    def outputPaused(self) -> bool:
+        """
+        Whether the transport has asked the session's own output producer to
+        pause (IMAP's, while a FETCH streams): no command is read meanwhile.
+        A session that registers none keeps the default, C{False}.
+        """
+        return False
 
     # -- connection -----------------------------------------------------------------
 
@@ -341,7 +354,7 @@ class LineSession(Protocol, TimeoutMixin):
         if self._shuttingDown and not self._closing and self._idle():
             self._closeForShutdown()
             return
-        while self._buffer and not self._busy and not self._closing:
+        while self._buffer and not self._busy and not self._closing and not self.outputPaused():
             raw = self.consumeRaw()
             if raw is not None:
                 if raw:
@@ -369,7 +382,8 @@ class LineSession(Protocol, TimeoutMixin):
                 self.lineReceived(line)
         if self.transport is not None and not self._closing:
             # Back-pressure: stop reading while a reply is pending and the client keeps pipelining.
-            if self._busy and len(self._buffer) > self.maxUnterminated:
+            backlog = self.maxBacklog if self.maxBacklog is not None else self.maxUnterminated
+            if (self._busy or self.outputPaused()) and len(self._buffer) > backlog:
                 self.transport.pauseProducing()
 
     def _pauseReadingUntil(self, write: defer.Deferred[Any] | None) -> None:
@@ -409,7 +423,8 @@ class LineSession(Protocol, TimeoutMixin):
             if inline:
                 return
             assert self.transport is not None
-            self.transport.resumeProducing()
+            if not self.outputPaused():
+                self.transport.resumeProducing()
             self._process()
 
         d.addBoth(done)
