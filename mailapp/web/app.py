@@ -23,6 +23,7 @@ from typing import Any
 
 from mailapp.sessions import SessionLimits, session_limits
 from mailapp.web.base import DRAFTS, SENT, TRASH, WebmailPolicy
+# The groups in the order their routes were declared when they were one class.
 from mailapp.web.signin import SignInRoutes
 from mailapp.web.listing import ListingRoutes
 from mailapp.web.folders import FolderRoutes
