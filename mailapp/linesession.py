@@ -66,7 +66,9 @@ and implements:
   - L{lineTooLong}, L{tooManyCommands}, L{goodbye}, L{timeoutConnection},
     L{deadlineExpired}: what it says then (the base closes where it says so);
   - L{commandFailed}: a Deferred given to L{_wait} failed (an internal
-    error): answer it, or hang up and return C{False};
+    error): answer it, or hang up and return C{False} (a protocol whose
+    answer needs the command's context, as IMAP's needs its tag, keeps that
+    on the session before it calls L{_wait});
   - for logins: L{loginSucceeded}, L{loginsBusy} and L{answerAuthFailure};
   - L{sessionEnded}: its own clean-up when the connection is lost;
   - optionally L{consumeRaw}, L{busyElsewhere}, L{releaseOutput} and

@@ -45,6 +45,10 @@ class Echo(LineSession):
         super().__init__(factory)
         self.held: list[defer.Deferred[None]] = []
         self.loggedIn = False
+        self.paused = False
+
+    def outputPaused(self) -> bool:
+        return self.paused
 
     def say(self, text: bytes) -> None:
         self._write(text + b"\r\n")
@@ -209,3 +213,12 @@ class LineSessionTests(TestCase):
         self.session.held[0].callback(None)
         self.assertEqual(self.lines(), [b"hello"])
         self.assertNotIn(self.session, self.factory.sessions)
+
+    def test_no_command_is_read_while_the_sessions_own_output_is_paused(self) -> None:
+        self.session.paused = True
+        self.session.dataReceived(b"ECHO later\r\n" + b"x" * 70)
+        self.assertEqual(self.lines(), [b"hello"])
+        self.assertEqual(self.transport.producerState, "paused")
+        self.session.paused = False
+        self.session.dataReceived(b"\r\n")
+        self.assertEqual(self.lines(), [b"hello", b"later", b"what?"])
