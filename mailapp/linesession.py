@@ -35,7 +35,7 @@ What the base owns
     command (it came in the clear: CVE-2011-0411) and upgrades.
   - B{Commands before login}: L{_commandBeforeLogin} counts them, and past
     the limit logs, lets the protocol say so (L{tooManyCommands}) and closes.
-  - B{Command timing}: L{_timed} runs a command and reports its latency to
+  - B{Command timing}: L{_command} runs a command and reports its latency to
     L{SessionFactory.command_done}, when its reply is sent (after a L{_wait}).
   - B{Deadlines}: C{deadlines} is the session's L{SessionDeadlines}; the
     loop reports line starts and ends; L{deadlineExpired} is the protocol's.
@@ -61,7 +61,7 @@ and implements:
   - L{greet}: the greeting, and its timeout (C{setTimeout});
   - L{refuse}: a refusal at connect (banned, or a budget full) in its words;
   - L{lineReceived}: one command line: count it with L{_commandBeforeLogin}
-    while not logged in, dispatch it through L{_timed}, call L{_wait} with a
+    while not logged in, dispatch it through L{_command}, call L{_wait} with a
     Deferred when the reply comes later;
   - L{lineTooLong}, L{tooManyCommands}, L{goodbye}, L{timeoutConnection},
     L{deadlineExpired}: what it says then (the base closes where it says so);
@@ -320,7 +320,10 @@ class LineSession(Protocol, TimeoutMixin):
         self._shuttingDown = True
         closed: defer.Deferred[None] = defer.Deferred()
         self._whenClosed.append(closed)
-        if not self._closing and self._idle():
+        if self._closing:
+            # Already saying goodbye on its own: only cut it sooner.
+            self.factory.close(self, SHUTDOWN_GRACE)
+        elif self._idle():
             self._closeForShutdown()
         return closed
 

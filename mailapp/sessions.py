@@ -261,6 +261,8 @@ class SessionFactory(ServerFactory):
     L{loggedIn} when a login succeeds, L{disconnected} when they end, keep
     their client's address in C{_peerIP}, and offer C{shutdown()}, which
     returns a Deferred that fires when the session has closed (or None).
+    A line-based protocol's L{mailapp.linesession.LineSession} does all of
+    that; the webmail's connections do it themselves.
 
     C{guard} is the server's L{AbuseGuard}; a factory built without one (a
     test, a factory used alone) gets its own, whose base delay is the

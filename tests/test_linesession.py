@@ -222,3 +222,10 @@ class LineSessionTests(TestCase):
         self.session.paused = False
         self.session.dataReceived(b"\r\n")
         self.assertEqual(self.lines(), [b"hello", b"later", b"what?"])
+
+    def test_a_session_already_closing_is_cut_after_the_shutdown_grace_without_a_second_goodbye(self) -> None:
+        self.session.dataReceived(b"x" * 65)  # too long: the session closes on its own, cut after CLOSE_GRACE
+        self.session.shutdown()
+        self.assertEqual(self.lines(), [b"hello", b"too long"])
+        self.clock.advance(SHUTDOWN_GRACE)
+        self.assertTrue(self.transport.aborted)
