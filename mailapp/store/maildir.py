@@ -218,7 +218,7 @@ class MaildirStore:
         # every file of a batch durable at once before linking it anywhere.
         return SpoolWriter(self.spool_dir, self.reactor, self.threadpool, sync=not self.batch_sync)
 
-    def deliver(self, message: SpoolWriter, accounts: Iterable[str], folder: str = INBOX) -> Deferred[dict[str, int]]:
+    def deliver(self, message: SpoolWriter, accounts: Iterable[str], folder: str = INBOX) -> Deferred[dict[str, int]]:  # type: ignore[override]
         if not message.finished:
             raise RuntimeError("deliver() before the message's finish() fired")
         folder = normalize_folder(folder)
@@ -395,7 +395,7 @@ class MaildirMailbox:
 
         return self.store.write(change)
 
-    def folder(self, name: str) -> Deferred[MaildirFolder]:
+    def folder(self, name: str) -> Deferred[IFolder]:
         try:
             name = normalize_folder(name)
         except BadFolderName as e:
@@ -665,7 +665,7 @@ class MaildirFolder:
 
         return writer.finish().addCallbacks(written, failed).addCallback(appended)
 
-    def appendMessage(
+    def appendMessage(  # type: ignore[override]
         self, message: SpoolWriter, flags: Iterable[str] = (), internaldate: float | None = None
     ) -> Deferred[int]:
         """
