@@ -32,31 +32,6 @@ if TYPE_CHECKING:
         retire_mailbox,
     )
 
-#: The names this package hands on from L{mailapp.store.maildir}, loaded when first asked for.
-_FROM_MAILDIR = frozenset(
-    {
-        "DELETED_NAME",
-        "MaildirFolder",
-        "MaildirMailbox",
-        "MaildirStore",
-        "ensure_mailbox",
-        "mailbox_usage",
-        "open_message_file",
-        "read_message_file",
-        "retire_domain_mailboxes",
-        "retire_mailbox",
-    }
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FROM_MAILDIR:
-        value = getattr(importlib.import_module("mailapp.store.maildir"), name)
-        globals()[name] = value  # once: later lookups do not come here
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "ADDED",
     "DELETED_NAME",
@@ -80,3 +55,15 @@ __all__ = [
     "retire_domain_mailboxes",
     "retire_mailbox",
 ]
+
+#: The names of L{__all__} this package hands on from L{mailapp.store.maildir},
+#: loaded when first asked for: those the imports above did not define.
+_FROM_MAILDIR = frozenset(name for name in __all__ if name not in globals())
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_MAILDIR:
+        value = getattr(importlib.import_module("mailapp.store.maildir"), name)
+        globals()[name] = value  # once: later lookups do not come here
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
