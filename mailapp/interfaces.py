@@ -21,7 +21,7 @@ they fire with are in L{mailapp.records}, beside this module.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -32,6 +32,13 @@ if TYPE_CHECKING:
     # Only named in annotations: the accounts implementation defines them,
     # and the contract must not load it (SQLite, argon2) to be imported.
     from mailapp.accounts import QuotaOverride, Resolution
+
+#: The C{message} of L{IMessageStore.deliver} and L{IFolder.appendMessage}:
+#: an L{IMessageWriter} that the same store's C{newMessage} made, whose file
+#: the store takes over. Each store takes only its own writer class, which a
+#: zope interface cannot say with a type, so the contract leaves it open
+#: here and each implementation names its class.
+WriterFromThisStore: TypeAlias = Any
 
 
 class IAccounts(Interface):
@@ -130,7 +137,7 @@ class IMessageStore(Interface):
         to disk as it arrives, to be delivered with L{deliver} or discarded.
         """
 
-    def deliver(message: IMessageWriter, accounts: Iterable[str], folder: str = "INBOX") -> Deferred[dict[str, int]]:
+    def deliver(message: WriterFromThisStore, accounts: Iterable[str], folder: str = "INBOX") -> Deferred[dict[str, int]]:
         """
         Deliver one received message to the C{folder} of every account in
         C{accounts} (duplicates, compared case-insensitively, collapsed),
@@ -288,7 +295,7 @@ class IFolder(Interface):
         C{added}.
         """
 
-    def appendMessage(message: IMessageWriter, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[int]:
+    def appendMessage(message: WriterFromThisStore, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[int]:
         """
         Store a message received into an L{IMessageWriter} (whose C{finish}
         has fired) durably with C{flags}, so that a large APPEND never sits

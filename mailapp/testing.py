@@ -448,7 +448,7 @@ class FakeStore:
     def newMessage(self) -> FakeMessageWriter:
         return FakeMessageWriter(self)
 
-    def deliver(self, message: FakeMessageWriter, accounts, folder: str = INBOX) -> Deferred[dict[str, int]]:  # type: ignore[no-untyped-def, override]
+    def deliver(self, message: FakeMessageWriter, accounts, folder: str = INBOX) -> Deferred[dict[str, int]]:  # type: ignore[no-untyped-def]
         if not message.finished:
             raise RuntimeError("deliver() before the message's finish() fired")
         if self.failDeliver:

@@ -218,7 +218,7 @@ class MaildirStore:
         # every file of a batch durable at once before linking it anywhere.
         return SpoolWriter(self.spool_dir, self.reactor, self.threadpool, sync=not self.batch_sync)
 
-    def deliver(self, message: SpoolWriter, accounts: Iterable[str], folder: str = INBOX) -> Deferred[dict[str, int]]:  # type: ignore[override]
+    def deliver(self, message: SpoolWriter, accounts: Iterable[str], folder: str = INBOX) -> Deferred[dict[str, int]]:
         if not message.finished:
             raise RuntimeError("deliver() before the message's finish() fired")
         folder = normalize_folder(folder)
@@ -665,7 +665,7 @@ class MaildirFolder:
 
         return writer.finish().addCallbacks(written, failed).addCallback(appended)
 
-    def appendMessage(  # type: ignore[override]
+    def appendMessage(
         self, message: SpoolWriter, flags: Iterable[str] = (), internaldate: float | None = None
     ) -> Deferred[int]:
         """
