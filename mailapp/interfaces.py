@@ -15,7 +15,10 @@ case-insensitive and always exists.
 Every method is typed, with what its Deferred fires with, so that mypy
 (with the mypy_zope plugin) checks each implementation and fake against its
 interface and types the results where a protocol uses them. The records
-they fire with are in L{mailapp.records}, beside this module.
+they fire with are in L{mailapp.records}, beside this module. Attributes
+are annotated as well as declared (C{events: IEventBus = Attribute(...)}):
+the annotation is what mypy reads, the C{Attribute} what zope.interface
+and C{verifyObject} see.
 """
 
 from __future__ import annotations
