@@ -21,7 +21,12 @@ on with the default, so that an operator sees every mistake of a file at
 once. A check is a plain function C{(at, value) -> value}: it reports through
 C{at} and returns the value to keep (possibly converted), or L{INVALID} when
 the default is to stand in (or, for a required key, the section cannot be
-built). The named checks that several sections share are here and in
+built); it runs only on a value the file gives. A check of several keys
+together (C{max_connections_per_domain} at most C{max_connections}) goes in
+the C{then} of the later key: it runs once that key is read, whatever its
+value, defaults included. Problems come out in reading order: a section's
+keys in field order (or its C{order}), each key's own problems, then its
+C{then}. The named checks that several sections share are here and in
 L{mailapp.config.checks}.
 """
 
@@ -307,10 +312,6 @@ class Section(Generic[_T]):
     def spec(self, name: str) -> Key:
         """The schema of key C{name}."""
         return self._field(name).metadata[_SCHEMA]  # type: ignore[no-any-return]
-
-    def default(self, name: str) -> Any:
-        """The default of key C{name} (not one derived from other values)."""
-        return _default_of(self._field(name), self.spec(name))
 
     def _field(self, name: str) -> dataclasses.Field[Any]:
         for each in self._fields:

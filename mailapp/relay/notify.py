@@ -91,23 +91,15 @@ def notify_sender(
         dsn_id = yield transaction.commit()
     except MailError as error:
         transaction.abort()
-        if error.temporary:
-            _log.warn(
-                "DSN for {queue_id} to <{sender}> not sent yet: {error}",
-                log_event=logevents.RELAY_DSN_FAILED,
-                queue_id=envelope.id,
-                sender=envelope.sender,
-                error=str(error),
-            )
-            return False
+        # A temporary refusal is tried again at the next round; a permanent one never.
         _log.warn(
-            "DSN for {queue_id} to <{sender}> dropped: {error}",
+            "DSN for {queue_id} to <{sender}> " + ("not sent yet" if error.temporary else "dropped") + ": {error}",
             log_event=logevents.RELAY_DSN_FAILED,
             queue_id=envelope.id,
             sender=envelope.sender,
             error=str(error),
         )
-        return True
+        return not error.temporary
     except Exception:
         transaction.abort()
         _log.failure("DSN for {queue_id} failed", queue_id=envelope.id, log_event=logevents.RELAY_DSN_FAILED)
