@@ -15,7 +15,9 @@ Work for one domain is a *work item*: the entry's recipients in that domain,
 sent in one transaction. Workers (at most C{max_connections} in all and
 C{max_connections_per_domain} per domain) resolve the domain, connect to the
 first next hop that answers, and run every work item waiting for that domain
-on the one connection before saying QUIT.
+on the one connection before saying QUIT (L{mailapp.relay.workers}, a mixin
+of the manager). DSNs go out through the Router (L{mailapp.relay.notify}).
+The defaults are the config's (C{[relay]}, L{mailapp.config.DEFAULT_RELAY}).
 
 One destination address (IP and port) gets at most
 C{max_connections_per_address} connections, whichever domains they are for:
