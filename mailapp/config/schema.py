@@ -37,7 +37,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "ANY",
@@ -73,7 +76,7 @@ __all__ = [
     "zero_or_positive",
 ]
 
-_T = TypeVar("_T")
+_T = TypeVar("_T", bound="DataclassInstance")
 
 
 class ConfigError(Exception):
@@ -298,7 +301,7 @@ class Section(Generic[_T]):
 
     def __init__(self, cls: type[_T], order: Sequence[str] | None = None) -> None:
         self.cls = cls
-        fields = {each.name: each for each in dataclasses.fields(cls) if _SCHEMA in each.metadata}  # type: ignore[arg-type]
+        fields = {each.name: each for each in dataclasses.fields(cls) if _SCHEMA in each.metadata}
         names = list(fields) if order is None else list(order)
         if sorted(names) != sorted(fields):
             raise ValueError(f"{cls.__name__}: the order must name every key once: {sorted(fields)}")
