@@ -1,213 +1,23 @@
 """
-Public in-memory fakes of mailapp's interfaces, for tests of protocols and of code that uses mailapp.
+FakeStore: every mailbox in memory, with the Maildir store's contracts
+(UIDs, flags, expunges, folder events), for protocol tests.
 """
 
 from __future__ import annotations
 
-# =============================================================================
-# Accounts: FakeAccounts and a cheap password hasher.
-# Self-contained section; the store fakes follow below it.
-# =============================================================================
+import io
+import time
+from collections.abc import Callable
+from typing import Any
 
-import hmac
-from collections.abc import Iterable
-
-from argon2 import PasswordHasher
-from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from zope.interface import implementer
 
-from mailapp.accounts import (
-    QuotaOverride,
-    Resolution,
-    address_key,
-    check_address,
-    check_alias,
-    check_alias_source,
-    check_domain,
-    owns_address,
-    resolve_address,
-    target_names_user,
-)
-from mailapp.errors import AccountError
-from mailapp.interfaces import IAccounts
-
-
-def cheap_password_hasher() -> PasswordHasher:
-    """
-    An argon2id hasher with the smallest parameters argon2 accepts, so that a
-    test suite can create and check hundreds of hashes in well under a
-    second. Never use it outside tests: it offers no protection at all.
-
-    Pass it as C{hasher=} to L{mailapp.accounts.AccountsDatabase} and
-    L{mailapp.accounts.Accounts}, or as C{password_hasher=} to
-    L{mailapp.cli.main}.
-    """
-    return PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
-
-
-@implementer(IAccounts)
-class FakeAccounts:
-    """
-    L{IAccounts} in memory, with the same address rules and alias
-    resolution as the real database (they share L{resolve_address}).
-
-    Passwords are kept in plain text and compared in constant time. Every
-    method returns an already-fired Deferred.
-
-        accounts = FakeAccounts(domains=["example.test"])
-        accounts.add_user("alice@example.test", "secret")
-        accounts.add_alias("postmaster@example.test", ["alice@example.test"])
-    """
-
-    def __init__(self, domains: Iterable[str] = ()) -> None:
-        self._domains: set[str] = set()
-        self._users: dict[str, tuple[str, bytes]] = {}  # key -> (canonical, password)
-        self._aliases: dict[str, tuple[str, list[str]]] = {}  # key -> (source, targets)
-        self._quotas: dict[str, QuotaOverride] = {}  # key -> what set_quota set
-        #: Every C{(username, password)} given to L{authenticate}, in order.
-        self.attempts: list[tuple[str, bytes]] = []
-        for domain in domains:
-            self.add_domain(domain)
-
-    # -- setting up --
-
-    def add_domain(self, domain: str) -> str:
-        """Make C{domain} local."""
-        name = check_domain(domain)
-        self._domains.add(name)
-        return name
-
-    def add_user(self, address: str, password: str | bytes) -> str:
-        """Create a user in a local domain; return its canonical address."""
-        canonical = check_address(address, mailbox=True)
-        if not self.is_local_domain(canonical.rpartition("@")[2]):
-            raise AccountError(f"unknown domain {canonical.rpartition('@')[2]}")
-        key = address_key(canonical)
-        if key in self._users:
-            raise AccountError(f"user {self._users[key][0]} exists already")
-        if key in self._aliases:
-            raise AccountError(f"{canonical} is an alias; remove the alias first")
-        self._users[key] = (canonical, _password_bytes(password))
-        return canonical
-
-    def set_quota(self, address: str, override: QuotaOverride) -> None:
-        """Give user C{address} its own quota, as C{mailapp user quota} does."""
-        key = address_key(address)
-        if key not in self._users:
-            raise AccountError(f"no such user {address}")
-        self._quotas[key] = override
-
-    def remove_user(self, address: str) -> None:
-        """Delete a user and the alias targets naming it, as the database does."""
-        key = address_key(address)
-        if key not in self._users:
-            raise AccountError(f"no such user {address}")
-        del self._users[key]
-        for source_key, (source, targets) in list(self._aliases.items()):
-            kept = [target for target in targets if not target_names_user(address_key(target), key)]
-            if kept:
-                self._aliases[source_key] = (source, kept)
-            else:
-                del self._aliases[source_key]
-
-    def add_alias(self, source: str, targets: Iterable[str]) -> None:
-        """Add targets to alias C{source}; refused if it would loop, as in the database."""
-        canonical = check_alias_source(source)
-        if not self.is_local_domain(canonical.rpartition("@")[2]):
-            raise AccountError(f"unknown domain {canonical.rpartition('@')[2]}")
-        key = address_key(canonical)
-        if key in self._users:
-            raise AccountError(f"{canonical} is a user; an address cannot be both a user and an alias")
-        previous = self._aliases.get(key)
-        existing = list(previous[1]) if previous else []
-        for target in targets:
-            target = check_address(target)
-            if address_key(target) in map(address_key, existing):
-                raise AccountError(f"alias {canonical} -> {target} exists already")
-            existing.append(target)
-        if not existing:
-            raise AccountError("an alias needs at least one target")
-        self._aliases[key] = (canonical, existing)
-        try:
-            check_alias(canonical, self)
-        except AccountError:
-            if previous is None:
-                del self._aliases[key]
-            else:
-                self._aliases[key] = previous
-            raise
-
-    # -- the AddressDirectory lookups (synchronous) --
-
-    def is_local_domain(self, domain: str) -> bool:
-        return domain.lower() in self._domains
-
-    def find_user(self, address: str) -> str | None:
-        found = self._users.get(address_key(address))
-        return found[0] if found else None
-
-    def find_alias(self, source: str) -> tuple[str, ...] | None:
-        found = self._aliases.get(address_key(source))
-        return tuple(found[1]) if found else None
-
-    def first_user(self, domain: str) -> str | None:
-        users = [canonical for canonical, _ in self._users.values()]
-        in_domain = [user for user in users if user.rpartition("@")[2].lower() == domain.lower()]
-        return next(iter(in_domain or users), None)
-
-    # -- IAccounts --
-
-    def isLocalDomain(self, domain: str) -> Deferred[bool]:
-        return succeed(self.is_local_domain(domain))
-
-    def resolve(self, address: str) -> Deferred[Resolution | None]:
-        return succeed(resolve_address(address, self))
-
-    def ownsAddress(self, account: str, address: str) -> Deferred[bool]:
-        return succeed(owns_address(account, address, self))
-
-    def authenticate(self, username: str, password: bytes) -> Deferred[str]:
-        self.attempts.append((username, password))
-        found = self._users.get(address_key(username))
-        expected = found[1] if found else b"\x00unknown user\x00"
-        matches = hmac.compare_digest(expected, _password_bytes(password))
-        if found is None or not matches:
-            return fail(UnauthorizedLogin("Invalid credentials"))
-        return succeed(found[0])
-
-    def countUsers(self) -> Deferred[int]:
-        return succeed(len(self._users))
-
-    def quotaOverride(self, account: str) -> Deferred[QuotaOverride | None]:
-        key = address_key(account)
-        if key not in self._users:
-            return succeed(None)
-        return succeed(self._quotas.get(key, QuotaOverride()))
-
-
-def _password_bytes(password: str | bytes) -> bytes:
-    return password.encode("utf-8") if isinstance(password, str) else password
-
-
-# =============================================================================
-# End of the accounts section.
-# =============================================================================
-
-
-# =============================================================================
-# The store: FakeStore (IMessageStore) with its mailboxes, folders and writers.
-# =============================================================================
-
-import io  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError  # noqa: E402
-from mailapp.interfaces import IFolder, IMailbox, IMessageStore, IMessageWriter  # noqa: E402
-from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent  # noqa: E402
-from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder  # noqa: E402
-from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage  # noqa: E402
+from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError
+from mailapp.interfaces import IFolder, IMailbox, IMessageStore, IMessageWriter
+from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
+from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder
+from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
 
 
 @implementer(IMessageWriter)
@@ -444,6 +254,15 @@ class FakeStore:
 
     def mailbox(self, account: str) -> FakeMailbox:
         return FakeMailbox(self, account)
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """
+        Run C{function} at once, on the caller's thread. The Maildir store's
+        C{run} (a worker thread) is not in L{IMessageStore}, but IMAP's FETCH
+        and SEARCH and POP3's reads call it (without it POP3 falls back to
+        the global reactor's thread pool); this keeps such tests synchronous.
+        """
+        return maybeDeferred(function, *args)
 
     def newMessage(self) -> FakeMessageWriter:
         return FakeMessageWriter(self)
