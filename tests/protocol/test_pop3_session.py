@@ -1,12 +1,15 @@
-"""The POP3 session driven over StringTransport, with a real Maildir store, fake accounts and (for time) a fake clock."""
+"""
+The POP3 session driven over StringTransport, built by
+L{mailapp.pop3.buildFactory} from a context of fakes (a L{FakeStore},
+L{FakeAccounts}) with a L{task.Clock}: every reply is there when
+C{dataReceived} returns, or when the clock has moved past a delay.
+"""
 
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import ISSLTransport
@@ -16,10 +19,9 @@ from twisted.trial.unittest import TestCase
 from zope.interface import alsoProvides
 
 from mailapp import logevents, pop3, service
-from mailapp.auth import makePortal
-from mailapp.pop3 import CHUNK_SIZE, MAX_LINE, POP3Factory, POP3Policy, SessionState, _DotStuffer, _MessageSender, _TopFilter
-from mailapp.store import MaildirStore
-from tests.smtp_helpers import make_accounts, wait_for
+from mailapp.pop3 import CHUNK_SIZE, MAX_LINE, POP3Factory, SessionState, _DotStuffer, _MessageSender, _TopFilter
+from mailapp.testing import FakeStore, build_factory, listener, service_context
+from tests.protocol.accounts import make_accounts
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -30,21 +32,21 @@ SECOND = b"Subject: two\r\n\r\n" + b"b" * 5000 + b"\r\n"
 THIRD = b"Subject: three\r\n\r\nno final newline"
 
 
-def make_factory(
-    root: Path, clock: Any = None, tls: Any = None, accounts: Any = None, **policy: Any
-) -> tuple[POP3Factory, MaildirStore]:
-    accounts = accounts or make_accounts()
-    store = MaildirStore(root, reactor=reactor)
-    policy.setdefault("allow_plaintext_auth", True)
-    policy.setdefault("auth_failure_delay", 0.01)
-    factory = POP3Factory(
-        makePortal(accounts, store),
-        POP3Policy(hostname="mail.example.test", **policy),
-        clock or reactor,
-        tls=tls,
-        readChunk=lambda file, size: store.run(file.read, size),
+def pop3_context(store: FakeStore, clock: Clock | None = None, tls: Any = None, accounts: Any = None, auth_failure_delay: float = 0.01, max_connections_per_ip: int | None = None) -> Any:
+    """A server's context over C{store}: failed logins answered after C{auth_failure_delay} (doubling)."""
+    limits = f"[limits]\nmax_connections_per_ip = {max_connections_per_ip}\n" if max_connections_per_ip is not None else ""
+    config = (
+        'server.hostname = "mail.example.test"\nserver.state_dir = "/nonexistent/mailapp-testing"\n'
+        f'domains.local = ["example.test"]\nsecurity.auth_failure_delay = {auth_failure_delay}\n{limits}'
     )
-    return factory, store
+    return service_context(config=config, reactor=clock or Clock(), store=store, accounts=accounts or make_accounts(), tls=tls)
+
+
+def make_factory(store: FakeStore, clock: Clock | None = None, tls: Any = None, accounts: Any = None, allow_plaintext_auth: bool = True, **options: Any) -> tuple[POP3Factory, FakeStore]:
+    """The factory of a POP3 listener as the server builds it, over C{store} (plaintext logins allowed unless told)."""
+    context = pop3_context(store, clock, tls, accounts, **options)
+    factory = build_factory(context, "pop3", tls="starttls" if tls is not None else "none", allow_plaintext_auth=allow_plaintext_auth)
+    return factory, store  # type: ignore[return-value]
 
 
 class Session:
@@ -96,8 +98,7 @@ class Session:
 
 class POP3TestCase(TestCase):
     def setUp(self) -> None:
-        self.root = Path(self.mktemp())
-        self.factory, self.store = make_factory(self.root)
+        self.factory, self.store = make_factory(FakeStore())
 
     def session(self, factory: POP3Factory | None = None, **kwargs: Any) -> Session:
         session = Session(factory or self.factory, **kwargs)
@@ -118,21 +119,19 @@ class POP3TestCase(TestCase):
             uids.append(uid)
         return uids
 
-    @inlineCallbacks
     def logged_in(self, session: Session | None = None, password: bytes = b"alice-secret") -> Any:
         session = session or self.session()
         session.send(b"USER alice@example.test\r\nPASS " + password + b"\r\n")
-        yield wait_for(lambda: len(session.statuses()) >= 3)
+        self.assertGreaterEqual(len(session.statuses()), 3)
         self.assertEqual(session.statuses()[-1], b"+OK", session.lines())
         session.clear()
         return session
 
-    @inlineCallbacks
     def reply(self, session: Session, command: bytes, count: int = 1) -> Any:
-        """Send C{command} and wait for C{count} status lines (and any multi-line body)."""
+        """Send C{command}: C{count} status lines (and any multi-line body) are there when it returns."""
         session.clear()
         session.send(command)
-        yield wait_for(lambda: len(session.statuses()) >= count and not session.proto._busy)
+        self.assertTrue(len(session.statuses()) >= count and not session.proto._busy, session.lines())
         return session.output()
 
     @inlineCallbacks
@@ -147,7 +146,7 @@ class AuthorizationTests(POP3TestCase):
         self.assertEqual(self.session().output(), b"+OK mail.example.test POP3 mailapp ready\r\n")
 
     def test_capa_lists_every_capability_when_login_is_allowed(self) -> None:
-        factory, _ = make_factory(self.root, tls=object())
+        factory, _ = make_factory(self.store, tls=object())
         session = self.session(factory)
         session.clear()
         session.send(b"CAPA\r\n")
@@ -159,7 +158,7 @@ class AuthorizationTests(POP3TestCase):
 
     def test_without_tls_plaintext_login_is_neither_offered_nor_accepted(self) -> None:
         accounts = make_accounts()
-        factory, _ = make_factory(self.root, tls=object(), allow_plaintext_auth=False, accounts=accounts)
+        factory, _ = make_factory(self.store, tls=object(), allow_plaintext_auth=False, accounts=accounts)
         session = self.session(factory)
         session.clear()
         session.send(b"CAPA\r\nUSER alice@example.test\r\nPASS alice-secret\r\nAUTH PLAIN " + ALICE_PLAIN + b"\r\n")
@@ -172,7 +171,7 @@ class AuthorizationTests(POP3TestCase):
         self.assertEqual(accounts.attempts, [])
 
     def test_without_stls_the_guidance_points_at_the_pop3s_port(self) -> None:
-        factory, _ = make_factory(self.root, allow_plaintext_auth=False)
+        factory, _ = make_factory(self.store, allow_plaintext_auth=False)
         session = self.session(factory)
         session.clear()
         session.send(b"USER alice@example.test\r\n")
@@ -182,7 +181,7 @@ class AuthorizationTests(POP3TestCase):
 
     @inlineCallbacks
     def test_stls_discards_pipelined_bytes_then_allows_login(self) -> None:
-        factory, _ = make_factory(self.root, tls=object(), allow_plaintext_auth=False)
+        factory, _ = make_factory(self.store, tls=object(), allow_plaintext_auth=False)
         session = self.session(factory)
         session.clear()
         session.send(b"STLS\r\nUSER alice@example.test\r\nPASS alice-secret\r\n")
@@ -212,36 +211,33 @@ class AuthorizationTests(POP3TestCase):
         session.send(b"USER alice@example.test\r\n")
         self.assertEqual(session.lines(), [b"+OK Send your password"])
         session.send(b"PASS alice-secret\r\n")
-        yield wait_for(lambda: len(session.lines()) == 2)
+        self.assertTrue(len(session.lines()) == 2)
         self.assertEqual(session.lines()[1], b"+OK Logged in; maildrop has 2 messages (%d octets)" % (len(FIRST) + len(SECOND)))
         self.assertIs(session.proto.sessionState, SessionState.TRANSACTION)
 
-    @inlineCallbacks
     def test_password_may_contain_spaces(self) -> None:
         accounts = make_accounts()
         accounts.add_user("dave@example.test", "two words ")
-        factory = POP3Factory(makePortal(accounts, self.store), POP3Policy("mail.example.test", allow_plaintext_auth=True), reactor)
+        factory, _ = make_factory(self.store, accounts=accounts)
         session = self.session(factory)
         session.send(b"USER dave@example.test\r\nPASS two words \r\n")
-        yield wait_for(lambda: len(session.statuses()) == 3)
+        self.assertTrue(len(session.statuses()) == 3)
         self.assertEqual(session.statuses(), [b"+OK", b"+OK", b"+OK"])
 
-    @inlineCallbacks
     def test_auth_plain_with_initial_response(self) -> None:
         session = self.session()
         session.clear()
         session.send(b"AUTH PLAIN " + ALICE_PLAIN + b"\r\n")
-        yield wait_for(lambda: session.lines() != [])
+        self.assertTrue(session.lines() != [])
         self.assertEqual(session.lines(), [b"+OK Logged in; maildrop has 0 messages (0 octets)"])
 
-    @inlineCallbacks
     def test_auth_plain_with_continuation(self) -> None:
         session = self.session()
         session.clear()
         session.send(b"AUTH PLAIN\r\n")
         self.assertEqual(session.output(), b"+ \r\n")
         session.send(ALICE_PLAIN + b"\r\n")
-        yield wait_for(lambda: len(session.lines()) == 2)
+        self.assertTrue(len(session.lines()) == 2)
         self.assertTrue(session.lines()[1].startswith(b"+OK Logged in"))
 
     def test_auth_cancelled_and_malformed_responses_get_err_and_the_session_goes_on(self) -> None:
@@ -274,7 +270,7 @@ class AuthorizationTests(POP3TestCase):
 
     def test_wrong_password_is_answered_only_after_the_delay(self) -> None:
         clock = Clock()
-        factory, _ = make_factory(self.root, clock=clock, auth_failure_delay=1.0)
+        factory, _ = make_factory(self.store, clock=clock, auth_failure_delay=1.0)
         session = self.session(factory)
         session.clear()
         session.send(b"USER alice@example.test\r\nPASS wrong\r\nCAPA\r\n")
@@ -286,7 +282,7 @@ class AuthorizationTests(POP3TestCase):
 
     def test_repeated_failures_close_the_connection_and_are_reported_to_the_guard(self) -> None:
         clock = Clock()
-        factory, _ = make_factory(self.root, clock=clock)
+        factory, _ = make_factory(self.store, clock=clock)
         failures: list[tuple[str, str]] = []
         report = factory.guard.failed
 
@@ -314,41 +310,28 @@ class AuthorizationTests(POP3TestCase):
         second = self.session()
         second.clear()
         second.send(b"USER alice@example.test\r\nPASS alice-secret\r\n")
-        yield wait_for(lambda: len(second.lines()) == 2)
+        self.assertTrue(len(second.lines()) == 2)
         self.assertEqual(second.lines()[1], b"-ERR [IN-USE] Your maildrop is open in another POP3 session; try again later")
         self.assertIs(second.proto.sessionState, SessionState.AUTHORIZATION)
         # Another user is not affected.
         other = self.session()
         other.send(b"USER bob@example.test\r\nPASS bob-secret\r\n")
-        yield wait_for(lambda: len(other.statuses()) == 3)
+        self.assertTrue(len(other.statuses()) == 3)
         self.assertEqual(other.statuses()[-1], b"+OK")
         first.drop()
         yield self.logged_in(second)
 
     @inlineCallbacks
     def test_in_use_is_shared_by_every_listener_over_one_store(self) -> None:
-        from mailapp.config import Config, Limits, ListenerConfig, RelayConfig, TLSConfig
-
-        config = Config(
-            Path("x.toml"), "mail.example.test", self.root, ("example.test",), TLSConfig(Path("c"), Path("k"), False), (), Limits(), RelayConfig()
-        )
-        context = service.ServiceContext(
-            config=config,
-            reactor=reactor,
-            store=self.store,
-            accounts=None,
-            portal=self.factory.portal,
-            tls=None,
-            inflight=service.InFlight(reactor),
-        )
-        listeners = [ListenerConfig(name, "pop3", "tcp:0", "none", True) for name in ("pop3", "pop3s")]
+        context = pop3_context(self.store)
+        listeners = [listener("pop3", name=name, allow_plaintext_auth=True) for name in ("pop3", "pop3s")]
         first, second = (pop3.buildFactory(context, listener) for listener in listeners)
         self.assertIs(first.locks, second.locks)
         self.assertIs(service.PROTOCOL_BUILDERS["pop3"], pop3.buildFactory)
         one = yield self.logged_in(self.session(first))
         other = self.session(second)
         other.send(b"AUTH PLAIN " + ALICE_PLAIN + b"\r\n")
-        yield wait_for(lambda: len(other.lines()) == 2)
+        self.assertTrue(len(other.lines()) == 2)
         self.assertIn(b"[IN-USE]", other.lines()[1])
         one.drop()
 
@@ -471,7 +454,7 @@ class TransactionTests(POP3TestCase):
 
     @inlineCallbacks
     def test_capa_after_login_offers_no_login_or_stls(self) -> None:
-        factory, _ = make_factory(self.root, tls=object())
+        factory, _ = make_factory(self.store, tls=object())
         session = yield self.logged_in(self.session(factory))
         output = yield self.reply(session, b"CAPA\r\n")
         self.assertEqual(
@@ -544,10 +527,10 @@ class TransactionTests(POP3TestCase):
     @inlineCallbacks
     def test_idle_timeout_after_ten_minutes_deletes_nothing(self) -> None:
         clock = Clock()
-        factory, _ = make_factory(self.root, clock=clock)
+        factory, _ = make_factory(self.store, clock=clock)
         session = self.session(factory)
         session.send(b"AUTH PLAIN " + ALICE_PLAIN + b"\r\n")
-        yield wait_for(lambda: session.proto.sessionState is SessionState.TRANSACTION)
+        self.assertTrue(session.proto.sessionState is SessionState.TRANSACTION)
         session.send(b"DELE 1\r\n")
         session.clear()
         clock.advance(599)
@@ -640,7 +623,7 @@ class TransactionTests(POP3TestCase):
 
 class LimitsTests(POP3TestCase):
     def test_connection_limit_per_ip_gets_err(self) -> None:
-        factory, _ = make_factory(self.root, max_connections_per_ip=2)
+        factory, _ = make_factory(self.store, max_connections_per_ip=2)
         sessions = [self.session(factory) for _ in range(3)]
         self.assertEqual(sessions[2].lines(), [b"-ERR [SYS/TEMP] Too many connections from your address; try again later"])
         self.assertTrue(sessions[2].closed)
