@@ -6,7 +6,7 @@ relay's MX lookups and the SPF checks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -36,21 +36,22 @@ _TYPES: Mapping[str, int] = {
 _NAMES: Mapping[int, str] = {code: name for name, code in _TYPES.items()}
 
 
-def _record(kind: str, value: Any) -> Any:
-    if kind == "A":
-        return dns.Record_A(value)
-    if kind == "AAAA":
-        return dns.Record_AAAA(value)
-    if kind == "MX":
-        preference, host = value
-        return dns.Record_MX(preference, host.encode("ascii"))
-    if kind in ("CNAME", "PTR"):
-        return dns.Record_CNAME(value.encode("ascii")) if kind == "CNAME" else dns.Record_PTR(value.encode("ascii"))
+def _strings(value: Any) -> list[bytes]:
+    """A TXT or SPF value (one string, or several) as the record's byte strings."""
     strings = (value,) if isinstance(value, (str, bytes)) else tuple(value)
-    data = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in strings]
-    if kind == "TXT":
-        return dns.Record_TXT(*data)
-    return dns.Record_SPF(*data)
+    return [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in strings]
+
+
+#: How each record type's value (see L{Records}) becomes its payload.
+_PAYLOADS: Mapping[str, Callable[[Any], Any]] = {
+    "A": lambda address: dns.Record_A(address),
+    "AAAA": lambda address: dns.Record_AAAA(address),
+    "MX": lambda pair: dns.Record_MX(pair[0], pair[1].encode("ascii")),
+    "CNAME": lambda target: dns.Record_CNAME(target.encode("ascii")),
+    "PTR": lambda target: dns.Record_PTR(target.encode("ascii")),
+    "TXT": lambda value: dns.Record_TXT(*_strings(value)),
+    "SPF": lambda value: dns.Record_SPF(*_strings(value)),
+}
 
 
 def _under(name: str, names: Iterable[str]) -> bool:
@@ -122,12 +123,12 @@ class FakeResolver(ResolverBase):
         kinds = self.records.get(name, {})
         wanted = list(_TYPES) if type == dns.ALL_RECORDS else [_NAMES.get(type, "")]
         answers = [
-            dns.RRHeader(name.encode("ascii"), _TYPES[kind], dns.IN, 60, _record(kind, value))
+            dns.RRHeader(name.encode("ascii"), _TYPES[kind], dns.IN, 60, _PAYLOADS[kind](value))
             for kind in wanted
             for value in kinds.get(kind, ())
         ]
         if not answers and type != dns.CNAME and depth < 8:
             for target in kinds.get("CNAME", ()):
-                answers.append(dns.RRHeader(name.encode("ascii"), dns.CNAME, dns.IN, 60, _record("CNAME", target)))
+                answers.append(dns.RRHeader(name.encode("ascii"), dns.CNAME, dns.IN, 60, _PAYLOADS["CNAME"](target)))
                 answers.extend(self._answers(target.lower().rstrip("."), type, depth + 1))
         return answers

@@ -10,13 +10,12 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from mailapp.testing import RecordingStore, build_factory, service_context
 from tests.protocol.accounts import make_accounts
+from tests.protocol.smtp_client import Session
 
 ALICE = "alice@example.test"
 
@@ -55,33 +54,9 @@ def advance(clock: Clock, seconds: float) -> None:
         clock.advance(0.1)
 
 
-class Session:
-    """One server protocol on a StringTransport, with helpers to talk to it."""
+class MXSessionTestCase(TestCase):
+    """One MX session over a RecordingStore, closed after the test."""
 
-    def __init__(self, factory, peer: str = "192.0.2.7") -> None:
-        self.factory = factory
-        self.proto = factory.buildProtocol(None)
-        address = IPv6Address if ":" in peer else IPv4Address
-        self.transport = StringTransport(peerAddress=address("TCP", peer, 40000))
-        self.tls_started = []
-        self.transport.startTLS = lambda ctx: self.tls_started.append(self.transport.value())
-        self.proto.makeConnection(self.transport)
-
-    def send(self, data: bytes) -> None:
-        self.proto.dataReceived(data)
-
-    def replies(self) -> list[bytes]:
-        lines = self.transport.value().split(b"\r\n")
-        return [line for line in lines if line]
-
-    def codes(self) -> list[bytes]:
-        return [line[:3] for line in self.replies() if line[3:4] == b" "]
-
-    def clear(self) -> None:
-        self.transport.clear()
-
-
-class ProtocolTests(TestCase):
     def setUp(self) -> None:
         self.store = RecordingStore()
         self.factory = make_factory(self.store)
@@ -89,6 +64,9 @@ class ProtocolTests(TestCase):
 
     def tearDown(self) -> None:
         self.session.proto.connectionLost(None)
+
+
+class ProtocolTests(MXSessionTestCase):
 
     def test_greeting_is_220_with_hostname(self):
         self.assertEqual(self.session.replies(), [b"220 mail.example.test ESMTP mailapp"])
@@ -456,16 +434,8 @@ class DataReceiverTests(TestCase):
                 self.assertEqual(fast, slow, f"case {case}: {stream!r}")
 
 
-class PipeliningRegressionTests(TestCase):
+class PipeliningRegressionTests(MXSessionTestCase):
     """Found in review: answers that are ready at once, and clients that leave mid-pipeline."""
-
-    def setUp(self) -> None:
-        self.store = RecordingStore()
-        self.factory = make_factory(self.store)
-        self.session = Session(self.factory)
-
-    def tearDown(self) -> None:
-        self.session.proto.connectionLost(None)
 
     def test_hundreds_of_pipelined_recipients_past_the_limit_each_get_a_reply(self):
         self.session.clear()
