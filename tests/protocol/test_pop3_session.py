@@ -10,18 +10,16 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
-from zope.interface import alsoProvides
 
 from mailapp import logevents, pop3, service
 from mailapp.pop3 import CHUNK_SIZE, MAX_LINE, POP3Factory, SessionState, _DotStuffer, _MessageSender, _TopFilter
-from mailapp.testing import FakeStore, build_factory, listener, service_context
+from mailapp.testing import FakeStore, listener
 from tests.protocol.accounts import make_accounts
+from tests.protocol.pop3_client import Session, make_factory, pop3_context
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -30,70 +28,6 @@ ALICE_PLAIN = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
 FIRST = b"Subject: one\r\nFrom: x@remote.test\r\n\r\nline 1\r\n.starts with a dot\r\nline 3\r\n"
 SECOND = b"Subject: two\r\n\r\n" + b"b" * 5000 + b"\r\n"
 THIRD = b"Subject: three\r\n\r\nno final newline"
-
-
-def pop3_context(store: FakeStore, clock: Clock | None = None, tls: Any = None, accounts: Any = None, auth_failure_delay: float = 0.01, max_connections_per_ip: int | None = None) -> Any:
-    """A server's context over C{store}: failed logins answered after C{auth_failure_delay} (doubling)."""
-    limits = f"[limits]\nmax_connections_per_ip = {max_connections_per_ip}\n" if max_connections_per_ip is not None else ""
-    config = (
-        'server.hostname = "mail.example.test"\nserver.state_dir = "/nonexistent/mailapp-testing"\n'
-        f'domains.local = ["example.test"]\nsecurity.auth_failure_delay = {auth_failure_delay}\n{limits}'
-    )
-    return service_context(config=config, reactor=clock or Clock(), store=store, accounts=accounts or make_accounts(), tls=tls)
-
-
-def make_factory(store: FakeStore, clock: Clock | None = None, tls: Any = None, accounts: Any = None, allow_plaintext_auth: bool = True, **options: Any) -> tuple[POP3Factory, FakeStore]:
-    """The factory of a POP3 listener as the server builds it, over C{store} (plaintext logins allowed unless told)."""
-    context = pop3_context(store, clock, tls, accounts, **options)
-    factory = build_factory(context, "pop3", tls="starttls" if tls is not None else "none", allow_plaintext_auth=allow_plaintext_auth)
-    return factory, store  # type: ignore[return-value]
-
-
-class Session:
-    """One server protocol on a StringTransport, with helpers to talk to it."""
-
-    def __init__(self, factory: POP3Factory, peer: str = "192.0.2.7") -> None:
-        self.factory = factory
-        self.proto = factory.buildProtocol(None)
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
-        self.tls_started: list[bytes] = []
-        self.transport.startTLS = self._start_tls  # type: ignore[method-assign]
-        self.proto.makeConnection(self.transport)
-
-    def _start_tls(self, context: Any) -> None:
-        self.tls_started.append(self.transport.value())
-        alsoProvides(self.transport, ISSLTransport)
-
-    def send(self, data: bytes) -> None:
-        self.proto.dataReceived(data)
-
-    def output(self) -> bytes:
-        return self.transport.value()
-
-    def lines(self) -> list[bytes]:
-        return self.output().split(b"\r\n")[:-1]
-
-    def statuses(self) -> list[bytes]:
-        """The first word of every status line (multi-line bodies skipped)."""
-        found, body = [], False
-        for line in self.lines():
-            if body:
-                body = line != b"."
-                continue
-            if line.startswith((b"+OK", b"-ERR")):
-                found.append(line.split(b" ")[0])
-        return found
-
-    def clear(self) -> None:
-        self.transport.clear()
-
-    @property
-    def closed(self) -> bool:
-        return self.transport.disconnecting
-
-    def drop(self) -> None:
-        if self.proto._connected:
-            self.proto.connectionLost(None)
 
 
 class POP3TestCase(TestCase):

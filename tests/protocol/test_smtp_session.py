@@ -13,8 +13,8 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from mailapp.testing import RecordingStore, build_factory, service_context
-from tests.protocol.accounts import make_accounts
+from mailapp.testing import RecordingStore, build_factory
+from tests.protocol.context import server_context
 from tests.protocol.smtp_client import Session
 
 ALICE = "alice@example.test"
@@ -34,16 +34,10 @@ def make_factory(
     over C{store}: a 1 MiB message size limit, 5 recipients, failed logins
     answered after 0.01 s (doubling), no MX rate limits.
     """
-    limits = "max_message_size = 1048576\nmax_recipients = 5\nmx_messages_per_minute = 0\nmx_bytes_per_minute = 0\n"
+    limits = {"max_message_size": 1048576, "max_recipients": 5, "mx_messages_per_minute": 0, "mx_bytes_per_minute": 0}
     if max_connections_per_ip is not None:
-        limits += f"max_connections_per_ip = {max_connections_per_ip}\n"
-    networks = ", ".join(f'"{network}"' for network in trusted)
-    config = (
-        'server.hostname = "mail.example.test"\nserver.state_dir = "/nonexistent/mailapp-testing"\n'
-        'domains.local = ["example.test"]\n'
-        f"relay.trusted_networks = [{networks}]\nsecurity.auth_failure_delay = 0.01\n[limits]\n{limits}"
-    )
-    context = service_context(config=config, reactor=clock or Clock(), store=store, accounts=make_accounts(), tls=tls)
+        limits["max_connections_per_ip"] = max_connections_per_ip
+    context = server_context(store, clock, tls, limits=limits, security={"auth_failure_delay": 0.01}, trusted_networks=trusted)
     protocol = "submission" if submission else "smtp"
     return build_factory(context, protocol, tls="starttls" if tls is not None else "none", allow_plaintext_auth=allow_plaintext_auth)
 
