@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -75,12 +75,12 @@ class FakeFolder:
             raise NoSuchFolder(f"no such folder: {self.name}")
         return state
 
-    def _publish(self, kind: str, uids) -> None:  # type: ignore[no-untyped-def]
-        uids = tuple(sorted(uids))
-        if uids:
-            self.mailbox.store.events.publish(FolderEvent(kind, self.account, self.name, uids))
+    def _publish(self, kind: str, uids: Iterable[int]) -> None:
+        ordered = tuple(sorted(uids))
+        if ordered:
+            self.mailbox.store.events.publish(FolderEvent(kind, self.account, self.name, ordered))
 
-    def _add(self, data: bytes, flags, internaldate: float) -> int:  # type: ignore[no-untyped-def]
+    def _add(self, data: bytes, flags: Iterable[str], internaldate: float) -> int:
         state = self._state
         uid, state.uidnext = state.uidnext, state.uidnext + 1
         state.messages[uid] = [data, frozenset(flags), internaldate]
@@ -115,7 +115,7 @@ class FakeFolder:
             return fail(NoSuchMessage(f"no such message: {uid}"))
         return succeed(message[0] if len(message[0]) <= limit else None)
 
-    def setFlags(self, uids, flags, mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:  # type: ignore[no-untyped-def]
+    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
         wanted = frozenset(flags)
         result = {}
         for uid in sorted(set(uids)):
@@ -128,20 +128,23 @@ class FakeFolder:
         self._publish(FLAGS_CHANGED, result)
         return succeed(result)
 
-    def expunge(self, uids) -> Deferred[list[int]]:  # type: ignore[no-untyped-def]
+    def expunge(self, uids: Iterable[int]) -> Deferred[list[int]]:
         removed = [uid for uid in sorted(set(uids)) if self._state.messages.pop(uid, None) is not None]
         self._publish(EXPUNGED, removed)
         return succeed(removed)
 
-    def append(self, data: bytes, flags=(), internaldate: float | None = None) -> Deferred[int]:  # type: ignore[no-untyped-def]
+    def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[int]:
         uid = self._add(data, flags, time.time() if internaldate is None else internaldate)
         self._publish(ADDED, [uid])
         return succeed(uid)
 
-    def appendMessage(self, message, flags=(), internaldate: float | None = None) -> Deferred[int]:  # type: ignore[no-untyped-def]
+    def appendMessage(
+        self, message: FakeMessageWriter, flags: Iterable[str] = (), internaldate: float | None = None
+    ) -> Deferred[int]:
         return self.append(message.data(), flags, message.internaldate if internaldate is None else internaldate)
 
-    def copyTo(self, uids, target) -> Deferred[dict[int, int]]:  # type: ignore[no-untyped-def]
+    def copyTo(self, uids: Iterable[int], target: IFolder) -> Deferred[dict[int, int]]:
+        target = _fake(target)
         mapping = {}
         for uid in sorted(set(uids)):
             message = self._state.messages.get(uid)
@@ -150,7 +153,8 @@ class FakeFolder:
         target._publish(ADDED, mapping.values())
         return succeed(mapping)
 
-    def moveTo(self, uids, target) -> Deferred[dict[int, int]]:  # type: ignore[no-untyped-def]
+    def moveTo(self, uids: Iterable[int], target: IFolder) -> Deferred[dict[int, int]]:
+        target = _fake(target)
         mapping = {}
         for uid in sorted(set(uids)):
             message = self._state.messages.pop(uid, None)
@@ -159,6 +163,13 @@ class FakeFolder:
         target._publish(ADDED, mapping.values())
         self._publish(EXPUNGED, mapping)
         return succeed(mapping)
+
+
+def _fake(folder: IFolder) -> FakeFolder:
+    """A copy or move goes between folders of one store: here, both fakes."""
+    if not isinstance(folder, FakeFolder):
+        raise TypeError(f"a FakeFolder copies and moves only to another FakeFolder, not {folder!r}")
+    return folder
 
 
 @implementer(IMailbox)
@@ -267,7 +278,7 @@ class FakeStore:
     def newMessage(self) -> FakeMessageWriter:
         return FakeMessageWriter(self)
 
-    def deliver(self, message: FakeMessageWriter, accounts, folder: str = INBOX) -> Deferred[dict[str, int]]:  # type: ignore[no-untyped-def]
+    def deliver(self, message: FakeMessageWriter, accounts: Iterable[str], folder: str = INBOX) -> Deferred[dict[str, int]]:
         if not message.finished:
             raise RuntimeError("deliver() before the message's finish() fired")
         if self.failDeliver:
