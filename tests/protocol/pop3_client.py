@@ -1,14 +1,17 @@
-"""A POP3 server session on a StringTransport, what its client has been told, and the factory it comes from."""
+"""A POP3 server session on a StringTransport, what its client has been told, the factory it comes from, and the test case base over a FakeStore."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
 from zope.interface import alsoProvides
 
 from mailapp.pop3 import POP3Factory
@@ -95,3 +98,57 @@ class Session:
     def drop(self) -> None:
         if self.proto._connected:
             self.proto.connectionLost(None)
+
+
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+ALICE_PLAIN = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
+
+FIRST = b"Subject: one\r\nFrom: x@remote.test\r\n\r\nline 1\r\n.starts with a dot\r\nline 3\r\n"
+SECOND = b"Subject: two\r\n\r\n" + b"b" * 5000 + b"\r\n"
+THIRD = b"Subject: three\r\n\r\nno final newline"
+
+
+class POP3TestCase(TestCase):
+    def setUp(self) -> None:
+        self.factory, self.store = make_factory(FakeStore())
+
+    def session(self, factory: POP3Factory | None = None, **kwargs: Any) -> Session:
+        session = Session(factory or self.factory, **kwargs)
+        self.addCleanup(session.drop)
+        return session
+
+    @inlineCallbacks
+    def inbox(self, account: str = ALICE) -> Any:
+        folder = yield self.store.mailbox(account).folder("INBOX")
+        return folder
+
+    @inlineCallbacks
+    def deliver(self, *messages: bytes, account: str = ALICE) -> Any:
+        folder = yield self.inbox(account)
+        uids = []
+        for message in messages:
+            uid = yield folder.append(message)
+            uids.append(uid)
+        return uids
+
+    def logged_in(self, session: Session | None = None, password: bytes = b"alice-secret") -> Any:
+        session = session or self.session()
+        session.send(b"USER alice@example.test\r\nPASS " + password + b"\r\n")
+        self.assertGreaterEqual(len(session.statuses()), 3)
+        self.assertEqual(session.statuses()[-1], b"+OK", session.lines())
+        session.clear()
+        return session
+
+    def reply(self, session: Session, command: bytes, count: int = 1) -> Any:
+        """Send C{command}: C{count} status lines (and any multi-line body) are there when it returns."""
+        session.clear()
+        session.send(command)
+        self.assertTrue(len(session.statuses()) >= count and not session.proto._busy, session.lines())
+        return session.output()
+
+    @inlineCallbacks
+    def uids(self, account: str = ALICE) -> Any:
+        folder = yield self.inbox(account)
+        messages = yield folder.messages()
+        return [info.uid for info in messages]
