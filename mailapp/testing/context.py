@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import Clock
@@ -21,10 +21,15 @@ from mailapp.auth import makePortal
 from mailapp.config import Config, ListenerConfig
 from mailapp.delivery import Router
 from mailapp.quota import Quotas
-from mailapp.service import PROTOCOL_BUILDERS, InFlight, ServiceContext
 from mailapp.testing.accounts import FakeAccounts
 from mailapp.testing.store import FakeStore
 from mailapp.testing.threads import InlineWorkerPools
+
+if TYPE_CHECKING:
+    # mailapp.service imports every protocol (and the webmail): loaded only
+    # when a context is built, so that importing mailapp.testing for
+    # FakeAccounts stays cheap.
+    from mailapp.service import ServiceContext
 
 __all__ = ["MINIMAL_CONFIG", "build_factory", "fake_config", "listener", "service_context"]
 
@@ -58,6 +63,8 @@ def service_context(*, config: Config | str | None = None, **overrides: Any) -> 
     C{tls=object()}); the parts built over it (router, portal, quotas) then
     use it. Every field is passed to L{ServiceContext} by keyword.
     """
+    from mailapp.service import InFlight, ServiceContext
+
     names = {field.name for field in fields(ServiceContext)}
     unknown = set(overrides) - names
     if unknown:
@@ -83,7 +90,8 @@ def service_context(*, config: Config | str | None = None, **overrides: Any) -> 
         "pools": InlineWorkerPools(),
     }
     parts.update(overrides)
-    return ServiceContext(**{name: parts[name] for name in names})
+    # Every field the context has, by keyword; one this module does not know yet keeps its default.
+    return ServiceContext(**{name: parts[name] for name in names if name in parts})
 
 
 def listener(
@@ -107,5 +115,7 @@ def build_factory(context: ServiceContext, protocol: str | ListenerConfig, **lis
     (C{"smtp"}, C{"submission"}, C{"pop3"}, C{"imap"}, ...), through the
     builder the service registers for it; C{listener_options} as for L{listener}.
     """
+    from mailapp.service import PROTOCOL_BUILDERS
+
     config = protocol if isinstance(protocol, ListenerConfig) else listener(protocol, **listener_options)
     return PROTOCOL_BUILDERS[config.protocol](context, config)
