@@ -202,12 +202,17 @@ class RecordingStoreTests(TestCase):
             self.assertEqual(store.delivered, [])
             self.successResultOf(self.commit(store))
             self.assertEqual(len(store.delivered), 1, phase)
+        # A write's error is kept, as the spool keeps it: its Deferred only says "ready for more".
         store = RecordingStore()
         store.failNext("write", StoreError())
         writer = store.newMessage()
-        self.failureResultOf(writer.write(b"lost"), StoreError)
-        self.successResultOf(writer.write(b"kept"))
-        self.assertEqual(writer.data(), b"kept")
+        self.successResultOf(writer.write(b"lost"))
+        self.successResultOf(writer.write(b"after the error"))
+        self.assertEqual(writer.data(), b"")
+        self.failureResultOf(writer.finish(), StoreError)
+        store.failNext("write")
+        self.failureResultOf(self.commit(store), StorageFull)
+        self.assertEqual(store.delivered, [])
 
     def test_a_held_phase_waits_for_the_test_then_goes_on_or_fails(self):
         from mailapp.errors import StorageFull
@@ -227,6 +232,16 @@ class RecordingStoreTests(TestCase):
         held.errback(StorageFull())
         self.failureResultOf(committed, StorageFull)
         self.assertEqual(len(store.delivered), 1)
+        held = store.hold("write")
+        writer = store.newMessage()
+        ready = writer.write(b"first ")
+        self.assertNoResult(ready)
+        writer.write(b"second")
+        finished = writer.finish()
+        self.assertNoResult(finished)
+        held.callback(None)
+        self.successResultOf(finished)
+        self.assertEqual(writer.data(), b"first second")
 
     def test_an_unknown_phase_is_refused(self):
         import pytest

@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, TypeAlias, TypeVar
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailapp.errors import StorageFull
+from mailapp.errors import StorageFull, StoreError
 from mailapp.interfaces import IMessageStore, IMessageWriter
 from mailapp.store.names import INBOX
 from mailapp.testing.store import FakeMessageWriter, FakeStore
@@ -52,13 +53,15 @@ class _Faults:
         self._next[phase].append(held)
         return held
 
-    def run(self, phase: Phase, action: Callable[[], Deferred[_T]]) -> Deferred[_T]:
+    def gate(self, phase: Phase) -> Deferred[None]:
+        """What the next call of C{phase} waits for: nothing (fired), its error (failed), or the test (held)."""
         if not self._next[phase]:
-            return action()
+            return succeed(None)
         fault = self._next[phase].pop(0)
-        if isinstance(fault, Exception):
-            return fail(fault)
-        return fault.addCallback(lambda _: action())
+        return fail(fault) if isinstance(fault, Exception) else fault
+
+    def run(self, phase: Phase, action: Callable[[], Deferred[_T]]) -> Deferred[_T]:
+        return self.gate(phase).addCallback(lambda _: action())
 
     @staticmethod
     def _check(phase: str) -> None:
@@ -68,18 +71,62 @@ class _Faults:
 
 @implementer(IMessageWriter)
 class RecordingWriter(FakeMessageWriter):
-    """A message being received by a L{RecordingStore}; its faults are the store's."""
+    """
+    A message being received by a L{RecordingStore}; its faults are the
+    store's. As the Maildir store's spool writer does, it lands its writes in
+    order, and keeps a write's error: the write's Deferred only says "ready
+    for more" and fires anyway, later writes land nothing, and L{finish}
+    fails with the error.
+    """
 
     _store: RecordingStore
 
     def __init__(self, store: RecordingStore) -> None:
         super().__init__(store)
+        self._tail: Deferred[None] = succeed(None)
+        #: The first write's error, which L{finish} fails with.
+        self.error: Exception | None = None
 
     def write(self, data: bytes) -> Deferred[None]:
-        return self._store.faults.run("write", lambda: FakeMessageWriter.write(self, data))
+        gate = self._store.faults.gate("write")
+
+        def land(_: object) -> None:
+            if self.error is None:
+                FakeMessageWriter.write(self, data)
+
+        def keep(failure: Failure) -> None:
+            if self.error is None:
+                self.error = failure.value if isinstance(failure.value, Exception) else StoreError()
+
+        return self._afterWrites(lambda: gate.addCallbacks(land, keep))
 
     def finish(self) -> Deferred[None]:
-        return self._store.faults.run("finish", lambda: FakeMessageWriter.finish(self))
+        def finish() -> Deferred[None]:
+            if self.error is not None:
+                return fail(self.error)
+            return self._store.faults.run("finish", lambda: FakeMessageWriter.finish(self))
+
+        return self._afterWrites(finish)
+
+    def _afterWrites(self, action: Callable[[], Deferred[None]]) -> Deferred[None]:
+        """Run C{action} once every earlier write has landed; its result is the returned Deferred's."""
+        result: Deferred[None] = Deferred()
+
+        def run(_: object) -> Deferred[None]:
+            landed: Deferred[None] = Deferred()
+
+            def settle(outcome: None | Failure) -> None:
+                if isinstance(outcome, Failure):
+                    result.errback(outcome)
+                else:
+                    result.callback(None)
+                landed.callback(None)  # the next step waits for this one, whatever its outcome
+
+            action().addBoth(settle)
+            return landed
+
+        self._tail.addCallback(run)
+        return result
 
     @property
     def pending(self) -> bytes | None:
@@ -101,7 +148,8 @@ class RecordingStore(FakeStore):
         held.errback(StorageFull())              # (or fail)
         store.inbox("alice@example.test")        # [bytes, ...] delivered to alice
 
-    A held C{write} adds its bytes when the test fires it.
+    A held C{write} lands its bytes (and those written after it) when the
+    test fires it; a failed write is kept until C{finish}, as the spool keeps it.
     """
 
     def __init__(self) -> None:

@@ -440,6 +440,18 @@ class PipeliningRegressionTests(MXSessionTestCase):
         self.assertEqual(codes[7:402], [b"452"] * 395)
         self.assertEqual(codes[402], b"250")
 
+    def test_a_full_disk_at_any_phase_of_the_commit_gets_452_and_stores_nothing(self):
+        from mailapp.errors import StorageFull
+
+        for phase in ("write", "finish", "deliver"):
+            self.session.clear()
+            self.session.send(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+            self.store.failNext(phase, StorageFull())
+            self.session.clear()
+            self.session.send(b"Subject: s\r\n\r\nbody\r\n.\r\nNOOP\r\n")
+            self.assertEqual(self.session.replies(), [b"452 4.3.1 Insufficient system storage", b"250 2.0.0 Ok"], phase)
+        self.assertEqual(self.store.delivered, [])
+
     def test_commands_pipelined_behind_a_commit_in_flight_never_run_after_a_drop(self):
         # The protocol half of tests/e2e/test_smtp_spool.py's drop test: the commit is held, not timed.
         self.session.send(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
