@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from zope.interface import implementer
@@ -103,7 +103,7 @@ class FakeFolder:
         state = self._state
         return succeed([MessageInfo(u, m[1], len(m[0]), m[2]) for u, m in sorted(state.messages.items()) if u > uid])
 
-    def openMessage(self, uid: int) -> Deferred[io.BytesIO]:
+    def openMessage(self, uid: int) -> Deferred[IO[bytes]]:
         message = self._state.messages.get(uid)
         if message is None:
             return fail(NoSuchMessage(f"no such message: {uid}"))
@@ -232,7 +232,7 @@ class FakeMailbox:
         state.subscribed = bool(subscribed)
         return succeed(True)
 
-    def folder(self, name: str) -> Deferred[FakeFolder]:
+    def folder(self, name: str) -> Deferred[IFolder]:
         try:
             name = normalize_folder(name)
         except BadFolderName as e:
