@@ -19,7 +19,8 @@ from typing import IO, Any, Callable, Iterable
 from twisted.internet import defer
 from mailapp.dotstuffing import Consumer, FileSender
 from mailapp.pop3.policy import CHUNK_SIZE
-from mailapp.store.records import MessageInfo
+from mailapp.interfaces import IFolder
+from mailapp.records import MessageInfo
 
 __all__ = ["MaildropLocks"]
 
@@ -64,7 +65,7 @@ def _locksFor(store: Any) -> MaildropLocks:
 class _Maildrop:
     """INBOX as it was at login; message N is C{messages[N - 1]}."""
 
-    folder: Any  # an IFolder (typed once the interfaces declare return types)
+    folder: IFolder
     uidvalidity: int
     messages: list[MessageInfo]
     deleted: set[int] = field(default_factory=set)

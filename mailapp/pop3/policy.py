@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from mailapp.config import DEFAULT_LIMITS, DEFAULT_SECURITY
 from mailapp.sessions import SessionLimits
 
 #: RFC 1939 3: the autologout timer must be at least 10 minutes.
@@ -48,10 +49,10 @@ class POP3Policy(SessionLimits):
     """
 
     hostname: str
-    timeout: float = IDLE_TIMEOUT
+    timeout: float = float(DEFAULT_LIMITS.pop3_timeout_seconds)
     allow_plaintext_auth: bool = False
     #: Base delay of the factory's own guard when none is given (tests).
-    auth_failure_delay: float = AUTH_FAILURE_DELAY
+    auth_failure_delay: float = DEFAULT_SECURITY.auth_failure_delay
     max_auth_failures: int = MAX_AUTH_FAILURES
     #: Commands in the AUTHORIZATION state (AUTH continuation lines not counted).
-    max_commands_before_auth: int = 20
+    max_commands_before_auth: int = DEFAULT_LIMITS.max_commands_before_auth

@@ -37,7 +37,7 @@ from mailapp.linesession import LineSession
 from mailapp.pop3.maildrop import _Maildrop, _MessageSender, _number
 from mailapp.pop3.policy import CHUNK_SIZE, COMMANDS, KNOWN, MAX_LINE, READ_AHEAD, POP3Policy, SessionState
 from mailapp.sessions import BANNED, AuthOutcome, Overrun
-from mailapp.store.records import MessageInfo
+from mailapp.records import MessageInfo
 
 if TYPE_CHECKING:
     from mailapp.pop3.factory import POP3Factory

@@ -395,7 +395,7 @@ class MaildirMailbox:
 
         return self.store.write(change)
 
-    def folder(self, name: str) -> Deferred[MaildirFolder]:
+    def folder(self, name: str) -> Deferred[IFolder]:
         try:
             name = normalize_folder(name)
         except BadFolderName as e:
