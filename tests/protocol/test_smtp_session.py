@@ -201,6 +201,18 @@ class ProtocolTests(MXSessionTestCase):
         self.assertEqual(len(self.store.inbox(ALICE)), 1)
         self.assertTrue(self.transport_closed())
 
+    def test_commands_pipelined_after_a_message_committed_at_once_get_421_when_the_server_stops(self):
+        # The RecordingStore commits at once: the 250 is sent inside the loop
+        # that reads the commands after it, which must still say goodbye.
+        self.session.send(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        self.session.proto.shutdown()
+        self.session.clear()
+        self.session.send(b"Subject: s\r\n\r\nlast one\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.test>\r\nNOOP\r\n")
+        self.assertEqual(self.session.codes(), [b"250", b"421"])
+        self.assertEqual(self.session.replies()[-1], b"421 4.3.2 mail.example.test Service shutting down")
+        self.assertEqual(len(self.store.inbox(ALICE)), 1)
+        self.assertTrue(self.transport_closed())
+
     def test_helo_with_spaces_or_empty_argument_gets_501(self):
         self.session.clear()
         self.session.send(b"HELO\r\nEHLO a b\r\n")
