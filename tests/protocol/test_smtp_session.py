@@ -349,6 +349,18 @@ class SubmissionProtocolTests(TestCase):
         self.assertIn(b"with ESMTPA id", headers)
         self.assertTrue(stored.endswith(b"Subject: no ids\r\n\r\nhello\r\n"))
 
+    def test_received_and_date_are_dated_by_the_listeners_clock(self):
+        self.clock.advance(1_700_000_000)
+        session = self.session(allow_plaintext_auth=True)
+        token = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
+        session.send(b"EHLO c\r\nAUTH PLAIN " + token + b"\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+        session.send(b"Subject: no date\r\n\r\nhello\r\n.\r\n")
+        self.assertTrue(session.codes()[-1:] == [b"250"])
+        [stored] = self.store.inbox("bob@example.test")
+        headers = stored.split(b"\r\n\r\n")[0]
+        self.assertIn(b"\tfor <bob@example.test>;\r\n\tTue, 14 Nov 2023 22:13:20 -0000\r\n", headers)
+        self.assertIn(b"\r\nDate: Tue, 14 Nov 2023 22:13:20 -0000\r\n", headers)
+
     def test_submission_refuses_a_from_header_the_user_does_not_own(self):
         session = self.session(allow_plaintext_auth=True)
         token = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
