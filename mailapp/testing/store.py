@@ -270,8 +270,8 @@ class FakeStore:
         """
         Run C{function} at once, on the caller's thread. The Maildir store's
         C{run} (a worker thread) is not in L{IMessageStore}, but IMAP's FETCH
-        and SEARCH and POP3's reads call it (without it POP3 falls back to
-        the global reactor's thread pool); this keeps such tests synchronous.
+        and SEARCH call it (POP3 reads through the context's pools); this
+        keeps such tests synchronous.
         """
         return maybeDeferred(function, *args)
 
