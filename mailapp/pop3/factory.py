@@ -11,7 +11,7 @@ from twisted.internet import defer
 
 from mailapp.config import ListenerConfig
 from mailapp.context import ServiceContext
-from mailapp.pop3.maildrop import MaildropLocks, _locksFor
+from mailapp.pop3.maildrop import MaildropLocks
 from mailapp.pop3.policy import POP3Policy
 from mailapp.pop3.session import POP3Server
 from mailapp.sessions import SessionFactory, session_limits
@@ -67,7 +67,6 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> POP3Facto
         **session_limits(config, listener),
         max_commands_before_auth=limits.max_commands_before_auth,
     )
-    store = context.store
     pools = context.pools
 
     def readChunk(file: IO[bytes], size: int) -> defer.Deferred[bytes]:
@@ -81,7 +80,7 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> POP3Facto
         context.reactor,
         tls=context.tls if listener.tls == "starttls" else None,
         inflight=context.inflight,
-        locks=_locksFor(store),
+        locks=context.maildrops,
         readChunk=readChunk,
         guard=getattr(context, "guard", None),
     )
