@@ -13,7 +13,7 @@ from mailapp.delivery import Router
 from mailapp.sessions import SessionFactory, session_limits
 from mailapp.smtp.policy import SMTPPolicy
 from mailapp.smtp.transaction import ESMTPServer
-from mailapp.store.freespace import FreeSpace
+from mailapp.interfaces import IFreeSpace
 
 __all__ = ["SMTPFactory", "buildFactory"]
 
@@ -35,7 +35,7 @@ class SMTPFactory(SessionFactory):
         tls: Any = None,
         inflight: Any = None,
         guard: Any = None,
-        freeSpace: FreeSpace | None = None,
+        freeSpace: IFreeSpace | None = None,
     ) -> None:
         super().__init__(inflight, guard)
         self.router = router
@@ -43,7 +43,8 @@ class SMTPFactory(SessionFactory):
         self.policy = policy
         self.reactor = reactor
         self.tls = tls
-        #: The store's disk, checked at MAIL FROM against policy.min_free_disk (None: never refused).
+        #: The store's free space (its C{freeSpace}), checked at MAIL FROM
+        #: against policy.min_free_disk (None: never refused).
         self.freeSpace = freeSpace
 
     # Twisted types a factory's protocols through a generic Factory[P] whose P
@@ -91,5 +92,5 @@ def buildFactory(context: Any, listener: Any) -> SMTPFactory:
         tls=tls,
         inflight=context.inflight,
         guard=getattr(context, "guard", None),
-        freeSpace=FreeSpace(config.state_dir, context.reactor),
+        freeSpace=context.store.freeSpace,
     )

@@ -51,6 +51,7 @@ from mailapp.store.names import INBOX, SPECIAL_FOLDERS, DELIMITER, folder_direct
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
 from mailapp.store.committer import GroupCommitter, _Call, _Delivery, _Placement
 from mailapp.store.spool import SpoolWriter
+from mailapp.store.freespace import FreeSpace
 
 _log = Logger()
 
@@ -198,6 +199,8 @@ class MaildirStore:
         #: (Linux) rather than one fsync per file and per directory.
         self.batch_sync = durable.has_syncfs() if batch_sync is None else batch_sync
         self.committer = GroupCommitter(reactor, self.threadpool, self.batch_sync)
+        #: The disk new messages are written to (the spool is under the root).
+        self.freeSpace = FreeSpace(self.root, reactor)
 
     def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """

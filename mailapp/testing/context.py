@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["MINIMAL_CONFIG", "build_factory", "fake_config", "listener", "service_context"]
 
 #: The smallest config a server accepts, with one local domain. Its state
-#: directory does not exist: nothing built from it may need the disk (the
-#: SMTP builder's free-space check then says "cannot tell", and refuses nothing).
+#: directory does not exist: nothing built from it may need the disk (free
+#: space is the store's to say: a FakeStore's says "cannot tell" until a
+#: test sets it).
 MINIMAL_CONFIG = """\
 [server]
 hostname = "mail.example.test"

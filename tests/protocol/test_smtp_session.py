@@ -213,6 +213,16 @@ class ProtocolTests(MXSessionTestCase):
         self.assertEqual(len(self.store.inbox(ALICE)), 1)
         self.assertTrue(self.transport_closed())
 
+    def test_mail_from_gets_452_while_the_store_says_its_disk_is_nearly_full(self):
+        # min_free_disk is the config's default (50 MiB); the store, not the builder, says how much is free.
+        self.store.freeSpace.free = 1024 * 1024
+        self.session.clear()
+        self.session.send(b"HELO c\r\nMAIL FROM:<>\r\n")
+        self.assertEqual(self.session.replies()[-1], b"452 4.3.1 Insufficient system storage")
+        self.store.freeSpace.free = 100 * 1024 * 1024
+        self.session.send(b"MAIL FROM:<>\r\n")
+        self.assertEqual(self.session.replies()[-1], b"250 2.1.0 Ok")
+
     def test_helo_with_spaces_or_empty_argument_gets_501(self):
         self.session.clear()
         self.session.send(b"HELO\r\nEHLO a b\r\n")
