@@ -82,5 +82,5 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> POP3Facto
         inflight=context.inflight,
         locks=context.maildrops,
         readChunk=readChunk,
-        guard=getattr(context, "guard", None),
+        guard=context.guard,
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from mailapp.config import ListenerConfig
+from mailapp.context import ServiceContext
 from mailapp.delivery import Router
 from mailapp.sessions import SessionFactory, session_limits
 from mailapp.smtp.policy import SMTPPolicy
@@ -63,7 +65,7 @@ class SMTPFactory(SessionFactory):
 
 
 
-def buildFactory(context: Any, listener: Any) -> SMTPFactory:
+def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFactory:
     """The builder the service registers for the ``smtp`` and ``submission`` protocols."""
     config = context.config
     limits = config.limits
@@ -80,17 +82,14 @@ def buildFactory(context: Any, listener: Any) -> SMTPFactory:
         refuse_local_senders=config.security.mx_refuse_local_senders,
         min_free_disk=limits.min_free_disk,
     )
-    router = getattr(context, "router", None) or Router(
-        context.accounts, context.store, limits.max_recipients, quotas=getattr(context, "quotas", None)
-    )
     tls = context.tls if listener.tls == "starttls" else None
     return SMTPFactory(
-        router,
+        context.router,
         context.portal,
         policy,
         context.reactor,
         tls=tls,
         inflight=context.inflight,
-        guard=getattr(context, "guard", None),
+        guard=context.guard,
         freeSpace=context.store.freeSpace,
     )
