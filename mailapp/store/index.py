@@ -19,7 +19,9 @@ the index is made of one module per concept:
   - L{mailapp.store.rebuild}: an index built from the Maildir, keeping
     UIDVALIDITY and UIDs;
   - L{mailapp.store.reconcile}: an index brought in line with what crashes
-    and other tools changed.
+    and other tools changed;
+  - L{mailapp.store.usage}: the mailbox's usage (its quota's count), a
+    total kept by triggers in the same transaction as every change.
 
 Everything there is synchronous and runs on a worker thread.
 """
@@ -35,7 +37,7 @@ from mailapp.store.connections import (
     reset_connections,
     retry_after_repair,
 )
-from mailapp.store.database import INDEX_NAME, SCHEMA_VERSION, IndexDamaged, is_damage, rollback, usage
+from mailapp.store.database import INDEX_NAME, SCHEMA_VERSION, IndexDamaged, is_damage, rollback
 from mailapp.store.filenames import ParsedName, decode_flags, encode_flags, format_filename, parse_filename
 from mailapp.store.folders import (
     META_NAME,
@@ -49,6 +51,7 @@ from mailapp.store.folders import (
 )
 from mailapp.store.keywords import KEYWORDS_NAME, keyword_letters, message_filename, read_keywords
 from mailapp.store.reconcile import FolderChanges, reconcile, reconcile_running_folder
+from mailapp.store.usage import count_usage, usage
 
 __all__ = [
     "INDEX_NAME",
@@ -64,6 +67,7 @@ __all__ = [
     "ParsedName",
     "close_idle_connections",
     "connection",
+    "count_usage",
     "create_folder",
     "decode_flags",
     "directory_identity",

@@ -21,11 +21,12 @@ from zope.interface import implementer
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder
 from mailapp.interfaces import IMailbox
 from mailapp.store import connections, durable
-from mailapp.store.database import rollback, usage
+from mailapp.store.database import rollback
 from mailapp.store.folder import MaildirFolder
 from mailapp.store.folders import create_folder
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, folder_directory, mailbox_directory, normalize_folder
 from mailapp.store.records import FolderInfo, Usage
+from mailapp.store.usage import usage as read_usage
 
 if TYPE_CHECKING:
     from mailapp.store.maildir import MaildirStore
@@ -58,7 +59,7 @@ class MaildirMailbox:
     def usage(self) -> Deferred[Usage]:
         def read() -> Usage:
             with self._connect() as conn:
-                return usage(conn)
+                return read_usage(conn)
 
         return self.store.run(read)
 

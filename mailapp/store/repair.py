@@ -26,6 +26,7 @@ from mailapp.store import durable, intent
 from mailapp.store.database import INDEX_NAME, check, connect, is_damage
 from mailapp.store.folders import ensure_default_folders
 from mailapp.store.reconcile import is_reconciled, mark_reconciled, reconcile
+from mailapp.store.usage import check_usage
 
 _log = Logger()
 
@@ -61,8 +62,8 @@ def open_index(mailbox_dir: Path) -> sqlite3.Connection:
     """
     Open a new connection. At the first open in this process the whole
     index is checked (``PRAGMA quick_check``) and reconciled with the
-    Maildir; a damaged index, found then or by any step of the open, is
-    moved aside and rebuilt.
+    Maildir, and its usage total compared with its rows; a damaged index,
+    found then or by any step of the open, is moved aside and rebuilt.
     """
     mailbox_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = mailbox_dir / INDEX_NAME
@@ -78,6 +79,7 @@ def open_index(mailbox_dir: Path) -> sqlite3.Connection:
             if first_open and not built:
                 check(conn)
                 reconcile(conn, mailbox_dir)
+                check_usage(conn, mailbox_dir)
             ensure_default_folders(conn, mailbox_dir)
         except sqlite3.DatabaseError as e:
             if conn is not None:
