@@ -10,9 +10,11 @@ thread.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sqlite3
+from pathlib import Path
 from typing import TYPE_CHECKING, ContextManager
 
 from twisted.internet.defer import Deferred, fail
@@ -32,6 +34,16 @@ if TYPE_CHECKING:
     from mailapp.store.maildir import MaildirStore
 
 
+@functools.lru_cache(maxsize=4096)
+def account_directory(root: Path, account: str) -> Path:
+    """
+    L{mailbox_directory}, remembered: the reactor thread makes a mailbox
+    object for every quota check and delivery, and the encoding is a pure
+    function of its arguments (a bad address raises, and is not remembered).
+    """
+    return mailbox_directory(root, account)
+
+
 @implementer(IMailbox)
 class MaildirMailbox:
     """One user's folders; cheap to make, no I/O until used."""
@@ -39,7 +51,7 @@ class MaildirMailbox:
     def __init__(self, store: MaildirStore, account: str) -> None:
         self.store = store
         self.account = account
-        self.directory = mailbox_directory(store.root, account)
+        self.directory = account_directory(store.root, account)
         #: A session keeps one mailbox object; this ties it to the directory
         #: it first opened, so it cannot outlive its account's deletion.
         self.pin = connections.MailboxPin()

@@ -37,7 +37,7 @@ from mailapp.store import connections, durable
 from mailapp.store.committer import GroupCommitter, _Call, _Delivery, _Placement
 from mailapp.store.events import ADDED, EventBus, FolderEvent
 from mailapp.store.folder import MaildirFolder, open_message_file, read_message_file
-from mailapp.store.mailbox import MaildirMailbox
+from mailapp.store.mailbox import MaildirMailbox, account_directory
 from mailapp.store.names import INBOX, mailbox_directory, normalize_folder
 from mailapp.store.records import Usage
 from mailapp.store.usage import usage
@@ -145,7 +145,7 @@ class MaildirStore:
         unique: dict[str, str] = {}
         for account in accounts:
             unique.setdefault(account.lower(), account)
-        placements = [_Placement(mailbox_directory(self.root, a), a, folder) for a in unique.values()]
+        placements = [_Placement(account_directory(self.root, a), a, folder) for a in unique.values()]
         job = _Delivery(
             message.path,
             message.base,
