@@ -510,12 +510,6 @@ class AbuseGuard:
         }
 
 
-def guardFor(context: Any, fallback: Callable[[], AbuseGuard]) -> AbuseGuard:
-    """The service's guard from a builder's C{context}, or C{fallback()} when it has none (a test's context)."""
-    guard = getattr(context, "guard", None)
-    return guard if guard is not None else fallback()
-
-
 def networks(values: Iterable[str]) -> tuple[Any, ...]:
     """Parse CIDR strings (for tests and callers outside the config)."""
     return tuple(ipaddress.ip_network(value) for value in values)

@@ -122,7 +122,12 @@ class MailRealm:
                 continue
             avatar = factory(account, self._store)
             if isinstance(avatar, Deferred):
-                return avatar.addCallback(lambda built, interface=interface: _result(interface, built))
+                pending: Deferred[Any] = avatar
+
+                def built(result: Any, interface: InterfaceClass = interface) -> tuple[InterfaceClass, Any, Callable[[], None]]:
+                    return _result(interface, result)
+
+                return pending.addCallback(built)
             return _result(interface, avatar)
         names = ", ".join(interface.__identifier__ for interface in interfaces) or "none"
         raise NotImplementedError(f"MailRealm has no avatar for any of: {names}")

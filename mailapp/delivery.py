@@ -15,7 +15,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
@@ -30,7 +30,14 @@ from mailapp.errors import (
     TooManyRecipients,
 )
 from mailapp.forwarding import MAX_UNWIND
-from mailapp.interfaces import IAccounts, IMessageStore
+from mailapp.interfaces import IAccounts, IMessageStore, IMessageWriter
+
+if TYPE_CHECKING:
+    # Named in annotations only: the Router is handed these by the composition
+    # root, and the core imports no part of the relay.
+    from mailapp.forwarding import Forwarding
+    from mailapp.quota import Quotas
+    from mailapp.relay.queue import Queue
 
 _log = Logger()
 
@@ -62,7 +69,8 @@ class Transaction:
     #: Remote targets reached through one of our aliases (or an SRS bounce
     #: address), with the local address that forwards to each.
     forwarded: dict[str, str] = field(default_factory=dict)
-    message: Any = None
+    #: The stored copy being written, from L{open} on.
+    message: IMessageWriter | None = None
 
     @inlineCallbacks
     def addRecipient(self, address: str) -> Any:
@@ -83,9 +91,10 @@ class Transaction:
             if forwarding is None or not in_local_domain or not forwarding.claims_srs(address):
                 break
             # A bounce to an SRS address of ours: on to where it leads, if we made it.
-            address = forwarding.reverse(address)
-            if address is None:
+            original = forwarding.reverse(address)
+            if original is None:
                 raise NoSuchUser()
+            address = original
             resolution = yield self.router.accounts.resolve(address)
         if resolution is None:
             raise NoSuchUser()
@@ -125,10 +134,15 @@ class Transaction:
             lines.append(b"Delivered-To: " + self.local[0].encode("utf-8") + b"\r\n")
         return b"".join(lines)
 
-    def open(self) -> Any:
+    def open(self) -> IMessageWriter:
         """Start the stored copy: an L{IMessageWriter} that already holds the trace headers."""
-        self.message = self.router.store.newMessage()
-        self.message.write(self.traceHeaders())
+        message = self.message = self.router.store.newMessage()
+        message.write(self.traceHeaders())
+        return message
+
+    def _opened(self) -> IMessageWriter:
+        if self.message is None:
+            raise RuntimeError("commit() before open()")
         return self.message
 
     @inlineCallbacks
@@ -158,21 +172,25 @@ class Transaction:
         A crash between 2 and 4 leaves prepared files that nobody reads and
         the queue removes when stale; the client never had its 250.
         """
-        yield self.message.finish()
+        message = self._opened()
+        yield message.finish()
         if self.local and not self.remote:
             # Now that the size is known; RCPT could only check what SIZE= declared.
-            refused = yield self.router.overQuota(self.local, self.message.size)
+            refused = yield self.router.overQuota(self.local, message.size)
             if refused is not None:
                 raise refused
         prepared: list[Any] = []
         queue = self.router.queue
         try:
             for entry_id, sender, recipients in self._queueEntries():
-                prepared.append((yield queue.prepare(self.message, sender, recipients, entry_id)))
+                # Never without a queue: addRecipient refuses remote recipients then.
+                assert queue is not None
+                prepared.append((yield queue.prepare(message, sender, recipients, entry_id)))
             if self.local:
-                yield self.router.store.deliver(self.message, self.local)
+                yield self.router.store.deliver(message, self.local)
         except Exception as e:
             for entry in prepared:
+                assert queue is not None
                 yield queue.discard(entry).addErrback(lambda _: None)
             if isinstance(e, MailError):
                 raise
@@ -180,8 +198,9 @@ class Transaction:
             raise MailError() from e
         finally:
             if not self.local:
-                yield self.message.discard()
+                yield message.discard()
         if prepared:
+            assert queue is not None
             try:
                 for entry in prepared:
                     yield queue.publish(entry)
@@ -201,7 +220,7 @@ class Transaction:
             sender=self.sender,
             local=len(self.local),
             remote=len(self.remote),
-            size=self.message.size,
+            size=message.size,
         )
         return self.queue_id
 
@@ -249,9 +268,9 @@ class Router:
         accounts: IAccounts,
         store: IMessageStore,
         max_recipients: int = 100,
-        queue: Any = None,
-        quotas: Any = None,
-        forwarding: Any = None,
+        queue: Queue | None = None,
+        quotas: Quotas | None = None,
+        forwarding: Forwarding | None = None,
     ) -> None:
         self.accounts = accounts
         self.store = store

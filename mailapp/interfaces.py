@@ -11,11 +11,37 @@ Addresses are ``str`` in the form ``local@domain``; an *account* is the
 canonical address of a user (domain lower-cased, local part as created).
 Folder names are ``str`` with ``/`` as the hierarchy delimiter; ``INBOX`` is
 case-insensitive and always exists.
+
+Every method is typed, with what its Deferred fires with, so that mypy
+(with the mypy_zope plugin) checks each implementation and fake against its
+interface and types the results where a protocol uses them. The records
+they fire with are in L{mailapp.records}, beside this module. Attributes
+are annotated as well as declared (C{events: IEventBus = Attribute(...)}):
+the annotation is what mypy reads, the C{Attribute} what zope.interface
+and C{verifyObject} see.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
+
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+from mailapp.records import FolderEvent, FolderInfo, FolderStatus, MessageInfo, Usage
+
+if TYPE_CHECKING:
+    # Only named in annotations: the accounts implementation defines them,
+    # and the contract must not load it (SQLite, argon2) to be imported.
+    from mailapp.accounts import QuotaOverride, Resolution
+
+#: The C{message} of L{IMessageStore.deliver} and L{IFolder.appendMessage}:
+#: an L{IMessageWriter} that the same store's C{newMessage} made, whose file
+#: the store takes over. Each store takes only its own writer class, which a
+#: zope interface cannot say with a type, so the contract leaves it open
+#: here and each implementation names its class.
+WriterFromThisStore: TypeAlias = Any
 
 
 class IAccounts(Interface):
@@ -26,13 +52,13 @@ class IAccounts(Interface):
     to the next call: implementations must not cache past a change.
     """
 
-    def isLocalDomain(domain: str):  # type: ignore[no-untyped-def]
+    def isLocalDomain(domain: str) -> Deferred[bool]:
         """
         Fire with ``True`` if mail for C{domain} is delivered here.
         The comparison is case-insensitive.
         """
 
-    def resolve(address: str):  # type: ignore[no-untyped-def]
+    def resolve(address: str) -> Deferred[Resolution | None]:
         """
         Work out where mail to C{address} goes.
 
@@ -44,14 +70,14 @@ class IAccounts(Interface):
         when the domain is not local.
         """
 
-    def ownsAddress(account: str, address: str):  # type: ignore[no-untyped-def]
+    def ownsAddress(account: str, address: str) -> Deferred[bool]:
         """
         Fire with ``True`` if C{account} may use C{address} as its envelope
         sender: its own address, a C{+tag} of it, or an alias that resolves
         to it.
         """
 
-    def authenticate(username: str, password: bytes):  # type: ignore[no-untyped-def]
+    def authenticate(username: str, password: bytes) -> Deferred[str]:
         """
         Check a password off the reactor thread.
 
@@ -60,10 +86,10 @@ class IAccounts(Interface):
         password fail the same way in about the same time.
         """
 
-    def countUsers():  # type: ignore[no-untyped-def]
+    def countUsers() -> Deferred[int]:
         """Fire with the number of users (for the first-start hint)."""
 
-    def quotaOverride(account: str):  # type: ignore[no-untyped-def]
+    def quotaOverride(account: str) -> Deferred[QuotaOverride | None]:
         """
         Fire with the L{mailapp.accounts.QuotaOverride} the admin set for
         C{account} (its C{None} fields follow the config), or C{None} when
@@ -80,15 +106,15 @@ class IEventBus(Interface):
     folder state from the store when notified.
     """
 
-    def subscribe(account: str, folder: str, listener):  # type: ignore[no-untyped-def]
+    def subscribe(account: str, folder: str, listener: Callable[[FolderEvent], object]) -> Callable[[], None]:
         """
-        Call C{listener(event)} with every L{mailapp.store.events.FolderEvent}
+        Call C{listener(event)} with every L{mailapp.records.FolderEvent}
         published for C{(account, folder)}, on the reactor thread.
 
         Returns a zero-argument callable that unsubscribes.
         """
 
-    def publish(event):  # type: ignore[no-untyped-def]
+    def publish(event: FolderEvent) -> None:
         """Deliver C{event} to the subscribers of its folder."""
 
 
@@ -100,21 +126,21 @@ class IMessageStore(Interface):
     file has been fsync'd, renamed into place, and its directory fsync'd.
     """
 
-    events = Attribute("The L{IEventBus} this store publishes on.")
+    events: IEventBus = Attribute("The L{IEventBus} this store publishes on.")
 
-    def mailbox(account: str):  # type: ignore[no-untyped-def]
+    def mailbox(account: str) -> IMailbox:
         """
         Return the L{IMailbox} of C{account}, creating its folders on first
         use (INBOX, Sent, Drafts, Trash, Junk, Archive).
         """
 
-    def newMessage():  # type: ignore[no-untyped-def]
+    def newMessage() -> IMessageWriter:
         """
         Return a fresh L{IMessageWriter}: a message being received, spooled
         to disk as it arrives, to be delivered with L{deliver} or discarded.
         """
 
-    def deliver(message, accounts, folder: str = "INBOX"):  # type: ignore[no-untyped-def]
+    def deliver(message: WriterFromThisStore, accounts: Iterable[str], folder: str = "INBOX") -> Deferred[dict[str, int]]:
         """
         Deliver one received message to the C{folder} of every account in
         C{accounts} (duplicates, compared case-insensitively, collapsed),
@@ -137,60 +163,60 @@ class IMessageWriter(Interface):
     memory stays bounded whatever its size.
     """
 
-    size = Attribute("Bytes written so far: the message's size in wire form (CRLF), whatever the file holds.")
+    size: int = Attribute("Bytes written so far: the message's size in wire form (CRLF), whatever the file holds.")
 
-    def write(data: bytes):  # type: ignore[no-untyped-def]
+    def write(data: bytes) -> Deferred[None]:
         """
         Append C{data}. Returns a Deferred that fires when the writer is ready
         for more; a producer should pause until then (back-pressure).
         """
 
-    def finish():  # type: ignore[no-untyped-def]
+    def finish() -> Deferred[None]:
         """Fire when every byte written so far is on disk (fsync'd)."""
 
-    def discard():  # type: ignore[no-untyped-def]
+    def discard() -> Deferred[None]:
         """Remove the spool file. Safe to call at any time, more than once."""
 
 
 class IMailbox(Interface):
     """One user's folders."""
 
-    account = Attribute("The canonical address of the owner.")
+    account: str = Attribute("The canonical address of the owner.")
 
-    def listFolders():  # type: ignore[no-untyped-def]
+    def listFolders() -> Deferred[list[FolderInfo]]:
         """
-        Fire with a list of L{mailapp.store.FolderInfo}, INBOX first, then by
+        Fire with a list of L{mailapp.records.FolderInfo}, INBOX first, then by
         name.
         """
 
-    def createFolder(name: str):  # type: ignore[no-untyped-def]
+    def createFolder(name: str) -> Deferred[None]:
         """
         Create C{name} and any missing parent. Fails with
         L{mailapp.errors.FolderExists} or L{mailapp.errors.BadFolderName}.
         """
 
-    def deleteFolder(name: str):  # type: ignore[no-untyped-def]
+    def deleteFolder(name: str) -> Deferred[None]:
         """Delete C{name} and its messages. INBOX cannot be deleted."""
 
-    def renameFolder(old: str, new: str):  # type: ignore[no-untyped-def]
+    def renameFolder(old: str, new: str) -> Deferred[None]:
         """Rename C{old} (and its children) to C{new}."""
 
-    def setSubscribed(name: str, subscribed: bool):  # type: ignore[no-untyped-def]
+    def setSubscribed(name: str, subscribed: bool) -> Deferred[bool]:
         """
         Mark C{name} subscribed or not (IMAP LSUB); fires with C{False} when
         the folder does not exist, and nothing changes.
         """
 
-    def usage():  # type: ignore[no-untyped-def]
+    def usage() -> Deferred[Usage]:
         """
-        Fire with the L{mailapp.store.records.Usage} of every folder together: the
+        Fire with the L{mailapp.records.Usage} of every folder together: the
         number of messages and the sum of their (wire) sizes, as the index
         lists them now. Computed from the index each time, never kept as a
         counter, so that it cannot drift from what is stored, across
         crashes and rebuilds; messages marked \\Deleted count until expunged.
         """
 
-    def folder(name: str):  # type: ignore[no-untyped-def]
+    def folder(name: str) -> Deferred[IFolder]:
         """
         Fire with the L{IFolder} called C{name}; fail with
         L{mailapp.errors.NoSuchFolder} or L{mailapp.errors.BadFolderName}.
@@ -204,13 +230,13 @@ class IFolder(Interface):
     L{openMessage}.
     """
 
-    name = Attribute("The folder name, C{INBOX} or C{a/b}.")
-    account = Attribute("The owner's canonical address.")
+    name: str = Attribute("The folder name, C{INBOX} or C{a/b}.")
+    account: str = Attribute("The owner's canonical address.")
 
-    def status():  # type: ignore[no-untyped-def]
-        """Fire with a L{mailapp.store.FolderStatus}."""
+    def status() -> Deferred[FolderStatus]:
+        """Fire with a L{mailapp.records.FolderStatus}."""
 
-    def refresh():  # type: ignore[no-untyped-def]
+    def refresh() -> Deferred[None]:
         """
         Take in changes made to the folder behind the store's back (another
         delivery agent adding files, a tool deleting or renaming them), and
@@ -221,30 +247,30 @@ class IFolder(Interface):
         nothing.
         """
 
-    def messages():  # type: ignore[no-untyped-def]
+    def messages() -> Deferred[list[MessageInfo]]:
         """
-        Fire with a list of L{mailapp.store.MessageInfo} in UID order: the
+        Fire with a list of L{mailapp.records.MessageInfo} in UID order: the
         folder as it is now.
         """
 
-    def messagesAfter(uid: int):  # type: ignore[no-untyped-def]
+    def messagesAfter(uid: int) -> Deferred[list[MessageInfo]]:
         """
-        Fire with the L{mailapp.store.MessageInfo} of the messages whose UID
+        Fire with the L{mailapp.records.MessageInfo} of the messages whose UID
         is above C{uid}, in UID order: what a session that has seen up to
         C{uid} needs when it is told of new mail (cheap on a large folder).
         """
 
-    def openMessage(uid: int):  # type: ignore[no-untyped-def]
+    def openMessage(uid: int) -> Deferred[IO[bytes]]:
         """
         Fire with a seekable binary file object positioned at the start of
         the message in wire form (CRLF line endings, byte for byte what was
         received, whatever form the file has on disk): offsets are wire
         offsets, and C{seek(0, os.SEEK_END)} returns the size, the same as
-        L{mailapp.store.MessageInfo.size}. The caller closes it. Fails with
+        L{mailapp.records.MessageInfo.size}. The caller closes it. Fails with
         L{mailapp.errors.NoSuchMessage}.
         """
 
-    def readMessage(uid: int, limit: int):  # type: ignore[no-untyped-def]
+    def readMessage(uid: int, limit: int) -> Deferred[bytes | None]:
         """
         Fire with the whole message in wire form (as L{openMessage} reads
         it) as bytes when it is at most C{limit} bytes, else with C{None}
@@ -253,26 +279,26 @@ class IFolder(Interface):
         Fails with L{mailapp.errors.NoSuchMessage}.
         """
 
-    def setFlags(uids, flags, mode: str = "replace"):  # type: ignore[no-untyped-def]
+    def setFlags(uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
         """
         Change flags of C{uids}. C{mode} is C{"replace"}, C{"add"} or
         C{"remove"}. Fires with a dict UID -> new frozenset of flags for the
         messages that exist, and publishes C{flags_changed}.
         """
 
-    def expunge(uids):  # type: ignore[no-untyped-def]
+    def expunge(uids: Iterable[int]) -> Deferred[list[int]]:
         """
         Remove C{uids}; fires with the sorted list of UIDs removed and
         publishes C{expunged}.
         """
 
-    def append(data: bytes, flags=(), internaldate: float | None = None):  # type: ignore[no-untyped-def]
+    def append(data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[int]:
         """
         Store C{data} durably with C{flags}; fires with its UID and publishes
         C{added}.
         """
 
-    def appendMessage(message, flags=(), internaldate: float | None = None):  # type: ignore[no-untyped-def]
+    def appendMessage(message: WriterFromThisStore, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[int]:
         """
         Store a message received into an L{IMessageWriter} (whose C{finish}
         has fired) durably with C{flags}, so that a large APPEND never sits
@@ -280,7 +306,7 @@ class IFolder(Interface):
         file belongs to the store from then on.
         """
 
-    def copyTo(uids, target: "IFolder"):  # type: ignore[no-untyped-def]
+    def copyTo(uids: Iterable[int], target: IFolder) -> Deferred[dict[int, int]]:
         """
         Copy C{uids} (with their flags) into C{target}, a folder of the same
         mailbox; fires with a dict source UID -> new UID, and publishes
@@ -290,7 +316,7 @@ class IFolder(Interface):
         failure the target is as it was.
         """
 
-    def moveTo(uids, target: "IFolder"):  # type: ignore[no-untyped-def]
+    def moveTo(uids: Iterable[int], target: IFolder) -> Deferred[dict[int, int]]:
         """
         Move C{uids} into C{target} (RFC 6851): as L{copyTo}, and the moved
         messages leave this folder in the same change (publishes C{expunged}

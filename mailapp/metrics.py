@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,12 +26,16 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, LogPublisher, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from mailapp import logevents
+
+if TYPE_CHECKING:
+    from mailapp.config import ListenerConfig
+    from mailapp.context import ServiceContext
 
 __all__ = ["Metrics", "MetricsSite", "buildFactory"]
 
@@ -190,7 +194,7 @@ class _MetricsResource(Resource):
     isLeaf = True
 
     def __init__(self, metrics: Metrics) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # twisted.web is untyped
         self._metrics = metrics
 
     def render_GET(self, request: Request) -> bytes:
@@ -208,8 +212,8 @@ class MetricsSite(Site):
     :class:`Metrics` observes the global log and the telemetry publisher.
     """
 
-    def __init__(self, metrics: Metrics, telemetry: Any = None) -> None:
-        super().__init__(_MetricsResource(metrics))
+    def __init__(self, metrics: Metrics, telemetry: LogPublisher | None = None) -> None:
+        super().__init__(_MetricsResource(metrics))  # type: ignore[no-untyped-call]
         self.metrics = metrics
         self._telemetry = telemetry
         # A scrape every few seconds in the access log helps nobody.
@@ -228,7 +232,8 @@ class MetricsSite(Site):
         super().stopFactory()
 
 
-def buildFactory(context: Any, listener: Any) -> MetricsSite:
+def buildFactory(context: ServiceContext, listener: ListenerConfig) -> MetricsSite:
     """The builder the service registers for the ``metrics`` protocol."""
-    metrics = Metrics(queue=getattr(context, "relay", None), tls=context.tls)
-    return MetricsSite(metrics, getattr(context, "telemetry", None))
+    # The relay manager holds the queue's entries (None: a server without a relay).
+    metrics = Metrics(queue=context.relay, tls=context.tls)
+    return MetricsSite(metrics, context.telemetry)

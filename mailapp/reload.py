@@ -26,13 +26,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailapp import logevents, tls
-from mailapp.config import Config, ConfigError, load
+from mailapp.config import Config, ConfigError, ListenerConfig, load
+from mailapp.context import ServiceContext
+from mailapp.listeners import ListenerService
+
+if TYPE_CHECKING:
+    from mailapp.relay.manager import RelayManager
+    from mailapp.service import MailService
 
 __all__ = ["ReloadResult", "reload_service"]
 
@@ -49,7 +56,7 @@ class ReloadResult:
     problems: list[str] = field(default_factory=list)
 
 
-def reload_service(service: Any) -> ReloadResult:
+def reload_service(service: MailService) -> ReloadResult:
     """
     Re-read ``service.config.path`` and apply it to ``service`` (a
     :class:`mailapp.service.MailService`). Never raises for a bad config.
@@ -64,7 +71,7 @@ def reload_service(service: Any) -> ReloadResult:
     applied: list[str] = []
     needs_restart = _needs_restart(old, new)
 
-    holder: tls.ServerTLS | None = getattr(service, "tls", None)
+    holder = service.tls
     if new.needs_tls and holder is None:
         needs_restart.append("tls (no listener used TLS at start)")
     elif holder is not None:
@@ -82,9 +89,7 @@ def reload_service(service: Any) -> ReloadResult:
             names=", ".join(name or old.hostname for name in holder.certificates()),
         )
 
-    context = getattr(service, "context", None)
-    if context is not None:
-        service.context = context = dataclasses.replace(context, config=new)
+    service.context = context = dataclasses.replace(service.context, config=new)
     new_listeners = {listener.name: listener for listener in new.listeners}
     for listener_service, factory in _listener_factories(service):
         fresh = new_listeners.get(listener_service.listener.name)
@@ -96,18 +101,17 @@ def reload_service(service: Any) -> ReloadResult:
         applied.append("limits")
     if _budgets(old) != _budgets(new):
         applied.append("listener budgets")
-        router = getattr(context, "router", None)
-        if router is not None:
-            router.max_recipients = new.limits.max_recipients
+        context.router.max_recipients = new.limits.max_recipients
     if new.local_domains != old.local_domains:
-        accounts = getattr(context, "accounts", None)
-        if accounts is not None and hasattr(accounts, "set_config_domains"):
+        accounts = context.accounts
+        # The real accounts take the config's domains; a fake may not.
+        if hasattr(accounts, "set_config_domains"):
             accounts.set_config_domains(new.local_domains)
             applied.append("domains")
         else:
             needs_restart.append("domains.local")
     if new.relay != old.relay:
-        _apply_relay(getattr(service, "relay", None), old, new, applied, needs_restart)
+        _apply_relay(service.relay, old, new, applied, needs_restart)
     for component in _reconfigurable(service, context):
         component.reconfigure(new)
 
@@ -159,9 +163,7 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
     return changes
 
 
-def _listener_factories(service: Any) -> list[tuple[Any, Any]]:
-    from mailapp.service import ListenerService
-
+def _listener_factories(service: MailService) -> list[tuple[ListenerService, IProtocolFactory]]:
     found = []
     for child in service:
         if isinstance(child, ListenerService):
@@ -172,7 +174,7 @@ def _listener_factories(service: Any) -> list[tuple[Any, Any]]:
     return found
 
 
-def _refresh_policy(factory: Any, context: Any, listener: Any) -> None:
+def _refresh_policy(factory: IProtocolFactory, context: ServiceContext, listener: ListenerConfig) -> None:
     """
     New sessions of this listener get the new limits: the listener's builder
     makes a factory from the new config, and its ``policy`` (a frozen record
@@ -182,17 +184,17 @@ def _refresh_policy(factory: Any, context: Any, listener: Any) -> None:
     from mailapp.service import PROTOCOL_BUILDERS
 
     # The webmail's Site keeps its connection policy on its SessionFactory.
-    target = getattr(factory, "connections", factory)
-    if context is None or not hasattr(target, "policy"):
+    target: Any = getattr(factory, "connections", factory)
+    if not hasattr(target, "policy"):
         return
     builder = PROTOCOL_BUILDERS.get(listener.protocol)
     if builder is None:
         return
-    fresh = builder(context, listener)
+    fresh: Any = builder(context, listener)
     target.policy = getattr(fresh, "connections", fresh).policy
 
 
-def _apply_relay(manager: Any, old: Config, new: Config, applied: list[str], needs_restart: list[str]) -> None:
+def _apply_relay(manager: RelayManager | None, old: Config, new: Config, applied: list[str], needs_restart: list[str]) -> None:
     if manager is None:
         return
     from mailapp.relay.manager import RetryPolicy
@@ -203,9 +205,9 @@ def _apply_relay(manager: Any, old: Config, new: Config, applied: list[str], nee
         manager.routes = Routes(relay.transports, relay.smarthost, manager.routes.mx)
     manager.policy = RetryPolicy(relay.retry_schedule, relay.max_lifetime, relay.delay_warning)
     manager.require_tls = relay.require_tls
-    manager.smarthost_auth = (
-        (relay.smarthost_username, relay.smarthost_password) if relay.smarthost_username is not None else None
-    )
+    # The config reader lets neither come without the other.
+    username, password = relay.smarthost_username, relay.smarthost_password
+    manager.smarthost_auth = (username, password) if username is not None and password is not None else None
     manager.smarthost_require_tls = relay.smarthost_require_tls
     manager.max_connections = relay.max_connections
     manager.max_connections_per_domain = relay.max_connections_per_domain
@@ -216,9 +218,9 @@ def _apply_relay(manager: Any, old: Config, new: Config, applied: list[str], nee
     applied.append("relay")
 
 
-def _reconfigurable(service: Any, context: Any) -> list[Any]:
+def _reconfigurable(service: MailService, context: ServiceContext) -> list[Any]:
     """Components that apply a new config themselves: they have ``reconfigure(config)``."""
-    candidates = [*service, getattr(context, "guard", None), getattr(context, "quotas", None)]
+    candidates: list[object] = [*service, context.guard, context.quotas]
     seen: list[Any] = []
     for candidate in candidates:
         if candidate is not None and callable(getattr(candidate, "reconfigure", None)) and candidate not in seen:

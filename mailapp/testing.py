@@ -201,7 +201,7 @@ def _password_bytes(password: str | bytes) -> bytes:
 
 import io  # noqa: E402
 import time  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import IO, Any  # noqa: E402
 
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError  # noqa: E402
 from mailapp.interfaces import IFolder, IMailbox, IMessageStore, IMessageWriter  # noqa: E402
@@ -293,7 +293,7 @@ class FakeFolder:
         state = self._state
         return succeed([MessageInfo(u, m[1], len(m[0]), m[2]) for u, m in sorted(state.messages.items()) if u > uid])
 
-    def openMessage(self, uid: int) -> Deferred[io.BytesIO]:
+    def openMessage(self, uid: int) -> Deferred[IO[bytes]]:
         message = self._state.messages.get(uid)
         if message is None:
             return fail(NoSuchMessage(f"no such message: {uid}"))
@@ -411,7 +411,7 @@ class FakeMailbox:
         state.subscribed = bool(subscribed)
         return succeed(True)
 
-    def folder(self, name: str) -> Deferred[FakeFolder]:
+    def folder(self, name: str) -> Deferred[IFolder]:
         try:
             name = normalize_folder(name)
         except BadFolderName as e:

@@ -18,6 +18,7 @@ import pytest
 from argon2 import PasswordHasher
 
 from mailapp import cli
+from mailapp.cli import users as cli_users
 from mailapp.accounts import AccountsDatabase, accounts_path
 from mailapp.testing import cheap_password_hasher
 
@@ -131,7 +132,7 @@ def test_user_add_creates_the_users_mailbox(mailapp, config) -> None:
 def test_user_add_prompts_twice_without_echo_on_a_terminal(mailapp, config, monkeypatch) -> None:
     prompts: list[str] = []
     answers = iter(["typed-password", "typed-password"])
-    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt: prompts.append(prompt) or next(answers))
+    monkeypatch.setattr(cli_users.getpass, "getpass", lambda prompt: prompts.append(prompt) or next(answers))
     assert mailapp("user", "add", "alice@example.test", tty=True).status == 0
     assert len(prompts) == 2
     assert _password_matches(config, "alice@example.test", "typed-password")
@@ -139,7 +140,7 @@ def test_user_add_prompts_twice_without_echo_on_a_terminal(mailapp, config, monk
 
 def test_user_add_with_mismatched_prompts_changes_nothing(mailapp, config, monkeypatch) -> None:
     answers = iter(["one", "two"])
-    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt: next(answers))
+    monkeypatch.setattr(cli_users.getpass, "getpass", lambda prompt: next(answers))
     result = mailapp("user", "add", "alice@example.test", tty=True)
     assert result.status == 1
     assert "do not match" in _one_error_line(result)

@@ -8,6 +8,7 @@ Every socket here is on 127.0.0.1, port 0.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import errno
 import os
@@ -436,6 +437,16 @@ def test_log_event_names_are_unique_and_namespaced() -> None:
         assert area.isidentifier() and what.isidentifier() and name == name.lower(), name
 
 
+# --- the context builders are given ---
+
+
+def test_a_service_context_requires_every_part_a_server_always_has() -> None:
+    optional = [field.name for field in dataclasses.fields(ServiceContext) if field.default is not dataclasses.MISSING]
+    assert optional == ["relay"]
+    with pytest.raises(TypeError, match="router"):
+        ServiceContext(config=None, reactor=None, store=None, accounts=None, portal=None, tls=None, inflight=None)  # type: ignore[arg-type, call-arg]
+
+
 # --- InFlight ---
 
 
@@ -551,6 +562,17 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(
             [line for line in map(formatEvent, self.log.events) if line.startswith(("Starting factory", "Stopping factory"))], []
         )
+
+    def test_every_listener_is_built_from_one_context_with_every_shared_part(self) -> None:
+        config = make_config(self.directory, listener_config(), listener_config(name="second"))
+        root = makeService(config, reactor=MemoryReactorClock(), store=object(), accounts=FakeAccounts(1), portal=None)
+        [(first, _), (second, _)] = self.built
+        self.assertIs(first, second)
+        self.assertIs(root.context, first)
+        missing = [field.name for field in dataclasses.fields(first) if getattr(first, field.name) is None]
+        # A fake store gets no relay; no listener needs TLS.
+        self.assertEqual(missing, ["tls", "relay"])
+        self.assertIs(first.router.quotas, first.quotas)
 
     def test_listener_without_a_builder_is_skipped_with_one_warning(self) -> None:
         config = make_config(self.directory, listener_config(name="pop3", protocol="pop3"))

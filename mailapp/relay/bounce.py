@@ -12,6 +12,7 @@ sender is ``<>`` instead of bouncing them (no double bounces).
 from __future__ import annotations
 
 import email.utils
+import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,9 +34,9 @@ class RecipientStatus:
     remote: str = ""  # the host that answered, if any
 
 
-def read_headers(path: object) -> bytes:
+def read_headers(path: str | os.PathLike[str]) -> bytes:
     """The header block of a stored message (bounded), for the DSN's third part."""
-    with open(path, "rb") as file:  # type: ignore[call-overload]
+    with open(path, "rb") as file:
         data = file.read(MAX_HEADERS)
     end = data.find(b"\r\n\r\n")
     if end >= 0:

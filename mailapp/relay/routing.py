@@ -225,7 +225,8 @@ def _ipv6(payload: Any) -> str:
 def _cname_target(answers: list[Any], name: str) -> str | None:
     for record in answers:
         if record.type == dns.CNAME and record.name.name.decode("ascii").lower() == name.lower():
-            return record.payload.name.name.decode("ascii")
+            target: bytes = record.payload.name.name
+            return target.decode("ascii")
     return None
 
 

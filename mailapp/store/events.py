@@ -12,7 +12,6 @@ L{IEventBus} interface.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Callable
 
 from twisted.logger import Logger
@@ -20,20 +19,10 @@ from zope.interface import implementer
 
 from mailapp.interfaces import IEventBus
 
-ADDED = "added"
-FLAGS_CHANGED = "flags_changed"
-EXPUNGED = "expunged"
+# What the bus carries is part of the contract (L{mailapp.records}); importable from here as before.
+from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, FolderEvent
 
-
-@dataclass(frozen=True)
-class FolderEvent:
-    """Something changed in one folder: C{kind} is added, flags_changed or expunged."""
-
-    kind: str
-    account: str
-    folder: str
-    uids: tuple[int, ...]
-
+__all__ = ["ADDED", "EXPUNGED", "FLAGS_CHANGED", "EventBus", "FolderEvent", "Listener"]
 
 Listener = Callable[[FolderEvent], object]
 

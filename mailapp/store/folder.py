@@ -30,13 +30,12 @@ from mailapp.store import durable, messagefile, outside, transfer
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
-from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, FolderEvent
+from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, FolderEvent, FolderStatus, MessageInfo
 from mailapp.store.filenames import decode_flags, encode_flags, parse_filename
 from mailapp.store.folders import message_counts, write_meta
 from mailapp.store.keywords import message_filename
 from mailapp.store.names import folder_directory
 from mailapp.store.reconcile import FolderChanges
-from mailapp.store.records import FolderStatus, MessageInfo
 from mailapp.store.spool import SpoolWriter
 
 if TYPE_CHECKING:

@@ -21,13 +21,13 @@ from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder
-from mailapp.interfaces import IMailbox
+from mailapp.interfaces import IFolder, IMailbox
 from mailapp.store import connections, durable
 from mailapp.store.database import rollback
 from mailapp.store.folder import MaildirFolder
 from mailapp.store.folders import create_folder
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, folder_directory, mailbox_directory, normalize_folder
-from mailapp.store.records import FolderInfo, Usage
+from mailapp.records import FolderInfo, Usage
 from mailapp.store.usage import usage as read_usage
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ class MaildirMailbox:
 
         return self.store.write(change)
 
-    def folder(self, name: str) -> Deferred[MaildirFolder]:
+    def folder(self, name: str) -> Deferred[IFolder]:
         try:
             name = normalize_folder(name)
         except BadFolderName as e:

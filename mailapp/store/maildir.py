@@ -35,11 +35,11 @@ from zope.interface import implementer
 from mailapp.interfaces import IMessageStore
 from mailapp.store import connections, durable
 from mailapp.store.committer import GroupCommitter, _Call, _Delivery, _Placement
-from mailapp.store.events import ADDED, EventBus, FolderEvent
+from mailapp.records import ADDED, FolderEvent, Usage
+from mailapp.store.events import EventBus
 from mailapp.store.folder import MaildirFolder, open_message_file, read_message_file
 from mailapp.store.mailbox import MaildirMailbox, account_directory
 from mailapp.store.names import INBOX, mailbox_directory, normalize_folder
-from mailapp.store.records import Usage
 from mailapp.store.usage import usage
 from mailapp.store.retire import DELETED_NAME, retire_domain_mailboxes, retire_mailbox
 from mailapp.store.spool import SpoolWriter

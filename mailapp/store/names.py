@@ -15,15 +15,11 @@ from pathlib import Path
 
 from mailapp.errors import BadFolderName
 
-INBOX = "INBOX"
-DELIMITER = "/"
-SPECIAL_FOLDERS = {
-    "Sent": "\\Sent",
-    "Drafts": "\\Drafts",
-    "Trash": "\\Trash",
-    "Junk": "\\Junk",
-    "Archive": "\\Archive",
-}
+# The names the contract fixes (L{mailapp.records}); importable from here as before.
+from mailapp.records import DELIMITER as DELIMITER
+from mailapp.records import INBOX as INBOX
+from mailapp.records import SPECIAL_FOLDERS as SPECIAL_FOLDERS
+
 MAX_FOLDER_NAME = 512
 MAX_COMPONENT = 200
 _SAFE = re.compile(r"[A-Za-z0-9_\-+=@ ,]")

@@ -1,43 +1,9 @@
-"""The plain records the store hands to protocols."""
+"""
+The plain records the store hands to protocols: defined with the contract in
+L{mailapp.records} (so that a protocol needs no part of the store to name
+them), and importable from here as before.
+"""
 
-from __future__ import annotations
+from mailapp.records import FolderInfo, FolderStatus, MessageInfo, Usage
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class FolderInfo:
-    """A folder as LIST shows it: C{special_use} is ``\\Sent`` etc. or None."""
-
-    name: str
-    special_use: str | None
-    subscribed: bool
-
-
-@dataclass(frozen=True)
-class FolderStatus:
-    uidvalidity: int
-    uidnext: int
-    messages: int
-    unseen: int
-
-
-@dataclass(frozen=True)
-class MessageInfo:
-    """
-    One message in a folder's index; C{size} is its size in wire form (CRLF
-    line ends: RFC822.SIZE, POP3's LIST), C{internaldate} a POSIX timestamp.
-    """
-
-    uid: int
-    flags: frozenset[str]
-    size: int
-    internaldate: float
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What one mailbox holds now, all folders together: messages and the sum of their wire sizes (quotas)."""
-
-    messages: int = 0
-    bytes: int = 0
+__all__ = ["FolderInfo", "FolderStatus", "MessageInfo", "Usage"]

@@ -29,7 +29,7 @@ from pathlib import Path
 from twisted.logger import Logger
 
 from mailapp import logevents
-from mailapp.store.records import Usage
+from mailapp.records import Usage
 
 _log = Logger()
 

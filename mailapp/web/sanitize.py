@@ -12,6 +12,7 @@ images and inline styles (see L{frame_policy}).
 
 from __future__ import annotations
 
+import html as html_module
 import re
 from typing import Mapping
 
@@ -105,3 +106,12 @@ def frame_policy(allow_remote: bool) -> str:
         "form-action 'none'; base-uri 'none'; frame-ancestors 'self'; "
         "sandbox allow-popups allow-popups-to-escape-sandbox"
     )
+
+
+def html_to_text(html: str) -> str:
+    """
+    The text of an HTML part, for quoting it in a reply or a forward and for
+    searching it: every tag dropped, with what script, style, head and title
+    hold, and entities decoded.
+    """
+    return html_module.unescape(nh3.clean(html, tags=set(), clean_content_tags={"script", "style", "head", "title"}))

@@ -1,0 +1,75 @@
+"""
+The records the accounts hand out: where an address goes, a user's own
+quota, and what the command lists and changes.
+
+Frozen dataclasses with no behaviour, in a module of their own so that the
+database, the server's L{mailapp.interfaces.IAccounts}, the quota checks and
+the fakes share them without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["AliasInfo", "DomainInfo", "QuotaOverride", "RemovedUser", "Resolution"]
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """
+    Where mail to one address goes.
+
+    @ivar local: canonical accounts here, in first-seen order, no duplicates.
+    @ivar remote: addresses elsewhere, in first-seen order, no duplicates.
+    @ivar local_domain: whether the address itself is in a local domain
+        (mail to it needs no relay permission, wherever an alias sends it).
+    """
+
+    local: tuple[str, ...] = ()
+    remote: tuple[str, ...] = ()
+    local_domain: bool = True
+
+
+@dataclass(frozen=True)
+class QuotaOverride:
+    """
+    One user's own quota, as the admin set it: C{None} means the config's
+    default (C{limits.mailbox_quota_bytes} / C{mailbox_quota_messages}),
+    0 means unlimited.
+    """
+
+    bytes: int | None = None
+    messages: int | None = None
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """A local domain, and whether the config file (not the database) names it."""
+
+    name: str
+    from_config: bool
+
+
+@dataclass(frozen=True)
+class AliasInfo:
+    """One alias source (an address or C{@domain}) and its targets, as stored."""
+
+    source: str
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RemovedUser:
+    """
+    What removing a user changed in the database.
+
+    @ivar address: the canonical address of the user removed.
+    @ivar aliases_pruned: each alias that pointed at the user, with only the
+        targets that were removed (the user's address or a C{+tag} of it).
+    @ivar aliases_removed: the sources of the aliases left with no target,
+        and so removed altogether.
+    """
+
+    address: str
+    aliases_pruned: tuple[AliasInfo, ...] = ()
+    aliases_removed: tuple[str, ...] = ()

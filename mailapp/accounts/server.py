@@ -1,0 +1,223 @@
+"""
+The running server's L{IAccounts}: the accounts database off the reactor.
+
+Every database call runs in a worker thread, each thread with its own
+L{AccountsDatabase} connection, and every password check in a small pool of
+its own, bounded, so that a storm of logins queues (or is refused with
+L{LoginsBusy}) instead of starving the threads every delivery waits for.
+Nothing is cached past one call but recent password successes
+(L{VerifiedPasswords}), so a change the ``mailapp`` command makes is seen at
+the next lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from mailapp import logevents
+from mailapp.accounts.database import AccountsDatabase
+from mailapp.accounts.passwords import VerifiedPasswords, default_password_hasher
+from mailapp.accounts.records import QuotaOverride, Resolution
+from mailapp.errors import LoginsBusy
+from mailapp.interfaces import IAccounts
+
+__all__ = ["Accounts"]
+
+log = Logger()
+
+_PASSWORD_REHASHED = logevents.PASSWORD_REHASHED
+_REHASH_FAILED = logevents.REHASH_FAILED
+
+_T = TypeVar("_T")
+
+
+@implementer(IAccounts)
+class Accounts:
+    """
+    L{IAccounts} over an L{AccountsDatabase} file, for the running server.
+
+    Database calls run on C{threadpool} (the reactor's by default), each
+    thread with its own connection. Password hashing runs on a small pool of
+    its own (C{hash_threads} threads), so that a storm of logins queues there
+    instead of starving the threads that do disk I/O; L{close} stops it, and
+    is also called when the reactor shuts down.
+
+    @param hasher: the argon2 hasher for verifying and upgrading hashes;
+        tests pass one with cheap parameters.
+    """
+
+    def __init__(
+        self,
+        database_path: Path,
+        config_domains: Iterable[str],
+        reactor: Any = None,
+        threadpool: ThreadPool | None = None,
+        hasher: PasswordHasher | None = None,
+        *,
+        hash_threads: int = 2,
+        auth_cache_seconds: float = 300,
+        max_queued_verifications: int = 64,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _global_reactor
+
+            reactor = _global_reactor
+        self._reactor: IReactorFromThreads = reactor
+        self._path = Path(database_path)
+        self._config_domains = tuple(config_domains)
+        self._threadpool = threadpool if threadpool is not None else IReactorThreads(reactor).getThreadPool()
+        self._hasher = hasher if hasher is not None else default_password_hasher()
+        # Open once here so that a bad path or a too-new schema fails at
+        # startup rather than at the first login.
+        AccountsDatabase(self._path, self._config_domains, hasher=self._hasher).close()
+        # An unknown user is checked against this hash, made with the same
+        # parameters as new hashes, so that both failures take the same time.
+        self._dummy_hash = self._hasher.hash(os.urandom(16).hex())
+        self._local = threading.local()
+        self._connections: list[AccountsDatabase] = []
+        self._connections_lock = threading.Lock()
+        self._closed = False
+        self._verified = VerifiedPasswords(IReactorTime(reactor).seconds, auth_cache_seconds)
+        #: Password checks waiting for or running in a hashing thread, and
+        #: how many may: past it a login fails at once with LoginsBusy (each
+        #: argon2id check holds 64 MiB while it runs, and a storm of queued
+        #: ones would only answer later than the client waits).
+        self.verifications = 0
+        self.max_queued_verifications = max_queued_verifications
+        self._hash_pool = ThreadPool(minthreads=0, maxthreads=hash_threads, name="mailapp-password-hashing")
+        self._hash_pool.start()
+        # "after": once the reactor's thread pool has stopped ("during"), so no
+        # thread is still in a query on a connection closed here (closing a
+        # connection under a running query can crash the process).
+        self._shutdown_trigger = IReactorCore(reactor).addSystemEventTrigger("after", "shutdown", self.close)
+
+    def close(self) -> None:
+        """
+        Stop the hashing threads and close every thread's connection.
+        Idempotent; the object must not be used afterwards.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            IReactorCore(self._reactor).removeSystemEventTrigger(self._shutdown_trigger)
+        except (ValueError, KeyError):
+            pass  # already fired: we are being called by the trigger itself
+        self._hash_pool.stop()
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for database in connections:
+            database.close()
+
+    def set_config_domains(self, config_domains: Iterable[str]) -> None:
+        """
+        The config's ``[domains] local`` changed (a reload): every thread's
+        connection sees the new set from its next query on.
+        """
+        self._config_domains = tuple(config_domains)
+        with self._connections_lock:
+            for database in self._connections:
+                database._config_domains = frozenset(domain.lower() for domain in self._config_domains)
+
+    # -- threads --
+
+    def _database(self) -> AccountsDatabase:
+        """This thread's connection, opened on first use."""
+        if self._closed:
+            raise RuntimeError("Accounts is closed")
+        database: AccountsDatabase | None = getattr(self._local, "database", None)
+        if database is None:
+            database = AccountsDatabase(self._path, self._config_domains, hasher=self._hasher)
+            with self._connections_lock:
+                self._connections.append(database)
+            self._local.database = database
+        return database
+
+    def _inDatabase(self, call: Callable[[AccountsDatabase], _T]) -> Deferred[_T]:
+        return deferToThreadPool(self._reactor, self._threadpool, lambda: call(self._database()))
+
+    def _inHashPool(self, call: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        return deferToThreadPool(self._reactor, self._hash_pool, call, *args)
+
+    # -- IAccounts --
+
+    def isLocalDomain(self, domain: str) -> Deferred[bool]:
+        return self._inDatabase(lambda database: database.is_local_domain(domain))
+
+    def resolve(self, address: str) -> Deferred[Resolution | None]:
+        return self._inDatabase(lambda database: database.resolve(address))
+
+    def ownsAddress(self, account: str, address: str) -> Deferred[bool]:
+        return self._inDatabase(lambda database: database.owns_address(account, address))
+
+    def countUsers(self) -> Deferred[int]:
+        return self._inDatabase(lambda database: database.count_users())
+
+    def quotaOverride(self, account: str) -> Deferred[QuotaOverride | None]:
+        return self._inDatabase(lambda database: database.quota_override(account))
+
+    def authenticate(self, username: str, password: bytes) -> Deferred[str]:
+        return ensureDeferred(self._authenticate(username, password))
+
+    async def _authenticate(self, username: str, password: bytes) -> str:
+        found = await self._inDatabase(lambda database: database.lookup_password_hash(username))
+        if found is None:
+            await self._queuedVerify(self._dummy_hash, password)
+            raise UnauthorizedLogin("Invalid credentials")
+        canonical, password_hash = found
+        if self._verified.check(canonical, password_hash, password):
+            return canonical
+        verified, needs_rehash = await self._queuedVerify(password_hash, password)
+        if not verified:
+            raise UnauthorizedLogin("Invalid credentials")
+        if needs_rehash:
+            await self._rehash(canonical, password)
+        else:
+            self._verified.remember(canonical, password_hash, password)
+        return canonical
+
+    async def _queuedVerify(self, password_hash: str, password: bytes) -> tuple[bool, bool]:
+        """L{_verify} in the hashing pool, or L{LoginsBusy} at once when too many checks wait there."""
+        if self.verifications >= self.max_queued_verifications:
+            raise LoginsBusy()
+        self.verifications += 1
+        try:
+            return await self._inHashPool(self._verify, password_hash, password)
+        finally:
+            self.verifications -= 1
+
+    def _verify(self, password_hash: str, password: bytes) -> tuple[bool, bool]:
+        """In a hashing thread: (password matches, hash should be upgraded)."""
+        try:
+            self._hasher.verify(password_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False, False
+        return True, self._hasher.check_needs_rehash(password_hash)
+
+    async def _rehash(self, canonical: str, password: bytes) -> None:
+        """
+        Upgrade a hash made with older parameters, now that we know the
+        password. A failure here is logged and never fails the login.
+        """
+        try:
+            new_hash = await self._inHashPool(self._hasher.hash, password)
+            await self._inDatabase(lambda database: database.update_hash(canonical, new_hash))
+        except Exception:
+            log.failure("could not store the upgraded hash of {account}", log_event=_REHASH_FAILED, account=canonical)
+        else:
+            log.info("upgraded the password hash of {account}", log_event=_PASSWORD_REHASHED, account=canonical)
+

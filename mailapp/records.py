@@ -1,0 +1,108 @@
+"""
+The values the contract hands out: what the methods of
+L{mailapp.interfaces} fire with or are passed, and the folder names the
+contract fixes.
+
+They live beside the interfaces, not in the Maildir store, so that a
+protocol (or a fake, or another backend) imports the contract and never the
+implementation: loading this module loads nothing but the standard library.
+L{mailapp.store.records}, L{mailapp.store.events} and L{mailapp.store.names}
+re-export them under their older names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "ADDED",
+    "DELIMITER",
+    "EXPUNGED",
+    "FLAGS_CHANGED",
+    "INBOX",
+    "SPECIAL_FOLDERS",
+    "FolderEvent",
+    "FolderInfo",
+    "FolderStatus",
+    "MessageInfo",
+    "Usage",
+]
+
+# --- folder names ---
+
+#: The one folder every mailbox has; its name is case-insensitive (RFC 3501 5.1).
+INBOX: Final = "INBOX"
+#: The hierarchy delimiter of folder names (``a/b``), whatever the store keeps on disk.
+DELIMITER: Final = "/"
+#: The folders every mailbox is created with, and their RFC 6154 special-use attribute.
+SPECIAL_FOLDERS: Final[dict[str, str]] = {
+    "Sent": "\\Sent",
+    "Drafts": "\\Drafts",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+    "Archive": "\\Archive",
+}
+
+
+# --- what the store's methods fire with ---
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """A folder as LIST shows it: C{special_use} is ``\\Sent`` etc. or None."""
+
+    name: str
+    special_use: str | None
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    """A folder's counters, as SELECT and STATUS report them."""
+
+    uidvalidity: int
+    uidnext: int
+    messages: int
+    unseen: int
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """
+    One message in a folder's index; C{size} is its size in wire form (CRLF
+    line ends: RFC822.SIZE, POP3's LIST), C{internaldate} a POSIX timestamp.
+    """
+
+    uid: int
+    flags: frozenset[str]
+    size: int
+    internaldate: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one mailbox holds now, all folders together: messages and the sum of their wire sizes (quotas)."""
+
+    messages: int = 0
+    bytes: int = 0
+
+
+# --- what the event bus publishes ---
+
+#: L{FolderEvent.kind}: messages were added (delivery, APPEND, COPY, MOVE).
+ADDED: Final = "added"
+#: L{FolderEvent.kind}: the flags of messages changed.
+FLAGS_CHANGED: Final = "flags_changed"
+#: L{FolderEvent.kind}: messages were removed (EXPUNGE, MOVE, DELE).
+EXPUNGED: Final = "expunged"
+
+
+@dataclass(frozen=True)
+class FolderEvent:
+    """Something changed in one folder: C{kind} is L{ADDED}, L{FLAGS_CHANGED} or L{EXPUNGED}."""
+
+    kind: str
+    account: str
+    folder: str
+    uids: tuple[int, ...]
