@@ -55,6 +55,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailapp import logevents
+from mailapp.config import DEFAULT_LIMITS, DEFAULT_SECURITY
 from mailapp.errors import LoginsBusy, NoSuchMessage
 from mailapp.sessions import BANNED, AuthOutcome, Overrun, SessionFactory, SessionLimits, session_limits
 from mailapp.store.records import MessageInfo
@@ -111,13 +112,13 @@ class POP3Policy(SessionLimits):
     """
 
     hostname: str
-    timeout: float = IDLE_TIMEOUT
+    timeout: float = float(DEFAULT_LIMITS.pop3_timeout_seconds)
     allow_plaintext_auth: bool = False
     #: Base delay of the factory's own guard when none is given (tests).
-    auth_failure_delay: float = AUTH_FAILURE_DELAY
+    auth_failure_delay: float = DEFAULT_SECURITY.auth_failure_delay
     max_auth_failures: int = MAX_AUTH_FAILURES
     #: Commands in the AUTHORIZATION state (AUTH continuation lines not counted).
-    max_commands_before_auth: int = 20
+    max_commands_before_auth: int = DEFAULT_LIMITS.max_commands_before_auth
 
 
 class MaildropLocks:

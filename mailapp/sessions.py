@@ -33,7 +33,7 @@ from twisted.logger import Logger, LogPublisher
 
 from mailapp import logevents
 from mailapp.abuse import AbuseGuard, address_key
-from mailapp.config import LOGIN_PROTOCOLS, SecurityConfig, listener_budget
+from mailapp.config import DEFAULT_LIMITS, LOGIN_PROTOCOLS, SecurityConfig, listener_budget
 from mailapp.interfaces import IMailbox
 
 _log = Logger()
@@ -72,9 +72,9 @@ class SessionLimits:
     """
 
     #: This listener's open connections.
-    max_connections: int = 1000
+    max_connections: int = DEFAULT_LIMITS.max_connections
     #: One client address's open connections, on every listener together.
-    max_connections_per_ip: int = 20
+    max_connections_per_ip: int = DEFAULT_LIMITS.max_connections_per_ip
     #: This listener's connections that have not logged in; None where there
     #: is no login (the MX), so every connection is the listener's to use.
     max_unauthenticated: int | None = None
@@ -82,16 +82,16 @@ class SessionLimits:
     #: None for a factory used alone (a test).
     max_server_connections: int | None = None
     #: Idle seconds before login (submission, POP3, IMAP); after it, the protocol's own timeout.
-    login_timeout: float = LOGIN_TIMEOUT
+    login_timeout: float = float(DEFAULT_LIMITS.login_timeout_seconds)
     #: Seconds a whole session may last, however busy; None: no limit (IMAP, whose sessions IDLE for days).
     session_deadline: float | None = None
     #: Seconds from connect to a successful login, whatever the client sends; None where there is no login.
     login_deadline: float | None = None
     #: Seconds a command line may take from its first byte to its end.
-    line_seconds: float = LINE_SECONDS
+    line_seconds: float = float(DEFAULT_LIMITS.command_line_seconds)
     #: Bytes per second message data (SMTP DATA, an IMAP literal) must average, after C{data_grace} free seconds.
-    min_data_rate: float = MIN_DATA_RATE
-    data_grace: float = DATA_GRACE
+    min_data_rate: float = DEFAULT_LIMITS.min_data_rate
+    data_grace: float = float(DEFAULT_LIMITS.data_grace_seconds)
 
 
 def session_limits(config: Any, listener: Any) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from twisted.mail import smtp as twisted_smtp
 from twisted.python.failure import Failure
 
 from mailapp import logevents
+from mailapp.config import DEFAULT_LIMITS, DEFAULT_SECURITY
 from mailapp.delivery import Router, Transaction
 from mailapp.errors import (
     HeaderSenderNotOwned,
@@ -96,15 +97,15 @@ class SMTPPolicy(SessionLimits):
     allow_plaintext_auth: bool = False
     trusted_networks: tuple[Any, ...] = ()
     #: Base delay of the factory's own guard when none is given (tests).
-    auth_failure_delay: float = 1.0
+    auth_failure_delay: float = DEFAULT_SECURITY.auth_failure_delay
     #: Commands before AUTH succeeds, on submission (the MX never authenticates).
-    max_commands_before_auth: int = 20
+    max_commands_before_auth: int = DEFAULT_LIMITS.max_commands_before_auth
     #: What RCPT TO:<postmaster> (no domain) means: postmaster at the first local domain.
     postmaster: str = ""
     #: On the MX, refuse a sender in a local domain from outside the trusted networks.
-    refuse_local_senders: bool = True
+    refuse_local_senders: bool = DEFAULT_SECURITY.mx_refuse_local_senders
     #: MAIL FROM gets 452 4.3.1 while the store's disk has fewer free bytes than this plus SIZE=.
-    min_free_disk: int = 0
+    min_free_disk: int = DEFAULT_LIMITS.min_free_disk
 
 
 class ESMTPServer(twisted_smtp.ESMTP):

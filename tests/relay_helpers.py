@@ -1,7 +1,9 @@
 """
-Fakes for the relay tests: a reactor whose "threads" run at once (so a
-L{task.Clock} drives everything deterministically), an in-memory store that
-records deliveries (for DSNs), and a scripted network of SMTP servers.
+Fakes for the relay tests: a scripted network of SMTP servers, and a
+harness over a real queue directory. The reactor whose "threads" run at once
+(so a L{task.Clock} drives everything deterministically) and the store that
+records deliveries (for DSNs) are the public ones of L{mailapp.testing},
+under the names these tests know.
 """
 
 from __future__ import annotations
@@ -21,105 +23,26 @@ from mailapp.relay.client import Reply
 from mailapp.relay.manager import RelayManager, RetryPolicy
 from mailapp.relay.queue import Queue
 from mailapp.relay.routing import Hop, Routes
-from mailapp.testing import FakeAccounts
+from mailapp.testing import FakeAccounts, HeldThreadPool, SynchronousReactor, SynchronousThreadPool
+from mailapp.testing import RecordingStore as MemoryStore
+from mailapp.testing import RecordingWriter as MemoryMessage
+
+__all__ = [
+    "B_HOP",
+    "C_HOP",
+    "OK",
+    "TRANSPORTS",
+    "FakeClient",
+    "FakeNetwork",
+    "Harness",
+    "HeldThreadPool",
+    "MemoryMessage",
+    "MemoryStore",
+    "SynchronousReactor",
+    "SynchronousThreadPool",
+]
 
 OK = Reply(250, ("2.0.0 Ok: queued",))
-
-
-class SynchronousThreadPool:
-    """Runs "thread" work at once, on the caller's thread."""
-
-    def callInThreadWithCallback(self, onResult: Callable[..., None], function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        try:
-            result = function(*args, **kwargs)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-
-class HeldThreadPool(SynchronousThreadPool):
-    """
-    Runs "thread" work at once until C{held}; then keeps it until L{run}, so
-    that a test can look at the disk between a reply and the write it causes.
-    """
-
-    def __init__(self) -> None:
-        self.held = False
-        self.jobs: list[tuple[Callable[..., None], Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
-
-    def callInThreadWithCallback(self, onResult: Callable[..., None], function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        if self.held:
-            self.jobs.append((onResult, function, args, kwargs))
-        else:
-            super().callInThreadWithCallback(onResult, function, *args, **kwargs)
-
-    def run(self) -> None:
-        """Run every job held so far, and those they hold in turn."""
-        while self.jobs:
-            onResult, function, args, kwargs = self.jobs.pop(0)
-            super().callInThreadWithCallback(onResult, function, *args, **kwargs)
-
-
-class SynchronousReactor:
-    """Just enough reactor for L{Queue}: time from a Clock, threads that run at once."""
-
-    def __init__(self, clock: Clock, pool: SynchronousThreadPool | None = None) -> None:
-        self.clock = clock
-        self.pool = pool or SynchronousThreadPool()
-
-    def seconds(self) -> float:
-        return self.clock.seconds()
-
-    def callLater(self, *args: Any, **kwargs: Any) -> Any:
-        return self.clock.callLater(*args, **kwargs)
-
-    def callFromThread(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        function(*args, **kwargs)
-
-    def getThreadPool(self) -> SynchronousThreadPool:
-        return self.pool
-
-
-class MemoryMessage:
-    """An IMessageWriter in memory (its bytes are C{pending}, as the store's small-message path)."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.finished = False
-        self.pending: bytes | None = None
-
-    def write(self, data: bytes) -> defer.Deferred[None]:
-        self.chunks.append(data)
-        self.size += len(data)
-        return defer.succeed(None)
-
-    def finish(self) -> defer.Deferred[None]:
-        self.finished = True
-        self.pending = b"".join(self.chunks)
-        return defer.succeed(None)
-
-    def discard(self) -> defer.Deferred[None]:
-        return defer.succeed(None)
-
-
-class MemoryStore:
-    """Records local deliveries: C{inbox(account)} is the list of messages delivered to it."""
-
-    def __init__(self) -> None:
-        self.delivered: list[tuple[tuple[str, ...], bytes]] = []
-
-    def newMessage(self) -> MemoryMessage:
-        return MemoryMessage()
-
-    def deliver(self, message: MemoryMessage, accounts: Any, folder: str = "INBOX") -> defer.Deferred[dict[str, int]]:
-        accounts = tuple(accounts)
-        self.delivered.append((accounts, message.pending or b""))
-        return defer.succeed({a: len(self.delivered) for a in accounts})
-
-    def inbox(self, account: str) -> list[bytes]:
-        return [data for accounts, data in self.delivered if account in accounts]
 
 
 class FakeClient:

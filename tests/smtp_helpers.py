@@ -16,17 +16,7 @@ from mailapp.delivery import Router
 from mailapp.smtp import SMTPFactory, SMTPPolicy
 from mailapp.store import MaildirStore, open_message_file
 from mailapp.store.names import mailbox_directory
-from mailapp.testing import FakeAccounts
-
-
-def make_accounts() -> FakeAccounts:
-    accounts = FakeAccounts(["example.test"])
-    accounts.add_user("alice@example.test", "alice-secret")
-    accounts.add_user("bob@example.test", "bob-secret")
-    accounts.add_user("carol@example.test", "carol-secret")
-    accounts.add_alias("team@example.test", ["alice@example.test", "bob@example.test"])
-    accounts.add_alias("sales@example.test", ["carol@example.test"])
-    return accounts
+from tests.protocol.accounts import make_accounts
 
 
 def make_factory(

@@ -489,3 +489,38 @@ def test_server_sync_defaults_to_filesystem_and_rejects_unknown_modes(tmp_path):
         assert any("server.sync" in problem for problem in error.problems)
     else:
         raise AssertionError("an unknown sync mode was accepted")
+
+
+def test_the_session_policies_default_to_the_configs_values() -> None:
+    from mailapp.imap.server import IMAPPolicy
+    from mailapp.pop3 import POP3Policy
+    from mailapp.sessions import SessionLimits
+    from mailapp.smtp import SMTPPolicy
+
+    config = parse(MINIMAL, PATH)
+    limits, security = config.limits, config.security
+    session = SessionLimits()
+    assert (session.max_connections, session.max_connections_per_ip, session.login_timeout, session.line_seconds) == (
+        limits.max_connections,
+        limits.max_connections_per_ip,
+        limits.login_timeout_seconds,
+        limits.command_line_seconds,
+    )
+    assert (session.min_data_rate, session.data_grace) == (limits.min_data_rate, limits.data_grace_seconds)
+    smtp = SMTPPolicy(hostname="mail.example.test", submission=True, max_message_size=1, timeout=1)
+    assert (smtp.auth_failure_delay, smtp.max_commands_before_auth) == (security.auth_failure_delay, limits.max_commands_before_auth)
+    assert (smtp.refuse_local_senders, smtp.min_free_disk) == (security.mx_refuse_local_senders, limits.min_free_disk)
+    pop3 = POP3Policy(hostname="mail.example.test")
+    assert (pop3.timeout, pop3.auth_failure_delay, pop3.max_commands_before_auth) == (
+        limits.pop3_timeout_seconds,
+        security.auth_failure_delay,
+        limits.max_commands_before_auth,
+    )
+    imap = IMAPPolicy(hostname="mail.example.test")
+    assert (imap.timeout, imap.max_message_size, imap.max_literal, imap.max_line) == (
+        limits.imap_timeout_seconds,
+        limits.max_message_size,
+        limits.imap_max_literal,
+        limits.imap_max_line,
+    )
+    assert (imap.auth_failure_delay, imap.max_commands_before_auth) == (security.auth_failure_delay, limits.max_commands_before_auth)

@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 from mailapp.abuse import AbuseGuard, MXRateLimiter
 from mailapp.config import SecurityConfig
 from tests.smtp_helpers import make_factory, wait_for
-from tests.test_smtp_protocol import Session
+from tests.protocol.smtp_client import Session
 
 TOO_MUCH = b"451 4.7.1 Too much mail from your address; try again later"
 

@@ -24,7 +24,7 @@ from mailapp.store.records import Usage
 from mailapp.testing import cheap_password_hasher
 from tests.smtp_helpers import make_factory, stored_messages, wait_for
 from tests.test_cli import config, mailapp  # noqa: F401  (fixtures)
-from tests.test_smtp_protocol import Session
+from tests.protocol.smtp_client import Session
 
 ALICE = "alice@example.test"
 

@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 from mailapp.abuse import UNKNOWN_RECIPIENTS_FREE, AbuseGuard
 from mailapp.config import SecurityConfig
 from tests.smtp_helpers import make_factory
-from tests.test_smtp_protocol import Session
+from tests.protocol.smtp_client import Session
 
 
 def test_the_first_few_unknown_recipients_are_free_then_each_waits_twice_as_long() -> None:

@@ -120,3 +120,17 @@ def test_one_destination_address_gets_a_fifth_of_the_connections_unless_the_conf
     assert problems("max_connections_per_address = 0\n") == [
         "etc/test.toml: relay.max_connections_per_address: must be a positive integer, not 0"
     ]
+
+
+def test_the_relay_manager_defaults_to_the_configs_values(tmp_path: Path) -> None:
+    from mailapp.relay.manager import RetryPolicy
+    from tests.relay_helpers import Harness
+
+    config = relay("")
+    manager = Harness(tmp_path).manager  # no budget passed: the manager's own defaults
+    assert (manager.max_connections, manager.max_connections_per_domain, manager.max_connections_per_address) == (
+        config.max_connections,
+        config.max_connections_per_domain,
+        config.max_connections_per_address,
+    )
+    assert RetryPolicy() == RetryPolicy(config.retry_schedule, config.max_lifetime, config.delay_warning)

@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from mailapp.imap.server import IMAPFactory, IMAPPolicy
 from mailapp.sessions import CLOSE_GRACE
 from tests import smtp_helpers
-from tests.test_pop3 import make_factory as make_pop3_factory
+from tests.protocol.pop3_client import make_factory as make_pop3_factory
 
 
 class StuckTransport(StringTransport):

@@ -12,7 +12,7 @@ from twisted.trial.unittest import TestCase
 from mailapp.config import parse
 from mailapp.store.freespace import FreeSpace
 from tests.smtp_helpers import make_factory
-from tests.test_smtp_protocol import Session
+from tests.protocol.smtp_client import Session
 
 MIB = 1024 * 1024
 

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from mailapp.config import parse
 from tests.smtp_helpers import make_factory, wait_for
-from tests.test_smtp_protocol import Session
+from tests.protocol.smtp_client import Session
 
 REFUSED = b"553 5.7.1 Sender address in a local domain: log in on the submission port to send as it"
 

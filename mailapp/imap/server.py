@@ -59,6 +59,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailapp import logevents
+from mailapp.config import DEFAULT_LIMITS, DEFAULT_SECURITY
 from mailapp.errors import (
     MAX_KEYWORDS_PER_MESSAGE,
     BadFolderName,
@@ -140,18 +141,18 @@ class IMAPPolicy(SessionLimits):
 
     hostname: str
     allow_plaintext_auth: bool = False
-    max_message_size: int = 26_214_400
+    max_message_size: int = DEFAULT_LIMITS.max_message_size
     #: Base delay of the factory's own guard when none is given (tests).
-    auth_failure_delay: float = 1.0
+    auth_failure_delay: float = DEFAULT_SECURITY.auth_failure_delay
     max_auth_failures: int = 3
     idle_poll: float = IDLE_POLL
     #: Idle seconds after login (before it, C{login_timeout}).
-    timeout: float = AUTOLOGOUT
+    timeout: float = float(DEFAULT_LIMITS.imap_timeout_seconds)
     #: Commands before login (AUTHENTICATE continuation lines not counted).
-    max_commands_before_auth: int = 20
+    max_commands_before_auth: int = DEFAULT_LIMITS.max_commands_before_auth
     #: After login: one literal (APPEND's message excepted) and one line, in bytes.
-    max_literal: int = MAX_LITERAL
-    max_line: int = MAX_LINE
+    max_literal: int = DEFAULT_LIMITS.imap_max_literal
+    max_line: int = DEFAULT_LIMITS.imap_max_line
 
     @property
     def max_command(self) -> int:

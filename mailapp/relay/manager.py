@@ -15,7 +15,9 @@ Work for one domain is a *work item*: the entry's recipients in that domain,
 sent in one transaction. Workers (at most C{max_connections} in all and
 C{max_connections_per_domain} per domain) resolve the domain, connect to the
 first next hop that answers, and run every work item waiting for that domain
-on the one connection before saying QUIT.
+on the one connection before saying QUIT (L{mailapp.relay.workers}, a mixin
+of the manager). DSNs go out through the Router (L{mailapp.relay.notify}).
+The defaults are the config's (C{[relay]}, L{mailapp.config.DEFAULT_RELAY}).
 
 One destination address (IP and port) gets at most
 C{max_connections_per_address} connections, whichever domains they are for:
@@ -45,24 +47,24 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailapp import logevents
-from mailapp.config import default_per_address
-from mailapp.errors import MailError
+from mailapp.config import DEFAULT_RELAY, default_per_address
 from mailapp.relay import bounce, control
-from mailapp.relay.client import FileSource, Reply, SessionError, SMTPClient, local_reply
-from mailapp.relay.queue import DELIVERED, FAILED, PENDING, Envelope, Queue
-from mailapp.relay.routing import Hop, RouteError, Routes
+from mailapp.relay.client import Reply
+from mailapp.relay.notify import notify_sender
+from mailapp.relay.queue import DELIVERED, FAILED, PENDING, Envelope, Queue, Recipient
+from mailapp.relay.routing import Hop, Routes
+from mailapp.relay.workers import Work, Workers, tcp_connector
 
 __all__ = ["RelayManager", "RetryPolicy", "tcp_connector"]
 
@@ -76,9 +78,9 @@ STOP_GRACE = 5.0
 class RetryPolicy:
     """When to try again and when to give up; see ``[relay]`` in the config."""
 
-    schedule: tuple[int, ...] = (300, 600, 1200, 2400, 3600)
-    max_lifetime: float = 5 * 24 * 3600
-    delay_warning: float = 0
+    schedule: tuple[int, ...] = DEFAULT_RELAY.retry_schedule
+    max_lifetime: float = DEFAULT_RELAY.max_lifetime
+    delay_warning: float = DEFAULT_RELAY.delay_warning
 
     def delay(self, attempts: int) -> int:
         """Seconds to wait after the C{attempts}-th attempt (1-based); the last interval repeats."""
@@ -93,27 +95,7 @@ class _Entry:
     finishing: bool = False
 
 
-@dataclass
-class _Work:
-    entry_id: str
-    fence: int
-    domain: str
-    recipients: list[str] = field(default_factory=list)
-
-
-def tcp_connector(reactor: Any, hostname: str, command_timeout: float, session_timeout: float, connect_timeout: float) -> Callable[[Hop], Deferred[SMTPClient]]:
-    """The production C{connect}: a TCP connection to the hop's address, speaking L{SMTPClient}."""
-
-    def connect(hop: Hop) -> Deferred[SMTPClient]:
-        kind = TCP6ClientEndpoint if ":" in hop.address else TCP4ClientEndpoint
-        endpoint = kind(reactor, hop.address, hop.port, timeout=connect_timeout)
-        client = SMTPClient(reactor, command_timeout=command_timeout, session_timeout=session_timeout)
-        return connectProtocol(endpoint, client)
-
-    return connect
-
-
-class RelayManager(Service):
+class RelayManager(Workers, Service):
     """See the module docstring. A child of the root service, named ``relay``."""
 
     name = "relay"
@@ -132,8 +114,8 @@ class RelayManager(Service):
         require_tls: frozenset[str] = frozenset(),
         smarthost_auth: tuple[str, str] | None = None,
         smarthost_require_tls: bool = True,
-        max_connections: int = 20,
-        max_connections_per_domain: int = 10,
+        max_connections: int = DEFAULT_RELAY.max_connections,
+        max_connections_per_domain: int = DEFAULT_RELAY.max_connections_per_domain,
         max_connections_per_address: int | None = None,
         poll_interval: float = control.POLL_INTERVAL,
     ) -> None:
@@ -156,16 +138,7 @@ class RelayManager(Service):
         )
         self.poll_interval = poll_interval
         self.entries: dict[str, _Entry] = {}
-        self._ready: dict[str, deque[_Work]] = {}
-        self._workers: dict[str, int] = {}
-        self._total_workers = 0
-        #: Open (or opening) connections per destination address, and the
-        #: domains waiting for a share of one of those addresses.
-        self._address_connections: dict[tuple[str, int], int] = {}
-        self._parked: dict[str, set[tuple[str, int]]] = {}
-        self._clients: set[Any] = set()
-        self._connecting: set[Deferred[Any]] = set()
-        self._active: set[Deferred[Any]] = set()
+        self._initWorkers()
         self._lock_fd: int | None = None
         self._lock_timer: Any = None
         self._loaded = False
@@ -179,7 +152,7 @@ class RelayManager(Service):
     # -- lifecycle ------------------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # twisted.application.service is untyped
         self._stopping = False
         self._takeLock()
 
@@ -235,7 +208,7 @@ class RelayManager(Service):
 
     def stopService(self) -> Deferred[None]:
         """Take no new work; let transactions in flight end (bounded), then release the lock."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self._stopping = True
         if self._lock_timer is not None and self._lock_timer.active():
             self._lock_timer.cancel()
@@ -250,13 +223,7 @@ class RelayManager(Service):
         done: Deferred[None] = Deferred()
         active = list(self._active)
 
-        def abort() -> None:
-            for connecting in list(self._connecting):
-                connecting.cancel()
-            for client in list(self._clients):
-                client.abort()
-
-        timer = self.clock.callLater(STOP_GRACE, abort)
+        timer = self.clock.callLater(STOP_GRACE, self._abortConnections)
 
         def finished(_: object) -> None:
             if timer.active():
@@ -306,9 +273,9 @@ class RelayManager(Service):
             return
         envelope.fence += 1
         envelope.attempts += 1
-        by_domain: dict[str, _Work] = {}
+        by_domain: dict[str, Work] = {}
         for recipient in pending:
-            work = by_domain.setdefault(recipient.domain, _Work(envelope.id, envelope.fence, recipient.domain))
+            work = by_domain.setdefault(recipient.domain, Work(envelope.id, envelope.fence, recipient.domain))
             work.recipients.append(recipient.address)
         entry.inflight = len(by_domain)
         for domain, work in by_domain.items():
@@ -316,206 +283,11 @@ class RelayManager(Service):
         for domain in by_domain:
             self._dispatch(domain)
 
-    def _dispatch(self, domain: str) -> None:
-        ready = self._ready.get(domain)
-        while (
-            ready
-            and not self._stopping
-            and domain not in self._parked
-            and self._workers.get(domain, 0) < self.max_connections_per_domain
-            and self._total_workers < self.max_connections
-        ):
-            self._workers[domain] = self._workers.get(domain, 0) + 1
-            self._total_workers += 1
-            d = self._worker(domain)
-            self._active.add(d)
-            d.addBoth(lambda result, d=d: self._active.discard(d))
-
-    def _dispatchAll(self) -> None:
-        for domain in [d for d, ready in self._ready.items() if ready]:
-            self._dispatch(domain)
-
-    # -- workers --------------------------------------------------------------------------
-
-    def _exempt(self, domain: str) -> bool:
-        """Whether a domain's mail goes to the smarthost, which has no other destination to share with."""
-        return self.routes.smarthost is not None and domain not in self.routes.transports
-
-    def _takeAddress(self, hop: Hop, exempt: bool) -> bool:
-        """Count a connection to C{hop}'s address, unless that address has its share already."""
-        if exempt:
-            return True
-        key = (hop.address, hop.port)
-        count = self._address_connections.get(key, 0)
-        if count >= self.max_connections_per_address:
-            return False
-        self._address_connections[key] = count + 1
-        return True
-
-    def _releaseAddress(self, hop: Hop, exempt: bool) -> None:
-        """A connection to C{hop} ended: let a domain waiting for that address go."""
-        if exempt:
-            return
-        key = (hop.address, hop.port)
-        count = self._address_connections.get(key, 0) - 1
-        if count > 0:
-            self._address_connections[key] = count
-        else:
-            self._address_connections.pop(key, None)
-        waiting = [d for d, keys in self._parked.items() if key in keys]
-        for parked in waiting:
-            del self._parked[parked]
-        for parked in waiting:
-            self._dispatch(parked)
-
-    def _park(self, domain: str, work: _Work, full: set[tuple[str, int]]) -> None:
-        """Every hop of C{domain} is at its share: put C{work} back and wait for one to free up."""
-        self._ready.setdefault(domain, deque()).appendleft(work)
-        if all(self._address_connections.get(key, 0) >= self.max_connections_per_address for key in full):
-            self._parked[domain] = full
-        _log.info(
-            "relay waits for a connection to {domain}: every next hop has its share ({addresses})",
-            log_event=logevents.RELAY_ATTEMPT,
-            domain=domain,
-            addresses=", ".join(f"{address}:{port}" for address, port in sorted(full)),
-        )
-
-    @defer.inlineCallbacks
-    def _worker(self, domain: str) -> Any:
-        client = None
-        hop: Hop | None = None
-        # Decided once, so that a reload changing the smarthost cannot unbalance the counts.
-        exempt = self._exempt(domain)
-        try:
-            ready = self._ready.get(domain)
-            if not ready:
-                return None
-            try:
-                hops = yield self.routes.resolve(domain)
-            except RouteError as error:
-                self._failAll(domain, Reply.parse(error.reply), "")
-                return None
-            except Exception as error:
-                _log.failure("resolving {domain}", Failure(error), domain=domain)
-                self._failAll(domain, local_reply(451, "4.4.3 error resolving the destination"), "")
-                return None
-            while ready and not self._stopping:
-                work = ready.popleft()
-                if not self._current(work):
-                    continue
-                if client is None or not client.usable:
-                    if client is not None:
-                        self._clients.discard(client)
-                        client = None
-                        if hop is not None:
-                            self._releaseAddress(hop, exempt)
-                            hop = None
-                    client, hop, failure, full = yield self._connect(domain, hops, exempt)
-                    if client is None and full:
-                        self._park(domain, work, full)
-                        return None
-                    if client is None:
-                        self._record(work, {r: failure for r in work.recipients}, "")
-                        self._failAll(domain, failure, "")
-                        return None
-                if not self._current(work):
-                    continue  # deleted or bounced by the administrator while we connected
-                results = yield self._send(client, work)
-                # The 250s are on disk before the next MAIL FROM on this connection.
-                yield self._record(work, results, hop.name if hop else "")
-            return None
-        finally:
-            if client is not None:
-                self._clients.discard(client)
-                yield client.quit()
-            if client is not None and hop is not None:
-                self._releaseAddress(hop, exempt)
-            self._workers[domain] -= 1
-            self._total_workers -= 1
-            self._dispatchAll()
-
-    def _failAll(self, domain: str, reply: Reply, remote: str) -> None:
-        """The destination cannot be reached now: every waiting work item for it gets C{reply}."""
-        ready = self._ready.get(domain)
-        while ready:
-            work = ready.popleft()
-            if self._current(work):
-                self._record(work, {r: reply for r in work.recipients}, remote)
-
-    def _tlsFor(self, domain: str) -> tuple[bool, tuple[str, str] | None]:
-        """(TLS required?, AUTH credentials) for a domain's next hop."""
-        if domain in self.routes.transports:
-            return domain in self.require_tls, None
-        if self.routes.smarthost is not None:
-            return self.smarthost_require_tls or domain in self.require_tls, self.smarthost_auth
-        return domain in self.require_tls, None
-
-    @defer.inlineCallbacks
-    def _connect(self, domain: str, hops: list[Hop], exempt: bool) -> Any:
-        """
-        The first hop that connects and greets: (client, hop, None, full),
-        or (None, None, why not, full); C{full} is the addresses skipped for
-        having their share of connections. The hop returned keeps its
-        address counted until the worker releases it.
-        """
-        require_tls, auth = self._tlsFor(domain)
-        failure = local_reply(451, f"4.4.1 no next hop for {domain} answered")
-        full: set[tuple[str, int]] = set()
-        for hop in hops:
-            if self._stopping:
-                break
-            if not self._takeAddress(hop, exempt):
-                full.add((hop.address, hop.port))
-                continue
-            client = None
-            try:
-                connecting = self.connect(hop)
-                self._connecting.add(connecting)
-                try:
-                    client = yield connecting
-                finally:
-                    self._connecting.discard(connecting)
-                self._clients.add(client)
-                yield client.greet(self.hostname, tls=self.tls, require_tls=require_tls, auth=auth)
-                return client, hop, None, full
-            except SessionError as error:
-                failure = error.reply
-            except Exception as error:
-                failure = local_reply(451, f"4.4.1 cannot connect to {hop}: {type(error).__name__}")
-            if client is not None:
-                self._clients.discard(client)
-                client.abort()
-            self._releaseAddress(hop, exempt)
-            _log.info(
-                "{log_event} {domain} via {hop}: {reply}",
-                log_event=logevents.RELAY_ATTEMPT,
-                domain=domain,
-                hop=str(hop),
-                reply=str(failure),
-            )
-        return None, None, failure, full
-
-    @defer.inlineCallbacks
-    def _send(self, client: Any, work: _Work) -> Any:
-        entry = self.entries[work.entry_id]
-        envelope = entry.envelope
-        source = FileSource(self.queue.message_path(envelope.id), self.queue.run)
-        try:
-            results = yield client.send(envelope.sender, work.recipients, source, envelope.size)
-        except SessionError as error:
-            results = {r: error.reply for r in work.recipients}
-        except Exception as error:
-            _log.failure("sending {queue_id}", Failure(error), queue_id=envelope.id)
-            results = {r: local_reply(451, "4.3.0 local error while sending") for r in work.recipients}
-        finally:
-            source.close()
-        return results
-
-    def _current(self, work: _Work) -> bool:
+    def _current(self, work: Work) -> bool:
         entry = self.entries.get(work.entry_id)
         return entry is not None and entry.envelope.fence == work.fence
 
-    def _record(self, work: _Work, results: dict[str, Reply], remote: str) -> Deferred[None]:
+    def _record(self, work: Work, results: dict[str, Reply], remote: str) -> Deferred[None]:
         """
         Take in a work item's outcome; save it, or end the round when it was
         the last. Fires once every 250 in C{results} is durable (at once when
@@ -636,7 +408,7 @@ class RelayManager(Service):
             unnotified = [r for r in envelope.recipients if r.state == FAILED and not r.notified]
             dsn_failed = False
             if unnotified:
-                sent = yield self._notify(envelope, unnotified, bounce.FAILED, expired=not pending)
+                sent = yield self._notify(envelope, unnotified, bounce.FAILED)
                 if sent:
                     for recipient in unnotified:
                         recipient.notified = True
@@ -664,93 +436,18 @@ class RelayManager(Service):
         finally:
             entry.finishing = False
 
-    # -- delivery status notifications -----------------------------------------------------
-
-    @defer.inlineCallbacks
-    def _notify(self, envelope: Envelope, recipients: list[Any], action: str, expired: bool = False) -> Any:
-        """
-        Send a DSN to the envelope sender through the Router (so a local
-        sender gets it in their INBOX, a remote one through this queue).
-        Fires with C{True} when it is sent or must never be (null sender,
-        a sender nobody can receive for), C{False} to try again later.
-        """
-        if not envelope.sender:
-            for recipient in recipients:
-                _log.warn(
-                    "double bounce dropped: {queue_id} from=<> to=<{recipient}>: {reply}",
-                    log_event=logevents.RELAY_DOUBLE_BOUNCE,
-                    queue_id=envelope.id,
-                    recipient=recipient.address,
-                    reply=recipient.last_reply,
-                )
-            return True
-        if self.router is None:
-            _log.error("no router to send a DSN for {queue_id}", queue_id=envelope.id, log_event=logevents.RELAY_DSN_FAILED)
-            return True
-        statuses = []
-        for recipient in recipients:
-            reply = Reply.parse(recipient.last_reply) if recipient.last_reply else local_reply(451, "4.4.7 no answer")
-            status = reply.enhanced
-            if action == bounce.FAILED and not reply.permanent:
-                status = "4.4.7"  # delivery time expired (RFC 3463)
-            diagnostic = recipient.last_reply or "no answer from the destination"
-            if action == bounce.FAILED and not reply.permanent:
-                diagnostic = f"delivery time expired; last reply: {diagnostic}"
-            statuses.append(bounce.RecipientStatus(recipient.address, status, diagnostic, recipient.remote))
-        try:
-            headers = yield self.queue.run(bounce.read_headers, self.queue.message_path(envelope.id))
-        except OSError:
-            headers = b""
-        data = bounce.build_dsn(
-            reporting_mta=self.hostname,
-            queue_id=envelope.id,
-            sender=envelope.sender,
-            arrival=envelope.created,
-            now=self.clock.seconds(),
-            action=action,
-            recipients=statuses,
-            original_headers=headers,
-            will_retry_until=envelope.created + self.policy.max_lifetime,
+    def _notify(self, envelope: Envelope, recipients: list[Recipient], action: str) -> Deferred[bool]:
+        """A DSN to the envelope's sender (L{notify_sender}): fires with C{False} to try again later."""
+        return notify_sender(
+            self.router,
+            self.queue,
+            envelope,
+            recipients,
+            action,
+            hostname=self.hostname,
+            clock=self.clock,
+            max_lifetime=self.policy.max_lifetime,
         )
-        transaction = self.router.start("", relay_allowed=True)
-        try:
-            yield transaction.addRecipient(envelope.sender)
-            message = transaction.open()
-            message.write(data)
-            dsn_id = yield transaction.commit()
-        except MailError as error:
-            transaction.abort()
-            if error.temporary:
-                _log.warn(
-                    "DSN for {queue_id} to <{sender}> not sent yet: {error}",
-                    log_event=logevents.RELAY_DSN_FAILED,
-                    queue_id=envelope.id,
-                    sender=envelope.sender,
-                    error=str(error),
-                )
-                return False
-            _log.warn(
-                "DSN for {queue_id} to <{sender}> dropped: {error}",
-                log_event=logevents.RELAY_DSN_FAILED,
-                queue_id=envelope.id,
-                sender=envelope.sender,
-                error=str(error),
-            )
-            return True
-        except Exception:
-            transaction.abort()
-            _log.failure("DSN for {queue_id} failed", queue_id=envelope.id, log_event=logevents.RELAY_DSN_FAILED)
-            return False
-        _log.info(
-            "{action} DSN {dsn_id} for {queue_id} sent to <{sender}> ({count} recipients)",
-            log_event=logevents.RELAY_DSN_SENT if action == bounce.FAILED else logevents.RELAY_DELAY_WARNING,
-            action=action,
-            dsn_id=dsn_id,
-            queue_id=envelope.id,
-            sender=envelope.sender,
-            count=len(recipients),
-        )
-        return True
 
     # -- admin requests ----------------------------------------------------------------------
 

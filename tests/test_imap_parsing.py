@@ -1,17 +1,12 @@
-"""Unit tests of the IMAP pieces: wire syntax, MIME structure, and the session over a fake transport."""
+"""Unit tests of the IMAP pieces, no session: wire syntax, MIME structure, search parsing (the session is in tests/protocol/test_imap_session.py)."""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
-from twisted.internet import reactor
-from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import TestCase
 
 from mailapp.imap import mime, search
-from mailapp.imap.server import IMAPFactory, IMAPPolicy
 from mailapp.imap.wire import (
     Atom,
     BadCommand,
@@ -26,7 +21,6 @@ from mailapp.imap.wire import (
     parse_sequence_set,
     select_positions,
 )
-from mailapp.store import MaildirStore
 
 
 def test_arguments_parse_atoms_strings_literals_lists_and_sections():
@@ -94,79 +88,6 @@ def test_mime_structure_of_nested_message_rfc822():
 def test_search_nesting_is_bounded():
     with pytest.raises(BadCommand):
         search.parse_search([Atom(b"NOT")] * 100 + [Atom(b"ALL")], 1)
-
-
-class _RecordingTransport(StringTransport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.nodelay = False
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        self.nodelay = enabled
-
-
-class SessionTests(TestCase):
-    def setUp(self) -> None:
-        store = MaildirStore(Path(self.mktemp()) / "mail", reactor=reactor)
-        self.factory = IMAPFactory(None, store, IMAPPolicy("mail.example.test"), reactor)
-
-    def connect(self) -> tuple[object, _RecordingTransport]:
-        protocol = self.factory.buildProtocol(None)
-        transport = _RecordingTransport()
-        protocol.makeConnection(transport)
-        self.addCleanup(protocol.connectionLost, None)
-        return protocol, transport
-
-    def test_tcp_nodelay_is_set_on_every_connection(self):
-        _, transport = self.connect()
-        self.assertTrue(transport.nodelay)
-
-    def test_greeting_advertises_logindisabled_without_tls_or_plaintext_permission(self):
-        _, transport = self.connect()
-        greeting = transport.value()
-        self.assertTrue(greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 "))
-        self.assertIn(b" LOGINDISABLED]", greeting)
-        self.assertNotIn(b"AUTH=PLAIN", greeting)
-
-    def test_commands_before_login_are_limited_to_the_not_authenticated_set(self):
-        protocol, transport = self.connect()
-        transport.clear()
-        protocol.dataReceived(b"a SELECT INBOX\r\nb FROB\r\nc CAPABILITY\r\n")
-        lines = transport.value().split(b"\r\n")
-        self.assertEqual(lines[0], b"a BAD Command not valid in this state")
-        self.assertEqual(lines[1], b"b BAD Unknown command")
-        self.assertEqual(lines[3], b"c OK CAPABILITY completed")
-
-
-def test_sessions_asking_for_the_same_new_mail_share_one_store_read():
-    from twisted.internet.defer import Deferred
-
-    from mailapp.imap.server import IMAPFactory, IMAPPolicy
-
-    class Folder:
-        account, name = "alice@example.test", "INBOX"
-
-        def __init__(self):
-            self.reads = []
-
-        def messagesAfter(self, uid):
-            d = Deferred()
-            self.reads.append((uid, d))
-            return d
-
-    factory = IMAPFactory(None, None, IMAPPolicy(hostname="mail.example.test"), None)
-    folder = Folder()
-    results = []
-    for _ in range(100):
-        factory.messagesAfter(folder, 7).addCallback(results.append)
-    factory.messagesAfter(folder, 3).addCallback(results.append)
-    assert [uid for uid, _ in folder.reads] == [7, 3]
-    folder.reads[0][1].callback(["new"])
-    assert results == [["new"]] * 100
-    folder.reads[1][1].callback(["older", "new"])
-    assert results[-1] == ["older", "new"]
-    factory.messagesAfter(folder, 7)
-    assert len(folder.reads) == 3, "a read that has finished is not reused"
 
 
 def test_header_searches_read_only_the_header_block():

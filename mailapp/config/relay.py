@@ -1,0 +1,139 @@
+"""
+``[relay]``: the outbound policy, read by the relay manager
+(L{mailapp.relay.manager}) and its routes: next hops, retries, connection
+budgets, TLS and AUTH towards the smarthost. Its defaults are the relay
+manager's too (L{DEFAULT_RELAY}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+from mailapp.config.checks import HostPort, Network, domain, host_port, name_server, network
+from mailapp.config.schema import (
+    ANY,
+    INVALID,
+    STRING,
+    At,
+    Entries,
+    Items,
+    Section,
+    at_most,
+    boolean,
+    describe,
+    array,
+    integer,
+    positive,
+    string,
+    table,
+    zero_or_positive,
+)
+
+__all__ = ["DEFAULT_RELAY", "RELAY", "RelayConfig", "default_per_address"]
+
+
+def default_per_address(max_connections: int) -> int:
+    """
+    What one destination address may hold of C{max_connections} when the
+    config does not say: a fifth, at least one, so that four slow peers
+    still leave a fifth of the connections for everybody else.
+    """
+    return max(1, max_connections // 5)
+
+
+def _positive_seconds(at: At, value: Any) -> Any:
+    """An item of the retry schedule: one message for a wrong type and a wrong value alike."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        at.problem(f"must be a positive integer (seconds), not {describe(value)}")
+        return INVALID
+    return value
+
+
+def _at_least_one(at: At, schedule: list[int]) -> Any:
+    if not schedule:
+        at.problem("must list at least one interval")
+        return INVALID
+    return schedule
+
+
+def _smarthost_credentials(at: At) -> None:
+    """The username and password go together, and only with a smarthost (checked once the password is read)."""
+    username, password = at.values["smarthost_username"], at.values["smarthost_password"]
+    if (username is None) != (password is None):
+        at.problem_on(
+            "smarthost_username" if username is None else "smarthost_password",
+            "smarthost_username and smarthost_password go together",
+        )
+    if username is not None and at.values["smarthost"] is None and not isinstance(at.table.get("smarthost"), str):
+        at.problem_on("smarthost_username", "is only used with relay.smarthost")
+
+
+def _per_address_default(at: At) -> int:
+    return default_per_address(at.values["max_connections"])
+
+
+def _strings(*checks: Any, name: str = "a string") -> Items:
+    return Items(STRING.named(name), tuple(checks))
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """
+    Outbound policy. ``transports`` maps a (lower-case) domain to the next hop
+    that replaces its MX lookup; ``smarthost`` if set takes every other remote
+    message; clients in ``trusted_networks`` may relay without authenticating.
+    Its keys are read (and their problems reported) in field order.
+    """
+
+    transports: Mapping[str, HostPort] = field(
+        default_factory=lambda: MappingProxyType({}),
+        metadata=table(Entries(STRING.named("a string 'host:port'"), (host_port,), names=(domain,)), build=MappingProxyType),
+    )
+    smarthost: HostPort | None = field(default=None, metadata=string(host_port))
+    trusted_networks: tuple[Network, ...] = field(default=(), metadata=array(_strings(network), build=tuple))
+    #: Seconds after which an undelivered message is bounced (default 5 days).
+    max_lifetime: int = field(default=5 * 24 * 3600, metadata=integer(positive))
+    #: Outbound connections, in total and to one destination domain (Postfix's
+    #: default destination concurrency is 20 too).
+    max_connections: int = field(default=50, metadata=integer(positive))
+    max_connections_per_domain: int = field(default=20, metadata=integer(positive, then=(at_most("max_connections"),)))
+    #: Seconds: to connect; to wait for one reply; for a whole connection.
+    connect_timeout: int = field(default=30, metadata=integer(positive))
+    command_timeout: int = field(default=300, metadata=integer(positive))
+    session_timeout: int = field(default=1800, metadata=integer(positive))
+    #: Messages one alias may forward to other domains at once, and an hour after that.
+    forward_burst: int = field(default=30, metadata=integer(positive))
+    forward_per_hour: int = field(default=300, metadata=integer(positive))
+    #: Outbound connections to one destination address (IP and port), for
+    #: every domain it serves together: a slow MX (a tarpit) can hold no more.
+    #: By default a fifth of C{max_connections}, at least one (L{default_per_address}).
+    max_connections_per_address: int = field(
+        default=10, metadata=integer(positive, at_most("max_connections"), default_from=_per_address_default)
+    )
+    #: Seconds after which the sender is told once that delivery is delayed; 0: never.
+    delay_warning: int = field(default=0, metadata=integer(zero_or_positive("off")))
+    #: Seconds to wait before each retry; the last value repeats.
+    retry_schedule: tuple[int, ...] = field(
+        default=(300, 600, 1200, 2400, 3600),
+        metadata=array(Items(ANY, (_positive_seconds,)), _at_least_one, build=tuple),
+    )
+    #: Domains whose servers must offer STARTTLS, or the message waits.
+    require_tls: frozenset[str] = field(default=frozenset(), metadata=array(_strings(domain), build=frozenset))
+    #: AUTH PLAIN credentials for the smarthost (sent only inside TLS).
+    smarthost_username: str | None = field(default=None, metadata=string())
+    smarthost_password: str | None = field(default=None, metadata=string(then=(_smarthost_credentials,)))
+    #: Refuse to send to the smarthost without STARTTLS.
+    smarthost_require_tls: bool = field(default=True, metadata=boolean())
+    #: DNS servers for MX lookups (``host:port``); the system's resolv.conf when empty.
+    nameservers: tuple[HostPort, ...] = field(
+        default=(), metadata=array(_strings(name_server, name="a string 'address:port'"), build=tuple)
+    )
+
+
+RELAY: Final = Section(RelayConfig)
+
+#: The relay's defaults, for the code that runs without a config file (the relay manager's own defaults).
+DEFAULT_RELAY: Final = RelayConfig()

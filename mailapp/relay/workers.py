@@ -1,0 +1,300 @@
+"""
+The relay's connection scheduling: work items wait per destination domain,
+and workers carry them within the connection budgets (in total, per domain,
+per destination address), each on one connection to the first next hop that
+answers, one transaction per work item, then QUIT.
+
+L{Workers} is a mixin of L{mailapp.relay.manager.RelayManager}, which owns
+the entries and their rounds: a worker asks it whether a work item is still
+current (L{Workers._current}) and hands it each outcome (L{Workers._record}).
+See the manager's module docstring for the budgets and restart safety.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailapp import logevents
+from mailapp.relay.client import FileSource, Reply, SessionError, SMTPClient, local_reply
+from mailapp.relay.queue import Queue
+from mailapp.relay.routing import Hop, RouteError, Routes
+
+__all__ = ["Work", "Workers", "tcp_connector"]
+
+#: The relay's log lines keep the one namespace they have always had.
+_log = Logger(namespace="mailapp.relay.manager")
+
+
+@dataclass
+class Work:
+    """One entry's recipients in one domain, sent in one transaction; C{fence} is the entry's round."""
+
+    entry_id: str
+    fence: int
+    domain: str
+    recipients: list[str] = field(default_factory=list)
+
+
+def tcp_connector(reactor: Any, hostname: str, command_timeout: float, session_timeout: float, connect_timeout: float) -> Callable[[Hop], Deferred[SMTPClient]]:
+    """The production C{connect}: a TCP connection to the hop's address, speaking L{SMTPClient}."""
+
+    def connect(hop: Hop) -> Deferred[SMTPClient]:
+        kind = TCP6ClientEndpoint if ":" in hop.address else TCP4ClientEndpoint
+        endpoint = kind(reactor, hop.address, hop.port, timeout=connect_timeout)
+        client = SMTPClient(reactor, command_timeout=command_timeout, session_timeout=session_timeout)
+        connecting: Deferred[SMTPClient] = connectProtocol(endpoint, client)
+        return connecting
+
+    return connect
+
+
+class Workers:
+    """The workers and their connection budgets; see the module docstring."""
+
+    # Set by the manager (and changed by a reload).
+    queue: Queue
+    routes: Routes
+    connect: Callable[[Hop], Deferred[Any]]
+    hostname: str
+    tls: Any
+    require_tls: frozenset[str]
+    smarthost_auth: tuple[str, str] | None
+    smarthost_require_tls: bool
+    max_connections: int
+    max_connections_per_domain: int
+    max_connections_per_address: int
+    entries: dict[str, Any]
+    _stopping: bool
+
+    def _initWorkers(self) -> None:
+        self._ready: dict[str, deque[Work]] = {}
+        self._workers: dict[str, int] = {}
+        self._total_workers = 0
+        #: Open (or opening) connections per destination address, and the
+        #: domains waiting for a share of one of those addresses.
+        self._address_connections: dict[tuple[str, int], int] = {}
+        self._parked: dict[str, set[tuple[str, int]]] = {}
+        self._clients: set[Any] = set()
+        self._connecting: set[Deferred[Any]] = set()
+        self._active: set[Deferred[Any]] = set()
+
+    def _current(self, work: Work) -> bool:
+        """Whether C{work} is of its entry's current round (the manager's)."""
+        raise NotImplementedError
+
+    def _record(self, work: Work, results: dict[str, Reply], remote: str) -> Deferred[None]:
+        """Take in a work item's outcome (the manager's); fires once its 250s are durable."""
+        raise NotImplementedError
+
+    def _abortConnections(self) -> None:
+        """Cut every connection, open or opening (a stop whose grace ran out)."""
+        for connecting in list(self._connecting):
+            connecting.cancel()
+        for client in list(self._clients):
+            client.abort()
+
+    def _dispatch(self, domain: str) -> None:
+        ready = self._ready.get(domain)
+        while (
+            ready
+            and not self._stopping
+            and domain not in self._parked
+            and self._workers.get(domain, 0) < self.max_connections_per_domain
+            and self._total_workers < self.max_connections
+        ):
+            self._workers[domain] = self._workers.get(domain, 0) + 1
+            self._total_workers += 1
+            d = self._worker(domain)
+            self._active.add(d)
+            d.addBoth(self._ended, d)
+
+    def _ended(self, _: object, worker: Deferred[Any]) -> None:
+        """A worker ended (its failures are logged where they happen)."""
+        self._active.discard(worker)
+
+    def _dispatchAll(self) -> None:
+        for domain in [d for d, ready in self._ready.items() if ready]:
+            self._dispatch(domain)
+
+    def _exempt(self, domain: str) -> bool:
+        """Whether a domain's mail goes to the smarthost, which has no other destination to share with."""
+        return self.routes.smarthost is not None and domain not in self.routes.transports
+
+    def _takeAddress(self, hop: Hop, exempt: bool) -> bool:
+        """Count a connection to C{hop}'s address, unless that address has its share already."""
+        if exempt:
+            return True
+        key = (hop.address, hop.port)
+        count = self._address_connections.get(key, 0)
+        if count >= self.max_connections_per_address:
+            return False
+        self._address_connections[key] = count + 1
+        return True
+
+    def _releaseAddress(self, hop: Hop, exempt: bool) -> None:
+        """A connection to C{hop} ended: let a domain waiting for that address go."""
+        if exempt:
+            return
+        key = (hop.address, hop.port)
+        count = self._address_connections.get(key, 0) - 1
+        if count > 0:
+            self._address_connections[key] = count
+        else:
+            self._address_connections.pop(key, None)
+        waiting = [d for d, keys in self._parked.items() if key in keys]
+        for parked in waiting:
+            del self._parked[parked]
+        for parked in waiting:
+            self._dispatch(parked)
+
+    def _park(self, domain: str, work: Work, full: set[tuple[str, int]]) -> None:
+        """Every hop of C{domain} is at its share: put C{work} back and wait for one to free up."""
+        self._ready.setdefault(domain, deque()).appendleft(work)
+        if all(self._address_connections.get(key, 0) >= self.max_connections_per_address for key in full):
+            self._parked[domain] = full
+        _log.info(
+            "relay waits for a connection to {domain}: every next hop has its share ({addresses})",
+            log_event=logevents.RELAY_ATTEMPT,
+            domain=domain,
+            addresses=", ".join(f"{address}:{port}" for address, port in sorted(full)),
+        )
+
+    @defer.inlineCallbacks
+    def _worker(self, domain: str) -> Any:
+        client = None
+        hop: Hop | None = None
+        # Decided once, so that a reload changing the smarthost cannot unbalance the counts.
+        exempt = self._exempt(domain)
+        try:
+            ready = self._ready.get(domain)
+            if not ready:
+                return None
+            try:
+                hops = yield self.routes.resolve(domain)
+            except RouteError as error:
+                self._failAll(domain, Reply.parse(error.reply), "")
+                return None
+            except Exception as error:
+                _log.failure("resolving {domain}", Failure(error), domain=domain)
+                self._failAll(domain, local_reply(451, "4.4.3 error resolving the destination"), "")
+                return None
+            while ready and not self._stopping:
+                work = ready.popleft()
+                if not self._current(work):
+                    continue
+                if client is None or not client.usable:
+                    if client is not None:
+                        self._clients.discard(client)
+                        client = None
+                        if hop is not None:
+                            self._releaseAddress(hop, exempt)
+                            hop = None
+                    client, hop, failure, full = yield self._connect(domain, hops, exempt)
+                    if client is None and full:
+                        self._park(domain, work, full)
+                        return None
+                    if client is None:
+                        self._record(work, {r: failure for r in work.recipients}, "")
+                        self._failAll(domain, failure, "")
+                        return None
+                if not self._current(work):
+                    continue  # deleted or bounced by the administrator while we connected
+                results = yield self._send(client, work)
+                # The 250s are on disk before the next MAIL FROM on this connection.
+                yield self._record(work, results, hop.name if hop else "")
+            return None
+        finally:
+            if client is not None:
+                self._clients.discard(client)
+                yield client.quit()
+            if client is not None and hop is not None:
+                self._releaseAddress(hop, exempt)
+            self._workers[domain] -= 1
+            self._total_workers -= 1
+            self._dispatchAll()
+
+    def _failAll(self, domain: str, reply: Reply, remote: str) -> None:
+        """The destination cannot be reached now: every waiting work item for it gets C{reply}."""
+        ready = self._ready.get(domain)
+        while ready:
+            work = ready.popleft()
+            if self._current(work):
+                self._record(work, {r: reply for r in work.recipients}, remote)
+
+    def _tlsFor(self, domain: str) -> tuple[bool, tuple[str, str] | None]:
+        """(TLS required?, AUTH credentials) for a domain's next hop."""
+        if domain in self.routes.transports:
+            return domain in self.require_tls, None
+        if self.routes.smarthost is not None:
+            return self.smarthost_require_tls or domain in self.require_tls, self.smarthost_auth
+        return domain in self.require_tls, None
+
+    @defer.inlineCallbacks
+    def _connect(self, domain: str, hops: list[Hop], exempt: bool) -> Any:
+        """
+        The first hop that connects and greets: (client, hop, None, full),
+        or (None, None, why not, full); C{full} is the addresses skipped for
+        having their share of connections. The hop returned keeps its
+        address counted until the worker releases it.
+        """
+        require_tls, auth = self._tlsFor(domain)
+        failure = local_reply(451, f"4.4.1 no next hop for {domain} answered")
+        full: set[tuple[str, int]] = set()
+        for hop in hops:
+            if self._stopping:
+                break
+            if not self._takeAddress(hop, exempt):
+                full.add((hop.address, hop.port))
+                continue
+            client = None
+            try:
+                connecting = self.connect(hop)
+                self._connecting.add(connecting)
+                try:
+                    client = yield connecting
+                finally:
+                    self._connecting.discard(connecting)
+                self._clients.add(client)
+                yield client.greet(self.hostname, tls=self.tls, require_tls=require_tls, auth=auth)
+                return client, hop, None, full
+            except SessionError as error:
+                failure = error.reply
+            except Exception as error:
+                failure = local_reply(451, f"4.4.1 cannot connect to {hop}: {type(error).__name__}")
+            if client is not None:
+                self._clients.discard(client)
+                client.abort()
+            self._releaseAddress(hop, exempt)
+            _log.info(
+                "{log_event} {domain} via {hop}: {reply}",
+                log_event=logevents.RELAY_ATTEMPT,
+                domain=domain,
+                hop=str(hop),
+                reply=str(failure),
+            )
+        return None, None, failure, full
+
+    @defer.inlineCallbacks
+    def _send(self, client: Any, work: Work) -> Any:
+        entry = self.entries[work.entry_id]
+        envelope = entry.envelope
+        source = FileSource(self.queue.message_path(envelope.id), self.queue.run)
+        try:
+            results = yield client.send(envelope.sender, work.recipients, source, envelope.size)
+        except SessionError as error:
+            results = {r: error.reply for r in work.recipients}
+        except Exception as error:
+            _log.failure("sending {queue_id}", Failure(error), queue_id=envelope.id)
+            results = {r: local_reply(451, "4.3.0 local error while sending") for r in work.recipients}
+        finally:
+            source.close()
+        return results

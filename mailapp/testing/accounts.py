@@ -1,0 +1,188 @@
+"""
+FakeAccounts: L{IAccounts} in memory, with the real database's address
+rules, and a password hasher cheap enough for a test suite.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+from argon2 import PasswordHasher
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from mailapp.accounts import (
+    QuotaOverride,
+    Resolution,
+    address_key,
+    check_address,
+    check_alias,
+    check_alias_source,
+    check_domain,
+    owns_address,
+    resolve_address,
+    target_names_user,
+)
+from mailapp.errors import AccountError
+from mailapp.interfaces import IAccounts
+
+
+def cheap_password_hasher() -> PasswordHasher:
+    """
+    An argon2id hasher with the smallest parameters argon2 accepts, so that a
+    test suite can create and check hundreds of hashes in well under a
+    second. Never use it outside tests: it offers no protection at all.
+
+    Pass it as C{hasher=} to L{mailapp.accounts.AccountsDatabase} and
+    L{mailapp.accounts.Accounts}, or as C{password_hasher=} to
+    L{mailapp.cli.main}.
+    """
+    return PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+@implementer(IAccounts)
+class FakeAccounts:
+    """
+    L{IAccounts} in memory, with the same address rules and alias
+    resolution as the real database (they share L{resolve_address}).
+
+    Passwords are kept in plain text and compared in constant time. Every
+    method returns an already-fired Deferred.
+
+        accounts = FakeAccounts(domains=["example.test"])
+        accounts.add_user("alice@example.test", "secret")
+        accounts.add_alias("postmaster@example.test", ["alice@example.test"])
+    """
+
+    def __init__(self, domains: Iterable[str] = ()) -> None:
+        self._domains: set[str] = set()
+        self._users: dict[str, tuple[str, bytes]] = {}  # key -> (canonical, password)
+        self._aliases: dict[str, tuple[str, list[str]]] = {}  # key -> (source, targets)
+        self._quotas: dict[str, QuotaOverride] = {}  # key -> what set_quota set
+        #: Every C{(username, password)} given to L{authenticate}, in order.
+        self.attempts: list[tuple[str, bytes]] = []
+        for domain in domains:
+            self.add_domain(domain)
+
+    # -- setting up --
+
+    def add_domain(self, domain: str) -> str:
+        """Make C{domain} local."""
+        name = check_domain(domain)
+        self._domains.add(name)
+        return name
+
+    def add_user(self, address: str, password: str | bytes) -> str:
+        """Create a user in a local domain; return its canonical address."""
+        canonical = check_address(address, mailbox=True)
+        if not self.is_local_domain(canonical.rpartition("@")[2]):
+            raise AccountError(f"unknown domain {canonical.rpartition('@')[2]}")
+        key = address_key(canonical)
+        if key in self._users:
+            raise AccountError(f"user {self._users[key][0]} exists already")
+        if key in self._aliases:
+            raise AccountError(f"{canonical} is an alias; remove the alias first")
+        self._users[key] = (canonical, _password_bytes(password))
+        return canonical
+
+    def set_quota(self, address: str, override: QuotaOverride) -> None:
+        """Give user C{address} its own quota, as C{mailapp user quota} does."""
+        key = address_key(address)
+        if key not in self._users:
+            raise AccountError(f"no such user {address}")
+        self._quotas[key] = override
+
+    def remove_user(self, address: str) -> None:
+        """Delete a user and the alias targets naming it, as the database does."""
+        key = address_key(address)
+        if key not in self._users:
+            raise AccountError(f"no such user {address}")
+        del self._users[key]
+        for source_key, (source, targets) in list(self._aliases.items()):
+            kept = [target for target in targets if not target_names_user(address_key(target), key)]
+            if kept:
+                self._aliases[source_key] = (source, kept)
+            else:
+                del self._aliases[source_key]
+
+    def add_alias(self, source: str, targets: Iterable[str]) -> None:
+        """Add targets to alias C{source}; refused if it would loop, as in the database."""
+        canonical = check_alias_source(source)
+        if not self.is_local_domain(canonical.rpartition("@")[2]):
+            raise AccountError(f"unknown domain {canonical.rpartition('@')[2]}")
+        key = address_key(canonical)
+        if key in self._users:
+            raise AccountError(f"{canonical} is a user; an address cannot be both a user and an alias")
+        previous = self._aliases.get(key)
+        existing = list(previous[1]) if previous else []
+        for target in targets:
+            target = check_address(target)
+            if address_key(target) in map(address_key, existing):
+                raise AccountError(f"alias {canonical} -> {target} exists already")
+            existing.append(target)
+        if not existing:
+            raise AccountError("an alias needs at least one target")
+        self._aliases[key] = (canonical, existing)
+        try:
+            check_alias(canonical, self)
+        except AccountError:
+            if previous is None:
+                del self._aliases[key]
+            else:
+                self._aliases[key] = previous
+            raise
+
+    # -- the AddressDirectory lookups (synchronous) --
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower() in self._domains
+
+    def find_user(self, address: str) -> str | None:
+        found = self._users.get(address_key(address))
+        return found[0] if found else None
+
+    def find_alias(self, source: str) -> tuple[str, ...] | None:
+        found = self._aliases.get(address_key(source))
+        return tuple(found[1]) if found else None
+
+    def first_user(self, domain: str) -> str | None:
+        users = [canonical for canonical, _ in self._users.values()]
+        in_domain = [user for user in users if user.rpartition("@")[2].lower() == domain.lower()]
+        return next(iter(in_domain or users), None)
+
+    # -- IAccounts --
+
+    def isLocalDomain(self, domain: str) -> Deferred[bool]:
+        return succeed(self.is_local_domain(domain))
+
+    def resolve(self, address: str) -> Deferred[Resolution | None]:
+        return succeed(resolve_address(address, self))
+
+    def ownsAddress(self, account: str, address: str) -> Deferred[bool]:
+        return succeed(owns_address(account, address, self))
+
+    def authenticate(self, username: str, password: bytes) -> Deferred[str]:
+        self.attempts.append((username, password))
+        found = self._users.get(address_key(username))
+        expected = found[1] if found else b"\x00unknown user\x00"
+        matches = hmac.compare_digest(expected, _password_bytes(password))
+        if found is None or not matches:
+            return fail(UnauthorizedLogin("Invalid credentials"))
+        return succeed(found[0])
+
+    def countUsers(self) -> Deferred[int]:
+        return succeed(len(self._users))
+
+    def quotaOverride(self, account: str) -> Deferred[QuotaOverride | None]:
+        key = address_key(account)
+        if key not in self._users:
+            return succeed(None)
+        return succeed(self._quotas.get(key, QuotaOverride()))
+
+
+def _password_bytes(password: str | bytes) -> bytes:
+    return password.encode("utf-8") if isinstance(password, str) else password
+
+__all__ = ["FakeAccounts", "cheap_password_hasher"]

@@ -1,0 +1,297 @@
+"""
+FakeStore: every mailbox in memory, with the Maildir store's contracts
+(UIDs, flags, expunges, folder events), for protocol tests.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterable
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from zope.interface import implementer
+
+from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError
+from mailapp.interfaces import IFolder, IMailbox, IMessageStore, IMessageWriter
+from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
+from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder
+from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
+
+
+@implementer(IMessageWriter)
+class FakeMessageWriter:
+    """A message being received, kept in memory."""
+
+    def __init__(self, store: "FakeStore") -> None:
+        self._store = store
+        self._chunks: list[bytes] = []
+        self.size = 0
+        self.finished = False
+        self.discarded = False
+        self.internaldate = time.time()
+
+    def write(self, data: bytes) -> Deferred[None]:
+        self._chunks.append(data)
+        self.size += len(data)
+        return succeed(None)
+
+    def finish(self) -> Deferred[None]:
+        if self._store.failFinish:
+            return fail(StoreError())
+        self.finished = True
+        return succeed(None)
+
+    def discard(self) -> Deferred[None]:
+        self.discarded = True
+        self._chunks = []
+        return succeed(None)
+
+    def data(self) -> bytes:
+        return b"".join(self._chunks)
+
+
+class _FakeFolderState:
+    def __init__(self, uidvalidity: int) -> None:
+        self.uidvalidity = uidvalidity
+        self.uidnext = 1
+        self.subscribed = True
+        #: uid -> [bytes, flags, internaldate]
+        self.messages: dict[int, list[Any]] = {}
+
+
+@implementer(IFolder)
+class FakeFolder:
+    def __init__(self, mailbox: "FakeMailbox", name: str) -> None:
+        self.mailbox = mailbox
+        self.account = mailbox.account
+        self.name = name
+
+    @property
+    def _state(self) -> _FakeFolderState:
+        state = self.mailbox._folders.get(self.name)
+        if state is None:
+            raise NoSuchFolder(f"no such folder: {self.name}")
+        return state
+
+    def _publish(self, kind: str, uids: Iterable[int]) -> None:
+        ordered = tuple(sorted(uids))
+        if ordered:
+            self.mailbox.store.events.publish(FolderEvent(kind, self.account, self.name, ordered))
+
+    def _add(self, data: bytes, flags: Iterable[str], internaldate: float) -> int:
+        state = self._state
+        uid, state.uidnext = state.uidnext, state.uidnext + 1
+        state.messages[uid] = [data, frozenset(flags), internaldate]
+        return uid
+
+    def refresh(self) -> Deferred[None]:
+        """Nothing but this fake changes its messages."""
+        return succeed(None)
+
+    def status(self) -> Deferred[FolderStatus]:
+        state = self._state
+        unseen = sum(1 for _, flags, _ in state.messages.values() if "\\Seen" not in flags)
+        return succeed(FolderStatus(state.uidvalidity, state.uidnext, len(state.messages), unseen))
+
+    def messages(self) -> Deferred[list[MessageInfo]]:
+        state = self._state
+        return succeed([MessageInfo(uid, m[1], len(m[0]), m[2]) for uid, m in sorted(state.messages.items())])
+
+    def messagesAfter(self, uid: int) -> Deferred[list[MessageInfo]]:
+        state = self._state
+        return succeed([MessageInfo(u, m[1], len(m[0]), m[2]) for u, m in sorted(state.messages.items()) if u > uid])
+
+    def openMessage(self, uid: int) -> Deferred[IO[bytes]]:
+        message = self._state.messages.get(uid)
+        if message is None:
+            return fail(NoSuchMessage(f"no such message: {uid}"))
+        return succeed(io.BytesIO(message[0]))
+
+    def readMessage(self, uid: int, limit: int) -> Deferred[bytes | None]:
+        message = self._state.messages.get(uid)
+        if message is None:
+            return fail(NoSuchMessage(f"no such message: {uid}"))
+        return succeed(message[0] if len(message[0]) <= limit else None)
+
+    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
+        wanted = frozenset(flags)
+        result = {}
+        for uid in sorted(set(uids)):
+            message = self._state.messages.get(uid)
+            if message is None:
+                continue
+            old = message[1]
+            message[1] = wanted if mode == "replace" else (old | wanted if mode == "add" else old - wanted)
+            result[uid] = message[1]
+        self._publish(FLAGS_CHANGED, result)
+        return succeed(result)
+
+    def expunge(self, uids: Iterable[int]) -> Deferred[list[int]]:
+        removed = [uid for uid in sorted(set(uids)) if self._state.messages.pop(uid, None) is not None]
+        self._publish(EXPUNGED, removed)
+        return succeed(removed)
+
+    def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[int]:
+        uid = self._add(data, flags, time.time() if internaldate is None else internaldate)
+        self._publish(ADDED, [uid])
+        return succeed(uid)
+
+    def appendMessage(
+        self, message: FakeMessageWriter, flags: Iterable[str] = (), internaldate: float | None = None
+    ) -> Deferred[int]:
+        return self.append(message.data(), flags, message.internaldate if internaldate is None else internaldate)
+
+    def copyTo(self, uids: Iterable[int], target: IFolder) -> Deferred[dict[int, int]]:
+        target = _fake(target)
+        mapping = {}
+        for uid in sorted(set(uids)):
+            message = self._state.messages.get(uid)
+            if message is not None:
+                mapping[uid] = target._add(message[0], message[1], message[2])
+        target._publish(ADDED, mapping.values())
+        return succeed(mapping)
+
+    def moveTo(self, uids: Iterable[int], target: IFolder) -> Deferred[dict[int, int]]:
+        target = _fake(target)
+        mapping = {}
+        for uid in sorted(set(uids)):
+            message = self._state.messages.pop(uid, None)
+            if message is not None:
+                mapping[uid] = target._add(message[0], message[1], message[2])
+        target._publish(ADDED, mapping.values())
+        self._publish(EXPUNGED, mapping)
+        return succeed(mapping)
+
+
+def _fake(folder: IFolder) -> FakeFolder:
+    """A copy or move goes between folders of one store: here, both fakes."""
+    if not isinstance(folder, FakeFolder):
+        raise TypeError(f"a FakeFolder copies and moves only to another FakeFolder, not {folder!r}")
+    return folder
+
+
+@implementer(IMailbox)
+class FakeMailbox:
+    def __init__(self, store: "FakeStore", account: str) -> None:
+        self.store = store
+        self.account = account
+        self._folders = store._mailboxes.setdefault(account.lower(), {})
+        for name in (INBOX, *SPECIAL_FOLDERS):
+            self._folders.setdefault(name, _FakeFolderState(store._nextValidity()))
+
+    def usage(self) -> Deferred[Usage]:
+        sizes = [len(data) for state in self._folders.values() for data, _, _ in state.messages.values()]
+        return succeed(Usage(len(sizes), sum(sizes)))
+
+    def listFolders(self) -> Deferred[list[FolderInfo]]:
+        folders = [FolderInfo(n, SPECIAL_FOLDERS.get(n), s.subscribed) for n, s in self._folders.items()]
+        return succeed(sorted(folders, key=lambda f: (f.name != INBOX, f.name)))
+
+    def createFolder(self, name: str) -> Deferred[None]:
+        try:
+            name = normalize_folder(name)
+        except BadFolderName as e:
+            return fail(e)
+        if name in self._folders:
+            return fail(FolderExists(f"folder exists: {name}"))
+        parts = name.split(DELIMITER)
+        for depth in range(1, len(parts) + 1):
+            self._folders.setdefault(DELIMITER.join(parts[:depth]), _FakeFolderState(self.store._nextValidity()))
+        return succeed(None)
+
+    def deleteFolder(self, name: str) -> Deferred[None]:
+        try:
+            name = normalize_folder(name)
+        except BadFolderName as e:
+            return fail(e)
+        if name == INBOX:
+            return fail(BadFolderName("INBOX cannot be deleted"))
+        if self._folders.pop(name, None) is None:
+            return fail(NoSuchFolder(f"no such folder: {name}"))
+        return succeed(None)
+
+    def renameFolder(self, old: str, new: str) -> Deferred[None]:
+        try:
+            old, new = normalize_folder(old), normalize_folder(new)
+        except BadFolderName as e:
+            return fail(e)
+        if old not in self._folders:
+            return fail(NoSuchFolder(f"no such folder: {old}"))
+        if new in self._folders:
+            return fail(FolderExists(f"folder exists: {new}"))
+        for name in [n for n in self._folders if n == old or n.startswith(old + DELIMITER)]:
+            self._folders[new + name[len(old):]] = self._folders.pop(name)
+        return succeed(None)
+
+    def setSubscribed(self, name: str, subscribed: bool) -> Deferred[bool]:
+        state = self._folders.get(name)
+        if state is None:
+            return succeed(False)
+        state.subscribed = bool(subscribed)
+        return succeed(True)
+
+    def folder(self, name: str) -> Deferred[IFolder]:
+        try:
+            name = normalize_folder(name)
+        except BadFolderName as e:
+            return fail(e)
+        if name not in self._folders:
+            return fail(NoSuchFolder(f"no such folder: {name}"))
+        return succeed(FakeFolder(self, name))
+
+
+@implementer(IMessageStore)
+class FakeStore:
+    """
+    Every mailbox in memory, with the same contracts as the Maildir store.
+    Set C{failDeliver} (or C{failFinish}) to make the next deliveries fail with
+    L{StoreError}, as a full disk would; C{deliveries} records each delivery.
+    """
+
+    def __init__(self) -> None:
+        self.events = EventBus()
+        self._mailboxes: dict[str, dict[str, _FakeFolderState]] = {}
+        self._validity = 1000
+        self.failDeliver = False
+        self.failFinish = False
+        #: (accounts, folder, bytes) for every successful delivery, in order.
+        self.deliveries: list[tuple[tuple[str, ...], str, bytes]] = []
+
+    def _nextValidity(self) -> int:
+        self._validity += 1
+        return self._validity
+
+    def mailbox(self, account: str) -> FakeMailbox:
+        return FakeMailbox(self, account)
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """
+        Run C{function} at once, on the caller's thread. The Maildir store's
+        C{run} (a worker thread) is not in L{IMessageStore}, but IMAP's FETCH
+        and SEARCH and POP3's reads call it (without it POP3 falls back to
+        the global reactor's thread pool); this keeps such tests synchronous.
+        """
+        return maybeDeferred(function, *args)
+
+    def newMessage(self) -> FakeMessageWriter:
+        return FakeMessageWriter(self)
+
+    def deliver(self, message: FakeMessageWriter, accounts: Iterable[str], folder: str = INBOX) -> Deferred[dict[str, int]]:
+        if not message.finished:
+            raise RuntimeError("deliver() before the message's finish() fired")
+        if self.failDeliver:
+            return fail(StoreError())
+        unique: dict[str, str] = {}
+        for account in accounts:
+            unique.setdefault(account.lower(), account)
+        data = message.data()
+        result = {}
+        for account in unique.values():
+            target = FakeFolder(self.mailbox(account), normalize_folder(folder))
+            result[account] = target._add(data, (), message.internaldate)
+        for account, uid in result.items():
+            self.events.publish(FolderEvent(ADDED, account, normalize_folder(folder), (uid,)))
+        self.deliveries.append((tuple(unique.values()), folder, data))
+        return succeed(result)
