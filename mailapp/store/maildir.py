@@ -33,32 +33,25 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailapp.interfaces import IMessageStore
+from mailapp.records import ADDED, FolderEvent, Usage
 from mailapp.store import connections, durable
 from mailapp.store.committer import GroupCommitter, _Call, _Delivery, _Placement
-from mailapp.records import ADDED, FolderEvent, Usage
 from mailapp.store.events import EventBus
-from mailapp.store.folder import MaildirFolder, open_message_file, read_message_file
-from mailapp.store.mailbox import MaildirMailbox, account_directory
+from mailapp.store.mailbox import account_directory
 from mailapp.store.names import INBOX, mailbox_directory, normalize_folder
-from mailapp.store.usage import usage
-from mailapp.store.retire import DELETED_NAME, retire_domain_mailboxes, retire_mailbox
 from mailapp.store.spool import SpoolWriter
+from mailapp.store.usage import usage
 
-# The store's parts, importable from here as they were before they had modules of their own.
-__all__ = [
-    "DELETED_NAME",
-    "SPOOL_NAME",
-    "STALE_SPOOL_SECONDS",
-    "MaildirFolder",
-    "MaildirMailbox",
-    "MaildirStore",
-    "ensure_mailbox",
-    "mailbox_usage",
-    "open_message_file",
-    "read_message_file",
-    "retire_domain_mailboxes",
-    "retire_mailbox",
-]
+# The store's parts, importable from here as before they had modules of
+# their own ("X as X": an explicit re-export).
+from mailapp.store.folder import MaildirFolder as MaildirFolder
+from mailapp.store.folder import open_message_file as open_message_file
+from mailapp.store.folder import read_message_file as read_message_file
+from mailapp.store.mailbox import MaildirMailbox as MaildirMailbox
+from mailapp.store.retire import DELETED_NAME as DELETED_NAME
+from mailapp.store.retire import retire_domain_mailboxes as retire_domain_mailboxes
+from mailapp.store.retire import retire_mailbox as retire_mailbox
+
 
 _log = Logger()
 
@@ -76,7 +69,6 @@ def ensure_mailbox(state_dir: Path, account: str) -> Path:
         pass
     connections.reset_connections()
     return mailbox_dir
-
 
 
 def mailbox_usage(root: Path, account: str) -> Usage:
