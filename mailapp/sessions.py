@@ -10,12 +10,8 @@ POP3 connections cannot take the places the MX needs to receive mail; the
 connections of a listener with logins that have not logged in yet have a
 smaller budget still, and a shorter idle timeout.
 
-Idle timeouts restart at every byte, so a client sending one byte every
-20 seconds kept its connection for ever. L{SessionDeadlines} bounds each
-session however it trickles: a whole-session deadline (SMTP, POP3), a
-deadline for logging in (submission, POP3, IMAP, whose logged-in sessions
-may IDLE for days), a time limit for each command line from its first byte,
-and a minimum average rate for message data (SMTP DATA, IMAP literals).
+L{SessionDeadlines} (in L{mailapp.deadlines}, re-exported here) bounds
+each session however it trickles.
 """
 
 from __future__ import annotations
@@ -34,9 +30,24 @@ from twisted.logger import Logger, LogPublisher
 from mailapp import logevents
 from mailapp.abuse import AbuseGuard, address_key
 from mailapp.config import DEFAULT_LIMITS, LOGIN_PROTOCOLS, SecurityConfig, listener_budget
+from mailapp.deadlines import Overrun, SessionDeadlines, cancel_call
 from mailapp.interfaces import IMailbox
 
 _log = Logger()
+
+__all__ = [
+    "BANNED",
+    "CLOSE_GRACE",
+    "LOGIN_TIMEOUT",
+    "AuthOutcome",
+    "ConnectionCounts",
+    "Overrun",
+    "RefusalLog",
+    "SessionDeadlines",
+    "SessionFactory",
+    "SessionLimits",
+    "session_limits",
+]
 
 #: What a banned address is told at connect, after each protocol's own prefix.
 BANNED = b"Too many failed logins from your address; try again later"
@@ -120,160 +131,6 @@ def _seconds(value: int | None) -> float | None:
     return float(value) if value is not None else None
 
 
-class Overrun(enum.Enum):
-    """Which bound of L{SessionDeadlines} a session overran; the value is what the client is told."""
-
-    SESSION = b"Session time limit reached; closing connection"
-    LOGIN = b"No login in time; closing connection"
-    LINE = b"Command line too slow; closing connection"
-    DATA = b"Data too slow; closing connection"
-
-
-class SessionDeadlines:
-    """
-    The bounds on one session that no trickle of bytes can stretch (idle
-    timeouts restart at every byte): the session's deadline, the login's,
-    one per command line from its first byte, and a minimum average rate for
-    message data. When one is overrun it is logged and C{expired} is called
-    with the L{Overrun}; the session then says so in its protocol's words and
-    closes, and no other bound fires.
-
-    Sessions call L{lineStarted} when they are waiting for the rest of a
-    line, L{lineEnded} when they have one, L{dataStarted}, L{dataReceived}
-    and L{dataEnded} around message data, and L{hold} while their own
-    back-pressure (a slow disk) keeps the client from sending: the rate
-    counts only the time the client could send. The factory starts and
-    stops them (L{SessionFactory.connected}, L{SessionFactory.disconnected},
-    L{SessionFactory.loggedIn}).
-    """
-
-    def __init__(self, session: Any, policy: SessionLimits, seconds: Any, expired: Any) -> None:
-        self._session = session
-        self._policy = policy
-        self._seconds = seconds
-        self._expired = expired
-        self._started: float | None = None
-        self._sessionCall: Any = None
-        self._loginCall: Any = None
-        self._lineCall: Any = None
-        self._dataCall: Any = None
-        self._dataStarted: float | None = None
-        self._dataBytes = 0
-        self._held = 0.0
-        self._holds = 0
-        self._holdStarted: float | None = None
-        self._over = False
-
-    def _later(self, delay: float, overrun: Overrun) -> Any:
-        # Through the session's callLater, which tests replace with a fake clock's.
-        return self._session.callLater(max(0.0, delay), self._overrun, overrun)
-
-    def start(self) -> None:
-        self._started = self._seconds()
-        if self._policy.session_deadline is not None:
-            self._sessionCall = self._later(self._policy.session_deadline, Overrun.SESSION)
-        if self._policy.login_deadline is not None:
-            self._loginCall = self._later(self._policy.login_deadline, Overrun.LOGIN)
-
-    def loggedIn(self, loggedIn: bool = True) -> None:
-        """Logged in: the login deadline is met; logged out again (SMTP's STARTTLS): it is back, from the connect."""
-        if loggedIn:
-            self._loginCall = _cancel(self._loginCall)
-        elif self._loginCall is None and self._started is not None and self._policy.login_deadline is not None and not self._over:
-            self._loginCall = self._later(self._started + self._policy.login_deadline - self._seconds(), Overrun.LOGIN)
-
-    def lineStarted(self) -> None:
-        """Part of a line has come: the rest must come within C{line_seconds} of the first part (idempotent)."""
-        if self._lineCall is None and not self._over:
-            self._lineCall = self._later(self._policy.line_seconds, Overrun.LINE)
-
-    def lineEnded(self) -> None:
-        self._lineCall = _cancel(self._lineCall)
-
-    def dataStarted(self) -> None:
-        self.lineEnded()
-        self._dataStarted = self._seconds()
-        self._dataBytes = 0
-        self._held = 0.0
-        self._holdStarted = self._dataStarted if self._holds else None
-        self._scheduleData()
-
-    def dataReceived(self, count: int) -> None:
-        """C{count} more bytes of the message data; cheap: no timer is touched."""
-        self._dataBytes += count
-
-    def dataEnded(self) -> None:
-        self._dataStarted = None
-        self._dataCall = _cancel(self._dataCall)
-
-    def hold(self, until: defer.Deferred[Any]) -> None:
-        """The session stops reading until C{until} fires: that time does not count against the client's rate."""
-        self._holds += 1
-        if self._holds == 1:
-            self._holdStarted = self._seconds()
-
-        def release(result: Any) -> Any:
-            self._holds -= 1
-            if self._holds == 0 and self._holdStarted is not None:
-                self._held += self._seconds() - self._holdStarted
-                self._holdStarted = None
-            return result
-
-        until.addBoth(release)
-
-    def _scheduleData(self) -> None:
-        # Due when the data so far, at the minimum rate, is used up after the grace.
-        assert self._dataStarted is not None
-        active = self._seconds() - self._dataStarted - self._held
-        if self._holdStarted is not None:
-            active -= self._seconds() - self._holdStarted
-        due = self._policy.data_grace + self._dataBytes / self._policy.min_data_rate
-        self._dataCall = self._session.callLater(max(0.0, due - active), self._checkData)
-
-    def _checkData(self) -> None:
-        self._dataCall = None
-        if self._dataStarted is None or self._over:
-            return
-        active = self._seconds() - self._dataStarted - self._held
-        if self._holdStarted is not None:
-            # Our own back-pressure: look again later.
-            self._dataCall = self._session.callLater(1.0, self._checkData)
-            return
-        if active >= self._policy.data_grace + self._dataBytes / self._policy.min_data_rate:
-            self._overrun(Overrun.DATA)
-        else:
-            self._scheduleData()
-
-    def stop(self) -> None:
-        """The session has ended (or is ending): nothing more fires."""
-        self._over = True
-        self._dataStarted = None
-        for name in ("_sessionCall", "_loginCall", "_lineCall", "_dataCall"):
-            setattr(self, name, _cancel(getattr(self, name)))
-
-    def _overrun(self, overrun: Overrun) -> None:
-        if self._over:
-            return
-        self.stop()
-        factory = getattr(self._session, "factory", None)
-        _log.info(
-            "session overran protocol={protocol} client={client} overrun={overrun} after {seconds:.1f} s",
-            log_event=logevents.SESSION_OVERRUN,
-            protocol=getattr(factory, "protocol_name", "unknown"),
-            listener=getattr(factory, "listener_name", "unknown"),
-            client=getattr(self._session, "_peerIP", ""),
-            overrun=overrun.name.lower(),
-            seconds=self._seconds() - self._started if self._started is not None else 0.0,
-        )
-        self._expired(overrun)
-
-
-def _cancel(call: Any) -> Any:
-    if call is not None and call.active():
-        call.cancel()
-    return None
-
-
 class RefusalLog:
     """
     The log lines for refused connections, at most one per client address
@@ -339,7 +196,7 @@ class RefusalLog:
         if window is None:
             return
         started, count, call, protocol, listener = window
-        _cancel(call)
+        cancel_call(call)
         if count:
             _log.info(
                 "refused {count} more connections from {client} in the last {seconds:.0f} s",
@@ -404,13 +261,16 @@ class SessionFactory(ServerFactory):
     L{loggedIn} when a login succeeds, L{disconnected} when they end, keep
     their client's address in C{_peerIP}, and offer C{shutdown()}, which
     returns a Deferred that fires when the session has closed (or None).
+    A line-based protocol's L{mailapp.linesession.LineSession} does all of
+    that; the webmail's connections do it themselves.
 
     C{guard} is the server's L{AbuseGuard}; a factory built without one (a
     test, a factory used alone) gets its own, whose base delay is the
     policy's C{auth_failure_delay}.
     """
 
-    policy: Any
+    #: The listener's limits; each protocol's factory narrows it to its own policy.
+    policy: SessionLimits
     reactor: Any
     #: The portal L{login} verifies credentials through (the subclass sets it).
     portal: Any
@@ -467,7 +327,7 @@ class SessionFactory(ServerFactory):
         ip = session._peerIP
         if not self.guard.attemptStarted(ip):
             return defer.fail(UnauthorizedLogin("too many logins in progress from this address"))
-        d = defer.maybeDeferred(self.portal.login, UsernamePassword(name, password), None, IMailbox)
+        d: defer.Deferred[Any] = defer.maybeDeferred(self.portal.login, UsernamePassword(name, password), None, IMailbox)
 
         def ended(result: Any) -> Any:
             self.guard.attemptEnded(ip)

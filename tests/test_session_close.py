@@ -138,3 +138,21 @@ class CloseTests(TestCase):
         self.clock.advance(2)
         self.assertTrue(transport.aborted)
         protocol.connectionLost(None)
+
+    def test_pop3_and_smtp_shut_down_like_imap_with_the_shorter_grace(self) -> None:
+        from mailapp.linesession import SHUTDOWN_GRACE
+
+        pop3, _ = make_pop3_factory(Path(self.mktemp()), clock=self.clock)
+        smtp = smtp_helpers.make_factory(Path(self.mktemp()), clock=self.clock)
+        for factory, goodbye in ((pop3, b"-ERR [SYS/TEMP] Server shutting down; nothing deleted"), (smtp, b"421 4.3.2 mail.example.test Service shutting down")):
+            protocol, transport = self.connect(factory)
+            closed = protocol.shutdown()
+            self.assertIsNotNone(closed)  # the service's stop waits for it
+            self.assertEqual(transport.value().splitlines()[-1], goodbye)
+            self.clock.advance(SHUTDOWN_GRACE)
+            self.assertTrue(transport.aborted)
+            fired: list[object] = []
+            closed.addCallback(fired.append)
+            protocol.connectionLost(None)
+            self.assertEqual(fired, [None])
+        self.assertEqual([call for call in self.clock.getDelayedCalls() if call.active()], [])

@@ -1,0 +1,79 @@
+"""
+A POP3 listener's factory (L{POP3Factory}) and the builder the service
+registers for the ``pop3`` protocol (110 with STLS, 995 with implicit TLS).
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+
+from mailapp.pop3.maildrop import MaildropLocks, _locksFor
+from mailapp.pop3.policy import POP3Policy
+from mailapp.pop3.session import POP3Server
+from mailapp.sessions import SessionFactory, session_limits
+
+__all__ = ["POP3Factory", "buildFactory"]
+
+
+class POP3Factory(SessionFactory):
+    """
+    Builds sessions for one listener and keeps its connection counts (total
+    and per client address), so a flood gets C{-ERR [SYS/TEMP]} instead of
+    our memory.
+    """
+
+    policy: POP3Policy
+
+    def __init__(
+        self,
+        portal: Any,
+        policy: POP3Policy,
+        reactor: Any,
+        tls: Any = None,
+        inflight: Any = None,
+        locks: MaildropLocks | None = None,
+        readChunk: Callable[[IO[bytes], int], defer.Deferred[bytes]] | None = None,
+        guard: Any = None,
+    ) -> None:
+        super().__init__(inflight, guard)
+        self.portal = portal
+        self.policy = policy
+        self.reactor = reactor
+        self.tls = tls
+        self.locks = locks if locks is not None else MaildropLocks()
+        #: Reads from a message file off the reactor thread.
+        self.readChunk = readChunk or (lambda file, size: deferToThread(file.read, size))
+
+    # Twisted types a factory's protocols through a generic Factory[P] whose P
+    # reads .factory back as Factory[P]; a session's factory is its own listener's.
+    def buildProtocol(self, addr: Any) -> POP3Server:  # type: ignore[override]
+        return POP3Server(self)
+
+
+def buildFactory(context: Any, listener: Any) -> POP3Factory:
+    """The builder the service registers for the ``pop3`` protocol (110 with STLS, 995 implicit)."""
+    config = context.config
+    limits = config.limits
+    policy = POP3Policy(
+        hostname=config.hostname,
+        timeout=limits.pop3_timeout_seconds,
+        allow_plaintext_auth=listener.allow_plaintext_auth,
+        **session_limits(config, listener),
+        max_commands_before_auth=limits.max_commands_before_auth,
+    )
+    store = context.store
+    run = getattr(store, "run", None)
+    readChunk = (lambda file, size: run(file.read, size)) if run is not None else None
+    return POP3Factory(
+        context.portal,
+        policy,
+        context.reactor,
+        tls=context.tls if listener.tls == "starttls" else None,
+        inflight=context.inflight,
+        locks=_locksFor(store),
+        readChunk=readChunk,
+        guard=getattr(context, "guard", None),
+    )

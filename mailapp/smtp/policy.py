@@ -1,0 +1,61 @@
+"""
+What an SMTP listener allows (L{SMTPPolicy}), and the limits and syntax
+rules every SMTP session applies, in one place so that the session, the
+data receiver and the tests read the same numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from mailapp.config import DEFAULT_LIMITS, DEFAULT_SECURITY
+from mailapp.sessions import SessionLimits
+
+MAX_COMMAND_LINE = 2048  # RFC 5321 4.5.3.1.4 asks for 512; extensions need more
+MAX_UNTERMINATED = 16 * 1024  # no CRLF after this many bytes: not SMTP, hang up
+MAX_HEADER_BLOCK = 64 * 1024  # header bytes kept to check Message-ID/Date on submission
+MAX_ERRORS = 10
+MAX_AUTH_FAILURES = 3
+GREETING_TIMEOUT = 60
+DATA_FLUSH = 64 * 1024
+
+ADDRESS = re.compile(r"^[^\s@<>()\[\]\\,;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,251}[A-Za-z0-9])?$")
+PATH = re.compile(rb"^(FROM|TO):\s*<([^<>]*)>(?:\s+(.*))?$", re.I)
+#: What HELO/EHLO may name (RFC 5321 4.1.1.1: a domain or an address literal),
+#: with the underscore many hosts' names have.
+HELO_NAME = re.compile(rb"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?|\[(?:IPv6:)?[0-9A-Fa-f:.]+\])$")
+
+_CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")
+
+
+def has_controls(data: bytes) -> bool:
+    """NUL, CR, LF, other controls or 8-bit bytes (tab is allowed)."""
+    return _CONTROLS.search(data) is not None
+
+
+@dataclass(frozen=True)
+class SMTPPolicy(SessionLimits):
+    """
+    What one listener allows. C{submission} listeners require AUTH before
+    MAIL and let the authenticated user relay; the MX listener never offers
+    AUTH. Plaintext AUTH only where the config allows it (loopback).
+    """
+
+    hostname: str
+    submission: bool
+    max_message_size: int
+    timeout: float
+    allow_plaintext_auth: bool = False
+    trusted_networks: tuple[Any, ...] = ()
+    #: Base delay of the factory's own guard when none is given (tests).
+    auth_failure_delay: float = DEFAULT_SECURITY.auth_failure_delay
+    #: Commands before AUTH succeeds, on submission (the MX never authenticates).
+    max_commands_before_auth: int = DEFAULT_LIMITS.max_commands_before_auth
+    #: What RCPT TO:<postmaster> (no domain) means: postmaster at the first local domain.
+    postmaster: str = ""
+    #: On the MX, refuse a sender in a local domain from outside the trusted networks.
+    refuse_local_senders: bool = DEFAULT_SECURITY.mx_refuse_local_senders
+    #: MAIL FROM gets 452 4.3.1 while the store's disk has fewer free bytes than this plus SIZE=.
+    min_free_disk: int = DEFAULT_LIMITS.min_free_disk

@@ -1,0 +1,343 @@
+"""
+The mail transaction of an SMTP session (RFC 5321 3.3): MAIL, RCPT and
+DATA on top of L{SMTPSession}, with the checks each step makes (sender
+ownership on submission, local senders on the MX, the MX rate per client,
+free disk, the size limit) and the hand-over to the L{mailapp.delivery.Router}:
+the 250 after DATA is sent only when the Router says every copy is durable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailapp import logevents
+from mailapp.delivery import Transaction
+from mailapp.errors import HeaderSenderNotOwned, MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied, TooMuchMail
+from mailapp.headercheck import header_addresses
+from mailapp.smtp.data import _DataReceiver, missing_headers, received_header
+from mailapp.smtp.policy import ADDRESS, PATH
+from mailapp.smtp.session import SMTPSession
+
+__all__ = ["ESMTPServer"]
+
+_log = Logger()
+
+
+class ESMTPServer(SMTPSession):
+    """One SMTP session, mail transactions included; see the module docstrings."""
+
+    def __init__(self, factory: Any) -> None:
+        super().__init__(factory)
+        #: On submission: the From: header addresses of the message being received.
+        self._headerFrom: list[str] = []
+
+    # -- DATA: the byte stream -------------------------------------------------------
+
+    def consumeRaw(self) -> bool | None:
+        receiver = self._data
+        if receiver is None:
+            return None
+        before = len(self._buffer)
+        self._buffer = receiver.feed(self._buffer)
+        self.deadlines.dataReceived(before - len(self._buffer))
+        if receiver.done:
+            self.deadlines.dataEnded()
+            # The end of the data, timed as "EOM": the commit and its 250.
+            self._command("EOM", self._endData)
+            return True
+        self._pauseReadingUntil(receiver.lastWrite)
+        return False
+
+    # -- MAIL, RCPT, DATA ----------------------------------------------------------
+
+    def _parsePath(self, argument: bytes, keyword: bytes) -> tuple[str, dict[str, str]] | None:
+        match = PATH.match(argument.strip())
+        if not match or match.group(1).upper() != keyword:
+            self._error(501, b"5.5.4 Syntax: " + (b"MAIL FROM:<address>" if keyword == b"FROM" else b"RCPT TO:<address>"))
+            return None
+        address = match.group(2).decode("ascii")
+        if ":" in address and address.startswith("@"):
+            address = address.split(":", 1)[1]  # source route (RFC 5321 4.1.2): ignore it
+        params: dict[str, str] = {}
+        for item in (match.group(3) or b"").split():
+            key, _, value = item.decode("ascii").partition("=")
+            params[key.upper()] = value
+        if keyword == b"TO" and address.lower() == "postmaster" and self.policy.postmaster:
+            # RFC 5321 4.5.1: <Postmaster> without a domain must be accepted.
+            address = self.policy.postmaster
+        if address and not ADDRESS.match(address):
+            self._error(501, b"5.1.3 Bad address syntax")
+            return None
+        return address, params
+
+    def _storageLow(self, declared: int) -> bool:
+        """
+        Refuse the transaction before its data when the disk is (nearly)
+        full, as Postfix does (RFC 3463 4.3.1): the client keeps the message
+        and tries again later, instead of sending it all for a 452 after DATA.
+        """
+        free = self.factory.freeSpace.available() if self.factory.freeSpace is not None else None
+        if free is None or free - declared >= self.policy.min_free_disk:
+            return False
+        _log.warn(
+            "insufficient storage free={free} client={client}",
+            log_event=logevents.SMTP_INSUFFICIENT_STORAGE,
+            free=free,
+            client=self._peerIP,
+        )
+        self.sendCode(452, b"4.3.1 Insufficient system storage")
+        return True
+
+    def _rateLimited(self, relay: bool) -> bool:
+        """
+        Whether this session's mail counts against the MX rate per client
+        address: the MX only, and not from C{relay.trusted_networks}
+        (submission has its own limit per authenticated sender).
+        """
+        return not self.policy.submission and not self.authenticated and not relay
+
+    def _mxMessageAllowed(self, declared: int) -> bool:
+        """Count this MAIL FROM against the client's rate, or refuse it with 451 4.7.1."""
+        over = self.factory.guard.mx.messageStarted(self._peerIP, declared)
+        if over is None:
+            return True
+        self._mxRefused(over)
+        return False
+
+    def _mxRefused(self, over: str) -> None:
+        _log.info(
+            "mx rate limited client={client} over={over}",
+            log_event=logevents.SMTP_MX_RATE_LIMITED,
+            client=self._peerIP,
+            over=over,
+        )
+        refusal = TooMuchMail()
+        self.sendCode(refusal.code, f"{refusal.enhanced} {refusal.text}".encode("ascii"))
+
+    def smtp_MAIL(self, argument: bytes) -> None:
+        if self._ehlo is None:
+            self._error(503, b"5.5.1 Error: send HELO/EHLO first")
+            return
+        if self._txn is not None:
+            self._error(503, b"5.5.1 Error: nested MAIL command")
+            return
+        if self.policy.submission and not self.authenticated:
+            self._error(530, b"5.7.0 Authentication required")
+            return
+        if self.authenticated and not self.factory.guard.mayAcceptMessage(self.authenticated):
+            _log.info(
+                "sending rate limited account={account} client={client}",
+                log_event=logevents.SEND_RATE_LIMITED,
+                account=self.authenticated,
+                client=self._peerIP,
+            )
+            self.sendCode(
+                450,
+                b"4.7.1 Too many messages: the limit is %d per hour; try again later" % self.factory.guard.max_messages_per_hour,
+            )
+            return
+        parsed = self._parsePath(argument, b"FROM")
+        if parsed is None:
+            return
+        sender, params = parsed
+        for key, value in params.items():
+            if key == "SIZE":
+                if not value.isdigit():
+                    self._error(501, b"5.5.4 Bad SIZE parameter")
+                    return
+                if int(value) > self.policy.max_message_size:
+                    self.sendCode(552, b"5.3.4 Message size exceeds fixed maximum message size")
+                    return
+            elif key == "BODY":
+                if value.upper() not in ("7BIT", "8BITMIME"):
+                    self._error(501, b"5.5.4 Bad BODY parameter")
+                    return
+            elif key == "AUTH":
+                pass  # RFC 4954 5: accepted and not trusted
+            else:
+                self._error(555, b"5.5.4 Unsupported MAIL parameter")
+                return
+        declared = int(params.get("SIZE", "0"))
+        if self._storageLow(declared):
+            return
+        relay = bool(self.authenticated) or self.factory.trusted(self._peerIP)
+        if self._rateLimited(relay) and not self._mxMessageAllowed(declared):
+            return
+
+        def accept() -> None:
+            self._txn = self.router.start(sender, relay, self.authenticated, declared)
+            self.sendCode(250, b"2.1.0 Ok")
+
+        if self.policy.submission:
+            assert self.authenticated is not None  # submission refuses MAIL before AUTH
+            d = self.router.accounts.ownsAddress(self.authenticated, sender) if sender else defer.succeed(False)
+
+            def owned(yes: bool) -> None:
+                if not yes:
+                    self.sendCode(553, b"5.7.1 Sender address not owned by you")
+                    return
+                accept()
+
+            self._wait(d.addCallback(owned))
+            return
+        if sender and not relay and self.policy.refuse_local_senders:
+            d = self.router.accounts.isLocalDomain(sender.rpartition("@")[2])
+
+            def foreign(local: bool) -> None:
+                if local:
+                    _log.info(
+                        "local sender refused on the mx from=<{sender}> client={client}",
+                        log_event=logevents.SMTP_LOCAL_SENDER_REFUSED,
+                        sender=sender,
+                        client=self._peerIP,
+                    )
+                    self._error(553, b"5.7.1 Sender address in a local domain: log in on the submission port to send as it")
+                    return
+                accept()
+
+            self._wait(d.addCallback(foreign))
+            return
+        accept()
+
+    def smtp_RCPT(self, argument: bytes) -> None:
+        if self._txn is None:
+            self._error(503, b"5.5.1 Error: need MAIL command")
+            return
+        parsed = self._parsePath(argument, b"TO")
+        if parsed is None:
+            return
+        recipient, params = parsed
+        if not recipient:
+            self._error(501, b"5.1.3 Bad recipient address syntax")
+            return
+        if params:
+            self._error(555, b"5.5.4 Unsupported RCPT parameter")
+            return
+        txn = self._txn
+        d = txn.addRecipient(recipient)
+
+        def ok(_: object) -> None:
+            self.sendCode(250, b"2.1.5 Ok")
+
+        def refused(reason: Failure) -> defer.Deferred[None] | None:
+            reason.trap(MailError)
+            error = cast(MailError, reason.value)
+            _log.info(
+                "rcpt rejected {recipient} {code} from {client}",
+                log_event=logevents.SMTP_RCPT_REJECTED,
+                recipient=recipient,
+                code=error.code,
+                client=self._peerIP,
+            )
+            reply = f"{error.enhanced} {error.text}".encode("ascii", "replace")
+            if isinstance(error, NoSuchUser):
+                # Slower after a few, across connections: nobody lists our users by reconnecting.
+                delay = self.factory.guard.unknownRecipient(self._peerIP)
+                if delay > 0:
+                    answered: defer.Deferred[None] = defer.Deferred()
+                    self.callLater(delay, answered.callback, None)
+                    return answered.addCallback(lambda _: self._error(error.code, reply))
+            if isinstance(error, (NoSuchUser, RelayDenied)):
+                # Counted like any other error: probing for users or relays ends with 421.
+                self._error(error.code, reply)
+            else:
+                self.sendCode(error.code, reply)
+            return None
+
+        self._wait(d.addCallbacks(ok, refused))
+
+    def smtp_DATA(self, argument: bytes) -> None:
+        if self._txn is None:
+            self._error(503, b"5.5.1 Error: need MAIL command")
+            return
+        if not self._txn.recipients:
+            self._error(554, b"5.5.1 Error: no valid recipients")
+            return
+        if argument:
+            self._error(501, b"5.5.4 Syntax: DATA")
+            return
+        txn = self._txn
+        message = txn.open()
+        self._headerFrom = []
+        received = self._receivedHeader(txn)
+        self._data = _DataReceiver(
+            message,
+            self.policy.max_message_size,
+            prefix=received,
+            addMissing=self._missingHeaders if self.policy.submission else None,
+        )
+        self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
+        self.deadlines.dataStarted()
+
+    def _receivedHeader(self, txn: Transaction) -> bytes:
+        protocol = "ESMTP" if self._esmtp else "SMTP"
+        if self.secure:
+            protocol += "S"
+        if self.authenticated:
+            protocol += "A"
+        return received_header(self._ehlo, self._peerIP, self.policy.hostname, protocol, txn.queue_id, txn.recipients)
+
+    def _missingHeaders(self, headers: bytes) -> bytes:
+        """
+        On submission, add ``Message-ID:`` and ``Date:`` when the client left
+        them out, and note the ``From:`` addresses (checked at the end of data).
+        """
+        self._headerFrom = header_addresses(headers, b"from")
+        return missing_headers(headers, self.policy.hostname)
+
+    def _endData(self) -> None:
+        receiver, self._data = self._data, None
+        txn, self._txn = self._txn, None
+        assert receiver is not None and txn is not None
+        refusal = MessageTooBig() if receiver.tooBig else MessageHasNul() if receiver.hasNul else receiver.headers.verdict()
+        if self._rateLimited(txn.relay_allowed) and not self.factory.guard.mx.dataReceived(self._peerIP, receiver.size):
+            # Counted whether stored or not: the bytes were sent; nothing of this one is stored.
+            refusal = TooMuchMail()
+        checked: defer.Deferred[MailError | None] = defer.succeed(refusal)
+        if refusal is None and self.policy.submission and txn.authenticated and self._headerFrom:
+            # The From: a reader sees must be the user's too, not only the envelope sender.
+            owners = [self.router.accounts.ownsAddress(txn.authenticated, address) for address in self._headerFrom]
+            checked = defer.gatherResults(owners, consumeErrors=True).addCallback(
+                lambda answers: None if all(answers) else HeaderSenderNotOwned()
+            )
+
+        def decide(refusal: MailError | None) -> Any:
+            if refusal is None:
+                return self.factory.inflight(txn.commit()).addCallbacks(stored, failed)
+            txn.abort()
+            _log.info(
+                "refused at end of data from=<{sender}> client={client}: {reply}",
+                log_event=logevents.SMTP_DATA_REFUSED,
+                sender=txn.sender,
+                client=self._peerIP,
+                reply=refusal.reply().decode("ascii"),
+            )
+            self.sendCode(refusal.code, f"{refusal.enhanced} {refusal.text}".encode())
+            return None
+
+        def stored(queue_id: str) -> None:
+            if txn.authenticated:
+                self.factory.guard.messageAccepted(txn.authenticated)
+            _log.info(
+                "accepted {queue_id} from=<{sender}> rcpts={count} size={size} client={client}",
+                log_event=logevents.SMTP_ACCEPTED,
+                queue_id=queue_id,
+                sender=txn.sender,
+                count=len(txn.recipients),
+                size=receiver.size,
+                client=self._peerIP,
+            )
+            self.sendCode(250, f"2.0.0 Ok: queued as {queue_id}".encode())
+
+        def failed(reason: Failure) -> None:
+            txn.abort()
+            error = reason.value if isinstance(reason.value, MailError) else MailError()
+            if not isinstance(reason.value, MailError):
+                _log.failure("smtp.commit_failed", reason)
+            self.sendCode(error.code, f"{error.enhanced} {error.text}".encode("ascii", "replace"))
+
+        self._wait(checked.addCallbacks(decide, failed))
