@@ -111,9 +111,6 @@ class SelectedFolder:
         if getattr(event, "kind", None) != ADDED:
             self.only_added = False
 
-    def isRecent(self, uid: int) -> bool:
-        return uid in self.recent
-
     def shownFlags(self, uid: int, flags: frozenset[str]) -> frozenset[str]:
         """The flags as the client sees them: with \\Recent where this session has it."""
         return flags | {RECENT} if uid in self.recent else flags

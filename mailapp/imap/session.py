@@ -246,11 +246,6 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         return self._connected
 
     @property
-    def peer(self) -> str:
-        """The client's address."""
-        return self._peerIP
-
-    @property
     def secure(self) -> bool:
         return ISSLTransport.providedBy(self.transport)
 
