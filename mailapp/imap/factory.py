@@ -14,8 +14,8 @@ from twisted.python.failure import Failure
 
 from mailapp.imap.policy import IMAPPolicy
 from mailapp.imap.session import IMAPServer
+from mailapp.records import MessageInfo
 from mailapp.sessions import SessionFactory, session_limits
-from mailapp.store.records import MessageInfo
 
 __all__ = ["IMAPFactory", "buildFactory"]
 
@@ -26,6 +26,8 @@ class IMAPFactory(SessionFactory):
     per client address), and the \\Recent markers of this process (the
     L{mailapp.imap.selected.RecentMarkers} every selected folder reads).
     """
+
+    policy: IMAPPolicy
 
     def __init__(
         self,

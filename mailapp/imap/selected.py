@@ -27,8 +27,7 @@ from twisted.internet import defer
 
 from mailapp.imap.flags import RECENT
 from mailapp.imap.wire import format_flags
-from mailapp.store.events import ADDED
-from mailapp.store.records import MessageInfo
+from mailapp.records import ADDED, MessageInfo
 
 __all__ = ["RecentMarkers", "SelectedFolder"]
 

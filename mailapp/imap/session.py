@@ -133,7 +133,8 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         self.policy: IMAPPolicy = factory.policy
         self.store = factory.store
         self.callLater = factory.reactor.callLater
-        self.timeOut = self.policy.login_timeout
+        # TimeoutMixin's timeOut is declared an int; the policy's seconds are a float.
+        self.timeOut = self.policy.login_timeout  # type: ignore[assignment]
         # IMAP4Server's own state is a string it never reads here: every method that reads it is overridden.
         self.state: State = State.NOT_AUTHENTICATED  # type: ignore[assignment]
         self.account: str | None = None

@@ -35,7 +35,7 @@ from mailapp.imap.wire import (
     parse_sequence_set,
     select_positions,
 )
-from mailapp.store.records import MessageInfo
+from mailapp.records import MessageInfo
 
 if TYPE_CHECKING:
     from mailapp.imap.selected import SelectedFolder
