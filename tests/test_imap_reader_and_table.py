@@ -1,20 +1,25 @@
 """
 Unit tests of two IMAP pieces on their own, with no session, store or
 reactor: the command reader (bytes in, whole commands out, limits kept) and
-the command table the session dispatches from.
+the command table the session dispatches from; and AUTHENTICATE's answers
+to each kind of bad SASL response, through a session on the fakes.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.testing import StringTransport
 
 from mailapp.imap.commands import CAPABILITIES, COMMANDS
 from mailapp.imap.reader import CommandReader, ReadLimits
 from mailapp.imap.state import State
 from mailapp.imap.wire import ParsedLiteral, String
+from mailapp.testing import build_factory, service_context
+from tests.protocol.accounts import make_accounts
 
 
 class _Deadlines:
@@ -154,3 +159,47 @@ def test_the_commands_capabilities_are_announced_in_the_order_clients_saw_before
 @pytest.mark.parametrize("name", ["CAPABILITY", "NOOP", "LOGOUT", "ID"])
 def test_the_commands_of_any_state_are_valid_before_and_after_login(name):
     assert COMMANDS[name].states == {State.NOT_AUTHENTICATED, State.AUTHENTICATED, State.SELECTED}
+
+
+# -- AUTHENTICATE PLAIN through the session (mailapp.sasl's decoder, IMAP's words) ------------------
+
+
+def _session() -> tuple[Any, StringTransport]:
+    factory = build_factory(service_context(accounts=make_accounts()), "imap", allow_plaintext_auth=True)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    transport.clear()
+    return protocol, transport
+
+
+@pytest.mark.parametrize(
+    ("response", "reply"),
+    [
+        (b"*", b"a BAD Authentication cancelled"),
+        (b"not base64!", b"a BAD Invalid base64"),
+        (b"=", b"a BAD Malformed PLAIN response"),
+        (base64.b64encode(b"alice@example.test\x00alice-secret"), b"a BAD Malformed PLAIN response"),
+    ],
+)
+def test_authenticate_plain_refusals_in_the_continuation_line(response, reply):
+    protocol, transport = _session()
+    try:
+        protocol.dataReceived(b"a AUTHENTICATE PLAIN\r\n")
+        assert transport.value() == b"+ \r\n"
+        transport.clear()
+        protocol.dataReceived(response + b"\r\n")
+        assert transport.value() == reply + b"\r\n"
+    finally:
+        protocol.connectionLost(None)
+
+
+def test_authenticate_plain_in_the_continuation_line_logs_in():
+    protocol, transport = _session()
+    try:
+        protocol.dataReceived(b"a AUTHENTICATE PLAIN\r\n")
+        protocol.dataReceived(base64.b64encode(b"\x00alice@example.test\x00alice-secret") + b"\r\n")
+        assert transport.value().splitlines()[-1].startswith(b"a OK [CAPABILITY IMAP4rev1 ")
+        assert protocol.state is State.AUTHENTICATED
+    finally:
+        protocol.connectionLost(None)

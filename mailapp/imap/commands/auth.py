@@ -1,7 +1,8 @@
 """
 The commands of any state and of login (RFC 3501 6.1, 6.2): CAPABILITY,
 NOOP, LOGOUT, ID (RFC 2971), STARTTLS, LOGIN, AUTHENTICATE PLAIN (with
-SASL-IR, RFC 4959), and ENABLE (RFC 5161).
+SASL-IR, RFC 4959; decoded by L{mailapp.sasl}, as SMTP's and POP3's are),
+and ENABLE (RFC 5161).
 
 The mechanisms behind them are the session's (L{IMAPServer.login}, its
 abuse guard and budgets, L{IMAPServer.startTLS}'s buffer drop); here is what
@@ -10,10 +11,9 @@ each command takes and answers.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import TYPE_CHECKING, Any
 
+from mailapp import sasl
 from mailapp.imap.policy import VERSION
 from mailapp.imap.state import State
 from mailapp.imap.wire import Atom, BadCommand, Token, as_string, expect_count
@@ -79,24 +79,21 @@ def authenticate(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Non
         return
 
     def response(line: bytes) -> None:
-        line = line.strip()
-        if line == b"*":
+        try:
+            credentials = sasl.decode_plain(line)
+        except sasl.Cancelled:
             session.bad(tag, b"Authentication cancelled")
             return
-        try:
-            decoded = base64.b64decode(line, validate=True) if line != b"=" else b""
-        except (binascii.Error, ValueError):
+        except sasl.BadBase64:
             session.bad(tag, b"Invalid base64")
             return
-        parts = decoded.split(b"\x00")
-        if len(parts) != 3:
+        except sasl.MalformedPlain:
             session.bad(tag, b"Malformed PLAIN response")
             return
-        authzid, authcid, password = parts
-        if authzid and authzid != authcid:
-            session.hold(session.authFailed(tag, authcid), tag)
+        if credentials.actsForAnother:
+            session.hold(session.authFailed(tag, credentials.authcid), tag)
             return
-        session.hold(session.login(tag, authcid, password), tag)
+        session.hold(session.login(tag, credentials.authcid, credentials.password), tag)
 
     if len(arguments) == 2:
         response(as_string(arguments[1], "initial response"))
