@@ -23,7 +23,7 @@ from mailapp.quota import Quota, Quotas, refusal
 from mailapp.store.records import Usage
 from mailapp.testing import cheap_password_hasher
 from tests.smtp_helpers import make_factory, stored_messages, wait_for
-from tests.test_cli import config, mailapp  # noqa: F401  (fixtures)
+from tests.e2e.test_cli import config, mailapp  # noqa: F401  (fixtures)
 from tests.protocol.smtp_client import Session
 
 ALICE = "alice@example.test"
