@@ -30,7 +30,7 @@ from mailapp.smtp import SMTPFactory, SMTPPolicy
 from mailapp.store import MaildirStore
 from mailapp.testing import service_context
 from tests.smtp_helpers import make_accounts
-from tests.test_abuse import _Connection, plain
+from tests.unit.test_abuse import _Connection, plain
 
 PATH = Path("etc/test.toml")
 MINIMAL = '[server]\nhostname = "mail.example.test"\n'
