@@ -345,14 +345,19 @@ class SubmissionProtocolTests(TestCase):
         self.assertTrue(b"421" in session.codes())
         self.assertEqual(session.codes(), [b"250", b"334", b"334", b"535", b"334", b"334", b"535", b"334", b"334", b"421"])
 
-    def test_submission_adds_message_id_and_date_when_missing(self):
+    def submitted(self, message: bytes) -> bytes:
+        """Alice logs in and submits C{message} (the data, its end included) to bob: his stored copy."""
         session = self.session(allow_plaintext_auth=True)
         token = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
         session.send(b"EHLO c\r\nAUTH PLAIN " + token + b"\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
         self.assertTrue(b"354" in session.codes())
-        session.send(b"Subject: no ids\r\n\r\nhello\r\n.\r\n")
+        session.send(message)
         self.assertTrue(session.codes()[-1:] == [b"250"])
         [stored] = self.store.inbox("bob@example.test")
+        return stored
+
+    def test_submission_adds_message_id_and_date_when_missing(self):
+        stored = self.submitted(b"Subject: no ids\r\n\r\nhello\r\n.\r\n")
         headers = stored.split(b"\r\n\r\n")[0]
         self.assertIn(b"\r\nDate: ", headers)
         self.assertIn(b"\r\nMessage-ID: <", headers)
@@ -361,13 +366,7 @@ class SubmissionProtocolTests(TestCase):
 
     def test_received_and_date_are_dated_by_the_listeners_clock(self):
         self.clock.advance(1_700_000_000)
-        session = self.session(allow_plaintext_auth=True)
-        token = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
-        session.send(b"EHLO c\r\nAUTH PLAIN " + token + b"\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
-        session.send(b"Subject: no date\r\n\r\nhello\r\n.\r\n")
-        self.assertTrue(session.codes()[-1:] == [b"250"])
-        [stored] = self.store.inbox("bob@example.test")
-        headers = stored.split(b"\r\n\r\n")[0]
+        headers = self.submitted(b"Subject: no date\r\n\r\nhello\r\n.\r\n").split(b"\r\n\r\n")[0]
         self.assertIn(b"\tfor <bob@example.test>;\r\n\tTue, 14 Nov 2023 22:13:20 -0000\r\n", headers)
         self.assertIn(b"\r\nDate: Tue, 14 Nov 2023 22:13:20 -0000\r\n", headers)
 
