@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mailapp.abuse import AbuseGuard
     from mailapp.delivery import Router
     from mailapp.pools import WorkerPools
+    from mailapp.pop3.maildrop import MaildropLocks
     from mailapp.quota import Quotas
     from mailapp.relay.manager import RelayManager
 
@@ -82,6 +83,10 @@ class ServiceContext:
     telemetry: LogPublisher
     #: The server's L{mailapp.pools.WorkerPools}: one bounded thread pool per kind of blocking work.
     pools: WorkerPools
+    #: The one L{mailapp.pop3.maildrop.MaildropLocks}: the accounts with a POP3
+    #: session past login, shared by every POP3 listener (110 and 995) and by
+    #: no other server, so that a second login anywhere gets C{[IN-USE]}.
+    maildrops: MaildropLocks
     #: The relay manager (its queue), or None: a server built without a relay.
     relay: RelayManager | None = None
 

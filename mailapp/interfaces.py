@@ -118,6 +118,23 @@ class IEventBus(Interface):
         """Deliver C{event} to the subscribers of its folder."""
 
 
+class IFreeSpace(Interface):
+    """
+    How much room a store has left for new messages: what SMTP asks at every
+    C{MAIL FROM}, to refuse a transaction with C{452 4.3.1} before its data
+    rather than after it (L{IMessageStore.freeSpace}).
+    """
+
+    def available() -> int | None:
+        """
+        Free bytes, or C{None} when the store cannot say (then nothing is
+        refused). Answered at once, with no Deferred: it is asked on the
+        reactor for every transaction, so an implementation answers from a
+        figure it keeps fresh (the Maildir store's statvfs(2), at most once
+        a second), never from a round trip.
+        """
+
+
 class IMessageStore(Interface):
     """
     Every user's mailboxes.
@@ -127,6 +144,7 @@ class IMessageStore(Interface):
     """
 
     events: IEventBus = Attribute("The L{IEventBus} this store publishes on.")
+    freeSpace: IFreeSpace = Attribute("The L{IFreeSpace} of where this store writes new messages.")
 
     def mailbox(account: str) -> IMailbox:
         """

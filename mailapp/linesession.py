@@ -356,10 +356,16 @@ class LineSession(Protocol, TimeoutMixin):
         self._process()
 
     def _process(self) -> None:
-        if self._shuttingDown and not self._closing and self._idle():
-            self._closeForShutdown()
-            return
-        while self._buffer and not self._busy and not self._closing and not self.outputPaused():
+        while not self._closing:
+            # Asked before every command, not once per call: what ends a
+            # session's work may happen inside this loop (a reply that has
+            # already fired, a raw phase that ends), and nothing the client
+            # pipelined after it may run once the server is stopping.
+            if self._shuttingDown and self._idle():
+                self._closeForShutdown()
+                return
+            if not self._buffer or self._busy or self.outputPaused():
+                break
             raw = self.consumeRaw()
             if raw is not None:
                 if raw:

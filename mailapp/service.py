@@ -331,6 +331,7 @@ def makeService(
 
     from mailapp.abuse import AbuseGuard
     from mailapp.delivery import Router
+    from mailapp.pop3.maildrop import MaildropLocks
     from mailapp.quota import Quotas
 
     quotas = Quotas.fromConfig(config, accounts, store)
@@ -349,6 +350,7 @@ def makeService(
         quotas=quotas,
         telemetry=LogPublisher(),
         pools=pools,
+        maildrops=MaildropLocks(),
         relay=manager,
     )
     root = MailService(context)

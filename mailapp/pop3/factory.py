@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import IO, Any, Callable
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThread
 
-from mailapp.pop3.maildrop import MaildropLocks, _locksFor
+from mailapp.config import ListenerConfig
+from mailapp.context import ServiceContext
+from mailapp.pop3.maildrop import MaildropLocks
 from mailapp.pop3.policy import POP3Policy
 from mailapp.pop3.session import POP3Server
 from mailapp.sessions import SessionFactory, session_limits
@@ -44,8 +45,10 @@ class POP3Factory(SessionFactory):
         self.reactor = reactor
         self.tls = tls
         self.locks = locks if locks is not None else MaildropLocks()
-        #: Reads from a message file off the reactor thread.
-        self.readChunk = readChunk or (lambda file, size: deferToThread(file.read, size))
+        #: Reads the next chunk of an open message file: on the server's store
+        #: pool (L{buildFactory}). Without one (a factory built by hand in a
+        #: unit test) the read happens at once, on the caller's thread.
+        self.readChunk = readChunk or (lambda file, size: defer.maybeDeferred(file.read, size))
 
     # Twisted types a factory's protocols through a generic Factory[P] whose P
     # reads .factory back as Factory[P]; a session's factory is its own listener's.
@@ -53,7 +56,7 @@ class POP3Factory(SessionFactory):
         return POP3Server(self)
 
 
-def buildFactory(context: Any, listener: Any) -> POP3Factory:
+def buildFactory(context: ServiceContext, listener: ListenerConfig) -> POP3Factory:
     """The builder the service registers for the ``pop3`` protocol (110 with STLS, 995 implicit)."""
     config = context.config
     limits = config.limits
@@ -64,16 +67,20 @@ def buildFactory(context: Any, listener: Any) -> POP3Factory:
         **session_limits(config, listener),
         max_commands_before_auth=limits.max_commands_before_auth,
     )
-    store = context.store
-    run = getattr(store, "run", None)
-    readChunk = (lambda file, size: run(file.read, size)) if run is not None else None
+    pools = context.pools
+
+    def readChunk(file: IO[bytes], size: int) -> defer.Deferred[bytes]:
+        # A message file opened through IFolder.openMessage is read where the
+        # store's other disk work runs, never on the reactor's own pool.
+        return pools.run(pools.store, file.read, size)
+
     return POP3Factory(
         context.portal,
         policy,
         context.reactor,
         tls=context.tls if listener.tls == "starttls" else None,
         inflight=context.inflight,
-        locks=_locksFor(store),
+        locks=context.maildrops,
         readChunk=readChunk,
-        guard=getattr(context, "guard", None),
+        guard=context.guard,
     )

@@ -12,9 +12,8 @@ in the shared database) behind the same C{acquire}/C{release}.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Callable, Iterable
 
 from twisted.internet import defer
 from mailapp.dotstuffing import Consumer, FileSender
@@ -33,6 +32,11 @@ class MaildropLocks:
     In memory, so it holds within one process only: a multi-node backend must
     put a shared lock (a lease with an expiry, so that a dead node's lock
     lapses) behind the same two methods.
+
+    The service makes one and hands it to every POP3 listener in its
+    L{mailapp.context.ServiceContext} (C{maildrops}): a table of the
+    server's, not of the module's, so that two servers (two tests) over one
+    store never see each other's sessions.
     """
 
     def __init__(self) -> None:
@@ -49,16 +53,6 @@ class MaildropLocks:
     def release(self, account: str) -> None:
         self._held.discard(account.lower())
 
-
-#: One lock table per store, shared by every POP3 listener over it (110 and 995).
-_LOCKS: "weakref.WeakKeyDictionary[Any, MaildropLocks]" = weakref.WeakKeyDictionary()
-
-
-def _locksFor(store: Any) -> MaildropLocks:
-    try:
-        return _LOCKS.setdefault(store, MaildropLocks())
-    except TypeError:  # a store that cannot be weakly referenced: one table per factory
-        return MaildropLocks()
 
 
 @dataclass

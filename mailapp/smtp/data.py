@@ -14,7 +14,6 @@ from __future__ import annotations
 import email.utils
 import ipaddress
 import re
-import time
 from typing import Any, Callable
 
 from mailapp.dotstuffing import unstuff
@@ -175,26 +174,32 @@ def address_literal(ip: str) -> str:
 
 
 
-def received_header(helo: str | None, ip: str, hostname: str, protocol: str, queue_id: str, recipients: list[str]) -> bytes:
+def received_header(
+    helo: str | None, ip: str, hostname: str, protocol: str, queue_id: str, recipients: list[str], now: float
+) -> bytes:
     """
     The ``Received:`` field this server prepends (RFC 5321 4.4), with the
     recipient only when there is one (a shared file must not show Bcc
-    recipients to each other).
+    recipients to each other), dated C{now}: the session's clock
+    (C{reactor.seconds()}), so that a test on a L{task.Clock} sees its date.
     """
     target = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
     return (
         f"Received: from {helo} ({address_literal(ip)})\r\n"
         f"\tby {hostname} (mailapp) with {protocol} id {queue_id}{target};\r\n"
-        f"\t{email.utils.formatdate(time.time(), localtime=False)}\r\n"
+        f"\t{email.utils.formatdate(now, localtime=False)}\r\n"
     ).encode("utf-8")
 
 
-def missing_headers(headers: bytes, hostname: str) -> bytes:
-    """The ``Date:`` and ``Message-ID:`` fields a submitted message's header block C{headers} lacks."""
+def missing_headers(headers: bytes, hostname: str, now: float) -> bytes:
+    """
+    The ``Date:`` (C{now}, the session's clock) and ``Message-ID:`` fields a
+    submitted message's header block C{headers} lacks.
+    """
     names = {line.split(b":", 1)[0].strip().lower() for line in headers.split(b"\r\n") if b":" in line and line[:1] not in b" \t"}
     added = b""
     if b"date" not in names:
-        added += b"Date: " + email.utils.formatdate(time.time(), localtime=False).encode() + b"\r\n"
+        added += b"Date: " + email.utils.formatdate(now, localtime=False).encode() + b"\r\n"
     if b"message-id" not in names:
         added += b"Message-ID: " + email.utils.make_msgid(domain=hostname).encode() + b"\r\n"
     return added

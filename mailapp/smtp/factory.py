@@ -9,11 +9,13 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from mailapp.config import ListenerConfig
+from mailapp.context import ServiceContext
 from mailapp.delivery import Router
 from mailapp.sessions import SessionFactory, session_limits
 from mailapp.smtp.policy import SMTPPolicy
 from mailapp.smtp.transaction import ESMTPServer
-from mailapp.store.freespace import FreeSpace
+from mailapp.interfaces import IFreeSpace
 
 __all__ = ["SMTPFactory", "buildFactory"]
 
@@ -35,7 +37,7 @@ class SMTPFactory(SessionFactory):
         tls: Any = None,
         inflight: Any = None,
         guard: Any = None,
-        freeSpace: FreeSpace | None = None,
+        freeSpace: IFreeSpace | None = None,
     ) -> None:
         super().__init__(inflight, guard)
         self.router = router
@@ -43,7 +45,8 @@ class SMTPFactory(SessionFactory):
         self.policy = policy
         self.reactor = reactor
         self.tls = tls
-        #: The store's disk, checked at MAIL FROM against policy.min_free_disk (None: never refused).
+        #: The store's free space (its C{freeSpace}), checked at MAIL FROM
+        #: against policy.min_free_disk (None: never refused).
         self.freeSpace = freeSpace
 
     # Twisted types a factory's protocols through a generic Factory[P] whose P
@@ -62,7 +65,7 @@ class SMTPFactory(SessionFactory):
 
 
 
-def buildFactory(context: Any, listener: Any) -> SMTPFactory:
+def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFactory:
     """The builder the service registers for the ``smtp`` and ``submission`` protocols."""
     config = context.config
     limits = config.limits
@@ -79,17 +82,14 @@ def buildFactory(context: Any, listener: Any) -> SMTPFactory:
         refuse_local_senders=config.security.mx_refuse_local_senders,
         min_free_disk=limits.min_free_disk,
     )
-    router = getattr(context, "router", None) or Router(
-        context.accounts, context.store, limits.max_recipients, quotas=getattr(context, "quotas", None)
-    )
     tls = context.tls if listener.tls == "starttls" else None
     return SMTPFactory(
-        router,
+        context.router,
         context.portal,
         policy,
         context.reactor,
         tls=tls,
         inflight=context.inflight,
-        guard=getattr(context, "guard", None),
-        freeSpace=FreeSpace(config.state_dir, context.reactor),
+        guard=context.guard,
+        freeSpace=context.store.freeSpace,
     )

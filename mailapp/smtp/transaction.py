@@ -279,7 +279,9 @@ class ESMTPServer(SMTPSession):
             protocol += "S"
         if self.authenticated:
             protocol += "A"
-        return received_header(self._ehlo, self._peerIP, self.policy.hostname, protocol, txn.queue_id, txn.recipients)
+        return received_header(
+            self._ehlo, self._peerIP, self.policy.hostname, protocol, txn.queue_id, txn.recipients, self.factory.reactor.seconds()
+        )
 
     def _missingHeaders(self, headers: bytes) -> bytes:
         """
@@ -287,7 +289,7 @@ class ESMTPServer(SMTPSession):
         them out, and note the ``From:`` addresses (checked at the end of data).
         """
         self._headerFrom = header_addresses(headers, b"from")
-        return missing_headers(headers, self.policy.hostname)
+        return missing_headers(headers, self.policy.hostname, self.factory.reactor.seconds())
 
     def _endData(self) -> None:
         receiver, self._data = self._data, None

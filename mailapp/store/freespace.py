@@ -7,21 +7,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
+
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from mailapp.interfaces import IFreeSpace
 
 
+@implementer(IFreeSpace)
 class FreeSpace:
     """
     Free bytes (for an unprivileged writer: C{f_bavail}) on the filesystem of
     C{path}, from statvfs(2) at most once per C{ttl} seconds of C{clock}, so
     that the reactor makes one quick system call a second however busy SMTP
-    is, and a disk freed again is seen within a second.
+    is, and a disk freed again is seen within a second. The Maildir store's
+    C{freeSpace}, over its root.
     """
 
     def __init__(
         self,
         path: Path,
-        clock: Any,
+        clock: IReactorTime,
         ttl: float = 1.0,
         statvfs: Callable[[Path], os.statvfs_result] = os.statvfs,
     ) -> None:

@@ -40,6 +40,7 @@ from mailapp.store.events import EventBus
 from mailapp.store.mailbox import account_directory
 from mailapp.store.names import INBOX, mailbox_directory, normalize_folder
 from mailapp.store.spool import SpoolWriter
+from mailapp.store.freespace import FreeSpace
 from mailapp.store.usage import usage
 
 # The store's parts, importable from here as before they had modules of
@@ -110,6 +111,8 @@ class MaildirStore:
         #: (Linux) rather than one fsync per file and per directory.
         self.batch_sync = durable.has_syncfs() if batch_sync is None else batch_sync
         self.committer = GroupCommitter(reactor, self.threadpool, self.batch_sync)
+        #: The disk new messages are written to (the spool is under the root).
+        self.freeSpace = FreeSpace(self.root, reactor)
 
     def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """

@@ -3,7 +3,7 @@ Public in-memory fakes of mailapp's interfaces, for tests of protocols and
 of code that uses mailapp (treq's C{treq.testing}, maddy's testutils):
 
 - L{FakeAccounts}, L{cheap_password_hasher} (C{accounts});
-- L{FakeStore} and its mailboxes, folders and writers (C{store});
+- L{FakeStore} and its mailboxes, folders, writers and free space (C{store});
 - L{RecordingStore}, a delivery target that records and fails on demand (C{recording});
 - L{FakeResolver}, DNS from a dict (C{resolver});
 - thread pools and a reactor that run "thread" work at once (C{threads});
@@ -16,7 +16,7 @@ from mailapp.testing.accounts import FakeAccounts, cheap_password_hasher
 from mailapp.testing.context import MINIMAL_CONFIG, build_factory, fake_config, listener, service_context
 from mailapp.testing.recording import Delivery, RecordingStore, RecordingWriter
 from mailapp.testing.resolver import FakeResolver
-from mailapp.testing.store import FakeFolder, FakeMailbox, FakeMessageWriter, FakeStore
+from mailapp.testing.store import FakeFolder, FakeFreeSpace, FakeMailbox, FakeMessageWriter, FakeStore
 from mailapp.testing.threads import HeldThreadPool, InlineWorkerPools, SynchronousReactor, SynchronousThreadPool
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Delivery",
     "FakeAccounts",
     "FakeFolder",
+    "FakeFreeSpace",
     "FakeMailbox",
     "FakeMessageWriter",
     "FakeResolver",

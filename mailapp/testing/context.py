@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["MINIMAL_CONFIG", "build_factory", "fake_config", "listener", "service_context"]
 
 #: The smallest config a server accepts, with one local domain. Its state
-#: directory does not exist: nothing built from it may need the disk (the
-#: SMTP builder's free-space check then says "cannot tell", and refuses nothing).
+#: directory does not exist: nothing built from it may need the disk (free
+#: space is the store's to say: a FakeStore's says "cannot tell" until a
+#: test sets it).
 MINIMAL_CONFIG = """\
 [server]
 hostname = "mail.example.test"
@@ -56,13 +57,14 @@ def service_context(*, config: Config | str | None = None, **overrides: Any) -> 
     A L{ServiceContext} as L{mailapp.service.makeService} builds one, of fakes:
     a L{FakeStore}, L{FakeAccounts} with the config's local domains, a
     L{Clock} as the reactor, the real L{Router}, L{Quotas}, L{AbuseGuard} (on
-    the clock) and portal over them, and L{InlineWorkerPools}; no TLS, no
-    relay. C{config} is a L{Config} or the text of one (L{fake_config}).
+    the clock) and portal over them, L{InlineWorkerPools} and maildrop locks
+    of its own; no TLS, no relay. C{config} is a L{Config} or the text of one (L{fake_config}).
 
     Any field can be given instead (C{store=RecordingStore()},
     C{tls=object()}); the parts built over it (router, portal, quotas) then
     use it. Every field is passed to L{ServiceContext} by keyword.
     """
+    from mailapp.pop3.maildrop import MaildropLocks
     from mailapp.service import InFlight, ServiceContext
 
     names = {field.name for field in fields(ServiceContext)}
@@ -88,6 +90,7 @@ def service_context(*, config: Config | str | None = None, **overrides: Any) -> 
         "relay": None,
         "telemetry": LogPublisher(),
         "pools": InlineWorkerPools(),
+        "maildrops": MaildropLocks(),
     }
     parts.update(overrides)
     # Every field the context has, by keyword; one this module does not know yet keeps its default.

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from zope.interface import implementer
 
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError
-from mailapp.interfaces import IFolder, IMailbox, IMessageStore, IMessageWriter
+from mailapp.interfaces import IFolder, IFreeSpace, IMailbox, IMessageStore, IMessageWriter
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
@@ -242,6 +242,21 @@ class FakeMailbox:
         return succeed(FakeFolder(self, name))
 
 
+@implementer(IFreeSpace)
+class FakeFreeSpace:
+    """
+    What a fake store says of its disk: C{free} bytes, as the test sets it
+    (C{store.freeSpace.free = 0}: full); C{None}, the default, cannot say,
+    so nothing is refused.
+    """
+
+    def __init__(self, free: int | None = None) -> None:
+        self.free = free
+
+    def available(self) -> int | None:
+        return self.free
+
+
 @implementer(IMessageStore)
 class FakeStore:
     """
@@ -252,6 +267,8 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.events = EventBus()
+        #: Its disk's free space: set C{freeSpace.free} to make it (nearly) full.
+        self.freeSpace = FakeFreeSpace()
         self._mailboxes: dict[str, dict[str, _FakeFolderState]] = {}
         self._validity = 1000
         self.failDeliver = False
@@ -270,8 +287,8 @@ class FakeStore:
         """
         Run C{function} at once, on the caller's thread. The Maildir store's
         C{run} (a worker thread) is not in L{IMessageStore}, but IMAP's FETCH
-        and SEARCH and POP3's reads call it (without it POP3 falls back to
-        the global reactor's thread pool); this keeps such tests synchronous.
+        and SEARCH call it (POP3 reads through the context's pools); this
+        keeps such tests synchronous.
         """
         return maybeDeferred(function, *args)
 

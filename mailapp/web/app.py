@@ -19,8 +19,8 @@ L{mailapp.web.base}, into the L{Webmail}, and builds it for a listener
 
 from __future__ import annotations
 
-from typing import Any
-
+from mailapp.config import ListenerConfig
+from mailapp.context import ServiceContext
 from mailapp.sessions import SessionLimits, session_limits
 from mailapp.web.base import DRAFTS, SENT, TRASH, WebmailPolicy
 # The groups in the order their routes were declared when they were one class.
@@ -58,23 +58,19 @@ class Webmail(SignInRoutes, ListingRoutes, FolderRoutes, ReadingRoutes, ComposeR
     """
 
 
-def buildFactory(context: Any, listener: Any) -> WebmailSite:
+def buildFactory(context: ServiceContext, listener: ListenerConfig) -> WebmailSite:
     """The builder the service registers for the ``webmail`` protocol."""
-    from mailapp.delivery import Router
-
     config = context.config
-    router = getattr(context, "router", None) or Router(context.accounts, context.store, config.limits.max_recipients)
     policy = WebmailPolicy(
         hostname=config.hostname,
         secure=listener.tls == "implicit",
         max_message_size=config.limits.max_message_size,
     )
-    pools = getattr(context, "pools", None)
     return Webmail(
-        router,
+        context.router,
         context.portal,
         policy,
         context.reactor,
-        guard=getattr(context, "guard", None),
-        threadpool=pools.parsing if pools is not None else None,
+        guard=context.guard,
+        threadpool=context.pools.parsing,
     ).site(SessionLimits(**session_limits(config, listener)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -130,6 +131,8 @@ class WebmailBase:
         self.policy = policy
         self.reactor = reactor
         now = clock if clock is not None else reactor.seconds
+        #: Seconds: session times, and the date of the Received: and Date: a sent message gets.
+        self.clock: Callable[[], float] = now
         self.sessions = Sessions(now, policy.idle_timeout, policy.absolute_timeout)
         if guard is None:
             window = max(1, int(policy.login_failure_window))

@@ -12,7 +12,6 @@ header (the copy stored in Sent does).
 from __future__ import annotations
 
 import email.utils
-import time
 from typing import Any
 
 from twisted.web.iweb import IRequest
@@ -120,7 +119,7 @@ class ComposeRoutes(WebmailBase):
         if errors or draft is None:
             return await self._compose_again(request, session, values, errors)
         if not sending:
-            data = await self._thread(messages.build, draft, session.account, self.policy.hostname, True)
+            data = await self._thread(messages.build, draft, session.account, self.policy.hostname, True, self.clock())
             drafts = await self._folder(session, DRAFTS)
             if drafts is None:
                 return self._not_found(request, session, "folder")
@@ -147,7 +146,7 @@ class ComposeRoutes(WebmailBase):
 
     async def _send(self, request: IRequest, session: Session, draft: messages.Draft) -> list[str]:
         """Hand the message to the Router like authenticated submission; the problems to show, if any."""
-        outgoing = await self._thread(messages.build, draft, session.account, self.policy.hostname, False)
+        outgoing = await self._thread(messages.build, draft, session.account, self.policy.hostname, False, self.clock())
         if len(outgoing) > self.policy.max_message_size:
             return [f"The message is larger than the limit of {pages.human_size(self.policy.max_message_size)}."]
         if not self.guard.mayAcceptMessage(session.account):
@@ -173,7 +172,7 @@ class ComposeRoutes(WebmailBase):
         received = (
             f"Received: from [{client}]\r\n"
             f"\tby {self.policy.hostname} (mailapp webmail) with {'HTTPS' if self.policy.secure else 'HTTP'} id {transaction.queue_id};\r\n"
-            f"\t{email.utils.formatdate(time.time(), localtime=False)}\r\n"
+            f"\t{email.utils.formatdate(self.clock(), localtime=False)}\r\n"
         ).encode("utf-8")
         writer = transaction.open()
         await writer.write(received + outgoing)
@@ -195,7 +194,7 @@ class ComposeRoutes(WebmailBase):
             count=len(transaction.recipients),
             size=len(outgoing),
         )
-        copy = await self._thread(messages.build, draft, session.account, self.policy.hostname, True)
+        copy = await self._thread(messages.build, draft, session.account, self.policy.hostname, True, self.clock())
         sent = await self._folder(session, SENT)
         if sent is not None:
             try:

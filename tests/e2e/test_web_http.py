@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 import http.client
 import re
 import time
@@ -501,6 +502,18 @@ class WebmailHTTPTests(TestCase):
         self.assertEqual(response.status, 400)
         self.assertIn(f"{BOB}: Mailbox full (552 5.2.2)", response.text)
         self.assertEqual(len((yield self.stored(BOB))), 1)
+
+    @inlineCallbacks
+    def test_a_sent_message_is_dated_by_the_webmails_clock(self) -> None:
+        client = self.client()
+        yield client.sign_in(ALICE)
+        token = csrf_of((yield client.get("/compose")))
+        response = yield client.post_multipart("/compose", {"csrf": token, "to": BOB, "subject": "dated", "body": "b", "action": "send"})
+        self.assertEqual(response.status, 303)
+        [(_, message)] = yield self.stored(BOB)
+        date = email.utils.formatdate(1_000_000.0, localtime=False)
+        self.assertEqual(message["Date"], date)
+        self.assertTrue(str(message["Received"]).endswith(date), message["Received"])
 
     @inlineCallbacks
     def test_save_draft_then_send_it_removes_the_draft(self) -> None:

@@ -223,6 +223,17 @@ class AuthorizationTests(POP3TestCase):
         self.assertIn(b"[IN-USE]", other.lines()[1])
         one.drop()
 
+    @inlineCallbacks
+    def test_two_servers_over_one_store_do_not_share_maildrop_locks(self) -> None:
+        # Each context is one server's (as two tests' are): a session of one is not the other's [IN-USE].
+        pop3_listener = listener("pop3", allow_plaintext_auth=True)
+        first, second = (pop3.buildFactory(pop3_context(self.store), pop3_listener) for _ in range(2))
+        self.assertIsNot(first.locks, second.locks)
+        one = yield self.logged_in(self.session(first))
+        other = yield self.logged_in(self.session(second))
+        self.assertIs(other.proto.sessionState, SessionState.TRANSACTION)
+        one.drop()
+
 
 class LimitsTests(POP3TestCase):
     def test_connection_limit_per_ip_gets_err(self) -> None:

@@ -5,13 +5,15 @@ the read-ahead) over a L{FakeStore}, as C{test_pop3_session.py} builds it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 
-from mailapp import logevents
-from mailapp.pop3 import MAX_LINE, SessionState
+from mailapp import logevents, pop3
+from mailapp.pop3 import CHUNK_SIZE, MAX_LINE, SessionState
+from mailapp.testing import HeldThreadPool, InlineWorkerPools, listener
 from tests.protocol.pop3_client import (
     ALICE,
     ALICE_PLAIN,
@@ -20,6 +22,7 @@ from tests.protocol.pop3_client import (
     THIRD,
     POP3TestCase,
     make_factory,
+    pop3_context,
 )
 
 
@@ -63,6 +66,23 @@ class TransactionTests(POP3TestCase):
         session = yield self.logged_in()
         output = yield self.reply(session, b"RETR 3\r\n")
         self.assertEqual(output, b"+OK %d octets\r\n" % len(THIRD) + THIRD + b"\r\n.\r\n")
+
+    @inlineCallbacks
+    def test_a_large_message_is_read_on_the_servers_store_pool(self) -> None:
+        big = b"Subject: big\r\n\r\n" + b"x" * (2 * CHUNK_SIZE) + b"\r\n"
+        yield self.deliver(big)
+        pools = InlineWorkerPools()
+        held = HeldThreadPool()
+        held.held = True
+        pools.store = held
+        context = dataclasses.replace(pop3_context(self.store), pools=pools)
+        factory = pop3.buildFactory(context, listener("pop3", allow_plaintext_auth=True))
+        session = yield self.logged_in(self.session(factory))
+        session.send(b"RETR 4\r\n")
+        self.assertEqual(session.output(), b"+OK %d octets\r\n" % len(big))
+        self.assertTrue(held.jobs)
+        held.run()
+        self.assertEqual(session.output(), b"+OK %d octets\r\n" % len(big) + big + b".\r\n")
 
     @inlineCallbacks
     def test_top_sends_the_header_and_the_first_lines_of_the_body(self) -> None:

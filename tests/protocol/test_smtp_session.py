@@ -201,6 +201,28 @@ class ProtocolTests(MXSessionTestCase):
         self.assertEqual(len(self.store.inbox(ALICE)), 1)
         self.assertTrue(self.transport_closed())
 
+    def test_commands_pipelined_after_a_message_committed_at_once_get_421_when_the_server_stops(self):
+        # The RecordingStore commits at once: the 250 is sent inside the loop
+        # that reads the commands after it, which must still say goodbye.
+        self.session.send(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        self.session.proto.shutdown()
+        self.session.clear()
+        self.session.send(b"Subject: s\r\n\r\nlast one\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.test>\r\nNOOP\r\n")
+        self.assertEqual(self.session.codes(), [b"250", b"421"])
+        self.assertEqual(self.session.replies()[-1], b"421 4.3.2 mail.example.test Service shutting down")
+        self.assertEqual(len(self.store.inbox(ALICE)), 1)
+        self.assertTrue(self.transport_closed())
+
+    def test_mail_from_gets_452_while_the_store_says_its_disk_is_nearly_full(self):
+        # min_free_disk is the config's default (50 MiB); the store, not the builder, says how much is free.
+        self.store.freeSpace.free = 1024 * 1024
+        self.session.clear()
+        self.session.send(b"HELO c\r\nMAIL FROM:<>\r\n")
+        self.assertEqual(self.session.replies()[-1], b"452 4.3.1 Insufficient system storage")
+        self.store.freeSpace.free = 100 * 1024 * 1024
+        self.session.send(b"MAIL FROM:<>\r\n")
+        self.assertEqual(self.session.replies()[-1], b"250 2.1.0 Ok")
+
     def test_helo_with_spaces_or_empty_argument_gets_501(self):
         self.session.clear()
         self.session.send(b"HELO\r\nEHLO a b\r\n")
@@ -323,19 +345,30 @@ class SubmissionProtocolTests(TestCase):
         self.assertTrue(b"421" in session.codes())
         self.assertEqual(session.codes(), [b"250", b"334", b"334", b"535", b"334", b"334", b"535", b"334", b"334", b"421"])
 
-    def test_submission_adds_message_id_and_date_when_missing(self):
+    def submitted(self, message: bytes) -> bytes:
+        """Alice logs in and submits C{message} (the data, its end included) to bob: his stored copy."""
         session = self.session(allow_plaintext_auth=True)
         token = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
         session.send(b"EHLO c\r\nAUTH PLAIN " + token + b"\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
         self.assertTrue(b"354" in session.codes())
-        session.send(b"Subject: no ids\r\n\r\nhello\r\n.\r\n")
+        session.send(message)
         self.assertTrue(session.codes()[-1:] == [b"250"])
         [stored] = self.store.inbox("bob@example.test")
+        return stored
+
+    def test_submission_adds_message_id_and_date_when_missing(self):
+        stored = self.submitted(b"Subject: no ids\r\n\r\nhello\r\n.\r\n")
         headers = stored.split(b"\r\n\r\n")[0]
         self.assertIn(b"\r\nDate: ", headers)
         self.assertIn(b"\r\nMessage-ID: <", headers)
         self.assertIn(b"with ESMTPA id", headers)
         self.assertTrue(stored.endswith(b"Subject: no ids\r\n\r\nhello\r\n"))
+
+    def test_received_and_date_are_dated_by_the_listeners_clock(self):
+        self.clock.advance(1_700_000_000)
+        headers = self.submitted(b"Subject: no date\r\n\r\nhello\r\n.\r\n").split(b"\r\n\r\n")[0]
+        self.assertIn(b"\tfor <bob@example.test>;\r\n\tTue, 14 Nov 2023 22:13:20 -0000\r\n", headers)
+        self.assertIn(b"\r\nDate: Tue, 14 Nov 2023 22:13:20 -0000\r\n", headers)
 
     def test_submission_refuses_a_from_header_the_user_does_not_own(self):
         session = self.session(allow_plaintext_auth=True)

@@ -36,7 +36,11 @@ class TLSTransport(StringTransport):
 
 
 class Echo(LineSession):
-    """ECHO answers at once, HOLD waits for the test's Deferred, TLS upgrades, FAIL fails."""
+    """
+    ECHO answers at once, HOLD waits for the test's Deferred, TLS upgrades,
+    FAIL fails; RAW n reads n bytes of raw data (busy meanwhile, as SMTP is
+    in DATA) and answers at once when they are in.
+    """
 
     protocolName = "echo"
     maxUnterminated = 64
@@ -46,9 +50,25 @@ class Echo(LineSession):
         self.held: list[defer.Deferred[None]] = []
         self.loggedIn = False
         self.paused = False
+        #: Bytes of raw data still to read (RAW n), or None: not in a raw phase.
+        self.raw: int | None = None
 
     def outputPaused(self) -> bool:
         return self.paused
+
+    def busyElsewhere(self) -> bool:
+        return self.raw is not None
+
+    def consumeRaw(self) -> bool | None:
+        if self.raw is None:
+            return None
+        data, self._buffer = self._buffer[: self.raw], self._buffer[self.raw :]
+        self.raw -= len(data)
+        if self.raw:
+            return False
+        self.raw = None
+        self.say(b"got " + data)
+        return True
 
     def say(self, text: bytes) -> None:
         self._write(text + b"\r\n")
@@ -70,6 +90,7 @@ class Echo(LineSession):
             b"TLS": lambda: self._startTLS(b"go\r\n", "context"),
             b"LOGIN": self.login,
             b"FAIL": lambda: self._wait(defer.fail(RuntimeError("boom"))),
+            b"RAW": lambda: setattr(self, "raw", int(argument)),
         }
         self._command(verb.decode(), handlers.get(verb, lambda: self.say(b"what?")))
 
@@ -205,6 +226,15 @@ class LineSessionTests(TestCase):
         self.assertEqual(self.lines(), [b"hello"])
         self.session.held[0].callback(None)
         self.assertEqual(self.lines(), [b"hello", b"held", b"bye"])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_a_command_pipelined_after_work_that_ends_at_once_gets_the_goodbye_when_the_server_stops(self) -> None:
+        self.session.loggedIn = True
+        self.session.dataReceived(b"RAW 3\r\n")
+        self.session.shutdown()  # busy with the raw data: it finishes first
+        self.assertEqual(self.lines(), [b"hello"])
+        self.session.dataReceived(b"abcECHO never\r\n")
+        self.assertEqual(self.lines(), [b"hello", b"got abc", b"bye"])
         self.assertTrue(self.transport.disconnecting)
 
     def test_nothing_runs_after_the_connection_is_lost(self) -> None:

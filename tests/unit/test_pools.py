@@ -55,6 +55,11 @@ class PoolTests(unittest.TestCase):
         self.assertEqual(seen, [self.pools.parsing])
 
     @defer.inlineCallbacks
+    def test_run_does_the_work_on_a_thread_of_the_pool_it_names(self) -> Any:
+        name = yield self.pools.run(self.pools.store, lambda: threading.current_thread().name)
+        self.assertIn("mailapp-store", name)
+
+    @defer.inlineCallbacks
     def test_a_saturated_parsing_pool_delays_neither_accounts_nor_the_store(self) -> Any:
         release = threading.Event()
         self.addCleanup(release.set)

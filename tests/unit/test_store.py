@@ -16,7 +16,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
 from mailapp.errors import BadFolderName, FolderExists, MailboxGone, NoSuchFolder, NoSuchMessage, StoreError
-from mailapp.interfaces import IEventBus, IFolder, IMailbox, IMessageStore, IMessageWriter
+from mailapp.interfaces import IEventBus, IFolder, IFreeSpace, IMailbox, IMessageStore, IMessageWriter
 from mailapp.store import MaildirStore, durable, ensure_mailbox, index, messagefile, retire_mailbox
 from mailapp.store.names import mailbox_directory
 from tests.index_faults import damage_messages_page, lose_wal
@@ -64,6 +64,8 @@ class DeliveryTests(StoreTestCase):
     def test_store_mailbox_folder_and_writer_provide_their_interfaces(self):
         verifyObject(IMessageStore, self.store)
         verifyObject(IEventBus, self.store.events)
+        verifyObject(IFreeSpace, self.store.freeSpace)
+        self.assertEqual(self.store.freeSpace.path, self.store.root)
         verifyObject(IMessageWriter, self.store.newMessage())
         mailbox = self.store.mailbox(ALICE)
         verifyObject(IMailbox, mailbox)

@@ -8,7 +8,7 @@ from zope.interface.verify import verifyObject
 
 from mailapp.delivery import Router
 from mailapp.errors import NoSuchUser, RelayDenied, StoreError, TooManyRecipients
-from mailapp.interfaces import IEventBus, IFolder, IMailbox, IMessageStore, IMessageWriter
+from mailapp.interfaces import IEventBus, IFolder, IFreeSpace, IMailbox, IMessageStore, IMessageWriter
 from mailapp.testing import FakeAccounts, FakeStore
 
 
@@ -26,6 +26,7 @@ class FakeStoreTests(TestCase):
         store = FakeStore()
         verifyObject(IMessageStore, store)
         verifyObject(IEventBus, store.events)
+        verifyObject(IFreeSpace, store.freeSpace)
         verifyObject(IMessageWriter, store.newMessage())
         mailbox = store.mailbox("alice@example.test")
         verifyObject(IMailbox, mailbox)
