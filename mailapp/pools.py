@@ -13,8 +13,9 @@ of IMAP searches could hold up every delivery's commit. Now:
 - ``queue``: the relay queue's files;
 - ``parsing``: parsing messages for display (the webmail), the work whose
   cost a sender controls;
-- ``signing``: DKIM signatures of outbound mail (CPU: two threads for the
-  two signatures a message gets, whatever the cores).
+- ``signing``: DKIM signatures of outbound mail: CPU work, so few threads
+  (the RSA step releases the GIL, and two let one message's Python run
+  while another's RSA signs).
 
 Each pool starts no thread until work arrives (``minthreads=0``) and is
 stopped when the reactor shuts down, after the service has drained.

@@ -197,3 +197,14 @@ def test_a_dsn_to_a_remote_sender_is_signed_for_the_servers_domain(harness: Harn
     assert b"From: Mail Delivery System <MAILER-DAEMON@mail.a.test>" in dsn
     verifier = dkim.DKIM(dsn)
     assert verifier.verify(idx=0, dnsfunc=dns_for(keys)) and verifier.signature_fields[b"d"] == b"a.test"
+
+
+def test_a_reload_turns_signing_off_and_on(store: KeyStore) -> None:
+    from mailapp.config import parse
+
+    signer = DkimSigner(store, None, SynchronousThreadPool())
+    base = '[server]\nhostname = "mail.a.test"\n'
+    signer.reconfigure(parse(base + "[dkim]\nsign = false\n", Path("etc/test.toml")))
+    assert signer.enabled is False
+    signer.reconfigure(parse(base, Path("etc/test.toml")))
+    assert signer.enabled is True
