@@ -48,6 +48,7 @@ from mailapp.cli.dns import add_dns_commands
 from mailapp.cli.domains import add_domain_commands
 from mailapp.cli.queue import add_queue_commands
 from mailapp.cli.users import add_user_commands
+from mailapp.dkim.keys import KeyStoreError
 from mailapp.errors import AccountError
 
 __all__ = ["DEFAULT_CONFIG", "main"]
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None, *, password_hasher: PasswordHasher |
     except CommandFailure as failure:
         warn(str(failure))
         return failure.status
-    except AccountError as error:
+    except (AccountError, KeyStoreError) as error:
         warn(str(error))
         return EXIT_REFUSED
     except sqlite3.Error as error:

@@ -5,15 +5,18 @@
 The keys are in ``state_dir/dkim`` (0700, files 0600); the running server
 reads the store's index again whenever it changes, so a rotation reaches
 it without a restart. Every command that makes a key prints the TXT
-records to publish, ready to paste into a zone file.
+records to publish, ready to paste into a zone file. A refusal is a
+L{mailapp.dkim.KeyStoreError}, which L{mailapp.cli.main} turns into its
+one line and exit status 1.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from mailapp.cli.command import EXIT_OK, EXIT_REFUSED, CommandFailure, CommandLineParser, Context, add_command
-from mailapp.dkim.keys import DkimKey, KeyStore, KeyStoreError
+from mailapp.cli.command import EXIT_OK, CommandLineParser, Context, add_command
+from mailapp.dkim.keys import DkimKey, KeyStore
 from mailapp.dnsrecords import zone_line
 
 __all__ = ["add_dkim_commands"]
@@ -39,18 +42,15 @@ def _key_data(key: DkimKey) -> dict[str, Any]:
     }
 
 
-def _refused(error: KeyStoreError) -> CommandFailure:
-    return CommandFailure(str(error), EXIT_REFUSED)
+def _selector_keys(store: KeyStore, domain: str, selector: str) -> list[DkimKey]:
+    return [key for key in store.keys(domain) if key.selector == selector]
 
 
 def _keygen(context: Context) -> int:
     store = _store(context)
     options = context.options
-    try:
-        selector, active = store.generate(options.domain, options.selector)
-        keys = [key for key in store.keys(options.domain) if key.selector == selector]
-    except KeyStoreError as error:
-        raise _refused(error) from None
+    selector, active = store.generate(options.domain, options.selector)
+    keys = _selector_keys(store, options.domain, selector)
     domain = keys[0].domain
     if active:
         status = f"{domain} signs with selector {selector} from now on: publish these records first"
@@ -68,15 +68,10 @@ def _keygen(context: Context) -> int:
 
 
 def _list(context: Context) -> int:
-    try:
-        keys = _store(context).keys(context.options.domain)
-    except KeyStoreError as error:
-        raise _refused(error) from None
+    keys = _store(context).keys(context.options.domain)
     if not keys:
         context.report("no DKIM keys (make some with 'mailapp dkim keygen DOMAIN')", [])
         return EXIT_OK
-    import time
-
     lines = []
     for key in keys:
         created = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(key.created))
@@ -89,11 +84,8 @@ def _list(context: Context) -> int:
 def _rotate(context: Context) -> int:
     store = _store(context)
     options = context.options
-    try:
-        selector, previous = store.rotate(options.domain, options.selector)
-        keys = [key for key in store.keys(options.domain) if key.selector == selector]
-    except KeyStoreError as error:
-        raise _refused(error) from None
+    selector, previous = store.rotate(options.domain, options.selector)
+    keys = _selector_keys(store, options.domain, selector)
     domain = keys[0].domain
     text = [f"{domain} now signs with selector {selector}; its records (publish them now if they are not yet):"]
     text += _records(keys)
@@ -112,10 +104,7 @@ def _rotate(context: Context) -> int:
 
 def _delete(context: Context) -> int:
     options = context.options
-    try:
-        _store(context).remove(options.domain, options.selector)
-    except KeyStoreError as error:
-        raise _refused(error) from None
+    _store(context).remove(options.domain, options.selector)
     context.report(
         f"deleted selector {options.selector} of {options.domain}; take its TXT records out of DNS too",
         {"action": "dkim.del", "domain": options.domain, "selector": options.selector},

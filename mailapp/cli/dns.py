@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mailapp.cli.command import EXIT_OK, EXIT_REFUSED, CommandFailure, CommandLineParser, Context, add_command
-from mailapp.dkim.keys import KeyStore, KeyStoreError, check_domain
+from mailapp.cli.command import EXIT_OK, EXIT_REFUSED, CommandLineParser, Context, add_command
+from mailapp.dkim.keys import KeyStore, check_domain
 from mailapp.dnscheck import OK, check_records, system_lookup
 from mailapp.dnsrecords import (
     DMARC_POLICIES,
@@ -32,11 +32,8 @@ def _record_data(record: Record) -> dict[str, Any]:
 
 def _dns(context: Context) -> int:
     options = context.options
-    try:
-        domain = check_domain(options.domain)
-        keys = KeyStore(context.state_dir).keys(domain)
-    except KeyStoreError as error:
-        raise CommandFailure(str(error), EXIT_REFUSED) from None
+    domain = check_domain(options.domain)
+    keys = KeyStore(context.state_dir).keys(domain)
     choices = RecordOptions(
         dmarc_policy=options.dmarc_policy,
         report_address=options.report_address or "",
