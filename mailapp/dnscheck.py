@@ -13,6 +13,7 @@ TLS-RPT need their version and the one tag each depends on.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -104,6 +105,11 @@ def _judge(record: Record, found: list[str]) -> tuple[str, str]:
         if not hosts:
             return MISSING, ""
         return (OK, "") if host in hosts else (WRONG, f"no MX names {host}")
+    if kind == "address":
+        if not found:
+            return MISSING, ""
+        wanted = ipaddress.ip_address(record.value)
+        return (OK, "") if any(ipaddress.ip_address(text) == wanted for text in found) else (WRONG, f"no {record.type} {wanted}")
     if kind == "srv":
         if not found:
             return MISSING, ""

@@ -4,7 +4,8 @@ The DNS records a mail domain served by mailapp must publish, as
 L{mailapp.dnscheck}).
 
 All of it follows from the config and the DKIM key store, so that what is
-printed is what the server does: the MX is the server's hostname; SPF
+printed is what the server does: the MX is the server's hostname (and its
+A/AAAA records, when the MX listens on addresses of its own); SPF
 allows the MX (and the smarthost, and any addresses given); one TXT record
 per DKIM key of every selector still in the store (a retired selector must
 stay published while mail signed with it is in flight); DMARC (RFC 7489);
@@ -17,6 +18,7 @@ the submission, IMAP and POP3 ports (RFC 6186, RFC 8314), with the
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -74,8 +76,8 @@ class Record:
     One record to publish: owner C{name} (no final dot), C{type}, and its
     C{value} as the zone file writes it but unquoted (a TXT record's text,
     an MX's ``10 mail.example.org.``). C{kind} says what it is for
-    (``mx``, ``spf``, ``dkim``, ``dmarc``, ``mta-sts``, ``tls-rpt``,
-    ``srv``) and how L{mailapp.dnscheck} compares what it finds.
+    (``mx``, ``address``, ``spf``, ``dkim``, ``dmarc``, ``mta-sts``,
+    ``tls-rpt``, ``srv``) and how L{mailapp.dnscheck} compares what it finds.
     """
 
     kind: str
@@ -150,14 +152,36 @@ def _services(domain: str, config: Config) -> list[Record]:
     return records
 
 
+def _addresses(config: Config) -> list[Record]:
+    """
+    The MX host's A and AAAA records, when the MX listens on addresses of
+    its own (not every interface, not loopback): those are what senders
+    must reach. Behind NAT they are the private ones; edit them then.
+    """
+    found: dict[str, None] = {}
+    for listener in config.listeners:
+        address = listener.tcp_address
+        if listener.protocol == "smtp" and address is not None and address[0]:
+            parsed = ipaddress.ip_address(address[0])
+            if not (parsed.is_loopback or parsed.is_unspecified or parsed.is_link_local):
+                found[str(parsed)] = None
+    return [
+        Record("address", config.hostname, "AAAA" if ":" in address else "A", address, "the MX host: this server's address")
+        for address in found
+    ]
+
+
 def required_records(domain: str, config: Config, keys: Sequence[DkimKey], options: RecordOptions) -> list[Record]:
     """Every record C{domain} needs, in the order ``mailapp dns`` prints them."""
     domain = domain.rstrip(".").lower()
     host = config.hostname
     reports = _report_address(domain, options)
     policy = mta_sts_policy(config, options)
+    addresses = _addresses(config)
+    unknown = "" if addresses else f"{host} needs A (and AAAA) records of this server's public addresses"
     records = [
-        Record("mx", domain, "MX", f"10 {host}.", f"{host} needs A (and AAAA) records of this server's public addresses"),
+        Record("mx", domain, "MX", f"10 {host}.", unknown),
+        *addresses,
         Record("spf", domain, "TXT", _spf(domain, config, options)),
     ]
     for key in keys:

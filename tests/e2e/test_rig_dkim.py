@@ -136,6 +136,7 @@ def test_dns_check_says_which_records_are_right_missing_and_wrong(module_interne
         '[server]\nhostname = "mail.check.test"\n'
         f"state_dir = {json.dumps(str(tmp_path / 'state'))}\n"
         '[domains]\nlocal = ["check.test"]\n'
+        f"[listeners.smtp]\nprotocol = \"smtp\"\nendpoint = 'tcp:25:interface={verifier.ipv4}'\ntls = \"none\"\n"
         '[listeners.submission]\nprotocol = "submission"\nendpoint = "tcp:587"\ntls = "starttls"\n'
         '[listeners.imaps]\nprotocol = "imap"\nendpoint = "tcp:993"\ntls = "implicit"\n'
         "[tls]\ngenerate_self_signed = true\n"
@@ -164,6 +165,7 @@ def test_dns_check_says_which_records_are_right_missing_and_wrong(module_interne
     assert status == 1, out
     verdicts = {tuple(line.split()[:3]) for line in out.splitlines() if line and not line.startswith(" ")}
     assert ("ok", "MX", "check.test") in verdicts
+    assert ("ok", "A", "mail.check.test") in verdicts
     assert ("ok", "TXT", "check.test") in verdicts
     assert ("ok", "TXT", rsa["name"]) in verdicts
     assert ("wrong", "TXT", ed["name"]) in verdicts
@@ -171,4 +173,4 @@ def test_dns_check_says_which_records_are_right_missing_and_wrong(module_interne
     assert ("ok", "TXT", "_mta-sts.check.test") in verdicts
     assert ("ok", "SRV", "_submission._tcp.check.test") in verdicts
     assert "found:  v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=" in out
-    assert "8 of 10 records ok" in out
+    assert "9 of 11 records ok" in out

@@ -157,3 +157,22 @@ def test_dns_takes_the_policy_choices_and_more_spf_terms(config: Path, capsys: p
 def test_dns_refuses_a_bad_policy_choice(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = run(config, capsys, "dns", "example.test", "--dmarc-policy", "drop")
     assert status == 2 and "invalid choice" in err
+
+
+def test_dns_names_the_mx_hosts_addresses_when_the_mx_listens_on_its_own(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "public.toml"
+    config.write_text(
+        CONFIG.format(state=json.dumps(str(tmp_path / "var"))).replace(
+            'endpoint = "tcp:25"', "endpoint = 'tcp:25:interface=198.51.100.7'"
+        )
+        + "[listeners.smtp6]\nprotocol = \"smtp\"\nendpoint = 'tcp:25:interface=2001\\:db8\\:\\:7'\ntls = \"none\"\n"
+        + "[listeners.local]\nprotocol = \"smtp\"\nendpoint = 'tcp:2525:interface=127.0.0.1'\ntls = \"none\"\n"
+    )
+    status, out, _ = run(config, capsys, "dns", "example.test")
+    assert status == 0
+    lines = [line for line in out.splitlines() if not line.startswith(";")]
+    assert lines[:3] == [
+        "example.test.\tIN\tMX\t10 mail.example.test.",
+        "mail.example.test.\tIN\tA\t198.51.100.7",
+        "mail.example.test.\tIN\tAAAA\t2001:db8::7",
+    ]
