@@ -191,6 +191,8 @@ class KeyStore:
             raise KeyStoreError(f"{self.index_path}: not a DKIM key index of version {_INDEX_VERSION}")
         with self._cache_lock:
             self._cached = (stamp, index)
+            # Any change may have replaced a key under a selector's old name (del, then keygen).
+            self._key_cache = {}
         return index
 
     def _key(self, domain: str, selector: str, algorithm: str, created: float, active: bool) -> DkimKey:

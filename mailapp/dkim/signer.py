@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import dkim
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -79,9 +80,23 @@ class DkimSigner:
                 log_event=logevents.DKIM_UNSIGNED,
                 queue_id=queue_id,
                 domain=domain or "(none)",
+                reason="no keys",
             )
             return b""
-        fields = sign_message(data, keys)
+        try:
+            fields = sign_message(data, keys)
+        except dkim.MessageFormatError as error:
+            # A header block dkimpy cannot parse (a line without a colon):
+            # the message is the sender's to send as it is, unsigned, not
+            # ours to refuse; receivers judge it without our signature.
+            _log.warn(
+                "{log_event} {queue_id}: not signed, the message cannot be: {reason}",
+                log_event=logevents.DKIM_UNSIGNED,
+                queue_id=queue_id,
+                domain=keys.domain,
+                reason=str(error),
+            )
+            return b""
         _log.debug(
             "{log_event} {queue_id} d={domain} s={selector}",
             log_event=logevents.DKIM_SIGNED,

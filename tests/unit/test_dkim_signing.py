@@ -208,3 +208,31 @@ def test_a_reload_turns_signing_off_and_on(store: KeyStore) -> None:
     assert signer.enabled is False
     signer.reconfigure(parse(base, Path("etc/test.toml")))
     assert signer.enabled is True
+
+
+def test_a_header_block_dkimpy_cannot_parse_is_sent_unsigned_not_refused(harness: Harness) -> None:
+    message = MESSAGE.replace(b"Subject: hello\r\n", b"Subject: hello\r\na line without a colon\r\n")
+    logged: list[dict[str, object]] = []
+    from twisted.logger import globalLogPublisher
+
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        harness.submit("alice@a.test", ["bob@b.test"], message)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert queued_messages(harness) == [b"Return-Path: <alice@a.test>\r\n" + message]
+    [event] = [e for e in logged if e.get("log_event") == logevents.DKIM_UNSIGNED]
+    assert "Unexpected characters" in str(event["reason"])
+
+
+def test_a_selector_made_again_under_an_old_name_signs_with_its_new_key(store: KeyStore, tmp_path: Path) -> None:
+    reader = KeyStore(tmp_path / "state")
+    store.rotate("a.test", "two")
+    old = reader.signing_keys("a.test")
+    store.rotate("a.test", "one")
+    store.remove("a.test", "two")
+    store.generate("a.test", "two")
+    store.rotate("a.test", "two")
+    new = reader.signing_keys("a.test")
+    assert old is not None and new is not None and new.selector == old.selector == "two"
+    assert [k.public_key for k in new.keys] != [k.public_key for k in old.keys]
