@@ -236,3 +236,30 @@ def test_a_selector_made_again_under_an_old_name_signs_with_its_new_key(store: K
     new = reader.signing_keys("a.test")
     assert old is not None and new is not None and new.selector == old.selector == "two"
     assert [k.public_key for k in new.keys] != [k.public_key for k in old.keys]
+
+
+class _SpooledMessage:
+    """A finished spool file as the Maildir store's writer leaves a large message: on disk, CRLF or LF."""
+
+    def __init__(self, path: Path, wire: bytes, stored: bytes) -> None:
+        path.write_bytes(stored)
+        self.path, self.size, self.pending = path, len(wire), None
+        self.stored_size = len(stored)
+
+
+@pytest.mark.parametrize("line_ends", [b"\r\n", b"\n"])
+def test_the_queue_puts_the_signatures_on_top_of_a_spooled_message(tmp_path: Path, line_ends: bytes) -> None:
+    from twisted.internet.task import Clock
+
+    from mailapp.relay.queue import Queue
+    from mailapp.testing import SynchronousReactor
+
+    queue = Queue(tmp_path / "queue", SynchronousReactor(Clock()), use_syncfs=False)
+    wire = MESSAGE * 2000  # past the writer's in-memory threshold
+    message = _SpooledMessage(tmp_path / "spooled", wire, wire.replace(b"\r\n", line_ends))
+    header = b"DKIM-Signature: v=1; a=rsa-sha256; b=x\r\n"
+    done = queue.prepare(message, "alice@a.test", ["bob@b.test"], "ABCDEF123456", header)
+    assert done.called and not isinstance(done.result, Failure), done.result
+    assert queue.message_path("ABCDEF123456").read_bytes() == header + wire
+    assert done.result.envelope.size == len(header) + len(wire)
+    assert (tmp_path / "spooled").read_bytes() == wire.replace(b"\r\n", line_ends)  # the spool file is untouched: a copy, not a link
