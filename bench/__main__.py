@@ -294,6 +294,15 @@ def relay_workload(count: int, size: int, connections: int | None = None) -> Cal
     return run
 
 
+def dkim_sign_workload(count: int) -> Callable[[Path, float], dict[str, Any]]:
+    """DKIM signing measured directly (there is no submission-to-relay workload): L{bench.dkim_sign}."""
+
+    def run(workdir: Path, timeout: float) -> dict[str, Any]:
+        return _run_json([sys.executable, "-m", "bench.dkim_sign", "--count", str(count)], timeout, "dkim signing")
+
+    return run
+
+
 def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, float], dict[str, Any]]]]:
     n, big = args.messages, args.large_messages
     return {
@@ -305,6 +314,7 @@ def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, 
         "idle": (f"IMAP IDLE, {args.idle_connections} connections of {args.idle_users} users at once; {args.imap_pushes} deliveries to 5 of them", idle_workload(args.idle_connections, args.idle_users, args.imap_pushes)),
         "relay": (f"relay, {args.relay_messages} x 4 KiB from A's queue into B (loopback, STARTTLS)", relay_workload(args.relay_messages, 4096, args.relay_connections)),
         "null-sink-4k": (f"generator alone against a null sink, {n} x 4 KiB", null_sink_workload(n, 4096, args.concurrency, 50)),
+        "dkim-sign": ("DKIM signatures of a 4 KiB message, 1,000 per algorithm, in-process", dkim_sign_workload(1000)),
     }
 
 
@@ -343,6 +353,10 @@ FIGURES = [
     ("first_arrival_seconds", "1st arrival s", "{:.2f}"),
     ("a_cpu_ms_per_message", "A CPU ms/msg", "{:.2f}"),
     ("b_cpu_ms_per_message", "B CPU ms/msg", "{:.2f}"),
+    ("rsa_sha256_ms", "rsa-sha256 ms", "{:.2f}"),
+    ("ed25519_sha256_ms", "ed25519 ms", "{:.2f}"),
+    ("both_ms", "both (1 msg) ms", "{:.2f}"),
+    ("rsa_sha256_dkimpy_pure_python_ms", "pure-Py RSA ms", "{:.1f}"),
 ]
 
 

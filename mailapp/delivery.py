@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailapp import logevents
 from mailapp.errors import (
@@ -30,7 +31,7 @@ from mailapp.errors import (
     TooManyRecipients,
 )
 from mailapp.forwarding import MAX_UNWIND
-from mailapp.interfaces import IAccounts, IMessageStore, IMessageWriter
+from mailapp.interfaces import IAccounts, IMessageSigner, IMessageStore, IMessageWriter
 
 if TYPE_CHECKING:
     # Named in annotations only: the Router is handed these by the composition
@@ -71,6 +72,10 @@ class Transaction:
     forwarded: dict[str, str] = field(default_factory=dict)
     #: The stored copy being written, from L{open} on.
     message: IMessageWriter | None = None
+    #: Whether its remote copies are signed (L{Router.signer}): mail from one
+    #: of ours, which is what may relay (submission, the webmail, trusted
+    #: networks, the relay's DSNs). Local copies are never signed.
+    sign: bool = False
 
     @inlineCallbacks
     def addRecipient(self, address: str) -> Any:
@@ -182,10 +187,13 @@ class Transaction:
         prepared: list[Any] = []
         queue = self.router.queue
         try:
+            # Signed before the queue's files are written and synced: the
+            # signature is in the durable copy before any 250.
+            signature = (yield self._signature(message)) if self.remote else b""
             for entry_id, sender, recipients in self._queueEntries():
                 # Never without a queue: addRecipient refuses remote recipients then.
                 assert queue is not None
-                prepared.append((yield queue.prepare(message, sender, recipients, entry_id)))
+                prepared.append((yield queue.prepare(message, sender, recipients, entry_id, signature)))
             if self.local:
                 yield self.router.store.deliver(message, self.local)
         except Exception as e:
@@ -223,6 +231,20 @@ class Transaction:
             size=message.size,
         )
         return self.queue_id
+
+    def _signature(self, message: IMessageWriter) -> Deferred[bytes]:
+        """The DKIM-Signature fields for the remote copies (C{b""} unsigned); a failure is a 451, never unsigned mail."""
+        signer = self.router.signer
+        if not self.sign or signer is None:
+            return succeed(b"")
+
+        def failed(failure: Failure) -> bytes:
+            _log.failure(
+                "signing {queue_id} failed", failure, log_event=logevents.DKIM_SIGN_FAILED, queue_id=self.queue_id
+            )
+            raise MailError()
+
+        return signer.sign(message, self.queue_id).addErrback(failed)
 
     def _queueEntries(self) -> list[tuple[str, str, list[str]]]:
         """
@@ -271,6 +293,7 @@ class Router:
         queue: Queue | None = None,
         quotas: Quotas | None = None,
         forwarding: Forwarding | None = None,
+        signer: IMessageSigner | None = None,
     ) -> None:
         self.accounts = accounts
         self.store = store
@@ -279,9 +302,11 @@ class Router:
         self.quotas = quotas
         #: A L{mailapp.forwarding.Forwarding} (SRS, the rate per alias), or None: forwarded mail keeps its sender.
         self.forwarding = forwarding
+        #: Signs the remote copies of mail from one of ours (DKIM), or None: sent unsigned.
+        self.signer = signer
 
     def start(self, sender: str, relay_allowed: bool, authenticated: str | None = None, declared_size: int = 0) -> Transaction:
-        return Transaction(self, sender, relay_allowed, authenticated, declared_size)
+        return Transaction(self, sender, relay_allowed, authenticated, declared_size, sign=relay_allowed)
 
     @inlineCallbacks
     def overQuota(self, accounts: Iterable[str], size: int) -> Any:

@@ -341,3 +341,20 @@ class IFolder(Interface):
         here and C{added} there). A message is never in both folders, not
         even after a crash: the next start finishes an interrupted move.
         """
+
+
+class IMessageSigner(Interface):
+    """
+    Signs mail on its way out (DKIM, L{mailapp.dkim.signer.DkimSigner}): the
+    Router asks once per message that has remote recipients and came from
+    one of ours (submission, the webmail, the relay's DSNs).
+    """
+
+    def sign(message: IMessageWriter, queue_id: str = "") -> Deferred[bytes]:
+        """
+        Fire with the header fields to put on top of C{message} (CRLF line
+        ends; C{b""} when its From: domain has no keys), computed off the
+        reactor. C{message}'s C{finish} has fired; it is only read. Fails
+        when it cannot sign with keys it has (the caller refuses the message
+        rather than send it unsigned).
+        """

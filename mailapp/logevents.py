@@ -103,6 +103,15 @@ RELAY_PUBLISH_FAILED: Final = "relay.publish_failed"
 RELAY_ADMIN: Final = "relay.admin"
 RELAY_ATTEMPT: Final = "relay.attempt"
 
+# --- DKIM signing of outbound mail (mailapp.dkim) ---
+#: a message signed on its way to the relay queue (debug); also: queue_id, domain, selector
+DKIM_SIGNED: Final = "dkim.signed"
+#: a message left unsigned: its From: domain has no keys (debug), or its header
+#: block cannot be signed as it stands (warn); also: queue_id, domain, reason
+DKIM_UNSIGNED: Final = "dkim.unsigned"
+#: signing failed (unreadable key, say): the message was refused with 451, never sent unsigned; also: queue_id
+DKIM_SIGN_FAILED: Final = "dkim.sign_failed"
+
 # --- IMAP (mailapp.imap); failed logins use AUTH_FAILED with protocol="imap" ---
 IMAP_LOGIN: Final = "imap.login"
 IMAP_TIMEOUT: Final = "imap.timeout"

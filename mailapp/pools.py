@@ -12,7 +12,10 @@ of IMAP searches could hold up every delivery's commit. Now:
   in L{mailapp.accounts.Accounts});
 - ``queue``: the relay queue's files;
 - ``parsing``: parsing messages for display (the webmail), the work whose
-  cost a sender controls.
+  cost a sender controls;
+- ``signing``: DKIM signatures of outbound mail: CPU work, so few threads
+  (the RSA step releases the GIL, and two let one message's Python run
+  while another's RSA signs).
 
 Each pool starts no thread until work arrives (``minthreads=0``) and is
 stopped when the reactor shuts down, after the service has drained.
@@ -34,7 +37,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 #: Threads per pool. The store gets the most: every protocol reads through it.
-DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2}
+DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2, "signing": 2}
 
 
 class WorkerPools:
@@ -44,6 +47,7 @@ class WorkerPools:
     accounts: ThreadPool
     queue: ThreadPool
     parsing: ThreadPool
+    signing: ThreadPool
 
     def __init__(self, reactor: Any, sizes: Mapping[str, int] = DEFAULT_SIZES) -> None:
         self._pools: dict[str, ThreadPool] = {}

@@ -15,7 +15,7 @@ admitted by them; open ones stay), ``[domains] local``,
 ``relay.trusted_networks`` and the relay policy (transports, smarthost and
 its credentials, retry schedule, lifetime, TLS requirements, connection
 limits), and anything a component applies itself through a
-``reconfigure(config)`` method (``[security]``, say).
+``reconfigure(config)`` method (``[security]``, ``dkim.sign``).
 
 Restart: ``[server]`` (hostname, state_dir, sync, log_format), the
 listeners' sockets (added, removed, or a changed protocol, endpoint or TLS
@@ -220,7 +220,7 @@ def _apply_relay(manager: RelayManager | None, old: Config, new: Config, applied
 
 def _reconfigurable(service: MailService, context: ServiceContext) -> list[Any]:
     """Components that apply a new config themselves: they have ``reconfigure(config)``."""
-    candidates: list[object] = [*service, context.guard, context.quotas]
+    candidates: list[object] = [*service, context.guard, context.quotas, getattr(context.router, "signer", None)]
     seen: list[Any] = []
     for candidate in candidates:
         if candidate is not None and callable(getattr(candidate, "reconfigure", None)) and candidate not in seen:

@@ -336,6 +336,10 @@ def makeService(
 
     quotas = Quotas.fromConfig(config, accounts, store)
     router = Router(accounts, store, max_recipients=config.limits.max_recipients, quotas=quotas)
+    from mailapp.dkim import DkimSigner, KeyStore
+
+    # Built even when dkim.sign is off, so that a reload can turn it on.
+    router.signer = DkimSigner(KeyStore(config.state_dir), reactor, pools.signing, enabled=config.dkim.sign)
     manager = _build_relay(config, reactor, router, pools.queue) if relay else None
     context = ServiceContext(
         config=config,

@@ -1,6 +1,6 @@
 """
-The ``mailapp`` admin command: users, domains, aliases, the relay queue and
-a config check.
+The ``mailapp`` admin command: users, domains, aliases, the relay queue,
+DKIM keys, the DNS records to publish and a config check.
 
 It touches only the accounts database (SQLite, shared safely with a running
 server) and the user's Maildir, so it works while the server runs; the
@@ -17,7 +17,7 @@ config file is also reported as JSON on stdout).
 This module reads the command line and turns every refusal into that one
 line and status; each command group is a module of its own
 (L{mailapp.cli.users}, L{mailapp.cli.domains}, L{mailapp.cli.aliases},
-L{mailapp.cli.queue}) over what they all share (L{mailapp.cli.command}).
+L{mailapp.cli.queue}, L{mailapp.cli.dkim}, L{mailapp.cli.dns}) over what they all share (L{mailapp.cli.command}).
 """
 
 from __future__ import annotations
@@ -43,9 +43,12 @@ from mailapp.cli.command import (
     add_command,
     warn,
 )
+from mailapp.cli.dkim import add_dkim_commands
+from mailapp.cli.dns import add_dns_commands
 from mailapp.cli.domains import add_domain_commands
 from mailapp.cli.queue import add_queue_commands
 from mailapp.cli.users import add_user_commands
+from mailapp.dkim.keys import KeyStoreError
 from mailapp.errors import AccountError
 
 __all__ = ["DEFAULT_CONFIG", "main"]
@@ -82,6 +85,8 @@ def _parser() -> CommandLineParser:
     add_domain_commands(verbs, common)
     add_alias_commands(verbs, common)
     add_queue_commands(verbs, common)
+    add_dkim_commands(verbs, common)
+    add_dns_commands(verbs, common)
     add_command(common, verbs, "check-config", _check_config, "Check the config file and print every problem in it.")
     return parser
 
@@ -116,7 +121,7 @@ def main(argv: Sequence[str] | None = None, *, password_hasher: PasswordHasher |
     except CommandFailure as failure:
         warn(str(failure))
         return failure.status
-    except AccountError as error:
+    except (AccountError, KeyStoreError) as error:
         warn(str(error))
         return EXIT_REFUSED
     except sqlite3.Error as error:

@@ -2,7 +2,7 @@
 Reading the file: L{parse} (a pure function of the text) and L{load} (which
 also checks what only the file system can tell: do the TLS files exist?).
 Each section is read by its L{schema.Section}, in the file's order of
-concerns (server, domains, tls, listeners, limits, relay, security), then
+concerns (server, domains, tls, listeners, limits, relay, security, dkim), then
 the checks that span sections (listener budgets; TLS files, in L{load}).
 """
 
@@ -16,11 +16,23 @@ from typing import Any, Final
 from mailapp.config.listeners import check_budgets, read_listeners
 from mailapp.config.relay import RELAY, RelayConfig
 from mailapp.config.schema import ConfigError, Reader, quote_key
-from mailapp.config.sections import DOMAINS, LIMITS, SECURITY, SERVER, TLS, Config, Limits, SecurityConfig, TLSConfig
+from mailapp.config.sections import (
+    DKIM,
+    DOMAINS,
+    LIMITS,
+    SECURITY,
+    SERVER,
+    TLS,
+    Config,
+    DkimConfig,
+    Limits,
+    SecurityConfig,
+    TLSConfig,
+)
 
 __all__ = ["load", "parse"]
 
-_SECTIONS: Final = ("server", "domains", "tls", "listeners", "limits", "relay", "security")
+_SECTIONS: Final = ("server", "domains", "tls", "listeners", "limits", "relay", "security", "dkim")
 
 
 def parse(text: str, path: Path, *, base_dir: Path | None = None) -> Config:
@@ -75,9 +87,11 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
     limits = LIMITS.build(reader, section("limits"), "limits", env)
     relay = RELAY.build(reader, section("relay"), "relay", env)
     security = SECURITY.build(reader, section("security"), "security", env)
+    dkim = DKIM.build(reader, section("dkim"), "dkim", env)
     # These sections have no required key, so each is built.
     assert isinstance(tls, TLSConfig) and isinstance(limits, Limits)
     assert isinstance(relay, RelayConfig) and isinstance(security, SecurityConfig)
+    assert isinstance(dkim, DkimConfig)
 
     config = Config(
         path=path,
@@ -91,6 +105,7 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
         log_format=server["log_format"],
         relay=relay,
         security=security,
+        dkim=dkim,
     )
     check_budgets(reader, config)
     if check_files:

@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_SECURITY",
     "UNLIMITED_WHEN_ZERO",
     "Config",
+    "DkimConfig",
     "DomainsSection",
     "Limits",
     "SNICertificate",
@@ -216,6 +217,18 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class DkimConfig:
+    """
+    ``[dkim]``: outbound signing (L{mailapp.dkim}). The keys themselves are
+    in ``state_dir/dkim``, made with ``mailapp dkim keygen``.
+    """
+
+    #: Sign the remote copies of mail from submission, the webmail, trusted
+    #: networks and the relay's DSNs, for every From: domain with keys.
+    sign: bool = field(default=True, metadata=boolean())
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole static configuration, validated. Paths are absolute."""
 
@@ -230,6 +243,7 @@ class Config:
     sync: str = ServerSection.sync
     log_format: str = ServerSection.log_format
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
 
     @property
     def needs_tls(self) -> bool:
@@ -242,6 +256,7 @@ DOMAINS: Final = Section(DomainsSection)
 TLS: Final = Section(TLSConfig)
 LIMITS: Final = Section(Limits)
 SECURITY: Final = Section(SecurityConfig)
+DKIM: Final = Section(DkimConfig)
 
 #: The [limits] keys where 0 means "no limit".
 UNLIMITED_WHEN_ZERO: Final = frozenset(

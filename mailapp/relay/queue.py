@@ -365,6 +365,33 @@ def _copy_in_wire_form(content: _WireCopy, target: Path) -> None:
             os.close(fd)
 
 
+@dataclass(frozen=True)
+class _Prefixed:
+    """A message file that starts with header fields of ours (DKIM signatures), then the message."""
+
+    header: bytes
+    content: bytes | Path | _WireCopy
+
+
+def _write_prefixed(content: _Prefixed, target: Path) -> None:
+    inner = content.content
+    if isinstance(inner, bytes):
+        _write_file(target, content.header + inner)
+        return
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        durable.write_all(fd, content.header)
+        if isinstance(inner, _WireCopy):
+            source = messagefile.open_message(inner.source, inner.wire_size)
+        else:
+            source = open(inner, "rb")
+        with source:
+            while chunk := source.read(messagefile.CHUNK_SIZE):
+                durable.write_all(fd, chunk)
+    finally:
+        os.close(fd)
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
@@ -385,7 +412,7 @@ class _Job:
     removed, then every touched directory synced.
     """
 
-    writes: list[tuple[Path, bytes | Path | _WireCopy]] = field(default_factory=list)
+    writes: list[tuple[Path, bytes | Path | _WireCopy | _Prefixed]] = field(default_factory=list)
     renames: list[tuple[Path, Path]] = field(default_factory=list)
     unlinks: list[Path] = field(default_factory=list)
 
@@ -401,6 +428,8 @@ def _run_jobs(jobs: list[_Job], anchor: Path, use_syncfs: bool) -> list[BaseExce
                     _write_file(target, content)
                 elif isinstance(content, _WireCopy):
                     _copy_in_wire_form(content, target)
+                elif isinstance(content, _Prefixed):
+                    _write_prefixed(content, target)
                 else:
                     _link_or_copy(content, target)
                 written.append((number, target))
@@ -482,20 +511,24 @@ class Queue:
         """Call C{listener(envelope)} with every entry once L{publish} has made it durable."""
         self._subscribers.append(listener)
 
-    def prepare(self, message: Any, sender: str, recipients: Iterable[str], entry_id: str) -> Deferred[Prepared]:
+    def prepare(
+        self, message: Any, sender: str, recipients: Iterable[str], entry_id: str, header: bytes = b""
+    ) -> Deferred[Prepared]:
         """
         Write the message file (a link to the writer's spool file when it has
         one in wire form, a copy in wire form when it has one with LF line
         ends, else its bytes) and the envelope under ``tmp/``, and sync both.
         C{message} is an L{mailapp.interfaces.IMessageWriter} whose C{finish}
-        has fired; it stays the caller's.
+        has fired; it stays the caller's. C{header} (CRLF lines: the DKIM
+        signatures) goes on top of the message in the queue's copy, which is
+        then always a copy, never a link.
         """
         now = self.reactor.seconds()
         envelope = Envelope(
             id=entry_id,
             sender=sender,
             created=now,
-            size=int(message.size),
+            size=int(message.size) + len(header),
             recipients=[Recipient(address) for address in recipients],
             next_attempt=now,
         )
@@ -510,8 +543,9 @@ class Queue:
             content = _WireCopy(Path(message.path), int(message.size))
         else:
             content = Path(message.path)
+        written: bytes | Path | _WireCopy | _Prefixed = _Prefixed(header, content) if header else content
         temporary = self.layout.tmp / f"{entry_id}.json"
-        job = _Job(writes=[(self.layout.message(entry_id), content), (temporary, envelope.to_bytes())])
+        job = _Job(writes=[(self.layout.message(entry_id), written), (temporary, envelope.to_bytes())])
         return self._writer.submit(job).addCallback(lambda _: Prepared(envelope, temporary))
 
     def publish(self, prepared: Prepared) -> Deferred[None]:

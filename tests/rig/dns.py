@@ -3,7 +3,8 @@ The rig's name server (``dns_server.py``, twisted.names) and zone data.
 
 Zones are data: ``{zone: [(owner, type, *values), ...]}`` with types
 ``MX`` (preference, exchange; exchange ``"."`` is a null MX), ``A``,
-``AAAA``, ``CNAME``, ``TXT`` (one or more strings) and ``NS``. Names are
+``AAAA``, ``CNAME``, ``TXT`` (one or more strings), ``NS`` and ``SRV``
+(priority, weight, port, target; target ``"."``: no such service). Names are
 absolute, without the trailing dot. Names under ``servfail`` answer SERVFAIL,
 names under ``timeout`` are never answered, a name in no zone is NXDOMAIN::
 

@@ -42,6 +42,10 @@ def _record(kind: str, values: list[Any]) -> Any:
         preference, exchange = values
         # A null MX's exchange is the root, ".": its wire form is the empty name.
         return dns.Record_MX(int(preference), b"" if exchange == "." else exchange.encode())
+    if kind == "SRV":
+        priority, weight, port, target = values
+        # RFC 2782: the target "." says the service is not offered.
+        return dns.Record_SRV(int(priority), int(weight), int(port), b"" if target in (".", "") else target.rstrip(".").encode())
     return _TYPES[kind](*values)
 
 

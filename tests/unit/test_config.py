@@ -167,7 +167,7 @@ def test_toml_syntax_error_is_one_problem_naming_the_line() -> None:
 
 def test_unknown_top_level_section_is_a_problem() -> None:
     assert only_problem(MINIMAL + "[smtp]\nport = 25\n") == (
-        "etc/test.toml: smtp: unknown key (expected one of: domains, limits, listeners, relay, security, server, tls)"
+        "etc/test.toml: smtp: unknown key (expected one of: dkim, domains, limits, listeners, relay, security, server, tls)"
     )
 
 
@@ -525,3 +525,20 @@ def test_the_session_policies_default_to_the_configs_values() -> None:
         limits.imap_max_line,
     )
     assert (imap.auth_failure_delay, imap.max_commands_before_auth) == (security.auth_failure_delay, limits.max_commands_before_auth)
+
+
+# --- [dkim] ---
+
+
+def test_dkim_signing_is_on_by_default() -> None:
+    assert parse(MINIMAL, PATH, base_dir=Path("/srv/mailapp")).dkim.sign is True
+
+
+def test_dkim_signing_can_be_turned_off() -> None:
+    assert parse(MINIMAL + "[dkim]\nsign = false\n", PATH, base_dir=Path("/srv/mailapp")).dkim.sign is False
+
+
+def test_dkim_sign_must_be_a_boolean_and_unknown_keys_are_refused() -> None:
+    problems = problems_of(MINIMAL + '[dkim]\nsign = "yes"\nselector = "x"\n')
+    assert any(problem.startswith("etc/test.toml: dkim.sign: must be") for problem in problems), problems
+    assert any("dkim" in problem and "selector" in problem for problem in problems), problems
