@@ -206,3 +206,38 @@ class ThreadedTests(unittest.TestCase):
             outcome = yield sealer.seal(MESSAGE, "b.test")
             self.assertFalse(outcome.sealed)
             self.assertTrue(outcome.reason)
+
+
+def test_lookups_stop_at_the_budget_and_the_chain_fails() -> None:
+    import time
+
+    zone = _zone("b.test")
+    sealed = _seal(_seal(MESSAGE, "b.test", zone), "b.test", zone)
+
+    def slow(name: bytes, timeout: int = 5) -> bytes | None:
+        time.sleep(0.2)
+        return zone(name)
+
+    started = time.monotonic()
+    outcome = evaluate(sealed, slow, budget=0.3)
+    assert outcome.result == "fail"
+    assert time.monotonic() - started < 0.65  # four lookups without the budget: 0.8 s
+
+
+class ResolverTXTTests(unittest.TestCase):
+    """dkimpy's DNS function over a twisted.names-style resolver, called from a worker thread."""
+
+    @defer.inlineCallbacks
+    def test_txt_found_missing_and_timing_out(self) -> Any:
+        from twisted.internet.threads import deferToThread
+
+        from mailapp.authentication.txtlookup import ResolverTXT
+        from tests.test_spf_conformance import SilentResolver, ZoneResolver
+
+        lookup = ResolverTXT(reactor, ZoneResolver({"arc._domainkey.b.test": [{"TXT": ["v=DKIM1; ", "p=AB"]}]}))
+        found = yield deferToThread(lookup, b"arc._domainkey.b.test.")
+        missing = yield deferToThread(lookup, b"other._domainkey.b.test.")
+        self.assertEqual((found, missing), (b"v=DKIM1; p=AB", None))
+        silent = ResolverTXT(reactor, SilentResolver(), query_timeout=0.5)
+        with self.assertRaises(dkim.DnsTimeoutError):
+            yield deferToThread(silent, b"arc._domainkey.b.test.")

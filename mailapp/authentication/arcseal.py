@@ -122,7 +122,8 @@ class SealOutcome:
 
 class ARCSealer:
     """
-    Seals forwarded mail on a worker thread of C{threadpool}: keys from
+    Seals forwarded mail on a worker thread of C{threadpool} (None: the
+    reactor's): keys from
     C{keys}, our authserv-id C{authserv_id} (the one our
     Authentication-Results header carries), the chain's DNS through
     C{dnsfunc}. C{clock} (the reactor when None) gives the seals' t=;
@@ -153,7 +154,11 @@ class ARCSealer:
 
     def seal(self, message: bytes, domain: str) -> Deferred[SealOutcome]:
         """The ARC set C{domain} adds to C{message} (in wire form), or why none."""
-        return deferToThreadPool(self.reactor, self.threadpool, self._seal, message, domain)
+        return deferToThreadPool(self.reactor, self.pool(), self._seal, message, domain)
+
+    def pool(self) -> Any:
+        """The thread pool sealing runs on (the reactor's when none was given)."""
+        return self.threadpool if self.threadpool is not None else self.reactor.getThreadPool()
 
     def _seal(self, message: bytes, domain: str) -> SealOutcome:
         key = self.keys.key_for(domain)
