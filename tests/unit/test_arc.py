@@ -232,7 +232,7 @@ class ResolverTXTTests(unittest.TestCase):
         from twisted.internet.threads import deferToThread
 
         from mailapp.authentication.txtlookup import ResolverTXT
-        from tests.test_spf_conformance import SilentResolver, ZoneResolver
+        from tests.unit.test_spf_conformance import SilentResolver, ZoneResolver
 
         lookup = ResolverTXT(reactor, ZoneResolver({"arc._domainkey.b.test": [{"TXT": ["v=DKIM1; ", "p=AB"]}]}))
         found = yield deferToThread(lookup, b"arc._domainkey.b.test.")

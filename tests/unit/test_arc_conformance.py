@@ -37,8 +37,9 @@ from twisted.trial import unittest
 from mailapp.authentication.arc import ARCResult, ARCVerifier, evaluate
 from mailapp.authentication.arcseal import ARCSealer, SealOutcome, SigningKey, arc_set
 from tests.needs import unavailable
+from tests.paths import SHARED
 
-SUITES = Path(__file__).resolve().parent.parent.parent / "shared" / "conformance" / "arc"
+SUITES = SHARED / "conformance" / "arc"
 VALIDATION = SUITES / "arc-draft-validation-tests.yml"
 SIGNING = SUITES / "arc-draft-sign-tests.yml"
 

@@ -9,6 +9,8 @@ fake clock and network of L{tests.relay_helpers}; "threads" run at once.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from mailapp.forwarding import Forwarding, ForwardingRate
 from mailapp.relay.client import strip_return_path
 from mailapp.srs import SRS
 from tests.relay_helpers import B_HOP, C_HOP, OK, Harness
-from tests.test_arc import Zone, _key
+from tests.unit.test_arc import Zone, _key
 
 BODY = b"From: Carol <carol@c.test>\r\nTo: fwd@a.test\r\nSubject: hello\r\nMessage-ID: <1@c.test>\r\n\r\nHi.\r\n"
 
@@ -45,13 +47,20 @@ def harness(tmp_path: Path, keys: Any = None, domains: tuple[str, ...] = ("a.tes
     return h, zone
 
 
-def events(into: list[dict[str, Any]]) -> Any:
+@contextmanager
+def arc_events() -> Iterator[list[dict[str, Any]]]:
+    """The ``arc.*`` log events published inside the block."""
+    seen: list[dict[str, Any]] = []
+
     def observer(event: dict[str, Any]) -> None:
         if str(event.get("log_event", "")).startswith("arc."):
-            into.append(event)
+            seen.append(event)
 
     globalLogPublisher.addObserver(observer)
-    return observer
+    try:
+        yield seen
+    finally:
+        globalLogPublisher.removeObserver(observer)
 
 
 def test_a_forwarded_copy_leaves_sealed_by_the_alias_domain_and_verifies(tmp_path: Path) -> None:
@@ -77,12 +86,8 @@ def test_mail_the_client_sent_to_a_remote_domain_itself_is_not_sealed(tmp_path: 
 
 def test_with_no_key_for_the_domain_the_copy_leaves_unsealed_and_it_is_logged(tmp_path: Path) -> None:
     h, _ = harness(tmp_path, domains=())
-    seen: list[dict[str, Any]] = []
-    observer = events(seen)
-    try:
+    with arc_events() as seen:
         h.submit("carol@c.test", ["fwd@a.test"], BODY)
-    finally:
-        globalLogPublisher.removeObserver(observer)
     [(_, _, _, _, data, _)] = h.network.sent
     assert b"ARC-" not in data and data.endswith(BODY)
     assert [(e["log_event"], e["domain"]) for e in seen] == [(logevents.ARC_UNSEALED, "a.test")]
@@ -95,12 +100,8 @@ class BrokenKeys:
 
 def test_a_sealing_error_forwards_the_message_unsealed_never_loses_it(tmp_path: Path) -> None:
     h, _ = harness(tmp_path, keys=BrokenKeys())
-    seen: list[dict[str, Any]] = []
-    observer = events(seen)
-    try:
+    with arc_events() as seen:
         h.submit("carol@c.test", ["fwd@a.test"], BODY)
-    finally:
-        globalLogPublisher.removeObserver(observer)
     [delivered] = h.network.delivered_to("bob@b.test")
     assert delivered.endswith(BODY) and b"ARC-" not in delivered
     assert [e["log_event"] for e in seen] == [logevents.ARC_UNSEALED]
