@@ -198,6 +198,7 @@ def arc_set(
     suite's normalised form instead of folding them. Never raises for a
     bad message or key: the outcome is then unsealed, with the reason.
     """
+    authserv_id = authserv_id.lower()  # as authres reads it
     verdict = evaluate(message, dnsfunc, timeout)
     if verdict.chain and verdict.chain[0].cv == "fail":
         return SealOutcome((), verdict.result, f"ARC-Seal i={verdict.chain[0].instance} says cv=fail: the chain ended there")
@@ -235,37 +236,52 @@ def _crlf(line: bytes) -> bytes:
 
 def _with_arc_result(message: bytes, authserv_id: str, cv: str) -> bytes:
     """
-    C{message} with its ``arc=`` result under C{authserv_id} made to say
-    C{cv}: unchanged when exactly one such result says so already; else
-    every ``arc=`` of ours dropped and ``Authentication-Results:
-    authserv_id; arc=cv`` put on top. Only the copy dkimpy reads changes:
-    Authentication-Results is never signed (dkimpy leaves it out, as RFC
-    8617 4.1.2 advises), so the
-    message that leaves keeps its own headers.
+    The copy of C{message} dkimpy seals from: our own results (the
+    Authentication-Results fields with C{authserv_id} above the first
+    ``Received:`` field, where the MX puts its one field) with their
+    ``arc=`` made to say C{cv}; any field with our authserv-id below a
+    ``Received:`` field came from outside and is left out, so that we
+    never vouch for results we did not find (the MX removes such fields
+    too). Unchanged when it has none such and exactly one ``arc=`` of ours
+    that says C{cv} already; else every ``arc=`` of ours is dropped and
+    ``Authentication-Results: authserv_id; arc=cv`` put on top. Only the
+    copy dkimpy reads changes: Authentication-Results is never signed
+    (dkimpy leaves it out, as RFC 8617 4.1.2 advises), so the message that
+    leaves keeps its own header.
     """
     header_end = _header_end(message)
     head, body = message[:header_end], message[header_end:]
     fields = _fields(head)
     ours: list[tuple[int, Any]] = []
+    outside: list[int] = []
+    below_received = False
     for number, field in enumerate(fields):
         name, _, value = field.partition(b":")
-        if name.strip().lower() != b"authentication-results":
+        name = name.strip().lower()
+        if name == b"received":
+            below_received = True
+        if name != b"authentication-results":
             continue
         try:
             parsed = _CommentKeepingHeader.parse("Authentication-Results: " + value.decode("utf-8").strip())
         except (authres.core.SyntaxError, UnicodeDecodeError, ValueError):
             continue
-        if parsed.authserv_id == authserv_id:
+        if parsed.authserv_id != authserv_id:
+            continue
+        if below_received:
+            outside.append(number)
+        else:
             ours.append((number, parsed))
     arc_results = [result for _, parsed in ours for result in parsed.results if result.method == "arc"]
-    if len(arc_results) == 1 and str(arc_results[0].result).lower() == cv:
+    if not outside and len(arc_results) == 1 and str(arc_results[0].result).lower() == cv:
         return message
     for number, parsed in ours:
         if any(result.method == "arc" for result in parsed.results):
             parsed.results = [result for result in parsed.results if result.method != "arc"]
             fields[number] = str(parsed).encode("utf-8") + b"\r\n"
+    kept = [field for number, field in enumerate(fields) if number not in outside]
     stamp = f"Authentication-Results: {authserv_id}; arc={cv}\r\n".encode("utf-8")
-    return stamp + b"".join(fields) + body
+    return stamp + b"".join(kept) + body
 
 
 def _header_end(message: bytes) -> int:

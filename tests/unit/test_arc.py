@@ -241,3 +241,15 @@ class ResolverTXTTests(unittest.TestCase):
         silent = ResolverTXT(reactor, SilentResolver(), query_timeout=0.5)
         with self.assertRaises(dkim.DnsTimeoutError):
             yield deferToThread(silent, b"arc._domainkey.b.test.")
+
+
+def test_results_of_ours_below_a_received_field_came_from_outside_and_are_not_sealed() -> None:
+    zone = _zone("b.test")
+    ours = b"Authentication-Results: mx.b.test; spf=pass smtp.mailfrom=a.test\r\n"
+    received = b"Received: from a (a [192.0.2.1]) by mx.b.test; Tue, 1 Dec 2026 12:00:00 +0000\r\n"
+    forged = b"Authentication-Results: MX.b.test; dkim=pass header.d=bank.test; dmarc=pass\r\n"
+    outcome = arc_set(ours + received + forged + MESSAGE, "b.test", SigningKey("arc", _key()[0]), "MX.B.test", zone)
+    aar = b" ".join([line for line in outcome.headers if line.startswith(b"ARC-Authentication-Results")][0].split())
+    assert b"spf=pass smtp.mailfrom=a.test" in aar
+    assert b"bank.test" not in aar and b"dmarc" not in aar
+    assert evaluate(b"".join(outcome.headers) + ours + received + forged + MESSAGE, zone).result == "pass"
