@@ -381,16 +381,19 @@ def makeService(
 
 def _forward_sealer(config: Config, reactor: IServiceReactor, threadpool: ThreadPool | None) -> ForwardSealer:
     """
-    ARC sealing of forwarded copies: keys under ``state_dir/dkim/DOMAIN/SELECTOR.pem``
-    (a domain without one forwards unsealed), our hostname as the
-    authserv-id, key lookups through the relay's resolver.
+    ARC sealing of forwarded copies: keys under
+    ``state_dir/arc-keys/DOMAIN/SELECTOR.pem`` (a domain without one
+    forwards unsealed), our hostname as the authserv-id, key lookups
+    through the relay's resolver. The directory is not ``dkim/``: the DKIM
+    key store has a layout of its own, and once a L{KeySource} over that
+    store is bound here, this directory can go.
     """
     from mailapp.authentication import sealing
     from mailapp.authentication.arcseal import ARCSealer, KeyDirectory
     from mailapp.authentication.txtlookup import ResolverTXT
 
     dnsfunc = ResolverTXT(reactor, LazyResolver(reactor, config.relay.nameservers))
-    return sealing.ForwardSealer(ARCSealer(reactor, threadpool, KeyDirectory(config.state_dir / "dkim"), config.hostname, dnsfunc))
+    return sealing.ForwardSealer(ARCSealer(reactor, threadpool, KeyDirectory(config.state_dir / "arc-keys"), config.hostname, dnsfunc))
 
 
 def _build_relay(

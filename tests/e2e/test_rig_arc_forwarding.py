@@ -59,7 +59,7 @@ def test_mail_an_alias_on_b_forwards_to_d_arrives_with_an_arc_chain_that_passes(
     servers["a.test"].add_user(ALICE, ALICE_PASSWORD)
     servers["b.test"].mailapp("alias", "add", "x@b.test", BOB)
     servers["d.test"].add_user(BOB, BOB_PASSWORD)
-    keys = servers["b.test"].state_dir / "dkim" / "b.test"
+    keys = servers["b.test"].state_dir / "arc-keys" / "b.test"
     keys.mkdir(parents=True)
     (keys / "arc.pem").write_bytes(pem)
     os.chmod(keys / "arc.pem", 0o600)
