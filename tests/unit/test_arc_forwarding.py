@@ -119,3 +119,15 @@ def test_aliases_of_two_domains_each_seal_their_own_copy(tmp_path: Path) -> None
         assert cv == dkim.CV_Pass, reason
         sealers[tuple(recipients)] = sets[0]["as-domain"]
     assert sealers == {("bob@b.test",): b"a.test", ("dan@b.test",): b"a2.test"}
+
+
+def test_a_copy_larger_than_the_sealing_limit_leaves_unsealed(tmp_path: Path) -> None:
+    h, _ = harness(tmp_path)
+    sealer = h.router.forwarding.sealer
+    assert sealer is not None
+    sealer.max_size = len(BODY) // 2
+    with arc_events() as seen:
+        h.submit("carol@c.test", ["fwd@a.test"], BODY)
+    [delivered] = h.network.delivered_to("bob@b.test")
+    assert b"ARC-" not in delivered and delivered.endswith(BODY)
+    assert [(e["log_event"], "larger" in e["reason"]) for e in seen] == [(logevents.ARC_UNSEALED, True)]
