@@ -126,6 +126,18 @@ class ARCVerifier:
         return deferToThreadPool(self.reactor, self.threadpool, evaluate, message, self.dnsfunc, self.timeout)
 
 
+_ARC_FIELD = re.compile(rb"^arc-(?:seal|message-signature|authentication-results)[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+_EMPTY_LINE = re.compile(rb"\r?\n\r?\n")
+
+
+def header_end(message: bytes) -> int:
+    """Where the header section ends (the empty line included in neither part), or the whole message."""
+    found = _EMPTY_LINE.search(message)
+    return message.index(b"\n", found.start()) + 1 if found else len(message)
+
+
 _INSTANCE = re.compile(rb"^\s*i\s*=\s*\d+\s*;\s*", re.IGNORECASE)
 
 
@@ -138,6 +150,9 @@ def evaluate(message: bytes, dnsfunc: DNSFunction, timeout: int = QUERY_TIMEOUT,
     for longer than C{budget} seconds in all.
     """
 
+    if not _ARC_FIELD.search(message, 0, header_end(message)):
+        # Most mail: no chain, and dkimpy need not copy and split the whole message to say so.
+        return ARCResult("none", (), "Message is not ARC signed")
     deadline = time.monotonic() + budget
 
     def lookup(name: bytes, timeout: int = timeout) -> bytes | None:

@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
-from mailapp.authentication.arc import QUERY_TIMEOUT, DNSFunction, evaluate
+from mailapp.authentication.arc import QUERY_TIMEOUT, DNSFunction, evaluate, header_end
 
 __all__ = ["ARCSealer", "KeyDirectory", "KeySource", "SealOutcome", "SigningKey", "arc_set"]
 
@@ -249,8 +249,8 @@ def _with_arc_result(message: bytes, authserv_id: str, cv: str) -> bytes:
     (dkimpy leaves it out, as RFC 8617 4.1.2 advises), so the message that
     leaves keeps its own header.
     """
-    header_end = _header_end(message)
-    head, body = message[:header_end], message[header_end:]
+    end = header_end(message)
+    head, body = message[:end], message[end:]
     fields = _fields(head)
     ours: list[tuple[int, Any]] = []
     outside: list[int] = []
@@ -282,15 +282,6 @@ def _with_arc_result(message: bytes, authserv_id: str, cv: str) -> bytes:
     kept = [field for number, field in enumerate(fields) if number not in outside]
     stamp = f"Authentication-Results: {authserv_id}; arc={cv}\r\n".encode("utf-8")
     return stamp + b"".join(kept) + body
-
-
-def _header_end(message: bytes) -> int:
-    """Where the header section ends (the empty line included in neither part), or the whole message."""
-    for separator in (b"\r\n\r\n", b"\n\n"):
-        at = message.find(separator)
-        if at >= 0:
-            return at + len(separator) // 2
-    return len(message)
 
 
 def _fields(head: bytes) -> list[bytes]:
