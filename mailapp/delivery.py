@@ -190,10 +190,14 @@ class Transaction:
             # Signed before the queue's files are written and synced: the
             # signature is in the durable copy before any 250.
             signature = (yield self._signature(message)) if self.remote else b""
-            for entry_id, sender, recipients in self._queueEntries():
+            for entry_id, sender, recipients, alias_domain in self._queueEntries():
                 # Never without a queue: addRecipient refuses remote recipients then.
                 assert queue is not None
-                prepared.append((yield queue.prepare(message, sender, recipients, entry_id, signature)))
+                copy = message
+                if alias_domain is not None and self.router.forwarding is not None:
+                    # A forwarded copy: ARC-sealed by the alias's domain when it has a key (never fails).
+                    copy = yield self.router.forwarding.copy_for(message, alias_domain, entry_id)
+                prepared.append((yield queue.prepare(copy, sender, recipients, entry_id, signature)))
             if self.local:
                 yield self.router.store.deliver(message, self.local)
         except Exception as e:
@@ -246,23 +250,27 @@ class Transaction:
 
         return signer.sign(message, self.queue_id).addErrback(failed)
 
-    def _queueEntries(self) -> list[tuple[str, str, list[str]]]:
+    def _queueEntries(self) -> list[tuple[str, str, list[str], str | None]]:
         """
-        (entry id, envelope sender, recipients) per relay queue entry: the
-        remote recipients the client named go out from its sender; each
-        forwarded target from the SRS address of the alias that forwards to
-        it (one entry per distinct rewritten sender, ids C{queue_id} + F, F1, …).
+        (entry id, envelope sender, recipients, forwarding domain) per relay
+        queue entry: the remote recipients the client named go out from its
+        sender (forwarding domain None); each forwarded target from the SRS
+        address of the alias that forwards to it, in a copy of the alias's
+        domain (sealed by it: one entry per distinct rewritten sender and
+        domain, ids C{queue_id} + F, F1, …).
         """
         forwarding = self.router.forwarding
         direct = [r for r in self.remote if r not in self.forwarded or forwarding is None]
-        entries: list[tuple[str, str, list[str]]] = [(self.queue_id, self.sender, direct)] if direct else []
-        by_sender: dict[str, list[str]] = {}
+        entries: list[tuple[str, str, list[str], str | None]] = [(self.queue_id, self.sender, direct, None)] if direct else []
+        by_sender: dict[tuple[str, str], list[str]] = {}
         if forwarding is not None:
             for target in self.remote:
                 if target in self.forwarded:
-                    by_sender.setdefault(forwarding.sender_for(self.sender, self.forwarded[target]), []).append(target)
-        for number, (sender, targets) in enumerate(by_sender.items()):
-            entries.append((f"{self.queue_id}F{number or ''}", sender, targets))
+                    alias = self.forwarded[target]
+                    key = (forwarding.sender_for(self.sender, alias), alias.rpartition("@")[2].lower())
+                    by_sender.setdefault(key, []).append(target)
+        for number, ((sender, domain), targets) in enumerate(by_sender.items()):
+            entries.append((f"{self.queue_id}F{number or ''}", sender, targets, domain))
         return entries
 
     def abort(self) -> Deferred[None] | None:

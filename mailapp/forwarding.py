@@ -14,6 +14,11 @@ domain, and when a bounce comes back for such mail.
   aliases forward to each other loop until the hop limit (``554 5.4.6``,
   50 ``Received:`` fields) stops the message; the rate makes such a loop,
   or a flood through one alias, slow instead of fast.
+- **ARC.** With a C{sealer} (L{mailapp.authentication.sealing}), the
+  forwarded copy carries an ARC set sealed with the alias's domain's DKIM
+  key, so that the target can still credit the original sender's SPF and
+  DKIM (and DMARC passes there) after SRS and our relaying; with no key for
+  the domain, it goes unsealed.
 
 Backscatter: a bounce for forwarded mail goes to the SRS address, so it
 comes back here, and on to the original sender only through an address we
@@ -27,9 +32,14 @@ refused for too many hops: one DSN, to the sender, through the SRS chain.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, succeed
 
 from mailapp.srs import SRS, InvalidSRS, is_srs
+
+if TYPE_CHECKING:
+    from mailapp.authentication.sealing import ForwardSealer
 
 __all__ = ["MAX_UNWIND", "Forwarding", "ForwardingRate"]
 
@@ -68,11 +78,19 @@ class ForwardingRate:
 
 @dataclass
 class Forwarding:
-    """SRS and the forwarding rate, for the Router; see the module docstring."""
+    """SRS, the forwarding rate and ARC sealing, for the Router; see the module docstring."""
 
     srs: SRS
     clock: Any
     rate: ForwardingRate
+    #: Seals forwarded copies (ARC), or None: they leave as they came.
+    sealer: ForwardSealer | None = None
+
+    def copy_for(self, message: Any, alias_domain: str, queue_id: str) -> Deferred[Any]:
+        """What the relay queue takes for C{message} forwarded by C{alias_domain}: a sealed copy, or C{message}."""
+        if self.sealer is None:
+            return succeed(message)
+        return self.sealer.copy_for(message, alias_domain, queue_id)
 
     def sender_for(self, sender: str, alias: str) -> str:
         """The envelope sender for mail from C{sender} that alias C{alias} forwards."""

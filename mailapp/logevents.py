@@ -162,6 +162,13 @@ STATE_FORMAT_CREATED: Final = "service.state_format_created"
 STATE_FORMAT_UPGRADED: Final = "service.state_format_upgraded"
 
 
+# --- ARC sealing of forwarded mail (mailapp.authentication.sealing) ---
+#: a forwarded copy ARC-sealed by its alias's domain; also: queue_id, domain, cv (the chain status sealed)
+ARC_SEALED: Final = "arc.sealed"
+#: a forwarded copy left unsealed (no key for the domain, a chain already failed, an error); also: queue_id, domain, reason
+ARC_UNSEALED: Final = "arc.unsealed"
+
+
 def all_events() -> frozenset[str]:
     """Every declared name, so that a test can prove they are unique and well formed."""
     return frozenset(
