@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     # parts it describes (a protocol, the relay) without a cycle.
     from mailapp.abuse import AbuseGuard
     from mailapp.delivery import Router
+    from mailapp.dnsthread import ServiceDNS
     from mailapp.pools import WorkerPools
     from mailapp.quota import Quotas
     from mailapp.relay.manager import RelayManager
@@ -82,6 +83,10 @@ class ServiceContext:
     telemetry: LogPublisher
     #: The server's L{mailapp.pools.WorkerPools}: one bounded thread pool per kind of blocking work.
     pools: WorkerPools
+    #: DNS for blocking libraries (L{mailapp.dnsthread.ServiceDNS}: C{dns.dnsfunc()}
+    #: is dkimpy's DNS function over the server's resolver). None only in a
+    #: context of fakes without DNS, whose MX then checks no sender authentication.
+    dns: ServiceDNS | None
     #: The relay manager (its queue), or None: a server built without a relay.
     relay: RelayManager | None = None
 

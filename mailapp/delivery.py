@@ -31,6 +31,7 @@ from mailapp.errors import (
 )
 from mailapp.forwarding import MAX_UNWIND
 from mailapp.interfaces import IAccounts, IMessageStore, IMessageWriter
+from mailapp.records import INBOX
 
 if TYPE_CHECKING:
     # Named in annotations only: the Router is handed these by the composition
@@ -71,6 +72,8 @@ class Transaction:
     forwarded: dict[str, str] = field(default_factory=dict)
     #: The stored copy being written, from L{open} on.
     message: IMessageWriter | None = None
+    #: The folder of the local copies: INBOX, or Junk for a message the MX's checks quarantine.
+    folder: str = INBOX
 
     @inlineCallbacks
     def addRecipient(self, address: str) -> Any:
@@ -187,7 +190,7 @@ class Transaction:
                 assert queue is not None
                 prepared.append((yield queue.prepare(message, sender, recipients, entry_id)))
             if self.local:
-                yield self.router.store.deliver(message, self.local)
+                yield self.router.store.deliver(message, self.local, self.folder)
         except Exception as e:
             for entry in prepared:
                 assert queue is not None

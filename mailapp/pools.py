@@ -12,7 +12,9 @@ of IMAP searches could hold up every delivery's commit. Now:
   in L{mailapp.accounts.Accounts});
 - ``queue``: the relay queue's files;
 - ``parsing``: parsing messages for display (the webmail), the work whose
-  cost a sender controls.
+  cost a sender controls;
+- ``authentication``: the MX's SPF, DKIM and DMARC checks, whose threads
+  mostly wait for DNS (L{mailapp.dnsthread}).
 
 Each pool starts no thread until work arrives (``minthreads=0``) and is
 stopped when the reactor shuts down, after the service has drained.
@@ -29,7 +31,7 @@ from twisted.python.threadpool import ThreadPool
 __all__ = ["DEFAULT_SIZES", "WorkerPools"]
 
 #: Threads per pool. The store gets the most: every protocol reads through it.
-DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2}
+DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2, "authentication": 8}
 
 
 class WorkerPools:
@@ -39,6 +41,7 @@ class WorkerPools:
     accounts: ThreadPool
     queue: ThreadPool
     parsing: ThreadPool
+    authentication: ThreadPool
 
     def __init__(self, reactor: Any, sizes: Mapping[str, int] = DEFAULT_SIZES) -> None:
         self._pools: dict[str, ThreadPool] = {}

@@ -336,6 +336,10 @@ def makeService(
     quotas = Quotas.fromConfig(config, accounts, store)
     router = Router(accounts, store, max_recipients=config.limits.max_recipients, quotas=quotas)
     manager = _build_relay(config, reactor, router, pools.queue) if relay else None
+    from mailapp.dnsthread import ServiceDNS
+
+    # The MX's SPF, DKIM and DMARC lookups ask the name servers the relay asks.
+    dns = ServiceDNS(reactor, LazyResolver(reactor, config.relay.nameservers), config.authentication.dns_query_timeout)
     context = ServiceContext(
         config=config,
         reactor=reactor,
@@ -350,6 +354,7 @@ def makeService(
         telemetry=LogPublisher(),
         pools=pools,
         relay=manager,
+        dns=dns,
     )
     root = MailService(context)
     for component in (store, accounts, manager):

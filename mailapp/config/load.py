@@ -2,7 +2,8 @@
 Reading the file: L{parse} (a pure function of the text) and L{load} (which
 also checks what only the file system can tell: do the TLS files exist?).
 Each section is read by its L{schema.Section}, in the file's order of
-concerns (server, domains, tls, listeners, limits, relay, security), then
+concerns (server, domains, tls, listeners, limits, relay, security,
+authentication), then
 the checks that span sections (listener budgets; TLS files, in L{load}).
 """
 
@@ -13,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Final
 
+from mailapp.config.authentication import AUTHENTICATION, AuthenticationConfig
 from mailapp.config.listeners import check_budgets, read_listeners
 from mailapp.config.relay import RELAY, RelayConfig
 from mailapp.config.schema import ConfigError, Reader, quote_key
@@ -20,7 +22,7 @@ from mailapp.config.sections import DOMAINS, LIMITS, SECURITY, SERVER, TLS, Conf
 
 __all__ = ["load", "parse"]
 
-_SECTIONS: Final = ("server", "domains", "tls", "listeners", "limits", "relay", "security")
+_SECTIONS: Final = ("server", "domains", "tls", "listeners", "limits", "relay", "security", "authentication")
 
 
 def parse(text: str, path: Path, *, base_dir: Path | None = None) -> Config:
@@ -75,9 +77,11 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
     limits = LIMITS.build(reader, section("limits"), "limits", env)
     relay = RELAY.build(reader, section("relay"), "relay", env)
     security = SECURITY.build(reader, section("security"), "security", env)
+    authentication = AUTHENTICATION.build(reader, section("authentication"), "authentication", env)
     # These sections have no required key, so each is built.
     assert isinstance(tls, TLSConfig) and isinstance(limits, Limits)
     assert isinstance(relay, RelayConfig) and isinstance(security, SecurityConfig)
+    assert isinstance(authentication, AuthenticationConfig)
 
     config = Config(
         path=path,
@@ -91,6 +95,7 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
         log_format=server["log_format"],
         relay=relay,
         security=security,
+        authentication=authentication,
     )
     check_budgets(reader, config)
     if check_files:

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from mailapp.config.authentication import AuthenticationConfig
 from mailapp.config.checks import Network, domain, network, path
 from mailapp.config.listeners import ListenerConfig
 from mailapp.config.relay import RelayConfig
@@ -230,6 +231,8 @@ class Config:
     sync: str = ServerSection.sync
     log_format: str = ServerSection.log_format
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    #: ``[authentication]``: SPF, DKIM and DMARC on the MX.
+    authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
 
     @property
     def needs_tls(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from mailapp.authentication.checks import InboundChecks
 from mailapp.delivery import Router
 from mailapp.sessions import SessionFactory, session_limits
 from mailapp.smtp.policy import SMTPPolicy
@@ -36,6 +37,7 @@ class SMTPFactory(SessionFactory):
         inflight: Any = None,
         guard: Any = None,
         freeSpace: FreeSpace | None = None,
+        inbound: InboundChecks | None = None,
     ) -> None:
         super().__init__(inflight, guard)
         self.router = router
@@ -45,6 +47,8 @@ class SMTPFactory(SessionFactory):
         self.tls = tls
         #: The store's disk, checked at MAIL FROM against policy.min_free_disk (None: never refused).
         self.freeSpace = freeSpace
+        #: On the MX: SPF, DKIM and DMARC, called at MAIL FROM and at the end of DATA (None: not checked).
+        self.inbound = inbound
 
     # Twisted types a factory's protocols through a generic Factory[P] whose P
     # reads .factory back as Factory[P]; a session's factory is its own listener's.
@@ -78,11 +82,18 @@ def buildFactory(context: Any, listener: Any) -> SMTPFactory:
         postmaster=f"postmaster@{config.local_domains[0]}" if config.local_domains else "",
         refuse_local_senders=config.security.mx_refuse_local_senders,
         min_free_disk=limits.min_free_disk,
+        authentication=config.authentication,
     )
     router = getattr(context, "router", None) or Router(
         context.accounts, context.store, limits.max_recipients, quotas=getattr(context, "quotas", None)
     )
     tls = context.tls if listener.tls == "starttls" else None
+    dns = context.dns
+    inbound = (
+        InboundChecks(context.reactor, dns, context.pools.authentication, config.hostname)
+        if listener.protocol == "smtp" and dns is not None
+        else None
+    )
     return SMTPFactory(
         router,
         context.portal,
@@ -92,4 +103,5 @@ def buildFactory(context: Any, listener: Any) -> SMTPFactory:
         inflight=context.inflight,
         guard=getattr(context, "guard", None),
         freeSpace=FreeSpace(config.state_dir, context.reactor),
+        inbound=inbound,
     )
