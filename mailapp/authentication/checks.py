@@ -29,7 +29,6 @@ handed in; its clause goes between DKIM and DMARC in the header.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from mailapp.authentication.results import Clause, authentication_results, dkim_
 from mailapp.config.authentication import AuthenticationConfig
 from mailapp.dnsthread import LookupBudget, ServiceDNS, in_worker
 from mailapp.errors import MailError
+from mailapp.networks import in_networks
 from mailapp.records import INBOX
 from mailapp.spf import SPFResult, evaluate as evaluate_spf
 
@@ -109,14 +109,8 @@ class InboundChecks:
 
     @staticmethod
     def exempt(settings: AuthenticationConfig, client_ip: str) -> bool:
-        """Whether mail from C{client_ip} goes unchecked (C{exempt_networks}; an IPv4-mapped address as IPv4)."""
-        try:
-            address = ipaddress.ip_address(client_ip)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in settings.exempt_networks)
+        """Whether mail from C{client_ip} goes unchecked (C{exempt_networks})."""
+        return in_networks(client_ip, settings.exempt_networks)
 
     def start(self, settings: AuthenticationConfig, client_ip: str, helo: str, sender: str) -> MessageCheck:
         """At MAIL FROM: begin the checks of one message (SPF starts now)."""

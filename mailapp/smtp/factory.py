@@ -11,6 +11,7 @@ from typing import Any
 
 from mailapp.authentication.checks import InboundChecks
 from mailapp.delivery import Router
+from mailapp.networks import in_networks
 from mailapp.sessions import SessionFactory, session_limits
 from mailapp.smtp.policy import SMTPPolicy
 from mailapp.smtp.transaction import ESMTPServer
@@ -56,13 +57,7 @@ class SMTPFactory(SessionFactory):
         return ESMTPServer(self)
 
     def trusted(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # an IPv4 client on a dual-stack listener
-        return any(address in network for network in self.policy.trusted_networks)
+        return in_networks(ip, self.policy.trusted_networks)
 
 
 
