@@ -1,7 +1,14 @@
 """
-The example of RFC 8463 Appendix A: RFC 6376's example message (A.1)
-signed twice, rsa-sha256 (selector ``test``) and ed25519-sha256
-(``brisbane``), and the two key records of A.2.
+The RFCs' example signatures, with the key records that verify them.
+
+RFC 8463 Appendix A: RFC 6376's example message (A.1) signed twice,
+rsa-sha256 (selector ``test``) and ed25519-sha256 (``brisbane``), and the
+two key records of A.2 (L{KEYS}, L{MESSAGE}).
+
+RFC 6376 Appendix A.2: the same message signed simple/simple by
+``brisbane._domainkey.example.com`` (L{RFC6376_MESSAGE}). The key record
+A.3 prints does not match that signature (a known erratum); the one that
+does, which other verifiers' test suites serve too, is L{RFC6376_KEY}.
 """
 
 KEYS = {
@@ -39,6 +46,33 @@ Message-ID: <20030712040037.46341.5F8J@football.example.com>
 Hi.
 
 We lost the game.  Are you hungry yet?
+
+Joe.
+""".replace(b"\n", b"\r\n")
+
+RFC6376_KEY = ("v=DKIM1; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDwIRP/UC3SBsEmGqZ9ZJW3/DkMoGeLnQg1fWn7/zYt"
+       "IxN2SnFCjxOCKG9v3b4jYfcTNh5ijSsq631uBItLa7od+v/RtdC2UzJ1lWT947qR+Rcac2gbto/NMqJ0fzfVjH4OuKhi"
+       "tdY9tf6mcwGjaNBcWToIMmPSPDdQPNUYckcQ2QIDAQAB")
+RFC6376_MESSAGE = b"""DKIM-Signature: v=1; a=rsa-sha256; s=brisbane; d=example.com;
+      c=simple/simple; q=dns/txt; i=joe@football.example.com;
+      h=Received : From : To : Subject : Date : Message-ID;
+      bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;
+      b=AuUoFEfDxTDkHlLXSZEpZj79LICEps6eda7W3deTVFOk4yAUoqOB
+        4nujc7YopdG5dWLSdNg6xNAZpOPr+kHxt1IrE+NahM6L/LbvaHut
+        KVdkLLkpVaVVQPzeRDI009SO2Il5Lu7rDNH6mZckBdrIx0orEtZV
+        4bmp/YzhwvcubU4=;
+Received: from client1.football.example.com  [192.0.2.1]
+      by submitserver.example.com with SUBMISSION;
+      Fri, 11 Jul 2003 21:01:54 -0700 (PDT)
+From: Joe SixPack <joe@football.example.com>
+To: Suzie Q <suzie@shopping.example.net>
+Subject: Is dinner ready?
+Date: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)
+Message-ID: <20030712040037.46341.5F8J@football.example.com>
+
+Hi.
+
+We lost the game. Are you hungry yet?
 
 Joe.
 """.replace(b"\n", b"\r\n")

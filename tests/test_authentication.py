@@ -28,7 +28,7 @@ from mailapp.config import DEFAULT_AUTHENTICATION
 from mailapp.dnsthread import DNSTemporaryFailure, LookupBudget, ServiceDNS
 from mailapp.testing import FakeResolver
 from mailapp.testing.threads import SynchronousThreadPool
-from tests.dkim_examples import KEYS, MESSAGE
+from tests.dkim_examples import KEYS, MESSAGE, RFC6376_KEY, RFC6376_MESSAGE
 
 
 def lookup(records: dict[str, Any] | None = None, **faults: Any) -> Any:
@@ -92,6 +92,14 @@ def test_the_rfc_8463_example_signatures_ed25519_and_rsa_verify() -> None:
         ("pass", "ed25519-sha256", "brisbane", "football.example.com"),
         ("pass", "rsa-sha256", "test", "football.example.com"),
     ]
+
+
+def test_the_rfc_6376_example_signature_simple_simple_verifies() -> None:
+    records = {"brisbane._domainkey.example.com": {"TXT": [RFC6376_KEY]}}
+    [result] = verify_signatures(RFC6376_MESSAGE, lookup(records))
+    assert (result.result, result.domain, result.selector) == ("pass", "example.com", "brisbane")
+    [changed] = verify_signatures(RFC6376_MESSAGE.replace(b"game. Are", b"game.  Are"), lookup(records))
+    assert changed.result == "fail"  # simple body canonicalisation: one more space breaks it
 
 
 def test_a_changed_body_fails_both_signatures() -> None:
