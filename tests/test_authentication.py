@@ -278,6 +278,11 @@ class MessageCheckTests(TestCase):
         verdict = self.successResultOf(check(b"From: a@q.test\r\n\r\nhi\r\n", ip="203.0.113.5", sender="x@evil.test"))
         assert (verdict.refusal, verdict.folder, verdict.action) == (None, "Junk", "junk")
 
+    def test_of_several_from_domains_the_strictest_outcome_stands(self) -> None:
+        verdict = self.successResultOf(check(b"From: a@q.test, b@a.test\r\n\r\nhi\r\n", ip="203.0.113.5", sender="x@evil.test"))
+        assert isinstance(verdict.refusal, DMARCRejected)
+        assert b"dmarc=fail header.from=a.test policy.dmarc=reject" in verdict.header
+
     def test_a_dns_failure_of_the_policy_is_a_451(self) -> None:
         verdict = self.successResultOf(check(b"From: boss@a.test\r\n\r\nhi\r\n", servfail=["_dmarc.a.test"]))
         assert isinstance(verdict.refusal, DMARCUndecided) and verdict.refusal.code == 451

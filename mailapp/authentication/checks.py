@@ -168,22 +168,20 @@ class MessageCheck:
         if self._mailfrom is not None:
             results.spf_mailfrom = yield self._mailfrom
         checks, settings = self.checks, self.settings
-        if settings.dkim or settings.dmarc:
-            lookup = checks.dns.lookup(LookupBudget(settings.dns_budget_seconds))
-            lookup.query_timeout = float(settings.dns_query_timeout)
-            verified = time.monotonic()
-            # SPF's identity for DMARC is MAIL FROM, or HELO for the null sender (RFC 7489 3.1.2).
-            spf = results.spf_mailfrom or results.spf_helo
-            results.dkim, results.dmarc = yield in_worker(checks.reactor, checks.threadpool, self._verify, message, lookup, spf)
-            seconds = time.monotonic() - verified
-        else:
-            seconds = 0.0
+        lookup = checks.dns.lookup(LookupBudget(settings.dns_budget_seconds))
+        lookup.query_timeout = float(settings.dns_query_timeout)
+        verified = time.monotonic()
+        # SPF's identity for DMARC is MAIL FROM, or HELO for the null sender (RFC 7489 3.1.2).
+        spf = results.spf_mailfrom or results.spf_helo
+        results.dkim, results.dmarc, cleaned, removed = yield in_worker(
+            checks.reactor, checks.threadpool, self._verify, message, lookup, spf
+        )
+        seconds = time.monotonic() - verified
         if checks.arc is not None:
             try:
                 results.arc = yield checks.arc(message)
             except Exception:
                 _log.failure("arc verification failed", log_event=logevents.AUTHENTICATION_FAILED)
-        cleaned, removed = remove_ours(message, checks.hostname)
         verdict = self._decide(results, cleaned)
         _log.info(
             "authentication {queue_id} spf={spf} dkim={dkim} dmarc={dmarc} from={from_domain} action={action} client={client}",
@@ -204,24 +202,29 @@ class MessageCheck:
         )
         return verdict
 
-    def _verify(self, message: bytes, lookup: Any, spf: SPFResult | None) -> tuple[list[DKIMResult], DMARCResult | None]:
-        """Blocking, on a worker thread: every DKIM signature, then DMARC."""
+    def _verify(
+        self, message: bytes, lookup: Any, spf: SPFResult | None
+    ) -> tuple[list[DKIMResult], DMARCResult | None, bytes, int]:
+        """
+        Blocking, on a worker thread: every DKIM signature, then DMARC, then
+        the message without the fields that forge ours (a pass over what
+        may be megabytes, kept off the reactor too).
+        """
         settings = self.settings
         dkim = verify_signatures(message, lookup, settings.max_dkim_signatures) if settings.dkim else []
-        if not settings.dmarc:
-            return dkim, None
+        dmarc = self._dmarc(message, lookup, spf, dkim) if settings.dmarc else None
+        cleaned, removed = remove_ours(message, self.checks.hostname)
+        return dkim, dmarc, cleaned, removed
+
+    def _dmarc(self, message: bytes, lookup: Any, spf: SPFResult | None, dkim: list[DKIMResult]) -> DMARCResult | None:
         domains = from_domains(message)
         if not domains:
-            return dkim, None
+            return None
         spf_result, spf_domain = (spf.result, spf.domain) if spf is not None else ("none", "")
-        outcomes = [
-            evaluate(domain, spf_result, spf_domain, dkim, lookup, **({"sample": self.checks.sample} if self.checks.sample else {}))
-            for domain in domains
-        ]
+        sample = {"sample": self.checks.sample} if self.checks.sample else {}
+        outcomes = [evaluate(domain, spf_result, spf_domain, dkim, lookup, **sample) for domain in domains]
         # Several From domains: the strictest outcome stands (RFC 7489 6.6.1).
-        order = {"reject": 0, "quarantine": 1}
-        outcomes.sort(key=lambda each: (each.result != "fail", order.get(each.disposition, 2), each.result != "temperror"))
-        return dkim, outcomes[0]
+        return min(outcomes, key=_severity)
 
     def _decide(self, results: _Results, message: bytes) -> Verdict:
         clauses: list[Clause] = []
@@ -248,6 +251,13 @@ class MessageCheck:
             if wanted == "junk":
                 return Verdict(header, message, folder=JUNK, action="junk")
         return Verdict(header, message)
+
+
+def _severity(outcome: DMARCResult) -> int:
+    """How strict an outcome is, strictest first: a reject, a quarantine, undecided, the rest."""
+    if outcome.result == "fail":
+        return {"reject": 0, "quarantine": 1}.get(outcome.disposition, 3)
+    return {"temperror": 2, "permerror": 4, "pass": 5}.get(outcome.result, 6)
 
 
 class HeldMessage:
