@@ -23,8 +23,14 @@ A_SERVER = "192.0.2.10"
 FORGER = "203.0.113.5"
 
 
-def mx(store: RecordingStore, authentication: dict[str, Any] | None = None, trusted: tuple[str, ...] = ()) -> Any:
-    lines = [MINIMAL_CONFIG, "[relay]", f"trusted_networks = {json.dumps(list(trusted))}", "[limits]", "mx_messages_per_minute = 0"]
+def mx(
+    store: RecordingStore,
+    authentication: dict[str, Any] | None = None,
+    trusted: tuple[str, ...] = (),
+    resolver: FakeResolver | None = None,
+    limits: str = "",
+) -> Any:
+    lines = [MINIMAL_CONFIG, "[relay]", f"trusted_networks = {json.dumps(list(trusted))}", "[limits]", "mx_messages_per_minute = 0", limits]
     lines.append("[authentication]")
     lines.extend(f"{key} = {json.dumps(value)}" for key, value in (authentication or {}).items())
     clock = Clock()
@@ -33,7 +39,7 @@ def mx(store: RecordingStore, authentication: dict[str, Any] | None = None, trus
         reactor=clock,
         store=store,
         accounts=make_accounts(),
-        dns=ServiceDNS(clock, FakeResolver(SENDER_ZONE)),
+        dns=ServiceDNS(clock, resolver or FakeResolver(SENDER_ZONE)),
     )
     return build_factory(context, "smtp")
 
@@ -109,6 +115,32 @@ class MXAuthenticationTests(TestCase):
         self.send(b"From: boss@a.test\r\n\r\nhi\r\n", peer="127.0.0.1", sender="x@evil.test")
         [delivery] = self.store.delivered
         self.assertNotIn(b"Authentication-Results", delivery.data)
+
+    def test_spf_is_asked_at_mail_from_before_any_recipient(self) -> None:
+        resolver = FakeResolver(SENDER_ZONE)
+        session = Session(mx(self.store, resolver=resolver), peer=A_SERVER)
+        self.sessions.append(session)
+        session.send(b"EHLO mail.a.test\r\nMAIL FROM:<bob@a.test>\r\n")
+        self.assertEqual(session.codes()[-1], b"250")
+        self.assertIn(("a.test", "TXT"), resolver.queries)
+        self.assertIn(("mail.a.test", "TXT"), resolver.queries)
+
+    def test_a_dns_failure_of_the_dmarc_policy_gets_451_at_the_end_of_data(self) -> None:
+        resolver = FakeResolver(SENDER_ZONE, servfail=["_dmarc.a.test"])
+        session = Session(mx(self.store, resolver=resolver), peer=FORGER)
+        self.sessions.append(session)
+        session.send(transaction(b"From: boss@a.test\r\n\r\nhi\r\n", "x@evil.test"))
+        self.assertEqual(session.replies()[-1], b"451 4.7.1 Cannot check the sender's domain now (DNS); try again later")
+        self.assertEqual(self.store.delivered, [])
+
+    def test_a_held_message_over_the_size_limit_is_refused_and_never_checked(self) -> None:
+        resolver = FakeResolver(SENDER_ZONE)
+        session = Session(mx(self.store, resolver=resolver, limits="max_message_size = 1000"), peer=FORGER)
+        self.sessions.append(session)
+        session.send(transaction(b"From: boss@a.test\r\n\r\n" + b"x" * 2000 + b"\r\n", "x@evil.test"))
+        self.assertEqual(session.replies()[-1][:3], b"552")
+        self.assertEqual(self.store.delivered, [])
+        self.assertNotIn(("_dmarc.a.test", "TXT"), resolver.queries)
 
     def test_every_check_off_stores_the_message_as_before(self) -> None:
         self.send(
