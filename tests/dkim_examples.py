@@ -9,7 +9,17 @@ RFC 6376 Appendix A.2: the same message signed simple/simple by
 ``brisbane._domainkey.example.com`` (L{RFC6376_MESSAGE}). The key record
 A.3 prints does not match that signature (a known erratum); the one that
 does, which other verifiers' test suites serve too, is L{RFC6376_KEY}.
+
+And a sender of our own for the checks' tests: L{SENDER_ZONE}, a.test's
+SPF, DKIM key (a fresh 2048-bit RSA key per run) and p=reject, q.test's
+p=quarantine; L{signed} signs a message as a.test.
 """
+
+import base64
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 KEYS = {
     "brisbane._domainkey.football.example.com": "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
@@ -76,3 +86,24 @@ We lost the game. Are you hungry yet?
 
 Joe.
 """.replace(b"\n", b"\r\n")
+
+
+def _key() -> tuple[bytes, str]:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+    public = private.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem, "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
+
+
+PRIVATE, PUBLIC = _key()
+SENDER_ZONE = {
+    "a.test": {"TXT": ["v=spf1 ip4:192.0.2.10 -all"]},
+    "mail.a.test": {"TXT": ["v=spf1 a -all"], "A": ["192.0.2.10"]},
+    "sel._domainkey.a.test": {"TXT": [PUBLIC]},
+    "_dmarc.a.test": {"TXT": ["v=DMARC1; p=reject"]},
+    "_dmarc.q.test": {"TXT": ["v=DMARC1; p=quarantine"]},
+}
+
+
+def signed(text: bytes, domain: bytes = b"a.test") -> bytes:
+    return dkim.sign(text, b"sel", domain, PRIVATE, include_headers=[b"from", b"to", b"subject"]) + text

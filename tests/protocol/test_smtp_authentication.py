@@ -17,7 +17,7 @@ from mailapp.dnsthread import ServiceDNS
 from mailapp.testing import MINIMAL_CONFIG, FakeResolver, RecordingStore, build_factory, service_context
 from tests.protocol.accounts import make_accounts
 from tests.protocol.smtp_client import Session
-from tests.test_authentication import SENDER_ZONE, signed
+from tests.dkim_examples import SENDER_ZONE, signed
 
 A_SERVER = "192.0.2.10"
 FORGER = "203.0.113.5"

@@ -1,0 +1,71 @@
+"""
+Password guesses sent at once on many connections are counted when they
+start, not when they fail (L{mailapp.abuse.AbuseGuard.attemptStarted}): 19
+parallel guesses once were all verified against a ban limit of 10.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from mailapp.abuse import AbuseGuard
+from mailapp.config import SecurityConfig
+from mailapp.imap.server import IMAPFactory, IMAPPolicy
+from tests.unit.test_session_close import StuckTransport
+
+
+def test_attempts_in_progress_count_against_the_ban_limit() -> None:
+    guard = AbuseGuard(lambda: 0.0, SecurityConfig(ban_after_failures=10))
+    allowed = [guard.attemptStarted("192.0.2.7") for _ in range(19)]
+    assert allowed.count(True) == 10
+    assert guard.attemptStarted("192.0.2.8"), "another address is not affected"
+    for _ in range(10):
+        guard.attemptEnded("192.0.2.7")
+    assert guard.attemptStarted("192.0.2.7"), "attempts that ended free their place (their failures count instead)"
+
+
+def test_exempt_networks_are_never_held_back() -> None:
+    guard = AbuseGuard(lambda: 0.0, SecurityConfig(ban_after_failures=2, ban_exempt_networks=(ipaddress.ip_network("192.0.2.0/24"),)))
+    assert all(guard.attemptStarted("192.0.2.7") for _ in range(5))
+
+
+class Portal:
+    """A portal whose every verification waits until the test answers it."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[Any]] = []
+
+    def login(self, credentials: Any, mind: Any, *interfaces: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+class ParallelIMAPGuessTests(TestCase):
+    def test_nineteen_parallel_imap_guesses_verify_at_most_the_ban_limit(self) -> None:
+        clock = Clock()
+        portal = Portal()
+        policy = IMAPPolicy("mail.example.test", allow_plaintext_auth=True, auth_failure_delay=0.01)
+        guard = AbuseGuard(clock.seconds, SecurityConfig(ban_after_failures=10, auth_failure_delay=0.01))
+        factory = IMAPFactory(portal, None, policy, clock, guard=guard)
+        transports = []
+        for _ in range(19):
+            session = factory.buildProtocol(None)
+            transport = StuckTransport()
+            session.makeConnection(transport)
+            session.dataReceived(b"a LOGIN alice@example.test wrong-guess\r\n")
+            transports.append((session, transport))
+        self.assertEqual(len(portal.pending), 10)
+        for d in portal.pending:
+            d.errback(UnauthorizedLogin())
+        clock.advance(60)
+        self.assertTrue(guard.banned("192.0.2.7"))
+        self.assertEqual(len(portal.pending), 10, "no guess was verified after the ban either")
+        for session, _ in transports:
+            session.connectionLost(None)
