@@ -31,7 +31,23 @@ KEYS = {
     ),
 }
 
-MESSAGE = b"""\
+#: RFC 6376 Appendix A.1: the example message's header fields, which both RFCs sign.
+_A1_HEADER = b"""\
+From: Joe SixPack <joe@football.example.com>
+To: Suzie Q <suzie@shopping.example.net>
+Subject: Is dinner ready?
+Date: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)
+Message-ID: <20030712040037.46341.5F8J@football.example.com>
+"""
+
+
+def _message(signatures: bytes, body: bytes) -> bytes:
+    return (signatures + _A1_HEADER + b"\n" + body).replace(b"\n", b"\r\n")
+
+
+#: RFC 8463 Appendix A.3 (its body has two spaces after "game.", as printed there).
+MESSAGE = _message(
+    b"""\
 DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed;
  d=football.example.com; i=@football.example.com;
  q=dns/txt; s=brisbane; t=1528637909; h=from : to :
@@ -47,23 +63,19 @@ DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;
  b=F45dVWDfMbQDGHJFlXUNB2HKfbCeLRyhDXgFpEL8GwpsRe0IeIixNTe3
  DhCVlUrSjV4BwcVcOF6+FF3Zo9Rpo1tFOeS9mPYQTnGdaSGsgeefOsk2Jz
  dA+L10TeYt9BgDfQNZtKdN1WO//KgIqXP7OdEFE4LjFYNcUxZQ4FADY+8=
-From: Joe SixPack <joe@football.example.com>
-To: Suzie Q <suzie@shopping.example.net>
-Subject: Is dinner ready?
-Date: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)
-Message-ID: <20030712040037.46341.5F8J@football.example.com>
+""",
+    b"Hi.\n\nWe lost the game.  Are you hungry yet?\n\nJoe.\n",
+)
 
-Hi.
-
-We lost the game.  Are you hungry yet?
-
-Joe.
-""".replace(b"\n", b"\r\n")
-
-RFC6376_KEY = ("v=DKIM1; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDwIRP/UC3SBsEmGqZ9ZJW3/DkMoGeLnQg1fWn7/zYt"
-       "IxN2SnFCjxOCKG9v3b4jYfcTNh5ijSsq631uBItLa7od+v/RtdC2UzJ1lWT947qR+Rcac2gbto/NMqJ0fzfVjH4OuKhi"
-       "tdY9tf6mcwGjaNBcWToIMmPSPDdQPNUYckcQ2QIDAQAB")
-RFC6376_MESSAGE = b"""DKIM-Signature: v=1; a=rsa-sha256; s=brisbane; d=example.com;
+RFC6376_KEY = (
+    "v=DKIM1; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDwIRP/UC3SBsEmGqZ9ZJW3/DkMoGeLnQg1fWn7/zYt"
+    "IxN2SnFCjxOCKG9v3b4jYfcTNh5ijSsq631uBItLa7od+v/RtdC2UzJ1lWT947qR+Rcac2gbto/NMqJ0fzfVjH4OuKhi"
+    "tdY9tf6mcwGjaNBcWToIMmPSPDdQPNUYckcQ2QIDAQAB"
+)
+#: RFC 6376 Appendix A.2 (simple/simple: every space counts; Received: is signed too).
+RFC6376_MESSAGE = _message(
+    b"""\
+DKIM-Signature: v=1; a=rsa-sha256; s=brisbane; d=example.com;
       c=simple/simple; q=dns/txt; i=joe@football.example.com;
       h=Received : From : To : Subject : Date : Message-ID;
       bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;
@@ -74,18 +86,9 @@ RFC6376_MESSAGE = b"""DKIM-Signature: v=1; a=rsa-sha256; s=brisbane; d=example.c
 Received: from client1.football.example.com  [192.0.2.1]
       by submitserver.example.com with SUBMISSION;
       Fri, 11 Jul 2003 21:01:54 -0700 (PDT)
-From: Joe SixPack <joe@football.example.com>
-To: Suzie Q <suzie@shopping.example.net>
-Subject: Is dinner ready?
-Date: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)
-Message-ID: <20030712040037.46341.5F8J@football.example.com>
-
-Hi.
-
-We lost the game. Are you hungry yet?
-
-Joe.
-""".replace(b"\n", b"\r\n")
+""",
+    b"Hi.\n\nWe lost the game. Are you hungry yet?\n\nJoe.\n",
+)
 
 
 def _key() -> tuple[bytes, str]:
