@@ -19,13 +19,23 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from authres.core import AuthenticationResult, AuthenticationResultProperty
 
 from mailapp.authentication.dkim import DKIMResult
 from mailapp.authentication.dmarc import DMARCResult
 
-__all__ = ["Clause", "authentication_results", "authserv_id", "dkim_clause", "dmarc_clause", "remove_ours", "spf_clause"]
+__all__ = [
+    "Clause",
+    "arc_clause",
+    "authentication_results",
+    "authserv_id",
+    "dkim_clause",
+    "dmarc_clause",
+    "remove_ours",
+    "spf_clause",
+]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+=/-]")
 
@@ -67,6 +77,19 @@ def dkim_clause(result: DKIMResult) -> Clause:
     properties = [("header.d", result.domain)] if result.domain else []
     properties += [(name, value) for name, value in (("header.s", result.selector), ("header.a", result.algorithm), ("header.b", result.signature)) if value]
     return Clause("dkim", result.result, tuple(properties), result.reason if result.result != "pass" else "")
+
+
+def arc_clause(result: Any) -> Clause:
+    """
+    ``arc=pass header.oldest-pass=0`` (RFC 8617 10.1) from an ARC
+    verifier's result: anything with C{result} (``none``, ``pass``,
+    ``fail``) and C{oldest_pass}, as the ARC module's C{ARCResult} has.
+    The service wires that verifier in with
+    C{InboundChecks(arc=lambda m: verifier.verify(m).addCallback(arc_clause))}.
+    """
+    if result.result == "pass":
+        return Clause("arc", "pass", (("header.oldest-pass", str(result.oldest_pass)),))
+    return Clause("arc", str(result.result))
 
 
 def dmarc_clause(result: DMARCResult) -> Clause:

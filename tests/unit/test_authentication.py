@@ -210,6 +210,15 @@ def test_a_hostile_value_cannot_end_a_clause_or_add_a_line() -> None:
     assert field.count(b"\r\n") == 2 and b";" not in field.split(b"\r\n")[1] and b"X-Evil:" not in field
 
 
+def test_an_arc_result_becomes_its_clause_between_dkim_and_dmarc() -> None:
+    from types import SimpleNamespace
+
+    from mailapp.authentication.results import arc_clause
+
+    assert str(arc_clause(SimpleNamespace(result="pass", oldest_pass=0))) == "arc=pass header.oldest-pass=0"
+    assert str(arc_clause(SimpleNamespace(result="fail", oldest_pass=0))) == "arc=fail"
+
+
 def test_an_authserv_id_is_read_past_comments() -> None:
     assert authserv_id(" (forged (nested)) MX.B.test; spf=pass") == "mx.b.test"
 
@@ -268,6 +277,21 @@ class MessageCheckTests(TestCase):
         settings = dataclasses.replace(DEFAULT_AUTHENTICATION, dmarc_reject="junk")
         verdict = self.successResultOf(check(b"From: boss@a.test\r\n\r\nhi\r\n", ip="203.0.113.5", settings=settings))
         assert (verdict.refusal, verdict.folder) == (None, "Junk")
+
+    def test_an_arc_verifier_handed_in_puts_its_clause_before_dmarc(self) -> None:
+        from twisted.internet.defer import succeed
+
+        from mailapp.authentication.results import Clause
+
+        clock = Clock()
+        checks = InboundChecks(
+            clock, ServiceDNS(clock, FakeResolver(SENDER_ZONE)), SynchronousThreadPool(), "mx.b.test",
+            arc=lambda message: succeed(Clause("arc", "pass", (("header.oldest-pass", "0"),))),
+        )
+        message = signed(b"From: bob@a.test\r\nSubject: hi\r\n\r\nhello\r\n")
+        verdict = self.successResultOf(checks.start(DEFAULT_AUTHENTICATION, "192.0.2.10", "mail.a.test", "bob@a.test").finish(message))
+        header = verdict.header.decode()
+        assert header.index("dkim=pass") < header.index("arc=pass header.oldest-pass=0") < header.index("dmarc=pass")
 
     def test_a_forged_field_of_ours_is_gone_from_the_message(self) -> None:
         message = signed(b"From: bob@a.test\r\nSubject: hi\r\n\r\nhello\r\n")
