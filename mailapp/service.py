@@ -335,11 +335,12 @@ def makeService(
 
     quotas = Quotas.fromConfig(config, accounts, store)
     router = Router(accounts, store, max_recipients=config.limits.max_recipients, quotas=quotas)
-    manager = _build_relay(config, reactor, router, pools.queue) if relay else None
     from mailapp.dnsthread import ServiceDNS
 
-    # The MX's SPF, DKIM and DMARC lookups ask the name servers the relay asks.
+    # DNS for blocking libraries (the MX's SPF, DKIM and DMARC; dns.dnsfunc()
+    # for DKIM and ARC code): the name servers the relay asks.
     dns = ServiceDNS(reactor, LazyResolver(reactor, config.relay.nameservers), config.authentication.dns_query_timeout)
+    manager = _build_relay(config, reactor, router, pools.queue) if relay else None
     context = ServiceContext(
         config=config,
         reactor=reactor,
