@@ -14,7 +14,10 @@ of IMAP searches could hold up every delivery's commit. Now:
 - ``parsing``: parsing messages for display (the webmail), the work whose
   cost a sender controls;
 - ``authentication``: the MX's SPF, DKIM and DMARC checks, whose threads
-  mostly wait for DNS (L{mailapp.dnsthread}).
+  mostly wait for DNS (L{mailapp.dnsthread}): more of them than cores, two
+  per message from MAIL FROM on (SPF for HELO and for MAIL FROM). A check
+  queued behind the others spends its DNS budget waiting, and ends in a
+  temperror rather than hold the queue.
 
 Each pool starts no thread until work arrives (``minthreads=0``) and is
 stopped when the reactor shuts down, after the service has drained.
@@ -31,7 +34,7 @@ from twisted.python.threadpool import ThreadPool
 __all__ = ["DEFAULT_SIZES", "WorkerPools"]
 
 #: Threads per pool. The store gets the most: every protocol reads through it.
-DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2, "authentication": 8}
+DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2, "authentication": 16}
 
 
 class WorkerPools:
