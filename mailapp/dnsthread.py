@@ -23,8 +23,10 @@ C{lookup.failures} too, since dkimpy turns any exception into a plain
 "fail" and the verifier needs to tell a temperror from a bad signature.
 
 L{ServiceDNS} is what the service hands out (C{ServiceContext.dns}): the
-resolver and the timeouts, and C{dnsfunc()} for code that takes a DNS
-function as a parameter (DKIM signing checks, ARC).
+resolver, the timeouts and one L{mailapp.dnscache.AnswerCache} that every
+lookup shares (a cached answer is given on the worker thread, with no trip
+to the reactor), and C{dnsfunc()} for code that takes a DNS function as a
+parameter (DKIM signing checks, ARC).
 
 On a reactor that takes no calls from threads (a L{twisted.internet.task.Clock}
 in tests, whose L{mailapp.testing.InlineWorkerPools} run "thread" work on the
@@ -43,6 +45,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.names import dns, error as dns_error
+
+from mailapp.dnscache import AnswerCache
 
 __all__ = [
     "CHECK_BUDGET",
@@ -111,11 +115,20 @@ class ThreadedLookup:
     C{lookupCanonicalName}), for a worker thread; see the module docstring.
     """
 
-    def __init__(self, reactor: Any, resolver: Any, query_timeout: float = QUERY_TIMEOUT, budget: LookupBudget | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        resolver: Any,
+        query_timeout: float = QUERY_TIMEOUT,
+        budget: LookupBudget | None = None,
+        cache: AnswerCache | None = None,
+    ) -> None:
         self.reactor = reactor
         self.resolver = resolver
         self.query_timeout = query_timeout
         self.budget = budget
+        #: Answers shared with the server's other lookups (L{mailapp.dnscache}); a hit costs no query and no budget.
+        self.cache = cache
         #: How many queries this lookup has sent (what the tests count).
         self.queries = 0
         #: Names whose TXT lookup failed temporarily, with why (see L{txt}).
@@ -165,6 +178,10 @@ class ThreadedLookup:
         failure or a spent budget.
         """
         kind = _TYPES[qtype]
+        if self.cache is not None:
+            cached = self.cache.get(name, qtype)
+            if cached is not None:
+                return cached
         seconds = max(0.5, min(self.query_timeout, timeout or self.query_timeout))
         if self.budget is not None:
             seconds = min(seconds, max(0.1, self.budget.spend()))
@@ -175,11 +192,13 @@ class ThreadedLookup:
             else:
                 answers = self._answeredAtOnce(name, kind, seconds)
         except dns_error.DNSNameError:
-            return []  # NXDOMAIN: no records (a void lookup, which pyspf counts)
+            answers = []  # NXDOMAIN: no records (a void lookup, which pyspf counts)
         except (defer.TimeoutError, dns_error.DNSQueryTimeoutError) as e:
             raise DNSTemporaryFailure(f"DNS timeout looking up {qtype} {name}") from e
         except dns_error.DomainError as e:
             raise DNSTemporaryFailure(f"DNS error looking up {qtype} {name}: {type(e).__name__}") from e
+        if self.cache is not None:
+            self.cache.put(name, qtype, answers)
         return answers
 
     # -- the reactor side --------------------------------------------------------------
@@ -248,14 +267,16 @@ class ServiceDNS:
     resolver on its reactor, with the configured per-query timeout.
     """
 
-    def __init__(self, reactor: Any, resolver: Any, query_timeout: float = QUERY_TIMEOUT) -> None:
+    def __init__(self, reactor: Any, resolver: Any, query_timeout: float = QUERY_TIMEOUT, cache: AnswerCache | None = None) -> None:
         self.reactor = reactor
         self.resolver = resolver
         self.query_timeout = query_timeout
+        #: Every lookup's answers, shared (L{mailapp.dnscache}).
+        self.cache = cache if cache is not None else AnswerCache()
 
     def lookup(self, budget: LookupBudget | None = None) -> ThreadedLookup:
         """A fresh L{ThreadedLookup} spending C{budget} (one per check, so its C{failures} are its own)."""
-        return ThreadedLookup(self.reactor, self.resolver, self.query_timeout, budget)
+        return ThreadedLookup(self.reactor, self.resolver, self.query_timeout, budget, self.cache)
 
     def dnsfunc(self, budget: LookupBudget | None = None) -> DNSFunction:
         """

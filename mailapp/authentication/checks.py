@@ -117,16 +117,6 @@ class InboundChecks:
         return MessageCheck(self, settings, client_ip, helo, sender)
 
 
-def _unfailing(d: defer.Deferred[SPFResult], identity: str, domain: str) -> defer.Deferred[SPFResult]:
-    """An SPF check that cannot fail: an unexpected error is a temperror (and logged), never a lost Deferred error."""
-
-    def failed(reason: Any) -> SPFResult:
-        _log.failure("spf check failed", reason, log_event=logevents.AUTHENTICATION_FAILED)
-        return SPFResult("temperror", "internal error", identity, domain)
-
-    return d.addErrback(failed)
-
-
 class MessageCheck:
     """One message's checks, begun at MAIL FROM (see L{InboundChecks.start})."""
 
@@ -137,24 +127,36 @@ class MessageCheck:
         self.helo = helo
         self.sender = sender
         self.started = time.monotonic()
-        self._helo: defer.Deferred[SPFResult] | None = None
-        self._mailfrom: defer.Deferred[SPFResult] | None = None
-        if settings.spf:
-            budget = LookupBudget(settings.dns_budget_seconds)
-            if helo and not helo.startswith("["):
-                self._helo = self._spf("", budget, "helo", helo)
-            if sender:
-                self._mailfrom = self._spf(sender, budget, "mailfrom", sender.rpartition("@")[2])
+        #: Both SPF results (HELO, MAIL FROM; None where not checked), from one job on a worker thread.
+        self._spf: defer.Deferred[tuple[SPFResult | None, SPFResult | None]] | None = None
+        if settings.spf and ((helo and not helo.startswith("[")) or sender):
+            d = in_worker(checks.reactor, checks.threadpool, self._checkSPF, LookupBudget(settings.dns_budget_seconds))
+            self._spf = d.addErrback(self._spfFailed)
 
-    def _spf(self, sender: str, budget: LookupBudget, identity: str, domain: str) -> defer.Deferred[SPFResult]:
-        """One SPF check on a worker thread (pyspf through L{mailapp.spf}), spending the message's C{budget}."""
-        checks, settings = self.checks, self.settings
-        lookup = checks.dns.lookup(budget)
-        lookup.query_timeout = float(settings.dns_query_timeout)
-        d = in_worker(
-            checks.reactor, checks.threadpool, evaluate_spf, self.client_ip, sender, self.helo, lookup, float(settings.dns_budget_seconds)
-        )
-        return _unfailing(d, identity, domain)
+    def _checkSPF(self, budget: LookupBudget) -> tuple[SPFResult | None, SPFResult | None]:
+        """
+        Blocking: SPF for the HELO name (an address literal has none), then
+        for MAIL FROM, in one hop to the pool (most answers come from the
+        DNS cache; one hop per message costs less than two), spending the
+        message's C{budget}.
+        """
+        settings = self.settings
+        seconds = float(settings.dns_budget_seconds)
+
+        def check(sender: str) -> SPFResult:
+            lookup = self.checks.dns.lookup(budget)
+            lookup.query_timeout = float(settings.dns_query_timeout)
+            return evaluate_spf(self.client_ip, sender, self.helo, lookup, seconds)
+
+        helo = check("") if self.helo and not self.helo.startswith("[") else None
+        return helo, check(self.sender) if self.sender else None
+
+    def _spfFailed(self, reason: Any) -> tuple[SPFResult | None, SPFResult | None]:
+        """An unexpected error is a temperror for both identities (and logged), never a lost Deferred error."""
+        _log.failure("spf check failed", reason, log_event=logevents.AUTHENTICATION_FAILED)
+        helo = SPFResult("temperror", "internal error", "helo", self.helo) if self.helo and not self.helo.startswith("[") else None
+        mailfrom = SPFResult("temperror", "internal error", "mailfrom", self.sender.rpartition("@")[2]) if self.sender else None
+        return helo, mailfrom
 
     @defer.inlineCallbacks
     def finish(self, message: bytes, queue_id: str = "") -> Any:
@@ -163,10 +165,8 @@ class MessageCheck:
         our own trace fields): fires with its L{Verdict}.
         """
         results = _Results()
-        if self._helo is not None:
-            results.spf_helo = yield self._helo
-        if self._mailfrom is not None:
-            results.spf_mailfrom = yield self._mailfrom
+        if self._spf is not None:
+            results.spf_helo, results.spf_mailfrom = yield self._spf
         checks, settings = self.checks, self.settings
         lookup = checks.dns.lookup(LookupBudget(settings.dns_budget_seconds))
         lookup.query_timeout = float(settings.dns_query_timeout)

@@ -61,9 +61,10 @@ def test_a_spent_budget_is_a_temporary_failure_without_a_query() -> None:
     budget = LookupBudget(seconds=20, max_queries=2)
     found = ServiceDNS(Clock(), resolver).lookup(budget)
     found.txt_records("a.test")
-    found.txt_records("a.test")
+    found.txt_records("b.test")
+    found.txt_records("a.test")  # from the cache: no query, nothing spent
     with pytest.raises(DNSTemporaryFailure):
-        found.txt_records("a.test")
+        found.txt_records("c.test")
     assert len(resolver.queries) == 2
 
 
@@ -321,3 +322,45 @@ class ResultsAreLoggedAndCountedTests(TestCase):
         text = metrics.exposition().decode()
         assert 'mailapp_authentication_results_total{mechanism="dmarc",result="fail"} 1.0' in text
         assert 'mailapp_authentication_results_total{mechanism="action",result="reject"} 1.0' in text
+
+
+# -- the answer cache -------------------------------------------------------------------
+
+
+def test_answers_are_cached_for_their_ttl_and_nxdomain_for_a_short_while() -> None:
+    from mailapp.dnscache import AnswerCache
+
+    now = [0.0]
+    resolver = FakeResolver({"a.test": {"TXT": ["v=spf1 -all"]}})
+    dns = ServiceDNS(Clock(), resolver, cache=AnswerCache(clock=lambda: now[0]))
+    assert dns.lookup().txt_records("a.test") == [b"v=spf1 -all"]
+    assert dns.lookup().txt_records("A.test.") == [b"v=spf1 -all"]
+    assert dns.lookup().txt_records("missing.test") == []
+    assert dns.lookup().txt_records("missing.test") == []
+    assert resolver.queries == [("a.test", "TXT"), ("missing.test", "TXT")]
+    now[0] = 59.0  # FakeResolver's TTL is 60 s, a negative answer's 30 s
+    dns.lookup().txt_records("a.test")
+    dns.lookup().txt_records("missing.test")
+    assert resolver.queries[2:] == [("missing.test", "TXT")]
+    now[0] = 61.0
+    dns.lookup().txt_records("a.test")
+    assert resolver.queries[3:] == [("a.test", "TXT")]
+
+
+def test_a_failure_is_never_cached() -> None:
+    resolver = FakeResolver({}, servfail=["broken.test"])
+    dns = ServiceDNS(Clock(), resolver)
+    for _ in range(2):
+        with pytest.raises(DNSTemporaryFailure):
+            dns.lookup().txt_records("broken.test")
+    assert len(resolver.queries) == 2
+
+
+def test_the_cache_keeps_at_most_its_size_dropping_the_oldest() -> None:
+    from mailapp.dnscache import AnswerCache
+
+    resolver = FakeResolver({f"n{i}.test": {"TXT": ["x"]} for i in range(3)})
+    dns = ServiceDNS(Clock(), resolver, cache=AnswerCache(max_entries=2))
+    for name in ("n0.test", "n1.test", "n2.test", "n0.test"):
+        dns.lookup().txt_records(name)
+    assert [name for name, _ in resolver.queries] == ["n0.test", "n1.test", "n2.test", "n0.test"]
