@@ -40,9 +40,9 @@ def serve_dns() -> None:
     from mailapp.testing import FakeResolver
 
     factory = server.DNSServerFactory(clients=[FakeResolver(ZONE)])
-    port = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+    port = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")  # type: ignore[attr-defined]
     print(port.getHost().port, flush=True)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 def one_run(checked: bool, dns_port: int, messages: int, workdir: Path) -> dict[str, Any]:
