@@ -23,7 +23,8 @@ is also where the metrics count them. Authenticated submission and the
 exempt networks are never checked and get no header (RFC 8601 leaves that
 to the receiver; our own users' mail is authenticated by their login).
 
-An ARC verifier (L{ARCVerifier}: C{verify(message) -> Deferred}) can be
+An ARC check (L{ARCCheck}: C{message -> Deferred[Clause or None]}; the ARC
+module's C{ARCVerifier.verify} through L{results.arc_clause}) can be
 handed in; its clause goes between DKIM and DMARC in the header.
 """
 
@@ -48,7 +49,7 @@ from mailapp.networks import in_networks
 from mailapp.records import INBOX
 from mailapp.spf import SPFResult, evaluate as evaluate_spf
 
-__all__ = ["ARCVerifier", "DMARCRejected", "DMARCUndecided", "InboundChecks", "MessageCheck", "Verdict"]
+__all__ = ["ARCCheck", "DMARCRejected", "DMARCUndecided", "InboundChecks", "MessageCheck", "Verdict"]
 
 _log = Logger()
 
@@ -56,7 +57,7 @@ _log = Logger()
 JUNK = "Junk"
 
 #: Fires with the ``arc=`` clause for a message, or None (the ARC verifier, wired in by the service).
-ARCVerifier = Callable[[bytes], "defer.Deferred[Clause | None]"]
+ARCCheck = Callable[[bytes], "defer.Deferred[Clause | None]"]
 
 
 class DMARCRejected(MailError):
@@ -98,7 +99,7 @@ class InboundChecks:
     the authserv-id C{hostname}.
     """
 
-    def __init__(self, reactor: Any, dns: ServiceDNS, threadpool: Any, hostname: str, arc: ARCVerifier | None = None) -> None:
+    def __init__(self, reactor: Any, dns: ServiceDNS, threadpool: Any, hostname: str, arc: ARCCheck | None = None) -> None:
         self.reactor = reactor
         self.dns = dns
         self.threadpool = threadpool
