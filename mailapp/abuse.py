@@ -50,6 +50,7 @@ from twisted.logger import Logger
 
 from mailapp import logevents
 from mailapp.config import SecurityConfig
+from mailapp.networks import in_networks
 
 __all__ = ["AbuseGuard", "AuthFailure", "MXRateLimiter", "SendingLimiter", "address_key", "quote_account"]
 
@@ -356,13 +357,7 @@ class AbuseGuard:
 
     def exempt(self, ip: str) -> bool:
         """Whether C{ip} is in C{ban_exempt_networks} (never banned)."""
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._exempt)
+        return in_networks(ip, self._exempt)
 
     def banned(self, ip: str) -> bool:
         """Whether C{ip} is banned now; a session refuses it at connect."""

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     # parts it describes (a protocol, the relay) without a cycle.
     from mailapp.abuse import AbuseGuard
     from mailapp.delivery import Router
+    from mailapp.dnsthread import ServiceDNS
     from mailapp.pools import WorkerPools
     from mailapp.pop3.maildrop import MaildropLocks
     from mailapp.quota import Quotas
@@ -87,6 +88,10 @@ class ServiceContext:
     #: session past login, shared by every POP3 listener (110 and 995) and by
     #: no other server, so that a second login anywhere gets C{[IN-USE]}.
     maildrops: MaildropLocks
+    #: DNS for blocking libraries (L{mailapp.dnsthread.ServiceDNS}: C{dns.dnsfunc()}
+    #: is dkimpy's DNS function over the server's resolver). None only in a
+    #: context of fakes without DNS, whose MX then checks no sender authentication.
+    dns: ServiceDNS | None
     #: The relay manager (its queue), or None: a server built without a relay.
     relay: RelayManager | None = None
 

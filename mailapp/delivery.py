@@ -32,6 +32,7 @@ from mailapp.errors import (
 )
 from mailapp.forwarding import MAX_UNWIND
 from mailapp.interfaces import IAccounts, IMessageSigner, IMessageStore, IMessageWriter
+from mailapp.records import INBOX
 
 if TYPE_CHECKING:
     # Named in annotations only: the Router is handed these by the composition
@@ -76,6 +77,8 @@ class Transaction:
     #: of ours, which is what may relay (submission, the webmail, trusted
     #: networks, the relay's DSNs). Local copies are never signed.
     sign: bool = False
+    #: The folder of the local copies: INBOX, or Junk for a message the MX's checks quarantine.
+    folder: str = INBOX
 
     @inlineCallbacks
     def addRecipient(self, address: str) -> Any:
@@ -199,7 +202,7 @@ class Transaction:
                     copy = yield self.router.forwarding.copy_for(message, alias_domain, entry_id)
                 prepared.append((yield queue.prepare(copy, sender, recipients, entry_id, signature)))
             if self.local:
-                yield self.router.store.deliver(message, self.local)
+                yield self.router.store.deliver(message, self.local, self.folder)
         except Exception as e:
             for entry in prepared:
                 assert queue is not None

@@ -32,6 +32,15 @@ STOPPED: Final = "service.stopped"
 # --- TLS material (mailapp.tls) ---
 CERTIFICATE_GENERATED: Final = "tls.certificate_generated"
 
+# --- sender authentication on the MX (mailapp.authentication) ---
+#: one message's SPF, DKIM and DMARC results; also: queue_id, client, spf,
+#: spf_helo, dkim (one result per signature, comma-separated), dkim_domains,
+#: dmarc, from_domain, policy, arc, action (deliver, junk, reject, tempfail),
+#: forged_headers_removed, verify_seconds
+AUTHENTICATION_CHECKED: Final = "authentication.checked"
+#: a check failed unexpectedly (counted as a temperror); also: log_failure
+AUTHENTICATION_FAILED: Final = "authentication.failed"
+
 # --- names the design already promises to the protocol layers ---
 SMTP_ACCEPTED: Final = "smtp.accepted"
 SMTP_RCPT_REJECTED: Final = "smtp.rcpt_rejected"

@@ -98,6 +98,11 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=registry,
         )
         self.reloads = Counter("mailapp_config_reloads", "Config reloads", ["result"], registry=registry)
+        self.authentication = Counter(
+            "mailapp_authentication_results",
+            "Sender authentication results on the MX: per mechanism (spf, spf_helo, dkim per signature, dmarc) and the action taken",
+            ["mechanism", "result"], registry=registry,
+        )
         registry.register(_StateCollector(queue, tls, clock))
         self._handlers: Mapping[str, Callable[[LogEvent], None]] = {
             logevents.SESSION_STARTED: self._session_started,
@@ -119,6 +124,7 @@ class Metrics:
             logevents.WEBMAIL_LOGIN: lambda event: self.logins.labels("webmail").inc(),
             logevents.RELOADED: lambda event: self.reloads.labels("ok").inc(),
             logevents.RELOAD_FAILED: lambda event: self.reloads.labels("refused").inc(),
+            logevents.AUTHENTICATION_CHECKED: self._authenticated,
         }
 
     def __call__(self, event: LogEvent) -> None:
@@ -148,6 +154,13 @@ class Metrics:
     def _accepted(self, event: LogEvent) -> None:
         self.accepted.labels("webmail" if event.get("log_event") == logevents.WEBMAIL_SENT else "smtp").inc()
         self.accepted_bytes.observe(_number(event, "size"))
+
+
+    def _authenticated(self, event: LogEvent) -> None:
+        for mechanism in ("spf", "spf_helo", "dmarc", "action"):
+            self.authentication.labels(mechanism, str(event.get(mechanism, "none"))[:16]).inc()
+        for result in str(event.get("dkim", "none")).split(",")[:10]:
+            self.authentication.labels("dkim", result[:16]).inc()
 
 
 def _where(event: LogEvent) -> tuple[str, str]:

@@ -16,6 +16,11 @@ of IMAP searches could hold up every delivery's commit. Now:
 - ``signing``: DKIM signatures of outbound mail: CPU work, so few threads
   (the RSA step releases the GIL, and two let one message's Python run
   while another's RSA signs).
+- ``authentication``: the MX's SPF, DKIM and DMARC checks, whose threads
+  mostly wait for DNS (L{mailapp.dnsthread}): more of them than cores, two
+  per message from MAIL FROM on (SPF for HELO and for MAIL FROM). A check
+  queued behind the others spends its DNS budget waiting, and ends in a
+  temperror rather than hold the queue.
 
 Each pool starts no thread until work arrives (``minthreads=0``) and is
 stopped when the reactor shuts down, after the service has drained.
@@ -37,7 +42,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 #: Threads per pool. The store gets the most: every protocol reads through it.
-DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2, "signing": 2}
+DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2, "signing": 2, "authentication": 16}
 
 
 class WorkerPools:
@@ -48,6 +53,7 @@ class WorkerPools:
     queue: ThreadPool
     parsing: ThreadPool
     signing: ThreadPool
+    authentication: ThreadPool
 
     def __init__(self, reactor: Any, sizes: Mapping[str, int] = DEFAULT_SIZES) -> None:
         self._pools: dict[str, ThreadPool] = {}

@@ -14,7 +14,8 @@ get them, open sessions keep theirs), ``[limits]`` and each listener's
 admitted by them; open ones stay), ``[domains] local``,
 ``relay.trusted_networks`` and the relay policy (transports, smarthost and
 its credentials, retry schedule, lifetime, TLS requirements, connection
-limits), and anything a component applies itself through a
+limits), ``[authentication]`` (carried by the SMTP listeners' policies: new
+transactions are checked by it), and anything a component applies itself through a
 ``reconfigure(config)`` method (``[security]``, ``dkim.sign``).
 
 Restart: ``[server]`` (hostname, state_dir, sync, log_format), the
@@ -99,6 +100,8 @@ def reload_service(service: MailService) -> ReloadResult:
         _refresh_policy(factory, context, listener_service.listener)
     if new.limits != old.limits:
         applied.append("limits")
+    if new.authentication != old.authentication:
+        applied.append("authentication")
     if _budgets(old) != _budgets(new):
         applied.append("listener budgets")
         context.router.max_recipients = new.limits.max_recipients

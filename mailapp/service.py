@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from mailapp import logevents, tls
 from mailapp.config import Config, ListenerConfig
 from mailapp.context import IServiceReactor, ProtocolBuilder, ServiceContext
+from mailapp.dnsthread import ServiceDNS
 from mailapp.inflight import InFlight
 from mailapp.interfaces import IAccounts, IMessageStore
 from mailapp.leftovers import LeftoverSweeper
@@ -341,7 +342,10 @@ def makeService(
 
     # Built even when dkim.sign is off, so that a reload can turn it on.
     router.signer = DkimSigner(KeyStore(config.state_dir), reactor, pools.signing, enabled=config.dkim.sign)
-    manager = _build_relay(config, reactor, router, pools.queue, sealing_pool=pools.parsing) if relay else None
+    # DNS for blocking libraries (the MX's SPF, DKIM and DMARC; dns.dnsfunc()
+    # for DKIM and ARC code): the name servers the relay asks.
+    dns = ServiceDNS(reactor, LazyResolver(reactor, config.relay.nameservers), config.authentication.dns_query_timeout)
+    manager = _build_relay(config, reactor, router, pools.queue, sealing_pool=pools.parsing, dns=dns) if relay else None
     context = ServiceContext(
         config=config,
         reactor=reactor,
@@ -357,6 +361,7 @@ def makeService(
         pools=pools,
         maildrops=MaildropLocks(),
         relay=manager,
+        dns=dns,
     )
     root = MailService(context)
     for component in (store, accounts, manager):
@@ -385,21 +390,19 @@ def makeService(
     return root
 
 
-def _forward_sealer(config: Config, reactor: IServiceReactor, threadpool: ThreadPool | None) -> ForwardSealer:
+def _forward_sealer(config: Config, reactor: IServiceReactor, threadpool: ThreadPool | None, dns: ServiceDNS) -> ForwardSealer:
     """
-    ARC sealing of forwarded copies: keys under
-    ``state_dir/arc-keys/DOMAIN/SELECTOR.pem`` (a domain without one
-    forwards unsealed), our hostname as the authserv-id, key lookups
-    through the relay's resolver. The directory is not ``dkim/``: the DKIM
-    key store has a layout of its own, and once a L{KeySource} over that
-    store is bound here, this directory can go.
+    ARC sealing of forwarded copies with the alias domain's DKIM key
+    (``mailapp dkim keygen``: its active selector's rsa-sha256 key; a domain
+    without one forwards unsealed), our hostname as the authserv-id, key
+    lookups through the server's DNS for blocking libraries.
     """
     from mailapp.authentication import sealing
-    from mailapp.authentication.arcseal import ARCSealer, KeyDirectory
-    from mailapp.authentication.txtlookup import ResolverTXT
+    from mailapp.authentication.arcseal import ARCSealer, DkimKeys
+    from mailapp.dkim import KeyStore
 
-    dnsfunc = ResolverTXT(reactor, LazyResolver(reactor, config.relay.nameservers))
-    return sealing.ForwardSealer(ARCSealer(reactor, threadpool, KeyDirectory(config.state_dir / "arc-keys"), config.hostname, dnsfunc))
+    keys = DkimKeys(KeyStore(config.state_dir))
+    return sealing.ForwardSealer(ARCSealer(reactor, threadpool, keys, config.hostname, dns.dnsfunc()))
 
 
 def _build_relay(
@@ -408,6 +411,7 @@ def _build_relay(
     router: Router,
     threadpool: ThreadPool | None = None,
     sealing_pool: ThreadPool | None = None,
+    dns: ServiceDNS | None = None,
 ) -> RelayManager:
     """
     The outbound queue and its manager, wired to ``router``: remote copies
@@ -430,7 +434,9 @@ def _build_relay(
         SRS(load_secret(config.state_dir)),
         reactor,
         ForwardingRate(reactor, burst=relay.forward_burst, per_hour=relay.forward_per_hour),
-        sealer=_forward_sealer(config, reactor, sealing_pool or threadpool),
+        sealer=_forward_sealer(
+            config, reactor, sealing_pool or threadpool, dns or ServiceDNS(reactor, LazyResolver(reactor, relay.nameservers))
+        ),
     )
     myself = Myself(
         config.hostname,

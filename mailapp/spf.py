@@ -9,8 +9,8 @@ cases of record selection are exactly where home-made checkers go wrong.
 pyspf does its DNS in blocking calls, so a check runs on a worker thread
 (L{SPFChecker.check}, which returns a Deferred), and pyspf's lookups are
 routed to the server's own asynchronous resolver (twisted.names) through
-L{ThreadedLookup}: each query is handed to the reactor and waited for, with
-a per-query timeout and a whole-check budget, so the reactor never blocks
+L{mailapp.dnsthread.ThreadedLookup}: each query is handed to the reactor and
+waited for, with a per-query timeout and a whole-check budget, so the reactor never blocks
 and a hostile domain cannot hold a thread for long. pyspf's lookup hook is
 a module-level function, so it is set once, and it dispatches to the lookup
 of the check running on the calling thread.
@@ -18,27 +18,21 @@ of the check running on the calling thread.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import spf as pyspf
 from twisted.internet import defer
-from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
-from twisted.names import dns, error as dns_error
+from twisted.internet.threads import deferToThreadPool
 
-__all__ = ["SPFChecker", "SPFResult", "ThreadedLookup"]
+# The DNS mechanism lives in mailapp.dnsthread (DKIM and DMARC share it);
+# its names stay importable from here.
+from mailapp.dnsthread import CHECK_BUDGET, QUERY_TIMEOUT, LookupBudget, ThreadedLookup
 
-#: Seconds one DNS query may take, and one whole check (RFC 7208 4.6.4: at
-#: least 20 s overall is recommended).
-QUERY_TIMEOUT = 5.0
-CHECK_BUDGET = 20.0
-
-_TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "PTR": dns.PTR, "TXT": dns.TXT, "SPF": dns.SPF, "CNAME": dns.CNAME}
-
+__all__ = ["CHECK_BUDGET", "QUERY_TIMEOUT", "SPFChecker", "SPFResult", "ThreadedLookup", "evaluate"]
 
 @dataclass(frozen=True)
 class SPFResult:
@@ -53,72 +47,6 @@ class SPFResult:
     explanation: str
     identity: str
     domain: str
-
-
-class ThreadedLookup:
-    """
-    pyspf's DNS function over an asynchronous resolver (anything with
-    twisted.names' C{lookupAddress}, C{lookupIPV6Address},
-    C{lookupMailExchange}, C{lookupPointer}, C{lookupText},
-    C{lookupSenderPolicy}), for a worker thread: each call is run on the
-    reactor (C{blockingCallFromThread}) and answered in pyspf's format,
-    C{[((name, type), value), ...]}, CNAMEs included.
-    """
-
-    def __init__(self, reactor: Any, resolver: Any, query_timeout: float = QUERY_TIMEOUT) -> None:
-        self.reactor = reactor
-        self.resolver = resolver
-        self.query_timeout = query_timeout
-        #: How many queries this lookup has sent (what the tests count).
-        self.queries = 0
-
-    def __call__(self, name: str, qtype: str, strict: Any = True, timeout: float | None = None) -> list[tuple[tuple[str, str], Any]]:
-        kind = _TYPES.get(qtype)
-        if kind is None:
-            return []
-        self.queries += 1
-        seconds = max(0.5, min(self.query_timeout, timeout or self.query_timeout))
-        try:
-            answers = blockingCallFromThread(self.reactor, self._query, name, kind, seconds)
-        except dns_error.DNSNameError:
-            return []  # NXDOMAIN: no records (a void lookup, which pyspf counts)
-        except (defer.TimeoutError, dns_error.DNSQueryTimeoutError) as e:
-            raise pyspf.TempError(f"DNS timeout looking up {qtype} {name}") from e
-        except dns_error.DomainError as e:
-            raise pyspf.TempError(f"DNS error looking up {qtype} {name}: {type(e).__name__}") from e
-        return list(_convert(answers))
-
-    def _query(self, name: str, kind: int, seconds: float) -> defer.Deferred[Any]:
-        lookup = {
-            dns.A: self.resolver.lookupAddress,
-            dns.AAAA: self.resolver.lookupIPV6Address,
-            dns.MX: self.resolver.lookupMailExchange,
-            dns.PTR: self.resolver.lookupPointer,
-            dns.TXT: self.resolver.lookupText,
-            dns.SPF: self.resolver.lookupSenderPolicy,
-            dns.CNAME: self.resolver.lookupCanonicalName,
-        }[kind]
-        d: defer.Deferred[Any] = defer.maybeDeferred(lookup, name, timeout=(int(max(1, seconds)),))
-        d.addTimeout(seconds, self.reactor)
-        return d.addCallback(lambda result: result[0])
-
-
-def _convert(answers: list[Any]) -> Iterator[tuple[tuple[str, str], Any]]:
-    for record in answers:
-        name = record.name.name.decode("ascii", "replace").rstrip(".")
-        payload = record.payload
-        if record.type == dns.A:
-            yield (name, "A"), payload.dottedQuad()
-        elif record.type == dns.AAAA:
-            yield (name, "AAAA"), socket.inet_ntop(socket.AF_INET6, payload.address)
-        elif record.type == dns.MX:
-            yield (name, "MX"), (payload.preference, payload.name.name.decode("ascii", "replace").rstrip("."))
-        elif record.type == dns.PTR:
-            yield (name, "PTR"), payload.name.name.decode("ascii", "replace").rstrip(".")
-        elif record.type in (dns.TXT, dns.SPF):
-            yield (name, "TXT" if record.type == dns.TXT else "SPF"), tuple(payload.data)
-        elif record.type == dns.CNAME:
-            yield (name, "CNAME"), payload.name.name.decode("ascii", "replace").rstrip(".")
 
 
 _current = threading.local()
@@ -149,13 +77,15 @@ class SPFChecker:
         self.threadpool = threadpool
         self.budget = budget
 
-    def check(self, client_ip: str, sender: str, helo: str) -> defer.Deferred[SPFResult]:
+    def check(
+        self, client_ip: str, sender: str, helo: str, budget: LookupBudget | None = None, query_timeout: float = QUERY_TIMEOUT
+    ) -> defer.Deferred[SPFResult]:
         """
         The result for C{sender} (the MAIL FROM address, ``""`` for the null
         sender, when the HELO name is checked instead: RFC 7208 2.4) from
-        C{client_ip}.
+        C{client_ip}; its queries also spend C{budget} (a message's).
         """
-        lookup = ThreadedLookup(self.reactor, self.resolver)
+        lookup = ThreadedLookup(self.reactor, self.resolver, query_timeout, budget)
         return deferToThreadPool(self.reactor, self.threadpool, evaluate, client_ip, sender, helo, lookup, self.budget)
 
 

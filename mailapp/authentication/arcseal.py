@@ -53,6 +53,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from mailapp.authentication.arc import QUERY_TIMEOUT, DNSFunction, evaluate, header_end
+from mailapp.dkim.keys import RSA, KeyStore
 
 __all__ = ["ARCSealer", "KeyDirectory", "KeySource", "SealOutcome", "SigningKey", "arc_set"]
 
@@ -78,6 +79,28 @@ class KeySource(Protocol):
     """
 
     def key_for(self, domain: str) -> SigningKey | None: ...
+
+
+class DkimKeys:
+    """
+    The L{KeySource} of a running server: the DKIM key store of
+    ``mailapp dkim keygen`` (L{mailapp.dkim.KeyStore}), whose active
+    selector's rsa-sha256 key seals (its DNS name is that key's own
+    selector, ``S-rsa``). A rotation applies to the next seal: the store
+    re-reads its index when it changes.
+    """
+
+    def __init__(self, store: KeyStore) -> None:
+        self.store = store
+
+    def key_for(self, domain: str) -> SigningKey | None:
+        keys = self.store.signing_keys(domain)
+        if keys is None:
+            return None
+        for key in keys.keys:
+            if key.algorithm == RSA:
+                return SigningKey(key.dns_selector, key.private_key)
+        return None
 
 
 class KeyDirectory:

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from mailapp import logevents
 from mailapp.authentication.arcseal import ARCSealer, SealOutcome
 from mailapp.store import messagefile
+from mailapp.tracefields import return_path_length
 
 __all__ = ["MAX_SEALED_SIZE", "ForwardSealer", "SealedCopy"]
 
@@ -109,11 +110,9 @@ def _unsealed(queue_id: str, domain: str, reason: str) -> None:
 
 
 def _below_return_path(wire: bytes) -> tuple[bytes, bytes]:
-    """(our ``Return-Path:`` line, the rest): the trace header is one unfolded line, first."""
-    if wire[:12].lower() != b"return-path:":
-        return b"", wire
-    end = wire.find(b"\n") + 1
-    return (wire[:end], wire[end:]) if end else (b"", wire)
+    """(our ``Return-Path:`` field, the rest): the seal goes below the trace field the relay strips."""
+    end = return_path_length(wire)
+    return wire[:end], wire[end:]
 
 
 def _read_wire_form(message: Any) -> bytes:

@@ -22,6 +22,7 @@ Mutable data (users, aliases, the queue) never lives here; it is in
 ``state_dir`` and is changed with the ``mailapp`` command.
 """
 
+from mailapp.config.authentication import DEFAULT_AUTHENTICATION, AuthenticationConfig
 from mailapp.config.checks import HostPort
 from mailapp.config.listeners import (
     LOGIN_PROTOCOLS,
@@ -46,6 +47,7 @@ from mailapp.config.sections import (
 )
 
 __all__ = [
+    "DEFAULT_AUTHENTICATION",
     "DEFAULT_LIMITS",
     "DEFAULT_RELAY",
     "DEFAULT_SECURITY",
@@ -53,6 +55,7 @@ __all__ = [
     "PROTOCOLS",
     "TLS_MODES",
     "UNLIMITED_WHEN_ZERO",
+    "AuthenticationConfig",
     "Config",
     "ConfigError",
     "HostPort",

@@ -2,7 +2,8 @@
 Reading the file: L{parse} (a pure function of the text) and L{load} (which
 also checks what only the file system can tell: do the TLS files exist?).
 Each section is read by its L{schema.Section}, in the file's order of
-concerns (server, domains, tls, listeners, limits, relay, security, dkim), then
+concerns (server, domains, tls, listeners, limits, relay, security, dkim,
+authentication), then
 the checks that span sections (listener budgets; TLS files, in L{load}).
 """
 
@@ -13,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Final
 
+from mailapp.config.authentication import AUTHENTICATION, AuthenticationConfig
 from mailapp.config.listeners import check_budgets, read_listeners
 from mailapp.config.relay import RELAY, RelayConfig
 from mailapp.config.schema import ConfigError, Reader, quote_key
@@ -32,7 +34,7 @@ from mailapp.config.sections import (
 
 __all__ = ["load", "parse"]
 
-_SECTIONS: Final = ("server", "domains", "tls", "listeners", "limits", "relay", "security", "dkim")
+_SECTIONS: Final = ("server", "domains", "tls", "listeners", "limits", "relay", "security", "dkim", "authentication")
 
 
 def parse(text: str, path: Path, *, base_dir: Path | None = None) -> Config:
@@ -88,10 +90,11 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
     relay = RELAY.build(reader, section("relay"), "relay", env)
     security = SECURITY.build(reader, section("security"), "security", env)
     dkim = DKIM.build(reader, section("dkim"), "dkim", env)
+    authentication = AUTHENTICATION.build(reader, section("authentication"), "authentication", env)
     # These sections have no required key, so each is built.
     assert isinstance(tls, TLSConfig) and isinstance(limits, Limits)
     assert isinstance(relay, RelayConfig) and isinstance(security, SecurityConfig)
-    assert isinstance(dkim, DkimConfig)
+    assert isinstance(dkim, DkimConfig) and isinstance(authentication, AuthenticationConfig)
 
     config = Config(
         path=path,
@@ -106,6 +109,7 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
         relay=relay,
         security=security,
         dkim=dkim,
+        authentication=authentication,
     )
     check_budgets(reader, config)
     if check_files:

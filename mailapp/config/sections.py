@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from mailapp.config.authentication import AuthenticationConfig
 from mailapp.config.checks import Network, domain, network, path
 from mailapp.config.listeners import ListenerConfig
 from mailapp.config.relay import RelayConfig
@@ -244,6 +245,8 @@ class Config:
     log_format: str = ServerSection.log_format
     security: SecurityConfig = field(default_factory=SecurityConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    #: ``[authentication]``: SPF, DKIM and DMARC on the MX.
+    authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
 
     @property
     def needs_tls(self) -> bool:

@@ -45,6 +45,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from mailapp.tracefields import return_path_length
 from zope.interface import implementer
 
 __all__ = ["DataEncoder", "Reply", "SMTPClient", "SessionError", "BytesSource", "FileSource"]
@@ -151,12 +152,7 @@ def strip_return_path(head: bytes) -> bytes:
     4.4: the final delivering server adds it). Removes it from the first
     chunk of the message, folded continuation lines included.
     """
-    if not head[:12].lower() == b"return-path:":
-        return head
-    end = head.find(b"\n")
-    while end >= 0 and head[end + 1 : end + 2] in (b" ", b"\t"):
-        end = head.find(b"\n", end + 1)
-    return head[end + 1 :] if end >= 0 else head
+    return head[return_path_length(head) :]
 
 
 class BytesSource:

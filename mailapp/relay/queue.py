@@ -31,6 +31,7 @@ it never stops the server.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
@@ -39,13 +40,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from mailapp import logevents
+from mailapp.tracefields import return_path_length
 from mailapp.store import durable, messagefile
 from mailapp.store.batching import BatchRunner
 
@@ -374,18 +376,27 @@ class _Prefixed:
 
 
 def _write_prefixed(content: _Prefixed, target: Path) -> None:
+    """
+    The header fields go below the copy's leading ``Return-Path:``, so that
+    the relay client still finds that trace field at the top and strips it
+    (RFC 5321 4.4) instead of sending it on under our signatures.
+    """
     inner = content.content
-    if isinstance(inner, bytes):
-        _write_file(target, content.header + inner)
-        return
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        durable.write_all(fd, content.header)
-        if isinstance(inner, _WireCopy):
+        source: IO[bytes]
+        if isinstance(inner, bytes):
+            source = io.BytesIO(inner)
+        elif isinstance(inner, _WireCopy):
             source = messagefile.open_message(inner.source, inner.wire_size)
         else:
             source = open(inner, "rb")
         with source:
+            first = source.read(messagefile.CHUNK_SIZE)
+            cut = return_path_length(first)
+            durable.write_all(fd, first[:cut])
+            durable.write_all(fd, content.header)
+            durable.write_all(fd, first[cut:])
             while chunk := source.read(messagefile.CHUNK_SIZE):
                 durable.write_all(fd, chunk)
     finally:

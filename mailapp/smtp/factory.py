@@ -11,7 +11,11 @@ from typing import Any
 
 from mailapp.config import ListenerConfig
 from mailapp.context import ServiceContext
+from mailapp.authentication.arc import ARCVerifier
+from mailapp.authentication.checks import InboundChecks
+from mailapp.authentication.results import arc_clause
 from mailapp.delivery import Router
+from mailapp.networks import in_networks
 from mailapp.sessions import SessionFactory, session_limits
 from mailapp.smtp.policy import SMTPPolicy
 from mailapp.smtp.transaction import ESMTPServer
@@ -38,6 +42,7 @@ class SMTPFactory(SessionFactory):
         inflight: Any = None,
         guard: Any = None,
         freeSpace: IFreeSpace | None = None,
+        inbound: InboundChecks | None = None,
     ) -> None:
         super().__init__(inflight, guard)
         self.router = router
@@ -48,6 +53,8 @@ class SMTPFactory(SessionFactory):
         #: The store's free space (its C{freeSpace}), checked at MAIL FROM
         #: against policy.min_free_disk (None: never refused).
         self.freeSpace = freeSpace
+        #: On the MX: SPF, DKIM and DMARC, called at MAIL FROM and at the end of DATA (None: not checked).
+        self.inbound = inbound
 
     # Twisted types a factory's protocols through a generic Factory[P] whose P
     # reads .factory back as Factory[P]; a session's factory is its own listener's.
@@ -55,13 +62,7 @@ class SMTPFactory(SessionFactory):
         return ESMTPServer(self)
 
     def trusted(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # an IPv4 client on a dual-stack listener
-        return any(address in network for network in self.policy.trusted_networks)
+        return in_networks(ip, self.policy.trusted_networks)
 
 
 
@@ -81,8 +82,22 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFacto
         postmaster=f"postmaster@{config.local_domains[0]}" if config.local_domains else "",
         refuse_local_senders=config.security.mx_refuse_local_senders,
         min_free_disk=limits.min_free_disk,
+        authentication=config.authentication,
     )
     tls = context.tls if listener.tls == "starttls" else None
+    dns = context.dns
+    inbound = None
+    if listener.protocol == "smtp" and dns is not None:
+        # ARC (RFC 8617) is verified beside SPF, DKIM and DMARC, on the same pool and
+        # DNS, and reported as the header's arc= clause (it does not change DMARC's verdict).
+        verifier = ARCVerifier(context.reactor, context.pools.authentication, dns.dnsfunc())
+        inbound = InboundChecks(
+            context.reactor,
+            dns,
+            context.pools.authentication,
+            config.hostname,
+            arc=lambda message: verifier.verify(message).addCallback(arc_clause),
+        )
     return SMTPFactory(
         context.router,
         context.portal,
@@ -92,4 +107,5 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFacto
         inflight=context.inflight,
         guard=context.guard,
         freeSpace=context.store.freeSpace,
+        inbound=inbound,
     )

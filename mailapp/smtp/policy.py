@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mailapp.config import DEFAULT_LIMITS, DEFAULT_SECURITY
+from mailapp.config import DEFAULT_AUTHENTICATION, DEFAULT_LIMITS, DEFAULT_SECURITY, AuthenticationConfig
 from mailapp.sessions import SessionLimits
 
 MAX_COMMAND_LINE = 2048  # RFC 5321 4.5.3.1.4 asks for 512; extensions need more
@@ -59,3 +59,5 @@ class SMTPPolicy(SessionLimits):
     refuse_local_senders: bool = DEFAULT_SECURITY.mx_refuse_local_senders
     #: MAIL FROM gets 452 4.3.1 while the store's disk has fewer free bytes than this plus SIZE=.
     min_free_disk: int = DEFAULT_LIMITS.min_free_disk
+    #: On the MX: the sender authentication checks (``[authentication]``), live on SIGHUP with the rest of the policy.
+    authentication: AuthenticationConfig = DEFAULT_AUTHENTICATION

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailapp import logevents
+from mailapp.authentication.checks import HeldMessage, MessageCheck
 from mailapp.delivery import Transaction
 from mailapp.errors import HeaderSenderNotOwned, MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied, TooMuchMail
 from mailapp.headercheck import header_addresses
@@ -34,6 +35,10 @@ class ESMTPServer(SMTPSession):
         super().__init__(factory)
         #: On submission: the From: header addresses of the message being received.
         self._headerFrom: list[str] = []
+        #: On the MX: this transaction's sender authentication (see L{_startChecks}), and our Received: field,
+        #: which goes below the Authentication-Results field once that is known.
+        self._inbound: MessageCheck | None = None
+        self._received = b""
 
     # -- DATA: the byte stream -------------------------------------------------------
 
@@ -170,6 +175,7 @@ class ESMTPServer(SMTPSession):
 
         def accept() -> None:
             self._txn = self.router.start(sender, relay, self.authenticated, declared)
+            self._inbound = self._startChecks(sender, relay)
             self.sendCode(250, b"2.1.0 Ok")
 
         if self.policy.submission:
@@ -264,10 +270,13 @@ class ESMTPServer(SMTPSession):
         message = txn.open()
         self._headerFrom = []
         received = self._receivedHeader(txn)
+        # A checked message is held until its Authentication-Results field is known (the end of data).
+        held = self._inbound is not None
+        self._received = received if held else b""
         self._data = _DataReceiver(
-            message,
+            HeldMessage() if held else message,
             self.policy.max_message_size,
-            prefix=received,
+            prefix=b"" if held else received,
             addMissing=self._missingHeaders if self.policy.submission else None,
         )
         self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
@@ -291,9 +300,44 @@ class ESMTPServer(SMTPSession):
         self._headerFrom = header_addresses(headers, b"from")
         return missing_headers(headers, self.policy.hostname, self.factory.reactor.seconds())
 
+    # -- the hook of sender authentication (mailapp.authentication) ----------------
+
+    def _startChecks(self, sender: str, relay: bool) -> MessageCheck | None:
+        """
+        At MAIL FROM on the MX: start SPF, DKIM and DMARC for this message,
+        unless the client is trusted, authenticated or exempt, or nothing is to be checked.
+        """
+        inbound = self.factory.inbound
+        settings = self.policy.authentication
+        if inbound is None or self.policy.submission or relay or inbound.exempt(settings, self._peerIP):
+            return None
+        if not (settings.spf or settings.dkim or settings.dmarc):
+            return None
+        return inbound.start(settings, self._peerIP, self._ehlo or "", sender)
+
+    def _authenticate(self, refusal: MailError | None, inbound: MessageCheck, held: HeldMessage, txn: Transaction) -> Any:
+        """
+        At the end of DATA: the checks' verdict. A refusal (DMARC p=reject, a
+        DNS failure) is answered instead of storing; otherwise the message
+        goes to the store with our Authentication-Results field on top.
+        """
+        if refusal is not None:
+            return refusal
+
+        def verdict(outcome: Any) -> MailError | None:
+            if outcome.refusal is not None:
+                return cast(MailError, outcome.refusal)
+            assert txn.message is not None
+            txn.message.write(outcome.header + self._received + outcome.message)
+            txn.folder = outcome.folder
+            return None
+
+        return inbound.finish(held.data(), txn.queue_id).addCallback(verdict)
+
     def _endData(self) -> None:
         receiver, self._data = self._data, None
         txn, self._txn = self._txn, None
+        inbound, self._inbound = self._inbound, None
         assert receiver is not None and txn is not None
         refusal = MessageTooBig() if receiver.tooBig else MessageHasNul() if receiver.hasNul else receiver.headers.verdict()
         if self._rateLimited(txn.relay_allowed) and not self.factory.guard.mx.dataReceived(self._peerIP, receiver.size):
@@ -306,6 +350,8 @@ class ESMTPServer(SMTPSession):
             checked = defer.gatherResults(owners, consumeErrors=True).addCallback(
                 lambda answers: None if all(answers) else HeaderSenderNotOwned()
             )
+        if inbound is not None:
+            checked.addCallback(self._authenticate, inbound, receiver.message, txn)
 
         def decide(refusal: MailError | None) -> Any:
             if refusal is None:

@@ -58,7 +58,8 @@ def service_context(*, config: Config | str | None = None, **overrides: Any) -> 
     a L{FakeStore}, L{FakeAccounts} with the config's local domains, a
     L{Clock} as the reactor, the real L{Router}, L{Quotas}, L{AbuseGuard} (on
     the clock) and portal over them, L{InlineWorkerPools} and maildrop locks
-    of its own; no TLS, no relay. C{config} is a L{Config} or the text of one (L{fake_config}).
+    of its own; no TLS, no relay, no DNS (so the MX checks no sender
+    authentication). C{config} is a L{Config} or the text of one (L{fake_config}).
 
     Any field can be given instead (C{store=RecordingStore()},
     C{tls=object()}); the parts built over it (router, portal, quotas) then
@@ -91,6 +92,9 @@ def service_context(*, config: Config | str | None = None, **overrides: Any) -> 
         "telemetry": LogPublisher(),
         "pools": InlineWorkerPools(),
         "maildrops": MaildropLocks(),
+        # No DNS: the MX checks no SPF, DKIM or DMARC unless a test gives one
+        # (dns=ServiceDNS(clock, FakeResolver({...}))).
+        "dns": None,
     }
     parts.update(overrides)
     # Every field the context has, by keyword; one this module does not know yet keeps its default.

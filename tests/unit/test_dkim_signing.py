@@ -26,6 +26,7 @@ from mailapp.relay import bounce
 from mailapp.relay.notify import notify_sender
 from mailapp.relay.queue import Envelope, Recipient
 from mailapp.testing import SynchronousThreadPool
+from mailapp.relay.client import strip_return_path
 from tests.relay_helpers import Harness
 
 MESSAGE = (
@@ -136,10 +137,15 @@ def test_the_signer_provides_its_interface(store: KeyStore) -> None:
 def test_submitted_mail_is_queued_with_both_signatures_on_top(harness: Harness, keys: SigningKeys) -> None:
     harness.submit("alice@a.test", ["bob@b.test"], MESSAGE)
     [queued] = queued_messages(harness)
-    assert queued.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;") and queued.endswith(MESSAGE)
-    assert queued.count(b"DKIM-Signature:") == 2
-    assert dkim.DKIM(queued).verify(idx=0, dnsfunc=dns_for(keys))
-    assert dkim.DKIM(queued).verify(idx=1, dnsfunc=dns_for(keys))
+    # Our Return-Path stays first, where the relay client strips it (RFC 5321 4.4), and
+    # the signatures come right below it: what is sent starts with them.
+    trace = b"Return-Path: <alice@a.test>\r\n"
+    assert queued.startswith(trace + b"DKIM-Signature: v=1; a=rsa-sha256;") and queued.endswith(MESSAGE)
+    sent = strip_return_path(queued)
+    assert sent.startswith(b"DKIM-Signature:") and b"Return-Path:" not in sent
+    assert sent.count(b"DKIM-Signature:") == 2
+    assert dkim.DKIM(sent).verify(idx=0, dnsfunc=dns_for(keys))
+    assert dkim.DKIM(sent).verify(idx=1, dnsfunc=dns_for(keys))
     [entry] = harness.queue.layout.envelopes.iterdir()
     assert Envelope.from_bytes(entry.read_bytes()).size == len(queued)
 
@@ -263,3 +269,22 @@ def test_the_queue_puts_the_signatures_on_top_of_a_spooled_message(tmp_path: Pat
     assert queue.message_path("ABCDEF123456").read_bytes() == header + wire
     assert done.result.envelope.size == len(header) + len(wire)
     assert (tmp_path / "spooled").read_bytes() == wire.replace(b"\r\n", line_ends)  # the spool file is untouched: a copy, not a link
+
+
+@pytest.mark.parametrize("line_ends", [b"\r\n", b"\n"])
+def test_the_queue_puts_the_signatures_below_the_return_path_the_relay_strips(tmp_path: Path, line_ends: bytes) -> None:
+    from twisted.internet.task import Clock
+
+    from mailapp.relay.queue import Queue
+    from mailapp.testing import SynchronousReactor
+
+    queue = Queue(tmp_path / "queue", SynchronousReactor(Clock()), use_syncfs=False)
+    trace = b"Return-Path: <alice@a.test>\r\n"
+    wire = trace + MESSAGE * 2000
+    message = _SpooledMessage(tmp_path / "spooled", wire, wire.replace(b"\r\n", line_ends))
+    header = b"DKIM-Signature: v=1; a=rsa-sha256; b=x\r\n"
+    done = queue.prepare(message, "alice@a.test", ["bob@b.test"], "ABCDEF123456", header)
+    assert done.called and not isinstance(done.result, Failure), done.result
+    queued = queue.message_path("ABCDEF123456").read_bytes()
+    assert queued == trace + header + MESSAGE * 2000
+    assert strip_return_path(queued) == header + MESSAGE * 2000
