@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import dkim
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
+from mailapp.dnsthread import in_worker
 
 __all__ = ["ARCResult", "ARCSet", "ARCVerifier", "DNSFunction", "evaluate"]
 
@@ -123,7 +123,7 @@ class ARCVerifier:
 
     def verify(self, message: bytes) -> Deferred[ARCResult]:
         """The chain's verdict for C{message} (the whole message as received, CRLF or LF line ends)."""
-        return deferToThreadPool(self.reactor, self.threadpool, evaluate, message, self.dnsfunc, self.timeout)
+        return in_worker(self.reactor, self.threadpool, evaluate, message, self.dnsfunc, self.timeout)
 
 
 _ARC_FIELD = re.compile(rb"^arc-(?:seal|message-signature|authentication-results)[ \t]*:", re.IGNORECASE | re.MULTILINE)
