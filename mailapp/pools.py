@@ -20,10 +20,12 @@ stopped when the reactor shuts down, after the service has drained.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 __all__ = ["DEFAULT_SIZES", "WorkerPools"]
@@ -49,6 +51,16 @@ class WorkerPools:
             setattr(self, name, pool)
         self._trigger = IReactorCore(reactor).addSystemEventTrigger("during", "shutdown", self.stop)
         self._reactor = reactor
+
+    def run(self, kind: str, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """
+        Run C{function(*args)} on the pool C{kind} (C{"store"}, ...); the
+        Deferred fires with its result on the reactor's thread. For a
+        protocol's own blocking work on an object the store handed it (a
+        message file): the store's own reads go through the store.
+        """
+        pool: ThreadPool = getattr(self, kind)
+        return deferToThreadPool(self._reactor, pool, function, *args)
 
     def stop(self) -> None:
         """Stop every pool, waiting for the work in progress. Idempotent."""

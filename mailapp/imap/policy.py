@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mailapp.config import DEFAULT_LIMITS, DEFAULT_SECURITY
+from mailapp.linesession import SHUTDOWN_GRACE
 from mailapp.sessions import LOGIN_TIMEOUT, SessionLimits
 
-__all__ = ["IMAPPolicy"]
+__all__ = ["IMAPPolicy", "SHUTDOWN_GRACE"]
 
 VERSION = b"0.1.0"
 #: RFC 3501 5.4: the autologout timer is at least 30 minutes after login.
@@ -33,7 +34,6 @@ CHUNK_SIZE = 64 * 1024
 #: Index-only FETCH lines written per batch before checking back-pressure.
 FETCH_BATCH = 256
 IDLE_POLL = 30.0
-SHUTDOWN_GRACE = 2.0
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -106,6 +107,10 @@ class InlineWorkerPools(WorkerPools):
             pool = SynchronousThreadPool()
             self._pools[name] = pool
             setattr(self, name, pool)
+
+    def run(self, kind: str, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """At once, on the caller's thread: a L{Clock} has no C{callFromThread} to come back with."""
+        return maybeDeferred(function, *args)
 
     def stop(self) -> None:
         """Nothing runs in the background; forget the pools."""

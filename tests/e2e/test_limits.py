@@ -27,6 +27,7 @@ from mailapp.pop3 import POP3Factory, POP3Policy
 from mailapp.sessions import ConnectionCounts
 from mailapp.smtp import SMTPFactory, SMTPPolicy
 from mailapp.store import MaildirStore
+from mailapp.testing import service_context
 from tests.smtp_helpers import make_accounts
 from tests.unit.test_abuse import _Connection, plain
 
@@ -112,7 +113,7 @@ def test_the_builders_take_each_listeners_budget_and_the_login_timeout_from_the_
 
     text = MINIMAL + _listeners(("smtp", "smtp", "max_connections = 30"), ("imap", "imap", "max_connections = 20\nmax_unauthenticated = 5")) + "[limits]\nlogin_timeout_seconds = 15\n"
     config = parse(text, PATH, base_dir=Path("/srv"))
-    context = SimpleNamespace(config=config, reactor=Clock(), store=None, accounts=make_accounts(), portal=None, tls=None, inflight=None, router=object(), guard=None)
+    context = service_context(config=config, accounts=make_accounts())
     mx = smtp.buildFactory(context, config.listeners[0]).policy
     imap = imap_server.buildFactory(context, config.listeners[1]).policy
     assert (mx.max_connections, mx.max_unauthenticated, mx.max_server_connections) == (30, None, 1000)
@@ -121,18 +122,7 @@ def test_the_builders_take_each_listeners_budget_and_the_login_timeout_from_the_
 
 def context_for(limits: str, store: Any) -> Any:
     config = parse(MINIMAL + "[limits]\n" + limits, PATH, base_dir=Path("/srv"))
-    accounts = make_accounts()
-    return SimpleNamespace(
-        config=config,
-        reactor=Clock(),
-        store=store,
-        accounts=accounts,
-        portal=makePortal(accounts, store),
-        tls=None,
-        inflight=None,
-        router=Router(accounts, store),
-        guard=None,
-    )
+    return service_context(config=config, store=store, accounts=make_accounts())
 
 
 def listener(protocol: str) -> Any:
