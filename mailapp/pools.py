@@ -21,7 +21,7 @@ stopped when the reactor shuts down, after the service has drained.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
@@ -29,6 +29,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 __all__ = ["DEFAULT_SIZES", "WorkerPools"]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 #: Threads per pool. The store gets the most: every protocol reads through it.
 DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2}
@@ -52,15 +55,15 @@ class WorkerPools:
         self._trigger = IReactorCore(reactor).addSystemEventTrigger("during", "shutdown", self.stop)
         self._reactor = reactor
 
-    def run(self, kind: str, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def run(self, pool: ThreadPool, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> Deferred[_T]:
         """
-        Run C{function(*args)} on the pool C{kind} (C{"store"}, ...); the
-        Deferred fires with its result on the reactor's thread. For a
-        protocol's own blocking work on an object the store handed it (a
-        message file): the store's own reads go through the store.
+        Run C{function} on one of C{pool}'s threads (C{pools.store}, ...);
+        the Deferred fires on the reactor thread with its result. What a
+        protocol uses for blocking work of its own, such as reading the next
+        chunk of an open message file, so that the work runs where its kind
+        belongs and a test's pools can run it at once.
         """
-        pool: ThreadPool = getattr(self, kind)
-        return deferToThreadPool(self._reactor, pool, function, *args)
+        return deferToThreadPool(self._reactor, pool, function, *args, **kwargs)
 
     def stop(self) -> None:
         """Stop every pool, waiting for the work in progress. Idempotent."""

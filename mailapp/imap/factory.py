@@ -72,7 +72,7 @@ class IMAPFactory(SessionFactory):
         """
         if self.pools is None:
             return defer.maybeDeferred(function, *args)
-        return self.pools.run("store", function, *args)
+        return self.pools.run(self.pools.store, function, *args)
 
     # \Recent is shared by every listener in the process: kept on the store object.
     def _recent(self) -> dict[tuple[str, str, int], int]:

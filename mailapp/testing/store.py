@@ -269,11 +269,9 @@ class FakeStore:
     def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """
         Run C{function} at once, on the caller's thread. The Maildir store's
-        C{run} (a worker thread) is not in L{IMessageStore}, but POP3's
-        builder still looks for it to read message files (without it POP3
-        falls back to the global reactor's thread pool); this keeps such
-        tests synchronous. IMAP reads through the context's pools instead:
-        once POP3 does too (L{mailapp.pools.WorkerPools.run}), this goes.
+        C{run} (a worker thread) is not in L{IMessageStore}, but IMAP's FETCH
+        and SEARCH and POP3's reads call it (without it POP3 falls back to
+        the global reactor's thread pool); this keeps such tests synchronous.
         """
         return maybeDeferred(function, *args)
 

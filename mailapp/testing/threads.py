@@ -7,9 +7,9 @@ thread outlives it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -17,6 +17,9 @@ from twisted.python.threadpool import ThreadPool
 from mailapp.pools import DEFAULT_SIZES, WorkerPools
 
 __all__ = ["HeldThreadPool", "InlineWorkerPools", "SynchronousReactor", "SynchronousThreadPool"]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class SynchronousThreadPool(ThreadPool):
@@ -99,6 +102,8 @@ class InlineWorkerPools(WorkerPools):
     """
     L{WorkerPools} whose pools run their work at once (L{SynchronousThreadPool}):
     no thread, and no shutdown trigger on a reactor (a L{Clock} has none).
+    A test may put a L{HeldThreadPool} in place of one (C{pools.store =
+    HeldThreadPool()}) to see what waits on it.
     """
 
     def __init__(self) -> None:  # the base's would start real pools on a real reactor
@@ -108,9 +113,22 @@ class InlineWorkerPools(WorkerPools):
             self._pools[name] = pool
             setattr(self, name, pool)
 
-    def run(self, kind: str, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """At once, on the caller's thread: a L{Clock} has no C{callFromThread} to come back with."""
-        return maybeDeferred(function, *args)
+    def run(self, pool: ThreadPool, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> Deferred[_T]:
+        """
+        Hand C{function} to C{pool} as L{WorkerPools.run} does, but fire the
+        Deferred where the pool gives the result (at once, or when a
+        L{HeldThreadPool} runs it), with no C{callFromThread}: a L{Clock} has none.
+        """
+        result: Deferred[_T] = Deferred()
+
+        def settle(succeeded: bool, value: Any) -> None:
+            if succeeded:
+                result.callback(value)
+            else:
+                result.errback(value)
+
+        pool.callInThreadWithCallback(settle, function, *args, **kwargs)
+        return result
 
     def stop(self) -> None:
         """Nothing runs in the background; forget the pools."""

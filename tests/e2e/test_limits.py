@@ -16,10 +16,11 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from mailapp import pop3
+from mailapp import pop3, testing
 from mailapp.abuse import AbuseGuard
 from mailapp.auth import makePortal
-from mailapp.config import ConfigError, Limits, ListenerBudget, SecurityConfig, listener_budget, parse
+from mailapp.config import ConfigError, Limits, ListenerBudget, ListenerConfig, SecurityConfig, listener_budget, parse
+from mailapp.context import ServiceContext
 from mailapp.delivery import Router
 from mailapp.imap import server as imap_server
 from mailapp.imap.server import IMAPFactory, IMAPPolicy
@@ -120,13 +121,13 @@ def test_the_builders_take_each_listeners_budget_and_the_login_timeout_from_the_
     assert (imap.max_connections, imap.max_unauthenticated, imap.login_timeout) == (20, 5, 15.0)
 
 
-def context_for(limits: str, store: Any) -> Any:
+def context_for(limits: str, store: Any) -> ServiceContext:
     config = parse(MINIMAL + "[limits]\n" + limits, PATH, base_dir=Path("/srv"))
     return service_context(config=config, store=store, accounts=make_accounts())
 
 
-def listener(protocol: str) -> Any:
-    return SimpleNamespace(protocol=protocol, tls="none", allow_plaintext_auth=True)
+def listener(protocol: str) -> ListenerConfig:
+    return testing.listener(protocol, allow_plaintext_auth=True)
 
 
 # --- sessions ------------------------------------------------------------------------------------------
