@@ -132,6 +132,8 @@ def session_limits(config: Any, listener: Any) -> dict[str, Any]:
         "line_seconds": float(limits.command_line_seconds),
         "min_data_rate": float(limits.min_data_rate),
         "data_grace": float(limits.data_grace_seconds),
+        "allow_plaintext_auth": listener.allow_plaintext_auth,
+        "max_commands_before_auth": limits.max_commands_before_auth,
     }
 
 

@@ -124,11 +124,9 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> IMAPFacto
     limits = config.limits
     policy = IMAPPolicy(
         hostname=config.hostname,
-        allow_plaintext_auth=listener.allow_plaintext_auth,
         max_message_size=limits.max_message_size,
         **session_limits(config, listener),
         timeout=limits.imap_timeout_seconds,
-        max_commands_before_auth=limits.max_commands_before_auth,
         max_literal=limits.imap_max_literal,
         max_line=limits.imap_max_line,
     )

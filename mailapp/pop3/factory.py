@@ -60,9 +60,7 @@ def buildFactory(context: Any, listener: Any) -> POP3Factory:
     policy = POP3Policy(
         hostname=config.hostname,
         timeout=limits.pop3_timeout_seconds,
-        allow_plaintext_auth=listener.allow_plaintext_auth,
         **session_limits(config, listener),
-        max_commands_before_auth=limits.max_commands_before_auth,
     )
     store = context.store
     run = getattr(store, "run", None)
