@@ -1,6 +1,6 @@
 """
-The line session: what every line-based protocol session does alike (SMTP
-and POP3 today; IMAP is next), once, so that a fix to one is a fix to all.
+The line session: what every line-based protocol session does alike (SMTP,
+POP3 and IMAP), once, so that a fix to one is a fix to all.
 Its copies once drifted: three SASL PLAIN decoders disagreed, and each
 session had its own admission, command loop and shutdown.
 

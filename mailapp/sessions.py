@@ -29,7 +29,7 @@ from twisted.logger import Logger, LogPublisher
 
 from mailapp import logevents
 from mailapp.abuse import AbuseGuard, address_key
-from mailapp.config import DEFAULT_LIMITS, LOGIN_PROTOCOLS, SecurityConfig, listener_budget
+from mailapp.config import DEFAULT_LIMITS, DEFAULT_SECURITY, LOGIN_PROTOCOLS, SecurityConfig, listener_budget
 from mailapp.deadlines import Overrun, SessionDeadlines, cancel_call
 from mailapp.interfaces import IMailbox
 
@@ -78,8 +78,9 @@ REFUSAL_LOG_WINDOW = 60.0
 class SessionLimits:
     """
     How many sessions a listener admits, the part of every protocol's policy
-    that L{SessionFactory.admit} reads (the policies extend it). Built from
-    the config by L{session_limits}.
+    that L{SessionFactory.admit} reads (the policies extend it), and the
+    login rules every protocol with logins shares. Built from the config by
+    L{session_limits}.
     """
 
     #: This listener's open connections.
@@ -103,6 +104,13 @@ class SessionLimits:
     #: Bytes per second message data (SMTP DATA, an IMAP literal) must average, after C{data_grace} free seconds.
     min_data_rate: float = DEFAULT_LIMITS.min_data_rate
     data_grace: float = float(DEFAULT_LIMITS.data_grace_seconds)
+    #: Whether a login may be sent before TLS (the config allows it on loopback listeners only).
+    allow_plaintext_auth: bool = False
+    #: Base delay of the factory's own guard when none is given (tests); the server's guard has its own.
+    auth_failure_delay: float = DEFAULT_SECURITY.auth_failure_delay
+    #: Commands before a login succeeds (a SASL exchange's continuation lines not counted);
+    #: SMTP counts them on submission only (the MX never logs in).
+    max_commands_before_auth: int = DEFAULT_LIMITS.max_commands_before_auth
 
 
 def session_limits(config: Any, listener: Any) -> dict[str, Any]:
@@ -124,6 +132,8 @@ def session_limits(config: Any, listener: Any) -> dict[str, Any]:
         "line_seconds": float(limits.command_line_seconds),
         "min_data_rate": float(limits.min_data_rate),
         "data_grace": float(limits.data_grace_seconds),
+        "allow_plaintext_auth": listener.allow_plaintext_auth,
+        "max_commands_before_auth": limits.max_commands_before_auth,
     }
 
 
@@ -310,7 +320,7 @@ class SessionFactory(ServerFactory):
     @property
     def guard(self) -> AbuseGuard:
         if self._guard is None:
-            delay = float(getattr(self.policy, "auth_failure_delay", 1.0))
+            delay = float(self.policy.auth_failure_delay)
             self._guard = AbuseGuard(
                 self.reactor.seconds, SecurityConfig(auth_failure_delay=delay, auth_failure_delay_max=max(delay * 16, delay))
             )

@@ -5,10 +5,10 @@ event bus, and message bodies streamed from disk.
 
   - L{mailapp.imap.server}: the public names (the session, its policy, the
     factory, the listener builder), re-exported from where they live:
-  - L{mailapp.imap.session}: one connection's lifecycle and command loop,
-    dispatching from the command table;
-  - L{mailapp.imap.reader}: the byte stream cut into commands (lines,
-    literals, their limits, APPEND's message spooled), with no session state;
+  - L{mailapp.imap.session}: one connection, on the shared
+    L{mailapp.linesession.LineSession}, dispatching from the command table;
+  - L{mailapp.imap.reader}: lines and literals joined into commands (their
+    limits, APPEND's message spooled), with no session state;
   - L{mailapp.imap.selected}: a session's view of its selected folder (the
     sequence number <-> UID map and its updates, \\Recent);
   - L{mailapp.imap.commands}: the command table, and one module per group

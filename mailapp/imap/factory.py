@@ -7,7 +7,7 @@ registers for the ``imap`` protocol.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -16,6 +16,11 @@ from mailapp.imap.policy import IMAPPolicy
 from mailapp.imap.session import IMAPServer
 from mailapp.records import MessageInfo
 from mailapp.sessions import SessionFactory, session_limits
+
+if TYPE_CHECKING:
+    from mailapp.config import ListenerConfig
+    from mailapp.context import ServiceContext
+    from mailapp.pools import WorkerPools
 
 __all__ = ["IMAPFactory", "buildFactory"]
 
@@ -39,10 +44,13 @@ class IMAPFactory(SessionFactory):
         inflight: Any = None,
         guard: Any = None,
         quotas: Any = None,
+        pools: WorkerPools | None = None,
     ) -> None:
         super().__init__(inflight, guard)
         #: The server's L{mailapp.quota.Quotas}: APPEND and COPY ask it first (None: no quotas).
         self.quotas = quotas
+        #: The server's worker pools: reading a message file runs on the store's (L{offThread}).
+        self.pools = pools
         #: Reads of "messages above UID n" in flight, shared (see messagesAfter).
         self._sharedReads: dict[tuple[str, str, int], list[defer.Deferred[list[MessageInfo]]]] = {}
         self.portal = portal
@@ -54,6 +62,17 @@ class IMAPFactory(SessionFactory):
     # Twisted's Factory is generic over a protocol whose factory is Factory[Self]; SessionFactory is not generic.
     def buildProtocol(self, addr: Any) -> IMAPServer:  # type: ignore[override]
         return IMAPServer(self)
+
+    def offThread(self, function: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """
+        Run blocking work (scanning or reading a message file) on the
+        store's worker pool, never on the reactor thread. A factory built
+        without pools (a test of the session alone, which reads no message
+        file) runs it at once.
+        """
+        if self.pools is None:
+            return defer.maybeDeferred(function, *args)
+        return self.pools.run(self.pools.store, function, *args)
 
     # \Recent is shared by every listener in the process: kept on the store object.
     def _recent(self) -> dict[tuple[str, str, int], int]:
@@ -99,17 +118,15 @@ class IMAPFactory(SessionFactory):
         markers[key] = max(markers.get(key, 0), uid)
 
 
-def buildFactory(context: Any, listener: Any) -> IMAPFactory:
+def buildFactory(context: ServiceContext, listener: ListenerConfig) -> IMAPFactory:
     """The builder the service registers for the ``imap`` protocol."""
     config = context.config
     limits = config.limits
     policy = IMAPPolicy(
         hostname=config.hostname,
-        allow_plaintext_auth=listener.allow_plaintext_auth,
         max_message_size=limits.max_message_size,
         **session_limits(config, listener),
         timeout=limits.imap_timeout_seconds,
-        max_commands_before_auth=limits.max_commands_before_auth,
         max_literal=limits.imap_max_literal,
         max_line=limits.imap_max_line,
     )
@@ -121,6 +138,7 @@ def buildFactory(context: Any, listener: Any) -> IMAPFactory:
         context.reactor,
         tls=tls,
         inflight=context.inflight,
-        guard=getattr(context, "guard", None),
-        quotas=getattr(context, "quotas", None),
+        guard=context.guard,
+        quotas=context.quotas,
+        pools=context.pools,
     )

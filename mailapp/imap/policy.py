@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mailapp.config import DEFAULT_LIMITS, DEFAULT_SECURITY
+from mailapp.config import DEFAULT_LIMITS
+from mailapp.linesession import SHUTDOWN_GRACE
 from mailapp.sessions import LOGIN_TIMEOUT, SessionLimits
 
-__all__ = ["IMAPPolicy"]
+__all__ = ["IMAPPolicy", "SHUTDOWN_GRACE"]
 
 VERSION = b"0.1.0"
 #: RFC 3501 5.4: the autologout timer is at least 30 minutes after login.
@@ -33,7 +34,6 @@ CHUNK_SIZE = 64 * 1024
 #: Index-only FETCH lines written per batch before checking back-pressure.
 FETCH_BATCH = 256
 IDLE_POLL = 30.0
-SHUTDOWN_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -41,16 +41,11 @@ class IMAPPolicy(SessionLimits):
     """What one listener allows. Plaintext login before TLS only where the config allows it (loopback)."""
 
     hostname: str
-    allow_plaintext_auth: bool = False
     max_message_size: int = DEFAULT_LIMITS.max_message_size
-    #: Base delay of the factory's own guard when none is given (tests).
-    auth_failure_delay: float = DEFAULT_SECURITY.auth_failure_delay
     max_auth_failures: int = 3
     idle_poll: float = IDLE_POLL
     #: Idle seconds after login (before it, C{login_timeout}).
     timeout: float = float(DEFAULT_LIMITS.imap_timeout_seconds)
-    #: Commands before login (AUTHENTICATE continuation lines not counted).
-    max_commands_before_auth: int = DEFAULT_LIMITS.max_commands_before_auth
     #: After login: one literal (APPEND's message excepted) and one line, in bytes.
     max_literal: int = DEFAULT_LIMITS.imap_max_literal
     max_line: int = DEFAULT_LIMITS.imap_max_line

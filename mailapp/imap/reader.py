@@ -1,18 +1,22 @@
 """
-The IMAP command reader: the client's byte stream in, whole commands out.
+The IMAP command reader: the client's lines and literals in, whole commands
+out.
 
 A command is one line, or several lines joined by literals (RFC 3501 4.3).
-The reader cuts the stream into lines, reads each literal (a synchronizing
-``{n}`` after our ``+`` continuation, a non-synchronizing ``{n+}`` at once,
-RFC 7888), keeps every line, literal and whole command within the limits it
-is given, and streams an APPEND's message into a spool writer instead of
-memory, refusing it before a byte is read when it is too big.
+The session's line base (L{mailapp.linesession.LineSession}) cuts the
+stream into lines and hands them to L{CommandReader.lineReceived}; after a
+line that announces a literal, it hands the literal's bytes to
+L{CommandReader.literalReceived} instead (through the session's
+C{consumeRaw}), until the literal is read. The reader reads each literal (a
+synchronizing ``{n}`` after our ``+`` continuation, a non-synchronizing
+``{n+}`` at once, RFC 7888), keeps every line, literal and whole command
+within the limits it is given, and streams an APPEND's message into a spool
+writer instead of memory, refusing it before a byte is read when it is too
+big.
 
 It holds no session state: whether the client has logged in comes with the
 limits (L{ReadLimits}), and what it reads or refuses goes to its owner (the
-session, through L{ReaderOwner}); the owner says when it may read on
-(L{ReaderOwner.readable}), which is how the session holds the next command
-until the previous one is answered.
+session, through L{ReaderOwner}).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from mailapp.imap.policy import MAX_LINE_PREAUTH, MAX_LITERAL_PREAUTH
 from mailapp.imap.wire import BadCommand, ParsedLiteral, String, parse_arguments
 from mailapp.sessions import SessionDeadlines
 
-__all__ = ["CommandReader", "Piece", "ReadLimits", "ReaderOwner", "TAG"]
+__all__ = ["LINE_TOO_LONG", "CommandReader", "Piece", "ReadLimits", "ReaderOwner", "TAG"]
 
 #: One piece of a command as read: a line (without its literal marker), a literal in memory, or a spooled one.
 Piece = bytes | String | ParsedLiteral
@@ -36,6 +40,8 @@ Piece = bytes | String | ParsedLiteral
 TAG = re.compile(rb"^[\x21-\x7e]+$")
 _LITERAL = re.compile(rb"\{([0-9]{1,10})(\+?)\}$")
 _LITERAL_NEGATIVE = re.compile(rb"\{-[0-9]*\+?\}$")
+#: What a line over the limit is answered with, untagged, before the session closes.
+LINE_TOO_LONG = b"BAD Line too long; closing connection"
 
 
 @dataclass(frozen=True)
@@ -58,9 +64,6 @@ class ReaderOwner(Protocol):
 
     def readLimits(self) -> ReadLimits:
         """The limits for the next line or literal."""
-
-    def readable(self) -> bool:
-        """Whether the reader may take more input now (not while a command runs, output is paused, or closing)."""
 
     def commandReceived(self, pieces: list[Piece]) -> None:
         """A whole command: its first line (tag, name, arguments) and whatever literals and lines followed."""
@@ -94,11 +97,11 @@ class _Literal:
 
 class CommandReader:
     """
-    One session's input. Feed it with L{received}, let it work with
-    L{process} (which stops whenever the owner is not readable); it calls
-    the owner's C{commandReceived} once per whole command, and hands a line
-    to a one-shot taker instead where the session expects a bare line
-    (an AUTHENTICATE response, IDLE's ``DONE``: L{takeNextLine}).
+    One session's input, a line (L{lineReceived}) or a literal's bytes
+    (L{literalReceived}, while L{readingLiteral}) at a time; it calls the
+    owner's C{commandReceived} once per whole command, and hands a line to a
+    one-shot taker instead where the session expects a bare line (an
+    AUTHENTICATE response, IDLE's ``DONE``: L{takeNextLine}).
     """
 
     def __init__(self, owner: ReaderOwner, deadlines: SessionDeadlines, spool: Callable[[], Any]) -> None:
@@ -106,31 +109,15 @@ class CommandReader:
         self._deadlines = deadlines
         #: Makes the store's writer for an APPEND's message (L{mailapp.interfaces.IMessageWriter}).
         self._spool = spool
-        self._buffer = b""
         self._pieces: list[Piece] = []
         self._commandSize = 0
         self._literal: _Literal | None = None
         self._lineTaker: Callable[[bytes], None] | None = None
 
     @property
-    def buffered(self) -> int:
-        """Bytes received and not yet read."""
-        return len(self._buffer)
-
-    def received(self, data: bytes) -> None:
-        self._buffer += data
-
-    def dropBuffered(self) -> None:
-        """
-        Forget what was received and not read, and the command being read
-        (STARTTLS: whatever came in the clear must never run inside TLS).
-        """
-        self._buffer = b""
-        self.discardPieces()
-
-    def clear(self) -> None:
-        """Forget the input not yet read (the session is closing)."""
-        self._buffer = b""
+    def readingLiteral(self) -> bool:
+        """Whether the next bytes are a literal's (L{literalReceived}), not a line."""
+        return self._literal is not None
 
     def connectionLost(self) -> None:
         """Remove every spool file the reader still holds."""
@@ -144,46 +131,35 @@ class CommandReader:
         self._lineTaker = taker
 
     def discardPieces(self) -> None:
-        """Drop the command being read, with the spool file of any APPEND message in it."""
+        """
+        Drop the command being read, with the spool file of any APPEND
+        message in it (the session closes, or STARTTLS: whatever came in the
+        clear must never run inside TLS).
+        """
         discard(self._pieces)
         self._pieces = []
         self._commandSize = 0
 
-    def process(self) -> None:
-        """Read whole lines and literals from the buffer while the owner is readable."""
-        owner = self._owner
-        while self._buffer and owner.readable():
-            literal = self._literal
-            if literal is not None:
-                self._readLiteral(literal)
-                continue
-            end = self._buffer.find(b"\n")
-            limits = owner.readLimits()
-            if end < 0:
-                if len(self._buffer) > limits.max_line:
-                    owner.untagged(b"BAD Line too long; closing connection")
-                    owner.close()
-                else:
-                    self._deadlines.lineStarted()
-                return
-            self._deadlines.lineEnded()
-            line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if len(line) > limits.max_line:
-                self.discardPieces()
-                owner.untagged(b"BAD Line too long; closing connection")
-                owner.close()
-                return
-            if self._lineTaker is not None:
-                taker, self._lineTaker = self._lineTaker, None
-                taker(line)
-            else:
-                self._line(line, limits)
+    def lineReceived(self, line: bytes) -> None:
+        """One line, its line end taken off: a bare line's taker's, or part of a command."""
+        limits = self._owner.readLimits()
+        if len(line) > limits.max_line:
+            self.discardPieces()
+            self._owner.untagged(LINE_TOO_LONG)
+            self._owner.close()
+            return
+        if self._lineTaker is not None:
+            taker, self._lineTaker = self._lineTaker, None
+            taker(line)
+        else:
+            self._line(line, limits)
 
-    def _readLiteral(self, literal: _Literal) -> None:
-        take = min(literal.remaining, len(self._buffer))
-        chunk, self._buffer = self._buffer[:take], self._buffer[take:]
+    def literalReceived(self, data: bytes) -> int:
+        """Take what belongs to the literal being read from C{data}; return how many bytes that was."""
+        literal = self._literal
+        assert literal is not None
+        take = min(literal.remaining, len(data))
+        chunk = data[:take]
         literal.remaining -= take
         self._deadlines.dataReceived(take)
         if literal.writer is not None:
@@ -200,6 +176,7 @@ class CommandReader:
                 self._pieces.append(ParsedLiteral(literal.writer, literal.size))
             else:
                 self._pieces.append(String(bytes(literal.data or b"")))
+        return take
 
     def _line(self, line: bytes, limits: ReadLimits) -> None:
         owner = self._owner

@@ -1,65 +1,63 @@
 """
-One IMAP4rev1 session (RFC 3501): the connection's lifecycle and the
-command loop; the commands themselves are in L{mailapp.imap.commands}.
+One IMAP4rev1 session (RFC 3501): what IMAP adds to the shared
+L{mailapp.linesession.LineSession}; the commands themselves are in
+L{mailapp.imap.commands}.
 
-What this module owns, each part apart from command logic (the same parts a
-line-session base will own for every protocol):
+The base owns what every line protocol does alike: admission (ban check,
+budgets), the loop that holds the next command until the previous one's
+reply is sent, the STARTTLS buffer drop, the commands-before-login budget,
+command timing, deadlines, logins with their failure delays, shutdown and
+close. This module writes IMAP's hooks and what only IMAP has:
 
-  - B{admission}: ban check, the factory's connection budgets, the
-    greeting (L{IMAPServer.connectionMade});
-  - B{the hold-until-replied loop}: commands are read one at a time
-    (L{mailapp.imap.reader}) and the next is not looked at until the
-    previous one's tagged reply is sent (L{IMAPServer.hold}), so replies
-    come back in order whatever a command waits on; the errors a command
-    may fail with are answered there, with their RFC 5530 codes;
-  - B{dispatch}: from the one command table, by name and state, with the
-    commands-before-login budget and command timing;
-  - B{STARTTLS}: the buffer pipelined in the clear is dropped;
-  - B{login}: through the factory's portal and abuse guard;
-  - B{output back-pressure}: L{OutputFlow}, the session's producer;
-  - B{timeouts, shutdown and close}.
+  - B{literals}: the base splits lines and hands the bytes of a literal to
+    L{IMAPServer.consumeRaw}; the L{mailapp.imap.reader} joins lines and
+    literals into whole commands, within the limits of the state;
+  - B{dispatch}: from the one command table, by name and state; the errors
+    a command may fail with are answered with their RFC 5530 codes and the
+    command's tag (L{IMAPServer.hold});
+  - B{output back-pressure}: L{OutputFlow}, the session's producer, which
+    the base asks through L{IMAPServer.outputPaused};
+  - B{the selected folder} and its updates.
 
-The session subclasses L{twisted.mail.imap4.IMAP4Server} for its lineage,
-the timeout mixin and the modified UTF-7 codec it registers, but overrides
-its byte stream, command loop and every command: Twisted's mailbox API is
-synchronous (it would open message files on the reactor thread), and its
-parsers expand sequence sets before clamping them, recurse without limit and
-read literals of any size.
+None of Twisted's IMAP4Server is used: its mailbox API is synchronous (it
+would open message files on the reactor thread), and its parsers expand
+sequence sets before clamping them, recurse without limit and read literals
+of any size.
 
 The store's adapters are thin: the avatar is the store's L{IMailbox}
 (through the service's Portal), a selected folder is a
 L{mailapp.imap.selected.SelectedFolder} over an L{IFolder}, and a message is
 its index entry (L{MessageInfo}) plus, when a FETCH or SEARCH needs it, its
-file. Untagged EXISTS/FETCH/EXPUNGE for changes made by other sessions (and
-by SMTP delivery) are sent before the tagged reply of the next command and
-during IDLE; EXPUNGE is held back during FETCH, STORE and SEARCH (RFC 3501
-7.4.1). The store's event bus is a hint: a session re-reads the folder when
-told, on NOOP/CHECK, and during IDLE also on a slow timer (so changes made
-by another process show up too).
+file, read on the store's worker pool (L{IMAPFactory.offThread}). Untagged
+EXISTS/FETCH/EXPUNGE for changes made by other sessions (and by SMTP
+delivery) are sent before the tagged reply of the next command and during
+IDLE; EXPUNGE is held back during FETCH, STORE and SEARCH (RFC 3501 7.4.1).
+The store's event bus is a hint: a session re-reads the folder when told, on
+NOOP/CHECK, and during IDLE also on a slow timer (so changes made by another
+process show up too).
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.mail import imap4 as twisted_imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailapp import logevents
-from mailapp.errors import KeywordLimit, LoginsBusy, MailboxGone, NoSuchFolder, OverQuota, StorageFull
-from mailapp.imap.commands import CAPABILITIES, COMMANDS
-from mailapp.imap.policy import CHUNK_SIZE, MAX_ERRORS, SHUTDOWN_GRACE, IMAPPolicy
-from mailapp.imap.reader import TAG, CommandReader, Piece, ReadLimits, discard
+from mailapp.errors import KeywordLimit, MailboxGone, NoSuchFolder, OverQuota, StorageFull
+from mailapp.imap.commands import CAPABILITIES, COMMANDS, Command
+from mailapp.imap.policy import CHUNK_SIZE, MAX_ERRORS, MAX_LINE_PREAUTH, IMAPPolicy
+from mailapp.imap.reader import LINE_TOO_LONG, TAG, CommandReader, Piece, ReadLimits, discard
 from mailapp.imap.selected import SelectedFolder
 from mailapp.imap.state import State
-from mailapp.imap.wire import BadCommand, parse_arguments
-from mailapp.sessions import BANNED, CLOSE_GRACE, AuthOutcome, Overrun
+from mailapp.imap.wire import BadCommand, Token, parse_arguments
+from mailapp.linesession import LineSession
+from mailapp.sasl import PlainCredentials
+from mailapp.sessions import BANNED, AuthOutcome, Overrun
 
 if TYPE_CHECKING:
     from mailapp.imap.commands.idle import Idle
@@ -118,78 +116,53 @@ class OutputFlow:
             waiter.errback(_Gone())
 
 
-class IMAPServer(twisted_imap4.IMAP4Server):
+class IMAPServer(LineSession):
     """One IMAP session; see the module docstring."""
 
-    #: A TCP or TLS transport (no-delay, producers, startTLS), not the bare ITransport of Protocol.
-    transport: Any
     factory: IMAPFactory
-    #: The reactor's (the factory's), so that tests can drive every timer with a fake clock.
-    callLater: Callable[..., IDelayedCall]
+    policy: IMAPPolicy
+    protocolName = "imap"
+    #: Lines stay small before login; L{loginSucceeded} raises it to the policy's C{max_line}.
+    maxUnterminated = MAX_LINE_PREAUTH
+    #: Input a busy session (or one whose output is paused) buffers before it stops reading.
+    maxBacklog = CHUNK_SIZE
 
     def __init__(self, factory: IMAPFactory) -> None:
-        super().__init__(contextFactory=factory.tls)
-        self.factory = factory
-        self.policy: IMAPPolicy = factory.policy
+        super().__init__(factory)
+        self.reader = CommandReader(self, self.deadlines, lambda: self.store.newMessage())
+        self._flow = OutputFlow(self._outputResumed)
+        self._flowRegistered = False
         self.store = factory.store
-        self.callLater = factory.reactor.callLater
-        # TimeoutMixin's timeOut is declared an int; the policy's seconds are a float.
-        self.timeOut = self.policy.login_timeout  # type: ignore[assignment]
-        # IMAP4Server's own state is a string it never reads here: every method that reads it is overridden.
-        self.state: State = State.NOT_AUTHENTICATED  # type: ignore[assignment]
+        self.state = State.NOT_AUTHENTICATED
+        self.maxAuthFailures = self.policy.max_auth_failures
+        #: The logged-in account, and the store's L{mailapp.interfaces.IMailbox} for it.
         self.account: str | None = None
-        #: The store's L{mailapp.interfaces.IMailbox}, once logged in.
         self.mailbox: Any = None
         #: The selected folder's view (None: none selected).
         self.selected: SelectedFolder | None = None
         #: The IDLE in progress, if any.
         self.idling: Idle | None = None
         self._logout: Callable[[], None] | None = None
-        self._busy = False
-        self._closing = False
-        self._connected = False
         self._errors = 0
-        self._authFailures = 0
-        self._commandsBeforeAuth = 0
-        self._peerIP = ""
-        self._flow = OutputFlow(self._outputResumed)
-        self._flowRegistered = False
-        self._whenClosed: list[defer.Deferred[None]] = []
+        #: The tag of the command whose reply a pending Deferred sends (L{hold}, the logins).
+        self._tag = b"*"
         self._limitsBeforeLogin = ReadLimits.before_login(self.policy.max_message_size)
         self._limits = ReadLimits(True, self.policy.max_line, self.policy.max_command, self.policy.max_literal, self.policy.max_message_size)
-        self.deadlines = factory.deadlinesFor(self)
-        self.reader = CommandReader(self, self.deadlines, lambda: self.store.newMessage())
 
-    # -- admission, timeouts, shutdown, close ---------------------------------------------
+    # -- the line session's hooks ----------------------------------------------------------
 
-    def connectionMade(self) -> None:
-        self._connected = True
-        peer = self.transport.getPeer()
-        self._peerIP = getattr(peer, "host", "") or str(peer)
-        try:
-            self.transport.setTcpNoDelay(True)
-        except Exception:
-            pass
-        if self.factory.banned(self._peerIP, "imap"):
-            self.write(b"* BYE [UNAVAILABLE] " + BANNED + b"\r\n")
-            self.close()
-            return
-        refusal = self.factory.admit(self._peerIP)
-        if refusal:
-            self.write(b"* BYE " + refusal + b"\r\n")
-            self.close()
-            return
-        self.factory.connected(self)
+    def greet(self) -> None:
+        assert self.transport is not None
         self.transport.registerProducer(self._flow, True)
         self._flowRegistered = True
         hostname = self.policy.hostname.encode("ascii", "replace")
         self.write(b"* OK [CAPABILITY " + self.capabilityText() + b"] " + hostname + b" IMAP4rev1 mailapp ready\r\n")
         self.setTimeout(self.policy.login_timeout)
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self._connected = False
-        self.setTimeout(None)
-        self.factory.disconnected(self)
+    def refuse(self, text: bytes, banned: bool) -> None:
+        self.untagged(b"BYE [UNAVAILABLE] " + text if banned else b"BYE " + text)
+
+    def sessionEnded(self) -> None:
         self._flow.stopProducing()
         if self.idling is not None:
             self.idling.stop()
@@ -199,58 +172,73 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         if self._logout is not None:
             logout, self._logout = self._logout, None
             logout()
-        waiters, self._whenClosed = self._whenClosed, []
-        for waiter in waiters:
-            waiter.callback(None)
 
-    def timeoutConnection(self) -> None:
-        _log.info("imap timeout client={client}", log_event=logevents.IMAP_TIMEOUT, client=self._peerIP)
-        self.write(b"* BYE Autologout; idle for too long\r\n")
-        self.close()
-
-    def deadlineExpired(self, overrun: Overrun) -> None:
-        """A bound of L{SessionDeadlines} is overrun (before login, or a trickled line or literal): BYE and close."""
-        self.setTimeout(None)
-        self.reader.discardPieces()
-        self.write(b"* BYE " + overrun.value + b"\r\n")
-        self.close()
-
-    def shutdown(self) -> defer.Deferred[None] | None:
-        """The server is stopping: say BYE and close (aborted after L{SHUTDOWN_GRACE})."""
-        if not self._connected:
-            return None
-        closed: defer.Deferred[None] = defer.Deferred()
-        self._whenClosed.append(closed)
-        self.write(b"* BYE Server shutting down\r\n")
-        self.close(SHUTDOWN_GRACE)
-        return closed
-
-    def close(self, grace: float = CLOSE_GRACE) -> None:
-        """Read nothing more, and close once the output is written (cut after C{grace})."""
-        self._closing = True
-        self.reader.clear()
-        if self.transport is None:
-            return
-        if self._flowRegistered:
+    def releaseOutput(self) -> None:
+        if self._flowRegistered and self.transport is not None:
             # While a producer is registered, Twisted's TLS never starts its
             # shutdown: every IMAPS or STARTTLS connection stayed open after
             # LOGOUT (mbsync hung there).
             self._flowRegistered = False
             self.transport.unregisterProducer()
-        self.factory.close(self, grace)
 
-    #: The name the session-close tests know it by.
-    _close = close
+    def outputPaused(self) -> bool:
+        return self._flow.paused
+
+    def timeoutConnection(self) -> None:
+        _log.info("imap timeout client={client}", log_event=logevents.IMAP_TIMEOUT, client=self._peerIP)
+        self.untagged(b"BYE Autologout; idle for too long")
+        self._close()
+
+    def deadlineExpired(self, overrun: Overrun) -> None:
+        """A bound of L{SessionDeadlines} is overrun (before login, or a trickled line or literal): BYE and close."""
+        self.setTimeout(None)
+        self.reader.discardPieces()
+        self.untagged(b"BYE " + overrun.value)
+        self._close()
+
+    def goodbye(self) -> None:
+        self.untagged(b"BYE Server shutting down")
+
+    def lineTooLong(self) -> None:
+        self.reader.discardPieces()
+        self.untagged(LINE_TOO_LONG)
+        self._close()
+
+    def tooManyCommands(self) -> None:
+        self.untagged(b"BYE Too many commands before login; closing connection")
+
+    def commandFailed(self, reason: Failure) -> bool:
+        if reason.check(_Gone):
+            return False
+        if reason.check(MailboxGone):
+            # The account was deleted under this session: nothing it
+            # could do next may reach a new account at the address.
+            self.untagged(b"BYE [UNAVAILABLE] This account was deleted")
+            self.close()
+            return False
+        self._failed(self._tag, reason)
+        return True
+
+    def consumeRaw(self) -> bool | None:
+        """A literal's bytes go to the reader (which may spool them); lines are the base's to split."""
+        if not self.reader.readingLiteral:
+            return None
+        taken = self.reader.literalReceived(self._buffer)
+        self._buffer = self._buffer[taken:]
+        return True
+
+    def lineReceived(self, line: bytes) -> None:
+        self.reader.lineReceived(line)
+
+    # -- what the commands and the reader call ---------------------------------------------------
+
+    def close(self) -> None:
+        """Read nothing more, and close once the output is written (L{LineSession._close})."""
+        self._close()
 
     def isConnected(self) -> bool:
         """Whether the connection is still there (Protocol's own C{connected} is never reset)."""
         return self._connected
-
-    @property
-    def secure(self) -> bool:
-        return ISSLTransport.providedBy(self.transport)
-
-    # -- output -------------------------------------------------------------------------------
 
     @property
     def flow(self) -> OutputFlow:
@@ -258,24 +246,32 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         return self._flow
 
     def write(self, data: bytes) -> None:
-        if self._connected and self.transport is not None:
-            self.transport.write(data)
+        self._write(data)
 
     def tagged(self, tag: bytes, status: bytes, text: bytes) -> None:
-        self.write(tag + b" " + status + b" " + text + b"\r\n")
+        self._write(tag + b" " + status + b" " + text + b"\r\n")
 
     def untagged(self, text: bytes) -> None:
-        self.write(b"* " + text + b"\r\n")
+        self._write(b"* " + text + b"\r\n")
+
+    def readLimits(self) -> ReadLimits:
+        return self._limits if self.state in (State.AUTHENTICATED, State.SELECTED) else self._limitsBeforeLogin
+
+    def holdReading(self, until: defer.Deferred[Any]) -> None:
+        """
+        Read nothing more until C{until} fires: a client sends an APPEND
+        faster than the disk takes it (a failed write is the writer's to
+        report, when APPEND finishes the message).
+        """
+        self._pauseReadingUntil(until)
+        self._wait(until.addErrback(lambda _: None))
 
     def _outputResumed(self) -> None:
-        if self._connected and not self._closing and not self._busy:
+        if self._connected and not self._closing and not self._busy and self.transport is not None:
             self.transport.resumeProducing()
             self._process()
 
     # -- capabilities ------------------------------------------------------------------------------
-
-    def loginAllowed(self) -> bool:
-        return self.secure or self.policy.allow_plaintext_auth
 
     def capabilityText(self) -> bytes:
         """The CAPABILITY list as it stands in this state: the command table's, the reader's and LIST's, and the login options."""
@@ -290,67 +286,12 @@ class IMAPServer(twisted_imap4.IMAP4Server):
                 caps.append(b"LOGINDISABLED")
         return b" ".join(caps)
 
-    # -- the byte stream (the reader's owner) ---------------------------------------------------------
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        self.resetTimeout()
-        self.reader.received(data)
-        self._process()
-
-    def readLimits(self) -> ReadLimits:
-        return self._limits if self.state in (State.AUTHENTICATED, State.SELECTED) else self._limitsBeforeLogin
-
-    def readable(self) -> bool:
-        return not self._busy and not self._closing and not self._flow.paused
-
-    def _process(self) -> None:
-        self.reader.process()
-        if self.transport is not None and not self._closing and self._connected:
-            if (self._busy or self._flow.paused) and self.reader.buffered > CHUNK_SIZE:
-                self.transport.pauseProducing()
-
-    def holdReading(self, until: defer.Deferred[Any]) -> None:
-        """Stop reading from a client that sends an APPEND faster than the disk takes it."""
-        self._busy = True
-        self.transport.pauseProducing()
-        self.deadlines.hold(until)
-
-        def resume(_: object) -> None:
-            self._busy = False
-            if self._connected and not self._closing:
-                self.transport.resumeProducing()
-                self._process()
-
-        until.addBoth(resume)
-
-    # -- the hold-until-replied loop ---------------------------------------------------------------
+    # -- replies held until a Deferred fires, and what they fail with -----------------------------
 
     def hold(self, d: defer.Deferred[Any], tag: bytes) -> None:
-        """Hold further commands until C{d} has sent its reply; answer what it failed with."""
-        self._busy = True
-        running = [True]
-
-        def done(result: object) -> None:
-            self._busy = False
-            if isinstance(result, Failure):
-                if result.check(_Gone):
-                    return
-                if result.check(MailboxGone):
-                    # The account was deleted under this session: nothing it
-                    # could do next may reach a new account at the address.
-                    self.untagged(b"BYE [UNAVAILABLE] This account was deleted")
-                    self.close()
-                    return
-                self._failed(tag, result)
-            if not running[0] and self._connected and not self._closing:
-                if not self._flow.paused:
-                    self.transport.resumeProducing()
-                self._process()
-
-        d.addBoth(done)
-        running[0] = False
+        """Hold further commands until C{d} has sent its reply; answer what it fails with, under C{tag}."""
+        self._tag = tag
+        self._wait(d)
 
     def _failed(self, tag: bytes, reason: Failure) -> None:
         if reason.check(BadCommand):
@@ -385,18 +326,9 @@ class IMAPServer(twisted_imap4.IMAP4Server):
         """Run one whole command: its row in the table, if it is valid in this state."""
         first = pieces[0] if isinstance(pieces[0], bytes) else b""
         tag, _, rest = first.partition(b" ")
-        if self.state is State.NOT_AUTHENTICATED:
-            self._commandsBeforeAuth += 1
-            if self._commandsBeforeAuth > self.policy.max_commands_before_auth:
-                _log.info(
-                    "too many commands before auth protocol=imap client={client}",
-                    log_event=logevents.COMMANDS_BEFORE_AUTH_EXCEEDED,
-                    client=self._peerIP,
-                )
-                discard(pieces)
-                self.untagged(b"BYE Too many commands before login; closing connection")
-                self.close()
-                return
+        if self.state is State.NOT_AUTHENTICATED and not self._commandBeforeLogin(self.policy.max_commands_before_auth):
+            discard(pieces)
+            return
         if not tag or not TAG.match(tag) or b"+" in tag or len(tag) > 100:
             discard(pieces)
             self.bad(b"*", b"Invalid tag")
@@ -421,100 +353,68 @@ class IMAPServer(twisted_imap4.IMAP4Server):
             discard(pieces)
             self.bad(tag, b"Unknown command" if command is None else b"Command not valid in this state")
             return
-        started = time.perf_counter()
+        if command.timed:
+            self._command(name, lambda: self._run(command, tag, arguments, pieces))
+        else:
+            self._run(command, tag, arguments, pieces)
+
+    def _run(self, command: Command, tag: bytes, arguments: list[Token], pieces: list[Piece]) -> None:
         try:
             result = command.handler(self, tag, arguments)
         except BadCommand as e:
             discard(pieces)
             self.bad(tag, str(e).encode("utf-8", "replace"))
             return
-        if result is None:
-            self.factory.command_done(name, started)
-            return
-        d = result if isinstance(result, defer.Deferred) else defer.Deferred.fromCoroutine(result)  # type: ignore[arg-type]
-        if command.timed:
-            d.addBoth(self._commandDone, name, started)
-        self.hold(d, tag)
-
-    def _commandDone(self, result: object, name: str, started: float) -> object:
-        self.factory.command_done(name, started)
-        return result
+        if result is not None:
+            d = result if isinstance(result, defer.Deferred) else defer.Deferred.fromCoroutine(result)  # type: ignore[arg-type]
+            self.hold(d, tag)
 
     # -- STARTTLS and login ---------------------------------------------------------------------------
 
     def startTLS(self, tag: bytes) -> None:
-        """Answer OK and start TLS, dropping whatever the client pipelined in the clear."""
-        # It must never run inside the TLS session (CVE-2011-0411 and kin).
-        self.reader.dropBuffered()
-        self.tagged(tag, b"OK", b"Begin TLS negotiation now")
-        self.transport.startTLS(self.factory.tls)
+        """Answer OK and start TLS (the base drops whatever the client pipelined in the clear)."""
+        self.reader.discardPieces()
+        self._startTLS(tag + b" OK Begin TLS negotiation now\r\n", self.factory.tls)
 
-    def login(self, tag: bytes, username: bytes, password: bytes) -> defer.Deferred[None]:
-        """Check the credentials through the factory (its portal and abuse guard) and answer."""
-        try:
-            name = username.decode("utf-8")
-        except UnicodeDecodeError:
-            return self.authFailed(tag, username)
-        if self.factory.guard.banned(self._peerIP):
-            # Banned since this session began: no password check, the ban's answer.
-            return self.authFailed(tag, username)
-        d = self.factory.login(self, name, password)
+    def loginAllowed(self) -> bool:
+        return self.secure or self.policy.allow_plaintext_auth
 
-        def authenticated(result: tuple[Any, Any, Callable[[], None]]) -> None:
-            _, mailbox, logout = result
-            if not self._connected or self.state is not State.NOT_AUTHENTICATED:
-                logout()
-                return
-            self.mailbox = mailbox
-            self.account = mailbox.account
-            self.factory.guard.succeeded(self._peerIP, mailbox.account)
-            self._logout = logout
-            self.state = State.AUTHENTICATED
-            self.factory.loggedIn(self)
-            self.setTimeout(self.policy.timeout)
-            _log.info(
-                "imap login {account} client={client}",
-                log_event=logevents.IMAP_LOGIN,
-                account=self.account,
-                client=self._peerIP,
-                secure=self.secure,
-            )
-            self.tagged(tag, b"OK", b"[CAPABILITY " + self.capabilityText() + b"] Logged in")
+    def login(self, tag: bytes, username: bytes, password: bytes) -> None:
+        """LOGIN: check the credentials (the base's login, through the portal and the abuse guard) and answer under C{tag}."""
+        self._tag = tag
+        self._login(username, password)
 
-        def refused(reason: Failure) -> defer.Deferred[None] | None:
-            if reason.check(LoginsBusy):
-                self.tagged(tag, b"NO", b"[UNAVAILABLE] Too many logins at once; try again later")
-                return None
-            reason.trap(UnauthorizedLogin)
-            return self.authFailed(tag, username)
+    def loginPlain(self, tag: bytes, credentials: PlainCredentials) -> None:
+        """AUTHENTICATE PLAIN, its response decoded: as L{login}."""
+        self._tag = tag
+        self._loginPlain(credentials)
 
-        return d.addCallbacks(authenticated, refused)
+    def loginSucceeded(self, avatar: Any, logout: Callable[[], None]) -> None:
+        if not self._connected or self.state is not State.NOT_AUTHENTICATED:
+            logout()
+            return
+        self.mailbox = avatar
+        self.account = avatar.account
+        self.factory.guard.succeeded(self._peerIP, avatar.account)
+        self._logout = logout
+        self.state = State.AUTHENTICATED
+        self.maxUnterminated = self.policy.max_line
+        self.factory.loggedIn(self)
+        self.setTimeout(self.policy.timeout)
+        _log.info("imap login {account} client={client}", log_event=logevents.IMAP_LOGIN, account=self.account, client=self._peerIP, secure=self.secure)
+        self.tagged(self._tag, b"OK", b"[CAPABILITY " + self.capabilityText() + b"] Logged in")
 
-    def authFailed(self, tag: bytes, username: bytes) -> defer.Deferred[None]:
-        """
-        Count the failure with the server's guard, answer after the delay it
-        gives, and hang up after repeated failures or when the address is
-        now banned.
-        """
+    def loginsBusy(self) -> None:
+        self.tagged(self._tag, b"NO", b"[UNAVAILABLE] Too many logins at once; try again later")
 
-        def answer(outcome: AuthOutcome) -> None:
-            if not self._connected or self._closing:
-                return
-            self.tagged(tag, b"NO", b"[AUTHENTICATIONFAILED] Authentication failed")
-            if outcome is AuthOutcome.BANNED:
-                self.untagged(b"BYE [UNAVAILABLE] " + BANNED)
-                self.close()
-            elif outcome is AuthOutcome.TOO_MANY:
-                _log.info(
-                    "imap closing after {failures} failed logins client={client}",
-                    log_event=logevents.IMAP_AUTH_FAILURES_EXCEEDED,
-                    failures=self._authFailures,
-                    client=self._peerIP,
-                )
-                self.untagged(b"BYE Too many authentication failures")
-                self.close()
-
-        return self.factory.authFailed(self, "imap", username, self.policy.max_auth_failures).addCallback(answer)
+    def answerAuthFailure(self, outcome: AuthOutcome) -> None:
+        self.tagged(self._tag, b"NO", b"[AUTHENTICATIONFAILED] Authentication failed")
+        if outcome is AuthOutcome.BANNED:
+            self.untagged(b"BYE [UNAVAILABLE] " + BANNED)
+        elif outcome is AuthOutcome.TOO_MANY:
+            event = logevents.IMAP_AUTH_FAILURES_EXCEEDED
+            _log.info("imap closing after {failures} failed logins client={client}", log_event=event, failures=self._authFailures, client=self._peerIP)
+            self.untagged(b"BYE Too many authentication failures")
 
     # -- the selected folder -------------------------------------------------------------------------
 

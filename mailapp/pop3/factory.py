@@ -63,9 +63,7 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> POP3Facto
     policy = POP3Policy(
         hostname=config.hostname,
         timeout=limits.pop3_timeout_seconds,
-        allow_plaintext_auth=listener.allow_plaintext_auth,
         **session_limits(config, listener),
-        max_commands_before_auth=limits.max_commands_before_auth,
     )
     pools = context.pools
 

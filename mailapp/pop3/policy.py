@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from mailapp.config import DEFAULT_LIMITS, DEFAULT_SECURITY
+from mailapp.config import DEFAULT_LIMITS
 from mailapp.sessions import SessionLimits
 
 #: RFC 1939 3: the autologout timer must be at least 10 minutes.
@@ -50,9 +50,4 @@ class POP3Policy(SessionLimits):
 
     hostname: str
     timeout: float = float(DEFAULT_LIMITS.pop3_timeout_seconds)
-    allow_plaintext_auth: bool = False
-    #: Base delay of the factory's own guard when none is given (tests).
-    auth_failure_delay: float = DEFAULT_SECURITY.auth_failure_delay
     max_auth_failures: int = MAX_AUTH_FAILURES
-    #: Commands in the AUTHORIZATION state (AUTH continuation lines not counted).
-    max_commands_before_auth: int = DEFAULT_LIMITS.max_commands_before_auth

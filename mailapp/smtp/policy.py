@@ -47,12 +47,7 @@ class SMTPPolicy(SessionLimits):
     submission: bool
     max_message_size: int
     timeout: float
-    allow_plaintext_auth: bool = False
     trusted_networks: tuple[Any, ...] = ()
-    #: Base delay of the factory's own guard when none is given (tests).
-    auth_failure_delay: float = DEFAULT_SECURITY.auth_failure_delay
-    #: Commands before AUTH succeeds, on submission (the MX never authenticates).
-    max_commands_before_auth: int = DEFAULT_LIMITS.max_commands_before_auth
     #: What RCPT TO:<postmaster> (no domain) means: postmaster at the first local domain.
     postmaster: str = ""
     #: On the MX, refuse a sender in a local domain from outside the trusted networks.

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from mailapp.testing import FakeStore, build_factory, service_context
+from mailapp.testing import FakeStore, HeldThreadPool, build_factory, service_context
 from tests.protocol.accounts import make_accounts
 
 MESSAGE = b"Subject: hello\r\nFrom: x@remote.test\r\n\r\nbody line\r\n"
@@ -72,6 +72,34 @@ class SessionTests(TestCase):
         self.assertIn(b"* 1 FETCH (UID %d BODY[] {%d}" % (uid, len(MESSAGE)), transport.value())
         self.assertIn(MESSAGE + b" FLAGS (\\Recent \\Seen))\r\nc OK FETCH completed\r\n", transport.value())
         self.assertEqual(self.successResultOf(inbox.messages())[0].flags, frozenset({"\\Seen"}))
+
+    def _fetching_with_the_store_pool_held(self) -> tuple[Any, _RecordingTransport, HeldThreadPool]:
+        inbox = self.successResultOf(self.store.mailbox("alice@example.test").folder("INBOX"))
+        self.successResultOf(inbox.append(MESSAGE))
+        pool = HeldThreadPool()
+        self.context.pools.store = pool
+        protocol, transport = self.connect(build_factory(self.context, "imap", allow_plaintext_auth=True))
+        protocol.dataReceived(b"a LOGIN alice@example.test alice-secret\r\nb SELECT INBOX\r\n")
+        transport.clear()
+        pool.held = True
+        protocol.dataReceived(b"c FETCH 1 BODY.PEEK[]\r\n")
+        return protocol, transport, pool
+
+    def test_fetch_reads_the_message_file_on_the_contexts_store_pool(self):
+        protocol, transport, pool = self._fetching_with_the_store_pool_held()
+        self.assertTrue(pool.jobs)
+        self.assertNotIn(b"body line", transport.value())
+        pool.run()
+        self.assertTrue(transport.value().endswith(MESSAGE + b")\r\nc OK FETCH completed\r\n"), transport.value())
+
+    def test_a_shutdown_lets_a_fetch_in_progress_finish_before_its_bye(self):
+        protocol, transport, pool = self._fetching_with_the_store_pool_held()
+        closed = protocol.shutdown()
+        self.assertIsNotNone(closed)
+        self.assertNotIn(b"BYE", transport.value())
+        pool.run()
+        self.assertTrue(transport.value().endswith(b"c OK FETCH completed\r\n* BYE Server shutting down\r\n"), transport.value())
+        self.assertTrue(transport.disconnecting)
 
 
 def test_sessions_asking_for_the_same_new_mail_share_one_store_read():

@@ -53,9 +53,6 @@ class _Owner:
     def readLimits(self) -> ReadLimits:
         return self.limits
 
-    def readable(self) -> bool:
-        return not self.closed
-
     def commandReceived(self, pieces: list[Any]) -> None:
         self.commands.append(pieces)
 
@@ -83,10 +80,21 @@ class _Owner:
         return writer
 
 
+def feed(reader: CommandReader, owner: _Owner, data: bytes) -> None:
+    """What the session's line base does with the bytes: whole lines, or a literal's bytes while one is read."""
+    while data and not owner.closed:
+        if reader.readingLiteral:
+            data = data[reader.literalReceived(data) :]
+            continue
+        line, end, data = data.partition(b"\n")
+        if not end:
+            return
+        reader.lineReceived(line.removesuffix(b"\r"))
+
+
 def read(owner: _Owner, data: bytes) -> CommandReader:
     reader = CommandReader(owner, _Deadlines(), owner.spool)
-    reader.received(data)
-    reader.process()
+    feed(reader, owner, data)
     return reader
 
 
@@ -137,8 +145,7 @@ def test_reader_hands_the_next_line_to_a_taker_instead_of_reading_a_command():
     reader = read(owner, b"")
     taken: list[bytes] = []
     reader.takeNextLine(taken.append)
-    reader.received(b"DONE\r\nb NOOP\r\n")
-    reader.process()
+    feed(reader, owner, b"DONE\r\nb NOOP\r\n")
     assert taken == [b"DONE"]
     assert owner.commands == [[b"b NOOP"]]
 

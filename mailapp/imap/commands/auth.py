@@ -4,9 +4,10 @@ NOOP, LOGOUT, ID (RFC 2971), STARTTLS, LOGIN, AUTHENTICATE PLAIN (with
 SASL-IR, RFC 4959; decoded by L{mailapp.sasl}, as SMTP's and POP3's are),
 and ENABLE (RFC 5161).
 
-The mechanisms behind them are the session's (L{IMAPServer.login}, its
-abuse guard and budgets, L{IMAPServer.startTLS}'s buffer drop); here is what
-each command takes and answers.
+The mechanisms behind them are the session's line base's
+(L{mailapp.linesession.LineSession}: logins through the abuse guard and
+budgets, STARTTLS's buffer drop); here is what each command takes and
+answers.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from mailapp.imap.state import State
 from mailapp.imap.wire import Atom, BadCommand, Token, as_string, expect_count
 
 if TYPE_CHECKING:
-    from twisted.internet import defer
-
     from mailapp.imap.session import IMAPServer
 
 __all__ = ["authenticate", "capability", "enable", "id_", "login", "logout", "noop", "starttls"]
@@ -58,14 +57,14 @@ def starttls(session: IMAPServer, tag: bytes, arguments: list[Token]) -> None:
     session.startTLS(tag)
 
 
-def login(session: IMAPServer, tag: bytes, arguments: list[Token]) -> defer.Deferred[None] | None:
+def login(session: IMAPServer, tag: bytes, arguments: list[Token]) -> None:
     expect_count(arguments, 2, "LOGIN")
     if not session.loginAllowed():
         session.tagged(tag, b"NO", b"[PRIVACYREQUIRED] Use STARTTLS first")
-        return None
+        return
     username = as_string(arguments[0], "user name")
     password = as_string(arguments[1], "password")
-    return session.login(tag, username, password)
+    session.login(tag, username, password)
 
 
 def authenticate(session: IMAPServer, tag: bytes, arguments: list[Token]) -> None:
@@ -90,10 +89,7 @@ def authenticate(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Non
         except sasl.MalformedPlain:
             session.bad(tag, b"Malformed PLAIN response")
             return
-        if credentials.actsForAnother:
-            session.hold(session.authFailed(tag, credentials.authcid), tag)
-            return
-        session.hold(session.login(tag, credentials.authcid, credentials.password), tag)
+        session.loginPlain(tag, credentials)
 
     if len(arguments) == 2:
         response(as_string(arguments[1], "initial response"))

@@ -227,7 +227,6 @@ async def _fetchOne(session: IMAPServer, selected: SelectedFolder, position: int
     """One message's FETCH response, its bodies streamed from the file; False if it is gone."""
     uid = selected.uids[position]
     entry = selected.info[uid]
-    store = session.store
     try:
         handle = await selected.folder.openMessage(uid)
     except NoSuchMessage:
@@ -235,7 +234,7 @@ async def _fetchOne(session: IMAPServer, selected: SelectedFolder, position: int
     try:
         structure: mime.Part | None = None
         if any(i.needs_structure for i in items):
-            scanned = await store.run(_scan, handle)
+            scanned = await session.factory.offThread(_scan, handle)
             structure = scanned.root
             if scanned.cut:
                 structure_cut(uid)
@@ -264,7 +263,7 @@ async def _fetchOne(session: IMAPServer, selected: SelectedFolder, position: int
                     where = mime.resolve(structure, item.section)
                 else:
                     if size is None:
-                        size = await store.run(_file_size, handle)
+                        size = await session.factory.offThread(_file_size, handle)
                     where = (0, size)
                 if where is None:
                     where = b""
@@ -294,7 +293,7 @@ async def _stream(session: IMAPServer, handle: IO[bytes], offset: int, length: i
     """Send C{length} bytes of the file from C{offset}, a chunk at a time, paced by the transport."""
     flow = session.flow
     while length > 0:
-        data = await session.store.run(_read_at, handle, offset, min(CHUNK_SIZE, length))
+        data = await session.factory.offThread(_read_at, handle, offset, min(CHUNK_SIZE, length))
         if not data:
             # The file is shorter than its index entry said: keep the literal's promise.
             _log.error("imap message file shorter than expected", log_event=logevents.IMAP_INTERNAL_ERROR)

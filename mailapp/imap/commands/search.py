@@ -69,7 +69,7 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
             [selected.folder.openMessage(uid).addErrback(lambda f: f.trap(NoSuchMessage) and None) for _, uid, _ in batch],
             consumeErrors=True,
         )
-        contents = await session.store.run(keys.load_contents, opened, needles)
+        contents = await session.factory.offThread(keys.load_contents, opened, needles)
         for (position, uid, message), content in zip(batch, contents):
             if content is not None and content.cut:
                 structure_cut(uid)
