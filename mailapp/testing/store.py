@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError
@@ -282,15 +282,6 @@ class FakeStore:
 
     def mailbox(self, account: str) -> FakeMailbox:
         return FakeMailbox(self, account)
-
-    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """
-        Run C{function} at once, on the caller's thread. The Maildir store's
-        C{run} (a worker thread) is not in L{IMessageStore}, but IMAP's FETCH
-        and SEARCH call it (POP3 reads through the context's pools); this
-        keeps such tests synchronous.
-        """
-        return maybeDeferred(function, *args)
 
     def newMessage(self) -> FakeMessageWriter:
         return FakeMessageWriter(self)
