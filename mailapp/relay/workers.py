@@ -27,6 +27,8 @@ from mailapp import logevents
 from mailapp.relay.client import FileSource, Reply, SessionError, SMTPClient, local_reply
 from mailapp.relay.queue import Queue
 from mailapp.relay.routing import Hop, RouteError, Routes
+from mailapp.relay.tlspolicy import DomainPolicy, HopCheck, TLSPolicies
+from mailapp.relay.tlsrpt import TLSReports
 
 __all__ = ["Work", "Workers", "tcp_connector"]
 
@@ -65,7 +67,8 @@ class Workers:
     routes: Routes
     connect: Callable[[Hop], Deferred[Any]]
     hostname: str
-    tls: Any
+    tls_policies: TLSPolicies
+    tls_reports: TLSReports | None
     require_tls: frozenset[str]
     smarthost_auth: tuple[str, str] | None
     smarthost_require_tls: bool
@@ -241,17 +244,30 @@ class Workers:
     @defer.inlineCallbacks
     def _connect(self, domain: str, hops: list[Hop], exempt: bool) -> Any:
         """
-        The first hop that connects and greets: (client, hop, None, full),
-        or (None, None, why not, full); C{full} is the addresses skipped for
+        The first hop that connects, greets and passes the domain's TLS
+        policy (L{mailapp.relay.tlspolicy}): (client, hop, None, full), or
+        (None, None, why not, full); C{full} is the addresses skipped for
         having their share of connections. The hop returned keeps its
         address counted until the worker releases it.
         """
         require_tls, auth = self._tlsFor(domain)
+        by_mx = domain not in self.routes.transports and self.routes.smarthost is None
+        policy: DomainPolicy = yield self.tls_policies.for_domain(domain, by_mx)
+        if policy.sts_failure is not None:
+            self._report(policy.domain, "sts", (), (), "", "", policy.sts_failure.result_type, policy.sts_failure.reason)
+        if policy.refusal is not None:
+            self._logAttempt(domain, "-", policy.refusal)
+            return None, None, policy.refusal, set()
         failure = local_reply(451, f"4.4.1 no next hop for {domain} answered")
         full: set[tuple[str, int]] = set()
         for hop in hops:
             if self._stopping:
                 break
+            check = yield self.tls_policies.for_hop(policy, hop, require_tls)
+            if isinstance(check, Reply):
+                failure = check
+                self._logAttempt(domain, str(hop), failure)
+                continue
             if not self._takeAddress(hop, exempt):
                 full.add((hop.address, hop.port))
                 continue
@@ -264,24 +280,69 @@ class Workers:
                 finally:
                     self._connecting.discard(connecting)
                 self._clients.add(client)
-                yield client.greet(self.hostname, tls=self.tls, require_tls=require_tls, auth=auth)
+                yield self._greet(client, check, require_tls, auth)
                 return client, hop, None, full
             except SessionError as error:
                 failure = error.reply
             except Exception as error:
+                if client is not None:
+                    _log.failure("greeting {hop}", Failure(error), hop=str(hop))  # a bug of ours, not the peer's
                 failure = local_reply(451, f"4.4.1 cannot connect to {hop}: {type(error).__name__}")
             if client is not None:
                 self._clients.discard(client)
                 client.abort()
             self._releaseAddress(hop, exempt)
-            _log.info(
-                "{log_event} {domain} via {hop}: {reply}",
-                log_event=logevents.RELAY_ATTEMPT,
-                domain=domain,
-                hop=str(hop),
-                reply=str(failure),
-            )
+            self._logAttempt(domain, str(hop), failure)
         return None, None, failure, full
+
+    def _greet(self, client: Any, check: HopCheck, require_tls: bool, auth: tuple[str, str] | None) -> Deferred[None]:
+        """EHLO, STARTTLS as the hop's check wants it, the check itself, then AUTH."""
+        store = self.tls_policies.store
+
+        def verify(session: Any) -> Reply | None:
+            refused = check.check(session, store.store if store is not None else None)
+            self.tls_policies.log_failure(check, refused)
+            if check.policy_type != "no-policy-found":
+                failure = check.failure
+                self._report(
+                    check.domain,
+                    check.policy_type,
+                    check.policy_strings,
+                    check.mx_patterns,
+                    check.hop.name,
+                    check.hop.address,
+                    failure.result_type if failure is not None else None,
+                    failure.reason if failure is not None else "",
+                )
+            return refused
+
+        client.tls_check = check
+        tls = check.tls if check.wants_tls else None
+        greeting: Deferred[None] = client.greet(self.hostname, tls=tls, require_tls=require_tls, auth=auth, verify=verify)
+        return greeting
+
+    def _report(
+        self,
+        domain: str,
+        policy_type: str,
+        strings: Any,
+        patterns: Any,
+        host: str,
+        address: str,
+        result_type: str | None,
+        reason: str,
+    ) -> None:
+        if self.tls_reports is not None:
+            self.tls_reports.record(domain, policy_type, strings, patterns, host, address, result_type, reason)
+
+    def _logAttempt(self, domain: str, hop: str, failure: Reply) -> None:
+        _log.info(
+            "{log_event} {domain} via {hop}: {reply}",
+            log_event=logevents.RELAY_ATTEMPT,
+            domain=domain,
+            hop=hop,
+            reply=str(failure),
+        )
 
     @defer.inlineCallbacks
     def _send(self, client: Any, work: Work) -> Any:
