@@ -204,7 +204,8 @@ class _Body(Protocol):
             if not self._done.called:
                 self._done.errback(PolicyError("sts-policy-invalid", f"policy larger than {MAX_POLICY_BYTES} bytes"))
             transport: Any = self.transport
-            transport.stopProducing()
+            if transport is not None:
+                transport.stopProducing()
             return
         self._parts.append(data)
 
