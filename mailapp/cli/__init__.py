@@ -45,6 +45,7 @@ from mailapp.cli.command import (
 )
 from mailapp.cli.domains import add_domain_commands
 from mailapp.cli.queue import add_queue_commands
+from mailapp.cli.tlsreport import add_tls_report_command
 from mailapp.cli.users import add_user_commands
 from mailapp.errors import AccountError
 
@@ -82,6 +83,7 @@ def _parser() -> CommandLineParser:
     add_domain_commands(verbs, common)
     add_alias_commands(verbs, common)
     add_queue_commands(verbs, common)
+    add_tls_report_command(verbs, common)
     add_command(common, verbs, "check-config", _check_config, "Check the config file and print every problem in it.")
     return parser
 
