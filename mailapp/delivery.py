@@ -71,6 +71,8 @@ class Transaction:
     forwarded: dict[str, str] = field(default_factory=dict)
     #: The stored copy being written, from L{open} on.
     message: IMessageWriter | None = None
+    #: MAIL FROM said REQUIRETLS (RFC 8689): the relay must send it only over verified TLS.
+    requiretls: bool = False
 
     @inlineCallbacks
     def addRecipient(self, address: str) -> Any:
@@ -185,7 +187,7 @@ class Transaction:
             for entry_id, sender, recipients in self._queueEntries():
                 # Never without a queue: addRecipient refuses remote recipients then.
                 assert queue is not None
-                prepared.append((yield queue.prepare(message, sender, recipients, entry_id)))
+                prepared.append((yield queue.prepare(message, sender, recipients, entry_id, requiretls=self.requiretls)))
             if self.local:
                 yield self.router.store.deliver(message, self.local)
         except Exception as e:

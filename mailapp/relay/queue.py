@@ -125,6 +125,8 @@ class Envelope:
     next_attempt: float = 0.0
     fence: int = 0
     warned: bool = False
+    #: REQUIRETLS (RFC 8689): only to a next hop with verified TLS that offers REQUIRETLS, else bounced (5.7.10).
+    requiretls: bool = False
     version: int = ENVELOPE_VERSION
 
     def pending(self) -> list[Recipient]:
@@ -186,6 +188,8 @@ class Envelope:
             next_attempt=float(get("next_attempt", (int, float))),
             fence=get("fence", int),
             warned=get("warned", bool),
+            # Optional: envelopes written before REQUIRETLS have none.
+            requiretls=get("requiretls", bool) if "requiretls" in raw else False,
         )
 
 
@@ -482,7 +486,9 @@ class Queue:
         """Call C{listener(envelope)} with every entry once L{publish} has made it durable."""
         self._subscribers.append(listener)
 
-    def prepare(self, message: Any, sender: str, recipients: Iterable[str], entry_id: str) -> Deferred[Prepared]:
+    def prepare(
+        self, message: Any, sender: str, recipients: Iterable[str], entry_id: str, requiretls: bool = False
+    ) -> Deferred[Prepared]:
         """
         Write the message file (a link to the writer's spool file when it has
         one in wire form, a copy in wire form when it has one with LF line
@@ -498,6 +504,7 @@ class Queue:
             size=int(message.size),
             recipients=[Recipient(address) for address in recipients],
             next_attempt=now,
+            requiretls=requiretls,
         )
         pending = getattr(message, "pending", None)
         stored_size = getattr(message, "stored_size", None)

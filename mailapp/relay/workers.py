@@ -344,13 +344,35 @@ class Workers:
             reply=str(failure),
         )
 
+    @staticmethod
+    def _requireTLS(client: Any) -> Reply | None:
+        """
+        RFC 8689 5: a REQUIRETLS message goes only to a peer whose TLS passed
+        verification (WebPKI or DANE, L{HopCheck.verified}) and which offers
+        REQUIRETLS; otherwise it is bounced with 5.7.10. (The hop is the one
+        the domain's policy chose; other MX hosts are not tried for it.)
+        """
+        check = getattr(client, "tls_check", None)
+        if check is None or not check.verified:
+            return local_reply(550, "5.7.10 REQUIRETLS: the next hop's TLS could not be verified")
+        if "REQUIRETLS" not in getattr(client, "extensions", {}):
+            return local_reply(550, "5.7.10 REQUIRETLS: the next hop does not offer REQUIRETLS")
+        return None
+
     @defer.inlineCallbacks
     def _send(self, client: Any, work: Work) -> Any:
         entry = self.entries[work.entry_id]
         envelope = entry.envelope
+        if envelope.requiretls:
+            refused = self._requireTLS(client)
+            if refused is not None:
+                return {r: refused for r in work.recipients}
         source = FileSource(self.queue.message_path(envelope.id), self.queue.run)
         try:
-            results = yield client.send(envelope.sender, work.recipients, source, envelope.size)
+            if envelope.requiretls:
+                results = yield client.send(envelope.sender, work.recipients, source, envelope.size, requiretls=True)
+            else:
+                results = yield client.send(envelope.sender, work.recipients, source, envelope.size)
         except SessionError as error:
             results = {r: error.reply for r in work.recipients}
         except Exception as error:
