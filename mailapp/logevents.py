@@ -68,6 +68,8 @@ INDEX_DAMAGED: Final = "store.index_damaged"
 INDEX_REBUILT: Final = "store.index_rebuilt"
 #: an index brought in line with the Maildir at first open; also: changed (rows and folders)
 INDEX_RECONCILED: Final = "store.index_reconciled"
+#: a mailbox's usage total differed from a count of its rows at first open, replaced; also: kept, counted
+INDEX_USAGE_RECOUNTED: Final = "store.index_usage_recounted"
 #: one folder brought in line with its directory while running (another tool changed it); also: directory, added, removed, flags
 FOLDER_RECONCILED: Final = "store.folder_reconciled"
 #: a periodic sweep of crash left-overs (spool, relay queue temporary files) failed; also: what

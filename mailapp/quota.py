@@ -8,11 +8,15 @@ the webmail (the same Router) and IMAP APPEND/COPY/MOVE all ask L{Quotas}.
     folders together); 0 is unlimited. The default is the config's
     C{limits.mailbox_quota_bytes} / C{mailbox_quota_messages}; the admin
     command sets a user's own (L{mailapp.accounts.QuotaOverride}).
-  - Usage is computed from the mailbox index at every check (one indexed
-    C{count(*)}, C{sum(size)}), never kept in a counter of its own: it is
-    then right after a crash, a rebuilt index or a Maildir tool's changes,
-    and expunging frees the space at once. Sizes are wire sizes (CRLF), what
-    IMAP and POP3 report.
+  - Usage is read from the mailbox index at every check: a total that
+    SQLite triggers keep in the same transaction as every message row
+    (L{mailapp.store.usage}), one read by primary key, never a counter of
+    this module's: it is then right after a crash, a rebuilt index or a
+    Maildir tool's changes, and expunging frees the space at once. Sizes
+    are wire sizes (CRLF), what IMAP and POP3 report.
+  - The override and the usage are read at once, each on its own pool's
+    thread, when the default has a limit (the override rarely lifts it):
+    a check then waits for one trip to a worker thread, not two.
   - A mailbox at or over its quota, or a message larger than the whole
     quota, is L{MailboxFull} (552 5.2.2, permanent); a message that does not
     fit in the room left is L{MailboxWouldOverflow} (452 4.2.2, temporary:
@@ -109,15 +113,23 @@ class Quotas:
         """
         Fire with why C{messages} messages of C{size} bytes in all would not
         fit in C{account}'s mailbox (logged as C{quota.refused}), or C{None}.
-        A mailbox without limits is not even read.
+        With the default unlimited, a mailbox its override leaves unlimited
+        is not even read; with a default limit the usage is read while the
+        override is, and dropped if the override lifts the limit.
         """
         return ensureDeferred(self._check(account, size, messages))
 
     async def _check(self, account: str, size: int, messages: int) -> OverQuota | None:
-        quota = await self.quota(account)
+        reading = self.usage(account) if self.default.bytes or self.default.messages else None
+        try:
+            quota = await self.quota(account)
+        except BaseException:
+            _drop(reading)
+            raise
         if not quota.bytes and not quota.messages:
+            _drop(reading)
             return None
-        usage = await self.usage(account)
+        usage = await (reading if reading is not None else self.usage(account))
         refused = refusal(quota, usage, size, messages)
         if refused is not None:
             _log.info(
@@ -133,6 +145,12 @@ class Quotas:
                 size=size,
             )
         return refused
+
+
+def _drop(reading: Deferred[Usage] | None) -> None:
+    """A usage read the check no longer needs: its failure is not an error either."""
+    if reading is not None:
+        reading.addErrback(lambda _: None)
 
 
 def _default(config: Any) -> Quota:

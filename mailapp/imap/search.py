@@ -214,7 +214,7 @@ def matches(
     if kind == "ALL":
         return True
     if kind == "FLAG":
-        return (key[1] in message.flags) == key[2]
+        return bool((key[1] in message.flags) == key[2])
     if kind == "NEW":
         return message.recent and "\\Seen" not in message.flags
     if kind == "OLD":
@@ -222,9 +222,9 @@ def matches(
     if kind == "RECENT":
         return message.recent
     if kind == "LARGER":
-        return message.size > key[1]
+        return bool(message.size > key[1])
     if kind == "SMALLER":
-        return message.size < key[1]
+        return bool(message.size < key[1])
     if kind == "SEQ":
         return in_set(key[1], message, False)
     if kind == "UID":
@@ -374,7 +374,7 @@ def _text_ranges(root: mime.Part) -> Iterator[tuple[mime.Part, int, int]]:
 
 def _search_text(handle: IO[bytes], root: mime.Part, needles: Collection[str]) -> frozenset[str]:
     """Which C{needles} (case-folded) occur in the text of the message in C{handle}, read a chunk at a time."""
-    found = {needle for needle in needles if not needle}
+    found: set[str] = {needle for needle in needles if not needle}
     wanted = [needle for needle in needles if needle]
     for part, start, end in _text_ranges(root):
         if len(found) == len(needles):

@@ -29,8 +29,10 @@ __all__ = [
     "DELIMITER",
     "ParsedLiteral",
     "String",
+    "as_mailbox",
     "decode_mailbox",
     "encode_mailbox",
+    "expect_count",
     "format_datetime",
     "format_response",
     "mailbox_pattern",
@@ -185,6 +187,12 @@ def as_list(token: Token, what: str = "argument") -> list[Token]:
     if isinstance(token, list):
         return token
     raise BadCommand(f"Expected a parenthesized list for {what}")
+
+
+def expect_count(arguments: Sequence[Token], count: int, name: str) -> None:
+    """L{BadCommand} unless the command C{name} has exactly C{count} arguments."""
+    if len(arguments) != count:
+        raise BadCommand(f"{name} takes {count} argument{'s' if count != 1 else ''}")
 
 
 def as_number(token: Token, what: str = "number") -> int:
@@ -399,6 +407,11 @@ def decode_mailbox(raw: bytes) -> str:
     if first.upper() == "INBOX":
         name = "INBOX" + sep + rest
     return name
+
+
+def as_mailbox(token: Token) -> str:
+    """A mailbox name argument as the store's folder name (L{decode_mailbox})."""
+    return decode_mailbox(as_string(token, "mailbox name"))
 
 
 def encode_mailbox(name: str) -> bytes:

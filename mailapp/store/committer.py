@@ -31,8 +31,11 @@ from typing import Any, Callable
 from twisted.logger import Logger
 
 from mailapp.errors import MailboxGone, NoSuchFolder, NoSuchMessage, StorageFull, StoreError
-from mailapp.store import durable, index, messagefile, outside
+from mailapp.store import connections as pool
+from mailapp.store import durable, messagefile, outside
 from mailapp.store.batching import BatchRunner
+from mailapp.store.filenames import encode_flags
+from mailapp.store.keywords import message_filename
 from mailapp.store.names import folder_directory
 
 _log = Logger()
@@ -46,7 +49,7 @@ class _Placement:
     flags: frozenset[str] = frozenset()
     #: For a change made through a session's mailbox (APPEND, COPY): the
     #: directory it was opened on, so that it never lands in a new account's.
-    pin: index.MailboxPin | None = None
+    pin: pool.MailboxPin | None = None
 
 
 @dataclass
@@ -206,7 +209,7 @@ def _deliver_batch(
         for placement in job.placements:
             if placement.pin is not None and number not in failed:
                 try:
-                    placement.pin.check(index.directory_identity(placement.mailbox_dir))
+                    placement.pin.check(pool.directory_identity(placement.mailbox_dir))
                 except MailboxGone as e:
                     failed[number] = e
         if number not in failed:
@@ -216,7 +219,7 @@ def _deliver_batch(
                 touching[job.stored[0]].append(number)
     for mailbox_dir in sorted(touching):
         try:
-            conn = borrowed.enter_context(index.connection(mailbox_dir))
+            conn = borrowed.enter_context(pool.connection(mailbox_dir))
             conn.execute("BEGIN IMMEDIATE")
             connections[mailbox_dir] = conn
         except BaseException as e:
@@ -251,7 +254,7 @@ def _deliver_batch(
                 if directory not in stamped:
                     stamped.add(directory)
                     ours.enter_context(outside.own_change(directory))
-                relative = index.message_filename(
+                relative = message_filename(
                     directory,
                     job.base,
                     job.size if job.stored_size is None else job.stored_size,
@@ -267,7 +270,7 @@ def _deliver_batch(
                 rows[placement.mailbox_dir].append(
                     (
                         number,
-                        (placement.folder, uid, relative, index.encode_flags(placement.flags), job.size, job.internaldate),
+                        (placement.folder, uid, relative, encode_flags(placement.flags), job.size, job.internaldate),
                     )
                 )
             except BaseException as e:
@@ -352,7 +355,7 @@ def _undo_committed(
         victims = [values for number, values in rows[mailbox_dir] if number in failed]
         if not victims:
             continue
-        with index.connection(mailbox_dir) as conn:
+        with pool.connection(mailbox_dir) as conn:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("DELETE FROM messages WHERE folder = ? AND uid = ?", [(v[0], v[1]) for v in victims])
             conn.execute("COMMIT")

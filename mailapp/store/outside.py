@@ -28,7 +28,7 @@ that. What can still go unseen is, within one such tick, a rename in
 next change or the next start.
 
 The stamps are per process and per folder directory, like the first-open
-reconcile in L{mailapp.store.index}, and kept in memory only: the first
+reconcile in L{mailapp.store.reconcile}, and kept in memory only: the first
 look after a start compares with the stamp that reconcile took.
 Everything here is synchronous and runs on a worker thread.
 """
@@ -142,6 +142,6 @@ def changed(directory: Path, index_counts: Callable[[], tuple[int, int]]) -> boo
 
 
 def _count_names(directory: Path) -> int:
-    """Message files as L{mailapp.store.index} counts them: names not starting with a dot."""
+    """Message files as L{mailapp.store.rebuild} counts them: names not starting with a dot."""
     with os.scandir(directory) as entries:
         return sum(1 for entry in entries if not entry.name.startswith("."))

@@ -21,13 +21,17 @@ from pathlib import Path
 from typing import Iterable
 
 from mailapp.errors import NoSuchFolder
-from mailapp.store import durable, index, intent, outside
+from mailapp.store import connections, durable, intent, outside
+from mailapp.store.database import rollback
+from mailapp.store.filenames import decode_flags, parse_filename
+from mailapp.store.folders import write_meta
+from mailapp.store.keywords import message_filename
 from mailapp.store.names import folder_directory
 
 
 def transfer(
     mailbox_dir: Path,
-    pin: index.MailboxPin | None,
+    pin: connections.MailboxPin | None,
     source: str,
     target: str,
     uids: Iterable[int],
@@ -51,7 +55,7 @@ def transfer(
     # The connection first: the first open of a mailbox in a process
     # finishes an interrupted transfer, under the lock taken next.
     with (
-        index.connection(mailbox_dir, pin) as conn,
+        connections.connection(mailbox_dir, pin) as conn,
         intent.lock(mailbox_dir),
         outside.own_change(source_dir),
         outside.own_change(target_dir),
@@ -68,20 +72,20 @@ def transfer(
             if row[0] in wanted
         ]
         if not rows:
-            index.rollback(conn)
+            rollback(conn)
             return {}
         uidnext = folder[1]
         plan: list[tuple[int, int, Path, Path, tuple[object, ...]]] = []
         for uid, filename, flags, size, date in rows:
-            parsed = index.parse_filename(filename.split("/", 1)[1])
+            parsed = parse_filename(filename.split("/", 1)[1])
             base = parsed.base if parsed else filename
             # The copy is a link to the same file: its name describes it the same way.
-            relative = index.message_filename(
+            relative = message_filename(
                 target_dir,
                 base,
                 parsed.size if parsed is not None and parsed.size is not None else size,
                 uidnext,
-                index.decode_flags(flags),
+                decode_flags(flags),
                 wire_size=size if parsed is None or parsed.wire_size is not None else None,
             )
             plan.append((uid, uidnext, source_dir / filename, target_dir / relative, (target, uidnext, relative, flags, size, date)))
@@ -91,7 +95,7 @@ def transfer(
             validity, source_uidnext = conn.execute(
                 "SELECT uidvalidity, uidnext FROM folders WHERE name = ?", (source,)
             ).fetchone()
-            index.write_meta(source_dir, validity, source_uidnext)
+            write_meta(source_dir, validity, source_uidnext)
         intent.record(
             mailbox_dir,
             [(str(src.relative_to(mailbox_dir)), str(dst.relative_to(mailbox_dir))) for _, _, src, dst, _ in plan],
@@ -133,7 +137,7 @@ def transfer(
 
 def _undo(conn: sqlite3.Connection, mailbox_dir: Path, linked: list[Path]) -> None:
     """Before the commit: nothing is visible yet; remove the links and the record, so a restart redoes nothing."""
-    index.rollback(conn)
+    rollback(conn)
     for path in linked:
         durable.unlink(path)
     intent.forget(mailbox_dir)

@@ -9,7 +9,7 @@ of code that uses mailapp (treq's C{treq.testing}, maddy's testutils):
 - thread pools and a reactor that run "thread" work at once (C{threads});
 - L{service_context} and L{build_factory}: a protocol's real factory over all of them (C{context}).
 
-Every fake is checked against its interface in C{tests/test_testing_fakes.py}.
+Every fake is checked against its interface in C{tests/unit/test_testing_fakes.py}.
 """
 
 from mailapp.testing.accounts import FakeAccounts, cheap_password_hasher

@@ -21,8 +21,8 @@ from mailapp import cli
 from mailapp.cli import users as cli_users
 from mailapp.accounts import AccountsDatabase, accounts_path
 from mailapp.testing import cheap_password_hasher
+from tests.paths import REPOSITORY
 
-REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 @dataclass

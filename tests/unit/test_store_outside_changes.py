@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from mailapp.store import EXPUNGED, ADDED, FLAGS_CHANGED, MaildirStore, index, outside
+from mailapp.store import EXPUNGED, ADDED, FLAGS_CHANGED, MaildirStore, index, outside, reconcile
 from mailapp.store.names import mailbox_directory
 
 ALICE = "alice@example.test"
@@ -37,7 +37,7 @@ class OutsideChangeTestCase(TestCase):
         self.events: list[tuple[str, tuple[int, ...]]] = []
         self.store.events.subscribe(ALICE, "INBOX", lambda event: self.events.append((event.kind, event.uids)))
         self.reconciles = 0
-        real = index.reconcile_running_folder
+        real = reconcile.reconcile_running_folder
 
         def counted(*args: Any) -> Any:
             self.reconciles += 1
@@ -46,7 +46,7 @@ class OutsideChangeTestCase(TestCase):
 
         self.reconciled: list[str] = []
 
-        self.patch(index, "reconcile_running_folder", counted)
+        self.patch(reconcile, "reconcile_running_folder", counted)
 
     @inlineCallbacks
     def deliver(self, count: int):

@@ -23,7 +23,7 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from mailapp.errors import StorageFull
-from mailapp.store import MaildirStore, durable, index, intent
+from mailapp.store import MaildirStore, connections, durable, index, intent
 from mailapp.store.names import folder_directory, mailbox_directory
 from mailapp.store.spool import SpoolWriter
 
@@ -104,14 +104,14 @@ class FullDiskFlagTests(FaultTestCase):
         yield self.deliver(5)
         before = yield self.contents("INBOX")
         armed = [False]
-        real_connection = index.connection
+        real_connection = connections.connection
 
         @contextmanager
         def connection(*args: Any, **kwargs: Any) -> Iterator[Any]:
             with real_connection(*args, **kwargs) as conn:
                 yield _FullDiskConnection(conn, armed)
 
-        self.patch(index, "connection", connection)
+        self.patch(connections, "connection", connection)
         inbox = yield self.folder()
         armed[0] = True
         yield self.assertFailure(inbox.setFlags([1, 2, 3, 4, 5], ["\\Seen"], "add"), StorageFull)

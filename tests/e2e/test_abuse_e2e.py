@@ -28,7 +28,7 @@ import pytest
 
 from mailapp.accounts import AccountsDatabase, default_password_hasher
 from tests.service_runner import TIMEOUT, ServiceProcess, listener
-from tests.test_abuse import fail2ban_hosts
+from tests.unit.test_abuse import fail2ban_hosts
 
 ATTACKER = "127.0.0.2"
 USER = "alice@example.test"

@@ -28,7 +28,7 @@ from mailapp.sessions import ConnectionCounts
 from mailapp.smtp import SMTPFactory, SMTPPolicy
 from mailapp.store import MaildirStore
 from tests.smtp_helpers import make_accounts
-from tests.test_abuse import _Connection, plain
+from tests.unit.test_abuse import _Connection, plain
 
 PATH = Path("etc/test.toml")
 MINIMAL = '[server]\nhostname = "mail.example.test"\n'

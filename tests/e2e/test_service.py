@@ -47,8 +47,9 @@ from mailapp import logevents, service, tap
 from mailapp.config import Config, Limits, ListenerConfig, RelayConfig, TLSConfig
 from mailapp.service import InFlight, ListenerService, ServiceContext, admin_command, makeService, register_protocol
 from mailapp.tls import CertificateError, ensure_certificate, server_context_factory
+from tests.paths import REPOSITORY
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPOSITORY
 TWISTD = Path(sys.executable).parent / "twistd"
 HOSTNAME = "mail.example.test"
 

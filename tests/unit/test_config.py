@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from mailapp.config import Config, ConfigError, HostPort, Limits, load, parse
+from tests.paths import REPOSITORY
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPOSITORY
 PATH = Path("etc/test.toml")
 
 MINIMAL = """

@@ -17,7 +17,7 @@ from tests.rig.clients import imap_messages, submit
 from tests.rig.dns import mail_domain
 from tests.rig.network import Internet
 from tests.rig.servers import MailServer
-from tests.test_rig_relay import wait_for
+from tests.e2e.test_rig_relay import wait_for
 
 CAROL, CAROL_PASSWORD = "carol@c.test", "carol-secret"
 

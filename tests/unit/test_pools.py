@@ -21,7 +21,7 @@ from mailapp import service
 from mailapp.config import ListenerConfig
 from mailapp.service import makeService
 from mailapp.web import app as web_app
-from tests.test_service import make_config
+from tests.e2e.test_service import make_config
 
 
 class PoolTests(unittest.TestCase):

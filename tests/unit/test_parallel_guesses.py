@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 from mailapp.abuse import AbuseGuard
 from mailapp.config import SecurityConfig
 from mailapp.imap.server import IMAPFactory, IMAPPolicy
-from tests.test_session_close import StuckTransport
+from tests.unit.test_session_close import StuckTransport
 
 
 def test_attempts_in_progress_count_against_the_ban_limit() -> None:

@@ -31,7 +31,7 @@ from mailapp.pop3 import POP3Factory, POP3Policy
 from mailapp.smtp import SMTPFactory, SMTPPolicy
 from mailapp.store import MaildirStore
 from tests.smtp_helpers import make_accounts
-from tests.test_abuse import _Connection, plain
+from tests.unit.test_abuse import _Connection, plain
 
 ALICE = "alice@example.test"
 PEER = "192.0.2.9"

@@ -35,8 +35,9 @@ from mailapp.pop3 import POP3Factory, POP3Policy
 from mailapp.smtp import SMTPFactory, SMTPPolicy
 from mailapp.store import MaildirStore
 from tests.smtp_helpers import make_accounts
+from tests.paths import REPOSITORY
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPOSITORY
 FILTER = REPO / "etc" / "fail2ban" / "filter.d" / "mailapp.conf"
 ALICE = "alice@example.test"
 ATTACKER = "198.51.100.7"

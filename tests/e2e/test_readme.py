@@ -34,8 +34,8 @@ import pytest
 from mailapp.config import load, parse
 from tests.needs import unavailable
 from tests.web_helpers import CHROMIUM_ARGS, chromium_path
+from tests.paths import REPOSITORY
 
-REPOSITORY = Path(__file__).resolve().parent.parent
 README = (REPOSITORY / "README.md").read_text(encoding="utf-8")
 BIN = Path(sys.executable).parent
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from tests.service_runner import TIMEOUT, ServiceProcess, listener
+from tests.paths import REPOSITORY
 
 ALICE = "alice@example.test"
 OLD_PASSWORD = "old-alice-secret"
 NEW_PASSWORD = "new-alice-secret"
-REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture

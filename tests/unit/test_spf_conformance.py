@@ -15,7 +15,6 @@ target's records. Where a case allows several results, any of them passes.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -26,8 +25,9 @@ from twisted.trial import unittest
 
 from mailapp.spf import SPFChecker, SPFResult, ThreadedLookup, evaluate
 from tests.needs import unavailable
+from tests.paths import SHARED
 
-SUITE = Path(__file__).resolve().parent.parent.parent / "shared" / "conformance" / "spf" / "rfc7208-tests.yml"
+SUITE = SHARED / "conformance" / "spf" / "rfc7208-tests.yml"
 
 
 def _records(name: str, entries: list[Any]) -> list[tuple[str, Any]]:

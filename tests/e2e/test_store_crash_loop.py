@@ -441,6 +441,19 @@ def _disk_against_index(server: ServiceProcess) -> tuple[dict[str, set[str]], di
     return on_disk, dict(listed), dict(uids)
 
 
+def _usage_against_rows(server: ServiceProcess) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The usage total the quota reads, and a count of the index's rows, in one read transaction."""
+    connection = sqlite3.connect(f"file:{server.maildir(USER) / INDEX_NAME}?mode=ro", uri=True, isolation_level=None)
+    try:
+        connection.execute("BEGIN")
+        kept = connection.execute("SELECT messages, bytes FROM usage WHERE id = 0").fetchone()
+        counted = connection.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+    return tuple(kept), tuple(counted)
+
+
 def test_sigkills_under_smtp_and_imap_load_lose_nothing_acknowledged_duplicate_nothing_moved_and_never_reuse_uids(
     tmp_path: Path,
 ) -> None:
@@ -490,6 +503,7 @@ def test_sigkills_under_smtp_and_imap_load_lose_nothing_acknowledged_duplicate_n
 
         final, validities = _final_listing(server)
         on_disk, listed, index_uids = _disk_against_index(server)
+        usage_kept, usage_counted = _usage_against_rows(server)
     finally:
         world.stop.set()
         if server.process is not None and server.process.poll() is None:
@@ -549,6 +563,11 @@ def test_sigkills_under_smtp_and_imap_load_lose_nothing_acknowledged_duplicate_n
         # Every UID the clients ever saw with a message still names that message.
         names = ledger.names[(folder, ledger.uidvalidity[folder])]
         assert all(names.get(uid, message_id) == message_id for uid, message_id in final[folder]), folder
+    # The quota's usage total came through every kill with its rows: the
+    # first open after each start never had to recount it.
+    assert usage_kept == usage_counted, (usage_kept, usage_counted)
+    assert usage_kept[0] == sum(len(names) for names in on_disk.values()), usage_kept
+    assert "store.index_usage_recounted" not in log, log[-3000:]
     assert kills >= KILLS, f"only {kills} kills in {DEADLINE} s"
     count, commands = len(ledger.acknowledged), ledger.commands
     assert count >= MESSAGES, f"only {count} messages acknowledged in {DEADLINE} s"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import fail, inlineCallbacks, succeed
 from twisted.trial.unittest import TestCase
 
 from mailapp import accounts as accounts_module
@@ -23,7 +23,7 @@ from mailapp.quota import Quota, Quotas, refusal
 from mailapp.store.records import Usage
 from mailapp.testing import cheap_password_hasher
 from tests.smtp_helpers import make_factory, stored_messages, wait_for
-from tests.test_cli import config, mailapp  # noqa: F401  (fixtures)
+from tests.e2e.test_cli import config, mailapp  # noqa: F401  (fixtures)
 from tests.protocol.smtp_client import Session
 
 ALICE = "alice@example.test"
@@ -123,6 +123,54 @@ def test_user_quota_sets_shows_and_resets_a_users_quota(mailapp):  # noqa: F811
 def test_user_quota_of_an_unknown_user_is_refused(mailapp):  # noqa: F811
     result = mailapp("user", "quota", "nobody@example.test", "--bytes", "1")
     assert result.status == 1 and "no such user" in result.err
+
+
+# -- Quotas.check: what it reads ------------------------------------------------------------
+
+
+class _Reads:
+    """Accounts and a store that record what a check asks for, and answer from a dict (or fail)."""
+
+    def __init__(self, override: QuotaOverride | None, usage: Usage | Exception) -> None:
+        self.override = override
+        self.answer = usage
+        self.asked: list[str] = []
+
+    def quotaOverride(self, account: str) -> Any:
+        self.asked.append("override")
+        return succeed(self.override)
+
+    def mailbox(self, account: str) -> Any:
+        return self
+
+    def usage(self) -> Any:
+        self.asked.append("usage")
+        return fail(self.answer) if isinstance(self.answer, Exception) else succeed(self.answer)
+
+
+def _check(reads: _Reads, default: Quota, size: int) -> Any:
+    results: list[Any] = []
+    Quotas(reads, reads, default).check(ALICE, size).addBoth(results.append)
+    [result] = results
+    return result
+
+
+def test_with_an_unlimited_default_a_mailbox_its_override_leaves_unlimited_is_not_read():
+    reads = _Reads(QuotaOverride(), Usage(10, 10**9))
+    assert _check(reads, Quota(0, 0), 4096) is None
+    assert reads.asked == ["override"]
+
+
+def test_with_a_default_limit_the_usage_is_read_with_the_override_and_counted():
+    reads = _Reads(QuotaOverride(bytes=None, messages=None), Usage(1, 9000))
+    assert isinstance(_check(reads, Quota(10000, 0), 4096), MailboxWouldOverflow)
+    assert sorted(reads.asked) == ["override", "usage"]
+
+
+def test_an_override_that_lifts_the_limit_drops_the_usage_read_and_its_failure():
+    reads = _Reads(QuotaOverride(bytes=0, messages=0), OSError("index unreadable"))
+    assert _check(reads, Quota(10000, 0), 4096) is None
+    assert sorted(reads.asked) == ["override", "usage"]
 
 
 # -- SMTP ---------------------------------------------------------------------------------

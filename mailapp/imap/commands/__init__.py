@@ -1,0 +1,104 @@
+"""
+The IMAP command table: every command the server knows, its handler, the
+states it is valid in, and the capability it brings.
+
+This is the one place that lists IMAP commands. The session dispatches from
+it (a name not in it is "Unknown command", a name in it but not valid now
+"Command not valid in this state"), and the CAPABILITY response is built
+from it. The handlers live in one module per group, after go-imap v2's
+C{imapserver/<command>.go} and Stalwart's C{crates/imap/src/op/<command>.rs}:
+
+  - L{auth}: CAPABILITY, NOOP, LOGOUT, ID, STARTTLS, LOGIN, AUTHENTICATE, ENABLE
+  - L{mailboxes}: CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, NAMESPACE, LIST, LSUB, STATUS
+  - L{select}: SELECT, EXAMINE, UNSELECT, CLOSE, CHECK
+  - L{idle}, L{append}, L{fetch}, L{store}, L{copy} (COPY and MOVE), L{expunge}, L{search}
+
+Adding an extension is a new module with its handler and a row here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from mailapp.imap.commands import append, auth, copy, expunge, fetch, idle, mailboxes, search, select, store
+from mailapp.imap.state import State
+from mailapp.imap.wire import Token
+
+if TYPE_CHECKING:
+    from mailapp.imap.session import IMAPServer
+
+__all__ = ["CAPABILITIES", "COMMANDS", "Command", "Handler", "State"]
+
+
+#: A command's handler: answers at once (None), or when what it returns is done.
+Handler = Callable[["IMAPServer", bytes, list[Token]], Awaitable[None] | None]
+
+_ANY = frozenset({State.NOT_AUTHENTICATED, State.AUTHENTICATED, State.SELECTED})
+_NOT_AUTHENTICATED = frozenset({State.NOT_AUTHENTICATED})
+_AUTHENTICATED = frozenset({State.AUTHENTICATED, State.SELECTED})
+_SELECTED = frozenset({State.SELECTED})
+
+
+@dataclass(frozen=True)
+class Command:
+    """One row of the table."""
+
+    name: str
+    handler: Handler
+    states: frozenset[State]
+    #: Announced in CAPABILITY, in the order of the table (whatever the state).
+    capability: bytes | None = None
+    #: Whether its latency counts in the command metrics (IDLE is a wait, not a command to time).
+    timed: bool = True
+
+
+_TABLE = (
+    # any state
+    Command("CAPABILITY", auth.capability, _ANY),
+    Command("NOOP", auth.noop, _ANY),
+    Command("LOGOUT", auth.logout, _ANY),
+    Command("ID", auth.id_, _ANY, capability=b"ID"),
+    # not authenticated
+    Command("STARTTLS", auth.starttls, _NOT_AUTHENTICATED),
+    Command("AUTHENTICATE", auth.authenticate, _NOT_AUTHENTICATED),
+    Command("LOGIN", auth.login, _NOT_AUTHENTICATED),
+    # authenticated (and selected)
+    Command("ENABLE", auth.enable, _AUTHENTICATED, capability=b"ENABLE"),
+    Command("IDLE", idle.idle, _AUTHENTICATED, capability=b"IDLE", timed=False),
+    Command("NAMESPACE", mailboxes.namespace, _AUTHENTICATED, capability=b"NAMESPACE"),
+    Command("CREATE", mailboxes.create, _AUTHENTICATED),
+    Command("DELETE", mailboxes.delete, _AUTHENTICATED),
+    Command("RENAME", mailboxes.rename, _AUTHENTICATED),
+    Command("SUBSCRIBE", mailboxes.subscribe, _AUTHENTICATED),
+    Command("UNSUBSCRIBE", mailboxes.unsubscribe, _AUTHENTICATED),
+    Command("LIST", mailboxes.list_, _AUTHENTICATED),
+    Command("LSUB", mailboxes.lsub, _AUTHENTICATED),
+    Command("STATUS", mailboxes.status, _AUTHENTICATED),
+    Command("SELECT", select.select, _AUTHENTICATED),
+    Command("EXAMINE", select.examine, _AUTHENTICATED),
+    Command("APPEND", append.append, _AUTHENTICATED),
+    # selected; UIDPLUS is APPENDUID and COPYUID too, announced with UID EXPUNGE
+    Command("UID EXPUNGE", expunge.uid_expunge, _SELECTED, capability=b"UIDPLUS"),
+    Command("MOVE", copy.move, _SELECTED, capability=b"MOVE"),
+    Command("UID MOVE", copy.uid_move, _SELECTED),
+    Command("UNSELECT", select.unselect, _SELECTED, capability=b"UNSELECT"),
+    Command("CHECK", select.check, _SELECTED),
+    Command("CLOSE", select.close, _SELECTED),
+    Command("EXPUNGE", expunge.expunge, _SELECTED),
+    Command("SEARCH", search.search, _SELECTED),
+    Command("UID SEARCH", search.uid_search, _SELECTED),
+    Command("FETCH", fetch.fetch, _SELECTED),
+    Command("UID FETCH", fetch.uid_fetch, _SELECTED),
+    Command("STORE", store.store, _SELECTED),
+    Command("UID STORE", store.uid_store, _SELECTED),
+    Command("COPY", copy.copy, _SELECTED),
+    Command("UID COPY", copy.uid_copy, _SELECTED),
+)
+
+#: The table, by command name as sent (upper case; ``UID FETCH`` and the like as two words).
+COMMANDS: dict[str, Command] = {command.name: command for command in _TABLE}
+
+#: The commands' capabilities, in the table's order.
+CAPABILITIES: tuple[bytes, ...] = tuple(c.capability for c in _TABLE if c.capability is not None)

@@ -1,0 +1,45 @@
+"""
+EXPUNGE and UID EXPUNGE (RFC 3501 6.4.3, RFC 4315 2.1): remove the
+messages flagged \\Deleted (of a UID set, for UID EXPUNGE) in one store
+change, then tell the client what went.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Coroutine
+
+from mailapp.imap.flags import DELETED
+from mailapp.imap.wire import Token, as_string, expect_count, parse_sequence_set, select_positions
+
+if TYPE_CHECKING:
+    from mailapp.imap.session import IMAPServer
+
+__all__ = ["expunge", "uid_expunge"]
+
+
+def expunge(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
+    expect_count(arguments, 0, "EXPUNGE")
+    return _expunge(session, tag, None)
+
+
+def uid_expunge(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
+    expect_count(arguments, 1, "UID EXPUNGE")
+    ranges = parse_sequence_set(as_string(arguments[0], "UID set"))
+    return _expunge(session, tag, ranges)
+
+
+async def _expunge(session: IMAPServer, tag: bytes, ranges: list[tuple[int | None, int | None]] | None) -> None:
+    selected = session.selected
+    assert selected is not None
+    if selected.readonly:
+        session.tagged(tag, b"NO", b"[READ-ONLY] Mailbox is read-only")
+        return
+    messages = await selected.folder.messages()
+    deleted = [m.uid for m in messages if DELETED in m.flags]
+    if ranges is not None:
+        uids = [m.uid for m in messages]
+        wanted = {uids[p] for p in select_positions(ranges, uids, by_uid=True)}
+        deleted = [uid for uid in deleted if uid in wanted]
+    if deleted:
+        await selected.folder.expunge(deleted)
+    await session.complete(tag, b"EXPUNGE completed", force=True)

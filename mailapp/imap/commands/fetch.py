@@ -1,0 +1,336 @@
+"""
+FETCH and UID FETCH (RFC 3501 6.4.5, 6.4.8), with the fetch-item parser.
+
+What the index knows (FLAGS, UID, INTERNALDATE, RFC822.SIZE) is answered
+from the session's view, in batches paced by the transport. What needs the
+message (ENVELOPE, BODYSTRUCTURE, BODY[...]) opens its file on a worker
+thread, scans its MIME structure there when an item needs it, and streams
+the bytes a chunk at a time, so memory stays bounded whatever the message
+size. Fetching a body sets \\Seen first (not BODY.PEEK), in one store change.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, Coroutine
+
+from twisted.logger import Logger
+
+from mailapp import logevents
+from mailapp.errors import NoSuchMessage
+from mailapp.imap import mime
+from mailapp.imap.flags import RECENT, SEEN
+from mailapp.imap.policy import CHUNK_SIZE, FETCH_BATCH
+from mailapp.imap.wire import (
+    Atom,
+    BadCommand,
+    Token,
+    as_string,
+    format_datetime,
+    format_flags,
+    format_value,
+    parse_arguments,
+    parse_sequence_set,
+    select_positions,
+)
+from mailapp.records import MessageInfo
+
+if TYPE_CHECKING:
+    from mailapp.imap.selected import SelectedFolder
+    from mailapp.imap.session import IMAPServer
+
+__all__ = ["FetchItem", "fetch", "parse_fetch_items", "structure_cut", "uid_fetch"]
+
+_log = Logger()
+
+_FETCH_SECTION = re.compile(rb"^(BODY(?:\.PEEK)?)\[(.*)\](?:<([0-9]{1,10})(?:\.([0-9]{1,10}))?>)?$", re.S | re.I)
+_SIMPLE = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE", b"BODY"}
+_MACROS = {
+    b"ALL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"],
+    b"FAST": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"],
+    b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"],
+}
+_FROM_INDEX = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE")
+
+
+@dataclass
+class FetchItem:
+    """One item a FETCH asks for."""
+
+    kind: str  # FLAGS UID INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY SECTION
+    label: bytes = b""
+    section: mime.Section | None = None
+    start: int | None = None
+    length: int | None = None
+    seen: bool = False
+
+    @property
+    def needs_file(self) -> bool:
+        return self.kind in ("ENVELOPE", "BODYSTRUCTURE", "BODY", "SECTION")
+
+    @property
+    def needs_structure(self) -> bool:
+        return self.kind in ("ENVELOPE", "BODYSTRUCTURE", "BODY") or (
+            self.kind == "SECTION" and self.section is not None and self.section.needs_structure()
+        )
+
+
+# -- the fetch-item parser ----------------------------------------------------------------------
+
+
+def parse_fetch_items(tokens: list[Token]) -> list[FetchItem]:
+    """The items of a FETCH: one item, a macro (ALL, FAST, FULL) or a parenthesized list."""
+    if len(tokens) == 1 and isinstance(tokens[0], list):
+        tokens = tokens[0]
+    elif len(tokens) == 1 and isinstance(tokens[0], Atom):
+        macro = tokens[0].upper()
+        if macro in _MACROS:
+            tokens = [Atom(x) for x in _MACROS[macro]]
+    else:
+        raise BadCommand("FETCH items must be one item or a parenthesized list")
+    if not tokens:
+        raise BadCommand("No FETCH items")
+    items = []
+    for token in tokens:
+        if not isinstance(token, Atom):
+            raise BadCommand("Bad FETCH item")
+        items.append(_fetch_item(bytes(token)))
+    return items
+
+
+def _fetch_item(text: bytes) -> FetchItem:
+    upper = text.upper()
+    if upper in _SIMPLE:
+        return FetchItem(upper.decode())
+    if upper == b"RFC822":
+        return FetchItem("SECTION", b"RFC822", mime.Section(), seen=True)
+    if upper == b"RFC822.HEADER":
+        return FetchItem("SECTION", b"RFC822.HEADER", mime.Section((), "HEADER"))
+    if upper == b"RFC822.TEXT":
+        return FetchItem("SECTION", b"RFC822.TEXT", mime.Section((), "TEXT"), seen=True)
+    match = _FETCH_SECTION.match(text)
+    if not match:
+        raise BadCommand("Unknown FETCH item")
+    inner = match.group(2)
+    field_names: list[bytes] = []
+    paren = inner.find(b"(")
+    section_text = inner
+    if paren >= 0:
+        section_text = inner[:paren]
+        try:
+            tokens = parse_arguments([inner[paren:]])
+        except BadCommand:
+            raise BadCommand("Bad header field list") from None
+        if len(tokens) != 1 or not isinstance(tokens[0], list) or not tokens[0]:
+            raise BadCommand("Bad header field list")
+        field_names = [as_string(t, "header field") for t in tokens[0]]
+        if not section_text.endswith(b" "):
+            raise BadCommand("Bad section")
+    try:
+        section = mime.parse_section(section_text, field_names)
+    except ValueError as e:
+        raise BadCommand(f"Bad section: {e}") from None
+    start = int(match.group(3)) if match.group(3) is not None else None
+    length = int(match.group(4)) if match.group(4) is not None else None
+    if match.group(3) is not None and match.group(4) is None:
+        raise BadCommand("Partial needs <start.length>")
+    peek = match.group(1).upper() == b"BODY.PEEK"
+    label_inner = section_text.strip().upper()
+    if field_names:
+        label_inner += b" (" + b" ".join(f.upper() for f in field_names) + b")"
+    label = b"BODY[" + label_inner + b"]" + (b"<%d>" % start if start is not None else b"")
+    return FetchItem("SECTION", label, section, start, length, seen=not peek)
+
+
+# -- the commands -------------------------------------------------------------------------------------
+
+
+def fetch(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
+    return _fetch(session, tag, arguments, by_uid=False)
+
+
+def uid_fetch(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
+    return _fetch(session, tag, arguments, by_uid=True)
+
+
+async def _fetch(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid: bool) -> None:
+    if len(arguments) < 2:
+        raise BadCommand("FETCH sequence-set items")
+    ranges = parse_sequence_set(as_string(arguments[0], "sequence set"))
+    items = parse_fetch_items(arguments[1:])
+    if by_uid and not any(i.kind == "UID" for i in items):
+        items.insert(0, FetchItem("UID"))
+    selected = session.selected
+    assert selected is not None
+    positions = select_positions(ranges, selected.uids, by_uid)
+    flags_changed: set[int] = set()
+    if not selected.readonly and any(i.seen for i in items):
+        unseen = [selected.uids[p] for p in positions if SEEN not in selected.info[selected.uids[p]].flags]
+        if unseen:
+            changed = await selected.folder.setFlags(unseen, [SEEN], "add")
+            for uid, flags in changed.items():
+                if uid in selected.info:
+                    selected.setFlags(uid, flags)
+                    flags_changed.add(uid)
+    if flags_changed and not any(i.kind == "FLAGS" for i in items):
+        items.append(FetchItem("FLAGS"))
+    missing = False
+    if not any(i.needs_file for i in items):
+        await _fetchFromIndex(session, selected, positions, items)
+    else:
+        for position in positions:
+            if position >= len(selected.uids) or not selected.active:
+                break
+            if not await _fetchOne(session, selected, position, items):
+                missing = True
+    if missing:
+        # Deleted behind the store's back, maybe: then it is expunged now.
+        selected.look_outside = True
+        await session.update(allow_expunge=by_uid, with_uid=by_uid)
+        session.tagged(tag, b"NO", b"[EXPUNGEISSUED] Some messages were expunged and could not be fetched")
+        return
+    await session.complete(tag, b"FETCH completed", allow_expunge=by_uid, with_uid=by_uid)
+
+
+def _simpleItem(item: FetchItem, uid: int, info: MessageInfo, recent: bool) -> bytes:
+    if item.kind == "FLAGS":
+        return b"FLAGS " + format_flags(info.flags | {RECENT} if recent else info.flags)
+    if item.kind == "UID":
+        return b"UID %d" % uid
+    if item.kind == "INTERNALDATE":
+        return b"INTERNALDATE " + format_datetime(info.internaldate)
+    if item.kind == "RFC822.SIZE":
+        return b"RFC822.SIZE %d" % info.size
+    raise AssertionError(item.kind)
+
+
+async def _fetchFromIndex(session: IMAPServer, selected: SelectedFolder, positions: list[int], items: list[FetchItem]) -> None:
+    """FLAGS, UID, INTERNALDATE, RFC822.SIZE: answered from the view, in batches paced by the transport."""
+    uids, info, recent = selected.uids, selected.info, selected.recent
+    flow = session.flow
+    for start in range(0, len(positions), FETCH_BATCH):
+        out = []
+        for position in positions[start : start + FETCH_BATCH]:
+            uid = uids[position]
+            entry = info[uid]
+            is_recent = uid in recent
+            body = b" ".join(_simpleItem(item, uid, entry, is_recent) for item in items)
+            out.append(b"* %d FETCH (%s)\r\n" % (position + 1, body))
+        session.write(b"".join(out))
+        if flow.paused:
+            await flow.wait()
+
+
+async def _fetchOne(session: IMAPServer, selected: SelectedFolder, position: int, items: list[FetchItem]) -> bool:
+    """One message's FETCH response, its bodies streamed from the file; False if it is gone."""
+    uid = selected.uids[position]
+    entry = selected.info[uid]
+    store = session.store
+    try:
+        handle = await selected.folder.openMessage(uid)
+    except NoSuchMessage:
+        return False
+    try:
+        structure: mime.Part | None = None
+        if any(i.needs_structure for i in items):
+            scanned = await store.run(_scan, handle)
+            structure = scanned.root
+            if scanned.cut:
+                structure_cut(uid)
+        size = structure.end if structure is not None else None
+        out = [b"* %d FETCH (" % (position + 1)]
+        first = True
+        for item in items:
+            if not first:
+                out.append(b" ")
+            first = False
+            if item.kind in _FROM_INDEX:
+                out.append(_simpleItem(item, uid, entry, uid in selected.recent))
+            elif item.kind == "ENVELOPE":
+                assert structure is not None  # the item needs_structure
+                out.append(b"ENVELOPE " + format_value(mime.envelope(structure)))
+            elif item.kind == "BODYSTRUCTURE":
+                assert structure is not None
+                out.append(b"BODYSTRUCTURE " + format_value(mime.body_structure(structure, True)))
+            elif item.kind == "BODY":
+                assert structure is not None
+                out.append(b"BODY " + format_value(mime.body_structure(structure, False)))
+            else:
+                assert item.section is not None
+                where: Any
+                if structure is not None:
+                    where = mime.resolve(structure, item.section)
+                else:
+                    if size is None:
+                        size = await store.run(_file_size, handle)
+                    where = (0, size)
+                if where is None:
+                    where = b""
+                if isinstance(where, bytes):
+                    if item.start is not None:
+                        where = where[item.start : item.start + (item.length or 0)]
+                    out.append(item.label + b" {%d}\r\n" % len(where) + where)
+                    continue
+                begin, end = where
+                if item.start is not None:
+                    begin = min(begin + item.start, end)
+                    end = min(begin + (item.length or 0), end)
+                out.append(item.label + b" {%d}\r\n" % (end - begin))
+                session.write(b"".join(out))
+                out = []
+                await _stream(session, handle, begin, end - begin)
+        out.append(b")\r\n")
+        session.write(b"".join(out))
+    finally:
+        handle.close()
+    if session.flow.paused:
+        await session.flow.wait()
+    return True
+
+
+async def _stream(session: IMAPServer, handle: IO[bytes], offset: int, length: int) -> None:
+    """Send C{length} bytes of the file from C{offset}, a chunk at a time, paced by the transport."""
+    flow = session.flow
+    while length > 0:
+        data = await session.store.run(_read_at, handle, offset, min(CHUNK_SIZE, length))
+        if not data:
+            # The file is shorter than its index entry said: keep the literal's promise.
+            _log.error("imap message file shorter than expected", log_event=logevents.IMAP_INTERNAL_ERROR)
+            data = b" " * min(CHUNK_SIZE, length)
+        session.write(data)
+        offset += len(data)
+        length -= len(data)
+        if flow.paused or flow.stopped:
+            await flow.wait()
+
+
+# -- on worker threads --------------------------------------------------------------------------------
+
+
+def _scan(handle: IO[bytes]) -> mime.Structure:
+    handle.seek(0)
+    return mime.scan_structure(handle)
+
+
+def structure_cut(uid: int) -> None:
+    """One warning line for a message whose structure a bound cut: hostile or broken, never a traceback."""
+    _log.warn(
+        "imap message structure cut uid={uid}: deeper than {depth} or more than {parts} parts, the rest is text",
+        log_event=logevents.IMAP_STRUCTURE_CUT,
+        uid=uid,
+        depth=mime.MAX_DEPTH,
+        parts=mime.MAX_PARTS,
+    )
+
+
+def _file_size(handle: IO[bytes]) -> int:
+    # The message's size as sent, which the store's file object knows
+    # without reading (the file on disk is smaller: LF line ends).
+    return handle.seek(0, os.SEEK_END)
+
+
+def _read_at(handle: IO[bytes], offset: int, size: int) -> bytes:
+    handle.seek(offset)
+    return handle.read(size)

@@ -1,0 +1,126 @@
+"""
+The IMAP listener: L{IMAPFactory} builds one session per connection and
+keeps what the sessions of a process share (the \\Recent markers, shared
+reads of new mail), and L{buildFactory} is the builder the service
+registers for the ``imap`` protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from mailapp.imap.policy import IMAPPolicy
+from mailapp.imap.session import IMAPServer
+from mailapp.records import MessageInfo
+from mailapp.sessions import SessionFactory, session_limits
+
+__all__ = ["IMAPFactory", "buildFactory"]
+
+
+class IMAPFactory(SessionFactory):
+    """
+    Builds sessions for one listener, keeps its connection counts (total and
+    per client address), and the \\Recent markers of this process (the
+    L{mailapp.imap.selected.RecentMarkers} every selected folder reads).
+    """
+
+    policy: IMAPPolicy
+
+    def __init__(
+        self,
+        portal: Any,
+        store: Any,
+        policy: IMAPPolicy,
+        reactor: Any,
+        tls: Any = None,
+        inflight: Any = None,
+        guard: Any = None,
+        quotas: Any = None,
+    ) -> None:
+        super().__init__(inflight, guard)
+        #: The server's L{mailapp.quota.Quotas}: APPEND and COPY ask it first (None: no quotas).
+        self.quotas = quotas
+        #: Reads of "messages above UID n" in flight, shared (see messagesAfter).
+        self._sharedReads: dict[tuple[str, str, int], list[defer.Deferred[list[MessageInfo]]]] = {}
+        self.portal = portal
+        self.store = store
+        self.policy = policy
+        self.reactor = reactor
+        self.tls = tls
+
+    # Twisted's Factory is generic over a protocol whose factory is Factory[Self]; SessionFactory is not generic.
+    def buildProtocol(self, addr: Any) -> IMAPServer:  # type: ignore[override]
+        return IMAPServer(self)
+
+    # \Recent is shared by every listener in the process: kept on the store object.
+    def _recent(self) -> dict[tuple[str, str, int], int]:
+        markers: dict[tuple[str, str, int], int] | None = getattr(self.store, "_imapRecentMarkers", None)
+        if markers is None:
+            markers = {}
+            try:
+                self.store._imapRecentMarkers = markers
+            except AttributeError:  # pragma: no cover - a store that takes no attributes
+                pass
+        return markers
+
+    def messagesAfter(self, folder: Any, uid: int) -> defer.Deferred[list[MessageInfo]]:
+        """
+        The folder's messages above C{uid}, one store read shared by every
+        session that asks for the same thing at the same time: a delivery to a
+        folder that 100 clients watch wakes them all, and they all want it.
+        """
+        key = (folder.account.lower(), folder.name, uid)
+        mine: defer.Deferred[list[MessageInfo]] = defer.Deferred()
+        waiting = self._sharedReads.get(key)
+        if waiting is not None:
+            waiting.append(mine)
+            return mine
+        self._sharedReads[key] = [mine]
+
+        def deliver(result: object) -> None:
+            for each in self._sharedReads.pop(key, []):
+                if isinstance(result, Failure):
+                    each.errback(result)
+                else:
+                    each.callback(list(result))  # type: ignore[call-overload]
+
+        folder.messagesAfter(uid).addBoth(deliver)
+        return mine
+
+    def recentMarker(self, account: str | None, folder: str, uidvalidity: int) -> int:
+        return self._recent().get(((account or "").lower(), folder, uidvalidity), 0)
+
+    def setRecentMarker(self, account: str | None, folder: str, uidvalidity: int, uid: int) -> None:
+        key = ((account or "").lower(), folder, uidvalidity)
+        markers = self._recent()
+        markers[key] = max(markers.get(key, 0), uid)
+
+
+def buildFactory(context: Any, listener: Any) -> IMAPFactory:
+    """The builder the service registers for the ``imap`` protocol."""
+    config = context.config
+    limits = config.limits
+    policy = IMAPPolicy(
+        hostname=config.hostname,
+        allow_plaintext_auth=listener.allow_plaintext_auth,
+        max_message_size=limits.max_message_size,
+        **session_limits(config, listener),
+        timeout=limits.imap_timeout_seconds,
+        max_commands_before_auth=limits.max_commands_before_auth,
+        max_literal=limits.imap_max_literal,
+        max_line=limits.imap_max_line,
+    )
+    tls = context.tls if listener.tls == "starttls" else None
+    return IMAPFactory(
+        context.portal,
+        context.store,
+        policy,
+        context.reactor,
+        tls=tls,
+        inflight=context.inflight,
+        guard=getattr(context, "guard", None),
+        quotas=getattr(context, "quotas", None),
+    )

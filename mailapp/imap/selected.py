@@ -1,0 +1,197 @@
+"""
+A session's view of its selected folder: the sequence number <-> UID map,
+each message's index entry as last told to the client, and C{\\Recent}.
+
+The view stays still between commands, so a client never sees a sequence
+number go stale in the middle of a FETCH: it changes only when the session
+asks (L{SelectedFolder.update}, at command boundaries and during IDLE) and
+says so to the client as it changes, in RFC 3501's order: EXPUNGE
+(descending, only where the command allows it, 7.4.1), FETCH FLAGS for
+changed flags, then EXISTS and RECENT for new mail.
+
+The store's event bus is a hint (L{SelectedFolder.hint}): the view re-reads
+the folder when told, and just the messages above what it has announced
+when every hint since the last read was new mail.
+
+\\Recent is kept in this process's memory (L{RecentMarkers}, the factory):
+the first session to see a new message gets it; after a restart every
+message is \\Recent once more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol
+
+from twisted.internet import defer
+
+from mailapp.imap.flags import RECENT
+from mailapp.imap.wire import format_flags
+from mailapp.records import ADDED, MessageInfo
+
+__all__ = ["RecentMarkers", "SelectedFolder"]
+
+
+class RecentMarkers(Protocol):
+    """What the view reads through, shared by the sessions of a process (the factory)."""
+
+    def recentMarker(self, account: str | None, folder: str, uidvalidity: int) -> int:
+        """The highest UID some session has already shown as \\Recent."""
+
+    def setRecentMarker(self, account: str | None, folder: str, uidvalidity: int, uid: int) -> None: ...
+
+    def messagesAfter(self, folder: Any, uid: int) -> defer.Deferred[list[MessageInfo]]:
+        """The folder's messages above C{uid}, one store read shared by every session asking."""
+
+
+class SelectedFolder:
+    """
+    The selected folder as this session's client knows it: position + 1 in
+    L{uids} is a message's sequence number, L{info} its index entry.
+    """
+
+    def __init__(
+        self,
+        folder: Any,
+        readonly: bool,
+        account: str | None,
+        markers: RecentMarkers,
+        write: Callable[[bytes], None],
+        status: Any,
+        messages: list[MessageInfo],
+    ) -> None:
+        #: The store's L{mailapp.interfaces.IFolder}.
+        self.folder = folder
+        self.readonly = readonly
+        self._account = account
+        self._markers = markers
+        self._write = write
+        self.uids = [m.uid for m in messages]
+        self.info = {m.uid: m for m in messages}
+        #: Highest UID this view has announced.
+        self.highest = self.uids[-1] if self.uids else 0
+        self.uidvalidity: int = status.uidvalidity
+        self.uidnext = max(status.uidnext, self.highest + 1)
+        marker = markers.recentMarker(account, folder.name, self.uidvalidity)
+        self.recent = {uid for uid in self.uids if uid > marker}
+        if not readonly:
+            markers.setRecentMarker(account, folder.name, self.uidvalidity, self.highest)
+        #: Cancels the store-event subscription (set by the session).
+        self.unsubscribe: Callable[[], None] = lambda: None
+        #: False once the session has let go of this view (an update in flight then stops).
+        self.active = True
+        self.dirty = False
+        #: Every change hinted since the last full read was new mail: reading the
+        #: messages above C{highest} is enough (a 10,000-message folder need not
+        #: be read again for each delivery).
+        self.only_added = True
+        #: Ask the store, at the next update, whether other tools changed the folder.
+        self.look_outside = False
+
+    @classmethod
+    async def open(
+        cls, folder: Any, readonly: bool, account: str | None, markers: RecentMarkers, write: Callable[[bytes], None]
+    ) -> tuple[SelectedFolder, list[MessageInfo]]:
+        """Read the folder afresh and make its view; also the messages read, for SELECT's own answers."""
+        await folder.refresh()
+        status = await folder.status()
+        messages: list[MessageInfo] = await folder.messages()
+        return cls(folder, readonly, account, markers, write, status, messages), messages
+
+    def close(self) -> None:
+        self.active = False
+        self.unsubscribe()
+
+    def hint(self, event: Any = None) -> None:
+        """The store says the folder changed: re-read it at the next update."""
+        if not self.dirty:
+            self.only_added = True
+        self.dirty = True
+        if getattr(event, "kind", None) != ADDED:
+            self.only_added = False
+
+    def shownFlags(self, uid: int, flags: frozenset[str]) -> frozenset[str]:
+        """The flags as the client sees them: with \\Recent where this session has it."""
+        return flags | {RECENT} if uid in self.recent else flags
+
+    def setFlags(self, uid: int, flags: frozenset[str]) -> None:
+        """The flags this session itself set (STORE, FETCH's implicit \\Seen)."""
+        self.info[uid] = dataclasses.replace(self.info[uid], flags=flags)
+
+    def expunged(self, uids: set[int]) -> None:
+        """Messages this session itself removed (MOVE): EXPUNGE each, in descending order."""
+        gone = [i for i, uid in enumerate(self.uids) if uid in uids]
+        for position in reversed(gone):
+            self._write(b"* %d EXPUNGE\r\n" % (position + 1))
+            self._forget(position)
+
+    def _forget(self, position: int) -> None:
+        uid = self.uids.pop(position)
+        self.info.pop(uid, None)
+        self.recent.discard(uid)
+
+    async def update(self, allow_expunge: bool, force: bool = False, with_uid: bool = False) -> None:
+        """
+        Re-read the folder if it changed (or C{force}) and tell the client:
+        EXPUNGE (descending, only where allowed), FETCH FLAGS for changed
+        flags, EXISTS and RECENT for new messages.
+        """
+        if force or self.look_outside:
+            # Other tools' changes come back as store events: they mark the view dirty.
+            self.look_outside = False
+            await self.folder.refresh()
+            if not self.active:
+                return
+        if not (self.dirty or force):
+            return
+        self.dirty = False
+        if self.only_added and not force:
+            # Only new mail was announced: read just what lies above the view.
+            added = await self._markers.messagesAfter(self.folder, self.highest)
+            if not self.active:
+                return
+            self.announceNew(added)
+            return
+        messages: list[MessageInfo] = await self.folder.messages()
+        if not self.active:
+            return
+        current = {m.uid: m for m in messages}
+        gone = [i for i, uid in enumerate(self.uids) if uid not in current]
+        if gone:
+            if allow_expunge:
+                for position in reversed(gone):
+                    self._write(b"* %d EXPUNGE\r\n" % (position + 1))
+                for position in reversed(gone):
+                    self._forget(position)
+            else:
+                self.dirty = True
+                self.only_added = False  # the expunges are still to tell: read it all again
+        out = []
+        for position, uid in enumerate(self.uids):
+            now = current.get(uid)
+            if now is not None and now.flags != self.info[uid].flags:
+                self.info[uid] = now
+                flags = now.flags | ({RECENT} if uid in self.recent else set())
+                extra = b" UID %d" % uid if with_uid else b""
+                out.append(b"* %d FETCH (FLAGS %s%s)\r\n" % (position + 1, format_flags(flags), extra))
+        if out:
+            self._write(b"".join(out))
+        self.announceNew(messages)
+
+    def announceNew(self, messages: list[MessageInfo]) -> None:
+        """EXISTS and RECENT for the messages above what the view has announced."""
+        new = [m for m in messages if m.uid > self.highest]
+        if new:
+            name = self.folder.name
+            marker = self._markers.recentMarker(self._account, name, self.uidvalidity)
+            for m in new:
+                self.uids.append(m.uid)
+                self.info[m.uid] = m
+                if m.uid > marker:
+                    self.recent.add(m.uid)
+            self.highest = new[-1].uid
+            self.uidnext = max(self.uidnext, self.highest + 1)
+            if not self.readonly:
+                self._markers.setRecentMarker(self._account, name, self.uidvalidity, self.highest)
+            self._write(b"* %d EXISTS\r\n" % len(self.uids))
+            self._write(b"* %d RECENT\r\n" % len(self.recent))

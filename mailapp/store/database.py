@@ -1,0 +1,225 @@
+"""
+The index file itself: one SQLite database per mailbox, its schema, and the
+connection class that notices damage.
+
+C{<maildir>/mailapp-index.sqlite3} keeps, per folder, UIDVALIDITY and
+UIDNEXT, and per message its UID, file name, flags, size and internal date,
+so that listing a folder or its flags never opens a message file. The
+Maildir stays the truth for content and readable by other tools (Dovecot,
+mutt, backups); the index is derived from it and is rebuilt when it is
+missing or damaged (L{mailapp.store.rebuild}).
+
+A message's ``size`` here is its wire size (lines ending in CRLF): what
+IMAP's RFC822.SIZE and POP3's LIST report.
+
+Damage is whatever SQLite reports as SQLITE_CORRUPT or SQLITE_NOTADB, and a
+failed C{PRAGMA quick_check}: every connection is a L{_WatchedConnection},
+which remembers the damage whoever catches the error, so that the pool
+(L{mailapp.store.connections}) can rebuild the index.
+
+Synchronous; runs on a worker thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from mailapp.store.rebuild import rebuild_tables
+from mailapp.store.usage import add_usage_table
+
+INDEX_NAME = "mailapp-index.sqlite3"
+#: 2: the mailbox's usage kept as a total by triggers (L{mailapp.store.usage});
+#: an index of version 1 is migrated at its first open.
+SCHEMA_VERSION = 2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS folders (
+    name TEXT PRIMARY KEY,
+    uidvalidity INTEGER NOT NULL,
+    uidnext INTEGER NOT NULL,
+    subscribed INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS messages (
+    folder TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    filename TEXT NOT NULL,
+    flags TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    internaldate REAL NOT NULL,
+    PRIMARY KEY (folder, uid)
+) WITHOUT ROWID;
+"""
+
+
+class IndexDamaged(sqlite3.DatabaseError):
+    """The index failed its check (``PRAGMA quick_check``) or has a schema this code does not know."""
+
+
+#: SQLite's primary result codes that mean the file is damaged.
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def is_damage(error: BaseException) -> bool:
+    """
+    Whether C{error} says the index file is damaged (SQLITE_CORRUPT,
+    SQLITE_NOTADB, a failed check), as opposed to busy, locked, full or
+    read-only, which a rebuild would not cure.
+    """
+    if isinstance(error, IndexDamaged):
+        return True
+    if not isinstance(error, sqlite3.DatabaseError):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(error)
+    return "malformed" in text or "not a database" in text
+
+
+class _WatchedCursor(sqlite3.Cursor):
+    """A cursor that marks its connection damaged when SQLite reports damage, whoever catches the error."""
+
+    connection: _WatchedConnection
+
+    def _noted(self, error: sqlite3.DatabaseError) -> sqlite3.DatabaseError:
+        if is_damage(error):
+            self.connection.damaged = True
+        return error
+
+    def execute(self, sql: str, parameters: Any = ()) -> _WatchedCursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.DatabaseError as e:
+            raise self._noted(e)
+
+    def executemany(self, sql: str, parameters: Any) -> _WatchedCursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.DatabaseError as e:
+            raise self._noted(e)
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.DatabaseError as e:
+            raise self._noted(e)
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except sqlite3.DatabaseError as e:
+            raise self._noted(e)
+
+    def fetchmany(self, size: int | None = 1) -> list[Any]:
+        try:
+            return super().fetchmany(size)
+        except sqlite3.DatabaseError as e:
+            raise self._noted(e)
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.DatabaseError as e:
+            raise self._noted(e)
+
+
+class _WatchedConnection(sqlite3.Connection):
+    """
+    An index connection that remembers whether SQLite ever reported damage
+    through it, so that L{connection} can discard it and rebuild the index
+    even when the caller caught the error (the committer fails the jobs of
+    a batch one by one).
+    """
+
+    damaged = False
+
+    def cursor(self, factory: Any = _WatchedCursor) -> Any:
+        return super().cursor(factory)
+
+    def execute(self, sql: str, parameters: Any = ()) -> _WatchedCursor:
+        return self.cursor().execute(sql, parameters)  # type: ignore[no-any-return]
+
+    def executemany(self, sql: str, parameters: Any) -> _WatchedCursor:
+        return self.cursor().executemany(sql, parameters)  # type: ignore[no-any-return]
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """
+    End C{conn}'s transaction if it is still open. SQLite rolls a transaction
+    back by itself when a write fails with SQLITE_FULL or an I/O error, and a
+    plain ROLLBACK then fails ("cannot rollback - no transaction is active"),
+    hiding the error that mattered.
+    """
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _configure(conn: sqlite3.Connection) -> None:
+    """Every connection's settings: wait for locks rather than fail, WAL, commits not fsync'd."""
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    # NORMAL, not FULL: a commit is not fsync'd on its own. The index is
+    # derived data: every message file is durable (and carries its UID in its
+    # name) before the commit that lists it, and reconcile() repairs the index
+    # from the Maildir once per process. That saves one fsync per mailbox per
+    # batch on the delivery path.
+    conn.execute("PRAGMA synchronous = NORMAL")
+
+
+def check(conn: sqlite3.Connection) -> None:
+    """
+    Raise L{IndexDamaged} unless SQLite finds the whole file sound. A quick
+    check, not an integrity check: it reads every page and row but does not
+    compare indexes with their tables (this schema has none besides the
+    primary keys), in a fraction of the time.
+    """
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise IndexDamaged("; ".join(str(p) for p in problems[:5]))
+
+
+def connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
+    """
+    Open the index, creating and filling it from the Maildir when it is new.
+    The check and the build happen in one IMMEDIATE transaction, so two
+    threads or processes opening a new mailbox at once build it only once.
+    Returns the connection and whether it was built now.
+    """
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=10, factory=_WatchedConnection
+    )
+    try:
+        _configure(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            built = False
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                # Before the rows: the triggers count them as the rebuild inserts them.
+                add_usage_table(conn)
+                rebuild_tables(conn, mailbox_dir)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                built = True
+            elif version == 1:
+                add_usage_table(conn)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == SCHEMA_VERSION:
+                conn.execute("SELECT count(*) FROM folders").fetchone()
+            else:
+                raise IndexDamaged(f"unknown index schema version {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except BaseException:
+        conn.close()
+        raise
+    return conn, built
+

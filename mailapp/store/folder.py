@@ -1,0 +1,432 @@
+"""
+One folder of a Maildir mailbox (L{MaildirFolder}), read through the
+mailbox's index and changed on the store's writer, and the one way to read
+a stored message file.
+
+Every change happens in one ``IMMEDIATE`` index transaction: a flag change
+renames the files first (the names on disk are what a reconcile trusts
+after a crash) and takes every rename back when anything fails before the
+commit; an expunge records UIDNEXT in the folder's ``mailapp-folder``
+first, so that a rebuild never hands out a removed UID again. Each change
+is published on the store's event bus once it is committed, so that every
+session is told.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, ContextManager, Iterable, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailapp.errors import MAX_KEYWORDS_PER_FOLDER, MAX_KEYWORDS_PER_MESSAGE, KeywordLimit, NoSuchFolder, NoSuchMessage
+from mailapp.interfaces import IFolder
+from mailapp.store import durable, messagefile, outside, transfer
+from mailapp.store import reconcile as reconciling
+from mailapp.store.committer import _Delivery, _Placement
+from mailapp.store.database import rollback
+from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, FolderEvent, FolderStatus, MessageInfo
+from mailapp.store.filenames import decode_flags, encode_flags, parse_filename
+from mailapp.store.folders import message_counts, write_meta
+from mailapp.store.keywords import message_filename
+from mailapp.store.names import folder_directory
+from mailapp.store.reconcile import FolderChanges
+from mailapp.store.spool import SpoolWriter
+
+if TYPE_CHECKING:
+    from mailapp.store.mailbox import MaildirMailbox
+
+_log = Logger()
+
+_T = TypeVar("_T")
+
+
+def open_message_file(path: Path) -> IO[bytes]:
+    """
+    Open a Maildir message file for reading in wire form (CRLF, as IMAP
+    and POP3 send it): its name says how it is stored (the ``W=`` size;
+    L{messagefile}). Every read of a stored message comes through here or
+    L{read_message_file}; tools and tests that look at the Maildir from
+    outside use them too. Blocking.
+    """
+    parsed = parse_filename(path.name)
+    return messagefile.open_message(path, parsed.wire_size if parsed is not None else None)
+
+
+def read_message_file(path: Path, limit: int) -> bytes | None:
+    """The whole message of a Maildir file in wire form if at most C{limit} bytes, else None. Blocking."""
+    parsed = parse_filename(path.name)
+    return messagefile.read_message(path, parsed.wire_size if parsed is not None else None, limit)
+
+
+
+@implementer(IFolder)
+class MaildirFolder:
+    """One folder, read through its index."""
+
+    def __init__(self, mailbox: MaildirMailbox, name: str) -> None:
+        self.mailbox = mailbox
+        self.store = mailbox.store
+        self.account = mailbox.account
+        self.name = name
+        self.directory = folder_directory(mailbox.directory, name)
+
+    def _connect(self) -> ContextManager[sqlite3.Connection]:
+        return self.mailbox._connect()
+
+    def _publish(self, kind: str, uids: Iterable[int]) -> None:
+        uids = tuple(sorted(uids))
+        if uids:
+            self.store.events.publish(FolderEvent(kind, self.account, self.name, uids))
+
+    def refresh(self) -> Deferred[None]:
+        """
+        Take in what other tools changed in this folder's directory since
+        the store last knew it (L{outside}): two C{stat} calls when nothing
+        did; otherwise the folder is reconciled on the writer, and the
+        changes are published (C{added}, C{expunged}, C{flags_changed}) as
+        the store's own are, so every session is told.
+        """
+
+        def look() -> bool:
+            def counts() -> tuple[int, int]:
+                with self._connect() as conn:
+                    return message_counts(conn, self.name)
+
+            return outside.changed(self.directory, counts)
+
+        def reconcile() -> FolderChanges:
+            with self._connect() as conn:
+                return reconciling.reconcile_running_folder(conn, self.name, self.directory)
+
+        def publish(changes: FolderChanges) -> None:
+            self._publish(EXPUNGED, changes.removed)
+            self._publish(FLAGS_CHANGED, changes.flags_changed)
+            self._publish(ADDED, changes.added)
+
+        def reconcileIfChanged(changed: bool) -> Deferred[None] | None:
+            if not changed:
+                return None
+            return self.store.write(reconcile).addCallback(publish)
+
+        return self.store.run(look).addCallback(reconcileIfChanged)
+
+    def status(self) -> Deferred[FolderStatus]:
+        def read() -> FolderStatus:
+            with self._connect() as conn:
+                row = conn.execute("SELECT uidvalidity, uidnext FROM folders WHERE name = ?", (self.name,)).fetchone()
+                if row is None:
+                    raise NoSuchFolder(f"no such folder: {self.name}")
+                total, unseen = conn.execute(
+                    "SELECT count(*), coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0)"
+                    " FROM messages WHERE folder = ?",
+                    (self.name,),
+                ).fetchone()
+                return FolderStatus(row[0], row[1], total, unseen)
+
+        return self.store.run(read)
+
+    def messages(self) -> Deferred[list[MessageInfo]]:
+        def read() -> list[MessageInfo]:
+            with self._connect() as conn:
+                rows = conn.execute(
+                    "SELECT uid, flags, size, internaldate FROM messages WHERE folder = ? ORDER BY uid", (self.name,)
+                ).fetchall()
+            return [MessageInfo(uid, decode_flags(flags), size, date) for uid, flags, size, date in rows]
+
+        return self.store.run(read)
+
+    def messagesAfter(self, uid: int) -> Deferred[list[MessageInfo]]:
+        def read() -> list[MessageInfo]:
+            with self._connect() as conn:
+                rows = conn.execute(
+                    "SELECT uid, flags, size, internaldate FROM messages WHERE folder = ? AND uid > ? ORDER BY uid",
+                    (self.name, uid),
+                ).fetchall()
+            return [MessageInfo(uid, decode_flags(flags), size, date) for uid, flags, size, date in rows]
+
+        return self.store.run(read)
+
+    def _filename(self, uid: int) -> str:
+        with self._connect() as conn:
+            row = conn.execute("SELECT filename FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)).fetchone()
+        if row is None:
+            raise NoSuchMessage(f"no such message: {uid}")
+        return str(row[0])
+
+    def _readFile(self, uid: int, read: Callable[[Path], _T]) -> _T:
+        """
+        Worker thread: C{read(path)} on the message's file. A concurrent
+        flag change may rename the file between the index read and the
+        open: read the index again and retry once.
+        """
+        filename = ""
+        for attempt in (1, 2):
+            filename = self._filename(uid)
+            try:
+                return read(self.directory / filename)
+            except FileNotFoundError:
+                pass
+        # A rename the store could not take back (see _undo_renames) left the
+        # file under another name: find it by its base name and UID.
+        found = _find_renamed(self.directory, filename)
+        if found is not None:
+            try:
+                return read(found)
+            except FileNotFoundError:
+                pass
+        raise NoSuchMessage(f"message {uid} is missing from the Maildir")
+
+    def openMessage(self, uid: int) -> Deferred[Any]:
+        return self.store.run(self._readFile, uid, open_message_file)
+
+    def readMessage(self, uid: int, limit: int) -> Deferred[bytes | None]:
+        return self.store.run(self._readFile, uid, lambda path: read_message_file(path, limit))
+
+    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
+        if mode not in ("replace", "add", "remove"):
+            raise ValueError(f"bad mode {mode!r}")
+        wanted = frozenset(flags)
+        uids = sorted(set(uids))
+
+        def change() -> dict[int, frozenset[str]]:
+            # Files first, then the index: the names on disk are what a
+            # reconcile trusts after a crash. When anything fails before the
+            # commit, every rename is undone, so a flag change is all or
+            # nothing and the index never names a file that is not there.
+            renamed: list[tuple[Path, Path]] = []
+            with self._connect() as conn, outside.own_change(self.directory):
+                result: dict[int, frozenset[str]] = {}
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if mode != "remove":
+                        _check_folder_keywords(conn, self.name, wanted)
+                    for uid in uids:
+                        row = conn.execute(
+                            "SELECT filename, flags, size FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)
+                        ).fetchone()
+                        if row is None:
+                            continue
+                        filename, old_text, size = row
+                        old = decode_flags(old_text)
+                        new = wanted if mode == "replace" else (old | wanted if mode == "add" else old - wanted)
+                        if len(_keywords(new)) > MAX_KEYWORDS_PER_MESSAGE and len(_keywords(new)) > len(_keywords(old)):
+                            raise KeywordLimit(f"a message may carry at most {MAX_KEYWORDS_PER_MESSAGE} keywords")
+                        result[uid] = new
+                        if new == old:
+                            continue
+                        parsed = parse_filename(filename.split("/", 1)[1])
+                        relative = filename
+                        if parsed is not None:
+                            relative = message_filename(
+                                self.directory,
+                                parsed.base,
+                                parsed.size if parsed.size is not None else size,
+                                uid,
+                                new,
+                                filename.startswith("cur/"),
+                                parsed.wire_size,
+                            )
+                            if relative != filename:
+                                try:
+                                    durable.rename(self.directory / filename, self.directory / relative)
+                                    renamed.append((self.directory / filename, self.directory / relative))
+                                except FileNotFoundError:
+                                    relative = filename
+                        conn.execute(
+                            "UPDATE messages SET flags = ?, filename = ? WHERE folder = ? AND uid = ?",
+                            (encode_flags(new), relative, self.name, uid),
+                        )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    rollback(conn)
+                    _undo_renames(renamed)
+                    raise
+                return result
+
+        def publish(result: dict[int, frozenset[str]]) -> dict[int, frozenset[str]]:
+            self._publish(FLAGS_CHANGED, result)
+            return result
+
+        return self.store.write(change).addCallback(publish)
+
+    def expunge(self, uids: Iterable[int]) -> Deferred[list[int]]:
+        uids = sorted(set(uids))
+
+        def remove() -> list[int]:
+            with self._connect() as conn, outside.own_change(self.directory):
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    validity, uidnext = conn.execute(
+                        "SELECT uidvalidity, uidnext FROM folders WHERE name = ?", (self.name,)
+                    ).fetchone()
+                    # Record UIDNEXT first, so that a rebuild never hands out a removed UID again.
+                    write_meta(self.directory, validity, uidnext)
+                    victims = []
+                    for uid in uids:
+                        row = conn.execute(
+                            "SELECT filename FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)
+                        ).fetchone()
+                        if row is not None:
+                            victims.append((uid, row[0]))
+                    conn.executemany("DELETE FROM messages WHERE folder = ? AND uid = ?", [(self.name, u) for u, _ in victims])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    rollback(conn)
+                    raise
+                for _, filename in victims:
+                    durable.unlink(self.directory / filename)
+                return [uid for uid, _ in victims]
+
+        def publish(removed: list[int]) -> list[int]:
+            self._publish(EXPUNGED, removed)
+            return removed
+
+        return self.store.write(remove).addCallback(publish)
+
+    def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[int]:
+        writer = self.store.newMessage()
+        if internaldate is not None:
+            writer.internaldate = internaldate
+        writer.write(data)
+        flags = frozenset(flags)
+
+        def written(_: object) -> Deferred[list[int]]:
+            job = _Delivery(
+                writer.path,
+                writer.base,
+                writer.size,
+                writer.internaldate,
+                [_Placement(self.mailbox.directory, self.account, self.name, flags, self.mailbox.pin)],
+                synced=writer.sync,
+                data=writer.pending,
+                stored_size=writer.stored_size,
+            )
+            return self.store.committer.submit(job)
+
+        def failed(reason: Failure) -> Failure:
+            writer.discard()
+            return reason
+
+        def appended(uids: list[int]) -> int:
+            self._publish(ADDED, uids)
+            return uids[0]
+
+        # The errback first: it sees the writer's failures only, never the commit's.
+        return writer.finish().addErrback(failed).addCallback(written).addCallback(appended)
+
+    def appendMessage(
+        self, message: SpoolWriter, flags: Iterable[str] = (), internaldate: float | None = None
+    ) -> Deferred[int]:
+        """
+        Store a message received into a spool writer (IMAP APPEND streams a
+        literal there, so memory stays bounded), with C{flags}; fires with
+        its UID and publishes C{added}. The writer's file belongs to the
+        store from here on, delivered or not.
+        """
+        if not message.finished:
+            raise RuntimeError("appendMessage() before the message's finish() fired")
+        job = _Delivery(
+            message.path,
+            message.base,
+            message.size,
+            message.internaldate if internaldate is None else internaldate,
+            [_Placement(self.mailbox.directory, self.account, self.name, frozenset(flags), self.mailbox.pin)],
+            synced=message.sync,
+            data=message.pending,
+            stored_size=message.stored_size,
+        )
+
+        def appended(uids: list[int]) -> int:
+            self._publish(ADDED, uids)
+            return uids[0]
+
+        return self.store.committer.submit(job).addCallback(appended)
+
+    def copyTo(self, uids: Iterable[int], target: MaildirFolder) -> Deferred[dict[int, int]]:  # type: ignore[override]
+        return self._transfer(uids, target, move=False)
+
+    def moveTo(self, uids: Iterable[int], target: MaildirFolder) -> Deferred[dict[int, int]]:  # type: ignore[override]
+        return self._transfer(uids, target, move=True)
+
+    def _transfer(self, uids: Iterable[int], target: MaildirFolder, move: bool) -> Deferred[dict[int, int]]:
+        """One change on the writer (L{transfer}): atomic against expunges, and across a crash."""
+        if target.mailbox.directory != self.mailbox.directory:
+            raise ValueError("a copy or move stays within one mailbox")
+        d = self.store.write(
+            lambda: transfer.transfer(
+                self.mailbox.directory,
+                self.mailbox.pin,
+                self.name,
+                target.name,
+                sorted(set(uids)),
+                move=move,
+                batch_sync=self.store.batch_sync,
+            )
+        )
+
+        def publish(mapping: dict[int, int]) -> dict[int, int]:
+            target._publish(ADDED, mapping.values())
+            if move:
+                self._publish(EXPUNGED, mapping)
+            return mapping
+
+        return d.addCallback(publish)
+
+
+def _find_renamed(directory: Path, filename: str) -> Path | None:
+    """The file in C{directory}'s new/ or cur/ with the base name and UID of C{filename}, if any. Scans: a rare path."""
+    wanted = parse_filename(filename.split("/", 1)[-1])
+    if wanted is None or wanted.uid is None:
+        return None
+    for sub in ("cur", "new"):
+        try:
+            entries = os.scandir(directory / sub)
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith(wanted.base + ","):
+                    parsed = parse_filename(entry.name)
+                    if parsed is not None and parsed.base == wanted.base and parsed.uid == wanted.uid:
+                        return Path(entry.path)
+    return None
+
+
+def _undo_renames(renamed: list[tuple[Path, Path]]) -> None:
+    """
+    Give files back the names the index still lists, newest first. One that
+    cannot be renamed back is logged and left: the read path finds a message
+    under another name (L{MaildirFolder._readFile}).
+    """
+    for old, new in reversed(renamed):
+        try:
+            durable.rename(new, old)
+        except OSError as e:
+            _log.error("store.rename_undo_failed {path}: {error}", path=str(new), error=str(e))
+
+
+
+def _keywords(flags: Iterable[str]) -> set[str]:
+    return {flag for flag in flags if not flag.startswith("\\")}
+
+
+def _check_folder_keywords(conn: Any, folder: str, wanted: Iterable[str]) -> None:
+    """
+    Refuse (L{KeywordLimit}) keywords that would take C{folder} past
+    L{MAX_KEYWORDS_PER_FOLDER} distinct ones. Reads the folder's flags only
+    when a keyword is asked for, inside the caller's write transaction.
+    """
+    asked = _keywords(wanted)
+    if not asked:
+        return
+    known: set[str] = set()
+    for (text,) in conn.execute("SELECT flags FROM messages WHERE folder = ? AND flags != ''", (folder,)):
+        known |= _keywords(decode_flags(text))
+    if len(known | asked) > MAX_KEYWORDS_PER_FOLDER and asked - known:
+        raise KeywordLimit(f"a folder may hold at most {MAX_KEYWORDS_PER_FOLDER} distinct keywords")

@@ -1,0 +1,122 @@
+"""
+A mailbox's folders on disk: their directories, each one's ``mailapp-folder``
+record, and their rows in the index.
+
+The record holds a folder's UIDVALIDITY and its UIDNEXT as of the last
+expunge, written durably, so that a rebuild of the index
+(L{mailapp.store.rebuild}) keeps UIDVALIDITY and never hands out a UID
+again; without it a rebuild starts a new UIDVALIDITY. The directories are
+the truth about which folders exist: INBOX is the mailbox's own, every
+other folder a Maildir++ ``.Name`` directory with a ``cur/``.
+
+Synchronous; runs on a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from mailapp.store import durable
+from mailapp.store.names import INBOX, SPECIAL_FOLDERS, folder_directory, folder_from_directory
+
+#: Each folder directory's record of its UIDVALIDITY and UIDNEXT.
+META_NAME = "mailapp-folder"
+
+_uidvalidity_lock = threading.Lock()
+_last_uidvalidity = 0
+
+
+def new_uidvalidity() -> int:
+    """A fresh UIDVALIDITY: the time, strictly increasing within the process."""
+    global _last_uidvalidity
+    with _uidvalidity_lock:
+        value = max(int(time.time()) & 0x7FFFFFFF, _last_uidvalidity + 1)
+        _last_uidvalidity = value
+        return value
+
+
+def read_meta(directory: Path) -> dict[str, int] | None:
+    """The folder's record, ``{"uidvalidity": ..., "uidnext": ...}``, or None when it is missing or unreadable."""
+    try:
+        data = json.loads((directory / META_NAME).read_text())
+        if isinstance(data.get("uidvalidity"), int) and isinstance(data.get("uidnext"), int):
+            return {"uidvalidity": data["uidvalidity"], "uidnext": data["uidnext"]}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def write_meta(directory: Path, uidvalidity: int, uidnext: int) -> None:
+    """Replace the folder's metadata file atomically and durably."""
+    data = json.dumps({"uidvalidity": uidvalidity, "uidnext": uidnext}).encode()
+    durable.replace_file(directory / META_NAME, data, directory / "tmp")
+
+
+def make_folder_directory(directory: Path) -> None:
+    """Create a folder's ``cur/``, ``new/`` and ``tmp/`` (and a subfolder's Maildir++ marker) if missing."""
+    for sub in ("cur", "new", "tmp"):
+        (directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    if directory.name.startswith("."):
+        # Maildir++ marks subfolders with this empty file (Courier, Dovecot).
+        marker = directory / "maildirfolder"
+        if not marker.exists():
+            marker.touch(mode=0o600)
+
+
+def message_counts(conn: sqlite3.Connection, name: str) -> tuple[int, int]:
+    """How many of folder C{name}'s messages the index has in C{new/} and in C{cur/}."""
+    new, total = conn.execute(
+        "SELECT coalesce(sum(substr(filename, 1, 4) = 'new/'), 0), count(*) FROM messages WHERE folder = ?", (name,)
+    ).fetchone()
+    return int(new), int(total) - int(new)
+
+
+def ensure_default_folders(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
+    """Create INBOX and the special folders (Sent, Drafts, ...) where they are missing."""
+    for name in (INBOX, *SPECIAL_FOLDERS):
+        if conn.execute("SELECT 1 FROM folders WHERE name = ?", (name,)).fetchone() is None:
+            create_folder(conn, mailbox_dir, name)
+
+
+def create_folder(conn: sqlite3.Connection, mailbox_dir: Path, name: str) -> bool:
+    """Create one folder (directory, metadata, index row); False if it exists."""
+    directory = folder_directory(mailbox_dir, name)
+    make_folder_directory(directory)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT 1 FROM folders WHERE name = ?", (name,)).fetchone():
+            conn.execute("ROLLBACK")
+            return False
+        meta = read_meta(directory)
+        uidvalidity = meta["uidvalidity"] if meta else new_uidvalidity()
+        uidnext = meta["uidnext"] if meta else 1
+        if not meta:
+            write_meta(directory, uidvalidity, uidnext)
+        conn.execute("INSERT INTO folders (name, uidvalidity, uidnext) VALUES (?, ?, ?)", (name, uidvalidity, uidnext))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    durable.fsync_directory(directory.parent if directory != mailbox_dir else mailbox_dir)
+    return True
+
+
+def folders_on_disk(mailbox_dir: Path) -> list[tuple[str, Path]]:
+    """
+    Every folder in the Maildir: INBOX, then each Maildir++ ``.Name``
+    directory with a ``cur/`` (whatever the index lists: the directories
+    are the truth about which folders exist).
+    """
+    folders = [(INBOX, mailbox_dir)]
+    if mailbox_dir.exists():
+        for entry in sorted(os.scandir(mailbox_dir), key=lambda e: e.name):
+            name = folder_from_directory(entry.name)
+            if name is not None and name != INBOX and entry.is_dir() and (Path(entry.path) / "cur").is_dir():
+                folders.append((name, Path(entry.path)))
+    return folders
+
