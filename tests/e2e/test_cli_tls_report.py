@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.test_cli import config, mailapp  # noqa: F401  (fixtures)
+from tests.e2e.test_cli import config, mailapp  # noqa: F401  (fixtures)
 
 
 def _record(config_path: Path, day: str, lines: list[dict[str, object]]) -> None:
