@@ -164,6 +164,11 @@ class TLSPolicies:
         self.mta_sts = mta_sts
         self.context = context if context is not None else client_context()
 
+    def reconfigure(self, relay: RelayConfig) -> None:
+        """SIGHUP: the levels apply to the next connection attempt (the trust store and DNSSEC trust need a restart)."""
+        self.default = relay.tls_policy
+        self.per_domain = dict(relay.tls_policies)
+
     def level(self, domain: str) -> str:
         return self.per_domain.get(domain.lower(), self.default)
 

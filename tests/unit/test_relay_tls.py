@@ -366,3 +366,16 @@ def test_the_daily_report_counts_sessions_per_policy_and_groups_failures() -> No
     assert policy["summary"] == {"total-successful-session-count": 1, "total-failure-session-count": 2}
     [detail] = policy["failure-details"]
     assert detail["result-type"] == "certificate-expired" and detail["failed-session-count"] == 2
+
+
+def test_a_reload_applies_the_tls_levels_and_asks_a_restart_for_the_ca_file(tmp_path: Path) -> None:
+    from mailapp import reload
+    from tests.relay_helpers import Harness
+
+    old = parse(MINIMAL, PATH)
+    new = parse(MINIMAL + '[relay]\ntls_policy = "verify"\ntls_ca_file = "ca.pem"\n[relay.tls_policies]\n"b.test" = "none"\n', PATH)
+    manager = Harness(tmp_path).manager
+    applied: list[str] = []
+    reload._apply_relay(manager, old, new, applied, [])
+    assert (manager.tls_policies.level("c.test"), manager.tls_policies.level("B.test")) == ("verify", "none")
+    assert "relay.tls_ca_file" in reload._needs_restart(old, new)
