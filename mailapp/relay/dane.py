@@ -226,6 +226,11 @@ class AuthenticatedResolver:
         if self.trust == "never":
             return [], False
         resolver = self._get()
+        if not self.trusted(resolver.servers + list(resolver.dynServers)):
+            # An AD bit from here would not be believed: no query, so that a
+            # resolver that mishandles TLSA can never hold mail up (RFC 7672 2.2.1
+            # asks senders that do not do DANE to carry on as before).
+            return [], False
         message = yield resolver.queryUDP([dns.Query(name, type, dns.IN)], timeout)
         if message.trunc:
             message = yield resolver.queryTCP(message.queries)

@@ -379,3 +379,10 @@ def test_a_reload_applies_the_tls_levels_and_asks_a_restart_for_the_ca_file(tmp_
     reload._apply_relay(manager, old, new, applied, [])
     assert (manager.tls_policies.level("c.test"), manager.tls_policies.level("B.test")) == ("verify", "none")
     assert "relay.tls_ca_file" in reload._needs_restart(old, new)
+
+
+def test_no_tlsa_query_is_sent_where_the_ad_bit_would_not_be_believed() -> None:
+    resolver = AuthenticatedResolver(task.Clock(), [("192.0.2.2", 53)], "loopback")
+    made = resolver._get()
+    made.queryUDP = lambda *args, **kwargs: pytest.fail("a TLSA query was sent")
+    assert _fired(resolver.lookupAuthenticated("_25._tcp.mx.b.test", dane.TLSA_TYPE)) == ([], False)
