@@ -106,6 +106,8 @@ RELAY_ATTEMPT: Final = "relay.attempt"
 RELAY_TLS_FAILED: Final = "relay.tls_failed"
 #: an MTA-STS policy fetched, or not; fields: domain, and policy_id, mode, mx, max_age or reason
 RELAY_MTA_STS: Final = "relay.mta_sts"
+#: the relay wrote a day's TLS-RPT reports (mailapp.relay.tlsrpt); fields: day, count, directory
+RELAY_TLS_REPORT: Final = "relay.tls_report"
 
 # --- IMAP (mailapp.imap); failed logins use AUTH_FAILED with protocol="imap" ---
 IMAP_LOGIN: Final = "imap.login"

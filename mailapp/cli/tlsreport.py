@@ -30,25 +30,17 @@ def _day(text: str | None) -> str:
 
 
 def _tls_report(context: Context) -> int:
-    from mailapp.relay.tlsrpt import build_report, read_day
+    from mailapp.relay.tlsrpt import build_report, read_day, write_reports
 
     day = _day(context.options.date)
     hostname = context.config.hostname
-    lines = read_day(context.state_dir / "tls-rpt", day)
-    reports = build_report(lines, day, hostname, f"mailto:postmaster@{hostname}")
+    records = context.state_dir / "tls-rpt"
     output: str | None = context.options.output
     if output is None:
+        reports = build_report(read_day(records, day), day, hostname, f"mailto:postmaster@{hostname}")
         print(json.dumps(reports, indent=2, sort_keys=True))
         return EXIT_OK
-    directory = Path(output)
-    directory.mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
-    for report in reports:
-        domain = report["policies"][0]["policy"]["policy-domain"]
-        begin = int(datetime.datetime.fromisoformat(f"{day}T00:00:00+00:00").timestamp())
-        path = directory / f"{hostname}!{domain}!{begin}!{begin + 86400}.json"
-        path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        written.append(str(path))
+    written = [str(path) for path in write_reports(records, day, Path(output), hostname)]
     data: dict[str, Any] = {"date": day, "files": written}
     context.report("\n".join(written) if written else f"nothing recorded on {day}", data)
     return EXIT_OK

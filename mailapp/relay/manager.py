@@ -159,6 +159,8 @@ class RelayManager(Workers, Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # twisted.application.service is untyped
         self._stopping = False
+        if self.tls_reports is not None:
+            self.tls_reports.start(self.hostname)
         self._takeLock()
 
     def _takeLock(self) -> None:
@@ -215,6 +217,8 @@ class RelayManager(Workers, Service):
         """Take no new work; let transactions in flight end (bounded), then release the lock."""
         super().stopService()  # type: ignore[no-untyped-call]
         self._stopping = True
+        if self.tls_reports is not None:
+            self.tls_reports.stop()
         if self._lock_timer is not None and self._lock_timer.active():
             self._lock_timer.cancel()
         if self._poller is not None and self._poller.running:

@@ -10,10 +10,15 @@ RFC 8460 4.3 result type with its reason. A lost line costs a line in a
 report, never a message, so the lines are not fsync'd.
 
 L{build_report} turns one day's lines into the RFC 8460 section 4.4 JSON,
-one report per policy domain (``mailapp tls-report [--date D]``,
-L{mailapp.cli.tlsreport}). Sending the report to the ``rua=`` of the
-domain's ``_smtp._tls`` TXT record is not done yet: the files are
-generated, and an operator may send them.
+one report per policy domain, and L{write_reports} writes them as files
+named as RFC 8460 5.3 asks. The relay does that once a day for the day
+before (L{TLSReports.start}: an hourly check, into
+``state_dir/tls-rpt/reports/``, a ``DAY.done`` marker so a restart does not
+write them twice); ``mailapp tls-report`` does it on demand.
+
+Sending the reports to the ``rua=`` of the domain's ``_smtp._tls`` TXT
+record is not done yet: RFC 8460 5.3 wants a mailed report DKIM-signed, so
+it waits for the relay's own DKIM signing; the files are there to send.
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["RESULT_TYPES", "TLSReports", "build_report", "day_of", "read_day"]
+from mailapp import logevents
+
+__all__ = ["RESULT_TYPES", "TLSReports", "build_report", "day_of", "read_day", "write_reports"]
 
 _log = Logger(namespace="mailapp.relay.manager")
 
@@ -48,8 +56,32 @@ RESULT_TYPES = (
 )
 
 
+#: How often the relay looks whether yesterday's reports are written.
+CHECK_INTERVAL = 3600
+
+
 def day_of(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d")
+
+
+def write_reports(directory: Path, day: str, output: Path, organization: str) -> list[Path]:
+    """
+    Write C{day}'s reports (from the lines under C{directory}) into
+    C{output}, one file per policy domain, ``receiver!domain!begin!end.json``
+    (RFC 8460 5.3). Blocking: a worker thread or the admin command.
+    """
+    reports = build_report(read_day(directory, day), day, organization, f"mailto:postmaster@{organization}")
+    output.mkdir(mode=0o700, parents=True, exist_ok=True)
+    begin = int(datetime.datetime.fromisoformat(f"{day}T00:00:00+00:00").timestamp())
+    written = []
+    for report in reports:
+        domain = report["policies"][0]["policy"]["policy-domain"]
+        path = output / f"{organization}!{domain}!{begin}!{begin + 86400}.json"
+        temporary = path.with_name("." + path.name + ".tmp")
+        temporary.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        temporary.replace(path)
+        written.append(path)
+    return written
 
 
 class TLSReports:
@@ -62,6 +94,45 @@ class TLSReports:
         self.directory = directory
         self._clock = clock
         self._run = run
+        self._daily: LoopingCall | None = None
+
+    def start(self, organization: str) -> None:
+        """Write each past day's reports once (checked now, then hourly), as C{organization} (our hostname)."""
+        self._daily = LoopingCall(self._writeYesterday, organization)
+        self._daily.clock = self._clock
+        self._daily.start(CHECK_INTERVAL, now=True).addErrback(lambda reason: _log.failure("TLS-RPT reports stopped", reason))
+
+    def stop(self) -> None:
+        if self._daily is not None and self._daily.running:
+            self._daily.stop()
+        self._daily = None
+
+    def _writeYesterday(self, organization: str) -> Deferred[None]:
+        day = day_of(self._clock.seconds() - 86400)
+        directory = self.directory
+        marker = directory / "reports" / f"{day}.done"
+
+        def write() -> list[Path]:
+            if marker.exists() or not (directory / f"{day}.jsonl").exists():
+                return []
+            written = write_reports(directory, day, directory / "reports", organization)
+            marker.write_text("", encoding="utf-8")
+            return written
+
+        def done(written: list[Path]) -> None:
+            if written:
+                _log.info(
+                    "TLS-RPT reports of {day} written: {count} in {directory}",
+                    log_event=logevents.RELAY_TLS_REPORT,
+                    day=day,
+                    count=len(written),
+                    directory=str(directory / "reports"),
+                )
+
+        def failed(reason: Failure) -> None:
+            _log.failure("could not write the TLS-RPT reports of {day}", reason, day=day)
+
+        return self._run(write).addCallbacks(done, failed)
 
     def record(
         self,

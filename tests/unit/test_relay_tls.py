@@ -386,3 +386,21 @@ def test_no_tlsa_query_is_sent_where_the_ad_bit_would_not_be_believed() -> None:
     made = resolver._get()
     made.queryUDP = lambda *args, **kwargs: pytest.fail("a TLSA query was sent")
     assert _fired(resolver.lookupAuthenticated("_25._tcp.mx.b.test", dane.TLSA_TYPE)) == ([], False)
+
+
+def test_the_relay_writes_yesterdays_reports_once(tmp_path: Path) -> None:
+    from mailapp.relay.tlsrpt import TLSReports
+
+    clock = task.Clock()
+    clock.advance(1_796_083_200 + 3600)  # 2026-12-01 01:00 UTC
+    reports = TLSReports(tmp_path / "tls-rpt", clock, lambda f, *a: defer.maybeDeferred(f, *a))
+    (tmp_path / "tls-rpt").mkdir()
+    line = {"policy_domain": "b.test", "policy_type": "sts", "result_type": None, "mx_host": "mx.b.test", "address": "192.0.2.5"}
+    (tmp_path / "tls-rpt" / "2026-11-30.jsonl").write_text(json.dumps(line) + "\n")
+    reports.start("mail.a.test")
+    [written] = list((tmp_path / "tls-rpt" / "reports").glob("*.json"))
+    assert written.name == "mail.a.test!b.test!1795996800!1796083200.json"
+    written.unlink()
+    clock.advance(3600)
+    assert list((tmp_path / "tls-rpt" / "reports").glob("*.json")) == []  # done once: the marker
+    reports.stop()
