@@ -404,3 +404,62 @@ def test_the_relay_writes_yesterdays_reports_once(tmp_path: Path) -> None:
     clock.advance(3600)
     assert list((tmp_path / "tls-rpt" / "reports").glob("*.json")) == []  # done once: the marker
     reports.stop()
+
+
+class _Connection:
+    def __init__(self, chain: list[x509.Certificate]) -> None:
+        self.chain = chain
+
+    def get_peer_cert_chain(self, as_cryptography: bool = False) -> list[x509.Certificate]:
+        return self.chain
+
+
+class _TLS:
+    def __init__(self, chain: list[x509.Certificate]) -> None:
+        self.connection = _Connection(chain)
+
+
+def test_sts_testing_delivers_to_an_unverified_peer_and_records_why(pki: dict[str, Any]) -> None:
+    check = HopCheck("b.test", HOP, "sts", enforce=False, policy_type="sts", tls=_TLS([pki["stranger"]]))  # type: ignore[arg-type]
+    assert check.check(_Session(True), pki["store"]) is None
+    assert check.failure is not None and check.failure.result_type == "certificate-not-trusted" and not check.verified
+
+
+def test_sts_enforce_refuses_the_same_peer_and_accepts_a_verified_one(pki: dict[str, Any]) -> None:
+    check = HopCheck("b.test", HOP, "sts", enforce=True, tls=_TLS([pki["stranger"]]))  # type: ignore[arg-type]
+    reply = check.check(_Session(True), pki["store"])
+    assert reply is not None and "4.7.5" in str(reply) and "not verify" in str(reply)
+    good = HopCheck("b.test", HOP, "sts", enforce=True, tls=_TLS([pki["leaf"]]))  # type: ignore[arg-type]
+    assert good.check(_Session(True), pki["store"]) is None and good.verified
+
+
+def test_a_peer_refused_by_verify_is_deferred_with_4_7_5_and_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.logger import globalLogPublisher
+
+    from mailapp import logevents
+    from mailapp.relay.client import SessionError
+    from mailapp.relay.queue import PENDING
+    from tests.relay_helpers import B_HOP, OK, FakeClient, Harness
+
+    def greet(self: FakeClient, hostname: str, tls: Any = None, require_tls: bool = False, auth: Any = None, verify: Any = None) -> Any:
+        self.secure = False  # type: ignore[attr-defined]  # a peer that does not offer STARTTLS
+        refused = verify(self)
+        return defer.fail(SessionError(refused)) if refused is not None else defer.succeed(None)
+
+    monkeypatch.setattr(FakeClient, "greet", greet)
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        h = Harness(tmp_path)
+        h.network.servers[B_HOP] = lambda r: OK
+        h.manager.tls_policies = TLSPolicies("opportunistic", {"b.test": "verify"})
+        h.start()
+        queue_id = h.submit("alice@a.test", ["bob@b.test"])
+        assert h.network.sent == []
+        [recipient] = h.manager.entries[queue_id].envelope.recipients
+        assert recipient.state == PENDING and recipient.last_reply.startswith("451 4.7.5")
+        [failed] = [e for e in seen if e.get("log_event") == logevents.RELAY_TLS_FAILED]
+        assert failed["result_type"] == "starttls-not-supported" and failed["outcome"] == "refused"
+        h.stop()
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
