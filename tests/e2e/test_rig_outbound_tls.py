@@ -5,7 +5,9 @@ message to five domains, each an MX that is a real mailapp with STARTTLS:
 
 - ``v.test``: its MX's certificate is self-signed (does not verify); a.test
   says ``verify`` for it: refused, 4.7.5, the message waits;
-- ``o.test``: the same kind of certificate, no policy published, a.test's
+- ``g.test``: its MX's certificate is from the test CA; ``verify`` too:
+  delivered;
+- ``o.test``: a self-signed certificate, no policy published, a.test's
   default (``opportunistic``): delivered;
 - ``s.test``: the same kind of certificate, and an MTA-STS policy in
   ``enforce`` mode served over HTTPS (a certificate from the test CA) by a
@@ -14,7 +16,7 @@ message to five domains, each an MX that is a real mailapp with STARTTLS:
   answers carry the AD bit: its certificate matches: delivered;
 - ``f.test``: the same, but the TLSA names another key: refused.
 
-a.test trusts the test CA (``tls_ca_file``) and the rig's AD bit
+The MTA-STS policy is cached in a.test's state directory. a.test trusts the test CA (``tls_ca_file``) and the rig's AD bit
 (``dnssec_ad_trust = "any"``: the rig's name server is not on loopback).
 """
 
@@ -39,7 +41,7 @@ from tests.rig.network import PYTHON, Internet
 from tests.rig.servers import MailServer
 
 ALICE, PASSWORD = "alice@a.test", "alice-secret"
-DOMAINS = ("v.test", "o.test", "s.test", "e.test", "f.test")
+DOMAINS = ("v.test", "g.test", "o.test", "s.test", "e.test", "f.test")
 
 _HTTPS = r"""
 import http.server, ssl, sys
@@ -170,6 +172,8 @@ def test_outbound_tls_policies_verify_mta_sts_enforce_dane_and_opportunistic(int
     e_tls = servers["e.test"].state_dir / "tls"
     e_key = ca.issue("mx.e.test", e_tls / "cert.pem", e_tls / "key.pem")
     other_key = ec.generate_private_key(ec.SECP256R1())
+    g_tls = servers["g.test"].state_dir / "tls"
+    ca.issue("mx.g.test", g_tls / "cert.pem", g_tls / "key.pem")
 
     policy = tmp_path / "mta-sts.txt"
     policy.write_text("version: STSv1\r\nmode: enforce\r\nmx: mx.s.test\r\nmax_age: 86400\r\n", encoding="utf-8")
@@ -194,7 +198,7 @@ def test_outbound_tls_policies_verify_mta_sts_enforce_dane_and_opportunistic(int
         a,
         "a.test",
         relay=f'tls_ca_file = {json.dumps(str(ca_path))}\ndnssec_ad_trust = "any"\n',
-        extra='[relay.tls_policies]\n"v.test" = "verify"\n',
+        extra='[relay.tls_policies]\n"v.test" = "verify"\n"g.test" = "verify"\n',
     )
     sender.add_user(ALICE, PASSWORD)
     for server in [*servers.values(), sender]:
@@ -207,7 +211,7 @@ def test_outbound_tls_policies_verify_mta_sts_enforce_dane_and_opportunistic(int
     def report() -> str:
         return sender.log(8000)
 
-    wait_for(lambda: {"bob@o.test", "bob@e.test"} <= _delivered(sender), "delivery to o.test and e.test", 30, report)
+    wait_for(lambda: {"bob@g.test", "bob@o.test", "bob@e.test"} <= _delivered(sender), "delivery to g.test, o.test and e.test", 30, report)
 
     def refused() -> bool:
         states = _states(sender)
@@ -230,4 +234,6 @@ def test_outbound_tls_policies_verify_mta_sts_enforce_dane_and_opportunistic(int
     assert ("e.test", None) in seen
     assert ("f.test", "validation-failure") in seen
     assert ("s.test", "certificate-not-trusted") in seen
+    cached = json.loads((sender.state_dir / "mta-sts" / "s.test.json").read_text())
+    assert (cached["id"], cached["mode"], cached["mx"]) == ("20261201", "enforce", ["mx.s.test"])
     https.stop()
