@@ -48,7 +48,7 @@ from mailapp import logevents
 from mailapp.relay.client import Reply, local_reply
 from mailapp.config import RelayConfig
 from mailapp.relay.dane import TLSA, AuthenticatedResolver, TLSALookupFailed, check_dane, lookup_tlsa
-from mailapp.relay.mtasts import MTASTS, Policy
+from mailapp.relay.mtasts import MTASTS, Policy, PolicyError
 from mailapp.relay.routing import Hop
 from mailapp.relay.tlsverify import ClientTLS, TLSFailure, TrustStore, check_webpki, client_context, peer_chain
 
@@ -62,6 +62,10 @@ VERIFY: Final = "verify"
 DANE: Final = "dane"
 MTA_STS: Final = "mta-sts"
 LEVELS: Final = (NONE, OPPORTUNISTIC, VERIFY, DANE, MTA_STS)
+#: The modes a hop can get besides the levels: TLS required but not
+#: authenticated, and a published MTA-STS policy.
+ENCRYPT: Final = "encrypt"
+STS: Final = "sts"
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class DomainPolicy:
     by_mx: bool
     sts: Policy | None = None
     refusal: Reply | None = None
-    sts_failure: Any = None
+    sts_failure: PolicyError | None = None
 
 
 @dataclass
@@ -110,7 +114,7 @@ class HopCheck:
 
     @property
     def requires_tls(self) -> bool:
-        return self.mode in ("encrypt", VERIFY, DANE) or (self.mode == "sts" and self.enforce)
+        return self.mode in (ENCRYPT, VERIFY, DANE) or (self.mode == STS and self.enforce)
 
     def check(self, client: Any, store: Any) -> Reply | None:
         """
@@ -121,7 +125,7 @@ class HopCheck:
         secure = bool(getattr(client, "secure", False))
         if not secure:
             self.verified = False
-            if self.requires_tls or self.mode == "sts":
+            if self.requires_tls or self.mode == STS:
                 self.failure = TLSFailure("starttls-not-supported", "the server did not offer STARTTLS")
         else:
             chain = peer_chain(self.tls)
@@ -130,7 +134,7 @@ class HopCheck:
             else:
                 found = check_webpki(chain, self.hop.name, store)
             self.verified = found is None
-            if self.mode in (VERIFY, DANE, "sts"):
+            if self.mode in (VERIFY, DANE, STS):
                 self.failure = self.failure or found
         if self.failure is None or not self.requires_tls:
             return None
@@ -211,7 +215,7 @@ class TLSPolicies:
             except TLSALookupFailed as error:
                 return local_reply(451, f"4.7.5 not using {hop}: {error}")
             if found.secure and found.records:
-                check.mode = DANE if found.usable else "encrypt"
+                check.mode = DANE if found.usable else ENCRYPT
                 check.tlsa = found.records
                 check.policy_type = "tlsa"
                 check.policy_strings = tuple(str(record) for record in found.records)
@@ -220,7 +224,7 @@ class TLSPolicies:
             return local_reply(451, f"4.7.5 the dane policy needs DNSSEC-validated TLSA records for {hop.name}")
         if policy.sts is not None:
             sts = policy.sts
-            check.mode = "sts"
+            check.mode = STS
             check.enforce = sts.mode == "enforce"
             check.policy_type = "sts"
             check.policy_strings = sts.lines
@@ -231,7 +235,7 @@ class TLSPolicies:
                     return local_reply(451, f"4.7.5 not using {hop}: {check.failure.reason}")
             return check
         if require_tls:
-            check.mode = "encrypt"
+            check.mode = ENCRYPT
         return check
 
     def log_failure(self, check: HopCheck, reply: Reply | None) -> None:
