@@ -251,7 +251,8 @@ class MTASTS:
         self._directory = directory
         self._run = run
         self._agent = agent if agent is not None else Agent.usingEndpointFactory(reactor, _Endpoints(reactor, addresses, trust))
-        self._cache: dict[str, Policy] = {}
+        #: Per domain, its cached policy, or None once the disk had none (only this process writes there).
+        self._cache: dict[str, Policy | None] = {}
 
     @defer.inlineCallbacks
     def policy(self, domain: str) -> Any:
@@ -355,8 +356,7 @@ class MTASTS:
                 return None
 
         policy = yield self._run(read)
-        if policy is not None:
-            self._cache[domain] = policy
+        self._cache[domain] = policy
         return policy
 
     def _store(self, policy: Policy) -> Deferred[None]:
