@@ -243,6 +243,8 @@ class SMTPClient(Protocol):
         self.session_timeout = session_timeout
         self.extensions: dict[str, str] = {}
         self.secure = False
+        #: Whether the session ended in its STARTTLS upgrade (see L{greet}).
+        self.tls_failed = False
         self.usable = True
         self._buffer = b""
         self._lines: list[str] = []
@@ -387,7 +389,13 @@ class SMTPClient(Protocol):
             if reply.code == 220:
                 self.transport.startTLS(tls)
                 self.secure = True
-                yield self._hello(hostname)
+                try:
+                    yield self._hello(hostname)
+                except SessionError:
+                    # The handshake (or the first reply inside TLS) failed:
+                    # an opportunistic sender may try again without TLS.
+                    self.tls_failed = True
+                    raise
             elif require_tls:
                 raise SessionError(reply)
         if require_tls and not self.secure:

@@ -4,7 +4,8 @@ Which TLS each destination gets: ``[relay] tls_policy`` (the default) and
 
   ``none``           never STARTTLS; plain text.
   ``opportunistic``  (the default) STARTTLS whenever offered, the
-                     certificate not checked (RFC 7435), *and* the policies
+                     certificate not checked (RFC 7435; a failed handshake
+                     is tried again in plain text), *and* the policies
                      the destination publishes honoured: DANE when its MX
                      hosts have DNSSEC-validated TLSA records, else MTA-STS
                      when it publishes a policy (RFC 8461 2: DANE wins).

@@ -27,7 +27,7 @@ from mailapp import logevents
 from mailapp.relay.client import FileSource, Reply, SessionError, SMTPClient, local_reply
 from mailapp.relay.queue import Queue
 from mailapp.relay.routing import Hop, RouteError, Routes
-from mailapp.relay.tlspolicy import DomainPolicy, HopCheck, TLSPolicies
+from mailapp.relay.tlspolicy import NONE, OPPORTUNISTIC, DomainPolicy, HopCheck, TLSPolicies
 from mailapp.relay.tlsrpt import TLSReports
 
 __all__ = ["Work", "Workers", "tcp_connector"]
@@ -271,29 +271,60 @@ class Workers:
             if not self._takeAddress(hop, exempt):
                 full.add((hop.address, hop.port))
                 continue
-            client = None
-            try:
-                connecting = self.connect(hop)
-                self._connecting.add(connecting)
-                try:
-                    client = yield connecting
-                finally:
-                    self._connecting.discard(connecting)
-                self._clients.add(client)
-                yield self._greet(client, check, require_tls, auth)
-                return client, hop, None, full
-            except SessionError as error:
-                failure = error.reply
-            except Exception as error:
-                if client is not None:
-                    _log.failure("greeting {hop}", Failure(error), hop=str(hop))  # a bug of ours, not the peer's
-                failure = local_reply(451, f"4.4.1 cannot connect to {hop}: {type(error).__name__}")
+            client, failure, tls_failed = yield self._tryHop(domain, hop, check, require_tls, auth, exempt)
+            if client is None and tls_failed and check.mode == OPPORTUNISTIC and not require_tls and auth is None:
+                # RFC 7435: unauthenticated TLS that fails is no reason to
+                # keep the mail; say so, and send it as plain SMTP would.
+                _log.info(
+                    "TLS with {hop} failed; trying it again without STARTTLS (opportunistic)",
+                    log_event=logevents.RELAY_TLS_FAILED,
+                    hop=str(hop),
+                    domain=domain,
+                    mode=OPPORTUNISTIC,
+                    outcome="plain text",
+                    result_type="validation-failure",
+                    reason=str(failure),
+                )
+                if self._takeAddress(hop, exempt):
+                    plain = HopCheck(check.domain, hop, NONE)
+                    client, failure, _ = yield self._tryHop(domain, hop, plain, require_tls, auth, exempt)
             if client is not None:
-                self._clients.discard(client)
-                client.abort()
-            self._releaseAddress(hop, exempt)
-            self._logAttempt(domain, str(hop), failure)
+                return client, hop, None, full
         return None, None, failure, full
+
+    @defer.inlineCallbacks
+    def _tryHop(
+        self, domain: str, hop: Hop, check: HopCheck, require_tls: bool, auth: tuple[str, str] | None, exempt: bool
+    ) -> Any:
+        """
+        Connect to C{hop} (its address already counted) and greet it:
+        (client, None, False), or (None, why not, whether its TLS
+        handshake failed) with the address released and the attempt logged.
+        """
+        client = None
+        try:
+            connecting = self.connect(hop)
+            self._connecting.add(connecting)
+            try:
+                client = yield connecting
+            finally:
+                self._connecting.discard(connecting)
+            self._clients.add(client)
+            yield self._greet(client, check, require_tls, auth)
+            return client, None, False
+        except SessionError as error:
+            failure = error.reply
+        except Exception as error:
+            if client is not None:
+                _log.failure("greeting {hop}", Failure(error), hop=str(hop))  # a bug of ours, not the peer's
+            failure = local_reply(451, f"4.4.1 cannot connect to {hop}: {type(error).__name__}")
+        tls_failed = bool(getattr(client, "tls_failed", False))
+        if client is not None:
+            self._clients.discard(client)
+            client.abort()
+        self._releaseAddress(hop, exempt)
+        self._logAttempt(domain, str(hop), failure)
+        return None, failure, tls_failed
 
     def _greet(self, client: Any, check: HopCheck, require_tls: bool, auth: tuple[str, str] | None) -> Deferred[None]:
         """EHLO, STARTTLS as the hop's check wants it, the check itself, then AUTH."""

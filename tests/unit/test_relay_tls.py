@@ -463,3 +463,79 @@ def test_a_peer_refused_by_verify_is_deferred_with_4_7_5_and_logged(tmp_path: Pa
         h.stop()
     finally:
         globalLogPublisher.removeObserver(seen.append)
+
+
+# -- the client side of STARTTLS, and the opportunistic fallback ----------------------------------
+
+
+def test_a_session_lost_in_its_tls_upgrade_is_marked_tls_failed() -> None:
+    from twisted.internet.error import ConnectionLost
+
+    from mailapp.relay.client import SessionError, SMTPClient
+
+    client = SMTPClient(task.Clock(), command_timeout=60, session_timeout=600)
+    transport = StringTransport()
+    transport.startTLS = lambda context: None  # type: ignore[attr-defined]
+    client.makeConnection(transport)
+    d = client.greet("mail.a.test", tls=object())
+    client.dataReceived(b"220 b.test ESMTP\r\n250-b.test\r\n250 STARTTLS\r\n220 go ahead\r\n")
+    client.connectionLost(Failure(ConnectionLost("handshake failed")))
+    failure = _failed(d)
+    assert failure.check(SessionError) and client.tls_failed
+
+
+def test_a_session_that_fails_before_starttls_is_not_marked() -> None:
+    from mailapp.relay.client import SMTPClient
+
+    client = SMTPClient(task.Clock(), command_timeout=60, session_timeout=600)
+    client.makeConnection(StringTransport())
+    d = client.greet("mail.a.test", tls=object())
+    client.dataReceived(b"554 go away\r\n")
+    _failed(d)
+    assert not client.tls_failed
+
+
+def _failed(d: defer.Deferred[Any]) -> Failure:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results and isinstance(results[0], Failure), results
+    return results[0]
+
+
+def _handshake_fails(self: Any, hostname: str, tls: Any = None, require_tls: bool = False, auth: Any = None, verify: Any = None) -> Any:
+    """A FakeClient greet whose peer breaks every TLS handshake."""
+    from mailapp.relay.client import SessionError, local_reply
+
+    self.network.greetings.append(tls is not None)
+    if tls is not None:
+        self.tls_failed = True
+        return defer.fail(SessionError(local_reply(451, "4.4.2 connection lost")))
+    return defer.succeed(None)
+
+
+def test_opportunistic_tls_that_fails_is_tried_again_in_plain_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.relay_helpers import B_HOP, OK, FakeClient, Harness
+
+    monkeypatch.setattr(FakeClient, "greet", _handshake_fails)
+    h = Harness(tmp_path)
+    h.network.greetings = []  # type: ignore[attr-defined]
+    h.network.servers[B_HOP] = lambda r: OK
+    h.start()
+    h.submit("alice@a.test", ["bob@b.test"])
+    assert h.network.greetings == [True, False]  # type: ignore[attr-defined]
+    assert h.network.delivered_to("bob@b.test")
+
+
+@pytest.mark.parametrize("level", ["verify", "dane", "mta-sts"])
+def test_a_policy_that_needs_tls_never_falls_back_to_plain_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, level: str) -> None:
+    from tests.relay_helpers import B_HOP, OK, FakeClient, Harness
+
+    monkeypatch.setattr(FakeClient, "greet", _handshake_fails)
+    h = Harness(tmp_path)
+    h.network.greetings = []  # type: ignore[attr-defined]
+    h.network.servers[B_HOP] = lambda r: OK
+    h.manager.tls_policies = TLSPolicies("opportunistic", {"b.test": level})
+    h.start()
+    h.submit("alice@a.test", ["bob@b.test"])
+    assert False not in h.network.greetings  # type: ignore[attr-defined]
+    assert h.network.sent == []
