@@ -25,8 +25,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.e2e.test_rig_relay import wait_for
 from tests.rig.clients import submit
 from tests.rig.dns import address_records, mail_domain
 from tests.rig.network import PYTHON, Internet
@@ -129,15 +128,6 @@ def write_pair(cert_path: Path, key_path: Path, certificate: x509.Certificate, k
 def spki_sha256(key: ec.EllipticCurvePrivateKey) -> str:
     spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).hexdigest()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float, report: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{report()}")
 
 
 def _states(server: MailServer) -> dict[str, tuple[str, str]]:
