@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ from service_identity import VerificationError as IdentityError
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from zope.interface import implementer
+
+from mailapp.tls import CertificateError
 
 __all__ = [
     "ClientTLS",
@@ -73,6 +76,12 @@ class TrustStore:
     """
     The CA certificates a verified peer must chain to: the file given, else
     the system's bundle. Reads the file once (at start-up: blocking I/O).
+    Each certificate is read on its own, and one that cryptography refuses
+    (a bundle may hold an old root with a negative serial) is left out
+    rather than losing the whole bundle.
+
+    @raise mailapp.tls.CertificateError: the configured file cannot be read
+        or holds no certificate.
     """
 
     def __init__(self, ca_file: Path | None = None) -> None:
@@ -80,7 +89,13 @@ class TrustStore:
         self.path = path
         certificates: list[x509.Certificate] = []
         if path is not None:
-            certificates = x509.load_pem_x509_certificates(path.read_bytes())
+            try:
+                certificates = _certificates(path.read_bytes())
+            except OSError as error:
+                if ca_file is not None:
+                    raise CertificateError(f"cannot read relay.tls_ca_file {path}: {error}") from None
+            if ca_file is not None and not certificates:
+                raise CertificateError(f"relay.tls_ca_file {path} holds no PEM certificate")
         self.certificates = tuple(certificates)
         self._store = Store(list(certificates)) if certificates else None
 
@@ -88,6 +103,21 @@ class TrustStore:
     def store(self) -> Store | None:
         """cryptography's store of the anchors (None when there is none: nothing verifies)."""
         return self._store
+
+
+_PEM_END = b"-----END CERTIFICATE-----"
+
+
+def _certificates(data: bytes) -> list[x509.Certificate]:
+    found = []
+    for block in data.split(_PEM_END)[:-1]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # cryptography's deprecation of what it will refuse next
+                found.append(x509.load_pem_x509_certificate(block.strip() + b"\n" + _PEM_END + b"\n"))
+        except ValueError:
+            continue
+    return found
 
 
 def _system_bundle() -> Path | None:

@@ -539,3 +539,18 @@ def test_a_policy_that_needs_tls_never_falls_back_to_plain_text(tmp_path: Path, 
     h.submit("alice@a.test", ["bob@b.test"])
     assert False not in h.network.greetings  # type: ignore[attr-defined]
     assert h.network.sent == []
+
+
+def test_the_trust_store_skips_a_certificate_it_cannot_read_and_a_missing_ca_file_is_a_clear_error(tmp_path: Path, pki: dict[str, Any]) -> None:
+    from mailapp.relay.tlsverify import TrustStore
+    from mailapp.tls import CertificateError
+
+    bundle = tmp_path / "bundle.pem"
+    good = pki["ca"].public_bytes(serialization.Encoding.PEM)
+    bundle.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n" + good)
+    assert TrustStore(bundle).certificates == (pki["ca"],)
+    with pytest.raises(CertificateError, match="cannot read relay.tls_ca_file"):
+        TrustStore(tmp_path / "missing.pem")
+    (tmp_path / "empty.pem").write_text("")
+    with pytest.raises(CertificateError, match="holds no PEM certificate"):
+        TrustStore(tmp_path / "empty.pem")
