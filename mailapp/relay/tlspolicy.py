@@ -108,6 +108,8 @@ class HopCheck:
     #: After L{check}: whether the peer passed WebPKI or DANE (REQUIRETLS needs it).
     verified: bool = False
     failure: TLSFailure | None = field(default=None)
+    #: Set before any connection when the hop must not be used at all (an MX host the enforced policy does not list).
+    refusal: Reply | None = None
 
     @property
     def wants_tls(self) -> bool:
@@ -197,9 +199,10 @@ class TLSPolicies:
     @defer.inlineCallbacks
     def for_hop(self, policy: DomainPolicy, hop: Hop, require_tls: bool) -> Any:
         """
-        Fire with the L{HopCheck} for C{hop}, or with a L{Reply} saying why
-        the hop must not be used (a TLSA lookup failure, an MX host the
-        enforced MTA-STS policy does not list).
+        Fire with the L{HopCheck} for C{hop} (its C{refusal} set for an MX
+        host the enforced MTA-STS policy does not list), or with a L{Reply}
+        saying why the hop must not be used (a TLSA lookup failure, no TLSA
+        under the ``dane`` policy).
         """
         level = policy.level
         check = HopCheck(policy.domain, hop, OPPORTUNISTIC)
@@ -233,7 +236,7 @@ class TLSPolicies:
             if not sts.allows(hop.name):
                 check.failure = TLSFailure("validation-failure", f"{hop.name} is not an MX host of the MTA-STS policy of {policy.domain}")
                 if check.enforce:
-                    return local_reply(451, f"4.7.5 not using {hop}: {check.failure.reason}")
+                    check.refusal = local_reply(451, f"4.7.5 not using {hop}: {check.failure.reason}")
             return check
         if require_tls:
             check.mode = ENCRYPT

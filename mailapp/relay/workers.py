@@ -268,6 +268,12 @@ class Workers:
                 failure = check
                 self._logAttempt(domain, str(hop), failure)
                 continue
+            if check.refusal is not None:
+                failure = check.refusal
+                self.tls_policies.log_failure(check, failure)
+                self._reportCheck(check)
+                self._logAttempt(domain, str(hop), failure)
+                continue
             if not self._takeAddress(hop, exempt):
                 full.add((hop.address, hop.port))
                 continue
@@ -333,24 +339,29 @@ class Workers:
         def verify(session: Any) -> Reply | None:
             refused = check.check(session, store.store if store is not None else None)
             self.tls_policies.log_failure(check, refused)
-            if check.policy_type != "no-policy-found":
-                failure = check.failure
-                self._report(
-                    check.domain,
-                    check.policy_type,
-                    check.policy_strings,
-                    check.mx_patterns,
-                    check.hop.name,
-                    check.hop.address,
-                    failure.result_type if failure is not None else None,
-                    failure.reason if failure is not None else "",
-                )
+            self._reportCheck(check)
             return refused
 
         client.tls_check = check
         tls = check.tls if check.wants_tls else None
         greeting: Deferred[None] = client.greet(self.hostname, tls=tls, require_tls=require_tls, auth=auth, verify=verify)
         return greeting
+
+    def _reportCheck(self, check: HopCheck) -> None:
+        """TLS-RPT: a session (or a refused hop) under a published policy."""
+        if check.policy_type == "no-policy-found":
+            return
+        failure = check.failure
+        self._report(
+            check.domain,
+            check.policy_type,
+            check.policy_strings,
+            check.mx_patterns,
+            check.hop.name,
+            check.hop.address,
+            failure.result_type if failure is not None else None,
+            failure.reason if failure is not None else "",
+        )
 
     def _report(
         self,

@@ -342,11 +342,12 @@ def test_an_oversized_policy_is_invalid(tmp_path: Path) -> None:
 def test_an_enforced_policy_refuses_an_mx_it_does_not_list(tmp_path: Path) -> None:
     policy = parse_policy("b.test", "1", POLICY, 0.0)
     policies = TLSPolicies()
-    reply = _fired(policies.for_hop(DomainPolicy("b.test", "opportunistic", True, sts=policy), Hop("evil.test", "192.0.2.9", 25), False))
-    assert isinstance(reply, Reply) and "4.7.5" in str(reply)
+    refused = _fired(policies.for_hop(DomainPolicy("b.test", "opportunistic", True, sts=policy), Hop("evil.test", "192.0.2.9", 25), False))
+    assert isinstance(refused, HopCheck) and refused.refusal is not None and "4.7.5" in str(refused.refusal)
+    assert refused.failure is not None and refused.failure.result_type == "validation-failure"
     testing = parse_policy("b.test", "1", POLICY.replace("enforce", "testing"), 0.0)
     check = _fired(policies.for_hop(DomainPolicy("b.test", "opportunistic", True, sts=testing), Hop("evil.test", "192.0.2.9", 25), False))
-    assert isinstance(check, HopCheck) and not check.requires_tls and check.failure is not None
+    assert isinstance(check, HopCheck) and not check.requires_tls and check.failure is not None and check.refusal is None
 
 
 # -- TLS-RPT ---------------------------------------------------------------------------------
