@@ -252,7 +252,12 @@ class Workers:
         """
         require_tls, auth = self._tlsFor(domain)
         by_mx = domain not in self.routes.transports and self.routes.smarthost is None
-        policy: DomainPolicy = yield self.tls_policies.for_domain(domain, by_mx)
+        try:
+            policy: DomainPolicy = yield self.tls_policies.for_domain(domain, by_mx)
+        except Exception as error:
+            # A bug of ours must not strand the work: it waits for the next round.
+            _log.failure("TLS policy of {domain}", Failure(error), domain=domain)
+            return None, None, local_reply(451, "4.3.0 local error deciding the TLS policy"), set()
         if policy.sts_failure is not None:
             self._report(policy.domain, "sts", (), (), "", "", policy.sts_failure.result_type, policy.sts_failure.reason)
         if policy.refusal is not None:
@@ -263,7 +268,11 @@ class Workers:
         for hop in hops:
             if self._stopping:
                 break
-            check = yield self.tls_policies.for_hop(policy, hop, require_tls)
+            try:
+                check = yield self.tls_policies.for_hop(policy, hop, require_tls)
+            except Exception as error:
+                _log.failure("TLS policy of {hop}", Failure(error), hop=str(hop))
+                check = local_reply(451, "4.3.0 local error deciding the TLS policy")
             if isinstance(check, Reply):
                 failure = check
                 self._logAttempt(domain, str(hop), failure)

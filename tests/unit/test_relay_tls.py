@@ -555,3 +555,22 @@ def test_the_trust_store_skips_a_certificate_it_cannot_read_and_a_missing_ca_fil
     (tmp_path / "empty.pem").write_text("")
     with pytest.raises(CertificateError, match="holds no PEM certificate"):
         TrustStore(tmp_path / "empty.pem")
+
+
+def test_an_error_deciding_the_policy_defers_the_mail_instead_of_stranding_it(tmp_path: Path) -> None:
+    from mailapp.relay.queue import PENDING
+    from tests.relay_helpers import B_HOP, OK, Harness
+
+    class Broken(TLSPolicies):
+        def for_domain(self, domain: str, by_mx: bool) -> Any:
+            return defer.fail(RuntimeError("a bug"))
+
+    h = Harness(tmp_path)
+    h.network.servers[B_HOP] = lambda r: OK
+    h.manager.tls_policies = Broken()
+    h.start()
+    queue_id = h.submit("alice@a.test", ["bob@b.test"])
+    entry = h.manager.entries[queue_id]
+    [recipient] = entry.envelope.recipients
+    assert recipient.state == PENDING and recipient.last_reply.startswith("451 4.3.0") and entry.inflight == 0
+    h.stop()
