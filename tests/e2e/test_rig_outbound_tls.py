@@ -16,7 +16,9 @@ message to five domains, each an MX that is a real mailapp with STARTTLS:
   answers carry the AD bit: its certificate matches: delivered;
 - ``f.test``: the same, but the TLSA names another key: refused.
 
-The MTA-STS policy is cached in a.test's state directory. a.test trusts the test CA (``tls_ca_file``) and the rig's AD bit
+Then a message sent with REQUIRETLS to g.test (verified, but a mailapp MX,
+which does not offer REQUIRETLS) comes back to its sender as a 5.7.10
+bounce. The MTA-STS policy is cached in a.test's state directory. a.test trusts the test CA (``tls_ca_file``) and the rig's AD bit
 (``dnssec_ad_trust = "any"``: the rig's name server is not on loopback).
 """
 
@@ -34,13 +36,30 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.e2e.test_rig_relay import wait_for
-from tests.rig.clients import submit
+from tests.rig.clients import imap_messages, submit
 from tests.rig.dns import address_records, mail_domain
 from tests.rig.network import PYTHON, Internet
 from tests.rig.servers import MailServer
 
 ALICE, PASSWORD = "alice@a.test", "alice-secret"
 DOMAINS = ("v.test", "g.test", "o.test", "s.test", "e.test", "f.test")
+
+_SUBMIT_REQUIRETLS = r"""
+import json, smtplib, ssl, sys
+a = json.loads(sys.argv[1])
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE   # a.test's own certificate is self-signed
+with smtplib.SMTP(a["address"], 587, timeout=20) as client:
+    client.ehlo()
+    before = client.has_extn("requiretls")
+    client.starttls(context=context)
+    client.ehlo()
+    after = client.has_extn("requiretls")
+    client.login(a["user"], a["password"])
+    client.sendmail(a["user"], [a["recipient"]], a["message"].encode(), mail_options=["REQUIRETLS"])
+print(json.dumps({"before": before, "after": after}))
+"""
 
 _HTTPS = r"""
 import http.server, ssl, sys
@@ -226,4 +245,15 @@ def test_outbound_tls_policies_verify_mta_sts_enforce_dane_and_opportunistic(int
     assert ("s.test", "certificate-not-trusted") in seen
     cached = json.loads((sender.state_dir / "mta-sts" / "s.test.json").read_text())
     assert (cached["id"], cached["mode"], cached["mx"]) == ("20261201", "enforce", ["mx.s.test"])
+
+    secret = f"From: {ALICE}\r\nTo: bob@g.test\r\nSubject: only over TLS\r\n\r\nSecret.\r\n"
+    offered = client.python(_SUBMIT_REQUIRETLS, {"address": a.ipv4, "user": ALICE, "password": PASSWORD, "recipient": "bob@g.test", "message": secret})
+    assert offered == {"before": False, "after": True}  # REQUIRETLS is offered only inside TLS
+
+    def bounced() -> bool:
+        return any(b"5.7.10" in message for message in imap_messages(client, a.ipv4, ALICE, PASSWORD))
+
+    wait_for(bounced, "the 5.7.10 bounce of the REQUIRETLS message", 30, report)
+    received = imap_messages(client, peers["g.test"].ipv4, "bob@g.test", "bob-secret")
+    assert any(b"Subject: TLS policies" in m for m in received) and not any(b"only over TLS" in m for m in received)
     https.stop()
