@@ -86,6 +86,18 @@ def test_a_requiretls_message_to_an_unverified_peer_bounces_with_5_7_10_and_is_n
     assert b"5.7.10" in dsn
 
 
+def test_the_bounce_of_a_requiretls_message_to_a_remote_sender_requires_tls_too(tmp_path: Path) -> None:
+    h = _harness(tmp_path, verified=False)
+    h.start()
+    transaction = h.router.start("carol@c.test", relay_allowed=True)
+    transaction.requiretls = True
+    assert transaction.addRecipient("bob@b.test").called
+    transaction.open().write(b"Subject: secret\r\n\r\nHi.\r\n")
+    transaction.commit()
+    dsns = [e.envelope for e in h.manager.entries.values() if e.envelope.sender == ""]
+    assert [d.requiretls for d in dsns] == [True]
+
+
 def test_a_requiretls_message_to_a_peer_without_requiretls_bounces(tmp_path: Path) -> None:
     h = _harness(tmp_path, offers=False)
     h.start()
