@@ -79,6 +79,8 @@ class Transaction:
     sign: bool = False
     #: The folder of the local copies: INBOX, or Junk for a message the MX's checks quarantine.
     folder: str = INBOX
+    #: MAIL FROM said REQUIRETLS (RFC 8689): the relay must send it only over verified TLS.
+    requiretls: bool = False
 
     @inlineCallbacks
     def addRecipient(self, address: str) -> Any:
@@ -200,7 +202,7 @@ class Transaction:
                 if alias_domain is not None and self.router.forwarding is not None:
                     # A forwarded copy: ARC-sealed by the alias's domain when it has a key (never fails).
                     copy = yield self.router.forwarding.copy_for(message, alias_domain, entry_id)
-                prepared.append((yield queue.prepare(copy, sender, recipients, entry_id, signature)))
+                prepared.append((yield queue.prepare(copy, sender, recipients, entry_id, signature, requiretls=self.requiretls)))
             if self.local:
                 yield self.router.store.deliver(message, self.local, self.folder)
         except Exception as e:

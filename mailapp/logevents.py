@@ -111,6 +111,12 @@ RELAY_QUEUE_WRITE_FAILED: Final = "relay.queue_write_failed"
 RELAY_PUBLISH_FAILED: Final = "relay.publish_failed"
 RELAY_ADMIN: Final = "relay.admin"
 RELAY_ATTEMPT: Final = "relay.attempt"
+#: a next hop's TLS failed a policy (mailapp.relay.tlspolicy); fields: hop, domain, mode, outcome, result_type, reason
+RELAY_TLS_FAILED: Final = "relay.tls_failed"
+#: an MTA-STS policy fetched, or not; fields: domain, and policy_id, mode, mx, max_age or reason
+RELAY_MTA_STS: Final = "relay.mta_sts"
+#: the relay wrote a day's TLS-RPT reports (mailapp.relay.tlsrpt); fields: day, count, directory
+RELAY_TLS_REPORT: Final = "relay.tls_report"
 
 # --- DKIM signing of outbound mail (mailapp.dkim) ---
 #: a message signed on its way to the relay queue (debug); also: queue_id, domain, selector

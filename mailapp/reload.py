@@ -13,14 +13,14 @@ get them, open sessions keep theirs), ``[limits]`` and each listener's
 ``max_connections`` and ``max_unauthenticated`` (new connections are
 admitted by them; open ones stay), ``[domains] local``,
 ``relay.trusted_networks`` and the relay policy (transports, smarthost and
-its credentials, retry schedule, lifetime, TLS requirements, connection
-limits), ``[authentication]`` (carried by the SMTP listeners' policies: new
+its credentials, retry schedule, lifetime, TLS requirements and policies,
+connection limits), ``[authentication]`` (carried by the SMTP listeners' policies: new
 transactions are checked by it), and anything a component applies itself through a
 ``reconfigure(config)`` method (``[security]``, ``dkim.sign``).
 
 Restart: ``[server]`` (hostname, state_dir, sync, log_format), the
 listeners' sockets (added, removed, or a changed protocol, endpoint or TLS
-mode), the relay's timeouts and name servers.
+mode), the relay's timeouts and name servers, its CA file and its DNSSEC AD-bit trust.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         before.same_socket(after) for before, after in zip(old.listeners, new.listeners)
     ):
         changes.append("listeners")
-    for name in ("connect_timeout", "command_timeout", "session_timeout", "nameservers"):
+    for name in ("connect_timeout", "command_timeout", "session_timeout", "nameservers", "tls_ca_file", "dnssec_ad_trust"):
         if getattr(old.relay, name) != getattr(new.relay, name):
             changes.append(f"relay.{name}")
     return changes
@@ -208,6 +208,7 @@ def _apply_relay(manager: RelayManager | None, old: Config, new: Config, applied
         manager.routes = Routes(relay.transports, relay.smarthost, manager.routes.mx)
     manager.policy = RetryPolicy(relay.retry_schedule, relay.max_lifetime, relay.delay_warning)
     manager.require_tls = relay.require_tls
+    manager.tls_policies.reconfigure(relay)
     # The config reader lets neither come without the other.
     username, password = relay.smarthost_username, relay.smarthost_password
     manager.smarthost_auth = (username, password) if username is not None and password is not None else None

@@ -418,11 +418,11 @@ def _build_relay(
     go into the queue, and DSNs come back through the router. Forwarded
     copies are ARC-sealed on C{sealing_pool} (a sender controls their cost).
     """
-    from twisted.internet.ssl import CertificateOptions, TLSVersion
-
     from mailapp.relay.manager import RelayManager, RetryPolicy, tcp_connector
     from mailapp.relay.queue import Queue
     from mailapp.relay.routing import MXResolver, Myself, Routes
+    from mailapp.relay.tlspolicy import build_tls_policies
+    from mailapp.relay.tlsrpt import TLSReports
 
     from mailapp.forwarding import Forwarding, ForwardingRate
     from mailapp.srs import SRS, load_secret
@@ -442,7 +442,8 @@ def _build_relay(
         config.hostname,
         [address for listener in config.listeners if listener.protocol == "smtp" and (address := listener.tcp_address)],
     )
-    routes = Routes(relay.transports, relay.smarthost, MXResolver(LazyResolver(reactor, relay.nameservers), myself=myself))
+    resolver = LazyResolver(reactor, relay.nameservers)
+    routes = Routes(relay.transports, relay.smarthost, MXResolver(resolver, myself=myself))
     # The config reader lets neither come without the other.
     username, password = relay.smarthost_username, relay.smarthost_password
     auth = (username, password) if username is not None and password is not None else None
@@ -454,9 +455,8 @@ def _build_relay(
         clock=reactor,
         router=router,
         policy=RetryPolicy(relay.retry_schedule, relay.max_lifetime, relay.delay_warning),
-        # Opportunistic STARTTLS: encrypt whenever offered, without checking the
-        # certificate (RFC 7435); most MX certificates would not verify anyway.
-        tls=CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2),
+        tls_policies=build_tls_policies(relay, config.state_dir, reactor, resolver, routes, queue.run),
+        tls_reports=TLSReports(config.state_dir / "tls-rpt", reactor, queue.run),
         require_tls=relay.require_tls,
         smarthost_auth=auth,
         smarthost_require_tls=relay.smarthost_require_tls,

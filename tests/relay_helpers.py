@@ -55,7 +55,9 @@ class FakeClient:
         self.usable = True
         self.hold: defer.Deferred[None] | None = None
 
-    def greet(self, hostname: str, tls: Any = None, require_tls: bool = False, auth: Any = None) -> defer.Deferred[None]:
+    def greet(
+        self, hostname: str, tls: Any = None, require_tls: bool = False, auth: Any = None, verify: Any = None
+    ) -> defer.Deferred[None]:
         return defer.succeed(None)
 
     @defer.inlineCallbacks

@@ -47,6 +47,7 @@ from mailapp.cli.dkim import add_dkim_commands
 from mailapp.cli.dns import add_dns_commands
 from mailapp.cli.domains import add_domain_commands
 from mailapp.cli.queue import add_queue_commands
+from mailapp.cli.tlsreport import add_tls_report_command
 from mailapp.cli.users import add_user_commands
 from mailapp.dkim.keys import KeyStoreError
 from mailapp.errors import AccountError
@@ -87,6 +88,7 @@ def _parser() -> CommandLineParser:
     add_queue_commands(verbs, common)
     add_dkim_commands(verbs, common)
     add_dns_commands(verbs, common)
+    add_tls_report_command(verbs, common)
     add_command(common, verbs, "check-config", _check_config, "Check the config file and print every problem in it.")
     return parser
 

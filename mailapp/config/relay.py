@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from mailapp.config.checks import HostPort, Network, domain, host_port, name_server, network
+from mailapp.config.checks import HostPort, Network, domain, host_port, name_server, network, path
 from mailapp.config.schema import (
     ANY,
     INVALID,
@@ -26,13 +27,19 @@ from mailapp.config.schema import (
     describe,
     array,
     integer,
+    one_of,
     positive,
     string,
     table,
     zero_or_positive,
 )
 
-__all__ = ["DEFAULT_RELAY", "RELAY", "RelayConfig", "default_per_address"]
+#: The TLS policy levels (L{mailapp.relay.tlspolicy.LEVELS}: the config may not import the relay).
+TLS_LEVELS: Final = ("none", "opportunistic", "verify", "dane", "mta-sts")
+#: The values of ``dnssec_ad_trust`` (L{mailapp.relay.dane.AD_TRUST}).
+AD_TRUST: Final = ("loopback", "any", "never")
+
+__all__ = ["AD_TRUST", "DEFAULT_RELAY", "TLS_LEVELS", "RELAY", "RelayConfig", "default_per_address"]
 
 
 def default_per_address(max_connections: int) -> int:
@@ -131,6 +138,18 @@ class RelayConfig:
     nameservers: tuple[HostPort, ...] = field(
         default=(), metadata=array(_strings(name_server, name="a string 'address:port'"), build=tuple)
     )
+    #: The TLS policy of every destination without its own (L{mailapp.relay.tlspolicy}):
+    #: ``opportunistic`` encrypts when offered and honours DANE and MTA-STS where published.
+    tls_policy: str = field(default="opportunistic", metadata=string(one_of(*TLS_LEVELS)))
+    #: Per destination domain, its TLS policy (one of the same levels).
+    tls_policies: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}),
+        metadata=table(Entries(STRING.named("a TLS policy"), (one_of(*TLS_LEVELS),), names=(domain,)), build=MappingProxyType),
+    )
+    #: CA certificates (PEM) that verified peers and MTA-STS policy hosts must chain to; the system's when unset.
+    tls_ca_file: Path | None = field(default=None, metadata=string(path))
+    #: Whose DNSSEC AD bit DANE believes: ``loopback`` (only a resolver on 127.0.0.1/::1), ``any``, ``never``.
+    dnssec_ad_trust: str = field(default="loopback", metadata=string(one_of(*AD_TRUST)))
 
 
 RELAY: Final = Section(RelayConfig)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,6 +239,8 @@ class SMTPClient(Protocol):
         self.session_timeout = session_timeout
         self.extensions: dict[str, str] = {}
         self.secure = False
+        #: Whether the session ended in its STARTTLS upgrade (see L{greet}).
+        self.tls_failed = False
         self.usable = True
         self._buffer = b""
         self._lines: list[str] = []
@@ -358,12 +361,20 @@ class SMTPClient(Protocol):
 
     @defer.inlineCallbacks
     def greet(
-        self, hostname: str, tls: Any = None, require_tls: bool = False, auth: tuple[str, str] | None = None
+        self,
+        hostname: str,
+        tls: Any = None,
+        require_tls: bool = False,
+        auth: tuple[str, str] | None = None,
+        verify: Callable[["SMTPClient"], Reply | None] | None = None,
     ) -> Any:
         """
         Read the greeting, say EHLO (HELO if refused), upgrade with STARTTLS
         when offered and C{tls} is given, and log in when C{auth} is given
-        (only inside TLS).
+        (only inside TLS). C{verify}, given the client once the TLS phase is
+        over (upgraded or not), returns None to go on or the reply that ends
+        the session: it runs before AUTH and before any mail, so that no
+        password and no message goes to a peer the TLS policy refuses.
         """
         reply = yield self._greeting
         if reply.code != 220:
@@ -374,11 +385,21 @@ class SMTPClient(Protocol):
             if reply.code == 220:
                 self.transport.startTLS(tls)
                 self.secure = True
-                yield self._hello(hostname)
+                try:
+                    yield self._hello(hostname)
+                except SessionError:
+                    # The handshake (or the first reply inside TLS) failed:
+                    # an opportunistic sender may try again without TLS.
+                    self.tls_failed = True
+                    raise
             elif require_tls:
                 raise SessionError(reply)
         if require_tls and not self.secure:
             raise SessionError(local_reply(451, "4.7.4 the server does not offer STARTTLS, which is required"))
+        if verify is not None:
+            refused = verify(self)
+            if refused is not None:
+                raise SessionError(refused)
         if auth is not None:
             if not self.secure:
                 raise SessionError(local_reply(451, "4.7.4 refusing to send a password without TLS"))
@@ -408,7 +429,7 @@ class SMTPClient(Protocol):
         return None
 
     @defer.inlineCallbacks
-    def send(self, sender: str, recipients: list[str], source: Any, size: int) -> Any:
+    def send(self, sender: str, recipients: list[str], source: Any, size: int, requiretls: bool = False) -> Any:
         """
         One mail transaction. Fires with a dict recipient -> L{Reply}: the
         reply to DATA's end for recipients the server took, else the reply
@@ -420,6 +441,8 @@ class SMTPClient(Protocol):
             mail += b" SIZE=%d" % size
         if "8BITMIME" in self.extensions:
             mail += b" BODY=8BITMIME"
+        if requiretls:
+            mail += b" REQUIRETLS"  # RFC 8689 4.1: the next hop must keep the requirement
         rcpts = [b"RCPT TO:<" + r.encode("utf-8") + b">" for r in recipients]
         results: dict[str, Reply] = {}
         if "PIPELINING" in self.extensions:

@@ -64,6 +64,8 @@ from mailapp.relay.client import Reply
 from mailapp.relay.notify import notify_sender
 from mailapp.relay.queue import DELIVERED, FAILED, PENDING, Envelope, Queue, Recipient
 from mailapp.relay.routing import Hop, Routes
+from mailapp.relay.tlspolicy import TLSPolicies
+from mailapp.relay.tlsrpt import TLSReports
 from mailapp.relay.workers import Work, Workers, tcp_connector
 
 __all__ = ["RelayManager", "RetryPolicy", "tcp_connector"]
@@ -110,7 +112,8 @@ class RelayManager(Workers, Service):
         clock: Any,
         router: Any = None,
         policy: RetryPolicy = RetryPolicy(),
-        tls: Any = None,
+        tls_policies: TLSPolicies | None = None,
+        tls_reports: TLSReports | None = None,
         require_tls: frozenset[str] = frozenset(),
         smarthost_auth: tuple[str, str] | None = None,
         smarthost_require_tls: bool = True,
@@ -127,7 +130,9 @@ class RelayManager(Workers, Service):
         #: The delivery Router that DSNs go through (set by the composition root).
         self.router = router
         self.policy = policy
-        self.tls = tls
+        #: The TLS policies (opportunistic, publishing nothing looked up, when not given) and the TLS-RPT recorder.
+        self.tls_policies = tls_policies if tls_policies is not None else TLSPolicies()
+        self.tls_reports = tls_reports
         self.require_tls = require_tls
         self.smarthost_auth = smarthost_auth
         self.smarthost_require_tls = smarthost_require_tls
@@ -154,6 +159,8 @@ class RelayManager(Workers, Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # twisted.application.service is untyped
         self._stopping = False
+        if self.tls_reports is not None:
+            self.tls_reports.start(self.hostname)
         self._takeLock()
 
     def _takeLock(self) -> None:
@@ -210,6 +217,8 @@ class RelayManager(Workers, Service):
         """Take no new work; let transactions in flight end (bounded), then release the lock."""
         super().stopService()  # type: ignore[no-untyped-call]
         self._stopping = True
+        if self.tls_reports is not None:
+            self.tls_reports.stop()
         if self._lock_timer is not None and self._lock_timer.active():
             self._lock_timer.cancel()
         if self._poller is not None and self._poller.running:

@@ -84,6 +84,8 @@ def notify_sender(
         will_retry_until=envelope.created + max_lifetime,
     )
     transaction = router.start("", relay_allowed=True)
+    # RFC 8689 5: a DSN about a REQUIRETLS message carries its headers, so it requires TLS too.
+    transaction.requiretls = envelope.requiretls
     try:
         yield transaction.addRecipient(envelope.sender)
         message = transaction.open()

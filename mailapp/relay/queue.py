@@ -127,6 +127,8 @@ class Envelope:
     next_attempt: float = 0.0
     fence: int = 0
     warned: bool = False
+    #: REQUIRETLS (RFC 8689): only to a next hop with verified TLS that offers REQUIRETLS, else bounced (5.7.10).
+    requiretls: bool = False
     version: int = ENVELOPE_VERSION
 
     def pending(self) -> list[Recipient]:
@@ -188,6 +190,8 @@ class Envelope:
             next_attempt=float(get("next_attempt", (int, float))),
             fence=get("fence", int),
             warned=get("warned", bool),
+            # Optional: envelopes written before REQUIRETLS have none.
+            requiretls=get("requiretls", bool) if "requiretls" in raw else False,
         )
 
 
@@ -523,7 +527,13 @@ class Queue:
         self._subscribers.append(listener)
 
     def prepare(
-        self, message: Any, sender: str, recipients: Iterable[str], entry_id: str, header: bytes = b""
+        self,
+        message: Any,
+        sender: str,
+        recipients: Iterable[str],
+        entry_id: str,
+        header: bytes = b"",
+        requiretls: bool = False,
     ) -> Deferred[Prepared]:
         """
         Write the message file (a link to the writer's spool file when it has
@@ -542,6 +552,7 @@ class Queue:
             size=int(message.size) + len(header),
             recipients=[Recipient(address) for address in recipients],
             next_attempt=now,
+            requiretls=requiretls,
         )
         pending = getattr(message, "pending", None)
         stored_size = getattr(message, "stored_size", None)

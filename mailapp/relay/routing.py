@@ -198,6 +198,10 @@ class MXResolver:
             ordered.extend(group)
         return ordered
 
+    def addresses(self, host: str) -> Any:
+        """Fire with C{host}'s IPv4 then IPv6 addresses (empty when it has none), through the relay's resolver."""
+        return self._addresses(host)
+
     @defer.inlineCallbacks
     def _addresses(self, host: str) -> Any:
         if _is_ip(host):

@@ -27,6 +27,8 @@ from mailapp import logevents
 from mailapp.relay.client import FileSource, Reply, SessionError, SMTPClient, local_reply
 from mailapp.relay.queue import Queue
 from mailapp.relay.routing import Hop, RouteError, Routes
+from mailapp.relay.tlspolicy import NONE, OPPORTUNISTIC, DomainPolicy, HopCheck, TLSPolicies
+from mailapp.relay.tlsrpt import TLSReports
 
 __all__ = ["Work", "Workers", "tcp_connector"]
 
@@ -65,7 +67,8 @@ class Workers:
     routes: Routes
     connect: Callable[[Hop], Deferred[Any]]
     hostname: str
-    tls: Any
+    tls_policies: TLSPolicies
+    tls_reports: TLSReports | None
     require_tls: frozenset[str]
     smarthost_auth: tuple[str, str] | None
     smarthost_require_tls: bool
@@ -241,55 +244,186 @@ class Workers:
     @defer.inlineCallbacks
     def _connect(self, domain: str, hops: list[Hop], exempt: bool) -> Any:
         """
-        The first hop that connects and greets: (client, hop, None, full),
-        or (None, None, why not, full); C{full} is the addresses skipped for
+        The first hop that connects, greets and passes the domain's TLS
+        policy (L{mailapp.relay.tlspolicy}): (client, hop, None, full), or
+        (None, None, why not, full); C{full} is the addresses skipped for
         having their share of connections. The hop returned keeps its
         address counted until the worker releases it.
         """
         require_tls, auth = self._tlsFor(domain)
+        by_mx = domain not in self.routes.transports and self.routes.smarthost is None
+        try:
+            policy: DomainPolicy = yield self.tls_policies.for_domain(domain, by_mx)
+        except Exception as error:
+            # A bug of ours must not strand the work: it waits for the next round.
+            _log.failure("TLS policy of {domain}", Failure(error), domain=domain)
+            return None, None, local_reply(451, "4.3.0 local error deciding the TLS policy"), set()
+        if policy.sts_failure is not None:
+            self._report(policy.domain, "sts", (), (), "", "", policy.sts_failure.result_type, policy.sts_failure.reason)
+        if policy.refusal is not None:
+            self._logAttempt(domain, "-", policy.refusal)
+            return None, None, policy.refusal, set()
         failure = local_reply(451, f"4.4.1 no next hop for {domain} answered")
         full: set[tuple[str, int]] = set()
         for hop in hops:
             if self._stopping:
                 break
+            try:
+                check = yield self.tls_policies.for_hop(policy, hop, require_tls)
+            except Exception as error:
+                _log.failure("TLS policy of {hop}", Failure(error), hop=str(hop))
+                check = local_reply(451, "4.3.0 local error deciding the TLS policy")
+            if isinstance(check, Reply):
+                failure = check
+                self._logAttempt(domain, str(hop), failure)
+                continue
+            if check.refusal is not None:
+                failure = check.refusal
+                self.tls_policies.log_failure(check, failure)
+                self._reportCheck(check)
+                self._logAttempt(domain, str(hop), failure)
+                continue
             if not self._takeAddress(hop, exempt):
                 full.add((hop.address, hop.port))
                 continue
-            client = None
-            try:
-                connecting = self.connect(hop)
-                self._connecting.add(connecting)
-                try:
-                    client = yield connecting
-                finally:
-                    self._connecting.discard(connecting)
-                self._clients.add(client)
-                yield client.greet(self.hostname, tls=self.tls, require_tls=require_tls, auth=auth)
-                return client, hop, None, full
-            except SessionError as error:
-                failure = error.reply
-            except Exception as error:
-                failure = local_reply(451, f"4.4.1 cannot connect to {hop}: {type(error).__name__}")
+            client, failure, tls_failed = yield self._tryHop(domain, hop, check, require_tls, auth, exempt)
+            if client is None and tls_failed and check.mode == OPPORTUNISTIC and not require_tls and auth is None:
+                # RFC 7435: unauthenticated TLS that fails is no reason to
+                # keep the mail; say so, and send it as plain SMTP would.
+                _log.info(
+                    "TLS with {hop} failed; trying it again without STARTTLS (opportunistic)",
+                    log_event=logevents.RELAY_TLS_FAILED,
+                    hop=str(hop),
+                    domain=domain,
+                    mode=OPPORTUNISTIC,
+                    outcome="plain text",
+                    result_type="validation-failure",
+                    reason=str(failure),
+                )
+                if self._takeAddress(hop, exempt):
+                    plain = HopCheck(check.domain, hop, NONE)
+                    client, failure, _ = yield self._tryHop(domain, hop, plain, require_tls, auth, exempt)
             if client is not None:
-                self._clients.discard(client)
-                client.abort()
-            self._releaseAddress(hop, exempt)
-            _log.info(
-                "{log_event} {domain} via {hop}: {reply}",
-                log_event=logevents.RELAY_ATTEMPT,
-                domain=domain,
-                hop=str(hop),
-                reply=str(failure),
-            )
+                return client, hop, None, full
         return None, None, failure, full
+
+    @defer.inlineCallbacks
+    def _tryHop(
+        self, domain: str, hop: Hop, check: HopCheck, require_tls: bool, auth: tuple[str, str] | None, exempt: bool
+    ) -> Any:
+        """
+        Connect to C{hop} (its address already counted) and greet it:
+        (client, None, False), or (None, why not, whether its TLS
+        handshake failed) with the address released and the attempt logged.
+        """
+        client = None
+        try:
+            connecting = self.connect(hop)
+            self._connecting.add(connecting)
+            try:
+                client = yield connecting
+            finally:
+                self._connecting.discard(connecting)
+            self._clients.add(client)
+            yield self._greet(client, check, require_tls, auth)
+            return client, None, False
+        except SessionError as error:
+            failure = error.reply
+        except Exception as error:
+            if client is not None:
+                _log.failure("greeting {hop}", Failure(error), hop=str(hop))  # a bug of ours, not the peer's
+            failure = local_reply(451, f"4.4.1 cannot connect to {hop}: {type(error).__name__}")
+        tls_failed = bool(getattr(client, "tls_failed", False))
+        if client is not None:
+            self._clients.discard(client)
+            client.abort()
+        self._releaseAddress(hop, exempt)
+        self._logAttempt(domain, str(hop), failure)
+        return None, failure, tls_failed
+
+    def _greet(self, client: Any, check: HopCheck, require_tls: bool, auth: tuple[str, str] | None) -> Deferred[None]:
+        """EHLO, STARTTLS as the hop's check wants it, the check itself, then AUTH."""
+        store = self.tls_policies.store
+
+        def verify(session: Any) -> Reply | None:
+            refused = check.check(session, store.store if store is not None else None)
+            self.tls_policies.log_failure(check, refused)
+            self._reportCheck(check)
+            return refused
+
+        client.tls_check = check
+        tls = check.tls if check.wants_tls else None
+        greeting: Deferred[None] = client.greet(self.hostname, tls=tls, require_tls=require_tls, auth=auth, verify=verify)
+        return greeting
+
+    def _reportCheck(self, check: HopCheck) -> None:
+        """TLS-RPT: a session (or a refused hop) under a published policy."""
+        if check.policy_type == "no-policy-found":
+            return
+        failure = check.failure
+        self._report(
+            check.domain,
+            check.policy_type,
+            check.policy_strings,
+            check.mx_patterns,
+            check.hop.name,
+            check.hop.address,
+            failure.result_type if failure is not None else None,
+            failure.reason if failure is not None else "",
+        )
+
+    def _report(
+        self,
+        domain: str,
+        policy_type: str,
+        strings: Any,
+        patterns: Any,
+        host: str,
+        address: str,
+        result_type: str | None,
+        reason: str,
+    ) -> None:
+        if self.tls_reports is not None:
+            self.tls_reports.record(domain, policy_type, strings, patterns, host, address, result_type, reason)
+
+    def _logAttempt(self, domain: str, hop: str, failure: Reply) -> None:
+        _log.info(
+            "{log_event} {domain} via {hop}: {reply}",
+            log_event=logevents.RELAY_ATTEMPT,
+            domain=domain,
+            hop=hop,
+            reply=str(failure),
+        )
+
+    @staticmethod
+    def _requireTLS(client: Any) -> Reply | None:
+        """
+        RFC 8689 5: a REQUIRETLS message goes only to a peer whose TLS passed
+        verification (WebPKI or DANE, L{HopCheck.verified}) and which offers
+        REQUIRETLS; otherwise it is bounced with 5.7.10. (The hop is the one
+        the domain's policy chose; other MX hosts are not tried for it.)
+        """
+        check = getattr(client, "tls_check", None)
+        if check is None or not check.verified:
+            return local_reply(550, "5.7.10 REQUIRETLS: the next hop's TLS could not be verified")
+        if "REQUIRETLS" not in getattr(client, "extensions", {}):
+            return local_reply(550, "5.7.10 REQUIRETLS: the next hop does not offer REQUIRETLS")
+        return None
 
     @defer.inlineCallbacks
     def _send(self, client: Any, work: Work) -> Any:
         entry = self.entries[work.entry_id]
         envelope = entry.envelope
+        if envelope.requiretls:
+            refused = self._requireTLS(client)
+            if refused is not None:
+                return {r: refused for r in work.recipients}
         source = FileSource(self.queue.message_path(envelope.id), self.queue.run)
         try:
-            results = yield client.send(envelope.sender, work.recipients, source, envelope.size)
+            if envelope.requiretls:
+                results = yield client.send(envelope.sender, work.recipients, source, envelope.size, requiretls=True)
+            else:
+                results = yield client.send(envelope.sender, work.recipients, source, envelope.size)
         except SessionError as error:
             results = {r: error.reply for r in work.recipients}
         except Exception as error:

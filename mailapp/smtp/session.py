@@ -193,6 +193,14 @@ class SMTPSession(LineSession):
         if self._greet(argument, esmtp=False):
             self.sendCode(250, self.host)
 
+    def _offersRequireTLS(self) -> bool:
+        """
+        REQUIRETLS (RFC 8689) on submission inside TLS, when this server
+        relays (the relay honours it: mailapp.relay.workers); the MX
+        delivers locally and has nothing to require of a next hop.
+        """
+        return self.policy.submission and self.secure and getattr(self.router, "queue", None) is not None
+
     def smtp_EHLO(self, argument: bytes) -> None:
         if not self._greet(argument, esmtp=True):
             return
@@ -201,6 +209,8 @@ class SMTPSession(LineSession):
             lines.append(b"STARTTLS")
         if self._authAvailable():
             lines.append(b"AUTH PLAIN LOGIN")
+        if self._offersRequireTLS():
+            lines.append(b"REQUIRETLS")
         lines.append(b"HELP")
         self.sendCode(250, b"\n".join(lines))
 

@@ -163,6 +163,8 @@ class ESMTPServer(SMTPSession):
                     return
             elif key == "AUTH":
                 pass  # RFC 4954 5: accepted and not trusted
+            elif key == "REQUIRETLS" and not value and self._offersRequireTLS():
+                pass  # RFC 8689 4.1: only where advertised (submission, inside TLS)
             else:
                 self._error(555, b"5.5.4 Unsupported MAIL parameter")
                 return
@@ -176,6 +178,7 @@ class ESMTPServer(SMTPSession):
         def accept() -> None:
             self._txn = self.router.start(sender, relay, self.authenticated, declared)
             self._inbound = self._startChecks(sender, relay)
+            self._txn.requiretls = "REQUIRETLS" in params
             self.sendCode(250, b"2.1.0 Ok")
 
         if self.policy.submission:

@@ -1,7 +1,8 @@
 """
 FakeResolver: a twisted.names L{IResolver} answering from a dict, with
 NXDOMAIN, SERVFAIL, timeouts and unanswered queries on demand, for the
-relay's MX lookups and the SPF checks.
+relay's MX lookups and the SPF checks; and DNSSEC-validated answers (the
+AD bit) for the names under C{secure}, for DANE.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ __all__ = ["FakeResolver", "Records"]
 
 #: Per name, per record type (``"MX"``, ``"A"``, ``"AAAA"``, ``"TXT"``, ``"SPF"``,
 #: ``"CNAME"``, ``"PTR"``), its values: MX as ``(preference, host)``, TXT and
-#: SPF as a string or a tuple of strings, the others as strings.
+#: SPF as a string or a tuple of strings, TLSA as ``(usage, selector,
+#: matching, data bytes)``, the others as strings.
 Records: TypeAlias = Mapping[str, Mapping[str, Iterable[Any]]]
 
 #: A DNS answer as twisted.names gives it: (answers, authority, additional).
@@ -32,6 +34,7 @@ _TYPES: Mapping[str, int] = {
     "SPF": dns.SPF,
     "CNAME": dns.CNAME,
     "PTR": dns.PTR,
+    "TLSA": 52,
 }
 _NAMES: Mapping[int, str] = {code: name for name, code in _TYPES.items()}
 
@@ -51,6 +54,7 @@ _PAYLOADS: Mapping[str, Callable[[Any], Any]] = {
     "PTR": lambda target: dns.Record_PTR(target.encode("ascii")),
     "TXT": lambda value: dns.Record_TXT(*_strings(value)),
     "SPF": lambda value: dns.Record_SPF(*_strings(value)),
+    "TLSA": lambda value: dns.UnknownRecord(bytes(value[:3]) + bytes(value[3])),
 }
 
 
@@ -84,6 +88,7 @@ class FakeResolver(ResolverBase):
         servfail: Iterable[str] = (),
         timeout: Iterable[str] = (),
         unanswered: Iterable[str] = (),
+        secure: Iterable[str] = (),
     ) -> None:
         ResolverBase.__init__(self)
         self.records: dict[str, dict[str, list[Any]]] = {}
@@ -93,6 +98,8 @@ class FakeResolver(ResolverBase):
         self.servfail = {name.lower().rstrip(".") for name in servfail}
         self.timeout = {name.lower().rstrip(".") for name in timeout}
         self.unanswered = {name.lower().rstrip(".") for name in unanswered}
+        #: Names whose answers carry a trusted DNSSEC AD bit (L{lookupAuthenticated}).
+        self.secure = {name.lower().rstrip(".") for name in secure}
         #: Every query asked, as C{(name, type)}: C{("b.test", "MX")}.
         self.queries: list[tuple[str, str]] = []
         #: The Deferreds of queries for C{unanswered} names, in order, for the test to fire.
@@ -118,6 +125,16 @@ class FakeResolver(ResolverBase):
         if text not in self.records:
             return fail(DNSNameError(text))
         return succeed((self._answers(text, type), [], []))
+
+    def lookupAuthenticated(self, name: str, type: int, timeout: Any = None) -> Deferred[tuple[list[dns.RRHeader], bool]]:
+        """
+        What L{mailapp.relay.dane.AuthenticatedResolver} offers: the answers,
+        and whether they carry a trusted AD bit (C{name} under C{secure}).
+        """
+        text = name.lower().rstrip(".")
+        return self._lookup(name.encode("ascii"), dns.IN, type, timeout).addCallback(
+            lambda answer: (answer[0], _under(text, self.secure))
+        )
 
     def _answers(self, name: str, type: int, depth: int = 0) -> list[dns.RRHeader]:
         kinds = self.records.get(name, {})

@@ -68,13 +68,14 @@ class DNSServer:
         zones: Mapping[str, Iterable[Sequence[Any]]],
         servfail: Iterable[str] = (),
         timeout: Iterable[str] = (),
+        secure: Iterable[str] = (),
     ) -> None:
-        """Answer with C{zones} from now on (the server restarts)."""
+        """Answer with C{zones} from now on (the server restarts); answers under C{secure} carry the AD bit."""
         self.stop()
         self.zones = {zone: [tuple(r) for r in records] for zone, records in zones.items()}
         path = self.host.directory / "zones.json"
         path.write_text(
-            json.dumps({"zones": self.zones, "servfail": list(servfail), "timeout": list(timeout)}, indent=1),
+            json.dumps({"zones": self.zones, "servfail": list(servfail), "timeout": list(timeout), "secure": list(secure)}, indent=1),
             encoding="utf-8",
         )
         self.process = self.host.popen(

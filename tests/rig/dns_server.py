@@ -9,7 +9,12 @@ given addresses.
 
     {"zones": {"b.test": [["b.test", "MX", 10, "mx.b.test"],
                           ["mx.b.test", "A", "192.0.2.11"], ...]},
-     "servfail": ["broken.test"], "timeout": ["slow.test"]}
+     "servfail": ["broken.test"], "timeout": ["slow.test"], "secure": ["e.test"]}
+
+``TLSA`` records are ``[owner, "TLSA", usage, selector, matching, "hex data"]``.
+Answers for names under ``secure`` carry the AD bit, as a validating
+resolver's would (the rig has no DNSSEC signatures: the bit is what the
+relay's DANE trusts, see L{mailapp.relay.dane}).
 
 Each zone is a L{twisted.names.authority.FileAuthority} (authoritative
 answers, an SOA with NODATA, CNAME handling); in front of them a resolver
@@ -37,7 +42,18 @@ _TYPES = {
 }
 
 
+class Record_TLSA(dns.UnknownRecord):
+    """A TLSA record (RFC 6698), which twisted.names has no class for: its wire data, typed 52."""
+
+    TYPE = 52
+
+    def __init__(self, usage: int, selector: int, matching: int, data: str, ttl: int = 5) -> None:
+        super().__init__(bytes((usage, selector, matching)) + bytes.fromhex(data), ttl)
+
+
 def _record(kind: str, values: list[Any]) -> Any:
+    if kind == "TLSA":
+        return Record_TLSA(int(values[0]), int(values[1]), int(values[2]), str(values[3]))
     if kind == "MX":
         preference, exchange = values
         # A null MX's exchange is the root, ".": its wire form is the empty name.
@@ -90,12 +106,26 @@ class FaultResolver(common.ResolverBase):
         return defer.fail(failure.Failure(error.DomainError(name)))
 
 
+class SecureFactory(server.DNSServerFactory):
+    """Sets the AD bit on answers for names under C{secure} (and on nothing else)."""
+
+    def __init__(self, secure: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.secure = {n.lower().encode() for n in secure}
+
+    def _responseFromMessage(self, message: Any, **kwargs: Any) -> Any:
+        response = super()._responseFromMessage(message, **kwargs)
+        if message.queries and _covers(self.secure, message.queries[0].name.name):
+            response.authenticData = 1
+        return response
+
+
 def main(path: str, addresses: list[str]) -> None:
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     authorities = [FaultResolver(data.get("servfail", []), data.get("timeout", []))]
     authorities += [DataAuthority(zone, records) for zone, records in data["zones"].items()]
-    factory = server.DNSServerFactory(authorities=authorities, verbose=0)
+    factory = SecureFactory(data.get("secure", []), authorities=authorities, verbose=0)
     for address in addresses:
         reactor.listenUDP(53, dns.DNSDatagramProtocol(factory), interface=address)
         reactor.listenTCP(53, factory, interface=address)
