@@ -10,10 +10,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from twisted.internet import reactor
+from twisted.python.threadpool import ThreadPool
+from twisted.trial import unittest
 
 from mailapp.accounts import (
     SCHEMA_VERSION,
     AccountError,
+    Accounts,
     AccountsDatabase,
     SenderRule,
     SenderVerdict,
@@ -171,3 +175,37 @@ def test_the_fakes_list_methods_take_a_user_never_a_domain() -> None:
     failure = fake.setSenderRule("example.test", "example.org", "block")
     failure.addErrback(lambda reason: reason.trap(AccountError) and None)
     assert fake.removeSenderRule(ALICE, "example.org").result == SenderRule(ALICE, "example.org", "block")
+
+
+class AccountsSenderListTests(unittest.TestCase):
+    """The server's L{Accounts}: the lists on its database threads, a change seen at the next call."""
+
+    def setUp(self) -> None:
+        directory = Path(self.mktemp())
+        path = accounts_path(directory)
+        self.admin = AccountsDatabase(path, ["example.test"], hasher=cheap_password_hasher())
+        self.addCleanup(self.admin.close)
+        self.admin.add_user(ALICE, "password-1")
+        pool = ThreadPool(minthreads=0, maxthreads=2, name="test-sender-lists")
+        pool.start()
+        self.addCleanup(pool.stop)
+        self.accounts = Accounts(path, ["example.test"], reactor=reactor, threadpool=pool, hasher=cheap_password_hasher())
+        self.addCleanup(self.accounts.close)
+
+    async def test_a_change_by_the_command_is_seen_at_the_next_verdict(self) -> None:
+        self.assertIsNone(await self.accounts.senderVerdict(ALICE, "x@spam.example"))
+        self.admin.set_sender_rule(ALICE, "spam.example", "block")
+        self.assertEqual(await self.accounts.senderVerdict(ALICE, "x@spam.example"), SenderVerdict("block", ALICE, "spam.example"))
+
+    async def test_the_users_own_list_through_the_interface(self) -> None:
+        self.assertEqual(await self.accounts.setSenderRule(ALICE, "spam.example", "block"), SenderRule(ALICE, "spam.example", "block"))
+        self.assertEqual(await self.accounts.senderRules(ALICE), [SenderRule(ALICE, "spam.example", "block")])
+        self.assertEqual(await self.accounts.removeSenderRule(ALICE, "spam.example"), SenderRule(ALICE, "spam.example", "block"))
+        self.assertEqual(self.admin.sender_rules(ALICE), [])
+
+    async def test_the_interface_never_edits_a_domains_list(self) -> None:
+        with self.assertRaises(AccountError):
+            await self.accounts.setSenderRule("example.test", "spam.example", "block")
+        with self.assertRaises(AccountError):
+            await self.accounts.senderRules("example.test")
+        self.assertEqual(self.admin.sender_rules(), [])
