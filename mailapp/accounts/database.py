@@ -520,10 +520,7 @@ class AccountsDatabase:
         if split_address(recipient) is None or not is_encodable(recipient) or not is_encodable(sender):
             return None
         resolution = resolve_address(recipient, self)
-        user = None
-        if resolution is not None and len(resolution.local) == 1 and not resolution.remote:
-            user = resolution.local[0]
-        return sender_verdict(self._rules_of, user, recipient.rpartition("@")[2], sender)
+        return sender_verdict(self._rules_of, resolution, recipient.rpartition("@")[2], sender)
 
     # -- resolution --
 

@@ -99,8 +99,11 @@ class SenderVerdict:
     @ivar action: C{"allow"} or C{"block"}.
     @ivar owner: whose list decided: the user's L{address_key}, or its domain.
     @ivar pattern: the entry that matched.
+    @ivar accounts: the local accounts the recipient reaches (its copies the
+        verdict covers), in the order of L{Resolution.local}.
     """
 
     action: str
     owner: str
     pattern: str
+    accounts: tuple[str, ...] = ()

@@ -23,9 +23,10 @@ administrator sets the default, the user the exception.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from mailapp.accounts.addresses import address_key, check_address, check_domain, split_address
-from mailapp.accounts.records import SenderVerdict
+from mailapp.accounts.records import Resolution, SenderVerdict
 from mailapp.errors import AccountError
 
 __all__ = ["ALLOW", "BLOCK", "SENDER_ACTIONS", "check_action", "check_sender_pattern", "list_verdict", "sender_candidates", "sender_verdict"]
@@ -91,21 +92,24 @@ def list_verdict(rules: Mapping[str, str], owner: str, sender: str) -> SenderVer
 
 
 def sender_verdict(
-    rules_of: Callable[[str], Mapping[str, str]], user: str | None, domain: str, sender: str
+    rules_of: Callable[[str], Mapping[str, str]], resolution: Resolution | None, domain: str, sender: str
 ) -> SenderVerdict | None:
     """
     What the lists of one recipient say about C{sender}: the user's own
-    (C{user}, an account or C{None} when the recipient is not one user),
-    then the recipient's C{domain}'s; the first that matches decides.
+    (when C{resolution}, where the recipient goes, is exactly one user
+    here), then the recipient's C{domain}'s; the first that matches decides,
+    and covers every local account the recipient reaches.
 
     @param rules_of: an owner (an account's L{address_key}, or a domain) ->
         its list, pattern -> action.
     """
     if not sender_candidates(sender):
         return None
-    owners = ([address_key(user)] if user is not None else []) + [domain.lower()]
+    accounts = resolution.local if resolution is not None else ()
+    single_user = resolution is not None and len(accounts) == 1 and not resolution.remote
+    owners = ([address_key(accounts[0])] if single_user else []) + [domain.lower()]
     for owner in owners:
         verdict = list_verdict(rules_of(owner), owner, sender)
         if verdict is not None:
-            return verdict
+            return replace(verdict, accounts=accounts)
     return None

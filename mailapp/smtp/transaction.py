@@ -236,12 +236,11 @@ class ESMTPServer(SMTPSession):
             self._error(555, b"5.5.4 Unsupported RCPT parameter")
             return
         txn = self._txn
-        reached = len(txn.local)
-        d = self._senderLists(txn, recipient).addCallback(lambda _: txn.addRecipient(recipient))
+        allowed: list[str] = []
+        d = self._senderLists(txn, recipient, allowed).addCallback(lambda _: txn.addRecipient(recipient))
 
         def ok(_: object) -> None:
-            if recipient in txn.allowed_by_recipient:
-                txn.allowed_accounts.update(txn.local[reached:])
+            txn.allowed_accounts.update(allowed)
             self.sendCode(250, b"2.1.5 Ok")
 
         def refused(reason: Failure) -> defer.Deferred[None] | None:
@@ -272,13 +271,15 @@ class ESMTPServer(SMTPSession):
 
         self._wait(d.addCallbacks(ok, refused))
 
-    def _senderLists(self, txn: Transaction, recipient: str) -> defer.Deferred[None]:
+    def _senderLists(self, txn: Transaction, recipient: str, allowed: list[str]) -> defer.Deferred[None]:
         """
         On the MX, per recipient: its allow and block lists (the user's,
         then its domain's; L{mailapp.accounts.senderlists}). A blocked
         sender fails with L{SenderBlocked} for this recipient only (refused
         during SMTP: no backscatter); an allowed one is marked in
-        L{Transaction.allowed_by_recipient} for the spam checks after this one.
+        L{Transaction.allowed_by_recipient} for the spam checks after this one,
+        and the accounts it reaches put in C{allowed} (for L{Transaction.allowed_accounts}
+        once the recipient is accepted).
         Submission, trusted and authenticated clients are not checked: their
         mail is ours.
         """
@@ -302,6 +303,7 @@ class ESMTPServer(SMTPSession):
                 **fields,
             )
             txn.allowed_by_recipient.add(recipient)
+            allowed.extend(verdict.accounts)
 
         return self.router.accounts.senderVerdict(recipient, txn.sender).addCallback(apply)
 

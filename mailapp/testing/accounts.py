@@ -30,6 +30,7 @@ from mailapp.accounts import (
     sender_verdict,
     target_names_user,
 )
+from mailapp.accounts.addresses import split_address
 from mailapp.errors import AccountError
 from mailapp.interfaces import IAccounts
 
@@ -211,10 +212,10 @@ class FakeAccounts:
         return succeed(self._quotas.get(key, QuotaOverride()))
 
     def senderVerdict(self, recipient: str, sender: str) -> Deferred[SenderVerdict | None]:
-        resolution = resolve_address(recipient, self) if "@" in recipient else None
-        user = resolution.local[0] if resolution is not None and len(resolution.local) == 1 and not resolution.remote else None
+        if split_address(recipient) is None:
+            return succeed(None)
         rules_of = lambda owner: self._sender_rules.get(owner, {})  # noqa: E731
-        return succeed(sender_verdict(rules_of, user, recipient.rpartition("@")[2], sender))
+        return succeed(sender_verdict(rules_of, resolve_address(recipient, self), recipient.rpartition("@")[2], sender))
 
     def senderRules(self, account: str) -> Deferred[list[SenderRule]]:
         try:

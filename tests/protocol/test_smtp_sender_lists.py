@@ -98,3 +98,20 @@ class SenderListTests(TestCase):
         self.accounts.set_sender_rule("alice@example.test", "x@bad.example", "block")
         session.send(b"RCPT TO:<alice@example.test>\r\n")
         self.assertEqual(session.replies()[-2:], [b"250 2.1.5 Ok", BLOCKED])
+
+    def test_an_allowed_recipient_marks_its_accounts_even_when_an_earlier_rcpt_reached_them(self) -> None:
+        self.accounts.set_sender_rule("alice@example.test", "news.example", "allow")
+        session = self.session()
+        session.send(b"EHLO c\r\nMAIL FROM:<list@news.example>\r\nRCPT TO:<team@example.test>\r\nRCPT TO:<alice@example.test>\r\n")
+        self.assertEqual(session.codes()[-2:], [b"250", b"250"])
+        txn = session.proto._txn
+        self.assertEqual((txn.allowed_by_recipient, txn.allowed_accounts), ({"alice@example.test"}, {"alice@example.test"}))
+
+    def test_a_blocked_recipient_marks_nothing_allowed(self) -> None:
+        self.accounts.set_sender_rule("example.test", "news.example", "allow")
+        self.accounts.set_sender_rule("bob@example.test", "news.example", "block")
+        session = self.session()
+        session.send(b"EHLO c\r\nMAIL FROM:<list@news.example>\r\nRCPT TO:<bob@example.test>\r\nRCPT TO:<nobody@example.test>\r\n")
+        self.assertEqual(session.replies()[-2:], [BLOCKED, b"550 5.1.1 No such user here"])
+        txn = session.proto._txn
+        self.assertEqual((txn.allowed_by_recipient, txn.allowed_accounts), (set(), set()))

@@ -13,16 +13,8 @@ import pytest
 from mailapp import cli
 from mailapp.accounts import AccountsDatabase, SenderVerdict, accounts_path
 from mailapp.testing import cheap_password_hasher
+from tests.unit.test_cli_dkim import CONFIG
 
-CONFIG = (
-    "[server]\n"
-    'hostname = "mail.example.test"\n'
-    "state_dir = {state}\n"
-    "[domains]\n"
-    'local = ["example.test"]\n'
-    "[listeners.smtp]\n"
-    'protocol = "smtp"\nendpoint = "tcp:25"\ntls = "none"\n'
-)
 ALICE = "alice@example.test"
 
 
@@ -52,11 +44,11 @@ def test_block_then_allow_for_a_user_replaces_the_entry(config: Path, capsys: py
         f"blocked spam.example for {ALICE}\n",
         "",
     )
-    assert verdict(config, ALICE, "x@spam.example") == SenderVerdict("block", ALICE, "spam.example")
+    assert verdict(config, ALICE, "x@spam.example") == SenderVerdict("block", ALICE, "spam.example", (ALICE,))
     assert run(config, capsys, "sender", "allow", "spam.example", "--for", ALICE)[1] == (
         f"allowed spam.example for {ALICE} (it was blocked)\n"
     )
-    assert verdict(config, ALICE, "x@spam.example") == SenderVerdict("allow", ALICE, "spam.example")
+    assert verdict(config, ALICE, "x@spam.example") == SenderVerdict("allow", ALICE, "spam.example", (ALICE,))
 
 
 def test_a_domains_list_and_list_and_del_in_json(config: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -77,7 +77,7 @@ def database(tmp_path: Path):
 
 def test_a_wildcard_matches_subdomains_and_not_the_domain_itself(database: AccountsDatabase) -> None:
     database.set_sender_rule(ALICE, "*.example.org", "block")
-    assert database.sender_verdict(ALICE, "x@mail.example.org") == SenderVerdict("block", ALICE, "*.example.org")
+    assert database.sender_verdict(ALICE, "x@mail.example.org") == SenderVerdict("block", ALICE, "*.example.org", (ALICE,))
     assert database.sender_verdict(ALICE, "x@example.org") is None
 
 
@@ -91,8 +91,8 @@ def test_the_most_specific_entry_of_a_list_wins(database: AccountsDatabase) -> N
 def test_the_users_list_wins_over_its_domains_and_the_domains_applies_otherwise(database: AccountsDatabase) -> None:
     database.set_sender_rule("example.test", "example.org", "block")
     database.set_sender_rule(ALICE, "example.org", "allow")
-    assert database.sender_verdict("Alice+tag@example.test", "x@example.org") == SenderVerdict("allow", ALICE, "example.org")
-    assert database.sender_verdict("bob@example.test", "x@example.org") == SenderVerdict("block", "example.test", "example.org")
+    assert database.sender_verdict("Alice+tag@example.test", "x@example.org") == SenderVerdict("allow", ALICE, "example.org", (ALICE,))
+    assert database.sender_verdict("bob@example.test", "x@example.org") == SenderVerdict("block", "example.test", "example.org", ("bob@example.test",))
     # An alias to one user is that user's; to several, only the domain's list applies.
     assert database.sender_verdict("me@example.test", "x@example.org").action == "allow"
     assert database.sender_verdict("both@example.test", "x@example.org").action == "block"
@@ -146,7 +146,7 @@ def test_a_version_2_accounts_database_is_migrated_with_empty_lists(tmp_path: Pa
     with AccountsDatabase(path, ["example.test"], hasher=cheap_password_hasher()) as database:
         assert database.sender_rules() == []
         database.set_sender_rule(ALICE, "example.org", "block")
-        assert database.sender_verdict(ALICE, "x@example.org") == SenderVerdict("block", ALICE, "example.org")
+        assert database.sender_verdict(ALICE, "x@example.org") == SenderVerdict("block", ALICE, "example.org", (ALICE,))
         assert database.find_user(ALICE) == ALICE
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
@@ -195,7 +195,7 @@ class AccountsSenderListTests(unittest.TestCase):
     async def test_a_change_by_the_command_is_seen_at_the_next_verdict(self) -> None:
         self.assertIsNone(await self.accounts.senderVerdict(ALICE, "x@spam.example"))
         self.admin.set_sender_rule(ALICE, "spam.example", "block")
-        self.assertEqual(await self.accounts.senderVerdict(ALICE, "x@spam.example"), SenderVerdict("block", ALICE, "spam.example"))
+        self.assertEqual(await self.accounts.senderVerdict(ALICE, "x@spam.example"), SenderVerdict("block", ALICE, "spam.example", (ALICE,)))
 
     async def test_the_users_own_list_through_the_interface(self) -> None:
         self.assertEqual(await self.accounts.setSenderRule(ALICE, "spam.example", "block"), SenderRule(ALICE, "spam.example", "block"))
@@ -209,3 +209,9 @@ class AccountsSenderListTests(unittest.TestCase):
         with self.assertRaises(AccountError):
             await self.accounts.senderRules("example.test")
         self.assertEqual(self.admin.sender_rules(), [])
+
+
+def test_a_domains_verdict_on_an_alias_covers_every_account_it_reaches(database: AccountsDatabase) -> None:
+    database.set_sender_rule("example.test", "news.example", "allow")
+    verdict = database.sender_verdict("both@example.test", "list@news.example")
+    assert verdict == SenderVerdict("allow", "example.test", "news.example", (ALICE, "bob@example.test"))
