@@ -81,6 +81,17 @@ class Transaction:
     folder: str = INBOX
     #: MAIL FROM said REQUIRETLS (RFC 8689): the relay must send it only over verified TLS.
     requiretls: bool = False
+    #: The RCPT addresses (as in L{recipients}) whose allow list (the user's
+    #: own, or its domain's) names this sender, marked by the MX at RCPT
+    #: before any later RCPT check runs. The spam checks must honour it:
+    #: greylisting never defers a recipient in this set, and a content
+    #: scanner's verdict never puts these recipients' copies in Junk
+    #: (L{allowed_accounts}); a refusal for the whole message (a virus, a
+    #: DMARC reject) still applies. Empty on submission and for trusted clients.
+    allowed_by_recipient: set[str] = field(default_factory=set)
+    #: The local accounts (as in L{local}) that an allowed recipient reached:
+    #: the copies a Junk placement must leave in INBOX.
+    allowed_accounts: set[str] = field(default_factory=set)
 
     @inlineCallbacks
     def addRecipient(self, address: str) -> Any:

@@ -52,6 +52,12 @@ class NoSuchUser(MailError):
     code, enhanced, text = 550, "5.1.1", "No such user here"
 
 
+class SenderBlocked(MailError):
+    """The recipient's (or its domain's) block list names the sender; refused for that recipient only."""
+
+    code, enhanced, text = 550, "5.7.1", "Sender blocked by the recipient"
+
+
 class RelayDenied(MailError):
     code, enhanced, text = 554, "5.7.1", "Relay access denied"
 

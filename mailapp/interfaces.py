@@ -34,7 +34,7 @@ from mailapp.records import FolderEvent, FolderInfo, FolderStatus, MessageInfo, 
 if TYPE_CHECKING:
     # Only named in annotations: the accounts implementation defines them,
     # and the contract must not load it (SQLite, argon2) to be imported.
-    from mailapp.accounts import QuotaOverride, Resolution
+    from mailapp.accounts import QuotaOverride, Resolution, SenderRule, SenderVerdict
 
 #: The C{message} of L{IMessageStore.deliver} and L{IFolder.appendMessage}:
 #: an L{IMessageWriter} that the same store's C{newMessage} made, whose file
@@ -95,6 +95,38 @@ class IAccounts(Interface):
         C{account} (its C{None} fields follow the config), or C{None} when
         C{account} is not a user. Read at every check, never cached, so
         that a change made while the server runs applies to the next message.
+        """
+
+    def senderVerdict(recipient: str, sender: str) -> Deferred[SenderVerdict | None]:
+        """
+        Fire with what the allow and block lists of C{recipient} say about
+        envelope sender C{sender} (L{mailapp.accounts.senderlists}): the
+        entry that matched, from the user's own list (when C{recipient}
+        reaches exactly one user) or else from the recipient's domain's, or
+        C{None} when neither names the sender (the null sender included).
+        Read at every RCPT, never cached.
+        """
+
+    def senderRules(account: str) -> Deferred[list[SenderRule]]:
+        """
+        Fire with user C{account}'s own list (L{mailapp.accounts.SenderRule}s,
+        by action then entry). Fails with L{mailapp.errors.AccountError} when
+        C{account} is not a user.
+        """
+
+    def setSenderRule(account: str, pattern: str, action: str) -> Deferred[SenderRule]:
+        """
+        Put C{pattern} (an address, a domain or C{*.domain}) on user
+        C{account}'s list as C{"allow"} or C{"block"}, replacing its action
+        if it is there. Fails with L{mailapp.errors.AccountError}, saying
+        what is wrong, for a bad entry or action. The webmail's settings
+        write through this, with the command's validation.
+        """
+
+    def removeSenderRule(account: str, pattern: str) -> Deferred[SenderRule]:
+        """
+        Take C{pattern} off user C{account}'s list; fire with the entry
+        removed, or fail with L{mailapp.errors.AccountError} if it was not there.
         """
 
 

@@ -44,6 +44,10 @@ AUTHENTICATION_FAILED: Final = "authentication.failed"
 # --- names the design already promises to the protocol layers ---
 SMTP_ACCEPTED: Final = "smtp.accepted"
 SMTP_RCPT_REJECTED: Final = "smtp.rcpt_rejected"
+#: a RCPT refused 550 5.7.1: the recipient's block list names the sender; also: sender, recipient, owner (whose list), pattern, client
+SMTP_SENDER_BLOCKED: Final = "smtp.sender_blocked"
+#: a RCPT whose allow list names the sender (later spam checks skip it); also: sender, recipient, owner, pattern, client
+SMTP_SENDER_ALLOWED: Final = "smtp.sender_allowed"
 #: MAIL FROM a local domain on the MX from an untrusted client; also: sender, client
 SMTP_LOCAL_SENDER_REFUSED: Final = "smtp.local_sender_refused"
 #: a message refused after its data (too big, too many hops, a header field too long); also: sender, client, reply

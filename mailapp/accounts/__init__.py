@@ -15,7 +15,8 @@ Three layers, from pure to asynchronous:
   hash (L{mailapp.accounts.passwords}) runs in a thread, so the reactor
   never blocks.
 
-The records they hand out are in L{mailapp.accounts.records}. The command
+The records they hand out are in L{mailapp.accounts.records}; the allow
+and block lists of senders follow L{mailapp.accounts.senderlists}. The command
 changes the database while the server runs; nothing here caches past a
 single call, so the server sees a change at its next call.
 
@@ -31,7 +32,7 @@ from mailapp.accounts.passwords import (
     check_new_password,
     default_password_hasher,
 )
-from mailapp.accounts.records import AliasInfo, DomainInfo, QuotaOverride, RemovedUser, Resolution
+from mailapp.accounts.records import AliasInfo, DomainInfo, QuotaOverride, RemovedUser, Resolution, SenderRule, SenderVerdict
 from mailapp.accounts.resolution import (
     MAX_ALIAS_DEPTH,
     AddressDirectory,
@@ -40,12 +41,24 @@ from mailapp.accounts.resolution import (
     resolve_address,
     target_names_user,
 )
+from mailapp.accounts.senderlists import (
+    ALLOW,
+    BLOCK,
+    SENDER_ACTIONS,
+    check_action,
+    check_sender_pattern,
+    sender_candidates,
+    sender_verdict,
+)
 from mailapp.accounts.schema import ACCOUNTS_FILENAME, BUSY_TIMEOUT_MS, SCHEMA_VERSION, accounts_path
 from mailapp.accounts.server import Accounts
 from mailapp.errors import AccountError
 
 __all__ = [
     "ACCOUNTS_FILENAME",
+    "ALLOW",
+    "BLOCK",
+    "SENDER_ACTIONS",
     "BUSY_TIMEOUT_MS",
     "MAX_ALIAS_DEPTH",
     "MIN_PASSWORD_LENGTH",
@@ -59,16 +72,22 @@ __all__ = [
     "QuotaOverride",
     "RemovedUser",
     "Resolution",
+    "SenderRule",
+    "SenderVerdict",
     "VerifiedPasswords",
     "accounts_path",
     "address_key",
+    "check_action",
     "check_address",
     "check_alias",
     "check_alias_source",
     "check_domain",
     "check_new_password",
+    "check_sender_pattern",
     "default_password_hasher",
     "owns_address",
     "resolve_address",
+    "sender_candidates",
+    "sender_verdict",
     "target_names_user",
 ]

@@ -28,8 +28,9 @@ from mailapp.accounts.addresses import (
     split_address,
 )
 from mailapp.accounts.passwords import default_password_hasher
-from mailapp.accounts.records import AliasInfo, DomainInfo, QuotaOverride, RemovedUser, Resolution
+from mailapp.accounts.records import AliasInfo, DomainInfo, QuotaOverride, RemovedUser, Resolution, SenderRule, SenderVerdict
 from mailapp.accounts.resolution import check_alias, owns_address, resolve_address, target_names_user
+from mailapp.accounts.senderlists import check_action, check_sender_pattern, sender_verdict
 from mailapp.accounts.schema import open_database, transaction
 from mailapp.errors import AccountError
 
@@ -151,6 +152,7 @@ class AccountsDatabase:
                     f"domain {domain} still has {users} user(s) and {aliases} alias(es); remove them first"
                 )
             connection.execute("DELETE FROM domains WHERE name = ?", (domain,))
+            connection.execute("DELETE FROM sender_rules WHERE owner = ?", (domain,))
 
         self._write(change)
         return domain
@@ -227,6 +229,8 @@ class AccountsDatabase:
             if row is None:
                 raise AccountError(f"no such user {address}")
             connection.execute("DELETE FROM users WHERE key = ?", (key,))
+            # Its lists go too: a user created later under this address starts with none.
+            connection.execute("DELETE FROM sender_rules WHERE owner = ?", (key,))
             pruned: dict[str, tuple[str, list[str]]] = {}
             for source_key, source, target_key, target in connection.execute(
                 "SELECT source_key, source, target_key, target FROM aliases ORDER BY source_key, position"
@@ -432,6 +436,91 @@ class AccountsDatabase:
             sources.setdefault(source_key, source)
             grouped.setdefault(source_key, []).append(target)
         return [AliasInfo(sources[key], tuple(targets)) for key, targets in grouped.items()]
+
+    # -- allow and block lists of senders --
+
+    def _list_owner(self, owner: str) -> str:
+        """
+        The stored owner of the list C{owner} names (a user's L{address_key},
+        or a local domain), or L{AccountError} when it is neither a user nor a
+        local domain: a list nobody's mail passes through would do nothing.
+        """
+        if "@" in owner:
+            canonical = check_address(owner)
+            if self.find_user(canonical) is None:
+                raise AccountError(f"no such user {owner}")
+            return address_key(canonical)
+        domain = check_domain(owner)
+        self._require_local_domain(domain)
+        return domain
+
+    def set_sender_rule(self, owner: str, pattern: str, action: str) -> tuple[SenderRule, str | None]:
+        """
+        Put C{pattern} on C{owner}'s list with C{action} (C{allow} or
+        C{block}), replacing the entry's action if it is there already.
+
+        @return: the entry, and the action it had before (C{None}: new).
+        """
+        action = check_action(action)
+        entry = check_sender_pattern(pattern)
+        stored = self._list_owner(owner)
+
+        def change(connection: sqlite3.Connection) -> str | None:
+            row = connection.execute(
+                "SELECT action FROM sender_rules WHERE owner = ? AND pattern = ?", (stored, entry)
+            ).fetchone()
+            connection.execute(
+                "INSERT INTO sender_rules (owner, pattern, action) VALUES (?, ?, ?) "
+                "ON CONFLICT (owner, pattern) DO UPDATE SET action = excluded.action",
+                (stored, entry, action),
+            )
+            return str(row[0]) if row else None
+
+        return SenderRule(stored, entry, action), self._write(change)
+
+    def remove_sender_rule(self, owner: str, pattern: str) -> SenderRule:
+        """Take C{pattern} off C{owner}'s list; return the entry removed."""
+        entry = check_sender_pattern(pattern)
+        stored = self._list_owner(owner)
+
+        def change(connection: sqlite3.Connection) -> SenderRule:
+            row = connection.execute(
+                "SELECT action FROM sender_rules WHERE owner = ? AND pattern = ?", (stored, entry)
+            ).fetchone()
+            if row is None:
+                raise AccountError(f"{entry} is not on the list of {stored}")
+            connection.execute("DELETE FROM sender_rules WHERE owner = ? AND pattern = ?", (stored, entry))
+            return SenderRule(stored, entry, str(row[0]))
+
+        return self._write(change)
+
+    def sender_rules(self, owner: str | None = None) -> list[SenderRule]:
+        """C{owner}'s list, or every list when C{None}; by owner, action, then entry."""
+        if owner is None:
+            rows = self._rows("SELECT owner, pattern, action FROM sender_rules ORDER BY owner, action, pattern")
+        else:
+            rows = self._rows(
+                "SELECT owner, pattern, action FROM sender_rules WHERE owner = ? ORDER BY action, pattern",
+                self._list_owner(owner),
+            )
+        return [SenderRule(str(row[0]), str(row[1]), str(row[2])) for row in rows]
+
+    def _rules_of(self, owner: str) -> dict[str, str]:
+        return {str(pattern): str(action) for pattern, action in self._rows(
+            "SELECT pattern, action FROM sender_rules WHERE owner = ?", owner
+        )}
+
+    def sender_verdict(self, recipient: str, sender: str) -> SenderVerdict | None:
+        """
+        What the lists of C{recipient} say about envelope sender C{sender}:
+        the user's (when the recipient reaches exactly one user here, through
+        a C{+tag} or an alias too), then the recipient's domain's. C{None}
+        when neither names the sender.
+        """
+        if split_address(recipient) is None or not is_encodable(recipient) or not is_encodable(sender):
+            return None
+        resolution = resolve_address(recipient, self)
+        return sender_verdict(self._rules_of, resolution, recipient.rpartition("@")[2], sender)
 
     # -- resolution --
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["AliasInfo", "DomainInfo", "QuotaOverride", "RemovedUser", "Resolution"]
+__all__ = ["AliasInfo", "DomainInfo", "QuotaOverride", "RemovedUser", "Resolution", "SenderRule", "SenderVerdict"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +73,37 @@ class RemovedUser:
     address: str
     aliases_pruned: tuple[AliasInfo, ...] = ()
     aliases_removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SenderRule:
+    """
+    One entry of an allow or block list.
+
+    @ivar owner: whose list: a user's canonical address, or a domain.
+    @ivar pattern: the sender it names: an address, a domain or C{*.domain}
+        (L{mailapp.accounts.senderlists}), lower-cased.
+    @ivar action: C{"allow"} or C{"block"}.
+    """
+
+    owner: str
+    pattern: str
+    action: str
+
+
+@dataclass(frozen=True)
+class SenderVerdict:
+    """
+    What a recipient's lists say about one sender: the entry that matched.
+
+    @ivar action: C{"allow"} or C{"block"}.
+    @ivar owner: whose list decided: the user's L{address_key}, or its domain.
+    @ivar pattern: the entry that matched.
+    @ivar accounts: the local accounts the recipient reaches (its copies the
+        verdict covers), in the order of L{Resolution.local}.
+    """
+
+    action: str
+    owner: str
+    pattern: str
+    accounts: tuple[str, ...] = ()

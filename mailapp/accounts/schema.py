@@ -28,8 +28,9 @@ log = Logger()
 ACCOUNTS_FILENAME = "accounts.sqlite3"
 
 #: Bumped whenever the schema changes; stored with ``PRAGMA user_version``.
-#: 2 added each user's quota override (C{quota_bytes}, C{quota_messages}).
-SCHEMA_VERSION = 2
+#: 2 added each user's quota override (C{quota_bytes}, C{quota_messages});
+#: 3 the allow and block lists of senders (C{sender_rules}).
+SCHEMA_VERSION = 3
 
 #: How long a connection waits for another process's write lock (the CLI and
 #: the server share the file) before failing with "database is locked".
@@ -40,6 +41,16 @@ def accounts_path(state_dir: Path) -> Path:
     """Where the accounts database of a state directory lives."""
     return Path(state_dir) / ACCOUNTS_FILENAME
 
+
+_SENDER_RULES = """
+CREATE TABLE sender_rules (
+    owner TEXT NOT NULL,                -- address_key(user), or a domain: whose list
+    pattern TEXT NOT NULL,              -- an address, a domain or *.domain, lower-cased
+    action TEXT NOT NULL CHECK (action IN ('allow', 'block')),
+    created INTEGER NOT NULL DEFAULT (strftime('%s', 'now')),
+    PRIMARY KEY (owner, pattern)
+)
+"""
 
 _SCHEMA = """
 CREATE TABLE domains (
@@ -66,7 +77,7 @@ CREATE TABLE aliases (
 );
 CREATE INDEX aliases_domain ON aliases (domain);
 CREATE INDEX aliases_target ON aliases (target_key);
-"""
+""" + _SENDER_RULES
 
 #: What brings a database of version N - 1 to N, run in the same transaction
 #: that sets the new C{user_version}: a crash leaves the old version whole.
@@ -75,6 +86,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE users ADD COLUMN quota_bytes INTEGER",
         "ALTER TABLE users ADD COLUMN quota_messages INTEGER",
     ),
+    3: (_SENDER_RULES,),
 }
 
 

@@ -31,8 +31,8 @@ from zope.interface import implementer
 from mailapp import logevents
 from mailapp.accounts.database import AccountsDatabase
 from mailapp.accounts.passwords import VerifiedPasswords, default_password_hasher
-from mailapp.accounts.records import QuotaOverride, Resolution
-from mailapp.errors import LoginsBusy
+from mailapp.accounts.records import QuotaOverride, Resolution, SenderRule, SenderVerdict
+from mailapp.errors import AccountError, LoginsBusy
 from mailapp.interfaces import IAccounts
 
 __all__ = ["Accounts"]
@@ -170,6 +170,18 @@ class Accounts:
     def quotaOverride(self, account: str) -> Deferred[QuotaOverride | None]:
         return self._inDatabase(lambda database: database.quota_override(account))
 
+    def senderVerdict(self, recipient: str, sender: str) -> Deferred[SenderVerdict | None]:
+        return self._inDatabase(lambda database: database.sender_verdict(recipient, sender))
+
+    def senderRules(self, account: str) -> Deferred[list[SenderRule]]:
+        return self._inDatabase(lambda database: _user_only(account, database.sender_rules, account))
+
+    def setSenderRule(self, account: str, pattern: str, action: str) -> Deferred[SenderRule]:
+        return self._inDatabase(lambda database: _user_only(account, database.set_sender_rule, account, pattern, action)[0])
+
+    def removeSenderRule(self, account: str, pattern: str) -> Deferred[SenderRule]:
+        return self._inDatabase(lambda database: _user_only(account, database.remove_sender_rule, account, pattern))
+
     def authenticate(self, username: str, password: bytes) -> Deferred[str]:
         return ensureDeferred(self._authenticate(username, password))
 
@@ -221,3 +233,13 @@ class Accounts:
         else:
             log.info("upgraded the password hash of {account}", log_event=_PASSWORD_REHASHED, account=canonical)
 
+
+def _user_only(account: str, call: Callable[..., _T], *args: Any) -> _T:
+    """
+    C{call(*args)} for a user's own list only: the interface's list methods
+    take an account, and a domain's name must never reach the database's
+    owner argument through them (a webmail user could edit the domain's list).
+    """
+    if "@" not in account:
+        raise AccountError(f"no such user {account}")
+    return call(*args)

@@ -1,5 +1,5 @@
 """
-The ``mailapp`` admin command: users, domains, aliases, the relay queue,
+The ``mailapp`` admin command: users, domains, aliases, sender lists, the relay queue,
 DKIM keys, the DNS records to publish and a config check.
 
 It touches only the accounts database (SQLite, shared safely with a running
@@ -16,7 +16,7 @@ config file is also reported as JSON on stdout).
 
 This module reads the command line and turns every refusal into that one
 line and status; each command group is a module of its own
-(L{mailapp.cli.users}, L{mailapp.cli.domains}, L{mailapp.cli.aliases},
+(L{mailapp.cli.users}, L{mailapp.cli.domains}, L{mailapp.cli.aliases}, L{mailapp.cli.senders},
 L{mailapp.cli.queue}, L{mailapp.cli.dkim}, L{mailapp.cli.dns}) over what they all share (L{mailapp.cli.command}).
 """
 
@@ -47,6 +47,7 @@ from mailapp.cli.dkim import add_dkim_commands
 from mailapp.cli.dns import add_dns_commands
 from mailapp.cli.domains import add_domain_commands
 from mailapp.cli.queue import add_queue_commands
+from mailapp.cli.senders import add_sender_commands
 from mailapp.cli.tlsreport import add_tls_report_command
 from mailapp.cli.users import add_user_commands
 from mailapp.dkim.keys import KeyStoreError
@@ -85,6 +86,7 @@ def _parser() -> CommandLineParser:
     add_user_commands(verbs, common)
     add_domain_commands(verbs, common)
     add_alias_commands(verbs, common)
+    add_sender_commands(verbs, common)
     add_queue_commands(verbs, common)
     add_dkim_commands(verbs, common)
     add_dns_commands(verbs, common)

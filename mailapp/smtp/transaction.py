@@ -17,7 +17,16 @@ from twisted.python.failure import Failure
 from mailapp import logevents
 from mailapp.authentication.checks import HeldMessage, MessageCheck
 from mailapp.delivery import Transaction
-from mailapp.errors import HeaderSenderNotOwned, MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied, TooMuchMail
+from mailapp.errors import (
+    HeaderSenderNotOwned,
+    MailError,
+    MessageHasNul,
+    MessageTooBig,
+    NoSuchUser,
+    RelayDenied,
+    SenderBlocked,
+    TooMuchMail,
+)
 from mailapp.headercheck import header_addresses
 from mailapp.smtp.data import _DataReceiver, missing_headers, received_header
 from mailapp.smtp.policy import ADDRESS, PATH
@@ -227,13 +236,16 @@ class ESMTPServer(SMTPSession):
             self._error(555, b"5.5.4 Unsupported RCPT parameter")
             return
         txn = self._txn
-        d = txn.addRecipient(recipient)
+        allowed: list[str] = []
+        d = self._senderLists(txn, recipient, allowed).addCallback(lambda _: txn.addRecipient(recipient))
 
         def ok(_: object) -> None:
+            txn.allowed_accounts.update(allowed)
             self.sendCode(250, b"2.1.5 Ok")
 
         def refused(reason: Failure) -> defer.Deferred[None] | None:
             reason.trap(MailError)
+            txn.allowed_by_recipient.discard(recipient)
             error = cast(MailError, reason.value)
             _log.info(
                 "rcpt rejected {recipient} {code} from {client}",
@@ -258,6 +270,42 @@ class ESMTPServer(SMTPSession):
             return None
 
         self._wait(d.addCallbacks(ok, refused))
+
+    def _senderLists(self, txn: Transaction, recipient: str, allowed: list[str]) -> defer.Deferred[None]:
+        """
+        On the MX, per recipient: its allow and block lists (the user's,
+        then its domain's; L{mailapp.accounts.senderlists}). A blocked
+        sender fails with L{SenderBlocked} for this recipient only (refused
+        during SMTP: no backscatter); an allowed one is marked in
+        L{Transaction.allowed_by_recipient} for the spam checks after this one,
+        and the accounts it reaches put in C{allowed} (for L{Transaction.allowed_accounts}
+        once the recipient is accepted).
+        Submission, trusted and authenticated clients are not checked: their
+        mail is ours.
+        """
+        if self.policy.submission or txn.relay_allowed or not txn.sender:
+            return defer.succeed(None)
+
+        def apply(verdict: Any) -> None:
+            if verdict is None:
+                return
+            fields = dict(sender=txn.sender, recipient=recipient, owner=verdict.owner, pattern=verdict.pattern, client=self._peerIP)
+            if verdict.action == "block":
+                _log.info(
+                    "sender blocked by the recipient from=<{sender}> to=<{recipient}> list={owner} entry={pattern} client={client}",
+                    log_event=logevents.SMTP_SENDER_BLOCKED,
+                    **fields,
+                )
+                raise SenderBlocked()
+            _log.info(
+                "sender allowed by the recipient from=<{sender}> to=<{recipient}> list={owner} entry={pattern} client={client}",
+                log_event=logevents.SMTP_SENDER_ALLOWED,
+                **fields,
+            )
+            txn.allowed_by_recipient.add(recipient)
+            allowed.extend(verdict.accounts)
+
+        return self.router.accounts.senderVerdict(recipient, txn.sender).addCallback(apply)
 
     def smtp_DATA(self, argument: bytes) -> None:
         if self._txn is None:

@@ -16,15 +16,21 @@ from zope.interface import implementer
 from mailapp.accounts import (
     QuotaOverride,
     Resolution,
+    SenderRule,
+    SenderVerdict,
     address_key,
+    check_action,
     check_address,
     check_alias,
     check_alias_source,
     check_domain,
+    check_sender_pattern,
     owns_address,
     resolve_address,
+    sender_verdict,
     target_names_user,
 )
+from mailapp.accounts.addresses import split_address
 from mailapp.errors import AccountError
 from mailapp.interfaces import IAccounts
 
@@ -61,6 +67,7 @@ class FakeAccounts:
         self._users: dict[str, tuple[str, bytes]] = {}  # key -> (canonical, password)
         self._aliases: dict[str, tuple[str, list[str]]] = {}  # key -> (source, targets)
         self._quotas: dict[str, QuotaOverride] = {}  # key -> what set_quota set
+        self._sender_rules: dict[str, dict[str, str]] = {}  # owner (user key or domain) -> pattern -> action
         #: Every C{(username, password)} given to L{authenticate}, in order.
         self.attempts: list[tuple[str, bytes]] = []
         for domain in domains:
@@ -94,12 +101,35 @@ class FakeAccounts:
             raise AccountError(f"no such user {address}")
         self._quotas[key] = override
 
+    def set_sender_rule(self, owner: str, pattern: str, action: str) -> SenderRule:
+        """
+        Put C{pattern} on the list of C{owner} (a user or a local domain),
+        as C{mailapp senders allow|block} does.
+        """
+        action = check_action(action)
+        entry = check_sender_pattern(pattern)
+        stored = self._list_owner(owner)
+        self._sender_rules.setdefault(stored, {})[entry] = action
+        return SenderRule(stored, entry, action)
+
+    def _list_owner(self, owner: str) -> str:
+        if "@" in owner:
+            key = address_key(check_address(owner))
+            if key not in self._users:
+                raise AccountError(f"no such user {owner}")
+            return key
+        domain = check_domain(owner)
+        if not self.is_local_domain(domain):
+            raise AccountError(f"unknown domain {domain}")
+        return domain
+
     def remove_user(self, address: str) -> None:
         """Delete a user and the alias targets naming it, as the database does."""
         key = address_key(address)
         if key not in self._users:
             raise AccountError(f"no such user {address}")
         del self._users[key]
+        self._sender_rules.pop(key, None)
         for source_key, (source, targets) in list(self._aliases.items()):
             kept = [target for target in targets if not target_names_user(address_key(target), key)]
             if kept:
@@ -180,6 +210,45 @@ class FakeAccounts:
         if key not in self._users:
             return succeed(None)
         return succeed(self._quotas.get(key, QuotaOverride()))
+
+    def senderVerdict(self, recipient: str, sender: str) -> Deferred[SenderVerdict | None]:
+        if split_address(recipient) is None:
+            return succeed(None)
+        rules_of = lambda owner: self._sender_rules.get(owner, {})  # noqa: E731
+        return succeed(sender_verdict(rules_of, resolve_address(recipient, self), recipient.rpartition("@")[2], sender))
+
+    def senderRules(self, account: str) -> Deferred[list[SenderRule]]:
+        try:
+            owner = self._user_owner(account)
+        except AccountError as error:
+            return fail(error)
+        rules = self._sender_rules.get(owner, {})
+        ordered = sorted(rules.items(), key=lambda item: (item[1], item[0]))
+        return succeed([SenderRule(owner, pattern, action) for pattern, action in ordered])
+
+    def setSenderRule(self, account: str, pattern: str, action: str) -> Deferred[SenderRule]:
+        try:
+            self._user_owner(account)
+            return succeed(self.set_sender_rule(account, pattern, action))
+        except AccountError as error:
+            return fail(error)
+
+    def removeSenderRule(self, account: str, pattern: str) -> Deferred[SenderRule]:
+        try:
+            owner = self._user_owner(account)
+            entry = check_sender_pattern(pattern)
+        except AccountError as error:
+            return fail(error)
+        action = self._sender_rules.get(owner, {}).pop(entry, None)
+        if action is None:
+            return fail(AccountError(f"{entry} is not on the list of {owner}"))
+        return succeed(SenderRule(owner, entry, action))
+
+    def _user_owner(self, account: str) -> str:
+        """A user's own list only, as the server's L{IAccounts} allows."""
+        if "@" not in account:
+            raise AccountError(f"no such user {account}")
+        return self._list_owner(account)
 
 
 def _password_bytes(password: str | bytes) -> bytes:

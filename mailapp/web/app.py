@@ -29,6 +29,7 @@ from mailapp.web.listing import ListingRoutes
 from mailapp.web.folders import FolderRoutes
 from mailapp.web.reading import ReadingRoutes
 from mailapp.web.compose import ComposeRoutes
+from mailapp.web.settings import SettingsRoutes
 from mailapp.web.site import WebmailChannel, WebmailConnections, WebmailSite, WebRequest, security_headers
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 
-class Webmail(SignInRoutes, ListingRoutes, FolderRoutes, ReadingRoutes, ComposeRoutes):
+class Webmail(SignInRoutes, ListingRoutes, FolderRoutes, ReadingRoutes, ComposeRoutes, SettingsRoutes):
     """
     The routes; C{clock} (seconds) drives session times (and the guard's, when
     the Webmail makes its own), C{reactor} the delays. C{guard} is the

@@ -6,7 +6,7 @@ a folder or a message).
 
 The routes are grouped by what they serve, one module each
 (L{mailapp.web.signin}, L{mailapp.web.listing}, L{mailapp.web.folders},
-L{mailapp.web.reading}, L{mailapp.web.compose}), every group a subclass of
+L{mailapp.web.reading}, L{mailapp.web.compose}, L{mailapp.web.settings}), every group a subclass of
 L{WebmailBase} declaring its routes on the one Klein L{app};
 L{mailapp.web.app.Webmail} joins them into the resource.
 """

@@ -49,6 +49,9 @@ NOTICES = {
     "expired": "Your session ended; please sign in again.",
     "loggedout": "You are signed out.",
     "none": "Select one or more messages first.",
+    "allowed": "Sender allowed.",
+    "blocked": "Sender blocked.",
+    "unlisted": "Sender removed from your lists.",
 }
 
 
@@ -92,6 +95,7 @@ def _page(title: str, body: Iterable[Any], account: str | None = None, csrf: str
         header += [
             tags.a("Compose", href="/compose", class_="button primary", accesskey="c"),
             tags.span(account, class_="account"),
+            tags.a("Settings", href="/settings", class_="settings"),
             tags.form(_csrf(csrf), tags.button("Sign out", type="submit"), method="post", action="/logout", class_="inline"),
         ]
     content = [tags.main(*body, id="main")]
@@ -502,6 +506,52 @@ def folders_page(account: str, csrf: str, nav: Tag, folders: Sequence[tuple[str,
         class_="folder-table",
     )
     return _page("Folders", [tags.h1("Folders"), *_notice(notice, errors), create, table], account, csrf, nav)
+
+
+def settings_page(account: str, csrf: str, rules: Sequence[Any], notice: str | None, errors: Sequence[str] = (), entry: str = "") -> bytes:
+    """
+    The user's own allow and block lists of senders (C{rules}: L{mailapp.accounts.SenderRule}s),
+    each entry with its Remove button, and the form that adds one.
+    """
+    sections = []
+    for action, title, empty in (
+        ("allow", "Allowed senders", "Mail from these senders skips greylisting and Junk."),
+        ("block", "Blocked senders", "Mail from these senders is refused."),
+    ):
+        items = [
+            tags.li(
+                tags.span(rule.pattern, class_="entry"),
+                tags.form(
+                    _csrf(csrf),
+                    tags.input(type="hidden", name="entry", value=rule.pattern),
+                    tags.button(f"Remove {rule.pattern}", type="submit", class_="danger"),
+                    method="post",
+                    action="/settings/senders/remove",
+                    class_="inline",
+                ),
+            )
+            for rule in rules
+            if rule.action == action
+        ]
+        sections.append(
+            tags.section(
+                tags.h2(title),
+                tags.p(empty),
+                tags.ul(*items, class_="sender-list", id=f"{action}-list") if items else tags.p("None yet.", class_="empty"),
+            )
+        )
+    add = tags.form(
+        _csrf(csrf),
+        tags.label("Address or domain", for_="sender-entry"),
+        tags.input(id="sender-entry", name="entry", type="text", required="", value=entry, placeholder="friend@example.org, example.org or *.example.org"),
+        tags.button("Allow", type="submit", name="do", value="allow", class_="primary"),
+        tags.button("Block", type="submit", name="do", value="block", class_="danger"),
+        method="post",
+        action="/settings/senders/add",
+        class_="inline create",
+    )
+    body = [tags.h1("Settings"), *_notice(notice, errors), tags.h2("Senders"), add, *sections]
+    return _page("Settings", body, account, csrf)
 
 
 def message_page(title: str, text: str, account: str | None = None, csrf: str = "", link: tuple[str, str] | None = None) -> bytes:

@@ -494,3 +494,35 @@ def test_keyboard_alone_signs_in(browser: Any, server: ServiceProcess) -> None:
     finally:
         context.close()
 
+
+
+def test_a_sender_blocked_in_settings_is_refused_by_the_mx_until_removed(
+    session: tuple[Any, Recorder], server: ServiceProcess, tmp_path: Path
+) -> None:
+    page, recorder = session
+    sign_in(page, DAVE)
+    page.get_by_role("link", name="Settings").click()
+    page.wait_for_url("**/settings")
+    page.get_by_label("Address or domain").fill("Spam.Example")
+    page.get_by_role("button", name="Block").click()
+    page.wait_for_url("**/settings?notice=blocked")
+    assert page.locator("#block-list").inner_text().startswith("spam.example")
+    shoot(page, tmp_path, "settings-blocked")
+
+    spam = EmailMessage()
+    spam["From"], spam["To"], spam["Subject"] = "x@spam.example", DAVE, "Buy now"
+    spam.set_content("spam\n")
+    with smtplib.SMTP("127.0.0.1", server.port("mx"), timeout=10) as client:
+        client.ehlo()
+        client.mail("x@spam.example")
+        assert client.rcpt(DAVE) == (550, b"5.7.1 Sender blocked by the recipient")
+        assert client.rcpt(CAROL)[0] == 250  # only Dave's list blocks it
+
+    page.get_by_role("button", name="Remove spam.example").click()
+    page.wait_for_url("**/settings?notice=unlisted")
+    assert page.locator("#block-list").count() == 0
+    with smtplib.SMTP("127.0.0.1", server.port("mx"), timeout=10) as client:
+        client.ehlo()
+        client.mail("x@spam.example")
+        assert client.rcpt(DAVE)[0] == 250
+    assert recorder.elsewhere == []
