@@ -117,6 +117,9 @@ RELAY_TLS_FAILED: Final = "relay.tls_failed"
 RELAY_MTA_STS: Final = "relay.mta_sts"
 #: the relay wrote a day's TLS-RPT reports (mailapp.relay.tlsrpt); fields: day, count, directory
 RELAY_TLS_REPORT: Final = "relay.tls_report"
+#: a TLS-RPT report sent to one rua destination, or not (mailapp.relay.tlsrptsend);
+#: fields: report_id, domain, destination, outcome (sent, failed, lookup failed), reason
+RELAY_TLS_REPORT_SENT: Final = "relay.tls_report_sent"
 
 # --- DKIM signing of outbound mail (mailapp.dkim) ---
 #: a message signed on its way to the relay queue (debug); also: queue_id, domain, selector

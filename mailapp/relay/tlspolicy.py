@@ -170,6 +170,8 @@ class TLSPolicies:
         self.dane_resolver = dane_resolver
         self.mta_sts = mta_sts
         self.context = context if context is not None else client_context()
+        #: The trust root (a Twisted C{IOpenSSLTrustRoot}) of the policy hosts; TLS-RPT's https reports use it too.
+        self.trust: Any = None
 
     def reconfigure(self, relay: RelayConfig) -> None:
         """SIGHUP: the levels apply to the next connection attempt (the trust store and DNSSEC trust need a restart)."""
@@ -277,7 +279,9 @@ def build_tls_policies(
     nameservers = [(server.host, server.port) for server in relay.nameservers]
     dane = AuthenticatedResolver(reactor, nameservers, relay.dnssec_ad_trust) if relay.dnssec_ad_trust != "never" else None
     sts = MTASTS(reactor, resolver, routes.mx.addresses, trust, state_dir / "mta-sts", run) if routes.mx is not None else None
-    return TLSPolicies(relay.tls_policy, relay.tls_policies, store, dane, sts)
+    policies = TLSPolicies(relay.tls_policy, relay.tls_policies, store, dane, sts)
+    policies.trust = trust
+    return policies
 
 
 def _pem(certificate: Any) -> bytes:
