@@ -113,6 +113,10 @@ RELAY_ADMIN: Final = "relay.admin"
 RELAY_ATTEMPT: Final = "relay.attempt"
 #: a next hop's TLS failed a policy (mailapp.relay.tlspolicy); fields: hop, domain, mode, outcome, result_type, reason
 RELAY_TLS_FAILED: Final = "relay.tls_failed"
+#: a next hop's session after its TLS check (debug; mailapp.relay.tlspolicy); fields: hop, domain,
+#: policy (none, opportunistic, encrypt, verify, dane, sts, sts-testing), policy_type (RFC 8460's),
+#: result (verified, unverified, plaintext, or an RFC 8460 result type), refused
+RELAY_TLS_SESSION: Final = "relay.tls_session"
 #: an MTA-STS policy fetched, or not; fields: domain, and policy_id, mode, mx, max_age or reason
 RELAY_MTA_STS: Final = "relay.mta_sts"
 #: the relay wrote a day's TLS-RPT reports (mailapp.relay.tlsrpt); fields: day, count, directory

@@ -244,6 +244,30 @@ class TLSPolicies:
             check.mode = ENCRYPT
         return check
 
+    @staticmethod
+    def log_session(check: HopCheck, client: Any, reply: Reply | None) -> None:
+        """
+        One line per checked session (debug; the metrics count them): the
+        policy that applied and what came of it (C{verified}, C{unverified}
+        TLS, C{plaintext}, or the RFC 8460 result type of its failure).
+        """
+        if check.failure is not None and check.mode not in (NONE, OPPORTUNISTIC):
+            result = check.failure.result_type
+        elif check.verified:
+            result = "verified"
+        else:
+            result = "unverified" if getattr(client, "secure", False) else "plaintext"
+        _log.debug(
+            "TLS session with {hop} for {domain}: {policy} {result}",
+            log_event=logevents.RELAY_TLS_SESSION,
+            hop=str(check.hop),
+            domain=check.domain,
+            policy=check.mode if check.enforce else "sts-testing",
+            policy_type=check.policy_type,
+            result=result,
+            refused=reply is not None,
+        )
+
     def log_failure(self, check: HopCheck, reply: Reply | None) -> None:
         """Log a failure that a policy cares about (an unverified opportunistic peer is no failure)."""
         if check.failure is None or check.mode in (NONE, OPPORTUNISTIC):
