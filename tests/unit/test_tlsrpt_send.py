@@ -301,3 +301,33 @@ def test_bad_tls_report_config_values_are_problems(text: str, expected: str) -> 
     with pytest.raises(ConfigError) as raised:
         parse(MINIMAL + "[relay]\n" + text + "\n", PATH)
     assert any(expected in problem for problem in raised.value.problems), raised.value.problems
+
+
+def test_a_reload_applies_the_tls_report_keys(tmp_path: Path) -> None:
+    from mailapp import reload
+    from tests.relay_helpers import Harness
+
+    sender, _, _, _, _ = _sender(tmp_path, ["v=TLSRPTv1; rua=mailto:tlsrpt@example.test"])
+    manager = Harness(tmp_path / "relay").manager
+    manager.tls_reports = TLSReports(tmp_path, task.Clock(), lambda f, *a: defer.maybeDeferred(f, *a))
+    manager.tls_reports.sender = sender
+    old = parse(MINIMAL, PATH)
+    new = parse(MINIMAL + '[relay]\ntls_report_send = false\ntls_report_from = "reports@other.test"\n', PATH)
+    reload._apply_relay(manager, old, new, [], [])
+    assert (sender.enabled, sender.sender, sender.submitter) == (False, "reports@other.test", "mail.example.test")
+    assert reload._needs_restart(old, new) == []
+
+
+def test_a_report_to_a_remote_mailto_is_queued_durably_for_the_relay(tmp_path: Path) -> None:
+    from tests.relay_helpers import Harness
+
+    harness = Harness(tmp_path / "relay")
+    sender, _, _, _, _ = _sender(tmp_path, ["v=TLSRPTv1; rua=mailto:tlsrpt@b.test"])
+    sender._router = harness.router
+    sender.sender = "postmaster@a.test"
+    sender.send_pending()
+    loaded: list[Any] = []
+    harness.queue.load().addCallback(loaded.extend)
+    [envelope] = loaded
+    assert (envelope.sender, [r.address for r in envelope.recipients]) == ("postmaster@a.test", ["tlsrpt@b.test"])
+    assert b"\r\nTLS-Report-Domain: b.test\r\n" in Path(harness.queue.message_path(envelope.id)).read_bytes()
