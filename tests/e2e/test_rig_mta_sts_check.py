@@ -13,30 +13,22 @@ from pathlib import Path
 
 from tests.e2e.test_rig_outbound_tls import RigCA
 from tests.rig.dns import address_records
-from tests.rig.network import PYTHON, Host, Internet
+from tests.rig.https import start_https
+from tests.rig.network import Host, Internet
 from tests.rig.servers import BIN
 
 URL = "https://mta-sts.check.test/.well-known/mta-sts.txt"
 
 #: Serves the policy file, read at each request (the test changes it).
-_HTTPS = r"""
-import http.server, ssl, sys
-
+_POLICY_HANDLER = r"""
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        policy = open(sys.argv[3], "rb").read()
+        policy = open(sys.argv[4], "rb").read()
         self.send_response(200 if self.path == "/.well-known/mta-sts.txt" else 404)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(policy)))
         self.end_headers()
         self.wfile.write(policy)
-
-server = http.server.HTTPServer((sys.argv[4], 443), Handler)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(sys.argv[1], sys.argv[2])
-server.socket = context.wrap_socket(server.socket, server_side=True)
-print("ready", flush=True)
-server.serve_forever()
 """
 
 
@@ -67,12 +59,7 @@ def test_dns_check_fetches_the_mta_sts_policy_and_judges_it(internet: Internet, 
     ca.issue("mta-sts.check.test", tmp_path / "web-cert.pem", tmp_path / "web-key.pem")
     policy = tmp_path / "mta-sts.txt"
     policy.write_text("version: STSv1\r\nmode: enforce\r\nmx: mail.check.test\r\nmax_age: 86400\r\n")
-    https = web.popen(
-        [PYTHON, "-c", _HTTPS, str(tmp_path / "web-cert.pem"), str(tmp_path / "web-key.pem"), str(policy), web.ipv4],
-        "https.log",
-        stdout_pipe=True,
-    )
-    https.wait_line("ready")
+    https = start_https(web, tmp_path / "web-cert.pem", tmp_path / "web-key.pem", _POLICY_HANDLER, str(policy))
     zone = [("check.test", "MX", 10, "mail.check.test"), ("mail.check.test", "A", checker.ipv4)]
     internet.dns.serve({"check.test": zone + address_records("mta-sts.check.test", web)})
     trusting = _config(tmp_path / "trusting.toml", checker, tmp_path / "state", f"tls_ca_file = {json.dumps(str(tmp_path / 'ca.pem'))}")

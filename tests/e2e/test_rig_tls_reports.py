@@ -32,27 +32,19 @@ from tests.e2e.test_rig_outbound_tls import RigCA, spki_sha256
 from tests.e2e.test_rig_relay import wait_for
 from tests.rig.clients import imap_messages, submit
 from tests.rig.dns import address_records, mail_domain
-from tests.rig.network import PYTHON, Internet
+from tests.rig.https import start_https
+from tests.rig.network import Internet
 from tests.rig.servers import MailServer
 
-_HTTPS_RECEIVER = r"""
-import http.server, json, ssl, sys
-
+_RECEIVER = r"""
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        with open(sys.argv[3], "a") as out:
+        with open(sys.argv[4], "a") as out:
             out.write(json.dumps({"path": self.path, "type": self.headers["Content-Type"], "body": body.hex()}) + "\n")
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
-
-server = http.server.HTTPServer((sys.argv[4], 443), Handler)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(sys.argv[1], sys.argv[2])
-server.socket = context.wrap_socket(server.socket, server_side=True)
-print("ready", flush=True)
-server.serve_forever()
 """
 
 
@@ -88,12 +80,7 @@ def test_a_days_tls_report_is_mailed_dkim_signed_and_posted_once(internet: Inter
         secure=["b.test"],
     )
     posts = tmp_path / "posts.jsonl"
-    https = web.popen(
-        [PYTHON, "-c", _HTTPS_RECEIVER, str(tmp_path / "web-cert.pem"), str(tmp_path / "web-key.pem"), str(posts), web.ipv4],
-        "https.log",
-        stdout_pipe=True,
-    )
-    https.wait_line("ready")
+    https = start_https(web, tmp_path / "web-cert.pem", tmp_path / "web-key.pem", _RECEIVER, str(posts))
     sender.add_user("alice@a.test", "alice-secret")
     server_b.add_user("bob@b.test", "bob-secret")
     server_d.add_user("tlsrpt@d.test", "report-secret")
