@@ -68,13 +68,14 @@ def day_of(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d")
 
 
-def write_reports(directory: Path, day: str, output: Path, organization: str) -> list[Path]:
+def write_reports(directory: Path, day: str, output: Path, organization: str, contact: str = "") -> list[Path]:
     """
     Write C{day}'s reports (from the lines under C{directory}) into
     C{output}, one file per policy domain, ``receiver!domain!begin!end.json``
-    (RFC 8460 5.3). Blocking: a worker thread or the admin command.
+    (RFC 8460 5.3), C{contact} their ``contact-info`` (postmaster of
+    C{organization} by default). Blocking: a worker thread or the admin command.
     """
-    reports = build_report(read_day(directory, day), day, organization, f"mailto:postmaster@{organization}")
+    reports = build_report(read_day(directory, day), day, organization, contact or f"mailto:postmaster@{organization}")
     output.mkdir(mode=0o700, parents=True, exist_ok=True)
     begin = int(datetime.datetime.fromisoformat(f"{day}T00:00:00+00:00").timestamp())
     written = []
@@ -115,8 +116,9 @@ class TLSReports:
 
     def _writeYesterday(self, organization: str) -> Deferred[None]:
         sender = self.sender
+        contact = ""
         if sender is not None:
-            organization = sender.submitter or organization
+            organization, contact = sender.submitter or organization, f"mailto:{sender.sender}"
         day = day_of(self._clock.seconds() - 86400)
         directory = self.directory
         marker = directory / "reports" / f"{day}.done"
@@ -124,7 +126,7 @@ class TLSReports:
         def write() -> list[Path]:
             if marker.exists() or not (directory / f"{day}.jsonl").exists():
                 return []
-            written = write_reports(directory, day, directory / "reports", organization)
+            written = write_reports(directory, day, directory / "reports", organization, contact)
             marker.write_text("", encoding="utf-8")
             return written
 

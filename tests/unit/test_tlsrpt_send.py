@@ -266,7 +266,8 @@ def test_the_daily_check_writes_yesterdays_reports_then_sends_them(tmp_path: Pat
     message = email.message_from_bytes(copy, policy=email.policy.default)
     [_, attachment] = message.iter_parts()
     assert attachment.get_filename() == REPORT_NAME + ".gz"
-    assert json.loads(gzip.decompress(attachment.get_payload(decode=True)))["organization-name"] == "mail.example.test"
+    sent = json.loads(gzip.decompress(attachment.get_payload(decode=True)))
+    assert (sent["organization-name"], sent["contact-info"]) == ("mail.example.test", "mailto:postmaster@example.test")
 
 
 # -- config ------------------------------------------------------------------------------------
