@@ -282,10 +282,28 @@ class SessionFactory(ServerFactory):
     #: The listener's limits; each protocol's factory narrows it to its own policy.
     policy: SessionLimits
     reactor: Any
-    #: The portal L{login} verifies credentials through (the subclass sets it).
+    #: The portal L{login} verifies credentials through (None: a listener with no logins).
     portal: Any
+    #: The server's TLS context factory for STARTTLS (None: this listener offers none).
+    tls: Any
 
-    def __init__(self, inflight: Any = None, guard: AbuseGuard | None = None) -> None:
+    def __init__(
+        self,
+        inflight: Any = None,
+        guard: AbuseGuard | None = None,
+        *,
+        portal: Any = None,
+        policy: SessionLimits | None = None,
+        reactor: Any = None,
+        tls: Any = None,
+    ) -> None:
+        # What every protocol's factory has, set once here rather than by each.
+        self.portal = portal
+        if policy is not None:
+            self.policy = policy
+        if reactor is not None:
+            self.reactor = reactor
+        self.tls = tls
         self._inflight = inflight
         self._guard = guard
         self.sessions: set[Any] = set()

@@ -46,18 +46,14 @@ class IMAPFactory(SessionFactory):
         quotas: Any = None,
         pools: WorkerPools | None = None,
     ) -> None:
-        super().__init__(inflight, guard)
+        super().__init__(inflight, guard, portal=portal, policy=policy, reactor=reactor, tls=tls)
         #: The server's L{mailapp.quota.Quotas}: APPEND and COPY ask it first (None: no quotas).
         self.quotas = quotas
         #: The server's worker pools: reading a message file runs on the store's (L{offThread}).
         self.pools = pools
         #: Reads of "messages above UID n" in flight, shared (see messagesAfter).
         self._sharedReads: dict[tuple[str, str, int], list[defer.Deferred[list[MessageInfo]]]] = {}
-        self.portal = portal
         self.store = store
-        self.policy = policy
-        self.reactor = reactor
-        self.tls = tls
 
     # Twisted's Factory is generic over a protocol whose factory is Factory[Self]; SessionFactory is not generic.
     def buildProtocol(self, addr: Any) -> IMAPServer:  # type: ignore[override]

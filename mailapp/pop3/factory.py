@@ -39,11 +39,7 @@ class POP3Factory(SessionFactory):
         readChunk: Callable[[IO[bytes], int], defer.Deferred[bytes]] | None = None,
         guard: Any = None,
     ) -> None:
-        super().__init__(inflight, guard)
-        self.portal = portal
-        self.policy = policy
-        self.reactor = reactor
-        self.tls = tls
+        super().__init__(inflight, guard, portal=portal, policy=policy, reactor=reactor, tls=tls)
         self.locks = locks if locks is not None else MaildropLocks()
         #: Reads the next chunk of an open message file: on the server's store
         #: pool (L{buildFactory}). Without one (a factory built by hand in a

@@ -44,12 +44,8 @@ class SMTPFactory(SessionFactory):
         freeSpace: IFreeSpace | None = None,
         inbound: InboundChecks | None = None,
     ) -> None:
-        super().__init__(inflight, guard)
+        super().__init__(inflight, guard, portal=portal, policy=policy, reactor=reactor, tls=tls)
         self.router = router
-        self.portal = portal
-        self.policy = policy
-        self.reactor = reactor
-        self.tls = tls
         #: The store's free space (its C{freeSpace}), checked at MAIL FROM
         #: against policy.min_free_disk (None: never refused).
         self.freeSpace = freeSpace

@@ -116,9 +116,7 @@ class WebmailConnections(SessionFactory):
     """
 
     def __init__(self, policy: SessionLimits, reactor: Any) -> None:
-        super().__init__()
-        self.policy = policy
-        self.reactor = reactor
+        super().__init__(policy=policy, reactor=reactor)
 
 
 class WebmailChannel(http.HTTPChannel):

@@ -9,13 +9,10 @@ and the rig's name server) finds the chain cv=pass, sealed by b.test.
 from __future__ import annotations
 
 import base64
-import os
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+import json
 
 from tests.rig.clients import imap_messages, submit
-from tests.rig.dns import mail_domain
+from tests.rig.dns import mail_domain, txt_records
 from tests.rig.network import Internet
 from tests.rig.servers import MailServer
 from tests.e2e.test_rig_relay import wait_for
@@ -37,32 +34,21 @@ print(json.dumps({
 """
 
 
-def _key() -> tuple[bytes, list[str]]:
-    """A 2048-bit RSA key (PKCS#1 PEM) and its DKIM TXT record, in strings DNS can carry (255 bytes at most)."""
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
-    public = private.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    record = "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
-    return pem, [record[i : i + 200] for i in range(0, len(record), 200)]
-
-
 def test_mail_an_alias_on_b_forwards_to_d_arrives_with_an_arc_chain_that_passes(internet: Internet) -> None:
     a = internet.add_host("a", "mail.a.test")
     b = internet.add_host("b", "mail.b.test")
     d = internet.add_host("d", "mail.d.test")
     client = internet.add_host("client", "client.rig.test")
-    pem, record = _key()
-    zones = {domain: mail_domain(domain, host) for domain, host in (("a.test", a), ("b.test", b), ("d.test", d))}
-    zones["b.test"].append(("arc._domainkey.b.test", "TXT", *record))
-    internet.dns.serve(zones)
     servers = {domain: MailServer(host, domain) for domain, host in (("a.test", a), ("b.test", b), ("d.test", d))}
+    # B seals with its own DKIM key, made and published the way an admin does it.
+    servers["b.test"].mailapp("dkim", "keygen", "b.test", "--selector", "arc")
+    published = json.loads(servers["b.test"].mailapp("--json", "dkim", "list", "b.test").stdout)
+    zones = {domain: mail_domain(domain, host) for domain, host in (("a.test", a), ("b.test", b), ("d.test", d))}
+    zones["b.test"] += txt_records(published)
+    internet.dns.serve(zones)
     servers["a.test"].add_user(ALICE, ALICE_PASSWORD)
     servers["b.test"].mailapp("alias", "add", "x@b.test", BOB)
     servers["d.test"].add_user(BOB, BOB_PASSWORD)
-    keys = servers["b.test"].state_dir / "arc-keys" / "b.test"
-    keys.mkdir(parents=True)
-    (keys / "arc.pem").write_bytes(pem)
-    os.chmod(keys / "arc.pem", 0o600)
     for server in servers.values():
         server.start()
 

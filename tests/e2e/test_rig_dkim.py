@@ -26,6 +26,7 @@ from tests.rig.clients import imap_messages, submit
 from tests.rig.dns import mail_domain
 from tests.rig.network import Host, Internet
 from tests.rig.servers import BIN, MailServer
+from tests.rig.dns import txt_records
 
 MESSAGE = (
     b"From: Alice <alice@a.test>\r\n"
@@ -37,18 +38,6 @@ MESSAGE = (
     b"Content-Type: text/plain; charset=utf-8\r\n"
     b"\r\n" + b"A line of the body, long enough to be folded by nobody.\r\n" * 60
 )
-
-
-def txt_records(keys: list[dict[str, object]] | SigningKeys) -> list[tuple[object, ...]]:
-    """Zone data for the keys' TXT records, each text in strings of at most 255 bytes."""
-    items = [(k.record_name, k.record_text) for k in keys.keys] if isinstance(keys, SigningKeys) else [
-        (k["record_name"], k["record"]) for k in keys
-    ]
-    records: list[tuple[object, ...]] = []
-    for name, text in items:
-        assert isinstance(text, str)
-        records.append((name, "TXT", *[text[i : i + 255] for i in range(0, len(text), 255)]))
-    return records
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.rig.network import PYTHON, Host, RigProcess
+from mailapp.dkim.keys import SigningKeys
 
 __all__ = ["DNSServer", "Record", "address_records", "mail_domain"]
 
@@ -87,3 +88,15 @@ class DNSServer:
         if self.process is not None:
             self.process.stop()
             self.process = None
+
+
+def txt_records(keys: list[dict[str, object]] | SigningKeys) -> list[tuple[object, ...]]:
+    """Zone data for the keys' TXT records, each text in strings of at most 255 bytes."""
+    items = [(k.record_name, k.record_text) for k in keys.keys] if isinstance(keys, SigningKeys) else [
+        (k["record_name"], k["record"]) for k in keys
+    ]
+    records: list[tuple[object, ...]] = []
+    for name, text in items:
+        assert isinstance(text, str)
+        records.append((name, "TXT", *[text[i : i + 255] for i in range(0, len(text), 255)]))
+    return records
