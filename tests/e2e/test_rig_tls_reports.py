@@ -27,11 +27,10 @@ import json
 import time
 from pathlib import Path
 
-from tests.e2e.test_rig_dkim import txt_records
 from tests.e2e.test_rig_outbound_tls import RigCA, spki_sha256
 from tests.e2e.test_rig_relay import wait_for
 from tests.rig.clients import imap_messages, submit
-from tests.rig.dns import address_records, mail_domain
+from tests.rig.dns import address_records, mail_domain, txt_records
 from tests.rig.https import start_https
 from tests.rig.network import Internet
 from tests.rig.servers import MailServer
