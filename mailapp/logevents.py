@@ -117,10 +117,17 @@ RELAY_ADMIN: Final = "relay.admin"
 RELAY_ATTEMPT: Final = "relay.attempt"
 #: a next hop's TLS failed a policy (mailapp.relay.tlspolicy); fields: hop, domain, mode, outcome, result_type, reason
 RELAY_TLS_FAILED: Final = "relay.tls_failed"
+#: a next hop's session after its TLS check (debug; mailapp.relay.tlspolicy); fields: hop, domain,
+#: policy (none, opportunistic, encrypt, verify, dane, sts, sts-testing), policy_type (RFC 8460's),
+#: result (verified, unverified, plaintext, or an RFC 8460 result type), refused
+RELAY_TLS_SESSION: Final = "relay.tls_session"
 #: an MTA-STS policy fetched, or not; fields: domain, and policy_id, mode, mx, max_age or reason
 RELAY_MTA_STS: Final = "relay.mta_sts"
 #: the relay wrote a day's TLS-RPT reports (mailapp.relay.tlsrpt); fields: day, count, directory
 RELAY_TLS_REPORT: Final = "relay.tls_report"
+#: a TLS-RPT report sent to one rua destination, or not (mailapp.relay.tlsrptsend);
+#: fields: report_id, domain, destination, outcome (sent, failed, lookup failed), reason
+RELAY_TLS_REPORT_SENT: Final = "relay.tls_report_sent"
 
 # --- DKIM signing of outbound mail (mailapp.dkim) ---
 #: a message signed on its way to the relay queue (debug); also: queue_id, domain, selector

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from mailapp.config import ListenerConfig
     from mailapp.context import ServiceContext
 
-__all__ = ["Metrics", "MetricsSite", "buildFactory"]
+__all__ = ["Metrics", "MetricsSite", "OutboundTLSMetrics", "buildFactory"]
 
 #: Command latency buckets, seconds: a reply from memory is well under a
 #: millisecond, one after a disk sync or a password hash some tens of them.
@@ -61,6 +61,8 @@ class Metrics:
     def __init__(self, queue: Any = None, tls: Any = None, clock: Callable[[], float] = time.time) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        #: The relay's outbound TLS: sessions by policy and result, MTA-STS fetches, DANE outcomes.
+        self.outbound_tls = OutboundTLSMetrics(registry)
         self.connections = Counter(
             "mailapp_connections", "Sessions accepted", ["protocol", "listener"], registry=registry
         )
@@ -128,7 +130,8 @@ class Metrics:
         }
 
     def __call__(self, event: LogEvent) -> None:
-        handler = self._handlers.get(event.get("log_event"))  # type: ignore[arg-type]
+        name = event.get("log_event")
+        handler = self._handlers.get(name) or self.outbound_tls.handlers.get(name)  # type: ignore[arg-type]
         if handler is not None:
             handler(event)
 
@@ -161,6 +164,47 @@ class Metrics:
             self.authentication.labels(mechanism, str(event.get(mechanism, "none"))[:16]).inc()
         for result in str(event.get("dkim", "none")).split(",")[:10]:
             self.authentication.labels("dkim", result[:16]).inc()
+
+
+class OutboundTLSMetrics:
+    """
+    The relay's outbound TLS, from its log events: every checked session by
+    the policy that applied and its result (``relay.tls_session``), MTA-STS
+    policy fetches by outcome (``relay.mta_sts``), and the sessions DANE
+    judged (a TLSA-pinned hop: ``verified``, an RFC 8460 failure type, or
+    ``unusable-tlsa``: records none of which could be used, so TLS unchecked).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sessions = Counter(
+            "mailapp_relay_tls_sessions",
+            "Outbound sessions after their TLS check, by the policy that applied and the result "
+            "(verified, unverified, plaintext, or an RFC 8460 result type)",
+            ["policy", "result"], registry=registry,
+        )
+        self.mta_sts = Counter(
+            "mailapp_relay_mta_sts_fetches",
+            "MTA-STS policy fetches: the mode fetched (enforce, testing, none) or failed",
+            ["result"], registry=registry,
+        )
+        self.dane = Counter(
+            "mailapp_relay_dane_sessions",
+            "Outbound sessions to a hop with DNSSEC-validated TLSA records, by outcome",
+            ["result"], registry=registry,
+        )
+        self.handlers: Mapping[str, Callable[[LogEvent], None]] = {
+            logevents.RELAY_TLS_SESSION: self._session,
+            logevents.RELAY_MTA_STS: self._mta_sts,
+        }
+
+    def _session(self, event: LogEvent) -> None:
+        policy, result = str(event.get("policy", "unknown"))[:16], str(event.get("result", "unknown"))[:32]
+        self.sessions.labels(policy, result).inc()
+        if event.get("policy_type") == "tlsa":
+            self.dane.labels(result if policy == "dane" else "unusable-tlsa").inc()
+
+    def _mta_sts(self, event: LogEvent) -> None:
+        self.mta_sts.labels(str(event.get("mode"))[:16] if event.get("mode") is not None else "failed").inc()
 
 
 def _where(event: LogEvent) -> tuple[str, str]:

@@ -209,6 +209,8 @@ def _apply_relay(manager: RelayManager | None, old: Config, new: Config, applied
     manager.policy = RetryPolicy(relay.retry_schedule, relay.max_lifetime, relay.delay_warning)
     manager.require_tls = relay.require_tls
     manager.tls_policies.reconfigure(relay)
+    if manager.tls_reports is not None and manager.tls_reports.sender is not None:
+        manager.tls_reports.sender.reconfigure(new)
     # The config reader lets neither come without the other.
     username, password = relay.smarthost_username, relay.smarthost_password
     manager.smarthost_auth = (username, password) if username is not None and password is not None else None

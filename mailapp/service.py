@@ -422,7 +422,6 @@ def _build_relay(
     from mailapp.relay.queue import Queue
     from mailapp.relay.routing import MXResolver, Myself, Routes
     from mailapp.relay.tlspolicy import build_tls_policies
-    from mailapp.relay.tlsrpt import TLSReports
 
     from mailapp.forwarding import Forwarding, ForwardingRate
     from mailapp.srs import SRS, load_secret
@@ -447,6 +446,7 @@ def _build_relay(
     # The config reader lets neither come without the other.
     username, password = relay.smarthost_username, relay.smarthost_password
     auth = (username, password) if username is not None and password is not None else None
+    tls_policies = build_tls_policies(relay, config.state_dir, reactor, resolver, routes, queue.run)
     manager = RelayManager(
         queue,
         routes,
@@ -455,8 +455,8 @@ def _build_relay(
         clock=reactor,
         router=router,
         policy=RetryPolicy(relay.retry_schedule, relay.max_lifetime, relay.delay_warning),
-        tls_policies=build_tls_policies(relay, config.state_dir, reactor, resolver, routes, queue.run),
-        tls_reports=TLSReports(config.state_dir / "tls-rpt", reactor, queue.run),
+        tls_policies=tls_policies,
+        tls_reports=_tls_reports(config, reactor, router, resolver, routes, queue.run, tls_policies),
         require_tls=relay.require_tls,
         smarthost_auth=auth,
         smarthost_require_tls=relay.smarthost_require_tls,
@@ -466,6 +466,20 @@ def _build_relay(
     )
     router.queue = queue
     return manager
+
+
+def _tls_reports(config: Config, reactor: IServiceReactor, router: Router, resolver: Any, routes: Any, run: Any, tls_policies: Any) -> Any:
+    """The TLS-RPT report files, and their sending through C{router} and the relay's resolver and trust root."""
+    from mailapp.relay.tlsrpt import TLSReports
+    from mailapp.relay.tlsrptsend import ReportSender, https_agent, sender_settings
+
+    reports = TLSReports(config.state_dir / "tls-rpt", reactor, run)
+    if routes.mx is not None:
+        agent = https_agent(reactor, routes.mx.addresses, tls_policies.trust)
+        reports.sender = ReportSender(
+            reactor, resolver, router, run, config.state_dir / "tls-rpt" / "reports", agent, **sender_settings(config)
+        )
+    return reports
 
 
 _register_builtin_protocols()

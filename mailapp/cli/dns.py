@@ -2,7 +2,9 @@
 ``mailapp dns DOMAIN``: every DNS record the domain needs, ready to paste
 into a zone file (L{mailapp.dnsrecords}); with ``--check``, each looked up
 and judged (L{mailapp.dnscheck}): ok, missing, wrong (with what was found)
-or unknown (the lookup failed). Exit status 1 when any is not ok.
+or unknown (the lookup failed), and the MTA-STS policy file fetched over
+HTTPS and judged the same way (L{mailapp.cli.mtastscheck}). Exit status 1
+when any is not ok.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 from typing import Any
 
 from mailapp.cli.command import EXIT_OK, EXIT_REFUSED, CommandLineParser, Context, add_command
+from mailapp.cli.mtastscheck import POLICY_KIND, check_policy, https_fetch, policy_record
 from mailapp.dkim.keys import KeyStore, check_domain
 from mailapp.dnscheck import OK, check_records, system_lookup
 from mailapp.dnsrecords import (
@@ -43,7 +46,7 @@ def _dns(context: Context) -> int:
     config = context.config
     records = required_records(domain, config, keys, choices)
     if options.check:
-        return _check(context, records, options.timeout, list(options.nameserver or ()))
+        return _check(context, domain, records, mta_sts_policy(config, choices), options.timeout, list(options.nameserver or ()))
     lines = [f"; DNS records for {domain}, served by {config.hostname} (mailapp dns {domain})"]
     if domain not in config.local_domains:
         lines.append(f"; note: {domain} is not in [domains] local")
@@ -63,14 +66,20 @@ def _dns(context: Context) -> int:
     return EXIT_OK
 
 
-def _check(context: Context, records: list[Record], timeout: float, nameservers: list[str]) -> int:
-    findings = check_records(records, system_lookup(timeout, nameservers))
+def _check(context: Context, domain: str, records: list[Record], policy: str, timeout: float, nameservers: list[str]) -> int:
+    lookup = system_lookup(timeout, nameservers)
+    findings = check_records(records, lookup)
+    mx_hosts = [record.value.split()[-1].rstrip(".") for record in records if record.kind == "mx"]
+    findings.append(
+        check_policy(policy_record(domain, policy), domain, mx_hosts, https_fetch(lookup, timeout, context.config.relay.tls_ca_file))
+    )
     lines = []
     for finding in findings:
         record = finding.record
         line = f"{finding.status:8} {record.type:4} {record.name}"
         if finding.status != OK:
-            line += f"\n         wanted: {record.zone_line()}"
+            wanted = f"serving {record.value}" if record.kind == POLICY_KIND else record.zone_line()
+            line += f"\n         wanted: {wanted}"
             if finding.found:
                 line += "\n         found:  " + "\n                 ".join(finding.found)
             if finding.detail:

@@ -78,6 +78,16 @@ def _smarthost_credentials(at: At) -> None:
         at.problem_on("smarthost_username", "is only used with relay.smarthost")
 
 
+def _mail_address(at: At, text: str) -> Any:
+    """C{text} if it is a plain ``local@domain`` address (the From: of a mailed TLS-RPT report)."""
+    local, at_sign, host = text.rpartition("@")
+    if not at_sign or not local or any(c in local for c in ' <>,;"\\\r\n'):
+        at.problem(f"{text!r} is not a mail address (local@domain)")
+        return INVALID
+    checked = domain(at, host)
+    return INVALID if checked is INVALID else f"{local}@{checked}"
+
+
 def _per_address_default(at: At) -> int:
     return default_per_address(at.values["max_connections"])
 
@@ -150,6 +160,12 @@ class RelayConfig:
     tls_ca_file: Path | None = field(default=None, metadata=string(path))
     #: Whose DNSSEC AD bit DANE believes: ``loopback`` (only a resolver on 127.0.0.1/::1), ``any``, ``never``.
     dnssec_ad_trust: str = field(default="loopback", metadata=string(one_of(*AD_TRUST)))
+    #: Send each day's TLS-RPT reports (RFC 8460) to the ``rua`` each policy domain publishes.
+    tls_report_send: bool = field(default=True, metadata=boolean())
+    #: Who we are in the reports (their ``organization-name`` and ``TLS-Report-Submitter``); our hostname when unset.
+    tls_report_submitter: str | None = field(default=None, metadata=string(domain))
+    #: The From: of mailed reports; ``postmaster@`` our first local domain (else our hostname) when unset.
+    tls_report_from: str | None = field(default=None, metadata=string(_mail_address))
 
 
 RELAY: Final = Section(RelayConfig)

@@ -170,6 +170,8 @@ class TLSPolicies:
         self.dane_resolver = dane_resolver
         self.mta_sts = mta_sts
         self.context = context if context is not None else client_context()
+        #: The trust root (a Twisted C{IOpenSSLTrustRoot}) of the policy hosts; TLS-RPT's https reports use it too.
+        self.trust: Any = None
 
     def reconfigure(self, relay: RelayConfig) -> None:
         """SIGHUP: the levels apply to the next connection attempt (the trust store and DNSSEC trust need a restart)."""
@@ -242,6 +244,30 @@ class TLSPolicies:
             check.mode = ENCRYPT
         return check
 
+    @staticmethod
+    def log_session(check: HopCheck, client: Any, reply: Reply | None) -> None:
+        """
+        One line per checked session (debug; the metrics count them): the
+        policy that applied and what came of it (C{verified}, C{unverified}
+        TLS, C{plaintext}, or the RFC 8460 result type of its failure).
+        """
+        if check.failure is not None and check.mode not in (NONE, OPPORTUNISTIC):
+            result = check.failure.result_type
+        elif check.verified:
+            result = "verified"
+        else:
+            result = "unverified" if getattr(client, "secure", False) else "plaintext"
+        _log.debug(
+            "TLS session with {hop} for {domain}: {policy} {result}",
+            log_event=logevents.RELAY_TLS_SESSION,
+            hop=str(check.hop),
+            domain=check.domain,
+            policy=check.mode if check.enforce else "sts-testing",
+            policy_type=check.policy_type,
+            result=result,
+            refused=reply is not None,
+        )
+
     def log_failure(self, check: HopCheck, reply: Reply | None) -> None:
         """Log a failure that a policy cares about (an unverified opportunistic peer is no failure)."""
         if check.failure is None or check.mode in (NONE, OPPORTUNISTIC):
@@ -277,7 +303,9 @@ def build_tls_policies(
     nameservers = [(server.host, server.port) for server in relay.nameservers]
     dane = AuthenticatedResolver(reactor, nameservers, relay.dnssec_ad_trust) if relay.dnssec_ad_trust != "never" else None
     sts = MTASTS(reactor, resolver, routes.mx.addresses, trust, state_dir / "mta-sts", run) if routes.mx is not None else None
-    return TLSPolicies(relay.tls_policy, relay.tls_policies, store, dane, sts)
+    policies = TLSPolicies(relay.tls_policy, relay.tls_policies, store, dane, sts)
+    policies.trust = trust
+    return policies
 
 
 def _pem(certificate: Any) -> bytes:

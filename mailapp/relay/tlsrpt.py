@@ -16,9 +16,10 @@ before (L{TLSReports.start}: an hourly check, into
 ``state_dir/tls-rpt/reports/``, a ``DAY.done`` marker so a restart does not
 write them twice); ``mailapp tls-report`` does it on demand.
 
-Sending the reports to the ``rua=`` of the domain's ``_smtp._tls`` TXT
-record is not done yet: RFC 8460 5.3 wants a mailed report DKIM-signed, so
-it waits for the relay's own DKIM signing; the files are there to send.
+Once written, each report is sent to the ``rua=`` of its domain's
+``_smtp._tls`` TXT record by L{mailapp.relay.tlsrptsend} (L{TLSReports.sender},
+at the same hourly check, so a report that could not be sent yet is tried
+again).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import datetime
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
@@ -35,6 +36,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailapp import logevents
+
+if TYPE_CHECKING:
+    from mailapp.relay.tlsrptsend import ReportSender
 
 __all__ = ["RESULT_TYPES", "TLSReports", "build_report", "day_of", "read_day", "write_reports"]
 
@@ -64,13 +68,14 @@ def day_of(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d")
 
 
-def write_reports(directory: Path, day: str, output: Path, organization: str) -> list[Path]:
+def write_reports(directory: Path, day: str, output: Path, organization: str, contact: str = "") -> list[Path]:
     """
     Write C{day}'s reports (from the lines under C{directory}) into
     C{output}, one file per policy domain, ``receiver!domain!begin!end.json``
-    (RFC 8460 5.3). Blocking: a worker thread or the admin command.
+    (RFC 8460 5.3), C{contact} their ``contact-info`` (postmaster of
+    C{organization} by default). Blocking: a worker thread or the admin command.
     """
-    reports = build_report(read_day(directory, day), day, organization, f"mailto:postmaster@{organization}")
+    reports = build_report(read_day(directory, day), day, organization, contact or f"mailto:postmaster@{organization}")
     output.mkdir(mode=0o700, parents=True, exist_ok=True)
     begin = int(datetime.datetime.fromisoformat(f"{day}T00:00:00+00:00").timestamp())
     written = []
@@ -95,6 +100,8 @@ class TLSReports:
         self._clock = clock
         self._run = run
         self._daily: LoopingCall | None = None
+        #: Sends the written reports (None: they stay files).
+        self.sender: ReportSender | None = None
 
     def start(self, organization: str) -> None:
         """Write each past day's reports once (checked now, then hourly), as C{organization} (our hostname)."""
@@ -108,6 +115,10 @@ class TLSReports:
         self._daily = None
 
     def _writeYesterday(self, organization: str) -> Deferred[None]:
+        sender = self.sender
+        contact = ""
+        if sender is not None:
+            organization, contact = sender.submitter or organization, f"mailto:{sender.sender}"
         day = day_of(self._clock.seconds() - 86400)
         directory = self.directory
         marker = directory / "reports" / f"{day}.done"
@@ -115,7 +126,7 @@ class TLSReports:
         def write() -> list[Path]:
             if marker.exists() or not (directory / f"{day}.jsonl").exists():
                 return []
-            written = write_reports(directory, day, directory / "reports", organization)
+            written = write_reports(directory, day, directory / "reports", organization, contact)
             marker.write_text("", encoding="utf-8")
             return written
 
@@ -132,7 +143,10 @@ class TLSReports:
         def failed(reason: Failure) -> None:
             _log.failure("could not write the TLS-RPT reports of {day}", reason, day=day)
 
-        return self._run(write).addCallbacks(done, failed)
+        def send(_: None) -> Deferred[None] | None:
+            return sender.send_pending() if sender is not None else None
+
+        return self._run(write).addCallbacks(done, failed).addCallback(send)
 
     def record(
         self,

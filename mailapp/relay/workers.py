@@ -280,6 +280,7 @@ class Workers:
             if check.refusal is not None:
                 failure = check.refusal
                 self.tls_policies.log_failure(check, failure)
+                self.tls_policies.log_session(check, None, failure)
                 self._reportCheck(check)
                 self._logAttempt(domain, str(hop), failure)
                 continue
@@ -348,6 +349,7 @@ class Workers:
         def verify(session: Any) -> Reply | None:
             refused = check.check(session, store.store if store is not None else None)
             self.tls_policies.log_failure(check, refused)
+            self.tls_policies.log_session(check, session, refused)
             self._reportCheck(check)
             return refused
 

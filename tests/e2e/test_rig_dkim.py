@@ -162,4 +162,5 @@ def test_dns_check_says_which_records_are_right_missing_and_wrong(module_interne
     assert ("ok", "TXT", "_mta-sts.check.test") in verdicts
     assert ("ok", "SRV", "_submission._tcp.check.test") in verdicts
     assert "found:  v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=" in out
-    assert "9 of 11 records ok" in out
+    assert ("missing", "URL", "https://mta-sts.check.test/.well-known/mta-sts.txt") in verdicts  # no policy host
+    assert "9 of 12 records ok" in out
