@@ -19,6 +19,7 @@ from mailapp.authentication.checks import HeldMessage, MessageCheck
 from mailapp.delivery import Transaction
 from mailapp.errors import HeaderSenderNotOwned, MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied, TooMuchMail
 from mailapp.headercheck import header_addresses
+from mailapp.postscreen.blocklists import Refusal
 from mailapp.smtp.data import _DataReceiver, missing_headers, received_header
 from mailapp.smtp.policy import ADDRESS, PATH
 from mailapp.smtp.session import SMTPSession
@@ -168,6 +169,8 @@ class ESMTPServer(SMTPSession):
             else:
                 self._error(555, b"5.5.4 Unsupported MAIL parameter")
                 return
+        if self._listed("mail", self._screen.settled() if self._screen is not None else None):
+            return
         declared = int(params.get("SIZE", "0"))
         if self._storageLow(declared):
             return
@@ -179,6 +182,8 @@ class ESMTPServer(SMTPSession):
             self._txn = self.router.start(sender, relay, self.authenticated, declared)
             self._inbound = self._startChecks(sender, relay)
             self._txn.requiretls = "REQUIRETLS" in params
+            if self._screen is not None:
+                self._screen.sender(sender)
             self.sendCode(250, b"2.1.0 Ok")
 
         if self.policy.submission:
@@ -227,6 +232,27 @@ class ESMTPServer(SMTPSession):
             self._error(555, b"5.5.4 Unsupported RCPT parameter")
             return
         txn = self._txn
+        screen = self._screen
+        if screen is None:
+            self._wait(self._addRecipient(txn, recipient))
+            return
+
+        def screened(refusal: Refusal | None) -> defer.Deferred[None] | None:
+            # The blocklists' lookups started at connect, HELO and MAIL: waited for here, each bounded by its timeout.
+            if self._listed("rcpt", refusal) or self._txn is not txn:
+                return None
+            return self._addRecipient(txn, recipient)
+
+        self._wait(screen.verdict().addCallback(screened))
+
+    def _listed(self, stage: str, refusal: Refusal | None) -> bool:
+        """A client the blocklists refuse (L{mailapp.postscreen}): 554 5.7.1, counted as an error."""
+        if refusal is None or self._screen is None:
+            return False
+        self._error(554, self._screen.listed(refusal, stage))
+        return True
+
+    def _addRecipient(self, txn: Transaction, recipient: str) -> defer.Deferred[None]:
         d = txn.addRecipient(recipient)
 
         def ok(_: object) -> None:
@@ -257,7 +283,7 @@ class ESMTPServer(SMTPSession):
                 self.sendCode(error.code, reply)
             return None
 
-        self._wait(d.addCallbacks(ok, refused))
+        return d.addCallbacks(ok, refused)
 
     def smtp_DATA(self, argument: bytes) -> None:
         if self._txn is None:
