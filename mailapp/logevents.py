@@ -43,7 +43,7 @@ AUTHENTICATION_FAILED: Final = "authentication.failed"
 
 # --- the MX's checks before DATA (mailapp.postscreen) ---
 # Every refusal carries action (reject, tempfail) and reason (dnsbl,
-# early_talker, unauth_pipelining): the metric mailapp_spam_decisions_total
+# early_talker, unauth_pipelining, greylist): the metric mailapp_spam_decisions_total
 # counts them by those two fields (mailapp.metrics.SPAM_DECISIONS).
 #: refused 554 5.7.1 for its listings; also: client, zone (the heaviest), score, listings (zone=code, ...), stage
 POSTSCREEN_DNSBL_REFUSED: Final = "postscreen.dnsbl_refused"
@@ -51,6 +51,12 @@ POSTSCREEN_DNSBL_REFUSED: Final = "postscreen.dnsbl_refused"
 POSTSCREEN_DNSBL_FAILED: Final = "postscreen.dnsbl_failed"
 #: a list answered 127.255.255.x (over quota, or queried through an open resolver), counted 0; logged once per zone and code; also: zone, code
 POSTSCREEN_DNSBL_ERROR_CODE: Final = "postscreen.dnsbl_error_code"
+#: a new triplet answered 451 4.7.1 at RCPT; also: client, network, sender, recipient
+POSTSCREEN_GREYLISTED: Final = "postscreen.greylisted"
+#: a retried triplet passed, its client network whitelisted; also: client, network, sender, recipient
+POSTSCREEN_GREYLIST_PASSED: Final = "postscreen.greylist_passed"
+#: the greylist database failed, the recipient passed; also: client, log_failure
+POSTSCREEN_GREYLIST_FAILED: Final = "postscreen.greylist_failed"
 #: a client that talked before the greeting, refused 554 5.5.1; also: client, waited (seconds)
 POSTSCREEN_EARLY_TALKER: Final = "postscreen.early_talker"
 #: a client that pipelined before PIPELINING was offered, refused 554 5.5.1; also: client, command

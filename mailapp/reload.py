@@ -15,7 +15,7 @@ admitted by them; open ones stay), ``[domains] local``,
 ``relay.trusted_networks`` and the relay policy (transports, smarthost and
 its credentials, retry schedule, lifetime, TLS requirements and policies,
 connection limits), ``[authentication]`` (carried by the SMTP listeners' policies: new
-transactions are checked by it), ``[dnsbl]`` and ``[postscreen]`` (the same way:
+transactions are checked by it), ``[dnsbl]``, ``[greylisting]`` and ``[postscreen]`` (the same way:
 new sessions), and anything a component applies itself through a
 ``reconfigure(config)`` method (``[security]``, ``dkim.sign``).
 
@@ -107,6 +107,8 @@ def reload_service(service: MailService) -> ReloadResult:
         applied.append("dnsbl")
     if new.postscreen != old.postscreen:
         applied.append("postscreen")
+    if new.greylisting != old.greylisting:
+        applied.append("greylisting")
     if _budgets(old) != _budgets(new):
         applied.append("listener budgets")
         context.router.max_recipients = new.limits.max_recipients

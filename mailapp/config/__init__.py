@@ -33,7 +33,15 @@ from mailapp.config.listeners import (
     listener_budget,
 )
 from mailapp.config.load import load, parse
-from mailapp.config.postscreen import DEFAULT_DNSBL, DEFAULT_POSTSCREEN, Blocklist, DNSBLConfig, PostscreenConfig
+from mailapp.config.postscreen import (
+    DEFAULT_DNSBL,
+    DEFAULT_GREYLISTING,
+    DEFAULT_POSTSCREEN,
+    Blocklist,
+    DNSBLConfig,
+    GreylistingConfig,
+    PostscreenConfig,
+)
 from mailapp.config.relay import DEFAULT_RELAY, RelayConfig, default_per_address
 from mailapp.config.schema import ConfigError
 from mailapp.config.sections import (
@@ -50,6 +58,7 @@ from mailapp.config.sections import (
 __all__ = [
     "DEFAULT_AUTHENTICATION",
     "DEFAULT_DNSBL",
+    "DEFAULT_GREYLISTING",
     "DEFAULT_POSTSCREEN",
     "DEFAULT_LIMITS",
     "DEFAULT_RELAY",
@@ -61,6 +70,7 @@ __all__ = [
     "AuthenticationConfig",
     "Blocklist",
     "DNSBLConfig",
+    "GreylistingConfig",
     "PostscreenConfig",
     "Config",
     "ConfigError",

@@ -6,16 +6,20 @@ The MX's checks before DATA (L{mailapp.postscreen}), in two sections:
     for a DBL-style list of the HELO name and the MAIL FROM domain), with a
     weight; a client whose listings weigh ``threshold`` or more is refused
     ``554 5.7.1`` before DATA.
+  - ``[greylisting]``: the first attempt of a new (client network, sender,
+    recipient) triplet is answered ``451 4.7.1`` at RCPT until ``delay``
+    has passed; off by default.
   - ``[postscreen]``: the early-talker checks (Postfix postscreen-style): a
     greeting delay for unknown clients, during which a client that talks is
     refused, and the refusal of a client that pipelines without our having
     offered PIPELINING.
 
-Two sections, not one: each is a check of its own, with its own switch and
+Three sections, not one: each is a check of its own, with its own switch and
 exemptions, and an operator turns one on without reading about the other.
 Both are carried by the SMTP listeners' policies, so ``SIGHUP`` applies them
 to new sessions. The defaults check nothing: no list is configured, the
-greeting is not delayed and pipelining is not judged, so that upgrading
+greeting is not delayed, pipelining is not judged and nothing is
+greylisted, so that upgrading
 never starts refusing mail nobody asked to refuse.
 """
 
@@ -46,7 +50,18 @@ from mailapp.config.schema import (
     zero_or_positive,
 )
 
-__all__ = ["DEFAULT_DNSBL", "DEFAULT_POSTSCREEN", "DNSBL", "POSTSCREEN", "Blocklist", "DNSBLConfig", "PostscreenConfig"]
+__all__ = [
+    "DEFAULT_DNSBL",
+    "DEFAULT_GREYLISTING",
+    "DEFAULT_POSTSCREEN",
+    "DNSBL",
+    "GREYLISTING",
+    "POSTSCREEN",
+    "Blocklist",
+    "DNSBLConfig",
+    "GreylistingConfig",
+    "PostscreenConfig",
+]
 
 #: Loopback is local software (a script, a content filter handing mail back), never judged.
 _LOOPBACK: Final = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -123,9 +138,41 @@ class PostscreenConfig:
     exempt_networks: tuple[Network, ...] = field(default=_LOOPBACK, metadata=array(Items(STRING, (network,)), build=tuple))
 
 
+def _after_delay(at: At) -> None:
+    """A retry window that ends before the delay does would greylist every new triplet for ever."""
+    if at.values.get("retry_window", 0) <= at.values.get("delay", 0):
+        at.problem_on("retry_window", "must be longer than greylisting.delay")
+
+
+@dataclass(frozen=True)
+class GreylistingConfig:
+    """
+    Greylisting on the MX (off by default): a new triplet (client /24 or
+    /64, envelope sender, recipient) gets ``451 4.7.1`` at RCPT until
+    ``delay`` seconds after its first attempt; a retry after that and before
+    ``retry_window`` ends passes and whitelists the client's network for
+    ``whitelist_days``. Kept in ``state_dir/greylist.sqlite3``. Not
+    greylisted: authenticated sessions, ``[relay] trusted_networks`` and
+    ``exempt_networks``.
+    """
+
+    #: Greylist at all.
+    enabled: bool = field(default=False, metadata=boolean())
+    #: Seconds from a triplet's first attempt before a retry is accepted.
+    delay: int = field(default=300, metadata=integer(positive))
+    #: Seconds after the first attempt within which the retry must come (else it starts again).
+    retry_window: int = field(default=86400, metadata=integer(positive, then=(_after_delay,)))
+    #: Days a client network that passed is not greylisted again (renewed by each message).
+    whitelist_days: int = field(default=36, metadata=integer(positive))
+    #: Clients never greylisted, besides [relay] trusted_networks.
+    exempt_networks: tuple[Network, ...] = field(default=_LOOPBACK, metadata=array(Items(STRING, (network,)), build=tuple))
+
+
 DNSBL: Final = Section(DNSBLConfig)
+GREYLISTING: Final = Section(GreylistingConfig)
 POSTSCREEN: Final = Section(PostscreenConfig)
 
 #: The defaults, for the code that runs without a config file (the SMTP policy's own default).
 DEFAULT_DNSBL: Final = DNSBLConfig()
+DEFAULT_GREYLISTING: Final = GreylistingConfig()
 DEFAULT_POSTSCREEN: Final = PostscreenConfig()

@@ -17,6 +17,7 @@ from mailapp.authentication.results import arc_clause
 from mailapp.delivery import Router
 from mailapp.networks import in_networks
 from mailapp.postscreen import Postscreen
+from mailapp.postscreen.greylist import Greylist
 from mailapp.sessions import SessionFactory, session_limits
 from mailapp.smtp.policy import SMTPPolicy
 from mailapp.smtp.transaction import ESMTPServer
@@ -45,6 +46,7 @@ class SMTPFactory(SessionFactory):
         freeSpace: IFreeSpace | None = None,
         inbound: InboundChecks | None = None,
         postscreen: Postscreen | None = None,
+        greylist: Greylist | None = None,
     ) -> None:
         super().__init__(inflight, guard)
         self.router = router
@@ -59,6 +61,8 @@ class SMTPFactory(SessionFactory):
         self.inbound = inbound
         #: On the MX: the checks before DATA (blocklists, early talkers), which this factory's policy configures.
         self.postscreen = postscreen
+        #: On the MX: the greylist (the policy's C{greylisting} says whether it is used).
+        self.greylist = greylist
 
     # Twisted types a factory's protocols through a generic Factory[P] whose P
     # reads .factory back as Factory[P]; a session's factory is its own listener's.
@@ -85,6 +89,7 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFacto
         min_free_disk=limits.min_free_disk,
         authentication=config.authentication,
         dnsbl=config.dnsbl,
+        greylisting=config.greylisting,
         postscreen=config.postscreen,
     )
     tls = context.tls if listener.tls == "starttls" else None
@@ -112,4 +117,5 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFacto
         freeSpace=context.store.freeSpace,
         inbound=inbound,
         postscreen=Postscreen(context.reactor, dns.resolver if dns is not None else None) if listener.protocol == "smtp" else None,
+        greylist=context.greylist if listener.protocol == "smtp" else None,
     )

@@ -13,11 +13,13 @@ from typing import Any
 from mailapp.config import (
     DEFAULT_AUTHENTICATION,
     DEFAULT_DNSBL,
+    DEFAULT_GREYLISTING,
     DEFAULT_LIMITS,
     DEFAULT_POSTSCREEN,
     DEFAULT_SECURITY,
     AuthenticationConfig,
     DNSBLConfig,
+    GreylistingConfig,
     PostscreenConfig,
 )
 from mailapp.sessions import SessionLimits
@@ -68,3 +70,5 @@ class SMTPPolicy(SessionLimits):
     #: On the MX: the DNS blocklists (``[dnsbl]``) and the early-talker checks (``[postscreen]``), live on SIGHUP.
     dnsbl: DNSBLConfig = DEFAULT_DNSBL
     postscreen: PostscreenConfig = DEFAULT_POSTSCREEN
+    #: On the MX: greylisting at RCPT (``[greylisting]``), live on SIGHUP.
+    greylisting: GreylistingConfig = DEFAULT_GREYLISTING

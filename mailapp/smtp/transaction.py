@@ -19,7 +19,9 @@ from mailapp.authentication.checks import HeldMessage, MessageCheck
 from mailapp.delivery import Transaction
 from mailapp.errors import HeaderSenderNotOwned, MailError, MessageHasNul, MessageTooBig, NoSuchUser, RelayDenied, TooMuchMail
 from mailapp.headercheck import header_addresses
+from mailapp.networks import in_networks
 from mailapp.postscreen.blocklists import Refusal
+from mailapp.postscreen.greylist import GREYLISTED, Verdict
 from mailapp.smtp.data import _DataReceiver, missing_headers, received_header
 from mailapp.smtp.policy import ADDRESS, PATH
 from mailapp.smtp.session import SMTPSession
@@ -232,18 +234,33 @@ class ESMTPServer(SMTPSession):
             self._error(555, b"5.5.4 Unsupported RCPT parameter")
             return
         txn = self._txn
-        screen = self._screen
-        if screen is None:
-            self._wait(self._addRecipient(txn, recipient))
-            return
+        # The blocklists' lookups started at connect, HELO and MAIL: waited for here, each bounded by its timeout.
+        listed = self._screen.verdict() if self._screen is not None else defer.succeed(None)
 
         def screened(refusal: Refusal | None) -> defer.Deferred[None] | None:
-            # The blocklists' lookups started at connect, HELO and MAIL: waited for here, each bounded by its timeout.
             if self._listed("rcpt", refusal) or self._txn is not txn:
+                return None
+            return self._greylistThenAdd(txn, recipient)
+
+        self._wait(listed.addCallback(screened))
+
+    def _greylistThenAdd(self, txn: Transaction, recipient: str) -> defer.Deferred[None] | None:
+        """Greylisting (L{mailapp.postscreen.greylist}): a new triplet's 451, else the recipient's own checks."""
+        greylist, settings = self.factory.greylist, self.policy.greylisting
+        # Exempt: authenticated and trusted clients (relay_allowed), the configured networks.
+        # (Branch sender-lists marks a user's allowed senders on the transaction: honour that mark here.)
+        if greylist is None or not settings.enabled or txn.relay_allowed or in_networks(self._peerIP, settings.exempt_networks):
+            return self._addRecipient(txn, recipient)
+
+        def decided(verdict: Verdict) -> defer.Deferred[None] | None:
+            if self._txn is not txn:
+                return None
+            if verdict is Verdict.GREYLISTED:
+                self.sendCode(451, GREYLISTED)
                 return None
             return self._addRecipient(txn, recipient)
 
-        self._wait(screen.verdict().addCallback(screened))
+        return greylist.check(settings, self._peerIP, txn.sender, recipient).addCallback(decided)
 
     def _listed(self, stage: str, refusal: Refusal | None) -> bool:
         """A client the blocklists refuse (L{mailapp.postscreen}): 554 5.7.1, counted as an error."""

@@ -316,3 +316,95 @@ class EarlyTalkerTests(TestCase):
         )
         session = self.connect(build_factory(context, "submission"))
         self.assertEqual(session.codes(), [b"220"])
+
+
+class GreylistingTests(TestCase):
+    """Greylisting at RCPT, its triplets in an in-memory SQLite (on the context's inline pools)."""
+
+    def setUp(self) -> None:
+        self.sessions: list[Session] = []
+        self.log = Events(self)
+        self.clock = Clock()
+
+    def tearDown(self) -> None:
+        for session in self.sessions:
+            session.proto.connectionLost(None)
+
+    def factory(self, sections: str = "[greylisting]\nenabled = true\n", trusted: str = "[]") -> Any:
+        from mailapp.postscreen.greylist import Greylist
+        from mailapp.testing import InlineWorkerPools
+
+        config = f"{MINIMAL_CONFIG}[relay]\ntrusted_networks = {trusted}\n[limits]\nmx_messages_per_minute = 0\n{sections}"
+        pools = InlineWorkerPools()
+        if not hasattr(self, "greylist"):
+            self.greylist = Greylist(":memory:", self.clock, pools, pools.greylist)
+            self.addCleanup(self.greylist.close)
+        context = service_context(
+            config=config, reactor=self.clock, store=RecordingStore(), accounts=make_accounts(), pools=pools, greylist=self.greylist
+        )
+        return build_factory(context, "smtp")
+
+    def attempt(self, factory: Any, peer: str = CLEAN, sender: str = "bob@a.test", recipient: str = "alice@example.test") -> bytes:
+        session = Session(factory, peer=peer)
+        self.sessions.append(session)
+        for command in (b"EHLO mail.a.test", b"MAIL FROM:<" + sender.encode() + b">", b"RCPT TO:<" + recipient.encode() + b">"):
+            session.send(command + b"\r\n")
+        return session.replies()[-1]
+
+    def test_a_new_triplet_gets_451_and_its_retry_after_the_delay_is_accepted(self) -> None:
+        factory = self.factory("[greylisting]\nenabled = true\ndelay = 60\n")
+        self.assertEqual(self.attempt(factory), b"451 4.7.1 Greylisted: please try again later")
+        self.clock.advance(59)
+        self.assertEqual(self.attempt(factory), b"451 4.7.1 Greylisted: please try again later")
+        self.clock.advance(1)
+        self.assertEqual(self.attempt(factory), b"250 2.1.5 Ok")
+        greylisted = self.log.named(logevents.POSTSCREEN_GREYLISTED)
+        self.assertEqual([(e["action"], e["reason"], e["network"]) for e in greylisted], [("tempfail", "greylist", "198.51.100.0/24")] * 2)
+        self.assertEqual(len(self.log.named(logevents.POSTSCREEN_GREYLIST_PASSED)), 1)
+
+    def test_a_passed_client_network_is_whitelisted_for_other_senders_and_addresses(self) -> None:
+        factory = self.factory()
+        self.attempt(factory)
+        self.clock.advance(300)
+        self.assertEqual(self.attempt(factory), b"250 2.1.5 Ok")
+        self.assertEqual(self.attempt(factory, peer="198.51.100.99", sender="carol@b.test"), b"250 2.1.5 Ok")
+        self.clock.advance(36 * 86400 + 1)
+        self.assertEqual(self.attempt(factory, sender="dave@c.test"), b"451 4.7.1 Greylisted: please try again later")
+
+    def test_a_retry_after_the_window_starts_over(self) -> None:
+        factory = self.factory("[greylisting]\nenabled = true\ndelay = 60\nretry_window = 3600\n")
+        self.attempt(factory)
+        self.clock.advance(3601)
+        self.assertEqual(self.attempt(factory), b"451 4.7.1 Greylisted: please try again later")
+        self.clock.advance(60)
+        self.assertEqual(self.attempt(factory), b"250 2.1.5 Ok")
+
+    def test_an_ipv6_client_is_greylisted_by_its_64(self) -> None:
+        factory = self.factory()
+        self.attempt(factory, peer="2001:db8:1:2::5")
+        self.clock.advance(300)
+        self.assertEqual(self.attempt(factory, peer="2001:db8:1:2::99"), b"250 2.1.5 Ok")
+
+    def test_by_default_nothing_is_greylisted(self) -> None:
+        self.assertEqual(self.attempt(self.factory("")), b"250 2.1.5 Ok")
+
+    def test_trusted_and_exempt_clients_are_not_greylisted(self) -> None:
+        exempt = self.factory('[greylisting]\nenabled = true\nexempt_networks = ["198.51.100.0/24"]\n')
+        self.assertEqual(self.attempt(exempt), b"250 2.1.5 Ok")
+        trusted = self.factory(trusted='["198.51.100.0/24"]')
+        self.assertEqual(self.attempt(trusted), b"250 2.1.5 Ok")
+
+    def test_the_sweep_removes_triplets_past_their_window(self) -> None:
+        factory = self.factory()
+        self.attempt(factory)
+        self.clock.advance(86401)
+        removed: list[int] = []
+        self.greylist.sweep().addCallback(removed.append)
+        self.assertEqual(removed, [1])
+
+    def test_a_greylisting_is_counted_in_the_spam_decisions_metric(self) -> None:
+        metrics = Metrics()
+        globalLogPublisher.addObserver(metrics)
+        self.addCleanup(globalLogPublisher.removeObserver, metrics)
+        self.attempt(self.factory())
+        self.assertIn(b'mailapp_spam_decisions_total{action="tempfail",reason="greylist"} 1.0', metrics.exposition())

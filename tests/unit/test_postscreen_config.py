@@ -75,3 +75,23 @@ def test_bad_dnsbl_and_postscreen_keys_are_problems() -> None:
         "etc/test.toml: postscreen.reject_unauth_pipelining: must be a boolean, not an integer (1)",
         "etc/test.toml: postscreen.pass_seconds: must be a positive integer, not 0",
     ]
+
+
+def test_greylisting_is_off_by_default_with_postgreys_times() -> None:
+    greylisting = config("").greylisting
+    assert not greylisting.enabled
+    assert (greylisting.delay, greylisting.retry_window, greylisting.whitelist_days) == (300, 86400, 36)
+
+
+def test_bad_greylisting_values_are_problems() -> None:
+    assert problems_of("[greylisting]\nenabled = \"yes\"\ndelay = 0\nwhitelist_days = -1\n") == [
+        "etc/test.toml: greylisting.enabled: must be a boolean, not a string ('yes')",
+        "etc/test.toml: greylisting.delay: must be a positive integer, not 0",
+        "etc/test.toml: greylisting.whitelist_days: must be a positive integer, not -1",
+    ]
+
+
+def test_a_retry_window_shorter_than_the_delay_is_a_problem() -> None:
+    assert problems_of("[greylisting]\ndelay = 600\nretry_window = 600\n") == [
+        "etc/test.toml: greylisting.retry_window: must be longer than greylisting.delay"
+    ]

@@ -48,3 +48,11 @@ def test_the_memory_is_bounded_the_oldest_going_first() -> None:
         memory.passed(f"192.0.2.{last}", 100)
     assert not memory.known("192.0.2.1")
     assert all(memory.known(f"192.0.2.{last}") for last in range(2, 5))
+
+
+def test_a_client_is_greylisted_by_its_24_or_its_64() -> None:
+    from mailapp.postscreen.greylist import client_network
+
+    assert client_network("203.0.113.77") == "203.0.113.0/24"
+    assert client_network("::ffff:203.0.113.77") == "203.0.113.0/24"
+    assert client_network("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
