@@ -126,6 +126,8 @@ class SMTPSession(LineSession):
 
     def _sendGreeting(self) -> None:
         self._greeting = None
+        if self._closing:
+            return  # said goodbye during the delay (the server is stopping): no 220 after the 421
         self.sendCode(220, self.host + b" ESMTP mailapp")
         self.setTimeout(self.policy.login_timeout if self.policy.submission else GREETING_TIMEOUT)
 

@@ -252,6 +252,13 @@ class EarlyTalkerTests(TestCase):
         [event] = self.log.named(logevents.POSTSCREEN_EARLY_TALKER)
         self.assertEqual((event["action"], event["reason"], event["client"], event["waited"]), ("reject", "early_talker", CLEAN, 2.0))
 
+    def test_a_shutdown_during_the_delay_says_goodbye_and_never_greets(self) -> None:
+        factory, clock = mx("[postscreen]\ngreeting_delay = 6\n")
+        session = self.connect(factory)
+        session.proto.shutdown()
+        clock.advance(10)
+        self.assertEqual(session.codes(), [b"421"])
+
     def test_a_client_that_passed_is_greeted_at_once_next_time(self) -> None:
         factory, clock = mx("[postscreen]\ngreeting_delay = 6\npass_seconds = 3600\n")
         first = self.connect(factory)
