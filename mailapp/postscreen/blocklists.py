@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 
 from mailapp import logevents
 from mailapp.config import Blocklist, DNSBLConfig
+from mailapp.networks import client_address
 
 __all__ = ["BlocklistChecker", "Listing", "ScreenedClient", "domain_query", "ip_query"]
 
@@ -56,12 +57,9 @@ _MAX_NAME = 253
 
 def ip_query(ip: str, zone: str) -> str | None:
     """The name to look up for C{ip} under C{zone}; None for what is not an address."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = client_address(ip)
+    if address is None:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     if isinstance(address, ipaddress.IPv4Address):
         labels = str(address).split(".")
     else:

@@ -36,6 +36,7 @@ from twisted.python.threadpool import ThreadPool
 
 from mailapp import logevents
 from mailapp.config import GreylistingConfig
+from mailapp.networks import client_address
 from mailapp.pools import WorkerPools
 
 __all__ = ["GREYLISTED", "Greylist", "Verdict", "client_network"]
@@ -65,12 +66,9 @@ class Verdict(enum.Enum):
 
 def client_network(ip: str) -> str:
     """The network a client is greylisted by: its /24 (IPv4, an IPv4-mapped address too) or its /64 (IPv6)."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = client_address(ip)
+    if address is None:
         return ip
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     prefix = 24 if isinstance(address, ipaddress.IPv4Address) else 64
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 

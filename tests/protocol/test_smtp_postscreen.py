@@ -67,7 +67,9 @@ class Events:
         return [event for event in self.events if event.get("log_event") == name]
 
 
-class BlocklistTests(TestCase):
+class SessionTestCase(TestCase):
+    """Sessions that are disconnected after the test, and the test's log events."""
+
     def setUp(self) -> None:
         self.sessions: list[Session] = []
         self.log = Events(self)
@@ -76,10 +78,13 @@ class BlocklistTests(TestCase):
         for session in self.sessions:
             session.proto.connectionLost(None)
 
-    def connect(self, factory: Any, peer: str) -> Session:
+    def connect(self, factory: Any, peer: str = CLEAN) -> Session:
         session = Session(factory, peer=peer)
         self.sessions.append(session)
         return session
+
+
+class BlocklistTests(SessionTestCase):
 
     def talk(self, session: Session, *commands: bytes) -> list[bytes]:
         for command in commands:
@@ -218,19 +223,7 @@ class BlocklistTests(TestCase):
         self.assertIn(b'mailapp_spam_decisions_total{action="reject",reason="dnsbl"} 1.0', metrics.exposition())
 
 
-class EarlyTalkerTests(TestCase):
-    def setUp(self) -> None:
-        self.sessions: list[Session] = []
-        self.log = Events(self)
-
-    def tearDown(self) -> None:
-        for session in self.sessions:
-            session.proto.connectionLost(None)
-
-    def connect(self, factory: Any, peer: str = CLEAN) -> Session:
-        session = Session(factory, peer=peer)
-        self.sessions.append(session)
-        return session
+class EarlyTalkerTests(SessionTestCase):
 
     def test_the_greeting_waits_for_the_configured_delay(self) -> None:
         factory, clock = mx("[postscreen]\ngreeting_delay = 6\n")
@@ -325,17 +318,12 @@ class EarlyTalkerTests(TestCase):
         self.assertEqual(session.codes(), [b"220"])
 
 
-class GreylistingTests(TestCase):
+class GreylistingTests(SessionTestCase):
     """Greylisting at RCPT, its triplets in an in-memory SQLite (on the context's inline pools)."""
 
     def setUp(self) -> None:
-        self.sessions: list[Session] = []
-        self.log = Events(self)
+        super().setUp()
         self.clock = Clock()
-
-    def tearDown(self) -> None:
-        for session in self.sessions:
-            session.proto.connectionLost(None)
 
     def factory(self, sections: str = "[greylisting]\nenabled = true\n", trusted: str = "[]") -> Any:
         from mailapp.postscreen.greylist import Greylist
@@ -352,8 +340,7 @@ class GreylistingTests(TestCase):
         return build_factory(context, "smtp")
 
     def attempt(self, factory: Any, peer: str = CLEAN, sender: str = "bob@a.test", recipient: str = "alice@example.test") -> bytes:
-        session = Session(factory, peer=peer)
-        self.sessions.append(session)
+        session = self.connect(factory, peer)
         for command in (b"EHLO mail.a.test", b"MAIL FROM:<" + sender.encode() + b">", b"RCPT TO:<" + recipient.encode() + b">"):
             session.send(command + b"\r\n")
         return session.replies()[-1]
