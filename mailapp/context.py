@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from mailapp.pools import WorkerPools
     from mailapp.pop3.maildrop import MaildropLocks
     from mailapp.quota import Quotas
+    from mailapp.postscreen.greylist import Greylist
     from mailapp.relay.manager import RelayManager
 
 __all__ = ["IServiceReactor", "ProtocolBuilder", "ServiceContext"]
@@ -94,6 +95,8 @@ class ServiceContext:
     dns: ServiceDNS | None
     #: The relay manager (its queue), or None: a server built without a relay.
     relay: RelayManager | None = None
+    #: The MX's greylist (``[greylisting]``, L{mailapp.postscreen.greylist}), or None: nothing is greylisted.
+    greylist: Greylist | None = None
 
 
 #: Makes the protocol factory for one listener (registered with

@@ -41,6 +41,27 @@ AUTHENTICATION_CHECKED: Final = "authentication.checked"
 #: a check failed unexpectedly (counted as a temperror); also: log_failure
 AUTHENTICATION_FAILED: Final = "authentication.failed"
 
+# --- the MX's checks before DATA (mailapp.postscreen) ---
+# Every refusal carries action (reject, tempfail) and reason (dnsbl,
+# early_talker, unauth_pipelining, greylist): the metric mailapp_spam_decisions_total
+# counts them by those two fields (mailapp.metrics.SPAM_DECISIONS).
+#: refused 554 5.7.1 for its listings; also: client, zone (the heaviest), score, listings (zone=code, ...), stage
+POSTSCREEN_DNSBL_REFUSED: Final = "postscreen.dnsbl_refused"
+#: a blocklist lookup that failed or timed out (counted 0); also: zone, name, error
+POSTSCREEN_DNSBL_FAILED: Final = "postscreen.dnsbl_failed"
+#: a list answered 127.255.255.x (over quota, or queried through an open resolver), counted 0; logged once per zone and code; also: zone, code
+POSTSCREEN_DNSBL_ERROR_CODE: Final = "postscreen.dnsbl_error_code"
+#: a new triplet answered 451 4.7.1 at RCPT; also: client, network, sender, recipient
+POSTSCREEN_GREYLISTED: Final = "postscreen.greylisted"
+#: a retried triplet passed, its client network whitelisted; also: client, network, sender, recipient
+POSTSCREEN_GREYLIST_PASSED: Final = "postscreen.greylist_passed"
+#: the greylist database failed, the recipient passed; also: client, log_failure
+POSTSCREEN_GREYLIST_FAILED: Final = "postscreen.greylist_failed"
+#: a client that talked before the greeting, refused 554 5.5.1; also: client, waited (seconds)
+POSTSCREEN_EARLY_TALKER: Final = "postscreen.early_talker"
+#: a client that pipelined before PIPELINING was offered, refused 554 5.5.1; also: client, command
+POSTSCREEN_UNAUTH_PIPELINING: Final = "postscreen.unauth_pipelining"
+
 # --- names the design already promises to the protocol layers ---
 SMTP_ACCEPTED: Final = "smtp.accepted"
 SMTP_RCPT_REJECTED: Final = "smtp.rcpt_rejected"

@@ -37,7 +37,20 @@ if TYPE_CHECKING:
     from mailapp.config import ListenerConfig
     from mailapp.context import ServiceContext
 
-__all__ = ["Metrics", "MetricsSite", "OutboundTLSMetrics", "buildFactory"]
+__all__ = ["SPAM_DECISIONS", "Metrics", "MetricsSite", "OutboundTLSMetrics", "buildFactory"]
+
+#: The log events of spam decisions, each with the fields ``action`` (what
+#: was done: reject, tempfail, junk, ...) and ``reason`` (which check:
+#: dnsbl, early_talker, unauth_pipelining, ...), counted by those two labels in
+#: ``mailapp_spam_decisions_total``. A new check adds its event here.
+SPAM_DECISIONS: tuple[str, ...] = (
+    logevents.POSTSCREEN_DNSBL_REFUSED,
+    logevents.POSTSCREEN_GREYLISTED,
+    logevents.POSTSCREEN_EARLY_TALKER,
+    logevents.POSTSCREEN_UNAUTH_PIPELINING,
+    logevents.SMTP_SENDER_BLOCKED,
+    logevents.SMTP_SENDER_ALLOWED,
+)
 
 #: Command latency buckets, seconds: a reply from memory is well under a
 #: millisecond, one after a disk sync or a password hash some tens of them.
@@ -105,6 +118,12 @@ class Metrics:
             "Sender authentication results on the MX: per mechanism (spf, spf_helo, dkim per signature, dmarc) and the action taken",
             ["mechanism", "result"], registry=registry,
         )
+        # prometheus_client adds the counter's _total: mailapp_spam_decisions_total{action,reason}.
+        self.spam_decisions = Counter(
+            "mailapp_spam_decisions",
+            "Spam decisions: what was done (action) for which check (reason)",
+            ["action", "reason"], registry=registry,
+        )
         registry.register(_StateCollector(queue, tls, clock))
         self._handlers: Mapping[str, Callable[[LogEvent], None]] = {
             logevents.SESSION_STARTED: self._session_started,
@@ -127,6 +146,7 @@ class Metrics:
             logevents.RELOADED: lambda event: self.reloads.labels("ok").inc(),
             logevents.RELOAD_FAILED: lambda event: self.reloads.labels("refused").inc(),
             logevents.AUTHENTICATION_CHECKED: self._authenticated,
+            **{event: self._spam_decision for event in SPAM_DECISIONS},
         }
 
     def __call__(self, event: LogEvent) -> None:
@@ -158,6 +178,9 @@ class Metrics:
         self.accepted.labels("webmail" if event.get("log_event") == logevents.WEBMAIL_SENT else "smtp").inc()
         self.accepted_bytes.observe(_number(event, "size"))
 
+
+    def _spam_decision(self, event: LogEvent) -> None:
+        self.spam_decisions.labels(str(event.get("action", "unknown"))[:16], str(event.get("reason", "unknown"))[:32]).inc()
 
     def _authenticated(self, event: LogEvent) -> None:
         for mechanism in ("spf", "spf_helo", "dmarc", "action"):

@@ -21,6 +21,8 @@ of IMAP searches could hold up every delivery's commit. Now:
   per message from MAIL FROM on (SPF for HELO and for MAIL FROM). A check
   queued behind the others spends its DNS budget waiting, and ends in a
   temperror rather than hold the queue.
+- ``greylist``: the greylist's SQLite file (L{mailapp.postscreen.greylist}):
+  one thread, since its one connection is used under a lock anyway.
 
 Each pool starts no thread until work arrives (``minthreads=0``) and is
 stopped when the reactor shuts down, after the service has drained.
@@ -42,7 +44,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 #: Threads per pool. The store gets the most: every protocol reads through it.
-DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2, "signing": 2, "authentication": 16}
+DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2, "signing": 2, "authentication": 16, "greylist": 1}
 
 
 class WorkerPools:
@@ -54,6 +56,7 @@ class WorkerPools:
     parsing: ThreadPool
     signing: ThreadPool
     authentication: ThreadPool
+    greylist: ThreadPool
 
     def __init__(self, reactor: Any, sizes: Mapping[str, int] = DEFAULT_SIZES) -> None:
         self._pools: dict[str, ThreadPool] = {}

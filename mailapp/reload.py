@@ -15,7 +15,8 @@ admitted by them; open ones stay), ``[domains] local``,
 ``relay.trusted_networks`` and the relay policy (transports, smarthost and
 its credentials, retry schedule, lifetime, TLS requirements and policies,
 connection limits), ``[authentication]`` (carried by the SMTP listeners' policies: new
-transactions are checked by it), and anything a component applies itself through a
+transactions are checked by it), ``[dnsbl]``, ``[greylisting]`` and ``[postscreen]`` (the same way:
+new sessions), and anything a component applies itself through a
 ``reconfigure(config)`` method (``[security]``, ``dkim.sign``).
 
 Restart: ``[server]`` (hostname, state_dir, sync, log_format), the
@@ -102,6 +103,12 @@ def reload_service(service: MailService) -> ReloadResult:
         applied.append("limits")
     if new.authentication != old.authentication:
         applied.append("authentication")
+    if new.dnsbl != old.dnsbl:
+        applied.append("dnsbl")
+    if new.postscreen != old.postscreen:
+        applied.append("postscreen")
+    if new.greylisting != old.greylisting:
+        applied.append("greylisting")
     if _budgets(old) != _budgets(new):
         applied.append("listener budgets")
         context.router.max_recipients = new.limits.max_recipients

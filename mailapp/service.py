@@ -346,6 +346,10 @@ def makeService(
     # for DKIM and ARC code): the name servers the relay asks.
     dns = ServiceDNS(reactor, LazyResolver(reactor, config.relay.nameservers), config.authentication.dns_query_timeout)
     manager = _build_relay(config, reactor, router, pools.queue, sealing_pool=pools.parsing, dns=dns) if relay else None
+    from mailapp.postscreen.greylist import Greylist
+
+    # Built even when greylisting is off (it opens no file until used), so that a reload can turn it on.
+    greylist = Greylist(config.state_dir / "greylist.sqlite3", reactor, pools, pools.greylist)
     context = ServiceContext(
         config=config,
         reactor=reactor,
@@ -362,13 +366,15 @@ def makeService(
         maildrops=MaildropLocks(),
         relay=manager,
         dns=dns,
+        greylist=greylist,
     )
     root = MailService(context)
     for component in (store, accounts, manager):
         if IService.providedBy(component):
             IService(component).setServiceParent(root)
     # Crash left-overs (spool files, the queue's temporary files), at start and every hour.
-    sweepables = [part for part in (store, manager.queue if manager is not None else None) if hasattr(part, "sweep")]
+    # And the greylist's old triplets.
+    sweepables = [part for part in (store, manager.queue if manager is not None else None, greylist) if hasattr(part, "sweep")]
     if sweepables:
         LeftoverSweeper(reactor, sweepables).setServiceParent(root)  # type: ignore[no-untyped-call]
 

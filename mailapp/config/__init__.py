@@ -33,6 +33,15 @@ from mailapp.config.listeners import (
     listener_budget,
 )
 from mailapp.config.load import load, parse
+from mailapp.config.postscreen import (
+    DEFAULT_DNSBL,
+    DEFAULT_GREYLISTING,
+    DEFAULT_POSTSCREEN,
+    Blocklist,
+    DNSBLConfig,
+    GreylistingConfig,
+    PostscreenConfig,
+)
 from mailapp.config.relay import DEFAULT_RELAY, RelayConfig, default_per_address
 from mailapp.config.schema import ConfigError
 from mailapp.config.sections import (
@@ -48,6 +57,9 @@ from mailapp.config.sections import (
 
 __all__ = [
     "DEFAULT_AUTHENTICATION",
+    "DEFAULT_DNSBL",
+    "DEFAULT_GREYLISTING",
+    "DEFAULT_POSTSCREEN",
     "DEFAULT_LIMITS",
     "DEFAULT_RELAY",
     "DEFAULT_SECURITY",
@@ -56,6 +68,10 @@ __all__ = [
     "TLS_MODES",
     "UNLIMITED_WHEN_ZERO",
     "AuthenticationConfig",
+    "Blocklist",
+    "DNSBLConfig",
+    "GreylistingConfig",
+    "PostscreenConfig",
     "Config",
     "ConfigError",
     "HostPort",

@@ -3,7 +3,7 @@ Reading the file: L{parse} (a pure function of the text) and L{load} (which
 also checks what only the file system can tell: do the TLS files exist?).
 Each section is read by its L{schema.Section}, in the file's order of
 concerns (server, domains, tls, listeners, limits, relay, security, dkim,
-authentication), then
+authentication, dnsbl, greylisting, postscreen), then
 the checks that span sections (listener budgets; TLS files, in L{load}).
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mailapp.config.authentication import AUTHENTICATION, AuthenticationConfig
+from mailapp.config.postscreen import DNSBL, GREYLISTING, POSTSCREEN, DNSBLConfig, GreylistingConfig, PostscreenConfig
 from mailapp.config.listeners import check_budgets, read_listeners
 from mailapp.config.relay import RELAY, RelayConfig
 from mailapp.config.schema import ConfigError, Reader, quote_key
@@ -34,7 +35,7 @@ from mailapp.config.sections import (
 
 __all__ = ["load", "parse"]
 
-_SECTIONS: Final = ("server", "domains", "tls", "listeners", "limits", "relay", "security", "dkim", "authentication")
+_SECTIONS: Final = ("server", "domains", "tls", "listeners", "limits", "relay", "security", "dkim", "authentication", "dnsbl", "greylisting", "postscreen")
 
 
 def parse(text: str, path: Path, *, base_dir: Path | None = None) -> Config:
@@ -91,10 +92,15 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
     security = SECURITY.build(reader, section("security"), "security", env)
     dkim = DKIM.build(reader, section("dkim"), "dkim", env)
     authentication = AUTHENTICATION.build(reader, section("authentication"), "authentication", env)
+    dnsbl = DNSBL.build(reader, section("dnsbl"), "dnsbl", env)
+    greylisting = GREYLISTING.build(reader, section("greylisting"), "greylisting", env)
+    postscreen = POSTSCREEN.build(reader, section("postscreen"), "postscreen", env)
     # These sections have no required key, so each is built.
     assert isinstance(tls, TLSConfig) and isinstance(limits, Limits)
     assert isinstance(relay, RelayConfig) and isinstance(security, SecurityConfig)
     assert isinstance(dkim, DkimConfig) and isinstance(authentication, AuthenticationConfig)
+    assert isinstance(dnsbl, DNSBLConfig) and isinstance(postscreen, PostscreenConfig)
+    assert isinstance(greylisting, GreylistingConfig)
 
     config = Config(
         path=path,
@@ -110,6 +116,9 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
         security=security,
         dkim=dkim,
         authentication=authentication,
+        dnsbl=dnsbl,
+        greylisting=greylisting,
+        postscreen=postscreen,
     )
     check_budgets(reader, config)
     if check_files:

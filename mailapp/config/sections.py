@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from mailapp.config.authentication import AuthenticationConfig
+from mailapp.config.postscreen import DNSBLConfig, GreylistingConfig, PostscreenConfig
 from mailapp.config.checks import Network, domain, network, path
 from mailapp.config.listeners import ListenerConfig
 from mailapp.config.relay import RelayConfig
@@ -247,6 +248,12 @@ class Config:
     dkim: DkimConfig = field(default_factory=DkimConfig)
     #: ``[authentication]``: SPF, DKIM and DMARC on the MX.
     authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
+    #: ``[dnsbl]``: DNS blocklists on the MX, before DATA.
+    dnsbl: DNSBLConfig = field(default_factory=DNSBLConfig)
+    #: ``[greylisting]``: the MX's greylisting at RCPT (off by default).
+    greylisting: GreylistingConfig = field(default_factory=GreylistingConfig)
+    #: ``[postscreen]``: the MX's greeting delay and early-talker checks.
+    postscreen: PostscreenConfig = field(default_factory=PostscreenConfig)
 
     @property
     def needs_tls(self) -> bool:

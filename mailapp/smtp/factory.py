@@ -16,6 +16,8 @@ from mailapp.authentication.checks import InboundChecks
 from mailapp.authentication.results import arc_clause
 from mailapp.delivery import Router
 from mailapp.networks import in_networks
+from mailapp.postscreen import Postscreen
+from mailapp.postscreen.greylist import Greylist
 from mailapp.sessions import SessionFactory, session_limits
 from mailapp.smtp.policy import SMTPPolicy
 from mailapp.smtp.transaction import ESMTPServer
@@ -43,6 +45,8 @@ class SMTPFactory(SessionFactory):
         guard: Any = None,
         freeSpace: IFreeSpace | None = None,
         inbound: InboundChecks | None = None,
+        postscreen: Postscreen | None = None,
+        greylist: Greylist | None = None,
     ) -> None:
         super().__init__(inflight, guard, portal=portal, policy=policy, reactor=reactor, tls=tls)
         self.router = router
@@ -51,6 +55,10 @@ class SMTPFactory(SessionFactory):
         self.freeSpace = freeSpace
         #: On the MX: SPF, DKIM and DMARC, called at MAIL FROM and at the end of DATA (None: not checked).
         self.inbound = inbound
+        #: On the MX: the checks before DATA (blocklists, early talkers), which this factory's policy configures.
+        self.postscreen = postscreen
+        #: On the MX: the greylist (the policy's C{greylisting} says whether it is used).
+        self.greylist = greylist
 
     # Twisted types a factory's protocols through a generic Factory[P] whose P
     # reads .factory back as Factory[P]; a session's factory is its own listener's.
@@ -59,7 +67,6 @@ class SMTPFactory(SessionFactory):
 
     def trusted(self, ip: str) -> bool:
         return in_networks(ip, self.policy.trusted_networks)
-
 
 
 def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFactory:
@@ -77,6 +84,9 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFacto
         refuse_local_senders=config.security.mx_refuse_local_senders,
         min_free_disk=limits.min_free_disk,
         authentication=config.authentication,
+        dnsbl=config.dnsbl,
+        greylisting=config.greylisting,
+        postscreen=config.postscreen,
     )
     tls = context.tls if listener.tls == "starttls" else None
     dns = context.dns
@@ -102,4 +112,6 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFacto
         guard=context.guard,
         freeSpace=context.store.freeSpace,
         inbound=inbound,
+        postscreen=Postscreen(context.reactor, dns.resolver if dns is not None else None) if listener.protocol == "smtp" else None,
+        greylist=context.greylist if listener.protocol == "smtp" else None,
     )

@@ -10,7 +10,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mailapp.config import DEFAULT_AUTHENTICATION, DEFAULT_LIMITS, DEFAULT_SECURITY, AuthenticationConfig
+from mailapp.config import (
+    DEFAULT_AUTHENTICATION,
+    DEFAULT_DNSBL,
+    DEFAULT_GREYLISTING,
+    DEFAULT_LIMITS,
+    DEFAULT_POSTSCREEN,
+    DEFAULT_SECURITY,
+    AuthenticationConfig,
+    DNSBLConfig,
+    GreylistingConfig,
+    PostscreenConfig,
+)
 from mailapp.sessions import SessionLimits
 
 MAX_COMMAND_LINE = 2048  # RFC 5321 4.5.3.1.4 asks for 512; extensions need more
@@ -56,3 +67,8 @@ class SMTPPolicy(SessionLimits):
     min_free_disk: int = DEFAULT_LIMITS.min_free_disk
     #: On the MX: the sender authentication checks (``[authentication]``), live on SIGHUP with the rest of the policy.
     authentication: AuthenticationConfig = DEFAULT_AUTHENTICATION
+    #: On the MX: the DNS blocklists (``[dnsbl]``) and the early-talker checks (``[postscreen]``), live on SIGHUP.
+    dnsbl: DNSBLConfig = DEFAULT_DNSBL
+    postscreen: PostscreenConfig = DEFAULT_POSTSCREEN
+    #: On the MX: greylisting at RCPT (``[greylisting]``), live on SIGHUP.
+    greylisting: GreylistingConfig = DEFAULT_GREYLISTING

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from twisted.internet.interfaces import IDelayedCall
+
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -30,6 +32,7 @@ from mailapp import logevents, sasl
 from mailapp.delivery import Router, Transaction
 from mailapp.errors import LoginsBusy
 from mailapp.linesession import LineSession
+from mailapp.postscreen import SessionScreen
 from mailapp.sessions import BANNED, AuthOutcome, Overrun
 from mailapp.smtp.data import _DataReceiver
 from mailapp.smtp.policy import (
@@ -78,6 +81,13 @@ class SMTPSession(LineSession):
         self.authenticated: str | None = None
         self._txn: Transaction | None = None
         self._data: _DataReceiver | None = None
+        #: On the MX: the checks before DATA (L{mailapp.postscreen}), made at connect.
+        self._screen: SessionScreen | None = None
+        #: The delayed greeting, while it waits (postscreen.greeting_delay), and when it began.
+        self._greeting: IDelayedCall | None = None
+        self._greetingSince = 0.0
+        #: Whether our last EHLO reply offered PIPELINING (not after HELO, nor after STARTTLS).
+        self._pipeliningOffered = False
 
     # -- replies -------------------------------------------------------------------
 
@@ -102,13 +112,47 @@ class SMTPSession(LineSession):
     # -- the line session's hooks ----------------------------------------------------
 
     def greet(self) -> None:
+        postscreen = self.factory.postscreen
+        if postscreen is not None and not self.policy.submission:
+            trusted = self.factory.trusted(self._peerIP)
+            self._screen = postscreen.session(self.policy.dnsbl, self.policy.postscreen, self._peerIP, trusted)
+            if self._screen.greetingDelay:
+                # An unknown client waits for the 220; one that talks meanwhile is refused (dataReceived).
+                self._greetingSince = self.factory.reactor.seconds()
+                self._greeting = self.callLater(self._screen.greetingDelay, self._sendGreeting)
+                self.setTimeout(self._screen.greetingDelay + GREETING_TIMEOUT)
+                return
+        self._sendGreeting()
+
+    def _sendGreeting(self) -> None:
+        self._greeting = None
+        if self._closing:
+            return  # said goodbye during the delay (the server is stopping): no 220 after the 421
         self.sendCode(220, self.host + b" ESMTP mailapp")
         self.setTimeout(self.policy.login_timeout if self.policy.submission else GREETING_TIMEOUT)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._greeting is not None and self._screen is not None and not self._closing:
+            self._refuseEarly(self._screen.talkedEarly(self.factory.reactor.seconds() - self._greetingSince))
+            return
+        super().dataReceived(data)
+
+    def _refuseEarly(self, text: bytes) -> None:
+        """A client the early-talker checks refuse: 554 and close (Postfix postscreen's pregreet and pipelining tests)."""
+        self._cancelGreeting()
+        self.sendCode(554, text)
+        self._close()
+
+    def _cancelGreeting(self) -> None:
+        greeting, self._greeting = self._greeting, None
+        if greeting is not None and greeting.active():
+            greeting.cancel()
 
     def refuse(self, text: bytes, banned: bool) -> None:
         self.sendCode(421, (b"4.7.0 " if banned else b"4.3.2 ") + self.host + b" " + text)
 
     def sessionEnded(self) -> None:
+        self._cancelGreeting()
         self._resetTransaction()
 
     def timeoutConnection(self) -> None:
@@ -157,6 +201,10 @@ class SMTPSession(LineSession):
             return
         verb = parts[0].upper().decode("ascii")
         argument = parts[1] if len(parts) > 1 else b""
+        if self._buffer and not self._pipeliningOffered and self._screen is not None and self._screen.judgePipelining:
+            # More bytes came behind this command before we offered PIPELINING (RFC 2920).
+            self._refuseEarly(self._screen.pipelined(verb[:16]))
+            return
         if self.policy.submission and not self.authenticated:
             if not self._commandBeforeLogin(self.policy.max_commands_before_auth):
                 return
@@ -181,6 +229,9 @@ class SMTPSession(LineSession):
         self._resetTransaction()
         self._ehlo = name.decode("ascii")
         self._esmtp = esmtp
+        self._pipeliningOffered = esmtp
+        if self._screen is not None:
+            self._screen.helo(self._ehlo)
         self._idleTimeout()
         return True
 
@@ -224,6 +275,7 @@ class SMTPSession(LineSession):
         self._startTLS(b"220 2.0.0 Ready to start TLS\r\n", self.factory.tls)
         self._resetTransaction()
         self._ehlo = None
+        self._pipeliningOffered = False
         if self.authenticated:
             self.authenticated = None
             self.factory.loggedIn(self, False)

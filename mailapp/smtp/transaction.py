@@ -28,6 +28,9 @@ from mailapp.errors import (
     TooMuchMail,
 )
 from mailapp.headercheck import header_addresses
+from mailapp.networks import in_networks
+from mailapp.postscreen.blocklists import Refusal
+from mailapp.postscreen.greylist import GREYLISTED, Verdict
 from mailapp.smtp.data import _DataReceiver, missing_headers, received_header
 from mailapp.smtp.policy import ADDRESS, PATH
 from mailapp.smtp.session import SMTPSession
@@ -177,6 +180,8 @@ class ESMTPServer(SMTPSession):
             else:
                 self._error(555, b"5.5.4 Unsupported MAIL parameter")
                 return
+        if self._listed("mail", self._screen.settled() if self._screen is not None else None):
+            return
         declared = int(params.get("SIZE", "0"))
         if self._storageLow(declared):
             return
@@ -188,6 +193,8 @@ class ESMTPServer(SMTPSession):
             self._txn = self.router.start(sender, relay, self.authenticated, declared)
             self._inbound = self._startChecks(sender, relay)
             self._txn.requiretls = "REQUIRETLS" in params
+            if self._screen is not None:
+                self._screen.sender(sender)
             self.sendCode(250, b"2.1.0 Ok")
 
         if self.policy.submission:
@@ -236,40 +243,96 @@ class ESMTPServer(SMTPSession):
             self._error(555, b"5.5.4 Unsupported RCPT parameter")
             return
         txn = self._txn
-        allowed: list[str] = []
-        d = self._senderLists(txn, recipient, allowed).addCallback(lambda _: txn.addRecipient(recipient))
+        # The blocklists' lookups started at connect, HELO and MAIL: waited for here, each bounded by its timeout.
+        listed = self._screen.verdict() if self._screen is not None else defer.succeed(None)
+
+        def screened(refusal: Refusal | None) -> defer.Deferred[None] | None:
+            if self._listed("rcpt", refusal) or self._txn is not txn:
+                return None
+            # The recipient's sender lists first (a block is its 550; an allowed
+            # sender is exempt from greylisting), then greylisting, then the
+            # recipient's own checks.
+            allowed: list[str] = []
+
+            def refused(reason: Failure) -> defer.Deferred[None] | None:
+                return self._recipientRefused(reason, txn, recipient)
+
+            checked: defer.Deferred[Any] = self._senderLists(txn, recipient, allowed)
+            checked.addCallback(lambda _: self._greylistThenAdd(txn, recipient, allowed))
+            checked.addErrback(refused)
+            return checked
+
+        self._wait(listed.addCallback(screened))
+
+    def _greylistThenAdd(self, txn: Transaction, recipient: str, allowed: list[str]) -> defer.Deferred[None] | None:
+        """Greylisting (L{mailapp.postscreen.greylist}): a new triplet's 451, else the recipient's own checks."""
+        greylist, settings = self.factory.greylist, self.policy.greylisting
+        # Exempt: authenticated and trusted clients (relay_allowed), a sender the
+        # recipient allows (its sender list), the configured networks.
+        if (
+            greylist is None
+            or not settings.enabled
+            or txn.relay_allowed
+            or recipient in txn.allowed_by_recipient
+            or in_networks(self._peerIP, settings.exempt_networks)
+        ):
+            return self._addRecipient(txn, recipient, allowed)
+
+        def decided(verdict: Verdict) -> defer.Deferred[None] | None:
+            if self._txn is not txn:
+                return None
+            if verdict is Verdict.GREYLISTED:
+                self.sendCode(451, GREYLISTED)
+                return None
+            return self._addRecipient(txn, recipient, allowed)
+
+        return greylist.check(settings, self._peerIP, txn.sender, recipient).addCallback(decided)
+
+    def _listed(self, stage: str, refusal: Refusal | None) -> bool:
+        """A client the blocklists refuse (L{mailapp.postscreen}): 554 5.7.1, counted as an error."""
+        if refusal is None or self._screen is None:
+            return False
+        self._error(554, self._screen.listed(refusal, stage))
+        return True
+
+    def _addRecipient(self, txn: Transaction, recipient: str, allowed: list[str]) -> defer.Deferred[None]:
+        d = txn.addRecipient(recipient)
 
         def ok(_: object) -> None:
             txn.allowed_accounts.update(allowed)
             self.sendCode(250, b"2.1.5 Ok")
 
         def refused(reason: Failure) -> defer.Deferred[None] | None:
-            reason.trap(MailError)
-            txn.allowed_by_recipient.discard(recipient)
-            error = cast(MailError, reason.value)
-            _log.info(
-                "rcpt rejected {recipient} {code} from {client}",
-                log_event=logevents.SMTP_RCPT_REJECTED,
-                recipient=recipient,
-                code=error.code,
-                client=self._peerIP,
-            )
-            reply = f"{error.enhanced} {error.text}".encode("ascii", "replace")
-            if isinstance(error, NoSuchUser):
-                # Slower after a few, across connections: nobody lists our users by reconnecting.
-                delay = self.factory.guard.unknownRecipient(self._peerIP)
-                if delay > 0:
-                    answered: defer.Deferred[None] = defer.Deferred()
-                    self.callLater(delay, answered.callback, None)
-                    return answered.addCallback(lambda _: self._error(error.code, reply))
-            if isinstance(error, (NoSuchUser, RelayDenied)):
-                # Counted like any other error: probing for users or relays ends with 421.
-                self._error(error.code, reply)
-            else:
-                self.sendCode(error.code, reply)
-            return None
+            return self._recipientRefused(reason, txn, recipient)
 
-        self._wait(d.addCallbacks(ok, refused))
+        return d.addCallbacks(ok, refused)
+
+    def _recipientRefused(self, reason: Failure, txn: Transaction, recipient: str) -> defer.Deferred[None] | None:
+        """A recipient refused (its sender list, or the Router's checks): its reply, counted where probing is."""
+        reason.trap(MailError)
+        txn.allowed_by_recipient.discard(recipient)
+        error = cast(MailError, reason.value)
+        _log.info(
+            "rcpt rejected {recipient} {code} from {client}",
+            log_event=logevents.SMTP_RCPT_REJECTED,
+            recipient=recipient,
+            code=error.code,
+            client=self._peerIP,
+        )
+        reply = f"{error.enhanced} {error.text}".encode("ascii", "replace")
+        if isinstance(error, NoSuchUser):
+            # Slower after a few, across connections: nobody lists our users by reconnecting.
+            delay = self.factory.guard.unknownRecipient(self._peerIP)
+            if delay > 0:
+                answered: defer.Deferred[None] = defer.Deferred()
+                self.callLater(delay, answered.callback, None)
+                return answered.addCallback(lambda _: self._error(error.code, reply))
+        if isinstance(error, (NoSuchUser, RelayDenied)):
+            # Counted like any other error: probing for users or relays ends with 421.
+            self._error(error.code, reply)
+        else:
+            self.sendCode(error.code, reply)
+        return None
 
     def _senderLists(self, txn: Transaction, recipient: str, allowed: list[str]) -> defer.Deferred[None]:
         """
@@ -294,12 +357,16 @@ class ESMTPServer(SMTPSession):
                 _log.info(
                     "sender blocked by the recipient from=<{sender}> to=<{recipient}> list={owner} entry={pattern} client={client}",
                     log_event=logevents.SMTP_SENDER_BLOCKED,
+                    action="reject",
+                    reason="sender_blocklist",
                     **fields,
                 )
                 raise SenderBlocked()
             _log.info(
                 "sender allowed by the recipient from=<{sender}> to=<{recipient}> list={owner} entry={pattern} client={client}",
                 log_event=logevents.SMTP_SENDER_ALLOWED,
+                action="allow",
+                reason="sender_allowlist",
                 **fields,
             )
             txn.allowed_by_recipient.add(recipient)
