@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from mailapp.pop3.maildrop import MaildropLocks
     from mailapp.quota import Quotas
     from mailapp.relay.manager import RelayManager
+    from mailapp.spam.scanner import ContentScanner
 
 __all__ = ["IServiceReactor", "ProtocolBuilder", "ServiceContext"]
 
@@ -94,6 +95,8 @@ class ServiceContext:
     dns: ServiceDNS | None
     #: The relay manager (its queue), or None: a server built without a relay.
     relay: RelayManager | None = None
+    #: The content scanner (rspamd) the SMTP listeners carry; each listener's policy says whether it scans.
+    scanner: ContentScanner | None = None
 
 
 #: Makes the protocol factory for one listener (registered with

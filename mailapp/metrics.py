@@ -103,6 +103,10 @@ class Metrics:
             "Sender authentication results on the MX: per mechanism (spf, spf_helo, dkim per signature, dmarc) and the action taken",
             ["mechanism", "result"], registry=registry,
         )
+        self.spam_decisions = Counter(
+            "mailapp_spam_decisions", "Spam defence decisions, by action taken and reason", ["action", "reason"],
+            registry=registry,
+        )
         registry.register(_StateCollector(queue, tls, clock))
         self._handlers: Mapping[str, Callable[[LogEvent], None]] = {
             logevents.SESSION_STARTED: self._session_started,
@@ -125,6 +129,9 @@ class Metrics:
             logevents.RELOADED: lambda event: self.reloads.labels("ok").inc(),
             logevents.RELOAD_FAILED: lambda event: self.reloads.labels("refused").inc(),
             logevents.AUTHENTICATION_CHECKED: self._authenticated,
+            logevents.SPAM_SCANNED: lambda event: self.spam_decisions.labels(
+                str(event.get("action", "unknown"))[:16], str(event.get("reason", "unknown"))[:32]
+            ).inc(),
         }
 
     def __call__(self, event: LogEvent) -> None:

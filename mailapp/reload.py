@@ -102,6 +102,8 @@ def reload_service(service: MailService) -> ReloadResult:
         applied.append("limits")
     if new.authentication != old.authentication:
         applied.append("authentication")
+    if new.spam != old.spam:
+        applied.append("spam")
     if _budgets(old) != _budgets(new):
         applied.append("listener budgets")
         context.router.max_recipients = new.limits.max_recipients

@@ -346,6 +346,11 @@ def makeService(
     # for DKIM and ARC code): the name servers the relay asks.
     dns = ServiceDNS(reactor, LazyResolver(reactor, config.relay.nameservers), config.authentication.dns_query_timeout)
     manager = _build_relay(config, reactor, router, pools.queue, sealing_pool=pools.parsing, dns=dns) if relay else None
+    from mailapp.spam import ContentScanner, JunkLearner
+    from mailapp.spam.client import RspamdClient
+
+    # Built even when [spam] is off, so that a reload can turn scanning and learning on.
+    rspamd = RspamdClient(reactor)
     context = ServiceContext(
         config=config,
         reactor=reactor,
@@ -362,8 +367,10 @@ def makeService(
         maildrops=MaildropLocks(),
         relay=manager,
         dns=dns,
+        scanner=ContentScanner(rspamd),
     )
     root = MailService(context)
+    JunkLearner(store, rspamd, config.spam).setServiceParent(root)  # type: ignore[no-untyped-call]
     for component in (store, accounts, manager):
         if IService.providedBy(component):
             IService(component).setServiceParent(root)

@@ -35,6 +35,7 @@ from mailapp.config.listeners import (
 from mailapp.config.load import load, parse
 from mailapp.config.relay import DEFAULT_RELAY, RelayConfig, default_per_address
 from mailapp.config.schema import ConfigError
+from mailapp.config.spam import DEFAULT_SPAM, SpamConfig
 from mailapp.config.sections import (
     DEFAULT_LIMITS,
     DEFAULT_SECURITY,
@@ -51,6 +52,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_RELAY",
     "DEFAULT_SECURITY",
+    "DEFAULT_SPAM",
     "LOGIN_PROTOCOLS",
     "PROTOCOLS",
     "TLS_MODES",
@@ -65,6 +67,7 @@ __all__ = [
     "RelayConfig",
     "SNICertificate",
     "SecurityConfig",
+    "SpamConfig",
     "TLSConfig",
     "default_per_address",
     "listener_budget",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mailapp.config.authentication import AUTHENTICATION, AuthenticationConfig
+from mailapp.config.spam import SPAM, SpamConfig
 from mailapp.config.listeners import check_budgets, read_listeners
 from mailapp.config.relay import RELAY, RelayConfig
 from mailapp.config.schema import ConfigError, Reader, quote_key
@@ -34,7 +35,7 @@ from mailapp.config.sections import (
 
 __all__ = ["load", "parse"]
 
-_SECTIONS: Final = ("server", "domains", "tls", "listeners", "limits", "relay", "security", "dkim", "authentication")
+_SECTIONS: Final = ("server", "domains", "tls", "listeners", "limits", "relay", "security", "dkim", "authentication", "spam")
 
 
 def parse(text: str, path: Path, *, base_dir: Path | None = None) -> Config:
@@ -91,10 +92,12 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
     security = SECURITY.build(reader, section("security"), "security", env)
     dkim = DKIM.build(reader, section("dkim"), "dkim", env)
     authentication = AUTHENTICATION.build(reader, section("authentication"), "authentication", env)
+    spam = SPAM.build(reader, section("spam"), "spam", env)
     # These sections have no required key, so each is built.
     assert isinstance(tls, TLSConfig) and isinstance(limits, Limits)
     assert isinstance(relay, RelayConfig) and isinstance(security, SecurityConfig)
     assert isinstance(dkim, DkimConfig) and isinstance(authentication, AuthenticationConfig)
+    assert isinstance(spam, SpamConfig)
 
     config = Config(
         path=path,
@@ -110,6 +113,7 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
         security=security,
         dkim=dkim,
         authentication=authentication,
+        spam=spam,
     )
     check_budgets(reader, config)
     if check_files:

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from mailapp.config.authentication import AuthenticationConfig
+from mailapp.config.spam import SpamConfig
 from mailapp.config.checks import Network, domain, network, path
 from mailapp.config.listeners import ListenerConfig
 from mailapp.config.relay import RelayConfig
@@ -247,6 +248,8 @@ class Config:
     dkim: DkimConfig = field(default_factory=DkimConfig)
     #: ``[authentication]``: SPF, DKIM and DMARC on the MX.
     authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
+    #: ``[spam]``: the content scanner (rspamd) and the Junk folder that teaches it.
+    spam: SpamConfig = field(default_factory=SpamConfig)
 
     @property
     def needs_tls(self) -> bool:

@@ -16,6 +16,7 @@ from mailapp.authentication.checks import InboundChecks
 from mailapp.authentication.results import arc_clause
 from mailapp.delivery import Router
 from mailapp.networks import in_networks
+from mailapp.spam.scanner import ContentScanner
 from mailapp.sessions import SessionFactory, session_limits
 from mailapp.smtp.policy import SMTPPolicy
 from mailapp.smtp.transaction import ESMTPServer
@@ -43,6 +44,7 @@ class SMTPFactory(SessionFactory):
         guard: Any = None,
         freeSpace: IFreeSpace | None = None,
         inbound: InboundChecks | None = None,
+        scanner: ContentScanner | None = None,
     ) -> None:
         super().__init__(inflight, guard, portal=portal, policy=policy, reactor=reactor, tls=tls)
         self.router = router
@@ -51,6 +53,8 @@ class SMTPFactory(SessionFactory):
         self.freeSpace = freeSpace
         #: On the MX: SPF, DKIM and DMARC, called at MAIL FROM and at the end of DATA (None: not checked).
         self.inbound = inbound
+        #: The content scan at the end of DATA, after the checks (None: nothing is scanned; see policy.spam).
+        self.scanner = scanner
 
     # Twisted types a factory's protocols through a generic Factory[P] whose P
     # reads .factory back as Factory[P]; a session's factory is its own listener's.
@@ -77,6 +81,7 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFacto
         refuse_local_senders=config.security.mx_refuse_local_senders,
         min_free_disk=limits.min_free_disk,
         authentication=config.authentication,
+        spam=config.spam,
     )
     tls = context.tls if listener.tls == "starttls" else None
     dns = context.dns
@@ -102,4 +107,5 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFacto
         guard=context.guard,
         freeSpace=context.store.freeSpace,
         inbound=inbound,
+        scanner=context.scanner,
     )

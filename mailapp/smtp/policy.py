@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mailapp.config import DEFAULT_AUTHENTICATION, DEFAULT_LIMITS, DEFAULT_SECURITY, AuthenticationConfig
+from mailapp.config import DEFAULT_AUTHENTICATION, DEFAULT_LIMITS, DEFAULT_SECURITY, DEFAULT_SPAM, AuthenticationConfig, SpamConfig
 from mailapp.sessions import SessionLimits
 
 MAX_COMMAND_LINE = 2048  # RFC 5321 4.5.3.1.4 asks for 512; extensions need more
@@ -56,3 +56,5 @@ class SMTPPolicy(SessionLimits):
     min_free_disk: int = DEFAULT_LIMITS.min_free_disk
     #: On the MX: the sender authentication checks (``[authentication]``), live on SIGHUP with the rest of the policy.
     authentication: AuthenticationConfig = DEFAULT_AUTHENTICATION
+    #: The content scanner (``[spam]``), live on SIGHUP with the rest of the policy.
+    spam: SpamConfig = DEFAULT_SPAM
