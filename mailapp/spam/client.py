@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory, readBody
 from twisted.web.http_headers import Headers
 
 __all__ = ["RspamdClient", "RspamdError"]
@@ -29,6 +29,12 @@ class RspamdError(Exception):
     """rspamd did not answer usably: refused, timed out, an HTTP error, or not JSON."""
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    """The pool's connection factory without its "Starting factory" log line per connection (rspamd closes each)."""
+
+    noisy = False
+
+
 class RspamdClient:
     """Requests to rspamd; one connection pool for every scan and learn of the server."""
 
@@ -36,6 +42,7 @@ class RspamdClient:
         self.reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 8
+        self._pool._factory = _QuietFactory
         self._agent = Agent(reactor, pool=self._pool, connectTimeout=10)
 
     def check(self, url: str, headers: Iterable[tuple[str, str]], message: bytes, timeout: float) -> defer.Deferred[dict[str, Any]]:
