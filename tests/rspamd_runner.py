@@ -126,6 +126,24 @@ class RspamdProcess:
         except (OSError, urllib.error.URLError):
             return False
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of rspamd's main process and its workers so far (Linux /proc), for the bench."""
+        if self._rspamd is None:
+            return 0.0
+        main = self._rspamd.pid
+        total = 0.0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # After the command: state, ppid, ..., utime (14th field of the line) and stime (15th).
+            if int(entry.name) == main or int(fields[1]) == main:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
     def stat(self) -> dict[str, Any]:
         """The controller's /stat (learned counts among them)."""
         request = urllib.request.Request(self.controller_url + "/stat", headers={"Password": PASSWORD})
