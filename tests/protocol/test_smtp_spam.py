@@ -207,3 +207,28 @@ class SubmissionScanTests(TestCase):
         session = self.submit(rspamd, {**ON, "scan_outbound": False})
         self.assertEqual(session.replies()[-1][:3], b"250")
         self.assertEqual(rspamd.requests, [])
+
+
+class DecisionEventTests(TestCase):
+    def test_each_decision_is_one_event_counted_by_action_and_reason(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        from mailapp.metrics import Metrics
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        store = RecordingStore()
+        for rspamd in (FakeRspamd(answer("add header")), FakeRspamd(None)):
+            session = Session(factory(rspamd, {**ON, "fail": "closed"}, store), peer=A_SERVER)
+            session.send(b"EHLO a\r\nMAIL FROM:<bob@a.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n" + MESSAGE + b".\r\n")
+            session.proto.connectionLost(None)
+        decided = [e for e in events if e.get("log_event") == "spam.scanned"]
+        self.assertEqual([(e["action"], e["reason"], e["rspamd"]) for e in decided], [("junk", "rspamd_add_header", "add header"), ("tempfail", "unavailable", "none")])
+        self.assertEqual(len([e for e in events if e.get("log_event") == "spam.scan_failed"]), 1)
+        metrics = Metrics()
+        for event in decided:
+            metrics(event)
+        text = metrics.exposition().decode()
+        self.assertIn('mailapp_spam_decisions_total{action="junk",reason="rspamd_add_header"} 1.0', text)
+        self.assertIn('mailapp_spam_decisions_total{action="tempfail",reason="unavailable"} 1.0', text)
