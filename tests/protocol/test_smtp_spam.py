@@ -62,7 +62,9 @@ def factory(rspamd: FakeRspamd, spam: dict[str, Any], store: RecordingStore, pro
 ON = {"rspamd_url": "http://127.0.0.1:11333"}
 
 
-class MXScanTests(TestCase):
+class _Sessions(TestCase):
+    """The sessions a test opens, over one RecordingStore, each closed after it."""
+
     def setUp(self) -> None:
         self.store = RecordingStore()
         self.sessions: list[Session] = []
@@ -71,9 +73,15 @@ class MXScanTests(TestCase):
         for session in self.sessions:
             session.proto.connectionLost(None)
 
-    def send(self, rspamd: FakeRspamd, spam: dict[str, Any] = ON, dns: bool = False) -> Session:
-        session = Session(factory(rspamd, spam, self.store, dns=dns), peer=A_SERVER)
+    def open(self, factory: Any, peer: str) -> Session:
+        session = Session(factory, peer=peer)
         self.sessions.append(session)
+        return session
+
+
+class MXScanTests(_Sessions):
+    def send(self, rspamd: FakeRspamd, spam: dict[str, Any] = ON, dns: bool = False) -> Session:
+        session = self.open(factory(rspamd, spam, self.store, dns=dns), A_SERVER)
         session.send(
             b"EHLO mail.a.test\r\nMAIL FROM:<bob@a.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
             + MESSAGE + b".\r\n"
@@ -162,18 +170,9 @@ class MXScanTests(TestCase):
         self.assertTrue(delivery.data.endswith(MESSAGE))
 
 
-class SubmissionScanTests(TestCase):
-    def setUp(self) -> None:
-        self.store = RecordingStore()
-        self.sessions: list[Session] = []
-
-    def tearDown(self) -> None:
-        for session in self.sessions:
-            session.proto.connectionLost(None)
-
+class SubmissionScanTests(_Sessions):
     def submit(self, rspamd: FakeRspamd, spam: dict[str, Any] = ON) -> Session:
-        session = Session(factory(rspamd, spam, self.store, protocol="submission"), peer="127.0.0.1")
-        self.sessions.append(session)
+        session = self.open(factory(rspamd, spam, self.store, protocol="submission"), "127.0.0.1")
         token = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
         session.send(
             b"EHLO c\r\nAUTH PLAIN " + token + b"\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
