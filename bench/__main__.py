@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,13 +58,20 @@ def run_generator(port: int, messages: int, size: int, concurrency: int, per_con
     return json.loads(result.stdout)
 
 
-def smtp_workload(messages: int, size: int, concurrency: int, per_connection: int) -> Callable[[Path, float], dict[str, Any]]:
+def smtp_workload(
+    messages: int, size: int, concurrency: int, per_connection: int, extra: str = "", scanner: Any = None
+) -> Callable[[Path, float], dict[str, Any]]:
+    """C{extra}: more of the server's config (``[spam]``, with ``--rspamd``); C{scanner}: the rspamd whose CPU is counted."""
+
     def run(workdir: Path, timeout: float) -> dict[str, Any]:
-        server = bench_server.start(USERS, workdir)
+        server = bench_server.start(USERS, workdir, extra=extra)
         try:
             cpu_before = server.cpu_seconds()
+            rspamd_before = scanner.cpu_seconds() if scanner is not None else 0.0
             result = run_generator(server.ports["smtp"], messages, size, concurrency, per_connection, [server.maildir_new(u) for u in USERS], timeout)
             result["server_cpu_ms_per_message"] = (server.cpu_seconds() - cpu_before) * 1000 / messages
+            if scanner is not None:
+                result["rspamd_cpu_ms_per_message"] = (scanner.cpu_seconds() - rspamd_before) * 1000 / messages
             result["server_peak_rss_mb"] = server.peak_rss_bytes() / 2**20
         finally:
             server.stop()
@@ -305,10 +313,12 @@ def dkim_sign_workload(count: int) -> Callable[[Path, float], dict[str, Any]]:
 
 def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, float], dict[str, Any]]]]:
     n, big = args.messages, args.large_messages
+    spam, rspamd = getattr(args, "spam_extra", ""), getattr(args, "rspamd_process", None)
+    scanned = " (scanned by rspamd)" if spam else ""
     return {
-        "smtp-4k": (f"SMTP ingest, {n} x 4 KiB, {args.concurrency} connections, 50 per connection", smtp_workload(n, 4096, args.concurrency, 50)),
-        "smtp-4k-single": (f"SMTP ingest, {n // 5} x 4 KiB, {args.concurrency} connections, 1 per connection", smtp_workload(n // 5, 4096, args.concurrency, 1)),
-        "smtp-100k": (f"SMTP ingest, {big} x 100 KiB, {args.concurrency} connections, 10 per connection", smtp_workload(big, 100 * 1024, args.concurrency, 10)),
+        "smtp-4k": (f"SMTP ingest, {n} x 4 KiB, {args.concurrency} connections, 50 per connection{scanned}", smtp_workload(n, 4096, args.concurrency, 50, spam, rspamd)),
+        "smtp-4k-single": (f"SMTP ingest, {n // 5} x 4 KiB, {args.concurrency} connections, 1 per connection{scanned}", smtp_workload(n // 5, 4096, args.concurrency, 1, spam, rspamd)),
+        "smtp-100k": (f"SMTP ingest, {big} x 100 KiB, {args.concurrency} connections, 10 per connection{scanned}", smtp_workload(big, 100 * 1024, args.concurrency, 10, spam, rspamd)),
         "pop3": (f"POP3, one session over {args.pop3_messages} x 4 KiB: STAT, LIST, UIDL, RETR of each", pop3_workload(args.pop3_messages)),
         "imap": (f"IMAP, one INBOX of {args.imap_messages} x 4 KiB: LOGIN+SELECT, UID FETCH 1:* (UID FLAGS), FETCH {args.imap_bodies} BODY.PEEK[], SEARCH SUBJECT, IDLE push x {args.imap_pushes}", imap_workload(args.imap_messages, args.imap_bodies, args.imap_pushes)),
         "idle": (f"IMAP IDLE, {args.idle_connections} connections of {args.idle_users} users at once; {args.imap_pushes} deliveries to 5 of them", idle_workload(args.idle_connections, args.idle_users, args.imap_pushes)),
@@ -322,6 +332,7 @@ FIGURES = [
     ("messages_per_second", "msg/s", "{:.0f}"),
     ("megabytes_per_second", "MB/s", "{:.1f}"),
     ("server_cpu_ms_per_message", "srv CPU ms/msg", "{:.2f}"),
+    ("rspamd_cpu_ms_per_message", "rspamd CPU ms/msg", "{:.2f}"),
     ("server_peak_rss_mb", "srv peak RSS MiB", "{:.0f}"),
     ("generator_cpu_seconds", "gen CPU s", "{:.2f}"),
     ("seconds", "wall s", "{:.2f}"),
@@ -385,11 +396,34 @@ def main() -> int:
         "--relay-connections", type=int, default=None,
         help="A's relay.max_connections_per_domain (and max_connections) for the relay workload (default: the config's, 10)",
     )
+    parser.add_argument(
+        "--rspamd", action="store_true",
+        help="scan the SMTP workloads' mail with a real rspamd, started on loopback as the tests start it (tests/rspamd_runner.py)",
+    )
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on each run, seconds")
     parser.add_argument("--output", default=str(ROOT / "bench-results" / "latest.json"))
     args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="mailapp-bench-"))
+    rspamd = None
+    if args.rspamd:
+        from tests.rspamd_runner import RspamdProcess
+
+        rspamd = RspamdProcess(workdir / "rspamd")
+        rspamd.start()
+        args.spam_extra = f'\n[spam]\nrspamd_url = "{rspamd.url}"\n'
+        args.rspamd_process = rspamd
+    try:
+        return _measure(parser, args, workdir)
+    finally:
+        if rspamd is not None:
+            rspamd.stop()
+            shutil.rmtree(workdir / "rspamd", ignore_errors=True)
+            os.rmdir(workdir) if workdir.exists() and not any(workdir.iterdir()) else None
+
+
+def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace, workdir: Path) -> int:
     available = workloads(args)
     chosen = [name.strip() for name in args.workloads.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in available]
@@ -398,8 +432,7 @@ def main() -> int:
 
     info = machine()
     print(f"mailapp bench on {info['cores']} cores, {info['cpu']}, Python {info['python']}, Twisted {info['twisted']}")
-    results: dict[str, Any] = {"machine": info, "workloads": {}}
-    workdir = Path(tempfile.mkdtemp(prefix="mailapp-bench-"))
+    results: dict[str, Any] = {"machine": info, "workloads": {}, "rspamd": bool(args.rspamd)}
     previous: Any = None
     for name in chosen:
         title, run = available[name]

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from mailapp.quota import Quotas
     from mailapp.postscreen.greylist import Greylist
     from mailapp.relay.manager import RelayManager
+    from mailapp.spam.scanner import ContentScanner
 
 __all__ = ["IServiceReactor", "ProtocolBuilder", "ServiceContext"]
 
@@ -97,6 +98,8 @@ class ServiceContext:
     relay: RelayManager | None = None
     #: The MX's greylist (``[greylisting]``, L{mailapp.postscreen.greylist}), or None: nothing is greylisted.
     greylist: Greylist | None = None
+    #: The content scanner (rspamd) the SMTP listeners carry; each listener's policy says whether it scans.
+    scanner: ContentScanner | None = None
 
 
 #: Makes the protocol factory for one listener (registered with

@@ -146,8 +146,15 @@ class IEventBus(Interface):
         Returns a zero-argument callable that unsubscribes.
         """
 
+    def subscribeAll(listener: Callable[[FolderEvent], object]) -> Callable[[], None]:
+        """
+        Call C{listener(event)} with every event of every folder (a
+        server-wide subscriber such as L{mailapp.spam.JunkLearner}); returns
+        the callable that unsubscribes.
+        """
+
     def publish(event: FolderEvent) -> None:
-        """Deliver C{event} to the subscribers of its folder."""
+        """Deliver C{event} to the subscribers of its folder, then to those of every folder."""
 
 
 class IFreeSpace(Interface):

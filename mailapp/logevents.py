@@ -216,6 +216,20 @@ ARC_SEALED: Final = "arc.sealed"
 ARC_UNSEALED: Final = "arc.unsealed"
 
 
+# --- the content scanner and the Junk folder that teaches it (mailapp.spam) ---
+#: one message's scan decided; also: queue_id, rspamd (its action), score, action (ours:
+#: accept, junk, reject, tempfail), reason, direction, client, user, size, scan_seconds
+SPAM_SCANNED: Final = "spam.scanned"
+#: rspamd did not answer a scan (the fail mode decides); also: queue_id, error, fail
+SPAM_SCAN_FAILED: Final = "spam.scan_failed"
+#: authenticated submission refused as spam (a compromised account?); also: account, queue_id, client, sender
+SPAM_OUTBOUND_REJECTED: Final = "spam.outbound_rejected"
+#: a message filed into or out of Junk taught rspamd; also: account, folder, uid, as_ (spam, ham), source, code, already
+SPAM_LEARNED: Final = "spam.learned"
+#: a message filed into or out of Junk could not teach rspamd (the move stands); also: account, folder, uid, as_, error
+SPAM_LEARN_FAILED: Final = "spam.learn_failed"
+
+
 def all_events() -> frozenset[str]:
     """Every declared name, so that a test can prove they are unique and well formed."""
     return frozenset(

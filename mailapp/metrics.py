@@ -50,6 +50,7 @@ SPAM_DECISIONS: tuple[str, ...] = (
     logevents.POSTSCREEN_UNAUTH_PIPELINING,
     logevents.SMTP_SENDER_BLOCKED,
     logevents.SMTP_SENDER_ALLOWED,
+    logevents.SPAM_SCANNED,
 )
 
 #: Command latency buckets, seconds: a reply from memory is well under a

@@ -106,3 +106,5 @@ class FolderEvent:
     account: str
     folder: str
     uids: tuple[int, ...]
+    #: For C{added} by a copy or move: the folder the messages came from (the Junk learner's cue); None otherwise.
+    source: str | None = None

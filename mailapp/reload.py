@@ -109,6 +109,8 @@ def reload_service(service: MailService) -> ReloadResult:
         applied.append("postscreen")
     if new.greylisting != old.greylisting:
         applied.append("greylisting")
+    if new.spam != old.spam:
+        applied.append("spam")
     if _budgets(old) != _budgets(new):
         applied.append("listener budgets")
         context.router.max_recipients = new.limits.max_recipients

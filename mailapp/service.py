@@ -350,6 +350,11 @@ def makeService(
 
     # Built even when greylisting is off (it opens no file until used), so that a reload can turn it on.
     greylist = Greylist(config.state_dir / "greylist.sqlite3", reactor, pools, pools.greylist)
+    from mailapp.spam import ContentScanner, JunkLearner
+    from mailapp.spam.client import RspamdClient
+
+    # Built even when [spam] is off, so that a reload can turn scanning and learning on.
+    rspamd = RspamdClient(reactor)
     context = ServiceContext(
         config=config,
         reactor=reactor,
@@ -367,8 +372,10 @@ def makeService(
         relay=manager,
         dns=dns,
         greylist=greylist,
+        scanner=ContentScanner(rspamd),
     )
     root = MailService(context)
+    JunkLearner(store, rspamd, config.spam).setServiceParent(root)  # type: ignore[no-untyped-call]
     for component in (store, accounts, manager):
         if IService.providedBy(component):
             IService(component).setServiceParent(root)

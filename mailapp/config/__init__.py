@@ -44,6 +44,7 @@ from mailapp.config.postscreen import (
 )
 from mailapp.config.relay import DEFAULT_RELAY, RelayConfig, default_per_address
 from mailapp.config.schema import ConfigError
+from mailapp.config.spam import DEFAULT_SPAM, SpamConfig
 from mailapp.config.sections import (
     DEFAULT_LIMITS,
     DEFAULT_SECURITY,
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_RELAY",
     "DEFAULT_SECURITY",
+    "DEFAULT_SPAM",
     "LOGIN_PROTOCOLS",
     "PROTOCOLS",
     "TLS_MODES",
@@ -81,6 +83,7 @@ __all__ = [
     "RelayConfig",
     "SNICertificate",
     "SecurityConfig",
+    "SpamConfig",
     "TLSConfig",
     "default_per_address",
     "listener_budget",

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from mailapp.config.authentication import AUTHENTICATION, AuthenticationConfig
 from mailapp.config.postscreen import DNSBL, GREYLISTING, POSTSCREEN, DNSBLConfig, GreylistingConfig, PostscreenConfig
+from mailapp.config.spam import SPAM, SpamConfig
 from mailapp.config.listeners import check_budgets, read_listeners
 from mailapp.config.relay import RELAY, RelayConfig
 from mailapp.config.schema import ConfigError, Reader, quote_key
@@ -35,7 +36,10 @@ from mailapp.config.sections import (
 
 __all__ = ["load", "parse"]
 
-_SECTIONS: Final = ("server", "domains", "tls", "listeners", "limits", "relay", "security", "dkim", "authentication", "dnsbl", "greylisting", "postscreen")
+_SECTIONS: Final = (
+    "server", "domains", "tls", "listeners", "limits", "relay", "security", "dkim", "authentication",
+    "dnsbl", "greylisting", "postscreen", "spam",
+)
 
 
 def parse(text: str, path: Path, *, base_dir: Path | None = None) -> Config:
@@ -95,12 +99,14 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
     dnsbl = DNSBL.build(reader, section("dnsbl"), "dnsbl", env)
     greylisting = GREYLISTING.build(reader, section("greylisting"), "greylisting", env)
     postscreen = POSTSCREEN.build(reader, section("postscreen"), "postscreen", env)
+    spam = SPAM.build(reader, section("spam"), "spam", env)
     # These sections have no required key, so each is built.
     assert isinstance(tls, TLSConfig) and isinstance(limits, Limits)
     assert isinstance(relay, RelayConfig) and isinstance(security, SecurityConfig)
     assert isinstance(dkim, DkimConfig) and isinstance(authentication, AuthenticationConfig)
     assert isinstance(dnsbl, DNSBLConfig) and isinstance(postscreen, PostscreenConfig)
     assert isinstance(greylisting, GreylistingConfig)
+    assert isinstance(spam, SpamConfig)
 
     config = Config(
         path=path,
@@ -119,6 +125,7 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
         dnsbl=dnsbl,
         greylisting=greylisting,
         postscreen=postscreen,
+        spam=spam,
     )
     check_budgets(reader, config)
     if check_files:

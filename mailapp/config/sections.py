@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from mailapp.config.authentication import AuthenticationConfig
 from mailapp.config.postscreen import DNSBLConfig, GreylistingConfig, PostscreenConfig
+from mailapp.config.spam import SpamConfig
 from mailapp.config.checks import Network, domain, network, path
 from mailapp.config.listeners import ListenerConfig
 from mailapp.config.relay import RelayConfig
@@ -254,6 +255,8 @@ class Config:
     greylisting: GreylistingConfig = field(default_factory=GreylistingConfig)
     #: ``[postscreen]``: the MX's greeting delay and early-talker checks.
     postscreen: PostscreenConfig = field(default_factory=PostscreenConfig)
+    #: ``[spam]``: the content scanner (rspamd) and the Junk folder that teaches it.
+    spam: SpamConfig = field(default_factory=SpamConfig)
 
     @property
     def needs_tls(self) -> bool:

@@ -18,6 +18,7 @@ from mailapp.delivery import Router
 from mailapp.networks import in_networks
 from mailapp.postscreen import Postscreen
 from mailapp.postscreen.greylist import Greylist
+from mailapp.spam.scanner import ContentScanner
 from mailapp.sessions import SessionFactory, session_limits
 from mailapp.smtp.policy import SMTPPolicy
 from mailapp.smtp.transaction import ESMTPServer
@@ -47,6 +48,7 @@ class SMTPFactory(SessionFactory):
         inbound: InboundChecks | None = None,
         postscreen: Postscreen | None = None,
         greylist: Greylist | None = None,
+        scanner: ContentScanner | None = None,
     ) -> None:
         super().__init__(inflight, guard, portal=portal, policy=policy, reactor=reactor, tls=tls)
         self.router = router
@@ -59,6 +61,8 @@ class SMTPFactory(SessionFactory):
         self.postscreen = postscreen
         #: On the MX: the greylist (the policy's C{greylisting} says whether it is used).
         self.greylist = greylist
+        #: The content scan at the end of DATA, after the checks (None: nothing is scanned; see policy.spam).
+        self.scanner = scanner
 
     # Twisted types a factory's protocols through a generic Factory[P] whose P
     # reads .factory back as Factory[P]; a session's factory is its own listener's.
@@ -87,6 +91,7 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFacto
         dnsbl=config.dnsbl,
         greylisting=config.greylisting,
         postscreen=config.postscreen,
+        spam=config.spam,
     )
     tls = context.tls if listener.tls == "starttls" else None
     dns = context.dns
@@ -114,4 +119,5 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFacto
         inbound=inbound,
         postscreen=Postscreen(context.reactor, dns.resolver if dns is not None else None) if listener.protocol == "smtp" else None,
         greylist=context.greylist if listener.protocol == "smtp" else None,
+        scanner=context.scanner,
     )

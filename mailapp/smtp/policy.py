@@ -17,10 +17,12 @@ from mailapp.config import (
     DEFAULT_LIMITS,
     DEFAULT_POSTSCREEN,
     DEFAULT_SECURITY,
+    DEFAULT_SPAM,
     AuthenticationConfig,
     DNSBLConfig,
     GreylistingConfig,
     PostscreenConfig,
+    SpamConfig,
 )
 from mailapp.sessions import SessionLimits
 
@@ -72,3 +74,5 @@ class SMTPPolicy(SessionLimits):
     postscreen: PostscreenConfig = DEFAULT_POSTSCREEN
     #: On the MX: greylisting at RCPT (``[greylisting]``), live on SIGHUP.
     greylisting: GreylistingConfig = DEFAULT_GREYLISTING
+    #: The content scanner (``[spam]``), live on SIGHUP with the rest of the policy.
+    spam: SpamConfig = DEFAULT_SPAM

@@ -33,7 +33,10 @@ from mailapp.postscreen.blocklists import Refusal
 from mailapp.postscreen.greylist import GREYLISTED, Verdict
 from mailapp.smtp.data import _DataReceiver, missing_headers, received_header
 from mailapp.smtp.policy import ADDRESS, PATH
+from mailapp.records import INBOX
 from mailapp.smtp.session import SMTPSession
+from mailapp.spam.decisions import SpamVerdict, mark
+from mailapp.spam.scanner import ScanRequest
 
 __all__ = ["ESMTPServer"]
 
@@ -388,8 +391,9 @@ class ESMTPServer(SMTPSession):
         message = txn.open()
         self._headerFrom = []
         received = self._receivedHeader(txn)
-        # A checked message is held until its Authentication-Results field is known (the end of data).
-        held = self._inbound is not None
+        # A checked or scanned message is held until its Authentication-Results field
+        # and its scan are known (the end of data); memory bounded by max_message_size.
+        held = self._inbound is not None or self._scanned()
         self._received = received if held else b""
         self._data = _DataReceiver(
             HeldMessage() if held else message,
@@ -442,15 +446,65 @@ class ESMTPServer(SMTPSession):
         if refusal is not None:
             return refusal
 
-        def verdict(outcome: Any) -> MailError | None:
+        def verdict(outcome: Any) -> Any:
             if outcome.refusal is not None:
                 return cast(MailError, outcome.refusal)
-            assert txn.message is not None
-            txn.message.write(outcome.header + self._received + outcome.message)
-            txn.folder = outcome.folder
-            return None
+            return self._scan(txn, outcome.header, outcome.message, outcome.folder)
 
         return inbound.finish(held.data(), txn.queue_id).addCallback(verdict)
+
+    # -- the hook of the content scanner (mailapp.spam) -------------------------------
+
+    def _scanned(self) -> bool:
+        """Whether this listener's messages go through the content scanner (rspamd)."""
+        scanner = self.factory.scanner
+        return scanner is not None and scanner.applies(self.policy.spam, self.policy.submission)
+
+    def _senderAllowed(self, txn: Transaction) -> bool:
+        """
+        Whether the recipients allow this sender (their sender lists, checked
+        at RCPT, L{Transaction.allowed_accounts}): then spam-scored mail
+        from it is not filed as Junk. The message has one folder for all its
+        local copies, so this holds only when every local recipient allows
+        the sender; with some that do not, the scan's Junk stands for all.
+        """
+        return bool(txn.local) and all(account in txn.allowed_accounts for account in txn.local)
+
+    def _scan(self, txn: Transaction, header: bytes, message: bytes, folder: str) -> Any:
+        """
+        At the end of DATA, after the checks: the scan's verdict. A refusal
+        (554 for reject, 451 for a soft reject or rspamd down when failing
+        closed) is answered instead of storing; otherwise the message is
+        stored with our fields on top, in Junk when rspamd says spam.
+        """
+        assert txn.message is not None
+        top = header + self._received
+        if not self._scanned():
+            txn.message.write(top + message)
+            txn.folder = folder
+            return None
+        scanner = self.factory.scanner
+        assert scanner is not None
+        request = ScanRequest(
+            client_ip=self._peerIP,
+            helo=self._ehlo or "",
+            sender=txn.sender,
+            recipients=tuple(txn.recipients),
+            user=txn.authenticated,
+            queue_id=txn.queue_id,
+            outbound=self.policy.submission,
+            allowed_sender=self._senderAllowed(txn),
+        )
+
+        def decided(verdict: SpamVerdict) -> MailError | None:
+            if verdict.refusal is not None:
+                return verdict.refusal
+            assert txn.message is not None
+            txn.message.write(top + (mark(message, verdict) if verdict.fields or verdict.subject is not None else message))
+            txn.folder = verdict.folder or folder
+            return None
+
+        return scanner.scan(self.policy.spam, request, top + message).addCallback(decided)
 
     def _endData(self) -> None:
         receiver, self._data = self._data, None
@@ -470,6 +524,9 @@ class ESMTPServer(SMTPSession):
             )
         if inbound is not None:
             checked.addCallback(self._authenticate, inbound, receiver.message, txn)
+        elif isinstance(receiver.message, HeldMessage):
+            held = receiver.message
+            checked.addCallback(lambda refusal: refusal if refusal is not None else self._scan(txn, b"", held.data(), INBOX))
 
         def decide(refusal: MailError | None) -> Any:
             if refusal is None:

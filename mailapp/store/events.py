@@ -39,6 +39,16 @@ class EventBus:
 
     def __init__(self) -> None:
         self._listeners: dict[tuple[str, str], list[Listener]] = defaultdict(list)
+        self._everything: list[Listener] = []
+
+    def subscribeAll(self, listener: Listener) -> Callable[[], None]:
+        self._everything.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._everything:
+                self._everything.remove(listener)
+
+        return unsubscribe
 
     def subscribe(self, account: str, folder: str, listener: Listener) -> Callable[[], None]:
         key = _key(account, folder)
@@ -54,11 +64,11 @@ class EventBus:
         return unsubscribe
 
     def publish(self, event: FolderEvent) -> None:
-        for listener in list(self._listeners.get(_key(event.account, event.folder), ())):
+        for listener in [*self._listeners.get(_key(event.account, event.folder), ()), *self._everything]:
             try:
                 listener(event)
             except Exception:
                 self._log.failure("store.event_listener_failed {kind} {folder}", kind=event.kind, folder=event.folder)
 
     def subscriberCount(self) -> int:
-        return sum(len(v) for v in self._listeners.values())
+        return sum(len(v) for v in self._listeners.values()) + len(self._everything)

@@ -79,10 +79,10 @@ class MaildirFolder:
     def _connect(self) -> ContextManager[sqlite3.Connection]:
         return self.mailbox._connect()
 
-    def _publish(self, kind: str, uids: Iterable[int]) -> None:
+    def _publish(self, kind: str, uids: Iterable[int], source: str | None = None) -> None:
         uids = tuple(sorted(uids))
         if uids:
-            self.store.events.publish(FolderEvent(kind, self.account, self.name, uids))
+            self.store.events.publish(FolderEvent(kind, self.account, self.name, uids, source))
 
     def refresh(self) -> Deferred[None]:
         """
@@ -371,7 +371,7 @@ class MaildirFolder:
         )
 
         def publish(mapping: dict[int, int]) -> dict[int, int]:
-            target._publish(ADDED, mapping.values())
+            target._publish(ADDED, mapping.values(), source=self.name)
             if move:
                 self._publish(EXPUNGED, mapping)
             return mapping

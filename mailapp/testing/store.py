@@ -75,10 +75,10 @@ class FakeFolder:
             raise NoSuchFolder(f"no such folder: {self.name}")
         return state
 
-    def _publish(self, kind: str, uids: Iterable[int]) -> None:
+    def _publish(self, kind: str, uids: Iterable[int], source: str | None = None) -> None:
         ordered = tuple(sorted(uids))
         if ordered:
-            self.mailbox.store.events.publish(FolderEvent(kind, self.account, self.name, ordered))
+            self.mailbox.store.events.publish(FolderEvent(kind, self.account, self.name, ordered, source))
 
     def _add(self, data: bytes, flags: Iterable[str], internaldate: float) -> int:
         state = self._state
@@ -150,7 +150,7 @@ class FakeFolder:
             message = self._state.messages.get(uid)
             if message is not None:
                 mapping[uid] = target._add(message[0], message[1], message[2])
-        target._publish(ADDED, mapping.values())
+        target._publish(ADDED, mapping.values(), source=self.name)
         return succeed(mapping)
 
     def moveTo(self, uids: Iterable[int], target: IFolder) -> Deferred[dict[int, int]]:
@@ -160,7 +160,7 @@ class FakeFolder:
             message = self._state.messages.pop(uid, None)
             if message is not None:
                 mapping[uid] = target._add(message[0], message[1], message[2])
-        target._publish(ADDED, mapping.values())
+        target._publish(ADDED, mapping.values(), source=self.name)
         self._publish(EXPUNGED, mapping)
         return succeed(mapping)
 

@@ -167,7 +167,7 @@ def test_toml_syntax_error_is_one_problem_naming_the_line() -> None:
 
 def test_unknown_top_level_section_is_a_problem() -> None:
     assert only_problem(MINIMAL + "[smtp]\nport = 25\n") == (
-        "etc/test.toml: smtp: unknown key (expected one of: authentication, dkim, dnsbl, domains, greylisting, limits, listeners, postscreen, relay, security, server, tls)"
+        "etc/test.toml: smtp: unknown key (expected one of: authentication, dkim, dnsbl, domains, greylisting, limits, listeners, postscreen, relay, security, server, spam, tls)"
     )
 
 
