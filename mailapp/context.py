@@ -94,12 +94,16 @@ class ServiceContext:
     #: is dkimpy's DNS function over the server's resolver). None only in a
     #: context of fakes without DNS, whose MX then checks no sender authentication.
     dns: ServiceDNS | None
+    #: The MX's greylist (``[greylisting]``, L{mailapp.postscreen.greylist}); the
+    #: service always builds one (it opens no file until used), so that a reload
+    #: can turn greylisting on. None only in a context of fakes: nothing is greylisted.
+    greylist: Greylist | None
+    #: The content scanner (rspamd) the SMTP listeners carry, always built by the
+    #: service (each listener's policy says whether it scans). None only in a
+    #: context of fakes: nothing is scanned.
+    scanner: ContentScanner | None
     #: The relay manager (its queue), or None: a server built without a relay.
     relay: RelayManager | None = None
-    #: The MX's greylist (``[greylisting]``, L{mailapp.postscreen.greylist}), or None: nothing is greylisted.
-    greylist: Greylist | None = None
-    #: The content scanner (rspamd) the SMTP listeners carry; each listener's policy says whether it scans.
-    scanner: ContentScanner | None = None
 
 
 #: Makes the protocol factory for one listener (registered with

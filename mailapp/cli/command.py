@@ -142,7 +142,8 @@ def add_command(
     C{handler}, accepting the C{common} options (C{--config}, C{--json})
     after the verb as well as before it.
     """
-    sub = group.add_parser(name, help=help, description=help, parents=[common], **kwargs)
+    kwargs.setdefault("description", help)
+    sub = group.add_parser(name, help=help, parents=[common], **kwargs)
     sub.set_defaults(handler=handler)
     return sub
 

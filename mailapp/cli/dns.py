@@ -114,7 +114,8 @@ def add_dns_commands(verbs: Any, common: CommandLineParser) -> None:
         verbs,
         "dns",
         _dns,
-        "Print every DNS record DOMAIN must publish (MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, client SRV "
+        "print the DNS records DOMAIN must publish; --check looks them up",
+        description="Print every DNS record DOMAIN must publish (MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, client SRV "
         "records), ready for a zone file; with --check, look each up and say which are missing or wrong.",
     )
     sub.add_argument("domain", metavar="DOMAIN")

@@ -63,7 +63,7 @@ _FOR_HELP = "whose list: a user (alice@example.test) or a local domain (example.
 def add_sender_commands(verbs: Any, common: CommandLineParser) -> None:
     """Declare ``mailapp sender ...`` in the subparsers action C{verbs}."""
     senders = verbs.add_parser(
-        "sender", aliases=["senders"], help="allow, block, del, list senders per user or domain", parents=[common]
+        "sender", help="allow, block, del, list senders per user or domain", parents=[common]
     )
     sender_verbs = senders.add_subparsers(dest="sender_verb", metavar="ACTION", required=True, parser_class=CommandLineParser)
     for action, verb_help in (

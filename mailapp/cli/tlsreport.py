@@ -48,6 +48,13 @@ def _tls_report(context: Context) -> int:
 
 def add_tls_report_command(verbs: Any, common: CommandLineParser) -> None:
     """Declare ``mailapp tls-report`` in the subparsers action C{verbs}."""
-    sub = add_command(common, verbs, "tls-report", _tls_report, "Make the RFC 8460 TLS reports of one day (yesterday by default).")
+    sub = add_command(
+        common,
+        verbs,
+        "tls-report",
+        _tls_report,
+        "make one day's RFC 8460 TLS reports",
+        description="Make the RFC 8460 TLS reports of one day (yesterday by default).",
+    )
     sub.add_argument("--date", metavar="YYYY-MM-DD", default=None, help="the UTC day to report (default: yesterday)")
     sub.add_argument("--output", metavar="DIR", default=None, help="write one file per policy domain here instead of printing")

@@ -62,18 +62,30 @@ class JunkLearner(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        self._unsubscribe = self.store.events.subscribeAll(self.observe)
+        self._follow()
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        self._unfollow()
         return self.pending
 
     def reconfigure(self, config: Config) -> None:
-        """SIGHUP: the new C{[spam]} applies to the next message learned."""
+        """SIGHUP: the new C{[spam]} applies to the next message learned (and starts or stops the listening)."""
         self.settings = config.spam
+        if self.running:
+            self._follow()
+
+    def _follow(self) -> None:
+        """Listen to the store's events only while there is a controller to teach: nothing is paid for when off."""
+        if self.settings.controller_url is None:
+            self._unfollow()
+        elif self._unsubscribe is None:
+            self._unsubscribe = self.store.events.subscribeAll(self.observe)
+
+    def _unfollow(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
 
     def observe(self, event: FolderEvent) -> None:
         """An event of the store's bus: learn what it teaches, after what is being learned already."""

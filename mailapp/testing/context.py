@@ -95,6 +95,9 @@ def service_context(*, config: Config | str | None = None, **overrides: Any) -> 
         # No DNS: the MX checks no SPF, DKIM or DMARC unless a test gives one
         # (dns=ServiceDNS(clock, FakeResolver({...}))).
         "dns": None,
+        # No greylist and no content scanner unless a test gives one.
+        "greylist": None,
+        "scanner": None,
     }
     parts.update(overrides)
     # Every field the context has, by keyword; one this module does not know yet keeps its default.

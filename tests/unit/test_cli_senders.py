@@ -52,7 +52,7 @@ def test_block_then_allow_for_a_user_replaces_the_entry(config: Path, capsys: py
 
 
 def test_a_domains_list_and_list_and_del_in_json(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(config, capsys, "senders", "block", "*.bad.example", "--for", "Example.Test")[0] == 0
+    assert run(config, capsys, "sender", "block", "*.bad.example", "--for", "Example.Test")[0] == 0
     assert run(config, capsys, "sender", "allow", "friend@bad.example", "--for", ALICE)[0] == 0
     status, out, _ = run(config, capsys, "sender", "list", "--json")
     assert status == 0

@@ -6,6 +6,8 @@ the move stands.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from typing import Any
 
 from twisted.internet import defer
@@ -93,7 +95,7 @@ class JunkLearnerTests(TestCase):
         first = self.successResultOf(inbox.append(b"Subject: 1\r\n\r\n1\r\n"))
         self.successResultOf(inbox.moveTo([first], junk))
         self.assertEqual(controller.learned, [])
-        learner.settings = SETTINGS
+        learner.reconfigure(SimpleNamespace(spam=SETTINGS))  # type: ignore[arg-type]  # a reload's config, for its [spam]
         second = self.successResultOf(inbox.append(b"Subject: 2\r\n\r\n2\r\n"))
         self.successResultOf(inbox.moveTo([second], junk))
         self.assertEqual(len(controller.learned), 1)
