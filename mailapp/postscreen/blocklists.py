@@ -212,13 +212,13 @@ class ScreenedClient:
         lookups answered so far, without waiting for the others (at MAIL FROM:
         the previous transaction's sender is not held against the next one).
         """
-        return self._judge(cast("Listing | None", d.result) for d in self._client + self._helo if d.called)
+        return self._judge(_answer(d) for d in self._client + self._helo if _answered(d))
 
     def verdict(self) -> defer.Deferred[Refusal | None]:
         """Once every lookup started has answered or timed out: the refusal, or None."""
         lookups = self._lookups()
-        if all(d.called for d in lookups):
-            return defer.succeed(self._judge(cast("Listing | None", d.result) for d in lookups))
+        if all(_answered(d) for d in lookups):
+            return defer.succeed(self._judge(_answer(d) for d in lookups))
         # Chained onto copies: the session may ask again (another RCPT) and read .result of the originals.
         waits = [_copy(d) for d in lookups]
         return defer.gatherResults(waits).addCallback(self._judge)
@@ -237,7 +237,7 @@ class ScreenedClient:
             lookups += self._start("domain", partial(domain_query, domain), f"URL domain {domain}")
         for address in hosts.addresses:
             lookups += self._start("ip", partial(ip_query, address), f"URL address [{address}]")
-        before = [cast("Listing | None", d.result) for d in self._lookups() if d.called]
+        before = [_answer(d) for d in self._lookups() if _answered(d)]
 
         def judged(found: list[Listing | None]) -> Refusal | None:
             listed = [listing for listing in found if listing is not None]
@@ -259,6 +259,21 @@ class ScreenedClient:
             return None
         listings = tuple(sorted(heaviest.values(), key=lambda listing: -listing.weight))
         return Refusal(score, listings[0], listings)
+
+
+def _answered(d: defer.Deferred[Listing | None]) -> bool:
+    """
+    Whether the lookup C{d} has its answer. Not C{d.called} alone: the
+    server's resolver is a chain (/etc/hosts, a cache, the name servers)
+    whose Deferred fires at once with the next resolver's Deferred and waits
+    on it, called but without an answer.
+    """
+    return d.called and not isinstance(d.result, defer.Deferred)
+
+
+def _answer(d: defer.Deferred[Listing | None]) -> Listing | None:
+    """The answer of a lookup that L{_answered}."""
+    return cast("Listing | None", d.result)
 
 
 def _copy(d: defer.Deferred[Listing | None]) -> defer.Deferred[Listing | None]:
