@@ -90,13 +90,24 @@ def _texts(message: bytes, bounds: UrlBounds) -> Iterator[tuple[str, bool]]:
         kind = part.get_content_type()
         if kind not in ("text/plain", "text/html"):
             continue
-        payload = _payload(part)[:budget]
+        payload = _payload(part, budget)[:budget]
         budget -= len(payload)
         yield _decode(payload, part.get_content_charset() or "us-ascii"), kind == "text/html"
 
 
-def _payload(part: Message) -> bytes:
-    """The part's body with its transfer encoding undone (a bad encoding gives what could be decoded)."""
+def _payload(part: Message, budget: int) -> bytes:
+    """
+    The part's body with its transfer encoding undone (a bad encoding gives
+    what could be decoded), at least its first C{budget} bytes: a longer
+    encoded body is cut first (at a line end, which keeps base64 whole)
+    to what can decode to C{budget}, so that decoding costs the bound, not
+    the part (quoted-printable takes at most 3 bytes a byte, base64 4 for 3).
+    """
+    raw = part.get_payload()
+    limit = 3 * budget + 1024
+    if isinstance(raw, str) and len(raw) > limit:
+        cut = raw.rfind("\n", 0, limit)
+        part.set_payload(raw[: cut + 1 if cut > 0 else limit])
     payload = part.get_payload(decode=True)
     return payload if isinstance(payload, bytes) else b""
 

@@ -110,3 +110,10 @@ def test_at_most_max_text_bytes_of_text() -> None:
 
 def test_a_message_without_mime_headers_is_plain_text() -> None:
     assert url_hosts(b"Subject: hi\r\n\r\nhttp://old.test/\r\n").domains == ("old.test",)
+
+
+def test_a_huge_base64_part_is_decoded_only_as_far_as_the_text_bound() -> None:
+    text = b"first http://early.test/ " + b"x" * 4_000_000 + b" http://late.test/"
+    raw = message(base64.encodebytes(text).replace(b"\n", b"\r\n"), encoding="base64")
+    assert url_hosts(raw, UrlBounds(max_text_bytes=64 * 1024)).domains == ("early.test",)
+    assert url_hosts(raw, UrlBounds(max_text_bytes=8 * 1024 * 1024)).domains == ("early.test", "late.test")
