@@ -47,6 +47,11 @@ AUTHENTICATION_FAILED: Final = "authentication.failed"
 # counts them by those two fields (mailapp.metrics.SPAM_DECISIONS).
 #: refused 554 5.7.1 for its listings; also: client, zone (the heaviest), score, listings (zone=code, ...), stage
 POSTSCREEN_DNSBL_REFUSED: Final = "postscreen.dnsbl_refused"
+#: a message refused 554 5.7.1 at the end of DATA for a URL in its body (reason dnsbl_url);
+#: also: client, what (``URL domain x.test``), zone (the heaviest URL listing), score, listings (zone=code, ...)
+POSTSCREEN_DNSBL_URL_REFUSED: Final = "postscreen.dnsbl_url_refused"
+#: a message whose URLs could not be read (counted 0); also: client, log_failure
+POSTSCREEN_DNSBL_URL_FAILED: Final = "postscreen.dnsbl_url_failed"
 #: a blocklist lookup that failed or timed out (counted 0); also: zone, name, error
 POSTSCREEN_DNSBL_FAILED: Final = "postscreen.dnsbl_failed"
 #: a list answered 127.255.255.x (over quota, or queried through an open resolver), counted 0; logged once per zone and code; also: zone, code

@@ -45,6 +45,7 @@ __all__ = ["SPAM_DECISIONS", "Metrics", "MetricsSite", "OutboundTLSMetrics", "bu
 #: ``mailapp_spam_decisions_total``. A new check adds its event here.
 SPAM_DECISIONS: tuple[str, ...] = (
     logevents.POSTSCREEN_DNSBL_REFUSED,
+    logevents.POSTSCREEN_DNSBL_URL_REFUSED,
     logevents.POSTSCREEN_GREYLISTED,
     logevents.POSTSCREEN_EARLY_TALKER,
     logevents.POSTSCREEN_UNAUTH_PIPELINING,

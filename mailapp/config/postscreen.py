@@ -3,9 +3,10 @@ The MX's checks before DATA (L{mailapp.postscreen}), in two sections:
 
   - ``[dnsbl]``: DNS blocklists, each a ``[dnsbl.lists."zone"]`` table
     (``kind = "ip"`` for a zen-style list of client addresses, ``"domain"``
-    for a DBL-style list of the HELO name and the MAIL FROM domain), with a
-    weight; a client whose listings weigh ``threshold`` or more is refused
-    ``554 5.7.1`` before DATA.
+    for a DBL-style list of the HELO name, the MAIL FROM domain and the
+    domains of the body's URLs), with a weight; a client whose listings
+    weigh ``threshold`` or more is refused ``554 5.7.1`` before DATA (or at
+    its end, for the URLs).
   - ``[greylisting]``: the first attempt of a new (client network, sender,
     recipient) triplet is answered ``451 4.7.1`` at RCPT until ``delay``
     has passed; off by default.
@@ -86,7 +87,7 @@ class Blocklist:
     """One list: what it is asked about, what a listing weighs, which answers count."""
 
     #: "ip": the client's address (reversed IPv4 octets, or IPv6 nibbles, under the zone);
-    #: "domain": the HELO name and the MAIL FROM domain under the zone.
+    #: "domain": the HELO name, the MAIL FROM domain and the body's URL domains under the zone.
     kind: str = field(default="ip", metadata=string(one_of("ip", "domain")))
     #: What a listing adds to the client's score (refused at ``threshold``).
     weight: int = field(default=1, metadata=integer(positive))
@@ -116,6 +117,16 @@ class DNSBLConfig:
     timeout_seconds: int = field(default=5, metadata=integer(positive))
     #: Clients never looked up, besides [relay] trusted_networks.
     exempt_networks: tuple[Network, ...] = field(default=_LOOPBACK, metadata=array(Items(STRING, (network,)), build=tuple))
+    #: At the end of DATA, look up the domains of the body's URLs in the domain
+    #: lists (and IP-literal URLs in the IP lists). On by default: it asks
+    #: nothing until a list is configured, and a DBL-style list is made for URLs.
+    check_urls: bool = field(default=True, metadata=boolean())
+    #: MIME parts of a message read for URLs (the rest is not).
+    url_max_parts: int = field(default=20, metadata=integer(positive))
+    #: KiB of decoded text read for URLs, over all its parts.
+    url_max_text_kib: int = field(default=512, metadata=integer(positive))
+    #: Distinct URL hosts (registrable domains and addresses) looked up per message.
+    url_max_domains: int = field(default=20, metadata=integer(positive))
 
 
 @dataclass(frozen=True)

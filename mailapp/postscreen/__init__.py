@@ -5,7 +5,8 @@ made before it may send a message, so that most spam never reaches DATA
 (and the content scanner).
 
   - L{mailapp.postscreen.blocklists}: DNS blocklists of client addresses
-    and domains, weighed against a threshold (``[dnsbl]``);
+    and domains, weighed against a threshold (``[dnsbl]``), and at the end
+    of DATA the domains of the body's URLs (L{mailapp.postscreen.urls});
   - L{mailapp.postscreen.earlytalk}: the greeting delay and the refusal of
     clients that talk early or pipeline unasked (``[postscreen]``);
   - L{mailapp.postscreen.screen}: what one MX listener keeps (L{Postscreen})

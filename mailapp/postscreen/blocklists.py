@@ -7,8 +7,10 @@ Two kinds of list (``[dnsbl.lists."zone"]``, L{mailapp.config.Blocklist}):
   - ``ip`` (Spamhaus ZEN style): the client's address under the zone,
     IPv4 as its reversed octets (``5.113.0.203.zen.test`` for 203.0.113.5),
     IPv6 as its 32 reversed nibbles (RFC 5782 2.1, 2.4);
-  - ``domain`` (Spamhaus DBL style): the HELO name and the MAIL FROM domain
-    under the zone (RFC 5782 2.3).
+  - ``domain`` (Spamhaus DBL style): the HELO name, the MAIL FROM domain
+    and, at the end of DATA, the registrable domains of the body's URLs
+    (L{mailapp.postscreen.urls}) under the zone (RFC 5782 2.3); an
+    IP-literal URL is asked of the ``ip`` lists.
 
 A listing is an A record in 127.0.0.0/8 (RFC 5782 2.1), only the configured
 C{codes} if there are any. ``127.255.255.x`` is what the Spamhaus lists
@@ -32,6 +34,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 from twisted.internet import defer
@@ -43,6 +46,7 @@ from twisted.python.failure import Failure
 from mailapp import logevents
 from mailapp.config import Blocklist, DNSBLConfig
 from mailapp.networks import client_address
+from mailapp.postscreen.urls import UrlHosts
 
 __all__ = ["BlocklistChecker", "Listing", "ScreenedClient", "domain_query", "ip_query"]
 
@@ -208,16 +212,42 @@ class ScreenedClient:
         lookups answered so far, without waiting for the others (at MAIL FROM:
         the previous transaction's sender is not held against the next one).
         """
-        return self._judge(cast("Listing | None", d.result) for d in self._client + self._helo if d.called)
+        return self._judge(_answer(d) for d in self._client + self._helo if _answered(d))
 
     def verdict(self) -> defer.Deferred[Refusal | None]:
         """Once every lookup started has answered or timed out: the refusal, or None."""
         lookups = self._lookups()
-        if all(d.called for d in lookups):
-            return defer.succeed(self._judge(cast("Listing | None", d.result) for d in lookups))
+        if all(_answered(d) for d in lookups):
+            return defer.succeed(self._judge(_answer(d) for d in lookups))
         # Chained onto copies: the session may ask again (another RCPT) and read .result of the originals.
         waits = [_copy(d) for d in lookups]
         return defer.gatherResults(waits).addCallback(self._judge)
+
+    def urls(self, hosts: UrlHosts) -> defer.Deferred[Refusal | None]:
+        """
+        At the end of DATA: ask the domain lists about the URL domains and the
+        IP lists about the IP-literal URLs, in parallel, each bounded. The
+        refusal weighs them with this transaction's other listings (address,
+        HELO name, sender domain: all answered by then, RCPT waited), each
+        zone once, and names the heaviest URL listing; None when no URL is
+        listed or the total stays under the threshold.
+        """
+        lookups: list[defer.Deferred[Listing | None]] = []
+        for domain in hosts.domains:
+            lookups += self._start("domain", partial(domain_query, domain), f"URL domain {domain}")
+        for address in hosts.addresses:
+            lookups += self._start("ip", partial(ip_query, address), f"URL address [{address}]")
+        before = [_answer(d) for d in self._lookups() if _answered(d)]
+
+        def judged(found: list[Listing | None]) -> Refusal | None:
+            listed = [listing for listing in found if listing is not None]
+            refusal = self._judge(before + found)
+            if refusal is None or not listed:
+                return None
+            heaviest = max(listed, key=lambda listing: listing.weight)
+            return Refusal(refusal.score, heaviest, refusal.listings)
+
+        return defer.gatherResults(lookups).addCallback(judged)
 
     def _judge(self, results: Iterable[Listing | None]) -> Refusal | None:
         heaviest: dict[str, Listing] = {}
@@ -229,6 +259,21 @@ class ScreenedClient:
             return None
         listings = tuple(sorted(heaviest.values(), key=lambda listing: -listing.weight))
         return Refusal(score, listings[0], listings)
+
+
+def _answered(d: defer.Deferred[Listing | None]) -> bool:
+    """
+    Whether the lookup C{d} has its answer. Not C{d.called} alone: the
+    server's resolver is a chain (/etc/hosts, a cache, the name servers)
+    whose Deferred fires at once with the next resolver's Deferred and waits
+    on it, called but without an answer.
+    """
+    return d.called and not isinstance(d.result, defer.Deferred)
+
+
+def _answer(d: defer.Deferred[Listing | None]) -> Listing | None:
+    """The answer of a lookup that L{_answered}."""
+    return cast("Listing | None", d.result)
 
 
 def _copy(d: defer.Deferred[Listing | None]) -> defer.Deferred[Listing | None]:

@@ -12,12 +12,16 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailapp import logevents
 from mailapp.config import DNSBLConfig, PostscreenConfig
+from mailapp.errors import MailError
 from mailapp.networks import in_networks
+from mailapp.pools import WorkerPools
 from mailapp.postscreen.blocklists import BlocklistChecker, Refusal, ScreenedClient
 from mailapp.postscreen.earlytalk import EARLY_TALKER, UNAUTH_PIPELINING, PassMemory, judged
+from mailapp.postscreen.urls import UrlBounds, UrlHosts, url_hosts
 
 __all__ = ["Postscreen", "SessionScreen"]
 
@@ -28,11 +32,14 @@ class Postscreen:
     """
     One MX listener's screening state, on its factory (kept across SIGHUP,
     which replaces only the policy that carries the config). C{resolver}
-    None: no DNS, so no blocklist is asked.
+    None: no DNS, so no blocklist is asked. C{pools}: where a message's
+    URLs are read (the parsing pool, whose cost a sender controls); None
+    reads them in the caller's thread (for tests of this class alone).
     """
 
-    def __init__(self, reactor: Any, resolver: Any) -> None:
+    def __init__(self, reactor: Any, resolver: Any, pools: WorkerPools | None = None) -> None:
         self.reactor = reactor
+        self.pools = pools
         self.blocklists = BlocklistChecker(reactor, resolver) if resolver is not None else None
         self.passes = PassMemory(reactor.seconds)
 
@@ -50,6 +57,7 @@ class SessionScreen:
 
     def __init__(self, postscreen: Postscreen, dnsbl: DNSBLConfig, config: PostscreenConfig, ip: str, trusted: bool) -> None:
         self._postscreen = postscreen
+        self._dnsbl = dnsbl
         self._config = config
         self._ip = ip
         self._judged = judged(config, ip, trusted, postscreen.passes)
@@ -97,6 +105,46 @@ class SessionScreen:
             stage=stage,
         )
         return refusal.reply()
+
+    def checksUrls(self) -> bool:
+        """Whether the end of DATA reads the message's URLs for the lists (so the message is held until then)."""
+        return self._lists is not None and self._dnsbl.check_urls
+
+    def urls(self, message: bytes) -> defer.Deferred[Refusal | None]:
+        """
+        At the end of DATA: the refusal the message's URL hosts call for, with
+        this transaction's other listings, or None. The URLs are read on the
+        parsing pool within C{[dnsbl]}'s bounds; a message that cannot be read
+        counts 0 (logged). Never fails.
+        """
+        lists = self._lists
+        if lists is None or not self._dnsbl.check_urls:
+            return defer.succeed(None)
+        dnsbl = self._dnsbl
+        bounds = UrlBounds(dnsbl.url_max_parts, dnsbl.url_max_text_kib * 1024, dnsbl.url_max_domains)
+        pools = self._postscreen.pools
+        read = pools.run(pools.parsing, url_hosts, message, bounds) if pools is not None else defer.maybeDeferred(url_hosts, message, bounds)
+
+        def unreadable(reason: Failure) -> UrlHosts:
+            _log.failure("the URLs of a message from {client} could not be read", reason, log_event=logevents.POSTSCREEN_DNSBL_URL_FAILED, client=self._ip)
+            return UrlHosts()
+
+        return read.addErrback(unreadable).addCallback(lists.urls)
+
+    def urlListed(self, refusal: Refusal) -> MailError:
+        """Log the refusal of a message for its URLs (at the end of DATA) and return its error (554 5.7.1)."""
+        _log.info(
+            "message from {client} refused at end of data: {what} listed by {zone} (score {score})",
+            log_event=logevents.POSTSCREEN_DNSBL_URL_REFUSED,
+            action="reject",
+            reason="dnsbl_url",
+            client=self._ip,
+            what=refusal.heaviest.what,
+            zone=refusal.heaviest.zone,
+            score=refusal.score,
+            listings=", ".join(f"{listing.zone}={listing.code}" for listing in refusal.listings),
+        )
+        return MailError(refusal.reply().decode("ascii").partition(" ")[2], code=554, enhanced="5.7.1")
 
     # -- the early talker ------------------------------------------------------------------
 

@@ -117,7 +117,7 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFacto
         guard=context.guard,
         freeSpace=context.store.freeSpace,
         inbound=inbound,
-        postscreen=Postscreen(context.reactor, dns.resolver if dns is not None else None) if listener.protocol == "smtp" else None,
+        postscreen=Postscreen(context.reactor, dns.resolver if dns is not None else None, context.pools) if listener.protocol == "smtp" else None,
         greylist=context.greylist if listener.protocol == "smtp" else None,
         scanner=context.scanner,
     )

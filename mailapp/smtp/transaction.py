@@ -391,9 +391,9 @@ class ESMTPServer(SMTPSession):
         message = txn.open()
         self._headerFrom = []
         received = self._receivedHeader(txn)
-        # A checked or scanned message is held until its Authentication-Results field
-        # and its scan are known (the end of data); memory bounded by max_message_size.
-        held = self._inbound is not None or self._scanned()
+        # A checked or scanned message is held until its Authentication-Results field,
+        # its URLs' listings and its scan are known (the end of data); memory bounded by max_message_size.
+        held = self._inbound is not None or self._scanned() or (self._screen is not None and self._screen.checksUrls())
         self._received = received if held else b""
         self._data = _DataReceiver(
             HeldMessage() if held else message,
@@ -452,6 +452,19 @@ class ESMTPServer(SMTPSession):
             return self._scan(txn, outcome.header, outcome.message, outcome.folder)
 
         return inbound.finish(held.data(), txn.queue_id).addCallback(verdict)
+
+    # -- the hook of the URL blocklists (mailapp.postscreen) ----------------------------
+
+    def _urlsListed(self, refusal: MailError | None, held: HeldMessage) -> Any:
+        """At the end of DATA, before the other checks: the body's URLs in the lists (554 5.7.1), else C{refusal}."""
+        screen = self._screen
+        if refusal is not None or screen is None:
+            return refusal
+
+        def judged(listed: Refusal | None) -> MailError | None:
+            return screen.urlListed(listed) if listed is not None else None
+
+        return screen.urls(held.data()).addCallback(judged)
 
     # -- the hook of the content scanner (mailapp.spam) -------------------------------
 
@@ -522,6 +535,9 @@ class ESMTPServer(SMTPSession):
             checked = defer.gatherResults(owners, consumeErrors=True).addCallback(
                 lambda answers: None if all(answers) else HeaderSenderNotOwned()
             )
+        if isinstance(receiver.message, HeldMessage) and self._screen is not None and self._screen.checksUrls():
+            # The URL lists first: cheaper than the authentication checks and the scan they spare.
+            checked.addCallback(self._urlsListed, receiver.message)
         if inbound is not None:
             checked.addCallback(self._authenticate, inbound, receiver.message, txn)
         elif isinstance(receiver.message, HeldMessage):

@@ -49,7 +49,7 @@ def test_reload_turns_the_checks_before_data_on_for_new_sessions_and_keeps_their
     path.write_text(
         _config(
             tmp_path,
-            '[dnsbl.lists."zen.test"]\nweight = 2\n[greylisting]\nenabled = true\n[postscreen]\ngreeting_delay = 6\n',
+            '[dnsbl]\ncheck_urls = false\nurl_max_domains = 5\n[dnsbl.lists."zen.test"]\nweight = 2\n[greylisting]\nenabled = true\n[postscreen]\ngreeting_delay = 6\n',
         )
     )
     result = root.reload()
@@ -58,6 +58,7 @@ def test_reload_turns_the_checks_before_data_on_for_new_sessions_and_keeps_their
     assert {"dnsbl", "greylisting", "postscreen"} <= set(result.applied)
     assert result.needs_restart == []
     assert factory.policy.dnsbl.lists["zen.test"].weight == 2
+    assert (factory.policy.dnsbl.check_urls, factory.policy.dnsbl.url_max_domains) == (False, 5)
     assert factory.policy.greylisting.enabled
     assert factory.policy.postscreen.greeting_delay == 6
     assert factory.postscreen is postscreen and factory.greylist is greylist

@@ -7,7 +7,9 @@ that lists host C's address.
   - C, on a listed address, is refused ``554 5.7.1`` before DATA;
   - D, a real client, is greylisted (a short delay): ``451 4.7.1``, then its
     retry after the delay is accepted and the message stored;
-  - E talks before the (delayed) greeting: ``554 5.5.1``, and the connection closes.
+  - E talks before the (delayed) greeting: ``554 5.5.1``, and the connection closes;
+  - D's message linking a domain that a domain zone, ``dbl.rig.test``, lists
+    is refused ``554 5.7.1`` at the end of DATA.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ GREYLIST_DELAY = 3
 _EXTRA = f"""
 [dnsbl.lists."bl.rig.test"]
 codes = ["127.0.0.2"]
+
+[dnsbl.lists."dbl.rig.test"]
+kind = "domain"
 
 [greylisting]
 enabled = true
@@ -57,6 +62,7 @@ class World:
             {
                 "b.test": mail_domain("b.test", b),
                 "bl.rig.test": [(f"{_reversed(self.c.ipv4)}.bl.rig.test", "A", "127.0.0.2")],
+                "dbl.rig.test": [("listed-url.test.dbl.rig.test", "A", "127.0.1.2")],
             }
         )
         self.server_b = MailServer(b, "b.test", extra=_EXTRA)
@@ -93,8 +99,8 @@ print(json.dumps({"codes": codes, "reply": reply.decode(), "greeted": greeted}))
 """
 
 
-def _send(world: World, host: Host, sender: str) -> dict[str, Any]:
-    message = f"From: {sender}\r\nTo: {BOB}\r\nSubject: hello from {sender}\r\n\r\nHello.\r\n"
+def _send(world: World, host: Host, sender: str, text: str = "Hello.") -> dict[str, Any]:
+    message = f"From: {sender}\r\nTo: {BOB}\r\nSubject: hello from {sender}\r\n\r\n{text}\r\n"
     result: dict[str, Any] = host.python(
         _SEND, {"address": world.b.ipv4, "helo": host.hostname, "sender": sender, "recipient": BOB, "message": message}
     )
@@ -144,3 +150,14 @@ def test_an_early_talker_is_refused_and_disconnected(world: World) -> None:
     assert received == "554 5.5.1 Protocol error: talked before the greeting\r\n"
     assert time.monotonic() - started < 15
     assert "talked" in world.server_b.log()
+
+
+def test_a_message_linking_a_listed_domain_is_refused_at_the_end_of_data(world: World) -> None:
+    text = "Cheap offer: https://www.offer.listed-url.test/buy?now=1"
+    result = _send(world, world.d, "alice@d.test", text)
+    if result["codes"] == [250, 250, 451]:  # run alone: D's network is greylisted first
+        time.sleep(GREYLIST_DELAY + 0.5)
+        result = _send(world, world.d, "alice@d.test", text)
+    assert result["codes"] == [250, 250, 250, 554], result
+    assert result["reply"] == "5.7.1 Service unavailable; URL domain listed-url.test blocked using dbl.rig.test", result
+    assert "refused at end of data: URL domain listed-url.test listed by dbl.rig.test" in world.server_b.log()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.names import dns
+from twisted.names.error import DNSNameError
 from twisted.trial.unittest import TestCase
 
 from mailapp import logevents
@@ -53,6 +55,16 @@ def mx(sections: str, resolver: FakeResolver | None = None, clock: Clock | None 
 
 ZEN = '[dnsbl.lists."zen.test"]\n'
 DBL = '[dnsbl.lists."dbl.test"]\nkind = "domain"\n'
+
+
+class _Chained:
+    """A resolver whose answers come as twisted.names' ResolverChain gives them: a fired Deferred chained to the next one's."""
+
+    def __init__(self, resolver: FakeResolver) -> None:
+        self.resolver = resolver
+
+    def lookupAddress(self, name: str, timeout: Any = None) -> Any:
+        return defer.fail(DNSNameError(name)).addErrback(lambda _: self.resolver.lookupAddress(name, timeout))
 
 
 class Events:
@@ -127,6 +139,21 @@ class BlocklistTests(SessionTestCase):
         [held] = resolver.held
         held.callback(([dns.RRHeader(b"5.113.0.203.zen.test", dns.A, dns.IN, 60, dns.Record_A("127.0.0.2"))], [], []))
         self.assertEqual(session.replies(), [b"554 5.7.1 Service unavailable; client [203.0.113.5] blocked using zen.test"])
+
+    def test_a_lookup_answered_through_a_resolver_chain_is_judged_only_once_it_has_answered(self) -> None:
+        # The server's resolver is a ResolverChain (/etc/hosts, cache, name servers): its
+        # Deferred has fired already with the next resolver's Deferred while that one waits.
+        resolver = FakeResolver(ZONES, unanswered=["spam.test.dbl.test"])
+        factory, _ = mx("[dnsbl]\n" + DBL, resolver=_Chained(resolver))  # type: ignore[arg-type]
+        session = self.connect(factory, CLEAN)
+        self.talk(session, b"EHLO spam.test", b"MAIL FROM:<bob@a.test>")
+        self.assertEqual(session.codes()[-1], b"250")
+        session.clear()
+        session.send(b"RCPT TO:<alice@example.test>\r\n")
+        self.assertEqual(session.replies(), [])
+        [held] = resolver.held
+        held.callback(([dns.RRHeader(b"spam.test.dbl.test", dns.A, dns.IN, 60, dns.Record_A("127.0.1.2"))], [], []))
+        self.assertEqual(session.replies(), [b"554 5.7.1 Service unavailable; HELO name spam.test blocked using dbl.test"])
 
     def test_a_list_that_times_out_counts_zero_and_is_logged(self) -> None:
         resolver = FakeResolver(ZONES, unanswered=["zen.test"])

@@ -34,6 +34,28 @@ def test_by_default_no_list_is_asked_and_no_client_is_delayed_or_judged() -> Non
     assert parsed.dnsbl.exempt_networks == loopback == parsed.postscreen.exempt_networks
 
 
+def test_urls_are_checked_by_default_within_safe_bounds() -> None:
+    parsed = config("")
+    assert parsed.dnsbl.check_urls is True
+    assert (parsed.dnsbl.url_max_parts, parsed.dnsbl.url_max_text_kib, parsed.dnsbl.url_max_domains) == (20, 512, 20)
+    changed = config("[dnsbl]\ncheck_urls = false\nurl_max_parts = 5\nurl_max_text_kib = 64\nurl_max_domains = 8\n")
+    assert (changed.dnsbl.check_urls, changed.dnsbl.url_max_parts, changed.dnsbl.url_max_text_kib, changed.dnsbl.url_max_domains) == (
+        False,
+        5,
+        64,
+        8,
+    )
+
+
+def test_bad_url_bounds_are_each_a_problem() -> None:
+    assert problems_of('[dnsbl]\ncheck_urls = "yes"\nurl_max_parts = 0\nurl_max_text_kib = -1\nurl_max_domains = "20"\n') == [
+        "etc/test.toml: dnsbl.check_urls: must be a boolean, not a string ('yes')",
+        "etc/test.toml: dnsbl.url_max_parts: must be a positive integer, not 0",
+        "etc/test.toml: dnsbl.url_max_text_kib: must be a positive integer, not -1",
+        "etc/test.toml: dnsbl.url_max_domains: must be an integer, not a string ('20')",
+    ]
+
+
 def test_lists_are_read_with_their_kind_weight_and_codes() -> None:
     parsed = config(
         '[dnsbl]\nthreshold = 3\n[dnsbl.lists."zen.test"]\nweight = 2\ncodes = ["127.0.0.2", "127.0.0.4"]\n'
