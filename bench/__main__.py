@@ -25,6 +25,7 @@ from typing import Any, Callable
 import twisted
 
 from bench import server as bench_server
+from bench.submission import submission_dkim_workload
 
 USERS = [f"bench{i}@example.test" for i in range(10)]
 ROOT = Path(__file__).resolve().parent.parent
@@ -315,6 +316,11 @@ def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, 
         "relay": (f"relay, {args.relay_messages} x 4 KiB from A's queue into B (loopback, STARTTLS)", relay_workload(args.relay_messages, 4096, args.relay_connections)),
         "null-sink-4k": (f"generator alone against a null sink, {n} x 4 KiB", null_sink_workload(n, 4096, args.concurrency, 50)),
         "dkim-sign": ("DKIM signatures of a 4 KiB message, 1,000 per algorithm, in-process", dkim_sign_workload(1000)),
+        "submission-dkim": (
+            f"submission (AUTH PLAIN) to remote recipients, queued durably, {n} x 4 KiB, {args.concurrency} connections, "
+            "50 per connection: [dkim] sign = false and true, one server each, alternately",
+            submission_dkim_workload(n, 4096, args.concurrency, 50),
+        ),
     }
 
 
@@ -357,6 +363,12 @@ FIGURES = [
     ("ed25519_sha256_ms", "ed25519 ms", "{:.2f}"),
     ("both_ms", "both (1 msg) ms", "{:.2f}"),
     ("rsa_sha256_dkimpy_pure_python_ms", "pure-Py RSA ms", "{:.1f}"),
+    ("unsigned_messages_per_second", "unsigned msg/s", "{:.0f}"),
+    ("signed_messages_per_second", "signed msg/s", "{:.0f}"),
+    ("signed_share", "signed/unsigned", "{:.2f}"),
+    ("unsigned_server_cpu_ms_per_message", "unsigned CPU ms", "{:.2f}"),
+    ("signed_server_cpu_ms_per_message", "signed CPU ms", "{:.2f}"),
+    ("load_average_before", "load avg (1 min)", "{:.2f}"),
 ]
 
 
