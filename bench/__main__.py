@@ -296,7 +296,7 @@ def relay_workload(count: int, size: int, connections: int | None = None) -> Cal
 
 
 def dkim_sign_workload(count: int) -> Callable[[Path, float], dict[str, Any]]:
-    """DKIM signing measured directly (there is no submission-to-relay workload): L{bench.dkim_sign}."""
+    """DKIM signing measured directly, in-process (the server-level figure is submission-dkim): L{bench.dkim_sign}."""
 
     def run(workdir: Path, timeout: float) -> dict[str, Any]:
         return _run_json([sys.executable, "-m", "bench.dkim_sign", "--count", str(count)], timeout, "dkim signing")

@@ -1,6 +1,6 @@
 """
 ``python -m bench.dkim_sign``: the cost of DKIM-signing one message, measured
-directly (the bench has no submission-to-relay workload): 1,000 signatures
+directly (the server-level figure is the submission-dkim workload, L{bench.submission}): 1,000 signatures
 of a 4 KiB message with each algorithm, as L{mailapp.dkim.signing} makes
 them, and dkimpy's own pure-Python RSA for comparison. Also how much of
 the signing holds the GIL: a thread counting in a loop while another signs,
