@@ -1,7 +1,7 @@
 """
-DKIM signing (L{mailapp.dkim}): the signatures dkimpy makes with our keys
-verify, oversign what they promise, and the RSA signature made by OpenSSL is
-dkimpy's own byte for byte; the Router signs the remote copies of mail from
+DKIM signing (L{mailapp.dkim}): the signatures made with our keys verify,
+oversign what they promise, and are dkimpy's own (C{dkim.DKIM.sign}'s) byte
+for byte, for both algorithms and messages of every shape; the Router signs the remote copies of mail from
 one of ours (submission, DSNs) before the queue's copy is durable, and
 refuses (451) rather than send unsigned when signing fails.
 """
@@ -19,7 +19,7 @@ from zope.interface.verify import verifyObject
 from mailapp import logevents
 from mailapp.dkim import DkimSigner, KeyStore
 from mailapp.dkim.keys import ED25519, RSA, SigningKeys
-from mailapp.dkim.signing import from_domain, sign_message, sign_one
+from mailapp.dkim.signing import dkimpy_sign_one, from_domain, sign_message, sign_one
 from mailapp.errors import MailError
 from mailapp.interfaces import IMessageSigner
 from mailapp.relay import bounce
@@ -69,10 +69,61 @@ def test_both_signatures_verify_with_dkimpy(keys: SigningKeys) -> None:
     assert b"t" in verifier.signature_fields
 
 
-def test_the_openssl_rsa_signature_is_dkimpys_own(keys: SigningKeys, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dkim.time, "time", lambda: 1_796_126_620.0)
-    [rsa] = [key for key in keys.keys if key.algorithm == RSA]
-    assert sign_one(MESSAGE, rsa) == sign_one(MESSAGE, rsa, use_openssl=False)
+#: Messages whose canonical forms differ from their raw ones in every way
+#: relaxed/relaxed allows for: folded and repeated fields, runs of white
+#: space, upper-case names, fields not signed, trailing white space and
+#: empty lines, an empty body, no body at all, a long subject that folds.
+SHAPES = {
+    "plain": MESSAGE,
+    "folded, repeated, spaced": (
+        b"Received: from x by y; Tue, 01 Dec 2026 10:00:00 +0000\r\n"
+        b"FROM:   Alice \t <alice@a.test>  \r\n"
+        b"To: bob@b.test,\r\n\tcarol@c.test\r\n"
+        b"Cc: dave@d.test\r\n"
+        b"Reply-To: <alice@a.test>\r\n"
+        b"X-Mailer: something not signed\r\n"
+        b"Subject: " + b"a long subject " * 12 + b"\r\n"
+        b"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\n"
+        b"Message-ID: <2@a.test>\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain;\r\n charset=utf-8\r\n"
+        b"Received: from z by y; Tue, 01 Dec 2026 10:00:01 +0000\r\n"
+        b"\r\n"
+        b"line with trailing space   \r\n\tindented\t\ttabs \r\n\r\n"
+        b"  \r\nlast\r\n\r\n\r\n \r\n"
+    ),
+    "empty body": b"From: alice@a.test\r\nSubject: empty\r\n\r\n",
+    "no body": b"From: alice@a.test\r\nSubject: none\r\n",
+    "no final CRLF": b"From: alice@a.test\r\n\r\nno line end",
+    "4 KiB": b"From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: bench\r\n\r\n" + (b"y" * 76 + b"\r\n") * 52,
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("algorithm", [RSA, ED25519])
+def test_each_signature_is_dkimpys_own_byte_for_byte(keys: SigningKeys, monkeypatch: pytest.MonkeyPatch, algorithm: str, shape: str) -> None:
+    monkeypatch.setattr(dkim.time, "time", lambda: 1_796_126_620.7)
+    [key] = [key for key in keys.keys if key.algorithm == algorithm]
+    message = SHAPES[shape]
+    assert sign_one(message, key) == dkimpy_sign_one(message, key)
+    assert sign_one(message, key, now=1_796_126_620) == dkimpy_sign_one(message, key)
+
+
+def test_a_message_signed_with_both_keys_at_once_is_signed_as_dkimpy_signs_each(keys: SigningKeys) -> None:
+    now = 1_796_126_620.0
+    message = SHAPES["folded, repeated, spaced"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dkim.time, "time", lambda: now)
+        expected = b"".join(dkimpy_sign_one(message, key) for key in keys.keys)
+    assert sign_message(message, keys, now=now) == expected
+
+
+def test_a_header_line_without_a_colon_is_refused_as_dkimpy_refuses_it(keys: SigningKeys) -> None:
+    broken = b"From: alice@a.test\r\nno colon here\r\n\r\nbody\r\n"
+    with pytest.raises(dkim.MessageFormatError):
+        dkimpy_sign_one(broken, keys.keys[0])
+    with pytest.raises(dkim.MessageFormatError):
+        sign_message(broken, keys)
 
 
 def test_from_to_subject_date_and_message_id_are_oversigned(keys: SigningKeys) -> None:
