@@ -30,26 +30,22 @@ it never stops the server.
 
 from __future__ import annotations
 
-import errno
-import io
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from mailapp import logevents
-from mailapp.tracefields import return_path_length
-from mailapp.store import durable, messagefile
-from mailapp.store.batching import BatchRunner
+from mailapp.store import durable
+from mailapp.relay.queuefiles import BatchWriter, Job, Prefixed, WireCopy, write_file
 
 __all__ = [
     "DELIVERED",
@@ -332,7 +328,7 @@ def remove_stale(layout: QueueLayout, keep: set[str] | None = None, now: float |
 def write_envelope_sync(layout: QueueLayout, envelope: Envelope, use_syncfs: bool = False) -> None:
     """Replace an envelope atomically and durably (for the admin command with the server stopped)."""
     temporary = layout.tmp / f"{envelope.id}.json.{os.getpid()}"
-    _write_file(temporary, envelope.to_bytes())
+    write_file(temporary, envelope.to_bytes())
     durable.sync_files([temporary], layout.root, use_syncfs)
     durable.rename(temporary, layout.envelope(envelope.id))
     durable.sync_directories([layout.envelopes], layout.root, use_syncfs)
@@ -343,155 +339,6 @@ def remove_entry_sync(layout: QueueLayout, entry_id: str, use_syncfs: bool = Fal
     durable.unlink(layout.envelope(entry_id))
     durable.unlink(layout.message(entry_id))
     durable.sync_directories([layout.envelopes, layout.messages], layout.root, use_syncfs)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        durable.write_all(fd, data)
-    finally:
-        os.close(fd)
-
-
-@dataclass(frozen=True)
-class _WireCopy:
-    """A spool file stored with LF (for the Maildir): the queue's copy is written in wire form."""
-
-    source: Path
-    wire_size: int
-
-
-def _copy_in_wire_form(content: _WireCopy, target: Path) -> None:
-    with messagefile.open_message(content.source, content.wire_size) as source:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            while chunk := source.read(messagefile.CHUNK_SIZE):
-                durable.write_all(fd, chunk)
-        finally:
-            os.close(fd)
-
-
-@dataclass(frozen=True)
-class _Prefixed:
-    """A message file that starts with header fields of ours (DKIM signatures), then the message."""
-
-    header: bytes
-    content: bytes | Path | _WireCopy
-
-
-def _write_prefixed(content: _Prefixed, target: Path) -> None:
-    """
-    The header fields go below the copy's leading ``Return-Path:``, so that
-    the relay client still finds that trace field at the top and strips it
-    (RFC 5321 4.4) instead of sending it on under our signatures.
-    """
-    inner = content.content
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        source: IO[bytes]
-        if isinstance(inner, bytes):
-            source = io.BytesIO(inner)
-        elif isinstance(inner, _WireCopy):
-            source = messagefile.open_message(inner.source, inner.wire_size)
-        else:
-            source = open(inner, "rb")
-        with source:
-            first = source.read(messagefile.CHUNK_SIZE)
-            cut = return_path_length(first)
-            durable.write_all(fd, first[:cut])
-            durable.write_all(fd, content.header)
-            durable.write_all(fd, first[cut:])
-            while chunk := source.read(messagefile.CHUNK_SIZE):
-                durable.write_all(fd, chunk)
-    finally:
-        os.close(fd)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError as error:
-        if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-            raise
-        shutil.copyfile(source, target)
-
-
-# -- the batched writer -----------------------------------------------------------
-
-
-@dataclass
-class _Job:
-    """
-    File changes made durable together: C{writes} (target, bytes or a file to
-    link/copy) are written and synced, then C{renames} done and C{unlinks}
-    removed, then every touched directory synced.
-    """
-
-    writes: list[tuple[Path, bytes | Path | _WireCopy | _Prefixed]] = field(default_factory=list)
-    renames: list[tuple[Path, Path]] = field(default_factory=list)
-    unlinks: list[Path] = field(default_factory=list)
-
-
-def _run_jobs(jobs: list[_Job], anchor: Path, use_syncfs: bool) -> list[BaseException | None]:
-    """Worker thread: one batch, with one file sync and one directory sync for all of it."""
-    failed: dict[int, BaseException] = {}
-    written: list[tuple[int, Path]] = []
-    for number, job in enumerate(jobs):
-        for target, content in job.writes:
-            try:
-                if isinstance(content, bytes):
-                    _write_file(target, content)
-                elif isinstance(content, _WireCopy):
-                    _copy_in_wire_form(content, target)
-                elif isinstance(content, _Prefixed):
-                    _write_prefixed(content, target)
-                else:
-                    _link_or_copy(content, target)
-                written.append((number, target))
-            except BaseException as error:
-                failed[number] = error
-                break
-    if written:
-        try:
-            durable.sync_files([path for _, path in written], anchor, use_syncfs)
-        except BaseException as error:
-            for number, _ in written:
-                failed.setdefault(number, error)
-    directories: set[Path] = {path.parent for number, path in written if number not in failed}
-    changed_names = False
-    for number, job in enumerate(jobs):
-        if number in failed:
-            continue
-        try:
-            for source, target in job.renames:
-                durable.rename(source, target)
-                directories.add(target.parent)
-                changed_names = True
-            for path in job.unlinks:
-                durable.unlink(path)
-                directories.add(path.parent)
-                changed_names = True
-        except BaseException as error:
-            failed[number] = error
-    # With syncfs the file sync above already made new names durable; only
-    # renames and unlinks made after it need another.
-    if directories and (changed_names or not use_syncfs):
-        try:
-            durable.sync_directories(sorted(directories), anchor, use_syncfs)
-        except BaseException as error:
-            for number in range(len(jobs)):
-                failed.setdefault(number, error)
-    for number, path in written:
-        if number in failed:
-            durable.unlink(path)
-    return [failed.get(number) for number in range(len(jobs))]
-
-
-class _BatchWriter(BatchRunner[_Job]):
-    """Jobs that arrive while a batch runs form the next batch (group commit)."""
-
-    def __init__(self, reactor: Any, threadpool: Any, anchor: Path, use_syncfs: bool) -> None:
-        super().__init__(reactor, threadpool, lambda jobs: _run_jobs(jobs, anchor, use_syncfs))
 
 
 # -- the queue as the server uses it ----------------------------------------------
@@ -519,7 +366,7 @@ class Queue:
         self.reactor = reactor
         self.threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
         self.use_syncfs = durable.has_syncfs() if use_syncfs is None else use_syncfs
-        self._writer = _BatchWriter(reactor, self.threadpool, self.layout.root, self.use_syncfs)
+        self._writer = BatchWriter(reactor, self.threadpool, self.layout.root, self.use_syncfs)
         self._subscribers: list[Callable[[Envelope], None]] = []
 
     def subscribe(self, listener: Callable[[Envelope], None]) -> None:
@@ -556,23 +403,23 @@ class Queue:
         )
         pending = getattr(message, "pending", None)
         stored_size = getattr(message, "stored_size", None)
-        content: bytes | Path | _WireCopy
+        content: bytes | Path | WireCopy
         if pending is not None:
             content = pending
         elif stored_size is not None and stored_size != message.size:
             # The spool file has LF line ends, for the Maildir: a link would
             # hand the relay client a file it cannot send as it is.
-            content = _WireCopy(Path(message.path), int(message.size))
+            content = WireCopy(Path(message.path), int(message.size))
         else:
             content = Path(message.path)
-        written: bytes | Path | _WireCopy | _Prefixed = _Prefixed(header, content) if header else content
+        written: bytes | Path | WireCopy | Prefixed = Prefixed(header, content) if header else content
         temporary = self.layout.tmp / f"{entry_id}.json"
-        job = _Job(writes=[(self.layout.message(entry_id), written), (temporary, envelope.to_bytes())])
+        job = Job(writes=[(self.layout.message(entry_id), written), (temporary, envelope.to_bytes())])
         return self._writer.submit(job).addCallback(lambda _: Prepared(envelope, temporary))
 
     def publish(self, prepared: Prepared) -> Deferred[None]:
         """Make a prepared entry exist (rename, directory sync), then tell the subscribers."""
-        job = _Job(renames=[(prepared.temporary, self.layout.envelope(prepared.envelope.id))])
+        job = Job(renames=[(prepared.temporary, self.layout.envelope(prepared.envelope.id))])
 
         def published(_: None) -> None:
             _log.debug(
@@ -588,18 +435,18 @@ class Queue:
 
     def discard(self, prepared: Prepared) -> Deferred[None]:
         """Forget a prepared entry (its local copies could not be made)."""
-        return self._writer.submit(_Job(unlinks=[prepared.temporary, self.layout.message(prepared.envelope.id)]))
+        return self._writer.submit(Job(unlinks=[prepared.temporary, self.layout.message(prepared.envelope.id)]))
 
     def save(self, envelope: Envelope) -> Deferred[None]:
         """Replace an entry's envelope atomically and durably."""
         temporary = self.layout.tmp / f"{envelope.id}.json.update"
         return self._writer.submit(
-            _Job(writes=[(temporary, envelope.to_bytes())], renames=[(temporary, self.layout.envelope(envelope.id))])
+            Job(writes=[(temporary, envelope.to_bytes())], renames=[(temporary, self.layout.envelope(envelope.id))])
         )
 
     def remove(self, entry_id: str) -> Deferred[None]:
         """Remove an entry: its envelope, then its message file."""
-        return self._writer.submit(_Job(unlinks=[self.layout.envelope(entry_id), self.layout.message(entry_id)]))
+        return self._writer.submit(Job(unlinks=[self.layout.envelope(entry_id), self.layout.message(entry_id)]))
 
     def load(self) -> Deferred[list[Envelope]]:
         """Every valid entry (corrupt ones quarantined, stale left-overs removed)."""
