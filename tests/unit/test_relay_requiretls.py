@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
 from mailapp.relay.queue import FAILED, Envelope, Recipient, read_envelope
-from tests.relay_helpers import B_HOP, OK, FakeClient, FakeNetwork, Harness
+from tests.relay_helpers import raise_if_failed, B_HOP, OK, FakeClient, FakeNetwork, Harness
 
 
 class TLSClient(FakeClient):
@@ -56,10 +55,7 @@ def _submit(h: Harness, requiretls: bool) -> str:
     assert transaction.addRecipient("bob@b.test").called
     message = transaction.open()
     message.write(b"Subject: secret\r\n\r\nHi.\r\n")
-    committed = transaction.commit()
-    if isinstance(committed.result, Failure):
-        committed.result.raiseException()
-    return str(committed.result)
+    return str(raise_if_failed(transaction.commit(), "commit"))
 
 
 def _harness(tmp_path: Path, **network: bool) -> Harness:
