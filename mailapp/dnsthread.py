@@ -286,3 +286,13 @@ class ServiceDNS:
         (L{LookupBudget}) to bound what it may spend.
         """
         return self.lookup(budget).txt
+
+    def txt(self, name: bytes | str, timeout: float | None = None) -> bytes | None:
+        """
+        dkimpy's C{dnsfunc} for code that keeps one for the server's whole
+        life (the MX's ARC verifier, the ARC sealer, which bound their own
+        time per message): each call is a fresh L{ThreadedLookup}, so that
+        no failure note or query count piles up across messages, with the
+        shared answer cache.
+        """
+        return self.lookup().txt(name, timeout)

@@ -415,7 +415,7 @@ def _forward_sealer(config: Config, reactor: IServiceReactor, threadpool: Thread
     from mailapp.dkim import KeyStore
 
     keys = DkimKeys(KeyStore(config.state_dir))
-    return sealing.ForwardSealer(ARCSealer(reactor, threadpool, keys, config.hostname, dns.dnsfunc()))
+    return sealing.ForwardSealer(ARCSealer(reactor, threadpool, keys, config.hostname, dns.txt))
 
 
 def _build_relay(

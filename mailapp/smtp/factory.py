@@ -99,7 +99,7 @@ def buildFactory(context: ServiceContext, listener: ListenerConfig) -> SMTPFacto
     if listener.protocol == "smtp" and dns is not None:
         # ARC (RFC 8617) is verified beside SPF, DKIM and DMARC, on the same pool and
         # DNS, and reported as the header's arc= clause (it does not change DMARC's verdict).
-        verifier = ARCVerifier(context.reactor, context.pools.authentication, dns.dnsfunc())
+        verifier = ARCVerifier(context.reactor, context.pools.authentication, dns.txt)
         inbound = InboundChecks(
             context.reactor,
             dns,

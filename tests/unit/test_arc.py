@@ -224,23 +224,46 @@ def test_lookups_stop_at_the_budget_and_the_chain_fails() -> None:
     assert time.monotonic() - started < 0.65  # four lookups without the budget: 0.8 s
 
 
-class ResolverTXTTests(unittest.TestCase):
-    """dkimpy's DNS function over a twisted.names-style resolver, called from a worker thread."""
+class ServerDNSFunctionTests(unittest.TestCase):
+    """The dkimpy DNS function ARC is given (L{ServiceDNS.txt}): the server's resolver, called from a worker thread."""
 
     @defer.inlineCallbacks
     def test_txt_found_missing_and_timing_out(self) -> Any:
         from twisted.internet.threads import deferToThread
 
-        from mailapp.authentication.txtlookup import ResolverTXT
+        from mailapp.dnsthread import ServiceDNS
         from tests.unit.test_spf_conformance import SilentResolver, ZoneResolver
 
-        lookup = ResolverTXT(reactor, ZoneResolver({"arc._domainkey.b.test": [{"TXT": ["v=DKIM1; ", "p=AB"]}]}))
+        lookup = ServiceDNS(reactor, ZoneResolver({"arc._domainkey.b.test": [{"TXT": ["v=DKIM1; ", "p=AB"]}]})).txt
         found = yield deferToThread(lookup, b"arc._domainkey.b.test.")
         missing = yield deferToThread(lookup, b"other._domainkey.b.test.")
         self.assertEqual((found, missing), (b"v=DKIM1; p=AB", None))
-        silent = ResolverTXT(reactor, SilentResolver(), query_timeout=0.5)
+        silent = ServiceDNS(reactor, SilentResolver(), query_timeout=0.5).txt
         with self.assertRaises(dkim.DnsTimeoutError):
             yield deferToThread(silent, b"arc._domainkey.b.test.")
+
+    @defer.inlineCallbacks
+    def test_each_query_is_a_lookup_of_its_own(self) -> Any:
+        """Kept for the server's life, it must not keep what each query noted (a failure, a count)."""
+        from twisted.internet.threads import deferToThread
+
+        from mailapp.dnsthread import ServiceDNS
+        from tests.unit.test_spf_conformance import SilentResolver
+
+        dns_ = ServiceDNS(reactor, SilentResolver(), query_timeout=0.5)
+        made: list[Any] = []
+        real = dns_.lookup
+
+        def lookup(budget: Any = None) -> Any:
+            made.append(real(budget))
+            return made[-1]
+
+        dns_.lookup = lookup  # type: ignore[method-assign]
+        for _ in range(2):
+            with self.assertRaises(dkim.DnsTimeoutError):
+                yield deferToThread(dns_.txt, b"arc._domainkey.b.test.")
+        self.assertEqual(len(made), 2)
+        self.assertEqual([len(m.failures) for m in made], [1, 1])
 
 
 def test_results_of_ours_below_a_received_field_came_from_outside_and_are_not_sealed() -> None:
