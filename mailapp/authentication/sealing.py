@@ -21,7 +21,6 @@ the ARC set on top of the message, exactly as sealed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -72,7 +71,7 @@ class ForwardSealer:
         if int(message.size) > self.max_size:
             _unsealed(queue_id, domain, f"{message.size} bytes: larger than the {self.max_size} sealed")
             return succeed(message)
-        d = deferToThreadPool(sealer.reactor, sealer.pool(), _read_wire_form, message)
+        d = deferToThreadPool(sealer.reactor, sealer.pool(), messagefile.wire_bytes, message)
         d.addCallback(lambda wire: sealer.seal(_below_return_path(wire)[1], domain).addCallback(lambda outcome: (wire, outcome)))
 
         def sealed(result: tuple[bytes, SealOutcome]) -> Any:
@@ -113,15 +112,3 @@ def _below_return_path(wire: bytes) -> tuple[bytes, bytes]:
     """(our ``Return-Path:`` field, the rest): the seal goes below the trace field the relay strips."""
     end = return_path_length(wire)
     return wire[:end], wire[end:]
-
-
-def _read_wire_form(message: Any) -> bytes:
-    """Blocking: the whole message as sent (CRLF), from memory or from its spool file."""
-    pending = getattr(message, "pending", None)
-    if pending is not None:
-        return bytes(pending)
-    path = getattr(message, "path", None)
-    if path is not None:
-        with messagefile.open_message(Path(path), int(message.size)) as source:
-            return source.read()
-    return bytes(message.data())  # the in-memory writer of mailapp.testing

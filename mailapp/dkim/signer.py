@@ -11,7 +11,6 @@ signature in them.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import dkim
@@ -27,25 +26,9 @@ from mailapp.dkim.signing import from_domain, sign_message
 from mailapp.interfaces import IMessageSigner, IMessageWriter
 from mailapp.store import messagefile
 
-__all__ = ["DkimSigner", "wire_bytes"]
+__all__ = ["DkimSigner"]
 
 _log = Logger()
-
-
-def wire_bytes(message: Any) -> bytes:
-    """
-    The whole message in wire form (CRLF): what the relay will send. An
-    L{IMessageWriter} keeps a small one in memory (C{pending}, or a fake's
-    C{data()}), a large one in its spool file, perhaps with LF line ends.
-    """
-    pending = getattr(message, "pending", None)
-    if pending is not None:
-        return bytes(pending)
-    data = getattr(message, "data", None)
-    if callable(data):
-        return bytes(data())
-    with messagefile.open_message(Path(message.path), int(message.size)) as file:
-        return file.read()
 
 
 @implementer(IMessageSigner)
@@ -71,7 +54,7 @@ class DkimSigner:
         return deferToThreadPool(self._reactor, self._threadpool, self._sign, message, queue_id)
 
     def _sign(self, message: IMessageWriter, queue_id: str) -> bytes:
-        data = wire_bytes(message)
+        data = messagefile.wire_bytes(message)
         domain = from_domain(data)
         keys = self.keys.signing_keys_for(domain) if domain is not None else None
         if keys is None:

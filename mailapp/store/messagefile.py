@@ -36,7 +36,7 @@ import io
 import os
 from bisect import bisect_right
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from mailapp.store import durable
 
@@ -48,6 +48,7 @@ __all__ = [
     "open_message",
     "read_message",
     "restore_received_form",
+    "wire_bytes",
 ]
 
 #: Bytes of the file read at a time.
@@ -342,3 +343,21 @@ class _WireView(io.RawIOBase):
         if not self.closed:
             self._raw.close()
         super().close()
+
+
+def wire_bytes(message: Any) -> bytes:
+    """
+    Blocking: the whole of a finished L{mailapp.interfaces.IMessageWriter}'s
+    message in wire form (CRLF), as the relay will send it. The Maildir
+    store's writer keeps a small one in memory (C{pending}) and a large one
+    in its spool file (C{path}, perhaps with LF line ends); a fake of
+    L{mailapp.testing} has C{data()}. What DKIM signs and ARC seals.
+    """
+    pending = getattr(message, "pending", None)
+    if pending is not None:
+        return bytes(pending)
+    data = getattr(message, "data", None)
+    if callable(data):
+        return bytes(data())
+    with open_message(Path(message.path), int(message.size)) as file:
+        return file.read()
