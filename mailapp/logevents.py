@@ -163,6 +163,11 @@ DKIM_SIGNED: Final = "dkim.signed"
 DKIM_UNSIGNED: Final = "dkim.unsigned"
 #: signing failed (unreadable key, say): the message was refused with 451, never sent unsigned; also: queue_id
 DKIM_SIGN_FAILED: Final = "dkim.sign_failed"
+#: the signing process (mailapp.dkim.process) started; also: pid, started (children so far)
+DKIM_SIGNER_STARTED: Final = "dkim.signer_started"
+#: the signing process ended, stopped answering or wrote on
+#: stderr (error/warn); also: reason, count, timeout, line, error
+DKIM_SIGNER_FAILED: Final = "dkim.signer_failed"
 
 # --- IMAP (mailapp.imap); failed logins use AUTH_FAILED with protocol="imap" ---
 IMAP_LOGIN: Final = "imap.login"
