@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailapp import logevents
+from mailapp import dsn, logevents
 from mailapp.errors import (
     ForwardingRateExceeded,
     MailError,
@@ -33,6 +33,7 @@ from mailapp.errors import (
 from mailapp.forwarding import MAX_UNWIND
 from mailapp.interfaces import IAccounts, IMessageSigner, IMessageStore, IMessageWriter
 from mailapp.records import INBOX
+from mailapp.store import messagefile
 
 if TYPE_CHECKING:
     # Named in annotations only: the Router is handed these by the composition
@@ -92,6 +93,14 @@ class Transaction:
     #: The local accounts (as in L{local}) that an allowed recipient reached:
     #: the copies a Junk placement must leave in INBOX.
     allowed_accounts: set[str] = field(default_factory=set)
+    #: The client's DSN parameters (RFC 3461: RET, ENVID, each RCPT's NOTIFY
+    #: and ORCPT), kept with the remote copies in the relay queue and
+    #: honoured for the local ones (a "delivered" DSN for NOTIFY=SUCCESS).
+    dsn: dsn.DsnParameters = field(default_factory=dsn.DsnParameters)
+    #: The RCPT addresses (as in L{recipients}) that reached a local mailbox.
+    reached_locally: list[str] = field(default_factory=list)
+    #: The MX's SPF check passed for the envelope sender (L{mailapp.authentication}).
+    sender_verified: bool = False
 
     @inlineCallbacks
     def addRecipient(self, address: str) -> Any:
@@ -133,6 +142,8 @@ class Transaction:
             if not forwarding.rate.admit(forwarder.lower()):
                 raise ForwardingRateExceeded()
         self.recipients.append(forwarder)
+        if resolution.local:
+            self.reached_locally.append(forwarder)
         for account in resolution.local:
             if account.lower() not in (a.lower() for a in self.local):
                 self.local.append(account)
@@ -200,6 +211,9 @@ class Transaction:
             refused = yield self.router.overQuota(self.local, message.size)
             if refused is not None:
                 raise refused
+        delivered_dsn = self._deliveredRecipients()
+        # Read while the message is still ours: a large one is only in its spool file.
+        returned_headers = (yield self._headers(message)) if delivered_dsn else b""
         prepared: list[Any] = []
         queue = self.router.queue
         try:
@@ -213,7 +227,14 @@ class Transaction:
                 if alias_domain is not None and self.router.forwarding is not None:
                     # A forwarded copy: ARC-sealed by the alias's domain when it has a key (never fails).
                     copy = yield self.router.forwarding.copy_for(message, alias_domain, entry_id)
-                prepared.append((yield queue.prepare(copy, sender, recipients, entry_id, signature, requiretls=self.requiretls)))
+                parameters = self.dsn.only({target: self.forwarded.get(target, target) for target in recipients})
+                prepared.append(
+                    (
+                        yield queue.prepare(
+                            copy, sender, recipients, entry_id, signature, requiretls=self.requiretls, dsn=parameters
+                        )
+                    )
+                )
             if self.local:
                 yield self.router.store.deliver(message, self.local, self.folder)
         except Exception as e:
@@ -250,7 +271,33 @@ class Transaction:
             remote=len(self.remote),
             size=message.size,
         )
+        if delivered_dsn:
+            self.router.notify_delivered(self, delivered_dsn, returned_headers)
         return self.queue_id
+
+    def _deliveredRecipients(self) -> list[str]:
+        """
+        The RCPT addresses that reached a local mailbox and asked for a
+        "delivered" DSN: for a client that may relay (our own users, trusted
+        networks), or on the MX for a sender whose SPF passed; never for
+        other mail the MX takes, whose sender may be forged (a DSN would be
+        backscatter), and never for a DSN's own sender <>.
+        """
+        if not self.sender or not (self.relay_allowed or self.sender_verified):
+            return []
+        return [address for address in self.reached_locally if self.dsn.request_for(address).wants(dsn.DELIVERED)]
+
+    def _headers(self, message: IMessageWriter) -> Deferred[bytes]:
+        """The message's header block, for a DSN: from memory, or read from its spool file off the reactor."""
+        held = messagefile.held_bytes(message)
+        if held is not None:
+            return succeed(dsn.header_block(held))
+        from twisted.internet.threads import deferToThread
+
+        path = message.path  # type: ignore[attr-defined]  # a spooled writer has one (messagefile.wire_bytes)
+        run = self.router.queue.run if self.router.queue is not None else deferToThread
+        read: Deferred[bytes] = run(dsn.read_headers, path)
+        return read
 
     def _signature(self, message: IMessageWriter) -> Deferred[bytes]:
         """The DKIM-Signature fields for the remote copies (C{b""} unsigned); a failure is a 451, never unsigned mail."""
@@ -328,6 +375,77 @@ class Router:
         self.forwarding = forwarding
         #: Signs the remote copies of mail from one of ours (DKIM), or None: sent unsigned.
         self.signer = signer
+        #: The name DSNs come from (Reporting-MTA, MAILER-DAEMON@); the service sets the server's hostname.
+        self.hostname = "localhost"
+
+    @inlineCallbacks
+    def send_notification(self, recipient: str, data: bytes, requiretls: bool = False) -> Any:
+        """
+        Send C{data} (a whole DSN, CRLF) from the null sender <> to
+        C{recipient}, as any other message goes: fires with its queue id, or
+        fails with the L{MailError} that refused it.
+        """
+        transaction = self.start("", relay_allowed=True)
+        # RFC 8689 5: a DSN about a REQUIRETLS message carries its headers, so it requires TLS too.
+        transaction.requiretls = requiretls
+        try:
+            yield transaction.addRecipient(recipient)
+            message = transaction.open()
+            message.write(data)
+            queue_id = yield transaction.commit()
+        except BaseException:
+            transaction.abort()
+            raise
+        return queue_id
+
+    def notify_delivered(self, transaction: Transaction, recipients: list[str], headers: bytes) -> Deferred[None]:
+        """
+        The "delivered" DSN (RFC 3461 5.2.2) for C{recipients} of
+        C{transaction}, whose local copies are durable; its failure is
+        logged, never the transaction's.
+        """
+        import time
+
+        statuses = [
+            dsn.RecipientStatus(
+                address, "2.0.0", "250 2.0.0 delivered to the mailbox", original=transaction.dsn.request_for(address).original_recipient()
+            )
+            for address in recipients
+        ]
+        now = time.time()
+        data = dsn.build_dsn(
+            reporting_mta=self.hostname,
+            queue_id=transaction.queue_id,
+            sender=transaction.sender,
+            arrival=now,
+            now=now,
+            action=dsn.DELIVERED,
+            recipients=statuses,
+            original_headers=headers,
+            envid=transaction.dsn.envid,
+        )
+        sent: Deferred[None] = self.send_notification(transaction.sender, data, transaction.requiretls)
+
+        def done(dsn_id: str) -> None:
+            _log.info(
+                "delivered DSN {dsn_id} for {queue_id} sent to <{sender}> ({count} recipients)",
+                log_event=logevents.DSN_DELIVERED_SENT,
+                dsn_id=dsn_id,
+                queue_id=transaction.queue_id,
+                sender=transaction.sender,
+                count=len(recipients),
+            )
+
+        def failed(reason: Failure) -> None:
+            _log.warn(
+                "delivered DSN for {queue_id} to <{sender}> not sent: {error}",
+                log_event=logevents.DSN_DELIVERED_FAILED,
+                queue_id=transaction.queue_id,
+                sender=transaction.sender,
+                error=reason.getErrorMessage(),
+            )
+
+        return sent.addCallbacks(done, failed)
 
     def start(self, sender: str, relay_allowed: bool, authenticated: str | None = None, declared_size: int = 0) -> Transaction:
         return Transaction(self, sender, relay_allowed, authenticated, declared_size, sign=relay_allowed)

@@ -131,6 +131,8 @@ RELAY_DELIVERED: Final = "relay.delivered"
 RELAY_BOUNCED: Final = "relay.bounced"
 RELAY_EXPIRED: Final = "relay.expired"
 RELAY_DELAY_WARNING: Final = "relay.delay_warning"
+#: a "relayed" DSN sent: NOTIFY=SUCCESS for a recipient handed to a peer without DSN; also: dsn_id, queue_id, sender, count
+RELAY_RELAYED_DSN_SENT: Final = "relay.relayed_dsn_sent"
 RELAY_DSN_SENT: Final = "relay.dsn_sent"
 RELAY_DOUBLE_BOUNCE: Final = "relay.double_bounce"
 RELAY_DSN_FAILED: Final = "relay.dsn_failed"
@@ -154,6 +156,12 @@ RELAY_TLS_REPORT: Final = "relay.tls_report"
 #: a TLS-RPT report sent to one rua destination, or not (mailapp.relay.tlsrptsend);
 #: fields: report_id, domain, destination, outcome (sent, failed, lookup failed), reason
 RELAY_TLS_REPORT_SENT: Final = "relay.tls_report_sent"
+
+# --- DSNs for local deliveries (mailapp.delivery; the relay's are relay.dsn_*) ---
+#: a "delivered" DSN (NOTIFY=SUCCESS) sent; also: dsn_id, queue_id, sender, count
+DSN_DELIVERED_SENT: Final = "dsn.delivered_sent"
+#: a "delivered" DSN could not be sent (warn); also: queue_id, sender, error
+DSN_DELIVERED_FAILED: Final = "dsn.delivered_failed"
 
 # --- DKIM signing of outbound mail (mailapp.dkim) ---
 #: a message signed on its way to the relay queue (debug); also: queue_id, domain, selector

@@ -338,6 +338,7 @@ def makeService(
 
     quotas = Quotas.fromConfig(config, accounts, store)
     router = Router(accounts, store, max_recipients=config.limits.max_recipients, quotas=quotas)
+    router.hostname = config.hostname
     from mailapp.dkim import DkimSigner, KeyStore
     from mailapp.dkim.process import SigningProcess
 

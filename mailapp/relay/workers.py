@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailapp import logevents
+from mailapp.dsn import RecipientRequest
 from mailapp.relay.client import FileSource, Reply, SessionError, SMTPClient, local_reply
 from mailapp.relay.queue import Queue
 from mailapp.relay.routing import Hop, RouteError, Routes
@@ -44,6 +45,8 @@ class Work:
     fence: int
     domain: str
     recipients: list[str] = field(default_factory=list)
+    #: After sending: whether the peer offered DSN (RFC 3461), which then owns the notifications.
+    peer_dsn: bool = True
 
 
 def tcp_connector(reactor: Any, hostname: str, command_timeout: float, session_timeout: float, connect_timeout: float) -> Callable[[Hop], Deferred[SMTPClient]]:
@@ -421,8 +424,17 @@ class Workers:
             if refused is not None:
                 return {r: refused for r in work.recipients}
         source = FileSource(self.queue.message_path(envelope.id), self.queue.run)
+        work.peer_dsn = "DSN" in getattr(client, "extensions", {})
         try:
-            if envelope.requiretls:
+            if work.peer_dsn:
+                # RFC 3461 4: the parameters go on to a peer that offers DSN, which then answers for them.
+                requests = {r.address: r.request for r in entry.envelope.recipients if r.address in work.recipients}
+                results = yield client.send(
+                    envelope.sender, work.recipients, source, envelope.size, requiretls=envelope.requiretls,
+                    mail_parameters=_mail_parameters(envelope.ret, envelope.envid),
+                    rcpt_parameters={address: _rcpt_parameters(request) for address, request in requests.items()},
+                )
+            elif envelope.requiretls:
                 results = yield client.send(envelope.sender, work.recipients, source, envelope.size, requiretls=True)
             else:
                 results = yield client.send(envelope.sender, work.recipients, source, envelope.size)
@@ -434,3 +446,23 @@ class Workers:
         finally:
             source.close()
         return results
+
+
+def _mail_parameters(ret: str, envid: str) -> bytes:
+    """RET and ENVID for MAIL FROM, as the client gave them (RFC 3461 4.3, 4.4)."""
+    parameters = b""
+    if ret:
+        parameters += b" RET=" + ret.encode("ascii")
+    if envid:
+        parameters += b" ENVID=" + envid.encode("ascii")
+    return parameters
+
+
+def _rcpt_parameters(request: RecipientRequest) -> bytes:
+    """NOTIFY and ORCPT for RCPT TO (RFC 3461 4.1, 4.2)."""
+    parameters = b""
+    if request.notify:
+        parameters += b" NOTIFY=" + request.notify_text.encode("ascii")
+    if request.orcpt:
+        parameters += b" ORCPT=" + request.orcpt.encode("ascii")
+    return parameters

@@ -255,7 +255,7 @@ class SMTPSession(LineSession):
     def smtp_EHLO(self, argument: bytes) -> None:
         if not self._greet(argument, esmtp=True):
             return
-        lines = [self.host, b"PIPELINING", b"SIZE %d" % self.policy.max_message_size, b"8BITMIME", b"ENHANCEDSTATUSCODES"]
+        lines = [self.host, b"PIPELINING", b"SIZE %d" % self.policy.max_message_size, b"8BITMIME", b"ENHANCEDSTATUSCODES", b"DSN"]
         if self.factory.tls is not None and not self.secure:
             lines.append(b"STARTTLS")
         if self._authAvailable():

@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailapp import logevents
+from mailapp import dsn, logevents
 from mailapp.authentication.checks import HeldMessage, MessageCheck
 from mailapp.delivery import Transaction
 from mailapp.errors import (
@@ -178,6 +178,14 @@ class ESMTPServer(SMTPSession):
                     return
             elif key == "AUTH":
                 pass  # RFC 4954 5: accepted and not trusted
+            elif key == "RET":
+                if dsn.parse_ret(value) is None:
+                    self._error(501, b"5.5.4 Bad RET parameter: FULL or HDRS")
+                    return
+            elif key == "ENVID":
+                if dsn.parse_envid(value) is None:
+                    self._error(501, b"5.5.4 Bad ENVID parameter: xtext of at most 100 characters")
+                    return
             elif key == "REQUIRETLS" and not value and self._offersRequireTLS():
                 pass  # RFC 8689 4.1: only where advertised (submission, inside TLS)
             else:
@@ -196,6 +204,8 @@ class ESMTPServer(SMTPSession):
             self._txn = self.router.start(sender, relay, self.authenticated, declared)
             self._inbound = self._startChecks(sender, relay)
             self._txn.requiretls = "REQUIRETLS" in params
+            self._txn.dsn.ret = params.get("RET", "").upper()
+            self._txn.dsn.envid = params.get("ENVID", "")
             if self._screen is not None:
                 self._screen.sender(sender)
             self.sendCode(250, b"2.1.0 Ok")
@@ -242,10 +252,11 @@ class ESMTPServer(SMTPSession):
         if not recipient:
             self._error(501, b"5.1.3 Bad recipient address syntax")
             return
-        if params:
-            self._error(555, b"5.5.4 Unsupported RCPT parameter")
+        request = self._dsnRequest(params)
+        if request is None:
             return
         txn = self._txn
+        txn.dsn.add(recipient, request)
         # The blocklists' lookups started at connect, HELO and MAIL: waited for here, each bounded by its timeout.
         listed = self._screen.verdict() if self._screen is not None else defer.succeed(None)
 
@@ -266,6 +277,28 @@ class ESMTPServer(SMTPSession):
             return checked
 
         self._wait(listed.addCallback(screened))
+
+    def _dsnRequest(self, params: dict[str, str]) -> dsn.RecipientRequest | None:
+        """RCPT's DSN parameters (RFC 3461 4.1, 4.2), or None once a bad or unknown one is answered."""
+        notify: tuple[str, ...] = ()
+        orcpt = ""
+        for key, value in params.items():
+            if key == "NOTIFY":
+                parsed = dsn.parse_notify(value)
+                if parsed is None:
+                    self._error(501, b"5.5.4 Bad NOTIFY parameter: NEVER, or SUCCESS, FAILURE and DELAY")
+                    return None
+                notify = parsed
+            elif key == "ORCPT":
+                checked = dsn.parse_orcpt(value)
+                if checked is None:
+                    self._error(501, b"5.5.4 Bad ORCPT parameter: addr-type;xtext")
+                    return None
+                orcpt = checked
+            else:
+                self._error(555, b"5.5.4 Unsupported RCPT parameter")
+                return None
+        return dsn.RecipientRequest(notify, orcpt)
 
     def _greylistThenAdd(self, txn: Transaction, recipient: str, allowed: list[str]) -> defer.Deferred[None] | None:
         """Greylisting (L{mailapp.postscreen.greylist}): a new triplet's 451, else the recipient's own checks."""
@@ -449,6 +482,7 @@ class ESMTPServer(SMTPSession):
         def verdict(outcome: Any) -> Any:
             if outcome.refusal is not None:
                 return cast(MailError, outcome.refusal)
+            txn.sender_verified = outcome.sender_verified
             return self._scan(txn, outcome.header, outcome.message, outcome.folder)
 
         return inbound.finish(held.data(), txn.queue_id).addCallback(verdict)

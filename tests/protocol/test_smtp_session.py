@@ -76,6 +76,7 @@ class ProtocolTests(MXSessionTestCase):
                 b"250-SIZE 1048576",
                 b"250-8BITMIME",
                 b"250-ENHANCEDSTATUSCODES",
+                b"250-DSN",
                 b"250 HELP",
             ],
         )
