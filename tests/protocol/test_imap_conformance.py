@@ -1,0 +1,119 @@
+"""
+What Dovecot's imaptest expects of an IMAP server (its scripts in
+``src/tests/``, issue 19), each behaviour a test over L{StringTransport}
+with the fakes: sections inside message/rfc822 parts, ENVELOPE's groups and
+source routes, atoms, ID before login, address searches, subscriptions,
+new keywords and fetches of messages another session expunged.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from mailapp.testing import FakeStore, build_factory, service_context
+from tests.protocol.accounts import make_accounts
+
+USER = b"alice@example.test"
+PASSWORD = b"alice-secret"
+
+#: imaptest's fetch-body-message-rfc822-x2.mbox: a message/rfc822 holding a message/rfc822.
+NESTED_RFC822 = (
+    b"From: user@domain.org\r\nDate: Sat, 24 Mar 2007 23:00:00 +0200\r\nMime-Version: 1.0\r\n"
+    b"Content-Type: message/rfc822\r\n\r\n"
+    b"From: user2@domain.org\r\nDate: Fri, 23 Mar 2007 11:22:33 +0200\r\nMime-Version: 1.0\r\n"
+    b"Content-Type: message/rfc822\r\n\r\n"
+    b"From: sub@domain.org\r\nDate: Sun, 12 Aug 2012 12:34:56 +0300\r\nSubject: submsg\r\n\r\n"
+    b"Hello world\r\n"
+)
+
+
+class Client:
+    """One session over a StringTransport: C{command} sends a line and returns what came back."""
+
+    def __init__(self, test: TestCase, factory: Any) -> None:
+        self.protocol = factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        test.addCleanup(self.protocol.connectionLost, None)
+        self.transport.clear()
+        self.count = 0
+
+    def command(self, text: bytes) -> bytes:
+        self.count += 1
+        tag = b"t%d" % self.count
+        self.transport.clear()
+        self.protocol.dataReceived(tag + b" " + text + b"\r\n")
+        return self.transport.value()
+
+    def ok(self, text: bytes) -> bytes:
+        reply = self.command(text)
+        assert re.search(rb"(^|\r\n)t%d OK " % self.count, reply), reply
+        return reply
+
+
+def literal(reply: bytes, label: bytes) -> bytes:
+    """The literal after C{label} in a FETCH reply."""
+    match = re.search(re.escape(label) + rb" \{(\d+)\}\r\n", reply)
+    assert match, (label, reply)
+    return reply[match.end() : match.end() + int(match.group(1))]
+
+
+class ConformanceTests(TestCase):
+    def setUp(self) -> None:
+        self.store = FakeStore()
+        self.context = service_context(store=self.store, accounts=make_accounts())
+        self.factory = build_factory(self.context, "imap", allow_plaintext_auth=True)
+        self.inbox = self.successResultOf(self.store.mailbox(USER.decode()).folder("INBOX"))
+
+    def client(self, select: bytes | None = b"INBOX") -> Client:
+        client = Client(self, self.factory)
+        client.ok(b"LOGIN " + USER + b" " + PASSWORD)
+        if select is not None:
+            client.ok(b"SELECT " + select)
+        return client
+
+    # -- 1. sections inside message/rfc822 (imaptest fetch-body-message-rfc822*) ----------------
+
+    def test_body_1_of_a_message_rfc822_message_is_the_whole_embedded_message(self) -> None:
+        self.successResultOf(self.inbox.append(NESTED_RFC822))
+        client = self.client()
+        outer_body = NESTED_RFC822.split(b"\r\n\r\n", 1)[1]
+        inner_body = outer_body.split(b"\r\n\r\n", 1)[1]
+        wanted = {
+            b"BODY[1]": outer_body,
+            b"BODY[TEXT]": outer_body,
+            b"BODY[1.1]": inner_body,
+            b"BODY[1.HEADER]": outer_body.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n",
+            b"BODY[1.TEXT]": inner_body,
+            b"BODY[1.1.1]": b"Hello world\r\n",
+            b"BODY[1.1.HEADER]": inner_body.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n",
+            b"BODY[1.1.TEXT]": b"Hello world\r\n",
+        }
+        for label, data in wanted.items():
+            reply = client.ok(b"FETCH 1 (" + label.replace(b"BODY[", b"BODY.PEEK[") + b")")
+            self.assertEqual(literal(reply, label), data, label)
+
+    def test_parts_of_a_multipart_inside_a_message_rfc822_message_are_numbered_from_its_body(self) -> None:
+        raw = (
+            b"From: user@domain.org\r\nContent-Type: message/rfc822\r\n\r\n"
+            b"From: sub@domain.org\r\nSubject: submsg\r\nContent-Type: multipart/digest; boundary=\"foo\"\r\n\r\n"
+            b"prologue\r\n\r\n--foo \r\n\r\nFrom: m1@example.com\r\nSubject: m1\r\n\r\nm1 body\r\n\r\n"
+            b"--foo \r\nX-Mime: m2 header\r\n\r\nFrom: m2@example.com\r\nSubject: m2\r\n\r\nm2 body\r\n\r\n"
+            b"--foo--\r\n\r\nepilogue\r\n"
+        )
+        self.successResultOf(self.inbox.append(raw))
+        client = self.client()
+        wanted = {
+            b"BODY[1.1]": b"From: m1@example.com\r\nSubject: m1\r\n\r\nm1 body\r\n",
+            b"BODY[1.1.MIME]": b"\r\n",
+            b"BODY[1.1.HEADER]": b"From: m1@example.com\r\nSubject: m1\r\n\r\n",
+            b"BODY[1.2.MIME]": b"X-Mime: m2 header\r\n\r\n",
+            b"BODY[1.2.TEXT]": b"m2 body\r\n",
+        }
+        for label, data in wanted.items():
+            reply = client.ok(b"FETCH 1 (" + label.replace(b"BODY[", b"BODY.PEEK[") + b")")
+            self.assertEqual(literal(reply, label), data, label)
