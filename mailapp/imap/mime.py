@@ -22,10 +22,11 @@ do not give.
 
 from __future__ import annotations
 
-import email.utils
 import re
 from dataclasses import dataclass, field
 from typing import IO, Any
+
+from mailapp.imap.addresses import parse_addresses
 
 __all__ = ["Part", "Section", "body_structure", "envelope", "header_fields", "parse_section", "resolve", "scan"]
 
@@ -268,25 +269,8 @@ def _nstring(value: bytes | None) -> bytes | None:
 
 
 def _addresses(value: bytes | None) -> list[list[Any]] | None:
-    if not value:
-        return None
-    text = value.decode("utf-8", "surrogateescape")
-    result: list[list[Any]] = []
-    for name, address in email.utils.getaddresses([text]):
-        if not address and not name:
-            continue
-        local, at, domain = address.rpartition("@")
-        if not at:
-            local, domain = address, ""
-        result.append(
-            [
-                name.encode("utf-8", "surrogateescape") or None,
-                None,
-                local.encode("utf-8", "surrogateescape") or None,
-                domain.encode("utf-8", "surrogateescape") or None,
-            ]
-        )
-    return result or None
+    """An ENVELOPE address list: groups, routes and missing parts as Dovecot writes them (L{addresses})."""
+    return [address.envelope() for address in parse_addresses(value)] or None
 
 
 def envelope(part: Part) -> list[Any]:

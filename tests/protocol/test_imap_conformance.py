@@ -117,3 +117,41 @@ class ConformanceTests(TestCase):
         for label, data in wanted.items():
             reply = client.ok(b"FETCH 1 (" + label.replace(b"BODY[", b"BODY.PEEK[") + b")")
             self.assertEqual(literal(reply, label), data, label)
+
+    # -- 2. ENVELOPE's groups, routes and comments (imaptest fetch-envelope) ---------------------
+
+    def envelope(self, headers: bytes) -> bytes:
+        self.successResultOf(self.inbox.append(b"Date: Thu, 15 Feb 2007 01:02:03 +0200\r\n" + headers + b"\r\nbody\r\n"))
+        reply = self.client().ok(b"FETCH 1 ENVELOPE")
+        match = re.match(rb'\* 1 FETCH \(ENVELOPE \("Thu, 15 Feb 2007 01:02:03 \+0200" (.*)\)\)\r\n', reply)
+        assert match, reply
+        return match.group(1)
+
+    def test_envelope_sends_groups_as_start_members_and_end_markers(self) -> None:
+        fields = self.envelope(
+            b"From: user@domain (Real Name)\r\n"
+            b"To: group: g1@d1.org, g2@d2.org;, group2: g3@d3.org;\r\nCc: group:;, group2: (foo) ;\r\n"
+        )
+        self.assertEqual(
+            fields,
+            b'NIL (("Real Name" NIL "user" "domain")) (("Real Name" NIL "user" "domain")) (("Real Name" NIL "user" "domain")) '
+            b'((NIL NIL "group" NIL) (NIL NIL "g1" "d1.org") (NIL NIL "g2" "d2.org") (NIL NIL NIL NIL) '
+            b'(NIL NIL "group2" NIL) (NIL NIL "g3" "d3.org") (NIL NIL NIL NIL)) '
+            b'((NIL NIL "group" NIL) (NIL NIL NIL NIL) (NIL NIL "group2" NIL) (NIL NIL NIL NIL)) NIL NIL NIL',
+        )
+
+    def test_envelope_sends_an_empty_undisclosed_recipients_group(self) -> None:
+        fields = self.envelope(b"From: a@b.test\r\nTo: undisclosed-recipients:;\r\n")
+        self.assertIn(b' ((NIL NIL "undisclosed-recipients" NIL) (NIL NIL NIL NIL)) NIL NIL', fields)
+
+    def test_envelope_puts_a_source_route_in_the_adl_field(self) -> None:
+        fields = self.envelope(b"From: <@route1,@route2:user@host>\r\n")
+        self.assertTrue(fields.startswith(b'NIL ((NIL "@route1,@route2" "user" "host")) '), fields)
+
+    def test_envelope_sender_and_reply_to_that_are_empty_fall_back_to_from(self) -> None:
+        fields = self.envelope(b"From: user@domain (Real Name)\r\nSender: \r\nReply-To: \r\n")
+        self.assertEqual(fields, b'NIL' + b' (("Real Name" NIL "user" "domain"))' * 3 + b" NIL NIL NIL NIL NIL")
+
+    def test_envelope_address_without_a_domain_is_not_sent_as_a_group_start(self) -> None:
+        fields = self.envelope(b"From: user\r\n")
+        self.assertTrue(fields.startswith(b'NIL ((NIL NIL "user" "MISSING_DOMAIN")) '), fields)
