@@ -155,3 +155,53 @@ class ConformanceTests(TestCase):
     def test_envelope_address_without_a_domain_is_not_sent_as_a_group_start(self) -> None:
         fields = self.envelope(b"From: user\r\n")
         self.assertTrue(fields.startswith(b'NIL ((NIL NIL "user" "MISSING_DOMAIN")) '), fields)
+
+    # -- 5. address searches (imaptest search-addresses) --------------------------------------
+
+    def test_from_to_cc_bcc_searches_match_parsed_names_and_addresses_not_raw_header_text(self) -> None:
+        for headers in SEARCH_ADDRESSES:
+            self.successResultOf(self.inbox.append(headers + b"\r\nbody\r\n"))
+        client = self.client()
+        # imaptest's expectations for its search-addresses.mbox, key by key.
+        for key, wanted in [
+            (b"FROM user-from@domain.org", b"1 2 3 4 6 7"),
+            (b"TO user-to@domain.org", b"1 2 3 4"),
+            (b"CC user-cc@domain.org", b"1 2 3 4 5"),
+            (b"FROM realfrom", b"2 4 6 7"),
+            (b"BCC realbcc", b"2 4"),
+            (b'HEADER FROM ""', b"1 2 3 4 5 6 7"),
+            (b'HEADER TO ""', b"1 2 3 4 6 7"),
+            (b"FROM ser-fro", b"1 2 3 4 5 6 7"),
+            (b"CC ealc", b"2 4"),
+            (b"FROM user-from2", b"5"),
+            (b"TO groupname", b"6 7"),
+            (b"TO groupname2", b"6"),
+            (b"TO groupuser3", b"6"),
+            (b"TO groupuser4", b""),
+            (b"FROM comment", b""),
+        ]:
+            reply = client.ok(b"SEARCH " + key)
+            self.assertIn(b"* SEARCH" + (b" " + wanted if wanted else b"") + b"\r\n", reply, key)
+
+    def test_from_search_matches_a_decoded_encoded_word_display_name(self) -> None:
+        self.successResultOf(self.inbox.append(b"From: =?utf-8?q?J=C3=B6rg_M=C3=BCller?= <j@x.test>\r\n\r\nbody\r\n"))
+        client = self.client()
+        name = "müller".encode()
+        self.assertIn(b"* SEARCH 1\r\n", client.ok(b"SEARCH CHARSET UTF-8 FROM {%d}\r\n" % len(name) + name))
+        self.assertIn(b"* SEARCH\r\n", client.ok(b"SEARCH FROM =?utf-8?q?"))
+
+
+#: imaptest's search-addresses.mbox, the header blocks of its seven messages.
+SEARCH_ADDRESSES = [
+    b"From: user-from@domain.org\r\nTo: user-to@domain.org\r\nCc: user-cc@domain.org\r\nBcc: user-bcc@domain.org\r\n",
+    b"From: RealFrom <user-from@domain.org>\r\nTo: RealTo <user-to@domain.org>\r\nCc: RealCc <user-cc@domain.org>\r\n"
+    b"Bcc: RealBcc <user-bcc@domain.org>\r\n",
+    b"From: <user-from (comment)@ (comment) domain.org>\r\nTo: <user-to@domain.org>\r\nCc: <user-cc@domain.org>\r\n"
+    b"Bcc: <user-bcc@domain.org>\r\n",
+    b"From: user-from@domain.org (RealFrom)\r\nTo: user-to@domain.org (RealTo)\r\nCc: user-cc@domain.org (RealCc)\r\n"
+    b"Bcc: user-bcc@domain.org (RealBcc)\r\n",
+    b"From: user-from1@domain.org, user-from2@domain.org\r\nCc: user-cc@domain.org\r\n",
+    b"From: RealFrom <user-from@domain.org>\r\nTo: groupname: groupuser1@domain.org, groupuser2@domain.org;,\r\n"
+    b"  groupname2: groupuser3@domain.org;\r\n",
+    b"From: RealFrom <user-from@domain.org>\r\nTo: groupname:;\r\n",
+]
