@@ -190,6 +190,21 @@ class ConformanceTests(TestCase):
         self.assertIn(b"* SEARCH 1\r\n", client.ok(b"SEARCH CHARSET UTF-8 FROM {%d}\r\n" % len(name) + name))
         self.assertIn(b"* SEARCH\r\n", client.ok(b"SEARCH FROM =?utf-8?q?"))
 
+    # -- 3. atoms (imaptest atoms) ----------------------------------------------------------------
+
+    def test_select_of_a_name_with_an_unbalanced_bracket_is_no_such_mailbox_not_bad(self) -> None:
+        client = self.client(select=None)
+        reply = client.command(b"SELECT !#$&'+,-.0123456789:;<=>?@^_`|[}")
+        self.assertTrue(reply.startswith(b"t2 NO "), reply)
+        self.assertTrue(client.command(b"SELECT ~foo").startswith(b"t3 NO "))
+        self.assertTrue(client.command(b'LIST "" ~foo').endswith(b"t4 OK LIST completed\r\n"))
+        reply = client.command(b"LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*")
+        self.assertTrue(reply.endswith(b"t5 OK LIST completed\r\n"), reply)
+
+    def test_fetch_sections_with_spaces_inside_brackets_still_parse(self) -> None:
+        self.successResultOf(self.inbox.append(b"From: a@b.test\r\nSubject: s\r\nTo: c@d.test\r\n\r\nbody\r\n"))
+        reply = self.client().ok(b"FETCH 1 (BODY.PEEK[HEADER.FIELDS (FROM TO)]<0.14>)")
+        self.assertEqual(literal(reply, b"BODY[HEADER.FIELDS (FROM TO)]<0>"), b"From: a@b.test")
 
 #: imaptest's search-addresses.mbox, the header blocks of its seven messages.
 SEARCH_ADDRESSES = [

@@ -28,10 +28,15 @@ def test_arguments_parse_atoms_strings_literals_lists_and_sections():
     assert tokens == [Atom(b"1:*"), [Atom(b"FLAGS"), Atom(b'BODY.PEEK[HEADER.FIELDS (FROM "TO")]<0.10>')], String(b'a "q"'), String(b"lit")]
 
 
-@pytest.mark.parametrize("text", [b"(a", b"a)", b'"open', b"a[b", b"(" * 40 + b")" * 40])
+@pytest.mark.parametrize("text", [b"(a", b"a)", b'"open', b"BODY[b", b"BODY.PEEK[HEADER.FIELDS (A)", b"(" * 40 + b")" * 40])
 def test_unbalanced_or_too_deep_arguments_are_bad(text):
     with pytest.raises(BadCommand):
         parse_arguments([text])
+
+
+@pytest.mark.parametrize("atom", [b"a[b", b"x]", b"!#$&'+,-.0123456789:;<=>?@^_`|[}", b"[%*", b"]["])
+def test_brackets_outside_a_fetch_section_are_ordinary_atom_characters(atom):
+    assert parse_arguments([b"INBOX " + atom]) == [Atom(b"INBOX"), Atom(atom)]
 
 
 def test_sequence_sets_are_clamped_without_expansion():

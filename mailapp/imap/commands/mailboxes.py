@@ -164,11 +164,15 @@ async def _list(session: IMAPServer, tag: bytes, arguments: list[Token], subscri
     if len(arguments) == 4 and isinstance(arguments[2], Atom) and arguments[2].upper() == b"RETURN":
         arguments = arguments[:2]
     expect_count(arguments, 2, "LIST")
+    raw_reference, raw_pattern = as_string(arguments[0], "reference"), as_string(arguments[1], "pattern")
+    encoded = False
     try:
-        reference = as_string(arguments[0], "reference").decode("imap4-utf-7")
-        pattern = as_string(arguments[1], "pattern").decode("imap4-utf-7")
+        reference, pattern = raw_reference.decode("imap4-utf-7"), raw_pattern.decode("imap4-utf-7")
     except (UnicodeDecodeError, ValueError):
-        raise BadCommand("Bad modified UTF-7 in LIST") from None
+        # Not modified UTF-7 (``&'+,-`` in imaptest's atoms): matched as sent against
+        # the names as sent, as Dovecot does, so LIST is OK and finds what it can.
+        reference, pattern = raw_reference.decode("latin-1"), raw_pattern.decode("latin-1")
+        encoded = True
     verb = b"LSUB" if subscribed_only else b"LIST"
     if not pattern:
         session.untagged(verb + b' (\\Noselect) "/" ""')
@@ -184,7 +188,7 @@ async def _list(session: IMAPServer, tag: bytes, arguments: list[Token], subscri
     regex = mailbox_pattern(reference, pattern)
     lines = []
     for name in sorted(every, key=lambda n: (n != "INBOX", n)):
-        if not regex.match(name):
+        if not regex.match(encode_mailbox(name).decode("ascii") if encoded else name):
             continue
         info = names.get(name)
         if subscribed_only and (info is None or not info.subscribed):
