@@ -205,6 +205,25 @@ class ConformanceTests(TestCase):
         self.successResultOf(self.inbox.append(b"From: a@b.test\r\nSubject: s\r\nTo: c@d.test\r\n\r\nbody\r\n"))
         reply = self.client().ok(b"FETCH 1 (BODY.PEEK[HEADER.FIELDS (FROM TO)]<0.14>)")
         self.assertEqual(literal(reply, b"BODY[HEADER.FIELDS (FROM TO)]<0>"), b"From: a@b.test")
+    # -- 4. ID before login (imaptest id) --------------------------------------------------------
+
+    def test_id_with_rfc_2971s_largest_parameter_list_before_login_is_answered(self) -> None:
+        client = Client(self, self.factory)
+        pairs = b" ".join(b'"%s" "%s"' % ((b"%02d" % n) * 15, b"1234567890" * 102 + b"1234") for n in range(30))
+        self.assertGreater(len(pairs), 31_000)
+        reply = client.command(b"ID (" + pairs + b")")
+        self.assertTrue(reply.startswith(b'* ID ("name" "mailapp"'), reply[:200])
+        self.assertTrue(reply.endswith(b"t1 OK ID completed\r\n"), reply)
+        self.assertTrue(client.ok(b"NOOP"))
+        self.assertFalse(client.transport.disconnecting)
+
+    def test_a_line_over_the_limit_before_login_is_answered_bad_in_pieces_or_whole(self) -> None:
+        for chunks in ([b"a ID (" + b"x" * 40_000 + b")\r\n"], [b"a ID (", b"x" * 20_000, b"x" * 20_000]):
+            client = Client(self, self.factory)
+            for chunk in chunks:
+                client.protocol.dataReceived(chunk)
+            self.assertEqual(client.transport.value(), b"* BAD Line too long; closing connection\r\n")
+            self.assertTrue(client.transport.disconnecting)
 
 #: imaptest's search-addresses.mbox, the header blocks of its seven messages.
 SEARCH_ADDRESSES = [
