@@ -53,10 +53,11 @@ class FakeMessageWriter:
 
 
 class _FakeFolderState:
-    def __init__(self, uidvalidity: int) -> None:
+    def __init__(self, uidvalidity: int, subscribed: bool = False) -> None:
         self.uidvalidity = uidvalidity
         self.uidnext = 1
-        self.subscribed = True
+        #: As the Maildir store: INBOX and the special folders start subscribed, a created folder not.
+        self.subscribed = subscribed
         #: uid -> [bytes, flags, internaldate]
         self.messages: dict[int, list[Any]] = {}
 
@@ -179,7 +180,7 @@ class FakeMailbox:
         self.account = account
         self._folders = store._mailboxes.setdefault(account.lower(), {})
         for name in (INBOX, *SPECIAL_FOLDERS):
-            self._folders.setdefault(name, _FakeFolderState(store._nextValidity()))
+            self._folders.setdefault(name, _FakeFolderState(store._nextValidity(), subscribed=True))
 
     def usage(self) -> Deferred[Usage]:
         sizes = [len(data) for state in self._folders.values() for data, _, _ in state.messages.values()]

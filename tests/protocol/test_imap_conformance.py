@@ -224,6 +224,42 @@ class ConformanceTests(TestCase):
                 client.protocol.dataReceived(chunk)
             self.assertEqual(client.transport.value(), b"* BAD Line too long; closing connection\r\n")
             self.assertTrue(client.transport.disconnecting)
+    # -- 6. subscriptions (imaptest subscribe) -----------------------------------------------------
+
+    def lsub(self, client: Client, pattern: bytes) -> list[bytes]:
+        reply = client.ok(b'LSUB "" ' + pattern)
+        return [line for line in reply.split(b"\r\n") if line.startswith(b"* LSUB")]
+
+    def test_create_does_not_subscribe_the_new_folder(self) -> None:
+        client = self.client(select=None)
+        client.ok(b"CREATE box/new")
+        self.assertEqual(self.lsub(client, b"box/*"), [])
+        self.assertEqual(self.lsub(client, b"INBOX"), [b'* LSUB () "/" "INBOX"'])
+
+    def test_lsub_lists_an_unsubscribed_parent_of_a_subscribed_child_as_noselect(self) -> None:
+        client = self.client(select=None)
+        for name in (b"box/test", b"box/test2/test", b"box/test3/test3", b"box/test2"):
+            client.command(b"CREATE " + name)
+        for name in (b"box/test", b"box/test2/test", b"box/test3/test3"):
+            client.ok(b"SUBSCRIBE " + name)
+        self.assertEqual(
+            self.lsub(client, b"box/%"),
+            [b'* LSUB () "/" "box/test"', b'* LSUB (\\Noselect) "/" "box/test2"', b'* LSUB (\\Noselect) "/" "box/test3"'],
+        )
+        self.assertEqual(self.lsub(client, b"*test"), [b'* LSUB () "/" "box/test"', b'* LSUB () "/" "box/test2/test"'])
+        client.ok(b"UNSUBSCRIBE box/test2/test")
+        self.assertEqual(self.lsub(client, b"box/*"), [b'* LSUB () "/" "box/test"', b'* LSUB () "/" "box/test3/test3"'])
+
+    def test_list_with_the_subscribed_selection_option_lists_only_subscribed_folders(self) -> None:
+        client = self.client(select=None)
+        client.ok(b"CREATE box/a")
+        client.ok(b"CREATE box/b")
+        client.ok(b"SUBSCRIBE box/b")
+        reply = client.ok(b'LIST (SUBSCRIBED) "" box/*')
+        self.assertEqual([line for line in reply.split(b"\r\n") if line.startswith(b"* LIST")],
+                         [b'* LIST (\\HasNoChildren \\Subscribed) "/" "box/b"'])
+        reply = client.ok(b'LIST "" box/* RETURN (SUBSCRIBED)')
+        self.assertIn(b'* LIST (\\HasNoChildren) "/" "box/a"\r\n* LIST (\\HasNoChildren \\Subscribed) "/" "box/b"\r\n', reply)
 
 #: imaptest's search-addresses.mbox, the header blocks of its seven messages.
 SEARCH_ADDRESSES = [
