@@ -260,6 +260,36 @@ class ConformanceTests(TestCase):
                          [b'* LIST (\\HasNoChildren \\Subscribed) "/" "box/b"'])
         reply = client.ok(b'LIST "" box/* RETURN (SUBSCRIBED)')
         self.assertIn(b'* LIST (\\HasNoChildren) "/" "box/a"\r\n* LIST (\\HasNoChildren \\Subscribed) "/" "box/b"\r\n', reply)
+    # -- 7. new keywords (imaptest keywords) -------------------------------------------------------
+
+    def test_store_of_a_new_keyword_sends_flags_and_permanentflags_before_its_fetch(self) -> None:
+        self.successResultOf(self.inbox.append(b"Subject: a\r\n\r\nbody\r\n"))
+        client = self.client()
+        reply = client.ok(b"STORE 1 +FLAGS (newkw)")
+        self.assertEqual(
+            reply,
+            b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft newkw)\r\n"
+            b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft newkw \\*)] Flags permitted\r\n"
+            b"* 1 FETCH (FLAGS (\\Recent newkw))\r\nt3 OK STORE completed\r\n",
+        )
+        self.assertEqual(client.ok(b"STORE 1 +FLAGS (newkw)"), b"* 1 FETCH (FLAGS (\\Recent newkw))\r\nt4 OK STORE completed\r\n")
+
+    def test_a_keyword_another_session_sets_is_announced_before_the_fetch_that_shows_it(self) -> None:
+        self.successResultOf(self.inbox.append(b"Subject: a\r\n\r\nbody\r\n"))
+        watcher, other = self.client(), self.client()
+        other.ok(b"STORE 1 +FLAGS.SILENT (otherkw)")
+        reply = watcher.ok(b"NOOP")
+        flags = reply.index(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft otherkw)\r\n")
+        permanent = reply.index(b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft otherkw \\*)]")
+        self.assertLess(flags, permanent)
+        self.assertLess(permanent, reply.index(b"* 1 FETCH (FLAGS (\\Recent otherkw))\r\n"))
+
+    def test_mail_arriving_with_a_new_keyword_announces_it_before_exists(self) -> None:
+        client = self.client()
+        self.successResultOf(self.inbox.append(b"Subject: a\r\n\r\nbody\r\n", ["$Junk"]))
+        reply = client.ok(b"NOOP")
+        self.assertLess(reply.index(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Junk)\r\n"), reply.index(b"* 1 EXISTS\r\n"))
+        self.assertIn(b"$Junk", client.ok(b"FETCH 1 FLAGS"))
 
 #: imaptest's search-addresses.mbox, the header blocks of its seven messages.
 SEARCH_ADDRESSES = [
