@@ -290,6 +290,33 @@ class ConformanceTests(TestCase):
         reply = client.ok(b"NOOP")
         self.assertLess(reply.index(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Junk)\r\n"), reply.index(b"* 1 EXISTS\r\n"))
         self.assertIn(b"$Junk", client.ok(b"FETCH 1 FLAGS"))
+    # -- 8. fetching what another session expunged (imaptest expunge, stress) -------------------
+
+    def test_fetch_of_a_message_another_session_expunged_answers_its_data_and_ok(self) -> None:
+        self.successResultOf(self.inbox.append(b"Subject: going\r\n\r\nbody\r\n"))
+        self.successResultOf(self.inbox.append(b"Subject: staying\r\n\r\nbody\r\n"))
+        reader, expunger = self.client(), self.client()
+        expunger.ok(b"STORE 1 +FLAGS.SILENT (\\Deleted)")
+        expunger.ok(b"EXPUNGE")
+        reply = reader.command(b"FETCH 1:2 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)] ENVELOPE)")
+        self.assertIn(b"* 1 FETCH (FLAGS (\\Recent) BODY[HEADER.FIELDS (SUBJECT)] {18}\r\nSubject: going\r\n\r\n ENVELOPE (NIL", reply)
+        self.assertIn(b"* 2 FETCH (", reply)
+        self.assertNotIn(b"EXPUNGE", reply)  # not during FETCH (RFC 3501 7.4.1)
+        self.assertTrue(reply.endswith(b"t3 OK FETCH completed\r\n"), reply)
+        self.assertIn(b"* 1 EXPUNGE\r\n", reader.ok(b"NOOP"))
+
+    def test_fetch_of_a_message_whose_data_is_gone_is_skipped_with_ok_expungeissued(self) -> None:
+        self.successResultOf(self.inbox.append(b"Subject: going\r\n\r\nbody\r\n"))
+        self.successResultOf(self.inbox.append(b"Subject: staying\r\n\r\nbody\r\n"))
+        reader, expunger = self.client(), self.client()
+        expunger.ok(b"STORE 1 +FLAGS.SILENT (\\Deleted)")
+        expunger.ok(b"EXPUNGE")
+        self.store._mailboxes[USER.decode()]["INBOX"].expunged.clear()  # held past the store's while
+        reply = reader.command(b"FETCH 1:2 BODY.PEEK[]")
+        self.assertNotIn(b"* 1 FETCH", reply)
+        self.assertIn(b"* 2 FETCH (BODY[] ", reply)
+        self.assertTrue(reply.endswith(b"t3 OK [EXPUNGEISSUED] Some messages were already expunged\r\n"), reply)
+        self.assertNotIn(b" NO ", reply)
 
 #: imaptest's search-addresses.mbox, the header blocks of its seven messages.
 SEARCH_ADDRESSES = [
