@@ -260,7 +260,7 @@ class ConformanceTests(TestCase):
                          [b'* LIST (\\HasNoChildren \\Subscribed) "/" "box/b"'])
         reply = client.ok(b'LIST "" box/* RETURN (SUBSCRIBED)')
         self.assertIn(b'* LIST (\\HasNoChildren) "/" "box/a"\r\n* LIST (\\HasNoChildren \\Subscribed) "/" "box/b"\r\n', reply)
-    # -- 7. new keywords (imaptest keywords) -------------------------------------------------------
+    # -- 7. new keywords (imaptest stress: "Keyword used without being in FLAGS")
 
     def test_store_of_a_new_keyword_sends_flags_and_permanentflags_before_its_fetch(self) -> None:
         self.successResultOf(self.inbox.append(b"Subject: a\r\n\r\nbody\r\n"))
@@ -290,7 +290,7 @@ class ConformanceTests(TestCase):
         reply = client.ok(b"NOOP")
         self.assertLess(reply.index(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Junk)\r\n"), reply.index(b"* 1 EXISTS\r\n"))
         self.assertIn(b"$Junk", client.ok(b"FETCH 1 FLAGS"))
-    # -- 8. fetching what another session expunged (imaptest expunge, stress) -------------------
+    # -- 8. fetching what another session expunged (imaptest stress: FETCH failed: NO [EXPUNGEISSUED])
 
     def test_fetch_of_a_message_another_session_expunged_answers_its_data_and_ok(self) -> None:
         self.successResultOf(self.inbox.append(b"Subject: going\r\n\r\nbody\r\n"))
