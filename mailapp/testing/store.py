@@ -53,12 +53,16 @@ class FakeMessageWriter:
 
 
 class _FakeFolderState:
-    def __init__(self, uidvalidity: int) -> None:
+    def __init__(self, uidvalidity: int, subscribed: bool = False) -> None:
         self.uidvalidity = uidvalidity
         self.uidnext = 1
-        self.subscribed = True
+        #: As the Maildir store: INBOX and the special folders start subscribed, a created folder not.
+        self.subscribed = subscribed
         #: uid -> [bytes, flags, internaldate]
         self.messages: dict[int, list[Any]] = {}
+        #: uid -> bytes of expunged messages, still readable as the Maildir store's are for a while
+        #: (clear it to play that while over).
+        self.expunged: dict[int, bytes] = {}
 
 
 @implementer(IFolder)
@@ -103,17 +107,22 @@ class FakeFolder:
         state = self._state
         return succeed([MessageInfo(u, m[1], len(m[0]), m[2]) for u, m in sorted(state.messages.items()) if u > uid])
 
+    def _data(self, uid: int) -> bytes | None:
+        state = self._state
+        message = state.messages.get(uid)
+        return message[0] if message is not None else state.expunged.get(uid)
+
     def openMessage(self, uid: int) -> Deferred[IO[bytes]]:
-        message = self._state.messages.get(uid)
-        if message is None:
+        data = self._data(uid)
+        if data is None:
             return fail(NoSuchMessage(f"no such message: {uid}"))
-        return succeed(io.BytesIO(message[0]))
+        return succeed(io.BytesIO(data))
 
     def readMessage(self, uid: int, limit: int) -> Deferred[bytes | None]:
-        message = self._state.messages.get(uid)
-        if message is None:
+        data = self._data(uid)
+        if data is None:
             return fail(NoSuchMessage(f"no such message: {uid}"))
-        return succeed(message[0] if len(message[0]) <= limit else None)
+        return succeed(data if len(data) <= limit else None)
 
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
         wanted = frozenset(flags)
@@ -129,7 +138,10 @@ class FakeFolder:
         return succeed(result)
 
     def expunge(self, uids: Iterable[int]) -> Deferred[list[int]]:
-        removed = [uid for uid in sorted(set(uids)) if self._state.messages.pop(uid, None) is not None]
+        state = self._state
+        removed = [uid for uid in sorted(set(uids)) if uid in state.messages]
+        for uid in removed:
+            state.expunged[uid] = state.messages.pop(uid)[0]
         self._publish(EXPUNGED, removed)
         return succeed(removed)
 
@@ -179,7 +191,7 @@ class FakeMailbox:
         self.account = account
         self._folders = store._mailboxes.setdefault(account.lower(), {})
         for name in (INBOX, *SPECIAL_FOLDERS):
-            self._folders.setdefault(name, _FakeFolderState(store._nextValidity()))
+            self._folders.setdefault(name, _FakeFolderState(store._nextValidity(), subscribed=True))
 
     def usage(self) -> Deferred[Usage]:
         sizes = [len(data) for state in self._folders.values() for data, _, _ in state.messages.values()]

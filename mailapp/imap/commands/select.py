@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from mailapp.imap.commands.mailboxes import open_folder
-from mailapp.imap.flags import DELETED, SEEN, SYSTEM_FLAGS
+from mailapp.imap.flags import DELETED, SEEN
 from mailapp.imap.selected import SelectedFolder
 from mailapp.imap.wire import Token, expect_count
 
@@ -40,12 +40,7 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
         return
     view, messages = await SelectedFolder.open(folder, readonly, session.account, session.factory, session.write)
     session.select(view)
-    keywords: set[str] = set()
-    for m in messages:
-        keywords.update(f for f in m.flags if not f.startswith("\\"))
-    flags = " ".join(list(SYSTEM_FLAGS) + sorted(keywords)).encode("utf-8", "replace")
-    session.untagged(b"FLAGS (" + flags + b")")
-    session.untagged(b"OK [PERMANENTFLAGS (" + flags + b" \\*)] Flags permitted")
+    session.write(view.flagsResponses())
     session.untagged(b"%d EXISTS" % len(view.uids))
     session.untagged(b"%d RECENT" % len(view.recent))
     first_unseen = next((i + 1 for i, m in enumerate(messages) if SEEN not in m.flags), None)
