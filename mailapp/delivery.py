@@ -82,6 +82,9 @@ class Transaction:
     folder: str = INBOX
     #: MAIL FROM said REQUIRETLS (RFC 8689): the relay must send it only over verified TLS.
     requiretls: bool = False
+    #: MAIL FROM said SMTPUTF8 (RFC 6531): UTF-8 addresses or header fields; the relay
+    #: sends it only to a next hop that offers SMTPUTF8.
+    smtputf8: bool = False
     #: The RCPT addresses (as in L{recipients}) whose allow list (the user's
     #: own, or its domain's) names this sender, marked by the MX at RCPT
     #: before any later RCPT check runs. The spam checks must honour it:
@@ -231,7 +234,8 @@ class Transaction:
                 prepared.append(
                     (
                         yield queue.prepare(
-                            copy, sender, recipients, entry_id, signature, requiretls=self.requiretls, dsn=parameters
+                            copy, sender, recipients, entry_id, signature, requiretls=self.requiretls, dsn=parameters,
+                            smtputf8=self.smtputf8 or not (sender + "".join(recipients)).isascii(),
                         )
                     )
                 )

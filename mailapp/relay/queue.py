@@ -44,6 +44,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from mailapp import logevents
+from mailapp.accounts.addresses import domain_key
 from mailapp.dsn import DsnParameters, RecipientRequest
 from mailapp.store import durable
 from mailapp.relay.queuefiles import BatchWriter, Job, Prefixed, WireCopy, write_file
@@ -110,7 +111,8 @@ class Recipient:
 
     @property
     def domain(self) -> str:
-        return self.address.rpartition("@")[2].lower()
+        """The recipient's domain as DNS knows it: lower case, A-labels (RFC 6531 3.2)."""
+        return domain_key(self.address.rpartition("@")[2])
 
 
 @dataclass
@@ -137,6 +139,8 @@ class Envelope:
     warned: bool = False
     #: REQUIRETLS (RFC 8689): only to a next hop with verified TLS that offers REQUIRETLS, else bounced (5.7.10).
     requiretls: bool = False
+    #: SMTPUTF8 (RFC 6531): UTF-8 addresses or header fields; only to a next hop that offers SMTPUTF8, else bounced (5.6.7/5.6.9).
+    smtputf8: bool = False
     #: The client's RET (FULL or HDRS) and ENVID (xtext) (RFC 3461); empty when not given.
     ret: str = ""
     envid: str = ""
@@ -207,6 +211,7 @@ class Envelope:
             warned=get("warned", bool),
             # Optional: envelopes written before REQUIRETLS have none.
             requiretls=get("requiretls", bool) if "requiretls" in raw else False,
+            smtputf8=get("smtputf8", bool) if "smtputf8" in raw else False,
             ret=get("ret", str) if "ret" in raw else "",
             envid=get("envid", str) if "envid" in raw else "",
         )
@@ -408,6 +413,7 @@ class Queue:
         header: bytes = b"",
         requiretls: bool = False,
         dsn: DsnParameters | None = None,
+        smtputf8: bool = False,
     ) -> Deferred[Prepared]:
         """
         Write the message file (a link to the writer's spool file when it has
@@ -428,6 +434,7 @@ class Queue:
             recipients=[_recipient(address, dsn) for address in recipients],
             next_attempt=now,
             requiretls=requiretls,
+            smtputf8=smtputf8,
             ret=dsn.ret if dsn is not None else "",
             envid=dsn.envid if dsn is not None else "",
         )

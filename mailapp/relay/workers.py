@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailapp import logevents
-from mailapp.dsn import RecipientRequest
+from mailapp.dsn import RecipientRequest, read_headers
 from mailapp.relay.client import FileSource, Reply, SessionError, SMTPClient, local_reply
 from mailapp.relay.queue import Queue
 from mailapp.relay.routing import Hop, RouteError, Routes
@@ -416,6 +416,25 @@ class Workers:
         return None
 
     @defer.inlineCallbacks
+    def _withoutSMTPUTF8(self, envelope: Any) -> Any:
+        """
+        Whether a SMTPUTF8 message can go to a next hop that does not offer
+        SMTPUTF8 (RFC 6531 3.7.5, never mangled): as it is when its
+        addresses and header block are ASCII after all (None), else the
+        permanent refusal its recipients bounce with: 5.6.7 for a non-ASCII
+        address, 5.6.9 for UTF-8 header fields.
+        """
+        if not (envelope.sender + "".join(r.address for r in envelope.recipients)).isascii():
+            return local_reply(550, "5.6.7 a non-ASCII address cannot go to the next hop: it does not offer SMTPUTF8")
+        try:
+            header = yield self.queue.run(read_headers, self.queue.message_path(envelope.id))
+        except OSError:
+            return local_reply(451, "4.3.0 the queued message cannot be read")
+        if not header.isascii():
+            return local_reply(550, "5.6.9 UTF-8 header fields cannot go to the next hop: it does not offer SMTPUTF8")
+        return None
+
+    @defer.inlineCallbacks
     def _send(self, client: Any, work: Work) -> Any:
         entry = self.entries[work.entry_id]
         envelope = entry.envelope
@@ -423,21 +442,26 @@ class Workers:
             refused = self._requireTLS(client)
             if refused is not None:
                 return {r: refused for r in work.recipients}
+        extensions = getattr(client, "extensions", {})
+        if envelope.smtputf8 and "SMTPUTF8" not in extensions:
+            refused = yield self._withoutSMTPUTF8(envelope)
+            if refused is not None:
+                return {r: refused for r in work.recipients}
         source = FileSource(self.queue.message_path(envelope.id), self.queue.run)
-        work.peer_dsn = "DSN" in getattr(client, "extensions", {})
+        work.peer_dsn = "DSN" in extensions
+        options: dict[str, Any] = {}
+        if envelope.requiretls:
+            options["requiretls"] = True
+        mail_parameters = b" SMTPUTF8" if envelope.smtputf8 and "SMTPUTF8" in extensions else b""
+        if work.peer_dsn:
+            # RFC 3461 4: the parameters go on to a peer that offers DSN, which then answers for them.
+            requests = {r.address: r.request for r in envelope.recipients if r.address in work.recipients}
+            mail_parameters += _mail_parameters(envelope.ret, envelope.envid)
+            options["rcpt_parameters"] = {address: _rcpt_parameters(request) for address, request in requests.items()}
+        if mail_parameters:
+            options["mail_parameters"] = mail_parameters
         try:
-            if work.peer_dsn:
-                # RFC 3461 4: the parameters go on to a peer that offers DSN, which then answers for them.
-                requests = {r.address: r.request for r in entry.envelope.recipients if r.address in work.recipients}
-                results = yield client.send(
-                    envelope.sender, work.recipients, source, envelope.size, requiretls=envelope.requiretls,
-                    mail_parameters=_mail_parameters(envelope.ret, envelope.envid),
-                    rcpt_parameters={address: _rcpt_parameters(request) for address, request in requests.items()},
-                )
-            elif envelope.requiretls:
-                results = yield client.send(envelope.sender, work.recipients, source, envelope.size, requiretls=True)
-            else:
-                results = yield client.send(envelope.sender, work.recipients, source, envelope.size)
+            results = yield client.send(envelope.sender, work.recipients, source, envelope.size, **options)
         except SessionError as error:
             results = {r: error.reply for r in work.recipients}
         except Exception as error:

@@ -44,6 +44,7 @@ from mailapp.smtp.policy import (
     MAX_UNTERMINATED,
     SMTPPolicy,
     has_controls,
+    has_controls_or_bad_utf8,
 )
 
 if TYPE_CHECKING:
@@ -188,8 +189,10 @@ class SMTPSession(LineSession):
         if len(line) > MAX_COMMAND_LINE:
             self._error(500, b"5.5.2 Line too long")
             return
-        if has_controls(line):
-            # CR, NUL or 8-bit bytes: never let them reach a header or a log line.
+        utf8_allowed = line[:4].upper() in (b"MAIL", b"RCPT")
+        if has_controls_or_bad_utf8(line) if utf8_allowed else has_controls(line):
+            # CR, NUL or 8-bit bytes (but UTF-8 addresses, RFC 6531, whose
+            # transaction _parsePath checks): never let them reach a header or a log line.
             if line[:4].upper() in (b"HELO", b"EHLO", b"MAIL", b"RCPT"):
                 self._error(501, b"5.5.4 Invalid characters in argument")
             else:
@@ -255,7 +258,7 @@ class SMTPSession(LineSession):
     def smtp_EHLO(self, argument: bytes) -> None:
         if not self._greet(argument, esmtp=True):
             return
-        lines = [self.host, b"PIPELINING", b"SIZE %d" % self.policy.max_message_size, b"8BITMIME", b"ENHANCEDSTATUSCODES", b"DSN"]
+        lines = [self.host, b"PIPELINING", b"SIZE %d" % self.policy.max_message_size, b"8BITMIME", b"ENHANCEDSTATUSCODES", b"DSN", b"SMTPUTF8"]
         if self.factory.tls is not None and not self.secure:
             lines.append(b"STARTTLS")
         if self._authAvailable():

@@ -32,6 +32,8 @@ from mailapp.networks import in_networks
 from mailapp.postscreen.blocklists import Refusal
 from mailapp.postscreen.greylist import GREYLISTED, Verdict
 from mailapp.smtp.data import _DataReceiver, missing_headers, received_header
+from mailapp.accounts.addresses import ascii_domain
+from mailapp.errors import AccountError
 from mailapp.smtp.policy import ADDRESS, PATH
 from mailapp.records import INBOX
 from mailapp.smtp.session import SMTPSession
@@ -75,21 +77,39 @@ class ESMTPServer(SMTPSession):
     # -- MAIL, RCPT, DATA ----------------------------------------------------------
 
     def _parsePath(self, argument: bytes, keyword: bytes) -> tuple[str, dict[str, str]] | None:
+        """
+        The address and parameters of MAIL FROM or RCPT TO. A non-ASCII
+        address (RFC 6531: a UTF-8 local part, an internationalised domain
+        in U-labels) is taken only in a transaction whose MAIL FROM said
+        SMTPUTF8, and must be UTF-8.
+        """
         match = PATH.match(argument.strip())
         if not match or match.group(1).upper() != keyword:
             self._error(501, b"5.5.4 Syntax: " + (b"MAIL FROM:<address>" if keyword == b"FROM" else b"RCPT TO:<address>"))
             return None
-        address = match.group(2).decode("ascii")
-        if ":" in address and address.startswith("@"):
-            address = address.split(":", 1)[1]  # source route (RFC 5321 4.1.2): ignore it
         params: dict[str, str] = {}
         for item in (match.group(3) or b"").split():
-            key, _, value = item.decode("ascii").partition("=")
+            key, _, value = item.decode("ascii", "replace").partition("=")
             params[key.upper()] = value
+        raw = match.group(2)
+        if raw.isascii():
+            address = raw.decode("ascii")
+        else:
+            utf8 = "SMTPUTF8" in params if keyword == b"FROM" else self._txn is not None and self._txn.smtputf8
+            if not utf8:
+                self._error(553, b"5.6.7 Non-ASCII address without SMTPUTF8 on MAIL FROM (RFC 6531)")
+                return None
+            try:
+                address = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self._error(501, b"5.1.3 Bad address syntax: not UTF-8")
+                return None
+        if ":" in address and address.startswith("@"):
+            address = address.split(":", 1)[1]  # source route (RFC 5321 4.1.2): ignore it
         if keyword == b"TO" and address.lower() == "postmaster" and self.policy.postmaster:
             # RFC 5321 4.5.1: <Postmaster> without a domain must be accepted.
             address = self.policy.postmaster
-        if address and not ADDRESS.match(address):
+        if address and not _valid_address(address):
             self._error(501, b"5.1.3 Bad address syntax")
             return None
         return address, params
@@ -186,6 +206,8 @@ class ESMTPServer(SMTPSession):
                 if dsn.parse_envid(value) is None:
                     self._error(501, b"5.5.4 Bad ENVID parameter: xtext of at most 100 characters")
                     return
+            elif key == "SMTPUTF8" and not value:
+                pass  # RFC 6531 3.4: UTF-8 addresses and header fields in this transaction
             elif key == "REQUIRETLS" and not value and self._offersRequireTLS():
                 pass  # RFC 8689 4.1: only where advertised (submission, inside TLS)
             else:
@@ -204,6 +226,7 @@ class ESMTPServer(SMTPSession):
             self._txn = self.router.start(sender, relay, self.authenticated, declared)
             self._inbound = self._startChecks(sender, relay)
             self._txn.requiretls = "REQUIRETLS" in params
+            self._txn.smtputf8 = "SMTPUTF8" in params
             self._txn.dsn.ret = params.get("RET", "").upper()
             self._txn.dsn.envid = params.get("ENVID", "")
             if self._screen is not None:
@@ -438,7 +461,8 @@ class ESMTPServer(SMTPSession):
         self.deadlines.dataStarted()
 
     def _receivedHeader(self, txn: Transaction) -> bytes:
-        protocol = "ESMTP" if self._esmtp else "SMTP"
+        # RFC 6531 3.7.3: a SMTPUTF8 transaction is "with UTF8SMTP" (+S, +A).
+        protocol = "UTF8SMTP" if txn.smtputf8 else "ESMTP" if self._esmtp else "SMTP"
         if self.secure:
             protocol += "S"
         if self.authenticated:
@@ -614,3 +638,15 @@ class ESMTPServer(SMTPSession):
             self.sendCode(error.code, f"{error.enhanced} {error.text}".encode("ascii", "replace"))
 
         self._wait(checked.addCallbacks(decide, failed))
+
+
+def _valid_address(address: str) -> bool:
+    """RFC 5321's address syntax; a non-ASCII one judged with its domain in A-labels (RFC 6531 3.3)."""
+    if address.isascii():
+        return ADDRESS.match(address) is not None
+    local, _, domain = address.rpartition("@")
+    try:
+        domain = ascii_domain(domain)
+    except AccountError:
+        return False
+    return ADDRESS.match(f"{local}@{domain}") is not None

@@ -203,6 +203,7 @@ def test_ehlo_on_the_mx_listener_offers_starttls_and_size_but_no_auth(server: Se
             "8bitmime": "",
             "enhancedstatuscodes": "",
             "dsn": "",
+            "smtputf8": "",
             "starttls": "",
             "help": "",
         }

@@ -77,6 +77,7 @@ class ProtocolTests(MXSessionTestCase):
                 b"250-8BITMIME",
                 b"250-ENHANCEDSTATUSCODES",
                 b"250-DSN",
+                b"250-SMTPUTF8",
                 b"250 HELP",
             ],
         )
