@@ -77,6 +77,8 @@ class ProtocolTests(MXSessionTestCase):
                 b"250-8BITMIME",
                 b"250-ENHANCEDSTATUSCODES",
                 b"250-DSN",
+                b"250-CHUNKING",
+                b"250-BINARYMIME",
                 b"250 HELP",
             ],
         )

@@ -263,7 +263,7 @@ def test_bad_endpoint_string_is_a_problem_with_the_reason(endpoint: str, reason:
 def test_unknown_listener_protocol_is_a_problem() -> None:
     assert only_problem(listener(protocol="pop")) == (
         "etc/test.toml: listeners.test.protocol: unknown protocol 'pop' "
-        "(expected one of: imap, metrics, pop3, smtp, submission, webmail)"
+        "(expected one of: imap, lmtp, metrics, pop3, smtp, submission, webmail)"
     )
 
 
