@@ -192,6 +192,23 @@ def test_lmtp_over_a_unix_socket_takes_bdat_with_one_reply_per_recipient(server,
     assert message.endswith(body)
 
 
+def test_an_lmtp_unix_socket_is_listened_on_again_after_sigkill(tmp_path, lmtp_socket_dir):
+    path = lmtp_socket_dir / "again.sock"
+    server = ServiceProcess(tmp_path / "again", lmtp_listener("lmtp", f"unix:{path}"))
+    server.start()
+    try:
+        server.kill()
+        assert path.exists()  # the killed server's socket is still there
+        server.start()
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.connect(str(path))
+        client = Client(connection)
+        assert client.reply() == [b"220 mail.example.test LMTP mailapp"]
+        client.close()
+    finally:
+        server.terminate()
+
+
 def test_postfix_delivers_to_mailapp_over_lmtp_and_imap_reads_it(tmp_path):
     started = time.monotonic()
     postfix = PostfixProcess()

@@ -219,3 +219,14 @@ class LMTPTests(TestCase):
         session.send(b"LHLO mx.example.test\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n" + MESSAGE + b".\r\n")
         self.assertEqual(session.codes(), [b"220", b"250", b"250", b"250", b"354", b"250"])
         self.assertIn(b"Received: from mx.example.test (local socket)\r\n", self.store.inbox(ALICE)[0])
+
+
+class LMTPMetricsTests(TestCase):
+    def test_a_message_delivered_over_lmtp_counts_as_accepted_with_protocol_lmtp_and_one_refused_for_all_does_not(self):
+        from mailapp import logevents
+        from mailapp.metrics import Metrics
+
+        metrics = Metrics()
+        metrics({"log_event": logevents.LMTP_DELIVERED, "delivered": 2, "refused": 0, "size": 100})
+        metrics({"log_event": logevents.LMTP_DELIVERED, "delivered": 0, "refused": 1, "size": 100})
+        self.assertEqual(metrics.registry.get_sample_value("mailapp_messages_accepted_total", {"protocol": "lmtp"}), 1.0)
