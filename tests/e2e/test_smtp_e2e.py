@@ -203,6 +203,8 @@ def test_ehlo_on_the_mx_listener_offers_starttls_and_size_but_no_auth(server: Se
             "8bitmime": "",
             "enhancedstatuscodes": "",
             "dsn": "",
+            "chunking": "",
+            "binarymime": "",
             "starttls": "",
             "help": "",
         }
