@@ -13,12 +13,14 @@ import imaplib
 import json
 import smtplib
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import needs
 from tests.postfix_runner import PostfixProcess
 from tests.service_runner import TIMEOUT, ServiceProcess, listener
 
@@ -190,6 +192,30 @@ def test_lmtp_over_a_unix_socket_takes_bdat_with_one_reply_per_recipient(server,
     [message] = imap_messages(server, ALICE)
     assert b"Received: from mx.example.net (local socket)\r\n" in message
     assert message.endswith(body)
+
+
+def test_swaks_over_lmtp_on_the_unix_socket_reads_one_reply_per_recipient(server, lmtp_socket_dir):
+    result = subprocess.run(
+        [
+            needs.command("swaks"),
+            "--protocol", "LMTP",
+            "--socket", str(lmtp_socket_dir / "lmtp.sock"),
+            "--helo", "mx.example.net",
+            "--from", "sender@remote.test",
+            "--to", f"{ALICE},nobody@example.test,{BOB}",
+            "--header", "Subject: swaks over lmtp",
+            "--timeout", "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    # swaks goes on after a refused recipient, and reads one reply per accepted one after the data.
+    assert "<** 550 5.1.1 No such user here" in result.stdout, result.stdout
+    assert "<-  250 2.1.5 <alice@example.test> Ok: delivered as " in result.stdout, result.stdout
+    assert "<-  250 2.1.5 <bob@example.test> Ok: delivered as " in result.stdout, result.stdout
+    assert result.returncode == 24 or result.returncode == 0, result.stdout  # 24: a recipient was refused
+    assert [b"Subject: swaks over lmtp" in m for m in imap_messages(server, BOB)] == [True]
 
 
 def test_an_lmtp_unix_socket_is_listened_on_again_after_sigkill(tmp_path, lmtp_socket_dir):
