@@ -198,3 +198,23 @@ class ChunkingTests(TestCase):
         self.assertEqual(self.session.replies()[-1], b"421 4.3.2 mail.example.test Service shutting down")
         self.session.proto.connectionLost(None)
         self.assertTrue(writer.discarded)
+
+
+class SubmissionChunkingTests(TestCase):
+    def test_a_message_submitted_in_chunks_gets_message_id_and_date_added_as_with_data(self):
+        import base64
+
+        store = RecordingStore()
+        session = Session(make_factory(store, submission=True, allow_plaintext_auth=True))
+        self.addCleanup(session.proto.connectionLost, None)
+        token = base64.b64encode(b"\x00alice@example.test\x00alice-secret")
+        session.send(b"EHLO c\r\nAUTH PLAIN " + token + b"\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\n")
+        # The header block ends inside the second chunk.
+        session.send(bdat(b"Subject: no ids\r") + bdat(b"\n\r\nhello\r\n", last=True))
+        self.assertEqual(session.codes()[-2:], [b"250", b"250"])
+        [stored] = store.inbox(BOB)
+        headers = stored.split(b"\r\n\r\n")[0]
+        self.assertIn(b"\r\nDate: ", headers)
+        self.assertIn(b"\r\nMessage-ID: <", headers)
+        self.assertIn(b"with ESMTPA id", headers)
+        self.assertTrue(stored.endswith(b"Subject: no ids\r\n\r\nhello\r\n"))
