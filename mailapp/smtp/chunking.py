@@ -13,10 +13,9 @@ L{ChunkingServer} adds BDAT to the SMTP session. Its rules:
     end would get (the same end-of-message processing and commit);
   - a refused BDAT (no MAIL, no recipient, over the size limit) has its
     chunk read and thrown away before the reply, so the session stays in
-    step with a pipelining client; a refusal over the size limit, or any
-    refused chunk of a message, ends the transaction (RFC 3030 2: the
-    client sends no more chunks of it, and those already in the pipeline
-    get 503);
+    step with a pipelining client; a refusal over the size limit ends the
+    transaction (RFC 3030 2: the client sends no more chunks of it, and
+    those already in the pipeline get 503, not counted as errors);
   - DATA is refused in a transaction that used BDAT, and in one whose MAIL
     FROM said BODY=BINARYMIME (503 5.5.1);
   - RSET, a new EHLO, a closed connection or a shutdown between chunks
@@ -50,6 +49,9 @@ class ChunkingServer(ESMTPServer):
         #: Octets of a refused chunk still to throw away, and the reply that then answers its BDAT.
         self._skipping = 0
         self._skipReply: tuple[int, bytes, bool] | None = None
+        #: A chunk of the last transaction was refused: the BDATs the client had
+        #: pipelined behind it get 503 without counting as errors (RFC 3030 2).
+        self._chunkRefused = False
 
     # -- the chunk's octets ------------------------------------------------------------
 
@@ -103,8 +105,9 @@ class ChunkingServer(ESMTPServer):
         last = len(words) == 2
         txn = self._txn
         if txn is None:
-            self._skip(size, 503, b"5.5.1 Error: need MAIL command")
+            self._skip(size, 503, b"5.5.1 Error: need MAIL command", counted=not self._chunkRefused)
             return
+        self._chunkRefused = False
         if not txn.recipients:
             self._skip(size, 503, b"5.5.1 Error: need RCPT command")
             return
@@ -113,6 +116,7 @@ class ChunkingServer(ESMTPServer):
             # Known from the size alone: the chunk is not stored, and the transaction is over.
             self._resetTransaction()
             self._skip(size, 552, b"5.3.4 Message size exceeds fixed maximum message size", counted=False)
+            self._chunkRefused = True
             return
         if self._chunks is None:
             self._chunks = self._openMessage(txn, _ChunkReceiver)
@@ -122,6 +126,10 @@ class ChunkingServer(ESMTPServer):
             self._inChunk = True
         else:
             self._chunkReceived()
+
+    def smtp_RSET(self, argument: bytes) -> None:
+        self._chunkRefused = False
+        super().smtp_RSET(argument)
 
     def smtp_DATA(self, argument: bytes) -> None:
         if self._chunks is not None:

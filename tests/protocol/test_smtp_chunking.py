@@ -112,6 +112,12 @@ class ChunkingTests(TestCase):
         self.assertEqual(self.session.codes(), [b"250", b"250", b"250"])
         self.assertEqual(len(self.store.inbox(ALICE)), 1)
 
+    def test_chunks_pipelined_behind_a_refused_one_get_503_and_never_close_the_session(self):
+        self.transaction()
+        self.session.send(b"BDAT 2000000\r\n" + b"x" * 2000000 + bdat(b"more") * 12 + b"NOOP\r\n")
+        self.assertEqual(self.session.codes(), [b"552"] + [b"503"] * 12 + [b"250"])
+        self.assertFalse(self.session.transport.disconnecting)
+
     def test_data_after_bdat_in_the_same_transaction_gets_503(self):
         self.transaction()
         self.session.send(bdat(b"Subject: k\r\n\r\n") + b"DATA\r\n")
