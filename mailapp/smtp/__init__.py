@@ -1,6 +1,7 @@
 """
-The ESMTP server, in its two roles: the inbound MX (port 25) and
-authenticated submission (587 with STARTTLS, 465 with implicit TLS).
+The ESMTP server, in its roles: the inbound MX (port 25), authenticated
+submission (587 with STARTTLS, 465 with implicit TLS), and LMTP (RFC 2033),
+the last hop from an MTA in front into the mailboxes.
 
   - L{mailapp.smtp.policy}: what a listener allows (L{SMTPPolicy}), the limits;
   - L{mailapp.smtp.session}: the conversation on the shared line session

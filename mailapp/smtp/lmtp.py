@@ -85,6 +85,9 @@ class LMTPServer(ChunkingServer):
     def smtp_EHLO(self, argument: bytes) -> None:
         self._error(500, b"5.5.1 Error: this is LMTP: use LHLO")
 
+    def smtp_HELP(self, argument: bytes) -> None:
+        self.sendCode(214, b"2.0.0 Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT")
+
     def smtp_DATA(self, argument: bytes) -> None:
         if self._txn is not None and not self._txn.recipients and self._chunks is None:
             self._error(503, b"5.5.1 Error: no valid recipients")  # RFC 2033 4.2: 503, not SMTP's 554

@@ -12,6 +12,7 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
+from mailapp.abuse import address_key as guard_key
 from mailapp.accounts import QuotaOverride
 from mailapp.config import ListenerConfig
 from mailapp.errors import StorageFull
@@ -206,6 +207,12 @@ class LMTPTests(TestCase):
         self.assertEqual(session.replies(), [b"554 5.7.1 mail.example.test LMTP is not open to your address"])
         self.assertTrue(session.transport.disconnecting)
 
+    def test_a_ban_its_address_earned_on_another_protocol_does_not_refuse_lmtp(self):
+        guard = self.factory.guard
+        guard._ban(guard_key("127.0.0.1"), guard._clock(), 10)
+        self.assertTrue(guard.banned("127.0.0.1"))
+        self.assertEqual(self.connect("127.0.0.1").codes(), [b"220"])
+
     def test_a_client_in_allowed_clients_is_served(self):
         import ipaddress
 
@@ -230,3 +237,12 @@ class LMTPMetricsTests(TestCase):
         metrics({"log_event": logevents.LMTP_DELIVERED, "delivered": 2, "refused": 0, "size": 100})
         metrics({"log_event": logevents.LMTP_DELIVERED, "delivered": 0, "refused": 1, "size": 100})
         self.assertEqual(metrics.registry.get_sample_value("mailapp_messages_accepted_total", {"protocol": "lmtp"}), 1.0)
+
+
+class LMTPHelpTests(TestCase):
+    def test_help_names_lhlo_not_helo_or_ehlo(self):
+        session = Session(lmtp_factory(RecordingStore()), peer="127.0.0.1")
+        self.addCleanup(session.proto.connectionLost, None)
+        session.clear()
+        session.send(b"HELP\r\n")
+        self.assertEqual(session.replies(), [b"214 2.0.0 Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT"])
