@@ -4,7 +4,8 @@ data directories, never the machine's ``/etc/postfix`` instance or its
 service) whose smtpd listens on one loopback port and whose
 ``virtual_transport`` hands mail for ``example.test`` to mailapp over LMTP.
 Started by L{PostfixProcess.start} (``postfix -c DIR start``), stopped by
-L{PostfixProcess.stop}; every wait is bounded.
+L{PostfixProcess.stop}; every wait is bounded. An instance left running by a
+killed test run (its master is a daemon) is aborted by the next one.
 
 Postfix's master runs as root and its daemons as the ``postfix`` user
 (Debian's package creates it), so its directory lives in a directory of
@@ -56,6 +57,43 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
+#: The instances' directories under /tmp; each holds the pid of the test process that made it ("owner").
+_PREFIX = "mailapp-postfix-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_leftovers(postfix: str) -> None:
+    """
+    An instance whose test process is gone (killed before its teardown) keeps
+    its master running, daemonised: abort it and remove its directory, as the
+    rig does with a killed run's namespaces.
+    """
+    for directory in Path("/tmp").glob(_PREFIX + "*"):
+        try:
+            owner = int((directory / "owner").read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        subprocess.run([postfix, "-c", str(directory / "etc"), "abort"], capture_output=True, timeout=_TIMEOUT)
+        try:
+            master = int((directory / "queue" / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            master = None
+        if master is not None and _alive(master):
+            os.kill(master, 9)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -81,8 +119,10 @@ class PostfixProcess:
         except KeyError:
             needs.unavailable("Postfix's 'postfix' user is missing: install the Debian package postfix")
         self.domain = domain
-        self.directory = Path(tempfile.mkdtemp(prefix="mailapp-postfix-", dir="/tmp"))
+        _stop_leftovers(self.postfix)
+        self.directory = Path(tempfile.mkdtemp(prefix=_PREFIX, dir="/tmp"))
         os.chmod(self.directory, 0o755)
+        (self.directory / "owner").write_text(str(os.getpid()))
         self.config_directory = self.directory / "etc"
         self.queue_directory = self.directory / "queue"
         self.data_directory = self.directory / "data"
