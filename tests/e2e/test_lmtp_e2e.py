@@ -20,12 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from mailapp.accounts import AccountsDatabase, QuotaOverride
 from tests import needs
 from tests.postfix_runner import PostfixProcess
 from tests.service_runner import TIMEOUT, ServiceProcess, listener
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
+CAROL = "carol@example.test"
 PASSWORDS = {ALICE: "alice-secret", BOB: "bob-secret"}
 
 
@@ -235,7 +237,7 @@ def test_an_lmtp_unix_socket_is_listened_on_again_after_sigkill(tmp_path, lmtp_s
         server.terminate()
 
 
-def test_postfix_delivers_to_mailapp_over_lmtp_and_imap_reads_it(tmp_path):
+def test_postfix_delivers_over_lmtp_into_the_inboxes_imap_reads_and_bounces_only_the_full_mailbox(tmp_path):
     started = time.monotonic()
     postfix = PostfixProcess()
     try:
@@ -244,14 +246,18 @@ def test_postfix_delivers_to_mailapp_over_lmtp_and_imap_reads_it(tmp_path):
             tmp_path / "mailapp",
             listener("imap", "imap", allow_plaintext_auth=True) + lmtp_listener("lmtp", f"unix:{socket_path}"),
         )
-        mailapp.add_users(PASSWORDS)
+        mailapp.add_users({**PASSWORDS, CAROL: "carol-secret"})
+        with AccountsDatabase(mailapp.state_dir / "accounts.sqlite3", ("example.test",)) as database:
+            # Room for the SIZE= Postfix declares (about 300), not for the stored copy with our trace fields
+            # (about 480): refused after the data, beside the others' 250s (RFC 2033 4.2).
+            database.set_quota(CAROL, QuotaOverride(bytes=400, messages=None))
         mailapp.start()
         try:
             postfix.start(f"lmtp:unix:{socket_path}")
             with smtplib.SMTP("127.0.0.1", postfix.smtp_port, timeout=TIMEOUT) as client:
                 refused = client.sendmail(
                     "sender@remote.test",
-                    [ALICE, BOB],
+                    [ALICE, CAROL, BOB],
                     b"Subject: through postfix\r\nMessage-ID: <postfix-lmtp@remote.test>\r\n\r\nvia LMTP\r\n",
                 )
             assert refused == {}
@@ -268,7 +274,15 @@ def test_postfix_delivers_to_mailapp_over_lmtp_and_imap_reads_it(tmp_path):
             assert b"Message-ID: <postfix-lmtp@remote.test>" in message
             assert b"by mail.example.test (mailapp) with LMTP id " in message
             assert message.endswith(b"\r\n\r\nvia LMTP\r\n")
-            assert "status=sent (250 2.1.5 <alice@example.test> Ok: delivered as " in postfix.log()
+            log = postfix.log()
+            assert "to=<alice@example.test>" in log and "status=sent (250 2.1.5 <alice@example.test> Ok: delivered as " in log
+            assert "to=<bob@example.test>" in log and "status=sent (250 2.1.5 <bob@example.test> Ok: delivered as " in log
+            # The full mailbox's own refusal, in the same LMTP transaction: Postfix bounces that recipient only.
+            wait_until(
+                lambda: "to=<carol@example.test>" in postfix.log(), TIMEOUT, lambda: f"no outcome for carol\n{postfix.log()}"
+            )
+            assert "552 5.2.2 <carol@example.test> Mailbox full (in reply to end of DATA command)" in postfix.log(), postfix.log()
+            assert "status=bounced" in postfix.log(), postfix.log()
         finally:
             mailapp.terminate()
     finally:
