@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from mailapp import dsn, logevents
 from mailapp.errors import (
+    BinaryNotRelayed,
     ForwardingRateExceeded,
     MailError,
     NoSuchUser,
@@ -104,6 +105,12 @@ class Transaction:
     reached_locally: list[str] = field(default_factory=list)
     #: The MX's SPF check passed for the envelope sender (L{mailapp.authentication}).
     sender_verified: bool = False
+    #: What each RCPT address (as in L{recipients}) reached: its local
+    #: accounts and its remote targets, for L{commitEach}.
+    reached: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+    #: MAIL FROM said BODY=BINARYMIME (RFC 3030): the message may hold any
+    #: octet, which the relay's DATA could not carry, so it reaches local mailboxes only.
+    binarymime: bool = False
 
     @inlineCallbacks
     def addRecipient(self, address: str) -> Any:
@@ -133,6 +140,8 @@ class Transaction:
             raise NoSuchUser()
         if not resolution.local_domain and not self.relay_allowed and address == forwarder:
             raise RelayDenied()
+        if resolution.remote and self.binarymime:
+            raise BinaryNotRelayed()
         if resolution.remote and self.router.queue is None:
             # This server was built without a relay queue: say so honestly, the client retries later.
             raise RemoteDeliveryUnavailable()
@@ -147,6 +156,7 @@ class Transaction:
         self.recipients.append(forwarder)
         if resolution.local:
             self.reached_locally.append(forwarder)
+        self.reached[forwarder] = (tuple(resolution.local), tuple(resolution.remote))
         for account in resolution.local:
             if account.lower() not in (a.lower() for a in self.local):
                 self.local.append(account)
@@ -214,6 +224,44 @@ class Transaction:
             refused = yield self.router.overQuota(self.local, message.size)
             if refused is not None:
                 raise refused
+        return (yield self._deliver(message))
+
+    @inlineCallbacks
+    def commitEach(self) -> Any:
+        """
+        LMTP's commit (RFC 2033 4.2): fires with each recipient's outcome,
+        in the order of L{recipients}: C{None} once its copy is durable, or
+        the L{MailError} it is refused with. A recipient is refused for its
+        quota alone when every mailbox it reaches lacks room for the
+        message (the Router's rule, applied per recipient, so a full
+        mailbox no longer takes a message meant for others too); the rest
+        are made durable together, as L{commit} does, and its failure (a
+        L{MailError}) is every one of theirs.
+        """
+        message = self._opened()
+        yield message.finish()
+        outcomes: list[MailError | None] = []
+        for recipient in self.recipients:
+            local, remote = self.reached[recipient]
+            refused = (yield self.router.overQuota(local, message.size)) if local and not remote else None
+            outcomes.append(refused)
+        accepted = [recipient for recipient, outcome in zip(self.recipients, outcomes) if outcome is None]
+        if not accepted:
+            self.message = None
+            yield message.discard()
+            return outcomes
+        kept_local = {account.lower() for recipient in accepted for account in self.reached[recipient][0]}
+        kept_remote = {target.lower() for recipient in accepted for target in self.reached[recipient][1]}
+        self.local = [account for account in self.local if account.lower() in kept_local]
+        self.remote = [target for target in self.remote if target.lower() in kept_remote]
+        self.forwarded = {target: alias for target, alias in self.forwarded.items() if target in self.remote}
+        self.reached_locally = [recipient for recipient in self.reached_locally if recipient in accepted]
+        yield self._deliver(message)
+        return outcomes
+
+    @inlineCallbacks
+    def _deliver(self, message: IMessageWriter) -> Any:
+        """L{commit}'s steps 2 to 4 for the finished C{message}, then the "delivered" DSNs asked for; fires with the queue id."""
         delivered_dsn = self._deliveredRecipients()
         # Read while the message is still ours: a large one is only in its spool file.
         returned_headers = (yield self._headers(message)) if delivered_dsn else b""

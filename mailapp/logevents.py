@@ -69,6 +69,10 @@ POSTSCREEN_UNAUTH_PIPELINING: Final = "postscreen.unauth_pipelining"
 
 # --- names the design already promises to the protocol layers ---
 SMTP_ACCEPTED: Final = "smtp.accepted"
+#: queue_id, sender, delivered, refused (recipients), size, client: a message taken over LMTP, one reply per recipient.
+LMTP_DELIVERED: Final = "lmtp.delivered"
+#: client: an LMTP connection from an address neither loopback nor in the listener's allowed_clients.
+LMTP_CLIENT_REFUSED: Final = "lmtp.client_refused"
 SMTP_RCPT_REJECTED: Final = "smtp.rcpt_rejected"
 #: a RCPT refused 550 5.7.1: the recipient's block list names the sender; also: sender, recipient, owner (whose list), pattern, client
 SMTP_SENDER_BLOCKED: Final = "smtp.sender_blocked"

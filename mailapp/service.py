@@ -101,6 +101,7 @@ def _register_builtin_protocols() -> None:
 
     register_protocol("smtp", smtp.buildFactory)
     register_protocol("submission", smtp.buildFactory)
+    register_protocol("lmtp", smtp.buildLMTPFactory)
     from mailapp import pop3
 
     register_protocol("pop3", pop3.buildFactory)

@@ -90,3 +90,5 @@ class SMTPPolicy(SessionLimits):
     greylisting: GreylistingConfig = DEFAULT_GREYLISTING
     #: The content scanner (``[spam]``), live on SIGHUP with the rest of the policy.
     spam: SpamConfig = DEFAULT_SPAM
+    #: On an LMTP listener: the networks whose clients may use it besides loopback and a unix socket.
+    allowed_clients: tuple[Any, ...] = ()

@@ -8,7 +8,7 @@ the 250 after DATA is sent only when the Router says every copy is durable.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -31,7 +31,7 @@ from mailapp.headercheck import header_addresses
 from mailapp.networks import in_networks
 from mailapp.postscreen.blocklists import Refusal
 from mailapp.postscreen.greylist import GREYLISTED, Verdict
-from mailapp.smtp.data import _DataReceiver, missing_headers, received_header
+from mailapp.smtp.data import _DataReceiver, _MessageStream, missing_headers, received_header
 from mailapp.accounts.addresses import ascii_domain
 from mailapp.errors import AccountError
 from mailapp.smtp.policy import ADDRESS, PATH
@@ -43,6 +43,8 @@ from mailapp.spam.scanner import ScanRequest
 __all__ = ["ESMTPServer"]
 
 _log = Logger()
+
+_Stream = TypeVar("_Stream", bound=_MessageStream)
 
 
 class ESMTPServer(SMTPSession):
@@ -193,7 +195,7 @@ class ESMTPServer(SMTPSession):
                     self.sendCode(552, b"5.3.4 Message size exceeds fixed maximum message size")
                     return
             elif key == "BODY":
-                if value.upper() not in ("7BIT", "8BITMIME"):
+                if value.upper() not in ("7BIT", "8BITMIME", "BINARYMIME"):
                     self._error(501, b"5.5.4 Bad BODY parameter")
                     return
             elif key == "AUTH":
@@ -229,6 +231,7 @@ class ESMTPServer(SMTPSession):
             self._txn.smtputf8 = "SMTPUTF8" in params
             self._txn.dsn.ret = params.get("RET", "").upper()
             self._txn.dsn.envid = params.get("ENVID", "")
+            self._txn.binarymime = params.get("BODY", "").upper() == "BINARYMIME"
             if self._screen is not None:
                 self._screen.sender(sender)
             self.sendCode(250, b"2.1.0 Ok")
@@ -443,7 +446,12 @@ class ESMTPServer(SMTPSession):
         if argument:
             self._error(501, b"5.5.4 Syntax: DATA")
             return
-        txn = self._txn
+        self._data = self._openMessage(self._txn, _DataReceiver)
+        self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
+        self.deadlines.dataStarted()
+
+    def _openMessage(self, txn: Transaction, kind: type[_Stream]) -> _Stream:
+        """The stream that takes C{txn}'s message to the spool (DATA's, or BDAT's chunks)."""
         message = txn.open()
         self._headerFrom = []
         received = self._receivedHeader(txn)
@@ -451,14 +459,12 @@ class ESMTPServer(SMTPSession):
         # its URLs' listings and its scan are known (the end of data); memory bounded by max_message_size.
         held = self._inbound is not None or self._scanned() or (self._screen is not None and self._screen.checksUrls())
         self._received = received if held else b""
-        self._data = _DataReceiver(
+        return kind(
             HeldMessage() if held else message,
             self.policy.max_message_size,
             prefix=b"" if held else received,
             addMissing=self._missingHeaders if self.policy.submission else None,
         )
-        self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
-        self.deadlines.dataStarted()
 
     def _receivedHeader(self, txn: Transaction) -> bytes:
         # RFC 6531 3.7.3: a SMTPUTF8 transaction is "with UTF8SMTP" (+S, +A).
@@ -604,7 +610,7 @@ class ESMTPServer(SMTPSession):
 
         def decide(refusal: MailError | None) -> Any:
             if refusal is None:
-                return self.factory.inflight(txn.commit()).addCallbacks(stored, failed)
+                return self._commit(txn, receiver.size)
             txn.abort()
             _log.info(
                 "refused at end of data from=<{sender}> client={client}: {reply}",
@@ -613,8 +619,27 @@ class ESMTPServer(SMTPSession):
                 client=self._peerIP,
                 reply=refusal.reply().decode("ascii"),
             )
-            self.sendCode(refusal.code, f"{refusal.enhanced} {refusal.text}".encode())
+            self._answerMessage(txn, refusal)
             return None
+
+        def failed(reason: Failure) -> None:
+            self._commitFailed(txn, reason)
+
+        self._wait(checked.addCallbacks(decide, failed))
+
+    def _answerMessage(self, txn: Transaction, error: MailError) -> None:
+        """The reply to the end of a message that is not stored (LMTP: one per recipient)."""
+        self.sendCode(error.code, f"{error.enhanced} {error.text}".encode("ascii", "replace"))
+
+    def _commitFailed(self, txn: Transaction, reason: Failure) -> None:
+        txn.abort()
+        error = reason.value if isinstance(reason.value, MailError) else MailError()
+        if not isinstance(reason.value, MailError):
+            _log.failure("smtp.commit_failed", reason)
+        self._answerMessage(txn, error)
+
+    def _commit(self, txn: Transaction, size: int) -> Any:
+        """Make the message durable, then answer: 250 once every copy is (L{Transaction.commit})."""
 
         def stored(queue_id: str) -> None:
             if txn.authenticated:
@@ -625,19 +650,15 @@ class ESMTPServer(SMTPSession):
                 queue_id=queue_id,
                 sender=txn.sender,
                 count=len(txn.recipients),
-                size=receiver.size,
+                size=size,
                 client=self._peerIP,
             )
             self.sendCode(250, f"2.0.0 Ok: queued as {queue_id}".encode())
 
         def failed(reason: Failure) -> None:
-            txn.abort()
-            error = reason.value if isinstance(reason.value, MailError) else MailError()
-            if not isinstance(reason.value, MailError):
-                _log.failure("smtp.commit_failed", reason)
-            self.sendCode(error.code, f"{error.enhanced} {error.text}".encode("ascii", "replace"))
+            self._commitFailed(txn, reason)
 
-        self._wait(checked.addCallbacks(decide, failed))
+        return self.factory.inflight(txn.commit()).addCallbacks(stored, failed)
 
 
 def _valid_address(address: str) -> bool:

@@ -204,6 +204,8 @@ def test_ehlo_on_the_mx_listener_offers_starttls_and_size_but_no_auth(server: Se
             "enhancedstatuscodes": "",
             "dsn": "",
             "smtputf8": "",
+            "chunking": "",
+            "binarymime": "",
             "starttls": "",
             "help": "",
         }

@@ -78,6 +78,8 @@ class ProtocolTests(MXSessionTestCase):
                 b"250-ENHANCEDSTATUSCODES",
                 b"250-DSN",
                 b"250-SMTPUTF8",
+                b"250-CHUNKING",
+                b"250-BINARYMIME",
                 b"250 HELP",
             ],
         )
