@@ -157,7 +157,7 @@ def strip_return_path(head: bytes) -> bytes:
 
 
 class BytesSource:
-    """A message in memory, read in chunks (tests, small messages)."""
+    """A message in memory, read in chunks (tests, small messages, a converted copy: L{mailapp.relay.downgrade})."""
 
     def __init__(self, data: bytes) -> None:
         self._data = data

@@ -25,7 +25,8 @@ from twisted.python.failure import Failure
 
 from mailapp import logevents
 from mailapp.dsn import RecipientRequest, read_headers
-from mailapp.relay.client import FileSource, Reply, SessionError, SMTPClient, local_reply
+from mailapp.relay import downgrade
+from mailapp.relay.client import BytesSource, FileSource, Reply, SessionError, SMTPClient, local_reply
 from mailapp.relay.queue import Queue
 from mailapp.relay.routing import Hop, RouteError, Routes
 from mailapp.relay.tlspolicy import NONE, OPPORTUNISTIC, DomainPolicy, HopCheck, TLSPolicies
@@ -435,6 +436,31 @@ class Workers:
         return None
 
     @defer.inlineCallbacks
+    def _sevenBit(self, envelope: Any) -> Any:
+        """
+        For a next hop without 8BITMIME (RFC 6152 3): None when the queued
+        message is 7-bit already, its quoted-printable conversion
+        (L{mailapp.relay.downgrade}), or the permanent refusal (5.6.3) its
+        recipients bounce with when it cannot be converted.
+        """
+
+        def convert(path: Any) -> bytes | None | Reply:
+            with open(path, "rb") as file:
+                data = file.read()
+            if not downgrade.is_8bit(data):
+                return None
+            try:
+                return downgrade.downgrade(data)
+            except downgrade.CannotDowngrade as error:
+                return local_reply(550, f"5.6.3 the next hop does not offer 8BITMIME, and this 8-bit message cannot be converted: {error}")
+
+        try:
+            result = yield self.queue.run(convert, self.queue.message_path(envelope.id))
+        except OSError:
+            return local_reply(451, "4.3.0 the queued message cannot be read")
+        return result
+
+    @defer.inlineCallbacks
     def _send(self, client: Any, work: Work) -> Any:
         entry = self.entries[work.entry_id]
         envelope = entry.envelope
@@ -447,7 +473,14 @@ class Workers:
             refused = yield self._withoutSMTPUTF8(envelope)
             if refused is not None:
                 return {r: refused for r in work.recipients}
-        source = FileSource(self.queue.message_path(envelope.id), self.queue.run)
+        source: Any = FileSource(self.queue.message_path(envelope.id), self.queue.run)
+        size = envelope.size
+        if "8BITMIME" not in extensions and not (envelope.smtputf8 and "SMTPUTF8" in extensions):
+            converted = yield self._sevenBit(envelope)
+            if isinstance(converted, Reply):
+                return {r: converted for r in work.recipients}
+            if converted is not None:
+                source, size = BytesSource(converted), len(converted)
         work.peer_dsn = "DSN" in extensions
         options: dict[str, Any] = {}
         if envelope.requiretls:
@@ -461,7 +494,7 @@ class Workers:
         if mail_parameters:
             options["mail_parameters"] = mail_parameters
         try:
-            results = yield client.send(envelope.sender, work.recipients, source, envelope.size, **options)
+            results = yield client.send(envelope.sender, work.recipients, source, size, **options)
         except SessionError as error:
             results = {r: error.reply for r in work.recipients}
         except Exception as error:

@@ -23,7 +23,8 @@ ASCII_BODY = b"Subject: hello\r\n\r\nHi.\r\n"
 
 class UTF8Client(FakeClient):
     def greet(self, hostname: str, tls: Any = None, require_tls: bool = False, auth: Any = None, verify: Any = None) -> defer.Deferred[None]:
-        self.extensions = {"SMTPUTF8": ""} if self.network.offers else {}  # type: ignore[attr-defined]
+        # RFC 6531 3.2: a server that offers SMTPUTF8 offers 8BITMIME too.
+        self.extensions = {"SMTPUTF8": "", "8BITMIME": ""} if self.network.offers else {}  # type: ignore[attr-defined]
         return defer.succeed(None)
 
     def send(self, sender: str, recipients: list[str], source: Any, size: int, **options: Any) -> Any:
