@@ -33,7 +33,7 @@ class SessionState(enum.Enum):
 
 #: The command table: the commands valid in each state.
 COMMANDS: dict[SessionState, frozenset[str]] = {
-    SessionState.AUTHORIZATION: frozenset({"CAPA", "USER", "PASS", "AUTH", "STLS", "QUIT"}),
+    SessionState.AUTHORIZATION: frozenset({"CAPA", "USER", "PASS", "AUTH", "STLS", "UTF8", "QUIT"}),
     SessionState.TRANSACTION: frozenset({"CAPA", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET", "NOOP", "QUIT"}),
     SessionState.UPDATE: frozenset(),
 }

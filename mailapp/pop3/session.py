@@ -173,7 +173,7 @@ class POP3Server(LineSession):
             self._err(b"Invalid characters in command")
             return
         verb, _, argument = line.partition(b" ")
-        name = verb.upper().decode("ascii") if verb.isalpha() and len(verb) <= 8 else ""
+        name = verb.upper().decode("ascii") if verb.isalnum() and verb.isascii() and len(verb) <= 8 else ""
         if name not in KNOWN:
             self._err(b"Unknown command")
             return
@@ -197,6 +197,9 @@ class POP3Server(LineSession):
         if self.sessionState is SessionState.AUTHORIZATION and self._loginAllowed():
             lines += [b"USER", b"SASL PLAIN"]
         lines += [b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+        if self.sessionState is SessionState.AUTHORIZATION:
+            # RFC 6856: UTF-8 user names and passwords in USER/PASS (and SASL) always; messages as stored.
+            lines.append(b"UTF8 USER")
         if self.sessionState is SessionState.AUTHORIZATION and self.factory.tls is not None and not self.secure:
             lines.append(b"STLS")
         lines.append(b"IMPLEMENTATION mailapp")
@@ -211,6 +214,17 @@ class POP3Server(LineSession):
             return
         self._user = None
         self._startTLS(b"+OK Begin TLS negotiation\r\n", self.factory.tls)
+
+    def pop3_UTF8(self, argument: bytes) -> None:
+        """
+        RFC 6856 2: the client takes UTF-8. Messages are always sent as
+        stored (a UTF-8 one as it arrived with SMTPUTF8); user names and
+        passwords are UTF-8 whether or not this was said.
+        """
+        if argument:
+            self._err(b"Syntax: UTF8")
+            return
+        self._ok(b"UTF8 enabled")
 
     def pop3_USER(self, argument: bytes) -> None:
         if not self._loginAllowed():

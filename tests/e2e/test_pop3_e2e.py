@@ -135,6 +135,7 @@ def test_pop3_refuses_plaintext_login_and_offers_it_after_stls(server: ServicePr
             "RESP-CODES": [],
             "AUTH-RESP-CODE": [],
             "PIPELINING": [],
+            "UTF8": ["USER"],
             "IMPLEMENTATION": ["mailapp"],
         }
         client.user(user)

@@ -4,11 +4,13 @@ domain in U-labels and a UTF-8 user in it; the real service offers
 SMTPUTF8, takes ``jörg@bücher.example`` (U-labels or A-labels alike) from
 smtplib only in a SMTPUTF8 transaction, stores the message with its UTF-8
 header fields as received and its Received: field saying UTF8SMTP; and
-refuses a UTF-8 address without SMTPUTF8 with 553 5.6.7.
+refuses a UTF-8 address without SMTPUTF8 with 553 5.6.7. The user then logs
+in over POP3 with poplib (RFC 6856: UTF8, UTF-8 USER) and reads it.
 """
 
 from __future__ import annotations
 
+import poplib
 import smtplib
 import socket
 import subprocess
@@ -26,7 +28,8 @@ TIMEOUT = 10.0
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    running = ServiceProcess(tmp_path_factory.mktemp("smtputf8"), listener("mx", "smtp"))
+    listeners = listener("mx", "smtp") + listener("pop3", "pop3", allow_plaintext_auth=True)
+    running = ServiceProcess(tmp_path_factory.mktemp("smtputf8"), listeners)
     mailapp = Path(sys.executable).parent / "mailapp"
     for arguments in (["domain", "add", "Bücher.example"], ["user", "add", USER, "--password", "jörg-password-1"]):
         done = subprocess.run(
@@ -70,3 +73,20 @@ def test_a_utf8_address_without_smtputf8_is_refused_with_553_5_6_7(server: Servi
         stream.flush()
         assert stream.readline().startswith(b"250")
         assert stream.readline().startswith(b"553 5.6.7")
+
+
+def test_the_utf8_user_logs_in_over_pop3_and_reads_the_message_as_it_arrived(server: ServiceProcess) -> None:
+    with smtplib.SMTP("127.0.0.1", server.port("mx"), timeout=TIMEOUT) as client:
+        message = f"From: zoe@remote.test\r\nTo: {USER}\r\nSubject: für POP3\r\n\r\nHallo.\r\n".encode()
+        client.sendmail("zoe@remote.test", [USER], message, mail_options=["SMTPUTF8"])
+    pop = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=TIMEOUT)
+    try:
+        assert pop.capa()["UTF8"] == ["USER"]
+        assert pop.utf8() == b"+OK UTF8 enabled"
+        pop.user(USER)
+        assert pop.pass_("jörg-password-1").startswith(b"+OK")
+        count, _ = pop.stat()
+        lines = [b"\r\n".join(pop.retr(n)[1]) for n in range(1, count + 1)]
+        assert any("Subject: für POP3".encode() in text for text in lines)
+    finally:
+        pop.quit()

@@ -41,8 +41,19 @@ class AuthorizationTests(POP3TestCase):
         self.assertEqual(
             session.output(),
             b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\nSASL PLAIN\r\nRESP-CODES\r\n"
-            b"AUTH-RESP-CODE\r\nPIPELINING\r\nSTLS\r\nIMPLEMENTATION mailapp\r\n.\r\n",
+            b"AUTH-RESP-CODE\r\nPIPELINING\r\nUTF8 USER\r\nSTLS\r\nIMPLEMENTATION mailapp\r\n.\r\n",
         )
+
+    def test_utf8_is_accepted_and_a_utf8_user_logs_in_with_user_and_pass(self) -> None:
+        accounts = make_accounts()
+        accounts.add_user("jörg@example.test", "jörg-geheim")
+        factory, _ = make_factory(self.store, accounts=accounts)
+        session = self.session(factory)
+        session.clear()
+        session.send("UTF8\r\nUSER Jörg@example.test\r\nPASS jörg-geheim\r\nSTAT\r\n".encode())
+        lines = session.lines()
+        self.assertEqual(lines[0], b"+OK UTF8 enabled")
+        self.assertTrue(lines[-1].startswith(b"+OK 0 0"), lines)
 
     def test_without_tls_plaintext_login_is_neither_offered_nor_accepted(self) -> None:
         accounts = make_accounts()
