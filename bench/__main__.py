@@ -312,6 +312,15 @@ def dkim_sign_workload(count: int) -> Callable[[Path, float], dict[str, Any]]:
     return run
 
 
+def login_burst_workload(logins: int) -> Callable[[Path, float], dict[str, Any]]:
+    """Cold logins at once, argon2id shared per account and password or paid per login: L{bench.login_burst}."""
+
+    def run(workdir: Path, timeout: float) -> dict[str, Any]:
+        return _run_json([sys.executable, "-m", "bench.login_burst", "--logins", str(logins)], timeout, "login burst")
+
+    return run
+
+
 def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, float], dict[str, Any]]]]:
     n, big = args.messages, args.large_messages
     spam, rspamd = getattr(args, "spam_extra", ""), getattr(args, "rspamd_process", None)
@@ -325,6 +334,7 @@ def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, 
         "idle": (f"IMAP IDLE, {args.idle_connections} connections of {args.idle_users} users at once; {args.imap_pushes} deliveries to 5 of them", idle_workload(args.idle_connections, args.idle_users, args.imap_pushes)),
         "relay": (f"relay, {args.relay_messages} x 4 KiB from A's queue into B (loopback, STARTTLS)", relay_workload(args.relay_messages, 4096, args.relay_connections)),
         "null-sink-4k": (f"generator alone against a null sink, {n} x 4 KiB", null_sink_workload(n, 4096, args.concurrency, 50)),
+        "login-burst": ("200 cold logins at once, 20 for each of 10 accounts, production argon2id: one check per login against shared checks", login_burst_workload(200)),
         "dkim-sign": ("DKIM signatures of a 4 KiB message, 1,000 per algorithm, in-process", dkim_sign_workload(1000)),
         "submission-dkim": (
             f"submission (AUTH PLAIN) to remote recipients, queued durably, {n} x 4 KiB, {args.concurrency} connections, "
@@ -375,6 +385,11 @@ FIGURES = [
     ("ed25519_sha256_ms", "ed25519 ms", "{:.2f}"),
     ("both_ms", "both (1 msg) ms", "{:.2f}"),
     ("rsa_sha256_dkimpy_pure_python_ms", "pure-Py RSA ms", "{:.1f}"),
+    ("each_seconds", "per login s", "{:.2f}"),
+    ("each_argon2id_checks", "per login checks", "{:.0f}"),
+    ("shared_seconds", "shared s", "{:.2f}"),
+    ("shared_argon2id_checks", "shared checks", "{:.0f}"),
+    ("speedup", "speedup", "{:.1f}"),
     ("unsigned_messages_per_second", "unsigned msg/s", "{:.0f}"),
     ("signed_messages_per_second", "signed msg/s", "{:.0f}"),
     ("signed_share", "signed/unsigned", "{:.2f}"),
