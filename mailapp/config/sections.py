@@ -72,6 +72,12 @@ class ServerSection:
     sync: str = field(default="filesystem", metadata=string(one_of("filesystem", "file")))
     #: Log output when run by twist/twistd: "text" (human) or "json" (one JSON object a line).
     log_format: str = field(default="text", metadata=string(one_of("text", "json")))
+    #: The log file twistd writes (``--logfile``, or twistd.log when it
+    #: daemonises) is rotated at this size ...
+    log_file_max_bytes: int = field(default=10 * 1024 * 1024, metadata=integer(positive))
+    #: ... and this many rotated files are kept (the oldest deleted), so that
+    #: logs never fill the disk; 0 keeps none.
+    log_file_keep: int = field(default=10, metadata=integer(zero_or_positive("keep no rotated file")))
 
 
 def _unique(domains: list[str]) -> tuple[str, ...]:
@@ -248,6 +254,8 @@ class Config:
     relay: RelayConfig
     sync: str = ServerSection.sync
     log_format: str = ServerSection.log_format
+    log_file_max_bytes: int = ServerSection.log_file_max_bytes
+    log_file_keep: int = ServerSection.log_file_keep
     security: SecurityConfig = field(default_factory=SecurityConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     #: ``[authentication]``: SPF, DKIM and DMARC on the MX.

@@ -577,3 +577,12 @@ def test_allowed_clients_on_another_protocol_and_a_bad_network_are_problems() ->
         "etc/test.toml: listeners.test.allowed_clients[0]: bad network '192.0.2.1/24': "
         "192.0.2.1/24 has host bits set; did you mean 192.0.2.0/24?"
     )
+
+
+def test_the_log_file_is_rotated_at_10_mib_keeping_10_files_by_default_and_bad_values_are_named() -> None:
+    config = parse(MINIMAL, PATH)
+    assert (config.log_file_max_bytes, config.log_file_keep) == (10 * 1024 * 1024, 10)
+    text = MINIMAL.replace('hostname = "mail.example.test"', 'hostname = "mail.example.test"\nlog_file_max_bytes = 0\nlog_file_keep = -1')
+    problems = problems_of(text)
+    assert any("server.log_file_max_bytes" in p and "positive" in p for p in problems), problems
+    assert any("server.log_file_keep" in p and "keep no rotated file" in p for p in problems), problems
