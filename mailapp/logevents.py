@@ -97,6 +97,18 @@ QUOTA_REFUSED: Final = "quota.refused"
 # --- delivery and the store ---
 DELIVERY_STORED: Final = "delivery.stored"
 DELIVERY_FAILED: Final = "delivery.failed"
+#: fields: queue_id, account, actions (what the script did), errors (its runtime errors, if any), steps
+SIEVE_FILTERED: Final = "sieve.filtered"
+#: fields: queue_id, account, target, error; a redirect that failed, kept instead
+SIEVE_REDIRECT_FAILED: Final = "sieve.redirect_failed"
+#: fields: queue_id, account, sender, reason (why no reply: list, bulk, null sender, ourselves, already answered, daily bound)
+SIEVE_VACATION_SKIPPED: Final = "sieve.vacation_skipped"
+#: fields: queue_id, account, sender, reply_id
+SIEVE_VACATION_SENT: Final = "sieve.vacation_sent"
+#: fields: queue_id, account, sender, error
+SIEVE_VACATION_FAILED: Final = "sieve.vacation_failed"
+#: fields: queue_id, account, sender, dsn_id (empty when none could be sent without backscatter)
+SIEVE_REJECTED: Final = "sieve.rejected"
 SMTP_AUTH_OK: Final = "smtp.auth_ok"
 SMTP_INTERNAL_ERROR: Final = "smtp.internal_error"
 

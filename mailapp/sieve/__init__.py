@@ -13,7 +13,14 @@ import threading
 from collections import OrderedDict
 
 from mailapp.sieve.commands import EXTENSIONS, check
-from mailapp.sieve.interpreter import Outcome, Placement, SieveLimits, SieveRuntimeError, Vacation, run
+from mailapp.sieve.interpreter import (
+    Outcome,
+    Placement,
+    SieveLimits,
+    SieveRuntimeError,
+    Vacation,
+    run,
+)
 from mailapp.sieve.message import Envelope, MessageView
 from mailapp.sieve.parser import Command, SieveSyntaxError, parse
 

@@ -13,7 +13,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from mailapp.sieve.parser import Argument, Command, SieveSyntaxError, StringList, Tag, Test
+from mailapp.sieve.parser import (
+    Argument,
+    Command,
+    SieveSyntaxError,
+    StringList,
+    Tag,
+    Test,
+)
 
 __all__ = ["EXTENSIONS", "check"]
 
@@ -42,8 +49,20 @@ _IMPLICIT = {"comparator-i;octet", "comparator-i;ascii-casemap"}
 COMPARATORS = ("i;octet", "i;ascii-casemap", "i;ascii-numeric")
 
 STRING, STRINGS, NUMBER = "string", "string-list", "number"
-MATCH_TAGS = {"is": None, "contains": None, "matches": None, "count": "relational", "value": "relational"}
-ADDRESS_PARTS = {"all": None, "localpart": None, "domain": None, "user": "subaddress", "detail": "subaddress"}
+MATCH_TAGS = {
+    "is": None,
+    "contains": None,
+    "matches": None,
+    "count": "relational",
+    "value": "relational",
+}
+ADDRESS_PARTS = {
+    "all": None,
+    "localpart": None,
+    "domain": None,
+    "user": "subaddress",
+    "detail": "subaddress",
+}
 RELATIONS = ("gt", "ge", "lt", "le", "eq", "ne")
 
 
@@ -63,7 +82,10 @@ class Spec:
     address: bool = False
 
 
-def _with(base: dict[str, tuple[str | None, str | None]], **more: tuple[str | None, str | None]) -> dict[str, tuple[str | None, str | None]]:
+def _with(
+    base: dict[str, tuple[str | None, str | None]],
+    **more: tuple[str | None, str | None],
+) -> dict[str, tuple[str | None, str | None]]:
     return {**base, **more}
 
 
@@ -75,8 +97,13 @@ _MATCH: dict[str, tuple[str | None, str | None]] = {
     "value": (STRING, "relational"),
     "comparator": (STRING, None),
 }
-_ADDRESS = _with(_MATCH, **{name: (None, extension) for name, extension in ADDRESS_PARTS.items()})
-_INDEX: dict[str, tuple[str | None, str | None]] = {"index": (NUMBER, "index"), "last": (None, "index")}
+_ADDRESS = _with(
+    _MATCH, **{name: (None, extension) for name, extension in ADDRESS_PARTS.items()}
+)
+_INDEX: dict[str, tuple[str | None, str | None]] = {
+    "index": (NUMBER, "index"),
+    "last": (None, "index"),
+}
 _FLAGS: dict[str, tuple[str | None, str | None]] = {"flags": (STRINGS, "imap4flags")}
 
 COMMANDS: dict[str, Spec] = {
@@ -87,7 +114,11 @@ COMMANDS: dict[str, Spec] = {
     "stop": Spec(),
     "keep": Spec(tags=_FLAGS),
     "discard": Spec(),
-    "fileinto": Spec("fileinto", tags=_with(_FLAGS, copy=(None, "copy"), create=(None, "mailbox")), positional=(STRING,)),
+    "fileinto": Spec(
+        "fileinto",
+        tags=_with(_FLAGS, copy=(None, "copy"), create=(None, "mailbox")),
+        positional=(STRING,),
+    ),
     "redirect": Spec(tags={"copy": (None, "copy")}, positional=(STRING,)),
     "reject": Spec("reject", positional=(STRING,)),
     "ereject": Spec("ereject", positional=(STRING,)),
@@ -96,7 +127,17 @@ COMMANDS: dict[str, Spec] = {
     "removeflag": Spec("imap4flags", positional=(STRING, STRINGS), optional_leading=1),
     "set": Spec(
         "variables",
-        tags={name: (None, None) for name in ("lower", "upper", "lowerfirst", "upperfirst", "quotewildcard", "length")},
+        tags={
+            name: (None, None)
+            for name in (
+                "lower",
+                "upper",
+                "lowerfirst",
+                "upperfirst",
+                "quotewildcard",
+                "length",
+            )
+        },
         positional=(STRING, STRING),
     ),
     "vacation": Spec(
@@ -113,7 +154,12 @@ COMMANDS: dict[str, Spec] = {
     ),
     "include": Spec(
         "include",
-        tags={"personal": (None, None), "global": (None, None), "once": (None, None), "optional": (None, None)},
+        tags={
+            "personal": (None, None),
+            "global": (None, None),
+            "once": (None, None),
+            "optional": (None, None),
+        },
         positional=(STRING,),
     ),
     "return": Spec("include"),
@@ -121,36 +167,87 @@ COMMANDS: dict[str, Spec] = {
 }
 
 TESTS: dict[str, Spec] = {
-    "address": Spec(tags=_with(_ADDRESS, **_INDEX), positional=(STRINGS, STRINGS), match=True, address=True),
-    "envelope": Spec("envelope", tags=_ADDRESS, positional=(STRINGS, STRINGS), match=True, address=True),
-    "header": Spec(tags=_with(_MATCH, **_INDEX), positional=(STRINGS, STRINGS), match=True),
+    "address": Spec(
+        tags=_with(_ADDRESS, **_INDEX),
+        positional=(STRINGS, STRINGS),
+        match=True,
+        address=True,
+    ),
+    "envelope": Spec(
+        "envelope",
+        tags=_ADDRESS,
+        positional=(STRINGS, STRINGS),
+        match=True,
+        address=True,
+    ),
+    "header": Spec(
+        tags=_with(_MATCH, **_INDEX), positional=(STRINGS, STRINGS), match=True
+    ),
     "exists": Spec(positional=(STRINGS,)),
-    "size": Spec(tags={"over": (None, None), "under": (None, None)}, positional=(NUMBER,)),
+    "size": Spec(
+        tags={"over": (None, None), "under": (None, None)}, positional=(NUMBER,)
+    ),
     "allof": Spec(tests="list"),
     "anyof": Spec(tests="list"),
     "not": Spec(tests="one"),
     "true": Spec(),
     "false": Spec(),
     "body": Spec(
-        "body", tags=_with(_MATCH, raw=(None, None), content=(STRINGS, None), text=(None, None)), positional=(STRINGS,), match=True
+        "body",
+        tags=_with(
+            _MATCH, raw=(None, None), content=(STRINGS, None), text=(None, None)
+        ),
+        positional=(STRINGS,),
+        match=True,
     ),
     "string": Spec("variables", tags=_MATCH, positional=(STRINGS, STRINGS), match=True),
-    "hasflag": Spec("imap4flags", tags=_MATCH, positional=(STRINGS, STRINGS), optional_leading=1, match=True),
+    "hasflag": Spec(
+        "imap4flags",
+        tags=_MATCH,
+        positional=(STRINGS, STRINGS),
+        optional_leading=1,
+        match=True,
+    ),
     "date": Spec(
         "date",
         tags=_with(_MATCH, **_INDEX, zone=(STRING, None), originalzone=(None, None)),
         positional=(STRING, STRING, STRINGS),
         match=True,
     ),
-    "currentdate": Spec("date", tags=_with(_MATCH, zone=(STRING, None)), positional=(STRING, STRINGS), match=True),
+    "currentdate": Spec(
+        "date",
+        tags=_with(_MATCH, zone=(STRING, None)),
+        positional=(STRING, STRINGS),
+        match=True,
+    ),
     "duplicate": Spec(
         "duplicate",
-        tags={"handle": (STRING, None), "header": (STRING, None), "uniqueid": (STRING, None), "seconds": (NUMBER, None), "last": (None, None)},
+        tags={
+            "handle": (STRING, None),
+            "header": (STRING, None),
+            "uniqueid": (STRING, None),
+            "seconds": (NUMBER, None),
+            "last": (None, None),
+        },
     ),
 }
 
 _VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-DATE_PARTS = ("year", "month", "day", "date", "julian", "hour", "minute", "second", "time", "iso8601", "std11", "zone", "weekday")
+DATE_PARTS = (
+    "year",
+    "month",
+    "day",
+    "date",
+    "julian",
+    "hour",
+    "minute",
+    "second",
+    "time",
+    "iso8601",
+    "std11",
+    "zone",
+    "weekday",
+)
 
 
 def _where(node: Command | Test) -> tuple[int, int]:
@@ -175,11 +272,17 @@ class _Checker:
         self.required: set[str] = set(_IMPLICIT)
         self.seen_other = False
 
-    def need(self, extension: str | None, node: Command | Test | Tag, what: str) -> None:
+    def need(
+        self, extension: str | None, node: Command | Test | Tag, what: str
+    ) -> None:
         if extension is not None and extension not in self.required:
-            raise SieveSyntaxError(f'{what} needs require "{extension}"', node.line, node.column)
+            raise SieveSyntaxError(
+                f'{what} needs require "{extension}"', node.line, node.column
+            )
 
-    def arguments(self, node: Command | Test, spec: Spec) -> tuple[dict[str, Argument | None], list[Argument]]:
+    def arguments(
+        self, node: Command | Test, spec: Spec
+    ) -> tuple[dict[str, Argument | None], list[Argument]]:
         tagged: dict[str, Argument | None] = {}
         positional: list[Argument] = []
         arguments = list(node.arguments)
@@ -191,23 +294,42 @@ class _Checker:
                 positional.append(argument)
                 continue
             if positional:
-                raise SieveSyntaxError(f"tag :{argument.name} after a positional argument of {node.name}", argument.line, argument.column)
+                raise SieveSyntaxError(
+                    f"tag :{argument.name} after a positional argument of {node.name}",
+                    argument.line,
+                    argument.column,
+                )
             if argument.name not in spec.tags:
-                raise SieveSyntaxError(f"{node.name} has no tag :{argument.name}", argument.line, argument.column)
+                raise SieveSyntaxError(
+                    f"{node.name} has no tag :{argument.name}",
+                    argument.line,
+                    argument.column,
+                )
             value_kind, extension = spec.tags[argument.name]
             self.need(extension, argument, f":{argument.name}")
             group = _group(argument.name)
             if any(_group(name) == group for name in tagged):
-                raise SieveSyntaxError(f"{node.name} takes only one {group} tag", argument.line, argument.column)
+                raise SieveSyntaxError(
+                    f"{node.name} takes only one {group} tag",
+                    argument.line,
+                    argument.column,
+                )
             value: Argument | None = None
             if value_kind is not None:
                 if index >= len(arguments) or not _fits(arguments[index], value_kind):
-                    raise SieveSyntaxError(f":{argument.name} needs a {value_kind}", argument.line, argument.column)
+                    raise SieveSyntaxError(
+                        f":{argument.name} needs a {value_kind}",
+                        argument.line,
+                        argument.column,
+                    )
                 value = arguments[index]
                 index += 1
             tagged[argument.name] = value
         expected = spec.positional
-        if spec.optional_leading and len(positional) == len(expected) - spec.optional_leading:
+        if (
+            spec.optional_leading
+            and len(positional) == len(expected) - spec.optional_leading
+        ):
             expected = expected[spec.optional_leading :]
         if len(positional) != len(expected):
             raise SieveSyntaxError(
@@ -216,20 +338,32 @@ class _Checker:
             )
         for argument, want in zip(positional, expected):
             if not _fits(argument, want):
-                raise SieveSyntaxError(f"{node.name} needs a {want} here, not a {_kind(argument)}", *_where(node))
+                raise SieveSyntaxError(
+                    f"{node.name} needs a {want} here, not a {_kind(argument)}",
+                    *_where(node),
+                )
         if "comparator" in tagged:
             comparator = tagged["comparator"]
             assert isinstance(comparator, StringList)
             name = comparator.values[0].lower()
             if name not in COMPARATORS:
                 raise SieveSyntaxError(f"unknown comparator {name!r}", *_where(node))
-            self.need(None if name in ("i;octet", "i;ascii-casemap") else f"comparator-{name}", node, f"comparator {name}")
+            self.need(
+                None
+                if name in ("i;octet", "i;ascii-casemap")
+                else f"comparator-{name}",
+                node,
+                f"comparator {name}",
+            )
         for relational in ("count", "value"):
             if relational in tagged:
                 relation = tagged[relational]
                 assert isinstance(relation, StringList)
                 if relation.values[0].lower() not in RELATIONS:
-                    raise SieveSyntaxError(f":{relational} takes one of {', '.join(RELATIONS)}", *_where(node))
+                    raise SieveSyntaxError(
+                        f":{relational} takes one of {', '.join(RELATIONS)}",
+                        *_where(node),
+                    )
         return tagged, positional
 
     def tests(self, node: Command | Test, spec: Spec) -> None:
@@ -253,7 +387,9 @@ class _Checker:
             part = positional[-2]
             assert isinstance(part, StringList)
             if part.values[0].lower() not in DATE_PARTS:
-                raise SieveSyntaxError(f"unknown date part {part.values[0]!r}", *_where(test))
+                raise SieveSyntaxError(
+                    f"unknown date part {part.values[0]!r}", *_where(test)
+                )
         if "index" in tagged:
             number = tagged["index"]
             if not isinstance(number, int) or number < 1:
@@ -268,10 +404,14 @@ class _Checker:
         for command in commands:
             spec = COMMANDS.get(command.name)
             if spec is None:
-                raise SieveSyntaxError(f"unknown command {command.name!r}", *_where(command))
+                raise SieveSyntaxError(
+                    f"unknown command {command.name!r}", *_where(command)
+                )
             if command.name == "require":
                 if not top or self.seen_other:
-                    raise SieveSyntaxError("require must come before any other command", *_where(command))
+                    raise SieveSyntaxError(
+                        "require must come before any other command", *_where(command)
+                    )
             else:
                 self.seen_other = True
             self.need(spec.extension, command, f"{command.name}")
@@ -283,23 +423,37 @@ class _Checker:
                 assert isinstance(names, StringList)
                 for name in names.values:
                     if name not in EXTENSIONS and name not in _IMPLICIT:
-                        raise SieveSyntaxError(f"unsupported extension {name!r}", *_where(command))
+                        raise SieveSyntaxError(
+                            f"unsupported extension {name!r}", *_where(command)
+                        )
                     self.required.add(name)
             if command.name == "set":
                 variable = command.positional[0]
                 assert isinstance(variable, StringList)
                 if not _VARIABLE_NAME.match(variable.values[0]):
-                    raise SieveSyntaxError(f"bad variable name {variable.values[0]!r}", *_where(command))
+                    raise SieveSyntaxError(
+                        f"bad variable name {variable.values[0]!r}", *_where(command)
+                    )
             if command.name == "vacation" and "days" in command.tagged:
                 days = command.tagged["days"]
                 if not isinstance(days, int) or days < 1:
                     raise SieveSyntaxError(":days must be at least 1", *_where(command))
-            if command.name == "include" and "personal" in command.tagged and "global" in command.tagged:
-                raise SieveSyntaxError("include takes :personal or :global, not both", *_where(command))
+            if (
+                command.name == "include"
+                and "personal" in command.tagged
+                and "global" in command.tagged
+            ):
+                raise SieveSyntaxError(
+                    "include takes :personal or :global, not both", *_where(command)
+                )
             if spec.block and command.block is None:
-                raise SieveSyntaxError(f"{command.name} needs a block", *_where(command))
+                raise SieveSyntaxError(
+                    f"{command.name} needs a block", *_where(command)
+                )
             if not spec.block and command.block is not None:
-                raise SieveSyntaxError(f"{command.name} takes no block", *_where(command))
+                raise SieveSyntaxError(
+                    f"{command.name} takes no block", *_where(command)
+                )
             self.tests(command, spec)
             if command.block is not None:
                 self.block(command.block, False)

@@ -22,7 +22,14 @@ from mailapp.sieve.commands import DATE_PARTS
 from mailapp.sieve.message import Envelope, MessageView
 from mailapp.sieve.parser import Argument, Command, StringList, Test
 
-__all__ = ["Outcome", "Placement", "SieveLimits", "SieveRuntimeError", "Vacation", "run"]
+__all__ = [
+    "Outcome",
+    "Placement",
+    "SieveLimits",
+    "SieveRuntimeError",
+    "Vacation",
+    "run",
+]
 
 INBOX = "INBOX"
 
@@ -157,7 +164,9 @@ class _State:
 
 def _comparator(tagged: dict[str, Argument | None]) -> str:
     value = tagged.get("comparator")
-    return value.values[0].lower() if isinstance(value, StringList) else "i;ascii-casemap"
+    return (
+        value.values[0].lower() if isinstance(value, StringList) else "i;ascii-casemap"
+    )
 
 
 def _fold(text: str, comparator: str) -> str:
@@ -174,7 +183,9 @@ def _glob(pattern: str, comparator: str) -> re.Pattern[str]:
             parts.append(re.escape(pattern[index + 1]))
             index += 2
             continue
-        parts.append("(.*?)" if char == "*" else "(.)" if char == "?" else re.escape(char))
+        parts.append(
+            "(.*?)" if char == "*" else "(.)" if char == "?" else re.escape(char)
+        )
         index += 1
     flags = re.DOTALL | (re.IGNORECASE if comparator == "i;ascii-casemap" else 0)
     return re.compile("".join(parts) + r"\Z", flags)
@@ -197,7 +208,12 @@ def _relate(left: str | float, right: str | float, relation: str) -> bool:
     }[relation]
 
 
-def _match(state: _State, tagged: dict[str, Argument | None], values: list[str], keys: list[str]) -> bool:
+def _match(
+    state: _State,
+    tagged: dict[str, Argument | None],
+    values: list[str],
+    keys: list[str],
+) -> bool:
     """The match types (RFC 5228 2.7.1, RFC 5231 relational) over C{values} against C{keys}; sets ${n} on :matches."""
     comparator = _comparator(tagged)
     if "count" in tagged:
@@ -211,7 +227,9 @@ def _match(state: _State, tagged: dict[str, Argument | None], values: list[str],
                 if comparator == "i;ascii-numeric":
                     if _relate(_numeric(value), _numeric(key), relation):
                         return True
-                elif _relate(_fold(value, comparator), _fold(key, comparator), relation):
+                elif _relate(
+                    _fold(value, comparator), _fold(key, comparator), relation
+                ):
                     return True
         return False
     for value in values:
@@ -257,7 +275,20 @@ def _indexed(values: list[str], tagged: dict[str, Argument | None]) -> list[str]
     return [ordered[index - 1]] if index <= len(ordered) else []
 
 
-_ADDRESS_HEADERS = {"from", "to", "cc", "bcc", "sender", "resent-from", "resent-to", "resent-cc", "resent-bcc", "reply-to", "return-path", "delivered-to"}
+_ADDRESS_HEADERS = {
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "sender",
+    "resent-from",
+    "resent-to",
+    "resent-cc",
+    "resent-bcc",
+    "reply-to",
+    "return-path",
+    "delivered-to",
+}
 
 
 def _date_part(moment: datetime.datetime, part: str) -> str:
@@ -314,18 +345,30 @@ def _test(state: _State, test: Test) -> bool:
     if name == "size":
         limit = positional[0]
         assert isinstance(limit, int)
-        return state.message.size > limit if "over" in tagged else state.message.size < limit
+        return (
+            state.message.size > limit
+            if "over" in tagged
+            else state.message.size < limit
+        )
     if name == "exists":
-        return all(state.message.header(header) for header in state.strings(positional[0]))
+        return all(
+            state.message.header(header) for header in state.strings(positional[0])
+        )
     if name == "header":
-        values = [value for header in state.strings(positional[0]) for value in _indexed(state.message.header(header), tagged)]
+        values = [
+            value
+            for header in state.strings(positional[0])
+            for value in _indexed(state.message.header(header), tagged)
+        ]
         return _match(state, tagged, values, state.strings(positional[1]))
     if name == "address":
         values = []
         for header in state.strings(positional[0]):
             if header.lower() not in _ADDRESS_HEADERS:
                 continue
-            for _, address in getaddresses(_indexed(state.message.header(header), tagged)):
+            for _, address in getaddresses(
+                _indexed(state.message.header(header), tagged)
+            ):
                 part = _address_part(address, tagged)
                 if part is not None:
                     values.append(part)
@@ -334,7 +377,11 @@ def _test(state: _State, test: Test) -> bool:
         values = []
         for part_name in state.strings(positional[0]):
             part_name = part_name.lower()
-            parts: dict[str, str | None] = {"from": state.envelope.sender, "to": state.envelope.recipient, "auth": state.envelope.auth}
+            parts: dict[str, str | None] = {
+                "from": state.envelope.sender,
+                "to": state.envelope.recipient,
+                "auth": state.envelope.auth,
+            }
             found = parts.get(part_name)
             if found is None:
                 continue
@@ -343,19 +390,32 @@ def _test(state: _State, test: Test) -> bool:
                 values.append(part)
         return _match(state, tagged, values, state.strings(positional[1]))
     if name == "string":
-        return _match(state, tagged, state.strings(positional[0]), state.strings(positional[1]))
+        return _match(
+            state, tagged, state.strings(positional[0]), state.strings(positional[1])
+        )
     if name == "hasflag":
         variable = state.string(positional[0]).lower() if len(positional) == 2 else ""
-        flags = sorted(state.flags.get(variable, set()) if variable else state.flags[""])
+        flags = sorted(
+            state.flags.get(variable, set()) if variable else state.flags[""]
+        )
         return _match(state, tagged, flags, state.strings(positional[-1]))
     if name == "body":
         if "raw" in tagged:
             texts = [state.message.raw_body.decode("utf-8", "replace")]
         else:
-            types = tuple(t.lower() for t in state.strings(tagged["content"])) if "content" in tagged else ("text",)
+            types = (
+                tuple(t.lower() for t in state.strings(tagged["content"]))
+                if "content" in tagged
+                else ("text",)
+            )
             texts = state.message.parts(types)
         keys = state.strings(positional[0])
-        if "matches" not in tagged and "is" not in tagged and "count" not in tagged and "value" not in tagged:
+        if (
+            "matches" not in tagged
+            and "is" not in tagged
+            and "count" not in tagged
+            and "value" not in tagged
+        ):
             tagged = {**tagged, "contains": None}
         return _match(state, tagged, texts, keys)
     if name in ("date", "currentdate"):
@@ -367,21 +427,34 @@ def _test(state: _State, test: Test) -> bool:
         if name == "currentdate":
             moments.append(state.now.astimezone(zone or datetime.timezone.utc))
         else:
-            for value in _indexed(state.message.header(state.string(positional[0])), tagged):
+            for value in _indexed(
+                state.message.header(state.string(positional[0])), tagged
+            ):
                 try:
                     moment = parsedate_to_datetime(value)
                 except (TypeError, ValueError, IndexError):
                     continue
                 if moment.tzinfo is None:
                     moment = moment.replace(tzinfo=datetime.timezone.utc)
-                moments.append(moment if "originalzone" in tagged else moment.astimezone(zone or datetime.timezone.utc))
-        return _match(state, tagged, [_date_part(moment, part) for moment in moments], state.strings(positional[-1]))
+                moments.append(
+                    moment
+                    if "originalzone" in tagged
+                    else moment.astimezone(zone or datetime.timezone.utc)
+                )
+        return _match(
+            state,
+            tagged,
+            [_date_part(moment, part) for moment in moments],
+            state.strings(positional[-1]),
+        )
     if name == "duplicate":
         handle = state.string(tagged.get("handle"))
         if "uniqueid" in tagged:
             unique = state.string(tagged["uniqueid"])
         else:
-            header = state.string(tagged["header"]) if "header" in tagged else "message-id"
+            header = (
+                state.string(tagged["header"]) if "header" in tagged else "message-id"
+            )
             unique = (state.message.first(header) or "").strip()
         if not unique:
             return False
@@ -419,7 +492,11 @@ def _place(state: _State, placement: Placement) -> None:
             existing.folder.upper() == INBOX and placement.folder.upper() == INBOX
         ):
             # RFC 5228 4.1: filing into one folder twice stores one copy; flags add up.
-            state.outcome.placements[index] = Placement(existing.folder, existing.flags | placement.flags, existing.create or placement.create)
+            state.outcome.placements[index] = Placement(
+                existing.folder,
+                existing.flags | placement.flags,
+                existing.create or placement.create,
+            )
             return
     state.outcome.placements.append(placement)
 
@@ -469,7 +546,9 @@ def _commands(state: _State, commands: list[Command]) -> None:
         elif name == "keep":
             _refuse_with_reject(state, "keep")
             state.implicit_keep = False
-            _place(state, Placement(state.default_folder, _current_flags(state, tagged)))
+            _place(
+                state, Placement(state.default_folder, _current_flags(state, tagged))
+            )
         elif name == "discard":
             state.implicit_keep = False
         elif name == "fileinto":
@@ -479,14 +558,19 @@ def _commands(state: _State, commands: list[Command]) -> None:
                 raise SieveRuntimeError("fileinto needs a folder name")
             if "copy" not in tagged:
                 state.implicit_keep = False
-            _place(state, Placement(folder, _current_flags(state, tagged), "create" in tagged))
+            _place(
+                state,
+                Placement(folder, _current_flags(state, tagged), "create" in tagged),
+            )
         elif name == "redirect":
             address = state.string(positional[0]).strip()
             if "@" not in address or any(c in address for c in "<>\r\n ,"):
                 raise SieveRuntimeError(f"redirect to a bad address {address!r}")
             if address.lower() not in (r.lower() for r in state.outcome.redirects):
                 if len(state.outcome.redirects) >= state.limits.max_redirects:
-                    raise SieveRuntimeError(f"more than {state.limits.max_redirects} redirects")
+                    raise SieveRuntimeError(
+                        f"more than {state.limits.max_redirects} redirects"
+                    )
                 state.outcome.redirects.append(address)
             if "copy" not in tagged:
                 state.implicit_keep = False
@@ -494,12 +578,16 @@ def _commands(state: _State, commands: list[Command]) -> None:
             if state.outcome.reject is not None:
                 raise SieveRuntimeError("more than one reject (RFC 5429 2.1)")
             if state.outcome.vacation is not None or state.outcome.placements:
-                raise SieveRuntimeError(f"{name} with keep, fileinto or vacation (RFC 5429 2.1)")
+                raise SieveRuntimeError(
+                    f"{name} with keep, fileinto or vacation (RFC 5429 2.1)"
+                )
             state.outcome.reject = state.string(positional[0]) or "Message rejected"
             state.outcome.ereject = name == "ereject"
             state.implicit_keep = False
         elif name in ("setflag", "addflag", "removeflag"):
-            variable = state.string(positional[0]).lower() if len(positional) == 2 else ""
+            variable = (
+                state.string(positional[0]).lower() if len(positional) == 2 else ""
+            )
             flags = _flag_list(state.strings(positional[-1]))
             current = state.flags.setdefault(variable, set())
             if name == "setflag":
@@ -510,9 +598,14 @@ def _commands(state: _State, commands: list[Command]) -> None:
             else:
                 current.difference_update(flags)
         elif name == "set":
-            state.set_variable(state.string(positional[0]), _set_modifiers(state.string(positional[1]), tagged))
+            state.set_variable(
+                state.string(positional[0]),
+                _set_modifiers(state.string(positional[1]), tagged),
+            )
         elif name == "global":
-            state.global_names.update(name.lower() for name in state.strings(positional[0]))
+            state.global_names.update(
+                name.lower() for name in state.strings(positional[0])
+            )
         elif name == "vacation":
             if state.outcome.reject is not None:
                 raise SieveRuntimeError("vacation with reject (RFC 5429 2.1)")
@@ -525,7 +618,16 @@ def _commands(state: _State, commands: list[Command]) -> None:
             handle = state.string(tagged["handle"]) if "handle" in tagged else ""
             if not handle:
                 # RFC 5230 4.2: without :handle, the reply's content identifies it.
-                handle = hashlib.sha256("\0".join((reason, subject or "", from_address or "", str("mime" in tagged))).encode()).hexdigest()[:32]
+                handle = hashlib.sha256(
+                    "\0".join(
+                        (
+                            reason,
+                            subject or "",
+                            from_address or "",
+                            str("mime" in tagged),
+                        )
+                    ).encode()
+                ).hexdigest()[:32]
             state.outcome.vacation = Vacation(
                 reason,
                 min(max(days if isinstance(days, int) else 7, 1), 365),
@@ -554,7 +656,9 @@ def _include(state: _State, command: Command) -> None:
     if "once" in command.tagged and (kind, script) in state.included:
         return
     if state.depth >= state.limits.max_include_depth:
-        raise SieveRuntimeError(f"includes nested deeper than {state.limits.max_include_depth}")
+        raise SieveRuntimeError(
+            f"includes nested deeper than {state.limits.max_include_depth}"
+        )
     try:
         commands = state.loader(kind, script)
     except SieveRuntimeError:
@@ -590,7 +694,15 @@ def run(
     "after" one: one run, sharing its actions; C{stop} ends them all) for one recipient.
     Blocking only through C{loader} and C{seen}; call it on a worker thread.
     """
-    state = _State(message, envelope, default_folder, limits, loader, seen, now or datetime.datetime.now(datetime.timezone.utc))
+    state = _State(
+        message,
+        envelope,
+        default_folder,
+        limits,
+        loader,
+        seen,
+        now or datetime.datetime.now(datetime.timezone.utc),
+    )
     try:
         for commands in scripts:
             state.variables, state.extensions = {}, set()
@@ -601,7 +713,11 @@ def run(
     except _Stop:
         pass
     except (SieveRuntimeError, RecursionError) as e:
-        return Outcome(placements=[Placement(default_folder)], errors=[str(e)], steps=state.outcome.steps)
+        return Outcome(
+            placements=[Placement(default_folder)],
+            errors=[str(e)],
+            steps=state.outcome.steps,
+        )
     outcome = state.outcome
     if state.implicit_keep:
         _place(state, Placement(default_folder, _current_flags(state, {})))

@@ -56,12 +56,20 @@ class MessageView:
                 continue
             if line[:1] in (b" ", b"\t") and headers:
                 name, value = headers[-1]
-                headers[-1] = (name, value + " " + line.decode("utf-8", "replace").strip())
+                headers[-1] = (
+                    name,
+                    value + " " + line.decode("utf-8", "replace").strip(),
+                )
                 continue
             name_bytes, colon, value_bytes = line.partition(b":")
             if not colon:
                 continue
-            headers.append((name_bytes.decode("ascii", "replace").strip().lower(), value_bytes.decode("utf-8", "replace").strip()))
+            headers.append(
+                (
+                    name_bytes.decode("ascii", "replace").strip().lower(),
+                    value_bytes.decode("utf-8", "replace").strip(),
+                )
+            )
         return cls(raw, [(name, _decode(value)) for name, value in headers], offset)
 
     @property
@@ -82,7 +90,9 @@ class MessageView:
 
     @cached_property
     def parsed(self) -> Message:
-        return email.message_from_bytes(self.raw[: self.body_offset + MAX_BODY_BYTES], policy=email.policy.compat32)
+        return email.message_from_bytes(
+            self.raw[: self.body_offset + MAX_BODY_BYTES], policy=email.policy.compat32
+        )
 
     def parts(self, types: tuple[str, ...]) -> list[str]:
         """The decoded text of the leaf parts whose type is in C{types} ("text" for text/*, "" for every one)."""
@@ -92,7 +102,10 @@ class MessageView:
                 continue
             content_type = part.get_content_type().lower()
             main = content_type.split("/")[0]
-            if not any(wanted == "" or wanted == content_type or wanted == main for wanted in types):
+            if not any(
+                wanted == "" or wanted == content_type or wanted == main
+                for wanted in types
+            ):
                 continue
             payload = part.get_payload(decode=True)
             if not isinstance(payload, bytes):

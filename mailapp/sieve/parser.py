@@ -215,7 +215,9 @@ class _Lexer:
         lines: list[str] = []
         while True:
             if self.at >= len(text):
-                raise self.error("multi-line string without its closing '.' line", start)
+                raise self.error(
+                    "multi-line string without its closing '.' line", start
+                )
             end = text.find("\n", self.at)
             end = len(text) if end < 0 else end + 1
             line = text[self.at : end]
@@ -279,8 +281,12 @@ class _Parser:
             if not self.punct("}"):
                 raise self.error(f"expected '}}', found {self.describe(self.peek())}")
         elif not self.punct(";"):
-            raise self.error(f"expected ';' after {token.value!r}, found {self.describe(self.peek())}")
-        return Command(str(token.value), arguments, tests, block, token.line, token.column)
+            raise self.error(
+                f"expected ';' after {token.value!r}, found {self.describe(self.peek())}"
+            )
+        return Command(
+            str(token.value), arguments, tests, block, token.line, token.column
+        )
 
     def arguments(self, depth: int) -> tuple[list[Argument], list[Test]]:
         arguments: list[Argument] = []
@@ -310,7 +316,9 @@ class _Parser:
             while self.punct(","):
                 tests.append(self.test(depth))
             if not self.punct(")"):
-                raise self.error(f"expected ',' or ')' in a test list, found {self.describe(self.peek())}")
+                raise self.error(
+                    f"expected ',' or ')' in a test list, found {self.describe(self.peek())}"
+                )
         return arguments, tests
 
     def string_list(self) -> StringList:
@@ -318,12 +326,17 @@ class _Parser:
         while True:
             token = self.take()
             if token.kind != "string":
-                raise self.error(f"expected a string in a string list, found {self.describe(token)}", token)
+                raise self.error(
+                    f"expected a string in a string list, found {self.describe(token)}",
+                    token,
+                )
             values.append(str(token.value))
             if self.punct("]"):
                 return StringList(tuple(values), False)
             if not self.punct(","):
-                raise self.error(f"expected ',' or ']' in a string list, found {self.describe(self.peek())}")
+                raise self.error(
+                    f"expected ',' or ']' in a string list, found {self.describe(self.peek())}"
+                )
 
     def test(self, depth: int) -> Test:
         token = self.take()

@@ -6,7 +6,15 @@ import datetime
 
 import pytest
 
-from mailapp.sieve import Envelope, MessageView, Placement, SieveLimits, SieveSyntaxError, compile, run
+from mailapp.sieve import (
+    Envelope,
+    MessageView,
+    Placement,
+    SieveLimits,
+    SieveSyntaxError,
+    compile,
+    run,
+)
 from mailapp.sieve.interpreter import Outcome
 
 MESSAGE = (
@@ -23,8 +31,18 @@ MESSAGE = (
 )
 
 
-def outcome(script: str, message: bytes = MESSAGE, recipient: str = "bob+lists@example.test", **kwargs: object) -> Outcome:
-    return run([compile(script)], MessageView.from_bytes(message), Envelope("alice@example.org", recipient), **kwargs)  # type: ignore[arg-type]
+def outcome(
+    script: str,
+    message: bytes = MESSAGE,
+    recipient: str = "bob+lists@example.test",
+    **kwargs: object,
+) -> Outcome:
+    return run(
+        [compile(script)],
+        MessageView.from_bytes(message),
+        Envelope("alice@example.org", recipient),
+        **kwargs,
+    )  # type: ignore[arg-type]
 
 
 def folders(result: Outcome) -> list[str]:
@@ -49,7 +67,11 @@ def test_syntax_error_has_line_and_column() -> None:
 
 def test_unknown_command_is_refused_where_it_stands() -> None:
     error = error_of("keep;\n   frobnicate;\n")
-    assert (error.line, error.column, error.message) == (2, 4, "unknown command 'frobnicate'")
+    assert (error.line, error.column, error.message) == (
+        2,
+        4,
+        "unknown command 'frobnicate'",
+    )
 
 
 def test_extension_without_require_is_refused() -> None:
@@ -81,15 +103,24 @@ def test_compiled_scripts_are_cached_by_content() -> None:
 
 
 def test_fileinto_cancels_implicit_keep() -> None:
-    assert folders(outcome('require "fileinto"; if header :contains "subject" "[dev]" { fileinto "Dev"; }')) == ["Dev"]
+    assert folders(
+        outcome(
+            'require "fileinto"; if header :contains "subject" "[dev]" { fileinto "Dev"; }'
+        )
+    ) == ["Dev"]
 
 
 def test_fileinto_copy_keeps_too() -> None:
-    assert folders(outcome('require ["fileinto", "copy"]; fileinto :copy "Dev";')) == ["Dev", "INBOX"]
+    assert folders(outcome('require ["fileinto", "copy"]; fileinto :copy "Dev";')) == [
+        "Dev",
+        "INBOX",
+    ]
 
 
 def test_fileinto_create_is_marked() -> None:
-    assert outcome('require ["fileinto", "mailbox"]; fileinto :create "New";').placements == [Placement("New", create=True)]
+    assert outcome(
+        'require ["fileinto", "mailbox"]; fileinto :create "New";'
+    ).placements == [Placement("New", create=True)]
 
 
 def test_discard_leaves_no_copy() -> None:
@@ -106,23 +137,41 @@ def test_elsif_and_else_chain() -> None:
 
 
 def test_header_is_case_insensitive_by_default_and_octet_is_not() -> None:
-    assert folders(outcome('require "fileinto"; if header :is "from" "ALICE <alice@example.org>" { fileinto "A"; }')) == ["A"]
+    assert folders(
+        outcome(
+            'require "fileinto"; if header :is "from" "ALICE <alice@example.org>" { fileinto "A"; }'
+        )
+    ) == ["A"]
     script = 'require "fileinto"; if header :comparator "i;octet" :is "from" "ALICE <alice@example.org>" { fileinto "A"; }'
     assert folders(outcome(script)) == ["INBOX"]
 
 
 def test_header_values_are_decoded() -> None:
-    assert folders(outcome('require "fileinto"; if header :contains "subject" "café" { fileinto "A"; }')) == ["A"]
+    assert folders(
+        outcome(
+            'require "fileinto"; if header :contains "subject" "café" { fileinto "A"; }'
+        )
+    ) == ["A"]
 
 
 def test_address_parts() -> None:
     base = 'require ["fileinto", "subaddress"]; if address {part} "to" "{key}" {{ fileinto "Hit"; }}'
-    for part, key in ((":localpart", "carol"), (":domain", "example.test"), (":all", "carol@example.test"), (":user", "bob"), (":detail", "lists")):
+    for part, key in (
+        (":localpart", "carol"),
+        (":domain", "example.test"),
+        (":all", "carol@example.test"),
+        (":user", "bob"),
+        (":detail", "lists"),
+    ):
         assert folders(outcome(base.format(part=part, key=key))) == ["Hit"], part
 
 
 def test_detail_without_separator_does_not_match_empty() -> None:
-    assert folders(outcome('require ["fileinto", "subaddress"]; if address :detail "from" "" { fileinto "Hit"; }')) == ["INBOX"]
+    assert folders(
+        outcome(
+            'require ["fileinto", "subaddress"]; if address :detail "from" "" { fileinto "Hit"; }'
+        )
+    ) == ["INBOX"]
 
 
 def test_envelope_to_detail() -> None:
@@ -131,12 +180,22 @@ def test_envelope_to_detail() -> None:
 
 
 def test_exists_and_size() -> None:
-    assert folders(outcome('require "fileinto"; if allof (exists ["from", "date"], size :under 10K) { fileinto "A"; }')) == ["A"]
-    assert folders(outcome('require "fileinto"; if anyof (exists "x-spam", size :over 1M) { fileinto "A"; }')) == ["INBOX"]
+    assert folders(
+        outcome(
+            'require "fileinto"; if allof (exists ["from", "date"], size :under 10K) { fileinto "A"; }'
+        )
+    ) == ["A"]
+    assert folders(
+        outcome(
+            'require "fileinto"; if anyof (exists "x-spam", size :over 1M) { fileinto "A"; }'
+        )
+    ) == ["INBOX"]
 
 
 def test_not_true_false() -> None:
-    assert folders(outcome('require "fileinto"; if not anyof (false, not true) { fileinto "A"; }')) == ["A"]
+    assert folders(
+        outcome('require "fileinto"; if not anyof (false, not true) { fileinto "A"; }')
+    ) == ["A"]
 
 
 def test_matches_sets_match_variables() -> None:
@@ -160,10 +219,12 @@ def test_relational_count_and_value() -> None:
 
 
 def test_imap4flags_on_keep_and_implicit_keep() -> None:
-    assert outcome('require "imap4flags"; addflag ["\\\\seen", "$Work"]; removeflag "$Work";').placements == [
-        Placement("INBOX", frozenset({"\\Seen"}))
+    assert outcome(
+        'require "imap4flags"; addflag ["\\\\seen", "$Work"]; removeflag "$Work";'
+    ).placements == [Placement("INBOX", frozenset({"\\Seen"}))]
+    assert outcome('require "imap4flags"; keep :flags "\\\\Flagged";').placements == [
+        Placement("INBOX", frozenset({"\\Flagged"}))
     ]
-    assert outcome('require "imap4flags"; keep :flags "\\\\Flagged";').placements == [Placement("INBOX", frozenset({"\\Flagged"}))]
 
 
 def test_hasflag() -> None:
@@ -172,15 +233,29 @@ def test_hasflag() -> None:
 
 
 def test_body_text_and_raw() -> None:
-    assert folders(outcome('require ["body", "fileinto"]; if body :contains "build is green" { fileinto "CI"; }')) == ["CI"]
-    assert folders(outcome('require ["body", "fileinto"]; if body :raw :contains "Hello" { fileinto "CI"; }')) == ["CI"]
-    assert folders(outcome('require ["body", "fileinto"]; if body :content "image" :contains "Hello" { fileinto "CI"; }')) == ["INBOX"]
+    assert folders(
+        outcome(
+            'require ["body", "fileinto"]; if body :contains "build is green" { fileinto "CI"; }'
+        )
+    ) == ["CI"]
+    assert folders(
+        outcome(
+            'require ["body", "fileinto"]; if body :raw :contains "Hello" { fileinto "CI"; }'
+        )
+    ) == ["CI"]
+    assert folders(
+        outcome(
+            'require ["body", "fileinto"]; if body :content "image" :contains "Hello" { fileinto "CI"; }'
+        )
+    ) == ["INBOX"]
 
 
 def test_redirect_cancels_keep_and_copy_does_not() -> None:
     result = outcome('redirect "x@example.net";')
     assert (result.redirects, result.placements) == (["x@example.net"], [])
-    assert folders(outcome('require "copy"; redirect :copy "x@example.net";')) == ["INBOX"]
+    assert folders(outcome('require "copy"; redirect :copy "x@example.net";')) == [
+        "INBOX"
+    ]
 
 
 def test_too_many_redirects_falls_back_to_keep() -> None:
@@ -191,14 +266,22 @@ def test_too_many_redirects_falls_back_to_keep() -> None:
 
 
 def test_step_limit_falls_back_to_keep() -> None:
-    script = 'require "fileinto";' + 'if header :contains "subject" "zzz" { fileinto "x"; }' * 50 + 'fileinto "Last";'
+    script = (
+        'require "fileinto";'
+        + 'if header :contains "subject" "zzz" { fileinto "x"; }' * 50
+        + 'fileinto "Last";'
+    )
     result = outcome(script, limits=SieveLimits(max_steps=40))
     assert result.placements == [Placement("INBOX")] and "steps" in result.errors[0]
 
 
 def test_reject_and_ereject() -> None:
     result = outcome('require "reject"; reject "no thanks";')
-    assert (result.reject, result.ereject, result.placements) == ("no thanks", False, [])
+    assert (result.reject, result.ereject, result.placements) == (
+        "no thanks",
+        False,
+        [],
+    )
     assert outcome('require "ereject"; ereject "go away";').ereject
 
 
@@ -211,7 +294,13 @@ def test_vacation_arguments() -> None:
     script = 'require "vacation"; vacation :days 3 :subject "Away" :addresses ["me@example.test"] :handle "h" "I am away";'
     vacation = outcome(script).vacation
     assert vacation is not None
-    assert (vacation.days, vacation.subject, vacation.addresses, vacation.handle, vacation.reason) == (
+    assert (
+        vacation.days,
+        vacation.subject,
+        vacation.addresses,
+        vacation.handle,
+        vacation.reason,
+    ) == (
         3,
         "Away",
         ("me@example.test",),
@@ -226,7 +315,11 @@ def test_vacation_days_zero_is_refused() -> None:
 
 
 def test_include_personal_and_return() -> None:
-    scripts = {("personal", "lists"): compile('require ["fileinto", "include"]; fileinto "Lists"; return; fileinto "Never";')}
+    scripts = {
+        ("personal", "lists"): compile(
+            'require ["fileinto", "include"]; fileinto "Lists"; return; fileinto "Never";'
+        )
+    }
 
     def loader(kind: str, name: str) -> list:  # type: ignore[type-arg]
         return scripts[(kind, name)]
@@ -242,13 +335,21 @@ def test_include_missing_is_an_error_unless_optional() -> None:
         raise SieveRuntimeError("no such script")
 
     assert outcome('require "include"; include "nope"; discard;', loader=loader).errors
-    assert outcome('require "include"; include :optional "nope"; discard;', loader=loader).discarded
+    assert outcome(
+        'require "include"; include :optional "nope"; discard;', loader=loader
+    ).discarded
 
 
 def test_global_before_script_runs_first_and_stop_ends_all() -> None:
-    before = compile('require "fileinto"; if header :contains "subject" "[dev]" { fileinto "Dev"; stop; }')
+    before = compile(
+        'require "fileinto"; if header :contains "subject" "[dev]" { fileinto "Dev"; stop; }'
+    )
     user = compile('require "fileinto"; fileinto "User";')
-    result = run([before, user], MessageView.from_bytes(MESSAGE), Envelope("a@b", "bob@example.test"))
+    result = run(
+        [before, user],
+        MessageView.from_bytes(MESSAGE),
+        Envelope("a@b", "bob@example.test"),
+    )
     assert folders(result) == ["Dev"]
 
 
@@ -271,5 +372,10 @@ def test_index_picks_one_occurrence() -> None:
 
 def test_duplicate_asks_what_was_seen_and_notes_the_id() -> None:
     seen = {("", "<m1@example.org>")}
-    result = outcome('require "duplicate"; if duplicate { discard; }', seen=lambda handle, unique, seconds: (handle, unique) in seen)
-    assert result.discarded and result.duplicates == [("", "<m1@example.org>", 7 * 86400)]
+    result = outcome(
+        'require "duplicate"; if duplicate { discard; }',
+        seen=lambda handle, unique, seconds: (handle, unique) in seen,
+    )
+    assert result.discarded and result.duplicates == [
+        ("", "<m1@example.org>", 7 * 86400)
+    ]
