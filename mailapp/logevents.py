@@ -129,6 +129,16 @@ SWEEP_FAILED: Final = "service.sweep_failed"
 INDEX_REPAIR_POSTPONED: Final = "store.index_repair_postponed"
 
 # --- POP3 (mailapp.pop3); failed logins use AUTH_FAILED with protocol="pop3" ---
+#: fields: account, client
+MANAGESIEVE_LOGIN: Final = "managesieve.login"
+#: fields: account, client, command (PUTSCRIPT, SETACTIVE, DELETESCRIPT, RENAMESCRIPT), name
+MANAGESIEVE_CHANGED: Final = "managesieve.changed"
+#: fields: client, account
+MANAGESIEVE_TIMEOUT: Final = "managesieve.timeout"
+#: fields: client, failures
+MANAGESIEVE_AUTH_FAILURES_EXCEEDED: Final = "managesieve.auth_failures_exceeded"
+#: fields: client
+MANAGESIEVE_INTERNAL_ERROR: Final = "managesieve.internal_error"
 POP3_LOGIN: Final = "pop3.login"
 POP3_IN_USE: Final = "pop3.in_use"
 POP3_UPDATE: Final = "pop3.update"

@@ -102,9 +102,10 @@ def _register_builtin_protocols() -> None:
 
     register_protocol("smtp", smtp.buildFactory)
     register_protocol("submission", smtp.buildFactory)
-    from mailapp import pop3
+    from mailapp import managesieve, pop3
 
     register_protocol("pop3", pop3.buildFactory)
+    register_protocol("managesieve", managesieve.buildFactory)
     from mailapp import web
 
     register_protocol("webmail", web.buildFactory)

@@ -113,7 +113,8 @@ class ScriptStore:
 
     def get(self, account: str, name: str) -> str:
         try:
-            return self._script(account, name).read_text("utf-8")
+            # Bytes as stored: read_text would turn a script's CRLF into LF.
+            return self._script(account, name).read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise ScriptError(f"no script named {name!r}", "NONEXISTENT") from None
 

@@ -220,6 +220,20 @@ def test_a_section_that_is_not_a_table_is_a_problem() -> None:
     assert problem == "etc/test.toml: limits: must be a table, not an integer (5)"
 
 
+def test_sieve_limits_default_and_are_read() -> None:
+    limits = parse(MINIMAL, PATH, base_dir=Path("/srv/mailapp")).limits
+    assert (limits.sieve_max_steps, limits.sieve_max_redirects, limits.sieve_max_vacation_replies_per_day) == (10_000, 4, 100)
+    assert (limits.sieve_max_scripts, limits.sieve_max_script_size) == (20, 65_536)
+    changed = parse(MINIMAL + "[limits]\nsieve_max_redirects = 2\n", PATH, base_dir=Path("/srv/mailapp")).limits
+    assert changed.sieve_max_redirects == 2
+
+
+def test_sieve_limit_of_zero_is_a_problem() -> None:
+    assert only_problem(MINIMAL + "[limits]\nsieve_max_steps = 0\n") == (
+        "etc/test.toml: limits.sieve_max_steps: must be a positive integer, not 0"
+    )
+
+
 def test_non_positive_limit_is_a_problem() -> None:
     assert only_problem(MINIMAL + "[limits]\nsmtp_timeout_seconds = 0\n") == (
         "etc/test.toml: limits.smtp_timeout_seconds: must be a positive integer, not 0"
@@ -263,7 +277,7 @@ def test_bad_endpoint_string_is_a_problem_with_the_reason(endpoint: str, reason:
 def test_unknown_listener_protocol_is_a_problem() -> None:
     assert only_problem(listener(protocol="pop")) == (
         "etc/test.toml: listeners.test.protocol: unknown protocol 'pop' "
-        "(expected one of: imap, metrics, pop3, smtp, submission, webmail)"
+        "(expected one of: imap, managesieve, metrics, pop3, smtp, submission, webmail)"
     )
 
 
