@@ -455,6 +455,7 @@ def test_development_config_parses_and_matches_the_documented_ports(tmp_path: Pa
         ("pop3s", "pop3", "tcp:10995:interface=127.0.0.1", "implicit"),
         ("imap", "imap", "tcp:10143:interface=127.0.0.1", "starttls"),
         ("imaps", "imap", "tcp:10993:interface=127.0.0.1", "implicit"),
+        ("managesieve", "managesieve", "tcp:14190:interface=127.0.0.1", "starttls"),
         ("webmail", "webmail", "tcp:18080:interface=127.0.0.1", "none"),
     }
 
@@ -468,7 +469,7 @@ def test_production_config_parses_with_standard_ports_and_no_plaintext_auth() ->
     assert all(each.tls != "none" for each in served)
     assert not any(each.allow_plaintext_auth for each in config.listeners)
     ports = sorted(int(each.endpoint.split(":")[1]) for each in served)
-    assert ports == [25, 110, 143, 443, 465, 587, 993, 995]
+    assert ports == [25, 110, 143, 443, 465, 587, 993, 995, 4190]
 
 
 def test_production_config_loads_only_once_its_certificate_exists(tmp_path: Path) -> None:
