@@ -107,9 +107,6 @@ class Transaction:
     #: The RCPT address (as in L{recipients}) that first reached each local
     #: account (lower-cased): a Sieve script's envelope "to", with its +detail.
     rcpt_for: dict[str, str] = field(default_factory=dict)
-    #: Whether a Sieve reject may be answered in protocol (the SMTP server's
-    #: end of DATA); otherwise, and with several recipients, it is a DSN.
-    reject_in_protocol: bool = True
 
     @inlineCallbacks
     def addRecipient(self, address: str) -> Any:
@@ -301,12 +298,13 @@ class Transaction:
 
     def _defaultFolder(self, account: str) -> str:
         """
-        Where a copy goes unless its script says otherwise: the MX's choice,
-        except that a Junk placement leaves the copies of accounts whose
-        allow list names the sender (L{allowed_accounts}) in INBOX.
+        Where a copy goes unless its script says otherwise (the implicit
+        keep): the MX's one choice for the message, INBOX or Junk. The
+        sender lists already weighed in it (L{allowed_accounts}: the scan
+        files nothing in Junk when every recipient allows the sender); a
+        Junk from DMARC's quarantine is indistinguishable here, so an
+        allowance is not applied per account a second time.
         """
-        if self.folder != INBOX and account in self.allowed_accounts:
-            return INBOX
         return self.folder
 
     def _filter(self, message: IMessageWriter) -> Deferred[Any]:
@@ -323,10 +321,12 @@ class Transaction:
         """
         RFC 5429 2.1.1: refuse in protocol when every local copy is
         rejected and nothing else goes anywhere (one SMTP reply can then
-        say it); the reason is the script's.
+        say it); the reason is the script's. Even for <>: a refused bounce
+        makes no new bounce. The SMTP server answers it at the end of DATA;
+        the webmail shows it; a DSN of ours (L{send_notification}) logs it.
         """
         outcomes = filtered.outcomes
-        if not self.reject_in_protocol or self.remote or not self.sender:
+        if self.remote:
             return
         if set(outcomes) != set(self.local) or any(outcome.reject is None for outcome in outcomes.values()):
             return

@@ -21,7 +21,7 @@ from mailapp.cli.command import (
     Context,
     add_command,
 )
-from mailapp.sieve import SieveSyntaxError
+from mailapp.sieve import SieveSyntaxError, compile
 from mailapp.sieve.scripts import ScriptError, ScriptStore, sieve_directory
 
 __all__ = ["add_sieve_commands"]
@@ -78,6 +78,17 @@ def _put(context: Context) -> int:
     return EXIT_OK
 
 
+def _check(context: Context) -> int:
+    source = context.options.file
+    text = sys.stdin.read() if source == "-" else Path(source).read_text("utf-8")
+    try:
+        compile(text)
+    except SieveSyntaxError as error:
+        raise _refused(error) from None
+    context.report(f"{source}: OK", {"ok": True, "file": source})
+    return EXIT_OK
+
+
 def _activate(context: Context) -> int:
     scripts, user = _scripts(context)
     name = context.options.name
@@ -131,7 +142,7 @@ def add_sieve_commands(verbs: Any, common: CommandLineParser) -> None:
     """Declare ``mailapp sieve ...`` in the subparsers action C{verbs}."""
     sieve = verbs.add_parser(
         "sieve",
-        help="list, put, activate, get, del a user's Sieve scripts",
+        help="list, put, activate, get, del a user's Sieve scripts; check one",
         parents=[common],
     )
     sieve_verbs = sieve.add_subparsers(
@@ -176,6 +187,14 @@ def add_sieve_commands(verbs: Any, common: CommandLineParser) -> None:
     sub.add_argument("user", metavar="USER")
     sub.add_argument("name", metavar="NAME", nargs="?", default=None)
     sub.add_argument("--none", action="store_true", help="deactivate: no script runs")
+    sub = add_command(
+        common,
+        sieve_verbs,
+        "check",
+        _check,
+        "Check a script (a global one, say) without storing it.",
+    )
+    sub.add_argument("file", metavar="FILE", help="the script, or - for standard input")
     sub = add_command(common, sieve_verbs, "get", _get, "Print a script.")
     sub.add_argument("user", metavar="USER")
     sub.add_argument("name", metavar="NAME")

@@ -67,3 +67,18 @@ def test_sieve_for_an_unknown_user_is_refused(
 ) -> None:
     result = mailapp("sieve", "list", "nobody@example.test")
     assert result.status == 1 and "no such user" in result.err
+
+
+def test_sieve_check_reports_ok_or_the_first_problem(
+    mailapp: Callable[..., Result], tmp_path: Path
+) -> None:
+    good, bad = tmp_path / "before.sieve", tmp_path / "bad.sieve"
+    good.write_text('require "fileinto";\nfileinto "Junk";\n')
+    bad.write_text("keep;\nfrob;\n")
+    assert mailapp("sieve", "check", str(good)).out == f"{good}: OK\n"
+    result = mailapp("sieve", "check", str(bad))
+    assert (
+        result.status == 1
+        and result.err.strip()
+        == "mailapp: script refused: line 2, column 1: unknown command 'frob'"
+    )

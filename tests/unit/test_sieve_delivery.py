@@ -160,6 +160,11 @@ class RejectTests(SieveDeliveryTestCase):
         self.assertEqual(replies[-1], b"550 5.7.1 I do not want mail from you")
         self.assertEqual(self.store.delivered, [])
 
+    def test_reject_of_a_bounce_is_550_too_never_a_dsn(self) -> None:
+        self.script(ALICE, 'require "reject"; reject "no bounces";')
+        self.assertEqual(self.send("", [ALICE], MESSAGE)[-1], b"550 5.7.1 no bounces")
+        self.assertEqual(self.store.delivered, [])
+
     def test_ereject_is_550_too(self) -> None:
         self.script(ALICE, 'require "ereject"; ereject "no";')
         self.assertEqual(
