@@ -315,7 +315,19 @@ class Transaction:
         envelopes = {
             account: Envelope(self.sender, self.rcpt_for.get(account.lower(), account), self.authenticated) for account in self.local
         }
-        return sieve.filter(list(self.local), envelopes, message, {account: self._defaultFolder(account) for account in self.local})
+        filtered: Deferred[Any] = sieve.filter(
+            list(self.local), envelopes, message, {account: self._defaultFolder(account) for account in self.local}
+        )
+
+        def unfiltered(failure: Failure) -> None:
+            # Our fault (an unreadable script directory, a bug), never the sender's: deliver as if
+            # nobody filtered (RFC 5228 2.10.6's implicit keep), rather than 451 every message.
+            _log.failure(
+                "sieve failed for {queue_id}; delivered unfiltered", failure, log_event=logevents.SIEVE_FAILED, queue_id=self.queue_id
+            )
+            return None
+
+        return filtered.addErrback(unfiltered)
 
     def _rejectInProtocol(self, filtered: Any) -> None:
         """

@@ -99,6 +99,8 @@ DELIVERY_STORED: Final = "delivery.stored"
 DELIVERY_FAILED: Final = "delivery.failed"
 #: fields: queue_id, account, actions (what the script did), errors (its runtime errors, if any), steps
 SIEVE_FILTERED: Final = "sieve.filtered"
+#: fields: queue_id; running the scripts failed (not a script's own error): the message is delivered unfiltered
+SIEVE_FAILED: Final = "sieve.failed"
 #: fields: queue_id, account, target, error; a redirect that failed, kept instead
 SIEVE_REDIRECT_FAILED: Final = "sieve.redirect_failed"
 #: fields: queue_id, account, sender, reason (why no reply: list, bulk, null sender, ourselves, already answered, daily bound)

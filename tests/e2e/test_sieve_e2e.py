@@ -259,3 +259,46 @@ def test_vacation_once_per_sender_per_days_and_never_to_a_list(
     [(_, reply)] = replies
     assert b"Return-Path: <>" in reply and b"Auto-Submitted: auto-replied" in reply
     assert b"Subject: Away" in reply and b"In-Reply-To: <first@example.net>" in reply
+
+
+def test_redirect_arrives_at_a_second_instance_exactly_once(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from tests.e2e.test_relay_e2e import _config, _configure, _free_port, new_messages
+
+    root = tmp_path_factory.mktemp("sieve-redirect")
+    b_port = _free_port()
+    b = ServiceProcess(root / "b", "")
+    smtp_b = f'[listeners.smtp]\nprotocol = "smtp"\nendpoint = "tcp:{b_port}:interface=127.0.0.1"\ntls = "starttls"\n'
+    _configure(b, _config(b.state_dir, "mx.b.test", "b.test", smtp_b))
+    b.add_users({"bob@b.test": PASSWORD})
+    relay = f'[relay]\nretry_schedule = [1]\ntransports = {{ "b.test" = "127.0.0.1:{b_port}" }}\n'
+    a = ServiceProcess(root / "a", LISTENERS, relay)
+    a.add_users({"alice@example.test": PASSWORD})
+    b.start()
+    try:
+        a.start()
+        try:
+            install(a, "alice@example.test", 'redirect "bob@b.test";')
+            mx_send(
+                a,
+                "zed@example.net",
+                ["alice@example.test"],
+                message("zed@example.net", "alice@example.test", "to bob"),
+            )
+            deadline = time.monotonic() + TIMEOUT
+            while not new_messages(b, "bob@b.test") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(
+                1.5
+            )  # past A's one-second retry: a second copy, if one were queued, would be here
+            [arrived] = new_messages(b, "bob@b.test")
+            assert (
+                b"X-Sieve-Redirected-By: alice@example.test" in arrived
+                and b"Subject: to bob" in arrived
+            )
+            assert folder(a, "alice@example.test") == []
+        finally:
+            a.terminate()
+    finally:
+        b.terminate()

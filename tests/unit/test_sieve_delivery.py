@@ -117,6 +117,19 @@ class FilingTests(SieveDeliveryTestCase):
         self.send("dave@example.net", [ALICE], MESSAGE)
         self.assertEqual(self.where(ALICE), [("INBOX", frozenset())])
 
+    def test_a_failure_to_run_the_scripts_delivers_unfiltered(self) -> None:
+        self.script(ALICE, "discard;")
+
+        def broken(account: str) -> None:
+            raise OSError("unreadable")
+
+        self.scripts.active = broken  # type: ignore[method-assign]
+        self.assertEqual(
+            self.send("dave@example.net", [ALICE], MESSAGE)[-1][:3], b"250"
+        )
+        self.assertEqual(self.where(ALICE), [("INBOX", frozenset())])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
     def test_envelope_detail_of_the_rcpt(self) -> None:
         self.script(
             ALICE,
