@@ -14,10 +14,11 @@ install: $(STAMP) test-packages
 # Playwright, whose own browser download is not used), swaks, mbsync (isync) and
 # fetchmail, iproute2 for the network-namespace rig, opendkim-tools (an
 # independent DKIM verifier), and rspamd with redis-server (the content scanner
-# and its Bayes store, started on loopback by the spam tests). Installed here when a
+# and its Bayes store, started on loopback by the spam tests), sieve-connect (a
+# ManageSieve client). Installed here when a
 # command is missing, as root (CI runs as root on a clean Debian machine); anyone
 # else is told what to run.
-TEST_PACKAGES := chromium:chromium swaks:swaks mbsync:isync fetchmail:fetchmail ip:iproute2 opendkim-testmsg:opendkim-tools rspamd:rspamd redis-server:redis-server
+TEST_PACKAGES := chromium:chromium swaks:swaks mbsync:isync fetchmail:fetchmail ip:iproute2 opendkim-testmsg:opendkim-tools rspamd:rspamd redis-server:redis-server sieve-connect:sieve-connect
 test-packages:
 	@missing=""; for pair in $(TEST_PACKAGES); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \

@@ -9,9 +9,11 @@ vacation once per sender per :days and never to a list message.
 from __future__ import annotations
 
 import imaplib
+import os
 import re
 import smtplib
 import ssl
+import subprocess
 import time
 import types
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 import pytest
 from sievelib import managesieve
 
+from tests import needs
 from tests.service_runner import TIMEOUT, ServiceProcess, listener, unverified_tls
 
 PASSWORD = "sieve-secret"
@@ -28,7 +31,7 @@ LISTENERS = (
     + listener("imap", "imap", tls="none", allow_plaintext_auth=True)
     + listener("sieve", "managesieve", tls="starttls")
 )
-USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan"]
+USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
 
 
 @pytest.fixture(scope="module")
@@ -302,3 +305,31 @@ def test_redirect_arrives_at_a_second_instance_exactly_once(
             a.terminate()
     finally:
         b.terminate()
+
+
+def _sieve_connect(server: ServiceProcess, user: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """Debian's sieve-connect (Perl, another client nobody here wrote), the password on a pipe, STARTTLS unverified."""
+    program = needs.command("sieve-connect")
+    read, write = os.pipe()
+    os.write(write, (PASSWORD + "\n").encode())
+    os.close(write)
+    try:
+        command = [program, "--server", "127.0.0.1", "--port", str(server.port("sieve")), "--user", user]
+        command += ["--passwordfd", str(read), "--notlsverify", "--authmech", "PLAIN", *arguments]
+        return subprocess.run(command, pass_fds=(read,), capture_output=True, text=True, timeout=TIMEOUT)
+    finally:
+        os.close(read)
+
+
+def test_sieve_connect_uploads_activates_and_lists(server: ServiceProcess, tmp_path_factory: pytest.TempPathFactory) -> None:
+    script = tmp_path_factory.mktemp("sieve-connect") / "flags.sieve"
+    script.write_text('require "imap4flags";\naddflag "$FromSieveConnect";\n')
+    uploaded = _sieve_connect(server, "judy@example.test", "--upload", "--localsieve", str(script), "--remotesieve", "flags")
+    assert uploaded.returncode == 0, uploaded.stderr
+    activated = _sieve_connect(server, "judy@example.test", "--activate", "--remotesieve", "flags")
+    assert activated.returncode == 0, activated.stderr
+    listed = _sieve_connect(server, "judy@example.test", "--list")
+    assert (listed.returncode, listed.stdout) == (0, '"flags" ACTIVE\n'), listed.stderr
+    mx_send(server, "zed@example.net", ["judy@example.test"], message("zed@example.net", "judy@example.test", "sieve-connect"))
+    flagged = [m for flags, m in folder(server, "judy@example.test", wait_for=1) if b"$FromSieveConnect" in flags]
+    assert len(flagged) == 1 and b"Subject: sieve-connect" in flagged[0]
