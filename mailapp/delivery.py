@@ -403,7 +403,9 @@ class Transaction:
 
                         chosen.append(Placement(default))
             mailbox = self.router.store.mailbox(account)
-            existing = {info.name for info in (yield mailbox.listFolders())}
+            # The folders are read only for a fileinto elsewhere: INBOX and the MX's folder always exist.
+            elsewhere = any(p.folder not in (INBOX, default) for p in chosen)
+            existing = {info.name for info in (yield mailbox.listFolders())} if elsewhere else {default}
             for placement in chosen:
                 try:
                     folder = normalize_folder(placement.folder)

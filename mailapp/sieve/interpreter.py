@@ -12,11 +12,13 @@ passes a bound or meets a runtime error falls back to the implicit keep
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from email.utils import getaddresses, parsedate_to_datetime
+from typing import TypeVar
+from email.utils import parsedate_to_datetime
 
 from mailapp.sieve.commands import DATE_PARTS
 from mailapp.sieve.message import Envelope, MessageView
@@ -169,12 +171,15 @@ def _comparator(tagged: dict[str, Argument | None]) -> str:
     )
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def _fold(text: str, comparator: str) -> str:
-    if comparator == "i;ascii-casemap":
-        return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in text)
-    return text
+    # i;ascii-casemap folds ASCII letters only (RFC 4790 9.2), never other scripts' cases.
+    return text.translate(_ASCII_LOWER) if comparator == "i;ascii-casemap" else text
 
 
+@functools.lru_cache(maxsize=1024)
 def _glob(pattern: str, comparator: str) -> re.Pattern[str]:
     parts, index = [], 0
     while index < len(pattern):
@@ -183,11 +188,9 @@ def _glob(pattern: str, comparator: str) -> re.Pattern[str]:
             parts.append(re.escape(pattern[index + 1]))
             index += 2
             continue
-        parts.append(
-            "(.*?)" if char == "*" else "(.)" if char == "?" else re.escape(char)
-        )
+        parts.append("(.*?)" if char == "*" else "(.)" if char == "?" else re.escape(char))
         index += 1
-    flags = re.DOTALL | (re.IGNORECASE if comparator == "i;ascii-casemap" else 0)
+    flags = re.DOTALL | (re.IGNORECASE | re.ASCII if comparator == "i;ascii-casemap" else 0)
     return re.compile("".join(parts) + r"\Z", flags)
 
 
@@ -267,7 +270,11 @@ def _address_part(address: str, tagged: dict[str, Argument | None]) -> str | Non
     return address
 
 
-def _indexed(values: list[str], tagged: dict[str, Argument | None]) -> list[str]:
+_T = TypeVar("_T")
+
+
+def _indexed(values: list[_T], tagged: dict[str, Argument | None]) -> list[_T]:
+    """RFC 5260 index: only the C{:index}th occurrence (from the end with C{:last}), or all of them."""
     index = tagged.get("index")
     if not isinstance(index, int):
         return values
@@ -366,12 +373,11 @@ def _test(state: _State, test: Test) -> bool:
         for header in state.strings(positional[0]):
             if header.lower() not in _ADDRESS_HEADERS:
                 continue
-            for _, address in getaddresses(
-                _indexed(state.message.header(header), tagged)
-            ):
-                part = _address_part(address, tagged)
-                if part is not None:
-                    values.append(part)
+            for addresses in _indexed(state.message.addresses(header), tagged):
+                for address in addresses:
+                    part = _address_part(address, tagged)
+                    if part is not None:
+                        values.append(part)
         return _match(state, tagged, values, state.strings(positional[1]))
     if name == "envelope":
         values = []

@@ -10,6 +10,7 @@ import email.policy
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from email.message import Message
+from email.utils import getaddresses
 from functools import cached_property
 
 __all__ = ["Envelope", "MessageView"]
@@ -41,6 +42,7 @@ class MessageView:
     raw: bytes
     headers: list[tuple[str, str]] = field(default_factory=list)
     body_offset: int = 0
+    _addresses: dict[str, list[list[str]]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "MessageView":
@@ -79,6 +81,14 @@ class MessageView:
     def header(self, name: str) -> list[str]:
         name = name.lower()
         return [value for key, value in self.headers if key == name]
+
+    def addresses(self, name: str) -> list[list[str]]:
+        """The addresses of each C{name} field, in order, parsed once (every rule of a script asks again)."""
+        name = name.lower()
+        found = self._addresses.get(name)
+        if found is None:
+            found = self._addresses[name] = [[address for _, address in getaddresses([value])] for value in self.header(name)]
+        return found
 
     def first(self, name: str) -> str | None:
         values = self.header(name)
