@@ -192,12 +192,17 @@ class Transaction:
 
         The order, and what a failure at each step leaves behind:
 
-          1. the message is on disk (the writer's C{finish});
+          1. the message is on disk (the writer's C{finish}); the local
+             accounts' Sieve scripts run (L{mailapp.sieve.filter}): a reject
+             of every local copy fails here with L{SieveRejected} (550),
+             redirects are committed as transactions of their own, and each
+             account's copies get their folders and flags;
           2. remote copies: the queue writes and syncs the message file and
              the envelope under names the relay manager never reads
              (L{mailapp.relay.queue.Queue.prepare}). A failure here: nothing
              was delivered, the client gets 451 and tries again;
-          3. local copies: the store delivers them, all or none. A failure
+          3. local copies: the store delivers them, all or none (one batch,
+             with the scripts' placements). A failure
              here: the prepared queue files are removed; nothing was
              delivered; 451;
           4. the queue entry is published (an atomic rename, then a directory
@@ -209,7 +214,11 @@ class Transaction:
              C{relay.publish_failed}.
 
         A crash between 2 and 4 leaves prepared files that nobody reads and
-        the queue removes when stale; the client never had its 250.
+        the queue removes when stale; the client never had its 250. A
+        redirect already committed in 1 is not undone by a later failure:
+        the client sends again, and the target may get it twice (again
+        duplicated, never lost). Vacation replies and reject DSNs go out
+        after the commit.
         """
         message = self._opened()
         yield message.finish()

@@ -89,6 +89,32 @@ def _check(context: Context) -> int:
     return EXIT_OK
 
 
+def _global_store(context: Context) -> ScriptStore:
+    limits = context.config.limits
+    return ScriptStore(sieve_directory(context.state_dir), limits.sieve_max_scripts, limits.sieve_max_script_size)
+
+
+def _put_global(context: Context) -> int:
+    source, name = context.options.file, context.options.name
+    text = sys.stdin.read() if source == "-" else Path(source).read_text("utf-8")
+    try:
+        _global_store(context).put_global(name, text)
+    except (ScriptError, SieveSyntaxError) as error:
+        raise _refused(error) from None
+    role = {"before": " (runs before every user's script)", "after": " (runs after every user's script)"}.get(name, "")
+    context.report(f"stored global script {name}{role}", {"action": "sieve.put-global", "name": name})
+    return EXIT_OK
+
+
+def _del_global(context: Context) -> int:
+    try:
+        _global_store(context).delete_global(context.options.name)
+    except ScriptError as error:
+        raise _refused(error) from None
+    context.report(f"deleted global script {context.options.name}", {"action": "sieve.del-global", "name": context.options.name})
+    return EXIT_OK
+
+
 def _activate(context: Context) -> int:
     scripts, user = _scripts(context)
     name = context.options.name
@@ -195,6 +221,13 @@ def add_sieve_commands(verbs: Any, common: CommandLineParser) -> None:
         "Check a script (a global one, say) without storing it.",
     )
     sub.add_argument("file", metavar="FILE", help="the script, or - for standard input")
+    sub = add_command(
+        common, sieve_verbs, "put-global", _put_global, "Store a global script: before, after, or one for include :global."
+    )
+    sub.add_argument("name", metavar="NAME", help="before and after run around every user's script")
+    sub.add_argument("file", metavar="FILE", help="the script, or - for standard input")
+    sub = add_command(common, sieve_verbs, "del-global", _del_global, "Delete a global script.")
+    sub.add_argument("name", metavar="NAME")
     sub = add_command(common, sieve_verbs, "get", _get, "Print a script.")
     sub.add_argument("user", metavar="USER")
     sub.add_argument("name", metavar="NAME")

@@ -88,6 +88,14 @@ class SieveFilter:
         self.limits = limits
         self.max_vacation_per_day = max_vacation_per_day
 
+    def reconfigure(self, config: Any) -> None:
+        """SIGHUP (L{mailapp.reload}): the new [limits] sieve_* apply from the next delivery."""
+        limits = config.limits
+        self.limits = SieveLimits(max_steps=limits.sieve_max_steps, max_redirects=limits.sieve_max_redirects)
+        self.max_vacation_per_day = limits.sieve_max_vacation_replies_per_day
+        self.scripts.max_scripts = limits.sieve_max_scripts
+        self.scripts.max_script_size = limits.sieve_max_script_size
+
     def filter(
         self,
         accounts: list[str],

@@ -182,6 +182,22 @@ class ScriptStore:
     def personal(self, account: str, name: str) -> list[Command]:
         return compile(self.get(account, name))
 
+    def _global_path(self, name: str) -> Path:
+        return self.root / "global" / (check_name(name) + SUFFIX)
+
+    def put_global(self, name: str, text: str) -> None:
+        """Check C{text} and store it as the global script C{name} (the admin's: no count limit)."""
+        if len(text.encode("utf-8")) > self.max_script_size:
+            raise ScriptError(f"a script may be at most {self.max_script_size} bytes", "QUOTA/MAXSIZE")
+        compile(text)
+        _write_atomically(self._global_path(name), text.encode("utf-8"))
+
+    def delete_global(self, name: str) -> None:
+        try:
+            self._global_path(name).unlink()
+        except FileNotFoundError:
+            raise ScriptError(f"no global script named {name!r}", "NONEXISTENT") from None
+
     def global_script(self, name: str) -> list[Command] | None:
         try:
             text = (self.root / "global" / (check_name(name) + SUFFIX)).read_text(

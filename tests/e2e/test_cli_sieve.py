@@ -82,3 +82,17 @@ def test_sieve_check_reports_ok_or_the_first_problem(
         and result.err.strip()
         == "mailapp: script refused: line 2, column 1: unknown command 'frob'"
     )
+
+
+def test_sieve_put_global_and_del_global(mailapp: Callable[..., Result], config: Path, tmp_path: Path) -> None:
+    before = tmp_path / "before.sieve"
+    before.write_text('require "fileinto";\nif header :contains "x-spam" "yes" { fileinto "Junk"; }\n')
+    result = mailapp("sieve", "put-global", "before", str(before))
+    assert (result.status, result.out) == (0, "stored global script before (runs before every user's script)\n")
+    assert (config.parent / "var" / "sieve" / "global" / "before.sieve").read_text() == before.read_text()
+    broken = tmp_path / "broken.sieve"
+    broken.write_text("fileinto 1;\n")
+    refused = mailapp("sieve", "put-global", "after", str(broken))
+    assert refused.status == 1 and "line 1, column 1" in refused.err
+    assert mailapp("sieve", "del-global", "before").status == 0
+    assert mailapp("sieve", "del-global", "before").status == 1

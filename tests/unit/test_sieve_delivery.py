@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from mailapp.sieve.filter import SieveFilter
 from mailapp.sieve.scripts import ScriptStore
-from mailapp.testing import RecordingStore, build_factory
+from mailapp.testing import MINIMAL_CONFIG, RecordingStore, build_factory
 from tests.protocol.context import server_context
 from tests.protocol.smtp_client import Session
 
@@ -130,6 +130,19 @@ class FilingTests(SieveDeliveryTestCase):
         self.assertEqual(self.where(ALICE), [("INBOX", frozenset())])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
+    def test_a_global_before_script_runs_for_every_account_before_its_own(self) -> None:
+        self.scripts.put_global("before", 'require "fileinto"; if header :contains "subject" "[dev]" { fileinto "Archive"; stop; }')
+        self.script(BOB, "discard;")
+        self.send("dave@example.net", [ALICE, BOB], MESSAGE)
+        self.assertEqual(self.where(ALICE), [("Archive", frozenset())])
+        self.assertEqual(self.where(BOB), [("Archive", frozenset())])
+
+    def test_include_global(self) -> None:
+        self.scripts.put_global("lists", 'require "fileinto"; fileinto "Archive";')
+        self.script(ALICE, 'require "include"; include :global "lists";')
+        self.send("dave@example.net", [ALICE], MESSAGE)
+        self.assertEqual(self.where(ALICE), [("Archive", frozenset())])
+
     def test_envelope_detail_of_the_rcpt(self) -> None:
         self.script(
             ALICE,
@@ -137,6 +150,20 @@ class FilingTests(SieveDeliveryTestCase):
         )
         self.send("dave@example.net", ["alice+shop@example.test"], MESSAGE)
         self.assertEqual(self.where(ALICE), [("Archive", frozenset())])
+
+
+class ReloadTests(SieveDeliveryTestCase):
+    def test_reconfigure_applies_new_sieve_limits(self) -> None:
+        from mailapp.testing import fake_config
+
+        config = fake_config(MINIMAL_CONFIG + "[limits]\nsieve_max_redirects = 1\nsieve_max_script_size = 100\n")
+        sieve = self.context.router.sieve
+        assert sieve is not None
+        sieve.reconfigure(config)
+        self.assertEqual((sieve.limits.max_redirects, self.scripts.max_script_size), (1, 100))
+        self.script(ALICE, f'redirect "{BOB}"; redirect "{CAROL}";')
+        self.send("dave@example.net", [ALICE], MESSAGE)
+        self.assertEqual(self.where(ALICE), [("INBOX", frozenset())])
 
 
 class JunkTests(SieveDeliveryTestCase):
