@@ -309,7 +309,8 @@ def _reply(
             if line.strip():
                 data += line.encode("utf-8") + b"\r\n"
         return data + b"\r\n" + body.replace("\n", "\r\n").encode("utf-8")
-    reply.set_content(vacation.reason, charset="utf-8")
+    # Quoted-printable, not 8bit: the reply may relay to a server without 8BITMIME.
+    reply.set_content(vacation.reason, charset="utf-8", cte=None if vacation.reason.isascii() else "quoted-printable")
     return reply.as_bytes()
 
 

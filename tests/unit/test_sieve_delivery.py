@@ -294,6 +294,20 @@ class VacationTests(SieveDeliveryTestCase):
         self.commit(CAROL, [ALICE], self.message_from_carol())
         self.assertEqual(len(self.replies_to(CAROL)), 2)
 
+    def test_vacation_from_and_mime(self) -> None:
+        script = (
+            'require "vacation"; vacation :from "Alice <alice@example.test>" :mime '
+            '"Content-Type: text/html; charset=utf-8\r\n\r\n<p>Away</p>";'
+        )
+        self.script(ALICE, script)
+        self.commit(CAROL, [ALICE], self.message_from_carol())
+        [reply] = self.replies_to(CAROL)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        self.assertIn(b"\r\nFrom: Alice <alice@example.test>\r\n", head)
+        self.assertIn(b"\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8", head)
+        self.assertIn(b"Subject: Auto: lunch?", head)
+        self.assertEqual(body, b"<p>Away</p>")
+
     def test_vacation_never_answers_a_list_message(self) -> None:
         self.script(ALICE, self.SCRIPT)
         self.commit(
