@@ -492,17 +492,16 @@ def _current_flags(state: _State, tagged: dict[str, Argument | None]) -> frozens
     return frozenset(_normal_flag(flag) for flag in flags)
 
 
+def _same_folder(one: str, other: str) -> bool:
+    # Folder names are case-sensitive, except INBOX (RFC 3501 5.1).
+    return one == other or (one.upper() == INBOX and other.upper() == INBOX)
+
+
 def _place(state: _State, placement: Placement) -> None:
     for index, existing in enumerate(state.outcome.placements):
-        if existing.folder.upper() == placement.folder.upper() or (
-            existing.folder.upper() == INBOX and placement.folder.upper() == INBOX
-        ):
+        if _same_folder(existing.folder, placement.folder):
             # RFC 5228 4.1: filing into one folder twice stores one copy; flags add up.
-            state.outcome.placements[index] = Placement(
-                existing.folder,
-                existing.flags | placement.flags,
-                existing.create or placement.create,
-            )
+            state.outcome.placements[index] = Placement(existing.folder, existing.flags | placement.flags, existing.create or placement.create)
             return
     state.outcome.placements.append(placement)
 

@@ -379,3 +379,8 @@ def test_duplicate_asks_what_was_seen_and_notes_the_id() -> None:
     assert result.discarded and result.duplicates == [
         ("", "<m1@example.org>", 7 * 86400)
     ]
+
+
+def test_filing_twice_into_one_folder_is_one_copy_and_names_are_case_sensitive() -> None:
+    script = 'require ["fileinto", "imap4flags"]; fileinto "A"; fileinto :flags "x" "A"; fileinto "a"; fileinto "inbox"; keep;'
+    assert outcome(script).placements == [Placement("A", frozenset({"x"})), Placement("a"), Placement("inbox")]
