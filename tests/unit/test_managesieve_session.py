@@ -143,6 +143,11 @@ class LoginTests(ManageSieveTestCase):
         self.context.reactor.advance(0.6)
         self.assertEqual(self.session.replies(), [b'NO "Authentication failed"'])
 
+    def test_too_many_commands_before_login_close_the_session(self) -> None:
+        replies = self.say(b"NOOP\r\n" * 21)
+        self.assertEqual(replies[-1], b'BYE "Too many commands before login; closing connection"')
+        self.assertTrue(self.session.transport.disconnecting)
+
     def test_logout(self) -> None:
         self.assertEqual(self.say(b"LOGOUT\r\n"), [b'OK "Logout completed"'])
 
