@@ -59,13 +59,33 @@ def run_generator(port: int, messages: int, size: int, concurrency: int, per_con
     return json.loads(result.stdout)
 
 
+#: A 20-rule Sieve script, none of whose rules matches the generator's messages: every
+#: test runs and the implicit keep files each one in INBOX, where the generator counts it.
+SIEVE_20_RULES = 'require ["fileinto", "imap4flags"];\n' + "".join(
+    f'if anyof (header :contains "subject" "no-match-{n}", address :is "from" "nobody{n}@example.net") {{ fileinto "Rule{n}"; }}\n'
+    for n in range(20)
+)
+
+
+def _install_sieve(state_dir: Path) -> None:
+    from mailapp.sieve.scripts import ScriptStore, sieve_directory
+
+    scripts = ScriptStore(sieve_directory(state_dir))
+    for user in USERS:
+        scripts.put(user, "rules", SIEVE_20_RULES)
+        scripts.activate(user, "rules")
+
+
 def smtp_workload(
-    messages: int, size: int, concurrency: int, per_connection: int, extra: str = "", scanner: Any = None
+    messages: int, size: int, concurrency: int, per_connection: int, extra: str = "", scanner: Any = None, sieve: bool = False
 ) -> Callable[[Path, float], dict[str, Any]]:
-    """C{extra}: more of the server's config (``[spam]``, with ``--rspamd``); C{scanner}: the rspamd whose CPU is counted."""
+    """
+    C{extra}: more of the server's config (``[spam]``, with ``--rspamd``); C{scanner}: the rspamd whose CPU is counted;
+    C{sieve}: every recipient has L{SIEVE_20_RULES} active.
+    """
 
     def run(workdir: Path, timeout: float) -> dict[str, Any]:
-        server = bench_server.start(USERS, workdir, extra=extra)
+        server = bench_server.start(USERS, workdir, extra=extra, prepare=_install_sieve if sieve else None)
         try:
             cpu_before = server.cpu_seconds()
             rspamd_before = scanner.cpu_seconds() if scanner is not None else 0.0
@@ -327,6 +347,10 @@ def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, 
     scanned = " (scanned by rspamd)" if spam else ""
     return {
         "smtp-4k": (f"SMTP ingest, {n} x 4 KiB, {args.concurrency} connections, 50 per connection{scanned}", smtp_workload(n, 4096, args.concurrency, 50, spam, rspamd)),
+        "smtp-4k-sieve": (
+            f"SMTP ingest, {n} x 4 KiB, {args.concurrency} connections, 50 per connection, each of the 10 recipients with a 20-rule Sieve script",
+            smtp_workload(n, 4096, args.concurrency, 50, spam, rspamd, sieve=True),
+        ),
         "smtp-4k-single": (f"SMTP ingest, {n // 5} x 4 KiB, {args.concurrency} connections, 1 per connection{scanned}", smtp_workload(n // 5, 4096, args.concurrency, 1, spam, rspamd)),
         "smtp-100k": (f"SMTP ingest, {big} x 100 KiB, {args.concurrency} connections, 10 per connection{scanned}", smtp_workload(big, 100 * 1024, args.concurrency, 10, spam, rspamd)),
         "pop3": (f"POP3, one session over {args.pop3_messages} x 4 KiB: STAT, LIST, UIDL, RETR of each", pop3_workload(args.pop3_messages)),

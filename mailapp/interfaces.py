@@ -23,13 +23,13 @@ and C{verifyObject} see.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from mailapp.records import FolderEvent, FolderInfo, FolderStatus, MessageInfo, Usage
+from mailapp.records import FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, Usage
 
 if TYPE_CHECKING:
     # Only named in annotations: the accounts implementation defines them,
@@ -211,6 +211,18 @@ class IMessageStore(Interface):
         Fires with a dict mapping each account to the UID its copy got, once
         every copy is durable. Fails with L{mailapp.errors.StoreError} and
         leaves no copy visible if any copy could not be made durable.
+        """
+
+
+    def deliverPlacements(message: WriterFromThisStore, placements: Sequence[FolderPlacement]) -> Deferred[list[int]]:
+        """
+        L{deliver}, with a folder and flags per copy: what a user's Sieve
+        script chose (L{mailapp.sieve}). One account may have several
+        placements (C{fileinto} and C{keep}); every folder must exist.
+        Every copy is written in one durable batch, all or none.
+
+        Fires with the UID of each placement's copy, in order; fails as
+        L{deliver} does (L{mailapp.errors.NoSuchFolder} for a missing folder).
         """
 
 

@@ -179,6 +179,14 @@ class Limits:
     #: 0 = unlimited. Generous: a busy list server sends about one a second.
     mx_messages_per_minute: int = field(default=60, metadata=integer(_UNLIMITED))
     mx_bytes_per_minute: int = field(default=200 * 1024**2, metadata=integer(_UNLIMITED))
+    #: Sieve (mailapp.sieve): commands and tests one delivery's scripts may run, and redirects per message and recipient.
+    sieve_max_steps: int = field(default=10_000, metadata=integer(positive))
+    sieve_max_redirects: int = field(default=4, metadata=integer(positive))
+    #: Vacation replies one account may send in 24 hours, whatever its scripts say.
+    sieve_max_vacation_replies_per_day: int = field(default=100, metadata=integer(positive))
+    #: Scripts per account, and the bytes of one (ManageSieve's HAVESPACE and PUTSCRIPT, the CLI).
+    sieve_max_scripts: int = field(default=20, metadata=integer(positive))
+    sieve_max_script_size: int = field(default=65_536, metadata=integer(positive))
 
 
 #: The longest delay [security] accepts: a failed login holds its session that long.

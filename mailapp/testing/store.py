@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -17,6 +17,7 @@ from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMess
 from mailapp.interfaces import IFolder, IFreeSpace, IMailbox, IMessageStore, IMessageWriter
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder
+from mailapp.records import FolderPlacement
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
 
 
@@ -297,6 +298,22 @@ class FakeStore:
 
     def newMessage(self) -> FakeMessageWriter:
         return FakeMessageWriter(self)
+
+    def deliverPlacements(self, message: FakeMessageWriter, placements: Sequence[FolderPlacement]) -> Deferred[list[int]]:
+        if not message.finished:
+            raise RuntimeError("deliverPlacements() before the message's finish() fired")
+        if self.failDeliver:
+            return fail(StoreError())
+        data = message.data()
+        folders = {p: normalize_folder(p.folder) for p in placements}
+        for placement, folder in folders.items():
+            if folder not in self.mailbox(placement.account)._folders:
+                return fail(NoSuchFolder(f"no such folder: {folder}"))
+        uids = [FakeFolder(self.mailbox(p.account), folders[p])._add(data, tuple(p.flags), message.internaldate) for p in placements]
+        for placement, uid in zip(placements, uids):
+            self.events.publish(FolderEvent(ADDED, placement.account, folders[placement], (uid,)))
+            self.deliveries.append(((placement.account,), folders[placement], data))
+        return succeed(uids)
 
     def deliver(self, message: FakeMessageWriter, accounts: Iterable[str], folder: str = INBOX) -> Deferred[dict[str, int]]:
         if not message.finished:

@@ -405,7 +405,7 @@ def test_options_check_reports_ok_and_exits_0(tmp_path: Path, capsys: pytest.Cap
     with pytest.raises(SystemExit) as raised:
         tap.Options().parseOptions(["--check", "--config", str(REPO / "etc" / "mailapp.toml")])
     assert raised.value.code == 0
-    assert capsys.readouterr().out == f"{REPO / 'etc' / 'mailapp.toml'}: OK (8 listeners)\n"
+    assert capsys.readouterr().out == f"{REPO / 'etc' / 'mailapp.toml'}: OK (9 listeners)\n"
 
 
 def test_options_read_the_config_path_from_the_environment(
