@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, ContextManager, Iterable, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Mapping, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from mailapp.errors import MAX_KEYWORDS_PER_FOLDER, MAX_KEYWORDS_PER_MESSAGE, KeywordLimit, NoSuchFolder, NoSuchMessage
 from mailapp.interfaces import IFolder
-from mailapp.store import durable, messagefile, outside, transfer
+from mailapp.store import durable, messagefile, outside, structures, transfer
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
@@ -187,6 +187,24 @@ class MaildirFolder:
 
     def readMessage(self, uid: int, limit: int) -> Deferred[bytes | None]:
         return self.store.run(self._readFile, uid, lambda path: read_message_file(path, limit))
+
+    def cachedStructures(self, uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:
+        wanted = list(uids)
+
+        def read() -> dict[int, bytes]:
+            with self._connect() as conn:
+                return structures.read_structures(conn, self.name, wanted, version)
+
+        return self.store.run(read)
+
+    def saveStructures(self, blobs: Mapping[int, bytes], version: int) -> Deferred[None]:
+        kept = dict(blobs)
+
+        def save() -> None:
+            with self._connect() as conn:
+                structures.write_structures(conn, self.name, kept, version)
+
+        return self.store.write(save)
 
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
         if mode not in ("replace", "add", "remove"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -59,6 +59,10 @@ class _FakeFolderState:
         self.subscribed = True
         #: uid -> [bytes, flags, internaldate]
         self.messages: dict[int, list[Any]] = {}
+        #: uid -> (version, blob): L{FakeFolder.saveStructures}
+        self.structures: dict[int, tuple[int, bytes]] = {}
+        #: Every UID L{FakeFolder.openMessage} or L{FakeFolder.readMessage} was asked for, in order.
+        self.opened: list[int] = []
 
 
 @implementer(IFolder)
@@ -104,16 +108,34 @@ class FakeFolder:
         return succeed([MessageInfo(u, m[1], len(m[0]), m[2]) for u, m in sorted(state.messages.items()) if u > uid])
 
     def openMessage(self, uid: int) -> Deferred[IO[bytes]]:
+        self._state.opened.append(uid)
         message = self._state.messages.get(uid)
         if message is None:
             return fail(NoSuchMessage(f"no such message: {uid}"))
         return succeed(io.BytesIO(message[0]))
 
     def readMessage(self, uid: int, limit: int) -> Deferred[bytes | None]:
+        self._state.opened.append(uid)
         message = self._state.messages.get(uid)
         if message is None:
             return fail(NoSuchMessage(f"no such message: {uid}"))
         return succeed(message[0] if len(message[0]) <= limit else None)
+
+    def cachedStructures(self, uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:
+        state = self._state
+        found = {}
+        for uid in uids:
+            kept = state.structures.get(uid)
+            if kept is not None and kept[0] == version and uid in state.messages:
+                found[uid] = kept[1]
+        return succeed(found)
+
+    def saveStructures(self, blobs: Mapping[int, bytes], version: int) -> Deferred[None]:
+        state = self._state
+        for uid, blob in blobs.items():
+            if uid in state.messages:
+                state.structures[uid] = (version, bytes(blob))
+        return succeed(None)
 
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
         wanted = frozenset(flags)

@@ -1,0 +1,155 @@
+"""
+What FETCH and SEARCH need of a message's structure, computed once and
+kept in the index (issue 19): the rendered ENVELOPE, BODYSTRUCTURE and
+BODY, and the header fields SEARCH SUBJECT/FROM/TO/CC/BCC and SENT* read.
+A second ``FETCH 1:* (ENVELOPE)`` then reads blobs from the index and opens
+no message file.
+
+The store keeps the blob opaque (L{mailapp.store.structures}): this module
+is the only one that makes or reads it, through
+L{mailapp.interfaces.IFolder.cachedStructures} and C{saveStructures}. It is
+filled at first use and by the index rebuild (L{CODEC}, registered by the
+composition root). A blob whose checksum fails, or that does not decode, is
+treated as missing: recomputed and replaced.
+
+Messages whose structure a bound cut (L{mime.MAX_DEPTH}, L{mime.MAX_PARTS})
+get no blob, nor do those whose blob would pass the store's size bound:
+they are parsed from the file each time, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from typing import IO, Any, NamedTuple
+
+from mailapp.imap import mime
+from mailapp.imap import search as keys
+from mailapp.imap.wire import format_value
+
+__all__ = ["CODEC", "STRUCTURE_VERSION", "CachedStructure", "compute", "decode", "header_keys_only"]
+
+#: The version of what L{compute} renders. Bump it whenever the bytes it
+#: returns would change for the same message: a change to
+#: L{mime.envelope}, L{mime.body_structure}, L{mime.scan}, L{format_value}
+#: or to how L{search.header_content} decodes fields. Every kept blob of
+#: another version is then ignored and recomputed at first use; no
+#: migration is needed.
+STRUCTURE_VERSION = 1
+
+#: The header fields kept for SEARCH (its SUBJECT, FROM, TO, CC and BCC keys, and HEADER on them).
+CACHED_FIELDS = frozenset({"subject", "from", "to", "cc", "bcc"})
+
+#: Each section's length, then each one's CRC-32: a section is checked only when it is used.
+_HEAD = struct.Struct(">IIIIIIII")
+
+#: The sections of a blob, for L{decode}'s C{wanted}.
+ENVELOPE, BODYSTRUCTURE, BODY, SEARCH_FIELDS = 1, 2, 4, 8
+ALL_SECTIONS = ENVELOPE | BODYSTRUCTURE | BODY | SEARCH_FIELDS
+
+
+class CachedStructure(NamedTuple):
+    """
+    One message's blob, decoded: the three FETCH items as sent (name and
+    value), and the search fields (L{content}); a section L{decode} was
+    not asked for is empty.
+    """
+
+    envelope: bytes
+    body_structure: bytes
+    body: bytes
+    search_fields: bytes
+
+    def content(self) -> keys.Content:
+        """A L{keys.Content} with only L{CACHED_FIELDS} and the Date (no text, no body): see L{header_keys_only}."""
+        loaded = json.loads(self.search_fields)
+        sent = tuple(loaded["sent"]) if loaded["sent"] is not None else None
+        return keys.Content(loaded["headers"], "", frozenset(), sent)
+
+
+def compute(handle: IO[bytes]) -> bytes | None:
+    """The blob of the message in C{handle} (wire form, read from its start), or None when its structure was cut. Blocking."""
+    handle.seek(0)
+    scanned = mime.scan_structure(handle)
+    if scanned.cut:
+        return None
+    root = scanned.root
+    handle.seek(0)
+    content = keys.header_content(keys.read_header_block(handle))
+    fields: dict[str, Any] = {
+        "headers": {name: values for name, values in content.headers.items() if name in CACHED_FIELDS},
+        "sent": list(content.sent) if content.sent is not None else None,
+    }
+    sections = (
+        b"ENVELOPE " + format_value(mime.envelope(root)),
+        b"BODYSTRUCTURE " + format_value(mime.body_structure(root, True)),
+        b"BODY " + format_value(mime.body_structure(root, False)),
+        json.dumps(fields, separators=(",", ":")).encode(),
+    )
+    return _HEAD.pack(*(len(x) for x in sections), *(zlib.crc32(x) for x in sections)) + b"".join(sections)
+
+
+def decode(blob: bytes, wanted: int = ALL_SECTIONS) -> CachedStructure | None:
+    """
+    The blob's C{wanted} sections (L{ENVELOPE} | L{BODY} ...), or None when
+    it is damaged: its lengths do not add up, or a wanted section fails its
+    checksum.
+    """
+    if len(blob) < _HEAD.size:
+        return None
+    head = _HEAD.unpack_from(blob)
+    a, b, c, d = head[:4]
+    if 32 + a + b + c + d != len(blob):
+        return None
+    envelope = body_structure = body = fields = b""
+    if wanted & ENVELOPE:
+        envelope = blob[32 : 32 + a]
+        if zlib.crc32(envelope) != head[4]:
+            return None
+    b += a
+    if wanted & BODYSTRUCTURE:
+        body_structure = blob[32 + a : 32 + b]
+        if zlib.crc32(body_structure) != head[5]:
+            return None
+    c += b
+    if wanted & BODY:
+        body = blob[32 + b : 32 + c]
+        if zlib.crc32(body) != head[6]:
+            return None
+    if wanted & SEARCH_FIELDS:
+        fields = blob[32 + c :]
+        if zlib.crc32(fields) != head[7]:
+            return None
+    return CachedStructure(envelope, body_structure, body, fields)
+
+
+def header_keys_only(key: Any) -> bool:
+    """
+    Whether every key of C{key} that needs the message is answered by a
+    blob: HEADER on L{CACHED_FIELDS} (SUBJECT, FROM, ...) and SENT*, besides
+    the keys the index answers. BODY, TEXT and HEADER on other fields read
+    the file.
+    """
+    kind = key[0]
+    if kind == "AND":
+        return all(header_keys_only(sub) for sub in key[1])
+    if kind == "NOT":
+        return header_keys_only(key[1])
+    if kind == "OR":
+        return header_keys_only(key[1]) and header_keys_only(key[2])
+    if kind == "HEADER":
+        return bool(key[1] in CACHED_FIELDS)
+    return kind not in ("BODY", "TEXT")
+
+
+class _Codec:
+    """What the store's rebuild computes blobs with (L{mailapp.store.structures.StructureCodec})."""
+
+    version = STRUCTURE_VERSION
+
+    def compute(self, handle: IO[bytes]) -> bytes | None:
+        return compute(handle)
+
+
+CODEC = _Codec()
