@@ -310,6 +310,16 @@ class IFolder(Interface):
         folder as it is now.
         """
 
+    def messagesIfChanged(known: tuple[int, int] | None) -> Deferred[tuple[tuple[int, int], int, list[MessageInfo] | None]]:
+        """
+        Fire with (token, UIDNEXT, messages): the token (UIDVALIDITY and a
+        change counter) names the folder's state, changing with every
+        message added, removed or changed, by whatever process; the
+        messages are L{messages}' list, or None when the token is still
+        C{known} (the caller has them). One read, cheap when unchanged
+        whatever the folder's size. Fails with L{mailapp.errors.NoSuchFolder}.
+        """
+
     def messagesAfter(uid: int) -> Deferred[list[MessageInfo]]:
         """
         Fire with the L{mailapp.records.MessageInfo} of the messages whose UID

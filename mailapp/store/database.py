@@ -26,13 +26,15 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from mailapp.store.changes import add_change_counter
 from mailapp.store.rebuild import rebuild_tables
 from mailapp.store.structures import add_structures_table
 from mailapp.store.usage import add_usage_table
 
 INDEX_NAME = "mailapp-index.sqlite3"
 #: 2: the mailbox's usage kept as a total by triggers (L{mailapp.store.usage});
-#: 3: each message's cached structure (L{mailapp.store.structures}).
+#: 3: each message's cached structure (L{mailapp.store.structures}) and each
+#: folder's change counter (L{mailapp.store.changes}).
 #: An index of an older version is migrated at its first open.
 SCHEMA_VERSION = 3
 
@@ -41,7 +43,8 @@ CREATE TABLE IF NOT EXISTS folders (
     name TEXT PRIMARY KEY,
     uidvalidity INTEGER NOT NULL,
     uidnext INTEGER NOT NULL,
-    subscribed INTEGER NOT NULL DEFAULT 1
+    subscribed INTEGER NOT NULL DEFAULT 1,
+    changes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS messages (
     folder TEXT NOT NULL,
@@ -206,6 +209,7 @@ def connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
                 # Before the rows: the triggers count them as the rebuild inserts them.
                 add_usage_table(conn)
                 add_structures_table(conn)
+                add_change_counter(conn, add_column=False)
                 rebuild_tables(conn, mailbox_dir)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 built = True
@@ -214,6 +218,7 @@ def connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
                     add_usage_table(conn)
                 # Empty: every blob is filled at first use.
                 add_structures_table(conn)
+                add_change_counter(conn, add_column=True)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version == SCHEMA_VERSION:
                 conn.execute("SELECT count(*) FROM folders").fetchone()

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from mailapp.errors import MAX_KEYWORDS_PER_FOLDER, MAX_KEYWORDS_PER_MESSAGE, KeywordLimit, NoSuchFolder, NoSuchMessage
 from mailapp.interfaces import IFolder
-from mailapp.store import durable, messagefile, outside, structures, transfer
+from mailapp.store import changes, durable, messagefile, outside, structures, transfer
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
@@ -138,6 +138,16 @@ class MaildirFolder:
                     "SELECT uid, flags, size, internaldate FROM messages WHERE folder = ? ORDER BY uid", (self.name,)
                 ).fetchall()
             return [MessageInfo(uid, decode_flags(flags), size, date) for uid, flags, size, date in rows]
+
+        return self.store.run(read)
+
+    def messagesIfChanged(self, known: tuple[int, int] | None) -> Deferred[tuple[tuple[int, int], int, list[MessageInfo] | None]]:
+        def read() -> tuple[tuple[int, int], int, list[MessageInfo] | None]:
+            with self._connect() as conn:
+                found = changes.messages_if_changed(conn, self.name, known)
+            if found is None:
+                raise NoSuchFolder(f"no such folder: {self.name}")
+            return found
 
         return self.store.run(read)
 

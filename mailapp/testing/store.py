@@ -103,6 +103,13 @@ class FakeFolder:
         state = self._state
         return succeed([MessageInfo(uid, m[1], len(m[0]), m[2]) for uid, m in sorted(state.messages.items())])
 
+    def messagesIfChanged(self, known: tuple[int, int] | None) -> Deferred[tuple[tuple[int, int], int, list[MessageInfo] | None]]:
+        """The token is a digest of the messages' UIDs and flags: however a test changed them, it changes."""
+        state = self._state
+        listed = [MessageInfo(uid, m[1], len(m[0]), m[2]) for uid, m in sorted(state.messages.items())]
+        token = (state.uidvalidity, hash(tuple((m.uid, m.flags, m.size) for m in listed)))
+        return succeed((token, state.uidnext, None if token == known else listed))
+
     def messagesAfter(self, uid: int) -> Deferred[list[MessageInfo]]:
         state = self._state
         return succeed([MessageInfo(u, m[1], len(m[0]), m[2]) for u, m in sorted(state.messages.items()) if u > uid])

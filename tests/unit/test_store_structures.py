@@ -2,7 +2,7 @@
 Each message's cached structure in the index (L{mailapp.store.structures}):
 kept opaque with its version, gone with its message, filled by a rebuild
 through the registered codec, migrated into an index of schema 2, bounded
-in size.
+in size; and each folder's change counter, the token of a warm SELECT.
 """
 
 from __future__ import annotations
@@ -163,14 +163,18 @@ class StructureRebuildTests(StructuresTestCase):
 
 class StructureMigrationTests(StructuresTestCase):
     @inlineCallbacks
-    def test_a_version_2_index_is_migrated_with_an_empty_structures_table(self):
+    def test_a_version_2_index_is_migrated_with_an_empty_structures_table_and_change_counters(self):
         yield self.deliver(3)
         index.reset_connections()
         conn = sqlite3.connect(self.mailbox_dir / index.INDEX_NAME)
         try:
-            for trigger in ("structures_after_delete", "structures_after_move", "structures_after_insert"):
+            for trigger in (
+                "structures_after_delete", "structures_after_move", "structures_after_insert", "folders_changes_start",
+                "folders_changes_after_insert", "folders_changes_after_delete", "folders_changes_after_update",
+            ):
                 conn.execute(f"DROP TRIGGER {trigger}")
             conn.execute("DROP TABLE structures")
+            conn.execute("ALTER TABLE folders DROP COLUMN changes")
             conn.execute("PRAGMA user_version = 2")
             conn.commit()
         finally:
@@ -181,8 +185,83 @@ class StructureMigrationTests(StructuresTestCase):
         yield inbox.saveStructures({2: b"two"}, 1)
         self.assertEqual((yield inbox.cachedStructures([1, 2, 3], 1)), {2: b"two"})
         self.assertEqual(len((yield inbox.messages())), 3)
+        token, _, _ = yield inbox.messagesIfChanged(None)
+        yield inbox.setFlags([1], ["\\Seen"], "add")
+        self.assertIsNotNone((yield inbox.messagesIfChanged(token))[2])
         conn = sqlite3.connect(self.mailbox_dir / index.INDEX_NAME)
         try:
             self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], 3)
         finally:
             conn.close()
+
+
+class ChangeCounterTests(StructuresTestCase):
+    """Each folder's token (L{mailapp.store.changes}): the same while nothing changed, new after any change, by any process."""
+
+    @inlineCallbacks
+    def test_an_unchanged_folder_answers_its_token_without_its_messages(self):
+        yield self.deliver(3)
+        inbox = yield self.folder()
+        token, uidnext, messages = yield inbox.messagesIfChanged(None)
+        self.assertEqual([m.uid for m in messages], [1, 2, 3])
+        self.assertEqual(uidnext, 4)
+        again = yield inbox.messagesIfChanged(token)
+        self.assertEqual(again, (token, 4, None))
+
+    @inlineCallbacks
+    def test_a_delivery_a_flag_change_an_expunge_and_a_move_each_change_the_token(self):
+        yield self.deliver(3)
+        inbox = yield self.folder()
+        archive = yield self.folder("Archive")
+        seen = set()
+        token, _, _ = yield inbox.messagesIfChanged(None)
+        seen.add(token)
+        for change in (
+            lambda: self.deliver(1, start=4),
+            lambda: inbox.setFlags([1], ["\\Seen"], "add"),
+            lambda: inbox.expunge([2]),
+            lambda: inbox.moveTo([3], archive),
+        ):
+            yield change()
+            token, _, messages = yield inbox.messagesIfChanged(token)
+            self.assertIsNotNone(messages)
+            self.assertNotIn(token, seen)
+            seen.add(token)
+        self.assertEqual([(m.uid, m.flags) for m in messages], [(1, frozenset({"\\Seen"})), (4, frozenset())])
+
+    @inlineCallbacks
+    def test_a_change_another_process_commits_changes_the_token(self):
+        yield self.deliver(2)
+        inbox = yield self.folder()
+        token, _, _ = yield inbox.messagesIfChanged(None)
+        conn = sqlite3.connect(self.mailbox_dir / index.INDEX_NAME)
+        try:
+            conn.execute(
+                "UPDATE messages SET flags = ? WHERE folder = 'INBOX' AND uid = 2", (index.encode_flags(frozenset({"\\Flagged"})),)
+            )
+            conn.commit()
+        finally:
+            conn.close()
+        changed, _, messages = yield inbox.messagesIfChanged(token)
+        self.assertNotEqual(changed, token)
+        self.assertEqual(messages[1].flags, frozenset({"\\Flagged"}))
+
+    @inlineCallbacks
+    def test_a_folder_made_again_or_rebuilt_never_shows_an_old_token(self):
+        yield self.store.mailbox(ALICE).createFolder("Old")
+        old = yield self.folder("Old")
+        first, _, _ = yield old.messagesIfChanged(None)
+        yield self.store.mailbox(ALICE).deleteFolder("Old")
+        yield self.store.mailbox(ALICE).createFolder("Old")
+        old = yield self.folder("Old")
+        second, _, _ = yield old.messagesIfChanged(None)
+        self.assertNotEqual(first, second)
+        inbox = yield self.folder()
+        before, _, _ = yield inbox.messagesIfChanged(None)
+        index.reset_connections()
+        damage_messages_page(self.mailbox_dir / index.INDEX_NAME)
+        self.restart()
+        inbox = yield self.folder()
+        after, _, _ = yield inbox.messagesIfChanged(before)
+        self.assertEqual(after[0], before[0])
+        self.assertNotEqual(after, before)
