@@ -19,7 +19,7 @@ they are parsed from the file each time, as before.
 
 from __future__ import annotations
 
-import json
+import marshal
 import struct
 import zlib
 from typing import IO, Any, NamedTuple
@@ -28,7 +28,7 @@ from mailapp.imap import mime
 from mailapp.imap import search as keys
 from mailapp.imap.wire import format_value
 
-__all__ = ["CODEC", "STRUCTURE_VERSION", "CachedStructure", "compute", "decode", "header_keys_only"]
+__all__ = ["CODEC", "STRUCTURE_VERSION", "CachedStructure", "compute", "decode", "header_keys_only", "search_fields"]
 
 #: The version of what L{compute} renders. Bump it whenever the bytes it
 #: returns would change for the same message: a change to
@@ -36,7 +36,7 @@ __all__ = ["CODEC", "STRUCTURE_VERSION", "CachedStructure", "compute", "decode",
 #: or to how L{search.header_content} decodes fields. Every kept blob of
 #: another version is then ignored and recomputed at first use; no
 #: migration is needed.
-STRUCTURE_VERSION = 1
+STRUCTURE_VERSION = 2
 
 #: The header fields kept for SEARCH (its SUBJECT, FROM, TO, CC and BCC keys, and HEADER on them).
 CACHED_FIELDS = frozenset({"subject", "from", "to", "cc", "bcc"})
@@ -61,11 +61,16 @@ class CachedStructure(NamedTuple):
     body: bytes
     search_fields: bytes
 
-    def content(self) -> keys.Content:
-        """A L{keys.Content} with only L{CACHED_FIELDS} and the Date (no text, no body): see L{header_keys_only}."""
-        loaded = json.loads(self.search_fields)
-        sent = tuple(loaded["sent"]) if loaded["sent"] is not None else None
-        return keys.Content(loaded["headers"], "", frozenset(), sent)
+    def content(self) -> keys.Content | None:
+        """
+        A L{keys.Content} with only L{CACHED_FIELDS} and the Date (no text,
+        no body: see L{header_keys_only}); None if the fields do not load.
+        """
+        try:
+            headers, sent = marshal.loads(self.search_fields)  # noqa: S302 - our own checksummed bytes
+        except (ValueError, EOFError, TypeError):
+            return None
+        return keys.Content(headers, "", frozenset(), sent)
 
 
 def compute(handle: IO[bytes]) -> bytes | None:
@@ -77,15 +82,13 @@ def compute(handle: IO[bytes]) -> bytes | None:
     root = scanned.root
     handle.seek(0)
     content = keys.header_content(keys.read_header_block(handle))
-    fields: dict[str, Any] = {
-        "headers": {name: values for name, values in content.headers.items() if name in CACHED_FIELDS},
-        "sent": list(content.sent) if content.sent is not None else None,
-    }
+    # marshal: loaded at C speed for every message a SEARCH matches (JSON was a quarter of its time).
+    fields = ({name: values for name, values in content.headers.items() if name in CACHED_FIELDS}, content.sent)
     sections = (
         b"ENVELOPE " + format_value(mime.envelope(root)),
         b"BODYSTRUCTURE " + format_value(mime.body_structure(root, True)),
         b"BODY " + format_value(mime.body_structure(root, False)),
-        json.dumps(fields, separators=(",", ":")).encode(),
+        marshal.dumps(fields, 4),
     )
     return _HEAD.pack(*(len(x) for x in sections), *(zlib.crc32(x) for x in sections)) + b"".join(sections)
 
@@ -122,6 +125,22 @@ def decode(blob: bytes, wanted: int = ALL_SECTIONS) -> CachedStructure | None:
         if zlib.crc32(fields) != head[7]:
             return None
     return CachedStructure(envelope, body_structure, body, fields)
+
+
+def search_fields(blob: bytes) -> bytes | None:
+    """
+    The blob's search fields as kept (marshal of the case-folded values),
+    checked, or None when it is damaged: a case-folded string absent from
+    them is in none of the fields (marshal keeps each string's UTF-8 whole).
+    """
+    if len(blob) < _HEAD.size:
+        return None
+    head = _HEAD.unpack_from(blob)
+    start = 32 + head[0] + head[1] + head[2]
+    if start + head[3] != len(blob):
+        return None
+    fields = blob[start:]
+    return fields if zlib.crc32(fields) == head[7] else None
 
 
 def header_keys_only(key: Any) -> bool:

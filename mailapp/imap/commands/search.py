@@ -20,7 +20,7 @@ from twisted.internet import defer
 from mailapp.errors import NoSuchMessage
 from mailapp.imap import search as keys
 from mailapp.imap.commands.fetch import load_structures, structure_cut
-from mailapp.imap.structurecache import SEARCH_FIELDS, header_keys_only
+from mailapp.imap.structurecache import SEARCH_FIELDS, STRUCTURE_VERSION, header_keys_only, search_fields
 from mailapp.imap.wire import Token
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ _SEARCH_BATCH = 64
 _BODY_BATCH = 4
 #: The same when the cached structures answer: one store read each.
 _CACHED_BATCH = 1024
+#: Cached structures read per store trip to rule messages out before matching (L{_candidates}).
+_PREFILTER_READ = 4096
 
 
 def search(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
@@ -76,12 +78,18 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
     async def decide(batch: list[tuple[int, int, keys.Message]]) -> None:
         if from_cache:
             cached, gone = await load_structures(session, selected.folder, [uid for _, uid, _ in batch], SEARCH_FIELDS)
-            for position, uid, message in batch:
+            unread = []
+            for entry in batch:
+                position, uid, message = entry
                 structure = cached.get(uid)
-                if structure is not None and keys.matches(key, message, structure.content(), in_set):
+                loaded = structure.content() if structure is not None else None
+                if loaded is None:
+                    if uid not in gone:
+                        unread.append(entry)
+                elif keys.matches(key, message, loaded, in_set):
                     hits.append(uid if by_uid else position + 1)
             # A message whose structure a bound cut has none: its file is read.
-            batch = [entry for entry in batch if entry[1] not in cached and entry[1] not in gone]
+            batch = unread
             if not batch:
                 return
         opened = await defer.gatherResults(
@@ -95,7 +103,10 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
             if content is not None and keys.matches(key, message, content, in_set):
                 hits.append(uid if by_uid else position + 1)
 
+    candidates = await _candidates(selected.folder, uids, key) if from_cache else None
     for position, uid in enumerate(uids):
+        if candidates is not None and uid not in candidates:
+            continue
         entry = selected.info[uid]
         message = keys.Message(position + 1, uid, entry.flags, entry.size, entry.internaldate, uid in selected.recent)
         try:
@@ -113,3 +124,27 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
     hits.sort()
     session.untagged(b"SEARCH" + b"".join(b" %d" % hit for hit in hits))
     await session.complete(tag, b"SEARCH completed", allow_expunge=by_uid, with_uid=by_uid)
+
+
+async def _candidates(folder: Any, uids: list[int], key: Any) -> set[int] | None:
+    """
+    The messages that can match a header search whose top-level keys
+    include plain SUBJECT/FROM/... strings (None: it has none, every message
+    can): each such string must appear in the message's cached fields, which
+    are kept case-folded (L{structurecache.search_fields}). Messages without
+    a usable blob stay candidates: the match fills and reads theirs. One
+    store read per L{_PREFILTER_READ} messages, no decoding.
+    """
+    required = [sub[2].encode("utf-8", "surrogatepass") for sub in key[1] if sub[0] == "HEADER" and sub[2]]
+    if not required:
+        return None
+    candidates: set[int] = set()
+    for start in range(0, len(uids), _PREFILTER_READ):
+        chunk = uids[start : start + _PREFILTER_READ]
+        blobs = await folder.cachedStructures(chunk, STRUCTURE_VERSION)
+        for uid in chunk:
+            blob = blobs.get(uid)
+            fields = search_fields(blob) if blob is not None else None
+            if fields is None or all(needle in fields for needle in required):
+                candidates.add(uid)
+    return candidates
