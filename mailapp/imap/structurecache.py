@@ -22,13 +22,13 @@ from __future__ import annotations
 import marshal
 import struct
 import zlib
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 
 from mailapp.imap import mime
 from mailapp.imap import search as keys
 from mailapp.imap.wire import format_value
 
-__all__ = ["CODEC", "STRUCTURE_VERSION", "CachedStructure", "compute", "decode", "header_keys_only", "search_fields"]
+__all__ = ["CODEC", "STRUCTURE_VERSION", "CachedStructure", "compute", "content", "decode", "header_keys_only", "search_fields"]
 
 #: The version of what L{compute} renders. Bump it whenever the bytes it
 #: returns would change for the same message: a change to
@@ -49,28 +49,24 @@ ENVELOPE, BODYSTRUCTURE, BODY, SEARCH_FIELDS = 1, 2, 4, 8
 ALL_SECTIONS = ENVELOPE | BODYSTRUCTURE | BODY | SEARCH_FIELDS
 
 
-class CachedStructure(NamedTuple):
-    """
-    One message's blob, decoded: the three FETCH items as sent (name and
-    value), and the search fields (L{content}); a section L{decode} was
-    not asked for is empty.
-    """
+#: One message's blob, decoded (L{decode}): the three FETCH items as sent (name
+#: and value), in the order of L{ENVELOPE}, L{BODYSTRUCTURE}, L{BODY}, and the
+#: search fields (L{content}); a section L{decode} was not asked for is empty.
+#: A plain tuple: one is made for every message of a FETCH.
+CachedStructure = tuple[bytes, bytes, bytes, bytes]
 
-    envelope: bytes
-    body_structure: bytes
-    body: bytes
-    search_fields: bytes
 
-    def content(self) -> keys.Content | None:
-        """
-        A L{keys.Content} with only L{CACHED_FIELDS} and the Date (no text,
-        no body: see L{header_keys_only}); None if the fields do not load.
-        """
-        try:
-            headers, sent = marshal.loads(self.search_fields)  # noqa: S302 - our own checksummed bytes
-        except (ValueError, EOFError, TypeError):
-            return None
-        return keys.Content(headers, "", frozenset(), sent)
+def content(fields: bytes) -> keys.Content | None:
+    """
+    A L{keys.Content} of the search fields, with only L{CACHED_FIELDS} and
+    the Date (no text, no body: see L{header_keys_only}); None if they do
+    not load.
+    """
+    try:
+        headers, sent = marshal.loads(fields)  # noqa: S302 - our own checksummed bytes
+    except (ValueError, EOFError, TypeError):
+        return None
+    return keys.Content(headers, "", frozenset(), sent)
 
 
 def compute(handle: IO[bytes]) -> bytes | None:
@@ -124,7 +120,7 @@ def decode(blob: bytes, wanted: int = ALL_SECTIONS) -> CachedStructure | None:
         fields = blob[32 + c :]
         if zlib.crc32(fields) != head[7]:
             return None
-    return CachedStructure(envelope, body_structure, body, fields)
+    return (envelope, body_structure, body, fields)
 
 
 def search_fields(blob: bytes) -> bytes | None:

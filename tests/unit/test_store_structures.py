@@ -157,8 +157,10 @@ class StructureRebuildTests(StructuresTestCase):
         found = yield inbox.cachedStructures([1, 2], structurecache.STRUCTURE_VERSION)
         decoded = structurecache.decode(found[2])
         assert decoded is not None
-        self.assertEqual(decoded.envelope, b'ENVELOPE (NIL "message 2" ((NIL NIL "a" "remote.test")) ((NIL NIL "a" "remote.test")) ((NIL NIL "a" "remote.test")) NIL NIL NIL NIL NIL)')
-        self.assertEqual(decoded.content().headers["subject"], ["message 2"])
+        self.assertEqual(decoded[0], b'ENVELOPE (NIL "message 2" ((NIL NIL "a" "remote.test")) ((NIL NIL "a" "remote.test")) ((NIL NIL "a" "remote.test")) NIL NIL NIL NIL NIL)')
+        loaded = structurecache.content(decoded[3])
+        assert loaded is not None
+        self.assertEqual(loaded.headers["subject"], ["message 2"])
 
 
 class StructureMigrationTests(StructuresTestCase):

@@ -272,11 +272,11 @@ async def _fetchFromCache(session: IMAPServer, selected: SelectedFolder, positio
             for item in items:
                 kind = item.kind
                 if kind == "ENVELOPE":
-                    parts.append(structure.envelope)
+                    parts.append(structure[0])
                 elif kind == "BODYSTRUCTURE":
-                    parts.append(structure.body_structure)
+                    parts.append(structure[1])
                 elif kind == "BODY":
-                    parts.append(structure.body)
+                    parts.append(structure[2])
                 else:
                     parts.append(_simpleItem(item, uid, entry, uid in recent))
             out.append(b"* %d FETCH (%s)\r\n" % (position + 1, b" ".join(parts)))

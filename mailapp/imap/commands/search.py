@@ -21,6 +21,7 @@ from mailapp.errors import NoSuchMessage
 from mailapp.imap import search as keys
 from mailapp.imap.commands.fetch import load_structures, structure_cut
 from mailapp.imap.structurecache import SEARCH_FIELDS, STRUCTURE_VERSION, header_keys_only, search_fields
+from mailapp.imap.structurecache import content as cached_content
 from mailapp.imap.wire import Token
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
             for entry in batch:
                 position, uid, message = entry
                 structure = cached.get(uid)
-                loaded = structure.content() if structure is not None else None
+                loaded = cached_content(structure[3]) if structure is not None else None
                 if loaded is None:
                     if uid not in gone:
                         unread.append(entry)
