@@ -14,6 +14,7 @@ body sets \\Seen first (not BODY.PEEK), in one store change.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ _FROM_INDEX = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE")
 _FROM_CACHE = ("ENVELOPE", "BODYSTRUCTURE", "BODY")
 _SECTIONS = {"ENVELOPE": structurecache.ENVELOPE, "BODYSTRUCTURE": structurecache.BODYSTRUCTURE, "BODY": structurecache.BODY}
 #: Cached structures read per store trip by a FETCH.
-_CACHE_READ = 4096
+_CACHE_READ = 1024
 #: Message files opened at once (and scanned in one trip to a worker thread) to fill missing structures.
 _FILL_BATCH = 64
 
@@ -207,9 +208,15 @@ async def _fetch(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid
     await session.complete(tag, b"FETCH completed", allow_expunge=by_uid, with_uid=by_uid)
 
 
+@functools.lru_cache(maxsize=1024)
+def _flagsItem(flags: frozenset[str], recent: bool) -> bytes:
+    """FLAGS as sent: a folder's messages share a few sets, formatted once each (sorting was 8% of an index FETCH)."""
+    return b"FLAGS " + format_flags(flags | {RECENT} if recent else flags)
+
+
 def _simpleItem(item: FetchItem, uid: int, info: MessageInfo, recent: bool) -> bytes:
     if item.kind == "FLAGS":
-        return b"FLAGS " + format_flags(info.flags | {RECENT} if recent else info.flags)
+        return _flagsItem(info.flags, recent)
     if item.kind == "UID":
         return b"UID %d" % uid
     if item.kind == "INTERNALDATE":
@@ -229,7 +236,7 @@ async def _fetchFromIndex(session: IMAPServer, selected: SelectedFolder, positio
             uid = uids[position]
             entry = info[uid]
             is_recent = uid in recent
-            body = b" ".join(_simpleItem(item, uid, entry, is_recent) for item in items)
+            body = b" ".join([_simpleItem(item, uid, entry, is_recent) for item in items])
             out.append(b"* %d FETCH (%s)\r\n" % (position + 1, body))
         session.write(b"".join(out))
         if flow.paused:
@@ -239,7 +246,8 @@ async def _fetchFromIndex(session: IMAPServer, selected: SelectedFolder, positio
 async def _fetchFromCache(session: IMAPServer, selected: SelectedFolder, positions: list[int], items: list[FetchItem]) -> bool:
     """
     Index items and ENVELOPE, BODYSTRUCTURE, BODY: from the cached
-    structures, read L{_CACHE_READ} at a time in one store trip and written
+    structures, read L{_CACHE_READ} at a time in one store trip (the next
+    while this one is answered) and written
     L{FETCH_BATCH} responses at a time, paced by the transport. A message
     that has none (cut by a bound) goes the file's way. False if some
     message is gone.
@@ -249,12 +257,20 @@ async def _fetchFromCache(session: IMAPServer, selected: SelectedFolder, positio
     recent = selected.recent
     kinds = {i.kind for i in items}
     wanted = sum(section for kind, section in _SECTIONS.items() if kind in kinds)
-    for start in range(0, len(positions), _CACHE_READ):
+    chunks = [[p for p in positions[start : start + _CACHE_READ] if p < len(selected.uids)] for start in range(0, len(positions), _CACHE_READ)]
+
+    def load(chunk: list[int]) -> defer.Deferred[tuple[dict[int, structurecache.CachedStructure], set[int]]]:
+        return defer.Deferred.fromCoroutine(load_structures(session, selected.folder, [selected.uids[p] for p in chunk], wanted))
+
+    # The next chunk is read (on a worker thread, SQLite without the GIL) while this one is written.
+    pending = load(chunks[0]) if chunks else None
+    for index, chunk in enumerate(chunks):
+        assert pending is not None
+        cached, gone = await pending
+        pending = load(chunks[index + 1]) if index + 1 < len(chunks) and selected.active else None
         if not selected.active:
             break
-        chunk = [p for p in positions[start : start + _CACHE_READ] if p < len(selected.uids)]
         uids = [selected.uids[p] for p in chunk]
-        cached, gone = await load_structures(session, selected.folder, uids, wanted)
         out: list[bytes] = []
         for position, uid in zip(chunk, uids):
             structure = cached.get(uid)

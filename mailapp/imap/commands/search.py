@@ -36,7 +36,7 @@ _BODY_BATCH = 4
 #: The same when the cached structures answer: one store read each.
 _CACHED_BATCH = 1024
 #: Cached structures read per store trip to rule messages out before matching (L{_candidates}).
-_PREFILTER_READ = 4096
+_PREFILTER_READ = 1024
 
 
 def search(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
@@ -134,15 +134,19 @@ async def _candidates(folder: Any, uids: list[int], key: Any) -> set[int] | None
     can): each such string must appear in the message's cached fields, which
     are kept case-folded (L{structurecache.search_fields}). Messages without
     a usable blob stay candidates: the match fills and reads theirs. One
-    store read per L{_PREFILTER_READ} messages, no decoding.
+    store read per L{_PREFILTER_READ} messages, the next while one is checked, no decoding.
     """
     required = [sub[2].encode("utf-8", "surrogatepass") for sub in key[1] if sub[0] == "HEADER" and sub[2]]
     if not required:
         return None
     candidates: set[int] = set()
-    for start in range(0, len(uids), _PREFILTER_READ):
-        chunk = uids[start : start + _PREFILTER_READ]
-        blobs = await folder.cachedStructures(chunk, STRUCTURE_VERSION)
+    chunks = [uids[start : start + _PREFILTER_READ] for start in range(0, len(uids), _PREFILTER_READ)]
+    # The next chunk is read (on a worker thread, SQLite without the GIL) while this one is checked.
+    pending = folder.cachedStructures(chunks[0], STRUCTURE_VERSION) if chunks else None
+    for index, chunk in enumerate(chunks):
+        assert pending is not None
+        blobs = await pending
+        pending = folder.cachedStructures(chunks[index + 1], STRUCTURE_VERSION) if index + 1 < len(chunks) else None
         for uid in chunk:
             blob = blobs.get(uid)
             fields = search_fields(blob) if blob is not None else None
