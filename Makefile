@@ -13,11 +13,16 @@ install: $(STAMP) test-packages
 # The tests drive real peers from Debian's packages: chromium (the webmail, through
 # Playwright, whose own browser download is not used), swaks, mbsync (isync) and
 # fetchmail, iproute2 for the network-namespace rig, opendkim-tools (an
-# independent DKIM verifier), and rspamd with redis-server (the content scanner
-# and its Bayes store, started on loopback by the spam tests). Installed here when a
+# independent DKIM verifier), rspamd with redis-server (the content scanner
+# and its Bayes store, started on loopback by the spam tests), and postfix (an MTA
+# delivering into mailapp over LMTP, a private instance the LMTP test starts and
+# stops; the package's own service is not used). Installed here when a
 # command is missing, as root (CI runs as root on a clean Debian machine); anyone
-# else is told what to run.
-TEST_PACKAGES := chromium:chromium swaks:swaks mbsync:isync fetchmail:fetchmail ip:iproute2 opendkim-testmsg:opendkim-tools rspamd:rspamd redis-server:redis-server
+# else is told what to run. The packages' own services (postfix, rspamd,
+# redis) are never started by the install (a policy-rc.d for its length, and
+# postfix left unconfigured): the tests start private instances on loopback,
+# and nothing else may listen on the machine's addresses.
+TEST_PACKAGES := chromium:chromium swaks:swaks mbsync:isync fetchmail:fetchmail ip:iproute2 opendkim-testmsg:opendkim-tools rspamd:rspamd redis-server:redis-server postfix:postfix
 test-packages:
 	@missing=""; for pair in $(TEST_PACKAGES); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
@@ -25,7 +30,11 @@ test-packages:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian packages for the tests:$$missing"; \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null; \
+	    guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1; fi; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; status=$$?; \
+	    if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+	    [ $$status = 0 ] || exit $$status; \
 	  else \
 	    echo "the tests need Debian packages:$$missing: run 'sudo apt-get install$$missing' (or 'make install' as root)"; \
 	    exit 1; \

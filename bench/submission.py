@@ -3,10 +3,12 @@ The ``submission-dkim`` workload: durable submission ingest of mail for
 remote recipients, DKIM-signed against unsigned (issue 15: "signing must
 not cut durable SMTP ingest by more than 15%").
 
-Each run is a pair, one server each, in alternating order (unsigned first
-in odd runs, signed first in even ones), so that a drift in the machine's
-load falls on both sides alike. Both servers are the same but for
-``[dkim] sign``: users log in with AUTH PLAIN on a submission listener
+Each run is three servers, one after the other in an order that rotates
+from run to run, so that a drift in the machine's load falls on every side
+alike: unsigned, signed in the signing process (the default) and signed in
+the server's threads (``[dkim] signing_process = false``, what signing
+cost before the process). They are the same but for ``[dkim]``; the
+signing process's own CPU is reported beside the server's. In each: users log in with AUTH PLAIN on a submission listener
 (plaintext auth is allowed on loopback in the bench's config), send from
 their own address to ten recipients in ``remote.test``, and the domain has
 keys made by ``mailapp dkim keygen``. ``[relay] transports`` sends
@@ -74,14 +76,20 @@ def _queued_copy_is_signed(state_dir: Path) -> bool:
     return head.startswith(b"Return-Path:") and b"\r\nDKIM-Signature: " in head.split(b"\r\n\r\n", 1)[0]
 
 
-def one_run(workdir: Path, timeout: float, *, sign: bool, messages: int, size: int, concurrency: int, per_connection: int) -> dict[str, Any]:
-    """One server, C{messages} submitted; messages/s from the first connect to the last envelope on disk."""
+def one_run(workdir: Path, timeout: float, *, signing: str, messages: int, size: int, concurrency: int, per_connection: int) -> dict[str, Any]:
+    """
+    One server, C{messages} submitted; messages/s from the first connect to
+    the last envelope on disk. C{signing} is "off", "threads" (the server's
+    own threads: ``signing_process = false``) or "process" (the default).
+    """
+    sign = signing != "off"
     blackhole = Blackhole()
     extra = (
         "# Past 10,000 messages a run, ten senders would pass the default 1,000 each per hour.\n"
         "max_messages_per_hour = 1000000\n"
         f'\n[relay]\ntransports = {{ "remote.test" = "127.0.0.1:{blackhole.port}" }}\n'
         f"\n[dkim]\nsign = {'true' if sign else 'false'}\n"
+        f"signing_process = {'false' if signing == 'threads' else 'true'}\n"
         # Twenty logins at once from one address would pass ban_after_failures' count of logins in progress.
         '\n[security]\nban_exempt_networks = ["127.0.0.0/8"]\n'
     )
@@ -94,6 +102,7 @@ def one_run(workdir: Path, timeout: float, *, sign: bool, messages: int, size: i
         port = server.ports["submission"]
         _warm_logins(port, timeout)
         cpu_before = server.cpu_seconds()
+        children_before = server.children_cpu_seconds()
         command = [
             sys.executable, "-m", "bench.smtp_load", "--port", str(port), "--messages", str(messages), "--size", str(size),
             "--concurrency", str(concurrency), "--per-connection", str(per_connection), "--timeout", str(timeout),
@@ -108,10 +117,11 @@ def one_run(workdir: Path, timeout: float, *, sign: bool, messages: int, size: i
             raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
         figures: dict[str, Any] = json.loads(done.stdout)
         figures["server_cpu_ms_per_message"] = (server.cpu_seconds() - cpu_before) * 1000 / messages
+        figures["signing_process_cpu_ms_per_message"] = (server.children_cpu_seconds() - children_before) * 1000 / messages
         figures["load_average_before"] = load
         signed = _queued_copy_is_signed(server.state_dir)
         if signed != sign:
-            raise RuntimeError(f"the queue's copy is {'signed' if signed else 'unsigned'} with [dkim] sign = {sign}")
+            raise RuntimeError(f"the queue's copy is {'signed' if signed else 'unsigned'} with signing {signing}")
         if figures["accepted"] != messages:
             raise RuntimeError(f"{figures['refused']} of {messages} messages refused")
     finally:
@@ -122,30 +132,38 @@ def one_run(workdir: Path, timeout: float, *, sign: bool, messages: int, size: i
 
 
 def submission_dkim_workload(messages: int, size: int, concurrency: int, per_connection: int) -> Callable[[Path, float], dict[str, Any]]:
-    """A signed and an unsigned run per call, in alternating order; see the module docstring."""
+    """
+    An unsigned run and two signed ones (in the signing process, the
+    default, and in the server's threads) per call, the order rotating from
+    call to call; see the module docstring.
+    """
     calls = [0]
+    modes = ("off", "process", "threads")
 
     def run(workdir: Path, timeout: float) -> dict[str, Any]:
+        order = modes[calls[0] % 3 :] + modes[: calls[0] % 3]
         calls[0] += 1
-        order = (False, True) if calls[0] % 2 else (True, False)
-        results: dict[bool, dict[str, Any]] = {}
-        for sign in order:
-            results[sign] = one_run(
-                workdir, timeout, sign=sign, messages=messages, size=size, concurrency=concurrency, per_connection=per_connection
+        results: dict[str, dict[str, Any]] = {}
+        for signing in order:
+            results[signing] = one_run(
+                workdir, timeout, signing=signing, messages=messages, size=size, concurrency=concurrency, per_connection=per_connection
             )
             time.sleep(1)
-        signed, unsigned = results[True], results[False]
+        unsigned, signed, threads = results["off"], results["process"], results["threads"]
         return {
             "unsigned_messages_per_second": unsigned["messages_per_second"],
             "signed_messages_per_second": signed["messages_per_second"],
             "signed_share": signed["messages_per_second"] / unsigned["messages_per_second"],
+            "threads_messages_per_second": threads["messages_per_second"],
+            "threads_share": threads["messages_per_second"] / unsigned["messages_per_second"],
             "unsigned_server_cpu_ms_per_message": unsigned["server_cpu_ms_per_message"],
             "signed_server_cpu_ms_per_message": signed["server_cpu_ms_per_message"],
-            "load_average_before": max(signed["load_average_before"], unsigned["load_average_before"]),
-            "order": "unsigned, signed" if order[0] is False else "signed, unsigned",
-            "unsigned": {k: v for k, v in unsigned.items() if k != "_cleanup"},
-            "signed": {k: v for k, v in signed.items() if k != "_cleanup"},
-            "_cleanup": [unsigned["_cleanup"], signed["_cleanup"]],
+            "signed_signing_process_cpu_ms_per_message": signed["signing_process_cpu_ms_per_message"],
+            "threads_server_cpu_ms_per_message": threads["server_cpu_ms_per_message"],
+            "load_average_before": max(r["load_average_before"] for r in results.values()),
+            "order": ", ".join(order),
+            **{mode: {k: v for k, v in result.items() if k != "_cleanup"} for mode, result in results.items()},
+            "_cleanup": [result["_cleanup"] for result in results.values()],
         }
 
     return run

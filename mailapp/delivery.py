@@ -21,8 +21,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailapp import logevents
+from mailapp import dsn, logevents
 from mailapp.errors import (
+    BinaryNotRelayed,
     ForwardingRateExceeded,
     MailError,
     NoSuchUser,
@@ -33,6 +34,7 @@ from mailapp.errors import (
 from mailapp.forwarding import MAX_UNWIND
 from mailapp.interfaces import IAccounts, IMessageSigner, IMessageStore, IMessageWriter
 from mailapp.records import INBOX
+from mailapp.store import messagefile
 
 if TYPE_CHECKING:
     # Named in annotations only: the Router is handed these by the composition
@@ -81,6 +83,9 @@ class Transaction:
     folder: str = INBOX
     #: MAIL FROM said REQUIRETLS (RFC 8689): the relay must send it only over verified TLS.
     requiretls: bool = False
+    #: MAIL FROM said SMTPUTF8 (RFC 6531): UTF-8 addresses or header fields; the relay
+    #: sends it only to a next hop that offers SMTPUTF8.
+    smtputf8: bool = False
     #: The RCPT addresses (as in L{recipients}) whose allow list (the user's
     #: own, or its domain's) names this sender, marked by the MX at RCPT
     #: before any later RCPT check runs. The spam checks must honour it:
@@ -92,6 +97,20 @@ class Transaction:
     #: The local accounts (as in L{local}) that an allowed recipient reached:
     #: the copies a Junk placement must leave in INBOX.
     allowed_accounts: set[str] = field(default_factory=set)
+    #: The client's DSN parameters (RFC 3461: RET, ENVID, each RCPT's NOTIFY
+    #: and ORCPT), kept with the remote copies in the relay queue and
+    #: honoured for the local ones (a "delivered" DSN for NOTIFY=SUCCESS).
+    dsn: dsn.DsnParameters = field(default_factory=dsn.DsnParameters)
+    #: The RCPT addresses (as in L{recipients}) that reached a local mailbox.
+    reached_locally: list[str] = field(default_factory=list)
+    #: The MX's SPF check passed for the envelope sender (L{mailapp.authentication}).
+    sender_verified: bool = False
+    #: What each RCPT address (as in L{recipients}) reached: its local
+    #: accounts and its remote targets, for L{commitEach}.
+    reached: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+    #: MAIL FROM said BODY=BINARYMIME (RFC 3030): the message may hold any
+    #: octet, which the relay's DATA could not carry, so it reaches local mailboxes only.
+    binarymime: bool = False
 
     @inlineCallbacks
     def addRecipient(self, address: str) -> Any:
@@ -121,6 +140,8 @@ class Transaction:
             raise NoSuchUser()
         if not resolution.local_domain and not self.relay_allowed and address == forwarder:
             raise RelayDenied()
+        if resolution.remote and self.binarymime:
+            raise BinaryNotRelayed()
         if resolution.remote and self.router.queue is None:
             # This server was built without a relay queue: say so honestly, the client retries later.
             raise RemoteDeliveryUnavailable()
@@ -133,6 +154,9 @@ class Transaction:
             if not forwarding.rate.admit(forwarder.lower()):
                 raise ForwardingRateExceeded()
         self.recipients.append(forwarder)
+        if resolution.local:
+            self.reached_locally.append(forwarder)
+        self.reached[forwarder] = (tuple(resolution.local), tuple(resolution.remote))
         for account in resolution.local:
             if account.lower() not in (a.lower() for a in self.local):
                 self.local.append(account)
@@ -200,6 +224,47 @@ class Transaction:
             refused = yield self.router.overQuota(self.local, message.size)
             if refused is not None:
                 raise refused
+        return (yield self._deliver(message))
+
+    @inlineCallbacks
+    def commitEach(self) -> Any:
+        """
+        LMTP's commit (RFC 2033 4.2): fires with each recipient's outcome,
+        in the order of L{recipients}: C{None} once its copy is durable, or
+        the L{MailError} it is refused with. A recipient is refused for its
+        quota alone when every mailbox it reaches lacks room for the
+        message (the Router's rule, applied per recipient, so a full
+        mailbox no longer takes a message meant for others too); the rest
+        are made durable together, as L{commit} does, and its failure (a
+        L{MailError}) is every one of theirs.
+        """
+        message = self._opened()
+        yield message.finish()
+        outcomes: list[MailError | None] = []
+        for recipient in self.recipients:
+            local, remote = self.reached[recipient]
+            refused = (yield self.router.overQuota(local, message.size)) if local and not remote else None
+            outcomes.append(refused)
+        accepted = [recipient for recipient, outcome in zip(self.recipients, outcomes) if outcome is None]
+        if not accepted:
+            self.message = None
+            yield message.discard()
+            return outcomes
+        kept_local = {account.lower() for recipient in accepted for account in self.reached[recipient][0]}
+        kept_remote = {target.lower() for recipient in accepted for target in self.reached[recipient][1]}
+        self.local = [account for account in self.local if account.lower() in kept_local]
+        self.remote = [target for target in self.remote if target.lower() in kept_remote]
+        self.forwarded = {target: alias for target, alias in self.forwarded.items() if target in self.remote}
+        self.reached_locally = [recipient for recipient in self.reached_locally if recipient in accepted]
+        yield self._deliver(message)
+        return outcomes
+
+    @inlineCallbacks
+    def _deliver(self, message: IMessageWriter) -> Any:
+        """L{commit}'s steps 2 to 4 for the finished C{message}, then the "delivered" DSNs asked for; fires with the queue id."""
+        delivered_dsn = self._deliveredRecipients()
+        # Read while the message is still ours: a large one is only in its spool file.
+        returned_headers = (yield self._headers(message)) if delivered_dsn else b""
         prepared: list[Any] = []
         queue = self.router.queue
         try:
@@ -213,7 +278,15 @@ class Transaction:
                 if alias_domain is not None and self.router.forwarding is not None:
                     # A forwarded copy: ARC-sealed by the alias's domain when it has a key (never fails).
                     copy = yield self.router.forwarding.copy_for(message, alias_domain, entry_id)
-                prepared.append((yield queue.prepare(copy, sender, recipients, entry_id, signature, requiretls=self.requiretls)))
+                parameters = self.dsn.only({target: self.forwarded.get(target, target) for target in recipients})
+                prepared.append(
+                    (
+                        yield queue.prepare(
+                            copy, sender, recipients, entry_id, signature, requiretls=self.requiretls, dsn=parameters,
+                            smtputf8=self.smtputf8 or not (sender + "".join(recipients)).isascii(),
+                        )
+                    )
+                )
             if self.local:
                 yield self.router.store.deliver(message, self.local, self.folder)
         except Exception as e:
@@ -250,7 +323,33 @@ class Transaction:
             remote=len(self.remote),
             size=message.size,
         )
+        if delivered_dsn:
+            self.router.notify_delivered(self, delivered_dsn, returned_headers)
         return self.queue_id
+
+    def _deliveredRecipients(self) -> list[str]:
+        """
+        The RCPT addresses that reached a local mailbox and asked for a
+        "delivered" DSN: for a client that may relay (our own users, trusted
+        networks), or on the MX for a sender whose SPF passed; never for
+        other mail the MX takes, whose sender may be forged (a DSN would be
+        backscatter), and never for a DSN's own sender <>.
+        """
+        if not self.sender or not (self.relay_allowed or self.sender_verified):
+            return []
+        return [address for address in self.reached_locally if self.dsn.request_for(address).wants(dsn.DELIVERED)]
+
+    def _headers(self, message: IMessageWriter) -> Deferred[bytes]:
+        """The message's header block, for a DSN: from memory, or read from its spool file off the reactor."""
+        held = messagefile.held_bytes(message)
+        if held is not None:
+            return succeed(dsn.header_block(held))
+        from twisted.internet.threads import deferToThread
+
+        path = message.path  # type: ignore[attr-defined]  # a spooled writer has one (messagefile.wire_bytes)
+        run = self.router.queue.run if self.router.queue is not None else deferToThread
+        read: Deferred[bytes] = run(dsn.read_headers, path)
+        return read
 
     def _signature(self, message: IMessageWriter) -> Deferred[bytes]:
         """The DKIM-Signature fields for the remote copies (C{b""} unsigned); a failure is a 451, never unsigned mail."""
@@ -328,6 +427,77 @@ class Router:
         self.forwarding = forwarding
         #: Signs the remote copies of mail from one of ours (DKIM), or None: sent unsigned.
         self.signer = signer
+        #: The name DSNs come from (Reporting-MTA, MAILER-DAEMON@); the service sets the server's hostname.
+        self.hostname = "localhost"
+
+    @inlineCallbacks
+    def send_notification(self, recipient: str, data: bytes, requiretls: bool = False) -> Any:
+        """
+        Send C{data} (a whole DSN, CRLF) from the null sender <> to
+        C{recipient}, as any other message goes: fires with its queue id, or
+        fails with the L{MailError} that refused it.
+        """
+        transaction = self.start("", relay_allowed=True)
+        # RFC 8689 5: a DSN about a REQUIRETLS message carries its headers, so it requires TLS too.
+        transaction.requiretls = requiretls
+        try:
+            yield transaction.addRecipient(recipient)
+            message = transaction.open()
+            message.write(data)
+            queue_id = yield transaction.commit()
+        except BaseException:
+            transaction.abort()
+            raise
+        return queue_id
+
+    def notify_delivered(self, transaction: Transaction, recipients: list[str], headers: bytes) -> Deferred[None]:
+        """
+        The "delivered" DSN (RFC 3461 5.2.2) for C{recipients} of
+        C{transaction}, whose local copies are durable; its failure is
+        logged, never the transaction's.
+        """
+        import time
+
+        statuses = [
+            dsn.RecipientStatus(
+                address, "2.0.0", "250 2.0.0 delivered to the mailbox", original=transaction.dsn.request_for(address).original_recipient()
+            )
+            for address in recipients
+        ]
+        now = time.time()
+        data = dsn.build_dsn(
+            reporting_mta=self.hostname,
+            queue_id=transaction.queue_id,
+            sender=transaction.sender,
+            arrival=now,
+            now=now,
+            action=dsn.DELIVERED,
+            recipients=statuses,
+            original_headers=headers,
+            envid=transaction.dsn.envid,
+        )
+        sent: Deferred[None] = self.send_notification(transaction.sender, data, transaction.requiretls)
+
+        def done(dsn_id: str) -> None:
+            _log.info(
+                "delivered DSN {dsn_id} for {queue_id} sent to <{sender}> ({count} recipients)",
+                log_event=logevents.DSN_DELIVERED_SENT,
+                dsn_id=dsn_id,
+                queue_id=transaction.queue_id,
+                sender=transaction.sender,
+                count=len(recipients),
+            )
+
+        def failed(reason: Failure) -> None:
+            _log.warn(
+                "delivered DSN for {queue_id} to <{sender}> not sent: {error}",
+                log_event=logevents.DSN_DELIVERED_FAILED,
+                queue_id=transaction.queue_id,
+                sender=transaction.sender,
+                error=reason.getErrorMessage(),
+            )
+
+        return sent.addCallbacks(done, failed)
 
     def start(self, sender: str, relay_allowed: bool, authenticated: str | None = None, declared_size: int = 0) -> Transaction:
         return Transaction(self, sender, relay_allowed, authenticated, declared_size, sign=relay_allowed)

@@ -133,6 +133,12 @@ class ForwardingRateExceeded(MailError):
     code, enhanced, text = 451, "4.7.1", "Too much mail forwarded through this address; try again later"
 
 
+class BinaryNotRelayed(MailError):
+    """A BODY=BINARYMIME message (RFC 3030) for a remote recipient: the relay sends with DATA, which cannot carry it."""
+
+    code, enhanced, text = 554, "5.6.3", "Conversion required but not supported: BINARYMIME is delivered to local mailboxes only"
+
+
 class RemoteDeliveryUnavailable(MailError):
     code, enhanced, text = 451, "4.4.0", "Remote delivery is not available yet; try again later"
 

@@ -334,7 +334,9 @@ class IFolder(Interface):
         received, whatever form the file has on disk): offsets are wire
         offsets, and C{seek(0, os.SEEK_END)} returns the size, the same as
         L{mailapp.records.MessageInfo.size}. The caller closes it. Fails with
-        L{mailapp.errors.NoSuchMessage}.
+        L{mailapp.errors.NoSuchMessage}. A message expunged moments ago is
+        still read (for the sessions that have it in view; the Maildir
+        store holds it for L{mailapp.store.expunged.HOLD_SECONDS}).
         """
 
     def readMessage(uid: int, limit: int) -> Deferred[bytes | None]:
@@ -373,7 +375,8 @@ class IFolder(Interface):
     def expunge(uids: Iterable[int]) -> Deferred[list[int]]:
         """
         Remove C{uids}; fires with the sorted list of UIDs removed and
-        publishes C{expunged}.
+        publishes C{expunged}. They leave L{messages} at once; L{openMessage}
+        and L{readMessage} still read them for a while.
         """
 
     def append(data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[int]:

@@ -69,6 +69,10 @@ POSTSCREEN_UNAUTH_PIPELINING: Final = "postscreen.unauth_pipelining"
 
 # --- names the design already promises to the protocol layers ---
 SMTP_ACCEPTED: Final = "smtp.accepted"
+#: queue_id, sender, delivered, refused (recipients), size, client: a message taken over LMTP, one reply per recipient.
+LMTP_DELIVERED: Final = "lmtp.delivered"
+#: client: an LMTP connection from an address neither loopback nor in the listener's allowed_clients.
+LMTP_CLIENT_REFUSED: Final = "lmtp.client_refused"
 SMTP_RCPT_REJECTED: Final = "smtp.rcpt_rejected"
 #: a RCPT refused 550 5.7.1: the recipient's block list names the sender; also: sender, recipient, owner (whose list), pattern, client
 SMTP_SENDER_BLOCKED: Final = "smtp.sender_blocked"
@@ -131,6 +135,8 @@ RELAY_DELIVERED: Final = "relay.delivered"
 RELAY_BOUNCED: Final = "relay.bounced"
 RELAY_EXPIRED: Final = "relay.expired"
 RELAY_DELAY_WARNING: Final = "relay.delay_warning"
+#: a "relayed" DSN sent: NOTIFY=SUCCESS for a recipient handed to a peer without DSN; also: dsn_id, queue_id, sender, count
+RELAY_RELAYED_DSN_SENT: Final = "relay.relayed_dsn_sent"
 RELAY_DSN_SENT: Final = "relay.dsn_sent"
 RELAY_DOUBLE_BOUNCE: Final = "relay.double_bounce"
 RELAY_DSN_FAILED: Final = "relay.dsn_failed"
@@ -155,6 +161,12 @@ RELAY_TLS_REPORT: Final = "relay.tls_report"
 #: fields: report_id, domain, destination, outcome (sent, failed, lookup failed), reason
 RELAY_TLS_REPORT_SENT: Final = "relay.tls_report_sent"
 
+# --- DSNs for local deliveries (mailapp.delivery; the relay's are relay.dsn_*) ---
+#: a "delivered" DSN (NOTIFY=SUCCESS) sent; also: dsn_id, queue_id, sender, count
+DSN_DELIVERED_SENT: Final = "dsn.delivered_sent"
+#: a "delivered" DSN could not be sent (warn); also: queue_id, sender, error
+DSN_DELIVERED_FAILED: Final = "dsn.delivered_failed"
+
 # --- DKIM signing of outbound mail (mailapp.dkim) ---
 #: a message signed on its way to the relay queue (debug); also: queue_id, domain, selector
 DKIM_SIGNED: Final = "dkim.signed"
@@ -163,6 +175,11 @@ DKIM_SIGNED: Final = "dkim.signed"
 DKIM_UNSIGNED: Final = "dkim.unsigned"
 #: signing failed (unreadable key, say): the message was refused with 451, never sent unsigned; also: queue_id
 DKIM_SIGN_FAILED: Final = "dkim.sign_failed"
+#: the signing process (mailapp.dkim.process) started; also: pid, started (children so far)
+DKIM_SIGNER_STARTED: Final = "dkim.signer_started"
+#: the signing process ended, stopped answering or wrote on
+#: stderr (error/warn); also: reason, count, timeout, line, error
+DKIM_SIGNER_FAILED: Final = "dkim.signer_failed"
 
 # --- IMAP (mailapp.imap); failed logins use AUTH_FAILED with protocol="imap" ---
 IMAP_LOGIN: Final = "imap.login"

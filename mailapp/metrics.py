@@ -91,7 +91,7 @@ class Metrics:
             registry=registry,
         )
         self.accepted = Counter(
-            "mailapp_messages_accepted", "Messages accepted (the 250 after DATA, or sent from webmail)", ["protocol"],
+            "mailapp_messages_accepted", "Messages accepted (the 250 after DATA, LMTP with at least one 250, or sent from webmail)", ["protocol"],
             registry=registry,
         )
         self.accepted_bytes = Histogram(
@@ -134,6 +134,7 @@ class Metrics:
             logevents.SESSION_COMMAND: self._command,
             logevents.SMTP_ACCEPTED: self._accepted,
             logevents.WEBMAIL_SENT: self._accepted,
+            logevents.LMTP_DELIVERED: self._accepted,
             logevents.SMTP_RCPT_REJECTED: lambda event: self.rejected.labels(str(event.get("code", ""))).inc(),
             logevents.DELIVERY_STORED: lambda event: self.delivered.labels("local").inc(_number(event, "local")),
             logevents.RELAY_DELIVERED: lambda event: self.delivered.labels("remote").inc(),
@@ -177,7 +178,10 @@ class Metrics:
         )
 
     def _accepted(self, event: LogEvent) -> None:
-        self.accepted.labels("webmail" if event.get("log_event") == logevents.WEBMAIL_SENT else "smtp").inc()
+        kind = event.get("log_event")
+        if kind == logevents.LMTP_DELIVERED and not event.get("delivered"):
+            return  # every recipient refused: nothing was accepted
+        self.accepted.labels({logevents.WEBMAIL_SENT: "webmail", logevents.LMTP_DELIVERED: "lmtp"}.get(str(kind), "smtp")).inc()
         self.accepted_bytes.observe(_number(event, "size"))
 
 

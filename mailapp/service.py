@@ -101,6 +101,7 @@ def _register_builtin_protocols() -> None:
 
     register_protocol("smtp", smtp.buildFactory)
     register_protocol("submission", smtp.buildFactory)
+    register_protocol("lmtp", smtp.buildLMTPFactory)
     from mailapp import pop3
 
     register_protocol("pop3", pop3.buildFactory)
@@ -343,10 +344,20 @@ def makeService(
 
     quotas = Quotas.fromConfig(config, accounts, store)
     router = Router(accounts, store, max_recipients=config.limits.max_recipients, quotas=quotas)
+    router.hostname = config.hostname
     from mailapp.dkim import DkimSigner, KeyStore
+    from mailapp.dkim.process import SigningProcess
 
-    # Built even when dkim.sign is off, so that a reload can turn it on.
-    router.signer = DkimSigner(KeyStore(config.state_dir), reactor, pools.signing, enabled=config.dkim.sign)
+    # Built even when dkim.sign is off, so that a reload can turn it on; its
+    # process starts only when a first message needs a signature.
+    signer = DkimSigner(
+        KeyStore(config.state_dir),
+        reactor,
+        pools.signing,
+        enabled=config.dkim.sign,
+        process=SigningProcess(reactor, config.state_dir) if config.dkim.signing_process else None,
+    )
+    router.signer = signer
     # DNS for blocking libraries (the MX's SPF, DKIM and DMARC; dns.dnsfunc()
     # for DKIM and ARC code): the name servers the relay asks.
     dns = ServiceDNS(reactor, LazyResolver(reactor, config.relay.nameservers), config.authentication.dns_query_timeout)
@@ -381,7 +392,7 @@ def makeService(
     )
     root = MailService(context)
     JunkLearner(store, rspamd, config.spam).setServiceParent(root)  # type: ignore[no-untyped-call]
-    for component in (store, accounts, manager):
+    for component in (store, accounts, signer, manager):
         if IService.providedBy(component):
             IService(component).setServiceParent(root)
     # Crash left-overs (spool files, the queue's temporary files), at start and every hour.

@@ -65,7 +65,8 @@ listeners = [child for child in service if isinstance(child, ListenerService)]
 
 def announce(ports):
     names = [listener.listener.name for listener in listeners]
-    sys.stdout.write(json.dumps({name: port.getHost().port for name, port in zip(names, ports)}) + "\n")
+    # A unix socket's listener has no port (None): its path is in the config.
+    sys.stdout.write(json.dumps({name: getattr(port.getHost(), "port", None) for name, port in zip(names, ports)}) + "\n")
     sys.stdout.flush()
 
 defer.gatherResults([listener.whenListening() for listener in listeners]).addCallback(announce)

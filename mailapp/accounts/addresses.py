@@ -10,15 +10,22 @@ same names with the same words.
 
 from __future__ import annotations
 
+import unicodedata
+
+import idna
+
 from mailapp.errors import AccountError
 
 __all__ = [
     "address_key",
+    "ascii_domain",
     "check_address",
     "check_alias_source",
     "check_domain",
+    "domain_key",
     "is_encodable",
     "split_address",
+    "unicode_domain",
 ]
 
 _MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1, in octets
@@ -38,26 +45,70 @@ _DOMAIN_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 def address_key(address: str) -> str:
     """
     The case-insensitive identity of an address: local parts match without
-    regard to case, and domains are case-insensitive by definition.
+    regard to case (and, when not ASCII, in Unicode's composed form, NFC:
+    RFC 6532 3.1), and domains are case-insensitive by definition, with an
+    internationalised one in its A-label form (L{domain_key}), so that
+    C{jörg@müller.example} and C{jörg@xn--mller-kva.example} are one
+    address (RFC 6531 3.2).
     """
-    return address.lower()
+    if address.isascii():
+        return address.lower()
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return unicodedata.normalize("NFC", address).lower()
+    return unicodedata.normalize("NFC", local).lower() + "@" + domain_key(domain)
+
+
+def ascii_domain(domain: str) -> str:
+    """
+    C{domain} in its ASCII form, lower-cased: an internationalised domain's
+    U-labels become A-labels (IDNA2008 with the UTS 46 mapping, which is
+    what browsers and mail clients apply: the stdlib's "idna" codec is
+    IDNA2003); an A-label must decode. Raises L{AccountError}.
+    """
+    name = domain.lower()
+    try:
+        if name.isascii():
+            if "xn--" in name:
+                idna.decode(name)
+            return name
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as error:
+        raise AccountError(f"domain {domain!r} is not a valid internationalised domain name: {error}") from None
+
+
+def domain_key(domain: str) -> str:
+    """L{ascii_domain} leniently, for lookups: a name it refuses is only lower-cased (and then names nobody)."""
+    if domain.isascii():
+        return domain.lower()
+    try:
+        return ascii_domain(domain)
+    except AccountError:
+        return domain.lower()
+
+
+def unicode_domain(domain: str) -> str:
+    """C{domain} with its A-labels shown as U-labels (for people); as it is when that fails."""
+    if "xn--" not in domain.lower():
+        return domain
+    try:
+        decoded: str = idna.decode(domain)
+        return decoded
+    except (idna.IDNAError, UnicodeError):
+        return domain
 
 
 def check_domain(domain: str) -> str:
     """
-    Return C{domain} lower-cased, or raise L{AccountError} saying what is wrong.
-
-    Only ASCII host names are accepted; an internationalised domain is given
-    in its C{xn--} form, which is what arrives in SMTP without SMTPUTF8.
+    Return C{domain} lower-cased in its ASCII form, or raise L{AccountError}
+    saying what is wrong. An internationalised domain may be given with
+    U-labels (C{müller.example}) or A-labels (C{xn--mller-kva.example}):
+    both are kept as the A-labels (L{ascii_domain}), so they are one domain.
     """
     if not isinstance(domain, str) or not domain:
         raise AccountError("domain name is empty")
     _reject_unsafe_characters(domain, "domain name")
-    name = domain.lower()
-    if not name.isascii():
-        raise AccountError(
-            f"domain {domain!r} is not ASCII: give an internationalised domain in its xn-- form"
-        )
+    name = ascii_domain(domain)
     if len(name) > _MAX_DOMAIN:
         raise AccountError(f"domain {domain!r} is longer than {_MAX_DOMAIN} characters")
     for label in name.split("."):
@@ -96,6 +147,7 @@ def check_address(address: str, *, mailbox: bool = False) -> str:
         domain = check_domain(domain)
     except AccountError as error:
         raise AccountError(f"address {address!r}: {error}") from None
+    local = unicodedata.normalize("NFC", local)
     _check_local_part(local, address)
     if mailbox and (set(local) & _NOT_IN_ACCOUNT or local.startswith(".")):
         raise AccountError(
@@ -153,4 +205,4 @@ def split_address(address: str) -> tuple[str, str] | None:
     local, at, domain = address.rpartition("@")
     if not (at and local and domain):
         return None
-    return local, domain.lower()
+    return local, domain_key(domain)

@@ -21,6 +21,7 @@ from argon2 import PasswordHasher
 
 from mailapp.accounts.addresses import (
     address_key,
+    domain_key,
     check_address,
     check_alias_source,
     check_domain,
@@ -60,7 +61,7 @@ class AccountsDatabase:
         hasher: PasswordHasher | None = None,
     ) -> None:
         self.path = Path(path)
-        self._config_domains = frozenset(domain.lower() for domain in config_domains)
+        self._config_domains = frozenset(domain_key(domain) for domain in config_domains)
         self._hasher = hasher if hasher is not None else default_password_hasher()
         self._connection = open_database(self.path)
 
@@ -87,8 +88,8 @@ class AccountsDatabase:
     # -- the AddressDirectory lookups --
 
     def is_local_domain(self, domain: str) -> bool:
-        """Whether C{domain} is in the config file or the database (any case)."""
-        name = domain.lower()
+        """Whether C{domain} is in the config file or the database (any case, U-labels or A-labels)."""
+        name = domain_key(domain)
         if name in self._config_domains:
             return True
         return bool(self._rows("SELECT 1 FROM domains WHERE name = ?", name))
@@ -100,7 +101,7 @@ class AccountsDatabase:
 
     def first_user(self, domain: str) -> str | None:
         """See L{AddressDirectory.first_user}."""
-        for condition, arguments in (("WHERE domain = ?", (domain.lower(),)), ("", ())):
+        for condition, arguments in (("WHERE domain = ?", (domain_key(domain),)), ("", ())):
             rows = self._rows(f"SELECT address FROM users {condition} ORDER BY created, rowid LIMIT 1", *arguments)
             if rows:
                 return str(rows[0][0])

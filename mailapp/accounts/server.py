@@ -29,6 +29,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from mailapp import logevents
+from mailapp.accounts.addresses import domain_key
 from mailapp.accounts.database import AccountsDatabase
 from mailapp.accounts.passwords import VerifiedPasswords, default_password_hasher
 from mailapp.accounts.records import QuotaOverride, Resolution, SenderRule, SenderVerdict
@@ -131,7 +132,7 @@ class Accounts:
         self._config_domains = tuple(config_domains)
         with self._connections_lock:
             for database in self._connections:
-                database._config_domains = frozenset(domain.lower() for domain in self._config_domains)
+                database._config_domains = frozenset(domain_key(domain) for domain in self._config_domains)
 
     # -- threads --
 

@@ -81,6 +81,9 @@ class Verdict:
     folder: str = INBOX
     refusal: MailError | None = None
     action: str = "deliver"
+    #: SPF passed for MAIL FROM: the envelope sender is the domain's to use
+    #: from this client, so a notice sent back to it is no backscatter.
+    sender_verified: bool = False
 
 
 @dataclass
@@ -251,7 +254,8 @@ class MessageCheck:
                 return Verdict(header, message, refusal=DMARCRejected(), action="reject")
             if wanted == "junk":
                 return Verdict(header, message, folder=JUNK, action="junk")
-        return Verdict(header, message)
+        verified = results.spf_mailfrom is not None and results.spf_mailfrom.result == "pass"
+        return Verdict(header, message, sender_verified=verified)
 
 
 def _severity(outcome: DMARCResult) -> int:

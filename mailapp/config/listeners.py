@@ -18,7 +18,22 @@ from typing import TYPE_CHECKING, Any, Final
 from twisted.internet.endpoints import _parse as _parse_endpoint_words
 from twisted.internet.endpoints import _parseServer as _parse_server_endpoint
 
-from mailapp.config.schema import INVALID, At, Reader, Section, boolean, describe, integer, positive, quote_key, string
+from mailapp.config.checks import network
+from mailapp.config.schema import (
+    INVALID,
+    STRING,
+    At,
+    Items,
+    Reader,
+    Section,
+    array,
+    boolean,
+    describe,
+    integer,
+    positive,
+    quote_key,
+    string,
+)
 
 if TYPE_CHECKING:
     from mailapp.config.sections import Config
@@ -36,7 +51,7 @@ __all__ = [
 
 #: Every protocol a listener may speak. A protocol listed here but not built
 #: yet is accepted by the config and skipped (with a warning) by the service.
-PROTOCOLS: Final = frozenset({"smtp", "submission", "pop3", "imap", "webmail", "metrics"})
+PROTOCOLS: Final = frozenset({"smtp", "submission", "lmtp", "pop3", "imap", "webmail", "metrics"})
 
 #: ``none``: cleartext only; ``starttls``: cleartext that can upgrade;
 #: ``implicit``: TLS from the first byte (465, 993, 995, 443).
@@ -46,7 +61,7 @@ TLS_MODES: Final = frozenset({"none", "starttls", "implicit"})
 #: yet get a budget of their own (``max_unauthenticated``).
 LOGIN_PROTOCOLS: Final = frozenset({"submission", "pop3", "imap"})
 #: Protocols whose connections mailapp counts (``max_connections`` per listener).
-_COUNTED_PROTOCOLS: Final = LOGIN_PROTOCOLS | {"smtp", "webmail"}
+_COUNTED_PROTOCOLS: Final = LOGIN_PROTOCOLS | {"smtp", "lmtp", "webmail"}
 
 #: HTTP-based protocols have no STARTTLS.
 _NO_STARTTLS: Final = frozenset({"webmail", "metrics"})
@@ -91,8 +106,8 @@ def _counted(at: At, value: int) -> Any:
 
 def _has_logins(at: At, value: int) -> Any:
     protocol = at.values["protocol"]
-    if protocol == "smtp":
-        at.problem("the MX has no login, so every connection is unauthenticated: use max_connections")
+    if protocol in ("smtp", "lmtp"):
+        at.problem(f"{'the MX' if protocol == 'smtp' else 'LMTP'} has no login, so every connection is unauthenticated: use max_connections")
         return INVALID
     if protocol == "webmail":
         at.problem("webmail logins are per request, not per connection: use max_connections")
@@ -120,13 +135,38 @@ def _plaintext_only_on_loopback(at: At, endpoint: str) -> str:
     return endpoint
 
 
+def _lmtp_only(at: At, networks: tuple[Any, ...]) -> Any:
+    if networks and at.values["protocol"] not in (None, "lmtp"):
+        at.problem("only an lmtp listener takes allowed_clients (the MX and submission decide by [relay] trusted_networks and AUTH)")
+        return INVALID
+    return networks
+
+
+def _lmtp_open_only_to_its_clients(at: At, endpoint: str) -> str:
+    """
+    LMTP delivers to any local mailbox with no login, so a listener that
+    others can reach must name who may use it: an admin who writes
+    ``tcp:24`` means "my MTA", not "the internet".
+    """
+    if at.values["protocol"] != "lmtp":
+        return endpoint
+    kind, _, interface = _bind_of(endpoint)
+    if kind == "tcp" and not _is_loopback(interface) and not at.values["allowed_clients"]:
+        at.problem(
+            f"LMTP delivers without a login, and {endpoint!r} listens on {interface or 'every interface'}: "
+            "listen on a unix socket or 127.0.0.1, or name the MTAs that may use it in "
+            'allowed_clients = ["192.0.2.25/32"]'
+        )
+    return endpoint
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
     """One listening socket: what it speaks, where, and how TLS is offered."""
 
     name: str
     protocol: str = field(metadata=string(_known_protocol, required=True))
-    endpoint: str = field(metadata=string(_endpoint, _plaintext_only_on_loopback, required=True))
+    endpoint: str = field(metadata=string(_endpoint, _plaintext_only_on_loopback, _lmtp_open_only_to_its_clients, required=True))
     tls: str = field(metadata=string(_known_tls_mode, _starttls_where_there_is_one, required=True))
     allow_plaintext_auth: bool = field(metadata=boolean(default=False))
     #: This listener's own connection budget and, on a listener with logins,
@@ -134,6 +174,9 @@ class ListenerConfig:
     #: does not say (see L{listener_budget} for the defaults).
     max_connections: int | None = field(default=None, metadata=integer(positive, _counted))
     max_unauthenticated: int | None = field(default=None, metadata=integer(positive, _counted, _has_logins))
+    #: On an lmtp listener: the networks whose clients may use it, besides
+    #: loopback and a unix socket (always allowed). Applied live on SIGHUP.
+    allowed_clients: tuple[Any, ...] = field(default=(), metadata=array(Items(STRING.named("a network"), (network,)), _lmtp_only, build=tuple))
 
     @property
     def needs_tls(self) -> bool:
@@ -160,9 +203,10 @@ class ListenerConfig:
         )
 
 
-#: The endpoint is read last: its checks need the protocol and allow_plaintext_auth.
+#: The endpoint is read last: its checks need the protocol, allow_plaintext_auth and allowed_clients.
 _LISTENER: Final = Section(
-    ListenerConfig, order=("protocol", "tls", "allow_plaintext_auth", "max_connections", "max_unauthenticated", "endpoint")
+    ListenerConfig,
+    order=("protocol", "tls", "allow_plaintext_auth", "max_connections", "max_unauthenticated", "allowed_clients", "endpoint"),
 )
 
 

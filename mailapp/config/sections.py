@@ -229,6 +229,9 @@ class DkimConfig:
     #: Sign the remote copies of mail from submission, the webmail, trusted
     #: networks and the relay's DSNs, for every From: domain with keys.
     sign: bool = field(default=True, metadata=boolean())
+    #: Sign in a child process of the server (on another core), or, when
+    #: false, in the server's own threads (which share its reactor's GIL).
+    signing_process: bool = field(default=True, metadata=boolean())
 
 
 @dataclass(frozen=True)

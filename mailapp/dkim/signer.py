@@ -3,17 +3,21 @@ The server's outbound signer: what the Router asks for the DKIM-Signature
 fields of a message on its way to the relay queue
 (L{mailapp.interfaces.IMessageSigner}).
 
-Reading the message, finding its From: domain's keys and signing all run
-on the ``signing`` worker pool (L{mailapp.pools}), never on the reactor and
-never in the queue's writer, whose batches would otherwise wait for every
-signature in them.
+Reading the message, finding its From: domain's keys and signing
+(L{mailapp.dkim.worker.sign_request}) run in the signing process
+(L{mailapp.dkim.process}) when the server has one, which is the default
+(``[dkim] signing_processes``), or else on the ``signing`` worker pool
+(L{mailapp.pools}): never on the reactor, and never in the queue's writer,
+whose batches would otherwise wait for every signature in them. The
+process is the default because threads share the reactor's GIL: signing
+there halved durable submission ingest (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import dkim
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -22,26 +26,38 @@ from zope.interface import implementer
 from mailapp import logevents
 from mailapp.config import Config
 from mailapp.dkim.keys import KeyStore
-from mailapp.dkim.signing import from_domain, sign_message
+from mailapp.dkim.process import SigningFailed, SigningProcess
+from mailapp.dkim.worker import sign_request
 from mailapp.interfaces import IMessageSigner, IMessageWriter
 from mailapp.store import messagefile
 
-__all__ = ["DkimSigner"]
+__all__ = ["DkimSigner", "SigningFailed"]
 
 _log = Logger()
 
 
 @implementer(IMessageSigner)
-class DkimSigner:
+class DkimSigner(Service):
     """
-    Signs with the keys of C{keys} on C{threadpool}; a domain without keys
-    gets no signature, and nothing is signed while C{enabled} is false
-    (``dkim.sign``, applied by a reload through L{reconfigure}).
+    Signs with the keys of C{keys}, in C{process} when given (a service:
+    stopping it lets the process answer what it has, then ends it), else on
+    C{threadpool}; a domain without keys gets no signature, and nothing is
+    signed while C{enabled} is false (``dkim.sign``, applied by a reload
+    through L{reconfigure}).
     """
 
-    def __init__(self, keys: KeyStore, reactor: Any, threadpool: Any, *, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        keys: KeyStore,
+        reactor: Any,
+        threadpool: Any,
+        *,
+        enabled: bool = True,
+        process: SigningProcess | None = None,
+    ) -> None:
         self.keys = keys
         self.enabled = enabled
+        self.process = process
         self._reactor = reactor
         self._threadpool = threadpool
 
@@ -51,40 +67,49 @@ class DkimSigner:
     def sign(self, message: IMessageWriter, queue_id: str = "") -> Deferred[bytes]:
         if not self.enabled:
             return succeed(b"")
-        return deferToThreadPool(self._reactor, self._threadpool, self._sign, message, queue_id)
+        answered: Deferred[tuple[dict[str, Any], bytes]]
+        if self.process is not None:
+            held = messagefile.held_bytes(message)
+            if held is not None:
+                answered = self.process.request({"queue_id": queue_id}, held)
+            else:
+                path = str(message.path)  # type: ignore[attr-defined]
+                answered = self.process.request({"queue_id": queue_id, "path": path, "size": message.size})
+        else:
+            answered = deferToThreadPool(self._reactor, self._threadpool, self._sign_here, message)
+        return answered.addCallback(self._signed, queue_id)
 
-    def _sign(self, message: IMessageWriter, queue_id: str) -> bytes:
-        data = messagefile.wire_bytes(message)
-        domain = from_domain(data)
-        keys = self.keys.signing_keys_for(domain) if domain is not None else None
-        if keys is None:
+    def _sign_here(self, message: IMessageWriter) -> tuple[dict[str, Any], bytes]:
+        return sign_request(self.keys, {}, messagefile.wire_bytes(message))
+
+    def _signed(self, result: tuple[dict[str, Any], bytes], queue_id: str) -> bytes:
+        answer, fields = result
+        status, domain, reason = answer.get("status"), answer.get("domain"), answer.get("reason")
+        if status == "signed":
             _log.debug(
-                "{log_event} {queue_id}: no keys for the From: domain {domain}",
+                "{log_event} {queue_id} d={domain} s={selector}",
+                log_event=logevents.DKIM_SIGNED,
+                queue_id=queue_id,
+                domain=domain,
+                selector=answer.get("selector"),
+            )
+            return fields
+        if status == "unsigned":
+            # No keys for the From: domain (debug); or a header block dkimpy
+            # cannot parse (a line without a colon): the message is the
+            # sender's to send as it is, unsigned, not ours to refuse;
+            # receivers judge it without our signature (warn).
+            emit = _log.debug if reason == "no keys" else _log.warn
+            emit(
+                "{log_event} {queue_id}: not signed ({domain}): {reason}",
                 log_event=logevents.DKIM_UNSIGNED,
                 queue_id=queue_id,
-                domain=domain or "(none)",
-                reason="no keys",
+                domain=domain,
+                reason=reason,
             )
             return b""
-        try:
-            fields = sign_message(data, keys)
-        except dkim.MessageFormatError as error:
-            # A header block dkimpy cannot parse (a line without a colon):
-            # the message is the sender's to send as it is, unsigned, not
-            # ours to refuse; receivers judge it without our signature.
-            _log.warn(
-                "{log_event} {queue_id}: not signed, the message cannot be: {reason}",
-                log_event=logevents.DKIM_UNSIGNED,
-                queue_id=queue_id,
-                domain=keys.domain,
-                reason=str(error),
-            )
-            return b""
-        _log.debug(
-            "{log_event} {queue_id} d={domain} s={selector}",
-            log_event=logevents.DKIM_SIGNED,
-            queue_id=queue_id,
-            domain=keys.domain,
-            selector=keys.selector,
-        )
-        return fields
+        raise SigningFailed(str(reason))
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return self.process.stop() if self.process is not None else succeed(None)

@@ -22,10 +22,11 @@ do not give.
 
 from __future__ import annotations
 
-import email.utils
 import re
 from dataclasses import dataclass, field
 from typing import IO, Any
+
+from mailapp.imap.addresses import parse_addresses
 
 __all__ = ["Part", "Section", "body_structure", "envelope", "header_fields", "parse_section", "resolve", "scan"]
 
@@ -273,25 +274,8 @@ def _nstring(value: bytes | None) -> bytes | None:
 
 
 def _addresses(value: bytes | None) -> list[list[Any]] | None:
-    if not value:
-        return None
-    text = value.decode("utf-8", "surrogateescape")
-    result: list[list[Any]] = []
-    for name, address in email.utils.getaddresses([text]):
-        if not address and not name:
-            continue
-        local, at, domain = address.rpartition("@")
-        if not at:
-            local, domain = address, ""
-        result.append(
-            [
-                name.encode("utf-8", "surrogateescape") or None,
-                None,
-                local.encode("utf-8", "surrogateescape") or None,
-                domain.encode("utf-8", "surrogateescape") or None,
-            ]
-        )
-    return result or None
+    """An ENVELOPE address list: groups, routes and missing parts as Dovecot writes them (L{addresses})."""
+    return [address.envelope() for address in parse_addresses(value)] or None
 
 
 def envelope(part: Part) -> list[Any]:
@@ -421,11 +405,30 @@ def parse_section(text: bytes, field_names: list[bytes]) -> Section:
     return Section(tuple(numbers), specifier, tuple(f.lower() for f in field_names))
 
 
+def _message_part(message: Part, number: int) -> Part | None:
+    """
+    Part C{number} of a message (the root, or one embedded in a
+    message/rfc822 part): its body's parts if it is a multipart, else the
+    message itself as its only part, whose content is its body (RFC 3501
+    6.4.5: "non-multipart messages ... only have a part 1").
+    """
+    if message.children:
+        return message.children[number - 1] if number <= len(message.children) else None
+    return message if number == 1 else None
+
+
 def _subpart(node: Part, number: int) -> Part | None:
+    """
+    Part C{number} inside part C{node}: a multipart's child, or for a
+    message/rfc822 part the embedded message's part (not one level further
+    down: ``3.1`` of a message/rfc822 part 3 whose message is itself a
+    message/rfc822 is that whole inner message). As Dovecot does, ``.1``
+    of a single part is the part itself.
+    """
     if node.children:
         return node.children[number - 1] if number <= len(node.children) else None
     if node.message is not None:
-        return _subpart(node.message, number)
+        return _message_part(node.message, number)
     return node if number == 1 else None
 
 
@@ -435,8 +438,8 @@ def resolve(root: Part, section: Section) -> tuple[int, int] | bytes | None:
     bytes themselves (HEADER.FIELDS), or C{None} when the part does not exist.
     """
     node = root
-    for number in section.parts:
-        found = _subpart(node, number)
+    for depth, number in enumerate(section.parts):
+        found = _message_part(root, number) if depth == 0 else _subpart(node, number)
         if found is None:
             return None
         node = found

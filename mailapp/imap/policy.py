@@ -21,7 +21,10 @@ VERSION = b"0.1.0"
 AUTOLOGOUT = 30 * 60.0
 PREAUTH_TIMEOUT = LOGIN_TIMEOUT
 #: Before login, lines and literals stay small: nobody unauthenticated can make us hold much.
-MAX_LINE_PREAUTH = 8 * 1024
+#: A line may still hold the largest ID (RFC 2971 3.3: 30 field-value pairs, fields of
+#: 30 octets and values of 1024, about 31.8 KiB quoted), which clients send before
+#: login (imaptest's ``id``); 8 KiB closed their connection.
+MAX_LINE_PREAUTH = 32 * 1024
 MAX_LITERAL_PREAUTH = 4 * 1024
 #: After login: long UID sets from clients that do not collapse ranges, search strings.
 MAX_LINE = 512 * 1024

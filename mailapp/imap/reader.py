@@ -55,8 +55,10 @@ class ReadLimits:
     max_message_size: int
 
     @classmethod
-    def before_login(cls, max_message_size: int) -> ReadLimits:
-        return cls(False, MAX_LINE_PREAUTH, MAX_LINE_PREAUTH, MAX_LITERAL_PREAUTH, max_message_size)
+    def before_login(cls, max_message_size: int, max_line: int = MAX_LINE_PREAUTH) -> ReadLimits:
+        """Before login: L{MAX_LINE_PREAUTH}, or the listener's own line limit when that is smaller."""
+        line = min(MAX_LINE_PREAUTH, max_line)
+        return cls(False, line, line, MAX_LITERAL_PREAUTH, max_message_size)
 
 
 class ReaderOwner(Protocol):

@@ -5,7 +5,9 @@ thread) only when a key needs its headers or body, and only for messages
 the index keys have not already ruled out.
 
 Headers are parsed with the stdlib C{email} package, from the header block
-alone. Bodies never are: BODY and TEXT stream each text part of the
+alone; FROM, TO, CC and BCC match the addresses L{addresses} parses out of
+their fields (names decoded, the address itself, group names), as Dovecot
+does, not the raw text. Bodies never are: BODY and TEXT stream each text part of the
 structure L{mime.scan} finds (bounded in depth and parts), undoing its
 transfer encoding and charset a chunk at a time, so a search holds a few
 chunks of a message, never the message. Each message is searched in its
@@ -25,10 +27,10 @@ import email.parser
 import email.policy
 import email.utils
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Collection, Iterator
 
-from mailapp.imap import mime
+from mailapp.imap import addresses, mime
 from mailapp.imap.wire import Atom, BadCommand, Token, as_number, as_string, parse_date, parse_sequence_set
 
 __all__ = [
@@ -66,7 +68,9 @@ _FLAG_KEYS = {
     "UNFLAGGED": ("\\Flagged", False),
     "UNSEEN": ("\\Seen", False),
 }
-_HEADER_KEYS = {"BCC", "CC", "FROM", "SUBJECT", "TO"}
+_HEADER_KEYS = {"SUBJECT"}
+#: Matched against the header's parsed addresses, not its raw text (L{addresses.search_text}).
+_ADDRESS_KEYS = {"BCC", "CC", "FROM", "TO"}
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 _STRING_KEYS = {"BODY", "TEXT"}
 
@@ -100,6 +104,8 @@ class Content:
     found_in_body: frozenset[str]
     sent: tuple[int, int, int] | None
     cut: bool = False
+    #: FROM, TO, CC, BCC: each such field's addresses written out normalized, case-folded.
+    addresses: dict[str, list[str]] = field(default_factory=dict)
 
 
 def parse_search(tokens: list[Token], max_seq: int) -> tuple[str | None, list[Any]]:
@@ -174,6 +180,8 @@ class _Parser:
             return (name, parse_date(as_string(self.next("date"), "date")))
         if name in _HEADER_KEYS:
             return ("HEADER", name.lower(), self.text("string").casefold())
+        if name in _ADDRESS_KEYS:
+            return ("ADDRESS", name.lower(), self.text("string").casefold())
         if name == "HEADER":
             field = self.text("header name").lower()
             return ("HEADER", field, self.text("string").casefold())
@@ -255,6 +263,11 @@ def matches(
         if not key[2]:
             return bool(values)
         return any(key[2] in value for value in values)
+    if kind == "ADDRESS":
+        written = content.addresses.get(key[1], [])
+        if not key[2]:
+            return bool(written)
+        return any(key[2] in value for value in written)
     if kind == "BODY":
         return key[1] in content.found_in_body
     if kind == "TEXT":
@@ -357,7 +370,11 @@ def header_content(block: bytes, found: frozenset[str] = frozenset(), cut: bool 
                 sent = (parsed[0], parsed[1], parsed[2])
         except (TypeError, ValueError):
             sent = None
-    return Content(headers, "\n".join(header_lines).casefold(), found, sent, cut)
+    fields: dict[str, list[str]] = {}
+    for name, raw in mime.parse_header_block(block):
+        if name in ("from", "to", "cc", "bcc"):
+            fields.setdefault(name, []).append(addresses.search_text(raw).casefold())
+    return Content(headers, "\n".join(header_lines).casefold(), found, sent, cut, fields)
 
 
 # -- streaming the text of a message ----------------------------------------------------------

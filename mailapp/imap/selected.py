@@ -7,7 +7,10 @@ number go stale in the middle of a FETCH: it changes only when the session
 asks (L{SelectedFolder.update}, at command boundaries and during IDLE) and
 says so to the client as it changes, in RFC 3501's order: EXPUNGE
 (descending, only where the command allows it, 7.4.1), FETCH FLAGS for
-changed flags, then EXISTS and RECENT for new mail.
+changed flags, then EXISTS and RECENT for new mail. A keyword the client
+has not been told of yet (set by this session, another one, or on mail
+delivered) is announced with FLAGS and PERMANENTFLAGS before the first
+response that shows it (RFC 3501 7.2.6: FLAGS lists what a client may see).
 
 The store's event bus is a hint (L{SelectedFolder.hint}): the view re-reads
 the folder when told, and just the messages above what it has announced
@@ -22,11 +25,11 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from twisted.internet import defer
 
-from mailapp.imap.flags import RECENT
+from mailapp.imap.flags import RECENT, SYSTEM_FLAGS
 from mailapp.imap.snapshots import FolderSnapshot
 from mailapp.imap.wire import format_flags
 from mailapp.records import ADDED, MessageInfo
@@ -97,6 +100,12 @@ class SelectedFolder:
         self.only_added = True
         #: Ask the store, at the next update, whether other tools changed the folder.
         self.look_outside = False
+        #: The keywords the client was told of (SELECT's FLAGS, and each since).
+        self.keywords: set[str] = (
+            set(messages.keywords)
+            if isinstance(messages, FolderSnapshot)
+            else {f for m in messages for f in m.flags if not f.startswith("\\")}
+        )
 
     @classmethod
     async def open(
@@ -123,12 +132,25 @@ class SelectedFolder:
         if getattr(event, "kind", None) != ADDED:
             self.only_added = False
 
+    def flagsResponses(self) -> bytes:
+        """The untagged FLAGS and PERMANENTFLAGS for the flags the client may see now."""
+        flags = " ".join(list(SYSTEM_FLAGS) + sorted(self.keywords)).encode("utf-8", "replace")
+        return b"* FLAGS (" + flags + b")\r\n* OK [PERMANENTFLAGS (" + flags + b" \\*)] Flags permitted\r\n"
+
+    def announceKeywords(self, flag_sets: Iterable[frozenset[str]]) -> None:
+        """FLAGS and PERMANENTFLAGS again if C{flag_sets} hold a keyword the client was not told of."""
+        new = {f for flags in flag_sets for f in flags if not f.startswith("\\")} - self.keywords
+        if new:
+            self.keywords |= new
+            self._write(self.flagsResponses())
+
     def shownFlags(self, uid: int, flags: frozenset[str]) -> frozenset[str]:
         """The flags as the client sees them: with \\Recent where this session has it."""
         return flags | {RECENT} if uid in self.recent else flags
 
     def setFlags(self, uid: int, flags: frozenset[str]) -> None:
-        """The flags this session itself set (STORE, FETCH's implicit \\Seen)."""
+        """The flags this session itself set (STORE, FETCH's implicit \\Seen), new keywords announced."""
+        self.announceKeywords([flags])
         self.info[uid] = dataclasses.replace(self.info[uid], flags=flags)
 
     def expunged(self, uids: set[int]) -> None:
@@ -180,6 +202,7 @@ class SelectedFolder:
                 self.dirty = True
                 self.only_added = False  # the expunges are still to tell: read it all again
         out = []
+        self.announceKeywords(m.flags for m in messages)
         for position, uid in enumerate(self.uids):
             now = current.get(uid)
             if now is not None and now.flags != self.info[uid].flags:
@@ -195,6 +218,7 @@ class SelectedFolder:
         """EXISTS and RECENT for the messages above what the view has announced."""
         new = [m for m in messages if m.uid > self.highest]
         if new:
+            self.announceKeywords(m.flags for m in new)
             name = self.folder.name
             marker = self._markers.recentMarker(self._account, name, self.uidvalidity)
             for m in new:

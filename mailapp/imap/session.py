@@ -160,7 +160,8 @@ class IMAPServer(LineSession):
         self._errors = 0
         #: The tag of the command whose reply a pending Deferred sends (L{hold}, the logins).
         self._tag = b"*"
-        self._limitsBeforeLogin = ReadLimits.before_login(self.policy.max_message_size)
+        self._limitsBeforeLogin = ReadLimits.before_login(self.policy.max_message_size, self.policy.max_line)
+        self.maxUnterminated = self._limitsBeforeLogin.max_line
         self._limits = ReadLimits(True, self.policy.max_line, self.policy.max_command, self.policy.max_literal, self.policy.max_message_size)
 
     # -- the line session's hooks ----------------------------------------------------------

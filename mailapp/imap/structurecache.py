@@ -36,9 +36,9 @@ __all__ = ["CODEC", "STRUCTURE_VERSION", "CachedStructure", "compute", "content"
 #: or to how L{search.header_content} decodes fields. Every kept blob of
 #: another version is then ignored and recomputed at first use; no
 #: migration is needed.
-STRUCTURE_VERSION = 2
+STRUCTURE_VERSION = 3
 
-#: The header fields kept for SEARCH (its SUBJECT, FROM, TO, CC and BCC keys, and HEADER on them).
+#: The header fields kept for SEARCH (HEADER on them; SUBJECT), besides the addresses FROM, TO, CC and BCC match.
 CACHED_FIELDS = frozenset({"subject", "from", "to", "cc", "bcc"})
 
 #: Each section's length, then each one's CRC-32: a section is checked only when it is used.
@@ -58,15 +58,15 @@ CachedStructure = tuple[bytes, bytes, bytes, bytes]
 
 def content(fields: bytes) -> keys.Content | None:
     """
-    A L{keys.Content} of the search fields, with only L{CACHED_FIELDS} and
-    the Date (no text, no body: see L{header_keys_only}); None if they do
-    not load.
+    A L{keys.Content} of the search fields, with only L{CACHED_FIELDS},
+    the addresses and the Date (no text, no body: see L{header_keys_only});
+    None if they do not load.
     """
     try:
-        headers, sent = marshal.loads(fields)  # noqa: S302 - our own checksummed bytes
+        headers, sent, written = marshal.loads(fields)  # noqa: S302 - our own checksummed bytes
     except (ValueError, EOFError, TypeError):
         return None
-    return keys.Content(headers, "", frozenset(), sent)
+    return keys.Content(headers, "", frozenset(), sent, addresses=written)
 
 
 def compute(handle: IO[bytes]) -> bytes | None:
@@ -79,7 +79,7 @@ def compute(handle: IO[bytes]) -> bytes | None:
     handle.seek(0)
     content = keys.header_content(keys.read_header_block(handle))
     # marshal: loaded at C speed for every message a SEARCH matches (JSON was a quarter of its time).
-    fields = ({name: values for name, values in content.headers.items() if name in CACHED_FIELDS}, content.sent)
+    fields = ({name: values for name, values in content.headers.items() if name in CACHED_FIELDS}, content.sent, content.addresses)
     sections = (
         b"ENVELOPE " + format_value(mime.envelope(root)),
         b"BODYSTRUCTURE " + format_value(mime.body_structure(root, True)),
@@ -142,7 +142,7 @@ def search_fields(blob: bytes) -> bytes | None:
 def header_keys_only(key: Any) -> bool:
     """
     Whether every key of C{key} that needs the message is answered by a
-    blob: HEADER on L{CACHED_FIELDS} (SUBJECT, FROM, ...) and SENT*, besides
+    blob: HEADER on L{CACHED_FIELDS} (SUBJECT), FROM, TO, CC, BCC and SENT*, besides
     the keys the index answers. BODY, TEXT and HEADER on other fields read
     the file.
     """
@@ -155,6 +155,7 @@ def header_keys_only(key: Any) -> bool:
         return header_keys_only(key[1]) and header_keys_only(key[2])
     if kind == "HEADER":
         return bool(key[1] in CACHED_FIELDS)
+    # ADDRESS (FROM, TO, CC, BCC): the addresses written out are kept too.
     return kind not in ("BODY", "TEXT")
 
 

@@ -77,6 +77,11 @@ Token = Union[Atom, String, ParsedLiteral, list[Any]]  # list: a parenthesized l
 # -- parsing ---------------------------------------------------------------------
 
 _ATOM_END = b" ()\"{\r\n"
+#: The fetch attributes whose ``[section]`` may hold spaces and parentheses
+#: (``BODY[HEADER.FIELDS (FROM TO)]``). Anywhere else ``[`` is an ATOM-CHAR
+#: and ``]`` an ASTRING-CHAR (RFC 3501 9: resp-specials), so a mailbox name
+#: such as ``a[b`` or ``x]`` is an ordinary atom, not unbalanced brackets.
+_SECTION_ATTRIBUTES = frozenset({b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"})
 
 
 def parse_arguments(pieces: Sequence[bytes | String | ParsedLiteral]) -> list[Token]:
@@ -145,9 +150,9 @@ def _tokenize(text: bytes, stack: list[list[Token]]) -> None:
             depth = 0
             while i < n:
                 c = text[i : i + 1]
-                if c == b"[":
+                if c == b"[" and (depth > 0 or text[start:i].upper() in _SECTION_ATTRIBUTES):
                     depth += 1
-                elif c == b"]":
+                elif c == b"]" and depth > 0:
                     depth -= 1
                     if depth < 0:
                         raise BadCommand("Unbalanced brackets")

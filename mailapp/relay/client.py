@@ -429,12 +429,23 @@ class SMTPClient(Protocol):
         return None
 
     @defer.inlineCallbacks
-    def send(self, sender: str, recipients: list[str], source: Any, size: int, requiretls: bool = False) -> Any:
+    def send(
+        self,
+        sender: str,
+        recipients: list[str],
+        source: Any,
+        size: int,
+        requiretls: bool = False,
+        mail_parameters: bytes = b"",
+        rcpt_parameters: dict[str, bytes] | None = None,
+    ) -> Any:
         """
         One mail transaction. Fires with a dict recipient -> L{Reply}: the
         reply to DATA's end for recipients the server took, else the reply
         that refused the recipient (or the whole transaction). Fails with
         L{SessionError} only if the connection broke before any outcome.
+        C{mail_parameters} (each with its leading space) go on MAIL FROM,
+        C{rcpt_parameters} by recipient on its RCPT TO (DSN's, RFC 3461).
         """
         mail = b"MAIL FROM:<" + sender.encode("utf-8") + b">"
         if "SIZE" in self.extensions:
@@ -443,7 +454,9 @@ class SMTPClient(Protocol):
             mail += b" BODY=8BITMIME"
         if requiretls:
             mail += b" REQUIRETLS"  # RFC 8689 4.1: the next hop must keep the requirement
-        rcpts = [b"RCPT TO:<" + r.encode("utf-8") + b">" for r in recipients]
+        mail += mail_parameters
+        extra = rcpt_parameters or {}
+        rcpts = [b"RCPT TO:<" + r.encode("utf-8") + b">" + extra.get(r, b"") for r in recipients]
         results: dict[str, Reply] = {}
         if "PIPELINING" in self.extensions:
             # RFC 2920: MAIL, every RCPT and DATA in one write; replies come back in order.

@@ -59,7 +59,8 @@ from twisted.python.failure import Failure
 
 from mailapp import logevents
 from mailapp.config import DEFAULT_RELAY, default_per_address
-from mailapp.relay import bounce, control
+from mailapp import dsn as bounce
+from mailapp.relay import control
 from mailapp.relay.client import Reply
 from mailapp.relay.notify import notify_sender
 from mailapp.relay.queue import DELIVERED, FAILED, PENDING, Envelope, Queue, Recipient
@@ -318,6 +319,8 @@ class RelayManager(Workers, Service):
             recipient.remote = remote
             if 200 <= reply.code < 300:
                 recipient.state = DELIVERED
+                # RFC 3461 5.2.2: a peer without DSN ends the notifications; NOTIFY=SUCCESS then gets "relayed".
+                recipient.relayed_owed = not work.peer_dsn and recipient.request.wants(bounce.RELAYED)
                 event, text = logevents.RELAY_DELIVERED, "delivered"
             elif reply.permanent:
                 recipient.state = FAILED
@@ -362,7 +365,9 @@ class RelayManager(Workers, Service):
     @staticmethod
     def _onlyRemovalLeft(envelope: Envelope) -> bool:
         """Whether ending the round would only remove the entry: nothing pending, no DSN owed."""
-        return not envelope.pending() and not any(r.state == FAILED and not r.notified for r in envelope.recipients)
+        return not envelope.pending() and not any(
+            (r.state == FAILED and not r.notified) or r.relayed_owed for r in envelope.recipients
+        )
 
     def _removeEntry(self, entry: _Entry) -> Deferred[None]:
         """Forget a finished entry and remove its files (durably); never fails."""
@@ -415,14 +420,12 @@ class RelayManager(Workers, Service):
                     )
                 pending = []
             unnotified = [r for r in envelope.recipients if r.state == FAILED and not r.notified]
-            dsn_failed = False
-            if unnotified:
-                sent = yield self._notify(envelope, unnotified, bounce.FAILED)
-                if sent:
-                    for recipient in unnotified:
-                        recipient.notified = True
-                else:
-                    dsn_failed = True
+            for recipient in unnotified:
+                if not recipient.request.wants(bounce.FAILED):
+                    recipient.notified = True  # NOTIFY=NEVER, or a list without FAILURE (RFC 3461 4.1)
+            failures_told = yield self._notifyOwed(envelope, [r for r in unnotified if not r.notified], bounce.FAILED)
+            relayed_told = yield self._notifyOwed(envelope, [r for r in envelope.recipients if r.relayed_owed], bounce.RELAYED)
+            dsn_failed = not (failures_told and relayed_told)
             if not pending and not dsn_failed:
                 yield self._removeEntry(entry)
                 return None
@@ -432,7 +435,8 @@ class RelayManager(Workers, Service):
                 and not envelope.warned
                 and now - envelope.created >= self.policy.delay_warning
             ):
-                sent = yield self._notify(envelope, pending, bounce.DELAYED)
+                warned = [r for r in pending if r.request.wants(bounce.DELAYED)]
+                sent = (yield self._notify(envelope, warned, bounce.DELAYED)) if warned else True
                 if sent:
                     envelope.warned = True
             delay = self.policy.delay(envelope.attempts)
@@ -444,6 +448,24 @@ class RelayManager(Workers, Service):
             return None
         finally:
             entry.finishing = False
+
+    @defer.inlineCallbacks
+    def _notifyOwed(self, envelope: Envelope, recipients: list[Recipient], action: str) -> Any:
+        """
+        The DSN owed to C{recipients} (a failure, or a "relayed" notice),
+        marked as told once sent; fires with C{False} when it must be tried
+        again at the next round.
+        """
+        if not recipients:
+            return True
+        sent = yield self._notify(envelope, recipients, action)
+        if sent:
+            for recipient in recipients:
+                if action == bounce.RELAYED:
+                    recipient.relayed_owed = False
+                else:
+                    recipient.notified = True
+        return bool(sent)
 
     def _notify(self, envelope: Envelope, recipients: list[Recipient], action: str) -> Deferred[bool]:
         """A DSN to the envelope's sender (L{notify_sender}): fires with C{False} to try again later."""

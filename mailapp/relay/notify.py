@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from mailapp import logevents
 from mailapp.errors import MailError
-from mailapp.relay import bounce
+from mailapp import dsn as bounce
 from mailapp.relay.client import Reply, local_reply
 from mailapp.relay.queue import Envelope, Queue, Recipient
 
@@ -24,6 +24,20 @@ __all__ = ["notify_sender"]
 
 #: The relay's log lines keep the one namespace they have always had.
 _log = Logger(namespace="mailapp.relay.manager")
+
+
+_SENT_EVENTS = {
+    bounce.FAILED: logevents.RELAY_DSN_SENT,
+    bounce.DELAYED: logevents.RELAY_DELAY_WARNING,
+    bounce.RELAYED: logevents.RELAY_RELAYED_DSN_SENT,
+}
+
+
+def _read_whole(path: Any) -> bytes | None:
+    """The queued message, for a RET=FULL failure DSN; None past L{bounce.MAX_RETURNED} (then only its headers go back)."""
+    with open(path, "rb") as file:
+        data = file.read(bounce.MAX_RETURNED + 1)
+    return data if len(data) <= bounce.MAX_RETURNED else None
 
 
 @defer.inlineCallbacks
@@ -39,8 +53,8 @@ def notify_sender(
     max_lifetime: float,
 ) -> Generator[Deferred[Any], Any, bool]:
     """
-    Send a DSN for C{recipients} of C{envelope} (C{action}: L{bounce.FAILED}
-    or L{bounce.DELAYED}) through C{router}, as C{hostname} at C{clock}'s
+    Send a DSN for C{recipients} of C{envelope} (C{action}: L{bounce.FAILED},
+    L{bounce.DELAYED} or L{bounce.RELAYED}) through C{router}, as C{hostname} at C{clock}'s
     time; retries end C{max_lifetime} seconds after the message arrived.
     Fires with C{True} when it is sent or must never be (null sender,
     a sender nobody can receive for), C{False} to try again later.
@@ -67,11 +81,18 @@ def notify_sender(
         diagnostic = recipient.last_reply or "no answer from the destination"
         if action == bounce.FAILED and not reply.permanent:
             diagnostic = f"delivery time expired; last reply: {diagnostic}"
-        statuses.append(bounce.RecipientStatus(recipient.address, status, diagnostic, recipient.remote))
+        statuses.append(
+            bounce.RecipientStatus(
+                recipient.address, status, diagnostic, recipient.remote, original=recipient.request.original_recipient()
+            )
+        )
+    path = queue.message_path(envelope.id)
+    full = action == bounce.FAILED and envelope.ret == "FULL"
     try:
-        headers = yield queue.run(bounce.read_headers, queue.message_path(envelope.id))
+        headers = yield queue.run(bounce.read_headers, path)
+        whole = (yield queue.run(_read_whole, path)) if full else None
     except OSError:
-        headers = b""
+        headers, whole = b"", None
     data = bounce.build_dsn(
         reporting_mta=hostname,
         queue_id=envelope.id,
@@ -82,17 +103,12 @@ def notify_sender(
         recipients=statuses,
         original_headers=headers,
         will_retry_until=envelope.created + max_lifetime,
+        envid=envelope.envid,
+        original_message=whole,
     )
-    transaction = router.start("", relay_allowed=True)
-    # RFC 8689 5: a DSN about a REQUIRETLS message carries its headers, so it requires TLS too.
-    transaction.requiretls = envelope.requiretls
     try:
-        yield transaction.addRecipient(envelope.sender)
-        message = transaction.open()
-        message.write(data)
-        dsn_id = yield transaction.commit()
+        dsn_id = yield router.send_notification(envelope.sender, data, envelope.requiretls)
     except MailError as error:
-        transaction.abort()
         # A temporary refusal is tried again at the next round; a permanent one never.
         _log.warn(
             "DSN for {queue_id} to <{sender}> " + ("not sent yet" if error.temporary else "dropped") + ": {error}",
@@ -103,12 +119,11 @@ def notify_sender(
         )
         return not error.temporary
     except Exception:
-        transaction.abort()
         _log.failure("DSN for {queue_id} failed", queue_id=envelope.id, log_event=logevents.RELAY_DSN_FAILED)
         return False
     _log.info(
         "{action} DSN {dsn_id} for {queue_id} sent to <{sender}> ({count} recipients)",
-        log_event=logevents.RELAY_DSN_SENT if action == bounce.FAILED else logevents.RELAY_DELAY_WARNING,
+        log_event=_SENT_EVENTS[action],
         action=action,
         dsn_id=dsn_id,
         queue_id=envelope.id,

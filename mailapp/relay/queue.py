@@ -35,7 +35,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from mailapp import logevents
+from mailapp.accounts.addresses import domain_key
+from mailapp.dsn import DsnParameters, RecipientRequest
 from mailapp.store import durable
 from mailapp.relay.queuefiles import BatchWriter, Job, Prefixed, WireCopy, write_file
 
@@ -87,6 +89,10 @@ class Recipient:
     C{state} is L{PENDING}, L{DELIVERED} (a remote server said 250 after
     DATA: never sent again) or L{FAILED} (permanent failure or expiry);
     C{notified} says whether the sender has had a DSN about the failure.
+    C{notify} and C{orcpt} are the client's DSN parameters for it (RFC 3461,
+    L{mailapp.dsn.RecipientRequest}); C{relayed_owed} says that it went to a
+    peer without DSN while NOTIFY asked for SUCCESS, and the sender has not
+    had its "relayed" DSN yet.
     """
 
     address: str
@@ -95,10 +101,18 @@ class Recipient:
     last_reply: str = ""
     remote: str = ""
     notified: bool = False
+    notify: list[str] = field(default_factory=list)
+    orcpt: str = ""
+    relayed_owed: bool = False
+
+    @property
+    def request(self) -> RecipientRequest:
+        return RecipientRequest(tuple(self.notify), self.orcpt)
 
     @property
     def domain(self) -> str:
-        return self.address.rpartition("@")[2].lower()
+        """The recipient's domain as DNS knows it: lower case, A-labels (RFC 6531 3.2)."""
+        return domain_key(self.address.rpartition("@")[2])
 
 
 @dataclass
@@ -125,6 +139,11 @@ class Envelope:
     warned: bool = False
     #: REQUIRETLS (RFC 8689): only to a next hop with verified TLS that offers REQUIRETLS, else bounced (5.7.10).
     requiretls: bool = False
+    #: SMTPUTF8 (RFC 6531): UTF-8 addresses or header fields; only to a next hop that offers SMTPUTF8, else bounced (5.6.7/5.6.9).
+    smtputf8: bool = False
+    #: The client's RET (FULL or HDRS) and ENVID (xtext) (RFC 3461); empty when not given.
+    ret: str = ""
+    envid: str = ""
     version: int = ENVELOPE_VERSION
 
     def pending(self) -> list[Recipient]:
@@ -169,6 +188,10 @@ class Envelope:
                     last_reply=get("last_reply", str, item),
                     remote=get("remote", str, item),
                     notified=get("notified", bool, item),
+                    # Optional: envelopes written before DSN parameters have none.
+                    notify=[str(word) for word in get("notify", list, item)] if "notify" in item else [],
+                    orcpt=get("orcpt", str, item) if "orcpt" in item else "",
+                    relayed_owed=get("relayed_owed", bool, item) if "relayed_owed" in item else False,
                 )
             )
         if not recipients:
@@ -188,7 +211,15 @@ class Envelope:
             warned=get("warned", bool),
             # Optional: envelopes written before REQUIRETLS have none.
             requiretls=get("requiretls", bool) if "requiretls" in raw else False,
+            smtputf8=get("smtputf8", bool) if "smtputf8" in raw else False,
+            ret=get("ret", str) if "ret" in raw else "",
+            envid=get("envid", str) if "envid" in raw else "",
         )
+
+
+def _recipient(address: str, dsn: DsnParameters | None) -> Recipient:
+    request = dsn.request_for(address) if dsn is not None else RecipientRequest()
+    return Recipient(address, notify=list(request.notify), orcpt=request.orcpt)
 
 
 def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -381,13 +412,16 @@ class Queue:
         entry_id: str,
         header: bytes = b"",
         requiretls: bool = False,
+        dsn: DsnParameters | None = None,
+        smtputf8: bool = False,
     ) -> Deferred[Prepared]:
         """
         Write the message file (a link to the writer's spool file when it has
         one in wire form, a copy in wire form when it has one with LF line
         ends, else its bytes) and the envelope under ``tmp/``, and sync both.
         C{message} is an L{mailapp.interfaces.IMessageWriter} whose C{finish}
-        has fired; it stays the caller's. C{header} (CRLF lines: the DKIM
+        has fired; it stays the caller's. C{dsn}: the client's DSN
+        parameters (RET, ENVID, and each recipient's NOTIFY and ORCPT). C{header} (CRLF lines: the DKIM
         signatures) goes on top of the message in the queue's copy, which is
         then always a copy, never a link.
         """
@@ -397,9 +431,12 @@ class Queue:
             sender=sender,
             created=now,
             size=int(message.size) + len(header),
-            recipients=[Recipient(address) for address in recipients],
+            recipients=[_recipient(address, dsn) for address in recipients],
             next_attempt=now,
             requiretls=requiretls,
+            smtputf8=smtputf8,
+            ret=dsn.ret if dsn is not None else "",
+            envid=dsn.envid if dsn is not None else "",
         )
         pending = getattr(message, "pending", None)
         stored_size = getattr(message, "stored_size", None)

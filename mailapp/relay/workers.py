@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailapp import logevents
+from mailapp.dsn import RecipientRequest, read_headers
 from mailapp.relay.client import FileSource, Reply, SessionError, SMTPClient, local_reply
 from mailapp.relay.queue import Queue
 from mailapp.relay.routing import Hop, RouteError, Routes
@@ -44,6 +45,8 @@ class Work:
     fence: int
     domain: str
     recipients: list[str] = field(default_factory=list)
+    #: After sending: whether the peer offered DSN (RFC 3461), which then owns the notifications.
+    peer_dsn: bool = True
 
 
 def tcp_connector(reactor: Any, hostname: str, command_timeout: float, session_timeout: float, connect_timeout: float) -> Callable[[Hop], Deferred[SMTPClient]]:
@@ -413,6 +416,25 @@ class Workers:
         return None
 
     @defer.inlineCallbacks
+    def _withoutSMTPUTF8(self, envelope: Any) -> Any:
+        """
+        Whether a SMTPUTF8 message can go to a next hop that does not offer
+        SMTPUTF8 (RFC 6531 3.7.5, never mangled): as it is when its
+        addresses and header block are ASCII after all (None), else the
+        permanent refusal its recipients bounce with: 5.6.7 for a non-ASCII
+        address, 5.6.9 for UTF-8 header fields.
+        """
+        if not (envelope.sender + "".join(r.address for r in envelope.recipients)).isascii():
+            return local_reply(550, "5.6.7 a non-ASCII address cannot go to the next hop: it does not offer SMTPUTF8")
+        try:
+            header = yield self.queue.run(read_headers, self.queue.message_path(envelope.id))
+        except OSError:
+            return local_reply(451, "4.3.0 the queued message cannot be read")
+        if not header.isascii():
+            return local_reply(550, "5.6.9 UTF-8 header fields cannot go to the next hop: it does not offer SMTPUTF8")
+        return None
+
+    @defer.inlineCallbacks
     def _send(self, client: Any, work: Work) -> Any:
         entry = self.entries[work.entry_id]
         envelope = entry.envelope
@@ -420,12 +442,26 @@ class Workers:
             refused = self._requireTLS(client)
             if refused is not None:
                 return {r: refused for r in work.recipients}
+        extensions = getattr(client, "extensions", {})
+        if envelope.smtputf8 and "SMTPUTF8" not in extensions:
+            refused = yield self._withoutSMTPUTF8(envelope)
+            if refused is not None:
+                return {r: refused for r in work.recipients}
         source = FileSource(self.queue.message_path(envelope.id), self.queue.run)
+        work.peer_dsn = "DSN" in extensions
+        options: dict[str, Any] = {}
+        if envelope.requiretls:
+            options["requiretls"] = True
+        mail_parameters = b" SMTPUTF8" if envelope.smtputf8 and "SMTPUTF8" in extensions else b""
+        if work.peer_dsn:
+            # RFC 3461 4: the parameters go on to a peer that offers DSN, which then answers for them.
+            requests = {r.address: r.request for r in envelope.recipients if r.address in work.recipients}
+            mail_parameters += _mail_parameters(envelope.ret, envelope.envid)
+            options["rcpt_parameters"] = {address: _rcpt_parameters(request) for address, request in requests.items()}
+        if mail_parameters:
+            options["mail_parameters"] = mail_parameters
         try:
-            if envelope.requiretls:
-                results = yield client.send(envelope.sender, work.recipients, source, envelope.size, requiretls=True)
-            else:
-                results = yield client.send(envelope.sender, work.recipients, source, envelope.size)
+            results = yield client.send(envelope.sender, work.recipients, source, envelope.size, **options)
         except SessionError as error:
             results = {r: error.reply for r in work.recipients}
         except Exception as error:
@@ -434,3 +470,23 @@ class Workers:
         finally:
             source.close()
         return results
+
+
+def _mail_parameters(ret: str, envid: str) -> bytes:
+    """RET and ENVID for MAIL FROM, as the client gave them (RFC 3461 4.3, 4.4)."""
+    parameters = b""
+    if ret:
+        parameters += b" RET=" + ret.encode("ascii")
+    if envid:
+        parameters += b" ENVID=" + envid.encode("ascii")
+    return parameters
+
+
+def _rcpt_parameters(request: RecipientRequest) -> bytes:
+    """NOTIFY and ORCPT for RCPT TO (RFC 3461 4.1, 4.2)."""
+    parameters = b""
+    if request.notify:
+        parameters += b" NOTIFY=" + request.notify_text.encode("ascii")
+    if request.orcpt:
+        parameters += b" ORCPT=" + request.orcpt.encode("ascii")
+    return parameters

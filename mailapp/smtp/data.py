@@ -1,12 +1,22 @@
 """
-The DATA phase of an SMTP session: the byte stream after ``354`` up to
-``<CRLF>.<CRLF>``, and the header fields the server writes or adds.
+The message's bytes in an SMTP session: DATA's byte stream after ``354``
+up to ``<CRLF>.<CRLF>``, BDAT's chunks (RFC 3030), and the header fields
+the server writes or adds.
+
+L{_MessageStream} is the one path both take to the spool: the header checks,
+the NUL check, the size limit (counted, never buffered: past it nothing more
+is written, while the bytes are still taken so that the session stays in
+step), the fields added to a submitted message, and writes in batches whose
+Deferred the session waits for before it reads more (back-pressure).
 
 L{_DataReceiver} owns the rules that keep SMTP smuggling out: the end of
 data is only ``<CRLF>.<CRLF>``; a bare LF or bare CR inside the data is
 stored as CRLF and never ends it; data is streamed to the spool as it comes,
 lines of any length included, so neither a long line nor a large message can
 grow memory or drop the session out of DATA mode.
+
+L{_ChunkReceiver} takes BDAT's chunks as they are: exactly the announced
+octets, no dot-stuffing, no line end looked for or changed.
 """
 
 from __future__ import annotations
@@ -20,21 +30,16 @@ from mailapp.dotstuffing import unstuff
 from mailapp.headercheck import HeaderCheck
 from mailapp.smtp.policy import DATA_FLUSH, MAX_HEADER_BLOCK
 
-__all__ = ["_DataReceiver", "address_literal", "missing_headers", "received_header"]
+__all__ = ["_ChunkReceiver", "_DataReceiver", "_MessageStream", "address_literal", "missing_headers", "received_header"]
 
 _BARE = re.compile(rb"\r|\n")
 
 
-class _DataReceiver:
+class _MessageStream:
     """
-    The DATA phase: unstuffs dots, finds ``<CRLF>.<CRLF>`` and nothing else,
-    turns bare CR and bare LF into CRLF, enforces the size limit without
-    buffering, and streams to the spool.
+    A message on its way to the spool (or to a L{HeldMessage}), whichever
+    command carries it: see the module docstring. C{done} once L{_end} ran.
     """
-
-    #: Whole runs of plain lines are handed over at once; tests turn this off
-    #: to check it against the line-by-line path.
-    fastPath = True
 
     def __init__(
         self,
@@ -63,52 +68,14 @@ class _DataReceiver:
             self._emit(prefix)
 
     def feed(self, buffer: bytes) -> bytes:
-        """Consume what it can of C{buffer}; return what follows the end of data."""
-        position = 0
-        fast = self.fastPath
-        while not self.done:
-            if fast and self._atLineStart and not buffer.startswith(b".", position):
-                # Fast path: hand over a run of whole lines at once, up to the
-                # next line that starts with a dot (stuffed, or the end).
-                last = buffer.rfind(b"\r\n", position)
-                if last >= 0:
-                    dot = buffer.find(b"\r\n.", position, last + 2)
-                    end = (dot if dot >= 0 else last) + 2
-                    run = buffer[position:end]
-                    crlf = run.count(b"\r\n")
-                    if run.count(b"\r") == crlf and run.count(b"\n") == crlf:
-                        self._emit(run, body=True)
-                        position = end
-                        continue
-                    fast = False  # bare CR or LF in this buffer: go line by line
-            end = buffer.find(b"\r\n", position)
-            if end < 0:
-                rest = buffer[position:]
-                # Keep a trailing CR: it may be the first half of a CRLF.
-                keep = 1 if rest.endswith(b"\r") else 0
-                if len(rest) - keep >= DATA_FLUSH:
-                    self._content(rest[: len(rest) - keep], complete=False)
-                    rest = rest[len(rest) - keep :]
-                self._flush(final=False)
-                return rest
-            line = buffer[position:end]
-            position = end + 2
-            if self._atLineStart and line == b".":
-                self.done = True
-                self._finishHeaders()
-                self._flush(final=True)
-                return buffer[position:]
-            self._content(line, complete=True)
-        return buffer[position:]
+        """Consume what belongs to the message of C{buffer}; return the rest (the next command's bytes)."""
+        raise NotImplementedError
 
-    def _content(self, piece: bytes, complete: bool) -> None:
-        piece = unstuff(piece, self._atLineStart)
-        if b"\r" in piece or b"\n" in piece:
-            piece = _BARE.sub(b"\r\n", piece)
-        if complete:
-            piece += b"\r\n"
-        self._atLineStart = complete
-        self._emit(piece, body=True)
+    def _end(self) -> None:
+        """The last byte is in: add what a submitted message lacks, and write the rest."""
+        self.done = True
+        self._finishHeaders()
+        self._flush(final=True)
 
     def _emit(self, data: bytes, body: bool = False) -> None:
         if body:
@@ -155,6 +122,96 @@ class _DataReceiver:
             self._outSize = 0
 
 
+class _DataReceiver(_MessageStream):
+    """
+    The DATA phase: unstuffs dots, finds ``<CRLF>.<CRLF>`` and nothing else,
+    turns bare CR and bare LF into CRLF, enforces the size limit without
+    buffering, and streams to the spool.
+    """
+
+    #: Whole runs of plain lines are handed over at once; tests turn this off
+    #: to check it against the line-by-line path.
+    fastPath = True
+
+    def feed(self, buffer: bytes) -> bytes:
+        """Consume what it can of C{buffer}; return what follows the end of data."""
+        position = 0
+        fast = self.fastPath
+        while not self.done:
+            if fast and self._atLineStart and not buffer.startswith(b".", position):
+                # Fast path: hand over a run of whole lines at once, up to the
+                # next line that starts with a dot (stuffed, or the end).
+                last = buffer.rfind(b"\r\n", position)
+                if last >= 0:
+                    dot = buffer.find(b"\r\n.", position, last + 2)
+                    end = (dot if dot >= 0 else last) + 2
+                    run = buffer[position:end]
+                    crlf = run.count(b"\r\n")
+                    if run.count(b"\r") == crlf and run.count(b"\n") == crlf:
+                        self._emit(run, body=True)
+                        position = end
+                        continue
+                    fast = False  # bare CR or LF in this buffer: go line by line
+            end = buffer.find(b"\r\n", position)
+            if end < 0:
+                rest = buffer[position:]
+                # Keep a trailing CR: it may be the first half of a CRLF.
+                keep = 1 if rest.endswith(b"\r") else 0
+                if len(rest) - keep >= DATA_FLUSH:
+                    self._content(rest[: len(rest) - keep], complete=False)
+                    rest = rest[len(rest) - keep :]
+                self._flush(final=False)
+                return rest
+            line = buffer[position:end]
+            position = end + 2
+            if self._atLineStart and line == b".":
+                self._end()
+                return buffer[position:]
+            self._content(line, complete=True)
+        return buffer[position:]
+
+    def _content(self, piece: bytes, complete: bool) -> None:
+        piece = unstuff(piece, self._atLineStart)
+        if b"\r" in piece or b"\n" in piece:
+            piece = _BARE.sub(b"\r\n", piece)
+        if complete:
+            piece += b"\r\n"
+        self._atLineStart = complete
+        self._emit(piece, body=True)
+
+
+class _ChunkReceiver(_MessageStream):
+    """
+    BDAT (RFC 3030): a message in chunks, each exactly the octets its
+    command announced, taken as they are (a bare LF, a bare CR, a line
+    that starts with a dot: all kept as sent). L{expect} starts a chunk;
+    L{feed} takes what it can of it; the last chunk ends the message.
+    """
+
+    #: Octets of the current chunk not received yet.
+    remaining = 0
+    #: The current chunk's size, and whether it is the last (BDAT ... LAST).
+    chunk = 0
+    last = False
+
+    def expect(self, size: int, last: bool) -> None:
+        self.chunk = self.remaining = size
+        self.last = last
+        if size == 0 and last:
+            self._end()  # BDAT 0 LAST: the message ends with what came before
+
+    def feed(self, buffer: bytes) -> bytes:
+        """Consume what belongs to the current chunk of C{buffer}; return the rest."""
+        taken = buffer[: self.remaining]
+        self.remaining -= len(taken)
+        if taken:
+            self._emit(taken, body=True)
+        if self.remaining == 0 and self.last:
+            self._end()
+        else:
+            self._flush(final=False)
+        return buffer[len(taken) :]
+
 
 def address_literal(ip: str) -> str:
     """
@@ -184,8 +241,9 @@ def received_header(
     (C{reactor.seconds()}), so that a test on a L{task.Clock} sees its date.
     """
     target = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
+    client = address_literal(ip) if ip else "local socket"
     return (
-        f"Received: from {helo} ({address_literal(ip)})\r\n"
+        f"Received: from {helo} ({client})\r\n"
         f"\tby {hostname} (mailapp) with {protocol} id {queue_id}{target};\r\n"
         f"\t{email.utils.formatdate(now, localtime=False)}\r\n"
     ).encode("utf-8")

@@ -21,7 +21,7 @@ from mailapp.postscreen.greylist import Greylist
 from mailapp.spam.scanner import ContentScanner
 from mailapp.sessions import SessionFactory, session_limits
 from mailapp.smtp.policy import SMTPPolicy
-from mailapp.smtp.transaction import ESMTPServer
+from mailapp.smtp.chunking import ChunkingServer
 from mailapp.interfaces import IFreeSpace
 
 __all__ = ["SMTPFactory", "buildFactory"]
@@ -66,8 +66,8 @@ class SMTPFactory(SessionFactory):
 
     # Twisted types a factory's protocols through a generic Factory[P] whose P
     # reads .factory back as Factory[P]; a session's factory is its own listener's.
-    def buildProtocol(self, addr: Any) -> ESMTPServer:  # type: ignore[override]
-        return ESMTPServer(self)
+    def buildProtocol(self, addr: Any) -> ChunkingServer:  # type: ignore[override]
+        return ChunkingServer(self)
 
     def trusted(self, ip: str) -> bool:
         return in_networks(ip, self.policy.trusted_networks)

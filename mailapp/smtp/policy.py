@@ -48,6 +48,20 @@ def has_controls(data: bytes) -> bool:
     return _CONTROLS.search(data) is not None
 
 
+def has_controls_or_bad_utf8(data: bytes) -> bool:
+    """
+    Like L{has_controls}, but 8-bit bytes are allowed as UTF-8 (RFC 6531's
+    addresses on MAIL and RCPT): controls, and bytes that are not UTF-8, are not.
+    """
+    if data.isascii():
+        return has_controls(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return any(ord(c) < 0x20 and c != "\t" or 0x7F <= ord(c) < 0xA0 for c in text)
+
+
 @dataclass(frozen=True)
 class SMTPPolicy(SessionLimits):
     """
@@ -76,3 +90,5 @@ class SMTPPolicy(SessionLimits):
     greylisting: GreylistingConfig = DEFAULT_GREYLISTING
     #: The content scanner (``[spam]``), live on SIGHUP with the rest of the policy.
     spam: SpamConfig = DEFAULT_SPAM
+    #: On an LMTP listener: the networks whose clients may use it besides loopback and a unix socket.
+    allowed_clients: tuple[Any, ...] = ()

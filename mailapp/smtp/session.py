@@ -34,7 +34,7 @@ from mailapp.errors import LoginsBusy
 from mailapp.linesession import LineSession
 from mailapp.postscreen import SessionScreen
 from mailapp.sessions import BANNED, AuthOutcome, Overrun
-from mailapp.smtp.data import _DataReceiver
+from mailapp.smtp.data import _MessageStream
 from mailapp.smtp.policy import (
     GREETING_TIMEOUT,
     HELO_NAME,
@@ -44,6 +44,7 @@ from mailapp.smtp.policy import (
     MAX_UNTERMINATED,
     SMTPPolicy,
     has_controls,
+    has_controls_or_bad_utf8,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +66,9 @@ class SMTPSession(LineSession):
     """One SMTP session but its mail transactions; see the module docstring."""
 
     protocolName = "smtp"
+    #: Whether EHLO offers DSN (RFC 3461). LMTP does not: its last hop sends no
+    #: "delivered" DSN of its own, and the MTA in front then sends its "relayed" one.
+    offersDSN = True
     maxUnterminated = MAX_UNTERMINATED
     maxAuthFailures = MAX_AUTH_FAILURES
 
@@ -80,7 +84,8 @@ class SMTPSession(LineSession):
         self._esmtp = False
         self.authenticated: str | None = None
         self._txn: Transaction | None = None
-        self._data: _DataReceiver | None = None
+        #: The message being received with DATA, or with BDAT once its last chunk is in.
+        self._data: _MessageStream | None = None
         #: On the MX: the checks before DATA (L{mailapp.postscreen}), made at connect.
         self._screen: SessionScreen | None = None
         #: The delayed greeting, while it waits (postscreen.greeting_delay), and when it began.
@@ -188,8 +193,10 @@ class SMTPSession(LineSession):
         if len(line) > MAX_COMMAND_LINE:
             self._error(500, b"5.5.2 Line too long")
             return
-        if has_controls(line):
-            # CR, NUL or 8-bit bytes: never let them reach a header or a log line.
+        utf8_allowed = line[:4].upper() in (b"MAIL", b"RCPT")
+        if has_controls_or_bad_utf8(line) if utf8_allowed else has_controls(line):
+            # CR, NUL or 8-bit bytes (but UTF-8 addresses, RFC 6531, whose
+            # transaction _parsePath checks): never let them reach a header or a log line.
             if line[:4].upper() in (b"HELO", b"EHLO", b"MAIL", b"RCPT"):
                 self._error(501, b"5.5.4 Invalid characters in argument")
             else:
@@ -256,6 +263,9 @@ class SMTPSession(LineSession):
         if not self._greet(argument, esmtp=True):
             return
         lines = [self.host, b"PIPELINING", b"SIZE %d" % self.policy.max_message_size, b"8BITMIME", b"ENHANCEDSTATUSCODES"]
+        if self.offersDSN:
+            lines.append(b"DSN")
+        lines += [b"SMTPUTF8", b"CHUNKING", b"BINARYMIME"]  # RFC 6531; RFC 3030: BDAT (mailapp.smtp.chunking)
         if self.factory.tls is not None and not self.secure:
             lines.append(b"STARTTLS")
         if self._authAvailable():
@@ -295,7 +305,7 @@ class SMTPSession(LineSession):
         self.sendCode(502, b"5.5.1 EXPN not available")
 
     def smtp_HELP(self, argument: bytes) -> None:
-        self.sendCode(214, b"2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT STARTTLS AUTH")
+        self.sendCode(214, b"2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT STARTTLS AUTH")
 
     def smtp_QUIT(self, argument: bytes) -> None:
         self.sendCode(221, b"2.0.0 " + self.host + b" closing connection")

@@ -8,13 +8,13 @@ the 250 after DATA is sent only when the Router says every copy is durable.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailapp import logevents
+from mailapp import dsn, logevents
 from mailapp.authentication.checks import HeldMessage, MessageCheck
 from mailapp.delivery import Transaction
 from mailapp.errors import (
@@ -31,7 +31,9 @@ from mailapp.headercheck import header_addresses
 from mailapp.networks import in_networks
 from mailapp.postscreen.blocklists import Refusal
 from mailapp.postscreen.greylist import GREYLISTED, Verdict
-from mailapp.smtp.data import _DataReceiver, missing_headers, received_header
+from mailapp.smtp.data import _DataReceiver, _MessageStream, missing_headers, received_header
+from mailapp.accounts.addresses import ascii_domain
+from mailapp.errors import AccountError
 from mailapp.smtp.policy import ADDRESS, PATH
 from mailapp.records import INBOX
 from mailapp.smtp.session import SMTPSession
@@ -41,6 +43,8 @@ from mailapp.spam.scanner import ScanRequest
 __all__ = ["ESMTPServer"]
 
 _log = Logger()
+
+_Stream = TypeVar("_Stream", bound=_MessageStream)
 
 
 class ESMTPServer(SMTPSession):
@@ -75,21 +79,39 @@ class ESMTPServer(SMTPSession):
     # -- MAIL, RCPT, DATA ----------------------------------------------------------
 
     def _parsePath(self, argument: bytes, keyword: bytes) -> tuple[str, dict[str, str]] | None:
+        """
+        The address and parameters of MAIL FROM or RCPT TO. A non-ASCII
+        address (RFC 6531: a UTF-8 local part, an internationalised domain
+        in U-labels) is taken only in a transaction whose MAIL FROM said
+        SMTPUTF8, and must be UTF-8.
+        """
         match = PATH.match(argument.strip())
         if not match or match.group(1).upper() != keyword:
             self._error(501, b"5.5.4 Syntax: " + (b"MAIL FROM:<address>" if keyword == b"FROM" else b"RCPT TO:<address>"))
             return None
-        address = match.group(2).decode("ascii")
-        if ":" in address and address.startswith("@"):
-            address = address.split(":", 1)[1]  # source route (RFC 5321 4.1.2): ignore it
         params: dict[str, str] = {}
         for item in (match.group(3) or b"").split():
-            key, _, value = item.decode("ascii").partition("=")
+            key, _, value = item.decode("ascii", "replace").partition("=")
             params[key.upper()] = value
+        raw = match.group(2)
+        if raw.isascii():
+            address = raw.decode("ascii")
+        else:
+            utf8 = "SMTPUTF8" in params if keyword == b"FROM" else self._txn is not None and self._txn.smtputf8
+            if not utf8:
+                self._error(553, b"5.6.7 Non-ASCII address without SMTPUTF8 on MAIL FROM (RFC 6531)")
+                return None
+            try:
+                address = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self._error(501, b"5.1.3 Bad address syntax: not UTF-8")
+                return None
+        if ":" in address and address.startswith("@"):
+            address = address.split(":", 1)[1]  # source route (RFC 5321 4.1.2): ignore it
         if keyword == b"TO" and address.lower() == "postmaster" and self.policy.postmaster:
             # RFC 5321 4.5.1: <Postmaster> without a domain must be accepted.
             address = self.policy.postmaster
-        if address and not ADDRESS.match(address):
+        if address and not _valid_address(address):
             self._error(501, b"5.1.3 Bad address syntax")
             return None
         return address, params
@@ -173,11 +195,21 @@ class ESMTPServer(SMTPSession):
                     self.sendCode(552, b"5.3.4 Message size exceeds fixed maximum message size")
                     return
             elif key == "BODY":
-                if value.upper() not in ("7BIT", "8BITMIME"):
+                if value.upper() not in ("7BIT", "8BITMIME", "BINARYMIME"):
                     self._error(501, b"5.5.4 Bad BODY parameter")
                     return
             elif key == "AUTH":
                 pass  # RFC 4954 5: accepted and not trusted
+            elif key == "RET":
+                if dsn.parse_ret(value) is None:
+                    self._error(501, b"5.5.4 Bad RET parameter: FULL or HDRS")
+                    return
+            elif key == "ENVID":
+                if dsn.parse_envid(value) is None:
+                    self._error(501, b"5.5.4 Bad ENVID parameter: xtext of at most 100 characters")
+                    return
+            elif key == "SMTPUTF8" and not value:
+                pass  # RFC 6531 3.4: UTF-8 addresses and header fields in this transaction
             elif key == "REQUIRETLS" and not value and self._offersRequireTLS():
                 pass  # RFC 8689 4.1: only where advertised (submission, inside TLS)
             else:
@@ -196,6 +228,10 @@ class ESMTPServer(SMTPSession):
             self._txn = self.router.start(sender, relay, self.authenticated, declared)
             self._inbound = self._startChecks(sender, relay)
             self._txn.requiretls = "REQUIRETLS" in params
+            self._txn.smtputf8 = "SMTPUTF8" in params
+            self._txn.dsn.ret = params.get("RET", "").upper()
+            self._txn.dsn.envid = params.get("ENVID", "")
+            self._txn.binarymime = params.get("BODY", "").upper() == "BINARYMIME"
             if self._screen is not None:
                 self._screen.sender(sender)
             self.sendCode(250, b"2.1.0 Ok")
@@ -242,10 +278,11 @@ class ESMTPServer(SMTPSession):
         if not recipient:
             self._error(501, b"5.1.3 Bad recipient address syntax")
             return
-        if params:
-            self._error(555, b"5.5.4 Unsupported RCPT parameter")
+        request = self._dsnRequest(params)
+        if request is None:
             return
         txn = self._txn
+        txn.dsn.add(recipient, request)
         # The blocklists' lookups started at connect, HELO and MAIL: waited for here, each bounded by its timeout.
         listed = self._screen.verdict() if self._screen is not None else defer.succeed(None)
 
@@ -266,6 +303,28 @@ class ESMTPServer(SMTPSession):
             return checked
 
         self._wait(listed.addCallback(screened))
+
+    def _dsnRequest(self, params: dict[str, str]) -> dsn.RecipientRequest | None:
+        """RCPT's DSN parameters (RFC 3461 4.1, 4.2), or None once a bad or unknown one is answered."""
+        notify: tuple[str, ...] = ()
+        orcpt = ""
+        for key, value in params.items():
+            if key == "NOTIFY":
+                parsed = dsn.parse_notify(value)
+                if parsed is None:
+                    self._error(501, b"5.5.4 Bad NOTIFY parameter: NEVER, or SUCCESS, FAILURE and DELAY")
+                    return None
+                notify = parsed
+            elif key == "ORCPT":
+                checked = dsn.parse_orcpt(value)
+                if checked is None:
+                    self._error(501, b"5.5.4 Bad ORCPT parameter: addr-type;xtext")
+                    return None
+                orcpt = checked
+            else:
+                self._error(555, b"5.5.4 Unsupported RCPT parameter")
+                return None
+        return dsn.RecipientRequest(notify, orcpt)
 
     def _greylistThenAdd(self, txn: Transaction, recipient: str, allowed: list[str]) -> defer.Deferred[None] | None:
         """Greylisting (L{mailapp.postscreen.greylist}): a new triplet's 451, else the recipient's own checks."""
@@ -387,7 +446,12 @@ class ESMTPServer(SMTPSession):
         if argument:
             self._error(501, b"5.5.4 Syntax: DATA")
             return
-        txn = self._txn
+        self._data = self._openMessage(self._txn, _DataReceiver)
+        self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
+        self.deadlines.dataStarted()
+
+    def _openMessage(self, txn: Transaction, kind: type[_Stream]) -> _Stream:
+        """The stream that takes C{txn}'s message to the spool (DATA's, or BDAT's chunks)."""
         message = txn.open()
         self._headerFrom = []
         received = self._receivedHeader(txn)
@@ -395,17 +459,16 @@ class ESMTPServer(SMTPSession):
         # its URLs' listings and its scan are known (the end of data); memory bounded by max_message_size.
         held = self._inbound is not None or self._scanned() or (self._screen is not None and self._screen.checksUrls())
         self._received = received if held else b""
-        self._data = _DataReceiver(
+        return kind(
             HeldMessage() if held else message,
             self.policy.max_message_size,
             prefix=b"" if held else received,
             addMissing=self._missingHeaders if self.policy.submission else None,
         )
-        self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
-        self.deadlines.dataStarted()
 
     def _receivedHeader(self, txn: Transaction) -> bytes:
-        protocol = "ESMTP" if self._esmtp else "SMTP"
+        # RFC 6531 3.7.3: a SMTPUTF8 transaction is "with UTF8SMTP" (+S, +A).
+        protocol = "UTF8SMTP" if txn.smtputf8 else "ESMTP" if self._esmtp else "SMTP"
         if self.secure:
             protocol += "S"
         if self.authenticated:
@@ -449,6 +512,7 @@ class ESMTPServer(SMTPSession):
         def verdict(outcome: Any) -> Any:
             if outcome.refusal is not None:
                 return cast(MailError, outcome.refusal)
+            txn.sender_verified = outcome.sender_verified
             return self._scan(txn, outcome.header, outcome.message, outcome.folder)
 
         return inbound.finish(held.data(), txn.queue_id).addCallback(verdict)
@@ -546,7 +610,7 @@ class ESMTPServer(SMTPSession):
 
         def decide(refusal: MailError | None) -> Any:
             if refusal is None:
-                return self.factory.inflight(txn.commit()).addCallbacks(stored, failed)
+                return self._commit(txn, receiver.size)
             txn.abort()
             _log.info(
                 "refused at end of data from=<{sender}> client={client}: {reply}",
@@ -555,8 +619,27 @@ class ESMTPServer(SMTPSession):
                 client=self._peerIP,
                 reply=refusal.reply().decode("ascii"),
             )
-            self.sendCode(refusal.code, f"{refusal.enhanced} {refusal.text}".encode())
+            self._answerMessage(txn, refusal)
             return None
+
+        def failed(reason: Failure) -> None:
+            self._commitFailed(txn, reason)
+
+        self._wait(checked.addCallbacks(decide, failed))
+
+    def _answerMessage(self, txn: Transaction, error: MailError) -> None:
+        """The reply to the end of a message that is not stored (LMTP: one per recipient)."""
+        self.sendCode(error.code, f"{error.enhanced} {error.text}".encode("ascii", "replace"))
+
+    def _commitFailed(self, txn: Transaction, reason: Failure) -> None:
+        txn.abort()
+        error = reason.value if isinstance(reason.value, MailError) else MailError()
+        if not isinstance(reason.value, MailError):
+            _log.failure("smtp.commit_failed", reason)
+        self._answerMessage(txn, error)
+
+    def _commit(self, txn: Transaction, size: int) -> Any:
+        """Make the message durable, then answer: 250 once every copy is (L{Transaction.commit})."""
 
         def stored(queue_id: str) -> None:
             if txn.authenticated:
@@ -567,16 +650,24 @@ class ESMTPServer(SMTPSession):
                 queue_id=queue_id,
                 sender=txn.sender,
                 count=len(txn.recipients),
-                size=receiver.size,
+                size=size,
                 client=self._peerIP,
             )
             self.sendCode(250, f"2.0.0 Ok: queued as {queue_id}".encode())
 
         def failed(reason: Failure) -> None:
-            txn.abort()
-            error = reason.value if isinstance(reason.value, MailError) else MailError()
-            if not isinstance(reason.value, MailError):
-                _log.failure("smtp.commit_failed", reason)
-            self.sendCode(error.code, f"{error.enhanced} {error.text}".encode("ascii", "replace"))
+            self._commitFailed(txn, reason)
 
-        self._wait(checked.addCallbacks(decide, failed))
+        return self.factory.inflight(txn.commit()).addCallbacks(stored, failed)
+
+
+def _valid_address(address: str) -> bool:
+    """RFC 5321's address syntax; a non-ASCII one judged with its domain in A-labels (RFC 6531 3.3)."""
+    if address.isascii():
+        return ADDRESS.match(address) is not None
+    local, _, domain = address.rpartition("@")
+    try:
+        domain = ascii_domain(domain)
+    except AccountError:
+        return False
+    return ADDRESS.match(f"{local}@{domain}") is not None

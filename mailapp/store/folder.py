@@ -9,7 +9,9 @@ after a crash) and takes every rename back when anything fails before the
 commit; an expunge records UIDNEXT in the folder's ``mailapp-folder``
 first, so that a rebuild never hands out a removed UID again. Each change
 is published on the store's event bus once it is committed, so that every
-session is told.
+session is told. An expunged message's file stays readable for a while,
+outside the Maildir, for the sessions that still have it in view
+(L{expunged}).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from zope.interface import implementer
 
 from mailapp.errors import MAX_KEYWORDS_PER_FOLDER, MAX_KEYWORDS_PER_MESSAGE, KeywordLimit, NoSuchFolder, NoSuchMessage
 from mailapp.interfaces import IFolder
-from mailapp.store import changes, durable, messagefile, outside, structures, transfer
+from mailapp.store import changes, durable, expunged, messagefile, outside, structures, transfer
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
@@ -98,6 +100,8 @@ class MaildirFolder:
                 with self._connect() as conn:
                     return message_counts(conn, self.name)
 
+            if self.directory in self.store.held_expunged:  # no system call when nothing is held
+                expunged.purge(self.directory)
             return outside.changed(self.directory, counts)
 
         def reconcile() -> FolderChanges:
@@ -177,11 +181,24 @@ class MaildirFolder:
         """
         filename = ""
         for attempt in (1, 2):
-            filename = self._filename(uid)
+            try:
+                filename = self._filename(uid)
+            except NoSuchMessage:
+                filename = ""
+                break
             try:
                 return read(self.directory / filename)
             except FileNotFoundError:
                 pass
+        if not filename:
+            # Expunged: still readable for a while by whoever still has it in view (L{expunged}).
+            held = expunged.find(self.directory, uid)
+            if held is not None:
+                try:
+                    return read(held)
+                except FileNotFoundError:
+                    pass
+            raise NoSuchMessage(f"no such message: {uid}")
         # A rename the store could not take back (see _undo_renames) left the
         # file under another name: find it by its base name and UID.
         found = _find_renamed(self.directory, filename)
@@ -307,12 +324,15 @@ class MaildirFolder:
                 except BaseException:
                     rollback(conn)
                     raise
-                for _, filename in victims:
-                    durable.unlink(self.directory / filename)
+                for uid, filename in victims:
+                    expunged.hold(self.directory, filename, uid)
+                expunged.purge(self.directory)
                 return [uid for uid, _ in victims]
 
         def publish(removed: list[int]) -> list[int]:
             self._publish(EXPUNGED, removed)
+            if removed:
+                self.store.held_expunged.add(self.directory)
             return removed
 
         return self.store.write(remove).addCallback(publish)

@@ -80,11 +80,15 @@ def ensure_default_folders(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
     """Create INBOX and the special folders (Sent, Drafts, ...) where they are missing."""
     for name in (INBOX, *SPECIAL_FOLDERS):
         if conn.execute("SELECT 1 FROM folders WHERE name = ?", (name,)).fetchone() is None:
-            create_folder(conn, mailbox_dir, name)
+            create_folder(conn, mailbox_dir, name, subscribed=True)
 
 
-def create_folder(conn: sqlite3.Connection, mailbox_dir: Path, name: str) -> bool:
-    """Create one folder (directory, metadata, index row); False if it exists."""
+def create_folder(conn: sqlite3.Connection, mailbox_dir: Path, name: str, subscribed: bool = False) -> bool:
+    """
+    Create one folder (directory, metadata, index row); False if it exists.
+    Only INBOX and the special folders start subscribed: RFC 3501 6.3.3 has
+    CREATE make a mailbox, and SUBSCRIBE (6.3.6) is the client's to send.
+    """
     directory = folder_directory(mailbox_dir, name)
     make_folder_directory(directory)
     conn.execute("BEGIN IMMEDIATE")
@@ -97,7 +101,9 @@ def create_folder(conn: sqlite3.Connection, mailbox_dir: Path, name: str) -> boo
         uidnext = meta["uidnext"] if meta else 1
         if not meta:
             write_meta(directory, uidvalidity, uidnext)
-        conn.execute("INSERT INTO folders (name, uidvalidity, uidnext) VALUES (?, ?, ?)", (name, uidvalidity, uidnext))
+        conn.execute(
+            "INSERT INTO folders (name, uidvalidity, uidnext, subscribed) VALUES (?, ?, ?, ?)", (name, uidvalidity, uidnext, int(subscribed))
+        )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from mailapp.interfaces import IMessageStore
 from mailapp.records import ADDED, FolderEvent, Usage
-from mailapp.store import connections, durable
+from mailapp.store import connections, durable, expunged
 from mailapp.store.committer import GroupCommitter, _Call, _Delivery, _Placement
 from mailapp.store.events import EventBus
 from mailapp.store.mailbox import account_directory
@@ -113,6 +113,8 @@ class MaildirStore:
         self.committer = GroupCommitter(reactor, self.threadpool, self.batch_sync)
         #: The disk new messages are written to (the spool is under the root).
         self.freeSpace = FreeSpace(self.root, reactor)
+        #: Folder directories whose expunged messages are held (L{expunged}): the hourly sweep purges them.
+        self.held_expunged: set[Path] = set()
 
     def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """
@@ -183,5 +185,20 @@ class MaildirStore:
         return self.run(sweep)
 
     def sweep(self) -> Deferred[int]:
-        """L{cleanup} with its default age: what L{mailapp.leftovers} calls every hour."""
-        return self.cleanup()
+        """
+        L{cleanup} with its default age, and the expunged messages held in
+        the folders this process expunged from that are old enough
+        (L{expunged}): what L{mailapp.leftovers} calls every hour.
+        """
+        folders, self.held_expunged = self.held_expunged, set()
+
+        def purge() -> set[Path]:
+            for directory in folders:
+                expunged.purge(directory)
+            return {directory for directory in folders if (directory / expunged.DIRECTORY_NAME).exists()}
+
+        def still_held(left: set[Path]) -> Deferred[int]:
+            self.held_expunged |= left
+            return self.cleanup()
+
+        return self.run(purge).addCallback(still_held)

@@ -47,6 +47,7 @@ __all__ = [
     "measure",
     "open_message",
     "read_message",
+    "held_bytes",
     "restore_received_form",
     "wire_bytes",
 ]
@@ -353,11 +354,23 @@ def wire_bytes(message: Any) -> bytes:
     in its spool file (C{path}, perhaps with LF line ends); a fake of
     L{mailapp.testing} has C{data()}. What DKIM signs and ARC seals.
     """
+    held = held_bytes(message)
+    if held is not None:
+        return held
+    with open_message(Path(message.path), int(message.size)) as file:
+        return file.read()
+
+
+def held_bytes(message: Any) -> bytes | None:
+    """
+    A finished message's wire form when it is held in memory (the Maildir
+    writer's C{pending}, a fake's C{data()}), or None when it is only in its
+    spool file (C{path}, C{size}): what may be read on the reactor.
+    """
     pending = getattr(message, "pending", None)
     if pending is not None:
         return bytes(pending)
     data = getattr(message, "data", None)
     if callable(data):
         return bytes(data())
-    with open_message(Path(message.path), int(message.size)) as file:
-        return file.read()
+    return None

@@ -22,7 +22,7 @@ from pathlib import Path
 from twisted.logger import Logger
 
 from mailapp import logevents
-from mailapp.store import outside
+from mailapp.store import expunged, outside
 from mailapp.store.database import rollback
 from mailapp.store.filenames import ParsedName, decode_flags, encode_flags, is_keyword
 from mailapp.store.folders import folders_on_disk, make_folder_directory, read_meta, write_meta
@@ -91,6 +91,7 @@ def reconcile(conn: sqlite3.Connection, mailbox_dir: Path) -> int:
             changed += 1
         stamps: list[tuple[Path, outside.Stamp | None]] = []
         for name, directory in on_disk.items():
+            expunged.purge(directory)  # what an expunge held before a restart (L{expunged})
             meta = read_meta(directory)
             stamps.append((directory, outside.stamp(directory)))
             if name in listed and (meta is None or meta["uidvalidity"] == listed[name][0]):

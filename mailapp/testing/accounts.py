@@ -30,7 +30,7 @@ from mailapp.accounts import (
     sender_verdict,
     target_names_user,
 )
-from mailapp.accounts.addresses import split_address
+from mailapp.accounts.addresses import domain_key, split_address
 from mailapp.errors import AccountError
 from mailapp.interfaces import IAccounts
 
@@ -167,7 +167,7 @@ class FakeAccounts:
     # -- the AddressDirectory lookups (synchronous) --
 
     def is_local_domain(self, domain: str) -> bool:
-        return domain.lower() in self._domains
+        return domain_key(domain) in self._domains
 
     def find_user(self, address: str) -> str | None:
         found = self._users.get(address_key(address))
@@ -179,7 +179,7 @@ class FakeAccounts:
 
     def first_user(self, domain: str) -> str | None:
         users = [canonical for canonical, _ in self._users.values()]
-        in_domain = [user for user in users if user.rpartition("@")[2].lower() == domain.lower()]
+        in_domain = [user for user in users if domain_key(user.rpartition("@")[2]) == domain_key(domain)]
         return next(iter(in_domain or users), None)
 
     # -- IAccounts --

@@ -53,12 +53,16 @@ class FakeMessageWriter:
 
 
 class _FakeFolderState:
-    def __init__(self, uidvalidity: int) -> None:
+    def __init__(self, uidvalidity: int, subscribed: bool = False) -> None:
         self.uidvalidity = uidvalidity
         self.uidnext = 1
-        self.subscribed = True
+        #: As the Maildir store: INBOX and the special folders start subscribed, a created folder not.
+        self.subscribed = subscribed
         #: uid -> [bytes, flags, internaldate]
         self.messages: dict[int, list[Any]] = {}
+        #: uid -> bytes of expunged messages, still readable as the Maildir store's are for a while
+        #: (clear it to play that while over).
+        self.expunged: dict[int, bytes] = {}
         #: uid -> (version, blob): L{FakeFolder.saveStructures}
         self.structures: dict[int, tuple[int, bytes]] = {}
         #: Every UID L{FakeFolder.openMessage} or L{FakeFolder.readMessage} was asked for, in order.
@@ -114,19 +118,24 @@ class FakeFolder:
         state = self._state
         return succeed([MessageInfo(u, m[1], len(m[0]), m[2]) for u, m in sorted(state.messages.items()) if u > uid])
 
+    def _data(self, uid: int) -> bytes | None:
+        state = self._state
+        message = state.messages.get(uid)
+        return message[0] if message is not None else state.expunged.get(uid)
+
     def openMessage(self, uid: int) -> Deferred[IO[bytes]]:
         self._state.opened.append(uid)
-        message = self._state.messages.get(uid)
-        if message is None:
+        data = self._data(uid)
+        if data is None:
             return fail(NoSuchMessage(f"no such message: {uid}"))
-        return succeed(io.BytesIO(message[0]))
+        return succeed(io.BytesIO(data))
 
     def readMessage(self, uid: int, limit: int) -> Deferred[bytes | None]:
         self._state.opened.append(uid)
-        message = self._state.messages.get(uid)
-        if message is None:
+        data = self._data(uid)
+        if data is None:
             return fail(NoSuchMessage(f"no such message: {uid}"))
-        return succeed(message[0] if len(message[0]) <= limit else None)
+        return succeed(data if len(data) <= limit else None)
 
     def cachedStructures(self, uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:
         state = self._state
@@ -158,7 +167,10 @@ class FakeFolder:
         return succeed(result)
 
     def expunge(self, uids: Iterable[int]) -> Deferred[list[int]]:
-        removed = [uid for uid in sorted(set(uids)) if self._state.messages.pop(uid, None) is not None]
+        state = self._state
+        removed = [uid for uid in sorted(set(uids)) if uid in state.messages]
+        for uid in removed:
+            state.expunged[uid] = state.messages.pop(uid)[0]
         self._publish(EXPUNGED, removed)
         return succeed(removed)
 
@@ -208,7 +220,7 @@ class FakeMailbox:
         self.account = account
         self._folders = store._mailboxes.setdefault(account.lower(), {})
         for name in (INBOX, *SPECIAL_FOLDERS):
-            self._folders.setdefault(name, _FakeFolderState(store._nextValidity()))
+            self._folders.setdefault(name, _FakeFolderState(store._nextValidity(), subscribed=True))
 
     def usage(self) -> Deferred[Usage]:
         sizes = [len(data) for state in self._folders.values() for data, _, _ in state.messages.values()]

@@ -51,6 +51,9 @@ class FolderRoutes(WebmailBase):
                 if not name:
                     raise BadFolderName("A folder needs a name.")
                 await session.mailbox.createFolder(name)
+                # The webmail subscribes what it creates, as IMAP clients do after CREATE
+                # (which subscribes nothing), so clients that show subscribed folders only see it.
+                await session.mailbox.setSubscribed(name, True)
                 notice = "created"
             elif change in ("rename", "delete"):
                 if name.lower() in fixed or name.split("/")[0].lower() == INBOX.lower():

@@ -346,7 +346,10 @@ def test_store_forms_and_silent(server, user):
     raw = Raw(server.port("imap"))
     raw.command(b"a", b"LOGIN " + user.encode() + b" " + PASSWORD.encode())
     raw.command(b"b", b"SELECT INBOX")
-    assert raw.command(b"c", b"STORE 1 +FLAGS (\\Flagged $Important)")[0] == b"* 1 FETCH (FLAGS ($Important \\Flagged \\Recent))"
+    # A keyword new to the folder is announced first (FLAGS, PERMANENTFLAGS), then the FETCH that shows it.
+    flags, permanent, fetch, ok = raw.command(b"c", b"STORE 1 +FLAGS (\\Flagged $Important)")
+    assert flags.startswith(b"* FLAGS (") and b" $Important)" in flags and permanent.startswith(b"* OK [PERMANENTFLAGS (")
+    assert fetch == b"* 1 FETCH (FLAGS ($Important \\Flagged \\Recent))"
     assert raw.command(b"d", b"STORE 1 -FLAGS (\\Flagged)")[0] == b"* 1 FETCH (FLAGS ($Important \\Recent))"
     assert raw.command(b"e", b"STORE 1 FLAGS.SILENT (\\Seen)") == [b"e OK STORE completed"]
     assert raw.command(b"f", b"UID STORE 1 +FLAGS.SILENT \\Answered") == [b"f OK STORE completed"]

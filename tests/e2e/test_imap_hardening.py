@@ -94,7 +94,7 @@ def test_append_before_login_is_refused_without_reading_the_literal(server):
 def test_lines_and_literals_before_login_are_small(server, user):
     raw = Raw(server.port("imap"))
     assert raw.command(b"a", b"LOGIN {5000}") == [b"a BAD Literal too large"]
-    raw.send(b"b LOGIN " + b"x" * 10_000 + b" y\r\n")
+    raw.send(b"b LOGIN " + b"x" * 40_000 + b" y\r\n")
     assert raw.line().startswith(b"* BAD Line too long")
     assert raw.closed()
     # After login, the same literal is fine.

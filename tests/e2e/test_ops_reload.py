@@ -169,3 +169,27 @@ def test_reload_applies_a_listeners_new_connection_budgets_live(tmp_path: Path) 
     assert "listener budgets" in result.applied
     assert result.needs_restart == []
     assert (listener.factory.policy.max_connections, listener.factory.policy.max_unauthenticated) == (50, 7)
+
+
+def test_reload_applies_an_lmtp_listeners_new_allowed_clients_live(tmp_path: Path) -> None:
+    write_certificate(tmp_path / "cert.pem", tmp_path / "key.pem", "mail.example.test")
+    path = tmp_path / "mailapp.toml"
+    lmtp = '\n[listeners.lmtp]\nprotocol = "lmtp"\nendpoint = "tcp:0"\ntls = "none"\n'
+    path.write_text(_config(tmp_path, extra_listener=lmtp + 'allowed_clients = ["192.0.2.0/24"]\n'))
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mailapp.testing import FakeAccounts
+
+    root = makeService(load(path), reactor=MemoryReactorClock(), store=FakeStore(), accounts=FakeAccounts())
+    listener = next(child for child in root if isinstance(child, ListenerService) and child.listener.name == "lmtp")
+    client = IPv4Address("TCP", "198.51.100.7", 40000)
+    assert not listener.factory.mayUse(client)
+
+    path.write_text(_config(tmp_path, extra_listener=lmtp + 'allowed_clients = ["198.51.100.0/24"]\n'))
+    result = root.reload()
+
+    assert result.ok
+    assert result.needs_restart == []
+    assert listener.factory.mayUse(client)
+    assert not listener.factory.mayUse(IPv4Address("TCP", "192.0.2.7", 40000))

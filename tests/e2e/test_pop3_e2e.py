@@ -362,8 +362,8 @@ def test_message_removed_by_another_client_is_gone_from_the_next_session(server:
             return await folder.expunge([uid])
         """.replace("ACCOUNT", repr(user))
         assert run_with_store(server.state_dir, expunge, first) == [first]
-        # This session's snapshot still numbers it, but its content is gone.
-        assert _error(before.retr, 1) == b"-ERR Message 1 was removed from the mailbox by another client"
+        # This session's snapshot still numbers it, and the store still holds its content a while.
+        assert b"Subject: first" in b"\r\n".join(before.retr(1)[1])
         before.quit()
     finally:
         before.close()

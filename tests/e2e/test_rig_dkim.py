@@ -117,6 +117,8 @@ def test_submitted_mail_reaches_another_server_with_two_signatures_that_verify(m
         __import__("base64").b64encode(copy).decode("ascii"),
     )
     assert results == [True, True]
+    # Signed in the signing process (the default), not in the server's threads.
+    assert "dkim.signer_started" in server_a.log(tail=1_000_000)
 
 
 def test_dns_check_says_which_records_are_right_missing_and_wrong(module_internet: Internet, verifier: Host, tmp_path: Path) -> None:

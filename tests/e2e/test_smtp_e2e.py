@@ -202,10 +202,39 @@ def test_ehlo_on_the_mx_listener_offers_starttls_and_size_but_no_auth(server: Se
             "size": str(MAX_MESSAGE_SIZE),
             "8bitmime": "",
             "enhancedstatuscodes": "",
+            "dsn": "",
+            "smtputf8": "",
+            "chunking": "",
+            "binarymime": "",
             "starttls": "",
             "help": "",
         }
         assert not client.has_extn("auth")
+
+
+# -- delivery status notifications ----------------------------------------------------
+
+
+def test_notify_success_delay_with_envid_and_ret_hdrs_gets_a_delivered_dsn_with_headers_only(server: Server) -> None:
+    arrivals = Arrivals(server, ALICE, BOB)
+    with _smtp(server, "submission_dev") as client:
+        client.login(ALICE, PASSWORDS[ALICE])
+        refused = client.sendmail(
+            ALICE, [BOB], _message(ALICE, BOB, "with a receipt"),
+            mail_options=["RET=HDRS", "ENVID=receipt+2B1"], rcpt_options=["NOTIFY=SUCCESS,DELAY", f"ORCPT=rfc822;{BOB}"],
+        )
+        assert refused == {}
+    [copy] = arrivals.of(BOB)
+    assert b"Subject: with a receipt" in _wire(copy)
+    deadline = time.monotonic() + TIMEOUT
+    while not arrivals.of(ALICE) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [report_file] = arrivals.of(ALICE)
+    report = _wire(report_file)
+    assert b"Return-Path: <>" in report and b"report-type=delivery-status" in report
+    for field in (b"Action: delivered", b"Status: 2.0.0", b"Original-Envelope-Id: receipt+1", f"Original-Recipient: rfc822; {BOB}".encode()):
+        assert field in report
+    assert b"Subject: with a receipt" in report and b"Content-Type: text/rfc822-headers" in report
 
 
 # -- routing --------------------------------------------------------------------

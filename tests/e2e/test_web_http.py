@@ -581,8 +581,9 @@ class WebmailHTTPTests(TestCase):
         page = yield client.get("/folders")
         response = yield client.post("/folders/create", {"name": "Entwürfe/日本語", "csrf": csrf_of(page)})
         self.assertEqual(response.status, 303, response.text[:300])
-        names = [info.name for info in (yield self.store.mailbox(ALICE).listFolders())]
-        self.assertIn("Entwürfe/日本語", names)
+        folders = {info.name: info for info in (yield self.store.mailbox(ALICE).listFolders())}
+        self.assertIn("Entwürfe/日本語", folders)
+        self.assertTrue(folders["Entwürfe/日本語"].subscribed, "the webmail subscribes what it creates")
         listing = yield client.get("/folders")
         self.assertIn("Entwürfe", listing.text)
 

@@ -290,10 +290,19 @@ class TransactionTests(POP3TestCase):
         self.assertEqual(messages[0].flags, frozenset())
 
     @inlineCallbacks
-    def test_message_expunged_by_another_client_gets_err_and_the_session_goes_on(self) -> None:
+    def test_message_expunged_by_another_client_is_still_sent_while_the_store_holds_it(self) -> None:
         session = yield self.logged_in()
         folder = yield self.inbox()
         yield folder.expunge([self.uidlist[0]])
+        output = yield self.reply(session, b"RETR 1\r\n")
+        self.assertTrue(output.startswith(b"+OK %d octets\r\n" % len(FIRST)), output)
+
+    @inlineCallbacks
+    def test_message_expunged_by_another_client_and_gone_gets_err_and_the_session_goes_on(self) -> None:
+        session = yield self.logged_in()
+        folder = yield self.inbox()
+        yield folder.expunge([self.uidlist[0]])
+        self.store._mailboxes[ALICE.lower()]["INBOX"].expunged.clear()  # held past the store's while
         output = yield self.reply(session, b"RETR 1\r\nDELE 1\r\nQUIT\r\n", count=3)
         self.assertEqual(
             output,

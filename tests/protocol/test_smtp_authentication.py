@@ -44,9 +44,10 @@ def mx(
     return build_factory(context, "smtp")
 
 
-def transaction(message: bytes, sender: str = "bob@a.test") -> bytes:
+def transaction(message: bytes, sender: str = "bob@a.test", rcpt_parameters: bytes = b"") -> bytes:
     return (
-        b"EHLO mail.a.test\r\nMAIL FROM:<" + sender.encode() + b">\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+        b"EHLO mail.a.test\r\nMAIL FROM:<" + sender.encode() + b">\r\nRCPT TO:<alice@example.test>"
+        + rcpt_parameters + b"\r\nDATA\r\n"
         + message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
     )
 
@@ -60,10 +61,12 @@ class MXAuthenticationTests(TestCase):
         for session in self.sessions:
             session.proto.connectionLost(None)
 
-    def send(self, message: bytes, peer: str = A_SERVER, sender: str = "bob@a.test", **options: Any) -> Session:
+    def send(
+        self, message: bytes, peer: str = A_SERVER, sender: str = "bob@a.test", rcpt_parameters: bytes = b"", **options: Any
+    ) -> Session:
         session = Session(mx(self.store, **options), peer=peer)
         self.sessions.append(session)
-        session.send(transaction(message, sender))
+        session.send(transaction(message, sender, rcpt_parameters))
         return session
 
     def test_an_authenticated_message_is_stored_with_our_header_on_top_of_its_own(self) -> None:
@@ -80,6 +83,26 @@ class MXAuthenticationTests(TestCase):
             self.assertIn(clause, header)
         self.assertTrue(delivery.data.endswith(b"\r\n\r\n" + message.split(b"\r\n\r\n", 1)[1]))
         self.assertIn(b"Received: from mail.a.test", delivery.data)
+
+    def dsn_events(self, message: bytes, **options: Any) -> list[str]:
+        """The DSN log events of one MX transaction whose RCPT asks NOTIFY=SUCCESS."""
+        from twisted.logger import globalLogPublisher
+
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        try:
+            self.send(message, rcpt_parameters=b" NOTIFY=SUCCESS", **options)
+        finally:
+            globalLogPublisher.removeObserver(logged.append)
+        return [str(e["log_event"]) for e in logged if str(e.get("log_event", "")).startswith("dsn.")]
+
+    def test_a_delivered_dsn_goes_to_a_sender_whose_spf_passed_and_never_to_an_unverified_one(self) -> None:
+        verified = self.dsn_events(signed(b"From: bob@a.test\r\nSubject: hi\r\n\r\nhello\r\n"))
+        forged = self.dsn_events(b"From: x@evil.test\r\n\r\nhi\r\n", peer=FORGER, sender="x@evil.test")
+        # bob@a.test is remote and this server has no relay queue: the DSN is tried, and its failure logged.
+        self.assertEqual(verified, ["dsn.delivered_failed"])
+        self.assertEqual(forged, [])
+        self.assertEqual(len(self.store.delivered), 2)
 
     def test_a_forged_from_under_p_reject_gets_550_at_the_end_of_data_and_nothing_is_stored(self) -> None:
         session = self.send(b"From: boss@a.test\r\nSubject: pay\r\n\r\nnow\r\n", peer=FORGER, sender="x@evil.test")

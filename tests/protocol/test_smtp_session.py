@@ -76,6 +76,10 @@ class ProtocolTests(MXSessionTestCase):
                 b"250-SIZE 1048576",
                 b"250-8BITMIME",
                 b"250-ENHANCEDSTATUSCODES",
+                b"250-DSN",
+                b"250-SMTPUTF8",
+                b"250-CHUNKING",
+                b"250-BINARYMIME",
                 b"250 HELP",
             ],
         )

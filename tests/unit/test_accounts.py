@@ -37,6 +37,7 @@ from mailapp.accounts import (
     check_new_password,
     resolve_address,
 )
+from mailapp.accounts.addresses import address_key
 from mailapp.errors import AccountError
 from mailapp.interfaces import IAccounts
 from mailapp.testing import FakeAccounts, cheap_password_hasher
@@ -116,7 +117,8 @@ def test_change_through_one_connection_is_seen_by_another_at_once(tmp_path: Path
         "alice@example-.test",
         "alice@example..test",
         "alice@example.test.",
-        "alice@exämple.test",
+        "alice@xn--a.test",  # an A-label that is not Punycode
+        "alice@ex\u200dmple.test",  # a U-label IDNA2008 refuses (a joiner out of context)
         ".alice@example.test",
         "alice.@example.test",
         "al..ice@example.test",
@@ -133,6 +135,14 @@ def test_malformed_address_is_refused_with_a_message(address: str) -> None:
     with pytest.raises(AccountError) as raised:
         check_address(address)
     assert str(raised.value)
+
+
+def test_an_international_domain_in_u_labels_or_a_labels_is_one_domain_kept_as_a_labels() -> None:
+    assert check_address("jörg@Müller.example") == "jörg@xn--mller-kva.example"
+    assert address_key("Jörg@müller.example") == address_key("jörg@XN--MLLER-KVA.example") == "jörg@xn--mller-kva.example"
+    # A local part in decomposed form (o + combining diaeresis) is the same user as the composed one.
+    assert address_key("jo\u0308rg@xn--mller-kva.example") == address_key("jörg@müller.example")
+    assert check_address("用户@例子.广告") == "用户@xn--fsqu00a.xn--4rr70v"
 
 
 def test_address_keeps_local_case_and_lowercases_domain() -> None:

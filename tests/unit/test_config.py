@@ -263,7 +263,7 @@ def test_bad_endpoint_string_is_a_problem_with_the_reason(endpoint: str, reason:
 def test_unknown_listener_protocol_is_a_problem() -> None:
     assert only_problem(listener(protocol="pop")) == (
         "etc/test.toml: listeners.test.protocol: unknown protocol 'pop' "
-        "(expected one of: imap, metrics, pop3, smtp, submission, webmail)"
+        "(expected one of: imap, lmtp, metrics, pop3, smtp, submission, webmail)"
     )
 
 
@@ -542,3 +542,38 @@ def test_dkim_sign_must_be_a_boolean_and_unknown_keys_are_refused() -> None:
     problems = problems_of(MINIMAL + '[dkim]\nsign = "yes"\nselector = "x"\n')
     assert any(problem.startswith("etc/test.toml: dkim.sign: must be") for problem in problems), problems
     assert any("dkim" in problem and "selector" in problem for problem in problems), problems
+
+
+# --- lmtp listeners ---
+
+
+@pytest.mark.parametrize("endpoint", ["unix:/run/mailapp/lmtp.sock", "tcp:24:interface=127.0.0.1", "tcp:24:interface=\\:\\:1"])
+def test_an_lmtp_listener_on_a_unix_socket_or_loopback_needs_no_allowed_clients(endpoint: str) -> None:
+    [lmtp] = parse(listener(protocol="lmtp", endpoint=endpoint), PATH).listeners
+    assert (lmtp.protocol, lmtp.allowed_clients) == ("lmtp", ())
+
+
+@pytest.mark.parametrize("endpoint, where", [("tcp:24", "every interface"), ("tcp:24:interface=192.0.2.1", "192.0.2.1")])
+def test_an_lmtp_listener_others_can_reach_without_allowed_clients_is_a_problem(endpoint: str, where: str) -> None:
+    assert only_problem(listener(protocol="lmtp", endpoint=endpoint)) == (
+        f"etc/test.toml: listeners.test.endpoint: LMTP delivers without a login, and {endpoint!r} listens on {where}: "
+        "listen on a unix socket or 127.0.0.1, or name the MTAs that may use it in "
+        'allowed_clients = ["192.0.2.25/32"]'
+    )
+
+
+def test_an_lmtp_listener_on_every_interface_with_allowed_clients_is_read() -> None:
+    text = listener(protocol="lmtp", endpoint="tcp:24") + 'allowed_clients = ["192.0.2.25/32"]\n'
+    [lmtp] = parse(text, PATH).listeners
+    assert lmtp.allowed_clients == (ipaddress.ip_network("192.0.2.25/32"),)
+
+
+def test_allowed_clients_on_another_protocol_and_a_bad_network_are_problems() -> None:
+    assert only_problem(listener() + 'allowed_clients = ["192.0.2.0/24"]\n') == (
+        "etc/test.toml: listeners.test.allowed_clients: only an lmtp listener takes allowed_clients "
+        "(the MX and submission decide by [relay] trusted_networks and AUTH)"
+    )
+    assert only_problem(listener(protocol="lmtp") + 'allowed_clients = ["192.0.2.1/24"]\n') == (
+        "etc/test.toml: listeners.test.allowed_clients[0]: bad network '192.0.2.1/24': "
+        "192.0.2.1/24 has host bits set; did you mean 192.0.2.0/24?"
+    )

@@ -22,7 +22,7 @@ from mailapp.dkim.keys import ED25519, RSA, SigningKeys
 from mailapp.dkim.signing import dkimpy_sign_one, from_domain, sign_message, sign_one
 from mailapp.errors import MailError
 from mailapp.interfaces import IMessageSigner
-from mailapp.relay import bounce
+from mailapp import dsn as bounce
 from mailapp.relay.notify import notify_sender
 from mailapp.relay.queue import Envelope, Recipient
 from mailapp.testing import SynchronousThreadPool

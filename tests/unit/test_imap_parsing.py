@@ -28,10 +28,15 @@ def test_arguments_parse_atoms_strings_literals_lists_and_sections():
     assert tokens == [Atom(b"1:*"), [Atom(b"FLAGS"), Atom(b'BODY.PEEK[HEADER.FIELDS (FROM "TO")]<0.10>')], String(b'a "q"'), String(b"lit")]
 
 
-@pytest.mark.parametrize("text", [b"(a", b"a)", b'"open', b"a[b", b"(" * 40 + b")" * 40])
+@pytest.mark.parametrize("text", [b"(a", b"a)", b'"open', b"BODY[b", b"BODY.PEEK[HEADER.FIELDS (A)", b"(" * 40 + b")" * 40])
 def test_unbalanced_or_too_deep_arguments_are_bad(text):
     with pytest.raises(BadCommand):
         parse_arguments([text])
+
+
+@pytest.mark.parametrize("atom", [b"a[b", b"x]", b"!#$&'+,-.0123456789:;<=>?@^_`|[}", b"[%*", b"]["])
+def test_brackets_outside_a_fetch_section_are_ordinary_atom_characters(atom):
+    assert parse_arguments([b"INBOX " + atom]) == [Atom(b"INBOX"), Atom(atom)]
 
 
 def test_sequence_sets_are_clamped_without_expansion():
@@ -112,3 +117,52 @@ def test_only_body_and_text_keys_need_message_bodies():
     assert not needs_body(("AND", [("HEADER", "subject", "x"), ("FLAG", "\\Seen", True)]))
     assert needs_body(("AND", [("NOT", ("BODY", "x"))]))
     assert needs_body(("OR", ("HEADER", "from", "a"), ("TEXT", "b")))
+
+
+def _rfc3501_example() -> bytes:
+    """The message of RFC 3501 6.4.5's section example, each leaf's body naming its part."""
+
+    def part(content_type: bytes, body: bytes) -> bytes:
+        return b"Content-Type: " + content_type + b"\r\n\r\n" + body
+
+    def multipart(subtype: bytes, boundary: bytes, parts: list[bytes]) -> bytes:
+        inner = b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts)
+        return part(b"multipart/" + subtype + b"; boundary=" + boundary, inner + b"--" + boundary + b"--\r\n")
+
+    def message(subject: bytes, body: bytes) -> bytes:
+        return part(b"message/rfc822", b"Subject: " + subject + b"\r\n" + body)
+
+    three = message(b"three", multipart(b"mixed", b"c", [part(b"text/plain", b"3.1"), part(b"application/octet-stream", b"3.2")]))
+    alternative = multipart(b"alternative", b"e", [part(b"text/plain", b"4.2.2.1"), part(b"text/richtext", b"4.2.2.2")])
+    four_two = message(b"four-two", multipart(b"mixed", b"d", [part(b"text/plain", b"4.2.1"), alternative]))
+    four = multipart(b"mixed", b"f", [part(b"image/gif", b"4.1"), four_two])
+    return b"Subject: top\r\n" + multipart(b"mixed", b"a", [part(b"text/plain", b"1"), part(b"application/octet-stream", b"2"), three, four])
+
+
+@pytest.mark.parametrize(
+    ("section", "starts", "ends"),
+    [
+        (b"1", b"1", b"1"),
+        (b"2", b"2", b"2"),
+        (b"3", b"Subject: three\r\n", b"--c--\r\n"),
+        (b"3.HEADER", b"Subject: three\r\n", b"boundary=c\r\n\r\n"),
+        (b"3.TEXT", b"--c\r\n", b"--c--\r\n"),
+        (b"3.1", b"3.1", b"3.1"),
+        (b"3.2", b"3.2", b"3.2"),
+        (b"4", b"--f\r\n", b"--f--\r\n"),
+        (b"4.1", b"4.1", b"4.1"),
+        (b"4.1.MIME", b"Content-Type: image/gif\r\n", b"\r\n\r\n"),
+        (b"4.2", b"Subject: four-two\r\n", b"--d--\r\n"),
+        (b"4.2.HEADER", b"Subject: four-two\r\n", b"boundary=d\r\n\r\n"),
+        (b"4.2.TEXT", b"--d\r\n", b"--d--\r\n"),
+        (b"4.2.1", b"4.2.1", b"4.2.1"),
+        (b"4.2.2", b"--e\r\n", b"--e--\r\n"),
+        (b"4.2.2.1", b"4.2.2.1", b"4.2.2.1"),
+        (b"4.2.2.2", b"4.2.2.2", b"4.2.2.2"),
+    ],
+)
+def test_sections_resolve_as_in_rfc_3501s_example(section, starts, ends):
+    raw = _rfc3501_example()
+    root = mime.scan(io.BytesIO(raw))
+    start, end = mime.resolve(root, mime.parse_section(section, []))
+    assert raw[start:end].startswith(starts) and raw[start:end].endswith(ends), (section, raw[start:end])

@@ -31,15 +31,25 @@ class StoreImapSupportTests(TestCase):
     def test_unsubscribe_and_subscribe_are_kept_across_a_restart(self):
         mailbox = self.store.mailbox(ALICE)
         yield mailbox.createFolder("Lists/python")
-        changed = yield mailbox.setSubscribed("Lists/python", False)
+        changed = yield mailbox.setSubscribed("Lists/python", True)
         self.assertTrue(changed)
         index.reset_connections()
         mailbox = MaildirStore(self.root, reactor=reactor).mailbox(ALICE)
         folders = {f.name: f.subscribed for f in (yield mailbox.listFolders())}
-        self.assertEqual((folders["Lists/python"], folders["Lists"]), (False, True))
-        yield mailbox.setSubscribed("Lists/python", True)
+        self.assertEqual((folders["Lists/python"], folders["Lists"]), (True, False))
+        yield mailbox.setSubscribed("Lists/python", False)
         folders = {f.name: f.subscribed for f in (yield mailbox.listFolders())}
-        self.assertTrue(folders["Lists/python"])
+        self.assertFalse(folders["Lists/python"])
+
+    @inlineCallbacks
+    def test_create_subscribes_neither_the_folder_nor_its_new_parents_but_the_defaults_are(self):
+        mailbox = self.store.mailbox(ALICE)
+        yield mailbox.createFolder("Projects/2026")
+        yield mailbox.renameFolder("Projects/2026", "Keep/Old/2026")
+        folders = {f.name: f.subscribed for f in (yield mailbox.listFolders())}
+        self.assertEqual({n: s for n, s in folders.items() if n.startswith(("Projects", "Keep"))},
+                         {"Projects": False, "Keep": False, "Keep/Old": False, "Keep/Old/2026": False})
+        self.assertTrue(folders["INBOX"] and folders["Sent"])
 
     @inlineCallbacks
     def test_subscribing_a_missing_folder_changes_nothing(self):

@@ -24,7 +24,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from mailapp import logevents
-from mailapp.store import MaildirStore, connections, durable, index, usage
+from mailapp.store import MaildirStore, connections, durable, expunged, index, usage
 from mailapp.store.names import folder_directory, mailbox_directory
 from mailapp.store.records import Usage
 from tests.index_faults import damage_messages_page, lose_wal
@@ -192,14 +192,14 @@ class UsageAcrossDamageAndCrashesTests(UsageTestCase):
     def test_an_expunge_cut_short_between_its_commit_and_its_unlinks_is_counted_as_the_files_say(self):
         yield self.deliver(4)
         inbox = yield self.folder()
-        real = durable.unlink
+        real = expunged.hold  # the step after the commit: moving each file out of the Maildir
 
         def crashing(*args: Any) -> Any:
-            raise _Crash("unlink")
+            raise _Crash("hold")
 
-        self.patch(durable, "unlink", crashing)
+        self.patch(expunged, "hold", crashing)
         yield self.assertFailure(inbox.expunge([1, 2]), _Crash)
-        self.patch(durable, "unlink", real)
+        self.patch(expunged, "hold", real)
         self.restart()
         yield self.assertUsageRight()
 

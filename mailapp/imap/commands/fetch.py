@@ -200,10 +200,12 @@ async def _fetch(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid
             if not await _fetchOne(session, selected, position, items):
                 missing = True
     if missing:
-        # Deleted behind the store's back, maybe: then it is expunged now.
+        # Expunged longer ago than the store holds its file (mailapp.store.expunged), or
+        # deleted behind the store's back: no response for it, and OK as Dovecot says it
+        # (RFC 5530 EXPUNGEISSUED; a NO made clients retry or give up the whole FETCH).
         selected.look_outside = True
         await session.update(allow_expunge=by_uid, with_uid=by_uid)
-        session.tagged(tag, b"NO", b"[EXPUNGEISSUED] Some messages were expunged and could not be fetched")
+        session.tagged(tag, b"OK", b"[EXPUNGEISSUED] Some messages were already expunged")
         return
     await session.complete(tag, b"FETCH completed", allow_expunge=by_uid, with_uid=by_uid)
 

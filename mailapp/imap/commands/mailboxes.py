@@ -156,19 +156,34 @@ def lsub(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[A
 
 
 async def _list(session: IMAPServer, tag: bytes, arguments: list[Token], subscribed_only: bool) -> None:
-    special_only = False
+    """
+    LIST and LSUB. LSUB (RFC 3501 6.3.9) lists the subscribed names the
+    pattern matches with no attributes, and, as ``\\Noselect``, a name that
+    is not subscribed but matches where a subscribed name below it does not
+    (``LSUB "" %`` with only ``a/b`` subscribed lists ``a``). LIST's
+    selection option SUBSCRIBED and return option SUBSCRIBED (RFC 5258) are
+    honoured too, with ``\\Subscribed``, for clients that send them anyway.
+    """
+    special_only = subscribed_selection = return_subscribed = False
     if arguments and isinstance(arguments[0], list) and not subscribed_only:
         options = {bytes(o).upper() for o in arguments[0] if isinstance(o, (Atom, String))}
         special_only = b"SPECIAL-USE" in options
+        subscribed_selection = b"SUBSCRIBED" in options
         arguments = arguments[1:]
     if len(arguments) == 4 and isinstance(arguments[2], Atom) and arguments[2].upper() == b"RETURN":
+        if isinstance(arguments[3], list):
+            return_subscribed = any(isinstance(o, (Atom, String)) and bytes(o).upper() == b"SUBSCRIBED" for o in arguments[3])
         arguments = arguments[:2]
     expect_count(arguments, 2, "LIST")
+    raw_reference, raw_pattern = as_string(arguments[0], "reference"), as_string(arguments[1], "pattern")
+    encoded = False
     try:
-        reference = as_string(arguments[0], "reference").decode("imap4-utf-7")
-        pattern = as_string(arguments[1], "pattern").decode("imap4-utf-7")
+        reference, pattern = raw_reference.decode("imap4-utf-7"), raw_pattern.decode("imap4-utf-7")
     except (UnicodeDecodeError, ValueError):
-        raise BadCommand("Bad modified UTF-7 in LIST") from None
+        # Not modified UTF-7 (``&'+,-`` in imaptest's atoms): matched as sent against
+        # the names as sent, as Dovecot does, so LIST is OK and finds what it can.
+        reference, pattern = raw_reference.decode("latin-1"), raw_pattern.decode("latin-1")
+        encoded = True
     verb = b"LSUB" if subscribed_only else b"LIST"
     if not pattern:
         session.untagged(verb + b' (\\Noselect) "/" ""')
@@ -176,29 +191,42 @@ async def _list(session: IMAPServer, tag: bytes, arguments: list[Token], subscri
         return
     folders = await session.mailbox.listFolders()
     names = {f.name: f for f in folders}
+    subscribed = {f.name for f in folders if f.subscribed}
     every = set(names)
     for name in list(every):
         parts = name.split(DELIMITER)
         for depth in range(1, len(parts)):
             every.add(DELIMITER.join(parts[:depth]))
     regex = mailbox_pattern(reference, pattern)
+
+    def matches(name: str) -> bool:
+        return bool(regex.match(encode_mailbox(name).decode("ascii") if encoded else name))
+
     lines = []
     for name in sorted(every, key=lambda n: (n != "INBOX", n)):
-        if not regex.match(name):
+        if not matches(name):
             continue
         info = names.get(name)
-        if subscribed_only and (info is None or not info.subscribed):
-            continue
-        if special_only and (info is None or not info.special_use):
-            continue
-        attributes = []
-        if info is None:
-            attributes.append("\\Noselect")
         prefix = name + DELIMITER
-        has_children = any(other.startswith(prefix) for other in every)
-        attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")
-        if info is not None and info.special_use:
-            attributes.append(info.special_use)
+        attributes = []
+        if subscribed_only:
+            if name not in subscribed:
+                if not any(s.startswith(prefix) and not matches(s) for s in subscribed):
+                    continue
+                attributes.append("\\Noselect")
+        else:
+            if subscribed_selection and name not in subscribed:
+                continue
+            if special_only and (info is None or not info.special_use):
+                continue
+            if info is None:
+                attributes.append("\\Noselect")
+            has_children = any(other.startswith(prefix) for other in every)
+            attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")
+            if info is not None and info.special_use:
+                attributes.append(info.special_use)
+            if (subscribed_selection or return_subscribed) and name in subscribed:
+                attributes.append("\\Subscribed")
         lines.append(verb + b" (" + " ".join(attributes).encode("ascii") + b') "/" ' + format_value(encode_mailbox(name)))
     for line in lines:
         session.untagged(line)

@@ -136,7 +136,7 @@ async def _candidates(folder: Any, uids: list[int], key: Any) -> set[int] | None
     a usable blob stay candidates: the match fills and reads theirs. One
     store read per L{_PREFILTER_READ} messages, the next while one is checked, no decoding.
     """
-    required = [sub[2].encode("utf-8", "surrogatepass") for sub in key[1] if sub[0] == "HEADER" and sub[2]]
+    required = [sub[2].encode("utf-8", "surrogatepass") for sub in key[1] if sub[0] in ("HEADER", "ADDRESS") and sub[2]]
     if not required:
         return None
     candidates: set[int] = set()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from mailapp.imap.commands.mailboxes import open_folder
-from mailapp.imap.flags import DELETED, SYSTEM_FLAGS
+from mailapp.imap.flags import DELETED
 from mailapp.imap.selected import SelectedFolder
 from mailapp.imap.wire import Token, expect_count
 
@@ -40,9 +40,7 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
         return
     view, snapshot = await SelectedFolder.open(folder, readonly, session.account, session.factory, session.write)
     session.select(view)
-    flags = " ".join(list(SYSTEM_FLAGS) + list(snapshot.keywords)).encode("utf-8", "replace")
-    session.untagged(b"FLAGS (" + flags + b")")
-    session.untagged(b"OK [PERMANENTFLAGS (" + flags + b" \\*)] Flags permitted")
+    session.write(view.flagsResponses())
     session.untagged(b"%d EXISTS" % len(view.uids))
     session.untagged(b"%d RECENT" % len(view.recent))
     if snapshot.first_unseen is not None:

@@ -1,0 +1,123 @@
+"""
+Expunged messages kept readable for a while, for the sessions that still
+have them in their view.
+
+An IMAP session is told of an expunge only between its commands (never
+during a FETCH, STORE or SEARCH, RFC 3501 7.4.1), and a POP3 session not
+at all until it ends; until then the message is still theirs to read. So an
+expunge does not unlink the file: after the index commit that removes its
+row, the file is renamed into the folder's ``mailapp-expunged/`` directory
+(as ``<uid>.<unix time>.<its name>``), and a read by UID that no longer
+finds the row looks there (L{find}). Such files are removed once they are
+L{HOLD_SECONDS} old (L{purge}): at each expunge, and each refresh of a
+folder this process held files in, by the store's hourly sweep of those
+folders, and at the first open of the mailbox in a process (the
+reconcile), for what a restart left. A file held less than L{HOLD_SECONDS}
+before a restart may so stay until the folder's next expunge or the next
+process's first open: it is never read as a message meanwhile. A session still mapping a
+message after that gets no FETCH response for it and ``OK [EXPUNGEISSUED]``
+(as Dovecot answers).
+
+Why this is safe:
+
+- No mail is lost: only what an expunge has already removed from the index
+  is moved, and only after the commit.
+- Expunged mail never comes back: the directory is not ``cur/`` or
+  ``new/``, so neither the reconcile (which trusts those) nor a rebuild,
+  nor another Maildir tool, takes it for a message; and a new session never
+  asks for it, since its view is read from the index.
+- It stays inside the folder's directory, so it goes with the folder (a
+  DELETE removes it, a RENAME moves it) and with the mailbox: a deleted
+  account's Maildir is moved out whole (L{mailapp.store.retire}), and the
+  sessions still open on it fail from then on, so no one reads its mail.
+- It counts against nothing: the quota is the index's, and the files are
+  gone within L{HOLD_SECONDS}.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+__all__ = ["DIRECTORY_NAME", "HOLD_SECONDS", "find", "hold", "purge"]
+
+DIRECTORY_NAME = "mailapp-expunged"
+#: How long an expunged message stays readable: far longer than any client
+#: takes between its FETCH and its next command, short enough that expunged
+#: mail does not linger on disk.
+HOLD_SECONDS = 120
+
+
+def hold(folder_directory: Path, filename: str, uid: int, now: float | None = None) -> None:
+    """
+    Move the file of expunged message C{uid} (C{filename}, relative to the
+    folder: ``cur/...``) out of the Maildir into the hold (worker thread). A
+    file already gone is no error; one that cannot be moved is unlinked.
+    """
+    source = folder_directory / filename
+    target_dir = folder_directory / DIRECTORY_NAME
+    stamp = int(time.time() if now is None else now)
+    target = target_dir / f"{uid}.{stamp}.{source.name}"
+    for _ in range(3):  # a purge may remove the empty hold in between: make it again
+        try:
+            os.rename(source, target)
+            return
+        except FileNotFoundError:
+            if not source.exists():
+                return
+            try:
+                target_dir.mkdir(mode=0o700, exist_ok=True)
+            except OSError:
+                break
+        except OSError:
+            break
+    # Never leave an expunged message where the reconcile would take it back.
+    _unlink(source)
+
+
+def find(folder_directory: Path, uid: int) -> Path | None:
+    """The held file of expunged message C{uid}, if it is still there (worker thread; scans the hold, which is small)."""
+    prefix = f"{uid}."
+    try:
+        entries = os.scandir(folder_directory / DIRECTORY_NAME)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    with entries:
+        for entry in entries:
+            if entry.name.startswith(prefix):
+                return Path(entry.path)
+    return None
+
+
+def purge(folder_directory: Path, now: float | None = None, max_age: float = HOLD_SECONDS) -> int:
+    """Remove held files older than C{max_age} seconds, and the hold once it is empty (worker thread); how many went."""
+    cutoff = (time.time() if now is None else now) - max_age
+    directory = folder_directory / DIRECTORY_NAME
+    removed = 0
+    try:
+        entries = os.scandir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    left = 0
+    with entries:
+        for entry in entries:
+            stamp = entry.name.split(".", 2)[1] if entry.name.count(".") >= 2 else ""
+            if not stamp.isdigit() or int(stamp) <= cutoff:
+                _unlink(Path(entry.path))
+                removed += 1
+            else:
+                left += 1
+    if not left:
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # a file held meanwhile
+    return removed
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

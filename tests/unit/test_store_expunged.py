@@ -1,0 +1,97 @@
+"""
+Expunged messages stay readable for the sessions that still have them in
+view (L{mailapp.store.expunged}), on the real Maildir store, and never come
+back as messages.
+"""
+
+from __future__ import annotations
+
+import time
+
+from twisted.internet.defer import inlineCallbacks
+
+from mailapp.errors import MailboxGone, NoSuchMessage
+from mailapp.store import expunged, index, retire_mailbox
+from mailapp.store.names import folder_directory, mailbox_directory
+from tests.unit.test_store import ALICE, MESSAGE, StoreTestCase
+
+
+class ExpungedTests(StoreTestCase):
+    @inlineCallbacks
+    def expunged_message(self):
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        self.assertEqual((yield folder.expunge([1])), [1])
+        return folder
+
+    @inlineCallbacks
+    def test_an_expunged_message_can_still_be_read_by_its_uid(self):
+        folder = yield self.expunged_message()
+        self.assertEqual((yield folder.messages()), [])
+        self.assertEqual((yield self.read(ALICE, 1)), MESSAGE)
+        self.assertEqual((yield folder.readMessage(1, 1_000_000)), MESSAGE)
+
+    @inlineCallbacks
+    def test_an_expunged_message_is_gone_once_held_long_enough(self):
+        folder = yield self.expunged_message()
+        directory = folder_directory(mailbox_directory(self.root, ALICE), "INBOX")
+        self.assertEqual(expunged.purge(directory, now=time.time()), 0)
+        self.assertEqual(expunged.purge(directory, now=time.time() + expunged.HOLD_SECONDS + 1), 1)
+        self.assertFalse((directory / expunged.DIRECTORY_NAME).exists())
+        yield self.assertFailure(folder.openMessage(1), NoSuchMessage)
+
+    @inlineCallbacks
+    def test_the_hourly_sweep_purges_what_was_held_long_enough(self):
+        folder = yield self.expunged_message()
+        directory = folder_directory(mailbox_directory(self.root, ALICE), "INBOX")
+        yield self.store.sweep()
+        held = expunged.find(directory, 1)
+        assert held is not None
+        uid, _, name = held.name.split(".", 2)
+        held.rename(held.with_name(f"{uid}.{int(time.time()) - expunged.HOLD_SECONDS - 5}.{name}"))
+        yield self.store.sweep()
+        yield self.assertFailure(folder.openMessage(1), NoSuchMessage)
+        self.assertEqual(self.store.held_expunged, set())
+
+    @inlineCallbacks
+    def test_a_held_message_never_comes_back_after_a_restart_or_an_index_rebuild(self):
+        yield self.expunged_message()
+        yield self.deliver([ALICE])
+        (mailbox_directory(self.root, ALICE) / index.INDEX_NAME).unlink()
+        store = self.restart()
+        folder = yield store.mailbox(ALICE).folder("INBOX")
+        yield folder.refresh()
+        self.assertEqual([m.uid for m in (yield folder.messages())], [2])
+
+    @inlineCallbacks
+    def test_deleting_the_folder_takes_its_held_messages_along(self):
+        mailbox = self.store.mailbox(ALICE)
+        yield mailbox.createFolder("Work")
+        yield self.deliver([ALICE])
+        inbox = yield mailbox.folder("INBOX")
+        work = yield mailbox.folder("Work")
+        yield inbox.moveTo([1], work)
+        yield work.expunge([1])
+        directory = folder_directory(mailbox_directory(self.root, ALICE), "Work")
+        self.assertIsNotNone(expunged.find(directory, 1))
+        yield mailbox.deleteFolder("Work")
+        self.assertFalse(directory.exists())
+
+    @inlineCallbacks
+    def test_a_retired_account_takes_its_held_messages_out_of_the_store(self):
+        folder = yield self.expunged_message()
+        retire_mailbox(self.root.parent, ALICE, keep=False)
+        yield self.assertFailure(folder.openMessage(1), MailboxGone)
+
+    @inlineCallbacks
+    def test_what_a_restart_left_held_long_enough_is_purged_at_the_first_open(self):
+        yield self.expunged_message()
+        directory = folder_directory(mailbox_directory(self.root, ALICE), "INBOX")
+        held = expunged.find(directory, 1)
+        assert held is not None
+        uid, _, name = held.name.split(".", 2)
+        held.rename(held.with_name(f"{uid}.{int(time.time()) - expunged.HOLD_SECONDS - 5}.{name}"))
+        store = self.restart()
+        folder = yield store.mailbox(ALICE).folder("INBOX")
+        yield folder.messages()
+        self.assertIsNone(expunged.find(directory, 1))
