@@ -26,6 +26,8 @@ from typing import Any, Callable
 import twisted
 
 from bench import server as bench_server
+from bench.imap10k import ROWS as IMAP10K_ROWS
+from bench.imap10k import imap10k_workload
 from bench.submission import submission_dkim_workload
 
 USERS = [f"bench{i}@example.test" for i in range(10)]
@@ -355,6 +357,11 @@ def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, 
         "smtp-100k": (f"SMTP ingest, {big} x 100 KiB, {args.concurrency} connections, 10 per connection{scanned}", smtp_workload(big, 100 * 1024, args.concurrency, 10, spam, rspamd)),
         "pop3": (f"POP3, one session over {args.pop3_messages} x 4 KiB: STAT, LIST, UIDL, RETR of each", pop3_workload(args.pop3_messages)),
         "imap": (f"IMAP, one INBOX of {args.imap_messages} x 4 KiB: LOGIN+SELECT, UID FETCH 1:* (UID FLAGS), FETCH {args.imap_bodies} BODY.PEEK[], SEARCH SUBJECT, IDLE push x {args.imap_pushes}", imap_workload(args.imap_messages, args.imap_bodies, args.imap_pushes)),
+        "imap-10k": (
+            f"IMAP, one INBOX of {args.imap10k_messages} varied messages, mailapp and (when installed) Dovecot 2.3 side by side: "
+            "SELECT, FETCH 1:* (FLAGS UID RFC822.SIZE), (ENVELOPE), (BODYSTRUCTURE), UID SEARCH SUBJECT, UID SEARCH BODY",
+            imap10k_workload(args.imap10k_messages, not args.no_dovecot),
+        ),
         "idle": (f"IMAP IDLE, {args.idle_connections} connections of {args.idle_users} users at once; {args.imap_pushes} deliveries to 5 of them", idle_workload(args.idle_connections, args.idle_users, args.imap_pushes)),
         "relay": (f"relay, {args.relay_messages} x 4 KiB from A's queue into B (loopback, STARTTLS)", relay_workload(args.relay_messages, 4096, args.relay_connections)),
         "null-sink-4k": (f"generator alone against a null sink, {n} x 4 KiB", null_sink_workload(n, 4096, args.concurrency, 50)),
@@ -424,6 +431,7 @@ FIGURES = [
     ("signed_signing_process_cpu_ms_per_message", "+ signer CPU ms", "{:.2f}"),
     ("threads_server_cpu_ms_per_message", "threads CPU ms", "{:.2f}"),
     ("load_average_before", "load avg (1 min)", "{:.2f}"),
+    *[(f"{server}_{key}", f"{server[:4]} {label}", "{:.4f}") for server in ("mailapp", "dovecot") for key, label in IMAP10K_ROWS],
 ]
 
 
@@ -445,6 +453,8 @@ def main() -> int:
     parser.add_argument("--imap-messages", type=int, default=10_000, help="messages in the IMAP INBOX (default 10000)")
     parser.add_argument("--imap-bodies", type=int, default=1000, help="full bodies fetched in one FETCH (default 1000)")
     parser.add_argument("--imap-pushes", type=int, default=100, help="messages delivered during IDLE, one at a time (default 100)")
+    parser.add_argument("--imap10k-messages", type=int, default=10_000, help="messages in the imap-10k INBOX (default 10000)")
+    parser.add_argument("--no-dovecot", action="store_true", help="imap-10k: mailapp alone, even when /usr/sbin/dovecot exists")
     parser.add_argument("--idle-connections", type=int, default=2000, help="IMAP connections in IDLE at once (default 2000; up to 10000)")
     parser.add_argument("--idle-users", type=int, default=100, help="users those connections log in as (one argon2id check each; default 100)")
     parser.add_argument("--relay-messages", type=int, default=1000, help="entries in A's queue (default 1000)")

@@ -314,8 +314,13 @@ def makeService(
     if relay is None:
         relay = store is None
     if store is None:
+        from mailapp.imap.structurecache import CODEC
         from mailapp.store.maildir import MaildirStore
+        from mailapp.store.structures import register_codec
 
+        # The index rebuild computes IMAP's cached structures as it reads each file;
+        # the store itself never imports a protocol.
+        register_codec(CODEC)
         store = MaildirStore(
             config.state_dir / "mail", reactor=reactor, threadpool=pools.store, batch_sync=config.sync == "filesystem"
         )
