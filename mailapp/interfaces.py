@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from mailapp.records import FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, Usage
+from mailapp.records import FlagChange, FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, Usage
 
 if TYPE_CHECKING:
     # Only named in annotations: the accounts implementation defines them,
@@ -294,8 +294,9 @@ class IMailbox(Interface):
 
 class IFolder(Interface):
     """
-    One folder and its index: UIDVALIDITY, UIDNEXT, and per message its UID,
-    flags, size and internal date. Nothing here opens a message file except
+    One folder and its index: UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, and per
+    message its UID, flags, size, internal date and mod-sequence (raised by
+    every change of the message, by whatever process or tool made it). Nothing here opens a message file except
     L{openMessage}.
     """
 
@@ -382,6 +383,34 @@ class IFolder(Interface):
         Change flags of C{uids}. C{mode} is C{"replace"}, C{"add"} or
         C{"remove"}. Fires with a dict UID -> new frozenset of flags for the
         messages that exist, and publishes C{flags_changed}.
+        """
+
+    def changeFlags(
+        uids: Iterable[int], flags: Iterable[str], mode: str = "replace", unchangedSince: int | None = None
+    ) -> Deferred[FlagChange]:
+        """
+        As L{setFlags}, with mod-sequences (RFC 7162): fires with a
+        L{mailapp.records.FlagChange}, every existing message's flags and
+        mod-sequence after the change. With C{unchangedSince}, a message
+        whose mod-sequence is above it is left alone and listed in
+        C{modified} (STORE's UNCHANGEDSINCE); the rest change in the same
+        transaction. A message whose flags do not change keeps its
+        mod-sequence.
+        """
+
+    def highestModseq() -> Deferred[int]:
+        """
+        Fire with the folder's highest mod-sequence (L{status}'s
+        C{highestmodseq}) in one read by primary key: what SELECT's
+        HIGHESTMODSEQ answers. Fails with L{mailapp.errors.NoSuchFolder}.
+        """
+
+    def vanishedSince(modseq: int) -> Deferred[list[int] | None]:
+        """
+        Fire with the UIDs expunged (or moved out) after mod-sequence
+        C{modseq}, ascending, or None when the store no longer remembers
+        that far back (it keeps a bounded number): QRESYNC's VANISHED
+        (EARLIER). Fails with L{mailapp.errors.NoSuchFolder}.
         """
 
     def expunge(uids: Iterable[int]) -> Deferred[list[int]]:

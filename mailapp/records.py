@@ -18,6 +18,7 @@ from typing import Final
 __all__ = [
     "FolderPlacement",
     "ADDED",
+    "FlagChange",
     "DELIMITER",
     "EXPUNGED",
     "FLAGS_CHANGED",
@@ -75,6 +76,8 @@ class FolderStatus:
     uidnext: int
     messages: int
     unseen: int
+    #: The highest mod-sequence of the folder (RFC 7162): raised by every change of a message and every expunge.
+    highestmodseq: int = 1
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,21 @@ class MessageInfo:
     flags: frozenset[str]
     size: int
     internaldate: float
+    #: Its mod-sequence (RFC 7162): raised by every change of it (flags, keywords; a copy or move in is new).
+    modseq: int = 1
+
+
+@dataclass(frozen=True)
+class FlagChange:
+    """
+    What L{IFolder.changeFlags} did: the flags of every message asked for
+    that exists, and its mod-sequence now (changed or not); C{modified},
+    the UIDs left alone because they changed after C{unchangedSince}.
+    """
+
+    flags: dict[int, frozenset[str]]
+    modseqs: dict[int, int]
+    modified: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -77,8 +77,8 @@ def messages_if_changed(
         if token == known:
             return token, int(row[1]), None
         rows = conn.execute(
-            "SELECT uid, flags, size, internaldate FROM messages WHERE folder = ? ORDER BY uid", (folder,)
+            "SELECT uid, flags, size, internaldate, modseq FROM messages WHERE folder = ? ORDER BY uid", (folder,)
         ).fetchall()
-        return token, int(row[1]), [MessageInfo(uid, decode_flags(flags), size, date) for uid, flags, size, date in rows]
+        return token, int(row[1]), [MessageInfo(uid, decode_flags(flags), size, date, m) for uid, flags, size, date, m in rows]
     finally:
         conn.execute("COMMIT")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mailapp.store.changes import add_change_counter
+from mailapp.store.modseq import add_modseq
 from mailapp.store.rebuild import rebuild_tables
 from mailapp.store.structures import add_structures_table
 from mailapp.store.usage import add_usage_table
@@ -34,9 +35,10 @@ from mailapp.store.usage import add_usage_table
 INDEX_NAME = "mailapp-index.sqlite3"
 #: 2: the mailbox's usage kept as a total by triggers (L{mailapp.store.usage});
 #: 3: each message's cached structure (L{mailapp.store.structures}) and each
-#: folder's change counter (L{mailapp.store.changes}).
+#: folder's change counter (L{mailapp.store.changes}); 4: each message's
+#: mod-sequence, each folder's highest, and the expunged UIDs (L{mailapp.store.modseq}).
 #: An index of an older version is migrated at its first open.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS folders (
@@ -44,7 +46,9 @@ CREATE TABLE IF NOT EXISTS folders (
     uidvalidity INTEGER NOT NULL,
     uidnext INTEGER NOT NULL,
     subscribed INTEGER NOT NULL DEFAULT 1,
-    changes INTEGER NOT NULL DEFAULT 0
+    changes INTEGER NOT NULL DEFAULT 0,
+    highestmodseq INTEGER NOT NULL DEFAULT 1,
+    vanished_before INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS messages (
     folder TEXT NOT NULL,
@@ -53,6 +57,7 @@ CREATE TABLE IF NOT EXISTS messages (
     flags TEXT NOT NULL,
     size INTEGER NOT NULL,
     internaldate REAL NOT NULL,
+    modseq INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (folder, uid)
 ) WITHOUT ROWID;
 """
@@ -210,15 +215,19 @@ def connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
                 add_usage_table(conn)
                 add_structures_table(conn)
                 add_change_counter(conn, add_column=False)
+                add_modseq(conn, add_columns=False)
                 rebuild_tables(conn, mailbox_dir)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 built = True
-            elif version in (1, 2):
+            elif version in (1, 2, 3):
                 if version == 1:
                     add_usage_table(conn)
-                # Empty: every blob is filled at first use.
-                add_structures_table(conn)
-                add_change_counter(conn, add_column=True)
+                if version in (1, 2):
+                    # Empty: every blob is filled at first use.
+                    add_structures_table(conn)
+                    add_change_counter(conn, add_column=True)
+                # Every message and folder at mod-sequence 1.
+                add_modseq(conn, add_columns=True)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version == SCHEMA_VERSION:
                 conn.execute("SELECT count(*) FROM folders").fetchone()

@@ -32,10 +32,11 @@ from mailapp.store import changes, durable, expunged, messagefile, outside, stru
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
-from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, FolderEvent, FolderStatus, MessageInfo
+from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, FlagChange, FolderEvent, FolderStatus, MessageInfo
 from mailapp.store.filenames import decode_flags, encode_flags, parse_filename
 from mailapp.store.folders import message_counts, write_meta
 from mailapp.store.keywords import message_filename
+from mailapp.store.modseq import prune_vanished, vanished_since
 from mailapp.store.names import folder_directory
 from mailapp.store.reconcile import FolderChanges
 from mailapp.store.spool import SpoolWriter
@@ -123,7 +124,9 @@ class MaildirFolder:
     def status(self) -> Deferred[FolderStatus]:
         def read() -> FolderStatus:
             with self._connect() as conn:
-                row = conn.execute("SELECT uidvalidity, uidnext FROM folders WHERE name = ?", (self.name,)).fetchone()
+                row = conn.execute(
+                    "SELECT uidvalidity, uidnext, highestmodseq FROM folders WHERE name = ?", (self.name,)
+                ).fetchone()
                 if row is None:
                     raise NoSuchFolder(f"no such folder: {self.name}")
                 total, unseen = conn.execute(
@@ -131,7 +134,7 @@ class MaildirFolder:
                     " FROM messages WHERE folder = ?",
                     (self.name,),
                 ).fetchone()
-                return FolderStatus(row[0], row[1], total, unseen)
+                return FolderStatus(row[0], row[1], total, unseen, row[2])
 
         return self.store.run(read)
 
@@ -139,9 +142,9 @@ class MaildirFolder:
         def read() -> list[MessageInfo]:
             with self._connect() as conn:
                 rows = conn.execute(
-                    "SELECT uid, flags, size, internaldate FROM messages WHERE folder = ? ORDER BY uid", (self.name,)
+                    "SELECT uid, flags, size, internaldate, modseq FROM messages WHERE folder = ? ORDER BY uid", (self.name,)
                 ).fetchall()
-            return [MessageInfo(uid, decode_flags(flags), size, date) for uid, flags, size, date in rows]
+            return [MessageInfo(uid, decode_flags(flags), size, date, m) for uid, flags, size, date, m in rows]
 
         return self.store.run(read)
 
@@ -159,10 +162,10 @@ class MaildirFolder:
         def read() -> list[MessageInfo]:
             with self._connect() as conn:
                 rows = conn.execute(
-                    "SELECT uid, flags, size, internaldate FROM messages WHERE folder = ? AND uid > ? ORDER BY uid",
+                    "SELECT uid, flags, size, internaldate, modseq FROM messages WHERE folder = ? AND uid > ? ORDER BY uid",
                     (self.name, uid),
                 ).fetchall()
-            return [MessageInfo(uid, decode_flags(flags), size, date) for uid, flags, size, date in rows]
+            return [MessageInfo(uid, decode_flags(flags), size, date, m) for uid, flags, size, date, m in rows]
 
         return self.store.run(read)
 
@@ -234,12 +237,40 @@ class MaildirFolder:
         return self.store.write(save)
 
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
+        return self.changeFlags(uids, flags, mode).addCallback(lambda change: change.flags)
+
+    def highestModseq(self) -> Deferred[int]:
+        def read() -> int:
+            with self._connect() as conn:
+                row = conn.execute("SELECT highestmodseq FROM folders WHERE name = ?", (self.name,)).fetchone()
+            if row is None:
+                raise NoSuchFolder(f"no such folder: {self.name}")
+            return int(row[0])
+
+        return self.store.run(read)
+
+    def vanishedSince(self, modseq: int) -> Deferred[list[int] | None]:
+        def read() -> list[int] | None:
+            with self._connect() as conn:
+                conn.execute("BEGIN")
+                try:
+                    if conn.execute("SELECT 1 FROM folders WHERE name = ?", (self.name,)).fetchone() is None:
+                        raise NoSuchFolder(f"no such folder: {self.name}")
+                    return vanished_since(conn, self.name, modseq)
+                finally:
+                    conn.execute("COMMIT")
+
+        return self.store.run(read)
+
+    def changeFlags(
+        self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace", unchangedSince: int | None = None
+    ) -> Deferred[FlagChange]:
         if mode not in ("replace", "add", "remove"):
             raise ValueError(f"bad mode {mode!r}")
         wanted = frozenset(flags)
         uids = sorted(set(uids))
 
-        def change() -> dict[int, frozenset[str]]:
+        def change() -> FlagChange:
             # Files first, then the index: the names on disk are what a
             # reconcile trusts after a crash. When anything fails before the
             # commit, every rename is undone, so a flag change is all or
@@ -247,18 +278,25 @@ class MaildirFolder:
             renamed: list[tuple[Path, Path]] = []
             with self._connect() as conn, outside.own_change(self.directory):
                 result: dict[int, frozenset[str]] = {}
+                modseqs: dict[int, int] = {}
+                modified: list[int] = []
+                changed: list[int] = []
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     if mode != "remove":
                         _check_folder_keywords(conn, self.name, wanted)
                     for uid in uids:
                         row = conn.execute(
-                            "SELECT filename, flags, size FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)
+                            "SELECT filename, flags, size, modseq FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)
                         ).fetchone()
                         if row is None:
                             continue
-                        filename, old_text, size = row
+                        filename, old_text, size, current = row
                         old = decode_flags(old_text)
+                        if unchangedSince is not None and current > unchangedSince:
+                            modified.append(uid)
+                            continue
+                        modseqs[uid] = current
                         new = wanted if mode == "replace" else (old | wanted if mode == "add" else old - wanted)
                         if len(_keywords(new)) > MAX_KEYWORDS_PER_MESSAGE and len(_keywords(new)) > len(_keywords(old)):
                             raise KeywordLimit(f"a message may carry at most {MAX_KEYWORDS_PER_MESSAGE} keywords")
@@ -287,15 +325,27 @@ class MaildirFolder:
                             "UPDATE messages SET flags = ?, filename = ? WHERE folder = ? AND uid = ?",
                             (encode_flags(new), relative, self.name, uid),
                         )
+                        changed.append(uid)
+                    for uid in changed:  # the triggers gave each its mod-sequence (L{modseq})
+                        modseqs[uid] = conn.execute(
+                            "SELECT modseq FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)
+                        ).fetchone()[0]
                     conn.execute("COMMIT")
                 except BaseException:
                     rollback(conn)
                     _undo_renames(renamed)
                     raise
-                return result
+                for uid in modified:  # still told, as they are now
+                    row = conn.execute(
+                        "SELECT flags, modseq FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)
+                    ).fetchone()
+                    if row is not None:
+                        result[uid] = decode_flags(row[0])
+                        modseqs[uid] = row[1]
+                return FlagChange(result, modseqs, tuple(modified))
 
-        def publish(result: dict[int, frozenset[str]]) -> dict[int, frozenset[str]]:
-            self._publish(FLAGS_CHANGED, result)
+        def publish(result: FlagChange) -> FlagChange:
+            self._publish(FLAGS_CHANGED, [uid for uid in result.flags if uid not in result.modified])
             return result
 
         return self.store.write(change).addCallback(publish)
@@ -320,6 +370,7 @@ class MaildirFolder:
                         if row is not None:
                             victims.append((uid, row[0]))
                     conn.executemany("DELETE FROM messages WHERE folder = ? AND uid = ?", [(self.name, u) for u, _ in victims])
+                    prune_vanished(conn, self.name)
                     conn.execute("COMMIT")
                 except BaseException:
                     rollback(conn)

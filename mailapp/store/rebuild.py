@@ -28,7 +28,7 @@ from pathlib import Path
 from twisted.logger import Logger
 
 from mailapp import logevents
-from mailapp.store import durable, messagefile, outside, structures
+from mailapp.store import durable, messagefile, modseq, outside, structures
 from mailapp.store.filenames import ParsedName, encode_flags, format_filename, parse_filename
 from mailapp.store.folders import folders_on_disk, make_folder_directory, new_uidvalidity, read_meta, write_meta
 from mailapp.store.keywords import read_keywords
@@ -89,6 +89,7 @@ def rebuild_tables(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
     conn.execute("DELETE FROM messages")
     conn.execute("DELETE FROM folders")
     conn.execute("DELETE FROM structures")
+    conn.execute("DELETE FROM vanished")
     fill_until = time.monotonic() + structures.REBUILD_FILL_SECONDS
     for name, directory in folders:
         make_folder_directory(directory)
@@ -141,6 +142,7 @@ def rebuild_folder(conn: sqlite3.Connection, name: str, directory: Path, fill_un
             (name, uid, relative, encode_flags(parsed.flags), size, stat.st_mtime),
         )
     conn.execute("INSERT INTO folders (name, uidvalidity, uidnext) VALUES (?, ?, ?)", (name, uidvalidity, uidnext))
+    modseq.restart_folder(conn, name)
     newest_first = sorted(((uid, relative) for uid, relative, _, _ in kept), reverse=True)
     deadline = fill_until if fill_until is not None else time.monotonic() + structures.REBUILD_FILL_SECONDS
     structures.fill_rebuilt_folder(conn, name, directory, newest_first, deadline)

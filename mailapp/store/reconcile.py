@@ -27,6 +27,7 @@ from mailapp.store.database import rollback
 from mailapp.store.filenames import ParsedName, decode_flags, encode_flags, is_keyword
 from mailapp.store.folders import folders_on_disk, make_folder_directory, read_meta, write_meta
 from mailapp.store.keywords import read_keywords
+from mailapp.store.modseq import prune_vanished
 from mailapp.store.rebuild import name_with_uid, rebuild_folder, scan
 
 _log = Logger()
@@ -223,6 +224,7 @@ def reconcile_running_folder(conn: sqlite3.Connection, name: str, directory: Pat
             # As an expunge does: a rebuild must never hand out these UIDs again.
             current = conn.execute("SELECT uidnext FROM folders WHERE name = ?", (name,)).fetchone()[0]
             write_meta(directory, validity, current)
+            prune_vanished(conn, name)
         conn.execute("COMMIT")
     except BaseException:
         rollback(conn)

@@ -26,6 +26,7 @@ from mailapp.store.database import rollback
 from mailapp.store.filenames import decode_flags, parse_filename
 from mailapp.store.folders import write_meta
 from mailapp.store.keywords import message_filename
+from mailapp.store.modseq import prune_vanished
 from mailapp.store.names import folder_directory
 
 
@@ -122,6 +123,7 @@ def transfer(
                 conn.executemany(
                     "DELETE FROM messages WHERE folder = ? AND uid = ?", [(source, item[0]) for item in done]
                 )
+                prune_vanished(conn, source)
             conn.execute("COMMIT")
         except Exception:
             _undo(conn, mailbox_dir, linked)

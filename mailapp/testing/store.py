@@ -17,7 +17,7 @@ from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMess
 from mailapp.interfaces import IFolder, IFreeSpace, IMailbox, IMessageStore, IMessageWriter
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder
-from mailapp.records import FolderPlacement
+from mailapp.records import FlagChange, FolderPlacement
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
 
 
@@ -59,8 +59,13 @@ class _FakeFolderState:
         self.uidnext = 1
         #: As the Maildir store: INBOX and the special folders start subscribed, a created folder not.
         self.subscribed = subscribed
-        #: uid -> [bytes, flags, internaldate]
+        #: uid -> [bytes, flags, internaldate, modseq]
         self.messages: dict[int, list[Any]] = {}
+        #: RFC 7162, as the Maildir store keeps them: raised by every change of a message and every expunge.
+        self.highestmodseq = 1
+        #: (modseq, uid) of each expunge; those at or below C{vanished_before} are forgotten.
+        self.vanished: list[tuple[int, int]] = []
+        self.vanished_before = 1
         #: uid -> bytes of expunged messages, still readable as the Maildir store's are for a while
         #: (clear it to play that while over).
         self.expunged: dict[int, bytes] = {}
@@ -68,6 +73,25 @@ class _FakeFolderState:
         self.structures: dict[int, tuple[int, bytes]] = {}
         #: Every UID L{FakeFolder.openMessage} or L{FakeFolder.readMessage} was asked for, in order.
         self.opened: list[int] = []
+
+    def nextModseq(self) -> int:
+        self.highestmodseq += 1
+        return self.highestmodseq
+
+    def info(self, uid: int) -> MessageInfo:
+        m = self.messages[uid]
+        return MessageInfo(uid, m[1], len(m[0]), m[2], m[3])
+
+    def remove(self, uid: int) -> list[Any]:
+        """Take a message out (expunge, move), remembered as vanished."""
+        self.vanished.append((self.nextModseq(), uid))
+        return self.messages.pop(uid)
+
+    def forgetVanished(self, kept: int) -> None:
+        """Forget all but the C{kept} newest expunges, as the Maildir store prunes its table."""
+        if len(self.vanished) > kept:
+            dropped, self.vanished = self.vanished[: len(self.vanished) - kept], self.vanished[len(self.vanished) - kept :]
+            self.vanished_before = max(self.vanished_before, dropped[-1][0])
 
 
 @implementer(IFolder)
@@ -92,7 +116,7 @@ class FakeFolder:
     def _add(self, data: bytes, flags: Iterable[str], internaldate: float) -> int:
         state = self._state
         uid, state.uidnext = state.uidnext, state.uidnext + 1
-        state.messages[uid] = [data, frozenset(flags), internaldate]
+        state.messages[uid] = [data, frozenset(flags), internaldate, state.nextModseq()]
         return uid
 
     def refresh(self) -> Deferred[None]:
@@ -101,23 +125,23 @@ class FakeFolder:
 
     def status(self) -> Deferred[FolderStatus]:
         state = self._state
-        unseen = sum(1 for _, flags, _ in state.messages.values() if "\\Seen" not in flags)
-        return succeed(FolderStatus(state.uidvalidity, state.uidnext, len(state.messages), unseen))
+        unseen = sum(1 for m in state.messages.values() if "\\Seen" not in m[1])
+        return succeed(FolderStatus(state.uidvalidity, state.uidnext, len(state.messages), unseen, state.highestmodseq))
 
     def messages(self) -> Deferred[list[MessageInfo]]:
         state = self._state
-        return succeed([MessageInfo(uid, m[1], len(m[0]), m[2]) for uid, m in sorted(state.messages.items())])
+        return succeed([state.info(uid) for uid in sorted(state.messages)])
 
     def messagesIfChanged(self, known: tuple[int, int] | None) -> Deferred[tuple[tuple[int, int], int, list[MessageInfo] | None]]:
         """The token is a digest of the messages' UIDs and flags: however a test changed them, it changes."""
         state = self._state
-        listed = [MessageInfo(uid, m[1], len(m[0]), m[2]) for uid, m in sorted(state.messages.items())]
-        token = (state.uidvalidity, hash(tuple((m.uid, m.flags, m.size) for m in listed)))
+        listed = [state.info(uid) for uid in sorted(state.messages)]
+        token = (state.uidvalidity, hash(tuple((m.uid, m.flags, m.size, m.modseq) for m in listed)))
         return succeed((token, state.uidnext, None if token == known else listed))
 
     def messagesAfter(self, uid: int) -> Deferred[list[MessageInfo]]:
         state = self._state
-        return succeed([MessageInfo(u, m[1], len(m[0]), m[2]) for u, m in sorted(state.messages.items()) if u > uid])
+        return succeed([state.info(u) for u in sorted(state.messages) if u > uid])
 
     def _data(self, uid: int) -> bytes | None:
         state = self._state
@@ -155,23 +179,46 @@ class FakeFolder:
         return succeed(None)
 
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
+        return self.changeFlags(uids, flags, mode).addCallback(lambda change: change.flags)
+
+    def changeFlags(
+        self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace", unchangedSince: int | None = None
+    ) -> Deferred[FlagChange]:
+        state = self._state
         wanted = frozenset(flags)
         result = {}
+        modseqs = {}
+        modified = []
         for uid in sorted(set(uids)):
-            message = self._state.messages.get(uid)
+            message = state.messages.get(uid)
             if message is None:
                 continue
-            old = message[1]
-            message[1] = wanted if mode == "replace" else (old | wanted if mode == "add" else old - wanted)
+            if unchangedSince is not None and message[3] > unchangedSince:
+                modified.append(uid)
+            else:
+                old = message[1]
+                message[1] = wanted if mode == "replace" else (old | wanted if mode == "add" else old - wanted)
+                if message[1] != old:
+                    message[3] = state.nextModseq()
             result[uid] = message[1]
-        self._publish(FLAGS_CHANGED, result)
-        return succeed(result)
+            modseqs[uid] = message[3]
+        self._publish(FLAGS_CHANGED, [uid for uid in result if uid not in modified])
+        return succeed(FlagChange(result, modseqs, tuple(modified)))
+
+    def highestModseq(self) -> Deferred[int]:
+        return succeed(self._state.highestmodseq)
+
+    def vanishedSince(self, modseq: int) -> Deferred[list[int] | None]:
+        state = self._state
+        if modseq < state.vanished_before:
+            return succeed(None)
+        return succeed(sorted(uid for m, uid in state.vanished if m > modseq))
 
     def expunge(self, uids: Iterable[int]) -> Deferred[list[int]]:
         state = self._state
         removed = [uid for uid in sorted(set(uids)) if uid in state.messages]
         for uid in removed:
-            state.expunged[uid] = state.messages.pop(uid)[0]
+            state.expunged[uid] = state.remove(uid)[0]
         self._publish(EXPUNGED, removed)
         return succeed(removed)
 
@@ -199,7 +246,7 @@ class FakeFolder:
         target = _fake(target)
         mapping = {}
         for uid in sorted(set(uids)):
-            message = self._state.messages.pop(uid, None)
+            message = self._state.remove(uid) if uid in self._state.messages else None
             if message is not None:
                 mapping[uid] = target._add(message[0], message[1], message[2])
         target._publish(ADDED, mapping.values(), source=self.name)
@@ -224,7 +271,7 @@ class FakeMailbox:
             self._folders.setdefault(name, _FakeFolderState(store._nextValidity(), subscribed=True))
 
     def usage(self) -> Deferred[Usage]:
-        sizes = [len(data) for state in self._folders.values() for data, _, _ in state.messages.values()]
+        sizes = [len(m[0]) for state in self._folders.values() for m in state.messages.values()]
         return succeed(Usage(len(sizes), sum(sizes)))
 
     def listFolders(self) -> Deferred[list[FolderInfo]]:

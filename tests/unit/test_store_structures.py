@@ -177,6 +177,13 @@ class StructureMigrationTests(StructuresTestCase):
                 conn.execute(f"DROP TRIGGER {trigger}")
             conn.execute("DROP TABLE structures")
             conn.execute("ALTER TABLE folders DROP COLUMN changes")
+            for trigger in ("modseq_after_insert", "modseq_after_flags", "modseq_after_delete",
+                            "modseq_folder_renamed", "modseq_folder_deleted"):
+                conn.execute(f"DROP TRIGGER {trigger}")
+            conn.execute("DROP TABLE vanished")
+            conn.execute("ALTER TABLE folders DROP COLUMN highestmodseq")
+            conn.execute("ALTER TABLE folders DROP COLUMN vanished_before")
+            conn.execute("ALTER TABLE messages DROP COLUMN modseq")
             conn.execute("PRAGMA user_version = 2")
             conn.commit()
         finally:
@@ -192,7 +199,7 @@ class StructureMigrationTests(StructuresTestCase):
         self.assertIsNotNone((yield inbox.messagesIfChanged(token))[2])
         conn = sqlite3.connect(self.mailbox_dir / index.INDEX_NAME)
         try:
-            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], 3)
+            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], index.SCHEMA_VERSION)
         finally:
             conn.close()
 
