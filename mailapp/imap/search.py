@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Collection, Iterator
 
 from mailapp.imap import addresses, mime
-from mailapp.imap.wire import Atom, BadCommand, Token, as_number, as_string, parse_date, parse_sequence_set
+from mailapp.imap.wire import Atom, BadCommand, String, Token, as_number, as_string, parse_date, parse_sequence_set
 
 __all__ = [
     "Content",
@@ -45,6 +45,7 @@ __all__ = [
     "matches",
     "parse_search",
     "read_header_block",
+    "uses_modseq",
 ]
 
 MAX_DEPTH = 32
@@ -89,6 +90,8 @@ class Message:
     size: int
     internaldate: float
     recent: bool
+    #: RFC 7162's SEARCH MODSEQ.
+    modseq: int = 0
 
 
 @dataclass
@@ -176,6 +179,15 @@ class _Parser:
             return (name, as_number(self.next("size"), "size"))
         if name == "UID":
             return ("UID", parse_sequence_set(as_string(self.next("UID set"), "UID set")))
+        if name == "MODSEQ":
+            # RFC 7162 3.1.5: MODSEQ [entry-name entry-type-req] n; flags' entries all share the message's modseq.
+            value = self.next("mod-sequence")
+            if isinstance(value, String):
+                self.next("entry type")
+                value = self.next("mod-sequence")
+            if not isinstance(value, (Atom, String)) or not value.isdigit() or len(value) > 20 or int(value) >= 2**63:
+                raise BadCommand("Expected a mod-sequence")
+            return ("MODSEQ", int(value))
         if name in _DATE_KEYS:
             return (name, parse_date(as_string(self.next("date"), "date")))
         if name in _HEADER_KEYS:
@@ -237,6 +249,8 @@ def matches(
         return bool(message.size < key[1])
     if kind == "SEQ":
         return in_set(key[1], message, False)
+    if kind == "MODSEQ":
+        return bool(message.modseq >= key[1])
     if kind == "UID":
         return in_set(key[1], message, True)
     if kind in ("BEFORE", "ON", "SINCE"):
@@ -288,6 +302,17 @@ def _decode_header(value: str) -> str:
         return str(email.header.make_header(email.header.decode_header(value)))
     except Exception:
         return value
+
+
+def uses_modseq(key: Any) -> bool:
+    """Whether a MODSEQ key is anywhere in C{key} (the answer then ends with the highest mod-sequence found)."""
+    if key[0] == "MODSEQ":
+        return True
+    if key[0] == "AND":
+        return any(uses_modseq(sub) for sub in key[1])
+    if key[0] in ("NOT", "OR"):
+        return any(uses_modseq(sub) for sub in key[1:])
+    return False
 
 
 def needs_body(key: Any) -> bool:

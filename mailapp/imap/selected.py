@@ -31,7 +31,7 @@ from twisted.internet import defer
 
 from mailapp.imap.flags import RECENT, SYSTEM_FLAGS
 from mailapp.imap.snapshots import FolderSnapshot
-from mailapp.imap.wire import format_flags
+from mailapp.imap.wire import format_flags, format_uid_set
 from mailapp.records import ADDED, MessageInfo
 
 __all__ = ["RecentMarkers", "SelectedFolder"]
@@ -100,6 +100,9 @@ class SelectedFolder:
         self.only_added = True
         #: Ask the store, at the next update, whether other tools changed the folder.
         self.look_outside = False
+        #: RFC 7162: untagged FETCH carry MODSEQ (CONDSTORE on); expunges are told as VANISHED (QRESYNC on).
+        self.modseqs = False
+        self.vanished = False
         #: The keywords the client was told of (SELECT's FLAGS, and each since).
         self.keywords: set[str] = (
             set(messages.keywords)
@@ -148,17 +151,27 @@ class SelectedFolder:
         """The flags as the client sees them: with \\Recent where this session has it."""
         return flags | {RECENT} if uid in self.recent else flags
 
-    def setFlags(self, uid: int, flags: frozenset[str]) -> None:
-        """The flags this session itself set (STORE, FETCH's implicit \\Seen), new keywords announced."""
+    def setFlags(self, uid: int, flags: frozenset[str], modseq: int | None = None) -> None:
+        """The flags (and mod-sequence) this session itself set (STORE, FETCH's implicit \\Seen), new keywords announced."""
         self.announceKeywords([flags])
-        self.info[uid] = dataclasses.replace(self.info[uid], flags=flags)
+        entry = self.info[uid]
+        self.info[uid] = dataclasses.replace(entry, flags=flags, modseq=entry.modseq if modseq is None else modseq)
 
     def expunged(self, uids: set[int]) -> None:
-        """Messages this session itself removed (MOVE): EXPUNGE each, in descending order."""
+        """Messages this session itself removed (MOVE): EXPUNGE each, in descending order (or one VANISHED)."""
         gone = [i for i, uid in enumerate(self.uids) if uid in uids]
+        self._tellExpunged(gone)
         for position in reversed(gone):
-            self._write(b"* %d EXPUNGE\r\n" % (position + 1))
             self._forget(position)
+
+    def _tellExpunged(self, gone: list[int]) -> None:
+        """EXPUNGE for each of the positions C{gone} (ascending), highest first; with QRESYNC on, one VANISHED of their UIDs."""
+        if not gone:
+            return
+        if self.vanished:
+            self._write(b"* VANISHED " + format_uid_set(self.uids[p] for p in gone) + b"\r\n")
+            return
+        self._write(b"".join(b"* %d EXPUNGE\r\n" % (position + 1) for position in reversed(gone)))
 
     def _forget(self, position: int) -> None:
         uid = self.uids.pop(position)
@@ -194,8 +207,7 @@ class SelectedFolder:
         gone = [i for i, uid in enumerate(self.uids) if uid not in current]
         if gone:
             if allow_expunge:
-                for position in reversed(gone):
-                    self._write(b"* %d EXPUNGE\r\n" % (position + 1))
+                self._tellExpunged(gone)
                 for position in reversed(gone):
                     self._forget(position)
             else:
@@ -203,13 +215,22 @@ class SelectedFolder:
                 self.only_added = False  # the expunges are still to tell: read it all again
         out = []
         self.announceKeywords(m.flags for m in messages)
+        modseqs = self.modseqs
+        with_uid = with_uid or self.vanished  # QRESYNC: a client may have no sequence numbers to go by
         for position, uid in enumerate(self.uids):
             now = current.get(uid)
-            if now is not None and now.flags != self.info[uid].flags:
+            if now is None:
+                continue
+            known = self.info[uid]
+            if now.flags != known.flags or (modseqs and now.modseq != known.modseq):
                 self.info[uid] = now
                 flags = now.flags | ({RECENT} if uid in self.recent else set())
                 extra = b" UID %d" % uid if with_uid else b""
+                if modseqs:
+                    extra += b" MODSEQ (%d)" % now.modseq
                 out.append(b"* %d FETCH (FLAGS %s%s)\r\n" % (position + 1, format_flags(flags), extra))
+            elif now.modseq != known.modseq:
+                self.info[uid] = now
         if out:
             self._write(b"".join(out))
         self.announceNew(messages)

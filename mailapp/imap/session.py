@@ -154,6 +154,9 @@ class IMAPServer(LineSession):
         self.mailbox: Any = None
         #: The selected folder's view (None: none selected).
         self.selected: SelectedFolder | None = None
+        #: RFC 7162: CONDSTORE is on (untagged FETCH carry MODSEQ); QRESYNC is on (expunges are VANISHED).
+        self.condstore = False
+        self.qresync = False
         #: The IDLE in progress, if any.
         self.idling: Idle | None = None
         self._logout: Callable[[], None] | None = None
@@ -343,7 +346,7 @@ class IMAPServer(LineSession):
     def capabilityText(self) -> bytes:
         """The CAPABILITY list as it stands in this state: the command table's, the reader's and LIST's, and the login options."""
         caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", *CAPABILITIES, b"CHILDREN", b"SPECIAL-USE",
-                b"APPENDLIMIT=%d" % self.policy.max_message_size]
+                b"APPENDLIMIT=%d" % self.policy.max_message_size, b"CONDSTORE", b"QRESYNC"]
         if self.state is State.NOT_AUTHENTICATED:
             if self.factory.tls is not None and not self.secure:
                 caps.append(b"STARTTLS")
@@ -495,6 +498,8 @@ class IMAPServer(LineSession):
     def select(self, view: SelectedFolder) -> None:
         """Make C{view} the selected folder's, and follow the store's events for it."""
         view.unsubscribe = self.store.events.subscribe(self.account, view.folder.name, lambda event: self._hint(view, event))
+        view.modseqs = self.condstore
+        view.vanished = self.qresync
         self.selected = view
         self.state = State.SELECTED
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mailapp import sasl
 from mailapp.imap.policy import VERSION
 from mailapp.imap.state import State
+from mailapp.imap.commands.condstore import enable_qresync
 from mailapp.imap.wire import Atom, BadCommand, Token, as_string, expect_count
 
 if TYPE_CHECKING:
@@ -102,6 +103,17 @@ def authenticate(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Non
 def enable(session: IMAPServer, tag: bytes, arguments: list[Token]) -> None:
     if not arguments:
         raise BadCommand("ENABLE needs a capability")
-    # None of our extensions needs enabling (no CONDSTORE, QRESYNC, UTF8=ACCEPT yet).
-    session.untagged(b"ENABLED")
+    # RFC 5161: only what the server knows and was not on yet is listed as ENABLED.
+    enabled = []
+    for argument in arguments:
+        name = as_string(argument, "capability").upper()
+        if name == b"CONDSTORE" and not session.condstore:
+            session.condstore = True
+            if session.selected is not None:
+                session.selected.modseqs = True
+            enabled.append(b"CONDSTORE")
+        elif name == b"QRESYNC" and not session.qresync:
+            enable_qresync(session)
+            enabled.append(b"QRESYNC")
+    session.untagged(b"ENABLED" + b"".join(b" " + name for name in enabled))
     session.tagged(tag, b"OK", b"ENABLE completed")

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from mailapp import logevents
 from mailapp.errors import NoSuchMessage
 from mailapp.imap import mime, structurecache
+from mailapp.imap.commands.condstore import enable_condstore, parse_modseq, vanished_earlier
 from mailapp.imap.flags import RECENT, SEEN
 from mailapp.imap.policy import CHUNK_SIZE, FETCH_BATCH
 from mailapp.imap.wire import (
@@ -51,13 +52,13 @@ __all__ = ["FetchItem", "fetch", "load_structures", "parse_fetch_items", "struct
 _log = Logger()
 
 _FETCH_SECTION = re.compile(rb"^(BODY(?:\.PEEK)?)\[(.*)\](?:<([0-9]{1,10})(?:\.([0-9]{1,10}))?>)?$", re.S | re.I)
-_SIMPLE = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE", b"BODY"}
+_SIMPLE = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE", b"BODY", b"MODSEQ"}
 _MACROS = {
     b"ALL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"],
     b"FAST": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"],
     b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"],
 }
-_FROM_INDEX = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE")
+_FROM_INDEX = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ")
 #: The items a cached structure answers.
 _FROM_CACHE = ("ENVELOPE", "BODYSTRUCTURE", "BODY")
 _SECTIONS = {"ENVELOPE": structurecache.ENVELOPE, "BODYSTRUCTURE": structurecache.BODYSTRUCTURE, "BODY": structurecache.BODY}
@@ -171,23 +172,39 @@ async def _fetch(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid
     if len(arguments) < 2:
         raise BadCommand("FETCH sequence-set items")
     ranges = parse_sequence_set(as_string(arguments[0], "sequence set"))
+    changed_since, vanished = None, False
+    if len(arguments) == 3 and isinstance(arguments[2], list):
+        changed_since, vanished = _modifiers(session, arguments[2], by_uid)
+        arguments = arguments[:2]
     items = parse_fetch_items(arguments[1:])
     if by_uid and not any(i.kind == "UID" for i in items):
         items.insert(0, FetchItem("UID"))
     selected = session.selected
     assert selected is not None
+    if changed_since is not None or any(i.kind == "MODSEQ" for i in items):
+        await enable_condstore(session)
+    if changed_since is not None and not any(i.kind == "MODSEQ" for i in items):
+        items.append(FetchItem("MODSEQ"))  # RFC 7162 3.1.4.1: CHANGEDSINCE implies MODSEQ
     positions = select_positions(ranges, selected.uids, by_uid)
+    if vanished:
+        assert changed_since is not None
+        await vanished_earlier(session, selected, changed_since, ranges)
+    if changed_since is not None:
+        info = selected.info
+        positions = [p for p in positions if info[selected.uids[p]].modseq > changed_since]
     flags_changed: set[int] = set()
     if not selected.readonly and any(i.seen for i in items):
         unseen = [selected.uids[p] for p in positions if SEEN not in selected.info[selected.uids[p]].flags]
         if unseen:
-            changed = await selected.folder.setFlags(unseen, [SEEN], "add")
-            for uid, flags in changed.items():
+            change = await selected.folder.changeFlags(unseen, [SEEN], "add")
+            for uid, flags in change.flags.items():
                 if uid in selected.info:
-                    selected.setFlags(uid, flags)
+                    selected.setFlags(uid, flags, change.modseqs.get(uid))
                     flags_changed.add(uid)
     if flags_changed and not any(i.kind == "FLAGS" for i in items):
         items.append(FetchItem("FLAGS"))
+    if session.condstore and not any(i.kind == "MODSEQ" for i in items) and any(i.kind == "FLAGS" for i in items):
+        items.append(FetchItem("MODSEQ"))  # once CONDSTORE is on, FLAGS come with their MODSEQ (as Dovecot sends them)
     missing = False
     if not any(i.needs_file for i in items):
         await _fetchFromIndex(session, selected, positions, items)
@@ -225,7 +242,28 @@ def _simpleItem(item: FetchItem, uid: int, info: MessageInfo, recent: bool) -> b
         return b"INTERNALDATE " + format_datetime(info.internaldate)
     if item.kind == "RFC822.SIZE":
         return b"RFC822.SIZE %d" % info.size
+    if item.kind == "MODSEQ":
+        return b"MODSEQ (%d)" % info.modseq
     raise AssertionError(item.kind)
+
+
+def _modifiers(session: IMAPServer, modifiers: list[Token], by_uid: bool) -> tuple[int | None, bool]:
+    """FETCH's (CHANGEDSINCE n [VANISHED]) (RFC 7162 3.1.4.1, 3.2.6): VANISHED only in UID FETCH, with QRESYNC on."""
+    changed_since, vanished = None, False
+    position = 0
+    while position < len(modifiers):
+        name = as_string(modifiers[position], "FETCH modifier").upper()
+        position += 1
+        if name == b"CHANGEDSINCE" and position < len(modifiers):
+            changed_since = parse_modseq(modifiers[position], "CHANGEDSINCE mod-sequence", zero=False)
+            position += 1
+        elif name == b"VANISHED" and by_uid and session.qresync:
+            vanished = True
+        else:
+            raise BadCommand("Unknown FETCH modifier")
+    if vanished and changed_since is None:
+        raise BadCommand("VANISHED needs CHANGEDSINCE")
+    return changed_since, vanished
 
 
 async def _fetchFromIndex(session: IMAPServer, selected: SelectedFolder, positions: list[int], items: list[FetchItem]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
 
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder
+from mailapp.imap.commands.condstore import enable_condstore
 from mailapp.imap.wire import (
     DELIMITER,
     Atom,
@@ -233,7 +234,7 @@ async def _list(session: IMAPServer, tag: bytes, arguments: list[Token], subscri
     await session.complete(tag, verb + b" completed")
 
 
-_STATUS_ITEMS = {b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN"}
+_STATUS_ITEMS = {b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"HIGHESTMODSEQ"}
 
 
 def status(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
@@ -259,7 +260,10 @@ def status(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine
             b"UIDNEXT": state.uidnext,
             b"UIDVALIDITY": state.uidvalidity,
             b"UNSEEN": state.unseen,
+            b"HIGHESTMODSEQ": state.highestmodseq,  # RFC 7162 3.1.9; asking for it turns CONDSTORE on
         }
+        if b"HIGHESTMODSEQ" in items:
+            await enable_condstore(session)
         if b"RECENT" in items:
             marker = session.factory.recentMarker(session.account, folder.name, state.uidvalidity)
             values[b"RECENT"] = sum(1 for m in await folder.messages() if m.uid > marker)

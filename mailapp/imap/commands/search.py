@@ -19,6 +19,7 @@ from twisted.internet import defer
 
 from mailapp.errors import NoSuchMessage
 from mailapp.imap import search as keys
+from mailapp.imap.commands.condstore import enable_condstore
 from mailapp.imap.commands.fetch import load_structures, structure_cut
 from mailapp.imap.structurecache import SEARCH_FIELDS, STRUCTURE_VERSION, header_keys_only, search_fields
 from mailapp.imap.structurecache import content as cached_content
@@ -55,6 +56,9 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
         session.tagged(tag, b"NO", b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
         return
     key = ("AND", parsed)
+    with_modseq = keys.uses_modseq(key)
+    if with_modseq:
+        await enable_condstore(session)
     uids = list(selected.uids)
     count = len(uids)
     last_uid = uids[-1] if uids else 0
@@ -109,7 +113,7 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
         if candidates is not None and uid not in candidates:
             continue
         entry = selected.info[uid]
-        message = keys.Message(position + 1, uid, entry.flags, entry.size, entry.internaldate, uid in selected.recent)
+        message = keys.Message(position + 1, uid, entry.flags, entry.size, entry.internaldate, uid in selected.recent, entry.modseq)
         try:
             matched = keys.matches(key, message, None, in_set)
         except keys.NeedContent:
@@ -123,7 +127,12 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
     if undecided:
         await decide(undecided)
     hits.sort()
-    session.untagged(b"SEARCH" + b"".join(b" %d" % hit for hit in hits))
+    # RFC 7162 3.1.5: a search by MODSEQ answers the highest mod-sequence of what it found.
+    highest = b""
+    if with_modseq and hits:
+        info, uids_now = selected.info, selected.uids
+        highest = b" (MODSEQ %d)" % max(info[hit if by_uid else uids_now[hit - 1]].modseq for hit in hits)
+    session.untagged(b"SEARCH" + b"".join(b" %d" % hit for hit in hits) + highest)
     await session.complete(tag, b"SEARCH completed", allow_expunge=by_uid, with_uid=by_uid)
 
 
