@@ -103,6 +103,8 @@ class SelectedFolder:
         #: RFC 7162: untagged FETCH carry MODSEQ (CONDSTORE on); expunges are told as VANISHED (QRESYNC on).
         self.modseqs = False
         self.vanished = False
+        #: The folder's HIGHESTMODSEQ as SELECT read it (L{open} with C{modseq}; 0 otherwise).
+        self.highestmodseq = 0
         #: The keywords the client was told of (SELECT's FLAGS, and each since).
         self.keywords: set[str] = (
             set(messages.keywords)
@@ -112,16 +114,27 @@ class SelectedFolder:
 
     @classmethod
     async def open(
-        cls, folder: Any, readonly: bool, account: str | None, markers: RecentMarkers, write: Callable[[bytes], None]
+        cls,
+        folder: Any,
+        readonly: bool,
+        account: str | None,
+        markers: RecentMarkers,
+        write: Callable[[bytes], None],
+        modseq: bool = False,
     ) -> tuple[SelectedFolder, FolderSnapshot]:
         """
         Read the folder afresh and make its view; also the listing read, for
         SELECT's own answers. One read by primary key when the folder has not
         changed since this process last listed it (L{RecentMarkers.folderSnapshot}).
+        With C{modseq}, the view's L{highestmodseq} is read too: before the
+        listing, so that a change in between is sent again, never missed.
         """
         await folder.refresh()
+        highest = await folder.highestModseq() if modseq else 0
         snapshot = await markers.folderSnapshot(account, folder)
-        return cls(folder, readonly, account, markers, write, snapshot.status, snapshot), snapshot
+        view = cls(folder, readonly, account, markers, write, snapshot.status, snapshot)
+        view.highestmodseq = highest
+        return view, snapshot
 
     def close(self) -> None:
         self.active = False

@@ -124,7 +124,7 @@ def test_id_namespace_enable_and_logout(server, user):
     raw.command(b"a", b"LOGIN " + user.encode() + b" " + PASSWORD.encode())
     assert raw.command(b"b", b'ID ("name" "test")')[0].startswith(b'* ID ("name" "mailapp"')
     assert raw.command(b"c", b"NAMESPACE")[0] == b'* NAMESPACE (("" "/")) NIL NIL'
-    assert raw.command(b"d", b"ENABLE CONDSTORE")[0] == b"* ENABLED"
+    assert raw.command(b"d", b"ENABLE CONDSTORE")[0] == b"* ENABLED CONDSTORE"
     assert raw.command(b"e", b"LOGOUT")[0].startswith(b"* BYE")
     assert raw.closed()
 

@@ -52,9 +52,9 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
     folder = await open_folder(session, tag, arguments[0])
     if folder is None:
         return
-    # Before the listing: a change in between is then sent again, never missed.
-    highest = await folder.highestModseq() if session.condstore else 0
-    view, snapshot = await SelectedFolder.open(folder, readonly, session.account, session.factory, session.write)
+    view, snapshot = await SelectedFolder.open(
+        folder, readonly, session.account, session.factory, session.write, modseq=session.condstore
+    )
     session.select(view)
     session.write(view.flagsResponses())
     session.untagged(b"%d EXISTS" % len(view.uids))
@@ -64,7 +64,7 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
     session.untagged(b"OK [UIDVALIDITY %d] UIDs valid" % view.uidvalidity)
     session.untagged(b"OK [UIDNEXT %d] Predicted next UID" % view.uidnext)
     if session.condstore:
-        session.untagged(b"OK [HIGHESTMODSEQ %d] Highest" % highest)
+        session.untagged(b"OK [HIGHESTMODSEQ %d] Highest" % view.highestmodseq)
     if qresync is not None and qresync.uidvalidity == view.uidvalidity:
         await _resync(session, view, qresync)
     mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
