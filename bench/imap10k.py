@@ -4,7 +4,8 @@ The ``imap-10k`` workload (issue 19): one INBOX of 10,000 varied messages
 subjects), the same bytes written into mailapp's Maildir and into Debian's
 Dovecot 2.3's when ``/usr/sbin/dovecot`` exists, and the same client
 (L{bench.imap10k_load}) timing SELECT, index-only FETCH, ENVELOPE,
-BODYSTRUCTURE and the two SEARCHes against each, side by side.
+BODYSTRUCTURE, the two SEARCHes and a QRESYNC resync after 10 flag
+changes (RFC 7162; Dovecot 2.3 has it) against each, side by side.
 
 Dovecot runs as our own instance: a config of its own in a temporary
 directory, listening on 127.0.0.1 only, on a free high port, plaintext
@@ -47,6 +48,8 @@ ROWS = [
     ("search_subject", "UID SEARCH SUBJECT"),
     ("search_body_first", "UID SEARCH BODY 1st"),
     ("search_body", "UID SEARCH BODY"),
+    ("select_qresync_first", "SELECT (QRESYNC) after 10 changes 1st"),
+    ("select_qresync", "SELECT (QRESYNC) after 10 changes"),
 ]
 
 _WORDS = (
@@ -263,7 +266,7 @@ def print_table(mailapp: dict[str, Any], dovecot: dict[str, Any] | None) -> None
             print(f"  {label:40} {ours:11.1f} {theirs:11.1f} {ours / max(theirs, 1e-3):7.1f}")
         else:
             print(f"  {label:40} {ours:11.1f} {'-':>11} {'-':>7}")
-    for key in ("search_subject_matches", "search_body_matches"):
+    for key in ("search_subject_matches", "search_body_matches", "select_qresync_fetches", "select_qresync_vanished"):
         other = dovecot.get(key) if dovecot is not None else None
         print(f"  {key}: mailapp {mailapp.get(key)}" + (f", dovecot {other}" if other is not None else ""))
 

@@ -16,6 +16,13 @@ client for both) and prints one JSON object of seconds.
      (``<op>_first``: what a server caches it fills here), then
      ``--repeat`` times more (``<op>``: the best of them, on a machine
      shared with other work).
+  4. RFC 7162's resync: a third connection enables QRESYNC and selects
+     the INBOX (its UIDVALIDITY and HIGHESTMODSEQ), the second one
+     changes the flags of 10 messages, and the third selects again with
+     ``SELECT INBOX (QRESYNC (uidvalidity modseq))``, once and
+     ``--repeat`` times more (``select_qresync_first``,
+     ``select_qresync``), counting its FETCH responses (10 expected)
+     and VANISHED lines (none).
 
     python -m bench.imap10k_load --port P --user U --password W --messages 10000
 """
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
 
 from bench.imap_client import IMAP
@@ -80,9 +88,43 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         else:
             result[name + "_responses"] = len(lines)
             result[name + "_bytes"] = sum(len(line) for line in lines)
+    await _resync(args, session, result)
     await session.command(b"LOGOUT")
     session.close()
     return result
+
+
+#: The messages whose flags change before the resync (sequence numbers, spread over the folder).
+CHANGED = [1 + n * 997 for n in range(10)]
+
+
+async def _resync(args: argparse.Namespace, other: IMAP, result: dict[str, object]) -> None:
+    """Step 4: SELECT (QRESYNC (uidvalidity modseq)) after 10 flag changes by another connection."""
+    client = await IMAP.connect(args.host, args.port, args.timeout)
+    await client.login(args.user, args.password)
+    await client.command(b"ENABLE QRESYNC")
+    untagged, _ = await client.command(b"SELECT INBOX")
+    text = b"".join(untagged)
+    validity = re.search(rb"\[UIDVALIDITY (\d+)\]", text)
+    highest = re.search(rb"\[HIGHESTMODSEQ (\d+)\]", text)
+    if validity is None or highest is None:
+        raise RuntimeError("SELECT after ENABLE QRESYNC gave no UIDVALIDITY or HIGHESTMODSEQ")
+    await client.command(b"UNSELECT")
+    for seq in CHANGED:
+        if seq <= args.messages:
+            await other.command(b"STORE %d +FLAGS.SILENT (\\Flagged)" % seq)
+    command = b"SELECT INBOX (QRESYNC (%s %s))" % (validity.group(1), highest.group(1))
+    seconds, untagged = await _timed(client, command)
+    result["select_qresync_first"] = seconds
+    again = []
+    for _ in range(args.repeat):
+        seconds, _ = await _timed(client, command)
+        again.append(seconds)
+    result["select_qresync"] = min(again)
+    result["select_qresync_fetches"] = sum(1 for line in untagged if re.match(rb"^\* \d+ FETCH ", line))
+    result["select_qresync_vanished"] = sum(1 for line in untagged if line.startswith(b"* VANISHED"))
+    await client.command(b"LOGOUT")
+    client.close()
 
 
 def main() -> None:
