@@ -93,6 +93,8 @@ RELAY_DEFERRED: Final = "relay.deferred"
 ALIAS_BROKEN: Final = "accounts.alias_broken"
 PASSWORD_REHASHED: Final = "auth.password_rehashed"
 REHASH_FAILED: Final = "auth.rehash_failed"
+#: a user changed their own password (the webmail's settings); also: account
+PASSWORD_CHANGED: Final = "auth.password_changed"
 #: the accounts database was migrated to a newer schema at open; also: path, old, new
 ACCOUNTS_SCHEMA_UPGRADED: Final = "accounts.schema_upgraded"
 #: a message or an IMAP APPEND/COPY/MOVE refused for a mailbox's quota; also: account, code
