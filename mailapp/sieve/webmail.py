@@ -34,6 +34,7 @@ from mailapp.sieve.scripts import ScriptError, ScriptStore, write_atomically
 from mailapp.store.names import normalize_folder
 
 __all__ = [
+    "ACTIONS",
     "SCRIPT_NAME",
     "FIELDS",
     "FLAGS",
