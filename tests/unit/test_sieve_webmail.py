@@ -267,3 +267,16 @@ def test_a_script_edited_as_text_is_checked_and_a_broken_one_never_stored(tmp_pa
     save_text(scripts, ACCOUNT, 'require "fileinto";\nfileinto "Edited";\n')
     assert scripts.active_name(ACCOUNT) == SCRIPT_NAME
     assert load(scripts, ACCOUNT).foreign  # the form no longer describes it: saving the form asks first
+
+
+def test_the_readmes_example_script_is_what_the_page_makes() -> None:
+    import re
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text("utf-8")
+    shown = re.search(r"```sieve\n(.*?)```", readme, re.S)
+    assert shown is not None
+    filters = WebmailFilters(
+        (check_rule(Rule("subject", "invoice", action="move", folder="Invoices", stop=True)),),
+        VacationSettings(True, subject="Away this week", text="I am away until Monday."),
+    )
+    assert generate(filters) == shown.group(1)
