@@ -225,6 +225,8 @@ COMMANDS_BEFORE_AUTH_EXCEEDED: Final = "auth.commands_before_auth_exceeded"
 WEBMAIL_LOGIN: Final = "webmail.login"
 WEBMAIL_LOGIN_THROTTLED: Final = "webmail.login_throttled"
 WEBMAIL_CSRF_REJECTED: Final = "webmail.csrf_rejected"
+#: a user saved a part of the settings page; also: account, part (rules, vacation, forwarding, script, profile, password)
+WEBMAIL_SETTINGS_CHANGED: Final = "webmail.settings_changed"
 WEBMAIL_SENT: Final = "webmail.sent"
 WEBMAIL_SEND_FAILED: Final = "webmail.send_failed"
 #: an unexpected error answering a request (500); also: method, path

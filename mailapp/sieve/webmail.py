@@ -359,6 +359,9 @@ def save_settings(scripts: ScriptStore, account: str, filters: WebmailFilters, r
     if load(scripts, account).foreign and not replace_foreign:
         raise ForeignScript()
     text = generate(filters)
+    # Whatever the store would refuse (its quota), refused before anything is written.
+    scripts.space(account, SCRIPT_NAME, len(text.encode("utf-8")))
+    compile(text)
     # The settings first: a crash before the script is stored leaves a
     # mismatch the page reports as a foreign script, never a lost form.
     record = {"filters": asdict(filters), "script_sha256": _sha(text)}

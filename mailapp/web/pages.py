@@ -632,6 +632,8 @@ def _filters_part(view: SettingsView) -> list[Any]:
     rules_form = tags.form(
         _csrf(view.csrf),
         tags.input(type="hidden", name="rules", value=str(len(rows))),
+        # The form's default button (Enter in a field): first in the form, or a "Move up" would be.
+        tags.button("Save rules", type="submit", class_="visually-hidden", tabindex="-1", **{"aria-hidden": "true"}),
         *_part_errors(view, "rules"),
         tags.p(
             "Each rule looks at one header of a new message. Rules run in order; "

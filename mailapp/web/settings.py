@@ -27,6 +27,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import task
 from twisted.web.iweb import IRequest
 
+from mailapp import logevents
 from mailapp.accounts import Profile
 from mailapp.errors import AccountError, LoginsBusy
 from mailapp.sieve import SieveSyntaxError, compile
@@ -137,7 +138,7 @@ class SettingsRoutes(WebmailBase):
             return await self._refused(request, session, part, [error], filters=filters)
         except (ScriptError, SieveSyntaxError) as failure:
             return await self._refused(request, session, part, [f"Not saved: {failure}"], filters=filters)
-        log.info("webmail settings {part} saved by {account}", part=part, account=session.account)
+        log.info("webmail settings {part} saved by {account}", log_event=logevents.WEBMAIL_SETTINGS_CHANGED, part=part, account=session.account)
         return self._redirect(request, f"/settings?notice={part}#{'filters' if part == 'rules' else part}")
 
     @app.route("/settings/filters", methods=["POST"])
@@ -222,7 +223,7 @@ class SettingsRoutes(WebmailBase):
             return await self._refused(request, session, "script", [f"Line {error.line}, column {error.column}: {error.message}. Nothing was saved."], script=text)
         except ScriptError as error:
             return await self._refused(request, session, "script", [f"Not saved: {error}"], script=text)
-        log.info("webmail settings script saved by {account}", account=session.account)
+        log.info("webmail settings {part} saved by {account}", log_event=logevents.WEBMAIL_SETTINGS_CHANGED, part="script", account=session.account)
         return self._redirect(request, "/settings?notice=script#script")
 
     # -- the account ------------------------------------------------------------------
@@ -238,6 +239,7 @@ class SettingsRoutes(WebmailBase):
             await self.router.accounts.setProfile(session.account, display_name, signature)
         except AccountError as error:
             return await self._refused(request, session, "profile", [str(error)], profile=Profile(display_name, signature))
+        log.info("webmail settings {part} saved by {account}", log_event=logevents.WEBMAIL_SETTINGS_CHANGED, part="profile", account=session.account)
         return self._redirect(request, "/settings?notice=profile#profile")
 
     @app.route("/settings/password", methods=["POST"])
@@ -267,12 +269,19 @@ class SettingsRoutes(WebmailBase):
             verdict = self.guard.failed("webmail", client, session.account)
             await task.deferLater(self.reactor, verdict.delay, lambda: None)
             return await self._refused(request, session, "password", ["The current password is wrong; nothing was changed."])
+        self.guard.succeeded(client, session.account)
         try:
             await self.router.accounts.setPassword(session.account, new)
         except AccountError as error:
             return await self._refused(request, session, "password", [str(error)])
         ended = self.sessions.end_others(session.account, session.token)
-        log.info("webmail password changed by {account}; {ended} other sessions ended", account=session.account, ended=ended)
+        log.info(
+            "webmail settings {part} saved by {account}; {ended} other sessions ended",
+            log_event=logevents.WEBMAIL_SETTINGS_CHANGED,
+            part="password",
+            account=session.account,
+            ended=ended,
+        )
         return self._redirect(request, "/settings?notice=password#password")
 
     # -- senders ----------------------------------------------------------------------

@@ -280,3 +280,16 @@ def test_the_readmes_example_script_is_what_the_page_makes() -> None:
         VacationSettings(True, subject="Away this week", text="I am away until Monday."),
     )
     assert generate(filters) == shown.group(1)
+
+
+def test_a_script_over_the_quota_is_refused_before_the_form_is_written(tmp_path: Path) -> None:
+    from mailapp.sieve.scripts import ScriptError
+
+    scripts = ScriptStore(tmp_path, max_script_size=400)
+    saved = rules(Rule("subject", "x", action="discard"))
+    save_settings(scripts, ACCOUNT, saved, False)
+    too_big = rules(*(Rule("subject", f"rule {n}", action="discard") for n in range(20)))
+    with pytest.raises(ScriptError, match="at most 400 bytes"):
+        save_settings(scripts, ACCOUNT, too_big, False)
+    state = load(scripts, ACCOUNT)
+    assert (state.filters, state.generated) == (saved, True)
