@@ -164,7 +164,7 @@ class WebmailFilterSettingsTests(TestCase):
         self.scripts = ScriptStore(root / "sieve")
         self.router = Router(self.accounts, self.store)
         self.router.sieve = SieveFilter(self.scripts, lambda function, *args: deferToThread(function, *args), reactor)
-        policy = WebmailPolicy(hostname="mail.example.test", max_message_size=200_000, login_failure_delay=0.01)
+        policy = WebmailPolicy(hostname="mail.example.test", max_message_size=200_000, login_failure_delay=0.01, login_failure_limit=3)
         self.webmail = Webmail(self.router, makePortal(self.accounts, self.store), policy, reactor)
         self.port = reactor.listenTCP(0, self.webmail.site(), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
@@ -383,6 +383,18 @@ class WebmailFilterSettingsTests(TestCase):
         self.assertEqual((ended.status, ended.header("location")), (303, "/login?notice=expired"))
         still = yield bob.get("/settings")
         self.assertEqual(still.status, 200)
+
+    @inlineCallbacks
+    def test_wrong_current_passwords_count_as_failed_logins_and_ban_the_address(self) -> None:
+        client, csrf = yield self.signed_in(ALICE)
+        change = {"csrf": csrf, "new": "brand new password", "again": "brand new password"}
+        for guess in ("guess-1", "guess-2", "guess-3"):
+            response = yield client.post("/settings/password", {**change, "current": guess})
+            self.assertIn("The current password is wrong", response.text)
+        response = yield client.post("/settings/password", {**change, "current": PASSWORDS[ALICE]})
+        self.assertEqual(response.status, 400)
+        self.assertIn("Too many wrong passwords", response.text)
+        self.assertEqual((yield self.accounts.authenticate(ALICE, PASSWORDS[ALICE].encode())), ALICE)
 
     @inlineCallbacks
     def test_every_settings_form_refuses_a_post_without_the_csrf_token(self) -> None:
