@@ -89,7 +89,7 @@ _TABLE = (
     Command("EXPUNGE", expunge.expunge, _SELECTED),
     Command("SEARCH", search.search, _SELECTED),
     Command("UID SEARCH", search.uid_search, _SELECTED),
-    Command("FETCH", fetch.fetch, _SELECTED),
+    Command("FETCH", fetch.fetch, _SELECTED, capability=b"BINARY"),
     Command("UID FETCH", fetch.uid_fetch, _SELECTED),
     Command("STORE", store.store, _SELECTED),
     Command("UID STORE", store.uid_store, _SELECTED),
