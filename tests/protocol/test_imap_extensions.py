@@ -13,6 +13,7 @@ import base64
 from twisted.trial.unittest import TestCase
 
 from mailapp.testing import FakeStore, build_factory, service_context
+from mailapp.testing.store import FakeFolder
 from tests.protocol.accounts import make_accounts
 from tests.protocol.test_imap_conformance import PASSWORD, USER, Client, literal
 
@@ -88,3 +89,82 @@ class ExtensionTests(TestCase):
     def test_binary_with_a_text_specifier_is_bad(self) -> None:
         self.successResultOf(self.inbox.append(MULTIPART))
         self.assertIn(b"t3 BAD", self.client().command(b"FETCH 1 (BINARY[1.TEXT])"))
+
+    def test_append_of_a_literal8_message_stores_its_binary_part_as_base64_and_binary_gives_it_back(self) -> None:
+        message = b"From: a@example.test\r\nContent-Transfer-Encoding: binary\r\n\r\n" + CONTENT
+        client = self.client()
+        client.ok(b"APPEND INBOX ~{%d+}\r\n" % len(message) + message)
+        [stored] = self.bodies()
+        self.assertNotIn(b"\x00", stored)
+        self.assertIn(b"Content-Transfer-Encoding: base64\r\n", stored)
+        reply = client.ok(b"FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1])")
+        self.assertIn(b"BINARY[1] ~{%d}\r\n" % len(CONTENT) + CONTENT + b" BINARY.SIZE[1] %d)" % len(CONTENT), reply)
+
+    def test_a_literal8_outside_append_is_bad(self) -> None:
+        self.assertIn(b"t2 BAD literal8 is only for APPEND", self.client(select=None).command(b"SELECT ~{5+}\r\nINBOX"))
+
+    # -- MULTIAPPEND ---------------------------------------------------------------------------
+
+    def test_multiappend_adds_every_message_and_answers_appenduid_with_their_uids(self) -> None:
+        second = b"Subject: two\r\n\r\nsecond\r\n"
+        reply = self.client(select=None).ok(
+            b"APPEND INBOX {%d+}\r\n%s (\\Flagged) {%d+}\r\n%s" % (len(SIMPLE), SIMPLE, len(second), second)
+        )
+        status = self.successResultOf(self.inbox.status())
+        self.assertIn(b"OK [APPENDUID %d 1:2] APPEND completed" % status.uidvalidity, reply)
+        self.assertEqual(self.bodies(), [SIMPLE, second])
+        self.assertEqual([m.flags for m in self.successResultOf(self.inbox.messages())], [frozenset(), {"\\Flagged"}])
+
+    def test_multiappend_adds_none_when_the_store_refuses_a_later_message(self) -> None:
+        original = FakeFolder.appendMessage
+        calls = []
+
+        def failing_second(folder, message, flags=(), internaldate=None):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            if len(calls) == 2:
+                raise OSError("disk gone")
+            return original(folder, message, flags, internaldate)
+
+        self.patch(FakeFolder, "appendMessage", failing_second)
+        reply = self.client(select=None).command(
+            b"APPEND INBOX {%d+}\r\n%s {%d+}\r\n%s" % (len(SIMPLE), SIMPLE, len(SIMPLE), SIMPLE)
+        )
+        self.assertIn(b"t2 NO [SERVERBUG]", reply)
+        self.assertEqual(self.successResultOf(self.inbox.messages()), [])
+        self.flushLoggedErrors(OSError)
+
+    # -- CATENATE ------------------------------------------------------------------------------
+
+    def test_catenate_joins_text_parts_and_a_section_of_the_users_own_message(self) -> None:
+        uid = self.successResultOf(self.inbox.append(SIMPLE))
+        validity = self.successResultOf(self.inbox.status()).uidvalidity
+        client = self.client(select=None)
+        header = b"From: new@example.test\r\n\r\n"
+        client.ok(
+            b'APPEND Drafts CATENATE (TEXT {%d+}\r\n%s URL "/INBOX;UIDVALIDITY=%d/;UID=%d/;SECTION=TEXT" TEXT {3+}\r\nend)'
+            % (len(header), header, validity, uid)
+        )
+        self.assertEqual(self.bodies("Drafts"), [header + b"first body\r\nend"])
+
+    def test_catenate_url_with_a_changed_uidvalidity_is_no_badurl_and_adds_nothing(self) -> None:
+        uid = self.successResultOf(self.inbox.append(SIMPLE))
+        reply = self.client(select=None).command(b'APPEND Drafts CATENATE (URL "/INBOX;UIDVALIDITY=1234/;UID=%d")' % uid)
+        self.assertIn(b'NO [BADURL /INBOX;UIDVALIDITY=1234/;UID=%d]' % uid, reply)
+        self.assertEqual(self.bodies("Drafts"), [])
+
+    def test_catenate_url_of_another_users_mail_is_badurl_whatever_its_form(self) -> None:
+        bob = self.successResultOf(self.store.mailbox("bob@example.test").folder("INBOX"))
+        uid = self.successResultOf(bob.append(b"Subject: secret\r\n\r\nbob's\r\n"))
+        client = self.client(select=None)
+        for url in (
+            b"/INBOX/;UID=%d" % uid,
+            b"imap://bob@example.test@localhost/INBOX/;UID=%d" % uid,
+            b"imap://bob%%40example.test@localhost/INBOX/;UID=%d" % uid,
+            b"/../bob@example.test/INBOX/;UID=%d" % uid,
+        ):
+            self.assertIn(b"NO [BADURL", client.command(b'APPEND Drafts CATENATE (URL "' + url + b'")'), url)
+        self.assertEqual(self.bodies("Drafts"), [])
+
+    def test_catenate_to_a_missing_mailbox_is_trycreate(self) -> None:
+        reply = self.client(select=None).command(b"APPEND Nowhere CATENATE (TEXT {2+}\r\nhi)")
+        self.assertIn(b"NO [TRYCREATE]", reply)

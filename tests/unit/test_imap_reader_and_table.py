@@ -160,7 +160,7 @@ def test_the_table_names_every_command_once_with_the_states_it_is_valid_in():
 
 
 def test_the_commands_capabilities_are_announced_in_the_order_clients_saw_before():
-    assert b" ".join(CAPABILITIES) == b"ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT BINARY"
+    assert b" ".join(CAPABILITIES) == b"ID ENABLE IDLE NAMESPACE MULTIAPPEND CATENATE UIDPLUS MOVE UNSELECT BINARY"
 
 
 @pytest.mark.parametrize("name", ["CAPABILITY", "NOOP", "LOGOUT", "ID"])

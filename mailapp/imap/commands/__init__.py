@@ -48,7 +48,7 @@ class Command:
     name: str
     handler: Handler
     states: frozenset[State]
-    #: Announced in CAPABILITY, in the order of the table (whatever the state).
+    #: Announced in CAPABILITY, in the order of the table (whatever the state); several separated by spaces.
     capability: bytes | None = None
     #: Whether its latency counts in the command metrics (IDLE is a wait, not a command to time).
     timed: bool = True
@@ -78,7 +78,7 @@ _TABLE = (
     Command("STATUS", mailboxes.status, _AUTHENTICATED),
     Command("SELECT", select.select, _AUTHENTICATED),
     Command("EXAMINE", select.examine, _AUTHENTICATED),
-    Command("APPEND", append.append, _AUTHENTICATED),
+    Command("APPEND", append.append, _AUTHENTICATED, capability=b"MULTIAPPEND CATENATE"),
     # selected; UIDPLUS is APPENDUID and COPYUID too, announced with UID EXPUNGE
     Command("UID EXPUNGE", expunge.uid_expunge, _SELECTED, capability=b"UIDPLUS"),
     Command("MOVE", copy.move, _SELECTED, capability=b"MOVE"),
