@@ -9,6 +9,7 @@ clients use, each behaviour over L{StringTransport} with the fakes: BINARY
 from __future__ import annotations
 
 import base64
+import re
 
 from twisted.trial.unittest import TestCase
 
@@ -168,3 +169,60 @@ class ExtensionTests(TestCase):
     def test_catenate_to_a_missing_mailbox_is_trycreate(self) -> None:
         reply = self.client(select=None).command(b"APPEND Nowhere CATENATE (TEXT {2+}\r\nhi)")
         self.assertIn(b"NO [TRYCREATE]", reply)
+
+    # -- LIST-EXTENDED, LIST-STATUS, STATUS=SIZE, SPECIAL-USE ----------------------------------
+
+    def make_tree(self) -> Client:
+        client = self.client(select=None)
+        for name in (b"a", b"a/one", b"a/two", b"a/two/deep", b"b"):
+            client.ok(b"CREATE " + name)
+        client.ok(b"SUBSCRIBE a/two/deep")
+        client.ok(b"SUBSCRIBE b")
+        return client
+
+    def test_list_with_several_patterns_lists_what_any_of_them_matches(self) -> None:
+        reply = self.make_tree().ok(b'LIST "" (a/one b)')
+        self.assertEqual(re.findall(rb'LIST \([^)]*\) "/" "([^"]+)"', reply), [b"a/one", b"b"])
+
+    def test_list_subscribed_recursivematch_says_childinfo_for_a_subscribed_child_not_listed(self) -> None:
+        reply = self.make_tree().ok(b'LIST (SUBSCRIBED RECURSIVEMATCH) "" %')
+        self.assertIn(b'* LIST (\\HasChildren) "/" "a" (CHILDINFO ("SUBSCRIBED"))\r\n', reply)
+        self.assertIn(b'* LIST (\\HasNoChildren \\Subscribed) "/" "b"\r\n', reply)
+        self.assertNotIn(b'"/" "a/two', reply)
+
+    def test_list_subscribed_lists_only_subscribed_names_with_subscribed_attribute(self) -> None:
+        reply = self.make_tree().ok(b'LIST (SUBSCRIBED) "" a/*')
+        self.assertEqual(re.findall(rb'\* LIST \(([^)]*)\) "/" "([^"]+)"', reply), [(b"\\HasNoChildren \\Subscribed", b"a/two/deep")])
+
+    def test_list_return_subscribed_and_children(self) -> None:
+        reply = self.make_tree().ok(b'LIST "" a/% RETURN (SUBSCRIBED CHILDREN)')
+        self.assertIn(b'* LIST (\\HasNoChildren) "/" "a/one"\r\n', reply)
+        self.assertIn(b'* LIST (\\HasChildren) "/" "a/two"\r\n', reply)
+
+    def test_list_unknown_options_and_recursivematch_alone_are_bad(self) -> None:
+        client = self.make_tree()
+        for command in (b'LIST (FROB) "" %', b'LIST (RECURSIVEMATCH) "" %', b'LIST (REMOTE RECURSIVEMATCH) "" %', b'LIST "" % RETURN (FROB)'):
+            self.assertRegex(client.command(command), rb"t\d+ BAD ")
+
+    def test_list_remote_is_the_same_as_list(self) -> None:
+        self.assertIn(b'"/" "a"\r\n', self.make_tree().ok(b'LIST (REMOTE) "" %'))
+
+    def test_list_return_status_sends_each_mailboxs_status_after_its_line(self) -> None:
+        self.successResultOf(self.inbox.append(SIMPLE))
+        reply = self.client(select=None).ok(b'LIST "" INBOX RETURN (STATUS (MESSAGES UNSEEN SIZE))')
+        self.assertIn(
+            b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n* STATUS "INBOX" (MESSAGES 1 UNSEEN 1 SIZE %d)\r\n' % len(SIMPLE), reply
+        )
+
+    def test_status_size_is_the_sum_of_the_messages_sizes(self) -> None:
+        self.successResultOf(self.inbox.append(SIMPLE))
+        self.successResultOf(self.inbox.append(MULTIPART))
+        reply = self.client(select=None).ok(b"STATUS INBOX (SIZE MESSAGES)")
+        self.assertIn(b'* STATUS "INBOX" (SIZE %d MESSAGES 2)' % (len(SIMPLE) + len(MULTIPART)), reply)
+
+    def test_list_special_use_selection_lists_only_the_special_folders(self) -> None:
+        reply = self.make_tree().ok(b'LIST (SPECIAL-USE) "" * RETURN (SPECIAL-USE)')
+        names = re.findall(rb'\* LIST \(([^)]*)\) "/" "([^"]+)"', reply)
+        self.assertIn((b"\\HasNoChildren \\Sent", b"Sent"), names)
+        self.assertNotIn(b"INBOX", [n for _, n in names])
+        self.assertNotIn(b"a", [n for _, n in names])

@@ -159,8 +159,11 @@ def test_the_table_names_every_command_once_with_the_states_it_is_valid_in():
     assert not COMMANDS["IDLE"].timed
 
 
-def test_the_commands_capabilities_are_announced_in_the_order_clients_saw_before():
-    assert b" ".join(CAPABILITIES) == b"ID ENABLE IDLE NAMESPACE MULTIAPPEND CATENATE UIDPLUS MOVE UNSELECT BINARY"
+def test_the_commands_capabilities_are_announced_in_the_order_clients_saw_before_then_the_extensions():
+    assert b" ".join(CAPABILITIES) == (
+        b"ID ENABLE IDLE NAMESPACE LIST-EXTENDED LIST-STATUS STATUS=SIZE MULTIAPPEND CATENATE"
+        b" UIDPLUS MOVE UNSELECT BINARY"
+    )
 
 
 @pytest.mark.parametrize("name", ["CAPABILITY", "NOOP", "LOGOUT", "ID"])
