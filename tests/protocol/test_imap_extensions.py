@@ -226,3 +226,42 @@ class ExtensionTests(TestCase):
         self.assertIn((b"\\HasNoChildren \\Sent", b"Sent"), names)
         self.assertNotIn(b"INBOX", [n for _, n in names])
         self.assertNotIn(b"a", [n for _, n in names])
+
+    # -- UTF8=ACCEPT ---------------------------------------------------------------------------
+
+    def test_enable_utf8_accept_answers_enabled_once(self) -> None:
+        client = self.client(select=None)
+        self.assertIn(b"* ENABLED UTF8=ACCEPT\r\n", client.ok(b"ENABLE UTF8=ACCEPT"))
+        self.assertIn(b"* ENABLED\r\n", client.ok(b"ENABLE UTF8=ACCEPT"))
+
+    def test_without_utf8_accept_mailbox_names_are_sent_in_modified_utf7(self) -> None:
+        client = self.client(select=None)
+        client.ok(b"CREATE Entw&APw-rfe")
+        reply = client.ok(b'LIST "" Entw*')
+        self.assertIn(b'"/" "Entw&APw-rfe"\r\n', reply)
+        self.assertNotIn("ü".encode(), reply)
+
+    def test_after_utf8_accept_mailbox_names_are_utf8_both_ways(self) -> None:
+        client = self.client(select=None)
+        client.ok(b"ENABLE UTF8=ACCEPT")
+        client.ok('CREATE "Entwürfe"'.encode())
+        self.assertIn('* LIST (\\HasNoChildren) "/" "Entwürfe"\r\n'.encode(), client.ok(b'LIST "" Entw*'))
+        self.assertIn('* STATUS "Entwürfe" (MESSAGES 0)'.encode(), client.ok('STATUS "Entwürfe" (MESSAGES)'.encode()))
+        self.assertIn(b"Entw\xc3\xbcrfe", [f.name.encode() for f in self.successResultOf(self.mailbox.listFolders())])
+
+    def test_utf8_append_needs_utf8_accept_and_then_stores_the_message(self) -> None:
+        message = "Subject: Grüße\r\n\r\nHallo Jörg\r\n".encode()
+        client = self.client(select=None)
+        self.assertIn(b"BAD UTF8 APPEND needs ENABLE UTF8=ACCEPT", client.command(b"APPEND INBOX UTF8 (~{%d+}\r\n%s)" % (len(message), message)))
+        client.ok(b"ENABLE UTF8=ACCEPT")
+        client.ok(b"APPEND INBOX UTF8 (~{%d+}\r\n%s)" % (len(message), message))
+        self.assertEqual(self.bodies(), [message])
+
+    def test_login_takes_a_utf8_user_name(self) -> None:
+        accounts = make_accounts()
+        accounts.add_domain("bücher.example")
+        accounts.add_user("jörg@bücher.example", "jörg-secret")
+        context = service_context(store=self.store, accounts=accounts)
+        client = Client(self, build_factory(context, "imap", allow_plaintext_auth=True))
+        reply = client.command('LOGIN "jörg@bücher.example" "jörg-secret"'.encode())
+        self.assertIn(b"t1 OK [CAPABILITY ", reply)

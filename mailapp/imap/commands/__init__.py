@@ -65,7 +65,7 @@ _TABLE = (
     Command("AUTHENTICATE", auth.authenticate, _NOT_AUTHENTICATED),
     Command("LOGIN", auth.login, _NOT_AUTHENTICATED),
     # authenticated (and selected)
-    Command("ENABLE", auth.enable, _AUTHENTICATED, capability=b"ENABLE"),
+    Command("ENABLE", auth.enable, _AUTHENTICATED, capability=b"ENABLE UTF8=ACCEPT"),
     Command("IDLE", idle.idle, _AUTHENTICATED, capability=b"IDLE", timed=False),
     Command("NAMESPACE", mailboxes.namespace, _AUTHENTICATED, capability=b"NAMESPACE"),
     Command("CREATE", mailboxes.create, _AUTHENTICATED),
