@@ -207,6 +207,15 @@ class ExtensionTests(TestCase):
     def test_list_remote_is_the_same_as_list(self) -> None:
         self.assertIn(b'"/" "a"\r\n', self.make_tree().ok(b'LIST (REMOTE) "" %'))
 
+    def test_a_deleted_subscribed_folder_stays_subscribed_as_nonexistent(self) -> None:
+        client = self.make_tree()
+        client.ok(b"DELETE b")
+        self.assertIn(b'* LIST (\\NonExistent \\Subscribed) "/" "b"\r\n', client.ok(b'LIST (SUBSCRIBED) "" %'))
+        self.assertIn(b'* LSUB () "/" "b"\r\n', client.ok(b'LSUB "" %'))
+        self.assertNotIn(b'"/" "b"', client.ok(b'LIST "" %'))
+        client.ok(b"UNSUBSCRIBE b")
+        self.assertNotIn(b'"/" "b"', client.ok(b'LIST (SUBSCRIBED) "" %'))
+
     def test_list_return_status_sends_each_mailboxs_status_after_its_line(self) -> None:
         self.successResultOf(self.inbox.append(SIMPLE))
         reply = self.client(select=None).ok(b'LIST "" INBOX RETURN (STATUS (MESSAGES UNSEEN SIZE))')

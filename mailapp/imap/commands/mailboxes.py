@@ -267,6 +267,10 @@ async def _list(session: IMAPServer, tag: bytes, options: _ListOptions, subscrib
         parts = name.split(DELIMITER)
         for depth in range(1, len(parts)):
             every.add(DELIMITER.join(parts[:depth]))
+    # Subscribed names whose folders were deleted (RFC 3501 6.3.9): only what
+    # lists subscriptions shows them, LIST as \NonExistent (RFC 5258 3.4).
+    lost = set(await session.mailbox.subscribedWithoutFolder()) - every
+    subscribed |= lost
 
     def matches(name: str) -> bool:
         text = encode_mailbox(name).decode("ascii") if encoded else name
@@ -277,7 +281,8 @@ async def _list(session: IMAPServer, tag: bytes, options: _ListOptions, subscrib
     special_only = b"SPECIAL-USE" in select
     recursive = b"RECURSIVEMATCH" in select
     lines: list[tuple[bytes, str | None]] = []
-    for name in sorted(every, key=lambda n: (n != "INBOX", n)):
+    candidates = every | lost if subscribed_only or b"SUBSCRIBED" in options.select else every
+    for name in sorted(candidates, key=lambda n: (n != "INBOX", n)):
         if not matches(name):
             continue
         info = names.get(name)
@@ -304,10 +309,13 @@ async def _list(session: IMAPServer, tag: bytes, options: _ListOptions, subscrib
                     continue
             elif not selected:
                 continue
-            if info is None:
+            if name in lost:
+                attributes.append("\\NonExistent")
+            elif info is None:
                 attributes.append("\\Noselect")
-            has_children = any(other.startswith(prefix) for other in every)
-            attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")
+            if name not in lost:
+                has_children = any(other.startswith(prefix) for other in every)
+                attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")
             if info is not None and info.special_use:
                 attributes.append(info.special_use)
             if (by_subscription or b"SUBSCRIBED" in returns) and name in subscribed:
