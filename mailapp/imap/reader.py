@@ -39,6 +39,8 @@ Piece = bytes | String | ParsedLiteral
 #: The characters of a tag (RFC 3501 9, ``tag``; ``+`` is refused where the tag is checked).
 TAG = re.compile(rb"^[\x21-\x7e]+$")
 _LITERAL = re.compile(rb"(~?)\{([0-9]{1,10})(\+?)\}$")
+#: A CATENATE text part's literal follows (RFC 4469 5: ``TEXT SP literal``).
+_TEXT_PART = re.compile(rb"(?:^|[ (])TEXT ?$", re.I)
 _LITERAL_NEGATIVE = re.compile(rb"\{-[0-9]*\+?\}$")
 #: What a line over the limit is answered with, untagged, before the session closes.
 LINE_TOO_LONG = b"BAD Line too long; closing connection"
@@ -267,7 +269,7 @@ class CommandReader:
         assert isinstance(first, bytes)
         words = first.split(b" ", 2)
         last = self._pieces[-1]
-        if isinstance(last, bytes) and last.rstrip().upper().endswith(b"TEXT") and _open_parentheses(self._pieces):
+        if isinstance(last, bytes) and _TEXT_PART.search(last) and _open_parentheses(self._pieces):
             return False
         rest: list[Piece] = [words[2] if len(words) > 2 else b""]
         rest += self._pieces[1:]
