@@ -342,7 +342,9 @@ def load_content(handle: IO[bytes], needles: Collection[str] = ()) -> Content:
             raw = handle.read(_HEADER_READ)
             end = raw.find(b"\r\n\r\n")
             block = raw[: end + 4] if end >= 0 else raw
-    message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
+    # As UTF-8 (RFC 6532 header fields, SMTPUTF8 mail): the bytes parser reads
+    # 8-bit values as unknown bytes, and SUBJECT "Grüße" never matched them.
+    message = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(block.decode("utf-8", "surrogateescape"))
     headers: dict[str, list[str]] = {}
     header_lines = []
     for name, value in message.items():

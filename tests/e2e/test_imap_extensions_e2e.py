@@ -190,6 +190,7 @@ def test_a_smtputf8_message_to_a_utf8_user_is_read_over_imap_after_utf8_login_an
     fetched = fetch_all(raw, b"f", b"FETCH 1 (ENVELOPE BODY.PEEK[HEADER])")
     assert fetched.count(f"Subject: {subject}".encode()) == 1  # in BODY[HEADER]
     assert fetched.count(subject.encode()) == 2  # and in ENVELOPE
+    assert raw.command(b"q", 'SEARCH SUBJECT "köln"'.encode())[0] == b"* SEARCH 1"
     raw.close()
 
 

@@ -266,6 +266,14 @@ class ExtensionTests(TestCase):
         client.ok(b"APPEND INBOX UTF8 (~{%d+}\r\n%s)" % (len(message), message))
         self.assertEqual(self.bodies(), [message])
 
+    def test_search_after_utf8_accept_matches_a_raw_utf8_subject_and_an_encoded_one(self) -> None:
+        self.successResultOf(self.inbox.append("Subject: Grüße aus Köln\r\n\r\nhallo\r\n".encode()))
+        self.successResultOf(self.inbox.append(b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n\r\nhallo\r\n"))
+        client = self.client(select=None)
+        client.ok(b"ENABLE UTF8=ACCEPT")
+        client.ok(b"SELECT INBOX")
+        self.assertIn(b"* SEARCH 1 2\r\n", client.ok('SEARCH SUBJECT "grüße"'.encode()))
+
     def test_login_takes_a_utf8_user_name(self) -> None:
         accounts = make_accounts()
         accounts.add_domain("bücher.example")
