@@ -296,7 +296,15 @@ class IMailbox(Interface):
     def setSubscribed(name: str, subscribed: bool) -> Deferred[bool]:
         """
         Mark C{name} subscribed or not (IMAP LSUB); fires with C{False} when
-        the folder does not exist, and nothing changes.
+        the folder does not exist, and nothing changes; but unsubscribing a
+        name of L{subscribedWithoutFolder} forgets it and fires with C{True}.
+        """
+
+    def subscribedWithoutFolder() -> Deferred[list[str]]:
+        """
+        Fire with the sorted names still subscribed whose folders were
+        deleted: a subscription outlives its folder (RFC 3501 6.3.9). A
+        folder created again under such a name starts subscribed.
         """
 
     def usage() -> Deferred[Usage]:
