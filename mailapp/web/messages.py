@@ -386,7 +386,17 @@ def _split_list(value: str) -> list[str]:
 
 
 def format_addresses(pairs: Iterable[tuple[str, str]]) -> str:
-    return ", ".join(email.utils.formataddr(pair) for pair in pairs)
+    return ", ".join(_format_address(name, address) for name, address in pairs)
+
+
+def _format_address(name: str, address: str) -> str:
+    """One address for a header field; a UTF-8 one (RFC 6532) as it is, which only L{build}'s SMTPUTF8 policy writes."""
+    if address.isascii():
+        return email.utils.formataddr((name, address))
+    try:
+        return str(Address(display_name=name, addr_spec=address))
+    except (ValueError, IndexError, HeaderParseError):
+        return address
 
 
 # -- composing ------------------------------------------------------------------------
@@ -435,7 +445,11 @@ def build(draft: Draft, sender: str, hostname: str, with_bcc: bool, now: float |
     """
     if has_line_break(draft.subject):
         raise ComposeError("Subject: line breaks are not allowed")
-    message = EmailMessage(policy=email.policy.SMTP)
+    # A UTF-8 address in a header field is written as it is (RFC 6532), and
+    # the message then goes out with SMTPUTF8 (the Router flags it).
+    addresses = [sender] + [address for _, address in (*draft.to, *draft.cc, *draft.bcc)]
+    policy = email.policy.SMTP if all(address.isascii() for address in addresses) else email.policy.SMTPUTF8
+    message = EmailMessage(policy=policy)
     message["From"] = from_header(sender, display_name)
     if draft.to:
         message["To"] = format_addresses(draft.to)
@@ -457,7 +471,7 @@ def build(draft: Draft, sender: str, hostname: str, with_bcc: bool, now: float |
         if not _TOKEN.match(content_type):
             maintype, subtype = "application", "octet-stream"
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
-    return message.as_bytes(policy=email.policy.SMTP)
+    return message.as_bytes(policy=policy)
 
 
 def quote(text: str) -> str:
