@@ -48,7 +48,7 @@ class Command:
     name: str
     handler: Handler
     states: frozenset[State]
-    #: Announced in CAPABILITY, in the order of the table (whatever the state).
+    #: Announced in CAPABILITY, in the order of the table (whatever the state); several separated by spaces.
     capability: bytes | None = None
     #: Whether its latency counts in the command metrics (IDLE is a wait, not a command to time).
     timed: bool = True
@@ -65,7 +65,7 @@ _TABLE = (
     Command("AUTHENTICATE", auth.authenticate, _NOT_AUTHENTICATED),
     Command("LOGIN", auth.login, _NOT_AUTHENTICATED),
     # authenticated (and selected)
-    Command("ENABLE", auth.enable, _AUTHENTICATED, capability=b"ENABLE"),
+    Command("ENABLE", auth.enable, _AUTHENTICATED, capability=b"ENABLE UTF8=ACCEPT"),
     Command("IDLE", idle.idle, _AUTHENTICATED, capability=b"IDLE", timed=False),
     Command("NAMESPACE", mailboxes.namespace, _AUTHENTICATED, capability=b"NAMESPACE"),
     Command("CREATE", mailboxes.create, _AUTHENTICATED),
@@ -73,12 +73,12 @@ _TABLE = (
     Command("RENAME", mailboxes.rename, _AUTHENTICATED),
     Command("SUBSCRIBE", mailboxes.subscribe, _AUTHENTICATED),
     Command("UNSUBSCRIBE", mailboxes.unsubscribe, _AUTHENTICATED),
-    Command("LIST", mailboxes.list_, _AUTHENTICATED),
+    Command("LIST", mailboxes.list_, _AUTHENTICATED, capability=b"LIST-EXTENDED LIST-STATUS"),
     Command("LSUB", mailboxes.lsub, _AUTHENTICATED),
-    Command("STATUS", mailboxes.status, _AUTHENTICATED),
+    Command("STATUS", mailboxes.status, _AUTHENTICATED, capability=b"STATUS=SIZE"),
     Command("SELECT", select.select, _AUTHENTICATED),
     Command("EXAMINE", select.examine, _AUTHENTICATED),
-    Command("APPEND", append.append, _AUTHENTICATED),
+    Command("APPEND", append.append, _AUTHENTICATED, capability=b"MULTIAPPEND CATENATE"),
     # selected; UIDPLUS is APPENDUID and COPYUID too, announced with UID EXPUNGE
     Command("UID EXPUNGE", expunge.uid_expunge, _SELECTED, capability=b"UIDPLUS"),
     Command("MOVE", copy.move, _SELECTED, capability=b"MOVE"),
@@ -89,7 +89,7 @@ _TABLE = (
     Command("EXPUNGE", expunge.expunge, _SELECTED),
     Command("SEARCH", search.search, _SELECTED),
     Command("UID SEARCH", search.uid_search, _SELECTED),
-    Command("FETCH", fetch.fetch, _SELECTED),
+    Command("FETCH", fetch.fetch, _SELECTED, capability=b"BINARY"),
     Command("UID FETCH", fetch.uid_fetch, _SELECTED),
     Command("STORE", store.store, _SELECTED),
     Command("UID STORE", store.uid_store, _SELECTED),

@@ -2,7 +2,7 @@
 The commands of any state and of login (RFC 3501 6.1, 6.2): CAPABILITY,
 NOOP, LOGOUT, ID (RFC 2971), STARTTLS, LOGIN, AUTHENTICATE PLAIN (with
 SASL-IR, RFC 4959; decoded by L{mailapp.sasl}, as SMTP's and POP3's are),
-and ENABLE (RFC 5161).
+and ENABLE (RFC 5161: UTF8=ACCEPT, RFC 6855).
 
 The mechanisms behind them are the session's line base's
 (L{mailapp.linesession.LineSession}: logins through the abuse guard and
@@ -107,7 +107,11 @@ def enable(session: IMAPServer, tag: bytes, arguments: list[Token]) -> None:
     enabled = []
     for argument in arguments:
         name = as_string(argument, "capability").upper()
-        if name == b"CONDSTORE" and not session.condstore:
+        # RFC 6855 3: UTF8=ACCEPT; UTF8=ONLY is not offered, so not enabled.
+        if name == b"UTF8=ACCEPT" and not session.utf8:
+            session.utf8 = True
+            enabled.append(name)
+        elif name == b"CONDSTORE" and not session.condstore:
             session.condstore = True
             if session.selected is not None:
                 session.selected.modseqs = True
@@ -115,5 +119,5 @@ def enable(session: IMAPServer, tag: bytes, arguments: list[Token]) -> None:
         elif name == b"QRESYNC" and not session.qresync:
             enable_qresync(session)
             enabled.append(b"QRESYNC")
-    session.untagged(b"ENABLED" + b"".join(b" " + name for name in enabled))
+    session.untagged(b" ".join([b"ENABLED", *enabled]))
     session.tagged(tag, b"OK", b"ENABLE completed")
