@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from mailapp.records import FlagChange, FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, Usage
+from mailapp.records import ChangesSince, FlagChange, FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, Usage
 
 if TYPE_CHECKING:
     # Only named in annotations: the accounts implementation defines them,
@@ -434,6 +434,16 @@ class IFolder(Interface):
         Fire with the folder's highest mod-sequence (L{status}'s
         C{highestmodseq}) in one read by primary key: what SELECT's
         HIGHESTMODSEQ answers. Fails with L{mailapp.errors.NoSuchFolder}.
+        """
+
+    def changesSince(modseq: int) -> Deferred[ChangesSince]:
+        """
+        Fire with a L{mailapp.records.ChangesSince}: what changed after
+        mod-sequence C{modseq} (the messages changed or added, the UIDs
+        expunged) with the folder's token, UIDNEXT and HIGHESTMODSEQ, in
+        one read: what a reader that knew the folder at C{modseq} needs to
+        know it now, in time proportional to the changes, not the folder.
+        Fails with L{mailapp.errors.NoSuchFolder}.
         """
 
     def vanishedSince(modseq: int) -> Deferred[list[int] | None]:

@@ -18,6 +18,7 @@ from typing import Final
 __all__ = [
     "FolderPlacement",
     "ADDED",
+    "ChangesSince",
     "FlagChange",
     "DELIMITER",
     "EXPUNGED",
@@ -93,6 +94,24 @@ class MessageInfo:
     internaldate: float
     #: Its mod-sequence (RFC 7162): raised by every change of it (flags, keywords; a copy or move in is new).
     modseq: int = 1
+
+
+@dataclass(frozen=True)
+class ChangesSince:
+    """
+    What L{IFolder.changesSince} read in one transaction: the folder's
+    token (as L{IFolder.messagesIfChanged} names it), UIDNEXT and
+    HIGHESTMODSEQ now, the messages whose mod-sequence is above the one
+    asked for (changed or new, in UID order), and the UIDs expunged since
+    (None: the store no longer remembers that far back; read the folder
+    whole instead).
+    """
+
+    token: tuple[int, int]
+    uidnext: int
+    highestmodseq: int
+    changed: list[MessageInfo]
+    vanished: list[int] | None
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from mailapp.records import MessageInfo
+from mailapp.records import ChangesSince, MessageInfo
 from mailapp.store.filenames import decode_flags
+from mailapp.store.modseq import vanished_since
 
 #: The triggers, each statement on its own (a trigger's body has semicolons).
 CHANGES_TRIGGERS: tuple[str, ...] = (
@@ -80,5 +81,28 @@ def messages_if_changed(
             "SELECT uid, flags, size, internaldate, modseq FROM messages WHERE folder = ? ORDER BY uid", (folder,)
         ).fetchall()
         return token, int(row[1]), [MessageInfo(uid, decode_flags(flags), size, date, m) for uid, flags, size, date, m in rows]
+    finally:
+        conn.execute("COMMIT")
+
+
+def changes_since(conn: sqlite3.Connection, folder: str, modseq: int) -> ChangesSince | None:
+    """
+    What changed in C{folder} after C{modseq}, read in one transaction (by
+    the ``messages_modseq`` index: proportional to the changes); None when
+    there is no such folder.
+    """
+    conn.execute("BEGIN")
+    try:
+        row = conn.execute(
+            "SELECT uidvalidity, uidnext, changes, highestmodseq FROM folders WHERE name = ?", (folder,)
+        ).fetchone()
+        if row is None:
+            return None
+        rows = conn.execute(
+            "SELECT uid, flags, size, internaldate, modseq FROM messages WHERE folder = ? AND modseq > ? ORDER BY uid",
+            (folder, modseq),
+        ).fetchall()
+        changed = [MessageInfo(uid, decode_flags(flags), size, date, m) for uid, flags, size, date, m in rows]
+        return ChangesSince((int(row[0]), int(row[2])), int(row[1]), int(row[3]), changed, vanished_since(conn, folder, modseq))
     finally:
         conn.execute("COMMIT")

@@ -32,7 +32,7 @@ from mailapp.store import changes, durable, expunged, messagefile, outside, stru
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
-from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, FlagChange, FolderEvent, FolderStatus, MessageInfo
+from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, ChangesSince, FlagChange, FolderEvent, FolderStatus, MessageInfo
 from mailapp.store.filenames import decode_flags, encode_flags, parse_filename
 from mailapp.store.folders import message_counts, write_meta
 from mailapp.store.keywords import message_filename
@@ -246,6 +246,16 @@ class MaildirFolder:
             if row is None:
                 raise NoSuchFolder(f"no such folder: {self.name}")
             return int(row[0])
+
+        return self.store.run(read)
+
+    def changesSince(self, modseq: int) -> Deferred[ChangesSince]:
+        def read() -> ChangesSince:
+            with self._connect() as conn:
+                found = changes.changes_since(conn, self.name, modseq)
+            if found is None:
+                raise NoSuchFolder(f"no such folder: {self.name}")
+            return found
 
         return self.store.run(read)
 

@@ -17,7 +17,7 @@ from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMess
 from mailapp.interfaces import IFolder, IFreeSpace, IMailbox, IMessageStore, IMessageWriter
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder
-from mailapp.records import FlagChange, FolderPlacement
+from mailapp.records import ChangesSince, FlagChange, FolderPlacement
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
 
 
@@ -136,8 +136,15 @@ class FakeFolder:
         """The token is a digest of the messages' UIDs and flags: however a test changed them, it changes."""
         state = self._state
         listed = [state.info(uid) for uid in sorted(state.messages)]
-        token = (state.uidvalidity, hash(tuple((m.uid, m.flags, m.size, m.modseq) for m in listed)))
+        token = _token(state, listed)
         return succeed((token, state.uidnext, None if token == known else listed))
+
+    def changesSince(self, modseq: int) -> Deferred[ChangesSince]:
+        state = self._state
+        listed = [state.info(uid) for uid in sorted(state.messages)]
+        vanished = None if modseq < state.vanished_before else sorted(uid for m, uid in state.vanished if m > modseq)
+        changed = [m for m in listed if m.modseq > modseq]
+        return succeed(ChangesSince(_token(state, listed), state.uidnext, state.highestmodseq, changed, vanished))
 
     def messagesAfter(self, uid: int) -> Deferred[list[MessageInfo]]:
         state = self._state
@@ -252,6 +259,11 @@ class FakeFolder:
         target._publish(ADDED, mapping.values(), source=self.name)
         self._publish(EXPUNGED, mapping)
         return succeed(mapping)
+
+
+def _token(state: _FakeFolderState, listed: list[MessageInfo]) -> tuple[int, int]:
+    """The token is a digest of the messages' UIDs and flags: however a test changed them, it changes."""
+    return (state.uidvalidity, hash(tuple((m.uid, m.flags, m.size, m.modseq) for m in listed)))
 
 
 def _fake(folder: IFolder) -> FakeFolder:

@@ -108,6 +108,25 @@ class _Contract:
         self.assertEqual(moved[0].modseq, (yield archive.highestModseq()))
 
 
+    @inlineCallbacks
+    def test_changes_since_lists_the_changed_the_new_and_the_expunged_with_the_token(self: Any) -> Any:
+        yield self.deliver(4)
+        inbox = yield self.folder()
+        start = yield inbox.highestModseq()
+        yield inbox.setFlags([2], ["\\Seen"], "add")
+        yield inbox.expunge([3])
+        yield self.deliver(1)
+        found = yield inbox.changesSince(start)
+        self.assertEqual([m.uid for m in found.changed], [2, 5])
+        self.assertEqual(found.changed[0].flags, frozenset({"\\Seen"}))
+        self.assertEqual(found.vanished, [3])
+        self.assertEqual(found.highestmodseq, (yield inbox.highestModseq()))
+        token, uidnext, _ = yield inbox.messagesIfChanged(None)
+        self.assertEqual((found.token, found.uidnext), (token, uidnext))
+        nothing = yield inbox.changesSince(found.highestmodseq)
+        self.assertEqual((nothing.changed, nothing.vanished), ([], []))
+
+
 class MaildirModseqTests(_Contract, TestCase):
     def setUp(self) -> None:
         index.reset_connections()
@@ -175,6 +194,7 @@ class MaildirModseqTests(_Contract, TestCase):
                             "modseq_folder_renamed", "modseq_folder_deleted"):
                 conn.execute(f"DROP TRIGGER {trigger}")
             conn.execute("DROP TABLE vanished")
+            conn.execute("DROP INDEX messages_modseq")
             conn.execute("ALTER TABLE folders DROP COLUMN highestmodseq")
             conn.execute("ALTER TABLE folders DROP COLUMN vanished_before")
             conn.execute("ALTER TABLE messages DROP COLUMN modseq")

@@ -181,6 +181,7 @@ class StructureMigrationTests(StructuresTestCase):
                             "modseq_folder_renamed", "modseq_folder_deleted"):
                 conn.execute(f"DROP TRIGGER {trigger}")
             conn.execute("DROP TABLE vanished")
+            conn.execute("DROP INDEX messages_modseq")
             conn.execute("ALTER TABLE folders DROP COLUMN highestmodseq")
             conn.execute("ALTER TABLE folders DROP COLUMN vanished_before")
             conn.execute("ALTER TABLE messages DROP COLUMN modseq")
