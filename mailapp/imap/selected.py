@@ -78,9 +78,14 @@ class SelectedFolder:
             # Copies (C-level): the snapshot is shared by every session of the process.
             self.uids = list(messages.uids)
             self.info = dict(messages.info)
+            mark = messages.modseq
         else:
             self.uids = [m.uid for m in messages]
             self.info = {m.uid: m for m in messages}
+            mark = max((m.modseq for m in messages), default=0)
+        #: A mod-sequence the view is complete up to: an update reads only what changed after it
+        #: (L{mailapp.interfaces.IFolder.changesSince}); 0: read the folder whole.
+        self.mark = mark
         #: Highest UID this view has announced.
         self.highest = self.uids[-1] if self.uids else 0
         self.uidvalidity: int = status.uidvalidity
@@ -213,6 +218,13 @@ class SelectedFolder:
                 return
             self.announceNew(added)
             return
+        if self.mark:
+            found = await self.folder.changesSince(self.mark)
+            if not self.active:
+                return
+            if found.vanished is not None:
+                self._applyChanges(found.changed, found.vanished, found.highestmodseq, allow_expunge, with_uid)
+                return
         messages: list[MessageInfo] = await self.folder.messages()
         if not self.active:
             return
@@ -226,6 +238,8 @@ class SelectedFolder:
             else:
                 self.dirty = True
                 self.only_added = False  # the expunges are still to tell: read it all again
+        if not gone or allow_expunge:
+            self.mark = max((m.modseq for m in messages), default=0)
         out = []
         self.announceKeywords(m.flags for m in messages)
         modseqs = self.modseqs
@@ -247,6 +261,52 @@ class SelectedFolder:
         if out:
             self._write(b"".join(out))
         self.announceNew(messages)
+
+    def _applyChanges(
+        self, changed: list[MessageInfo], vanished: list[int], highest: int, allow_expunge: bool, with_uid: bool
+    ) -> None:
+        """
+        L{update} from what changed after L{mark} alone (the same responses,
+        in the same order, as a read of the whole folder would give): a
+        flag change costs the changed messages, not the folder.
+        """
+        uids = self.uids
+        gone = []
+        for uid in vanished:
+            position = bisect.bisect_left(uids, uid)
+            if position < len(uids) and uids[position] == uid:
+                gone.append(position)
+        if gone:
+            if allow_expunge:
+                self._tellExpunged(gone)
+                for position in reversed(gone):
+                    self._forget(position)
+            else:
+                self.dirty = True
+                self.only_added = False
+        self.announceKeywords(m.flags for m in changed)
+        modseqs = self.modseqs
+        with_uid = with_uid or self.vanished
+        out = []
+        for now in changed:
+            known = self.info.get(now.uid)
+            if known is None:
+                continue
+            if now.flags != known.flags or (modseqs and now.modseq != known.modseq):
+                self.info[now.uid] = now
+                position = bisect.bisect_left(uids, now.uid)
+                flags = now.flags | ({RECENT} if now.uid in self.recent else set())
+                extra = b" UID %d" % now.uid if with_uid else b""
+                if modseqs:
+                    extra += b" MODSEQ (%d)" % now.modseq
+                out.append(b"* %d FETCH (FLAGS %s%s)\r\n" % (position + 1, format_flags(flags), extra))
+            elif now.modseq != known.modseq:
+                self.info[now.uid] = now
+        if out:
+            self._write(b"".join(out))
+        self.announceNew(changed)
+        if not gone or allow_expunge:
+            self.mark = highest
 
     def announceNew(self, messages: list[MessageInfo]) -> None:
         """EXISTS and RECENT for the messages above what the view has announced."""

@@ -10,7 +10,10 @@ listing (the keywords, the first unseen) is computed once per snapshot.
 Snapshots are immutable: a view copies the UID list and the entries it
 changes (C-level copies, a fraction of a millisecond for 10,000
 messages). Bounded: the least recently selected are dropped beyond
-L{MAX_SNAPSHOT_MESSAGES} messages in all.
+L{MAX_SNAPSHOT_MESSAGES} messages in all. A folder that changed since its
+snapshot is brought up to date from what changed after the snapshot's
+mod-sequence (L{mailapp.interfaces.IFolder.changesSince}) rather than
+read whole again, unless the store no longer remembers that far back.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from mailapp.records import FolderStatus, MessageInfo
+from mailapp.records import ChangesSince, FolderStatus, MessageInfo
 
 __all__ = ["MAX_SNAPSHOT_MESSAGES", "FolderSnapshot", "FolderSnapshots"]
 
@@ -41,13 +44,21 @@ class FolderSnapshot:
     keywords: tuple[str, ...]
     #: The sequence number of the first message without \\Seen (None: every one has it).
     first_unseen: int | None
+    #: A mod-sequence the listing is complete up to (RFC 7162): what changed after it is
+    #: all a reader needs to bring the listing up to date (L{FolderSnapshots.read}).
+    modseq: int = 0
 
     @classmethod
-    def of(cls, token: tuple[int, int], uidnext: int, messages: list[MessageInfo]) -> FolderSnapshot:
+    def of(
+        cls, token: tuple[int, int], uidnext: int, messages: list[MessageInfo], modseq: int | None = None
+    ) -> FolderSnapshot:
         keywords: set[str] = set()
         first_unseen = None
         unseen = 0
+        highest = 0
         for position, m in enumerate(messages):
+            if m.modseq > highest:
+                highest = m.modseq
             if m.flags:
                 keywords.update(f for f in m.flags if not f.startswith("\\"))
             if _SEEN not in m.flags:
@@ -62,6 +73,8 @@ class FolderSnapshot:
             {m.uid: m for m in messages},
             tuple(sorted(keywords)),
             first_unseen,
+            # The highest of the messages' own is safe: every change after it is still to be read.
+            highest if modseq is None else modseq,
         )
 
 
@@ -77,21 +90,37 @@ class FolderSnapshots:
         """The folder as it is now: the kept snapshot if its token still holds, else read afresh (and kept)."""
         key = ((account or "").lower(), folder.name)
         kept = self._snapshots.get(key)
+        if kept is not None and kept.modseq:
+            found = await folder.changesSince(kept.modseq)
+            if found.token == kept.token:
+                return self._still(key, kept, found.uidnext)
+            if found.vanished is not None and found.token[0] == kept.token[0]:
+                # Changed since: the kept listing with what changed after its mod-sequence (RFC 7162's
+                # mod-sequences make that exact), not a read of every message.
+                snapshot = FolderSnapshot.of(found.token, found.uidnext, _merged(kept, found), found.highestmodseq)
+                self._keep(key, snapshot)
+                return snapshot
+            kept = None  # too far back for the store's memory of expunges: read it whole
         token, uidnext, messages = await folder.messagesIfChanged(kept.token if kept is not None else None)
         if messages is None and kept is not None and kept.token == token:
-            if kept.status.uidnext != uidnext:
-                # UIDNEXT moved without a message changing (an expunge of the last one is a change): keep in step.
-                kept = FolderSnapshot(kept.token, FolderStatus(token[0], uidnext, kept.status.messages, kept.status.unseen),
-                                      kept.messages, kept.uids, kept.info, kept.keywords, kept.first_unseen)
-                self._snapshots[key] = kept
-            self._snapshots.move_to_end(key)
-            return kept
+            return self._still(key, kept, uidnext)
         if messages is None:  # pragma: no cover - a store answers None only for the token it was given
             token, uidnext, messages = await folder.messagesIfChanged(None)
             assert messages is not None
         snapshot = FolderSnapshot.of(token, uidnext, messages)
         self._keep(key, snapshot)
         return snapshot
+
+    def _still(self, key: tuple[str, str], kept: FolderSnapshot, uidnext: int) -> FolderSnapshot:
+        """The kept snapshot holds; UIDNEXT may have moved without a message changing."""
+        if kept.status.uidnext != uidnext:
+            # (An expunge of the last message is a change; a UIDNEXT raised by a reconcile is not.)
+            status = kept.status
+            kept = FolderSnapshot(kept.token, FolderStatus(status.uidvalidity, uidnext, status.messages, status.unseen),
+                                  kept.messages, kept.uids, kept.info, kept.keywords, kept.first_unseen, kept.modseq)
+            self._snapshots[key] = kept
+        self._snapshots.move_to_end(key)
+        return kept
 
     def _keep(self, key: tuple[str, str], snapshot: FolderSnapshot) -> None:
         old = self._snapshots.pop(key, None)
@@ -104,3 +133,14 @@ class FolderSnapshots:
         while self._held > self._limit:
             _, dropped = self._snapshots.popitem(last=False)
             self._held -= len(dropped.messages)
+
+
+def _merged(kept: FolderSnapshot, found: ChangesSince) -> list[MessageInfo]:
+    """The kept listing less what vanished, with the changed entries replaced and the new ones (higher UIDs) after."""
+    info = kept.info
+    gone = set(found.vanished or ())
+    changed = {m.uid: m for m in found.changed}
+    listing = [changed.get(uid) or info[uid] for uid in kept.uids if uid not in gone]
+    listing.extend(m for m in found.changed if m.uid not in info)
+    listing.sort(key=lambda m: m.uid)  # already in order but for a UID a reconcile gave below the highest (Timsort: one pass)
+    return listing

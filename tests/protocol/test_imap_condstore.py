@@ -260,3 +260,63 @@ class QresyncTests(CondstoreTestCase):
         lines = self.send(protocol, transport, b"t SELECT Archive")
         self.assertEqual(lines[0], b"* OK [CLOSED] Previous mailbox closed")
         self.assertTrue(re.match(rb"^t OK \[READ-WRITE\]", lines[-1]))
+
+
+class ProportionalUpdateTests(CondstoreTestCase):
+    """With mod-sequences the view and the SELECT snapshot read what changed, not the folder."""
+
+    def count_full_reads(self) -> list[int]:
+        from mailapp.testing.store import FakeFolder
+
+        calls: list[int] = []
+        real_messages, real_if_changed = FakeFolder.messages, FakeFolder.messagesIfChanged
+
+        def messages(folder: Any) -> Any:
+            calls.append(1)
+            return real_messages(folder)
+
+        def if_changed(folder: Any, known: Any) -> Any:
+            result = real_if_changed(folder, known)
+            if self.successResultOf(result)[2] is not None:
+                calls.append(1)
+            return real_if_changed(folder, known)
+
+        self.patch(FakeFolder, "messages", messages)
+        self.patch(FakeFolder, "messagesIfChanged", if_changed)
+        return calls
+
+    def test_another_sessions_changes_are_told_without_reading_the_folder_again(self) -> None:
+        protocol, transport = self.connect()
+        self.send(protocol, transport, b"s SELECT INBOX")
+        calls = self.count_full_reads()
+        self.successResultOf(self.inbox.setFlags([2], ["\\Seen"], "add"))
+        self.successResultOf(self.inbox.expunge([4]))
+        self.successResultOf(self.inbox.append(message(6)))
+        lines = self.send(protocol, transport, b"n NOOP")
+        self.assertEqual(lines, [b"* 4 EXPUNGE", b"* 2 FETCH (FLAGS (\\Recent \\Seen))", b"* 5 EXISTS", b"* 5 RECENT",
+                                 b"n OK NOOP completed"])
+        self.assertEqual(calls, [])
+
+    def test_an_expunge_held_back_during_fetch_is_told_at_the_next_command(self) -> None:
+        protocol, transport = self.connect()
+        self.send(protocol, transport, b"s SELECT INBOX")
+        self.successResultOf(self.inbox.expunge([3]))
+        self.successResultOf(self.inbox.setFlags([1], ["\\Flagged"], "add"))
+        lines = self.send(protocol, transport, b"f FETCH 1 (UID)")
+        self.assertNotIn(b"* 3 EXPUNGE", lines)
+        self.assertIn(b"* 1 FETCH (FLAGS (\\Flagged \\Recent))", lines)
+        self.assertEqual(self.send(protocol, transport, b"n NOOP"), [b"* 3 EXPUNGE", b"n OK NOOP completed"])
+
+    def test_a_select_after_a_change_updates_the_snapshot_from_the_changes(self) -> None:
+        protocol, transport = self.connect()
+        self.send(protocol, transport, b"a ENABLE QRESYNC")
+        self.send(protocol, transport, b"s SELECT INBOX")
+        validity = self.successResultOf(self.inbox.status()).uidvalidity
+        since = self.highest()
+        self.send(protocol, transport, b"u UNSELECT")
+        calls = self.count_full_reads()
+        self.successResultOf(self.inbox.setFlags([5], ["\\Answered"], "add"))
+        lines = self.send(protocol, transport, b"s SELECT INBOX (QRESYNC (%d %d))" % (validity, since))
+        self.assertEqual(calls, [])
+        self.assertEqual([line for line in lines if b" FETCH " in line and line.startswith(b"* ")],
+                         [b"* 5 FETCH (UID 5 FLAGS (\\Answered) MODSEQ (%d))" % self.modseqs()[5]])
