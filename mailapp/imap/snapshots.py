@@ -18,6 +18,7 @@ read whole again, unless the store no longer remembers that far back.
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -97,7 +98,7 @@ class FolderSnapshots:
             if found.vanished is not None and found.token[0] == kept.token[0]:
                 # Changed since: the kept listing with what changed after its mod-sequence (RFC 7162's
                 # mod-sequences make that exact), not a read of every message.
-                snapshot = FolderSnapshot.of(found.token, found.uidnext, _merged(kept, found), found.highestmodseq)
+                snapshot = _merged(kept, found)
                 self._keep(key, snapshot)
                 return snapshot
             kept = None  # too far back for the store's memory of expunges: read it whole
@@ -135,12 +136,50 @@ class FolderSnapshots:
             self._held -= len(dropped.messages)
 
 
-def _merged(kept: FolderSnapshot, found: ChangesSince) -> list[MessageInfo]:
-    """The kept listing less what vanished, with the changed entries replaced and the new ones (higher UIDs) after."""
-    info = kept.info
-    gone = set(found.vanished or ())
-    changed = {m.uid: m for m in found.changed}
-    listing = [changed.get(uid) or info[uid] for uid in kept.uids if uid not in gone]
-    listing.extend(m for m in found.changed if m.uid not in info)
-    listing.sort(key=lambda m: m.uid)  # already in order but for a UID a reconcile gave below the highest (Timsort: one pass)
-    return listing
+def _merged(kept: FolderSnapshot, found: ChangesSince) -> FolderSnapshot:
+    """
+    The kept snapshot less what vanished, with the changed entries replaced
+    and the new ones (higher UIDs) after: C-level copies and an edit per
+    change, not a pass in Python over every message. Keywords no longer in
+    use stay listed (FLAGS may name more than are set).
+    """
+    uids, messages, info = list(kept.uids), list(kept.messages), dict(kept.info)
+    unseen = kept.status.unseen
+    keywords = set(kept.keywords)
+    gone = []
+    for uid in found.vanished or ():
+        old = info.pop(uid, None)
+        if old is not None:
+            gone.append(bisect.bisect_left(uids, uid))
+            unseen -= _SEEN not in old.flags
+    for position in sorted(gone, reverse=True):
+        del uids[position]
+        del messages[position]
+    added = []
+    for m in found.changed:
+        old = info.get(m.uid)
+        info[m.uid] = m
+        if m.flags:
+            keywords.update(f for f in m.flags if not f.startswith("\\"))
+        unseen += (_SEEN not in m.flags) - (old is not None and _SEEN not in old.flags)
+        if old is None:
+            added.append(m)
+        else:
+            messages[bisect.bisect_left(uids, m.uid)] = m
+    if added and uids and added[0].uid < uids[-1]:  # a UID a reconcile gave below the highest: rare
+        messages.extend(added)
+        messages.sort(key=lambda m: m.uid)
+        return FolderSnapshot.of(found.token, found.uidnext, messages, found.highestmodseq)
+    messages.extend(added)
+    uids.extend(m.uid for m in added)
+    first_unseen = next((position + 1 for position, m in enumerate(messages) if _SEEN not in m.flags), None)
+    return FolderSnapshot(
+        found.token,
+        FolderStatus(found.token[0], found.uidnext, len(messages), unseen),
+        messages,
+        uids,
+        info,
+        tuple(sorted(keywords)),
+        first_unseen,
+        found.highestmodseq,
+    )

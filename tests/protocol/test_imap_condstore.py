@@ -320,3 +320,38 @@ class ProportionalUpdateTests(CondstoreTestCase):
         self.assertEqual(calls, [])
         self.assertEqual([line for line in lines if b" FETCH " in line and line.startswith(b"* ")],
                          [b"* 5 FETCH (UID 5 FLAGS (\\Answered) MODSEQ (%d))" % self.modseqs()[5]])
+
+
+class SnapshotMergeTests(CondstoreTestCase):
+    def test_a_snapshot_brought_up_to_date_by_changes_equals_one_read_whole(self) -> None:
+        import random
+
+        from twisted.internet.defer import Deferred
+
+        from mailapp.imap.snapshots import FolderSnapshot, FolderSnapshots
+
+        rng = random.Random(7)
+        snapshots = FolderSnapshots()
+        self.successResultOf(Deferred.fromCoroutine(snapshots.read(ALICE, self.inbox)))
+        for round_ in range(30):
+            uids = [m.uid for m in self.successResultOf(self.inbox.messages())]
+            for _ in range(rng.randint(1, 4)):
+                action = rng.choice(["flag", "flag", "seen", "unseen", "expunge", "append"])
+                if action == "append" or not uids:
+                    self.successResultOf(self.inbox.append(message(round_), rng.choice([(), ("\\Seen",), ("$Work",)])))
+                elif action == "expunge":
+                    self.successResultOf(self.inbox.expunge([rng.choice(uids)]))
+                elif action == "seen":
+                    self.successResultOf(self.inbox.setFlags([rng.choice(uids)], ["\\Seen"], "add"))
+                elif action == "unseen":
+                    self.successResultOf(self.inbox.setFlags([rng.choice(uids)], ["\\Seen"], "remove"))
+                else:
+                    self.successResultOf(self.inbox.setFlags([rng.choice(uids)], ["$Label%d" % rng.randint(1, 3)], "add"))
+                uids = [m.uid for m in self.successResultOf(self.inbox.messages())]
+            merged = self.successResultOf(Deferred.fromCoroutine(snapshots.read(ALICE, self.inbox)))
+            token, uidnext, listing = self.successResultOf(self.inbox.messagesIfChanged(None))
+            whole = FolderSnapshot.of(token, uidnext, listing)
+            self.assertEqual((merged.token, merged.status, merged.messages, merged.uids, merged.info, merged.first_unseen),
+                             (whole.token, whole.status, whole.messages, whole.uids, whole.info, whole.first_unseen))
+            self.assertTrue(set(whole.keywords) <= set(merged.keywords))
+            self.assertEqual(merged.modseq, self.highest())
