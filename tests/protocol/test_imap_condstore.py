@@ -250,9 +250,17 @@ class QresyncTests(CondstoreTestCase):
         self.send(protocol, transport, b"s SELECT INBOX")
         self.send(protocol, transport, b"t STORE 2,4 +FLAGS.SILENT (\\Deleted)")
         lines = self.send(protocol, transport, b"e EXPUNGE")
-        self.assertEqual(lines, [b"* VANISHED 2,4", b"e OK EXPUNGE completed"])
+        self.assertEqual(lines, [b"* VANISHED 2,4", b"e OK [HIGHESTMODSEQ %d] EXPUNGE completed" % self.highest()])
         self.successResultOf(self.inbox.expunge([5]))
         self.assertEqual(self.send(protocol, transport, b"n NOOP"), [b"* VANISHED 5", b"n OK NOOP completed"])
+
+    def test_expunge_with_condstore_on_answers_the_new_highestmodseq(self) -> None:
+        protocol, transport = self.connect()
+        self.send(protocol, transport, b"a ENABLE CONDSTORE")
+        self.send(protocol, transport, b"s SELECT INBOX")
+        self.send(protocol, transport, b"t STORE 1 +FLAGS.SILENT (\\Deleted)")
+        lines = self.send(protocol, transport, b"e EXPUNGE")
+        self.assertEqual(lines, [b"* 1 EXPUNGE", b"e OK [HIGHESTMODSEQ %d] EXPUNGE completed" % self.highest()])
 
     def test_a_second_select_first_says_closed(self) -> None:
         protocol, transport = self.qresync_session()

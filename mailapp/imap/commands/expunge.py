@@ -1,7 +1,8 @@
 """
 EXPUNGE and UID EXPUNGE (RFC 3501 6.4.3, RFC 4315 2.1): remove the
 messages flagged \\Deleted (of a UID set, for UID EXPUNGE) in one store
-change, then tell the client what went.
+change, then tell the client what went (with CONDSTORE on, and the
+folder's new HIGHESTMODSEQ: RFC 7162 3.2.10).
 """
 
 from __future__ import annotations
@@ -42,4 +43,9 @@ async def _expunge(session: IMAPServer, tag: bytes, ranges: list[tuple[int | Non
         deleted = [uid for uid in deleted if uid in wanted]
     if deleted:
         await selected.folder.expunge(deleted)
-    await session.complete(tag, b"EXPUNGE completed", force=True)
+    text = b"EXPUNGE completed"
+    if session.condstore:
+        # RFC 7162 3.2.10: an expunge raises HIGHESTMODSEQ with no FETCH to show it. Read before the
+        # update that follows: whatever it includes, that update tells.
+        text = b"[HIGHESTMODSEQ %d] EXPUNGE completed" % await selected.folder.highestModseq()
+    await session.complete(tag, text, force=True)
