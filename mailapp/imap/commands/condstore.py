@@ -141,15 +141,21 @@ def in_ranges(uid: int, ranges: list[tuple[int | None, int | None]], last: int) 
 
 
 async def vanished_earlier(
-    session: IMAPServer, view: SelectedFolder, modseq: int, ranges: list[tuple[int | None, int | None]] | None
+    session: IMAPServer,
+    view: SelectedFolder,
+    modseq: int,
+    ranges: list[tuple[int | None, int | None]] | None,
+    vanished: list[int] | None | bool = False,
 ) -> None:
     """
     ``* VANISHED (EARLIER) uids``: the UIDs within C{ranges} (None: all)
-    expunged after C{modseq}. When the store no longer remembers that far
+    expunged after C{modseq} (C{vanished}, when the caller has read them;
+    otherwise read here). When the store no longer remembers that far
     back, every UID below UIDNEXT in C{ranges} that is not in the folder
     (3.2.5.1 allows UIDs the client never saw).
     """
-    found = await view.folder.vanishedSince(modseq)
+    found = await view.folder.vanishedSince(modseq) if vanished is False else vanished
+    assert found is None or isinstance(found, list)
     last = view.uidnext - 1
     uids: Iterable[int]
     if found is None:

@@ -13,6 +13,7 @@ selected state reads and updates that view.
 
 from __future__ import annotations
 
+import bisect
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from mailapp.imap.commands.condstore import QResync, fetch_responses, in_ranges, parse_select_parameters, vanished_earlier
@@ -79,13 +80,17 @@ async def _resync(session: IMAPServer, view: SelectedFolder, qresync: QResync) -
     (a few ms for 10,000 messages), no read of the folder beyond the
     store's vanished list.
     """
-    await vanished_earlier(session, view, qresync.modseq, qresync.known_uids)
-    since, known, info = qresync.modseq, qresync.known_uids, view.info
-    last = view.uids[-1] if view.uids else 0
+    since, known, info, uids = qresync.modseq, qresync.known_uids, view.info, view.uids
+    # One read of what changed since, in time proportional to the changes. It is as new as the
+    # view or newer: a message the view holds with a mod-sequence above C{since} is in it (or
+    # expunged since, which the view's next update tells).
+    found = await view.folder.changesSince(since)
+    await vanished_earlier(session, view, since, known, found.vanished)
+    last = uids[-1] if uids else 0
     changed = [
-        position
-        for position, uid in enumerate(view.uids)
-        if info[uid].modseq > since and (known is None or in_ranges(uid, known, last))
+        bisect.bisect_left(uids, m.uid)
+        for m in found.changed
+        if m.uid in info and info[m.uid].modseq > since and (known is None or in_ranges(m.uid, known, last))
     ]
     flow = session.flow
     for start in range(0, len(changed), FETCH_BATCH):
