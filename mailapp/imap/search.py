@@ -104,6 +104,8 @@ class Content:
     cut: bool = False
     #: FROM, TO, CC, BCC: each such field's addresses written out normalized, case-folded.
     addresses: dict[str, list[str]] = field(default_factory=dict)
+    #: The raw header block the rest was read from (SORT and THREAD take their fields from it too).
+    header_block: bytes = b""
 
 
 def parse_search(tokens: list[Token], max_seq: int) -> tuple[str | None, list[Any]]:
@@ -362,7 +364,7 @@ def load_content(handle: IO[bytes], needles: Collection[str] = ()) -> Content:
     for name, raw in mime.parse_header_block(block):
         if name in ("from", "to", "cc", "bcc"):
             fields.setdefault(name, []).append(addresses.search_text(raw).casefold())
-    return Content(headers, "\n".join(header_lines).casefold(), found, sent, cut, fields)
+    return Content(headers, "\n".join(header_lines).casefold(), found, sent, cut, fields, block)
 
 
 # -- streaming the text of a message ----------------------------------------------------------

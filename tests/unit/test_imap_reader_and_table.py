@@ -160,7 +160,13 @@ def test_the_table_names_every_command_once_with_the_states_it_is_valid_in():
 
 
 def test_the_commands_capabilities_are_announced_in_the_order_clients_saw_before():
-    assert b" ".join(CAPABILITIES) == b"ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT"
+    assert b" ".join(CAPABILITIES).startswith(b"ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT ")
+
+
+def test_search_sort_and_thread_extensions_are_announced():
+    announced = b" ".join(CAPABILITIES).split()
+    for capability in (b"ESEARCH", b"SEARCHRES", b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES"):
+        assert capability in announced
 
 
 @pytest.mark.parametrize("name", ["CAPABILITY", "NOOP", "LOGOUT", "ID"])

@@ -12,6 +12,7 @@ C{imapserver/<command>.go} and Stalwart's C{crates/imap/src/op/<command>.rs}:
   - L{mailboxes}: CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, NAMESPACE, LIST, LSUB, STATUS
   - L{select}: SELECT, EXAMINE, UNSELECT, CLOSE, CHECK
   - L{idle}, L{append}, L{fetch}, L{store}, L{copy} (COPY and MOVE), L{expunge}, L{search}
+  - L{sort}: SORT and THREAD; L{results}: what SEARCH and SORT RETURN, and ``$`` (SEARCHRES)
 
 Adding an extension is a new module with its handler and a row here.
 """
@@ -22,7 +23,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from mailapp.imap.commands import append, auth, copy, expunge, fetch, idle, mailboxes, search, select, store
+from mailapp.imap.commands import append, auth, copy, expunge, fetch, idle, mailboxes, search, select, sort, store
+from mailapp.imap.commands.results import accepting_saved
 from mailapp.imap.state import State
 from mailapp.imap.wire import Token
 
@@ -80,21 +82,30 @@ _TABLE = (
     Command("EXAMINE", select.examine, _AUTHENTICATED),
     Command("APPEND", append.append, _AUTHENTICATED),
     # selected; UIDPLUS is APPENDUID and COPYUID too, announced with UID EXPUNGE
-    Command("UID EXPUNGE", expunge.uid_expunge, _SELECTED, capability=b"UIDPLUS"),
-    Command("MOVE", copy.move, _SELECTED, capability=b"MOVE"),
-    Command("UID MOVE", copy.uid_move, _SELECTED),
+    Command("UID EXPUNGE", accepting_saved(expunge.uid_expunge, by_uid=True), _SELECTED, capability=b"UIDPLUS"),
+    Command("MOVE", accepting_saved(copy.move, by_uid=False), _SELECTED, capability=b"MOVE"),
+    Command("UID MOVE", accepting_saved(copy.uid_move, by_uid=True), _SELECTED),
     Command("UNSELECT", select.unselect, _SELECTED, capability=b"UNSELECT"),
     Command("CHECK", select.check, _SELECTED),
     Command("CLOSE", select.close, _SELECTED),
     Command("EXPUNGE", expunge.expunge, _SELECTED),
-    Command("SEARCH", search.search, _SELECTED),
-    Command("UID SEARCH", search.uid_search, _SELECTED),
-    Command("FETCH", fetch.fetch, _SELECTED),
-    Command("UID FETCH", fetch.uid_fetch, _SELECTED),
-    Command("STORE", store.store, _SELECTED),
-    Command("UID STORE", store.uid_store, _SELECTED),
-    Command("COPY", copy.copy, _SELECTED),
-    Command("UID COPY", copy.uid_copy, _SELECTED),
+    # RFC 4731, 5182; ``$`` (SEARCHRES) is replaced by the saved result before the handler runs
+    Command("SEARCH", accepting_saved(search.search, by_uid=False, search=True), _SELECTED, capability=b"ESEARCH SEARCHRES"),
+    Command("UID SEARCH", accepting_saved(search.uid_search, by_uid=True, search=True), _SELECTED),
+    # RFC 5256, 5957, 5267 section 3
+    Command("SORT", accepting_saved(sort.sort, by_uid=False, search=True), _SELECTED, capability=b"SORT SORT=DISPLAY ESORT"),
+    Command("UID SORT", accepting_saved(sort.uid_sort, by_uid=True, search=True), _SELECTED),
+    Command(
+        "THREAD", accepting_saved(sort.thread, by_uid=False, search=True), _SELECTED,
+        capability=b"THREAD=ORDEREDSUBJECT THREAD=REFERENCES",
+    ),
+    Command("UID THREAD", accepting_saved(sort.uid_thread, by_uid=True, search=True), _SELECTED),
+    Command("FETCH", accepting_saved(fetch.fetch, by_uid=False), _SELECTED),
+    Command("UID FETCH", accepting_saved(fetch.uid_fetch, by_uid=True), _SELECTED),
+    Command("STORE", accepting_saved(store.store, by_uid=False), _SELECTED),
+    Command("UID STORE", accepting_saved(store.uid_store, by_uid=True), _SELECTED),
+    Command("COPY", accepting_saved(copy.copy, by_uid=False), _SELECTED),
+    Command("UID COPY", accepting_saved(copy.uid_copy, by_uid=True), _SELECTED),
 )
 
 #: The table, by command name as sent (upper case; ``UID FETCH`` and the like as two words).

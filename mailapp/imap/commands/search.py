@@ -6,23 +6,27 @@ Keys the index decides (flags, sizes, dates, sequence and UID sets) are
 matched from the view without touching a file; the messages they cannot
 decide are read in batches, their files opened together and decoded in one
 trip to a worker thread.
+
+``SEARCH RETURN (...)`` answers ESEARCH (RFC 4731), saves the result for
+``$`` (RFC 5182) and pages it (RFC 5267 PARTIAL): L{results}.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Coroutine
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from twisted.internet import defer
 
 from mailapp.errors import NoSuchMessage
 from mailapp.imap import search as keys
+from mailapp.imap.commands import results
 from mailapp.imap.commands.fetch import structure_cut
-from mailapp.imap.wire import Token
+from mailapp.imap.wire import BadCommand, Token
 
 if TYPE_CHECKING:
     from mailapp.imap.session import IMAPServer
 
-__all__ = ["search", "uid_search"]
+__all__ = ["matching", "search", "uid_search"]
 
 #: Messages a SEARCH reads per trip to a worker thread (with their files open at once).
 _SEARCH_BATCH = 64
@@ -41,11 +45,35 @@ def uid_search(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Corou
 async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid: bool) -> None:
     selected = session.selected
     assert selected is not None
-    charset, parsed = keys.parse_search(arguments, len(selected.uids))
+    options, arguments = results.parse_return(arguments)
+    try:
+        charset, parsed = keys.parse_search(arguments, len(selected.uids))
+    except BadCommand:
+        results.failed(session, options)
+        raise
     if charset not in (None, "UTF-8", "US-ASCII"):
+        results.failed(session, options)
         session.tagged(tag, b"NO", b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
         return
-    key = ("AND", parsed)
+    positions = await matching(session, ("AND", parsed))
+    if options is None:
+        hits = [selected.uids[p] if by_uid else p + 1 for p in positions]
+        session.untagged(b"SEARCH" + b"".join(b" %d" % hit for hit in hits))
+    else:
+        results.answer(session, tag, options, [selected.uids[p] for p in positions], by_uid)
+    await session.complete(tag, b"SEARCH completed", allow_expunge=by_uid, with_uid=by_uid)
+
+
+async def matching(
+    session: IMAPServer, key: Any, on_content: Callable[[int, keys.Content], None] | None = None
+) -> list[int]:
+    """
+    The 0-based positions in the selected view of the messages C{key}
+    matches, ascending. C{on_content(position, content)} is told of each
+    message whose file had to be read (SORT takes its fields from the same read).
+    """
+    selected = session.selected
+    assert selected is not None
     uids = list(selected.uids)
     count = len(uids)
     last_uid = uids[-1] if uids else 0
@@ -73,8 +101,10 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
         for (position, uid, message), content in zip(batch, contents):
             if content is not None and content.cut:
                 structure_cut(uid)
+            if content is not None and on_content is not None:
+                on_content(position, content)
             if content is not None and keys.matches(key, message, content, in_set):
-                hits.append(uid if by_uid else position + 1)
+                hits.append(position)
 
     for position, uid in enumerate(uids):
         entry = selected.info[uid]
@@ -88,9 +118,8 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
                 undecided = []
             continue
         if matched:
-            hits.append(uid if by_uid else position + 1)
+            hits.append(position)
     if undecided:
         await decide(undecided)
     hits.sort()
-    session.untagged(b"SEARCH" + b"".join(b" %d" % hit for hit in hits))
-    await session.complete(tag, b"SEARCH completed", allow_expunge=by_uid, with_uid=by_uid)
+    return hits

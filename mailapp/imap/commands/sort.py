@@ -1,0 +1,157 @@
+"""
+SORT, UID SORT (RFC 5256, with RFC 5957's DISPLAYFROM/DISPLAYTO and RFC
+5267's ESORT: ``SORT RETURN (...)``), THREAD and UID THREAD
+(ORDEREDSUBJECT, REFERENCES).
+
+The search keys pick the messages (L{search.matching}); the header fields
+they are sorted or threaded by come from L{header_fields}, which reads each
+message's header block once per command, on the store's worker pool, in
+batches (a block the search already read for its own keys is taken from
+there, not read again). Sorting and threading run on a worker thread too:
+on a 10,000-message folder they take long enough to be felt by every other
+session on the reactor.
+"""
+
+from __future__ import annotations
+
+from typing import IO, TYPE_CHECKING, Any, Coroutine
+
+from twisted.internet import defer
+
+from mailapp.errors import NoSuchMessage
+from mailapp.imap import search as keys
+from mailapp.imap import sorting, threads
+from mailapp.imap.commands import results
+from mailapp.imap.commands.search import matching
+from mailapp.imap.wire import Atom, BadCommand, Token, as_string
+
+if TYPE_CHECKING:
+    from mailapp.imap.session import IMAPServer
+
+__all__ = ["header_fields", "sort", "thread", "uid_sort", "uid_thread"]
+
+#: Messages whose files are open at once while their header blocks are read.
+_HEADER_BATCH = 128
+_CHARSETS = ("UTF-8", "US-ASCII")
+_ALGORITHMS = {"ORDEREDSUBJECT": threads.ordered_subject, "REFERENCES": threads.references}
+
+
+def sort(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
+    return _sort(session, tag, arguments, by_uid=False)
+
+
+def uid_sort(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
+    return _sort(session, tag, arguments, by_uid=True)
+
+
+def thread(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
+    return _thread(session, tag, arguments, by_uid=False)
+
+
+def uid_thread(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
+    return _thread(session, tag, arguments, by_uid=True)
+
+
+def _charset(token: Token) -> str:
+    return as_string(token, "charset").decode("ascii", "replace").upper()
+
+
+async def _sort(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid: bool) -> None:
+    selected = session.selected
+    assert selected is not None
+    options, arguments = results.parse_return(arguments)
+    try:
+        if len(arguments) < 3:
+            raise BadCommand("SORT (criteria) charset search-keys")
+        criteria = sorting.parse_sort_criteria(arguments[0])
+        charset = _charset(arguments[1])
+        _, parsed = keys.parse_search(arguments[2:], len(selected.uids))
+    except BadCommand:
+        results.failed(session, options)
+        raise
+    if charset not in _CHARSETS:
+        results.failed(session, options)
+        session.tagged(tag, b"NO", b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
+        return
+    items = await _matching_fields(session, ("AND", parsed))
+    order: list[int] = await session.factory.offThread(sorting.sort_order, criteria, items)
+    uids = [selected.uids[position] for position in order]
+    if options is None:
+        shown = uids if by_uid else [position + 1 for position in order]
+        session.untagged(b"SORT" + b"".join(b" %d" % n for n in shown))
+    else:
+        results.answer(session, tag, options, uids, by_uid)
+    await session.complete(tag, b"SORT completed", allow_expunge=by_uid, with_uid=by_uid)
+
+
+async def _thread(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid: bool) -> None:
+    selected = session.selected
+    assert selected is not None
+    if len(arguments) < 3 or not isinstance(arguments[0], Atom):
+        raise BadCommand("THREAD algorithm charset search-keys")
+    algorithm = _ALGORITHMS.get(arguments[0].upper().decode("ascii", "replace"))
+    if algorithm is None:
+        raise BadCommand("Unknown THREAD algorithm")
+    charset = _charset(arguments[1])
+    _, parsed = keys.parse_search(arguments[2:], len(selected.uids))
+    if charset not in _CHARSETS:
+        session.tagged(tag, b"NO", b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
+        return
+    items = await _matching_fields(session, ("AND", parsed))
+    numbered = [(selected.uids[p] if by_uid else p + 1, fields) for p, fields in items]
+    text: bytes = await session.factory.offThread(lambda: threads.format_threads(algorithm(numbered)))
+    session.untagged(b"THREAD " + text if text else b"THREAD")
+    await session.complete(tag, b"THREAD completed", allow_expunge=by_uid, with_uid=by_uid)
+
+
+async def _matching_fields(session: IMAPServer, key: Any) -> list[tuple[int, sorting.SortFields]]:
+    """(position, fields) of every message C{key} matches, in sequence order."""
+    blocks: dict[int, bytes] = {}
+    positions = await matching(session, key, lambda position, content: blocks.__setitem__(position, content.header_block))
+    fields = await header_fields(session, positions, blocks)
+    return [(position, fields[position]) for position in positions]
+
+
+async def header_fields(
+    session: IMAPServer, positions: list[int], known: dict[int, bytes] | None = None
+) -> dict[int, sorting.SortFields]:
+    """
+    What SORT and THREAD need of the messages at C{positions} of the
+    selected view: the one place they get header fields from. Each header
+    block is read at most once (C{known} holds those already read), on the
+    store's worker pool; a message whose file is gone is sorted by its
+    index entry alone.
+    """
+    selected = session.selected
+    assert selected is not None
+    known = known or {}
+    out: dict[int, sorting.SortFields] = {}
+    for start in range(0, len(positions), _HEADER_BATCH):
+        batch = positions[start : start + _HEADER_BATCH]
+        unread = [p for p in batch if p not in known]
+        opened = await defer.gatherResults(
+            [
+                selected.folder.openMessage(selected.uids[p]).addErrback(lambda f: f.trap(NoSuchMessage) and None)
+                for p in unread
+            ],
+            consumeErrors=True,
+        )
+        handles = dict(zip(unread, opened))
+        work = [
+            (p, known.get(p), handles.get(p), selected.info[selected.uids[p]].internaldate, selected.info[selected.uids[p]].size)
+            for p in batch
+        ]
+        out.update(await session.factory.offThread(_read_fields, work))
+    return out
+
+
+def _read_fields(
+    work: list[tuple[int, bytes | None, IO[bytes] | None, float, int]],
+) -> dict[int, sorting.SortFields]:
+    """(worker thread) Each message's fields from its known header block, or else from its open file."""
+    out: dict[int, sorting.SortFields] = {}
+    for position, block, handle, internaldate, size in work:
+        if block is None:
+            block = sorting.read_header_block(handle) if handle is not None else b""
+        out[position] = sorting.sort_fields(block, internaldate, size)
+    return out
