@@ -49,7 +49,7 @@ class SortSearchTests(TestCase):
 
     def test_capability_lists_sort_thread_and_the_search_extensions(self) -> None:
         reply = self.client().ok(b"CAPABILITY")
-        for capability in (b"SORT", b"SORT=DISPLAY", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES", b"ESEARCH", b"SEARCHRES", b"ESORT"):
+        for capability in (b"SORT", b"SORT=DISPLAY", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES", b"ESEARCH", b"SEARCHRES", b"ESORT", b"CONTEXT=SEARCH", b"CONTEXT=SORT"):
             self.assertIn(b" " + capability + b" ", reply + b" ")
 
     # -- SORT -----------------------------------------------------------------------------------
@@ -196,3 +196,51 @@ class SortSearchTests(TestCase):
         client.ok(b"COPY $ Saved")
         saved = self.successResultOf(self.store.mailbox(USER.decode()).folder("Saved"))
         self.assertEqual(len(self.successResultOf(saved.messages())), 1)
+
+    # -- CONTEXT=SEARCH, CONTEXT=SORT: live results -----------------------------------------------
+
+    def test_a_live_search_reports_messages_entering_and_leaving_its_result(self) -> None:
+        client = self.client()
+        reply = client.ok(b"SEARCH RETURN (UPDATE) SEEN")
+        self.assertEqual(self.untagged(reply, b"ESEARCH"), b'* ESEARCH (TAG "t3")')
+        reply = client.ok(b"STORE 1,2,4 +FLAGS.SILENT (\\Seen)")
+        self.assertEqual(self.untagged(reply, b"ESEARCH"), b'* ESEARCH (TAG "t3") ADDTO (1 1:2,4)')
+        reply = client.ok(b"STORE 2 -FLAGS.SILENT (\\Seen)")
+        self.assertEqual(self.untagged(reply, b"ESEARCH"), b'* ESEARCH (TAG "t3") REMOVEFROM (2 2)')
+
+    def test_a_live_search_sends_removefrom_before_the_expunge_it_is_about(self) -> None:
+        client = self.client()
+        client.ok(b"SEARCH RETURN (UPDATE ALL) SUBJECT beta")
+        client.ok(b"STORE 3 +FLAGS.SILENT (\\Deleted)")
+        reply = client.ok(b"EXPUNGE")
+        self.assertIn(b'* ESEARCH (TAG "t3") REMOVEFROM (2 3)\r\n* 3 EXPUNGE\r\n', reply)
+
+    def test_a_live_uid_search_reports_mail_another_session_delivers(self) -> None:
+        client = self.client()
+        client.ok(b"UID SEARCH RETURN (UPDATE) SUBJECT delta")
+        uid = self.successResultOf(self.inbox.append(_message("delta", "x@y", "Fri, 6 Jan 2023 10:00:00 +0000")))
+        reply = client.ok(b"NOOP")
+        self.assertIn(b"* 6 EXISTS\r\n", reply)
+        self.assertEqual(self.untagged(reply, b"ESEARCH"), b'* ESEARCH (TAG "t3") UID ADDTO (1 %d)' % uid)
+
+    def test_cancelupdate_ends_a_live_search_and_an_unknown_tag_is_bad(self) -> None:
+        client = self.client()
+        client.ok(b"SEARCH RETURN (UPDATE) SEEN")
+        client.ok(b'CANCELUPDATE "t3"')
+        self.assertNotIn(b"ESEARCH", client.ok(b"STORE 1 +FLAGS.SILENT (\\Seen)"))
+        self.assertIn(b"t6 BAD", client.command(b'CANCELUPDATE "t3"'))
+
+    def test_a_live_sort_reports_positions_in_its_sort_order(self) -> None:
+        client = self.client()
+        reply = client.ok(b"SORT RETURN (UPDATE ALL) (DATE) UTF-8 UNSEEN")
+        self.assertEqual(self.untagged(reply, b"ESEARCH"), b'* ESEARCH (TAG "t3") ALL 2:3,1,4:5')
+        reply = client.ok(b"STORE 3 +FLAGS.SILENT (\\Seen)")
+        self.assertEqual(self.untagged(reply, b"ESEARCH"), b'* ESEARCH (TAG "t3") REMOVEFROM (2 3)')
+        reply = client.ok(b"STORE 3 -FLAGS.SILENT (\\Seen)")
+        self.assertEqual(self.untagged(reply, b"ESEARCH"), b'* ESEARCH (TAG "t3") ADDTO (2 3)')
+
+    def test_a_new_select_ends_every_live_search(self) -> None:
+        client = self.client()
+        client.ok(b"SEARCH RETURN (UPDATE) SEEN")
+        client.ok(b"SELECT INBOX")
+        self.assertNotIn(b"ESEARCH", client.ok(b"STORE 1 +FLAGS.SILENT (\\Seen)"))

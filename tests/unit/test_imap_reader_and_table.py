@@ -165,7 +165,7 @@ def test_the_commands_capabilities_are_announced_in_the_order_clients_saw_before
 
 def test_search_sort_and_thread_extensions_are_announced():
     announced = b" ".join(CAPABILITIES).split()
-    for capability in (b"ESEARCH", b"SEARCHRES", b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES"):
+    for capability in (b"ESEARCH", b"SEARCHRES", b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES", b"CONTEXT=SEARCH", b"CONTEXT=SORT"):
         assert capability in announced
 
 

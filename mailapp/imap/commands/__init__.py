@@ -12,7 +12,8 @@ C{imapserver/<command>.go} and Stalwart's C{crates/imap/src/op/<command>.rs}:
   - L{mailboxes}: CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, NAMESPACE, LIST, LSUB, STATUS
   - L{select}: SELECT, EXAMINE, UNSELECT, CLOSE, CHECK
   - L{idle}, L{append}, L{fetch}, L{store}, L{copy} (COPY and MOVE), L{expunge}, L{search}
-  - L{sort}: SORT and THREAD; L{results}: what SEARCH and SORT RETURN, and ``$`` (SEARCHRES)
+  - L{sort}: SORT and THREAD; L{results}: what SEARCH and SORT RETURN, and ``$`` (SEARCHRES);
+    L{context}: live searches (UPDATE, CANCELUPDATE)
 
 Adding an extension is a new module with its handler and a row here.
 """
@@ -23,7 +24,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from mailapp.imap.commands import append, auth, copy, expunge, fetch, idle, mailboxes, search, select, sort, store
+from mailapp.imap.commands import append, auth, context, copy, expunge, fetch, idle, mailboxes, search, select, sort, store
 from mailapp.imap.commands.results import accepting_saved
 from mailapp.imap.state import State
 from mailapp.imap.wire import Token
@@ -92,8 +93,9 @@ _TABLE = (
     # RFC 4731, 5182; ``$`` (SEARCHRES) is replaced by the saved result before the handler runs
     Command("SEARCH", accepting_saved(search.search, by_uid=False, search=True), _SELECTED, capability=b"ESEARCH SEARCHRES"),
     Command("UID SEARCH", accepting_saved(search.uid_search, by_uid=True, search=True), _SELECTED),
+    Command("CANCELUPDATE", context.cancelupdate, _SELECTED, capability=b"CONTEXT=SEARCH"),
     # RFC 5256, 5957, 5267 section 3
-    Command("SORT", accepting_saved(sort.sort, by_uid=False, search=True), _SELECTED, capability=b"SORT SORT=DISPLAY ESORT"),
+    Command("SORT", accepting_saved(sort.sort, by_uid=False, search=True), _SELECTED, capability=b"SORT SORT=DISPLAY ESORT CONTEXT=SORT"),
     Command("UID SORT", accepting_saved(sort.uid_sort, by_uid=True, search=True), _SELECTED),
     Command(
         "THREAD", accepting_saved(sort.thread, by_uid=False, search=True), _SELECTED,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["ReturnOptions", "accepting_saved", "answer", "failed", "parse_return", "saved"]
 
 _RANGE = re.compile(rb"^([0-9]{1,10}):([0-9]{1,10})$")
-_SIMPLE = {b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE"}
+_SIMPLE = {b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE", b"UPDATE", b"CONTEXT"}
 
 Handler = Callable[["IMAPServer", bytes, list[Token]], "Awaitable[None] | None"]
 
@@ -48,11 +48,14 @@ class ReturnOptions:
     save: bool = False
     #: PARTIAL low:high, 1-based positions in the result, low <= high.
     partial: tuple[int, int] | None = None
+    #: RFC 5267 section 4: keep the search live (UPDATE); CONTEXT is only a hint that it may be.
+    update: bool = False
+    context: bool = False
 
     @property
     def answers(self) -> bool:
         """Whether an ESEARCH response is sent (SAVE alone sends none: RFC 5182 section 2.4)."""
-        return self.min or self.max or self.all or self.count or self.partial is not None
+        return self.min or self.max or self.all or self.count or self.partial is not None or self.update
 
 
 def parse_return(arguments: list[Token]) -> tuple[ReturnOptions | None, list[Token]]:

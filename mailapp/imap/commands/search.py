@@ -8,7 +8,8 @@ decide are read in batches, their files opened together and decoded in one
 trip to a worker thread.
 
 ``SEARCH RETURN (...)`` answers ESEARCH (RFC 4731), saves the result for
-``$`` (RFC 5182) and pages it (RFC 5267 PARTIAL): L{results}.
+``$`` (RFC 5182) and pages it (RFC 5267 PARTIAL): L{results}; with UPDATE
+it stays live (RFC 5267 section 4): L{context}.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from twisted.internet import defer
 
 from mailapp.errors import NoSuchMessage
 from mailapp.imap import search as keys
-from mailapp.imap.commands import results
+from mailapp.imap.commands import context, results
 from mailapp.imap.commands.fetch import structure_cut
 from mailapp.imap.wire import BadCommand, Token
 
@@ -60,17 +61,25 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
         hits = [selected.uids[p] if by_uid else p + 1 for p in positions]
         session.untagged(b"SEARCH" + b"".join(b" %d" % hit for hit in hits))
     else:
-        results.answer(session, tag, options, [selected.uids[p] for p in positions], by_uid)
+        uids = [selected.uids[p] for p in positions]
+        results.answer(session, tag, options, uids, by_uid)
+        if options.update:
+            context.watch(session, tag, ("AND", parsed), uids, by_uid)
     await session.complete(tag, b"SEARCH completed", allow_expunge=by_uid, with_uid=by_uid)
 
 
 async def matching(
-    session: IMAPServer, key: Any, on_content: Callable[[int, keys.Content], None] | None = None
+    session: IMAPServer,
+    key: Any,
+    on_content: Callable[[int, keys.Content], None] | None = None,
+    within: list[int] | None = None,
 ) -> list[int]:
     """
     The 0-based positions in the selected view of the messages C{key}
-    matches, ascending. C{on_content(position, content)} is told of each
-    message whose file had to be read (SORT takes its fields from the same read).
+    matches, ascending; of the positions C{within} only, if given (a live
+    search looks again at what changed). C{on_content(position, content)}
+    is told of each message whose file had to be read (SORT takes its
+    fields from the same read).
     """
     selected = session.selected
     assert selected is not None
@@ -106,7 +115,8 @@ async def matching(
             if content is not None and keys.matches(key, message, content, in_set):
                 hits.append(position)
 
-    for position, uid in enumerate(uids):
+    for position in range(count) if within is None else within:
+        uid = uids[position]
         entry = selected.info[uid]
         message = keys.Message(position + 1, uid, entry.flags, entry.size, entry.internaldate, uid in selected.recent)
         try:

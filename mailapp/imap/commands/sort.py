@@ -21,7 +21,7 @@ from twisted.internet import defer
 from mailapp.errors import NoSuchMessage
 from mailapp.imap import search as keys
 from mailapp.imap import sorting, threads
-from mailapp.imap.commands import results
+from mailapp.imap.commands import context, results
 from mailapp.imap.commands.search import matching
 from mailapp.imap.wire import Atom, BadCommand, Token, as_string
 
@@ -81,6 +81,9 @@ async def _sort(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid:
         session.untagged(b"SORT" + b"".join(b" %d" % n for n in shown))
     else:
         results.answer(session, tag, options, uids, by_uid)
+        if options.update:
+            fields = {selected.uids[position]: item for position, item in items}
+            context.watch(session, tag, ("AND", parsed), uids, by_uid, criteria, fields)
     await session.complete(tag, b"SORT completed", allow_expunge=by_uid, with_uid=by_uid)
 
 
