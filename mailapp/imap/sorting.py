@@ -198,11 +198,18 @@ def base_subject(subject: bytes | str) -> tuple[str, bool]:
 _MESSAGE_ID = re.compile(r"<[^<>]*>")
 
 
+#: The first read of a message for its header block; most blocks fit, and the rest is read only if not.
+_FIRST_READ = 8 * 1024
+
+
 def read_header_block(handle: IO[bytes]) -> bytes:
     """A message's header block (up to L{HEADER_READ}); closes C{handle}."""
     with handle:
-        raw = handle.read(HEADER_READ)
-    end = raw.find(b"\r\n\r\n")
+        raw = handle.read(_FIRST_READ)
+        end = raw.find(b"\r\n\r\n")
+        if end < 0 and len(raw) == _FIRST_READ:
+            raw += handle.read(HEADER_READ - len(raw))
+            end = raw.find(b"\r\n\r\n")
     if end < 0:
         lf = raw.find(b"\n\n")
         return raw if lf < 0 else raw[: lf + 2]
@@ -215,14 +222,12 @@ def _first_address(value: bytes | None) -> addresses.Address | None:
     return found[0] if found else None
 
 
-def _mailbox(value: bytes | None) -> str:
-    address = _first_address(value)
+def _mailbox(address: addresses.Address | None) -> str:
     return "" if address is None or address.mailbox is None else comparable(address.mailbox)
 
 
-def _display(value: bytes | None) -> str:
+def _display(address: addresses.Address | None) -> str:
     """RFC 5957: the display name, else the addr-spec (a group: its name; no domain: the mailbox alone)."""
-    address = _first_address(value)
     if address is None or address.mailbox is None:
         return ""
     if address.name:
@@ -238,13 +243,32 @@ def _ids(value: bytes | None) -> list[str]:
     return [m for m in _MESSAGE_ID.findall(value.decode("utf-8", "replace")) if len(m) > 2 and "@" in m]
 
 
-def sort_fields(block: bytes, internaldate: float, size: int) -> SortFields:
-    """What SORT and THREAD need of a message whose header block is C{block}."""
+#: What each sort criterion, and threading, needs of the header (L{sort_fields}'s C{wanted}).
+NEEDS = {
+    "DATE": frozenset({"date"}),
+    "SUBJECT": frozenset({"subject"}),
+    "FROM": frozenset({"from"}),
+    "TO": frozenset({"to"}),
+    "CC": frozenset({"cc"}),
+    "DISPLAYFROM": frozenset({"from"}),
+    "DISPLAYTO": frozenset({"to"}),
+    "ARRIVAL": frozenset(),
+    "SIZE": frozenset(),
+}
+THREADING = frozenset({"date", "subject", "message-id", "references"})
+EVERYTHING = frozenset({"date", "subject", "from", "to", "cc", "message-id", "references"})
+
+
+def sort_fields(block: bytes, internaldate: float, size: int, wanted: frozenset[str] = EVERYTHING) -> SortFields:
+    """
+    What SORT and THREAD need of a message whose header block is C{block}:
+    only the C{wanted} fields are parsed (an address list is the costly part).
+    """
     first: dict[str, bytes] = {}
     for name, value in mime.parse_header_block(block):
         first.setdefault(name, value)
     fields = SortFields(internaldate, size)
-    date = first.get("date")
+    date = first.get("date") if "date" in wanted else None
     if date:
         try:
             parsed = email.utils.parsedate_tz(date.decode("ascii", "replace"))
@@ -252,13 +276,19 @@ def sort_fields(block: bytes, internaldate: float, size: int) -> SortFields:
                 fields.sent = float(email.utils.mktime_tz(parsed))
         except (TypeError, ValueError, OverflowError):
             fields.sent = None
-    fields.subject, fields.is_reply = base_subject(first.get("subject", b""))
-    fields.from_ = _mailbox(first.get("from"))
-    fields.to = _mailbox(first.get("to"))
-    fields.cc = _mailbox(first.get("cc"))
-    fields.display_from = _display(first.get("from"))
-    fields.display_to = _display(first.get("to"))
-    own = _ids(first.get("message-id"))
-    fields.message_id = own[0] if own else None
-    fields.references = _ids(first.get("references")) or _ids(first.get("in-reply-to"))[:1]
+    if "subject" in wanted:
+        fields.subject, fields.is_reply = base_subject(first.get("subject", b""))
+    if "from" in wanted:
+        sender = _first_address(first.get("from"))
+        fields.from_, fields.display_from = _mailbox(sender), _display(sender)
+    if "to" in wanted:
+        recipient = _first_address(first.get("to"))
+        fields.to, fields.display_to = _mailbox(recipient), _display(recipient)
+    if "cc" in wanted:
+        fields.cc = _mailbox(_first_address(first.get("cc")))
+    if "message-id" in wanted:
+        own = _ids(first.get("message-id"))
+        fields.message_id = own[0] if own else None
+    if "references" in wanted:
+        fields.references = _ids(first.get("references")) or _ids(first.get("in-reply-to"))[:1]
     return fields

@@ -44,6 +44,7 @@ class _Live:
     #: A live SORT: its criteria, and the sort fields of the messages in its result (kept in sort order).
     criteria: list[tuple[str, bool]] | None = None
     fields: dict[int, SortFields] = field(default_factory=dict)
+    wanted: frozenset[str] = frozenset()
 
 
 #: The live searches of each selected view, by tag.
@@ -58,6 +59,7 @@ def watch(
     by_uid: bool,
     criteria: list[tuple[str, bool]] | None = None,
     fields: dict[int, SortFields] | None = None,
+    wanted: frozenset[str] = frozenset(),
 ) -> None:
     """
     Keep the search C{key} live under C{tag}: C{uids} is its result
@@ -73,7 +75,7 @@ def watch(
     if criteria is None:
         searches[tag] = _Live(tag, key, by_uid, sorted(uids), seen)
     else:
-        searches[tag] = _Live(tag, key, by_uid, list(uids), seen, criteria, dict(fields or {}))
+        searches[tag] = _Live(tag, key, by_uid, list(uids), seen, criteria, dict(fields or {}), wanted)
 
 
 def is_live(session: IMAPServer, tag: bytes) -> bool:
@@ -164,7 +166,7 @@ async def changed(session: IMAPServer) -> None:
             position = bisect_left(search.result, entering[0]) + 1
             _notify(session, search, b"ADDTO", position, _numbers(view, search, entering))
             continue
-        added = await header_fields(session, [bisect_left(view.uids, uid) for uid in entering])
+        added = await header_fields(session, [bisect_left(view.uids, uid) for uid in entering], search.wanted)
         if session.selected is not view:
             return
         for p, fields in added.items():

@@ -73,7 +73,8 @@ async def _sort(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid:
         results.failed(session, options)
         session.tagged(tag, b"NO", b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
         return
-    items = await _matching_fields(session, ("AND", parsed))
+    wanted = frozenset().union(*(sorting.NEEDS[name] for name, _ in criteria))
+    items = await _matching_fields(session, ("AND", parsed), wanted)
     order: list[int] = await session.factory.offThread(sorting.sort_order, criteria, items)
     uids = [selected.uids[position] for position in order]
     if options is None:
@@ -83,7 +84,7 @@ async def _sort(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid:
         results.answer(session, tag, options, uids, by_uid)
         if options.update:
             fields = {selected.uids[position]: item for position, item in items}
-            context.watch(session, tag, ("AND", parsed), uids, by_uid, criteria, fields)
+            context.watch(session, tag, ("AND", parsed), uids, by_uid, criteria, fields, wanted)
     await session.complete(tag, b"SORT completed", allow_expunge=by_uid, with_uid=by_uid)
 
 
@@ -100,30 +101,30 @@ async def _thread(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
     if charset not in _CHARSETS:
         session.tagged(tag, b"NO", b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
         return
-    items = await _matching_fields(session, ("AND", parsed))
+    items = await _matching_fields(session, ("AND", parsed), sorting.THREADING)
     numbered = [(selected.uids[p] if by_uid else p + 1, fields) for p, fields in items]
     text: bytes = await session.factory.offThread(lambda: threads.format_threads(algorithm(numbered)))
     session.untagged(b"THREAD " + text if text else b"THREAD")
     await session.complete(tag, b"THREAD completed", allow_expunge=by_uid, with_uid=by_uid)
 
 
-async def _matching_fields(session: IMAPServer, key: Any) -> list[tuple[int, sorting.SortFields]]:
+async def _matching_fields(session: IMAPServer, key: Any, wanted: frozenset[str]) -> list[tuple[int, sorting.SortFields]]:
     """(position, fields) of every message C{key} matches, in sequence order."""
     blocks: dict[int, bytes] = {}
     positions = await matching(session, key, lambda position, content: blocks.__setitem__(position, content.header_block))
-    fields = await header_fields(session, positions, blocks)
+    fields = await header_fields(session, positions, wanted, blocks)
     return [(position, fields[position]) for position in positions]
 
 
 async def header_fields(
-    session: IMAPServer, positions: list[int], known: dict[int, bytes] | None = None
+    session: IMAPServer, positions: list[int], wanted: frozenset[str], known: dict[int, bytes] | None = None
 ) -> dict[int, sorting.SortFields]:
     """
-    What SORT and THREAD need of the messages at C{positions} of the
-    selected view: the one place they get header fields from. Each header
-    block is read at most once (C{known} holds those already read), on the
-    store's worker pool; a message whose file is gone is sorted by its
-    index entry alone.
+    The C{wanted} header fields (L{sorting.NEEDS}) of the messages at
+    C{positions} of the selected view: the one place SORT and THREAD get
+    header fields from. Each header block is read at most once (C{known}
+    holds those already read), on the store's worker pool; a message whose
+    file is gone is sorted by its index entry alone.
     """
     selected = session.selected
     assert selected is not None
@@ -131,6 +132,12 @@ async def header_fields(
     out: dict[int, sorting.SortFields] = {}
     for start in range(0, len(positions), _HEADER_BATCH):
         batch = positions[start : start + _HEADER_BATCH]
+        if not wanted:
+            # ARRIVAL and SIZE are the index's: no file is opened.
+            for p in batch:
+                entry = selected.info[selected.uids[p]]
+                out[p] = sorting.SortFields(entry.internaldate, entry.size)
+            continue
         unread = [p for p in batch if p not in known]
         opened = await defer.gatherResults(
             [
@@ -144,17 +151,17 @@ async def header_fields(
             (p, known.get(p), handles.get(p), selected.info[selected.uids[p]].internaldate, selected.info[selected.uids[p]].size)
             for p in batch
         ]
-        out.update(await session.factory.offThread(_read_fields, work))
+        out.update(await session.factory.offThread(_read_fields, work, wanted))
     return out
 
 
 def _read_fields(
-    work: list[tuple[int, bytes | None, IO[bytes] | None, float, int]],
+    work: list[tuple[int, bytes | None, IO[bytes] | None, float, int]], wanted: frozenset[str]
 ) -> dict[int, sorting.SortFields]:
     """(worker thread) Each message's fields from its known header block, or else from its open file."""
     out: dict[int, sorting.SortFields] = {}
     for position, block, handle, internaldate, size in work:
         if block is None:
             block = sorting.read_header_block(handle) if handle is not None else b""
-        out[position] = sorting.sort_fields(block, internaldate, size)
+        out[position] = sorting.sort_fields(block, internaldate, size, wanted)
     return out
