@@ -167,6 +167,13 @@ class SortSearchTests(TestCase):
         self.assertEqual(self.untagged(client.ok(b"SEARCH $ SUBJECT Re:"), b"SEARCH"), b"* SEARCH 1")
         self.assertEqual(self.untagged(client.ok(b"UID SEARCH UID $"), b"SEARCH"), b"* SEARCH %d %d" % (self.uids[0], self.uids[2]))
 
+    def test_dollar_as_a_search_string_is_text_not_the_saved_result(self) -> None:
+        client = self.client()
+        client.ok(b"SEARCH RETURN (SAVE) ALL")
+        self.assertEqual(self.untagged(client.ok(b"SEARCH SUBJECT $"), b"SEARCH"), b"* SEARCH")
+        self.assertEqual(self.untagged(client.ok(b"SEARCH NOT $"), b"SEARCH"), b"* SEARCH")
+        self.assertEqual(self.untagged(client.ok(b"SORT (DATE) UTF-8 $"), b"SORT"), b"* SORT 2 3 1 4 5")
+
     def test_save_with_min_saves_only_the_minimum(self) -> None:
         client = self.client()
         reply = client.ok(b"SEARCH RETURN (SAVE MIN) SUBJECT beta")

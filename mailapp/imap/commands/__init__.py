@@ -82,7 +82,8 @@ _TABLE = (
     Command("SELECT", select.select, _AUTHENTICATED),
     Command("EXAMINE", select.examine, _AUTHENTICATED),
     Command("APPEND", append.append, _AUTHENTICATED),
-    # selected; UIDPLUS is APPENDUID and COPYUID too, announced with UID EXPUNGE
+    # selected; UIDPLUS is APPENDUID and COPYUID too, announced with UID EXPUNGE; accepting_saved:
+    # a ``$`` sequence set (SEARCHRES) is replaced by the saved result before the handler runs
     Command("UID EXPUNGE", accepting_saved(expunge.uid_expunge, by_uid=True), _SELECTED, capability=b"UIDPLUS"),
     Command("MOVE", accepting_saved(copy.move, by_uid=False), _SELECTED, capability=b"MOVE"),
     Command("UID MOVE", accepting_saved(copy.uid_move, by_uid=True), _SELECTED),
@@ -90,18 +91,15 @@ _TABLE = (
     Command("CHECK", select.check, _SELECTED),
     Command("CLOSE", select.close, _SELECTED),
     Command("EXPUNGE", expunge.expunge, _SELECTED),
-    # RFC 4731, 5182; ``$`` (SEARCHRES) is replaced by the saved result before the handler runs
-    Command("SEARCH", accepting_saved(search.search, by_uid=False, search=True), _SELECTED, capability=b"ESEARCH SEARCHRES"),
-    Command("UID SEARCH", accepting_saved(search.uid_search, by_uid=True, search=True), _SELECTED),
+    # ESEARCH, SEARCHRES, CONTEXT (RFC 4731, 5182, 5267): commands/results.py, commands/context.py
+    Command("SEARCH", search.search, _SELECTED, capability=b"ESEARCH SEARCHRES"),
+    Command("UID SEARCH", search.uid_search, _SELECTED),
     Command("CANCELUPDATE", context.cancelupdate, _SELECTED, capability=b"CONTEXT=SEARCH"),
     # RFC 5256, 5957, 5267 section 3
-    Command("SORT", accepting_saved(sort.sort, by_uid=False, search=True), _SELECTED, capability=b"SORT SORT=DISPLAY ESORT CONTEXT=SORT"),
-    Command("UID SORT", accepting_saved(sort.uid_sort, by_uid=True, search=True), _SELECTED),
-    Command(
-        "THREAD", accepting_saved(sort.thread, by_uid=False, search=True), _SELECTED,
-        capability=b"THREAD=ORDEREDSUBJECT THREAD=REFERENCES",
-    ),
-    Command("UID THREAD", accepting_saved(sort.uid_thread, by_uid=True, search=True), _SELECTED),
+    Command("SORT", sort.sort, _SELECTED, capability=b"SORT SORT=DISPLAY ESORT CONTEXT=SORT"),
+    Command("UID SORT", sort.uid_sort, _SELECTED),
+    Command("THREAD", sort.thread, _SELECTED, capability=b"THREAD=ORDEREDSUBJECT THREAD=REFERENCES"),
+    Command("UID THREAD", sort.uid_thread, _SELECTED),
     Command("FETCH", accepting_saved(fetch.fetch, by_uid=False), _SELECTED),
     Command("UID FETCH", accepting_saved(fetch.uid_fetch, by_uid=True), _SELECTED),
     Command("STORE", accepting_saved(store.store, by_uid=False), _SELECTED),

@@ -8,8 +8,10 @@ The saved result is a list of UIDs kept per selected view (a new SELECT or
 EXAMINE is a new view, so it starts empty, as section 2.1 wants); a message
 expunged since simply is not found any more. ``$`` is put in a command's
 place before its handler runs (L{accepting_saved}), as the sequence or
-UID set that the saved UIDs are now, so FETCH, STORE, COPY, MOVE, SEARCH
-and UID EXPUNGE need to know nothing of it.
+UID set that the saved UIDs are now, so FETCH, STORE, COPY, MOVE and UID
+EXPUNGE need to know nothing of it; among search keys (SEARCH, SORT,
+THREAD) ``$`` is parsed as a key of its own and matched against the saved
+UIDs.
 """
 
 from __future__ import annotations
@@ -169,32 +171,14 @@ def _saved_set(session: IMAPServer, by_uid: bool) -> bytes:
     return format_uid_set(_sequence_numbers(view, uids))
 
 
-def _replace_in_search(session: IMAPServer, tokens: list[Token]) -> list[Token]:
-    out: list[Token] = []
-    for token in tokens:
-        if isinstance(token, list):
-            out.append(_replace_in_search(session, token))
-        elif isinstance(token, Atom) and bytes(token) == b"$":
-            after_uid = bool(out) and isinstance(out[-1], Atom) and out[-1].upper() == b"UID"
-            if not after_uid:
-                out.append(Atom(b"UID"))
-            out.append(Atom(_saved_set(session, by_uid=True)))
-        else:
-            out.append(token)
-    return out
-
-
-def accepting_saved(handler: Any, by_uid: bool, search: bool = False) -> Any:
+def accepting_saved(handler: Any, by_uid: bool) -> Any:
     """
-    C{handler} with ``$`` (RFC 5182) in its sequence set replaced by the
-    saved result; for SEARCH and SORT, wherever a sequence set may stand
-    among the search keys (``$`` alone, or after ``UID``).
+    C{handler} with ``$`` (RFC 5182) as its sequence set replaced by the
+    saved result. (Among search keys, ``$`` is the search parser's: L{search.SAVED}.)
     """
 
     def with_saved_result(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Awaitable[None] | None:
-        if search:
-            arguments = _replace_in_search(session, arguments)
-        elif arguments and isinstance(arguments[0], Atom) and bytes(arguments[0]) == b"$":
+        if arguments and isinstance(arguments[0], Atom) and bytes(arguments[0]) == b"$":
             arguments = [Atom(_saved_set(session, by_uid)), *arguments[1:]]
         result: Awaitable[None] | None = handler(session, tag, arguments)
         return result

@@ -87,7 +87,11 @@ async def matching(
     count = len(uids)
     last_uid = uids[-1] if uids else 0
 
+    saved = set(results.saved(session))
+
     def in_set(ranges: Any, message: keys.Message, uid_set: bool) -> bool:
+        if ranges is keys.SAVED:
+            return message.uid in saved
         value = message.uid if uid_set else message.seq
         last = last_uid if uid_set else count
         for low, high in ranges:
