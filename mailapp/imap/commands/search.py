@@ -71,15 +71,17 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
 async def matching(
     session: IMAPServer,
     key: Any,
-    on_content: Callable[[int, keys.Content], None] | None = None,
+    derive: Callable[[keys.Content], Any] | None = None,
+    on_derived: Callable[[int, Any], None] | None = None,
     within: list[int] | None = None,
 ) -> list[int]:
     """
     The 0-based positions in the selected view of the messages C{key}
     matches, ascending; of the positions C{within} only, if given (a live
-    search looks again at what changed). C{on_content(position, content)}
-    is told of each message whose file had to be read (SORT takes its
-    fields from the same read).
+    search looks again at what changed). For each matching message whose
+    file had to be read, C{derive(content)} runs on the worker thread that
+    read it and C{on_derived(position, result)} is told of its result (SORT
+    takes its fields from the same read).
     """
     selected = session.selected
     assert selected is not None
@@ -110,13 +112,13 @@ async def matching(
             [selected.folder.openMessage(uid).addErrback(lambda f: f.trap(NoSuchMessage) and None) for _, uid, _ in batch],
             consumeErrors=True,
         )
-        contents = await session.factory.offThread(keys.load_contents, opened, needles)
-        for (position, uid, message), content in zip(batch, contents):
+        loaded = await session.factory.offThread(_load, opened, needles, derive)
+        for (position, uid, message), (content, derived) in zip(batch, loaded):
             if content is not None and content.cut:
                 structure_cut(uid)
-            if content is not None and on_content is not None:
-                on_content(position, content)
             if content is not None and keys.matches(key, message, content, in_set):
+                if on_derived is not None:
+                    on_derived(position, derived)
                 hits.append(position)
 
     for position in range(count) if within is None else within:
@@ -137,3 +139,11 @@ async def matching(
         await decide(undecided)
     hits.sort()
     return hits
+
+
+def _load(
+    handles: list[Any], needles: frozenset[str], derive: Callable[[keys.Content], Any] | None
+) -> list[tuple[keys.Content | None, Any]]:
+    """(worker thread) L{keys.load_contents}, and what C{derive} makes of each."""
+    contents = keys.load_contents(handles, needles)
+    return [(c, None if c is None or derive is None else derive(c)) for c in contents]

@@ -7,13 +7,14 @@ The search keys pick the messages (L{search.matching}); the header fields
 they are sorted or threaded by come from L{header_fields}, which reads each
 message's header block once per command, on the store's worker pool, in
 batches (a block the search already read for its own keys is taken from
-there, not read again). Sorting and threading run on a worker thread too:
+there: its fields are made on the same worker-thread trip, not read again). Sorting and threading run on a worker thread too:
 on a 10,000-message folder they take long enough to be felt by every other
 session on the reactor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import IO, TYPE_CHECKING, Any, Coroutine
 
 from twisted.internet import defer
@@ -110,21 +111,27 @@ async def _thread(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
 
 async def _matching_fields(session: IMAPServer, key: Any, wanted: frozenset[str]) -> list[tuple[int, sorting.SortFields]]:
     """(position, fields) of every message C{key} matches, in sequence order."""
-    blocks: dict[int, bytes] = {}
-    positions = await matching(session, key, lambda position, content: blocks.__setitem__(position, content.header_block))
-    fields = await header_fields(session, positions, wanted, blocks)
+    known: dict[int, sorting.SortFields] = {}
+    positions = await matching(
+        session,
+        key,
+        derive=lambda content: sorting.sort_fields(content.header_block, 0.0, 0, wanted),
+        on_derived=known.__setitem__,
+    )
+    fields = await header_fields(session, positions, wanted, known)
     return [(position, fields[position]) for position in positions]
 
 
 async def header_fields(
-    session: IMAPServer, positions: list[int], wanted: frozenset[str], known: dict[int, bytes] | None = None
+    session: IMAPServer, positions: list[int], wanted: frozenset[str], known: dict[int, sorting.SortFields] | None = None
 ) -> dict[int, sorting.SortFields]:
     """
     The C{wanted} header fields (L{sorting.NEEDS}) of the messages at
     C{positions} of the selected view: the one place SORT and THREAD get
     header fields from. Each header block is read at most once (C{known}
-    holds those already read), on the store's worker pool; a message whose
-    file is gone is sorted by its index entry alone.
+    holds the fields of those the search already read), on the store's
+    worker pool; a message whose file is gone is sorted by its index entry
+    alone.
     """
     selected = session.selected
     assert selected is not None
@@ -138,7 +145,13 @@ async def header_fields(
                 entry = selected.info[selected.uids[p]]
                 out[p] = sorting.SortFields(entry.internaldate, entry.size)
             continue
+        for p in batch:
+            if p in known:
+                entry = selected.info[selected.uids[p]]
+                out[p] = dataclasses.replace(known[p], internaldate=entry.internaldate, size=entry.size)
         unread = [p for p in batch if p not in known]
+        if not unread:
+            continue
         opened = await defer.gatherResults(
             [
                 selected.folder.openMessage(selected.uids[p]).addErrback(lambda f: f.trap(NoSuchMessage) and None)
@@ -147,21 +160,15 @@ async def header_fields(
             consumeErrors=True,
         )
         handles = dict(zip(unread, opened))
-        work = [
-            (p, known.get(p), handles.get(p), selected.info[selected.uids[p]].internaldate, selected.info[selected.uids[p]].size)
-            for p in batch
-        ]
+        work = [(p, handles[p], selected.info[selected.uids[p]].internaldate, selected.info[selected.uids[p]].size) for p in unread]
         out.update(await session.factory.offThread(_read_fields, work, wanted))
     return out
 
 
-def _read_fields(
-    work: list[tuple[int, bytes | None, IO[bytes] | None, float, int]], wanted: frozenset[str]
-) -> dict[int, sorting.SortFields]:
-    """(worker thread) Each message's fields from its known header block, or else from its open file."""
+def _read_fields(work: list[tuple[int, IO[bytes] | None, float, int]], wanted: frozenset[str]) -> dict[int, sorting.SortFields]:
+    """(worker thread) Each message's fields from its open file (none when the file is gone)."""
     out: dict[int, sorting.SortFields] = {}
-    for position, block, handle, internaldate, size in work:
-        if block is None:
-            block = sorting.read_header_block(handle) if handle is not None else b""
+    for position, handle, internaldate, size in work:
+        block = sorting.read_header_block(handle) if handle is not None else b""
         out[position] = sorting.sort_fields(block, internaldate, size, wanted)
     return out
