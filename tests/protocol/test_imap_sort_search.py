@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
 
-from mailapp.testing import FakeStore, build_factory, service_context
+from mailapp.testing import FakeStore, HeldThreadPool, build_factory, service_context
 from tests.protocol.accounts import make_accounts
 from tests.protocol.test_imap_conformance import PASSWORD, USER, Client
 
@@ -98,6 +98,18 @@ class SortSearchTests(TestCase):
         self.patch(folder_class, "openMessage", counting)
         client.ok(b"SORT (SUBJECT) UTF-8 HEADER Message-ID x")
         self.assertEqual(sorted(opened), sorted(self.uids))
+
+    def test_sort_reads_and_parses_headers_on_the_store_pool_not_the_reactor(self) -> None:
+        pool = HeldThreadPool()
+        self.context.pools.store = pool
+        self.factory = build_factory(self.context, "imap", allow_plaintext_auth=True)
+        client = self.client()
+        pool.held = True
+        reply = client.command(b"SORT (SUBJECT) UTF-8 ALL")
+        self.assertTrue(pool.jobs)
+        self.assertNotIn(b"* SORT", reply)
+        pool.run()
+        self.assertIn(b"* SORT 2 4 1 3 5\r\nt3 OK SORT completed\r\n", client.transport.value())
 
     # -- THREAD ---------------------------------------------------------------------------------
 

@@ -114,3 +114,22 @@ def test_references_survives_a_chain_thousands_deep():
 def test_ordered_subject_puts_every_later_message_of_a_subject_under_the_first():
     messages = ["Subject: b", "Subject: a", "Subject: Re: b", "Subject: re: a", "Subject: c", "Subject: Fwd: b"]
     assert _thread(messages, ordered_subject) == b"(1 (3)(6))(2 4)(5)"
+
+
+def test_references_lists_every_message_once_whatever_the_references_say():
+    import random
+    import re
+
+    generator = random.Random(5256)
+    for _ in range(200):
+        count = generator.randint(1, 30)
+        messages = []
+        for n in range(count):
+            own = f"Message-ID: <m{generator.randint(0, count)}@x>\r\n" if generator.random() < 0.9 else ""
+            refs = " ".join(f"<m{generator.randint(0, count)}@x>" for _ in range(generator.randint(0, 4)))
+            subject = generator.choice(["a", "Re: a", "b", "Fwd: b", ""])
+            messages.append(f"{own}References: {refs}\r\nSubject: {subject}")
+        text = _thread(messages).decode()
+        assert sorted(int(n) for n in re.findall(r"\d+", text)) == list(range(1, count + 1)), text
+        assert text.count("(") == text.count(")")
+        assert "()" not in text
