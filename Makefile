@@ -16,13 +16,14 @@ install: $(STAMP) test-packages
 # independent DKIM verifier), rspamd with redis-server (the content scanner
 # and its Bayes store, started on loopback by the spam tests), and postfix (an MTA
 # delivering into mailapp over LMTP, a private instance the LMTP test starts and
-# stops; the package's own service is not used). Installed here when a
+# stops; the package's own service is not used), sieve-connect (a ManageSieve
+# client). Installed here when a
 # command is missing, as root (CI runs as root on a clean Debian machine); anyone
 # else is told what to run. The packages' own services (postfix, rspamd,
 # redis) are never started by the install (a policy-rc.d for its length, and
 # postfix left unconfigured): the tests start private instances on loopback,
 # and nothing else may listen on the machine's addresses.
-TEST_PACKAGES := chromium:chromium swaks:swaks mbsync:isync fetchmail:fetchmail ip:iproute2 opendkim-testmsg:opendkim-tools rspamd:rspamd redis-server:redis-server postfix:postfix
+TEST_PACKAGES := chromium:chromium swaks:swaks mbsync:isync fetchmail:fetchmail ip:iproute2 opendkim-testmsg:opendkim-tools rspamd:rspamd redis-server:redis-server postfix:postfix sieve-connect:sieve-connect
 test-packages:
 	@missing=""; for pair in $(TEST_PACKAGES); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \

@@ -26,6 +26,8 @@ from typing import Any, Callable
 import twisted
 
 from bench import server as bench_server
+from bench.imap10k import ROWS as IMAP10K_ROWS
+from bench.imap10k import imap10k_workload
 from bench.submission import submission_dkim_workload
 
 USERS = [f"bench{i}@example.test" for i in range(10)]
@@ -59,13 +61,33 @@ def run_generator(port: int, messages: int, size: int, concurrency: int, per_con
     return json.loads(result.stdout)
 
 
+#: A 20-rule Sieve script, none of whose rules matches the generator's messages: every
+#: test runs and the implicit keep files each one in INBOX, where the generator counts it.
+SIEVE_20_RULES = 'require ["fileinto", "imap4flags"];\n' + "".join(
+    f'if anyof (header :contains "subject" "no-match-{n}", address :is "from" "nobody{n}@example.net") {{ fileinto "Rule{n}"; }}\n'
+    for n in range(20)
+)
+
+
+def _install_sieve(state_dir: Path) -> None:
+    from mailapp.sieve.scripts import ScriptStore, sieve_directory
+
+    scripts = ScriptStore(sieve_directory(state_dir))
+    for user in USERS:
+        scripts.put(user, "rules", SIEVE_20_RULES)
+        scripts.activate(user, "rules")
+
+
 def smtp_workload(
-    messages: int, size: int, concurrency: int, per_connection: int, extra: str = "", scanner: Any = None
+    messages: int, size: int, concurrency: int, per_connection: int, extra: str = "", scanner: Any = None, sieve: bool = False
 ) -> Callable[[Path, float], dict[str, Any]]:
-    """C{extra}: more of the server's config (``[spam]``, with ``--rspamd``); C{scanner}: the rspamd whose CPU is counted."""
+    """
+    C{extra}: more of the server's config (``[spam]``, with ``--rspamd``); C{scanner}: the rspamd whose CPU is counted;
+    C{sieve}: every recipient has L{SIEVE_20_RULES} active.
+    """
 
     def run(workdir: Path, timeout: float) -> dict[str, Any]:
-        server = bench_server.start(USERS, workdir, extra=extra)
+        server = bench_server.start(USERS, workdir, extra=extra, prepare=_install_sieve if sieve else None)
         try:
             cpu_before = server.cpu_seconds()
             rspamd_before = scanner.cpu_seconds() if scanner is not None else 0.0
@@ -312,19 +334,38 @@ def dkim_sign_workload(count: int) -> Callable[[Path, float], dict[str, Any]]:
     return run
 
 
+def login_burst_workload(logins: int) -> Callable[[Path, float], dict[str, Any]]:
+    """Cold logins at once, argon2id shared per account and password or paid per login: L{bench.login_burst}."""
+
+    def run(workdir: Path, timeout: float) -> dict[str, Any]:
+        return _run_json([sys.executable, "-m", "bench.login_burst", "--logins", str(logins)], timeout, "login burst")
+
+    return run
+
+
 def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, float], dict[str, Any]]]]:
     n, big = args.messages, args.large_messages
     spam, rspamd = getattr(args, "spam_extra", ""), getattr(args, "rspamd_process", None)
     scanned = " (scanned by rspamd)" if spam else ""
     return {
         "smtp-4k": (f"SMTP ingest, {n} x 4 KiB, {args.concurrency} connections, 50 per connection{scanned}", smtp_workload(n, 4096, args.concurrency, 50, spam, rspamd)),
+        "smtp-4k-sieve": (
+            f"SMTP ingest, {n} x 4 KiB, {args.concurrency} connections, 50 per connection, each of the 10 recipients with a 20-rule Sieve script",
+            smtp_workload(n, 4096, args.concurrency, 50, spam, rspamd, sieve=True),
+        ),
         "smtp-4k-single": (f"SMTP ingest, {n // 5} x 4 KiB, {args.concurrency} connections, 1 per connection{scanned}", smtp_workload(n // 5, 4096, args.concurrency, 1, spam, rspamd)),
         "smtp-100k": (f"SMTP ingest, {big} x 100 KiB, {args.concurrency} connections, 10 per connection{scanned}", smtp_workload(big, 100 * 1024, args.concurrency, 10, spam, rspamd)),
         "pop3": (f"POP3, one session over {args.pop3_messages} x 4 KiB: STAT, LIST, UIDL, RETR of each", pop3_workload(args.pop3_messages)),
         "imap": (f"IMAP, one INBOX of {args.imap_messages} x 4 KiB: LOGIN+SELECT, UID FETCH 1:* (UID FLAGS), FETCH {args.imap_bodies} BODY.PEEK[], SEARCH SUBJECT, IDLE push x {args.imap_pushes}", imap_workload(args.imap_messages, args.imap_bodies, args.imap_pushes)),
+        "imap-10k": (
+            f"IMAP, one INBOX of {args.imap10k_messages} varied messages, mailapp and (when installed) Dovecot 2.3 side by side: "
+            "SELECT, FETCH 1:* (FLAGS UID RFC822.SIZE), (ENVELOPE), (BODYSTRUCTURE), UID SEARCH SUBJECT, UID SEARCH BODY",
+            imap10k_workload(args.imap10k_messages, not args.no_dovecot),
+        ),
         "idle": (f"IMAP IDLE, {args.idle_connections} connections of {args.idle_users} users at once; {args.imap_pushes} deliveries to 5 of them", idle_workload(args.idle_connections, args.idle_users, args.imap_pushes)),
         "relay": (f"relay, {args.relay_messages} x 4 KiB from A's queue into B (loopback, STARTTLS)", relay_workload(args.relay_messages, 4096, args.relay_connections)),
         "null-sink-4k": (f"generator alone against a null sink, {n} x 4 KiB", null_sink_workload(n, 4096, args.concurrency, 50)),
+        "login-burst": ("200 cold logins at once, 20 for each of 10 accounts, production argon2id: one check per login against shared checks", login_burst_workload(200)),
         "dkim-sign": ("DKIM signatures of a 4 KiB message, 1,000 per algorithm, in-process", dkim_sign_workload(1000)),
         "submission-dkim": (
             f"submission (AUTH PLAIN) to remote recipients, queued durably, {n} x 4 KiB, {args.concurrency} connections, "
@@ -375,6 +416,11 @@ FIGURES = [
     ("ed25519_sha256_ms", "ed25519 ms", "{:.2f}"),
     ("both_ms", "both (1 msg) ms", "{:.2f}"),
     ("rsa_sha256_dkimpy_pure_python_ms", "pure-Py RSA ms", "{:.1f}"),
+    ("each_seconds", "per login s", "{:.2f}"),
+    ("each_argon2id_checks", "per login checks", "{:.0f}"),
+    ("shared_seconds", "shared s", "{:.2f}"),
+    ("shared_argon2id_checks", "shared checks", "{:.0f}"),
+    ("speedup", "speedup", "{:.1f}"),
     ("unsigned_messages_per_second", "unsigned msg/s", "{:.0f}"),
     ("signed_messages_per_second", "signed msg/s", "{:.0f}"),
     ("signed_share", "signed/unsigned", "{:.2f}"),
@@ -385,6 +431,7 @@ FIGURES = [
     ("signed_signing_process_cpu_ms_per_message", "+ signer CPU ms", "{:.2f}"),
     ("threads_server_cpu_ms_per_message", "threads CPU ms", "{:.2f}"),
     ("load_average_before", "load avg (1 min)", "{:.2f}"),
+    *[(f"{server}_{key}", f"{server[:4]} {label}", "{:.4f}") for server in ("mailapp", "dovecot") for key, label in IMAP10K_ROWS],
 ]
 
 
@@ -406,6 +453,8 @@ def main() -> int:
     parser.add_argument("--imap-messages", type=int, default=10_000, help="messages in the IMAP INBOX (default 10000)")
     parser.add_argument("--imap-bodies", type=int, default=1000, help="full bodies fetched in one FETCH (default 1000)")
     parser.add_argument("--imap-pushes", type=int, default=100, help="messages delivered during IDLE, one at a time (default 100)")
+    parser.add_argument("--imap10k-messages", type=int, default=10_000, help="messages in the imap-10k INBOX (default 10000)")
+    parser.add_argument("--no-dovecot", action="store_true", help="imap-10k: mailapp alone, even when /usr/sbin/dovecot exists")
     parser.add_argument("--idle-connections", type=int, default=2000, help="IMAP connections in IDLE at once (default 2000; up to 10000)")
     parser.add_argument("--idle-users", type=int, default=100, help="users those connections log in as (one argon2id check each; default 100)")
     parser.add_argument("--relay-messages", type=int, default=1000, help="entries in A's queue (default 1000)")

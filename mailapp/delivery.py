@@ -29,12 +29,14 @@ from mailapp.errors import (
     NoSuchUser,
     RelayDenied,
     RemoteDeliveryUnavailable,
+    SieveRejected,
     TooManyRecipients,
 )
 from mailapp.forwarding import MAX_UNWIND
 from mailapp.interfaces import IAccounts, IMessageSigner, IMessageStore, IMessageWriter
-from mailapp.records import INBOX
+from mailapp.records import INBOX, FolderPlacement
 from mailapp.store import messagefile
+from mailapp.store.names import normalize_folder
 
 if TYPE_CHECKING:
     # Named in annotations only: the Router is handed these by the composition
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from mailapp.forwarding import Forwarding
     from mailapp.quota import Quotas
     from mailapp.relay.queue import Queue
+    from mailapp.sieve.filter import SieveFilter
 
 _log = Logger()
 
@@ -111,6 +114,9 @@ class Transaction:
     #: MAIL FROM said BODY=BINARYMIME (RFC 3030): the message may hold any
     #: octet, which the relay's DATA could not carry, so it reaches local mailboxes only.
     binarymime: bool = False
+    #: The RCPT address (as in L{recipients}) that first reached each local
+    #: account (lower-cased): a Sieve script's envelope "to", with its +detail.
+    rcpt_for: dict[str, str] = field(default_factory=dict)
 
     @inlineCallbacks
     def addRecipient(self, address: str) -> Any:
@@ -158,6 +164,7 @@ class Transaction:
             self.reached_locally.append(forwarder)
         self.reached[forwarder] = (tuple(resolution.local), tuple(resolution.remote))
         for account in resolution.local:
+            self.rcpt_for.setdefault(account.lower(), forwarder)
             if account.lower() not in (a.lower() for a in self.local):
                 self.local.append(account)
         for target in resolution.remote:
@@ -198,12 +205,17 @@ class Transaction:
 
         The order, and what a failure at each step leaves behind:
 
-          1. the message is on disk (the writer's C{finish});
+          1. the message is on disk (the writer's C{finish}); the local
+             accounts' Sieve scripts run (L{mailapp.sieve.filter}): a reject
+             of every local copy fails here with L{SieveRejected} (550),
+             redirects are committed as transactions of their own, and each
+             account's copies get their folders and flags;
           2. remote copies: the queue writes and syncs the message file and
              the envelope under names the relay manager never reads
              (L{mailapp.relay.queue.Queue.prepare}). A failure here: nothing
              was delivered, the client gets 451 and tries again;
-          3. local copies: the store delivers them, all or none. A failure
+          3. local copies: the store delivers them, all or none (one batch,
+             with the scripts' placements). A failure
              here: the prepared queue files are removed; nothing was
              delivered; 451;
           4. the queue entry is published (an atomic rename, then a directory
@@ -215,7 +227,11 @@ class Transaction:
              C{relay.publish_failed}.
 
         A crash between 2 and 4 leaves prepared files that nobody reads and
-        the queue removes when stale; the client never had its 250.
+        the queue removes when stale; the client never had its 250. A
+        redirect already committed in 1 is not undone by a later failure:
+        the client sends again, and the target may get it twice (again
+        duplicated, never lost). Vacation replies and reject DSNs go out
+        after the commit.
         """
         message = self._opened()
         yield message.finish()
@@ -265,6 +281,13 @@ class Transaction:
         delivered_dsn = self._deliveredRecipients()
         # Read while the message is still ours: a large one is only in its spool file.
         returned_headers = (yield self._headers(message)) if delivered_dsn else b""
+        # A user's Sieve script, after the MX's checks (self.folder is their
+        # choice) and before anything is durable: None when nobody filters.
+        filtered = (yield self._filter(message)) if self.local and self.router.sieve is not None else None
+        placements: list[FolderPlacement] | None = None
+        if filtered is not None:
+            self._rejectInProtocol(filtered)
+            placements = yield self._carryOut(filtered)
         prepared: list[Any] = []
         queue = self.router.queue
         try:
@@ -287,7 +310,10 @@ class Transaction:
                         )
                     )
                 )
-            if self.local:
+            if placements is not None:
+                if placements:
+                    yield self.router.store.deliverPlacements(message, placements)
+            elif self.local:
                 yield self.router.store.deliver(message, self.local, self.folder)
         except Exception as e:
             for entry in prepared:
@@ -298,7 +324,7 @@ class Transaction:
             _log.failure("delivery failed {queue_id}", log_event=logevents.DELIVERY_FAILED, queue_id=self.queue_id)
             raise MailError() from e
         finally:
-            if not self.local:
+            if not self.local or placements == []:
                 yield message.discard()
         if prepared:
             assert queue is not None
@@ -325,7 +351,151 @@ class Transaction:
         )
         if delivered_dsn:
             self.router.notify_delivered(self, delivered_dsn, returned_headers)
+        if filtered is not None:
+            self._afterFiltering(filtered)
         return self.queue_id
+
+    # -- Sieve (mailapp.sieve) -----------------------------------------------
+
+    def _defaultFolder(self, account: str) -> str:
+        """
+        Where a copy goes unless its script says otherwise (the implicit
+        keep): the MX's one choice for the message, INBOX or Junk. The
+        sender lists already weighed in it (L{allowed_accounts}: the scan
+        files nothing in Junk when every recipient allows the sender); a
+        Junk from DMARC's quarantine is indistinguishable here, so an
+        allowance is not applied per account a second time.
+        """
+        return self.folder
+
+    def _filter(self, message: IMessageWriter) -> Deferred[Any]:
+        from mailapp.sieve import Envelope
+
+        sieve = self.router.sieve
+        assert sieve is not None
+        envelopes = {
+            account: Envelope(self.sender, self.rcpt_for.get(account.lower(), account), self.authenticated) for account in self.local
+        }
+        filtered: Deferred[Any] = sieve.filter(
+            list(self.local), envelopes, message, {account: self._defaultFolder(account) for account in self.local}
+        )
+
+        def unfiltered(failure: Failure) -> None:
+            # Our fault (an unreadable script directory, a bug), never the sender's: deliver as if
+            # nobody filtered (RFC 5228 2.10.6's implicit keep), rather than 451 every message.
+            _log.failure(
+                "sieve failed for {queue_id}; delivered unfiltered", failure, log_event=logevents.SIEVE_FAILED, queue_id=self.queue_id
+            )
+            return None
+
+        return filtered.addErrback(unfiltered)
+
+    def _rejectInProtocol(self, filtered: Any) -> None:
+        """
+        RFC 5429 2.1.1: refuse in protocol when every local copy is
+        rejected and nothing else goes anywhere (one SMTP reply can then
+        say it); the reason is the script's. Even for <>: a refused bounce
+        makes no new bounce. The SMTP server answers it at the end of DATA;
+        the webmail shows it; a DSN of ours (L{send_notification}) logs it.
+        """
+        outcomes = filtered.outcomes
+        if self.remote:
+            return
+        if set(outcomes) != set(self.local) or any(outcome.reject is None for outcome in outcomes.values()):
+            return
+        reason = outcomes[self.local[0]].reject
+        for account in self.local:
+            _log.info(
+                "sieve rejected {queue_id} for {account} from=<{sender}> in protocol",
+                log_event=logevents.SIEVE_REJECTED,
+                queue_id=self.queue_id,
+                account=account,
+                sender=self.sender,
+                dsn_id="",
+            )
+        raise SieveRejected(reason)
+
+    @inlineCallbacks
+    def _carryOut(self, filtered: Any) -> Any:
+        """
+        The placements of every local copy (filtered or not), after the
+        redirects have been made durable as transactions of their own: a
+        redirect that fails is kept instead (RFC 5228 2.10.6), and a folder
+        missing for a fileinto without :create is the default folder.
+        """
+        from mailapp.sieve.filter import redirect_copy
+
+        placements: list[FolderPlacement] = []
+        for account in self.local:
+            outcome = filtered.outcomes.get(account)
+            default = self._defaultFolder(account)
+            if outcome is None:
+                placements.append(FolderPlacement(account, default))
+                continue
+            _log.info(
+                "sieve filtered {queue_id} for {account}: {actions}",
+                log_event=logevents.SIEVE_FILTERED,
+                queue_id=self.queue_id,
+                account=account,
+                actions=_actions(outcome),
+                errors="; ".join(outcome.errors),
+                steps=outcome.steps,
+            )
+            chosen = list(outcome.placements)
+            for target in outcome.redirects:
+                copy = redirect_copy(filtered.view, account)
+                error = "redirected too often (a loop?)" if copy is None else ""
+                if copy is not None:
+                    try:
+                        yield self.router.redirect(self, account, target, copy)
+                    except Exception as e:
+                        error = e.text if isinstance(e, MailError) else "local error"
+                if error:
+                    _log.warn(
+                        "sieve redirect of {queue_id} by {account} to <{target}> failed, kept: {error}",
+                        log_event=logevents.SIEVE_REDIRECT_FAILED,
+                        queue_id=self.queue_id,
+                        account=account,
+                        target=target,
+                        error=error,
+                    )
+                    if not any(p.folder.upper() == default.upper() for p in chosen):
+                        from mailapp.sieve import Placement
+
+                        chosen.append(Placement(default))
+            mailbox = self.router.store.mailbox(account)
+            # The folders are read only for a fileinto elsewhere: INBOX and the MX's folder always exist.
+            elsewhere = any(p.folder not in (INBOX, default) for p in chosen)
+            existing = {info.name for info in (yield mailbox.listFolders())} if elsewhere else {default}
+            for placement in chosen:
+                try:
+                    folder = normalize_folder(placement.folder)
+                except MailError:
+                    folder = default
+                if folder not in existing and folder != INBOX:
+                    if placement.create:
+                        # RFC 5490 3.2: create it; should that fail, the message is kept.
+                        try:
+                            yield mailbox.createFolder(folder)
+                            existing.add(folder)
+                        except MailError:
+                            folder = default
+                    else:
+                        # RFC 5228 4.1: filing into a folder that does not exist is an error: the implicit keep.
+                        folder = default
+                placements.append(FolderPlacement(account, folder, placement.flags))
+        return _merged(placements)
+
+    def _afterFiltering(self, filtered: Any) -> None:
+        """After the 250 is earned: vacation replies, reject DSNs, duplicate ids remembered; each failure logged, never the message's."""
+        sieve = self.router.sieve
+        assert sieve is not None
+        for account, outcome in filtered.outcomes.items():
+            sieve.remember_duplicates(account, outcome).addErrback(lambda f: _log.failure("sieve.duplicate_memory", f))
+            if outcome.reject is not None:
+                self.router.reject_by_dsn(self, account, outcome.reject, outcome.ereject, filtered.view)
+            if outcome.vacation is not None:
+                self.router.vacation(self, account, outcome.vacation, filtered.view, filtered.envelopes[account])
 
     def _deliveredRecipients(self) -> list[str]:
         """
@@ -429,6 +599,90 @@ class Router:
         self.signer = signer
         #: The name DSNs come from (Reporting-MTA, MAILER-DAEMON@); the service sets the server's hostname.
         self.hostname = "localhost"
+        #: Runs users' Sieve scripts at local delivery (L{mailapp.sieve.filter.SieveFilter}), or None: no filtering.
+        self.sieve: SieveFilter | None = None
+
+    @inlineCallbacks
+    def redirect(self, original: Transaction, account: str, target: str, data: bytes) -> Any:
+        """
+        Sieve's redirect (RFC 5228 4.2) of C{original} by C{account}: a new
+        transaction to C{target} (through the relay, or local), committed
+        before the original's 250. Its envelope sender is the original's,
+        rewritten by SRS where forwarding does that (so SPF still passes);
+        C{data} carries our loop mark (L{mailapp.sieve.filter.redirect_copy}).
+        """
+        sender = original.sender
+        if sender and self.forwarding is not None:
+            sender = self.forwarding.sender_for(sender, account)
+        transaction = self.start(sender, relay_allowed=True)
+        transaction.sign = False
+        try:
+            yield transaction.addRecipient(target)
+            message = transaction.open()
+            message.write(data)
+            queue_id = yield transaction.commit()
+        except BaseException:
+            transaction.abort()
+            raise
+        return queue_id
+
+    def reject_by_dsn(self, transaction: Transaction, account: str, reason: str, ereject: bool, view: Any) -> None:
+        """
+        A Sieve reject that could not be said in protocol (other recipients
+        took the message): RFC 5429 2.1.2 asks for a DSN (or MDN) to the
+        sender. Sent only where a DSN cannot be backscatter (our own
+        users, trusted networks, an SPF-verified sender), never to <>.
+        """
+        fields = dict(queue_id=transaction.queue_id, account=account, sender=transaction.sender)
+        if not transaction.sender or not (transaction.relay_allowed or transaction.sender_verified):
+            _log.info("sieve rejected {queue_id} for {account}: no DSN to <{sender}> (not verified)", log_event=logevents.SIEVE_REJECTED, dsn_id="", **fields)
+            return
+        import time
+
+        now = time.time()
+        address = transaction.rcpt_for.get(account.lower(), account)
+        data = dsn.build_dsn(
+            reporting_mta=self.hostname,
+            queue_id=transaction.queue_id,
+            sender=transaction.sender,
+            arrival=now,
+            now=now,
+            action=dsn.FAILED,
+            recipients=[dsn.RecipientStatus(address, "5.7.1", "550 5.7.1 " + SieveRejected(reason).text)],
+            original_headers=dsn.header_block(view.raw),
+            envid=transaction.dsn.envid,
+        )
+
+        def sent(dsn_id: str) -> None:
+            _log.info("sieve rejected {queue_id} for {account}: DSN {dsn_id} to <{sender}>", log_event=logevents.SIEVE_REJECTED, dsn_id=dsn_id, **fields)
+
+        def failed(reason: Failure) -> None:
+            _log.warn("sieve reject DSN for {queue_id} to <{sender}> not sent: {error}", log_event=logevents.SIEVE_REJECTED, dsn_id="", error=reason.getErrorMessage(), **fields)
+
+        self.send_notification(transaction.sender, data).addCallbacks(sent, failed)
+
+    def vacation(self, transaction: Transaction, account: str, vacation: Any, view: Any, envelope: Any) -> Deferred[None]:
+        """A Sieve vacation reply (RFC 5230), from <> through the relay like a DSN (so DKIM-signed), when its rules allow one."""
+        sieve = self.sieve
+        assert sieve is not None
+        fields = dict(queue_id=transaction.queue_id, account=account, sender=transaction.sender)
+
+        def decided(answer: tuple[bytes | None, str]) -> Any:
+            data, why = answer
+            if data is None:
+                _log.info("sieve vacation for {account} not sent to <{sender}>: {reason}", log_event=logevents.SIEVE_VACATION_SKIPPED, reason=why, **fields)
+                return None
+            return self.send_notification(transaction.sender, data).addCallback(
+                lambda reply_id: _log.info(
+                    "sieve vacation reply {reply_id} from {account} to <{sender}>", log_event=logevents.SIEVE_VACATION_SENT, reply_id=reply_id, **fields
+                )
+            )
+
+        def failed(reason: Failure) -> None:
+            _log.warn("sieve vacation from {account} to <{sender}> failed: {error}", log_event=logevents.SIEVE_VACATION_FAILED, error=reason.getErrorMessage(), **fields)
+
+        done: Deferred[None] = sieve.vacation_reply(account, vacation, view, envelope, self.hostname).addCallback(decided).addErrback(failed)
+        return done
 
     @inlineCallbacks
     def send_notification(self, recipient: str, data: bytes, requiretls: bool = False) -> Any:
@@ -519,3 +773,25 @@ class Router:
             refusals.append(refused)
         temporary = [refused for refused in refusals if refused.temporary]
         return (temporary or refusals)[0] if refusals else None
+
+
+def _actions(outcome: Any) -> str:
+    """What a script did, for the log: folders, redirects, reject, vacation."""
+    parts = [f"fileinto {p.folder}" + (f" flags {' '.join(sorted(p.flags))}" if p.flags else "") for p in outcome.placements]
+    parts += [f"redirect {target}" for target in outcome.redirects]
+    if outcome.reject is not None:
+        parts.append("reject")
+    if outcome.vacation is not None:
+        parts.append("vacation")
+    return ", ".join(parts) or "discard"
+
+
+def _merged(placements: list[FolderPlacement]) -> list[FolderPlacement]:
+    """One copy per account and folder (a fileinto that fell back to the default folder meets the keep there); flags add up."""
+    merged: dict[tuple[str, str], FolderPlacement] = {}
+    for placement in placements:
+        key = (placement.account.lower(), placement.folder)
+        if key in merged:
+            placement = FolderPlacement(placement.account, merged[key].folder, merged[key].flags | placement.flags)
+        merged[key] = placement
+    return list(merged.values())

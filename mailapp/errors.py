@@ -204,3 +204,17 @@ class KeywordLimit(FolderError):
 MAX_KEYWORDS_PER_MESSAGE = 64
 #: Distinct keywords in one folder.
 MAX_KEYWORDS_PER_FOLDER = 256
+
+
+class SieveRejected(MailError):
+    """
+    The recipient's Sieve script said C{reject} or C{ereject} (RFC 5429),
+    answered in protocol at the end of DATA: the text is the script's
+    reason, made one printable ASCII line (it is the user's, not ours).
+    """
+
+    code, enhanced, text = 550, "5.7.1", "Message rejected by the recipient"
+
+    def __init__(self, reason: str = "") -> None:
+        line = "".join(c if " " <= c <= "~" else " " for c in " ".join(reason.split()))[:200].strip()
+        super().__init__(line or None)

@@ -23,13 +23,13 @@ and C{verifyObject} see.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from mailapp.records import FolderEvent, FolderInfo, FolderStatus, MessageInfo, Usage
+from mailapp.records import FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, Usage
 
 if TYPE_CHECKING:
     # Only named in annotations: the accounts implementation defines them,
@@ -214,6 +214,18 @@ class IMessageStore(Interface):
         """
 
 
+    def deliverPlacements(message: WriterFromThisStore, placements: Sequence[FolderPlacement]) -> Deferred[list[int]]:
+        """
+        L{deliver}, with a folder and flags per copy: what a user's Sieve
+        script chose (L{mailapp.sieve}). One account may have several
+        placements (C{fileinto} and C{keep}); every folder must exist.
+        Every copy is written in one durable batch, all or none.
+
+        Fires with the UID of each placement's copy, in order; fails as
+        L{deliver} does (L{mailapp.errors.NoSuchFolder} for a missing folder).
+        """
+
+
 class IMessageWriter(Interface):
     """
     A message arriving over the network, streamed to a spool file so that
@@ -310,6 +322,16 @@ class IFolder(Interface):
         folder as it is now.
         """
 
+    def messagesIfChanged(known: tuple[int, int] | None) -> Deferred[tuple[tuple[int, int], int, list[MessageInfo] | None]]:
+        """
+        Fire with (token, UIDNEXT, messages): the token (UIDVALIDITY and a
+        change counter) names the folder's state, changing with every
+        message added, removed or changed, by whatever process; the
+        messages are L{messages}' list, or None when the token is still
+        C{known} (the caller has them). One read, cheap when unchanged
+        whatever the folder's size. Fails with L{mailapp.errors.NoSuchFolder}.
+        """
+
     def messagesAfter(uid: int) -> Deferred[list[MessageInfo]]:
         """
         Fire with the L{mailapp.records.MessageInfo} of the messages whose UID
@@ -336,6 +358,23 @@ class IFolder(Interface):
         (stream it with L{openMessage}).
         One trip to a worker thread: what a protocol uses for small messages.
         Fails with L{mailapp.errors.NoSuchMessage}.
+        """
+
+    def cachedStructures(uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:
+        """
+        Fire with UID -> the cached structure blob of version C{version}
+        kept for each of C{uids} that has one (L{saveStructures}; the
+        store never looks inside a blob). Messages without one, or with a
+        blob of another version, are left out: the caller computes and
+        saves theirs. One read, never a message file.
+        """
+
+    def saveStructures(blobs: Mapping[int, bytes], version: int) -> Deferred[None]:
+        """
+        Keep C{blobs} (UID -> opaque blob of version C{version}) with the
+        messages that still exist, replacing what they had; the store may
+        keep fewer (a blob over its size bound). A blob is dropped with its
+        message (expunge, move) and never outlives the file it describes.
         """
 
     def setFlags(uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:

@@ -101,6 +101,20 @@ QUOTA_REFUSED: Final = "quota.refused"
 # --- delivery and the store ---
 DELIVERY_STORED: Final = "delivery.stored"
 DELIVERY_FAILED: Final = "delivery.failed"
+#: fields: queue_id, account, actions (what the script did), errors (its runtime errors, if any), steps
+SIEVE_FILTERED: Final = "sieve.filtered"
+#: fields: queue_id; running the scripts failed (not a script's own error): the message is delivered unfiltered
+SIEVE_FAILED: Final = "sieve.failed"
+#: fields: queue_id, account, target, error; a redirect that failed, kept instead
+SIEVE_REDIRECT_FAILED: Final = "sieve.redirect_failed"
+#: fields: queue_id, account, sender, reason (why no reply: list, bulk, null sender, ourselves, already answered, daily bound)
+SIEVE_VACATION_SKIPPED: Final = "sieve.vacation_skipped"
+#: fields: queue_id, account, sender, reply_id
+SIEVE_VACATION_SENT: Final = "sieve.vacation_sent"
+#: fields: queue_id, account, sender, error
+SIEVE_VACATION_FAILED: Final = "sieve.vacation_failed"
+#: fields: queue_id, account, sender, dsn_id (empty when none could be sent without backscatter)
+SIEVE_REJECTED: Final = "sieve.rejected"
 SMTP_AUTH_OK: Final = "smtp.auth_ok"
 SMTP_INTERNAL_ERROR: Final = "smtp.internal_error"
 
@@ -121,6 +135,16 @@ SWEEP_FAILED: Final = "service.sweep_failed"
 INDEX_REPAIR_POSTPONED: Final = "store.index_repair_postponed"
 
 # --- POP3 (mailapp.pop3); failed logins use AUTH_FAILED with protocol="pop3" ---
+#: fields: account, client
+MANAGESIEVE_LOGIN: Final = "managesieve.login"
+#: fields: account, client, command (PUTSCRIPT, SETACTIVE, DELETESCRIPT, RENAMESCRIPT), name
+MANAGESIEVE_CHANGED: Final = "managesieve.changed"
+#: fields: client, account
+MANAGESIEVE_TIMEOUT: Final = "managesieve.timeout"
+#: fields: client, failures
+MANAGESIEVE_AUTH_FAILURES_EXCEEDED: Final = "managesieve.auth_failures_exceeded"
+#: fields: client
+MANAGESIEVE_INTERNAL_ERROR: Final = "managesieve.internal_error"
 POP3_LOGIN: Final = "pop3.login"
 POP3_IN_USE: Final = "pop3.in_use"
 POP3_UPDATE: Final = "pop3.update"

@@ -12,6 +12,16 @@ shipper. Three ways to get JSON:
 
 Nothing here writes a password or a message body: those are never put in a
 log event in the first place (a test scans a whole session's log for them).
+
+The log file. twistd's own (``--logfile``, or ``twistd.log`` when it
+daemonises) rotates at 1 MB and never deletes a rotated file, so a busy
+server fills its disk with logs. When twistd is to write a file and its
+command line named no ``--logger``, :func:`apply_log_format` hands it
+:func:`file_observer` instead: the same file, rotated at ``[server]
+log_file_max_bytes`` with ``log_file_keep`` rotated files kept (the oldest
+deleted), SIGUSR1 rotating it as before, in the chosen format. Under
+systemd, ``twistd -n`` without ``--logfile`` logs to stdout, which the
+journal keeps and ages itself.
 """
 
 from __future__ import annotations
@@ -19,10 +29,48 @@ from __future__ import annotations
 import sys
 from typing import IO, Any
 
-from twisted.logger import FileLogObserver, ILogObserver, jsonFileLogObserver
-from twisted.python import usage
+from dataclasses import dataclass
 
-__all__ = ["apply_log_format", "json_observer"]
+from twisted.logger import FileLogObserver, ILogObserver, jsonFileLogObserver, textFileLogObserver
+from twisted.python import logfile, usage
+
+__all__ = ["apply_log_format", "file_observer", "json_observer"]
+
+
+@dataclass
+class _FileSettings:
+    """What L{file_observer} opens: set while options are parsed, read when twistd starts logging."""
+
+    path: str = "twistd.log"
+    log_format: str = "text"
+    max_bytes: int = 10 * 1024 * 1024
+    keep: int = 10
+
+
+_file = _FileSettings()
+
+
+def file_observer() -> FileLogObserver:
+    """
+    A log observer factory for ``twistd --logger``: the log file of
+    L{_file}, rotated at its size with its number of rotated files kept
+    (Twisted's C{LogFile} deletes the oldest), rotated on SIGUSR1 too.
+    """
+    import signal
+
+    # maxRotatedFiles=None would keep every file; 0 keeps none (Twisted removes .1 at once).
+    output = logfile.LogFile.fromFullPath(_file.path, rotateLength=_file.max_bytes, maxRotatedFiles=_file.keep)
+    if not signal.getsignal(signal.SIGUSR1):
+
+        def rotate(number: int, frame: object) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(output.rotate)  # type: ignore[attr-defined]
+
+        signal.signal(signal.SIGUSR1, rotate)
+    if _file.log_format == "json":
+        return jsonFileLogObserver(output, recordSeparator="")
+    return textFileLogObserver(output)
 
 
 def json_observer(stream: IO[str] | None = None) -> FileLogObserver:
@@ -35,18 +83,27 @@ def json_observer(stream: IO[str] | None = None) -> FileLogObserver:
     return jsonFileLogObserver(stream if stream is not None else sys.stdout, recordSeparator="")
 
 
-def apply_log_format(options: usage.Options, log_format: str) -> None:
+def apply_log_format(options: usage.Options, log_format: str, max_bytes: int = _file.max_bytes, keep: int = _file.keep) -> None:
     """
     Make the ``twist`` or ``twistd`` run that parsed ``options`` (our
     subcommand's options) log in ``log_format``, unless its own command line
-    already chose: ``twist --log-format`` or ``twistd --logger`` win.
+    already chose: ``twist --log-format`` or ``twistd --logger`` win; and
+    make twistd's log file one that is rotated at C{max_bytes} and keeps
+    C{keep} rotated files (see the module docstring).
 
     Called while options are parsed, before the runner starts logging.
     """
-    if log_format != "json":
-        return
     parent: Any = getattr(options, "parent", None)
     if parent is None:
+        return
+    if not hasattr(parent, "opt_log_format") and "logger" in parent and parent["logger"] is None:
+        # twistd: a file unless it runs in the foreground without --logfile (stdout), or logs to syslog.
+        path = parent.get("logfile") or ("" if parent.get("nodaemon") else "twistd.log")
+        if path and path != "-" and not parent.get("syslog"):
+            _file.path, _file.log_format, _file.max_bytes, _file.keep = path, log_format, max_bytes, keep
+            parent["logger"] = "mailapp.logformat.file_observer"
+            return
+    if log_format != "json":
         return
     if hasattr(parent, "opt_log_format"):
         # twist: its postOptions picks text only when nothing was chosen.

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
+    "FolderPlacement",
     "ADDED",
     "DELIMITER",
     "EXPUNGED",
@@ -46,6 +47,15 @@ SPECIAL_FOLDERS: Final[dict[str, str]] = {
 
 
 # --- what the store's methods fire with ---
+
+
+@dataclass(frozen=True)
+class FolderPlacement:
+    """One stored copy of a delivered message: whose, in which folder, with which flags (L{IMessageStore.deliverPlacements})."""
+
+    account: str
+    folder: str = INBOX
+    flags: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

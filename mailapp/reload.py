@@ -235,7 +235,8 @@ def _apply_relay(manager: RelayManager | None, old: Config, new: Config, applied
 
 def _reconfigurable(service: MailService, context: ServiceContext) -> list[Any]:
     """Components that apply a new config themselves: they have ``reconfigure(config)``."""
-    candidates: list[object] = [*service, context.guard, context.quotas, getattr(context.router, "signer", None)]
+    router = context.router
+    candidates: list[object] = [*service, context.guard, context.quotas, getattr(router, "signer", None), getattr(router, "sieve", None)]
     seen: list[Any] = []
     for candidate in candidates:
         if candidate is not None and callable(getattr(candidate, "reconfigure", None)) and candidate not in seen:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
     from mailapp.authentication.sealing import ForwardSealer
     from mailapp.delivery import Router
+    from mailapp.pools import WorkerPools
     from mailapp.reload import ReloadResult
     from mailapp.relay.manager import RelayManager
 
@@ -102,9 +103,10 @@ def _register_builtin_protocols() -> None:
     register_protocol("smtp", smtp.buildFactory)
     register_protocol("submission", smtp.buildFactory)
     register_protocol("lmtp", smtp.buildLMTPFactory)
-    from mailapp import pop3
+    from mailapp import managesieve, pop3
 
     register_protocol("pop3", pop3.buildFactory)
+    register_protocol("managesieve", managesieve.buildFactory)
     from mailapp import web
 
     register_protocol("webmail", web.buildFactory)
@@ -312,8 +314,13 @@ def makeService(
     if relay is None:
         relay = store is None
     if store is None:
+        from mailapp.imap.structurecache import CODEC
         from mailapp.store.maildir import MaildirStore
+        from mailapp.store.structures import register_codec
 
+        # The index rebuild computes IMAP's cached structures as it reads each file;
+        # the store itself never imports a protocol.
+        register_codec(CODEC)
         store = MaildirStore(
             config.state_dir / "mail", reactor=reactor, threadpool=pools.store, batch_sync=config.sync == "filesystem"
         )
@@ -340,6 +347,7 @@ def makeService(
     quotas = Quotas.fromConfig(config, accounts, store)
     router = Router(accounts, store, max_recipients=config.limits.max_recipients, quotas=quotas)
     router.hostname = config.hostname
+    router.sieve = _build_sieve(config, reactor, pools)
     from mailapp.dkim import DkimSigner, KeyStore
     from mailapp.dkim.process import SigningProcess
 
@@ -504,6 +512,23 @@ def _tls_reports(config: Config, reactor: IServiceReactor, router: Router, resol
             reactor, resolver, router, run, config.state_dir / "tls-rpt" / "reports", agent, **sender_settings(config)
         )
     return reports
+
+
+def _build_sieve(config: Config, reactor: Any, pools: WorkerPools) -> Any:
+    """Users' Sieve scripts under C{state_dir/sieve}, run at local delivery on the parsing pool (a sender controls what they read)."""
+    from mailapp.sieve import SieveLimits
+    from mailapp.sieve.filter import SieveFilter
+    from mailapp.sieve.scripts import ScriptStore, sieve_directory
+
+    limits = config.limits
+    scripts = ScriptStore(sieve_directory(config.state_dir), limits.sieve_max_scripts, limits.sieve_max_script_size)
+    return SieveFilter(
+        scripts,
+        lambda function, *args: pools.run(pools.parsing, function, *args),
+        reactor,
+        SieveLimits(max_steps=limits.sieve_max_steps, max_redirects=limits.sieve_max_redirects),
+        max_vacation_per_day=limits.sieve_max_vacation_replies_per_day,
+    )
 
 
 _register_builtin_protocols()

@@ -63,7 +63,8 @@ class Options(usage.Options):
             raise SystemExit(0)
         from mailapp.logformat import apply_log_format
 
-        apply_log_format(self, self.loadedConfig.log_format)
+        config = self.loadedConfig
+        apply_log_format(self, config.log_format, config.log_file_max_bytes, config.log_file_keep)
 
 
 def makeService(options: Options) -> IService:

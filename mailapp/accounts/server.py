@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -98,6 +99,8 @@ class Accounts:
         #: argon2id check holds 64 MiB while it runs, and a storm of queued
         #: ones would only answer later than the client waits).
         self.verifications = 0
+        #: Checks in the hashing pool now, by (stored hash, password HMAC): the logins waiting on each.
+        self._verifying: dict[tuple[str, bytes], list[Deferred[tuple[bool, bool]]]] = {}
         self.max_queued_verifications = max_queued_verifications
         self._hash_pool = ThreadPool(minthreads=0, maxthreads=hash_threads, name="mailapp-password-hashing")
         self._hash_pool.start()
@@ -204,6 +207,37 @@ class Accounts:
         return canonical
 
     async def _queuedVerify(self, password_hash: str, password: bytes) -> tuple[bool, bool]:
+        """
+        L{_verify} once for every login that asks the same question at the
+        same time: a burst of logins of one account with one password (a
+        client opening ten connections at once, a phone reconnecting them
+        all) waits for one argon2id check instead of paying for each. They
+        are told apart by the stored hash and the password's keyed HMAC
+        (L{VerifiedPasswords.fingerprint}), never the password itself. A
+        wrong guess repeated in a burst is one check too; different guesses
+        each pay the KDF and count against the queue's bound.
+        """
+        key = (password_hash, self._verified.fingerprint(password))
+        waiting = self._verifying.get(key)
+        if waiting is not None:
+            shared: Deferred[tuple[bool, bool]] = Deferred()
+            waiting.append(shared)
+            return await shared
+        self._verifying[key] = waiting = []
+        try:
+            result = await self._boundedVerify(password_hash, password)
+        except BaseException:
+            failure = Failure()
+            del self._verifying[key]
+            for each in waiting:
+                each.errback(failure)
+            raise
+        del self._verifying[key]
+        for each in waiting:
+            each.callback((result[0], False))  # the first login upgrades an old hash, once
+        return result
+
+    async def _boundedVerify(self, password_hash: str, password: bytes) -> tuple[bool, bool]:
         """L{_verify} in the hashing pool, or L{LoginsBusy} at once when too many checks wait there."""
         if self.verifications >= self.max_queued_verifications:
             raise LoginsBusy()

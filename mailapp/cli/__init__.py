@@ -48,6 +48,7 @@ from mailapp.cli.dns import add_dns_commands
 from mailapp.cli.domains import add_domain_commands
 from mailapp.cli.queue import add_queue_commands
 from mailapp.cli.senders import add_sender_commands
+from mailapp.cli.sieve import add_sieve_commands
 from mailapp.cli.tlsreport import add_tls_report_command
 from mailapp.cli.users import add_user_commands
 from mailapp.dkim.keys import KeyStoreError
@@ -87,6 +88,7 @@ def _parser() -> CommandLineParser:
     add_domain_commands(verbs, common)
     add_alias_commands(verbs, common)
     add_sender_commands(verbs, common)
+    add_sieve_commands(verbs, common)
     add_queue_commands(verbs, common)
     add_dkim_commands(verbs, common)
     add_dns_commands(verbs, common)

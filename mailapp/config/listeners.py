@@ -51,7 +51,7 @@ __all__ = [
 
 #: Every protocol a listener may speak. A protocol listed here but not built
 #: yet is accepted by the config and skipped (with a warning) by the service.
-PROTOCOLS: Final = frozenset({"smtp", "submission", "lmtp", "pop3", "imap", "webmail", "metrics"})
+PROTOCOLS: Final = frozenset({"smtp", "submission", "lmtp", "pop3", "imap", "managesieve", "webmail", "metrics"})
 
 #: ``none``: cleartext only; ``starttls``: cleartext that can upgrade;
 #: ``implicit``: TLS from the first byte (465, 993, 995, 443).
@@ -59,7 +59,7 @@ TLS_MODES: Final = frozenset({"none", "starttls", "implicit"})
 
 #: Protocols whose sessions log in: their connections that have not logged in
 #: yet get a budget of their own (``max_unauthenticated``).
-LOGIN_PROTOCOLS: Final = frozenset({"submission", "pop3", "imap"})
+LOGIN_PROTOCOLS: Final = frozenset({"submission", "pop3", "imap", "managesieve"})
 #: Protocols whose connections mailapp counts (``max_connections`` per listener).
 _COUNTED_PROTOCOLS: Final = LOGIN_PROTOCOLS | {"smtp", "lmtp", "webmail"}
 
@@ -99,7 +99,7 @@ def _starttls_where_there_is_one(at: At, tls: str) -> str:
 def _counted(at: At, value: int) -> Any:
     protocol = at.values["protocol"]
     if protocol is not None and protocol not in _COUNTED_PROTOCOLS:
-        at.problem(f"{protocol} connections are not counted: the key applies to smtp, submission, pop3, imap and webmail")
+        at.problem(f"{protocol} connections are not counted: the key applies to smtp, submission, pop3, imap, managesieve and webmail")
         return INVALID
     return value
 

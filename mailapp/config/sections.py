@@ -72,6 +72,12 @@ class ServerSection:
     sync: str = field(default="filesystem", metadata=string(one_of("filesystem", "file")))
     #: Log output when run by twist/twistd: "text" (human) or "json" (one JSON object a line).
     log_format: str = field(default="text", metadata=string(one_of("text", "json")))
+    #: The log file twistd writes (``--logfile``, or twistd.log when it
+    #: daemonises) is rotated at this size ...
+    log_file_max_bytes: int = field(default=10 * 1024 * 1024, metadata=integer(positive))
+    #: ... and this many rotated files are kept (the oldest deleted), so that
+    #: logs never fill the disk; 0 keeps none.
+    log_file_keep: int = field(default=10, metadata=integer(zero_or_positive("keep no rotated file")))
 
 
 def _unique(domains: list[str]) -> tuple[str, ...]:
@@ -173,6 +179,14 @@ class Limits:
     #: 0 = unlimited. Generous: a busy list server sends about one a second.
     mx_messages_per_minute: int = field(default=60, metadata=integer(_UNLIMITED))
     mx_bytes_per_minute: int = field(default=200 * 1024**2, metadata=integer(_UNLIMITED))
+    #: Sieve (mailapp.sieve): commands and tests one delivery's scripts may run, and redirects per message and recipient.
+    sieve_max_steps: int = field(default=10_000, metadata=integer(positive))
+    sieve_max_redirects: int = field(default=4, metadata=integer(positive))
+    #: Vacation replies one account may send in 24 hours, whatever its scripts say.
+    sieve_max_vacation_replies_per_day: int = field(default=100, metadata=integer(positive))
+    #: Scripts per account, and the bytes of one (ManageSieve's HAVESPACE and PUTSCRIPT, the CLI).
+    sieve_max_scripts: int = field(default=20, metadata=integer(positive))
+    sieve_max_script_size: int = field(default=65_536, metadata=integer(positive))
 
 
 #: The longest delay [security] accepts: a failed login holds its session that long.
@@ -248,6 +262,8 @@ class Config:
     relay: RelayConfig
     sync: str = ServerSection.sync
     log_format: str = ServerSection.log_format
+    log_file_max_bytes: int = ServerSection.log_file_max_bytes
+    log_file_keep: int = ServerSection.log_file_keep
     security: SecurityConfig = field(default_factory=SecurityConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     #: ``[authentication]``: SPF, DKIM and DMARC on the MX.

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 
 from mailapp.imap.policy import IMAPPolicy
 from mailapp.imap.session import IMAPServer
+from mailapp.imap.snapshots import FolderSnapshot, FolderSnapshots
 from mailapp.records import MessageInfo
 from mailapp.sessions import SessionFactory, session_limits
 
@@ -80,6 +81,17 @@ class IMAPFactory(SessionFactory):
             except AttributeError:  # pragma: no cover - a store that takes no attributes
                 pass
         return markers
+
+    def folderSnapshot(self, account: str | None, folder: Any) -> defer.Deferred[FolderSnapshot]:
+        """The folder's listing, from this process's snapshot when the store says it still holds (L{mailapp.imap.snapshots})."""
+        snapshots: FolderSnapshots | None = getattr(self.store, "_imapFolderSnapshots", None)
+        if snapshots is None:
+            snapshots = FolderSnapshots()
+            try:
+                self.store._imapFolderSnapshots = snapshots
+            except AttributeError:  # pragma: no cover - a store that takes no attributes
+                pass
+        return defer.Deferred.fromCoroutine(snapshots.read(account, folder))
 
     def messagesAfter(self, folder: Any, uid: int) -> defer.Deferred[list[MessageInfo]]:
         """

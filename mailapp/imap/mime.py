@@ -73,7 +73,12 @@ class Part:
         )
 
     def headers(self) -> list[tuple[str, bytes]]:
-        return parse_header_block(self.header)
+        # Parsed once per header block: BODYSTRUCTURE asks each part for several fields.
+        cached = self.__dict__.get("_parsed")
+        if cached is None or cached[0] is not self.header:
+            cached = (self.header, parse_header_block(self.header))
+            self.__dict__["_parsed"] = cached
+        return cached[1]
 
     def header_value(self, name: str) -> bytes | None:
         name = name.lower()

@@ -41,9 +41,11 @@ __all__ = [
     "NeedContent",
     "SAVED",
     "body_needles",
+    "header_content",
     "load_content",
     "matches",
     "parse_search",
+    "read_header_block",
 ]
 
 MAX_DEPTH = 32
@@ -347,9 +349,19 @@ def load_content(handle: IO[bytes], needles: Collection[str] = ()) -> Content:
             block = structure.root.header
             found = _search_text(handle, structure.root, needles)
         else:
-            raw = handle.read(_HEADER_READ)
-            end = raw.find(b"\r\n\r\n")
-            block = raw[: end + 4] if end >= 0 else raw
+            block = read_header_block(handle)
+    return header_content(block, found, cut)
+
+
+def read_header_block(handle: IO[bytes]) -> bytes:
+    """The header block a header-only search reads: to the blank line, within the first L{_HEADER_READ} bytes."""
+    raw = handle.read(_HEADER_READ)
+    end = raw.find(b"\r\n\r\n")
+    return raw[: end + 4] if end >= 0 else raw
+
+
+def header_content(block: bytes, found: frozenset[str] = frozenset(), cut: bool = False) -> Content:
+    """The L{Content} of a message with header block C{block}: its fields decoded and case-folded, its Date."""
     message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
     headers: dict[str, list[str]] = {}
     header_lines = []

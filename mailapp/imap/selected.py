@@ -23,12 +23,14 @@ message is \\Recent once more.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from typing import Any, Callable, Iterable, Protocol
 
 from twisted.internet import defer
 
 from mailapp.imap.flags import RECENT, SYSTEM_FLAGS
+from mailapp.imap.snapshots import FolderSnapshot
 from mailapp.imap.wire import format_flags
 from mailapp.records import ADDED, MessageInfo
 
@@ -46,6 +48,9 @@ class RecentMarkers(Protocol):
     def messagesAfter(self, folder: Any, uid: int) -> defer.Deferred[list[MessageInfo]]:
         """The folder's messages above C{uid}, one store read shared by every session asking."""
 
+    def folderSnapshot(self, account: str | None, folder: Any) -> defer.Deferred[FolderSnapshot]:
+        """The folder's listing now, kept by the process while the store says it holds."""
+
 
 class SelectedFolder:
     """
@@ -61,7 +66,7 @@ class SelectedFolder:
         markers: RecentMarkers,
         write: Callable[[bytes], None],
         status: Any,
-        messages: list[MessageInfo],
+        messages: list[MessageInfo] | FolderSnapshot,
     ) -> None:
         #: The store's L{mailapp.interfaces.IFolder}.
         self.folder = folder
@@ -69,14 +74,19 @@ class SelectedFolder:
         self._account = account
         self._markers = markers
         self._write = write
-        self.uids = [m.uid for m in messages]
-        self.info = {m.uid: m for m in messages}
+        if isinstance(messages, FolderSnapshot):
+            # Copies (C-level): the snapshot is shared by every session of the process.
+            self.uids = list(messages.uids)
+            self.info = dict(messages.info)
+        else:
+            self.uids = [m.uid for m in messages]
+            self.info = {m.uid: m for m in messages}
         #: Highest UID this view has announced.
         self.highest = self.uids[-1] if self.uids else 0
         self.uidvalidity: int = status.uidvalidity
         self.uidnext = max(status.uidnext, self.highest + 1)
         marker = markers.recentMarker(account, folder.name, self.uidvalidity)
-        self.recent = {uid for uid in self.uids if uid > marker}
+        self.recent = set(self.uids[bisect.bisect_right(self.uids, marker) :])
         if not readonly:
             markers.setRecentMarker(account, folder.name, self.uidvalidity, self.highest)
         #: Cancels the store-event subscription (set by the session).
@@ -91,19 +101,26 @@ class SelectedFolder:
         #: Ask the store, at the next update, whether other tools changed the folder.
         self.look_outside = False
         #: The keywords the client was told of (SELECT's FLAGS, and each since).
-        self.keywords: set[str] = {f for m in messages for f in m.flags if not f.startswith("\\")}
+        self.keywords: set[str] = (
+            set(messages.keywords)
+            if isinstance(messages, FolderSnapshot)
+            else {f for m in messages for f in m.flags if not f.startswith("\\")}
+        )
         #: Told the UIDs about to be expunged, before their EXPUNGE responses (RFC 5267's REMOVEFROM).
         self.expunging: list[Callable[[list[int]], None]] = []
 
     @classmethod
     async def open(
         cls, folder: Any, readonly: bool, account: str | None, markers: RecentMarkers, write: Callable[[bytes], None]
-    ) -> tuple[SelectedFolder, list[MessageInfo]]:
-        """Read the folder afresh and make its view; also the messages read, for SELECT's own answers."""
+    ) -> tuple[SelectedFolder, FolderSnapshot]:
+        """
+        Read the folder afresh and make its view; also the listing read, for
+        SELECT's own answers. One read by primary key when the folder has not
+        changed since this process last listed it (L{RecentMarkers.folderSnapshot}).
+        """
         await folder.refresh()
-        status = await folder.status()
-        messages: list[MessageInfo] = await folder.messages()
-        return cls(folder, readonly, account, markers, write, status, messages), messages
+        snapshot = await markers.folderSnapshot(account, folder)
+        return cls(folder, readonly, account, markers, write, snapshot.status, snapshot), snapshot
 
     def close(self) -> None:
         self.active = False

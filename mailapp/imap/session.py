@@ -17,6 +17,14 @@ close. This module writes IMAP's hooks and what only IMAP has:
     command's tag (L{IMAPServer.hold});
   - B{output back-pressure}: L{OutputFlow}, the session's producer, which
     the base asks through L{IMAPServer.outputPaused};
+  - B{one write per burst}: what a command writes (each line, each batch)
+    is gathered and given to the transport in one write (L{IMAPServer.flushOutput}):
+    when the command is done, when the command loop has run what it could, once
+    L{CHUNK_SIZE} is gathered (so the transport's buffer, and with it the
+    back-pressure, sees it at once: a client that stops reading holds up at
+    most that much here), at once for a continuation request, and at the
+    latest one reactor turn later. Writes outside a command (IDLE's pushes,
+    a timeout's BYE) go out at once;
   - B{the selected folder} and its updates.
 
 None of Twisted's IMAP4Server is used: its mailbox API is synchronous (it
@@ -131,6 +139,12 @@ class IMAPServer(LineSession):
         super().__init__(factory)
         self.reader = CommandReader(self, self.deadlines, lambda: self.store.newMessage())
         self._flow = OutputFlow(self._outputResumed)
+        #: What the session has written and not yet given to the transport (L{flushOutput}).
+        self._output: list[bytes] = []
+        self._outputSize = 0
+        self._flushCall: Any = None
+        #: Inside the base's command loop (writes there are gathered until it returns).
+        self._gathering = 0
         self._flowRegistered = False
         self.store = factory.store
         self.state = State.NOT_AUTHENTICATED
@@ -164,6 +178,11 @@ class IMAPServer(LineSession):
         self.untagged(b"BYE [UNAVAILABLE] " + text if banned else b"BYE " + text)
 
     def sessionEnded(self) -> None:
+        self._output = []
+        self._outputSize = 0
+        if self._flushCall is not None and self._flushCall.active():
+            self._flushCall.cancel()
+        self._flushCall = None
         self._flow.stopProducing()
         if self.idling is not None:
             self.idling.stop()
@@ -175,6 +194,7 @@ class IMAPServer(LineSession):
             logout()
 
     def releaseOutput(self) -> None:
+        self.flushOutput()
         if self._flowRegistered and self.transport is not None:
             # While a producer is registered, Twisted's TLS never starts its
             # shutdown: every IMAPS or STARTTLS connection stayed open after
@@ -237,6 +257,13 @@ class IMAPServer(LineSession):
         """Read nothing more, and close once the output is written (L{LineSession._close})."""
         self._close()
 
+    def _close(self, grace: float | None = None) -> None:
+        self.flushOutput()
+        if grace is None:
+            super()._close()
+        else:
+            super()._close(grace)
+
     def isConnected(self) -> bool:
         """Whether the connection is still there (Protocol's own C{connected} is never reset)."""
         return self._connected
@@ -248,6 +275,45 @@ class IMAPServer(LineSession):
 
     def write(self, data: bytes) -> None:
         self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if not self._connected or self.transport is None:
+            return
+        self._output.append(data)
+        self._outputSize += len(data)
+        if self._outputSize >= CHUNK_SIZE or data[:1] == b"+" or not (self._busy or self._gathering):
+            # A continuation request is waited for; outside a command nothing else will flush.
+            self.flushOutput()
+        elif self._flushCall is None:
+            self._flushCall = self.callLater(0, self._flushLater)
+
+    def flushOutput(self) -> None:
+        """Give what the session has gathered to the transport, in one write."""
+        if self._flushCall is not None:
+            if self._flushCall.active():
+                self._flushCall.cancel()
+            self._flushCall = None
+        if not self._output:
+            return
+        data = b"".join(self._output)
+        self._output = []
+        self._outputSize = 0
+        if self._connected and self.transport is not None:
+            self.transport.write(data)
+
+    def _flushLater(self) -> None:
+        self._flushCall = None
+        self.flushOutput()
+
+    def _process(self) -> None:
+        # Every reply to the commands run here (pipelined ones too) goes out in one write.
+        self._gathering += 1
+        try:
+            super()._process()
+        finally:
+            self._gathering -= 1
+            if not self._gathering:
+                self.flushOutput()
 
     def tagged(self, tag: bytes, status: bytes, text: bytes) -> None:
         self._write(tag + b" " + status + b" " + text + b"\r\n")
@@ -293,6 +359,12 @@ class IMAPServer(LineSession):
         """Hold further commands until C{d} has sent its reply; answer what it fails with, under C{tag}."""
         self._tag = tag
         self._wait(d)
+        # After the base's own callback (which may run the commands pipelined behind this one).
+        d.addBoth(self._flushed)
+
+    def _flushed(self, result: Any) -> None:
+        if not self._gathering:  # else the command loop flushes as it returns
+            self.flushOutput()
 
     def _failed(self, tag: bytes, reason: Failure) -> None:
         if reason.check(BadCommand):
@@ -375,6 +447,7 @@ class IMAPServer(LineSession):
     def startTLS(self, tag: bytes) -> None:
         """Answer OK and start TLS (the base drops whatever the client pipelined in the clear)."""
         self.reader.discardPieces()
+        self.flushOutput()
         self._startTLS(tag + b" OK Begin TLS negotiation now\r\n", self.factory.tls)
 
     def loginAllowed(self) -> bool:

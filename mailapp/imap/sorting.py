@@ -268,8 +268,33 @@ def sort_fields(block: bytes, internaldate: float, size: int, wanted: frozenset[
     for name, value in mime.parse_header_block(block):
         first.setdefault(name, value)
     fields = SortFields(internaldate, size)
-    date = first.get("date") if "date" in wanted else None
-    if date:
+    _fill(
+        fields,
+        wanted,
+        first.get("date"),
+        first.get("subject"),
+        _first_address(first.get("from")) if "from" in wanted else None,
+        _first_address(first.get("to")) if "to" in wanted else None,
+        _first_address(first.get("cc")) if "cc" in wanted else None,
+    )
+    if "message-id" in wanted:
+        own = _ids(first.get("message-id"))
+        fields.message_id = own[0] if own else None
+    if "references" in wanted:
+        fields.references = _ids(first.get("references")) or _ids(first.get("in-reply-to"))[:1]
+    return fields
+
+
+def _fill(
+    fields: SortFields,
+    wanted: frozenset[str],
+    date: bytes | None,
+    subject: bytes | None,
+    sender: addresses.Address | None,
+    recipient: addresses.Address | None,
+    copy: addresses.Address | None,
+) -> None:
+    if date and "date" in wanted:
         try:
             parsed = email.utils.parsedate_tz(date.decode("ascii", "replace"))
             if parsed:
@@ -277,18 +302,106 @@ def sort_fields(block: bytes, internaldate: float, size: int, wanted: frozenset[
         except (TypeError, ValueError, OverflowError):
             fields.sent = None
     if "subject" in wanted:
-        fields.subject, fields.is_reply = base_subject(first.get("subject", b""))
+        fields.subject, fields.is_reply = base_subject(subject or b"")
     if "from" in wanted:
-        sender = _first_address(first.get("from"))
         fields.from_, fields.display_from = _mailbox(sender), _display(sender)
     if "to" in wanted:
-        recipient = _first_address(first.get("to"))
         fields.to, fields.display_to = _mailbox(recipient), _display(recipient)
     if "cc" in wanted:
-        fields.cc = _mailbox(_first_address(first.get("cc")))
-    if "message-id" in wanted:
-        own = _ids(first.get("message-id"))
-        fields.message_id = own[0] if own else None
-    if "references" in wanted:
-        fields.references = _ids(first.get("references")) or _ids(first.get("in-reply-to"))[:1]
+        fields.cc = _mailbox(copy)
+
+
+# -- from a cached ENVELOPE (mailapp.imap.structurecache) -------------------------------------------
+
+#: The fields an ENVELOPE holds as they are in the header (References is not among them).
+ENVELOPE_FIELDS = frozenset({"date", "subject", "from", "to", "cc"})
+
+
+def parse_value(data: bytes) -> Any:
+    """
+    One IMAP response value as L{wire.format_value} writes it (NIL, quoted
+    strings, literals, atoms, parenthesized lists): bytes, None and lists.
+    Raises ValueError when it does not parse.
+    """
+    stack: list[list[Any]] = [[]]
+    position, end = 0, len(data)
+    while position < end:
+        char = data[position : position + 1]
+        if char == b" ":
+            position += 1
+        elif char == b"(":
+            stack.append([])
+            position += 1
+        elif char == b")":
+            if len(stack) < 2:
+                raise ValueError("unbalanced")
+            done = stack.pop()
+            stack[-1].append(done)
+            position += 1
+        elif char == b'"':
+            out = bytearray()
+            position += 1
+            while True:
+                if position >= end:
+                    raise ValueError("unterminated string")
+                byte = data[position : position + 1]
+                if byte == b"\\":
+                    out += data[position + 1 : position + 2]
+                    position += 2
+                elif byte == b'"':
+                    position += 1
+                    break
+                else:
+                    out += byte
+                    position += 1
+            stack[-1].append(bytes(out))
+        elif char == b"{":
+            close = data.index(b"}", position)
+            length = int(data[position + 1 : close])
+            start = close + 3  # "}\r\n"
+            stack[-1].append(data[start : start + length])
+            position = start + length
+        else:
+            stop = position
+            while stop < end and data[stop : stop + 1] not in (b" ", b"(", b")"):
+                stop += 1
+            atom = data[position:stop]
+            stack[-1].append(None if atom.upper() == b"NIL" else atom)
+            position = stop
+    if len(stack) != 1 or len(stack[0]) != 1:
+        raise ValueError("not one value")
+    return stack[0][0]
+
+
+def _envelope_address(value: Any) -> addresses.Address | None:
+    if not isinstance(value, list) or not value or not isinstance(value[0], list) or len(value[0]) != 4:
+        return None
+    name, route, mailbox, host = (None if v is None else bytes(v).decode("utf-8", "surrogateescape") for v in value[0])
+    return addresses.Address(name, route, mailbox, host)
+
+
+def envelope_fields(envelope: bytes, internaldate: float, size: int, wanted: frozenset[str]) -> SortFields | None:
+    """
+    The C{wanted} fields (of L{ENVELOPE_FIELDS}) from a cached ``ENVELOPE
+    (...)`` as FETCH sends it: its date and subject are the raw header
+    values and its addresses parsed as L{sort_fields} parses them, so both
+    give the same keys. None when it does not parse.
+    """
+    try:
+        value = parse_value(envelope[len(b"ENVELOPE ") :] if envelope.startswith(b"ENVELOPE ") else envelope)
+    except (ValueError, IndexError):
+        return None
+    if not isinstance(value, list) or len(value) != 10:
+        return None
+    fields = SortFields(internaldate, size)
+    date, subject = value[0], value[1]
+    _fill(
+        fields,
+        wanted,
+        date if isinstance(date, bytes) else None,
+        subject if isinstance(subject, bytes) else None,
+        _envelope_address(value[2]),
+        _envelope_address(value[5]),
+        _envelope_address(value[6]),
+    )
     return fields

@@ -26,20 +26,25 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from mailapp.store.changes import add_change_counter
 from mailapp.store.rebuild import rebuild_tables
+from mailapp.store.structures import add_structures_table
 from mailapp.store.usage import add_usage_table
 
 INDEX_NAME = "mailapp-index.sqlite3"
 #: 2: the mailbox's usage kept as a total by triggers (L{mailapp.store.usage});
-#: an index of version 1 is migrated at its first open.
-SCHEMA_VERSION = 2
+#: 3: each message's cached structure (L{mailapp.store.structures}) and each
+#: folder's change counter (L{mailapp.store.changes}).
+#: An index of an older version is migrated at its first open.
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS folders (
     name TEXT PRIMARY KEY,
     uidvalidity INTEGER NOT NULL,
     uidnext INTEGER NOT NULL,
-    subscribed INTEGER NOT NULL DEFAULT 1
+    subscribed INTEGER NOT NULL DEFAULT 1,
+    changes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS messages (
     folder TEXT NOT NULL,
@@ -203,11 +208,17 @@ def connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
                         conn.execute(statement)
                 # Before the rows: the triggers count them as the rebuild inserts them.
                 add_usage_table(conn)
+                add_structures_table(conn)
+                add_change_counter(conn, add_column=False)
                 rebuild_tables(conn, mailbox_dir)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 built = True
-            elif version == 1:
-                add_usage_table(conn)
+            elif version in (1, 2):
+                if version == 1:
+                    add_usage_table(conn)
+                # Empty: every blob is filled at first use.
+                add_structures_table(conn)
+                add_change_counter(conn, add_column=True)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version == SCHEMA_VERSION:
                 conn.execute("SELECT count(*) FROM folders").fetchone()

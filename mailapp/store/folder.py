@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, ContextManager, Iterable, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Mapping, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from mailapp.errors import MAX_KEYWORDS_PER_FOLDER, MAX_KEYWORDS_PER_MESSAGE, KeywordLimit, NoSuchFolder, NoSuchMessage
 from mailapp.interfaces import IFolder
-from mailapp.store import durable, expunged, messagefile, outside, transfer
+from mailapp.store import changes, durable, expunged, messagefile, outside, structures, transfer
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
@@ -145,6 +145,16 @@ class MaildirFolder:
 
         return self.store.run(read)
 
+    def messagesIfChanged(self, known: tuple[int, int] | None) -> Deferred[tuple[tuple[int, int], int, list[MessageInfo] | None]]:
+        def read() -> tuple[tuple[int, int], int, list[MessageInfo] | None]:
+            with self._connect() as conn:
+                found = changes.messages_if_changed(conn, self.name, known)
+            if found is None:
+                raise NoSuchFolder(f"no such folder: {self.name}")
+            return found
+
+        return self.store.run(read)
+
     def messagesAfter(self, uid: int) -> Deferred[list[MessageInfo]]:
         def read() -> list[MessageInfo]:
             with self._connect() as conn:
@@ -204,6 +214,24 @@ class MaildirFolder:
 
     def readMessage(self, uid: int, limit: int) -> Deferred[bytes | None]:
         return self.store.run(self._readFile, uid, lambda path: read_message_file(path, limit))
+
+    def cachedStructures(self, uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:
+        wanted = list(uids)
+
+        def read() -> dict[int, bytes]:
+            with self._connect() as conn:
+                return structures.read_structures(conn, self.name, wanted, version)
+
+        return self.store.run(read)
+
+    def saveStructures(self, blobs: Mapping[int, bytes], version: int) -> Deferred[None]:
+        kept = dict(blobs)
+
+        def save() -> None:
+            with self._connect() as conn:
+                structures.write_structures(conn, self.name, kept, version)
+
+        return self.store.write(save)
 
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
         if mode not in ("replace", "add", "remove"):

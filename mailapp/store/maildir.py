@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailapp.interfaces import IMessageStore
-from mailapp.records import ADDED, FolderEvent, Usage
+from mailapp.records import ADDED, FolderEvent, FolderPlacement, Usage
 from mailapp.store import connections, durable, expunged
 from mailapp.store.committer import GroupCommitter, _Call, _Delivery, _Placement
 from mailapp.store.events import EventBus
@@ -161,6 +161,32 @@ class MaildirStore:
             return {placement.account: uid for placement, uid in zip(placements, uids)}
 
         return d.addCallback(delivered)
+
+    def deliverPlacements(self, message: SpoolWriter, placements: Sequence[FolderPlacement]) -> Deferred[list[int]]:
+        if not message.finished:
+            raise RuntimeError("deliverPlacements() before the message's finish() fired")
+        # One job: the committer links one file into each placement, in one durable batch.
+        jobs = [
+            _Placement(account_directory(self.root, p.account), p.account, normalize_folder(p.folder), frozenset(p.flags))
+            for p in placements
+        ]
+        job = _Delivery(
+            message.path,
+            message.base,
+            message.size,
+            message.internaldate,
+            jobs,
+            synced=message.sync,
+            data=message.pending,
+            stored_size=message.stored_size,
+        )
+
+        def delivered(uids: list[int]) -> list[int]:
+            for placement, uid in zip(jobs, uids):
+                self.events.publish(FolderEvent(ADDED, placement.account, placement.folder, (uid,)))
+            return uids
+
+        return self.committer.submit(job).addCallback(delivered)
 
     def cleanup(self, max_age: float = STALE_SPOOL_SECONDS) -> Deferred[int]:
         """

@@ -10,7 +10,9 @@ value and the highest UID on disk plus one (so a UID is never reused), and
 gives files without a UID (dropped in by other tools) fresh ones, renaming
 them to carry it. Without a record it starts a new UIDVALIDITY. Keywords
 come back from the folder's letters (L{mailapp.store.keywords}): a rebuild
-loses nothing but subscriptions.
+loses nothing but subscriptions. Each message's cached structure is
+computed again as the files are indexed, within a time bound
+(L{mailapp.store.structures.fill_rebuilt_folder}).
 
 Synchronous; runs on a worker thread, inside the caller's transaction.
 """
@@ -20,12 +22,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from twisted.logger import Logger
 
 from mailapp import logevents
-from mailapp.store import durable, messagefile, outside
+from mailapp.store import durable, messagefile, outside, structures
 from mailapp.store.filenames import ParsedName, encode_flags, format_filename, parse_filename
 from mailapp.store.folders import folders_on_disk, make_folder_directory, new_uidvalidity, read_meta, write_meta
 from mailapp.store.keywords import read_keywords
@@ -85,9 +88,11 @@ def rebuild_tables(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
     folders = folders_on_disk(mailbox_dir)
     conn.execute("DELETE FROM messages")
     conn.execute("DELETE FROM folders")
+    conn.execute("DELETE FROM structures")
+    fill_until = time.monotonic() + structures.REBUILD_FILL_SECONDS
     for name, directory in folders:
         make_folder_directory(directory)
-        rebuild_folder(conn, name, directory)
+        rebuild_folder(conn, name, directory, fill_until)
     _log.info(
         "store.index_rebuilt {mailbox} folders={count}",
         log_event=logevents.INDEX_REBUILT,
@@ -96,11 +101,13 @@ def rebuild_tables(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
     )
 
 
-def rebuild_folder(conn: sqlite3.Connection, name: str, directory: Path) -> int:
+def rebuild_folder(conn: sqlite3.Connection, name: str, directory: Path, fill_until: float | None = None) -> int:
     """
     Index folder C{name} from C{directory} (its rows must not exist yet):
-    its record's UIDVALIDITY and every UID it can keep. Returns the
-    number of messages indexed.
+    its record's UIDVALIDITY and every UID it can keep, and the cached
+    structures of its newest messages until C{fill_until} (C{time.monotonic()};
+    None: L{structures.REBUILD_FILL_SECONDS} from now). Returns the number
+    of messages indexed.
     """
     meta = read_meta(directory)
     taken = outside.stamp(directory)
@@ -134,6 +141,9 @@ def rebuild_folder(conn: sqlite3.Connection, name: str, directory: Path) -> int:
             (name, uid, relative, encode_flags(parsed.flags), size, stat.st_mtime),
         )
     conn.execute("INSERT INTO folders (name, uidvalidity, uidnext) VALUES (?, ?, ?)", (name, uidvalidity, uidnext))
+    newest_first = sorted(((uid, relative) for uid, relative, _, _ in kept), reverse=True)
+    deadline = fill_until if fill_until is not None else time.monotonic() + structures.REBUILD_FILL_SECONDS
+    structures.fill_rebuilt_folder(conn, name, directory, newest_first, deadline)
     write_meta(directory, uidvalidity, uidnext)
     # Before the scan: what changed since (files renamed to carry a UID) shows at the next look.
     outside.remember(directory, taken)

@@ -6,7 +6,7 @@ and that a test can make fail, or wait, at each phase of a delivery
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias, TypeVar
 
@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from mailapp.errors import StorageFull, StoreError
 from mailapp.interfaces import IMessageStore, IMessageWriter
+from mailapp.records import FolderPlacement
 from mailapp.store.names import INBOX
 from mailapp.testing.store import FakeMessageWriter, FakeStore
 
@@ -35,6 +36,8 @@ class Delivery:
     accounts: tuple[str, ...]
     folder: str
     data: bytes
+    #: The flags a Sieve script gave the copy (L{FakeStore.deliverPlacements}).
+    flags: frozenset[str] = frozenset()
 
 
 class _Faults:
@@ -177,6 +180,19 @@ class RecordingStore(FakeStore):
         def deliver() -> Deferred[dict[str, int]]:
             done = FakeStore.deliver(self, message, accounts, folder)
             return done.addCallback(self._record, message, folder)
+
+        return self.faults.run("deliver", deliver)
+
+    def deliverPlacements(self, message: FakeMessageWriter, placements: Sequence[FolderPlacement]) -> Deferred[list[int]]:
+        placements = tuple(placements)
+
+        def deliver() -> Deferred[list[int]]:
+            def record(uids: list[int]) -> list[int]:
+                for placement in placements:
+                    self.delivered.append(Delivery((placement.account,), placement.folder, message.data(), placement.flags))
+                return uids
+
+            return FakeStore.deliverPlacements(self, message, placements).addCallback(record)
 
         return self.faults.run("deliver", deliver)
 

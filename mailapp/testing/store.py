@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -17,6 +17,7 @@ from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMess
 from mailapp.interfaces import IFolder, IFreeSpace, IMailbox, IMessageStore, IMessageWriter
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder
+from mailapp.records import FolderPlacement
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
 
 
@@ -63,6 +64,10 @@ class _FakeFolderState:
         #: uid -> bytes of expunged messages, still readable as the Maildir store's are for a while
         #: (clear it to play that while over).
         self.expunged: dict[int, bytes] = {}
+        #: uid -> (version, blob): L{FakeFolder.saveStructures}
+        self.structures: dict[int, tuple[int, bytes]] = {}
+        #: Every UID L{FakeFolder.openMessage} or L{FakeFolder.readMessage} was asked for, in order.
+        self.opened: list[int] = []
 
 
 @implementer(IFolder)
@@ -103,6 +108,13 @@ class FakeFolder:
         state = self._state
         return succeed([MessageInfo(uid, m[1], len(m[0]), m[2]) for uid, m in sorted(state.messages.items())])
 
+    def messagesIfChanged(self, known: tuple[int, int] | None) -> Deferred[tuple[tuple[int, int], int, list[MessageInfo] | None]]:
+        """The token is a digest of the messages' UIDs and flags: however a test changed them, it changes."""
+        state = self._state
+        listed = [MessageInfo(uid, m[1], len(m[0]), m[2]) for uid, m in sorted(state.messages.items())]
+        token = (state.uidvalidity, hash(tuple((m.uid, m.flags, m.size) for m in listed)))
+        return succeed((token, state.uidnext, None if token == known else listed))
+
     def messagesAfter(self, uid: int) -> Deferred[list[MessageInfo]]:
         state = self._state
         return succeed([MessageInfo(u, m[1], len(m[0]), m[2]) for u, m in sorted(state.messages.items()) if u > uid])
@@ -113,16 +125,34 @@ class FakeFolder:
         return message[0] if message is not None else state.expunged.get(uid)
 
     def openMessage(self, uid: int) -> Deferred[IO[bytes]]:
+        self._state.opened.append(uid)
         data = self._data(uid)
         if data is None:
             return fail(NoSuchMessage(f"no such message: {uid}"))
         return succeed(io.BytesIO(data))
 
     def readMessage(self, uid: int, limit: int) -> Deferred[bytes | None]:
+        self._state.opened.append(uid)
         data = self._data(uid)
         if data is None:
             return fail(NoSuchMessage(f"no such message: {uid}"))
         return succeed(data if len(data) <= limit else None)
+
+    def cachedStructures(self, uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:
+        state = self._state
+        found = {}
+        for uid in uids:
+            kept = state.structures.get(uid)
+            if kept is not None and kept[0] == version and uid in state.messages:
+                found[uid] = kept[1]
+        return succeed(found)
+
+    def saveStructures(self, blobs: Mapping[int, bytes], version: int) -> Deferred[None]:
+        state = self._state
+        for uid, blob in blobs.items():
+            if uid in state.messages:
+                state.structures[uid] = (version, bytes(blob))
+        return succeed(None)
 
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
         wanted = frozenset(flags)
@@ -297,6 +327,22 @@ class FakeStore:
 
     def newMessage(self) -> FakeMessageWriter:
         return FakeMessageWriter(self)
+
+    def deliverPlacements(self, message: FakeMessageWriter, placements: Sequence[FolderPlacement]) -> Deferred[list[int]]:
+        if not message.finished:
+            raise RuntimeError("deliverPlacements() before the message's finish() fired")
+        if self.failDeliver:
+            return fail(StoreError())
+        data = message.data()
+        folders = {p: normalize_folder(p.folder) for p in placements}
+        for placement, folder in folders.items():
+            if folder not in self.mailbox(placement.account)._folders:
+                return fail(NoSuchFolder(f"no such folder: {folder}"))
+        uids = [FakeFolder(self.mailbox(p.account), folders[p])._add(data, tuple(p.flags), message.internaldate) for p in placements]
+        for placement, uid in zip(placements, uids):
+            self.events.publish(FolderEvent(ADDED, placement.account, folders[placement], (uid,)))
+            self.deliveries.append(((placement.account,), folders[placement], data))
+        return succeed(uids)
 
     def deliver(self, message: FakeMessageWriter, accounts: Iterable[str], folder: str = INBOX) -> Deferred[dict[str, int]]:
         if not message.finished:

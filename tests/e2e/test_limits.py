@@ -99,7 +99,7 @@ def test_a_listeners_own_budgets_come_from_its_table() -> None:
         (("imap", "imap", "max_connections = 10\nmax_unauthenticated = 11"), "listeners.imap.max_unauthenticated: 11 is more than this listener's max_connections (10)"),
         (("imap", "imap", "max_unauthenticated = 0"), "listeners.imap.max_unauthenticated: must be a positive integer, not 0"),
         (("smtp", "smtp", "max_unauthenticated = 5"), "listeners.smtp.max_unauthenticated: the MX has no login, so every connection is unauthenticated: use max_connections"),
-        (("metrics", "metrics", "max_connections = 5"), "listeners.metrics.max_connections: metrics connections are not counted: the key applies to smtp, submission, pop3, imap and webmail"),
+        (("metrics", "metrics", "max_connections = 5"), "listeners.metrics.max_connections: metrics connections are not counted: the key applies to smtp, submission, pop3, imap, managesieve and webmail"),
         (("web", "webmail", "max_unauthenticated = 5"), "listeners.web.max_unauthenticated: webmail logins are per request, not per connection: use max_connections"),
     ],
 )

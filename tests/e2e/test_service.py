@@ -405,7 +405,7 @@ def test_options_check_reports_ok_and_exits_0(tmp_path: Path, capsys: pytest.Cap
     with pytest.raises(SystemExit) as raised:
         tap.Options().parseOptions(["--check", "--config", str(REPO / "etc" / "mailapp.toml")])
     assert raised.value.code == 0
-    assert capsys.readouterr().out == f"{REPO / 'etc' / 'mailapp.toml'}: OK (8 listeners)\n"
+    assert capsys.readouterr().out == f"{REPO / 'etc' / 'mailapp.toml'}: OK (9 listeners)\n"
 
 
 def test_options_read_the_config_path_from_the_environment(
@@ -837,3 +837,56 @@ def _write_chain(directory: Path, tls: TLSConfig) -> Path:
     root_file = directory / "root.pem"
     root_file.write_bytes(root.public_bytes(serialization.Encoding.PEM))
     return root_file
+
+
+def test_twistds_log_file_is_rotated_at_its_size_and_only_the_configured_number_of_old_files_is_kept(tmp_path: Path) -> None:
+    (tmp_path / "mailapp.toml").write_text(
+        """
+[server]
+hostname = "mail.example.test"
+state_dir = "state"
+log_file_max_bytes = 2000
+log_file_keep = 2
+[domains]
+local = ["example.test"]
+[tls]
+cert = "state/tls/cert.pem"
+key = "state/tls/key.pem"
+generate_self_signed = true
+[listeners.smtp]
+protocol = "smtp"
+endpoint = "tcp:0:interface=127.0.0.1"
+tls = "none"
+"""
+    )
+    log_file = tmp_path / "logs" / "mailapp.log"
+    log_file.parent.mkdir()
+    process = subprocess.Popen(
+        [str(TWISTD), "-n", "--pidfile=", f"--logfile={log_file}", "mailapp", "--config", "mailapp.toml"],
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None and time.monotonic() < deadline and process.poll() is None:
+            text = "".join(path.read_text(errors="replace") for path in log_file.parent.iterdir())
+            found = [line.rsplit("127.0.0.1:", 1)[1].split()[0] for line in text.splitlines() if "listening on 127.0.0.1:" in line]
+            port = int(found[0].rstrip(".,)")) if found else None
+            time.sleep(0.1)
+        assert port is not None, process.stdout.read() if process.stdout else ""
+        # Each SMTP session logs a few lines: enough of them rotate the file many times over.
+        for _ in range(60):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+                connection.recv(1024)
+                connection.sendall(b"QUIT\r\n")
+                connection.recv(1024)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    names = sorted(path.name for path in log_file.parent.iterdir())
+    assert names == ["mailapp.log", "mailapp.log.1", "mailapp.log.2"], names
+    assert all(path.stat().st_size <= 2000 + 1000 for path in log_file.parent.iterdir())
+    assert "mailapp stopped" in log_file.read_text()

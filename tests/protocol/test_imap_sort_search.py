@@ -99,6 +99,25 @@ class SortSearchTests(TestCase):
         client.ok(b"SORT (SUBJECT) UTF-8 HEADER Message-ID x")
         self.assertEqual(sorted(opened), sorted(self.uids))
 
+    def test_a_second_sort_takes_its_keys_from_the_cached_envelopes_and_opens_no_file(self) -> None:
+        client = self.client()
+        first = client.ok(b"SORT (REVERSE DATE FROM) UTF-8 ALL")
+        opened: list[int] = []
+        folder_class = type(self.inbox)
+        original = folder_class.openMessage
+
+        def counting(folder, uid: int):  # type: ignore[no-untyped-def]
+            opened.append(uid)
+            return original(folder, uid)
+
+        self.patch(folder_class, "openMessage", counting)
+        second = client.ok(b"SORT (REVERSE DATE FROM) UTF-8 ALL")
+        self.assertEqual(self.untagged(second, b"SORT"), self.untagged(first, b"SORT"))
+        self.assertEqual(self.untagged(second, b"SORT"), b"* SORT 5 4 1 3 2")
+        self.assertEqual(opened, [])
+        self.assertEqual(self.untagged(client.ok(b"THREAD ORDEREDSUBJECT UTF-8 ALL"), b"THREAD"), b"* THREAD (2 4)(3 1)(5)")
+        self.assertEqual(opened, [])
+
     def test_sort_reads_and_parses_headers_on_the_store_pool_not_the_reactor(self) -> None:
         pool = HeldThreadPool()
         self.context.pools.store = pool

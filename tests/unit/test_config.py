@@ -220,6 +220,20 @@ def test_a_section_that_is_not_a_table_is_a_problem() -> None:
     assert problem == "etc/test.toml: limits: must be a table, not an integer (5)"
 
 
+def test_sieve_limits_default_and_are_read() -> None:
+    limits = parse(MINIMAL, PATH, base_dir=Path("/srv/mailapp")).limits
+    assert (limits.sieve_max_steps, limits.sieve_max_redirects, limits.sieve_max_vacation_replies_per_day) == (10_000, 4, 100)
+    assert (limits.sieve_max_scripts, limits.sieve_max_script_size) == (20, 65_536)
+    changed = parse(MINIMAL + "[limits]\nsieve_max_redirects = 2\n", PATH, base_dir=Path("/srv/mailapp")).limits
+    assert changed.sieve_max_redirects == 2
+
+
+def test_sieve_limit_of_zero_is_a_problem() -> None:
+    assert only_problem(MINIMAL + "[limits]\nsieve_max_steps = 0\n") == (
+        "etc/test.toml: limits.sieve_max_steps: must be a positive integer, not 0"
+    )
+
+
 def test_non_positive_limit_is_a_problem() -> None:
     assert only_problem(MINIMAL + "[limits]\nsmtp_timeout_seconds = 0\n") == (
         "etc/test.toml: limits.smtp_timeout_seconds: must be a positive integer, not 0"
@@ -263,7 +277,7 @@ def test_bad_endpoint_string_is_a_problem_with_the_reason(endpoint: str, reason:
 def test_unknown_listener_protocol_is_a_problem() -> None:
     assert only_problem(listener(protocol="pop")) == (
         "etc/test.toml: listeners.test.protocol: unknown protocol 'pop' "
-        "(expected one of: imap, lmtp, metrics, pop3, smtp, submission, webmail)"
+        "(expected one of: imap, lmtp, managesieve, metrics, pop3, smtp, submission, webmail)"
     )
 
 
@@ -441,6 +455,7 @@ def test_development_config_parses_and_matches_the_documented_ports(tmp_path: Pa
         ("pop3s", "pop3", "tcp:10995:interface=127.0.0.1", "implicit"),
         ("imap", "imap", "tcp:10143:interface=127.0.0.1", "starttls"),
         ("imaps", "imap", "tcp:10993:interface=127.0.0.1", "implicit"),
+        ("managesieve", "managesieve", "tcp:14190:interface=127.0.0.1", "starttls"),
         ("webmail", "webmail", "tcp:18080:interface=127.0.0.1", "none"),
     }
 
@@ -454,7 +469,7 @@ def test_production_config_parses_with_standard_ports_and_no_plaintext_auth() ->
     assert all(each.tls != "none" for each in served)
     assert not any(each.allow_plaintext_auth for each in config.listeners)
     ports = sorted(int(each.endpoint.split(":")[1]) for each in served)
-    assert ports == [25, 110, 143, 443, 465, 587, 993, 995]
+    assert ports == [25, 110, 143, 443, 465, 587, 993, 995, 4190]
 
 
 def test_production_config_loads_only_once_its_certificate_exists(tmp_path: Path) -> None:
@@ -577,3 +592,12 @@ def test_allowed_clients_on_another_protocol_and_a_bad_network_are_problems() ->
         "etc/test.toml: listeners.test.allowed_clients[0]: bad network '192.0.2.1/24': "
         "192.0.2.1/24 has host bits set; did you mean 192.0.2.0/24?"
     )
+
+
+def test_the_log_file_is_rotated_at_10_mib_keeping_10_files_by_default_and_bad_values_are_named() -> None:
+    config = parse(MINIMAL, PATH)
+    assert (config.log_file_max_bytes, config.log_file_keep) == (10 * 1024 * 1024, 10)
+    text = MINIMAL.replace('hostname = "mail.example.test"', 'hostname = "mail.example.test"\nlog_file_max_bytes = 0\nlog_file_keep = -1')
+    problems = problems_of(text)
+    assert any("server.log_file_max_bytes" in p and "positive" in p for p in problems), problems
+    assert any("server.log_file_keep" in p and "keep no rotated file" in p for p in problems), problems

@@ -133,3 +133,25 @@ def test_references_lists_every_message_once_whatever_the_references_say():
         assert sorted(int(n) for n in re.findall(r"\d+", text)) == list(range(1, count + 1)), text
         assert text.count("(") == text.count(")")
         assert "()" not in text
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "From: Zed <alice@x>\r\nTo: group: c@d;\r\nCc: (comment) carol@z\r\nSubject: Re: [list] hi\r\nDate: Mon, 7 Feb 1994 21:52:25 -0800",
+        'From: "Quoted \\"Name\\"" <q@x>\r\nTo: =?iso-8859-1?q?foo_aar?= <e@f.g>\r\nSubject: =?utf-8?q?Fwd:_=C3=A9t=C3=A9?=',
+        "To: d\r\nCc: empty:;\r\nSubject: \r\nDate: nonsense",
+        "Subject: caf\u00e9 ( fwd)\r\nFrom: <@route:u@h>",
+        "",
+    ],
+)
+def test_a_cached_envelope_gives_the_same_sort_keys_as_the_header_block(header):
+    import io
+
+    from mailapp.imap import mime
+    from mailapp.imap.sorting import ENVELOPE_FIELDS, envelope_fields
+    from mailapp.imap.wire import format_value
+
+    block = header.encode() + b"\r\n\r\n"
+    envelope = b"ENVELOPE " + format_value(mime.envelope(mime.scan(io.BytesIO(block + b"body\r\n"))))
+    assert envelope_fields(envelope, 5.0, 9, ENVELOPE_FIELDS) == sort_fields(block, 5.0, 9, ENVELOPE_FIELDS)

@@ -37,12 +37,13 @@ class LoginStormTests(TestCase):
 
         accounts._verify = verify  # type: ignore[method-assign]
         started = time.monotonic()
-        attempts = [accounts.authenticate("alice@example.test", b"alice-secret") for _ in range(20)]
+        # A guessing storm: every attempt a different password, so none can share a check.
+        attempts = [accounts.authenticate("alice@example.test", b"guess-%d" % n) for n in range(20)]
         results = yield DeferredList(attempts, consumeErrors=True)
         busy = [r for ok, r in results if not ok and r.check(LoginsBusy)]
-        good = [r for ok, r in results if ok]
+        refused = [r for ok, r in results if not ok and r.check(UnauthorizedLogin)]
 
-        self.assertEqual((len(good), len(busy)), (3, 17))
+        self.assertEqual((len(refused), len(busy)), (3, 17))
         self.assertLessEqual(max(peak), 3)
         self.assertEqual(accounts.verifications, 0)
         self.assertLess(time.monotonic() - started, 2)
@@ -50,3 +51,32 @@ class LoginStormTests(TestCase):
         yield accounts.authenticate("alice@example.test", b"alice-secret")
         with self.assertRaises(UnauthorizedLogin):
             yield accounts.authenticate("alice@example.test", b"wrong-password")
+
+    @inlineCallbacks
+    def test_a_burst_of_logins_with_one_password_waits_for_one_check_instead_of_paying_for_each(self):
+        path = Path(self.mktemp())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        hasher = cheap_password_hasher()
+        database = AccountsDatabase(path, ["example.test"], hasher=hasher)
+        database.add_user("alice@example.test", "alice-secret")
+        database.close()
+        accounts = Accounts(path, ["example.test"], reactor, hasher=hasher, hash_threads=2, max_queued_verifications=3,
+                            auth_cache_seconds=0)
+        self.addCleanup(accounts.close)
+        slow_verify = accounts._verify
+        checks = []
+
+        def verify(*args):  # type: ignore[no-untyped-def]
+            checks.append(args[0])
+            time.sleep(0.05)
+            return slow_verify(*args)
+
+        accounts._verify = verify  # type: ignore[method-assign]
+        good = [accounts.authenticate("alice@example.test", b"alice-secret") for _ in range(20)]
+        wrong = [accounts.authenticate("alice@example.test", b"the-same-wrong-guess") for _ in range(10)]
+        results = yield DeferredList(good + wrong, consumeErrors=True)
+
+        self.assertEqual([r for ok, r in results[:20]], ["alice@example.test"] * 20)
+        self.assertTrue(all(not ok and r.check(UnauthorizedLogin) for ok, r in results[20:]))
+        self.assertEqual(len(checks), 2)  # one for the right password, one for the repeated wrong one
+        self.assertEqual(accounts.verifications, 0)

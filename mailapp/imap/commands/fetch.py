@@ -2,25 +2,30 @@
 FETCH and UID FETCH (RFC 3501 6.4.5, 6.4.8), with the fetch-item parser.
 
 What the index knows (FLAGS, UID, INTERNALDATE, RFC822.SIZE) is answered
-from the session's view, in batches paced by the transport. What needs the
-message (ENVELOPE, BODYSTRUCTURE, BODY[...]) opens its file on a worker
-thread, scans its MIME structure there when an item needs it, and streams
-the bytes a chunk at a time, so memory stays bounded whatever the message
-size. Fetching a body sets \\Seen first (not BODY.PEEK), in one store change.
+from the session's view, in batches paced by the transport. ENVELOPE,
+BODYSTRUCTURE and BODY come from each message's cached structure in the
+index (L{mailapp.imap.structurecache}), a batch per store read: a message
+without one has its file scanned once, and the result saved. What needs the
+message's bytes (BODY[...]) opens its file on a worker thread, scans its
+MIME structure there when an item needs it, and streams the bytes a chunk
+at a time, so memory stays bounded whatever the message size. Fetching a
+body sets \\Seen first (not BODY.PEEK), in one store change.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Coroutine
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailapp import logevents
 from mailapp.errors import NoSuchMessage
-from mailapp.imap import mime
+from mailapp.imap import mime, structurecache
 from mailapp.imap.flags import RECENT, SEEN
 from mailapp.imap.policy import CHUNK_SIZE, FETCH_BATCH
 from mailapp.imap.wire import (
@@ -41,7 +46,7 @@ if TYPE_CHECKING:
     from mailapp.imap.selected import SelectedFolder
     from mailapp.imap.session import IMAPServer
 
-__all__ = ["FetchItem", "fetch", "parse_fetch_items", "structure_cut", "uid_fetch"]
+__all__ = ["FetchItem", "fetch", "load_structures", "parse_fetch_items", "structure_cut", "uid_fetch"]
 
 _log = Logger()
 
@@ -53,6 +58,13 @@ _MACROS = {
     b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"],
 }
 _FROM_INDEX = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE")
+#: The items a cached structure answers.
+_FROM_CACHE = ("ENVELOPE", "BODYSTRUCTURE", "BODY")
+_SECTIONS = {"ENVELOPE": structurecache.ENVELOPE, "BODYSTRUCTURE": structurecache.BODYSTRUCTURE, "BODY": structurecache.BODY}
+#: Cached structures read per store trip by a FETCH.
+_CACHE_READ = 1024
+#: Message files opened at once (and scanned in one trip to a worker thread) to fill missing structures.
+_FILL_BATCH = 64
 
 
 @dataclass
@@ -179,6 +191,8 @@ async def _fetch(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid
     missing = False
     if not any(i.needs_file for i in items):
         await _fetchFromIndex(session, selected, positions, items)
+    elif all(i.kind in _FROM_INDEX or i.kind in _FROM_CACHE for i in items):
+        missing = not await _fetchFromCache(session, selected, positions, items)
     else:
         for position in positions:
             if position >= len(selected.uids) or not selected.active:
@@ -196,9 +210,15 @@ async def _fetch(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid
     await session.complete(tag, b"FETCH completed", allow_expunge=by_uid, with_uid=by_uid)
 
 
+@functools.lru_cache(maxsize=1024)
+def _flagsItem(flags: frozenset[str], recent: bool) -> bytes:
+    """FLAGS as sent: a folder's messages share a few sets, formatted once each (sorting was 8% of an index FETCH)."""
+    return b"FLAGS " + format_flags(flags | {RECENT} if recent else flags)
+
+
 def _simpleItem(item: FetchItem, uid: int, info: MessageInfo, recent: bool) -> bytes:
     if item.kind == "FLAGS":
-        return b"FLAGS " + format_flags(info.flags | {RECENT} if recent else info.flags)
+        return _flagsItem(info.flags, recent)
     if item.kind == "UID":
         return b"UID %d" % uid
     if item.kind == "INTERNALDATE":
@@ -218,11 +238,118 @@ async def _fetchFromIndex(session: IMAPServer, selected: SelectedFolder, positio
             uid = uids[position]
             entry = info[uid]
             is_recent = uid in recent
-            body = b" ".join(_simpleItem(item, uid, entry, is_recent) for item in items)
+            body = b" ".join([_simpleItem(item, uid, entry, is_recent) for item in items])
             out.append(b"* %d FETCH (%s)\r\n" % (position + 1, body))
         session.write(b"".join(out))
         if flow.paused:
             await flow.wait()
+
+
+async def _fetchFromCache(session: IMAPServer, selected: SelectedFolder, positions: list[int], items: list[FetchItem]) -> bool:
+    """
+    Index items and ENVELOPE, BODYSTRUCTURE, BODY: from the cached
+    structures, read L{_CACHE_READ} at a time in one store trip (the next
+    while this one is answered) and written
+    L{FETCH_BATCH} responses at a time, paced by the transport. A message
+    that has none (cut by a bound) goes the file's way. False if some
+    message is gone.
+    """
+    flow = session.flow
+    complete = True
+    recent = selected.recent
+    kinds = {i.kind for i in items}
+    wanted = sum(section for kind, section in _SECTIONS.items() if kind in kinds)
+    chunks = [[p for p in positions[start : start + _CACHE_READ] if p < len(selected.uids)] for start in range(0, len(positions), _CACHE_READ)]
+
+    def load(chunk: list[int]) -> defer.Deferred[tuple[dict[int, structurecache.CachedStructure], set[int]]]:
+        return defer.Deferred.fromCoroutine(load_structures(session, selected.folder, [selected.uids[p] for p in chunk], wanted))
+
+    # The next chunk is read (on a worker thread, SQLite without the GIL) while this one is written.
+    pending = load(chunks[0]) if chunks else None
+    for index, chunk in enumerate(chunks):
+        assert pending is not None
+        cached, gone = await pending
+        pending = load(chunks[index + 1]) if index + 1 < len(chunks) and selected.active else None
+        if not selected.active:
+            break
+        uids = [selected.uids[p] for p in chunk]
+        out: list[bytes] = []
+        for position, uid in zip(chunk, uids):
+            structure = cached.get(uid)
+            if structure is None:
+                if uid in gone:
+                    complete = False
+                    continue
+                session.write(b"".join(out))
+                out = []
+                if not await _fetchOne(session, selected, position, items):
+                    complete = False
+                continue
+            entry = selected.info[uid]
+            parts = []
+            for item in items:
+                kind = item.kind
+                if kind == "ENVELOPE":
+                    parts.append(structure[0])
+                elif kind == "BODYSTRUCTURE":
+                    parts.append(structure[1])
+                elif kind == "BODY":
+                    parts.append(structure[2])
+                else:
+                    parts.append(_simpleItem(item, uid, entry, uid in recent))
+            out.append(b"* %d FETCH (%s)\r\n" % (position + 1, b" ".join(parts)))
+            if len(out) >= FETCH_BATCH:
+                session.write(b"".join(out))
+                out = []
+                if flow.paused:
+                    await flow.wait()
+        session.write(b"".join(out))
+        if flow.paused:
+            await flow.wait()
+    return complete
+
+
+async def load_structures(
+    session: IMAPServer, folder: Any, uids: list[int], wanted: int = structurecache.ALL_SECTIONS
+) -> tuple[dict[int, structurecache.CachedStructure], set[int]]:
+    """
+    The cached structures of C{uids}: read from the index, and for those
+    without a usable one (none, another version, damaged) computed from
+    their files, a few at a time on a worker thread, and saved; only the
+    C{wanted} sections (L{structurecache.decode}). Also the
+    UIDs whose files are gone. A message whose structure a bound cut has
+    none (the caller reads its file).
+    """
+    found: dict[int, structurecache.CachedStructure] = {}
+    blobs = await folder.cachedStructures(uids, structurecache.STRUCTURE_VERSION)
+    for uid, blob in blobs.items():
+        decoded = structurecache.decode(blob, wanted)
+        if decoded is not None:
+            found[uid] = decoded
+    misses = [uid for uid in uids if uid not in found]
+    gone: set[int] = set()
+    for start in range(0, len(misses), _FILL_BATCH):
+        chunk = misses[start : start + _FILL_BATCH]
+        handles = await defer.gatherResults(
+            [folder.openMessage(uid).addErrback(lambda f: f.trap(NoSuchMessage) and None) for uid in chunk],
+            consumeErrors=True,
+        )
+        computed = await session.factory.offThread(_compute_all, handles)
+        fresh = {}
+        for uid, handle, blob in zip(chunk, handles, computed):
+            if handle is None:
+                gone.add(uid)
+            elif blob is not None:
+                decoded = structurecache.decode(blob)
+                if decoded is not None:
+                    found[uid] = decoded
+                    fresh[uid] = blob
+        if fresh:
+            # Not waited for: the answer does not depend on it (a failure only costs a later parse).
+            folder.saveStructures(fresh, structurecache.STRUCTURE_VERSION).addErrback(
+                lambda f: _log.failure("imap structure cache not saved", f, log_event=logevents.IMAP_INTERNAL_ERROR)
+            )
+    return found, gone
 
 
 async def _fetchOne(session: IMAPServer, selected: SelectedFolder, position: int, items: list[FetchItem]) -> bool:
@@ -313,6 +440,18 @@ async def _stream(session: IMAPServer, handle: IO[bytes], offset: int, length: i
 def _scan(handle: IO[bytes]) -> mime.Structure:
     handle.seek(0)
     return mime.scan_structure(handle)
+
+
+def _compute_all(handles: list[IO[bytes] | None]) -> list[bytes | None]:
+    """Each open message's structure blob (None: its structure was cut, or it is gone); closes them."""
+    blobs: list[bytes | None] = []
+    for handle in handles:
+        if handle is None:
+            blobs.append(None)
+            continue
+        with handle:
+            blobs.append(structurecache.compute(handle))
+    return blobs
 
 
 def structure_cut(uid: int) -> None:

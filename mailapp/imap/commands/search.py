@@ -3,13 +3,17 @@ SEARCH and UID SEARCH (RFC 3501 6.4.4): the keys are parsed and matched by
 L{mailapp.imap.search}; here the selected folder is walked.
 
 Keys the index decides (flags, sizes, dates, sequence and UID sets) are
-matched from the view without touching a file; the messages they cannot
-decide are read in batches, their files opened together and decoded in one
-trip to a worker thread.
+matched from the view without touching a file. When the rest need only the
+header fields a cached structure keeps (SUBJECT, FROM, TO, CC, BCC,
+SENT*: L{mailapp.imap.structurecache}), the messages they cannot decide are
+matched from those, a batch per store read; otherwise they are read in
+batches, their files opened together and decoded in one trip to a worker
+thread.
 
 ``SEARCH RETURN (...)`` answers ESEARCH (RFC 4731), saves the result for
 ``$`` (RFC 5182) and pages it (RFC 5267 PARTIAL): L{results}; with UPDATE
-it stays live (RFC 5267 section 4): L{context}.
+it stays live (RFC 5267 section 4): L{context}. L{matching} is the walk,
+for SORT and THREAD too.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from twisted.internet import defer
 from mailapp.errors import NoSuchMessage
 from mailapp.imap import search as keys
 from mailapp.imap.commands import context, results
-from mailapp.imap.commands.fetch import structure_cut
+from mailapp.imap.commands.fetch import load_structures, structure_cut
+from mailapp.imap.structurecache import SEARCH_FIELDS, STRUCTURE_VERSION, header_keys_only, search_fields
+from mailapp.imap.structurecache import content as cached_content
 from mailapp.imap.wire import BadCommand, Token
 
 if TYPE_CHECKING:
@@ -33,6 +39,10 @@ __all__ = ["matching", "search", "uid_search"]
 _SEARCH_BATCH = 64
 #: The same when the keys search bodies (up to search.MAX_CONTENT each): fewer, so that one trip stays short.
 _BODY_BATCH = 4
+#: The same when the cached structures answer: one store read each.
+_CACHED_BATCH = 1024
+#: Cached structures read per store trip to rule messages out before matching (L{_candidates}).
+_PREFILTER_READ = 1024
 
 
 def search(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
@@ -107,7 +117,26 @@ async def matching(
     needles = keys.body_needles(key)
     undecided: list[tuple[int, int, keys.Message]] = []
 
+    from_cache = not needles and header_keys_only(key)
+    batch_size = _CACHED_BATCH if from_cache else _SEARCH_BATCH if not needles else _BODY_BATCH
+
     async def decide(batch: list[tuple[int, int, keys.Message]]) -> None:
+        if from_cache:
+            cached, gone = await load_structures(session, selected.folder, [uid for _, uid, _ in batch], SEARCH_FIELDS)
+            unread = []
+            for entry in batch:
+                position, uid, message = entry
+                structure = cached.get(uid)
+                loaded = cached_content(structure[3]) if structure is not None else None
+                if loaded is None:
+                    if uid not in gone:
+                        unread.append(entry)
+                elif keys.matches(key, message, loaded, in_set):
+                    hits.append(position)
+            # A message whose structure a bound cut has none: its file is read.
+            batch = unread
+            if not batch:
+                return
         opened = await defer.gatherResults(
             [selected.folder.openMessage(uid).addErrback(lambda f: f.trap(NoSuchMessage) and None) for _, uid, _ in batch],
             consumeErrors=True,
@@ -121,15 +150,19 @@ async def matching(
                     on_derived(position, derived)
                 hits.append(position)
 
-    for position in range(count) if within is None else within:
+    considered = range(count) if within is None else within
+    candidates = await _candidates(selected.folder, [uids[p] for p in considered], key) if from_cache else None
+    for position in considered:
         uid = uids[position]
+        if candidates is not None and uid not in candidates:
+            continue
         entry = selected.info[uid]
         message = keys.Message(position + 1, uid, entry.flags, entry.size, entry.internaldate, uid in selected.recent)
         try:
             matched = keys.matches(key, message, None, in_set)
         except keys.NeedContent:
             undecided.append((position, uid, message))
-            if len(undecided) >= (_SEARCH_BATCH if not needles else _BODY_BATCH):
+            if len(undecided) >= batch_size:
                 await decide(undecided)
                 undecided = []
             continue
@@ -147,3 +180,31 @@ def _load(
     """(worker thread) L{keys.load_contents}, and what C{derive} makes of each."""
     contents = keys.load_contents(handles, needles)
     return [(c, None if c is None or derive is None else derive(c)) for c in contents]
+
+
+async def _candidates(folder: Any, uids: list[int], key: Any) -> set[int] | None:
+    """
+    The messages that can match a header search whose top-level keys
+    include plain SUBJECT/FROM/... strings (None: it has none, every message
+    can): each such string must appear in the message's cached fields, which
+    are kept case-folded (L{structurecache.search_fields}). Messages without
+    a usable blob stay candidates: the match fills and reads theirs. One
+    store read per L{_PREFILTER_READ} messages, the next while one is checked, no decoding.
+    """
+    required = [sub[2].encode("utf-8", "surrogatepass") for sub in key[1] if sub[0] in ("HEADER", "ADDRESS") and sub[2]]
+    if not required:
+        return None
+    candidates: set[int] = set()
+    chunks = [uids[start : start + _PREFILTER_READ] for start in range(0, len(uids), _PREFILTER_READ)]
+    # The next chunk is read (on a worker thread, SQLite without the GIL) while this one is checked.
+    pending = folder.cachedStructures(chunks[0], STRUCTURE_VERSION) if chunks else None
+    for index, chunk in enumerate(chunks):
+        assert pending is not None
+        blobs = await pending
+        pending = folder.cachedStructures(chunks[index + 1], STRUCTURE_VERSION) if index + 1 < len(chunks) else None
+        for uid in chunk:
+            blob = blobs.get(uid)
+            fields = search_fields(blob) if blob is not None else None
+            if fields is None or all(needle in fields for needle in required):
+                candidates.add(uid)
+    return candidates

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from mailapp.imap.commands.mailboxes import open_folder
-from mailapp.imap.flags import DELETED, SEEN
+from mailapp.imap.flags import DELETED
 from mailapp.imap.selected import SelectedFolder
 from mailapp.imap.wire import Token, expect_count
 
@@ -38,14 +38,13 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
     folder = await open_folder(session, tag, arguments[0])
     if folder is None:
         return
-    view, messages = await SelectedFolder.open(folder, readonly, session.account, session.factory, session.write)
+    view, snapshot = await SelectedFolder.open(folder, readonly, session.account, session.factory, session.write)
     session.select(view)
     session.write(view.flagsResponses())
     session.untagged(b"%d EXISTS" % len(view.uids))
     session.untagged(b"%d RECENT" % len(view.recent))
-    first_unseen = next((i + 1 for i, m in enumerate(messages) if SEEN not in m.flags), None)
-    if first_unseen is not None:
-        session.untagged(b"OK [UNSEEN %d] First unseen" % first_unseen)
+    if snapshot.first_unseen is not None:
+        session.untagged(b"OK [UNSEEN %d] First unseen" % snapshot.first_unseen)
     session.untagged(b"OK [UIDVALIDITY %d] UIDs valid" % view.uidvalidity)
     session.untagged(b"OK [UIDNEXT %d] Predicted next UID" % view.uidnext)
     mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"

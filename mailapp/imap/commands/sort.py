@@ -4,10 +4,13 @@ SORT, UID SORT (RFC 5256, with RFC 5957's DISPLAYFROM/DISPLAYTO and RFC
 (ORDEREDSUBJECT, REFERENCES).
 
 The search keys pick the messages (L{search.matching}); the header fields
-they are sorted or threaded by come from L{header_fields}, which reads each
-message's header block once per command, on the store's worker pool, in
-batches (a block the search already read for its own keys is taken from
-there: its fields are made on the same worker-thread trip, not read again). Sorting and threading run on a worker thread too:
+they are sorted or threaded by come from L{header_fields}: from the cached
+ENVELOPEs (L{mailapp.imap.structurecache}) when those hold them (every
+SORT criterion, ORDEREDSUBJECT), else from each message's header block,
+read at most once per command on the store's worker pool, in batches (a
+block the search already read for its own keys is taken from there: its
+fields are made on the same worker-thread trip, not read again).
+REFERENCES needs References, which an ENVELOPE does not keep. Sorting and threading run on a worker thread too:
 on a 10,000-message folder they take long enough to be felt by every other
 session on the reactor.
 """
@@ -21,8 +24,9 @@ from twisted.internet import defer
 
 from mailapp.errors import NoSuchMessage
 from mailapp.imap import search as keys
-from mailapp.imap import sorting, threads
+from mailapp.imap import sorting, structurecache, threads
 from mailapp.imap.commands import context, results
+from mailapp.imap.commands.fetch import load_structures
 from mailapp.imap.commands.search import matching
 from mailapp.imap.wire import Atom, BadCommand, Token, as_string
 
@@ -102,7 +106,9 @@ async def _thread(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
     if charset not in _CHARSETS:
         session.tagged(tag, b"NO", b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
         return
-    items = await _matching_fields(session, ("AND", parsed), sorting.THREADING)
+    # ORDEREDSUBJECT needs what a cached ENVELOPE holds; REFERENCES needs References too.
+    wanted = sorting.THREADING if algorithm is threads.references else frozenset({"date", "subject"})
+    items = await _matching_fields(session, ("AND", parsed), wanted)
     numbered = [(selected.uids[p] if by_uid else p + 1, fields) for p, fields in items]
     text: bytes = await session.factory.offThread(lambda: threads.format_threads(algorithm(numbered)))
     session.untagged(b"THREAD " + text if text else b"THREAD")
@@ -150,6 +156,8 @@ async def header_fields(
                 entry = selected.info[selected.uids[p]]
                 out[p] = dataclasses.replace(known[p], internaldate=entry.internaldate, size=entry.size)
         unread = [p for p in batch if p not in known]
+        if unread and wanted <= sorting.ENVELOPE_FIELDS:
+            unread = await _from_cache(session, unread, wanted, out)
         if not unread:
             continue
         opened = await defer.gatherResults(
@@ -163,6 +171,42 @@ async def header_fields(
         work = [(p, handles[p], selected.info[selected.uids[p]].internaldate, selected.info[selected.uids[p]].size) for p in unread]
         out.update(await session.factory.offThread(_read_fields, work, wanted))
     return out
+
+
+async def _from_cache(session: IMAPServer, positions: list[int], wanted: frozenset[str], out: dict[int, sorting.SortFields]) -> list[int]:
+    """
+    The fields of the messages at C{positions} from their cached ENVELOPEs
+    (L{mailapp.imap.structurecache}; one made from a message's file, and
+    kept, when it has none yet), into C{out}; the positions still to read
+    (a message whose structure a bound cut has no cached one).
+    """
+    selected = session.selected
+    assert selected is not None
+    uids = [selected.uids[p] for p in positions]
+    cached, gone = await load_structures(session, selected.folder, uids, structurecache.ENVELOPE)
+    work = []
+    for p, uid in zip(positions, uids):
+        structure = cached.get(uid)
+        if structure is not None:
+            entry = selected.info[uid]
+            work.append((p, structure[0], entry.internaldate, entry.size))
+    parsed: dict[int, sorting.SortFields | None] = await session.factory.offThread(_parse_envelopes, work, wanted)
+    rest = []
+    for p, uid in zip(positions, uids):
+        fields = parsed.get(p)
+        if fields is not None:
+            out[p] = fields
+        elif uid in gone:
+            entry = selected.info[uid]
+            out[p] = sorting.SortFields(entry.internaldate, entry.size)
+        else:
+            rest.append(p)
+    return rest
+
+
+def _parse_envelopes(work: list[tuple[int, bytes, float, int]], wanted: frozenset[str]) -> dict[int, sorting.SortFields | None]:
+    """(worker thread) L{sorting.envelope_fields} of each cached ENVELOPE."""
+    return {p: sorting.envelope_fields(envelope, internaldate, size, wanted) for p, envelope, internaldate, size in work}
 
 
 def _read_fields(work: list[tuple[int, IO[bytes] | None, float, int]], wanted: frozenset[str]) -> dict[int, sorting.SortFields]:

@@ -1,0 +1,80 @@
+"""
+One write per response burst (L{mailapp.imap.session.IMAPServer.flushOutput}):
+a command's lines, and the replies to pipelined commands, reach the
+transport in one write; a client that stops reading leaves at most one
+chunk gathered in the session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from mailapp.imap.policy import CHUNK_SIZE
+from mailapp.testing import FakeStore, build_factory, service_context
+from tests.protocol.accounts import make_accounts
+
+
+class _CountingTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+class OutputBurstTests(TestCase):
+    def setUp(self) -> None:
+        self.store = FakeStore()
+        self.context = service_context(store=self.store, accounts=make_accounts())
+        self.factory = build_factory(self.context, "imap", allow_plaintext_auth=True)
+        self.inbox = self.successResultOf(self.store.mailbox("alice@example.test").folder("INBOX"))
+
+    def session(self) -> tuple[Any, _CountingTransport]:
+        protocol = self.factory.buildProtocol(None)
+        transport = _CountingTransport()
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, None)
+        protocol.dataReceived(b"a LOGIN alice@example.test alice-secret\r\n")
+        transport.clear()
+        transport.writes = 0
+        return protocol, transport
+
+    def test_select_writes_its_untagged_lines_and_its_reply_at_once(self):
+        for n in range(3):
+            self.successResultOf(self.inbox.append(b"Subject: %d\r\n\r\nbody\r\n" % n))
+        protocol, transport = self.session()
+        protocol.dataReceived(b"b SELECT INBOX\r\n")
+        self.assertIn(b"* 3 EXISTS\r\n", transport.value())
+        self.assertTrue(transport.value().endswith(b"b OK [READ-WRITE] SELECT completed\r\n"))
+        self.assertEqual(transport.writes, 1)
+
+    def test_replies_to_pipelined_commands_go_out_in_one_write(self):
+        protocol, transport = self.session()
+        protocol.dataReceived(b"b NOOP\r\nc CAPABILITY\r\nd SELECT INBOX\r\ne NOOP\r\n")
+        self.assertTrue(transport.value().endswith(b"e OK NOOP completed\r\n"), transport.value())
+        self.assertEqual(transport.writes, 1)
+
+    def test_a_client_that_stops_reading_leaves_at_most_a_chunk_in_the_session(self):
+        for n in range(3000):
+            self.inbox._add(b"Subject: %d\r\n\r\nbody\r\n" % n, (), 0.0)
+        protocol, transport = self.session()
+        protocol.dataReceived(b"b SELECT INBOX\r\n")
+        transport.clear()
+        transport.writes = 0
+        protocol.flow.pauseProducing()  # as the transport does when its buffer fills
+        protocol.dataReceived(b"c FETCH 1:* (FLAGS UID RFC822.SIZE)\r\n")
+        sent = transport.value()
+        self.assertNotIn(b"c OK", sent)
+        self.assertLess(len(sent) + protocol._outputSize, 2 * CHUNK_SIZE)
+        protocol.flow.resumeProducing()
+        self.context.reactor.advance(0)
+        sent = transport.value()
+        self.assertTrue(sent.endswith(b"c OK FETCH completed\r\n"), sent[-200:])
+        self.assertEqual(sent.count(b" FETCH (FLAGS"), 3000)
+        # 3,000 lines in 12 batches, written a chunk at a time, not a batch or a line at a time.
+        self.assertLessEqual(transport.writes, len(sent) // CHUNK_SIZE + 2)
