@@ -315,59 +315,50 @@ def _fill(
 
 #: The fields an ENVELOPE holds as they are in the header (References is not among them).
 ENVELOPE_FIELDS = frozenset({"date", "subject", "from", "to", "cc"})
+#: Where each is in an ENVELOPE (RFC 3501 7.4.2).
+_ENVELOPE_INDEX = {"date": 0, "subject": 1, "from": 2, "to": 5, "cc": 6}
 
 
-def parse_value(data: bytes) -> Any:
+_TOKEN = re.compile(rb' *(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|\{([0-9]{1,10})\}\r\n|([^ ()]+))', re.S)
+_UNESCAPE = re.compile(rb"\\(.)", re.S)
+
+
+def parse_value(data: bytes, first: int | None = None) -> Any:
     """
     One IMAP response value as L{wire.format_value} writes it (NIL, quoted
     strings, literals, atoms, parenthesized lists): bytes, None and lists.
-    Raises ValueError when it does not parse.
+    Raises ValueError when it does not parse. With C{first}, a list is read
+    only as far as its first C{first} elements (what a sort key needs of an
+    ENVELOPE).
     """
     stack: list[list[Any]] = [[]]
     position, end = 0, len(data)
+    match = _TOKEN.match
     while position < end:
-        char = data[position : position + 1]
-        if char == b" ":
-            position += 1
-        elif char == b"(":
+        if first is not None and len(stack) == 2 and len(stack[1]) >= first:
+            return stack[1]
+        token = match(data, position)
+        if token is None:
+            if not data[position:].strip(b" "):
+                break
+            raise ValueError("bad token")
+        position = token.end()
+        opening, closing, quoted, literal, atom = token.groups()
+        if opening is not None:
             stack.append([])
-            position += 1
-        elif char == b")":
+        elif closing is not None:
             if len(stack) < 2:
                 raise ValueError("unbalanced")
             done = stack.pop()
             stack[-1].append(done)
-            position += 1
-        elif char == b'"':
-            out = bytearray()
-            position += 1
-            while True:
-                if position >= end:
-                    raise ValueError("unterminated string")
-                byte = data[position : position + 1]
-                if byte == b"\\":
-                    out += data[position + 1 : position + 2]
-                    position += 2
-                elif byte == b'"':
-                    position += 1
-                    break
-                else:
-                    out += byte
-                    position += 1
-            stack[-1].append(bytes(out))
-        elif char == b"{":
-            close = data.index(b"}", position)
-            length = int(data[position + 1 : close])
-            start = close + 3  # "}\r\n"
-            stack[-1].append(data[start : start + length])
-            position = start + length
+        elif quoted is not None:
+            stack[-1].append(_UNESCAPE.sub(rb"\1", quoted) if b"\\" in quoted else quoted)
+        elif literal is not None:
+            length = int(literal)
+            stack[-1].append(data[position : position + length])
+            position += length
         else:
-            stop = position
-            while stop < end and data[stop : stop + 1] not in (b" ", b"(", b")"):
-                stop += 1
-            atom = data[position:stop]
             stack[-1].append(None if atom.upper() == b"NIL" else atom)
-            position = stop
     if len(stack) != 1 or len(stack[0]) != 1:
         raise ValueError("not one value")
     return stack[0][0]
@@ -387,12 +378,14 @@ def envelope_fields(envelope: bytes, internaldate: float, size: int, wanted: fro
     values and its addresses parsed as L{sort_fields} parses them, so both
     give the same keys. None when it does not parse.
     """
+    needed = max((_ENVELOPE_INDEX[name] for name in wanted), default=0) + 1
     try:
-        value = parse_value(envelope[len(b"ENVELOPE ") :] if envelope.startswith(b"ENVELOPE ") else envelope)
+        value = parse_value(envelope[len(b"ENVELOPE ") :] if envelope.startswith(b"ENVELOPE ") else envelope, needed)
     except (ValueError, IndexError):
         return None
-    if not isinstance(value, list) or len(value) != 10:
+    if not isinstance(value, list) or len(value) < needed:
         return None
+    value = value + [None] * (10 - len(value))
     fields = SortFields(internaldate, size)
     date, subject = value[0], value[1]
     _fill(

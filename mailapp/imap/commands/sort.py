@@ -37,6 +37,8 @@ __all__ = ["header_fields", "sort", "thread", "uid_sort", "uid_thread"]
 
 #: Messages whose files are open at once while their header blocks are read.
 _HEADER_BATCH = 128
+#: Messages whose cached structures are asked for in one store read.
+_CACHED_BATCH = 1024
 _CHARSETS = ("UTF-8", "US-ASCII")
 _ALGORITHMS = {"ORDEREDSUBJECT": threads.ordered_subject, "REFERENCES": threads.references}
 
@@ -143,8 +145,10 @@ async def header_fields(
     assert selected is not None
     known = known or {}
     out: dict[int, sorting.SortFields] = {}
-    for start in range(0, len(positions), _HEADER_BATCH):
-        batch = positions[start : start + _HEADER_BATCH]
+    cacheable = wanted <= sorting.ENVELOPE_FIELDS
+    step = _CACHED_BATCH if cacheable else _HEADER_BATCH
+    for start in range(0, len(positions), step):
+        batch = positions[start : start + step]
         if not wanted:
             # ARRIVAL and SIZE are the index's: no file is opened.
             for p in batch:
@@ -156,21 +160,24 @@ async def header_fields(
                 entry = selected.info[selected.uids[p]]
                 out[p] = dataclasses.replace(known[p], internaldate=entry.internaldate, size=entry.size)
         unread = [p for p in batch if p not in known]
-        if unread and wanted <= sorting.ENVELOPE_FIELDS:
+        if unread and cacheable:
             unread = await _from_cache(session, unread, wanted, out)
-        if not unread:
-            continue
-        opened = await defer.gatherResults(
-            [
-                selected.folder.openMessage(selected.uids[p]).addErrback(lambda f: f.trap(NoSuchMessage) and None)
-                for p in unread
-            ],
-            consumeErrors=True,
-        )
-        handles = dict(zip(unread, opened))
-        work = [(p, handles[p], selected.info[selected.uids[p]].internaldate, selected.info[selected.uids[p]].size) for p in unread]
-        out.update(await session.factory.offThread(_read_fields, work, wanted))
+        for chunk in range(0, len(unread), _HEADER_BATCH):
+            await _from_files(session, unread[chunk : chunk + _HEADER_BATCH], wanted, out)
     return out
+
+
+async def _from_files(session: IMAPServer, unread: list[int], wanted: frozenset[str], out: dict[int, sorting.SortFields]) -> None:
+    """The fields of the messages at C{unread} from their header blocks (files open together), into C{out}."""
+    selected = session.selected
+    assert selected is not None
+    opened = await defer.gatherResults(
+        [selected.folder.openMessage(selected.uids[p]).addErrback(lambda f: f.trap(NoSuchMessage) and None) for p in unread],
+        consumeErrors=True,
+    )
+    handles = dict(zip(unread, opened))
+    work = [(p, handles[p], selected.info[selected.uids[p]].internaldate, selected.info[selected.uids[p]].size) for p in unread]
+    out.update(await session.factory.offThread(_read_fields, work, wanted))
 
 
 async def _from_cache(session: IMAPServer, positions: list[int], wanted: frozenset[str], out: dict[int, sorting.SortFields]) -> list[int]:
