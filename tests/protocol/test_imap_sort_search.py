@@ -282,3 +282,11 @@ class SortSearchTests(TestCase):
         client.ok(b"SEARCH RETURN (UPDATE) SEEN")
         client.ok(b"SELECT INBOX")
         self.assertNotIn(b"ESEARCH", client.ok(b"STORE 1 +FLAGS.SILENT (\\Seen)"))
+
+    def test_a_live_search_pushes_another_sessions_change_during_idle(self) -> None:
+        watcher, other = self.client(), self.client()
+        watcher.ok(b"SEARCH RETURN (UPDATE) FLAGGED")
+        self.assertIn(b"+ ", watcher.command(b"IDLE"))
+        watcher.transport.clear()
+        other.ok(b"STORE 4 +FLAGS.SILENT (\\Flagged)")
+        self.assertIn(b'* ESEARCH (TAG "t3") ADDTO (1 4)\r\n', watcher.transport.value())
