@@ -118,6 +118,24 @@ class SortSearchTests(TestCase):
         self.assertEqual(self.untagged(client.ok(b"THREAD ORDEREDSUBJECT UTF-8 ALL"), b"THREAD"), b"* THREAD (2 4)(3 1)(5)")
         self.assertEqual(opened, [])
 
+    def test_sort_after_a_cached_header_search_uses_the_envelopes_that_search_loaded(self) -> None:
+        from twisted.internet.defer import succeed
+
+        opened: list[int] = []
+        folder_class = type(self.inbox)
+        original = folder_class.openMessage
+
+        def counting(folder, uid: int):  # type: ignore[no-untyped-def]
+            opened.append(uid)
+            return original(folder, uid)
+
+        self.patch(folder_class, "openMessage", counting)
+        # The cache fills as the search reads, but its save has not landed when SORT asks.
+        self.patch(folder_class, "saveStructures", lambda folder, blobs, version: succeed(0))
+        reply = self.client().ok(b"SORT (FROM) UTF-8 SUBJECT beta")
+        self.assertEqual(self.untagged(reply, b"SORT"), b"* SORT 3 1")
+        self.assertEqual(sorted(opened), sorted(self.uids))
+
     def test_sort_reads_and_parses_headers_on_the_store_pool_not_the_reactor(self) -> None:
         pool = HeldThreadPool()
         self.context.pools.store = pool

@@ -26,7 +26,7 @@ from mailapp.errors import NoSuchMessage
 from mailapp.imap import search as keys
 from mailapp.imap.commands import context, results
 from mailapp.imap.commands.fetch import load_structures, structure_cut
-from mailapp.imap.structurecache import SEARCH_FIELDS, STRUCTURE_VERSION, header_keys_only, search_fields
+from mailapp.imap.structurecache import ENVELOPE, SEARCH_FIELDS, STRUCTURE_VERSION, header_keys_only, search_fields
 from mailapp.imap.structurecache import content as cached_content
 from mailapp.imap.wire import BadCommand, Token
 
@@ -84,6 +84,7 @@ async def matching(
     derive: Callable[[keys.Content], Any] | None = None,
     on_derived: Callable[[int, Any], None] | None = None,
     within: list[int] | None = None,
+    on_envelope: Callable[[int, bytes], None] | None = None,
 ) -> list[int]:
     """
     The 0-based positions in the selected view of the messages C{key}
@@ -91,7 +92,9 @@ async def matching(
     search looks again at what changed). For each matching message whose
     file had to be read, C{derive(content)} runs on the worker thread that
     read it and C{on_derived(position, result)} is told of its result (SORT
-    takes its fields from the same read).
+    takes its fields from the same read); for each matching message the
+    cached structures decided, C{on_envelope(position, envelope)} is told
+    of its cached ENVELOPE.
     """
     selected = session.selected
     assert selected is not None
@@ -122,7 +125,8 @@ async def matching(
 
     async def decide(batch: list[tuple[int, int, keys.Message]]) -> None:
         if from_cache:
-            cached, gone = await load_structures(session, selected.folder, [uid for _, uid, _ in batch], SEARCH_FIELDS)
+            sections = SEARCH_FIELDS | (ENVELOPE if on_envelope is not None else 0)
+            cached, gone = await load_structures(session, selected.folder, [uid for _, uid, _ in batch], sections)
             unread = []
             for entry in batch:
                 position, uid, message = entry
@@ -133,6 +137,8 @@ async def matching(
                         unread.append(entry)
                 elif keys.matches(key, message, loaded, in_set):
                     hits.append(position)
+                    if on_envelope is not None and structure is not None:
+                        on_envelope(position, structure[0])
             # A message whose structure a bound cut has none: its file is read.
             batch = unread
             if not batch:

@@ -120,26 +120,32 @@ async def _thread(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
 async def _matching_fields(session: IMAPServer, key: Any, wanted: frozenset[str]) -> list[tuple[int, sorting.SortFields]]:
     """(position, fields) of every message C{key} matches, in sequence order."""
     known: dict[int, sorting.SortFields] = {}
+    envelopes: dict[int, bytes] = {}
     positions = await matching(
         session,
         key,
         derive=lambda content: sorting.sort_fields(content.header_block, 0.0, 0, wanted),
         on_derived=known.__setitem__,
+        on_envelope=envelopes.__setitem__ if wanted <= sorting.ENVELOPE_FIELDS else None,
     )
-    fields = await header_fields(session, positions, wanted, known)
+    fields = await header_fields(session, positions, wanted, known, envelopes)
     return [(position, fields[position]) for position in positions]
 
 
 async def header_fields(
-    session: IMAPServer, positions: list[int], wanted: frozenset[str], known: dict[int, sorting.SortFields] | None = None
+    session: IMAPServer,
+    positions: list[int],
+    wanted: frozenset[str],
+    known: dict[int, sorting.SortFields] | None = None,
+    envelopes: dict[int, bytes] | None = None,
 ) -> dict[int, sorting.SortFields]:
     """
     The C{wanted} header fields (L{sorting.NEEDS}) of the messages at
     C{positions} of the selected view: the one place SORT and THREAD get
     header fields from. Each header block is read at most once (C{known}
-    holds the fields of those the search already read), on the store's
-    worker pool; a message whose file is gone is sorted by its index entry
-    alone.
+    holds the fields of those the search already read, C{envelopes} the
+    cached ENVELOPEs it already had), on the store's worker pool; a message
+    whose file is gone is sorted by its index entry alone.
     """
     selected = session.selected
     assert selected is not None
@@ -161,7 +167,7 @@ async def header_fields(
                 out[p] = dataclasses.replace(known[p], internaldate=entry.internaldate, size=entry.size)
         unread = [p for p in batch if p not in known]
         if unread and cacheable:
-            unread = await _from_cache(session, unread, wanted, out)
+            unread = await _from_cache(session, unread, wanted, out, envelopes or {})
         for chunk in range(0, len(unread), _HEADER_BATCH):
             await _from_files(session, unread[chunk : chunk + _HEADER_BATCH], wanted, out)
     return out
@@ -180,7 +186,9 @@ async def _from_files(session: IMAPServer, unread: list[int], wanted: frozenset[
     out.update(await session.factory.offThread(_read_fields, work, wanted))
 
 
-async def _from_cache(session: IMAPServer, positions: list[int], wanted: frozenset[str], out: dict[int, sorting.SortFields]) -> list[int]:
+async def _from_cache(
+    session: IMAPServer, positions: list[int], wanted: frozenset[str], out: dict[int, sorting.SortFields], envelopes: dict[int, bytes]
+) -> list[int]:
     """
     The fields of the messages at C{positions} from their cached ENVELOPEs
     (L{mailapp.imap.structurecache}; one made from a message's file, and
@@ -190,13 +198,17 @@ async def _from_cache(session: IMAPServer, positions: list[int], wanted: frozens
     selected = session.selected
     assert selected is not None
     uids = [selected.uids[p] for p in positions]
-    cached, gone = await load_structures(session, selected.folder, uids, structurecache.ENVELOPE)
+    asked = [uid for p, uid in zip(positions, uids) if p not in envelopes]
+    cached, gone = await load_structures(session, selected.folder, asked, structurecache.ENVELOPE) if asked else ({}, set())
     work = []
     for p, uid in zip(positions, uids):
+        envelope = envelopes.get(p)
         structure = cached.get(uid)
-        if structure is not None:
+        if envelope is None and structure is not None:
+            envelope = structure[0]
+        if envelope is not None:
             entry = selected.info[uid]
-            work.append((p, structure[0], entry.internaldate, entry.size))
+            work.append((p, envelope, entry.internaldate, entry.size))
     parsed: dict[int, sorting.SortFields | None] = await session.factory.offThread(_parse_envelopes, work, wanted)
     rest = []
     for p, uid in zip(positions, uids):
