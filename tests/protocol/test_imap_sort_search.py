@@ -136,6 +136,20 @@ class SortSearchTests(TestCase):
         self.assertEqual(self.untagged(reply, b"SORT"), b"* SORT 3 1")
         self.assertEqual(sorted(opened), sorted(self.uids))
 
+    def test_thread_references_with_a_header_search_reads_each_file_once_on_a_cold_cache(self) -> None:
+        opened: list[int] = []
+        folder_class = type(self.inbox)
+        original = folder_class.openMessage
+
+        def counting(folder, uid: int):  # type: ignore[no-untyped-def]
+            opened.append(uid)
+            return original(folder, uid)
+
+        self.patch(folder_class, "openMessage", counting)
+        reply = self.client().ok(b"THREAD REFERENCES UTF-8 SUBJECT beta")
+        self.assertEqual(self.untagged(reply, b"THREAD"), b"* THREAD (3 1)")
+        self.assertEqual(sorted(opened), sorted(self.uids))
+
     def test_sort_reads_and_parses_headers_on_the_store_pool_not_the_reactor(self) -> None:
         pool = HeldThreadPool()
         self.context.pools.store = pool

@@ -85,6 +85,7 @@ async def matching(
     on_derived: Callable[[int, Any], None] | None = None,
     within: list[int] | None = None,
     on_envelope: Callable[[int, bytes], None] | None = None,
+    cache: bool = True,
 ) -> list[int]:
     """
     The 0-based positions in the selected view of the messages C{key}
@@ -94,7 +95,9 @@ async def matching(
     read it and C{on_derived(position, result)} is told of its result (SORT
     takes its fields from the same read); for each matching message the
     cached structures decided, C{on_envelope(position, envelope)} is told
-    of its cached ENVELOPE.
+    of its cached ENVELOPE. Without C{cache}, header keys are matched from
+    the files even when cached structures could answer (THREAD REFERENCES
+    reads the files anyway, for References: once, for both).
     """
     selected = session.selected
     assert selected is not None
@@ -120,7 +123,7 @@ async def matching(
     needles = keys.body_needles(key)
     undecided: list[tuple[int, int, keys.Message]] = []
 
-    from_cache = not needles and header_keys_only(key)
+    from_cache = cache and not needles and header_keys_only(key)
     batch_size = _CACHED_BATCH if from_cache else _SEARCH_BATCH if not needles else _BODY_BATCH
 
     async def decide(batch: list[tuple[int, int, keys.Message]]) -> None:

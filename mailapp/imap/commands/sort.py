@@ -127,6 +127,7 @@ async def _matching_fields(session: IMAPServer, key: Any, wanted: frozenset[str]
         derive=lambda content: sorting.sort_fields(content.header_block, 0.0, 0, wanted),
         on_derived=known.__setitem__,
         on_envelope=envelopes.__setitem__ if wanted <= sorting.ENVELOPE_FIELDS else None,
+        cache=wanted <= sorting.ENVELOPE_FIELDS,
     )
     fields = await header_fields(session, positions, wanted, known, envelopes)
     return [(position, fields[position]) for position in positions]
