@@ -322,3 +322,9 @@ class SortSearchTests(TestCase):
         watcher.transport.clear()
         other.ok(b"STORE 4 +FLAGS.SILENT (\\Flagged)")
         self.assertIn(b'* ESEARCH (TAG "t3") ADDTO (1 4)\r\n', watcher.transport.value())
+
+    def test_a_live_sort_gives_each_removal_its_position_after_the_ones_before(self) -> None:
+        client = self.client()
+        client.ok(b"SORT RETURN (UPDATE) (DATE) UTF-8 UNSEEN")
+        reply = client.ok(b"STORE 1,3 +FLAGS.SILENT (\\Seen)")
+        self.assertIn(b'* ESEARCH (TAG "t3") REMOVEFROM (2 3)\r\n* ESEARCH (TAG "t3") REMOVEFROM (2 1)\r\n', reply)

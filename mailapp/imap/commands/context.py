@@ -131,11 +131,13 @@ def _remove(session: IMAPServer, view: SelectedFolder, search: _Live, leaving: l
             search.result.pop(bisect_left(search.result, uid))
         _notify(session, search, b"REMOVEFROM", position, _numbers(view, search, leaving))
         return
-    for uid in leaving:
-        position = search.result.index(uid) + 1
-        _notify(session, search, b"REMOVEFROM", position, _numbers(view, search, [uid]))
-        search.result.pop(position - 1)
+    # One REMOVEFROM each, in result order; each position as the result stands after those before it.
+    where = {uid: i for i, uid in enumerate(search.result)}
+    for removed, uid in enumerate(sorted(leaving, key=where.__getitem__)):
+        _notify(session, search, b"REMOVEFROM", where[uid] - removed + 1, _numbers(view, search, [uid]))
         del search.fields[uid]
+    gone = set(leaving)
+    search.result = [uid for uid in search.result if uid not in gone]
 
 
 async def changed(session: IMAPServer) -> None:

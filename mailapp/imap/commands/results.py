@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 from weakref import WeakKeyDictionary
 
 from mailapp.imap.wire import MAX_NUMBER, Atom, BadCommand, Token, format_uid_set
@@ -33,6 +33,7 @@ __all__ = ["ReturnOptions", "accepting_saved", "answer", "failed", "parse_return
 _RANGE = re.compile(rb"^([0-9]{1,10}):([0-9]{1,10})$")
 _SIMPLE = {b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE", b"UPDATE", b"CONTEXT"}
 
+#: A command's handler (as in the command table).
 Handler = Callable[["IMAPServer", bytes, list[Token]], "Awaitable[None] | None"]
 
 #: SEARCHRES: each selected view's saved result, as UIDs in the order saved.
@@ -171,7 +172,7 @@ def _saved_set(session: IMAPServer, by_uid: bool) -> bytes:
     return format_uid_set(_sequence_numbers(view, uids))
 
 
-def accepting_saved(handler: Any, by_uid: bool) -> Any:
+def accepting_saved(handler: Handler, by_uid: bool) -> Handler:
     """
     C{handler} with ``$`` (RFC 5182) as its sequence set replaced by the
     saved result. (Among search keys, ``$`` is the search parser's: L{search.SAVED}.)
@@ -180,8 +181,7 @@ def accepting_saved(handler: Any, by_uid: bool) -> Any:
     def with_saved_result(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Awaitable[None] | None:
         if arguments and isinstance(arguments[0], Atom) and bytes(arguments[0]) == b"$":
             arguments = [Atom(_saved_set(session, by_uid)), *arguments[1:]]
-        result: Awaitable[None] | None = handler(session, tag, arguments)
-        return result
+        return handler(session, tag, arguments)
 
     with_saved_result.__name__ = getattr(handler, "__name__", "handler")
     with_saved_result.__doc__ = handler.__doc__
