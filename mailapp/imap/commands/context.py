@@ -17,7 +17,7 @@ sequence numbers still mean them (section 4.3).
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
@@ -127,8 +127,8 @@ def _remove(session: IMAPServer, view: SelectedFolder, search: _Live, leaving: l
         return
     if search.criteria is None:
         position = bisect_left(search.result, leaving[0]) + 1
-        for uid in leaving:
-            search.result.pop(bisect_left(search.result, uid))
+        going = set(leaving)
+        search.result = [uid for uid in search.result if uid not in going]
         _notify(session, search, b"REMOVEFROM", position, _numbers(view, search, leaving))
         return
     # One REMOVEFROM each, in result order; each position as the result stands after those before it.
@@ -163,8 +163,7 @@ async def changed(session: IMAPServer) -> None:
         if not entering:
             continue
         if search.criteria is None:
-            for uid in entering:
-                insort(search.result, uid)
+            search.result = sorted(search.result + entering)  # two sorted runs: a linear merge
             position = bisect_left(search.result, entering[0]) + 1
             _notify(session, search, b"ADDTO", position, _numbers(view, search, entering))
             continue
