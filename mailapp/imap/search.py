@@ -362,7 +362,9 @@ def read_header_block(handle: IO[bytes]) -> bytes:
 
 def header_content(block: bytes, found: frozenset[str] = frozenset(), cut: bool = False) -> Content:
     """The L{Content} of a message with header block C{block}: its fields decoded and case-folded, its Date."""
-    message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
+    # As UTF-8 (RFC 6532 header fields, SMTPUTF8 mail): the bytes parser reads
+    # 8-bit values as unknown bytes, and SUBJECT "Grüße" never matched them.
+    message = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(block.decode("utf-8", "surrogateescape"))
     headers: dict[str, list[str]] = {}
     header_lines = []
     for name, value in message.items():

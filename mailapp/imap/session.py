@@ -156,6 +156,8 @@ class IMAPServer(LineSession):
         self.selected: SelectedFolder | None = None
         #: The IDLE in progress, if any.
         self.idling: Idle | None = None
+        #: ENABLE UTF8=ACCEPT (RFC 6855): mailbox names are UTF-8 both ways, quoted strings may carry it.
+        self.utf8 = False
         self._logout: Callable[[], None] | None = None
         self._errors = 0
         #: The tag of the command whose reply a pending Deferred sends (L{hold}, the logins).

@@ -16,6 +16,8 @@ import io
 import re
 import time
 from dataclasses import dataclass, field
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser, BytesParser
 from typing import IO, Iterable
@@ -415,15 +417,26 @@ def _message_id_ok(value: str) -> bool:
     return not has_line_break(value) and len(value) < 2000 and all(ch.isprintable() for ch in value)
 
 
-def build(draft: Draft, sender: str, hostname: str, with_bcc: bool, now: float | None = None) -> bytes:
+def from_header(sender: str, display_name: str = "") -> str:
+    """C{sender} with the user's display name (quoted or RFC 2047-encoded as it needs), or bare without one."""
+    if not display_name or has_line_break(display_name):
+        return sender
+    try:
+        return str(Address(display_name=display_name, addr_spec=sender))
+    except (ValueError, IndexError, HeaderParseError):
+        return sender
+
+
+def build(draft: Draft, sender: str, hostname: str, with_bcc: bool, now: float | None = None, display_name: str = "") -> bytes:
     """
     The message bytes (CRLF line ends). C{with_bcc} only for the sender's own
     copies (Sent, Drafts): the copy handed to the Router never has a Bcc header.
+    C{display_name}: the user's, for From (L{from_header}).
     """
     if has_line_break(draft.subject):
         raise ComposeError("Subject: line breaks are not allowed")
     message = EmailMessage(policy=email.policy.SMTP)
-    message["From"] = sender
+    message["From"] = from_header(sender, display_name)
     if draft.to:
         message["To"] = format_addresses(draft.to)
     if draft.cc:

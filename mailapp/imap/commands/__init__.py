@@ -51,7 +51,7 @@ class Command:
     name: str
     handler: Handler
     states: frozenset[State]
-    #: Announced in CAPABILITY, in the order of the table (whatever the state).
+    #: Announced in CAPABILITY, in the order of the table (whatever the state); several separated by spaces.
     capability: bytes | None = None
     #: Whether its latency counts in the command metrics (IDLE is a wait, not a command to time).
     timed: bool = True
@@ -68,7 +68,7 @@ _TABLE = (
     Command("AUTHENTICATE", auth.authenticate, _NOT_AUTHENTICATED),
     Command("LOGIN", auth.login, _NOT_AUTHENTICATED),
     # authenticated (and selected)
-    Command("ENABLE", auth.enable, _AUTHENTICATED, capability=b"ENABLE"),
+    Command("ENABLE", auth.enable, _AUTHENTICATED, capability=b"ENABLE UTF8=ACCEPT"),
     Command("IDLE", idle.idle, _AUTHENTICATED, capability=b"IDLE", timed=False),
     Command("NAMESPACE", mailboxes.namespace, _AUTHENTICATED, capability=b"NAMESPACE"),
     Command("CREATE", mailboxes.create, _AUTHENTICATED),
@@ -76,12 +76,12 @@ _TABLE = (
     Command("RENAME", mailboxes.rename, _AUTHENTICATED),
     Command("SUBSCRIBE", mailboxes.subscribe, _AUTHENTICATED),
     Command("UNSUBSCRIBE", mailboxes.unsubscribe, _AUTHENTICATED),
-    Command("LIST", mailboxes.list_, _AUTHENTICATED),
+    Command("LIST", mailboxes.list_, _AUTHENTICATED, capability=b"LIST-EXTENDED LIST-STATUS"),
     Command("LSUB", mailboxes.lsub, _AUTHENTICATED),
-    Command("STATUS", mailboxes.status, _AUTHENTICATED),
+    Command("STATUS", mailboxes.status, _AUTHENTICATED, capability=b"STATUS=SIZE"),
     Command("SELECT", select.select, _AUTHENTICATED),
     Command("EXAMINE", select.examine, _AUTHENTICATED),
-    Command("APPEND", append.append, _AUTHENTICATED),
+    Command("APPEND", append.append, _AUTHENTICATED, capability=b"MULTIAPPEND CATENATE"),
     # selected; UIDPLUS is APPENDUID and COPYUID too, announced with UID EXPUNGE; accepting_saved:
     # a ``$`` sequence set (SEARCHRES) is replaced by the saved result before the handler runs
     Command("UID EXPUNGE", accepting_saved(expunge.uid_expunge, by_uid=True), _SELECTED, capability=b"UIDPLUS"),
@@ -100,7 +100,7 @@ _TABLE = (
     Command("UID SORT", sort.uid_sort, _SELECTED),
     Command("THREAD", sort.thread, _SELECTED, capability=b"THREAD=ORDEREDSUBJECT THREAD=REFERENCES"),
     Command("UID THREAD", sort.uid_thread, _SELECTED),
-    Command("FETCH", accepting_saved(fetch.fetch, by_uid=False), _SELECTED),
+    Command("FETCH", accepting_saved(fetch.fetch, by_uid=False), _SELECTED, capability=b"BINARY"),
     Command("UID FETCH", accepting_saved(fetch.uid_fetch, by_uid=True), _SELECTED),
     Command("STORE", accepting_saved(store.store, by_uid=False), _SELECTED),
     Command("UID STORE", accepting_saved(store.uid_store, by_uid=True), _SELECTED),
