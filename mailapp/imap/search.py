@@ -39,6 +39,7 @@ __all__ = [
     "MAX_DEPTH",
     "Message",
     "NeedContent",
+    "SAVED",
     "body_needles",
     "header_content",
     "load_content",
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 MAX_DEPTH = 32
+#: The ranges of ``$`` (RFC 5182's saved result), as a key alone or after UID: what C{in_set} is asked of them.
+SAVED = "$"
 #: BODY and TEXT look at this many bytes of a message at most (its first 32 MiB, as
 #: sent): more than C{limits.max_message_size} allows by default, and a bound on the
 #: time one message can take whatever a client APPENDed.
@@ -109,6 +112,8 @@ class Content:
     cut: bool = False
     #: FROM, TO, CC, BCC: each such field's addresses written out normalized, case-folded.
     addresses: dict[str, list[str]] = field(default_factory=dict)
+    #: The raw header block the rest was read from (SORT and THREAD take their fields from it too).
+    header_block: bytes = b""
 
 
 def parse_search(tokens: list[Token], max_seq: int) -> tuple[str | None, list[Any]]:
@@ -163,6 +168,8 @@ class _Parser:
         if not isinstance(token, Atom):
             raise BadCommand("Bad search key")
         name = token.upper().decode("ascii", "replace")
+        if name == "$":
+            return ("UID", SAVED)
         if name[:1].isdigit() or name[:1] == "*":
             return ("SEQ", parse_sequence_set(bytes(token)))
         if name == "ALL":
@@ -178,7 +185,8 @@ class _Parser:
         if name in ("LARGER", "SMALLER"):
             return (name, as_number(self.next("size"), "size"))
         if name == "UID":
-            return ("UID", parse_sequence_set(as_string(self.next("UID set"), "UID set")))
+            uid_set = as_string(self.next("UID set"), "UID set")
+            return ("UID", SAVED if uid_set == b"$" else parse_sequence_set(uid_set))
         if name == "MODSEQ":
             # RFC 7162 3.1.5: MODSEQ [entry-name entry-type-req] n; flags' entries all share the message's modseq.
             value = self.next("mod-sequence")
@@ -401,7 +409,7 @@ def header_content(block: bytes, found: frozenset[str] = frozenset(), cut: bool 
     for name, raw in mime.parse_header_block(block):
         if name in ("from", "to", "cc", "bcc"):
             fields.setdefault(name, []).append(addresses.search_text(raw).casefold())
-    return Content(headers, "\n".join(header_lines).casefold(), found, sent, cut, fields)
+    return Content(headers, "\n".join(header_lines).casefold(), found, sent, cut, fields, block)
 
 
 # -- streaming the text of a message ----------------------------------------------------------

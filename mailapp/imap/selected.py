@@ -116,6 +116,8 @@ class SelectedFolder:
             if isinstance(messages, FolderSnapshot)
             else {f for m in messages for f in m.flags if not f.startswith("\\")}
         )
+        #: Told the UIDs about to be expunged, before their EXPUNGE responses (RFC 5267's REMOVEFROM).
+        self.expunging: list[Callable[[list[int]], None]] = []
 
     @classmethod
     async def open(
@@ -178,9 +180,15 @@ class SelectedFolder:
     def expunged(self, uids: set[int]) -> None:
         """Messages this session itself removed (MOVE): EXPUNGE each, in descending order (or one VANISHED)."""
         gone = [i for i, uid in enumerate(self.uids) if uid in uids]
+        self._expunging(gone)
         self._tellExpunged(gone)
         for position in reversed(gone):
             self._forget(position)
+
+    def _expunging(self, positions: list[int]) -> None:
+        if positions:
+            for listener in self.expunging:
+                listener([self.uids[p] for p in positions])
 
     def _tellExpunged(self, gone: list[int]) -> None:
         """EXPUNGE for each of the positions C{gone} (ascending), highest first; with QRESYNC on, one VANISHED of their UIDs."""
@@ -232,6 +240,7 @@ class SelectedFolder:
         gone = [i for i, uid in enumerate(self.uids) if uid not in current]
         if gone:
             if allow_expunge:
+                self._expunging(gone)
                 self._tellExpunged(gone)
                 for position in reversed(gone):
                     self._forget(position)
@@ -278,6 +287,7 @@ class SelectedFolder:
                 gone.append(position)
         if gone:
             if allow_expunge:
+                self._expunging(gone)
                 self._tellExpunged(gone)
                 for position in reversed(gone):
                     self._forget(position)

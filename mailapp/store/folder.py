@@ -34,7 +34,7 @@ from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
 from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, ChangesSince, FlagChange, FolderEvent, FolderStatus, MessageInfo
 from mailapp.store.filenames import decode_flags, encode_flags, parse_filename
-from mailapp.store.folders import message_counts, write_meta
+from mailapp.store.folders import message_counts, record_uidnext
 from mailapp.store.keywords import message_filename
 from mailapp.store.modseq import prune_vanished, vanished_since
 from mailapp.store.names import folder_directory
@@ -371,7 +371,7 @@ class MaildirFolder:
                         "SELECT uidvalidity, uidnext FROM folders WHERE name = ?", (self.name,)
                     ).fetchone()
                     # Record UIDNEXT first, so that a rebuild never hands out a removed UID again.
-                    write_meta(self.directory, validity, uidnext)
+                    record_uidnext(self.directory, validity, uidnext)
                     victims = []
                     for uid in uids:
                         row = conn.execute(

@@ -57,6 +57,22 @@ def write_meta(directory: Path, uidvalidity: int, uidnext: int) -> None:
     durable.replace_file(directory / META_NAME, data, directory / "tmp")
 
 
+def record_uidnext(directory: Path, uidvalidity: int, uidnext: int) -> None:
+    """
+    Before an expunge: make sure the metadata file (which a rebuild of a
+    lost index starts from) records a UIDNEXT of at least C{uidnext}, so
+    that no rebuild ever hands out a removed UID again; a durable write only
+    when it records less (expunges with no delivery between them pay none).
+    It records exactly C{uidnext}, never more: a reserve ahead would reach
+    UIDNEXT through the reconcile, and RFC 3501 2.3.1.1 forbids UIDNEXT to
+    change unless messages were added.
+    """
+    meta = read_meta(directory)
+    if meta is not None and meta["uidvalidity"] == uidvalidity and meta["uidnext"] >= uidnext:
+        return
+    write_meta(directory, uidvalidity, uidnext)
+
+
 def make_folder_directory(directory: Path) -> None:
     """Create a folder's ``cur/``, ``new/`` and ``tmp/`` (and a subfolder's Maildir++ marker) if missing."""
     for sub in ("cur", "new", "tmp"):

@@ -162,8 +162,15 @@ def test_the_table_names_every_command_once_with_the_states_it_is_valid_in():
 def test_the_commands_capabilities_are_announced_in_the_order_clients_saw_before_then_the_extensions():
     assert b" ".join(CAPABILITIES) == (
         b"ID ENABLE UTF8=ACCEPT IDLE NAMESPACE LIST-EXTENDED LIST-STATUS STATUS=SIZE MULTIAPPEND CATENATE"
-        b" UIDPLUS MOVE UNSELECT BINARY"
+        b" UIDPLUS MOVE UNSELECT ESEARCH SEARCHRES CONTEXT=SEARCH SORT SORT=DISPLAY ESORT CONTEXT=SORT"
+        b" THREAD=ORDEREDSUBJECT THREAD=REFERENCES BINARY"
     )
+
+
+def test_search_sort_and_thread_extensions_are_announced():
+    announced = b" ".join(CAPABILITIES).split()
+    for capability in (b"ESEARCH", b"SEARCHRES", b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES", b"CONTEXT=SEARCH", b"CONTEXT=SORT"):
+        assert capability in announced
 
 
 @pytest.mark.parametrize("name", ["CAPABILITY", "NOOP", "LOGOUT", "ID"])

@@ -279,6 +279,20 @@ class FolderTests(StoreTestCase):
         self.assertEqual([m.uid for m in (yield folder.messages())], [1, 3])
 
     @inlineCallbacks
+    def test_expunges_with_no_delivery_between_them_pay_no_further_durable_metadata_write(self):
+        from unittest import mock
+
+        from mailapp.store import folders
+
+        for _ in range(3):
+            yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        with mock.patch.object(folders, "write_meta", wraps=folders.write_meta) as written:
+            for uid in (1, 2, 3):
+                yield folder.expunge([uid])
+        self.assertEqual(written.call_count, 1)
+
+    @inlineCallbacks
     def test_uids_and_uidvalidity_persist_across_restart(self):
         yield self.deliver([ALICE])
         before = yield (yield self.store.mailbox(ALICE).folder("INBOX")).status()

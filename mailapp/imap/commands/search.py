@@ -9,26 +9,32 @@ SENT*: L{mailapp.imap.structurecache}), the messages they cannot decide are
 matched from those, a batch per store read; otherwise they are read in
 batches, their files opened together and decoded in one trip to a worker
 thread.
+
+``SEARCH RETURN (...)`` answers ESEARCH (RFC 4731), saves the result for
+``$`` (RFC 5182) and pages it (RFC 5267 PARTIAL): L{results}; with UPDATE
+it stays live (RFC 5267 section 4): L{context}. L{matching} is the walk,
+for SORT and THREAD too.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Coroutine
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from twisted.internet import defer
 
 from mailapp.errors import NoSuchMessage
 from mailapp.imap import search as keys
 from mailapp.imap.commands.condstore import enable_condstore
+from mailapp.imap.commands import context, results
 from mailapp.imap.commands.fetch import load_structures, structure_cut
-from mailapp.imap.structurecache import SEARCH_FIELDS, STRUCTURE_VERSION, header_keys_only, search_fields
+from mailapp.imap.structurecache import ENVELOPE, SEARCH_FIELDS, STRUCTURE_VERSION, header_keys_only, search_fields
 from mailapp.imap.structurecache import content as cached_content
-from mailapp.imap.wire import Token
+from mailapp.imap.wire import BadCommand, Token
 
 if TYPE_CHECKING:
     from mailapp.imap.session import IMAPServer
 
-__all__ = ["search", "uid_search"]
+__all__ = ["matching", "search", "uid_search"]
 
 #: Messages a SEARCH reads per trip to a worker thread (with their files open at once).
 _SEARCH_BATCH = 64
@@ -51,19 +57,68 @@ def uid_search(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Corou
 async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid: bool) -> None:
     selected = session.selected
     assert selected is not None
-    charset, parsed = keys.parse_search(arguments, len(selected.uids))
+    options, arguments = results.parse_return(arguments)
+    try:
+        charset, parsed = keys.parse_search(arguments, len(selected.uids))
+    except BadCommand:
+        results.failed(session, options)
+        raise
     if charset not in (None, "UTF-8", "US-ASCII"):
+        results.failed(session, options)
         session.tagged(tag, b"NO", b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
         return
     key = ("AND", parsed)
     with_modseq = keys.uses_modseq(key)
     if with_modseq:
         await enable_condstore(session)
+    positions = await matching(session, key)
+    if options is None:
+        hits = [selected.uids[p] if by_uid else p + 1 for p in positions]
+        # RFC 7162 3.1.5: a search by MODSEQ answers the highest mod-sequence of what it found.
+        highest = b""
+        if with_modseq and positions:
+            highest = b" (MODSEQ %d)" % max(selected.info[selected.uids[p]].modseq for p in positions)
+        session.untagged(b"SEARCH" + b"".join(b" %d" % hit for hit in hits) + highest)
+    else:
+        uids = [selected.uids[p] for p in positions]
+        results.answer(session, tag, options, uids, by_uid, modseq=with_modseq)
+        if options.update:
+            context.watch(session, tag, ("AND", parsed), uids, by_uid)
+    await session.complete(tag, b"SEARCH completed", allow_expunge=by_uid, with_uid=by_uid)
+
+
+async def matching(
+    session: IMAPServer,
+    key: Any,
+    derive: Callable[[keys.Content], Any] | None = None,
+    on_derived: Callable[[int, Any], None] | None = None,
+    within: list[int] | None = None,
+    on_envelope: Callable[[int, bytes], None] | None = None,
+    cache: bool = True,
+) -> list[int]:
+    """
+    The 0-based positions in the selected view of the messages C{key}
+    matches, ascending; of the positions C{within} only, if given (a live
+    search looks again at what changed). For each matching message whose
+    file had to be read, C{derive(content)} runs on the worker thread that
+    read it and C{on_derived(position, result)} is told of its result (SORT
+    takes its fields from the same read); for each matching message the
+    cached structures decided, C{on_envelope(position, envelope)} is told
+    of its cached ENVELOPE. Without C{cache}, header keys are matched from
+    the files even when cached structures could answer (THREAD REFERENCES
+    reads the files anyway, for References: once, for both).
+    """
+    selected = session.selected
+    assert selected is not None
     uids = list(selected.uids)
     count = len(uids)
     last_uid = uids[-1] if uids else 0
 
+    saved = set(results.saved(session))
+
     def in_set(ranges: Any, message: keys.Message, uid_set: bool) -> bool:
+        if ranges is keys.SAVED:
+            return message.uid in saved
         value = message.uid if uid_set else message.seq
         last = last_uid if uid_set else count
         for low, high in ranges:
@@ -77,12 +132,13 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
     needles = keys.body_needles(key)
     undecided: list[tuple[int, int, keys.Message]] = []
 
-    from_cache = not needles and header_keys_only(key)
+    from_cache = cache and not needles and header_keys_only(key)
     batch_size = _CACHED_BATCH if from_cache else _SEARCH_BATCH if not needles else _BODY_BATCH
 
     async def decide(batch: list[tuple[int, int, keys.Message]]) -> None:
         if from_cache:
-            cached, gone = await load_structures(session, selected.folder, [uid for _, uid, _ in batch], SEARCH_FIELDS)
+            sections = SEARCH_FIELDS | (ENVELOPE if on_envelope is not None else 0)
+            cached, gone = await load_structures(session, selected.folder, [uid for _, uid, _ in batch], sections)
             unread = []
             for entry in batch:
                 position, uid, message = entry
@@ -92,7 +148,9 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
                     if uid not in gone:
                         unread.append(entry)
                 elif keys.matches(key, message, loaded, in_set):
-                    hits.append(uid if by_uid else position + 1)
+                    hits.append(position)
+                    if on_envelope is not None and structure is not None:
+                        on_envelope(position, structure[0])
             # A message whose structure a bound cut has none: its file is read.
             batch = unread
             if not batch:
@@ -101,15 +159,19 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
             [selected.folder.openMessage(uid).addErrback(lambda f: f.trap(NoSuchMessage) and None) for _, uid, _ in batch],
             consumeErrors=True,
         )
-        contents = await session.factory.offThread(keys.load_contents, opened, needles)
-        for (position, uid, message), content in zip(batch, contents):
+        loaded = await session.factory.offThread(_load, opened, needles, derive)
+        for (position, uid, message), (content, derived) in zip(batch, loaded):
             if content is not None and content.cut:
                 structure_cut(uid)
             if content is not None and keys.matches(key, message, content, in_set):
-                hits.append(uid if by_uid else position + 1)
+                if on_derived is not None:
+                    on_derived(position, derived)
+                hits.append(position)
 
-    candidates = await _candidates(selected.folder, uids, key) if from_cache else None
-    for position, uid in enumerate(uids):
+    considered = range(count) if within is None else within
+    candidates = await _candidates(selected.folder, [uids[p] for p in considered], key) if from_cache else None
+    for position in considered:
+        uid = uids[position]
         if candidates is not None and uid not in candidates:
             continue
         entry = selected.info[uid]
@@ -123,17 +185,19 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
                 undecided = []
             continue
         if matched:
-            hits.append(uid if by_uid else position + 1)
+            hits.append(position)
     if undecided:
         await decide(undecided)
     hits.sort()
-    # RFC 7162 3.1.5: a search by MODSEQ answers the highest mod-sequence of what it found.
-    highest = b""
-    if with_modseq and hits:
-        info, uids_now = selected.info, selected.uids
-        highest = b" (MODSEQ %d)" % max(info[hit if by_uid else uids_now[hit - 1]].modseq for hit in hits)
-    session.untagged(b"SEARCH" + b"".join(b" %d" % hit for hit in hits) + highest)
-    await session.complete(tag, b"SEARCH completed", allow_expunge=by_uid, with_uid=by_uid)
+    return hits
+
+
+def _load(
+    handles: list[Any], needles: frozenset[str], derive: Callable[[keys.Content], Any] | None
+) -> list[tuple[keys.Content | None, Any]]:
+    """(worker thread) L{keys.load_contents}, and what C{derive} makes of each."""
+    contents = keys.load_contents(handles, needles)
+    return [(c, None if c is None or derive is None else derive(c)) for c in contents]
 
 
 async def _candidates(folder: Any, uids: list[int], key: Any) -> set[int] | None:
