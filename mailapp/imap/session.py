@@ -57,7 +57,7 @@ from zope.interface import implementer
 
 from mailapp import logevents
 from mailapp.errors import KeywordLimit, MailboxGone, NoSuchFolder, OverQuota, StorageFull
-from mailapp.imap.commands import CAPABILITIES, COMMANDS, Command, context
+from mailapp.imap.commands import COMMANDS, Command, capabilities, context
 from mailapp.imap.policy import CHUNK_SIZE, MAX_ERRORS, MAX_LINE_PREAUTH, IMAPPolicy
 from mailapp.imap.reader import LINE_TOO_LONG, TAG, CommandReader, Piece, ReadLimits, discard
 from mailapp.imap.selected import SelectedFolder
@@ -344,7 +344,7 @@ class IMAPServer(LineSession):
 
     def capabilityText(self) -> bytes:
         """The CAPABILITY list as it stands in this state: the command table's, the reader's and LIST's, and the login options."""
-        caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", *CAPABILITIES, b"CHILDREN", b"SPECIAL-USE",
+        caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", *capabilities(self.state), b"CHILDREN", b"SPECIAL-USE",
                 b"APPENDLIMIT=%d" % self.policy.max_message_size]
         if self.state is State.NOT_AUTHENTICATED:
             if self.factory.tls is not None and not self.secure:
@@ -451,6 +451,15 @@ class IMAPServer(LineSession):
         self.reader.discardPieces()
         self.flushOutput()
         self._startTLS(tag + b" OK Begin TLS negotiation now\r\n", self.factory.tls)
+
+    def startCompression(self) -> None:
+        """COMPRESS DEFLATE: its OK goes out uncompressed, then both directions are compressed (the line base's)."""
+        self.flushOutput()
+        self._startCompression()
+
+    def compressedDataCorrupt(self) -> None:
+        self.reader.discardPieces()
+        self.untagged(b"BYE Compressed data is corrupt; closing connection")
 
     def loginAllowed(self) -> bool:
         return self.secure or self.policy.allow_plaintext_auth
