@@ -158,6 +158,8 @@ class IMAPServer(LineSession):
         self.idling: Idle | None = None
         #: ENABLE UTF8=ACCEPT (RFC 6855): mailbox names are UTF-8 both ways, quoted strings may carry it.
         self.utf8 = False
+        #: ENABLE IMAP4rev2 (RFC 9051): its semantics where they differ from rev1 (no \\Recent, SEARCH as ESEARCH, ...).
+        self.rev2 = False
         self._logout: Callable[[], None] | None = None
         self._errors = 0
         #: The tag of the command whose reply a pending Deferred sends (L{hold}, the logins).
@@ -344,7 +346,7 @@ class IMAPServer(LineSession):
 
     def capabilityText(self) -> bytes:
         """The CAPABILITY list as it stands in this state: the command table's, the reader's and LIST's, and the login options."""
-        caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", *capabilities(self.state), b"CHILDREN", b"SPECIAL-USE",
+        caps = [b"IMAP4rev1", b"IMAP4rev2", b"LITERAL+", b"SASL-IR", *capabilities(self.state), b"CHILDREN", b"SPECIAL-USE",
                 b"APPENDLIMIT=%d" % self.policy.max_message_size]
         if self.state is State.NOT_AUTHENTICATED:
             if self.factory.tls is not None and not self.secure:
@@ -506,6 +508,9 @@ class IMAPServer(LineSession):
     def select(self, view: SelectedFolder) -> None:
         """Make C{view} the selected folder's, and follow the store's events for it."""
         view.unsubscribe = self.store.events.subscribe(self.account, view.folder.name, lambda event: self._hint(view, event))
+        if self.rev2:
+            view.shows_recent = False
+            view.recent.clear()
         self.selected = view
         self.state = State.SELECTED
 

@@ -34,6 +34,8 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
     if len(arguments) == 2 and isinstance(arguments[1], list):
         arguments = arguments[:1]  # select parameters (CONDSTORE...) we do not support: ignored
     expect_count(arguments, 1, "SELECT")
+    if session.selected is not None and session.rev2:
+        session.untagged(b"OK [CLOSED] Previous mailbox closed")  # RFC 9051 6.3.2
     session.unselect()
     folder = await open_folder(session, tag, arguments[0])
     if folder is None:
@@ -42,8 +44,9 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
     session.select(view)
     session.write(view.flagsResponses())
     session.untagged(b"%d EXISTS" % len(view.uids))
-    session.untagged(b"%d RECENT" % len(view.recent))
-    if snapshot.first_unseen is not None:
+    if not session.rev2:  # RFC 9051 appendix E: no RECENT, no UNSEEN code
+        session.untagged(b"%d RECENT" % len(view.recent))
+    if snapshot.first_unseen is not None and not session.rev2:
         session.untagged(b"OK [UNSEEN %d] First unseen" % snapshot.first_unseen)
     session.untagged(b"OK [UIDVALIDITY %d] UIDs valid" % view.uidvalidity)
     session.untagged(b"OK [UIDNEXT %d] Predicted next UID" % view.uidnext)
