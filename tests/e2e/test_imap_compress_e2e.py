@@ -2,7 +2,8 @@
 COMPRESS=DEFLATE (RFC 4978) against the real service with Python's imaplib,
 which has no COMPRESS of its own: after the tagged OK the client's socket
 reads and writes go through zlib's raw DEFLATE (L{compress}), on the plain
-listener, after STARTTLS and over implicit TLS (compression inside TLS).
+listener, after STARTTLS and over implicit TLS (compression inside TLS);
+and IMAP4rev2 (RFC 9051) enabled over a raw socket.
 """
 
 from __future__ import annotations
@@ -123,3 +124,18 @@ def test_compress_after_starttls(server, user):
 def test_compress_over_implicit_tls(server, user):
     client = imaplib.IMAP4_SSL("127.0.0.1", server.port("imaps"), ssl_context=unverified_tls(), timeout=TIMEOUT)
     _session_through_compression(client, server, user)
+
+
+def test_imap4rev2_enabled_over_a_real_socket_answers_rev2_style(server, user):
+    from tests.imap_helpers import Raw
+
+    deliver(server, user, message("rev2"))
+    raw = Raw(server.port("imap"))
+    assert b" IMAP4rev2 " in raw.greeting
+    raw.command(b"a", b"LOGIN " + user.encode() + b" " + PASSWORD.encode())
+    assert raw.command(b"b", b"ENABLE IMAP4rev2")[0] == b"* ENABLED IMAP4rev2"
+    selected = raw.command(b"c", b"SELECT INBOX")
+    assert b"* 1 EXISTS" in selected and not any(b"RECENT" in line for line in selected)
+    assert raw.command(b"d", b"SEARCH ALL")[0] == b'* ESEARCH (TAG "d") ALL 1'
+    assert b"\\Recent" not in raw.command(b"e", b"FETCH 1 FLAGS")[0]
+    raw.close()
