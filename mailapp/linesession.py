@@ -33,6 +33,13 @@ What the base owns
     splitter.
   - B{STARTTLS}: L{_startTLS} drops whatever the client pipelined after the
     command (it came in the clear: CVE-2011-0411) and upgrades.
+  - B{Compression} (IMAP's COMPRESS=DEFLATE): after L{_startCompression}
+    the transport is a L{mailapp.compression.CompressingTransport} and what
+    the client sends is inflated a step at a time, only when the loop has
+    no whole line (or literal) left: the line limits and the back-pressure
+    apply to the inflated bytes, and a decompression bomb never inflates
+    ahead of the session. Data that is not DEFLATE calls
+    L{compressedDataCorrupt}.
   - B{Commands before login}: L{_commandBeforeLogin} counts them, and past
     the limit logs, lets the protocol say so (L{tooManyCommands}) and closes.
   - B{Command timing}: L{_command} runs a command and reports its latency to
@@ -81,6 +88,7 @@ L{SessionLimits}), C{reactor}, C{portal} and C{tls}.
 from __future__ import annotations
 
 import time
+import zlib
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from twisted.cred.error import UnauthorizedLogin
@@ -92,6 +100,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from mailapp import logevents
+from mailapp.compression import CompressingTransport, Inflater
 from mailapp.errors import LoginsBusy
 from mailapp.sasl import PlainCredentials
 from mailapp.sessions import BANNED, CLOSE_GRACE, AuthOutcome, Overrun, SessionFactory, SessionLimits
@@ -165,6 +174,8 @@ class LineSession(Protocol, TimeoutMixin):
         self._timing: tuple[str, float] | None = None
         self._whenClosed: list[defer.Deferred[None]] = []
         self.deadlines = factory.deadlinesFor(self)
+        #: The client's compressed input, once the session compresses (L{_startCompression}).
+        self._inflater: Inflater | None = None
 
     # -- what a protocol writes ---------------------------------------------------
 
@@ -218,6 +229,9 @@ class LineSession(Protocol, TimeoutMixin):
     def sessionEnded(self) -> None:
         """The connection is lost: release what the session holds."""
 
+    def compressedDataCorrupt(self) -> None:
+        """What the client sent after compression began is not DEFLATE: say so if the protocol can; the base closes."""
+
     def consumeRaw(self) -> bool | None:
         """
         In a raw-data phase (SMTP DATA, an IMAP literal): take what it can of
@@ -270,6 +284,7 @@ class LineSession(Protocol, TimeoutMixin):
         self._connected = False
         self._closing = True
         self._buffer = b""
+        self._inflater = None
         self.setTimeout(None)
         self.factory.disconnected(self)
         self.sessionEnded()
@@ -346,13 +361,55 @@ class LineSession(Protocol, TimeoutMixin):
         self.transport.write(reply)
         self.transport.startTLS(tls)
 
+    @property
+    def compressing(self) -> bool:
+        """Whether both directions are compressed (L{_startCompression})."""
+        return self._inflater is not None
+
+    def _startCompression(self) -> None:
+        """
+        Compress both directions from here on: call it once the reply that
+        agrees to compress has been written, uncompressed. What the client
+        sent after its command was compressed already (RFC 4978 3: it starts
+        with the first command after COMPRESS).
+        """
+        assert self.transport is not None and self._inflater is None
+        self._inflater = Inflater()
+        self._inflater.feed(self._buffer)
+        self._buffer = b""
+        self.transport = CompressingTransport(self.transport)  # type: ignore[assignment]
+
+    def _inflateMore(self) -> bool:
+        """Inflate one more step of the client's input into C{_buffer}; whether there was any."""
+        if self._inflater is None or not self._inflater.pending:
+            return False
+        try:
+            data = self._inflater.inflate()
+        except zlib.error:
+            _log.info(
+                "compressed input is corrupt protocol={protocol} client={client}",
+                log_event=logevents.COMPRESSED_INPUT_CORRUPT,
+                protocol=self.protocolName,
+                client=self._peerIP,
+            )
+            self._buffer = b""
+            self._inflater = Inflater()  # nothing more of it is read
+            self.compressedDataCorrupt()
+            self._close()
+            return False
+        self._buffer += data
+        return bool(data)
+
     # -- the byte stream --------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
         self.resetTimeout()
-        self._buffer += data
+        if self._inflater is not None:
+            self._inflater.feed(data)
+        else:
+            self._buffer += data
         self._process()
 
     def _process(self) -> None:
@@ -364,11 +421,13 @@ class LineSession(Protocol, TimeoutMixin):
             if self._shuttingDown and self._idle():
                 self._closeForShutdown()
                 return
-            if not self._buffer or self._busy or self.outputPaused():
+            if self._busy or self.outputPaused():
+                break
+            if not self._buffer and not self._inflateMore():
                 break
             raw = self.consumeRaw()
             if raw is not None:
-                if raw:
+                if raw or self._inflateMore():
                     continue
                 return
             end = self._buffer.find(b"\n")
@@ -376,6 +435,8 @@ class LineSession(Protocol, TimeoutMixin):
                 if len(self._buffer) > self.maxUnterminated:
                     self._buffer = b""
                     self.lineTooLong()
+                elif self._inflateMore():
+                    continue
                 else:
                     self.deadlines.lineStarted()
                 return
@@ -394,7 +455,9 @@ class LineSession(Protocol, TimeoutMixin):
         if self.transport is not None and not self._closing:
             # Back-pressure: stop reading while a reply is pending and the client keeps pipelining.
             backlog = self.maxBacklog if self.maxBacklog is not None else self.maxUnterminated
-            if (self._busy or self.outputPaused()) and len(self._buffer) > backlog:
+            # Compressed input not yet inflated counts too (at its compressed size).
+            held = len(self._buffer) + (self._inflater.pending if self._inflater is not None else 0)
+            if (self._busy or self.outputPaused()) and held > backlog:
                 self.transport.pauseProducing()
 
     def _pauseReadingUntil(self, write: defer.Deferred[Any] | None) -> None:

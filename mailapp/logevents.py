@@ -220,6 +220,8 @@ AUTH_BANNED: Final = "auth.banned"
 AUTH_BANNED_REFUSED: Final = "auth.banned_refused"
 SEND_RATE_LIMITED: Final = "auth.send_rate_limited"
 COMMANDS_BEFORE_AUTH_EXCEEDED: Final = "auth.commands_before_auth_exceeded"
+#: what a client sent after compression began (IMAP COMPRESS) is not DEFLATE; the session closes; fields: protocol, client
+COMPRESSED_INPUT_CORRUPT: Final = "session.compressed_input_corrupt"
 
 # --- webmail (mailapp.web); failed sign-ins use AUTH_FAILED with protocol=webmail ---
 WEBMAIL_LOGIN: Final = "webmail.login"

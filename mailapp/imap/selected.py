@@ -116,6 +116,8 @@ class SelectedFolder:
             if isinstance(messages, FolderSnapshot)
             else {f for m in messages for f in m.flags if not f.startswith("\\")}
         )
+        #: False for an IMAP4rev2 session (RFC 9051): no message is \\Recent, no RECENT response.
+        self.shows_recent = True
         #: Told the UIDs about to be expunged, before their EXPUNGE responses (RFC 5267's REMOVEFROM).
         self.expunging: list[Callable[[list[int]], None]] = []
 
@@ -328,11 +330,12 @@ class SelectedFolder:
             for m in new:
                 self.uids.append(m.uid)
                 self.info[m.uid] = m
-                if m.uid > marker:
+                if m.uid > marker and self.shows_recent:
                     self.recent.add(m.uid)
             self.highest = new[-1].uid
             self.uidnext = max(self.uidnext, self.highest + 1)
             if not self.readonly:
                 self._markers.setRecentMarker(self._account, name, self.uidvalidity, self.highest)
             self._write(b"* %d EXISTS\r\n" % len(self.uids))
-            self._write(b"* %d RECENT\r\n" % len(self.recent))
+            if self.shows_recent:
+                self._write(b"* %d RECENT\r\n" % len(self.recent))

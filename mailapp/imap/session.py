@@ -57,7 +57,7 @@ from zope.interface import implementer
 
 from mailapp import logevents
 from mailapp.errors import KeywordLimit, MailboxGone, NoSuchFolder, OverQuota, StorageFull
-from mailapp.imap.commands import CAPABILITIES, COMMANDS, Command, context
+from mailapp.imap.commands import COMMANDS, Command, capabilities, context
 from mailapp.imap.policy import CHUNK_SIZE, MAX_ERRORS, MAX_LINE_PREAUTH, IMAPPolicy
 from mailapp.imap.reader import LINE_TOO_LONG, TAG, CommandReader, Piece, ReadLimits, discard
 from mailapp.imap.selected import SelectedFolder
@@ -161,6 +161,8 @@ class IMAPServer(LineSession):
         self.idling: Idle | None = None
         #: ENABLE UTF8=ACCEPT (RFC 6855): mailbox names are UTF-8 both ways, quoted strings may carry it.
         self.utf8 = False
+        #: ENABLE IMAP4rev2 (RFC 9051): its semantics where they differ from rev1 (no \\Recent, SEARCH as ESEARCH, ...).
+        self.rev2 = False
         self._logout: Callable[[], None] | None = None
         self._errors = 0
         #: The tag of the command whose reply a pending Deferred sends (L{hold}, the logins).
@@ -347,7 +349,7 @@ class IMAPServer(LineSession):
 
     def capabilityText(self) -> bytes:
         """The CAPABILITY list as it stands in this state: the command table's, the reader's and LIST's, and the login options."""
-        caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", *CAPABILITIES, b"CHILDREN", b"SPECIAL-USE",
+        caps = [b"IMAP4rev1", b"IMAP4rev2", b"LITERAL+", b"SASL-IR", *capabilities(self.state), b"CHILDREN", b"SPECIAL-USE",
                 b"APPENDLIMIT=%d" % self.policy.max_message_size, b"CONDSTORE", b"QRESYNC"]
         if self.state is State.NOT_AUTHENTICATED:
             if self.factory.tls is not None and not self.secure:
@@ -455,6 +457,15 @@ class IMAPServer(LineSession):
         self.flushOutput()
         self._startTLS(tag + b" OK Begin TLS negotiation now\r\n", self.factory.tls)
 
+    def startCompression(self) -> None:
+        """COMPRESS DEFLATE: its OK goes out uncompressed, then both directions are compressed (the line base's)."""
+        self.flushOutput()
+        self._startCompression()
+
+    def compressedDataCorrupt(self) -> None:
+        self.reader.discardPieces()
+        self.untagged(b"BYE Compressed data is corrupt; closing connection")
+
     def loginAllowed(self) -> bool:
         return self.secure or self.policy.allow_plaintext_auth
 
@@ -502,6 +513,9 @@ class IMAPServer(LineSession):
         view.unsubscribe = self.store.events.subscribe(self.account, view.folder.name, lambda event: self._hint(view, event))
         view.modseqs = self.condstore
         view.vanished = self.qresync
+        if self.rev2:
+            view.shows_recent = False
+            view.recent.clear()
         self.selected = view
         self.state = State.SELECTED
 

@@ -161,7 +161,7 @@ def test_the_table_names_every_command_once_with_the_states_it_is_valid_in():
 
 def test_the_commands_capabilities_are_announced_in_the_order_clients_saw_before_then_the_extensions():
     assert b" ".join(CAPABILITIES) == (
-        b"ID ENABLE UTF8=ACCEPT IDLE NAMESPACE LIST-EXTENDED LIST-STATUS STATUS=SIZE MULTIAPPEND CATENATE"
+        b"ID ENABLE UTF8=ACCEPT IDLE COMPRESS=DEFLATE NAMESPACE LIST-EXTENDED LIST-STATUS STATUS=SIZE MULTIAPPEND CATENATE"
         b" UIDPLUS MOVE UNSELECT ESEARCH SEARCHRES CONTEXT=SEARCH SORT SORT=DISPLAY ESORT CONTEXT=SORT"
         b" THREAD=ORDEREDSUBJECT THREAD=REFERENCES BINARY"
     )

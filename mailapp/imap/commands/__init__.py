@@ -11,6 +11,7 @@ C{imapserver/<command>.go} and Stalwart's C{crates/imap/src/op/<command>.rs}:
   - L{auth}: CAPABILITY, NOOP, LOGOUT, ID, STARTTLS, LOGIN, AUTHENTICATE, ENABLE
   - L{mailboxes}: CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, NAMESPACE, LIST, LSUB, STATUS
   - L{select}: SELECT, EXAMINE, UNSELECT, CLOSE, CHECK
+  - L{compress}: COMPRESS=DEFLATE (RFC 4978; the stream is the line base's)
   - L{idle}, L{append}, L{fetch}, L{store}, L{copy} (COPY and MOVE), L{expunge}, L{search}
   - L{sort}: SORT and THREAD; L{results}: what SEARCH and SORT RETURN, and ``$`` (SEARCHRES);
     L{context}: live searches (UPDATE, CANCELUPDATE)
@@ -24,7 +25,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from mailapp.imap.commands import append, auth, context, copy, expunge, fetch, idle, mailboxes, search, select, sort, store
+from mailapp.imap.commands import append, auth, compress, context, copy, expunge, fetch, idle, mailboxes, search, select, sort, store
 from mailapp.imap.commands.results import accepting_saved
 from mailapp.imap.state import State
 from mailapp.imap.wire import Token
@@ -32,7 +33,7 @@ from mailapp.imap.wire import Token
 if TYPE_CHECKING:
     from mailapp.imap.session import IMAPServer
 
-__all__ = ["CAPABILITIES", "COMMANDS", "Command", "Handler", "State"]
+__all__ = ["CAPABILITIES", "COMMANDS", "Command", "Handler", "State", "capabilities"]
 
 
 #: A command's handler: answers at once (None), or when what it returns is done.
@@ -55,6 +56,8 @@ class Command:
     capability: bytes | None = None
     #: Whether its latency counts in the command metrics (IDLE is a wait, not a command to time).
     timed: bool = True
+    #: The states in which its capability is announced (COMPRESS only after login, so after any STARTTLS).
+    announced: frozenset[State] = frozenset(State)
 
 
 _TABLE = (
@@ -70,6 +73,7 @@ _TABLE = (
     # authenticated (and selected)
     Command("ENABLE", auth.enable, _AUTHENTICATED, capability=b"ENABLE UTF8=ACCEPT"),
     Command("IDLE", idle.idle, _AUTHENTICATED, capability=b"IDLE", timed=False),
+    Command("COMPRESS", compress.compress, _AUTHENTICATED, capability=b"COMPRESS=DEFLATE", announced=_AUTHENTICATED),
     Command("NAMESPACE", mailboxes.namespace, _AUTHENTICATED, capability=b"NAMESPACE"),
     Command("CREATE", mailboxes.create, _AUTHENTICATED),
     Command("DELETE", mailboxes.delete, _AUTHENTICATED),
@@ -111,5 +115,14 @@ _TABLE = (
 #: The table, by command name as sent (upper case; ``UID FETCH`` and the like as two words).
 COMMANDS: dict[str, Command] = {command.name: command for command in _TABLE}
 
-#: The commands' capabilities, in the table's order.
+#: The commands' capabilities, in the table's order (whichever state they are announced in).
 CAPABILITIES: tuple[bytes, ...] = tuple(c.capability for c in _TABLE if c.capability is not None)
+
+_ANNOUNCED: dict[State, tuple[bytes, ...]] = {
+    state: tuple(c.capability for c in _TABLE if c.capability is not None and state in c.announced) for state in State
+}
+
+
+def capabilities(state: State) -> tuple[bytes, ...]:
+    """The commands' capabilities announced in C{state}, in the table's order."""
+    return _ANNOUNCED[state]

@@ -2,7 +2,7 @@
 The commands of any state and of login (RFC 3501 6.1, 6.2): CAPABILITY,
 NOOP, LOGOUT, ID (RFC 2971), STARTTLS, LOGIN, AUTHENTICATE PLAIN (with
 SASL-IR, RFC 4959; decoded by L{mailapp.sasl}, as SMTP's and POP3's are),
-and ENABLE (RFC 5161: UTF8=ACCEPT, RFC 6855).
+and ENABLE (RFC 5161: UTF8=ACCEPT, RFC 6855; IMAP4rev2, RFC 9051).
 
 The mechanisms behind them are the session's line base's
 (L{mailapp.linesession.LineSession}: logins through the abuse guard and
@@ -119,5 +119,10 @@ def enable(session: IMAPServer, tag: bytes, arguments: list[Token]) -> None:
         elif name == b"QRESYNC" and not session.qresync:
             enable_qresync(session)
             enabled.append(b"QRESYNC")
+        elif name == b"IMAP4REV2" and not session.rev2:
+            # RFC 9051: rev2 semantics from here on; its mailbox names are UTF-8 (section 5.1).
+            session.rev2 = True
+            session.utf8 = True
+            enabled.append(b"IMAP4rev2")
     session.untagged(b" ".join([b"ENABLED", *enabled]))
     session.tagged(tag, b"OK", b"ENABLE completed")

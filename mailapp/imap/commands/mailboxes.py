@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
 
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder
 from mailapp.imap.commands.condstore import enable_condstore
+from mailapp.imap.flags import DELETED
 from mailapp.imap.wire import (
     DELIMITER,
     Atom,
@@ -333,19 +334,21 @@ async def _list(session: IMAPServer, tag: bytes, options: _ListOptions, subscrib
     await session.complete(tag, verb + b" completed")
 
 
-_STATUS_ITEMS = {b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"SIZE", b"HIGHESTMODSEQ"}
+_STATUS_ITEMS = {b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"SIZE", b"DELETED", b"HIGHESTMODSEQ"}
 
 
-def _status_items(token: Token) -> list[bytes]:
+def _status_items(token: Token, rev2: bool = False) -> list[bytes]:
     items = [as_string(i, "status item").upper() for i in as_list(token, "status items")]
     if not items or any(i not in _STATUS_ITEMS for i in items):
         raise BadCommand("Unknown STATUS item")
+    if rev2 and b"RECENT" in items:
+        raise BadCommand("RECENT is not a STATUS item in IMAP4rev2")  # RFC 9051 appendix E
     return items
 
 
 def status(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
     expect_count(arguments, 2, "STATUS")
-    items = _status_items(arguments[1])
+    items = _status_items(arguments[1], session.rev2)
 
     async def status() -> None:
         try:
@@ -382,11 +385,13 @@ async def _status_of(session: IMAPServer, tag: bytes, name: str, items: list[byt
     }
     if b"HIGHESTMODSEQ" in items:
         await enable_condstore(session)
-    if b"RECENT" in items or b"SIZE" in items:
+    if b"RECENT" in items or b"SIZE" in items or b"DELETED" in items:
         messages = await folder.messages()
         marker = session.factory.recentMarker(session.account, folder.name, state.uidvalidity)
         values[b"RECENT"] = sum(1 for m in messages if m.uid > marker)
         values[b"SIZE"] = sum(m.size for m in messages)
+        # RFC 9051 6.3.11: the messages with \\Deleted set.
+        values[b"DELETED"] = sum(1 for m in messages if DELETED in m.flags)
     body = b" ".join(b"%s %d" % (item, values[item]) for item in items)
     session.untagged(b"STATUS " + format_mailbox(folder.name, session.utf8) + b" (" + body + b")")
     return True

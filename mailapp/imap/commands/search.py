@@ -58,6 +58,8 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
     selected = session.selected
     assert selected is not None
     options, arguments = results.parse_return(arguments)
+    if options is None and session.rev2:
+        options = results.ReturnOptions(all=True)  # RFC 9051 6.4.4: SEARCH answers ESEARCH
     try:
         charset, parsed = keys.parse_search(arguments, len(selected.uids))
     except BadCommand:

@@ -45,8 +45,8 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
     expect_count(arguments, 1, "SELECT")
     if session.selected is not None:
         session.unselect()
-        if session.qresync:
-            # RFC 7162 3.2.11: with UIDs alone, the client must know where the old folder's responses end.
+        if session.qresync or session.rev2:
+            # RFC 7162 3.2.11, RFC 9051 6.3.2: with UIDs alone, the client must know where the old folder's responses end.
             session.untagged(b"OK [CLOSED] Previous mailbox closed")
     if condstore or qresync is not None:
         session.condstore = True
@@ -59,8 +59,9 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
     session.select(view)
     session.write(view.flagsResponses())
     session.untagged(b"%d EXISTS" % len(view.uids))
-    session.untagged(b"%d RECENT" % len(view.recent))
-    if snapshot.first_unseen is not None:
+    if not session.rev2:  # RFC 9051 appendix E: no RECENT, no UNSEEN code
+        session.untagged(b"%d RECENT" % len(view.recent))
+    if snapshot.first_unseen is not None and not session.rev2:
         session.untagged(b"OK [UNSEEN %d] First unseen" % snapshot.first_unseen)
     session.untagged(b"OK [UIDVALIDITY %d] UIDs valid" % view.uidvalidity)
     session.untagged(b"OK [UIDNEXT %d] Predicted next UID" % view.uidnext)
