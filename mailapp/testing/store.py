@@ -17,7 +17,7 @@ from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMess
 from mailapp.interfaces import IFolder, IFreeSpace, IMailbox, IMessageStore, IMessageWriter
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder
-from mailapp.records import FolderPlacement
+from mailapp.records import FolderPlacement, TextMatches
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
 
 
@@ -152,6 +152,11 @@ class FakeFolder:
         for uid, blob in blobs.items():
             if uid in state.messages:
                 state.structures[uid] = (version, bytes(blob))
+        return succeed(None)
+
+    def searchText(self, terms: Sequence[tuple[str, str]]) -> Deferred[TextMatches | None]:
+        """No full-text index: every search reads the messages."""
+        _ = self._state  # NoSuchFolder, as the real store fails
         return succeed(None)
 
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
