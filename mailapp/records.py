@@ -26,6 +26,7 @@ __all__ = [
     "FolderEvent",
     "FolderInfo",
     "FolderStatus",
+    "MIN_TEXT_NEEDLE",
     "MessageInfo",
     "TEXT_SCOPES",
     "TextMatches",
@@ -98,6 +99,9 @@ class MessageInfo:
 #: C{shown_body} as the webmail does (HTML reduced to its text; C{shown} adds
 #: Subject and From), C{subject}, C{from}, C{recipients} (To and Cc).
 TEXT_SCOPES: Final = frozenset({"body", "text", "shown", "shown_body", "subject", "from", "recipients"})
+#: The shortest string L{mailapp.interfaces.IFolder.searchText} takes (a
+#: trigram index finds nothing shorter): shorter ones are searched by reading.
+MIN_TEXT_NEEDLE: Final = 3
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from twisted.logger import Logger
 
 from mailapp import logevents
 from mailapp.errors import MailboxGone
-from mailapp.records import ADDED, FolderEvent, TextMatches
+from mailapp.records import ADDED, MIN_TEXT_NEEDLE, FolderEvent, TextMatches
 from mailapp.store import connections as pool
 from mailapp.store import messagefile
 from mailapp.store.database import is_damage
@@ -71,7 +71,7 @@ FULLTEXT_NAME = "mailapp-fulltext.sqlite3"
 #: 1: folders, docs, and the trigram ``text`` table.
 SCHEMA_VERSION = 1
 #: The shortest string the trigram index can find; shorter ones are searched by reading.
-MIN_NEEDLE = 3
+MIN_NEEDLE = MIN_TEXT_NEEDLE
 #: Messages one indexer pass reads at most (then it yields, and goes on later).
 PASS_MESSAGES = 400
 

@@ -20,8 +20,8 @@ that the index can answer BODY and TEXT exactly, not only narrow them:
 Attachments count only when they are text/* (a .txt, a .csv, a patch);
 the text of PDFs or office files is not extracted (no small, well-kept
 extractor for them). Everything is case-folded (C{str.casefold}), as SEARCH
-folds both sides, and parts are joined by NUL, which no search string
-contains, so a match never spans two parts.
+folds both sides, and parts are joined by U+001F (unit separator), which no search string
+contains (not NUL: FTS5 ends a text there), so a match never spans two parts.
 
 C{exact} is False when the message is beyond the bounds the IMAP scan
 keeps (its size, its nesting, its number of parts) or could not be parsed:
@@ -52,7 +52,7 @@ MAX_PARTS = 1000
 MAX_DEPTH = 20
 #: What the header-only read takes, as the IMAP scan's header block does.
 _HEADER_READ = 64 * 1024
-_SEPARATOR = "\x00"
+_SEPARATOR = "\x1f"
 
 _NOT_BASE64 = bytes(b for b in range(256) if not (chr(b).isascii() and (chr(b).isalnum() or chr(b) in "+/")))
 

@@ -233,9 +233,12 @@ class IndexerTests(IndexerTestCase):
         for suffix in ("-wal", "-shm"):
             Path(str(self.mailbox_dir / index.INDEX_NAME) + suffix).unlink(missing_ok=True)
         self.restart()
+        changed = self.store.fulltext.changed
+        self.patch(self.store.fulltext, "changed", lambda mailbox_dir: None)
         matches = yield self.search("invoice")
         self.assertEqual(self.fts_rows(), [])
         self.assertFalse(matches.covers(uids[0]))
+        changed(self.mailbox_dir)
         yield self.store.fulltext.caughtUp()
         matches = yield self.search("invoice")
         self.assertEqual(matches.found[("body", "invoice")], {uids[0]})
