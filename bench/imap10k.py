@@ -47,6 +47,7 @@ ROWS = [
     ("search_subject", "UID SEARCH SUBJECT"),
     ("search_body_first", "UID SEARCH BODY 1st"),
     ("search_body", "UID SEARCH BODY"),
+    ("search_body_settled", "UID SEARCH BODY settled"),
 ]
 
 _WORDS = (
@@ -263,7 +264,7 @@ def print_table(mailapp: dict[str, Any], dovecot: dict[str, Any] | None) -> None
             print(f"  {label:40} {ours:11.1f} {theirs:11.1f} {ours / max(theirs, 1e-3):7.1f}")
         else:
             print(f"  {label:40} {ours:11.1f} {'-':>11} {'-':>7}")
-    for key in ("search_subject_matches", "search_body_matches"):
+    for key in ("search_subject_matches", "search_body_matches", "search_body_settled_matches", "search_body_settled_after"):
         other = dovecot.get(key) if dovecot is not None else None
         print(f"  {key}: mailapp {mailapp.get(key)}" + (f", dovecot {other}" if other is not None else ""))
 
