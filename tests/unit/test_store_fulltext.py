@@ -19,7 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from mailapp.store import MaildirStore, fulltext, index
+from mailapp.store import MaildirStore, fulltext, index, retire_mailbox
 from mailapp.store.names import mailbox_directory
 from mailapp.store.textextract import extract
 
@@ -274,3 +274,24 @@ class IndexerTests(IndexerTestCase):
         opened = yield self.store.mailbox(ALICE).folder("INBOX")
         matches = yield opened.searchText([("shown", "quarterly"), ("shown_body", "fish & chips"), ("from", "bob"), ("body", "<b>fish")])
         self.assertEqual(set(matches.found.values()), {frozenset({uid})})
+
+    @inlineCallbacks
+    def test_a_retired_account_is_not_recreated_by_the_indexer(self) -> None:
+        yield self.deliver("invoice")
+        yield self.store.fulltext.caughtUp()
+        retire_mailbox(self.root.parent, ALICE, keep=False)
+        self.store.fulltext.changed(self.mailbox_dir)
+        yield self.store.fulltext.caughtUp()
+        self.assertFalse(self.mailbox_dir.exists())
+
+    @inlineCallbacks
+    def test_a_file_of_another_schema_version_is_built_again(self) -> None:
+        uids = yield self.deliver("invoice")
+        yield self.store.fulltext.caughtUp()
+        conn = sqlite3.connect(self.mailbox_dir / fulltext.FULLTEXT_NAME)
+        conn.execute("PRAGMA user_version = 99")
+        conn.close()
+        self.assertIsNone((yield self.search("invoice")))
+        yield self.store.fulltext.caughtUp()
+        matches = yield self.search("invoice")
+        self.assertEqual(matches.found[("body", "invoice")], {uids[0]})
