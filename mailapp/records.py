@@ -108,21 +108,19 @@ MIN_TEXT_NEEDLE: Final = 3
 class TextMatches:
     """
     What a folder's full-text index says about a search
-    (L{mailapp.interfaces.IFolder.searchText}). It covers the messages with
-    a UID up to C{indexed_through} except those in C{unsure}; for those it
-    covers, C{found} is exact: per (scope, string) asked, the UIDs whose
-    text contains the case-folded string. Any other message (delivered
-    since, or one the index could not read exactly) must be searched by
-    reading it.
+    (L{mailapp.interfaces.IFolder.searchText}). It covers the messages in
+    C{indexed}; for those, C{found} is exact: per (scope, string) asked,
+    the UIDs whose text contains the case-folded string. Any other message
+    (delivered since, or one the index could not read exactly) must be
+    searched by reading it.
     """
 
-    indexed_through: int
-    unsure: frozenset[int]
+    indexed: frozenset[int]
     found: Mapping[tuple[str, str], frozenset[int]]
 
     def covers(self, uid: int) -> bool:
         """Whether C{found} decides C{uid}."""
-        return uid <= self.indexed_through and uid not in self.unsure
+        return uid in self.indexed
 
 
 @dataclass(frozen=True)

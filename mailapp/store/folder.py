@@ -243,7 +243,7 @@ class MaildirFolder:
                     raise NoSuchFolder(f"no such folder: {self.name}")
                 last = conn.execute("SELECT max(uid) FROM messages WHERE folder = ?", (self.name,)).fetchone()[0] or 0
             matches = fulltext.search(self.mailbox.directory, self.name, row[0], asked)
-            return matches, matches is None or matches.indexed_through < last
+            return matches, matches is None or last not in matches.indexed
 
         def behind(result: tuple[TextMatches | None, bool]) -> TextMatches | None:
             matches, lagging = result

@@ -83,7 +83,8 @@ def extract(handle: IO[bytes]) -> MessageText:
     and the result marked inexact.
     """
     data = handle.read(MAX_TEXT_BYTES + 1)
-    if len(data) > MAX_TEXT_BYTES:
+    if len(data) > MAX_TEXT_BYTES or (len(data) > _HEADER_READ and data.find(b"\r\n\r\n", 0, _HEADER_READ) < 0):
+        # Too large, or a header block longer than the part of it read here.
         return MessageText(*_headers(data), exact=False)
     try:
         message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
