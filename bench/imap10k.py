@@ -4,7 +4,8 @@ The ``imap-10k`` workload (issue 19): one INBOX of 10,000 varied messages
 subjects), the same bytes written into mailapp's Maildir and into Debian's
 Dovecot 2.3's when ``/usr/sbin/dovecot`` exists, and the same client
 (L{bench.imap10k_load}) timing SELECT, index-only FETCH, ENVELOPE,
-BODYSTRUCTURE and the two SEARCHes against each, side by side.
+BODYSTRUCTURE, the two SEARCHes, two SORTs and THREAD REFERENCES against
+each, side by side.
 
 Dovecot runs as our own instance: a config of its own in a temporary
 directory, listening on 127.0.0.1 only, on a free high port, plaintext
@@ -47,6 +48,12 @@ ROWS = [
     ("search_subject", "UID SEARCH SUBJECT"),
     ("search_body_first", "UID SEARCH BODY 1st"),
     ("search_body", "UID SEARCH BODY"),
+    ("sort_subject_first", "UID SORT (SUBJECT) 1st"),
+    ("sort_subject", "UID SORT (SUBJECT)"),
+    ("sort_date_first", "UID SORT (REVERSE DATE) 1st"),
+    ("sort_date", "UID SORT (REVERSE DATE)"),
+    ("thread_references_first", "UID THREAD REFERENCES 1st"),
+    ("thread_references", "UID THREAD REFERENCES"),
     ("search_body_settled", "UID SEARCH BODY settled"),
 ]
 

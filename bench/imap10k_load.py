@@ -12,7 +12,8 @@ client for both) and prints one JSON object of seconds.
      times (``select_warm``: the best of them);
   3. on that connection, each of ``FETCH 1:* (FLAGS UID RFC822.SIZE)``,
      ``FETCH 1:* (ENVELOPE)``, ``FETCH 1:* (BODYSTRUCTURE)``, ``UID SEARCH
-     SUBJECT "<word>"``, ``UID SEARCH BODY "<word>"``: once
+     SUBJECT "<word>"``, ``UID SEARCH BODY "<word>"``, ``UID SORT (SUBJECT)``,
+     ``UID SORT (REVERSE DATE)``, ``UID THREAD REFERENCES``: once
      (``<op>_first``: what a server caches it fills here), then
      ``--repeat`` times more (``<op>``: the best of them, on a machine
      shared with other work).
@@ -42,6 +43,9 @@ OPERATIONS = [
     ("fetch_bodystructure", b"FETCH 1:* (BODYSTRUCTURE)", b"* "),
     ("search_subject", b'UID SEARCH SUBJECT "{subject}"', b"* SEARCH"),
     ("search_body", b'UID SEARCH BODY "{body}"', b"* SEARCH"),
+    ("sort_subject", b"UID SORT (SUBJECT) UTF-8 ALL", b"* SORT"),
+    ("sort_date", b"UID SORT (REVERSE DATE) UTF-8 ALL", b"* SORT"),
+    ("thread_references", b"UID THREAD REFERENCES UTF-8 ALL", b"* THREAD"),
 ]
 
 

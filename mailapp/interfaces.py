@@ -34,7 +34,7 @@ from mailapp.records import FolderEvent, FolderInfo, FolderPlacement, FolderStat
 if TYPE_CHECKING:
     # Only named in annotations: the accounts implementation defines them,
     # and the contract must not load it (SQLite, argon2) to be imported.
-    from mailapp.accounts import QuotaOverride, Resolution, SenderRule, SenderVerdict
+    from mailapp.accounts import Profile, QuotaOverride, Resolution, SenderRule, SenderVerdict
 
 #: The C{message} of L{IMessageStore.deliver} and L{IFolder.appendMessage}:
 #: an L{IMessageWriter} that the same store's C{newMessage} made, whose file
@@ -127,6 +127,29 @@ class IAccounts(Interface):
         """
         Take C{pattern} off user C{account}'s list; fire with the entry
         removed, or fail with L{mailapp.errors.AccountError} if it was not there.
+        """
+
+    def setPassword(account: str, password: str) -> Deferred[None]:
+        """
+        Replace user C{account}'s password, hashed off the reactor. Fails
+        with L{mailapp.errors.AccountError}, saying why, when the password
+        may not be chosen (L{mailapp.accounts.check_new_password}, the one
+        policy) or C{account} is not a user. The caller checks the current
+        password first (L{authenticate}).
+        """
+
+    def profile(account: str) -> Deferred[Profile]:
+        """
+        Fire with user C{account}'s L{mailapp.accounts.Profile} (display
+        name and signature, empty when never set); fail with
+        L{mailapp.errors.AccountError} when C{account} is not a user.
+        """
+
+    def setProfile(account: str, display_name: str, signature: str) -> Deferred[Profile]:
+        """
+        Store user C{account}'s display name and signature
+        (L{mailapp.accounts.check_profile}); fire with what was stored, or
+        fail with L{mailapp.errors.AccountError} saying what is wrong.
         """
 
 
@@ -273,7 +296,15 @@ class IMailbox(Interface):
     def setSubscribed(name: str, subscribed: bool) -> Deferred[bool]:
         """
         Mark C{name} subscribed or not (IMAP LSUB); fires with C{False} when
-        the folder does not exist, and nothing changes.
+        the folder does not exist, and nothing changes; but unsubscribing a
+        name of L{subscribedWithoutFolder} forgets it and fires with C{True}.
+        """
+
+    def subscribedWithoutFolder() -> Deferred[list[str]]:
+        """
+        Fire with the sorted names still subscribed whose folders were
+        deleted: a subscription outlives its folder (RFC 3501 6.3.9). A
+        folder created again under such a name starts subscribed.
         """
 
     def usage() -> Deferred[Usage]:

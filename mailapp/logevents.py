@@ -93,6 +93,8 @@ RELAY_DEFERRED: Final = "relay.deferred"
 ALIAS_BROKEN: Final = "accounts.alias_broken"
 PASSWORD_REHASHED: Final = "auth.password_rehashed"
 REHASH_FAILED: Final = "auth.rehash_failed"
+#: a user changed their own password (the webmail's settings); also: account
+PASSWORD_CHANGED: Final = "auth.password_changed"
 #: the accounts database was migrated to a newer schema at open; also: path, old, new
 ACCOUNTS_SCHEMA_UPGRADED: Final = "accounts.schema_upgraded"
 #: a message or an IMAP APPEND/COPY/MOVE refused for a mailbox's quota; also: account, code
@@ -227,6 +229,8 @@ COMMANDS_BEFORE_AUTH_EXCEEDED: Final = "auth.commands_before_auth_exceeded"
 WEBMAIL_LOGIN: Final = "webmail.login"
 WEBMAIL_LOGIN_THROTTLED: Final = "webmail.login_throttled"
 WEBMAIL_CSRF_REJECTED: Final = "webmail.csrf_rejected"
+#: a user saved a part of the settings page; also: account, part (rules, vacation, forwarding, script, profile, password)
+WEBMAIL_SETTINGS_CHANGED: Final = "webmail.settings_changed"
 WEBMAIL_SENT: Final = "webmail.sent"
 WEBMAIL_SEND_FAILED: Final = "webmail.send_failed"
 #: an unexpected error answering a request (500); also: method, path

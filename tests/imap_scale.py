@@ -5,10 +5,12 @@ IMAP timings on a large INBOX (not a test; run by hand):
 
 Fills a fresh INBOX with Maildir files (the index is built from them on first
 open, as after a migration), starts the real service in a subprocess, and
-times over a real socket: LOGIN+SELECT, ``UID FETCH 1:* (UID FLAGS)``, and
-FETCH of N full bodies. It also reports how many bytes the server read from
-disk (``/proc/PID/io`` rchar) during SELECT and the UID FETCH, to show they
-are answered from the index without opening message files.
+times over a real socket: LOGIN+SELECT, ``UID FETCH 1:* (UID FLAGS)``,
+FETCH of N full bodies, SORT and THREAD. It also reports how many bytes the
+server read from disk (``/proc/PID/io`` rchar) during SELECT and the UID
+FETCH, to show they are answered from the index without opening message
+files, and during each SORT/THREAD, to show each file is read once (the
+first SORT fills the structure cache; the second reads no file).
 """
 
 from __future__ import annotations
@@ -83,6 +85,19 @@ def main() -> None:
             bodies = time.monotonic() - started
             assert len(lines) == args.bodies + 1
             fetched = sum(len(line) for line in lines)
+            sorts = []
+            for tag, command in (
+                (b"d1", b"SORT (ARRIVAL) UTF-8 ALL"),
+                (b"e", b"SORT (SUBJECT) UTF-8 ALL"),
+                (b"e2", b"SORT (SUBJECT) UTF-8 ALL"),
+                (b"f", b"SORT (REVERSE DATE) UTF-8 SUBJECT message"),
+                (b"g", b"THREAD REFERENCES UTF-8 ALL"),
+            ):
+                before = _rchar(pid)
+                started = time.monotonic()
+                lines = raw.command(tag, command)
+                sorts.append((command.decode(), time.monotonic() - started, _rchar(pid) - before))
+                assert lines[-1].startswith(tag + b" OK"), lines[-1]
             raw.close()
             print(f"INBOX: {args.messages} messages, {size / 1e6:.1f} MB")
             print(f"first open (index built from the Maildir) + LOGIN + SELECT: {build * 1000:.0f} ms")
@@ -90,6 +105,8 @@ def main() -> None:
             print(f"UID FETCH 1:* (UID FLAGS): {uid_fetch * 1000:.0f} ms")
             print(f"bytes read by the server during LOGIN+SELECT+UID FETCH: {read_index / 1e6:.2f} MB (the messages are {size / 1e6:.1f} MB)")
             print(f"FETCH 1:{args.bodies} BODY.PEEK[]: {bodies * 1000:.0f} ms ({fetched / 1e6:.1f} MB)")
+            for command, took, read in sorts:
+                print(f"{command}: {took * 1000:.0f} ms, {read / 1e6:.1f} MB read (the messages are {size / 1e6:.1f} MB)")
         finally:
             server.terminate()
 

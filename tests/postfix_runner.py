@@ -137,8 +137,11 @@ class PostfixProcess:
             needs.unavailable(f"{name} is not installed: run 'make install' as root (it installs the Debian package postfix)")
         return str(path)
 
-    def start(self, transport: str) -> None:
-        """Write the instance's config and start its master; returns once smtpd answers (bounded)."""
+    def start(self, transport: str, settings: dict[str, str] | None = None) -> None:
+        """
+        Write the instance's config (C{settings} added to main.cf, over the
+        defaults below) and start its master; returns once smtpd answers (bounded).
+        """
         self.config_directory.mkdir()
         self.queue_directory.mkdir()
         self.data_directory.mkdir()
@@ -173,6 +176,7 @@ class PostfixProcess:
             "minimal_backoff_time": "1s",
             "maximal_backoff_time": "2s",
         }
+        main.update(settings or {})
         (self.config_directory / "main.cf").write_text("".join(f"{key} = {value}\n" for key, value in main.items()))
         (self.config_directory / "master.cf").write_text(
             f"127.0.0.1:{self.smtp_port} inet n - n - - smtpd\n" + _MASTER

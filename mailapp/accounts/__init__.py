@@ -32,7 +32,8 @@ from mailapp.accounts.passwords import (
     check_new_password,
     default_password_hasher,
 )
-from mailapp.accounts.records import AliasInfo, DomainInfo, QuotaOverride, RemovedUser, Resolution, SenderRule, SenderVerdict
+from mailapp.accounts.profiles import check_profile
+from mailapp.accounts.records import AliasInfo, DomainInfo, Profile, QuotaOverride, RemovedUser, Resolution, SenderRule, SenderVerdict
 from mailapp.accounts.resolution import (
     MAX_ALIAS_DEPTH,
     AddressDirectory,
@@ -69,6 +70,7 @@ __all__ = [
     "AddressDirectory",
     "AliasInfo",
     "DomainInfo",
+    "Profile",
     "QuotaOverride",
     "RemovedUser",
     "Resolution",
@@ -83,6 +85,7 @@ __all__ = [
     "check_alias_source",
     "check_domain",
     "check_new_password",
+    "check_profile",
     "check_sender_pattern",
     "default_password_hasher",
     "owns_address",

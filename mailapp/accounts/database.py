@@ -29,7 +29,8 @@ from mailapp.accounts.addresses import (
     split_address,
 )
 from mailapp.accounts.passwords import default_password_hasher
-from mailapp.accounts.records import AliasInfo, DomainInfo, QuotaOverride, RemovedUser, Resolution, SenderRule, SenderVerdict
+from mailapp.accounts.profiles import check_profile
+from mailapp.accounts.records import AliasInfo, DomainInfo, Profile, QuotaOverride, RemovedUser, Resolution, SenderRule, SenderVerdict
 from mailapp.accounts.resolution import check_alias, owns_address, resolve_address, target_names_user
 from mailapp.accounts.senderlists import check_action, check_sender_pattern, sender_verdict
 from mailapp.accounts.schema import open_database, transaction
@@ -232,6 +233,7 @@ class AccountsDatabase:
             connection.execute("DELETE FROM users WHERE key = ?", (key,))
             # Its lists go too: a user created later under this address starts with none.
             connection.execute("DELETE FROM sender_rules WHERE owner = ?", (key,))
+            connection.execute("DELETE FROM profiles WHERE key = ?", (key,))
             pruned: dict[str, tuple[str, list[str]]] = {}
             for source_key, source, target_key, target in connection.execute(
                 "SELECT source_key, source, target_key, target FROM aliases ORDER BY source_key, position"
@@ -316,6 +318,35 @@ class AccountsDatabase:
                 "UPDATE users SET password_hash = ? WHERE key = ?", (password_hash, address_key(canonical))
             )
         )
+
+    # -- profiles --
+
+    def profile(self, address: str) -> Profile | None:
+        """User C{address}'s display name and signature (empty when never set), or C{None} when no such user."""
+        if split_address(address) is None or not is_encodable(address):
+            return None
+        key = address_key(address)
+        if not self._rows("SELECT 1 FROM users WHERE key = ?", key):
+            return None
+        rows = self._rows("SELECT display_name, signature FROM profiles WHERE key = ?", key)
+        return Profile(rows[0][0], rows[0][1]) if rows else Profile()
+
+    def set_profile(self, address: str, display_name: str, signature: str) -> Profile:
+        """Set user C{address}'s display name and signature (L{check_profile}); the profile stored."""
+        profile = check_profile(display_name, signature)
+        key = address_key(check_address(address))
+
+        def change(connection: sqlite3.Connection) -> None:
+            if connection.execute("SELECT 1 FROM users WHERE key = ?", (key,)).fetchone() is None:
+                raise AccountError(f"no such user {address}")
+            connection.execute(
+                "INSERT INTO profiles (key, display_name, signature) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET display_name = excluded.display_name, signature = excluded.signature",
+                (key, profile.display_name, profile.signature),
+            )
+
+        self._write(change)
+        return profile
 
     # -- quotas --
 

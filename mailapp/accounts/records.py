@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["AliasInfo", "DomainInfo", "QuotaOverride", "RemovedUser", "Resolution", "SenderRule", "SenderVerdict"]
+__all__ = ["AliasInfo", "DomainInfo", "Profile", "QuotaOverride", "RemovedUser", "Resolution", "SenderRule", "SenderVerdict"]
 
 
 @dataclass(frozen=True)
@@ -107,3 +107,15 @@ class SenderVerdict:
     owner: str
     pattern: str
     accounts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    """
+    What a user set about themselves: the display name of their From
+    (empty: the bare address) and the signature compose offers below
+    "-- " (empty: none).
+    """
+
+    display_name: str = ""
+    signature: str = ""

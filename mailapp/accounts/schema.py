@@ -29,8 +29,9 @@ ACCOUNTS_FILENAME = "accounts.sqlite3"
 
 #: Bumped whenever the schema changes; stored with ``PRAGMA user_version``.
 #: 2 added each user's quota override (C{quota_bytes}, C{quota_messages});
-#: 3 the allow and block lists of senders (C{sender_rules}).
-SCHEMA_VERSION = 3
+#: 3 the allow and block lists of senders (C{sender_rules});
+#: 4 each user's display name and signature (C{profiles}).
+SCHEMA_VERSION = 4
 
 #: How long a connection waits for another process's write lock (the CLI and
 #: the server share the file) before failing with "database is locked".
@@ -49,6 +50,14 @@ CREATE TABLE sender_rules (
     action TEXT NOT NULL CHECK (action IN ('allow', 'block')),
     created INTEGER NOT NULL DEFAULT (strftime('%s', 'now')),
     PRIMARY KEY (owner, pattern)
+)
+"""
+
+_PROFILES = """
+CREATE TABLE profiles (
+    key TEXT PRIMARY KEY NOT NULL,      -- address_key(user)
+    display_name TEXT NOT NULL DEFAULT '',
+    signature TEXT NOT NULL DEFAULT ''
 )
 """
 
@@ -77,7 +86,7 @@ CREATE TABLE aliases (
 );
 CREATE INDEX aliases_domain ON aliases (domain);
 CREATE INDEX aliases_target ON aliases (target_key);
-""" + _SENDER_RULES
+""" + _SENDER_RULES + ";" + _PROFILES
 
 #: What brings a database of version N - 1 to N, run in the same transaction
 #: that sets the new C{user_version}: a crash leaves the old version whole.
@@ -87,6 +96,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE users ADD COLUMN quota_messages INTEGER",
     ),
     3: (_SENDER_RULES,),
+    4: (_PROFILES,),
 }
 
 

@@ -32,8 +32,8 @@ from zope.interface import implementer
 from mailapp import logevents
 from mailapp.accounts.addresses import domain_key
 from mailapp.accounts.database import AccountsDatabase
-from mailapp.accounts.passwords import VerifiedPasswords, default_password_hasher
-from mailapp.accounts.records import QuotaOverride, Resolution, SenderRule, SenderVerdict
+from mailapp.accounts.passwords import VerifiedPasswords, check_new_password, default_password_hasher
+from mailapp.accounts.records import Profile, QuotaOverride, Resolution, SenderRule, SenderVerdict
 from mailapp.errors import AccountError, LoginsBusy
 from mailapp.interfaces import IAccounts
 
@@ -185,6 +185,34 @@ class Accounts:
 
     def removeSenderRule(self, account: str, pattern: str) -> Deferred[SenderRule]:
         return self._inDatabase(lambda database: _user_only(account, database.remove_sender_rule, account, pattern))
+
+    def setPassword(self, account: str, password: str) -> Deferred[None]:
+        return ensureDeferred(self._setPassword(account, password))
+
+    async def _setPassword(self, account: str, password: str) -> None:
+        found = await self._inDatabase(lambda database: database.lookup_password_hash(account))
+        if found is None or "@" not in account:
+            raise AccountError(f"no such user {account}")
+        canonical = found[0]
+        check_new_password(canonical, password)
+        if "\x00" in password:
+            raise AccountError("password contains a NUL character; nothing was changed")
+        # Hashed in the hashing pool, like every check: never a database thread's minute.
+        new_hash = await self._inHashPool(self._hasher.hash, password)
+        await self._inDatabase(lambda database: database.update_hash(canonical, new_hash))
+        log.info("password of {account} changed", log_event=logevents.PASSWORD_CHANGED, account=canonical)
+
+    def profile(self, account: str) -> Deferred[Profile]:
+        def read(database: AccountsDatabase) -> Profile:
+            found = _user_only(account, database.profile, account)
+            if found is None:
+                raise AccountError(f"no such user {account}")
+            return found
+
+        return self._inDatabase(read)
+
+    def setProfile(self, account: str, display_name: str, signature: str) -> Deferred[Profile]:
+        return self._inDatabase(lambda database: _user_only(account, database.set_profile, account, display_name, signature))
 
     def authenticate(self, username: str, password: bytes) -> Deferred[str]:
         return ensureDeferred(self._authenticate(username, password))

@@ -28,7 +28,7 @@ from typing import Any, Callable, Protocol
 from twisted.internet import defer
 
 from mailapp.imap.policy import MAX_LINE_PREAUTH, MAX_LITERAL_PREAUTH
-from mailapp.imap.wire import BadCommand, ParsedLiteral, String, parse_arguments
+from mailapp.imap.wire import BadCommand, Literal8, ParsedLiteral, String, parse_arguments
 from mailapp.sessions import SessionDeadlines
 
 __all__ = ["LINE_TOO_LONG", "CommandReader", "Piece", "ReadLimits", "ReaderOwner", "TAG"]
@@ -38,7 +38,9 @@ Piece = bytes | String | ParsedLiteral
 
 #: The characters of a tag (RFC 3501 9, ``tag``; ``+`` is refused where the tag is checked).
 TAG = re.compile(rb"^[\x21-\x7e]+$")
-_LITERAL = re.compile(rb"\{([0-9]{1,10})(\+?)\}$")
+_LITERAL = re.compile(rb"(~?)\{([0-9]{1,10})(\+?)\}$")
+#: A CATENATE text part's literal follows (RFC 4469 5: ``TEXT SP literal``).
+_TEXT_PART = re.compile(rb"(?:^|[ (])TEXT ?$", re.I)
 _LITERAL_NEGATIVE = re.compile(rb"\{-[0-9]*\+?\}$")
 #: What a line over the limit is answered with, untagged, before the session closes.
 LINE_TOO_LONG = b"BAD Line too long; closing connection"
@@ -95,6 +97,8 @@ class _Literal:
     data: bytearray | None
     writer: Any = None
     size: int = 0
+    #: A literal8 (``~{n}``): kept as a L{Literal8}.
+    binary: bool = False
 
 
 class CommandReader:
@@ -174,10 +178,7 @@ class CommandReader:
         if literal.remaining == 0:
             self._literal = None
             self._deadlines.dataEnded()
-            if literal.writer is not None:
-                self._pieces.append(ParsedLiteral(literal.writer, literal.size))
-            else:
-                self._pieces.append(String(bytes(literal.data or b"")))
+            self._pieces.append(_finished(literal))
         return take
 
     def _line(self, line: bytes, limits: ReadLimits) -> None:
@@ -199,11 +200,15 @@ class CommandReader:
             self._commandSize = 0
             owner.commandReceived(pieces)
             return
-        size = int(match.group(1))
-        synchronizing = not match.group(2)
+        binary = bool(match.group(1))
+        size = int(match.group(2))
+        synchronizing = not match.group(3)
         self._pieces.append(line[: match.start()])
         first = self._pieces[0] if isinstance(self._pieces[0], bytes) else b""
         tag = _tag_of(first)
+        if binary and not self._inAppend():
+            self._refuseLiteral(tag, synchronizing, b"BAD", b"literal8 is only for APPEND")
+            return
         if self._isAppendMessage():
             if not limits.authenticated:
                 self._refuseLiteral(tag, synchronizing, b"BAD", b"Log in first")
@@ -211,13 +216,18 @@ class CommandReader:
             if size > limits.max_message_size:
                 self._refuseLiteral(tag, synchronizing, b"NO", b"[TOOBIG] Message exceeds the size limit (APPENDLIMIT)")
                 return
-            self._literal = _Literal(size, None, self._spool(), size)
+            if binary:
+                # Kept in memory (at most APPENDLIMIT): its binary parts are
+                # re-encoded before it is stored (mailapp.imap.binary).
+                self._literal = _Literal(size, bytearray(), size=size, binary=True)
+            else:
+                self._literal = _Literal(size, None, self._spool(), size)
         else:
             if size > limits.max_literal or self._commandSize + size > limits.max_command:
                 self._refuseLiteral(tag, synchronizing, b"BAD", b"Literal too large")
                 return
             self._commandSize += size
-            self._literal = _Literal(size, bytearray())
+            self._literal = _Literal(size, bytearray(), binary=binary)
         if synchronizing:
             owner.write(b"+ Ready for literal data\r\n")
         if size > 0:
@@ -225,10 +235,7 @@ class CommandReader:
         if size == 0:
             # Nothing to read: finish the literal now.
             literal, self._literal = self._literal, None
-            if literal.writer is not None:
-                self._pieces.append(ParsedLiteral(literal.writer, 0))
-            else:
-                self._pieces.append(String(b""))
+            self._pieces.append(_finished(literal))
 
     def _refuseLiteral(self, tag: bytes, synchronizing: bool, status: bytes, text: bytes) -> None:
         """
@@ -242,13 +249,27 @@ class CommandReader:
             self._owner.untagged(b"BYE Non-synchronizing literal too large")
             self._owner.close()
 
-    def _isAppendMessage(self) -> bool:
-        """Whether the literal the reader is about to take is an APPEND's message."""
+    def _inAppend(self) -> bool:
         first = self._pieces[0]
         if not isinstance(first, bytes):
             return False
         words = first.split(b" ", 2)
-        if len(words) < 2 or words[1].upper() != b"APPEND":
+        return len(words) >= 2 and words[1].upper() == b"APPEND"
+
+    def _isAppendMessage(self) -> bool:
+        """
+        Whether the literal the reader is about to take is an APPEND's
+        message (any of MULTIAPPEND's, a UTF8 one), not its mailbox name or
+        a CATENATE ``TEXT`` part (RFC 4469), which is kept in memory within
+        the literal limit, to be joined with the other parts.
+        """
+        if not self._inAppend():
+            return False
+        first = self._pieces[0]
+        assert isinstance(first, bytes)
+        words = first.split(b" ", 2)
+        last = self._pieces[-1]
+        if isinstance(last, bytes) and _TEXT_PART.search(last) and _open_parentheses(self._pieces):
             return False
         rest: list[Piece] = [words[2] if len(words) > 2 else b""]
         rest += self._pieces[1:]
@@ -258,6 +279,22 @@ class CommandReader:
             # An open flag list and the like: only the message may follow the mailbox.
             return True
         return len(tokens) >= 1
+
+
+def _finished(literal: _Literal) -> Piece:
+    if literal.writer is not None:
+        return ParsedLiteral(literal.writer, literal.size)
+    data = bytes(literal.data or b"")
+    return Literal8(data) if literal.binary else String(data)
+
+
+def _open_parentheses(pieces: list[Piece]) -> bool:
+    """Whether the command so far has a parenthesis open (quoted strings not looked into: a guess for CATENATE)."""
+    depth = 0
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            depth += piece.count(b"(") - piece.count(b")")
+    return depth > 0
 
 
 def discard(pieces: list[Any]) -> None:

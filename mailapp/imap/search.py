@@ -39,6 +39,7 @@ __all__ = [
     "MAX_DEPTH",
     "Message",
     "NeedContent",
+    "SAVED",
     "body_needles",
     "header_content",
     "load_content",
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 MAX_DEPTH = 32
+#: The ranges of ``$`` (RFC 5182's saved result), as a key alone or after UID: what C{in_set} is asked of them.
+SAVED = "$"
 #: BODY and TEXT look at this many bytes of a message at most (its first 32 MiB, as
 #: sent): more than C{limits.max_message_size} allows by default, and a bound on the
 #: time one message can take whatever a client APPENDed.
@@ -106,6 +109,8 @@ class Content:
     cut: bool = False
     #: FROM, TO, CC, BCC: each such field's addresses written out normalized, case-folded.
     addresses: dict[str, list[str]] = field(default_factory=dict)
+    #: The raw header block the rest was read from (SORT and THREAD take their fields from it too).
+    header_block: bytes = b""
 
 
 def parse_search(tokens: list[Token], max_seq: int) -> tuple[str | None, list[Any]]:
@@ -160,6 +165,8 @@ class _Parser:
         if not isinstance(token, Atom):
             raise BadCommand("Bad search key")
         name = token.upper().decode("ascii", "replace")
+        if name == "$":
+            return ("UID", SAVED)
         if name[:1].isdigit() or name[:1] == "*":
             return ("SEQ", parse_sequence_set(bytes(token)))
         if name == "ALL":
@@ -175,7 +182,8 @@ class _Parser:
         if name in ("LARGER", "SMALLER"):
             return (name, as_number(self.next("size"), "size"))
         if name == "UID":
-            return ("UID", parse_sequence_set(as_string(self.next("UID set"), "UID set")))
+            uid_set = as_string(self.next("UID set"), "UID set")
+            return ("UID", SAVED if uid_set == b"$" else parse_sequence_set(uid_set))
         if name in _DATE_KEYS:
             return (name, parse_date(as_string(self.next("date"), "date")))
         if name in _HEADER_KEYS:
@@ -354,7 +362,9 @@ def read_header_block(handle: IO[bytes]) -> bytes:
 
 def header_content(block: bytes, found: frozenset[str] = frozenset(), cut: bool = False) -> Content:
     """The L{Content} of a message with header block C{block}: its fields decoded and case-folded, its Date."""
-    message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
+    # As UTF-8 (RFC 6532 header fields, SMTPUTF8 mail): the bytes parser reads
+    # 8-bit values as unknown bytes, and SUBJECT "Grüße" never matched them.
+    message = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(block.decode("utf-8", "surrogateescape"))
     headers: dict[str, list[str]] = {}
     header_lines = []
     for name, value in message.items():
@@ -374,7 +384,7 @@ def header_content(block: bytes, found: frozenset[str] = frozenset(), cut: bool 
     for name, raw in mime.parse_header_block(block):
         if name in ("from", "to", "cc", "bcc"):
             fields.setdefault(name, []).append(addresses.search_text(raw).casefold())
-    return Content(headers, "\n".join(header_lines).casefold(), found, sent, cut, fields)
+    return Content(headers, "\n".join(header_lines).casefold(), found, sent, cut, fields, block)
 
 
 # -- streaming the text of a message ----------------------------------------------------------

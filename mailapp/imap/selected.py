@@ -106,6 +106,8 @@ class SelectedFolder:
             if isinstance(messages, FolderSnapshot)
             else {f for m in messages for f in m.flags if not f.startswith("\\")}
         )
+        #: Told the UIDs about to be expunged, before their EXPUNGE responses (RFC 5267's REMOVEFROM).
+        self.expunging: list[Callable[[list[int]], None]] = []
 
     @classmethod
     async def open(
@@ -156,9 +158,15 @@ class SelectedFolder:
     def expunged(self, uids: set[int]) -> None:
         """Messages this session itself removed (MOVE): EXPUNGE each, in descending order."""
         gone = [i for i, uid in enumerate(self.uids) if uid in uids]
+        self._expunging(gone)
         for position in reversed(gone):
             self._write(b"* %d EXPUNGE\r\n" % (position + 1))
             self._forget(position)
+
+    def _expunging(self, positions: list[int]) -> None:
+        if positions:
+            for listener in self.expunging:
+                listener([self.uids[p] for p in positions])
 
     def _forget(self, position: int) -> None:
         uid = self.uids.pop(position)
@@ -194,6 +202,7 @@ class SelectedFolder:
         gone = [i for i, uid in enumerate(self.uids) if uid not in current]
         if gone:
             if allow_expunge:
+                self._expunging(gone)
                 for position in reversed(gone):
                     self._write(b"* %d EXPUNGE\r\n" % (position + 1))
                 for position in reversed(gone):

@@ -57,7 +57,7 @@ from zope.interface import implementer
 
 from mailapp import logevents
 from mailapp.errors import KeywordLimit, MailboxGone, NoSuchFolder, OverQuota, StorageFull
-from mailapp.imap.commands import CAPABILITIES, COMMANDS, Command
+from mailapp.imap.commands import CAPABILITIES, COMMANDS, Command, context
 from mailapp.imap.policy import CHUNK_SIZE, MAX_ERRORS, MAX_LINE_PREAUTH, IMAPPolicy
 from mailapp.imap.reader import LINE_TOO_LONG, TAG, CommandReader, Piece, ReadLimits, discard
 from mailapp.imap.selected import SelectedFolder
@@ -156,6 +156,8 @@ class IMAPServer(LineSession):
         self.selected: SelectedFolder | None = None
         #: The IDLE in progress, if any.
         self.idling: Idle | None = None
+        #: ENABLE UTF8=ACCEPT (RFC 6855): mailbox names are UTF-8 both ways, quoted strings may carry it.
+        self.utf8 = False
         self._logout: Callable[[], None] | None = None
         self._errors = 0
         #: The tag of the command whose reply a pending Deferred sends (L{hold}, the logins).
@@ -515,6 +517,7 @@ class IMAPServer(LineSession):
         """Bring the selected folder's view up to date, telling the client (L{SelectedFolder.update})."""
         if self.selected is not None:
             await self.selected.update(allow_expunge, force, with_uid)
+            await context.changed(self)
 
     async def complete(self, tag: bytes, text: bytes, allow_expunge: bool = True, force: bool = False, with_uid: bool = False) -> None:
         """Report pending changes of the selected folder, then the tagged OK."""

@@ -36,7 +36,7 @@ __all__ = ["CODEC", "STRUCTURE_VERSION", "CachedStructure", "compute", "content"
 #: or to how L{search.header_content} decodes fields. Every kept blob of
 #: another version is then ignored and recomputed at first use; no
 #: migration is needed.
-STRUCTURE_VERSION = 3
+STRUCTURE_VERSION = 4  # 4: header fields decoded as UTF-8 (RFC 6532)
 
 #: The header fields kept for SEARCH (HEADER on them; SUBJECT), besides the addresses FROM, TO, CC and BCC match.
 CACHED_FIELDS = frozenset({"subject", "from", "to", "cc", "bcc"})

@@ -27,6 +27,7 @@ __all__ = [
     "BadCommand",
     "BadMailboxName",
     "DELIMITER",
+    "Literal8",
     "ParsedLiteral",
     "String",
     "as_mailbox",
@@ -34,6 +35,7 @@ __all__ = [
     "encode_mailbox",
     "expect_count",
     "format_datetime",
+    "format_mailbox",
     "format_response",
     "mailbox_pattern",
     "parse_arguments",
@@ -61,6 +63,10 @@ class Atom(bytes):
 
 class String(bytes):
     """A quoted string or a literal: its content, unescaped."""
+
+
+class Literal8(String):
+    """A ``literal8`` (``~{n}``, RFC 3516 4.4), which may hold any octet, NUL included: only APPEND takes one."""
 
 
 @dataclass
@@ -376,10 +382,11 @@ def format_datetime(timestamp: float) -> bytes:
 # -- mailbox names ---------------------------------------------------------------------
 
 
-def decode_mailbox(raw: bytes) -> str:
+def decode_mailbox(raw: bytes, utf8: bool = False) -> str:
     """
-    A mailbox name from the wire (modified UTF-7, RFC 3501 5.1.3) as the
-    store's folder name. Refuses, before anything touches the store, names
+    A mailbox name from the wire (modified UTF-7, RFC 3501 5.1.3; UTF-8
+    once the client enabled UTF8=ACCEPT, RFC 6855 3) as the store's folder
+    name. Refuses, before anything touches the store, names
     that are not valid modified UTF-7 (or do not round-trip), contain a
     control character or NUL, ``..``, a backslash, or start with ``/`` or
     ``~``, whether written directly or encoded. A trailing delimiter is
@@ -389,14 +396,20 @@ def decode_mailbox(raw: bytes) -> str:
         raise BadMailboxName("Empty mailbox name")
     if len(raw) > 1024:
         raise BadMailboxName("Mailbox name too long")
-    if any(b < 0x20 or b >= 0x7F for b in raw):
-        raise BadMailboxName("Mailbox name is not modified UTF-7")
-    try:
-        name = raw.decode("imap4-utf-7")
-    except (UnicodeDecodeError, ValueError):
-        raise BadMailboxName("Mailbox name is not modified UTF-7") from None
-    if name.encode("imap4-utf-7") != raw:
-        raise BadMailboxName("Mailbox name is not in canonical modified UTF-7")
+    if utf8:
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadMailboxName("Mailbox name is not UTF-8") from None
+    else:
+        if any(b < 0x20 or b >= 0x7F for b in raw):
+            raise BadMailboxName("Mailbox name is not modified UTF-7")
+        try:
+            name = raw.decode("imap4-utf-7")
+        except (UnicodeDecodeError, ValueError):
+            raise BadMailboxName("Mailbox name is not modified UTF-7") from None
+        if name.encode("imap4-utf-7") != raw:
+            raise BadMailboxName("Mailbox name is not in canonical modified UTF-7")
     name = unicodedata.normalize("NFC", name)
     if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
         raise BadMailboxName("Mailbox name contains a control character")
@@ -414,13 +427,29 @@ def decode_mailbox(raw: bytes) -> str:
     return name
 
 
-def as_mailbox(token: Token) -> str:
+def as_mailbox(token: Token, utf8: bool = False) -> str:
     """A mailbox name argument as the store's folder name (L{decode_mailbox})."""
-    return decode_mailbox(as_string(token, "mailbox name"))
+    return decode_mailbox(as_string(token, "mailbox name"), utf8)
 
 
-def encode_mailbox(name: str) -> bytes:
-    return name.encode("imap4-utf-7")
+def encode_mailbox(name: str, utf8: bool = False) -> bytes:
+    """A folder name as the wire has it: modified UTF-7, or UTF-8 after ENABLE UTF8=ACCEPT."""
+    return name.encode("utf-8") if utf8 else name.encode("imap4-utf-7")
+
+
+_QUOTABLE_UTF8 = re.compile(rb'^[^\x00\r\n]*$')
+
+
+def format_mailbox(name: str, utf8: bool = False) -> bytes:
+    """
+    A folder name as a response value: a quoted string, which may carry
+    UTF-8 only after ENABLE UTF8=ACCEPT (RFC 6855 3); else modified UTF-7.
+    """
+    if utf8:
+        raw = name.encode("utf-8")
+        if len(raw) < 1024 and _QUOTABLE_UTF8.match(raw):
+            return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return format_value(encode_mailbox(name, utf8))
 
 
 #: The longest LIST/LSUB reference + pattern accepted, in characters.

@@ -458,14 +458,20 @@ class SMTPClient(Protocol):
         extra = rcpt_parameters or {}
         rcpts = [b"RCPT TO:<" + r.encode("utf-8") + b">" + extra.get(r, b"") for r in recipients]
         results: dict[str, Reply] = {}
+        # RFC 3030: to a peer that offers CHUNKING the message goes in BDAT
+        # chunks, as it is on disk (no dot-stuffing), each chunk answered.
+        chunking = "CHUNKING" in self.extensions
         if "PIPELINING" in self.extensions:
             # RFC 2920: MAIL, every RCPT and DATA in one write; replies come back in order.
-            sent = [self.command(mail)] + [self.command(rcpt) for rcpt in rcpts] + [self.command(b"DATA")]
+            sent = [self.command(mail)] + [self.command(rcpt) for rcpt in rcpts]
+            if not chunking:
+                sent.append(self.command(b"DATA"))
             replies = []
             for d in sent:
                 reply = yield d
                 replies.append(reply)
-            mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
+            mail_reply, rcpt_replies = replies[0], replies[1 : 1 + len(rcpts)]
+            data_reply = None if chunking else replies[-1]
         else:
             mail_reply = yield self.command(mail)
             rcpt_replies = []
@@ -488,6 +494,12 @@ class SMTPClient(Protocol):
                 # RFC 2920 3.1: a server that took DATA with no recipient gets an empty message.
                 yield self._endData(b".\r\n")
             yield self._reset()
+            return results
+        if chunking:
+            final = yield self._sendChunks(source)
+            results.update({r: final for r in accepted})
+            if final.code != 250:
+                yield self._reset()
             return results
         if data_reply is None:
             data_reply = yield self.command(b"DATA")
@@ -534,6 +546,32 @@ class SMTPClient(Protocol):
                 self.transport.unregisterProducer()
         reply = yield self._endData(encoder.finish())
         return reply
+
+    @defer.inlineCallbacks
+    def _sendChunks(self, source: Any) -> Any:
+        """
+        The message in BDAT chunks (RFC 3030 2), one per chunk read, then
+        ``BDAT 0 LAST``; each chunk's reply is waited for before the next is
+        sent, which is the back-pressure. A chunk refused ends the message
+        with that reply (the peer discards what it had).
+        """
+        first = True
+        while True:
+            chunk = yield source.read(CHUNK)
+            if self._lost is not None:
+                raise self._lost.value
+            if first:
+                chunk = strip_return_path(chunk)
+                first = False
+            waiting = self._expect()
+            if not chunk:
+                self.transport.write(b"BDAT 0 LAST\r\n")
+                reply: Reply = yield waiting
+                return reply
+            self.transport.write(b"BDAT %d\r\n" % len(chunk) + chunk)
+            reply = yield waiting
+            if reply.code != 250:
+                return reply
 
     def _endData(self, tail: bytes) -> Deferred[Reply]:
         waiting = self._expect()

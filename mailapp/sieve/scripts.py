@@ -28,7 +28,7 @@ from urllib.parse import quote
 from mailapp.sieve import compile
 from mailapp.sieve.parser import Command
 
-__all__ = ["ScriptError", "ScriptInfo", "ScriptStore", "SieveMemory", "sieve_directory"]
+__all__ = ["ScriptError", "ScriptInfo", "ScriptStore", "SieveMemory", "sieve_directory", "write_atomically"]
 
 #: RFC 5804 1.6: a name is UTF-8 without controls; ours also avoid what a file name cannot hold.
 _NAME = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,128}$")
@@ -55,7 +55,7 @@ class ScriptInfo:
     active: bool
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
@@ -132,7 +132,7 @@ class ScriptStore:
         """Check C{text} (L{mailapp.sieve.SieveSyntaxError} if it does not parse) and store it as C{name}."""
         self.space(account, name, len(text.encode("utf-8")))
         compile(text)
-        _write_atomically(self._script(account, name), text.encode("utf-8"))
+        write_atomically(self._script(account, name), text.encode("utf-8"))
 
     def activate(self, account: str, name: str | None) -> None:
         """Make C{name} the active script, or none with None (or "")."""
@@ -145,7 +145,7 @@ class ScriptStore:
             return
         if not self._script(account, name).exists():
             raise ScriptError(f"no script named {name!r}", "NONEXISTENT")
-        _write_atomically(path, name.encode("utf-8"))
+        write_atomically(path, name.encode("utf-8"))
 
     def delete(self, account: str, name: str) -> None:
         if self.active_name(account) == name:
@@ -165,7 +165,7 @@ class ScriptStore:
             raise ScriptError(f"a script named {new!r} exists", "ALREADYEXISTS")
         os.rename(source, target)
         if self.active_name(account) == old:
-            _write_atomically(self.directory(account) / "active", new.encode("utf-8"))
+            write_atomically(self.directory(account) / "active", new.encode("utf-8"))
 
     # -- what delivery reads -------------------------------------------------
 
@@ -190,7 +190,7 @@ class ScriptStore:
         if len(text.encode("utf-8")) > self.max_script_size:
             raise ScriptError(f"a script may be at most {self.max_script_size} bytes", "QUOTA/MAXSIZE")
         compile(text)
-        _write_atomically(self._global_path(name), text.encode("utf-8"))
+        write_atomically(self._global_path(name), text.encode("utf-8"))
 
     def delete_global(self, name: str) -> None:
         try:
@@ -237,7 +237,7 @@ class SieveMemory:
         for key in ("vacation", "duplicate"):
             data[key] = {k: v for k, v in data[key].items() if v > now}
         data["sent"] = {k: v for k, v in data["sent"].items() if v > now - 86400}
-        _write_atomically(self.path, json.dumps(data).encode())
+        write_atomically(self.path, json.dumps(data).encode())
 
     def seen(self, kind: str, key: str, now: float) -> bool:
         """Whether C{key} of C{kind} ("vacation", "duplicate") was remembered and has not expired."""

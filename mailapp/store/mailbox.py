@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder
 from mailapp.interfaces import IFolder, IMailbox
-from mailapp.store import connections, durable
+from mailapp.store import connections, durable, subscriptions
 from mailapp.store.database import rollback
 from mailapp.store.folder import MaildirFolder
 from mailapp.store.folders import create_folder
@@ -88,6 +88,8 @@ class MaildirMailbox:
                     create_folder(conn, self.directory, DELIMITER.join(parts[:depth]))
                 if not create_folder(conn, self.directory, name):
                     raise FolderExists(f"folder exists: {name}")
+                if subscriptions.forget(self.directory, name):
+                    conn.execute("UPDATE folders SET subscribed = 1 WHERE name = ?", (name,))
 
         return self.store.write(create)
 
@@ -103,13 +105,18 @@ class MaildirMailbox:
             with self._connect() as conn:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    if conn.execute("DELETE FROM folders WHERE name = ?", (name,)).rowcount == 0:
+                    row = conn.execute("SELECT subscribed FROM folders WHERE name = ?", (name,)).fetchone()
+                    if row is None:
                         raise NoSuchFolder(f"no such folder: {name}")
+                    conn.execute("DELETE FROM folders WHERE name = ?", (name,))
                     conn.execute("DELETE FROM messages WHERE folder = ?", (name,))
                     conn.execute("COMMIT")
                 except BaseException:
                     rollback(conn)
                     raise
+                if row[0]:
+                    # RFC 3501 6.3.9: the subscription stays (mailapp.store.subscriptions).
+                    subscriptions.remember(self.directory, name)
                 shutil.rmtree(folder_directory(self.directory, name), ignore_errors=True)
 
         return self.store.write(delete)
@@ -153,7 +160,8 @@ class MaildirMailbox:
     def setSubscribed(self, name: str, subscribed: bool) -> Deferred[bool]:
         """
         Mark C{name} subscribed or not (IMAP SUBSCRIBE/UNSUBSCRIBE); fires
-        with C{False} when no such folder exists (nothing changes then).
+        with C{False} when no such folder exists (nothing changes then), but
+        unsubscribing the name of a deleted folder forgets it (True).
         """
         try:
             name = normalize_folder(name)
@@ -163,9 +171,14 @@ class MaildirMailbox:
         def change() -> bool:
             with self._connect() as conn:
                 cursor = conn.execute("UPDATE folders SET subscribed = ? WHERE name = ?", (int(bool(subscribed)), name))
-                return cursor.rowcount > 0
+                if cursor.rowcount > 0:
+                    return True
+            return not subscribed and subscriptions.forget(self.directory, name)
 
         return self.store.write(change)
+
+    def subscribedWithoutFolder(self) -> Deferred[list[str]]:
+        return self.store.run(lambda: sorted(subscriptions.read(self.directory)))
 
     def folder(self, name: str) -> Deferred[IFolder]:
         try:

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from mailapp.accounts import (
+    Profile,
     QuotaOverride,
     Resolution,
     SenderRule,
@@ -24,6 +25,8 @@ from mailapp.accounts import (
     check_alias,
     check_alias_source,
     check_domain,
+    check_new_password,
+    check_profile,
     check_sender_pattern,
     owns_address,
     resolve_address,
@@ -68,6 +71,7 @@ class FakeAccounts:
         self._aliases: dict[str, tuple[str, list[str]]] = {}  # key -> (source, targets)
         self._quotas: dict[str, QuotaOverride] = {}  # key -> what set_quota set
         self._sender_rules: dict[str, dict[str, str]] = {}  # owner (user key or domain) -> pattern -> action
+        self._profiles: dict[str, Profile] = {}  # key -> what setProfile stored
         #: Every C{(username, password)} given to L{authenticate}, in order.
         self.attempts: list[tuple[str, bytes]] = []
         for domain in domains:
@@ -130,6 +134,7 @@ class FakeAccounts:
             raise AccountError(f"no such user {address}")
         del self._users[key]
         self._sender_rules.pop(key, None)
+        self._profiles.pop(key, None)
         for source_key, (source, targets) in list(self._aliases.items()):
             kept = [target for target in targets if not target_names_user(address_key(target), key)]
             if kept:
@@ -243,6 +248,31 @@ class FakeAccounts:
         if action is None:
             return fail(AccountError(f"{entry} is not on the list of {owner}"))
         return succeed(SenderRule(owner, entry, action))
+
+    def setPassword(self, account: str, password: str) -> Deferred[None]:
+        try:
+            key = self._user_owner(account)
+            check_new_password(self._users[key][0], password)
+        except AccountError as error:
+            return fail(error)
+        self._users[key] = (self._users[key][0], _password_bytes(password))
+        return succeed(None)
+
+    def profile(self, account: str) -> Deferred[Profile]:
+        try:
+            key = self._user_owner(account)
+        except AccountError as error:
+            return fail(error)
+        return succeed(self._profiles.get(key, Profile()))
+
+    def setProfile(self, account: str, display_name: str, signature: str) -> Deferred[Profile]:
+        try:
+            key = self._user_owner(account)
+            profile = check_profile(display_name, signature)
+        except AccountError as error:
+            return fail(error)
+        self._profiles[key] = profile
+        return succeed(profile)
 
     def _user_owner(self, account: str) -> str:
         """A user's own list only, as the server's L{IAccounts} allows."""

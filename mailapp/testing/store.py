@@ -225,6 +225,8 @@ class FakeMailbox:
         self.store = store
         self.account = account
         self._folders = store._mailboxes.setdefault(account.lower(), {})
+        #: Subscribed names whose folders were deleted (RFC 3501 6.3.9).
+        self._lost: set[str] = store._lost_subscriptions.setdefault(account.lower(), set())
         for name in (INBOX, *SPECIAL_FOLDERS):
             self._folders.setdefault(name, _FakeFolderState(store._nextValidity(), subscribed=True))
 
@@ -246,6 +248,9 @@ class FakeMailbox:
         parts = name.split(DELIMITER)
         for depth in range(1, len(parts) + 1):
             self._folders.setdefault(DELIMITER.join(parts[:depth]), _FakeFolderState(self.store._nextValidity()))
+        if name in self._lost:
+            self._lost.discard(name)
+            self._folders[name].subscribed = True
         return succeed(None)
 
     def deleteFolder(self, name: str) -> Deferred[None]:
@@ -255,8 +260,11 @@ class FakeMailbox:
             return fail(e)
         if name == INBOX:
             return fail(BadFolderName("INBOX cannot be deleted"))
-        if self._folders.pop(name, None) is None:
+        state = self._folders.pop(name, None)
+        if state is None:
             return fail(NoSuchFolder(f"no such folder: {name}"))
+        if state.subscribed:
+            self._lost.add(name)
         return succeed(None)
 
     def renameFolder(self, old: str, new: str) -> Deferred[None]:
@@ -275,9 +283,15 @@ class FakeMailbox:
     def setSubscribed(self, name: str, subscribed: bool) -> Deferred[bool]:
         state = self._folders.get(name)
         if state is None:
+            if not subscribed and name in self._lost:
+                self._lost.discard(name)
+                return succeed(True)
             return succeed(False)
         state.subscribed = bool(subscribed)
         return succeed(True)
+
+    def subscribedWithoutFolder(self) -> Deferred[list[str]]:
+        return succeed(sorted(self._lost))
 
     def folder(self, name: str) -> Deferred[IFolder]:
         try:
@@ -317,6 +331,7 @@ class FakeStore:
         #: Its disk's free space: set C{freeSpace.free} to make it (nearly) full.
         self.freeSpace = FakeFreeSpace()
         self._mailboxes: dict[str, dict[str, _FakeFolderState]] = {}
+        self._lost_subscriptions: dict[str, set[str]] = {}
         self._validity = 1000
         self.failDeliver = False
         self.failFinish = False

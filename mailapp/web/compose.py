@@ -17,7 +17,8 @@ from typing import Any
 from twisted.web.iweb import IRequest
 
 from mailapp import logevents
-from mailapp.errors import MailError
+from mailapp.accounts import Profile
+from mailapp.errors import AccountError, MailError
 from mailapp.web import messages, pages
 from mailapp.web.base import DRAFTS, SENT, Forbidden, WebmailBase, app, log
 from mailapp.web.forms import form_field, parse_multipart, query_arg, query_int
@@ -37,6 +38,7 @@ class ComposeRoutes(WebmailBase):
             return self._signed_out(request)
         values: dict[str, str] = {}
         forwarded: list[str] = []
+        profile = await self._profile(session)
         mode = query_arg(request, "mode")
         draft_uid = query_int(request, "draft")
         if draft_uid:
@@ -64,10 +66,23 @@ class ComposeRoutes(WebmailBase):
                 return self._not_found(request, session, "message")
             view = await self._thread(messages.view, parsed)
             values, forwarded = _prefill(mode, view, session.account, folder.name, uid)
+        if not draft_uid and profile.signature:
+            # Below the part the user writes, above a quote: "-- " and the signature (RFC 3676 4.3).
+            values["body"] = "\n\n-- \n" + profile.signature + "\n" + values.get("body", "")
         nav, _ = await self._nav(session, None)
+        sender = messages.from_header(session.account, profile.display_name)
         return self._page(
-            request, pages.compose_page(session.account, session.csrf, nav, values, forwarded=forwarded, max_size=self.policy.max_message_size)
+            request,
+            pages.compose_page(session.account, session.csrf, nav, values, forwarded=forwarded, max_size=self.policy.max_message_size, sender=sender),
         )
+
+    async def _profile(self, session: Session) -> Profile:
+        """The user's display name and signature (none when the accounts cannot say)."""
+        try:
+            profile: Profile = await self.router.accounts.profile(session.account)
+        except AccountError:
+            return Profile()
+        return profile
 
     @app.route("/compose", methods=["POST"])
     async def compose(self, request: IRequest) -> bytes:
@@ -118,15 +133,16 @@ class ComposeRoutes(WebmailBase):
                 errors.append(f"The message is larger than the limit of {pages.human_size(self.policy.max_message_size)}.")
         if errors or draft is None:
             return await self._compose_again(request, session, values, errors)
+        profile = await self._profile(session)
         if not sending:
-            data = await self._thread(messages.build, draft, session.account, self.policy.hostname, True, self.clock())
+            data = await self._thread(messages.build, draft, session.account, self.policy.hostname, True, self.clock(), profile.display_name)
             drafts = await self._folder(session, DRAFTS)
             if drafts is None:
                 return self._not_found(request, session, "folder")
             await drafts.append(data, ["\\Draft", "\\Seen"])
             await self._drop_draft(session, values["draft_uid"])
             return self._redirect(request, "/list?f=Drafts&notice=draft")
-        problems = await self._send(request, session, draft)
+        problems = await self._send(request, session, draft, profile)
         if problems:
             return await self._compose_again(request, session, values, problems)
         await self._drop_draft(session, values["draft_uid"])
@@ -135,7 +151,9 @@ class ComposeRoutes(WebmailBase):
     async def _compose_again(self, request: IRequest, session: Session, values: dict[str, str], errors: list[str]) -> bytes:
         nav, _ = await self._nav(session, None)
         errors = errors + ["Nothing was sent. Files you attached must be attached again."] if errors else errors
-        body = pages.compose_page(session.account, session.csrf, nav, values, errors, max_size=self.policy.max_message_size)
+        profile = await self._profile(session)
+        sender = messages.from_header(session.account, profile.display_name)
+        body = pages.compose_page(session.account, session.csrf, nav, values, errors, max_size=self.policy.max_message_size, sender=sender)
         return self._page(request, body, 400)
 
     async def _drop_draft(self, session: Session, draft_uid: str) -> None:
@@ -144,9 +162,9 @@ class ComposeRoutes(WebmailBase):
             if drafts is not None:
                 await drafts.expunge([int(draft_uid)])
 
-    async def _send(self, request: IRequest, session: Session, draft: messages.Draft) -> list[str]:
+    async def _send(self, request: IRequest, session: Session, draft: messages.Draft, profile: Profile) -> list[str]:
         """Hand the message to the Router like authenticated submission; the problems to show, if any."""
-        outgoing = await self._thread(messages.build, draft, session.account, self.policy.hostname, False, self.clock())
+        outgoing = await self._thread(messages.build, draft, session.account, self.policy.hostname, False, self.clock(), profile.display_name)
         if len(outgoing) > self.policy.max_message_size:
             return [f"The message is larger than the limit of {pages.human_size(self.policy.max_message_size)}."]
         if not self.guard.mayAcceptMessage(session.account):
@@ -194,7 +212,7 @@ class ComposeRoutes(WebmailBase):
             count=len(transaction.recipients),
             size=len(outgoing),
         )
-        copy = await self._thread(messages.build, draft, session.account, self.policy.hostname, True, self.clock())
+        copy = await self._thread(messages.build, draft, session.account, self.policy.hostname, True, self.clock(), profile.display_name)
         sent = await self._folder(session, SENT)
         if sent is not None:
             try:

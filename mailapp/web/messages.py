@@ -16,6 +16,8 @@ import io
 import re
 import time
 from dataclasses import dataclass, field
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser, BytesParser
 from typing import IO, Iterable
@@ -384,7 +386,17 @@ def _split_list(value: str) -> list[str]:
 
 
 def format_addresses(pairs: Iterable[tuple[str, str]]) -> str:
-    return ", ".join(email.utils.formataddr(pair) for pair in pairs)
+    return ", ".join(_format_address(name, address) for name, address in pairs)
+
+
+def _format_address(name: str, address: str) -> str:
+    """One address for a header field; a UTF-8 one (RFC 6532) as it is, which only L{build}'s SMTPUTF8 policy writes."""
+    if address.isascii():
+        return email.utils.formataddr((name, address))
+    try:
+        return str(Address(display_name=name, addr_spec=address))
+    except (ValueError, IndexError, HeaderParseError):
+        return address
 
 
 # -- composing ------------------------------------------------------------------------
@@ -415,15 +427,30 @@ def _message_id_ok(value: str) -> bool:
     return not has_line_break(value) and len(value) < 2000 and all(ch.isprintable() for ch in value)
 
 
-def build(draft: Draft, sender: str, hostname: str, with_bcc: bool, now: float | None = None) -> bytes:
+def from_header(sender: str, display_name: str = "") -> str:
+    """C{sender} with the user's display name (quoted or RFC 2047-encoded as it needs), or bare without one."""
+    if not display_name or has_line_break(display_name):
+        return sender
+    try:
+        return str(Address(display_name=display_name, addr_spec=sender))
+    except (ValueError, IndexError, HeaderParseError):
+        return sender
+
+
+def build(draft: Draft, sender: str, hostname: str, with_bcc: bool, now: float | None = None, display_name: str = "") -> bytes:
     """
     The message bytes (CRLF line ends). C{with_bcc} only for the sender's own
     copies (Sent, Drafts): the copy handed to the Router never has a Bcc header.
+    C{display_name}: the user's, for From (L{from_header}).
     """
     if has_line_break(draft.subject):
         raise ComposeError("Subject: line breaks are not allowed")
-    message = EmailMessage(policy=email.policy.SMTP)
-    message["From"] = sender
+    # A UTF-8 address in a header field is written as it is (RFC 6532), and
+    # the message then goes out with SMTPUTF8 (the Router flags it).
+    addresses = [sender] + [address for _, address in (*draft.to, *draft.cc, *draft.bcc)]
+    policy = email.policy.SMTP if all(address.isascii() for address in addresses) else email.policy.SMTPUTF8
+    message = EmailMessage(policy=policy)
+    message["From"] = from_header(sender, display_name)
     if draft.to:
         message["To"] = format_addresses(draft.to)
     if draft.cc:
@@ -444,7 +471,7 @@ def build(draft: Draft, sender: str, hostname: str, with_bcc: bool, now: float |
         if not _TOKEN.match(content_type):
             maintype, subtype = "application", "octet-stream"
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
-    return message.as_bytes(policy=email.policy.SMTP)
+    return message.as_bytes(policy=policy)
 
 
 def quote(text: str) -> str:

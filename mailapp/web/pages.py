@@ -10,11 +10,14 @@ and each state-changing form carries the session's CSRF token.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlencode
 
 from twisted.web.template import Tag, flattenString
 
+from mailapp.sieve.webmail import ACTIONS, FIELDS, FLAGS, MATCHES, Rule, generate
 from mailapp.store import INBOX, SPECIAL_FOLDERS
 from mailapp.web.messages import Attachment, MessageView, Summary
 
@@ -412,6 +415,7 @@ def compose_page(
     errors: Sequence[str] = (),
     forwarded: Sequence[str] = (),
     max_size: int = 0,
+    sender: str = "",
 ) -> bytes:
     def field(label: str, name: str, kind: str = "text", hint: str = "") -> list[Any]:
         out: list[Any] = [tags.label(label, for_=name)]
@@ -432,7 +436,7 @@ def compose_page(
         *hidden,
         tags.h1("New message" if not values.get("subject") else values.get("subject", "")),
         *_notice(None, errors),
-        tags.p("From: ", tags.strong(account), class_="from"),
+        tags.p("From: ", tags.strong(sender or account), class_="from"),
         *field("To", "to", hint="Several addresses: separate them with commas."),
         *field("Cc", "cc"),
         *field("Bcc", "bcc", hint="Bcc recipients get the message; nobody sees them listed."),
@@ -508,11 +512,250 @@ def folders_page(account: str, csrf: str, nav: Tag, folders: Sequence[tuple[str,
     return _page("Folders", [tags.h1("Folders"), *_notice(notice, errors), create, table], account, csrf, nav)
 
 
-def settings_page(account: str, csrf: str, rules: Sequence[Any], notice: str | None, errors: Sequence[str] = (), entry: str = "") -> bytes:
+@dataclass
+class SettingsView:
     """
-    The user's own allow and block lists of senders (C{rules}: L{mailapp.accounts.SenderRule}s),
-    each entry with its Remove button, and the form that adds one.
+    Everything the settings page shows. Each part is its own form; a refused
+    change comes back with C{errors[part]} and the values as entered.
+    C{filters}/C{state} are None when the server runs no Sieve filtering.
     """
+
+    account: str
+    csrf: str
+    sender_rules: Sequence[Any]
+    notice: str | None = None
+    errors: dict[str, list[str]] = dc_field(default_factory=dict)
+    sender_entry: str = ""
+    #: The rule rows shown (as entered when refused), a L{mailapp.sieve.webmail.WebmailFilters}.
+    filters: Any = None
+    #: The L{mailapp.sieve.webmail.WebmailState}: the active script and whether the page made it.
+    state: Any = None
+    folders: Sequence[str] = ()
+    #: The script text in the editor (as entered when refused), or None for the active one.
+    script: str | None = None
+    #: The script the form would generate now (shown when no script is active).
+    generated: str = ""
+    profile: Any = None
+
+
+SETTINGS_NOTICES = {
+    "rules": "Filter rules saved; they apply to the next message.",
+    "vacation": "Vacation reply saved.",
+    "forwarding": "Forwarding saved.",
+    "script": "Script saved and active; it applies to the next message.",
+    "checked": "The script is valid. It was not saved.",
+    "profile": "Display name and signature saved.",
+    "password": "Password changed. Your other sessions were signed out.",
+}
+
+
+def _field(label: str, control: Tag, hint: str = "") -> Tag:
+    parts: list[Any] = [tags.span(label, class_="label"), control]
+    if hint:
+        parts.append(tags.small(hint, class_="hint"))
+    return tags.label(*parts, class_="field")
+
+
+def _select(name: str, options: Any, selected: str, label: str = "", **attributes: str) -> Tag:
+    choices = []
+    for value, text in options:
+        option = tags.option(text, value=value)
+        if value == selected:
+            option.attributes["selected"] = ""
+        choices.append(option)
+    if label:
+        attributes["aria-label"] = label
+    return tags.select(*choices, name=name, **attributes)
+
+
+def _checkbox(name: str, checked: bool, text: str, **attributes: str) -> Tag:
+    box = tags.input(type="checkbox", name=name, value="1", **attributes)
+    if checked:
+        box.attributes["checked"] = ""
+    return tags.label(box, " ", text, class_="check")
+
+
+def _part_errors(view: SettingsView, part: str) -> list[Tag]:
+    errors = view.errors.get(part, [])
+    if not errors:
+        return []
+    return [tags.div(tags.ul(*[tags.li(error) for error in errors]), class_="error", role="alert", id=f"{part}-errors")]
+
+
+def _replace_box(view: SettingsView) -> list[Tag]:
+    """The explicit consent to replace an active script this page did not make."""
+    state = view.state
+    if state is None or not state.foreign:
+        return []
+    return [
+        tags.p(
+            "Your active Sieve script ",
+            tags.strong(f"\u201c{state.active_name}\u201d"),
+            " was not made by this page (uploaded with ManageSieve or the mailapp command, or edited as text); it is shown under Script below. "
+            "Saving here replaces it as your active script (it stays stored under its name).",
+            class_="warning",
+        ),
+        _checkbox("replace", False, "Replace my active script with the one this page makes", class_="replace"),
+    ]
+
+
+def _rule_row(number: int, rule: Any, folders: Sequence[str], last: bool) -> Tag:
+    prefix = f"r{number}_"
+    folder_options = [("", "(a new folder:)")] + [(name, name) for name in folders]
+    existing = rule.folder in folders
+    controls: list[Any] = [
+        tags.span("When", class_="word"),
+        _select(prefix + "field", FIELDS.items(), rule.field, "What to look at"),
+        tags.input(type="text", name=prefix + "header", value=rule.header, placeholder="Header name", size="14", **{"aria-label": "Header name"}),
+        _select(prefix + "match", MATCHES.items(), rule.match, "How to compare"),
+        tags.input(type="text", name=prefix + "text", value=rule.text, placeholder="text", **{"aria-label": "Text"}),
+        tags.span("then", class_="word"),
+        _select(prefix + "action", ACTIONS.items(), rule.action, "What to do"),
+        _select(prefix + "folder", folder_options, rule.folder if existing else "", "Folder"),
+        tags.input(type="text", name=prefix + "newfolder", value="" if existing else rule.folder, placeholder="New folder", size="14", **{"aria-label": "New folder"}),
+        _select(prefix + "flag", FLAGS.items(), rule.flag, "Flag"),
+        tags.input(type="email", name=prefix + "address", value=rule.address, placeholder="Forward to address", **{"aria-label": "Forward to address"}),
+        _checkbox(prefix + "copy", rule.keep_copy, "keep a copy"),
+        _checkbox(prefix + "stop", rule.stop, "then stop"),
+    ]
+    if not last:
+        controls.append(_checkbox(prefix + "remove", False, "remove"))
+        if number:
+            controls.append(tags.button("Move up", type="submit", name="up", value=str(number)))
+    heading = "New rule" if last else f"Rule {number + 1}"
+    return tags.fieldset(tags.legend(heading), *controls, class_="rule", id=f"rule-{number}")
+
+
+def _filters_part(view: SettingsView) -> list[Any]:
+    filters = view.filters
+    rows = list(filters.rules) + [Rule()]
+    rules_form = tags.form(
+        _csrf(view.csrf),
+        tags.input(type="hidden", name="rules", value=str(len(rows))),
+        # The form's default button (Enter in a field): first in the form, or a "Move up" would be.
+        tags.button("Save rules", type="submit", class_="visually-hidden", tabindex="-1", **{"aria-hidden": "true"}),
+        *_part_errors(view, "rules"),
+        tags.p(
+            "Each rule looks at one header of a new message. Rules run in order; "
+            "\u201cthen stop\u201d skips the rules after it. From and To with \u201cis\u201d or "
+            "\u201cmatches\u201d compare the address; \u201ccontains\u201d looks at the whole header. "
+            "A flag applies to where the message is kept or moved by a later rule.",
+            class_="hint",
+        ),
+        *[_rule_row(number, rule, view.folders, number == len(rows) - 1) for number, rule in enumerate(rows)],
+        *_replace_box(view),
+        tags.div(tags.button("Save rules", type="submit", class_="primary"), class_="actions"),
+        method="post",
+        action="/settings/filters",
+        class_="settings-form",
+        id="rules-form",
+    )
+    vacation = filters.vacation
+    vacation_form = tags.form(
+        _csrf(view.csrf),
+        *_part_errors(view, "vacation"),
+        _checkbox("enabled", vacation.enabled, "Send an automatic reply", id="vacation-enabled"),
+        _field("First day", tags.input(type="date", name="start", value=vacation.start), "Empty: from now. Days are UTC."),
+        _field("Last day", tags.input(type="date", name="end", value=vacation.end), "Empty: until you turn it off."),
+        _field("Subject", tags.input(type="text", name="subject", value=vacation.subject, size="50"), "Empty: \u201cAuto: \u201d and the message's subject."),
+        _field("Text", tags.textarea(vacation.text, name="text", rows="5", cols="60")),
+        _field("Days between replies to one sender", tags.input(type="number", name="days", min="1", max="365", value=str(vacation.days))),
+        tags.p("Lists, bulk mail and automatic messages are never answered.", class_="hint"),
+        *_replace_box(view),
+        tags.div(tags.button("Save vacation reply", type="submit", class_="primary"), class_="actions"),
+        method="post",
+        action="/settings/vacation",
+        class_="settings-form",
+        id="vacation-form",
+    )
+    forwarding = filters.forwarding
+    forwarding_form = tags.form(
+        _csrf(view.csrf),
+        *_part_errors(view, "forwarding"),
+        _field("Forward all mail to", tags.input(type="email", name="address", value=forwarding.address, size="40"), "Empty: no forwarding."),
+        _checkbox("copy", forwarding.keep_copy, "Keep a copy here (without one, your rules and vacation reply do not run)"),
+        *_replace_box(view),
+        tags.div(tags.button("Save forwarding", type="submit", class_="primary"), class_="actions"),
+        method="post",
+        action="/settings/forwarding",
+        class_="settings-form",
+        id="forwarding-form",
+    )
+    state = view.state
+    if view.script is not None:
+        text = view.script
+    elif state.active_text is not None:
+        text = state.active_text
+    else:
+        text = view.generated or generate(filters)
+    if state.active_name is None:
+        status = tags.p("No script is active: the form above has not been saved yet.", class_="hint")
+    elif state.generated:
+        status = tags.p("Your active script, made by the form above (", tags.code(state.active_name), ").", class_="hint")
+    else:
+        status = tags.p("Your active script ", tags.code(state.active_name), ", not made by the form above.", class_="hint")
+    script_form = tags.form(
+        _csrf(view.csrf),
+        status,
+        *_part_errors(view, "script"),
+        tags.textarea(text, name="script", rows="18", cols="80", spellcheck="false", class_="script", **{"aria-label": "Sieve script"}),
+        tags.p("Saved as your webmail script and made active; a script with an error is never saved.", class_="hint"),
+        tags.div(
+            tags.button("Save script", type="submit", name="do", value="save", class_="primary"),
+            tags.button("Check only", type="submit", name="do", value="check"),
+            class_="actions",
+        ),
+        method="post",
+        action="/settings/script",
+        class_="settings-form",
+        id="script-form",
+    )
+    return [
+        tags.section(tags.h2("Filter rules"), rules_form, id="filters"),
+        tags.section(tags.h2("Vacation reply"), vacation_form, id="vacation"),
+        tags.section(tags.h2("Forwarding"), forwarding_form, id="forwarding"),
+        tags.section(tags.h2("Script (Sieve)"), script_form, id="script"),
+    ]
+
+
+def _account_part(view: SettingsView) -> list[Any]:
+    profile = view.profile
+    profile_form = tags.form(
+        _csrf(view.csrf),
+        *_part_errors(view, "profile"),
+        _field("Display name", tags.input(type="text", name="display_name", value=profile.display_name, size="40"), "Shown in the From of what you send."),
+        _field("Signature", tags.textarea(profile.signature, name="signature", rows="4", cols="60"), "Added below \u201c-- \u201d in new messages."),
+        tags.div(tags.button("Save", type="submit", class_="primary"), class_="actions"),
+        method="post",
+        action="/settings/profile",
+        class_="settings-form",
+        id="profile-form",
+    )
+    password_form = tags.form(
+        _csrf(view.csrf),
+        *_part_errors(view, "password"),
+        _field("Current password", tags.input(type="password", name="current", autocomplete="current-password", required="")),
+        _field("New password", tags.input(type="password", name="new", autocomplete="new-password", required="")),
+        _field("New password again", tags.input(type="password", name="again", autocomplete="new-password", required="")),
+        tags.div(tags.button("Change password", type="submit", class_="primary"), class_="actions"),
+        method="post",
+        action="/settings/password",
+        class_="settings-form",
+        id="password-form",
+    )
+    return [
+        tags.section(tags.h2("Name and signature"), profile_form, id="profile"),
+        tags.section(tags.h2("Password"), password_form, id="password"),
+    ]
+
+
+def settings_page(view: SettingsView) -> bytes:
+    """
+    The user's settings, each part its own form: filter rules, vacation,
+    forwarding and the Sieve script they make; name, signature and password;
+    the allow and block lists of senders (C{sender_rules}: L{mailapp.accounts.SenderRule}s).
+    """
+    account, csrf, rules = view.account, view.csrf, view.sender_rules
     sections = []
     for action, title, empty in (
         ("allow", "Allowed senders", "Mail from these senders skips greylisting and Junk."),
@@ -543,14 +786,26 @@ def settings_page(account: str, csrf: str, rules: Sequence[Any], notice: str | N
     add = tags.form(
         _csrf(csrf),
         tags.label("Address or domain", for_="sender-entry"),
-        tags.input(id="sender-entry", name="entry", type="text", required="", value=entry, placeholder="friend@example.org, example.org or *.example.org"),
+        tags.input(id="sender-entry", name="entry", type="text", required="", value=view.sender_entry, placeholder="friend@example.org, example.org or *.example.org"),
         tags.button("Allow", type="submit", name="do", value="allow", class_="primary"),
         tags.button("Block", type="submit", name="do", value="block", class_="danger"),
         method="post",
         action="/settings/senders/add",
         class_="inline create",
     )
-    body = [tags.h1("Settings"), *_notice(notice, errors), tags.h2("Senders"), add, *sections]
+    notices: list[Any] = []
+    if view.notice in SETTINGS_NOTICES:
+        notices.append(tags.p(SETTINGS_NOTICES[view.notice], class_="notice", role="status"))
+    else:
+        notices += _notice(view.notice)
+    filters = _filters_part(view) if view.filters is not None else [tags.p("Filtering is not available on this server.", class_="hint")]
+    body = [
+        tags.h1("Settings"),
+        *notices,
+        *filters,
+        *(_account_part(view) if view.profile is not None else []),
+        tags.section(tags.h2("Senders"), *_part_errors(view, "senders"), add, *sections, id="senders"),
+    ]
     return _page("Settings", body, account, csrf)
 
 

@@ -84,6 +84,13 @@ class Sessions:
         if token:
             self._sessions.pop(token, None)
 
+    def end_others(self, account: str, keep: str) -> int:
+        """End every session of C{account} but C{keep} (its password changed); how many ended."""
+        others = [token for token, session in self._sessions.items() if session.account == account and token != keep]
+        for token in others:
+            del self._sessions[token]
+        return len(others)
+
     def _prune(self) -> None:
         now = self._clock()
         for token, session in list(self._sessions.items()):

@@ -15,6 +15,7 @@ import importlib.util
 import imaplib
 import os
 import smtplib
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -35,9 +36,9 @@ from tests.web_helpers import (
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-ALICE, BOB, CAROL, DAVE = (f"{name}@example.test" for name in ("alice", "bob", "carol", "dave"))
+ALICE, BOB, CAROL, DAVE, FRANK, GRACE = (f"{name}@example.test" for name in ("alice", "bob", "carol", "dave", "frank", "grace"))
 REMOTE = "erin@b.test"
-PASSWORDS = {ALICE: "alice-pw-1", BOB: "bob-pw-1", CAROL: "carol-pw-1", DAVE: "dave-pw-1"}
+PASSWORDS = {ALICE: "alice-pw-1", BOB: "bob-pw-1", CAROL: "carol-pw-1", DAVE: "dave-pw-1", FRANK: "frank-pw-1", GRACE: "grace-pw-1"}
 ATTACHMENT = bytes(range(256)) * 400 + os.urandom(1000)
 HAS_RELAY = importlib.util.find_spec("mailapp.relay") is not None
 
@@ -525,4 +526,63 @@ def test_a_sender_blocked_in_settings_is_refused_by_the_mx_until_removed(
         client.ehlo()
         client.mail("x@spam.example")
         assert client.rcpt(DAVE)[0] == 250
+    assert recorder.elsewhere == []
+
+
+def test_a_rule_and_a_vacation_made_in_settings_sort_the_next_messages_and_reply_once(
+    session: tuple[Any, Recorder], server: ServiceProcess, tmp_path: Path
+) -> None:
+    page, recorder = session
+    sign_in(page, FRANK)
+    page.get_by_role("link", name="Settings").click()
+    page.wait_for_url("**/settings")
+    rule = page.locator("#rule-0")
+    rule.locator("[name=r0_field]").select_option("subject")
+    rule.locator("[name=r0_match]").select_option("contains")
+    rule.locator("[name=r0_text]").fill("invoice")
+    rule.locator("[name=r0_action]").select_option("move")
+    rule.locator("[name=r0_newfolder]").fill("Invoices")
+    rule.get_by_label("then stop").check()
+    page.get_by_role("button", name="Save rules").click()
+    page.wait_for_url("**/settings?notice=rules**")
+    assert "Filter rules saved" in page.locator(".notice").inner_text()
+    assert 'fileinto :create "Invoices";' in page.get_by_label("Sieve script").input_value()
+
+    page.get_by_label("Send an automatic reply").check()
+    page.locator("#vacation-form [name=subject]").fill("Away this week")
+    page.locator("#vacation-form [name=text]").fill("I am away until Monday.\n.\nFrank")
+    page.get_by_role("button", name="Save vacation reply").click()
+    page.wait_for_url("**/settings?notice=vacation**")
+    script = page.get_by_label("Sieve script").input_value()
+    assert 'require ["fileinto", "mailbox", "vacation"];' in script and "vacation :days 7" in script
+    shoot(page, tmp_path, "settings-filters")
+
+    def from_grace(subject: str) -> EmailMessage:
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = f"Grace <{GRACE}>", FRANK, subject
+        message["Message-ID"] = f"<{subject.replace(' ', '-')}@example.test>"
+        message.set_content("Hello Frank.\n")
+        return message
+
+    smtp_deliver(server, from_grace("invoice 42"), [FRANK])
+    reply = wait_for_message(server.state_dir, GRACE, "Away this week", timeout=10)["message"]
+    assert reply["In-Reply-To"] == "<invoice-42@example.test>"
+    assert "I am away until Monday.\n.\nFrank" in reply.get_content().replace("\r\n", "\n")
+    smtp_deliver(server, from_grace("lunch"), [FRANK])
+
+    # The folder view shows the moved message; the other one stayed in INBOX.
+    page.goto("/list?f=Invoices")
+    assert page.get_by_role("link", name="invoice 42").count() == 1
+    page.goto("/list?f=INBOX")
+    assert page.get_by_role("link", name="lunch").count() == 1
+    assert page.get_by_role("link", name="invoice 42").count() == 0
+    shoot(page, tmp_path, "settings-filtered-inbox")
+
+    # The second message was not answered: the server says so, and Grace has one reply.
+    deadline = time.monotonic() + 10
+    while f"sieve vacation for {FRANK} not sent to <{GRACE}>" not in server.log():
+        assert time.monotonic() < deadline, "no vacation decision for the second message"
+        time.sleep(0.1)
+    replies = [m for m in folder_messages(server.state_dir, GRACE) if m["message"]["Subject"] == "Away this week"]
+    assert len(replies) == 1
     assert recorder.elsewhere == []

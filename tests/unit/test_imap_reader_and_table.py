@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from mailapp.imap.commands import CAPABILITIES, COMMANDS
 from mailapp.imap.reader import CommandReader, ReadLimits
 from mailapp.imap.state import State
-from mailapp.imap.wire import ParsedLiteral, String
+from mailapp.imap.wire import Literal8, ParsedLiteral, String
 from mailapp.testing import build_factory, service_context
 from tests.protocol.accounts import make_accounts
 
@@ -159,8 +159,18 @@ def test_the_table_names_every_command_once_with_the_states_it_is_valid_in():
     assert not COMMANDS["IDLE"].timed
 
 
-def test_the_commands_capabilities_are_announced_in_the_order_clients_saw_before():
-    assert b" ".join(CAPABILITIES) == b"ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT"
+def test_the_commands_capabilities_are_announced_in_the_order_clients_saw_before_then_the_extensions():
+    assert b" ".join(CAPABILITIES) == (
+        b"ID ENABLE UTF8=ACCEPT IDLE NAMESPACE LIST-EXTENDED LIST-STATUS STATUS=SIZE MULTIAPPEND CATENATE"
+        b" UIDPLUS MOVE UNSELECT ESEARCH SEARCHRES CONTEXT=SEARCH SORT SORT=DISPLAY ESORT CONTEXT=SORT"
+        b" THREAD=ORDEREDSUBJECT THREAD=REFERENCES BINARY"
+    )
+
+
+def test_search_sort_and_thread_extensions_are_announced():
+    announced = b" ".join(CAPABILITIES).split()
+    for capability in (b"ESEARCH", b"SEARCHRES", b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES", b"CONTEXT=SEARCH", b"CONTEXT=SORT"):
+        assert capability in announced
 
 
 @pytest.mark.parametrize("name", ["CAPABILITY", "NOOP", "LOGOUT", "ID"])
@@ -210,3 +220,25 @@ def test_authenticate_plain_in_the_continuation_line_logs_in():
         assert protocol.state is State.AUTHENTICATED
     finally:
         protocol.connectionLost(None)
+
+
+def test_reader_keeps_an_appends_literal8_message_in_memory_as_literal8():
+    owner = _Owner(authenticated=True)
+    read(owner, b"a APPEND INBOX ~{5+}\r\nx\x00y\r\n\r\n")
+    [pieces] = owner.commands
+    assert pieces == [b"a APPEND INBOX ", Literal8(b"x\x00y\r\n"), b""]
+    assert isinstance(pieces[1], Literal8) and owner.writers == []
+
+
+def test_reader_refuses_a_literal8_outside_append():
+    owner = _Owner(authenticated=True)
+    read(owner, b"a LOGIN ~{5}\r\n")
+    assert owner.out == [b"a BAD literal8 is only for APPEND\r\n"] and owner.commands == []
+
+
+def test_reader_keeps_a_catenate_text_part_in_memory_and_spools_each_message_of_a_multiappend():
+    owner = _Owner(authenticated=True)
+    read(owner, b"a APPEND INBOX CATENATE (TEXT {2+}\r\nhi) {3+}\r\nabc\r\n")
+    [pieces] = owner.commands
+    assert pieces[1] == String(b"hi") and not isinstance(pieces[1], ParsedLiteral)
+    assert isinstance(pieces[3], ParsedLiteral) and owner.writers[0].data == b"abc"

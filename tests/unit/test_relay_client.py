@@ -95,6 +95,33 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(results["carol@b.test"], Reply(250, ("2.0.0 queued as X",)))
         self.assertTrue(server.client.usable)
 
+    def test_a_peer_with_chunking_gets_the_message_as_it_is_in_bdat_chunks_then_bdat_0_last(self) -> None:
+        server = ScriptedServer(self)
+        ehlo = b"250-b.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
+        self.successResultOf(self.greet(server, ehlo=ehlo))
+        message = b"Return-Path: <alice@a.test>\r\nSubject: x\r\n\r\n.a dot line\r\n"
+        d = server.client.send("alice@a.test", ["bob@b.test"], BytesSource(message), len(message))
+        self.assertEqual(server.written(), b"MAIL FROM:<alice@a.test> BODY=8BITMIME\r\nRCPT TO:<bob@b.test>\r\n")
+        server.reply(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n")
+        body = b"Subject: x\r\n\r\n.a dot line\r\n"  # our Return-Path stripped, no dot-stuffing
+        self.assertEqual(server.written(), b"BDAT %d\r\n" % len(body) + body)
+        server.reply(b"250 2.0.0 chunk ok\r\n")
+        self.assertEqual(server.written(), b"BDAT 0 LAST\r\n")
+        server.reply(b"250 2.0.0 queued as Y\r\n")
+        self.assertEqual(self.successResultOf(d), {"bob@b.test": Reply(250, ("2.0.0 queued as Y",))})
+
+    def test_a_refused_chunk_ends_the_message_with_its_reply(self) -> None:
+        server = ScriptedServer(self)
+        self.successResultOf(self.greet(server, ehlo=b"250-b.test\r\n250 CHUNKING\r\n"))
+        d = server.client.send("alice@a.test", ["bob@b.test"], BytesSource(b"Subject: x\r\n\r\nhi\r\n"), 20)
+        server.reply(b"250 2.1.0 Ok\r\n")
+        server.reply(b"250 2.1.5 Ok\r\n")
+        server.written()
+        server.reply(b"552 5.3.4 too big\r\n")
+        self.assertEqual(server.written(), b"RSET\r\n")
+        server.reply(b"250 2.0.0 Ok\r\n")
+        self.assertEqual(self.successResultOf(d), {"bob@b.test": Reply(552, ("5.3.4 too big",))})
+
     def test_without_pipelining_commands_go_one_by_one_and_no_data_when_every_rcpt_fails(self) -> None:
         server = ScriptedServer(self)
         self.successResultOf(self.greet(server, ehlo=b"250 b.test\r\n"))

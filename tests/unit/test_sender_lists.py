@@ -149,7 +149,7 @@ def test_a_version_2_accounts_database_is_migrated_with_empty_lists(tmp_path: Pa
         assert database.sender_verdict(ALICE, "x@example.org") == SenderVerdict("block", ALICE, "example.org", (ALICE,))
         assert database.find_user(ALICE) == ALICE
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     check.close()
 
 

@@ -57,6 +57,34 @@ class StoreImapSupportTests(TestCase):
         self.assertFalse(changed)
 
     @inlineCallbacks
+    def test_a_subscription_outlives_its_folders_delete_and_a_restart_and_comes_back_with_the_folder(self):
+        mailbox = self.store.mailbox(ALICE)
+        yield mailbox.createFolder("Lists/python")
+        yield mailbox.createFolder("Lists/rust")
+        yield mailbox.setSubscribed("Lists/python", True)
+        yield mailbox.deleteFolder("Lists/python")
+        yield mailbox.deleteFolder("Lists/rust")  # not subscribed: nothing kept
+        index.reset_connections()
+        mailbox = MaildirStore(self.root, reactor=reactor).mailbox(ALICE)
+        self.assertEqual((yield mailbox.subscribedWithoutFolder()), ["Lists/python"])
+        yield mailbox.createFolder("Lists/python")
+        folders = {f.name: f.subscribed for f in (yield mailbox.listFolders())}
+        self.assertTrue(folders["Lists/python"])
+        self.assertEqual((yield mailbox.subscribedWithoutFolder()), [])
+
+    @inlineCallbacks
+    def test_unsubscribing_a_deleted_folders_name_forgets_it(self):
+        mailbox = self.store.mailbox(ALICE)
+        yield mailbox.createFolder("Old")
+        yield mailbox.setSubscribed("Old", True)
+        yield mailbox.deleteFolder("Old")
+        self.assertTrue((yield mailbox.setSubscribed("Old", False)))
+        self.assertEqual((yield mailbox.subscribedWithoutFolder()), [])
+        yield mailbox.createFolder("Old")
+        folders = {f.name: f.subscribed for f in (yield mailbox.listFolders())}
+        self.assertFalse(folders["Old"])
+
+    @inlineCallbacks
     def test_append_message_stores_a_spooled_message_with_flags_and_date(self):
         folder = yield self.store.mailbox(ALICE).folder("Drafts")
         events = []

@@ -12,6 +12,8 @@ C{imapserver/<command>.go} and Stalwart's C{crates/imap/src/op/<command>.rs}:
   - L{mailboxes}: CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, NAMESPACE, LIST, LSUB, STATUS
   - L{select}: SELECT, EXAMINE, UNSELECT, CLOSE, CHECK
   - L{idle}, L{append}, L{fetch}, L{store}, L{copy} (COPY and MOVE), L{expunge}, L{search}
+  - L{sort}: SORT and THREAD; L{results}: what SEARCH and SORT RETURN, and ``$`` (SEARCHRES);
+    L{context}: live searches (UPDATE, CANCELUPDATE)
 
 Adding an extension is a new module with its handler and a row here.
 """
@@ -22,7 +24,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from mailapp.imap.commands import append, auth, copy, expunge, fetch, idle, mailboxes, search, select, store
+from mailapp.imap.commands import append, auth, context, copy, expunge, fetch, idle, mailboxes, search, select, sort, store
+from mailapp.imap.commands.results import accepting_saved
 from mailapp.imap.state import State
 from mailapp.imap.wire import Token
 
@@ -48,7 +51,7 @@ class Command:
     name: str
     handler: Handler
     states: frozenset[State]
-    #: Announced in CAPABILITY, in the order of the table (whatever the state).
+    #: Announced in CAPABILITY, in the order of the table (whatever the state); several separated by spaces.
     capability: bytes | None = None
     #: Whether its latency counts in the command metrics (IDLE is a wait, not a command to time).
     timed: bool = True
@@ -65,7 +68,7 @@ _TABLE = (
     Command("AUTHENTICATE", auth.authenticate, _NOT_AUTHENTICATED),
     Command("LOGIN", auth.login, _NOT_AUTHENTICATED),
     # authenticated (and selected)
-    Command("ENABLE", auth.enable, _AUTHENTICATED, capability=b"ENABLE"),
+    Command("ENABLE", auth.enable, _AUTHENTICATED, capability=b"ENABLE UTF8=ACCEPT"),
     Command("IDLE", idle.idle, _AUTHENTICATED, capability=b"IDLE", timed=False),
     Command("NAMESPACE", mailboxes.namespace, _AUTHENTICATED, capability=b"NAMESPACE"),
     Command("CREATE", mailboxes.create, _AUTHENTICATED),
@@ -73,28 +76,36 @@ _TABLE = (
     Command("RENAME", mailboxes.rename, _AUTHENTICATED),
     Command("SUBSCRIBE", mailboxes.subscribe, _AUTHENTICATED),
     Command("UNSUBSCRIBE", mailboxes.unsubscribe, _AUTHENTICATED),
-    Command("LIST", mailboxes.list_, _AUTHENTICATED),
+    Command("LIST", mailboxes.list_, _AUTHENTICATED, capability=b"LIST-EXTENDED LIST-STATUS"),
     Command("LSUB", mailboxes.lsub, _AUTHENTICATED),
-    Command("STATUS", mailboxes.status, _AUTHENTICATED),
+    Command("STATUS", mailboxes.status, _AUTHENTICATED, capability=b"STATUS=SIZE"),
     Command("SELECT", select.select, _AUTHENTICATED),
     Command("EXAMINE", select.examine, _AUTHENTICATED),
-    Command("APPEND", append.append, _AUTHENTICATED),
-    # selected; UIDPLUS is APPENDUID and COPYUID too, announced with UID EXPUNGE
-    Command("UID EXPUNGE", expunge.uid_expunge, _SELECTED, capability=b"UIDPLUS"),
-    Command("MOVE", copy.move, _SELECTED, capability=b"MOVE"),
-    Command("UID MOVE", copy.uid_move, _SELECTED),
+    Command("APPEND", append.append, _AUTHENTICATED, capability=b"MULTIAPPEND CATENATE"),
+    # selected; UIDPLUS is APPENDUID and COPYUID too, announced with UID EXPUNGE; accepting_saved:
+    # a ``$`` sequence set (SEARCHRES) is replaced by the saved result before the handler runs
+    Command("UID EXPUNGE", accepting_saved(expunge.uid_expunge, by_uid=True), _SELECTED, capability=b"UIDPLUS"),
+    Command("MOVE", accepting_saved(copy.move, by_uid=False), _SELECTED, capability=b"MOVE"),
+    Command("UID MOVE", accepting_saved(copy.uid_move, by_uid=True), _SELECTED),
     Command("UNSELECT", select.unselect, _SELECTED, capability=b"UNSELECT"),
     Command("CHECK", select.check, _SELECTED),
     Command("CLOSE", select.close, _SELECTED),
     Command("EXPUNGE", expunge.expunge, _SELECTED),
-    Command("SEARCH", search.search, _SELECTED),
+    # ESEARCH, SEARCHRES, CONTEXT (RFC 4731, 5182, 5267): commands/results.py, commands/context.py
+    Command("SEARCH", search.search, _SELECTED, capability=b"ESEARCH SEARCHRES"),
     Command("UID SEARCH", search.uid_search, _SELECTED),
-    Command("FETCH", fetch.fetch, _SELECTED),
-    Command("UID FETCH", fetch.uid_fetch, _SELECTED),
-    Command("STORE", store.store, _SELECTED),
-    Command("UID STORE", store.uid_store, _SELECTED),
-    Command("COPY", copy.copy, _SELECTED),
-    Command("UID COPY", copy.uid_copy, _SELECTED),
+    Command("CANCELUPDATE", context.cancelupdate, _SELECTED, capability=b"CONTEXT=SEARCH"),
+    # RFC 5256, 5957, 5267 section 3
+    Command("SORT", sort.sort, _SELECTED, capability=b"SORT SORT=DISPLAY ESORT CONTEXT=SORT"),
+    Command("UID SORT", sort.uid_sort, _SELECTED),
+    Command("THREAD", sort.thread, _SELECTED, capability=b"THREAD=ORDEREDSUBJECT THREAD=REFERENCES"),
+    Command("UID THREAD", sort.uid_thread, _SELECTED),
+    Command("FETCH", accepting_saved(fetch.fetch, by_uid=False), _SELECTED, capability=b"BINARY"),
+    Command("UID FETCH", accepting_saved(fetch.uid_fetch, by_uid=True), _SELECTED),
+    Command("STORE", accepting_saved(store.store, by_uid=False), _SELECTED),
+    Command("UID STORE", accepting_saved(store.uid_store, by_uid=True), _SELECTED),
+    Command("COPY", accepting_saved(copy.copy, by_uid=False), _SELECTED),
+    Command("UID COPY", accepting_saved(copy.uid_copy, by_uid=True), _SELECTED),
 )
 
 #: The table, by command name as sent (upper case; ``UID FETCH`` and the like as two words).

@@ -1,70 +1,187 @@
 """
 APPEND (RFC 3501 6.3.11, with RFC 4315's APPENDUID and RFC 7889's
-APPENDLIMIT): a message from the client into a folder.
+APPENDLIMIT), and what extends it: several messages in one command
+(MULTIAPPEND, RFC 3502), a message given as a ``literal8`` (BINARY, RFC
+3516), a message built from text and parts of stored messages (CATENATE,
+RFC 4469, through L{mailapp.imap.urls}), and a message marked as UTF-8
+(``UTF8 (~{n})``, RFC 6855).
 
-The message never sits in memory: the reader streams its literal into the
-store's spool writer as it arrives (refusing it unread when it is too big),
-so here it is made durable, checked against the quota, and added to the
-folder in one store change. A spool file is removed on every path that does
-not add it.
+A plain message never sits in memory: the reader streams its literal into
+the store's spool writer as it arrives (refusing it unread when it is too
+big). A literal8 message is held in memory (at most APPENDLIMIT), since its
+``binary`` parts are re-encoded as base64 before it is stored
+(L{mailapp.imap.binary}); a CATENATE message is written into a spool writer
+part by part. Every message is then checked against the quota together and
+added to the folder: all of them or none, the ones already added expunged
+again when a later one fails (RFC 3502 6). A spool file is removed on every
+path that does not add it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from mailapp.errors import KeywordLimit
+from mailapp.imap import binary, urls
 from mailapp.imap.commands.mailboxes import open_folder
 from mailapp.imap.flags import RECENT, parse_flag_list
 from mailapp.imap.reader import discard
-from mailapp.imap.wire import BadCommand, ParsedLiteral, String, Token, parse_datetime
+from mailapp.imap.wire import Atom, BadCommand, Literal8, ParsedLiteral, String, Token, format_uid_set, parse_datetime
 
 if TYPE_CHECKING:
     from mailapp.imap.session import IMAPServer
 
 __all__ = ["append", "room_for"]
 
+_SYNTAX = "APPEND mailbox [(flags)] [date-time] message [[(flags)] [date-time] message ...]"
+
+
+@dataclass
+class _Message:
+    """One message of an APPEND: its flags and date, and its content in one of four forms."""
+
+    flags: list[str] = field(default_factory=list)
+    date: float | None = None
+    #: Streamed to the spool already.
+    spooled: ParsedLiteral | None = None
+    #: A literal8 (or RFC 6855 UTF8 data): in memory, binary parts to encode.
+    data: bytes | None = None
+    #: CATENATE: text (bytes) and URL (str) parts, in order.
+    parts: list[bytes | str] | None = None
+
+
+def _parse(session: IMAPServer, arguments: list[Token]) -> list[_Message]:
+    """The messages of an APPEND, after its mailbox name; L{BadCommand} if they do not parse."""
+    messages: list[_Message] = []
+    i, n = 1, len(arguments)
+    while i < n:
+        message = _Message()
+        if isinstance(arguments[i], list):
+            message.flags = parse_flag_list(arguments[i])  # type: ignore[arg-type]
+            i += 1
+        if i < n and isinstance(arguments[i], String) and not isinstance(arguments[i], Literal8) and i + 1 < n:
+            message.date = parse_datetime(bytes(arguments[i]))  # type: ignore[arg-type]
+            i += 1
+        if i >= n:
+            raise BadCommand(_SYNTAX)
+        data = arguments[i]
+        i += 1
+        if isinstance(data, ParsedLiteral):
+            message.spooled = data
+        elif isinstance(data, Literal8):
+            message.data = bytes(data)
+        elif isinstance(data, Atom) and data.upper() == b"UTF8" and i < n:
+            # RFC 6855 4: UTF8 (literal8), once UTF8=ACCEPT is enabled.
+            inner = arguments[i]
+            i += 1
+            if not session.utf8:
+                raise BadCommand("UTF8 APPEND needs ENABLE UTF8=ACCEPT")
+            if not isinstance(inner, list) or len(inner) != 1 or not isinstance(inner[0], Literal8):
+                raise BadCommand("UTF8 (~{n} message)")
+            message.data = bytes(inner[0])
+        elif isinstance(data, Atom) and data.upper() == b"CATENATE" and i < n:
+            message.parts = _catenate_parts(arguments[i])
+            i += 1
+        else:
+            raise BadCommand(_SYNTAX)
+        messages.append(message)
+    if not messages:
+        raise BadCommand(_SYNTAX)
+    return messages
+
+
+def _catenate_parts(token: Token) -> list[bytes | str]:
+    """RFC 4469 5: ``(TEXT literal / URL "url" ...)``."""
+    if not isinstance(token, list) or not token or len(token) % 2:
+        raise BadCommand("CATENATE (TEXT literal / URL url ...)")
+    parts: list[bytes | str] = []
+    for kind, value in zip(token[0::2], token[1::2]):
+        if not isinstance(kind, Atom):
+            raise BadCommand("CATENATE parts are TEXT or URL")
+        if kind.upper() == b"TEXT" and isinstance(value, String):
+            parts.append(bytes(value))
+        elif kind.upper() == b"URL" and isinstance(value, (Atom, String)) and not isinstance(value, Literal8):
+            parts.append(bytes(value).decode("utf-8", "replace"))
+        else:
+            raise BadCommand("CATENATE parts are TEXT literal or URL string")
+    return parts
+
+
+def _all_spooled(arguments: list[Token]) -> list[Any]:
+    return [a for a in arguments if isinstance(a, ParsedLiteral)]
+
 
 def append(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None] | None:
-    literal = arguments[-1] if arguments else None
-    if not isinstance(literal, ParsedLiteral) or not 2 <= len(arguments) <= 4:
+    if len(arguments) < 2:
         discard(arguments)
-        raise BadCommand("APPEND mailbox [(flags)] [date-time] literal")
-    flags: list[str] = []
-    date: float | None = None
+        raise BadCommand(_SYNTAX)
     try:
-        for extra in arguments[1:-1]:
-            if isinstance(extra, list):
-                flags = parse_flag_list(extra)
-            elif isinstance(extra, String):
-                date = parse_datetime(bytes(extra))
-            else:
-                raise BadCommand("APPEND mailbox [(flags)] [date-time] literal")
+        messages = _parse(session, arguments)
     except BadCommand:
-        literal.writer.discard()
+        discard(arguments)
         raise
     except KeywordLimit as e:
-        literal.writer.discard()
+        discard(arguments)
         session.tagged(tag, b"NO", b"[LIMIT] " + str(e).capitalize().encode("ascii", "replace"))
         return None
 
     async def append() -> None:
-        writer = literal.writer
+        # Every writer not yet handed to the store, removed on the way out.
+        writers: list[Any] = [a.writer for a in _all_spooled(arguments)]
         try:
             folder = await open_folder(session, tag, arguments[0], missing=b"[TRYCREATE] No such mailbox")
             if folder is None:
                 return
-            await writer.finish()
-            await room_for(session, writer.size, 1)
-            uid = await folder.appendMessage(writer, [f for f in flags if f != RECENT], date)
-            writer = None
+            ready = []
+            for message in messages:
+                try:
+                    writer = await _content(session, message, writers)
+                except urls.BadURL as e:
+                    session.tagged(tag, b"NO", b"[BADURL " + e.url.encode("utf-8", "replace") + b"] " + e.reason.encode("ascii", "replace"))
+                    return
+                if writer.size > session.policy.max_message_size:
+                    session.tagged(tag, b"NO", b"[TOOBIG] Message exceeds the size limit (APPENDLIMIT)")
+                    return
+                ready.append((message, writer))
+            await room_for(session, sum(writer.size for _, writer in ready), len(ready))
+            uids: list[int] = []
+            try:
+                for message, writer in ready:
+                    writers.remove(writer)
+                    uids.append(await folder.appendMessage(writer, [f for f in message.flags if f != RECENT], message.date))
+            except BaseException:
+                if uids:
+                    # All or none (RFC 3502 6): take back what was added.
+                    await folder.expunge(uids)
+                raise
             status = await folder.status()
         finally:
-            if writer is not None:
+            for writer in writers:
                 writer.discard()
-        await session.complete(tag, b"[APPENDUID %d %d] APPEND completed" % (status.uidvalidity, uid))
+        await session.complete(tag, b"[APPENDUID %d %s] APPEND completed" % (status.uidvalidity, format_uid_set(uids)))
 
     return append()
+
+
+async def _content(session: IMAPServer, message: _Message, writers: list[Any]) -> Any:
+    """The message's content in a finished spool writer (which C{writers} holds until the store takes it)."""
+    if message.spooled is not None:
+        await message.spooled.writer.finish()
+        return message.spooled.writer
+    writer = session.store.newMessage()
+    writers.append(writer)
+    if message.data is not None:
+        await writer.write(await session.factory.offThread(binary.encode_binary_parts, message.data))
+    else:
+        assert message.parts is not None
+        for part in message.parts:
+            if isinstance(part, bytes):
+                await writer.write(part)
+            else:
+                await writer.write(await urls.fetch_url(session, part))
+    await writer.finish()
+    return writer
 
 
 async def room_for(session: IMAPServer, size: int, messages: int) -> None:

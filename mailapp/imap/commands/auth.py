@@ -2,7 +2,7 @@
 The commands of any state and of login (RFC 3501 6.1, 6.2): CAPABILITY,
 NOOP, LOGOUT, ID (RFC 2971), STARTTLS, LOGIN, AUTHENTICATE PLAIN (with
 SASL-IR, RFC 4959; decoded by L{mailapp.sasl}, as SMTP's and POP3's are),
-and ENABLE (RFC 5161).
+and ENABLE (RFC 5161: UTF8=ACCEPT, RFC 6855).
 
 The mechanisms behind them are the session's line base's
 (L{mailapp.linesession.LineSession}: logins through the abuse guard and
@@ -102,6 +102,12 @@ def authenticate(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Non
 def enable(session: IMAPServer, tag: bytes, arguments: list[Token]) -> None:
     if not arguments:
         raise BadCommand("ENABLE needs a capability")
-    # None of our extensions needs enabling (no CONDSTORE, QRESYNC, UTF8=ACCEPT yet).
-    session.untagged(b"ENABLED")
+    enabled = []
+    for argument in arguments:
+        name = as_string(argument, "capability").upper()
+        # RFC 6855 3: UTF8=ACCEPT; UTF8=ONLY is not offered, so not enabled.
+        if name == b"UTF8=ACCEPT" and not session.utf8:
+            session.utf8 = True
+            enabled.append(name)
+    session.untagged(b" ".join([b"ENABLED", *enabled]))
     session.tagged(tag, b"OK", b"ENABLE completed")

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from mailapp import logevents
 from mailapp.errors import NoSuchMessage
-from mailapp.imap import mime, structurecache
+from mailapp.imap import binary, mime, structurecache
 from mailapp.imap.flags import RECENT, SEEN
 from mailapp.imap.policy import CHUNK_SIZE, FETCH_BATCH
 from mailapp.imap.wire import (
@@ -51,6 +51,8 @@ __all__ = ["FetchItem", "fetch", "load_structures", "parse_fetch_items", "struct
 _log = Logger()
 
 _FETCH_SECTION = re.compile(rb"^(BODY(?:\.PEEK)?)\[(.*)\](?:<([0-9]{1,10})(?:\.([0-9]{1,10}))?>)?$", re.S | re.I)
+#: RFC 3516: BINARY[1.2]<0.10>, BINARY.PEEK[...], BINARY.SIZE[...] (part numbers only, no partial for SIZE).
+_FETCH_BINARY = re.compile(rb"^(BINARY(?:\.PEEK|\.SIZE)?)\[([0-9.]*)\](?:<([0-9]{1,10})\.([0-9]{1,10})>)?$", re.I)
 _SIMPLE = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE", b"BODY"}
 _MACROS = {
     b"ALL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"],
@@ -71,7 +73,7 @@ _FILL_BATCH = 64
 class FetchItem:
     """One item a FETCH asks for."""
 
-    kind: str  # FLAGS UID INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY SECTION
+    kind: str  # FLAGS UID INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY SECTION BINARY BINARY.SIZE
     label: bytes = b""
     section: mime.Section | None = None
     start: int | None = None
@@ -80,11 +82,11 @@ class FetchItem:
 
     @property
     def needs_file(self) -> bool:
-        return self.kind in ("ENVELOPE", "BODYSTRUCTURE", "BODY", "SECTION")
+        return self.kind in ("ENVELOPE", "BODYSTRUCTURE", "BODY", "SECTION", "BINARY", "BINARY.SIZE")
 
     @property
     def needs_structure(self) -> bool:
-        return self.kind in ("ENVELOPE", "BODYSTRUCTURE", "BODY") or (
+        return self.kind in ("ENVELOPE", "BODYSTRUCTURE", "BODY", "BINARY", "BINARY.SIZE") or (
             self.kind == "SECTION" and self.section is not None and self.section.needs_structure()
         )
 
@@ -122,6 +124,8 @@ def _fetch_item(text: bytes) -> FetchItem:
         return FetchItem("SECTION", b"RFC822.HEADER", mime.Section((), "HEADER"))
     if upper == b"RFC822.TEXT":
         return FetchItem("SECTION", b"RFC822.TEXT", mime.Section((), "TEXT"), seen=True)
+    if upper.startswith(b"BINARY"):
+        return _binary_item(text)
     match = _FETCH_SECTION.match(text)
     if not match:
         raise BadCommand("Unknown FETCH item")
@@ -154,6 +158,26 @@ def _fetch_item(text: bytes) -> FetchItem:
         label_inner += b" (" + b" ".join(f.upper() for f in field_names) + b")"
     label = b"BODY[" + label_inner + b"]" + (b"<%d>" % start if start is not None else b"")
     return FetchItem("SECTION", label, section, start, length, seen=not peek)
+
+
+def _binary_item(text: bytes) -> FetchItem:
+    """BINARY[...], BINARY.PEEK[...], BINARY.SIZE[...] (RFC 3516 4.2): a part's content, decoded."""
+    match = _FETCH_BINARY.match(text)
+    if not match:
+        raise BadCommand("Bad BINARY item")
+    name = match.group(1).upper()
+    numbers = match.group(2)
+    if numbers and not all(n.isdigit() and int(n) > 0 for n in numbers.split(b".")):
+        raise BadCommand("Bad BINARY section")
+    if name == b"BINARY.SIZE" and match.group(3) is not None:
+        raise BadCommand("BINARY.SIZE takes no partial")
+    section = mime.Section(tuple(int(n) for n in numbers.split(b".")) if numbers else ())
+    start = int(match.group(3)) if match.group(3) is not None else None
+    length = int(match.group(4)) if match.group(4) is not None else None
+    if name == b"BINARY.SIZE":
+        return FetchItem("BINARY.SIZE", b"BINARY.SIZE[" + numbers + b"]", section)
+    label = b"BINARY[" + numbers + b"]" + (b"<%d>" % start if start is not None else b"")
+    return FetchItem("BINARY", label, section, start, length, seen=name == b"BINARY")
 
 
 # -- the commands -------------------------------------------------------------------------------------
@@ -197,8 +221,12 @@ async def _fetch(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid
         for position in positions:
             if position >= len(selected.uids) or not selected.active:
                 break
-            if not await _fetchOne(session, selected, position, items):
-                missing = True
+            try:
+                if not await _fetchOne(session, selected, position, items):
+                    missing = True
+            except binary.UnknownEncoding:
+                session.tagged(tag, b"NO", b"[UNKNOWN-CTE] Unknown content-transfer-encoding")
+                return
     if missing:
         # Expunged longer ago than the store holds its file (mailapp.store.expunged), or
         # deleted behind the store's back: no response for it, and OK as Dovecot says it
@@ -368,9 +396,14 @@ async def _fetchOne(session: IMAPServer, selected: SelectedFolder, position: int
             if scanned.cut:
                 structure_cut(uid)
         size = structure.end if structure is not None else None
+        decoded: dict[int, bytes] = {}
+        for index, item in enumerate(items):
+            if item.kind in ("BINARY", "BINARY.SIZE"):
+                assert structure is not None and item.section is not None
+                decoded[index] = await session.factory.offThread(_decoded, handle, structure, item.section.parts)
         out = [b"* %d FETCH (" % (position + 1)]
         first = True
-        for item in items:
+        for index, item in enumerate(items):
             if not first:
                 out.append(b" ")
             first = False
@@ -385,6 +418,14 @@ async def _fetchOne(session: IMAPServer, selected: SelectedFolder, position: int
             elif item.kind == "BODY":
                 assert structure is not None
                 out.append(b"BODY " + format_value(mime.body_structure(structure, False)))
+            elif item.kind == "BINARY.SIZE":
+                out.append(item.label + b" %d" % len(decoded[index]))
+            elif item.kind == "BINARY":
+                content = decoded[index]
+                if item.start is not None:
+                    content = content[item.start : item.start + (item.length or 0)]
+                # literal8 (RFC 3516 4.3) only where a NUL makes it necessary, as Dovecot does
+                out.append(item.label + (b" ~{%d}\r\n" if b"\0" in content else b" {%d}\r\n") % len(content) + content)
             else:
                 assert item.section is not None
                 where: Any
@@ -463,6 +504,21 @@ def structure_cut(uid: int) -> None:
         depth=mime.MAX_DEPTH,
         parts=mime.MAX_PARTS,
     )
+
+
+def _decoded(handle: IO[bytes], root: mime.Part, parts: tuple[int, ...]) -> bytes:
+    """A part's content, its transfer encoding undone (the whole message as it is for C{()})."""
+    part = binary.part_at(root, parts)
+    if part is None:
+        return b""
+    if not parts:
+        handle.seek(0)
+        return handle.read(root.end)
+    handle.seek(part.body_start)
+    body = handle.read(part.end - part.body_start)
+    if part.message is not None or part.children:
+        return body
+    return binary.decode(body, binary.encoding_of(part))
 
 
 def _file_size(handle: IO[bytes]) -> int:

@@ -10,11 +10,17 @@ matched from those, a batch per store read; otherwise they are read in
 batches, their files opened together and decoded in one trip to a worker
 thread.
 
+``SEARCH RETURN (...)`` answers ESEARCH (RFC 4731), saves the result for
+``$`` (RFC 5182) and pages it (RFC 5267 PARTIAL): L{results}; with UPDATE
+it stays live (RFC 5267 section 4): L{context}. L{matching} is the walk,
+for SORT and THREAD too.
+
 BODY and TEXT ask the folder's full-text index first
 (L{mailapp.interfaces.IFolder.searchText}): for the messages it covers it
 says exactly which contain each string of three characters or more, so
 that only the messages it does not cover (delivered since, or beyond its
-bounds) are read. When every key that needs content is such a string, the
+bounds) are read. When every key that needs content is such a string (and
+no caller wants what a read gives: SORT's fields, cached envelopes), the
 covered messages are matched from the index alone; otherwise its answer
 only rules out the messages a top-level BODY/TEXT key excludes, and the
 rest are read as before.
@@ -22,22 +28,23 @@ rest are read as before.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Coroutine
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from twisted.internet import defer
 
 from mailapp.errors import NoSuchMessage
 from mailapp.imap import search as keys
+from mailapp.imap.commands import context, results
 from mailapp.imap.commands.fetch import load_structures, structure_cut
-from mailapp.imap.structurecache import SEARCH_FIELDS, STRUCTURE_VERSION, header_keys_only, search_fields
+from mailapp.imap.structurecache import ENVELOPE, SEARCH_FIELDS, STRUCTURE_VERSION, header_keys_only, search_fields
 from mailapp.imap.structurecache import content as cached_content
-from mailapp.imap.wire import Token
+from mailapp.imap.wire import BadCommand, Token
 from mailapp.records import MIN_TEXT_NEEDLE, TextMatches
 
 if TYPE_CHECKING:
     from mailapp.imap.session import IMAPServer
 
-__all__ = ["search", "uid_search"]
+__all__ = ["matching", "search", "uid_search"]
 
 #: Messages a SEARCH reads per trip to a worker thread (with their files open at once).
 _SEARCH_BATCH = 64
@@ -60,16 +67,60 @@ def uid_search(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Corou
 async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid: bool) -> None:
     selected = session.selected
     assert selected is not None
-    charset, parsed = keys.parse_search(arguments, len(selected.uids))
+    options, arguments = results.parse_return(arguments)
+    try:
+        charset, parsed = keys.parse_search(arguments, len(selected.uids))
+    except BadCommand:
+        results.failed(session, options)
+        raise
     if charset not in (None, "UTF-8", "US-ASCII"):
+        results.failed(session, options)
         session.tagged(tag, b"NO", b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
         return
-    key = ("AND", parsed)
+    positions = await matching(session, ("AND", parsed))
+    if options is None:
+        hits = [selected.uids[p] if by_uid else p + 1 for p in positions]
+        session.untagged(b"SEARCH" + b"".join(b" %d" % hit for hit in hits))
+    else:
+        uids = [selected.uids[p] for p in positions]
+        results.answer(session, tag, options, uids, by_uid)
+        if options.update:
+            context.watch(session, tag, ("AND", parsed), uids, by_uid)
+    await session.complete(tag, b"SEARCH completed", allow_expunge=by_uid, with_uid=by_uid)
+
+
+async def matching(
+    session: IMAPServer,
+    key: Any,
+    derive: Callable[[keys.Content], Any] | None = None,
+    on_derived: Callable[[int, Any], None] | None = None,
+    within: list[int] | None = None,
+    on_envelope: Callable[[int, bytes], None] | None = None,
+    cache: bool = True,
+) -> list[int]:
+    """
+    The 0-based positions in the selected view of the messages C{key}
+    matches, ascending; of the positions C{within} only, if given (a live
+    search looks again at what changed). For each matching message whose
+    file had to be read, C{derive(content)} runs on the worker thread that
+    read it and C{on_derived(position, result)} is told of its result (SORT
+    takes its fields from the same read); for each matching message the
+    cached structures decided, C{on_envelope(position, envelope)} is told
+    of its cached ENVELOPE. Without C{cache}, header keys are matched from
+    the files even when cached structures could answer (THREAD REFERENCES
+    reads the files anyway, for References: once, for both).
+    """
+    selected = session.selected
+    assert selected is not None
     uids = list(selected.uids)
     count = len(uids)
     last_uid = uids[-1] if uids else 0
 
+    saved = set(results.saved(session))
+
     def in_set(ranges: Any, message: keys.Message, uid_set: bool) -> bool:
+        if ranges is keys.SAVED:
+            return message.uid in saved
         value = message.uid if uid_set else message.seq
         last = last_uid if uid_set else count
         for low, high in ranges:
@@ -83,12 +134,13 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
     needles = keys.body_needles(key)
     undecided: list[tuple[int, int, keys.Message]] = []
 
-    from_cache = not needles and header_keys_only(key)
+    from_cache = cache and not needles and header_keys_only(key)
     batch_size = _CACHED_BATCH if from_cache else _SEARCH_BATCH if not needles else _BODY_BATCH
 
     async def decide(batch: list[tuple[int, int, keys.Message]]) -> None:
         if from_cache:
-            cached, gone = await load_structures(session, selected.folder, [uid for _, uid, _ in batch], SEARCH_FIELDS)
+            sections = SEARCH_FIELDS | (ENVELOPE if on_envelope is not None else 0)
+            cached, gone = await load_structures(session, selected.folder, [uid for _, uid, _ in batch], sections)
             unread = []
             for entry in batch:
                 position, uid, message = entry
@@ -98,7 +150,9 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
                     if uid not in gone:
                         unread.append(entry)
                 elif keys.matches(key, message, loaded, in_set):
-                    hits.append(uid if by_uid else position + 1)
+                    hits.append(position)
+                    if on_envelope is not None and structure is not None:
+                        on_envelope(position, structure[0])
             # A message whose structure a bound cut has none: its file is read.
             batch = unread
             if not batch:
@@ -107,18 +161,23 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
             [selected.folder.openMessage(uid).addErrback(lambda f: f.trap(NoSuchMessage) and None) for _, uid, _ in batch],
             consumeErrors=True,
         )
-        contents = await session.factory.offThread(keys.load_contents, opened, needles)
-        for (position, uid, message), content in zip(batch, contents):
+        loaded = await session.factory.offThread(_load, opened, needles, derive)
+        for (position, uid, message), (content, derived) in zip(batch, loaded):
             if content is not None and content.cut:
                 structure_cut(uid)
             if content is not None and keys.matches(key, message, content, in_set):
-                hits.append(uid if by_uid else position + 1)
+                if on_derived is not None:
+                    on_derived(position, derived)
+                hits.append(position)
 
-    candidates = await _candidates(selected.folder, uids, key) if from_cache else None
+    considered = range(count) if within is None else within
+    candidates = await _candidates(selected.folder, [uids[p] for p in considered], key) if from_cache else None
     terms, decidable = _text_terms(key)
+    decidable = decidable and derive is None and on_envelope is None
     required = _required_terms(key)
     text = await _ask_index(selected.folder, terms if decidable else required) if (decidable or required) else None
-    for position, uid in enumerate(uids):
+    for position in considered:
+        uid = uids[position]
         if candidates is not None and uid not in candidates:
             continue
         if text is not None and text.covers(uid):
@@ -128,7 +187,7 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
                 entry = selected.info[uid]
                 message = keys.Message(position + 1, uid, entry.flags, entry.size, entry.internaldate, uid in selected.recent)
                 if keys.matches(key, message, _indexed_content(text, uid, terms), in_set):
-                    hits.append(uid if by_uid else position + 1)
+                    hits.append(position)
                 continue
         entry = selected.info[uid]
         message = keys.Message(position + 1, uid, entry.flags, entry.size, entry.internaldate, uid in selected.recent)
@@ -141,12 +200,19 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
                 undecided = []
             continue
         if matched:
-            hits.append(uid if by_uid else position + 1)
+            hits.append(position)
     if undecided:
         await decide(undecided)
     hits.sort()
-    session.untagged(b"SEARCH" + b"".join(b" %d" % hit for hit in hits))
-    await session.complete(tag, b"SEARCH completed", allow_expunge=by_uid, with_uid=by_uid)
+    return hits
+
+
+def _load(
+    handles: list[Any], needles: frozenset[str], derive: Callable[[keys.Content], Any] | None
+) -> list[tuple[keys.Content | None, Any]]:
+    """(worker thread) L{keys.load_contents}, and what C{derive} makes of each."""
+    contents = keys.load_contents(handles, needles)
+    return [(c, None if c is None or derive is None else derive(c)) for c in contents]
 
 
 async def _candidates(folder: Any, uids: list[int], key: Any) -> set[int] | None:
