@@ -79,6 +79,14 @@ QUERIES = [
     b'NOT TEXT "chips" BODY "and"',
 ]
 
+#: Other commands that walk SEARCH's keys: their whole untagged answer is compared.
+OTHERS = [
+    b'UID SEARCH RETURN (MIN MAX COUNT ALL) BODY "invoice"',
+    b'UID SORT (SUBJECT) UTF-8 BODY "invoice"',
+    b'UID SORT (REVERSE ARRIVAL) UTF-8 OR BODY "ledger" NOT TEXT "invoice"',
+    b'UID THREAD ORDEREDSUBJECT UTF-8 BODY "invoice"',
+]
+
 
 class FullTextSearchTests(TestCase):
     timeout = 60
@@ -136,6 +144,9 @@ class FullTextSearchTests(TestCase):
         for query in QUERIES:
             reply = yield self.command(protocol, transport, b"UID SEARCH " + query)
             found[query] = [line for line in reply.split(b"\r\n") if line.startswith(b"* SEARCH")]
+        for command in OTHERS:
+            reply = yield self.command(protocol, transport, command)
+            found[command] = [line for line in reply.split(b"\r\n") if line.startswith(b"* ")]
         return found
 
     @inlineCallbacks
