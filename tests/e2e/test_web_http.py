@@ -399,7 +399,7 @@ class WebmailHTTPTests(TestCase):
 
     @inlineCallbacks
     def test_search_answers_from_the_full_text_index_and_reads_what_it_has_not_indexed(self) -> None:
-        self.store.fulltext.delay = 0
+        self.store.fulltext.delay = self.store.fulltext.quiet = 0
         yield self.deliver(ALICE, "", raw=b"From: x@example.test\r\nSubject: menu\r\nContent-Type: text/html\r\n\r\n<p class=fish>Fish &amp; Chips</p>\r\n")
         yield self.deliver(
             ALICE,

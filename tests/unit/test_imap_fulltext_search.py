@@ -94,7 +94,7 @@ class FullTextSearchTests(TestCase):
     def setUp(self) -> None:
         self.root = Path(self.mktemp()) / "mail"
         self.store = MaildirStore(self.root, reactor=reactor)
-        self.store.fulltext.delay = 0
+        self.store.fulltext.delay = self.store.fulltext.quiet = 0
         self.addCleanup(index.reset_connections)
         self.addCleanup(lambda: self.store.fulltext.caughtUp())
         self.context = service_context(store=self.store, accounts=make_accounts())

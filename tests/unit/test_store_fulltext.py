@@ -116,7 +116,7 @@ class IndexerTestCase(TestCase):
     def setUp(self) -> None:
         self.root = Path(self.mktemp()) / "mail"
         self.store = MaildirStore(self.root, reactor=reactor)
-        self.store.fulltext.delay = 0
+        self.store.fulltext.delay = self.store.fulltext.quiet = 0
         self.mailbox_dir = mailbox_directory(self.root, ALICE)
         self.addCleanup(index.reset_connections)
         self.addCleanup(lambda: self.store.fulltext.caughtUp())
@@ -124,7 +124,7 @@ class IndexerTestCase(TestCase):
     def restart(self) -> None:
         index.reset_connections()
         self.store = MaildirStore(self.root, reactor=reactor)
-        self.store.fulltext.delay = 0
+        self.store.fulltext.delay = self.store.fulltext.quiet = 0
 
     @inlineCallbacks
     def deliver(self, *words: str) -> Any:
