@@ -29,12 +29,13 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from mailapp.records import FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, TextMatches, Usage
+from mailapp.records import FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, Usage
 
 if TYPE_CHECKING:
     # Only named in annotations: the accounts implementation defines them,
     # and the contract must not load it (SQLite, argon2) to be imported.
     from mailapp.accounts import Profile, QuotaOverride, Resolution, SenderRule, SenderVerdict
+    from mailapp.records import TextMatches
 
 #: The C{message} of L{IMessageStore.deliver} and L{IFolder.appendMessage}:
 #: an L{IMessageWriter} that the same store's C{newMessage} made, whose file

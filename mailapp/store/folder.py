@@ -32,7 +32,7 @@ from mailapp.store import changes, durable, expunged, fulltext, messagefile, out
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
-from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, FolderEvent, FolderStatus, MessageInfo, TextMatches
+from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, FolderEvent, FolderStatus, MessageInfo
 from mailapp.store.filenames import decode_flags, encode_flags, parse_filename
 from mailapp.store.folders import message_counts, write_meta
 from mailapp.store.keywords import message_filename
@@ -41,6 +41,7 @@ from mailapp.store.reconcile import FolderChanges
 from mailapp.store.spool import SpoolWriter
 
 if TYPE_CHECKING:
+    from mailapp.records import TextMatches
     from mailapp.store.mailbox import MaildirMailbox
 
 _log = Logger()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -17,8 +17,11 @@ from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMess
 from mailapp.interfaces import IFolder, IFreeSpace, IMailbox, IMessageStore, IMessageWriter
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder
-from mailapp.records import FolderPlacement, TextMatches
+from mailapp.records import FolderPlacement
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
+
+if TYPE_CHECKING:
+    from mailapp.records import TextMatches
 
 
 @implementer(IMessageWriter)
