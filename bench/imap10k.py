@@ -57,6 +57,7 @@ ROWS = [
     ("thread_references", "UID THREAD REFERENCES"),
     ("select_qresync_first", "SELECT (QRESYNC) after 10 changes 1st"),
     ("select_qresync", "SELECT (QRESYNC) after 10 changes"),
+    ("search_body_settled", "UID SEARCH BODY settled"),
 ]
 
 _WORDS = (
@@ -273,7 +274,10 @@ def print_table(mailapp: dict[str, Any], dovecot: dict[str, Any] | None) -> None
             print(f"  {label:40} {ours:11.1f} {theirs:11.1f} {ours / max(theirs, 1e-3):7.1f}")
         else:
             print(f"  {label:40} {ours:11.1f} {'-':>11} {'-':>7}")
-    for key in ("search_subject_matches", "search_body_matches", "select_qresync_fetches", "select_qresync_vanished"):
+    for key in (
+        "search_subject_matches", "search_body_matches", "select_qresync_fetches", "select_qresync_vanished",
+        "search_body_settled_matches", "search_body_settled_after",
+    ):
         other = dovecot.get(key) if dovecot is not None else None
         print(f"  {key}: mailapp {mailapp.get(key)}" + (f", dovecot {other}" if other is not None else ""))
 

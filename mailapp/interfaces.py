@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     # Only named in annotations: the accounts implementation defines them,
     # and the contract must not load it (SQLite, argon2) to be imported.
     from mailapp.accounts import Profile, QuotaOverride, Resolution, SenderRule, SenderVerdict
+    from mailapp.records import TextMatches
 
 #: The C{message} of L{IMessageStore.deliver} and L{IFolder.appendMessage}:
 #: an L{IMessageWriter} that the same store's C{newMessage} made, whose file
@@ -407,6 +408,19 @@ class IFolder(Interface):
         messages that still exist, replacing what they had; the store may
         keep fewer (a blob over its size bound). A blob is dropped with its
         message (expunge, move) and never outlives the file it describes.
+        """
+
+    def searchText(terms: Sequence[tuple[str, str]]) -> Deferred[TextMatches | None]:
+        """
+        Ask the folder's full-text index about C{terms}: (scope, string)
+        pairs, the scope one of L{mailapp.records.TEXT_SCOPES}, the string
+        case-folded and at least three characters long. Fires with a
+        L{mailapp.records.TextMatches}, exact for the messages it covers
+        (every other message must be searched by reading it: one delivered
+        since, or one the index could not read exactly), or with None when
+        the store keeps no such index for now (search by reading every
+        message). Never reads a message file. Fails with
+        L{mailapp.errors.NoSuchFolder}.
         """
 
     def setFlags(uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:

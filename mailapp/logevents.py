@@ -135,6 +135,10 @@ FOLDER_RECONCILED: Final = "store.folder_reconciled"
 SWEEP_FAILED: Final = "service.sweep_failed"
 #: a damaged index not rebuilt yet (connections kept too long, or the rebuild failed); also: error
 INDEX_REPAIR_POSTPONED: Final = "store.index_repair_postponed"
+#: a mailbox's full-text file (mailapp.store.fulltext) found damaged or of an unknown version, removed to be built again; also: error
+FULLTEXT_RESET: Final = "store.fulltext_reset"
+#: the full-text indexer failed on a mailbox (it tries again at the next change); also: error
+FULLTEXT_FAILED: Final = "store.fulltext_failed"
 
 # --- POP3 (mailapp.pop3); failed logins use AUTH_FAILED with protocol="pop3" ---
 #: fields: account, client

@@ -21,6 +21,8 @@ of IMAP searches could hold up every delivery's commit. Now:
   per message from MAIL FROM on (SPF for HELO and for MAIL FROM). A check
   queued behind the others spends its DNS budget waiting, and ends in a
   temperror rather than hold the queue.
+- ``fulltext``: the full-text indexer (L{mailapp.store.fulltext}): one
+  thread, paced, so that indexing text never holds up a delivery batch;
 - ``greylist``: the greylist's SQLite file (L{mailapp.postscreen.greylist}):
   one thread, since its one connection is used under a lock anyway.
 
@@ -44,7 +46,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 #: Threads per pool. The store gets the most: every protocol reads through it.
-DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2, "signing": 2, "authentication": 16, "greylist": 1}
+DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2, "signing": 2, "authentication": 16, "fulltext": 1, "greylist": 1}
 
 
 class WorkerPools:
@@ -56,6 +58,7 @@ class WorkerPools:
     parsing: ThreadPool
     signing: ThreadPool
     authentication: ThreadPool
+    fulltext: ThreadPool
     greylist: ThreadPool
 
     def __init__(self, reactor: Any, sizes: Mapping[str, int] = DEFAULT_SIZES) -> None:

@@ -13,7 +13,7 @@ re-export them under their older names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Mapping
 
 __all__ = [
     "FolderPlacement",
@@ -28,7 +28,10 @@ __all__ = [
     "FolderEvent",
     "FolderInfo",
     "FolderStatus",
+    "MIN_TEXT_NEEDLE",
     "MessageInfo",
+    "TEXT_SCOPES",
+    "TextMatches",
     "Usage",
 ]
 
@@ -125,6 +128,36 @@ class FlagChange:
     flags: dict[int, frozenset[str]]
     modseqs: dict[int, int]
     modified: tuple[int, ...] = ()
+
+
+#: What L{mailapp.interfaces.IFolder.searchText} can look in: C{body} and
+#: C{text} as IMAP's BODY and TEXT keys do (RFC 3501: every text part as
+#: sent, HTML source included; TEXT adds every header field), C{shown} and
+#: C{shown_body} as the webmail does (HTML reduced to its text; C{shown} adds
+#: Subject and From), C{subject}, C{from}, C{recipients} (To and Cc).
+TEXT_SCOPES: Final = frozenset({"body", "text", "shown", "shown_body", "subject", "from", "recipients"})
+#: The shortest string L{mailapp.interfaces.IFolder.searchText} takes (a
+#: trigram index finds nothing shorter): shorter ones are searched by reading.
+MIN_TEXT_NEEDLE: Final = 3
+
+
+@dataclass(frozen=True)
+class TextMatches:
+    """
+    What a folder's full-text index says about a search
+    (L{mailapp.interfaces.IFolder.searchText}). It covers the messages in
+    C{indexed}; for those, C{found} is exact: per (scope, string) asked,
+    the UIDs whose text contains the case-folded string. Any other message
+    (delivered since, or one the index could not read exactly) must be
+    searched by reading it.
+    """
+
+    indexed: frozenset[int]
+    found: Mapping[tuple[str, str], frozenset[int]]
+
+    def covers(self, uid: int) -> bool:
+        """Whether C{found} decides C{uid}."""
+        return uid in self.indexed
 
 
 @dataclass(frozen=True)

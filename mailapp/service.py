@@ -322,7 +322,11 @@ def makeService(
         # the store itself never imports a protocol.
         register_codec(CODEC)
         store = MaildirStore(
-            config.state_dir / "mail", reactor=reactor, threadpool=pools.store, batch_sync=config.sync == "filesystem"
+            config.state_dir / "mail",
+            reactor=reactor,
+            threadpool=pools.store,
+            batch_sync=config.sync == "filesystem",
+            fulltext_pool=pools.fulltext,
         )
     if accounts is None:
         from mailapp.accounts import Accounts

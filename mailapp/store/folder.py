@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from mailapp.errors import MAX_KEYWORDS_PER_FOLDER, MAX_KEYWORDS_PER_MESSAGE, KeywordLimit, NoSuchFolder, NoSuchMessage
 from mailapp.interfaces import IFolder
-from mailapp.store import changes, durable, expunged, messagefile, outside, structures, transfer
+from mailapp.store import changes, durable, expunged, fulltext, messagefile, outside, structures, transfer
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
@@ -42,6 +42,7 @@ from mailapp.store.reconcile import FolderChanges
 from mailapp.store.spool import SpoolWriter
 
 if TYPE_CHECKING:
+    from mailapp.records import TextMatches
     from mailapp.store.mailbox import MaildirMailbox
 
 _log = Logger()
@@ -235,6 +236,26 @@ class MaildirFolder:
                 structures.write_structures(conn, self.name, kept, version)
 
         return self.store.write(save)
+
+    def searchText(self, terms: Sequence[tuple[str, str]]) -> Deferred[TextMatches | None]:
+        asked = list(terms)
+
+        def read() -> tuple[TextMatches | None, bool]:
+            with self._connect() as conn:
+                row = conn.execute("SELECT uidvalidity, uidnext FROM folders WHERE name = ?", (self.name,)).fetchone()
+                if row is None:
+                    raise NoSuchFolder(f"no such folder: {self.name}")
+                last = conn.execute("SELECT max(uid) FROM messages WHERE folder = ?", (self.name,)).fetchone()[0] or 0
+            matches = fulltext.search(self.mailbox.directory, self.name, row[0], asked)
+            return matches, matches is None or last not in matches.indexed
+
+        def behind(result: tuple[TextMatches | None, bool]) -> TextMatches | None:
+            matches, lagging = result
+            if lagging:
+                self.store.fulltext.changed(self.mailbox.directory)
+            return matches
+
+        return self.store.run(read).addCallback(behind)
 
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:
         return self.changeFlags(uids, flags, mode).addCallback(lambda change: change.flags)

@@ -193,4 +193,10 @@ class MaildirMailbox:
                 raise NoSuchFolder(f"no such folder: {name}")
             return MaildirFolder(self, name)
 
-        return self.store.run(find)
+        def opened(folder: MaildirFolder) -> MaildirFolder:
+            # A folder opened is a folder about to be searched: its full-text
+            # file catches up now if a restart or a rebuild left it behind.
+            self.store.fulltext.changed(self.directory)
+            return folder
+
+        return self.store.run(find).addCallback(opened)

@@ -41,6 +41,7 @@ from mailapp.store.mailbox import account_directory
 from mailapp.store.names import INBOX, mailbox_directory, normalize_folder
 from mailapp.store.spool import SpoolWriter
 from mailapp.store.freespace import FreeSpace
+from mailapp.store.fulltext import FullTextIndexer
 from mailapp.store.usage import usage
 
 # The store's parts, importable from here as before they had modules of
@@ -96,6 +97,7 @@ class MaildirStore:
         threadpool: Any = None,
         events: EventBus | None = None,
         batch_sync: bool | None = None,
+        fulltext_pool: Any = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -113,6 +115,13 @@ class MaildirStore:
         self.committer = GroupCommitter(reactor, self.threadpool, self.batch_sync)
         #: The disk new messages are written to (the spool is under the root).
         self.freeSpace = FreeSpace(self.root, reactor)
+        #: Fills each mailbox's full-text file after its deliveries commit, on
+        #: C{fulltext_pool} (the server gives it a thread of its own; by default
+        #: the store's pool, one pass at a time).
+        self.fulltext = FullTextIndexer(
+            reactor, fulltext_pool if fulltext_pool is not None else self.threadpool, lambda account: account_directory(self.root, account)
+        )
+        self.events.subscribeAll(self.fulltext.event)
         #: Folder directories whose expunged messages are held (L{expunged}): the hourly sweep purges them.
         self.held_expunged: set[Path] = set()
 

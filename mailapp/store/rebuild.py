@@ -94,6 +94,12 @@ def rebuild_tables(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
     for name, directory in folders:
         make_folder_directory(directory)
         rebuild_folder(conn, name, directory, fill_until)
+    # The full-text file is rebuilt with the index: emptied here, filled again
+    # by the indexer when the mailbox is next opened. (Imported here: the
+    # full-text module reads index files, whose module imports this one.)
+    from mailapp.store import fulltext
+
+    fulltext.reset(mailbox_dir)
     _log.info(
         "store.index_rebuilt {mailbox} folders={count}",
         log_event=logevents.INDEX_REBUILT,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -19,6 +19,9 @@ from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, Folde
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder
 from mailapp.records import ChangesSince, FlagChange, FolderPlacement
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
+
+if TYPE_CHECKING:
+    from mailapp.records import TextMatches
 
 
 @implementer(IMessageWriter)
@@ -183,6 +186,11 @@ class FakeFolder:
         for uid, blob in blobs.items():
             if uid in state.messages:
                 state.structures[uid] = (version, bytes(blob))
+        return succeed(None)
+
+    def searchText(self, terms: Sequence[tuple[str, str]]) -> Deferred[TextMatches | None]:
+        """No full-text index: every search reads the messages."""
+        _ = self._state  # NoSuchFolder, as the real store fails
         return succeed(None)
 
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace") -> Deferred[dict[int, frozenset[str]]]:

@@ -4,8 +4,13 @@ A folder's message list: one page of rows, and the search that narrows it.
 The store's index answers the list (UIDs, flags, sizes); a page of rows
 reads only the header blocks of its messages, on worker threads, and the
 summary cache keeps them, so the first page of a large folder opens as many
-files as it shows. A search reads messages in batches of L{_SEARCH_BATCH},
-so that a large folder never holds thousands of open files at once.
+files as it shows. A search asks the folder's full-text index first
+(L{mailapp.interfaces.IFolder.searchText}: subject, sender, the text of
+text parts and attachments, HTML reduced to what a reader sees), and reads
+only the messages it does not cover (delivered moments ago, or beyond its
+bounds), and all of them for a string under three characters, in batches
+of L{_SEARCH_BATCH}, so that a large folder never holds thousands of open
+files at once.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from twisted.internet.defer import gatherResults
 from twisted.web.iweb import IRequest
 
+from mailapp.records import MIN_TEXT_NEEDLE, TextMatches
 from mailapp.store import INBOX
 from mailapp.web import messages, pages
 from mailapp.web.base import WebmailBase, app
@@ -27,6 +33,8 @@ __all__ = ["ListingRoutes"]
 
 #: Messages a search reads per round of worker-thread jobs.
 _SEARCH_BATCH = 200
+#: The full-text index's scope for each of the form's fields (L{mailapp.records.TEXT_SCOPES}).
+_SCOPES = {"all": "shown", "body": "shown_body", "from": "from", "subject": "subject"}
 
 
 class ListingRoutes(WebmailBase):
@@ -93,6 +101,16 @@ class ListingRoutes(WebmailBase):
 
     async def _search(self, session: Session, folder: Any, uidvalidity: int, infos: list[Any], query: str, field: str) -> list[Any]:
         needle = query.casefold()
+        text = await _ask_index(folder, _SCOPES[field], needle)
+        if text is None:
+            return await self._scan(session, folder, uidvalidity, infos, needle, field)
+        found = text.found[(_SCOPES[field], needle)]
+        unread = [info for info in infos if not text.covers(info.uid)]
+        read = {info.uid for info in await self._scan(session, folder, uidvalidity, unread, needle, field)} if unread else set()
+        return [info for info in infos if info.uid in read or (text.covers(info.uid) and info.uid in found)]
+
+    async def _scan(self, session: Session, folder: Any, uidvalidity: int, infos: list[Any], needle: str, field: str) -> list[Any]:
+        """The messages of C{infos} that mention C{needle} (case-folded), by reading them."""
         result = []
         if field in ("from", "subject"):
             for row, info in zip(await self._summaries(folder, uidvalidity, infos), infos):
@@ -113,6 +131,17 @@ class ListingRoutes(WebmailBase):
 
             result.extend(await self._thread(scan))
         return result
+
+
+async def _ask_index(folder: Any, scope: str, needle: str) -> TextMatches | None:
+    """The full-text index's answer, or None (a string too short, no index, or it failed: every message is read)."""
+    if len(needle) < MIN_TEXT_NEEDLE:
+        return None
+    try:
+        result: TextMatches | None = await folder.searchText([(scope, needle)])
+    except Exception:  # noqa: BLE001 - the index is an accelerator: reading the messages answers too
+        return None
+    return result
 
 
 def _matches(handle: Any, needle: str, field: str) -> bool:

@@ -397,6 +397,33 @@ class WebmailHTTPTests(TestCase):
         for subject in ("ordinary one", "ordinary two", "nested"):
             self.assertIn(subject, listing.text)
 
+    @inlineCallbacks
+    def test_search_answers_from_the_full_text_index_and_reads_what_it_has_not_indexed(self) -> None:
+        self.store.fulltext.delay = self.store.fulltext.quiet = 0
+        yield self.deliver(ALICE, "", raw=b"From: x@example.test\r\nSubject: menu\r\nContent-Type: text/html\r\n\r\n<p class=fish>Fish &amp; Chips</p>\r\n")
+        yield self.deliver(
+            ALICE,
+            "",
+            raw=b"From: x@example.test\r\nSubject: notes\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nsee file\r\n"
+            b"--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=l.txt\r\n\r\nthe ledger total\r\n--b--\r\n",
+        )
+        yield self.deliver(ALICE, "class notes", body="nothing here")
+        yield self.store.fulltext.caughtUp()
+        self.patch(self.store.fulltext, "changed", lambda mailbox_dir: None)
+        yield self.deliver(ALICE, "late delivery", body="fish & chips again")
+        client = self.client()
+        yield client.sign_in(ALICE)
+        listing = yield client.get("/list?f=INBOX&field=body&q=fish+%26+chips")
+        self.assertIn("menu", listing.text)
+        self.assertIn("late delivery", listing.text)  # not indexed yet: read
+        listing = yield client.get("/list?f=INBOX&field=body&q=class")
+        self.assertNotIn("menu", listing.text)  # HTML is searched as the reader sees it, not its tags
+        listing = yield client.get("/list?f=INBOX&field=all&q=ledger")
+        self.assertIn("notes", listing.text)  # a text attachment counts
+        listing = yield client.get("/list?f=INBOX&field=subject&q=NOTES")
+        self.assertIn("class notes", listing.text)
+        self.assertNotIn("menu", listing.text)
+
     # -- header injection --------------------------------------------------------------------
 
     @inlineCallbacks

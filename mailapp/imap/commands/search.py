@@ -14,6 +14,16 @@ thread.
 ``$`` (RFC 5182) and pages it (RFC 5267 PARTIAL): L{results}; with UPDATE
 it stays live (RFC 5267 section 4): L{context}. L{matching} is the walk,
 for SORT and THREAD too.
+
+BODY and TEXT ask the folder's full-text index first
+(L{mailapp.interfaces.IFolder.searchText}): for the messages it covers it
+says exactly which contain each string of three characters or more, so
+that only the messages it does not cover (delivered since, or beyond its
+bounds) are read. When every key that needs content is such a string (and
+no caller wants what a read gives: SORT's fields, cached envelopes), the
+covered messages are matched from the index alone; otherwise its answer
+only rules out the messages a top-level BODY/TEXT key excludes, and the
+rest are read as before.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from mailapp.imap.commands.fetch import load_structures, structure_cut
 from mailapp.imap.structurecache import ENVELOPE, SEARCH_FIELDS, STRUCTURE_VERSION, header_keys_only, search_fields
 from mailapp.imap.structurecache import content as cached_content
 from mailapp.imap.wire import BadCommand, Token
+from mailapp.records import MIN_TEXT_NEEDLE, TextMatches
 
 if TYPE_CHECKING:
     from mailapp.imap.session import IMAPServer
@@ -172,10 +183,23 @@ async def matching(
 
     considered = range(count) if within is None else within
     candidates = await _candidates(selected.folder, [uids[p] for p in considered], key) if from_cache else None
+    terms, decidable = _text_terms(key)
+    decidable = decidable and derive is None and on_envelope is None
+    required = _required_terms(key)
+    text = await _ask_index(selected.folder, terms if decidable else required) if (decidable or required) else None
     for position in considered:
         uid = uids[position]
         if candidates is not None and uid not in candidates:
             continue
+        if text is not None and text.covers(uid):
+            if required and not all(uid in text.found[term] for term in required):
+                continue
+            if decidable:
+                entry = selected.info[uid]
+                message = keys.Message(position + 1, uid, entry.flags, entry.size, entry.internaldate, uid in selected.recent)
+                if keys.matches(key, message, _indexed_content(text, uid, terms), in_set):
+                    hits.append(position)
+                continue
         entry = selected.info[uid]
         message = keys.Message(position + 1, uid, entry.flags, entry.size, entry.internaldate, uid in selected.recent, entry.modseq)
         try:
@@ -228,3 +252,57 @@ async def _candidates(folder: Any, uids: list[int], key: Any) -> set[int] | None
             if fields is None or all(needle in fields for needle in required):
                 candidates.add(uid)
     return candidates
+
+
+#: The keys whose content the full-text index cannot decide (the header cache or the file does).
+_HEADER_CONTENT_KEYS = frozenset({"HEADER", "ADDRESS", "SENTBEFORE", "SENTON", "SENTSINCE"})
+
+
+def _text_terms(key: Any) -> tuple[list[tuple[str, str]], bool]:
+    """
+    Every BODY/TEXT string in C{key} as the index's (scope, string), and
+    whether the index decides C{key} alone for the messages it covers:
+    every key that needs content is BODY or TEXT with a string long enough,
+    and no string is asked both as BODY and as TEXT (the matched strings
+    are handed to the match as one set).
+    """
+    terms: set[tuple[str, str]] = set()
+    decidable = True
+    stack = [key]
+    while stack:
+        sub = stack.pop()
+        kind = sub[0]
+        if kind in ("BODY", "TEXT"):
+            terms.add((kind.lower(), sub[1]))
+            decidable = decidable and len(sub[1]) >= MIN_TEXT_NEEDLE
+        elif kind == "AND":
+            stack.extend(sub[1])
+        elif kind == "NOT":
+            stack.append(sub[1])
+        elif kind == "OR":
+            stack.extend((sub[1], sub[2]))
+        elif kind in _HEADER_CONTENT_KEYS:
+            decidable = False
+    if len({needle for _, needle in terms}) < len(terms):
+        decidable = False
+    return sorted(terms), decidable and bool(terms)
+
+
+def _required_terms(key: Any) -> list[tuple[str, str]]:
+    """The BODY/TEXT strings of C{key}'s top level (ANDed: a message must contain each) long enough for the index."""
+    return sorted({(sub[0].lower(), sub[1]) for sub in key[1] if sub[0] in ("BODY", "TEXT") and len(sub[1]) >= MIN_TEXT_NEEDLE})
+
+
+async def _ask_index(folder: Any, terms: list[tuple[str, str]]) -> TextMatches | None:
+    """The full-text index's answer, or None (no index, or it failed: every message is read, as before)."""
+    try:
+        result: TextMatches | None = await folder.searchText(terms)
+    except Exception:  # noqa: BLE001 - the index is an accelerator: reading the messages answers too
+        return None
+    return result
+
+
+def _indexed_content(text: TextMatches, uid: int, terms: list[tuple[str, str]]) -> keys.Content:
+    """What the match needs of a covered message: which BODY/TEXT strings it contains, by the index."""
+    found = frozenset(needle for term in terms if uid in text.found.get(term, ()) for needle in (term[1],))
+    return keys.Content({}, "", found, None)
