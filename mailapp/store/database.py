@@ -23,6 +23,7 @@ Synchronous; runs on a worker thread.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +198,28 @@ def connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
     The check and the build happen in one IMMEDIATE transaction, so two
     threads or processes opening a new mailbox at once build it only once.
     Returns the connection and whether it was built now.
+
+    A brand-new file is the one moment SQLite may answer "database is
+    locked" without waiting for the busy timeout: switching a new file to
+    WAL needs it alone, while another opener holds it for its build. Such
+    an open is tried again, a few times, a little later each time; by then
+    the file is in WAL mode and built.
     """
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            return _connect(path, mailbox_dir)
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == _OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+#: Opens of a new index tried when SQLite says it is locked (L{connect}).
+_OPEN_ATTEMPTS = 5
+
+
+def _connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
     conn = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, timeout=10, factory=_WatchedConnection
     )

@@ -338,7 +338,9 @@ class LimitTests(TestCase):
         request = SimpleNamespace(getClientAddress=lambda: SimpleNamespace(host=PEER))
         session = SimpleNamespace(account=ALICE)
         draft = Draft(to=[("", "bob@example.test")], cc=[], bcc=[], subject="hi", body="hello", attachments=[], in_reply_to="", references="")
-        sent = Deferred.fromCoroutine(webmail._send(request, session, draft))
+        from mailapp.accounts import Profile
+
+        sent = Deferred.fromCoroutine(webmail._send(request, session, draft, Profile()))
         sent.addCallback(self.assertEqual, ["You have sent 2 messages in the last hour, the most allowed. Try again later."])
         return sent
 
