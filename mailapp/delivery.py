@@ -616,14 +616,7 @@ class Router:
             sender = self.forwarding.sender_for(sender, account)
         transaction = self.start(sender, relay_allowed=True)
         transaction.sign = False
-        try:
-            yield transaction.addRecipient(target)
-            message = transaction.open()
-            message.write(data)
-            queue_id = yield transaction.commit()
-        except BaseException:
-            transaction.abort()
-            raise
+        queue_id = yield _send_one(transaction, target, data)
         return queue_id
 
     def reject_by_dsn(self, transaction: Transaction, account: str, reason: str, ereject: bool, view: Any) -> None:
@@ -694,14 +687,7 @@ class Router:
         transaction = self.start("", relay_allowed=True)
         # RFC 8689 5: a DSN about a REQUIRETLS message carries its headers, so it requires TLS too.
         transaction.requiretls = requiretls
-        try:
-            yield transaction.addRecipient(recipient)
-            message = transaction.open()
-            message.write(data)
-            queue_id = yield transaction.commit()
-        except BaseException:
-            transaction.abort()
-            raise
+        queue_id = yield _send_one(transaction, recipient, data)
         return queue_id
 
     def notify_delivered(self, transaction: Transaction, recipients: list[str], headers: bytes) -> Deferred[None]:
@@ -795,3 +781,17 @@ def _merged(placements: list[FolderPlacement]) -> list[FolderPlacement]:
             placement = FolderPlacement(placement.account, merged[key].folder, merged[key].flags | placement.flags)
         merged[key] = placement
     return list(merged.values())
+
+
+@inlineCallbacks
+def _send_one(transaction: Transaction, recipient: str, data: bytes) -> Any:
+    """C{data} to C{recipient} through C{transaction} (a message the server writes itself): its queue id, or its refusal, aborted."""
+    try:
+        yield transaction.addRecipient(recipient)
+        message = transaction.open()
+        message.write(data)
+        queue_id = yield transaction.commit()
+    except BaseException:
+        transaction.abort()
+        raise
+    return queue_id
