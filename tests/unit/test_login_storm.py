@@ -16,17 +16,23 @@ from mailapp.testing import cheap_password_hasher
 
 
 class LoginStormTests(TestCase):
-    @inlineCallbacks
-    def test_logins_past_the_hashing_queue_bound_fail_at_once_with_logins_busy_and_the_queue_stays_bounded(self):
+    def accounts(self, hash_threads: int) -> Accounts:
+        """alice's accounts, cheap hashes, no login cache, at most 3 checks waiting for C{hash_threads} threads."""
         path = Path(self.mktemp())
         path.parent.mkdir(parents=True, exist_ok=True)
         hasher = cheap_password_hasher()
         database = AccountsDatabase(path, ["example.test"], hasher=hasher)
         database.add_user("alice@example.test", "alice-secret")
         database.close()
-        accounts = Accounts(path, ["example.test"], reactor, hasher=hasher, hash_threads=1, max_queued_verifications=3,
-                            auth_cache_seconds=0)
+        accounts = Accounts(
+            path, ["example.test"], reactor, hasher=hasher, hash_threads=hash_threads, max_queued_verifications=3, auth_cache_seconds=0
+        )
         self.addCleanup(accounts.close)
+        return accounts
+
+    @inlineCallbacks
+    def test_logins_past_the_hashing_queue_bound_fail_at_once_with_logins_busy_and_the_queue_stays_bounded(self):
+        accounts = self.accounts(hash_threads=1)
         slow_verify = accounts._verify
         peak = []
 
@@ -54,15 +60,7 @@ class LoginStormTests(TestCase):
 
     @inlineCallbacks
     def test_a_burst_of_logins_with_one_password_waits_for_one_check_instead_of_paying_for_each(self):
-        path = Path(self.mktemp())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        hasher = cheap_password_hasher()
-        database = AccountsDatabase(path, ["example.test"], hasher=hasher)
-        database.add_user("alice@example.test", "alice-secret")
-        database.close()
-        accounts = Accounts(path, ["example.test"], reactor, hasher=hasher, hash_threads=2, max_queued_verifications=3,
-                            auth_cache_seconds=0)
-        self.addCleanup(accounts.close)
+        accounts = self.accounts(hash_threads=2)
         slow_verify = accounts._verify
         checks = []
 
