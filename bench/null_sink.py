@@ -31,7 +31,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             await writer.drain()
             break
         elif verb == b"EHLO":
-            writer.write(b"250-sink\r\n250 PIPELINING\r\n")
+            writer.write(b"250-sink\r\n250-8BITMIME\r\n250 PIPELINING\r\n")
         else:
             writer.write(b"250 Ok\r\n")
     writer.close()

@@ -12,25 +12,34 @@ signing process's own CPU is reported beside the server's. In each: users log in
 (plaintext auth is allowed on loopback in the bench's config), send from
 their own address to ten recipients in ``remote.test``, and the domain has
 keys made by ``mailapp dkim keygen``. ``[relay] transports`` sends
-remote.test to a socket that listens but never accepts (a blackhole), so
-the relay's connections wait for a greeting that never comes and the queue
-only fills: the figure is ingest, not delivery. A message counts once its
-envelope is in ``queue/envelopes`` (published, synced before its 250).
+remote.test to a socket that listens but does not accept yet (a gate), so
+the relay's connections wait for a greeting and the queue only fills: the
+first figure is ingest, and a message counts once its envelope is in
+``queue/envelopes`` (published, synced before its 250).
+
+The relay signs our mail as it leaves (L{mailapp.relay.signing}), so the
+signatures are paid at delivery: once every message is in, the gate opens
+(a null SMTP sink, L{bench.null_sink}, starts accepting on that socket)
+and the second figure is delivery, from then until the queue is empty,
+with the server's and the signing process's CPU per message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import smtplib
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import null_sink
 from bench import server as bench_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,16 +49,38 @@ RECIPIENTS = [f"r{i}@remote.test" for i in range(10)]
 PASSWORD = "bench-password"
 
 
-class Blackhole:
-    """A TCP socket on loopback that listens and never accepts: a peer that never answers."""
+class Gate:
+    """
+    A TCP socket on loopback that listens and does not accept until
+    L{open}: then a null SMTP sink (L{bench.null_sink}) answers every
+    connection, those already waiting included, in a thread of the bench.
+    """
 
     def __init__(self) -> None:
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.bind(("127.0.0.1", 0))
         self.socket.listen(1024)
         self.port: int = self.socket.getsockname()[1]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        started = threading.Event()
+
+        def serve() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            loop.run_until_complete(asyncio.start_server(null_sink.handle, sock=self.socket))
+            started.set()
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="null-sink", daemon=True)
+        self._thread.start()
+        started.wait(10)
 
     def close(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
         self.socket.close()
 
 
@@ -69,11 +100,20 @@ def _warm_logins(port: int, timeout: float) -> None:
             client.login(user, PASSWORD)
 
 
-def _queued_copy_is_signed(state_dir: Path) -> bool:
-    """Whether one of the queue's copies has our signatures (below its Return-Path:)."""
-    first = min((state_dir / "queue" / "messages").iterdir())
-    head = first.read_bytes()[:8192]
-    return head.startswith(b"Return-Path:") and b"\r\nDKIM-Signature: " in head.split(b"\r\n\r\n", 1)[0]
+def _queued_to_be_signed(state_dir: Path) -> bool:
+    """Whether one of the queue's entries is marked to be signed as it leaves (its envelope's C{sign})."""
+    first = min((state_dir / "queue" / "envelopes").iterdir())
+    return bool(json.loads(first.read_bytes()).get("sign"))
+
+
+def _wait_until_empty(directory: Path, timeout: float) -> float:
+    """Seconds until C{directory} has no files left (the relay sent everything), or raise after C{timeout}."""
+    start = time.monotonic()
+    while any(directory.iterdir()):
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"{sum(1 for _ in directory.iterdir())} entries still queued after {timeout:.0f} s")
+        time.sleep(0.02)
+    return time.monotonic() - start
 
 
 def one_run(workdir: Path, timeout: float, *, signing: str, messages: int, size: int, concurrency: int, per_connection: int) -> dict[str, Any]:
@@ -83,11 +123,11 @@ def one_run(workdir: Path, timeout: float, *, signing: str, messages: int, size:
     own threads: ``signing_process = false``) or "process" (the default).
     """
     sign = signing != "off"
-    blackhole = Blackhole()
+    gate = Gate()
     extra = (
         "# Past 10,000 messages a run, ten senders would pass the default 1,000 each per hour.\n"
         "max_messages_per_hour = 1000000\n"
-        f'\n[relay]\ntransports = {{ "remote.test" = "127.0.0.1:{blackhole.port}" }}\n'
+        f'\n[relay]\ntransports = {{ "remote.test" = "127.0.0.1:{gate.port}" }}\n'
         f"\n[dkim]\nsign = {'true' if sign else 'false'}\n"
         f"signing_process = {'false' if signing == 'threads' else 'true'}\n"
         # Twenty logins at once from one address would pass ban_after_failures' count of logins in progress.
@@ -119,14 +159,20 @@ def one_run(workdir: Path, timeout: float, *, signing: str, messages: int, size:
         figures["server_cpu_ms_per_message"] = (server.cpu_seconds() - cpu_before) * 1000 / messages
         figures["signing_process_cpu_ms_per_message"] = (server.children_cpu_seconds() - children_before) * 1000 / messages
         figures["load_average_before"] = load
-        signed = _queued_copy_is_signed(server.state_dir)
-        if signed != sign:
-            raise RuntimeError(f"the queue's copy is {'signed' if signed else 'unsigned'} with signing {signing}")
+        if _queued_to_be_signed(server.state_dir) is not True:
+            raise RuntimeError("the queue's entries are not marked to be signed: mail of ours always is")
         if figures["accepted"] != messages:
             raise RuntimeError(f"{figures['refused']} of {messages} messages refused")
+        # Delivery: the gate opens, the relay signs (or not) and sends everything.
+        cpu_before, children_before = server.cpu_seconds(), server.children_cpu_seconds()
+        gate.open()
+        seconds = _wait_until_empty(server.state_dir / "queue" / "envelopes", timeout)
+        figures["delivery_messages_per_second"] = messages / seconds
+        figures["delivery_server_cpu_ms_per_message"] = (server.cpu_seconds() - cpu_before) * 1000 / messages
+        figures["delivery_signing_process_cpu_ms_per_message"] = (server.children_cpu_seconds() - children_before) * 1000 / messages
     finally:
         server.stop()
-        blackhole.close()
+        gate.close()
     figures["_cleanup"] = server
     return figures
 
@@ -160,6 +206,14 @@ def submission_dkim_workload(messages: int, size: int, concurrency: int, per_con
             "signed_server_cpu_ms_per_message": signed["server_cpu_ms_per_message"],
             "signed_signing_process_cpu_ms_per_message": signed["signing_process_cpu_ms_per_message"],
             "threads_server_cpu_ms_per_message": threads["server_cpu_ms_per_message"],
+            "unsigned_delivery_messages_per_second": unsigned["delivery_messages_per_second"],
+            "signed_delivery_messages_per_second": signed["delivery_messages_per_second"],
+            "signed_delivery_share": signed["delivery_messages_per_second"] / unsigned["delivery_messages_per_second"],
+            "threads_delivery_share": threads["delivery_messages_per_second"] / unsigned["delivery_messages_per_second"],
+            "unsigned_delivery_server_cpu_ms_per_message": unsigned["delivery_server_cpu_ms_per_message"],
+            "signed_delivery_server_cpu_ms_per_message": signed["delivery_server_cpu_ms_per_message"],
+            "signed_delivery_signing_process_cpu_ms_per_message": signed["delivery_signing_process_cpu_ms_per_message"],
+            "threads_delivery_server_cpu_ms_per_message": threads["delivery_server_cpu_ms_per_message"],
             "load_average_before": max(r["load_average_before"] for r in results.values()),
             "order": ", ".join(order),
             **{mode: {k: v for k, v in result.items() if k != "_cleanup"} for mode, result in results.items()},

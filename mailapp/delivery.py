@@ -291,9 +291,9 @@ class Transaction:
         prepared: list[Any] = []
         queue = self.router.queue
         try:
-            # Signed before the queue's files are written and synced: the
-            # signature is in the durable copy before any 250.
-            signature = (yield self._signature(message)) if self.remote else b""
+            # Our mail is signed by the relay as it leaves (Envelope.sign),
+            # not here: the 250 never waits for a signature.
+            sign = self.sign and self.router.signer is not None
             for entry_id, sender, recipients, alias_domain in self._queueEntries():
                 # Never without a queue: addRecipient refuses remote recipients then.
                 assert queue is not None
@@ -305,7 +305,7 @@ class Transaction:
                 prepared.append(
                     (
                         yield queue.prepare(
-                            copy, sender, recipients, entry_id, signature, requiretls=self.requiretls, dsn=parameters,
+                            copy, sender, recipients, entry_id, sign=sign, requiretls=self.requiretls, dsn=parameters,
                             smtputf8=self.smtputf8 or not (sender + "".join(recipients)).isascii(),
                         )
                     )
@@ -520,20 +520,6 @@ class Transaction:
         run = self.router.queue.run if self.router.queue is not None else deferToThread
         read: Deferred[bytes] = run(dsn.read_headers, path)
         return read
-
-    def _signature(self, message: IMessageWriter) -> Deferred[bytes]:
-        """The DKIM-Signature fields for the remote copies (C{b""} unsigned); a failure is a 451, never unsigned mail."""
-        signer = self.router.signer
-        if not self.sign or signer is None:
-            return succeed(b"")
-
-        def failed(failure: Failure) -> bytes:
-            _log.failure(
-                "signing {queue_id} failed", failure, log_event=logevents.DKIM_SIGN_FAILED, queue_id=self.queue_id
-            )
-            raise MailError()
-
-        return signer.sign(message, self.queue_id).addErrback(failed)
 
     def _queueEntries(self) -> list[tuple[str, str, list[str], str | None]]:
         """

@@ -24,6 +24,7 @@ and C{verifyObject} see.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 from twisted.internet.defer import Deferred
@@ -511,15 +512,15 @@ class IFolder(Interface):
 class IMessageSigner(Interface):
     """
     Signs mail on its way out (DKIM, L{mailapp.dkim.signer.DkimSigner}): the
-    Router asks once per message that has remote recipients and came from
-    one of ours (submission, the webmail, the relay's DSNs).
+    relay asks as it sends a message that came from one of ours (submission,
+    the webmail, the relay's DSNs; L{mailapp.relay.signing}).
     """
 
-    def sign(message: IMessageWriter, queue_id: str = "") -> Deferred[bytes]:
+    def sign(message: bytes | Path, queue_id: str = "") -> Deferred[bytes]:
         """
-        Fire with the header fields to put on top of C{message} (CRLF line
-        ends; C{b""} when its From: domain has no keys), computed off the
-        reactor. C{message}'s C{finish} has fired; it is only read. Fails
-        when it cannot sign with keys it has (the caller refuses the message
-        rather than send it unsigned).
+        Fire with the header fields to put on top of C{message} (its bytes in
+        wire form, or the path of a file holding them; CRLF line ends;
+        C{b""} when its From: domain has no keys), computed off the reactor,
+        where the file is read too. Fails when it cannot sign with keys it
+        has (the caller defers the message rather than send it unsigned).
         """

@@ -1,7 +1,7 @@
 """
-The server's outbound signer: what the Router asks for the DKIM-Signature
-fields of a message on its way to the relay queue
-(L{mailapp.interfaces.IMessageSigner}).
+The server's outbound signer: what the relay asks for the DKIM-Signature
+fields of a message of ours as it leaves (L{mailapp.interfaces.IMessageSigner},
+L{mailapp.relay.signing}).
 
 Reading the message, finding its From: domain's keys and signing
 (L{mailapp.dkim.worker.sign_request}) run in the signing process
@@ -10,11 +10,13 @@ Reading the message, finding its From: domain's keys and signing
 (L{mailapp.pools}): never on the reactor, and never in the queue's writer,
 whose batches would otherwise wait for every signature in them. The
 process is the default because threads share the reactor's GIL: signing
-there halved durable submission ingest (BENCHMARKS.md).
+there halved durable submission ingest (BENCHMARKS.md), when it was done
+before the 250.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
@@ -28,8 +30,7 @@ from mailapp.config import Config
 from mailapp.dkim.keys import KeyStore
 from mailapp.dkim.process import SigningFailed, SigningProcess
 from mailapp.dkim.worker import sign_request
-from mailapp.interfaces import IMessageSigner, IMessageWriter
-from mailapp.store import messagefile
+from mailapp.interfaces import IMessageSigner
 
 __all__ = ["DkimSigner", "SigningFailed"]
 
@@ -64,23 +65,22 @@ class DkimSigner(Service):
     def reconfigure(self, config: Config) -> None:
         self.enabled = config.dkim.sign
 
-    def sign(self, message: IMessageWriter, queue_id: str = "") -> Deferred[bytes]:
+    def sign(self, message: bytes | Path, queue_id: str = "") -> Deferred[bytes]:
         if not self.enabled:
             return succeed(b"")
+        # A path is read where the signing happens (the child, or a thread), never on the reactor.
+        header: dict[str, Any] = {"queue_id": queue_id}
+        payload = b""
+        if isinstance(message, Path):
+            header["path"] = str(message)
+        else:
+            payload = message
         answered: Deferred[tuple[dict[str, Any], bytes]]
         if self.process is not None:
-            held = messagefile.held_bytes(message)
-            if held is not None:
-                answered = self.process.request({"queue_id": queue_id}, held)
-            else:
-                path = str(message.path)  # type: ignore[attr-defined]
-                answered = self.process.request({"queue_id": queue_id, "path": path, "size": message.size})
+            answered = self.process.request(header, payload)
         else:
-            answered = deferToThreadPool(self._reactor, self._threadpool, self._sign_here, message)
+            answered = deferToThreadPool(self._reactor, self._threadpool, sign_request, self.keys, header, payload)
         return answered.addCallback(self._signed, queue_id)
-
-    def _sign_here(self, message: IMessageWriter) -> tuple[dict[str, Any], bytes]:
-        return sign_request(self.keys, {}, messagefile.wire_bytes(message))
 
     def _signed(self, result: tuple[dict[str, Any], bytes], queue_id: str) -> bytes:
         answer, fields = result

@@ -14,10 +14,10 @@ The child is a plain blocking loop (no reactor): read a request, sign,
 write the answer. Requests and answers are frames (L{write_frame},
 L{read_frame}): two 4-byte big-endian lengths, a JSON header and a payload.
 
-- request header: ``{"id": N, "path": P, "size": S, "queue_id": Q}``;
+- request header: ``{"id": N, "path": P, "queue_id": Q}``;
   the payload is the message in wire form, or empty when C{path} names the
-  spool file to read it from (the child reads it, so that the reactor never
-  touches the disk).
+  queue's copy to read it from (the child reads it, so that the reactor
+  never touches the disk).
 - answer header: ``{"id": N, "status": "signed" | "unsigned" | "error",
   "domain": D, "selector": S, "reason": R}``; the payload is the fields to
   put on top of the message (empty unless signed).
@@ -119,7 +119,8 @@ def _message(header: dict[str, Any], payload: bytes) -> bytes:
         return payload
     from mailapp.store.messagefile import open_message
 
-    with open_message(Path(path), int(header.get("size", 0))) as file:
+    size = header.get("size")
+    with open_message(Path(path), int(size) if size is not None else None) as file:
         data: bytes = file.read()
     return data
 

@@ -47,7 +47,7 @@ from mailapp import logevents
 from mailapp.accounts.addresses import domain_key
 from mailapp.dsn import DsnParameters, RecipientRequest
 from mailapp.store import durable
-from mailapp.relay.queuefiles import BatchWriter, Job, Prefixed, WireCopy, write_file
+from mailapp.relay.queuefiles import BatchWriter, Job, WireCopy, write_file
 
 __all__ = [
     "DELIVERED",
@@ -144,6 +144,10 @@ class Envelope:
     #: The client's RET (FULL or HDRS) and ENVID (xtext) (RFC 3461); empty when not given.
     ret: str = ""
     envid: str = ""
+    #: DKIM-signed by the relay as it leaves (L{mailapp.relay.signing}): mail
+    #: from one of ours. The queue's copy is as it came; the signature is made
+    #: per attempt, after any 8BITMIME downgrade, so that it covers the bytes sent.
+    sign: bool = False
     version: int = ENVELOPE_VERSION
 
     def pending(self) -> list[Recipient]:
@@ -214,6 +218,8 @@ class Envelope:
             smtputf8=get("smtputf8", bool) if "smtputf8" in raw else False,
             ret=get("ret", str) if "ret" in raw else "",
             envid=get("envid", str) if "envid" in raw else "",
+            # Envelopes written before signing at delivery have none: their copies were signed at ingest.
+            sign=get("sign", bool) if "sign" in raw else False,
         )
 
 
@@ -410,7 +416,8 @@ class Queue:
         sender: str,
         recipients: Iterable[str],
         entry_id: str,
-        header: bytes = b"",
+        *,
+        sign: bool = False,
         requiretls: bool = False,
         dsn: DsnParameters | None = None,
         smtputf8: bool = False,
@@ -421,22 +428,22 @@ class Queue:
         ends, else its bytes) and the envelope under ``tmp/``, and sync both.
         C{message} is an L{mailapp.interfaces.IMessageWriter} whose C{finish}
         has fired; it stays the caller's. C{dsn}: the client's DSN
-        parameters (RET, ENVID, and each recipient's NOTIFY and ORCPT). C{header} (CRLF lines: the DKIM
-        signatures) goes on top of the message in the queue's copy, which is
-        then always a copy, never a link.
+        parameters (RET, ENVID, and each recipient's NOTIFY and ORCPT).
+        C{sign}: the relay signs it as it leaves (L{Envelope.sign}).
         """
         now = self.reactor.seconds()
         envelope = Envelope(
             id=entry_id,
             sender=sender,
             created=now,
-            size=int(message.size) + len(header),
+            size=int(message.size),
             recipients=[_recipient(address, dsn) for address in recipients],
             next_attempt=now,
             requiretls=requiretls,
             smtputf8=smtputf8,
             ret=dsn.ret if dsn is not None else "",
             envid=dsn.envid if dsn is not None else "",
+            sign=sign,
         )
         pending = getattr(message, "pending", None)
         stored_size = getattr(message, "stored_size", None)
@@ -449,9 +456,8 @@ class Queue:
             content = WireCopy(Path(message.path), int(message.size))
         else:
             content = Path(message.path)
-        written: bytes | Path | WireCopy | Prefixed = Prefixed(header, content) if header else content
         temporary = self.layout.tmp / f"{entry_id}.json"
-        job = Job(writes=[(self.layout.message(entry_id), written), (temporary, envelope.to_bytes())])
+        job = Job(writes=[(self.layout.message(entry_id), content), (temporary, envelope.to_bytes())])
         return self._writer.submit(job).addCallback(lambda _: Prepared(envelope, temporary))
 
     def publish(self, prepared: Prepared) -> Deferred[None]:

@@ -3,27 +3,23 @@ The relay queue's files on disk, written in batches: one worker-thread batch
 writes every message file and envelope that arrived while the last batch
 ran, with one file sync and one directory sync for all of them (group
 commit). A message file is a link to the writer's spool file when it is in
-wire form, a copy in wire form when the spool has LF line ends, or a copy
-with header fields of ours (the DKIM signatures) below its leading
-``Return-Path:``. L{mailapp.relay.queue.Queue} hands it jobs; nothing else
+wire form, or a copy in wire form when the spool has LF line ends. L{mailapp.relay.queue.Queue} hands it jobs; nothing else
 writes the queue's files while the server runs.
 """
 
 from __future__ import annotations
 
 import errno
-import io
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from mailapp.store import durable, messagefile
 from mailapp.store.batching import BatchRunner
-from mailapp.tracefields import return_path_length
 
-__all__ = ["BatchWriter", "Job", "Prefixed", "WireCopy", "write_file"]
+__all__ = ["BatchWriter", "Job", "WireCopy", "write_file"]
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -52,42 +48,6 @@ def _copy_in_wire_form(content: WireCopy, target: Path) -> None:
             os.close(fd)
 
 
-@dataclass(frozen=True)
-class Prefixed:
-    """A message file that starts with header fields of ours (DKIM signatures), then the message."""
-
-    header: bytes
-    content: bytes | Path | WireCopy
-
-
-def _write_prefixed(content: Prefixed, target: Path) -> None:
-    """
-    The header fields go below the copy's leading ``Return-Path:``, so that
-    the relay client still finds that trace field at the top and strips it
-    (RFC 5321 4.4) instead of sending it on under our signatures.
-    """
-    inner = content.content
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        source: IO[bytes]
-        if isinstance(inner, bytes):
-            source = io.BytesIO(inner)
-        elif isinstance(inner, WireCopy):
-            source = messagefile.open_message(inner.source, inner.wire_size)
-        else:
-            source = open(inner, "rb")
-        with source:
-            first = source.read(messagefile.CHUNK_SIZE)
-            cut = return_path_length(first)
-            durable.write_all(fd, first[:cut])
-            durable.write_all(fd, content.header)
-            durable.write_all(fd, first[cut:])
-            while chunk := source.read(messagefile.CHUNK_SIZE):
-                durable.write_all(fd, chunk)
-    finally:
-        os.close(fd)
-
-
 def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
@@ -108,7 +68,7 @@ class Job:
     removed, then every touched directory synced.
     """
 
-    writes: list[tuple[Path, bytes | Path | WireCopy | Prefixed]] = field(default_factory=list)
+    writes: list[tuple[Path, bytes | Path | WireCopy]] = field(default_factory=list)
     renames: list[tuple[Path, Path]] = field(default_factory=list)
     unlinks: list[Path] = field(default_factory=list)
 
@@ -124,8 +84,6 @@ def _run_jobs(jobs: list[Job], anchor: Path, use_syncfs: bool) -> list[BaseExcep
                     write_file(target, content)
                 elif isinstance(content, WireCopy):
                     _copy_in_wire_form(content, target)
-                elif isinstance(content, Prefixed):
-                    _write_prefixed(content, target)
                 else:
                     _link_or_copy(content, target)
                 written.append((number, target))

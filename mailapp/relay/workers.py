@@ -29,6 +29,7 @@ from mailapp.relay import downgrade
 from mailapp.relay.client import BytesSource, FileSource, Reply, SessionError, SMTPClient, local_reply
 from mailapp.relay.queue import Queue
 from mailapp.relay.routing import Hop, RouteError, Routes
+from mailapp.relay.signing import SignedSource, signature_for
 from mailapp.relay.tlspolicy import NONE, OPPORTUNISTIC, DomainPolicy, HopCheck, TLSPolicies
 from mailapp.relay.tlsrpt import TLSReports
 
@@ -80,6 +81,8 @@ class Workers:
     max_connections_per_domain: int
     max_connections_per_address: int
     entries: dict[str, Any]
+    #: The Router: its C{signer} signs our mail as it leaves (L{mailapp.relay.signing}).
+    router: Any
     _stopping: bool
 
     def _initWorkers(self) -> None:
@@ -475,12 +478,23 @@ class Workers:
                 return {r: refused for r in work.recipients}
         source: Any = FileSource(self.queue.message_path(envelope.id), self.queue.run)
         size = envelope.size
+        converted: Any = None
         if "8BITMIME" not in extensions and not (envelope.smtputf8 and "SMTPUTF8" in extensions):
             converted = yield self._sevenBit(envelope)
             if isinstance(converted, Reply):
                 return {r: converted for r in work.recipients}
             if converted is not None:
                 source, size = BytesSource(converted), len(converted)
+        if envelope.sign:
+            # Signed now, over the bytes that are sent (L{mailapp.relay.signing}).
+            try:
+                signer = getattr(self.router, "signer", None)
+                fields = yield signature_for(signer, converted or self.queue.message_path(envelope.id), envelope.id)
+            except Exception:
+                source.close()
+                return {r: local_reply(451, "4.3.0 the message could not be DKIM-signed now") for r in work.recipients}
+            if fields:
+                source, size = SignedSource(fields, source), size + len(fields)
         work.peer_dsn = "DSN" in extensions
         options: dict[str, Any] = {}
         if envelope.requiretls:

@@ -1,9 +1,10 @@
 """
-Mail sent from the webmail to another domain is queued DKIM-signed: the
-webmail hands it to the Router like authenticated submission, and the
-Router's signer puts both signatures on the relay queue's copy before it is
-durable. (Submission and the relay's DSNs: tests/unit/test_dkim_signing.py
-and tests/e2e/test_rig_dkim.py.)
+Mail sent from the webmail to another domain is queued to be DKIM-signed:
+the webmail hands it to the Router like authenticated submission, the
+queue's envelope says "sign", and the relay's signer (the Router's) signs
+the queue's copy as it leaves with both signatures. (The relay's sending,
+submission and the relay's DSNs: tests/unit/test_dkim_signing.py and
+tests/e2e/test_rig_dkim.py.)
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from twisted.trial.unittest import TestCase
 from mailapp.auth import makePortal
 from mailapp.delivery import Router
 from mailapp.dkim import DkimSigner, KeyStore
-from mailapp.relay.queue import Queue
+from mailapp.relay.queue import Envelope, Queue
+from mailapp.relay.signing import signature_for
 from mailapp.store import MaildirStore
 from mailapp.testing import FakeAccounts
 from mailapp.web import Webmail, WebmailPolicy
@@ -37,13 +39,13 @@ class WebmailSigningTests(TestCase):
         self.keys = KeyStore(root / "state")
         self.keys.generate("example.test", "web")
         self.queue = Queue(root / "queue", reactor, use_syncfs=False)
-        router = Router(accounts, store, queue=self.queue, signer=DkimSigner(self.keys, reactor, reactor.getThreadPool()))
+        router = self.router = Router(accounts, store, queue=self.queue, signer=DkimSigner(self.keys, reactor, reactor.getThreadPool()))
         webmail = Webmail(router, makePortal(accounts, store), WebmailPolicy(hostname="mail.example.test", login_failure_delay=0.01), reactor)
         self.port = reactor.listenTCP(0, webmail.site(), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
 
     @inlineCallbacks
-    def test_a_message_to_another_domain_is_queued_with_both_signatures(self) -> Any:
+    def test_a_message_to_another_domain_is_queued_to_be_signed_with_both_signatures(self) -> Any:
         client = Client(self.port.getHost().port)
         yield client.sign_in(ALICE)
         token = csrf_of((yield client.get("/compose")))
@@ -51,9 +53,12 @@ class WebmailSigningTests(TestCase):
             "/compose", {"csrf": token, "to": "bob@b.test", "subject": "from the webmail", "body": "hello", "action": "send"}
         )
         self.assertEqual(response.status, 303, response.text[:500])
-        [queued] = [path.read_bytes() for path in self.queue.layout.messages.iterdir()]
-        # Below our Return-Path, which the relay client strips before sending (RFC 5321 4.4).
-        self.assertTrue(queued.startswith(b"Return-Path: <alice@example.test>\r\nDKIM-Signature: v=1; a=rsa-sha256;"), queued[:200])
+        [path] = list(self.queue.layout.messages.iterdir())
+        [envelope] = [Envelope.from_bytes(entry.read_bytes()) for entry in self.queue.layout.envelopes.iterdir()]
+        self.assertTrue(envelope.sign)
+        fields = yield signature_for(self.router.signer, path, envelope.id)
+        self.assertTrue(fields.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;"), fields[:200])
+        queued = fields + path.read_bytes()
         keys = self.keys.signing_keys("example.test")
         assert keys is not None
         records = {f"{key.record_name}.".encode(): key.record_text.encode() for key in keys.keys}

@@ -61,20 +61,6 @@ def test_a_stream_out_of_step_is_refused_not_buffered() -> None:
         raise AssertionError("an impossible header length was accepted")
 
 
-class _Spooled:
-    """A large message as the Maildir writer leaves it: only in its spool file."""
-
-    def __init__(self, path: Path, size: int) -> None:
-        self.path = path
-        self.size = size
-
-
-class _Held:
-    def __init__(self, data: bytes) -> None:
-        self.pending = data
-        self.size = len(data)
-
-
 class SigningProcessTests(TestCase):
     def setUp(self) -> None:
         self.state = Path(self.mktemp())
@@ -97,15 +83,15 @@ class SigningProcessTests(TestCase):
 
     @inlineCallbacks
     def test_a_message_held_in_memory_is_signed_by_the_child_with_both_keys(self):  # type: ignore[no-untyped-def]
-        fields = yield self.signer.sign(_Held(MESSAGE), "Q1")  # type: ignore[arg-type]
+        fields = yield self.signer.sign(MESSAGE, "Q1")
         self.assert_signed(fields)
         assert self.process.started == 1
 
     @inlineCallbacks
-    def test_a_spooled_message_is_read_and_signed_by_the_child(self):  # type: ignore[no-untyped-def]
-        spool = Path(self.mktemp())
-        spool.write_bytes(MESSAGE.replace(b"\r\n", b"\n"))
-        fields = yield self.signer.sign(_Spooled(spool, len(MESSAGE)), "Q2")  # type: ignore[arg-type]
+    def test_a_queued_message_file_is_read_and_signed_by_the_child(self):  # type: ignore[no-untyped-def]
+        queued = Path(self.mktemp())
+        queued.write_bytes(MESSAGE)
+        fields = yield self.signer.sign(queued, "Q2")
         self.assert_signed(fields)
 
     @inlineCallbacks
@@ -119,18 +105,18 @@ class SigningProcessTests(TestCase):
     async def _all(self, count: int) -> list[bytes]:
         from twisted.internet.defer import gatherResults
 
-        return await gatherResults([self.signer.sign(_Held(MESSAGE), f"Q{n}") for n in range(count)])  # type: ignore[arg-type]
+        return await gatherResults([self.signer.sign(MESSAGE, f"Q{n}") for n in range(count)])
 
     @inlineCallbacks
     def test_a_domain_without_keys_is_answered_unsigned(self):  # type: ignore[no-untyped-def]
-        fields = yield self.signer.sign(_Held(MESSAGE.replace(b"a.test>", b"z.test>")), "Q3")  # type: ignore[arg-type]
+        fields = yield self.signer.sign(MESSAGE.replace(b"a.test>", b"z.test>"), "Q3")
         assert fields == b""
 
     @inlineCallbacks
     def test_a_child_that_dies_is_replaced_and_its_requests_sent_again(self):  # type: ignore[no-untyped-def]
         real = list(self.process.argv)
         self.process.argv = [sys.executable, "-c", DIES]
-        first = self.signer.sign(_Held(MESSAGE), "Q4")  # type: ignore[arg-type]
+        first = self.signer.sign(MESSAGE, "Q4")
         # The next child is a real one: the request is sent to it and signed.
         self.process.argv = real
         fields = yield first
@@ -141,7 +127,7 @@ class SigningProcessTests(TestCase):
     def test_a_request_that_kills_two_children_fails_instead_of_going_unsigned(self):  # type: ignore[no-untyped-def]
         self.process.argv = [sys.executable, "-c", DIES]
         try:
-            yield self.signer.sign(_Held(MESSAGE), "Q5")  # type: ignore[arg-type]
+            yield self.signer.sign(MESSAGE, "Q5")
         except SigningFailed:
             pass
         else:
@@ -154,7 +140,7 @@ class SigningProcessTests(TestCase):
         real = list(self.process.argv)
         self.process.argv = [sys.executable, "-c", HANGS]
         self.process.timeout = 0.5
-        first = self.signer.sign(_Held(MESSAGE), "Q6")  # type: ignore[arg-type]
+        first = self.signer.sign(MESSAGE, "Q6")
         self.process.argv = real
         self.process.timeout = 20
         fields = yield first
@@ -164,7 +150,7 @@ class SigningProcessTests(TestCase):
     @inlineCallbacks
     def test_stopping_answers_every_request_sent_before_the_child_exits(self):  # type: ignore[no-untyped-def]
         self.process.max_in_flight = 1
-        answers = [self.signer.sign(_Held(MESSAGE), f"S{n}") for n in range(5)]  # type: ignore[arg-type]
+        answers = [self.signer.sign(MESSAGE, f"S{n}") for n in range(5)]
         yield self.process.stop()
         for answer in answers:
             assert answer.called

@@ -20,14 +20,13 @@ from mailapp import logevents
 from mailapp.dkim import DkimSigner, KeyStore
 from mailapp.dkim.keys import ED25519, RSA, SigningKeys
 from mailapp.dkim.signing import dkimpy_sign_one, from_domain, sign_message, sign_one
-from mailapp.errors import MailError
 from mailapp.interfaces import IMessageSigner
 from mailapp import dsn as bounce
 from mailapp.relay.notify import notify_sender
 from mailapp.relay.queue import Envelope, Recipient
 from mailapp.testing import SynchronousThreadPool
 from mailapp.relay.client import strip_return_path
-from tests.relay_helpers import Harness
+from tests.relay_helpers import B_HOP, OK, Harness, raise_if_failed
 
 MESSAGE = (
     b"From: Alice <alice@a.test>\r\n"
@@ -167,13 +166,14 @@ def test_a_rotation_reaches_a_reader_without_a_restart(store: KeyStore, tmp_path
     assert [key.algorithm for key in reader.signing_keys("a.test").keys] == [RSA, ED25519]  # type: ignore[union-attr]
 
 
-# -- the Router's hook ---------------------------------------------------------------
+# -- signed by the relay as it leaves (mailapp.relay.signing) -------------------------
 
 
 @pytest.fixture
 def harness(tmp_path: Path, store: KeyStore) -> Harness:
     built = Harness(tmp_path / "relay")
     built.router.signer = DkimSigner(store, built.reactor, SynchronousThreadPool())
+    built.network.servers[B_HOP] = lambda recipient: OK
     return built
 
 
@@ -181,37 +181,70 @@ def queued_messages(harness: Harness) -> list[bytes]:
     return [path.read_bytes() for path in sorted((harness.root / "queue" / "messages").iterdir())]
 
 
+def queued_envelopes(harness: Harness) -> list[Envelope]:
+    return [Envelope.from_bytes(path.read_bytes()) for path in sorted(harness.queue.layout.envelopes.iterdir())]
+
+
+def sent(harness: Harness) -> list[bytes]:
+    """What the relay sent, once it has had its turn (without our Return-Path, which the real client strips)."""
+    harness.start()
+    harness.clock.advance(0)
+    return [strip_return_path(data) for data in harness.network.delivered_to("bob@b.test")]
+
+
 def test_the_signer_provides_its_interface(store: KeyStore) -> None:
     assert verifyObject(IMessageSigner, DkimSigner(store, None, SynchronousThreadPool()))
 
 
-def test_submitted_mail_is_queued_with_both_signatures_on_top(harness: Harness, keys: SigningKeys) -> None:
+def test_submitted_mail_is_queued_as_it_came_and_marked_to_be_signed(harness: Harness) -> None:
     harness.submit("alice@a.test", ["bob@b.test"], MESSAGE)
     [queued] = queued_messages(harness)
-    # Our Return-Path stays first, where the relay client strips it (RFC 5321 4.4), and
-    # the signatures come right below it: what is sent starts with them.
-    trace = b"Return-Path: <alice@a.test>\r\n"
-    assert queued.startswith(trace + b"DKIM-Signature: v=1; a=rsa-sha256;") and queued.endswith(MESSAGE)
-    sent = strip_return_path(queued)
-    assert sent.startswith(b"DKIM-Signature:") and b"Return-Path:" not in sent
-    assert sent.count(b"DKIM-Signature:") == 2
-    assert dkim.DKIM(sent).verify(idx=0, dnsfunc=dns_for(keys))
-    assert dkim.DKIM(sent).verify(idx=1, dnsfunc=dns_for(keys))
-    [entry] = harness.queue.layout.envelopes.iterdir()
-    assert Envelope.from_bytes(entry.read_bytes()).size == len(queued)
+    # The 250 waited for no signature: the queue's copy is the message under our Return-Path.
+    assert queued == b"Return-Path: <alice@a.test>\r\n" + MESSAGE
+    [envelope] = queued_envelopes(harness)
+    assert envelope.sign and envelope.size == len(queued)
 
 
-def test_mail_from_a_domain_without_keys_is_queued_as_it_came(harness: Harness) -> None:
+def test_what_the_relay_sends_starts_with_both_signatures_that_verify(harness: Harness, keys: SigningKeys) -> None:
+    harness.submit("alice@a.test", ["bob@b.test"], MESSAGE)
+    [message] = sent(harness)
+    # Our Return-Path was stripped (RFC 5321 4.4); the signatures are on top of what went out.
+    assert message.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;") and b"Return-Path:" not in message
+    assert message.endswith(MESSAGE) and message.count(b"DKIM-Signature:") == 2
+    assert dkim.DKIM(message).verify(idx=0, dnsfunc=dns_for(keys))
+    assert dkim.DKIM(message).verify(idx=1, dnsfunc=dns_for(keys))
+
+
+def test_a_rotation_signs_mail_already_queued_with_the_new_selector(harness: Harness, store: KeyStore) -> None:
+    harness.submit("alice@a.test", ["bob@b.test"], MESSAGE)
+    store.rotate("a.test", "two")
+    [message] = sent(harness)
+    assert dkim.DKIM(message).verify(idx=0, dnsfunc=dns_for(store.signing_keys("a.test")))  # type: ignore[arg-type]
+    assert b"s=two-rsa;" in message.split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b" ")
+
+
+def test_8bit_mail_of_ours_is_converted_then_signed_instead_of_bounced(harness: Harness, keys: SigningKeys) -> None:
+    # The fake next hop offers no 8BITMIME: the relay converts to quoted-printable
+    # (mailapp.relay.downgrade) and signs what it sends, so the signature holds.
+    eight_bit = MESSAGE.split(b"\r\n\r\n", 1)[0] + b"\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + "Grüße\r\n".encode()
+    harness.submit("alice@a.test", ["bob@b.test"], eight_bit)
+    [message] = sent(harness)
+    assert message.isascii() and b"Content-Transfer-Encoding: quoted-printable" in message
+    assert dkim.DKIM(message).verify(idx=0, dnsfunc=dns_for(keys))
+    assert dkim.DKIM(message).verify(idx=1, dnsfunc=dns_for(keys))
+
+
+def test_mail_from_a_domain_without_keys_is_sent_as_it_came(harness: Harness) -> None:
     message = MESSAGE.replace(b"alice@a.test", b"alice@elsewhere.test")
     harness.submit("alice@a.test", ["bob@b.test"], message)
-    assert queued_messages(harness) == [b"Return-Path: <alice@a.test>\r\n" + message]
+    assert sent(harness) == [message]
 
 
 def test_with_signing_off_nothing_is_signed(harness: Harness) -> None:
     assert harness.router.signer is not None
     harness.router.signer.enabled = False  # type: ignore[attr-defined]
     harness.submit("alice@a.test", ["bob@b.test"], MESSAGE)
-    assert queued_messages(harness) == [b"Return-Path: <alice@a.test>\r\n" + MESSAGE]
+    assert sent(harness) == [MESSAGE]
 
 
 def test_only_mail_that_may_relay_is_signed(harness: Harness) -> None:
@@ -219,25 +252,44 @@ def test_only_mail_that_may_relay_is_signed(harness: Harness) -> None:
     assert not harness.router.start("someone@b.test", relay_allowed=False).sign
 
 
+def test_an_envelope_queued_before_signing_at_delivery_is_sent_as_it_was_queued() -> None:
+    # Its copy was signed at ingest: an envelope without "sign" is never signed again.
+    envelope = Envelope(id="ABCDEF123456", sender="alice@a.test", created=1.0, size=10, recipients=[Recipient("bob@b.test")])
+    raw = envelope.to_bytes().replace(b'"sign": false,', b"")
+    assert b'"sign"' not in raw and Envelope.from_bytes(raw).sign is False
+
+
 class _BrokenSigner:
+    def __init__(self) -> None:
+        self.broken = True
+
     def sign(self, message: object, queue_id: str = "") -> defer.Deferred[bytes]:
-        return defer.fail(OSError("key file unreadable"))
+        if self.broken:
+            return defer.fail(OSError("key file unreadable"))
+        return defer.succeed(b"DKIM-Signature: v=1; b=fixed\r\n")
 
 
-def test_a_failed_signature_refuses_the_message_and_queues_nothing(harness: Harness) -> None:
-    harness.router.signer = _BrokenSigner()  # type: ignore[assignment]
+def test_a_failed_signature_defers_the_message_and_never_sends_it_unsigned(harness: Harness) -> None:
+    signer = _BrokenSigner()
+    harness.router.signer = signer  # type: ignore[assignment]
+    harness.submit("alice@a.test", ["bob@b.test"], MESSAGE)
     logged: list[dict[str, object]] = []
     from twisted.logger import globalLogPublisher
 
     globalLogPublisher.addObserver(logged.append)
     try:
-        with pytest.raises(MailError) as refused:
-            harness.submit("alice@a.test", ["bob@b.test"], MESSAGE)
+        assert sent(harness) == []
     finally:
         globalLogPublisher.removeObserver(logged.append)
-    assert refused.value.code == 451
-    assert queued_messages(harness) == []
     assert [e for e in logged if e.get("log_event") == logevents.DKIM_SIGN_FAILED]
+    [envelope] = queued_envelopes(harness)
+    [recipient] = envelope.recipients
+    assert recipient.state == "pending" and recipient.last_reply.startswith("451 4.3.0")
+    # Once signing works again, the retry goes out signed.
+    signer.broken = False
+    harness.clock.advance(envelope.next_attempt - harness.clock.seconds() + 1)
+    [message] = harness.network.delivered_to("bob@b.test")
+    assert strip_return_path(message) == b"DKIM-Signature: v=1; b=fixed\r\n" + MESSAGE
 
 
 def test_a_dsn_to_a_remote_sender_is_signed_for_the_servers_domain(harness: Harness, keys: SigningKeys) -> None:
@@ -250,7 +302,10 @@ def test_a_dsn_to_a_remote_sender_is_signed_for_the_servers_domain(harness: Harn
         hostname="mail.a.test", clock=harness.clock, max_lifetime=3600,
     )
     assert done.called and not isinstance(done.result, Failure) and done.result is True
-    [dsn] = queued_messages(harness)
+    assert [e.sign for e in queued_envelopes(harness)] == [True]
+    harness.start()
+    harness.clock.advance(0)
+    [dsn] = [strip_return_path(data) for data in harness.network.delivered_to("zed@b.test")]
     assert b"From: Mail Delivery System <MAILER-DAEMON@mail.a.test>" in dsn
     verifier = dkim.DKIM(dsn)
     assert verifier.verify(idx=0, dnsfunc=dns_for(keys)) and verifier.signature_fields[b"d"] == b"a.test"
@@ -272,12 +327,12 @@ def test_a_header_block_dkimpy_cannot_parse_is_sent_unsigned_not_refused(harness
     logged: list[dict[str, object]] = []
     from twisted.logger import globalLogPublisher
 
+    harness.submit("alice@a.test", ["bob@b.test"], message)
     globalLogPublisher.addObserver(logged.append)
     try:
-        harness.submit("alice@a.test", ["bob@b.test"], message)
+        assert sent(harness) == [message]
     finally:
         globalLogPublisher.removeObserver(logged.append)
-    assert queued_messages(harness) == [b"Return-Path: <alice@a.test>\r\n" + message]
     [event] = [e for e in logged if e.get("log_event") == logevents.DKIM_UNSIGNED]
     assert "Unexpected characters" in str(event["reason"])
 
@@ -295,47 +350,15 @@ def test_a_selector_made_again_under_an_old_name_signs_with_its_new_key(store: K
     assert [k.public_key for k in new.keys] != [k.public_key for k in old.keys]
 
 
-class _SpooledMessage:
-    """A finished spool file as the Maildir store's writer leaves a large message: on disk, CRLF or LF."""
-
-    def __init__(self, path: Path, wire: bytes, stored: bytes) -> None:
-        path.write_bytes(stored)
-        self.path, self.size, self.pending = path, len(wire), None
-        self.stored_size = len(stored)
-
-
 @pytest.mark.parametrize("line_ends", [b"\r\n", b"\n"])
-def test_the_queue_puts_the_signatures_on_top_of_a_spooled_message(tmp_path: Path, line_ends: bytes) -> None:
-    from twisted.internet.task import Clock
-
-    from mailapp.relay.queue import Queue
-    from mailapp.testing import SynchronousReactor
-
-    queue = Queue(tmp_path / "queue", SynchronousReactor(Clock()), use_syncfs=False)
-    wire = MESSAGE * 2000  # past the writer's in-memory threshold
-    message = _SpooledMessage(tmp_path / "spooled", wire, wire.replace(b"\r\n", line_ends))
-    header = b"DKIM-Signature: v=1; a=rsa-sha256; b=x\r\n"
-    done = queue.prepare(message, "alice@a.test", ["bob@b.test"], "ABCDEF123456", header)
-    assert done.called and not isinstance(done.result, Failure), done.result
-    assert queue.message_path("ABCDEF123456").read_bytes() == header + wire
-    assert done.result.envelope.size == len(header) + len(wire)
-    assert (tmp_path / "spooled").read_bytes() == wire.replace(b"\r\n", line_ends)  # the spool file is untouched: a copy, not a link
-
-
-@pytest.mark.parametrize("line_ends", [b"\r\n", b"\n"])
-def test_the_queue_puts_the_signatures_below_the_return_path_the_relay_strips(tmp_path: Path, line_ends: bytes) -> None:
-    from twisted.internet.task import Clock
-
-    from mailapp.relay.queue import Queue
-    from mailapp.testing import SynchronousReactor
-
-    queue = Queue(tmp_path / "queue", SynchronousReactor(Clock()), use_syncfs=False)
-    trace = b"Return-Path: <alice@a.test>\r\n"
-    wire = trace + MESSAGE * 2000
-    message = _SpooledMessage(tmp_path / "spooled", wire, wire.replace(b"\r\n", line_ends))
-    header = b"DKIM-Signature: v=1; a=rsa-sha256; b=x\r\n"
-    done = queue.prepare(message, "alice@a.test", ["bob@b.test"], "ABCDEF123456", header)
-    assert done.called and not isinstance(done.result, Failure), done.result
-    queued = queue.message_path("ABCDEF123456").read_bytes()
-    assert queued == trace + header + MESSAGE * 2000
-    assert strip_return_path(queued) == header + MESSAGE * 2000
+def test_a_large_spooled_message_is_signed_from_the_queues_copy(harness: Harness, keys: SigningKeys, line_ends: bytes) -> None:
+    # Past the writer's in-memory threshold: the signer reads the queue's file
+    # (in wire form even when the spool has LF line ends), not bytes in memory.
+    large = MESSAGE + b"y" * 76 * 4000 + b"\r\n"
+    transaction = harness.router.start("alice@a.test", relay_allowed=True)
+    raise_if_failed(transaction.addRecipient("bob@b.test"), "addRecipient")
+    writer = transaction.open()
+    writer.write(large)
+    raise_if_failed(transaction.commit(), "commit")
+    [message] = sent(harness)
+    assert message.endswith(large) and dkim.DKIM(message).verify(idx=1, dnsfunc=dns_for(keys))
