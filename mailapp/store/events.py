@@ -1,6 +1,7 @@
 """
 The in-process event bus: per-folder notifications of added messages,
-changed flags and expunges.
+changed flags and expunges, and per-mailbox ones of folders created,
+deleted, renamed, subscribed and unsubscribed.
 
 A notification is a hint: subscribers (IMAP sessions, the webmail) re-read
 the folder from the store when told, and also on a slow timer, so a lost
@@ -24,6 +25,8 @@ from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, FolderEvent
 
 __all__ = ["ADDED", "EXPUNGED", "FLAGS_CHANGED", "EventBus", "FolderEvent", "Listener"]
 
+_NO_LISTENERS: tuple[Listener, ...] = ()
+
 Listener = Callable[[FolderEvent], object]
 
 
@@ -40,6 +43,8 @@ class EventBus:
     def __init__(self) -> None:
         self._listeners: dict[tuple[str, str], list[Listener]] = defaultdict(list)
         self._everything: list[Listener] = []
+        #: Subscribers to every folder of one account (IMAP NOTIFY), by lower-cased account.
+        self._accounts: dict[str, list[Listener]] = defaultdict(list)
 
     def subscribeAll(self, listener: Listener) -> Callable[[], None]:
         self._everything.append(listener)
@@ -63,12 +68,27 @@ class EventBus:
 
         return unsubscribe
 
+    def subscribeAccount(self, account: str, listener: Listener) -> Callable[[], None]:
+        key = account.lower()
+        self._accounts[key].append(listener)
+
+        def unsubscribe() -> None:
+            listeners = self._accounts.get(key)
+            if listeners and listener in listeners:
+                listeners.remove(listener)
+                if not listeners:
+                    del self._accounts[key]
+
+        return unsubscribe
+
     def publish(self, event: FolderEvent) -> None:
-        for listener in [*self._listeners.get(_key(event.account, event.folder), ()), *self._everything]:
+        folder = self._listeners.get(_key(event.account, event.folder), _NO_LISTENERS)
+        account = self._accounts.get(event.account.lower(), _NO_LISTENERS) if self._accounts else _NO_LISTENERS
+        for listener in [*folder, *account, *self._everything]:
             try:
                 listener(event)
             except Exception:
                 self._log.failure("store.event_listener_failed {kind} {folder}", kind=event.kind, folder=event.folder)
 
     def subscriberCount(self) -> int:
-        return sum(len(v) for v in self._listeners.values()) + len(self._everything)
+        return sum(len(v) for v in self._listeners.values()) + sum(len(v) for v in self._accounts.values()) + len(self._everything)
