@@ -13,7 +13,7 @@ L{IEventBus} interface.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -32,6 +32,20 @@ Listener = Callable[[FolderEvent], object]
 
 def _key(account: str, folder: str) -> tuple[str, str]:
     return (account.lower(), folder)
+
+
+def _add(table: dict[Any, list[Listener]], key: Any, listener: Listener) -> Callable[[], None]:
+    """Add C{listener} under C{key}; the callable that removes it (and the key once it has none)."""
+    table[key].append(listener)
+
+    def unsubscribe() -> None:
+        listeners = table.get(key)
+        if listeners and listener in listeners:
+            listeners.remove(listener)
+            if not listeners:
+                del table[key]
+
+    return unsubscribe
 
 
 @implementer(IEventBus)
@@ -56,30 +70,10 @@ class EventBus:
         return unsubscribe
 
     def subscribe(self, account: str, folder: str, listener: Listener) -> Callable[[], None]:
-        key = _key(account, folder)
-        self._listeners[key].append(listener)
-
-        def unsubscribe() -> None:
-            listeners = self._listeners.get(key)
-            if listeners and listener in listeners:
-                listeners.remove(listener)
-                if not listeners:
-                    del self._listeners[key]
-
-        return unsubscribe
+        return _add(self._listeners, _key(account, folder), listener)
 
     def subscribeAccount(self, account: str, listener: Listener) -> Callable[[], None]:
-        key = account.lower()
-        self._accounts[key].append(listener)
-
-        def unsubscribe() -> None:
-            listeners = self._accounts.get(key)
-            if listeners and listener in listeners:
-                listeners.remove(listener)
-                if not listeners:
-                    del self._accounts[key]
-
-        return unsubscribe
+        return _add(self._accounts, account.lower(), listener)
 
     def publish(self, event: FolderEvent) -> None:
         folder = self._listeners.get(_key(event.account, event.folder), _NO_LISTENERS)

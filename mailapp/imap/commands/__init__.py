@@ -13,6 +13,7 @@ C{imapserver/<command>.go} and Stalwart's C{crates/imap/src/op/<command>.rs}:
   - L{select}: SELECT, EXAMINE, UNSELECT, CLOSE, CHECK
   - L{compress}: COMPRESS=DEFLATE (RFC 4978; the stream is the line base's)
   - L{idle}, L{append}, L{fetch}, L{store}, L{copy} (COPY and MOVE), L{expunge}, L{search}
+  - L{notify}: NOTIFY (RFC 5465; the watch is L{mailapp.imap.notify})
   - L{sort}: SORT and THREAD; L{results}: what SEARCH and SORT RETURN, and ``$`` (SEARCHRES);
     L{context}: live searches (UPDATE, CANCELUPDATE)
 
@@ -25,7 +26,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from mailapp.imap.commands import append, auth, compress, context, copy, expunge, fetch, idle, mailboxes, search, select, sort, store
+from mailapp.imap.commands import append, auth, compress, context, copy, expunge, fetch, idle, mailboxes, notify, search, select, sort, store
 from mailapp.imap.commands.results import accepting_saved
 from mailapp.imap.state import State
 from mailapp.imap.wire import Token
@@ -73,6 +74,7 @@ _TABLE = (
     # authenticated (and selected)
     Command("ENABLE", auth.enable, _AUTHENTICATED, capability=b"ENABLE UTF8=ACCEPT"),
     Command("IDLE", idle.idle, _AUTHENTICATED, capability=b"IDLE", timed=False),
+    Command("NOTIFY", notify.notify, _AUTHENTICATED, capability=b"NOTIFY"),  # RFC 5465: mailapp/imap/notify.py
     Command("COMPRESS", compress.compress, _AUTHENTICATED, capability=b"COMPRESS=DEFLATE", announced=_AUTHENTICATED),
     Command("NAMESPACE", mailboxes.namespace, _AUTHENTICATED, capability=b"NAMESPACE"),
     Command("CREATE", mailboxes.create, _AUTHENTICATED),
