@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from mailapp.imap import notify
@@ -151,6 +152,31 @@ class NotifyTests(TestCase):
         client.ok(b"NOTIFY SET (PERSONAL (MessageNew MessageExpunge))")
         reply = client.ok(b"APPEND INBOX {%d+}\r\n%s" % (len(MESSAGE), MESSAGE))
         self.assertRegex(reply, rb"^t4 OK \[APPENDUID \d+ 1\] APPEND completed\r\n\* STATUS \"INBOX\" \(MESSAGES 1 ")
+
+    def test_a_command_sent_while_a_notification_is_read_waits_for_it(self) -> None:
+        client = self.client(b"Drafts")
+        client.ok(b"NOTIFY SET (INBOXES (MessageNew MessageExpunge))")
+        session_mailbox = client.protocol.mailbox
+        real_folder = session_mailbox.folder
+        held: Deferred[None] = Deferred()
+        session_mailbox.folder = lambda name: held.addCallback(lambda _: real_folder(name))
+        self.deliver()
+        reply = client.command(b"NOOP")
+        self.assertEqual(reply, b"")  # the STATUS is being read: the NOOP waits behind it
+        session_mailbox.folder = real_folder
+        held.callback(None)
+        self.assertRegex(client.transport.value(), rb'^\* STATUS "INBOX" \(MESSAGES 1 [^\r]*\)\r\nt4 OK NOOP completed\r\n$')
+
+    def test_notifications_come_during_idle_too_and_done_is_answered_after_them(self) -> None:
+        client = self.client(b"Drafts")
+        client.ok(b"NOTIFY SET (INBOXES (MessageNew MessageExpunge))")
+        self.assertEqual(client.command(b"IDLE"), b"+ idling\r\n")
+        client.transport.clear()
+        self.deliver()
+        self.assertRegex(self.unsolicited(client), rb'^\* STATUS "INBOX" \(MESSAGES 1 [^\r]*\)\r\n$')
+        client.transport.clear()
+        client.protocol.dataReceived(b"DONE\r\n")
+        self.assertEqual(client.transport.value(), b"t4 OK IDLE terminated\r\n")
 
     # -- the selected mailbox -----------------------------------------------------------------------
 
