@@ -39,6 +39,7 @@ for a client that does not read, the session says ``* OK
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -140,10 +141,17 @@ class EventGroup:
         if kind == "SUBSCRIBED":
             return name in subscribed
         if kind == "MAILBOXES":
-            return name in self.mailboxes
+            return name in self._names
         if kind == "SUBTREE":
-            return any(name == root or name.startswith(root + DELIMITER) for root in self.mailboxes)
+            # The name and each of its ancestors: as many lookups as levels, however many roots are listed.
+            names = self._names
+            levels = name.split(DELIMITER)
+            return any(DELIMITER.join(levels[:depth]) in names for depth in range(1, len(levels) + 1))
         return False
+
+    @functools.cached_property
+    def _names(self) -> frozenset[str]:
+        return frozenset(self.mailboxes)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ its index entry (L{MessageInfo}) plus, when a FETCH or SEARCH needs it, its
 file, read on the store's worker pool (L{IMAPFactory.offThread}). Untagged
 EXISTS/FETCH/EXPUNGE for changes made by other sessions (and by SMTP
 delivery) are sent before the tagged reply of the next command and during
-IDLE; EXPUNGE is held back during FETCH, STORE and SEARCH (RFC 3501 7.4.1).
+IDLE (and between commands under NOTIFY: L{mailapp.imap.notify}); EXPUNGE is held back during FETCH, STORE and SEARCH (RFC 3501 7.4.1).
 The store's event bus is a hint: a session re-reads the folder when told, on
 NOOP/CHECK, and during IDLE also on a slow timer (so changes made by another
 process show up too).
