@@ -74,7 +74,6 @@ _TABLE = (
     # authenticated (and selected)
     Command("ENABLE", auth.enable, _AUTHENTICATED, capability=b"ENABLE UTF8=ACCEPT"),
     Command("IDLE", idle.idle, _AUTHENTICATED, capability=b"IDLE", timed=False),
-    Command("NOTIFY", notify.notify, _AUTHENTICATED, capability=b"NOTIFY"),  # RFC 5465: mailapp/imap/notify.py
     Command("COMPRESS", compress.compress, _AUTHENTICATED, capability=b"COMPRESS=DEFLATE", announced=_AUTHENTICATED),
     Command("NAMESPACE", mailboxes.namespace, _AUTHENTICATED, capability=b"NAMESPACE"),
     Command("CREATE", mailboxes.create, _AUTHENTICATED),
@@ -112,6 +111,8 @@ _TABLE = (
     Command("UID STORE", accepting_saved(store.uid_store, by_uid=True), _SELECTED),
     Command("COPY", accepting_saved(copy.copy, by_uid=False), _SELECTED),
     Command("UID COPY", accepting_saved(copy.uid_copy, by_uid=True), _SELECTED),
+    # authenticated again: last, so that the capabilities clients saw before keep their order
+    Command("NOTIFY", notify.notify, _AUTHENTICATED, capability=b"NOTIFY"),  # RFC 5465: mailapp/imap/notify.py
 )
 
 #: The table, by command name as sent (upper case; ``UID FETCH`` and the like as two words).
