@@ -289,6 +289,9 @@ class Notifier:
                 self._line(b"LIST (" + attributes + b") \"/\" " + self._mailbox(name))
         else:
             return
+        if not self.active:
+            self._lines.clear()  # it overflowed (L{_watch}): nothing more is said
+            return
         if len(self._statuses) + len(self._lines) > MAX_PENDING:
             self.overflow()
             return

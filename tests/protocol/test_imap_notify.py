@@ -312,6 +312,19 @@ class NotifyTests(TestCase):
         reply = self.client(None).command(b"NOTIFY SET (PERSONAL (MessageNew MessageExpunge))")
         self.assertEqual(reply, b"t2 NO [NOTIFICATIONOVERFLOW] More than %d mailboxes\r\n" % notify.MAX_WATCHED)
 
+    def test_a_folder_created_past_the_bound_is_told_as_overflow_and_notify_turns_off(self) -> None:
+        existing = len(self.successResultOf(self.mailbox.listFolders()))
+        for n in range(notify.MAX_WATCHED - existing):
+            self.successResultOf(self.mailbox.createFolder(f"f{n}"))
+        client = self.client(None)
+        client.ok(b"NOTIFY SET (PERSONAL (MessageNew MessageExpunge MailboxName))")  # exactly the bound
+        client.transport.clear()
+        self.successResultOf(self.mailbox.createFolder("one-more"))
+        self.assertEqual(self.unsolicited(client), b"* OK [NOTIFICATIONOVERFLOW] Too many notifications; NOTIFY is now off\r\n")
+        client.transport.clear()
+        self.deliver()
+        self.assertEqual(self.unsolicited(client), b"")
+
     def test_a_client_that_does_not_read_is_told_of_the_overflow_and_notify_turns_off(self) -> None:
         self.successResultOf(self.mailbox.createFolder("Projects"))
         client = self.client(b"Drafts")
