@@ -204,6 +204,17 @@ class NotifyTests(TestCase):
         self.successResultOf(self.inbox.expunge([1]))
         self.assertEqual(self.unsolicited(client), b"* 1 EXPUNGE\r\n")
 
+    def test_with_qresync_a_pushed_expunge_is_vanished(self) -> None:
+        self.deliver()
+        self.deliver()
+        client = self.client(None)
+        client.ok(b"ENABLE QRESYNC")
+        client.ok(b"SELECT INBOX")
+        client.ok(b"NOTIFY SET (SELECTED (MessageNew MessageExpunge FlagChange))")
+        client.transport.clear()
+        self.successResultOf(self.inbox.expunge([1]))
+        self.assertEqual(self.unsolicited(client), b"* VANISHED 1\r\n")
+
     def test_selected_delayed_holds_an_expunge_until_a_command_that_may_tell_it(self) -> None:
         self.deliver()
         self.deliver()
