@@ -36,6 +36,13 @@ class NotifyTests(TestCase):
             client.ok(b"SELECT " + select)
         return client
 
+    def watching(self, notify_set: bytes, select: bytes | None = b"Drafts") -> Client:
+        """A session with C{NOTIFY SET notify_set} in effect and its output cleared: what comes next is unsolicited."""
+        client = self.client(select)
+        client.ok(b"NOTIFY SET " + notify_set)
+        client.transport.clear()
+        return client
+
     def unsolicited(self, client: Client) -> bytes:
         """What the session wrote on its own since the last command."""
         return client.transport.value()
@@ -50,9 +57,7 @@ class NotifyTests(TestCase):
         self.assertIn(b" NOTIFY ", Client(self, self.factory).ok(b"CAPABILITY"))
 
     def test_new_mail_in_a_watched_inbox_is_told_as_status_without_idle_or_a_command(self) -> None:
-        client = self.client(b"Drafts")
-        client.ok(b"NOTIFY SET (INBOXES (MessageNew MessageExpunge))")
-        client.transport.clear()
+        client = self.watching(b"(INBOXES (MessageNew MessageExpunge))")
         self.deliver()
         self.assertEqual(
             self.unsolicited(client), b"* STATUS \"INBOX\" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1)\r\n" % self.validity
@@ -71,17 +76,13 @@ class NotifyTests(TestCase):
         )
 
     def test_a_folder_no_filter_matches_is_not_told(self) -> None:
-        client = self.client(b"Drafts")
-        client.ok(b"NOTIFY SET (INBOXES (MessageNew MessageExpunge))")
-        client.transport.clear()
+        client = self.watching(b"(INBOXES (MessageNew MessageExpunge))")
         sent = self.successResultOf(self.mailbox.folder("Sent"))
         self.successResultOf(sent.append(MESSAGE))
         self.assertEqual(self.unsolicited(client), b"")
 
     def test_a_group_with_none_keeps_a_mailbox_out_of_later_groups(self) -> None:
-        client = self.client(b"Drafts")
-        client.ok(b"NOTIFY SET (MAILBOXES INBOX NONE) (PERSONAL (MessageNew MessageExpunge))")
-        client.transport.clear()
+        client = self.watching(b"(MAILBOXES INBOX NONE) (PERSONAL (MessageNew MessageExpunge))")
         self.deliver()
         self.assertEqual(self.unsolicited(client), b"")
         sent = self.successResultOf(self.mailbox.folder("Sent"))
@@ -107,17 +108,13 @@ class NotifyTests(TestCase):
 
     def test_a_flag_change_in_another_mailbox_is_told_with_flagchange(self) -> None:
         self.deliver()
-        client = self.client(b"Drafts")
-        client.ok(b"NOTIFY SET (INBOXES (MessageNew MessageExpunge FlagChange))")
-        client.transport.clear()
+        client = self.watching(b"(INBOXES (MessageNew MessageExpunge FlagChange))")
         self.successResultOf(self.inbox.setFlags([1], ["\\Seen"], "add"))
         self.assertIn(b"* STATUS \"INBOX\" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 0)\r\n" % self.validity, self.unsolicited(client))
 
     def test_a_flag_change_is_not_told_without_flagchange(self) -> None:
         self.deliver()
-        client = self.client(b"Drafts")
-        client.ok(b"NOTIFY SET (INBOXES (MessageNew MessageExpunge))")
-        client.transport.clear()
+        client = self.watching(b"(INBOXES (MessageNew MessageExpunge))")
         self.successResultOf(self.inbox.setFlags([1], ["\\Seen"], "add"))
         self.assertEqual(self.unsolicited(client), b"")
 
@@ -181,16 +178,12 @@ class NotifyTests(TestCase):
     # -- the selected mailbox -----------------------------------------------------------------------
 
     def test_new_mail_in_the_selected_mailbox_is_exists_and_the_fetch_atts_asked_for(self) -> None:
-        client = self.client(b"INBOX")
-        client.ok(b"NOTIFY SET (SELECTED (MessageNew (UID FLAGS) MessageExpunge))")
-        client.transport.clear()
+        client = self.watching(b"(SELECTED (MessageNew (UID FLAGS) MessageExpunge))", b"INBOX")
         self.deliver()
         self.assertEqual(self.unsolicited(client), b"* 1 EXISTS\r\n* 1 RECENT\r\n* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n")
 
     def test_without_a_selected_filter_the_selected_mailbox_is_told_at_the_next_command_only(self) -> None:
-        client = self.client(b"INBOX")
-        client.ok(b"NOTIFY SET (INBOXES (MessageNew MessageExpunge))")
-        client.transport.clear()
+        client = self.watching(b"(INBOXES (MessageNew MessageExpunge))", b"INBOX")
         self.deliver()
         self.assertEqual(self.unsolicited(client), b"")
         self.assertIn(b"* 1 EXISTS\r\n", client.ok(b"NOOP"))
@@ -198,9 +191,7 @@ class NotifyTests(TestCase):
     def test_selected_sends_an_expunge_at_once(self) -> None:
         self.deliver()
         self.deliver()
-        client = self.client(b"INBOX")
-        client.ok(b"NOTIFY SET (SELECTED (MessageNew MessageExpunge))")
-        client.transport.clear()
+        client = self.watching(b"(SELECTED (MessageNew MessageExpunge))", b"INBOX")
         self.successResultOf(self.inbox.expunge([1]))
         self.assertEqual(self.unsolicited(client), b"* 1 EXPUNGE\r\n")
 
@@ -218,9 +209,7 @@ class NotifyTests(TestCase):
     def test_selected_delayed_holds_an_expunge_until_a_command_that_may_tell_it(self) -> None:
         self.deliver()
         self.deliver()
-        client = self.client(b"INBOX")
-        client.ok(b"NOTIFY SET (SELECTED-DELAYED (MessageNew MessageExpunge))")
-        client.transport.clear()
+        client = self.watching(b"(SELECTED-DELAYED (MessageNew MessageExpunge))", b"INBOX")
         self.successResultOf(self.inbox.expunge([1]))
         self.assertEqual(self.unsolicited(client), b"")
         self.assertNotIn(b"EXPUNGE", client.ok(b"FETCH 1:* FLAGS"))
@@ -269,9 +258,7 @@ class NotifyTests(TestCase):
     def test_subtree_watches_the_mailbox_and_those_below_it(self) -> None:
         for name in ("Lists", "Lists/a", "Listsx"):
             self.successResultOf(self.mailbox.createFolder(name))
-        client = self.client(None)
-        client.ok(b"NOTIFY SET (SUBTREE Lists (MessageNew MessageExpunge))")
-        client.transport.clear()
+        client = self.watching(b"(SUBTREE Lists (MessageNew MessageExpunge))", None)
         for name in ("Lists", "Lists/a", "Listsx"):
             self.successResultOf(self.successResultOf(self.mailbox.folder(name)).append(MESSAGE))
         self.assertEqual(re.findall(rb"\* STATUS \"([^\"]+)\" ", self.unsolicited(client)), [b"Lists", b"Lists/a"])
