@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailapp import logevents
 from mailapp.errors import MailboxGone, NoSuchFolder
@@ -61,6 +62,7 @@ from mailapp.records import (
     SUBSCRIBED,
     UNSUBSCRIBED,
     FolderEvent,
+    FolderStatus,
 )
 
 if TYPE_CHECKING:
@@ -75,6 +77,7 @@ __all__ = [
     "EventGroup",
     "Notifier",
     "NotifySpec",
+    "StatusReads",
 ]
 
 _log = Logger()
@@ -211,8 +214,10 @@ class Notifier:
         self._selectedEvents = selected.events or frozenset() if selected is not None else frozenset()
         self._delayed = selected is not None and selected.filter == "SELECTED-DELAYED"
         self._fetch = list(selected.fetch) if selected is not None else []
-        #: Folders with a STATUS to send (an ordered set), LIST lines to send, and whether the selected folder changed.
-        self._statuses: dict[str, None] = {}
+        #: Folders with a STATUS to send, each with the latest event that asked for it (its
+        #: read is shared with the sessions told of the same event: L{StatusReads}); LIST lines
+        #: to send; and whether the selected folder changed.
+        self._statuses: dict[str, FolderEvent] = {}
         self._lines: list[bytes] = []
         self._selectedChanged = False
         #: The selected view last seen, and its highest UID whose MessageNew fetch-atts were sent (or not due).
@@ -257,7 +262,8 @@ class Notifier:
                     self.resume()
                 return
             if self.spec.wants(name, message_event, self._subscribed):
-                self._statuses[name] = None
+                self._statuses.pop(name, None)  # in the order of the latest change
+                self._statuses[name] = event
         elif kind == FOLDER_CREATED:
             self._watch(name)
             if self.spec.wants(name, MAILBOX_NAME, self._subscribed):
@@ -348,10 +354,10 @@ class Notifier:
                     self._selectedChanged = False
                     if session.selected is not None and session.idling is None:
                         await self._tellSelected()
-                names = list(self._statuses)
+                statuses = list(self._statuses.items())
                 self._statuses.clear()
-                for name in names:
-                    await self._tellStatus(name)
+                for name, cause in statuses:
+                    await self._tellStatus(name, cause)
         except MailboxGone:
             session.untagged(b"BYE [UNAVAILABLE] This account was deleted")
             session.close()
@@ -376,16 +382,57 @@ class Notifier:
             new = selected.uids[bisect.bisect_right(selected.uids, before) :]
             await self._fetchNew(session, new, self._fetch)
 
-    async def _tellStatus(self, name: str) -> None:
+    async def _tellStatus(self, name: str, cause: FolderEvent) -> None:
         session = self._session
         if session.selected is not None and session.selected.folder.name == name:
             return  # the selected folder's changes are told as IDLE tells them, never as STATUS
         try:
-            folder = await session.mailbox.folder(name)
-            status = await folder.status()
+            status = await session.factory.statusReads.read(session.mailbox, name, cause)
         except NoSuchFolder:
             return
         session.untagged(status_response(name, status, session.utf8, session.condstore))
+
+
+class StatusReads:
+    """
+    The STATUS reads NOTIFY has in flight, one per factory: the sessions of
+    an account told of the same change (the same event) share one store read
+    of the folder's counters, as IDLE's sessions share their read of new mail
+    (L{mailapp.imap.factory.IMAPFactory.messagesAfter}). A session told of a
+    later change never joins a read that began before it: it starts its own.
+    """
+
+    def __init__(self) -> None:
+        self._reads: dict[tuple[str, str], tuple[object, list[defer.Deferred[FolderStatus]]]] = {}
+
+    def read(self, mailbox: Any, name: str, cause: object) -> defer.Deferred[FolderStatus]:
+        """Folder C{name}'s L{FolderStatus} as of (at least) C{cause}; fails as L{IFolder.status} does."""
+        key = (mailbox.account.lower(), name)
+        mine: defer.Deferred[FolderStatus] = defer.Deferred()
+        current = self._reads.get(key)
+        if current is not None and current[0] is cause:
+            current[1].append(mine)
+            return mine
+        entry: tuple[object, list[defer.Deferred[FolderStatus]]] = (cause, [mine])
+        self._reads[key] = entry
+
+        def deliver(result: FolderStatus | Failure) -> None:
+            if self._reads.get(key) is entry:
+                del self._reads[key]
+            for each in entry[1]:
+                if isinstance(result, Failure):
+                    each.errback(result)
+                else:
+                    each.callback(result)
+
+        defer.Deferred.fromCoroutine(_read_status(mailbox, name)).addBoth(deliver)
+        return mine
+
+
+async def _read_status(mailbox: Any, name: str) -> FolderStatus:
+    folder = await mailbox.folder(name)
+    status: FolderStatus = await folder.status()
+    return status
 
 
 def status_response(name: str, status: Any, utf8: bool, condstore: bool) -> bytes:

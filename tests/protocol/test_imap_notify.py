@@ -75,6 +75,32 @@ class NotifyTests(TestCase):
             self.unsolicited(client), b"* STATUS \"INBOX\" (MESSAGES 3 UIDNEXT 4 UIDVALIDITY %d UNSEEN 3)\r\n" % self.validity
         )
 
+    def test_sessions_told_of_the_same_delivery_share_one_status_read_and_a_later_one_reads_again(self) -> None:
+        watch = b"(INBOXES (MessageNew MessageExpunge))"
+        first = [self.watching(watch) for _ in range(3)]
+        real_status = type(self.inbox).status
+        reads: list[Deferred[None]] = []
+
+        def held_status(folder: object) -> Deferred[object]:
+            now = self.successResultOf(real_status(folder))  # the counters when the read is made
+            held: Deferred[None] = Deferred()
+            reads.append(held)
+            return held.addCallback(lambda _: now)
+
+        self.patch(type(self.inbox), "status", held_status)
+        self.deliver()
+        self.assertEqual(len(reads), 1)  # three sessions, one read
+        later = self.watching(watch)
+        self.deliver()
+        # The later session, told of the second delivery only, never joins the read made before it.
+        self.assertEqual(len(reads), 2)
+        for read in list(reads):
+            read.callback(None)
+        self.assertEqual(re.findall(rb"MESSAGES (\d)", self.unsolicited(later)), [b"2"])
+        for client in first:
+            self.assertEqual(re.findall(rb"MESSAGES (\d)", self.unsolicited(client)), [b"1", b"2"])
+        self.assertEqual(len(reads), 2)  # then the first three joined the later session's read of the second delivery
+
     def test_a_folder_no_filter_matches_is_not_told(self) -> None:
         client = self.watching(b"(INBOXES (MessageNew MessageExpunge))")
         sent = self.successResultOf(self.mailbox.folder("Sent"))
