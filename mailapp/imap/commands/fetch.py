@@ -14,6 +14,7 @@ body sets \\Seen first (not BODY.PEEK), in one store change.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import os
 import re
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from mailapp.imap.selected import SelectedFolder
     from mailapp.imap.session import IMAPServer
 
-__all__ = ["FetchItem", "fetch", "load_structures", "parse_fetch_items", "structure_cut", "uid_fetch"]
+__all__ = ["FetchItem", "fetch", "fetch_unsolicited", "load_structures", "parse_fetch_items", "structure_cut", "uid_fetch"]
 
 _log = Logger()
 
@@ -253,6 +254,35 @@ async def _fetch(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid
         session.tagged(tag, b"OK", b"[EXPUNGEISSUED] Some messages were already expunged")
         return
     await session.complete(tag, b"FETCH completed", allow_expunge=by_uid, with_uid=by_uid)
+
+
+async def fetch_unsolicited(session: IMAPServer, uids: list[int], items: list[FetchItem]) -> None:
+    """
+    FETCH responses for C{uids} of the selected folder, with no tagged
+    reply and never setting \\Seen (a body section is answered as its
+    ``.PEEK``): NOTIFY's MessageNew fetch-atts (RFC 5465 5.2), sent after
+    the EXISTS of the new messages. A message gone meanwhile is left out.
+    """
+    selected = session.selected
+    if selected is None or not uids:
+        return
+    positions = []
+    for uid in sorted(uids):  # by bisection: new mail is at the end of a folder of any size
+        position = bisect.bisect_left(selected.uids, uid)
+        if position < len(selected.uids) and selected.uids[position] == uid:
+            positions.append(position)
+    if not any(i.needs_file for i in items):
+        await _fetchFromIndex(session, selected, positions, items)
+    elif all(i.kind in _FROM_INDEX or i.kind in _FROM_CACHE for i in items):
+        await _fetchFromCache(session, selected, positions, items)
+    else:
+        for position in positions:
+            if position >= len(selected.uids) or not selected.active:
+                break
+            try:
+                await _fetchOne(session, selected, position, items)
+            except binary.UnknownEncoding:
+                continue
 
 
 @functools.lru_cache(maxsize=1024)
