@@ -404,6 +404,14 @@ class IFolder(Interface):
         Fails with L{mailapp.errors.NoSuchMessage}.
         """
 
+    def readMessages(uids: Sequence[int], limit: int) -> Deferred[dict[int, bytes | None]]:
+        """
+        L{readMessage} for each of C{uids} in one trip to a worker thread:
+        UID -> its bytes, or None when larger than C{limit}; a UID whose
+        message is gone is left out. What a FETCH of many small messages
+        uses instead of a trip (or three) per message.
+        """
+
     def cachedStructures(uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:
         """
         Fire with UID -> the cached structure blob of version C{version}

@@ -390,7 +390,8 @@ class Notifier:
             status = await session.factory.statusReads.read(session.mailbox, name, cause)
         except NoSuchFolder:
             return
-        session.untagged(status_response(name, status, session.utf8, session.condstore))
+        modseq = session.condstore or self.spec.wants(name, FLAG_CHANGE, self._subscribed)
+        session.untagged(status_response(name, status, session.utf8, modseq))
 
 
 class StatusReads:
@@ -436,7 +437,12 @@ async def _read_status(mailbox: Any, name: str) -> FolderStatus:
 
 
 def status_response(name: str, status: Any, utf8: bool, condstore: bool) -> bytes:
-    """The untagged STATUS NOTIFY sends for a mailbox other than the selected one (without its ``* ``)."""
+    """
+    The untagged STATUS NOTIFY sends for a mailbox other than the selected
+    one (without its ``* ``); C{condstore}: with HIGHESTMODSEQ, which is
+    also what tells a FlagChange watcher that flags changed (as Dovecot
+    sends it, CONDSTORE on or not).
+    """
     body = b"MESSAGES %d UIDNEXT %d UIDVALIDITY %d UNSEEN %d" % (status.messages, status.uidnext, status.uidvalidity, status.unseen)
     if condstore:
         body += b" HIGHESTMODSEQ %d" % status.highestmodseq

@@ -218,6 +218,20 @@ class MaildirFolder:
     def readMessage(self, uid: int, limit: int) -> Deferred[bytes | None]:
         return self.store.run(self._readFile, uid, lambda path: read_message_file(path, limit))
 
+    def readMessages(self, uids: Sequence[int], limit: int) -> Deferred[dict[int, bytes | None]]:
+        wanted = list(uids)
+
+        def read() -> dict[int, bytes | None]:
+            found: dict[int, bytes | None] = {}
+            for uid in wanted:
+                try:
+                    found[uid] = self._readFile(uid, lambda path: read_message_file(path, limit))
+                except NoSuchMessage:
+                    pass
+            return found
+
+        return self.store.run(read)
+
     def cachedStructures(self, uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:
         wanted = list(uids)
 

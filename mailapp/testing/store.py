@@ -181,6 +181,15 @@ class FakeFolder:
             return fail(NoSuchMessage(f"no such message: {uid}"))
         return succeed(data if len(data) <= limit else None)
 
+    def readMessages(self, uids: Sequence[int], limit: int) -> Deferred[dict[int, bytes | None]]:
+        found: dict[int, bytes | None] = {}
+        for uid in uids:
+            self._state.opened.append(uid)
+            data = self._data(uid)
+            if data is not None:
+                found[uid] = data if len(data) <= limit else None
+        return succeed(found)
+
     def cachedStructures(self, uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:
         state = self._state
         found = {}

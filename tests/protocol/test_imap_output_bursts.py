@@ -7,6 +7,7 @@ chunk gathered in the session.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.internet.testing import StringTransport
@@ -78,3 +79,35 @@ class OutputBurstTests(TestCase):
         self.assertEqual(sent.count(b" FETCH (FLAGS"), 3000)
         # 3,000 lines in 12 batches, written a chunk at a time, not a batch or a line at a time.
         self.assertLessEqual(transport.writes, len(sent) // CHUNK_SIZE + 2)
+
+    def test_a_fetch_of_small_messages_bodies_reads_them_in_one_store_trip_in_order_around_a_large_one(self):
+        # imaptest's stress FETCHes header fields of twenty messages at a time:
+        # one store read for them all (L{fetch._fetchMessages}), not an open per message.
+        from mailapp.imap.commands import fetch
+
+        for n in range(20):
+            self.successResultOf(self.inbox.append(b"From: a@example.test\r\nSubject: %d\r\n\r\nbody %d\r\n" % (n, n)))
+        large = b"Subject: large\r\n\r\n" + b"x" * (fetch.SMALL_MESSAGE + 10) + b"\r\n"
+        self.successResultOf(self.inbox.append(large))
+        self.successResultOf(self.inbox.append(b"Subject: after\r\n\r\nlast\r\n"))
+        protocol, transport = self.session()
+        protocol.dataReceived(b"b SELECT INBOX\r\n")
+        folder = protocol.selected.folder
+        reads: list[list[int]] = []
+        opens: list[int] = []
+        real_read, real_open = folder.readMessages, folder.openMessage
+        self.patch(folder, "readMessages", lambda uids, limit: reads.append(list(uids)) or real_read(uids, limit))
+        self.patch(folder, "openMessage", lambda uid: opens.append(uid) or real_open(uid))
+        transport.clear()
+        transport.writes = 0
+        protocol.dataReceived(b"c FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)] ENVELOPE)\r\n")
+        self.context.reactor.advance(0)
+        sent = transport.value()
+        self.assertTrue(sent.endswith(b"c OK FETCH completed\r\n"), sent[-300:])
+        self.assertEqual(reads, [list(range(1, 21)), [22]])
+        self.assertEqual(opens, [21])  # the large one is opened and streamed by itself
+        subjects = [int(n) for n in re.findall(rb"Subject: (\d+)\r\n\r\n", sent)]
+        self.assertEqual(subjects, list(range(20)))  # in order
+        self.assertLess(sent.index(b"Subject: 19"), sent.index(b"Subject: large"))
+        self.assertLess(sent.index(b"Subject: large"), sent.index(b"Subject: after"))
+        self.assertIn(b'ENVELOPE (NIL "0" ((NIL NIL "a" "example.test"))', sent)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -67,6 +68,9 @@ _FROM_CACHE = ("ENVELOPE", "BODYSTRUCTURE", "BODY")
 _SECTIONS = {"ENVELOPE": structurecache.ENVELOPE, "BODYSTRUCTURE": structurecache.BODYSTRUCTURE, "BODY": structurecache.BODY}
 #: Cached structures read per store trip by a FETCH.
 _CACHE_READ = 1024
+#: A message at most this size is read whole for a FETCH of its bytes, L{_SMALL_READ} in one store trip.
+SMALL_MESSAGE = 128 * 1024
+_SMALL_READ = 32
 #: Message files opened at once (and scanned in one trip to a worker thread) to fill missing structures.
 _FILL_BATCH = 64
 
@@ -236,15 +240,11 @@ async def _fetch(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid
     elif all(i.kind in _FROM_INDEX or i.kind in _FROM_CACHE for i in items):
         missing = not await _fetchFromCache(session, selected, positions, items)
     else:
-        for position in positions:
-            if position >= len(selected.uids) or not selected.active:
-                break
-            try:
-                if not await _fetchOne(session, selected, position, items):
-                    missing = True
-            except binary.UnknownEncoding:
-                session.tagged(tag, b"NO", b"[UNKNOWN-CTE] Unknown content-transfer-encoding")
-                return
+        try:
+            missing = not await _fetchMessages(session, selected, positions, items)
+        except binary.UnknownEncoding:
+            session.tagged(tag, b"NO", b"[UNKNOWN-CTE] Unknown content-transfer-encoding")
+            return
     if missing:
         # Expunged longer ago than the store holds its file (mailapp.store.expunged), or
         # deleted behind the store's back: no response for it, and OK as Dovecot says it
@@ -276,13 +276,7 @@ async def fetch_unsolicited(session: IMAPServer, uids: list[int], items: list[Fe
     elif all(i.kind in _FROM_INDEX or i.kind in _FROM_CACHE for i in items):
         await _fetchFromCache(session, selected, positions, items)
     else:
-        for position in positions:
-            if position >= len(selected.uids) or not selected.active:
-                break
-            try:
-                await _fetchOne(session, selected, position, items)
-            except binary.UnknownEncoding:
-                continue
+        await _fetchMessages(session, selected, positions, items, skip_unknown_encoding=True)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -448,27 +442,138 @@ async def load_structures(
     return found, gone
 
 
-async def _fetchOne(session: IMAPServer, selected: SelectedFolder, position: int, items: list[FetchItem]) -> bool:
-    """One message's FETCH response, its bodies streamed from the file; False if it is gone."""
+async def _fetchMessages(
+    session: IMAPServer, selected: SelectedFolder, positions: list[int], items: list[FetchItem], skip_unknown_encoding: bool = False
+) -> bool:
+    """
+    The FETCH responses of C{positions} for items that need the messages'
+    bytes; False if some message is gone. A small message (at most
+    L{SMALL_MESSAGE}) is read whole, L{_SMALL_READ} of them in one store
+    trip, and scanned and decoded in one more for them all
+    (L{_prepare_all}); a larger one is opened and streamed by itself.
+    Under imaptest's stress a FETCH of twenty small messages took one
+    worker-thread round trip or three per message, 1.3 ms each.
+    """
+    complete = True
+    info = selected.info
+    start = 0
+    while start < len(positions):
+        if not selected.active:
+            break
+        chunk: list[int] = []
+        while start < len(positions) and len(chunk) < _SMALL_READ:
+            position = positions[start]
+            if position >= len(selected.uids) or info[selected.uids[position]].size > SMALL_MESSAGE:
+                break
+            chunk.append(position)
+            start += 1
+        if not chunk:
+            position = positions[start]
+            start += 1
+            if position >= len(selected.uids):
+                break
+            chunk_prepared: list[_Prepared | None] = [None]
+            chunk = [position]
+        else:
+            uids = [selected.uids[p] for p in chunk]
+            read = await selected.folder.readMessages(uids, SMALL_MESSAGE)
+            if len(read) < len(uids):
+                complete = False
+            chunk_prepared = await session.factory.offThread(_prepare_all, read, uids, items)
+        for position, prepared in zip(chunk, chunk_prepared):
+            if position >= len(selected.uids) or not selected.active:
+                break
+            if prepared is not None and prepared.gone:
+                continue
+            try:
+                if not await _fetchOne(session, selected, position, items, prepared):
+                    complete = False
+            except binary.UnknownEncoding:
+                if not skip_unknown_encoding:
+                    raise
+    return complete
+
+
+@dataclass
+class _Prepared:
+    """A small message read whole, with what its FETCH needs computed off the reactor (L{_prepare_all})."""
+
+    handle: IO[bytes]
+    scanned: mime.Structure | None = None
+    #: Item index -> a BINARY item's decoded content.
+    decoded: dict[int, bytes] | None = None
+    #: BINARY met an encoding it does not know (raised where the response is made, in order).
+    unknown_encoding: bool = False
+    #: Gone since the UIDs were taken: no response.
+    gone: bool = False
+
+
+def _prepare_all(read: dict[int, bytes | None], uids: list[int], items: list[FetchItem]) -> list[_Prepared | None]:
+    """
+    Worker thread: each message of C{uids} (its bytes in C{read}; not
+    there: gone) with its structure scanned and BINARY parts decoded, when
+    the items need them. None: larger than read whole after all (its file
+    is streamed instead).
+    """
+    wants_structure = any(i.needs_structure for i in items)
+    prepared: list[_Prepared | None] = []
+    for uid in uids:
+        if uid not in read:
+            prepared.append(_Prepared(io.BytesIO(b""), gone=True))
+            continue
+        data = read[uid]
+        if data is None:
+            prepared.append(None)
+            continue
+        entry = _Prepared(io.BytesIO(data))
+        if wants_structure:
+            entry.scanned = _scan(entry.handle)
+            decoded: dict[int, bytes] = {}
+            try:
+                for index, item in enumerate(items):
+                    if item.kind in ("BINARY", "BINARY.SIZE"):
+                        assert item.section is not None
+                        decoded[index] = _decoded(entry.handle, entry.scanned.root, item.section.parts)
+            except binary.UnknownEncoding:
+                entry.unknown_encoding = True
+            entry.decoded = decoded
+        prepared.append(entry)
+    return prepared
+
+
+async def _fetchOne(
+    session: IMAPServer, selected: SelectedFolder, position: int, items: list[FetchItem], prepared: _Prepared | None = None
+) -> bool:
+    """One message's FETCH response, its bodies streamed from the file (or from C{prepared}, in memory); False if it is gone."""
     uid = selected.uids[position]
     entry = selected.info[uid]
-    try:
-        handle = await selected.folder.openMessage(uid)
-    except NoSuchMessage:
-        return False
+    if prepared is not None:
+        handle = prepared.handle
+    else:
+        try:
+            handle = await selected.folder.openMessage(uid)
+        except NoSuchMessage:
+            return False
     try:
         structure: mime.Part | None = None
         if any(i.needs_structure for i in items):
-            scanned = await session.factory.offThread(_scan, handle)
+            scanned = prepared.scanned if prepared is not None else None
+            if scanned is None:
+                scanned = await session.factory.offThread(_scan, handle)
             structure = scanned.root
             if scanned.cut:
                 structure_cut(uid)
         size = structure.end if structure is not None else None
         decoded: dict[int, bytes] = {}
+        if prepared is not None and prepared.unknown_encoding:
+            raise binary.UnknownEncoding()
         for index, item in enumerate(items):
             if item.kind in ("BINARY", "BINARY.SIZE"):
                 assert structure is not None and item.section is not None
-                decoded[index] = await session.factory.offThread(_decoded, handle, structure, item.section.parts)
+                if prepared is not None and prepared.decoded is not None and index in prepared.decoded:
+                    decoded[index] = prepared.decoded[index]
+                else:
+                    decoded[index] = await session.factory.offThread(_decoded, handle, structure, item.section.parts)
         out = [b"* %d FETCH (" % (position + 1)]
         first = True
         for index, item in enumerate(items):
@@ -530,6 +635,14 @@ async def _fetchOne(session: IMAPServer, selected: SelectedFolder, position: int
 async def _stream(session: IMAPServer, handle: IO[bytes], offset: int, length: int) -> None:
     """Send C{length} bytes of the file from C{offset}, a chunk at a time, paced by the transport."""
     flow = session.flow
+    if isinstance(handle, io.BytesIO):
+        # A small message read whole (L{_fetchMessages}): no trip for its bytes.
+        data = handle.getbuffer()[offset : offset + length].tobytes()
+        if len(data) < length:
+            _log.error("imap message file shorter than expected", log_event=logevents.IMAP_INTERNAL_ERROR)
+            data += b" " * (length - len(data))  # keep the literal's promise, as below
+        session.write(data)
+        return
     while length > 0:
         data = await session.factory.offThread(_read_at, handle, offset, min(CHUNK_SIZE, length))
         if not data:
