@@ -6,9 +6,10 @@ FakeStore: every mailbox in memory, with the Maildir store's contracts
 from __future__ import annotations
 
 import io
+import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -17,7 +18,7 @@ from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMess
 from mailapp.interfaces import IFolder, IFreeSpace, IMailbox, IMessageStore, IMessageWriter
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder
-from mailapp.records import ChangesSince, FlagChange, FolderPlacement
+from mailapp.records import ChangesSince, FlagChange, FolderPlacement, MessageOrigin
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
 
 if TYPE_CHECKING:
@@ -56,13 +57,19 @@ class FakeMessageWriter:
         return b"".join(self._chunks)
 
 
+#: The fakes' MAILBOXIDs and EMAILIDs: unique within the process.
+_object_ids = itertools.count(1)
+
+
 class _FakeFolderState:
     def __init__(self, uidvalidity: int, subscribed: bool = False) -> None:
         self.uidvalidity = uidvalidity
+        #: RFC 8474: moves with the state on a rename; a folder made again is a new state.
+        self.mailboxid = "F%d" % next(_object_ids)
         self.uidnext = 1
         #: As the Maildir store: INBOX and the special folders start subscribed, a created folder not.
         self.subscribed = subscribed
-        #: uid -> [bytes, flags, internaldate, modseq]
+        #: uid -> [bytes, flags, internaldate, modseq, emailid, savedate]
         self.messages: dict[int, list[Any]] = {}
         #: RFC 7162, as the Maildir store keeps them: raised by every change of a message and every expunge.
         self.highestmodseq = 1
@@ -116,10 +123,12 @@ class FakeFolder:
         if ordered:
             self.mailbox.store.events.publish(FolderEvent(kind, self.account, self.name, ordered, source))
 
-    def _add(self, data: bytes, flags: Iterable[str], internaldate: float) -> int:
+    def _add(self, data: bytes, flags: Iterable[str], internaldate: float, emailid: str | None = None) -> int:
+        """A message saved now; a copy or move passes its original's EMAILID (RFC 8474 5.1), a new message gets one."""
         state = self._state
         uid, state.uidnext = state.uidnext, state.uidnext + 1
-        state.messages[uid] = [data, frozenset(flags), internaldate, state.nextModseq()]
+        emailid = emailid or "M%d" % next(_object_ids)
+        state.messages[uid] = [data, frozenset(flags), internaldate, state.nextModseq(), emailid, self.mailbox.store.clock()]
         return uid
 
     def refresh(self) -> Deferred[None]:
@@ -180,6 +189,16 @@ class FakeFolder:
             if kept is not None and kept[0] == version and uid in state.messages:
                 found[uid] = kept[1]
         return succeed(found)
+
+    def mailboxId(self) -> Deferred[str]:
+        try:
+            return succeed(self._state.mailboxid)
+        except NoSuchFolder as e:
+            return fail(e)
+
+    def origins(self, uids: Sequence[int]) -> Deferred[dict[int, MessageOrigin]]:
+        messages = self._state.messages
+        return succeed({uid: MessageOrigin(messages[uid][4], messages[uid][5]) for uid in uids if uid in messages})
 
     def saveStructures(self, blobs: Mapping[int, bytes], version: int) -> Deferred[None]:
         state = self._state
@@ -253,7 +272,7 @@ class FakeFolder:
         for uid in sorted(set(uids)):
             message = self._state.messages.get(uid)
             if message is not None:
-                mapping[uid] = target._add(message[0], message[1], message[2])
+                mapping[uid] = target._add(message[0], message[1], message[2], message[4])
         target._publish(ADDED, mapping.values(), source=self.name)
         return succeed(mapping)
 
@@ -263,7 +282,7 @@ class FakeFolder:
         for uid in sorted(set(uids)):
             message = self._state.remove(uid) if uid in self._state.messages else None
             if message is not None:
-                mapping[uid] = target._add(message[0], message[1], message[2])
+                mapping[uid] = target._add(message[0], message[1], message[2], message[4])
         target._publish(ADDED, mapping.values(), source=self.name)
         self._publish(EXPUNGED, mapping)
         return succeed(mapping)
@@ -395,6 +414,8 @@ class FakeStore:
         self._mailboxes: dict[str, dict[str, _FakeFolderState]] = {}
         self._lost_subscriptions: dict[str, set[str]] = {}
         self._validity = 1000
+        #: What save dates are taken from (RFC 8514): set it to a test's clock (C{lambda: clock.seconds()}).
+        self.clock: Callable[[], float] = time.time
         self.failDeliver = False
         self.failFinish = False
         #: (accounts, folder, bytes) for every successful delivery, in order.
