@@ -53,9 +53,16 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
     folder = await open_folder(session, tag, arguments[0])
     if folder is None:
         return
-    view, snapshot = await SelectedFolder.open(
-        folder, readonly, session.account, session.factory, session.write, modseq=session.condstore
-    )
+    # RFC 8474 4.1: asked for while the view is read (one small file, in parallel).
+    mailboxid = folder.mailboxId()
+    try:
+        view, snapshot = await SelectedFolder.open(
+            folder, readonly, session.account, session.factory, session.write, modseq=session.condstore
+        )
+    except BaseException:
+        mailboxid.addErrback(lambda _: None)
+        raise
+    mailboxid_code = await mailboxid
     session.select(view)
     session.write(view.flagsResponses())
     session.untagged(b"%d EXISTS" % len(view.uids))
@@ -67,6 +74,7 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
     session.untagged(b"OK [UIDNEXT %d] Predicted next UID" % view.uidnext)
     if session.condstore:
         session.untagged(b"OK [HIGHESTMODSEQ %d] Highest" % view.highestmodseq)
+    session.untagged(b"OK [MAILBOXID (%s)] Ok" % mailboxid_code.encode("ascii"))
     if qresync is not None and qresync.uidvalidity == view.uidvalidity:
         await _resync(session, view, qresync)
     mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
