@@ -86,9 +86,12 @@ def _charset(part: mime.Part) -> str:
     for name, value in part.content_type[2]:
         if name.lower() == "charset":
             try:
-                return codecs.lookup(value.strip()).name
+                found = codecs.lookup(value.strip()).name
             except LookupError:
                 break
+            # US-ASCII is also the default a part without a charset is given (RFC 2045 5.2), and 8-bit
+            # text under it is UTF-8 in practice (a superset: true ASCII decodes the same).
+            return "utf-8" if found == "ascii" else found
     return "utf-8"
 
 
