@@ -441,7 +441,12 @@ class FakeStore:
         for placement, folder in folders.items():
             if folder not in self.mailbox(placement.account)._folders:
                 return fail(NoSuchFolder(f"no such folder: {folder}"))
-        uids = [FakeFolder(self.mailbox(p.account), folders[p])._add(data, tuple(p.flags), message.internaldate) for p in placements]
+        # One file linked into every placement, as the Maildir store does: one EMAILID (RFC 8474 5.1).
+        emailid = "M%d" % next(_object_ids)
+        uids = [
+            FakeFolder(self.mailbox(p.account), folders[p])._add(data, tuple(p.flags), message.internaldate, emailid)
+            for p in placements
+        ]
         for placement, uid in zip(placements, uids):
             self.events.publish(FolderEvent(ADDED, placement.account, folders[placement], (uid,)))
             self.deliveries.append(((placement.account,), folders[placement], data))
@@ -456,10 +461,11 @@ class FakeStore:
         for account in accounts:
             unique.setdefault(account.lower(), account)
         data = message.data()
+        emailid = "M%d" % next(_object_ids)
         result = {}
         for account in unique.values():
             target = FakeFolder(self.mailbox(account), normalize_folder(folder))
-            result[account] = target._add(data, (), message.internaldate)
+            result[account] = target._add(data, (), message.internaldate, emailid)
         for account, uid in result.items():
             self.events.publish(FolderEvent(ADDED, account, normalize_folder(folder), (uid,)))
         self.deliveries.append((tuple(unique.values()), folder, data))

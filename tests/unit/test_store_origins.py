@@ -20,6 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from mailapp.records import FolderPlacement
 from mailapp.store import MaildirStore, index
 from mailapp.store.folders import META_NAME
 from mailapp.store.names import folder_directory, mailbox_directory
@@ -61,6 +62,18 @@ class _Contract:
         self.assertEqual((yield copies.origins([1]))[1].emailid, first[1].emailid)
         self.assertEqual((yield moved.origins([1]))[1].emailid, first[2].emailid)
         self.assertEqual(list((yield inbox.origins([1, 2]))), [1])
+
+    @inlineCallbacks
+    def test_one_delivery_into_two_folders_is_one_emailid_in_both(self: Any) -> Any:
+        yield self.store.mailbox(ALICE).createFolder("Work")
+        writer = self.store.newMessage()
+        yield writer.write(MESSAGE)
+        yield writer.finish()
+        uids = yield self.store.deliverPlacements(writer, [FolderPlacement(ALICE), FolderPlacement(ALICE, "Work")])
+        inbox, work = (yield self.folder()), (yield self.folder("Work"))
+        self.assertEqual((yield inbox.origins([uids[0]]))[uids[0]].emailid, (yield work.origins([uids[1]]))[uids[1]].emailid)
+        yield self.deliver()
+        self.assertEqual(len({o.emailid for o in (yield inbox.origins([1, 2])).values()}), 2)
 
     @inlineCallbacks
     def test_the_save_date_is_when_the_message_was_saved_into_the_folder(self: Any) -> Any:
