@@ -415,8 +415,9 @@ class IFolder(Interface):
         Fire with UID -> L{mailapp.records.MessageOrigin} for each of
         C{uids} the folder still has: its EMAILID (the same for its copies
         in other folders, across restarts and rebuilds) and its save date
-        (RFC 8514; None when not known). One read of the index, never a
-        message file.
+        (RFC 8514; None when not known). A message expunged moments ago
+        that L{openMessage} still reads is there too, with its EMAILID and
+        no save date. One read of the index, never a message file.
         """
 
     def saveStructures(blobs: Mapping[int, bytes], version: int) -> Deferred[None]:

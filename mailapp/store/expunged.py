@@ -40,7 +40,7 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["DIRECTORY_NAME", "HOLD_SECONDS", "find", "hold", "purge"]
+__all__ = ["DIRECTORY_NAME", "HOLD_SECONDS", "find", "held_names", "hold", "purge"]
 
 DIRECTORY_NAME = "mailapp-expunged"
 #: How long an expunged message stays readable: far longer than any client
@@ -88,6 +88,22 @@ def find(folder_directory: Path, uid: int) -> Path | None:
             if entry.name.startswith(prefix):
                 return Path(entry.path)
     return None
+
+
+def held_names(folder_directory: Path) -> dict[int, str]:
+    """UID -> the name its file had in the Maildir, for every message held now (worker thread; one scan of the hold)."""
+    found: dict[int, str] = {}
+    try:
+        entries = os.scandir(folder_directory / DIRECTORY_NAME)
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    with entries:
+        for entry in entries:
+            uid, _, rest = entry.name.partition(".")
+            _, _, name = rest.partition(".")
+            if uid.isdigit() and name:
+                found[int(uid)] = name
+    return found
 
 
 def purge(folder_directory: Path, now: float | None = None, max_age: float = HOLD_SECONDS) -> int:

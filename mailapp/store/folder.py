@@ -243,7 +243,15 @@ class MaildirFolder:
 
         def read() -> dict[int, MessageOrigin]:
             with self._connect() as conn:
-                return origins.read_origins(conn, self.name, wanted)
+                found = origins.read_origins(conn, self.name, wanted)
+            if len(found) < len(wanted):
+                # Expunged moments ago and still held for the sessions that have it in view
+                # (L{expunged}): its EMAILID is its file's still; its save date went with its row.
+                held = expunged.held_names(self.directory)
+                for uid in wanted:
+                    if uid not in found and uid in held:
+                        found[uid] = MessageOrigin(origins.email_id(held[uid]), None)
+            return found
 
         return self.store.run(read)
 

@@ -79,6 +79,8 @@ class _FakeFolderState:
         #: uid -> bytes of expunged messages, still readable as the Maildir store's are for a while
         #: (clear it to play that while over).
         self.expunged: dict[int, bytes] = {}
+        #: uid -> EMAILID of the messages in C{expunged} (answered while they are held, as the Maildir store does).
+        self.expunged_emailids: dict[int, str] = {}
         #: uid -> (version, blob): L{FakeFolder.saveStructures}
         self.structures: dict[int, tuple[int, bytes]] = {}
         #: Every UID L{FakeFolder.openMessage} or L{FakeFolder.readMessage} was asked for, in order.
@@ -197,8 +199,12 @@ class FakeFolder:
             return fail(e)
 
     def origins(self, uids: Sequence[int]) -> Deferred[dict[int, MessageOrigin]]:
-        messages = self._state.messages
-        return succeed({uid: MessageOrigin(messages[uid][4], messages[uid][5]) for uid in uids if uid in messages})
+        state = self._state
+        found = {uid: MessageOrigin(state.messages[uid][4], state.messages[uid][5]) for uid in uids if uid in state.messages}
+        for uid in uids:
+            if uid not in found and uid in state.expunged:
+                found[uid] = MessageOrigin(state.expunged_emailids[uid], None)
+        return succeed(found)
 
     def saveStructures(self, blobs: Mapping[int, bytes], version: int) -> Deferred[None]:
         state = self._state
@@ -252,7 +258,9 @@ class FakeFolder:
         state = self._state
         removed = [uid for uid in sorted(set(uids)) if uid in state.messages]
         for uid in removed:
-            state.expunged[uid] = state.remove(uid)[0]
+            message = state.remove(uid)
+            state.expunged[uid] = message[0]
+            state.expunged_emailids[uid] = message[4]
         self._publish(EXPUNGED, removed)
         return succeed(removed)
 

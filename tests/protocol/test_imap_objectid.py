@@ -94,13 +94,18 @@ class ObjectIdTests(TestCase):
         self.assertEqual(threads[0][1], threads[2][1])
         self.assertIn(b"* SEARCH 1 3\r\n", self.client().ok(b"SEARCH THREADID " + threads[0][1].strip(b"()")))
 
-    def test_emailid_of_a_message_another_session_expunged_is_left_out_with_expungeissued(self) -> None:
+    def test_emailid_of_a_message_another_session_expunged_is_answered_while_it_is_held_then_expungeissued(self) -> None:
         self.append(PLAIN, HTML)
-        client = self.client()
+        first = self.emailids(self.client())[0]
+        client = self.client()  # its view has never asked for an EMAILID
         self.successResultOf(self.inbox.expunge([1]))
-        reply = client.command(b"FETCH 1:2 (EMAILID)")
+        reply = client.ok(b"FETCH 1 (EMAILID SAVEDATE)")
+        self.assertIn(b"* 1 FETCH (EMAILID (" + first + b") SAVEDATE NIL)\r\n", reply)
+        other = self.client()
+        self.successResultOf(self.inbox.expunge([2]))
+        self.inbox._state.expunged.clear()  # held past the store's while
+        reply = other.command(b"FETCH 1 (EMAILID)")
         self.assertNotIn(b"* 1 FETCH", reply)
-        self.assertIn(b"* 2 FETCH (EMAILID (", reply)
         self.assertIn(b"OK [EXPUNGEISSUED]", reply)
 
     # -- SAVEDATE ---------------------------------------------------------------------------------

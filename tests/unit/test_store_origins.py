@@ -10,6 +10,7 @@ Also the migration of a schema 4 index, and the fake store's same contract.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -140,6 +141,17 @@ class MaildirOriginTests(_Contract, TestCase):
         self.assertEqual((yield work.origins([1]))[1].emailid, before.emailid)
         self.assertIsNone((yield work.origins([1]))[1].savedate)
         self.assertEqual((yield work.mailboxId()), box_id)
+
+    @inlineCallbacks
+    def test_a_message_expunged_moments_ago_keeps_its_emailid_while_it_is_held(self) -> Any:
+        yield self.deliver()
+        inbox = yield self.folder()
+        before = (yield inbox.origins([1]))[1]
+        yield inbox.expunge([1])
+        self.assertEqual((yield inbox.origins([1, 2])), {1: dataclasses.replace(before, savedate=None)})
+        for held in (self.mailbox_dir / "mailapp-expunged").iterdir():
+            held.unlink()
+        self.assertEqual((yield inbox.origins([1])), {})
 
     @inlineCallbacks
     def test_an_expunge_and_a_move_out_rewrite_the_folder_record_keeping_its_mailboxid(self) -> Any:
