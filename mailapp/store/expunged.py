@@ -79,31 +79,27 @@ def hold(folder_directory: Path, filename: str, uid: int, now: float | None = No
 def find(folder_directory: Path, uid: int) -> Path | None:
     """The held file of expunged message C{uid}, if it is still there (worker thread; scans the hold, which is small)."""
     prefix = f"{uid}."
-    try:
-        entries = os.scandir(folder_directory / DIRECTORY_NAME)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    with entries:
-        for entry in entries:
-            if entry.name.startswith(prefix):
-                return Path(entry.path)
-    return None
+    return next((Path(entry.path) for entry in _held(folder_directory) if entry.name.startswith(prefix)), None)
 
 
 def held_names(folder_directory: Path) -> dict[int, str]:
     """UID -> the name its file had in the Maildir, for every message held now (worker thread; one scan of the hold)."""
     found: dict[int, str] = {}
-    try:
-        entries = os.scandir(folder_directory / DIRECTORY_NAME)
-    except (FileNotFoundError, NotADirectoryError):
-        return found
-    with entries:
-        for entry in entries:
-            uid, _, rest = entry.name.partition(".")
-            _, _, name = rest.partition(".")
-            if uid.isdigit() and name:
-                found[int(uid)] = name
+    for entry in _held(folder_directory):
+        uid, _, rest = entry.name.partition(".")
+        name = rest.partition(".")[2]
+        if uid.isdigit() and name:
+            found[int(uid)] = name
     return found
+
+
+def _held(folder_directory: Path) -> list[os.DirEntry[str]]:
+    """The hold's entries (none when there is no hold)."""
+    try:
+        with os.scandir(folder_directory / DIRECTORY_NAME) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def purge(folder_directory: Path, now: float | None = None, max_age: float = HOLD_SECONDS) -> int:
