@@ -178,8 +178,18 @@ class IEventBus(Interface):
         the callable that unsubscribes.
         """
 
+    def subscribeAccount(account: str, listener: Callable[[FolderEvent], object]) -> Callable[[], None]:
+        """
+        Call C{listener(event)} with every event of every folder of
+        C{account} (compared case-insensitively), the folder events
+        (created, deleted, renamed, subscribed) too: what an IMAP NOTIFY
+        session watching several folders follows with one subscription, at
+        a cost per event independent of how many folders the account has.
+        Returns the callable that unsubscribes.
+        """
+
     def publish(event: FolderEvent) -> None:
-        """Deliver C{event} to the subscribers of its folder, then to those of every folder."""
+        """Deliver C{event} to the subscribers of its folder, then to those of its account, then to those of every folder."""
 
 
 class IFreeSpace(Interface):

@@ -216,6 +216,8 @@ IMAP_LOGIN: Final = "imap.login"
 IMAP_TIMEOUT: Final = "imap.timeout"
 IMAP_AUTH_FAILURES_EXCEEDED: Final = "imap.auth_failures_exceeded"
 IMAP_INTERNAL_ERROR: Final = "imap.internal_error"
+#: A session's NOTIFY watch overflowed and was turned off (RFC 5465 NOTIFICATIONOVERFLOW); fields: account.
+IMAP_NOTIFY_OVERFLOW: Final = "imap.notify_overflow"
 #: a message deeper than mime.MAX_DEPTH or with more than mime.MAX_PARTS parts: the rest is text; also: uid
 IMAP_STRUCTURE_CUT: Final = "imap.structure_cut"
 

@@ -23,8 +23,14 @@ __all__ = [
     "DELIMITER",
     "EXPUNGED",
     "FLAGS_CHANGED",
+    "FOLDER_CREATED",
+    "FOLDER_DELETED",
+    "FOLDER_KINDS",
+    "FOLDER_RENAMED",
     "INBOX",
     "SPECIAL_FOLDERS",
+    "SUBSCRIBED",
+    "UNSUBSCRIBED",
     "FolderEvent",
     "FolderInfo",
     "FolderStatus",
@@ -191,15 +197,27 @@ ADDED: Final = "added"
 FLAGS_CHANGED: Final = "flags_changed"
 #: L{FolderEvent.kind}: messages were removed (EXPUNGE, MOVE, DELE).
 EXPUNGED: Final = "expunged"
+#: L{FolderEvent.kind}, no UIDs: the folder was created (IMAP CREATE, the webmail; a missing parent too).
+FOLDER_CREATED: Final = "folder_created"
+#: L{FolderEvent.kind}, no UIDs: the folder was deleted.
+FOLDER_DELETED: Final = "folder_deleted"
+#: L{FolderEvent.kind}, no UIDs: the folder was renamed to C{folder}; its old name is C{source} (one event per folder moved).
+FOLDER_RENAMED: Final = "folder_renamed"
+#: L{FolderEvent.kind}, no UIDs: the folder's name was subscribed, or unsubscribed (IMAP SUBSCRIBE, UNSUBSCRIBE).
+SUBSCRIBED: Final = "subscribed"
+UNSUBSCRIBED: Final = "unsubscribed"
+#: The kinds that are about a folder itself rather than its messages.
+FOLDER_KINDS: Final = frozenset({FOLDER_CREATED, FOLDER_DELETED, FOLDER_RENAMED, SUBSCRIBED, UNSUBSCRIBED})
 
 
 @dataclass(frozen=True)
 class FolderEvent:
-    """Something changed in one folder: C{kind} is L{ADDED}, L{FLAGS_CHANGED} or L{EXPUNGED}."""
+    """Something changed in one folder: C{kind} is L{ADDED}, L{FLAGS_CHANGED}, L{EXPUNGED} or one of L{FOLDER_KINDS}."""
 
     kind: str
     account: str
     folder: str
     uids: tuple[int, ...]
-    #: For C{added} by a copy or move: the folder the messages came from (the Junk learner's cue); None otherwise.
+    #: For C{added} by a copy or move: the folder the messages came from (the Junk learner's cue);
+    #: for C{folder_renamed}, the old name; None otherwise.
     source: str | None = None

@@ -7,7 +7,11 @@ import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.service_runner import TIMEOUT, ServiceProcess, listener, unverified_tls
 
@@ -127,3 +131,26 @@ class Raw:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def module_server(name: str) -> Any:
+    """A module-scoped C{server} fixture: one real service (L{start_server}) for a module's tests."""
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+        running = start_server(tmp_path_factory.mktemp(name))
+        yield running
+        running.terminate()
+
+    return server
+
+
+def account_per_test() -> Any:
+    """A C{user} fixture: each test its own account of L{USERS}, so that it starts from an empty mailbox."""
+    users = Users()
+
+    @pytest.fixture
+    def user(server: ServiceProcess) -> str:
+        return users.take()
+
+    return user

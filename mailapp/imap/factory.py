@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from mailapp.imap.notify import StatusReads
 from mailapp.imap.policy import IMAPPolicy
 from mailapp.imap.session import IMAPServer
 from mailapp.imap.snapshots import FolderSnapshot, FolderSnapshots
@@ -54,6 +55,8 @@ class IMAPFactory(SessionFactory):
         self.pools = pools
         #: Reads of "messages above UID n" in flight, shared (see messagesAfter).
         self._sharedReads: dict[tuple[str, str, int], list[defer.Deferred[list[MessageInfo]]]] = {}
+        #: NOTIFY's STATUS reads, shared by the sessions told of the same change (L{mailapp.imap.notify}).
+        self.statusReads = StatusReads()
         self.store = store
 
     # Twisted's Factory is generic over a protocol whose factory is Factory[Self]; SessionFactory is not generic.

@@ -39,7 +39,7 @@ its index entry (L{MessageInfo}) plus, when a FETCH or SEARCH needs it, its
 file, read on the store's worker pool (L{IMAPFactory.offThread}). Untagged
 EXISTS/FETCH/EXPUNGE for changes made by other sessions (and by SMTP
 delivery) are sent before the tagged reply of the next command and during
-IDLE; EXPUNGE is held back during FETCH, STORE and SEARCH (RFC 3501 7.4.1).
+IDLE (and between commands under NOTIFY: L{mailapp.imap.notify}); EXPUNGE is held back during FETCH, STORE and SEARCH (RFC 3501 7.4.1).
 The store's event bus is a hint: a session re-reads the folder when told, on
 NOOP/CHECK, and during IDLE also on a slow timer (so changes made by another
 process show up too).
@@ -70,6 +70,7 @@ from mailapp.sessions import BANNED, AuthOutcome, Overrun
 if TYPE_CHECKING:
     from mailapp.imap.commands.idle import Idle
     from mailapp.imap.factory import IMAPFactory
+    from mailapp.imap.notify import Notifier
 
 __all__ = ["IMAPServer", "NO_DISK_SPACE", "OutputFlow"]
 
@@ -159,6 +160,8 @@ class IMAPServer(LineSession):
         self.qresync = False
         #: The IDLE in progress, if any.
         self.idling: Idle | None = None
+        #: The NOTIFY SET in effect (RFC 5465), if any: it tells of changes between commands (L{holdFor}).
+        self.notify: Notifier | None = None
         #: ENABLE UTF8=ACCEPT (RFC 6855): mailbox names are UTF-8 both ways, quoted strings may carry it.
         self.utf8 = False
         #: ENABLE IMAP4rev2 (RFC 9051): its semantics where they differ from rev1 (no \\Recent, SEARCH as ESEARCH, ...).
@@ -193,6 +196,7 @@ class IMAPServer(LineSession):
         self._flow.stopProducing()
         if self.idling is not None:
             self.idling.stop()
+        self.setNotifier(None)
         self.unselect()
         self.state = State.LOGOUT
         self.reader.connectionLost()
@@ -321,6 +325,8 @@ class IMAPServer(LineSession):
             self._gathering -= 1
             if not self._gathering:
                 self.flushOutput()
+                if self.notify is not None:
+                    self.notify.resume()  # what it gathered while commands ran
 
     def tagged(self, tag: bytes, status: bytes, text: bytes) -> None:
         self._write(tag + b" " + status + b" " + text + b"\r\n")
@@ -372,6 +378,29 @@ class IMAPServer(LineSession):
     def _flushed(self, result: Any) -> None:
         if not self._gathering:  # else the command loop flushes as it returns
             self.flushOutput()
+            if self.notify is not None:
+                self.notify.resume()
+
+    # -- NOTIFY (mailapp.imap.notify) ----------------------------------------------------------------
+
+    def setNotifier(self, notifier: Notifier | None) -> None:
+        """Put C{notifier} in effect in place of the one before (None: NOTIFY NONE, or the session's end)."""
+        if self.notify is not None:
+            self.notify.stop()
+        self.notify = notifier
+        if notifier is not None:
+            notifier.start()
+
+    def mayNotify(self) -> bool:
+        """Whether unsolicited responses may go out now: between commands, never inside one's responses."""
+        if self._gathering or self._busy or self._closing or not self._connected:
+            return False  # in the command loop (it calls again as it returns), or a command's reply is pending
+        return self.state in (State.AUTHENTICATED, State.SELECTED)
+
+    def holdFor(self, d: defer.Deferred[None]) -> None:
+        """Hold further commands while C{d} (which never fails) sends unsolicited responses; its writes go out as one."""
+        self._wait(d)
+        d.addBoth(self._flushed)
 
     def _failed(self, tag: bytes, reason: Failure) -> None:
         if reason.check(BadCommand):

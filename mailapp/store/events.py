@@ -1,6 +1,7 @@
 """
 The in-process event bus: per-folder notifications of added messages,
-changed flags and expunges.
+changed flags and expunges, and per-mailbox ones of folders created,
+deleted, renamed, subscribed and unsubscribed.
 
 A notification is a hint: subscribers (IMAP sessions, the webmail) re-read
 the folder from the store when told, and also on a slow timer, so a lost
@@ -12,7 +13,7 @@ L{IEventBus} interface.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -24,11 +25,27 @@ from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, FolderEvent
 
 __all__ = ["ADDED", "EXPUNGED", "FLAGS_CHANGED", "EventBus", "FolderEvent", "Listener"]
 
+_NO_LISTENERS: tuple[Listener, ...] = ()
+
 Listener = Callable[[FolderEvent], object]
 
 
 def _key(account: str, folder: str) -> tuple[str, str]:
     return (account.lower(), folder)
+
+
+def _add(table: dict[Any, list[Listener]], key: Any, listener: Listener) -> Callable[[], None]:
+    """Add C{listener} under C{key}; the callable that removes it (and the key once it has none)."""
+    table[key].append(listener)
+
+    def unsubscribe() -> None:
+        listeners = table.get(key)
+        if listeners and listener in listeners:
+            listeners.remove(listener)
+            if not listeners:
+                del table[key]
+
+    return unsubscribe
 
 
 @implementer(IEventBus)
@@ -40,6 +57,8 @@ class EventBus:
     def __init__(self) -> None:
         self._listeners: dict[tuple[str, str], list[Listener]] = defaultdict(list)
         self._everything: list[Listener] = []
+        #: Subscribers to every folder of one account (IMAP NOTIFY), by lower-cased account.
+        self._accounts: dict[str, list[Listener]] = defaultdict(list)
 
     def subscribeAll(self, listener: Listener) -> Callable[[], None]:
         self._everything.append(listener)
@@ -51,24 +70,19 @@ class EventBus:
         return unsubscribe
 
     def subscribe(self, account: str, folder: str, listener: Listener) -> Callable[[], None]:
-        key = _key(account, folder)
-        self._listeners[key].append(listener)
+        return _add(self._listeners, _key(account, folder), listener)
 
-        def unsubscribe() -> None:
-            listeners = self._listeners.get(key)
-            if listeners and listener in listeners:
-                listeners.remove(listener)
-                if not listeners:
-                    del self._listeners[key]
-
-        return unsubscribe
+    def subscribeAccount(self, account: str, listener: Listener) -> Callable[[], None]:
+        return _add(self._accounts, account.lower(), listener)
 
     def publish(self, event: FolderEvent) -> None:
-        for listener in [*self._listeners.get(_key(event.account, event.folder), ()), *self._everything]:
+        folder = self._listeners.get(_key(event.account, event.folder), _NO_LISTENERS)
+        account = self._accounts.get(event.account.lower(), _NO_LISTENERS) if self._accounts else _NO_LISTENERS
+        for listener in [*folder, *account, *self._everything]:
             try:
                 listener(event)
             except Exception:
                 self._log.failure("store.event_listener_failed {kind} {folder}", kind=event.kind, folder=event.folder)
 
     def subscriberCount(self) -> int:
-        return sum(len(v) for v in self._listeners.values()) + len(self._everything)
+        return sum(len(v) for v in self._listeners.values()) + sum(len(v) for v in self._accounts.values()) + len(self._everything)

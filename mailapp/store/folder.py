@@ -102,8 +102,7 @@ class MaildirFolder:
                 with self._connect() as conn:
                     return message_counts(conn, self.name)
 
-            if self.directory in self.store.held_expunged:  # no system call when nothing is held
-                expunged.purge(self.directory)
+            self.store.held_expunged.purge(self.directory)  # no system call until a held file is old enough
             return outside.changed(self.directory, counts)
 
         def reconcile() -> FolderChanges:
@@ -433,15 +432,16 @@ class MaildirFolder:
                 except BaseException:
                     rollback(conn)
                     raise
+                holds = self.store.held_expunged
                 for uid, filename in victims:
                     expunged.hold(self.directory, filename, uid)
-                expunged.purge(self.directory)
+                if victims:
+                    holds.held(self.directory)
+                holds.purge(self.directory)
                 return [uid for uid, _ in victims]
 
         def publish(removed: list[int]) -> list[int]:
             self._publish(EXPUNGED, removed)
-            if removed:
-                self.store.held_expunged.add(self.directory)
             return removed
 
         return self.store.write(remove).addCallback(publish)

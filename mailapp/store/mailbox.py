@@ -27,7 +27,7 @@ from mailapp.store.database import rollback
 from mailapp.store.folder import MaildirFolder
 from mailapp.store.folders import create_folder
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, folder_directory, mailbox_directory, normalize_folder
-from mailapp.records import FolderInfo, Usage
+from mailapp.records import FOLDER_CREATED, FOLDER_DELETED, FOLDER_RENAMED, SUBSCRIBED, UNSUBSCRIBED, FolderEvent, FolderInfo, Usage
 from mailapp.store.usage import usage as read_usage
 
 if TYPE_CHECKING:
@@ -59,6 +59,12 @@ class MaildirMailbox:
     def _connect(self) -> ContextManager[sqlite3.Connection]:
         return connections.connection(self.directory, self.pin)
 
+    def _announce(self, kind: str, names: list[str] | list[tuple[str, str | None]]) -> None:
+        """Publish a folder event per name (a (name, old name) pair for a rename), on the reactor once the change is made."""
+        for each in names:
+            name, source = each if isinstance(each, tuple) else (each, None)
+            self.store.events.publish(FolderEvent(kind, self.account, name, (), source))
+
     def listFolders(self) -> Deferred[list[FolderInfo]]:
         def read() -> list[FolderInfo]:
             with self._connect() as conn:
@@ -81,17 +87,22 @@ class MaildirMailbox:
         except BadFolderName as e:
             return fail(e)
 
-        def create() -> None:
+        def create() -> list[str]:
+            created = []
             with self._connect() as conn:
                 parts = name.split(DELIMITER)
                 for depth in range(1, len(parts)):
-                    create_folder(conn, self.directory, DELIMITER.join(parts[:depth]))
+                    parent = DELIMITER.join(parts[:depth])
+                    if create_folder(conn, self.directory, parent):
+                        created.append(parent)
                 if not create_folder(conn, self.directory, name):
                     raise FolderExists(f"folder exists: {name}")
+                created.append(name)
                 if subscriptions.forget(self.directory, name):
                     conn.execute("UPDATE folders SET subscribed = 1 WHERE name = ?", (name,))
+            return created
 
-        return self.store.write(create)
+        return self.store.write(create).addCallback(lambda created: self._announce(FOLDER_CREATED, created))
 
     def deleteFolder(self, name: str) -> Deferred[None]:
         try:
@@ -119,7 +130,7 @@ class MaildirMailbox:
                     subscriptions.remember(self.directory, name)
                 shutil.rmtree(folder_directory(self.directory, name), ignore_errors=True)
 
-        return self.store.write(delete)
+        return self.store.write(delete).addCallback(lambda _: self._announce(FOLDER_DELETED, [name]))
 
     def renameFolder(self, old: str, new: str) -> Deferred[None]:
         try:
@@ -129,7 +140,7 @@ class MaildirMailbox:
         if INBOX in (old, new):
             return fail(BadFolderName("renaming INBOX is not supported"))
 
-        def rename() -> None:
+        def rename() -> list[tuple[str, str | None]]:
             with self._connect() as conn:
                 names = [r[0] for r in conn.execute("SELECT name FROM folders").fetchall()]
                 if old not in names:
@@ -138,6 +149,7 @@ class MaildirMailbox:
                     raise FolderExists(f"folder exists: {new}")
                 moving = [n for n in names if n == old or n.startswith(old + DELIMITER)]
                 parts = new.split(DELIMITER)
+                renamed: list[tuple[str, str | None]] = []
                 for depth in range(1, len(parts)):
                     parent = DELIMITER.join(parts[:depth])
                     if parent not in names and parent not in moving:
@@ -149,13 +161,15 @@ class MaildirMailbox:
                         os.rename(folder_directory(self.directory, name), folder_directory(self.directory, target))
                         conn.execute("UPDATE folders SET name = ? WHERE name = ?", (target, name))
                         conn.execute("UPDATE messages SET folder = ? WHERE folder = ?", (target, name))
+                        renamed.append((target, name))
                     conn.execute("COMMIT")
                 except BaseException:
                     rollback(conn)
                     raise
                 durable.fsync_directory(self.directory)
+                return renamed
 
-        return self.store.write(rename)
+        return self.store.write(rename).addCallback(lambda renamed: self._announce(FOLDER_RENAMED, renamed))
 
     def setSubscribed(self, name: str, subscribed: bool) -> Deferred[bool]:
         """
@@ -175,7 +189,12 @@ class MaildirMailbox:
                     return True
             return not subscribed and subscriptions.forget(self.directory, name)
 
-        return self.store.write(change)
+        def changed(done: bool) -> bool:
+            if done:
+                self._announce(SUBSCRIBED if subscribed else UNSUBSCRIBED, [name])
+            return done
+
+        return self.store.write(change).addCallback(changed)
 
     def subscribedWithoutFolder(self) -> Deferred[list[str]]:
         return self.store.run(lambda: sorted(subscriptions.read(self.directory)))

@@ -122,8 +122,8 @@ class MaildirStore:
             reactor, fulltext_pool if fulltext_pool is not None else self.threadpool, lambda account: account_directory(self.root, account)
         )
         self.events.subscribeAll(self.fulltext.event)
-        #: Folder directories whose expunged messages are held (L{expunged}): the hourly sweep purges them.
-        self.held_expunged: set[Path] = set()
+        #: Folder directories whose expunged messages are held (L{expunged}), and when each is next due a purge.
+        self.held_expunged = expunged.Holds()
 
     def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """
@@ -225,15 +225,5 @@ class MaildirStore:
         the folders this process expunged from that are old enough
         (L{expunged}): what L{mailapp.leftovers} calls every hour.
         """
-        folders, self.held_expunged = self.held_expunged, set()
 
-        def purge() -> set[Path]:
-            for directory in folders:
-                expunged.purge(directory)
-            return {directory for directory in folders if (directory / expunged.DIRECTORY_NAME).exists()}
-
-        def still_held(left: set[Path]) -> Deferred[int]:
-            self.held_expunged |= left
-            return self.cleanup()
-
-        return self.run(purge).addCallback(still_held)
+        return self.run(self.held_expunged.sweep).addCallback(lambda _: self.cleanup())

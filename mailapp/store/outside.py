@@ -77,6 +77,8 @@ def stamp(directory: Path) -> Stamp | None:
 
 _lock = threading.Lock()
 _known: dict[Path, Stamp] = {}
+#: Own changes under way per folder directory (L{own_change}).
+_changing: dict[Path, int] = {}
 
 
 def remember(directory: Path, taken: Stamp | None) -> None:
@@ -103,14 +105,27 @@ def own_change(directory: Path) -> Iterator[None]:
     not, someone else changed it first, and the stamp is left to say so.
     The new stamp is unsettled (taken right after a change), so the next
     look counts names once, in case another tool wrote in the same tick.
+    A L{changed} asked meanwhile, from another thread, says no: it would
+    see our change half made (a file in ``cur/`` whose row is not
+    committed yet) and send a reader to reconcile the folder on the
+    writer, behind the change itself; under imaptest's stress that was one
+    refresh in five, and a STATUS took a quarter of a second.
     """
-    before = stamp(directory)
-    yield
-    after = stamp(directory)
     with _lock:
-        known = _known.get(directory)
-        if known is not None and before is not None and after is not None and known.key == before.key:
-            _known[directory] = Stamp(after.key, True)
+        _changing[directory] = _changing.get(directory, 0) + 1
+    try:
+        before = stamp(directory)
+        yield
+        after = stamp(directory)
+        with _lock:
+            known = _known.get(directory)
+            if known is not None and before is not None and after is not None and known.key == before.key:
+                _known[directory] = Stamp(after.key, True)
+    finally:
+        with _lock:
+            left = _changing.pop(directory) - 1
+            if left:
+                _changing[directory] = left
 
 
 def changed(directory: Path, index_counts: Callable[[], tuple[int, int]]) -> bool:
@@ -124,6 +139,11 @@ def changed(directory: Path, index_counts: Callable[[], tuple[int, int]]) -> boo
     now = stamp(directory)
     with _lock:
         known = _known.get(directory)
+        if _changing.get(directory):
+            # Our own change is under way: the times and counts are between
+            # its steps. It leaves an unsettled stamp (own_change), so the
+            # next look still counts names for what another tool did meanwhile.
+            return False
     if now is None or known is None or now.key != known.key:
         return True
     if not known.unsettled:

@@ -18,7 +18,17 @@ from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMess
 from mailapp.interfaces import IFolder, IFreeSpace, IMailbox, IMessageStore, IMessageWriter
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder
-from mailapp.records import ChangesSince, FlagChange, FolderPlacement, MessageOrigin
+from mailapp.records import (
+    FOLDER_CREATED,
+    FOLDER_DELETED,
+    FOLDER_RENAMED,
+    SUBSCRIBED,
+    UNSUBSCRIBED,
+    ChangesSince,
+    FlagChange,
+    FolderPlacement,
+    MessageOrigin,
+)
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
 
 if TYPE_CHECKING:
@@ -319,6 +329,9 @@ class FakeMailbox:
         for name in (INBOX, *SPECIAL_FOLDERS):
             self._folders.setdefault(name, _FakeFolderState(store._nextValidity(), subscribed=True))
 
+    def _announce(self, kind: str, name: str, source: str | None = None) -> None:
+        self.store.events.publish(FolderEvent(kind, self.account, name, (), source))
+
     def usage(self) -> Deferred[Usage]:
         sizes = [len(m[0]) for state in self._folders.values() for m in state.messages.values()]
         return succeed(Usage(len(sizes), sum(sizes)))
@@ -335,11 +348,17 @@ class FakeMailbox:
         if name in self._folders:
             return fail(FolderExists(f"folder exists: {name}"))
         parts = name.split(DELIMITER)
+        created = []
         for depth in range(1, len(parts) + 1):
-            self._folders.setdefault(DELIMITER.join(parts[:depth]), _FakeFolderState(self.store._nextValidity()))
+            each = DELIMITER.join(parts[:depth])
+            if each not in self._folders:
+                self._folders[each] = _FakeFolderState(self.store._nextValidity())
+                created.append(each)
         if name in self._lost:
             self._lost.discard(name)
             self._folders[name].subscribed = True
+        for each in created:
+            self._announce(FOLDER_CREATED, each)
         return succeed(None)
 
     def deleteFolder(self, name: str) -> Deferred[None]:
@@ -354,6 +373,7 @@ class FakeMailbox:
             return fail(NoSuchFolder(f"no such folder: {name}"))
         if state.subscribed:
             self._lost.add(name)
+        self._announce(FOLDER_DELETED, name)
         return succeed(None)
 
     def renameFolder(self, old: str, new: str) -> Deferred[None]:
@@ -367,6 +387,7 @@ class FakeMailbox:
             return fail(FolderExists(f"folder exists: {new}"))
         for name in [n for n in self._folders if n == old or n.startswith(old + DELIMITER)]:
             self._folders[new + name[len(old):]] = self._folders.pop(name)
+            self._announce(FOLDER_RENAMED, new + name[len(old):], name)
         return succeed(None)
 
     def setSubscribed(self, name: str, subscribed: bool) -> Deferred[bool]:
@@ -374,9 +395,11 @@ class FakeMailbox:
         if state is None:
             if not subscribed and name in self._lost:
                 self._lost.discard(name)
+                self._announce(UNSUBSCRIBED, name)
                 return succeed(True)
             return succeed(False)
         state.subscribed = bool(subscribed)
+        self._announce(SUBSCRIBED if subscribed else UNSUBSCRIBED, name)
         return succeed(True)
 
     def subscribedWithoutFolder(self) -> Deferred[list[str]]:

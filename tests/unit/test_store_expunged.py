@@ -51,7 +51,33 @@ class ExpungedTests(StoreTestCase):
         held.rename(held.with_name(f"{uid}.{int(time.time()) - expunged.HOLD_SECONDS - 5}.{name}"))
         yield self.store.sweep()
         yield self.assertFailure(folder.openMessage(1), NoSuchMessage)
-        self.assertEqual(self.store.held_expunged, set())
+        self.assertEqual(list(self.store.held_expunged), [])
+
+    @inlineCallbacks
+    def test_a_hold_is_not_scanned_again_until_a_file_in_it_is_old_enough(self):
+        folder = yield self.expunged_message()
+        directory = folder_directory(mailbox_directory(self.root, ALICE), "INBOX")
+        holds = self.store.held_expunged
+        assert directory in holds
+        scanned: list[object] = []
+        real_scandir = expunged.os.scandir
+
+        def counting_scandir(path):  # type: ignore[no-untyped-def]
+            if str(path).endswith(expunged.DIRECTORY_NAME):
+                scanned.append(path)
+            return real_scandir(path)
+
+        self.patch(expunged.os, "scandir", counting_scandir)
+        now = time.time()
+        for _ in range(100):
+            self.assertEqual(holds.purge(directory, now=now + 1), 0)
+        yield folder.refresh()
+        self.assertEqual(scanned, [])
+        # Once the first held file is old enough: one scan, which removes it and forgets the empty hold.
+        self.assertEqual(holds.purge(directory, now=now + expunged.HOLD_SECONDS + 2), 1)
+        self.assertEqual(len(scanned), 1)
+        self.assertNotIn(directory, holds)
+        self.assertIsNone(expunged.find(directory, 1))
 
     @inlineCallbacks
     def test_a_held_message_never_comes_back_after_a_restart_or_an_index_rebuild(self):

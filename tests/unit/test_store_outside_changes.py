@@ -208,3 +208,29 @@ class OutsideChangeTestCase(TestCase):
             self.assertFalse(outside.changed(self.mailbox_dir, lambda: (0, count)))
         print(f"\nrefresh of an unchanged {count}-message folder: {per_refresh * 1e6:.0f} us per call,"
               f" the check alone {(time.perf_counter() - started) * 1e3:.0f} us")
+
+
+class OwnChangeUnderWayTests(TestCase):
+    """A look from another thread while the store's own change is half made (L{outside.own_change})."""
+
+    def setUp(self) -> None:
+        self.directory = Path(self.mktemp())
+        for sub in ("new", "cur", "tmp"):
+            (self.directory / sub).mkdir(parents=True)
+        outside.remember(self.directory, outside.stamp(self.directory))
+        self.addCleanup(outside.forget_all)
+
+    def test_a_look_during_our_own_change_does_not_send_the_folder_to_be_reconciled(self) -> None:
+        with outside.own_change(self.directory):
+            # The file is in cur/, its index row not committed yet: the counts disagree.
+            (self.directory / "cur" / "1733000000.M1P1.host,S=3,W=3,U=1:2,").write_bytes(b"abc")
+            assert outside.changed(self.directory, lambda: (0, 0)) is False
+        # After it: the stamp is ours, and unsettled, so the next look counts names against the index.
+        assert outside.changed(self.directory, lambda: (0, 1)) is False
+        assert outside.changed(self.directory, lambda: (0, 0)) is True
+
+    def test_a_change_by_another_tool_before_ours_is_still_seen_after_it(self) -> None:
+        (self.directory / "new" / "1733000000.M2P2.otherhost").write_bytes(b"x")
+        with outside.own_change(self.directory):
+            (self.directory / "cur" / "1733000000.M1P1.host,S=3,W=3,U=1:2,").write_bytes(b"abc")
+        assert outside.changed(self.directory, lambda: (0, 1)) is True

@@ -13,6 +13,7 @@ C{imapserver/<command>.go} and Stalwart's C{crates/imap/src/op/<command>.rs}:
   - L{select}: SELECT, EXAMINE, UNSELECT, CLOSE, CHECK
   - L{compress}: COMPRESS=DEFLATE (RFC 4978; the stream is the line base's)
   - L{idle}, L{append}, L{fetch}, L{store}, L{copy} (COPY and MOVE), L{expunge}, L{search}
+  - L{notify}: NOTIFY (RFC 5465; the watch is L{mailapp.imap.notify})
   - L{sort}: SORT and THREAD; L{results}: what SEARCH and SORT RETURN, and ``$`` (SEARCHRES);
     L{context}: live searches (UPDATE, CANCELUPDATE)
 
@@ -25,7 +26,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from mailapp.imap.commands import append, auth, compress, context, copy, expunge, fetch, idle, mailboxes, search, select, sort, store
+from mailapp.imap.commands import append, auth, compress, context, copy, expunge, fetch, idle, mailboxes, notify, search, select, sort, store
 from mailapp.imap.commands.results import accepting_saved
 from mailapp.imap.state import State
 from mailapp.imap.wire import Token
@@ -110,6 +111,8 @@ _TABLE = (
     Command("UID STORE", accepting_saved(store.uid_store, by_uid=True), _SELECTED),
     Command("COPY", accepting_saved(copy.copy, by_uid=False), _SELECTED),
     Command("UID COPY", accepting_saved(copy.uid_copy, by_uid=True), _SELECTED),
+    # authenticated again: last, so that the capabilities clients saw before keep their order
+    Command("NOTIFY", notify.notify, _AUTHENTICATED, capability=b"NOTIFY"),  # RFC 5465: mailapp/imap/notify.py
 )
 
 #: The table, by command name as sent (upper case; ``UID FETCH`` and the like as two words).

@@ -20,6 +20,7 @@ PREVIEW (LAZY) is answered the same way: the cache fills at first use.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import os
 import re
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from mailapp.imap.selected import SelectedFolder
     from mailapp.imap.session import IMAPServer
 
-__all__ = ["FetchItem", "fetch", "load_structures", "parse_fetch_items", "structure_cut", "uid_fetch"]
+__all__ = ["FetchItem", "fetch", "fetch_unsolicited", "load_structures", "parse_fetch_items", "structure_cut", "uid_fetch"]
 
 _log = Logger()
 
@@ -254,13 +255,9 @@ async def _fetch(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid
         items.append(FetchItem("FLAGS"))
     if session.condstore and not any(i.kind == "MODSEQ" for i in items) and any(i.kind == "FLAGS" for i in items):
         items.append(FetchItem("MODSEQ"))  # once CONDSTORE is on, FLAGS come with their MODSEQ (as Dovecot sends them)
-    missing = False
-    origins: dict[int, MessageOrigin] = {}
-    if any(i.kind in _FROM_ORIGINS for i in items):
-        origins = await load_origins(selected, [selected.uids[p] for p in positions])
-        kept = [p for p in positions if selected.uids[p] in origins]
-        missing = len(kept) < len(positions)  # gone from the index (expunged by another session): as a gone file
-        positions = kept
+    kept, origins = await _with_origins(selected, positions, items)
+    missing = len(kept) < len(positions)  # gone from the index and the hold (expunged by another session): as a gone file
+    positions = kept
     if not any(i.needs_file for i in items):
         await _fetchFromIndex(session, selected, positions, items, origins)
     elif all(i.kind in _FROM_INDEX or i.kind in _FROM_CACHE for i in items):
@@ -286,6 +283,36 @@ async def _fetch(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid
     await session.complete(tag, b"FETCH completed", allow_expunge=by_uid, with_uid=by_uid)
 
 
+async def fetch_unsolicited(session: IMAPServer, uids: list[int], items: list[FetchItem]) -> None:
+    """
+    FETCH responses for C{uids} of the selected folder, with no tagged
+    reply and never setting \\Seen (a body section is answered as its
+    ``.PEEK``): NOTIFY's MessageNew fetch-atts (RFC 5465 5.2), sent after
+    the EXISTS of the new messages. A message gone meanwhile is left out.
+    """
+    selected = session.selected
+    if selected is None or not uids:
+        return
+    positions = []
+    for uid in sorted(uids):  # by bisection: new mail is at the end of a folder of any size
+        position = bisect.bisect_left(selected.uids, uid)
+        if position < len(selected.uids) and selected.uids[position] == uid:
+            positions.append(position)
+    positions, origins = await _with_origins(selected, positions, items)
+    if not any(i.needs_file for i in items):
+        await _fetchFromIndex(session, selected, positions, items, origins)
+    elif all(i.kind in _FROM_INDEX or i.kind in _FROM_CACHE for i in items):
+        await _fetchFromCache(session, selected, positions, items, origins)
+    else:
+        for position in positions:
+            if position >= len(selected.uids) or not selected.active:
+                break
+            try:
+                await _fetchOne(session, selected, position, items, origins)
+            except binary.UnknownEncoding:
+                continue
+
+
 @functools.lru_cache(maxsize=1024)
 def _flagsItem(flags: frozenset[str], recent: bool) -> bytes:
     """FLAGS as sent: a folder's messages share a few sets, formatted once each (sorting was 8% of an index FETCH)."""
@@ -309,6 +336,20 @@ def _simpleItem(item: FetchItem, uid: int, info: MessageInfo, recent: bool, orig
         saved = origins[uid].savedate
         return b"SAVEDATE " + (format_datetime(saved) if saved is not None else b"NIL")
     raise AssertionError(item.kind)
+
+
+async def _with_origins(
+    selected: SelectedFolder, positions: list[int], items: list[FetchItem]
+) -> tuple[list[int], dict[int, MessageOrigin]]:
+    """
+    For items that need them (EMAILID, SAVEDATE), the origins of the
+    messages at C{positions}, and the positions of those that still have
+    one (the others are gone); otherwise C{positions} as they are.
+    """
+    if not any(i.kind in _FROM_ORIGINS for i in items):
+        return positions, {}
+    origins = await load_origins(selected, [selected.uids[p] for p in positions])
+    return [p for p in positions if selected.uids[p] in origins], origins
 
 
 async def load_origins(selected: SelectedFolder, uids: list[int]) -> dict[int, MessageOrigin]:
