@@ -172,3 +172,16 @@ class ObjectIdTests(TestCase):
         reply = client.ok(b"FETCH 1:2 (EMAILID SAVEDATE) (CHANGEDSINCE %d)" % modseq)
         self.assertNotIn(b"* 1 FETCH", reply)
         self.assertRegex(reply, rb'\* 2 FETCH \(EMAILID \(M\d+\) SAVEDATE " 4-Mar-2020 05:06:07 \+0000" MODSEQ \(\d+\)\)')
+
+    # -- with NOTIFY ------------------------------------------------------------------------------
+
+    def test_notify_messagenew_fetch_atts_may_name_the_object_items(self) -> None:
+        client = self.client()
+        client.ok(b"NOTIFY SET (SELECTED (MessageNew (UID EMAILID SAVEDATE PREVIEW) MessageExpunge))")
+        client.transport.clear()
+        self.append(PLAIN)
+        emailid = self.successResultOf(self.inbox.origins([1]))[1].emailid.encode()
+        self.assertIn(
+            b'* 1 FETCH (UID 1 EMAILID (' + emailid + b') SAVEDATE " 4-Mar-2020 05:06:07 +0000" PREVIEW "first body line two")\r\n',
+            client.transport.value(),
+        )
