@@ -10,9 +10,13 @@ from __future__ import annotations
 import calendar
 import re
 
+from twisted.internet.defer import fail
 from twisted.trial.unittest import TestCase
 
+from mailapp.errors import NoSuchFolder
+
 from mailapp.testing import FakeStore, build_factory, service_context
+from mailapp.testing.store import FakeFolder
 from tests.protocol.accounts import make_accounts
 from tests.protocol.test_imap_conformance import PASSWORD, USER, Client, literal
 
@@ -55,6 +59,12 @@ class ObjectIdTests(TestCase):
         client = self.client(select=None)
         self.assertIn(b"* OK [MAILBOXID (" + box_id + b")] ", client.ok(b"SELECT INBOX"))
         self.assertIn(b"* OK [MAILBOXID (" + box_id + b")] ", client.ok(b"EXAMINE INBOX"))
+
+    def test_a_folder_deleted_while_select_reads_its_mailboxid_is_no_nonexistent(self) -> None:
+        self.patch(FakeFolder, "mailboxId", lambda folder: fail(NoSuchFolder("gone")))
+        client = self.client(select=None)
+        self.assertIn(b"t2 NO [NONEXISTENT] No such mailbox\r\n", client.command(b"SELECT INBOX"))
+        self.assertIn(b"t3 BAD", client.command(b"FETCH 1 (FLAGS)"))  # nothing selected
 
     def test_create_answers_the_new_mailboxid_and_status_reports_it_after_a_rename(self) -> None:
         client = self.client(select=None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 from typing import TYPE_CHECKING, Any, Coroutine
 
+from mailapp.errors import NoSuchFolder
 from mailapp.imap.commands.condstore import QResync, fetch_responses, in_ranges, parse_select_parameters, vanished_earlier
 from mailapp.imap.commands.mailboxes import open_folder
 from mailapp.imap.flags import DELETED
@@ -62,7 +63,12 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
     except BaseException:
         mailboxid.addErrback(lambda _: None)
         raise
-    mailboxid_code = await mailboxid
+    try:
+        mailboxid_code = await mailboxid
+    except NoSuchFolder:
+        view.close()  # deleted by another session meanwhile
+        session.tagged(tag, b"NO", b"[NONEXISTENT] No such mailbox")
+        return
     session.select(view)
     session.write(view.flagsResponses())
     session.untagged(b"%d EXISTS" % len(view.uids))
