@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from mailapp.records import ChangesSince, FlagChange, FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, Usage
+from mailapp.records import ChangesSince, FlagChange, FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, MessageOrigin, Usage
 
 if TYPE_CHECKING:
     # Only named in annotations: the accounts implementation defines them,
@@ -419,6 +419,23 @@ class IFolder(Interface):
         store never looks inside a blob). Messages without one, or with a
         blob of another version, are left out: the caller computes and
         saves theirs. One read, never a message file.
+        """
+
+    def mailboxId() -> Deferred[str]:
+        """
+        Fire with the folder's MAILBOXID (RFC 8474): unique, the same after
+        a RENAME and a restart, new for a folder deleted and made again.
+        Fails with L{mailapp.errors.NoSuchFolder}.
+        """
+
+    def origins(uids: Sequence[int]) -> Deferred[dict[int, MessageOrigin]]:
+        """
+        Fire with UID -> L{mailapp.records.MessageOrigin} for each of
+        C{uids} the folder still has: its EMAILID (the same for its copies
+        in other folders, across restarts and rebuilds) and its save date
+        (RFC 8514; None when not known). A message expunged moments ago
+        that L{openMessage} still reads is there too, with its EMAILID and
+        no save date. One read of the index, never a message file.
         """
 
     def saveStructures(blobs: Mapping[int, bytes], version: int) -> Deferred[None]:

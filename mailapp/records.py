@@ -36,6 +36,7 @@ __all__ = [
     "FolderStatus",
     "MIN_TEXT_NEEDLE",
     "MessageInfo",
+    "MessageOrigin",
     "TEXT_SCOPES",
     "TextMatches",
     "Usage",
@@ -103,6 +104,20 @@ class MessageInfo:
     internaldate: float
     #: Its mod-sequence (RFC 7162): raised by every change of it (flags, keywords; a copy or move in is new).
     modseq: int = 1
+
+
+@dataclass(frozen=True)
+class MessageOrigin:
+    """
+    Which stored message a folder's message is, and since when it is in
+    this folder (L{mailapp.interfaces.IFolder.origins}): its EMAILID
+    (RFC 8474: the same for its copies in other folders, stable across
+    restarts) and its save date (RFC 8514: a POSIX timestamp, None when
+    not known, as after a rebuild of the index).
+    """
+
+    emailid: str
+    savedate: float | None
 
 
 @dataclass(frozen=True)

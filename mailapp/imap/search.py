@@ -44,6 +44,7 @@ __all__ = [
     "header_content",
     "load_content",
     "matches",
+    "object_keys",
     "parse_search",
     "read_header_block",
     "uses_modseq",
@@ -77,6 +78,8 @@ _HEADER_KEYS = {"SUBJECT"}
 _ADDRESS_KEYS = {"BCC", "CC", "FROM", "TO"}
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 _STRING_KEYS = {"BODY", "TEXT"}
+#: RFC 8514 4.2: the save date's keys.
+_SAVED_KEYS = {"SAVEDBEFORE": "BEFORE", "SAVEDON": "ON", "SAVEDSINCE": "SINCE"}
 
 
 class NeedContent(Exception):
@@ -95,6 +98,11 @@ class Message:
     recent: bool
     #: RFC 7162's SEARCH MODSEQ.
     modseq: int = 0
+    #: RFC 8474's EMAILID and THREADID, RFC 8514's save date: loaded only for a search that has
+    #: their keys (L{object_keys}); the save date None when the store does not know it.
+    emailid: str | None = None
+    threadid: str | None = None
+    savedate: float | None = None
 
 
 @dataclass
@@ -198,6 +206,13 @@ class _Parser:
             return ("MODSEQ", int(value))
         if name in _DATE_KEYS:
             return (name, parse_date(as_string(self.next("date"), "date")))
+        if name in _SAVED_KEYS:
+            return ("SAVED", _SAVED_KEYS[name], parse_date(as_string(self.next("date"), "date")))
+        if name == "SAVEDATESUPPORTED":
+            return ("ALL",)  # RFC 8514 4.2: every folder here keeps save dates
+        if name in ("EMAILID", "THREADID"):
+            # RFC 8474 6: an objectid; one that cannot be ours matches nothing, it is not an error.
+            return (name, as_string(self.next("objectid"), "objectid").decode("ascii", "replace"))
         if name in _HEADER_KEYS:
             return ("HEADER", name.lower(), self.text("string").casefold())
         if name in _ADDRESS_KEYS:
@@ -263,6 +278,15 @@ def matches(
         return in_set(key[1], message, True)
     if kind in ("BEFORE", "ON", "SINCE"):
         return _compare_date(kind, _date_of(message.internaldate), key[1])
+    if kind == "SAVED":
+        # A message whose save date is not known (indexed before there were any, or rebuilt) is
+        # searched by its internal date, the best the store knows of when it arrived.
+        saved = message.savedate if message.savedate is not None else message.internaldate
+        return _compare_date(key[1], _date_of(saved), key[2])
+    if kind == "EMAILID":
+        return bool(message.emailid == key[1])
+    if kind == "THREADID":
+        return bool(message.threadid is not None and message.threadid == key[1])
     if kind == "NOT":
         return not matches(key[1], message, content, in_set)
     if kind == "OR":
@@ -310,6 +334,17 @@ def _decode_header(value: str) -> str:
         return str(email.header.make_header(email.header.decode_header(value)))
     except Exception:
         return value
+
+
+def object_keys(key: Any) -> frozenset[str]:
+    """Which of EMAILID, THREADID and SAVED (the SAVED* keys) are anywhere in C{key}: what the search must load."""
+    if key[0] in ("EMAILID", "THREADID", "SAVED"):
+        return frozenset({key[0]})
+    if key[0] == "AND":
+        return frozenset().union(*(object_keys(sub) for sub in key[1]))
+    if key[0] in ("NOT", "OR"):
+        return frozenset().union(*(object_keys(sub) for sub in key[1:]))
+    return frozenset()
 
 
 def uses_modseq(key: Any) -> bool:

@@ -32,7 +32,7 @@ from twisted.internet import defer
 from mailapp.imap.flags import RECENT, SYSTEM_FLAGS
 from mailapp.imap.snapshots import FolderSnapshot
 from mailapp.imap.wire import format_flags, format_uid_set
-from mailapp.records import ADDED, MessageInfo
+from mailapp.records import ADDED, MessageInfo, MessageOrigin
 
 __all__ = ["RecentMarkers", "SelectedFolder"]
 
@@ -120,6 +120,9 @@ class SelectedFolder:
         self.shows_recent = True
         #: Told the UIDs about to be expunged, before their EXPUNGE responses (RFC 5267's REMOVEFROM).
         self.expunging: list[Callable[[list[int]], None]] = []
+        #: The EMAILID and save date of the messages FETCH or SEARCH asked about (they never change
+        #: for a UID: L{mailapp.imap.commands.fetch.load_origins}).
+        self.origins: dict[int, MessageOrigin] = {}
 
     @classmethod
     async def open(

@@ -1,7 +1,8 @@
 """
 What FETCH and SEARCH need of a message's structure, computed once and
 kept in the index (issue 19): the rendered ENVELOPE, BODYSTRUCTURE and
-BODY, and the header fields SEARCH SUBJECT/FROM/TO/CC/BCC and SENT* read.
+BODY, the header fields SEARCH SUBJECT/FROM/TO/CC/BCC and SENT* read, and
+the rendered PREVIEW (RFC 8970) and THREADID (RFC 8474: L{preview}).
 A second ``FETCH 1:* (ENVELOPE)`` then reads blobs from the index and opens
 no message file.
 
@@ -24,11 +25,22 @@ import struct
 import zlib
 from typing import IO, Any
 
-from mailapp.imap import mime
+from mailapp.imap import mime, preview
 from mailapp.imap import search as keys
 from mailapp.imap.wire import format_value
 
-__all__ = ["CODEC", "STRUCTURE_VERSION", "CachedStructure", "compute", "content", "decode", "header_keys_only", "search_fields"]
+__all__ = [
+    "CODEC",
+    "STRUCTURE_VERSION",
+    "CachedStructure",
+    "compute",
+    "content",
+    "decode",
+    "header_keys_only",
+    "preview_item",
+    "search_fields",
+    "thread_item",
+]
 
 #: The version of what L{compute} renders. Bump it whenever the bytes it
 #: returns would change for the same message: a change to
@@ -36,24 +48,26 @@ __all__ = ["CODEC", "STRUCTURE_VERSION", "CachedStructure", "compute", "content"
 #: or to how L{search.header_content} decodes fields. Every kept blob of
 #: another version is then ignored and recomputed at first use; no
 #: migration is needed.
-STRUCTURE_VERSION = 4  # 4: header fields decoded as UTF-8 (RFC 6532)
+STRUCTURE_VERSION = 5  # 4: header fields decoded as UTF-8 (RFC 6532); 5: PREVIEW and THREADID
 
 #: The header fields kept for SEARCH (HEADER on them; SUBJECT), besides the addresses FROM, TO, CC and BCC match.
 CACHED_FIELDS = frozenset({"subject", "from", "to", "cc", "bcc"})
 
-#: Each section's length, then each one's CRC-32: a section is checked only when it is used.
-_HEAD = struct.Struct(">IIIIIIII")
+#: The sections of a blob, for L{decode}'s C{wanted}, in the blob's order.
+ENVELOPE, BODYSTRUCTURE, BODY, SEARCH_FIELDS, PREVIEW, THREADID = 1, 2, 4, 8, 16, 32
+_SECTION_COUNT = 6
+ALL_SECTIONS = (1 << _SECTION_COUNT) - 1
 
-#: The sections of a blob, for L{decode}'s C{wanted}.
-ENVELOPE, BODYSTRUCTURE, BODY, SEARCH_FIELDS = 1, 2, 4, 8
-ALL_SECTIONS = ENVELOPE | BODYSTRUCTURE | BODY | SEARCH_FIELDS
+#: Each section's length, then each one's CRC-32: a section is checked only when it is used.
+_HEAD = struct.Struct(">" + "I" * 2 * _SECTION_COUNT)
 
 
 #: One message's blob, decoded (L{decode}): the three FETCH items as sent (name
-#: and value), in the order of L{ENVELOPE}, L{BODYSTRUCTURE}, L{BODY}, and the
-#: search fields (L{content}); a section L{decode} was not asked for is empty.
+#: and value), in the order of L{ENVELOPE}, L{BODYSTRUCTURE}, L{BODY}, the
+#: search fields (L{content}), then the PREVIEW and THREADID items as sent; a
+#: section L{decode} was not asked for is empty.
 #: A plain tuple: one is made for every message of a FETCH.
-CachedStructure = tuple[bytes, bytes, bytes, bytes]
+CachedStructure = tuple[bytes, bytes, bytes, bytes, bytes, bytes]
 
 
 def content(fields: bytes) -> keys.Content | None:
@@ -80,13 +94,26 @@ def compute(handle: IO[bytes]) -> bytes | None:
     content = keys.header_content(keys.read_header_block(handle))
     # marshal: loaded at C speed for every message a SEARCH matches (JSON was a quarter of its time).
     fields = ({name: values for name, values in content.headers.items() if name in CACHED_FIELDS}, content.sent, content.addresses)
+    thread = preview.thread_id(root)
     sections = (
         b"ENVELOPE " + format_value(mime.envelope(root)),
         b"BODYSTRUCTURE " + format_value(mime.body_structure(root, True)),
         b"BODY " + format_value(mime.body_structure(root, False)),
         marshal.dumps(fields, 4),
+        preview_item(preview.preview(handle, root)),
+        thread_item(thread),
     )
     return _HEAD.pack(*(len(x) for x in sections), *(zlib.crc32(x) for x in sections)) + b"".join(sections)
+
+
+def preview_item(text: str) -> bytes:
+    """The PREVIEW item as sent (RFC 8970 3.1: a string, a literal when it is not plain ASCII)."""
+    return b"PREVIEW " + format_value(text)
+
+
+def thread_item(thread: str | None) -> bytes:
+    """The THREADID item as sent (RFC 8474 5.2: parenthesized, or NIL)."""
+    return b"THREADID " + (b"(" + thread.encode("ascii") + b")" if thread is not None else b"NIL")
 
 
 def decode(blob: bytes, wanted: int = ALL_SECTIONS) -> CachedStructure | None:
@@ -98,29 +125,21 @@ def decode(blob: bytes, wanted: int = ALL_SECTIONS) -> CachedStructure | None:
     if len(blob) < _HEAD.size:
         return None
     head = _HEAD.unpack_from(blob)
-    a, b, c, d = head[:4]
-    if 32 + a + b + c + d != len(blob):
+    if _HEAD.size + sum(head[:_SECTION_COUNT]) != len(blob):
         return None
-    envelope = body_structure = body = fields = b""
-    if wanted & ENVELOPE:
-        envelope = blob[32 : 32 + a]
-        if zlib.crc32(envelope) != head[4]:
-            return None
-    b += a
-    if wanted & BODYSTRUCTURE:
-        body_structure = blob[32 + a : 32 + b]
-        if zlib.crc32(body_structure) != head[5]:
-            return None
-    c += b
-    if wanted & BODY:
-        body = blob[32 + b : 32 + c]
-        if zlib.crc32(body) != head[6]:
-            return None
-    if wanted & SEARCH_FIELDS:
-        fields = blob[32 + c :]
-        if zlib.crc32(fields) != head[7]:
-            return None
-    return (envelope, body_structure, body, fields)
+    sections = []
+    start = _HEAD.size
+    for number in range(_SECTION_COUNT):
+        end = start + head[number]
+        if wanted & (1 << number):
+            section = blob[start:end]
+            if zlib.crc32(section) != head[_SECTION_COUNT + number]:
+                return None
+            sections.append(section)
+        else:
+            sections.append(b"")
+        start = end
+    return (sections[0], sections[1], sections[2], sections[3], sections[4], sections[5])
 
 
 def search_fields(blob: bytes) -> bytes | None:
@@ -132,11 +151,11 @@ def search_fields(blob: bytes) -> bytes | None:
     if len(blob) < _HEAD.size:
         return None
     head = _HEAD.unpack_from(blob)
-    start = 32 + head[0] + head[1] + head[2]
-    if start + head[3] != len(blob):
+    if _HEAD.size + sum(head[:_SECTION_COUNT]) != len(blob):
         return None
-    fields = blob[start:]
-    return fields if zlib.crc32(fields) == head[7] else None
+    start = _HEAD.size + head[0] + head[1] + head[2]
+    fields = blob[start : start + head[3]]
+    return fields if zlib.crc32(fields) == head[_SECTION_COUNT + 3] else None
 
 
 def header_keys_only(key: Any) -> bool:

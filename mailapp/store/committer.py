@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -226,6 +227,7 @@ def _deliver_batch(
             for number in touching[mailbox_dir]:
                 failed.setdefault(number, e)
 
+    saved = time.time()  # the batch's save date (RFC 8514: when each message is saved into its folder)
     for number, job in enumerate(jobs):
         job.uids = [None] * len(job.placements)
         if job.stored is not None and number not in failed:
@@ -270,7 +272,7 @@ def _deliver_batch(
                 rows[placement.mailbox_dir].append(
                     (
                         number,
-                        (placement.folder, uid, relative, encode_flags(placement.flags), job.size, job.internaldate),
+                        (placement.folder, uid, relative, encode_flags(placement.flags), job.size, job.internaldate, saved),
                     )
                 )
             except BaseException as e:
@@ -289,7 +291,7 @@ def _deliver_batch(
         good = [values for number, values in rows[mailbox_dir] if number not in failed]
         try:
             conn.executemany(
-                "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (folder, uid, filename, flags, size, internaldate, savedate) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 good,
             )
             for (box, folder), value in uidnext.items():

@@ -29,6 +29,7 @@ from typing import Any
 
 from mailapp.store.changes import add_change_counter
 from mailapp.store.modseq import add_modseq
+from mailapp.store.origins import add_savedate_column
 from mailapp.store.rebuild import rebuild_tables
 from mailapp.store.structures import add_structures_table
 from mailapp.store.usage import add_usage_table
@@ -37,9 +38,10 @@ INDEX_NAME = "mailapp-index.sqlite3"
 #: 2: the mailbox's usage kept as a total by triggers (L{mailapp.store.usage});
 #: 3: each message's cached structure (L{mailapp.store.structures}) and each
 #: folder's change counter (L{mailapp.store.changes}); 4: each message's
-#: mod-sequence, each folder's highest, and the expunged UIDs (L{mailapp.store.modseq}).
+#: mod-sequence, each folder's highest, and the expunged UIDs (L{mailapp.store.modseq});
+#: 5: each message's save date (L{mailapp.store.origins}).
 #: An index of an older version is migrated at its first open.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS folders (
@@ -59,6 +61,7 @@ CREATE TABLE IF NOT EXISTS messages (
     size INTEGER NOT NULL,
     internaldate REAL NOT NULL,
     modseq INTEGER NOT NULL DEFAULT 1,
+    savedate REAL,
     PRIMARY KEY (folder, uid)
 ) WITHOUT ROWID;
 """
@@ -241,15 +244,18 @@ def _connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
                 rebuild_tables(conn, mailbox_dir)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 built = True
-            elif version in (1, 2, 3):
+            elif version in (1, 2, 3, 4):
                 if version == 1:
                     add_usage_table(conn)
                 if version in (1, 2):
                     # Empty: every blob is filled at first use.
                     add_structures_table(conn)
                     add_change_counter(conn, add_column=True)
-                # Every message and folder at mod-sequence 1.
-                add_modseq(conn, add_columns=True)
+                if version in (1, 2, 3):
+                    # Every message and folder at mod-sequence 1.
+                    add_modseq(conn, add_columns=True)
+                # Every message indexed so far: save date unknown.
+                add_savedate_column(conn)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version == SCHEMA_VERSION:
                 conn.execute("SELECT count(*) FROM folders").fetchone()

@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["DIRECTORY_NAME", "HOLD_SECONDS", "Holds", "find", "hold", "purge"]
+__all__ = ["DIRECTORY_NAME", "HOLD_SECONDS", "Holds", "find", "held_names", "hold", "purge"]
 
 DIRECTORY_NAME = "mailapp-expunged"
 #: How long an expunged message stays readable: far longer than any client
@@ -81,15 +81,27 @@ def hold(folder_directory: Path, filename: str, uid: int, now: float | None = No
 def find(folder_directory: Path, uid: int) -> Path | None:
     """The held file of expunged message C{uid}, if it is still there (worker thread; scans the hold, which is small)."""
     prefix = f"{uid}."
+    return next((Path(entry.path) for entry in _held(folder_directory) if entry.name.startswith(prefix)), None)
+
+
+def held_names(folder_directory: Path) -> dict[int, str]:
+    """UID -> the name its file had in the Maildir, for every message held now (worker thread; one scan of the hold)."""
+    found: dict[int, str] = {}
+    for entry in _held(folder_directory):
+        uid, _, rest = entry.name.partition(".")
+        name = rest.partition(".")[2]
+        if uid.isdigit() and name:
+            found[int(uid)] = name
+    return found
+
+
+def _held(folder_directory: Path) -> list[os.DirEntry[str]]:
+    """The hold's entries (none when there is no hold)."""
     try:
-        entries = os.scandir(folder_directory / DIRECTORY_NAME)
+        with os.scandir(folder_directory / DIRECTORY_NAME) as entries:
+            return list(entries)
     except (FileNotFoundError, NotADirectoryError):
-        return None
-    with entries:
-        for entry in entries:
-            if entry.name.startswith(prefix):
-                return Path(entry.path)
-    return None
+        return []
 
 
 def purge(folder_directory: Path, now: float | None = None, max_age: float = HOLD_SECONDS) -> int:

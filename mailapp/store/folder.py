@@ -28,13 +28,13 @@ from zope.interface import implementer
 
 from mailapp.errors import MAX_KEYWORDS_PER_FOLDER, MAX_KEYWORDS_PER_MESSAGE, KeywordLimit, NoSuchFolder, NoSuchMessage
 from mailapp.interfaces import IFolder
-from mailapp.store import changes, durable, expunged, fulltext, messagefile, outside, structures, transfer
+from mailapp.store import changes, durable, expunged, fulltext, messagefile, origins, outside, structures, transfer
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
-from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, ChangesSince, FlagChange, FolderEvent, FolderStatus, MessageInfo
+from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, ChangesSince, FlagChange, FolderEvent, FolderStatus, MessageInfo, MessageOrigin
 from mailapp.store.filenames import decode_flags, encode_flags, parse_filename
-from mailapp.store.folders import message_counts, record_uidnext
+from mailapp.store.folders import mailbox_id, message_counts, record_uidnext
 from mailapp.store.keywords import message_filename
 from mailapp.store.modseq import prune_vanished, vanished_since
 from mailapp.store.names import folder_directory
@@ -238,6 +238,33 @@ class MaildirFolder:
         def read() -> dict[int, bytes]:
             with self._connect() as conn:
                 return structures.read_structures(conn, self.name, wanted, version)
+
+        return self.store.run(read)
+
+    def mailboxId(self) -> Deferred[str]:
+        def read() -> str:
+            with self._connect() as conn:
+                try:
+                    return mailbox_id(conn, self.directory)
+                except FileNotFoundError:
+                    raise NoSuchFolder(f"no such folder: {self.name}") from None
+
+        return self.store.run(read)
+
+    def origins(self, uids: Sequence[int]) -> Deferred[dict[int, MessageOrigin]]:
+        wanted = sorted(uids)
+
+        def read() -> dict[int, MessageOrigin]:
+            with self._connect() as conn:
+                found = origins.read_origins(conn, self.name, wanted)
+            if len(found) < len(wanted):
+                # Expunged moments ago and still held for the sessions that have it in view
+                # (L{expunged}): its EMAILID is its file's still; its save date went with its row.
+                held = expunged.held_names(self.directory)
+                for uid in wanted:
+                    if uid not in found and uid in held:
+                        found[uid] = MessageOrigin(origins.email_id(held[uid]), None)
+            return found
 
         return self.store.run(read)
 

@@ -5,7 +5,10 @@ record, and their rows in the index.
 The record holds a folder's UIDVALIDITY and its UIDNEXT as of the last
 expunge, written durably, so that a rebuild of the index
 (L{mailapp.store.rebuild}) keeps UIDVALIDITY and never hands out a UID
-again; without it a rebuild starts a new UIDVALIDITY. The directories are
+again; without it a rebuild starts a new UIDVALIDITY. It also holds the
+folder's MAILBOXID (RFC 8474): in the directory, it moves with a RENAME
+and survives a rebuild, and a folder deleted and made again (a new
+directory, a new record) gets a new one. The directories are
 the truth about which folders exist: INBOX is the mailbox's own, every
 other folder a Maildir++ ``.Name`` directory with a ``cur/``.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -51,10 +55,58 @@ def read_meta(directory: Path) -> dict[str, int] | None:
     return None
 
 
+def read_mailbox_id(directory: Path) -> str | None:
+    """The folder's MAILBOXID as its record keeps it, or None (no record, or one written before there were any)."""
+    try:
+        value = json.loads((directory / META_NAME).read_text()).get("mailboxid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def new_mailbox_id() -> str:
+    """A fresh MAILBOXID: random, so unique across folders, mailboxes and servers (RFC 8474 4: objectid characters only)."""
+    return "F" + secrets.token_hex(12)
+
+
 def write_meta(directory: Path, uidvalidity: int, uidnext: int) -> None:
-    """Replace the folder's metadata file atomically and durably."""
-    data = json.dumps({"uidvalidity": uidvalidity, "uidnext": uidnext}).encode()
+    """
+    Replace the folder's metadata file atomically and durably. Its
+    MAILBOXID is kept while its UIDVALIDITY is the same (the same folder);
+    a record of another UIDVALIDITY, or none, gets a new one.
+    """
+    old = read_meta(directory)
+    mailboxid = read_mailbox_id(directory) if old is not None and old["uidvalidity"] == uidvalidity else None
+    data = json.dumps({"uidvalidity": uidvalidity, "uidnext": uidnext, "mailboxid": mailboxid or new_mailbox_id()}).encode()
     durable.replace_file(directory / META_NAME, data, directory / "tmp")
+
+
+def mailbox_id(conn: sqlite3.Connection, directory: Path) -> str:
+    """
+    The folder's MAILBOXID; a folder whose record has none (made before
+    there were any) is given one now, under the index's write lock so that
+    two processes asking at once agree on it. Fails with L{FileNotFoundError}
+    when the folder has no record at all (it is gone).
+    """
+    found = read_mailbox_id(directory)
+    if found is not None:
+        return found
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        meta = read_meta(directory)
+        if meta is None:
+            raise FileNotFoundError(directory / META_NAME)
+        found = read_mailbox_id(directory)
+        if found is None:
+            write_meta(directory, meta["uidvalidity"], meta["uidnext"])
+            found = read_mailbox_id(directory)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    assert found is not None
+    return found
 
 
 def record_uidnext(directory: Path, uidvalidity: int, uidnext: int) -> None:

@@ -16,6 +16,7 @@ import dataclasses
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,8 +182,9 @@ def _reconcile_folder(
         if uid in rows:
             continue
         conn.execute(
-            "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
-            (name, uid, relative, encode_flags(parsed.flags), parsed.index_size(stat), stat.st_mtime),
+            "INSERT INTO messages (folder, uid, filename, flags, size, internaldate, savedate) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            # Saved into the folder when first seen here (L{mailapp.store.origins}).
+            (name, uid, relative, encode_flags(parsed.flags), parsed.index_size(stat), stat.st_mtime, time.time()),
         )
         changes.added.append(uid)
     fresh.sort(key=lambda item: (item[2].st_mtime, item[0]))
@@ -190,8 +192,8 @@ def _reconcile_folder(
         uid, uidnext = uidnext, uidnext + 1
         new_relative, named = name_with_uid(directory, relative, parsed, stat, uid)
         conn.execute(
-            "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
-            (name, uid, new_relative, encode_flags(parsed.flags), named.index_size(stat), stat.st_mtime),
+            "INSERT INTO messages (folder, uid, filename, flags, size, internaldate, savedate) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (name, uid, new_relative, encode_flags(parsed.flags), named.index_size(stat), stat.st_mtime, time.time()),
         )
         changes.added.append(uid)
     cursor = conn.execute("UPDATE folders SET uidnext = ? WHERE name = ? AND uidnext < ?", (uidnext, name, uidnext))

@@ -17,6 +17,7 @@ durable before the first link, and the next start finishes what it lists.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -76,6 +77,7 @@ def transfer(
             rollback(conn)
             return {}
         uidnext = folder[1]
+        saved = time.time()  # each copy's save date into the target (RFC 8514), MOVE's too
         plan: list[tuple[int, int, Path, Path, tuple[object, ...]]] = []
         for uid, filename, flags, size, date in rows:
             parsed = parse_filename(filename.split("/", 1)[1])
@@ -89,7 +91,7 @@ def transfer(
                 decode_flags(flags),
                 wire_size=size if parsed is None or parsed.wire_size is not None else None,
             )
-            plan.append((uid, uidnext, source_dir / filename, target_dir / relative, (target, uidnext, relative, flags, size, date)))
+            plan.append((uid, uidnext, source_dir / filename, target_dir / relative, (target, uidnext, relative, flags, size, date, saved)))
             uidnext += 1
         if move:
             # As an expunge does: a rebuild must never hand out the moved UIDs again.
@@ -115,7 +117,7 @@ def transfer(
             if linked:
                 durable.sync_directories(sorted({path.parent for path in linked}), mailbox_dir, batch_sync)
             conn.executemany(
-                "INSERT INTO messages (folder, uid, filename, flags, size, internaldate) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (folder, uid, filename, flags, size, internaldate, savedate) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [item[4] for item in done],
             )
             conn.execute("UPDATE folders SET uidnext = max(uidnext, ?) WHERE name = ?", (uidnext, target))

@@ -6,9 +6,10 @@ FakeStore: every mailbox in memory, with the Maildir store's contracts
 from __future__ import annotations
 
 import io
+import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -26,6 +27,7 @@ from mailapp.records import (
     ChangesSince,
     FlagChange,
     FolderPlacement,
+    MessageOrigin,
 )
 from mailapp.store.records import FolderInfo, FolderStatus, MessageInfo, Usage
 
@@ -65,13 +67,19 @@ class FakeMessageWriter:
         return b"".join(self._chunks)
 
 
+#: The fakes' MAILBOXIDs and EMAILIDs: unique within the process.
+_object_ids = itertools.count(1)
+
+
 class _FakeFolderState:
     def __init__(self, uidvalidity: int, subscribed: bool = False) -> None:
         self.uidvalidity = uidvalidity
+        #: RFC 8474: moves with the state on a rename; a folder made again is a new state.
+        self.mailboxid = "F%d" % next(_object_ids)
         self.uidnext = 1
         #: As the Maildir store: INBOX and the special folders start subscribed, a created folder not.
         self.subscribed = subscribed
-        #: uid -> [bytes, flags, internaldate, modseq]
+        #: uid -> [bytes, flags, internaldate, modseq, emailid, savedate]
         self.messages: dict[int, list[Any]] = {}
         #: RFC 7162, as the Maildir store keeps them: raised by every change of a message and every expunge.
         self.highestmodseq = 1
@@ -81,6 +89,8 @@ class _FakeFolderState:
         #: uid -> bytes of expunged messages, still readable as the Maildir store's are for a while
         #: (clear it to play that while over).
         self.expunged: dict[int, bytes] = {}
+        #: uid -> EMAILID of the messages in C{expunged} (answered while they are held, as the Maildir store does).
+        self.expunged_emailids: dict[int, str] = {}
         #: uid -> (version, blob): L{FakeFolder.saveStructures}
         self.structures: dict[int, tuple[int, bytes]] = {}
         #: Every UID L{FakeFolder.openMessage} or L{FakeFolder.readMessage} was asked for, in order.
@@ -125,10 +135,12 @@ class FakeFolder:
         if ordered:
             self.mailbox.store.events.publish(FolderEvent(kind, self.account, self.name, ordered, source))
 
-    def _add(self, data: bytes, flags: Iterable[str], internaldate: float) -> int:
+    def _add(self, data: bytes, flags: Iterable[str], internaldate: float, emailid: str | None = None) -> int:
+        """A message saved now; a copy or move passes its original's EMAILID (RFC 8474 5.1), a new message gets one."""
         state = self._state
         uid, state.uidnext = state.uidnext, state.uidnext + 1
-        state.messages[uid] = [data, frozenset(flags), internaldate, state.nextModseq()]
+        emailid = emailid or "M%d" % next(_object_ids)
+        state.messages[uid] = [data, frozenset(flags), internaldate, state.nextModseq(), emailid, self.mailbox.store.clock()]
         return uid
 
     def refresh(self) -> Deferred[None]:
@@ -199,6 +211,20 @@ class FakeFolder:
                 found[uid] = kept[1]
         return succeed(found)
 
+    def mailboxId(self) -> Deferred[str]:
+        try:
+            return succeed(self._state.mailboxid)
+        except NoSuchFolder as e:
+            return fail(e)
+
+    def origins(self, uids: Sequence[int]) -> Deferred[dict[int, MessageOrigin]]:
+        state = self._state
+        found = {uid: MessageOrigin(state.messages[uid][4], state.messages[uid][5]) for uid in uids if uid in state.messages}
+        for uid in uids:
+            if uid not in found and uid in state.expunged:
+                found[uid] = MessageOrigin(state.expunged_emailids[uid], None)
+        return succeed(found)
+
     def saveStructures(self, blobs: Mapping[int, bytes], version: int) -> Deferred[None]:
         state = self._state
         for uid, blob in blobs.items():
@@ -251,7 +277,9 @@ class FakeFolder:
         state = self._state
         removed = [uid for uid in sorted(set(uids)) if uid in state.messages]
         for uid in removed:
-            state.expunged[uid] = state.remove(uid)[0]
+            message = state.remove(uid)
+            state.expunged[uid] = message[0]
+            state.expunged_emailids[uid] = message[4]
         self._publish(EXPUNGED, removed)
         return succeed(removed)
 
@@ -271,7 +299,7 @@ class FakeFolder:
         for uid in sorted(set(uids)):
             message = self._state.messages.get(uid)
             if message is not None:
-                mapping[uid] = target._add(message[0], message[1], message[2])
+                mapping[uid] = target._add(message[0], message[1], message[2], message[4])
         target._publish(ADDED, mapping.values(), source=self.name)
         return succeed(mapping)
 
@@ -281,7 +309,7 @@ class FakeFolder:
         for uid in sorted(set(uids)):
             message = self._state.remove(uid) if uid in self._state.messages else None
             if message is not None:
-                mapping[uid] = target._add(message[0], message[1], message[2])
+                mapping[uid] = target._add(message[0], message[1], message[2], message[4])
         target._publish(ADDED, mapping.values(), source=self.name)
         self._publish(EXPUNGED, mapping)
         return succeed(mapping)
@@ -426,6 +454,8 @@ class FakeStore:
         self._mailboxes: dict[str, dict[str, _FakeFolderState]] = {}
         self._lost_subscriptions: dict[str, set[str]] = {}
         self._validity = 1000
+        #: What save dates are taken from (RFC 8514): set it to a test's clock (C{lambda: clock.seconds()}).
+        self.clock: Callable[[], float] = time.time
         self.failDeliver = False
         self.failFinish = False
         #: (accounts, folder, bytes) for every successful delivery, in order.
@@ -451,7 +481,12 @@ class FakeStore:
         for placement, folder in folders.items():
             if folder not in self.mailbox(placement.account)._folders:
                 return fail(NoSuchFolder(f"no such folder: {folder}"))
-        uids = [FakeFolder(self.mailbox(p.account), folders[p])._add(data, tuple(p.flags), message.internaldate) for p in placements]
+        # One file linked into every placement, as the Maildir store does: one EMAILID (RFC 8474 5.1).
+        emailid = "M%d" % next(_object_ids)
+        uids = [
+            FakeFolder(self.mailbox(p.account), folders[p])._add(data, tuple(p.flags), message.internaldate, emailid)
+            for p in placements
+        ]
         for placement, uid in zip(placements, uids):
             self.events.publish(FolderEvent(ADDED, placement.account, folders[placement], (uid,)))
             self.deliveries.append(((placement.account,), folders[placement], data))
@@ -466,10 +501,11 @@ class FakeStore:
         for account in accounts:
             unique.setdefault(account.lower(), account)
         data = message.data()
+        emailid = "M%d" % next(_object_ids)
         result = {}
         for account in unique.values():
             target = FakeFolder(self.mailbox(account), normalize_folder(folder))
-            result[account] = target._add(data, (), message.internaldate)
+            result[account] = target._add(data, (), message.internaldate, emailid)
         for account, uid in result.items():
             self.events.publish(FolderEvent(ADDED, account, normalize_folder(folder), (uid,)))
         self.deliveries.append((tuple(unique.values()), folder, data))

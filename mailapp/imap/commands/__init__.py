@@ -105,7 +105,7 @@ _TABLE = (
     Command("UID SORT", sort.uid_sort, _SELECTED),
     Command("THREAD", sort.thread, _SELECTED, capability=b"THREAD=ORDEREDSUBJECT THREAD=REFERENCES"),
     Command("UID THREAD", sort.uid_thread, _SELECTED),
-    Command("FETCH", accepting_saved(fetch.fetch, by_uid=False), _SELECTED, capability=b"BINARY"),
+    Command("FETCH", accepting_saved(fetch.fetch, by_uid=False), _SELECTED, capability=b"BINARY OBJECTID SAVEDATE PREVIEW"),
     Command("UID FETCH", accepting_saved(fetch.uid_fetch, by_uid=True), _SELECTED),
     Command("STORE", accepting_saved(store.store, by_uid=False), _SELECTED),
     Command("UID STORE", accepting_saved(store.uid_store, by_uid=True), _SELECTED),

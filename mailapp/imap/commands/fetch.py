@@ -10,6 +10,12 @@ message's bytes (BODY[...]) opens its file on a worker thread, scans its
 MIME structure there when an item needs it, and streams the bytes a chunk
 at a time, so memory stays bounded whatever the message size. Fetching a
 body sets \\Seen first (not BODY.PEEK), in one store change.
+
+EMAILID and SAVEDATE (RFC 8474, RFC 8514) come from the index, one read
+per FETCH (L{mailapp.interfaces.IFolder.origins}), kept by the view since
+they never change; THREADID and PREVIEW (RFC 8474, RFC 8970) from the
+cached structure, so a PREVIEW is computed once per message, not per FETCH.
+PREVIEW (LAZY) is answered the same way: the cache fills at first use.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from twisted.logger import Logger
 
 from mailapp import logevents
 from mailapp.errors import NoSuchMessage
-from mailapp.imap import binary, mime, structurecache
+from mailapp.imap import binary, mime, preview, structurecache
 from mailapp.imap.commands.condstore import enable_condstore, parse_modseq, vanished_earlier
 from mailapp.imap.flags import RECENT, SEEN
 from mailapp.imap.policy import CHUNK_SIZE, FETCH_BATCH
@@ -43,7 +49,7 @@ from mailapp.imap.wire import (
     parse_sequence_set,
     select_positions,
 )
-from mailapp.records import MessageInfo
+from mailapp.records import MessageInfo, MessageOrigin
 
 if TYPE_CHECKING:
     from mailapp.imap.selected import SelectedFolder
@@ -56,16 +62,29 @@ _log = Logger()
 _FETCH_SECTION = re.compile(rb"^(BODY(?:\.PEEK)?)\[(.*)\](?:<([0-9]{1,10})(?:\.([0-9]{1,10}))?>)?$", re.S | re.I)
 #: RFC 3516: BINARY[1.2]<0.10>, BINARY.PEEK[...], BINARY.SIZE[...] (part numbers only, no partial for SIZE).
 _FETCH_BINARY = re.compile(rb"^(BINARY(?:\.PEEK|\.SIZE)?)\[([0-9.]*)\](?:<([0-9]{1,10})\.([0-9]{1,10})>)?$", re.I)
-_SIMPLE = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE", b"BODY", b"MODSEQ"}
+_SIMPLE = {
+    b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE", b"BODY", b"MODSEQ",
+    b"EMAILID", b"THREADID", b"SAVEDATE", b"PREVIEW",
+}
 _MACROS = {
     b"ALL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"],
     b"FAST": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"],
     b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"],
 }
-_FROM_INDEX = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ")
+_FROM_INDEX = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ", "EMAILID", "SAVEDATE")
+#: The index items read with L{mailapp.interfaces.IFolder.origins}.
+_FROM_ORIGINS = ("EMAILID", "SAVEDATE")
 #: The items a cached structure answers.
-_FROM_CACHE = ("ENVELOPE", "BODYSTRUCTURE", "BODY")
-_SECTIONS = {"ENVELOPE": structurecache.ENVELOPE, "BODYSTRUCTURE": structurecache.BODYSTRUCTURE, "BODY": structurecache.BODY}
+_FROM_CACHE = ("ENVELOPE", "BODYSTRUCTURE", "BODY", "PREVIEW", "THREADID")
+_SECTIONS = {
+    "ENVELOPE": structurecache.ENVELOPE,
+    "BODYSTRUCTURE": structurecache.BODYSTRUCTURE,
+    "BODY": structurecache.BODY,
+    "PREVIEW": structurecache.PREVIEW,
+    "THREADID": structurecache.THREADID,
+}
+#: Which of L{structurecache.CachedStructure}'s items each cached FETCH item is.
+_CACHED_ITEM = {"ENVELOPE": 0, "BODYSTRUCTURE": 1, "BODY": 2, "PREVIEW": 4, "THREADID": 5}
 #: Cached structures read per store trip by a FETCH.
 _CACHE_READ = 1024
 #: A message at most this size is read whole for a FETCH of its bytes, L{_SMALL_READ} in one store trip.
@@ -79,7 +98,7 @@ _FILL_BATCH = 64
 class FetchItem:
     """One item a FETCH asks for."""
 
-    kind: str  # FLAGS UID INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY SECTION BINARY BINARY.SIZE
+    kind: str  # FLAGS UID INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY SECTION BINARY BINARY.SIZE, MODSEQ EMAILID SAVEDATE THREADID PREVIEW
     label: bytes = b""
     section: mime.Section | None = None
     start: int | None = None
@@ -88,7 +107,7 @@ class FetchItem:
 
     @property
     def needs_file(self) -> bool:
-        return self.kind in ("ENVELOPE", "BODYSTRUCTURE", "BODY", "SECTION", "BINARY", "BINARY.SIZE")
+        return self.kind in ("ENVELOPE", "BODYSTRUCTURE", "BODY", "SECTION", "BINARY", "BINARY.SIZE", "PREVIEW", "THREADID")
 
     @property
     def needs_structure(self) -> bool:
@@ -112,8 +131,14 @@ def parse_fetch_items(tokens: list[Token]) -> list[FetchItem]:
         raise BadCommand("FETCH items must be one item or a parenthesized list")
     if not tokens:
         raise BadCommand("No FETCH items")
-    items = []
+    items: list[FetchItem] = []
     for token in tokens:
+        if isinstance(token, list) and items and items[-1].kind == "PREVIEW" and not items[-1].label:
+            # RFC 8970 3.1: PREVIEW (LAZY); the only modifier, and we always have (or make) the preview.
+            if not token or any(not isinstance(t, Atom) or t.upper() != b"LAZY" for t in token):
+                raise BadCommand("Unknown PREVIEW modifier")
+            items[-1].label = b"LAZY"
+            continue
         if not isinstance(token, Atom):
             raise BadCommand("Bad FETCH item")
         items.append(_fetch_item(bytes(token)))
@@ -234,14 +259,16 @@ async def _fetch(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid
         items.append(FetchItem("FLAGS"))
     if session.condstore and not any(i.kind == "MODSEQ" for i in items) and any(i.kind == "FLAGS" for i in items):
         items.append(FetchItem("MODSEQ"))  # once CONDSTORE is on, FLAGS come with their MODSEQ (as Dovecot sends them)
-    missing = False
+    kept, origins = await _with_origins(selected, positions, items)
+    missing = len(kept) < len(positions)  # gone from the index and the hold (expunged by another session): as a gone file
+    positions = kept
     if not any(i.needs_file for i in items):
-        await _fetchFromIndex(session, selected, positions, items)
+        await _fetchFromIndex(session, selected, positions, items, origins)
     elif all(i.kind in _FROM_INDEX or i.kind in _FROM_CACHE for i in items):
-        missing = not await _fetchFromCache(session, selected, positions, items)
+        missing = not await _fetchFromCache(session, selected, positions, items, origins) or missing
     else:
         try:
-            missing = not await _fetchMessages(session, selected, positions, items)
+            missing = not await _fetchMessages(session, selected, positions, items, origins) or missing
         except binary.UnknownEncoding:
             session.tagged(tag, b"NO", b"[UNKNOWN-CTE] Unknown content-transfer-encoding")
             return
@@ -271,12 +298,13 @@ async def fetch_unsolicited(session: IMAPServer, uids: list[int], items: list[Fe
         position = bisect.bisect_left(selected.uids, uid)
         if position < len(selected.uids) and selected.uids[position] == uid:
             positions.append(position)
+    positions, origins = await _with_origins(selected, positions, items)
     if not any(i.needs_file for i in items):
-        await _fetchFromIndex(session, selected, positions, items)
+        await _fetchFromIndex(session, selected, positions, items, origins)
     elif all(i.kind in _FROM_INDEX or i.kind in _FROM_CACHE for i in items):
-        await _fetchFromCache(session, selected, positions, items)
+        await _fetchFromCache(session, selected, positions, items, origins)
     else:
-        await _fetchMessages(session, selected, positions, items, skip_unknown_encoding=True)
+        await _fetchMessages(session, selected, positions, items, origins, skip_unknown_encoding=True)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -285,7 +313,7 @@ def _flagsItem(flags: frozenset[str], recent: bool) -> bytes:
     return b"FLAGS " + format_flags(flags | {RECENT} if recent else flags)
 
 
-def _simpleItem(item: FetchItem, uid: int, info: MessageInfo, recent: bool) -> bytes:
+def _simpleItem(item: FetchItem, uid: int, info: MessageInfo, recent: bool, origins: dict[int, MessageOrigin]) -> bytes:
     if item.kind == "FLAGS":
         return _flagsItem(info.flags, recent)
     if item.kind == "UID":
@@ -296,7 +324,39 @@ def _simpleItem(item: FetchItem, uid: int, info: MessageInfo, recent: bool) -> b
         return b"RFC822.SIZE %d" % info.size
     if item.kind == "MODSEQ":
         return b"MODSEQ (%d)" % info.modseq
+    if item.kind == "EMAILID":
+        return b"EMAILID (%s)" % origins[uid].emailid.encode("ascii")
+    if item.kind == "SAVEDATE":
+        saved = origins[uid].savedate
+        return b"SAVEDATE " + (format_datetime(saved) if saved is not None else b"NIL")
     raise AssertionError(item.kind)
+
+
+async def _with_origins(
+    selected: SelectedFolder, positions: list[int], items: list[FetchItem]
+) -> tuple[list[int], dict[int, MessageOrigin]]:
+    """
+    For items that need them (EMAILID, SAVEDATE), the origins of the
+    messages at C{positions}, and the positions of those that still have
+    one (the others are gone); otherwise C{positions} as they are.
+    """
+    if not any(i.kind in _FROM_ORIGINS for i in items):
+        return positions, {}
+    origins = await load_origins(selected, [selected.uids[p] for p in positions])
+    return [p for p in positions if selected.uids[p] in origins], origins
+
+
+async def load_origins(selected: SelectedFolder, uids: list[int]) -> dict[int, MessageOrigin]:
+    """
+    The EMAILID and save date of C{uids}: those the view already knows
+    (they never change for a UID of one UIDVALIDITY), the rest in one read
+    of the index, kept by the view. A UID left out is no longer in the index.
+    """
+    known = selected.origins
+    wanted = [uid for uid in uids if uid not in known]
+    if wanted:
+        known.update(await selected.folder.origins(wanted))
+    return {uid: known[uid] for uid in uids if uid in known}
 
 
 def _modifiers(session: IMAPServer, modifiers: list[Token], by_uid: bool) -> tuple[int | None, bool]:
@@ -318,7 +378,9 @@ def _modifiers(session: IMAPServer, modifiers: list[Token], by_uid: bool) -> tup
     return changed_since, vanished
 
 
-async def _fetchFromIndex(session: IMAPServer, selected: SelectedFolder, positions: list[int], items: list[FetchItem]) -> None:
+async def _fetchFromIndex(
+    session: IMAPServer, selected: SelectedFolder, positions: list[int], items: list[FetchItem], origins: dict[int, MessageOrigin]
+) -> None:
     """FLAGS, UID, INTERNALDATE, RFC822.SIZE: answered from the view, in batches paced by the transport."""
     uids, info, recent = selected.uids, selected.info, selected.recent
     flow = session.flow
@@ -328,14 +390,16 @@ async def _fetchFromIndex(session: IMAPServer, selected: SelectedFolder, positio
             uid = uids[position]
             entry = info[uid]
             is_recent = uid in recent
-            body = b" ".join([_simpleItem(item, uid, entry, is_recent) for item in items])
+            body = b" ".join([_simpleItem(item, uid, entry, is_recent, origins) for item in items])
             out.append(b"* %d FETCH (%s)\r\n" % (position + 1, body))
         session.write(b"".join(out))
         if flow.paused:
             await flow.wait()
 
 
-async def _fetchFromCache(session: IMAPServer, selected: SelectedFolder, positions: list[int], items: list[FetchItem]) -> bool:
+async def _fetchFromCache(
+    session: IMAPServer, selected: SelectedFolder, positions: list[int], items: list[FetchItem], origins: dict[int, MessageOrigin]
+) -> bool:
     """
     Index items and ENVELOPE, BODYSTRUCTURE, BODY: from the cached
     structures, read L{_CACHE_READ} at a time in one store trip (the next
@@ -372,21 +436,17 @@ async def _fetchFromCache(session: IMAPServer, selected: SelectedFolder, positio
                     continue
                 session.write(b"".join(out))
                 out = []
-                if not await _fetchOne(session, selected, position, items):
+                if not await _fetchOne(session, selected, position, items, origins):
                     complete = False
                 continue
             entry = selected.info[uid]
             parts = []
             for item in items:
-                kind = item.kind
-                if kind == "ENVELOPE":
-                    parts.append(structure[0])
-                elif kind == "BODYSTRUCTURE":
-                    parts.append(structure[1])
-                elif kind == "BODY":
-                    parts.append(structure[2])
+                cached_item = _CACHED_ITEM.get(item.kind)
+                if cached_item is not None:
+                    parts.append(structure[cached_item])
                 else:
-                    parts.append(_simpleItem(item, uid, entry, uid in recent))
+                    parts.append(_simpleItem(item, uid, entry, uid in recent, origins))
             out.append(b"* %d FETCH (%s)\r\n" % (position + 1, b" ".join(parts)))
             if len(out) >= FETCH_BATCH:
                 session.write(b"".join(out))
@@ -443,7 +503,12 @@ async def load_structures(
 
 
 async def _fetchMessages(
-    session: IMAPServer, selected: SelectedFolder, positions: list[int], items: list[FetchItem], skip_unknown_encoding: bool = False
+    session: IMAPServer,
+    selected: SelectedFolder,
+    positions: list[int],
+    items: list[FetchItem],
+    origins: dict[int, MessageOrigin],
+    skip_unknown_encoding: bool = False,
 ) -> bool:
     """
     The FETCH responses of C{positions} for items that need the messages'
@@ -486,7 +551,7 @@ async def _fetchMessages(
             if prepared is not None and prepared.gone:
                 continue
             try:
-                if not await _fetchOne(session, selected, position, items, prepared):
+                if not await _fetchOne(session, selected, position, items, origins, prepared):
                     complete = False
             except binary.UnknownEncoding:
                 if not skip_unknown_encoding:
@@ -515,7 +580,7 @@ def _prepare_all(read: dict[int, bytes | None], uids: list[int], items: list[Fet
     the items need them. None: larger than read whole after all (its file
     is streamed instead).
     """
-    wants_structure = any(i.needs_structure for i in items)
+    wants_structure = any(i.needs_structure or i.kind in ("PREVIEW", "THREADID") for i in items)
     prepared: list[_Prepared | None] = []
     for uid in uids:
         if uid not in read:
@@ -542,11 +607,24 @@ def _prepare_all(read: dict[int, bytes | None], uids: list[int], items: list[Fet
 
 
 async def _fetchOne(
-    session: IMAPServer, selected: SelectedFolder, position: int, items: list[FetchItem], prepared: _Prepared | None = None
+    session: IMAPServer,
+    selected: SelectedFolder,
+    position: int,
+    items: list[FetchItem],
+    origins: dict[int, MessageOrigin],
+    prepared: _Prepared | None = None,
 ) -> bool:
     """One message's FETCH response, its bodies streamed from the file (or from C{prepared}, in memory); False if it is gone."""
     uid = selected.uids[position]
     entry = selected.info[uid]
+    cached: structurecache.CachedStructure | None = None
+    wanted = sum(_SECTIONS[i.kind] for i in items if i.kind in ("PREVIEW", "THREADID"))
+    if wanted:
+        # From the cache (filled now if need be), as the other paths answer them.
+        found, gone = await load_structures(session, selected.folder, [uid], wanted)
+        if uid in gone:
+            return False
+        cached = found.get(uid)
     if prepared is not None:
         handle = prepared.handle
     else:
@@ -556,7 +634,7 @@ async def _fetchOne(
             return False
     try:
         structure: mime.Part | None = None
-        if any(i.needs_structure for i in items):
+        if any(i.needs_structure for i in items) or (wanted and cached is None):
             scanned = prepared.scanned if prepared is not None else None
             if scanned is None:
                 scanned = await session.factory.offThread(_scan, handle)
@@ -581,7 +659,9 @@ async def _fetchOne(
                 out.append(b" ")
             first = False
             if item.kind in _FROM_INDEX:
-                out.append(_simpleItem(item, uid, entry, uid in selected.recent))
+                out.append(_simpleItem(item, uid, entry, uid in selected.recent, origins))
+            elif item.kind in ("PREVIEW", "THREADID"):
+                out.append(cached[_CACHED_ITEM[item.kind]] if cached is not None else await _uncached(session, handle, structure, item.kind))
             elif item.kind == "ENVELOPE":
                 assert structure is not None  # the item needs_structure
                 out.append(b"ENVELOPE " + format_value(mime.envelope(structure)))
@@ -657,6 +737,14 @@ async def _stream(session: IMAPServer, handle: IO[bytes], offset: int, length: i
 
 
 # -- on worker threads --------------------------------------------------------------------------------
+
+
+async def _uncached(session: IMAPServer, handle: IO[bytes], structure: mime.Part | None, kind: str) -> bytes:
+    """PREVIEW or THREADID of a message that has no cached structure (a bound cut it): computed from its file."""
+    assert structure is not None
+    if kind == "THREADID":
+        return structurecache.thread_item(preview.thread_id(structure))
+    return structurecache.preview_item(await session.factory.offThread(preview.preview, handle, structure))
 
 
 def _scan(handle: IO[bytes]) -> mime.Structure:

@@ -57,9 +57,10 @@ async def open_folder(session: IMAPServer, tag: bytes, token: Token, missing: by
     return None
 
 
-async def _folderCall(session: IMAPServer, tag: bytes, call: Callable[[], Awaitable[None]], ok: bytes) -> None:
+async def _folderCall(session: IMAPServer, tag: bytes, call: Callable[[], Awaitable[bytes | None]], ok: bytes) -> None:
+    """Run C{call}, answering its errors; its result, if any, is a response code for the OK (CREATE's MAILBOXID)."""
     try:
-        await call()
+        code = await call()
     except BadMailboxName as e:
         session.tagged(tag, b"NO", b"[CANNOT] " + str(e).encode("utf-8", "replace"))
         return
@@ -72,17 +73,22 @@ async def _folderCall(session: IMAPServer, tag: bytes, call: Callable[[], Awaita
     except BadFolderName as e:
         session.tagged(tag, b"NO", b"[CANNOT] " + str(e).encode("utf-8", "replace"))
         return
-    await session.complete(tag, ok)
+    await session.complete(tag, ok if code is None else code + b" " + ok)
 
 
 def create(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
     expect_count(arguments, 1, "CREATE")
 
-    async def create() -> None:
+    async def create() -> bytes | None:
         name = as_mailbox(arguments[0], session.utf8)
         if name == "INBOX":
             raise FolderExists()
         await session.mailbox.createFolder(name)
+        try:
+            folder = await session.mailbox.folder(name)
+            return b"[MAILBOXID (%s)]" % (await folder.mailboxId()).encode("ascii")  # RFC 8474 4.1
+        except NoSuchFolder:
+            return None  # deleted again at once, by another session: created all the same
 
     return _folderCall(session, tag, create, b"CREATE completed")
 
@@ -334,7 +340,9 @@ async def _list(session: IMAPServer, tag: bytes, options: _ListOptions, subscrib
     await session.complete(tag, verb + b" completed")
 
 
-_STATUS_ITEMS = {b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"SIZE", b"DELETED", b"HIGHESTMODSEQ"}
+_STATUS_ITEMS = {
+    b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"SIZE", b"DELETED", b"HIGHESTMODSEQ", b"MAILBOXID",
+}
 
 
 def _status_items(token: Token, rev2: bool = False) -> list[bytes]:
@@ -368,6 +376,7 @@ async def _status_of(session: IMAPServer, tag: bytes, name: str, items: list[byt
         folder = await session.mailbox.folder(name)
         await folder.refresh()
         state = await folder.status()
+        mailboxid = await folder.mailboxId() if b"MAILBOXID" in items else ""
     except BadFolderName as e:
         if answer_errors:
             session.tagged(tag, b"NO", b"[CANNOT] " + str(e).encode("utf-8", "replace"))
@@ -392,6 +401,8 @@ async def _status_of(session: IMAPServer, tag: bytes, name: str, items: list[byt
         values[b"SIZE"] = sum(m.size for m in messages)
         # RFC 9051 6.3.11: the messages with \\Deleted set.
         values[b"DELETED"] = sum(1 for m in messages if DELETED in m.flags)
-    body = b" ".join(b"%s %d" % (item, values[item]) for item in items)
+    body = b" ".join(
+        b"MAILBOXID (%s)" % mailboxid.encode("ascii") if item == b"MAILBOXID" else b"%s %d" % (item, values[item]) for item in items
+    )
     session.untagged(b"STATUS " + format_mailbox(folder.name, session.utf8) + b" (" + body + b")")
     return True

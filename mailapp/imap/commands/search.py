@@ -24,6 +24,11 @@ no caller wants what a read gives: SORT's fields, cached envelopes), the
 covered messages are matched from the index alone; otherwise its answer
 only rules out the messages a top-level BODY/TEXT key excludes, and the
 rest are read as before.
+
+EMAILID, THREADID and the SAVED* keys (RFC 8474, RFC 8514) are decided
+like index keys: what they need is loaded once for the messages
+considered, before the walk (the origins from the index, the thread
+identifiers from the cached structures).
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ from mailapp.errors import NoSuchMessage
 from mailapp.imap import search as keys
 from mailapp.imap.commands.condstore import enable_condstore
 from mailapp.imap.commands import context, results
-from mailapp.imap.commands.fetch import load_structures, structure_cut
-from mailapp.imap.structurecache import ENVELOPE, SEARCH_FIELDS, STRUCTURE_VERSION, header_keys_only, search_fields
+from mailapp.imap import mime, preview
+from mailapp.imap.commands.fetch import load_origins, load_structures, structure_cut
+from mailapp.imap.structurecache import ENVELOPE, SEARCH_FIELDS, STRUCTURE_VERSION, THREADID, header_keys_only, search_fields
 from mailapp.imap.structurecache import content as cached_content
 from mailapp.imap.wire import BadCommand, Token
 from mailapp.records import MIN_TEXT_NEEDLE, TextMatches
@@ -182,6 +188,17 @@ async def matching(
                 hits.append(position)
 
     considered = range(count) if within is None else within
+    wanted = keys.object_keys(key)
+    origins = await load_origins(selected, [uids[p] for p in considered]) if wanted & {"EMAILID", "SAVED"} else {}
+    threads = await _thread_ids(session, [uids[p] for p in considered]) if "THREADID" in wanted else {}
+
+    def with_objects(message: keys.Message) -> keys.Message:
+        origin = origins.get(message.uid)
+        if origin is not None:
+            message.emailid, message.savedate = origin.emailid, origin.savedate
+        message.threadid = threads.get(message.uid)
+        return message
+
     candidates = await _candidates(selected.folder, [uids[p] for p in considered], key) if from_cache else None
     terms, decidable = _text_terms(key)
     decidable = decidable and derive is None and on_envelope is None
@@ -197,11 +214,15 @@ async def matching(
             if decidable:
                 entry = selected.info[uid]
                 message = keys.Message(position + 1, uid, entry.flags, entry.size, entry.internaldate, uid in selected.recent)
+                if wanted:
+                    with_objects(message)
                 if keys.matches(key, message, _indexed_content(text, uid, terms), in_set):
                     hits.append(position)
                 continue
         entry = selected.info[uid]
         message = keys.Message(position + 1, uid, entry.flags, entry.size, entry.internaldate, uid in selected.recent, entry.modseq)
+        if wanted:
+            with_objects(message)
         try:
             matched = keys.matches(key, message, None, in_set)
         except keys.NeedContent:
@@ -216,6 +237,41 @@ async def matching(
         await decide(undecided)
     hits.sort()
     return hits
+
+
+async def _thread_ids(session: IMAPServer, uids: list[int]) -> dict[int, str]:
+    """
+    The THREADID of each of C{uids} that has one: from the cached
+    structures (filled where missing), as FETCH THREADID answers; a message
+    without a blob (a bound cut its structure) from its header block.
+    """
+    selected = session.selected
+    assert selected is not None
+    found: dict[int, str] = {}
+    for start in range(0, len(uids), _CACHED_BATCH):
+        chunk = uids[start : start + _CACHED_BATCH]
+        cached, gone = await load_structures(session, selected.folder, chunk, THREADID)
+        for uid in chunk:
+            structure = cached.get(uid)
+            if structure is not None:
+                item = structure[5]  # b"THREADID (T...)" or b"THREADID NIL"
+                if item.endswith(b")"):
+                    found[uid] = item[item.index(b"(") + 1 : -1].decode("ascii")
+            elif uid not in gone:
+                try:
+                    handle = await selected.folder.openMessage(uid)
+                except NoSuchMessage:
+                    continue
+                thread = await session.factory.offThread(_thread_of_file, handle)
+                if thread is not None:
+                    found[uid] = thread
+    return found
+
+
+def _thread_of_file(handle: Any) -> str | None:
+    """(worker thread) The THREADID of the open message, from its header block alone; closes it."""
+    with handle:
+        return preview.thread_id(mime.Part(0, header=keys.read_header_block(handle)))
 
 
 def _load(

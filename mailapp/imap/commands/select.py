@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 from typing import TYPE_CHECKING, Any, Coroutine
 
+from mailapp.errors import NoSuchFolder
 from mailapp.imap.commands.condstore import QResync, fetch_responses, in_ranges, parse_select_parameters, vanished_earlier
 from mailapp.imap.commands.mailboxes import open_folder
 from mailapp.imap.flags import DELETED
@@ -53,9 +54,21 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
     folder = await open_folder(session, tag, arguments[0])
     if folder is None:
         return
-    view, snapshot = await SelectedFolder.open(
-        folder, readonly, session.account, session.factory, session.write, modseq=session.condstore
-    )
+    # RFC 8474 4.1: asked for while the view is read (one small file, in parallel).
+    mailboxid = folder.mailboxId()
+    try:
+        view, snapshot = await SelectedFolder.open(
+            folder, readonly, session.account, session.factory, session.write, modseq=session.condstore
+        )
+    except BaseException:
+        mailboxid.addErrback(lambda _: None)
+        raise
+    try:
+        mailboxid_code = await mailboxid
+    except NoSuchFolder:
+        view.close()  # deleted by another session meanwhile
+        session.tagged(tag, b"NO", b"[NONEXISTENT] No such mailbox")
+        return
     session.select(view)
     session.write(view.flagsResponses())
     session.untagged(b"%d EXISTS" % len(view.uids))
@@ -67,6 +80,7 @@ async def _select(session: IMAPServer, tag: bytes, arguments: list[Token], reado
     session.untagged(b"OK [UIDNEXT %d] Predicted next UID" % view.uidnext)
     if session.condstore:
         session.untagged(b"OK [HIGHESTMODSEQ %d] Highest" % view.highestmodseq)
+    session.untagged(b"OK [MAILBOXID (%s)] Ok" % mailboxid_code.encode("ascii"))
     if qresync is not None and qresync.uidvalidity == view.uidvalidity:
         await _resync(session, view, qresync)
     mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
