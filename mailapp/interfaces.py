@@ -394,6 +394,17 @@ class IFolder(Interface):
         Fails with L{mailapp.errors.NoSuchMessage}.
         """
 
+    def readMessages(uids: Sequence[int], limit: int) -> Deferred[dict[int, bytes]]:
+        """
+        Fire with UID -> the whole message in wire form (as L{readMessage})
+        for each of C{uids} of at most C{limit} bytes, in one trip to a
+        worker thread: what a protocol reads ahead of the commands a client
+        is about to send (POP3's RETRs). A message that is gone or bigger
+        than C{limit} is left out (read it alone, which says which); the
+        caller bounds the batch (count times C{limit}). Never fails for one
+        message.
+        """
+
     def cachedStructures(uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:
         """
         Fire with UID -> the cached structure blob of version C{version}

@@ -35,7 +35,8 @@ from mailapp.dotstuffing import DotStuffer
 from mailapp.errors import NoSuchMessage
 from mailapp.linesession import LineSession
 from mailapp.pop3.maildrop import _Maildrop, _MessageSender, _number
-from mailapp.pop3.policy import CHUNK_SIZE, COMMANDS, KNOWN, MAX_LINE, READ_AHEAD, POP3Policy, SessionState
+from mailapp.pop3.policy import CHUNK_SIZE, COMMANDS, KNOWN, MAX_LINE, POP3Policy, SessionState
+from mailapp.pop3.readahead import ReadAhead
 from mailapp.sessions import BANNED, AuthOutcome, Overrun
 from mailapp.records import MessageInfo
 
@@ -82,8 +83,8 @@ class POP3Server(LineSession):
         self._locked: str | None = None
         self._logout: Callable[[], None] | None = None
         self._sender: _MessageSender | None = None
-        #: Small messages read ahead of their RETR: message number -> Deferred of its bytes.
-        self._ahead: dict[int, defer.Deferred[bytes | None]] = {}
+        #: Small messages read ahead of their RETR (set at login).
+        self._ahead: ReadAhead | None = None
 
     # -- replies ----------------------------------------------------------------
 
@@ -327,7 +328,8 @@ class POP3Server(LineSession):
         if not self._connected:
             return  # connectionLost has released the lock
         self.account = account
-        self._maildrop = _Maildrop(folder, status.uidvalidity, messages)
+        self._maildrop = drop = _Maildrop(folder, status.uidvalidity, messages)
+        self._ahead = ReadAhead(folder, messages, drop.deleted.__contains__)
         self.sessionState = SessionState.TRANSACTION
         self.factory.loggedIn(self)
         self.setTimeout(self.policy.timeout)
@@ -403,8 +405,16 @@ class POP3Server(LineSession):
             self._err(b"Syntax: RETR message")
             return
         found = self._find(words[0])
-        if found is not None:
-            self._wait(defer.Deferred.fromCoroutine(self._send(found[0], found[1], None)))
+        if found is None:
+            return
+        number, info = found
+        data = self._readahead.take(number) if info.size <= CHUNK_SIZE else None
+        if data is not None:
+            # Read ahead: answered now, with no Deferred and no wait (a
+            # pipelining client's next RETR runs straight after).
+            self._sendWhole(number, data)
+        else:
+            self._wait(defer.Deferred.fromCoroutine(self._send(number, info, None)))
 
     def pop3_TOP(self, argument: bytes) -> None:
         words = argument.split()
@@ -419,25 +429,36 @@ class POP3Server(LineSession):
         if found is not None:
             self._wait(defer.Deferred.fromCoroutine(self._send(found[0], found[1], lines)))
 
+    @property
+    def _readahead(self) -> ReadAhead:
+        assert self._ahead is not None
+        return self._ahead
+
+    def _sendWhole(self, number: int, data: bytes) -> None:
+        """A small message's RETR response, in one write: status line, stuffed message, terminator."""
+        stuffer = DotStuffer()
+        body = stuffer.stuff(data)
+        self._write(b"".join((b"+OK %d octets\r\n" % len(data), body, stuffer.end())))
+        self.resetTimeout()
+        self._drop.retrieved.add(number)
+        self._readahead.topUp(number)
+
     async def _send(self, number: int, info: MessageInfo, lines: int | None) -> None:
-        """RETR (C{lines} None) or TOP: open the file, then stream it."""
+        """RETR (C{lines} None) or TOP: the message whole if it is small, else open the file and stream it."""
         if lines is None and info.size <= CHUNK_SIZE:
-            # A small message travels whole: one trip to a worker thread, or
-            # none when it was read ahead while the client took the previous one.
-            try:
-                data = await self._readSmall(number, info)
-            except NoSuchMessage:
-                self._err(b"Message %d was removed from the mailbox by another client" % number)
-                return
-            if data is not None:
-                if not self._connected:
+            # One trip to a worker thread for it and the next ones (L{ReadAhead}).
+            await self._readahead.load(number)
+            data = self._readahead.take(number)
+            if data is None:
+                # Not in the batch (gone, or the read failed): read it alone, to say which.
+                try:
+                    data = await self._drop.folder.readMessage(info.uid, CHUNK_SIZE)
+                except NoSuchMessage:
+                    self._err(b"Message %d was removed from the mailbox by another client" % number)
                     return
-                stuffer = DotStuffer()
-                self._ok(b"%d octets" % info.size)
-                self._write(stuffer.stuff(data) + stuffer.end())
-                self.resetTimeout()
-                self._drop.retrieved.add(number)
-                self._readAhead(number + 1)
+            if data is not None:
+                if self._connected:
+                    self._sendWhole(number, data)
                 return
         try:
             file = await self._drop.folder.openMessage(info.uid)
@@ -456,34 +477,6 @@ class POP3Server(LineSession):
         if completed and lines is None:
             self._drop.retrieved.add(number)
 
-    def _readSmall(self, number: int, info: MessageInfo) -> defer.Deferred[bytes | None]:
-        ahead = self._ahead.pop(number, None)
-        if ahead is not None:
-            return ahead
-        read: defer.Deferred[bytes | None] = self._drop.folder.readMessage(info.uid, CHUNK_SIZE)
-        return read
-
-    def _readAhead(self, number: int) -> None:
-        """
-        Clients fetch messages in order: read the next few small ones now, so
-        their RETRs are answered from memory. Holds at most L{READ_AHEAD}
-        messages of at most L{CHUNK_SIZE}; a failure (one was removed
-        meanwhile) just means no read-ahead, and its RETR reports it.
-        """
-        window = range(number, number + READ_AHEAD)
-        for stale in [n for n in self._ahead if n not in window]:
-            # A client that fetches out of order: drop what it skipped.
-            del self._ahead[stale]
-        for number in window:
-            if number > len(self._drop.messages) or number in self._ahead:
-                continue
-            info = self._drop.messages[number - 1]
-            if number in self._drop.deleted or info.size > CHUNK_SIZE:
-                continue
-            d = self._drop.folder.readMessage(info.uid, CHUNK_SIZE)
-            d.addErrback(lambda reason: None)
-            self._ahead[number] = d
-
     def pop3_DELE(self, argument: bytes) -> None:
         words = argument.split()
         if len(words) != 1:
@@ -492,6 +485,7 @@ class POP3Server(LineSession):
         found = self._find(words[0])
         if found is not None:
             self._drop.deleted.add(found[0])
+            self._readahead.forget(found[0])
             self._ok(b"Message %d marked for deletion" % found[0])
 
     def pop3_RSET(self, argument: bytes) -> None:

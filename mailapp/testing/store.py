@@ -74,8 +74,11 @@ class _FakeFolderState:
         self.expunged: dict[int, bytes] = {}
         #: uid -> (version, blob): L{FakeFolder.saveStructures}
         self.structures: dict[int, tuple[int, bytes]] = {}
-        #: Every UID L{FakeFolder.openMessage} or L{FakeFolder.readMessage} was asked for, in order.
+        #: Every UID L{FakeFolder.openMessage} or L{FakeFolder.readMessage} was asked for, in order
+        #: (and every one L{FakeFolder.readMessages} returned).
         self.opened: list[int] = []
+        #: The UIDs of each L{FakeFolder.readMessages} call: one entry per trip a real store makes.
+        self.batches: list[list[int]] = []
 
     def nextModseq(self) -> int:
         self.highestmodseq += 1
@@ -171,6 +174,16 @@ class FakeFolder:
         if data is None:
             return fail(NoSuchMessage(f"no such message: {uid}"))
         return succeed(data if len(data) <= limit else None)
+
+    def readMessages(self, uids: Sequence[int], limit: int) -> Deferred[dict[int, bytes]]:
+        self._state.batches.append(list(uids))
+        found = {}
+        for uid in uids:
+            data = self._data(uid)
+            if data is not None and len(data) <= limit:
+                self._state.opened.append(uid)
+                found[uid] = data
+        return succeed(found)
 
     def cachedStructures(self, uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:
         state = self._state

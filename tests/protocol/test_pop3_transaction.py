@@ -349,17 +349,17 @@ class ReadAheadTests(POP3TestCase):
         for number in range(30, 0, -1):
             output = yield self.reply(session, b"RETR %d\r\n" % number)
             self.assertTrue(output.endswith(b"body %d\r\n.\r\n" % number), output)
-            self.assertLessEqual(len(session.proto._ahead), READ_AHEAD)
+            self.assertLessEqual(len(session.proto._readahead), READ_AHEAD)
 
     @inlineCallbacks
     def test_messages_fetched_in_order_come_from_the_read_ahead(self) -> None:
         yield self.deliver(*[b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(1, 6)])
         session = yield self.logged_in()
         yield self.reply(session, b"RETR 1\r\n")
-        self.assertEqual(sorted(session.proto._ahead), [2, 3, 4, 5])
+        self.assertEqual(session.proto._readahead.held(), [2, 3, 4, 5])
         output = yield self.reply(session, b"RETR 2\r\n")
         self.assertTrue(output.endswith(b"body 2\r\n.\r\n"))
-        self.assertNotIn(2, session.proto._ahead)
+        self.assertNotIn(2, session.proto._readahead.held())
 
     @inlineCallbacks
     def test_hundreds_of_pipelined_retrs_served_from_the_read_ahead_each_get_their_message(self) -> None:
