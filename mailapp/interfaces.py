@@ -72,6 +72,18 @@ class IAccounts(Interface):
         when the domain is not local.
         """
 
+    def domainDirectory(domain: str) -> Deferred[Any]:
+        """
+        Fire with a L{mailapp.accounts.resolution.DomainDirectory}: all that
+        C{domain} holds (whether it is local, its users, aliases and
+        catch-all), in one lookup, for resolving several recipients in it
+        with L{mailapp.accounts.resolution.resolve_address} and no lookup
+        each; or with ``None`` when the domain is too big for that (more
+        than L{mailapp.accounts.resolution.DOMAIN_DIRECTORY_LIMIT} users and
+        aliases): then use L{resolve} for each. A snapshot: the caller holds
+        it for one message only.
+        """
+
     def ownsAddress(account: str, address: str) -> Deferred[bool]:
         """
         Fire with ``True`` if C{account} may use C{address} as its envelope
