@@ -45,6 +45,8 @@ class ReadAhead:
         #: The number last asked for (L{take}), to tell a client going in order.
         self._last = 0
         self._sequential = True
+        #: The last number a batch covered (read, or passed over as too big or deleted).
+        self._readTo = 0
         #: Message number -> its bytes, read and not yet sent.
         self._ready: dict[int, bytes] = {}
         #: The numbers of the batch being read, and who waits for it.
@@ -68,9 +70,12 @@ class ReadAhead:
         data = self._ready.pop(number, None)
         self._sequential = number == self._last + 1
         self._last = number
-        window = range(number, number + READ_AHEAD)
-        for stale in [n for n in self._ready if n not in window]:
-            del self._ready[stale]
+        if not self._sequential:
+            # (In order, nothing held is behind: every batch starts at or after the RETR that asked.)
+            window = range(number, number + READ_AHEAD)
+            for stale in [n for n in self._ready if n not in window]:
+                del self._ready[stale]
+            self._readTo = max(self._ready, default=number)
         return data
 
     def forget(self, number: int) -> None:
@@ -98,15 +103,10 @@ class ReadAhead:
         is held or being read, read the rest of it (one trip), unless a
         read is already out.
         """
-        if self._reading or not self._sequential:
+        if self._reading or not self._sequential or self._readTo - after > READ_AHEAD // 2:
             return
-        window = range(after + 1, min(after + 1 + READ_AHEAD, len(self._messages) + 1))
-        covered = sum(1 for n in window if n in self._ready or self._skip(n) or self._messages[n - 1].size > CHUNK_SIZE)
-        if covered * 2 >= len(window):
-            return
-        start = next((n for n in window if n not in self._ready and not self._skip(n)), None)
-        if start is not None:
-            self._read(start, READ_AHEAD - (start - after - 1))
+        start = max(after + 1, self._readTo + 1)
+        self._read(start, after + 1 + READ_AHEAD - start)
 
     def _read(self, first: int, count: int) -> None:
         """Read C{first} and the small messages of the C{count} after it, in one trip."""
@@ -115,11 +115,13 @@ class ReadAhead:
         for n in range(first, min(first + count, len(self._messages) + 1)):
             info = self._messages[n - 1]
             if n in self._ready or info.size > CHUNK_SIZE or (n != first and self._skip(n)):
+                self._readTo = max(self._readTo, n)
                 continue
             if numbers and info.size > budget:
                 break
             numbers.append(n)
             budget -= info.size
+            self._readTo = max(self._readTo, n)
         if not numbers:
             return
         self._reading = set(numbers)

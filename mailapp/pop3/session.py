@@ -24,6 +24,7 @@ restarts, never reused, and the same message identity IMAP sees.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from twisted.internet import defer
@@ -58,8 +59,12 @@ _SASL_REPLIES: dict[type[sasl.SASLError], bytes] = {
 }
 
 
+#: The control characters a command line may not hold (TAB may).
+_CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _has_controls(line: bytes) -> bool:
-    return any(b < 0x20 and b != 0x09 or b == 0x7F for b in line)
+    return _CONTROLS.search(line) is not None
 
 
 class POP3Server(LineSession):
@@ -438,8 +443,8 @@ class POP3Server(LineSession):
         """A small message's RETR response, in one write: status line, stuffed message, terminator."""
         stuffer = DotStuffer()
         body = stuffer.stuff(data)
+        # The idle timer was reset when the command came (dataReceived).
         self._write(b"".join((b"+OK %d octets\r\n" % len(data), body, stuffer.end())))
-        self.resetTimeout()
         self._drop.retrieved.add(number)
         self._readahead.topUp(number)
 
