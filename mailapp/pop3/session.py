@@ -37,6 +37,7 @@ from mailapp.errors import NoSuchMessage
 from mailapp.linesession import LineSession
 from mailapp.pop3.maildrop import _Maildrop, _MessageSender, _number
 from mailapp.pop3.policy import CHUNK_SIZE, COMMANDS, KNOWN, MAX_LINE, POP3Policy, SessionState
+from mailapp.pop3.output import SessionOutput
 from mailapp.pop3.readahead import ReadAhead
 from mailapp.sessions import BANNED, AuthOutcome, Overrun
 from mailapp.records import MessageInfo
@@ -90,6 +91,8 @@ class POP3Server(LineSession):
         self._sender: _MessageSender | None = None
         #: Small messages read ahead of their RETR (set at login).
         self._ahead: ReadAhead | None = None
+        #: The back-pressure on what we write (set at the greeting).
+        self._output: SessionOutput | None = None
 
     # -- replies ----------------------------------------------------------------
 
@@ -106,8 +109,24 @@ class POP3Server(LineSession):
     # -- the line session's hooks ---------------------------------------------------
 
     def greet(self) -> None:
+        assert self.transport is not None
+        self._output = SessionOutput(self.transport, self._outputResumed)
+        self._output.register()
         self._ok(self.policy.hostname.encode("ascii") + b" POP3 mailapp ready")
         self.setTimeout(self.policy.login_timeout)
+
+    def outputPaused(self) -> bool:
+        return self._output is not None and self._output.paused
+
+    def releaseOutput(self) -> None:
+        if self._output is not None:
+            self._output.release()
+
+    def _outputResumed(self) -> None:
+        """The client reads again: take the commands it pipelined meanwhile."""
+        if self._connected and not self._closing and not self._busy and self.transport is not None:
+            self.transport.resumeProducing()
+            self._process()
 
     def refuse(self, text: bytes, banned: bool) -> None:
         self._err(b"[SYS/TEMP] " + text)
@@ -474,8 +493,8 @@ class POP3Server(LineSession):
             file.close()
             return
         self._ok(b"%d octets" % info.size if lines is None else b"Top of message follows")
-        assert self.transport is not None
-        self._sender = _MessageSender(self.transport, file, self.factory.readChunk, lines, self.resetTimeout)
+        assert self._output is not None
+        self._sender = _MessageSender(self._output.consumer(), file, self.factory.readChunk, lines, self.resetTimeout)
         # If the stream fails, _sender stays set: _wait must know a response was half sent.
         completed = await self._sender.start()
         self._sender = None
