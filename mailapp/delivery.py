@@ -121,24 +121,30 @@ class Transaction:
     rcpt_for: dict[str, str] = field(default_factory=dict)
     #: What this transaction learned of each recipient domain (L{_resolve}),
     #: for its life only: domain -> its whole directory, or None when it is
-    #: too big to hold (its addresses are then looked up one by one).
+    #: too big to hold (its addresses are then looked up one by one); and
+    #: the domains one recipient has been looked up in so far.
     directories: dict[str, DomainDirectory | None] = field(default_factory=dict)
+    domains_seen: set[str] = field(default_factory=set)
 
     @inlineCallbacks
     def _resolve(self, address: str) -> Any:
         """
-        Where C{address} goes (L{IAccounts.resolve}), with one accounts
-        lookup per recipient domain per transaction, not one per RCPT: the
-        first recipient in a domain fetches the domain's directory
-        (L{IAccounts.domainDirectory}), and every recipient in it is then
-        resolved in memory by the same rules. An alias that leads into
-        another domain, or a domain too big to hold, is resolved by the
-        accounts as before.
+        Where C{address} goes (L{IAccounts.resolve}), with two accounts
+        lookups per recipient domain per transaction at most, not one per
+        RCPT: the first recipient in a domain is looked up alone (a message
+        to one recipient costs what it always did: reading a domain's
+        directory costs more than one address's lookup), the second fetches
+        the domain's directory (L{IAccounts.domainDirectory}), and every
+        recipient in it from then on is resolved in memory by the same
+        rules. An alias that leads into another domain, or a domain too big
+        to hold, is resolved by the accounts as before.
         """
         parts = split_address(address)
-        if parts is None:
+        domain = parts[1] if parts is not None else None
+        if domain is None or (domain not in self.domains_seen and domain not in self.directories):
+            if domain is not None:
+                self.domains_seen.add(domain)
             return (yield self.router.accounts.resolve(address))
-        domain = parts[1]
         if domain not in self.directories:
             self.directories[domain] = yield self.router.accounts.domainDirectory(domain)
         directory = self.directories[domain]

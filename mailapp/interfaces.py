@@ -81,7 +81,8 @@ class IAccounts(Interface):
         each; or with ``None`` when the domain is too big for that (more
         than L{mailapp.accounts.resolution.DOMAIN_DIRECTORY_LIMIT} users and
         aliases): then use L{resolve} for each. A snapshot: the caller holds
-        it for one message only.
+        it for one message only. Costs a few L{resolve}s: worth it for a
+        message with several recipients in the domain, not for one.
         """
 
     def ownsAddress(account: str, address: str) -> Deferred[bool]:

@@ -71,8 +71,10 @@ class AddressDirectory(Protocol):
 
 
 #: The most users and aliases a domain may have for L{DomainDirectory} to hold
-#: them all: a bigger domain's recipients are looked up one by one.
-DOMAIN_DIRECTORY_LIMIT = 200
+#: them all: a bigger domain's recipients are looked up one by one. Reading a
+#: directory of this size costs a few lookups of one address (measured: 69 us
+#: for 10 users against 45 us for one resolve; 442 us for 195 users).
+DOMAIN_DIRECTORY_LIMIT = 64
 
 
 class OutsideDirectory(Exception):
@@ -85,8 +87,8 @@ class DomainDirectory:
     One domain's whole share of the accounts (whether it is ours, its users,
     its aliases and catch-all, who reads its postmaster's mail), read in one
     lookup, so that the same rules (L{resolve_address}) resolve every
-    recipient of a message in that domain in memory: the first RCPT of a
-    transaction in a domain fetches it, the others cost no lookup
+    recipient of a message in that domain in memory: the second RCPT of a
+    transaction in a domain fetches it, the ones after it cost no lookup
     (L{mailapp.delivery.Transaction}). Held for one transaction only, so a
     change to the accounts is seen by the next message.
 

@@ -1,7 +1,8 @@
 """
 A transaction looks each recipient domain up once, not each RCPT: the first
-recipient in a domain fetches the domain's directory from the accounts, the
-others are resolved in memory by the same rules; what it learned lives as
+recipient in a domain is looked up alone (as a one-recipient message always
+was), the second fetches the domain's directory from the accounts, and the
+rest are resolved in memory by the same rules; what it learned lives as
 long as the transaction, so the next one sees a change.
 """
 
@@ -61,8 +62,14 @@ class RecipientLookupTests(TestCase):
         transaction = self.router.start("sender@remote.test", relay_allowed=False)
         for n in range(10):
             yield transaction.addRecipient(f"User{n}@Example.TEST")
-        self.assertEqual(self.accounts.calls, [("domainDirectory", "example.test")])
+        self.assertEqual(self.accounts.calls, [("resolve", "User0@Example.TEST"), ("domainDirectory", "example.test")])
         self.assertEqual(transaction.local, [f"user{n}@example.test" for n in range(10)])
+
+    @inlineCallbacks
+    def test_a_message_to_one_recipient_costs_one_address_lookup_as_before(self) -> None:
+        transaction = self.router.start("sender@remote.test", relay_allowed=False)
+        yield transaction.addRecipient("user3@example.test")
+        self.assertEqual(self.accounts.calls, [("resolve", "user3@example.test")])
 
     @inlineCallbacks
     def test_ten_remote_recipients_in_one_domain_cost_one_domain_lookup(self) -> None:
@@ -70,27 +77,49 @@ class RecipientLookupTests(TestCase):
         self.router.queue = object()  # type: ignore[assignment]  # remote recipients need a relay queue to be accepted
         for n in range(10):
             yield transaction.addRecipient(f"friend{n}@remote.test")
-        self.assertEqual(self.accounts.calls, [("domainDirectory", "remote.test")])
+        self.assertEqual(self.accounts.calls, [("resolve", "friend0@remote.test"), ("domainDirectory", "remote.test")])
         self.assertEqual(transaction.remote, [f"friend{n}@remote.test" for n in range(10)])
+
+    @inlineCallbacks
+    def test_recipients_in_two_domains_cost_one_domain_lookup_each(self) -> None:
+        self.db.add_domain("other.test")
+        for n in range(3):
+            self.db.add_user(f"o{n}@other.test", "pw")
+        transaction = self.router.start("sender@remote.test", relay_allowed=False)
+        for address in ("user1@example.test", "o0@other.test", "user2@example.test", "o1@other.test", "user3@example.test", "o2@other.test"):
+            yield transaction.addRecipient(address)
+        self.assertEqual(
+            self.accounts.calls,
+            [
+                ("resolve", "user1@example.test"), ("resolve", "o0@other.test"),
+                ("domainDirectory", "example.test"), ("domainDirectory", "other.test"),
+            ],
+        )
+        self.assertEqual(len(transaction.local), 6)
 
     @inlineCallbacks
     def test_a_domain_removed_between_two_transactions_is_seen_by_the_second(self) -> None:
         self.db.add_domain("gone.test")
         first = self.router.start("sender@remote.test", relay_allowed=False)
-        yield self.assertFailure(first.addRecipient("anyone@gone.test"), NoSuchUser)
+        for name in ("someone", "anyone"):
+            yield self.assertFailure(first.addRecipient(f"{name}@gone.test"), NoSuchUser)
         self.db.remove_domain("gone.test")
         second = self.router.start("sender@remote.test", relay_allowed=False)
-        yield self.assertFailure(second.addRecipient("anyone@gone.test"), RelayDenied)
+        for name in ("someone", "anyone"):
+            yield self.assertFailure(second.addRecipient(f"{name}@gone.test"), RelayDenied)
         self.assertEqual([call for call in self.accounts.calls if call[0] == "domainDirectory"], [("domainDirectory", "gone.test")] * 2)
 
     @inlineCallbacks
     def test_a_user_added_between_two_transactions_is_found_by_the_second(self) -> None:
         first = self.router.start("sender@remote.test", relay_allowed=False)
+        yield first.addRecipient("user1@example.test")
         yield self.assertFailure(first.addRecipient("new@example.test"), NoSuchUser)
         self.db.add_user("new@example.test", "pw")
         second = self.router.start("sender@remote.test", relay_allowed=False)
+        yield second.addRecipient("user1@example.test")
         yield second.addRecipient("new@example.test")
-        self.assertEqual(second.local, ["new@example.test"])
+        self.assertEqual(second.local, ["user1@example.test", "new@example.test"])
+        self.assertEqual([call[0] for call in self.accounts.calls], ["resolve", "domainDirectory"] * 2)
 
     @inlineCallbacks
     def test_an_alias_into_another_local_domain_is_resolved_by_the_accounts(self) -> None:
@@ -98,11 +127,13 @@ class RecipientLookupTests(TestCase):
         self.db.add_user("carol@other.test", "pw")
         self.db.add_alias("team@example.test", ["user1@example.test", "carol@other.test"])
         transaction = self.router.start("sender@remote.test", relay_allowed=False)
-        yield transaction.addRecipient("team@example.test")
         yield transaction.addRecipient("user2@example.test")
-        self.assertEqual(transaction.local, ["user1@example.test", "carol@other.test", "user2@example.test"])
+        yield transaction.addRecipient("team@example.test")
+        yield transaction.addRecipient("user3@example.test")
+        self.assertEqual(transaction.local, ["user2@example.test", "user1@example.test", "carol@other.test", "user3@example.test"])
         self.assertEqual(
-            self.accounts.calls, [("domainDirectory", "example.test"), ("resolve", "team@example.test")]
+            self.accounts.calls,
+            [("resolve", "user2@example.test"), ("domainDirectory", "example.test"), ("resolve", "team@example.test")],
         )
 
     @inlineCallbacks
@@ -111,12 +142,12 @@ class RecipientLookupTests(TestCase):
         for n in range(DOMAIN_DIRECTORY_LIMIT + 1):
             self.db.add_user(f"u{n}@big.test", "pw")
         transaction = self.router.start("sender@remote.test", relay_allowed=False)
-        yield transaction.addRecipient("u1@big.test")
-        yield transaction.addRecipient("u2@big.test")
-        self.assertEqual(transaction.local, ["u1@big.test", "u2@big.test"])
+        for n in (1, 2, 3):
+            yield transaction.addRecipient(f"u{n}@big.test")
+        self.assertEqual(transaction.local, ["u1@big.test", "u2@big.test", "u3@big.test"])
         self.assertEqual(
             self.accounts.calls,
-            [("domainDirectory", "big.test"), ("resolve", "u1@big.test"), ("resolve", "u2@big.test")],
+            [("resolve", "u1@big.test"), ("domainDirectory", "big.test"), ("resolve", "u2@big.test"), ("resolve", "u3@big.test")],
         )
 
 
