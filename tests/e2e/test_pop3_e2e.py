@@ -540,3 +540,31 @@ def test_pipelined_retrs_over_a_raw_socket_get_every_message_whole_and_in_order(
         after.quit()
     finally:
         after.close()
+
+
+def test_a_client_that_pipelines_retrs_and_does_not_read_is_not_buffered_in_server_memory(server: ServiceProcess, user: str) -> None:
+    """400 RETRs of 60 KiB (24 MiB) sent at once, nothing read for 2 s: the server stops taking commands, its memory stays flat."""
+    count, size = 400, 60 * 1024
+    fill = """
+    from twisted.internet import defer
+
+    async def run(store, argument):
+        account, count, size = argument
+        folder = await store.mailbox(account).folder("INBOX")
+        body = b"Subject: wide\\r\\n\\r\\n" + (b"w" * 1022 + b"\\r\\n") * (size // 1024)
+        return len(await defer.gatherResults([folder.append(body[: size - 2] + b"\\r\\n") for _ in range(count)]))
+    """
+    assert run_with_store(server.state_dir, fill, [user, count, size]) == count
+    with socket.create_connection(("127.0.0.1", server.port("pop3_dev")), timeout=TIMEOUT) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(f"USER {user}\r\nPASS {PASSWORD}\r\n".encode())
+        assert [status[:3] for status, _ in _read_pipelined(sock, 3)] == [b"+OK"] * 3
+        before = server.reset_peak_memory()
+        sock.sendall(b"".join(b"RETR %d\r\n" % n for n in range(1, count + 1)))
+        time.sleep(2)
+        peak = server.status("VmHWM")["VmHWM"]
+        sock.sendall(b"QUIT\r\n")
+        replies = _read_pipelined(sock, count + 1)
+    assert [len(body or b"") for _, body in replies[:count]] == [size] * count
+    sys.stderr.write(f"\nserver peak resident memory while a client did not read 24 MiB of RETRs: {before} kB -> {peak} kB\n")
+    assert peak - before < 8 * 1024, (before, peak)
