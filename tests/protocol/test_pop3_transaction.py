@@ -428,6 +428,16 @@ class ReadAheadTests(POP3TestCase):
         self.assertEqual(self.batches(), [[uids[0], uids[2]]])
 
 
+    @inlineCallbacks
+    def test_a_message_deleted_then_restored_by_rset_is_still_sent_whole(self) -> None:
+        yield self.deliver(*[b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(1, 6)])
+        session = yield self.logged_in()
+        yield self.reply(session, b"RETR 1\r\nDELE 2\r\nRSET\r\n", count=3)
+        self.assertNotIn(2, session.proto._readahead.held())
+        output = yield self.reply(session, b"RETR 2\r\n")
+        self.assertEqual(output, b"+OK 22 octets\r\nSubject: 2\r\n\r\nbody 2\r\n.\r\n")
+
+
 class OutputBackPressureTests(POP3TestCase):
     """A client that pipelines RETRs and stops reading makes the session stop taking commands."""
 
