@@ -172,7 +172,7 @@ def _free_port() -> int:
 
 
 _DOVECOT_CONFIG = """
-protocols = imap
+protocols = {protocol}
 listen = 127.0.0.1
 base_dir = {root}/run
 state_dir = {root}/state
@@ -191,12 +191,12 @@ userdb {{
   driver = static
   args = uid={uid} gid={gid} home={root}/home/%n
 }}
-service imap-login {{
-  inet_listener imap {{
+service {protocol}-login {{
+  inet_listener {protocol} {{
     address = 127.0.0.1
     port = {port}
   }}
-  inet_listener imaps {{
+  inet_listener {protocol}s {{
     port = 0
   }}
 }}
@@ -204,9 +204,13 @@ service imap-login {{
 
 
 class Dovecot:
-    """Our own Dovecot: config, users and Maildir in C{root}; L{start} and L{stop}."""
+    """
+    Our own Dovecot: config, users and Maildir in C{root}; L{start} and
+    L{stop}. It speaks C{protocol} (C{"imap"}, or C{"pop3"} for the POP3
+    workload) on L{port}.
+    """
 
-    def __init__(self, root: Path, messages: list[bytes]) -> None:
+    def __init__(self, root: Path, messages: list[bytes], protocol: str = "imap") -> None:
         self.root = root
         self.port = _free_port()
         root.mkdir(parents=True, exist_ok=True)
@@ -217,7 +221,7 @@ class Dovecot:
 
             nobody = pwd.getpwnam("nobody")
             owner = (nobody.pw_uid, nobody.pw_gid)
-        (root / "dovecot.conf").write_text(_DOVECOT_CONFIG.format(root=root, port=self.port, uid=owner[0], gid=owner[1]))
+        (root / "dovecot.conf").write_text(_DOVECOT_CONFIG.format(protocol=protocol, root=root, port=self.port, uid=owner[0], gid=owner[1]))
         (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}::::::\n")
         # In cur/, as a Maildir a client has already read (mailapp's are in new/: its first open indexes them).
         write_maildir(root / "home" / USER.split("@")[0] / "Maildir", messages, owner if os.getuid() == 0 else None, seen_by_a_client=True)

@@ -103,6 +103,27 @@ class Server:
         """User + system CPU time of the server process so far."""
         return _process_cpu_seconds(self.process.pid)
 
+    def wait_quiet(self, quiet_for: float = 3.0, timeout: float = 90.0, interval: float = 0.5, busy: float = 0.02) -> float:
+        """
+        Wait until the server has used less than C{busy} CPU seconds in
+        every C{interval} for C{quiet_for} seconds on end (its background
+        work after a fill is done: the full-text indexer waits for a second
+        without deliveries, then passes over the new mail), at most
+        C{timeout} seconds. Returns the seconds waited.
+        """
+        started = time.monotonic()
+        quiet_since = started
+        before = self.cpu_seconds()
+        while time.monotonic() - started < timeout:
+            time.sleep(interval)
+            now = self.cpu_seconds()
+            if now - before >= busy:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet_for:
+                break
+            before = now
+        return time.monotonic() - started
+
     def children_cpu_seconds(self) -> float:
         """
         CPU time so far of the server's live child processes (the DKIM

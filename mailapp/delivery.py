@@ -22,6 +22,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailapp import dsn, logevents
+from mailapp.accounts.addresses import split_address
+from mailapp.accounts.resolution import DomainDirectory, OutsideDirectory, resolve_address
 from mailapp.errors import (
     BinaryNotRelayed,
     ForwardingRateExceeded,
@@ -117,6 +119,41 @@ class Transaction:
     #: The RCPT address (as in L{recipients}) that first reached each local
     #: account (lower-cased): a Sieve script's envelope "to", with its +detail.
     rcpt_for: dict[str, str] = field(default_factory=dict)
+    #: What this transaction learned of each recipient domain (L{_resolve}),
+    #: for its life only: domain -> its whole directory, or None when it is
+    #: too big to hold (its addresses are then looked up one by one); and
+    #: the domains one recipient has been looked up in so far.
+    directories: dict[str, DomainDirectory | None] = field(default_factory=dict)
+    domains_seen: set[str] = field(default_factory=set)
+
+    @inlineCallbacks
+    def _resolve(self, address: str) -> Any:
+        """
+        Where C{address} goes (L{IAccounts.resolve}), with two accounts
+        lookups per recipient domain per transaction at most, not one per
+        RCPT: the first recipient in a domain is looked up alone (a message
+        to one recipient costs what it always did: reading a domain's
+        directory costs more than one address's lookup), the second fetches
+        the domain's directory (L{IAccounts.domainDirectory}), and every
+        recipient in it from then on is resolved in memory by the same
+        rules. An alias that leads into another domain, or a domain too big
+        to hold, is resolved by the accounts as before.
+        """
+        parts = split_address(address)
+        domain = parts[1] if parts is not None else None
+        if domain is None or (domain not in self.domains_seen and domain not in self.directories):
+            if domain is not None:
+                self.domains_seen.add(domain)
+            return (yield self.router.accounts.resolve(address))
+        if domain not in self.directories:
+            self.directories[domain] = yield self.router.accounts.domainDirectory(domain)
+        directory = self.directories[domain]
+        if directory is not None:
+            try:
+                return resolve_address(address, directory)
+            except OutsideDirectory:
+                pass
+        return (yield self.router.accounts.resolve(address))
 
     @inlineCallbacks
     def addRecipient(self, address: str) -> Any:
@@ -131,7 +168,7 @@ class Transaction:
             raise TooManyRecipients()
         forwarding = self.router.forwarding
         forwarder = address
-        resolution = yield self.router.accounts.resolve(address)
+        resolution = yield self._resolve(address)
         for _ in range(MAX_UNWIND):
             in_local_domain = resolution is None or resolution.local_domain
             if forwarding is None or not in_local_domain or not forwarding.claims_srs(address):
@@ -141,7 +178,7 @@ class Transaction:
             if original is None:
                 raise NoSuchUser()
             address = original
-            resolution = yield self.router.accounts.resolve(address)
+            resolution = yield self._resolve(address)
         if resolution is None:
             raise NoSuchUser()
         if not resolution.local_domain and not self.relay_allowed and address == forwarder:

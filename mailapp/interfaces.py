@@ -72,6 +72,19 @@ class IAccounts(Interface):
         when the domain is not local.
         """
 
+    def domainDirectory(domain: str) -> Deferred[Any]:
+        """
+        Fire with a L{mailapp.accounts.resolution.DomainDirectory}: all that
+        C{domain} holds (whether it is local, its users, aliases and
+        catch-all), in one lookup, for resolving several recipients in it
+        with L{mailapp.accounts.resolution.resolve_address} and no lookup
+        each; or with ``None`` when the domain is too big for that (more
+        than L{mailapp.accounts.resolution.DOMAIN_DIRECTORY_LIMIT} users and
+        aliases): then use L{resolve} for each. A snapshot: the caller holds
+        it for one message only. Costs a few L{resolve}s: worth it for a
+        message with several recipients in the domain, not for one.
+        """
+
     def ownsAddress(account: str, address: str) -> Deferred[bool]:
         """
         Fire with ``True`` if C{account} may use C{address} as its envelope
@@ -404,12 +417,15 @@ class IFolder(Interface):
         Fails with L{mailapp.errors.NoSuchMessage}.
         """
 
-    def readMessages(uids: Sequence[int], limit: int) -> Deferred[dict[int, bytes | None]]:
+    def readMessages(uids: Sequence[int], limit: int) -> Deferred[dict[int, bytes]]:
         """
-        L{readMessage} for each of C{uids} in one trip to a worker thread:
-        UID -> its bytes, or None when larger than C{limit}; a UID whose
-        message is gone is left out. What a FETCH of many small messages
-        uses instead of a trip (or three) per message.
+        Fire with UID -> the whole message in wire form (as L{readMessage})
+        for each of C{uids} of at most C{limit} bytes, in one trip to a
+        worker thread: what a protocol reads ahead of the commands a client
+        is about to send (POP3's RETRs). A message that is gone or bigger
+        than C{limit} is left out (read it alone, which says which); the
+        caller bounds the batch (count times C{limit}). Never fails for one
+        message.
         """
 
     def cachedStructures(uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:

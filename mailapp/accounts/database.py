@@ -31,7 +31,14 @@ from mailapp.accounts.addresses import (
 from mailapp.accounts.passwords import default_password_hasher
 from mailapp.accounts.profiles import check_profile
 from mailapp.accounts.records import AliasInfo, DomainInfo, Profile, QuotaOverride, RemovedUser, Resolution, SenderRule, SenderVerdict
-from mailapp.accounts.resolution import check_alias, owns_address, resolve_address, target_names_user
+from mailapp.accounts.resolution import (
+    DOMAIN_DIRECTORY_LIMIT,
+    DomainDirectory,
+    check_alias,
+    owns_address,
+    resolve_address,
+    target_names_user,
+)
 from mailapp.accounts.senderlists import check_action, check_sender_pattern, sender_verdict
 from mailapp.accounts.schema import open_database, transaction
 from mailapp.errors import AccountError
@@ -559,6 +566,34 @@ class AccountsDatabase:
     def resolve(self, address: str) -> Resolution | None:
         """See L{resolve_address}."""
         return resolve_address(address, self)
+
+    def domain_directory(self, domain: str, limit: int = DOMAIN_DIRECTORY_LIMIT) -> DomainDirectory | None:
+        """
+        All of C{domain} in one L{DomainDirectory}, or C{None} when it has
+        more than C{limit} users and aliases (look its addresses up one by one).
+        """
+        name = domain_key(domain)
+        listed = self._rows("SELECT name FROM domains LIMIT ?", limit + 1)
+        local_domains = frozenset(self._config_domains | {row[0] for row in listed}) if len(listed) <= limit else None
+        if not self.is_local_domain(name):
+            return DomainDirectory(name, local=False, local_domains=local_domains)
+        users = self._rows("SELECT key, address FROM users WHERE domain = ? ORDER BY created, rowid LIMIT ?", name, limit + 1)
+        aliases = self._rows(
+            "SELECT source_key, target FROM aliases WHERE domain = ? ORDER BY source_key, position LIMIT ?", name, limit + 1
+        )
+        if len(users) + len(aliases) > limit:
+            return None
+        targets: dict[str, list[str]] = {}
+        for source_key, target in aliases:
+            targets.setdefault(source_key, []).append(target)
+        return DomainDirectory(
+            name,
+            local=True,
+            users={key: address for key, address in users},
+            aliases={key: tuple(found) for key, found in targets.items()},
+            first=users[0][1] if users else None,
+            local_domains=local_domains,
+        )
 
     def owns_address(self, account: str, address: str) -> bool:
         """See L{owns_address}."""

@@ -32,6 +32,7 @@ from zope.interface import implementer
 from mailapp import logevents
 from mailapp.accounts.addresses import domain_key
 from mailapp.accounts.database import AccountsDatabase
+from mailapp.accounts.resolution import DomainDirectory
 from mailapp.accounts.passwords import VerifiedPasswords, check_new_password, default_password_hasher
 from mailapp.accounts.records import Profile, QuotaOverride, Resolution, SenderRule, SenderVerdict
 from mailapp.errors import AccountError, LoginsBusy
@@ -164,6 +165,9 @@ class Accounts:
 
     def resolve(self, address: str) -> Deferred[Resolution | None]:
         return self._inDatabase(lambda database: database.resolve(address))
+
+    def domainDirectory(self, domain: str) -> Deferred[DomainDirectory | None]:
+        return self._inDatabase(lambda database: database.domain_directory(domain))
 
     def ownsAddress(self, account: str, address: str) -> Deferred[bool]:
         return self._inDatabase(lambda database: database.owns_address(account, address))

@@ -7,6 +7,7 @@ listeners.
     states and the command table, the limits;
   - L{mailapp.pop3.session}: the session on the shared line session;
   - L{mailapp.pop3.maildrop}: the INBOX snapshot, the maildrop lock, RETR and TOP's streaming;
+  - L{mailapp.pop3.readahead}: small messages read in batches ahead of their RETRs;
   - L{mailapp.pop3.factory}: the listener's factory and the builder the service registers.
 
 The names other modules and the tests use are re-exported here.
@@ -22,6 +23,7 @@ from mailapp.pop3.policy import (
     MAX_AUTH_FAILURES,
     MAX_LINE,
     READ_AHEAD,
+    READ_AHEAD_BYTES,
     POP3Policy,
     SessionState,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "MAX_AUTH_FAILURES",
     "MAX_LINE",
     "READ_AHEAD",
+    "READ_AHEAD_BYTES",
     "MaildropLocks",
     "POP3Factory",
     "POP3Policy",

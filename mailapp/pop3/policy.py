@@ -18,7 +18,10 @@ IDLE_TIMEOUT = 600.0
 MAX_LINE = 1024
 #: Bytes read from a message file per worker-thread call.
 CHUNK_SIZE = 64 * 1024
-READ_AHEAD = 4  # small messages read before their RETR, at most
+#: Small messages (at most L{CHUNK_SIZE}) read before their RETR, at most, in
+#: one worker-thread trip; and the bytes those may hold (L{mailapp.pop3.readahead}).
+READ_AHEAD = 32
+READ_AHEAD_BYTES = 256 * 1024
 MAX_AUTH_FAILURES = 3
 AUTH_FAILURE_DELAY = 1.0
 

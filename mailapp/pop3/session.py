@@ -24,6 +24,7 @@ restarts, never reused, and the same message identity IMAP sees.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from twisted.internet import defer
@@ -35,7 +36,9 @@ from mailapp.dotstuffing import DotStuffer
 from mailapp.errors import NoSuchMessage
 from mailapp.linesession import LineSession
 from mailapp.pop3.maildrop import _Maildrop, _MessageSender, _number
-from mailapp.pop3.policy import CHUNK_SIZE, COMMANDS, KNOWN, MAX_LINE, READ_AHEAD, POP3Policy, SessionState
+from mailapp.pop3.policy import CHUNK_SIZE, COMMANDS, KNOWN, MAX_LINE, POP3Policy, SessionState
+from mailapp.pop3.output import SessionOutput
+from mailapp.pop3.readahead import ReadAhead
 from mailapp.sessions import BANNED, AuthOutcome, Overrun
 from mailapp.records import MessageInfo
 
@@ -57,8 +60,12 @@ _SASL_REPLIES: dict[type[sasl.SASLError], bytes] = {
 }
 
 
+#: The control characters a command line may not hold (TAB may).
+_CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _has_controls(line: bytes) -> bool:
-    return any(b < 0x20 and b != 0x09 or b == 0x7F for b in line)
+    return _CONTROLS.search(line) is not None
 
 
 class POP3Server(LineSession):
@@ -82,8 +89,10 @@ class POP3Server(LineSession):
         self._locked: str | None = None
         self._logout: Callable[[], None] | None = None
         self._sender: _MessageSender | None = None
-        #: Small messages read ahead of their RETR: message number -> Deferred of its bytes.
-        self._ahead: dict[int, defer.Deferred[bytes | None]] = {}
+        #: Small messages read ahead of their RETR (set at login).
+        self._ahead: ReadAhead | None = None
+        #: The back-pressure on what we write (set at the greeting).
+        self._output: SessionOutput | None = None
 
     # -- replies ----------------------------------------------------------------
 
@@ -100,8 +109,24 @@ class POP3Server(LineSession):
     # -- the line session's hooks ---------------------------------------------------
 
     def greet(self) -> None:
+        assert self.transport is not None
+        self._output = SessionOutput(self.transport, self._outputResumed)
+        self._output.register()
         self._ok(self.policy.hostname.encode("ascii") + b" POP3 mailapp ready")
         self.setTimeout(self.policy.login_timeout)
+
+    def outputPaused(self) -> bool:
+        return self._output is not None and self._output.paused
+
+    def releaseOutput(self) -> None:
+        if self._output is not None:
+            self._output.release()
+
+    def _outputResumed(self) -> None:
+        """The client reads again: take the commands it pipelined meanwhile."""
+        if self._connected and not self._closing and not self._busy and self.transport is not None:
+            self.transport.resumeProducing()
+            self._process()
 
     def refuse(self, text: bytes, banned: bool) -> None:
         self._err(b"[SYS/TEMP] " + text)
@@ -327,7 +352,8 @@ class POP3Server(LineSession):
         if not self._connected:
             return  # connectionLost has released the lock
         self.account = account
-        self._maildrop = _Maildrop(folder, status.uidvalidity, messages)
+        self._maildrop = drop = _Maildrop(folder, status.uidvalidity, messages)
+        self._ahead = ReadAhead(folder, messages, drop.deleted.__contains__)
         self.sessionState = SessionState.TRANSACTION
         self.factory.loggedIn(self)
         self.setTimeout(self.policy.timeout)
@@ -403,8 +429,16 @@ class POP3Server(LineSession):
             self._err(b"Syntax: RETR message")
             return
         found = self._find(words[0])
-        if found is not None:
-            self._wait(defer.Deferred.fromCoroutine(self._send(found[0], found[1], None)))
+        if found is None:
+            return
+        number, info = found
+        data = self._readahead.take(number) if info.size <= CHUNK_SIZE else None
+        if data is not None:
+            # Read ahead: answered now, with no Deferred and no wait (a
+            # pipelining client's next RETR runs straight after).
+            self._sendWhole(number, data)
+        else:
+            self._wait(defer.Deferred.fromCoroutine(self._send(number, info, None)))
 
     def pop3_TOP(self, argument: bytes) -> None:
         words = argument.split()
@@ -419,25 +453,36 @@ class POP3Server(LineSession):
         if found is not None:
             self._wait(defer.Deferred.fromCoroutine(self._send(found[0], found[1], lines)))
 
+    @property
+    def _readahead(self) -> ReadAhead:
+        assert self._ahead is not None
+        return self._ahead
+
+    def _sendWhole(self, number: int, data: bytes) -> None:
+        """A small message's RETR response, in one write: status line, stuffed message, terminator."""
+        stuffer = DotStuffer()
+        body = stuffer.stuff(data)
+        # The idle timer was reset when the command came (dataReceived).
+        self._write(b"".join((b"+OK %d octets\r\n" % len(data), body, stuffer.end())))
+        self._drop.retrieved.add(number)
+        self._readahead.topUp(number)
+
     async def _send(self, number: int, info: MessageInfo, lines: int | None) -> None:
-        """RETR (C{lines} None) or TOP: open the file, then stream it."""
+        """RETR (C{lines} None) or TOP: the message whole if it is small, else open the file and stream it."""
         if lines is None and info.size <= CHUNK_SIZE:
-            # A small message travels whole: one trip to a worker thread, or
-            # none when it was read ahead while the client took the previous one.
-            try:
-                data = await self._readSmall(number, info)
-            except NoSuchMessage:
-                self._err(b"Message %d was removed from the mailbox by another client" % number)
-                return
-            if data is not None:
-                if not self._connected:
+            # One trip to a worker thread for it and the next ones (L{ReadAhead}).
+            await self._readahead.load(number)
+            data = self._readahead.take(number)
+            if data is None:
+                # Not in the batch (gone, or the read failed): read it alone, to say which.
+                try:
+                    data = await self._drop.folder.readMessage(info.uid, CHUNK_SIZE)
+                except NoSuchMessage:
+                    self._err(b"Message %d was removed from the mailbox by another client" % number)
                     return
-                stuffer = DotStuffer()
-                self._ok(b"%d octets" % info.size)
-                self._write(stuffer.stuff(data) + stuffer.end())
-                self.resetTimeout()
-                self._drop.retrieved.add(number)
-                self._readAhead(number + 1)
+            if data is not None:
+                if self._connected:
+                    self._sendWhole(number, data)
                 return
         try:
             file = await self._drop.folder.openMessage(info.uid)
@@ -448,41 +493,13 @@ class POP3Server(LineSession):
             file.close()
             return
         self._ok(b"%d octets" % info.size if lines is None else b"Top of message follows")
-        assert self.transport is not None
-        self._sender = _MessageSender(self.transport, file, self.factory.readChunk, lines, self.resetTimeout)
+        assert self._output is not None
+        self._sender = _MessageSender(self._output.consumer(), file, self.factory.readChunk, lines, self.resetTimeout)
         # If the stream fails, _sender stays set: _wait must know a response was half sent.
         completed = await self._sender.start()
         self._sender = None
         if completed and lines is None:
             self._drop.retrieved.add(number)
-
-    def _readSmall(self, number: int, info: MessageInfo) -> defer.Deferred[bytes | None]:
-        ahead = self._ahead.pop(number, None)
-        if ahead is not None:
-            return ahead
-        read: defer.Deferred[bytes | None] = self._drop.folder.readMessage(info.uid, CHUNK_SIZE)
-        return read
-
-    def _readAhead(self, number: int) -> None:
-        """
-        Clients fetch messages in order: read the next few small ones now, so
-        their RETRs are answered from memory. Holds at most L{READ_AHEAD}
-        messages of at most L{CHUNK_SIZE}; a failure (one was removed
-        meanwhile) just means no read-ahead, and its RETR reports it.
-        """
-        window = range(number, number + READ_AHEAD)
-        for stale in [n for n in self._ahead if n not in window]:
-            # A client that fetches out of order: drop what it skipped.
-            del self._ahead[stale]
-        for number in window:
-            if number > len(self._drop.messages) or number in self._ahead:
-                continue
-            info = self._drop.messages[number - 1]
-            if number in self._drop.deleted or info.size > CHUNK_SIZE:
-                continue
-            d = self._drop.folder.readMessage(info.uid, CHUNK_SIZE)
-            d.addErrback(lambda reason: None)
-            self._ahead[number] = d
 
     def pop3_DELE(self, argument: bytes) -> None:
         words = argument.split()
@@ -492,6 +509,7 @@ class POP3Server(LineSession):
         found = self._find(words[0])
         if found is not None:
             self._drop.deleted.add(found[0])
+            self._readahead.forget(found[0])
             self._ok(b"Message %d marked for deletion" % found[0])
 
     def pop3_RSET(self, argument: bytes) -> None:

@@ -21,7 +21,7 @@ import sqlite3
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Mapping, Sequence, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -218,19 +218,39 @@ class MaildirFolder:
     def readMessage(self, uid: int, limit: int) -> Deferred[bytes | None]:
         return self.store.run(self._readFile, uid, lambda path: read_message_file(path, limit))
 
-    def readMessages(self, uids: Sequence[int], limit: int) -> Deferred[dict[int, bytes | None]]:
+    def readMessages(self, uids: Sequence[int], limit: int) -> Deferred[dict[int, bytes]]:
         wanted = list(uids)
 
-        def read() -> dict[int, bytes | None]:
-            found: dict[int, bytes | None] = {}
+        def read() -> dict[int, bytes]:
+            # One index read for every file name, then the files; a message
+            # whose file moved meanwhile (a flag change) or went (an expunge)
+            # takes L{_readFile}'s careful path alone.
+            with self._connect() as conn:
+                names = dict(
+                    conn.execute(
+                        f"SELECT uid, filename FROM messages WHERE folder = ? AND uid IN ({','.join('?' * len(wanted))})",
+                        (self.name, *wanted),
+                    ).fetchall()
+                )
+            found: dict[int, bytes] = {}
             for uid in wanted:
+                data: bytes | None = None
                 try:
-                    found[uid] = self._readFile(uid, lambda path: read_message_file(path, limit))
+                    name = names.get(uid)
+                    if name is not None:
+                        try:
+                            data = read_message_file(self.directory / str(name), limit)
+                        except FileNotFoundError:
+                            name = None
+                    if name is None:
+                        data = self._readFile(uid, lambda path: read_message_file(path, limit))
                 except NoSuchMessage:
-                    pass
+                    continue
+                if data is not None:
+                    found[uid] = data
             return found
 
-        return self.store.run(read)
+        return self.store.run(read) if wanted else succeed({})
 
     def cachedStructures(self, uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:
         wanted = list(uids)

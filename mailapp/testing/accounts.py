@@ -34,6 +34,7 @@ from mailapp.accounts import (
     target_names_user,
 )
 from mailapp.accounts.addresses import domain_key, split_address
+from mailapp.accounts.resolution import DOMAIN_DIRECTORY_LIMIT, DomainDirectory
 from mailapp.errors import AccountError
 from mailapp.interfaces import IAccounts
 
@@ -194,6 +195,18 @@ class FakeAccounts:
 
     def resolve(self, address: str) -> Deferred[Resolution | None]:
         return succeed(resolve_address(address, self))
+
+    def domainDirectory(self, domain: str) -> Deferred[DomainDirectory | None]:
+        name = domain_key(domain)
+        local_domains = frozenset(self._domains)
+        if not self.is_local_domain(name):
+            return succeed(DomainDirectory(name, local=False, local_domains=local_domains))
+        users = {key: canonical for key, (canonical, _) in self._users.items() if key.rpartition("@")[2] == name}
+        aliases = {key: tuple(targets) for key, (_, targets) in self._aliases.items() if key.rpartition("@")[2] == name}
+        if len(users) + sum(map(len, aliases.values())) > DOMAIN_DIRECTORY_LIMIT:
+            return succeed(None)
+        first = next(iter(users.values()), None)
+        return succeed(DomainDirectory(name, local=True, users=users, aliases=aliases, first=first, local_domains=local_domains))
 
     def ownsAddress(self, account: str, address: str) -> Deferred[bool]:
         return succeed(owns_address(account, address, self))

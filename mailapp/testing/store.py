@@ -93,8 +93,11 @@ class _FakeFolderState:
         self.expunged_emailids: dict[int, str] = {}
         #: uid -> (version, blob): L{FakeFolder.saveStructures}
         self.structures: dict[int, tuple[int, bytes]] = {}
-        #: Every UID L{FakeFolder.openMessage} or L{FakeFolder.readMessage} was asked for, in order.
+        #: Every UID L{FakeFolder.openMessage} or L{FakeFolder.readMessage} was asked for, in order
+        #: (and every one L{FakeFolder.readMessages} returned).
         self.opened: list[int] = []
+        #: The UIDs of each L{FakeFolder.readMessages} call: one entry per trip a real store makes.
+        self.batches: list[list[int]] = []
 
     def nextModseq(self) -> int:
         self.highestmodseq += 1
@@ -193,13 +196,14 @@ class FakeFolder:
             return fail(NoSuchMessage(f"no such message: {uid}"))
         return succeed(data if len(data) <= limit else None)
 
-    def readMessages(self, uids: Sequence[int], limit: int) -> Deferred[dict[int, bytes | None]]:
-        found: dict[int, bytes | None] = {}
+    def readMessages(self, uids: Sequence[int], limit: int) -> Deferred[dict[int, bytes]]:
+        self._state.batches.append(list(uids))
+        found = {}
         for uid in uids:
-            self._state.opened.append(uid)
             data = self._data(uid)
-            if data is not None:
-                found[uid] = data if len(data) <= limit else None
+            if data is not None and len(data) <= limit:
+                self._state.opened.append(uid)
+                found[uid] = data
         return succeed(found)
 
     def cachedStructures(self, uids: Sequence[int], version: int) -> Deferred[dict[int, bytes]]:

@@ -15,6 +15,7 @@ import base64
 import email.policy
 import os
 import poplib
+import re
 import smtplib
 import socket
 import sys
@@ -472,3 +473,98 @@ def test_timing_of_stat_list_uidl_and_retr_of_a_thousand_4k_messages(server: Ser
     report = ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in timings.items())
     sys.stderr.write(f"\nPOP3 timing, {count} messages of 4 KiB in one session: {report}\n")
     assert timings["RETR x1000"] < 60
+
+
+def _read_pipelined(sock: socket.socket, replies: int) -> list[tuple[bytes, bytes | None]]:
+    """C{replies} responses from a raw socket: (status line, unstuffed body of a multi-line one or None)."""
+    buffer, found = b"", []
+    deadline = time.monotonic() + TIMEOUT
+    while len(found) < replies:
+        end = buffer.find(b"\r\n")
+        status = buffer[:end] if end >= 0 else b""
+        multi = re.fullmatch(rb"\+OK \d+ octets", status) is not None  # a RETR's
+        terminator = buffer.find(b"\r\n.\r\n", end) if multi else -1
+        if end >= 0 and (not multi or terminator >= 0 or buffer[end + 2 : end + 5] == b".\r\n"):
+            if not multi:
+                found.append((status, None))
+                buffer = buffer[end + 2 :]
+                continue
+            if buffer[end + 2 : end + 5] == b".\r\n":
+                body, buffer = b"", buffer[end + 5 :]
+            else:
+                body, buffer = buffer[end + 2 : terminator + 2], buffer[terminator + 5 :]
+            found.append((status, b"".join(line[1:] if line.startswith(b".") else line for line in body.splitlines(keepends=True))))
+            continue
+        assert time.monotonic() < deadline, found[-1:]
+        data = sock.recv(1 << 16)
+        assert data, f"connection closed after {len(found)} replies"
+        buffer += data
+    assert buffer == b"", buffer[:200]
+    return found
+
+
+def test_pipelined_retrs_over_a_raw_socket_get_every_message_whole_and_in_order(server: ServiceProcess, user: str) -> None:
+    """A client pipelining (RFC 2449) 60 RETRs, a DELE and QUIT in one write: read-ahead batches, a big message streamed between them."""
+    from mailapp.pop3 import CHUNK_SIZE
+
+    count = 60
+    messages = [
+        _message(user, f"message {n}", ".a dot first\n" + f"body {n}\n" * (n % 7 + 1) + (".\n" if n % 5 == 0 else ""))
+        for n in range(1, count + 1)
+    ]
+    messages[29] = _message(user, "big one", ".dotted\n" * (2 * CHUNK_SIZE // 8))
+    _send(server, user, *messages)
+    reference = _login(server, user)
+    try:
+        expected = [_wire(reference.retr(n)[1]) for n in range(1, count + 1)]
+        uidl_before = reference.uidl()[1]
+        reference.quit()
+    finally:
+        reference.close()
+    assert len(expected[29]) > CHUNK_SIZE
+    with socket.create_connection(("127.0.0.1", server.port("pop3_dev")), timeout=TIMEOUT) as sock:
+        sock.sendall(f"USER {user}\r\nPASS {PASSWORD}\r\n".encode())
+        assert [status[:3] for status, _ in _read_pipelined(sock, 3)] == [b"+OK"] * 3
+        sock.sendall(b"".join(b"RETR %d\r\n" % n for n in range(1, count + 1)) + b"DELE 2\r\nQUIT\r\n")
+        replies = _read_pipelined(sock, count + 2)
+    for n, ((status, body), wanted) in enumerate(zip(replies, expected), 1):
+        assert status == b"+OK %d octets" % len(wanted), (n, status)
+        assert body == wanted, n
+    assert replies[count][0] == b"+OK Message 2 marked for deletion"
+    assert replies[count + 1][0].startswith(b"+OK mail.example.test signing off (59 messages left)")
+    after = _login(server, user)
+    try:
+        assert after.stat()[0] == count - 1
+        ids = [line.split()[1] for line in uidl_before]
+        assert [line.split()[1] for line in after.uidl()[1]] == ids[:1] + ids[2:]
+        after.quit()
+    finally:
+        after.close()
+
+
+def test_a_client_that_pipelines_retrs_and_does_not_read_is_not_buffered_in_server_memory(server: ServiceProcess, user: str) -> None:
+    """400 RETRs of 60 KiB (24 MiB) sent at once, nothing read for 2 s: the server stops taking commands, its memory stays flat."""
+    count, size = 400, 60 * 1024
+    fill = """
+    from twisted.internet import defer
+
+    async def run(store, argument):
+        account, count, size = argument
+        folder = await store.mailbox(account).folder("INBOX")
+        body = b"Subject: wide\\r\\n\\r\\n" + (b"w" * 1022 + b"\\r\\n") * (size // 1024)
+        return len(await defer.gatherResults([folder.append(body[: size - 2] + b"\\r\\n") for _ in range(count)]))
+    """
+    assert run_with_store(server.state_dir, fill, [user, count, size]) == count
+    with socket.create_connection(("127.0.0.1", server.port("pop3_dev")), timeout=TIMEOUT) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(f"USER {user}\r\nPASS {PASSWORD}\r\n".encode())
+        assert [status[:3] for status, _ in _read_pipelined(sock, 3)] == [b"+OK"] * 3
+        before = server.reset_peak_memory()
+        sock.sendall(b"".join(b"RETR %d\r\n" % n for n in range(1, count + 1)))
+        time.sleep(2)
+        peak = server.status("VmHWM")["VmHWM"]
+        sock.sendall(b"QUIT\r\n")
+        replies = _read_pipelined(sock, count + 1)
+    assert [len(body or b"") for _, body in replies[:count]] == [size] * count
+    sys.stderr.write(f"\nserver peak resident memory while a client did not read 24 MiB of RETRs: {before} kB -> {peak} kB\n")
+    assert peak - before < 8 * 1024, (before, peak)

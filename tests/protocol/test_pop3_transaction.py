@@ -349,17 +349,17 @@ class ReadAheadTests(POP3TestCase):
         for number in range(30, 0, -1):
             output = yield self.reply(session, b"RETR %d\r\n" % number)
             self.assertTrue(output.endswith(b"body %d\r\n.\r\n" % number), output)
-            self.assertLessEqual(len(session.proto._ahead), READ_AHEAD)
+            self.assertLessEqual(len(session.proto._readahead), READ_AHEAD)
 
     @inlineCallbacks
     def test_messages_fetched_in_order_come_from_the_read_ahead(self) -> None:
         yield self.deliver(*[b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(1, 6)])
         session = yield self.logged_in()
         yield self.reply(session, b"RETR 1\r\n")
-        self.assertEqual(sorted(session.proto._ahead), [2, 3, 4, 5])
+        self.assertEqual(session.proto._readahead.held(), [2, 3, 4, 5])
         output = yield self.reply(session, b"RETR 2\r\n")
         self.assertTrue(output.endswith(b"body 2\r\n.\r\n"))
-        self.assertNotIn(2, session.proto._ahead)
+        self.assertNotIn(2, session.proto._readahead.held())
 
     @inlineCallbacks
     def test_hundreds_of_pipelined_retrs_served_from_the_read_ahead_each_get_their_message(self) -> None:
@@ -371,3 +371,106 @@ class ReadAheadTests(POP3TestCase):
         for n in (2, 150, count):
             self.assertIn(b"body %d\r\n.\r\n" % n, output)
         self.assertEqual(output.count(b"+OK "), count - 1)
+
+    def batches(self) -> list[list[int]]:
+        """The UIDs of each batch the session read through IFolder.readMessages (one worker-thread trip each)."""
+        return self.store._mailboxes[ALICE.lower()]["INBOX"].batches
+
+    @inlineCallbacks
+    def test_pipelined_retrs_of_small_messages_take_one_store_trip_per_batch(self) -> None:
+        from mailapp.pop3 import READ_AHEAD
+
+        count = 100
+        yield self.deliver(*[b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(1, count + 1)])
+        session = yield self.logged_in()
+        output = yield self.reply(session, b"".join(b"RETR %d\r\n" % n for n in range(1, count + 1)), count=count)
+        self.assertEqual(output.count(b"+OK "), count)
+        for n in (1, 50, count):
+            self.assertIn(b"Subject: %d\r\n\r\nbody %d\r\n.\r\n" % (n, n), output)
+        batches = self.batches()
+        self.assertEqual(sorted(uid for batch in batches for uid in batch), (yield self.uids()))
+        self.assertLessEqual(len(batches), 2 * count // READ_AHEAD + 1)
+        self.assertEqual(len(batches[0]), READ_AHEAD)
+
+    @inlineCallbacks
+    def test_a_client_fetching_newest_first_reads_one_message_per_trip(self) -> None:
+        yield self.deliver(*[b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(1, 11)])
+        session = yield self.logged_in()
+        for number in range(10, 0, -1):
+            output = yield self.reply(session, b"RETR %d\r\n" % number)
+            self.assertTrue(output.endswith(b"body %d\r\n.\r\n" % number), output)
+        uids = yield self.uids()
+        self.assertEqual(self.batches(), [[uid] for uid in reversed(uids)])
+
+    @inlineCallbacks
+    def test_a_message_marked_deleted_is_not_read_ahead(self) -> None:
+        yield self.deliver(*[b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(1, 6)])
+        session = yield self.logged_in()
+        yield self.reply(session, b"DELE 3\r\nRETR 1\r\n", count=2)
+        uids = yield self.uids()
+        self.assertEqual(self.batches(), [[uids[0], uids[1], uids[3], uids[4]]])
+        output = yield self.reply(session, b"RETR 3\r\n")
+        self.assertEqual(output, b"-ERR Message 3 is deleted\r\n")
+
+    @inlineCallbacks
+    def test_a_message_bigger_than_a_chunk_is_streamed_between_read_ahead_ones(self) -> None:
+        big = b"Subject: big\r\n\r\n" + b".x\r\n" * (CHUNK_SIZE // 3) + b"end\r\n"
+        yield self.deliver(b"Subject: 1\r\n\r\none\r\n", big, b"Subject: 3\r\n\r\nthree\r\n")
+        session = yield self.logged_in()
+        output = yield self.reply(session, b"RETR 1\r\nRETR 2\r\nRETR 3\r\n", count=3)
+        self.assertEqual(
+            output,
+            b"+OK 19 octets\r\nSubject: 1\r\n\r\none\r\n.\r\n"
+            + b"+OK %d octets\r\n" % len(big) + big.replace(b"\n.", b"\n..") + b".\r\n"
+            + b"+OK 21 octets\r\nSubject: 3\r\n\r\nthree\r\n.\r\n",
+        )
+        uids = yield self.uids()
+        self.assertEqual(self.batches(), [[uids[0], uids[2]]])
+
+
+    @inlineCallbacks
+    def test_a_message_deleted_then_restored_by_rset_is_still_sent_whole(self) -> None:
+        yield self.deliver(*[b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(1, 6)])
+        session = yield self.logged_in()
+        yield self.reply(session, b"RETR 1\r\nDELE 2\r\nRSET\r\n", count=3)
+        self.assertNotIn(2, session.proto._readahead.held())
+        output = yield self.reply(session, b"RETR 2\r\n")
+        self.assertEqual(output, b"+OK 22 octets\r\nSubject: 2\r\n\r\nbody 2\r\n.\r\n")
+
+
+class OutputBackPressureTests(POP3TestCase):
+    """A client that pipelines RETRs and stops reading makes the session stop taking commands."""
+
+    @inlineCallbacks
+    def test_commands_wait_while_the_transport_is_full_and_run_once_it_drains(self) -> None:
+        yield self.deliver(*[b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(1, 6)])
+        session = yield self.logged_in()
+        output = session.transport.producer
+        self.assertIs(output, session.proto._output)
+        output.pauseProducing()  # as a TCP transport does when its buffer is over its size
+        session.send(b"".join(b"RETR %d\r\n" % n for n in range(1, 6)))
+        self.assertEqual(session.output(), b"")
+        output.resumeProducing()
+        self.assertEqual(session.output().count(b"+OK "), 5)
+        self.assertTrue(session.output().endswith(b"body 5\r\n.\r\n"))
+
+    @inlineCallbacks
+    def test_a_streamed_message_pauses_with_the_session_output(self) -> None:
+        big = b"Subject: big\r\n\r\n" + b"y" * (3 * CHUNK_SIZE) + b"\r\n"
+        yield self.deliver(big)
+        session = yield self.logged_in()
+        output = session.transport.producer
+        write = session.transport.write
+
+        def full_after_a_chunk(data: bytes) -> None:
+            write(data)
+            if len(data) >= CHUNK_SIZE:
+                output.pauseProducing()  # the transport's buffer is over its size
+
+        session.transport.write = full_after_a_chunk  # type: ignore[method-assign]
+        session.send(b"RETR 1\r\nNOOP\r\n")
+        self.assertEqual(len(session.output()), len(b"+OK %d octets\r\n" % len(big)) + CHUNK_SIZE)
+        self.assertIs(session.transport.producer, output)
+        session.transport.write = write  # type: ignore[method-assign]
+        output.resumeProducing()
+        self.assertEqual(session.output(), b"+OK %d octets\r\n" % len(big) + big + b".\r\n+OK\r\n")

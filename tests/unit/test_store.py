@@ -690,6 +690,43 @@ class ReadMessageTests(StoreTestCase):
         self.assertIsNone((yield folder.readMessage(1, len(MESSAGE) - 1)))
         yield self.assertFailure(folder.readMessage(2, 100), NoSuchMessage)
 
+    @inlineCallbacks
+    def test_read_messages_returns_the_small_ones_as_read_message_does_and_leaves_out_the_big_and_the_unknown(self):
+        yield self.deliver([ALICE])
+        yield self.deliver([ALICE], b"Subject: big\r\n\r\n" + b"x" * 200 + b"\r\n")
+        yield self.deliver([ALICE], b"Subject: third\r\n\r\nthree\r\n")
+        yield self.deliver([ALICE], b"Subject: fourth\r\n\r\nfour\r\n")
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        yield folder.expunge([4])
+        found = yield folder.readMessages([1, 2, 3, 4, 99], 100)
+        # 4 was expunged a moment ago: still read, as readMessage reads it (for the sessions that had it in view).
+        self.assertEqual((yield folder.readMessage(4, 100)), b"Subject: fourth\r\n\r\nfour\r\n")
+        self.assertEqual(
+            found, {1: MESSAGE, 3: b"Subject: third\r\n\r\nthree\r\n", 4: b"Subject: fourth\r\n\r\nfour\r\n"}
+        )
+        self.assertEqual((yield folder.readMessages([], 100)), {})
+
+    @inlineCallbacks
+    def test_read_messages_finds_a_message_a_flag_change_renamed(self):
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        # The index still names the file as it was: the rename is the store's own, after the index read.
+        from mailapp.store import folder as folder_module
+
+        original = folder_module.read_message_file
+        calls = []
+
+        def renamed_once(path, limit):
+            calls.append(path)
+            if len(calls) == 1:
+                raise FileNotFoundError(path)
+            return original(path, limit)
+
+        self.patch(folder_module, "read_message_file", renamed_once)
+        found = yield folder.readMessages([1], 1000)
+        self.assertEqual(found, {1: MESSAGE})
+        self.assertEqual(len(calls), 2)
+
 
 class CopyTests(StoreTestCase):
     @inlineCallbacks

@@ -542,14 +542,10 @@ async def _fetchMessages(
         else:
             uids = [selected.uids[p] for p in chunk]
             read = await selected.folder.readMessages(uids, SMALL_MESSAGE)
-            if len(read) < len(uids):
-                complete = False
             chunk_prepared = await session.factory.offThread(_prepare_all, read, uids, items)
         for position, prepared in zip(chunk, chunk_prepared):
             if position >= len(selected.uids) or not selected.active:
                 break
-            if prepared is not None and prepared.gone:
-                continue
             try:
                 if not await _fetchOne(session, selected, position, items, origins, prepared):
                     complete = False
@@ -569,24 +565,19 @@ class _Prepared:
     decoded: dict[int, bytes] | None = None
     #: BINARY met an encoding it does not know (raised where the response is made, in order).
     unknown_encoding: bool = False
-    #: Gone since the UIDs were taken: no response.
-    gone: bool = False
 
 
-def _prepare_all(read: dict[int, bytes | None], uids: list[int], items: list[FetchItem]) -> list[_Prepared | None]:
+def _prepare_all(read: dict[int, bytes], uids: list[int], items: list[FetchItem]) -> list[_Prepared | None]:
     """
-    Worker thread: each message of C{uids} (its bytes in C{read}; not
-    there: gone) with its structure scanned and BINARY parts decoded, when
-    the items need them. None: larger than read whole after all (its file
-    is streamed instead).
+    Worker thread: each message of C{uids} (its bytes in C{read}) with its
+    structure scanned and BINARY parts decoded, when the items need them.
+    None for one C{read} left out (gone, or larger than read whole after
+    all): its own trip says which, and streams it.
     """
     wants_structure = any(i.needs_structure or i.kind in ("PREVIEW", "THREADID") for i in items)
     prepared: list[_Prepared | None] = []
     for uid in uids:
-        if uid not in read:
-            prepared.append(_Prepared(io.BytesIO(b""), gone=True))
-            continue
-        data = read[uid]
+        data = read.get(uid)
         if data is None:
             prepared.append(None)
             continue
