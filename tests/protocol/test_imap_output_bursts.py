@@ -111,3 +111,20 @@ class OutputBurstTests(TestCase):
         self.assertLess(sent.index(b"Subject: 19"), sent.index(b"Subject: large"))
         self.assertLess(sent.index(b"Subject: large"), sent.index(b"Subject: after"))
         self.assertIn(b'ENVELOPE (NIL "0" ((NIL NIL "a" "example.test"))', sent)
+
+    def test_a_message_scanned_for_one_session_is_not_scanned_again_for_the_next(self):
+        from mailapp.imap.commands import fetch
+
+        for n in range(3):
+            self.successResultOf(self.inbox.append(b"From: a@example.test\r\nSubject: %d\r\n\r\nbody\r\n" % n))
+        scans: list[object] = []
+        real_scan = fetch._scan
+        self.patch(fetch, "_scan", lambda handle: scans.append(handle) or real_scan(handle))
+        self.patch(fetch, "_scanned", fetch._ScannedStructures())
+        for _ in range(2):
+            protocol, transport = self.session()
+            protocol.dataReceived(b"b SELECT INBOX\r\nc FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)] ENVELOPE)\r\n")
+            self.context.reactor.advance(0)
+            self.assertIn(b"c OK FETCH completed", transport.value())
+            self.assertEqual(transport.value().count(b"ENVELOPE (NIL"), 3)
+        self.assertEqual(len(scans), 3)  # once per message, not once per message and session
