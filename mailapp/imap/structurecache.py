@@ -83,10 +83,15 @@ def content(fields: bytes) -> keys.Content | None:
     return keys.Content(headers, "", frozenset(), sent, addresses=written)
 
 
-def compute(handle: IO[bytes]) -> bytes | None:
-    """The blob of the message in C{handle} (wire form, read from its start), or None when its structure was cut. Blocking."""
-    handle.seek(0)
-    scanned = mime.scan_structure(handle)
+def compute(handle: IO[bytes], scanned: mime.Structure | None = None) -> bytes | None:
+    """
+    The blob of the message in C{handle} (wire form, read from its start),
+    or None when its structure was cut; C{scanned}: its structure, when
+    already scanned. Blocking.
+    """
+    if scanned is None:
+        handle.seek(0)
+        scanned = mime.scan_structure(handle)
     if scanned.cut:
         return None
     root = scanned.root

@@ -128,3 +128,19 @@ class OutputBurstTests(TestCase):
             self.assertIn(b"c OK FETCH completed", transport.value())
             self.assertEqual(transport.value().count(b"ENVELOPE (NIL"), 3)
         self.assertEqual(len(scans), 3)  # once per message, not once per message and session
+
+    def test_the_structure_cache_fill_and_a_body_fetch_share_one_scan_per_message(self):
+        from mailapp.imap.commands import fetch
+
+        for n in range(3):
+            self.successResultOf(self.inbox.append(b"From: a@example.test\r\nSubject: %d\r\n\r\nbody\r\n" % n))
+        scans: list[object] = []
+        real_scan = fetch._scan
+        self.patch(fetch, "_scan", lambda handle: scans.append(handle) or real_scan(handle))
+        self.patch(fetch, "_scanned", fetch._ScannedStructures())
+        protocol, transport = self.session()
+        protocol.dataReceived(b"b SELECT INBOX\r\nc FETCH 1:* (ENVELOPE)\r\nd FETCH 1:* (BODY.PEEK[HEADER] ENVELOPE)\r\n")
+        self.context.reactor.advance(0)
+        self.assertIn(b"d OK FETCH completed", transport.value())
+        self.assertEqual(transport.value().count(b"ENVELOPE (NIL"), 6)
+        self.assertEqual(len(scans), 3)

@@ -77,6 +77,23 @@ class SortSearchTests(TestCase):
         expected = [self.uids[i] for i in (1, 2, 0, 3, 4)]
         self.assertEqual(self.untagged(reply, b"SORT"), b"* SORT " + b" ".join(b"%d" % u for u in expected))
 
+    def count_reads(self) -> list[int]:
+        """From now on, the UID of each message file read, one by one or a batch at a time (IFolder.readMessages)."""
+        read: list[int] = []
+        folder_class = type(self.inbox)
+        original_open, original_read = folder_class.openMessage, folder_class.readMessages
+
+        def opening(folder, uid: int):  # type: ignore[no-untyped-def]
+            read.append(uid)
+            return original_open(folder, uid)
+
+        def reading(folder, uids, limit):  # type: ignore[no-untyped-def]
+            return original_read(folder, uids, limit).addCallback(lambda found: read.extend(found) or found)
+
+        self.patch(folder_class, "openMessage", opening)
+        self.patch(folder_class, "readMessages", reading)
+        return read
+
     def test_sort_with_an_unknown_charset_is_no_badcharset(self) -> None:
         reply = self.client().command(b"SORT (DATE) KOI8-R ALL")
         self.assertIn(b"t3 NO [BADCHARSET (UTF-8 US-ASCII)]", reply)
@@ -86,31 +103,17 @@ class SortSearchTests(TestCase):
         self.assertIn(b"t3 BAD", self.client().command(b"SORT DATE UTF-8 ALL"))
 
     def test_sort_reads_each_message_file_once_even_when_the_search_reads_headers(self) -> None:
-        opened: list[int] = []
-        folder_class = type(self.inbox)
-        original = folder_class.openMessage
-
-        def counting(folder, uid: int):  # type: ignore[no-untyped-def]
-            opened.append(uid)
-            return original(folder, uid)
-
+        type(self.inbox)
         client = self.client()
-        self.patch(folder_class, "openMessage", counting)
+        opened = self.count_reads()
         client.ok(b"SORT (SUBJECT) UTF-8 HEADER Message-ID x")
         self.assertEqual(sorted(opened), sorted(self.uids))
 
     def test_a_second_sort_takes_its_keys_from_the_cached_envelopes_and_opens_no_file(self) -> None:
         client = self.client()
         first = client.ok(b"SORT (REVERSE DATE FROM) UTF-8 ALL")
-        opened: list[int] = []
-        folder_class = type(self.inbox)
-        original = folder_class.openMessage
-
-        def counting(folder, uid: int):  # type: ignore[no-untyped-def]
-            opened.append(uid)
-            return original(folder, uid)
-
-        self.patch(folder_class, "openMessage", counting)
+        type(self.inbox)
+        opened = self.count_reads()
         second = client.ok(b"SORT (REVERSE DATE FROM) UTF-8 ALL")
         self.assertEqual(self.untagged(second, b"SORT"), self.untagged(first, b"SORT"))
         self.assertEqual(self.untagged(second, b"SORT"), b"* SORT 5 4 1 3 2")
@@ -121,15 +124,8 @@ class SortSearchTests(TestCase):
     def test_sort_after_a_cached_header_search_uses_the_envelopes_that_search_loaded(self) -> None:
         from twisted.internet.defer import succeed
 
-        opened: list[int] = []
         folder_class = type(self.inbox)
-        original = folder_class.openMessage
-
-        def counting(folder, uid: int):  # type: ignore[no-untyped-def]
-            opened.append(uid)
-            return original(folder, uid)
-
-        self.patch(folder_class, "openMessage", counting)
+        opened = self.count_reads()
         # The cache fills as the search reads, but its save has not landed when SORT asks.
         self.patch(folder_class, "saveStructures", lambda folder, blobs, version: succeed(0))
         reply = self.client().ok(b"SORT (FROM) UTF-8 SUBJECT beta")
@@ -137,15 +133,8 @@ class SortSearchTests(TestCase):
         self.assertEqual(sorted(opened), sorted(self.uids))
 
     def test_thread_references_with_a_header_search_reads_each_file_once_on_a_cold_cache(self) -> None:
-        opened: list[int] = []
-        folder_class = type(self.inbox)
-        original = folder_class.openMessage
-
-        def counting(folder, uid: int):  # type: ignore[no-untyped-def]
-            opened.append(uid)
-            return original(folder, uid)
-
-        self.patch(folder_class, "openMessage", counting)
+        type(self.inbox)
+        opened = self.count_reads()
         reply = self.client().ok(b"THREAD REFERENCES UTF-8 SUBJECT beta")
         self.assertEqual(self.untagged(reply, b"THREAD"), b"* THREAD (3 1)")
         self.assertEqual(sorted(opened), sorted(self.uids))

@@ -482,11 +482,20 @@ async def load_structures(
     gone: set[int] = set()
     for start in range(0, len(misses), _FILL_BATCH):
         chunk = misses[start : start + _FILL_BATCH]
-        handles = await defer.gatherResults(
-            [folder.openMessage(uid).addErrback(lambda f: f.trap(NoSuchMessage) and None) for uid in chunk],
-            consumeErrors=True,
-        )
-        computed = await session.factory.offThread(_compute_all, handles)
+        # Small messages in one store trip (gone or larger ones left out: opened one by one).
+        read = await folder.readMessages(chunk, SMALL_MESSAGE)
+        handles: list[IO[bytes] | None] = [io.BytesIO(read[uid]) if uid in read else None for uid in chunk]
+        rest = [index for index, uid in enumerate(chunk) if uid not in read]
+        if rest:
+            opened = await defer.gatherResults(
+                [folder.openMessage(chunk[index]).addErrback(lambda f: f.trap(NoSuchMessage) and None) for index in rest],
+                consumeErrors=True,
+            )
+            for index, handle in zip(rest, opened):
+                handles[index] = handle
+        where = _scan_key(session, folder)
+        keys = [(*where, uid) for uid in chunk] if where else None
+        computed = await session.factory.offThread(_compute_all, handles, keys)
         fresh = {}
         for uid, handle, blob in zip(chunk, handles, computed):
             if handle is None:
@@ -544,8 +553,7 @@ async def _fetchMessages(
         else:
             uids = [selected.uids[p] for p in chunk]
             read = await selected.folder.readMessages(uids, SMALL_MESSAGE)
-            where = (session.account, selected.folder.name, selected.uidvalidity)
-            chunk_prepared = await session.factory.offThread(_prepare_all, read, uids, items, where)
+            chunk_prepared = await session.factory.offThread(_prepare_all, read, uids, items, _scan_key(session, selected.folder))
         for position, prepared in zip(chunk, chunk_prepared):
             if position >= len(selected.uids) or not selected.active:
                 break
@@ -788,16 +796,36 @@ def _scan(handle: IO[bytes]) -> mime.Structure:
     return mime.scan_structure(handle)
 
 
-def _compute_all(handles: list[IO[bytes] | None]) -> list[bytes | None]:
-    """Each open message's structure blob (None: its structure was cut, or it is gone); closes them."""
+def _compute_all(handles: list[IO[bytes] | None], keys: list[tuple[Any, ...]] | None = None) -> list[bytes | None]:
+    """
+    Each open message's structure blob (None: its structure was cut, or it
+    is gone); closes them. With C{keys} (L{_scan_key} and the UID), a
+    structure L{_scanned} already holds is not scanned again, and one
+    scanned here is kept there for the body sections' FETCHes.
+    """
     blobs: list[bytes | None] = []
-    for handle in handles:
+    for index, handle in enumerate(handles):
         if handle is None:
             blobs.append(None)
             continue
         with handle:
-            blobs.append(structurecache.compute(handle))
+            scanned = None
+            if keys is not None:
+                key = (*keys[index], handle.seek(0, os.SEEK_END))
+                scanned = _scanned.get(key)
+                if scanned is None:
+                    scanned = _scan(handle)
+                    _scanned.put(key, scanned)
+            blobs.append(structurecache.compute(handle, scanned))
     return blobs
+
+
+def _scan_key(session: IMAPServer, folder: Any) -> tuple[Any, ...]:
+    """(account, folder, UIDVALIDITY) when C{folder} is the selected one, whose UIDVALIDITY the session knows; else () (no sharing)."""
+    selected = session.selected
+    if selected is None or selected.folder.name != folder.name:
+        return ()
+    return (session.account, selected.folder.name, selected.uidvalidity)
 
 
 def structure_cut(uid: int) -> None:
