@@ -1,0 +1,95 @@
+"""
+What the supervisor and a worker process say to each other: one JSON
+object a line, over the worker's stdin (parent to worker) and stdout
+(worker to parent).
+
+Worker to parent:
+
+- ``{"kind": "log", "event": ...}``: a log event (Twisted's
+  ``eventAsJSON``), which the parent writes into the one server log;
+- ``{"kind": "queued", "id": ...}``: the worker published a relay queue
+  entry, which the parent, the queue's one owner, must now send;
+- ``{"kind": "changed", "event": {...}}``: a folder changed in the worker's
+  store (a delivery, a flag, an expunge), which the parent passes on to the
+  other workers' IMAP sessions.
+
+Parent to worker: ``changed``, the same line, for changes made elsewhere.
+
+A line is a hint like the event bus's events, never the truth: a lost one
+delays an IDLE update until the session's own timer, never loses it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from mailapp.records import FolderEvent
+
+__all__ = ["CHANGED", "LOG", "MAX_LINE", "QUEUED", "LineBuffer", "decode", "encode", "event_from_fields", "event_to_fields"]
+
+LOG: Final = "log"
+QUEUED: Final = "queued"
+CHANGED: Final = "changed"
+
+#: A longer line is dropped, not buffered without end (a log event with a
+#: long traceback stays far below it).
+MAX_LINE: Final = 1 << 20
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    """One message as its line."""
+    return json.dumps({"kind": kind, **fields}, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any] | None:
+    """A line as its message; None for what is not one (never raises)."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or not isinstance(message.get("kind"), str):
+        return None
+    return message
+
+
+def event_to_fields(event: FolderEvent) -> dict[str, Any]:
+    return {"kind": event.kind, "account": event.account, "folder": event.folder, "uids": list(event.uids), "source": event.source}
+
+
+def event_from_fields(fields: Any) -> FolderEvent | None:
+    """The event a ``changed`` line carries; None if it is not a well-formed one."""
+    if not isinstance(fields, dict):
+        return None
+    kind, account, folder, uids, source = (fields.get(name) for name in ("kind", "account", "folder", "uids", "source"))
+    if not (isinstance(kind, str) and isinstance(account, str) and isinstance(folder, str) and isinstance(uids, list)):
+        return None
+    if not all(isinstance(uid, int) for uid in uids) or not (source is None or isinstance(source, str)):
+        return None
+    return FolderEvent(kind, account, folder, tuple(uids), source)
+
+
+class LineBuffer:
+    """Bytes as they arrive -> whole lines; an over-long line is dropped whole."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
+        self._pending = b""
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        lines: list[bytes] = []
+        self._pending += data
+        while True:
+            end = self._pending.find(b"\n")
+            if end < 0:
+                break
+            line, self._pending = self._pending[:end], self._pending[end + 1 :]
+            if self._discarding:
+                self._discarding = False
+            else:
+                lines.append(line)
+        if len(self._pending) > self.max_line:
+            self._pending = b""
+            self._discarding = True
+        return lines
