@@ -1,0 +1,294 @@
+"""
+``[server] workers = 2``: the real server (a supervising parent and two
+worker processes), driven by smtplib, imaplib and poplib.
+
+Which worker accepted a connection is read from ``/proc`` (the worker whose
+descriptors hold the server end of the connection), so that every test of
+something that must cross processes puts its two sides on different
+workers rather than hoping the kernel does.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import poplib
+import signal
+import smtplib
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.imap_helpers import Raw
+from tests.service_runner import TIMEOUT, ServiceProcess, listener
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the serving worker through Linux's /proc")
+
+ALICE, PASSWORD = "alice@example.test", "alice-secret"
+#: A worker starts in about a second on an idle machine; this one is shared.
+START_TIMEOUT = 60.0
+
+Client = TypeVar("Client")
+
+
+class Workers:
+    """A server with C{count} workers over C{root}, and what the tests ask of its processes."""
+
+    def __init__(self, root: Path, listeners: str, extra: str = "", count: int = 2) -> None:
+        self.server = ServiceProcess(root, listeners, extra)
+        text = self.server.config_path.read_text(encoding="utf-8").replace("[server]\n", f"[server]\nworkers = {count}\n", 1)
+        self.server.config_path.write_text(text, encoding="utf-8")
+        self.count = count
+        self.server.add_users({ALICE: PASSWORD})
+
+    def start(self) -> None:
+        self.server.start()
+        self.wait_ready(self.count)
+
+    def wait_ready(self, started: int) -> None:
+        """Until C{started} worker starts in all have said "mailapp starting" (their listeners are adopted by then)."""
+        wait_for(lambda: self.server.log().count("] mailapp starting as") - 1 >= started, f"{started} worker starts", self.server)
+
+    def pids(self) -> list[int]:
+        """The live worker processes."""
+        assert self.server.process is not None
+        parent = self.server.process.pid
+        found = []
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                try:
+                    command = Path(f"/proc/{child}/cmdline").read_bytes()
+                except FileNotFoundError:
+                    continue
+                if b"mailapp.workers.child" in command:
+                    found.append(int(child))
+        return sorted(found)
+
+    def serving(self, sock: socket.socket, port: int) -> int | None:
+        """The process (parent or worker) that holds the server end of C{sock}, a connection to C{port}."""
+        assert self.server.process is not None
+        inode = _server_inode(port, sock.getsockname()[1])
+        if inode is None:
+            return None
+        for pid in [self.server.process.pid, *self.pids()]:
+            try:
+                descriptors = os.listdir(f"/proc/{pid}/fd")
+            except FileNotFoundError:
+                continue
+            for fd in descriptors:
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                        return pid
+                except OSError:
+                    continue
+        return None
+
+    def connect_to(self, worker: int, port: int, connect: Callable[[], Client], sock: Callable[[Client], socket.socket]) -> Client:
+        """A client connected (and greeted) by C{worker}: new connections until the kernel gives one to it (bounded)."""
+        for _ in range(60):
+            client = connect()
+            if self.serving(sock(client), port) == worker:
+                return client
+            sock(client).close()
+        raise AssertionError(f"60 connections to port {port}, none accepted by worker {worker}")
+
+    def stop(self) -> None:
+        if self.server.process is not None and self.server.process.poll() is None:
+            self.server.terminate(30)
+
+
+def _server_inode(port: int, client_port: int) -> int | None:
+    """The inode of the server end of 127.0.0.1:client_port -> 127.0.0.1:port, from /proc/net/tcp."""
+    local, remote = f"0100007F:{port:04X}", f"0100007F:{client_port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[2] == remote:
+            return int(fields[9])
+    return None
+
+
+def wait_for(condition: Callable[[], Any], what: str, server: ServiceProcess, timeout: float = START_TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}\n{server.log()[-6000:]}")
+
+
+LISTENERS = (
+    listener("smtp", "smtp")
+    + listener("imap", "imap", allow_plaintext_auth=True)
+    + listener("pop3", "pop3", allow_plaintext_auth=True)
+)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    running = Workers(tmp_path / "a", LISTENERS)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+def _smtp(port: int) -> Callable[[], smtplib.SMTP]:
+    return lambda: smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT)
+
+
+def _deliver(client: smtplib.SMTP, subject: str) -> None:
+    with client:
+        client.sendmail("sender@remote.test", [ALICE], f"Subject: {subject}\r\n\r\nhello\r\n")
+
+
+def test_every_worker_accepts_on_every_listener_and_the_parent_on_none(workers: Workers) -> None:
+    pids = workers.pids()
+    assert len(pids) == 2
+    connect: dict[str, Callable[[int], Any]] = {
+        "smtp": lambda port: smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT),
+        "imap": lambda port: imaplib.IMAP4("127.0.0.1", port, timeout=TIMEOUT),
+        "pop3": lambda port: poplib.POP3("127.0.0.1", port, timeout=TIMEOUT),
+    }
+    for name, make in connect.items():
+        port = workers.server.port(name)
+        seen: set[int | None] = set()
+        for _ in range(60):
+            client = make(port)
+            seen.add(workers.serving(client.sock, port))
+            client.sock.close()
+            if seen == set(pids):
+                break
+        assert seen == set(pids), (name, seen, pids)
+
+
+def test_a_delivery_by_one_worker_is_pushed_to_an_idle_session_on_the_other(workers: Workers) -> None:
+    first, second = workers.pids()
+    imap_port, smtp_port = workers.server.port("imap"), workers.server.port("smtp")
+    idle = workers.connect_to(first, imap_port, lambda: Raw(imap_port), lambda raw: raw.sock)
+    try:
+        assert idle.command(b"a", f"LOGIN {ALICE} {PASSWORD}".encode())[-1].startswith(b"a OK")
+        assert b"* 0 EXISTS" in idle.command(b"b", b"SELECT INBOX")
+        idle.send(b"c IDLE\r\n")
+        assert idle.line().startswith(b"+ ")
+        _deliver(workers.connect_to(second, smtp_port, _smtp(smtp_port), lambda client: client.sock), "across")
+        sent = time.monotonic()
+        # Well before the session's own re-read (30 s): only the cross-process wakeup can tell it.
+        idle.sock.settimeout(5.0)
+        assert idle.line() == b"* 1 EXISTS"
+        assert time.monotonic() - sent < 5.0
+        idle.send(b"DONE\r\n")
+        assert idle.until(b"c")[-1].startswith(b"c OK")
+    finally:
+        idle.close()
+
+
+def test_the_pop3_maildrop_lock_holds_across_workers(workers: Workers) -> None:
+    first, second = workers.pids()
+    port = workers.server.port("pop3")
+    _deliver(smtplib.SMTP("127.0.0.1", workers.server.port("smtp"), timeout=TIMEOUT), "one")
+    holder = workers.connect_to(first, port, lambda: poplib.POP3("127.0.0.1", port, timeout=TIMEOUT), lambda c: c.sock)
+    holder.user(ALICE)
+    holder.pass_(PASSWORD)
+    other = workers.connect_to(second, port, lambda: poplib.POP3("127.0.0.1", port, timeout=TIMEOUT), lambda c: c.sock)
+    other.user(ALICE)
+    with pytest.raises(poplib.error_proto, match=r"IN-USE"):
+        other.pass_(PASSWORD)
+    holder.quit()
+    # Released with the first session: the other worker now gets it.
+    again = workers.connect_to(second, port, lambda: poplib.POP3("127.0.0.1", port, timeout=TIMEOUT), lambda c: c.sock)
+    again.user(ALICE)
+    assert again.pass_(PASSWORD).startswith(b"+OK")
+    assert again.stat()[0] == 1
+    again.quit()
+
+
+def test_a_killed_worker_is_restarted_and_serves_again(workers: Workers) -> None:
+    first, second = workers.pids()
+    os.kill(first, signal.SIGKILL)
+    workers.wait_ready(3)
+    pids = workers.pids()
+    assert len(pids) == 2 and first not in pids and second in pids
+    assert "worker 1 (pid" in workers.server.log() or "worker 2 (pid" in workers.server.log()
+    [restarted] = [pid for pid in pids if pid != second]
+    port = workers.server.port("smtp")
+    _deliver(workers.connect_to(restarted, port, _smtp(port), lambda client: client.sock), "after the restart")
+    wait_for(lambda: len(list((workers.server.maildir(ALICE) / "new").glob("*"))) == 1, "the message", workers.server, 10)
+
+
+def test_sighup_is_applied_by_every_worker_and_sigterm_stops_them_all(workers: Workers) -> None:
+    pids = workers.pids()
+    assert workers.server.process is not None
+    config = workers.server.config_path
+    config.write_text(config.read_text(encoding="utf-8").replace("[limits]\n", "[limits]\nmax_message_size = 123456\n", 1), encoding="utf-8")
+    workers.server.process.send_signal(signal.SIGHUP)
+    # The parent and each worker log their own reload.
+    wait_for(
+        lambda: all(f"[worker {n}] config {config} reloaded" in workers.server.log() for n in (1, 2)),
+        "every worker's reload",
+        workers.server,
+        20,
+    )
+    port = workers.server.port("smtp")
+    for worker in pids:
+        with workers.connect_to(worker, port, _smtp(port), lambda client: client.sock) as client:
+            client.ehlo("client.test")
+            assert client.esmtp_features["size"] == "123456", worker
+    assert workers.server.terminate(30) == 0
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()
+    log = workers.server.log()
+    assert "[worker 1] mailapp stopped" in log and "[worker 2] mailapp stopped" in log
+
+
+# --- the relay queue: entries queued by either worker are sent by the parent -------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_entries_queued_by_either_worker_are_sent_by_the_parent(tmp_path: Path) -> None:
+    b_port = _free_port()
+    receiver = ServiceProcess(
+        tmp_path / "b",
+        f'\n[listeners.smtp]\nprotocol = "smtp"\nendpoint = "tcp:{b_port}:interface=127.0.0.1"\ntls = "none"\n',
+    )
+    text = receiver.config_path.read_text(encoding="utf-8").replace('local = ["example.test"]', 'local = ["b.test"]')
+    receiver.config_path.write_text(text, encoding="utf-8")
+    from mailapp.config import parse
+
+    receiver.config = parse(text, receiver.config_path)
+    receiver.add_users({"bob@b.test": "bob-secret"})
+    sender = Workers(
+        tmp_path / "a",
+        listener("submission", "submission", allow_plaintext_auth=True),
+        f'[relay]\nretry_schedule = [1]\ntransports = {{ "b.test" = "127.0.0.1:{b_port}" }}\n',
+    )
+    try:
+        receiver.start()
+        sender.start()
+        port = sender.server.port("submission")
+        for number, worker in enumerate(sender.pids()):
+            with sender.connect_to(worker, port, _smtp(port), lambda client: client.sock) as client:
+                client.login(ALICE, PASSWORD)
+                assert client.sendmail(ALICE, ["bob@b.test"], f"Subject: from worker {number}\r\n\r\nhi\r\n") == {}
+        inbox = receiver.maildir("bob@b.test") / "new"
+        wait_for(lambda: inbox.is_dir() and len(list(inbox.iterdir())) == 2, "both messages at B", sender.server, 30)
+        subjects = sorted(b"from worker 0" in path.read_bytes() for path in inbox.iterdir())
+        assert subjects == [False, True]
+        envelopes = sender.server.state_dir / "queue" / "envelopes"
+        wait_for(lambda: not list(envelopes.iterdir()), "A's queue to empty", sender.server, 30)
+    finally:
+        sender.stop()
+        if receiver.process is not None and receiver.process.poll() is None:
+            receiver.terminate()
+
