@@ -22,6 +22,7 @@ CONFIG = """
 [server]
 hostname = "{hostname}"
 state_dir = "{state_dir}"
+workers = {workers}
 
 [domains]
 local = ["{domain}"]
@@ -41,6 +42,9 @@ mx_messages_per_minute = 0
 mx_bytes_per_minute = 0
 {extra}
 """
+
+#: ``[server] workers`` of every server the bench starts (``make bench --workers N``).
+WORKERS = 1
 
 #: Listeners of the default server: name -> (protocol, tls mode).
 DEFAULT_LISTENERS = {"smtp": ("smtp", "none"), "pop3": ("pop3", "none")}
@@ -100,16 +104,18 @@ class Server:
         return self.state_dir / "mail" / domain / local / "new"
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far."""
-        return _process_cpu_seconds(self.process.pid)
+        """User + system CPU time of the server process so far, its worker processes' included."""
+        total = _process_cpu_seconds(self.process.pid)
+        for pid in self.worker_pids():
+            try:
+                total += _process_cpu_seconds(pid)
+            except OSError:
+                pass
+        return total
 
-    def children_cpu_seconds(self) -> float:
-        """
-        CPU time so far of the server's live child processes (the DKIM
-        signing process): work the server hands off, which its own figure
-        does not count.
-        """
-        total = 0.0
+    def worker_pids(self) -> list[int]:
+        """The live worker processes (``[server] workers`` > 1); [] for one process."""
+        found = []
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
             try:
                 children = (task / "children").read_text().split()
@@ -117,16 +123,45 @@ class Server:
                 continue
             for child in children:
                 try:
+                    if b"mailapp.workers.child" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        found.append(int(child))
+                except OSError:
+                    pass
+        return found
+
+    def children_cpu_seconds(self) -> float:
+        """
+        CPU time so far of the server's live child processes (the DKIM
+        signing process) other than its workers (which L{cpu_seconds}
+        counts): work the server hands off, which its own figure does not
+        count.
+        """
+        workers = set(self.worker_pids())
+        total = 0.0
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in children:
+                if int(child) in workers:
+                    continue
+                try:
                     total += _process_cpu_seconds(int(child))
                 except OSError:
                     pass
         return total
 
     def _status(self, key: str) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        return 0
+        """C{key} of /proc/PID/status in bytes, summed over the server process and its workers."""
+        total = 0
+        for pid in [self.process.pid, *self.worker_pids()]:
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            total += next((int(line.split()[1]) * 1024 for line in lines if line.startswith(key + ":")), 0)
+        return total
 
     def peak_rss_bytes(self) -> int:
         return self._status("VmHWM")
@@ -163,6 +198,7 @@ def start(
     extra: str = "",
     production_hash_users: list[str] | tuple[str, ...] = (),
     prepare: Callable[[Path], None] | None = None,
+    workers: int | None = None,
 ) -> Server:
     """
     Create the state directory and users, start the server, wait until every
@@ -170,6 +206,8 @@ def start(
     upgrades, at full cost, on the first login) except C{production_hash_users},
     who get one with the server's own parameters, as real accounts have.
     C{prepare(state_dir)} runs after the users exist and before the server starts.
+    C{workers}: its ``[server] workers`` (default L{WORKERS}); with more
+    than one, it is ready once every worker has started too.
     """
     from mailapp.accounts import AccountsDatabase
     from mailapp.store import ensure_mailbox
@@ -181,6 +219,7 @@ def start(
     config_path.write_text(
         CONFIG.format(
             state_dir=state_dir, domain=domain, hostname=hostname, max_connections=max_connections, extra=extra,
+            workers=WORKERS if workers is None else workers,
             listeners="".join(_listener(name, protocol, tls) for name, (protocol, tls) in listeners.items()).format(
                 max_connections=max_connections
             ),
@@ -194,6 +233,7 @@ def start(
             ensure_mailbox(state_dir, user)
     if prepare is not None:
         prepare(state_dir)
+    count = WORKERS if workers is None else workers
     log_path = state_dir / "server.log"
     twistd = Path(sys.executable).parent / "twistd"
     started_at = time.time()
@@ -211,7 +251,9 @@ def start(
             raise RuntimeError(f"the server exited early; see {log_path}")
         text = log_path.read_text() if log_path.exists() else ""
         server.ports = {name: int(port) for name, port in _LISTENING.findall(text)}
-        if all(name in server.ports for name in listeners):
+        # The parent says "mailapp starting" once, and each worker once.
+        started = text.count("] mailapp starting as") - 1
+        if all(name in server.ports for name in listeners) and (count <= 1 or started >= count):
             server.listening_at = time.time()
             return server
         time.sleep(0.05)

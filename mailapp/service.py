@@ -451,7 +451,7 @@ def makeService(
         listening.setServiceParent(root)  # type: ignore[no-untyped-call]
         listeners.append(listening)
     if worker is not None:
-        worker.link.attach(getattr(store, "events", None), router.queue)
+        worker.link.attach(getattr(store, "events", None), router.queue, context.guard)
     if supervising:
         from mailapp.workers.supervisor import Supervisor
 

@@ -11,9 +11,13 @@ Worker to parent:
   entry, which the parent, the queue's one owner, must now send;
 - ``{"kind": "changed", "event": {...}}``: a folder changed in the worker's
   store (a delivery, a flag, an expunge), which the parent passes on to the
-  other workers' IMAP sessions.
+  other workers' IMAP sessions;
+- ``{"kind": "abuse", "fact": ..., "fields": {...}}``: a failed login, a
+  ban, a recipient probe, an accepted message (L{mailapp.abuse.AbuseGuard.share}),
+  which the other workers' guards count too.
 
-Parent to worker: ``changed``, the same line, for changes made elsewhere.
+Parent to worker: ``changed`` and ``abuse``, the same lines, for what
+happened elsewhere.
 
 A line is a hint like the event bus's events, never the truth: a lost one
 delays an IDLE update until the session's own timer, never loses it.
@@ -26,11 +30,14 @@ from typing import Any, Final
 
 from mailapp.records import FolderEvent
 
-__all__ = ["CHANGED", "LOG", "MAX_LINE", "QUEUED", "LineBuffer", "decode", "encode", "event_from_fields", "event_to_fields"]
+__all__ = ["ABUSE", "CHANGED", "FANNED_OUT", "LOG", "MAX_LINE", "QUEUED", "LineBuffer", "decode", "encode", "event_from_fields", "event_to_fields"]
 
 LOG: Final = "log"
 QUEUED: Final = "queued"
 CHANGED: Final = "changed"
+ABUSE: Final = "abuse"
+#: What the parent passes on, as it is, to every other worker.
+FANNED_OUT: Final = frozenset({CHANGED, ABUSE})
 
 #: A longer line is dropped, not buffered without end (a log event with a
 #: long traceback stays far below it).

@@ -49,6 +49,7 @@ class ParentLink(Protocol):
         self.reactor = reactor
         self._lines = channel.LineBuffer()
         self._events: Any = None
+        self._guard: Any = None
         self._writer: Any = None
 
     def connectionMade(self) -> None:
@@ -56,9 +57,16 @@ class ParentLink(Protocol):
         # stops, with the last log lines still in its buffer.
         self._writer = getattr(self.transport, "_writer", None)
 
-    def attach(self, events: Any, queue: Any) -> None:
-        """Send this process's folder changes and queued entries up (C{queue}: None without a relay)."""
+    def attach(self, events: Any, queue: Any, guard: Any = None) -> None:
+        """
+        Send this process's folder changes, queued entries (C{queue}: None
+        without a relay) and abuse facts (C{guard}, an
+        L{mailapp.abuse.AbuseGuard}) up; learn the others'.
+        """
         self._events = events
+        self._guard = guard
+        if guard is not None:
+            guard.share = lambda fact, fields: self._send(channel.encode(channel.ABUSE, fact=fact, fields=fields))
         if events is not None:
             events.subscribeAll(self._changedHere)
         if queue is not None:
@@ -82,11 +90,16 @@ class ParentLink(Protocol):
     def dataReceived(self, data: bytes) -> None:
         for line in self._lines.feed(data):
             message = channel.decode(line)
-            if message is None or message["kind"] != channel.CHANGED or self._events is None:
+            if message is None:
                 continue
-            event = channel.event_from_fields(message.get("event"))
-            if event is not None:
-                self._events.wake(event)
+            if message["kind"] == channel.CHANGED and self._events is not None:
+                event = channel.event_from_fields(message.get("event"))
+                if event is not None:
+                    self._events.wake(event)
+            elif message["kind"] == channel.ABUSE and self._guard is not None:
+                fact, fields = message.get("fact"), message.get("fields")
+                if isinstance(fact, str) and isinstance(fields, dict):
+                    self._guard.learn(fact, fields)
 
     def flush(self) -> None:
         """

@@ -256,7 +256,7 @@ class Supervisor(Service):
                 self.queue.publishedElsewhere(entry_id).addErrback(
                     lambda reason: log.failure("could not take over queue entry {queue_id}", reason, queue_id=entry_id)
                 )
-        elif kind == channel.CHANGED:
+        elif kind in channel.FANNED_OUT:
             for other in list(self.workers.values()):
                 if other is not worker:
                     other.send(line + b"\n")

@@ -292,3 +292,33 @@ def test_entries_queued_by_either_worker_are_sent_by_the_parent(tmp_path: Path) 
         if receiver.process is not None and receiver.process.poll() is None:
             receiver.terminate()
 
+
+
+# --- failed logins and bans count across workers ---------------------------------------------
+
+SECURITY = "[security]\nauth_failure_delay = 0.1\nauth_failure_delay_max = 0.2\nban_after_failures = 3\nban_window = 60\nban_seconds = 60\n"
+BANNED = b"* BYE [UNAVAILABLE] Too many failed logins from your address; try again later"
+
+
+def test_failed_logins_on_both_workers_add_up_to_one_ban_that_every_worker_enforces(tmp_path: Path) -> None:
+    server = Workers(tmp_path / "a", listener("imap", "imap", allow_plaintext_auth=True), SECURITY)
+    try:
+        server.start()
+        first, second = server.pids()
+        port = server.server.port("imap")
+        replies = []
+        for worker in (first, second, first):
+            session = server.connect_to(worker, port, lambda: Raw(port), lambda raw: raw.sock)
+            replies.append(session.command(b"a", f"LOGIN {ALICE} wrong".encode())[-1])
+            if len(replies) == 3:
+                # The third failure, two on this worker and one on the other: the ban.
+                assert session.line() == BANNED
+            session.close()
+        assert all(reply.startswith(b"a NO") for reply in replies), replies
+        # Every worker refuses the address now (20 connections reach both; the first test shows how soon).
+        for _ in range(20):
+            refused = Raw(port)
+            assert refused.greeting == BANNED
+            refused.close()
+    finally:
+        server.stop()

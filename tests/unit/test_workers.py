@@ -296,3 +296,53 @@ def test_workers_start_only_once_every_listener_is_bound(count: int) -> None:
     assert reactor.spawned == []
     pending.callback(_Port())
     assert len(reactor.spawned) == count
+
+
+# --- the abuse guard's facts, shared between two processes' guards --------------------------
+
+
+def _linked_guards() -> tuple[Any, Any, Clock]:
+    from mailapp.abuse import AbuseGuard
+    from mailapp.config import SecurityConfig
+
+    clock = Clock()
+    security = SecurityConfig(ban_after_failures=3, auth_failure_delay=1.0, auth_failure_delay_max=60.0)
+    first, second = AbuseGuard(clock.seconds, security), AbuseGuard(clock.seconds, security)
+    first.share = second.learn
+    second.share = first.learn
+    return first, second, clock
+
+
+def test_failures_in_two_processes_add_up_to_the_delay_and_the_ban() -> None:
+    first, second, clock = _linked_guards()
+    assert first.failed("imap", "198.51.100.7", "alice@example.test").delay == 1.0
+    assert second.failed("pop3", "198.51.100.7", "alice@example.test").delay == 2.0
+    third = first.failed("imap", "198.51.100.7", "alice@example.test")
+    assert third.banned and third.delay == 4.0
+    assert second.banned("198.51.100.7")
+
+
+def test_a_good_login_in_one_process_forgives_the_account_in_the_other() -> None:
+    first, second, clock = _linked_guards()
+    first.failed("imap", "198.51.100.7", "alice@example.test")
+    second.succeeded("203.0.113.1", "alice@example.test")
+    assert first.failed("imap", "203.0.113.9", "alice@example.test").delay == 1.0
+
+
+def test_messages_accepted_in_either_process_count_against_one_hourly_limit() -> None:
+    from mailapp.abuse import AbuseGuard
+
+    clock = Clock()
+    first, second = AbuseGuard(clock.seconds, max_messages_per_hour=2), AbuseGuard(clock.seconds, max_messages_per_hour=2)
+    first.share, second.share = second.learn, first.learn
+    first.messageAccepted("alice@example.test")
+    second.messageAccepted("alice@example.test")
+    assert not first.mayAcceptMessage("alice@example.test") and not second.mayAcceptMessage("alice@example.test")
+
+
+def test_a_malformed_fact_is_ignored() -> None:
+    first, second, clock = _linked_guards()
+    second.learn("failed", {"client": 7})
+    second.learn("banned", {"client": "198.51.100.7", "until": "soon"})
+    second.learn("unheard-of", {})
+    assert not second.banned("198.51.100.7") and second.tracked()["addresses"] == 0
