@@ -346,3 +346,11 @@ def test_a_malformed_fact_is_ignored() -> None:
     second.learn("banned", {"client": "198.51.100.7", "until": "soon"})
     second.learn("unheard-of", {})
     assert not second.banned("198.51.100.7") and second.tracked()["addresses"] == 0
+
+
+def test_a_changed_number_of_workers_is_logged_as_needing_a_restart() -> None:
+    from mailapp import reload
+
+    old = parse(LISTENER, PATH)
+    new = parse(LISTENER.replace("[server]\n", "[server]\nworkers = 2\n"), PATH)
+    assert reload._needs_restart(old, new) == ["server.workers"]
