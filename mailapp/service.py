@@ -82,6 +82,9 @@ DRAIN_TIMEOUT_SECONDS = 10.0
 #: The relay's resolver under its older, private name (tests and the rig's clients use it).
 _LazyResolver = LazyResolver
 
+#: Listeners the parent of worker processes serves itself, handing them to no worker.
+PARENTS_OWN = frozenset({"metrics"})
+
 #: Protocol name (as in ``listeners.NAME.protocol``) -> builder. A listener
 #: whose protocol has no builder is skipped with a warning.
 PROTOCOL_BUILDERS: dict[str, ProtocolBuilder] = {}
@@ -446,12 +449,20 @@ def makeService(
                 endpoint=listener.endpoint,
             )
             continue
+        # The metrics listener is the parent's own: it counts every worker's
+        # log and telemetry, which the workers send it (mailapp.workers).
+        parents_own = listener.protocol in PARENTS_OWN
+        if worker is not None and parents_own:
+            continue
         endpoint = worker.endpoint(reactor, listener.name) if worker is not None else None
-        listening = listen(context, listener, builder, counts, refusals, root.listener_failed, endpoint, accepting=not supervising)
+        accepting = not supervising or parents_own
+        listening = listen(context, listener, builder, counts, refusals, root.listener_failed, endpoint, accepting=accepting)
         listening.setServiceParent(root)  # type: ignore[no-untyped-call]
-        listeners.append(listening)
+        if not parents_own:
+            listeners.append(listening)
     if worker is not None:
-        worker.link.attach(getattr(store, "events", None), router.queue, context.guard)
+        metrics = any(listener.protocol in PARENTS_OWN for listener in config.listeners)
+        worker.link.attach(getattr(store, "events", None), router.queue, context.guard, context.telemetry if metrics else None)
     if supervising:
         from mailapp.workers.supervisor import Supervisor
 
@@ -465,6 +476,7 @@ def makeService(
             queue=manager.queue if manager is not None else None,
             events=getattr(store, "events", None),
             drain_timeout=root.drain_timeout,
+            telemetry=context.telemetry,
         )
         root.supervisor.setServiceParent(root)  # type: ignore[no-untyped-call]
     return root

@@ -143,7 +143,6 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
 #: workers each would see a different part of it (README, ``workers``).
 NOT_ACROSS_WORKERS: Final = {
     "webmail": "its sessions live in one process's memory, so a signed-in browser would be signed out by the next worker",
-    "metrics": "its counters are one process's, so each scrape would show one worker's share",
 }
 
 

@@ -14,7 +14,11 @@ Worker to parent:
   other workers' IMAP sessions;
 - ``{"kind": "abuse", "fact": ..., "fields": {...}}``: a failed login, a
   ban, a recipient probe, an accepted message (L{mailapp.abuse.AbuseGuard.share}),
-  which the other workers' guards count too.
+  which the other workers' guards count too;
+- ``{"kind": "telemetry", "event": {...}}``: a per-command timing (the
+  telemetry publisher's events, too many for the log), sent only when a
+  metrics listener is configured: the parent serves the metrics, counted
+  from every worker's log and telemetry.
 
 Parent to worker: ``changed`` and ``abuse``, the same lines, for what
 happened elsewhere.
@@ -30,12 +34,13 @@ from typing import Any, Final
 
 from mailapp.records import FolderEvent
 
-__all__ = ["ABUSE", "CHANGED", "FANNED_OUT", "LOG", "MAX_LINE", "QUEUED", "LineBuffer", "decode", "encode", "event_from_fields", "event_to_fields"]
+__all__ = ["ABUSE", "CHANGED", "FANNED_OUT", "TELEMETRY", "plain_fields", "LOG", "MAX_LINE", "QUEUED", "LineBuffer", "decode", "encode", "event_from_fields", "event_to_fields"]
 
 LOG: Final = "log"
 QUEUED: Final = "queued"
 CHANGED: Final = "changed"
 ABUSE: Final = "abuse"
+TELEMETRY: Final = "telemetry"
 #: What the parent passes on, as it is, to every other worker.
 FANNED_OUT: Final = frozenset({CHANGED, ABUSE})
 
@@ -58,6 +63,11 @@ def decode(line: bytes) -> dict[str, Any] | None:
     if not isinstance(message, dict) or not isinstance(message.get("kind"), str):
         return None
     return message
+
+
+def plain_fields(event: dict[str, Any]) -> dict[str, Any]:
+    """An event's fields that JSON carries as they are (strings, numbers, booleans, None)."""
+    return {key: value for key, value in event.items() if value is None or isinstance(value, (str, int, float, bool))}
 
 
 def event_to_fields(event: FolderEvent) -> dict[str, Any]:

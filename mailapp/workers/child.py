@@ -57,12 +57,15 @@ class ParentLink(Protocol):
         # stops, with the last log lines still in its buffer.
         self._writer = getattr(self.transport, "_writer", None)
 
-    def attach(self, events: Any, queue: Any, guard: Any = None) -> None:
+    def attach(self, events: Any, queue: Any, guard: Any = None, telemetry: Any = None) -> None:
         """
         Send this process's folder changes, queued entries (C{queue}: None
-        without a relay) and abuse facts (C{guard}, an
-        L{mailapp.abuse.AbuseGuard}) up; learn the others'.
+        without a relay), abuse facts (C{guard}, an
+        L{mailapp.abuse.AbuseGuard}) and, when given, its C{telemetry}
+        publisher's events up; learn the others' changes and facts.
         """
+        if telemetry is not None:
+            telemetry.addObserver(lambda event: self._send(channel.encode(channel.TELEMETRY, event=channel.plain_fields(event))))
         self._events = events
         self._guard = guard
         if guard is not None:

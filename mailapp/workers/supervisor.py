@@ -102,6 +102,7 @@ class Supervisor(Service):
     @param queue: the relay queue whose subscribers (the relay manager) learn
         of the workers' entries; None without a relay.
     @param events: the parent store's event bus (its own changes go to the workers).
+    @param telemetry: the parent's telemetry publisher, given the workers' per-command events.
     @param drain_timeout: how long a stopping worker may take (its own drain, then its exit).
     """
 
@@ -117,6 +118,7 @@ class Supervisor(Service):
         events: Any = None,
         drain_timeout: float = 10.0,
         publish_log: Callable[[dict[str, Any]], None] = globalLogPublisher,
+        telemetry: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.config_path = config_path
@@ -126,6 +128,8 @@ class Supervisor(Service):
         self.events = events
         self.stop_timeout = drain_timeout + 10.0
         self.publish_log = publish_log
+        #: The parent's telemetry publisher (its metrics listener observes it).
+        self.telemetry = telemetry
         #: Live workers by number.
         self.workers: dict[int, _WorkerProcess] = {}
         self._failures: dict[int, int] = {}
@@ -256,6 +260,10 @@ class Supervisor(Service):
                 self.queue.publishedElsewhere(entry_id).addErrback(
                     lambda reason: log.failure("could not take over queue entry {queue_id}", reason, queue_id=entry_id)
                 )
+        elif kind == channel.TELEMETRY:
+            event = message.get("event")
+            if self.telemetry is not None and isinstance(event, dict):
+                self.telemetry({**event, "worker": worker.number})
         elif kind in channel.FANNED_OUT:
             for other in list(self.workers.values()):
                 if other is not worker:

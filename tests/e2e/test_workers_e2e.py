@@ -322,3 +322,41 @@ def test_failed_logins_on_both_workers_add_up_to_one_ban_that_every_worker_enfor
             refused.close()
     finally:
         server.stop()
+
+
+# --- metrics: the parent serves them, counted from every worker -----------------------------
+
+
+def _scrape(port: int) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_the_parent_serves_metrics_counted_from_every_worker(tmp_path: Path) -> None:
+    server = Workers(tmp_path / "a", listener("smtp", "smtp") + listener("metrics", "metrics"))
+    try:
+        server.start()
+        smtp_port, metrics_port = server.server.port("smtp"), server.server.port("metrics")
+        for worker in server.pids():
+            _deliver(server.connect_to(worker, smtp_port, _smtp(smtp_port), lambda client: client.sock), "counted")
+        accepted = 'mailapp_messages_accepted_total{protocol="smtp"}'
+        samples = wait_for(lambda: (s := _scrape(metrics_port)).get(accepted) == 2 and s, "both messages counted", server.server, 20)
+        assert samples['mailapp_connections_total{listener="smtp",protocol="smtp"}'] >= 2
+        # Per-command timings come from both workers too (telemetry): at least MAIL, RCPT, DATA of each message.
+        assert samples['mailapp_command_duration_seconds_count{command="MAIL",protocol="smtp"}'] == 2
+        # And the parent itself answered the scrape.
+        probe = socket.create_connection(("127.0.0.1", metrics_port), timeout=TIMEOUT)
+        try:
+            assert wait_for(lambda: server.serving(probe, metrics_port), "the scrape's server", server.server, 5) == server.server.process.pid  # type: ignore[union-attr]
+        finally:
+            probe.close()
+    finally:
+        server.stop()

@@ -354,3 +354,16 @@ def test_a_changed_number_of_workers_is_logged_as_needing_a_restart() -> None:
     old = parse(LISTENER, PATH)
     new = parse(LISTENER.replace("[server]\n", "[server]\nworkers = 2\n"), PATH)
     assert reload._needs_restart(old, new) == ["server.workers"]
+
+
+def test_workers_above_one_with_a_metrics_listener_is_accepted() -> None:
+    text = MINIMAL + 'workers = 2\n[listeners.metrics]\nprotocol = "metrics"\nendpoint = "tcp:9125:interface=127.0.0.1"\ntls = "none"\n'
+    assert parse(text, PATH).workers == 2
+
+
+def test_a_workers_telemetry_goes_to_the_parents_publisher_marked_with_the_worker() -> None:
+    seen: list[dict[str, Any]] = []
+    supervisor, reactor = _supervisor(telemetry=seen.append)
+    event = {"log_event": "session.command", "protocol": "smtp", "command": "MAIL", "seconds": 0.001}
+    reactor.spawned[1][0].childDataReceived(1, channel.encode(channel.TELEMETRY, event=event))
+    assert seen == [{**event, "worker": 2}]
