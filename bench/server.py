@@ -113,20 +113,25 @@ class Server:
                 pass
         return total
 
-    def worker_pids(self) -> list[int]:
-        """The live worker processes (``[server] workers`` > 1); [] for one process."""
+    def _children(self) -> list[int]:
+        """The server process's live child processes."""
         found = []
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
             try:
-                children = (task / "children").read_text().split()
+                found += [int(child) for child in (task / "children").read_text().split()]
             except OSError:
                 continue
-            for child in children:
-                try:
-                    if b"mailapp.workers.child" in Path(f"/proc/{child}/cmdline").read_bytes():
-                        found.append(int(child))
-                except OSError:
-                    pass
+        return found
+
+    def worker_pids(self) -> list[int]:
+        """The live worker processes (``[server] workers`` > 1); [] for one process."""
+        found = []
+        for child in self._children():
+            try:
+                if b"mailapp.workers.child" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(child)
+            except OSError:
+                pass
         return found
 
     def children_cpu_seconds(self) -> float:
@@ -138,18 +143,13 @@ class Server:
         """
         workers = set(self.worker_pids())
         total = 0.0
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
-            try:
-                children = (task / "children").read_text().split()
-            except OSError:
+        for child in self._children():
+            if child in workers:
                 continue
-            for child in children:
-                if int(child) in workers:
-                    continue
-                try:
-                    total += _process_cpu_seconds(int(child))
-                except OSError:
-                    pass
+            try:
+                total += _process_cpu_seconds(child)
+            except OSError:
+                pass
         return total
 
     def _status(self, key: str) -> int:
