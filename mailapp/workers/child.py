@@ -18,17 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any, cast
 
+from twisted.internet import fdesc, tcp, unix
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import ILogObserver, Logger, eventAsJSON, globalLogBeginner
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailapp.records import FolderEvent
 from mailapp.workers import channel
@@ -142,8 +146,45 @@ class WorkerRole:
 
     def endpoint(self, reactor: Any, listener: str) -> IStreamServerEndpoint:
         fd, family = self.sockets[listener]
+        if family == socket.AF_UNIX:
+            return _SharedUNIXEndpoint(reactor, fd)
         endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(reactor, fd, family)
         return endpoint
+
+
+class _SharedUNIXPort(unix.Port):
+    """
+    A unix socket the parent bound: its path is the parent's, which removes
+    it when the whole server stops. A worker stopping alone (and started
+    again by the supervisor) must leave it, or every other process would go
+    on accepting on a socket nobody can reach; Twisted's adopted unix port
+    removes it. Nor may it shut the socket down, which would end it for
+    every process (an adopted TCP port already only closes its descriptor).
+    """
+
+    _shouldShutdown = False
+
+    def connectionLost(self, reason: Failure) -> None:
+        tcp.Port.connectionLost(self, reason)
+
+
+@implementer(IStreamServerEndpoint)
+class _SharedUNIXEndpoint:
+    """Twisted's adopted endpoint, with a L{_SharedUNIXPort}."""
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        self.reactor = reactor
+        self.fd = fd
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        try:
+            fdesc.setNonBlocking(self.fd)
+            port = _SharedUNIXPort._fromListeningDescriptor(self.reactor, self.fd, factory)  # type: ignore[no-untyped-call]  # what adoptStreamPort calls
+            port.startListening()
+            os.close(self.fd)  # the port holds its own duplicate, as adoptStreamPort's does
+        except Exception:
+            return fail()
+        return succeed(port)
 
 
 def main(argv: list[str] | None = None) -> None:

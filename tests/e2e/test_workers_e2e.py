@@ -13,10 +13,12 @@ from __future__ import annotations
 import imaplib
 import os
 import poplib
+import shutil
 import signal
 import smtplib
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -360,3 +362,25 @@ def test_the_parent_serves_metrics_counted_from_every_worker(tmp_path: Path) -> 
             probe.close()
     finally:
         server.stop()
+
+
+# --- a unix-socket listener survives one worker's stop ---------------------------------------
+
+
+def test_an_lmtp_unix_socket_still_answers_after_one_worker_stopped_and_restarted(tmp_path: Path) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="mailapp-workers-", dir="/tmp"))  # a unix socket path fits in 108 bytes
+    path = directory / "lmtp.sock"
+    server = Workers(tmp_path / "a", f'\n[listeners.lmtp]\nprotocol = "lmtp"\nendpoint = "unix:{path}"\ntls = "none"\n')
+    try:
+        server.start()
+        first, second = server.pids()
+        # SIGTERM to one worker alone: it stops as the server would, and is started again.
+        os.kill(first, signal.SIGTERM)
+        wait_for(lambda: not Path(f"/proc/{first}").exists() or Path(f"/proc/{first}/stat").read_text().split()[2] == "Z", "worker gone", server.server, 30)
+        server.wait_ready(3)
+        with smtplib.LMTP(str(path), timeout=TIMEOUT) as client:
+            assert client.sendmail("sender@remote.test", [ALICE], "Subject: by lmtp\r\n\r\nhi\r\n") == {}
+        wait_for(lambda: len(list((server.server.maildir(ALICE) / "new").glob("*"))) == 1, "the message", server.server, 10)
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
