@@ -384,3 +384,10 @@ def test_an_lmtp_unix_socket_still_answers_after_one_worker_stopped_and_restarte
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_workers_stop_on_their_own_when_the_parent_is_killed(workers: Workers) -> None:
+    pids = workers.pids()
+    workers.server.kill()
+    # Their pipe to the parent closes: each stops as on SIGTERM (they are reparented, so not our zombies).
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), "the orphaned workers to exit", workers.server, 30)
