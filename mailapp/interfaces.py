@@ -194,8 +194,9 @@ class IEventBus(Interface):
     def wake(event: FolderEvent) -> None:
         """
         Deliver C{event}, a change another process of this server made, to
-        the subscribers of its folder only (sessions re-read it); those of
-        every folder act on their own process's changes and are not told.
+        the subscribers of its folder and of its account (sessions re-read
+        it); those of every folder act on their own process's changes and
+        are not told.
         """
 
 

@@ -88,13 +88,15 @@ class EventBus:
 
     def wake(self, event: FolderEvent) -> None:
         """
-        Tell the folder's own subscribers (the sessions that have it open)
-        of a change another process made; the server-wide subscribers are
-        not told, since they act on this process's own changes (the
-        full-text indexer, the Junk learner) and the other process has
-        already done so.
+        Tell the sessions of a change another process made: the folder's
+        subscribers (the sessions that have it open) and the account's
+        (IMAP NOTIFY). The server-wide subscribers are not told, since they
+        act on this process's own changes (the full-text indexer, the Junk
+        learner) and the other process has already done so.
         """
-        for listener in list(self._listeners.get(_key(event.account, event.folder), ())):
+        folder = self._listeners.get(_key(event.account, event.folder), _NO_LISTENERS)
+        account = self._accounts.get(event.account.lower(), _NO_LISTENERS) if self._accounts else _NO_LISTENERS
+        for listener in [*folder, *account]:
             try:
                 listener(event)
             except Exception:

@@ -391,3 +391,18 @@ def test_workers_stop_on_their_own_when_the_parent_is_killed(workers: Workers) -
     workers.server.kill()
     # Their pipe to the parent closes: each stops as on SIGTERM (they are reparented, so not our zombies).
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), "the orphaned workers to exit", workers.server, 30)
+
+
+def test_a_delivery_by_one_worker_is_told_to_a_notify_session_on_the_other(workers: Workers) -> None:
+    first, second = workers.pids()
+    imap_port, smtp_port = workers.server.port("imap"), workers.server.port("smtp")
+    watcher = workers.connect_to(first, imap_port, lambda: Raw(imap_port), lambda raw: raw.sock)
+    try:
+        assert watcher.command(b"a", f"LOGIN {ALICE} {PASSWORD}".encode())[-1].startswith(b"a OK")
+        assert watcher.command(b"b", b"SELECT Drafts")[-1].startswith(b"b OK")
+        assert watcher.command(b"c", b"NOTIFY SET (INBOXES (MessageNew MessageExpunge))")[-1].startswith(b"c OK")
+        _deliver(workers.connect_to(second, smtp_port, _smtp(smtp_port), lambda client: client.sock), "noticed")
+        watcher.sock.settimeout(5.0)
+        assert watcher.line().startswith(b'* STATUS "INBOX" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY ')
+    finally:
+        watcher.close()

@@ -75,15 +75,17 @@ def test_lines_split_across_reads_come_out_whole_and_an_overlong_one_is_dropped(
 # --- the event bus: another process's change wakes sessions only --------------------------
 
 
-def test_a_change_made_elsewhere_wakes_the_folders_sessions_but_not_the_server_wide_subscribers() -> None:
+def test_a_change_made_elsewhere_wakes_the_folders_and_the_accounts_sessions_but_not_the_server_wide_subscribers() -> None:
     bus = EventBus()
     sessions: list[FolderEvent] = []
     indexer: list[FolderEvent] = []
+    notify: list[FolderEvent] = []
     bus.subscribe("Alice@example.test", "INBOX", sessions.append)
+    bus.subscribeAccount("alice@example.test", notify.append)
     bus.subscribeAll(indexer.append)
     event = FolderEvent(ADDED, "alice@example.test", "INBOX", (1,))
     bus.wake(event)
-    assert sessions == [event] and indexer == []
+    assert sessions == [event] and notify == [event] and indexer == []
 
 
 # --- the relay queue: an entry another process published -----------------------------------
