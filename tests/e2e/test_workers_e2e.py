@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.imap_helpers import Raw
-from tests.service_runner import TIMEOUT, ServiceProcess, listener
+from tests.service_runner import TIMEOUT, ServiceProcess, listener, unverified_tls
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the serving worker through Linux's /proc")
 
@@ -128,6 +128,7 @@ LISTENERS = (
     listener("smtp", "smtp")
     + listener("imap", "imap", allow_plaintext_auth=True)
     + listener("pop3", "pop3", allow_plaintext_auth=True)
+    + listener("imaps", "imap", tls="implicit")
 )
 
 
@@ -157,6 +158,8 @@ def test_every_worker_accepts_on_every_listener_and_the_parent_on_none(workers: 
         "smtp": lambda port: smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT),
         "imap": lambda port: imaplib.IMAP4("127.0.0.1", port, timeout=TIMEOUT),
         "pop3": lambda port: poplib.POP3("127.0.0.1", port, timeout=TIMEOUT),
+        # Implicit TLS: each worker wraps the adopted socket with its own copy of the certificate.
+        "imaps": lambda port: imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=unverified_tls(), timeout=TIMEOUT),
     }
     for name, make in connect.items():
         port = workers.server.port(name)
