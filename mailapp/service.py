@@ -82,8 +82,10 @@ DRAIN_TIMEOUT_SECONDS = 10.0
 #: The relay's resolver under its older, private name (tests and the rig's clients use it).
 _LazyResolver = LazyResolver
 
-#: Listeners the parent of worker processes serves itself, handing them to no worker.
-PARENTS_OWN = frozenset({"metrics"})
+#: Listeners the parent of worker processes serves itself, handing them to
+#: no worker: the metrics (counted from every worker's log and telemetry)
+#: and the webmail (whose sessions live in one process's memory).
+PARENTS_OWN = frozenset({"metrics", "webmail"})
 
 #: Protocol name (as in ``listeners.NAME.protocol``) -> builder. A listener
 #: whose protocol has no builder is skipped with a warning.
@@ -449,8 +451,7 @@ def makeService(
                 endpoint=listener.endpoint,
             )
             continue
-        # The metrics listener is the parent's own: it counts every worker's
-        # log and telemetry, which the workers send it (mailapp.workers).
+        # The metrics and webmail listeners are the parent's own (PARENTS_OWN).
         parents_own = listener.protocol in PARENTS_OWN
         if worker is not None and parents_own:
             continue
@@ -461,7 +462,7 @@ def makeService(
         if not parents_own:
             listeners.append(listening)
     if worker is not None:
-        metrics = any(listener.protocol in PARENTS_OWN for listener in config.listeners)
+        metrics = any(listener.protocol == "metrics" for listener in config.listeners)
         worker.link.attach(getattr(store, "events", None), router.queue, context.guard, context.telemetry if metrics else None)
     if supervising:
         from mailapp.workers.supervisor import Supervisor
@@ -477,6 +478,7 @@ def makeService(
             events=getattr(store, "events", None),
             drain_timeout=root.drain_timeout,
             telemetry=context.telemetry,
+            guard=context.guard,
         )
         root.supervisor.setServiceParent(root)  # type: ignore[no-untyped-call]
     return root

@@ -131,37 +131,11 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
         spam=spam,
     )
     check_budgets(reader, config)
-    check_workers(reader, config)
     if check_files:
         _check_tls_files(reader, config)
     if reader.problems:
         raise ConfigError(reader.problems)
     return config
-
-
-#: Protocols whose state is still one process's memory: with several
-#: workers each would see a different part of it (README, ``workers``).
-NOT_ACROSS_WORKERS: Final = {
-    "webmail": "its sessions live in one process's memory, so a signed-in browser would be signed out by the next worker",
-}
-
-
-def check_workers(reader: Reader, config: Config) -> None:
-    """
-    ``server.workers`` above 1 only with listeners whose state holds across
-    processes: a listener that would silently behave differently on each
-    worker is a config error, not a surprise in production.
-    """
-    if config.workers <= 1:
-        return
-    for listener in config.listeners:
-        why = NOT_ACROSS_WORKERS.get(listener.protocol)
-        if why is not None:
-            reader.problem(
-                "server.workers",
-                f"{config.workers} workers cannot serve listener {listener.name!r} ({listener.protocol}): {why}; "
-                "set workers = 1 or remove the listener",
-            )
 
 
 def _check_tls_files(reader: Reader, config: Config) -> None:

@@ -4,8 +4,9 @@ processes over the listening sockets the parent bound, restart one that
 dies (with back-off), pass ``SIGTERM`` and ``SIGHUP`` on, and carry what
 must cross processes (see L{mailapp.workers.channel}).
 
-The parent accepts no connection itself. It owns what must have exactly
-one owner: the relay queue (its L{mailapp.relay.manager.RelayManager}
+The parent accepts no connection itself, but on the listeners only one
+process may serve (L{mailapp.service.PARENTS_OWN}: the metrics, the
+webmail). It owns what must have exactly one owner: the relay queue (its L{mailapp.relay.manager.RelayManager}
 sends what any worker queued, told by a ``queued`` line) and the sweeps of
 crash left-overs. It is also the hub of the change feed: a worker's
 ``changed`` line goes to every other worker, and the parent's own changes
@@ -103,6 +104,7 @@ class Supervisor(Service):
         of the workers' entries; None without a relay.
     @param events: the parent store's event bus (its own changes go to the workers).
     @param telemetry: the parent's telemetry publisher, given the workers' per-command events.
+    @param guard: the parent's L{mailapp.abuse.AbuseGuard}, sharing facts with the workers'.
     @param drain_timeout: how long a stopping worker may take (its own drain, then its exit).
     """
 
@@ -119,6 +121,7 @@ class Supervisor(Service):
         drain_timeout: float = 10.0,
         publish_log: Callable[[dict[str, Any]], None] = globalLogPublisher,
         telemetry: Callable[[dict[str, Any]], None] | None = None,
+        guard: Any = None,
     ) -> None:
         self.reactor = reactor
         self.config_path = config_path
@@ -130,6 +133,8 @@ class Supervisor(Service):
         self.publish_log = publish_log
         #: The parent's telemetry publisher (its metrics listener observes it).
         self.telemetry = telemetry
+        #: The parent's abuse guard (its webmail's sign-ins): it learns the workers' facts and tells them its own.
+        self.guard = guard
         #: Live workers by number.
         self.workers: dict[int, _WorkerProcess] = {}
         self._failures: dict[int, int] = {}
@@ -148,6 +153,8 @@ class Supervisor(Service):
         self._stopping = False
         if self.events is not None:
             self._unsubscribe = self.events.subscribeAll(self._changedHere)
+        if self.guard is not None:
+            self.guard.share = self._abuseHere
         bound: Deferred[Any] = defer.gatherResults([listener.whenListening() for listener in self.listeners])
         bound.addCallback(self._bound)
         bound.addErrback(lambda reason: log.failure("could not start the workers", reason))
@@ -223,6 +230,8 @@ class Supervisor(Service):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self.guard is not None:
+            self.guard.share = None
         for timer in self._restarts.values():
             if timer.active():
                 timer.cancel()
@@ -268,6 +277,10 @@ class Supervisor(Service):
             for other in list(self.workers.values()):
                 if other is not worker:
                     other.send(line + b"\n")
+            if kind == channel.ABUSE and self.guard is not None:
+                fact, fields = message.get("fact"), message.get("fields")
+                if isinstance(fact, str) and isinstance(fields, dict):
+                    self.guard.learn(fact, fields)
 
     def _log(self, worker: _WorkerProcess, text: Any) -> None:
         if not isinstance(text, str):
@@ -279,6 +292,11 @@ class Supervisor(Service):
         event["worker"] = worker.number
         event["log_system"] = f"worker {worker.number}"
         self.publish_log(event)
+
+    def _abuseHere(self, fact: str, fields: dict[str, Any]) -> None:
+        line = channel.encode(channel.ABUSE, fact=fact, fields=fields)
+        for worker in list(self.workers.values()):
+            worker.send(line)
 
     def _changedHere(self, event: FolderEvent) -> None:
         line = channel.encode(channel.CHANGED, event=channel.event_to_fields(event))

@@ -409,3 +409,86 @@ def test_a_delivery_by_one_worker_is_told_to_a_notify_session_on_the_other(worke
         assert watcher.line().startswith(b'* STATUS "INBOX" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY ')
     finally:
         watcher.close()
+
+
+# --- the webmail: served by the parent alone, so its sessions hold for every request ------------
+
+
+class _Browser:
+    """One browser's cookies against the webmail on C{port} (http.client, every request bounded)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, fields: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+        import http.client
+        from urllib.parse import urlencode
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())} if self.cookies else {}
+        body = None
+        if fields is not None:
+            body = urlencode(fields).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            status, got, text = response.status, response.getheaders(), response.read().decode("utf-8", "replace")
+        finally:
+            connection.close()
+        for name, value in got:
+            if name.lower() == "set-cookie":
+                key, _, rest = value.partition("=")
+                if "Max-Age=0" in value:
+                    self.cookies.pop(key, None)
+                else:
+                    self.cookies[key] = rest.split(";", 1)[0]
+        return status, {name.lower(): value for name, value in got}, text
+
+    def sign_in(self, account: str, password: str) -> int:
+        import re
+
+        _, _, page = self.request("GET", "/login")
+        found = re.search(r'name="login_token" value="([^"]+)"', page)
+        assert found is not None, page[:300]
+        status, _, _ = self.request("POST", "/login", {"login_token": found.group(1), "username": account, "password": password})
+        return status
+
+
+def test_webmail_sessions_hold_for_every_request_and_its_failures_count_with_the_workers(tmp_path: Path) -> None:
+    server = Workers(
+        tmp_path / "a",
+        listener("imap", "imap", allow_plaintext_auth=True) + listener("web", "webmail"),
+        SECURITY,
+    )
+    try:
+        server.start()
+        port = server.server.port("web")
+        browser = _Browser(port)
+        assert browser.sign_in(ALICE, PASSWORD) == 303
+        for _ in range(10):
+            status, headers, page = browser.request("GET", "/list?f=INBOX")
+            assert status == 200, (status, headers.get("location"))
+        # The parent serves it: no worker holds the webmail's connections.
+        probe = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        try:
+            assert wait_for(lambda: server.serving(probe, port), "the webmail's server", server.server, 5) == server.server.process.pid  # type: ignore[union-attr]
+        finally:
+            probe.close()
+        # Two failed IMAP logins on the workers and one failed sign-in at the parent: the ban.
+        first, second = server.pids()
+        imap_port = server.server.port("imap")
+        for worker in (first, second):
+            session = server.connect_to(worker, imap_port, lambda: Raw(imap_port), lambda raw: raw.sock)
+            assert session.command(b"a", f"LOGIN {ALICE} wrong".encode())[-1].startswith(b"a NO")
+            session.close()
+        assert _Browser(port).sign_in(ALICE, "wrong") == 401
+        # Now every process refuses the address: the webmail says 429, the workers' IMAP says BYE.
+        assert _Browser(port).request("GET", "/login")[0] == 429
+        for _ in range(10):
+            refused = Raw(imap_port)
+            assert refused.greeting == BANNED
+            refused.close()
+    finally:
+        server.stop()

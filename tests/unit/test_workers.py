@@ -38,10 +38,9 @@ def test_workers_must_be_a_positive_integer() -> None:
     assert only_problem(MINIMAL + "workers = 0\n") == "etc/test.toml: server.workers: must be a positive integer, not 0"
 
 
-def test_workers_above_one_with_a_webmail_listener_is_refused() -> None:
+def test_workers_above_one_with_a_webmail_listener_is_accepted() -> None:
     text = MINIMAL + 'workers = 2\n[listeners.web]\nprotocol = "webmail"\nendpoint = "tcp:8080:interface=127.0.0.1"\ntls = "none"\n'
-    problem = only_problem(text)
-    assert problem.startswith("etc/test.toml: server.workers: 2 workers cannot serve listener 'web' (webmail): its sessions")
+    assert parse(text, PATH).workers == 2
 
 
 def test_workers_above_one_with_smtp_imap_and_pop3_is_accepted() -> None:
@@ -369,3 +368,19 @@ def test_a_workers_telemetry_goes_to_the_parents_publisher_marked_with_the_worke
     event = {"log_event": "session.command", "protocol": "smtp", "command": "MAIL", "seconds": 0.001}
     reactor.spawned[1][0].childDataReceived(1, channel.encode(channel.TELEMETRY, event=event))
     assert seen == [{**event, "worker": 2}]
+
+
+def test_the_parents_guard_learns_the_workers_facts_and_tells_them_its_own() -> None:
+    from mailapp.abuse import AbuseGuard
+
+    clock = Clock()
+    guard = AbuseGuard(clock.seconds)
+    supervisor, reactor = _supervisor(guard=guard)
+    first, second = (protocol for protocol, _, _ in reactor.spawned)
+    line = channel.encode(channel.ABUSE, fact="failed", fields={"client": "198.51.100.7", "account": "alice@example.test"})
+    first.childDataReceived(1, line)
+    assert guard.tracked()["addresses"] == 1 and second.transport.written == [line]
+    guard.failed("webmail", "198.51.100.8", "bob@example.test")
+    assert all(b'"fact":"failed"' in protocol.transport.written[-1] for protocol in (first, second))
+    supervisor.stopService()
+    assert guard.share is None
