@@ -463,7 +463,7 @@ def makeService(
             listeners.append(listening)
     if worker is not None:
         metrics = any(listener.protocol == "metrics" for listener in config.listeners)
-        worker.link.attach(getattr(store, "events", None), router.queue, context.guard, context.telemetry if metrics else None)
+        worker.link.attach(getattr(store, "events", None), router.queue, context.guard, context.telemetry if metrics else None, counts)
     if supervising:
         from mailapp.workers.supervisor import Supervisor
 
@@ -479,6 +479,7 @@ def makeService(
             drain_timeout=root.drain_timeout,
             telemetry=context.telemetry,
             guard=context.guard,
+            counts=counts,
         )
         root.supervisor.setServiceParent(root)  # type: ignore[no-untyped-call]
     return root

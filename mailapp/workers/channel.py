@@ -15,13 +15,20 @@ Worker to parent:
 - ``{"kind": "abuse", "fact": ..., "fields": {...}}``: a failed login, a
   ban, a recipient probe, an accepted message (L{mailapp.abuse.AbuseGuard.share}),
   which the other workers' guards count too;
+- ``{"kind": "connections", "client": ..., "delta": 1 or -1}``: the worker
+  opened or closed a connection of that client
+  (L{mailapp.sessions.ConnectionCounts.share}), which the parent counts and
+  passes on to the other workers with ``"origin"`` (the worker's number) added;
 - ``{"kind": "telemetry", "event": {...}}``: a per-command timing (the
   telemetry publisher's events, too many for the log), sent only when a
   metrics listener is configured: the parent serves the metrics, counted
   from every worker's log and telemetry.
 
-Parent to worker: ``changed`` and ``abuse``, the same lines, for what
-happened elsewhere.
+Parent to worker: ``changed`` and ``abuse``, the same lines, and
+``connections`` with its ``origin``, for what happened elsewhere; and
+``{"kind": "connections", "origin": ..., "forget": true}`` when a worker
+died with its connections. A worker starts with the parent's view of the
+others' connections.
 
 A line is a hint like the event bus's events, never the truth: a lost one
 delays an IDLE update until the session's own timer, never loses it.
@@ -34,13 +41,14 @@ from typing import Any, Final
 
 from mailapp.records import FolderEvent
 
-__all__ = ["ABUSE", "CHANGED", "FANNED_OUT", "TELEMETRY", "plain_fields", "LOG", "MAX_LINE", "QUEUED", "LineBuffer", "decode", "encode", "event_from_fields", "event_to_fields"]
+__all__ = ["ABUSE", "CHANGED", "CONNECTIONS", "FANNED_OUT", "TELEMETRY", "plain_fields", "LOG", "MAX_LINE", "QUEUED", "LineBuffer", "decode", "encode", "event_from_fields", "event_to_fields"]
 
 LOG: Final = "log"
 QUEUED: Final = "queued"
 CHANGED: Final = "changed"
 ABUSE: Final = "abuse"
 TELEMETRY: Final = "telemetry"
+CONNECTIONS: Final = "connections"
 #: What the parent passes on, as it is, to every other worker.
 FANNED_OUT: Final = frozenset({CHANGED, ABUSE})
 

@@ -54,6 +54,7 @@ class ParentLink(Protocol):
         self._lines = channel.LineBuffer()
         self._events: Any = None
         self._guard: Any = None
+        self._counts: Any = None
         self._writer: Any = None
 
     def connectionMade(self) -> None:
@@ -61,13 +62,18 @@ class ParentLink(Protocol):
         # stops, with the last log lines still in its buffer.
         self._writer = getattr(self.transport, "_writer", None)
 
-    def attach(self, events: Any, queue: Any, guard: Any = None, telemetry: Any = None) -> None:
+    def attach(self, events: Any, queue: Any, guard: Any = None, telemetry: Any = None, counts: Any = None) -> None:
         """
         Send this process's folder changes, queued entries (C{queue}: None
         without a relay), abuse facts (C{guard}, an
-        L{mailapp.abuse.AbuseGuard}) and, when given, its C{telemetry}
-        publisher's events up; learn the others' changes and facts.
+        L{mailapp.abuse.AbuseGuard}), open connections (C{counts}, the
+        server's L{mailapp.sessions.ConnectionCounts}) and, when given, its
+        C{telemetry} publisher's events up; learn the others' changes,
+        facts and connections.
         """
+        self._counts = counts
+        if counts is not None:
+            counts.share = lambda client, delta: self._send(channel.encode(channel.CONNECTIONS, client=client, delta=delta))
         if telemetry is not None:
             telemetry.addObserver(lambda event: self._send(channel.encode(channel.TELEMETRY, event=channel.plain_fields(event))))
         self._events = events
@@ -103,6 +109,8 @@ class ParentLink(Protocol):
                 event = channel.event_from_fields(message.get("event"))
                 if event is not None:
                     self._events.wake(event)
+            elif message["kind"] == channel.CONNECTIONS and self._counts is not None:
+                _learn_connections(self._counts, message)
             elif message["kind"] == channel.ABUSE and self._guard is not None:
                 fact, fields = message.get("fact"), message.get("fields")
                 if isinstance(fact, str) and isinstance(fields, dict):
@@ -133,6 +141,16 @@ class ParentLink(Protocol):
         # The parent is gone (or closed our stdin): stop as SIGTERM would.
         if self.reactor.running:
             self.reactor.stop()
+
+
+def _learn_connections(counts: Any, message: dict[str, Any]) -> None:
+    origin, client, delta = message.get("origin"), message.get("client"), message.get("delta")
+    if not isinstance(origin, str):
+        return
+    if message.get("forget") is True:
+        counts.forget(origin)
+    elif isinstance(client, str) and delta in (1, -1):
+        counts.learn(origin, client, delta)
 
 
 class WorkerRole:

@@ -105,6 +105,7 @@ class Supervisor(Service):
     @param events: the parent store's event bus (its own changes go to the workers).
     @param telemetry: the parent's telemetry publisher, given the workers' per-command events.
     @param guard: the parent's L{mailapp.abuse.AbuseGuard}, sharing facts with the workers'.
+    @param counts: the parent's L{mailapp.sessions.ConnectionCounts}, sharing connections with the workers'.
     @param drain_timeout: how long a stopping worker may take (its own drain, then its exit).
     """
 
@@ -122,6 +123,7 @@ class Supervisor(Service):
         publish_log: Callable[[dict[str, Any]], None] = globalLogPublisher,
         telemetry: Callable[[dict[str, Any]], None] | None = None,
         guard: Any = None,
+        counts: Any = None,
     ) -> None:
         self.reactor = reactor
         self.config_path = config_path
@@ -135,6 +137,8 @@ class Supervisor(Service):
         self.telemetry = telemetry
         #: The parent's abuse guard (its webmail's sign-ins): it learns the workers' facts and tells them its own.
         self.guard = guard
+        #: The parent's L{mailapp.sessions.ConnectionCounts}: its own connections and every worker's.
+        self.counts = counts
         #: Live workers by number.
         self.workers: dict[int, _WorkerProcess] = {}
         self._failures: dict[int, int] = {}
@@ -155,6 +159,8 @@ class Supervisor(Service):
             self._unsubscribe = self.events.subscribeAll(self._changedHere)
         if self.guard is not None:
             self.guard.share = self._abuseHere
+        if self.counts is not None:
+            self.counts.share = self._connectionHere
         bound: Deferred[Any] = defer.gatherResults([listener.whenListening() for listener in self.listeners])
         bound.addCallback(self._bound)
         bound.addErrback(lambda reason: log.failure("could not start the workers", reason))
@@ -186,12 +192,19 @@ class Supervisor(Service):
         worker = _WorkerProcess(self, number, self.reactor.seconds())
         self.reactor.spawnProcess(worker, sys.executable, arguments, env=_environment(), childFDs=child_fds)
         self.workers[number] = worker
+        self._sendConnections(worker)
         log.info("worker {worker} started (pid {pid})", log_event=logevents.WORKER_STARTED, worker=number, pid=worker.pid)
 
     def ended(self, worker: _WorkerProcess, reason: Failure) -> None:
         """A worker process ended: restart it (after its back-off) unless the server is stopping."""
         if self.workers.get(worker.number) is worker:
             del self.workers[worker.number]
+        if self.counts is not None:
+            # Its connections died with it.
+            self.counts.forget(str(worker.number))
+            line = channel.encode(channel.CONNECTIONS, origin=str(worker.number), forget=True)
+            for other in list(self.workers.values()):
+                other.send(line)
         ran = self.reactor.seconds() - worker.started
         status = getattr(reason.value, "exitCode", None)
         if status is None:
@@ -232,6 +245,8 @@ class Supervisor(Service):
             self._unsubscribe = None
         if self.guard is not None:
             self.guard.share = None
+        if self.counts is not None:
+            self.counts.share = None
         for timer in self._restarts.values():
             if timer.active():
                 timer.cancel()
@@ -273,6 +288,15 @@ class Supervisor(Service):
             event = message.get("event")
             if self.telemetry is not None and isinstance(event, dict):
                 self.telemetry({**event, "worker": worker.number})
+        elif kind == channel.CONNECTIONS:
+            client, delta = message.get("client"), message.get("delta")
+            if self.counts is not None and isinstance(client, str) and delta in (1, -1):
+                origin = str(worker.number)
+                self.counts.learn(origin, client, delta)
+                line = channel.encode(channel.CONNECTIONS, client=client, delta=delta, origin=origin)
+                for other in list(self.workers.values()):
+                    if other is not worker:
+                        other.send(line)
         elif kind in channel.FANNED_OUT:
             for other in list(self.workers.values()):
                 if other is not worker:
@@ -292,6 +316,26 @@ class Supervisor(Service):
         event["worker"] = worker.number
         event["log_system"] = f"worker {worker.number}"
         self.publish_log(event)
+
+    def _connectionHere(self, client: str, delta: int) -> None:
+        line = channel.encode(channel.CONNECTIONS, client=client, delta=delta, origin="parent")
+        for worker in list(self.workers.values()):
+            worker.send(line)
+
+    def _sendConnections(self, worker: _WorkerProcess) -> None:
+        """A new worker starts with what the parent knows: every other process's open connections."""
+        if self.counts is None:
+            return
+        views = {origin: dict(table) for origin, table in self.counts.elsewhere.items() if origin != str(worker.number)}
+        own = dict(self.counts.perIP)
+        for table in self.counts.elsewhere.values():
+            for client, count in table.items():
+                own[client] = own.get(client, 0) - count
+        views["parent"] = {client: count for client, count in own.items() if count > 0}
+        for origin, table in views.items():
+            for client, count in table.items():
+                line = channel.encode(channel.CONNECTIONS, client=client, delta=1, origin=origin)
+                worker.send(line * count)
 
     def _abuseHere(self, fact: str, fields: dict[str, Any]) -> None:
         line = channel.encode(channel.ABUSE, fact=fact, fields=fields)

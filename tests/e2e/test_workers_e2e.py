@@ -492,3 +492,37 @@ def test_webmail_sessions_hold_for_every_request_and_its_failures_count_with_the
             refused.close()
     finally:
         server.stop()
+
+
+# --- connection limits count across workers ----------------------------------------------------
+
+
+def test_the_per_address_connection_limit_counts_the_connections_of_both_workers(tmp_path: Path) -> None:
+    server = Workers(tmp_path / "a", listener("imap", "imap", allow_plaintext_auth=True), "[limits]\nmax_connections_per_ip = 2\n")
+    try:
+        server.start()
+        first, second = server.pids()
+        port = server.server.port("imap")
+        held = [server.connect_to(worker, port, lambda: Raw(port), lambda raw: raw.sock) for worker in (first, second)]
+        assert all(session.greeting.startswith(b"* OK") for session in held)
+        # connect_to closed the connections that landed on the wrong worker: let their closes be counted.
+        time.sleep(0.5)
+        # A third, wherever it lands: one open on each worker is the address's two.
+        for _ in range(6):
+            refused = Raw(port)
+            assert b"Too many connections from your address" in refused.greeting, refused.greeting
+            refused.close()
+        held[0].close()
+        # One closed: a connection is let in again (once its close has been counted everywhere).
+        wait_for(lambda: _greeted(port), "a connection let in again", server.server, 10)
+        held[1].close()
+    finally:
+        server.stop()
+
+
+def _greeted(port: int) -> bool:
+    session = Raw(port)
+    try:
+        return session.greeting.startswith(b"* OK")
+    finally:
+        session.close()

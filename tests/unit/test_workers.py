@@ -384,3 +384,55 @@ def test_the_parents_guard_learns_the_workers_facts_and_tells_them_its_own() -> 
     assert all(b'"fact":"failed"' in protocol.transport.written[-1] for protocol in (first, second))
     supervisor.stopService()
     assert guard.share is None
+
+
+# --- connection counts across processes ------------------------------------------------------
+
+
+def test_connections_of_other_processes_count_and_a_dead_ones_are_forgotten() -> None:
+    from mailapp.sessions import ConnectionCounts
+
+    counts = ConnectionCounts()
+    shared: list[tuple[str, int]] = []
+    counts.share = lambda client, delta: shared.append((client, delta))
+    counts.add("198.51.100.7")
+    counts.learn("2", "198.51.100.7", 1)
+    counts.learn("3", "198.51.100.7", 1)
+    assert (counts.total, counts.of("198.51.100.7")) == (3, 3)
+    assert shared == [("198.51.100.7", 1)]  # only this process's own connections go out
+    counts.forget("3")
+    assert (counts.total, counts.of("198.51.100.7")) == (2, 2)
+    counts.remove("198.51.100.7")
+    assert (counts.total, counts.of("198.51.100.7"), shared[-1]) == (1, 1, ("198.51.100.7", -1))
+
+
+def test_a_close_this_process_never_heard_opened_counts_nothing() -> None:
+    from mailapp.sessions import ConnectionCounts
+
+    counts = ConnectionCounts()
+    counts.learn("2", "198.51.100.7", -1)
+    assert (counts.total, counts.of("198.51.100.7"), counts.elsewhere) == (0, 0, {"2": {}})
+
+
+def test_the_parent_passes_connections_on_with_their_origin_and_forgets_a_dead_workers() -> None:
+    from mailapp.sessions import ConnectionCounts
+
+    counts = ConnectionCounts()
+    supervisor, reactor = _supervisor(count=2, counts=counts)
+    first, second = (protocol for protocol, _, _ in reactor.spawned)
+    first.childDataReceived(1, channel.encode(channel.CONNECTIONS, client="198.51.100.7", delta=1))
+    assert counts.of("198.51.100.7") == 1
+    assert channel.decode(second.transport.written[-1].rstrip(b"\n")) == {
+        "kind": "connections", "client": "198.51.100.7", "delta": 1, "origin": "1",
+    }
+    counts.add("203.0.113.5")  # the parent's own (its webmail)
+    assert b'"origin":"parent"' in first.transport.written[-1]
+    _died(first)
+    assert counts.of("198.51.100.7") == 0
+    assert channel.decode(second.transport.written[-1].rstrip(b"\n")) == {"kind": "connections", "origin": "1", "forget": True}
+    # The restarted worker starts with the parent's view: the parent's own connection.
+    reactor.advance(BACKOFF_MAX)
+    restarted = reactor.spawned[-1][0]
+    assert [channel.decode(line.rstrip(b"\n")) for line in restarted.transport.written] == [
+        {"kind": "connections", "client": "203.0.113.5", "delta": 1, "origin": "parent"}
+    ]
