@@ -325,6 +325,14 @@ SECURITY = "[security]\nauth_failure_delay = 0.1\nauth_failure_delay_max = 0.2\n
 BANNED = b"* BYE [UNAVAILABLE] Too many failed logins from your address; try again later"
 
 
+def _all_banned(port: int, connections: int) -> None:
+    """C{connections} new IMAP connections, each refused at its greeting as banned."""
+    for _ in range(connections):
+        refused = Raw(port)
+        assert refused.greeting == BANNED
+        refused.close()
+
+
 def test_failed_logins_on_both_workers_add_up_to_one_ban_that_every_worker_enforces(tmp_path: Path) -> None:
     server = Workers(tmp_path / "a", listener("imap", "imap", allow_plaintext_auth=True), SECURITY)
     try:
@@ -341,10 +349,7 @@ def test_failed_logins_on_both_workers_add_up_to_one_ban_that_every_worker_enfor
             session.close()
         assert all(reply.startswith(b"a NO") for reply in replies), replies
         # Every worker refuses the address now (20 connections reach both; the first test shows how soon).
-        for _ in range(20):
-            refused = Raw(port)
-            assert refused.greeting == BANNED
-            refused.close()
+        _all_banned(port, 20)
     finally:
         server.stop()
 
@@ -504,10 +509,7 @@ def test_webmail_sessions_hold_for_every_request_and_its_failures_count_with_the
         assert _Browser(port).sign_in(ALICE, "wrong") == 401
         # Now every process refuses the address: the webmail says 429, the workers' IMAP says BYE.
         assert _Browser(port).request("GET", "/login")[0] == 429
-        for _ in range(10):
-            refused = Raw(imap_port)
-            assert refused.greeting == BANNED
-            refused.close()
+        _all_banned(imap_port, 10)
     finally:
         server.stop()
 
