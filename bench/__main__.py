@@ -529,11 +529,16 @@ def main() -> int:
         "--rspamd", action="store_true",
         help="scan the SMTP workloads' mail with a real rspamd, started on loopback as the tests start it (tests/rspamd_runner.py)",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="[server] workers of every server started (default 1: one process; N > 1: a parent and N workers)",
+    )
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on each run, seconds")
     parser.add_argument("--output", default=str(ROOT / "bench-results" / "latest.json"))
     args = parser.parse_args()
+    bench_server.WORKERS = args.workers
     workdir = Path(tempfile.mkdtemp(prefix="mailapp-bench-"))
     rspamd = None
     if args.rspamd:
@@ -560,8 +565,12 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace, workdir:
         parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(available)}")
 
     info = machine()
-    print(f"mailapp bench on {info['cores']} cores, {info['cpu']}, Python {info['python']}, Twisted {info['twisted']}")
-    results: dict[str, Any] = {"machine": info, "workloads": {}, "rspamd": bool(args.rspamd)}
+    info["load_average"] = os.getloadavg()
+    print(
+        f"mailapp bench on {info['cores']} cores, {info['cpu']}, Python {info['python']}, Twisted {info['twisted']}, "
+        f"workers = {args.workers}, load average {' '.join(f'{n:.2f}' for n in info['load_average'])}"
+    )
+    results: dict[str, Any] = {"machine": info, "workloads": {}, "rspamd": bool(args.rspamd), "workers": args.workers}
     previous: Any = None
     for name in chosen:
         title, run = available[name]

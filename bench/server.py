@@ -22,6 +22,7 @@ CONFIG = """
 [server]
 hostname = "{hostname}"
 state_dir = "{state_dir}"
+workers = {workers}
 
 [domains]
 local = ["{domain}"]
@@ -41,6 +42,9 @@ mx_messages_per_minute = 0
 mx_bytes_per_minute = 0
 {extra}
 """
+
+#: ``[server] workers`` of every server the bench starts (``make bench --workers N``).
+WORKERS = 1
 
 #: Listeners of the default server: name -> (protocol, tls mode).
 DEFAULT_LISTENERS = {"smtp": ("smtp", "none"), "pop3": ("pop3", "none")}
@@ -100,8 +104,35 @@ class Server:
         return self.state_dir / "mail" / domain / local / "new"
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far."""
-        return _process_cpu_seconds(self.process.pid)
+        """User + system CPU time of the server process so far, its worker processes' included."""
+        total = _process_cpu_seconds(self.process.pid)
+        for pid in self.worker_pids():
+            try:
+                total += _process_cpu_seconds(pid)
+            except OSError:
+                pass
+        return total
+
+    def _children(self) -> list[int]:
+        """The server process's live child processes."""
+        found = []
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                found += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return found
+
+    def worker_pids(self) -> list[int]:
+        """The live worker processes (``[server] workers`` > 1); [] for one process."""
+        found = []
+        for child in self._children():
+            try:
+                if b"mailapp.workers.child" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(child)
+            except OSError:
+                pass
+        return found
 
     def wait_quiet(self, quiet_for: float = 3.0, timeout: float = 90.0, interval: float = 0.5, busy: float = 0.02) -> float:
         """
@@ -127,27 +158,31 @@ class Server:
     def children_cpu_seconds(self) -> float:
         """
         CPU time so far of the server's live child processes (the DKIM
-        signing process): work the server hands off, which its own figure
-        does not count.
+        signing process) other than its workers (which L{cpu_seconds}
+        counts): work the server hands off, which its own figure does not
+        count.
         """
+        workers = set(self.worker_pids())
         total = 0.0
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
-            try:
-                children = (task / "children").read_text().split()
-            except OSError:
+        for child in self._children():
+            if child in workers:
                 continue
-            for child in children:
-                try:
-                    total += _process_cpu_seconds(int(child))
-                except OSError:
-                    pass
+            try:
+                total += _process_cpu_seconds(child)
+            except OSError:
+                pass
         return total
 
     def _status(self, key: str) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        return 0
+        """C{key} of /proc/PID/status in bytes, summed over the server process and its workers."""
+        total = 0
+        for pid in [self.process.pid, *self.worker_pids()]:
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            total += next((int(line.split()[1]) * 1024 for line in lines if line.startswith(key + ":")), 0)
+        return total
 
     def peak_rss_bytes(self) -> int:
         return self._status("VmHWM")
@@ -184,6 +219,7 @@ def start(
     extra: str = "",
     production_hash_users: list[str] | tuple[str, ...] = (),
     prepare: Callable[[Path], None] | None = None,
+    workers: int | None = None,
 ) -> Server:
     """
     Create the state directory and users, start the server, wait until every
@@ -191,6 +227,8 @@ def start(
     upgrades, at full cost, on the first login) except C{production_hash_users},
     who get one with the server's own parameters, as real accounts have.
     C{prepare(state_dir)} runs after the users exist and before the server starts.
+    C{workers}: its ``[server] workers`` (default L{WORKERS}); with more
+    than one, it is ready once every worker has started too.
     """
     from mailapp.accounts import AccountsDatabase
     from mailapp.store import ensure_mailbox
@@ -202,6 +240,7 @@ def start(
     config_path.write_text(
         CONFIG.format(
             state_dir=state_dir, domain=domain, hostname=hostname, max_connections=max_connections, extra=extra,
+            workers=WORKERS if workers is None else workers,
             listeners="".join(_listener(name, protocol, tls) for name, (protocol, tls) in listeners.items()).format(
                 max_connections=max_connections
             ),
@@ -215,6 +254,7 @@ def start(
             ensure_mailbox(state_dir, user)
     if prepare is not None:
         prepare(state_dir)
+    count = WORKERS if workers is None else workers
     log_path = state_dir / "server.log"
     twistd = Path(sys.executable).parent / "twistd"
     started_at = time.time()
@@ -232,7 +272,9 @@ def start(
             raise RuntimeError(f"the server exited early; see {log_path}")
         text = log_path.read_text() if log_path.exists() else ""
         server.ports = {name: int(port) for name, port in _LISTENING.findall(text)}
-        if all(name in server.ports for name in listeners):
+        # The parent says "mailapp starting" once, and each worker once.
+        started = text.count("] mailapp starting as") - 1
+        if all(name in server.ports for name in listeners) and (count <= 1 or started >= count):
             server.listening_at = time.time()
             return server
         time.sleep(0.05)

@@ -33,6 +33,14 @@ What it promises:
     forgets entries whose failures have left the window, and drops the least
     recently seen key when full.
 
+With worker processes (L{mailapp.workers}) each process has its guard, and
+each tells the others (through L{AbuseGuard.share}, relayed by the parent)
+of every failure, ban, forgiven account, recipient probe and accepted
+message it records; they count it too (L{AbuseGuard.learn}), so the limits
+hold for the server, not per process, a few milliseconds behind. Logins
+being verified (L{AbuseGuard.attemptStarted}) and the MX's per-minute rates
+stay per process.
+
 Time comes from an injected C{clock} (a callable returning seconds), so that
 tests drive it with L{twisted.internet.task.Clock.seconds}.
 """
@@ -323,6 +331,37 @@ class AbuseGuard:
         self.sending = SendingLimiter(clock, max_messages_per_hour, max_tracked)
         #: The MX's messages and bytes per client address; off unless given (the service gives the config's).
         self.mx = MXRateLimiter(clock, mx_messages_per_minute, mx_bytes_per_minute, min(max_tracked, MX_MAX_TRACKED))
+        #: Called with C{(fact, fields)} for each fact this guard records,
+        #: for the server's other processes to L{learn}; None in a single process.
+        self.share: Callable[[str, dict[str, Any]], None] | None = None
+
+    def _tell(self, fact: str, **fields: Any) -> None:
+        if self.share is not None:
+            self.share(fact, fields)
+
+    def learn(self, fact: str, fields: dict[str, Any]) -> None:
+        """
+        A fact another process of this server recorded (see L{share}):
+        counted here as if it had happened here, but without its log line,
+        delay or ban decision, which the process that saw it made. Malformed
+        facts are ignored.
+        """
+        now = self._clock()
+        client, account = fields.get("client"), fields.get("account")
+        if fact == "failed" and isinstance(client, str):
+            self._addresses.add(client, now)
+            if isinstance(account, str) and account:
+                self._accounts.add(account, now)
+        elif fact == "banned" and isinstance(client, str) and isinstance(fields.get("until"), (int, float)):
+            self._bans.pop(client, None)
+            self._bans[client] = float(fields["until"])
+            self._addresses.forget(client)
+        elif fact == "succeeded" and isinstance(account, str):
+            self._accounts.forget(account)
+        elif fact == "probe" and isinstance(client, str):
+            self._probes.add(client, now)
+        elif fact == "sent" and isinstance(account, str):
+            self.sending.accepted(account)
 
     def reconfigure(self, config: Any) -> None:
         """
@@ -385,6 +424,7 @@ class AbuseGuard:
         self._bans.pop(key, None)
         self._bans[key] = now + self.security.ban_seconds
         self._addresses.forget(key)
+        self._tell("banned", client=key, until=self._bans[key])
         log.warn(
             "auth ban client={client} seconds={seconds} failures={failures}",
             log_event=logevents.AUTH_BANNED,
@@ -436,6 +476,7 @@ class AbuseGuard:
         if self.exempt(key):
             return 0.0
         count = self._probes.add(key, self._clock())
+        self._tell("probe", client=key)
         over = count - UNKNOWN_RECIPIENTS_FREE
         if over <= 0:
             return 0.0
@@ -463,6 +504,7 @@ class AbuseGuard:
         )
         by_address = self._addresses.add(key, now)
         by_account = self._accounts.add(_account_key(account), now) if account else 0
+        self._tell("failed", client=key, account=_account_key(account) if account else "")
         failures = max(by_address, by_account)
         security = self.security
         delay = min(float(security.auth_failure_delay_max), security.auth_failure_delay * 2.0 ** min(failures - 1, 30))
@@ -479,6 +521,7 @@ class AbuseGuard:
         reset its count between guesses at others).
         """
         self._accounts.forget(_account_key(account))
+        self._tell("succeeded", account=_account_key(account))
 
     # -- sending rate ----------------------------------------------------------------------
 
@@ -489,6 +532,7 @@ class AbuseGuard:
     def messageAccepted(self, account: str) -> None:
         """Count one message accepted from C{account} (after it was stored or queued)."""
         self.sending.accepted(account)
+        self._tell("sent", account=account)
 
     @property
     def max_messages_per_hour(self) -> int:

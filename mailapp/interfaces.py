@@ -204,6 +204,14 @@ class IEventBus(Interface):
     def publish(event: FolderEvent) -> None:
         """Deliver C{event} to the subscribers of its folder, then to those of its account, then to those of every folder."""
 
+    def wake(event: FolderEvent) -> None:
+        """
+        Deliver C{event}, a change another process of this server made, to
+        the subscribers of its folder and of its account (sessions re-read
+        it); those of every folder act on their own process's changes and
+        are not told.
+        """
+
 
 class IFreeSpace(Interface):
     """

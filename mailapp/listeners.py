@@ -49,9 +49,14 @@ class ListenerService(StreamServerEndpointService):
         endpoint: IStreamServerEndpoint,
         factory: IProtocolFactory,
         on_failure: Callable[[ListenerConfig, Failure], None],
+        accepting: bool = True,
     ) -> None:
         super().__init__(endpoint, factory)  # type: ignore[no-untyped-call]  # Twisted's services are untyped
         self.listener = listener
+        #: False in the supervising parent of worker processes: it binds the
+        #: socket (before privileges drop) and hands it over, but never
+        #: accepts on it itself (L{mailapp.workers}).
+        self.accepting = accepting
         self.setName(f"listener:{listener.name}")  # type: ignore[no-untyped-call]
         self._on_failure = on_failure
         #: The address actually bound, once listening.
@@ -81,6 +86,14 @@ class ListenerService(StreamServerEndpointService):
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.address = port.getHost()
+        if not self.accepting:
+            # Bound and listening, so the kernel queues connections, but off
+            # the reactor: the workers holding the same socket accept them.
+            # Fired synchronously by listen(), before any accept could run.
+            port.stopReading()  # type: ignore[attr-defined]  # every stream port is a FileDescriptor
+            # And when it stops, close our descriptor only: a shutdown(2)
+            # would close the socket the workers still accept on.
+            port._shouldShutdown = False  # type: ignore[attr-defined]  # Twisted's own flag for shared sockets
         log.info(
             "listener {listener} ({protocol}, tls={tls}) listening on {address}",
             log_event=logevents.LISTENING,
@@ -114,12 +127,15 @@ def listen(
     counts: ConnectionCounts,
     refusals: RefusalLog,
     on_failure: Callable[[ListenerConfig, Failure], None],
+    endpoint: IStreamServerEndpoint | None = None,
+    accepting: bool = True,
 ) -> ListenerService:
     """
     The service of one listener: its protocol's factory from C{builder},
     counted in the server's C{counts} and C{refusals}, wrapped in TLS for
-    C{tls = "implicit"}, on the listener's endpoint. Nothing listens until
-    the service starts.
+    C{tls = "implicit"}, on the listener's endpoint (or C{endpoint}: a
+    worker process's adopted socket). Nothing listens until the service
+    starts; with C{accepting} false it binds but never accepts.
     """
     factory = builder(context, listener)
     # Our "listener ... listening on" line says it all; Twisted's own
@@ -141,8 +157,9 @@ def listen(
         if context.tls is None:  # never: config.needs_tls made the service load a certificate
             raise ValueError(f"listener {listener.name} has implicit TLS, and the server no certificate")
         factory = TLSMemoryBIOFactory(context.tls, False, factory)
-    endpoint = serverFromString(context.reactor, listener.endpoint)
-    return ListenerService(listener, endpoint, factory, on_failure)
+    if endpoint is None:
+        endpoint = serverFromString(context.reactor, listener.endpoint)
+    return ListenerService(listener, endpoint, factory, on_failure, accepting)
 
 
 _LISTEN_ERRNO_TEXT = {

@@ -29,6 +29,14 @@ STOPPING: Final = "service.stopping"
 DRAIN_TIMEOUT: Final = "service.drain_timeout"
 STOPPED: Final = "service.stopped"
 
+# --- worker processes (mailapp.workers) ---
+#: worker, pid: a worker process started.
+WORKER_STARTED: Final = "workers.started"
+#: worker, pid, status, ran_seconds, restart_in (None when the server is stopping): a worker process ended.
+WORKER_ENDED: Final = "workers.ended"
+#: worker, line: a line a worker wrote to its stderr (a crash before its log was set up, say).
+WORKER_STDERR: Final = "workers.stderr"
+
 # --- TLS material (mailapp.tls) ---
 CERTIFICATE_GENERATED: Final = "tls.certificate_generated"
 

@@ -162,7 +162,7 @@ def _budgets(config: Config) -> list[tuple[str, int | None, int | None]]:
 def _needs_restart(old: Config, new: Config) -> list[str]:
     changes = [
         f"server.{name}"
-        for name in ("hostname", "state_dir", "sync", "log_format")
+        for name in ("hostname", "state_dir", "sync", "log_format", "workers")
         if getattr(old, name) != getattr(new, name)
     ]
     if len(old.listeners) != len(new.listeners) or not all(

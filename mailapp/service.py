@@ -26,6 +26,7 @@ import shutil
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import IService, MultiService, Service
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
     from mailapp.pools import WorkerPools
     from mailapp.reload import ReloadResult
     from mailapp.relay.manager import RelayManager
+    from mailapp.workers.child import WorkerRole
+    from mailapp.workers.supervisor import Supervisor
 
 __all__ = [
     "DRAIN_TIMEOUT_SECONDS",
@@ -78,6 +81,11 @@ DRAIN_TIMEOUT_SECONDS = 10.0
 
 #: The relay's resolver under its older, private name (tests and the rig's clients use it).
 _LazyResolver = LazyResolver
+
+#: Listeners the parent of worker processes serves itself, handing them to
+#: no worker: the metrics (counted from every worker's log and telemetry)
+#: and the webmail (whose sessions live in one process's memory).
+PARENTS_OWN = frozenset({"metrics", "webmail"})
 
 #: Protocol name (as in ``listeners.NAME.protocol``) -> builder. A listener
 #: whose protocol has no builder is skipped with a warning.
@@ -165,6 +173,8 @@ class MailService(MultiService):
         self._previous_sighup: Any = None
         #: Non-zero once the server has to stop because it cannot run as configured.
         self.exit_status = 0
+        #: The worker processes' supervisor, in the parent of C{[server] workers} > 1.
+        self.supervisor: Supervisor | None = None
 
     def reload(self) -> ReloadResult:
         """
@@ -174,7 +184,11 @@ class MailService(MultiService):
         """
         from mailapp.reload import reload_service
 
-        return reload_service(self)
+        result = reload_service(self)
+        if self.supervisor is not None:
+            # Each worker re-reads the file too; a bad one it refuses as the parent did.
+            self.supervisor.reload()
+        return result
 
     def _install_sighup(self) -> None:
         # A Python signal handler runs in the main thread between bytecodes;
@@ -273,10 +287,17 @@ def makeService(
     accounts: IAccounts | None = None,
     portal: Portal | None = None,
     relay: bool | None = None,
+    worker: WorkerRole | None = None,
 ) -> MailService:
     """
     Build the whole server from ``config``; nothing listens until the
     returned service starts.
+
+    With C{config.workers} above 1 this is the supervising parent
+    (L{mailapp.workers}): its listeners bind but never accept, and a
+    L{mailapp.workers.supervisor.Supervisor} starts the workers. C{worker}
+    makes one of those: its listeners adopt the parent's sockets, and its
+    relay queue is written here but sent by the parent.
 
     Creates ``state_dir`` (0700) and, when a listener needs TLS, the
     certificate (if it is to be generated). The default store, accounts and
@@ -368,7 +389,11 @@ def makeService(
     # DNS for blocking libraries (the MX's SPF, DKIM and DMARC; dns.dnsfunc()
     # for DKIM and ARC code): the name servers the relay asks.
     dns = ServiceDNS(reactor, LazyResolver(reactor, config.relay.nameservers), config.authentication.dns_query_timeout)
-    manager = _build_relay(config, reactor, router, pools.queue, sealing_pool=pools.parsing, dns=dns) if relay else None
+    manager = (
+        _build_relay(config, reactor, router, pools.queue, sealing_pool=pools.parsing, dns=dns, deliver=worker is None)
+        if relay
+        else None
+    )
     from mailapp.postscreen.greylist import Greylist
 
     # Built even when greylisting is off (it opens no file until used), so that a reload can turn it on.
@@ -391,7 +416,8 @@ def makeService(
         quotas=quotas,
         telemetry=LogPublisher(),
         pools=pools,
-        maildrops=MaildropLocks(),
+        # Worker processes keep each other off a maildrop with lock files.
+        maildrops=MaildropLocks(_lock_directory(config.state_dir / "pop3-locks") if config.workers > 1 else None),
         relay=manager,
         dns=dns,
         greylist=greylist,
@@ -404,12 +430,16 @@ def makeService(
             IService(component).setServiceParent(root)
     # Crash left-overs (spool files, the queue's temporary files), at start and every hour.
     # And the greylist's old triplets.
-    sweepables = [part for part in (store, manager.queue if manager is not None else None, greylist) if hasattr(part, "sweep")]
+    # A worker sweeps only its store (the expunged messages it holds); the parent the rest.
+    shared = (manager.queue if manager is not None else None, greylist) if worker is None else ()
+    sweepables = [part for part in (store, *shared) if hasattr(part, "sweep")]
     if sweepables:
         LeftoverSweeper(reactor, sweepables).setServiceParent(root)  # type: ignore[no-untyped-call]
 
+    supervising = worker is None and config.workers > 1
     counts = ConnectionCounts()
     refusals = RefusalLog(reactor)
+    listeners: list[ListenerService] = []
     for listener in config.listeners:
         builder = PROTOCOL_BUILDERS.get(listener.protocol)
         if builder is None:
@@ -421,9 +451,43 @@ def makeService(
                 endpoint=listener.endpoint,
             )
             continue
-        listening = listen(context, listener, builder, counts, refusals, root.listener_failed)
+        # The metrics and webmail listeners are the parent's own (PARENTS_OWN).
+        parents_own = listener.protocol in PARENTS_OWN
+        if worker is not None and parents_own:
+            continue
+        endpoint = worker.endpoint(reactor, listener.name) if worker is not None else None
+        accepting = not supervising or parents_own
+        listening = listen(context, listener, builder, counts, refusals, root.listener_failed, endpoint, accepting=accepting)
         listening.setServiceParent(root)  # type: ignore[no-untyped-call]
+        if not parents_own:
+            listeners.append(listening)
+    if worker is not None:
+        metrics = any(listener.protocol == "metrics" for listener in config.listeners)
+        worker.link.attach(getattr(store, "events", None), router.queue, context.guard, context.telemetry if metrics else None, counts)
+    if supervising:
+        from mailapp.workers.supervisor import Supervisor
+
+        # The last child: the first the root stops after its listeners, so
+        # the workers drain while the parent's store and relay still run.
+        root.supervisor = Supervisor(
+            reactor,
+            config.path.absolute(),
+            config.workers,
+            listeners,
+            queue=manager.queue if manager is not None else None,
+            events=getattr(store, "events", None),
+            drain_timeout=root.drain_timeout,
+            telemetry=context.telemetry,
+            guard=context.guard,
+            counts=counts,
+        )
+        root.supervisor.setServiceParent(root)  # type: ignore[no-untyped-call]
     return root
+
+
+def _lock_directory(path: Path) -> Path:
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
 
 
 def _forward_sealer(config: Config, reactor: IServiceReactor, threadpool: ThreadPool | None, dns: ServiceDNS) -> ForwardSealer:
@@ -448,11 +512,14 @@ def _build_relay(
     threadpool: ThreadPool | None = None,
     sealing_pool: ThreadPool | None = None,
     dns: ServiceDNS | None = None,
-) -> RelayManager:
+    deliver: bool = True,
+) -> RelayManager | None:
     """
     The outbound queue and its manager, wired to ``router``: remote copies
     go into the queue, and DSNs come back through the router. Forwarded
     copies are ARC-sealed on C{sealing_pool} (a sender controls their cost).
+    Without C{deliver} (a worker process) only the queue, which the parent's
+    manager sends.
     """
     from mailapp.relay.manager import RelayManager, RetryPolicy, tcp_connector
     from mailapp.relay.queue import Queue
@@ -473,6 +540,9 @@ def _build_relay(
             config, reactor, sealing_pool or threadpool, dns or ServiceDNS(reactor, LazyResolver(reactor, relay.nameservers))
         ),
     )
+    if not deliver:
+        router.queue = queue
+        return None
     myself = Myself(
         config.hostname,
         [address for listener in config.listeners if listener.protocol == "smtp" and (address := listener.tcp_address)],

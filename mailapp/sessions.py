@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
@@ -231,29 +232,65 @@ class ConnectionCounts:
     that C{max_server_connections} and the limit per address hold for the
     whole server, not for each port (a client cannot get 8 x
     max_connections_per_ip by using every listener).
+
+    With worker processes (L{mailapp.workers}) the counts include the other
+    processes' open connections, as they report them (L{share} out,
+    L{learn} in, L{forget} a process that died), so the limits hold for the
+    whole server, a few milliseconds behind.
     """
 
     def __init__(self) -> None:
         self.total = 0
         self.perIP: dict[str, int] = {}
+        #: Called with (client key, +1 or -1) for each of this process's connections; None in a single process.
+        self.share: Callable[[str, int], None] | None = None
+        #: The other processes' open connections: origin -> client key -> count.
+        self.elsewhere: dict[str, dict[str, int]] = {}
 
     def of(self, ip: str) -> int:
         """The open connections of C{ip}'s client (its /64 for IPv6)."""
         return self.perIP.get(address_key(ip), 0)
 
     def add(self, ip: str) -> None:
-        self.total += 1
         key = address_key(ip)
-        self.perIP[key] = self.perIP.get(key, 0) + 1
+        self._change(key, 1)
+        if self.share is not None:
+            self.share(key, 1)
 
     def remove(self, ip: str) -> None:
-        self.total -= 1
         key = address_key(ip)
-        count = self.perIP.get(key, 1) - 1
+        self._change(key, -1)
+        if self.share is not None:
+            self.share(key, -1)
+
+    def _change(self, key: str, delta: int) -> None:
+        self.total += delta
+        count = self.perIP.get(key, 0) + delta
         if count > 0:
             self.perIP[key] = count
         else:
             self.perIP.pop(key, None)
+
+    def learn(self, origin: str, key: str, delta: int) -> None:
+        """
+        Process C{origin} opened (C{delta} +1) or closed (-1) a connection
+        of client C{key}. A close of one this process never heard of (opened
+        before it started) changes nothing, so no count goes below zero.
+        """
+        table = self.elsewhere.setdefault(origin, {})
+        before = table.get(key, 0)
+        after = max(0, before + delta)
+        if after:
+            table[key] = after
+        else:
+            table.pop(key, None)
+        if after != before:
+            self._change(key, after - before)
+
+    def forget(self, origin: str) -> None:
+        """Process C{origin} is gone, and its connections with it."""
+        for key, count in self.elsewhere.pop(origin, {}).items():
+            self._change(key, -count)
 
 
 class AuthOutcome(enum.Enum):

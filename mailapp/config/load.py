@@ -120,6 +120,7 @@ def _interpret(text: str, path: Path, base_dir: Path | None, *, check_files: boo
         log_format=server["log_format"],
         log_file_max_bytes=server["log_file_max_bytes"],
         log_file_keep=server["log_file_keep"],
+        workers=server["workers"],
         relay=relay,
         security=security,
         dkim=dkim,

@@ -78,6 +78,10 @@ class ServerSection:
     #: ... and this many rotated files are kept (the oldest deleted), so that
     #: logs never fill the disk; 0 keeps none.
     log_file_keep: int = field(default=10, metadata=integer(zero_or_positive("keep no rotated file")))
+    #: Processes that accept connections: 1 is one process doing everything;
+    #: N > 1 is a supervising parent (binding, the relay queue) and N worker
+    #: processes sharing every listener (L{mailapp.workers}).
+    workers: int = field(default=1, metadata=integer(positive))
 
 
 def _unique(domains: list[str]) -> tuple[str, ...]:
@@ -264,6 +268,7 @@ class Config:
     log_format: str = ServerSection.log_format
     log_file_max_bytes: int = ServerSection.log_file_max_bytes
     log_file_keep: int = ServerSection.log_file_keep
+    workers: int = ServerSection.workers
     security: SecurityConfig = field(default_factory=SecurityConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     #: ``[authentication]``: SPF, DKIM and DMARC on the MX.

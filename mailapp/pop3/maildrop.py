@@ -5,14 +5,20 @@ the lock that keeps a second session off it, and the way a message goes out
 shared L{mailapp.dotstuffing.FileSender}.
 
 One session per maildrop: L{MaildropLocks} refuses a second concurrent login
-with C{-ERR [IN-USE]}. The lock lives in this process's memory; a deployment
-with several nodes over one store needs a shared lock (a lease with an expiry
-in the shared database) behind the same C{acquire}/C{release}.
+with C{-ERR [IN-USE]}. The lock lives in this process's memory, and, when
+the server runs worker processes (L{mailapp.workers}), also in an ``flock``
+on a file per account, which the kernel drops when a process dies; a
+deployment with several nodes over one store needs a shared lock (a lease
+with an expiry in the shared database) behind the same C{acquire}/C{release}.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Callable, Iterable
 
 from twisted.internet import defer
@@ -39,19 +45,47 @@ class MaildropLocks:
     store never see each other's sessions.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None) -> None:
         self._held: set[str] = set()
+        #: Where the per-account lock files are, when sessions in other
+        #: processes (the server's other workers) must be kept off too.
+        self.directory = directory
+        self._files: dict[str, int] = {}
 
     def acquire(self, account: str) -> bool:
-        """Take the lock for C{account}; C{False} if a session holds it."""
+        """Take the lock for C{account}; C{False} if a session (of any process sharing C{directory}) holds it."""
         key = account.lower()
         if key in self._held:
             return False
+        if self.directory is not None:
+            # A non-blocking open and flock of a small file: no wait on the
+            # reactor, as twistd's own log writes.
+            fd = _lock_file(self.directory, key)
+            if fd is None:
+                return False
+            self._files[key] = fd
         self._held.add(key)
         return True
 
     def release(self, account: str) -> None:
-        self._held.discard(account.lower())
+        key = account.lower()
+        self._held.discard(key)
+        fd = self._files.pop(key, None)
+        if fd is not None:
+            os.close(fd)  # closing drops the flock
+
+
+def _lock_file(directory: Path, key: str) -> int | None:
+    """The open, exclusively locked lock file of account C{key}; None if another holds it."""
+    # Hashed: an address is not a safe file name, and names need no escaping.
+    name = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    fd = os.open(directory / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 

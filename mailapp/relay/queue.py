@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -475,6 +475,33 @@ class Queue:
                 listener(prepared.envelope)
 
         return self._writer.submit(job).addCallback(published)
+
+    def publishedElsewhere(self, entry_id: str) -> Deferred[Envelope | None]:
+        """
+        Another process of this server (a worker, L{mailapp.workers})
+        published entry C{entry_id}: read its envelope and tell the
+        subscribers, as L{publish} would have. C{None} (and nobody told)
+        when the entry is gone or unreadable: delivered already, or left for
+        L{load} at the next start to quarantine. The one place a queue
+        learns of entries it did not write; a queue shared between nodes
+        backs it with its store's own notification.
+        """
+        if not _ID.match(entry_id):
+            return succeed(None)
+
+        def read() -> Envelope | None:
+            try:
+                return read_envelope(self.layout.envelope(entry_id))
+            except (CorruptEntry, OSError):
+                return None
+
+        def tell(envelope: Envelope | None) -> Envelope | None:
+            if envelope is not None:
+                for listener in list(self._subscribers):
+                    listener(envelope)
+            return envelope
+
+        return deferToThreadPool(self.reactor, self.threadpool, read).addCallback(tell)
 
     def discard(self, prepared: Prepared) -> Deferred[None]:
         """Forget a prepared entry (its local copies could not be made)."""

@@ -7,7 +7,9 @@ A notification is a hint: subscribers (IMAP sessions, the webmail) re-read
 the folder from the store when told, and also on a slow timer, so a lost
 notification delays an update but never loses one. A multi-node backend
 replaces this bus (for example with PostgreSQL LISTEN/NOTIFY) behind the same
-L{IEventBus} interface.
+L{IEventBus} interface. Between the worker processes of one server
+(L{mailapp.workers}) the supervisor carries each process's events to the
+others, which hand them to L{EventBus.wake}.
 """
 
 from __future__ import annotations
@@ -79,6 +81,22 @@ class EventBus:
         folder = self._listeners.get(_key(event.account, event.folder), _NO_LISTENERS)
         account = self._accounts.get(event.account.lower(), _NO_LISTENERS) if self._accounts else _NO_LISTENERS
         for listener in [*folder, *account, *self._everything]:
+            try:
+                listener(event)
+            except Exception:
+                self._log.failure("store.event_listener_failed {kind} {folder}", kind=event.kind, folder=event.folder)
+
+    def wake(self, event: FolderEvent) -> None:
+        """
+        Tell the sessions of a change another process made: the folder's
+        subscribers (the sessions that have it open) and the account's
+        (IMAP NOTIFY). The server-wide subscribers are not told, since they
+        act on this process's own changes (the full-text indexer, the Junk
+        learner) and the other process has already done so.
+        """
+        folder = self._listeners.get(_key(event.account, event.folder), _NO_LISTENERS)
+        account = self._accounts.get(event.account.lower(), _NO_LISTENERS) if self._accounts else _NO_LISTENERS
+        for listener in [*folder, *account]:
             try:
                 listener(event)
             except Exception:

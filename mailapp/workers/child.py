@@ -1,0 +1,244 @@
+"""
+One worker process of ``[server] workers = N``: ``python -m
+mailapp.workers.child``, started only by L{mailapp.workers.supervisor}.
+
+It builds the same service as a single-process server
+(L{mailapp.service.makeService} with a L{WorkerRole}) over the same config
+file, except that each listener adopts the socket the parent bound
+(``reactor.adoptStreamPort`` through Twisted's adopted endpoint) instead of
+binding, the relay queue is written but never sent from here, and its log
+events, queued entries and folder changes go up to the parent over stdout
+(L{mailapp.workers.channel}). It stops on ``SIGTERM`` as the single
+process does, and on its own when the parent goes away (stdin closes), so
+that a killed parent leaves no worker behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, cast
+
+from twisted.internet import fdesc, tcp, unix
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.logger import ILogObserver, Logger, eventAsJSON, globalLogBeginner
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailapp.records import FolderEvent
+from mailapp.workers import channel
+
+__all__ = ["ParentLink", "WorkerRole", "main"]
+
+log = Logger()
+
+
+class ParentLink(Protocol):
+    """
+    The worker's end of the channel, on its stdin and stdout: what this
+    process did goes up, what the others did comes down to this store's
+    event bus (L{mailapp.store.events.EventBus.wake}).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._lines = channel.LineBuffer()
+        self._events: Any = None
+        self._guard: Any = None
+        self._counts: Any = None
+        self._writer: Any = None
+
+    def connectionMade(self) -> None:
+        # Kept for flush(): StandardIO forgets its writer when the reactor
+        # stops, with the last log lines still in its buffer.
+        self._writer = getattr(self.transport, "_writer", None)
+
+    def attach(self, events: Any, queue: Any, guard: Any = None, telemetry: Any = None, counts: Any = None) -> None:
+        """
+        Send this process's folder changes, queued entries (C{queue}: None
+        without a relay), abuse facts (C{guard}, an
+        L{mailapp.abuse.AbuseGuard}), open connections (C{counts}, the
+        server's L{mailapp.sessions.ConnectionCounts}) and, when given, its
+        C{telemetry} publisher's events up; learn the others' changes,
+        facts and connections.
+        """
+        self._counts = counts
+        if counts is not None:
+            counts.share = lambda client, delta: self._send(channel.encode(channel.CONNECTIONS, client=client, delta=delta))
+        if telemetry is not None:
+            telemetry.addObserver(lambda event: self._send(channel.encode(channel.TELEMETRY, event=channel.plain_fields(event))))
+        self._events = events
+        self._guard = guard
+        if guard is not None:
+            guard.share = lambda fact, fields: self._send(channel.encode(channel.ABUSE, fact=fact, fields=fields))
+        if events is not None:
+            events.subscribeAll(self._changedHere)
+        if queue is not None:
+            queue.subscribe(lambda envelope: self._send(channel.encode(channel.QUEUED, id=envelope.id)))
+
+    def _send(self, line: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(line)
+
+    def logObserver(self, event: dict[str, Any]) -> None:
+        """The worker's log: each event up to the parent, which writes the one server log."""
+        try:
+            text = eventAsJSON(event)
+        except Exception:  # an event that cannot be written must not break the code that logged it
+            return
+        self._send(channel.encode(channel.LOG, event=text))
+
+    def _changedHere(self, event: FolderEvent) -> None:
+        self._send(channel.encode(channel.CHANGED, event=channel.event_to_fields(event)))
+
+    def dataReceived(self, data: bytes) -> None:
+        for line in self._lines.feed(data):
+            message = channel.decode(line)
+            if message is None:
+                continue
+            if message["kind"] == channel.CHANGED and self._events is not None:
+                event = channel.event_from_fields(message.get("event"))
+                if event is not None:
+                    self._events.wake(event)
+            elif message["kind"] == channel.CONNECTIONS and self._counts is not None:
+                _learn_connections(self._counts, message)
+            elif message["kind"] == channel.ABUSE and self._guard is not None:
+                fact, fields = message.get("fact"), message.get("fields")
+                if isinstance(fact, str) and isinstance(fields, dict):
+                    self._guard.learn(fact, fields)
+
+    def flush(self) -> None:
+        """
+        After the reactor stopped: write what is still buffered (the last
+        log lines, "mailapp stopped" among them) before the process exits,
+        waiting at most a second for a parent that does not read.
+        """
+        writer = self._writer
+        if writer is None:
+            return
+        pending = b"".join([writer.dataBuffer[writer.offset :], *writer._tempDataBuffer])
+        deadline = time.monotonic() + 1.0
+        while pending and time.monotonic() < deadline:
+            try:
+                written = os.write(1, pending)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            except OSError:
+                return
+            pending = pending[written:]
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        # The parent is gone (or closed our stdin): stop as SIGTERM would.
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def _learn_connections(counts: Any, message: dict[str, Any]) -> None:
+    origin, client, delta = message.get("origin"), message.get("client"), message.get("delta")
+    if not isinstance(origin, str):
+        return
+    if message.get("forget") is True:
+        counts.forget(origin)
+    elif isinstance(client, str) and delta in (1, -1):
+        counts.learn(origin, client, delta)
+
+
+class WorkerRole:
+    """What makes a worker's service differ from a single process's (L{mailapp.service.makeService})."""
+
+    def __init__(self, number: int, sockets: dict[str, tuple[int, int]], link: ParentLink) -> None:
+        self.number = number
+        #: Listener name -> (file descriptor, address family), as the parent passed them.
+        self.sockets = sockets
+        self.link = link
+
+    def endpoint(self, reactor: Any, listener: str) -> IStreamServerEndpoint:
+        fd, family = self.sockets[listener]
+        if family == socket.AF_UNIX:
+            return _SharedUNIXEndpoint(reactor, fd)
+        endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(reactor, fd, family)
+        return endpoint
+
+
+class _SharedUNIXPort(unix.Port):
+    """
+    A unix socket the parent bound: its path is the parent's, which removes
+    it when the whole server stops. A worker stopping alone (and started
+    again by the supervisor) must leave it, or every other process would go
+    on accepting on a socket nobody can reach; Twisted's adopted unix port
+    removes it. Nor may it shut the socket down, which would end it for
+    every process (an adopted TCP port already only closes its descriptor).
+    """
+
+    _shouldShutdown = False
+
+    def connectionLost(self, reason: Failure) -> None:
+        tcp.Port.connectionLost(self, reason)
+
+
+@implementer(IStreamServerEndpoint)
+class _SharedUNIXEndpoint:
+    """Twisted's adopted endpoint, with a L{_SharedUNIXPort}."""
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        self.reactor = reactor
+        self.fd = fd
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        try:
+            fdesc.setNonBlocking(self.fd)
+            port = _SharedUNIXPort._fromListeningDescriptor(self.reactor, self.fd, factory)  # type: ignore[no-untyped-call]  # what adoptStreamPort calls
+            port.startListening()
+            os.close(self.fd)  # the port holds its own duplicate, as adoptStreamPort's does
+        except Exception:
+            return fail()
+        return succeed(port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="A mailapp worker process (started by the server, not by hand).")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--number", type=int, required=True)
+    parser.add_argument("--sockets", required=True, help="JSON: [[listener name, fd, address family], ...]")
+    arguments = parser.parse_args(argv)
+
+    from twisted.internet import reactor, stdio
+
+    from mailapp.config import ConfigError, load
+    from mailapp.service import makeService
+
+    link = ParentLink(reactor)
+    stdio.StandardIO(link)
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, link.logObserver)], redirectStandardIO=False)
+    sockets = {name: (int(fd), int(family)) for name, fd, family in json.loads(arguments.sockets)}
+    try:
+        config = load(Path(arguments.config))
+        service = makeService(config, worker=WorkerRole(arguments.number, sockets, link))
+    except ConfigError as error:
+        sys.stderr.write(f"{error}\n")
+        raise SystemExit(1) from None
+    except Exception:
+        # On stderr, which the parent logs line by line: the log channel
+        # only flushes once the reactor runs, and it never will.
+        traceback.print_exc()
+        raise SystemExit(1) from None
+    service.privilegedStartService()  # type: ignore[no-untyped-call]  # Twisted's services are untyped
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    link.flush()
+    sys.exit(getattr(service, "exit_status", 0))
+
+
+if __name__ == "__main__":
+    main()
