@@ -530,15 +530,15 @@ def main() -> int:
         help="scan the SMTP workloads' mail with a real rspamd, started on loopback as the tests start it (tests/rspamd_runner.py)",
     )
     parser.add_argument(
-        "--workers", type=int, default=1,
-        help="[server] workers of every server started (default 1: one process; N > 1: a parent and N workers)",
+        "--workers", type=_worker_counts, default=[1, 2],
+        help="[server] workers of every server started, comma-separated: each workload runs once per count "
+        "(default 1,2: one process, then a parent and two workers; issue 21)",
     )
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on each run, seconds")
     parser.add_argument("--output", default=str(ROOT / "bench-results" / "latest.json"))
     args = parser.parse_args()
-    bench_server.WORKERS = args.workers
     workdir = Path(tempfile.mkdtemp(prefix="mailapp-bench-"))
     rspamd = None
     if args.rspamd:
@@ -557,6 +557,17 @@ def main() -> int:
             os.rmdir(workdir) if workdir.exists() and not any(workdir.iterdir()) else None
 
 
+def _worker_counts(text: str) -> list[int]:
+    """``--workers 1,2``: the worker counts each workload runs with."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of worker counts: {text!r}") from None
+    if not counts or any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError(f"worker counts are positive integers: {text!r}")
+    return counts
+
+
 def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace, workdir: Path) -> int:
     available = workloads(args)
     chosen = [name.strip() for name in args.workloads.split(",") if name.strip()]
@@ -568,12 +579,12 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace, workdir:
     info["load_average"] = os.getloadavg()
     print(
         f"mailapp bench on {info['cores']} cores, {info['cpu']}, Python {info['python']}, Twisted {info['twisted']}, "
-        f"workers = {args.workers}, load average {' '.join(f'{n:.2f}' for n in info['load_average'])}"
+        f"workers = {', '.join(map(str, args.workers))}, load average {' '.join(f'{n:.2f}' for n in info['load_average'])}"
     )
     results: dict[str, Any] = {"machine": info, "workloads": {}, "rspamd": bool(args.rspamd), "workers": args.workers}
     previous: Any = None
-    for name in chosen:
-        title, run = available[name]
+    for name, title, run, workers in [(n, *available[n], w) for n in chosen for w in args.workers]:
+        bench_server.WORKERS = workers
         runs = []
         for _ in range(args.runs):
             result = run(workdir, args.timeout)
@@ -583,10 +594,12 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace, workdir:
                     bench_server.remove(old)
             previous = server
             runs.append(result)
-        results["workloads"][name] = {"title": title, **summarize(runs), "all_runs": runs}
-        print(f"\n{name}: {title}")
+        label_of_run = name if len(args.workers) == 1 else f"{name} (workers = {workers})"
+        summary = {"title": title, "workers": workers, **summarize(runs), "all_runs": runs}
+        results["workloads"][label_of_run] = summary
+        print(f"\n{label_of_run}: {title}")
         for key, label, fmt in FIGURES:
-            figure = results["workloads"][name].get(key)
+            figure = summary.get(key)
             if figure:
                 print(f"  {label:18} {fmt.format(figure['median']):>10}   ({fmt.format(figure['min'])} - {fmt.format(figure['max'])})")
     for old in previous if isinstance(previous, list) else [previous]:
