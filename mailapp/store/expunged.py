@@ -51,11 +51,15 @@ DIRECTORY_NAME = "mailapp-expunged"
 HOLD_SECONDS = 120
 
 
-def hold(folder_directory: Path, filename: str, uid: int, now: float | None = None) -> None:
+def hold(folder_directory: Path, filename: str, uid: int, now: float | None = None, unlink_if_stuck: bool = True) -> Path | None:
     """
     Move the file of expunged message C{uid} (C{filename}, relative to the
-    folder: ``cur/...``) out of the Maildir into the hold (worker thread). A
-    file already gone is no error; one that cannot be moved is unlinked.
+    folder: ``cur/...``) out of the Maildir into the hold (worker thread),
+    and return where it went. A file already gone is no error (None); one
+    that cannot be moved is unlinked (None), unless not C{unlink_if_stuck}:
+    then it is left for the caller, which unlinks it once the expunge is
+    committed (L{mailapp.store.folder}: the files go into the hold inside
+    the expunge's transaction).
     """
     source = folder_directory / filename
     target_dir = folder_directory / DIRECTORY_NAME
@@ -64,10 +68,10 @@ def hold(folder_directory: Path, filename: str, uid: int, now: float | None = No
     for _ in range(3):  # a purge may remove the empty hold in between: make it again
         try:
             os.rename(source, target)
-            return
+            return target
         except FileNotFoundError:
             if not source.exists():
-                return
+                return None
             try:
                 target_dir.mkdir(mode=0o700, exist_ok=True)
             except OSError:
@@ -75,7 +79,9 @@ def hold(folder_directory: Path, filename: str, uid: int, now: float | None = No
         except OSError:
             break
     # Never leave an expunged message where the reconcile would take it back.
-    _unlink(source)
+    if unlink_if_stuck:
+        _unlink(source)
+    return None
 
 
 def find(folder_directory: Path, uid: int) -> Path | None:
@@ -182,6 +188,11 @@ class Holds:
         else:
             self._due[folder_directory] = oldest + HOLD_SECONDS
         return removed
+
+
+def unlink_if_present(path: Path) -> None:
+    """Remove C{path}; already gone is no error (worker thread)."""
+    _unlink(path)
 
 
 def _unlink(path: Path) -> None:

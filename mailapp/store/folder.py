@@ -446,6 +446,7 @@ class MaildirFolder:
 
         def remove() -> list[int]:
             with self._connect() as conn, outside.own_change(self.directory):
+                moved: list[tuple[Path, Path | None]] = []
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     validity, uidnext = conn.execute(
@@ -462,13 +463,28 @@ class MaildirFolder:
                             victims.append((uid, row[0]))
                     conn.executemany("DELETE FROM messages WHERE folder = ? AND uid = ?", [(self.name, u) for u, _ in victims])
                     prune_vanished(conn, self.name)
+                    # Into the hold before the commit, under the index's write
+                    # lock: another process (a second worker) reconciling this
+                    # folder right after the commit would otherwise find a file
+                    # whose row is gone and give it a new UID, bringing the
+                    # expunged message back.
+                    for uid, filename in victims:
+                        target = expunged.hold(self.directory, filename, uid, unlink_if_stuck=False)
+                        moved.append((self.directory / filename, target))
                     conn.execute("COMMIT")
                 except BaseException:
+                    for source, target in moved:
+                        if target is not None:
+                            try:
+                                os.rename(target, source)
+                            except OSError:
+                                pass  # readable from the hold by UID meanwhile (L{expunged.find})
                     rollback(conn)
                     raise
                 holds = self.store.held_expunged
-                for uid, filename in victims:
-                    expunged.hold(self.directory, filename, uid)
+                for source, target in moved:
+                    if target is None:
+                        expunged.unlink_if_present(source)  # could not be moved: never left for the reconcile
                 if victims:
                     holds.held(self.directory)
                 holds.purge(self.directory)

@@ -121,3 +121,32 @@ class ExpungedTests(StoreTestCase):
         folder = yield store.mailbox(ALICE).folder("INBOX")
         yield folder.messages()
         self.assertIsNone(expunged.find(directory, 1))
+
+    @inlineCallbacks
+    def test_the_files_go_into_the_hold_before_the_expunge_is_committed(self):
+        # Another process (a second worker) reconciling the folder the moment
+        # the commit lands must find no file without its row: it would give
+        # the file a new UID and bring the expunged message back.
+        import sqlite3
+
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        index_file = mailbox_directory(self.root, ALICE) / index.INDEX_NAME
+        seen_by_others: list[bool] = []
+        real_hold = expunged.hold
+
+        def hold(directory, filename, uid, **options):  # type: ignore[no-untyped-def]
+            other = sqlite3.connect(index_file)
+            try:
+                row = other.execute("SELECT 1 FROM messages WHERE folder = 'INBOX' AND uid = ?", (uid,)).fetchone()
+            finally:
+                other.close()
+            seen_by_others.append(row is not None)
+            return real_hold(directory, filename, uid, **options)
+
+        self.patch(expunged, "hold", hold)
+        self.assertEqual((yield folder.expunge([1])), [1])
+        self.assertEqual(seen_by_others, [True])  # the row's removal was not yet visible: not committed
+        directory = folder_directory(mailbox_directory(self.root, ALICE), "INBOX")
+        self.assertIsNotNone(expunged.find(directory, 1))
+        self.assertEqual([name for sub in ("new", "cur") for name in (directory / sub).iterdir()], [])
