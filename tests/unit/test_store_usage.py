@@ -189,13 +189,18 @@ class UsageAcrossDamageAndCrashesTests(UsageTestCase):
         yield self.assertUsageRight(4)
 
     @inlineCallbacks
-    def test_an_expunge_cut_short_between_its_commit_and_its_unlinks_is_counted_as_the_files_say(self):
+    def test_an_expunge_cut_short_while_its_files_go_into_the_hold_is_counted_as_the_files_say(self):
         yield self.deliver(4)
         inbox = yield self.folder()
-        real = expunged.hold  # the step after the commit: moving each file out of the Maildir
+        real = expunged.hold  # moving each file out of the Maildir, just before the commit
 
-        def crashing(*args: Any) -> Any:
-            raise _Crash("hold")
+        def crashing(*args: Any, **options: Any) -> Any:
+            if calls:
+                raise _Crash("hold")
+            calls.append(args)
+            return real(*args, **options)
+
+        calls: list[Any] = []
 
         self.patch(expunged, "hold", crashing)
         yield self.assertFailure(inbox.expunge([1, 2]), _Crash)
