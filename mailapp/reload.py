@@ -101,6 +101,8 @@ def reload_service(service: MailService) -> ReloadResult:
         _refresh_policy(factory, context, listener_service.listener)
     if new.limits != old.limits:
         applied.append("limits")
+        # The Router's own copy of a limit (it outlives every listener's policy).
+        context.router.max_recipients = new.limits.max_recipients
     if new.authentication != old.authentication:
         applied.append("authentication")
     if new.dnsbl != old.dnsbl:
@@ -113,7 +115,6 @@ def reload_service(service: MailService) -> ReloadResult:
         applied.append("spam")
     if _budgets(old) != _budgets(new):
         applied.append("listener budgets")
-        context.router.max_recipients = new.limits.max_recipients
     if new.local_domains != old.local_domains:
         accounts = context.accounts
         # The real accounts take the config's domains; a fake may not.

@@ -132,6 +132,24 @@ def test_reload_applies_new_limits_to_new_sessions_and_names_what_needs_a_restar
     assert root.config.limits.max_message_size == 2000
 
 
+def test_reload_applies_a_new_recipient_limit_without_any_listener_change(tmp_path: Path) -> None:
+    # It was applied only when a listener's budgets changed in the same reload.
+    write_certificate(tmp_path / "cert.pem", tmp_path / "key.pem", "mail.example.test")
+    path = tmp_path / "mailapp.toml"
+    path.write_text(_config(tmp_path))
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mailapp.testing import FakeAccounts
+
+    root = makeService(load(path), reactor=MemoryReactorClock(), store=FakeStore(), accounts=FakeAccounts())
+    router = root.context.router
+    assert router.max_recipients == 100
+    path.write_text(_config(tmp_path) + "max_recipients = 7\n")
+    result = root.reload()
+    assert result.ok and "limits" in result.applied
+    assert router.max_recipients == 7
+
+
 def test_reload_of_a_bad_file_changes_nothing(tmp_path: Path) -> None:
     write_certificate(tmp_path / "cert.pem", tmp_path / "key.pem", "mail.example.test")
     path = tmp_path / "mailapp.toml"
