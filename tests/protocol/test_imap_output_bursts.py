@@ -112,7 +112,8 @@ class OutputBurstTests(TestCase):
         self.assertLess(sent.index(b"Subject: large"), sent.index(b"Subject: after"))
         self.assertIn(b'ENVELOPE (NIL "0" ((NIL NIL "a" "example.test"))', sent)
 
-    def test_a_message_scanned_for_one_session_is_not_scanned_again_for_the_next(self):
+    def three_messages_and_their_scans(self) -> list[object]:
+        """Three small messages in INBOX; from now on, each MIME scan of a FETCH, with an empty shared structure cache."""
         from mailapp.imap.commands import fetch
 
         for n in range(3):
@@ -121,6 +122,10 @@ class OutputBurstTests(TestCase):
         real_scan = fetch._scan
         self.patch(fetch, "_scan", lambda handle: scans.append(handle) or real_scan(handle))
         self.patch(fetch, "_scanned", fetch._ScannedStructures())
+        return scans
+
+    def test_a_message_scanned_for_one_session_is_not_scanned_again_for_the_next(self):
+        scans = self.three_messages_and_their_scans()
         for _ in range(2):
             protocol, transport = self.session()
             protocol.dataReceived(b"b SELECT INBOX\r\nc FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)] ENVELOPE)\r\n")
@@ -130,14 +135,7 @@ class OutputBurstTests(TestCase):
         self.assertEqual(len(scans), 3)  # once per message, not once per message and session
 
     def test_the_structure_cache_fill_and_a_body_fetch_share_one_scan_per_message(self):
-        from mailapp.imap.commands import fetch
-
-        for n in range(3):
-            self.successResultOf(self.inbox.append(b"From: a@example.test\r\nSubject: %d\r\n\r\nbody\r\n" % n))
-        scans: list[object] = []
-        real_scan = fetch._scan
-        self.patch(fetch, "_scan", lambda handle: scans.append(handle) or real_scan(handle))
-        self.patch(fetch, "_scanned", fetch._ScannedStructures())
+        scans = self.three_messages_and_their_scans()
         protocol, transport = self.session()
         protocol.dataReceived(b"b SELECT INBOX\r\nc FETCH 1:* (ENVELOPE)\r\nd FETCH 1:* (BODY.PEEK[HEADER] ENVELOPE)\r\n")
         self.context.reactor.advance(0)
