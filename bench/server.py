@@ -31,6 +31,10 @@ local = ["{domain}"]
 cert = "{state_dir}/tls/cert.pem"
 key = "{state_dir}/tls/key.pem"
 generate_self_signed = true
+
+[security]
+# Bursts of logins from one address (idle, login-burst, submission) are the workload, not an attack.
+ban_exempt_networks = ["127.0.0.0/8"]
 {listeners}
 [limits]
 max_message_size = 26214400

@@ -130,8 +130,6 @@ def one_run(workdir: Path, timeout: float, *, signing: str, messages: int, size:
         f'\n[relay]\ntransports = {{ "remote.test" = "127.0.0.1:{gate.port}" }}\n'
         f"\n[dkim]\nsign = {'true' if sign else 'false'}\n"
         f"signing_process = {'false' if signing == 'threads' else 'true'}\n"
-        # Twenty logins at once from one address would pass ban_after_failures' count of logins in progress.
-        '\n[security]\nban_exempt_networks = ["127.0.0.0/8"]\n'
     )
     load = os.getloadavg()[0]
     server = bench_server.start(

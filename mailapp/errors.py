@@ -48,6 +48,20 @@ class LoginsBusy(MailError):
     code, enhanced, text = 454, "4.7.0", "Too many logins at once; try again later"
 
 
+class AddressLoginsBusy(LoginsBusy):
+    """
+    The client's address already has as many logins in progress as it has
+    failures left before a ban (L{mailapp.abuse.AbuseGuard.attemptStarted}):
+    this password is not tried. A temporary failure, not a failed login, so
+    that an office behind one NAT address, or one client opening a dozen
+    connections at once, is asked to retry instead of being banned for
+    logins nobody got wrong; guesses sent in parallel still never outrun the
+    ban, since the ones refused here are not tried.
+    """
+
+    text = "Too many logins in progress from your address; try again in a moment"
+
+
 class NoSuchUser(MailError):
     code, enhanced, text = 550, "5.1.1", "No such user here"
 

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
-from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger, LogPublisher
@@ -32,6 +31,7 @@ from mailapp import logevents
 from mailapp.abuse import AbuseGuard, address_key
 from mailapp.config import DEFAULT_LIMITS, DEFAULT_SECURITY, LOGIN_PROTOCOLS, SecurityConfig, listener_budget
 from mailapp.deadlines import Overrun, SessionDeadlines, cancel_call
+from mailapp.errors import AddressLoginsBusy
 from mailapp.interfaces import IMailbox
 
 _log = Logger()
@@ -387,11 +387,12 @@ class SessionFactory(ServerFactory):
         the portal's C{(interface, avatar, logout)}), unless its address has
         as many logins in progress as it has failures left before a ban
         (L{AbuseGuard.attemptStarted}): then it fails with
-        C{UnauthorizedLogin} without trying the password.
+        L{AddressLoginsBusy} (a temporary failure, not counted) without
+        trying the password.
         """
         ip = session._peerIP
         if not self.guard.attemptStarted(ip):
-            return defer.fail(UnauthorizedLogin("too many logins in progress from this address"))
+            return defer.fail(AddressLoginsBusy())
         d: defer.Deferred[Any] = defer.maybeDeferred(self.portal.login, UsernamePassword(name, password), None, IMailbox)
 
         def ended(result: Any) -> Any:

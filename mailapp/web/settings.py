@@ -256,8 +256,10 @@ class SettingsRoutes(WebmailBase):
         address = request.getClientAddress()
         client = address.host if hasattr(address, "host") else "?"
         # The current password is a login: a stolen session must not become a guessing oracle.
-        if self.guard.banned(client) or not current or len(current) > _MAX_PASSWORD or not self.guard.attemptStarted(client):
+        if self.guard.banned(client) or not current or len(current) > _MAX_PASSWORD:
             return await self._refused(request, session, "password", ["Too many wrong passwords; try again later. Nothing was changed."])
+        if not self.guard.attemptStarted(client):
+            return await self._refused(request, session, "password", ["The server is busy; try again in a moment. Nothing was changed."])
         try:
             try:
                 await self.router.accounts.authenticate(session.account, current.encode("utf-8"))

@@ -17,7 +17,7 @@ from twisted.internet import task
 from twisted.web.iweb import IRequest
 
 from mailapp import logevents
-from mailapp.errors import LoginsBusy
+from mailapp.errors import AddressLoginsBusy, LoginsBusy
 from mailapp.interfaces import IMailbox
 from mailapp.web import pages
 from mailapp.web.base import Forbidden, WebmailBase, app, log
@@ -72,7 +72,7 @@ class SignInRoutes(WebmailBase):
                 raise UnauthorizedLogin()
             # Counted when it starts (see AbuseGuard.attemptStarted): parallel guesses stay under the ban limit.
             if not self.guard.attemptStarted(client):
-                raise UnauthorizedLogin()
+                raise AddressLoginsBusy()
             try:
                 # twisted.cred types the username as bytes; mailapp's checker takes str (see mailapp.auth).
                 credentials = UsernamePassword(username, password.encode("utf-8"))  # type: ignore[arg-type]

@@ -48,7 +48,8 @@ class Portal:
 
 
 class ParallelIMAPGuessTests(TestCase):
-    def test_nineteen_parallel_imap_guesses_verify_at_most_the_ban_limit(self) -> None:
+    def _nineteen_logins(self, password: bytes) -> tuple[Clock, Portal, AbuseGuard, list[tuple[Any, StuckTransport]]]:
+        """Nineteen connections from one address, each sending one LOGIN at once; no verification has ended."""
         clock = Clock()
         portal = Portal()
         policy = IMAPPolicy("mail.example.test", allow_plaintext_auth=True, auth_failure_delay=0.01)
@@ -59,13 +60,31 @@ class ParallelIMAPGuessTests(TestCase):
             session = factory.buildProtocol(None)
             transport = StuckTransport()
             session.makeConnection(transport)
-            session.dataReceived(b"a LOGIN alice@example.test wrong-guess\r\n")
+            session.dataReceived(b"a LOGIN alice@example.test " + password + b"\r\n")
             transports.append((session, transport))
+        self.addCleanup(lambda: [session.connectionLost(None) for session, _ in transports])
+        return clock, portal, guard, transports
+
+    def test_nineteen_parallel_imap_guesses_verify_at_most_the_ban_limit(self) -> None:
+        clock, portal, guard, transports = self._nineteen_logins(b"wrong-guess")
         self.assertEqual(len(portal.pending), 10)
         for d in portal.pending:
             d.errback(UnauthorizedLogin())
         clock.advance(60)
         self.assertTrue(guard.banned("192.0.2.7"))
         self.assertEqual(len(portal.pending), 10, "no guess was verified after the ban either")
-        for session, _ in transports:
-            session.connectionLost(None)
+
+    def test_logins_past_the_limit_are_told_to_retry_not_failed(self) -> None:
+        """
+        The nine logins not tried are a temporary failure at once (IMAP
+        C{NO [UNAVAILABLE]}, RFC 5530), not a failed login: one client
+        opening nineteen connections, or an office behind one NAT address,
+        must not be banned for passwords nobody got wrong.
+        """
+        clock, portal, guard, transports = self._nineteen_logins(b"right-password")
+        refused = [t for _, t in transports if b"a NO [UNAVAILABLE]" in t.value()]
+        self.assertEqual(len(refused), 9)
+        self.assertEqual(len(portal.pending), 10)
+        clock.advance(60)  # the ten are still being verified: only the nine refused matter here
+        self.assertFalse(guard.banned("192.0.2.7"), "logins that were never tried do not count as failures")
+        self.assertFalse(guard.attemptStarted("192.0.2.7"), "the ten in progress still hold their places")
