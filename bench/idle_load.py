@@ -26,11 +26,34 @@ from bench.imap_client import IMAP, SMTP, percentile
 from bench.smtp_load import make_message
 
 
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
+def _own_rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return 0
+
+
+def rss(pid: int) -> int:
+    """
+    The server's resident memory: the process's own and its children's (the
+    worker processes, the DKIM signing process), so that C{workers = 2}
+    counts every process holding connections, not only the idle parent.
+    """
+    total = _own_rss(pid)
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return total
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        total += sum(_own_rss(int(child)) for child in children)
+    return total
 
 
 def raise_nofile(wanted: int) -> int:
