@@ -26,6 +26,16 @@ Tables:
   where the string occurs, as IMAP's substring search does. Shorter
   strings are searched by reading the files.
 
+SEARCH FUZZY's approximate words (L{mailapp.store.fuzzy}) are answered
+from the same file, with no table of their own: the messages that can
+hold a word within one edit are those holding its head or its tail (a
+trigram phrase query when both are three letters or more, else every
+message of the folder), and each is checked against its stored text with
+the same rule a read message is checked with, so that the answer is exact
+here too. A fuzzy search also asks for relevance: SQLite's bm25 of the
+strings actually found (the exact words, and for an approximate one what
+it matched), one more query.
+
 Rows of expunged or moved messages are not deleted as they go: a search
 only asks about the UIDs its folder still lists, and the indexer deletes
 rows whose message is gone when it finds more rows than messages. A folder
@@ -58,7 +68,7 @@ from twisted.logger import Logger
 
 from mailapp import logevents
 from mailapp.records import ADDED, MIN_TEXT_NEEDLE, FolderEvent, TextMatches
-from mailapp.store import messagefile
+from mailapp.store import fuzzy, messagefile
 from mailapp.store.database import INDEX_NAME, is_damage
 from mailapp.store.filenames import parse_filename
 from mailapp.store.names import folder_directory
@@ -373,12 +383,21 @@ def _phrase(needle: str) -> str:
     return '"' + needle.replace('"', '""') + '"'
 
 
-def search(mailbox_dir: Path, folder: str, uidvalidity: int, terms: Sequence[tuple[str, str]]) -> TextMatches | None:
+def search(
+    mailbox_dir: Path,
+    folder: str,
+    uidvalidity: int,
+    terms: Sequence[tuple[str, str]],
+    approximate: Sequence[tuple[str, str]] = (),
+) -> TextMatches | None:
     """
     What the full-text file says about C{terms} ((scope, case-folded
-    string), each string at least L{MIN_NEEDLE} characters) in C{folder} of
-    UIDVALIDITY C{uidvalidity}; None when it has nothing to say (no file
-    yet, damaged: it is built again). Worker thread.
+    string), each string at least L{MIN_NEEDLE} characters) and
+    C{approximate} ((scope, case-folded word) found with one edit,
+    L{mailapp.store.fuzzy}) in C{folder} of UIDVALIDITY C{uidvalidity};
+    None when it has nothing to say (no file yet, damaged: it is built
+    again). With C{approximate}, the answer's C{relevance} is the bm25 of
+    what was found. Worker thread.
     """
     try:
         conn = _open(mailbox_dir, create=False)
@@ -408,7 +427,17 @@ def search(mailbox_dir: Path, folder: str, uidvalidity: int, terms: Sequence[tup
                 (query, folder),
             )
             found[(scope, needle)] = frozenset(row[0] for row in rows)
-        return TextMatches(indexed, found)
+        if not approximate:
+            return TextMatches(indexed, found)
+        near: dict[tuple[str, str], frozenset[int]] = {}
+        strings: set[tuple[str, str]] = {(scope, needle) for scope, needle in terms}
+        for scope, word in approximate:
+            if len(word) < fuzzy.APPROXIMATE_LENGTH or scope not in _SCOPE_COLUMNS:
+                raise ValueError(f"cannot search {scope!r} for {word!r} approximately")
+            matched = _approximate(conn, folder, scope, word)
+            near[(scope, word)] = frozenset(matched)
+            strings.update((scope, text) for text in matched.values())
+        return TextMatches(indexed, found, near, _relevance(conn, folder, strings))
     except sqlite3.DatabaseError as e:
         if is_damage(e):
             conn.close()
@@ -416,6 +445,66 @@ def search(mailbox_dir: Path, folder: str, uidvalidity: int, terms: Sequence[tup
         return None
     finally:
         conn.close()
+
+
+#: Stored texts read per query while checking approximate words.
+_CHECK_BATCH = 256
+
+
+def _approximate(conn: sqlite3.Connection, folder: str, scope: str, word: str) -> dict[int, str]:
+    """
+    The UIDs of C{folder}'s exactly indexed messages whose C{scope} holds
+    C{word} within one edit, each with the string it matched: the
+    candidates by head or tail (L{fuzzy.pieces}), then each one's stored
+    text checked.
+    """
+    columns = _SCOPE_COLUMNS[scope]
+    head, tail = fuzzy.pieces(word)
+    if min(len(head), len(tail)) >= MIN_NEEDLE:
+        query = "{" + " ".join(columns) + "} : (" + _phrase(head) + " OR " + _phrase(tail) + ")"
+        rows = conn.execute(
+            "SELECT docs.id, docs.uid FROM (SELECT rowid AS id FROM text WHERE text MATCH ?) AS matched"
+            " CROSS JOIN docs ON docs.id = matched.id WHERE docs.folder = ? AND docs.exact = 1",
+            (query, folder),
+        ).fetchall()
+    else:
+        rows = conn.execute("SELECT id, uid FROM docs WHERE folder = ? AND exact = 1", (folder,)).fetchall()
+    uid_of = dict(rows)
+    ids = sorted(uid_of)
+    needle = fuzzy.Approximate(word)
+    found: dict[int, str] = {}
+    select = ", ".join(columns)
+    for start in range(0, len(ids), _CHECK_BATCH):
+        batch = ids[start : start + _CHECK_BATCH]
+        marks = ", ".join("?" * len(batch))
+        for row in conn.execute(f"SELECT rowid, {select} FROM text WHERE rowid IN ({marks})", batch):  # noqa: S608 - constant names, placeholders
+            for value in row[1:]:
+                hit = fuzzy.find(needle, value or "")
+                if hit is not None:
+                    found[uid_of[row[0]]] = hit
+                    break
+    return found
+
+
+def _relevance(conn: sqlite3.Connection, folder: str, strings: set[tuple[str, str]]) -> dict[int, float]:
+    """
+    Per UID of C{folder}, how relevant its text is to C{strings} ((scope,
+    string) found): minus SQLite's bm25 over them all, so higher is better.
+    Strings shorter than a trigram cannot be ranked and are left out.
+    """
+    groups: dict[str, list[str]] = {}
+    for scope, text in sorted(strings):
+        if len(text) >= MIN_NEEDLE:
+            groups.setdefault(scope, []).append(_phrase(text))
+    if not groups:
+        return {}
+    query = " OR ".join("({" + " ".join(_SCOPE_COLUMNS[scope]) + "} : (" + " OR ".join(phrases) + "))" for scope, phrases in groups.items())
+    rows = conn.execute(
+        "SELECT docs.uid, matched.score FROM (SELECT rowid AS id, bm25(text) AS score FROM text WHERE text MATCH ?) AS matched"
+        " CROSS JOIN docs ON docs.id = matched.id WHERE docs.folder = ? AND docs.exact = 1",
+        (query, folder),
+    )
+    return {uid: -score for uid, score in rows}
 
 
 class FullTextIndexer:
