@@ -28,9 +28,9 @@ Tables:
 
 SEARCH FUZZY's approximate words (L{mailapp.store.fuzzy}) are answered
 from the same file, with no table of their own: the messages that can
-hold a word within one edit are those holding its head or its tail (a
-trigram phrase query when both are three letters or more, else every
-message of the folder), and each is checked against its stored text with
+hold a word within one edit are those holding one of its one-edit variants, as far as
+trigrams can say (L{_candidates_query}; every message of the folder when
+they cannot, for words of five letters), and each is checked against its stored text with
 the same rule a read message is checked with, so that the answer is exact
 here too. A fuzzy search also asks for relevance: SQLite's bm25 of the
 strings actually found (the exact words, and for an approximate one what
@@ -455,13 +455,13 @@ def _approximate(conn: sqlite3.Connection, folder: str, scope: str, word: str) -
     """
     The UIDs of C{folder}'s exactly indexed messages whose C{scope} holds
     C{word} within one edit, each with the string it matched: the
-    candidates by head or tail (L{fuzzy.pieces}), then each one's stored
-    text checked.
+    candidates by L{_candidates_query}, then each one's stored text
+    checked.
     """
     columns = _SCOPE_COLUMNS[scope]
-    head, tail = fuzzy.pieces(word)
-    if min(len(head), len(tail)) >= MIN_NEEDLE:
-        query = "{" + " ".join(columns) + "} : (" + _phrase(head) + " OR " + _phrase(tail) + ")"
+    candidates = _candidates_query(word)
+    if candidates is not None:
+        query = "{" + " ".join(columns) + "} : (" + candidates + ")"
         rows = conn.execute(
             "SELECT docs.id, docs.uid FROM (SELECT rowid AS id FROM text WHERE text MATCH ?) AS matched"
             " CROSS JOIN docs ON docs.id = matched.id WHERE docs.folder = ? AND docs.exact = 1",
@@ -484,6 +484,31 @@ def _approximate(conn: sqlite3.Connection, folder: str, scope: str, word: str) -
                     found[uid_of[row[0]]] = hit
                     break
     return found
+
+
+def _candidates_query(word: str) -> str | None:
+    """
+    An FTS5 query (without its columns) that every text holding C{word}
+    within one edit matches, or None when the trigrams cannot say (a
+    five-letter word's middle letter substituted: two letters either
+    side). One alternative per edit: a deletion or a swap is a string of
+    its own, a phrase; a substitution or an insertion at letter i leaves
+    the letters before and after it, both phrases when both are trigrams
+    long, else the one that is. Far narrower than "head OR tail" when a
+    piece is common (for "invoice", "ice" is in "office" and "notice").
+    """
+    n = len(word)
+    alternatives = {_phrase(word)}
+    for i in range(n):
+        alternatives.add(_phrase(word[:i] + word[i + 1 :]))  # deleted
+        if i + 1 < n:
+            alternatives.add(_phrase(word[:i] + word[i + 1] + word[i] + word[i + 2 :]))  # swapped
+    for before, after in [(word[:i], word[i + 1 :]) for i in range(n)] + [(word[:i], word[i:]) for i in range(1, n)]:
+        kept = [_phrase(part) for part in (before, after) if len(part) >= MIN_NEEDLE]
+        if not kept:
+            return None
+        alternatives.add(kept[0] if len(kept) == 1 else "(" + " AND ".join(kept) + ")")
+    return " OR ".join(sorted(alternatives))
 
 
 def _relevance(conn: sqlite3.Connection, folder: str, strings: set[tuple[str, str]]) -> dict[int, float]:

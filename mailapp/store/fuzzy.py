@@ -23,10 +23,10 @@ i and i+1 (i+1 only for a swap) leaves the head intact when i >= a, and
 the tail when i + 1 < a + 1, so every string within one edit of the word
 contains the head or the tail exactly: the candidates are the places where
 one of them occurs (C{str.find}, in C), and each is checked by comparing
-three slices (L{within_one_edit}). For words of seven letters or more both
-pieces are three letters or longer, so the trigram index itself finds the
-messages that can match (a phrase query of "head OR tail"); for words of
-five or six letters the index's texts of the folder are checked instead.
+three slices (L{within_one_edit}). The full-text index narrows the
+messages first by the trigrams of the word's one-edit variants
+(L{mailapp.store.fulltext}), and a header search by the head and tail
+(L{pieces}) in the cached fields.
 """
 
 from __future__ import annotations

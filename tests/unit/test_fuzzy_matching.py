@@ -7,9 +7,11 @@ matches always match.
 
 from __future__ import annotations
 
+import sqlite3
+
 from twisted.trial.unittest import TestCase
 
-from mailapp.store import fuzzy
+from mailapp.store import fulltext, fuzzy
 from mailapp.store.fuzzy import Approximate
 
 
@@ -105,3 +107,36 @@ class FuzzyMatchTests(TestCase):
         for variant in variants:
             self.assertTrue(head in variant or tail in variant, variant)
             self.assertEqual(fuzzy.find(Approximate(word), variant) is not None, True, variant)
+
+
+def _one_edit_variants(word: str, letters: str = "xé") -> set[str]:
+    variants = set()
+    for i in range(len(word) + 1):
+        for c in letters:
+            variants.add(word[:i] + c + word[i:])
+            if i < len(word):
+                variants.add(word[:i] + c + word[i + 1 :])
+        if i < len(word):
+            variants.add(word[:i] + word[i + 1 :])
+        if i + 1 < len(word):
+            variants.add(word[:i] + word[i + 1] + word[i] + word[i + 2 :])
+    return variants
+
+
+class CandidateQueryTests(TestCase):
+    """The full-text index's candidates for an approximate word (L{fulltext._candidates_query}) miss no one-edit variant."""
+
+    def test_every_one_edit_variant_is_a_candidate(self) -> None:
+        for word in ("invoice", "budget", "zürich", "quarterly"):
+            query = fulltext._candidates_query(word)
+            assert query is not None, word
+            conn = sqlite3.connect(":memory:")
+            conn.execute("CREATE VIRTUAL TABLE t USING fts5(body, tokenize = 'trigram case_sensitive 1')")
+            variants = sorted(_one_edit_variants(word))
+            conn.executemany("INSERT INTO t (rowid, body) VALUES (?, ?)", [(n + 1, f"see the {v} here") for n, v in enumerate(variants)])
+            conn.execute("INSERT INTO t (rowid, body) VALUES (0, 'nothing like it at all')")
+            found = {row[0] for row in conn.execute("SELECT rowid FROM t WHERE t MATCH ?", ("{body} : (" + query + ")",))}
+            self.assertEqual(found, set(range(1, len(variants) + 1)), word)
+
+    def test_a_five_letter_word_is_checked_in_every_text(self) -> None:
+        self.assertIsNone(fulltext._candidates_query("tacos"))

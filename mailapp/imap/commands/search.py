@@ -58,6 +58,7 @@ from mailapp.imap.structurecache import ENVELOPE, SEARCH_FIELDS, STRUCTURE_VERSI
 from mailapp.imap.structurecache import content as cached_content
 from mailapp.imap.wire import Atom, BadCommand, Token
 from mailapp.records import MIN_TEXT_NEEDLE, TextMatches
+from mailapp.store import fuzzy
 from mailapp.store.fuzzy import Approximate
 
 if TYPE_CHECKING:
@@ -342,14 +343,23 @@ async def _candidates(folder: Any, uids: list[int], key: Any) -> set[int] | None
     The messages that can match a header search whose top-level keys
     include plain SUBJECT/FROM/... strings (None: it has none, every message
     can): each such string must appear in the message's cached fields, which
-    are kept case-folded (L{structurecache.search_fields}). Messages without
+    are kept case-folded (L{structurecache.search_fields}); of a FUZZY
+    string, each exact word and each approximate word's head or tail.
+    Messages without
     a usable blob stay candidates: the match fills and reads theirs. One
     store read per L{_PREFILTER_READ} messages, the next while one is checked, no decoding.
     """
     required = [
         sub[2].encode("utf-8", "surrogatepass") for sub in key[1] if sub[0] in ("HEADER", "ADDRESS") and isinstance(sub[2], str) and sub[2]
     ]
-    if not required:
+    # A FUZZY string's words: an exact one must be there, an approximate one's head or tail (fuzzy.pieces).
+    alternatives = [
+        [part.encode("utf-8", "surrogatepass") for part in (fuzzy.pieces(needle.word) if isinstance(needle, Approximate) else (needle,))]
+        for sub in key[1]
+        if sub[0] in ("HEADER", "ADDRESS") and isinstance(sub[2], keys.Fuzzy)
+        for needle in sub[2].needles
+    ]
+    if not required and not alternatives:
         return None
     candidates: set[int] = set()
     chunks = [uids[start : start + _PREFILTER_READ] for start in range(0, len(uids), _PREFILTER_READ)]
@@ -362,7 +372,9 @@ async def _candidates(folder: Any, uids: list[int], key: Any) -> set[int] | None
         for uid in chunk:
             blob = blobs.get(uid)
             fields = search_fields(blob) if blob is not None else None
-            if fields is None or all(needle in fields for needle in required):
+            if fields is None or (
+                all(needle in fields for needle in required) and all(any(part in fields for part in parts) for parts in alternatives)
+            ):
                 candidates.add(uid)
     return candidates
 
