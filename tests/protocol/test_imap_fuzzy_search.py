@@ -118,3 +118,18 @@ class FuzzySearchTests(TestCase):
 
     def test_relevancy_with_update_is_bad(self) -> None:
         self.assertIn(b" BAD ", self.session.command(b"SEARCH RETURN (UPDATE RELEVANCY) FUZZY BODY invoice"))
+
+    # -- SORT (RELEVANCY), RFC 6203 section 4 ----------------------------------------------------
+
+    def test_sort_by_relevancy_keeps_sequence_order_among_equal_scores(self) -> None:
+        # Nothing here is indexed: every match is read, and scores the same.
+        reply = self.session.ok(b"SORT (RELEVANCY) UTF-8 FUZZY OR BODY invioce SUBJECT lunnch")
+        self.assertIn(b"* SORT 1 3 4\r\n", reply)
+
+    def test_sort_return_relevancy_answers_the_scores_in_sort_order(self) -> None:
+        reply = self.session.ok(b"SORT RETURN (ALL RELEVANCY) (REVERSE ARRIVAL) UTF-8 FUZZY BODY invioce")
+        self.assertRegex(reply.decode(), r'\* ESEARCH \(TAG "t\d+"\) ALL 3,1 RELEVANCY \(50 50\)\r\n')
+
+    def test_sort_by_relevancy_without_a_fuzzy_key_is_bad(self) -> None:
+        self.assertIn(b" BAD ", self.session.command(b"SORT (RELEVANCY) UTF-8 BODY invoice"))
+        self.assertIn(b" BAD ", self.session.command(b"SORT RETURN (RELEVANCY) (ARRIVAL) UTF-8 ALL"))

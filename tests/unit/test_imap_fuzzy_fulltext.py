@@ -144,7 +144,7 @@ class FuzzyFullTextTests(TestCase):
         self.assertEqual(sorted(self.opened), [8, late])
 
     @inlineCallbacks
-    def test_relevancy_gives_the_best_match_100_and_an_unindexed_one_50(self) -> None:
+    def test_relevancy_gives_the_best_match_100_and_an_unindexed_one_50_and_sort_ranks_by_it(self) -> None:
         yield self.delivered()
         self.patch(self.store.fulltext, "changed", lambda mailbox_dir: None)
         late = yield self.deliver(MORE[2])
@@ -157,6 +157,10 @@ class FuzzyFullTextTests(TestCase):
         self.assertEqual(scores[11], 100)  # "invoice" four times in a short text
         self.assertTrue(all(1 <= score < 100 for uid, score in scores.items() if uid not in (8, 11)), scores)
         self.assertEqual(scores[8], 50)  # the delivery report: read, not ranked
+        reply = yield self.command(protocol, transport, b'UID SORT (RELEVANCY) UTF-8 FUZZY BODY "invioce"')
+        ranked = sorted(scores, key=lambda uid: (-scores[uid], uid))
+        self.assertIn(b"* SORT " + b" ".join(b"%d" % uid for uid in ranked) + b"\r\n", reply)
+        self.assertTrue(reply.startswith(b"* SORT 11 "), reply)
         reply = yield self.command(protocol, transport, b'UID SEARCH RETURN (RELEVANCY) FUZZY BODY "tacso"')
         self.assertIn(b'* ESEARCH (TAG "t") UID ALL 13:%d RELEVANCY (100 50)\r\n' % late, reply)
 

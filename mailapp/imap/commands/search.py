@@ -64,7 +64,7 @@ from mailapp.store.fuzzy import Approximate
 if TYPE_CHECKING:
     from mailapp.imap.session import IMAPServer
 
-__all__ = ["matching", "search", "uid_search"]
+__all__ = ["UNRANKED", "matching", "relevancy_scores", "search", "take_relevancy", "uid_search"]
 
 #: Messages a SEARCH reads per trip to a worker thread (with their files open at once).
 _SEARCH_BATCH = 64
@@ -89,7 +89,7 @@ def uid_search(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Corou
 async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid: bool) -> None:
     selected = session.selected
     assert selected is not None
-    arguments, relevancy = _take_relevancy(arguments)
+    arguments, relevancy = take_relevancy(arguments)
     options, arguments = results.parse_return(arguments)
     if options is None and session.rev2:
         options = results.ReturnOptions(all=True)  # RFC 9051 6.4.4: SEARCH answers ESEARCH
@@ -128,7 +128,7 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
     await session.complete(tag, b"SEARCH completed", allow_expunge=by_uid, with_uid=by_uid)
 
 
-def _take_relevancy(arguments: list[Token]) -> tuple[list[Token], bool]:
+def take_relevancy(arguments: list[Token]) -> tuple[list[Token], bool]:
     """
     C{arguments} with RELEVANCY taken out of a leading ``RETURN (...)``,
     and whether it was there (RFC 6203 section 4; C{results} knows the
