@@ -29,8 +29,8 @@ Tables:
 SEARCH FUZZY's approximate words (L{mailapp.store.fuzzy}) are answered
 from the same file, with no table of their own: the messages that can
 hold a word within one edit are those holding one of its one-edit variants, as far as
-trigrams can say (L{_candidates_query}; every message of the folder when
-they cannot, for words of five letters), and each is checked against its stored text with
+trigrams can say (L{_candidates_query}; a GLOB scan for the one edit of a
+five-letter word they cannot), and each is checked against its stored text with
 the same rule a read message is checked with, so that the answer is exact
 here too. A fuzzy search also asks for relevance: SQLite's bm25 of the
 strings actually found (the exact words, and for an approximate one what
@@ -459,16 +459,20 @@ def _approximate(conn: sqlite3.Connection, folder: str, scope: str, word: str) -
     checked.
     """
     columns = _SCOPE_COLUMNS[scope]
-    candidates = _candidates_query(word)
-    if candidates is not None:
-        query = "{" + " ".join(columns) + "} : (" + candidates + ")"
-        rows = conn.execute(
-            "SELECT docs.id, docs.uid FROM (SELECT rowid AS id FROM text WHERE text MATCH ?) AS matched"
-            " CROSS JOIN docs ON docs.id = matched.id WHERE docs.folder = ? AND docs.exact = 1",
-            (query, folder),
+    candidates, patterns = _candidates_query(word)
+    query = "{" + " ".join(columns) + "} : (" + candidates + ")"
+    rows = conn.execute(
+        "SELECT docs.id, docs.uid FROM (SELECT rowid AS id FROM text WHERE text MATCH ?) AS matched"
+        " CROSS JOIN docs ON docs.id = matched.id WHERE docs.folder = ? AND docs.exact = 1",
+        (query, folder),
+    ).fetchall()
+    if patterns:
+        # What trigrams cannot pin down, SQLite's GLOB scans for (in C, over the folder's rows).
+        where = " OR ".join(f"text.{column} GLOB ?" for column in columns for _ in patterns)
+        rows += conn.execute(
+            f"SELECT docs.id, docs.uid FROM docs JOIN text ON text.rowid = docs.id WHERE docs.folder = ? AND docs.exact = 1 AND ({where})",  # noqa: S608 - constant names, placeholders
+            (folder, *[pattern for _ in columns for pattern in patterns]),
         ).fetchall()
-    else:
-        rows = conn.execute("SELECT id, uid FROM docs WHERE folder = ? AND exact = 1", (folder,)).fetchall()
     uid_of = dict(rows)
     ids = sorted(uid_of)
     needle = fuzzy.Approximate(word)
@@ -486,16 +490,19 @@ def _approximate(conn: sqlite3.Connection, folder: str, scope: str, word: str) -
     return found
 
 
-def _candidates_query(word: str) -> str | None:
+def _candidates_query(word: str) -> tuple[str, list[str]]:
     """
-    An FTS5 query (without its columns) that every text holding C{word}
-    within one edit matches, or None when the trigrams cannot say (a
-    five-letter word's middle letter substituted: two letters either
-    side). One alternative per edit: a deletion or a swap is a string of
-    its own, a phrase; a substitution or an insertion at letter i leaves
-    the letters before and after it, both phrases when both are trigrams
-    long, else the one that is. Far narrower than "head OR tail" when a
+    An FTS5 query (without its columns) and GLOB patterns that, together,
+    every text holding C{word} within one edit matches. One alternative
+    per edit: a deletion or a swap is a string of its own, a phrase; a
+    substitution or an insertion at letter i leaves the letters before and
+    after it, both phrases when both are trigrams long, else the one that
+    is; when neither is (a five-letter word's middle letter substituted:
+    two letters either side) the edit is a GLOB pattern instead, which
+    SQLite checks row by row. Far narrower than "head OR tail" when a
     piece is common (for "invoice", "ice" is in "office" and "notice").
+    Words are letters and digits only, so nothing in them is a GLOB or
+    FTS5 operator.
     """
     n = len(word)
     alternatives = {_phrase(word)}
@@ -503,12 +510,14 @@ def _candidates_query(word: str) -> str | None:
         alternatives.add(_phrase(word[:i] + word[i + 1 :]))  # deleted
         if i + 1 < n:
             alternatives.add(_phrase(word[:i] + word[i + 1] + word[i] + word[i + 2 :]))  # swapped
-    for before, after in [(word[:i], word[i + 1 :]) for i in range(n)] + [(word[:i], word[i:]) for i in range(1, n)]:
+    patterns = []
+    for before, after, gap in [(word[:i], word[i + 1 :], "?") for i in range(n)] + [(word[:i], word[i:], "?") for i in range(1, n)]:
         kept = [_phrase(part) for part in (before, after) if len(part) >= MIN_NEEDLE]
         if not kept:
-            return None
-        alternatives.add(kept[0] if len(kept) == 1 else "(" + " AND ".join(kept) + ")")
-    return " OR ".join(sorted(alternatives))
+            patterns.append("*" + before + gap + after + "*")
+        else:
+            alternatives.add(kept[0] if len(kept) == 1 else "(" + " AND ".join(kept) + ")")
+    return " OR ".join(sorted(alternatives)), patterns
 
 
 def _relevance(conn: sqlite3.Connection, folder: str, strings: set[tuple[str, str]]) -> dict[int, float]:

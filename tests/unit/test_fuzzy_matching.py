@@ -127,16 +127,18 @@ class CandidateQueryTests(TestCase):
     """The full-text index's candidates for an approximate word (L{fulltext._candidates_query}) miss no one-edit variant."""
 
     def test_every_one_edit_variant_is_a_candidate(self) -> None:
-        for word in ("invoice", "budget", "zürich", "quarterly"):
-            query = fulltext._candidates_query(word)
-            assert query is not None, word
+        for word in ("invoice", "budget", "zürich", "quarterly", "zebra", "tacos"):
+            query, patterns = fulltext._candidates_query(word)
             conn = sqlite3.connect(":memory:")
             conn.execute("CREATE VIRTUAL TABLE t USING fts5(body, tokenize = 'trigram case_sensitive 1')")
             variants = sorted(_one_edit_variants(word))
             conn.executemany("INSERT INTO t (rowid, body) VALUES (?, ?)", [(n + 1, f"see the {v} here") for n, v in enumerate(variants)])
-            conn.execute("INSERT INTO t (rowid, body) VALUES (0, 'nothing like it at all')")
+            conn.execute("INSERT INTO t (rowid, body) VALUES (1000, 'nothing like it at all')")
             found = {row[0] for row in conn.execute("SELECT rowid FROM t WHERE t MATCH ?", ("{body} : (" + query + ")",))}
+            for pattern in patterns:
+                found |= {row[0] for row in conn.execute("SELECT rowid FROM t WHERE body GLOB ?", (pattern,))}
             self.assertEqual(found, set(range(1, len(variants) + 1)), word)
 
-    def test_a_five_letter_word_is_checked_in_every_text(self) -> None:
-        self.assertIsNone(fulltext._candidates_query("tacos"))
+    def test_only_a_five_letter_word_needs_a_pattern(self) -> None:
+        self.assertEqual(fulltext._candidates_query("zebra")[1], ["*ze?ra*"])
+        self.assertEqual(fulltext._candidates_query("zebras")[1], [])
