@@ -9,12 +9,10 @@ refused.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-
 import pytest
 
 from tests.e2e.test_imap_fulltext_e2e import _wait_indexed
-from tests.imap_helpers import deliver, login, start_server
+from tests.imap_helpers import deliver, login, module_server
 from tests.service_runner import ServiceProcess
 
 USER = "user1@example.test"
@@ -26,11 +24,7 @@ MESSAGES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    running = start_server(tmp_path_factory.mktemp("fuzzy-e2e"))
-    yield running
-    running.terminate()
+server = module_server("fuzzy-e2e")
 
 
 def _uid_search(server: ServiceProcess, *criteria: str) -> tuple[str, list[bytes]]:

@@ -9,23 +9,15 @@ file it covers, and RELEVANCY ranks the message that says it most.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks, succeed
-from twisted.internet.task import deferLater
-from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import TestCase
 
-from mailapp.store import MaildirStore, fulltext, index
+from mailapp.store import fulltext
 from mailapp.store.folder import MaildirFolder
 from mailapp.store.names import mailbox_directory
-from mailapp.testing import build_factory, service_context
-from tests.protocol.accounts import make_accounts
+from tests.store_sessions import ALICE, StoreSessionCase
 from tests.unit.test_imap_fulltext_search import VARIED
-
-ALICE = "alice@example.test"
 
 MORE = [
     b"Subject: reminder\r\n\r\nInvoice, invoice, invoice: the invoice is overdue.\r\n",
@@ -52,64 +44,7 @@ QUERIES = [
 ]
 
 
-class FuzzyFullTextTests(TestCase):
-    timeout = 60
-
-    def setUp(self) -> None:
-        self.root = Path(self.mktemp()) / "mail"
-        self.store = MaildirStore(self.root, reactor=reactor)
-        self.store.fulltext.delay = self.store.fulltext.quiet = 0
-        self.addCleanup(index.reset_connections)
-        self.addCleanup(lambda: self.store.fulltext.caughtUp())
-        self.context = service_context(store=self.store, accounts=make_accounts())
-        self.factory = build_factory(self.context, "imap", allow_plaintext_auth=True)
-        self.opened: list[int] = []
-        original = MaildirFolder.openMessage
-
-        def counted(folder: MaildirFolder, uid: int) -> Any:
-            self.opened.append(uid)
-            return original(folder, uid)
-
-        self.patch(MaildirFolder, "openMessage", counted)
-
-    @inlineCallbacks
-    def deliver(self, raw: bytes) -> Any:
-        writer = self.store.newMessage()
-        yield writer.write(raw)
-        yield writer.finish()
-        uids = yield self.store.deliver(writer, [ALICE])
-        return uids[ALICE]
-
-    @inlineCallbacks
-    def command(self, protocol: Any, transport: StringTransport, line: bytes) -> Any:
-        transport.clear()
-        protocol.dataReceived(b"t " + line + b"\r\n")
-        for _ in range(2000):
-            if b"\r\nt " in b"\r\n" + transport.value():
-                break
-            yield deferLater(reactor, 0.005, lambda: None)
-        reply = transport.value()
-        self.assertIn(b"t OK", reply, line)
-        return reply
-
-    @inlineCallbacks
-    def session(self) -> Any:
-        protocol = self.factory.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        self.addCleanup(protocol.connectionLost, None)
-        yield self.command(protocol, transport, b"LOGIN alice@example.test alice-secret")
-        yield self.command(protocol, transport, b"SELECT INBOX")
-        return protocol, transport
-
-    @inlineCallbacks
-    def answers(self, protocol: Any, transport: StringTransport) -> Any:
-        found = {}
-        for query in QUERIES:
-            reply = yield self.command(protocol, transport, b"UID SEARCH " + query)
-            found[query] = [line for line in reply.split(b"\r\n") if line.startswith(b"* SEARCH")]
-        return found
-
+class FuzzyFullTextTests(StoreSessionCase):
     @inlineCallbacks
     def delivered(self) -> Any:
         for raw in VARIED + MORE:
@@ -123,9 +58,9 @@ class FuzzyFullTextTests(TestCase):
         self.patch(self.store.fulltext, "changed", lambda mailbox_dir: None)
         late = yield self.deliver(MORE[0])
         protocol, transport = yield self.session()
-        indexed = yield self.answers(protocol, transport)
+        indexed = yield self.answers(protocol, transport, QUERIES)
         self.patch(MaildirFolder, "searchText", lambda folder, terms, approximate=(): succeed(None))
-        scanned = yield self.answers(protocol, transport)
+        scanned = yield self.answers(protocol, transport, QUERIES)
         self.assertEqual(indexed, scanned)
         self.assertEqual(scanned[b'FUZZY BODY "invioce"'], [b"* SEARCH 1 2 3 4 5 8 11 %d" % late])
         self.assertEqual(scanned[b'FUZZY BODY "tacso"'], [b"* SEARCH 13"])
