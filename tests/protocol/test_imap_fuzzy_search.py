@@ -34,9 +34,9 @@ class FuzzySearchTests(TestCase):
         self.store = FakeStore()
         self.context = service_context(store=self.store, accounts=make_accounts())
         self.factory = build_factory(self.context, "imap", allow_plaintext_auth=True)
-        inbox = self.successResultOf(self.store.mailbox(USER.decode()).folder("INBOX"))
+        self.inbox = self.successResultOf(self.store.mailbox(USER.decode()).folder("INBOX"))
         for n, raw in enumerate(MESSAGES):
-            self.successResultOf(inbox.append(raw, internaldate=1_700_000_000.0 + n))
+            self.successResultOf(self.inbox.append(raw, internaldate=1_700_000_000.0 + n))
         self.session = Client(self, self.factory)
         self.session.ok(b"LOGIN " + USER + b" " + PASSWORD)
         self.session.ok(b"SELECT INBOX")
@@ -115,6 +115,16 @@ class FuzzySearchTests(TestCase):
 
     def test_relevancy_as_a_search_key_is_bad(self) -> None:
         self.assertIn(b" BAD ", self.session.command(b"SEARCH RELEVANCY FUZZY BODY invoice"))
+
+    def test_relevancy_with_save_alone_still_answers_the_scores(self) -> None:
+        self.assertRegex(self.search(b"RETURN (SAVE RELEVANCY) FUZZY BODY invioce").decode(), r'^\* ESEARCH \(TAG "t\d+"\) RELEVANCY \(50 50\)$')
+        self.assertEqual(self.search(b"$"), b"* SEARCH 1 3")
+
+    def test_a_live_fuzzy_search_reports_a_new_message_with_the_typo_matching(self) -> None:
+        self.session.ok(b"UID SEARCH RETURN (UPDATE) FUZZY BODY invioce")
+        uid = self.successResultOf(self.inbox.append(_message("again", "x@y.test", "A second INVOICE reminder.")))
+        reply = self.session.ok(b"NOOP")
+        self.assertRegex(reply.decode(), r'\* ESEARCH \(TAG "t\d+"\) UID ADDTO \(3 %d\)\r\n' % uid)
 
     def test_relevancy_with_update_is_bad(self) -> None:
         self.assertIn(b" BAD ", self.session.command(b"SEARCH RETURN (UPDATE RELEVANCY) FUZZY BODY invoice"))

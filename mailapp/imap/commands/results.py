@@ -143,7 +143,7 @@ def answer(
             _saved[view] = list(dict.fromkeys(([uids[0]] if options.min else []) + ([uids[-1]] if options.max else []))) if uids else []
         else:
             _saved[view] = list(uids)
-    if not options.answers:
+    if not options.answers and not extra:
         return
     numbers = list(uids) if by_uid else _sequence_numbers(view, uids)
     out = [b'ESEARCH (TAG "' + tag + b'")']
