@@ -470,11 +470,17 @@ class IFolder(Interface):
         message (expunge, move) and never outlives the file it describes.
         """
 
-    def searchText(terms: Sequence[tuple[str, str]]) -> Deferred[TextMatches | None]:
+    def searchText(
+        terms: Sequence[tuple[str, str]], approximate: Sequence[tuple[str, str]] = ()
+    ) -> Deferred[TextMatches | None]:
         """
         Ask the folder's full-text index about C{terms}: (scope, string)
         pairs, the scope one of L{mailapp.records.TEXT_SCOPES}, the string
-        case-folded and at least three characters long. Fires with a
+        case-folded and at least three characters long; and about
+        C{approximate}, (scope, word) pairs of case-folded words of five
+        letters or more to be found with one edit (SEARCH FUZZY's rule,
+        L{mailapp.store.fuzzy}), answered in C{approximate} with a
+        C{relevance} per message. Fires with a
         L{mailapp.records.TextMatches}, exact for the messages it covers
         (every other message must be searched by reading it: one delivered
         since, or one the index could not read exactly), or with None when

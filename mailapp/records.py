@@ -12,7 +12,7 @@ re-export them under their older names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Mapping
 
 __all__ = [
@@ -170,11 +170,16 @@ class TextMatches:
     C{indexed}; for those, C{found} is exact: per (scope, string) asked,
     the UIDs whose text contains the case-folded string. Any other message
     (delivered since, or one the index could not read exactly) must be
-    searched by reading it.
+    searched by reading it. C{approximate} is the same for the words asked
+    to be found with one edit (SEARCH FUZZY, L{mailapp.store.fuzzy}), and
+    C{relevance}, asked with them, how well each covered message matched
+    (higher is better; a message found but not ranked is missing).
     """
 
     indexed: frozenset[int]
     found: Mapping[tuple[str, str], frozenset[int]]
+    approximate: Mapping[tuple[str, str], frozenset[int]] = field(default_factory=dict)
+    relevance: Mapping[int, float] = field(default_factory=dict)
 
     def covers(self, uid: int) -> bool:
         """Whether C{found} decides C{uid}."""

@@ -13,6 +13,13 @@ transfer encoding and charset a chunk at a time, so a search holds a few
 chunks of a message, never the message. Each message is searched in its
 first L{MAX_CONTENT} bytes only.
 
+FUZZY (RFC 6203) may precede any key: within it, every string of a text
+key (BODY, TEXT, SUBJECT, FROM, TO, CC, BCC, HEADER) becomes a L{Fuzzy},
+matched word by word with L{mailapp.store.fuzzy}'s rule (one typo allowed
+in longer words, words in any order) wherever the exact string is matched
+now, by the index or by reading; FUZZY before any other key changes
+nothing. A string without a word of three letters stays exact.
+
 Twisted's C{Query} builds search strings for the client side; the server side
 has nothing reusable, so this is our own. Nesting is bounded (L{MAX_DEPTH}),
 so a deeply nested SEARCH gets BAD instead of a recursion error.
@@ -31,21 +38,26 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Collection, Iterator
 
 from mailapp.imap import addresses, mime
+from mailapp.store import fuzzy
+from mailapp.store.fuzzy import Approximate
 from mailapp.imap.wire import Atom, BadCommand, String, Token, as_number, as_string, parse_date, parse_sequence_set
 
 __all__ = [
     "Content",
+    "Fuzzy",
     "MAX_CONTENT",
     "MAX_DEPTH",
     "Message",
     "NeedContent",
     "SAVED",
     "body_needles",
+    "key_needles",
     "header_content",
     "load_content",
     "matches",
     "object_keys",
     "parse_search",
+    "parse_search_fuzzy",
     "read_header_block",
     "uses_modseq",
 ]
@@ -82,6 +94,36 @@ _STRING_KEYS = {"BODY", "TEXT"}
 _SAVED_KEYS = {"SAVEDBEFORE": "BEFORE", "SAVEDON": "ON", "SAVEDSINCE": "SINCE"}
 
 
+#: What a text is searched for: an exact case-folded string, or a word found with one edit.
+Needle = str | Approximate
+
+
+@dataclass(frozen=True)
+class Fuzzy:
+    """
+    The string of a text key under FUZZY: C{text} as given (case-folded),
+    and the needles a text must contain, every one, for the key to match
+    (L{mailapp.store.fuzzy.needles}).
+    """
+
+    text: str
+    needles: tuple[Needle, ...]
+
+    def found_in(self, values: Collection[str]) -> bool:
+        """Whether every needle occurs in one of C{values} (case-folded texts)."""
+        return all(any(fuzzy.find(needle, value) is not None for value in values) for needle in self.needles)
+
+
+def _text_of(text: str, approximate: bool) -> str | Fuzzy:
+    """A key's case-folded string, as a L{Fuzzy} under FUZZY when it has a word to match approximately."""
+    folded = text.casefold()
+    if approximate:
+        needles = fuzzy.needles(folded)
+        if needles:
+            return Fuzzy(folded, needles)
+    return folded
+
+
 class NeedContent(Exception):
     """A key needs the message's headers or body, which were not loaded."""
 
@@ -115,7 +157,7 @@ class Content:
 
     headers: dict[str, list[str]]
     header_text: str
-    found_in_body: frozenset[str]
+    found_in_body: frozenset[Needle]
     sent: tuple[int, int, int] | None
     cut: bool = False
     #: FROM, TO, CC, BCC: each such field's addresses written out normalized, case-folded.
@@ -129,6 +171,12 @@ def parse_search(tokens: list[Token], max_seq: int) -> tuple[str | None, list[An
     Parse SEARCH arguments into (charset, keys); the keys are ANDed.
     Raises L{BadCommand} for anything malformed.
     """
+    charset, parsed, _ = parse_search_fuzzy(tokens, max_seq)
+    return charset, parsed
+
+
+def parse_search_fuzzy(tokens: list[Token], max_seq: int) -> tuple[str | None, list[Any], bool]:
+    """L{parse_search}, and whether a FUZZY key was among them (RFC 6203: RELEVANCY needs one)."""
     position = 0
     charset = None
     if len(tokens) >= 2 and isinstance(tokens[0], Atom) and tokens[0].upper() == b"CHARSET":
@@ -140,13 +188,15 @@ def parse_search(tokens: list[Token], max_seq: int) -> tuple[str | None, list[An
         keys.append(parser.key(0))
     if not keys:
         raise BadCommand("Missing search key")
-    return charset, keys
+    return charset, keys, parser.fuzzy
 
 
 class _Parser:
     def __init__(self, tokens: list[Token]) -> None:
         self.tokens = tokens
         self.position = 0
+        #: Whether a FUZZY key was parsed (nested parsers report to the outermost).
+        self.fuzzy = False
 
     def done(self) -> bool:
         return self.position >= len(self.tokens)
@@ -161,7 +211,8 @@ class _Parser:
     def text(self, what: str) -> str:
         return as_string(self.next(what), what).decode("utf-8", "replace")
 
-    def key(self, depth: int) -> Any:
+    def key(self, depth: int, approximate: bool = False) -> Any:
+        """One search key; its strings L{Fuzzy} when C{approximate} (it is within FUZZY)."""
         if depth > MAX_DEPTH:
             raise BadCommand("Search too deeply nested")
         token = self.next("search key")
@@ -169,13 +220,17 @@ class _Parser:
             inner = _Parser(token)
             keys = []
             while not inner.done():
-                keys.append(inner.key(depth + 1))
+                keys.append(inner.key(depth + 1, approximate))
+            self.fuzzy = self.fuzzy or inner.fuzzy
             if not keys:
                 raise BadCommand("Empty search list")
             return ("AND", keys)
         if not isinstance(token, Atom):
             raise BadCommand("Bad search key")
         name = token.upper().decode("ascii", "replace")
+        if name == "FUZZY":
+            self.fuzzy = True
+            return self.key(depth + 1, approximate=True)
         if name == "$":
             return ("UID", SAVED)
         if name[:1].isdigit() or name[:1] == "*":
@@ -214,18 +269,18 @@ class _Parser:
             # RFC 8474 6: an objectid; one that cannot be ours matches nothing, it is not an error.
             return (name, as_string(self.next("objectid"), "objectid").decode("ascii", "replace"))
         if name in _HEADER_KEYS:
-            return ("HEADER", name.lower(), self.text("string").casefold())
+            return ("HEADER", name.lower(), _text_of(self.text("string"), approximate))
         if name in _ADDRESS_KEYS:
-            return ("ADDRESS", name.lower(), self.text("string").casefold())
+            return ("ADDRESS", name.lower(), _text_of(self.text("string"), approximate))
         if name == "HEADER":
             field = self.text("header name").lower()
-            return ("HEADER", field, self.text("string").casefold())
+            return ("HEADER", field, _text_of(self.text("string"), approximate))
         if name in _STRING_KEYS:
-            return (name, self.text("string").casefold())
+            return (name, _text_of(self.text("string"), approximate))
         if name == "NOT":
-            return ("NOT", self.key(depth + 1))
+            return ("NOT", self.key(depth + 1, approximate))
         if name == "OR":
-            return ("OR", self.key(depth + 1), self.key(depth + 1))
+            return ("OR", self.key(depth + 1, approximate), self.key(depth + 1, approximate))
         raise BadCommand(f"Unknown search key {name}")
 
 
@@ -304,19 +359,22 @@ def matches(
         if content.sent is None:
             return False
         return _compare_date(kind[4:], content.sent, key[1])
-    if kind == "HEADER":
-        values = content.headers.get(key[1], [])
+    if kind in ("HEADER", "ADDRESS"):
+        values = content.headers.get(key[1], []) if kind == "HEADER" else content.addresses.get(key[1], [])
+        if isinstance(key[2], Fuzzy):
+            return key[2].found_in(values)
         if not key[2]:
             return bool(values)
         return any(key[2] in value for value in values)
-    if kind == "ADDRESS":
-        written = content.addresses.get(key[1], [])
-        if not key[2]:
-            return bool(written)
-        return any(key[2] in value for value in written)
     if kind == "BODY":
+        if isinstance(key[1], Fuzzy):
+            return all(needle in content.found_in_body for needle in key[1].needles)
         return key[1] in content.found_in_body
     if kind == "TEXT":
+        if isinstance(key[1], Fuzzy):
+            return all(
+                needle in content.found_in_body or fuzzy.find(needle, content.header_text) is not None for needle in key[1].needles
+            )
         return key[1] in content.header_text or key[1] in content.found_in_body
     raise AssertionError(f"unknown search key {kind}")
 
@@ -372,11 +430,16 @@ def needs_body(key: Any) -> bool:
     return False
 
 
-def body_needles(key: Any) -> frozenset[str]:
-    """The (case-folded) strings of every BODY and TEXT key in C{key}: what a body is searched for."""
+def key_needles(string: str | Fuzzy) -> tuple[Needle, ...]:
+    """What a text must contain for a BODY or TEXT key of C{string} to match: the string, or a L{Fuzzy}'s needles."""
+    return string.needles if isinstance(string, Fuzzy) else (string,)
+
+
+def body_needles(key: Any) -> frozenset[Needle]:
+    """The (case-folded) needles of every BODY and TEXT key in C{key}: what a body is searched for."""
     kind = key[0]
     if kind in ("BODY", "TEXT"):
-        return frozenset([key[1]])
+        return frozenset(key_needles(key[1]))
     if kind == "AND":
         return frozenset().union(*(body_needles(sub) for sub in key[1]))
     if kind == "NOT":
@@ -389,12 +452,12 @@ def body_needles(key: Any) -> frozenset[str]:
 _HEADER_READ = 64 * 1024
 
 
-def load_contents(handles: list[IO[bytes] | None], needles: Collection[str]) -> list[Content | None]:
+def load_contents(handles: list[IO[bytes] | None], needles: Collection[Needle]) -> list[Content | None]:
     """L{load_content} for many messages in one trip to a worker thread."""
     return [None if handle is None else load_content(handle, needles) for handle in handles]
 
 
-def load_content(handle: IO[bytes], needles: Collection[str] = ()) -> Content:
+def load_content(handle: IO[bytes], needles: Collection[Needle] = ()) -> Content:
     """
     Read one message's headers and search its text for C{needles} (worker
     thread); closes C{handle}. Without needles only the header block is
@@ -402,7 +465,7 @@ def load_content(handle: IO[bytes], needles: Collection[str] = ()) -> Content:
     """
     with handle:
         cut = False
-        found: frozenset[str] = frozenset()
+        found: frozenset[Needle] = frozenset()
         if needles:
             structure = mime.scan_structure(handle, MAX_CONTENT)
             cut = structure.cut
@@ -420,7 +483,7 @@ def read_header_block(handle: IO[bytes]) -> bytes:
     return raw[: end + 4] if end >= 0 else raw
 
 
-def header_content(block: bytes, found: frozenset[str] = frozenset(), cut: bool = False) -> Content:
+def header_content(block: bytes, found: frozenset[Needle] = frozenset(), cut: bool = False) -> Content:
     """The L{Content} of a message with header block C{block}: its fields decoded and case-folded, its Date."""
     # As UTF-8 (RFC 6532 header fields, SMTPUTF8 mail): the bytes parser reads
     # 8-bit values as unknown bytes, and SUBJECT "Grüße" never matched them.
@@ -471,9 +534,9 @@ def _text_ranges(root: mime.Part) -> Iterator[tuple[mime.Part, int, int]]:
             yield part, part.body_start, part.end
 
 
-def _search_text(handle: IO[bytes], root: mime.Part, needles: Collection[str]) -> frozenset[str]:
+def _search_text(handle: IO[bytes], root: mime.Part, needles: Collection[Needle]) -> frozenset[Needle]:
     """Which C{needles} (case-folded) occur in the text of the message in C{handle}, read a chunk at a time."""
-    found: set[str] = {needle for needle in needles if not needle}
+    found: set[Needle] = {needle for needle in needles if not needle}
     wanted = [needle for needle in needles if needle]
     for part, start, end in _text_ranges(root):
         if len(found) == len(needles):
@@ -482,13 +545,15 @@ def _search_text(handle: IO[bytes], root: mime.Part, needles: Collection[str]) -
     return frozenset(found)
 
 
-def _search_range(handle: IO[bytes], part: mime.Part, start: int, end: int, wanted: list[str], found: set[str]) -> None:
+def _search_range(handle: IO[bytes], part: mime.Part, start: int, end: int, wanted: list[Needle], found: set[Needle]) -> None:
     """
     Search bytes C{start} to C{end} of the file, decoded as C{part} says,
     for C{wanted}, adding what is found to C{found}. Case is folded with
     C{str.casefold} (a character at a time, so a chunk folds as the whole
     would); the last C{n - 1} folded characters are carried over to the next
-    chunk, so a needle of length C{n} is found across a chunk boundary.
+    chunk, so a needle of length C{n} is found across a chunk boundary
+    (an L{Approximate} one of C{n} letters matches at most C{n + 1}: one
+    more is carried for it).
     """
     if start >= end or not wanted:
         return
@@ -497,7 +562,7 @@ def _search_range(handle: IO[bytes], part: mime.Part, start: int, end: int, want
     # implies) reads as UTF-8, as 8-bit mail without MIME headers mostly is.
     declared = part.header_value("content-type") is not None
     text = _text_decoder(dict(part.content_type[2]).get("charset", "") if declared else "")
-    overlap = max(len(needle) for needle in wanted) - 1
+    overlap = max(len(needle) + (1 if isinstance(needle, Approximate) else 0) for needle in wanted) - 1
     carry = ""
     handle.seek(start)
     remaining = end - start
@@ -506,7 +571,7 @@ def _search_range(handle: IO[bytes], part: mime.Part, start: int, end: int, want
         remaining -= len(data)
         last = not data
         window = carry + text.decode(transfer.flush() if last else transfer.feed(data), final=last).casefold()
-        for needle in [n for n in wanted if n in window]:
+        for needle in [n for n in wanted if fuzzy.find(n, window) is not None]:
             found.add(needle)
             wanted.remove(needle)
         if last:

@@ -34,7 +34,8 @@ __all__ = [
     "sort_order",
 ]
 
-SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
+#: RELEVANCY is RFC 6203's (section 4): the search's FUZZY score, highest first.
+SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO", "RELEVANCY"})
 
 #: How much of a message is read for its header block: what SEARCH reads for its header keys too.
 HEADER_READ = 64 * 1024
@@ -61,6 +62,8 @@ class SortFields:
     message_id: str | None = None
     #: The message IDs of References (or the first of In-Reply-To without it), oldest first.
     references: list[str] = field(default_factory=list)
+    #: RFC 6203's score of the message for the search's FUZZY keys (1-100), set by SORT once the search has ranked it.
+    relevancy: int = 0
 
     @property
     def date(self) -> float:
@@ -109,6 +112,8 @@ def _key(name: str, fields: SortFields) -> Any:
         return fields.cc
     if name == "DISPLAYFROM":
         return fields.display_from
+    if name == "RELEVANCY":
+        return -fields.relevancy  # the most relevant first (RFC 6203 section 4's example), REVERSE the least
     return fields.display_to
 
 
@@ -254,6 +259,7 @@ NEEDS = {
     "DISPLAYTO": frozenset({"to"}),
     "ARRIVAL": frozenset(),
     "SIZE": frozenset(),
+    "RELEVANCY": frozenset(),
 }
 THREADING = frozenset({"date", "subject", "message-id", "references"})
 EVERYTHING = frozenset({"date", "subject", "from", "to", "cc", "message-id", "references"})

@@ -297,8 +297,11 @@ class MaildirFolder:
 
         return self.store.write(save)
 
-    def searchText(self, terms: Sequence[tuple[str, str]]) -> Deferred[TextMatches | None]:
+    def searchText(
+        self, terms: Sequence[tuple[str, str]], approximate: Sequence[tuple[str, str]] = ()
+    ) -> Deferred[TextMatches | None]:
         asked = list(terms)
+        near = list(approximate)
 
         def read() -> tuple[TextMatches | None, bool]:
             with self._connect() as conn:
@@ -306,7 +309,7 @@ class MaildirFolder:
                 if row is None:
                     raise NoSuchFolder(f"no such folder: {self.name}")
                 last = conn.execute("SELECT max(uid) FROM messages WHERE folder = ?", (self.name,)).fetchone()[0] or 0
-            matches = fulltext.search(self.mailbox.directory, self.name, row[0], asked)
+            matches = fulltext.search(self.mailbox.directory, self.name, row[0], asked, near)
             return matches, matches is None or last not in matches.indexed
 
         def behind(result: tuple[TextMatches | None, bool]) -> TextMatches | None:

@@ -26,6 +26,16 @@ Tables:
   where the string occurs, as IMAP's substring search does. Shorter
   strings are searched by reading the files.
 
+SEARCH FUZZY's approximate words (L{mailapp.store.fuzzy}) are answered
+from the same file, with no table of their own: the messages that can
+hold a word within one edit are those holding one of its one-edit variants, as far as
+trigrams can say (L{_candidates_query}; a GLOB scan for the one edit of a
+five-letter word they cannot), and each is checked against its stored text with
+the same rule a read message is checked with, so that the answer is exact
+here too. A fuzzy search also asks for relevance: SQLite's bm25 of the
+strings actually found (the exact words, and for an approximate one what
+it matched), one more query.
+
 Rows of expunged or moved messages are not deleted as they go: a search
 only asks about the UIDs its folder still lists, and the indexer deletes
 rows whose message is gone when it finds more rows than messages. A folder
@@ -58,7 +68,7 @@ from twisted.logger import Logger
 
 from mailapp import logevents
 from mailapp.records import ADDED, MIN_TEXT_NEEDLE, FolderEvent, TextMatches
-from mailapp.store import messagefile
+from mailapp.store import fuzzy, messagefile
 from mailapp.store.database import INDEX_NAME, is_damage
 from mailapp.store.filenames import parse_filename
 from mailapp.store.names import folder_directory
@@ -373,12 +383,21 @@ def _phrase(needle: str) -> str:
     return '"' + needle.replace('"', '""') + '"'
 
 
-def search(mailbox_dir: Path, folder: str, uidvalidity: int, terms: Sequence[tuple[str, str]]) -> TextMatches | None:
+def search(
+    mailbox_dir: Path,
+    folder: str,
+    uidvalidity: int,
+    terms: Sequence[tuple[str, str]],
+    approximate: Sequence[tuple[str, str]] = (),
+) -> TextMatches | None:
     """
     What the full-text file says about C{terms} ((scope, case-folded
-    string), each string at least L{MIN_NEEDLE} characters) in C{folder} of
-    UIDVALIDITY C{uidvalidity}; None when it has nothing to say (no file
-    yet, damaged: it is built again). Worker thread.
+    string), each string at least L{MIN_NEEDLE} characters) and
+    C{approximate} ((scope, case-folded word) found with one edit,
+    L{mailapp.store.fuzzy}) in C{folder} of UIDVALIDITY C{uidvalidity};
+    None when it has nothing to say (no file yet, damaged: it is built
+    again). With C{approximate}, the answer's C{relevance} is the bm25 of
+    what was found. Worker thread.
     """
     try:
         conn = _open(mailbox_dir, create=False)
@@ -408,7 +427,17 @@ def search(mailbox_dir: Path, folder: str, uidvalidity: int, terms: Sequence[tup
                 (query, folder),
             )
             found[(scope, needle)] = frozenset(row[0] for row in rows)
-        return TextMatches(indexed, found)
+        if not approximate:
+            return TextMatches(indexed, found)
+        near: dict[tuple[str, str], frozenset[int]] = {}
+        strings: set[tuple[str, str]] = {(scope, needle) for scope, needle in terms}
+        for scope, word in approximate:
+            if len(word) < fuzzy.APPROXIMATE_LENGTH or scope not in _SCOPE_COLUMNS:
+                raise ValueError(f"cannot search {scope!r} for {word!r} approximately")
+            matched = _approximate(conn, folder, scope, word)
+            near[(scope, word)] = frozenset(matched)
+            strings.update((scope, text) for text in matched.values())
+        return TextMatches(indexed, found, near, _relevance(conn, folder, strings))
     except sqlite3.DatabaseError as e:
         if is_damage(e):
             conn.close()
@@ -416,6 +445,100 @@ def search(mailbox_dir: Path, folder: str, uidvalidity: int, terms: Sequence[tup
         return None
     finally:
         conn.close()
+
+
+#: Stored texts read per query while checking approximate words.
+_CHECK_BATCH = 256
+
+
+def _approximate(conn: sqlite3.Connection, folder: str, scope: str, word: str) -> dict[int, str]:
+    """
+    The UIDs of C{folder}'s exactly indexed messages whose C{scope} holds
+    C{word} within one edit, each with the string it matched: the
+    candidates by L{_candidates_query}, then each one's stored text
+    checked.
+    """
+    columns = _SCOPE_COLUMNS[scope]
+    candidates, patterns = _candidates_query(word)
+    query = "{" + " ".join(columns) + "} : (" + candidates + ")"
+    rows = conn.execute(
+        "SELECT docs.id, docs.uid FROM (SELECT rowid AS id FROM text WHERE text MATCH ?) AS matched"
+        " CROSS JOIN docs ON docs.id = matched.id WHERE docs.folder = ? AND docs.exact = 1",
+        (query, folder),
+    ).fetchall()
+    if patterns:
+        # What trigrams cannot pin down, SQLite's GLOB scans for (in C, over the folder's rows).
+        where = " OR ".join(f"text.{column} GLOB ?" for column in columns for _ in patterns)
+        rows += conn.execute(
+            f"SELECT docs.id, docs.uid FROM docs JOIN text ON text.rowid = docs.id WHERE docs.folder = ? AND docs.exact = 1 AND ({where})",  # noqa: S608 - constant names, placeholders
+            (folder, *[pattern for _ in columns for pattern in patterns]),
+        ).fetchall()
+    uid_of = dict(rows)
+    ids = sorted(uid_of)
+    needle = fuzzy.Approximate(word)
+    found: dict[int, str] = {}
+    select = ", ".join(columns)
+    for start in range(0, len(ids), _CHECK_BATCH):
+        batch = ids[start : start + _CHECK_BATCH]
+        marks = ", ".join("?" * len(batch))
+        for row in conn.execute(f"SELECT rowid, {select} FROM text WHERE rowid IN ({marks})", batch):  # noqa: S608 - constant names, placeholders
+            for value in row[1:]:
+                hit = fuzzy.find(needle, value or "")
+                if hit is not None:
+                    found[uid_of[row[0]]] = hit
+                    break
+    return found
+
+
+def _candidates_query(word: str) -> tuple[str, list[str]]:
+    """
+    An FTS5 query (without its columns) and GLOB patterns that, together,
+    every text holding C{word} within one edit matches. One alternative
+    per edit: a deletion or a swap is a string of its own, a phrase; a
+    substitution or an insertion at letter i leaves the letters before and
+    after it, both phrases when both are trigrams long, else the one that
+    is; when neither is (a five-letter word's middle letter substituted:
+    two letters either side) the edit is a GLOB pattern instead, which
+    SQLite checks row by row. Far narrower than "head OR tail" when a
+    piece is common (for "invoice", "ice" is in "office" and "notice").
+    Words are letters and digits only, so nothing in them is a GLOB or
+    FTS5 operator.
+    """
+    n = len(word)
+    alternatives = {_phrase(word)}
+    for i in range(n):
+        alternatives.add(_phrase(word[:i] + word[i + 1 :]))  # deleted
+        if i + 1 < n:
+            alternatives.add(_phrase(word[:i] + word[i + 1] + word[i] + word[i + 2 :]))  # swapped
+    patterns = []
+    for before, after, gap in [(word[:i], word[i + 1 :], "?") for i in range(n)] + [(word[:i], word[i:], "?") for i in range(1, n)]:
+        kept = [_phrase(part) for part in (before, after) if len(part) >= MIN_NEEDLE]
+        if not kept:
+            patterns.append("*" + before + gap + after + "*")
+        else:
+            alternatives.add(kept[0] if len(kept) == 1 else "(" + " AND ".join(kept) + ")")
+    return " OR ".join(sorted(alternatives)), patterns
+
+
+def _relevance(conn: sqlite3.Connection, folder: str, strings: set[tuple[str, str]]) -> dict[int, float]:
+    """
+    Per UID of C{folder}, how relevant its text is to C{strings} ((scope,
+    string) found): minus SQLite's bm25 over them all, so higher is better.
+    Strings shorter than a trigram cannot be ranked and are left out.
+    """
+    groups: dict[str, list[str]] = {}
+    for scope, text in sorted(strings):
+        if len(text) >= MIN_NEEDLE:
+            groups.setdefault(scope, []).append(_phrase(text))
+    if not groups:
+        return {}
+    query = " OR ".join("({" + " ".join(_SCOPE_COLUMNS[scope]) + "} : (" + " OR ".join(phrases) + "))" for scope, phrases in groups.items())
+    rows = conn.execute(
+        "SELECT docs.uid, matched.score FROM (SELECT rowid AS id, bm25(text) AS score FROM text WHERE text MATCH ?) AS matched"
+        " CROSS JOIN docs ON docs.id = matched.id WHERE docs.folder = ? AND docs.exact = 1",
+        (query, folder),
+    )
+    return {uid: -score for uid, score in rows}
 
 
 class FullTextIndexer:

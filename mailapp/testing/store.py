@@ -236,7 +236,9 @@ class FakeFolder:
                 state.structures[uid] = (version, bytes(blob))
         return succeed(None)
 
-    def searchText(self, terms: Sequence[tuple[str, str]]) -> Deferred[TextMatches | None]:
+    def searchText(
+        self, terms: Sequence[tuple[str, str]], approximate: Sequence[tuple[str, str]] = ()
+    ) -> Deferred[TextMatches | None]:
         """No full-text index: every search reads the messages."""
         _ = self._state  # NoSuchFolder, as the real store fails
         return succeed(None)

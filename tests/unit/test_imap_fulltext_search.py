@@ -9,21 +9,11 @@ opens no file it covers.
 from __future__ import annotations
 
 import base64
-from pathlib import Path
-from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks, succeed
-from twisted.internet.task import deferLater
-from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import TestCase
 
-from mailapp.store import MaildirStore, index
 from mailapp.store.folder import MaildirFolder
-from mailapp.testing import build_factory, service_context
-from tests.protocol.accounts import make_accounts
-
-ALICE = "alice@example.test"
+from tests.store_sessions import StoreSessionCase
 
 
 def _b64(text: bytes) -> bytes:
@@ -88,67 +78,7 @@ OTHERS = [
 ]
 
 
-class FullTextSearchTests(TestCase):
-    timeout = 60
-
-    def setUp(self) -> None:
-        self.root = Path(self.mktemp()) / "mail"
-        self.store = MaildirStore(self.root, reactor=reactor)
-        self.store.fulltext.delay = self.store.fulltext.quiet = 0
-        self.addCleanup(index.reset_connections)
-        self.addCleanup(lambda: self.store.fulltext.caughtUp())
-        self.context = service_context(store=self.store, accounts=make_accounts())
-        self.factory = build_factory(self.context, "imap", allow_plaintext_auth=True)
-        self.opened: list[int] = []
-        original = MaildirFolder.openMessage
-
-        def counted(folder: MaildirFolder, uid: int) -> Any:
-            self.opened.append(uid)
-            return original(folder, uid)
-
-        self.patch(MaildirFolder, "openMessage", counted)
-
-    @inlineCallbacks
-    def deliver(self, raw: bytes) -> Any:
-        writer = self.store.newMessage()
-        yield writer.write(raw)
-        yield writer.finish()
-        uids = yield self.store.deliver(writer, [ALICE])
-        return uids[ALICE]
-
-    @inlineCallbacks
-    def command(self, protocol: Any, transport: StringTransport, line: bytes) -> Any:
-        transport.clear()
-        protocol.dataReceived(b"t " + line + b"\r\n")
-        for _ in range(2000):
-            if b"\r\nt " in b"\r\n" + transport.value():
-                break
-            yield deferLater(reactor, 0.005, lambda: None)
-        reply = transport.value()
-        self.assertIn(b"t OK", reply, line)
-        return reply
-
-    @inlineCallbacks
-    def session(self) -> Any:
-        protocol = self.factory.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        self.addCleanup(protocol.connectionLost, None)
-        yield self.command(protocol, transport, b"LOGIN alice@example.test alice-secret")
-        yield self.command(protocol, transport, b"SELECT INBOX")
-        return protocol, transport
-
-    @inlineCallbacks
-    def answers(self, protocol: Any, transport: StringTransport) -> Any:
-        found = {}
-        for query in QUERIES:
-            reply = yield self.command(protocol, transport, b"UID SEARCH " + query)
-            found[query] = [line for line in reply.split(b"\r\n") if line.startswith(b"* SEARCH")]
-        for command in OTHERS:
-            reply = yield self.command(protocol, transport, command)
-            found[command] = [line for line in reply.split(b"\r\n") if line.startswith(b"* ")]
-        return found
-
+class FullTextSearchTests(StoreSessionCase):
     @inlineCallbacks
     def test_answers_equal_the_scan_of_the_files(self) -> None:
         for raw in VARIED:
@@ -159,10 +89,10 @@ class FullTextSearchTests(TestCase):
         self.patch(self.store.fulltext, "changed", lambda mailbox_dir: None)
         late = [(yield self.deliver(VARIED[0])), (yield self.deliver(VARIED[2]))]
         protocol, transport = yield self.session()
-        indexed = yield self.answers(protocol, transport)
+        indexed = yield self.answers(protocol, transport, QUERIES, OTHERS)
         self.patch(self.store.fulltext, "changed", changed)
         self.patch(MaildirFolder, "searchText", lambda folder, terms: succeed(None))
-        scanned = yield self.answers(protocol, transport)
+        scanned = yield self.answers(protocol, transport, QUERIES, OTHERS)
         self.assertEqual(indexed, scanned)
         # Not 6 (its "invoice" is in a PDF) nor 7 (in the forwarded message's Subject, a header).
         self.assertEqual(scanned[b'BODY "invoice"'], [b"* SEARCH 1 2 3 4 5 8 %d %d" % tuple(late)])

@@ -96,8 +96,8 @@ _TABLE = (
     Command("CHECK", select.check, _SELECTED),
     Command("CLOSE", select.close, _SELECTED),
     Command("EXPUNGE", expunge.expunge, _SELECTED),
-    # ESEARCH, SEARCHRES, CONTEXT (RFC 4731, 5182, 5267): commands/results.py, commands/context.py
-    Command("SEARCH", search.search, _SELECTED, capability=b"ESEARCH SEARCHRES"),
+    # ESEARCH, SEARCHRES, CONTEXT (RFC 4731, 5182, 5267): commands/results.py, commands/context.py; FUZZY (RFC 6203)
+    Command("SEARCH", search.search, _SELECTED, capability=b"ESEARCH SEARCHRES SEARCH=FUZZY"),
     Command("UID SEARCH", search.uid_search, _SELECTED),
     Command("CANCELUPDATE", context.cancelupdate, _SELECTED, capability=b"CONTEXT=SEARCH"),
     # RFC 5256, 5957, 5267 section 3

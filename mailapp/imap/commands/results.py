@@ -115,7 +115,13 @@ def failed(session: IMAPServer, options: ReturnOptions | None) -> None:
 
 
 def answer(
-    session: IMAPServer, tag: bytes, options: ReturnOptions, uids: Sequence[int], by_uid: bool, modseq: bool = False
+    session: IMAPServer,
+    tag: bytes,
+    options: ReturnOptions,
+    uids: Sequence[int],
+    by_uid: bool,
+    modseq: bool = False,
+    extra: bytes = b"",
 ) -> None:
     """
     Save and answer a result: C{uids} in the result's order (ascending for
@@ -123,6 +129,7 @@ def answer(
     whole in order with ascending runs collapsed. With C{modseq} (a search
     by MODSEQ), the highest mod-sequence of the messages returned ends it
     (RFC 7162 3.1.5: of MIN and MAX alone when only they are asked for).
+    C{extra} is return data of an extension's (RFC 6203's RELEVANCY), added last.
     """
     view = session.selected
     assert view is not None
@@ -136,7 +143,7 @@ def answer(
             _saved[view] = list(dict.fromkeys(([uids[0]] if options.min else []) + ([uids[-1]] if options.max else []))) if uids else []
         else:
             _saved[view] = list(uids)
-    if not options.answers:
+    if not options.answers and not extra:
         return
     numbers = list(uids) if by_uid else _sequence_numbers(view, uids)
     out = [b'ESEARCH (TAG "' + tag + b'")']
@@ -162,6 +169,8 @@ def answer(
             returned = part
         if returned:
             out.append(b"MODSEQ %d" % max(view.info[uid].modseq for uid in returned))
+    if extra:
+        out.append(extra)
     session.untagged(b" ".join(out))
 
 

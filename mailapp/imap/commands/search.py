@@ -25,6 +25,17 @@ covered messages are matched from the index alone; otherwise its answer
 only rules out the messages a top-level BODY/TEXT key excludes, and the
 rest are read as before.
 
+FUZZY BODY and TEXT (RFC 6203) go the same way: each word of the string
+is a needle the index answers (an approximate one through
+L{mailapp.interfaces.IFolder.searchText}'s C{approximate}), and a message
+it does not cover is read and checked with the same rule, so a message
+not indexed yet is found as it will be once it is. ``RETURN (RELEVANCY)``
+answers each message's score, 1 to 100: the index's bm25 of what it
+found, scaled so that the best message of the result scores 100; a
+message the index did not rank (read instead, or matched by a header key
+alone) scores L{UNRANKED}. RELEVANCY without a FUZZY key is BAD (RFC 6203
+section 4).
+
 EMAILID, THREADID and the SAVED* keys (RFC 8474, RFC 8514) are decided
 like index keys: what they need is loaded once for the messages
 considered, before the walk (the origins from the index, the thread
@@ -45,13 +56,15 @@ from mailapp.imap import mime, preview
 from mailapp.imap.commands.fetch import load_origins, load_structures, structure_cut
 from mailapp.imap.structurecache import ENVELOPE, SEARCH_FIELDS, STRUCTURE_VERSION, THREADID, header_keys_only, search_fields
 from mailapp.imap.structurecache import content as cached_content
-from mailapp.imap.wire import BadCommand, Token
+from mailapp.imap.wire import Atom, BadCommand, Token
 from mailapp.records import MIN_TEXT_NEEDLE, TextMatches
+from mailapp.store import fuzzy
+from mailapp.store.fuzzy import Approximate
 
 if TYPE_CHECKING:
     from mailapp.imap.session import IMAPServer
 
-__all__ = ["matching", "search", "uid_search"]
+__all__ = ["UNRANKED", "matching", "relevancy_scores", "search", "take_relevancy", "uid_search"]
 
 #: Messages a SEARCH reads per trip to a worker thread (with their files open at once).
 _SEARCH_BATCH = 64
@@ -61,6 +74,8 @@ _BODY_BATCH = 4
 _CACHED_BATCH = 1024
 #: Cached structures read per store trip to rule messages out before matching (L{_candidates}).
 _PREFILTER_READ = 1024
+#: The RELEVANCY score of a message found but not ranked by the index: the middle of RFC 6203's 1-100.
+UNRANKED = 50
 
 
 def search(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[Any, Any, None]:
@@ -74,11 +89,16 @@ def uid_search(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Corou
 async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid: bool) -> None:
     selected = session.selected
     assert selected is not None
+    arguments, relevancy = take_relevancy(arguments)
     options, arguments = results.parse_return(arguments)
     if options is None and session.rev2:
         options = results.ReturnOptions(all=True)  # RFC 9051 6.4.4: SEARCH answers ESEARCH
     try:
-        charset, parsed = keys.parse_search(arguments, len(selected.uids))
+        charset, parsed, fuzzy = keys.parse_search_fuzzy(arguments, len(selected.uids))
+        if relevancy and not fuzzy:
+            raise BadCommand("RELEVANCY needs a FUZZY search key")
+        if relevancy and options is not None and options.update:
+            raise BadCommand("RELEVANCY cannot be kept up to date")
     except BadCommand:
         results.failed(session, options)
         raise
@@ -90,7 +110,8 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
     with_modseq = keys.uses_modseq(key)
     if with_modseq:
         await enable_condstore(session)
-    positions = await matching(session, key)
+    scores: dict[int, float] | None = {} if relevancy else None
+    positions = await matching(session, key, relevance=scores)
     if options is None:
         hits = [selected.uids[p] if by_uid else p + 1 for p in positions]
         # RFC 7162 3.1.5: a search by MODSEQ answers the highest mod-sequence of what it found.
@@ -100,10 +121,38 @@ async def _search(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
         session.untagged(b"SEARCH" + b"".join(b" %d" % hit for hit in hits) + highest)
     else:
         uids = [selected.uids[p] for p in positions]
-        results.answer(session, tag, options, uids, by_uid, modseq=with_modseq)
+        extra = b"RELEVANCY (" + b" ".join(b"%d" % n for n in relevancy_scores(uids, scores)) + b")" if scores is not None else b""
+        results.answer(session, tag, options, uids, by_uid, modseq=with_modseq, extra=extra)
         if options.update:
             context.watch(session, tag, ("AND", parsed), uids, by_uid)
     await session.complete(tag, b"SEARCH completed", allow_expunge=by_uid, with_uid=by_uid)
+
+
+def take_relevancy(arguments: list[Token]) -> tuple[list[Token], bool]:
+    """
+    C{arguments} with RELEVANCY taken out of a leading ``RETURN (...)``,
+    and whether it was there (RFC 6203 section 4; C{results} knows the
+    other options). ``RETURN (RELEVANCY)`` alone answers ALL too (what
+    an empty list means), since its scores follow ALL's order.
+    """
+    if len(arguments) < 2 or not isinstance(arguments[0], Atom) or arguments[0].upper() != b"RETURN" or not isinstance(arguments[1], list):
+        return arguments, False
+    items = arguments[1]
+    kept = [item for item in items if not (isinstance(item, Atom) and item.upper() == b"RELEVANCY")]
+    if len(kept) == len(items):
+        return arguments, False
+    return [arguments[0], kept, *arguments[2:]], True
+
+
+def relevancy_scores(uids: list[int], relevance: dict[int, float]) -> list[int]:
+    """
+    The RELEVANCY of each of C{uids}, in their order: 1 to 100, the
+    index's relevance scaled so that the best ranked message scores 100,
+    L{UNRANKED} for one it did not rank.
+    """
+    ranked = [relevance[uid] for uid in uids if uid in relevance]
+    best = max(ranked, default=0.0)
+    return [max(1, min(100, round(100 * relevance[uid] / best))) if uid in relevance and best > 0 else UNRANKED for uid in uids]
 
 
 async def matching(
@@ -114,6 +163,7 @@ async def matching(
     within: list[int] | None = None,
     on_envelope: Callable[[int, bytes], None] | None = None,
     cache: bool = True,
+    relevance: dict[int, float] | None = None,
 ) -> list[int]:
     """
     The 0-based positions in the selected view of the messages C{key}
@@ -125,7 +175,10 @@ async def matching(
     cached structures decided, C{on_envelope(position, envelope)} is told
     of its cached ENVELOPE. Without C{cache}, header keys are matched from
     the files even when cached structures could answer (THREAD REFERENCES
-    reads the files anyway, for References: once, for both).
+    reads the files anyway, for References: once, for both). Given
+    C{relevance}, it is filled with what the full-text index says of each
+    match's relevance to the FUZZY words (UID -> score, higher is better),
+    for the matches it ranked.
     """
     selected = session.selected
     assert selected is not None
@@ -203,13 +256,14 @@ async def matching(
     terms, decidable = _text_terms(key)
     decidable = decidable and derive is None and on_envelope is None
     required = _required_terms(key)
-    text = await _ask_index(selected.folder, terms if decidable else required) if (decidable or required) else None
+    asked = terms if decidable or relevance is not None else required
+    text = await _ask_index(selected.folder, asked) if asked else None
     for position in considered:
         uid = uids[position]
         if candidates is not None and uid not in candidates:
             continue
         if text is not None and text.covers(uid):
-            if required and not all(uid in text.found[term] for term in required):
+            if required and not all(_found(text, uid, term) for term in required):
                 continue
             if decidable:
                 entry = selected.info[uid]
@@ -236,6 +290,8 @@ async def matching(
     if undecided:
         await decide(undecided)
     hits.sort()
+    if relevance is not None and text is not None:
+        relevance.update((uids[p], text.relevance[uids[p]]) for p in hits if uids[p] in text.relevance)
     return hits
 
 
@@ -287,12 +343,23 @@ async def _candidates(folder: Any, uids: list[int], key: Any) -> set[int] | None
     The messages that can match a header search whose top-level keys
     include plain SUBJECT/FROM/... strings (None: it has none, every message
     can): each such string must appear in the message's cached fields, which
-    are kept case-folded (L{structurecache.search_fields}). Messages without
+    are kept case-folded (L{structurecache.search_fields}); of a FUZZY
+    string, each exact word and each approximate word's head or tail.
+    Messages without
     a usable blob stay candidates: the match fills and reads theirs. One
     store read per L{_PREFILTER_READ} messages, the next while one is checked, no decoding.
     """
-    required = [sub[2].encode("utf-8", "surrogatepass") for sub in key[1] if sub[0] in ("HEADER", "ADDRESS") and sub[2]]
-    if not required:
+    required = [
+        sub[2].encode("utf-8", "surrogatepass") for sub in key[1] if sub[0] in ("HEADER", "ADDRESS") and isinstance(sub[2], str) and sub[2]
+    ]
+    # A FUZZY string's words: an exact one must be there, an approximate one's head or tail (fuzzy.pieces).
+    alternatives = [
+        [part.encode("utf-8", "surrogatepass") for part in (fuzzy.pieces(needle.word) if isinstance(needle, Approximate) else (needle,))]
+        for sub in key[1]
+        if sub[0] in ("HEADER", "ADDRESS") and isinstance(sub[2], keys.Fuzzy)
+        for needle in sub[2].needles
+    ]
+    if not required and not alternatives:
         return None
     candidates: set[int] = set()
     chunks = [uids[start : start + _PREFILTER_READ] for start in range(0, len(uids), _PREFILTER_READ)]
@@ -305,7 +372,9 @@ async def _candidates(folder: Any, uids: list[int], key: Any) -> set[int] | None
         for uid in chunk:
             blob = blobs.get(uid)
             fields = search_fields(blob) if blob is not None else None
-            if fields is None or all(needle in fields for needle in required):
+            if fields is None or (
+                all(needle in fields for needle in required) and all(any(part in fields for part in parts) for parts in alternatives)
+            ):
                 candidates.add(uid)
     return candidates
 
@@ -314,23 +383,28 @@ async def _candidates(folder: Any, uids: list[int], key: Any) -> set[int] | None
 _HEADER_CONTENT_KEYS = frozenset({"HEADER", "ADDRESS", "SENTBEFORE", "SENTON", "SENTSINCE"})
 
 
-def _text_terms(key: Any) -> tuple[list[tuple[str, str]], bool]:
+#: A needle as the index is asked for it: (scope, exact string or approximate word).
+_Term = tuple[str, keys.Needle]
+
+
+def _text_terms(key: Any) -> tuple[list[_Term], bool]:
     """
-    Every BODY/TEXT string in C{key} as the index's (scope, string), and
+    Every BODY/TEXT needle in C{key} as the index's (scope, needle), and
     whether the index decides C{key} alone for the messages it covers:
-    every key that needs content is BODY or TEXT with a string long enough,
-    and no string is asked both as BODY and as TEXT (the matched strings
+    every key that needs content is BODY or TEXT with needles long enough,
+    and no needle is asked both as BODY and as TEXT (the matched needles
     are handed to the match as one set).
     """
-    terms: set[tuple[str, str]] = set()
+    terms: set[_Term] = set()
     decidable = True
     stack = [key]
     while stack:
         sub = stack.pop()
         kind = sub[0]
         if kind in ("BODY", "TEXT"):
-            terms.add((kind.lower(), sub[1]))
-            decidable = decidable and len(sub[1]) >= MIN_TEXT_NEEDLE
+            for needle in keys.key_needles(sub[1]):
+                terms.add((kind.lower(), needle))
+                decidable = decidable and len(needle) >= MIN_TEXT_NEEDLE
         elif kind == "AND":
             stack.extend(sub[1])
         elif kind == "NOT":
@@ -341,24 +415,45 @@ def _text_terms(key: Any) -> tuple[list[tuple[str, str]], bool]:
             decidable = False
     if len({needle for _, needle in terms}) < len(terms):
         decidable = False
-    return sorted(terms), decidable and bool(terms)
+    return sorted(terms, key=_term_order), decidable and bool(terms)
 
 
-def _required_terms(key: Any) -> list[tuple[str, str]]:
-    """The BODY/TEXT strings of C{key}'s top level (ANDed: a message must contain each) long enough for the index."""
-    return sorted({(sub[0].lower(), sub[1]) for sub in key[1] if sub[0] in ("BODY", "TEXT") and len(sub[1]) >= MIN_TEXT_NEEDLE})
+def _term_order(term: _Term) -> tuple[str, bool, str]:
+    scope, needle = term
+    return (scope, isinstance(needle, Approximate), needle.word if isinstance(needle, Approximate) else needle)
 
 
-async def _ask_index(folder: Any, terms: list[tuple[str, str]]) -> TextMatches | None:
+def _required_terms(key: Any) -> list[_Term]:
+    """The BODY/TEXT needles of C{key}'s top level (ANDed: a message must contain each) long enough for the index."""
+    required = {
+        (sub[0].lower(), needle)
+        for sub in key[1]
+        if sub[0] in ("BODY", "TEXT")
+        for needle in keys.key_needles(sub[1])
+        if len(needle) >= MIN_TEXT_NEEDLE
+    }
+    return sorted(required, key=_term_order)
+
+
+async def _ask_index(folder: Any, terms: list[_Term]) -> TextMatches | None:
     """The full-text index's answer, or None (no index, or it failed: every message is read, as before)."""
+    exact = [(scope, needle) for scope, needle in terms if isinstance(needle, str)]
+    near = [(scope, needle.word) for scope, needle in terms if isinstance(needle, Approximate)]
     try:
-        result: TextMatches | None = await folder.searchText(terms)
+        result: TextMatches | None = await (folder.searchText(exact, approximate=near) if near else folder.searchText(exact))
     except Exception:  # noqa: BLE001 - the index is an accelerator: reading the messages answers too
         return None
     return result
 
 
-def _indexed_content(text: TextMatches, uid: int, terms: list[tuple[str, str]]) -> keys.Content:
-    """What the match needs of a covered message: which BODY/TEXT strings it contains, by the index."""
-    found = frozenset(needle for term in terms if uid in text.found.get(term, ()) for needle in (term[1],))
-    return keys.Content({}, "", found, None)
+def _found(text: TextMatches, uid: int, term: _Term) -> bool:
+    """Whether the index found C{term} in the covered message C{uid}."""
+    scope, needle = term
+    if isinstance(needle, Approximate):
+        return uid in text.approximate.get((scope, needle.word), ())
+    return uid in text.found.get((scope, needle), ())
+
+
+def _indexed_content(text: TextMatches, uid: int, terms: list[_Term]) -> keys.Content:
+    """What the match needs of a covered message: which BODY/TEXT needles it contains, by the index."""
+    return keys.Content({}, "", frozenset(term[1] for term in terms if _found(text, uid, term)), None)

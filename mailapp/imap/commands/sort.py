@@ -27,7 +27,7 @@ from mailapp.imap import search as keys
 from mailapp.imap import sorting, structurecache, threads
 from mailapp.imap.commands import context, results
 from mailapp.imap.commands.fetch import load_structures
-from mailapp.imap.commands.search import matching
+from mailapp.imap.commands.search import matching, relevancy_scores, take_relevancy
 from mailapp.imap.wire import Atom, BadCommand, Token, as_string
 
 if TYPE_CHECKING:
@@ -66,13 +66,19 @@ def _charset(token: Token) -> str:
 async def _sort(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid: bool) -> None:
     selected = session.selected
     assert selected is not None
+    arguments, relevancy = take_relevancy(arguments)
     options, arguments = results.parse_return(arguments)
     try:
         if len(arguments) < 3:
             raise BadCommand("SORT (criteria) charset search-keys")
         criteria = sorting.parse_sort_criteria(arguments[0])
         charset = _charset(arguments[1])
-        _, parsed = keys.parse_search(arguments[2:], len(selected.uids))
+        _, parsed, fuzzy = keys.parse_search_fuzzy(arguments[2:], len(selected.uids))
+        ranked = relevancy or any(name == "RELEVANCY" for name, _ in criteria)
+        if ranked and not fuzzy:
+            raise BadCommand("RELEVANCY needs a FUZZY search key")  # RFC 6203 section 4
+        if ranked and options is not None and options.update:
+            raise BadCommand("RELEVANCY cannot be kept up to date")
     except BadCommand:
         results.failed(session, options)
         raise
@@ -81,14 +87,21 @@ async def _sort(session: IMAPServer, tag: bytes, arguments: list[Token], by_uid:
         session.tagged(tag, b"NO", b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
         return
     wanted = frozenset().union(*(sorting.NEEDS[name] for name, _ in criteria))
-    items = await _matching_fields(session, ("AND", parsed), wanted)
+    relevance: dict[int, float] | None = {} if ranked else None
+    items = await _matching_fields(session, ("AND", parsed), wanted, relevance)
+    scores: dict[int, int] = {}
+    if relevance is not None:
+        matched = [selected.uids[position] for position, _ in items]
+        scores = dict(zip(matched, relevancy_scores(matched, relevance)))
+        items = [(position, dataclasses.replace(fields, relevancy=scores[selected.uids[position]])) for position, fields in items]
     order: list[int] = await session.factory.offThread(sorting.sort_order, criteria, items)
     uids = [selected.uids[position] for position in order]
     if options is None:
         shown = uids if by_uid else [position + 1 for position in order]
         session.untagged(b"SORT" + b"".join(b" %d" % n for n in shown))
     else:
-        results.answer(session, tag, options, uids, by_uid)
+        extra = b"RELEVANCY (" + b" ".join(b"%d" % scores[uid] for uid in uids) + b")" if relevancy else b""
+        results.answer(session, tag, options, uids, by_uid, extra=extra)
         if options.update:
             fields = {selected.uids[position]: item for position, item in items}
             context.watch(session, tag, ("AND", parsed), uids, by_uid, criteria, fields, wanted)
@@ -117,8 +130,10 @@ async def _thread(session: IMAPServer, tag: bytes, arguments: list[Token], by_ui
     await session.complete(tag, b"THREAD completed", allow_expunge=by_uid, with_uid=by_uid)
 
 
-async def _matching_fields(session: IMAPServer, key: Any, wanted: frozenset[str]) -> list[tuple[int, sorting.SortFields]]:
-    """(position, fields) of every message C{key} matches, in sequence order."""
+async def _matching_fields(
+    session: IMAPServer, key: Any, wanted: frozenset[str], relevance: dict[int, float] | None = None
+) -> list[tuple[int, sorting.SortFields]]:
+    """(position, fields) of every message C{key} matches, in sequence order; C{relevance} as L{matching} fills it."""
     known: dict[int, sorting.SortFields] = {}
     envelopes: dict[int, bytes] = {}
     positions = await matching(
@@ -128,6 +143,7 @@ async def _matching_fields(session: IMAPServer, key: Any, wanted: frozenset[str]
         on_derived=known.__setitem__,
         on_envelope=envelopes.__setitem__ if wanted <= sorting.ENVELOPE_FIELDS else None,
         cache=wanted <= sorting.ENVELOPE_FIELDS,
+        relevance=relevance,
     )
     fields = await header_fields(session, positions, wanted, known, envelopes)
     return [(position, fields[position]) for position in positions]
