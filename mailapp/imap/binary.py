@@ -33,18 +33,11 @@ _HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
 
 def part_at(root: mime.Part, parts: tuple[int, ...]) -> mime.Part | None:
     """The part C{parts} names (C{()}: the message), numbered as L{mime.resolve} numbers them."""
-    node = root
-    for depth, number in enumerate(parts):
-        found = mime._message_part(root, number) if depth == 0 else mime._subpart(node, number)
-        if found is None:
-            return None
-        node = found
-    return node
+    return mime.locate(root, parts)
 
 
-def encoding_of(part: mime.Part) -> str:
-    value = part.header_value("content-transfer-encoding") or b""
-    return value.decode("ascii", "replace").strip().lower()
+def encoding_of(part: mime.PartTree) -> str:
+    return part.encoding
 
 
 def decode(body: bytes, encoding: str) -> bytes:
