@@ -16,6 +16,7 @@ from twisted.trial.unittest import TestCase
 from mailapp.imap import mime, structurecache
 from mailapp.imap.commands import fetch
 from mailapp.testing import FakeStore, build_factory, service_context
+from mailapp.testing.store import FakeFolder
 from tests.protocol.accounts import make_accounts
 from tests.protocol.test_imap_conformance import PASSWORD, USER, Client, literal
 from tests.unit.test_imap_part_offsets import NESTED
@@ -85,6 +86,16 @@ class SectionOffsetTests(TestCase):
         self.assertEqual(len(self.scans), 1)
         self.patch(fetch, "_scanned", fetch._ScannedStructures())  # another process, or long after
         self.fetch_every_section(self.client())
+        self.assertEqual(len(self.scans), 1)
+
+    def test_the_sessions_of_one_process_read_a_messages_structure_from_the_index_once(self) -> None:
+        self.successResultOf(self.inbox.append(NESTED))
+        reads: list[list[int]] = []
+        real = FakeFolder.cachedStructures
+        self.patch(FakeFolder, "cachedStructures", lambda folder, uids, version: reads.append(list(uids)) or real(folder, uids, version))
+        for _ in range(3):
+            self.fetch_every_section(self.client())
+        self.assertEqual(reads, [[1]])  # the first FETCH's, which found none and filled it
         self.assertEqual(len(self.scans), 1)
 
     def test_a_large_message_streamed_from_its_file_is_scanned_once_for_its_sections(self) -> None:

@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from mailapp import logevents
 from mailapp.errors import KeywordLimit
 from mailapp.imap import binary, structurecache, urls
+from mailapp.imap.commands.fetch import remember_structures
 from mailapp.imap.commands.mailboxes import open_folder
 from mailapp.imap.flags import RECENT, parse_flag_list
 from mailapp.imap.reader import discard
@@ -185,6 +186,7 @@ def append(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine
                 raise
             if structures:
                 await _save_structures(folder, structures)
+                remember_structures(session, folder, structures)
             status = await folder.status()
         finally:
             for writer in writers:

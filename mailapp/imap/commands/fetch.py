@@ -57,7 +57,16 @@ if TYPE_CHECKING:
     from mailapp.imap.selected import SelectedFolder
     from mailapp.imap.session import IMAPServer
 
-__all__ = ["FetchItem", "fetch", "fetch_unsolicited", "load_structures", "parse_fetch_items", "structure_cut", "uid_fetch"]
+__all__ = [
+    "FetchItem",
+    "fetch",
+    "fetch_unsolicited",
+    "load_structures",
+    "parse_fetch_items",
+    "remember_structures",
+    "structure_cut",
+    "uid_fetch",
+]
 
 _log = Logger()
 
@@ -477,7 +486,7 @@ async def load_structures(
     UIDs whose files are gone. A message whose structure a bound cut has
     none (the caller reads its file). C{read}: messages' bytes the caller
     already has (L{_fetchMessages}), not read again to fill a structure;
-    C{blobs}: what the index already gave for C{uids}.
+    C{blobs}: what the index (or L{_kept_blobs}) already gave for C{uids}.
     """
     found: dict[int, structurecache.CachedStructure] = {}
     if blobs is None:
@@ -512,10 +521,11 @@ async def load_structures(
             if handle is None:
                 gone.add(uid)
             elif blob is not None:
-                decoded = structurecache.decode(blob)
+                decoded = structurecache.decode(blob, wanted)
                 if decoded is not None:
                     found[uid] = decoded
                     fresh[uid] = blob
+        remember_structures(session, folder, fresh)
         if fresh:
             # Not waited for: the answer does not depend on it (a failure only costs a later parse).
             folder.saveStructures(fresh, structurecache.STRUCTURE_VERSION).addErrback(
@@ -587,7 +597,7 @@ async def _fetchMessages(
             folder = selected.folder
             # Both reads at once, on two of the store's threads.
             reading = folder.readMessages(uids, SMALL_MESSAGE)
-            kept = folder.cachedStructures(uids, structurecache.STRUCTURE_VERSION) if wanted else defer.succeed({})
+            kept = defer.Deferred.fromCoroutine(_kept_blobs(session, folder, uids)) if wanted else defer.succeed({})
             read, blobs = await reading, await kept
             cached: dict[int, structurecache.CachedStructure] = {}
             if wanted:
@@ -668,6 +678,87 @@ class _ScannedStructures:
 
 
 _scanned = _ScannedStructures()
+
+
+class _KeptBlobs:
+    """
+    The cached structure blobs this process read from the index or
+    computed, by (account, folder, UIDVALIDITY, UID), least recently used
+    first out, at most C{size} bytes of them: a blob never changes under
+    its key (a UID is never reused in a folder of one UIDVALIDITY), so
+    sessions of one process read each one from the index once. Under
+    imaptest's stress ten sessions FETCH the same new messages' sections,
+    and reading a small message's blob from SQLite for each FETCH took as
+    much of the GIL as the scan it replaced. One per store object (every
+    listener of the process shares it; a test's store has its own), as
+    \\Recent's markers are. Reactor thread only.
+    """
+
+    def __init__(self, size: int = 8 * 1024 * 1024) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[Any, ...], blob: bytes) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old)
+        self._items[key] = blob
+        self._bytes += len(blob)
+        while self._bytes > self.size and self._items:
+            _, dropped = self._items.popitem(last=False)
+            self._bytes -= len(dropped)
+
+
+def _kept(session: IMAPServer) -> _KeptBlobs:
+    kept: _KeptBlobs | None = getattr(session.store, "_imapKeptStructures", None)
+    if kept is None:
+        kept = _KeptBlobs()
+        try:
+            session.store._imapKeptStructures = kept
+        except AttributeError:  # pragma: no cover - a store that takes no attributes: kept for this call only
+            pass
+    return kept
+
+
+async def _kept_blobs(session: IMAPServer, folder: Any, uids: list[int]) -> dict[int, bytes]:
+    """
+    The cached structure blobs of C{uids} (of this version): those this
+    process holds (L{_kept}, for the selected folder), the rest in one
+    read of the index, kept for the next FETCH. What the body sections'
+    FETCHes read; ENVELOPE, SEARCH and SORT read the index each time, a
+    thousand blobs a trip, so that a blob damaged there is noticed and
+    replaced at once.
+    """
+    where = _scan_key(session, folder)
+    found: dict[int, bytes] = {}
+    if where:
+        kept = _kept(session)
+        for uid in uids:
+            blob = kept.get((*where, uid))
+            if blob is not None:
+                found[uid] = blob
+    rest = [uid for uid in uids if uid not in found] if found else uids
+    if rest:
+        read = await folder.cachedStructures(rest, structurecache.STRUCTURE_VERSION)
+        found.update(read)
+        remember_structures(session, folder, read)
+    return found
+
+
+def remember_structures(session: IMAPServer, folder: Any, blobs: dict[int, bytes]) -> None:
+    """Keep C{blobs} (UID -> blob, of this version) for this process's next FETCHes, when C{folder} is the selected one."""
+    where = _scan_key(session, folder)
+    if where and blobs:
+        kept = _kept(session)
+        for uid, blob in blobs.items():
+            kept.put((*where, uid), blob)
 
 
 @dataclass
@@ -757,7 +848,7 @@ async def _fetchOne(
     scanned = prepared.scanned if prepared is not None else None
     if prepared is None and wanted:
         # From the cache, as the other paths answer them (filled below from the file opened here).
-        kept = await selected.folder.cachedStructures([uid], structurecache.STRUCTURE_VERSION)
+        kept = await _kept_blobs(session, selected.folder, [uid])
         cached = structurecache.decode(kept[uid], wanted) if uid in kept else None
     if prepared is not None:
         handle = prepared.handle
@@ -773,6 +864,7 @@ async def _fetchOne(
             blob, scanned = await session.factory.offThread(_compute_open, handle, (*scan_key, uid) if scan_key else None)
             if blob is not None:
                 cached = structurecache.decode(blob, wanted)
+                remember_structures(session, selected.folder, {uid: blob})
                 selected.folder.saveStructures({uid: blob}, structurecache.STRUCTURE_VERSION).addErrback(
                     lambda f: _log.failure("imap structure cache not saved", f, log_event=logevents.IMAP_INTERNAL_ERROR)
                 )
