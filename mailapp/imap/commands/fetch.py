@@ -527,11 +527,15 @@ async def load_structures(
                     fresh[uid] = blob
         remember_structures(session, folder, fresh)
         if fresh:
-            # Not waited for: the answer does not depend on it (a failure only costs a later parse).
-            folder.saveStructures(fresh, structurecache.STRUCTURE_VERSION).addErrback(
-                lambda f: _log.failure("imap structure cache not saved", f, log_event=logevents.IMAP_INTERNAL_ERROR)
-            )
+            _save_later(folder, fresh)
     return found, gone
+
+
+def _save_later(folder: Any, blobs: dict[int, bytes]) -> None:
+    """Keep C{blobs} in the index, not waited for: the answer does not depend on it (a failure only costs a later scan)."""
+    folder.saveStructures(blobs, structurecache.STRUCTURE_VERSION).addErrback(
+        lambda f: _log.failure("imap structure cache not saved", f, log_event=logevents.IMAP_INTERNAL_ERROR)
+    )
 
 
 def _wanted_sections(items: list[FetchItem]) -> int:
@@ -865,9 +869,7 @@ async def _fetchOne(
             if blob is not None:
                 cached = structurecache.decode(blob, wanted)
                 remember_structures(session, selected.folder, {uid: blob})
-                selected.folder.saveStructures({uid: blob}, structurecache.STRUCTURE_VERSION).addErrback(
-                    lambda f: _log.failure("imap structure cache not saved", f, log_event=logevents.IMAP_INTERNAL_ERROR)
-                )
+                _save_later(selected.folder, {uid: blob})
         tree = prepared.tree if prepared is not None else None
         parts_needed = any(_needs_parts(i) for i in items)
         if parts_needed and tree is None and cached is not None:
