@@ -170,6 +170,7 @@ def append(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine
             await room_for(session, sum(writer.size for _, writer in ready), len(ready))
             uids: list[int] = []
             structures: dict[int, bytes] = {}
+            sizes: dict[int, int] = {}
             try:
                 for message, writer in ready:
                     writers.remove(writer)
@@ -179,6 +180,7 @@ def append(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine
                     blob = await computing
                     if blob is not None:
                         structures[uid] = blob
+                        sizes[uid] = writer.size
             except BaseException:
                 if uids:
                     # All or none (RFC 3502 6): take back what was added.
@@ -186,7 +188,7 @@ def append(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine
                 raise
             if structures:
                 await _save_structures(folder, structures)
-                remember_structures(session, folder, structures)
+                remember_structures(session, folder, structures, sizes)
             status = await folder.status()
         finally:
             for writer in writers:

@@ -744,8 +744,10 @@ async def _kept_blobs(session: IMAPServer, folder: Any, uids: list[int]) -> dict
     found: dict[int, bytes] = {}
     if where:
         kept = _kept(session)
+        info = session.selected.info if session.selected is not None else {}
         for uid in uids:
-            blob = kept.get((*where, uid))
+            entry = info.get(uid)
+            blob = kept.get((*where, uid, entry.size)) if entry is not None else None
             if blob is not None:
                 found[uid] = blob
     rest = [uid for uid in uids if uid not in found] if found else uids
@@ -756,13 +758,24 @@ async def _kept_blobs(session: IMAPServer, folder: Any, uids: list[int]) -> dict
     return found
 
 
-def remember_structures(session: IMAPServer, folder: Any, blobs: dict[int, bytes]) -> None:
-    """Keep C{blobs} (UID -> blob, of this version) for this process's next FETCHes, when C{folder} is the selected one."""
+def remember_structures(session: IMAPServer, folder: Any, blobs: dict[int, bytes], sizes: dict[int, int] | None = None) -> None:
+    """
+    Keep C{blobs} (UID -> blob, of this version) for this process's next
+    FETCHes, when C{folder} is the selected one, under their messages'
+    sizes too (as L{_scanned} keys its scans: a second guard besides the
+    UIDVALIDITY against a folder made again under the same name): from
+    C{sizes}, or the view's for messages it lists.
+    """
     where = _scan_key(session, folder)
-    if where and blobs:
-        kept = _kept(session)
-        for uid, blob in blobs.items():
-            kept.put((*where, uid), blob)
+    if not where or not blobs or session.selected is None:
+        return
+    kept = _kept(session)
+    info = session.selected.info
+    for uid, blob in blobs.items():
+        entry = info.get(uid)
+        size = sizes.get(uid) if sizes is not None and uid in sizes else (entry.size if entry is not None else None)
+        if size is not None:
+            kept.put((*where, uid, size), blob)
 
 
 @dataclass
