@@ -20,7 +20,7 @@ import re
 
 from mailapp.imap import mime
 
-__all__ = ["UnknownEncoding", "decode", "encode_binary_parts", "part_at"]
+__all__ = ["UnknownEncoding", "decode", "encode_binary_parts", "encoding_of"]
 
 
 class UnknownEncoding(Exception):
@@ -31,12 +31,8 @@ _IDENTITY = {"", "7bit", "8bit", "binary"}
 _HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
 
 
-def part_at(root: mime.Part, parts: tuple[int, ...]) -> mime.Part | None:
-    """The part C{parts} names (C{()}: the message), numbered as L{mime.resolve} numbers them."""
-    return mime.locate(root, parts)
-
-
 def encoding_of(part: mime.PartTree) -> str:
+    """A part's content-transfer-encoding in lower case, scanned or cached alike (L{mime.Part.encoding})."""
     return part.encoding
 
 
