@@ -1,9 +1,10 @@
 """
-End to end, with imaplib against the real service: an APPEND stores the
-message's structure with its part offsets in the index before its OK, so
-the section FETCHes that follow are cut from the file by them (and give
-the exact bytes); a message delivered by SMTP gets its structure at its
-first FETCH, not at delivery (issue 21 wants delivery lean).
+End to end, with imaplib against the real service: an APPEND computes the
+message's structure with its part offsets and the store keeps it in the
+index right after, so the section FETCHes that follow are cut from the
+file by them (and give the exact bytes); a message delivered by SMTP gets
+its structure at its first FETCH, not at delivery (issue 21 wants
+delivery lean).
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ def kept_structure(server: ServiceProcess, user: str, uid: int) -> structurecach
     return structurecache.decode(bytes(row[1]))
 
 
+def saved_structure(server: ServiceProcess, user: str, uid: int) -> structurecache.CachedStructure | None:
+    """L{kept_structure} once the store's writer has saved it (not waited for by the command): bounded."""
+    deadline = time.monotonic() + TIMEOUT
+    while (kept := kept_structure(server, user, uid)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return kept
+
+
 def literals(data: list) -> dict[bytes, bytes]:
     """Each literal of imaplib's FETCH answer by the item it belongs to."""
     found = {}
@@ -67,14 +76,14 @@ EXPECTED = {
 }
 
 
-def test_an_appended_messages_structure_is_kept_before_its_ok_and_its_sections_come_exact(server):
+def test_an_appended_messages_structure_is_kept_with_its_part_offsets_and_its_sections_come_exact(server):
     user = "user1@example.test"
     client = login(server, user)
     try:
         typ, answer = client.append("INBOX", None, None, NESTED)
         assert typ == "OK", answer
         uid = int(re.search(rb"APPENDUID \d+ (\d+)", answer[0]).group(1))  # type: ignore[union-attr]
-        kept = kept_structure(server, user, uid)
+        kept = saved_structure(server, user, uid)
         assert kept is not None and structurecache.parts(kept) is not None
         client.select("INBOX")
         for _ in range(2):
@@ -96,10 +105,7 @@ def test_a_delivered_message_gets_its_structure_at_its_first_fetch_not_at_delive
         assert typ == "OK", data
         # Delivery put its own fields on top of the header; every part is where it was.
         assert literals(data) == EXPECTED
-        # The structure is saved without the FETCH waiting for it: soon after, bounded.
-        deadline = time.monotonic() + TIMEOUT
-        while (kept := kept_structure(server, user, 1)) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        kept = saved_structure(server, user, 1)
         assert kept is not None and structurecache.parts(kept) is not None
     finally:
         client.logout()

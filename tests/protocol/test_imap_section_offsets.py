@@ -11,6 +11,7 @@ Over StringTransport with the fake store.
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from mailapp.imap import mime, structurecache
@@ -68,6 +69,23 @@ class SectionOffsetTests(TestCase):
         self.fetch_every_section(client)
         self.fetch_every_section(self.client())
         self.assertEqual(len(self.scans), 1)
+
+    def test_an_appends_ok_does_not_wait_for_the_index_and_the_fetch_after_it_still_does_not_scan(self) -> None:
+        saving: list[Deferred[None]] = []
+
+        def held(folder: FakeFolder, blobs: dict[int, bytes], version: int) -> Deferred[None]:
+            saving.append(Deferred())
+            return saving[-1]
+
+        self.patch(FakeFolder, "saveStructures", held)
+        client = self.client()
+        client.ok(b"APPEND INBOX {%d+}\r\n" % len(NESTED) + NESTED)  # answered with the save still in flight
+        self.assertEqual(len(saving), 1)
+        self.assertEqual(self.inbox._state.structures, {})
+        client.ok(b"NOOP")
+        self.fetch_every_section(client)
+        self.assertEqual(len(self.scans), 1)  # the APPEND's: the FETCH found the structure in memory
+        saving[0].callback(None)
 
     def test_each_message_of_a_multiappend_gets_its_structure(self) -> None:
         client = self.client()

@@ -18,12 +18,17 @@ path that does not add it.
 
 Each message's cached structure (L{mailapp.imap.structurecache}, with its
 part offsets) is computed from the bytes the writer holds in memory, on
-the store's worker pool while the store commits the message, and saved
-before the tagged OK, so that the FETCHes a client sends after its APPEND
-(imaptest's do, and so do clients that show what they saved) find it and
-never scan the message. A message larger than the writer keeps in memory
-is on disk already: reading it back for a FETCH that may never come is
-left to that FETCH, which fills the cache once.
+the store's worker pool while the store commits the message; before the
+tagged OK it is in this process's memory, and the store's writer keeps it
+in the index right after (its next batch, not waited for: waiting made an
+APPEND wait for a whole batch, fsync included, whenever the writer was
+busy). The FETCHes a client sends after its APPEND (imaptest's do, and so
+do clients that show what they saved) then never scan the message; with
+several worker processes, another process's FETCH in the moment before
+that save commits computes the structure once itself, as it did before. A
+message larger than the writer keeps in memory is on disk already:
+reading it back for a FETCH that may never come is left to that FETCH,
+which fills the cache once.
 
 SMTP delivery does not do this, deliberately: a delivered message may be
 read by no IMAP client at all (POP3, the webmail), and computing the
@@ -43,7 +48,7 @@ from twisted.logger import Logger
 from mailapp import logevents
 from mailapp.errors import KeywordLimit
 from mailapp.imap import binary, structurecache, urls
-from mailapp.imap.commands.fetch import remember_structures
+from mailapp.imap.commands.fetch import keep_structures
 from mailapp.imap.commands.mailboxes import open_folder
 from mailapp.imap.flags import RECENT, parse_flag_list
 from mailapp.imap.reader import discard
@@ -186,9 +191,7 @@ def append(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine
                     # All or none (RFC 3502 6): take back what was added.
                     await folder.expunge(uids)
                 raise
-            if structures:
-                await _save_structures(folder, structures)
-                remember_structures(session, folder, structures, sizes)
+            keep_structures(session, folder, structures, sizes)
             status = await folder.status()
         finally:
             for writer in writers:
@@ -236,14 +239,6 @@ def _structure(session: IMAPServer, writer: Any) -> defer.Deferred[bytes | None]
         return None
 
     return computing.addErrback(failed)
-
-
-async def _save_structures(folder: Any, blobs: dict[int, bytes]) -> None:
-    """Keep the appended messages' structures; a failure is logged, never the APPEND's (the first FETCH fills them)."""
-    try:
-        await folder.saveStructures(blobs, structurecache.STRUCTURE_VERSION)
-    except Exception:  # noqa: BLE001 - the messages are stored; only a later scan is at stake
-        _log.failure("imap structure at append not saved", log_event=logevents.IMAP_INTERNAL_ERROR)
 
 
 async def room_for(session: IMAPServer, size: int, messages: int) -> None:

@@ -61,6 +61,7 @@ __all__ = [
     "FetchItem",
     "fetch",
     "fetch_unsolicited",
+    "keep_structures",
     "load_structures",
     "parse_fetch_items",
     "remember_structures",
@@ -525,14 +526,21 @@ async def load_structures(
                 if decoded is not None:
                     found[uid] = decoded
                     fresh[uid] = blob
-        remember_structures(session, folder, fresh)
-        if fresh:
-            _save_later(folder, fresh)
+        keep_structures(session, folder, fresh)
     return found, gone
 
 
-def _save_later(folder: Any, blobs: dict[int, bytes]) -> None:
-    """Keep C{blobs} in the index, not waited for: the answer does not depend on it (a failure only costs a later scan)."""
+def keep_structures(session: IMAPServer, folder: Any, blobs: dict[int, bytes], sizes: dict[int, int] | None = None) -> None:
+    """
+    Keep freshly computed C{blobs} (UID -> blob): in this process's memory
+    at once (L{remember_structures}), and in the index by the store's
+    writer in its next batch, not waited for. The answer does not depend
+    on the save, and waiting would add a whole batch (its fsync) to the
+    command whenever the writer is busy; a failure only costs a later scan.
+    """
+    if not blobs:
+        return
+    remember_structures(session, folder, blobs, sizes)
     folder.saveStructures(blobs, structurecache.STRUCTURE_VERSION).addErrback(
         lambda f: _log.failure("imap structure cache not saved", f, log_event=logevents.IMAP_INTERNAL_ERROR)
     )
@@ -882,8 +890,7 @@ async def _fetchOne(
             blob, scanned = await session.factory.offThread(_compute_open, handle, (*scan_key, uid) if scan_key else None)
             if blob is not None:
                 cached = structurecache.decode(blob, wanted)
-                remember_structures(session, selected.folder, {uid: blob})
-                _save_later(selected.folder, {uid: blob})
+                keep_structures(session, selected.folder, {uid: blob})
         tree = prepared.tree if prepared is not None else None
         parts_needed = any(_needs_parts(i) for i in items)
         if parts_needed and tree is None and cached is not None:
