@@ -20,7 +20,7 @@ import re
 
 from mailapp.imap import mime
 
-__all__ = ["UnknownEncoding", "decode", "encode_binary_parts", "part_at"]
+__all__ = ["UnknownEncoding", "decode", "encode_binary_parts", "encoding_of"]
 
 
 class UnknownEncoding(Exception):
@@ -31,20 +31,9 @@ _IDENTITY = {"", "7bit", "8bit", "binary"}
 _HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
 
 
-def part_at(root: mime.Part, parts: tuple[int, ...]) -> mime.Part | None:
-    """The part C{parts} names (C{()}: the message), numbered as L{mime.resolve} numbers them."""
-    node = root
-    for depth, number in enumerate(parts):
-        found = mime._message_part(root, number) if depth == 0 else mime._subpart(node, number)
-        if found is None:
-            return None
-        node = found
-    return node
-
-
-def encoding_of(part: mime.Part) -> str:
-    value = part.header_value("content-transfer-encoding") or b""
-    return value.decode("ascii", "replace").strip().lower()
+def encoding_of(part: mime.PartTree) -> str:
+    """A part's content-transfer-encoding in lower case, scanned or cached alike (L{mime.Part.encoding})."""
+    return part.encoding
 
 
 def decode(body: bytes, encoding: str) -> bytes:

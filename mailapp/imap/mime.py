@@ -24,11 +24,23 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol, Sequence, TypeVar, cast
 
 from mailapp.imap.addresses import parse_addresses
 
-__all__ = ["Part", "Section", "body_structure", "envelope", "header_fields", "parse_section", "resolve", "scan"]
+__all__ = [
+    "Part",
+    "PartTree",
+    "Section",
+    "body_structure",
+    "envelope",
+    "header_fields",
+    "locate",
+    "parse_section",
+    "resolve",
+    "scan",
+    "where",
+]
 
 MAX_HEADER_BLOCK = 256 * 1024
 MAX_PARTS = 1000
@@ -71,6 +83,12 @@ class Part:
         return not self.children and self.message is None and (
             main == "multipart" or (main, sub) in (("message", "rfc822"), ("message", "global"))
         )
+
+    @property
+    def encoding(self) -> str:
+        """Its content-transfer-encoding, lower case ("" when it names none): what BINARY undoes."""
+        value = self.header_value("content-transfer-encoding") or b""
+        return value.decode("ascii", "replace").strip().lower()
 
     def headers(self) -> list[tuple[str, bytes]]:
         # Parsed once per header block: BODYSTRUCTURE asks each part for several fields.
@@ -405,7 +423,38 @@ def parse_section(text: bytes, field_names: list[bytes]) -> Section:
     return Section(tuple(numbers), specifier, tuple(f.lower() for f in field_names))
 
 
-def _message_part(message: Part, number: int) -> Part | None:
+class PartTree(Protocol):
+    """
+    What numbering a section needs of a part: where its header and body
+    are, its transfer encoding and what it holds. A L{Part} just scanned is
+    one, and so is the tree a cached structure keeps
+    (L{mailapp.imap.partoffsets.PartOffsets}), so that both are numbered by
+    the same code (L{locate}, L{where}).
+    """
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def body_start(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
+
+    @property
+    def encoding(self) -> str: ...
+
+    @property
+    def children(self) -> Sequence[PartTree]: ...
+
+    @property
+    def message(self) -> PartTree | None: ...
+
+
+_Tree = TypeVar("_Tree", bound=PartTree)
+
+
+def _message_part(message: PartTree, number: int) -> PartTree | None:
     """
     Part C{number} of a message (the root, or one embedded in a
     message/rfc822 part): its body's parts if it is a multipart, else the
@@ -417,7 +466,7 @@ def _message_part(message: Part, number: int) -> Part | None:
     return message if number == 1 else None
 
 
-def _subpart(node: Part, number: int) -> Part | None:
+def _subpart(node: PartTree, number: int) -> PartTree | None:
     """
     Part C{number} inside part C{node}: a multipart's child, or for a
     message/rfc822 part the embedded message's part (not one level further
@@ -432,17 +481,26 @@ def _subpart(node: Part, number: int) -> Part | None:
     return node if number == 1 else None
 
 
-def resolve(root: Part, section: Section) -> tuple[int, int] | bytes | None:
-    """
-    Where a section's bytes are: a C{(start, end)} range of the file, or the
-    bytes themselves (HEADER.FIELDS), or C{None} when the part does not exist.
-    """
-    node = root
-    for depth, number in enumerate(section.parts):
+def locate(root: _Tree, numbers: tuple[int, ...]) -> _Tree | None:
+    """The part the section's part C{numbers} name (C{()}: the message itself), or None when there is none."""
+    node: PartTree = root
+    for depth, number in enumerate(numbers):
         found = _message_part(root, number) if depth == 0 else _subpart(node, number)
         if found is None:
             return None
         node = found
+    return cast(_Tree, node)  # a tree's parts are of the tree's own kind
+
+
+def where(root: _Tree, section: Section) -> tuple[int, int] | _Tree | None:
+    """
+    Where a section's bytes are: a C{(start, end)} range of the message, or
+    for HEADER.FIELDS (.NOT) the part whose header block the fields are
+    picked from, or C{None} when the part does not exist.
+    """
+    node = locate(root, section.parts)
+    if node is None:
+        return None
     spec = section.specifier
     if spec == "":
         if not section.parts:
@@ -450,12 +508,24 @@ def resolve(root: Part, section: Section) -> tuple[int, int] | bytes | None:
         return (node.body_start, node.end)
     if spec == "MIME":
         return (node.start, node.body_start)
-    target = node.message if (section.parts and node.message is not None) else node
+    target = cast(_Tree, node.message) if (section.parts and node.message is not None) else node
     if spec == "HEADER":
         return (target.start, target.body_start)
     if spec == "TEXT":
         return (target.body_start, target.end)
-    return header_fields(target.header, section.fields, spec.endswith(".NOT"))
+    return target
+
+
+def resolve(root: Part, section: Section) -> tuple[int, int] | bytes | None:
+    """
+    Where a section's bytes are in a scanned message: a C{(start, end)}
+    range of the file, or the bytes themselves (HEADER.FIELDS), or C{None}
+    when the part does not exist.
+    """
+    found = where(root, section)
+    if found is None or isinstance(found, tuple):
+        return found
+    return header_fields(found.header, section.fields, section.specifier.endswith(".NOT"))
 
 
 def header_fields(block: bytes, names: tuple[bytes, ...], negate: bool) -> bytes:

@@ -1,17 +1,19 @@
 """
 What FETCH and SEARCH need of a message's structure, computed once and
 kept in the index (issue 19): the rendered ENVELOPE, BODYSTRUCTURE and
-BODY, the header fields SEARCH SUBJECT/FROM/TO/CC/BCC and SENT* read, and
-the rendered PREVIEW (RFC 8970) and THREADID (RFC 8474: L{preview}).
-A second ``FETCH 1:* (ENVELOPE)`` then reads blobs from the index and opens
-no message file.
+BODY, the header fields SEARCH SUBJECT/FROM/TO/CC/BCC and SENT* read,
+the rendered PREVIEW (RFC 8970) and THREADID (RFC 8474: L{preview}), and
+where each MIME part is (L{partoffsets}). A second ``FETCH 1:* (ENVELOPE)``
+then reads blobs from the index and opens no message file, and a FETCH of
+a body section reads the section's bytes without scanning the message.
 
 The store keeps the blob opaque (L{mailapp.store.structures}): this module
 is the only one that makes or reads it, through
 L{mailapp.interfaces.IFolder.cachedStructures} and C{saveStructures}. It is
 filled at first use and by the index rebuild (L{CODEC}, registered by the
-composition root). A blob whose checksum fails, or that does not decode, is
-treated as missing: recomputed and replaced.
+composition root), and by an IMAP APPEND, which has the message's bytes
+in memory (L{mailapp.imap.commands.append}). A blob whose checksum fails,
+or that does not decode, is treated as missing: recomputed and replaced.
 
 Messages whose structure a bound cut (L{mime.MAX_DEPTH}, L{mime.MAX_PARTS})
 get no blob, nor do those whose blob would pass the store's size bound:
@@ -25,18 +27,20 @@ import struct
 import zlib
 from typing import IO, Any
 
-from mailapp.imap import mime, preview
+from mailapp.imap import mime, partoffsets, preview
 from mailapp.imap import search as keys
 from mailapp.imap.wire import format_value
 
 __all__ = [
     "CODEC",
+    "PARTS",
     "STRUCTURE_VERSION",
     "CachedStructure",
     "compute",
     "content",
     "decode",
     "header_keys_only",
+    "parts",
     "preview_item",
     "search_fields",
     "thread_item",
@@ -48,14 +52,14 @@ __all__ = [
 #: or to how L{search.header_content} decodes fields. Every kept blob of
 #: another version is then ignored and recomputed at first use; no
 #: migration is needed.
-STRUCTURE_VERSION = 5  # 4: header fields decoded as UTF-8 (RFC 6532); 5: PREVIEW and THREADID
+STRUCTURE_VERSION = 6  # 4: header fields decoded as UTF-8 (RFC 6532); 5: PREVIEW and THREADID; 6: part offsets
 
 #: The header fields kept for SEARCH (HEADER on them; SUBJECT), besides the addresses FROM, TO, CC and BCC match.
 CACHED_FIELDS = frozenset({"subject", "from", "to", "cc", "bcc"})
 
 #: The sections of a blob, for L{decode}'s C{wanted}, in the blob's order.
-ENVELOPE, BODYSTRUCTURE, BODY, SEARCH_FIELDS, PREVIEW, THREADID = 1, 2, 4, 8, 16, 32
-_SECTION_COUNT = 6
+ENVELOPE, BODYSTRUCTURE, BODY, SEARCH_FIELDS, PREVIEW, THREADID, PARTS = 1, 2, 4, 8, 16, 32, 64
+_SECTION_COUNT = 7
 ALL_SECTIONS = (1 << _SECTION_COUNT) - 1
 
 #: Each section's length, then each one's CRC-32: a section is checked only when it is used.
@@ -64,10 +68,11 @@ _HEAD = struct.Struct(">" + "I" * 2 * _SECTION_COUNT)
 
 #: One message's blob, decoded (L{decode}): the three FETCH items as sent (name
 #: and value), in the order of L{ENVELOPE}, L{BODYSTRUCTURE}, L{BODY}, the
-#: search fields (L{content}), then the PREVIEW and THREADID items as sent; a
-#: section L{decode} was not asked for is empty.
+#: search fields (L{content}), then the PREVIEW and THREADID items as sent,
+#: then the part tree (L{partoffsets.encode}; empty when it could not be
+#: kept); a section L{decode} was not asked for is empty.
 #: A plain tuple: one is made for every message of a FETCH.
-CachedStructure = tuple[bytes, bytes, bytes, bytes, bytes, bytes]
+CachedStructure = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]
 
 
 def content(fields: bytes) -> keys.Content | None:
@@ -107,6 +112,7 @@ def compute(handle: IO[bytes], scanned: mime.Structure | None = None) -> bytes |
         marshal.dumps(fields, 4),
         preview_item(preview.preview(handle, root)),
         thread_item(thread),
+        partoffsets.encode(root) or b"",
     )
     return _HEAD.pack(*(len(x) for x in sections), *(zlib.crc32(x) for x in sections)) + b"".join(sections)
 
@@ -119,6 +125,11 @@ def preview_item(text: str) -> bytes:
 def thread_item(thread: str | None) -> bytes:
     """The THREADID item as sent (RFC 8474 5.2: parenthesized, or NIL)."""
     return b"THREADID " + (b"(" + thread.encode("ascii") + b")" if thread is not None else b"NIL")
+
+
+def parts(cached: CachedStructure) -> partoffsets.PartOffsets | None:
+    """The part tree of a structure decoded with L{PARTS}, or None when none was kept (scan the message)."""
+    return partoffsets.decode(cached[6])
 
 
 def decode(blob: bytes, wanted: int = ALL_SECTIONS) -> CachedStructure | None:
@@ -144,7 +155,7 @@ def decode(blob: bytes, wanted: int = ALL_SECTIONS) -> CachedStructure | None:
         else:
             sections.append(b"")
         start = end
-    return (sections[0], sections[1], sections[2], sections[3], sections[4], sections[5])
+    return (sections[0], sections[1], sections[2], sections[3], sections[4], sections[5], sections[6])
 
 
 def search_fields(blob: bytes) -> bytes | None:

@@ -90,6 +90,7 @@ def test_the_cached_blob_carries_the_preview_and_threadid_items_as_sent():
     assert decoded[4] == b"PREVIEW {7}\r\n" + "Grüße".encode()
     assert decoded[5] == b"THREADID (" + (thread_of(b"Message-ID: <root@example.test>\r\n") or "").encode() + b")"
     assert decoded[0] == b""  # not asked for
-    damaged = blob[:-1] + bytes([blob[-1] ^ 1])
+    at = blob.index(b"THREADID (") + len(b"THREADID (")  # a byte of the THREADID section (the part tree follows it)
+    damaged = blob[:at] + bytes([blob[at] ^ 1]) + blob[at + 1 :]
     assert structurecache.decode(damaged, structurecache.THREADID) is None
     assert structurecache.decode(damaged, structurecache.ENVELOPE) is not None

@@ -15,24 +15,52 @@ part by part. Every message is then checked against the quota together and
 added to the folder: all of them or none, the ones already added expunged
 again when a later one fails (RFC 3502 6). A spool file is removed on every
 path that does not add it.
+
+Each message's cached structure (L{mailapp.imap.structurecache}, with its
+part offsets) is computed from the bytes the writer holds in memory, on
+the store's worker pool while the store commits the message; before the
+tagged OK it is in this process's memory, and the store's writer keeps it
+in the index right after (its next batch, not waited for: waiting made an
+APPEND wait for a whole batch, fsync included, whenever the writer was
+busy). The FETCHes a client sends after its APPEND (imaptest's do, and so
+do clients that show what they saved) then never scan the message; with
+several worker processes, another process's FETCH in the moment before
+that save commits computes the structure once itself, as it did before. A
+message larger than the writer keeps in memory is on disk already:
+reading it back for a FETCH that may never come is left to that FETCH,
+which fills the cache once.
+
+SMTP delivery does not do this, deliberately: a delivered message may be
+read by no IMAP client at all (POP3, the webmail), and computing the
+structure there would cost every delivery CPU that ingest cannot spare
+(issue 21); IMAP fills it at the first FETCH instead.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Coroutine
 
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mailapp import logevents
 from mailapp.errors import KeywordLimit
-from mailapp.imap import binary, urls
+from mailapp.imap import binary, structurecache, urls
+from mailapp.imap.commands.fetch import keep_structures
 from mailapp.imap.commands.mailboxes import open_folder
 from mailapp.imap.flags import RECENT, parse_flag_list
 from mailapp.imap.reader import discard
 from mailapp.imap.wire import Atom, BadCommand, Literal8, ParsedLiteral, String, Token, format_uid_set, parse_datetime
+from mailapp.store.messagefile import held_bytes
 
 if TYPE_CHECKING:
     from mailapp.imap.session import IMAPServer
 
 __all__ = ["append", "room_for"]
+
+_log = Logger()
 
 _SYNTAX = "APPEND mailbox [(flags)] [date-time] message [[(flags)] [date-time] message ...]"
 
@@ -146,15 +174,24 @@ def append(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine
                 ready.append((message, writer))
             await room_for(session, sum(writer.size for _, writer in ready), len(ready))
             uids: list[int] = []
+            structures: dict[int, bytes] = {}
+            sizes: dict[int, int] = {}
             try:
                 for message, writer in ready:
                     writers.remove(writer)
-                    uids.append(await folder.appendMessage(writer, [f for f in message.flags if f != RECENT], message.date))
+                    computing = _structure(session, writer)
+                    uid = await folder.appendMessage(writer, [f for f in message.flags if f != RECENT], message.date)
+                    uids.append(uid)
+                    blob = await computing
+                    if blob is not None:
+                        structures[uid] = blob
+                        sizes[uid] = writer.size
             except BaseException:
                 if uids:
                     # All or none (RFC 3502 6): take back what was added.
                     await folder.expunge(uids)
                 raise
+            keep_structures(session, folder, structures, sizes)
             status = await folder.status()
         finally:
             for writer in writers:
@@ -182,6 +219,26 @@ async def _content(session: IMAPServer, message: _Message, writers: list[Any]) -
                 await writer.write(await urls.fetch_url(session, part))
     await writer.finish()
     return writer
+
+
+def _structure(session: IMAPServer, writer: Any) -> defer.Deferred[bytes | None]:
+    """
+    The cached structure blob of the message in C{writer}, computed on the
+    store's worker pool from the bytes it holds in memory (taken now,
+    before the store takes the writer), or None: the message is only on
+    disk, or a bound cut its structure. Never fails: a blob is an
+    optimisation, and the message is stored either way.
+    """
+    data = held_bytes(writer)
+    if data is None:
+        return defer.succeed(None)
+    computing = session.factory.offThread(lambda: structurecache.compute(io.BytesIO(data)))
+
+    def failed(reason: Any) -> None:
+        _log.failure("imap structure at append not computed", reason, log_event=logevents.IMAP_INTERNAL_ERROR)
+        return None
+
+    return computing.addErrback(failed)
 
 
 async def room_for(session: IMAPServer, size: int, messages: int) -> None:

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 
 from mailapp import logevents
 from mailapp.errors import NoSuchMessage
-from mailapp.imap import binary, mime, preview, structurecache
+from mailapp.imap import binary, mime, partoffsets, preview, structurecache
 from mailapp.imap.commands.condstore import enable_condstore, parse_modseq, vanished_earlier
 from mailapp.imap.flags import RECENT, SEEN
 from mailapp.imap.policy import CHUNK_SIZE, FETCH_BATCH
@@ -57,7 +57,17 @@ if TYPE_CHECKING:
     from mailapp.imap.selected import SelectedFolder
     from mailapp.imap.session import IMAPServer
 
-__all__ = ["FetchItem", "fetch", "fetch_unsolicited", "load_structures", "parse_fetch_items", "structure_cut", "uid_fetch"]
+__all__ = [
+    "FetchItem",
+    "fetch",
+    "fetch_unsolicited",
+    "keep_structures",
+    "load_structures",
+    "parse_fetch_items",
+    "remember_structures",
+    "structure_cut",
+    "uid_fetch",
+]
 
 _log = Logger()
 
@@ -462,7 +472,12 @@ async def _fetchFromCache(
 
 
 async def load_structures(
-    session: IMAPServer, folder: Any, uids: list[int], wanted: int = structurecache.ALL_SECTIONS
+    session: IMAPServer,
+    folder: Any,
+    uids: list[int],
+    wanted: int = structurecache.ALL_SECTIONS,
+    read: dict[int, bytes] | None = None,
+    blobs: dict[int, bytes] | None = None,
 ) -> tuple[dict[int, structurecache.CachedStructure], set[int]]:
     """
     The cached structures of C{uids}: read from the index, and for those
@@ -470,10 +485,13 @@ async def load_structures(
     their files, a few at a time on a worker thread, and saved; only the
     C{wanted} sections (L{structurecache.decode}). Also the
     UIDs whose files are gone. A message whose structure a bound cut has
-    none (the caller reads its file).
+    none (the caller reads its file). C{read}: messages' bytes the caller
+    already has (L{_fetchMessages}), not read again to fill a structure;
+    C{blobs}: what the index (or L{_kept_blobs}) already gave for C{uids}.
     """
     found: dict[int, structurecache.CachedStructure] = {}
-    blobs = await folder.cachedStructures(uids, structurecache.STRUCTURE_VERSION)
+    if blobs is None:
+        blobs = await folder.cachedStructures(uids, structurecache.STRUCTURE_VERSION)
     for uid, blob in blobs.items():
         decoded = structurecache.decode(blob, wanted)
         if decoded is not None:
@@ -482,10 +500,13 @@ async def load_structures(
     gone: set[int] = set()
     for start in range(0, len(misses), _FILL_BATCH):
         chunk = misses[start : start + _FILL_BATCH]
+        known = read or {}
+        unread = [uid for uid in chunk if uid not in known]
         # Small messages in one store trip (gone or larger ones left out: opened one by one).
-        read = await folder.readMessages(chunk, SMALL_MESSAGE)
-        handles: list[IO[bytes] | None] = [io.BytesIO(read[uid]) if uid in read else None for uid in chunk]
-        rest = [index for index, uid in enumerate(chunk) if uid not in read]
+        if unread:
+            known = {**known, **(await folder.readMessages(unread, SMALL_MESSAGE))}
+        handles: list[IO[bytes] | None] = [io.BytesIO(known[uid]) if uid in known else None for uid in chunk]
+        rest = [index for index, uid in enumerate(chunk) if uid not in known]
         if rest:
             opened = await defer.gatherResults(
                 [folder.openMessage(chunk[index]).addErrback(lambda f: f.trap(NoSuchMessage) and None) for index in rest],
@@ -501,16 +522,41 @@ async def load_structures(
             if handle is None:
                 gone.add(uid)
             elif blob is not None:
-                decoded = structurecache.decode(blob)
+                decoded = structurecache.decode(blob, wanted)
                 if decoded is not None:
                     found[uid] = decoded
                     fresh[uid] = blob
-        if fresh:
-            # Not waited for: the answer does not depend on it (a failure only costs a later parse).
-            folder.saveStructures(fresh, structurecache.STRUCTURE_VERSION).addErrback(
-                lambda f: _log.failure("imap structure cache not saved", f, log_event=logevents.IMAP_INTERNAL_ERROR)
-            )
+        keep_structures(session, folder, fresh)
     return found, gone
+
+
+def keep_structures(session: IMAPServer, folder: Any, blobs: dict[int, bytes], sizes: dict[int, int] | None = None) -> None:
+    """
+    Keep freshly computed C{blobs} (UID -> blob): in this process's memory
+    at once (L{remember_structures}), and in the index by the store's
+    writer in its next batch, not waited for. The answer does not depend
+    on the save, and waiting would add a whole batch (its fsync) to the
+    command whenever the writer is busy; a failure only costs a later scan.
+    """
+    if not blobs:
+        return
+    remember_structures(session, folder, blobs, sizes)
+    folder.saveStructures(blobs, structurecache.STRUCTURE_VERSION).addErrback(
+        lambda f: _log.failure("imap structure cache not saved", f, log_event=logevents.IMAP_INTERNAL_ERROR)
+    )
+
+
+def _wanted_sections(items: list[FetchItem]) -> int:
+    """The sections of the cached structure the items use: the rendered ones, and the part tree for body sections."""
+    wanted = sum(_SECTIONS[i.kind] for i in items if i.kind in _SECTIONS)
+    if any(_needs_parts(i) for i in items):
+        wanted |= structurecache.PARTS
+    return wanted
+
+
+def _needs_parts(item: FetchItem) -> bool:
+    """Whether the item is a body section that needs to know where the message's parts are."""
+    return item.kind in ("BINARY", "BINARY.SIZE") or (item.kind == "SECTION" and item.section is not None and item.section.needs_structure())
 
 
 async def _fetchMessages(
@@ -525,13 +571,22 @@ async def _fetchMessages(
     The FETCH responses of C{positions} for items that need the messages'
     bytes; False if some message is gone. A small message (at most
     L{SMALL_MESSAGE}) is read whole, L{_SMALL_READ} of them in one store
-    trip, and scanned and decoded in one more for them all
-    (L{_prepare_all}); a larger one is opened and streamed by itself.
-    Under imaptest's stress a FETCH of twenty small messages took one
+    trip while their cached structures are read (from this process's
+    L{_kept_blobs}, else from the index in another trip at the same time);
+    a larger one is opened and streamed by itself. Under
+    imaptest's stress a FETCH of twenty small messages took one
     worker-thread round trip or three per message, 1.3 ms each.
+
+    A message whose cached structure has its part tree
+    (L{mailapp.imap.partoffsets}) has its sections cut from its bytes by
+    the tree: it is not scanned. One without (none yet: it is computed from
+    the bytes read and saved, L{load_structures}; or a bound cut its
+    structure) is scanned, on a worker thread with the other messages'
+    BINARY decoding (L{_prepare_all}).
     """
     complete = True
     info = selected.info
+    wanted = _wanted_sections(items)
     start = 0
     while start < len(positions):
         if not selected.active:
@@ -552,8 +607,15 @@ async def _fetchMessages(
             chunk = [position]
         else:
             uids = [selected.uids[p] for p in chunk]
-            read = await selected.folder.readMessages(uids, SMALL_MESSAGE)
-            chunk_prepared = await session.factory.offThread(_prepare_all, read, uids, items, _scan_key(session, selected.folder))
+            folder = selected.folder
+            # Both reads at once, on two of the store's threads.
+            reading = folder.readMessages(uids, SMALL_MESSAGE)
+            kept = defer.Deferred.fromCoroutine(_kept_blobs(session, folder, uids)) if wanted else defer.succeed({})
+            read, blobs = await reading, await kept
+            cached: dict[int, structurecache.CachedStructure] = {}
+            if wanted:
+                cached, _ = await load_structures(session, folder, [uid for uid in uids if uid in read], wanted, read, blobs)
+            chunk_prepared = await _prepare_chunk(session, read, uids, items, cached)
         for position, prepared in zip(chunk, chunk_prepared):
             if position >= len(selected.uids) or not selected.active:
                 break
@@ -566,15 +628,47 @@ async def _fetchMessages(
     return complete
 
 
+async def _prepare_chunk(
+    session: IMAPServer, read: dict[int, bytes], uids: list[int], items: list[FetchItem], cached: dict[int, structurecache.CachedStructure]
+) -> list[_Prepared | None]:
+    """
+    L{_prepare_all} for a chunk of small messages read whole: on a worker
+    thread when a message must be scanned or a BINARY part decoded, and
+    at once when every part tree is cached and nothing is to be decoded
+    (the common case: a trip to a thread for nothing costs more than
+    cutting a few sections).
+    """
+    parts_needed = any(_needs_parts(i) for i in items)
+    trees: dict[int, mime.PartTree] = {}
+    if parts_needed:
+        for uid, structure in cached.items():
+            tree = structurecache.parts(structure)
+            if tree is not None:
+                trees[uid] = tree
+    rendered = any(i.kind in _SECTIONS for i in items)
+    scans = {uid for uid in uids if uid in read and ((parts_needed and uid not in trees) or (rendered and uid not in cached))}
+    decodes = any(i.kind in ("BINARY", "BINARY.SIZE") for i in items)
+    if scans or decodes:
+        where = _scan_key(session, session.selected.folder) if session.selected is not None else ()
+        prepared: list[_Prepared | None] = await session.factory.offThread(_prepare_all, read, uids, items, where, trees, scans)
+    else:
+        prepared = [_Prepared(io.BytesIO(read[uid]), tree=trees.get(uid)) if uid in read else None for uid in uids]
+    for uid, entry in zip(uids, prepared):
+        if entry is not None:
+            entry.cached = cached.get(uid)
+    return prepared
+
+
 class _ScannedStructures:
     """
-    The MIME structures L{_prepare_all} scanned, shared by every session
-    of this process, least recently used first out: a message's bytes never
+    The MIME structures scanned for FETCH, shared by every session of
+    this process, least recently used first out: a message's bytes never
     change under its (account, folder, UIDVALIDITY, UID), so a structure
-    scanned for one client serves the next. Under imaptest's stress ten
-    sessions FETCH the same new messages' header fields and ENVELOPE, and
-    scanning them again was a fifth of the server's Python time. Parts are
-    only read once scanned, so sharing them across threads is safe.
+    scanned for one client serves the next until the structure cache in
+    the index has it (its blob is saved without being waited for), and
+    for good for a message whose structure cannot be cached (a bound cut
+    it, or its blob is too big). Parts are only read once scanned, so
+    sharing them across threads is safe.
     """
 
     def __init__(self, size: int = 2048) -> None:
@@ -599,12 +693,111 @@ class _ScannedStructures:
 _scanned = _ScannedStructures()
 
 
+class _KeptBlobs:
+    """
+    The cached structure blobs this process read from the index or
+    computed, by (account, folder, UIDVALIDITY, UID), least recently used
+    first out, at most C{size} bytes of them: a blob never changes under
+    its key (a UID is never reused in a folder of one UIDVALIDITY), so
+    sessions of one process read each one from the index once. Under
+    imaptest's stress ten sessions FETCH the same new messages' sections,
+    and reading a small message's blob from SQLite for each FETCH took as
+    much of the GIL as the scan it replaced. One per store object (every
+    listener of the process shares it; a test's store has its own), as
+    \\Recent's markers are. Reactor thread only.
+    """
+
+    def __init__(self, size: int = 8 * 1024 * 1024) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[Any, ...], blob: bytes) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old)
+        self._items[key] = blob
+        self._bytes += len(blob)
+        while self._bytes > self.size and self._items:
+            _, dropped = self._items.popitem(last=False)
+            self._bytes -= len(dropped)
+
+
+def _kept(session: IMAPServer) -> _KeptBlobs:
+    kept: _KeptBlobs | None = getattr(session.store, "_imapKeptStructures", None)
+    if kept is None:
+        kept = _KeptBlobs()
+        try:
+            session.store._imapKeptStructures = kept
+        except AttributeError:  # pragma: no cover - a store that takes no attributes: kept for this call only
+            pass
+    return kept
+
+
+async def _kept_blobs(session: IMAPServer, folder: Any, uids: list[int]) -> dict[int, bytes]:
+    """
+    The cached structure blobs of C{uids} (of this version): those this
+    process holds (L{_kept}, for the selected folder), the rest in one
+    read of the index, kept for the next FETCH. What the body sections'
+    FETCHes read; ENVELOPE, SEARCH and SORT read the index each time, a
+    thousand blobs a trip, so that a blob damaged there is noticed and
+    replaced at once.
+    """
+    where = _scan_key(session, folder)
+    found: dict[int, bytes] = {}
+    if where:
+        kept = _kept(session)
+        info = session.selected.info if session.selected is not None else {}
+        for uid in uids:
+            entry = info.get(uid)
+            blob = kept.get((*where, uid, entry.size)) if entry is not None else None
+            if blob is not None:
+                found[uid] = blob
+    rest = [uid for uid in uids if uid not in found] if found else uids
+    if rest:
+        read = await folder.cachedStructures(rest, structurecache.STRUCTURE_VERSION)
+        found.update(read)
+        remember_structures(session, folder, read)
+    return found
+
+
+def remember_structures(session: IMAPServer, folder: Any, blobs: dict[int, bytes], sizes: dict[int, int] | None = None) -> None:
+    """
+    Keep C{blobs} (UID -> blob, of this version) for this process's next
+    FETCHes, when C{folder} is the selected one, under their messages'
+    sizes too (as L{_scanned} keys its scans: a second guard besides the
+    UIDVALIDITY against a folder made again under the same name): from
+    C{sizes}, or the view's for messages it lists.
+    """
+    where = _scan_key(session, folder)
+    if not where or not blobs or session.selected is None:
+        return
+    kept = _kept(session)
+    info = session.selected.info
+    for uid, blob in blobs.items():
+        entry = info.get(uid)
+        size = sizes.get(uid) if sizes is not None and uid in sizes else (entry.size if entry is not None else None)
+        if size is not None:
+            kept.put((*where, uid, size), blob)
+
+
 @dataclass
 class _Prepared:
-    """A small message read whole, with what its FETCH needs computed off the reactor (L{_prepare_all})."""
+    """A message's bytes (or open file), with what its FETCH needs found before its response is written."""
 
     handle: IO[bytes]
+    #: Its structure as scanned (when it had to be: no cached structure, or no part tree in it).
     scanned: mime.Structure | None = None
+    #: Its part tree: the cached one, else the scanned root.
+    tree: mime.PartTree | None = None
+    #: Its cached structure, with the sections the items use.
+    cached: structurecache.CachedStructure | None = None
     #: Item index -> a BINARY item's decoded content.
     decoded: dict[int, bytes] | None = None
     #: BINARY met an encoding it does not know (raised where the response is made, in order).
@@ -612,15 +805,23 @@ class _Prepared:
 
 
 def _prepare_all(
-    read: dict[int, bytes], uids: list[int], items: list[FetchItem], where: tuple[Any, ...] = ()
+    read: dict[int, bytes],
+    uids: list[int],
+    items: list[FetchItem],
+    where: tuple[Any, ...] = (),
+    trees: dict[int, mime.PartTree] | None = None,
+    scans: set[int] | None = None,
 ) -> list[_Prepared | None]:
     """
     Worker thread: each message of C{uids} (its bytes in C{read}) with its
-    structure scanned (or found in L{_scanned}, by C{where} (account,
-    folder, UIDVALIDITY) and UID) and BINARY parts decoded, when the items
-    need them. None for one C{read} left out (gone, or larger than read
-    whole after all): its own trip says which, and streams it.
+    part tree, cached (C{trees}), or scanned for those in C{scans} (all
+    without a tree when None; found in L{_scanned} when it has them, by
+    C{where} (account, folder, UIDVALIDITY) and UID), and BINARY parts
+    decoded, when the items need them. None for one C{read} left out
+    (gone, or larger than read whole after all): its own trip says which,
+    and streams it.
     """
+    trees = trees or {}
     wants_structure = any(i.needs_structure or i.kind in ("PREVIEW", "THREADID") for i in items)
     prepared: list[_Prepared | None] = []
     for uid in uids:
@@ -628,21 +829,24 @@ def _prepare_all(
         if data is None:
             prepared.append(None)
             continue
-        entry = _Prepared(io.BytesIO(data))
+        entry = _Prepared(io.BytesIO(data), tree=trees.get(uid))
         if wants_structure:
-            key = (*where, uid, len(data))
-            scanned = _scanned.get(key) if where else None
-            if scanned is None:
-                scanned = _scan(entry.handle)
-                if where:
-                    _scanned.put(key, scanned)
-            entry.scanned = scanned
+            if (entry.tree is None) if scans is None else (uid in scans):
+                key = (*where, uid, len(data))
+                scanned = _scanned.get(key) if where else None
+                if scanned is None:
+                    scanned = _scan(entry.handle)
+                    if where:
+                        _scanned.put(key, scanned)
+                entry.scanned = scanned
+                if entry.tree is None:
+                    entry.tree = scanned.root
             decoded: dict[int, bytes] = {}
             try:
                 for index, item in enumerate(items):
                     if item.kind in ("BINARY", "BINARY.SIZE"):
-                        assert item.section is not None
-                        decoded[index] = _decoded(entry.handle, entry.scanned.root, item.section.parts)
+                        assert item.section is not None and entry.tree is not None
+                        decoded[index] = _decoded(entry.handle, entry.tree, item.section.parts)
             except binary.UnknownEncoding:
                 entry.unknown_encoding = True
             entry.decoded = decoded
@@ -658,17 +862,20 @@ async def _fetchOne(
     origins: dict[int, MessageOrigin],
     prepared: _Prepared | None = None,
 ) -> bool:
-    """One message's FETCH response, its bodies streamed from the file (or from C{prepared}, in memory); False if it is gone."""
+    """
+    One message's FETCH response, its bodies streamed from the file (or
+    from C{prepared}, in memory), its sections found by its cached part
+    tree when it has one, else by scanning it; False if it is gone.
+    """
     uid = selected.uids[position]
     entry = selected.info[uid]
-    cached: structurecache.CachedStructure | None = None
-    wanted = sum(_SECTIONS[i.kind] for i in items if i.kind in ("PREVIEW", "THREADID"))
-    if wanted:
-        # From the cache (filled now if need be), as the other paths answer them.
-        found, gone = await load_structures(session, selected.folder, [uid], wanted)
-        if uid in gone:
-            return False
-        cached = found.get(uid)
+    wanted = _wanted_sections(items)
+    cached = prepared.cached if prepared is not None else None
+    scanned = prepared.scanned if prepared is not None else None
+    if prepared is None and wanted:
+        # From the cache, as the other paths answer them (filled below from the file opened here).
+        kept = await _kept_blobs(session, selected.folder, [uid])
+        cached = structurecache.decode(kept[uid], wanted) if uid in kept else None
     if prepared is not None:
         handle = prepared.handle
     else:
@@ -677,25 +884,36 @@ async def _fetchOne(
         except NoSuchMessage:
             return False
     try:
-        structure: mime.Part | None = None
-        if any(i.needs_structure for i in items) or (wanted and cached is None):
-            scanned = prepared.scanned if prepared is not None else None
-            if scanned is None:
-                scanned = await session.factory.offThread(_scan, handle)
-            structure = scanned.root
+        if prepared is None and wanted and cached is None:
+            # A large message without a cached structure yet: scanned once, and its blob saved for the next FETCH.
+            scan_key = _scan_key(session, selected.folder)
+            blob, scanned = await session.factory.offThread(_compute_open, handle, (*scan_key, uid) if scan_key else None)
+            if blob is not None:
+                cached = structurecache.decode(blob, wanted)
+                keep_structures(session, selected.folder, {uid: blob})
+        tree = prepared.tree if prepared is not None else None
+        parts_needed = any(_needs_parts(i) for i in items)
+        if parts_needed and tree is None and cached is not None:
+            tree = structurecache.parts(cached)
+        rendered = any(i.kind in _SECTIONS for i in items)
+        if scanned is None and ((parts_needed and tree is None) or (rendered and cached is None)):
+            scanned = await session.factory.offThread(_scan, handle)
+        if scanned is not None:
+            if tree is None:
+                tree = scanned.root
             if scanned.cut:
                 structure_cut(uid)
-        size = structure.end if structure is not None else None
+        size = tree.end if tree is not None else None
         decoded: dict[int, bytes] = {}
         if prepared is not None and prepared.unknown_encoding:
             raise binary.UnknownEncoding()
         for index, item in enumerate(items):
             if item.kind in ("BINARY", "BINARY.SIZE"):
-                assert structure is not None and item.section is not None
+                assert tree is not None and item.section is not None
                 if prepared is not None and prepared.decoded is not None and index in prepared.decoded:
                     decoded[index] = prepared.decoded[index]
                 else:
-                    decoded[index] = await session.factory.offThread(_decoded, handle, structure, item.section.parts)
+                    decoded[index] = await session.factory.offThread(_decoded, handle, tree, item.section.parts)
         out = [b"* %d FETCH (" % (position + 1)]
         first = True
         for index, item in enumerate(items):
@@ -704,17 +922,13 @@ async def _fetchOne(
             first = False
             if item.kind in _FROM_INDEX:
                 out.append(_simpleItem(item, uid, entry, uid in selected.recent, origins))
+            elif item.kind in _CACHED_ITEM and cached is not None:
+                out.append(cached[_CACHED_ITEM[item.kind]])
             elif item.kind in ("PREVIEW", "THREADID"):
-                out.append(cached[_CACHED_ITEM[item.kind]] if cached is not None else await _uncached(session, handle, structure, item.kind))
-            elif item.kind == "ENVELOPE":
-                assert structure is not None  # the item needs_structure
-                out.append(b"ENVELOPE " + format_value(mime.envelope(structure)))
-            elif item.kind == "BODYSTRUCTURE":
-                assert structure is not None
-                out.append(b"BODYSTRUCTURE " + format_value(mime.body_structure(structure, True)))
-            elif item.kind == "BODY":
-                assert structure is not None
-                out.append(b"BODY " + format_value(mime.body_structure(structure, False)))
+                out.append(await _uncached(session, handle, scanned.root if scanned is not None else None, item.kind))
+            elif item.kind in ("ENVELOPE", "BODYSTRUCTURE", "BODY"):
+                assert scanned is not None  # scanned above when there is no cached structure
+                out.append(_rendered(scanned.root, item.kind))
             elif item.kind == "BINARY.SIZE":
                 out.append(item.label + b" %d" % len(decoded[index]))
             elif item.kind == "BINARY":
@@ -726,8 +940,9 @@ async def _fetchOne(
             else:
                 assert item.section is not None
                 where: Any
-                if structure is not None:
-                    where = mime.resolve(structure, item.section)
+                if item.section.needs_structure():
+                    assert tree is not None
+                    where = await _section(session, handle, tree, item.section)
                 else:
                     if size is None:
                         size = await session.factory.offThread(_file_size, handle)
@@ -754,6 +969,35 @@ async def _fetchOne(
     if session.flow.paused:
         await session.flow.wait()
     return True
+
+
+def _rendered(root: mime.Part, kind: str) -> bytes:
+    """ENVELOPE, BODYSTRUCTURE or BODY of a scanned message, as sent (what the cached structure keeps rendered)."""
+    if kind == "ENVELOPE":
+        return b"ENVELOPE " + format_value(mime.envelope(root))
+    if kind == "BODYSTRUCTURE":
+        return b"BODYSTRUCTURE " + format_value(mime.body_structure(root, True))
+    return b"BODY " + format_value(mime.body_structure(root, False))
+
+
+async def _section(session: IMAPServer, handle: IO[bytes], tree: mime.PartTree, section: mime.Section) -> tuple[int, int] | bytes | None:
+    """
+    Where a section's bytes are (L{mime.where}), with HEADER.FIELDS
+    answered: from a scanned part's header block, or from the bytes of
+    the header a cached tree points at (read from the file).
+    """
+    found = mime.where(tree, section)
+    if found is None or isinstance(found, tuple):
+        return found
+    negate = section.specifier.endswith(".NOT")
+    if isinstance(found, mime.Part):
+        return mime.header_fields(found.header, section.fields, negate)
+    assert isinstance(found, partoffsets.PartOffsets)
+    if isinstance(handle, io.BytesIO):
+        block = handle.getbuffer()[found.start : found.header_end].tobytes()
+    else:
+        block = await session.factory.offThread(_read_at, handle, found.start, found.header_end - found.start)
+    return mime.header_fields(block, section.fields, negate)
 
 
 async def _stream(session: IMAPServer, handle: IO[bytes], offset: int, length: int) -> None:
@@ -809,15 +1053,25 @@ def _compute_all(handles: list[IO[bytes] | None], keys: list[tuple[Any, ...]] | 
             blobs.append(None)
             continue
         with handle:
-            scanned = None
-            if keys is not None:
-                key = (*keys[index], handle.seek(0, os.SEEK_END))
-                scanned = _scanned.get(key)
-                if scanned is None:
-                    scanned = _scan(handle)
-                    _scanned.put(key, scanned)
-            blobs.append(structurecache.compute(handle, scanned))
+            blobs.append(_compute_open(handle, keys[index] if keys is not None else None)[0])
     return blobs
+
+
+def _compute_open(handle: IO[bytes], key: tuple[Any, ...] | None) -> tuple[bytes | None, mime.Structure]:
+    """
+    One open message's structure blob (None when a bound cut its
+    structure) and its scanned structure, shared through L{_scanned} by
+    C{key} (as L{_compute_all}); the handle stays open.
+    """
+    scanned = None
+    if key is not None:
+        key = (*key, handle.seek(0, os.SEEK_END))
+        scanned = _scanned.get(key)
+    if scanned is None:
+        scanned = _scan(handle)
+        if key is not None:
+            _scanned.put(key, scanned)
+    return structurecache.compute(handle, scanned), scanned
 
 
 def _scan_key(session: IMAPServer, folder: Any) -> tuple[Any, ...]:
@@ -839,9 +1093,9 @@ def structure_cut(uid: int) -> None:
     )
 
 
-def _decoded(handle: IO[bytes], root: mime.Part, parts: tuple[int, ...]) -> bytes:
+def _decoded(handle: IO[bytes], root: mime.PartTree, parts: tuple[int, ...]) -> bytes:
     """A part's content, its transfer encoding undone (the whole message as it is for C{()})."""
-    part = binary.part_at(root, parts)
+    part = mime.locate(root, parts)
     if part is None:
         return b""
     if not parts:
@@ -851,7 +1105,7 @@ def _decoded(handle: IO[bytes], root: mime.Part, parts: tuple[int, ...]) -> byte
     body = handle.read(part.end - part.body_start)
     if part.message is not None or part.children:
         return body
-    return binary.decode(body, binary.encoding_of(part))
+    return binary.decode(body, part.encoding)
 
 
 def _file_size(handle: IO[bytes]) -> int:
