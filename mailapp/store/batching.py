@@ -54,7 +54,8 @@ class BatchRunner(Generic[Job]):
     (at most two batches in flight). C{prepare} must touch only its own
     jobs' data, never what C{run} serializes (locks, UIDs, indexes); if it
     raises, every job of its batch fails with that, in its turn, and C{run}
-    is not called for it.
+    is not called for it. A batch none of whose jobs C{needs_prepare}
+    skips the stage (and its trip to a thread).
     """
 
     #: Batches in flight at most with a C{prepare} stage: one preparing while one runs.
@@ -66,11 +67,13 @@ class BatchRunner(Generic[Job]):
         threadpool: Any,
         run: Callable[[list[Job]], list[Any]],
         prepare: Callable[[list[Job]], None] | None = None,
+        needs_prepare: Callable[[Job], bool] = lambda job: True,
     ) -> None:
         self._reactor = reactor
         self._threadpool = threadpool
         self._run = run
         self._prepare = prepare
+        self._needs_prepare = needs_prepare
         self._pending: list[tuple[Job, Deferred[Any]]] = []
         #: The batches formed and not yet answered, oldest first.
         self._inflight: deque[_Batch[Job]] = deque()
@@ -107,8 +110,8 @@ class BatchRunner(Generic[Job]):
         self._pending = []
         self._inflight.append(batch)
         self.batches += 1
-        if self._prepare is None:
-            batch.prepared = True
+        if self._prepare is None or not any(self._needs_prepare(job) for job in batch.jobs):
+            batch.prepared = True  # nothing to prepare: no trip to a thread and back
             return
 
         def prepared(outcome: object) -> None:

@@ -108,9 +108,18 @@ class GroupCommitter(BatchRunner[Any]):
 
     def __init__(self, reactor: Any, threadpool: Any, batch_sync: bool = False) -> None:
         super().__init__(
-            reactor, threadpool, lambda jobs: _run_batch(jobs, batch_sync), prepare=lambda jobs: _prepare_batch(jobs, batch_sync)
+            reactor,
+            threadpool,
+            lambda jobs: _run_batch(jobs, batch_sync),
+            prepare=lambda jobs: _prepare_batch(jobs, batch_sync),
+            needs_prepare=_needs_prepare,
         )
         self.batch_sync = batch_sync
+
+
+def _needs_prepare(job: _Delivery | _Call) -> bool:
+    """A delivery whose file is still to write or to sync (a flag change, an expunge, a copy has nothing to prepare)."""
+    return isinstance(job, _Delivery) and (job.data is not None or not job.synced)
 
 
 def _prepare_batch(jobs: list[_Delivery | _Call], batch_sync: bool) -> None:

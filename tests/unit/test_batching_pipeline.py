@@ -203,17 +203,25 @@ class CommitterPipelineTests(TestCase):
         self.assertEqual(self.indexed_uids(), [1, 2])
         self.assertEqual(sorted(path.name for path in self.spool.iterdir()), [])
 
-    def test_a_change_queued_behind_a_prepared_batch_runs_after_the_batch_before_it(self) -> None:
+    def test_a_change_queued_while_a_batch_commits_runs_after_it_and_before_the_next_delivery(self) -> None:
         order: list[str] = []
         self.committer.submit(self.delivery("first")).addCallback(lambda _: order.append("first delivered"))
         self.pool.finish()
         self.committer.submit(_Call(lambda: order.append("call ran"), ()))
         self.committer.submit(self.delivery("second")).addCallback(lambda _: order.append("second delivered"))
-        self.pool.finish(1)  # the second batch's prepare: the call is not run there
+        self.assertEqual(len(self.pool.waiting), 1)  # the first batch's commit: the call waits for it
         self.assertEqual(order, [])
         self.drain()
         self.assertEqual(order, ["first delivered", "call ran", "second delivered"])
         self.assertEqual(self.indexed_uids(), [1, 2])
+
+    def test_a_batch_of_changes_alone_goes_straight_to_its_commit_stage(self) -> None:
+        ran: list[str] = []
+        self.committer.submit(_Call(lambda: ran.append("flags"), ()))
+        self.assertEqual(len(self.pool.waiting), 1)
+        self.pool.finish()  # the first trip to a thread is the commit stage itself
+        self.assertEqual(ran, ["flags"])
+        self.assertEqual(self.pool.waiting, [])
 
     def test_a_prepare_error_reaches_only_its_own_job(self) -> None:
         self.committer.submit(self.delivery("first"))
