@@ -79,11 +79,13 @@ def _install_sieve(state_dir: Path) -> None:
 
 
 def smtp_workload(
-    messages: int, size: int, concurrency: int, per_connection: int, extra: str = "", scanner: Any = None, sieve: bool = False
+    messages: int, size: int, concurrency: int, per_connection: int, extra: str = "", scanner: Any = None, sieve: bool = False,
+    with_postfix: bool = False,
 ) -> Callable[[Path, float], dict[str, Any]]:
     """
     C{extra}: more of the server's config (``[spam]``, with ``--rspamd``); C{scanner}: the rspamd whose CPU is counted;
-    C{sieve}: every recipient has L{SIEVE_20_RULES} active.
+    C{sieve}: every recipient has L{SIEVE_20_RULES} active; C{with_postfix}: the same load against Postfix after
+    mailapp's, in the same run (L{_against_postfix}).
     """
 
     def run(workdir: Path, timeout: float) -> dict[str, Any]:
@@ -98,10 +100,49 @@ def smtp_workload(
             result["server_peak_rss_mb"] = server.peak_rss_bytes() / 2**20
         finally:
             server.stop()
+        if with_postfix:
+            result.update(_against_postfix(result, messages, size, concurrency, per_connection, timeout))
         result["_cleanup"] = server
         return result
 
     return run
+
+
+#: The SMTP figures compared with Postfix's, and how the line labels them.
+POSTFIX_ROWS = [("messages_per_second", "msg/s", "{:.0f}"), ("megabytes_per_second", "MB/s", "{:.1f}")]
+
+
+def _against_postfix(ours: dict[str, Any], messages: int, size: int, concurrency: int, per_connection: int, timeout: float) -> dict[str, Any]:
+    """
+    The same generator against a private Postfix (L{bench.postfix_peer}),
+    right after mailapp in the same run, until every message is a file in a
+    ``new/``; Postfix's figures and the ratios (mailapp's over Postfix's:
+    above 1 is faster). Skipped, with the reason, where Postfix cannot run.
+    """
+    from bench.postfix_peer import PostfixPeer, unavailable
+
+    reason = unavailable()
+    if reason is not None:
+        print(f"  (no Postfix side by side: {reason}; --no-postfix skips it)")
+        return {}
+    peer = PostfixPeer(USERS)
+    try:
+        peer.start()
+        cpu = peer.cpu_seconds()
+        theirs = run_generator(peer.port, messages, size, concurrency, per_connection, [peer.maildir_new(u) for u in USERS], timeout)
+        theirs["cpu_ms_per_message"] = (peer.cpu_seconds() - cpu) * 1000 / messages
+        version = peer.version()
+    finally:
+        peer.stop()
+        os.sync()  # the instance's files were just removed: their writeback is not the next run's to pay
+    figures: dict[str, Any] = {"postfix_version": version, "postfix_cpu_ms_per_message": theirs["cpu_ms_per_message"]}
+    line = []
+    for key, label, fmt in POSTFIX_ROWS:
+        figures[f"postfix_{key}"] = theirs[key]
+        figures[f"postfix_ratio_{key}"] = ours[key] / max(theirs[key], 1e-9)
+        line.append(f"{label} mailapp {fmt.format(ours[key])} postfix {fmt.format(theirs[key])} ratio {figures[f'postfix_ratio_{key}']:.2f}")
+    print("  " + ";  ".join(line))
+    return figures
 
 
 def null_sink_workload(messages: int, size: int, concurrency: int, per_connection: int) -> Callable[[Path, float], dict[str, Any]]:
@@ -396,14 +437,26 @@ def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, 
     n, big = args.messages, args.large_messages
     spam, rspamd = getattr(args, "spam_extra", ""), getattr(args, "rspamd_process", None)
     scanned = " (scanned by rspamd)" if spam else ""
+    # Postfix scans nothing: beside a scanned mailapp its figure would compare two different jobs.
+    postfix = not args.no_postfix and not spam
+    peer = "; Postfix side by side when installed" if postfix else ""
     return {
-        "smtp-4k": (f"SMTP ingest, {n} x 4 KiB, {args.concurrency} connections, 50 per connection{scanned}", smtp_workload(n, 4096, args.concurrency, 50, spam, rspamd)),
+        "smtp-4k": (
+            f"SMTP ingest, {n} x 4 KiB, {args.concurrency} connections, 50 per connection{scanned}{peer}",
+            smtp_workload(n, 4096, args.concurrency, 50, spam, rspamd, with_postfix=postfix),
+        ),
         "smtp-4k-sieve": (
             f"SMTP ingest, {n} x 4 KiB, {args.concurrency} connections, 50 per connection, each of the 10 recipients with a 20-rule Sieve script",
             smtp_workload(n, 4096, args.concurrency, 50, spam, rspamd, sieve=True),
         ),
-        "smtp-4k-single": (f"SMTP ingest, {n // 5} x 4 KiB, {args.concurrency} connections, 1 per connection{scanned}", smtp_workload(n // 5, 4096, args.concurrency, 1, spam, rspamd)),
-        "smtp-100k": (f"SMTP ingest, {big} x 100 KiB, {args.concurrency} connections, 10 per connection{scanned}", smtp_workload(big, 100 * 1024, args.concurrency, 10, spam, rspamd)),
+        "smtp-4k-single": (
+            f"SMTP ingest, {n // 5} x 4 KiB, {args.concurrency} connections, 1 per connection{scanned}{peer}",
+            smtp_workload(n // 5, 4096, args.concurrency, 1, spam, rspamd, with_postfix=postfix),
+        ),
+        "smtp-100k": (
+            f"SMTP ingest, {big} x 100 KiB, {args.concurrency} connections, 10 per connection{scanned}{peer}",
+            smtp_workload(big, 100 * 1024, args.concurrency, 10, spam, rspamd, with_postfix=postfix),
+        ),
         "pop3": (f"POP3, one session over {args.pop3_messages} x 4 KiB: STAT, LIST, UIDL, RETR of each, then RETR of each pipelined; Dovecot 2.3 side by side when installed", pop3_workload(args.pop3_messages, not args.no_dovecot)),
         "imap": (f"IMAP, one INBOX of {args.imap_messages} x 4 KiB: LOGIN+SELECT, UID FETCH 1:* (UID FLAGS), FETCH {args.imap_bodies} BODY.PEEK[], SEARCH SUBJECT, IDLE push x {args.imap_pushes}", imap_workload(args.imap_messages, args.imap_bodies, args.imap_pushes)),
         "imap-10k": (
@@ -429,7 +482,10 @@ def workloads(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[Path, 
 FIGURES = [
     ("messages_per_second", "msg/s", "{:.0f}"),
     ("megabytes_per_second", "MB/s", "{:.1f}"),
+    *[(f"postfix_{key}", f"postfix {label}", fmt) for key, label, fmt in POSTFIX_ROWS],
+    *[(f"postfix_ratio_{key}", f"ratio {label}", "{:.2f}") for key, label, _ in POSTFIX_ROWS],
     ("server_cpu_ms_per_message", "srv CPU ms/msg", "{:.2f}"),
+    ("postfix_cpu_ms_per_message", "postfix CPU ms/msg", "{:.2f}"),
     ("rspamd_cpu_ms_per_message", "rspamd CPU ms/msg", "{:.2f}"),
     ("server_peak_rss_mb", "srv peak RSS MiB", "{:.0f}"),
     ("generator_cpu_seconds", "gen CPU s", "{:.2f}"),
@@ -518,6 +574,10 @@ def main() -> int:
     parser.add_argument("--imap-pushes", type=int, default=100, help="messages delivered during IDLE, one at a time (default 100)")
     parser.add_argument("--imap10k-messages", type=int, default=10_000, help="messages in the imap-10k INBOX (default 10000)")
     parser.add_argument("--no-dovecot", action="store_true", help="imap-10k, pop3: mailapp alone, even when /usr/sbin/dovecot exists")
+    parser.add_argument(
+        "--no-postfix", action="store_true",
+        help="smtp-4k, smtp-4k-single, smtp-100k: mailapp alone, even when Postfix is installed (it needs root)",
+    )
     parser.add_argument("--idle-connections", type=int, default=2000, help="IMAP connections in IDLE at once (default 2000; up to 10000)")
     parser.add_argument("--idle-users", type=int, default=100, help="users those connections log in as (one argon2id check each; default 100)")
     parser.add_argument("--relay-messages", type=int, default=1000, help="entries in A's queue (default 1000)")

@@ -33,6 +33,7 @@ __all__ = ["PostfixProcess"]
 _TIMEOUT = 10.0
 
 #: The daemons a private instance needs, none chrooted; the smtpd line is added with its port.
+#: (``virtual`` is for ``make bench``'s SMTP peer, which delivers to Maildirs: bench/postfix_peer.py.)
 _MASTER = """\
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
@@ -51,6 +52,7 @@ error     unix  -       -       n       -       -       error
 retry     unix  -       -       n       -       -       error
 discard   unix  -       -       n       -       -       discard
 lmtp      unix  -       -       n       -       -       lmtp
+virtual   unix  -       n       n       -       -       virtual
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd

@@ -16,6 +16,14 @@ Deliveries that arrive while a batch runs wait for the next one, so many
 concurrent deliveries share each sync and each index commit (group commit).
 Other changes (flags, expunges, folder operations) are calls that run in
 the batch, in order.
+
+Step 1 touches only the batch's own spool files, so it is the batch's
+C{prepare} stage (L{mailapp.store.batching}): it runs while the batch
+before is still in steps 2 and 3, which stay strictly serial, batch after
+batch, with every call; no mailbox lock, UID or index row is ever taken
+outside them. A job's Deferred fires after its own batch's commit and
+after every earlier batch's, so no 250 goes out before its own data and
+names are durable, and UIDs become visible in the order they were given.
 """
 
 from __future__ import annotations
@@ -78,6 +86,9 @@ class _Delivery:
     #: may have renamed it since the caller last read the index.
     stored: tuple[Path, str, int] | None = None
     uids: list[int | None] = field(default_factory=list)
+    #: Step 1 ran for this job (in the batch's prepare stage); what stopped it, if anything.
+    prepared: bool = False
+    prepare_error: BaseException | None = None
 
 
 @dataclass
@@ -90,22 +101,48 @@ class _Call:
 
 class GroupCommitter(BatchRunner[Any]):
     """
-    Runs store changes one batch at a time on a worker thread; see the module
-    docstring. (A two-stage pipeline, preparing one batch while the previous
-    one commits, measured no faster on this machine type, so it is not here.)
+    Runs store changes in batches on worker threads, the next batch's data
+    written and synced while the previous batch commits; see the module
+    docstring.
     """
 
     def __init__(self, reactor: Any, threadpool: Any, batch_sync: bool = False) -> None:
-        super().__init__(reactor, threadpool, lambda jobs: _run_batch(jobs, batch_sync))
+        super().__init__(
+            reactor,
+            threadpool,
+            lambda jobs: _run_batch(jobs, batch_sync),
+            prepare=lambda jobs: _prepare_batch(jobs, batch_sync),
+            needs_prepare=_needs_prepare,
+        )
         self.batch_sync = batch_sync
+
+
+def _needs_prepare(job: _Delivery | _Call) -> bool:
+    """A delivery whose file is still to write or to sync (a flag change, an expunge, a copy has nothing to prepare)."""
+    return isinstance(job, _Delivery) and (job.data is not None or not job.synced)
+
+
+def _prepare_batch(jobs: list[_Delivery | _Call], batch_sync: bool) -> None:
+    """Worker thread, the batch's prepare stage: step 1 for all its deliveries at once (one sync for the batch)."""
+    deliveries = [job for job in jobs if isinstance(job, _Delivery)]
+    if deliveries:
+        _prepare_deliveries(deliveries, batch_sync)
 
 
 def _prepare_deliveries(jobs: list[_Delivery], batch_sync: bool) -> list[BaseException | None]:
     """
     Worker thread, stage 1: write the files of messages kept in memory and
     make the data of every unsynced file durable. Returns, per job, None or
-    the error that stops it (its file is then removed).
+    the error that stops it (its file is then removed). A job already
+    prepared (by the batch's prepare stage) is not done again: its outcome
+    then is what it was.
     """
+    done = [job for job in jobs if job.prepared]
+    if done:
+        rest = [job for job in jobs if not job.prepared]
+        if rest:
+            _prepare_deliveries(rest, batch_sync)
+        return [job.prepare_error for job in jobs]
     errors: list[BaseException | None] = [None] * len(jobs)
     for number, job in enumerate(jobs):
         if job.data is not None:
@@ -133,6 +170,9 @@ def _prepare_deliveries(jobs: list[_Delivery], batch_sync: bool) -> list[BaseExc
             if not isinstance(errors[number], StoreError):
                 _log.error("store.delivery_failed {error!r}", error=errors[number])
                 errors[number] = durable.store_error_for(errors[number])  # type: ignore[arg-type]
+    for job, error in zip(jobs, errors):
+        job.prepared = True
+        job.prepare_error = error
     return errors
 
 
