@@ -1,7 +1,7 @@
 """
 The IMAP listener: L{IMAPFactory} builds one session per connection and
-keeps what the sessions of a process share (the \\Recent markers, shared
-reads of new mail), and L{buildFactory} is the builder the service
+keeps what the sessions of a process share (the \\Recent claims this
+process made, shared reads of new mail), and L{buildFactory} is the builder the service
 registers for the ``imap`` protocol.
 """
 
@@ -30,8 +30,8 @@ __all__ = ["IMAPFactory", "buildFactory"]
 class IMAPFactory(SessionFactory):
     """
     Builds sessions for one listener, keeps its connection counts (total and
-    per client address), and the \\Recent markers of this process (the
-    L{mailapp.imap.selected.RecentMarkers} every selected folder reads).
+    per client address), and what the sessions of this process share (the
+    L{mailapp.imap.selected.RecentMarkers} every selected folder reads through).
     """
 
     policy: IMAPPolicy
@@ -74,16 +74,16 @@ class IMAPFactory(SessionFactory):
             return defer.maybeDeferred(function, *args)
         return self.pools.run(self.pools.store, function, *args)
 
-    # \Recent is shared by every listener in the process: kept on the store object.
-    def _recent(self) -> dict[tuple[str, str, int], int]:
-        markers: dict[tuple[str, str, int], int] | None = getattr(self.store, "_imapRecentMarkers", None)
-        if markers is None:
-            markers = {}
+    # What this process has claimed of \Recent, shared by every listener: kept on the store object.
+    def _claimed(self) -> dict[tuple[str, str, int], int]:
+        claimed: dict[tuple[str, str, int], int] | None = getattr(self.store, "_imapRecentClaimed", None)
+        if claimed is None:
+            claimed = {}
             try:
-                self.store._imapRecentMarkers = markers
+                self.store._imapRecentClaimed = claimed
             except AttributeError:  # pragma: no cover - a store that takes no attributes
                 pass
-        return markers
+        return claimed
 
     def folderSnapshot(self, account: str | None, folder: Any) -> defer.Deferred[FolderSnapshot]:
         """The folder's listing, from this process's snapshot when the store says it still holds (L{mailapp.imap.snapshots})."""
@@ -120,13 +120,29 @@ class IMAPFactory(SessionFactory):
         folder.messagesAfter(uid).addBoth(deliver)
         return mine
 
-    def recentMarker(self, account: str | None, folder: str, uidvalidity: int) -> int:
-        return self._recent().get(((account or "").lower(), folder, uidvalidity), 0)
+    def claimRecent(self, account: str | None, folder: Any, uidvalidity: int, uid: int) -> defer.Deferred[range]:
+        """
+        The UIDs up to C{uid} that this caller is the first session to see,
+        claimed in the folder's index (L{mailapp.interfaces.IFolder.claimRecent}),
+        so that every process agrees. A claim this process already made
+        covers (or has in flight) is not asked again: a delivery to a folder
+        that 100 sessions here have selected costs one write, not 100, and
+        the session that asked first owns what is new.
+        """
+        key = ((account or "").lower(), folder.name, uidvalidity)
+        claimed = self._claimed()
+        before = claimed.get(key, 0)
+        if uid <= before:
+            return defer.succeed(range(0))
+        claimed[key] = uid
 
-    def setRecentMarker(self, account: str | None, folder: str, uidvalidity: int, uid: int) -> None:
-        key = ((account or "").lower(), folder, uidvalidity)
-        markers = self._recent()
-        markers[key] = max(markers.get(key, 0), uid)
+        def failed(failure: Failure) -> Failure:
+            if claimed.get(key) == uid:
+                claimed[key] = before  # claim it again next time: this one may never have reached the index
+            return failure
+
+        d: defer.Deferred[range] = folder.claimRecent(uid)
+        return d.addErrback(failed)
 
 
 def buildFactory(context: ServiceContext, listener: ListenerConfig) -> IMAPFactory:
