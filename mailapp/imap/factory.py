@@ -1,7 +1,7 @@
 """
 The IMAP listener: L{IMAPFactory} builds one session per connection and
-keeps what the sessions of a process share (the \\Recent claims this
-process made, shared reads of new mail), and L{buildFactory} is the builder the service
+keeps what the sessions of a process share (the \\Recent claims in
+flight, shared reads of new mail), and L{buildFactory} is the builder the service
 registers for the ``imap`` protocol.
 """
 
@@ -74,16 +74,16 @@ class IMAPFactory(SessionFactory):
             return defer.maybeDeferred(function, *args)
         return self.pools.run(self.pools.store, function, *args)
 
-    # What this process has claimed of \Recent, shared by every listener: kept on the store object.
-    def _claimed(self) -> dict[tuple[str, str, int], int]:
-        claimed: dict[tuple[str, str, int], int] | None = getattr(self.store, "_imapRecentClaimed", None)
-        if claimed is None:
-            claimed = {}
+    # The \Recent claims this process has in flight, shared by every listener: kept on the store object.
+    def _claiming(self) -> dict[tuple[str, str, int], int]:
+        inflight: dict[tuple[str, str, int], int] | None = getattr(self.store, "_imapRecentClaims", None)
+        if inflight is None:
+            inflight = {}
             try:
-                self.store._imapRecentClaimed = claimed
+                self.store._imapRecentClaims = inflight
             except AttributeError:  # pragma: no cover - a store that takes no attributes
                 pass
-        return claimed
+        return inflight
 
     def folderSnapshot(self, account: str | None, folder: Any) -> defer.Deferred[FolderSnapshot]:
         """The folder's listing, from this process's snapshot when the store says it still holds (L{mailapp.imap.snapshots})."""
@@ -124,25 +124,27 @@ class IMAPFactory(SessionFactory):
         """
         The UIDs up to C{uid} that this caller is the first session to see,
         claimed in the folder's index (L{mailapp.interfaces.IFolder.claimRecent}),
-        so that every process agrees. A claim this process already made
-        covers (or has in flight) is not asked again: a delivery to a folder
-        that 100 sessions here have selected costs one write, not 100, and
-        the session that asked first owns what is new.
+        so that every process agrees. While a claim of this process that
+        covers C{uid} is in flight, it is not asked again: a delivery wakes
+        every session here that has the folder selected at once, and the
+        first to ask owns what is new, for one write rather than one per
+        session. Nothing is remembered once the claim is answered: a folder
+        deleted and made again (by another process, perhaps with the same
+        name and UIDVALIDITY) must not inherit it.
         """
         key = ((account or "").lower(), folder.name, uidvalidity)
-        claimed = self._claimed()
-        before = claimed.get(key, 0)
-        if uid <= before:
+        inflight = self._claiming()
+        if inflight.get(key, 0) >= uid:
             return defer.succeed(range(0))
-        claimed[key] = uid
+        inflight[key] = uid
 
-        def failed(failure: Failure) -> Failure:
-            if claimed.get(key) == uid:
-                claimed[key] = before  # claim it again next time: this one may never have reached the index
-            return failure
+        def answered(result: object) -> object:
+            if inflight.get(key) == uid:
+                del inflight[key]
+            return result
 
         d: defer.Deferred[range] = folder.claimRecent(uid)
-        return d.addErrback(failed)
+        return d.addBoth(answered)
 
 
 def buildFactory(context: ServiceContext, listener: ListenerConfig) -> IMAPFactory:
