@@ -341,7 +341,12 @@ class MaildirFolder:
         return self.store.run(read)
 
     def claimRecent(self, uid: int) -> Deferred[range]:
-        """On the writer, in one transaction (L{recent.claim_recent}): two claims never overlap, in any process."""
+        """
+        On the writer, in one transaction (L{recent.claim_recent}): two
+        claims never overlap, in any process. A read first: when every UID
+        up to C{uid} is claimed already (a SELECT again, a session told of
+        mail another one claimed), nothing waits for the writer.
+        """
 
         def claim() -> range:
             with self._connect() as conn:
@@ -350,7 +355,12 @@ class MaildirFolder:
                 raise NoSuchFolder(f"no such folder: {self.name}")
             return owned
 
-        return self.store.write(claim)
+        def claimIfAny(first: int) -> range | Deferred[range]:
+            if uid < first:
+                return range(first, first)
+            return self.store.write(claim)
+
+        return self.firstRecent().addCallback(claimIfAny)
 
     def changesSince(self, modseq: int) -> Deferred[ChangesSince]:
         def read() -> ChangesSince:
