@@ -36,10 +36,11 @@ What it promises:
 With worker processes (L{mailapp.workers}) each process has its guard, and
 each tells the others (through L{AbuseGuard.share}, relayed by the parent)
 of every failure, ban, forgiven account, recipient probe and accepted
-message it records; they count it too (L{AbuseGuard.learn}), so the limits
-hold for the server, not per process, a few milliseconds behind. Logins
-being verified (L{AbuseGuard.attemptStarted}) and the MX's per-minute rates
-stay per process.
+message it records, and of every MX message and its bytes counted against
+the per-minute rates (only while a rate is on); they count it too
+(L{AbuseGuard.learn}), so the limits hold for the server, not per process,
+a few milliseconds behind. Logins being verified
+(L{AbuseGuard.attemptStarted}) stay per process.
 
 Time comes from an injected C{clock} (a callable returning seconds), so that
 tests drive it with L{twisted.internet.task.Clock.seconds}.
@@ -52,7 +53,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from twisted.logger import Logger
 
@@ -227,6 +228,11 @@ class SendingLimiter:
         return len(self._sent)
 
 
+#: The MX rate facts the processes of a server tell each other (L{AbuseGuard.share}).
+MX_MESSAGE: Final = "mx_message"
+MX_BYTES: Final = "mx_bytes"
+
+
 class MXRateLimiter:
     """
     Messages and bytes per client address (an IPv6 /64) over a sliding
@@ -251,6 +257,9 @@ class MXRateLimiter:
         self.bytes_per_minute = bytes_per_minute
         self._messages = _Recent(self.MINUTE, self._keep(), max_tracked)
         self._bytes = _Recent(self.MINUTE, self._keep(), max_tracked, weighted=True)
+        #: Called with C{(fact, fields)} for each message or bytes counted here, for the server's
+        #: other processes to L{learn} (the guard's L{AbuseGuard.share}); None in a single process.
+        self.tell: Callable[..., None] | None = None
 
     def _keep(self) -> int:
         return self.messages_per_minute or self._KEEP_UNLIMITED
@@ -278,6 +287,8 @@ class MXRateLimiter:
             if received >= self.bytes_per_minute or (received and received + declared > self.bytes_per_minute):
                 return "bytes"
         self._messages.add(key, now)
+        if self.tell is not None and self.messages_per_minute:
+            self.tell(MX_MESSAGE, client=key)
         return None
 
     def dataReceived(self, ip: str, size: int) -> bool:
@@ -291,7 +302,20 @@ class MXRateLimiter:
         now = self._clock()
         before = self._bytes.total(key, now)
         self._bytes.add(key, now, size)
+        if self.tell is not None:
+            self.tell(MX_BYTES, client=key, size=size)
         return before == 0 or before + size <= self.bytes_per_minute
+
+    def learn(self, fact: str, key: str, size: object = None) -> None:
+        """
+        A message (C{MX_MESSAGE}) or bytes (C{MX_BYTES}, C{size} of them) another process
+        counted for client C{key}: counted here too, so the rates hold for the whole server.
+        """
+        now = self._clock()
+        if fact == MX_MESSAGE:
+            self._messages.add(key, now)
+        elif fact == MX_BYTES and isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+            self._bytes.add(key, now, size)
 
     def __len__(self) -> int:
         return max(len(self._messages), len(self._bytes))
@@ -334,6 +358,7 @@ class AbuseGuard:
         #: Called with C{(fact, fields)} for each fact this guard records,
         #: for the server's other processes to L{learn}; None in a single process.
         self.share: Callable[[str, dict[str, Any]], None] | None = None
+        self.mx.tell = self._tell
 
     def _tell(self, fact: str, **fields: Any) -> None:
         if self.share is not None:
@@ -362,6 +387,8 @@ class AbuseGuard:
             self._probes.add(client, now)
         elif fact == "sent" and isinstance(account, str):
             self.sending.accepted(account)
+        elif fact in (MX_MESSAGE, MX_BYTES) and isinstance(client, str):
+            self.mx.learn(fact, client, fields.get("size"))
 
     def reconfigure(self, config: Any) -> None:
         """

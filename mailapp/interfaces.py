@@ -516,6 +516,25 @@ class IFolder(Interface):
         HIGHESTMODSEQ answers. Fails with L{mailapp.errors.NoSuchFolder}.
         """
 
+    def firstRecent() -> Deferred[int]:
+        """
+        Fire with the lowest UID no L{claimRecent} has taken yet: the
+        messages at or above it are IMAP's C{\\Recent} to whoever claims
+        them next (EXAMINE and STATUS read it; they claim nothing). Fails
+        with L{mailapp.errors.NoSuchFolder}.
+        """
+
+    def claimRecent(uid: int) -> Deferred[range]:
+        """
+        Take every UID up to C{uid} that no earlier claim took, and fire with
+        the range of them the caller now owns (empty when another claim got
+        there first). Atomic across every process sharing the store, and
+        kept across restarts: each UID is handed out once, so that a message
+        is C{\\Recent} in exactly one IMAP session (RFC 3501 2.3.2). The
+        store knows nothing of sessions; the caller decides what a claim is
+        for. Fails with L{mailapp.errors.NoSuchFolder}.
+        """
+
     def changesSince(modseq: int) -> Deferred[ChangesSince]:
         """
         Fire with a L{mailapp.records.ChangesSince}: what changed after

@@ -38,6 +38,7 @@ _log = Logger()
 
 __all__ = [
     "BANNED",
+    "BUDGET_PREFIX",
     "CLOSE_GRACE",
     "LOGIN_TIMEOUT",
     "AuthOutcome",
@@ -47,6 +48,7 @@ __all__ = [
     "SessionDeadlines",
     "SessionFactory",
     "SessionLimits",
+    "budget_key",
     "session_limits",
 ]
 
@@ -225,6 +227,15 @@ class RefusalLog:
             self._summarise(key)
 
 
+#: What starts a listener budget's key in L{ConnectionCounts} (never a client address's).
+BUDGET_PREFIX = "@"
+
+
+def budget_key(listener: str, unauthenticated: bool = False) -> str:
+    """The key under which listener C{listener}'s sessions (or those not logged in yet) are shared between processes."""
+    return f"{BUDGET_PREFIX}{listener}/unauthenticated" if unauthenticated else f"{BUDGET_PREFIX}{listener}"
+
+
 class ConnectionCounts:
     """
     Open connections in total and per client (L{address_key}: an IPv4
@@ -237,6 +248,12 @@ class ConnectionCounts:
     processes' open connections, as they report them (L{share} out,
     L{learn} in, L{forget} a process that died), so the limits hold for the
     whole server, a few milliseconds behind.
+
+    Each listener's own budgets travel the same way, as keys of their own
+    (L{budget_key}: C{@NAME} for its open sessions, C{@NAME/unauthenticated}
+    for those not logged in yet), which no client address can be and which
+    the total leaves out: a factory counts its own sessions itself and asks
+    L{elsewhere_of} for the other processes'.
     """
 
     def __init__(self) -> None:
@@ -263,8 +280,18 @@ class ConnectionCounts:
         if self.share is not None:
             self.share(key, -1)
 
+    def shareBudget(self, key: str, delta: int) -> None:
+        """One of this process's sessions joined (C{delta} +1) or left (-1) the listener budget C{key}: tell the others."""
+        if self.share is not None:
+            self.share(key, delta)
+
+    def elsewhere_of(self, key: str) -> int:
+        """What the other processes count under C{key} (a listener budget's, L{budget_key})."""
+        return sum(table.get(key, 0) for table in self.elsewhere.values())
+
     def _change(self, key: str, delta: int) -> None:
-        self.total += delta
+        if not key.startswith(BUDGET_PREFIX):
+            self.total += delta
         count = self.perIP.get(key, 0) + delta
         if count > 0:
             self.perIP[key] = count
@@ -442,11 +469,17 @@ class SessionFactory(ServerFactory):
         policy: SessionLimits = self.policy
         refusal = None
         ceiling = policy.max_server_connections
-        if len(self.sessions) >= policy.max_connections or (ceiling is not None and self.counts.total >= ceiling):
+        counts = self.counts
+        # This listener's sessions here, and in the other worker processes (none in a single process).
+        here = len(self.sessions) + counts.elsewhere_of(budget_key(self.listener_name))
+        if here >= policy.max_connections or (ceiling is not None and counts.total >= ceiling):
             refusal = b"Too many connections; try again later"
-        elif self.counts.of(ip) >= policy.max_connections_per_ip:
+        elif counts.of(ip) >= policy.max_connections_per_ip:
             refusal = b"Too many connections from your address; try again later"
-        elif policy.max_unauthenticated is not None and self.unauthenticated() >= policy.max_unauthenticated:
+        elif (
+            policy.max_unauthenticated is not None
+            and self.unauthenticated() + counts.elsewhere_of(budget_key(self.listener_name, True)) >= policy.max_unauthenticated
+        ):
             refusal = b"Too many connections waiting to log in; try again later"
         if refusal is not None:
             self.refusals.refused(self, ip, refusal.decode("ascii"))
@@ -463,9 +496,12 @@ class SessionFactory(ServerFactory):
         rejoins) the listener's C{max_unauthenticated} budget.
         """
         if not loggedIn:
-            self.loggedInSessions.discard(session)
-        elif session in self.sessions:
+            if session in self.loggedInSessions:
+                self.loggedInSessions.discard(session)
+                self.counts.shareBudget(budget_key(self.listener_name, True), 1)
+        elif session in self.sessions and session not in self.loggedInSessions:
             self.loggedInSessions.add(session)
+            self.counts.shareBudget(budget_key(self.listener_name, True), -1)
         deadlines = getattr(session, "deadlines", None)
         if deadlines is not None:
             deadlines.loggedIn(loggedIn)
@@ -473,6 +509,8 @@ class SessionFactory(ServerFactory):
     def connected(self, session: Any) -> None:
         self.sessions.add(session)
         self.counts.add(session._peerIP)
+        self.counts.shareBudget(budget_key(self.listener_name), 1)
+        self.counts.shareBudget(budget_key(self.listener_name, True), 1)
         self._since[session] = time.monotonic()
         deadlines = getattr(session, "deadlines", None)
         if deadlines is not None:
@@ -553,8 +591,12 @@ class SessionFactory(ServerFactory):
                 seconds=time.monotonic() - started if started is not None else 0.0,
             )
             self.sessions.discard(session)
-            self.loggedInSessions.discard(session)
+            if session in self.loggedInSessions:
+                self.loggedInSessions.discard(session)
+            else:
+                self.counts.shareBudget(budget_key(self.listener_name, True), -1)
             self.counts.remove(session._peerIP)
+            self.counts.shareBudget(budget_key(self.listener_name), -1)
 
     def stopFactory(self) -> None:
         """

@@ -1,7 +1,7 @@
 """
 The IMAP listener: L{IMAPFactory} builds one session per connection and
-keeps what the sessions of a process share (the \\Recent markers, shared
-reads of new mail), and L{buildFactory} is the builder the service
+keeps what the sessions of a process share (the \\Recent claims in
+flight, shared reads of new mail), and L{buildFactory} is the builder the service
 registers for the ``imap`` protocol.
 """
 
@@ -30,8 +30,8 @@ __all__ = ["IMAPFactory", "buildFactory"]
 class IMAPFactory(SessionFactory):
     """
     Builds sessions for one listener, keeps its connection counts (total and
-    per client address), and the \\Recent markers of this process (the
-    L{mailapp.imap.selected.RecentMarkers} every selected folder reads).
+    per client address), and what the sessions of this process share (the
+    L{mailapp.imap.selected.RecentMarkers} every selected folder reads through).
     """
 
     policy: IMAPPolicy
@@ -74,16 +74,16 @@ class IMAPFactory(SessionFactory):
             return defer.maybeDeferred(function, *args)
         return self.pools.run(self.pools.store, function, *args)
 
-    # \Recent is shared by every listener in the process: kept on the store object.
-    def _recent(self) -> dict[tuple[str, str, int], int]:
-        markers: dict[tuple[str, str, int], int] | None = getattr(self.store, "_imapRecentMarkers", None)
-        if markers is None:
-            markers = {}
+    # The \Recent claims this process has in flight, shared by every listener: kept on the store object.
+    def _claiming(self) -> dict[tuple[str, str, int], int]:
+        inflight: dict[tuple[str, str, int], int] | None = getattr(self.store, "_imapRecentClaims", None)
+        if inflight is None:
+            inflight = {}
             try:
-                self.store._imapRecentMarkers = markers
+                self.store._imapRecentClaims = inflight
             except AttributeError:  # pragma: no cover - a store that takes no attributes
                 pass
-        return markers
+        return inflight
 
     def folderSnapshot(self, account: str | None, folder: Any) -> defer.Deferred[FolderSnapshot]:
         """The folder's listing, from this process's snapshot when the store says it still holds (L{mailapp.imap.snapshots})."""
@@ -120,13 +120,31 @@ class IMAPFactory(SessionFactory):
         folder.messagesAfter(uid).addBoth(deliver)
         return mine
 
-    def recentMarker(self, account: str | None, folder: str, uidvalidity: int) -> int:
-        return self._recent().get(((account or "").lower(), folder, uidvalidity), 0)
+    def claimRecent(self, account: str | None, folder: Any, uidvalidity: int, uid: int) -> defer.Deferred[range]:
+        """
+        The UIDs up to C{uid} that this caller is the first session to see,
+        claimed in the folder's index (L{mailapp.interfaces.IFolder.claimRecent}),
+        so that every process agrees. While a claim of this process that
+        covers C{uid} is in flight, it is not asked again: a delivery wakes
+        every session here that has the folder selected at once, and the
+        first to ask owns what is new, for one write rather than one per
+        session. Nothing is remembered once the claim is answered: a folder
+        deleted and made again (by another process, perhaps with the same
+        name and UIDVALIDITY) must not inherit it.
+        """
+        key = ((account or "").lower(), folder.name, uidvalidity)
+        inflight = self._claiming()
+        if inflight.get(key, 0) >= uid:
+            return defer.succeed(range(0))
+        inflight[key] = uid
 
-    def setRecentMarker(self, account: str | None, folder: str, uidvalidity: int, uid: int) -> None:
-        key = ((account or "").lower(), folder, uidvalidity)
-        markers = self._recent()
-        markers[key] = max(markers.get(key, 0), uid)
+        def answered(result: object) -> object:
+            if inflight.get(key) == uid:
+                del inflight[key]
+            return result
+
+        d: defer.Deferred[range] = folder.claimRecent(uid)
+        return d.addBoth(answered)
 
 
 def buildFactory(context: ServiceContext, listener: ListenerConfig) -> IMAPFactory:

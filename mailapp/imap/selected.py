@@ -16,9 +16,11 @@ The store's event bus is a hint (L{SelectedFolder.hint}): the view re-reads
 the folder when told, and just the messages above what it has announced
 when every hint since the last read was new mail.
 
-\\Recent is kept in this process's memory (L{RecentMarkers}, the factory):
-the first session to see a new message gets it; after a restart every
-message is \\Recent once more.
+\\Recent is claimed in the folder's index (L{RecentMarkers.claimRecent},
+L{mailapp.store.recent}): the first session to select the folder after a
+message arrived, or to be told of it while it has the folder selected,
+owns it, in whichever process, and a restart changes nothing. EXAMINE
+claims nothing: its view shows what no session has claimed yet.
 """
 
 from __future__ import annotations
@@ -40,10 +42,8 @@ __all__ = ["RecentMarkers", "SelectedFolder"]
 class RecentMarkers(Protocol):
     """What the view reads through, shared by the sessions of a process (the factory)."""
 
-    def recentMarker(self, account: str | None, folder: str, uidvalidity: int) -> int:
-        """The highest UID some session has already shown as \\Recent."""
-
-    def setRecentMarker(self, account: str | None, folder: str, uidvalidity: int, uid: int) -> None: ...
+    def claimRecent(self, account: str | None, folder: Any, uidvalidity: int, uid: int) -> defer.Deferred[range]:
+        """The UIDs up to C{uid} no session had claimed, now this caller's (L{mailapp.interfaces.IFolder.claimRecent})."""
 
     def messagesAfter(self, folder: Any, uid: int) -> defer.Deferred[list[MessageInfo]]:
         """The folder's messages above C{uid}, one store read shared by every session asking."""
@@ -90,10 +90,10 @@ class SelectedFolder:
         self.highest = self.uids[-1] if self.uids else 0
         self.uidvalidity: int = status.uidvalidity
         self.uidnext = max(status.uidnext, self.highest + 1)
-        marker = markers.recentMarker(account, folder.name, self.uidvalidity)
-        self.recent = set(self.uids[bisect.bisect_right(self.uids, marker) :])
-        if not readonly:
-            markers.setRecentMarker(account, folder.name, self.uidvalidity, self.highest)
+        #: The UIDs \\Recent in this session (L{claim}).
+        self.recent: set[int] = set()
+        #: What L{claim} took that L{announceNew} has not announced yet.
+        self._owned: list[range] = []
         #: Cancels the store-event subscription (set by the session).
         self.unsubscribe: Callable[[], None] = lambda: None
         #: False once the session has let go of this view (an update in flight then stops).
@@ -146,7 +146,33 @@ class SelectedFolder:
         snapshot = await markers.folderSnapshot(account, folder)
         view = cls(folder, readonly, account, markers, write, snapshot.status, snapshot)
         view.highestmodseq = highest
+        owned = await view.claim(view.uids)
+        if owned:
+            view.recent.update(view.uids[bisect.bisect_left(view.uids, owned.start) :])
         return view, snapshot
+
+    async def claim(self, uids: list[int]) -> range:
+        """
+        Which of C{uids} (ascending: the view's at SELECT, or new mail about
+        to be announced) are \\Recent in this session: those it is the
+        first to claim, or, read-only (EXAMINE), those no session has
+        claimed yet (a range of UIDs, of which only C{uids} matter). The
+        claim is made before anything it is for is told, so that telling
+        never waits in the middle.
+        """
+        if not uids:
+            return range(0)
+        if self.readonly:
+            first = await self.folder.firstRecent()
+            return range(first, uids[-1] + 1)
+        owned: range = await self._markers.claimRecent(self._account, self.folder, self.uidvalidity, uids[-1])
+        return owned
+
+    async def _claimNew(self, messages: list[MessageInfo]) -> None:
+        """Claim the messages above what the view has announced, for L{announceNew}."""
+        owned = await self.claim([m.uid for m in messages if m.uid > self.highest])
+        if owned:
+            self._owned.append(owned)
 
     def close(self) -> None:
         self.active = False
@@ -229,6 +255,9 @@ class SelectedFolder:
             added = await self._markers.messagesAfter(self.folder, self.highest)
             if not self.active:
                 return
+            await self._claimNew(added)
+            if not self.active:
+                return
             self.announceNew(added)
             return
         if self.mark:
@@ -236,9 +265,15 @@ class SelectedFolder:
             if not self.active:
                 return
             if found.vanished is not None:
+                await self._claimNew(found.changed)
+                if not self.active:
+                    return
                 self._applyChanges(found.changed, found.vanished, found.highestmodseq, allow_expunge, with_uid)
                 return
         messages: list[MessageInfo] = await self.folder.messages()
+        if not self.active:
+            return
+        await self._claimNew(messages)
         if not self.active:
             return
         current = {m.uid: m for m in messages}
@@ -324,21 +359,18 @@ class SelectedFolder:
             self.mark = highest
 
     def announceNew(self, messages: list[MessageInfo]) -> None:
-        """EXISTS and RECENT for the messages above what the view has announced."""
+        """EXISTS and RECENT for the messages above what the view has announced (\\Recent: those L{claim} found)."""
         new = [m for m in messages if m.uid > self.highest]
         if new:
             self.announceKeywords(m.flags for m in new)
-            name = self.folder.name
-            marker = self._markers.recentMarker(self._account, name, self.uidvalidity)
+            owned, self._owned = self._owned, []
             for m in new:
                 self.uids.append(m.uid)
                 self.info[m.uid] = m
-                if m.uid > marker and self.shows_recent:
+                if self.shows_recent and any(m.uid in r for r in owned):
                     self.recent.add(m.uid)
             self.highest = new[-1].uid
             self.uidnext = max(self.uidnext, self.highest + 1)
-            if not self.readonly:
-                self._markers.setRecentMarker(self._account, name, self.uidvalidity, self.highest)
             self._write(b"* %d EXISTS\r\n" % len(self.uids))
             if self.shows_recent:
                 self._write(b"* %d RECENT\r\n" % len(self.recent))

@@ -31,6 +31,7 @@ from mailapp.store.changes import add_change_counter
 from mailapp.store.modseq import add_modseq
 from mailapp.store.origins import add_savedate_column
 from mailapp.store.rebuild import rebuild_tables
+from mailapp.store.recent import add_recent_column
 from mailapp.store.structures import add_structures_table
 from mailapp.store.usage import add_usage_table
 
@@ -39,9 +40,10 @@ INDEX_NAME = "mailapp-index.sqlite3"
 #: 3: each message's cached structure (L{mailapp.store.structures}) and each
 #: folder's change counter (L{mailapp.store.changes}); 4: each message's
 #: mod-sequence, each folder's highest, and the expunged UIDs (L{mailapp.store.modseq});
-#: 5: each message's save date (L{mailapp.store.origins}).
+#: 5: each message's save date (L{mailapp.store.origins}); 6: each folder's
+#: first UID no IMAP session has claimed as \Recent (L{mailapp.store.recent}).
 #: An index of an older version is migrated at its first open.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS folders (
@@ -51,7 +53,8 @@ CREATE TABLE IF NOT EXISTS folders (
     subscribed INTEGER NOT NULL DEFAULT 1,
     changes INTEGER NOT NULL DEFAULT 0,
     highestmodseq INTEGER NOT NULL DEFAULT 1,
-    vanished_before INTEGER NOT NULL DEFAULT 1
+    vanished_before INTEGER NOT NULL DEFAULT 1,
+    first_recent_uid INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS messages (
     folder TEXT NOT NULL,
@@ -244,7 +247,7 @@ def _connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
                 rebuild_tables(conn, mailbox_dir)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 built = True
-            elif version in (1, 2, 3, 4):
+            elif version in (1, 2, 3, 4, 5):
                 if version == 1:
                     add_usage_table(conn)
                 if version in (1, 2):
@@ -254,8 +257,11 @@ def _connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
                 if version in (1, 2, 3):
                     # Every message and folder at mod-sequence 1.
                     add_modseq(conn, add_columns=True)
-                # Every message indexed so far: save date unknown.
-                add_savedate_column(conn)
+                if version in (1, 2, 3, 4):
+                    # Every message indexed so far: save date unknown.
+                    add_savedate_column(conn)
+                # Every message unclaimed: recent to the next session that selects its folder.
+                add_recent_column(conn)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version == SCHEMA_VERSION:
                 conn.execute("SELECT count(*) FROM folders").fetchone()

@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from mailapp.errors import MAX_KEYWORDS_PER_FOLDER, MAX_KEYWORDS_PER_MESSAGE, KeywordLimit, NoSuchFolder, NoSuchMessage
 from mailapp.interfaces import IFolder
-from mailapp.store import changes, durable, expunged, fulltext, messagefile, origins, outside, structures, transfer
+from mailapp.store import changes, durable, expunged, fulltext, messagefile, origins, outside, recent, structures, transfer
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
@@ -332,6 +332,38 @@ class MaildirFolder:
             return int(row[0])
 
         return self.store.run(read)
+
+    def firstRecent(self) -> Deferred[int]:
+        def read() -> int:
+            with self._connect() as conn:
+                first = recent.first_recent(conn, self.name)
+            if first is None:
+                raise NoSuchFolder(f"no such folder: {self.name}")
+            return first
+
+        return self.store.run(read)
+
+    def claimRecent(self, uid: int) -> Deferred[range]:
+        """
+        On the writer, in one transaction (L{recent.claim_recent}): two
+        claims never overlap, in any process. A read first: when every UID
+        up to C{uid} is claimed already (a SELECT again, a session told of
+        mail another one claimed), nothing waits for the writer.
+        """
+
+        def claim() -> range:
+            with self._connect() as conn:
+                owned = recent.claim_recent(conn, self.name, uid)
+            if owned is None:
+                raise NoSuchFolder(f"no such folder: {self.name}")
+            return owned
+
+        def claimIfAny(first: int) -> range | Deferred[range]:
+            if uid < first:
+                return range(first, first)
+            return self.store.write(claim)
+
+        return self.firstRecent().addCallback(claimIfAny)
 
     def changesSince(self, modseq: int) -> Deferred[ChangesSince]:
         def read() -> ChangesSince:

@@ -86,6 +86,8 @@ class _FakeFolderState:
         #: (modseq, uid) of each expunge; those at or below C{vanished_before} are forgotten.
         self.vanished: list[tuple[int, int]] = []
         self.vanished_before = 1
+        #: The lowest UID no L{FakeFolder.claimRecent} has taken (IMAP's \Recent).
+        self.first_recent = 1
         #: uid -> bytes of expunged messages, still readable as the Maildir store's are for a while
         #: (clear it to play that while over).
         self.expunged: dict[int, bytes] = {}
@@ -272,6 +274,24 @@ class FakeFolder:
 
     def highestModseq(self) -> Deferred[int]:
         return succeed(self._state.highestmodseq)
+
+    def firstRecent(self) -> Deferred[int]:
+        try:
+            return succeed(self._state.first_recent)
+        except NoSuchFolder as e:
+            return fail(e)
+
+    def claimRecent(self, uid: int) -> Deferred[range]:
+        """As the Maildir store's: each UID handed out once (kept with the folder, so across sessions and factories)."""
+        try:
+            state = self._state
+        except NoSuchFolder as e:
+            return fail(e)
+        first = state.first_recent
+        if uid < first:
+            return succeed(range(first, first))
+        state.first_recent = uid + 1
+        return succeed(range(first, uid + 1))
 
     def vanishedSince(self, modseq: int) -> Deferred[list[int] | None]:
         state = self._state

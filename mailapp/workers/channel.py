@@ -17,7 +17,9 @@ Worker to parent:
   which the other workers' guards count too;
 - ``{"kind": "connections", "client": ..., "delta": 1 or -1}``: the worker
   opened or closed a connection of that client
-  (L{mailapp.sessions.ConnectionCounts.share}), which the parent counts and
+  (L{mailapp.sessions.ConnectionCounts.share}), or a session joined or left
+  a listener's budget (``"client"`` is then L{mailapp.sessions.budget_key}'s
+  ``@NAME`` or ``@NAME/unauthenticated``), which the parent counts and
   passes on to the other workers with ``"origin"`` (the worker's number) added;
 - ``{"kind": "telemetry", "event": {...}}``: a per-command timing (the
   telemetry publisher's events, too many for the log), sent only when a

@@ -13,6 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from mailapp.testing import FakeStore, build_factory, service_context
 from tests.protocol.accounts import make_accounts
+from tests.protocol.imap_sessions import logged_in
 
 ALICE = "alice@example.test"
 
@@ -31,13 +32,7 @@ class CondstoreTestCase(TestCase):
             self.successResultOf(self.inbox.append(message(number)))
 
     def connect(self) -> tuple[Any, StringTransport]:
-        protocol = self.factory.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        self.addCleanup(protocol.connectionLost, None)
-        protocol.dataReceived(b"l LOGIN alice@example.test alice-secret\r\n")
-        transport.clear()
-        return protocol, transport
+        return logged_in(self, self.factory)
 
     def send(self, protocol: Any, transport: StringTransport, line: bytes) -> list[bytes]:
         transport.clear()

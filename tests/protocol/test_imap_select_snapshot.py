@@ -13,6 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from mailapp.testing import FakeStore, build_factory, service_context
 from tests.protocol.accounts import make_accounts
+from tests.protocol.imap_sessions import logged_in
 
 
 class SelectSnapshotTests(TestCase):
@@ -25,13 +26,7 @@ class SelectSnapshotTests(TestCase):
             self.successResultOf(self.inbox.append(b"Subject: %d\r\n\r\nbody\r\n" % n, ["\\Seen"] if n == 0 else []))
 
     def session(self) -> tuple[Any, StringTransport]:
-        protocol = self.factory.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        self.addCleanup(protocol.connectionLost, None)
-        protocol.dataReceived(b"a LOGIN alice@example.test alice-secret\r\n")
-        transport.clear()
-        return protocol, transport
+        return logged_in(self, self.factory)
 
     def select(self, protocol: Any, transport: StringTransport) -> bytes:
         transport.clear()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from mailapp.store.folders import META_NAME
 from mailapp.store.names import folder_directory, mailbox_directory
 from mailapp.store.origins import email_id
 from mailapp.testing import FakeStore
+from tests.index_schema import make_older, migrated_in_place
 
 ALICE = "alice@example.test"
 MESSAGE = b"Subject: hello\r\n\r\nbody line\r\n"
@@ -182,26 +182,14 @@ class MaildirOriginTests(_Contract, TestCase):
     @inlineCallbacks
     def test_a_schema_4_index_is_migrated_with_every_save_date_unknown(self) -> Any:
         yield self.deliver()
-        index.reset_connections()
-        conn = sqlite3.connect(self.mailbox_dir / index.INDEX_NAME)
-        try:
-            conn.execute("ALTER TABLE messages DROP COLUMN savedate")
-            conn.execute("PRAGMA user_version = 4")
-            conn.commit()
-        finally:
-            conn.close()
+        make_older(self.mailbox_dir, 4, "ALTER TABLE messages DROP COLUMN savedate")
         self.store = MaildirStore(self.root, reactor=reactor)
         inbox = yield self.folder()
         self.assertIsNone((yield inbox.origins([1]))[1].savedate)
         yield self.deliver()
         self.assertIsNotNone((yield inbox.origins([2]))[2].savedate)
-        conn = sqlite3.connect(self.mailbox_dir / index.INDEX_NAME)
-        try:
-            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], index.SCHEMA_VERSION)
-        finally:
-            conn.close()
         # Migrated in place, not rebuilt (a rebuild would forget the same save dates, and more).
-        self.assertFalse(any(p.name.startswith(index.INDEX_NAME + ".damaged-") for p in self.mailbox_dir.iterdir()))
+        self.assertTrue(migrated_in_place(self.mailbox_dir))
 
 
 class FakeOriginTests(_Contract, TestCase):

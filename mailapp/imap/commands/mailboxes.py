@@ -396,8 +396,8 @@ async def _status_of(session: IMAPServer, tag: bytes, name: str, items: list[byt
         await enable_condstore(session)
     if b"RECENT" in items or b"SIZE" in items or b"DELETED" in items:
         messages = await folder.messages()
-        marker = session.factory.recentMarker(session.account, folder.name, state.uidvalidity)
-        values[b"RECENT"] = sum(1 for m in messages if m.uid > marker)
+        first_recent = await folder.firstRecent() if b"RECENT" in items else 0  # claimed by no session yet
+        values[b"RECENT"] = sum(1 for m in messages if m.uid >= first_recent)
         values[b"SIZE"] = sum(m.size for m in messages)
         # RFC 9051 6.3.11: the messages with \\Deleted set.
         values[b"DELETED"] = sum(1 for m in messages if DELETED in m.flags)
