@@ -66,9 +66,12 @@ def reload_service(service: MailService) -> ReloadResult:
     old: Config = service.config
     try:
         # Relative paths resolve against the working directory, as at start.
-        new = load(old.path)
+        new = load(service.config_file)
     except ConfigError as error:
         return _refused(old, error.problems)
+    if new.path != old.path:
+        # A worker read the parent's copy (mailapp.workers.configcopy): it still runs the operator's file.
+        new = dataclasses.replace(new, path=old.path)
 
     applied: list[str] = []
     needs_restart = _needs_restart(old, new)

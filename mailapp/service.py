@@ -175,6 +175,10 @@ class MailService(MultiService):
         self.exit_status = 0
         #: The worker processes' supervisor, in the parent of C{[server] workers} > 1.
         self.supervisor: Supervisor | None = None
+        #: The file a reload re-reads: C{config.path}, except in a worker,
+        #: which reads the parent's copy of the config the parent runs
+        #: (L{mailapp.workers.configcopy}), never a file being edited.
+        self.config_file: Path = self.config.path
 
     def reload(self) -> ReloadResult:
         """
@@ -185,9 +189,10 @@ class MailService(MultiService):
         from mailapp.reload import reload_service
 
         result = reload_service(self)
-        if self.supervisor is not None:
-            # Each worker re-reads the file too; a bad one it refuses as the parent did.
-            self.supervisor.reload()
+        if self.supervisor is not None and result.ok:
+            # Each worker re-reads the parent's copy of what it now runs; a
+            # bad file changed nothing here, so the workers keep theirs.
+            self.supervisor.reload(self.config)
         return result
 
     def _install_sighup(self) -> None:
@@ -461,10 +466,13 @@ def makeService(
         listening.setServiceParent(root)  # type: ignore[no-untyped-call]
         if not parents_own:
             listeners.append(listening)
+    if worker is not None and worker.config_file is not None:
+        root.config_file = worker.config_file
     if worker is not None:
         metrics = any(listener.protocol == "metrics" for listener in config.listeners)
         worker.link.attach(getattr(store, "events", None), router.queue, context.guard, context.telemetry if metrics else None, counts)
     if supervising:
+        from mailapp.workers.configcopy import ConfigCopy
         from mailapp.workers.supervisor import Supervisor
 
         # The last child: the first the root stops after its listeners, so
@@ -480,6 +488,8 @@ def makeService(
             telemetry=context.telemetry,
             guard=context.guard,
             counts=counts,
+            config=config,
+            config_copy=ConfigCopy(config.state_dir / "workers-config.toml"),
         )
         root.supervisor.setServiceParent(root)  # type: ignore[no-untyped-call]
     return root

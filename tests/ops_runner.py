@@ -144,6 +144,20 @@ class TwistServer:
         events = self.wait_for(lambda events: any(e.get("log_event") == name for e in events[after:]), name)
         return next(e for e in events[after:] if e.get("log_event") == name)
 
+    def wait_for_reload(self, after: int = 0) -> None:
+        """
+        The parent and every worker it started logged C{service.reloaded}
+        after the first C{after} events: each process applies a SIGHUP
+        itself, the workers just after the parent.
+        """
+
+        def everyone(events: list[dict[str, Any]]) -> bool:
+            workers = {e.get("worker") for e in events if e.get("log_event") == "workers.started"}
+            reloaded = {e.get("worker") for e in events[after:] if e.get("log_event") == "service.reloaded"}
+            return None in reloaded and workers <= reloaded
+
+        self.wait_for(everyone, "every process to reload")
+
     def output(self) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         error = self.error_path.read_text(errors="replace") if self.error_path.exists() else ""

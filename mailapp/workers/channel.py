@@ -21,6 +21,9 @@ Worker to parent:
   a listener's budget (``"client"`` is then L{mailapp.sessions.budget_key}'s
   ``@NAME`` or ``@NAME/unauthenticated``), which the parent counts and
   passes on to the other workers with ``"origin"`` (the worker's number) added;
+- ``{"kind": "ready"}``: the worker's service has started and handles
+  ``SIGHUP`` (the parent passes a reload on only then: before, the signal's
+  default action would kill the worker);
 - ``{"kind": "telemetry", "event": {...}}``: a per-command timing (the
   telemetry publisher's events, too many for the log), sent only when a
   metrics listener is configured: the parent serves the metrics, counted
@@ -43,7 +46,7 @@ from typing import Any, Final
 
 from mailapp.records import FolderEvent
 
-__all__ = ["ABUSE", "CHANGED", "CONNECTIONS", "FANNED_OUT", "TELEMETRY", "plain_fields", "LOG", "MAX_LINE", "QUEUED", "LineBuffer", "decode", "encode", "event_from_fields", "event_to_fields"]
+__all__ = ["ABUSE", "CHANGED", "CONNECTIONS", "FANNED_OUT", "READY", "TELEMETRY", "plain_fields", "LOG", "MAX_LINE", "QUEUED", "LineBuffer", "decode", "encode", "event_from_fields", "event_to_fields"]
 
 LOG: Final = "log"
 QUEUED: Final = "queued"
@@ -51,6 +54,7 @@ CHANGED: Final = "changed"
 ABUSE: Final = "abuse"
 TELEMETRY: Final = "telemetry"
 CONNECTIONS: Final = "connections"
+READY: Final = "ready"
 #: What the parent passes on, as it is, to every other worker.
 FANNED_OUT: Final = frozenset({CHANGED, ABUSE})
 

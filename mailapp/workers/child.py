@@ -16,8 +16,10 @@ that a killed parent leaves no worker behind.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -89,6 +91,10 @@ class ParentLink(Protocol):
         if self.transport is not None:
             self.transport.write(line)
 
+    def ready(self) -> None:
+        """The service has started and handles SIGHUP: the parent may pass reloads on."""
+        self._send(channel.encode(channel.READY))
+
     def logObserver(self, event: dict[str, Any]) -> None:
         """The worker's log: each event up to the parent, which writes the one server log."""
         try:
@@ -156,11 +162,14 @@ def _learn_connections(counts: Any, message: dict[str, Any]) -> None:
 class WorkerRole:
     """What makes a worker's service differ from a single process's (L{mailapp.service.makeService})."""
 
-    def __init__(self, number: int, sockets: dict[str, tuple[int, int]], link: ParentLink) -> None:
+    def __init__(self, number: int, sockets: dict[str, tuple[int, int]], link: ParentLink, config_file: Path | None = None) -> None:
         self.number = number
         #: Listener name -> (file descriptor, address family), as the parent passed them.
         self.sockets = sockets
         self.link = link
+        #: The parent's copy of the config it runs (L{mailapp.workers.configcopy}),
+        #: which this worker reads at start and at every reload; None: C{Config.path} itself.
+        self.config_file = config_file
 
     def endpoint(self, reactor: Any, listener: str) -> IStreamServerEndpoint:
         fd, family = self.sockets[listener]
@@ -207,10 +216,16 @@ class _SharedUNIXEndpoint:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="A mailapp worker process (started by the server, not by hand).")
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True, help="the parent's copy of the config it runs")
+    parser.add_argument("--config-name", help="the config file the operator edits (in messages, and Config.path)")
     parser.add_argument("--number", type=int, required=True)
     parser.add_argument("--sockets", required=True, help="JSON: [[listener name, fd, address family], ...]")
     arguments = parser.parse_args(argv)
+    # A SIGHUP passed on while this worker starts (a certbot hook, an operator
+    # right after a restart) must not kill it with the default action before
+    # the service installs its handler: remember it, and reload once running.
+    early_sighups: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, frame: early_sighups.append(signum))
 
     from twisted.internet import reactor, stdio
 
@@ -222,8 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     globalLogBeginner.beginLoggingTo([cast(ILogObserver, link.logObserver)], redirectStandardIO=False)
     sockets = {name: (int(fd), int(family)) for name, fd, family in json.loads(arguments.sockets)}
     try:
-        config = load(Path(arguments.config))
-        service = makeService(config, worker=WorkerRole(arguments.number, sockets, link))
+        copy = Path(arguments.config)
+        config = load(copy)
+        if arguments.config_name:
+            config = dataclasses.replace(config, path=Path(arguments.config_name))
+        service = makeService(config, worker=WorkerRole(arguments.number, sockets, link, config_file=copy))
     except ConfigError as error:
         sys.stderr.write(f"{error}\n")
         raise SystemExit(1) from None
@@ -234,6 +252,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1) from None
     service.privilegedStartService()  # type: ignore[no-untyped-call]  # Twisted's services are untyped
     service.startService()
+    if early_sighups:
+        # The parent's copy may have changed after this worker read it.
+        reactor.callWhenRunning(service.reload)
+    reactor.callWhenRunning(link.ready)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     link.flush()

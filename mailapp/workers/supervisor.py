@@ -33,9 +33,11 @@ from twisted.python.failure import Failure
 
 import mailapp
 from mailapp import logevents
+from mailapp.config import Config
 from mailapp.listeners import ListenerService
 from mailapp.records import FolderEvent
 from mailapp.workers import channel
+from mailapp.workers.configcopy import ConfigCopy
 
 __all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "STEADY_SECONDS", "Supervisor"]
 
@@ -57,6 +59,10 @@ class _WorkerProcess(ProcessProtocol):
         self.supervisor = supervisor
         self.number = number
         self.started = started
+        #: Whether its service has started and handles SIGHUP (its C{ready} line).
+        self.ready = False
+        #: A reload came before it was ready: SIGHUP once it is.
+        self.reload_pending = False
         self._out = channel.LineBuffer()
         self._err = channel.LineBuffer(64 * 1024)
         #: The process id, kept once the process is gone (for the log).
@@ -124,9 +130,14 @@ class Supervisor(Service):
         telemetry: Callable[[dict[str, Any]], None] | None = None,
         guard: Any = None,
         counts: Any = None,
+        config: Config | None = None,
+        config_copy: ConfigCopy | None = None,
     ) -> None:
         self.reactor = reactor
         self.config_path = config_path
+        #: The config the parent runs, and the copy of it the workers read (L{mailapp.workers.configcopy}).
+        self.config = config
+        self.config_copy = config_copy
         self.count = count
         self.listeners = listeners
         self.queue = queue
@@ -172,6 +183,8 @@ class Supervisor(Service):
         for listener, port in zip(self.listeners, ports):
             socket = port.socket  # type: ignore[union-attr]  # every stream port has its socket
             self._sockets.append((listener.listener.name, socket.fileno(), socket.family))
+        if self.config_copy is not None and self.config is not None:
+            self.config_copy.update(self.config)
         for number in range(1, self.count + 1):
             self._spawn(number)
         self.whenStarted.callback(None)
@@ -185,9 +198,13 @@ class Supervisor(Service):
         for index, (name, fd, family) in enumerate(self._sockets):
             child_fds[3 + index] = fd
             sockets.append([name, 3 + index, int(family)])
+        if self.config_copy is not None and self.config_copy.made:
+            config = ["--config", str(self.config_copy.path), "--config-name", str(self.config_path)]
+        else:
+            config = ["--config", str(self.config_path)]
         arguments = [
             sys.executable, "-m", "mailapp.workers.child",
-            "--config", str(self.config_path), "--number", str(number), "--sockets", json.dumps(sockets),
+            *config, "--number", str(number), "--sockets", json.dumps(sockets),
         ]  # fmt: skip
         worker = _WorkerProcess(self, number, self.reactor.seconds())
         self.reactor.spawnProcess(worker, sys.executable, arguments, env=_environment(), childFDs=child_fds)
@@ -227,10 +244,21 @@ class Supervisor(Service):
         if self._stopping and not self.workers and self._stopped is not None and not self._stopped.called:
             self._stopped.callback(None)
 
-    def reload(self) -> None:
-        """Every worker re-reads the config file, as the parent just did (``SIGHUP``)."""
+    def reload(self, config: Config | None = None) -> None:
+        """
+        The parent now runs C{config}: it becomes the workers' copy, and every
+        worker re-reads it (``SIGHUP``); a worker still starting gets its
+        SIGHUP once it is ready, since before that the signal would kill it.
+        """
+        if config is not None:
+            self.config = config
+            if self.config_copy is not None:
+                self.config_copy.update(config)
         for worker in list(self.workers.values()):
-            worker.signal("HUP")
+            if worker.ready:
+                worker.signal("HUP")
+            else:
+                worker.reload_pending = True
 
     def stopService(self) -> Deferred[None]:
         """
@@ -278,6 +306,11 @@ class Supervisor(Service):
         kind = message["kind"]
         if kind == channel.LOG:
             self._log(worker, message.get("event"))
+        elif kind == channel.READY:
+            worker.ready = True
+            if worker.reload_pending:
+                worker.reload_pending = False
+                worker.signal("HUP")
         elif kind == channel.QUEUED:
             entry_id = message.get("id")
             if self.queue is not None and isinstance(entry_id, str):

@@ -68,7 +68,7 @@ def test_sighup_serves_a_new_certificate_to_new_connections_and_keeps_open_sessi
         write_certificate(tmp_path / "cert.pem", tmp_path / "key.pem", "new.example.test")
         seen = len(server.events())
         server.signal(signal.SIGHUP)
-        server.wait_for_event("service.reloaded", after=seen)
+        server.wait_for_reload(after=seen)
 
         with client_context().wrap_socket(server.connect("submissions")) as fresh:
             assert served_name(fresh.getpeercert(binary_form=True)) == "new.example.test"

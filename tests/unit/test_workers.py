@@ -17,6 +17,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from mailapp.config import load as load_config
 from mailapp.config import parse
 from mailapp.pop3.maildrop import MaildropLocks
 from mailapp.records import ADDED, FolderEvent
@@ -24,6 +25,7 @@ from mailapp.relay.queue import Envelope, Queue, Recipient, write_envelope_sync
 from mailapp.store.events import EventBus
 from mailapp.testing import SynchronousReactor, SynchronousThreadPool
 from mailapp.workers import channel
+from mailapp.workers.configcopy import ConfigCopy
 from mailapp.workers.supervisor import BACKOFF_FIRST, BACKOFF_MAX, Supervisor
 from tests.unit.test_config import LISTENER, MINIMAL, PATH, only_problem
 
@@ -253,10 +255,61 @@ def test_a_worker_that_does_not_stop_in_time_is_killed() -> None:
     assert transport.signals == ["TERM", "KILL"]
 
 
-def test_reload_passes_sighup_to_every_worker() -> None:
+def test_reload_passes_sighup_to_every_ready_worker() -> None:
     supervisor, reactor = _supervisor()
+    for protocol, _, _ in reactor.spawned:
+        protocol.childDataReceived(1, channel.encode(channel.READY))
     supervisor.reload()
     assert [protocol.transport.signals for protocol, _, _ in reactor.spawned] == [["HUP"], ["HUP"]]
+
+
+def test_a_worker_still_starting_gets_its_sighup_once_ready_not_before() -> None:
+    """Before its service installs a handler, SIGHUP's default action would kill the worker."""
+    supervisor, reactor = _supervisor()
+    first, second = (protocol for protocol, _, _ in reactor.spawned)
+    first.childDataReceived(1, channel.encode(channel.READY))
+    supervisor.reload()
+    assert (first.transport.signals, second.transport.signals) == (["HUP"], [])
+    second.childDataReceived(1, channel.encode(channel.READY))
+    assert second.transport.signals == ["HUP"]
+    second.childDataReceived(1, channel.encode(channel.READY))
+    assert second.transport.signals == ["HUP"], "one reload, one SIGHUP"
+
+
+_CONFIG = """
+[server]
+hostname = "mx.example.test"
+state_dir = "{state}"
+
+[domains]
+local = ["example.test"]
+"""
+
+
+def test_workers_read_the_parents_copy_of_the_config_it_runs(tmp_path: Path) -> None:
+    source = tmp_path / "mailapp.toml"
+    source.write_text(_CONFIG.format(state=tmp_path / "state"))
+    config = load_config(source)
+    copy = ConfigCopy(tmp_path / "workers-config.toml")
+    supervisor, reactor = _supervisor(config=config, config_copy=copy)
+    args = reactor.spawned[0][1]
+    assert args[args.index("--config") + 1] == str(copy.path)
+    assert args[args.index("--config-name") + 1] == "/etc/mailapp.toml"
+    assert copy.path.read_text() == source.read_text()
+    assert copy.path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_half_made_edit_never_reaches_the_workers_copy(tmp_path: Path) -> None:
+    """The parent refused it, or has not loaded it: a worker restarted now still starts with what the parent runs."""
+    source = tmp_path / "mailapp.toml"
+    good = _CONFIG.format(state=tmp_path / "state")
+    source.write_text(good)
+    config = load_config(source)
+    copy = ConfigCopy(tmp_path / "workers-config.toml")
+    assert copy.update(config)
+    source.write_text(good + "\n[limits]\nbogus = 1\n")
+    assert not copy.update(config), "the file no longer says what the parent loaded"
+    assert copy.path.read_text() == good
 
 
 def test_a_change_in_one_worker_goes_to_every_other_worker_and_a_parent_change_to_all() -> None:
@@ -352,7 +405,7 @@ def test_a_malformed_fact_is_ignored() -> None:
 def test_a_changed_number_of_workers_is_logged_as_needing_a_restart() -> None:
     from mailapp import reload
 
-    old = parse(LISTENER, PATH)
+    old = parse(LISTENER.replace("[server]\n", "[server]\nworkers = 1\n"), PATH)
     new = parse(LISTENER.replace("[server]\n", "[server]\nworkers = 2\n"), PATH)
     assert reload._needs_restart(old, new) == ["server.workers"]
 
