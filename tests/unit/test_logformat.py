@@ -45,3 +45,22 @@ def test_the_json_log_file_keeps_debug_events(log_file: Path, monkeypatch: pytes
     _emit_one_of_each(observer)
     events = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert [event.get("log_event") for event in events][:2] == [logevents.DELIVERY_STORED, logevents.SMTP_ACCEPTED]
+
+
+def test_the_text_log_file_writes_the_lines_twisteds_text_observer_writes():
+    from io import StringIO
+
+    from twisted.logger import LogLevel, textFileLogObserver
+
+    events = [
+        {"log_format": "accepted {queue_id}", "queue_id": "q1", "log_time": when, "log_namespace": "mailapp.smtp", "log_level": LogLevel.info}
+        for when in (1764623853.0, 1764623853.25, 1764623853.999, 1764623854.001, 1764623853.5, 1751362800.5)
+    ]
+    events += [{"log_format": "no time", "log_namespace": "x", "log_level": LogLevel.warn}, {"log_format": "system", "log_system": "s", "log_time": 1.5}]
+    ours, twisteds = StringIO(), StringIO()
+    observer, reference = logformat.text_file_observer(ours), textFileLogObserver(twisteds)
+    for event in events:
+        observer(dict(event))
+        reference(dict(event))
+    assert ours.getvalue() == twisteds.getvalue()
+    assert ours.getvalue().count("\n") == len(events)
