@@ -3,12 +3,16 @@ What one persistent SMTP connection remembers between its transactions, end
 to end with smtplib against the real service: the answer for a sender
 domain (a local sender is still refused at every MAIL), and nothing of a
 mailbox's quota (the admin's change applies to the connection's next message).
+And twistd's log file: one line per accepted message, no debug line.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import smtplib
+import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -16,7 +20,8 @@ import pytest
 
 from mailapp import cli
 from mailapp.testing import cheap_password_hasher
-from tests.service_runner import ServiceProcess, listener
+from tests.e2e.test_service import TWISTD, subprocess_env
+from tests.service_runner import ServiceProcess, add_users, listener
 
 USER = "alice@example.test"
 REFUSED = (553, b"5.7.1 Sender address in a local domain: log in on the submission port to send as it")
@@ -70,3 +75,55 @@ def test_a_quota_lowered_between_two_messages_of_one_connection_refuses_the_seco
             452, b"4.2.2 Mailbox full: not enough room for this message; try again later"
         )
     assert len(list((server.maildir(USER) / "new").iterdir())) == 1
+
+
+TWISTD_CONFIG = """
+[server]
+hostname = "mail.example.test"
+state_dir = "state"
+[domains]
+local = ["example.test"]
+[tls]
+cert = "state/tls/cert.pem"
+key = "state/tls/key.pem"
+generate_self_signed = true
+[limits]
+mx_messages_per_minute = 0
+[listeners.smtp]
+protocol = "smtp"
+endpoint = "tcp:0:interface=127.0.0.1"
+tls = "none"
+"""
+
+
+def test_twistds_log_file_has_the_accepted_line_of_a_message_and_not_its_debug_delivery_line(tmp_path: Path):
+    (tmp_path / "mailapp.toml").write_text(TWISTD_CONFIG)
+    add_users(tmp_path / "state", ["example.test"], {USER: "alice-secret"})
+    log_file = tmp_path / "mailapp.log"
+    process = subprocess.Popen(
+        [str(TWISTD), "-n", "--pidfile=", f"--logfile={log_file}", "mailapp", "--config", "mailapp.toml"],
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None and time.monotonic() < deadline and process.poll() is None:
+            text = log_file.read_text(errors="replace") if log_file.exists() else ""
+            found = [line.rsplit("127.0.0.1:", 1)[1].split()[0] for line in text.splitlines() if "listening on 127.0.0.1:" in line]
+            port = int(found[0].rstrip(".,)")) if found else None
+            time.sleep(0.1)
+        assert port is not None, log_file.read_text(errors="replace") if log_file.exists() else "no log"
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("someone@remote.test", [USER], message(300, "logged"))
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log_file.read_text()
+    [accepted] = [line for line in text.splitlines() if "] accepted " in line]
+    queue_id = accepted.split("] accepted ", 1)[1].split()[0]
+    assert "from=<someone@remote.test> rcpts=1" in accepted
+    assert queue_id not in text.replace(accepted, "")  # delivery.stored (debug) named it too
+    assert "mailapp stopped" in text
