@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     # Named in annotations only: the Router is handed these by the composition
     # root, and the core imports no part of the relay.
     from mailapp.forwarding import Forwarding
-    from mailapp.quota import Quotas
+    from mailapp.quota import Quota, Quotas
     from mailapp.relay.queue import Queue
     from mailapp.sieve.filter import SieveFilter
 
@@ -125,6 +125,10 @@ class Transaction:
     #: the domains one recipient has been looked up in so far.
     directories: dict[str, DomainDirectory | None] = field(default_factory=dict)
     domains_seen: set[str] = field(default_factory=set)
+    #: The quotas read so far, by account, for this transaction's life
+    #: (L{mailapp.quota.Quotas.check}'s C{known}): RCPT's read serves the
+    #: check at the end of the data too.
+    quotas_read: dict[str, Quota] = field(default_factory=dict)
 
     @inlineCallbacks
     def _resolve(self, address: str) -> Any:
@@ -189,7 +193,7 @@ class Transaction:
             # This server was built without a relay queue: say so honestly, the client retries later.
             raise RemoteDeliveryUnavailable()
         if resolution.local and not resolution.remote:
-            refused = yield self.router.overQuota(resolution.local, self.declared_size)
+            refused = yield self.router.overQuota(resolution.local, self.declared_size, self.quotas_read)
             if refused is not None:
                 raise refused
         forwards = address != forwarder or (resolution.local_domain and bool(resolution.remote))
@@ -274,7 +278,7 @@ class Transaction:
         yield message.finish()
         if self.local and not self.remote:
             # Now that the size is known; RCPT could only check what SIZE= declared.
-            refused = yield self.router.overQuota(self.local, message.size)
+            refused = yield self.router.overQuota(self.local, message.size, self.quotas_read)
             if refused is not None:
                 raise refused
         return (yield self._deliver(message))
@@ -296,7 +300,7 @@ class Transaction:
         outcomes: list[MailError | None] = []
         for recipient in self.recipients:
             local, remote = self.reached[recipient]
-            refused = (yield self.router.overQuota(local, message.size)) if local and not remote else None
+            refused = (yield self.router.overQuota(local, message.size, self.quotas_read)) if local and not remote else None
             outcomes.append(refused)
         accepted = [recipient for recipient, outcome in zip(self.recipients, outcomes) if outcome is None]
         if not accepted:
@@ -766,17 +770,18 @@ class Router:
         return Transaction(self, sender, relay_allowed, authenticated, declared_size, sign=relay_allowed)
 
     @inlineCallbacks
-    def overQuota(self, accounts: Iterable[str], size: int) -> Any:
+    def overQuota(self, accounts: Iterable[str], size: int, known: dict[str, Quota] | None = None) -> Any:
         """
         Fire with the refusal when no mailbox of C{accounts} has room for
         C{size} more bytes (a permanent one only when every refusal is
-        permanent), else with C{None}.
+        permanent), else with C{None}. C{known}: the transaction's quotas
+        read so far (L{Transaction.quotas_read}).
         """
         if self.quotas is None:
             return None
         refusals = []
         for account in accounts:
-            refused = yield self.quotas.check(account, size)
+            refused = yield self.quotas.check(account, size, known=known)
             if refused is None:
                 return None
             refusals.append(refused)

@@ -17,6 +17,12 @@ the webmail (the same Router) and IMAP APPEND/COPY/MOVE all ask L{Quotas}.
   - The override and the usage are read at once, each on its own pool's
     thread, when the default has a limit (the override rarely lifts it):
     a check then waits for one trip to a worker thread, not two.
+  - A delivery checks each mailbox twice (at RCPT, and at the end of the
+    data once the size is known): it hands L{Quotas.check} a dict of the
+    quotas it has read (C{known}), so the override is read once per
+    transaction, not per check. The usage is read at every check (it is
+    what changes between the two); an override set by the admin applies
+    from the next transaction on.
   - A mailbox at or over its quota, or a message larger than the whole
     quota, is L{MailboxFull} (552 5.2.2, permanent); a message that does not
     fit in the room left is L{MailboxWouldOverflow} (452 4.2.2, temporary:
@@ -109,23 +115,34 @@ class Quotas:
         """Fire with what C{account}'s mailbox holds now (from its index)."""
         return self.store.mailbox(account).usage()  # type: ignore[no-any-return]
 
-    def check(self, account: str, size: int, messages: int = 1) -> Deferred[OverQuota | None]:
+    def check(
+        self, account: str, size: int, messages: int = 1, known: dict[str, Quota] | None = None
+    ) -> Deferred[OverQuota | None]:
         """
         Fire with why C{messages} messages of C{size} bytes in all would not
         fit in C{account}'s mailbox (logged as C{quota.refused}), or C{None}.
         With the default unlimited, a mailbox its override leaves unlimited
         is not even read; with a default limit the usage is read while the
         override is, and dropped if the override lifts the limit.
+        C{known}: the quotas one transaction has read so far, by account
+        (see the module docstring); a quota found there is not read again,
+        one read is added to it.
         """
-        return ensureDeferred(self._check(account, size, messages))
+        return ensureDeferred(self._check(account, size, messages, known))
 
-    async def _check(self, account: str, size: int, messages: int) -> OverQuota | None:
-        reading = self.usage(account) if self.default.bytes or self.default.messages else None
-        try:
-            quota = await self.quota(account)
-        except BaseException:
-            _drop(reading)
-            raise
+    async def _check(self, account: str, size: int, messages: int, known: dict[str, Quota] | None) -> OverQuota | None:
+        quota = known.get(account) if known is not None else None
+        if quota is None:
+            reading = self.usage(account) if self.default.bytes or self.default.messages else None
+            try:
+                quota = await self.quota(account)
+            except BaseException:
+                _drop(reading)
+                raise
+            if known is not None:
+                known[account] = quota
+        else:
+            reading = None
         if not quota.bytes and not quota.messages:
             _drop(reading)
             return None

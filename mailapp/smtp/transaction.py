@@ -47,6 +47,14 @@ _log = Logger()
 _Stream = TypeVar("_Stream", bound=_MessageStream)
 
 
+#: Sender domains whose answer (ours or not) one MX connection remembers: a
+#: client on a persistent connection sends from one or a few; past these, each
+#: MAIL asks the accounts again. A domain added or removed while a connection
+#: is open applies to that connection's next MAIL only when it was not asked yet,
+#: and to every new connection.
+_SENDER_DOMAINS_KEPT = 8
+
+
 class ESMTPServer(SMTPSession):
     """One SMTP session, mail transactions included; see the module docstrings."""
 
@@ -58,6 +66,9 @@ class ESMTPServer(SMTPSession):
         #: which goes below the Authentication-Results field once that is known.
         self._inbound: MessageCheck | None = None
         self._received = b""
+        #: On the MX: whether each sender domain seen on this connection is one of ours
+        #: (L{_SENDER_DOMAINS_KEPT} at most), asked once per connection, not once per MAIL.
+        self._senderDomains: dict[str, bool] = {}
 
     # -- DATA: the byte stream -------------------------------------------------------
 
@@ -249,9 +260,14 @@ class ESMTPServer(SMTPSession):
             self._wait(d.addCallback(owned))
             return
         if sender and not relay and self.policy.refuse_local_senders:
-            d = self.router.accounts.isLocalDomain(sender.rpartition("@")[2])
+            domain = sender.rpartition("@")[2]
+            key = domain.lower()
+            known = self._senderDomains.get(key)
+            d = defer.succeed(known) if known is not None else self.router.accounts.isLocalDomain(domain)
 
             def foreign(local: bool) -> None:
+                if len(self._senderDomains) < _SENDER_DOMAINS_KEPT:
+                    self._senderDomains[key] = local
                 if local:
                     _log.info(
                         "local sender refused on the mx from=<{sender}> client={client}",

@@ -248,3 +248,52 @@ class SMTPQuotaTests(TestCase):
         yield self.send([b"alice@example.test"], b"y" * 2600)
         self.factory.router.accounts.set_quota(ALICE, QuotaOverride(bytes=0, messages=None))
         self.assertTrue((yield self.send([b"alice@example.test"]))[-1].startswith(b"250 2.0.0 Ok"))
+
+    @inlineCallbacks
+    def test_a_message_reads_its_mailboxs_quota_once_and_the_next_message_again(self):
+        counted = self.factory.router.quotas.accounts = _CountedOverrides(self.factory.router.accounts)
+        self.assertTrue((yield self.send([b"alice@example.test"], b"y" * 1500))[-1].startswith(b"250 2.0.0 Ok"))
+        self.assertEqual(counted.reads, 1)  # RCPT and the end of the data: one read
+        self.factory.router.accounts.set_quota(ALICE, QuotaOverride(bytes=2000, messages=None))
+        replies = yield self.send([b"alice@example.test"], b"y" * 1000)
+        self.assertEqual(replies[-1], b"452 4.2.2 Mailbox full: not enough room for this message; try again later")
+        self.assertEqual(counted.reads, 2)
+
+
+# -- one transaction's quotas -------------------------------------------------------------
+
+
+def test_a_quota_a_transaction_has_read_is_not_read_again_but_the_usage_is():
+    reads = _Reads(QuotaOverride(bytes=10000, messages=None), Usage(1, 1000))
+    known: dict[str, Quota] = {}
+    quotas = Quotas(reads, reads, Quota(0, 0))
+    results: list[Any] = []
+    quotas.check(ALICE, 0, known=known).addBoth(results.append)
+    reads.answer = Usage(2, 9000)
+    quotas.check(ALICE, 4096, known=known).addBoth(results.append)
+    assert results[0] is None and isinstance(results[1], MailboxWouldOverflow)
+    assert reads.asked == ["override", "usage", "usage"]
+    assert known == {ALICE: Quota(10000, 0)}
+
+
+def test_a_quota_the_transaction_read_as_unlimited_reads_no_usage_at_the_second_check():
+    reads = _Reads(QuotaOverride(bytes=0, messages=0), Usage(1, 10**9))
+    known: dict[str, Quota] = {}
+    quotas = Quotas(reads, reads, Quota(10000, 0))
+    for size in (0, 4096):
+        results: list[Any] = []
+        quotas.check(ALICE, size, known=known).addBoth(results.append)
+        assert results == [None]
+    assert reads.asked == ["usage", "override"]
+
+
+class _CountedOverrides:
+    """Wraps the accounts of a factory: counts quotaOverride reads."""
+
+    def __init__(self, accounts: Any) -> None:
+        self.accounts = accounts
+        self.reads = 0
+
+    def quotaOverride(self, account: str) -> Any:
+        self.reads += 1
+        return self.accounts.quotaOverride(account)

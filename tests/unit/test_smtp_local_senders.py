@@ -58,3 +58,59 @@ class LocalSenderTests(TestCase):
         base = '[server]\nhostname = "mail.example.test"\n'
         self.assertTrue(parse(base, Path("x.toml")).security.mx_refuse_local_senders)
         self.assertFalse(parse(base + "[security]\nmx_refuse_local_senders = false\n", Path("x.toml")).security.mx_refuse_local_senders)
+
+
+class _CountedDomains:
+    """The factory's accounts, counting isLocalDomain questions."""
+
+    def __init__(self, accounts: Any) -> None:
+        self.accounts = accounts
+        self.asked: list[str] = []
+
+    def isLocalDomain(self, domain: str) -> Any:
+        self.asked.append(domain)
+        return self.accounts.isLocalDomain(domain)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.accounts, name)
+
+
+class SenderDomainMemoryTests(TestCase):
+    """One MX connection asks the accounts once per sender domain; each new connection asks again."""
+
+    def setUp(self) -> None:
+        self.factory = make_factory(Path(self.mktemp()))
+        self.counted = self.factory.router.accounts = _CountedDomains(self.factory.router.accounts)
+
+    def session(self) -> Session:
+        session = Session(self.factory)
+        self.addCleanup(session.proto.connectionLost, None)
+        session.send(b"EHLO client.test\r\n")
+        session.clear()
+        return session
+
+    @inlineCallbacks
+    def mail(self, session: Session, sender: bytes) -> Any:
+        count = len(session.replies())
+        session.send(b"MAIL FROM:<" + sender + b">\r\n")
+        yield wait_for(lambda: len(session.replies()) > count)
+        reply = session.replies()[-1]
+        session.send(b"RSET\r\n")
+        yield wait_for(lambda: len(session.replies()) > count + 1)
+        return reply
+
+    @inlineCallbacks
+    def test_a_connection_asks_once_per_sender_domain_and_still_refuses_a_local_one_every_time(self) -> Any:
+        session = self.session()
+        for sender in (b"a@remote.test", b"b@REMOTE.test", b"alice@example.test", b"c@remote.test", b"bob@Example.Test"):
+            reply = yield self.mail(session, sender)
+            self.assertEqual(reply, REFUSED if b"example" in sender.lower() else b"250 2.1.0 Ok", sender)
+        self.assertEqual(self.counted.asked, ["remote.test", "example.test"])
+
+    @inlineCallbacks
+    def test_a_new_connection_sees_a_domain_added_since(self) -> Any:
+        first = self.session()
+        self.assertEqual((yield self.mail(first, b"x@new.test")), b"250 2.1.0 Ok")
+        self.counted.accounts.add_domain("new.test")
+        self.assertEqual((yield self.mail(self.session(), b"x@new.test")), REFUSED)
+        self.assertEqual(self.counted.asked, ["new.test", "new.test"])
