@@ -21,28 +21,14 @@ import json
 import os
 import secrets
 import sqlite3
-import threading
-import time
 from pathlib import Path
 
 from mailapp.store import durable
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS, folder_directory, folder_from_directory
+from mailapp.store.uidvalidity import next_uidvalidity
 
 #: Each folder directory's record of its UIDVALIDITY and UIDNEXT.
 META_NAME = "mailapp-folder"
-
-_uidvalidity_lock = threading.Lock()
-_last_uidvalidity = 0
-
-
-def new_uidvalidity() -> int:
-    """A fresh UIDVALIDITY: the time, strictly increasing within the process."""
-    global _last_uidvalidity
-    with _uidvalidity_lock:
-        value = max(int(time.time()) & 0x7FFFFFFF, _last_uidvalidity + 1)
-        _last_uidvalidity = value
-        return value
-
 
 def read_meta(directory: Path) -> dict[str, int] | None:
     """The folder's record, ``{"uidvalidity": ..., "uidnext": ...}``, or None when it is missing or unreadable."""
@@ -165,7 +151,7 @@ def create_folder(conn: sqlite3.Connection, mailbox_dir: Path, name: str, subscr
             conn.execute("ROLLBACK")
             return False
         meta = read_meta(directory)
-        uidvalidity = meta["uidvalidity"] if meta else new_uidvalidity()
+        uidvalidity = meta["uidvalidity"] if meta else next_uidvalidity(conn)
         uidnext = meta["uidnext"] if meta else 1
         if not meta:
             write_meta(directory, uidvalidity, uidnext)

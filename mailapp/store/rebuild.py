@@ -30,8 +30,9 @@ from twisted.logger import Logger
 from mailapp import logevents
 from mailapp.store import durable, messagefile, modseq, outside, structures
 from mailapp.store.filenames import ParsedName, encode_flags, format_filename, parse_filename
-from mailapp.store.folders import folders_on_disk, make_folder_directory, new_uidvalidity, read_meta, write_meta
+from mailapp.store.folders import folders_on_disk, make_folder_directory, read_meta, write_meta
 from mailapp.store.keywords import read_keywords
+from mailapp.store.uidvalidity import next_uidvalidity
 
 _log = Logger()
 
@@ -123,7 +124,7 @@ def rebuild_folder(conn: sqlite3.Connection, name: str, directory: Path, fill_un
         uidvalidity = meta["uidvalidity"]
         keep = True
     else:
-        uidvalidity = new_uidvalidity()
+        uidvalidity = next_uidvalidity(conn)
         keep = False
     used: set[int] = set()
     kept: list[tuple[int, str, ParsedName, os.stat_result]] = []
