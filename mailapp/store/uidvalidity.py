@@ -14,8 +14,10 @@ from their records), taken and recorded under the same ``IMMEDIATE`` lock
 that inserts the folder's row, so that two processes never take the same.
 
 An index rebuilt from the Maildir has lost the value for folders deleted
-since; it starts again from the records of the folders on disk and the
-time, as every UIDVALIDITY did before schema 7.
+since; it starts again from the records of the folders on disk
+(L{note_given}, before any folder without a record gets a new one), the
+time, and the largest this process gave, as every UIDVALIDITY did before
+schema 7.
 
 Synchronous; runs on a worker thread, in the caller's write transaction.
 """
@@ -23,13 +25,18 @@ Synchronous; runs on a worker thread, in the caller's write transaction.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 
-__all__ = ["add_uidvalidity_table", "next_uidvalidity"]
+__all__ = ["add_uidvalidity_table", "next_uidvalidity", "note_given"]
 
 #: UIDVALIDITY is a 32-bit unsigned number (RFC 3501 9: nz-number); the
 #: time is kept below 2^31, as it always was here, for clients that read it signed.
 _TIME_MASK = 0x7FFFFFFF
+
+#: The largest this process gave: a floor for an index that lost its own (a rebuild).
+_process_lock = threading.Lock()
+_process_last = 0
 
 
 def add_uidvalidity_table(conn: sqlite3.Connection) -> None:
@@ -54,6 +61,16 @@ def next_uidvalidity(conn: sqlite3.Connection) -> int:
     row = conn.execute(
         "SELECT max(coalesce((SELECT last FROM uidvalidity WHERE id = 1), 0), coalesce((SELECT max(uidvalidity) FROM folders), 0))"
     ).fetchone()
-    value = max(int(time.time()) & _TIME_MASK, int(row[0]) + 1)
-    conn.execute("INSERT OR REPLACE INTO uidvalidity (id, last) VALUES (1, ?)", (value,))
+    global _process_last
+    with _process_lock:
+        value = max(int(time.time()) & _TIME_MASK, int(row[0]) + 1, _process_last + 1)
+        _process_last = value
+    note_given(conn, value)
     return value
+
+
+def note_given(conn: sqlite3.Connection, value: int) -> None:
+    """Record C{value} as given (a folder's record a rebuild found), unless a larger one was. In the caller's transaction."""
+    conn.execute(
+        "INSERT INTO uidvalidity (id, last) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET last = max(last, excluded.last)", (value,)
+    )
