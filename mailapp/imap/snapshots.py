@@ -95,9 +95,11 @@ class FolderSnapshots:
             found = await folder.changesSince(kept.modseq)
             if found.token == kept.token:
                 return self._still(key, kept, found.uidnext)
-            if found.vanished is not None and found.token[0] == kept.token[0]:
+            if found.vanished is not None and found.token[0] == kept.token[0] and found.highestmodseq >= kept.modseq:
                 # Changed since: the kept listing with what changed after its mod-sequence (RFC 7162's
-                # mod-sequences make that exact), not a read of every message.
+                # mod-sequences make that exact), not a read of every message. Only for the same folder:
+                # its UIDVALIDITY, and a HIGHESTMODSEQ that never went back (a folder made again starts
+                # again at 1: its changes after the kept one's are not all there is since).
                 snapshot = _merged(kept, found)
                 self._keep(key, snapshot)
                 return snapshot

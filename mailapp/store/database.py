@@ -33,6 +33,7 @@ from mailapp.store.origins import add_savedate_column
 from mailapp.store.rebuild import rebuild_tables
 from mailapp.store.recent import add_recent_column
 from mailapp.store.structures import add_structures_table
+from mailapp.store.uidvalidity import add_uidvalidity_table
 from mailapp.store.usage import add_usage_table
 
 INDEX_NAME = "mailapp-index.sqlite3"
@@ -41,9 +42,10 @@ INDEX_NAME = "mailapp-index.sqlite3"
 #: folder's change counter (L{mailapp.store.changes}); 4: each message's
 #: mod-sequence, each folder's highest, and the expunged UIDs (L{mailapp.store.modseq});
 #: 5: each message's save date (L{mailapp.store.origins}); 6: each folder's
-#: first UID no IMAP session has claimed as \Recent (L{mailapp.store.recent}).
+#: first UID no IMAP session has claimed as \Recent (L{mailapp.store.recent});
+#: 7: the largest UIDVALIDITY the mailbox ever gave (L{mailapp.store.uidvalidity}).
 #: An index of an older version is migrated at its first open.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS folders (
@@ -244,10 +246,11 @@ def _connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
                 add_structures_table(conn)
                 add_change_counter(conn, add_column=False)
                 add_modseq(conn, add_columns=False)
+                add_uidvalidity_table(conn)
                 rebuild_tables(conn, mailbox_dir)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 built = True
-            elif version in (1, 2, 3, 4, 5):
+            elif version in (1, 2, 3, 4, 5, 6):
                 if version == 1:
                     add_usage_table(conn)
                 if version in (1, 2):
@@ -260,8 +263,11 @@ def _connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
                 if version in (1, 2, 3, 4):
                     # Every message indexed so far: save date unknown.
                     add_savedate_column(conn)
-                # Every message unclaimed: recent to the next session that selects its folder.
-                add_recent_column(conn)
+                if version in (1, 2, 3, 4, 5):
+                    # Every message unclaimed: recent to the next session that selects its folder.
+                    add_recent_column(conn)
+                # New folders given UIDVALIDITYs above every one listed now.
+                add_uidvalidity_table(conn)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version == SCHEMA_VERSION:
                 conn.execute("SELECT count(*) FROM folders").fetchone()

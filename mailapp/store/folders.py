@@ -20,29 +20,19 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sqlite3
-import threading
-import time
 from pathlib import Path
 
 from mailapp.store import durable
 from mailapp.store.names import INBOX, SPECIAL_FOLDERS, folder_directory, folder_from_directory
+from mailapp.store.uidvalidity import next_uidvalidity
 
 #: Each folder directory's record of its UIDVALIDITY and UIDNEXT.
 META_NAME = "mailapp-folder"
 
-_uidvalidity_lock = threading.Lock()
-_last_uidvalidity = 0
-
-
-def new_uidvalidity() -> int:
-    """A fresh UIDVALIDITY: the time, strictly increasing within the process."""
-    global _last_uidvalidity
-    with _uidvalidity_lock:
-        value = max(int(time.time()) & 0x7FFFFFFF, _last_uidvalidity + 1)
-        _last_uidvalidity = value
-        return value
-
+#: A deleted folder's directory while its files are removed: a name no folder has.
+DELETING_PREFIX = "mailapp-deleting-"
 
 def read_meta(directory: Path) -> dict[str, int] | None:
     """The folder's record, ``{"uidvalidity": ..., "uidnext": ...}``, or None when it is missing or unreadable."""
@@ -158,14 +148,17 @@ def create_folder(conn: sqlite3.Connection, mailbox_dir: Path, name: str, subscr
     CREATE make a mailbox, and SUBSCRIBE (6.3.6) is the client's to send.
     """
     directory = folder_directory(mailbox_dir, name)
-    make_folder_directory(directory)
     conn.execute("BEGIN IMMEDIATE")
     try:
         if conn.execute("SELECT 1 FROM folders WHERE name = ?", (name,)).fetchone():
             conn.execute("ROLLBACK")
             return False
+        # Under the index's write lock: made before it, the directory would be
+        # a folder on disk without a row to another process's reconcile, which
+        # would list it first (and this CREATE would fail as "exists").
+        make_folder_directory(directory)
         meta = read_meta(directory)
-        uidvalidity = meta["uidvalidity"] if meta else new_uidvalidity()
+        uidvalidity = meta["uidvalidity"] if meta else next_uidvalidity(conn)
         uidnext = meta["uidnext"] if meta else 1
         if not meta:
             write_meta(directory, uidvalidity, uidnext)
@@ -194,3 +187,28 @@ def folders_on_disk(mailbox_dir: Path) -> list[tuple[str, Path]]:
                 folders.append((name, Path(entry.path)))
     return folders
 
+
+def set_aside(mailbox_dir: Path, directory: Path) -> Path | None:
+    """
+    Move a folder being deleted out of the folders' names, in the index
+    transaction that drops its row, so that no process (a reconcile, a
+    CREATE of the same name) meets its directory and record between that
+    commit and the removal of its files and takes it for a folder on disk
+    (it would come back with its old UIDVALIDITY and UIDNEXT). Returns
+    where it went (to remove after the commit; L{remove_set_aside} removes
+    what a crash left), or None when it was gone already.
+    """
+    aside = mailbox_dir / (DELETING_PREFIX + secrets.token_hex(8))
+    try:
+        os.rename(directory, aside)
+    except FileNotFoundError:
+        return None
+    return aside
+
+
+def remove_set_aside(mailbox_dir: Path) -> None:
+    """Remove the directories of deleted folders a crash left set aside (L{set_aside})."""
+    if mailbox_dir.exists():
+        for entry in os.scandir(mailbox_dir):
+            if entry.name.startswith(DELETING_PREFIX) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)

@@ -45,7 +45,6 @@ from mailapp.store.folders import (
     ensure_default_folders,
     make_folder_directory,
     message_counts,
-    new_uidvalidity,
     read_meta,
     write_meta,
 )
@@ -79,7 +78,6 @@ __all__ = [
     "make_folder_directory",
     "message_counts",
     "message_filename",
-    "new_uidvalidity",
     "parse_filename",
     "read_keywords",
     "read_meta",

@@ -25,7 +25,7 @@ from mailapp.interfaces import IFolder, IMailbox
 from mailapp.store import connections, durable, subscriptions
 from mailapp.store.database import rollback
 from mailapp.store.folder import MaildirFolder
-from mailapp.store.folders import create_folder
+from mailapp.store.folders import create_folder, set_aside
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, folder_directory, mailbox_directory, normalize_folder
 from mailapp.records import FOLDER_CREATED, FOLDER_DELETED, FOLDER_RENAMED, SUBSCRIBED, UNSUBSCRIBED, FolderEvent, FolderInfo, Usage
 from mailapp.store.usage import usage as read_usage
@@ -121,6 +121,7 @@ class MaildirMailbox:
                         raise NoSuchFolder(f"no such folder: {name}")
                     conn.execute("DELETE FROM folders WHERE name = ?", (name,))
                     conn.execute("DELETE FROM messages WHERE folder = ?", (name,))
+                    aside = set_aside(self.directory, folder_directory(self.directory, name))
                     conn.execute("COMMIT")
                 except BaseException:
                     rollback(conn)
@@ -128,7 +129,8 @@ class MaildirMailbox:
                 if row[0]:
                     # RFC 3501 6.3.9: the subscription stays (mailapp.store.subscriptions).
                     subscriptions.remember(self.directory, name)
-                shutil.rmtree(folder_directory(self.directory, name), ignore_errors=True)
+                if aside is not None:
+                    shutil.rmtree(aside, ignore_errors=True)
 
         return self.store.write(delete).addCallback(lambda _: self._announce(FOLDER_DELETED, [name]))
 

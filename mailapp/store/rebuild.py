@@ -30,8 +30,9 @@ from twisted.logger import Logger
 from mailapp import logevents
 from mailapp.store import durable, messagefile, modseq, outside, structures
 from mailapp.store.filenames import ParsedName, encode_flags, format_filename, parse_filename
-from mailapp.store.folders import folders_on_disk, make_folder_directory, new_uidvalidity, read_meta, write_meta
+from mailapp.store.folders import folders_on_disk, make_folder_directory, read_meta, write_meta
 from mailapp.store.keywords import read_keywords
+from mailapp.store.uidvalidity import next_uidvalidity, note_given
 
 _log = Logger()
 
@@ -91,6 +92,11 @@ def rebuild_tables(conn: sqlite3.Connection, mailbox_dir: Path) -> None:
     conn.execute("DELETE FROM structures")
     conn.execute("DELETE FROM vanished")
     fill_until = time.monotonic() + structures.REBUILD_FILL_SECONDS
+    for _, directory in folders:
+        # Before any folder without a record takes a new UIDVALIDITY: above every recorded one.
+        meta = read_meta(directory)
+        if meta is not None:
+            note_given(conn, meta["uidvalidity"])
     for name, directory in folders:
         make_folder_directory(directory)
         rebuild_folder(conn, name, directory, fill_until)
@@ -123,7 +129,7 @@ def rebuild_folder(conn: sqlite3.Connection, name: str, directory: Path, fill_un
         uidvalidity = meta["uidvalidity"]
         keep = True
     else:
-        uidvalidity = new_uidvalidity()
+        uidvalidity = next_uidvalidity(conn)
         keep = False
     used: set[int] = set()
     kept: list[tuple[int, str, ParsedName, os.stat_result]] = []

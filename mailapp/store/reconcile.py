@@ -26,7 +26,7 @@ from mailapp import logevents
 from mailapp.store import expunged, outside
 from mailapp.store.database import rollback
 from mailapp.store.filenames import ParsedName, decode_flags, encode_flags, is_keyword
-from mailapp.store.folders import folders_on_disk, make_folder_directory, read_meta, write_meta
+from mailapp.store.folders import folders_on_disk, make_folder_directory, read_meta, remove_set_aside, write_meta
 from mailapp.store.keywords import read_keywords
 from mailapp.store.modseq import prune_vanished
 from mailapp.store.rebuild import name_with_uid, rebuild_folder, scan
@@ -82,6 +82,7 @@ def reconcile(conn: sqlite3.Connection, mailbox_dir: Path) -> int:
     Keeps UIDVALIDITY, every UID it can, and keywords. Returns the number
     of rows changed.
     """
+    remove_set_aside(mailbox_dir)  # deleted folders whose files a crash left
     changed = 0
     conn.execute("BEGIN IMMEDIATE")
     try:
