@@ -11,35 +11,14 @@ from __future__ import annotations
 
 import imaplib
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from tests.e2e.test_workers_e2e import ALICE, LISTENERS, PASSWORD, Workers, pytestmark  # noqa: F401  (the Linux-only mark)
-from tests.service_runner import TIMEOUT
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    running = Workers(tmp_path / "a", LISTENERS)
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
-
-
-def _imap_on(workers: Workers, worker: int) -> imaplib.IMAP4:
-    port = workers.server.port("imap")
-    client = workers.connect_to(worker, port, lambda: imaplib.IMAP4("127.0.0.1", port, timeout=TIMEOUT), lambda c: c.sock)
-    client.login(ALICE, PASSWORD)
-    return client
+from tests.e2e.test_workers_e2e import Workers, imap_on, pytestmark  # noqa: F401  (the Linux-only mark; the workers fixture is in conftest.py)
 
 
 def test_a_noop_on_one_worker_right_after_an_append_on_the_other_reports_its_exists(workers: Workers) -> None:
     first, second = workers.pids()
-    appender, looker = _imap_on(workers, first), _imap_on(workers, second)
+    appender, looker = imap_on(workers, first), imap_on(workers, second)
     try:
         assert appender.select("INBOX")[0] == "OK" and looker.select("INBOX")[0] == "OK"
         missed = []
@@ -71,7 +50,7 @@ def test_a_folder_made_again_by_the_other_worker_shows_only_its_own_mail_on_sele
     # message 1 with FETCH FLAGS instead of EXISTS. Each round starts a second afresh, so that
     # neither worker's old count runs ahead of the clock (the default folders pushed one's ahead).
     first, second = workers.pids()
-    maker, looker = _imap_on(workers, first), _imap_on(workers, second)
+    maker, looker = imap_on(workers, first), imap_on(workers, second)
     try:
         # The index, made at the first use, gives the default folders UIDVALIDITYs seconds ahead: wait them out.
         assert maker.create("Warm")[0] == "OK" and looker.status("Warm", "(MESSAGES)")[0] == "OK"

@@ -20,7 +20,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -155,14 +155,12 @@ LISTENERS = (
 )
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    running = Workers(tmp_path / "a", LISTENERS)
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
+def imap_on(workers: Workers, worker: int) -> imaplib.IMAP4:
+    """imaplib, logged in as Alice, on C{worker} (a pid of L{Workers.pids})."""
+    port = workers.server.port("imap")
+    client = workers.connect_to(worker, port, lambda: imaplib.IMAP4("127.0.0.1", port, timeout=TIMEOUT), lambda c: c.sock)
+    client.login(ALICE, PASSWORD)
+    return client
 
 
 def _smtp(port: int) -> Callable[[], smtplib.SMTP]:

@@ -13,34 +13,12 @@ from __future__ import annotations
 import imaplib
 import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 
-from tests.e2e.test_workers_e2e import ALICE, LISTENERS, PASSWORD, Workers, pytestmark  # noqa: F401  (the Linux-only mark)
-from tests.service_runner import TIMEOUT
+from tests.e2e.test_workers_e2e import Workers, imap_on, pytestmark  # noqa: F401  (the Linux-only mark; the workers fixture is in conftest.py)
 
 #: Bound on waiting for a delivery by one worker to reach a session on the other (it takes a hint's trip).
 ARRIVAL_TIMEOUT = 20.0
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    running = Workers(tmp_path / "a", LISTENERS)
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
-
-
-def _imap_on(workers: Workers, worker: int) -> imaplib.IMAP4:
-    """imaplib, logged in as Alice, on C{worker}."""
-    port = workers.server.port("imap")
-    client = workers.connect_to(worker, port, lambda: imaplib.IMAP4("127.0.0.1", port, timeout=TIMEOUT), lambda c: c.sock)
-    client.login(ALICE, PASSWORD)
-    return client
 
 
 def _selected(client: imaplib.IMAP4, readonly: bool = False) -> tuple[int, int]:
@@ -79,7 +57,7 @@ def _noop_until_exists(client: imaplib.IMAP4, count: int) -> int:
 
 def test_a_new_message_is_recent_in_exactly_one_of_two_sessions_on_different_workers(workers: Workers) -> None:
     first, second = workers.pids()
-    one, other = _imap_on(workers, first), _imap_on(workers, second)
+    one, other = imap_on(workers, first), imap_on(workers, second)
     try:
         assert _selected(one) == (0, 0) and _selected(other) == (0, 0)
         workers.deliver_through(first, "for one of them")
@@ -103,7 +81,7 @@ def test_the_first_select_on_either_worker_claims_the_recent_and_a_restart_keeps
     first, second = workers.pids()
     workers.deliver_through(first, "one")
     workers.deliver_through(second, "two")
-    looker = _imap_on(workers, second)
+    looker = imap_on(workers, second)
     try:
         # STATUS and EXAMINE on the second worker show both as recent and take neither.
         status = looker.status("INBOX", "(MESSAGES RECENT)")[1][0]
@@ -111,7 +89,7 @@ def test_the_first_select_on_either_worker_claims_the_recent_and_a_restart_keeps
         assert _selected(looker, readonly=True) == (2, 2)
         assert _recent_flags(looker, 2) == [True, True]
         looker.close()
-        selector = _imap_on(workers, first)
+        selector = imap_on(workers, first)
         try:
             assert _selected(selector) == (2, 2)
             assert _recent_flags(selector, 2) == [True, True]
@@ -130,7 +108,7 @@ def test_the_first_select_on_either_worker_claims_the_recent_and_a_restart_keeps
     workers.wait_ready(2 + 1 + 2)
     first, second = workers.pids()
     workers.deliver_through(first, "three")
-    after = _imap_on(workers, second)
+    after = imap_on(workers, second)
     try:
         # The claim outlived the restart: only the message delivered since is recent.
         assert _selected(after) == (3, 1)

@@ -11,31 +11,9 @@ from __future__ import annotations
 
 import imaplib
 import re
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from tests.e2e.test_workers_e2e import ALICE, LISTENERS, PASSWORD, Workers, pytestmark  # noqa: F401  (the Linux-only mark)
-from tests.service_runner import TIMEOUT
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    running = Workers(tmp_path / "a", LISTENERS)
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
-
-
-def _imap_on(workers: Workers, worker: int) -> imaplib.IMAP4:
-    """imaplib, logged in as Alice, on C{worker}."""
-    port = workers.server.port("imap")
-    client = workers.connect_to(worker, port, lambda: imaplib.IMAP4("127.0.0.1", port, timeout=TIMEOUT), lambda c: c.sock)
-    client.login(ALICE, PASSWORD)
-    return client
+from tests.e2e.test_workers_e2e import Workers, imap_on, pytestmark  # noqa: F401  (the Linux-only mark; the workers fixture is in conftest.py)
 
 
 def _ok(reply: tuple[str, list]) -> list:
@@ -54,7 +32,7 @@ def _uidvalidity(client: imaplib.IMAP4, name: str) -> int:
 
 def test_a_name_deleted_and_made_again_on_either_worker_never_repeats_a_uidvalidity(workers: Workers) -> None:
     first, second = workers.pids()
-    sessions = [_imap_on(workers, first), _imap_on(workers, second)]
+    sessions = [imap_on(workers, first), imap_on(workers, second)]
     try:
         seen: list[int] = []
         for round_ in range(20):  # bounded: 20 rounds, two DELETE + CREATE each, well within a few seconds
@@ -74,7 +52,7 @@ def test_a_name_deleted_and_made_again_on_either_worker_never_repeats_a_uidvalid
 
 def test_a_folder_renamed_onto_a_name_deleted_on_the_other_worker_gets_a_uidvalidity_that_name_never_had(workers: Workers) -> None:
     first, second = workers.pids()
-    one, other = _imap_on(workers, first), _imap_on(workers, second)
+    one, other = imap_on(workers, first), imap_on(workers, second)
     try:
         given: set[int] = set()
         for round_ in range(10):  # bounded: 10 rounds of two CREATEs, a DELETE and a RENAME
