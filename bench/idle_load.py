@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.imap_client import IMAP, SMTP, percentile
+from bench.server import child_pids
 from bench.smtp_load import make_message
 
 
@@ -42,18 +43,7 @@ def rss(pid: int) -> int:
     worker processes, the DKIM signing process), so that C{workers = 2}
     counts every process holding connections, not only the idle parent.
     """
-    total = _own_rss(pid)
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return total
-    for task in tasks:
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        total += sum(_own_rss(int(child)) for child in children)
-    return total
+    return _own_rss(pid) + sum(_own_rss(child) for child in child_pids(pid))
 
 
 def raise_nofile(wanted: int) -> int:

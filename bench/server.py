@@ -81,6 +81,21 @@ def production_password_hash(password: str = "bench-password") -> str:
     return _production_hash
 
 
+def child_pids(pid: int) -> list[int]:
+    """Process C{pid}'s live child processes (its worker processes, its signing process), from /proc."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 def _raise_nofile() -> None:
     """In the server's child process, before exec: the soft open-files limit up to the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -119,13 +134,7 @@ class Server:
 
     def _children(self) -> list[int]:
         """The server process's live child processes."""
-        found = []
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
-            try:
-                found += [int(child) for child in (task / "children").read_text().split()]
-            except OSError:
-                continue
-        return found
+        return child_pids(self.process.pid)
 
     def worker_pids(self) -> list[int]:
         """The live worker processes (``[server] workers`` > 1); [] for one process."""
