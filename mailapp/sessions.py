@@ -263,6 +263,16 @@ class ConnectionCounts:
         self.share: Callable[[str, int], None] | None = None
         #: The other processes' open connections: origin -> client key -> count.
         self.elsewhere: dict[str, dict[str, int]] = {}
+        #: The other processes' open connections per origin (their clients', not the listener budgets).
+        self._openElsewhere: dict[str, int] = {}
+
+    def open_in(self, origin: str) -> int:
+        """The connections process C{origin} has open, as it reported them."""
+        return self._openElsewhere.get(origin, 0)
+
+    def open_here(self) -> int:
+        """This process's own open connections."""
+        return self.total - sum(self._openElsewhere.values())
 
     def of(self, ip: str) -> int:
         """The open connections of C{ip}'s client (its /64 for IPv6)."""
@@ -313,11 +323,14 @@ class ConnectionCounts:
             table.pop(key, None)
         if after != before:
             self._change(key, after - before)
+            if not key.startswith(BUDGET_PREFIX):
+                self._openElsewhere[origin] = self._openElsewhere.get(origin, 0) + after - before
 
     def forget(self, origin: str) -> None:
         """Process C{origin} is gone, and its connections with it."""
         for key, count in self.elsewhere.pop(origin, {}).items():
             self._change(key, -count)
+        self._openElsewhere.pop(origin, None)
 
 
 class AuthOutcome(enum.Enum):

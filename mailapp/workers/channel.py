@@ -33,7 +33,10 @@ Parent to worker: ``changed`` and ``abuse``, the same lines, and
 ``connections`` with its ``origin``, for what happened elsewhere; and
 ``{"kind": "connections", "origin": ..., "forget": true}`` when a worker
 died with its connections. A worker starts with the parent's view of the
-others' connections.
+others' connections. ``{"kind": "accepting", "workers": [1, 2, ...]}``:
+the workers that are ready now, sent to every worker whenever that
+changes, so that a worker takes turns only with those
+(L{mailapp.workers.accepting}).
 
 A line is a hint like the event bus's events, never the truth: a lost one
 delays an IDLE update until the session's own timer, never loses it.
@@ -46,7 +49,7 @@ from typing import Any, Final
 
 from mailapp.records import FolderEvent
 
-__all__ = ["ABUSE", "CHANGED", "CONNECTIONS", "FANNED_OUT", "READY", "TELEMETRY", "plain_fields", "LOG", "MAX_LINE", "QUEUED", "LineBuffer", "decode", "encode", "event_from_fields", "event_to_fields"]
+__all__ = ["ACCEPTING", "ABUSE", "CHANGED", "CONNECTIONS", "FANNED_OUT", "READY", "TELEMETRY", "plain_fields", "LOG", "MAX_LINE", "QUEUED", "LineBuffer", "decode", "encode", "event_from_fields", "event_to_fields"]
 
 LOG: Final = "log"
 QUEUED: Final = "queued"
@@ -55,6 +58,7 @@ ABUSE: Final = "abuse"
 TELEMETRY: Final = "telemetry"
 CONNECTIONS: Final = "connections"
 READY: Final = "ready"
+ACCEPTING: Final = "accepting"
 #: What the parent passes on, as it is, to every other worker.
 FANNED_OUT: Final = frozenset({CHANGED, ABUSE})
 

@@ -4,10 +4,11 @@ mailapp.workers.child``, started only by L{mailapp.workers.supervisor}.
 
 It builds the same service as a single-process server
 (L{mailapp.service.makeService} with a L{WorkerRole}) over the same config
-file, except that each listener adopts the socket the parent bound
-(``reactor.adoptStreamPort`` through Twisted's adopted endpoint) instead of
-binding, the relay queue is written but never sent from here, and its log
-events, queued entries and folder changes go up to the parent over stdout
+file, except that each listener adopts the socket the parent bound (as
+``reactor.adoptStreamPort`` does, taking turns with the other workers:
+L{mailapp.workers.accepting}) instead of binding, the relay queue is written but never
+sent from here, and its log events, queued entries and folder changes go up
+to the parent over stdout
 (L{mailapp.workers.channel}). It stops on ``SIGTERM`` as the single
 process does, and on its own when the parent goes away (stdin closes), so
 that a killed parent leaves no worker behind.
@@ -20,24 +21,20 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any, cast
 
-from twisted.internet import fdesc, tcp, unix
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import ILogObserver, Logger, eventAsJSON, globalLogBeginner
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from mailapp.records import FolderEvent
 from mailapp.workers import channel
+from mailapp.workers.accepting import SharedEndpoint, Turns
 
 __all__ = ["ParentLink", "WorkerRole", "main"]
 
@@ -58,11 +55,17 @@ class ParentLink(Protocol):
         self._guard: Any = None
         self._counts: Any = None
         self._writer: Any = None
+        #: The workers ready now, as the parent last said (L{channel.ACCEPTING}).
+        self.accepting: frozenset[int] = frozenset()
 
     def connectionMade(self) -> None:
         # Kept for flush(): StandardIO forgets its writer when the reactor
         # stops, with the last log lines still in its buffer.
         self._writer = getattr(self.transport, "_writer", None)
+
+    def counts(self) -> Any:
+        """The process's open connections as attached (L{mailapp.sessions.ConnectionCounts}; None before)."""
+        return self._counts
 
     def attach(self, events: Any, queue: Any, guard: Any = None, telemetry: Any = None, counts: Any = None) -> None:
         """
@@ -117,6 +120,10 @@ class ParentLink(Protocol):
                     self._events.wake(event)
             elif message["kind"] == channel.CONNECTIONS and self._counts is not None:
                 _learn_connections(self._counts, message)
+            elif message["kind"] == channel.ACCEPTING:
+                numbers = message.get("workers")
+                if isinstance(numbers, list) and all(isinstance(n, int) for n in numbers):
+                    self.accepting = frozenset(numbers)
             elif message["kind"] == channel.ABUSE and self._guard is not None:
                 fact, fields = message.get("fact"), message.get("fields")
                 if isinstance(fact, str) and isinstance(fields, dict):
@@ -173,45 +180,7 @@ class WorkerRole:
 
     def endpoint(self, reactor: Any, listener: str) -> IStreamServerEndpoint:
         fd, family = self.sockets[listener]
-        if family == socket.AF_UNIX:
-            return _SharedUNIXEndpoint(reactor, fd)
-        endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(reactor, fd, family)
-        return endpoint
-
-
-class _SharedUNIXPort(unix.Port):
-    """
-    A unix socket the parent bound: its path is the parent's, which removes
-    it when the whole server stops. A worker stopping alone (and started
-    again by the supervisor) must leave it, or every other process would go
-    on accepting on a socket nobody can reach; Twisted's adopted unix port
-    removes it. Nor may it shut the socket down, which would end it for
-    every process (an adopted TCP port already only closes its descriptor).
-    """
-
-    _shouldShutdown = False
-
-    def connectionLost(self, reason: Failure) -> None:
-        tcp.Port.connectionLost(self, reason)
-
-
-@implementer(IStreamServerEndpoint)
-class _SharedUNIXEndpoint:
-    """Twisted's adopted endpoint, with a L{_SharedUNIXPort}."""
-
-    def __init__(self, reactor: Any, fd: int) -> None:
-        self.reactor = reactor
-        self.fd = fd
-
-    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
-        try:
-            fdesc.setNonBlocking(self.fd)
-            port = _SharedUNIXPort._fromListeningDescriptor(self.reactor, self.fd, factory)  # type: ignore[no-untyped-call]  # what adoptStreamPort calls
-            port.startListening()
-            os.close(self.fd)  # the port holds its own duplicate, as adoptStreamPort's does
-        except Exception:
-            return fail()
-        return succeed(port)
+        return SharedEndpoint(reactor, fd, family, Turns(self.number, lambda: self.link.accepting, self.link.counts))
 
 
 def main(argv: list[str] | None = None) -> None:

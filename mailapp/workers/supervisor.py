@@ -222,6 +222,8 @@ class Supervisor(Service):
             line = channel.encode(channel.CONNECTIONS, origin=str(worker.number), forget=True)
             for other in list(self.workers.values()):
                 other.send(line)
+        if worker.ready:
+            self._announceAccepting()
         ran = self.reactor.seconds() - worker.started
         status = getattr(reason.value, "exitCode", None)
         if status is None:
@@ -308,6 +310,7 @@ class Supervisor(Service):
             self._log(worker, message.get("event"))
         elif kind == channel.READY:
             worker.ready = True
+            self._announceAccepting()
             if worker.reload_pending:
                 worker.reload_pending = False
                 worker.signal("HUP")
@@ -349,6 +352,12 @@ class Supervisor(Service):
         event["worker"] = worker.number
         event["log_system"] = f"worker {worker.number}"
         self.publish_log(event)
+
+    def _announceAccepting(self) -> None:
+        """Tell every worker which workers are ready (accepting), after that changed."""
+        line = channel.encode(channel.ACCEPTING, workers=sorted(n for n, w in self.workers.items() if w.ready))
+        for worker in list(self.workers.values()):
+            worker.send(line)
 
     def _connectionHere(self, client: str, delta: int) -> None:
         line = channel.encode(channel.CONNECTIONS, client=client, delta=delta, origin="parent")

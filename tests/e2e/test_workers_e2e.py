@@ -547,3 +547,25 @@ def _greeted(port: int) -> bool:
         return session.greeting.startswith(b"* OK")
     finally:
         session.close()
+
+
+def test_a_burst_of_connections_is_shared_between_the_workers(workers: Workers) -> None:
+    """
+    Twenty connections made at once (as imaptest's clients, or every client
+    reconnecting after a network blip) and kept open: each worker serves a
+    fair part of them. With Twisted's own port the first worker awake took
+    up to a hundred a wakeup; imaptest's ten clients once landed nine to one.
+    """
+    pids = workers.pids()
+    port = workers.server.port("imap")
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(20)]
+    try:
+        for client in clients:
+            assert client.recv(4096).startswith(b"* OK")
+        served = [workers.serving(client, port) for client in clients]
+        shares = {pid: served.count(pid) for pid in pids}
+        assert sum(shares.values()) == 20, served
+        assert min(shares.values()) >= 5, shares
+    finally:
+        for client in clients:
+            client.close()
