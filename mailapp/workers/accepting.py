@@ -20,6 +20,12 @@ worker that is stuck or slow to wake delays a connection by a few
 milliseconds but never refuses it. Only the workers the parent says are
 ready are compared (L{mailapp.workers.channel.ACCEPTING}): one that is
 starting or died is not waited for.
+
+And a worker accepts nothing before the parent has named it among the
+ready workers (L{Gate}), which at the first start it does only once every
+worker is ready: otherwise the first worker up would take every
+connection that waited for the server, such as clients reconnecting after
+a restart.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from zope.interface import implementer
 
 from mailapp.sessions import ConnectionCounts
 
-__all__ = ["MAX_YIELDS", "YIELD_SECONDS", "SharedEndpoint", "Turns"]
+__all__ = ["MAX_YIELDS", "YIELD_SECONDS", "Gate", "SharedEndpoint", "Turns"]
 
 #: How long a worker ahead of the others leaves a waiting connection to them.
 YIELD_SECONDS = 0.005
@@ -64,6 +70,34 @@ class Turns:
         counts = self._counts()
         others = [counts.open_in(str(n)) for n in self._ready() if n != self.number] if counts is not None else []
         return bool(others) and counts is not None and counts.open_here() > min(others) + SLACK
+
+
+class Gate:
+    """
+    The listening ports of a worker, held (not reading) until C{allowed()}
+    says yes; L{check} is called whenever that may have changed. Once open
+    it stays open.
+    """
+
+    def __init__(self, allowed: Callable[[], bool]) -> None:
+        self._allowed = allowed
+        self.open = False
+        self._held: list[Any] = []
+
+    def hold(self, port: Any) -> None:
+        """C{port} has started listening: stop its reading until the gate opens."""
+        if not self.open:
+            port.stopReading()
+            self._held.append(port)
+
+    def check(self) -> None:
+        if self.open or not self._allowed():
+            return
+        self.open = True
+        held, self._held = self._held, []
+        for port in held:
+            if port.connected:
+                port.startReading()
 
 
 class _TakingTurns:
@@ -127,14 +161,16 @@ class SharedEndpoint:
     """
     Twisted's adopted endpoint (C{reactor.adoptStreamPort} on the socket
     C{fd} of C{family}), with ports that take turns (L{Turns}; None: one
-    connection a wakeup, no stepping aside).
+    connection a wakeup, no stepping aside) and wait at C{gate} (None: they
+    accept at once).
     """
 
-    def __init__(self, reactor: Any, fd: int, family: int, turns: Turns | None = None) -> None:
+    def __init__(self, reactor: Any, fd: int, family: int, turns: Turns | None = None, gate: Gate | None = None) -> None:
         self.reactor = reactor
         self.fd = fd
         self.family = family
         self.turns = turns
+        self.gate = gate
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         try:
@@ -146,6 +182,8 @@ class SharedEndpoint:
                 port = _SharedTCPPort._fromListeningDescriptor(self.reactor, self.fd, self.family, factory)  # type: ignore[no-untyped-call]
             port.turns = self.turns
             port.startListening()
+            if self.gate is not None:
+                self.gate.hold(port)
             os.close(self.fd)  # the port holds its own duplicate, as adoptStreamPort's does
         except Exception:
             return fail()

@@ -25,7 +25,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Protocol
@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 
 from mailapp.records import FolderEvent
 from mailapp.workers import channel
-from mailapp.workers.accepting import SharedEndpoint, Turns
+from mailapp.workers.accepting import Gate, SharedEndpoint, Turns
 
 __all__ = ["ParentLink", "WorkerRole", "main"]
 
@@ -57,6 +57,8 @@ class ParentLink(Protocol):
         self._writer: Any = None
         #: The workers ready now, as the parent last said (L{channel.ACCEPTING}).
         self.accepting: frozenset[int] = frozenset()
+        #: Called after each such message (the listening ports: L{mailapp.workers.accepting.Gate}).
+        self.onAccepting: list[Callable[[], None]] = []
 
     def connectionMade(self) -> None:
         # Kept for flush(): StandardIO forgets its writer when the reactor
@@ -124,6 +126,8 @@ class ParentLink(Protocol):
                 numbers = message.get("workers")
                 if isinstance(numbers, list) and all(isinstance(n, int) for n in numbers):
                     self.accepting = frozenset(numbers)
+                    for told in list(self.onAccepting):
+                        told()
             elif message["kind"] == channel.ABUSE and self._guard is not None:
                 fact, fields = message.get("fact"), message.get("fields")
                 if isinstance(fact, str) and isinstance(fields, dict):
@@ -174,13 +178,16 @@ class WorkerRole:
         #: Listener name -> (file descriptor, address family), as the parent passed them.
         self.sockets = sockets
         self.link = link
+        #: The listening ports wait for the parent's word that this worker may accept.
+        self.gate = Gate(lambda: number in link.accepting)
+        link.onAccepting.append(self.gate.check)
         #: The parent's copy of the config it runs (L{mailapp.workers.configcopy}),
         #: which this worker reads at start and at every reload; None: C{Config.path} itself.
         self.config_file = config_file
 
     def endpoint(self, reactor: Any, listener: str) -> IStreamServerEndpoint:
         fd, family = self.sockets[listener]
-        return SharedEndpoint(reactor, fd, family, Turns(self.number, lambda: self.link.accepting, self.link.counts))
+        return SharedEndpoint(reactor, fd, family, Turns(self.number, lambda: self.link.accepting, self.link.counts), self.gate)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,6 +50,9 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 #: A worker that ran this long died of something new: back to the first delay.
 STEADY_SECONDS = 60.0
+#: At the first start, how long the ready workers wait for the others
+#: before accepting (a worker starts in about a second on an idle machine).
+START_GRACE_SECONDS = 5.0
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -160,6 +163,10 @@ class Supervisor(Service):
         self._unsubscribe: Callable[[], None] | None = None
         #: Fires once every worker has been started the first time (for tests and the announcement).
         self.whenStarted: Deferred[None] = Deferred()
+        #: At the first start, no worker accepts until every worker is ready
+        #: (or L{START_GRACE_SECONDS} passed): L{_announceAccepting}.
+        self._holding = True
+        self._grace: Any = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -187,7 +194,16 @@ class Supervisor(Service):
             self.config_copy.update(self.config)
         for number in range(1, self.count + 1):
             self._spawn(number)
+        self._grace = self.reactor.callLater(START_GRACE_SECONDS, self._endGrace)
         self.whenStarted.callback(None)
+
+    def _endGrace(self) -> None:
+        """A worker is slow to start: the ready ones accept without it."""
+        self._grace = None
+        if self._holding:
+            self._holding = False
+            if any(worker.ready for worker in self.workers.values()):
+                self._announceAccepting()
 
     def _spawn(self, number: int) -> None:
         self._restarts.pop(number, None)
@@ -268,6 +284,9 @@ class Supervisor(Service):
         does (stop accepting, finish its sessions' work, bounded); ``SIGKILL``
         to any still there after L{stop_timeout}.
         """
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
         Service.stopService(self)
         self._stopping = True
         if self._unsubscribe is not None:
@@ -354,8 +373,23 @@ class Supervisor(Service):
         self.publish_log(event)
 
     def _announceAccepting(self) -> None:
-        """Tell every worker which workers are ready (accepting), after that changed."""
-        line = channel.encode(channel.ACCEPTING, workers=sorted(n for n, w in self.workers.items() if w.ready))
+        """
+        Tell every worker which workers are ready (accepting), after that
+        changed. At the first start, not before every worker is ready: the
+        first one ready would otherwise take every connection that waited
+        for the server (clients reconnecting after a restart), and
+        long-lived ones stay where they land. A worker accepts only once it
+        is told it is among them (L{mailapp.workers.accepting}).
+        """
+        ready = sorted(n for n, w in self.workers.items() if w.ready)
+        if self._holding:
+            if len(ready) < self.count:
+                return
+            self._holding = False
+            if self._grace is not None and self._grace.active():
+                self._grace.cancel()
+            self._grace = None
+        line = channel.encode(channel.ACCEPTING, workers=ready)
         for worker in list(self.workers.values()):
             worker.send(line)
 

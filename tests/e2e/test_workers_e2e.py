@@ -556,14 +556,33 @@ def test_a_burst_of_connections_is_shared_between_the_workers(workers: Workers) 
     fair part of them. With Twisted's own port the first worker awake took
     up to a hundred a wakeup; imaptest's ten clients once landed nine to one.
     """
-    pids = workers.pids()
+    _twenty_connections_shared(workers, TIMEOUT)
+
+
+def test_connections_waiting_for_a_starting_server_are_shared_between_the_workers(tmp_path: Path) -> None:
+    """
+    Clients that connect while the server starts (as every client does
+    after a restart) wait in the parent's socket: the first worker ready
+    must not take them all, which it did while each worker accepted as soon
+    as it was ready itself.
+    """
+    running = Workers(tmp_path / "a", LISTENERS)
+    try:
+        running.server.start()  # the parent listens: the workers are still starting
+        _twenty_connections_shared(running, START_TIMEOUT)
+    finally:
+        running.stop()
+
+
+def _twenty_connections_shared(workers: Workers, timeout: float) -> None:
+    """Twenty IMAP connections made at once and kept open until greeted: each worker serves at least five."""
     port = workers.server.port("imap")
-    clients = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(20)]
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=timeout) for _ in range(20)]
     try:
         for client in clients:
             assert client.recv(4096).startswith(b"* OK")
         served = [workers.serving(client, port) for client in clients]
-        shares = {pid: served.count(pid) for pid in pids}
+        shares = {pid: served.count(pid) for pid in workers.pids()}
         assert sum(shares.values()) == 20, served
         assert min(shares.values()) >= 5, shares
     finally:

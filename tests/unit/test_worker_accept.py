@@ -19,7 +19,8 @@ from twisted.internet.task import Clock
 from mailapp.sessions import ConnectionCounts
 from mailapp.workers import channel
 from mailapp.workers.child import ParentLink, WorkerRole
-from mailapp.workers.accepting import MAX_YIELDS, YIELD_SECONDS, SharedEndpoint, Turns
+from mailapp.workers.accepting import MAX_YIELDS, YIELD_SECONDS, Gate, SharedEndpoint, Turns
+from mailapp.workers.supervisor import BACKOFF_FIRST, START_GRACE_SECONDS
 from tests.unit.test_workers import _died, _supervisor
 
 
@@ -78,9 +79,9 @@ def listening() -> Iterator[tuple[socket.socket, list[socket.socket]]]:
         server.close()
 
 
-def _port(reactor: _Reactor, server: socket.socket, factory: Factory, turns: Turns | None = None) -> Any:
+def _port(reactor: _Reactor, server: socket.socket, factory: Factory, turns: Turns | None = None, gate: Gate | None = None) -> Any:
     """The worker's port on a duplicate of C{server}'s descriptor (the endpoint closes the one it is given)."""
-    port = SharedEndpoint(reactor, socket.fromfd(server.fileno(), server.family, server.type).detach(), socket.AF_INET, turns)
+    port = SharedEndpoint(reactor, socket.fromfd(server.fileno(), server.family, server.type).detach(), socket.AF_INET, turns, gate)
     d = port.listen(factory)
     result: list[Any] = []
     d.addCallback(result.append)
@@ -194,15 +195,49 @@ def _accepting(protocol: Any) -> list[list[int]]:
     return told
 
 
-def test_the_parent_tells_every_worker_which_workers_are_ready_as_that_changes() -> None:
+def test_at_the_first_start_the_parent_lets_no_worker_accept_before_every_worker_is_ready() -> None:
     supervisor, reactor = _supervisor(count=2)
     first, second = (protocol for protocol, _, _ in reactor.spawned)
     first.childDataReceived(1, channel.encode(channel.READY))
+    assert _accepting(first) == _accepting(second) == []
+    second.childDataReceived(1, channel.encode(channel.READY))
+    assert _accepting(first) == _accepting(second) == [[1, 2]]
+    _died(second)
+    assert _accepting(first) == [[1, 2], [1]]  # not waited for while it restarts
+    reactor.advance(BACKOFF_FIRST)
+    restarted = reactor.spawned[-1][0]
+    restarted.childDataReceived(1, channel.encode(channel.READY))
+    assert _accepting(first) == [[1, 2], [1], [1, 2]]  # a restarted worker accepts once ready: the others already do
+    assert _accepting(restarted) == [[1, 2]]
+    assert reactor.getDelayedCalls() == []  # the first start's grace went once every worker was ready
+
+
+def test_a_worker_slow_to_start_is_waited_for_only_so_long() -> None:
+    supervisor, reactor = _supervisor(count=2)
+    first, second = (protocol for protocol, _, _ in reactor.spawned)
+    first.childDataReceived(1, channel.encode(channel.READY))
+    reactor.advance(START_GRACE_SECONDS - 0.1)
+    assert _accepting(first) == []
+    reactor.advance(0.1)
     assert _accepting(first) == _accepting(second) == [[1]]
     second.childDataReceived(1, channel.encode(channel.READY))
-    assert _accepting(first) == _accepting(second) == [[1], [1, 2]]
-    _died(second)
-    assert _accepting(first) == [[1], [1, 2], [1]]  # not waited for while it restarts
+    assert _accepting(first) == [[1], [1, 2]]
+
+
+def test_a_workers_ports_accept_only_once_the_parent_names_it_among_the_ready(listening: tuple[socket.socket, list[socket.socket]]) -> None:
+    server, _ = listening
+    link = ParentLink(Clock())
+    role = WorkerRole(2, {}, link)
+    reactor, factory = _Reactor(), _Counting()
+    port = _port(reactor, server, factory, gate=role.gate)
+    assert port not in reactor.readers
+    link.dataReceived(channel.encode(channel.ACCEPTING, workers=[1]) + b"\n")
+    assert port not in reactor.readers
+    link.dataReceived(channel.encode(channel.ACCEPTING, workers=[1, 2]) + b"\n")
+    assert port in reactor.readers
+    link.dataReceived(channel.encode(channel.ACCEPTING, workers=[1]) + b"\n")  # once open, it stays open
+    assert port in reactor.readers
+    reactor.stop(port)
 
 
 def test_a_worker_takes_turns_with_the_workers_its_parent_says_are_ready() -> None:
