@@ -321,6 +321,16 @@ class MXRateLimiter:
         return max(len(self._messages), len(self._bytes))
 
 
+def attempt_key(address: str) -> str:
+    """
+    The key under which the logins an address (L{address_key}) has in
+    progress are shared between processes, as a listener's budget is in
+    L{mailapp.sessions.ConnectionCounts} (its C{@} prefix keeps them out of
+    the connection totals, and a worker's go when it dies).
+    """
+    return f"@login/{address}"
+
+
 class AbuseGuard:
     """
     The process-wide failed-login delays and address bans, and the sending
@@ -350,6 +360,10 @@ class AbuseGuard:
         self._bans: OrderedDict[str, float] = OrderedDict()
         #: Logins being verified now, per address (see L{attemptStarted}).
         self._attempts: dict[str, int] = {}
+        #: With worker processes, the server's L{mailapp.sessions.ConnectionCounts}:
+        #: this process's logins in progress go to the others under
+        #: L{attempt_key}, and theirs count here. None in a single process.
+        self.attemptCounts: Any = None
         self._max_tracked = max_tracked
         self._exempt = tuple(self.security.ban_exempt_networks)
         self.sending = SendingLimiter(clock, max_messages_per_hour, max_tracked)
@@ -476,19 +490,26 @@ class AbuseGuard:
         if self.exempt(key):
             return True
         running = self._attempts.get(key, 0)
-        if self._addresses.count(key, self._clock()) + running >= self.security.ban_after_failures:
+        elsewhere = self.attemptCounts.elsewhere_of(attempt_key(key)) if self.attemptCounts is not None else 0
+        if self._addresses.count(key, self._clock()) + running + elsewhere >= self.security.ban_after_failures:
             return False
         self._attempts[key] = running + 1
+        if self.attemptCounts is not None:
+            self.attemptCounts.shareBudget(attempt_key(key), 1)
         return True
 
     def attemptEnded(self, ip: str) -> None:
         """The verification L{attemptStarted} allowed has ended, either way."""
         key = address_key(ip)
+        if self.exempt(key):
+            return
         running = self._attempts.get(key, 0) - 1
         if running > 0:
             self._attempts[key] = running
         else:
             self._attempts.pop(key, None)
+        if self.attemptCounts is not None:
+            self.attemptCounts.shareBudget(attempt_key(key), -1)
 
     def unknownRecipient(self, ip: str) -> float:
         """

@@ -443,6 +443,9 @@ def makeService(
 
     supervising = worker is None and config.workers > 1
     counts = ConnectionCounts()
+    if config.workers > 1:
+        # Logins in progress per address, across the processes (AbuseGuard.attemptStarted).
+        context.guard.attemptCounts = counts
     refusals = RefusalLog(reactor)
     listeners: list[ListenerService] = []
     for listener in config.listeners:

@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 from mailapp.abuse import AbuseGuard
 from mailapp.config import SecurityConfig
 from mailapp.imap.server import IMAPFactory, IMAPPolicy
+from mailapp.sessions import ConnectionCounts
 from tests.unit.test_session_close import StuckTransport
 
 
@@ -33,6 +34,39 @@ def test_attempts_in_progress_count_against_the_ban_limit() -> None:
 def test_exempt_networks_are_never_held_back() -> None:
     guard = AbuseGuard(lambda: 0.0, SecurityConfig(ban_after_failures=2, ban_exempt_networks=(ipaddress.ip_network("192.0.2.0/24"),)))
     assert all(guard.attemptStarted("192.0.2.7") for _ in range(5))
+
+
+def _two_processes(limit: int) -> tuple[AbuseGuard, AbuseGuard, ConnectionCounts]:
+    """Two workers' guards whose logins in progress reach each other as the parent passes them on."""
+    guards, tables = [], []
+    for _ in range(2):
+        guard = AbuseGuard(lambda: 0.0, SecurityConfig(ban_after_failures=limit))
+        guard.attemptCounts = ConnectionCounts()
+        guards.append(guard)
+        tables.append(guard.attemptCounts)
+    for origin, (here, there) in enumerate(((tables[0], tables[1]), (tables[1], tables[0])), start=1):
+        here.share = lambda key, delta, there=there, origin=origin: there.learn(str(origin), key, delta)
+    return guards[0], guards[1], tables[1]
+
+
+def test_logins_in_progress_in_another_worker_count_against_the_ban_limit() -> None:
+    """With two workers, each once allowed ban_after_failures guesses at once: twice the limit."""
+    first, second, _ = _two_processes(10)
+    assert [first.attemptStarted("192.0.2.7") for _ in range(6)].count(True) == 6
+    assert [second.attemptStarted("192.0.2.7") for _ in range(6)].count(True) == 4
+    assert not first.attemptStarted("192.0.2.7")
+    for _ in range(6):
+        first.attemptEnded("192.0.2.7")
+    assert second.attemptStarted("192.0.2.7"), "the other worker's ended attempts free their place"
+
+
+def test_a_dead_workers_logins_in_progress_no_longer_count() -> None:
+    first, second, seconds_table = _two_processes(10)
+    assert all(first.attemptStarted("192.0.2.7") for _ in range(10))
+    assert not second.attemptStarted("192.0.2.7")
+    seconds_table.forget("1")  # the parent: worker 1 died
+    assert second.attemptStarted("192.0.2.7")
+    assert seconds_table.total == 0, "logins in progress are not connections"
 
 
 class Portal:
