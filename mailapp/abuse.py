@@ -360,6 +360,9 @@ class AbuseGuard:
         self._bans: OrderedDict[str, float] = OrderedDict()
         #: Logins being verified now, per address (see L{attemptStarted}).
         self._attempts: dict[str, int] = {}
+        #: The aliases' forwarding rate (L{mailapp.forwarding.ForwardingRate}),
+        #: when the relay forwards: shared with the other processes as a fact.
+        self.forwarding: Any = None
         #: With worker processes, the server's L{mailapp.sessions.ConnectionCounts}:
         #: this process's logins in progress go to the others under
         #: L{attempt_key}, and theirs count here. None in a single process.
@@ -401,6 +404,8 @@ class AbuseGuard:
             self._probes.add(client, now)
         elif fact == "sent" and isinstance(account, str):
             self.sending.accepted(account)
+        elif fact == "forwarded" and isinstance(fields.get("alias"), str) and self.forwarding is not None:
+            self.forwarding.learn(fields["alias"])
         elif fact in (MX_MESSAGE, MX_BYTES) and isinstance(client, str):
             self.mx.learn(fact, client, fields.get("size"))
 
@@ -581,6 +586,11 @@ class AbuseGuard:
         """Count one message accepted from C{account} (after it was stored or queued)."""
         self.sending.accepted(account)
         self._tell("sent", account=account)
+
+    def shareForwardingRate(self, rate: Any) -> None:
+        """Share C{rate}'s forwards (L{mailapp.forwarding.ForwardingRate}) with the other processes, as facts."""
+        self.forwarding = rate
+        rate.tell = lambda alias: self._tell("forwarded", alias=alias)
 
     @property
     def max_messages_per_hour(self) -> int:

@@ -32,7 +32,7 @@ refused for too many hops: one DSN, to the sender, through the SRS chain.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -49,12 +49,19 @@ MAX_UNWIND = 3
 
 @dataclass
 class ForwardingRate:
-    """A token bucket per alias: C{burst} at once, refilled at C{per_hour}."""
+    """
+    A token bucket per alias: C{burst} at once, refilled at C{per_hour}.
+    With worker processes each forward taken here is told to the others
+    (C{tell}, through L{mailapp.abuse.AbuseGuard}'s facts) and theirs
+    L{learn}t here, so the rate holds for the whole server.
+    """
 
     clock: Any
     burst: int = 30
     per_hour: int = 300
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Called with the alias of each forward taken; None in a single process.
+    tell: Callable[[str], None] | None = None
 
     def admit(self, alias: str) -> bool:
         """Take one forward for C{alias} if it has one left; C{False} when it must wait."""
@@ -64,10 +71,22 @@ class ForwardingRate:
         if tokens < 1.0:
             self._buckets[alias] = (tokens, now)
             return False
+        self._take(alias, tokens, now)
+        if self.tell is not None:
+            self.tell(alias)
+        return True
+
+    def learn(self, alias: str) -> None:
+        """Another process forwarded through C{alias}: its token is gone here too (none left is none)."""
+        now = self.clock.seconds()
+        tokens, then = self._buckets.get(alias, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) * self.per_hour / 3600.0)
+        self._take(alias, max(tokens, 1.0), now)
+
+    def _take(self, alias: str, tokens: float, now: float) -> None:
         self._buckets[alias] = (tokens - 1.0, now)
         if len(self._buckets) > 10_000:
             self._forgetFull(now)
-        return True
 
     def _forgetFull(self, now: float) -> None:
         """Drop buckets that have refilled, so the table stays as small as the aliases in use."""

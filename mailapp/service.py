@@ -444,8 +444,10 @@ def makeService(
     supervising = worker is None and config.workers > 1
     counts = ConnectionCounts()
     if config.workers > 1:
-        # Logins in progress per address, across the processes (AbuseGuard.attemptStarted).
+        # Logins in progress per address, and the aliases' forwards, across the processes.
         context.guard.attemptCounts = counts
+        if router.forwarding is not None:
+            context.guard.shareForwardingRate(router.forwarding.rate)
     refusals = RefusalLog(reactor)
     listeners: list[ListenerService] = []
     for listener in config.listeners:

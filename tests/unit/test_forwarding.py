@@ -110,3 +110,25 @@ def test_a_loop_through_one_alias_is_held_to_its_rate(tmp_path: Path) -> None:
     for _ in range(50):  # fifty hops arriving as fast as they can
         accepted += rcpt(h, "fwd@a.test") is None
     assert accepted == burst
+
+
+def test_forwards_through_an_alias_in_another_worker_count_against_its_rate() -> None:
+    """With two workers each held an alias to its own burst: twice the rate, a loop twice as fast."""
+    from twisted.internet.task import Clock
+
+    from mailapp.abuse import AbuseGuard
+
+    clock = Clock()
+    rates = [ForwardingRate(clock, burst=3, per_hour=60) for _ in range(2)]
+    guards = [AbuseGuard(clock.seconds), AbuseGuard(clock.seconds)]
+    for guard, rate in zip(guards, rates):
+        guard.shareForwardingRate(rate)
+    for here, there in ((0, 1), (1, 0)):
+        guards[here].share = lambda fact, fields, there=there: guards[there].learn(fact, fields)
+    assert rates[0].admit("fwd@a.test") and rates[0].admit("fwd@a.test")
+    assert rates[1].admit("fwd@a.test")
+    assert not rates[1].admit("fwd@a.test") and not rates[0].admit("fwd@a.test"), "three in all"
+    assert rates[1].admit("other@a.test"), "another alias is not slowed"
+    clock.advance(60)  # one token back, in both
+    assert rates[0].admit("fwd@a.test")
+    assert not rates[1].admit("fwd@a.test")
