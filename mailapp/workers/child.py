@@ -10,7 +10,8 @@ L{mailapp.workers.accepting}) instead of binding, the relay queue is written but
 sent from here, and its log events, queued entries and folder changes go up
 to the parent over stdout
 (L{mailapp.workers.channel}). It stops on ``SIGTERM`` as the single
-process does, and on its own when the parent goes away (stdin closes), so
+process does, and dies with its parent (L{mailapp.workers.parentdeath}:
+killed by the kernel on Linux; elsewhere it stops when stdin closes), so
 that a killed parent leaves no worker behind.
 """
 
@@ -35,6 +36,7 @@ from twisted.python.failure import Failure
 from mailapp.records import FolderEvent
 from mailapp.workers import channel
 from mailapp.workers.accepting import Gate, SharedEndpoint, Turns
+from mailapp.workers.parentdeath import die_with_parent
 
 __all__ = ["ParentLink", "WorkerRole", "main"]
 
@@ -196,7 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config-name", help="the config file the operator edits (in messages, and Config.path)")
     parser.add_argument("--number", type=int, required=True)
     parser.add_argument("--sockets", required=True, help="JSON: [[listener name, fd, address family], ...]")
+    parser.add_argument("--parent", type=int, help="the supervisor's process id: this worker dies with it")
     arguments = parser.parse_args(argv)
+    if arguments.parent is not None:
+        die_with_parent(arguments.parent)
     # A SIGHUP passed on while this worker starts (a certbot hook, an operator
     # right after a restart) must not kill it with the default action before
     # the service installs its handler: remember it, and reload once running.

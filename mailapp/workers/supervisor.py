@@ -220,7 +220,7 @@ class Supervisor(Service):
             config = ["--config", str(self.config_path)]
         arguments = [
             sys.executable, "-m", "mailapp.workers.child",
-            *config, "--number", str(number), "--sockets", json.dumps(sockets),
+            *config, "--number", str(number), "--sockets", json.dumps(sockets), "--parent", str(os.getpid()),
         ]  # fmt: skip
         worker = _WorkerProcess(self, number, self.reactor.seconds())
         self.reactor.spawnProcess(worker, sys.executable, arguments, env=_environment(), childFDs=child_fds)
