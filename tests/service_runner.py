@@ -44,7 +44,8 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 
 #: The server subprocess: the config file is argv[1]. Privileged start, start,
 #: stop before the reactor shuts down (as twistd does); prints
-#: {listener name: port} once every listener is bound, then runs until a signal.
+#: {listener name: port} once every listener is bound and, with workers, every
+#: worker serves, then runs until a signal.
 _RUNNER = r"""
 import json, sys
 from pathlib import Path
@@ -69,7 +70,11 @@ def announce(ports):
     sys.stdout.write(json.dumps({name: getattr(port.getHost(), "port", None) for name, port in zip(names, ports)}) + "\n")
     sys.stdout.flush()
 
-defer.gatherResults([listener.whenListening() for listener in listeners]).addCallback(announce)
+listening = defer.gatherResults([listener.whenListening() for listener in listeners])
+if service.supervisor is not None:
+    # Workers: the parent's listeners are bound at once, but only the workers answer on them.
+    listening.addCallback(lambda ports: service.supervisor.whenReady.addCallback(lambda _: ports))
+listening.addCallback(announce)
 reactor.run()
 """
 

@@ -167,6 +167,11 @@ class Supervisor(Service):
         #: (or L{START_GRACE_SECONDS} passed): L{_announceAccepting}.
         self._holding = True
         self._grace: Any = None
+        #: Fires once every worker has said it serves (its C{ready} line) the
+        #: first time: only then does the server answer on its listeners, which
+        #: until then only queue connections in the kernel's backlog.
+        self.whenReady: Deferred[None] = Deferred()
+        self._never_ready: set[int] = set()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -192,6 +197,7 @@ class Supervisor(Service):
             self._sockets.append((listener.listener.name, socket.fileno(), socket.family))
         if self.config_copy is not None and self.config is not None:
             self.config_copy.update(self.config)
+        self._never_ready = set(range(1, self.count + 1))
         for number in range(1, self.count + 1):
             self._spawn(number)
         self._grace = self.reactor.callLater(START_GRACE_SECONDS, self._endGrace)
@@ -330,6 +336,10 @@ class Supervisor(Service):
         elif kind == channel.READY:
             worker.ready = True
             self._announceAccepting()
+            if worker.number in self._never_ready:
+                self._never_ready.discard(worker.number)
+                if not self._never_ready and not self.whenReady.called:
+                    self.whenReady.callback(None)
             if worker.reload_pending:
                 worker.reload_pending = False
                 worker.signal("HUP")

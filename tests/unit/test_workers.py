@@ -397,6 +397,16 @@ def test_workers_start_only_once_every_listener_is_bound(count: int) -> None:
     assert len(reactor.spawned) == count
 
 
+
+def test_the_server_is_ready_once_every_worker_has_said_it_serves() -> None:
+    supervisor, reactor = _supervisor(count=2)
+    first, second = (protocol for protocol, _, _ in reactor.spawned)
+    first.childDataReceived(1, channel.encode(channel.READY))
+    assert not supervisor.whenReady.called, "one worker of two serves"
+    second.childDataReceived(1, channel.encode(channel.READY))
+    assert supervisor.whenReady.called
+
+
 # --- the abuse guard's facts, shared between two processes' guards --------------------------
 
 
