@@ -20,6 +20,7 @@ importable from here as well.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 import shutil
@@ -115,15 +116,23 @@ def _register_builtin_protocols() -> None:
 
     register_protocol("pop3", pop3.buildFactory)
     register_protocol("managesieve", managesieve.buildFactory)
-    from mailapp import web
-
-    register_protocol("webmail", web.buildFactory)
     from mailapp.imap import server as imap_server
 
     register_protocol("imap", imap_server.buildFactory)
-    from mailapp import metrics
+    # The parent's own (PARENTS_OWN): a worker never builds them, so it
+    # never pays for their imports (klein, werkzeug, the pages: a fifth of
+    # a worker's start, which every restart waits for).
+    register_protocol("webmail", _imported_when_built("mailapp.web"))
+    register_protocol("metrics", _imported_when_built("mailapp.metrics"))
 
-    register_protocol("metrics", metrics.buildFactory)
+
+def _imported_when_built(module: str) -> ProtocolBuilder:
+    """The C{buildFactory} of C{module}, imported the first time a listener of it is built."""
+
+    def build(context: ServiceContext, listener: ListenerConfig) -> Any:
+        return importlib.import_module(module).buildFactory(context, listener)
+
+    return build
 
 
 def admin_command(executable: str | None = None, search_path: str | None = None, cwd: str | None = None) -> str:
