@@ -378,8 +378,11 @@ class Supervisor(Service):
             event = eventFromJSON(text)
         except ValueError:
             return
+        # The worker goes in a field of its own, never in the system: a text
+        # line must read as one process's does (``[mailapp.abuse#info] auth
+        # failed ...``), or the fail2ban filter an operator copied, and any
+        # other reader of the log, stops matching the day workers start.
         event["worker"] = worker.number
-        event["log_system"] = f"worker {worker.number}"
         self.publish_log(event)
 
     def _announceAccepting(self) -> None:

@@ -253,7 +253,7 @@ def test_sighup_is_applied_by_every_worker_and_sigterm_stops_them_all(workers: W
     workers.server.process.send_signal(signal.SIGHUP)
     # The parent and each worker log their own reload.
     wait_for(
-        lambda: all(f"[worker {n}] config {config} reloaded" in workers.server.log() for n in (1, 2)),
+        lambda: workers.server.log().count(f"config {config} reloaded") == 3,
         "every worker's reload",
         workers.server,
         20,
@@ -267,7 +267,7 @@ def test_sighup_is_applied_by_every_worker_and_sigterm_stops_them_all(workers: W
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists()
     log = workers.server.log()
-    assert "[worker 1] mailapp stopped" in log and "[worker 2] mailapp stopped" in log
+    assert log.count("mailapp stopped") == 3, "the parent and each worker"
 
 
 # --- the relay queue: entries queued by either worker are sent by the parent -------------

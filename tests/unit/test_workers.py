@@ -470,6 +470,31 @@ def test_workers_above_one_with_a_metrics_listener_is_accepted() -> None:
     assert parse(text, PATH).workers == 2
 
 
+def test_a_workers_failed_login_line_in_the_parents_log_is_the_one_fail2ban_reads() -> None:
+    """Written by the parent for a worker, the line is a single process's: the shipped filter (and the one an operator copied) matches it."""
+    from io import StringIO
+
+    from twisted.logger import Logger, eventAsJSON, textFileLogObserver
+
+    from tests.unit.test_abuse import fail2ban_hosts
+
+    made: list[dict[str, Any]] = []
+    observer = made.append
+    Logger(namespace="mailapp.abuse", observer=observer).info(
+        "auth failed protocol={protocol} client={client} account={quoted_account}",
+        protocol="imap", client="203.0.113.9", quoted_account='"alice@example.test"',
+    )  # fmt: skip
+    written: list[dict[str, Any]] = []
+    reactor = _ProcessReactor()
+    supervisor = Supervisor(reactor, Path("/etc/mailapp.toml"), 1, [_Listener()], publish_log=written.append)  # type: ignore[list-item]
+    supervisor.startService()
+    reactor.spawned[0][0].childDataReceived(1, channel.encode(channel.LOG, event=eventAsJSON(made[0])))
+    output = StringIO()
+    textFileLogObserver(output)(written[0])
+    assert written[0]["worker"] == 1
+    assert fail2ban_hosts(output.getvalue().splitlines()) == ["203.0.113.9"]
+
+
 def test_a_workers_telemetry_goes_to_the_parents_publisher_marked_with_the_worker() -> None:
     seen: list[dict[str, Any]] = []
     supervisor, reactor = _supervisor(telemetry=seen.append)
