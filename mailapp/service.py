@@ -478,6 +478,9 @@ def makeService(
         accepting = not supervising or parents_own
         listening = listen(context, listener, builder, counts, refusals, root.listener_failed, endpoint, accepting=accepting)
         listening.setServiceParent(root)  # type: ignore[no-untyped-call]
+        postscreen = getattr(listening.factory, "postscreen", None)
+        if worker is not None and postscreen is not None:
+            worker.link.attachPasses(listener.name, postscreen.passes)
         if not parents_own:
             listeners.append(listening)
     if worker is not None and worker.config_file is not None:

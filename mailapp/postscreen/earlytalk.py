@@ -48,9 +48,19 @@ class PassMemory:
         self._clock = clock
         self._limit = limit
         self._until: dict[str, float] = {}
+        #: With worker processes: told of each pass here (C{ip}, C{seconds}),
+        #: so that a client greeted at once on one worker is on every other
+        #: (L{mailapp.workers.channel}); None in a single process.
+        self.share: Callable[[str, float], None] | None = None
 
     def passed(self, ip: str, seconds: float) -> None:
         """C{ip} passed: remember it for C{seconds}."""
+        self.learn(ip, seconds)
+        if self.share is not None:
+            self.share(ip, seconds)
+
+    def learn(self, ip: str, seconds: float) -> None:
+        """C{ip} passed here or in another process: remember it for C{seconds}."""
         self._until.pop(ip, None)
         if len(self._until) >= self._limit:
             self._forget()

@@ -21,6 +21,10 @@ Worker to parent:
   a listener's budget (``"client"`` is then L{mailapp.sessions.budget_key}'s
   ``@NAME`` or ``@NAME/unauthenticated``), which the parent counts and
   passes on to the other workers with ``"origin"`` (the worker's number) added;
+- ``{"kind": "passed", "listener": ..., "ip": ..., "seconds": ...}``: a
+  client passed the MX listener's early-talker checks
+  (L{mailapp.postscreen.earlytalk.PassMemory.share}), which the other
+  workers remember too, so it is greeted at once whichever worker it reaches;
 - ``{"kind": "ready"}``: the worker's service has started and handles
   ``SIGHUP`` (the parent passes a reload on only then: before, the signal's
   default action would kill the worker);
@@ -29,7 +33,7 @@ Worker to parent:
   metrics listener is configured: the parent serves the metrics, counted
   from every worker's log and telemetry.
 
-Parent to worker: ``changed`` and ``abuse``, the same lines, and
+Parent to worker: ``changed``, ``abuse`` and ``passed``, the same lines, and
 ``connections`` with its ``origin``, for what happened elsewhere; and
 ``{"kind": "connections", "origin": ..., "forget": true}`` when a worker
 died with its connections. A worker starts with the parent's view of the
@@ -49,7 +53,7 @@ from typing import Any, Final
 
 from mailapp.records import FolderEvent
 
-__all__ = ["ACCEPTING", "ABUSE", "CHANGED", "CONNECTIONS", "FANNED_OUT", "READY", "TELEMETRY", "plain_fields", "LOG", "MAX_LINE", "QUEUED", "LineBuffer", "decode", "encode", "event_from_fields", "event_to_fields"]
+__all__ = ["ACCEPTING", "ABUSE", "CHANGED", "CONNECTIONS", "FANNED_OUT", "READY", "TELEMETRY", "plain_fields", "LOG", "MAX_LINE", "PASSED", "QUEUED", "LineBuffer", "decode", "encode", "event_from_fields", "event_to_fields"]
 
 LOG: Final = "log"
 QUEUED: Final = "queued"
@@ -59,8 +63,9 @@ TELEMETRY: Final = "telemetry"
 CONNECTIONS: Final = "connections"
 READY: Final = "ready"
 ACCEPTING: Final = "accepting"
+PASSED: Final = "passed"
 #: What the parent passes on, as it is, to every other worker.
-FANNED_OUT: Final = frozenset({CHANGED, ABUSE})
+FANNED_OUT: Final = frozenset({CHANGED, ABUSE, PASSED})
 
 #: A longer line is dropped, not buffered without end (a log event with a
 #: long traceback stays far below it).

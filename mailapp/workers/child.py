@@ -56,6 +56,7 @@ class ParentLink(Protocol):
         self._events: Any = None
         self._guard: Any = None
         self._counts: Any = None
+        self._passes: dict[str, Any] = {}
         self._writer: Any = None
         #: The workers ready now, as the parent last said (L{channel.ACCEPTING}).
         self.accepting: frozenset[int] = frozenset()
@@ -94,6 +95,11 @@ class ParentLink(Protocol):
         if queue is not None:
             queue.subscribe(lambda envelope: self._send(channel.encode(channel.QUEUED, id=envelope.id)))
 
+    def attachPasses(self, listener: str, passes: Any) -> None:
+        """Share MX listener C{listener}'s early-talker passes (a L{mailapp.postscreen.earlytalk.PassMemory}) both ways."""
+        self._passes[listener] = passes
+        passes.share = lambda ip, seconds: self._send(channel.encode(channel.PASSED, listener=listener, ip=ip, seconds=seconds))
+
     def _send(self, line: bytes) -> None:
         if self.transport is not None:
             self.transport.write(line)
@@ -130,6 +136,10 @@ class ParentLink(Protocol):
                     self.accepting = frozenset(numbers)
                     for told in list(self.onAccepting):
                         told()
+            elif message["kind"] == channel.PASSED:
+                passes, ip, seconds = self._passes.get(message.get("listener")), message.get("ip"), message.get("seconds")
+                if passes is not None and isinstance(ip, str) and isinstance(seconds, (int, float)):
+                    passes.learn(ip, float(seconds))
             elif message["kind"] == channel.ABUSE and self._guard is not None:
                 fact, fields = message.get("fact"), message.get("fields")
                 if isinstance(fact, str) and isinstance(fields, dict):

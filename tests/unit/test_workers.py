@@ -569,3 +569,30 @@ def test_the_parent_passes_connections_on_with_their_origin_and_forgets_a_dead_w
     assert [channel.decode(line.rstrip(b"\n")) for line in restarted.transport.written] == [
         {"kind": "connections", "client": "203.0.113.5", "delta": 1, "origin": "parent"}
     ]
+
+
+# --- the MX's early-talker passes, shared between workers ----------------------------------
+
+
+def test_a_client_that_passed_on_one_worker_is_greeted_at_once_on_the_others() -> None:
+    from twisted.internet.testing import StringTransport
+
+    from mailapp.postscreen.earlytalk import PassMemory
+    from mailapp.workers.child import ParentLink
+
+    clock = Clock()
+    here, there = PassMemory(clock.seconds), PassMemory(clock.seconds)
+    sender, receiver = ParentLink(clock), ParentLink(clock)
+    transport = StringTransport()
+    sender.makeConnection(transport)
+    receiver.makeConnection(StringTransport())
+    sender.attachPasses("smtp", here)
+    receiver.attachPasses("smtp", there)
+    here.passed("192.0.2.7", 60.0)
+    line = transport.value()
+    assert channel.decode(line.rstrip(b"\n")) == {"kind": channel.PASSED, "listener": "smtp", "ip": "192.0.2.7", "seconds": 60.0}
+    assert channel.PASSED in channel.FANNED_OUT
+    receiver.dataReceived(line)
+    assert there.known("192.0.2.7")
+    clock.advance(61)
+    assert not there.known("192.0.2.7")
