@@ -137,7 +137,7 @@ class ParentLink(Protocol):
                     for told in list(self.onAccepting):
                         told()
             elif message["kind"] == channel.PASSED:
-                passes, ip, seconds = self._passes.get(message.get("listener")), message.get("ip"), message.get("seconds")
+                passes, ip, seconds = self._passes.get(str(message.get("listener"))), message.get("ip"), message.get("seconds")
                 if passes is not None and isinstance(ip, str) and isinstance(seconds, (int, float)):
                     passes.learn(ip, float(seconds))
             elif message["kind"] == channel.ABUSE and self._guard is not None:

@@ -43,7 +43,7 @@ def die_with_parent(parent: int) -> bool:
     armed = False
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        armed = bool(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0)
     if os.getppid() != parent:
         os._exit(1)
     return armed
