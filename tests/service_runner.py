@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bench.server import child_pids
 from mailapp.accounts import AccountsDatabase
 from mailapp.config import Config, parse
 from mailapp.store.names import mailbox_directory
@@ -211,20 +212,37 @@ class ServiceProcess:
     def maildir(self, account: str) -> Path:
         return mailbox_directory(self.state_dir / "mail", account)
 
-    def status(self, name: str) -> dict[str, int]:
-        """Fields of /proc/PID/status in kB (VmRSS, VmHWM), for memory checks on Linux."""
+    def _pids(self) -> list[int]:
+        """The server's processes: the parent and its children (the workers, the signing process)."""
         assert self.process is not None
-        found = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key == name:
-                found[key] = int(value.split()[0])
+        return [self.process.pid, *child_pids(self.process.pid)]
+
+    def status(self, name: str) -> dict[str, int]:
+        """
+        A field of /proc/PID/status in kB (VmRSS, VmHWM), for memory checks
+        on Linux, summed over the server's processes: with workers the one
+        that served is a child, and the parent alone would measure nothing.
+        A sum bounds each process's growth from above, so a bound on it still holds for each.
+        """
+        found: dict[str, int] = {}
+        for pid in self._pids():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue  # it ended meanwhile
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key == name:
+                    found[key] = found.get(key, 0) + int(value.split()[0])
         return found
 
     def reset_peak_memory(self) -> int:
-        """Reset VmHWM to the current resident size (Linux 4.0+ ``clear_refs``); returns it in kB."""
-        assert self.process is not None
-        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+        """Reset VmHWM to the current resident size (Linux 4.0+ ``clear_refs``) in every server process; returns their sum in kB."""
+        for pid in self._pids():
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+            except OSError:
+                continue
         return self.status("VmHWM")["VmHWM"]
 
 
