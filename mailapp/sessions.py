@@ -265,6 +265,31 @@ class ConnectionCounts:
         self.elsewhere: dict[str, dict[str, int]] = {}
         #: The other processes' open connections per origin (their clients', not the listener budgets).
         self._openElsewhere: dict[str, int] = {}
+        #: How many processes accept on the listeners (the ready workers; 1 in a single process).
+        self.serving = 1
+
+    def overBudget(self, here: int, key: str, limit: int) -> bool:
+        """
+        Whether one more session would pass a budget of C{limit} sessions,
+        this process holding C{here} and the others what they reported
+        under C{key} (L{budget_key}). The others' counts are a few
+        milliseconds behind, so workers admitting at once could each see
+        room for the last places (two workers let 260-270 MX sessions in
+        against 250). Near the limit (within a tenth of it, at least two
+        places per process) a process also keeps to its fair share, C{limit}
+        over the processes serving, rounded up, plus one (the workers take
+        turns at accepting within one connection of each other, so an
+        uneven split does not refuse a client another worker had room
+        for): together they pass the limit by at most one place per
+        process. Far from it, the total alone decides, and one worker may
+        hold more than its share.
+        """
+        total = here + self.elsewhere_of(key)
+        if total >= limit:
+            return True
+        if self.serving > 1 and total >= limit - max(limit // 10, 2 * self.serving):
+            return here >= -(-limit // self.serving) + 1
+        return False
 
     def open_in(self, origin: str) -> int:
         """The connections process C{origin} has open, as it reported them."""
@@ -484,14 +509,14 @@ class SessionFactory(ServerFactory):
         ceiling = policy.max_server_connections
         counts = self.counts
         # This listener's sessions here, and in the other worker processes (none in a single process).
-        here = len(self.sessions) + counts.elsewhere_of(budget_key(self.listener_name))
-        if here >= policy.max_connections or (ceiling is not None and counts.total >= ceiling):
+        if counts.overBudget(len(self.sessions), budget_key(self.listener_name), policy.max_connections) or (
+            ceiling is not None and counts.total >= ceiling
+        ):
             refusal = b"Too many connections; try again later"
         elif counts.of(ip) >= policy.max_connections_per_ip:
             refusal = b"Too many connections from your address; try again later"
-        elif (
-            policy.max_unauthenticated is not None
-            and self.unauthenticated() + counts.elsewhere_of(budget_key(self.listener_name, True)) >= policy.max_unauthenticated
+        elif policy.max_unauthenticated is not None and counts.overBudget(
+            self.unauthenticated(), budget_key(self.listener_name, True), policy.max_unauthenticated
         ):
             refusal = b"Too many connections waiting to log in; try again later"
         if refusal is not None:

@@ -134,6 +134,8 @@ class ParentLink(Protocol):
                 numbers = message.get("workers")
                 if isinstance(numbers, list) and all(isinstance(n, int) for n in numbers):
                     self.accepting = frozenset(numbers)
+                    if self._counts is not None:
+                        self._counts.serving = max(1, len(self.accepting))
                     for told in list(self.onAccepting):
                         told()
             elif message["kind"] == channel.PASSED:

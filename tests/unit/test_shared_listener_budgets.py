@@ -76,3 +76,53 @@ def test_a_budget_key_is_left_out_of_the_servers_total_and_forgotten_with_its_pr
     assert (counts.total, counts.elsewhere_of(budget_key("imap"))) == (1, 1)
     counts.forget("2")
     assert (counts.total, counts.elsewhere_of(budget_key("imap"))) == (0, 0)
+
+
+def _counts_with(elsewhere: int, serving: int) -> ConnectionCounts:
+    counts = ConnectionCounts()
+    counts.serving = serving
+    for _ in range(elsewhere):
+        counts.learn("2", budget_key("imap"), 1)
+    return counts
+
+
+def test_far_from_its_limit_a_worker_may_hold_more_than_its_share() -> None:
+    assert not _counts_with(0, 2).overBudget(200, budget_key("imap"), 250)
+
+
+def test_near_its_limit_a_worker_keeps_to_its_fair_share() -> None:
+    counts = _counts_with(100, 2)
+    assert not counts.overBudget(125, budget_key("imap"), 250)
+    assert counts.overBudget(126, budget_key("imap"), 250), "a share of 250 over two workers is 125, and one more"
+    assert _counts_with(124, 2).overBudget(125, budget_key("imap"), 250) is False
+    assert _counts_with(126, 2).overBudget(124, budget_key("imap"), 250), "the total decides first"
+
+
+def test_one_process_admits_up_to_the_limit() -> None:
+    assert not _counts_with(0, 1).overBudget(249, budget_key("imap"), 250)
+    assert _counts_with(0, 1).overBudget(250, budget_key("imap"), 250)
+
+
+def test_workers_admitting_at_once_on_stale_counts_never_pass_the_limit_together() -> None:
+    """
+    Two workers, each seeing the other's count as it was ten admissions
+    ago (the channel's lag in a burst), admit in turn until both refuse: at
+    most one place past the limit per worker. Without the fair share near
+    the limit the lag decides: 260 of 250 here, 270 with a lag of twenty
+    (the trickling MX test with two workers once let 260-270 in).
+    """
+    limit, lag = 250, 10
+    held = [0, 0]
+    history: list[list[int]] = [[0], [0]]
+    refused = [False, False]
+    while not all(refused):
+        for me in (0, 1):
+            other = 1 - me
+            seen = history[other][max(0, len(history[other]) - 1 - lag)]
+            counts = _counts_with(seen, 2)
+            if counts.overBudget(held[me], budget_key("imap"), limit):
+                refused[me] = True
+            else:
+                held[me] += 1
+                history[me].append(held[me])
+    assert limit - 2 <= sum(held) <= limit + 2, held
