@@ -103,7 +103,7 @@ from mailapp import logevents
 from mailapp.compression import CompressingTransport, Inflater
 from mailapp.errors import LoginsBusy
 from mailapp.sasl import PlainCredentials
-from mailapp.sessions import BANNED, CLOSE_GRACE, AuthOutcome, Overrun, SessionFactory, SessionLimits
+from mailapp.sessions import ADMIT_SETTLE_SECONDS, BANNED, CLOSE_GRACE, AuthOutcome, Overrun, SessionFactory, SessionLimits
 
 if TYPE_CHECKING:
     from typing import Protocol as TypingProtocol
@@ -173,6 +173,8 @@ class LineSession(Protocol, TimeoutMixin):
         #: The command whose reply a pending Deferred will send, and when it came.
         self._timing: tuple[str, float] | None = None
         self._whenClosed: list[defer.Deferred[None]] = []
+        #: The wait before admission near a limit (L{SessionFactory.admitSoon}).
+        self._settling: IDelayedCall | None = None
         self.deadlines = factory.deadlinesFor(self)
         #: The client's compressed input, once the session compresses (L{_startCompression}).
         self._inflater: Inflater | None = None
@@ -270,6 +272,21 @@ class LineSession(Protocol, TimeoutMixin):
             self.refuse(BANNED, banned=True)
             self._close()
             return
+        if self.factory.admitSoon(self._peerIP):
+            # Near a limit with other workers serving: their latest counts first.
+            self.transport.pauseProducing()
+            self._settling = self.callLater(ADMIT_SETTLE_SECONDS, self._settled)
+            return
+        self._admit()
+
+    def _settled(self) -> None:
+        self._settling = None
+        if not self._connected or self.transport is None:
+            return
+        self.transport.resumeProducing()
+        self._admit()
+
+    def _admit(self) -> None:
         refusal = self.factory.admit(self._peerIP)
         if refusal:
             self.refuse(refusal, banned=False)
@@ -283,6 +300,9 @@ class LineSession(Protocol, TimeoutMixin):
         # commit finishing later must not start the next command.
         self._connected = False
         self._closing = True
+        if self._settling is not None and self._settling.active():
+            self._settling.cancel()
+        self._settling = None
         self._buffer = b""
         self._inflater = None
         self.setTimeout(None)

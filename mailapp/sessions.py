@@ -37,6 +37,7 @@ from mailapp.interfaces import IMailbox
 _log = Logger()
 
 __all__ = [
+    "ADMIT_SETTLE_SECONDS",
     "BANNED",
     "BUDGET_PREFIX",
     "CLOSE_GRACE",
@@ -229,6 +230,8 @@ class RefusalLog:
 
 #: What starts a listener budget's key in L{ConnectionCounts} (never a client address's).
 BUDGET_PREFIX = "@"
+#: How long a worker waits before deciding on a client near a limit (L{SessionFactory.admitSoon}).
+ADMIT_SETTLE_SECONDS = 0.005
 
 
 def budget_key(listener: str, unauthenticated: bool = False) -> str:
@@ -522,6 +525,32 @@ class SessionFactory(ServerFactory):
         if refusal is not None:
             self.refusals.refused(self, ip, refusal.decode("ascii"))
         return refusal
+
+    def admitSoon(self, ip: str) -> bool:
+        """
+        Whether the decision on a client of C{ip} should wait
+        L{ADMIT_SETTLE_SECONDS} first: only with several processes serving,
+        and only within two places per process of a limit it is counted
+        against (its address's, or a budget of this listener). The other
+        processes' counts arrive a few milliseconds late, so a client that
+        just opened a connection on another worker would not be counted
+        yet; after the wait it is, and a limit such as
+        C{max_connections_per_ip} holds exactly for clients that connect
+        one after the other.
+        """
+        counts = self.counts
+        if counts.serving < 2:
+            return False
+        margin = 2 * counts.serving
+        policy: SessionLimits = self.policy
+        if counts.of(ip) + margin >= policy.max_connections_per_ip:
+            return True
+        if len(self.sessions) + counts.elsewhere_of(budget_key(self.listener_name)) + margin >= policy.max_connections:
+            return True
+        return (
+            policy.max_unauthenticated is not None
+            and self.unauthenticated() + counts.elsewhere_of(budget_key(self.listener_name, True)) + margin >= policy.max_unauthenticated
+        )
 
     def unauthenticated(self) -> int:
         """This listener's open sessions that have not logged in."""

@@ -588,3 +588,55 @@ def _twenty_connections_shared(workers: Workers, timeout: float) -> None:
     finally:
         for client in clients:
             client.close()
+
+
+def test_limits_hold_exactly_for_clients_connecting_one_after_another_on_different_workers(tmp_path: Path) -> None:
+    """
+    A client's connections on every listener count against
+    max_connections_per_ip, and a listener's max_unauthenticated holds,
+    whichever worker takes each connection: near a limit a worker waits a
+    few milliseconds for the others' counts (SessionFactory.admitSoon).
+    Without that wait, with the connections spread over both workers, a
+    third connection of a client limited to two got in (3 runs of 3).
+    """
+    running = Workers(
+        tmp_path / "a",
+        listener("smtp", "smtp") + listener("pop3", "pop3") + listener("imap", "imap"),
+        "[limits]\nmax_connections = 30\nmax_connections_per_ip = 2\n",
+    )
+    try:
+        running.start()
+        opened: list[socket.socket] = []
+
+        def connect(name: str) -> bytes:
+            sock = socket.create_connection(("127.0.0.1", running.server.port(name)), timeout=TIMEOUT)
+            opened.append(sock)
+            return sock.recv(200)
+
+        for _ in range(3):
+            assert connect("smtp").startswith(b"220 ")
+            assert connect("pop3").startswith(b"+OK")
+            assert connect("imap").startswith(b"* BYE"), "a third connection of a client limited to two"
+            for sock in opened:
+                sock.close()
+            opened.clear()
+            time.sleep(0.2)  # their closes counted in both workers
+    finally:
+        running.stop()
+
+
+def test_a_listeners_budget_for_clients_not_logged_in_holds_exactly_with_two_workers(tmp_path: Path) -> None:
+    """Idle IMAP clients connecting one after another: exactly the listener's share of those not logged in get in."""
+    running = Workers(tmp_path / "a", LISTENERS, "[limits]\nmax_connections = 40\nmax_connections_per_ip = 40\n")
+    try:
+        running.start()
+        idle, greetings = [], []
+        for _ in range(20):  # one after another, each greeted before the next
+            idle.append(socket.create_connection(("127.0.0.1", running.server.port("imap")), timeout=TIMEOUT))
+            greetings.append(idle[-1].recv(500))
+        # Three listeners with logins (imap, imaps, pop3) share half of 40: six each may wait to log in.
+        assert sum(greeting.startswith(b"* OK") for greeting in greetings) == 6, greetings
+        for sock in idle:
+            sock.close()
+    finally:
+        running.stop()
