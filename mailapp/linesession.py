@@ -101,6 +101,7 @@ from twisted.python.failure import Failure
 
 from mailapp import logevents
 from mailapp.compression import CompressingTransport, Inflater
+from mailapp.deadlines import cancel_call
 from mailapp.errors import LoginsBusy
 from mailapp.sasl import PlainCredentials
 from mailapp.sessions import ADMIT_SETTLE_SECONDS, BANNED, CLOSE_GRACE, AuthOutcome, Overrun, SessionFactory, SessionLimits
@@ -300,9 +301,7 @@ class LineSession(Protocol, TimeoutMixin):
         # commit finishing later must not start the next command.
         self._connected = False
         self._closing = True
-        if self._settling is not None and self._settling.active():
-            self._settling.cancel()
-        self._settling = None
+        self._settling = cancel_call(self._settling)
         self._buffer = b""
         self._inflater = None
         self.setTimeout(None)

@@ -294,6 +294,10 @@ class ConnectionCounts:
             return here >= -(-limit // self.serving) + 1
         return False
 
+    def near(self, total: int, limit: int) -> bool:
+        """Whether C{total} is within two places per serving process of C{limit} (L{SessionFactory.admitSoon})."""
+        return total + 2 * self.serving >= limit
+
     def open_in(self, origin: str) -> int:
         """The connections process C{origin} has open, as it reported them."""
         return self._openElsewhere.get(origin, 0)
@@ -541,15 +545,14 @@ class SessionFactory(ServerFactory):
         counts = self.counts
         if counts.serving < 2:
             return False
-        margin = 2 * counts.serving
         policy: SessionLimits = self.policy
-        if counts.of(ip) + margin >= policy.max_connections_per_ip:
-            return True
-        if len(self.sessions) + counts.elsewhere_of(budget_key(self.listener_name)) + margin >= policy.max_connections:
-            return True
         return (
-            policy.max_unauthenticated is not None
-            and self.unauthenticated() + counts.elsewhere_of(budget_key(self.listener_name, True)) + margin >= policy.max_unauthenticated
+            counts.near(counts.of(ip), policy.max_connections_per_ip)
+            or counts.near(len(self.sessions) + counts.elsewhere_of(budget_key(self.listener_name)), policy.max_connections)
+            or (
+                policy.max_unauthenticated is not None
+                and counts.near(self.unauthenticated() + counts.elsewhere_of(budget_key(self.listener_name, True)), policy.max_unauthenticated)
+            )
         )
 
     def unauthenticated(self) -> int:

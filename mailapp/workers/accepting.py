@@ -40,6 +40,7 @@ from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProtocolF
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailapp.deadlines import cancel_call
 from mailapp.sessions import ConnectionCounts
 
 __all__ = ["MAX_YIELDS", "YIELD_SECONDS", "Gate", "SharedEndpoint", "Turns"]
@@ -68,8 +69,10 @@ class Turns:
 
     def ahead(self) -> bool:
         counts = self._counts()
-        others = [counts.open_in(str(n)) for n in self._ready() if n != self.number] if counts is not None else []
-        return bool(others) and counts is not None and counts.open_here() > min(others) + SLACK
+        if counts is None:
+            return False
+        others = [counts.open_in(str(n)) for n in self._ready() if n != self.number]
+        return bool(others) and counts.open_here() > min(others) + SLACK
 
 
 class Gate:
@@ -126,9 +129,7 @@ class _TakingTurns:
 
     def _stopResuming(self) -> None:
         """The port stops: no step aside may start it reading again."""
-        if self._resuming is not None and self._resuming.active():
-            self._resuming.cancel()
-        self._resuming = None
+        self._resuming = cancel_call(self._resuming)
 
 
 class _SharedTCPPort(_TakingTurns, tcp.Port):

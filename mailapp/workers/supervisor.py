@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 import mailapp
 from mailapp import logevents
 from mailapp.config import Config
+from mailapp.deadlines import cancel_call
 from mailapp.listeners import ListenerService
 from mailapp.records import FolderEvent
 from mailapp.workers import channel
@@ -163,9 +164,8 @@ class Supervisor(Service):
         self._unsubscribe: Callable[[], None] | None = None
         #: Fires once every worker has been started the first time (for tests and the announcement).
         self.whenStarted: Deferred[None] = Deferred()
-        #: At the first start, no worker accepts until every worker is ready
-        #: (or L{START_GRACE_SECONDS} passed): L{_announceAccepting}.
-        self._holding = True
+        #: Pending while the first start waits for every worker to be ready
+        #: before any accepts (at most L{START_GRACE_SECONDS}): L{_announceAccepting}.
         self._grace: Any = None
         #: Fires once every worker has said it serves (its C{ready} line) the
         #: first time: only then does the server answer on its listeners, which
@@ -206,10 +206,8 @@ class Supervisor(Service):
     def _endGrace(self) -> None:
         """A worker is slow to start: the ready ones accept without it."""
         self._grace = None
-        if self._holding:
-            self._holding = False
-            if any(worker.ready for worker in self.workers.values()):
-                self._announceAccepting()
+        if any(worker.ready for worker in self.workers.values()):
+            self._announceAccepting()
 
     def _spawn(self, number: int) -> None:
         self._restarts.pop(number, None)
@@ -290,9 +288,7 @@ class Supervisor(Service):
         does (stop accepting, finish its sessions' work, bounded); ``SIGKILL``
         to any still there after L{stop_timeout}.
         """
-        if self._grace is not None and self._grace.active():
-            self._grace.cancel()
-        self._grace = None
+        self._grace = cancel_call(self._grace)
         Service.stopService(self)
         self._stopping = True
         if self._unsubscribe is not None:
@@ -335,11 +331,11 @@ class Supervisor(Service):
             self._log(worker, message.get("event"))
         elif kind == channel.READY:
             worker.ready = True
-            self._announceAccepting()
             if worker.number in self._never_ready:
                 self._never_ready.discard(worker.number)
                 if not self._never_ready and not self.whenReady.called:
                     self.whenReady.callback(None)
+            self._announceAccepting()
             if worker.reload_pending:
                 worker.reload_pending = False
                 worker.signal("HUP")
@@ -394,15 +390,11 @@ class Supervisor(Service):
         long-lived ones stay where they land. A worker accepts only once it
         is told it is among them (L{mailapp.workers.accepting}).
         """
-        ready = sorted(n for n, w in self.workers.items() if w.ready)
-        if self._holding:
-            if len(ready) < self.count:
+        if self._grace is not None:
+            if self._never_ready:
                 return
-            self._holding = False
-            if self._grace is not None and self._grace.active():
-                self._grace.cancel()
-            self._grace = None
-        line = channel.encode(channel.ACCEPTING, workers=ready)
+            self._grace = cancel_call(self._grace)
+        line = channel.encode(channel.ACCEPTING, workers=sorted(n for n, w in self.workers.items() if w.ready))
         for worker in list(self.workers.values()):
             worker.send(line)
 
