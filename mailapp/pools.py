@@ -28,25 +28,147 @@ of IMAP searches could hold up every delivery's commit. Now:
 
 Each pool starts no thread until work arrives (``minthreads=0``) and is
 stopped when the reactor shuts down, after the service has drained.
+
+The pools are L{LeanThreadPool}s: Twisted's L{ThreadPool} hands every job
+through a coordinator (a lock worker) to a worker's own queue and back, and
+under imaptest's stress those hand-offs were a quarter of the reactor's GIL
+time. One C-level queue shared by the pool's threads does the same job at a
+third of the cost per trip.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
+from queue import SimpleQueue
 from typing import Any, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-__all__ = ["DEFAULT_SIZES", "WorkerPools"]
+__all__ = ["DEFAULT_SIZES", "LeanThreadPool", "WorkerPools"]
+
+_log = Logger()
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 #: Threads per pool. The store gets the most: every protocol reads through it.
 DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2, "signing": 2, "authentication": 16, "fulltext": 1, "greylist": 1}
+
+
+_Job = tuple[Callable[[bool, Any], object] | None, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class LeanThreadPool(ThreadPool):
+    """
+    A L{ThreadPool} (what C{deferToThreadPool} and everything typed for
+    Twisted's pool takes) whose threads share one L{SimpleQueue}: a job is
+    one C{put}, and an idle thread takes it straight from there. Threads
+    start as work arrives, up to C{maxthreads}, and then stay until
+    L{stop}, which lets the queued work finish first. Twisted's own pool
+    also runs each job in its caller's legacy log context; nothing of ours
+    logs through that (L{mailapp.logformat} ignores C{log_system}), so this
+    one does not.
+    """
+
+    def __init__(self, minthreads: int = 0, maxthreads: int = 10, name: str | None = None) -> None:
+        super().__init__(minthreads, maxthreads, name)
+        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        #: Jobs put and not yet taken, and threads waiting to take one.
+        self._queued = 0
+        self._idle = 0
+
+    @property
+    def workers(self) -> int:
+        return len(self._threads)
+
+    @property
+    def working(self) -> list[None]:
+        return [None] * (len(self._threads) - self._idle)
+
+    @property
+    def waiters(self) -> list[None]:
+        return [None] * self._idle
+
+    def start(self) -> None:
+        self.joined = False
+        self.started = True
+        with self._lock:
+            self._grow(max(self.min, self._queued))
+
+    def callInThread(self, func: Callable[..., object], *args: Any, **kw: Any) -> None:
+        self.callInThreadWithCallback(None, func, *args, **kw)
+
+    def callInThreadWithCallback(self, onResult: Callable[[bool, Any], object] | None, func: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        if self.joined:
+            return
+        with self._lock:
+            self._queued += 1
+            if self.started and self._queued > self._idle:
+                self._grow(len(self._threads) + 1)
+        self._jobs.put((onResult, func, args, kw))
+
+    def _grow(self, count: int) -> None:
+        """Start threads up to C{count} (at most C{max}); called under C{_lock}."""
+        while len(self._threads) < min(count, self.max):
+            thread = threading.Thread(target=self._work, name=f"{self.name or 'pool'}-{len(self._threads)}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _work(self) -> None:
+        jobs, lock = self._jobs, self._lock
+        while True:
+            with lock:
+                self._idle += 1
+            job = jobs.get()
+            with lock:
+                self._idle -= 1
+                self._queued -= job is not None
+            if job is None:
+                return
+            onResult, func, args, kw = job
+            del job
+            try:
+                result = func(*args, **kw)
+                ok = True
+            except BaseException:
+                result = Failure()
+                ok = False
+            del func, args, kw
+            if onResult is None:
+                if not ok:
+                    _log.failure("work on {pool} failed", result, pool=self.name)
+                continue
+            try:
+                onResult(ok, result)
+            except BaseException:
+                _log.failure("a result callback on {pool} failed", pool=self.name)
+            del onResult, result
+
+    def stop(self) -> None:
+        """Stop taking work, let what is queued finish, and join every thread."""
+        self.joined = True
+        self.started = False
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._jobs.put(None)
+        for thread in threads:
+            thread.join()
+
+    def adjustPoolsize(self, minthreads: int | None = None, maxthreads: int | None = None) -> None:
+        self.min = self.min if minthreads is None else minthreads
+        self.max = self.max if maxthreads is None else maxthreads
+        if self.started:
+            with self._lock:
+                self._grow(self.min)
 
 
 class WorkerPools:
@@ -64,7 +186,7 @@ class WorkerPools:
     def __init__(self, reactor: Any, sizes: Mapping[str, int] = DEFAULT_SIZES) -> None:
         self._pools: dict[str, ThreadPool] = {}
         for name, size in {**DEFAULT_SIZES, **sizes}.items():
-            pool = ThreadPool(minthreads=0, maxthreads=size, name=f"mailapp-{name}")
+            pool = LeanThreadPool(minthreads=0, maxthreads=size, name=f"mailapp-{name}")
             pool.start()
             self._pools[name] = pool
             setattr(self, name, pool)

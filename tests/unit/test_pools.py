@@ -18,6 +18,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.trial import unittest
 
 from mailapp import service
+from mailapp.pools import LeanThreadPool, WorkerPools
 from mailapp.config import ListenerConfig
 from mailapp.service import makeService
 from mailapp.web import app as web_app
@@ -73,3 +74,97 @@ class PoolTests(unittest.TestCase):
         self.assertFalse(any(d.called for d in stuck))
         release.set()
         yield defer.gatherResults(stuck)
+
+
+class LeanThreadPoolTests(unittest.TestCase):
+    """L{LeanThreadPool}: Twisted's pool's contract, with one shared queue."""
+
+    def pool(self, size: int = 3) -> LeanThreadPool:
+        pool = LeanThreadPool(minthreads=0, maxthreads=size, name="lean-test")
+        pool.start()
+        self.addCleanup(pool.stop)
+        return pool
+
+    def test_no_thread_starts_before_work_arrives(self) -> None:
+        pool = self.pool()
+        self.assertEqual(pool.workers, 0)
+
+    @defer.inlineCallbacks
+    def test_results_and_failures_come_back_through_defer_to_thread_pool(self) -> Any:
+        pool = self.pool()
+        value = yield deferToThreadPool(reactor, pool, lambda a, b=0: a + b, 2, b=3)
+        self.assertEqual(value, 5)
+        failed = deferToThreadPool(reactor, pool, lambda: 1 // 0)
+        yield self.assertFailure(failed, ZeroDivisionError)
+
+    @defer.inlineCallbacks
+    def test_jobs_run_in_parallel_up_to_the_pool_size_and_no_further(self) -> Any:
+        pool = self.pool(size=3)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        running: list[str] = []
+        lock = threading.Lock()
+
+        def job() -> None:
+            with lock:
+                running.append(threading.current_thread().name)
+            release.wait(10)
+
+        jobs = [deferToThreadPool(reactor, pool, job) for _ in range(5)]
+        deadline = time.monotonic() + 5
+        while len(running) < 3 and time.monotonic() < deadline:
+            yield deferLater(0.01)
+        yield deferLater(0.1)
+        self.assertEqual((len(running), pool.workers, len(set(running))), (3, 3, 3))
+        release.set()
+        yield defer.gatherResults(jobs)
+        self.assertEqual(len(running), 5)
+        self.assertEqual(pool.workers, 3)
+
+    @defer.inlineCallbacks
+    def test_an_idle_thread_takes_the_next_job_without_a_new_thread(self) -> Any:
+        pool = self.pool(size=10)
+        for _ in range(20):
+            yield deferToThreadPool(reactor, pool, lambda: None)
+        self.assertEqual(pool.workers, 1)
+
+    def test_stop_lets_queued_work_finish_and_joins_every_thread(self) -> None:
+        pool = LeanThreadPool(minthreads=0, maxthreads=2, name="lean-stop")
+        pool.start()
+        done: list[int] = []
+        for n in range(6):
+            pool.callInThread(lambda n=n: (time.sleep(0.01), done.append(n)))
+        threads = list(pool._threads)
+        pool.stop()
+        self.assertEqual(sorted(done), list(range(6)))
+        self.assertFalse(any(t.is_alive() for t in threads))
+        pool.callInThread(done.append, 99)  # after stop: dropped, as Twisted's pool drops it
+        self.assertNotIn(99, done)
+
+    def test_work_queued_before_start_runs_once_started(self) -> None:
+        pool = LeanThreadPool(minthreads=0, maxthreads=2, name="lean-late")
+        ran = threading.Event()
+        pool.callInThread(ran.set)
+        self.assertFalse(ran.wait(0.05))
+        pool.start()
+        self.addCleanup(pool.stop)
+        self.assertTrue(ran.wait(5))
+
+    def test_a_failing_job_without_a_callback_is_logged_and_the_thread_lives_on(self) -> None:
+        pool = self.pool(size=1)
+        ran = threading.Event()
+        pool.callInThread(lambda: 1 // 0)
+        pool.callInThread(ran.set)
+        self.assertTrue(ran.wait(5))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_the_server_pools_are_lean(self) -> None:
+        pools = WorkerPools(reactor)
+        self.addCleanup(pools.stop)
+        self.assertIsInstance(pools.store, LeanThreadPool)
+
+
+def deferLater(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet.task import deferLater as later
+
+    return later(reactor, seconds, lambda: None)
