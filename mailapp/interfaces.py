@@ -560,6 +560,15 @@ class IFolder(Interface):
         and L{readMessage} still read them for a while.
         """
 
+    def expungeDeleted(wanted: Callable[[int], bool] | None = None) -> Deferred[list[int]]:
+        """
+        Remove the messages flagged C{\\Deleted} now (those whose UID
+        C{wanted} accepts, if given; it runs on a worker thread), as
+        L{expunge} does: IMAP's EXPUNGE, UID EXPUNGE and CLOSE.
+        The flags are read where the removal happens, in one trip: no flag
+        change can slip between the choice and the removal.
+        """
+
     def append(data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[int]:
         """
         Store C{data} durably with C{flags}; fires with its UID and publishes

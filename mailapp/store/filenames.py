@@ -24,6 +24,8 @@ from dataclasses import dataclass
 KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 # Maildir info flags (https://cr.yp.to/proto/maildir.html) for the IMAP system flags.
+#: The flag that marks a message for expunging (L{IFolder.expungeDeleted}).
+DELETED_FLAG = "\\Deleted"
 _FLAG_LETTERS = {
     "\\Draft": "D",
     "\\Flagged": "F",

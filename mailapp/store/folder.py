@@ -33,7 +33,7 @@ from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
 from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, ChangesSince, FlagChange, FolderEvent, FolderStatus, MessageInfo, MessageOrigin
-from mailapp.store.filenames import decode_flags, encode_flags, parse_filename
+from mailapp.store.filenames import DELETED_FLAG, decode_flags, encode_flags, parse_filename
 from mailapp.store.folders import mailbox_id, message_counts, record_uidnext
 from mailapp.store.keywords import message_filename
 from mailapp.store.modseq import prune_vanished, vanished_since
@@ -479,23 +479,48 @@ class MaildirFolder:
     def expunge(self, uids: Iterable[int]) -> Deferred[list[int]]:
         uids = sorted(set(uids))
 
+        def chosen(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            victims = []
+            for uid in uids:
+                row = conn.execute("SELECT filename FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)).fetchone()
+                if row is not None:
+                    victims.append((uid, row[0]))
+            return victims
+
+        return self._expunge(chosen)
+
+    def expungeDeleted(self, wanted: Callable[[int], bool] | None = None) -> Deferred[list[int]]:
+        def chosen(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            # Flags are stored as sorted space-separated names (L{encode_flags}): match the whole name.
+            rows = conn.execute(
+                "SELECT uid, filename FROM messages WHERE folder = ? AND instr(' ' || flags || ' ', ?) > 0 ORDER BY uid",
+                (self.name, f" {DELETED_FLAG} "),
+            ).fetchall()
+            return [(uid, filename) for uid, filename in rows if wanted is None or wanted(uid)]
+
+        return self._expunge(chosen)
+
+    def _expunge(self, chosen: Callable[[sqlite3.Connection], list[tuple[int, str]]]) -> Deferred[list[int]]:
+        """
+        Expunge what C{chosen} picks, as (uid, filename) pairs, read under
+        the index's write lock: one writer trip, and no message can gain or
+        lose a flag between the choice and the removal.
+        """
+
         def remove() -> list[int]:
             with self._connect() as conn, outside.own_change(self.directory):
                 moved: list[tuple[Path, Path | None]] = []
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    victims = chosen(conn)
+                    if not victims:
+                        conn.execute("COMMIT")
+                        return []
                     validity, uidnext = conn.execute(
                         "SELECT uidvalidity, uidnext FROM folders WHERE name = ?", (self.name,)
                     ).fetchone()
-                    # Record UIDNEXT first, so that a rebuild never hands out a removed UID again.
+                    # Record UIDNEXT before anything goes, so that a rebuild never hands out a removed UID again.
                     record_uidnext(self.directory, validity, uidnext)
-                    victims = []
-                    for uid in uids:
-                        row = conn.execute(
-                            "SELECT filename FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)
-                        ).fetchone()
-                        if row is not None:
-                            victims.append((uid, row[0]))
                     conn.executemany("DELETE FROM messages WHERE folder = ? AND uid = ?", [(self.name, u) for u, _ in victims])
                     prune_vanished(conn, self.name)
                     # Into the hold before the commit, under the index's write

@@ -17,6 +17,7 @@ from zope.interface import implementer
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError
 from mailapp.interfaces import IFolder, IFreeSpace, IMailbox, IMessageStore, IMessageWriter
 from mailapp.store.events import ADDED, EXPUNGED, FLAGS_CHANGED, EventBus, FolderEvent
+from mailapp.store.filenames import DELETED_FLAG
 from mailapp.store.names import DELIMITER, INBOX, SPECIAL_FOLDERS, normalize_folder
 from mailapp.records import (
     FOLDER_CREATED,
@@ -308,6 +309,12 @@ class FakeFolder:
             state.expunged_emailids[uid] = message[4]
         self._publish(EXPUNGED, removed)
         return succeed(removed)
+
+    def expungeDeleted(self, wanted: Callable[[int], bool] | None = None) -> Deferred[list[int]]:
+        state = self._state
+        return self.expunge(
+            [uid for uid, message in state.messages.items() if DELETED_FLAG in message[1] and (wanted is None or wanted(uid))]
+        )
 
     def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[int]:
         uid = self._add(data, flags, time.time() if internaldate is None else internaldate)

@@ -293,6 +293,38 @@ class FolderTests(StoreTestCase):
         self.assertEqual(written.call_count, 1)
 
     @inlineCallbacks
+    def test_expunge_deleted_removes_exactly_the_messages_flagged_deleted_now(self):
+        for _ in range(4):
+            yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        yield folder.setFlags([1, 3], ["\\Deleted"], "add")
+        yield folder.setFlags([2], ["$Deleted", "\\Seen"], "add")  # a keyword that merely looks alike
+        self.assertEqual((yield folder.expungeDeleted()), [1, 3])
+        self.assertEqual([m.uid for m in (yield folder.messages())], [2, 4])
+
+    @inlineCallbacks
+    def test_expunge_deleted_keeps_to_the_uids_it_is_given(self):
+        for _ in range(3):
+            yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        yield folder.setFlags([1, 2, 3], ["\\Deleted"], "add")
+        self.assertEqual((yield folder.expungeDeleted(lambda uid: uid >= 2)), [2, 3])
+        self.assertEqual([m.uid for m in (yield folder.messages())], [1])
+
+    @inlineCallbacks
+    def test_expunge_deleted_with_nothing_flagged_writes_no_metadata(self):
+        from unittest import mock
+
+        from mailapp.store import folders
+
+        yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        with mock.patch.object(folders, "write_meta", wraps=folders.write_meta) as written:
+            self.assertEqual((yield folder.expungeDeleted()), [])
+        self.assertEqual(written.call_count, 0)
+        self.assertEqual(len((yield folder.messages())), 1)
+
+    @inlineCallbacks
     def test_uids_and_uidvalidity_persist_across_restart(self):
         yield self.deliver([ALICE])
         before = yield (yield self.store.mailbox(ALICE).folder("INBOX")).status()

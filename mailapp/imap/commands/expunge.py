@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Coroutine
 
-from mailapp.imap.flags import DELETED
-from mailapp.imap.wire import Token, as_string, expect_count, parse_sequence_set, select_positions
+from mailapp.imap.commands.condstore import in_ranges
+from mailapp.imap.wire import Token, as_string, expect_count, parse_sequence_set
 
 if TYPE_CHECKING:
     from mailapp.imap.session import IMAPServer
@@ -35,14 +35,11 @@ async def _expunge(session: IMAPServer, tag: bytes, ranges: list[tuple[int | Non
     if selected.readonly:
         session.tagged(tag, b"NO", b"[READ-ONLY] Mailbox is read-only")
         return
-    messages = await selected.folder.messages()
-    deleted = [m.uid for m in messages if DELETED in m.flags]
-    if ranges is not None:
-        uids = [m.uid for m in messages]
-        wanted = {uids[p] for p in select_positions(ranges, uids, by_uid=True)}
-        deleted = [uid for uid in deleted if uid in wanted]
-    if deleted:
-        await selected.folder.expunge(deleted)
+    # One writer trip: the \Deleted flags are read where the messages are removed. A UID
+    # EXPUNGE's ``*`` is the session's last message, as for every UID set it sends.
+    last = selected.uids[-1] if selected.uids else 0
+    wanted = None if ranges is None else lambda uid: in_ranges(uid, ranges, last)
+    await selected.folder.expungeDeleted(wanted)
     text = b"EXPUNGE completed"
     if session.condstore:
         # RFC 7162 3.2.10: an expunge raises HIGHESTMODSEQ with no FETCH to show it. Read before the

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Coroutine
 from mailapp.errors import NoSuchFolder
 from mailapp.imap.commands.condstore import QResync, fetch_responses, in_ranges, parse_select_parameters, vanished_earlier
 from mailapp.imap.commands.mailboxes import open_folder
-from mailapp.imap.flags import DELETED
 from mailapp.imap.policy import FETCH_BATCH
 from mailapp.imap.selected import SelectedFolder
 from mailapp.imap.wire import Token, expect_count
@@ -133,10 +132,7 @@ def close(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine[
     async def close() -> None:
         session.unselect()
         if not selected.readonly:
-            messages = await selected.folder.messages()
-            deleted = [m.uid for m in messages if DELETED in m.flags]
-            if deleted:
-                await selected.folder.expunge(deleted)
+            await selected.folder.expungeDeleted()
         session.tagged(tag, b"OK", b"CLOSE completed")
 
     return close()
