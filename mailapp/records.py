@@ -89,6 +89,12 @@ class FolderStatus:
     unseen: int
     #: The highest mod-sequence of the folder (RFC 7162): raised by every change of a message and every expunge.
     highestmodseq: int = 1
+    #: Messages no session has claimed as \Recent yet (IMAP STATUS RECENT), as the store's status reads them.
+    recent: int = 0
+    #: The sum of the messages' wire sizes (STATUS SIZE, RFC 8438).
+    size: int = 0
+    #: Messages flagged \Deleted (STATUS DELETED, RFC 9051 6.3.11).
+    deleted: int = 0
 
 
 @dataclass(frozen=True)

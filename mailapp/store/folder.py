@@ -124,17 +124,19 @@ class MaildirFolder:
     def status(self) -> Deferred[FolderStatus]:
         def read() -> FolderStatus:
             with self._connect() as conn:
+                # One statement, one snapshot: every counter STATUS may ask for, in one scan.
                 row = conn.execute(
-                    "SELECT uidvalidity, uidnext, highestmodseq FROM folders WHERE name = ?", (self.name,)
+                    "SELECT f.uidvalidity, f.uidnext, f.highestmodseq, count(m.uid),"
+                    " coalesce(sum(instr(' ' || m.flags || ' ', ' \\Seen ') = 0), 0),"
+                    " coalesce(sum(m.uid >= f.first_recent_uid), 0), coalesce(sum(m.size), 0),"
+                    " coalesce(sum(instr(' ' || m.flags || ' ', ?) > 0), 0)"
+                    " FROM folders f LEFT JOIN messages m ON m.folder = f.name WHERE f.name = ? GROUP BY f.name",
+                    (f" {DELETED_FLAG} ", self.name),
                 ).fetchone()
                 if row is None:
                     raise NoSuchFolder(f"no such folder: {self.name}")
-                total, unseen = conn.execute(
-                    "SELECT count(*), coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0)"
-                    " FROM messages WHERE folder = ?",
-                    (self.name,),
-                ).fetchone()
-                return FolderStatus(row[0], row[1], total, unseen, row[2])
+                validity, uidnext, highest, total, unseen, unclaimed, size, deleted = row
+                return FolderStatus(validity, uidnext, total, unseen, highest, unclaimed, size, deleted)
 
         return self.store.run(read)
 

@@ -156,7 +156,15 @@ class FakeFolder:
     def status(self) -> Deferred[FolderStatus]:
         state = self._state
         unseen = sum(1 for m in state.messages.values() if "\\Seen" not in m[1])
-        return succeed(FolderStatus(state.uidvalidity, state.uidnext, len(state.messages), unseen, state.highestmodseq))
+        messages = state.messages
+        return succeed(
+            FolderStatus(
+                state.uidvalidity, state.uidnext, len(messages), unseen, state.highestmodseq,
+                recent=sum(1 for uid in messages if uid >= state.first_recent),
+                size=sum(len(m[0]) for m in messages.values()),
+                deleted=sum(1 for m in messages.values() if DELETED_FLAG in m[1]),
+            )
+        )
 
     def messages(self) -> Deferred[list[MessageInfo]]:
         state = self._state

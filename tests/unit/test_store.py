@@ -325,6 +325,21 @@ class FolderTests(StoreTestCase):
         self.assertEqual(len((yield folder.messages())), 1)
 
     @inlineCallbacks
+    def test_status_counts_recent_size_and_deleted_in_one_read(self):
+        for _ in range(3):
+            yield self.deliver([ALICE])
+        folder = yield self.store.mailbox(ALICE).folder("INBOX")
+        yield folder.setFlags([2], ["\\Deleted", "\\Seen"], "add")
+        yield folder.claimRecent(1)
+        status = yield folder.status()
+        sizes = sum(m.size for m in (yield folder.messages()))
+        self.assertEqual(
+            (status.messages, status.unseen, status.recent, status.size, status.deleted), (3, 2, 2, sizes, 1)
+        )
+        empty = yield (yield self.store.mailbox(ALICE).folder("Trash")).status()
+        self.assertEqual((empty.messages, empty.recent, empty.size, empty.deleted), (0, 0, 0, 0))
+
+    @inlineCallbacks
     def test_uids_and_uidvalidity_persist_across_restart(self):
         yield self.deliver([ALICE])
         before = yield (yield self.store.mailbox(ALICE).folder("INBOX")).status()

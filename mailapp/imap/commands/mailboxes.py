@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
 
 from mailapp.errors import BadFolderName, FolderExists, NoSuchFolder
 from mailapp.imap.commands.condstore import enable_condstore
-from mailapp.imap.flags import DELETED
 from mailapp.imap.wire import (
     DELIMITER,
     Atom,
@@ -391,16 +390,12 @@ async def _status_of(session: IMAPServer, tag: bytes, name: str, items: list[byt
         b"UIDVALIDITY": state.uidvalidity,
         b"UNSEEN": state.unseen,
         b"HIGHESTMODSEQ": state.highestmodseq,  # RFC 7162 3.1.9; asking for it turns CONDSTORE on
+        b"RECENT": state.recent,  # claimed by no session yet
+        b"SIZE": state.size,
+        b"DELETED": state.deleted,  # RFC 9051 6.3.11: the messages with \Deleted set
     }
     if b"HIGHESTMODSEQ" in items:
         await enable_condstore(session)
-    if b"RECENT" in items or b"SIZE" in items or b"DELETED" in items:
-        messages = await folder.messages()
-        first_recent = await folder.firstRecent() if b"RECENT" in items else 0  # claimed by no session yet
-        values[b"RECENT"] = sum(1 for m in messages if m.uid >= first_recent)
-        values[b"SIZE"] = sum(m.size for m in messages)
-        # RFC 9051 6.3.11: the messages with \\Deleted set.
-        values[b"DELETED"] = sum(1 for m in messages if DELETED in m.flags)
     body = b" ".join(
         b"MAILBOXID (%s)" % mailboxid.encode("ascii") if item == b"MAILBOXID" else b"%s %d" % (item, values[item]) for item in items
     )
