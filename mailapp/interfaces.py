@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from mailapp.records import ChangesSince, FlagChange, FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, MessageOrigin, Usage
+from mailapp.records import ChangesSince, Expunged, FlagChange, FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, MessageOrigin, Usage
 
 if TYPE_CHECKING:
     # Only named in annotations: the accounts implementation defines them,
@@ -367,8 +367,12 @@ class IFolder(Interface):
     name: str = Attribute("The folder name, C{INBOX} or C{a/b}.")
     account: str = Attribute("The owner's canonical address.")
 
-    def status() -> Deferred[FolderStatus]:
-        """Fire with a L{mailapp.records.FolderStatus}."""
+    def status(refresh: bool = False) -> Deferred[FolderStatus]:
+        """
+        Fire with a L{mailapp.records.FolderStatus}. With C{refresh}, take
+        in changes made behind the store's back first, as L{refresh} does
+        (in the same trip when there are none: IMAP's STATUS).
+        """
 
     def refresh() -> Deferred[None]:
         """
@@ -560,7 +564,7 @@ class IFolder(Interface):
         and L{readMessage} still read them for a while.
         """
 
-    def expungeDeleted(wanted: Callable[[int], bool] | None = None) -> Deferred[list[int]]:
+    def expungeDeleted(wanted: Callable[[int], bool] | None = None) -> Deferred[Expunged]:
         """
         Remove the messages flagged C{\\Deleted} now (those whose UID
         C{wanted} accepts, if given; it runs on a worker thread), as

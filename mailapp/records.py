@@ -19,6 +19,7 @@ __all__ = [
     "FolderPlacement",
     "ADDED",
     "ChangesSince",
+    "Expunged",
     "FlagChange",
     "DELIMITER",
     "EXPUNGED",
@@ -142,6 +143,19 @@ class ChangesSince:
     highestmodseq: int
     changed: list[MessageInfo]
     vanished: list[int] | None
+
+
+@dataclass(frozen=True)
+class Expunged:
+    """
+    What L{IFolder.expungeDeleted} did: the UIDs removed, ascending, and
+    the folder's HIGHESTMODSEQ right after (read in the same transaction:
+    IMAP's C{[HIGHESTMODSEQ]} on EXPUNGE, RFC 7162 3.2.10, with no trip of
+    its own).
+    """
+
+    uids: list[int]
+    highestmodseq: int
 
 
 @dataclass(frozen=True)

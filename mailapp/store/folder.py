@@ -32,7 +32,7 @@ from mailapp.store import changes, durable, expunged, fulltext, messagefile, ori
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
-from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, ChangesSince, FlagChange, FolderEvent, FolderStatus, MessageInfo, MessageOrigin
+from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, ChangesSince, Expunged, FlagChange, FolderEvent, FolderStatus, MessageInfo, MessageOrigin
 from mailapp.store.filenames import DELETED_FLAG, decode_flags, encode_flags, parse_filename
 from mailapp.store.folders import mailbox_id, message_counts, record_uidnext
 from mailapp.store.keywords import message_filename
@@ -97,13 +97,23 @@ class MaildirFolder:
         the store's own are, so every session is told.
         """
 
-        def look() -> bool:
-            def counts() -> tuple[int, int]:
-                with self._connect() as conn:
-                    return message_counts(conn, self.name)
+        def reconcileIfChanged(changed: bool) -> Deferred[None] | None:
+            return self._reconcile() if changed else None
 
-            self.store.held_expunged.purge(self.directory)  # no system call until a held file is old enough
-            return outside.changed(self.directory, counts)
+        return self.store.run(self._look).addCallback(reconcileIfChanged)
+
+    def _look(self) -> bool:
+        """Worker thread: whether the folder's directory changed behind the store's back (L{refresh})."""
+
+        def counts() -> tuple[int, int]:
+            with self._connect() as conn:
+                return message_counts(conn, self.name)
+
+        self.store.held_expunged.purge(self.directory)  # no system call until a held file is old enough
+        return outside.changed(self.directory, counts)
+
+    def _reconcile(self) -> Deferred[None]:
+        """Reconcile the folder with its directory on the writer, and publish what that changed."""
 
         def reconcile() -> FolderChanges:
             with self._connect() as conn:
@@ -114,14 +124,9 @@ class MaildirFolder:
             self._publish(FLAGS_CHANGED, changes.flags_changed)
             self._publish(ADDED, changes.added)
 
-        def reconcileIfChanged(changed: bool) -> Deferred[None] | None:
-            if not changed:
-                return None
-            return self.store.write(reconcile).addCallback(publish)
+        return self.store.write(reconcile).addCallback(publish)
 
-        return self.store.run(look).addCallback(reconcileIfChanged)
-
-    def status(self) -> Deferred[FolderStatus]:
+    def status(self, refresh: bool = False) -> Deferred[FolderStatus]:
         def read() -> FolderStatus:
             with self._connect() as conn:
                 # One statement, one snapshot: every counter STATUS may ask for, in one scan.
@@ -138,7 +143,19 @@ class MaildirFolder:
                 validity, uidnext, highest, total, unseen, unclaimed, size, deleted = row
                 return FolderStatus(validity, uidnext, total, unseen, highest, unclaimed, size, deleted)
 
-        return self.store.run(read)
+        if not refresh:
+            return self.store.run(read)
+
+        def lookThenRead() -> FolderStatus | None:
+            return None if self._look() else read()
+
+        def reconciledFirst(found: FolderStatus | None) -> FolderStatus | Deferred[FolderStatus]:
+            if found is not None:
+                return found
+            return self._reconcile().addCallback(lambda _: self.store.run(read))
+
+        # Nothing changed outside (the usual case): the look and the counters in one trip.
+        return self.store.run(lookThenRead).addCallback(reconciledFirst)
 
     def messages(self) -> Deferred[list[MessageInfo]]:
         def read() -> list[MessageInfo]:
@@ -489,9 +506,9 @@ class MaildirFolder:
                     victims.append((uid, row[0]))
             return victims
 
-        return self._expunge(chosen)
+        return self._expunge(chosen).addCallback(lambda done: done.uids)
 
-    def expungeDeleted(self, wanted: Callable[[int], bool] | None = None) -> Deferred[list[int]]:
+    def expungeDeleted(self, wanted: Callable[[int], bool] | None = None) -> Deferred[Expunged]:
         def chosen(conn: sqlite3.Connection) -> list[tuple[int, str]]:
             # Flags are stored as sorted space-separated names (L{encode_flags}): match the whole name.
             rows = conn.execute(
@@ -502,22 +519,30 @@ class MaildirFolder:
 
         return self._expunge(chosen)
 
-    def _expunge(self, chosen: Callable[[sqlite3.Connection], list[tuple[int, str]]]) -> Deferred[list[int]]:
+    def _expunge(self, chosen: Callable[[sqlite3.Connection], list[tuple[int, str]]]) -> Deferred[Expunged]:
         """
         Expunge what C{chosen} picks, as (uid, filename) pairs, read under
         the index's write lock: one writer trip, and no message can gain or
-        lose a flag between the choice and the removal.
+        lose a flag between the choice and the removal. The folder's
+        HIGHESTMODSEQ is read in the same transaction.
         """
 
-        def remove() -> list[int]:
+        def highest(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT highestmodseq FROM folders WHERE name = ?", (self.name,)).fetchone()
+            if row is None:
+                raise NoSuchFolder(f"no such folder: {self.name}")
+            return int(row[0])
+
+        def remove() -> Expunged:
             with self._connect() as conn, outside.own_change(self.directory):
                 moved: list[tuple[Path, Path | None]] = []
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     victims = chosen(conn)
                     if not victims:
+                        unchanged = highest(conn)
                         conn.execute("COMMIT")
-                        return []
+                        return Expunged([], unchanged)
                     validity, uidnext = conn.execute(
                         "SELECT uidvalidity, uidnext FROM folders WHERE name = ?", (self.name,)
                     ).fetchone()
@@ -533,6 +558,7 @@ class MaildirFolder:
                     for uid, filename in victims:
                         target = expunged.hold(self.directory, filename, uid, unlink_if_stuck=False)
                         moved.append((self.directory / filename, target))
+                    highestmodseq = highest(conn)
                     conn.execute("COMMIT")
                 except BaseException:
                     for source, target in moved:
@@ -550,11 +576,11 @@ class MaildirFolder:
                 if victims:
                     holds.held(self.directory)
                 holds.purge(self.directory)
-                return [uid for uid, _ in victims]
+                return Expunged([uid for uid, _ in victims], highestmodseq)
 
-        def publish(removed: list[int]) -> list[int]:
-            self._publish(EXPUNGED, removed)
-            return removed
+        def publish(done: Expunged) -> Expunged:
+            self._publish(EXPUNGED, done.uids)
+            return done
 
         return self.store.write(remove).addCallback(publish)
 

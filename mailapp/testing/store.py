@@ -26,6 +26,7 @@ from mailapp.records import (
     SUBSCRIBED,
     UNSUBSCRIBED,
     ChangesSince,
+    Expunged,
     FlagChange,
     FolderPlacement,
     MessageOrigin,
@@ -153,7 +154,7 @@ class FakeFolder:
         """Nothing but this fake changes its messages."""
         return succeed(None)
 
-    def status(self) -> Deferred[FolderStatus]:
+    def status(self, refresh: bool = False) -> Deferred[FolderStatus]:
         state = self._state
         unseen = sum(1 for m in state.messages.values() if "\\Seen" not in m[1])
         messages = state.messages
@@ -318,11 +319,12 @@ class FakeFolder:
         self._publish(EXPUNGED, removed)
         return succeed(removed)
 
-    def expungeDeleted(self, wanted: Callable[[int], bool] | None = None) -> Deferred[list[int]]:
+    def expungeDeleted(self, wanted: Callable[[int], bool] | None = None) -> Deferred[Expunged]:
         state = self._state
-        return self.expunge(
+        removed = self.expunge(
             [uid for uid, message in state.messages.items() if DELETED_FLAG in message[1] and (wanted is None or wanted(uid))]
         )
+        return removed.addCallback(lambda uids: Expunged(uids, state.highestmodseq))
 
     def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[int]:
         uid = self._add(data, flags, time.time() if internaldate is None else internaldate)

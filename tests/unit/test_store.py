@@ -299,7 +299,9 @@ class FolderTests(StoreTestCase):
         folder = yield self.store.mailbox(ALICE).folder("INBOX")
         yield folder.setFlags([1, 3], ["\\Deleted"], "add")
         yield folder.setFlags([2], ["$Deleted", "\\Seen"], "add")  # a keyword that merely looks alike
-        self.assertEqual((yield folder.expungeDeleted()), [1, 3])
+        done = yield folder.expungeDeleted()
+        self.assertEqual(done.uids, [1, 3])
+        self.assertEqual(done.highestmodseq, (yield folder.highestModseq()))
         self.assertEqual([m.uid for m in (yield folder.messages())], [2, 4])
 
     @inlineCallbacks
@@ -308,7 +310,7 @@ class FolderTests(StoreTestCase):
             yield self.deliver([ALICE])
         folder = yield self.store.mailbox(ALICE).folder("INBOX")
         yield folder.setFlags([1, 2, 3], ["\\Deleted"], "add")
-        self.assertEqual((yield folder.expungeDeleted(lambda uid: uid >= 2)), [2, 3])
+        self.assertEqual((yield folder.expungeDeleted(lambda uid: uid >= 2)).uids, [2, 3])
         self.assertEqual([m.uid for m in (yield folder.messages())], [1])
 
     @inlineCallbacks
@@ -320,7 +322,7 @@ class FolderTests(StoreTestCase):
         yield self.deliver([ALICE])
         folder = yield self.store.mailbox(ALICE).folder("INBOX")
         with mock.patch.object(folders, "write_meta", wraps=folders.write_meta) as written:
-            self.assertEqual((yield folder.expungeDeleted()), [])
+            self.assertEqual((yield folder.expungeDeleted()).uids, [])
         self.assertEqual(written.call_count, 0)
         self.assertEqual(len((yield folder.messages())), 1)
 

@@ -89,6 +89,18 @@ class OutsideChangeTestCase(TestCase):
         self.assertEqual(status.uidnext, 4)
 
     @inlineCallbacks
+    def test_a_status_that_refreshes_counts_a_file_dropped_behind_the_store_and_announces_it(self):
+        yield self.deliver(2)
+        folder = yield self.inbox()
+        status = yield folder.status(refresh=True)
+        self.assertEqual((status.messages, self.reconciles), (2, 0))
+        del self.events[:]
+        (self.mailbox_dir / "new" / "1733000000.M1P2Q3.otherhost").write_bytes(b"Subject: dropped\n\nby procmail\n")
+        status = yield folder.status(refresh=True)
+        self.assertEqual((status.messages, status.uidnext, self.reconciles), (3, 4, 1))
+        self.assertEqual(self.events, [(ADDED, (3,))])
+
+    @inlineCallbacks
     def test_a_file_deleted_behind_the_store_is_expunged_at_refresh_and_its_uid_never_reused(self):
         yield self.deliver(3)
         folder = yield self.inbox()

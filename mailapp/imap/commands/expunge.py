@@ -39,10 +39,10 @@ async def _expunge(session: IMAPServer, tag: bytes, ranges: list[tuple[int | Non
     # EXPUNGE's ``*`` is the session's last message, as for every UID set it sends.
     last = selected.uids[-1] if selected.uids else 0
     wanted = None if ranges is None else lambda uid: in_ranges(uid, ranges, last)
-    await selected.folder.expungeDeleted(wanted)
+    done = await selected.folder.expungeDeleted(wanted)
     text = b"EXPUNGE completed"
     if session.condstore:
-        # RFC 7162 3.2.10: an expunge raises HIGHESTMODSEQ with no FETCH to show it. Read before the
-        # update that follows: whatever it includes, that update tells.
-        text = b"[HIGHESTMODSEQ %d] EXPUNGE completed" % await selected.folder.highestModseq()
+        # RFC 7162 3.2.10: an expunge raises HIGHESTMODSEQ with no FETCH to show it. Read in the
+        # expunge's own transaction, before the update that follows: whatever it includes, that update tells.
+        text = b"[HIGHESTMODSEQ %d] EXPUNGE completed" % done.highestmodseq
     await session.complete(tag, text, force=True)

@@ -373,8 +373,7 @@ async def _status_of(session: IMAPServer, tag: bytes, name: str, items: list[byt
     """Send ``* STATUS name (items)`` (SIZE: RFC 8438, the sum of the wire sizes); False (and NO, if asked) when it cannot."""
     try:
         folder = await session.mailbox.folder(name)
-        await folder.refresh()
-        state = await folder.status()
+        state = await folder.status(refresh=True)
         mailboxid = await folder.mailboxId() if b"MAILBOXID" in items else ""
     except BadFolderName as e:
         if answer_errors:
