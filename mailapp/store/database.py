@@ -22,7 +22,10 @@ Synchronous; runs on a worker thread.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,8 @@ from mailapp.store.uidvalidity import add_uidvalidity_table
 from mailapp.store.usage import add_usage_table
 
 INDEX_NAME = "mailapp-index.sqlite3"
+#: Beside the index: the lock every writer of it holds (L{WriteLock}).
+WRITE_LOCK_NAME = "mailapp-index.lock"
 #: 2: the mailbox's usage kept as a total by triggers (L{mailapp.store.usage});
 #: 3: each message's cached structure (L{mailapp.store.structures}) and each
 #: folder's change counter (L{mailapp.store.changes}); 4: each message's
@@ -154,15 +159,100 @@ class _WatchedConnection(sqlite3.Connection):
     """
 
     damaged = False
+    #: The index's cross-process write lock (L{WriteLock}), taken around
+    #: every C{BEGIN IMMEDIATE} transaction; None on a connection opened without one.
+    write_lock: WriteLock | None = None
 
     def cursor(self, factory: Any = _WatchedCursor) -> Any:
         return super().cursor(factory)
 
     def execute(self, sql: str, parameters: Any = ()) -> _WatchedCursor:
-        return self.cursor().execute(sql, parameters)  # type: ignore[no-any-return]
+        lock = self.write_lock
+        if lock is None:
+            return self.cursor().execute(sql, parameters)  # type: ignore[no-any-return]
+        if sql == "BEGIN IMMEDIATE" and not lock.held:
+            lock.acquire()
+        try:
+            return self.cursor().execute(sql, parameters)  # type: ignore[no-any-return]
+        finally:
+            if lock.held and not self.in_transaction:
+                lock.release()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.write_lock is not None:
+                self.write_lock.close()
 
     def executemany(self, sql: str, parameters: Any) -> _WatchedCursor:
         return self.cursor().executemany(sql, parameters)  # type: ignore[no-any-return]
+
+
+class WriteLock:
+    """
+    An exclusive flock(2) on the index's lock file, held from C{BEGIN
+    IMMEDIATE} to the end of the transaction, by every index connection of
+    every process (each on its own open file, so threads exclude each other
+    too). SQLite's own busy handler polls for a write lock, sleeping 1 ms,
+    then 2, 5, 10 and up to 100 ms between tries; with two worker processes
+    writing to one mailbox, a write waited on the other's by sleeping (a
+    p99 batch of 37-57 ms against 20 ms with one process). A writer
+    waiting here is woken the moment the lock is let go; SQLite's lock is
+    then free, as every writer takes this one first.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd: int | None = None
+        self.held = False
+        #: Held by this thread through another connection already: not locked again.
+        self._nested = False
+
+    def acquire(self) -> None:
+        held = _locks_held_here()
+        if held.get(self._path):
+            # A second connection of this thread to the same index would wait
+            # for itself here for ever; SQLite's busy timeout ends that wait instead.
+            self._nested = True
+        else:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        held[self._path] = held.get(self._path, 0) + 1
+        self.held = True
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        held = _locks_held_here()
+        left = held.get(self._path, 1) - 1
+        if left:
+            held[self._path] = left
+        else:
+            held.pop(self._path, None)
+        if self._nested:
+            self._nested = False
+        elif self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.release()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+_held_locks = threading.local()
+
+
+def _locks_held_here() -> dict[Path, int]:
+    """The write locks this thread holds, per lock file (L{WriteLock})."""
+    held: dict[Path, int] | None = getattr(_held_locks, "paths", None)
+    if held is None:
+        held = _held_locks.paths = {}
+    return held
 
 
 def rollback(conn: sqlite3.Connection) -> None:
@@ -232,6 +322,7 @@ def _connect(path: Path, mailbox_dir: Path) -> tuple[sqlite3.Connection, bool]:
         path, isolation_level=None, check_same_thread=False, timeout=10, factory=_WatchedConnection
     )
     try:
+        conn.write_lock = WriteLock(path.with_name(WRITE_LOCK_NAME))
         _configure(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
