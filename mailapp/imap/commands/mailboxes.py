@@ -275,8 +275,10 @@ async def _list(session: IMAPServer, tag: bytes, options: _ListOptions, subscrib
         for depth in range(1, len(parts)):
             every.add(DELIMITER.join(parts[:depth]))
     # Subscribed names whose folders were deleted (RFC 3501 6.3.9): only what
-    # lists subscriptions shows them, LIST as \NonExistent (RFC 5258 3.4).
-    lost = set(await session.mailbox.subscribedWithoutFolder()) - every
+    # lists subscriptions shows them, LIST as \NonExistent (RFC 5258 3.4);
+    # a plain LIST (imaptest's, most clients') does not read them.
+    lists_subscriptions = subscribed_only or b"SUBSCRIBED" in options.select
+    lost = set(await session.mailbox.subscribedWithoutFolder()) - every if lists_subscriptions else set()
     subscribed |= lost
 
     def matches(name: str) -> bool:
@@ -288,7 +290,7 @@ async def _list(session: IMAPServer, tag: bytes, options: _ListOptions, subscrib
     special_only = b"SPECIAL-USE" in select
     recursive = b"RECURSIVEMATCH" in select
     lines: list[tuple[bytes, str | None]] = []
-    candidates = every | lost if subscribed_only or b"SUBSCRIBED" in options.select else every
+    candidates = every | lost
     for name in sorted(candidates, key=lambda n: (n != "INBOX", n)):
         if not matches(name):
             continue
