@@ -124,9 +124,9 @@ class LeanThreadPool(ThreadPool):
 
     def _work(self) -> None:
         jobs, lock = self._jobs, self._lock
+        with lock:
+            self._idle += 1
         while True:
-            with lock:
-                self._idle += 1
             job = jobs.get()
             with lock:
                 self._idle -= 1
@@ -142,6 +142,10 @@ class LeanThreadPool(ThreadPool):
                 result = Failure()
                 ok = False
             del func, args, kw
+            with lock:
+                # Idle before the result is handed back: a job submitted in
+                # answer to it finds this thread, rather than starting another.
+                self._idle += 1
             if onResult is None:
                 if not ok:
                     _log.failure("work on {pool} failed", result, pool=self.name)
