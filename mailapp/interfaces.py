@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from mailapp.records import ChangesSince, Expunged, FlagChange, FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, MessageOrigin, Usage
+from mailapp.records import Appended, ChangesSince, Expunged, FlagChange, FolderEvent, FolderInfo, FolderPlacement, FolderStatus, MessageInfo, MessageOrigin, Usage
 
 if TYPE_CHECKING:
     # Only named in annotations: the accounts implementation defines them,
@@ -579,11 +579,12 @@ class IFolder(Interface):
         C{added}.
         """
 
-    def appendMessage(message: WriterFromThisStore, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[int]:
+    def appendMessage(message: WriterFromThisStore, flags: Iterable[str] = (), internaldate: float | None = None) -> Deferred[Appended]:
         """
         Store a message received into an L{IMessageWriter} (whose C{finish}
         has fired) durably with C{flags}, so that a large APPEND never sits
-        in memory; fires with its UID and publishes C{added}. The writer's
+        in memory; fires with a L{mailapp.records.Appended} (its UID and the
+        folder's UIDVALIDITY) and publishes C{added}. The writer's
         file belongs to the store from then on.
         """
 

@@ -18,6 +18,7 @@ from typing import Final, Mapping
 __all__ = [
     "FolderPlacement",
     "ADDED",
+    "Appended",
     "ChangesSince",
     "Expunged",
     "FlagChange",
@@ -143,6 +144,18 @@ class ChangesSince:
     highestmodseq: int
     changed: list[MessageInfo]
     vanished: list[int] | None
+
+
+@dataclass(frozen=True)
+class Appended:
+    """
+    What L{IFolder.appendMessage} stored: the message's UID, and its
+    folder's UIDVALIDITY read in the same transaction (IMAP's APPENDUID,
+    RFC 4315, with no trip of its own).
+    """
+
+    uid: int
+    uidvalidity: int
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ class _Delivery:
     #: may have renamed it since the caller last read the index.
     stored: tuple[Path, str, int] | None = None
     uids: list[int | None] = field(default_factory=list)
+    #: The UIDVALIDITY of each placement's folder when its UID was given.
+    uidvalidities: list[int | None] = field(default_factory=list)
     #: Step 1 ran for this job (in the batch's prepare stage); what stopped it, if anything.
     prepared: bool = False
     prepare_error: BaseException | None = None
@@ -267,9 +269,12 @@ def _deliver_batch(
             for number in touching[mailbox_dir]:
                 failed.setdefault(number, e)
 
+    #: Each folder's UIDVALIDITY, read with its UIDNEXT (what APPENDUID reports).
+    validities: dict[tuple[Path, str], int] = {}
     saved = time.time()  # the batch's save date (RFC 8514: when each message is saved into its folder)
     for number, job in enumerate(jobs):
         job.uids = [None] * len(job.placements)
+        job.uidvalidities = [None] * len(job.placements)
         if job.stored is not None and number not in failed:
             mailbox_dir, folder, stored_uid = job.stored
             row = connections[mailbox_dir].execute(
@@ -286,10 +291,12 @@ def _deliver_batch(
                 conn = connections[placement.mailbox_dir]
                 key = (placement.mailbox_dir, placement.folder)
                 if key not in uidnext:
-                    row = conn.execute("SELECT uidnext FROM folders WHERE name = ?", (placement.folder,)).fetchone()
+                    row = conn.execute("SELECT uidnext, uidvalidity FROM folders WHERE name = ?", (placement.folder,)).fetchone()
                     if row is None:
                         raise NoSuchFolder(f"no such folder: {placement.folder}")
                     uidnext[key] = row[0]
+                    validities[key] = row[1]
+                job.uidvalidities[slot] = validities[key]
                 uid = uidnext[key]
                 uidnext[key] = uid + 1
                 directory = folder_directory(placement.mailbox_dir, placement.folder)

@@ -32,7 +32,7 @@ from mailapp.store import changes, durable, expunged, fulltext, messagefile, ori
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
-from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, ChangesSince, Expunged, FlagChange, FolderEvent, FolderStatus, MessageInfo, MessageOrigin
+from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, Appended, ChangesSince, Expunged, FlagChange, FolderEvent, FolderStatus, MessageInfo, MessageOrigin
 from mailapp.store.filenames import DELETED_FLAG, decode_flags, encode_flags, parse_filename
 from mailapp.store.folders import mailbox_id, message_counts, record_uidnext
 from mailapp.store.keywords import message_filename
@@ -617,11 +617,11 @@ class MaildirFolder:
 
     def appendMessage(
         self, message: SpoolWriter, flags: Iterable[str] = (), internaldate: float | None = None
-    ) -> Deferred[int]:
+    ) -> Deferred[Appended]:
         """
         Store a message received into a spool writer (IMAP APPEND streams a
         literal there, so memory stays bounded), with C{flags}; fires with
-        its UID and publishes C{added}. The writer's file belongs to the
+        its UID and its folder's UIDVALIDITY and publishes C{added}. The writer's file belongs to the
         store from here on, delivered or not.
         """
         if not message.finished:
@@ -637,9 +637,11 @@ class MaildirFolder:
             stored_size=message.stored_size,
         )
 
-        def appended(uids: list[int]) -> int:
+        def appended(uids: list[int]) -> Appended:
             self._publish(ADDED, uids)
-            return uids[0]
+            validity = job.uidvalidities[0]
+            assert validity is not None
+            return Appended(uids[0], validity)
 
         return self.store.committer.submit(job).addCallback(appended)
 

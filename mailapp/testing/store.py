@@ -25,6 +25,7 @@ from mailapp.records import (
     FOLDER_RENAMED,
     SUBSCRIBED,
     UNSUBSCRIBED,
+    Appended,
     ChangesSince,
     Expunged,
     FlagChange,
@@ -333,8 +334,9 @@ class FakeFolder:
 
     def appendMessage(
         self, message: FakeMessageWriter, flags: Iterable[str] = (), internaldate: float | None = None
-    ) -> Deferred[int]:
-        return self.append(message.data(), flags, message.internaldate if internaldate is None else internaldate)
+    ) -> Deferred[Appended]:
+        added = self.append(message.data(), flags, message.internaldate if internaldate is None else internaldate)
+        return added.addCallback(lambda uid: Appended(uid, self._state.uidvalidity))
 
     def copyTo(self, uids: Iterable[int], target: IFolder) -> Deferred[dict[int, int]]:
         target = _fake(target)

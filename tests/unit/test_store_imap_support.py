@@ -92,8 +92,9 @@ class StoreImapSupportTests(TestCase):
         writer = self.store.newMessage()
         yield writer.write(MESSAGE)
         yield writer.finish()
-        uid = yield folder.appendMessage(writer, ["\\Draft", "$Label"], 1_000_000_000.0)
-        self.assertEqual(uid, 1)
+        appended = yield folder.appendMessage(writer, ["\\Draft", "$Label"], 1_000_000_000.0)
+        status = yield folder.status()
+        self.assertEqual((appended.uid, appended.uidvalidity), (1, status.uidvalidity))
         [info] = yield folder.messages()
         self.assertEqual(
             (info.uid, info.flags, info.size, info.internaldate),
@@ -112,8 +113,8 @@ class StoreImapSupportTests(TestCase):
         for _ in range(300):
             yield writer.write(chunk)
         yield writer.finish()
-        uid = yield folder.appendMessage(writer)
-        handle = yield folder.openMessage(uid)
+        appended = yield folder.appendMessage(writer)
+        handle = yield folder.openMessage(appended.uid)
         with handle:
             self.assertEqual(handle.read(), chunk * 300)
         self.assertEqual(list(self.store.spool_dir.iterdir()), [])

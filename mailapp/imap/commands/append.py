@@ -180,7 +180,8 @@ def append(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine
                 for message, writer in ready:
                     writers.remove(writer)
                     computing = _structure(session, writer)
-                    uid = await folder.appendMessage(writer, [f for f in message.flags if f != RECENT], message.date)
+                    appended = await folder.appendMessage(writer, [f for f in message.flags if f != RECENT], message.date)
+                    uid, validity = appended.uid, appended.uidvalidity
                     uids.append(uid)
                     blob = await computing
                     if blob is not None:
@@ -192,11 +193,13 @@ def append(session: IMAPServer, tag: bytes, arguments: list[Token]) -> Coroutine
                     await folder.expunge(uids)
                 raise
             keep_structures(session, folder, structures, sizes)
-            status = await folder.status()
+            if not uids:
+                validity = (await folder.status()).uidvalidity
         finally:
             for writer in writers:
                 writer.discard()
-        await session.complete(tag, b"[APPENDUID %d %s] APPEND completed" % (status.uidvalidity, format_uid_set(uids)))
+        # The UIDVALIDITY the last message's UID was given under, read in its own transaction.
+        await session.complete(tag, b"[APPENDUID %d %s] APPEND completed" % (validity, format_uid_set(uids)))
 
     return append()
 
