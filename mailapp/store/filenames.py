@@ -24,8 +24,9 @@ from dataclasses import dataclass
 KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 # Maildir info flags (https://cr.yp.to/proto/maildir.html) for the IMAP system flags.
-#: The flag that marks a message for expunging (L{IFolder.expungeDeleted}).
+#: The flag that marks a message for expunging (L{IFolder.expungeDeleted}), and the one of read messages.
 DELETED_FLAG = "\\Deleted"
+SEEN_FLAG = "\\Seen"
 _FLAG_LETTERS = {
     "\\Draft": "D",
     "\\Flagged": "F",
@@ -113,6 +114,20 @@ def encode_flags(flags: frozenset[str] | set[str] | tuple[str, ...]) -> str:
 
 def decode_flags(text: str) -> frozenset[str]:
     return frozenset(text.split()) if text else frozenset()
+
+
+def has_flag_sql(column: str) -> str:
+    """
+    SQL that is 1 when the flags C{column} (as L{encode_flags} writes them)
+    hold the flag given as its one parameter, L{flag_parameter}(flag), else 0:
+    the whole name, never a keyword that merely contains it.
+    """
+    return f"(instr(' ' || {column} || ' ', ?) > 0)"
+
+
+def flag_parameter(flag: str) -> str:
+    """The parameter of L{has_flag_sql} for C{flag}."""
+    return f" {flag} "
 
 
 

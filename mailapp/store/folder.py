@@ -33,7 +33,7 @@ from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
 from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, Appended, ChangesSince, Expunged, FlagChange, FolderEvent, FolderStatus, MessageInfo, MessageOrigin
-from mailapp.store.filenames import DELETED_FLAG, decode_flags, encode_flags, parse_filename
+from mailapp.store.filenames import DELETED_FLAG, SEEN_FLAG, decode_flags, encode_flags, flag_parameter, has_flag_sql, parse_filename
 from mailapp.store.folders import mailbox_id, message_counts, record_uidnext
 from mailapp.store.keywords import message_filename
 from mailapp.store.modseq import prune_vanished, vanished_since
@@ -130,13 +130,14 @@ class MaildirFolder:
         def read() -> FolderStatus:
             with self._connect() as conn:
                 # One statement, one snapshot: every counter STATUS may ask for, in one scan.
+                flagged = has_flag_sql("m.flags")
                 row = conn.execute(
                     "SELECT f.uidvalidity, f.uidnext, f.highestmodseq, count(m.uid),"
-                    " coalesce(sum(instr(' ' || m.flags || ' ', ' \\Seen ') = 0), 0),"
+                    f" coalesce(sum(NOT {flagged}), 0),"
                     " coalesce(sum(m.uid >= f.first_recent_uid), 0), coalesce(sum(m.size), 0),"
-                    " coalesce(sum(instr(' ' || m.flags || ' ', ?) > 0), 0)"
+                    f" coalesce(sum({flagged}), 0)"
                     " FROM folders f LEFT JOIN messages m ON m.folder = f.name WHERE f.name = ? GROUP BY f.name",
-                    (f" {DELETED_FLAG} ", self.name),
+                    (flag_parameter(SEEN_FLAG), flag_parameter(DELETED_FLAG), self.name),
                 ).fetchone()
                 if row is None:
                     raise NoSuchFolder(f"no such folder: {self.name}")
@@ -510,10 +511,9 @@ class MaildirFolder:
 
     def expungeDeleted(self, wanted: Callable[[int], bool] | None = None) -> Deferred[Expunged]:
         def chosen(conn: sqlite3.Connection) -> list[tuple[int, str]]:
-            # Flags are stored as sorted space-separated names (L{encode_flags}): match the whole name.
             rows = conn.execute(
-                "SELECT uid, filename FROM messages WHERE folder = ? AND instr(' ' || flags || ' ', ?) > 0 ORDER BY uid",
-                (self.name, f" {DELETED_FLAG} "),
+                f"SELECT uid, filename FROM messages WHERE folder = ? AND {has_flag_sql('flags')} ORDER BY uid",
+                (self.name, flag_parameter(DELETED_FLAG)),
             ).fetchall()
             return [(uid, filename) for uid, filename in rows if wanted is None or wanted(uid)]
 
@@ -621,8 +621,8 @@ class MaildirFolder:
         """
         Store a message received into a spool writer (IMAP APPEND streams a
         literal there, so memory stays bounded), with C{flags}; fires with
-        its UID and its folder's UIDVALIDITY and publishes C{added}. The writer's file belongs to the
-        store from here on, delivered or not.
+        its UID and its folder's UIDVALIDITY and publishes C{added}. The
+        writer's file belongs to the store from here on, delivered or not.
         """
         if not message.finished:
             raise RuntimeError("appendMessage() before the message's finish() fired")
