@@ -231,6 +231,8 @@ def _apply_relay(manager: RelayManager | None, old: Config, new: Config, applied
     manager.max_connections = relay.max_connections
     manager.max_connections_per_domain = relay.max_connections_per_domain
     manager.max_connections_per_address = relay.max_connections_per_address
+    manager.connection_cache_time = relay.connection_cache_time
+    manager.connection_reuse_time = relay.connection_reuse_time
     if manager.router is not None and manager.router.forwarding is not None:
         manager.router.forwarding.rate.burst = relay.forward_burst
         manager.router.forwarding.rate.per_hour = relay.forward_per_hour

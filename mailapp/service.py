@@ -596,6 +596,8 @@ def _build_relay(
         max_connections=relay.max_connections,
         max_connections_per_domain=relay.max_connections_per_domain,
         max_connections_per_address=relay.max_connections_per_address,
+        connection_cache_time=relay.connection_cache_time,
+        connection_reuse_time=relay.connection_reuse_time,
     )
     router.queue = queue
     return manager

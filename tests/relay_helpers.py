@@ -156,8 +156,12 @@ class Harness:
         self.accounts.add_user("alice@a.test", "secret")
         self.store = MemoryStore()
         self.router = Router(self.accounts, self.store, queue=self.queue)
-        names = ("max_connections", "max_connections_per_domain", "max_connections_per_address")
+        names = ("max_connections", "max_connections_per_domain", "max_connections_per_address", "connection_cache_time", "connection_reuse_time")
         limits = {k: policy.pop(k) for k in names if k in policy}
+        # A connection says QUIT as soon as its work is done, unless a test of
+        # the connection cache asks for one: the other tests count connections
+        # and QUITs without advancing the clock past the cache's wait.
+        limits.setdefault("connection_cache_time", 0)
         self.manager = RelayManager(
             self.queue,
             Routes(TRANSPORTS if transports is None else transports, None, None),

@@ -117,6 +117,12 @@ class RelayConfig:
     #: default destination concurrency is 20 too).
     max_connections: int = field(default=50, metadata=integer(positive))
     max_connections_per_domain: int = field(default=20, metadata=integer(positive, then=(at_most("max_connections"),)))
+    #: Seconds a connection with nothing more to send stays open for the next
+    #: message to its domain (0: QUIT at once), and after which a connection
+    #: takes no new transaction (Postfix's smtp_connection_cache_time_limit
+    #: and smtp_connection_reuse_time_limit, whose defaults these are).
+    connection_cache_time: int = field(default=2, metadata=integer(zero_or_positive("QUIT at once")))
+    connection_reuse_time: int = field(default=300, metadata=integer(positive))
     #: Seconds: to connect; to wait for one reply; for a whole connection.
     connect_timeout: int = field(default=30, metadata=integer(positive))
     command_timeout: int = field(default=300, metadata=integer(positive))

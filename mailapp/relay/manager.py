@@ -15,8 +15,9 @@ Work for one domain is a *work item*: the entry's recipients in that domain,
 sent in one transaction. Workers (at most C{max_connections} in all and
 C{max_connections_per_domain} per domain) resolve the domain, connect to the
 first next hop that answers, and run every work item waiting for that domain
-on the one connection before saying QUIT (L{mailapp.relay.workers}, a mixin
-of the manager). DSNs go out through the Router (L{mailapp.relay.notify}).
+on the one connection, and keep it open a moment for the next
+(C{connection_cache_time}) before saying QUIT (L{mailapp.relay.workers}, a
+mixin of the manager). DSNs go out through the Router (L{mailapp.relay.notify}).
 The defaults are the config's (C{[relay]}, L{mailapp.config.DEFAULT_RELAY}).
 
 One destination address (IP and port) gets at most
@@ -121,6 +122,8 @@ class RelayManager(Workers, Service):
         max_connections: int = DEFAULT_RELAY.max_connections,
         max_connections_per_domain: int = DEFAULT_RELAY.max_connections_per_domain,
         max_connections_per_address: int | None = None,
+        connection_cache_time: float = DEFAULT_RELAY.connection_cache_time,
+        connection_reuse_time: float = DEFAULT_RELAY.connection_reuse_time,
         poll_interval: float = control.POLL_INTERVAL,
     ) -> None:
         self.queue = queue
@@ -142,6 +145,8 @@ class RelayManager(Workers, Service):
         self.max_connections_per_address = (
             max_connections_per_address if max_connections_per_address is not None else default_per_address(max_connections)
         )
+        self.connection_cache_time = connection_cache_time
+        self.connection_reuse_time = connection_reuse_time
         self.poll_interval = poll_interval
         self.entries: dict[str, _Entry] = {}
         self._initWorkers()
@@ -218,6 +223,7 @@ class RelayManager(Workers, Service):
         """Take no new work; let transactions in flight end (bounded), then release the lock."""
         super().stopService()  # type: ignore[no-untyped-call]
         self._stopping = True
+        self._quitIdle(lambda idle: True, every=True)
         if self.tls_reports is not None:
             self.tls_reports.stop()
         if self._lock_timer is not None and self._lock_timer.active():

@@ -4,6 +4,17 @@ and workers carry them within the connection budgets (in total, per domain,
 per destination address), each on one connection to the first next hop that
 answers, one transaction per work item, then QUIT.
 
+A worker whose domain has nothing more waiting keeps its connection open for
+C{connection_cache_time} seconds (Postfix's connection cache "on demand",
+C{smtp_connection_cache_time_limit}, 2 s by default) and takes the next work
+item for that domain on it, so that mail trickling out to one destination
+does not pay a TCP connect, EHLO and STARTTLS per message. An idle
+connection gives way at once to whoever needs its place: another domain
+waiting for a connection slot or for that destination address, and a stop.
+A connection older than C{connection_reuse_time} carries no new transaction
+(Postfix's C{smtp_connection_reuse_time_limit}), so that a steady stream
+never runs into the session's own time limit in the middle of a message.
+
 L{Workers} is a mixin of L{mailapp.relay.manager.RelayManager}, which owns
 the entries and their rounds: a worker asks it whether a work item is still
 current (L{Workers._current}) and hands it each outcome (L{Workers._record}).
@@ -64,6 +75,25 @@ def tcp_connector(reactor: Any, hostname: str, command_timeout: float, session_t
     return connect
 
 
+@dataclass
+class _Idle:
+    """A worker waiting on its open connection for more work for its domain."""
+
+    domain: str
+    #: The destination address it holds (None for the smarthost, which holds none).
+    address: tuple[str, int] | None
+    #: Fires True when work for the domain is ready, False when the worker should say QUIT.
+    wake: Deferred[bool]
+    timer: Any = None
+
+    def end(self, more: bool) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if not self.wake.called:
+            self.wake.callback(more)
+
+
 class Workers:
     """The workers and their connection budgets; see the module docstring."""
 
@@ -83,6 +113,11 @@ class Workers:
     entries: dict[str, Any]
     #: The Router: its C{signer} signs our mail as it leaves (L{mailapp.relay.signing}).
     router: Any
+    clock: Any
+    #: Seconds an idle connection waits for more work for its domain (0: QUIT at once).
+    connection_cache_time: float
+    #: Seconds after its start past which a connection takes no new transaction.
+    connection_reuse_time: float
     _stopping: bool
 
     def _initWorkers(self) -> None:
@@ -96,6 +131,8 @@ class Workers:
         self._clients: set[Any] = set()
         self._connecting: set[Deferred[Any]] = set()
         self._active: set[Deferred[Any]] = set()
+        #: Workers keeping their connection open for more work, per domain (L{_Idle}).
+        self._idle: dict[str, list[_Idle]] = {}
 
     def _current(self, work: Work) -> bool:
         """Whether C{work} is of its entry's current round (the manager's)."""
@@ -114,6 +151,12 @@ class Workers:
 
     def _dispatch(self, domain: str) -> None:
         ready = self._ready.get(domain)
+        idle = self._idle.get(domain)
+        while ready and idle:
+            # An open connection first: the woken worker takes a work item before this returns.
+            idle.pop().end(True)
+        if ready and not self._stopping and self._total_workers >= self.max_connections:
+            self._quitIdle(lambda waiting: waiting.domain != domain)
         while (
             ready
             and not self._stopping
@@ -126,6 +169,45 @@ class Workers:
             d = self._worker(domain)
             self._active.add(d)
             d.addBoth(self._ended, d)
+
+    def _quitIdle(self, chosen: Callable[[_Idle], bool], every: bool = False) -> None:
+        """Tell an idle worker C{chosen} picks (or every one, C{every}) to say QUIT and free its place."""
+        for domain, waiting in list(self._idle.items()):
+            for idle in list(waiting):
+                if chosen(idle):
+                    waiting.remove(idle)
+                    idle.end(False)
+                    if not every:
+                        return
+
+    def _waitForWork(self, domain: str, hop: Hop, exempt: bool) -> Deferred[bool]:
+        """Keep the connection for C{connection_cache_time}: True if work came for C{domain}, False to QUIT."""
+        idle = _Idle(domain, None if exempt else (hop.address, hop.port), Deferred())
+        self._idle.setdefault(domain, []).append(idle)
+
+        def expired() -> None:
+            idle.timer = None
+            waiting = self._idle.get(domain, [])
+            if idle in waiting:
+                waiting.remove(idle)
+            idle.end(False)
+
+        idle.timer = self.clock.callLater(self.connection_cache_time, expired)
+
+        def forget(more: bool) -> bool:
+            waiting = self._idle.get(domain)
+            if waiting is not None and not waiting:
+                del self._idle[domain]
+            return more
+
+        return idle.wake.addCallback(forget)
+
+    def _reusable(self, client: Any) -> bool:
+        """Whether C{client} may carry another transaction: usable, and young enough."""
+        if not client.usable:
+            return False
+        started = getattr(client, "started_at", None)
+        return started is None or self.clock.seconds() - started < self.connection_reuse_time
 
     def _ended(self, _: object, worker: Deferred[Any]) -> None:
         """A worker ended (its failures are logged where they happen)."""
@@ -169,6 +251,8 @@ class Workers:
     def _park(self, domain: str, work: Work, full: set[tuple[str, int]]) -> None:
         """Every hop of C{domain} is at its share: put C{work} back and wait for one to free up."""
         self._ready.setdefault(domain, deque()).appendleft(work)
+        # An idle connection to one of those addresses gives its place up now.
+        self._quitIdle(lambda idle: idle.address in full, every=True)
         if all(self._address_connections.get(key, 0) >= self.max_connections_per_address for key in full):
             self._parked[domain] = full
         _log.info(
@@ -197,18 +281,30 @@ class Workers:
                 _log.failure("resolving {domain}", Failure(error), domain=domain)
                 self._failAll(domain, local_reply(451, "4.4.3 error resolving the destination"), "")
                 return None
-            while ready and not self._stopping:
+            while not self._stopping:
+                if not ready:
+                    if client is None or not self._reusable(client) or self.connection_cache_time <= 0:
+                        break
+                    assert hop is not None
+                    more = yield self._waitForWork(domain, hop, exempt)
+                    ready = self._ready.get(domain)
+                    if not more or not ready:
+                        break
                 work = ready.popleft()
                 if not self._current(work):
                     continue
-                if client is None or not client.usable:
+                if client is None or not self._reusable(client):
                     if client is not None:
                         self._clients.discard(client)
+                        if client.usable:
+                            yield client.quit()  # past its reuse time: a fresh connection carries this one
                         client = None
                         if hop is not None:
                             self._releaseAddress(hop, exempt)
                             hop = None
                     client, hop, failure, full = yield self._connect(domain, hops, exempt)
+                    if client is not None:
+                        client.started_at = self.clock.seconds()
                     if client is None and full:
                         self._park(domain, work, full)
                         return None

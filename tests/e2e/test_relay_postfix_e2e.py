@@ -101,3 +101,21 @@ def test_smtputf8_mail_to_a_peer_without_it_bounces_with_the_right_code(servers,
     assert b"Status: " + status in report and b"does not offer SMTPUTF8" in report
     time.sleep(0.5)
     assert _new(mailapp, BOB) == bob_before  # nothing went through Postfix
+
+
+def test_messages_a_moment_apart_share_one_connection_to_the_peer(servers) -> None:
+    """The relay's connection cache ([relay] connection_cache_time, 2 s): Postfix's smtpd sees one connection."""
+    mailapp, postfix = servers
+    time.sleep(2.5)  # the earlier tests' connections have said QUIT
+    log_before = len(postfix.log())
+    before = _new(mailapp, BOB)
+    for number in range(3):
+        _submit(mailapp, "bob@p.test", f"From: {ALICE}\r\nTo: bob@p.test\r\nSubject: cached {number}\r\n\r\nhi\r\n".encode())
+        wait_until(
+            lambda: len(_new(mailapp, BOB) - before) > number, TIMEOUT,
+            lambda: f"message {number} did not arrive\n{postfix.log()}\n{mailapp.log()[-3000:]}",
+        )
+        time.sleep(0.3)
+    since = postfix.log()[log_before:]
+    connects = [line for line in since.splitlines() if "postfix/smtpd" in line and ": connect from " in line]
+    assert len(connects) == 1, since

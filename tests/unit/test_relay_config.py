@@ -134,3 +134,10 @@ def test_the_relay_manager_defaults_to_the_configs_values(tmp_path: Path) -> Non
         config.max_connections_per_address,
     )
     assert RetryPolicy() == RetryPolicy(config.retry_schedule, config.max_lifetime, config.delay_warning)
+
+
+def test_the_connection_cache_is_two_seconds_and_zero_turns_it_off() -> None:
+    assert (relay("").connection_cache_time, relay("").connection_reuse_time) == (2, 300)
+    assert relay("connection_cache_time = 0\n").connection_cache_time == 0
+    assert any("relay.connection_cache_time" in p for p in problems("connection_cache_time = -1\n"))
+    assert any("relay.connection_reuse_time" in p for p in problems("connection_reuse_time = 0\n"))
