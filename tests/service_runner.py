@@ -41,6 +41,11 @@ __all__ = ["HOSTNAME", "TIMEOUT", "ServiceProcess", "add_users", "listener", "ru
 
 HOSTNAME = "mail.example.test"
 TIMEOUT = 10.0
+#: Seconds a start may take to report its ports. With workers (the default
+#: on more than one core) a start is three Python processes importing the
+#: whole server; on a loaded 2-core CI machine a restart's workers took 7 s
+#: and more. A start that never comes still fails, only later.
+START_TIMEOUT = 30.0
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 #: The server subprocess: the config file is argv[1]. Privileged start, start,
@@ -149,7 +154,7 @@ class ServiceProcess:
         """Create users (and aliases); works before the server starts and while it runs."""
         add_users(self.state_dir, self.config.local_domains, passwords, aliases)
 
-    def start(self, timeout: float = TIMEOUT) -> None:
+    def start(self, timeout: float = START_TIMEOUT) -> None:
         environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
