@@ -116,7 +116,10 @@ class SigningProcess:
         timeout: float = 30.0,
     ) -> None:
         self._reactor = reactor
+        #: The child's own command line: ours names this process, which the child dies with
+        #: (L{mailapp.dkim.worker.main}), given when it starts (under workers, the worker's pid).
         self.argv = argv or [sys.executable, "-m", "mailapp.dkim.worker", str(state_dir)]
+        self._names_parent = argv is None
         self.max_in_flight = max_in_flight
         self.timeout = timeout
         self._child: _Child | None = None
@@ -145,8 +148,9 @@ class SigningProcess:
     def _start(self) -> _Child:
         child = _Child(self)
         self.started += 1
+        argv = self.argv + [str(os.getpid())] if self._names_parent else self.argv
         transport = self._reactor.spawnProcess(
-            child, self.argv[0], self.argv, env=os.environ.copy(), childFDs={0: "w", 1: "r", 2: "r"}
+            child, argv[0], argv, env=os.environ.copy(), childFDs={0: "w", 1: "r", 2: "r"}
         )
         self._child = child
         _log.info(

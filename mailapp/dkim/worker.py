@@ -41,6 +41,7 @@ import dkim
 
 from mailapp.dkim.keys import KeyStore
 from mailapp.dkim.signing import from_domain, sign_message
+from mailapp.workers.parentdeath import die_with_parent
 
 __all__ = ["FrameReader", "encode_frame", "main", "read_frame", "sign_request", "write_frame"]
 
@@ -154,10 +155,19 @@ def sign_request(keys: KeyStore, header: dict[str, Any], payload: bytes) -> tupl
 
 
 def main(argv: list[str] | None = None) -> int:
+    """
+    Answer framed requests on stdin until it closes. With C{PARENT} (the
+    server process that started it) the kernel also kills this process the
+    moment that one dies (L{mailapp.workers.parentdeath}), as it does the
+    workers: a SIGKILLed server leaves no signer finishing, or stuck in, a
+    request nobody will read, whoever else still holds the pipe.
+    """
     arguments = sys.argv[1:] if argv is None else argv
-    if len(arguments) != 1:
-        print("usage: python -m mailapp.dkim.worker STATE_DIR", file=sys.stderr)
+    if len(arguments) not in (1, 2) or (len(arguments) == 2 and not arguments[1].isdigit()):
+        print("usage: python -m mailapp.dkim.worker STATE_DIR [PARENT]", file=sys.stderr)
         return 2
+    if len(arguments) == 2:
+        die_with_parent(int(arguments[1]))
     keys = KeyStore(Path(arguments[0]))
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:

@@ -43,6 +43,16 @@ def _alive(pid: int) -> bool:
     return status.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _gone_after_killing(parent: subprocess.Popen[str], child: int) -> bool:
+    """SIGKILL C{parent}; whether C{child} is gone within 5 s."""
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not _alive(child)
+
+
 def test_a_worker_is_killed_when_its_parent_is_killed() -> None:
     environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))
     parent = subprocess.Popen(
@@ -52,12 +62,7 @@ def test_a_worker_is_killed_when_its_parent_is_killed() -> None:
         assert parent.stdout is not None
         worker = int(parent.stdout.readline())
         assert parent.stdout.readline() == "armed\n"
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(10)
-        deadline = time.monotonic() + 5
-        while _alive(worker) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert not _alive(worker)
+        assert _gone_after_killing(parent, worker)
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -72,3 +77,57 @@ def test_a_worker_whose_parent_died_before_it_asked_exits_at_once() -> None:
         [sys.executable, "-c", _WORKER, str(not_the_parent)], env=environment, capture_output=True, text=True, timeout=30
     )
     assert (worker.returncode, worker.stdout) == (1, "")
+
+
+#: A server (this script) that starts the DKIM signing process as SigningProcess does, on a pipe
+#: whose write end the test holds too, prints the signer's pid, and sleeps.
+_SERVER = r"""
+import os, subprocess, sys, time
+signer = subprocess.Popen(
+    [sys.executable, "-m", "mailapp.dkim.worker", sys.argv[1], str(os.getpid())],
+    stdin=int(sys.argv[2]), pass_fds=(int(sys.argv[2]),),
+)
+print(signer.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_signing_process_is_killed_with_the_server_even_while_its_pipe_stays_open(tmp_path: Path) -> None:
+    environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))
+    read_end, write_end = os.pipe()  # the write end stays open here: no end of file tells the signer to stop
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, str(tmp_path), str(read_end)],
+        stdout=subprocess.PIPE, env=environment, text=True, pass_fds=(read_end,),
+    )
+    os.close(read_end)
+    try:
+        assert server.stdout is not None
+        signer = int(server.stdout.readline())
+        time.sleep(1.0)  # the signer has imported dkim and asked for the signal
+        assert _alive(signer)
+        assert _gone_after_killing(server, signer)
+    finally:
+        os.close(write_end)
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+
+def test_the_server_starts_its_signer_naming_itself_as_the_parent(tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from mailapp.dkim.process import SigningProcess
+
+    class Spawning(Clock):
+        spawned: list[str] = []
+
+        def spawnProcess(self, protocol, executable, args, env=None, childFDs=None):  # type: ignore[no-untyped-def]
+            self.spawned = args
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            return transport
+
+    reactor = Spawning()
+    SigningProcess(reactor, tmp_path).request({"id": 1})
+    assert reactor.spawned[-2:] == [str(tmp_path), str(os.getpid())]
