@@ -85,7 +85,8 @@ def test_an_8bit_message_through_a_peer_without_8bitmime_arrives_quoted_printabl
     assert copy.isascii() and b"Content-Transfer-Encoding: quoted-printable" in copy
     parsed = email.message_from_bytes(copy, policy=email.policy.default)
     assert parsed.get_content().strip() == TEXT
-    assert "status=sent" in postfix.log()
+    # Postfix logs the LMTP delivery (through postlogd) after mailapp's 250, which made the file.
+    wait_until(lambda: "status=sent" in postfix.log(), TIMEOUT, postfix.log)
 
 
 @pytest.mark.parametrize(
