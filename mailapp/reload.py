@@ -233,6 +233,8 @@ def _apply_relay(manager: RelayManager | None, old: Config, new: Config, applied
     manager.max_connections_per_address = relay.max_connections_per_address
     manager.connection_cache_time = relay.connection_cache_time
     manager.connection_reuse_time = relay.connection_reuse_time
+    # A cached connection was opened under the old routes and TLS policies: the next message gets a new one.
+    manager.closeIdleConnections()
     if manager.router is not None and manager.router.forwarding is not None:
         manager.router.forwarding.rate.burst = relay.forward_burst
         manager.router.forwarding.rate.per_hour = relay.forward_per_hour

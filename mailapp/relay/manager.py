@@ -223,7 +223,7 @@ class RelayManager(Workers, Service):
         """Take no new work; let transactions in flight end (bounded), then release the lock."""
         super().stopService()  # type: ignore[no-untyped-call]
         self._stopping = True
-        self._quitIdle(lambda idle: True, every=True)
+        self.closeIdleConnections()
         if self.tls_reports is not None:
             self.tls_reports.stop()
         if self._lock_timer is not None and self._lock_timer.active():

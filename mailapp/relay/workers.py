@@ -155,7 +155,14 @@ class Workers:
         while ready and idle:
             # An open connection first: the woken worker takes a work item before this returns.
             idle.pop().end(True)
-        if ready and not self._stopping and self._total_workers >= self.max_connections:
+        if (
+            ready
+            and not self._stopping
+            and self._total_workers >= self.max_connections
+            and domain not in self._parked
+            and self._workers.get(domain, 0) < self.max_connections_per_domain
+        ):
+            # Only when the freed place is one this domain may then take.
             self._quitIdle(lambda waiting: waiting.domain != domain)
         while (
             ready
@@ -169,6 +176,10 @@ class Workers:
             d = self._worker(domain)
             self._active.add(d)
             d.addBoth(self._ended, d)
+
+    def closeIdleConnections(self) -> None:
+        """Every idle connection says QUIT now (a stop; a reload, whose routes and TLS policies apply to new ones)."""
+        self._quitIdle(lambda idle: True, every=True)
 
     def _quitIdle(self, chosen: Callable[[_Idle], bool], every: bool = False) -> None:
         """Tell an idle worker C{chosen} picks (or every one, C{every}) to say QUIT and free its place."""
@@ -201,6 +212,22 @@ class Workers:
             return more
 
         return idle.wake.addCallback(forget)
+
+    def _neededElsewhere(self, domain: str, hop: Hop | None, exempt: bool) -> bool:
+        """
+        Whether this worker's place is wanted now that its domain has nothing
+        waiting: another domain's work waits for a connection slot, or a
+        parked domain for this connection's address. Then it says QUIT
+        instead of idling (an idle worker is also told when such work comes).
+        """
+        if self._total_workers >= self.max_connections and any(
+            waiting and other != domain and other not in self._parked for other, waiting in self._ready.items()
+        ):
+            return True
+        if exempt or hop is None:
+            return False
+        key = (hop.address, hop.port)
+        return any(key in keys for keys in self._parked.values())
 
     def _reusable(self, client: Any) -> bool:
         """Whether C{client} may carry another transaction: usable, and young enough."""
@@ -285,6 +312,8 @@ class Workers:
                 if not ready:
                     if client is None or not self._reusable(client) or self.connection_cache_time <= 0:
                         break
+                    if self._neededElsewhere(domain, hop, exempt):
+                        break
                     assert hop is not None
                     more = yield self._waitForWork(domain, hop, exempt)
                     ready = self._ready.get(domain)
@@ -299,6 +328,8 @@ class Workers:
                         if client.usable:
                             yield client.quit()  # past its reuse time: a fresh connection carries this one
                         client = None
+                        if self._stopping:
+                            break  # the entry is on disk, and sent after the next start
                         if hop is not None:
                             self._releaseAddress(hop, exempt)
                             hop = None

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from twisted.internet import defer
 
 from mailapp.config import HostPort
 
@@ -106,3 +107,38 @@ def test_a_stop_ends_idle_connections_at_once(tmp_path: Path) -> None:
     d = h.manager.stopService()
     assert d.called
     assert h.network.open_connections[B_HOP] == 0
+
+
+def test_a_connection_that_finishes_while_another_domain_waits_for_a_slot_says_quit(tmp_path: Path) -> None:
+    h = _harness(tmp_path, max_connections=1, max_connections_per_domain=1)
+    hold: defer.Deferred[None] = defer.Deferred()
+    h.network.holds[B_HOP] = hold
+    h.submit("alice@a.test", ["bob@b.test"])
+    h.submit("alice@a.test", ["carol@c.test"])  # no slot: b.test's send holds the only one
+    assert h.network.sent == []
+    del h.network.holds[B_HOP]
+    hold.callback(None)
+    assert [rcpts for _, _, _, rcpts, _, _ in h.network.sent] == [["bob@b.test"], ["carol@c.test"]]
+    assert h.network.open_connections[B_HOP] == 0
+
+
+def test_a_connection_that_finishes_while_a_domain_is_parked_on_its_address_says_quit(tmp_path: Path) -> None:
+    shared = {"b.test": HostPort(B_HOP, 25), "d.test": HostPort(B_HOP, 25)}
+    h = _harness(tmp_path, transports=shared, max_connections_per_address=1)
+    hold: defer.Deferred[None] = defer.Deferred()
+    h.network.holds[B_HOP] = hold
+    h.submit("alice@a.test", ["bob@b.test"])
+    h.submit("alice@a.test", ["dora@d.test"])  # parked: the address has its one connection
+    del h.network.holds[B_HOP]
+    hold.callback(None)
+    assert [rcpts for _, _, _, rcpts, _, _ in h.network.sent] == [["bob@b.test"], ["dora@d.test"]]
+    assert h.network.peak_connections[B_HOP] == 1
+
+
+def test_closing_idle_connections_makes_the_next_message_open_a_new_one(tmp_path: Path) -> None:
+    h = _harness(tmp_path)
+    h.submit("alice@a.test", ["bob@b.test"])
+    h.manager.closeIdleConnections()  # what a reload does: new routes and TLS policies apply
+    assert h.network.open_connections[B_HOP] == 0
+    h.submit("alice@a.test", ["carol@b.test"])
+    assert [address for _, address in h.network.attempts] == [B_HOP, B_HOP]
