@@ -20,7 +20,6 @@ from mailapp.config.authentication import AuthenticationConfig
 from mailapp.config.postscreen import DNSBLConfig, GreylistingConfig, PostscreenConfig
 from mailapp.config.spam import SpamConfig
 from mailapp.config.checks import Network, domain, network, path
-from mailapp.config.cores import default_workers
 from mailapp.config.listeners import ListenerConfig
 from mailapp.config.relay import RelayConfig
 from mailapp.config.schema import (
@@ -81,11 +80,8 @@ class ServerSection:
     log_file_keep: int = field(default=10, metadata=integer(zero_or_positive("keep no rotated file")))
     #: Processes that accept connections: 1 is one process doing everything;
     #: N > 1 is a supervising parent (binding, the relay queue) and N worker
-    #: processes sharing every listener (L{mailapp.workers}). A config file
-    #: without the key gets one per usable core, at most 8
-    #: (L{mailapp.config.cores}); a L{Config} built in code, as the unit
-    #: tests build theirs, stays one process.
-    workers: int = field(default=1, metadata=integer(positive, default_from=lambda at: default_workers()))
+    #: processes sharing every listener (L{mailapp.workers}).
+    workers: int = field(default=1, metadata=integer(positive))
 
 
 def _unique(domains: list[str]) -> tuple[str, ...]:

@@ -8,7 +8,6 @@ and the POP3 maildrop lock. The real processes are in
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,8 @@ from twisted.python.failure import Failure
 
 from mailapp.config import load as load_config
 from mailapp.config import parse
-from mailapp.config.cores import MAX_DEFAULT_WORKERS, default_workers
 from mailapp.pop3.maildrop import MaildropLocks
 from mailapp.records import ADDED, FolderEvent
-from mailapp.service import makeService
 from mailapp.relay.queue import Envelope, Queue, Recipient, write_envelope_sync
 from mailapp.store.events import EventBus
 from mailapp.testing import SynchronousReactor, SynchronousThreadPool
@@ -35,50 +32,8 @@ from tests.unit.test_config import LISTENER, MINIMAL, PATH, only_problem
 # --- the config key --------------------------------------------------------------------------
 
 
-def _cores(count: int) -> Any:
-    """A stand-in for C{os.sched_getaffinity}: this process may run on C{count} cores."""
-    return lambda pid: set(range(count))
-
-
-def test_workers_defaults_to_one_per_usable_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", _cores(3), raising=False)
-    assert parse(MINIMAL, PATH).workers == 3
-
-
-def test_the_default_counts_the_cores_this_process_may_use_not_the_machines() -> None:
-    assert default_workers(_cores(2)) == 2
-
-
-def test_the_default_stops_at_eight_workers() -> None:
-    assert MAX_DEFAULT_WORKERS == 8
-    assert default_workers(_cores(64)) == 8
-
-
-def test_the_default_is_one_worker_on_one_core() -> None:
-    assert default_workers(_cores(1)) == 1
-
-
-def test_workers_one_is_one_process_whatever_the_cores(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", _cores(4), raising=False)
-    config = parse(LISTENER.replace("[server]\n", f'[server]\nstate_dir = "{tmp_path}"\nworkers = 1\n'), PATH)
-    assert config.workers == 1
-    root = makeService(config, relay=False)
-    try:
-        assert root.supervisor is None
-    finally:
-        root.context.pools.stop()
-        root.context.accounts.close()
-
-
-def test_without_the_key_the_parent_supervises_one_worker_per_core(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", _cores(4), raising=False)
-    config = parse(LISTENER.replace("[server]\n", f'[server]\nstate_dir = "{tmp_path}"\n'), PATH)
-    root = makeService(config, relay=False)
-    try:
-        assert root.supervisor is not None and root.supervisor.count == 4
-    finally:
-        root.context.pools.stop()
-        root.context.accounts.close()
+def test_workers_defaults_to_one_process() -> None:
+    assert parse(MINIMAL, PATH).workers == 1
 
 
 def test_workers_must_be_a_positive_integer() -> None:
