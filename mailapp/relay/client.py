@@ -252,8 +252,6 @@ class SMTPClient(Protocol):
         self._reply_timer: Any = None
         self._pauser: _Pauser | None = None
         self.connected_to = ""
-        #: When the relay's worker got it greeted (its clock's seconds), for its reuse limit.
-        self.started_at: float | None = None
 
     # -- the byte stream -----------------------------------------------------------
 

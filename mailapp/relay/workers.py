@@ -153,8 +153,9 @@ class Workers:
         ready = self._ready.get(domain)
         idle = self._idle.get(domain)
         while ready and idle:
-            # An open connection first: the woken worker takes a work item before this returns.
-            idle.pop().end(True)
+            # An open connection first: the woken worker leaves C{idle} and
+            # takes a work item before this returns.
+            idle[-1].end(True)
         if (
             ready
             and not self._stopping
@@ -183,31 +184,23 @@ class Workers:
 
     def _quitIdle(self, chosen: Callable[[_Idle], bool], every: bool = False) -> None:
         """Tell an idle worker C{chosen} picks (or every one, C{every}) to say QUIT and free its place."""
-        for domain, waiting in list(self._idle.items()):
-            for idle in list(waiting):
-                if chosen(idle):
-                    waiting.remove(idle)
-                    idle.end(False)
-                    if not every:
-                        return
+        for idle in [idle for waiting in self._idle.values() for idle in waiting]:
+            if chosen(idle):
+                idle.end(False)
+                if not every:
+                    return
 
     def _waitForWork(self, domain: str, hop: Hop, exempt: bool) -> Deferred[bool]:
         """Keep the connection for C{connection_cache_time}: True if work came for C{domain}, False to QUIT."""
         idle = _Idle(domain, None if exempt else (hop.address, hop.port), Deferred())
-        self._idle.setdefault(domain, []).append(idle)
-
-        def expired() -> None:
-            idle.timer = None
-            waiting = self._idle.get(domain, [])
-            if idle in waiting:
-                waiting.remove(idle)
-            idle.end(False)
-
-        idle.timer = self.clock.callLater(self.connection_cache_time, expired)
+        waiting = self._idle.setdefault(domain, [])
+        waiting.append(idle)
+        idle.timer = self.clock.callLater(self.connection_cache_time, idle.end, False)
 
         def forget(more: bool) -> bool:
-            waiting = self._idle.get(domain)
-            if waiting is not None and not waiting:
+            # The one place an idle worker leaves the list, however it was woken.
+            waiting.remove(idle)
+            if not waiting and self._idle.get(domain) is waiting:
                 del self._idle[domain]
             return more
 
@@ -229,12 +222,9 @@ class Workers:
         key = (hop.address, hop.port)
         return any(key in keys for keys in self._parked.values())
 
-    def _reusable(self, client: Any) -> bool:
-        """Whether C{client} may carry another transaction: usable, and young enough."""
-        if not client.usable:
-            return False
-        started = getattr(client, "started_at", None)
-        return started is None or self.clock.seconds() - started < self.connection_reuse_time
+    def _reusable(self, client: Any, opened: float) -> bool:
+        """Whether C{client}, greeted at C{opened}, may carry another transaction: usable, and young enough."""
+        return bool(client.usable) and self.clock.seconds() - opened < self.connection_reuse_time
 
     def _ended(self, _: object, worker: Deferred[Any]) -> None:
         """A worker ended (its failures are logged where they happen)."""
@@ -293,6 +283,7 @@ class Workers:
     def _worker(self, domain: str) -> Any:
         client = None
         hop: Hop | None = None
+        opened = 0.0  # when client was greeted, for its reuse time
         # Decided once, so that a reload changing the smarthost cannot unbalance the counts.
         exempt = self._exempt(domain)
         try:
@@ -310,9 +301,12 @@ class Workers:
                 return None
             while not self._stopping:
                 if not ready:
-                    if client is None or not self._reusable(client) or self.connection_cache_time <= 0:
-                        break
-                    if self._neededElsewhere(domain, hop, exempt):
+                    if (
+                        client is None
+                        or self.connection_cache_time <= 0
+                        or not self._reusable(client, opened)
+                        or self._neededElsewhere(domain, hop, exempt)
+                    ):
                         break
                     assert hop is not None
                     more = yield self._waitForWork(domain, hop, exempt)
@@ -322,7 +316,7 @@ class Workers:
                 work = ready.popleft()
                 if not self._current(work):
                     continue
-                if client is None or not self._reusable(client):
+                if client is None or not self._reusable(client, opened):
                     if client is not None:
                         self._clients.discard(client)
                         if client.usable:
@@ -334,8 +328,7 @@ class Workers:
                             self._releaseAddress(hop, exempt)
                             hop = None
                     client, hop, failure, full = yield self._connect(domain, hops, exempt)
-                    if client is not None:
-                        client.started_at = self.clock.seconds()
+                    opened = self.clock.seconds()
                     if client is None and full:
                         self._park(domain, work, full)
                         return None
