@@ -87,9 +87,12 @@ class Accounts:
         # Open once here so that a bad path or a too-new schema fails at
         # startup rather than at the first login.
         AccountsDatabase(self._path, self._config_domains, hasher=self._hasher).close()
-        # An unknown user is checked against this hash, made with the same
-        # parameters as new hashes, so that both failures take the same time.
-        self._dummy_hash = self._hasher.hash(os.urandom(16).hex())
+        # An unknown user is checked against a hash made with the same
+        # parameters as new hashes, so that both failures take the same
+        # time. It is made in the hashing pool when first needed
+        # (L{_dummyHash}), not here: a start (which every restart waits
+        # for) would pay for it on the reactor thread.
+        self._dummy_hash: str | None = None
         self._local = threading.local()
         self._connections: list[AccountsDatabase] = []
         self._connections_lock = threading.Lock()
@@ -224,7 +227,7 @@ class Accounts:
     async def _authenticate(self, username: str, password: bytes) -> str:
         found = await self._inDatabase(lambda database: database.lookup_password_hash(username))
         if found is None:
-            await self._queuedVerify(self._dummy_hash, password)
+            await self._queuedVerify(await self._dummyHash(), password)
             raise UnauthorizedLogin("Invalid credentials")
         canonical, password_hash = found
         if self._verified.check(canonical, password_hash, password):
@@ -237,6 +240,16 @@ class Accounts:
         else:
             self._verified.remember(canonical, password_hash, password)
         return canonical
+
+    async def _dummyHash(self) -> str:
+        """
+        The hash an unknown user's password is checked against, made the
+        first time one is (logins that race to be first may each make one;
+        the last made is kept).
+        """
+        if self._dummy_hash is None:
+            self._dummy_hash = await self._inHashPool(self._hasher.hash, os.urandom(16).hex())
+        return self._dummy_hash
 
     async def _queuedVerify(self, password_hash: str, password: bytes) -> tuple[bool, bool]:
         """

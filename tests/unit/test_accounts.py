@@ -630,11 +630,16 @@ def test_strict_resolution_raises_on_a_stored_loop() -> None:
 
 
 class _RecordingHasher(PasswordHasher):
-    """A cheap hasher that records which thread each verify ran in."""
+    """A cheap hasher that records which thread each hash and verify ran in."""
 
     def __init__(self, **parameters: int) -> None:
         super().__init__(**{"time_cost": 1, "memory_cost": 8, "parallelism": 1, **parameters})
         self.verify_threads: list[str] = []
+        self.hash_threads: list[str] = []
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        self.hash_threads.append(threading.current_thread().name)
+        return super().hash(password, salt=salt)
 
     def verify(self, hash: str | bytes, password: str | bytes) -> bool:  # noqa: A002
         self.verify_threads.append(threading.current_thread().name)
@@ -688,6 +693,18 @@ class AccountsTests(unittest.TestCase):
             await self.makeAccounts(hasher).authenticate("nobody@example.test", b"secret")
         self.assertEqual(str(raised.exception), "Invalid credentials")
         self.assertEqual(len(hasher.verify_threads), 1, "an unknown user must cost one verify too")
+
+    async def test_the_unknown_users_hash_is_made_in_the_hashing_pool_when_first_needed(self) -> None:
+        # Made at construction it cost every start (and so every worker
+        # restart) an argon2id hash on the reactor thread.
+        hasher = _RecordingHasher()
+        accounts = self.makeAccounts(hasher)
+        self.assertEqual(hasher.hash_threads, [], "starting must not hash")
+        for _ in range(2):
+            with self.assertRaises(UnauthorizedLogin):
+                await accounts.authenticate("nobody@example.test", b"secret")
+        self.assertEqual(len(hasher.hash_threads), 1, "the hash is made once and kept")
+        self.assertIn("mailapp-password-hashing", hasher.hash_threads[0])
 
     async def test_malformed_username_fails_like_a_wrong_password(self) -> None:
         for username in ["", "alice", "alice@example.test\r\n", "a\x00@example.test", "\udcffalice@example.test"]:
