@@ -34,6 +34,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogPublisher
 from twisted.python.failure import Failure
 
@@ -106,33 +107,42 @@ def register_protocol(name: str, builder: ProtocolBuilder) -> None:
 
 
 def _register_builtin_protocols() -> None:
-    """The protocols mailapp ships, one line each (imported here: the composition root may know them all)."""
-    from mailapp import smtp
-
-    register_protocol("smtp", smtp.buildFactory)
-    register_protocol("submission", smtp.buildFactory)
-    register_protocol("lmtp", smtp.buildLMTPFactory)
-    from mailapp import managesieve, pop3
-
-    register_protocol("pop3", pop3.buildFactory)
-    register_protocol("managesieve", managesieve.buildFactory)
-    from mailapp.imap import server as imap_server
-
-    register_protocol("imap", imap_server.buildFactory)
-    # The parent's own (PARENTS_OWN): a worker never builds them, so it
-    # never pays for their imports (klein, werkzeug, the pages: a fifth of
-    # a worker's start, which every restart waits for).
+    """
+    The protocols mailapp ships, one line each. Each protocol's module is
+    imported the first time a listener of it is built, not here: the
+    supervising parent of C{[server] workers} builds none of the workers'
+    (L{_served_by_workers}) and a worker none of the parent's
+    (L{PARENTS_OWN}: klein, werkzeug, the pages), so neither pays at its
+    start for imports it never uses, and every restart waits for a start.
+    """
+    register_protocol("smtp", _imported_when_built("mailapp.smtp"))
+    register_protocol("submission", _imported_when_built("mailapp.smtp"))
+    register_protocol("lmtp", _imported_when_built("mailapp.smtp", "buildLMTPFactory"))
+    register_protocol("pop3", _imported_when_built("mailapp.pop3"))
+    register_protocol("managesieve", _imported_when_built("mailapp.managesieve"))
+    register_protocol("imap", _imported_when_built("mailapp.imap.server"))
     register_protocol("webmail", _imported_when_built("mailapp.web"))
     register_protocol("metrics", _imported_when_built("mailapp.metrics"))
 
 
-def _imported_when_built(module: str) -> ProtocolBuilder:
-    """The C{buildFactory} of C{module}, imported the first time a listener of it is built."""
+def _imported_when_built(module: str, name: str = "buildFactory") -> ProtocolBuilder:
+    """The builder C{name} of C{module}, imported the first time a listener of it is built."""
 
     def build(context: ServiceContext, listener: ListenerConfig) -> Any:
-        return importlib.import_module(module).buildFactory(context, listener)
+        builder: ProtocolBuilder = getattr(importlib.import_module(module), name)
+        return builder(context, listener)
 
     return build
+
+
+def _served_by_workers(context: ServiceContext, listener: ListenerConfig) -> Factory:
+    """
+    The supervising parent's factory on a listener its workers serve: the
+    parent binds the socket and hands it over but never accepts on it
+    (L{mailapp.listeners.ListenerService} with C{accepting} false), so it
+    needs no session of the protocol, and no import of it.
+    """
+    return Factory.forProtocol(Protocol)
 
 
 def admin_command(executable: str | None = None, search_path: str | None = None, cwd: str | None = None) -> str:
@@ -476,6 +486,8 @@ def makeService(
             continue
         endpoint = worker.endpoint(reactor, listener.name) if worker is not None else None
         accepting = not supervising or parents_own
+        if not accepting:
+            builder = _served_by_workers
         listening = listen(context, listener, builder, counts, refusals, root.listener_failed, endpoint, accepting=accepting)
         listening.setServiceParent(root)  # type: ignore[no-untyped-call]
         postscreen = getattr(listening.factory, "postscreen", None)

@@ -551,3 +551,39 @@ def test_a_client_that_passed_on_one_worker_is_greeted_at_once_on_the_others() -
     assert there.known("192.0.2.7")
     clock.advance(61)
     assert not there.known("192.0.2.7")
+
+
+# --- what the supervising parent loads -------------------------------------------------------
+
+_BUILD_SUPERVISING_PARENT = """
+import sys
+from pathlib import Path
+from twisted.internet.testing import MemoryReactorClock
+from mailapp.config import load
+from mailapp.service import makeService
+from mailapp.testing import FakeAccounts, FakeStore
+directory = Path(sys.argv[1])
+path = directory / "mailapp.toml"
+path.write_text(
+    f'[server]\\nhostname = "mx.example.test"\\nstate_dir = "{directory / "state"}"\\nworkers = 2\\n'
+    '[listeners.smtp]\\nprotocol = "smtp"\\nendpoint = "tcp:0:interface=127.0.0.1"\\ntls = "none"\\n'
+    '[listeners.imap]\\nprotocol = "imap"\\nendpoint = "tcp:0:interface=127.0.0.1"\\ntls = "none"\\n'
+)
+makeService(load(path), reactor=MemoryReactorClock(), store=FakeStore(), accounts=FakeAccounts())
+print("\\n".join(name for name in sys.modules if name.startswith("mailapp")))
+"""
+
+
+def test_the_supervising_parent_never_imports_the_protocols_its_workers_serve(tmp_path: Path) -> None:
+    # Every restart of a worker waits for the parent's start; importing
+    # the SMTP and IMAP sessions it never runs cost it half a second.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _BUILD_SUPERVISING_PARENT, str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    loaded = set(done.stdout.split())
+    assert "mailapp.service" in loaded, done.stderr
+    assert not loaded & {"mailapp.smtp", "mailapp.imap.server"}, sorted(loaded)
