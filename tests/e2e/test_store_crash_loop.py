@@ -71,8 +71,10 @@ IMAP_CLIENTS = 2
 PAUSE = 0.05
 #: Seconds the server runs between two kills: uniform in this range.
 UPTIME = (0.2, 1.8)
-#: The loop stops here whatever it reached (the asserts then say what is missing).
-DEADLINE = 70.0
+#: The loop stops here whatever it reached (the asserts then say what is missing). A clean-clone
+#: CI run reached 2,824 in 70 s (20 kills in the first 55 s, then ~100 a second), a quiet machine
+#: 3,000 in 61 s: the bound leaves the slower machine room to finish the same load.
+DEADLINE = 90.0
 
 _FETCHED = re.compile(rb"^\* \d+ FETCH \(.*?UID (\d+).*?message-id: *<([^>\r\n]+)>", re.IGNORECASE | re.DOTALL)
 _FETCHED_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
