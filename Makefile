@@ -45,6 +45,12 @@ test-packages:
 # A strict editable install: edits show at once, and twistd finds the dropin in
 # twisted/plugins (a lenient editable install hides it from twistd). The stamp
 # depends on the sources so that a new module is linked in on the next run.
+# Then the bytecode, in both places the sources are imported from (the checkout,
+# as the tests' servers run it, and the install's links, as twistd does): pip
+# compiles what it installs but not an editable install's sources, and where
+# PYTHONDONTWRITEBYTECODE is set (CI machines, containers) every server process,
+# and each of its workers, would otherwise compile 140 modules at every start
+# (0.3-0.5 s of a 1.3 s start).
 $(STAMP): $(SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "mailapp needs Python 3.11 or newer: set PYTHON=/path/to/python3.11"; exit 1; }
@@ -53,6 +59,7 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --config-settings editable_mode=strict -e '.[test]'
 	@rm -f twisted/plugins/dropin.cache
+	@$(BIN)/python -m compileall -q mailapp twisted/plugins "$$(cd / && $(abspath $(BIN))/python -c 'import mailapp, os; print(os.path.dirname(mailapp.__file__))')" >/dev/null
 	@touch $(STAMP)
 
 run: $(STAMP)
