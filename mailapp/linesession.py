@@ -42,6 +42,9 @@ What the base owns
     L{compressedDataCorrupt}.
   - B{Commands before login}: L{_commandBeforeLogin} counts them, and past
     the limit logs, lets the protocol say so (L{tooManyCommands}) and closes.
+  - B{Sending at the end of a burst}: once the loop has run every command
+    the client's bytes held, what their replies wrote is sent at once
+    (L{_flush}), not on the reactor's next turn.
   - B{Command timing}: L{_command} runs a command and reports its latency to
     L{SessionFactory.command_done}, when its reply is sent (after a L{_wait}).
   - B{Deadlines}: C{deadlines} is the session's L{SessionDeadlines}; the
@@ -95,6 +98,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, ISSLTransport
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -432,6 +436,10 @@ class LineSession(Protocol, TimeoutMixin):
         self._process()
 
     def _process(self) -> None:
+        self._runCommands()
+        self._flush()
+
+    def _runCommands(self) -> None:
         while not self._closing:
             # Asked before every command, not once per call: what ends a
             # session's work may happen inside this loop (a reply that has
@@ -478,6 +486,35 @@ class LineSession(Protocol, TimeoutMixin):
             held = len(self._buffer) + (self._inflater.pending if self._inflater is not None else 0)
             if (self._busy or self.outputPaused()) and held > backlog:
                 self.transport.pauseProducing()
+
+    def _flush(self) -> None:
+        """
+        Send what the replies of this burst wrote now. Twisted's TCP
+        transport only buffers a write and sends it when the reactor next
+        polls the socket as writable: one more turn of the loop (a poll, the
+        writer's registration and removal) between every reply and the
+        client that waits for it, which a one-command-at-a-time client (a
+        POP3 RETR after RETR, an SMTP transaction) pays on every command.
+        Called once per burst, so pipelined replies still leave in one send.
+
+        Only on a plain TCP connection (STARTTLS's too: its records are
+        buffered there), with no producer but a push producer the transport
+        has not paused (a completed send resumes a paused or a pull
+        producer, whose next writes and replies would then re-enter the loop
+        from here), and which is not closing (a completed send would then close it, here rather than in
+        the reactor). A send that fails leaves the data and the writer in
+        place: the reactor's own next attempt fails the same way and ends
+        the connection as it always does.
+        """
+        transport = self.transport
+        if (
+            isinstance(transport, Connection)
+            and transport.connected
+            and not transport.disconnecting
+            and (transport.producer is None or (transport.streamingProducer and not transport.producerPaused))
+            and (transport.dataBuffer or transport._tempDataBuffer)
+        ):
+            transport.doWrite()
 
     def _pauseReadingUntil(self, write: defer.Deferred[Any] | None) -> None:
         """

@@ -299,7 +299,7 @@ class IMAPServer(LineSession):
             self._flushCall = self.callLater(0, self._flushLater)
 
     def flushOutput(self) -> None:
-        """Give what the session has gathered to the transport, in one write."""
+        """Give what the session has gathered to the transport, in one write, and send it."""
         if self._flushCall is not None:
             if self._flushCall.active():
                 self._flushCall.cancel()
@@ -311,6 +311,7 @@ class IMAPServer(LineSession):
         self._outputSize = 0
         if self._connected and self.transport is not None:
             self.transport.write(data)
+            self._flush()  # and to the socket, now (L{LineSession._flush})
 
     def _flushLater(self) -> None:
         self._flushCall = None
