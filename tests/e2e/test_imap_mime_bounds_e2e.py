@@ -69,7 +69,9 @@ def test_search_body_answers_ok_with_every_match_beside_hostile_structures(serve
     # 2,000 lines of traceback and NO [SERVERBUG] for the whole folder, before.
     assert raw.command(b"c", b'SEARCH BODY "deepest words"') == [b"* SEARCH 1 2 3 4", b"c OK SEARCH completed"]
     assert raw.command(b"d", b'SEARCH TEXT "part 49998"') == [b"* SEARCH 3", b"d OK SEARCH completed"]
-    assert time.monotonic() - started < 10.0
+    # Both searches take 4.6-6.5 s on a quiet 2-core VM; a clean-clone CI run under the
+    # host's steal took 10.05 s. The bound is for a structure walk gone quadratic, not a timing.
+    assert time.monotonic() - started < 20.0
     raw.close()
     log = server.log()
     assert "Traceback" not in log
