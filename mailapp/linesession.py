@@ -501,10 +501,10 @@ class LineSession(Protocol, TimeoutMixin):
         buffered there), with no producer but a push producer the transport
         has not paused (a completed send resumes a paused or a pull
         producer, whose next writes and replies would then re-enter the loop
-        from here), and which is not closing (a completed send would then close it, here rather than in
-        the reactor). A send that fails leaves the data and the writer in
-        place: the reactor's own next attempt fails the same way and ends
-        the connection as it always does.
+        from here), and which is not closing (a completed send would then
+        close it, here rather than in the reactor). A send that fails leaves
+        the data and the writer in place: the reactor's own next attempt
+        fails the same way and ends the connection as it always does.
         """
         transport = self.transport
         if (

@@ -23,27 +23,27 @@ from tests.protocol.accounts import make_accounts
 from tests.protocol.pop3_client import make_factory
 
 
-def _connected() -> tuple[socket.socket, socket.socket, tuple[str, int]]:
-    """A TCP connection on loopback: the server's end (non-blocking, as the reactor keeps it), the client's, the client's address."""
+def _served(test: TestCase, factory: Any) -> tuple[Any, tcp.Server, socket.socket, MemoryReactor]:
+    """
+    A session of C{factory} on a L{tcp.Server} over a loopback connection,
+    with a reactor that never polls: the session, its transport, the
+    client's socket and the reactor; all closed at C{test}'s cleanup.
+    """
     with socket.create_server(("127.0.0.1", 0)) as listening:
         client = socket.create_connection(listening.getsockname(), timeout=5)
         server, address = listening.accept()
-    server.setblocking(False)
-    return server, client, address
+    server.setblocking(False)  # as the reactor keeps it
+    test.addCleanup(client.close)
+    test.addCleanup(server.close)
+    reactor = MemoryReactor()
+    protocol = factory.buildProtocol(None)
+    transport = tcp.Server(server, protocol, address, None, 1, reactor)
+    return protocol, transport, client, reactor
 
 
 class RepliesLeaveWithTheirCommandTests(TestCase):
-    def factory(self) -> Any:
-        return make_factory()[0]
-
     def setUp(self) -> None:
-        server, self.client, address = _connected()
-        self.addCleanup(self.client.close)
-        self.reactor = MemoryReactor()
-        factory = self.factory()
-        self.protocol = factory.buildProtocol(None)
-        self.transport = tcp.Server(server, self.protocol, address, None, 1, self.reactor)
-        self.addCleanup(server.close)
+        self.protocol, self.transport, self.client, self.reactor = _served(self, make_factory()[0])
         self.sends: list[int] = []
         #: At most this many bytes a send (the room in a full socket buffer), or None.
         self.room: int | None = None
@@ -99,13 +99,8 @@ class IMAPRepliesLeaveWithTheirCommandTests(TestCase):
     """The same for IMAP, whose session gathers a burst's replies before it gives them to the transport."""
 
     def setUp(self) -> None:
-        server, self.client, address = _connected()
-        self.addCleanup(self.client.close)
-        self.addCleanup(server.close)
-        self.reactor = MemoryReactor()
         factory = build_factory(service_context(store=FakeStore(), accounts=make_accounts()), "imap", allow_plaintext_auth=True)
-        self.protocol = factory.buildProtocol(None)
-        self.transport = tcp.Server(server, self.protocol, address, None, 1, self.reactor)
+        self.protocol, self.transport, self.client, self.reactor = _served(self, factory)
         self.protocol.makeConnection(self.transport)
         self.addCleanup(self.protocol.connectionLost, None)
 
