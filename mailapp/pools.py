@@ -7,7 +7,11 @@ webmail reads of a message with a megabyte header (minutes of parsing
 each) made an SMTP ``RCPT`` wait 13 s for its accounts lookup, and a burst
 of IMAP searches could hold up every delivery's commit. Now:
 
-- ``store``: Maildir and index I/O, the group committer, the spool;
+- ``store``: Maildir and index reads, the spool;
+- ``writer``: the store's group committer: one batch committing and the
+  next one writing its data, so two threads; no commit waits for a
+  thread behind reads (a burst of IMAP searches), and no read for a
+  thread behind a commit's syncs;
 - ``accounts``: the accounts database (password hashing has its own pool
   in L{mailapp.accounts.Accounts});
 - ``queue``: the relay queue's files;
@@ -58,7 +62,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 #: Threads per pool. The store gets the most: every protocol reads through it.
-DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "accounts": 4, "queue": 4, "parsing": 2, "signing": 2, "authentication": 16, "fulltext": 1, "greylist": 1}
+DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "writer": 2, "accounts": 4, "queue": 4, "parsing": 2, "signing": 2, "authentication": 16, "fulltext": 1, "greylist": 1}
 
 
 _Job = tuple[Callable[[bool, Any], object] | None, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
@@ -179,6 +183,7 @@ class WorkerPools:
     """The named pools of L{DEFAULT_SIZES}, as attributes (C{pools.store}, ...)."""
 
     store: ThreadPool
+    writer: ThreadPool
     accounts: ThreadPool
     queue: ThreadPool
     parsing: ThreadPool

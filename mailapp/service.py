@@ -372,6 +372,7 @@ def makeService(
             threadpool=pools.store,
             batch_sync=config.sync == "filesystem",
             fulltext_pool=pools.fulltext,
+            writer_pool=pools.writer,
         )
     if accounts is None:
         from mailapp.accounts import Accounts

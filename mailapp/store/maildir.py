@@ -98,6 +98,7 @@ class MaildirStore:
         events: EventBus | None = None,
         batch_sync: bool | None = None,
         fulltext_pool: Any = None,
+        writer_pool: Any = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -112,7 +113,10 @@ class MaildirStore:
         #: Sync each batch's files and directories with one syncfs(2) each
         #: (Linux) rather than one fsync per file and per directory.
         self.batch_sync = durable.has_syncfs() if batch_sync is None else batch_sync
-        self.committer = GroupCommitter(reactor, self.threadpool, self.batch_sync)
+        #: The group committer's batches run on C{writer_pool} (the server gives
+        #: it threads of its own, so that no commit waits behind the reads of
+        #: C{threadpool}; by default the same pool).
+        self.committer = GroupCommitter(reactor, writer_pool if writer_pool is not None else self.threadpool, self.batch_sync)
         #: The disk new messages are written to (the spool is under the root).
         self.freeSpace = FreeSpace(self.root, reactor)
         #: Fills each mailbox's full-text file after its deliveries commit, on
