@@ -17,6 +17,11 @@ of IMAP searches could hold up every delivery's commit. Now:
 - ``queue``: the relay queue's files;
 - ``parsing``: parsing messages for display (the webmail), the work whose
   cost a sender controls;
+- ``filtering``: what a delivery waits for that reads its message: the
+  recipients' Sieve scripts and the URI blocklists' scan of its URLs.
+  Their cost is a sender's too, but bounded by the Sieve and ``[dnsbl]``
+  limits, and they once shared ``parsing``: two webmail reads of hostile
+  messages held every delivery at its Sieve check;
 - ``signing``: DKIM signatures of outbound mail: CPU work, so few threads
   (the RSA step releases the GIL, and two let one message's Python run
   while another's RSA signs).
@@ -62,7 +67,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 #: Threads per pool. The store gets the most: every protocol reads through it.
-DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "writer": 2, "accounts": 4, "queue": 4, "parsing": 2, "signing": 2, "authentication": 16, "fulltext": 1, "greylist": 1}
+DEFAULT_SIZES: Mapping[str, int] = {"store": 10, "writer": 2, "accounts": 4, "queue": 4, "parsing": 2, "filtering": 2, "signing": 2, "authentication": 16, "fulltext": 1, "greylist": 1}
 
 
 _Job = tuple[Callable[[bool, Any], object] | None, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
@@ -187,6 +192,7 @@ class WorkerPools:
     accounts: ThreadPool
     queue: ThreadPool
     parsing: ThreadPool
+    filtering: ThreadPool
     signing: ThreadPool
     authentication: ThreadPool
     fulltext: ThreadPool

@@ -631,7 +631,7 @@ def _tls_reports(config: Config, reactor: IServiceReactor, router: Router, resol
 
 
 def _build_sieve(config: Config, reactor: Any, pools: WorkerPools) -> Any:
-    """Users' Sieve scripts under C{state_dir/sieve}, run at local delivery on the parsing pool (a sender controls what they read)."""
+    """Users' Sieve scripts under C{state_dir/sieve}, run at local delivery on the filtering pool (a sender controls what they read)."""
     from mailapp.sieve import SieveLimits
     from mailapp.sieve.filter import SieveFilter
     from mailapp.sieve.scripts import ScriptStore, sieve_directory
@@ -640,7 +640,7 @@ def _build_sieve(config: Config, reactor: Any, pools: WorkerPools) -> Any:
     scripts = ScriptStore(sieve_directory(config.state_dir), limits.sieve_max_scripts, limits.sieve_max_script_size)
     return SieveFilter(
         scripts,
-        lambda function, *args: pools.run(pools.parsing, function, *args),
+        lambda function, *args: pools.run(pools.filtering, function, *args),
         reactor,
         SieveLimits(max_steps=limits.sieve_max_steps, max_redirects=limits.sieve_max_redirects),
         max_vacation_per_day=limits.sieve_max_vacation_replies_per_day,

@@ -33,7 +33,7 @@ class Postscreen:
     One MX listener's screening state, on its factory (kept across SIGHUP,
     which replaces only the policy that carries the config). C{resolver}
     None: no DNS, so no blocklist is asked. C{pools}: where a message's
-    URLs are read (the parsing pool, whose cost a sender controls); None
+    URLs are read (the filtering pool: a sender controls the cost); None
     reads them in the caller's thread (for tests of this class alone).
     """
 
@@ -114,7 +114,7 @@ class SessionScreen:
         """
         At the end of DATA: the refusal the message's URL hosts call for, with
         this transaction's other listings, or None. The URLs are read on the
-        parsing pool within C{[dnsbl]}'s bounds; a message that cannot be read
+        filtering pool within C{[dnsbl]}'s bounds; a message that cannot be read
         counts 0 (logged). Never fails.
         """
         lists = self._lists
@@ -123,7 +123,7 @@ class SessionScreen:
         dnsbl = self._dnsbl
         bounds = UrlBounds(dnsbl.url_max_parts, dnsbl.url_max_text_kib * 1024, dnsbl.url_max_domains)
         pools = self._postscreen.pools
-        read = pools.run(pools.parsing, url_hosts, message, bounds) if pools is not None else defer.maybeDeferred(url_hosts, message, bounds)
+        read = pools.run(pools.filtering, url_hosts, message, bounds) if pools is not None else defer.maybeDeferred(url_hosts, message, bounds)
 
         def unreadable(reason: Failure) -> UrlHosts:
             _log.failure("the URLs of a message from {client} could not be read", reason, log_event=logevents.POSTSCREEN_DNSBL_URL_FAILED, client=self._ip)

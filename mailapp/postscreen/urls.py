@@ -13,7 +13,7 @@ scanner is the place for that.
 
 A sender controls what this costs, so the work is bounded
 (L{UrlBounds}: at most so many parts, so many KiB of decoded text, so many
-distinct hosts) and runs on the parsing pool, never on the reactor
+distinct hosts) and runs on the filtering pool, never on the reactor
 (L{mailapp.postscreen.screen.SessionScreen.urls}). This module is pure:
 bytes in, hosts out.
 """

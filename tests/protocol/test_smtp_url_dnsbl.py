@@ -2,7 +2,7 @@
 The domain lists asked about the URLs of a message's body at the end of
 DATA on the MX (L{mailapp.postscreen.urls}, L{mailapp.postscreen.screen}),
 through the SMTP session on fakes: a L{FakeResolver} serving the zones, a
-L{Clock}, inline pools (or a held parsing pool).
+L{Clock}, inline pools (or a held filtering pool).
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ class URLBlocklistTests(SessionTestCase):
         self.send(self.factory("[dnsbl]\n" + DBL), body(b"http://a.test/ http://b.test/"))
         self.assertEqual(len(self.resolver.held), 2)
 
-    def test_the_urls_are_read_on_the_parsing_pool(self) -> None:
-        parsing = self.pools.parsing = HeldThreadPool()
+    def test_the_urls_are_read_on_the_filtering_pool(self) -> None:
+        parsing = self.pools.filtering = HeldThreadPool()
         parsing.held = True
         session = self.send(self.factory("[dnsbl]\n" + DBL), body(b"http://urls.test/"))
         self.assertEqual(session.replies(), [])

@@ -46,7 +46,7 @@ class ManageSieveTestCase(TestCase):
         pools = self.context.pools
         self.context.router.sieve = SieveFilter(
             self.scripts,
-            lambda f, *a: pools.run(pools.parsing, f, *a),
+            lambda f, *a: pools.run(pools.filtering, f, *a),
             self.context.reactor,
         )
         factory = build_factory(

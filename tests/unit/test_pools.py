@@ -62,15 +62,19 @@ class PoolTests(unittest.TestCase):
         self.assertIn("mailapp-store", name)
 
     @defer.inlineCallbacks
-    def test_a_saturated_parsing_pool_delays_neither_accounts_nor_the_store(self) -> Any:
+    def test_a_saturated_parsing_pool_delays_neither_accounts_nor_the_store_nor_a_deliverys_filters(self) -> Any:
+        # Twenty webmail reads of hostile messages hold every parsing thread;
+        # a delivery's Sieve check runs on the filtering pool.
         release = threading.Event()
         self.addCleanup(release.set)
         stuck = [deferToThreadPool(reactor, self.pools.parsing, release.wait, 30) for _ in range(20)]
         started = time.monotonic()
         count = yield self.root.context.accounts.countUsers()
         listed = yield self.root.store.run(lambda: "read")
+        filtered = yield self.root.context.router.sieve.run_blocking(lambda: threading.current_thread().name)
         elapsed = time.monotonic() - started
         self.assertEqual((count, listed), (0, "read"))
+        self.assertIn("mailapp-filtering", filtered)
         self.assertLess(elapsed, 2.0)
         self.assertFalse(any(d.called for d in stuck))
         release.set()

@@ -29,7 +29,7 @@ class SieveDeliveryTestCase(TestCase):
         pools = self.context.pools
         self.context.router.sieve = SieveFilter(
             self.scripts,
-            lambda function, *args: pools.run(pools.parsing, function, *args),
+            lambda function, *args: pools.run(pools.filtering, function, *args),
             self.context.reactor,
         )
         self.factory = build_factory(self.context, "smtp")
