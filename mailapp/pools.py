@@ -18,7 +18,8 @@ of IMAP searches could hold up every delivery's commit. Now:
 - ``parsing``: parsing messages for display (the webmail), the work whose
   cost a sender controls;
 - ``filtering``: what a delivery waits for that reads its message: the
-  recipients' Sieve scripts and the URI blocklists' scan of its URLs.
+  recipients' Sieve scripts, the URI blocklists' scan of its URLs, the
+  ARC seal of a copy an alias forwards.
   Their cost is a sender's too, but bounded by the Sieve and ``[dnsbl]``
   limits, and they once shared ``parsing``: two webmail reads of hostile
   messages held every delivery at its Sieve check;

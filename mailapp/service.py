@@ -415,7 +415,7 @@ def makeService(
     # for DKIM and ARC code): the name servers the relay asks.
     dns = ServiceDNS(reactor, LazyResolver(reactor, config.relay.nameservers), config.authentication.dns_query_timeout)
     manager = (
-        _build_relay(config, reactor, router, pools.queue, sealing_pool=pools.parsing, dns=dns, deliver=worker is None)
+        _build_relay(config, reactor, router, pools.queue, sealing_pool=pools.filtering, dns=dns, deliver=worker is None)
         if relay
         else None
     )

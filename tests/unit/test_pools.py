@@ -81,6 +81,15 @@ class PoolTests(unittest.TestCase):
         yield defer.gatherResults(stuck)
 
 
+    def test_a_forwarded_copy_is_sealed_on_the_filtering_pool(self) -> None:
+        # Its seal is made before the 250, so it must not queue behind the webmail's parsing.
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        root = makeService(make_config(directory, generate=True), reactor=reactor, relay=True)
+        self.addCleanup(root.context.pools.stop)
+        self.addCleanup(root.context.accounts.close)
+        self.assertIs(root.context.router.forwarding.sealer.sealer.pool(), root.context.pools.filtering)
+
     @defer.inlineCallbacks
     def test_reads_that_fill_the_store_pool_delay_no_commit(self) -> Any:
         # Twenty slow reads (a burst of IMAP searches over big folders) hold
