@@ -18,11 +18,11 @@ of IMAP searches could hold up every delivery's commit. Now:
 - ``parsing``: parsing messages for display (the webmail), the work whose
   cost a sender controls;
 - ``filtering``: what a delivery waits for that reads its message: the
-  recipients' Sieve scripts, the URI blocklists' scan of its URLs, the
-  ARC seal of a copy an alias forwards.
-  Their cost is a sender's too, but bounded by the Sieve and ``[dnsbl]``
-  limits, and they once shared ``parsing``: two webmail reads of hostile
-  messages held every delivery at its Sieve check;
+  recipients' Sieve scripts, the URI blocklists' scan of its URLs, the ARC
+  seal of a copy an alias forwards. Their cost is a sender's too, but
+  bounded by the Sieve, ``[dnsbl]`` and sealing limits, and they once
+  shared ``parsing``: two webmail reads of hostile messages held every
+  delivery at its Sieve check;
 - ``signing``: DKIM signatures of outbound mail: CPU work, so few threads
   (the RSA step releases the GIL, and two let one message's Python run
   while another's RSA signs).

@@ -138,12 +138,12 @@ class URLBlocklistTests(SessionTestCase):
         self.assertEqual(len(self.resolver.held), 2)
 
     def test_the_urls_are_read_on_the_filtering_pool(self) -> None:
-        parsing = self.pools.filtering = HeldThreadPool()
-        parsing.held = True
+        filtering = self.pools.filtering = HeldThreadPool()
+        filtering.held = True
         session = self.send(self.factory("[dnsbl]\n" + DBL), body(b"http://urls.test/"))
         self.assertEqual(session.replies(), [])
-        self.assertEqual(len(parsing.jobs), 1)
-        parsing.run()
+        self.assertEqual(len(filtering.jobs), 1)
+        filtering.run()
         self.assertEqual(session.replies(), [REFUSED])
 
     def test_at_most_url_max_domains_are_looked_up(self) -> None:

@@ -37,8 +37,11 @@ class PoolTests(unittest.TestCase):
 
     def test_every_kind_of_work_has_its_own_pool_none_the_reactors(self) -> None:
         shared = reactor.getThreadPool()
-        pools = {id(pool) for pool in (self.pools.store, self.pools.writer, self.pools.accounts, self.pools.queue, self.pools.parsing, shared)}
-        self.assertEqual(len(pools), 6)
+        pools = {
+            id(pool)
+            for pool in (self.pools.store, self.pools.writer, self.pools.accounts, self.pools.queue, self.pools.parsing, self.pools.filtering, shared)
+        }
+        self.assertEqual(len(pools), 7)
         self.assertIs(self.root.store.threadpool, self.pools.store)
         self.assertIs(self.root.store.committer._threadpool, self.pools.writer)
         self.assertIs(self.root.context.accounts._threadpool, self.pools.accounts)
@@ -79,7 +82,6 @@ class PoolTests(unittest.TestCase):
         self.assertFalse(any(d.called for d in stuck))
         release.set()
         yield defer.gatherResults(stuck)
-
 
     def test_a_forwarded_copy_is_sealed_on_the_filtering_pool(self) -> None:
         # Its seal is made before the 250, so it must not queue behind the webmail's parsing.
