@@ -450,7 +450,7 @@ def makeService(
     )
     root = MailService(context)
     JunkLearner(store, rspamd, config.spam).setServiceParent(root)  # type: ignore[no-untyped-call]
-    for component in (store, accounts, signer, manager):
+    for component in (store, accounts, signer, manager, router.sieve.presence):
         if IService.providedBy(component):
             IService(component).setServiceParent(root)
     # Crash left-overs (spool files, the queue's temporary files), at start and every hour.
@@ -638,13 +638,26 @@ def _build_sieve(config: Config, reactor: Any, pools: WorkerPools) -> Any:
 
     limits = config.limits
     scripts = ScriptStore(sieve_directory(config.state_dir), limits.sieve_max_scripts, limits.sieve_max_script_size)
+    filtering = lambda function, *args: pools.run(pools.filtering, function, *args)  # noqa: E731
     return SieveFilter(
         scripts,
-        lambda function, *args: pools.run(pools.filtering, function, *args),
+        filtering,
         reactor,
         SieveLimits(max_steps=limits.sieve_max_steps, max_redirects=limits.sieve_max_redirects),
         max_vacation_per_day=limits.sieve_max_vacation_replies_per_day,
+        presence=_script_presence(scripts, reactor, filtering),
     )
+
+
+def _script_presence(scripts: Any, reactor: Any, run_blocking: Any) -> Any:
+    """What lets a delivery whose recipients have no script skip the filtering pool (L{mailapp.sieve.presence}): Linux's inotify only."""
+    try:
+        from twisted.internet import inotify  # noqa: F401
+    except ImportError:
+        return None
+    from mailapp.sieve.presence import ScriptPresence
+
+    return ScriptPresence(scripts, reactor, run_blocking)
 
 
 _register_builtin_protocols()

@@ -81,8 +81,12 @@ class SieveFilter:
         clock: Any,
         limits: SieveLimits = SieveLimits(),
         max_vacation_per_day: int = 100,
+        presence: Any = None,
     ) -> None:
         self.scripts = scripts
+        #: A L{mailapp.sieve.presence.ScriptPresence}: deliveries whose recipients
+        #: have no script are answered without a thread trip. None: every one takes it.
+        self.presence = presence
         self.run_blocking = run_blocking
         self.clock = clock
         self.limits = limits
@@ -104,6 +108,8 @@ class SieveFilter:
         default_folders: dict[str, str],
     ) -> Deferred[Filtered | None]:
         """Fire with the outcomes of C{accounts}' scripts (None when no account has one: nothing was read)."""
+        if self.presence is not None and not self.presence.may_filter(accounts):
+            return succeed(None)
         held = messagefile.held_bytes(message)
         if held is None:
             path_reader: Callable[[], bytes] = lambda: messagefile.wire_bytes(message)

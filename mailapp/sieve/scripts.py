@@ -6,12 +6,21 @@ per account under C{state_dir/mail/}:
     sieve/<account>/scripts/<name>.sieve   every uploaded script
     sieve/<account>/active                 the active script's name (absent: none)
     sieve/<account>/memory.json            vacation replies sent, duplicate ids seen
+    sieve/active-accounts/<account>        present while <account> may have an active script
     sieve/global/<name>.sieve              the admin's scripts for include :global;
                                            before.sieve and after.sieve run around every user's
 
 Every method blocks (small files): call it on a worker thread. A script is
 checked (compiled) before it is stored, so a stored script always parses;
 files are replaced by rename, so a reader never sees half of one.
+
+C{active-accounts/} is what lets a delivery skip the script reads when
+none of its recipients has a script (L{mailapp.sieve.presence}): one
+directory to watch instead of one per account. Its entry is made before
+an C{active} file is written and removed after it is, so it is never
+missing while a script is active; a stale one only costs a read. A
+hand-made C{active} file gets its entry at the next start
+(L{ScriptStore.mark_active_accounts}).
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ __all__ = ["ScriptError", "ScriptInfo", "ScriptStore", "SieveMemory", "sieve_dir
 #: RFC 5804 1.6: a name is UTF-8 without controls; ours also avoid what a file name cannot hold.
 _NAME = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,128}$")
 SUFFIX = ".sieve"
+#: The directory of accounts that may have an active script (the module docstring).
+MARKERS = "active-accounts"
 
 
 def sieve_directory(state_dir: Path) -> Path:
@@ -89,7 +100,42 @@ class ScriptStore:
         self.max_script_size = max_script_size
 
     def directory(self, account: str) -> Path:
-        return self.root / quote(account.lower(), safe="@.+-_")
+        return self.root / self.directory_name(account)
+
+    @staticmethod
+    def directory_name(account: str) -> str:
+        """C{account}'s directory name under the root, and its entry's in C{active-accounts/}."""
+        return quote(account.lower(), safe="@.+-_")
+
+    @property
+    def markers(self) -> Path:
+        """C{active-accounts/}: see the module docstring."""
+        return self.root / MARKERS
+
+    def _mark(self, account: str) -> None:
+        self.markers.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.markers / self.directory_name(account)).touch()
+
+    def _unmark(self, account: str) -> None:
+        try:
+            (self.markers / self.directory_name(account)).unlink()
+        except FileNotFoundError:
+            pass
+
+    def mark_active_accounts(self) -> None:
+        """
+        Give every account directory with an C{active} file its entry (at
+        start: one written by an older version or by hand). Entries are only
+        added here, never removed: one made by an L{activate} still under way
+        has no C{active} file yet.
+        """
+        self.markers.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.name in (MARKERS, "global") or not entry.is_dir():
+                    continue
+                if os.path.exists(os.path.join(entry.path, "active")) and not (self.markers / entry.name).exists():
+                    (self.markers / entry.name).touch()
 
     def _script(self, account: str, name: str) -> Path:
         return self.directory(account) / "scripts" / (check_name(name) + SUFFIX)
@@ -142,9 +188,11 @@ class ScriptStore:
                 path.unlink()
             except FileNotFoundError:
                 pass
+            self._unmark(account)
             return
         if not self._script(account, name).exists():
             raise ScriptError(f"no script named {name!r}", "NONEXISTENT")
+        self._mark(account)
         write_atomically(path, name.encode("utf-8"))
 
     def delete(self, account: str, name: str) -> None:

@@ -640,3 +640,32 @@ def test_a_listeners_budget_for_clients_not_logged_in_holds_exactly_with_two_wor
             sock.close()
     finally:
         running.stop()
+
+
+def test_a_script_activated_by_another_process_files_the_very_next_message_on_every_worker(workers: Workers) -> None:
+    # Deliveries to an account without a script skip the script reads
+    # (mailapp.sieve.presence); each worker must learn of an activation made
+    # elsewhere (here: this process, as the CLI or ManageSieve on the other
+    # worker would) before it answers the next message.
+    from mailapp.sieve.scripts import ScriptStore, sieve_directory
+
+    scripts = ScriptStore(sieve_directory(workers.server.state_dir))
+    first, second = workers.pids()
+    workers.deliver_through(first, "before any script")
+    scripts.put(ALICE, "main", 'require ["fileinto", "mailbox"]; fileinto :create "Filed";')
+    for round, worker in enumerate((first, second, second, first)):
+        scripts.activate(ALICE, "main")
+        workers.deliver_through(worker, f"filed {round}")
+        scripts.activate(ALICE, None)
+        workers.deliver_through(worker, f"kept {round}")
+    maildir = workers.server.maildir(ALICE)
+
+    def subjects(directory: Path) -> set[str]:
+        found = set()
+        for sub in ("new", "cur"):
+            for path in (directory / sub).glob("*") if (directory / sub).is_dir() else ():
+                found.add(path.read_bytes().split(b"Subject: ", 1)[1].split(b"\n", 1)[0].strip().decode())
+        return found
+
+    assert subjects(maildir / ".Filed") == {f"filed {n}" for n in range(4)}
+    assert subjects(maildir) == {"before any script", *(f"kept {n}" for n in range(4))}
