@@ -20,7 +20,9 @@ Before each answer the watch's pending events are read at once (a
 non-blocking C{read(2)} of the inotify descriptor, no disk): a script
 activated before the delivery asked is always seen, whichever process
 activated it. Without inotify (another OS, the watch limit reached, the
-directories unreadable) nothing is known and every delivery takes the trip.
+directories unreadable or moved away) nothing is known and every delivery
+takes the trip, and the watch is made again every few seconds until it
+works.
 """
 
 from __future__ import annotations
@@ -30,17 +32,24 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
+from mailapp.deadlines import cancel_call
 from mailapp.sieve.scripts import SUFFIX, ScriptStore
 
 __all__ = ["ScriptPresence"]
 
 _log = Logger()
+
+#: Seconds before watching again after the watch was lost or could not be made, or a scan failed.
+RETRY_SECONDS = 5.0
+#: Seconds between two passes that give hand-made C{active} files their entries.
+REMARK_SECONDS = 3600.0
 
 #: The global scripts that run around every user's (their presence alone makes every delivery filtered).
 _AROUND = ("before" + SUFFIX, "after" + SUFFIX)
@@ -54,8 +63,15 @@ class ScriptPresence(Service):
 
     name = "sieve-presence"
 
-    def __init__(self, scripts: ScriptStore, reactor: Any, run_blocking: Callable[..., Deferred[Any]]) -> None:
+    def __init__(
+        self, scripts: ScriptStore, reactor: Any, run_blocking: Callable[..., Deferred[Any]], retry_seconds: float = RETRY_SECONDS
+    ) -> None:
         self.scripts = scripts
+        self.retry_seconds = retry_seconds
+        self._retry: Any = None
+        self._closer: Any = None
+        self._closing: list[Any] = []
+        self._remarking: LoopingCall | None = None
         self.reactor = reactor
         self.run_blocking = run_blocking
         self._notifier: Any = None
@@ -74,7 +90,18 @@ class ScriptPresence(Service):
 
     def startService(self) -> None:
         Service.startService(self)
-        prepared = self.run_blocking(self._prepare)
+        self._generation += 1
+        self._arm()
+        self._remarking = LoopingCall(self._remark)
+        self._remarking.clock = self.reactor
+        self._remarking.start(REMARK_SECONDS, now=False).addErrback(lambda reason: _log.failure("sieve re-marking stopped", reason))
+
+    def _arm(self) -> None:
+        """Make sure both directories exist (on a thread), then watch them and scan; retried until it works."""
+        self._retry = None
+        if not self.running:
+            return
+        prepared = maybeDeferred(self.run_blocking, self._prepare)
         prepared.addCallback(lambda _: self._watch())
         prepared.addErrback(self._unknowable)
 
@@ -83,13 +110,27 @@ class ScriptPresence(Service):
         (self.scripts.root / "global").mkdir(parents=True, exist_ok=True, mode=0o700)
         self.scripts.mark_active_accounts()
 
+    def _remark(self) -> None:
+        """Hourly: an C{active} file made by hand gets its entry (whose event then makes a rescan)."""
+        if self.running:
+            maybeDeferred(self.run_blocking, self.scripts.mark_active_accounts).addErrback(
+                lambda reason: _log.failure("could not mark the accounts with Sieve scripts", reason)
+            )
+
     def _watch(self) -> None:
         if not self.running:
             return
         from twisted.internet import inotify
 
         notifier = inotify.INotify(self.reactor)
-        mask = inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO | inotify.IN_Q_OVERFLOW
+        # IN_DELETE_SELF is added by Twisted. A directory moved away or
+        # unmounted leaves the watch on what is no longer the directory:
+        # watched too, to start again. (An overflow reaches no callback:
+        # Twisted drops its event, but the events still queued force a rescan.)
+        mask = (
+            inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO
+            | inotify.IN_MOVE_SELF | inotify.IN_UNMOUNT
+        )  # fmt: skip
         try:
             for directory in (self.scripts.markers, self.scripts.root / "global"):
                 notifier.watch(FilePath(str(directory)), mask=mask, callbacks=[self._changed])
@@ -98,21 +139,43 @@ class ScriptPresence(Service):
             raise
         notifier.startReading()
         self._notifier = notifier
+        self._generation += 1
         self._rescan()
 
     def _unknowable(self, reason: Failure) -> None:
-        _log.failure("cannot watch the Sieve scripts; every delivery reads them", reason)
-        self._notifier = None
+        _log.failure("cannot watch the Sieve scripts; every delivery reads them until this works", reason)
+        self._drop()
         if not self.whenKnown.called:
             self.whenKnown.callback(None)
+        if self.running and self._retry is None:
+            self._retry = self.reactor.callLater(self.retry_seconds, self._arm)
+
+    def _drop(self) -> None:
+        """Know nothing any more: the notifier closed (after Twisted's own handling of the event in progress)."""
+        self._fresh = False
+        self._generation += 1
+        notifier, self._notifier = self._notifier, None
+        if notifier is not None:
+            self._closing.append(notifier)
+            if self._closer is None:
+                self._closer = self.reactor.callLater(0, self._close)
+
+    def _close(self) -> None:
+        self._closer = None
+        closing, self._closing = self._closing, []
+        for notifier in closing:
+            if notifier.connected:
+                notifier.connectionLost(Failure(ConnectionDone()))
 
     def stopService(self) -> None:
         Service.stopService(self)
-        notifier, self._notifier = self._notifier, None
-        self._fresh = False
-        if notifier is not None and notifier.connected:
-            # At once, not at the reactor's next turn: the service may be stopping with the reactor.
-            notifier.connectionLost(Failure(ConnectionDone()))
+        self._drop()
+        # At once, not at the reactor's next turn: the service may be stopping with the reactor.
+        self._closer = cancel_call(self._closer)
+        self._close()
+        self._retry = cancel_call(self._retry)
+        if self._remarking is not None and self._remarking.running:
+            self._remarking.stop()
 
     # -- what a delivery asks ----------------------------------------------------------
 
@@ -125,16 +188,28 @@ class ScriptPresence(Service):
         notifier = self._notifier
         if notifier is None or not notifier.connected:
             return True
-        notifier.doRead()
-        # Twisted's INotify closes itself when a watched directory is
-        # removed: then nothing is known any more.
-        if notifier.disconnecting or not notifier.connected or not self._fresh:
+        try:
+            notifier.doRead()
+        except Exception:
+            _log.failure("could not read the Sieve scripts' watch; every delivery reads them until it is made again")
+            self._unknowable(Failure())
+            return True
+        # Twisted's INotify closes itself when a watched directory is removed.
+        if self._notifier is not notifier or not notifier.connected or notifier.disconnecting or not self._fresh:
             return True
         return self._around or any(ScriptStore.directory_name(account) in self._marked for account in accounts)
 
     # -- keeping it current ------------------------------------------------------------
 
     def _changed(self, ignored: object, path: FilePath[Any], mask: int) -> None:
+        from twisted.internet import inotify
+
+        if mask & (inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF | inotify.IN_UNMOUNT | inotify.IN_IGNORED):
+            _log.warn("{path} was removed or moved; watching the Sieve scripts again", path=path.path.decode("utf-8", "replace"))
+            self._drop()
+            if self.running and self._retry is None:
+                self._retry = self.reactor.callLater(self.retry_seconds, self._arm)
+            return
         self._generation += 1
         self._fresh = False
         self._rescan()
@@ -144,7 +219,7 @@ class ScriptPresence(Service):
             return
         self._scanning = True
         generation = self._generation
-        scanned = self.run_blocking(self._scan)
+        scanned = maybeDeferred(self.run_blocking, self._scan)
 
         def found(result: tuple[frozenset[str], bool]) -> None:
             self._scanning = False
@@ -161,8 +236,14 @@ class ScriptPresence(Service):
             _log.failure("could not list the accounts with Sieve scripts; deliveries read them", reason)
             if not self.whenKnown.called:
                 self.whenKnown.callback(None)
+            if self.running and self._notifier is not None and self._retry is None:
+                self._retry = self.reactor.callLater(self.retry_seconds, self._rescanAgain)
 
         scanned.addCallbacks(found, failed)
+
+    def _rescanAgain(self) -> None:
+        self._retry = None
+        self._rescan()
 
     def _scan(self) -> tuple[frozenset[str], bool]:
         """On a thread: the marked account directory names, and whether a global before/after script exists."""

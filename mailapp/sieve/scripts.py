@@ -17,10 +17,11 @@ files are replaced by rename, so a reader never sees half of one.
 C{active-accounts/} is what lets a delivery skip the script reads when
 none of its recipients has a script (L{mailapp.sieve.presence}): one
 directory to watch instead of one per account. Its entry is made before
-an C{active} file is written and removed after it is, so it is never
-missing while a script is active; a stale one only costs a read. A
-hand-made C{active} file gets its entry at the next start
-(L{ScriptStore.mark_active_accounts}).
+an C{active} file is written and again after, and removed after the file
+is (then made again if another process wrote one meanwhile), so that
+whatever two processes do at once, it is never missing once a script is
+active; a stale one only costs a read. A hand-made C{active} file gets
+its entry within the hour (L{ScriptStore.mark_active_accounts}).
 """
 
 from __future__ import annotations
@@ -189,11 +190,16 @@ class ScriptStore:
             except FileNotFoundError:
                 pass
             self._unmark(account)
+            if path.exists():
+                # Another process activated one meanwhile, its entry maybe removed by ours.
+                self._mark(account)
             return
         if not self._script(account, name).exists():
             raise ScriptError(f"no script named {name!r}", "NONEXISTENT")
         self._mark(account)
         write_atomically(path, name.encode("utf-8"))
+        # Again after: a deactivation racing with this one may have removed the first.
+        self._mark(account)
 
     def delete(self, account: str, name: str) -> None:
         if self.active_name(account) == name:
@@ -214,6 +220,7 @@ class ScriptStore:
         os.rename(source, target)
         if self.active_name(account) == old:
             write_atomically(self.directory(account) / "active", new.encode("utf-8"))
+            self._mark(account)
 
     # -- what delivery reads -------------------------------------------------
 

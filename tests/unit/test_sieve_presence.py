@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import inlineCallbacks, maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from mailapp.sieve import Envelope
@@ -51,9 +52,9 @@ class ScriptPresenceTests(TestCase):
         self.elsewhere = ScriptStore(self.root)
         self.trips = Trips()
 
-    def start(self) -> ScriptPresence:
+    def start(self, retry_seconds: float = 5.0) -> ScriptPresence:
         # Its own rescans run at once, uncounted: only the filter's trips are.
-        presence = ScriptPresence(self.scripts, reactor, maybeDeferred)
+        presence = ScriptPresence(self.scripts, reactor, maybeDeferred, retry_seconds=retry_seconds)
         presence.startService()
         self.addCleanup(presence.stopService)
         self.assertTrue(presence.whenKnown.called)
@@ -115,14 +116,41 @@ class ScriptPresenceTests(TestCase):
         self.assertTrue(presence.may_filter([ALICE]))
         self.assertFalse(presence.may_filter([BOB]))
 
-    def test_when_the_watched_directory_goes_every_delivery_takes_the_trip(self) -> None:
-        presence = self.start()
+    @inlineCallbacks
+    def test_a_watched_directory_removed_or_replaced_is_watched_again(self) -> Any:
+        presence = self.start(retry_seconds=0.05)
         self.assertFalse(presence.may_filter([BOB]))
         shutil.rmtree(self.scripts.markers)
         self.assertTrue(presence.may_filter([BOB]))
         self.assertTrue(presence.may_filter([BOB]))
-        # The rescan that found no directory said so.
-        self.assertEqual(len(self.flushLoggedErrors(FileNotFoundError)), 1)
+        yield deferLater(reactor, 0.2, lambda: None)
+        # Made again and watched: Bob has no script, and Alice's new one is seen at once.
+        self.assertFalse(presence.may_filter([BOB]))
+        self.elsewhere.put(ALICE, "main", FILE_IT)
+        self.elsewhere.activate(ALICE, "main")
+        self.assertTrue(presence.may_filter([ALICE]))
+        # A directory moved away and another put in its place (a restore from a backup).
+        self.scripts.markers.rename(self.root / "old-markers")
+        self.scripts.markers.mkdir()
+        self.assertTrue(presence.may_filter([ALICE]))
+        yield deferLater(reactor, 0.2, lambda: None)
+        self.assertTrue(presence.may_filter([ALICE]))  # the start marked its active file again
+        self.assertFalse(presence.may_filter([BOB]))
+        self.flushLoggedErrors(FileNotFoundError)
+
+    def test_a_deactivation_racing_with_an_activation_leaves_the_entry_of_the_active_script(self) -> None:
+        self.scripts.put(ALICE, "main", FILE_IT)
+        unmark = self.scripts._unmark
+
+        def activated_meanwhile(account: str) -> None:
+            # Another process's activate() runs between our unlink and our removal of the entry.
+            self.elsewhere.activate(account, "main")
+            unmark(account)
+
+        self.scripts._unmark = activated_meanwhile  # type: ignore[method-assign]
+        self.scripts.activate(ALICE, None)
+        self.assertEqual(self.scripts.active_name(ALICE), "main")
+        self.assertTrue((self.scripts.markers / ScriptStore.directory_name(ALICE)).exists())
 
     def test_before_it_has_looked_every_delivery_takes_the_trip(self) -> None:
         presence = ScriptPresence(self.scripts, reactor, self.trips)
