@@ -650,7 +650,16 @@ def _build_sieve(config: Config, reactor: Any, pools: WorkerPools) -> Any:
 
 
 def _script_presence(scripts: Any, reactor: Any, run_blocking: Any) -> Any:
-    """What lets a delivery whose recipients have no script skip the filtering pool (L{mailapp.sieve.presence}): Linux's inotify only."""
+    """
+    What lets a delivery whose recipients have no script skip the filtering
+    pool (L{mailapp.sieve.presence}): Linux's inotify only, read by a reactor
+    that watches file descriptors and takes results back from threads (not a
+    test's memory reactor).
+    """
+    from twisted.internet.interfaces import IReactorFDSet, IReactorThreads
+
+    if not (IReactorFDSet.providedBy(reactor) and IReactorThreads.providedBy(reactor)):
+        return None
     try:
         from twisted.internet import inotify  # noqa: F401
     except ImportError:
