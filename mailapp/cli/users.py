@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import time
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -70,9 +71,13 @@ def _user_add(context: Context) -> int:
         # since nobody chose to delete it) before the user exists, so that
         # no delivery to the new account can land in it first.
         leftover = retire_mailbox(context.state_dir, canonical, keep=True)
+        # And a deleted user's Sieve scripts (left by an older mailapp), which would filter the new one's mail.
+        old_scripts = _retire_scripts(context.state_dir, canonical, keep=True, beside=leftover)
         account = database.add_user(context.options.address, password)
     if leftover is not None:
         warn(f"an old mailbox was at the new user's path; it was moved to {leftover}")
+    if old_scripts is not None:
+        warn(f"old Sieve scripts were at the new user's path; they were moved to {old_scripts}")
     mailbox, mailbox_problem = _create_mailbox(context.state_dir, account)
     context.report(
         f"added user {account}"
@@ -105,6 +110,30 @@ def _create_mailbox(state_dir: Path, account: str) -> tuple[Path | None, str | N
         return None, str(getattr(error, "strerror", None) or error)
 
 
+def _retire_scripts(state_dir: Path, account: str, *, keep: bool, beside: Path | None) -> Path | None:
+    """
+    C{account}'s Sieve scripts out of the way of any new account at its
+    address (L{mailapp.sieve.scripts.ScriptStore.retire}): kept as
+    C{<beside>.sieve}, next to the mailbox moved aside, or under
+    C{deleted/} when there was none; deleted unless C{keep}.
+    """
+    from mailapp.sieve.scripts import ScriptStore, sieve_directory
+    from mailapp.store.retire import DELETED_NAME
+
+    scripts = ScriptStore(sieve_directory(state_dir))
+    if not keep:
+        return scripts.retire(account, None)
+    if beside is None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        beside = state_dir / DELETED_NAME / "sieve" / f"{ScriptStore.directory_name(account)}.{stamp}"
+    archive = beside.with_name(beside.name + ".sieve")
+    suffix = 1
+    while archive.exists():
+        archive = beside.with_name(f"{beside.name}.sieve.{suffix}")
+        suffix += 1
+    return scripts.retire(account, archive)
+
+
 def _user_del(context: Context) -> int:
     from mailapp.store import retire_mailbox
 
@@ -116,6 +145,7 @@ def _user_del(context: Context) -> int:
     # delivered while the mailbox moves; one rename, so that the running
     # server sees the old mailbox or none (never a new user's mixed in).
     moved = retire_mailbox(context.state_dir, account, keep=keep)
+    _retire_scripts(context.state_dir, account, keep=keep, beside=moved)
     if moved is None:
         mail = "it had no mailbox on disk"
     elif keep:

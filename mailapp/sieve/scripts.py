@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -200,6 +201,29 @@ class ScriptStore:
         write_atomically(path, name.encode("utf-8"))
         # Again after: a deactivation racing with this one may have removed the first.
         self._mark(account)
+
+    def retire(self, account: str, archive: Path | None) -> Path | None:
+        """
+        A deleted account's scripts go with it, so that a new account at its
+        address never runs them (a redirect of its mail to the old owner):
+        the active script is deactivated, then the directory is moved to
+        C{archive} (kept beside the old mail) or deleted with None. Returns
+        where they went when kept, or None.
+        """
+        directory = self.directory(account)
+        try:
+            (directory / "active").unlink()
+        except FileNotFoundError:
+            pass
+        self._unmark(account)
+        if not directory.is_dir():
+            return None
+        if archive is None:
+            shutil.rmtree(directory)
+            return None
+        archive.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.rename(directory, archive)
+        return archive
 
     def delete(self, account: str, name: str) -> None:
         if self.active_name(account) == name:

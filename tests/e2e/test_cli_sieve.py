@@ -96,3 +96,35 @@ def test_sieve_put_global_and_del_global(mailapp: Callable[..., Result], config:
     assert refused.status == 1 and "line 1, column 1" in refused.err
     assert mailapp("sieve", "del-global", "before").status == 0
     assert mailapp("sieve", "del-global", "before").status == 1
+
+
+def test_a_deleted_users_scripts_never_filter_a_new_user_at_the_same_address(
+    mailapp: Callable[..., Result], tmp_path: Path
+) -> None:
+    # The old owner's redirect would otherwise take the new owner's mail.
+    _active_script(mailapp, tmp_path, 'redirect "old-owner@example.net";\n')
+    assert mailapp("user", "del", "alice@example.test").status == 0
+    _user(mailapp)
+    assert json.loads(mailapp("sieve", "list", "alice@example.test", "--json").out) == []
+
+
+def test_a_user_deleted_keeping_the_mail_keeps_the_scripts_beside_it(
+    mailapp: Callable[..., Result], tmp_path: Path
+) -> None:
+    text = 'require "fileinto";\nfileinto "Archive";\n'
+    _active_script(mailapp, tmp_path, text)
+    deleted = mailapp("user", "del", "alice@example.test", "--keep-mail", "--json")
+    assert deleted.status == 0
+    archive = Path(json.loads(deleted.out)["mail_archive"] + ".sieve")
+    assert (archive / "scripts" / "main.sieve").read_text() == text
+    assert not (archive / "active").exists()
+    _user(mailapp)
+    assert json.loads(mailapp("sieve", "list", "alice@example.test", "--json").out) == []
+
+
+def _active_script(mailapp: Callable[..., Result], tmp_path: Path, text: str) -> None:
+    """Alice, added, with C{text} as her active script C{main}."""
+    _user(mailapp)
+    script = tmp_path / "main.sieve"
+    script.write_text(text)
+    assert mailapp("sieve", "put", "alice@example.test", str(script), "--activate").status == 0
