@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import time
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -118,20 +117,14 @@ def _retire_scripts(state_dir: Path, account: str, *, keep: bool, beside: Path |
     C{deleted/} when there was none; deleted unless C{keep}.
     """
     from mailapp.sieve.scripts import ScriptStore, sieve_directory
-    from mailapp.store.retire import DELETED_NAME
+    from mailapp.store.retire import DELETED_NAME, archive_stamp, unused_path
 
     scripts = ScriptStore(sieve_directory(state_dir))
     if not keep:
         return scripts.retire(account, None)
     if beside is None:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        beside = state_dir / DELETED_NAME / "sieve" / f"{ScriptStore.directory_name(account)}.{stamp}"
-    archive = beside.with_name(beside.name + ".sieve")
-    suffix = 1
-    while archive.exists():
-        archive = beside.with_name(f"{beside.name}.sieve.{suffix}")
-        suffix += 1
-    return scripts.retire(account, archive)
+        beside = state_dir / DELETED_NAME / "sieve" / f"{ScriptStore.directory_name(account)}.{archive_stamp()}"
+    return scripts.retire(account, unused_path(beside.with_name(beside.name + ".sieve")))
 
 
 def _user_del(context: Context) -> int:

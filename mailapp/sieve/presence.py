@@ -90,7 +90,6 @@ class ScriptPresence(Service):
 
     def startService(self) -> None:
         Service.startService(self)
-        self._generation += 1
         self._arm()
         self._remarking = LoopingCall(self._remark)
         self._remarking.clock = self.reactor
@@ -107,7 +106,7 @@ class ScriptPresence(Service):
 
     def _prepare(self) -> None:
         """On a thread: both watched directories exist, and every active script has its entry."""
-        (self.scripts.root / "global").mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.scripts.global_directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.scripts.mark_active_accounts()
 
     def _remark(self) -> None:
@@ -132,7 +131,7 @@ class ScriptPresence(Service):
             | inotify.IN_MOVE_SELF | inotify.IN_UNMOUNT
         )  # fmt: skip
         try:
-            for directory in (self.scripts.markers, self.scripts.root / "global"):
+            for directory in (self.scripts.markers, self.scripts.global_directory):
                 notifier.watch(FilePath(str(directory)), mask=mask, callbacks=[self._changed])
         except Exception:
             notifier.connectionLost(Failure(ConnectionDone()))
@@ -191,8 +190,7 @@ class ScriptPresence(Service):
         try:
             notifier.doRead()
         except Exception:
-            _log.failure("could not read the Sieve scripts' watch; every delivery reads them until it is made again")
-            self._unknowable(Failure())
+            self._unknowable(Failure())  # logged there
             return True
         # Twisted's INotify closes itself when a watched directory is removed.
         if self._notifier is not notifier or not notifier.connected or notifier.disconnecting or not self._fresh:
@@ -248,5 +246,5 @@ class ScriptPresence(Service):
     def _scan(self) -> tuple[frozenset[str], bool]:
         """On a thread: the marked account directory names, and whether a global before/after script exists."""
         marked = frozenset(os.listdir(self.scripts.markers))
-        around = any(os.path.exists(self.scripts.root / "global" / name) for name in _AROUND)
+        around = any(os.path.exists(self.scripts.global_directory / name) for name in _AROUND)
         return marked, around

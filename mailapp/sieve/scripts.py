@@ -46,6 +46,8 @@ _NAME = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,128}$")
 SUFFIX = ".sieve"
 #: The directory of accounts that may have an active script (the module docstring).
 MARKERS = "active-accounts"
+#: The directory of the admin's global scripts.
+GLOBAL = "global"
 
 
 def sieve_directory(state_dir: Path) -> Path:
@@ -114,6 +116,11 @@ class ScriptStore:
         """C{active-accounts/}: see the module docstring."""
         return self.root / MARKERS
 
+    @property
+    def global_directory(self) -> Path:
+        """C{global/}: the admin's scripts."""
+        return self.root / GLOBAL
+
     def _mark(self, account: str) -> None:
         self.markers.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.markers / self.directory_name(account)).touch()
@@ -134,7 +141,7 @@ class ScriptStore:
         self.markers.mkdir(parents=True, exist_ok=True, mode=0o700)
         with os.scandir(self.root) as entries:
             for entry in entries:
-                if entry.name in (MARKERS, "global") or not entry.is_dir():
+                if entry.name in (MARKERS, GLOBAL) or not entry.is_dir():
                     continue
                 if os.path.exists(os.path.join(entry.path, "active")) and not (self.markers / entry.name).exists():
                     (self.markers / entry.name).touch()
@@ -262,7 +269,7 @@ class ScriptStore:
         return compile(self.get(account, name))
 
     def _global_path(self, name: str) -> Path:
-        return self.root / "global" / (check_name(name) + SUFFIX)
+        return self.global_directory / (check_name(name) + SUFFIX)
 
     def put_global(self, name: str, text: str) -> None:
         """Check C{text} and store it as the global script C{name} (the admin's: no count limit)."""
@@ -279,7 +286,7 @@ class ScriptStore:
 
     def global_script(self, name: str) -> list[Command] | None:
         try:
-            text = (self.root / "global" / (check_name(name) + SUFFIX)).read_text(
+            text = self._global_path(name).read_text(
                 "utf-8"
             )
         except FileNotFoundError:

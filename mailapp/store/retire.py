@@ -63,18 +63,26 @@ def retire_domain_mailboxes(state_dir: Path, domain: str, *, keep: bool, now: fl
     return moved
 
 
+def archive_stamp(now: float | None = None) -> str:
+    """The UTC time in the name of what is moved under C{deleted/} (C{20261203T175700Z})."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+
+
+def unused_path(path: Path) -> Path:
+    """C{path}, or C{path.1}, C{path.2}, ...: the first that does not exist (rename(2) would silently replace an empty directory: never reuse a name)."""
+    candidate, suffix = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.{suffix}")
+        suffix += 1
+    return candidate
+
+
 def _retire_directory(state_dir: Path, source: Path, *, keep: bool, now: float | None) -> Path | None:
     if not source.is_dir():
         return None
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
     archive = state_dir / DELETED_NAME / source.parent.name
     archive.mkdir(parents=True, exist_ok=True, mode=0o700)
-    target = archive / f"{source.name}.{stamp}"
-    suffix = 1
-    # rename(2) would silently replace an empty directory: never reuse a name.
-    while target.exists():
-        target = archive / f"{source.name}.{stamp}.{suffix}"
-        suffix += 1
+    target = unused_path(archive / f"{source.name}.{archive_stamp(now)}")
     os.rename(source, target)
     durable.fsync_directory(source.parent)
     durable.fsync_directory(archive)
