@@ -204,6 +204,13 @@ class IEventBus(Interface):
     def publish(event: FolderEvent) -> None:
         """Deliver C{event} to the subscribers of its folder, then to those of its account, then to those of every folder."""
 
+    def watched(account: str, folder: str) -> bool:
+        """
+        Whether anything in this process subscribed to C{(account, folder)}
+        itself: whether a change there is worth describing exactly
+        (L{mailapp.records.FolderDelta}) for the sessions that have it open.
+        """
+
     def wake(event: FolderEvent) -> None:
         """
         Deliver C{event}, a change another process of this server made, to

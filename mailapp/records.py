@@ -33,6 +33,7 @@ __all__ = [
     "SPECIAL_FOLDERS",
     "SUBSCRIBED",
     "UNSUBSCRIBED",
+    "FolderDelta",
     "FolderEvent",
     "FolderInfo",
     "FolderStatus",
@@ -159,6 +160,27 @@ class Appended:
 
 
 @dataclass(frozen=True)
+class FolderDelta:
+    """
+    What one write transaction of this process changed in one folder, read
+    inside that transaction under the index's write lock: the folder's
+    HIGHESTMODSEQ when it began (C{before}) and when it ended (C{after}),
+    the messages it changed (in UID order, as they are now) and the UIDs it
+    expunged. Every change with a mod-sequence in C{(before, after]} is in
+    it, so a reader that knows the folder up to C{before} knows it up to
+    C{after} once it applies this: no read of its own
+    (L{mailapp.imap.selected.SelectedFolder}, which chains them). The
+    UIDVALIDITY tells a folder made again under the same name apart.
+    """
+
+    uidvalidity: int
+    before: int
+    after: int
+    changed: tuple[MessageInfo, ...]
+    vanished: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Expunged:
     """
     What L{IFolder.expungeDeleted} did: the UIDs removed, ascending, and
@@ -169,6 +191,8 @@ class Expunged:
 
     uids: list[int]
     highestmodseq: int
+    #: The transaction's L{FolderDelta}, for the other sessions' views (None: they read the folder).
+    delta: FolderDelta | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +206,8 @@ class FlagChange:
     flags: dict[int, frozenset[str]]
     modseqs: dict[int, int]
     modified: tuple[int, ...] = ()
+    #: The transaction's L{FolderDelta}, for the other sessions' views (None: they read the folder).
+    delta: FolderDelta | None = None
 
 
 #: What L{mailapp.interfaces.IFolder.searchText} can look in: C{body} and
@@ -259,3 +285,6 @@ class FolderEvent:
     #: For C{added} by a copy or move: the folder the messages came from (the Junk learner's cue);
     #: for C{folder_renamed}, the old name; None otherwise.
     source: str | None = None
+    #: What the change was, exactly, when this process made it in one transaction (L{FolderDelta});
+    #: None for what a listener must read for itself (another process's changes, a reconcile, a delivery).
+    delta: FolderDelta | None = field(default=None, compare=False)

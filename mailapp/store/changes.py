@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from mailapp.records import ChangesSince, MessageInfo
+from mailapp.records import ChangesSince, FolderDelta, MessageInfo
 from mailapp.store.filenames import decode_flags
 from mailapp.store.modseq import vanished_since
 
@@ -98,14 +98,41 @@ def changes_since(conn: sqlite3.Connection, folder: str, modseq: int) -> Changes
         ).fetchone()
         if row is None:
             return None
-        # No ORDER BY: SQLite would then walk the primary key, every row of the folder, to save a sort.
-        rows = conn.execute(
-            "SELECT uid, flags, size, internaldate, modseq FROM messages"
-            " WHERE folder = ? AND modseq > ?",
-            (folder, modseq),
-        ).fetchall()
-        rows.sort()
-        changed = [MessageInfo(uid, decode_flags(flags), size, date, m) for uid, flags, size, date, m in rows]
+        changed = _changed_after(conn, folder, modseq)
         return ChangesSince((int(row[0]), int(row[2])), int(row[1]), int(row[3]), changed, vanished_since(conn, folder, modseq))
     finally:
         conn.execute("COMMIT")
+
+
+def highest_modseq(conn: sqlite3.Connection, folder: str) -> int | None:
+    """C{folder}'s HIGHESTMODSEQ, or None when there is no such folder (in the caller's transaction)."""
+    row = conn.execute("SELECT highestmodseq FROM folders WHERE name = ?", (folder,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def folder_delta(conn: sqlite3.Connection, folder: str, before: int) -> FolderDelta | None:
+    """
+    What the caller's write transaction changed in C{folder} since its
+    HIGHESTMODSEQ was C{before} (read by the caller after its C{BEGIN
+    IMMEDIATE}): inside that transaction, under the write lock, so nothing
+    else is in between. None when the folder is gone or its expunges are no
+    longer all remembered that far back.
+    """
+    row = conn.execute("SELECT uidvalidity, highestmodseq FROM folders WHERE name = ?", (folder,)).fetchone()
+    if row is None:
+        return None
+    vanished = vanished_since(conn, folder, before)
+    if vanished is None:
+        return None
+    changed = tuple(_changed_after(conn, folder, before))
+    return FolderDelta(int(row[0]), before, int(row[1]), changed, tuple(vanished))
+
+
+def _changed_after(conn: sqlite3.Connection, folder: str, modseq: int) -> list[MessageInfo]:
+    """The messages of C{folder} whose mod-sequence is above C{modseq}, in UID order (by the ``messages_modseq`` index)."""
+    # No ORDER BY: SQLite would then walk the primary key, every row of the folder, to save a sort.
+    rows = conn.execute(
+        "SELECT uid, flags, size, internaldate, modseq FROM messages WHERE folder = ? AND modseq > ?", (folder, modseq)
+    ).fetchall()
+    rows.sort()
+    return [MessageInfo(uid, decode_flags(flags), size, date, m) for uid, flags, size, date, m in rows]

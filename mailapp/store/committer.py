@@ -41,7 +41,8 @@ from twisted.logger import Logger
 
 from mailapp.errors import MailboxGone, NoSuchFolder, NoSuchMessage, StorageFull, StoreError
 from mailapp.store import connections as pool
-from mailapp.store import durable, messagefile, outside
+from mailapp.records import FolderDelta
+from mailapp.store import changes, durable, messagefile, outside
 from mailapp.store.batching import BatchRunner
 from mailapp.store.filenames import encode_flags
 from mailapp.store.keywords import message_filename
@@ -59,6 +60,9 @@ class _Placement:
     #: For a change made through a session's mailbox (APPEND, COPY): the
     #: directory it was opened on, so that it never lands in a new account's.
     pin: pool.MailboxPin | None = None
+    #: A session of this process has the folder open: describe what the batch changed
+    #: there (L{_Delivery.deltas}), so that its view need not read it.
+    watched: bool = False
 
 
 @dataclass
@@ -88,6 +92,9 @@ class _Delivery:
     uids: list[int | None] = field(default_factory=list)
     #: The UIDVALIDITY of each placement's folder when its UID was given.
     uidvalidities: list[int | None] = field(default_factory=list)
+    #: For each watched placement, what its batch changed in the folder (the same
+    #: L{FolderDelta} for every job of the batch there); None where not known exactly.
+    deltas: list[FolderDelta | None] = field(default_factory=list)
     #: Step 1 ran for this job (in the batch's prepare stage); what stopped it, if anything.
     prepared: bool = False
     prepare_error: BaseException | None = None
@@ -269,12 +276,15 @@ def _deliver_batch(
             for number in touching[mailbox_dir]:
                 failed.setdefault(number, e)
 
-    #: Each folder's UIDVALIDITY, read with its UIDNEXT (what APPENDUID reports).
+    #: Each folder's UIDVALIDITY, read with its UIDNEXT (what APPENDUID reports),
+    #: and, where a placement is watched, its HIGHESTMODSEQ before the batch.
     validities: dict[tuple[Path, str], int] = {}
+    befores: dict[tuple[Path, str], int] = {}
     saved = time.time()  # the batch's save date (RFC 8514: when each message is saved into its folder)
     for number, job in enumerate(jobs):
         job.uids = [None] * len(job.placements)
         job.uidvalidities = [None] * len(job.placements)
+        job.deltas = [None] * len(job.placements)
         if job.stored is not None and number not in failed:
             mailbox_dir, folder, stored_uid = job.stored
             row = connections[mailbox_dir].execute(
@@ -291,11 +301,14 @@ def _deliver_batch(
                 conn = connections[placement.mailbox_dir]
                 key = (placement.mailbox_dir, placement.folder)
                 if key not in uidnext:
-                    row = conn.execute("SELECT uidnext, uidvalidity FROM folders WHERE name = ?", (placement.folder,)).fetchone()
+                    row = conn.execute(
+                        "SELECT uidnext, uidvalidity, highestmodseq FROM folders WHERE name = ?", (placement.folder,)
+                    ).fetchone()
                     if row is None:
                         raise NoSuchFolder(f"no such folder: {placement.folder}")
                     uidnext[key] = row[0]
                     validities[key] = row[1]
+                    befores[key] = row[2]
                 job.uidvalidities[slot] = validities[key]
                 uid = uidnext[key]
                 uidnext[key] = uid + 1
@@ -334,6 +347,8 @@ def _deliver_batch(
                     failed.setdefault(number, e)
 
     committed: list[Path] = []
+    watched = {(p.mailbox_dir, p.folder) for job in jobs for p in job.placements if p.watched}
+    deltas: dict[tuple[Path, str], FolderDelta | None] = {}
     for mailbox_dir, conn in connections.items():
         good = [values for number, values in rows[mailbox_dir] if number not in failed]
         try:
@@ -345,6 +360,8 @@ def _deliver_batch(
                 if box == mailbox_dir:
                     # UIDs taken by a failed job are skipped, never reused.
                     conn.execute("UPDATE folders SET uidnext = max(uidnext, ?) WHERE name = ?", (value, folder))
+                    if (box, folder) in watched and not failed:
+                        deltas[(box, folder)] = changes.folder_delta(conn, folder, befores[(box, folder)])
             conn.execute("COMMIT")
             committed.append(mailbox_dir)
         except BaseException as e:
@@ -365,6 +382,10 @@ def _deliver_batch(
         for number in failed:
             links[number] = []
 
+    if not failed:
+        # Only when every job got every copy: a failed job's rows may be undone after its mailbox committed.
+        for job in jobs:
+            job.deltas = [deltas.get((p.mailbox_dir, p.folder)) for p in job.placements]
     outcomes: list[Any] = []
     for number, job in enumerate(jobs):
         if number in failed:

@@ -86,6 +86,9 @@ class EventBus:
             except Exception:
                 self._log.failure("store.event_listener_failed {kind} {folder}", kind=event.kind, folder=event.folder)
 
+    def watched(self, account: str, folder: str) -> bool:
+        return _key(account, folder) in self._listeners
+
     def wake(self, event: FolderEvent) -> None:
         """
         Tell the sessions of a change another process made: the folder's

@@ -32,7 +32,7 @@ from mailapp.store import changes, durable, expunged, fulltext, messagefile, ori
 from mailapp.store import reconcile as reconciling
 from mailapp.store.committer import _Delivery, _Placement
 from mailapp.store.database import rollback
-from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, Appended, ChangesSince, Expunged, FlagChange, FolderEvent, FolderStatus, MessageInfo, MessageOrigin
+from mailapp.records import ADDED, EXPUNGED, FLAGS_CHANGED, Appended, ChangesSince, Expunged, FlagChange, FolderDelta, FolderEvent, FolderStatus, MessageInfo, MessageOrigin
 from mailapp.store.filenames import DELETED_FLAG, SEEN_FLAG, decode_flags, encode_flags, flag_parameter, has_flag_sql, parse_filename
 from mailapp.store.folders import mailbox_id, message_counts, record_uidnext
 from mailapp.store.keywords import message_filename
@@ -83,10 +83,15 @@ class MaildirFolder:
     def _connect(self) -> ContextManager[sqlite3.Connection]:
         return self.mailbox._connect()
 
-    def _publish(self, kind: str, uids: Iterable[int], source: str | None = None) -> None:
+    def _publish(self, kind: str, uids: Iterable[int], source: str | None = None, delta: FolderDelta | None = None) -> None:
         uids = tuple(sorted(uids))
         if uids:
-            self.store.events.publish(FolderEvent(kind, self.account, self.name, uids, source))
+            self.store.events.publish(FolderEvent(kind, self.account, self.name, uids, source, delta))
+
+    def _placement(self, flags: frozenset[str]) -> _Placement:
+        """A committer placement of a new message in this folder, through this session's mailbox."""
+        watched = self.store.events.watched(self.account, self.name)
+        return _Placement(self.mailbox.directory, self.account, self.name, flags, self.mailbox.pin, watched)
 
     def refresh(self) -> Deferred[None]:
         """
@@ -427,8 +432,10 @@ class MaildirFolder:
                 modseqs: dict[int, int] = {}
                 modified: list[int] = []
                 changed: list[int] = []
+                delta: FolderDelta | None = None
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    before = changes.highest_modseq(conn, self.name)
                     if mode != "remove":
                         _check_folder_keywords(conn, self.name, wanted)
                     for uid in uids:
@@ -476,6 +483,8 @@ class MaildirFolder:
                         modseqs[uid] = conn.execute(
                             "SELECT modseq FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)
                         ).fetchone()[0]
+                    if changed and before is not None:
+                        delta = changes.folder_delta(conn, self.name, before)
                     conn.execute("COMMIT")
                 except BaseException:
                     rollback(conn)
@@ -488,10 +497,10 @@ class MaildirFolder:
                     if row is not None:
                         result[uid] = decode_flags(row[0])
                         modseqs[uid] = row[1]
-                return FlagChange(result, modseqs, tuple(modified))
+                return FlagChange(result, modseqs, tuple(modified), delta)
 
         def publish(result: FlagChange) -> FlagChange:
-            self._publish(FLAGS_CHANGED, [uid for uid in result.flags if uid not in result.modified])
+            self._publish(FLAGS_CHANGED, [uid for uid in result.flags if uid not in result.modified], delta=result.delta)
             return result
 
         return self.store.write(change).addCallback(publish)
@@ -538,11 +547,11 @@ class MaildirFolder:
                 moved: list[tuple[Path, Path | None]] = []
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    before = highest(conn)
                     victims = chosen(conn)
                     if not victims:
-                        unchanged = highest(conn)
                         conn.execute("COMMIT")
-                        return Expunged([], unchanged)
+                        return Expunged([], before)
                     validity, uidnext = conn.execute(
                         "SELECT uidvalidity, uidnext FROM folders WHERE name = ?", (self.name,)
                     ).fetchone()
@@ -558,6 +567,7 @@ class MaildirFolder:
                     for uid, filename in victims:
                         target = expunged.hold(self.directory, filename, uid, unlink_if_stuck=False)
                         moved.append((self.directory / filename, target))
+                    delta = changes.folder_delta(conn, self.name, before)
                     highestmodseq = highest(conn)
                     conn.execute("COMMIT")
                 except BaseException:
@@ -576,10 +586,10 @@ class MaildirFolder:
                 if victims:
                     holds.held(self.directory)
                 holds.purge(self.directory)
-                return Expunged([uid for uid, _ in victims], highestmodseq)
+                return Expunged([uid for uid, _ in victims], highestmodseq, delta)
 
         def publish(done: Expunged) -> Expunged:
-            self._publish(EXPUNGED, done.uids)
+            self._publish(EXPUNGED, done.uids, delta=done.delta)
             return done
 
         return self.store.write(remove).addCallback(publish)
@@ -597,7 +607,7 @@ class MaildirFolder:
                 writer.base,
                 writer.size,
                 writer.internaldate,
-                [_Placement(self.mailbox.directory, self.account, self.name, flags, self.mailbox.pin)],
+                [self._placement(flags)],
                 synced=writer.sync,
                 data=writer.pending,
                 stored_size=writer.stored_size,
@@ -609,7 +619,7 @@ class MaildirFolder:
             return reason
 
         def appended(uids: list[int]) -> int:
-            self._publish(ADDED, uids)
+            self._publish(ADDED, uids)  # the job is made inside written(): no delta here (APPEND uses appendMessage)
             return uids[0]
 
         # The errback first: it sees the writer's failures only, never the commit's.
@@ -631,14 +641,14 @@ class MaildirFolder:
             message.base,
             message.size,
             message.internaldate if internaldate is None else internaldate,
-            [_Placement(self.mailbox.directory, self.account, self.name, frozenset(flags), self.mailbox.pin)],
+            [self._placement(frozenset(flags))],
             synced=message.sync,
             data=message.pending,
             stored_size=message.stored_size,
         )
 
         def appended(uids: list[int]) -> Appended:
-            self._publish(ADDED, uids)
+            self._publish(ADDED, uids, delta=job.deltas[0] if job.deltas else None)
             validity = job.uidvalidities[0]
             assert validity is not None
             return Appended(uids[0], validity)

@@ -155,7 +155,9 @@ class MaildirStore:
         unique: dict[str, str] = {}
         for account in accounts:
             unique.setdefault(account.lower(), account)
-        placements = [_Placement(account_directory(self.root, a), a, folder) for a in unique.values()]
+        placements = [
+            _Placement(account_directory(self.root, a), a, folder, watched=self.events.watched(a, folder)) for a in unique.values()
+        ]
         job = _Delivery(
             message.path,
             message.base,
@@ -169,8 +171,8 @@ class MaildirStore:
         d = self.committer.submit(job)
 
         def delivered(uids: list[int]) -> dict[str, int]:
-            for placement, uid in zip(placements, uids):
-                self.events.publish(FolderEvent(ADDED, placement.account, folder, (uid,)))
+            for placement, uid, delta in zip(placements, uids, job.deltas or [None] * len(placements)):
+                self.events.publish(FolderEvent(ADDED, placement.account, folder, (uid,), delta=delta))
             return {placement.account: uid for placement, uid in zip(placements, uids)}
 
         return d.addCallback(delivered)
@@ -180,7 +182,13 @@ class MaildirStore:
             raise RuntimeError("deliverPlacements() before the message's finish() fired")
         # One job: the committer links one file into each placement, in one durable batch.
         jobs = [
-            _Placement(account_directory(self.root, p.account), p.account, normalize_folder(p.folder), frozenset(p.flags))
+            _Placement(
+                account_directory(self.root, p.account),
+                p.account,
+                normalize_folder(p.folder),
+                frozenset(p.flags),
+                watched=self.events.watched(p.account, normalize_folder(p.folder)),
+            )
             for p in placements
         ]
         job = _Delivery(
@@ -195,8 +203,8 @@ class MaildirStore:
         )
 
         def delivered(uids: list[int]) -> list[int]:
-            for placement, uid in zip(jobs, uids):
-                self.events.publish(FolderEvent(ADDED, placement.account, placement.folder, (uid,)))
+            for placement, uid, delta in zip(jobs, uids, job.deltas or [None] * len(jobs)):
+                self.events.publish(FolderEvent(ADDED, placement.account, placement.folder, (uid,), delta=delta))
             return uids
 
         return self.committer.submit(job).addCallback(delivered)

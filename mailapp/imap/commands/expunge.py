@@ -45,4 +45,7 @@ async def _expunge(session: IMAPServer, tag: bytes, ranges: list[tuple[int | Non
         # RFC 7162 3.2.10: an expunge raises HIGHESTMODSEQ with no FETCH to show it. Read in the
         # expunge's own transaction, before the update that follows: whatever it includes, that update tells.
         text = b"[HIGHESTMODSEQ %d] EXPUNGE completed" % done.highestmodseq
-    await session.complete(tag, text, force=True)
+    # What others' tools did to the Maildir is looked for (as NOOP does); what this and the other
+    # sessions changed is known from the store's events, exactly where they carry their deltas.
+    selected.look_outside = True
+    await session.complete(tag, text)
