@@ -58,8 +58,10 @@ class RecentMarkers(Protocol):
         """The folder's listing now, kept by the process while the store says it holds."""
 
 
-#: Deltas a view keeps between two updates at most; past that, it reads the folder at the next one.
-MAX_LINKS = 256
+#: Deltas a view keeps between two updates at most, and the messages and expunged UIDs in them;
+#: past either, it reads the folder at the next update (a session that sends nothing keeps little).
+MAX_LINKS = 64
+MAX_LINKED_ROWS = 512
 
 
 class SelectedFolder:
@@ -118,6 +120,7 @@ class SelectedFolder:
         #: The deltas hinted since the last read, by the HIGHESTMODSEQ each starts from, and
         #: whether any hint since came without one (then only a read can tell what changed).
         self._links: dict[int, FolderDelta] = {}
+        self._linked_rows = 0
         self._unlinked = False
         #: RFC 7162: untagged FETCH carry MODSEQ (CONDSTORE on); expunges are told as VANISHED (QRESYNC on).
         self.modseqs = False
@@ -200,13 +203,25 @@ class SelectedFolder:
         if getattr(event, "kind", None) != ADDED:
             self.only_added = False
         delta: FolderDelta | None = getattr(event, "delta", None)
-        if delta is None or delta.uidvalidity != self.uidvalidity or len(self._links) >= MAX_LINKS:
-            # A read is needed anyway: the deltas kept so far are of no more use (a session that
-            # sends nothing for hours keeps none).
+        if self._unlinked:
+            return
+        if delta is not None and delta.after <= self.mark:
+            return  # told already (every job of one delivery batch carries the batch's delta)
+        rows = 0 if delta is None else len(delta.changed) + len(delta.vanished)
+        if (
+            delta is None
+            or delta.uidvalidity != self.uidvalidity
+            or delta.after <= delta.before
+            or len(self._links) >= MAX_LINKS
+            or self._linked_rows + rows > MAX_LINKED_ROWS
+        ):
+            # A read is needed anyway: the deltas kept so far are of no more use.
             self._unlinked = True
             self._links.clear()
-        elif not self._unlinked:
+            self._linked_rows = 0
+        elif delta.before not in self._links:
             self._links[delta.before] = delta
+            self._linked_rows += rows
 
     def _linked(self) -> tuple[list[MessageInfo], list[int], int] | None:
         """
@@ -226,8 +241,8 @@ class SelectedFolder:
             for message in delta.changed:
                 changed[message.uid] = message
             vanished.update(delta.vanished)
-            reached = delta.after
-        if reached == mark or any(delta.before > reached for delta in links.values()):
+            reached = delta.after  # above its before (L{hint}): the walk ends
+        if any(delta.after > reached for delta in links.values()):
             return None
         return [changed[uid] for uid in sorted(changed) if uid not in vanished], sorted(vanished), reached
 
@@ -322,7 +337,8 @@ class SelectedFolder:
         """Drop the deltas the view is complete past."""
         mark = self.mark
         for before in [before for before, delta in self._links.items() if delta.after <= mark]:
-            del self._links[before]
+            delta = self._links.pop(before)
+            self._linked_rows -= len(delta.changed) + len(delta.vanished)
 
     async def _read(self, allow_expunge: bool, force: bool, with_uid: bool) -> None:
         """L{update} by reading the store: what is new, what changed since L{mark}, or the whole folder."""

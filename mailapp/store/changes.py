@@ -104,6 +104,10 @@ def changes_since(conn: sqlite3.Connection, folder: str, modseq: int) -> Changes
         conn.execute("COMMIT")
 
 
+#: Changes (mod-sequences) one transaction describes at most (L{folder_delta}); past it, None.
+MAX_DELTA_CHANGES = 1000
+
+
 def highest_modseq(conn: sqlite3.Connection, folder: str) -> int | None:
     """C{folder}'s HIGHESTMODSEQ, or None when there is no such folder (in the caller's transaction)."""
     row = conn.execute("SELECT highestmodseq FROM folders WHERE name = ?", (folder,)).fetchone()
@@ -121,11 +125,16 @@ def folder_delta(conn: sqlite3.Connection, folder: str, before: int) -> FolderDe
     row = conn.execute("SELECT uidvalidity, highestmodseq FROM folders WHERE name = ?", (folder,)).fetchone()
     if row is None:
         return None
+    after = int(row[1])
+    # A big change (STORE 1:* on a large folder) is cheaper read by each view than kept in
+    # memory by every view that has not updated yet; the write lock is not held for it either.
+    if after - before > MAX_DELTA_CHANGES:
+        return None
     vanished = vanished_since(conn, folder, before)
     if vanished is None:
         return None
     changed = tuple(_changed_after(conn, folder, before))
-    return FolderDelta(int(row[0]), before, int(row[1]), changed, tuple(vanished))
+    return FolderDelta(int(row[0]), before, after, changed, tuple(vanished))
 
 
 def _changed_after(conn: sqlite3.Connection, folder: str, modseq: int) -> list[MessageInfo]:

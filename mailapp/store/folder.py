@@ -420,6 +420,7 @@ class MaildirFolder:
             raise ValueError(f"bad mode {mode!r}")
         wanted = frozenset(flags)
         uids = sorted(set(uids))
+        describe = self.store.events.watched(self.account, self.name)
 
         def change() -> FlagChange:
             # Files first, then the index: the names on disk are what a
@@ -483,7 +484,7 @@ class MaildirFolder:
                         modseqs[uid] = conn.execute(
                             "SELECT modseq FROM messages WHERE folder = ? AND uid = ?", (self.name, uid)
                         ).fetchone()[0]
-                    if changed and before is not None:
+                    if changed and before is not None and describe:
                         delta = changes.folder_delta(conn, self.name, before)
                     conn.execute("COMMIT")
                 except BaseException:
@@ -542,6 +543,8 @@ class MaildirFolder:
                 raise NoSuchFolder(f"no such folder: {self.name}")
             return int(row[0])
 
+        describe = self.store.events.watched(self.account, self.name)
+
         def remove() -> Expunged:
             with self._connect() as conn, outside.own_change(self.directory):
                 moved: list[tuple[Path, Path | None]] = []
@@ -567,7 +570,7 @@ class MaildirFolder:
                     for uid, filename in victims:
                         target = expunged.hold(self.directory, filename, uid, unlink_if_stuck=False)
                         moved.append((self.directory / filename, target))
-                    delta = changes.folder_delta(conn, self.name, before)
+                    delta = changes.folder_delta(conn, self.name, before) if describe else None
                     highestmodseq = highest(conn)
                     conn.execute("COMMIT")
                 except BaseException:
@@ -601,6 +604,8 @@ class MaildirFolder:
         writer.write(data)
         flags = frozenset(flags)
 
+        made: list[_Delivery] = []
+
         def written(_: object) -> Deferred[list[int]]:
             job = _Delivery(
                 writer.path,
@@ -612,6 +617,7 @@ class MaildirFolder:
                 data=writer.pending,
                 stored_size=writer.stored_size,
             )
+            made.append(job)
             return self.store.committer.submit(job)
 
         def failed(reason: Failure) -> Failure:
@@ -619,7 +625,7 @@ class MaildirFolder:
             return reason
 
         def appended(uids: list[int]) -> int:
-            self._publish(ADDED, uids)  # the job is made inside written(): no delta here (APPEND uses appendMessage)
+            self._publish(ADDED, uids, delta=made[0].deltas[0] if made[0].deltas else None)
             return uids[0]
 
         # The errback first: it sees the writer's failures only, never the commit's.

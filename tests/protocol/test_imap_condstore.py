@@ -358,3 +358,26 @@ class SnapshotMergeTests(CondstoreTestCase):
                              (whole.token, whole.status, whole.messages, whole.uids, whole.info, whole.first_unseen))
             self.assertTrue(set(whole.keywords) <= set(merged.keywords))
             self.assertEqual(merged.modseq, self.highest())
+
+
+class ExpungeHighestModseqTests(CondstoreTestCase):
+    def test_an_expunge_tells_every_change_below_the_highestmodseq_it_reports(self) -> None:
+        """
+        EXPUNGE reports the folder's HIGHESTMODSEQ; a change another worker
+        made below it, whose event has not reached this process yet, is
+        read and told before the tagged OK, or a client resyncing from that
+        value would never see it.
+        """
+        protocol, transport = self.connect()
+        self.send(protocol, transport, b"a SELECT INBOX (CONDSTORE)")
+        events = self.store.events
+        publish, events.publish = events.publish, lambda event: None  # type: ignore[method-assign]
+        try:
+            self.successResultOf(self.inbox.changeFlags([2], ["\\Flagged"], "add"))
+        finally:
+            events.publish = publish  # type: ignore[method-assign]
+        lines = self.send(protocol, transport, b"b EXPUNGE")
+        self.assertEqual(
+            lines,
+            [b"* 2 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ (%d))" % self.modseqs()[2], b"b OK [HIGHESTMODSEQ %d] EXPUNGE completed" % self.highest()],
+        )

@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.trial.unittest import TestCase
 
+from mailapp.imap import selected
 from mailapp.imap.selected import SelectedFolder
 from mailapp.records import FLAGS_CHANGED, FolderDelta, FolderEvent
 from mailapp.store import MaildirStore
@@ -162,3 +163,41 @@ class ViewDeltaTests(TestCase):
         view.hint(FolderEvent(FLAGS_CHANGED, ALICE, "INBOX", (1,), delta=FolderDelta(view.uidvalidity + 1, view.mark, view.mark + 1, (), ())))
         yield view.update(allow_expunge=True)
         self.assertEqual(watched.reads, 1)
+
+    @inlineCallbacks
+    def test_a_delta_that_does_not_move_the_modseq_makes_the_view_read_and_never_loops(self) -> Any:
+        view, watched, other = yield self.openView()
+        view.hint(FolderEvent(FLAGS_CHANGED, ALICE, "INBOX", (1,), delta=FolderDelta(view.uidvalidity, view.mark + 1, view.mark + 1, (), ())))
+        yield view.update(allow_expunge=True)
+        self.assertEqual(watched.reads, 1)
+
+    @inlineCallbacks
+    def test_a_delta_told_again_costs_no_read(self) -> Any:
+        view, watched, other = yield self.openView()
+        seen: list[FolderEvent] = []
+        self.store.events.subscribe(ALICE, "INBOX", seen.append)
+        yield other.changeFlags([1], ["\\Seen"], "add")
+        yield view.update(allow_expunge=True)
+        self.told()
+        # Every job of one delivery batch carries the batch's delta: the second is old news.
+        view.hint(seen[0])
+        yield view.update(allow_expunge=True)
+        self.assertEqual((watched.reads, self.told()), (0, b""))
+
+    @inlineCallbacks
+    def test_more_changes_than_a_view_keeps_make_it_read(self) -> Any:
+        view, watched, other = yield self.openView()
+        for number in range(selected.MAX_LINKS + 1):
+            yield other.changeFlags([1], [f"$Label{number % 2}"], "replace")
+        self.assertEqual(view._links, {})
+        yield view.update(allow_expunge=True)
+        self.assertEqual(watched.reads, 1)
+
+    @inlineCallbacks
+    def test_a_change_to_a_folder_nobody_has_open_is_not_described(self) -> Any:
+        yield self.deliver(2)
+        inbox = yield self.store.mailbox(ALICE).folder("INBOX")
+        change = yield inbox.changeFlags([1], ["\\Seen"], "add")
+        gone = yield inbox.expunge([2])
+        self.assertIsNone(change.delta)
+        self.assertEqual(gone, [2])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Coroutine
 
+from mailapp.errors import NoSuchFolder
 from mailapp.imap.commands.condstore import in_ranges
 from mailapp.imap.wire import Token, as_string, expect_count, parse_sequence_set
 
@@ -41,11 +42,19 @@ async def _expunge(session: IMAPServer, tag: bytes, ranges: list[tuple[int | Non
     wanted = None if ranges is None else lambda uid: in_ranges(uid, ranges, last)
     done = await selected.folder.expungeDeleted(wanted)
     text = b"EXPUNGE completed"
+    # What other tools did to the Maildir is looked for, and what this process's sessions changed
+    # is known from the store's events, applied from their deltas where they link up.
+    selected.look_outside = True
+    force = False
     if session.condstore:
         # RFC 7162 3.2.10: an expunge raises HIGHESTMODSEQ with no FETCH to show it. Read in the
-        # expunge's own transaction, before the update that follows: whatever it includes, that update tells.
+        # expunge's own transaction, before the update that follows: that update must tell
+        # everything up to it, so unless the events brought the view that far (another worker's
+        # change may not have reached this one yet), it reads the folder.
         text = b"[HIGHESTMODSEQ %d] EXPUNGE completed" % done.highestmodseq
-    # What others' tools did to the Maildir is looked for (as NOOP does); what this and the other
-    # sessions changed is known from the store's events, exactly where they carry their deltas.
-    selected.look_outside = True
-    await session.complete(tag, text)
+        try:
+            await session.update(allow_expunge=True)
+        except NoSuchFolder:
+            pass  # the update of complete() tells it
+        force = session.selected is selected and selected.mark < done.highestmodseq
+    await session.complete(tag, text, force=force)
