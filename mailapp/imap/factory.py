@@ -85,8 +85,12 @@ class IMAPFactory(SessionFactory):
                 pass
         return inflight
 
-    def folderSnapshot(self, account: str | None, folder: Any) -> defer.Deferred[FolderSnapshot]:
-        """The folder's listing, from this process's snapshot when the store says it still holds (L{mailapp.imap.snapshots})."""
+    def folderSnapshot(self, account: str | None, folder: Any, highest: bool = False) -> defer.Deferred[tuple[FolderSnapshot, int]]:
+        """
+        The folder's listing, from this process's snapshot when the store
+        says it still holds (L{mailapp.imap.snapshots}), and with C{highest}
+        its HIGHESTMODSEQ as of the listing or before (L{FolderSnapshots.readWithHighest}).
+        """
         snapshots: FolderSnapshots | None = getattr(self.store, "_imapFolderSnapshots", None)
         if snapshots is None:
             snapshots = FolderSnapshots()
@@ -94,7 +98,7 @@ class IMAPFactory(SessionFactory):
                 self.store._imapFolderSnapshots = snapshots
             except AttributeError:  # pragma: no cover - a store that takes no attributes
                 pass
-        return defer.Deferred.fromCoroutine(snapshots.read(account, folder))
+        return defer.Deferred.fromCoroutine(snapshots.readWithHighest(account, folder, highest))
 
     def messagesAfter(self, folder: Any, uid: int) -> defer.Deferred[list[MessageInfo]]:
         """

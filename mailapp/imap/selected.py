@@ -54,8 +54,8 @@ class RecentMarkers(Protocol):
     def messagesAfter(self, folder: Any, uid: int) -> defer.Deferred[list[MessageInfo]]:
         """The folder's messages above C{uid}, one store read shared by every session asking."""
 
-    def folderSnapshot(self, account: str | None, folder: Any) -> defer.Deferred[FolderSnapshot]:
-        """The folder's listing now, kept by the process while the store says it holds."""
+    def folderSnapshot(self, account: str | None, folder: Any, highest: bool = False) -> defer.Deferred[tuple[FolderSnapshot, int]]:
+        """The folder's listing now, kept by the process while the store says it holds; with C{highest}, its HIGHESTMODSEQ as of it or before."""
 
 
 #: Deltas a view keeps between two updates at most, and the messages and expunged UIDs in them;
@@ -155,12 +155,12 @@ class SelectedFolder:
         Read the folder afresh and make its view; also the listing read, for
         SELECT's own answers. One read by primary key when the folder has not
         changed since this process last listed it (L{RecentMarkers.folderSnapshot}).
-        With C{modseq}, the view's L{highestmodseq} is read too: before the
-        listing, so that a change in between is sent again, never missed.
+        With C{modseq}, the view's L{highestmodseq} is read too: with the
+        listing, or before it, so that a change in between is sent again,
+        never missed.
         """
         await folder.refresh()
-        highest = await folder.highestModseq() if modseq else 0
-        snapshot = await markers.folderSnapshot(account, folder)
+        snapshot, highest = await markers.folderSnapshot(account, folder, highest=modseq)
         view = cls(folder, readonly, account, markers, write, snapshot.status, snapshot)
         view.highestmodseq = highest
         owned = await view.claim(view.uids)

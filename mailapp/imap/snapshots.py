@@ -89,12 +89,24 @@ class FolderSnapshots:
 
     async def read(self, account: str | None, folder: Any) -> FolderSnapshot:
         """The folder as it is now: the kept snapshot if its token still holds, else read afresh (and kept)."""
+        snapshot, _ = await self.readWithHighest(account, folder, highest=False)
+        return snapshot
+
+    async def readWithHighest(self, account: str | None, folder: Any, highest: bool) -> tuple[FolderSnapshot, int]:
+        """
+        L{read}, and with C{highest} the folder's HIGHESTMODSEQ as of the
+        listing or from before it (0 without): read in the same transaction
+        that checks the kept snapshot, so a SELECT with CONDSTORE of a
+        folder this process listed before makes no read of its own for it;
+        otherwise read before the listing, so that a change in between is
+        told again, never missed.
+        """
         key = ((account or "").lower(), folder.name)
         kept = self._snapshots.get(key)
         if kept is not None and kept.modseq:
             found = await folder.changesSince(kept.modseq)
             if found.token == kept.token:
-                return self._still(key, kept, found.uidnext)
+                return self._still(key, kept, found.uidnext), found.highestmodseq
             if found.vanished is not None and found.token[0] == kept.token[0] and found.highestmodseq >= kept.modseq:
                 # Changed since: the kept listing with what changed after its mod-sequence (RFC 7162's
                 # mod-sequences make that exact), not a read of every message. Only for the same folder:
@@ -102,17 +114,18 @@ class FolderSnapshots:
                 # again at 1: its changes after the kept one's are not all there is since).
                 snapshot = _merged(kept, found)
                 self._keep(key, snapshot)
-                return snapshot
+                return snapshot, found.highestmodseq
             kept = None  # too far back for the store's memory of expunges: read it whole
+        before = await folder.highestModseq() if highest else 0
         token, uidnext, messages = await folder.messagesIfChanged(kept.token if kept is not None else None)
         if messages is None and kept is not None and kept.token == token:
-            return self._still(key, kept, uidnext)
+            return self._still(key, kept, uidnext), before
         if messages is None:  # pragma: no cover - a store answers None only for the token it was given
             token, uidnext, messages = await folder.messagesIfChanged(None)
             assert messages is not None
         snapshot = FolderSnapshot.of(token, uidnext, messages)
         self._keep(key, snapshot)
-        return snapshot
+        return snapshot, before
 
     def _still(self, key: tuple[str, str], kept: FolderSnapshot, uidnext: int) -> FolderSnapshot:
         """The kept snapshot holds; UIDNEXT may have moved without a message changing."""

@@ -62,3 +62,25 @@ class SelectSnapshotTests(TestCase):
         self.assertIn(b"* 3 EXISTS\r\n", answer)
         self.assertIn(b"* OK [UIDNEXT 5] Predicted next UID\r\n", answer)
         self.assertIn(b"* OK [UNSEEN 1] First unseen\r\n", answer)
+
+    def test_a_warm_select_with_condstore_reads_highestmodseq_with_the_snapshot_check(self):
+        from mailapp.testing.store import FakeFolder
+
+        reads: list[int] = []
+        highest = FakeFolder.highestModseq
+
+        def counted(folder: Any) -> Any:
+            reads.append(1)
+            return highest(folder)
+
+        self.patch(FakeFolder, "highestModseq", counted)
+        protocol, transport = self.session()
+        transport.clear()
+        protocol.dataReceived(b"s SELECT INBOX (CONDSTORE)\r\n")
+        self.assertEqual(len(reads), 1)  # cold: read before the listing
+        self.successResultOf(self.inbox.setFlags([2], ["\\Flagged"], "add"))
+        now = self.successResultOf(highest(self.inbox))
+        transport.clear()
+        protocol.dataReceived(b"t SELECT INBOX (CONDSTORE)\r\n")
+        self.assertIn(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % now, transport.value())
+        self.assertEqual(len(reads), 1)  # warm: read with the snapshot's check, no trip of its own
