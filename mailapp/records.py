@@ -179,6 +179,11 @@ class FolderDelta:
     changed: tuple[MessageInfo, ...]
     vanished: tuple[int, ...]
 
+    @property
+    def rows(self) -> int:
+        """The messages and UIDs it holds: what a view keeping it pays for (L{mailapp.imap.selected.MAX_LINKED_ROWS})."""
+        return len(self.changed) + len(self.vanished)
+
 
 @dataclass(frozen=True)
 class Expunged:
@@ -286,5 +291,6 @@ class FolderEvent:
     #: for C{folder_renamed}, the old name; None otherwise.
     source: str | None = None
     #: What the change was, exactly, when this process made it in one transaction (L{FolderDelta});
-    #: None for what a listener must read for itself (another process's changes, a reconcile, a delivery).
+    #: None for what a listener must read for itself (another process's changes, a reconcile, a change
+    #: to a folder no session of this process had open).
     delta: FolderDelta | None = field(default=None, compare=False)

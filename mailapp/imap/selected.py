@@ -207,7 +207,7 @@ class SelectedFolder:
             return
         if delta is not None and delta.after <= self.mark:
             return  # told already (every job of one delivery batch carries the batch's delta)
-        rows = 0 if delta is None else len(delta.changed) + len(delta.vanished)
+        rows = 0 if delta is None else delta.rows
         if (
             delta is None
             or delta.uidvalidity != self.uidvalidity
@@ -337,8 +337,7 @@ class SelectedFolder:
         """Drop the deltas the view is complete past."""
         mark = self.mark
         for before in [before for before, delta in self._links.items() if delta.after <= mark]:
-            delta = self._links.pop(before)
-            self._linked_rows -= len(delta.changed) + len(delta.vanished)
+            self._linked_rows -= self._links.pop(before).rows
 
     async def _read(self, allow_expunge: bool, force: bool, with_uid: bool) -> None:
         """L{update} by reading the store: what is new, what changed since L{mark}, or the whole folder."""

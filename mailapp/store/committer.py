@@ -100,6 +100,11 @@ class _Delivery:
     prepare_error: BaseException | None = None
 
 
+    def delta(self, slot: int) -> FolderDelta | None:
+        """What the batch changed in placement C{slot}'s folder, for its C{added} event; None when not described."""
+        return self.deltas[slot] if slot < len(self.deltas) else None
+
+
 @dataclass
 class _Call:
     """Any other change: runs alone, in order, on the writer."""

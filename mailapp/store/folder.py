@@ -351,10 +351,10 @@ class MaildirFolder:
     def highestModseq(self) -> Deferred[int]:
         def read() -> int:
             with self._connect() as conn:
-                row = conn.execute("SELECT highestmodseq FROM folders WHERE name = ?", (self.name,)).fetchone()
-            if row is None:
+                value = changes.highest_modseq(conn, self.name)
+            if value is None:
                 raise NoSuchFolder(f"no such folder: {self.name}")
-            return int(row[0])
+            return value
 
         return self.store.run(read)
 
@@ -538,10 +538,10 @@ class MaildirFolder:
         """
 
         def highest(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT highestmodseq FROM folders WHERE name = ?", (self.name,)).fetchone()
-            if row is None:
+            value = changes.highest_modseq(conn, self.name)
+            if value is None:
                 raise NoSuchFolder(f"no such folder: {self.name}")
-            return int(row[0])
+            return value
 
         describe = self.store.events.watched(self.account, self.name)
 
@@ -571,7 +571,7 @@ class MaildirFolder:
                         target = expunged.hold(self.directory, filename, uid, unlink_if_stuck=False)
                         moved.append((self.directory / filename, target))
                     delta = changes.folder_delta(conn, self.name, before) if describe else None
-                    highestmodseq = highest(conn)
+                    highestmodseq = highest(conn) if delta is None else delta.after
                     conn.execute("COMMIT")
                 except BaseException:
                     for source, target in moved:
@@ -625,7 +625,7 @@ class MaildirFolder:
             return reason
 
         def appended(uids: list[int]) -> int:
-            self._publish(ADDED, uids, delta=made[0].deltas[0] if made[0].deltas else None)
+            self._publish(ADDED, uids, delta=made[0].delta(0))
             return uids[0]
 
         # The errback first: it sees the writer's failures only, never the commit's.
@@ -654,7 +654,7 @@ class MaildirFolder:
         )
 
         def appended(uids: list[int]) -> Appended:
-            self._publish(ADDED, uids, delta=job.deltas[0] if job.deltas else None)
+            self._publish(ADDED, uids, delta=job.delta(0))
             validity = job.uidvalidities[0]
             assert validity is not None
             return Appended(uids[0], validity)

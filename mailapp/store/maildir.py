@@ -171,8 +171,8 @@ class MaildirStore:
         d = self.committer.submit(job)
 
         def delivered(uids: list[int]) -> dict[str, int]:
-            for placement, uid, delta in zip(placements, uids, job.deltas or [None] * len(placements)):
-                self.events.publish(FolderEvent(ADDED, placement.account, folder, (uid,), delta=delta))
+            for slot, (placement, uid) in enumerate(zip(placements, uids)):
+                self.events.publish(FolderEvent(ADDED, placement.account, folder, (uid,), delta=job.delta(slot)))
             return {placement.account: uid for placement, uid in zip(placements, uids)}
 
         return d.addCallback(delivered)
@@ -181,16 +181,11 @@ class MaildirStore:
         if not message.finished:
             raise RuntimeError("deliverPlacements() before the message's finish() fired")
         # One job: the committer links one file into each placement, in one durable batch.
-        jobs = [
-            _Placement(
-                account_directory(self.root, p.account),
-                p.account,
-                normalize_folder(p.folder),
-                frozenset(p.flags),
-                watched=self.events.watched(p.account, normalize_folder(p.folder)),
-            )
-            for p in placements
-        ]
+        jobs = []
+        for p in placements:
+            folder = normalize_folder(p.folder)
+            watched = self.events.watched(p.account, folder)
+            jobs.append(_Placement(account_directory(self.root, p.account), p.account, folder, frozenset(p.flags), watched=watched))
         job = _Delivery(
             message.path,
             message.base,
@@ -203,8 +198,8 @@ class MaildirStore:
         )
 
         def delivered(uids: list[int]) -> list[int]:
-            for placement, uid, delta in zip(jobs, uids, job.deltas or [None] * len(jobs)):
-                self.events.publish(FolderEvent(ADDED, placement.account, placement.folder, (uid,), delta=delta))
+            for slot, (placement, uid) in enumerate(zip(jobs, uids)):
+                self.events.publish(FolderEvent(ADDED, placement.account, placement.folder, (uid,), delta=job.delta(slot)))
             return uids
 
         return self.committer.submit(job).addCallback(delivered)
